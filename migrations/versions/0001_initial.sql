@@ -1,0 +1,1166 @@
+-- pyxp schema: roles, tables, indexes.
+--
+-- Readable current definition. Migrations under migrations/versions/ install
+-- frozen copies; tests check that both build the same database.
+--
+-- Roles are cluster-wide and may already exist (another database of the same
+-- cluster, a concurrent migration): each is created only if missing, and a
+-- concurrent creation by someone else is not an error.
+DO $roles$
+DECLARE
+    v_role text;
+BEGIN
+    FOREACH v_role IN ARRAY ARRAY['pyxp_owner', 'pyxp_writer', 'pyxp_reader'] LOOP
+        IF NOT EXISTS (SELECT FROM pg_catalog.pg_roles WHERE rolname = v_role) THEN
+            BEGIN
+                EXECUTE format('CREATE ROLE %I NOLOGIN', v_role);
+            EXCEPTION WHEN duplicate_object OR unique_violation THEN
+                NULL;  -- created meanwhile by a concurrent session
+            END;
+        END IF;
+    END LOOP;
+    -- The migrating role must be able to SET ROLE pyxp_owner below.
+    IF NOT pg_catalog.pg_has_role(current_user, 'pyxp_owner', 'MEMBER') THEN
+        EXECUTE format('GRANT pyxp_owner TO %I', current_user);
+    END IF;
+END
+$roles$;
+
+CREATE SCHEMA pyxp AUTHORIZATION pyxp_owner;
+REVOKE ALL ON SCHEMA pyxp FROM PUBLIC;
+
+-- Everything below is created by, and so owned by, the NOLOGIN owner role.
+SET LOCAL ROLE pyxp_owner;
+
+-- A ruleset version: rules + level curve, compiled from a TOML config seed.
+-- Exactly one version is active (partial unique index below).
+CREATE TABLE pyxp.rulesets (
+    ruleset_id     bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    name           text NOT NULL,
+    version        integer NOT NULL CHECK (version >= 1),
+    content_hash   text NOT NULL,          -- sha256 of the compiled definition
+    definition     jsonb NOT NULL,         -- compiled form, as applied
+    source         text NOT NULL,          -- TOML text, as applied
+    description    text,
+    balance_floor  bigint,                 -- NULL: penalties apply in full
+    is_active      boolean NOT NULL DEFAULT false,
+    created_at     timestamptz NOT NULL DEFAULT now(),
+    activated_at   timestamptz,
+    UNIQUE (name, version),
+    UNIQUE (name, content_hash)
+);
+CREATE UNIQUE INDEX rulesets_one_active ON pyxp.rulesets ((true)) WHERE is_active;
+
+-- The level curve of a ruleset, levels 1..N. Past the row with is_last, levels
+-- follow each other every `increment` XP forever. Totals below the level-1
+-- threshold (0) are level 1.
+CREATE TABLE pyxp.level_thresholds (
+    ruleset_id  bigint NOT NULL REFERENCES pyxp.rulesets,
+    level       bigint NOT NULL CHECK (level >= 1),
+    threshold   bigint NOT NULL CHECK (threshold >= 0),
+    increment   bigint NOT NULL CHECK (increment > 0),  -- to the next level
+    is_last     boolean NOT NULL,
+    PRIMARY KEY (ruleset_id, level),
+    UNIQUE (ruleset_id, threshold)
+);
+
+-- A rule: XP = round_half_away(xp_constant + sum(coefficient * input)).
+-- event NULL: reachable only by action code through pyxp.award().
+CREATE TABLE pyxp.rules (
+    rule_id          bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    ruleset_id       bigint NOT NULL REFERENCES pyxp.rulesets,
+    position         integer NOT NULL,     -- order in the file = order of ledger rows
+    action           text NOT NULL,        -- written as xp_transactions.transaction_type
+    event            text,
+    campaign_types   text[],               -- NULL: every campaign type
+    condition        text,                 -- NULL: always, else one fact of the call
+    formula          text NOT NULL,        -- as written, for people
+    xp_constant      numeric NOT NULL,
+    xp_coefficients  jsonb NOT NULL DEFAULT '{}',  -- input name -> coefficient
+    description      text,
+    UNIQUE (ruleset_id, action),
+    UNIQUE (ruleset_id, position)
+);
+CREATE INDEX rules_by_event ON pyxp.rules (ruleset_id, event);
+
+-- Campaign registry: filled by award_campaign_creation, read by later calls.
+CREATE TABLE pyxp.campaigns (
+    campaign_id     text PRIMARY KEY,
+    campaign_type   text NOT NULL CHECK (campaign_type IN ('B2C', 'AGENCY_B2C', 'INDIVIDUAL')),
+    creator_wallet  text NOT NULL,
+    created_at      timestamptz NOT NULL DEFAULT now()
+);
+
+-- One row per idempotent call. Its primary key is what serialises two
+-- concurrent calls with the same key: the second INSERT waits for the first
+-- transaction, then sees the row and replays. `inputs` is the canonical form
+-- of what the call asked for; a later call with the same key and other inputs
+-- is refused (PX010).
+CREATE TABLE pyxp.xp_requests (
+    idempotency_key  text PRIMARY KEY,
+    inputs           jsonb NOT NULL,
+    ruleset_id       bigint NOT NULL REFERENCES pyxp.rulesets,  -- curve the result was computed with
+    created_at       timestamptz NOT NULL DEFAULT now()
+);
+
+-- The ledger. Append-only: no UPDATE/DELETE/TRUNCATE privilege for anyone but
+-- the owner, and a trigger refuses them even for the owner.
+-- Invariants (checked by pyxp.audit()):
+--   * per wallet, ordered by id, balance_after = previous balance_after + xp_amount
+--     (rows of one wallet are inserted under that wallet's balance row lock,
+--     so id order is the order of application);
+--   * xp_balances.total_xp = sum(xp_amount) = last balance_after.
+CREATE TABLE pyxp.xp_transactions (
+    id                bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    user_wallet       text NOT NULL,
+    transaction_type  text NOT NULL,
+    xp_amount         bigint NOT NULL,        -- applied
+    xp_requested      bigint,                 -- set only when a balance floor cut the amount
+    balance_after     bigint NOT NULL,
+    rule_id           bigint REFERENCES pyxp.rules,   -- NULL for reversals
+    campaign_id       text,
+    subject           text,                   -- completion id, client email, ...
+    idempotency_key   text NOT NULL REFERENCES pyxp.xp_requests,
+    metadata          jsonb NOT NULL DEFAULT '{}',
+    reverses          bigint REFERENCES pyxp.xp_transactions,
+    created_at        timestamptz NOT NULL DEFAULT now()
+);
+CREATE INDEX xp_transactions_wallet ON pyxp.xp_transactions (user_wallet, id);
+CREATE INDEX xp_transactions_key ON pyxp.xp_transactions (idempotency_key);
+-- A row can be reversed once.
+CREATE UNIQUE INDEX xp_transactions_reversed_once ON pyxp.xp_transactions (reverses)
+    WHERE reverses IS NOT NULL;
+
+-- Current balance per wallet, maintained in the same transaction as the
+-- ledger rows. The range keeps xp_to_next_level (<= 100 + 2^62) and every
+-- threshold arithmetic inside bigint.
+CREATE TABLE pyxp.xp_balances (
+    user_wallet        text PRIMARY KEY,
+    total_xp           bigint NOT NULL DEFAULT 0
+                       CHECK (total_xp BETWEEN -4611686018427387904 AND 4611686018427387904),
+    current_level      bigint NOT NULL DEFAULT 1,
+    xp_to_next_level   bigint NOT NULL,
+    total_moderations  bigint NOT NULL DEFAULT 0,
+    created_at         timestamptz NOT NULL DEFAULT now(),
+    updated_at         timestamptz NOT NULL DEFAULT now()
+);
+-- Leaderboard order: total_xp desc, ties by wallet (deterministic).
+CREATE INDEX xp_balances_leaderboard ON pyxp.xp_balances (total_xp DESC, user_wallet);
+
+-- Agency -> B2C client registrations, granted once per client email.
+CREATE TABLE pyxp.agency_b2c_clients (
+    id             bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    agency_wallet  text NOT NULL,
+    client_email   text NOT NULL,
+    client_wallet  text,
+    company_name   text,
+    campaign_id    text NOT NULL,
+    xp_granted     boolean NOT NULL DEFAULT false,
+    onboarded_at   timestamptz,
+    created_at     timestamptz NOT NULL DEFAULT now(),
+    UNIQUE (agency_wallet, client_email, campaign_id)
+);
+CREATE INDEX agency_b2c_clients_pending ON pyxp.agency_b2c_clients (client_email)
+    WHERE NOT xp_granted;
+
+-- What every award function returns: one row per ledger row created or replayed.
+-- total_xp / levels are the wallet's state right after that row.
+CREATE TYPE pyxp.award_result AS (
+    transaction_id    bigint,
+    user_wallet       text,
+    transaction_type  text,
+    xp_amount         bigint,
+    xp_requested      bigint,
+    total_xp          bigint,
+    current_level     bigint,
+    xp_to_next_level  bigint,
+    previous_level    bigint,
+    replayed          boolean
+);
+-- Input checks and normalisation, shared by every public function.
+--
+-- Each raises a PX error naming the offending value, with a HINT saying what
+-- is accepted, before anything is written. Error codes are listed in README.md.
+-- These are internal (not granted to anyone): public functions call them.
+
+-- Wallet: trimmed; `0x` + 40 hex is lower-cased so checksum-cased and
+-- lower-case forms are one user; empty, > 128 characters or control
+-- characters are refused (PX001).
+CREATE FUNCTION pyxp.checked_wallet(p_wallet text, p_what text DEFAULT 'wallet')
+RETURNS text
+LANGUAGE plpgsql IMMUTABLE PARALLEL SAFE
+AS $$
+DECLARE
+    v text := regexp_replace(p_wallet, '^\s+|\s+$', '', 'g');
+BEGIN
+    IF v IS NULL OR v = '' THEN
+        RAISE EXCEPTION 'invalid %: %', p_what, coalesce(quote_literal(p_wallet), 'NULL')
+            USING ERRCODE = 'PX001', HINT = 'a wallet is a non-empty id of at most 128 characters, e.g. 0x + 40 hex digits';
+    ELSIF length(v) > 128 THEN
+        RAISE EXCEPTION 'invalid %: % (% characters)', p_what, quote_literal(left(v, 40) || '...'), length(v)
+            USING ERRCODE = 'PX001', HINT = 'a wallet has at most 128 characters';
+    ELSIF v ~ '[[:cntrl:]]' THEN
+        RAISE EXCEPTION 'invalid %: % contains control characters', p_what, quote_literal(v)
+            USING ERRCODE = 'PX001', HINT = 'a wallet has no control characters (tabs, newlines, ...)';
+    ELSIF v ~* '^0x[0-9a-f]{40}$' THEN
+        RETURN lower(v);
+    END IF;
+    RETURN v;
+END
+$$;
+
+-- Client email: trimmed, lower-cased, at most 254 characters, one `@`, a
+-- non-empty local part and a domain containing a dot (PX002).
+CREATE FUNCTION pyxp.checked_email(p_email text)
+RETURNS text
+LANGUAGE plpgsql IMMUTABLE PARALLEL SAFE
+AS $$
+DECLARE
+    v text := lower(regexp_replace(p_email, '^\s+|\s+$', '', 'g'));
+BEGIN
+    IF v IS NULL OR length(v) > 254
+       OR v !~ '^[^@[:space:][:cntrl:]]+@[^@[:space:][:cntrl:]]*[^@[:space:][:cntrl:].]\.[^@[:space:][:cntrl:]]*[^@[:space:][:cntrl:].]$'
+    THEN
+        RAISE EXCEPTION 'invalid client email: %', coalesce(quote_literal(left(p_email, 300)), 'NULL')
+            USING ERRCODE = 'PX002',
+                  HINT = 'an email is local@domain.tld: one @, a non-empty local part, a domain with a dot, at most 254 characters';
+    END IF;
+    RETURN v;
+END
+$$;
+
+-- Campaign type: B2C, AGENCY_B2C, INDIVIDUAL, case-insensitive, also in the
+-- platform's creator_type spelling FOR_B2C, FOR_AGENCY_B2C, FOR_INDIVIDUAL.
+-- NULL stays NULL (callers decide whether it may be omitted) (PX003).
+CREATE FUNCTION pyxp.checked_campaign_type(p_type text)
+RETURNS text
+LANGUAGE plpgsql IMMUTABLE PARALLEL SAFE
+AS $$
+DECLARE
+    v text := regexp_replace(upper(btrim(p_type)), '^FOR_', '');
+BEGIN
+    IF p_type IS NULL THEN
+        RETURN NULL;
+    ELSIF v IN ('B2C', 'AGENCY_B2C', 'INDIVIDUAL') THEN
+        RETURN v;
+    END IF;
+    RAISE EXCEPTION 'unknown campaign type: %', quote_literal(left(p_type, 100))
+        USING ERRCODE = 'PX003',
+              HINT = 'accepted: B2C, AGENCY_B2C, INDIVIDUAL (any case), or FOR_B2C, FOR_AGENCY_B2C, FOR_INDIVIDUAL';
+END
+$$;
+
+-- Vote decision: VALID or REFUSE, case-insensitive (PX008).
+CREATE FUNCTION pyxp.checked_vote(p_decision text)
+RETURNS text
+LANGUAGE plpgsql IMMUTABLE PARALLEL SAFE
+AS $$
+DECLARE
+    v text := upper(btrim(p_decision));
+BEGIN
+    IF v IN ('VALID', 'REFUSE') THEN
+        RETURN v;
+    END IF;
+    RAISE EXCEPTION 'invalid vote decision: %', coalesce(quote_literal(left(p_decision, 100)), 'NULL')
+        USING ERRCODE = 'PX008', HINT = 'accepted: VALID or REFUSE';
+END
+$$;
+
+-- Opaque identifiers (campaign id, completion id, idempotency key, reason):
+-- trimmed, non-empty, no control characters, at most p_max characters (PX016).
+CREATE FUNCTION pyxp.checked_identifier(p_what text, p_value text, p_max integer DEFAULT 128)
+RETURNS text
+LANGUAGE plpgsql IMMUTABLE PARALLEL SAFE
+AS $$
+DECLARE
+    v text := regexp_replace(p_value, '^\s+|\s+$', '', 'g');
+BEGIN
+    IF v IS NULL OR v = '' THEN
+        RAISE EXCEPTION 'invalid %: %', p_what, coalesce(quote_literal(p_value), 'NULL')
+            USING ERRCODE = 'PX016', HINT = format('%s is a non-empty text of at most %s characters', p_what, p_max);
+    ELSIF length(v) > p_max THEN
+        RAISE EXCEPTION 'invalid %: % (% characters)', p_what, quote_literal(left(v, 40) || '...'), length(v)
+            USING ERRCODE = 'PX016', HINT = format('%s has at most %s characters', p_what, p_max);
+    ELSIF v ~ '[[:cntrl:]]' THEN
+        RAISE EXCEPTION 'invalid %: % contains control characters', p_what, quote_literal(v)
+            USING ERRCODE = 'PX016', HINT = format('%s has no control characters', p_what);
+    END IF;
+    RETURN v;
+END
+$$;
+
+-- Numbers given to formulas (prices, MINT values): finite, >= 0, <= 10^15.
+-- NULL stays NULL (PX004).
+CREATE FUNCTION pyxp.checked_number(p_what text, p_value numeric)
+RETURNS numeric
+LANGUAGE plpgsql IMMUTABLE PARALLEL SAFE
+AS $$
+BEGIN
+    IF p_value IS NULL THEN
+        RETURN NULL;
+    ELSIF p_value = 'NaN'::numeric OR p_value IN ('Infinity'::numeric, '-Infinity'::numeric) THEN
+        RAISE EXCEPTION 'invalid %: % is not a finite number', p_what, p_value
+            USING ERRCODE = 'PX004', HINT = 'a finite number between 0 and 10^15';
+    ELSIF p_value < 0 OR p_value > 1e15 THEN
+        RAISE EXCEPTION 'invalid %: % is out of range', p_what, p_value
+            USING ERRCODE = 'PX004', HINT = 'a finite number between 0 and 10^15';
+    END IF;
+    RETURN p_value;
+END
+$$;
+
+-- Formula inputs of pyxp.award(): a JSON object of numbers. Names are
+-- normalised as in the config seed (upper case, `$` dropped:
+-- MINT_VALUE_$WINC = MINT_VALUE_WINC); each value passes checked_number.
+CREATE FUNCTION pyxp.checked_params(p_params jsonb)
+RETURNS jsonb
+LANGUAGE plpgsql IMMUTABLE PARALLEL SAFE
+AS $$
+DECLARE
+    v_item record;
+    v_result jsonb := '{}';
+BEGIN
+    IF p_params IS NULL THEN
+        RETURN v_result;
+    ELSIF jsonb_typeof(p_params) <> 'object' THEN
+        RAISE EXCEPTION 'invalid params: % is not a JSON object', left(p_params::text, 100)
+            USING ERRCODE = 'PX017', HINT = 'params is an object of formula inputs, e.g. {"PRICE_COMPLETION": 300}';
+    END IF;
+    FOR v_item IN SELECT key, value FROM jsonb_each(p_params) LOOP
+        IF length(v_item.key) > 64 OR v_item.key !~ '^[A-Za-z_$][A-Za-z0-9_$]*$' THEN
+            RAISE EXCEPTION 'invalid params: input name %', quote_literal(left(v_item.key, 70))
+                USING ERRCODE = 'PX017', HINT = 'input names are identifiers of at most 64 characters, e.g. PRICE_COMPLETION';
+        ELSIF jsonb_typeof(v_item.value) <> 'number' THEN
+            RAISE EXCEPTION 'invalid %: % is not a number', v_item.key, left(v_item.value::text, 100)
+                USING ERRCODE = 'PX004', HINT = 'a finite number between 0 and 10^15';
+        END IF;
+        v_result := v_result || jsonb_build_object(
+            upper(replace(v_item.key, '$', '')),
+            pyxp.checked_number(v_item.key, v_item.value::numeric));
+    END LOOP;
+    RETURN v_result;
+END
+$$;
+
+-- Free-form context stored in the ledger row's metadata: a JSON object of at
+-- most 16 KiB and 16 levels of nesting (PX017).
+CREATE FUNCTION pyxp.checked_context(p_context jsonb)
+RETURNS jsonb
+LANGUAGE plpgsql IMMUTABLE PARALLEL SAFE
+AS $$
+BEGIN
+    IF p_context IS NULL THEN
+        RETURN '{}';
+    ELSIF jsonb_typeof(p_context) <> 'object' THEN
+        RAISE EXCEPTION 'invalid context: % is not a JSON object', left(p_context::text, 100)
+            USING ERRCODE = 'PX017', HINT = 'context is a JSON object, e.g. {"note": "manual bonus"}';
+    ELSIF octet_length(p_context::text) > 16384 THEN
+        RAISE EXCEPTION 'invalid context: % bytes', octet_length(p_context::text)
+            USING ERRCODE = 'PX017', HINT = 'context is at most 16 KiB of JSON';
+    ELSIF jsonb_path_exists(p_context, 'lax $.**{16}') THEN
+        RAISE EXCEPTION 'invalid context: nested deeper than 16 levels'
+            USING ERRCODE = 'PX017', HINT = 'context is at most 16 levels deep';
+    END IF;
+    RETURN p_context;
+END
+$$;
+
+-- Row counts asked by readers (history, leaderboard): 1..1000 (PX023).
+CREATE FUNCTION pyxp.checked_row_count(p_what text, p_value integer, p_max integer DEFAULT 1000)
+RETURNS integer
+LANGUAGE plpgsql IMMUTABLE PARALLEL SAFE
+AS $$
+BEGIN
+    IF p_value IS NULL OR p_value < 1 OR p_value > p_max THEN
+        RAISE EXCEPTION 'invalid %: %', p_what, coalesce(p_value::text, 'NULL')
+            USING ERRCODE = 'PX023', HINT = format('%s is between 1 and %s', p_what, p_max);
+    END IF;
+    RETURN p_value;
+END
+$$;
+-- Levels: a lookup in the level curve generated from the config seed.
+--
+-- The curve is data (pyxp.level_thresholds), computed by the Python config
+-- compiler; SQL only looks it up. Past the last generated level the increment
+-- is constant, so every bigint total has a level and nothing overflows:
+-- (total - threshold) / increment never exceeds bigint, and the next
+-- threshold, which may not fit in bigint near its limit, is numeric.
+
+-- The active ruleset, or PX020 when none is (run `pyxp db upgrade`).
+CREATE FUNCTION pyxp.active_ruleset_id()
+RETURNS bigint
+LANGUAGE plpgsql STABLE
+AS $$
+DECLARE
+    v_id bigint;
+BEGIN
+    SELECT r.ruleset_id INTO v_id FROM pyxp.rulesets r WHERE r.is_active;
+    IF v_id IS NULL THEN
+        RAISE EXCEPTION 'no active ruleset'
+            USING ERRCODE = 'PX020', HINT = 'activate one: pyxp db upgrade, or pyxp rules apply winstory';
+    END IF;
+    RETURN v_id;
+END
+$$;
+
+-- Where a total stands on a ruleset's curve. One index probe: the highest
+-- threshold <= total (or level 1 for totals below 0), then, past the last
+-- generated level, whole constant increments.
+-- Written as a set-returning SQL function without SET clauses so that the
+-- planner inlines it into set-based callers (recalculate_levels, audit).
+CREATE FUNCTION pyxp.curve_position(p_ruleset_id bigint, p_total_xp bigint)
+RETURNS TABLE (level bigint, level_start_xp bigint, next_level_xp numeric)
+LANGUAGE sql STABLE PARALLEL SAFE
+AS $$
+    SELECT t.level + s.steps,
+           t.threshold + s.steps * t.increment,
+           (t.threshold + s.steps * t.increment)::numeric + t.increment
+    FROM (
+        (SELECT lt.level, lt.threshold, lt.increment, lt.is_last
+           FROM pyxp.level_thresholds lt
+          WHERE lt.ruleset_id = p_ruleset_id AND lt.threshold <= p_total_xp
+          ORDER BY lt.threshold DESC
+          LIMIT 1)
+        UNION ALL
+        (SELECT lt.level, lt.threshold, lt.increment, lt.is_last
+           FROM pyxp.level_thresholds lt
+          WHERE lt.ruleset_id = p_ruleset_id AND lt.level = 1)
+        LIMIT 1
+    ) t
+    CROSS JOIN LATERAL (
+        SELECT CASE WHEN t.is_last AND p_total_xp > t.threshold
+                    THEN (p_total_xp - t.threshold) / t.increment
+                    ELSE 0 END AS steps
+    ) s
+$$;
+
+-- Public: the level of a total under the active ruleset's curve.
+-- next_level_xp and xp_to_next_level are numeric: at the ends of the bigint
+-- range they do not fit in bigint.
+CREATE FUNCTION pyxp.level_for(total_xp bigint)
+RETURNS TABLE (level bigint, level_start_xp bigint, next_level_xp numeric, xp_to_next_level numeric)
+LANGUAGE sql STABLE SECURITY DEFINER
+SET search_path = pyxp, pg_temp
+AS $$
+    SELECT c.level, c.level_start_xp, c.next_level_xp, c.next_level_xp - level_for.total_xp
+    FROM pyxp.curve_position(pyxp.active_ruleset_id(), level_for.total_xp) c
+    WHERE level_for.total_xp IS NOT NULL
+$$;
+-- Rulesets: installing a compiled config seed, activating it, re-deriving levels.
+--
+-- Lock protocol (ruleset switch vs awards): every award first takes
+-- ROW EXCLUSIVE on pyxp.xp_balances, then reads the active ruleset.
+-- Activation and recalculate_levels() take SHARE ROW EXCLUSIVE on it, which
+-- waits for awards in flight and holds new ones until commit. So no award
+-- ever computes with one curve while the balances are re-derived with another.
+
+-- Re-derives current_level and xp_to_next_level of every balance from the
+-- active curve, in one set-based UPDATE. Returns the number of rows changed.
+CREATE FUNCTION pyxp.recalculate_levels()
+RETURNS bigint
+LANGUAGE plpgsql SECURITY DEFINER
+SET search_path = pyxp, pg_temp
+AS $$
+DECLARE
+    v_ruleset bigint;
+    v_changed bigint;
+BEGIN
+    LOCK TABLE pyxp.xp_balances IN SHARE ROW EXCLUSIVE MODE;
+    v_ruleset := pyxp.active_ruleset_id();
+    WITH target AS (
+        SELECT b.user_wallet, c.level, (c.next_level_xp - b.total_xp)::bigint AS to_next
+        FROM pyxp.xp_balances b
+        CROSS JOIN LATERAL pyxp.curve_position(v_ruleset, b.total_xp) c
+    )
+    UPDATE pyxp.xp_balances b
+       SET current_level = t.level, xp_to_next_level = t.to_next, updated_at = now()
+      FROM target t
+     WHERE b.user_wallet = t.user_wallet
+       AND (b.current_level, b.xp_to_next_level) IS DISTINCT FROM (t.level, t.to_next);
+    GET DIAGNOSTICS v_changed = ROW_COUNT;
+    RETURN v_changed;
+END
+$$;
+
+-- Refuses a malformed compiled definition (PX024). The Python compiler
+-- already produces well-formed ones; this guards direct SQL callers.
+CREATE FUNCTION pyxp.check_ruleset_definition(p_definition jsonb)
+RETURNS void
+LANGUAGE plpgsql IMMUTABLE
+AS $$
+DECLARE
+    v_problem text;
+BEGIN
+    SELECT problem INTO v_problem FROM (
+        SELECT 'name must be a non-empty text' AS problem
+         WHERE coalesce(p_definition ->> 'name', '') !~ '^[a-z0-9][a-z0-9_-]{0,62}$'
+        UNION ALL
+        SELECT 'levels must be a non-empty array'
+         WHERE jsonb_typeof(p_definition -> 'levels') IS DISTINCT FROM 'array'
+            OR jsonb_array_length(p_definition -> 'levels') = 0
+        UNION ALL
+        SELECT 'rules must be an array'
+         WHERE jsonb_typeof(p_definition -> 'rules') IS DISTINCT FROM 'array'
+        UNION ALL
+        SELECT 'balance_floor must be an integer or null'
+         WHERE jsonb_typeof(p_definition -> 'balance_floor') NOT IN ('null', 'number')
+            OR (p_definition ->> 'balance_floor') !~ '^-?[0-9]{1,16}$'
+    ) p LIMIT 1;
+    IF v_problem IS NULL THEN
+        SELECT format('level row %s: %s', ord, problem) INTO v_problem FROM (
+            SELECT l.ord,
+                   CASE
+                     WHEN (l.value ->> 'level') !~ '^[0-9]{1,18}$' OR (l.value ->> 'threshold') !~ '^[0-9]{1,18}$'
+                          OR (l.value ->> 'increment') !~ '^[0-9]{1,18}$'
+                          OR jsonb_typeof(l.value -> 'is_last') IS DISTINCT FROM 'boolean'
+                       THEN 'level, threshold, increment must be integers and is_last a boolean'
+                     WHEN (l.value ->> 'level')::bigint <> l.ord THEN 'levels must be 1, 2, 3, ... in order'
+                     WHEN l.ord = 1 AND (l.value ->> 'threshold')::bigint <> 0 THEN 'level 1 starts at 0 XP'
+                     WHEN (l.value ->> 'increment')::bigint <= 0 THEN 'increments are positive'
+                     WHEN (l.value ->> 'is_last')::boolean <> (l.ord = l.total) THEN 'only the last row has is_last'
+                     WHEN l.ord < l.total AND (l.value ->> 'threshold')::numeric + (l.value ->> 'increment')::numeric
+                          <> (l.next_value ->> 'threshold')::numeric
+                       THEN 'threshold + increment must equal the next threshold'
+                   END AS problem
+            FROM (
+                SELECT e.value, e.ord, lead(e.value) OVER (ORDER BY e.ord) AS next_value,
+                       count(*) OVER () AS total
+                FROM jsonb_array_elements(p_definition -> 'levels') WITH ORDINALITY e(value, ord)
+            ) l
+        ) p WHERE problem IS NOT NULL ORDER BY ord LIMIT 1;
+    END IF;
+    IF v_problem IS NULL THEN
+        SELECT format('rule %s: %s', ord, problem) INTO v_problem FROM (
+            SELECT r.ord,
+                   CASE
+                     WHEN coalesce(r.value ->> 'action', '') !~ '^[A-Za-z][A-Za-z0-9_]{0,63}$'
+                       THEN 'action must match [A-Za-z][A-Za-z0-9_]{0,63}'
+                     WHEN count(*) OVER (PARTITION BY r.value ->> 'action') > 1
+                       THEN format('duplicate action %s', r.value ->> 'action')
+                     WHEN coalesce(r.value ->> 'constant', '') !~ '^-?[0-9]{1,16}(\.[0-9]{1,20})?$'
+                       THEN 'constant must be a decimal number'
+                     WHEN jsonb_typeof(r.value -> 'coefficients') IS DISTINCT FROM 'object'
+                       OR EXISTS (SELECT FROM jsonb_each_text(r.value -> 'coefficients') c
+                                   WHERE c.key !~ '^[A-Z_][A-Z0-9_]{0,63}$'
+                                      OR c.value !~ '^-?[0-9]{1,16}(\.[0-9]{1,20})?$')
+                       THEN 'coefficients must map INPUT names to decimal numbers'
+                     WHEN jsonb_typeof(r.value -> 'campaign_types') NOT IN ('null', 'array')
+                       OR EXISTS (SELECT FROM jsonb_array_elements_text(
+                                      CASE WHEN jsonb_typeof(r.value -> 'campaign_types') = 'array'
+                                           THEN r.value -> 'campaign_types' ELSE '[]' END) t
+                                   WHERE t NOT IN ('B2C', 'AGENCY_B2C', 'INDIVIDUAL'))
+                       THEN 'campaign_types must be null or a list of B2C, AGENCY_B2C, INDIVIDUAL'
+                   END AS problem
+            FROM jsonb_array_elements(p_definition -> 'rules') WITH ORDINALITY r(value, ord)
+        ) p WHERE problem IS NOT NULL ORDER BY ord LIMIT 1;
+    END IF;
+    IF v_problem IS NOT NULL THEN
+        RAISE EXCEPTION 'invalid ruleset definition %: %', coalesce(quote_literal(p_definition ->> 'name'), 'NULL'), v_problem
+            USING ERRCODE = 'PX024', HINT = 'compile rulesets from a TOML config seed: pyxp rules apply FILE';
+    END IF;
+END
+$$;
+
+-- Installs a compiled ruleset (from pyxp.ruleset_config) and makes it active.
+-- Same content as the active version: nothing changes. Same content as an
+-- older version of that name: that version is re-activated. Otherwise a new
+-- version (max + 1) is created. Activation re-derives every balance's level.
+-- Old versions stay: ledger rows keep their rule ids.
+CREATE FUNCTION pyxp.install_ruleset(definition jsonb, source text)
+RETURNS TABLE (ruleset_id bigint, name text, version integer, created boolean, activated boolean,
+               balances_changed bigint)
+LANGUAGE plpgsql SECURITY DEFINER
+SET search_path = pyxp, pg_temp
+AS $$
+DECLARE
+    v_name text := install_ruleset.definition ->> 'name';
+    v_hash text := encode(sha256(convert_to(install_ruleset.definition::text, 'UTF8')), 'hex');
+    v_found pyxp.rulesets;
+    v_id bigint;
+    v_created boolean := false;
+BEGIN
+    PERFORM pyxp.check_ruleset_definition(install_ruleset.definition);
+    LOCK TABLE pyxp.xp_balances IN SHARE ROW EXCLUSIVE MODE;
+
+    SELECT * INTO v_found FROM pyxp.rulesets r WHERE r.name = v_name AND r.content_hash = v_hash;
+    IF v_found.is_active THEN
+        RETURN QUERY SELECT v_found.ruleset_id, v_found.name, v_found.version, false, false, 0::bigint;
+        RETURN;
+    END IF;
+
+    IF v_found.ruleset_id IS NOT NULL THEN
+        v_id := v_found.ruleset_id;
+    ELSE
+        INSERT INTO pyxp.rulesets (name, version, content_hash, definition, source, description, balance_floor)
+        SELECT v_name,
+               coalesce((SELECT max(r.version) FROM pyxp.rulesets r WHERE r.name = v_name), 0) + 1,
+               v_hash, install_ruleset.definition, install_ruleset.source,
+               install_ruleset.definition ->> 'description',
+               (install_ruleset.definition ->> 'balance_floor')::bigint
+        RETURNING rulesets.ruleset_id INTO v_id;
+
+        INSERT INTO pyxp.level_thresholds (ruleset_id, level, threshold, increment, is_last)
+        SELECT v_id, (l ->> 'level')::bigint, (l ->> 'threshold')::bigint,
+               (l ->> 'increment')::bigint, (l ->> 'is_last')::boolean
+        FROM jsonb_array_elements(install_ruleset.definition -> 'levels') l;
+
+        INSERT INTO pyxp.rules (ruleset_id, position, action, event, campaign_types, condition,
+                                formula, xp_constant, xp_coefficients, description)
+        SELECT v_id, r.ord, r.value ->> 'action', r.value ->> 'event',
+               CASE WHEN jsonb_typeof(r.value -> 'campaign_types') = 'array'
+                    THEN ARRAY(SELECT jsonb_array_elements_text(r.value -> 'campaign_types')) END,
+               r.value ->> 'condition', coalesce(r.value ->> 'formula', r.value ->> 'constant'),
+               (r.value ->> 'constant')::numeric, r.value -> 'coefficients', r.value ->> 'description'
+        FROM jsonb_array_elements(install_ruleset.definition -> 'rules') WITH ORDINALITY r(value, ord);
+        v_created := true;
+    END IF;
+
+    -- Two statements: the partial unique index allows one active row at a time.
+    UPDATE pyxp.rulesets r SET is_active = false WHERE r.is_active;
+    UPDATE pyxp.rulesets r SET is_active = true, activated_at = now() WHERE r.ruleset_id = v_id;
+
+    RETURN QUERY
+        SELECT r.ruleset_id, r.name, r.version, v_created, true, pyxp.recalculate_levels()
+        FROM pyxp.rulesets r WHERE r.ruleset_id = v_id;
+END
+$$;
+-- The award engine: the one place where ledger rows and balances are written.
+--
+--   public function (award, award_completion, ...)   validates and normalises inputs
+--     -> pyxp.post_award(...)     claims the idempotency key, resolves the rules of
+--                                 the active ruleset, evaluates their linear forms
+--       -> pyxp.write_ledger_rows(...)   locks the wallet's balance row, appends
+--                                        the rows, updates the balance and level
+--
+-- Atomicity: each public function runs in its caller's transaction; any error
+-- aborts all of it, so a refusal never leaves a row behind.
+-- Idempotency: pyxp.xp_requests' primary key. A second call with the same key
+-- waits for the first one's transaction, then replays its rows (replayed =
+-- true) or, with other inputs, raises PX010. Nothing is written by a replay.
+-- Concurrency: one call touches one wallet; its rows are appended under that
+-- wallet's balance row lock (FOR UPDATE), so awards to one wallet serialise
+-- and never lose or double an amount.
+
+-- A ledger row about to be written (amount before any balance floor).
+CREATE TYPE pyxp.planned_row AS (
+    transaction_type  text,
+    xp_amount         bigint,
+    rule_id           bigint,
+    campaign_id       text,
+    subject           text,
+    metadata          jsonb,
+    reverses          bigint
+);
+
+-- Records a call's key and inputs. true: this call is the first with this key
+-- and must do the work. false: the key was used before (possibly by a
+-- concurrent transaction this INSERT waited for): the caller replays.
+CREATE FUNCTION pyxp.claim_request(p_key text, p_inputs jsonb, p_ruleset_id bigint)
+RETURNS boolean
+LANGUAGE plpgsql
+AS $$
+BEGIN
+    INSERT INTO pyxp.xp_requests (idempotency_key, inputs, ruleset_id)
+    VALUES (p_key, p_inputs, p_ruleset_id)
+    ON CONFLICT (idempotency_key) DO NOTHING;
+    RETURN FOUND;
+END
+$$;
+
+-- The original result of an earlier call with this key, marked replayed.
+-- Levels are computed on the curve that was active for the original call, so
+-- the replay returns what the original call returned. Other inputs: PX010
+-- (or the caller's code and message, e.g. PX014 for a second reversal).
+CREATE FUNCTION pyxp.replayed_award(p_key text, p_inputs jsonb,
+                                    p_conflict_message text DEFAULT NULL,
+                                    p_conflict_code text DEFAULT 'PX010')
+RETURNS SETOF pyxp.award_result
+LANGUAGE plpgsql STABLE
+AS $$
+DECLARE
+    v_request pyxp.xp_requests;
+BEGIN
+    SELECT * INTO STRICT v_request FROM pyxp.xp_requests q WHERE q.idempotency_key = p_key;
+    IF v_request.inputs IS DISTINCT FROM p_inputs THEN
+        RAISE EXCEPTION '%', coalesce(p_conflict_message,
+                                      format('idempotency key %L was already used with other inputs', p_key))
+            USING ERRCODE = p_conflict_code,
+                  DETAIL = format('first call: %s; this call: %s', v_request.inputs, p_inputs),
+                  HINT = 'repeat a call with exactly the same inputs to get its result again';
+    END IF;
+    RETURN QUERY
+        SELECT t.id, t.user_wallet, t.transaction_type, t.xp_amount, t.xp_requested, t.balance_after,
+               now_.level, (now_.next_level_xp - t.balance_after)::bigint, before_.level, true
+          FROM pyxp.xp_transactions t
+          CROSS JOIN LATERAL pyxp.curve_position(v_request.ruleset_id, t.balance_after) now_
+          CROSS JOIN LATERAL pyxp.curve_position(v_request.ruleset_id, t.balance_after - t.xp_amount) before_
+         WHERE t.idempotency_key = p_key
+         ORDER BY t.id;
+END
+$$;
+
+-- Appends planned rows for one wallet and updates its balance, under the
+-- balance row lock. Applies the ruleset's balance floor to penalties when
+-- p_apply_floor (the row then records xp_requested). A balance leaving
+-- [-2^62, 2^62] is refused (PX019). p_moderations is added to
+-- total_moderations in the same UPDATE.
+CREATE FUNCTION pyxp.write_ledger_rows(p_wallet text, p_ruleset_id bigint, p_key text,
+                                       p_rows pyxp.planned_row[], p_moderations integer,
+                                       p_apply_floor boolean)
+RETURNS SETOF pyxp.award_result
+LANGUAGE plpgsql
+AS $$
+DECLARE
+    c_max_balance constant bigint := 4611686018427387904;  -- 2^62
+    v_floor bigint;
+    v_running bigint;
+    v_row pyxp.planned_row;
+    v_out pyxp.award_result;
+    v_level bigint;
+    v_next numeric;
+BEGIN
+    IF cardinality(p_rows) = 0 AND p_moderations = 0 THEN
+        RETURN;
+    END IF;
+    -- The wallet's lock. A new wallet's row is inserted first; a concurrent
+    -- insert of the same wallet makes ON CONFLICT wait, then we lock its row.
+    SELECT b.total_xp INTO v_running FROM pyxp.xp_balances b WHERE b.user_wallet = p_wallet FOR UPDATE;
+    IF NOT FOUND THEN
+        INSERT INTO pyxp.xp_balances (user_wallet, total_xp, current_level, xp_to_next_level)
+        SELECT p_wallet, 0, c.level, c.next_level_xp::bigint FROM pyxp.curve_position(p_ruleset_id, 0) c
+        ON CONFLICT (user_wallet) DO NOTHING;
+        SELECT b.total_xp INTO STRICT v_running FROM pyxp.xp_balances b WHERE b.user_wallet = p_wallet FOR UPDATE;
+    END IF;
+    IF p_apply_floor THEN
+        SELECT r.balance_floor INTO v_floor FROM pyxp.rulesets r WHERE r.ruleset_id = p_ruleset_id;
+    END IF;
+    SELECT c.level, c.next_level_xp INTO v_level, v_next FROM pyxp.curve_position(p_ruleset_id, v_running) c;
+
+    FOREACH v_row IN ARRAY p_rows LOOP
+        v_out.previous_level := v_level;
+        v_out.xp_requested := NULL;
+        v_out.xp_amount := v_row.xp_amount;
+        -- A floor cuts a penalty to what keeps the balance at the floor; a
+        -- balance already below it (floor raised later) loses nothing more.
+        IF v_floor IS NOT NULL AND v_row.xp_amount < 0 THEN
+            v_out.xp_amount := greatest(v_row.xp_amount, least(0, v_floor - v_running));
+            IF v_out.xp_amount <> v_row.xp_amount THEN
+                v_out.xp_requested := v_row.xp_amount;
+            END IF;
+        END IF;
+        IF v_running + v_out.xp_amount NOT BETWEEN -c_max_balance AND c_max_balance THEN
+            RAISE EXCEPTION 'balance of % would be %, out of range', p_wallet, v_running + v_out.xp_amount
+                USING ERRCODE = 'PX019', HINT = 'a balance stays between -2^62 and 2^62';
+        END IF;
+        v_running := v_running + v_out.xp_amount;
+
+        INSERT INTO pyxp.xp_transactions (user_wallet, transaction_type, xp_amount, xp_requested,
+                                          balance_after, rule_id, campaign_id, subject,
+                                          idempotency_key, metadata, reverses)
+        VALUES (p_wallet, v_row.transaction_type, v_out.xp_amount, v_out.xp_requested,
+                v_running, v_row.rule_id, v_row.campaign_id, v_row.subject,
+                p_key, coalesce(v_row.metadata, '{}'), v_row.reverses)
+        RETURNING id INTO v_out.transaction_id;
+
+        SELECT c.level, c.next_level_xp INTO v_level, v_next FROM pyxp.curve_position(p_ruleset_id, v_running) c;
+        v_out.user_wallet := p_wallet;
+        v_out.transaction_type := v_row.transaction_type;
+        v_out.total_xp := v_running;
+        v_out.current_level := v_level;
+        v_out.xp_to_next_level := (v_next - v_running)::bigint;
+        v_out.replayed := false;
+        RETURN NEXT v_out;
+    END LOOP;
+
+    UPDATE pyxp.xp_balances b
+       SET total_xp = v_running,
+           current_level = v_level,
+           xp_to_next_level = (v_next - v_running)::bigint,
+           total_moderations = b.total_moderations + p_moderations,
+           updated_at = now()
+     WHERE b.user_wallet = p_wallet;
+END
+$$;
+
+-- Evaluates rules' linear forms: round_half_away(constant + sum(coef * input)).
+-- An input a rule needs and the call lacks: PX018. With p_strict, an input no
+-- rule uses is refused too (PX017: a typo in a manual award's params).
+-- An amount beyond +-10^15: PX004.
+CREATE FUNCTION pyxp.planned_rows(p_rule_ids bigint[], p_params jsonb, p_strict boolean,
+                                  p_campaign_id text, p_subject text, p_metadata jsonb)
+RETURNS pyxp.planned_row[]
+LANGUAGE plpgsql STABLE
+AS $$
+DECLARE
+    v_missing record;
+    v_rule record;
+    v_rows pyxp.planned_row[] := '{}';
+BEGIN
+    SELECT ru.action, c.key INTO v_missing
+      FROM pyxp.rules ru CROSS JOIN LATERAL jsonb_object_keys(ru.xp_coefficients) c(key)
+     WHERE ru.rule_id = ANY (p_rule_ids) AND NOT p_params ? c.key
+     LIMIT 1;
+    IF FOUND THEN
+        RAISE EXCEPTION 'missing input % for %', v_missing.key, v_missing.action
+            USING ERRCODE = 'PX018', HINT = format('pass %s, a number between 0 and 10^15', v_missing.key);
+    END IF;
+    IF p_strict THEN
+        SELECT p.key INTO v_missing FROM jsonb_object_keys(p_params) p(key)
+         WHERE NOT EXISTS (SELECT FROM pyxp.rules ru WHERE ru.rule_id = ANY (p_rule_ids)
+                                                       AND ru.xp_coefficients ? p.key)
+         LIMIT 1;
+        IF FOUND THEN
+            RAISE EXCEPTION 'unknown param %: no formula of this action uses it', v_missing.key
+                USING ERRCODE = 'PX017', HINT = 'params holds formula inputs only; put anything else in context';
+        END IF;
+    END IF;
+
+    FOR v_rule IN
+        SELECT ru.rule_id, ru.action,
+               (SELECT round(ru.xp_constant + coalesce(sum(c.value::numeric * (p_params ->> c.key)::numeric), 0))
+                  FROM jsonb_each_text(ru.xp_coefficients) c) AS amount
+          FROM unnest(p_rule_ids) WITH ORDINALITY u(rule_id, ord)
+          JOIN pyxp.rules ru ON ru.rule_id = u.rule_id
+         ORDER BY u.ord
+    LOOP
+        IF abs(v_rule.amount) > 1e15 THEN
+            RAISE EXCEPTION 'XP amount % of % is out of range', v_rule.amount, v_rule.action
+                USING ERRCODE = 'PX004', HINT = 'an award is at most 10^15 XP; check the formula inputs';
+        END IF;
+        v_rows := v_rows || ROW(v_rule.action, v_rule.amount::bigint, v_rule.rule_id,
+                                p_campaign_id, p_subject, p_metadata, NULL)::pyxp.planned_row;
+    END LOOP;
+    RETURN v_rows;
+END
+$$;
+
+-- Claims the key, resolves the rules of the active ruleset and writes their
+-- rows. Rules are chosen by action code (p_action, generic award) or by event:
+-- every rule of that event whose campaign_types include p_campaign_type (or
+-- are NULL) and whose condition is NULL or one of p_facts, in file order.
+-- Amounts come only from the rules: no XP figure is written in PL/pgSQL.
+CREATE FUNCTION pyxp.post_award(
+    p_key text, p_inputs jsonb, p_wallet text,
+    p_action text, p_event text, p_campaign_type text, p_facts text[],
+    p_params jsonb, p_strict_params boolean,
+    p_campaign_id text, p_subject text, p_metadata jsonb, p_moderations integer,
+    p_conflict_message text DEFAULT NULL)
+RETURNS SETOF pyxp.award_result
+LANGUAGE plpgsql
+AS $$
+DECLARE
+    v_ruleset bigint;
+    v_rule_ids bigint[];
+BEGIN
+    -- Before reading the active ruleset: see the lock protocol in 04_rulesets.sql.
+    LOCK TABLE pyxp.xp_balances IN ROW EXCLUSIVE MODE;
+    v_ruleset := pyxp.active_ruleset_id();
+    IF NOT pyxp.claim_request(p_key, p_inputs, v_ruleset) THEN
+        RETURN QUERY SELECT * FROM pyxp.replayed_award(p_key, p_inputs, p_conflict_message);
+        RETURN;
+    END IF;
+
+    IF p_action IS NOT NULL THEN
+        SELECT array_agg(ru.rule_id) INTO v_rule_ids
+          FROM pyxp.rules ru WHERE ru.ruleset_id = v_ruleset AND ru.action = p_action;
+        IF v_rule_ids IS NULL THEN
+            RAISE EXCEPTION 'unknown action %', quote_literal(p_action)
+                USING ERRCODE = 'PX009',
+                      HINT = (SELECT format('actions of the active ruleset %s v%s: %s', r.name, r.version,
+                                            (SELECT string_agg(ru.action, ', ' ORDER BY ru.position)
+                                               FROM pyxp.rules ru WHERE ru.ruleset_id = r.ruleset_id))
+                                FROM pyxp.rulesets r WHERE r.ruleset_id = v_ruleset);
+        END IF;
+    ELSE
+        SELECT coalesce(array_agg(ru.rule_id ORDER BY ru.position), '{}') INTO v_rule_ids
+          FROM pyxp.rules ru
+         WHERE ru.ruleset_id = v_ruleset AND ru.event = p_event
+           AND (ru.campaign_types IS NULL OR p_campaign_type = ANY (ru.campaign_types))
+           AND (ru.condition IS NULL OR ru.condition = ANY (p_facts));
+    END IF;
+
+    RETURN QUERY SELECT * FROM pyxp.write_ledger_rows(
+        p_wallet, v_ruleset, p_key,
+        pyxp.planned_rows(v_rule_ids, p_params, p_strict_params, p_campaign_id, p_subject, p_metadata),
+        p_moderations, true);
+END
+$$;
+
+-- Public: awards the active rule `action` to `wallet`, once per
+-- idempotency_key. params: the formula inputs ({"PRICE_COMPLETION": 300});
+-- context: free JSON kept in the row's metadata (its "campaign_id" and
+-- "subject", if texts, also fill those columns). The key's inputs are action,
+-- wallet and params: a retry with another context is a replay.
+CREATE FUNCTION pyxp.award(wallet text, action text, idempotency_key text,
+                           params jsonb DEFAULT '{}', context jsonb DEFAULT '{}')
+RETURNS SETOF pyxp.award_result
+LANGUAGE plpgsql SECURITY DEFINER
+SET search_path = pyxp, pg_temp
+AS $$
+DECLARE
+    v_wallet text := pyxp.checked_wallet(award.wallet);
+    v_action text := pyxp.checked_identifier('action', award.action, 64);
+    v_key text := pyxp.checked_identifier('idempotency key', award.idempotency_key, 256);
+    v_params jsonb := pyxp.checked_params(award.params);
+    v_context jsonb := pyxp.checked_context(award.context);
+    v_campaign_id text;
+    v_subject text;
+BEGIN
+    IF jsonb_typeof(v_context -> 'campaign_id') = 'string' THEN
+        v_campaign_id := pyxp.checked_identifier('campaign id', v_context ->> 'campaign_id');
+    END IF;
+    IF jsonb_typeof(v_context -> 'subject') = 'string' THEN
+        v_subject := pyxp.checked_identifier('subject', v_context ->> 'subject', 256);
+    END IF;
+    RETURN QUERY SELECT * FROM pyxp.post_award(
+        v_key, jsonb_build_object('action', v_action, 'wallet', v_wallet, 'params', v_params),
+        v_wallet, v_action, NULL, NULL, NULL, v_params, true,
+        v_campaign_id, v_subject, v_context || v_params, 0);
+END
+$$;
+
+-- Public: appends a compensating row (transaction_type REVERSAL, the opposite
+-- of the applied amount, reverses = transaction_id) to the same wallet.
+-- A row is reversed once: repeating the call with the same reason replays,
+-- another reason is refused (PX014), as is reversing a reversal. The balance
+-- floor does not apply: a reversal compensates exactly.
+CREATE FUNCTION pyxp.reverse_transaction(transaction_id bigint, reason text)
+RETURNS SETOF pyxp.award_result
+LANGUAGE plpgsql SECURITY DEFINER
+SET search_path = pyxp, pg_temp
+AS $$
+DECLARE
+    v_reason text := pyxp.checked_identifier('reason', reverse_transaction.reason, 500);
+    v_original pyxp.xp_transactions;
+    v_key text;
+    v_inputs jsonb;
+    v_ruleset bigint;
+BEGIN
+    LOCK TABLE pyxp.xp_balances IN ROW EXCLUSIVE MODE;
+    v_ruleset := pyxp.active_ruleset_id();
+    SELECT * INTO v_original FROM pyxp.xp_transactions t WHERE t.id = reverse_transaction.transaction_id;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'unknown transaction %', coalesce(reverse_transaction.transaction_id::text, 'NULL')
+            USING ERRCODE = 'PX015', HINT = 'pass the id of an xp_transactions row';
+    ELSIF v_original.reverses IS NOT NULL THEN
+        RAISE EXCEPTION 'transaction % reverses transaction % and cannot itself be reversed',
+                        v_original.id, v_original.reverses
+            USING ERRCODE = 'PX014', HINT = 'award the amount again instead';
+    END IF;
+    v_key := 'reverse:' || v_original.id;
+    v_inputs := jsonb_build_object('transaction_id', v_original.id, 'reason', v_reason);
+    IF NOT pyxp.claim_request(v_key, v_inputs, v_ruleset) THEN
+        RETURN QUERY SELECT * FROM pyxp.replayed_award(
+            v_key, v_inputs, format('transaction %s was already reversed', v_original.id), 'PX014');
+        RETURN;
+    END IF;
+    RETURN QUERY SELECT * FROM pyxp.write_ledger_rows(
+        v_original.user_wallet, v_ruleset, v_key,
+        ARRAY[ROW('REVERSAL', -v_original.xp_amount, NULL, v_original.campaign_id, v_original.subject,
+                  jsonb_build_object('reason', v_reason, 'reversed_type', v_original.transaction_type),
+                  v_original.id)::pyxp.planned_row],
+        0, false);
+END
+$$;
+-- Reads: balance, history, leaderboard, rank, audit.
+-- SECURITY DEFINER so that pyxp_writer, which has no SELECT on the tables,
+-- can read through them; pyxp_reader may also read the tables directly.
+
+-- A wallet's balance. A wallet with no history has 0 XP at level 1 (one row
+-- with created_at NULL), so callers need no special case.
+CREATE FUNCTION pyxp.balance(wallet text)
+RETURNS TABLE (user_wallet text, total_xp bigint, current_level bigint, xp_to_next_level bigint,
+               total_moderations bigint, created_at timestamptz, updated_at timestamptz)
+LANGUAGE plpgsql STABLE SECURITY DEFINER
+SET search_path = pyxp, pg_temp
+AS $$
+DECLARE
+    v_wallet text := pyxp.checked_wallet(balance.wallet);
+BEGIN
+    RETURN QUERY
+        SELECT b.user_wallet, b.total_xp, b.current_level, b.xp_to_next_level,
+               b.total_moderations, b.created_at, b.updated_at
+          FROM pyxp.xp_balances b WHERE b.user_wallet = v_wallet;
+    IF NOT FOUND THEN
+        RETURN QUERY
+            SELECT v_wallet, 0::bigint, c.level, c.next_level_xp::bigint, 0::bigint,
+                   NULL::timestamptz, NULL::timestamptz
+              FROM pyxp.curve_position(pyxp.active_ruleset_id(), 0) c;
+    END IF;
+END
+$$;
+
+-- A wallet's ledger rows, newest first. Keyset pagination: pass the last
+-- transaction_id of a page as before_id to get the next one (index
+-- xp_transactions_wallet). max_rows: 1..1000.
+CREATE FUNCTION pyxp.history(wallet text, max_rows integer DEFAULT 50, before_id bigint DEFAULT NULL)
+RETURNS TABLE (transaction_id bigint, user_wallet text, transaction_type text, xp_amount bigint,
+               xp_requested bigint, balance_after bigint, rule_id bigint, campaign_id text,
+               subject text, idempotency_key text, metadata jsonb, reverses bigint,
+               created_at timestamptz)
+LANGUAGE plpgsql STABLE SECURITY DEFINER
+SET search_path = pyxp, pg_temp
+AS $$
+DECLARE
+    v_wallet text := pyxp.checked_wallet(history.wallet);
+    v_max integer := pyxp.checked_row_count('max_rows', history.max_rows);
+BEGIN
+    RETURN QUERY
+        SELECT t.id, t.user_wallet, t.transaction_type, t.xp_amount, t.xp_requested, t.balance_after,
+               t.rule_id, t.campaign_id, t.subject, t.idempotency_key, t.metadata, t.reverses, t.created_at
+          FROM pyxp.xp_transactions t
+         WHERE t.user_wallet = v_wallet
+           AND (history.before_id IS NULL OR t.id < history.before_id)
+         ORDER BY t.id DESC
+         LIMIT v_max;
+END
+$$;
+
+-- Balances by total_xp, highest first; ties are ordered by wallet, so ranks
+-- are unique and stable (index xp_balances_leaderboard). max_rows: 1..1000;
+-- offset_rows pages on (rank = offset_rows + position).
+CREATE FUNCTION pyxp.leaderboard(max_rows integer DEFAULT 100, offset_rows integer DEFAULT 0)
+RETURNS TABLE (rank bigint, user_wallet text, total_xp bigint, current_level bigint)
+LANGUAGE plpgsql STABLE SECURITY DEFINER
+SET search_path = pyxp, pg_temp
+AS $$
+DECLARE
+    v_max integer := pyxp.checked_row_count('max_rows', leaderboard.max_rows);
+BEGIN
+    IF leaderboard.offset_rows IS NULL OR leaderboard.offset_rows < 0 THEN
+        RAISE EXCEPTION 'invalid offset_rows: %', coalesce(leaderboard.offset_rows::text, 'NULL')
+            USING ERRCODE = 'PX023', HINT = 'offset_rows is 0 or more';
+    END IF;
+    RETURN QUERY
+        SELECT leaderboard.offset_rows + row_number() OVER (ORDER BY b.total_xp DESC, b.user_wallet),
+               b.user_wallet, b.total_xp, b.current_level
+          FROM (SELECT x.user_wallet, x.total_xp, x.current_level
+                  FROM pyxp.xp_balances x
+                 ORDER BY x.total_xp DESC, x.user_wallet
+                 OFFSET leaderboard.offset_rows LIMIT v_max) b
+         ORDER BY 1;
+END
+$$;
+
+-- A wallet's rank in leaderboard order, NULL when it has no balance.
+-- Two index range counts on xp_balances_leaderboard.
+CREATE FUNCTION pyxp.wallet_rank(wallet text)
+RETURNS bigint
+LANGUAGE plpgsql STABLE SECURITY DEFINER
+SET search_path = pyxp, pg_temp
+AS $$
+DECLARE
+    v_wallet text := pyxp.checked_wallet(wallet_rank.wallet);
+    v_total bigint;
+BEGIN
+    SELECT b.total_xp INTO v_total FROM pyxp.xp_balances b WHERE b.user_wallet = v_wallet;
+    IF NOT FOUND THEN
+        RETURN NULL;
+    END IF;
+    RETURN 1 + (SELECT count(*) FROM pyxp.xp_balances b WHERE b.total_xp > v_total)
+             + (SELECT count(*) FROM pyxp.xp_balances b WHERE b.total_xp = v_total AND b.user_wallet < v_wallet);
+END
+$$;
+
+-- Every inconsistency between the ledger, the balances and the rules, one
+-- row each; no rows when healthy. What it proves: each balance equals the sum
+-- of its wallet's rows, each row's balance_after chains from the previous
+-- one, levels match the active curve, reversals mirror what they reverse,
+-- rows name the action of their rule, exactly one ruleset is active.
+CREATE FUNCTION pyxp.audit()
+RETURNS TABLE (check_name text, user_wallet text, transaction_id bigint, detail text)
+LANGUAGE sql STABLE SECURITY DEFINER
+SET search_path = pyxp, pg_temp
+AS $$
+    SELECT 'active_ruleset', NULL::text, NULL::bigint,
+           format('%s active rulesets, expected 1', count(*))
+      FROM pyxp.rulesets r WHERE r.is_active HAVING count(*) <> 1
+    UNION ALL
+    SELECT 'balance_mismatch', coalesce(b.user_wallet, l.user_wallet), NULL,
+           CASE WHEN b.user_wallet IS NULL
+                THEN format('ledger sum %s but no xp_balances row', l.total)
+                ELSE format('xp_balances.total_xp = %s, ledger sum = %s', b.total_xp, coalesce(l.total, 0)) END
+      FROM pyxp.xp_balances b
+      FULL JOIN (SELECT t.user_wallet, sum(t.xp_amount) AS total
+                   FROM pyxp.xp_transactions t GROUP BY t.user_wallet) l
+        ON l.user_wallet = b.user_wallet
+     WHERE b.user_wallet IS NULL OR b.total_xp <> coalesce(l.total, 0)
+    UNION ALL
+    SELECT 'running_balance', c.user_wallet, c.id,
+           format('balance_after = %s, previous balance_after %s + xp_amount %s = %s',
+                  c.balance_after, coalesce(c.previous, 0), c.xp_amount, coalesce(c.previous, 0) + c.xp_amount)
+      FROM (SELECT t.user_wallet, t.id, t.balance_after, t.xp_amount,
+                   lag(t.balance_after) OVER (PARTITION BY t.user_wallet ORDER BY t.id) AS previous
+              FROM pyxp.xp_transactions t) c
+     WHERE c.balance_after <> coalesce(c.previous, 0) + c.xp_amount
+    UNION ALL
+    SELECT 'level_mismatch', b.user_wallet, NULL,
+           format('level %s with %s to next, curve says level %s with %s to next',
+                  b.current_level, b.xp_to_next_level, c.level, c.next_level_xp - b.total_xp)
+      FROM pyxp.xp_balances b
+     CROSS JOIN LATERAL pyxp.curve_position(
+                (SELECT r.ruleset_id FROM pyxp.rulesets r WHERE r.is_active), b.total_xp) c
+     WHERE b.current_level <> c.level OR b.xp_to_next_level <> c.next_level_xp - b.total_xp
+    UNION ALL
+    SELECT 'reversal_mismatch', t.user_wallet, t.id,
+           format('reverses transaction %s (%s XP to %s) with %s XP', o.id, o.xp_amount, o.user_wallet, t.xp_amount)
+      FROM pyxp.xp_transactions t
+      JOIN pyxp.xp_transactions o ON o.id = t.reverses
+     WHERE t.xp_amount <> -o.xp_amount OR t.user_wallet <> o.user_wallet OR o.reverses IS NOT NULL
+    UNION ALL
+    SELECT 'rule_mismatch', t.user_wallet, t.id,
+           format('transaction_type %s but rule %s is %s', t.transaction_type, ru.rule_id, ru.action)
+      FROM pyxp.xp_transactions t
+      JOIN pyxp.rules ru ON ru.rule_id = t.rule_id
+     WHERE ru.action <> t.transaction_type
+    ORDER BY 1, 2, 3
+$$;
+-- Append-only ledger and privileges.
+
+-- Refuses UPDATE, DELETE and TRUNCATE on the ledger, even for the owner
+-- (PX013). Corrections are new rows: pyxp.reverse_transaction(). A superuser
+-- can still disable triggers; pyxp.audit() would then see the damage.
+CREATE FUNCTION pyxp.refuse_ledger_change()
+RETURNS trigger
+LANGUAGE plpgsql
+AS $$
+BEGIN
+    RAISE EXCEPTION 'xp_transactions is append-only: % refused', TG_OP
+        USING ERRCODE = 'PX013',
+              HINT = 'correct a row with pyxp.reverse_transaction(transaction_id, reason)';
+END
+$$;
+
+CREATE TRIGGER xp_transactions_append_only
+    BEFORE UPDATE OR DELETE ON pyxp.xp_transactions
+    FOR EACH ROW EXECUTE FUNCTION pyxp.refuse_ledger_change();
+CREATE TRIGGER xp_transactions_no_truncate
+    BEFORE TRUNCATE ON pyxp.xp_transactions
+    FOR EACH STATEMENT EXECUTE FUNCTION pyxp.refuse_ledger_change();
+
+-- Nobody but the owner writes a table. pyxp_reader reads every table;
+-- pyxp_writer only executes the public functions (which are SECURITY DEFINER,
+-- run as the owner with search_path pinned to pyxp, pg_temp). Internal
+-- functions (checked_*, post_award, write_ledger_rows, ...) are granted to
+-- nobody: a writer cannot append a row that skipped validation.
+REVOKE ALL ON ALL TABLES IN SCHEMA pyxp FROM PUBLIC;
+REVOKE ALL ON ALL FUNCTIONS IN SCHEMA pyxp FROM PUBLIC;
+GRANT USAGE ON SCHEMA pyxp TO pyxp_writer, pyxp_reader;
+GRANT SELECT ON ALL TABLES IN SCHEMA pyxp TO pyxp_reader;
+
+GRANT EXECUTE ON FUNCTION
+    pyxp.award(text, text, text, jsonb, jsonb),
+    pyxp.reverse_transaction(bigint, text),
+    pyxp.recalculate_levels()
+TO pyxp_writer;
+
+GRANT EXECUTE ON FUNCTION
+    pyxp.level_for(bigint),
+    pyxp.balance(text),
+    pyxp.history(text, integer, bigint),
+    pyxp.leaderboard(integer, integer),
+    pyxp.wallet_rank(text),
+    pyxp.audit()
+TO pyxp_writer, pyxp_reader;
+
+RESET ROLE;

@@ -1,0 +1,29 @@
+"""pyxp: the XP ledger of a campaign platform, kept in PostgreSQL.
+
+The logic lives in PL/pgSQL (schema ``pyxp``); this package wraps it:
+:class:`XP` / :class:`AsyncXP` call the SQL functions, :mod:`pyxp.ruleset_config`
+compiles TOML config seeds into rule tables, :mod:`pyxp.schema` migrates the
+database, and ``pyxp`` is the command line.
+"""
+
+from pyxp.client import AsyncXP, XP
+from pyxp.errors import *  # noqa: F403 - every XPError subclass is public
+from pyxp.errors import XPError
+from pyxp.results import (
+    AuditFinding,
+    Award,
+    AwardRow,
+    Balance,
+    ClientRegistration,
+    LeaderboardRow,
+    LedgerRow,
+    Level,
+    RulesetInstall,
+)
+from pyxp.ruleset_config import ConfigError, RuleSet, load_ruleset
+
+__all__ = [
+    "XP", "AsyncXP", "XPError", "ConfigError", "RuleSet", "load_ruleset",
+    "Award", "AwardRow", "Balance", "Level", "LedgerRow", "LeaderboardRow", "AuditFinding",
+    "RulesetInstall", "ClientRegistration",
+]

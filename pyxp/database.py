@@ -1,0 +1,145 @@
+"""Where the database is: PYXP_DATABASE_URL, libpq defaults, or a throwaway cluster.
+
+Discovery order (used by the CLI, the demo and the tests):
+
+1. ``PYXP_DATABASE_URL`` (a libpq URL or ``key=value`` string), if set;
+2. libpq's own environment and defaults (``PGHOST``, ``PGPORT``, ``PGUSER``,
+   ``PGDATABASE``, ..., else the local socket), if a server answers there;
+3. a throwaway cluster started from the local PostgreSQL binaries (``pg_ctl``
+   on PATH or under ``pg_config --bindir``), run as the ``postgres`` OS user
+   when we are root (PostgreSQL refuses to run as root);
+4. otherwise :class:`~pyxp.errors.DatabaseUnavailable`, saying what to install or set.
+"""
+
+from __future__ import annotations
+
+import os
+import pwd
+import shutil
+import socket
+import subprocess
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import psycopg
+from psycopg.conninfo import make_conninfo
+
+from pyxp.errors import DatabaseUnavailable
+
+DATABASE_URL_VARIABLE = "PYXP_DATABASE_URL"
+
+
+def configured_conninfo() -> str:
+    """The conninfo the user configured: PYXP_DATABASE_URL, else "" (libpq defaults)."""
+    return os.environ.get(DATABASE_URL_VARIABLE, "")
+
+
+def server_answers(conninfo: str, timeout: int = 3) -> bool:
+    """True when a server accepts a connection with this conninfo."""
+    try:
+        with psycopg.connect(conninfo, connect_timeout=timeout, autocommit=True):
+            return True
+    except psycopg.OperationalError:
+        return False
+
+
+def with_database(conninfo: str, dbname: str) -> str:
+    """The same connection parameters, on another database of the same server."""
+    return make_conninfo(conninfo, dbname=dbname)
+
+
+def _postgres_bindir() -> Path | None:
+    found = shutil.which("pg_ctl")
+    candidates = [Path(found).parent] if found else []
+    pg_config = shutil.which("pg_config")
+    if pg_config:
+        result = subprocess.run([pg_config, "--bindir"], capture_output=True, text=True, check=False)
+        if result.returncode == 0:
+            candidates.append(Path(result.stdout.strip()))
+    for directory in candidates:
+        if (directory / "initdb").exists() and (directory / "pg_ctl").exists():
+            return directory
+    return None
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+class EmbeddedCluster:
+    """A private PostgreSQL cluster in a temporary directory, on a free port.
+
+    Started with the local binaries; as root, every server command runs as the
+    ``postgres`` OS user. :meth:`stop` stops it and removes its files.
+    """
+
+    def __init__(self, bindir: Path, port: int | None = None) -> None:
+        self.bindir = bindir
+        self.port = port or _free_port()
+        self.directory = Path(tempfile.mkdtemp(prefix="pyxp-cluster-"))
+        self.datadir = self.directory / "data"
+        self.run_as: str | None = "postgres" if os.geteuid() == 0 else None
+        self.user = "postgres"
+
+    @property
+    def conninfo(self) -> str:
+        return make_conninfo(host="127.0.0.1", port=str(self.port), user=self.user, dbname="postgres")
+
+    def _run(self, *args: str) -> None:
+        command = [str(self.bindir / args[0]), *args[1:]]
+        if self.run_as:
+            command = ["runuser", "-u", self.run_as, "--", *command]
+        result = subprocess.run(command, capture_output=True, text=True, check=False)
+        if result.returncode != 0:
+            raise DatabaseUnavailable(f"{args[0]} failed: {result.stderr.strip() or result.stdout.strip()}")
+
+    def start(self) -> EmbeddedCluster:
+        if self.run_as:
+            entry = pwd.getpwnam(self.run_as)
+            os.chown(self.directory, entry.pw_uid, entry.pw_gid)
+        self._run("initdb", "-D", str(self.datadir), "-U", self.user, "-A", "trust", "-E", "UTF8",
+                  "--no-instructions")
+        options = f"-p {self.port} -k {self.directory} -c listen_addresses=127.0.0.1 -c fsync=off"
+        self._run("pg_ctl", "-D", str(self.datadir), "-o", options, "-l", str(self.directory / "log"),
+                  "-w", "-t", "60", "start")
+        return self
+
+    def stop(self, mode: str = "fast") -> None:
+        if (self.datadir / "postmaster.pid").exists():
+            self._run("pg_ctl", "-D", str(self.datadir), "-m", mode, "-w", "stop")
+        shutil.rmtree(self.directory, ignore_errors=True)
+
+
+@contextmanager
+def discovered_server(allow_embedded: bool = True) -> Iterator[str]:
+    """Yields the conninfo of a server to use, following the discovery order above.
+
+    A throwaway cluster, if one had to be started, is stopped and removed on exit.
+    """
+    conninfo = configured_conninfo()
+    if os.environ.get(DATABASE_URL_VARIABLE):
+        if not server_answers(conninfo):
+            raise DatabaseUnavailable(
+                f"no PostgreSQL server answers at {DATABASE_URL_VARIABLE}={conninfo!r}; "
+                "start it, or fix or unset the variable")
+        yield conninfo
+        return
+    if server_answers(conninfo):
+        yield conninfo
+        return
+    bindir = _postgres_bindir() if allow_embedded else None
+    if bindir is None:
+        raise DatabaseUnavailable(
+            "no PostgreSQL server answers with libpq's defaults and no PostgreSQL binaries were found; "
+            f"set {DATABASE_URL_VARIABLE} (e.g. postgresql://user@host:5432/db) or PGHOST/PGPORT/PGUSER, "
+            "or install the PostgreSQL server (e.g. apt-get install postgresql) so pg_ctl is on PATH "
+            "or under `pg_config --bindir`")
+    cluster = EmbeddedCluster(bindir).start()
+    try:
+        yield cluster.conninfo
+    finally:
+        cluster.stop()

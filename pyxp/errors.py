@@ -1,0 +1,161 @@
+"""pyxp exceptions: one class per PX error code raised by the SQL functions.
+
+The SQL functions refuse bad input with SQLSTATE ``PX0nn`` (see README.md,
+"Error codes"). :func:`wrap_errors` turns such a database error into the
+matching :class:`XPError` subclass, chained to the original psycopg error.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import psycopg
+
+
+class XPError(Exception):
+    """Base class of every pyxp error.
+
+    ``code`` is the SQLSTATE (``PX0nn``) when the database refused the call,
+    ``hint`` what it accepts, ``detail`` any further detail it gave.
+    """
+
+    code: str | None = None
+
+    def __init__(self, message: str, *, hint: str | None = None, detail: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.hint = hint
+        self.detail = detail
+
+    def __str__(self) -> str:
+        text = f"{self.code}: {self.message}" if self.code else self.message
+        if self.hint:
+            text += f" ({self.hint})"
+        return text
+
+
+class InvalidWallet(XPError):
+    code = "PX001"
+
+
+class InvalidEmail(XPError):
+    code = "PX002"
+
+
+class UnknownCampaignType(XPError):
+    code = "PX003"
+
+
+class InvalidNumber(XPError):
+    code = "PX004"
+
+
+class ConflictingFlags(XPError):
+    code = "PX005"
+
+
+class InvalidPrice(XPError):
+    code = "PX006"
+
+
+class MissingMintValue(XPError):
+    code = "PX007"
+
+
+class InvalidVote(XPError):
+    code = "PX008"
+
+
+class UnknownAction(XPError):
+    code = "PX009"
+
+
+class IdempotencyConflict(XPError):
+    code = "PX010"
+
+
+class CampaignMismatch(XPError):
+    code = "PX011"
+
+
+class UnknownCampaign(XPError):
+    code = "PX012"
+
+
+class AppendOnlyLedger(XPError):
+    code = "PX013"
+
+
+class ReversalRefused(XPError):
+    code = "PX014"
+
+
+class UnknownTransaction(XPError):
+    code = "PX015"
+
+
+class InvalidIdentifier(XPError):
+    code = "PX016"
+
+
+class InvalidParams(XPError):
+    code = "PX017"
+
+
+class MissingInput(XPError):
+    code = "PX018"
+
+
+class BalanceOutOfRange(XPError):
+    code = "PX019"
+
+
+class NoActiveRuleset(XPError):
+    code = "PX020"
+
+
+class ClientIsAgency(XPError):
+    code = "PX021"
+
+
+class RegistrationRefused(XPError):
+    code = "PX022"
+
+
+class InvalidArgument(XPError):
+    code = "PX023"
+
+
+class InvalidRuleset(XPError):
+    code = "PX024"
+
+
+class DatabaseUnavailable(XPError):
+    """No PostgreSQL server could be reached or started."""
+
+
+ERRORS_BY_CODE: dict[str, type[XPError]] = {
+    cls.code: cls for cls in XPError.__subclasses__() if cls.code is not None
+}
+
+
+def error_from_database(exc: psycopg.Error) -> XPError | None:
+    """The pyxp error matching a PX-coded database error, or None for any other error."""
+    diag = exc.diag
+    cls = ERRORS_BY_CODE.get(diag.sqlstate or "")
+    if cls is None:
+        return None
+    return cls(diag.message_primary or str(exc), hint=diag.message_hint, detail=diag.message_detail)
+
+
+@contextmanager
+def wrap_errors() -> Iterator[None]:
+    """Re-raise PX-coded database errors as :class:`XPError` subclasses (``from`` the original)."""
+    try:
+        yield
+    except psycopg.Error as exc:
+        error = error_from_database(exc)
+        if error is None:
+            raise
+        raise error from exc

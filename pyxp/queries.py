@@ -1,0 +1,68 @@
+"""Every SQL statement the package sends: calls to ``pyxp.`` functions with
+named notation and explicit casts. Nothing else in the package writes SQL
+against the ledger."""
+
+from __future__ import annotations
+
+AWARD = """SELECT * FROM pyxp.award(
+    wallet => %(wallet)s::text, action => %(action)s::text,
+    idempotency_key => %(idempotency_key)s::text,
+    params => %(params)s::jsonb, context => %(context)s::jsonb)"""
+
+REVERSE_TRANSACTION = """SELECT * FROM pyxp.reverse_transaction(
+    transaction_id => %(transaction_id)s::bigint, reason => %(reason)s::text)"""
+
+AWARD_CAMPAIGN_CREATION = """SELECT * FROM pyxp.award_campaign_creation(
+    creator_wallet => %(creator_wallet)s::text, campaign_id => %(campaign_id)s::text,
+    campaign_type => %(campaign_type)s::text, mint_value => %(mint_value)s::numeric,
+    winstory_creates_video => %(winstory_creates_video)s::boolean,
+    no_rewards => %(no_rewards)s::boolean)"""
+
+AWARD_CAMPAIGN_APPROVAL = """SELECT * FROM pyxp.award_campaign_approval(
+    campaign_id => %(campaign_id)s::text, creator_wallet => %(creator_wallet)s::text)"""
+
+AWARD_MODERATION_VOTE = """SELECT * FROM pyxp.award_moderation_vote(
+    moderator_wallet => %(moderator_wallet)s::text, campaign_id => %(campaign_id)s::text,
+    vote_decision => %(vote_decision)s::text, campaign_type => %(campaign_type)s::text)"""
+
+AWARD_COMPLETION = """SELECT * FROM pyxp.award_completion(
+    completer_wallet => %(completer_wallet)s::text, campaign_id => %(campaign_id)s::text,
+    completion_id => %(completion_id)s::text, campaign_type => %(campaign_type)s::text,
+    is_validated => %(is_validated)s::boolean, is_refused => %(is_refused)s::boolean,
+    is_paid => %(is_paid)s::boolean, price_completion => %(price_completion)s::numeric,
+    mint_value_winc => %(mint_value_winc)s::numeric)"""
+
+AWARD_COMPLETION_MODERATION = """SELECT * FROM pyxp.award_completion_moderation(
+    moderator_wallet => %(moderator_wallet)s::text, campaign_id => %(campaign_id)s::text,
+    completion_id => %(completion_id)s::text, vote_decision => %(vote_decision)s::text,
+    campaign_type => %(campaign_type)s::text)"""
+
+REGISTER_AGENCY_CLIENT = """SELECT * FROM pyxp.register_agency_client(
+    agency_wallet => %(agency_wallet)s::text, client_email => %(client_email)s::text,
+    campaign_id => %(campaign_id)s::text, company_name => %(company_name)s::text)"""
+
+ONBOARD_AGENCY_CLIENT = """SELECT * FROM pyxp.onboard_agency_client(
+    client_email => %(client_email)s::text, client_wallet => %(client_wallet)s::text)"""
+
+BALANCE = "SELECT * FROM pyxp.balance(wallet => %(wallet)s::text)"
+
+HISTORY = """SELECT * FROM pyxp.history(
+    wallet => %(wallet)s::text, max_rows => %(max_rows)s::integer, before_id => %(before_id)s::bigint)"""
+
+LEADERBOARD = """SELECT * FROM pyxp.leaderboard(
+    max_rows => %(max_rows)s::integer, offset_rows => %(offset_rows)s::integer)"""
+
+WALLET_RANK = "SELECT pyxp.wallet_rank(wallet => %(wallet)s::text) AS rank"
+
+LEVEL_FOR = "SELECT * FROM pyxp.level_for(total_xp => %(total_xp)s::bigint)"
+
+RECALCULATE_LEVELS = "SELECT pyxp.recalculate_levels() AS changed"
+
+AUDIT = "SELECT * FROM pyxp.audit()"
+
+INSTALL_RULESET = """SELECT * FROM pyxp.install_ruleset(
+    definition => %(definition)s::jsonb, source => %(source)s::text)"""
+
+ACTIVE_RULESET = """SELECT r.ruleset_id, r.name, r.version, r.balance_floor, r.activated_at,
+       r.definition, r.source
+  FROM pyxp.rulesets r WHERE r.is_active"""

@@ -1,0 +1,148 @@
+"""Typed results of the pyxp SQL functions (rows mapped into dataclasses)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from decimal import Decimal
+from typing import Any
+
+
+@dataclass(frozen=True)
+class AwardRow:
+    """One ledger row created (or replayed) by an award call; levels are the wallet's right after it."""
+
+    transaction_id: int
+    user_wallet: str
+    transaction_type: str
+    xp_amount: int
+    xp_requested: int | None  # set when a balance floor cut the amount
+    total_xp: int
+    current_level: int
+    xp_to_next_level: int
+    previous_level: int
+    replayed: bool
+
+
+@dataclass(frozen=True)
+class Award:
+    """What one award call did: its ledger rows, in order, and a summary of them."""
+
+    rows: tuple[AwardRow, ...]
+
+    @property
+    def xp(self) -> int:
+        """XP applied by the call (sum of its rows)."""
+        return sum(row.xp_amount for row in self.rows)
+
+    @property
+    def total_xp(self) -> int | None:
+        return self.rows[-1].total_xp if self.rows else None
+
+    @property
+    def level_before(self) -> int | None:
+        return self.rows[0].previous_level if self.rows else None
+
+    @property
+    def level_after(self) -> int | None:
+        return self.rows[-1].current_level if self.rows else None
+
+    @property
+    def xp_to_next_level(self) -> int | None:
+        return self.rows[-1].xp_to_next_level if self.rows else None
+
+    @property
+    def leveled_up(self) -> bool:
+        return bool(self.rows) and self.rows[-1].current_level > self.rows[0].previous_level
+
+    @property
+    def replayed(self) -> bool:
+        """True when the call repeated an earlier one and changed nothing."""
+        return bool(self.rows) and all(row.replayed for row in self.rows)
+
+    @property
+    def transaction_types(self) -> list[str]:
+        return [row.transaction_type for row in self.rows]
+
+
+@dataclass(frozen=True)
+class Balance:
+    user_wallet: str
+    total_xp: int
+    current_level: int
+    xp_to_next_level: int
+    total_moderations: int
+    created_at: datetime | None  # None: the wallet has no history yet
+    updated_at: datetime | None
+
+
+@dataclass(frozen=True)
+class Level:
+    level: int
+    level_start_xp: int
+    next_level_xp: int
+    xp_to_next_level: int
+
+    def __post_init__(self) -> None:
+        # numeric in SQL (they may exceed bigint); whole numbers here.
+        for name in ("next_level_xp", "xp_to_next_level"):
+            value: Any = getattr(self, name)
+            if isinstance(value, Decimal):
+                object.__setattr__(self, name, int(value))
+
+
+@dataclass(frozen=True)
+class LedgerRow:
+    transaction_id: int
+    user_wallet: str
+    transaction_type: str
+    xp_amount: int
+    xp_requested: int | None
+    balance_after: int
+    rule_id: int | None
+    campaign_id: str | None
+    subject: str | None
+    idempotency_key: str
+    metadata: dict[str, Any]
+    reverses: int | None
+    created_at: datetime
+
+
+@dataclass(frozen=True)
+class LeaderboardRow:
+    rank: int
+    user_wallet: str
+    total_xp: int
+    current_level: int
+
+
+@dataclass(frozen=True)
+class AuditFinding:
+    check_name: str
+    user_wallet: str | None
+    transaction_id: int | None
+    detail: str
+
+
+@dataclass(frozen=True)
+class RulesetInstall:
+    ruleset_id: int
+    name: str
+    version: int
+    created: bool
+    activated: bool
+    balances_changed: int
+
+
+@dataclass(frozen=True)
+class ClientRegistration:
+    id: int
+    agency_wallet: str
+    client_email: str
+    client_wallet: str | None
+    company_name: str | None
+    campaign_id: str
+    xp_granted: bool
+    onboarded_at: datetime | None
+    created_at: datetime
+    created: bool  # False: the same registration existed already

@@ -1,0 +1,92 @@
+"""Database schema management: alembic migrations and ruleset activation.
+
+``upgrade`` migrates to head and, when no ruleset is active yet, activates the
+default one (``winstory``). ``apply_ruleset`` installs a compiled config seed:
+a new version when its content differs from every stored version of that name,
+nothing when it is the active one (see ``pyxp.install_ruleset`` in sql/).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import psycopg
+from alembic import command
+from alembic.config import Config
+from alembic.runtime.migration import MigrationContext
+from psycopg.rows import class_row, dict_row
+from psycopg.types.json import Jsonb
+from sqlalchemy import create_engine
+from sqlalchemy.pool import NullPool
+
+from pyxp import queries
+from pyxp.errors import wrap_errors
+from pyxp.results import RulesetInstall
+from pyxp.ruleset_config import RuleSet, load_ruleset
+
+DEFAULT_RULESET = "winstory"
+_PACKAGE = Path(__file__).resolve().parent
+
+
+def migrations_directory() -> Path:
+    """migrations/ of the checkout (editable install) or the copy inside an installed wheel."""
+    for candidate in (_PACKAGE.parent / "migrations", _PACKAGE / "_migrations"):
+        if (candidate / "env.py").exists():
+            return candidate
+    raise FileNotFoundError("pyxp migrations not found next to the package")
+
+
+def alembic_config(conninfo: str) -> Config:
+    config = Config()
+    config.set_main_option("script_location", str(migrations_directory()))
+    config.attributes["conninfo"] = conninfo
+    return config
+
+
+def upgrade(conninfo: str, revision: str = "head", activate_default: bool = True) -> RulesetInstall | None:
+    """Migrate to ``revision``; then activate the default ruleset if none is active."""
+    command.upgrade(alembic_config(conninfo), revision)
+    if activate_default and active_ruleset(conninfo) is None:
+        return apply_ruleset(conninfo, DEFAULT_RULESET)
+    return None
+
+
+def downgrade(conninfo: str, revision: str = "base") -> None:
+    """Migrate down to ``revision`` (base: drop the pyxp schema; roles stay)."""
+    command.downgrade(alembic_config(conninfo), revision)
+
+
+def current_revision(conninfo: str) -> str | None:
+    engine = create_engine("postgresql+psycopg://", creator=lambda: psycopg.connect(conninfo),
+                           poolclass=NullPool)
+    with engine.connect() as connection:
+        return MigrationContext.configure(connection).get_current_revision()
+
+
+def head_revision() -> str | None:
+    from alembic.script import ScriptDirectory
+
+    return ScriptDirectory.from_config(alembic_config("")).get_current_head()
+
+
+def apply_ruleset(conninfo: str, ruleset: str | RuleSet) -> RulesetInstall:
+    """Install and activate a ruleset (a shipped name, a TOML path or a parsed RuleSet)."""
+    compiled = load_ruleset(ruleset) if isinstance(ruleset, str) else ruleset
+    with wrap_errors(), psycopg.connect(conninfo) as conn:
+        with conn.cursor(row_factory=class_row(RulesetInstall)) as cur:
+            cur.execute(queries.INSTALL_RULESET,
+                        {"definition": Jsonb(compiled.definition()), "source": compiled.source})
+            result = cur.fetchone()
+    assert result is not None
+    return result
+
+
+def active_ruleset(conninfo: str) -> dict[str, Any] | None:
+    """The active ruleset row (id, name, version, floor, definition, source), or None."""
+    with psycopg.connect(conninfo) as conn, conn.cursor(row_factory=dict_row) as cur:
+        try:
+            cur.execute(queries.ACTIVE_RULESET)
+        except psycopg.errors.UndefinedTable:
+            return None
+        return cur.fetchone()

@@ -1,0 +1,179 @@
+-- pyxp schema: roles, tables, indexes.
+--
+-- Readable current definition. Migrations under migrations/versions/ install
+-- frozen copies; tests check that both build the same database.
+--
+-- Roles are cluster-wide and may already exist (another database of the same
+-- cluster, a concurrent migration): each is created only if missing, and a
+-- concurrent creation by someone else is not an error.
+DO $roles$
+DECLARE
+    v_role text;
+BEGIN
+    FOREACH v_role IN ARRAY ARRAY['pyxp_owner', 'pyxp_writer', 'pyxp_reader'] LOOP
+        IF NOT EXISTS (SELECT FROM pg_catalog.pg_roles WHERE rolname = v_role) THEN
+            BEGIN
+                EXECUTE format('CREATE ROLE %I NOLOGIN', v_role);
+            EXCEPTION WHEN duplicate_object OR unique_violation THEN
+                NULL;  -- created meanwhile by a concurrent session
+            END;
+        END IF;
+    END LOOP;
+    -- The migrating role must be able to SET ROLE pyxp_owner below.
+    IF NOT pg_catalog.pg_has_role(current_user, 'pyxp_owner', 'MEMBER') THEN
+        EXECUTE format('GRANT pyxp_owner TO %I', current_user);
+    END IF;
+END
+$roles$;
+
+CREATE SCHEMA pyxp AUTHORIZATION pyxp_owner;
+REVOKE ALL ON SCHEMA pyxp FROM PUBLIC;
+
+-- Everything below is created by, and so owned by, the NOLOGIN owner role.
+SET LOCAL ROLE pyxp_owner;
+
+-- A ruleset version: rules + level curve, compiled from a TOML config seed.
+-- Exactly one version is active (partial unique index below).
+CREATE TABLE pyxp.rulesets (
+    ruleset_id     bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    name           text NOT NULL,
+    version        integer NOT NULL CHECK (version >= 1),
+    content_hash   text NOT NULL,          -- sha256 of the compiled definition
+    definition     jsonb NOT NULL,         -- compiled form, as applied
+    source         text NOT NULL,          -- TOML text, as applied
+    description    text,
+    balance_floor  bigint,                 -- NULL: penalties apply in full
+    is_active      boolean NOT NULL DEFAULT false,
+    created_at     timestamptz NOT NULL DEFAULT now(),
+    activated_at   timestamptz,
+    UNIQUE (name, version),
+    UNIQUE (name, content_hash)
+);
+CREATE UNIQUE INDEX rulesets_one_active ON pyxp.rulesets ((true)) WHERE is_active;
+
+-- The level curve of a ruleset, levels 1..N. Past the row with is_last, levels
+-- follow each other every `increment` XP forever. Totals below the level-1
+-- threshold (0) are level 1.
+CREATE TABLE pyxp.level_thresholds (
+    ruleset_id  bigint NOT NULL REFERENCES pyxp.rulesets,
+    level       bigint NOT NULL CHECK (level >= 1),
+    threshold   bigint NOT NULL CHECK (threshold >= 0),
+    increment   bigint NOT NULL CHECK (increment > 0),  -- to the next level
+    is_last     boolean NOT NULL,
+    PRIMARY KEY (ruleset_id, level),
+    UNIQUE (ruleset_id, threshold)
+);
+
+-- A rule: XP = round_half_away(xp_constant + sum(coefficient * input)).
+-- event NULL: reachable only by action code through pyxp.award().
+CREATE TABLE pyxp.rules (
+    rule_id          bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    ruleset_id       bigint NOT NULL REFERENCES pyxp.rulesets,
+    position         integer NOT NULL,     -- order in the file = order of ledger rows
+    action           text NOT NULL,        -- written as xp_transactions.transaction_type
+    event            text,
+    campaign_types   text[],               -- NULL: every campaign type
+    condition        text,                 -- NULL: always, else one fact of the call
+    formula          text NOT NULL,        -- as written, for people
+    xp_constant      numeric NOT NULL,
+    xp_coefficients  jsonb NOT NULL DEFAULT '{}',  -- input name -> coefficient
+    description      text,
+    UNIQUE (ruleset_id, action),
+    UNIQUE (ruleset_id, position)
+);
+CREATE INDEX rules_by_event ON pyxp.rules (ruleset_id, event);
+
+-- Campaign registry: filled by award_campaign_creation, read by later calls.
+CREATE TABLE pyxp.campaigns (
+    campaign_id     text PRIMARY KEY,
+    campaign_type   text NOT NULL CHECK (campaign_type IN ('B2C', 'AGENCY_B2C', 'INDIVIDUAL')),
+    creator_wallet  text NOT NULL,
+    created_at      timestamptz NOT NULL DEFAULT now()
+);
+
+-- One row per idempotent call. Its primary key is what serialises two
+-- concurrent calls with the same key: the second INSERT waits for the first
+-- transaction, then sees the row and replays. `inputs` is the canonical form
+-- of what the call asked for; a later call with the same key and other inputs
+-- is refused (PX010).
+CREATE TABLE pyxp.xp_requests (
+    idempotency_key  text PRIMARY KEY,
+    inputs           jsonb NOT NULL,
+    ruleset_id       bigint NOT NULL REFERENCES pyxp.rulesets,  -- curve the result was computed with
+    created_at       timestamptz NOT NULL DEFAULT now()
+);
+
+-- The ledger. Append-only: no UPDATE/DELETE/TRUNCATE privilege for anyone but
+-- the owner, and a trigger refuses them even for the owner.
+-- Invariants (checked by pyxp.audit()):
+--   * per wallet, ordered by id, balance_after = previous balance_after + xp_amount
+--     (rows of one wallet are inserted under that wallet's balance row lock,
+--     so id order is the order of application);
+--   * xp_balances.total_xp = sum(xp_amount) = last balance_after.
+CREATE TABLE pyxp.xp_transactions (
+    id                bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    user_wallet       text NOT NULL,
+    transaction_type  text NOT NULL,
+    xp_amount         bigint NOT NULL,        -- applied
+    xp_requested      bigint,                 -- set only when a balance floor cut the amount
+    balance_after     bigint NOT NULL,
+    rule_id           bigint REFERENCES pyxp.rules,   -- NULL for reversals
+    campaign_id       text,
+    subject           text,                   -- completion id, client email, ...
+    idempotency_key   text NOT NULL REFERENCES pyxp.xp_requests,
+    metadata          jsonb NOT NULL DEFAULT '{}',
+    reverses          bigint REFERENCES pyxp.xp_transactions,
+    created_at        timestamptz NOT NULL DEFAULT now()
+);
+CREATE INDEX xp_transactions_wallet ON pyxp.xp_transactions (user_wallet, id);
+CREATE INDEX xp_transactions_key ON pyxp.xp_transactions (idempotency_key);
+-- A row can be reversed once.
+CREATE UNIQUE INDEX xp_transactions_reversed_once ON pyxp.xp_transactions (reverses)
+    WHERE reverses IS NOT NULL;
+
+-- Current balance per wallet, maintained in the same transaction as the
+-- ledger rows. The range keeps xp_to_next_level (<= 100 + 2^62) and every
+-- threshold arithmetic inside bigint.
+CREATE TABLE pyxp.xp_balances (
+    user_wallet        text PRIMARY KEY,
+    total_xp           bigint NOT NULL DEFAULT 0
+                       CHECK (total_xp BETWEEN -4611686018427387904 AND 4611686018427387904),
+    current_level      bigint NOT NULL DEFAULT 1,
+    xp_to_next_level   bigint NOT NULL,
+    total_moderations  bigint NOT NULL DEFAULT 0,
+    created_at         timestamptz NOT NULL DEFAULT now(),
+    updated_at         timestamptz NOT NULL DEFAULT now()
+);
+-- Leaderboard order: total_xp desc, ties by wallet (deterministic).
+CREATE INDEX xp_balances_leaderboard ON pyxp.xp_balances (total_xp DESC, user_wallet);
+
+-- Agency -> B2C client registrations, granted once per client email.
+CREATE TABLE pyxp.agency_b2c_clients (
+    id             bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    agency_wallet  text NOT NULL,
+    client_email   text NOT NULL,
+    client_wallet  text,
+    company_name   text,
+    campaign_id    text NOT NULL,
+    xp_granted     boolean NOT NULL DEFAULT false,
+    onboarded_at   timestamptz,
+    created_at     timestamptz NOT NULL DEFAULT now(),
+    UNIQUE (agency_wallet, client_email, campaign_id)
+);
+CREATE INDEX agency_b2c_clients_pending ON pyxp.agency_b2c_clients (client_email)
+    WHERE NOT xp_granted;
+
+-- What every award function returns: one row per ledger row created or replayed.
+-- total_xp / levels are the wallet's state right after that row.
+CREATE TYPE pyxp.award_result AS (
+    transaction_id    bigint,
+    user_wallet       text,
+    transaction_type  text,
+    xp_amount         bigint,
+    xp_requested      bigint,
+    total_xp          bigint,
+    current_level     bigint,
+    xp_to_next_level  bigint,
+    previous_level    bigint,
+    replayed          boolean
+);

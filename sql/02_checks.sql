@@ -1,0 +1,201 @@
+-- Input checks and normalisation, shared by every public function.
+--
+-- Each raises a PX error naming the offending value, with a HINT saying what
+-- is accepted, before anything is written. Error codes are listed in README.md.
+-- These are internal (not granted to anyone): public functions call them.
+
+-- Wallet: trimmed; `0x` + 40 hex is lower-cased so checksum-cased and
+-- lower-case forms are one user; empty, > 128 characters or control
+-- characters are refused (PX001).
+CREATE FUNCTION pyxp.checked_wallet(p_wallet text, p_what text DEFAULT 'wallet')
+RETURNS text
+LANGUAGE plpgsql IMMUTABLE PARALLEL SAFE
+AS $$
+DECLARE
+    v text := regexp_replace(p_wallet, '^\s+|\s+$', '', 'g');
+BEGIN
+    IF v IS NULL OR v = '' THEN
+        RAISE EXCEPTION 'invalid %: %', p_what, coalesce(quote_literal(p_wallet), 'NULL')
+            USING ERRCODE = 'PX001', HINT = 'a wallet is a non-empty id of at most 128 characters, e.g. 0x + 40 hex digits';
+    ELSIF length(v) > 128 THEN
+        RAISE EXCEPTION 'invalid %: % (% characters)', p_what, quote_literal(left(v, 40) || '...'), length(v)
+            USING ERRCODE = 'PX001', HINT = 'a wallet has at most 128 characters';
+    ELSIF v ~ '[[:cntrl:]]' THEN
+        RAISE EXCEPTION 'invalid %: % contains control characters', p_what, quote_literal(v)
+            USING ERRCODE = 'PX001', HINT = 'a wallet has no control characters (tabs, newlines, ...)';
+    ELSIF v ~* '^0x[0-9a-f]{40}$' THEN
+        RETURN lower(v);
+    END IF;
+    RETURN v;
+END
+$$;
+
+-- Client email: trimmed, lower-cased, at most 254 characters, one `@`, a
+-- non-empty local part and a domain containing a dot (PX002).
+CREATE FUNCTION pyxp.checked_email(p_email text)
+RETURNS text
+LANGUAGE plpgsql IMMUTABLE PARALLEL SAFE
+AS $$
+DECLARE
+    v text := lower(regexp_replace(p_email, '^\s+|\s+$', '', 'g'));
+BEGIN
+    IF v IS NULL OR length(v) > 254
+       OR v !~ '^[^@[:space:][:cntrl:]]+@[^@[:space:][:cntrl:]]*[^@[:space:][:cntrl:].]\.[^@[:space:][:cntrl:]]*[^@[:space:][:cntrl:].]$'
+    THEN
+        RAISE EXCEPTION 'invalid client email: %', coalesce(quote_literal(left(p_email, 300)), 'NULL')
+            USING ERRCODE = 'PX002',
+                  HINT = 'an email is local@domain.tld: one @, a non-empty local part, a domain with a dot, at most 254 characters';
+    END IF;
+    RETURN v;
+END
+$$;
+
+-- Campaign type: B2C, AGENCY_B2C, INDIVIDUAL, case-insensitive, also in the
+-- platform's creator_type spelling FOR_B2C, FOR_AGENCY_B2C, FOR_INDIVIDUAL.
+-- NULL stays NULL (callers decide whether it may be omitted) (PX003).
+CREATE FUNCTION pyxp.checked_campaign_type(p_type text)
+RETURNS text
+LANGUAGE plpgsql IMMUTABLE PARALLEL SAFE
+AS $$
+DECLARE
+    v text := regexp_replace(upper(btrim(p_type)), '^FOR_', '');
+BEGIN
+    IF p_type IS NULL THEN
+        RETURN NULL;
+    ELSIF v IN ('B2C', 'AGENCY_B2C', 'INDIVIDUAL') THEN
+        RETURN v;
+    END IF;
+    RAISE EXCEPTION 'unknown campaign type: %', quote_literal(left(p_type, 100))
+        USING ERRCODE = 'PX003',
+              HINT = 'accepted: B2C, AGENCY_B2C, INDIVIDUAL (any case), or FOR_B2C, FOR_AGENCY_B2C, FOR_INDIVIDUAL';
+END
+$$;
+
+-- Vote decision: VALID or REFUSE, case-insensitive (PX008).
+CREATE FUNCTION pyxp.checked_vote(p_decision text)
+RETURNS text
+LANGUAGE plpgsql IMMUTABLE PARALLEL SAFE
+AS $$
+DECLARE
+    v text := upper(btrim(p_decision));
+BEGIN
+    IF v IN ('VALID', 'REFUSE') THEN
+        RETURN v;
+    END IF;
+    RAISE EXCEPTION 'invalid vote decision: %', coalesce(quote_literal(left(p_decision, 100)), 'NULL')
+        USING ERRCODE = 'PX008', HINT = 'accepted: VALID or REFUSE';
+END
+$$;
+
+-- Opaque identifiers (campaign id, completion id, idempotency key, reason):
+-- trimmed, non-empty, no control characters, at most p_max characters (PX016).
+CREATE FUNCTION pyxp.checked_identifier(p_what text, p_value text, p_max integer DEFAULT 128)
+RETURNS text
+LANGUAGE plpgsql IMMUTABLE PARALLEL SAFE
+AS $$
+DECLARE
+    v text := regexp_replace(p_value, '^\s+|\s+$', '', 'g');
+BEGIN
+    IF v IS NULL OR v = '' THEN
+        RAISE EXCEPTION 'invalid %: %', p_what, coalesce(quote_literal(p_value), 'NULL')
+            USING ERRCODE = 'PX016', HINT = format('%s is a non-empty text of at most %s characters', p_what, p_max);
+    ELSIF length(v) > p_max THEN
+        RAISE EXCEPTION 'invalid %: % (% characters)', p_what, quote_literal(left(v, 40) || '...'), length(v)
+            USING ERRCODE = 'PX016', HINT = format('%s has at most %s characters', p_what, p_max);
+    ELSIF v ~ '[[:cntrl:]]' THEN
+        RAISE EXCEPTION 'invalid %: % contains control characters', p_what, quote_literal(v)
+            USING ERRCODE = 'PX016', HINT = format('%s has no control characters', p_what);
+    END IF;
+    RETURN v;
+END
+$$;
+
+-- Numbers given to formulas (prices, MINT values): finite, >= 0, <= 10^15.
+-- NULL stays NULL (PX004).
+CREATE FUNCTION pyxp.checked_number(p_what text, p_value numeric)
+RETURNS numeric
+LANGUAGE plpgsql IMMUTABLE PARALLEL SAFE
+AS $$
+BEGIN
+    IF p_value IS NULL THEN
+        RETURN NULL;
+    ELSIF p_value = 'NaN'::numeric OR p_value IN ('Infinity'::numeric, '-Infinity'::numeric) THEN
+        RAISE EXCEPTION 'invalid %: % is not a finite number', p_what, p_value
+            USING ERRCODE = 'PX004', HINT = 'a finite number between 0 and 10^15';
+    ELSIF p_value < 0 OR p_value > 1e15 THEN
+        RAISE EXCEPTION 'invalid %: % is out of range', p_what, p_value
+            USING ERRCODE = 'PX004', HINT = 'a finite number between 0 and 10^15';
+    END IF;
+    RETURN p_value;
+END
+$$;
+
+-- Formula inputs of pyxp.award(): a JSON object of numbers. Names are
+-- normalised as in the config seed (upper case, `$` dropped:
+-- MINT_VALUE_$WINC = MINT_VALUE_WINC); each value passes checked_number.
+CREATE FUNCTION pyxp.checked_params(p_params jsonb)
+RETURNS jsonb
+LANGUAGE plpgsql IMMUTABLE PARALLEL SAFE
+AS $$
+DECLARE
+    v_item record;
+    v_result jsonb := '{}';
+BEGIN
+    IF p_params IS NULL THEN
+        RETURN v_result;
+    ELSIF jsonb_typeof(p_params) <> 'object' THEN
+        RAISE EXCEPTION 'invalid params: % is not a JSON object', left(p_params::text, 100)
+            USING ERRCODE = 'PX017', HINT = 'params is an object of formula inputs, e.g. {"PRICE_COMPLETION": 300}';
+    END IF;
+    FOR v_item IN SELECT key, value FROM jsonb_each(p_params) LOOP
+        IF length(v_item.key) > 64 OR v_item.key !~ '^[A-Za-z_$][A-Za-z0-9_$]*$' THEN
+            RAISE EXCEPTION 'invalid params: input name %', quote_literal(left(v_item.key, 70))
+                USING ERRCODE = 'PX017', HINT = 'input names are identifiers of at most 64 characters, e.g. PRICE_COMPLETION';
+        ELSIF jsonb_typeof(v_item.value) <> 'number' THEN
+            RAISE EXCEPTION 'invalid %: % is not a number', v_item.key, left(v_item.value::text, 100)
+                USING ERRCODE = 'PX004', HINT = 'a finite number between 0 and 10^15';
+        END IF;
+        v_result := v_result || jsonb_build_object(
+            upper(replace(v_item.key, '$', '')),
+            pyxp.checked_number(v_item.key, v_item.value::numeric));
+    END LOOP;
+    RETURN v_result;
+END
+$$;
+
+-- Free-form context stored in the ledger row's metadata: a JSON object of at
+-- most 16 KiB and 16 levels of nesting (PX017).
+CREATE FUNCTION pyxp.checked_context(p_context jsonb)
+RETURNS jsonb
+LANGUAGE plpgsql IMMUTABLE PARALLEL SAFE
+AS $$
+BEGIN
+    IF p_context IS NULL THEN
+        RETURN '{}';
+    ELSIF jsonb_typeof(p_context) <> 'object' THEN
+        RAISE EXCEPTION 'invalid context: % is not a JSON object', left(p_context::text, 100)
+            USING ERRCODE = 'PX017', HINT = 'context is a JSON object, e.g. {"note": "manual bonus"}';
+    ELSIF octet_length(p_context::text) > 16384 THEN
+        RAISE EXCEPTION 'invalid context: % bytes', octet_length(p_context::text)
+            USING ERRCODE = 'PX017', HINT = 'context is at most 16 KiB of JSON';
+    ELSIF jsonb_path_exists(p_context, 'lax $.**{16}') THEN
+        RAISE EXCEPTION 'invalid context: nested deeper than 16 levels'
+            USING ERRCODE = 'PX017', HINT = 'context is at most 16 levels deep';
+    END IF;
+    RETURN p_context;
+END
+$$;
+
+-- Row counts asked by readers (history, leaderboard): 1..1000 (PX023).
+CREATE FUNCTION pyxp.checked_row_count(p_what text, p_value integer, p_max integer DEFAULT 1000)
+RETURNS integer
+LANGUAGE plpgsql IMMUTABLE PARALLEL SAFE
+AS $$
+BEGIN
+    IF p_value IS NULL OR p_value < 1 OR p_value > p_max THEN
+        RAISE EXCEPTION 'invalid %: %', p_what, coalesce(p_value::text, 'NULL')
+            USING ERRCODE = 'PX023', HINT = format('%s is between 1 and %s', p_what, p_max);
+    END IF;
+    RETURN p_value;
+END
+$$;

@@ -1,0 +1,178 @@
+-- Rulesets: installing a compiled config seed, activating it, re-deriving levels.
+--
+-- Lock protocol (ruleset switch vs awards): every award first takes
+-- ROW EXCLUSIVE on pyxp.xp_balances, then reads the active ruleset.
+-- Activation and recalculate_levels() take SHARE ROW EXCLUSIVE on it, which
+-- waits for awards in flight and holds new ones until commit. So no award
+-- ever computes with one curve while the balances are re-derived with another.
+
+-- Re-derives current_level and xp_to_next_level of every balance from the
+-- active curve, in one set-based UPDATE. Returns the number of rows changed.
+CREATE FUNCTION pyxp.recalculate_levels()
+RETURNS bigint
+LANGUAGE plpgsql SECURITY DEFINER
+SET search_path = pyxp, pg_temp
+AS $$
+DECLARE
+    v_ruleset bigint;
+    v_changed bigint;
+BEGIN
+    LOCK TABLE pyxp.xp_balances IN SHARE ROW EXCLUSIVE MODE;
+    v_ruleset := pyxp.active_ruleset_id();
+    WITH target AS (
+        SELECT b.user_wallet, c.level, (c.next_level_xp - b.total_xp)::bigint AS to_next
+        FROM pyxp.xp_balances b
+        CROSS JOIN LATERAL pyxp.curve_position(v_ruleset, b.total_xp) c
+    )
+    UPDATE pyxp.xp_balances b
+       SET current_level = t.level, xp_to_next_level = t.to_next, updated_at = now()
+      FROM target t
+     WHERE b.user_wallet = t.user_wallet
+       AND (b.current_level, b.xp_to_next_level) IS DISTINCT FROM (t.level, t.to_next);
+    GET DIAGNOSTICS v_changed = ROW_COUNT;
+    RETURN v_changed;
+END
+$$;
+
+-- Refuses a malformed compiled definition (PX024). The Python compiler
+-- already produces well-formed ones; this guards direct SQL callers.
+CREATE FUNCTION pyxp.check_ruleset_definition(p_definition jsonb)
+RETURNS void
+LANGUAGE plpgsql IMMUTABLE
+AS $$
+DECLARE
+    v_problem text;
+BEGIN
+    SELECT problem INTO v_problem FROM (
+        SELECT 'name must be a non-empty text' AS problem
+         WHERE coalesce(p_definition ->> 'name', '') !~ '^[a-z0-9][a-z0-9_-]{0,62}$'
+        UNION ALL
+        SELECT 'levels must be a non-empty array'
+         WHERE jsonb_typeof(p_definition -> 'levels') IS DISTINCT FROM 'array'
+            OR jsonb_array_length(p_definition -> 'levels') = 0
+        UNION ALL
+        SELECT 'rules must be an array'
+         WHERE jsonb_typeof(p_definition -> 'rules') IS DISTINCT FROM 'array'
+        UNION ALL
+        SELECT 'balance_floor must be an integer or null'
+         WHERE jsonb_typeof(p_definition -> 'balance_floor') NOT IN ('null', 'number')
+            OR (p_definition ->> 'balance_floor') !~ '^-?[0-9]{1,16}$'
+    ) p LIMIT 1;
+    IF v_problem IS NULL THEN
+        SELECT format('level row %s: %s', ord, problem) INTO v_problem FROM (
+            SELECT l.ord,
+                   CASE
+                     WHEN (l.value ->> 'level') !~ '^[0-9]{1,18}$' OR (l.value ->> 'threshold') !~ '^[0-9]{1,18}$'
+                          OR (l.value ->> 'increment') !~ '^[0-9]{1,18}$'
+                          OR jsonb_typeof(l.value -> 'is_last') IS DISTINCT FROM 'boolean'
+                       THEN 'level, threshold, increment must be integers and is_last a boolean'
+                     WHEN (l.value ->> 'level')::bigint <> l.ord THEN 'levels must be 1, 2, 3, ... in order'
+                     WHEN l.ord = 1 AND (l.value ->> 'threshold')::bigint <> 0 THEN 'level 1 starts at 0 XP'
+                     WHEN (l.value ->> 'increment')::bigint <= 0 THEN 'increments are positive'
+                     WHEN (l.value ->> 'is_last')::boolean <> (l.ord = l.total) THEN 'only the last row has is_last'
+                     WHEN l.ord < l.total AND (l.value ->> 'threshold')::numeric + (l.value ->> 'increment')::numeric
+                          <> (l.next_value ->> 'threshold')::numeric
+                       THEN 'threshold + increment must equal the next threshold'
+                   END AS problem
+            FROM (
+                SELECT e.value, e.ord, lead(e.value) OVER (ORDER BY e.ord) AS next_value,
+                       count(*) OVER () AS total
+                FROM jsonb_array_elements(p_definition -> 'levels') WITH ORDINALITY e(value, ord)
+            ) l
+        ) p WHERE problem IS NOT NULL ORDER BY ord LIMIT 1;
+    END IF;
+    IF v_problem IS NULL THEN
+        SELECT format('rule %s: %s', ord, problem) INTO v_problem FROM (
+            SELECT r.ord,
+                   CASE
+                     WHEN coalesce(r.value ->> 'action', '') !~ '^[A-Za-z][A-Za-z0-9_]{0,63}$'
+                       THEN 'action must match [A-Za-z][A-Za-z0-9_]{0,63}'
+                     WHEN count(*) OVER (PARTITION BY r.value ->> 'action') > 1
+                       THEN format('duplicate action %s', r.value ->> 'action')
+                     WHEN coalesce(r.value ->> 'constant', '') !~ '^-?[0-9]{1,16}(\.[0-9]{1,20})?$'
+                       THEN 'constant must be a decimal number'
+                     WHEN jsonb_typeof(r.value -> 'coefficients') IS DISTINCT FROM 'object'
+                       OR EXISTS (SELECT FROM jsonb_each_text(r.value -> 'coefficients') c
+                                   WHERE c.key !~ '^[A-Z_][A-Z0-9_]{0,63}$'
+                                      OR c.value !~ '^-?[0-9]{1,16}(\.[0-9]{1,20})?$')
+                       THEN 'coefficients must map INPUT names to decimal numbers'
+                     WHEN jsonb_typeof(r.value -> 'campaign_types') NOT IN ('null', 'array')
+                       OR EXISTS (SELECT FROM jsonb_array_elements_text(
+                                      CASE WHEN jsonb_typeof(r.value -> 'campaign_types') = 'array'
+                                           THEN r.value -> 'campaign_types' ELSE '[]' END) t
+                                   WHERE t NOT IN ('B2C', 'AGENCY_B2C', 'INDIVIDUAL'))
+                       THEN 'campaign_types must be null or a list of B2C, AGENCY_B2C, INDIVIDUAL'
+                   END AS problem
+            FROM jsonb_array_elements(p_definition -> 'rules') WITH ORDINALITY r(value, ord)
+        ) p WHERE problem IS NOT NULL ORDER BY ord LIMIT 1;
+    END IF;
+    IF v_problem IS NOT NULL THEN
+        RAISE EXCEPTION 'invalid ruleset definition %: %', coalesce(quote_literal(p_definition ->> 'name'), 'NULL'), v_problem
+            USING ERRCODE = 'PX024', HINT = 'compile rulesets from a TOML config seed: pyxp rules apply FILE';
+    END IF;
+END
+$$;
+
+-- Installs a compiled ruleset (from pyxp.ruleset_config) and makes it active.
+-- Same content as the active version: nothing changes. Same content as an
+-- older version of that name: that version is re-activated. Otherwise a new
+-- version (max + 1) is created. Activation re-derives every balance's level.
+-- Old versions stay: ledger rows keep their rule ids.
+CREATE FUNCTION pyxp.install_ruleset(definition jsonb, source text)
+RETURNS TABLE (ruleset_id bigint, name text, version integer, created boolean, activated boolean,
+               balances_changed bigint)
+LANGUAGE plpgsql SECURITY DEFINER
+SET search_path = pyxp, pg_temp
+AS $$
+DECLARE
+    v_name text := install_ruleset.definition ->> 'name';
+    v_hash text := encode(sha256(convert_to(install_ruleset.definition::text, 'UTF8')), 'hex');
+    v_found pyxp.rulesets;
+    v_id bigint;
+    v_created boolean := false;
+BEGIN
+    PERFORM pyxp.check_ruleset_definition(install_ruleset.definition);
+    LOCK TABLE pyxp.xp_balances IN SHARE ROW EXCLUSIVE MODE;
+
+    SELECT * INTO v_found FROM pyxp.rulesets r WHERE r.name = v_name AND r.content_hash = v_hash;
+    IF v_found.is_active THEN
+        RETURN QUERY SELECT v_found.ruleset_id, v_found.name, v_found.version, false, false, 0::bigint;
+        RETURN;
+    END IF;
+
+    IF v_found.ruleset_id IS NOT NULL THEN
+        v_id := v_found.ruleset_id;
+    ELSE
+        INSERT INTO pyxp.rulesets (name, version, content_hash, definition, source, description, balance_floor)
+        SELECT v_name,
+               coalesce((SELECT max(r.version) FROM pyxp.rulesets r WHERE r.name = v_name), 0) + 1,
+               v_hash, install_ruleset.definition, install_ruleset.source,
+               install_ruleset.definition ->> 'description',
+               (install_ruleset.definition ->> 'balance_floor')::bigint
+        RETURNING rulesets.ruleset_id INTO v_id;
+
+        INSERT INTO pyxp.level_thresholds (ruleset_id, level, threshold, increment, is_last)
+        SELECT v_id, (l ->> 'level')::bigint, (l ->> 'threshold')::bigint,
+               (l ->> 'increment')::bigint, (l ->> 'is_last')::boolean
+        FROM jsonb_array_elements(install_ruleset.definition -> 'levels') l;
+
+        INSERT INTO pyxp.rules (ruleset_id, position, action, event, campaign_types, condition,
+                                formula, xp_constant, xp_coefficients, description)
+        SELECT v_id, r.ord, r.value ->> 'action', r.value ->> 'event',
+               CASE WHEN jsonb_typeof(r.value -> 'campaign_types') = 'array'
+                    THEN ARRAY(SELECT jsonb_array_elements_text(r.value -> 'campaign_types')) END,
+               r.value ->> 'condition', coalesce(r.value ->> 'formula', r.value ->> 'constant'),
+               (r.value ->> 'constant')::numeric, r.value -> 'coefficients', r.value ->> 'description'
+        FROM jsonb_array_elements(install_ruleset.definition -> 'rules') WITH ORDINALITY r(value, ord);
+        v_created := true;
+    END IF;
+
+    -- Two statements: the partial unique index allows one active row at a time.
+    UPDATE pyxp.rulesets r SET is_active = false WHERE r.is_active;
+    UPDATE pyxp.rulesets r SET is_active = true, activated_at = now() WHERE r.ruleset_id = v_id;
+
+    RETURN QUERY
+        SELECT r.ruleset_id, r.name, r.version, v_created, true, pyxp.recalculate_levels()
+        FROM pyxp.rulesets r WHERE r.ruleset_id = v_id;
+END
+$$;

@@ -1,0 +1,153 @@
+-- Reads: balance, history, leaderboard, rank, audit.
+-- SECURITY DEFINER so that pyxp_writer, which has no SELECT on the tables,
+-- can read through them; pyxp_reader may also read the tables directly.
+
+-- A wallet's balance. A wallet with no history has 0 XP at level 1 (one row
+-- with created_at NULL), so callers need no special case.
+CREATE FUNCTION pyxp.balance(wallet text)
+RETURNS TABLE (user_wallet text, total_xp bigint, current_level bigint, xp_to_next_level bigint,
+               total_moderations bigint, created_at timestamptz, updated_at timestamptz)
+LANGUAGE plpgsql STABLE SECURITY DEFINER
+SET search_path = pyxp, pg_temp
+AS $$
+DECLARE
+    v_wallet text := pyxp.checked_wallet(balance.wallet);
+BEGIN
+    RETURN QUERY
+        SELECT b.user_wallet, b.total_xp, b.current_level, b.xp_to_next_level,
+               b.total_moderations, b.created_at, b.updated_at
+          FROM pyxp.xp_balances b WHERE b.user_wallet = v_wallet;
+    IF NOT FOUND THEN
+        RETURN QUERY
+            SELECT v_wallet, 0::bigint, c.level, c.next_level_xp::bigint, 0::bigint,
+                   NULL::timestamptz, NULL::timestamptz
+              FROM pyxp.curve_position(pyxp.active_ruleset_id(), 0) c;
+    END IF;
+END
+$$;
+
+-- A wallet's ledger rows, newest first. Keyset pagination: pass the last
+-- transaction_id of a page as before_id to get the next one (index
+-- xp_transactions_wallet). max_rows: 1..1000.
+CREATE FUNCTION pyxp.history(wallet text, max_rows integer DEFAULT 50, before_id bigint DEFAULT NULL)
+RETURNS TABLE (transaction_id bigint, user_wallet text, transaction_type text, xp_amount bigint,
+               xp_requested bigint, balance_after bigint, rule_id bigint, campaign_id text,
+               subject text, idempotency_key text, metadata jsonb, reverses bigint,
+               created_at timestamptz)
+LANGUAGE plpgsql STABLE SECURITY DEFINER
+SET search_path = pyxp, pg_temp
+AS $$
+DECLARE
+    v_wallet text := pyxp.checked_wallet(history.wallet);
+    v_max integer := pyxp.checked_row_count('max_rows', history.max_rows);
+BEGIN
+    RETURN QUERY
+        SELECT t.id, t.user_wallet, t.transaction_type, t.xp_amount, t.xp_requested, t.balance_after,
+               t.rule_id, t.campaign_id, t.subject, t.idempotency_key, t.metadata, t.reverses, t.created_at
+          FROM pyxp.xp_transactions t
+         WHERE t.user_wallet = v_wallet
+           AND (history.before_id IS NULL OR t.id < history.before_id)
+         ORDER BY t.id DESC
+         LIMIT v_max;
+END
+$$;
+
+-- Balances by total_xp, highest first; ties are ordered by wallet, so ranks
+-- are unique and stable (index xp_balances_leaderboard). max_rows: 1..1000;
+-- offset_rows pages on (rank = offset_rows + position).
+CREATE FUNCTION pyxp.leaderboard(max_rows integer DEFAULT 100, offset_rows integer DEFAULT 0)
+RETURNS TABLE (rank bigint, user_wallet text, total_xp bigint, current_level bigint)
+LANGUAGE plpgsql STABLE SECURITY DEFINER
+SET search_path = pyxp, pg_temp
+AS $$
+DECLARE
+    v_max integer := pyxp.checked_row_count('max_rows', leaderboard.max_rows);
+BEGIN
+    IF leaderboard.offset_rows IS NULL OR leaderboard.offset_rows < 0 THEN
+        RAISE EXCEPTION 'invalid offset_rows: %', coalesce(leaderboard.offset_rows::text, 'NULL')
+            USING ERRCODE = 'PX023', HINT = 'offset_rows is 0 or more';
+    END IF;
+    RETURN QUERY
+        SELECT leaderboard.offset_rows + row_number() OVER (ORDER BY b.total_xp DESC, b.user_wallet),
+               b.user_wallet, b.total_xp, b.current_level
+          FROM (SELECT x.user_wallet, x.total_xp, x.current_level
+                  FROM pyxp.xp_balances x
+                 ORDER BY x.total_xp DESC, x.user_wallet
+                 OFFSET leaderboard.offset_rows LIMIT v_max) b
+         ORDER BY 1;
+END
+$$;
+
+-- A wallet's rank in leaderboard order, NULL when it has no balance.
+-- Two index range counts on xp_balances_leaderboard.
+CREATE FUNCTION pyxp.wallet_rank(wallet text)
+RETURNS bigint
+LANGUAGE plpgsql STABLE SECURITY DEFINER
+SET search_path = pyxp, pg_temp
+AS $$
+DECLARE
+    v_wallet text := pyxp.checked_wallet(wallet_rank.wallet);
+    v_total bigint;
+BEGIN
+    SELECT b.total_xp INTO v_total FROM pyxp.xp_balances b WHERE b.user_wallet = v_wallet;
+    IF NOT FOUND THEN
+        RETURN NULL;
+    END IF;
+    RETURN 1 + (SELECT count(*) FROM pyxp.xp_balances b WHERE b.total_xp > v_total)
+             + (SELECT count(*) FROM pyxp.xp_balances b WHERE b.total_xp = v_total AND b.user_wallet < v_wallet);
+END
+$$;
+
+-- Every inconsistency between the ledger, the balances and the rules, one
+-- row each; no rows when healthy. What it proves: each balance equals the sum
+-- of its wallet's rows, each row's balance_after chains from the previous
+-- one, levels match the active curve, reversals mirror what they reverse,
+-- rows name the action of their rule, exactly one ruleset is active.
+CREATE FUNCTION pyxp.audit()
+RETURNS TABLE (check_name text, user_wallet text, transaction_id bigint, detail text)
+LANGUAGE sql STABLE SECURITY DEFINER
+SET search_path = pyxp, pg_temp
+AS $$
+    SELECT 'active_ruleset', NULL::text, NULL::bigint,
+           format('%s active rulesets, expected 1', count(*))
+      FROM pyxp.rulesets r WHERE r.is_active HAVING count(*) <> 1
+    UNION ALL
+    SELECT 'balance_mismatch', coalesce(b.user_wallet, l.user_wallet), NULL,
+           CASE WHEN b.user_wallet IS NULL
+                THEN format('ledger sum %s but no xp_balances row', l.total)
+                ELSE format('xp_balances.total_xp = %s, ledger sum = %s', b.total_xp, coalesce(l.total, 0)) END
+      FROM pyxp.xp_balances b
+      FULL JOIN (SELECT t.user_wallet, sum(t.xp_amount) AS total
+                   FROM pyxp.xp_transactions t GROUP BY t.user_wallet) l
+        ON l.user_wallet = b.user_wallet
+     WHERE b.user_wallet IS NULL OR b.total_xp <> coalesce(l.total, 0)
+    UNION ALL
+    SELECT 'running_balance', c.user_wallet, c.id,
+           format('balance_after = %s, previous balance_after %s + xp_amount %s = %s',
+                  c.balance_after, coalesce(c.previous, 0), c.xp_amount, coalesce(c.previous, 0) + c.xp_amount)
+      FROM (SELECT t.user_wallet, t.id, t.balance_after, t.xp_amount,
+                   lag(t.balance_after) OVER (PARTITION BY t.user_wallet ORDER BY t.id) AS previous
+              FROM pyxp.xp_transactions t) c
+     WHERE c.balance_after <> coalesce(c.previous, 0) + c.xp_amount
+    UNION ALL
+    SELECT 'level_mismatch', b.user_wallet, NULL,
+           format('level %s with %s to next, curve says level %s with %s to next',
+                  b.current_level, b.xp_to_next_level, c.level, c.next_level_xp - b.total_xp)
+      FROM pyxp.xp_balances b
+     CROSS JOIN LATERAL pyxp.curve_position(
+                (SELECT r.ruleset_id FROM pyxp.rulesets r WHERE r.is_active), b.total_xp) c
+     WHERE b.current_level <> c.level OR b.xp_to_next_level <> c.next_level_xp - b.total_xp
+    UNION ALL
+    SELECT 'reversal_mismatch', t.user_wallet, t.id,
+           format('reverses transaction %s (%s XP to %s) with %s XP', o.id, o.xp_amount, o.user_wallet, t.xp_amount)
+      FROM pyxp.xp_transactions t
+      JOIN pyxp.xp_transactions o ON o.id = t.reverses
+     WHERE t.xp_amount <> -o.xp_amount OR t.user_wallet <> o.user_wallet OR o.reverses IS NOT NULL
+    UNION ALL
+    SELECT 'rule_mismatch', t.user_wallet, t.id,
+           format('transaction_type %s but rule %s is %s', t.transaction_type, ru.rule_id, ru.action)
+      FROM pyxp.xp_transactions t
+      JOIN pyxp.rules ru ON ru.rule_id = t.rule_id
+     WHERE ru.action <> t.transaction_type
+    ORDER BY 1, 2, 3
+$$;

@@ -1,0 +1,49 @@
+-- Append-only ledger and privileges.
+
+-- Refuses UPDATE, DELETE and TRUNCATE on the ledger, even for the owner
+-- (PX013). Corrections are new rows: pyxp.reverse_transaction(). A superuser
+-- can still disable triggers; pyxp.audit() would then see the damage.
+CREATE FUNCTION pyxp.refuse_ledger_change()
+RETURNS trigger
+LANGUAGE plpgsql
+AS $$
+BEGIN
+    RAISE EXCEPTION 'xp_transactions is append-only: % refused', TG_OP
+        USING ERRCODE = 'PX013',
+              HINT = 'correct a row with pyxp.reverse_transaction(transaction_id, reason)';
+END
+$$;
+
+CREATE TRIGGER xp_transactions_append_only
+    BEFORE UPDATE OR DELETE ON pyxp.xp_transactions
+    FOR EACH ROW EXECUTE FUNCTION pyxp.refuse_ledger_change();
+CREATE TRIGGER xp_transactions_no_truncate
+    BEFORE TRUNCATE ON pyxp.xp_transactions
+    FOR EACH STATEMENT EXECUTE FUNCTION pyxp.refuse_ledger_change();
+
+-- Nobody but the owner writes a table. pyxp_reader reads every table;
+-- pyxp_writer only executes the public functions (which are SECURITY DEFINER,
+-- run as the owner with search_path pinned to pyxp, pg_temp). Internal
+-- functions (checked_*, post_award, write_ledger_rows, ...) are granted to
+-- nobody: a writer cannot append a row that skipped validation.
+REVOKE ALL ON ALL TABLES IN SCHEMA pyxp FROM PUBLIC;
+REVOKE ALL ON ALL FUNCTIONS IN SCHEMA pyxp FROM PUBLIC;
+GRANT USAGE ON SCHEMA pyxp TO pyxp_writer, pyxp_reader;
+GRANT SELECT ON ALL TABLES IN SCHEMA pyxp TO pyxp_reader;
+
+GRANT EXECUTE ON FUNCTION
+    pyxp.award(text, text, text, jsonb, jsonb),
+    pyxp.reverse_transaction(bigint, text),
+    pyxp.recalculate_levels()
+TO pyxp_writer;
+
+GRANT EXECUTE ON FUNCTION
+    pyxp.level_for(bigint),
+    pyxp.balance(text),
+    pyxp.history(text, integer, bigint),
+    pyxp.leaderboard(integer, integer),
+    pyxp.wallet_rank(text),
+    pyxp.audit()
+TO pyxp_writer, pyxp_reader;
+
+RESET ROLE;

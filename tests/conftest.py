@@ -1,0 +1,111 @@
+"""Test fixtures: a real PostgreSQL, a template database migrated once, a clone per test.
+
+The server is found as the CLI finds it (pyxp.database.discovered_server):
+PYXP_DATABASE_URL, else libpq defaults if a server answers, else a throwaway
+cluster started from the local binaries. pytest-postgresql's noproc fixture
+is then pointed at it: it builds the template database once per session with
+``load_pyxp`` (alembic upgrade to head + the default ruleset) and each test
+gets a fresh database cloned from that template.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
+from typing import Any
+
+import psycopg
+import pytest
+from psycopg.conninfo import make_conninfo
+from pytest_postgresql import factories
+
+from pyxp import XP, schema
+from pyxp.database import discovered_server
+
+_server_stack = ExitStack()
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Find (or start) the server before pytest-postgresql reads its options."""
+    conninfo = _server_stack.enter_context(discovered_server())
+    with psycopg.connect(conninfo) as conn:
+        info = conn.info
+        config.option.postgresql_host = info.host  # a socket directory works too
+        config.option.postgresql_port = info.port
+        config.option.postgresql_user = info.user
+        config.option.postgresql_password = info.password or None
+    # Unique names: a CI run and a developer's run may share one server.
+    config.option.postgresql_dbname = f"pyxp_test_{os.getpid()}"
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    _server_stack.close()
+
+
+def load_pyxp(host: str, port: int, user: str, dbname: str, password: str | None, **_: Any) -> None:
+    """Template loader: the migrated schema with the default ruleset active."""
+    schema.upgrade(make_conninfo(host=host, port=str(port), user=user, dbname=dbname, password=password))
+
+
+pyxp_server = factories.postgresql_noproc(load=[load_pyxp])
+postgresql = factories.postgresql("pyxp_server")
+
+
+@pytest.fixture
+def conninfo(postgresql: psycopg.Connection[Any]) -> str:
+    """Conninfo of this test's own database (a clone of the migrated template)."""
+    info = postgresql.info
+    return make_conninfo(host=info.host, port=str(info.port), user=info.user, dbname=info.dbname,
+                         password=info.password or None)
+
+
+@pytest.fixture
+def db(conninfo: str) -> Iterator[psycopg.Connection[Any]]:
+    """An autocommit superuser connection to the test database, for setup and assertions."""
+    with psycopg.connect(conninfo, autocommit=True) as conn:
+        yield conn
+
+
+@pytest.fixture
+def xp(conninfo: str) -> Iterator[XP]:
+    """The Python client on the test database (its own pool)."""
+    client = XP(conninfo, max_connections=4)
+    try:
+        yield client
+    finally:
+        client.close()
+
+
+STATE_QUERY = """
+SELECT (SELECT count(*) FROM pyxp.xp_transactions) AS ledger_rows,
+       (SELECT count(*) FROM pyxp.xp_requests) AS requests,
+       (SELECT count(*) FROM pyxp.xp_balances) AS balances,
+       (SELECT coalesce(sum(total_xp), 0) FROM pyxp.xp_balances) AS total_xp,
+       (SELECT coalesce(sum(total_moderations), 0) FROM pyxp.xp_balances) AS moderations,
+       (SELECT count(*) FROM pyxp.campaigns) AS campaigns,
+       (SELECT count(*) FROM pyxp.agency_b2c_clients) AS registrations,
+       (SELECT count(*) FILTER (WHERE xp_granted) FROM pyxp.agency_b2c_clients) AS granted,
+       (SELECT count(*) FROM pyxp.rulesets) AS rulesets
+"""
+
+
+def database_state(db: psycopg.Connection[Any]) -> tuple[Any, ...]:
+    """Counts and sums of every pyxp table: equal before and after means nothing was written."""
+    row = db.execute(STATE_QUERY).fetchone()
+    assert row is not None
+    return tuple(row)
+
+
+@contextmanager
+def nothing_written(db: psycopg.Connection[Any]) -> Iterator[None]:
+    """Asserts that the block leaves every pyxp table as it found it."""
+    before = database_state(db)
+    yield
+    assert database_state(db) == before, "a refused call wrote something"
+
+
+@pytest.fixture
+def unchanged(db: psycopg.Connection[Any]) -> Any:
+    """``with unchanged(): ...`` — the block must write nothing (used around refusals)."""
+    return lambda: nothing_written(db)
