@@ -145,4 +145,3 @@ class ClientRegistration:
     xp_granted: bool
     onboarded_at: datetime | None
     created_at: datetime
-    created: bool  # False: the same registration existed already

@@ -34,7 +34,14 @@ GRANT SELECT ON ALL TABLES IN SCHEMA pyxp TO pyxp_reader;
 GRANT EXECUTE ON FUNCTION
     pyxp.award(text, text, text, jsonb, jsonb),
     pyxp.reverse_transaction(bigint, text),
-    pyxp.recalculate_levels()
+    pyxp.recalculate_levels(),
+    pyxp.award_campaign_creation(text, text, text, numeric, boolean, boolean),
+    pyxp.award_campaign_approval(text, text),
+    pyxp.award_moderation_vote(text, text, text, text),
+    pyxp.award_completion(text, text, text, text, boolean, boolean, boolean, numeric, numeric),
+    pyxp.award_completion_moderation(text, text, text, text, text),
+    pyxp.register_agency_client(text, text, text, text),
+    pyxp.onboard_agency_client(text, text)
 TO pyxp_writer;
 
 GRANT EXECUTE ON FUNCTION

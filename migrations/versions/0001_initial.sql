@@ -962,6 +962,349 @@ BEGIN
         0, false);
 END
 $$;
+-- The Winstory flows (seeds: xp-flow-diagrams, xp-completers): thin wrappers
+-- over pyxp.post_award. Each validates its inputs, derives the natural
+-- idempotency key of SPEC section 4 and the facts that select rules (event,
+-- campaign type, condition), and lets the engine do the rest. No XP amount
+-- is written here: the active ruleset decides.
+--
+--   event                 key                                   facts
+--   campaign.created      campaign.created:<campaign>           winstory_creates_video, no_rewards
+--   campaign.approved     campaign.approved:<campaign>          -
+--   campaign.vote         campaign.vote:<campaign>:<moderator>  VALID | REFUSE
+--   completion.submitted  completion.submitted:<completion>     free | paid
+--   completion.validated  completion.outcome:<completion>       -   (one key: validated
+--   completion.refused    completion.outcome:<completion>       -    or refused, never both)
+--   completion.vote       completion.vote:<completion>:<moder.> VALID | REFUSE
+--   client.onboarded      client.onboarded:<email>              -
+
+-- The campaign type of a call: the registry's when pyxp knows the campaign
+-- (a different type passed: PX011), else the one passed (none: PX012).
+CREATE FUNCTION pyxp.resolved_campaign_type(p_campaign_id text, p_campaign_type text)
+RETURNS text
+LANGUAGE plpgsql STABLE
+AS $$
+DECLARE
+    v_given text := pyxp.checked_campaign_type(p_campaign_type);
+    v_known text;
+BEGIN
+    SELECT c.campaign_type INTO v_known FROM pyxp.campaigns c WHERE c.campaign_id = p_campaign_id;
+    IF v_known IS NOT NULL AND v_given IS NOT NULL AND v_known <> v_given THEN
+        RAISE EXCEPTION 'campaign % is %, not %', p_campaign_id, v_known, v_given
+            USING ERRCODE = 'PX011', HINT = format('pass campaign_type %s, or omit it', v_known);
+    ELSIF v_known IS NULL AND v_given IS NULL THEN
+        RAISE EXCEPTION 'unknown campaign %: its type is needed', p_campaign_id
+            USING ERRCODE = 'PX012',
+                  HINT = 'pass campaign_type (B2C, AGENCY_B2C, INDIVIDUAL), or award the campaign creation first';
+    END IF;
+    RETURN coalesce(v_known, v_given);
+END
+$$;
+
+-- Formula inputs of a call, without the ones not given.
+CREATE FUNCTION pyxp.formula_inputs(p_price_completion numeric, p_mint_value_winc numeric, p_mint_value numeric)
+RETURNS jsonb
+LANGUAGE sql IMMUTABLE
+AS $$
+    SELECT jsonb_strip_nulls(jsonb_build_object('PRICE_COMPLETION', p_price_completion,
+                                                'MINT_VALUE_WINC', p_mint_value_winc,
+                                                'MINT_VALUE', p_mint_value))
+$$;
+
+-- Seed: POST /api/xp/award-campaign-creation. Registers the campaign (id ->
+-- type, creator) and awards the creation rules: the MINT of its type, plus
+-- the options chosen (Winstory creates the video, no rewards). Once per
+-- campaign; the same campaign id with other inputs: PX010.
+CREATE FUNCTION pyxp.award_campaign_creation(
+    creator_wallet text, campaign_id text, campaign_type text, mint_value numeric DEFAULT NULL,
+    winstory_creates_video boolean DEFAULT false, no_rewards boolean DEFAULT false)
+RETURNS SETOF pyxp.award_result
+LANGUAGE plpgsql SECURITY DEFINER
+SET search_path = pyxp, pg_temp
+AS $$
+DECLARE
+    v_wallet text := pyxp.checked_wallet(award_campaign_creation.creator_wallet, 'creator wallet');
+    v_campaign text := pyxp.checked_identifier('campaign id', award_campaign_creation.campaign_id);
+    v_type text := pyxp.checked_campaign_type(coalesce(award_campaign_creation.campaign_type, 'NULL'));
+    v_mint numeric := pyxp.checked_number('mint_value', award_campaign_creation.mint_value);
+    v_video boolean := coalesce(award_campaign_creation.winstory_creates_video, false);
+    v_no_rewards boolean := coalesce(award_campaign_creation.no_rewards, false);
+    v_params jsonb := pyxp.formula_inputs(NULL, NULL, v_mint);
+BEGIN
+    RETURN QUERY SELECT * FROM pyxp.post_award(
+        'campaign.created:' || v_campaign,
+        jsonb_build_object('wallet', v_wallet, 'campaign_type', v_type, 'mint_value', v_mint,
+                           'winstory_creates_video', v_video, 'no_rewards', v_no_rewards),
+        v_wallet, NULL, 'campaign.created', v_type,
+        array_remove(ARRAY[CASE WHEN v_video THEN 'winstory_creates_video' END,
+                           CASE WHEN v_no_rewards THEN 'no_rewards' END], NULL),
+        v_params, false, v_campaign, NULL,
+        jsonb_build_object('campaign_type', v_type, 'winstory_creates_video', v_video,
+                           'no_rewards', v_no_rewards) || v_params,
+        0, format('campaign %s was already created with other inputs', v_campaign));
+    -- Still recorded when no rule awards anything (INDIVIDUAL in winstory).
+    -- A replay finds the row already there: nothing is written.
+    INSERT INTO pyxp.campaigns (campaign_id, campaign_type, creator_wallet)
+    VALUES (v_campaign, v_type, v_wallet)
+    ON CONFLICT ON CONSTRAINT campaigns_pkey DO NOTHING;
+END
+$$;
+
+-- Campaign approved by moderation: the approval rules, to the creator. The
+-- creator comes from the registry; passing another one is refused (PX011); an
+-- unknown campaign needs creator_wallet (PX012). Once per campaign.
+CREATE FUNCTION pyxp.award_campaign_approval(campaign_id text, creator_wallet text DEFAULT NULL)
+RETURNS SETOF pyxp.award_result
+LANGUAGE plpgsql SECURITY DEFINER
+SET search_path = pyxp, pg_temp
+AS $$
+DECLARE
+    v_campaign text := pyxp.checked_identifier('campaign id', award_campaign_approval.campaign_id);
+    v_given text;
+    v_known pyxp.campaigns;
+BEGIN
+    IF award_campaign_approval.creator_wallet IS NOT NULL THEN
+        v_given := pyxp.checked_wallet(award_campaign_approval.creator_wallet, 'creator wallet');
+    END IF;
+    SELECT * INTO v_known FROM pyxp.campaigns c WHERE c.campaign_id = v_campaign;
+    IF v_known.creator_wallet IS NOT NULL AND v_given IS NOT NULL AND v_given <> v_known.creator_wallet THEN
+        RAISE EXCEPTION 'campaign % was created by %, not %', v_campaign, v_known.creator_wallet, v_given
+            USING ERRCODE = 'PX011', HINT = 'omit creator_wallet: the registry knows it';
+    ELSIF v_known.creator_wallet IS NULL AND v_given IS NULL THEN
+        RAISE EXCEPTION 'unknown campaign %: its creator is needed', v_campaign
+            USING ERRCODE = 'PX012', HINT = 'pass creator_wallet, or award the campaign creation first';
+    END IF;
+    v_given := coalesce(v_known.creator_wallet, v_given);
+    RETURN QUERY SELECT * FROM pyxp.post_award(
+        'campaign.approved:' || v_campaign, jsonb_build_object('wallet', v_given),
+        v_given, NULL, 'campaign.approved', v_known.campaign_type, '{}',
+        '{}', false, v_campaign, NULL, '{}', 0,
+        format('campaign %s was already approved for another creator', v_campaign));
+END
+$$;
+
+-- Seed: POST /api/xp/award-moderation. A moderator's vote on a campaign:
+-- the vote rules (VALID / REFUSE), counted in total_moderations. Once per
+-- (campaign, moderator); another decision later: PX010.
+CREATE FUNCTION pyxp.award_moderation_vote(
+    moderator_wallet text, campaign_id text, vote_decision text, campaign_type text DEFAULT NULL)
+RETURNS SETOF pyxp.award_result
+LANGUAGE plpgsql SECURITY DEFINER
+SET search_path = pyxp, pg_temp
+AS $$
+DECLARE
+    v_wallet text := pyxp.checked_wallet(award_moderation_vote.moderator_wallet, 'moderator wallet');
+    v_campaign text := pyxp.checked_identifier('campaign id', award_moderation_vote.campaign_id);
+    v_vote text := pyxp.checked_vote(award_moderation_vote.vote_decision);
+    v_type text := pyxp.resolved_campaign_type(v_campaign, award_moderation_vote.campaign_type);
+BEGIN
+    RETURN QUERY SELECT * FROM pyxp.post_award(
+        format('campaign.vote:%s:%s', v_campaign, v_wallet),
+        jsonb_build_object('vote_decision', v_vote, 'campaign_type', v_type),
+        v_wallet, NULL, 'campaign.vote', v_type, ARRAY[v_vote],
+        '{}', false, v_campaign, NULL,
+        jsonb_build_object('vote_decision', v_vote, 'campaign_type', v_type), 1,
+        format('moderator %s already voted on campaign %s', v_wallet, v_campaign));
+END
+$$;
+
+-- Seed: POST /api/xp/award-completion. Neither flag: the submission (free or
+-- paid: PRICE_COMPLETION; INDIVIDUAL: MINT_VALUE_WINC). is_validated /
+-- is_refused: the moderation outcome, once per completion and only one of
+-- the two ever. Refused before anything is written: both flags (PX005), paid
+-- without a positive price or a price on a free mission (PX006), INDIVIDUAL
+-- submission or refusal without a positive mint_value_winc (PX007).
+CREATE FUNCTION pyxp.award_completion(
+    completer_wallet text, campaign_id text, completion_id text, campaign_type text DEFAULT NULL,
+    is_validated boolean DEFAULT false, is_refused boolean DEFAULT false, is_paid boolean DEFAULT false,
+    price_completion numeric DEFAULT NULL, mint_value_winc numeric DEFAULT NULL)
+RETURNS SETOF pyxp.award_result
+LANGUAGE plpgsql SECURITY DEFINER
+SET search_path = pyxp, pg_temp
+AS $$
+DECLARE
+    v_wallet text := pyxp.checked_wallet(award_completion.completer_wallet, 'completer wallet');
+    v_campaign text := pyxp.checked_identifier('campaign id', award_completion.campaign_id);
+    v_completion text := pyxp.checked_identifier('completion id', award_completion.completion_id);
+    v_validated boolean := coalesce(award_completion.is_validated, false);
+    v_refused boolean := coalesce(award_completion.is_refused, false);
+    v_paid boolean := coalesce(award_completion.is_paid, false);
+    v_price numeric := pyxp.checked_number('price_completion', award_completion.price_completion);
+    v_mint numeric := pyxp.checked_number('mint_value_winc', award_completion.mint_value_winc);
+    v_type text;
+    v_event text;
+    v_params jsonb;
+    v_inputs jsonb;
+BEGIN
+    IF v_validated AND v_refused THEN
+        RAISE EXCEPTION 'completion % cannot be both validated and refused', v_completion
+            USING ERRCODE = 'PX005', HINT = 'set is_validated or is_refused, or neither for a submission';
+    ELSIF v_paid AND coalesce(v_price, 0) <= 0 THEN
+        RAISE EXCEPTION 'paid completion % needs a positive price_completion, got %', v_completion,
+                        coalesce(v_price::text, 'NULL')
+            USING ERRCODE = 'PX006', HINT = 'is_paid => true with price_completion > 0';
+    ELSIF NOT v_paid AND v_price IS NOT NULL THEN
+        RAISE EXCEPTION 'free completion % has a price_completion (%)', v_completion, v_price
+            USING ERRCODE = 'PX006', HINT = 'a price only goes with is_paid => true';
+    END IF;
+    v_type := pyxp.resolved_campaign_type(v_campaign, award_completion.campaign_type);
+    IF v_type = 'INDIVIDUAL' AND NOT v_validated AND coalesce(v_mint, 0) <= 0 THEN
+        RAISE EXCEPTION 'INDIVIDUAL completion % needs a positive mint_value_winc, got %', v_completion,
+                        coalesce(v_mint::text, 'NULL')
+            USING ERRCODE = 'PX007', HINT = 'pass mint_value_winc, the MINT value in $WINC (> 0)';
+    END IF;
+
+    v_event := CASE WHEN v_validated THEN 'completion.validated'
+                    WHEN v_refused THEN 'completion.refused'
+                    ELSE 'completion.submitted' END;
+    v_params := pyxp.formula_inputs(v_price, v_mint, NULL);
+    v_inputs := jsonb_build_object('event', v_event, 'wallet', v_wallet, 'campaign_id', v_campaign,
+                                   'campaign_type', v_type, 'is_paid', v_paid) || v_params;
+    RETURN QUERY SELECT * FROM pyxp.post_award(
+        CASE WHEN v_event = 'completion.submitted' THEN 'completion.submitted:' ELSE 'completion.outcome:' END
+            || v_completion,
+        v_inputs, v_wallet, NULL, v_event, v_type,
+        ARRAY[CASE WHEN v_paid THEN 'paid' ELSE 'free' END],
+        v_params, false, v_campaign, v_completion,
+        jsonb_build_object('campaign_type', v_type, 'is_paid', v_paid) || v_params, 0,
+        CASE WHEN v_event = 'completion.submitted'
+             THEN format('completion %s was already submitted with other inputs', v_completion)
+             ELSE format('completion %s already has a different outcome (validated or refused, never both)',
+                         v_completion) END);
+END
+$$;
+
+-- Seed: awardCompletionModerationXP. A moderator's vote on a completion,
+-- counted in total_moderations. Once per (completion, moderator).
+CREATE FUNCTION pyxp.award_completion_moderation(
+    moderator_wallet text, campaign_id text, completion_id text, vote_decision text,
+    campaign_type text DEFAULT NULL)
+RETURNS SETOF pyxp.award_result
+LANGUAGE plpgsql SECURITY DEFINER
+SET search_path = pyxp, pg_temp
+AS $$
+DECLARE
+    v_wallet text := pyxp.checked_wallet(award_completion_moderation.moderator_wallet, 'moderator wallet');
+    v_campaign text := pyxp.checked_identifier('campaign id', award_completion_moderation.campaign_id);
+    v_completion text := pyxp.checked_identifier('completion id', award_completion_moderation.completion_id);
+    v_vote text := pyxp.checked_vote(award_completion_moderation.vote_decision);
+    v_type text := pyxp.resolved_campaign_type(v_campaign, award_completion_moderation.campaign_type);
+BEGIN
+    RETURN QUERY SELECT * FROM pyxp.post_award(
+        format('completion.vote:%s:%s', v_completion, v_wallet),
+        jsonb_build_object('vote_decision', v_vote, 'campaign_id', v_campaign, 'campaign_type', v_type),
+        v_wallet, NULL, 'completion.vote', v_type, ARRAY[v_vote],
+        '{}', false, v_campaign, v_completion,
+        jsonb_build_object('vote_decision', v_vote, 'campaign_type', v_type), 1,
+        format('moderator %s already voted on completion %s', v_wallet, v_completion));
+END
+$$;
+
+-- All registration and onboarding of one client email serialise on this
+-- transaction-level advisory lock, so a registration can never slip in
+-- between an onboarding's read of the pending rows and its commit.
+CREATE FUNCTION pyxp.lock_client_email(p_email text)
+RETURNS void
+LANGUAGE sql
+AS $$
+    SELECT pg_advisory_xact_lock(hashtextextended('pyxp.client_email:' || p_email, 0))
+$$;
+
+-- Seed: agency-client 'register'. A pending registration: the agency's B2C
+-- client will earn the onboarding XP when it first signs in. If pyxp knows
+-- the campaign, it must be an AGENCY_B2C campaign created by that agency
+-- (PX022). The same (agency, email, campaign) again changes nothing and
+-- returns the existing row. A client
+-- already onboarded gets the row granted at once, without XP again.
+CREATE FUNCTION pyxp.register_agency_client(
+    agency_wallet text, client_email text, campaign_id text, company_name text DEFAULT NULL)
+RETURNS SETOF pyxp.agency_b2c_clients
+LANGUAGE plpgsql SECURITY DEFINER
+SET search_path = pyxp, pg_temp
+AS $$
+DECLARE
+    v_agency text := pyxp.checked_wallet(register_agency_client.agency_wallet, 'agency wallet');
+    v_email text := pyxp.checked_email(register_agency_client.client_email);
+    v_campaign text := pyxp.checked_identifier('campaign id', register_agency_client.campaign_id);
+    v_company text;
+    v_known pyxp.campaigns;
+    v_onboarded pyxp.xp_requests;
+BEGIN
+    IF nullif(btrim(register_agency_client.company_name), '') IS NOT NULL THEN
+        v_company := pyxp.checked_identifier('company name', register_agency_client.company_name, 200);
+    END IF;
+    SELECT * INTO v_known FROM pyxp.campaigns c WHERE c.campaign_id = v_campaign;
+    IF v_known.campaign_id IS NOT NULL
+       AND (v_known.campaign_type <> 'AGENCY_B2C' OR v_known.creator_wallet <> v_agency) THEN
+        RAISE EXCEPTION 'campaign % is a % campaign created by %, not an AGENCY_B2C campaign of %',
+                        v_campaign, v_known.campaign_type, v_known.creator_wallet, v_agency
+            USING ERRCODE = 'PX022', HINT = 'register clients on the agency''s own AGENCY_B2C campaigns';
+    END IF;
+
+    PERFORM pyxp.lock_client_email(v_email);
+    SELECT * INTO v_onboarded FROM pyxp.xp_requests q WHERE q.idempotency_key = 'client.onboarded:' || v_email;
+    INSERT INTO pyxp.agency_b2c_clients AS a (agency_wallet, client_email, campaign_id, company_name,
+                                              client_wallet, xp_granted, onboarded_at)
+    VALUES (v_agency, v_email, v_campaign, v_company, v_onboarded.inputs ->> 'wallet',
+            v_onboarded.idempotency_key IS NOT NULL, v_onboarded.created_at)
+    ON CONFLICT ON CONSTRAINT agency_b2c_clients_agency_wallet_client_email_campaign_id_key DO NOTHING;
+
+    RETURN QUERY
+        SELECT a.* FROM pyxp.agency_b2c_clients a
+         WHERE a.agency_wallet = v_agency AND a.client_email = v_email AND a.campaign_id = v_campaign;
+END
+$$;
+
+-- Seed: agency-client 'onboard'. The client signs in with its email: the
+-- onboarding rules award it (never the agency) once per email ever; the
+-- agency wallet(s) are kept in the row's metadata; every pending registration
+-- of that email is marked granted with the client wallet and onboarded_at.
+-- No pending registration and no earlier onboarding: no rows, nothing
+-- written. A client wallet equal to a registering agency's: PX021. Another
+-- wallet than at the first onboarding: PX010.
+CREATE FUNCTION pyxp.onboard_agency_client(client_email text, client_wallet text)
+RETURNS SETOF pyxp.award_result
+LANGUAGE plpgsql SECURITY DEFINER
+SET search_path = pyxp, pg_temp
+AS $$
+DECLARE
+    v_email text := pyxp.checked_email(onboard_agency_client.client_email);
+    v_wallet text := pyxp.checked_wallet(onboard_agency_client.client_wallet, 'client wallet');
+    v_key text := 'client.onboarded:' || v_email;
+    v_pending record;
+BEGIN
+    PERFORM pyxp.lock_client_email(v_email);
+    SELECT array_agg(a.agency_wallet ORDER BY a.id) AS agencies,
+           array_agg(a.campaign_id ORDER BY a.id) AS campaigns,
+           (array_agg(a.company_name ORDER BY a.id) FILTER (WHERE a.company_name IS NOT NULL))[1] AS company
+      INTO v_pending
+      FROM pyxp.agency_b2c_clients a
+     WHERE a.client_email = v_email AND NOT a.xp_granted;
+
+    IF v_pending.agencies IS NULL
+       AND NOT EXISTS (SELECT FROM pyxp.xp_requests q WHERE q.idempotency_key = v_key) THEN
+        RETURN;  -- nobody registered this client: nothing to grant
+    ELSIF v_wallet = ANY (v_pending.agencies) THEN
+        RAISE EXCEPTION 'client wallet % is the registering agency''s wallet', v_wallet
+            USING ERRCODE = 'PX021', HINT = 'the onboarding XP goes to the client''s own wallet, never the agency';
+    END IF;
+
+    RETURN QUERY SELECT * FROM pyxp.post_award(
+        v_key, jsonb_build_object('wallet', v_wallet),
+        v_wallet, NULL, 'client.onboarded', 'AGENCY_B2C', '{}',
+        '{}', false, v_pending.campaigns[1], v_email,
+        jsonb_strip_nulls(jsonb_build_object(
+            'agency_wallet', v_pending.agencies[1],
+            'agency_wallets', CASE WHEN cardinality(v_pending.agencies) > 1 THEN to_jsonb(v_pending.agencies) END,
+            'campaign_ids', CASE WHEN cardinality(v_pending.campaigns) > 1 THEN to_jsonb(v_pending.campaigns) END,
+            'company_name', v_pending.company)),
+        0, format('client %s was already onboarded with another wallet', v_email));
+
+    UPDATE pyxp.agency_b2c_clients a
+       SET xp_granted = true, client_wallet = v_wallet, onboarded_at = now()
+     WHERE a.client_email = v_email AND NOT a.xp_granted;
+END
+$$;
 -- Reads: balance, history, leaderboard, rank, audit.
 -- SECURITY DEFINER so that pyxp_writer, which has no SELECT on the tables,
 -- can read through them; pyxp_reader may also read the tables directly.
@@ -1151,7 +1494,14 @@ GRANT SELECT ON ALL TABLES IN SCHEMA pyxp TO pyxp_reader;
 GRANT EXECUTE ON FUNCTION
     pyxp.award(text, text, text, jsonb, jsonb),
     pyxp.reverse_transaction(bigint, text),
-    pyxp.recalculate_levels()
+    pyxp.recalculate_levels(),
+    pyxp.award_campaign_creation(text, text, text, numeric, boolean, boolean),
+    pyxp.award_campaign_approval(text, text),
+    pyxp.award_moderation_vote(text, text, text, text),
+    pyxp.award_completion(text, text, text, text, boolean, boolean, boolean, numeric, numeric),
+    pyxp.award_completion_moderation(text, text, text, text, text),
+    pyxp.register_agency_client(text, text, text, text),
+    pyxp.onboard_agency_client(text, text)
 TO pyxp_writer;
 
 GRANT EXECUTE ON FUNCTION
