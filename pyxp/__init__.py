@@ -12,7 +12,9 @@ from pyxp.errors import XPError
 from pyxp.results import (
     AuditFinding,
     Award,
+    AwardRequest,
     AwardRow,
+    BatchAwardRow,
     Balance,
     ClientRegistration,
     LeaderboardRow,
@@ -24,6 +26,6 @@ from pyxp.ruleset_config import ConfigError, RuleSet, load_ruleset
 
 __all__ = [
     "XP", "AsyncXP", "XPError", "ConfigError", "RuleSet", "load_ruleset",
-    "Award", "AwardRow", "Balance", "Level", "LedgerRow", "LeaderboardRow", "AuditFinding",
+    "Award", "AwardRequest", "AwardRow", "BatchAwardRow", "Balance", "Level", "LedgerRow", "LeaderboardRow", "AuditFinding",
     "RulesetInstall", "ClientRegistration",
 ]

@@ -22,8 +22,8 @@ returns ``None`` instead of raising.
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
-from dataclasses import dataclass
+from collections.abc import Iterable, Mapping
+from dataclasses import asdict, dataclass
 from decimal import Decimal
 from typing import Any, Literal
 
@@ -38,8 +38,10 @@ from pyxp.errors import XPError, wrap_errors
 from pyxp.results import (
     AuditFinding,
     Award,
+    AwardRequest,
     AwardRow,
     Balance,
+    BatchAwardRow,
     ClientRegistration,
     LeaderboardRow,
     LedgerRow,
@@ -49,7 +51,7 @@ from pyxp.results import (
 log = logging.getLogger("pyxp")
 
 Number = int | Decimal | float | None
-Shape = Literal["award", "rows", "one", "scalar"]
+Shape = Literal["award", "batch", "rows", "one", "scalar"]
 
 
 @dataclass(frozen=True)
@@ -66,6 +68,11 @@ class Call:
 def _shape_result(call: Call, rows: list[Any]) -> Any:
     if call.shape == "award":
         return Award(tuple(rows))
+    if call.shape == "batch":  # rows of pyxp.award_many, ordered by event_index
+        grouped: dict[int, list[Any]] = {}
+        for row in rows:
+            grouped.setdefault(row.event_index, []).append(row)
+        return [Award(tuple(group)) for _, group in sorted(grouped.items())]
     if call.shape == "one":
         return rows[0] if rows else None
     if call.shape == "scalar":
@@ -94,6 +101,15 @@ class _Api:
         return self._execute(Call("award", queries.AWARD, {
             "wallet": wallet, "action": action, "idempotency_key": idempotency_key,
             "params": Jsonb(dict(params or {})), "context": Jsonb(dict(context or {}))}, AwardRow))
+
+    def award_many(self, events: Iterable[AwardRequest | Mapping[str, Any]]) -> list[Award]:
+        """Many generic awards in one transaction (pyxp.award_many): one Award per event, in order.
+
+        All apply or none: a refused event raises, naming its index ("event 3: ...").
+        """
+        payload = [asdict(event) if isinstance(event, AwardRequest) else dict(event) for event in events]
+        return self._execute(Call("award_many", queries.AWARD_MANY, {"events": Jsonb(payload)},
+                                  BatchAwardRow, "batch"))
 
     def reverse(self, transaction_id: int, reason: str) -> Award:
         """Append the compensating row of ``transaction_id`` (once)."""

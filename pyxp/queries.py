@@ -9,6 +9,8 @@ AWARD = """SELECT * FROM pyxp.award(
     idempotency_key => %(idempotency_key)s::text,
     params => %(params)s::jsonb, context => %(context)s::jsonb)"""
 
+AWARD_MANY = "SELECT * FROM pyxp.award_many(events => %(events)s::jsonb)"
+
 REVERSE_TRANSACTION = """SELECT * FROM pyxp.reverse_transaction(
     transaction_id => %(transaction_id)s::bigint, reason => %(reason)s::text)"""
 
@@ -66,3 +68,29 @@ INSTALL_RULESET = """SELECT * FROM pyxp.install_ruleset(
 ACTIVE_RULESET = """SELECT r.ruleset_id, r.name, r.version, r.balance_floor, r.activated_at,
        r.definition, r.source
   FROM pyxp.rulesets r WHERE r.is_active"""
+
+# -- reads of the rule and level tables for the CLI (rules show, levels) -------
+
+# The rules of the active ruleset, in file order (= order of their ledger rows).
+ACTIVE_RULES = """SELECT ru.position, ru.action, ru.event, ru.campaign_types, ru.condition, ru.formula
+  FROM pyxp.rules ru JOIN pyxp.rulesets r ON r.ruleset_id = ru.ruleset_id AND r.is_active
+ ORDER BY ru.position"""
+
+# Levels 1..%(first)s of the active curve, walked with pyxp.level_for only: each
+# level starts where the previous one's next_level_xp is.
+FIRST_LEVELS = """WITH RECURSIVE curve AS (
+    SELECT l.level, l.level_start_xp, l.next_level_xp FROM pyxp.level_for(total_xp => 0) l
+    UNION ALL
+    SELECT n.level, n.level_start_xp, n.next_level_xp
+      FROM curve c CROSS JOIN LATERAL pyxp.level_for(total_xp => c.next_level_xp::bigint) n
+     WHERE c.level < %(first)s::bigint
+)
+SELECT c.level, c.level_start_xp AS threshold, (c.next_level_xp - c.level_start_xp)::bigint AS increment
+  FROM curve c ORDER BY c.level"""
+
+# Where given totals stand on the active curve (pyxp.level_for of each).
+LEVELS_OF_TOTALS = """SELECT t.total_xp, l.level, l.level_start_xp AS threshold,
+       (l.next_level_xp - l.level_start_xp)::bigint AS increment
+  FROM unnest(%(totals)s::bigint[]) WITH ORDINALITY t(total_xp, ord)
+ CROSS JOIN LATERAL pyxp.level_for(total_xp => t.total_xp) l
+ ORDER BY t.ord"""

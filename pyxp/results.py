@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from decimal import Decimal
 from typing import Any
@@ -63,6 +63,24 @@ class Award:
     @property
     def transaction_types(self) -> list[str]:
         return [row.transaction_type for row in self.rows]
+
+
+@dataclass(frozen=True)
+class BatchAwardRow(AwardRow):
+    """A row of pyxp.award_many: an AwardRow and the index of the event it answers."""
+
+    event_index: int = 0
+
+
+@dataclass(frozen=True)
+class AwardRequest:
+    """One event of a batch (:meth:`pyxp.XP.award_many`): the parameters of pyxp.award."""
+
+    wallet: str
+    action: str
+    idempotency_key: str
+    params: dict[str, Any] = field(default_factory=dict)
+    context: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)

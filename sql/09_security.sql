@@ -41,7 +41,8 @@ GRANT EXECUTE ON FUNCTION
     pyxp.award_completion(text, text, text, text, boolean, boolean, boolean, numeric, numeric),
     pyxp.award_completion_moderation(text, text, text, text, text),
     pyxp.register_agency_client(text, text, text, text),
-    pyxp.onboard_agency_client(text, text)
+    pyxp.onboard_agency_client(text, text),
+    pyxp.award_many(jsonb)
 TO pyxp_writer;
 
 GRANT EXECUTE ON FUNCTION

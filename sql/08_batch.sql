@@ -1,0 +1,282 @@
+-- Batch ingestion: many generic awards in one call, processed set-based.
+--
+-- pyxp.award_many(events) takes a JSON array of awards shaped like
+-- pyxp.award's parameters: {"wallet", "action", "idempotency_key", "params",
+-- "context"}. Same rules, validation and idempotency as pyxp.award; the batch
+-- is one transaction: every event applies, or (any refusal) none does and
+-- the error names the event's index (0-based).
+--
+-- Steps: validate each event (a loop of pure function calls: no
+-- subtransactions), then, set-based: claim all keys (in key order), compare
+-- replays, evaluate the rules, lock every wallet's balance row in wallet
+-- order (so concurrent batches never deadlock), append the rows ordered by
+-- (wallet, event index) so that ids follow each wallet's balance_after chain,
+-- and update each balance once.
+
+-- One validated event of a batch.
+CREATE TYPE pyxp.batch_event AS (
+    event_index  integer,
+    wallet       text,
+    action       text,
+    key          text,
+    params       jsonb,
+    metadata     jsonb,
+    campaign_id  text,
+    subject      text,
+    inputs       jsonb
+);
+
+-- A batch result row: the event's index, then the award row.
+CREATE TYPE pyxp.batch_award_result AS (
+    event_index       integer,
+    transaction_id    bigint,
+    user_wallet       text,
+    transaction_type  text,
+    xp_amount         bigint,
+    xp_requested      bigint,
+    total_xp          bigint,
+    current_level     bigint,
+    xp_to_next_level  bigint,
+    previous_level    bigint,
+    replayed          boolean
+);
+
+CREATE FUNCTION pyxp.award_many(events jsonb)
+RETURNS SETOF pyxp.batch_award_result
+LANGUAGE plpgsql SECURITY DEFINER
+SET search_path = pyxp, pg_temp
+AS $$
+DECLARE
+    c_max_balance constant bigint := 4611686018427387904;  -- 2^62, as in write_ledger_rows
+    v_events pyxp.batch_event[] := '{}';
+    v_event pyxp.batch_event;
+    v_item jsonb;
+    v_index integer := -1;
+    v_ruleset bigint;
+    v_floor bigint;
+    v_problem record;
+    v_message text;
+    v_hint text;
+    v_code text;
+BEGIN
+    IF jsonb_typeof(award_many.events) IS DISTINCT FROM 'array' THEN
+        RAISE EXCEPTION 'events must be a JSON array of awards'
+            USING ERRCODE = 'PX017',
+                  HINT = '[{"wallet": ..., "action": ..., "idempotency_key": ..., "params": {...}, "context": {...}}]';
+    ELSIF jsonb_array_length(award_many.events) > 10000 THEN
+        RAISE EXCEPTION 'a batch holds at most 10000 events, got %', jsonb_array_length(award_many.events)
+            USING ERRCODE = 'PX023', HINT = 'split the batch';
+    END IF;
+
+    -- 1. Validate and normalise each event, as pyxp.award does. One exception
+    --    block for the whole loop (not one per event): it only adds the index.
+    BEGIN
+        FOR v_item IN SELECT e FROM jsonb_array_elements(award_many.events) e LOOP
+            v_index := v_index + 1;
+            IF jsonb_typeof(v_item) IS DISTINCT FROM 'object' THEN
+                RAISE EXCEPTION 'not a JSON object' USING ERRCODE = 'PX017',
+                    HINT = '{"wallet": ..., "action": ..., "idempotency_key": ..., "params": {...}}';
+            END IF;
+            v_event.event_index := v_index;
+            v_event.wallet := pyxp.checked_wallet(v_item ->> 'wallet');
+            v_event.action := pyxp.checked_identifier('action', v_item ->> 'action', 64);
+            v_event.key := pyxp.checked_identifier('idempotency key', v_item ->> 'idempotency_key', 256);
+            v_event.params := pyxp.checked_params(v_item -> 'params');
+            v_event.metadata := pyxp.checked_context(v_item -> 'context');
+            v_event.campaign_id := NULL;
+            v_event.subject := NULL;
+            IF jsonb_typeof(v_event.metadata -> 'campaign_id') = 'string' THEN
+                v_event.campaign_id := pyxp.checked_identifier('campaign id', v_event.metadata ->> 'campaign_id');
+            END IF;
+            IF jsonb_typeof(v_event.metadata -> 'subject') = 'string' THEN
+                v_event.subject := pyxp.checked_identifier('subject', v_event.metadata ->> 'subject', 256);
+            END IF;
+            v_event.metadata := v_event.metadata || v_event.params;
+            -- Same canonical inputs as pyxp.award: a batch replays single awards and back.
+            v_event.inputs := jsonb_build_object('action', v_event.action, 'wallet', v_event.wallet,
+                                                 'params', v_event.params);
+            v_events := v_events || v_event;
+        END LOOP;
+    EXCEPTION WHEN SQLSTATE 'PX001' OR SQLSTATE 'PX004' OR SQLSTATE 'PX016' OR SQLSTATE 'PX017' THEN
+        GET STACKED DIAGNOSTICS v_message = MESSAGE_TEXT, v_hint = PG_EXCEPTION_HINT, v_code = RETURNED_SQLSTATE;
+        RAISE EXCEPTION 'event %: %', v_index, v_message
+            USING ERRCODE = v_code, HINT = coalesce(nullif(v_hint, ''), 'see README: Error codes');
+    END;
+
+    LOCK TABLE pyxp.xp_balances IN ROW EXCLUSIVE MODE;  -- lock protocol: see 04_rulesets.sql
+    v_ruleset := pyxp.active_ruleset_id();
+    SELECT r.balance_floor INTO v_floor FROM pyxp.rulesets r WHERE r.ruleset_id = v_ruleset;
+
+    -- 2. Rules: unknown actions, missing or unknown inputs, amounts (as planned_rows).
+    SELECT e.event_index, e.action INTO v_problem
+      FROM unnest(v_events) e
+     WHERE NOT EXISTS (SELECT FROM pyxp.rules ru WHERE ru.ruleset_id = v_ruleset AND ru.action = e.action)
+     ORDER BY e.event_index LIMIT 1;
+    IF FOUND THEN
+        RAISE EXCEPTION 'event %: unknown action %', v_problem.event_index, quote_literal(v_problem.action)
+            USING ERRCODE = 'PX009', HINT = 'an action code of the active ruleset: pyxp rules show';
+    END IF;
+    SELECT e.event_index, ru.action, c.key INTO v_problem
+      FROM unnest(v_events) e
+      JOIN pyxp.rules ru ON ru.ruleset_id = v_ruleset AND ru.action = e.action
+     CROSS JOIN LATERAL jsonb_object_keys(ru.xp_coefficients) c(key)
+     WHERE NOT e.params ? c.key
+     ORDER BY e.event_index LIMIT 1;
+    IF FOUND THEN
+        RAISE EXCEPTION 'event %: missing input % for %', v_problem.event_index, v_problem.key, v_problem.action
+            USING ERRCODE = 'PX018', HINT = format('pass %s, a number between 0 and 10^15', v_problem.key);
+    END IF;
+    SELECT e.event_index, p.key INTO v_problem
+      FROM unnest(v_events) e
+      JOIN pyxp.rules ru ON ru.ruleset_id = v_ruleset AND ru.action = e.action
+     CROSS JOIN LATERAL jsonb_object_keys(e.params) p(key)
+     WHERE NOT ru.xp_coefficients ? p.key
+     ORDER BY e.event_index LIMIT 1;
+    IF FOUND THEN
+        RAISE EXCEPTION 'event %: unknown param %: no formula of this action uses it', v_problem.event_index, v_problem.key
+            USING ERRCODE = 'PX017', HINT = 'params holds formula inputs only; put anything else in context';
+    END IF;
+
+    -- Working set of the batch (numeric amounts and balances: range-checked
+    -- before anything is cast to bigint). Dropped at commit.
+    CREATE TEMP TABLE IF NOT EXISTS pyxp_batch (
+        event_index integer, wallet text, action text, key text, rule_id bigint, amount numeric,
+        campaign_id text, subject text, metadata jsonb, inputs jsonb, claimed boolean,
+        first_index integer, applied numeric, balance_after numeric
+    ) ON COMMIT DROP;
+    TRUNCATE pg_temp.pyxp_batch;
+    INSERT INTO pg_temp.pyxp_batch
+    SELECT e.event_index, e.wallet, ru.action, e.key, ru.rule_id,
+           (SELECT round(ru.xp_constant + coalesce(sum(c.value::numeric * (e.params ->> c.key)::numeric), 0))
+              FROM jsonb_each_text(ru.xp_coefficients) c),
+           e.campaign_id, e.subject, e.metadata, e.inputs, false,
+           min(e.event_index) OVER (PARTITION BY e.key), NULL, NULL
+      FROM unnest(v_events) e
+      JOIN pyxp.rules ru ON ru.ruleset_id = v_ruleset AND ru.action = e.action;
+
+    SELECT b.event_index, b.action, b.amount INTO v_problem FROM pg_temp.pyxp_batch b
+     WHERE abs(b.amount) > 1e15 ORDER BY b.event_index LIMIT 1;
+    IF FOUND THEN
+        RAISE EXCEPTION 'event %: XP amount % of % is out of range', v_problem.event_index, v_problem.amount, v_problem.action
+            USING ERRCODE = 'PX004', HINT = 'an award is at most 10^15 XP; check the formula inputs';
+    END IF;
+
+    -- 3. Idempotency. Within the batch, a repeated key must carry the same
+    --    inputs (it then replays its first occurrence). Then claim the keys
+    --    (key order: two batches never wait on each other in a cycle); a key
+    --    already stored must carry the same inputs and replays.
+    SELECT b.event_index, b.key, f.event_index AS first_index INTO v_problem
+      FROM pg_temp.pyxp_batch b JOIN pg_temp.pyxp_batch f ON f.event_index = b.first_index
+     WHERE b.event_index <> b.first_index AND b.inputs IS DISTINCT FROM f.inputs
+     ORDER BY b.event_index LIMIT 1;
+    IF FOUND THEN
+        RAISE EXCEPTION 'event %: idempotency key % was already used with other inputs (event %)',
+                        v_problem.event_index, quote_literal(v_problem.key), v_problem.first_index
+            USING ERRCODE = 'PX010', HINT = 'repeat a call with exactly the same inputs to get its result again';
+    END IF;
+    WITH claimed AS (
+        INSERT INTO pyxp.xp_requests (idempotency_key, inputs, ruleset_id)
+        SELECT b.key, b.inputs, v_ruleset FROM pg_temp.pyxp_batch b
+         WHERE b.event_index = b.first_index ORDER BY b.key
+        ON CONFLICT (idempotency_key) DO NOTHING
+        RETURNING idempotency_key
+    )
+    UPDATE pg_temp.pyxp_batch b SET claimed = true FROM claimed c
+     WHERE b.key = c.idempotency_key AND b.event_index = b.first_index;
+    SELECT b.event_index, b.key, q.inputs AS first_inputs, b.inputs INTO v_problem
+      FROM pg_temp.pyxp_batch b JOIN pyxp.xp_requests q ON q.idempotency_key = b.key
+     WHERE b.event_index = b.first_index AND NOT b.claimed AND q.inputs IS DISTINCT FROM b.inputs
+     ORDER BY b.event_index LIMIT 1;
+    IF FOUND THEN
+        RAISE EXCEPTION 'event %: idempotency key % was already used with other inputs',
+                        v_problem.event_index, quote_literal(v_problem.key)
+            USING ERRCODE = 'PX010', DETAIL = format('first call: %s; this call: %s', v_problem.first_inputs, v_problem.inputs),
+                  HINT = 'repeat a call with exactly the same inputs to get its result again';
+    END IF;
+
+    -- 4. Balance rows: create the missing ones, then lock all in wallet order.
+    INSERT INTO pyxp.xp_balances (user_wallet, total_xp, current_level, xp_to_next_level)
+    SELECT w.wallet, 0, c.level, c.next_level_xp::bigint
+      FROM (SELECT DISTINCT b.wallet FROM pg_temp.pyxp_batch b WHERE b.claimed ORDER BY b.wallet) w
+     CROSS JOIN pyxp.curve_position(v_ruleset, 0) c
+     ORDER BY w.wallet
+    ON CONFLICT (user_wallet) DO NOTHING;
+    PERFORM 1 FROM pyxp.xp_balances x
+     WHERE x.user_wallet IN (SELECT b.wallet FROM pg_temp.pyxp_batch b WHERE b.claimed)
+     ORDER BY x.user_wallet FOR UPDATE;
+
+    -- 5. Amounts applied and running balances, per wallet in event order.
+    --    Without a floor, a window sum; with one, penalties depend on the
+    --    running balance, so rows of a wallet are walked in order.
+    IF v_floor IS NULL THEN
+        UPDATE pg_temp.pyxp_batch b SET applied = b.amount,
+                                balance_after = x.total_xp + s.running
+          FROM (SELECT b2.event_index,
+                       sum(b2.amount) OVER (PARTITION BY b2.wallet ORDER BY b2.event_index) AS running
+                  FROM pg_temp.pyxp_batch b2 WHERE b2.claimed) s,
+               pyxp.xp_balances x
+         WHERE s.event_index = b.event_index AND x.user_wallet = b.wallet;
+    ELSE
+        DECLARE
+            v_row record;
+            v_wallet text;
+            v_running numeric;
+            v_new numeric;
+        BEGIN
+            FOR v_row IN SELECT b.event_index, b.wallet, b.amount, x.total_xp
+                           FROM pg_temp.pyxp_batch b JOIN pyxp.xp_balances x ON x.user_wallet = b.wallet
+                          WHERE b.claimed ORDER BY b.wallet, b.event_index LOOP
+                IF v_wallet IS DISTINCT FROM v_row.wallet THEN
+                    v_wallet := v_row.wallet;
+                    v_running := v_row.total_xp;
+                END IF;
+                -- The floor rule of write_ledger_rows.
+                v_new := v_running + CASE WHEN v_row.amount < 0
+                                          THEN greatest(v_row.amount, least(0, v_floor - v_running))
+                                          ELSE v_row.amount END;
+                UPDATE pg_temp.pyxp_batch b SET applied = v_new - v_running, balance_after = v_new
+                 WHERE b.event_index = v_row.event_index;
+                v_running := v_new;
+            END LOOP;
+        END;
+    END IF;
+    SELECT b.event_index, b.wallet, b.balance_after INTO v_problem FROM pg_temp.pyxp_batch b
+     WHERE b.claimed AND b.balance_after NOT BETWEEN -c_max_balance AND c_max_balance
+     ORDER BY b.event_index LIMIT 1;
+    IF FOUND THEN
+        RAISE EXCEPTION 'event %: balance of % would be %, out of range', v_problem.event_index, v_problem.wallet,
+                        v_problem.balance_after
+            USING ERRCODE = 'PX019', HINT = 'a balance stays between -2^62 and 2^62';
+    END IF;
+
+    -- 6. Append the rows (wallet, event order: ids follow each balance_after chain)
+    --    and update each balance once.
+    INSERT INTO pyxp.xp_transactions (user_wallet, transaction_type, xp_amount, xp_requested, balance_after,
+                                      rule_id, campaign_id, subject, idempotency_key, metadata)
+    SELECT b.wallet, b.action, b.applied::bigint, CASE WHEN b.applied <> b.amount THEN b.amount::bigint END,
+           b.balance_after::bigint, b.rule_id, b.campaign_id, b.subject, b.key, b.metadata
+      FROM pg_temp.pyxp_batch b WHERE b.claimed
+     ORDER BY b.wallet, b.event_index;
+
+    UPDATE pyxp.xp_balances x
+       SET total_xp = f.balance_after, current_level = c.level,
+           xp_to_next_level = (c.next_level_xp - f.balance_after)::bigint, updated_at = now()
+      FROM (SELECT DISTINCT ON (b.wallet) b.wallet, b.balance_after::bigint AS balance_after
+              FROM pg_temp.pyxp_batch b WHERE b.claimed ORDER BY b.wallet, b.event_index DESC) f
+     CROSS JOIN LATERAL pyxp.curve_position(v_ruleset, f.balance_after) c
+     WHERE x.user_wallet = f.wallet;
+
+    -- 7. One result row per event, in event order: new rows, or the rows its
+    --    key produced before (replayed).
+    RETURN QUERY
+        SELECT b.event_index, t.id, t.user_wallet, t.transaction_type, t.xp_amount, t.xp_requested,
+               t.balance_after, now_.level, (now_.next_level_xp - t.balance_after)::bigint, before_.level,
+               NOT (b.claimed AND b.event_index = b.first_index)
+          FROM pg_temp.pyxp_batch b
+          JOIN pyxp.xp_requests q ON q.idempotency_key = b.key
+          JOIN pyxp.xp_transactions t ON t.idempotency_key = b.key
+         CROSS JOIN LATERAL pyxp.curve_position(q.ruleset_id, t.balance_after) now_
+         CROSS JOIN LATERAL pyxp.curve_position(q.ruleset_id, t.balance_after - t.xp_amount) before_
+         ORDER BY b.event_index, t.id;
+END
+$$;
