@@ -11,8 +11,9 @@ Where the calls run:
   defaults): a private connection pool; each call is its own transaction.
 * ``XP(pool)``: your ``psycopg_pool.ConnectionPool``; each call is its own transaction.
 * ``XP(connection)``: your ``psycopg.Connection``; each call runs in a
-  savepoint of your current transaction (or its own transaction when none is
-  open), so an award can commit or roll back together with your main action.
+  savepoint of your transaction (opened if none is, as psycopg does for any
+  statement), so the award commits or rolls back with your main action. On an
+  autocommit connection each call is its own transaction.
 
 ``best_effort=True`` follows the seeds' resilience rule ("if XP fails, the
 main action goes on"): a failing call is logged (PX code and call) and
@@ -21,15 +22,17 @@ returns ``None`` instead of raising.
 
 from __future__ import annotations
 
+import json
 import logging
+import math
 from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass
 from decimal import Decimal
 from typing import Any, Literal
 
 import psycopg
+from psycopg.pq import TransactionStatus
 from psycopg.rows import class_row, tuple_row
-from psycopg.types.json import Jsonb
 from psycopg_pool import AsyncConnectionPool, ConnectionPool
 
 from pyxp import queries
@@ -63,6 +66,20 @@ class Call:
     params: Mapping[str, Any]
     row_type: type | None = None  # None: plain tuples
     shape: Shape = "award"
+
+
+def json_text(value: Any) -> str:
+    """JSON for a jsonb parameter. Decimals keep their exact digits; a non-finite
+    number becomes a string, which the database refuses as "not a number" (PX004)."""
+    if isinstance(value, Mapping):
+        return "{" + ",".join(f"{json.dumps(str(k))}:{json_text(v)}" for k, v in value.items()) + "}"
+    if isinstance(value, (list, tuple)):
+        return "[" + ",".join(json_text(v) for v in value) + "]"
+    if isinstance(value, (float, Decimal)) and not isinstance(value, bool):
+        if not math.isfinite(value):
+            return json.dumps(str(value))
+        return format(value, "f") if isinstance(value, Decimal) else repr(value)
+    return json.dumps(value)
 
 
 def _shape_result(call: Call, rows: list[Any]) -> Any:
@@ -100,7 +117,7 @@ class _Api:
         """Award the active rule ``action`` to ``wallet`` once per ``idempotency_key``."""
         return self._execute(Call("award", queries.AWARD, {
             "wallet": wallet, "action": action, "idempotency_key": idempotency_key,
-            "params": Jsonb(dict(params or {})), "context": Jsonb(dict(context or {}))}, AwardRow))
+            "params": json_text(params or {}), "context": json_text(context or {})}, AwardRow))
 
     def award_many(self, events: Iterable[AwardRequest | Mapping[str, Any]]) -> list[Award]:
         """Many generic awards in one transaction (pyxp.award_many): one Award per event, in order.
@@ -108,7 +125,7 @@ class _Api:
         All apply or none: a refused event raises, naming its index ("event 3: ...").
         """
         payload = [asdict(event) if isinstance(event, AwardRequest) else dict(event) for event in events]
-        return self._execute(Call("award_many", queries.AWARD_MANY, {"events": Jsonb(payload)},
+        return self._execute(Call("award_many", queries.AWARD_MANY, {"events": json_text(payload)},
                                   BatchAwardRow, "batch"))
 
     def reverse(self, transaction_id: int, reason: str) -> Award:
@@ -220,6 +237,8 @@ class XP(_Api):
 
     def _run(self, conn: psycopg.Connection[Any], call: Call) -> list[Any]:
         factory = class_row(call.row_type) if call.row_type else tuple_row
+        if not conn.autocommit and conn.info.transaction_status == TransactionStatus.IDLE:
+            conn.execute("BEGIN")  # the caller's transaction: it commits or rolls back the award
         with conn.transaction(), conn.cursor(row_factory=factory) as cur:  # type: ignore[arg-type]
             cur.execute(call.query, call.params)
             return cur.fetchall()
@@ -278,6 +297,8 @@ class AsyncXP(_Api):
 
     async def _run(self, conn: psycopg.AsyncConnection[Any], call: Call) -> list[Any]:
         factory = class_row(call.row_type) if call.row_type else tuple_row
+        if not conn.autocommit and conn.info.transaction_status == TransactionStatus.IDLE:
+            await conn.execute("BEGIN")  # the caller's transaction: it commits or rolls back the award
         async with conn.transaction(), conn.cursor(row_factory=factory) as cur:  # type: ignore[arg-type]
             await cur.execute(call.query, call.params)
             return await cur.fetchall()

@@ -8,6 +8,7 @@ nothing when it is the active one (see ``pyxp.install_ruleset`` in sql/).
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
@@ -70,9 +71,9 @@ def head_revision() -> str | None:
     return ScriptDirectory.from_config(alembic_config("")).get_current_head()
 
 
-def apply_ruleset(conninfo: str, ruleset: str | RuleSet) -> RulesetInstall:
+def apply_ruleset(conninfo: str, ruleset: str | os.PathLike[str] | RuleSet) -> RulesetInstall:
     """Install and activate a ruleset (a shipped name, a TOML path or a parsed RuleSet)."""
-    compiled = load_ruleset(ruleset) if isinstance(ruleset, str) else ruleset
+    compiled = ruleset if isinstance(ruleset, RuleSet) else load_ruleset(os.fspath(ruleset))
     with wrap_errors(), psycopg.connect(conninfo) as conn:
         with conn.cursor(row_factory=class_row(RulesetInstall)) as cur:
             cur.execute(queries.INSTALL_RULESET,

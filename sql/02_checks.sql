@@ -155,6 +155,10 @@ BEGIN
             RAISE EXCEPTION 'invalid %: % is not a number', v_item.key, left(v_item.value::text, 100)
                 USING ERRCODE = 'PX004', HINT = 'a finite number between 0 and 10^15';
         END IF;
+        IF v_result ? upper(replace(v_item.key, '$', '')) THEN
+            RAISE EXCEPTION 'invalid params: input % given twice', upper(replace(v_item.key, '$', ''))
+                USING ERRCODE = 'PX017', HINT = 'input names are case-insensitive and ignore $: give each once';
+        END IF;
         v_result := v_result || jsonb_build_object(
             upper(replace(v_item.key, '$', '')),
             pyxp.checked_number(v_item.key, v_item.value::numeric));
@@ -164,7 +168,7 @@ END
 $$;
 
 -- Free-form context stored in the ledger row's metadata: a JSON object of at
--- most 16 KiB and 16 levels of nesting (PX017).
+-- most 16 KiB and 16 levels of nested objects/arrays (PX017).
 CREATE FUNCTION pyxp.checked_context(p_context jsonb)
 RETURNS jsonb
 LANGUAGE plpgsql IMMUTABLE PARALLEL SAFE
@@ -178,7 +182,7 @@ BEGIN
     ELSIF octet_length(p_context::text) > 16384 THEN
         RAISE EXCEPTION 'invalid context: % bytes', octet_length(p_context::text)
             USING ERRCODE = 'PX017', HINT = 'context is at most 16 KiB of JSON';
-    ELSIF jsonb_path_exists(p_context, 'lax $.**{16}') THEN
+    ELSIF jsonb_path_exists(p_context, 'lax $.**{17}') THEN  -- level 17 = a value inside a 17th container
         RAISE EXCEPTION 'invalid context: nested deeper than 16 levels'
             USING ERRCODE = 'PX017', HINT = 'context is at most 16 levels deep';
     END IF;

@@ -149,7 +149,8 @@ $$;
 -- is_refused: the moderation outcome, once per completion and only one of
 -- the two ever. Refused before anything is written: both flags (PX005), paid
 -- without a positive price or a price on a free mission (PX006), INDIVIDUAL
--- submission or refusal without a positive mint_value_winc (PX007).
+-- submission or refusal without a positive mint_value_winc (PX007). A free
+-- mission may pass price_completion 0 (no price).
 CREATE FUNCTION pyxp.award_completion(
     completer_wallet text, campaign_id text, completion_id text, campaign_type text DEFAULT NULL,
     is_validated boolean DEFAULT false, is_refused boolean DEFAULT false, is_paid boolean DEFAULT false,
@@ -179,9 +180,9 @@ BEGIN
         RAISE EXCEPTION 'paid completion % needs a positive price_completion, got %', v_completion,
                         coalesce(v_price::text, 'NULL')
             USING ERRCODE = 'PX006', HINT = 'is_paid => true with price_completion > 0';
-    ELSIF NOT v_paid AND v_price IS NOT NULL THEN
+    ELSIF NOT v_paid AND v_price > 0 THEN
         RAISE EXCEPTION 'free completion % has a price_completion (%)', v_completion, v_price
-            USING ERRCODE = 'PX006', HINT = 'a price only goes with is_paid => true';
+            USING ERRCODE = 'PX006', HINT = 'a price above 0 only goes with is_paid => true';
     END IF;
     v_type := pyxp.resolved_campaign_type(v_campaign, award_completion.campaign_type);
     IF v_type = 'INDIVIDUAL' AND NOT v_validated AND coalesce(v_mint, 0) <= 0 THEN
@@ -205,8 +206,8 @@ BEGIN
         jsonb_build_object('campaign_type', v_type, 'is_paid', v_paid) || v_params, 0,
         CASE WHEN v_event = 'completion.submitted'
              THEN format('completion %s was already submitted with other inputs', v_completion)
-             ELSE format('completion %s already has a different outcome (validated or refused, never both)',
-                         v_completion) END);
+             ELSE format('completion %s already has an outcome recorded with other inputs '
+                         '(validated or refused, once, never both)', v_completion) END);
 END
 $$;
 

@@ -26,6 +26,27 @@ CREATE TYPE pyxp.batch_event AS (
     inputs       jsonb
 );
 
+-- A row of a batch's working set. Amounts and balances stay numeric until
+-- range-checked. The working set lives in a plpgsql array, never in a temp
+-- table: a SECURITY DEFINER function must not touch a relation the caller
+-- could have created first (with a trigger of its own) in its pg_temp.
+CREATE TYPE pyxp.batch_row AS (
+    event_index    integer,
+    first_index    integer,   -- first event of the batch with the same key
+    wallet         text,
+    action         text,
+    key            text,
+    rule_id        bigint,
+    amount         numeric,
+    campaign_id    text,
+    subject        text,
+    metadata       jsonb,
+    inputs         jsonb,
+    claimed        boolean,   -- this event writes (first with a new key)
+    applied        numeric,
+    balance_after  numeric
+);
+
 -- A batch result row: the event's index, then the award row.
 CREATE TYPE pyxp.batch_award_result AS (
     event_index       integer,
@@ -49,6 +70,7 @@ AS $$
 DECLARE
     c_max_balance constant bigint := 4611686018427387904;  -- 2^62, as in write_ledger_rows
     v_events pyxp.batch_event[] := '{}';
+    v_rows pyxp.batch_row[];
     v_event pyxp.batch_event;
     v_item jsonb;
     v_index integer := -1;
@@ -137,24 +159,20 @@ BEGIN
             USING ERRCODE = 'PX017', HINT = 'params holds formula inputs only; put anything else in context';
     END IF;
 
-    -- Working set of the batch (numeric amounts and balances: range-checked
-    -- before anything is cast to bigint). Dropped at commit.
-    CREATE TEMP TABLE IF NOT EXISTS pyxp_batch (
-        event_index integer, wallet text, action text, key text, rule_id bigint, amount numeric,
-        campaign_id text, subject text, metadata jsonb, inputs jsonb, claimed boolean,
-        first_index integer, applied numeric, balance_after numeric
-    ) ON COMMIT DROP;
-    TRUNCATE pg_temp.pyxp_batch;
-    INSERT INTO pg_temp.pyxp_batch
-    SELECT e.event_index, e.wallet, ru.action, e.key, ru.rule_id,
-           (SELECT round(ru.xp_constant + coalesce(sum(c.value::numeric * (e.params ->> c.key)::numeric), 0))
-              FROM jsonb_each_text(ru.xp_coefficients) c),
-           e.campaign_id, e.subject, e.metadata, e.inputs, false,
-           min(e.event_index) OVER (PARTITION BY e.key), NULL, NULL
-      FROM unnest(v_events) e
-      JOIN pyxp.rules ru ON ru.ruleset_id = v_ruleset AND ru.action = e.action;
+    SELECT array_agg(ROW(w.event_index, w.first_index, w.wallet, w.action, w.key, w.rule_id, w.amount,
+                         w.campaign_id, w.subject, w.metadata, w.inputs, false, NULL, NULL)::pyxp.batch_row
+                     ORDER BY w.event_index)
+      INTO v_rows
+      FROM (SELECT e.event_index, min(e.event_index) OVER (PARTITION BY e.key) AS first_index, e.wallet,
+                   ru.action, e.key, ru.rule_id,
+                   (SELECT round(ru.xp_constant
+                                 + coalesce(sum(c.value::numeric * (e.params ->> c.key)::numeric), 0))
+                      FROM jsonb_each_text(ru.xp_coefficients) c) AS amount,
+                   e.campaign_id, e.subject, e.metadata, e.inputs
+              FROM unnest(v_events) e
+              JOIN pyxp.rules ru ON ru.ruleset_id = v_ruleset AND ru.action = e.action) w;
 
-    SELECT b.event_index, b.action, b.amount INTO v_problem FROM pg_temp.pyxp_batch b
+    SELECT b.event_index, b.action, b.amount INTO v_problem FROM unnest(v_rows) b
      WHERE abs(b.amount) > 1e15 ORDER BY b.event_index LIMIT 1;
     IF FOUND THEN
         RAISE EXCEPTION 'event %: XP amount % of % is out of range', v_problem.event_index, v_problem.amount, v_problem.action
@@ -165,8 +183,8 @@ BEGIN
     --    inputs (it then replays its first occurrence). Then claim the keys
     --    (key order: two batches never wait on each other in a cycle); a key
     --    already stored must carry the same inputs and replays.
-    SELECT b.event_index, b.key, f.event_index AS first_index INTO v_problem
-      FROM pg_temp.pyxp_batch b JOIN pg_temp.pyxp_batch f ON f.event_index = b.first_index
+    SELECT b.event_index, b.key, b.first_index INTO v_problem
+      FROM unnest(v_rows) b JOIN unnest(v_rows) f ON f.event_index = b.first_index
      WHERE b.event_index <> b.first_index AND b.inputs IS DISTINCT FROM f.inputs
      ORDER BY b.event_index LIMIT 1;
     IF FOUND THEN
@@ -176,15 +194,19 @@ BEGIN
     END IF;
     WITH claimed AS (
         INSERT INTO pyxp.xp_requests (idempotency_key, inputs, ruleset_id)
-        SELECT b.key, b.inputs, v_ruleset FROM pg_temp.pyxp_batch b
+        SELECT b.key, b.inputs, v_ruleset FROM unnest(v_rows) b
          WHERE b.event_index = b.first_index ORDER BY b.key
         ON CONFLICT (idempotency_key) DO NOTHING
         RETURNING idempotency_key
     )
-    UPDATE pg_temp.pyxp_batch b SET claimed = true FROM claimed c
-     WHERE b.key = c.idempotency_key AND b.event_index = b.first_index;
+    SELECT array_agg(ROW(b.event_index, b.first_index, b.wallet, b.action, b.key, b.rule_id, b.amount,
+                         b.campaign_id, b.subject, b.metadata, b.inputs,
+                         c.idempotency_key IS NOT NULL AND b.event_index = b.first_index,
+                         NULL, NULL)::pyxp.batch_row ORDER BY b.event_index)
+      INTO v_rows
+      FROM unnest(v_rows) b LEFT JOIN claimed c ON c.idempotency_key = b.key;
     SELECT b.event_index, b.key, q.inputs AS first_inputs, b.inputs INTO v_problem
-      FROM pg_temp.pyxp_batch b JOIN pyxp.xp_requests q ON q.idempotency_key = b.key
+      FROM unnest(v_rows) b JOIN pyxp.xp_requests q ON q.idempotency_key = b.key
      WHERE b.event_index = b.first_index AND NOT b.claimed AND q.inputs IS DISTINCT FROM b.inputs
      ORDER BY b.event_index LIMIT 1;
     IF FOUND THEN
@@ -197,50 +219,54 @@ BEGIN
     -- 4. Balance rows: create the missing ones, then lock all in wallet order.
     INSERT INTO pyxp.xp_balances (user_wallet, total_xp, current_level, xp_to_next_level)
     SELECT w.wallet, 0, c.level, c.next_level_xp::bigint
-      FROM (SELECT DISTINCT b.wallet FROM pg_temp.pyxp_batch b WHERE b.claimed ORDER BY b.wallet) w
+      FROM (SELECT DISTINCT b.wallet FROM unnest(v_rows) b WHERE b.claimed) w
      CROSS JOIN pyxp.curve_position(v_ruleset, 0) c
      ORDER BY w.wallet
     ON CONFLICT (user_wallet) DO NOTHING;
     PERFORM 1 FROM pyxp.xp_balances x
-     WHERE x.user_wallet IN (SELECT b.wallet FROM pg_temp.pyxp_batch b WHERE b.claimed)
+     WHERE x.user_wallet IN (SELECT b.wallet FROM unnest(v_rows) b WHERE b.claimed)
      ORDER BY x.user_wallet FOR UPDATE;
 
     -- 5. Amounts applied and running balances, per wallet in event order.
     --    Without a floor, a window sum; with one, penalties depend on the
     --    running balance, so rows of a wallet are walked in order.
     IF v_floor IS NULL THEN
-        UPDATE pg_temp.pyxp_batch b SET applied = b.amount,
-                                balance_after = x.total_xp + s.running
-          FROM (SELECT b2.event_index,
-                       sum(b2.amount) OVER (PARTITION BY b2.wallet ORDER BY b2.event_index) AS running
-                  FROM pg_temp.pyxp_batch b2 WHERE b2.claimed) s,
-               pyxp.xp_balances x
-         WHERE s.event_index = b.event_index AND x.user_wallet = b.wallet;
+        SELECT array_agg(ROW(w.event_index, w.first_index, w.wallet, w.action, w.key, w.rule_id, w.amount,
+                             w.campaign_id, w.subject, w.metadata, w.inputs, w.claimed,
+                             CASE WHEN w.claimed THEN w.amount END,
+                             CASE WHEN w.claimed THEN w.total_xp + w.running END)::pyxp.batch_row
+                         ORDER BY w.event_index)
+          INTO v_rows
+          FROM (SELECT b.*, x.total_xp,
+                       sum(b.amount) FILTER (WHERE b.claimed)
+                           OVER (PARTITION BY b.wallet ORDER BY b.event_index) AS running
+                  FROM unnest(v_rows) b LEFT JOIN pyxp.xp_balances x ON x.user_wallet = b.wallet) w;
     ELSE
         DECLARE
-            v_row record;
+            v_row pyxp.batch_row;
+            v_next pyxp.batch_row[] := '{}';
             v_wallet text;
             v_running numeric;
-            v_new numeric;
         BEGIN
-            FOR v_row IN SELECT b.event_index, b.wallet, b.amount, x.total_xp
-                           FROM pg_temp.pyxp_batch b JOIN pyxp.xp_balances x ON x.user_wallet = b.wallet
-                          WHERE b.claimed ORDER BY b.wallet, b.event_index LOOP
-                IF v_wallet IS DISTINCT FROM v_row.wallet THEN
-                    v_wallet := v_row.wallet;
-                    v_running := v_row.total_xp;
-                END IF;
-                -- The floor rule of write_ledger_rows.
-                v_new := v_running + CASE WHEN v_row.amount < 0
+            FOR v_row IN SELECT b.* FROM unnest(v_rows) b ORDER BY b.wallet, b.event_index LOOP
+                IF v_row.claimed THEN
+                    IF v_wallet IS DISTINCT FROM v_row.wallet THEN
+                        v_wallet := v_row.wallet;
+                        SELECT x.total_xp INTO v_running FROM pyxp.xp_balances x WHERE x.user_wallet = v_wallet;
+                    END IF;
+                    -- The floor rule of write_ledger_rows.
+                    v_row.applied := CASE WHEN v_row.amount < 0
                                           THEN greatest(v_row.amount, least(0, v_floor - v_running))
                                           ELSE v_row.amount END;
-                UPDATE pg_temp.pyxp_batch b SET applied = v_new - v_running, balance_after = v_new
-                 WHERE b.event_index = v_row.event_index;
-                v_running := v_new;
+                    v_running := v_running + v_row.applied;
+                    v_row.balance_after := v_running;
+                END IF;
+                v_next := v_next || v_row;
             END LOOP;
+            v_rows := v_next;
         END;
     END IF;
-    SELECT b.event_index, b.wallet, b.balance_after INTO v_problem FROM pg_temp.pyxp_batch b
+    SELECT b.event_index, b.wallet, b.balance_after INTO v_problem FROM unnest(v_rows) b
      WHERE b.claimed AND b.balance_after NOT BETWEEN -c_max_balance AND c_max_balance
      ORDER BY b.event_index LIMIT 1;
     IF FOUND THEN
@@ -255,14 +281,14 @@ BEGIN
                                       rule_id, campaign_id, subject, idempotency_key, metadata)
     SELECT b.wallet, b.action, b.applied::bigint, CASE WHEN b.applied <> b.amount THEN b.amount::bigint END,
            b.balance_after::bigint, b.rule_id, b.campaign_id, b.subject, b.key, b.metadata
-      FROM pg_temp.pyxp_batch b WHERE b.claimed
+      FROM unnest(v_rows) b WHERE b.claimed
      ORDER BY b.wallet, b.event_index;
 
     UPDATE pyxp.xp_balances x
        SET total_xp = f.balance_after, current_level = c.level,
            xp_to_next_level = (c.next_level_xp - f.balance_after)::bigint, updated_at = now()
       FROM (SELECT DISTINCT ON (b.wallet) b.wallet, b.balance_after::bigint AS balance_after
-              FROM pg_temp.pyxp_batch b WHERE b.claimed ORDER BY b.wallet, b.event_index DESC) f
+              FROM unnest(v_rows) b WHERE b.claimed ORDER BY b.wallet, b.event_index DESC) f
      CROSS JOIN LATERAL pyxp.curve_position(v_ruleset, f.balance_after) c
      WHERE x.user_wallet = f.wallet;
 
@@ -272,7 +298,7 @@ BEGIN
         SELECT b.event_index, t.id, t.user_wallet, t.transaction_type, t.xp_amount, t.xp_requested,
                t.balance_after, now_.level, (now_.next_level_xp - t.balance_after)::bigint, before_.level,
                NOT (b.claimed AND b.event_index = b.first_index)
-          FROM pg_temp.pyxp_batch b
+          FROM unnest(v_rows) b
           JOIN pyxp.xp_requests q ON q.idempotency_key = b.key
           JOIN pyxp.xp_transactions t ON t.idempotency_key = b.key
          CROSS JOIN LATERAL pyxp.curve_position(q.ruleset_id, t.balance_after) now_
