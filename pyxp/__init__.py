@@ -6,7 +6,7 @@ compiles TOML config seeds into rule tables, :mod:`pyxp.schema` migrates the
 database, and ``pyxp`` is the command line.
 """
 
-from pyxp.client import AsyncXP, XP
+from pyxp.client import XP, AsyncXP
 from pyxp.errors import *  # noqa: F403 - every XPError subclass is public
 from pyxp.errors import XPError
 from pyxp.results import (
@@ -14,8 +14,8 @@ from pyxp.results import (
     Award,
     AwardRequest,
     AwardRow,
-    BatchAwardRow,
     Balance,
+    BatchAwardRow,
     ClientRegistration,
     LeaderboardRow,
     LedgerRow,

@@ -11,12 +11,14 @@ gets a fresh database cloned from that template.
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+import uuid
+from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
 from typing import Any
 
 import psycopg
 import pytest
+from psycopg import sql
 from psycopg.conninfo import make_conninfo
 from pytest_postgresql import factories
 
@@ -109,3 +111,22 @@ def nothing_written(db: psycopg.Connection[Any]) -> Iterator[None]:
 def unchanged(db: psycopg.Connection[Any]) -> Any:
     """``with unchanged(): ...`` — the block must write nothing (used around refusals)."""
     return lambda: nothing_written(db)
+
+
+@pytest.fixture
+def fresh_database(conninfo: str) -> Iterator[Callable[[], str]]:
+    """``fresh_database()``: conninfo of a new empty database on the test server, dropped at teardown."""
+    admin = make_conninfo(conninfo, dbname="postgres")
+    names: list[str] = []
+
+    def create() -> str:
+        name = f"pyxp_fresh_{uuid.uuid4().hex[:12]}"
+        with psycopg.connect(admin, autocommit=True) as conn:
+            conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+        names.append(name)
+        return make_conninfo(conninfo, dbname=name)
+
+    yield create
+    with psycopg.connect(admin, autocommit=True) as conn:
+        for name in names:
+            conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))

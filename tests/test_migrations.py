@@ -11,41 +11,19 @@ import difflib
 import os
 import re
 import subprocess
-import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import psycopg
-import pytest
-from psycopg import sql
-from psycopg.conninfo import conninfo_to_dict, make_conninfo
-
 from conftest import database_state
+from psycopg.conninfo import conninfo_to_dict
+
 from pyxp import schema
 
 SQL_DIRECTORY = Path(__file__).resolve().parent.parent / "sql"
 AWARD = ("SELECT * FROM pyxp.award(wallet => %s, action => 'CAMPAIGN_APPROVED', "
          "idempotency_key => %s)")
-
-
-@pytest.fixture
-def fresh_database(conninfo: str) -> Iterator[Callable[[], str]]:
-    """``fresh_database()``: conninfo of a new empty database on the test server, dropped at teardown."""
-    admin = make_conninfo(conninfo, dbname="postgres")
-    names: list[str] = []
-
-    def create() -> str:
-        name = f"pyxp_mig_{uuid.uuid4().hex[:12]}"
-        with psycopg.connect(admin, autocommit=True) as conn:
-            conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
-        names.append(name)
-        return make_conninfo(conninfo, dbname=name)
-
-    yield create
-    with psycopg.connect(admin, autocommit=True) as conn:
-        for name in names:
-            conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
 
 
 def schema_exists(conninfo: str) -> bool:

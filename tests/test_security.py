@@ -105,25 +105,6 @@ def seeded(db: psycopg.Connection[Any]) -> int:
     return int(row[0])
 
 
-@pytest.fixture
-def fresh_database(conninfo: str) -> Iterator[Callable[[], str]]:
-    """``fresh_database()``: conninfo of a new empty database on the same server, dropped at teardown."""
-    admin = make_conninfo(conninfo, dbname="postgres")
-    names: list[str] = []
-
-    def create() -> str:
-        name = f"pyxp_sec_{uuid.uuid4().hex[:12]}"
-        with psycopg.connect(admin, autocommit=True) as conn:
-            conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
-        names.append(name)
-        return make_conninfo(conninfo, dbname=name)
-
-    yield create
-    with psycopg.connect(admin, autocommit=True) as conn:
-        for name in names:
-            conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
-
-
 def pyxp_tables(db: psycopg.Connection[Any]) -> list[str]:
     names = [name for (name,) in db.execute(
         "SELECT relname FROM pg_class WHERE relnamespace = 'pyxp'::regnamespace AND relkind IN ('r', 'p') "

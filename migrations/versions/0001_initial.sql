@@ -1219,8 +1219,8 @@ $$;
 -- client will earn the onboarding XP when it first signs in. If pyxp knows
 -- the campaign, it must be an AGENCY_B2C campaign created by that agency
 -- (PX022). The same (agency, email, campaign) again changes nothing and
--- returns the existing row. A client
--- already onboarded gets the row granted at once, without XP again.
+-- returns the existing row. A client already onboarded gets the row granted
+-- at once, without XP again.
 CREATE FUNCTION pyxp.register_agency_client(
     agency_wallet text, client_email text, campaign_id text, company_name text DEFAULT NULL)
 RETURNS SETOF pyxp.agency_b2c_clients
