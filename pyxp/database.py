@@ -24,7 +24,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import psycopg
-from psycopg.conninfo import make_conninfo
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from pyxp.errors import DatabaseUnavailable
 
@@ -36,13 +36,29 @@ def configured_conninfo() -> str:
     return os.environ.get(DATABASE_URL_VARIABLE, "")
 
 
-def server_answers(conninfo: str, timeout: int = 3) -> bool:
-    """True when a server accepts a connection with this conninfo."""
+def connection_problem(conninfo: str, timeout: int = 3) -> str | None:
+    """None when a server accepts a connection with this conninfo, else why not, on one line."""
     try:
         with psycopg.connect(conninfo, connect_timeout=timeout, autocommit=True):
-            return True
-    except psycopg.OperationalError:
-        return False
+            return None
+    except psycopg.Error as exc:  # OperationalError: no server, refused; ProgrammingError: malformed
+        return " ".join(str(exc).split())
+
+
+def server_answers(conninfo: str, timeout: int = 3) -> bool:
+    """True when a server accepts a connection with this conninfo."""
+    return connection_problem(conninfo, timeout) is None
+
+
+def shown_conninfo(conninfo: str) -> str:
+    """The conninfo for a message: without its password (or a placeholder when it does not parse)."""
+    try:
+        params = conninfo_to_dict(conninfo)
+    except psycopg.Error:
+        return "(not a valid conninfo)"
+    if "password" in params:
+        params["password"] = "***"
+    return make_conninfo(**params)  # type: ignore[arg-type]
 
 
 def with_database(conninfo: str, dbname: str) -> str:
@@ -82,6 +98,7 @@ class EmbeddedCluster:
         self.port = port or _free_port()
         self.directory = Path(tempfile.mkdtemp(prefix="pyxp-cluster-"))
         self.datadir = self.directory / "data"
+        self.log = self.directory / "log"
         self.run_as: str | None = "postgres" if os.geteuid() == 0 else None
         self.user = "postgres"
 
@@ -95,23 +112,62 @@ class EmbeddedCluster:
             command = ["runuser", "-u", self.run_as, "--", *command]
         result = subprocess.run(command, capture_output=True, text=True, check=False)
         if result.returncode != 0:
-            raise DatabaseUnavailable(f"{args[0]} failed: {result.stderr.strip() or result.stdout.strip()}")
+            output = " ".join((result.stderr.strip() or result.stdout).split())
+            raise DatabaseUnavailable(f"{args[0]} failed: {output}")
 
     def start(self) -> EmbeddedCluster:
-        if self.run_as:
-            entry = pwd.getpwnam(self.run_as)
-            os.chown(self.directory, entry.pw_uid, entry.pw_gid)
-        self._run("initdb", "-D", str(self.datadir), "-U", self.user, "-A", "trust", "-E", "UTF8",
-                  "--no-instructions")
-        options = f"-p {self.port} -k {self.directory} -c listen_addresses=127.0.0.1 -c fsync=off"
-        self._run("pg_ctl", "-D", str(self.datadir), "-o", options, "-l", str(self.directory / "log"),
-                  "-w", "-t", "60", "start")
+        """initdb and start; on failure nothing is left behind (no server, no directory)."""
+        try:
+            if self.run_as:
+                try:
+                    entry = pwd.getpwnam(self.run_as)
+                except KeyError:
+                    raise DatabaseUnavailable(
+                        f"PostgreSQL refuses to run as root and there is no {self.run_as!r} OS user "
+                        f"to run it as; create one (useradd {self.run_as}) or run as a regular user") from None
+                os.chown(self.directory, entry.pw_uid, entry.pw_gid)
+            self._run("initdb", "-D", str(self.datadir), "-U", self.user, "-A", "trust", "-E", "UTF8",
+                      "--no-instructions")
+            self._start_server()
+        except BaseException:
+            self.stop(mode="immediate")
+            raise
         return self
 
+    def _start_server(self) -> None:
+        options = f"-p {self.port} -k {self.directory} -c listen_addresses=127.0.0.1 -c fsync=off"
+        try:
+            self._run("pg_ctl", "-D", str(self.datadir), "-o", options, "-l", str(self.log),
+                      "-w", "-t", "60", "start")
+        except DatabaseUnavailable as exc:  # the reason is in the server log
+            raise DatabaseUnavailable(f"{exc.message}; server log: {self._log_tail()}") from None
+
+    def stop_server(self, mode: str = "fast") -> None:
+        """Stops the server but keeps its files, so :meth:`start_existing` can start it again.
+
+        ``mode="immediate"`` is what a crash is for the data: no shutdown checkpoint,
+        the next start recovers from the WAL.
+        """
+        self._run("pg_ctl", "-D", str(self.datadir), "-m", mode, "-w", "stop")
+
+    def start_existing(self) -> EmbeddedCluster:
+        """Starts the existing data directory again, on the same port (after :meth:`stop_server`)."""
+        self._start_server()
+        return self
+
+    def _log_tail(self, lines: int = 5) -> str:
+        try:
+            return " | ".join(self.log.read_text(errors="replace").strip().splitlines()[-lines:])
+        except OSError:
+            return "(no log)"
+
     def stop(self, mode: str = "fast") -> None:
-        if (self.datadir / "postmaster.pid").exists():
-            self._run("pg_ctl", "-D", str(self.datadir), "-m", mode, "-w", "stop")
-        shutil.rmtree(self.directory, ignore_errors=True)
+        """Stops the server (if running) and removes the cluster's directory."""
+        try:
+            if (self.datadir / "postmaster.pid").exists():
+                self._run("pg_ctl", "-D", str(self.datadir), "-m", mode, "-w", "stop")
+        finally:
+            shutil.rmtree(self.directory, ignore_errors=True)
 
 
 @contextmanager
@@ -122,10 +178,11 @@ def discovered_server(allow_embedded: bool = True) -> Iterator[str]:
     """
     conninfo = configured_conninfo()
     if os.environ.get(DATABASE_URL_VARIABLE):
-        if not server_answers(conninfo):
+        problem = connection_problem(conninfo)
+        if problem is not None:
             raise DatabaseUnavailable(
-                f"no PostgreSQL server answers at {DATABASE_URL_VARIABLE}={conninfo!r}; "
-                "start it, or fix or unset the variable")
+                f"cannot connect with {DATABASE_URL_VARIABLE}={shown_conninfo(conninfo)!r}: {problem}; "
+                "start the server, or fix or unset the variable")
         yield conninfo
         return
     if server_answers(conninfo):

@@ -1,0 +1,805 @@
+"""The ``pyxp`` command line (SPEC section 9).
+
+Every command but ``demo`` works on the database given by ``--database-url``
+(default: PYXP_DATABASE_URL, else libpq's environment and defaults). ``demo``
+finds or starts a server (:func:`pyxp.database.discovered_server`) and plays
+the seeds' stories on a scratch database.
+
+Exit codes: 0 done, 1 ``audit`` found inconsistencies, 2 refused (a PX error,
+bad usage, no database). Errors are one line on stderr:
+``error: PX001: invalid wallet: '' (what is accepted)``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import shlex
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import datetime
+from decimal import Decimal, InvalidOperation
+from types import ModuleType
+from typing import Any
+
+import click
+import psycopg
+from psycopg.rows import dict_row
+
+from pyxp import queries
+from pyxp.client import XP
+from pyxp.database import DATABASE_URL_VARIABLE
+from pyxp.errors import NoActiveRuleset, XPError, wrap_errors
+from pyxp.results import Award, ClientRegistration
+from pyxp.ruleset_config import load_ruleset
+from pyxp.tables import Cell, Column, Printer, Styled, level_change, print_audit, signed, xp_cell
+
+EXIT_FINDINGS = 1
+EXIT_REFUSED = 2
+
+# `pyxp levels`: totals whose level is shown after the first levels.
+FAR_TOTALS = (10**6, 10**9, 10**12, 10**15, 2**62)
+
+
+# --------------------------------------------------------------------------- errors
+
+
+class Refused(click.ClickException):
+    """A one-line error on stderr and exit code 2."""
+
+    exit_code = EXIT_REFUSED
+
+    def show(self, file: Any = None) -> None:
+        Printer(sys.stderr).error(self.message)
+
+
+def _one_line(text: str) -> str:
+    return " ".join(text.split())
+
+
+def _database_error(exc: psycopg.Error) -> str:
+    """One line for a database error that is not a PX refusal."""
+    if isinstance(exc, psycopg.OperationalError) and exc.sqlstate is None:
+        return (f"cannot connect to PostgreSQL: {_one_line(str(exc))} "
+                f"(set --database-url or {DATABASE_URL_VARIABLE}, e.g. postgresql://user@host:5432/dbname)")
+    if isinstance(exc, psycopg.ProgrammingError) and exc.sqlstate is None:
+        return (f"invalid database URL: {_one_line(str(exc))} "
+                "(a libpq URL postgresql://user@host:port/dbname or key=value pairs)")
+    message = _one_line(exc.diag.message_primary or str(exc))
+    if exc.sqlstate in ("3F000", "42P01", "42883") and "pyxp" in message:
+        return f"the pyxp schema is not installed in this database ({message}; run: pyxp db upgrade)"
+    return f"{exc.sqlstate or 'database'}: {message}"
+
+
+class _Cli(click.Group):
+    """The top-level group: turns pyxp and database errors into one line and exit code 2.
+
+    `bench` is loaded only when asked for: it imports more than other commands need.
+    """
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted([*super().list_commands(ctx), "bench"])
+
+    def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
+        if name == "bench":
+            from pyxp.bench import bench_command
+
+            return bench_command
+        return super().get_command(ctx, name)
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except XPError as exc:  # PX refusals, ConfigError, DatabaseUnavailable
+            raise Refused(_one_line(str(exc))) from exc
+        except psycopg.Error as exc:
+            raise Refused(_database_error(exc)) from exc
+
+
+# --------------------------------------------------------------------------- plumbing
+
+
+@dataclasses.dataclass
+class Settings:
+    database_url: str
+
+
+def _settings(ctx: click.Context) -> Settings:
+    return ctx.find_object(Settings)  # type: ignore[return-value]
+
+
+@contextmanager
+def _connection(ctx: click.Context) -> Iterator[psycopg.Connection[Any]]:
+    """An autocommit connection to the command's database (each client call is its own transaction)."""
+    with psycopg.connect(_settings(ctx).database_url, autocommit=True) as conn:
+        yield conn
+
+
+@contextmanager
+def _client(ctx: click.Context) -> Iterator[XP]:
+    with _connection(ctx) as conn:
+        yield XP(conn)
+
+
+def _conninfo(ctx: click.Context) -> str:
+    """The database URL, after checking that it answers (schema functions open their own connections)."""
+    with _connection(ctx):
+        pass
+    return _settings(ctx).database_url
+
+
+@contextmanager
+def _migrations() -> Iterator[ModuleType]:
+    """:mod:`pyxp.schema`, loaded only by the commands that need it (alembic and SQLAlchemy
+    take longer to import than an award takes to run); alembic's errors become one line."""
+    from alembic.util import CommandError
+    from sqlalchemy.exc import DBAPIError
+
+    from pyxp import schema
+
+    try:
+        yield schema
+    except CommandError as exc:
+        raise Refused(_one_line(f"migration: {exc}")) from exc
+    except DBAPIError as exc:  # a psycopg error, wrapped by SQLAlchemy
+        if isinstance(exc.orig, psycopg.Error):
+            raise exc.orig from exc
+        raise
+
+
+def _jsonable(value: Any) -> Any:
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {f.name: _jsonable(getattr(value, f.name)) for f in dataclasses.fields(value)}
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, datetime):
+        return value.isoformat()
+    if isinstance(value, Decimal):
+        return int(value) if value == value.to_integral_value() else str(value)
+    return value
+
+
+def _print_json(value: Any) -> None:
+    click.echo(json.dumps(_jsonable(value), indent=2, ensure_ascii=False))
+
+
+json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+
+
+class DecimalType(click.ParamType):
+    """A number as typed (exact); the database decides whether it is acceptable."""
+
+    name = "number"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Decimal:
+        if isinstance(value, Decimal):
+            return value
+        try:
+            return Decimal(str(value).strip())
+        except InvalidOperation:
+            self.fail(f"{value!r} is not a number", param, ctx)
+
+
+NUMBER = DecimalType()
+
+
+# --------------------------------------------------------------------------- the group
+
+
+@click.group(cls=_Cli, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.option("--database-url", envvar=DATABASE_URL_VARIABLE, default="", metavar="URL",
+              help=f"libpq URL or key=value conninfo "
+                   f"[default: ${DATABASE_URL_VARIABLE}, else libpq defaults]")
+@click.version_option(package_name="pyxp")
+@click.pass_context
+def cli(ctx: click.Context, database_url: str) -> None:
+    """pyxp: the XP ledger of a campaign platform, kept in PostgreSQL.
+
+    Start with `pyxp demo`: it plays the seeds' stories on a scratch database.
+    """
+    ctx.obj = Settings(database_url)
+
+
+# --------------------------------------------------------------------------- db
+
+
+@cli.group()
+def db() -> None:
+    """Migrate the database (alembic)."""
+
+
+@db.command("upgrade")
+@click.option("--revision", default="head", show_default=True, help="Target revision.")
+@click.pass_context
+def db_upgrade(ctx: click.Context, revision: str) -> None:
+    """Migrate up, then activate the default ruleset if none is active."""
+    conninfo = _conninfo(ctx)
+    with _migrations() as schema:
+        before = schema.current_revision(conninfo)
+        installed = schema.upgrade(conninfo, revision)
+        after = schema.current_revision(conninfo)
+    if before == after:
+        click.echo(f"already at revision {after}")
+    else:
+        click.echo(f"migrated {before or 'empty database'} -> {after}")
+    if installed is not None:
+        click.echo(f"activated ruleset {installed.name} v{installed.version}")
+
+
+@db.command("downgrade")
+@click.option("--revision", default="base", show_default=True,
+              help="Target revision; base drops the pyxp schema and all its data.")
+@click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
+@click.pass_context
+def db_downgrade(ctx: click.Context, revision: str, yes: bool) -> None:
+    """Migrate down (to base: drop the pyxp schema, ledger included)."""
+    conninfo = _conninfo(ctx)
+    if not yes:
+        click.confirm(f"Downgrade to {revision}? "
+                      "Down to base this drops every pyxp table, the ledger included", abort=True)
+    with _migrations() as schema:
+        before = schema.current_revision(conninfo)
+        schema.downgrade(conninfo, revision)
+        after = schema.current_revision(conninfo)
+    click.echo(f"migrated {before or 'empty database'} -> {after or 'base (no pyxp schema)'}")
+
+
+@db.command("current")
+@json_option
+@click.pass_context
+def db_current(ctx: click.Context, as_json: bool) -> None:
+    """Show the database's revision, the head revision and the active ruleset."""
+    conninfo = _conninfo(ctx)
+    with _migrations() as schema:
+        current, head = schema.current_revision(conninfo), schema.head_revision()
+        active = schema.active_ruleset(conninfo) if current else None
+    ruleset = {"name": active["name"], "version": active["version"]} if active else None
+    if as_json:
+        _print_json({"revision": current, "head": head, "up_to_date": current == head,
+                     "active_ruleset": ruleset})
+        return
+    state = "up to date" if current == head else "behind head: run pyxp db upgrade"
+    click.echo(f"revision {current or 'none'} (head {head}; {state})")
+    if ruleset:
+        click.echo(f"active ruleset {ruleset['name']} v{ruleset['version']}")
+
+
+# --------------------------------------------------------------------------- rules
+
+
+@cli.group()
+def rules() -> None:
+    """Show, compare and apply rulesets (TOML config seeds)."""
+
+
+def _active_or_refuse(conninfo: str) -> dict[str, Any]:
+    with _migrations() as schema:
+        active = schema.active_ruleset(conninfo)
+    if active is None:
+        raise NoActiveRuleset("no active ruleset",
+                              hint="activate one: pyxp db upgrade, or pyxp rules apply winstory")
+    return active
+
+
+def _types(campaign_types: list[str] | None) -> str:
+    return ", ".join(campaign_types) if campaign_types else "all"
+
+
+@rules.command("show")
+@json_option
+@click.pass_context
+def rules_show(ctx: click.Context, as_json: bool) -> None:
+    """The active ruleset: rules and balance floor."""
+    conninfo = _conninfo(ctx)
+    active = _active_or_refuse(conninfo)
+    with _connection(ctx) as conn, conn.cursor(row_factory=dict_row) as cur:
+        rows = cur.execute(queries.ACTIVE_RULES).fetchall()
+    floor = active["balance_floor"]
+    if as_json:
+        _print_json({"name": active["name"], "version": active["version"], "balance_floor": floor,
+                     "activated_at": active["activated_at"], "rules": rows})
+        return
+    out = Printer()
+    out.line(Styled(f"ruleset {active['name']} v{active['version']}", bold=True),
+             f" (active since {active['activated_at']:%Y-%m-%d %H:%M})")
+    out.line("balance floor: ", "none (penalties apply in full)" if floor is None else str(floor))
+    out.blank()
+    out.table([Column("action"), Column("event"), Column("campaign types"), Column("condition"),
+               Column("XP")],
+              [[r["action"], r["event"] or "(by action only)", _types(r["campaign_types"]),
+                r["condition"] or "", r["formula"]] for r in rows])
+
+
+@rules.command("apply")
+@click.argument("name_or_file")
+@json_option
+@click.pass_context
+def rules_apply(ctx: click.Context, name_or_file: str, as_json: bool) -> None:
+    """Install and activate a ruleset.
+
+    NAME_OR_FILE: a shipped name (winstory, winstory-flows) or a .toml file.
+    """
+    compiled = load_ruleset(name_or_file)  # a config error is reported before connecting
+    with _migrations() as schema:
+        result = schema.apply_ruleset(_conninfo(ctx), compiled)
+    if as_json:
+        _print_json(result)
+    elif not result.activated:
+        click.echo(f"ruleset {result.name} v{result.version} is already active: nothing changed")
+    else:
+        how = "created and activated" if result.created else "re-activated (same content as before)"
+        click.echo(f"ruleset {result.name} v{result.version} {how}; "
+                   f"{result.balances_changed} balance(s) changed level")
+
+
+def ruleset_changes(active: dict[str, Any] | None, new: dict[str, Any]) -> list[tuple[str, str, str]]:
+    """What applying the compiled definition ``new`` changes against ``active`` (a stored definition).
+
+    One (kind, what, detail) per change; empty when they are identical.
+    """
+    if active == new:
+        return []
+    if active is None:
+        return [("added", "ruleset", f"{new['name']} (no ruleset is active)")]
+    changes: list[tuple[str, str, str]] = []
+    for key in ("name", "description", "balance_floor"):
+        if active.get(key) != new.get(key):
+            changes.append(("changed", key.replace("_", " "), f"{active.get(key)!r} -> {new.get(key)!r}"))
+    changes.extend(_curve_change(active["levels"], new["levels"]))
+    old_rules = {r["action"]: r for r in active["rules"]}
+    new_rules = {r["action"]: r for r in new["rules"]}
+    for action, rule in new_rules.items():
+        if action not in old_rules:
+            changes.append(("added", action, _rule_summary(rule)))
+    for action, rule in old_rules.items():
+        if action not in new_rules:
+            changes.append(("removed", action, _rule_summary(rule)))
+    common = [action for action in new_rules if action in old_rules]
+    for action in common:
+        before, after = old_rules[action], new_rules[action]
+        for key, label in (("event", "event"), ("campaign_types", "campaign types"),
+                           ("condition", "condition"), ("formula", "XP"), ("description", "description")):
+            if before.get(key) != after.get(key):
+                detail = f"{label}: {_show(before.get(key))} -> {_show(after.get(key))}"
+                changes.append(("changed", action, detail))
+        same_text = before.get("formula") == after.get("formula")
+        if same_text and _linear(before) != _linear(after):
+            changes.append(("changed", action, f"XP: {_linear(before)} -> {_linear(after)}"))
+    if [action for action in old_rules if action in new_rules] != common:
+        changes.append(("changed", "rule order", "rows of one award are written in the new order"))
+    if not changes:
+        changes.append(("changed", "definition", "compiled form differs"))
+    return changes
+
+
+def _show(value: Any) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, list):
+        return ", ".join(value)
+    return str(value)
+
+
+def _linear(rule: dict[str, Any]) -> str:
+    terms = [rule["constant"]] + [f"{c} * {name}" for name, c in rule["coefficients"].items()]
+    return " + ".join(terms)
+
+
+def _rule_summary(rule: dict[str, Any]) -> str:
+    when = rule["event"] or "by action only"
+    if rule.get("campaign_types"):
+        when += f" [{', '.join(rule['campaign_types'])}]"
+    if rule.get("condition"):
+        when += f" if {rule['condition']}"
+    return f"{when}: {rule['formula']} XP"
+
+
+def _curve_change(old: list[dict[str, Any]], new: list[dict[str, Any]]) -> list[tuple[str, str, str]]:
+    """The first level whose threshold differs; else a change of the curve's constant tail."""
+    for before, after in zip(old, new):
+        if before["threshold"] != after["threshold"]:
+            return [("changed", "level curve", f"from level {after['level']}: threshold "
+                     f"{before['threshold']} -> {after['threshold']}")]
+    if old != new:
+        return [("changed", "level curve", f"constant tail: +{old[-1]['increment']} per level from level "
+                 f"{old[-1]['level']} -> +{new[-1]['increment']} per level from level {new[-1]['level']}")]
+    return []
+
+
+@rules.command("diff")
+@click.argument("name_or_file")
+@json_option
+@click.pass_context
+def rules_diff(ctx: click.Context, name_or_file: str, as_json: bool) -> None:
+    """What applying NAME_OR_FILE would change."""
+    compiled = load_ruleset(name_or_file)
+    with _migrations() as schema:
+        active = schema.active_ruleset(_conninfo(ctx))
+    changes = ruleset_changes(active["definition"] if active else None, compiled.definition())
+    if as_json:
+        _print_json({"active": {"name": active["name"], "version": active["version"]} if active else None,
+                     "file": compiled.name, "changed": bool(changes),
+                     "changes": [{"kind": k, "what": w, "detail": d} for k, w, d in changes]})
+        return
+    against = f"{active['name']} v{active['version']} (active)" if active else "no active ruleset"
+    if not changes:
+        click.echo(f"no change: {name_or_file} is identical to {against}")
+        return
+    out = Printer()
+    out.line(f"{name_or_file} ({compiled.name}) against {against}:")
+    colours = {"added": "green", "removed": "red", "changed": "yellow"}
+    out.table([Column("change"), Column("what"), Column("detail")],
+              [[Styled(kind, fg=colours[kind]), what, detail] for kind, what, detail in changes])
+
+
+# --------------------------------------------------------------------------- levels
+
+
+@cli.command()
+@click.option("--first", default=60, show_default=True, type=click.IntRange(1, 10_000),
+              help="How many levels to list from level 1.")
+@click.option("--xp", "totals", multiple=True, type=int, metavar="TOTAL",
+              help="Also show the level of this total (repeatable) "
+                   "[default: 10^6, 10^9, 10^12, 10^15, 2^62].")
+@json_option
+@click.pass_context
+def levels(ctx: click.Context, first: int, totals: tuple[int, ...], as_json: bool) -> None:
+    """The active level curve (from pyxp.level_for).
+
+    Level, threshold (total XP needed) and increment (XP to the next level).
+    """
+    totals = totals or FAR_TOTALS
+    with wrap_errors(), _connection(ctx) as conn, conn.cursor(row_factory=dict_row) as cur:
+        first_rows = cur.execute(queries.FIRST_LEVELS, {"first": first}).fetchall()
+        far_rows = cur.execute(queries.LEVELS_OF_TOTALS, {"totals": list(totals)}).fetchall()
+    if as_json:
+        _print_json({"levels": first_rows, "totals": far_rows})
+        return
+    out = Printer()
+    out.table([Column("level", ">"), Column("threshold", ">"), Column("increment", ">")],
+              [[r["level"], r["threshold"], r["increment"]] for r in first_rows],
+              title=f"levels 1-{first_rows[-1]['level']} (total XP needed, XP to the next level)")
+    out.blank()
+    out.table([Column("total XP", ">"), Column("level", ">"), Column("threshold", ">"),
+               Column("increment", ">")],
+              [[r["total_xp"], r["level"], r["threshold"], r["increment"]] for r in far_rows],
+              title="far levels (the level of a total)")
+
+
+# --------------------------------------------------------------------------- award
+
+
+@cli.group()
+def award() -> None:
+    """Award XP: one sub-command per Winstory flow, or generic."""
+
+
+def _print_award(result: Award, as_json: bool) -> None:
+    if as_json:
+        _print_json({"xp": result.xp, "total_xp": result.total_xp, "level_before": result.level_before,
+                     "level_after": result.level_after, "leveled_up": result.leveled_up,
+                     "replayed": result.replayed, "rows": list(result.rows)})
+        return
+    out = Printer()
+    if not result.rows:
+        out.line("no ledger row written (no rule of the active ruleset applies)")
+        return
+    out.table([Column("id", ">"), Column("wallet"), Column("transaction_type"), Column("XP", ">"),
+               Column("total", ">"), Column("level"), Column("to next", ">"), Column("replayed")],
+              [[r.transaction_id, r.user_wallet, r.transaction_type, xp_cell(r.xp_amount), r.total_xp,
+                level_change(out, r.previous_level, r.current_level), r.xp_to_next_level,
+                "yes" if r.replayed else ""] for r in result.rows])
+    summary: list[Cell] = [f"{signed(result.xp)} XP, total {result.total_xp}, level "]
+    summary.append(level_change(out, result.level_before or 1, result.level_after or 1))
+    if result.leveled_up:
+        summary.append(Styled("  level up!", fg="yellow", bold=True))
+    if result.replayed:
+        summary.append(" (replayed: an earlier identical call, nothing written)")
+    out.line(*summary)
+
+
+def _parse_param(text: str) -> tuple[str, Any]:
+    name, sep, value = text.partition("=")
+    if not sep or not name.strip():
+        raise click.BadParameter(f"{text!r}: expected NAME=VALUE, e.g. PRICE_COMPLETION=300",
+                                 param_hint="--param")
+    try:  # a JSON number stays a number; anything else goes as text and the database says why not
+        parsed = json.loads(value)
+    except ValueError:
+        parsed = value
+    return name.strip(), parsed
+
+
+def _parse_context(text: str | None) -> dict[str, Any] | None:
+    if text is None:
+        return None
+    try:
+        return json.loads(text)  # type: ignore[no-any-return]
+    except ValueError as exc:
+        raise click.BadParameter(f"not JSON ({exc})", param_hint="--context") from None
+
+
+@award.command("generic")
+@click.argument("wallet")
+@click.argument("action")
+@click.argument("key")
+@click.option("--param", "params", multiple=True, metavar="NAME=VALUE",
+              help="A formula input, e.g. PRICE_COMPLETION=300 (repeatable).")
+@click.option("--context", metavar="JSON",
+              help='Free JSON kept in the row\'s metadata, e.g. {"note": "bonus"}.')
+@json_option
+@click.pass_context
+def award_generic(ctx: click.Context, wallet: str, action: str, key: str, params: tuple[str, ...],
+                  context: str | None, as_json: bool) -> None:
+    """Any active rule by action code, once per KEY.
+
+    Awards the rule ACTION of the active ruleset to WALLET, once per idempotency KEY.
+    """
+    parsed = dict(_parse_param(p) for p in params)
+    with _client(ctx) as xp:
+        _print_award(xp.award(wallet, action, key, parsed, _parse_context(context)), as_json)
+
+
+@award.command("campaign-creation")
+@click.option("--creator-wallet", required=True)
+@click.option("--campaign-id", required=True)
+@click.option("--campaign-type", required=True, help="B2C, AGENCY_B2C, INDIVIDUAL (or FOR_B2C, ...).")
+@click.option("--mint-value", type=NUMBER)
+@click.option("--winstory-creates-video", is_flag=True, help="Option: Winstory creates the video.")
+@click.option("--no-rewards", is_flag=True, help="Option: a campaign without rewards.")
+@json_option
+@click.pass_context
+def award_campaign_creation(ctx: click.Context, creator_wallet: str, campaign_id: str, campaign_type: str,
+                            mint_value: Decimal | None, winstory_creates_video: bool, no_rewards: bool,
+                            as_json: bool) -> None:
+    """Campaign created: MINT and options, to the creator."""
+    with _client(ctx) as xp:
+        _print_award(xp.award_campaign_creation(creator_wallet, campaign_id, campaign_type, mint_value,
+                                                winstory_creates_video, no_rewards), as_json)
+
+
+@award.command("campaign-approval")
+@click.option("--campaign-id", required=True)
+@click.option("--creator-wallet", help="Needed only for a campaign pyxp does not know.")
+@json_option
+@click.pass_context
+def award_campaign_approval(ctx: click.Context, campaign_id: str, creator_wallet: str | None,
+                            as_json: bool) -> None:
+    """Campaign approved by moderation: XP to its creator."""
+    with _client(ctx) as xp:
+        _print_award(xp.award_campaign_approval(campaign_id, creator_wallet), as_json)
+
+
+@award.command("moderation-vote")
+@click.option("--moderator-wallet", required=True)
+@click.option("--campaign-id", required=True)
+@click.option("--vote-decision", required=True, help="VALID or REFUSE.")
+@click.option("--campaign-type", help="Needed only for a campaign pyxp does not know.")
+@json_option
+@click.pass_context
+def award_moderation_vote(ctx: click.Context, moderator_wallet: str, campaign_id: str, vote_decision: str,
+                          campaign_type: str | None, as_json: bool) -> None:
+    """A moderator votes on a campaign."""
+    with _client(ctx) as xp:
+        _print_award(xp.award_moderation_vote(moderator_wallet, campaign_id, vote_decision, campaign_type),
+                     as_json)
+
+
+@award.command("completion")
+@click.option("--completer-wallet", required=True)
+@click.option("--campaign-id", required=True)
+@click.option("--completion-id", required=True)
+@click.option("--campaign-type", help="Needed only for a campaign pyxp does not know.")
+@click.option("--is-validated", is_flag=True, help="The completion was validated.")
+@click.option("--is-refused", is_flag=True, help="The completion was refused.")
+@click.option("--is-paid", is_flag=True, help="A paid mission (with --price-completion).")
+@click.option("--price-completion", type=NUMBER)
+@click.option("--mint-value-winc", type=NUMBER, help="MINT value in $WINC (INDIVIDUAL campaigns).")
+@json_option
+@click.pass_context
+def award_completion(ctx: click.Context, completer_wallet: str, campaign_id: str, completion_id: str,
+                     campaign_type: str | None, is_validated: bool, is_refused: bool, is_paid: bool,
+                     price_completion: Decimal | None, mint_value_winc: Decimal | None,
+                     as_json: bool) -> None:
+    """Completion submitted, validated or refused.
+
+    No flag: the submission (free, or paid with --is-paid --price-completion;
+    INDIVIDUAL with --mint-value-winc). --is-validated / --is-refused: the outcome.
+    """
+    with _client(ctx) as xp:
+        _print_award(xp.award_completion(completer_wallet, campaign_id, completion_id, campaign_type,
+                                         is_validated, is_refused, is_paid, price_completion,
+                                         mint_value_winc), as_json)
+
+
+@award.command("completion-moderation")
+@click.option("--moderator-wallet", required=True)
+@click.option("--campaign-id", required=True)
+@click.option("--completion-id", required=True)
+@click.option("--vote-decision", required=True, help="VALID or REFUSE.")
+@click.option("--campaign-type", help="Needed only for a campaign pyxp does not know.")
+@json_option
+@click.pass_context
+def award_completion_moderation(ctx: click.Context, moderator_wallet: str, campaign_id: str,
+                                completion_id: str, vote_decision: str, campaign_type: str | None,
+                                as_json: bool) -> None:
+    """A moderator votes on a completion."""
+    with _client(ctx) as xp:
+        _print_award(xp.award_completion_moderation(moderator_wallet, campaign_id, completion_id,
+                                                    vote_decision, campaign_type), as_json)
+
+
+@award.command("register-client")
+@click.option("--agency-wallet", required=True)
+@click.option("--client-email", required=True)
+@click.option("--campaign-id", required=True)
+@click.option("--company-name")
+@json_option
+@click.pass_context
+def award_register_client(ctx: click.Context, agency_wallet: str, client_email: str, campaign_id: str,
+                          company_name: str | None, as_json: bool) -> None:
+    """Agency registers a B2C client (XP at sign-in).
+
+    The client earns the onboarding XP when it first signs in (onboard-client).
+    """
+    with _client(ctx) as xp:
+        registration: ClientRegistration = xp.register_agency_client(agency_wallet, client_email,
+                                                                     campaign_id, company_name)
+    if as_json:
+        _print_json(registration)
+        return
+    state = "already onboarded" if registration.xp_granted else "pending until the client signs in"
+    click.echo(f"{registration.client_email} registered by {registration.agency_wallet} "
+               f"for campaign {registration.campaign_id}: {state}")
+
+
+@award.command("onboard-client")
+@click.option("--client-email", required=True)
+@click.option("--client-wallet", required=True)
+@json_option
+@click.pass_context
+def award_onboard_client(ctx: click.Context, client_email: str, client_wallet: str, as_json: bool) -> None:
+    """Agency client signs in: onboarding XP, once.
+
+    The XP goes to the client's wallet, never to the agency's.
+    """
+    with _client(ctx) as xp:
+        result = xp.onboard_agency_client(client_email, client_wallet)
+    if not result.rows and not as_json:
+        click.echo(f"no pending registration for {client_email}: nothing awarded")
+        return
+    _print_award(result, as_json)
+
+
+@award.command("reverse")
+@click.argument("transaction_id", type=int)
+@click.option("--reason", required=True, help="Why (kept in the compensating row).")
+@json_option
+@click.pass_context
+def award_reverse(ctx: click.Context, transaction_id: int, reason: str, as_json: bool) -> None:
+    """Compensating row for a ledger row (once).
+
+    Appends the opposite of TRANSACTION_ID's amount to the same wallet.
+    """
+    with _client(ctx) as xp:
+        _print_award(xp.reverse(transaction_id, reason), as_json)
+
+
+# --------------------------------------------------------------------------- reads
+
+
+@cli.command()
+@click.argument("wallet")
+@json_option
+@click.pass_context
+def balance(ctx: click.Context, wallet: str, as_json: bool) -> None:
+    """A wallet's XP, level and XP to the next level."""
+    with _client(ctx) as xp:
+        row = xp.balance(wallet)
+        rank = xp.rank(wallet)
+    if as_json:
+        _print_json({**_jsonable(row), "rank": rank})
+        return
+    Printer().table(
+        [Column("wallet"), Column("total XP", ">"), Column("level", ">"), Column("to next level", ">"),
+         Column("moderations", ">"), Column("rank", ">")],
+        [[row.user_wallet, row.total_xp, row.current_level,
+          f"{row.xp_to_next_level} to lvl {row.current_level + 1}", row.total_moderations, rank or "-"]])
+
+
+@cli.command()
+@click.argument("wallet")
+@click.option("--limit", default=50, show_default=True, type=int, help="Rows per page (1-1000).")
+@click.option("--before-id", type=int, help="Page on: rows older than this transaction id.")
+@json_option
+@click.pass_context
+def history(ctx: click.Context, wallet: str, limit: int, before_id: int | None, as_json: bool) -> None:
+    """A wallet's ledger rows, newest first."""
+    with _client(ctx) as xp:
+        rows = xp.history(wallet, limit, before_id)
+    if as_json:
+        _print_json(rows)
+        return
+    if not rows:
+        click.echo("no ledger rows")
+        return
+    out = Printer()
+    out.table([Column("id", ">"), Column("at"), Column("transaction_type"), Column("XP", ">"),
+               Column("balance", ">"), Column("campaign"), Column("subject")],
+              [[r.transaction_id, f"{r.created_at:%Y-%m-%d %H:%M:%S}", r.transaction_type,
+                xp_cell(r.xp_amount), r.balance_after, r.campaign_id or "", r.subject or ""] for r in rows])
+    if len(rows) == limit:
+        out.line(Styled(f"more: pyxp history {shlex.quote(wallet)} --before-id {rows[-1].transaction_id}",
+                        dim=True))
+
+
+@cli.command()
+@click.option("--limit", default=20, show_default=True, type=int, help="Rows (1-1000).")
+@click.option("--offset", default=0, show_default=True, type=int, help="Skip this many ranks.")
+@json_option
+@click.pass_context
+def leaderboard(ctx: click.Context, limit: int, offset: int, as_json: bool) -> None:
+    """Wallets by total XP, highest first."""
+    with _client(ctx) as xp:
+        rows = xp.leaderboard(limit, offset)
+    if as_json:
+        _print_json(rows)
+        return
+    if not rows:
+        click.echo("no balances yet")
+        return
+    Printer().table([Column("rank", ">"), Column("wallet"), Column("total XP", ">"), Column("level", ">")],
+                    [[r.rank, r.user_wallet, r.total_xp, r.current_level] for r in rows])
+
+
+@cli.command()
+@json_option
+@click.pass_context
+def audit(ctx: click.Context, as_json: bool) -> None:
+    """Prove every balance from the ledger; exit 1 on findings.
+
+    Runs pyxp.audit(): balances against ledger sums, running balances, levels
+    against the curve, reversals, rule ids.
+    """
+    with _client(ctx) as xp:
+        findings = xp.audit()
+    if as_json:
+        _print_json(findings)
+    else:
+        print_audit(Printer(), findings)
+    if findings:
+        ctx.exit(EXIT_FINDINGS)
+
+
+# --------------------------------------------------------------------------- demo
+
+
+@cli.command()
+@click.pass_context
+def demo(ctx: click.Context) -> None:
+    """Play the seeds' stories on a scratch database.
+
+    The database is created, migrated, played on, printed, then dropped.
+
+    The server: --database-url / PYXP_DATABASE_URL, else libpq defaults if a
+    server answers, else a throwaway cluster started from the local PostgreSQL binaries.
+    """
+    from pyxp.demo import play_on_discovered_server
+
+    if ctx.find_root().get_parameter_source("database_url") == click.core.ParameterSource.COMMANDLINE:
+        os.environ[DATABASE_URL_VARIABLE] = _settings(ctx).database_url  # discovery starts from it
+    if play_on_discovered_server(Printer()):
+        ctx.exit(EXIT_FINDINGS)
+
+
+def main() -> None:
+    """Console script entry point (``pyxp``)."""
+    cli(prog_name="pyxp")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,296 @@
+"""``pyxp demo``: the seeds' stories, played on a scratch database.
+
+One function per story of the seeds, in this order:
+
+1. :func:`example_state` (xp-flow-diagrams, "État de la Base de Données"),
+   ruleset ``winstory-flows``: every flow once; the balances and latest rows table.
+2. :func:`campaign_lifecycle` (xp-flow-diagrams, "Cycle de Vie"), ``winstory-flows``:
+   22 moderators, approval, 50 completers of whom 10 are validated; the totals.
+3. :func:`completer_scenario_paid_b2c` (xp-completers, "Scénario 1"), ``winstory``.
+4. :func:`completer_scenario_individual_refused` (xp-completers, "Scénario 2"), ``winstory``.
+
+Every figure printed comes from the database: award results, balances, and
+totals summed from the ledger rows (``history``). Each story uses its own
+wallets and campaigns, so figures do not mix. The scratch database is dropped
+at the end, also when a story fails.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import psycopg
+from psycopg import sql
+
+from pyxp import schema
+from pyxp.client import XP
+from pyxp.database import DATABASE_URL_VARIABLE, configured_conninfo, discovered_server, with_database
+from pyxp.results import AuditFinding, Award
+from pyxp.tables import Cell, Column, Printer, Styled, level_change, print_audit, signed, xp_cell
+
+
+@dataclass
+class Stage:
+    """What a story plays with: the client on the scratch database, and the printer."""
+
+    xp: XP
+    conninfo: str
+    out: Printer
+
+    def use_ruleset(self, name: str) -> str:
+        """Activates a shipped ruleset; returns "name vN" for the story's subtitle."""
+        installed = schema.apply_ruleset(self.conninfo, name)
+        return f"ruleset {installed.name} v{installed.version}"
+
+
+@dataclass
+class CallLog:
+    """The calls of a story, printed as one table: one line per ledger row written."""
+
+    out: Printer
+    rows: list[list[Cell]] = field(default_factory=list)
+
+    def award(self, step: str, result: Award) -> Award:
+        for index, row in enumerate(result.rows):
+            last = index == len(result.rows) - 1
+            self.rows.append([
+                step if index == 0 else "",
+                row.user_wallet if index == 0 else "",
+                row.transaction_type,
+                xp_cell(row.xp_amount),
+                row.total_xp,
+                level_change(self.out, result.level_before or 1, result.level_after or 1) if last else "",
+                Styled("level up!", fg="yellow", bold=True) if last and result.leveled_up else "",
+            ])
+        return result
+
+    def note(self, step: str, wallet: str, what: str) -> None:
+        """A call that writes no ledger row."""
+        self.rows.append([step, wallet, Styled(what, dim=True), "", "", "", ""])
+
+    def print(self) -> None:
+        self.out.blank()
+        self.out.table([Column("step"), Column("wallet"), Column("transaction_type"), Column("XP", ">"),
+                        Column("total", ">"), Column("level"), Column("")], self.rows)
+
+
+# --------------------------------------------------------------------------- reading the ledger back
+
+
+def print_balances(stage: Stage, wallets: Sequence[str]) -> None:
+    """The seeds' xp_balances table: total, level, XP to the next level."""
+    rows = []
+    for wallet in wallets:
+        b = stage.xp.balance(wallet)
+        rows.append([b.user_wallet, b.total_xp, b.current_level,
+                     f"{b.xp_to_next_level} to lvl {b.current_level + 1}"])
+    stage.out.blank()
+    stage.out.table([Column("user_wallet"), Column("total_xp", ">"), Column("level", ">"),
+                     Column("xp_to_next", ">")], rows, title="xp_balances")
+
+
+def print_latest_rows(stage: Stage, wallets: Sequence[str], count: int) -> None:
+    """The seeds' "xp_transactions (latest N)" table, from the wallets' histories."""
+    rows = sorted((r for w in wallets for r in stage.xp.history(w, max_rows=count)),
+                  key=lambda r: r.transaction_id, reverse=True)[:count]
+    stage.out.blank()
+    stage.out.table([Column("id", ">"), Column("user_wallet"), Column("transaction_type"),
+                     Column("xp_amount", ">")],
+                    [[r.transaction_id, r.user_wallet, r.transaction_type, xp_cell(r.xp_amount)]
+                     for r in rows], title=f"xp_transactions (latest {count})")
+
+
+def print_totals(stage: Stage, campaign_id: str, roles: Sequence[tuple[str, Sequence[str]]],
+                 total_label: str = "GRAND TOTAL") -> None:
+    """XP per role on one campaign, summed from the ledger rows of the role's wallets."""
+    totals: dict[str, int] = {}
+    table: list[list[Cell]] = []
+    all_rows = 0
+    for role, wallets in roles:
+        rows = [r for wallet in wallets for r in stage.xp.history(wallet, max_rows=1000)
+                if r.campaign_id == campaign_id]
+        totals[role] = sum(r.xp_amount for r in rows)
+        all_rows += len(rows)
+        table.append([role, len(wallets), len(rows), xp_cell(totals[role])])
+    grand = sum(totals.values())
+    table.append([Styled(total_label, bold=True), sum(len(w) for _, w in roles), all_rows,
+                  Styled(signed(grand), bold=True)])
+    stage.out.blank()
+    stage.out.table([Column("role"), Column("wallets", ">"), Column("ledger rows", ">"), Column("XP", ">")],
+                    table, title=f"XP distributed on {campaign_id} (summed from the ledger)")
+
+
+# --------------------------------------------------------------------------- the stories
+
+
+def example_state(stage: Stage) -> None:
+    """xp-flow-diagrams, "État de la Base de Données": each flow once (ruleset winstory-flows).
+
+    The agency's campaign comes first and its client signs in last ("days or
+    weeks later"), so the latest five rows are the seed's.
+    """
+    ruleset = stage.use_ruleset("winstory-flows")
+    stage.out.heading("1. Example database state", f"xp-flow-diagrams, {ruleset}")
+    xp, log = stage.xp, CallLog(stage.out)
+
+    log.award("agency creates AGENCY_B2C campaign_456, no rewards",
+              xp.award_campaign_creation("0x_agency", "campaign_456", "AGENCY_B2C", no_rewards=True))
+    xp.register_agency_client("0x_agency", "client@example.com", "campaign_456", company_name="Client Corp")
+    log.note("agency registers client@example.com", "0x_agency", "pending until the client signs in")
+    log.award("creator creates B2C campaign_123, video + no rewards",
+              xp.award_campaign_creation("0x_creator", "campaign_123", "B2C", mint_value=1000,
+                                         winstory_creates_video=True, no_rewards=True))
+    log.award("moderator votes VALID on campaign_123",
+              xp.award_moderation_vote("0x_moderator", "campaign_123", "VALID"))
+    log.award("completer submits completion_789",
+              xp.award_completion("0x_completer", "campaign_123", "completion_789"))
+    log.award("completion_789 validated, score 100/100",
+              xp.award_completion("0x_completer", "campaign_123", "completion_789", is_validated=True))
+    log.award("client signs in with client@example.com",
+              xp.onboard_agency_client("client@example.com", "0x_client"))
+    log.print()
+
+    wallets = ["0x_creator", "0x_moderator", "0x_completer", "0x_agency", "0x_client"]
+    print_balances(stage, wallets)
+    stage.out.line(Styled("  (the seed's agency row reads \"1000 to lvl 7\"; level 7 starts at 4000, "
+                          "so 2000: SPEC section 2)", dim=True))
+    print_latest_rows(stage, wallets, 5)
+
+
+def campaign_lifecycle(stage: Stage) -> None:
+    """xp-flow-diagrams, "Cycle de Vie": creation, 22 votes (15 VALID, 7 REFUSE), approval,
+    50 submissions, 10 validations (ruleset winstory-flows)."""
+    ruleset = stage.use_ruleset("winstory-flows")
+    stage.out.heading("2. A campaign's life cycle", f"xp-flow-diagrams, {ruleset}")
+    xp, out = stage.xp, stage.out
+    campaign = "campaign_lifecycle"
+    creator = "0x_lifecycle_creator"
+    moderators = [f"0x_lifecycle_moderator_{n:02}" for n in range(1, 23)]
+    votes = ["VALID"] * 15 + ["REFUSE"] * 7
+    completers = [f"0x_lifecycle_completer_{n:02}" for n in range(1, 51)]
+
+    creation = xp.award_campaign_creation(creator, campaign, "B2C", mint_value=1000,
+                                          winstory_creates_video=True, no_rewards=True)
+    moderation = [xp.award_moderation_vote(m, campaign, vote) for m, vote in zip(moderators, votes)]
+    approval = xp.award_campaign_approval(campaign)
+    submissions = [xp.award_completion(c, campaign, f"{campaign}:{c}") for c in completers]
+    validations = [xp.award_completion(c, campaign, f"{campaign}:{c}", is_validated=True)
+                   for c in completers[:10]]
+
+    def phase(name: str, what: str, awards: Sequence[Award]) -> list[Cell]:
+        return [name, what, sum(len(a.rows) for a in awards), xp_cell(sum(a.xp for a in awards))]
+
+    out.line(Styled(f"  {campaign}, wallets {creator}, {moderators[0]}..{moderators[-1][-2:]}, "
+                    f"{completers[0]}..{completers[-1][-2:]}", dim=True))
+    out.blank()
+    out.table([Column("phase"), Column("what happens"), Column("ledger rows", ">"), Column("XP", ">")], [
+        phase("creation", f"the creator mints a B2C campaign, video + no rewards "
+                          f"(level {creation.level_before} {out.arrow} {creation.level_after})", [creation]),
+        phase("moderation", f"{len(moderators)} moderators vote: "
+                            f"{votes.count('VALID')} VALID, {votes.count('REFUSE')} REFUSE", moderation),
+        phase("approval", "campaign approved: XP to the creator", [approval]),
+        phase("completion", f"{len(completers)} completers submit", submissions),
+        phase("", f"{len(validations)} reach a 100 % score", validations),
+    ])
+    print_totals(stage, campaign, [("Creator", [creator]), ("Moderators", moderators),
+                                   ("Completers", completers)])
+
+
+def completer_scenario_paid_b2c(stage: Stage) -> None:
+    """xp-completers, "Scénario 1": a paid B2C completion (300), 3 VALID votes, validated
+    (ruleset winstory)."""
+    ruleset = stage.use_ruleset("winstory")
+    stage.out.heading("3. Completer scenario 1: paid B2C completion, validated", f"xp-completers, {ruleset}")
+    xp, log = stage.xp, CallLog(stage.out)
+    campaign, completion, completer = "camp_001", "comp_001", "0xabc"
+    moderators = ["0xmod1_s1", "0xmod2_s1", "0xmod3_s1"]
+
+    log.award("submits comp_001, paid mission 300",
+              xp.award_completion(completer, campaign, completion, "B2C", is_paid=True, price_completion=300))
+    for moderator in moderators:
+        log.award("moderator votes VALID",
+                  xp.award_completion_moderation(moderator, campaign, completion, "VALID", "B2C"))
+    log.award("comp_001 validated",
+              xp.award_completion(completer, campaign, completion, "B2C", is_validated=True))
+    log.print()
+    print_totals(stage, campaign, [("Completer", [completer]), ("Moderators", moderators)], "total")
+
+
+def completer_scenario_individual_refused(stage: Stage) -> None:
+    """xp-completers, "Scénario 2": an INDIVIDUAL completion (5000 WINC), 2 VALID 3 REFUSE, refused."""
+    ruleset = stage.use_ruleset("winstory")
+    stage.out.heading("4. Completer scenario 2: INDIVIDUAL completion, refused", f"xp-completers, {ruleset}")
+    xp, log = stage.xp, CallLog(stage.out)
+    campaign, completion, completer = "camp_002", "comp_002", "0xdef"
+    votes = {"0xmod1_s2": "VALID", "0xmod2_s2": "VALID",
+             "0xmod3_s2": "REFUSE", "0xmod4_s2": "REFUSE", "0xmod5_s2": "REFUSE"}
+
+    log.award("submits comp_002, MINT 5000 WINC",
+              xp.award_completion(completer, campaign, completion, "INDIVIDUAL", mint_value_winc=5000))
+    for moderator, vote in votes.items():
+        log.award(f"moderator votes {vote}",
+                  xp.award_completion_moderation(moderator, campaign, completion, vote, "INDIVIDUAL"))
+    log.award("comp_002 refused (majority REFUSE)",
+              xp.award_completion(completer, campaign, completion, "INDIVIDUAL", is_refused=True,
+                                  mint_value_winc=5000))
+    log.print()
+    print_totals(stage, campaign, [("Completer", [completer]), ("Moderators", list(votes))], "total")
+
+
+STORIES: tuple[Callable[[Stage], None], ...] = (
+    example_state,
+    campaign_lifecycle,
+    completer_scenario_paid_b2c,
+    completer_scenario_individual_refused,
+)
+
+
+# --------------------------------------------------------------------------- running it
+
+
+def run_demo(server: str, out: Printer, origin: str = "") -> list[AuditFinding]:
+    """Plays :data:`STORIES` on a new database ``pyxp_demo_<random>`` of ``server``, then drops it.
+
+    Returns the audit findings of the final state (none expected).
+    """
+    name = f"pyxp_demo_{secrets.token_hex(4)}"
+    with psycopg.connect(server, autocommit=True) as admin:
+        admin.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+        where = f"{admin.info.host}:{admin.info.port}"
+    try:
+        out.line(Styled("pyxp demo", bold=True), ": the seeds' stories, played on a scratch database")
+        out.line(Styled(f"  server    {where}" + (f" ({origin})" if origin else ""), dim=True))
+        out.line(Styled(f"  database  {name} (created now, dropped at the end)", dim=True))
+        out.line(Styled("  Each step calls a pyxp SQL function; every figure below is what the database "
+                        "returned or holds.", dim=True))
+        conninfo = with_database(server, name)
+        schema.upgrade(conninfo)
+        with psycopg.connect(conninfo, autocommit=True) as conn:
+            stage = Stage(XP(conn), conninfo, out)
+            for story in STORIES:
+                story(stage)
+            findings = stage.xp.audit()
+        out.blank()
+        print_audit(out, findings)
+    finally:
+        with psycopg.connect(server, autocommit=True) as admin:
+            admin.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+        out.line(Styled(f"scratch database {name} dropped", dim=True))
+    return findings
+
+
+def _origin(conninfo: str) -> str:
+    if os.environ.get(DATABASE_URL_VARIABLE):
+        return DATABASE_URL_VARIABLE
+    if conninfo == configured_conninfo():
+        return "libpq defaults"
+    return "a throwaway cluster from the local PostgreSQL binaries, removed at the end"
+
+
+def play_on_discovered_server(out: Printer) -> list[AuditFinding]:
+    """The demo on the server :func:`pyxp.database.discovered_server` finds (or starts)."""
+    with discovered_server() as server:
+        return run_demo(server, out, _origin(server))

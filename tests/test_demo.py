@@ -1,0 +1,194 @@
+"""`pyxp demo` (SPEC sections 9 and 10): the seeds' stories on a scratch database, and their figures.
+
+The demo runs once (a subprocess against the test server's `postgres` database);
+each test reads one part of its output.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import re
+import subprocess
+import sys
+from typing import Any
+
+import psycopg
+import pytest
+from psycopg.conninfo import make_conninfo
+
+from pyxp import demo
+from pyxp.database import DATABASE_URL_VARIABLE, _free_port, _postgres_bindir
+from pyxp.tables import Column, Printer, Styled, colour_enabled
+
+ARROW = "(?:→|->)"
+ANSI = re.compile(r"\x1b\[[0-9;]*m")
+
+
+def run_demo(env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "pyxp.cli", "demo"], capture_output=True, text=True,
+                          env=env, timeout=600)
+
+
+@pytest.fixture(scope="module")
+def server(request: pytest.FixtureRequest) -> str:
+    """The test server's `postgres` database (conftest points pytest-postgresql at the server)."""
+    option = request.config.option
+    return make_conninfo(host=option.postgresql_host, port=str(option.postgresql_port),
+                         user=option.postgresql_user, password=option.postgresql_password, dbname="postgres")
+
+
+@pytest.fixture(scope="module")
+def played(server: str) -> subprocess.CompletedProcess[str]:
+    return run_demo({**os.environ, DATABASE_URL_VARIABLE: server})
+
+
+@pytest.fixture(scope="module")
+def output(played: subprocess.CompletedProcess[str]) -> str:
+    assert played.returncode == 0, played.stderr
+    return played.stdout
+
+
+def section(output: str, title: str) -> str:
+    """The text of the section whose heading contains ``title``, up to the next heading."""
+    rest = output[output.index(title):].split("\n", 1)[1]
+    following = re.search(r"^(━━|==) ", rest, re.MULTILINE)
+    return rest if following is None else rest[: following.start()]
+
+
+def scratch_database(output: str) -> str:
+    match = re.search(r"database\s+(pyxp_demo_[0-9a-f]+)", output)
+    assert match, output
+    return match.group(1)
+
+
+def test_demo_exits_0_with_a_clean_audit(played: subprocess.CompletedProcess[str]) -> None:
+    assert played.returncode == 0, played.stderr
+    assert played.stderr == ""
+    assert "audit: clean" in played.stdout
+
+
+@pytest.mark.parametrize(("wallet", "total", "level", "to_next"), [
+    ("0x_creator", 2500, 6, "1500 to lvl 7"),
+    ("0x_moderator", 2, 1, "98 to lvl 2"),
+    ("0x_completer", 110, 2, "140 to lvl 3"),
+    ("0x_agency", 2000, 6, "2000 to lvl 7"),  # SPEC section 2 settles the seed's contradiction
+    ("0x_client", 1000, 5, "1000 to lvl 6"),
+])
+def test_demo_prints_the_example_state_balances(output: str, wallet: str, total: int, level: int,
+                                                to_next: str) -> None:
+    balances = section(output, "1. Example database state")
+    assert re.search(rf"^\s+{wallet}\s+{total}\s+{level}\s+{to_next}$", balances, re.MULTILINE), balances
+
+
+def test_demo_shows_the_creator_level_up_from_1_to_6(output: str) -> None:
+    story = section(output, "1. Example database state")
+    assert re.search(rf"OPTION_NO_REWARDS\s+\+1000\s+2500\s+1 {ARROW} 6\s+level up!", story), story
+
+
+def test_demo_prints_the_seed_latest_five_ledger_rows(output: str) -> None:
+    latest = section(output, "1. Example database state").split("xp_transactions (latest 5)")[1]
+    rows = re.findall(r"^\s+\d+\s+(\S+)\s+(\S+)\s+(\S+)$", latest, re.MULTILINE)
+    assert rows == [("0x_client", "B2C_CLIENT_ONBOARDED", "+1000"),
+                    ("0x_completer", "COMPLETION_100_VALIDATED", "+100"),
+                    ("0x_completer", "COMPLETION_SUBMITTED", "+10"),
+                    ("0x_moderator", "MODERATION_VALIDATED_BY_MODERATOR", "+2"),
+                    ("0x_creator", "OPTION_NO_REWARDS", "+1000")]
+
+
+@pytest.mark.parametrize(("role", "wallets", "xp"), [
+    ("Creator", 1, "+2600"),
+    ("Moderators", 22, "+23"),
+    ("Completers", 50, "+1500"),
+    ("GRAND TOTAL", 73, "+4123"),
+])
+def test_demo_prints_the_lifecycle_totals(output: str, role: str, wallets: int, xp: str) -> None:
+    totals = section(output, "2. A campaign's life cycle")
+    assert re.search(rf"^\s+{role}\s+{wallets}\s+\d+\s+\{xp}$", totals, re.MULTILINE), totals
+
+
+@pytest.mark.parametrize(("title", "completer", "moderators"), [
+    ("3. Completer scenario 1", "+500", "+6"),
+    ("4. Completer scenario 2", "+2500", "+1"),
+])
+def test_demo_prints_the_completer_scenario_totals(output: str, title: str, completer: str,
+                                                   moderators: str) -> None:
+    totals = section(output, title)
+    assert re.search(rf"^\s+Completer\s+1\s+2\s+\{completer}$", totals, re.MULTILINE), totals
+    assert re.search(rf"^\s+Moderators\s+\d+\s+\d+\s+\{moderators}$", totals, re.MULTILINE), totals
+
+
+@pytest.mark.parametrize(("title", "ruleset"), [
+    ("1. Example database state", "winstory-flows"),
+    ("2. A campaign's life cycle", "winstory-flows"),
+    ("3. Completer scenario 1", "winstory"),
+    ("4. Completer scenario 2", "winstory"),
+])
+def test_demo_plays_each_story_under_the_seed_ruleset(output: str, title: str, ruleset: str) -> None:
+    heading = next(line for line in output.splitlines() if title in line)
+    assert re.search(rf"ruleset {ruleset} v\d+$", heading), heading
+
+
+def test_demo_drops_its_scratch_database(output: str, server: str) -> None:
+    name = scratch_database(output)
+    assert f"scratch database {name} dropped" in output
+    with psycopg.connect(server, autocommit=True) as conn:
+        assert conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", [name]).fetchone() is None
+
+
+def test_demo_output_has_no_colour_when_piped(output: str) -> None:
+    assert "\x1b[" not in output
+
+
+def test_demo_drops_its_scratch_database_when_a_story_fails(server: str,
+                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    def failing_story(stage: demo.Stage) -> None:
+        raise RuntimeError("story failed")
+
+    monkeypatch.setattr(demo, "STORIES", (demo.example_state, failing_story))
+    printed = io.StringIO()
+    with pytest.raises(RuntimeError, match="story failed"):
+        demo.run_demo(server, Printer(printed))
+    name = scratch_database(printed.getvalue())
+    with psycopg.connect(server, autocommit=True) as conn:
+        assert conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", [name]).fetchone() is None
+
+
+@pytest.mark.skipif(_postgres_bindir() is None, reason="no local PostgreSQL binaries")
+def test_demo_without_a_server_runs_on_a_throwaway_cluster() -> None:
+    """SPEC section 9: no URL, libpq defaults answer nowhere, binaries present."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PG") and k != DATABASE_URL_VARIABLE}
+    env.update(PGHOST="127.0.0.1", PGPORT=str(_free_port()), PGCONNECT_TIMEOUT="3")
+    result = run_demo(env)
+    assert result.returncode == 0, result.stderr
+    assert "throwaway cluster" in result.stdout
+    assert "GRAND TOTAL" in result.stdout and "+4123" in result.stdout
+    assert "audit: clean" in result.stdout
+
+
+# --------------------------------------------------------------------------- the table printer
+
+
+class FakeTerminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+def test_colour_only_on_a_terminal_without_no_color(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("NO_COLOR", raising=False)
+    assert colour_enabled(FakeTerminal())
+    assert not colour_enabled(io.StringIO())
+    monkeypatch.setenv("NO_COLOR", "1")
+    assert not colour_enabled(FakeTerminal())
+
+
+def test_coloured_table_is_aligned_like_the_plain_one() -> None:
+    rows: list[list[Any]] = [["0x_creator", Styled("+2500", fg="green"), Styled("1 -> 6", fg="yellow")],
+                             ["0x_moderator", Styled("-1", fg="red"), "1"]]
+    columns = [Column("wallet"), Column("XP", ">"), Column("level")]
+    plain, coloured = io.StringIO(), FakeTerminal()
+    Printer(plain, colour=False).table(columns, rows)
+    Printer(coloured, colour=True).table(columns, rows)
+    assert "\x1b[" in coloured.getvalue()
+    assert ANSI.sub("", coloured.getvalue()) == plain.getvalue()
+    assert plain.getvalue().splitlines()[2] == "  0x_creator    +2500  1 -> 6"
