@@ -29,7 +29,12 @@ _server_stack = ExitStack()
 
 
 def pytest_configure(config: pytest.Config) -> None:
-    """Find (or start) the server before pytest-postgresql reads its options."""
+    """Find (or start) the server before pytest-postgresql reads its options.
+
+    Under pytest-xdist only the workers run tests: the controller finds nothing.
+    """
+    if getattr(config.option, "numprocesses", None) and not hasattr(config, "workerinput"):
+        return
     conninfo = _server_stack.enter_context(discovered_server())
     with psycopg.connect(conninfo) as conn:
         info = conn.info

@@ -1568,8 +1568,9 @@ BEGIN
             v_event.wallet := pyxp.checked_wallet(v_item ->> 'wallet');
             v_event.action := pyxp.checked_identifier('action', v_item ->> 'action', 64);
             v_event.key := pyxp.checked_identifier('idempotency key', v_item ->> 'idempotency_key', 256);
-            v_event.params := pyxp.checked_params(v_item -> 'params');
-            v_event.metadata := pyxp.checked_context(v_item -> 'context');
+            -- JSON null params/context: as if omitted (SQL NULL in pyxp.award).
+            v_event.params := pyxp.checked_params(nullif(v_item -> 'params', 'null'::jsonb));
+            v_event.metadata := pyxp.checked_context(nullif(v_item -> 'context', 'null'::jsonb));
             v_event.campaign_id := NULL;
             v_event.subject := NULL;
             IF jsonb_typeof(v_event.metadata -> 'campaign_id') = 'string' THEN
@@ -1594,10 +1595,13 @@ BEGIN
     v_ruleset := pyxp.active_ruleset_id();
     SELECT r.balance_floor INTO v_floor FROM pyxp.rulesets r WHERE r.ruleset_id = v_ruleset;
 
-    -- 2. Rules: unknown actions, missing or unknown inputs, amounts (as planned_rows).
+    -- 2. Rules: unknown actions, missing or unknown inputs, amounts (as
+    --    planned_rows). Like pyxp.award, a key already stored replays without
+    --    these checks (its action may have left the active ruleset since).
     SELECT e.event_index, e.action INTO v_problem
       FROM unnest(v_events) e
      WHERE NOT EXISTS (SELECT FROM pyxp.rules ru WHERE ru.ruleset_id = v_ruleset AND ru.action = e.action)
+       AND NOT EXISTS (SELECT FROM pyxp.xp_requests q WHERE q.idempotency_key = e.key)
      ORDER BY e.event_index LIMIT 1;
     IF FOUND THEN
         RAISE EXCEPTION 'event %: unknown action %', v_problem.event_index, quote_literal(v_problem.action)
@@ -1608,6 +1612,7 @@ BEGIN
       JOIN pyxp.rules ru ON ru.ruleset_id = v_ruleset AND ru.action = e.action
      CROSS JOIN LATERAL jsonb_object_keys(ru.xp_coefficients) c(key)
      WHERE NOT e.params ? c.key
+       AND NOT EXISTS (SELECT FROM pyxp.xp_requests q WHERE q.idempotency_key = e.key)
      ORDER BY e.event_index LIMIT 1;
     IF FOUND THEN
         RAISE EXCEPTION 'event %: missing input % for %', v_problem.event_index, v_problem.key, v_problem.action
@@ -1618,6 +1623,7 @@ BEGIN
       JOIN pyxp.rules ru ON ru.ruleset_id = v_ruleset AND ru.action = e.action
      CROSS JOIN LATERAL jsonb_object_keys(e.params) p(key)
      WHERE NOT ru.xp_coefficients ? p.key
+       AND NOT EXISTS (SELECT FROM pyxp.xp_requests q WHERE q.idempotency_key = e.key)
      ORDER BY e.event_index LIMIT 1;
     IF FOUND THEN
         RAISE EXCEPTION 'event %: unknown param %: no formula of this action uses it', v_problem.event_index, v_problem.key
@@ -1629,13 +1635,13 @@ BEGIN
                      ORDER BY w.event_index)
       INTO v_rows
       FROM (SELECT e.event_index, min(e.event_index) OVER (PARTITION BY e.key) AS first_index, e.wallet,
-                   ru.action, e.key, ru.rule_id,
+                   e.action, e.key, ru.rule_id,
                    (SELECT round(ru.xp_constant
                                  + coalesce(sum(c.value::numeric * (e.params ->> c.key)::numeric), 0))
                       FROM jsonb_each_text(ru.xp_coefficients) c) AS amount,
                    e.campaign_id, e.subject, e.metadata, e.inputs
               FROM unnest(v_events) e
-              JOIN pyxp.rules ru ON ru.ruleset_id = v_ruleset AND ru.action = e.action) w;
+              LEFT JOIN pyxp.rules ru ON ru.ruleset_id = v_ruleset AND ru.action = e.action) w;
 
     SELECT b.event_index, b.action, b.amount INTO v_problem FROM unnest(v_rows) b
      WHERE abs(b.amount) > 1e15 ORDER BY b.event_index LIMIT 1;
