@@ -130,9 +130,10 @@ BEGIN
 END
 $$;
 
--- Formula inputs of pyxp.award(): a JSON object of numbers. Names are
--- normalised as in the config seed (upper case, `$` dropped:
+-- Formula inputs of pyxp.award(): a JSON object of at most 64 numbers. Names
+-- are normalised as in the config seed (upper case, `$` dropped:
 -- MINT_VALUE_$WINC = MINT_VALUE_WINC); each value passes checked_number.
+-- The cap keeps the per-key loop below cheap.
 CREATE FUNCTION pyxp.checked_params(p_params jsonb)
 RETURNS jsonb
 LANGUAGE plpgsql IMMUTABLE PARALLEL SAFE
@@ -146,6 +147,9 @@ BEGIN
     ELSIF jsonb_typeof(p_params) <> 'object' THEN
         RAISE EXCEPTION 'invalid params: % is not a JSON object', left(p_params::text, 100)
             USING ERRCODE = 'PX017', HINT = 'params is an object of formula inputs, e.g. {"PRICE_COMPLETION": 300}';
+    ELSIF (SELECT count(*) FROM jsonb_object_keys(p_params)) > 64 THEN
+        RAISE EXCEPTION 'invalid params: % inputs', (SELECT count(*) FROM jsonb_object_keys(p_params))
+            USING ERRCODE = 'PX017', HINT = 'params holds at most 64 formula inputs';
     END IF;
     FOR v_item IN SELECT key, value FROM jsonb_each(p_params) LOOP
         IF length(v_item.key) > 64 OR v_item.key !~ '^[A-Za-z_$][A-Za-z0-9_$]*$' THEN

@@ -57,6 +57,7 @@ CREATE FUNCTION pyxp.award_campaign_creation(
 RETURNS SETOF pyxp.award_result
 LANGUAGE plpgsql SECURITY DEFINER
 SET search_path = pyxp, pg_temp
+SET plan_cache_mode = force_generic_plan
 AS $$
 DECLARE
     v_wallet text := pyxp.checked_wallet(award_campaign_creation.creator_wallet, 'creator wallet');
@@ -93,6 +94,7 @@ CREATE FUNCTION pyxp.award_campaign_approval(campaign_id text, creator_wallet te
 RETURNS SETOF pyxp.award_result
 LANGUAGE plpgsql SECURITY DEFINER
 SET search_path = pyxp, pg_temp
+SET plan_cache_mode = force_generic_plan
 AS $$
 DECLARE
     v_campaign text := pyxp.checked_identifier('campaign id', award_campaign_approval.campaign_id);
@@ -127,6 +129,7 @@ CREATE FUNCTION pyxp.award_moderation_vote(
 RETURNS SETOF pyxp.award_result
 LANGUAGE plpgsql SECURITY DEFINER
 SET search_path = pyxp, pg_temp
+SET plan_cache_mode = force_generic_plan
 AS $$
 DECLARE
     v_wallet text := pyxp.checked_wallet(award_moderation_vote.moderator_wallet, 'moderator wallet');
@@ -158,6 +161,7 @@ CREATE FUNCTION pyxp.award_completion(
 RETURNS SETOF pyxp.award_result
 LANGUAGE plpgsql SECURITY DEFINER
 SET search_path = pyxp, pg_temp
+SET plan_cache_mode = force_generic_plan
 AS $$
 DECLARE
     v_wallet text := pyxp.checked_wallet(award_completion.completer_wallet, 'completer wallet');
@@ -219,6 +223,7 @@ CREATE FUNCTION pyxp.award_completion_moderation(
 RETURNS SETOF pyxp.award_result
 LANGUAGE plpgsql SECURITY DEFINER
 SET search_path = pyxp, pg_temp
+SET plan_cache_mode = force_generic_plan
 AS $$
 DECLARE
     v_wallet text := pyxp.checked_wallet(award_completion_moderation.moderator_wallet, 'moderator wallet');
@@ -258,6 +263,7 @@ CREATE FUNCTION pyxp.register_agency_client(
 RETURNS SETOF pyxp.agency_b2c_clients
 LANGUAGE plpgsql SECURITY DEFINER
 SET search_path = pyxp, pg_temp
+SET plan_cache_mode = force_generic_plan
 AS $$
 DECLARE
     v_agency text := pyxp.checked_wallet(register_agency_client.agency_wallet, 'agency wallet');
@@ -303,6 +309,7 @@ CREATE FUNCTION pyxp.onboard_agency_client(client_email text, client_wallet text
 RETURNS SETOF pyxp.award_result
 LANGUAGE plpgsql SECURITY DEFINER
 SET search_path = pyxp, pg_temp
+SET plan_cache_mode = force_generic_plan
 AS $$
 DECLARE
     v_email text := pyxp.checked_email(onboard_agency_client.client_email);

@@ -66,6 +66,7 @@ CREATE FUNCTION pyxp.award_many(events jsonb)
 RETURNS SETOF pyxp.batch_award_result
 LANGUAGE plpgsql SECURITY DEFINER
 SET search_path = pyxp, pg_temp
+SET plan_cache_mode = force_generic_plan
 AS $$
 DECLARE
     c_max_balance constant bigint := 4611686018427387904;  -- 2^62, as in write_ledger_rows
@@ -100,9 +101,14 @@ BEGIN
                     HINT = '{"wallet": ..., "action": ..., "idempotency_key": ..., "params": {...}}';
             END IF;
             v_event.event_index := v_index;
-            v_event.wallet := pyxp.checked_wallet(v_item ->> 'wallet');
-            v_event.action := pyxp.checked_identifier('action', v_item ->> 'action', 64);
-            v_event.key := pyxp.checked_identifier('idempotency key', v_item ->> 'idempotency_key', 256);
+            -- Texts only: a number or object is not silently turned into its JSON text.
+            v_event.wallet := pyxp.checked_wallet(
+                CASE WHEN jsonb_typeof(v_item -> 'wallet') = 'string' THEN v_item ->> 'wallet' END);
+            v_event.action := pyxp.checked_identifier('action',
+                CASE WHEN jsonb_typeof(v_item -> 'action') = 'string' THEN v_item ->> 'action' END, 64);
+            v_event.key := pyxp.checked_identifier('idempotency key',
+                CASE WHEN jsonb_typeof(v_item -> 'idempotency_key') = 'string'
+                     THEN v_item ->> 'idempotency_key' END, 256);
             -- JSON null params/context: as if omitted (SQL NULL in pyxp.award).
             v_event.params := pyxp.checked_params(nullif(v_item -> 'params', 'null'::jsonb));
             v_event.metadata := pyxp.checked_context(nullif(v_item -> 'context', 'null'::jsonb));
@@ -179,7 +185,9 @@ BEGIN
               LEFT JOIN pyxp.rules ru ON ru.ruleset_id = v_ruleset AND ru.action = e.action) w;
 
     SELECT b.event_index, b.action, b.amount INTO v_problem FROM unnest(v_rows) b
-     WHERE abs(b.amount) > 1e15 ORDER BY b.event_index LIMIT 1;
+     WHERE abs(b.amount) > 1e15
+       AND NOT EXISTS (SELECT FROM pyxp.xp_requests q WHERE q.idempotency_key = b.key)
+     ORDER BY b.event_index LIMIT 1;
     IF FOUND THEN
         RAISE EXCEPTION 'event %: XP amount % of % is out of range', v_problem.event_index, v_problem.amount, v_problem.action
             USING ERRCODE = 'PX004', HINT = 'an award is at most 10^15 XP; check the formula inputs';

@@ -1,0 +1,179 @@
+"""`pyxp bench` (SPEC section 9, issue 6): the --quick profile runs end to end and reports.
+
+Two runs of the quick profile against the test server, shared by the tests of
+this module: the click command through CliRunner (the table), and
+``python -m pyxp.bench --json --audit`` (the JSON object). They check that the
+benchmark runs, prints every measure and cleans up after itself — never its
+speed: no timing assertions.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+from typing import Any
+
+import psycopg
+import pytest
+from click.testing import CliRunner, Result
+from psycopg.conninfo import make_conninfo
+
+from pyxp.bench import BenchOptions, bench_command, raised_thresholds
+
+QUICK = BenchOptions.profile(quick=True)
+
+# The first words of each measure's line in the table.
+MEASURES = [
+    "(a) pgbench -N simple-update",
+    "(b) pyxp.award via SQL",
+    "(c) XP.award via Python",
+    "(d) XP.award_many",
+    "(e) one hot wallet",
+    "(f) balance(wallet)",
+    "(f) history(wallet, 50)",
+    "(f) leaderboard(100)",
+    "(f) wallet_rank(wallet)",
+    "(f) level_for(total_xp)",
+    "(g) recalculate_levels(), ruleset switch",
+    "(g) recalculate_levels(), nothing to change",
+    "(h) bytes per ledger row",
+]
+
+READS = ["balance", "history", "leaderboard", "rank", "level_for"]
+
+# Keys the issue requires in --json, each a positive number.
+POSITIVE_KEYS = (
+    ["pgbench_tps", "award_sql_per_s", "award_python_per_s", "batch_per_s", "hot_wallet_per_s",
+     "recalculate_s", "bytes_per_ledger_row"]
+    + [f"{read}_ms_{p}" for read in READS for p in ("p50", "p95", "p99")]
+)
+
+
+@pytest.fixture(scope="module")
+def server(pyxp_server: Any) -> str:
+    """Conninfo of the test server's `postgres` database: the bench creates its own scratch database."""
+    return make_conninfo(host=pyxp_server.host, port=str(pyxp_server.port), user=pyxp_server.user,
+                         password=pyxp_server.password or None, dbname="postgres")
+
+
+def database_exists(server: str, name: str) -> bool:
+    with psycopg.connect(server, autocommit=True) as conn:
+        row = conn.execute("SELECT EXISTS (SELECT FROM pg_database WHERE datname = %s)", (name,)).fetchone()
+    assert row is not None
+    return bool(row[0])
+
+
+@pytest.fixture(scope="module")
+def table_run(server: str) -> Result:
+    """`pyxp bench --quick` through the click command object the CLI registers."""
+    return CliRunner().invoke(bench_command, ["--quick", "--database-url", server], catch_exceptions=False)
+
+
+@pytest.fixture(scope="module")
+def json_run(server: str) -> subprocess.CompletedProcess[str]:
+    """`python -m pyxp.bench --quick --audit --json`, as a separate process."""
+    return subprocess.run([sys.executable, "-m", "pyxp.bench", "--quick", "--audit", "--json",
+                           "--database-url", server],
+                          capture_output=True, text=True, timeout=900, env=dict(os.environ), check=False)
+
+
+@pytest.fixture(scope="module")
+def figures(json_run: subprocess.CompletedProcess[str]) -> dict[str, Any]:
+    assert json_run.returncode == 0, json_run.stderr
+    return json.loads(json_run.stdout)  # the whole of stdout is one JSON object
+
+
+# --------------------------------------------------------------------------- the table
+
+
+def test_quick_profile_exits_0(table_run: Result) -> None:
+    assert table_run.exit_code == 0, table_run.output
+
+
+def test_table_names_the_machine_and_the_server(table_run: Result) -> None:
+    assert re.search(r"machine\s+\d+ CPUs", table_run.stdout)
+    assert re.search(r"server\s+PostgreSQL \d+", table_run.stdout)
+
+
+@pytest.mark.parametrize("measure", MEASURES)
+def test_table_prints_a_value_for_every_measure(table_run: Result, measure: str) -> None:
+    lines = [line for line in table_run.stdout.splitlines() if line.startswith(measure)]
+    assert lines, f"no line for {measure!r} in:\n{table_run.stdout}"
+    # Columns are separated by at least two spaces: measure, value, unit, ...
+    value = re.split(r"\s{2,}", lines[0])[1]
+    assert re.fullmatch(r"\d[\d,]*(\.\d+)?", value) and float(value.replace(",", "")) > 0, lines[0]
+
+
+def test_table_gives_each_throughput_as_a_ratio_to_pgbench(table_run: Result) -> None:
+    header = next(line for line in table_run.stdout.splitlines() if line.startswith("measure"))
+    assert "x (a)" in header
+    pgbench_line = next(line for line in table_run.stdout.splitlines() if line.startswith(MEASURES[0]))
+    assert re.search(r"\s1\.00\s", pgbench_line)
+
+
+def test_table_run_drops_its_scratch_database(table_run: Result, server: str) -> None:
+    match = re.search(r"database\s+(pyxp_bench_[0-9a-f]+)", table_run.stdout)
+    assert match, table_run.stdout
+    assert not database_exists(server, match.group(1))
+
+
+# --------------------------------------------------------------------------- --json
+
+
+@pytest.mark.parametrize("key", POSITIVE_KEYS)
+def test_json_has_every_figure_as_a_positive_number(figures: dict[str, Any], key: str) -> None:
+    assert isinstance(figures.get(key), (int, float)) and not isinstance(figures[key], bool), figures.get(key)
+    assert figures[key] > 0
+
+
+def test_json_records_machine_server_options_and_seed(figures: dict[str, Any]) -> None:
+    assert figures["machine"]["cpus"] >= 1
+    assert figures["server"]["version"]
+    assert figures["seed"] == 42
+    assert figures["options"] == {**QUICK.as_dict(), "audit": True}
+
+
+@pytest.mark.parametrize("read", ["balance", "history"])
+def test_json_reports_that_key_lookups_use_an_index(figures: dict[str, Any], read: str) -> None:
+    """A wallet's balance and history page are index lookups (sql/01_schema.sql indexes)."""
+    assert figures[f"{read}_uses_index"] is True, figures["plans"][read]
+
+
+def test_fixture_and_benchmark_awards_leave_a_consistent_ledger(figures: dict[str, Any]) -> None:
+    """The set-based fixture plus every award of the run: pyxp.audit() finds nothing (SPEC 4)."""
+    assert figures["audit_findings"] == 0, figures.get("audit_sample")
+
+
+def test_ruleset_switch_recalculates_every_balance(figures: dict[str, Any]) -> None:
+    """(g) measures a real recalculation: the new curve changes every balance (SPEC 3)."""
+    assert figures["recalculate_balances"] == QUICK.wallets
+    assert figures["recalculate_changed"] == QUICK.wallets
+    assert figures["recalculate_noop_changed"] == 0
+
+
+def test_json_run_drops_its_scratch_database(figures: dict[str, Any], server: str) -> None:
+    assert figures["database"].startswith("pyxp_bench_")
+    assert not database_exists(server, figures["database"])
+
+
+# --------------------------------------------------------------------------- options
+
+
+def test_more_wallets_than_ledger_rows_is_refused_before_connecting() -> None:
+    result = CliRunner().invoke(bench_command, ["--wallets", "10", "--ledger-rows", "5",
+                                                "--database-url", "host=/nonexistent port=1"])
+    assert result.exit_code == 2
+    assert "ledger_rows (5) must be at least wallets (10)" in result.output
+
+
+def test_explicit_sizes_override_the_quick_profile() -> None:
+    options = BenchOptions.profile(quick=True, clients=3, seconds=None)
+    assert (options.clients, options.seconds, options.wallets) == (3, QUICK.seconds, QUICK.wallets)
+
+
+def test_ruleset_switch_raises_every_threshold() -> None:
+    source = 'name = "x"\n[levels]\nthresholds = [0, 100, 250, 500]\n'
+    assert raised_thresholds(source) == 'name = "x"\n[levels]\nthresholds = [0, 120, 300, 600]\n'
