@@ -26,7 +26,7 @@ def _blocks(language: str) -> list[str]:
 
 
 def _statements(block: str) -> list[str]:
-    code = "\n".join(re.sub(r"\s--.*$", "", line) for line in block.splitlines())  # drop "-- result" notes
+    code = "\n".join(re.sub(r"(^|\s)--.*$", "", line) for line in block.splitlines())  # drop "-- result" notes
     return [statement.strip() for statement in code.split(";") if statement.strip()]
 
 
