@@ -82,6 +82,17 @@ def json_text(value: Any) -> str:
     return json.dumps(value)
 
 
+def _idle(conn: psycopg.Connection[Any] | psycopg.AsyncConnection[Any]) -> bool:
+    return conn.info.transaction_status == TransactionStatus.IDLE
+
+
+def _join_callers_transaction(conn: psycopg.Connection[Any]) -> None:
+    """On a caller's non-autocommit connection, open its transaction as psycopg would for
+    any statement, so the call's savepoint commits or rolls back with the caller's work."""
+    if not conn.autocommit and _idle(conn):
+        conn.execute("BEGIN")
+
+
 def _shape_result(call: Call, rows: list[Any]) -> Any:
     if call.shape == "award":
         return Award(tuple(rows))
@@ -194,8 +205,8 @@ class _Api:
     def rank(self, wallet: str) -> int | None:
         return self._execute(Call("wallet_rank", queries.WALLET_RANK, {"wallet": wallet}, None, "scalar"))
 
-    def level_for(self, xp: int) -> Level:
-        return self._execute(Call("level_for", queries.LEVEL_FOR, {"total_xp": xp}, Level, "one"))
+    def level_for(self, total_xp: int) -> Level:
+        return self._execute(Call("level_for", queries.LEVEL_FOR, {"total_xp": total_xp}, Level, "one"))
 
     def recalculate_levels(self) -> int:
         return self._execute(Call("recalculate_levels", queries.RECALCULATE_LEVELS, {}, None, "scalar"))
@@ -221,7 +232,8 @@ class XP(_Api):
             conninfo = configured_conninfo() if target is None else target
             self._pool = ConnectionPool(conninfo, min_size=1, max_size=max_connections, open=False,
                                         name="pyxp")
-            self._pool.open(wait=True)
+            # Best effort: a database that is down fails the calls (logged), not the constructor.
+            self._pool.open(wait=not best_effort)
             self._owned_pool = True
 
     def close(self) -> None:
@@ -237,8 +249,6 @@ class XP(_Api):
 
     def _run(self, conn: psycopg.Connection[Any], call: Call) -> list[Any]:
         factory = class_row(call.row_type) if call.row_type else tuple_row
-        if not conn.autocommit and conn.info.transaction_status == TransactionStatus.IDLE:
-            conn.execute("BEGIN")  # the caller's transaction: it commits or rolls back the award
         with conn.transaction(), conn.cursor(row_factory=factory) as cur:  # type: ignore[arg-type]
             cur.execute(call.query, call.params)
             return cur.fetchall()
@@ -247,6 +257,7 @@ class XP(_Api):
         try:
             with wrap_errors():
                 if self._connection is not None:
+                    _join_callers_transaction(self._connection)
                     rows = self._run(self._connection, call)
                 else:
                     assert self._pool is not None
@@ -269,6 +280,9 @@ class AsyncXP(_Api):
 
     def __init__(self, target: AsyncConnectionPool | psycopg.AsyncConnection[Any], *,
                  best_effort: bool = False) -> None:
+        if not isinstance(target, (AsyncConnectionPool, psycopg.AsyncConnection)):
+            raise TypeError("AsyncXP takes an AsyncConnectionPool or an AsyncConnection; "
+                            "for a conninfo use: await AsyncXP.connect(conninfo)")
         self.best_effort = best_effort
         self._connection = target if isinstance(target, psycopg.AsyncConnection) else None
         self._pool = target if isinstance(target, AsyncConnectionPool) else None
@@ -297,8 +311,6 @@ class AsyncXP(_Api):
 
     async def _run(self, conn: psycopg.AsyncConnection[Any], call: Call) -> list[Any]:
         factory = class_row(call.row_type) if call.row_type else tuple_row
-        if not conn.autocommit and conn.info.transaction_status == TransactionStatus.IDLE:
-            await conn.execute("BEGIN")  # the caller's transaction: it commits or rolls back the award
         async with conn.transaction(), conn.cursor(row_factory=factory) as cur:  # type: ignore[arg-type]
             await cur.execute(call.query, call.params)
             return await cur.fetchall()
@@ -307,6 +319,8 @@ class AsyncXP(_Api):
         try:
             with wrap_errors():
                 if self._connection is not None:
+                    if not self._connection.autocommit and _idle(self._connection):
+                        await self._connection.execute("BEGIN")  # see _join_callers_transaction
                     rows = await self._run(self._connection, call)
                 else:
                     assert self._pool is not None

@@ -264,10 +264,6 @@ class RuleSet:
             ],
         }
 
-    def definition_json(self) -> str:
-        """Canonical JSON text of :meth:`definition` (sorted keys, compact)."""
-        return json.dumps(self.definition(), sort_keys=True, separators=(",", ":"))
-
     def rule(self, action: str) -> Rule:
         for rule in self.rules:
             if rule.action == action:

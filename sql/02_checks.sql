@@ -207,3 +207,34 @@ BEGIN
     RETURN p_value;
 END
 $$;
+
+-- The caller's key of a generic award (pyxp.award, pyxp.award_many): an
+-- identifier of at most 256 characters outside the namespaces of the keys
+-- the flow functions derive (campaign.created:..., reverse:..., ...), so a
+-- manual award can never pose as, or block, a flow's award (PX016).
+CREATE FUNCTION pyxp.checked_award_key(p_key text)
+RETURNS text
+LANGUAGE plpgsql IMMUTABLE PARALLEL SAFE
+AS $$
+DECLARE
+    v text := pyxp.checked_identifier('idempotency key', p_key, 256);
+BEGIN
+    IF v ~ '^(campaign\.(created|approved|vote)|completion\.(submitted|outcome|vote)|client\.onboarded|reverse):' THEN
+        RAISE EXCEPTION 'invalid idempotency key %: reserved for pyxp''s own flows', quote_literal(v)
+            USING ERRCODE = 'PX016',
+                  HINT = 'keys starting with campaign.*:, completion.*:, client.onboarded: or reverse: are pyxp''s';
+    END IF;
+    RETURN v;
+END
+$$;
+
+-- A text field of a generic award's context that also fills a ledger column
+-- (campaign_id, subject): checked like an identifier when it is a JSON
+-- string, NULL otherwise.
+CREATE FUNCTION pyxp.context_column(p_context jsonb, p_field text, p_max integer)
+RETURNS text
+LANGUAGE sql IMMUTABLE PARALLEL SAFE
+AS $$
+    SELECT CASE WHEN jsonb_typeof(p_context -> p_field) = 'string'
+                THEN pyxp.checked_identifier(replace(p_field, '_', ' '), p_context ->> p_field, p_max) END
+$$;

@@ -24,8 +24,8 @@ END
 $$;
 
 -- Where a total stands on a ruleset's curve. One index probe: the highest
--- threshold <= total (or level 1 for totals below 0), then, past the last
--- generated level, whole constant increments.
+-- threshold <= total (level 1 starts at 0, so totals below 0 are level 1),
+-- then, past the last generated level, whole constant increments.
 -- Written as a set-returning SQL function without SET clauses so that the
 -- planner inlines it into set-based callers (recalculate_levels, audit).
 CREATE FUNCTION pyxp.curve_position(p_ruleset_id bigint, p_total_xp bigint)
@@ -36,16 +36,11 @@ AS $$
            t.threshold + s.steps * t.increment,
            (t.threshold + s.steps * t.increment)::numeric + t.increment
     FROM (
-        (SELECT lt.level, lt.threshold, lt.increment, lt.is_last
-           FROM pyxp.level_thresholds lt
-          WHERE lt.ruleset_id = p_ruleset_id AND lt.threshold <= p_total_xp
-          ORDER BY lt.threshold DESC
-          LIMIT 1)
-        UNION ALL
-        (SELECT lt.level, lt.threshold, lt.increment, lt.is_last
-           FROM pyxp.level_thresholds lt
-          WHERE lt.ruleset_id = p_ruleset_id AND lt.level = 1)
-        LIMIT 1
+        SELECT lt.level, lt.threshold, lt.increment, lt.is_last
+          FROM pyxp.level_thresholds lt
+         WHERE lt.ruleset_id = p_ruleset_id AND lt.threshold <= greatest(p_total_xp, 0)
+         ORDER BY lt.threshold DESC
+         LIMIT 1
     ) t
     CROSS JOIN LATERAL (
         SELECT CASE WHEN t.is_last AND p_total_xp > t.threshold

@@ -89,6 +89,10 @@ BEGIN
                        THEN 'action must match [A-Za-z][A-Za-z0-9_]{0,63}'
                      WHEN count(*) OVER (PARTITION BY r.value ->> 'action') > 1
                        THEN format('duplicate action %s', r.value ->> 'action')
+                     WHEN jsonb_typeof(r.value -> 'event') NOT IN ('null', 'string')
+                       OR jsonb_typeof(r.value -> 'condition') NOT IN ('null', 'string')
+                       OR jsonb_typeof(r.value -> 'formula') NOT IN ('null', 'string')
+                       THEN 'event, condition and formula must be texts or null'
                      WHEN coalesce(r.value ->> 'constant', '') !~ '^-?[0-9]{1,16}(\.[0-9]{1,20})?$'
                        THEN 'constant must be a decimal number'
                      WHEN jsonb_typeof(r.value -> 'coefficients') IS DISTINCT FROM 'object'
@@ -132,6 +136,10 @@ DECLARE
     v_created boolean := false;
 BEGIN
     PERFORM pyxp.check_ruleset_definition(install_ruleset.definition);
+    IF install_ruleset.source IS NULL THEN
+        RAISE EXCEPTION 'invalid ruleset definition %: source is NULL', quote_literal(v_name)
+            USING ERRCODE = 'PX024', HINT = 'pass the TOML text the definition was compiled from';
+    END IF;
     LOCK TABLE pyxp.xp_balances IN SHARE ROW EXCLUSIVE MODE;
 
     SELECT * INTO v_found FROM pyxp.rulesets r WHERE r.name = v_name AND r.content_hash = v_hash;

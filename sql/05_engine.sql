@@ -19,6 +19,36 @@
 -- applies to the functions they call): planning each statement anew cost
 -- more than executing it (measured: about 45 % of an award's server time).
 
+-- The arithmetic every write path shares (single awards, batches).
+
+-- A rule's XP for the given inputs: round_half_away(constant + sum(coef * input)).
+CREATE FUNCTION pyxp.rule_amount(p_constant numeric, p_coefficients jsonb, p_params jsonb)
+RETURNS numeric
+LANGUAGE sql IMMUTABLE PARALLEL SAFE
+AS $$
+    SELECT round(p_constant + coalesce((SELECT sum(c.value::numeric * (p_params ->> c.key)::numeric)
+                                          FROM jsonb_each_text(p_coefficients) c), 0))
+$$;
+
+-- A balance floor cuts a penalty to what keeps the balance at the floor; a
+-- balance already below it (floor raised later) loses nothing more. Gains,
+-- and every amount without a floor, apply in full.
+CREATE FUNCTION pyxp.floored_amount(p_amount numeric, p_floor bigint, p_balance numeric)
+RETURNS numeric
+LANGUAGE sql IMMUTABLE PARALLEL SAFE
+AS $$
+    SELECT CASE WHEN p_floor IS NOT NULL AND p_amount < 0
+                THEN greatest(p_amount, least(0, p_floor - p_balance))
+                ELSE p_amount END
+$$;
+
+-- Balances stay within [-2^62, 2^62] (PX019): xp_to_next_level and every
+-- threshold computation then fit in bigint.
+CREATE FUNCTION pyxp.balance_limit()
+RETURNS bigint
+LANGUAGE sql IMMUTABLE PARALLEL SAFE
+AS $$ SELECT 4611686018427387904::bigint $$;
+
 -- A ledger row about to be written (amount before any balance floor).
 CREATE TYPE pyxp.planned_row AS (
     transaction_type  text,
@@ -89,7 +119,6 @@ RETURNS SETOF pyxp.award_result
 LANGUAGE plpgsql
 AS $$
 DECLARE
-    c_max_balance constant bigint := 4611686018427387904;  -- 2^62
     v_floor bigint;
     v_running bigint;
     v_row pyxp.planned_row;
@@ -118,15 +147,11 @@ BEGIN
         v_out.previous_level := v_level;
         v_out.xp_requested := NULL;
         v_out.xp_amount := v_row.xp_amount;
-        -- A floor cuts a penalty to what keeps the balance at the floor; a
-        -- balance already below it (floor raised later) loses nothing more.
-        IF v_floor IS NOT NULL AND v_row.xp_amount < 0 THEN
-            v_out.xp_amount := greatest(v_row.xp_amount, least(0, v_floor - v_running));
-            IF v_out.xp_amount <> v_row.xp_amount THEN
-                v_out.xp_requested := v_row.xp_amount;
-            END IF;
+        v_out.xp_amount := pyxp.floored_amount(v_row.xp_amount, v_floor, v_running);
+        IF v_out.xp_amount <> v_row.xp_amount THEN
+            v_out.xp_requested := v_row.xp_amount;
         END IF;
-        IF v_running + v_out.xp_amount NOT BETWEEN -c_max_balance AND c_max_balance THEN
+        IF v_running + v_out.xp_amount NOT BETWEEN -pyxp.balance_limit() AND pyxp.balance_limit() THEN
             RAISE EXCEPTION 'balance of % would be %, out of range', p_wallet, v_running + v_out.xp_amount
                 USING ERRCODE = 'PX019', HINT = 'a balance stays between -2^62 and 2^62';
         END IF;
@@ -195,8 +220,7 @@ BEGIN
 
     FOR v_rule IN
         SELECT ru.rule_id, ru.action,
-               (SELECT round(ru.xp_constant + coalesce(sum(c.value::numeric * (p_params ->> c.key)::numeric), 0))
-                  FROM jsonb_each_text(ru.xp_coefficients) c) AS amount
+               pyxp.rule_amount(ru.xp_constant, ru.xp_coefficients, p_params) AS amount
           FROM unnest(p_rule_ids) WITH ORDINALITY u(rule_id, ord)
           JOIN pyxp.rules ru ON ru.rule_id = u.rule_id
          ORDER BY u.ord
@@ -279,18 +303,12 @@ AS $$
 DECLARE
     v_wallet text := pyxp.checked_wallet(award.wallet);
     v_action text := pyxp.checked_identifier('action', award.action, 64);
-    v_key text := pyxp.checked_identifier('idempotency key', award.idempotency_key, 256);
+    v_key text := pyxp.checked_award_key(award.idempotency_key);
     v_params jsonb := pyxp.checked_params(award.params);
     v_context jsonb := pyxp.checked_context(award.context);
-    v_campaign_id text;
-    v_subject text;
+    v_campaign_id text := pyxp.context_column(v_context, 'campaign_id', 128);
+    v_subject text := pyxp.context_column(v_context, 'subject', 256);
 BEGIN
-    IF jsonb_typeof(v_context -> 'campaign_id') = 'string' THEN
-        v_campaign_id := pyxp.checked_identifier('campaign id', v_context ->> 'campaign_id');
-    END IF;
-    IF jsonb_typeof(v_context -> 'subject') = 'string' THEN
-        v_subject := pyxp.checked_identifier('subject', v_context ->> 'subject', 256);
-    END IF;
     RETURN QUERY SELECT * FROM pyxp.post_award(
         v_key, jsonb_build_object('action', v_action, 'wallet', v_wallet, 'params', v_params),
         v_wallet, v_action, NULL, NULL, NULL, v_params, true,

@@ -12,6 +12,10 @@
 --   completion.validated  completion.outcome:<completion>       -   (one key: validated
 --   completion.refused    completion.outcome:<completion>       -    or refused, never both)
 --   completion.vote       completion.vote:<completion>:<moder.> VALID | REFUSE
+--
+-- A key's stored inputs always include the wallet and ids it was built from,
+-- so two different calls whose ids happen to build the same key text (ids
+-- containing ':') are refused (PX010), never mistaken for a replay.
 --   client.onboarded      client.onboarded:<email>              -
 
 -- The campaign type of a call: the registry's when pyxp knows the campaign
@@ -34,6 +38,20 @@ BEGIN
                   HINT = 'pass campaign_type (B2C, AGENCY_B2C, INDIVIDUAL), or award the campaign creation first';
     END IF;
     RETURN coalesce(v_known, v_given);
+END
+$$;
+
+-- A campaign type that must be given (campaign creation): NULL is PX003 too.
+CREATE FUNCTION pyxp.required_campaign_type(p_campaign_type text)
+RETURNS text
+LANGUAGE plpgsql IMMUTABLE
+AS $$
+BEGIN
+    IF p_campaign_type IS NULL THEN
+        RAISE EXCEPTION 'campaign type is required'
+            USING ERRCODE = 'PX003', HINT = 'accepted: B2C, AGENCY_B2C, INDIVIDUAL (any case), or FOR_B2C, FOR_AGENCY_B2C, FOR_INDIVIDUAL';
+    END IF;
+    RETURN pyxp.checked_campaign_type(p_campaign_type);
 END
 $$;
 
@@ -62,7 +80,7 @@ AS $$
 DECLARE
     v_wallet text := pyxp.checked_wallet(award_campaign_creation.creator_wallet, 'creator wallet');
     v_campaign text := pyxp.checked_identifier('campaign id', award_campaign_creation.campaign_id);
-    v_type text := pyxp.checked_campaign_type(coalesce(award_campaign_creation.campaign_type, 'NULL'));
+    v_type text := pyxp.required_campaign_type(award_campaign_creation.campaign_type);
     v_mint numeric := pyxp.checked_number('mint_value', award_campaign_creation.mint_value);
     v_video boolean := coalesce(award_campaign_creation.winstory_creates_video, false);
     v_no_rewards boolean := coalesce(award_campaign_creation.no_rewards, false);
@@ -139,7 +157,8 @@ DECLARE
 BEGIN
     RETURN QUERY SELECT * FROM pyxp.post_award(
         format('campaign.vote:%s:%s', v_campaign, v_wallet),
-        jsonb_build_object('vote_decision', v_vote, 'campaign_type', v_type),
+        jsonb_build_object('vote_decision', v_vote, 'campaign_type', v_type,
+                           'wallet', v_wallet, 'campaign_id', v_campaign),
         v_wallet, NULL, 'campaign.vote', v_type, ARRAY[v_vote],
         '{}', false, v_campaign, NULL,
         jsonb_build_object('vote_decision', v_vote, 'campaign_type', v_type), 1,
@@ -234,7 +253,8 @@ DECLARE
 BEGIN
     RETURN QUERY SELECT * FROM pyxp.post_award(
         format('completion.vote:%s:%s', v_completion, v_wallet),
-        jsonb_build_object('vote_decision', v_vote, 'campaign_id', v_campaign, 'campaign_type', v_type),
+        jsonb_build_object('vote_decision', v_vote, 'campaign_id', v_campaign, 'campaign_type', v_type,
+                           'wallet', v_wallet, 'completion_id', v_completion),
         v_wallet, NULL, 'completion.vote', v_type, ARRAY[v_vote],
         '{}', false, v_campaign, v_completion,
         jsonb_build_object('vote_decision', v_vote, 'campaign_type', v_type), 1,

@@ -69,7 +69,6 @@ SET search_path = pyxp, pg_temp
 SET plan_cache_mode = force_generic_plan
 AS $$
 DECLARE
-    c_max_balance constant bigint := 4611686018427387904;  -- 2^62, as in write_ledger_rows
     v_events pyxp.batch_event[] := '{}';
     v_rows pyxp.batch_row[];
     v_event pyxp.batch_event;
@@ -106,20 +105,14 @@ BEGIN
                 CASE WHEN jsonb_typeof(v_item -> 'wallet') = 'string' THEN v_item ->> 'wallet' END);
             v_event.action := pyxp.checked_identifier('action',
                 CASE WHEN jsonb_typeof(v_item -> 'action') = 'string' THEN v_item ->> 'action' END, 64);
-            v_event.key := pyxp.checked_identifier('idempotency key',
+            v_event.key := pyxp.checked_award_key(
                 CASE WHEN jsonb_typeof(v_item -> 'idempotency_key') = 'string'
-                     THEN v_item ->> 'idempotency_key' END, 256);
+                     THEN v_item ->> 'idempotency_key' END);
             -- JSON null params/context: as if omitted (SQL NULL in pyxp.award).
             v_event.params := pyxp.checked_params(nullif(v_item -> 'params', 'null'::jsonb));
             v_event.metadata := pyxp.checked_context(nullif(v_item -> 'context', 'null'::jsonb));
-            v_event.campaign_id := NULL;
-            v_event.subject := NULL;
-            IF jsonb_typeof(v_event.metadata -> 'campaign_id') = 'string' THEN
-                v_event.campaign_id := pyxp.checked_identifier('campaign id', v_event.metadata ->> 'campaign_id');
-            END IF;
-            IF jsonb_typeof(v_event.metadata -> 'subject') = 'string' THEN
-                v_event.subject := pyxp.checked_identifier('subject', v_event.metadata ->> 'subject', 256);
-            END IF;
+            v_event.campaign_id := pyxp.context_column(v_event.metadata, 'campaign_id', 128);
+            v_event.subject := pyxp.context_column(v_event.metadata, 'subject', 256);
             v_event.metadata := v_event.metadata || v_event.params;
             -- Same canonical inputs as pyxp.award: a batch replays single awards and back.
             v_event.inputs := jsonb_build_object('action', v_event.action, 'wallet', v_event.wallet,
@@ -177,9 +170,7 @@ BEGIN
       INTO v_rows
       FROM (SELECT e.event_index, min(e.event_index) OVER (PARTITION BY e.key) AS first_index, e.wallet,
                    e.action, e.key, ru.rule_id,
-                   (SELECT round(ru.xp_constant
-                                 + coalesce(sum(c.value::numeric * (e.params ->> c.key)::numeric), 0))
-                      FROM jsonb_each_text(ru.xp_coefficients) c) AS amount,
+                   pyxp.rule_amount(ru.xp_constant, ru.xp_coefficients, e.params) AS amount,
                    e.campaign_id, e.subject, e.metadata, e.inputs
               FROM unnest(v_events) e
               LEFT JOIN pyxp.rules ru ON ru.ruleset_id = v_ruleset AND ru.action = e.action) w;
@@ -268,10 +259,7 @@ BEGIN
                         v_wallet := v_row.wallet;
                         SELECT x.total_xp INTO v_running FROM pyxp.xp_balances x WHERE x.user_wallet = v_wallet;
                     END IF;
-                    -- The floor rule of write_ledger_rows.
-                    v_row.applied := CASE WHEN v_row.amount < 0
-                                          THEN greatest(v_row.amount, least(0, v_floor - v_running))
-                                          ELSE v_row.amount END;
+                    v_row.applied := pyxp.floored_amount(v_row.amount, v_floor, v_running);
                     v_running := v_running + v_row.applied;
                     v_row.balance_after := v_running;
                 END IF;
@@ -281,7 +269,7 @@ BEGIN
         END;
     END IF;
     SELECT b.event_index, b.wallet, b.balance_after INTO v_problem FROM unnest(v_rows) b
-     WHERE b.claimed AND b.balance_after NOT BETWEEN -c_max_balance AND c_max_balance
+     WHERE b.claimed AND b.balance_after NOT BETWEEN -pyxp.balance_limit() AND pyxp.balance_limit()
      ORDER BY b.event_index LIMIT 1;
     IF FOUND THEN
         RAISE EXCEPTION 'event %: balance of % would be %, out of range', v_problem.event_index, v_problem.wallet,

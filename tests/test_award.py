@@ -781,3 +781,18 @@ def test_ledger_is_append_only_even_for_superuser_and_owner(
         assert caught.value.sqlstate == "PX013"
         raise psycopg.Rollback()
     assert len(ledger(db)) == 2
+
+
+@pytest.mark.parametrize("key", ["reverse:1", "campaign.created:camp_1", "campaign.vote:c:0xm",
+                                 "completion.outcome:comp_1", "client.onboarded:bob@example.com"])
+def test_generic_keys_in_a_flow_namespace_are_refused(xp: XP, unchanged: Any, key: str) -> None:
+    """A manual award cannot pose as, or block, a flow's award (its key namespace is pyxp's)."""
+    with unchanged(), pytest.raises(E.InvalidIdentifier, match="reserved"):
+        xp.award("0x_user", "CAMPAIGN_APPROVED", key)
+    with unchanged(), pytest.raises(E.InvalidIdentifier, match="event 0: .*reserved"):
+        xp.award_many([{"wallet": "0x_user", "action": "CAMPAIGN_APPROVED", "idempotency_key": key}])
+
+
+def test_a_generic_key_that_merely_resembles_a_flow_key_is_fine(xp: XP) -> None:
+    assert xp.award("0x_user", "CAMPAIGN_APPROVED", "reverse-1").xp == 100
+    assert xp.award("0x_user", "CAMPAIGN_APPROVED", "campaign.created").xp == 100

@@ -464,3 +464,24 @@ def test_async_client_on_callers_connection_rolls_back_with_it(
 
     assert asyncio.run(scenario()).xp == 2
     assert ledger_count(db) == 0
+
+
+def test_async_client_needs_a_pool_or_connection_not_a_conninfo(conninfo: str) -> None:
+    with pytest.raises(TypeError, match="AsyncXP.connect"):
+        AsyncXP(conninfo)  # type: ignore[arg-type]
+
+
+def test_best_effort_client_on_a_database_that_is_down_logs_instead_of_raising(
+        caplog: pytest.LogCaptureFixture) -> None:
+    client = XP("host=127.0.0.1 port=1 connect_timeout=1", best_effort=True, max_connections=1)
+    try:
+        client._pool.timeout = 1  # type: ignore[union-attr]  # fail fast in the test
+        with caplog.at_level(logging.WARNING, logger="pyxp"):
+            assert client.award("0x_user", "CAMPAIGN_APPROVED", "down-1") is None
+        assert "award" in caplog.text
+    finally:
+        client.close()
+
+
+def test_level_for_takes_the_sql_parameter_name(xp: XP) -> None:
+    assert xp.level_for(total_xp=2500).level == 6

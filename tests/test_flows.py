@@ -790,3 +790,20 @@ def test_concurrent_votes_of_many_moderators_are_all_counted(xp: XP, conninfo: s
     assert totals == (THREADS, 2 * THREADS)
     assert db.execute("SELECT sum(total_moderations) FROM pyxp.xp_balances").fetchone() == (THREADS,)
     assert_audit_clean(db)
+
+
+def test_votes_whose_ids_build_the_same_key_text_are_refused_not_replayed(xp: XP, unchanged: Any) -> None:
+    """(campaign 'c:0xa', moderator '0xb') and (campaign 'c', moderator '0xa:0xb') both build
+    'campaign.vote:c:0xa:0xb': the second is a different call, so it is refused (PX010),
+    never answered with the first one's row."""
+    first = xp.award_moderation_vote(moderator_wallet="0xb", campaign_id="c:0xa", vote_decision="VALID",
+                                     campaign_type="B2C")
+    assert first.xp == 2
+    with unchanged(), pytest.raises(pyxp.IdempotencyConflict):
+        xp.award_moderation_vote(moderator_wallet="0xa:0xb", campaign_id="c", vote_decision="VALID",
+                                 campaign_type="B2C")
+
+
+def test_campaign_creation_without_a_type_says_it_is_required(xp: XP, unchanged: Any) -> None:
+    with unchanged(), pytest.raises(pyxp.UnknownCampaignType, match="required"):
+        xp.award_campaign_creation(creator_wallet="0x_creator", campaign_id="camp_x", campaign_type=None)  # type: ignore[arg-type]

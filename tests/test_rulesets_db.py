@@ -322,3 +322,10 @@ def test_a_bad_toml_file_never_reaches_the_database(
 def test_a_missing_ruleset_file_is_a_config_error(conninfo: str, tmp_path: Path, unchanged: Any) -> None:
     with unchanged(), pytest.raises(ConfigError):
         schema.apply_ruleset(conninfo, str(tmp_path / "missing.toml"))
+
+
+def test_install_ruleset_without_its_source_is_refused(db: psycopg.Connection[Any], unchanged: Any) -> None:
+    definition = load_ruleset("winstory-flows").definition()
+    with unchanged(), pytest.raises(psycopg.Error) as refused:
+        db.execute("SELECT * FROM pyxp.install_ruleset(definition => %s, source => NULL)", (Jsonb(definition),))
+    assert refused.value.sqlstate == "PX024"

@@ -386,6 +386,37 @@ BEGIN
     RETURN p_value;
 END
 $$;
+
+-- The caller's key of a generic award (pyxp.award, pyxp.award_many): an
+-- identifier of at most 256 characters outside the namespaces of the keys
+-- the flow functions derive (campaign.created:..., reverse:..., ...), so a
+-- manual award can never pose as, or block, a flow's award (PX016).
+CREATE FUNCTION pyxp.checked_award_key(p_key text)
+RETURNS text
+LANGUAGE plpgsql IMMUTABLE PARALLEL SAFE
+AS $$
+DECLARE
+    v text := pyxp.checked_identifier('idempotency key', p_key, 256);
+BEGIN
+    IF v ~ '^(campaign\.(created|approved|vote)|completion\.(submitted|outcome|vote)|client\.onboarded|reverse):' THEN
+        RAISE EXCEPTION 'invalid idempotency key %: reserved for pyxp''s own flows', quote_literal(v)
+            USING ERRCODE = 'PX016',
+                  HINT = 'keys starting with campaign.*:, completion.*:, client.onboarded: or reverse: are pyxp''s';
+    END IF;
+    RETURN v;
+END
+$$;
+
+-- A text field of a generic award's context that also fills a ledger column
+-- (campaign_id, subject): checked like an identifier when it is a JSON
+-- string, NULL otherwise.
+CREATE FUNCTION pyxp.context_column(p_context jsonb, p_field text, p_max integer)
+RETURNS text
+LANGUAGE sql IMMUTABLE PARALLEL SAFE
+AS $$
+    SELECT CASE WHEN jsonb_typeof(p_context -> p_field) = 'string'
+                THEN pyxp.checked_identifier(replace(p_field, '_', ' '), p_context ->> p_field, p_max) END
+$$;
 -- Levels: a lookup in the level curve generated from the config seed.
 --
 -- The curve is data (pyxp.level_thresholds), computed by the Python config
@@ -412,8 +443,8 @@ END
 $$;
 
 -- Where a total stands on a ruleset's curve. One index probe: the highest
--- threshold <= total (or level 1 for totals below 0), then, past the last
--- generated level, whole constant increments.
+-- threshold <= total (level 1 starts at 0, so totals below 0 are level 1),
+-- then, past the last generated level, whole constant increments.
 -- Written as a set-returning SQL function without SET clauses so that the
 -- planner inlines it into set-based callers (recalculate_levels, audit).
 CREATE FUNCTION pyxp.curve_position(p_ruleset_id bigint, p_total_xp bigint)
@@ -424,16 +455,11 @@ AS $$
            t.threshold + s.steps * t.increment,
            (t.threshold + s.steps * t.increment)::numeric + t.increment
     FROM (
-        (SELECT lt.level, lt.threshold, lt.increment, lt.is_last
-           FROM pyxp.level_thresholds lt
-          WHERE lt.ruleset_id = p_ruleset_id AND lt.threshold <= p_total_xp
-          ORDER BY lt.threshold DESC
-          LIMIT 1)
-        UNION ALL
-        (SELECT lt.level, lt.threshold, lt.increment, lt.is_last
-           FROM pyxp.level_thresholds lt
-          WHERE lt.ruleset_id = p_ruleset_id AND lt.level = 1)
-        LIMIT 1
+        SELECT lt.level, lt.threshold, lt.increment, lt.is_last
+          FROM pyxp.level_thresholds lt
+         WHERE lt.ruleset_id = p_ruleset_id AND lt.threshold <= greatest(p_total_xp, 0)
+         ORDER BY lt.threshold DESC
+         LIMIT 1
     ) t
     CROSS JOIN LATERAL (
         SELECT CASE WHEN t.is_last AND p_total_xp > t.threshold
@@ -545,6 +571,10 @@ BEGIN
                        THEN 'action must match [A-Za-z][A-Za-z0-9_]{0,63}'
                      WHEN count(*) OVER (PARTITION BY r.value ->> 'action') > 1
                        THEN format('duplicate action %s', r.value ->> 'action')
+                     WHEN jsonb_typeof(r.value -> 'event') NOT IN ('null', 'string')
+                       OR jsonb_typeof(r.value -> 'condition') NOT IN ('null', 'string')
+                       OR jsonb_typeof(r.value -> 'formula') NOT IN ('null', 'string')
+                       THEN 'event, condition and formula must be texts or null'
                      WHEN coalesce(r.value ->> 'constant', '') !~ '^-?[0-9]{1,16}(\.[0-9]{1,20})?$'
                        THEN 'constant must be a decimal number'
                      WHEN jsonb_typeof(r.value -> 'coefficients') IS DISTINCT FROM 'object'
@@ -588,6 +618,10 @@ DECLARE
     v_created boolean := false;
 BEGIN
     PERFORM pyxp.check_ruleset_definition(install_ruleset.definition);
+    IF install_ruleset.source IS NULL THEN
+        RAISE EXCEPTION 'invalid ruleset definition %: source is NULL', quote_literal(v_name)
+            USING ERRCODE = 'PX024', HINT = 'pass the TOML text the definition was compiled from';
+    END IF;
     LOCK TABLE pyxp.xp_balances IN SHARE ROW EXCLUSIVE MODE;
 
     SELECT * INTO v_found FROM pyxp.rulesets r WHERE r.name = v_name AND r.content_hash = v_hash;
@@ -652,6 +686,36 @@ $$;
 -- writing entry points run with plan_cache_mode = force_generic_plan (it
 -- applies to the functions they call): planning each statement anew cost
 -- more than executing it (measured: about 45 % of an award's server time).
+
+-- The arithmetic every write path shares (single awards, batches).
+
+-- A rule's XP for the given inputs: round_half_away(constant + sum(coef * input)).
+CREATE FUNCTION pyxp.rule_amount(p_constant numeric, p_coefficients jsonb, p_params jsonb)
+RETURNS numeric
+LANGUAGE sql IMMUTABLE PARALLEL SAFE
+AS $$
+    SELECT round(p_constant + coalesce((SELECT sum(c.value::numeric * (p_params ->> c.key)::numeric)
+                                          FROM jsonb_each_text(p_coefficients) c), 0))
+$$;
+
+-- A balance floor cuts a penalty to what keeps the balance at the floor; a
+-- balance already below it (floor raised later) loses nothing more. Gains,
+-- and every amount without a floor, apply in full.
+CREATE FUNCTION pyxp.floored_amount(p_amount numeric, p_floor bigint, p_balance numeric)
+RETURNS numeric
+LANGUAGE sql IMMUTABLE PARALLEL SAFE
+AS $$
+    SELECT CASE WHEN p_floor IS NOT NULL AND p_amount < 0
+                THEN greatest(p_amount, least(0, p_floor - p_balance))
+                ELSE p_amount END
+$$;
+
+-- Balances stay within [-2^62, 2^62] (PX019): xp_to_next_level and every
+-- threshold computation then fit in bigint.
+CREATE FUNCTION pyxp.balance_limit()
+RETURNS bigint
+LANGUAGE sql IMMUTABLE PARALLEL SAFE
+AS $$ SELECT 4611686018427387904::bigint $$;
 
 -- A ledger row about to be written (amount before any balance floor).
 CREATE TYPE pyxp.planned_row AS (
@@ -723,7 +787,6 @@ RETURNS SETOF pyxp.award_result
 LANGUAGE plpgsql
 AS $$
 DECLARE
-    c_max_balance constant bigint := 4611686018427387904;  -- 2^62
     v_floor bigint;
     v_running bigint;
     v_row pyxp.planned_row;
@@ -752,15 +815,11 @@ BEGIN
         v_out.previous_level := v_level;
         v_out.xp_requested := NULL;
         v_out.xp_amount := v_row.xp_amount;
-        -- A floor cuts a penalty to what keeps the balance at the floor; a
-        -- balance already below it (floor raised later) loses nothing more.
-        IF v_floor IS NOT NULL AND v_row.xp_amount < 0 THEN
-            v_out.xp_amount := greatest(v_row.xp_amount, least(0, v_floor - v_running));
-            IF v_out.xp_amount <> v_row.xp_amount THEN
-                v_out.xp_requested := v_row.xp_amount;
-            END IF;
+        v_out.xp_amount := pyxp.floored_amount(v_row.xp_amount, v_floor, v_running);
+        IF v_out.xp_amount <> v_row.xp_amount THEN
+            v_out.xp_requested := v_row.xp_amount;
         END IF;
-        IF v_running + v_out.xp_amount NOT BETWEEN -c_max_balance AND c_max_balance THEN
+        IF v_running + v_out.xp_amount NOT BETWEEN -pyxp.balance_limit() AND pyxp.balance_limit() THEN
             RAISE EXCEPTION 'balance of % would be %, out of range', p_wallet, v_running + v_out.xp_amount
                 USING ERRCODE = 'PX019', HINT = 'a balance stays between -2^62 and 2^62';
         END IF;
@@ -829,8 +888,7 @@ BEGIN
 
     FOR v_rule IN
         SELECT ru.rule_id, ru.action,
-               (SELECT round(ru.xp_constant + coalesce(sum(c.value::numeric * (p_params ->> c.key)::numeric), 0))
-                  FROM jsonb_each_text(ru.xp_coefficients) c) AS amount
+               pyxp.rule_amount(ru.xp_constant, ru.xp_coefficients, p_params) AS amount
           FROM unnest(p_rule_ids) WITH ORDINALITY u(rule_id, ord)
           JOIN pyxp.rules ru ON ru.rule_id = u.rule_id
          ORDER BY u.ord
@@ -913,18 +971,12 @@ AS $$
 DECLARE
     v_wallet text := pyxp.checked_wallet(award.wallet);
     v_action text := pyxp.checked_identifier('action', award.action, 64);
-    v_key text := pyxp.checked_identifier('idempotency key', award.idempotency_key, 256);
+    v_key text := pyxp.checked_award_key(award.idempotency_key);
     v_params jsonb := pyxp.checked_params(award.params);
     v_context jsonb := pyxp.checked_context(award.context);
-    v_campaign_id text;
-    v_subject text;
+    v_campaign_id text := pyxp.context_column(v_context, 'campaign_id', 128);
+    v_subject text := pyxp.context_column(v_context, 'subject', 256);
 BEGIN
-    IF jsonb_typeof(v_context -> 'campaign_id') = 'string' THEN
-        v_campaign_id := pyxp.checked_identifier('campaign id', v_context ->> 'campaign_id');
-    END IF;
-    IF jsonb_typeof(v_context -> 'subject') = 'string' THEN
-        v_subject := pyxp.checked_identifier('subject', v_context ->> 'subject', 256);
-    END IF;
     RETURN QUERY SELECT * FROM pyxp.post_award(
         v_key, jsonb_build_object('action', v_action, 'wallet', v_wallet, 'params', v_params),
         v_wallet, v_action, NULL, NULL, NULL, v_params, true,
@@ -990,6 +1042,10 @@ $$;
 --   completion.validated  completion.outcome:<completion>       -   (one key: validated
 --   completion.refused    completion.outcome:<completion>       -    or refused, never both)
 --   completion.vote       completion.vote:<completion>:<moder.> VALID | REFUSE
+--
+-- A key's stored inputs always include the wallet and ids it was built from,
+-- so two different calls whose ids happen to build the same key text (ids
+-- containing ':') are refused (PX010), never mistaken for a replay.
 --   client.onboarded      client.onboarded:<email>              -
 
 -- The campaign type of a call: the registry's when pyxp knows the campaign
@@ -1012,6 +1068,20 @@ BEGIN
                   HINT = 'pass campaign_type (B2C, AGENCY_B2C, INDIVIDUAL), or award the campaign creation first';
     END IF;
     RETURN coalesce(v_known, v_given);
+END
+$$;
+
+-- A campaign type that must be given (campaign creation): NULL is PX003 too.
+CREATE FUNCTION pyxp.required_campaign_type(p_campaign_type text)
+RETURNS text
+LANGUAGE plpgsql IMMUTABLE
+AS $$
+BEGIN
+    IF p_campaign_type IS NULL THEN
+        RAISE EXCEPTION 'campaign type is required'
+            USING ERRCODE = 'PX003', HINT = 'accepted: B2C, AGENCY_B2C, INDIVIDUAL (any case), or FOR_B2C, FOR_AGENCY_B2C, FOR_INDIVIDUAL';
+    END IF;
+    RETURN pyxp.checked_campaign_type(p_campaign_type);
 END
 $$;
 
@@ -1040,7 +1110,7 @@ AS $$
 DECLARE
     v_wallet text := pyxp.checked_wallet(award_campaign_creation.creator_wallet, 'creator wallet');
     v_campaign text := pyxp.checked_identifier('campaign id', award_campaign_creation.campaign_id);
-    v_type text := pyxp.checked_campaign_type(coalesce(award_campaign_creation.campaign_type, 'NULL'));
+    v_type text := pyxp.required_campaign_type(award_campaign_creation.campaign_type);
     v_mint numeric := pyxp.checked_number('mint_value', award_campaign_creation.mint_value);
     v_video boolean := coalesce(award_campaign_creation.winstory_creates_video, false);
     v_no_rewards boolean := coalesce(award_campaign_creation.no_rewards, false);
@@ -1117,7 +1187,8 @@ DECLARE
 BEGIN
     RETURN QUERY SELECT * FROM pyxp.post_award(
         format('campaign.vote:%s:%s', v_campaign, v_wallet),
-        jsonb_build_object('vote_decision', v_vote, 'campaign_type', v_type),
+        jsonb_build_object('vote_decision', v_vote, 'campaign_type', v_type,
+                           'wallet', v_wallet, 'campaign_id', v_campaign),
         v_wallet, NULL, 'campaign.vote', v_type, ARRAY[v_vote],
         '{}', false, v_campaign, NULL,
         jsonb_build_object('vote_decision', v_vote, 'campaign_type', v_type), 1,
@@ -1212,7 +1283,8 @@ DECLARE
 BEGIN
     RETURN QUERY SELECT * FROM pyxp.post_award(
         format('completion.vote:%s:%s', v_completion, v_wallet),
-        jsonb_build_object('vote_decision', v_vote, 'campaign_id', v_campaign, 'campaign_type', v_type),
+        jsonb_build_object('vote_decision', v_vote, 'campaign_id', v_campaign, 'campaign_type', v_type,
+                           'wallet', v_wallet, 'completion_id', v_completion),
         v_wallet, NULL, 'completion.vote', v_type, ARRAY[v_vote],
         '{}', false, v_campaign, v_completion,
         jsonb_build_object('vote_decision', v_vote, 'campaign_type', v_type), 1,
@@ -1554,7 +1626,6 @@ SET search_path = pyxp, pg_temp
 SET plan_cache_mode = force_generic_plan
 AS $$
 DECLARE
-    c_max_balance constant bigint := 4611686018427387904;  -- 2^62, as in write_ledger_rows
     v_events pyxp.batch_event[] := '{}';
     v_rows pyxp.batch_row[];
     v_event pyxp.batch_event;
@@ -1591,20 +1662,14 @@ BEGIN
                 CASE WHEN jsonb_typeof(v_item -> 'wallet') = 'string' THEN v_item ->> 'wallet' END);
             v_event.action := pyxp.checked_identifier('action',
                 CASE WHEN jsonb_typeof(v_item -> 'action') = 'string' THEN v_item ->> 'action' END, 64);
-            v_event.key := pyxp.checked_identifier('idempotency key',
+            v_event.key := pyxp.checked_award_key(
                 CASE WHEN jsonb_typeof(v_item -> 'idempotency_key') = 'string'
-                     THEN v_item ->> 'idempotency_key' END, 256);
+                     THEN v_item ->> 'idempotency_key' END);
             -- JSON null params/context: as if omitted (SQL NULL in pyxp.award).
             v_event.params := pyxp.checked_params(nullif(v_item -> 'params', 'null'::jsonb));
             v_event.metadata := pyxp.checked_context(nullif(v_item -> 'context', 'null'::jsonb));
-            v_event.campaign_id := NULL;
-            v_event.subject := NULL;
-            IF jsonb_typeof(v_event.metadata -> 'campaign_id') = 'string' THEN
-                v_event.campaign_id := pyxp.checked_identifier('campaign id', v_event.metadata ->> 'campaign_id');
-            END IF;
-            IF jsonb_typeof(v_event.metadata -> 'subject') = 'string' THEN
-                v_event.subject := pyxp.checked_identifier('subject', v_event.metadata ->> 'subject', 256);
-            END IF;
+            v_event.campaign_id := pyxp.context_column(v_event.metadata, 'campaign_id', 128);
+            v_event.subject := pyxp.context_column(v_event.metadata, 'subject', 256);
             v_event.metadata := v_event.metadata || v_event.params;
             -- Same canonical inputs as pyxp.award: a batch replays single awards and back.
             v_event.inputs := jsonb_build_object('action', v_event.action, 'wallet', v_event.wallet,
@@ -1662,9 +1727,7 @@ BEGIN
       INTO v_rows
       FROM (SELECT e.event_index, min(e.event_index) OVER (PARTITION BY e.key) AS first_index, e.wallet,
                    e.action, e.key, ru.rule_id,
-                   (SELECT round(ru.xp_constant
-                                 + coalesce(sum(c.value::numeric * (e.params ->> c.key)::numeric), 0))
-                      FROM jsonb_each_text(ru.xp_coefficients) c) AS amount,
+                   pyxp.rule_amount(ru.xp_constant, ru.xp_coefficients, e.params) AS amount,
                    e.campaign_id, e.subject, e.metadata, e.inputs
               FROM unnest(v_events) e
               LEFT JOIN pyxp.rules ru ON ru.ruleset_id = v_ruleset AND ru.action = e.action) w;
@@ -1753,10 +1816,7 @@ BEGIN
                         v_wallet := v_row.wallet;
                         SELECT x.total_xp INTO v_running FROM pyxp.xp_balances x WHERE x.user_wallet = v_wallet;
                     END IF;
-                    -- The floor rule of write_ledger_rows.
-                    v_row.applied := CASE WHEN v_row.amount < 0
-                                          THEN greatest(v_row.amount, least(0, v_floor - v_running))
-                                          ELSE v_row.amount END;
+                    v_row.applied := pyxp.floored_amount(v_row.amount, v_floor, v_running);
                     v_running := v_running + v_row.applied;
                     v_row.balance_after := v_running;
                 END IF;
@@ -1766,7 +1826,7 @@ BEGIN
         END;
     END IF;
     SELECT b.event_index, b.wallet, b.balance_after INTO v_problem FROM unnest(v_rows) b
-     WHERE b.claimed AND b.balance_after NOT BETWEEN -c_max_balance AND c_max_balance
+     WHERE b.claimed AND b.balance_after NOT BETWEEN -pyxp.balance_limit() AND pyxp.balance_limit()
      ORDER BY b.event_index LIMIT 1;
     IF FOUND THEN
         RAISE EXCEPTION 'event %: balance of % would be %, out of range', v_problem.event_index, v_problem.wallet,
