@@ -102,7 +102,9 @@ $$;
 -- row each; no rows when healthy. What it proves: each balance equals the sum
 -- of its wallet's rows, each row's balance_after chains from the previous
 -- one, levels match the active curve, reversals mirror what they reverse,
--- rows name the action of their rule, exactly one ruleset is active.
+-- rows name the action of their rule, exactly one ruleset is active,
+-- total_moderations counts the votes recorded, a registration is granted
+-- exactly when its client email was onboarded.
 -- (jit off: compiling the plan cost more than running it, 100 ms vs 6 ms on a
 -- small ledger; on 10M rows the scans dominate either way.)
 CREATE FUNCTION pyxp.audit()
@@ -146,6 +148,23 @@ AS $$
       FROM pyxp.xp_transactions t
       JOIN pyxp.xp_transactions o ON o.id = t.reverses
      WHERE t.xp_amount <> -o.xp_amount OR t.user_wallet <> o.user_wallet OR o.reverses IS NOT NULL
+    UNION ALL
+    SELECT 'moderation_count', b.user_wallet, NULL,
+           format('total_moderations = %s, votes recorded = %s', b.total_moderations, coalesce(v.votes, 0))
+      FROM pyxp.xp_balances b
+      FULL JOIN (SELECT q.inputs ->> 'wallet' AS user_wallet, count(*) AS votes
+                   FROM pyxp.xp_requests q
+                  WHERE q.idempotency_key LIKE 'campaign.vote:%' OR q.idempotency_key LIKE 'completion.vote:%'
+                  GROUP BY 1) v ON v.user_wallet = b.user_wallet
+     WHERE coalesce(b.total_moderations, 0) <> coalesce(v.votes, 0)
+    UNION ALL
+    SELECT 'registration_grant', a.client_wallet, NULL,
+           format('registration %s of %s is %s', a.id, a.client_email,
+                  CASE WHEN a.xp_granted THEN 'granted without an onboarding of that email'
+                       ELSE 'pending although that email was onboarded' END)
+      FROM pyxp.agency_b2c_clients a
+      LEFT JOIN pyxp.xp_requests q ON q.idempotency_key = 'client.onboarded:' || a.client_email
+     WHERE a.xp_granted <> (q.idempotency_key IS NOT NULL)
     UNION ALL
     SELECT 'rule_mismatch', t.user_wallet, t.id,
            format('transaction_type %s but rule %s is %s', t.transaction_type, ru.rule_id, ru.action)

@@ -796,3 +796,18 @@ def test_generic_keys_in_a_flow_namespace_are_refused(xp: XP, unchanged: Any, ke
 def test_a_generic_key_that_merely_resembles_a_flow_key_is_fine(xp: XP) -> None:
     assert xp.award("0x_user", "CAMPAIGN_APPROVED", "reverse-1").xp == 100
     assert xp.award("0x_user", "CAMPAIGN_APPROVED", "campaign.created").xp == 100
+
+
+def test_audit_finds_a_tampered_moderation_count(xp: XP, db: psycopg.Connection[Any]) -> None:
+    xp.award_moderation_vote(moderator_wallet="0x_mod", campaign_id="camp_1", vote_decision="VALID",
+                             campaign_type="B2C")
+    assert xp.audit() == []
+    db.execute("UPDATE pyxp.xp_balances SET total_moderations = 5 WHERE user_wallet = '0x_mod'")
+    assert [(f.check_name, f.user_wallet) for f in xp.audit()] == [("moderation_count", "0x_mod")]
+
+
+def test_audit_finds_a_registration_granted_without_onboarding(xp: XP, db: psycopg.Connection[Any]) -> None:
+    xp.register_agency_client(agency_wallet="0x_agency", client_email="c@example.com", campaign_id="camp_a")
+    assert xp.audit() == []
+    db.execute("UPDATE pyxp.agency_b2c_clients SET xp_granted = true")
+    assert [f.check_name for f in xp.audit()] == ["registration_grant"]
