@@ -210,7 +210,7 @@ class Rule:
     event: str | None
     campaign_types: tuple[str, ...] | None
     condition: str | None
-    formula: str  # human readable: "earn", "-(lose)" or "earn - (lose)"
+    formula: str  # human readable: "earn", "-lose" or "earn - lose" (a formula lose in parentheses)
     xp: LinearForm  # earn - lose
     description: str | None = None
 
@@ -784,12 +784,14 @@ class _Parser:
                     f"{where}: earn_xp - lose_xp exceeds 10^15", _ACCEPT_NUMBER, table, "earn_xp"
                 )
         # Human-readable formula; a side equal to 0 (e.g. the seeds' `lose_xp: 0`) is omitted.
-        if lose_text is None:
+        # A plain number needs no parentheses: -50, not -(50).
+        lose_shown = lose_text if lose_text is None or re.fullmatch(r"[0-9.]+", lose_text) else f"({lose_text})"
+        if lose_shown is None:
             formula = earn_text or "0"
         elif earn_text is None:
-            formula = f"-({lose_text})"
+            formula = f"-{lose_shown}"
         else:
-            formula = f"{earn_text} - ({lose_text})"
+            formula = f"{earn_text} - {lose_shown}"
         return Rule(
             action=action,
             event=event,

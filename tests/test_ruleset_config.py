@@ -357,7 +357,7 @@ def test_definition_is_json_ready_with_canonical_decimals() -> None:
     assert refused["formula"] == "-(MINT_VALUE_$WINC / 2)"
     assert (refused["constant"], refused["coefficients"]) == ("0", {"MINT_VALUE_WINC": "-0.5"})
     assert rules["Completion_Refused_B2C"]["constant"] == "-50"
-    assert rules["Completion_Refused_B2C"]["formula"] == "-(50)"
+    assert rules["Completion_Refused_B2C"]["formula"] == "-50"
     assert rules["CAMPAIGN_APPROVED"]["campaign_types"] is None
 
 
