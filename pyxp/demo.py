@@ -82,7 +82,7 @@ class CallLog:
 
 def print_balances(stage: Stage, wallets: Sequence[str]) -> None:
     """The seeds' xp_balances table: total, level, XP to the next level."""
-    rows = []
+    rows: list[list[str | int]] = []
     for wallet in wallets:
         b = stage.xp.balance(wallet)
         rows.append([b.user_wallet, b.total_xp, b.current_level,

@@ -135,8 +135,14 @@ class DatabaseUnavailable(XPError):
     """No PostgreSQL server could be reached or started."""
 
 
-__all__ = ["XPError", "DatabaseUnavailable", "ERRORS_BY_CODE", "wrap_errors", "error_from_database",
-           *(cls.__name__ for cls in XPError.__subclasses__() if cls.code is not None)]
+__all__ = [
+    "XPError", "DatabaseUnavailable", "ERRORS_BY_CODE", "wrap_errors", "error_from_database",
+    "InvalidWallet", "InvalidEmail", "UnknownCampaignType", "InvalidNumber", "ConflictingFlags",
+    "InvalidPrice", "MissingMintValue", "InvalidVote", "UnknownAction", "IdempotencyConflict",
+    "CampaignMismatch", "UnknownCampaign", "AppendOnlyLedger", "ReversalRefused",
+    "UnknownTransaction", "InvalidIdentifier", "InvalidParams", "MissingInput", "BalanceOutOfRange",
+    "NoActiveRuleset", "ClientIsAgency", "RegistrationRefused", "InvalidArgument", "InvalidRuleset",
+]
 
 ERRORS_BY_CODE: dict[str, type[XPError]] = {
     cls.code: cls for cls in XPError.__subclasses__() if cls.code is not None

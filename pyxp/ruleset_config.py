@@ -13,7 +13,6 @@ file, the line and what is accepted.
 from __future__ import annotations
 
 import ast
-import json
 import math
 import re
 import tomllib
