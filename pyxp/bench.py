@@ -635,49 +635,49 @@ def _run_threads(count: int, seconds: int, work: Callable[[int, threading.Event,
     return time.perf_counter() - started
 
 
-def python_awards(conninfo: str, options: BenchOptions) -> dict[str, Any]:
-    """(c): ``clients`` threads, each calling XP.award in a loop; one pool of ``clients`` connections."""
+def _timed_client_calls(conninfo: str, options: BenchOptions, name: str,
+                        prepare: Callable[[XP, random.Random, int, int], Callable[[], object]],
+                        ) -> tuple[list[float], float]:
+    """``clients`` threads on one pool of ``clients`` connections, each repeating for the
+    duration: ``prepare(xp, rng, thread_index, call_number)`` builds a call, untimed; the call
+    itself is timed. Returns per-call latencies (ms) and the seconds elapsed."""
     latencies: list[list[float]] = [[] for _ in range(options.clients)]
     with ConnectionPool(conninfo, min_size=options.clients, max_size=options.clients, open=True,
-                        name="pyxp-bench") as pool:
+                        name=f"pyxp-bench-{name}") as pool:
         pool.wait(timeout=30)
         xp = XP(pool)
 
         def work(index: int, stop: threading.Event, deadline: float) -> None:
-            rng = random.Random(f"{options.seed}:python:{index}")
+            rng = random.Random(f"{options.seed}:{name}:{index}")
             mine = latencies[index]
             while not stop.is_set() and time.perf_counter() < deadline:
-                wallet = wallet_of(rng.randint(1, options.wallets), options.seed)
+                call = prepare(xp, rng, index, len(mine))
                 started = time.perf_counter()
-                xp.award(wallet, ACTION, f"bench.py:{index}:{len(mine)}")
+                call()
                 mine.append((time.perf_counter() - started) * 1000)
 
         elapsed = _run_threads(options.clients, options.seconds, work)
-    every = [value for values in latencies for value in values]
+    return [value for values in latencies for value in values], elapsed
+
+
+def python_awards(conninfo: str, options: BenchOptions) -> dict[str, Any]:
+    """(c): ``clients`` threads, each calling XP.award in a loop; one pool of ``clients`` connections."""
+    def one_award(xp: XP, rng: random.Random, index: int, number: int) -> Callable[[], object]:
+        wallet = wallet_of(rng.randint(1, options.wallets), options.seed)
+        return lambda: xp.award(wallet, ACTION, f"bench.py:{index}:{number}")
+
+    every, elapsed = _timed_client_calls(conninfo, options, "python", one_award)
     return {"per_s": len(every) / elapsed, "count": len(every), "latencies": every}
 
 
 def batch_awards(conninfo: str, options: BenchOptions) -> dict[str, Any]:
     """(d): ``clients`` threads, each sending batches of ``batch_size`` awards (XP.award_many)."""
-    latencies: list[list[float]] = [[] for _ in range(options.clients)]
-    with ConnectionPool(conninfo, min_size=options.clients, max_size=options.clients, open=True,
-                        name="pyxp-bench-batch") as pool:
-        pool.wait(timeout=30)
-        xp = XP(pool)
+    def one_batch(xp: XP, rng: random.Random, index: int, number: int) -> Callable[[], object]:
+        events = [AwardRequest(wallet_of(rng.randint(1, options.wallets), options.seed), ACTION,
+                               f"bench.batch:{index}:{number}:{i}") for i in range(options.batch_size)]
+        return lambda: xp.award_many(events)
 
-        def work(index: int, stop: threading.Event, deadline: float) -> None:
-            rng = random.Random(f"{options.seed}:batch:{index}")
-            mine = latencies[index]
-            while not stop.is_set() and time.perf_counter() < deadline:
-                batch = len(mine)
-                events = [AwardRequest(wallet_of(rng.randint(1, options.wallets), options.seed), ACTION,
-                                       f"bench.batch:{index}:{batch}:{i}") for i in range(options.batch_size)]
-                started = time.perf_counter()
-                xp.award_many(events)
-                mine.append((time.perf_counter() - started) * 1000)
-
-        elapsed = _run_threads(options.clients, options.seconds, work)
-    every = [value for values in latencies for value in values]
+    every, elapsed = _timed_client_calls(conninfo, options, "batch", one_batch)
     awards = len(every) * options.batch_size
     return {"per_s": awards / elapsed, "count": awards, "batches": len(every), "latencies": every}
 

@@ -193,37 +193,47 @@ BEGIN
 END
 $$;
 
+-- Why params cannot feed a rule's formula, one row per problem: an input the
+-- formula needs and params lack (PX018); with p_strict, a param the formula
+-- does not use (PX017: a typo in a manual award's params). Callers raise the
+-- first, missing inputs first. Shared by single awards and batches.
+CREATE FUNCTION pyxp.formula_input_problems(p_action text, p_coefficients jsonb, p_params jsonb,
+                                            p_strict boolean)
+RETURNS TABLE (code text, message text, hint text)
+LANGUAGE sql IMMUTABLE PARALLEL SAFE
+AS $$
+    SELECT 'PX018', format('missing input %s for %s', c.key, p_action),
+           format('pass %s, a number between 0 and 10^15', c.key)
+      FROM jsonb_object_keys(p_coefficients) c(key)
+     WHERE NOT p_params ? c.key
+    UNION ALL
+    SELECT 'PX017', format('unknown param %s: no formula of this action uses it', p.key),
+           'params holds formula inputs only; put anything else in context'
+      FROM jsonb_object_keys(p_params) p(key)
+     WHERE p_strict AND NOT p_coefficients ? p.key
+$$;
+
 -- Evaluates rules' linear forms: round_half_away(constant + sum(coef * input)).
--- An input a rule needs and the call lacks: PX018. With p_strict, an input no
--- rule uses is refused too (PX017: a typo in a manual award's params).
--- An amount beyond +-10^15: PX004.
+-- Input problems as formula_input_problems (p_strict is only passed with the
+-- single rule of an action code, pyxp.award). An amount beyond +-10^15: PX004.
 CREATE FUNCTION pyxp.planned_rows(p_rule_ids bigint[], p_params jsonb, p_strict boolean,
                                   p_campaign_id text, p_subject text, p_metadata jsonb)
 RETURNS pyxp.planned_row[]
 LANGUAGE plpgsql STABLE
 AS $$
 DECLARE
-    v_missing record;
+    v_problem record;
     v_rule record;
     v_rows pyxp.planned_row[] := '{}';
 BEGIN
-    SELECT ru.action, c.key INTO v_missing
-      FROM pyxp.rules ru CROSS JOIN LATERAL jsonb_object_keys(ru.xp_coefficients) c(key)
-     WHERE ru.rule_id = ANY (p_rule_ids) AND NOT p_params ? c.key
+    SELECT x.code, x.message, x.hint INTO v_problem
+      FROM pyxp.rules ru
+     CROSS JOIN LATERAL pyxp.formula_input_problems(ru.action, ru.xp_coefficients, p_params, p_strict) x
+     WHERE ru.rule_id = ANY (p_rule_ids)
+     ORDER BY x.code = 'PX017'
      LIMIT 1;
     IF FOUND THEN
-        RAISE EXCEPTION 'missing input % for %', v_missing.key, v_missing.action
-            USING ERRCODE = 'PX018', HINT = format('pass %s, a number between 0 and 10^15', v_missing.key);
-    END IF;
-    IF p_strict THEN
-        SELECT p.key INTO v_missing FROM jsonb_object_keys(p_params) p(key)
-         WHERE NOT EXISTS (SELECT FROM pyxp.rules ru WHERE ru.rule_id = ANY (p_rule_ids)
-                                                       AND ru.xp_coefficients ? p.key)
-         LIMIT 1;
-        IF FOUND THEN
-            RAISE EXCEPTION 'unknown param %: no formula of this action uses it', v_missing.key
-                USING ERRCODE = 'PX017', HINT = 'params holds formula inputs only; put anything else in context';
-        END IF;
+        RAISE EXCEPTION '%', v_problem.message USING ERRCODE = v_problem.code, HINT = v_problem.hint;
     END IF;
 
     FOR v_rule IN

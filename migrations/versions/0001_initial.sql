@@ -861,37 +861,47 @@ BEGIN
 END
 $$;
 
+-- Why params cannot feed a rule's formula, one row per problem: an input the
+-- formula needs and params lack (PX018); with p_strict, a param the formula
+-- does not use (PX017: a typo in a manual award's params). Callers raise the
+-- first, missing inputs first. Shared by single awards and batches.
+CREATE FUNCTION pyxp.formula_input_problems(p_action text, p_coefficients jsonb, p_params jsonb,
+                                            p_strict boolean)
+RETURNS TABLE (code text, message text, hint text)
+LANGUAGE sql IMMUTABLE PARALLEL SAFE
+AS $$
+    SELECT 'PX018', format('missing input %s for %s', c.key, p_action),
+           format('pass %s, a number between 0 and 10^15', c.key)
+      FROM jsonb_object_keys(p_coefficients) c(key)
+     WHERE NOT p_params ? c.key
+    UNION ALL
+    SELECT 'PX017', format('unknown param %s: no formula of this action uses it', p.key),
+           'params holds formula inputs only; put anything else in context'
+      FROM jsonb_object_keys(p_params) p(key)
+     WHERE p_strict AND NOT p_coefficients ? p.key
+$$;
+
 -- Evaluates rules' linear forms: round_half_away(constant + sum(coef * input)).
--- An input a rule needs and the call lacks: PX018. With p_strict, an input no
--- rule uses is refused too (PX017: a typo in a manual award's params).
--- An amount beyond +-10^15: PX004.
+-- Input problems as formula_input_problems (p_strict is only passed with the
+-- single rule of an action code, pyxp.award). An amount beyond +-10^15: PX004.
 CREATE FUNCTION pyxp.planned_rows(p_rule_ids bigint[], p_params jsonb, p_strict boolean,
                                   p_campaign_id text, p_subject text, p_metadata jsonb)
 RETURNS pyxp.planned_row[]
 LANGUAGE plpgsql STABLE
 AS $$
 DECLARE
-    v_missing record;
+    v_problem record;
     v_rule record;
     v_rows pyxp.planned_row[] := '{}';
 BEGIN
-    SELECT ru.action, c.key INTO v_missing
-      FROM pyxp.rules ru CROSS JOIN LATERAL jsonb_object_keys(ru.xp_coefficients) c(key)
-     WHERE ru.rule_id = ANY (p_rule_ids) AND NOT p_params ? c.key
+    SELECT x.code, x.message, x.hint INTO v_problem
+      FROM pyxp.rules ru
+     CROSS JOIN LATERAL pyxp.formula_input_problems(ru.action, ru.xp_coefficients, p_params, p_strict) x
+     WHERE ru.rule_id = ANY (p_rule_ids)
+     ORDER BY x.code = 'PX017'
      LIMIT 1;
     IF FOUND THEN
-        RAISE EXCEPTION 'missing input % for %', v_missing.key, v_missing.action
-            USING ERRCODE = 'PX018', HINT = format('pass %s, a number between 0 and 10^15', v_missing.key);
-    END IF;
-    IF p_strict THEN
-        SELECT p.key INTO v_missing FROM jsonb_object_keys(p_params) p(key)
-         WHERE NOT EXISTS (SELECT FROM pyxp.rules ru WHERE ru.rule_id = ANY (p_rule_ids)
-                                                       AND ru.xp_coefficients ? p.key)
-         LIMIT 1;
-        IF FOUND THEN
-            RAISE EXCEPTION 'unknown param %: no formula of this action uses it', v_missing.key
-                USING ERRCODE = 'PX017', HINT = 'params holds formula inputs only; put anything else in context';
-        END IF;
+        RAISE EXCEPTION '%', v_problem.message USING ERRCODE = v_problem.code, HINT = v_problem.hint;
     END IF;
 
     FOR v_rule IN
@@ -1654,6 +1664,7 @@ SET plan_cache_mode = force_generic_plan
 AS $$
 DECLARE
     v_events pyxp.batch_event[] := '{}';
+    v_new pyxp.batch_event[];        -- events whose key is not stored yet
     v_rows pyxp.batch_row[];
     v_event pyxp.batch_event;
     v_item jsonb;
@@ -1713,39 +1724,28 @@ BEGIN
     v_ruleset := pyxp.active_ruleset_id();
     SELECT r.balance_floor INTO v_floor FROM pyxp.rulesets r WHERE r.ruleset_id = v_ruleset;
 
-    -- 2. Rules: unknown actions, missing or unknown inputs, amounts (as
-    --    planned_rows). Like pyxp.award, a key already stored replays without
-    --    these checks (its action may have left the active ruleset since).
+    -- 2. Rules: unknown actions, input problems (formula_input_problems, as
+    --    planned_rows), amounts. Like pyxp.award, an event whose key is
+    --    already stored replays without these checks (its action may have
+    --    left the active ruleset since): they apply to v_new only.
+    v_new := ARRAY(SELECT e FROM unnest(v_events) e
+                    WHERE NOT EXISTS (SELECT FROM pyxp.xp_requests q WHERE q.idempotency_key = e.key));
     SELECT e.event_index, e.action INTO v_problem
-      FROM unnest(v_events) e
+      FROM unnest(v_new) e
      WHERE NOT EXISTS (SELECT FROM pyxp.rules ru WHERE ru.ruleset_id = v_ruleset AND ru.action = e.action)
-       AND NOT EXISTS (SELECT FROM pyxp.xp_requests q WHERE q.idempotency_key = e.key)
      ORDER BY e.event_index LIMIT 1;
     IF FOUND THEN
         RAISE EXCEPTION 'event %: unknown action %', v_problem.event_index, quote_literal(v_problem.action)
             USING ERRCODE = 'PX009', HINT = 'an action code of the active ruleset: pyxp rules show';
     END IF;
-    SELECT e.event_index, ru.action, c.key INTO v_problem
-      FROM unnest(v_events) e
+    SELECT e.event_index, x.code, x.message, x.hint INTO v_problem
+      FROM unnest(v_new) e
       JOIN pyxp.rules ru ON ru.ruleset_id = v_ruleset AND ru.action = e.action
-     CROSS JOIN LATERAL jsonb_object_keys(ru.xp_coefficients) c(key)
-     WHERE NOT e.params ? c.key
-       AND NOT EXISTS (SELECT FROM pyxp.xp_requests q WHERE q.idempotency_key = e.key)
-     ORDER BY e.event_index LIMIT 1;
+     CROSS JOIN LATERAL pyxp.formula_input_problems(ru.action, ru.xp_coefficients, e.params, true) x
+     ORDER BY x.code = 'PX017', e.event_index LIMIT 1;
     IF FOUND THEN
-        RAISE EXCEPTION 'event %: missing input % for %', v_problem.event_index, v_problem.key, v_problem.action
-            USING ERRCODE = 'PX018', HINT = format('pass %s, a number between 0 and 10^15', v_problem.key);
-    END IF;
-    SELECT e.event_index, p.key INTO v_problem
-      FROM unnest(v_events) e
-      JOIN pyxp.rules ru ON ru.ruleset_id = v_ruleset AND ru.action = e.action
-     CROSS JOIN LATERAL jsonb_object_keys(e.params) p(key)
-     WHERE NOT ru.xp_coefficients ? p.key
-       AND NOT EXISTS (SELECT FROM pyxp.xp_requests q WHERE q.idempotency_key = e.key)
-     ORDER BY e.event_index LIMIT 1;
-    IF FOUND THEN
-        RAISE EXCEPTION 'event %: unknown param %: no formula of this action uses it', v_problem.event_index, v_problem.key
-            USING ERRCODE = 'PX017', HINT = 'params holds formula inputs only; put anything else in context';
+        RAISE EXCEPTION 'event %: %', v_problem.event_index, v_problem.message
+            USING ERRCODE = v_problem.code, HINT = v_problem.hint;
     END IF;
 
     SELECT array_agg(ROW(w.event_index, w.first_index, w.wallet, w.action, w.key, w.rule_id, w.amount,
@@ -1759,9 +1759,9 @@ BEGIN
               FROM unnest(v_events) e
               LEFT JOIN pyxp.rules ru ON ru.ruleset_id = v_ruleset AND ru.action = e.action) w;
 
-    SELECT b.event_index, b.action, b.amount INTO v_problem FROM unnest(v_rows) b
+    SELECT b.event_index, b.action, b.amount INTO v_problem
+      FROM unnest(v_rows) b JOIN unnest(v_new) n ON n.event_index = b.event_index
      WHERE abs(b.amount) > 1e15
-       AND NOT EXISTS (SELECT FROM pyxp.xp_requests q WHERE q.idempotency_key = b.key)
      ORDER BY b.event_index LIMIT 1;
     IF FOUND THEN
         RAISE EXCEPTION 'event %: XP amount % of % is out of range', v_problem.event_index, v_problem.amount, v_problem.action
