@@ -16,10 +16,12 @@ from pathlib import Path
 from typing import Any
 
 import psycopg
+import pytest
 from conftest import database_state
 from psycopg.conninfo import conninfo_to_dict
 
-from pyxp import schema
+import pyxp
+from pyxp import XP, schema
 
 SQL_DIRECTORY = Path(__file__).resolve().parent.parent / "sql"
 AWARD = ("SELECT * FROM pyxp.award(wallet => %s, action => 'CAMPAIGN_APPROVED', "
@@ -188,3 +190,23 @@ def test_migrations_grant_the_same_privileges_as_the_sql_files(fresh_database: C
         ORDER BY 1, 2"""
     with psycopg.connect(migrated) as a, psycopg.connect(from_files) as b:
         assert a.execute(query).fetchall() == b.execute(query).fetchall()
+
+
+def test_without_an_active_ruleset_awards_and_levels_are_refused(fresh_database: Any) -> None:
+    """PX020: a schema migrated without activating a ruleset refuses to award (nothing written)
+    and to compute levels, and says how to activate one."""
+    target = fresh_database()
+    assert schema.upgrade(target, activate_default=False) is None
+    with psycopg.connect(target, autocommit=True) as conn:
+        before = database_state(conn)
+        for call in ("SELECT * FROM pyxp.award(wallet => 'w', action => 'B2C_MINT', idempotency_key => 'k')",
+                     "SELECT * FROM pyxp.award_campaign_creation(creator_wallet => 'w', campaign_id => 'c', "
+                     "campaign_type => 'B2C')",
+                     "SELECT * FROM pyxp.level_for(total_xp => 100)"):
+            with pytest.raises(psycopg.Error) as refused:
+                conn.execute(call)
+            assert refused.value.sqlstate == "PX020"
+            assert "pyxp rules apply" in (refused.value.diag.message_hint or "")
+        assert database_state(conn) == before
+    with pytest.raises(pyxp.NoActiveRuleset), XP(target) as client:
+        client.award("w", "B2C_MINT", "k")
