@@ -103,7 +103,7 @@ class Level:
 
     def __post_init__(self) -> None:
         # numeric in SQL (they may exceed bigint); whole numbers here.
-        for name in ("next_level_xp", "xp_to_next_level"):
+        for name in ("level_start_xp", "next_level_xp", "xp_to_next_level"):
             value: Any = getattr(self, name)
             if isinstance(value, Decimal):
                 object.__setattr__(self, name, int(value))

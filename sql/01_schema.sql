@@ -84,10 +84,12 @@ CREATE TABLE pyxp.rules (
 CREATE INDEX rules_by_event ON pyxp.rules (ruleset_id, event);
 
 -- Campaign registry: filled by award_campaign_creation, read by later calls.
+-- A vote or completion naming an unknown campaign with its type records the
+-- type; the creator stays NULL until the creation is awarded.
 CREATE TABLE pyxp.campaigns (
     campaign_id     text PRIMARY KEY,
     campaign_type   text NOT NULL CHECK (campaign_type IN ('B2C', 'AGENCY_B2C', 'INDIVIDUAL')),
-    creator_wallet  text NOT NULL,
+    creator_wallet  text,
     created_at      timestamptz NOT NULL DEFAULT now()
 );
 
@@ -162,6 +164,12 @@ CREATE TABLE pyxp.agency_b2c_clients (
 );
 CREATE INDEX agency_b2c_clients_pending ON pyxp.agency_b2c_clients (client_email)
     WHERE NOT xp_granted;
+
+-- One row per client email ever registered or onboarded: the lock that
+-- serialises that email's registrations and onboarding (pyxp.lock_client_email).
+CREATE TABLE pyxp.client_email_locks (
+    client_email  text PRIMARY KEY
+);
 
 -- What every award function returns: one row per ledger row created or replayed.
 -- total_xp / levels are the wallet's state right after that row.

@@ -4,25 +4,74 @@
 -- is accepted, before anything is written. Error codes are listed in README.md.
 -- These are internal (not granted to anyone): public functions call them.
 
--- Wallet: trimmed; `0x` + 40 hex is lower-cased so checksum-cased and
--- lower-case forms are one user; empty, > 128 characters or control
--- characters are refused (PX001).
+-- What every text a caller gives goes through first (wallets, emails, ids).
+--
+-- Size before work: a text longer than 4 bytes per allowed character (+1 KiB
+-- of surrounding whitespace) is refused by its byte count, which is read
+-- from the value's header, before anything copies it (a regex works on 4
+-- bytes per character: a 283 MB id used to reach "invalid memory alloc
+-- request size"). Then, for identities (p_nfkc), Unicode NFKC, so that
+-- compatibility forms (full-width letters, no-break spaces) are one text;
+-- then whitespace of any kind is trimmed at both ends; then any invisible
+-- character left is refused: Unicode categories Cc and Cf and the
+-- Default_Ignorable_Code_Point property (zero-width spaces and joiners,
+-- U+2060, U+FEFF, soft hyphen, bidi controls, variation selectors, Hangul
+-- fillers, tags). Two inputs a person cannot tell apart on screen must never
+-- become two users. The character class below was generated from Unicode 15
+-- data; tests/test_identity.py checks every Cc/Cf code point Python knows.
+-- Empty and too-long values are left to the caller (its own code and hint).
+CREATE FUNCTION pyxp.cleaned_text(p_what text, p_value text, p_max integer, p_code text, p_nfkc boolean)
+RETURNS text
+LANGUAGE plpgsql IMMUTABLE PARALLEL SAFE
+AS $$
+DECLARE
+    v text := p_value;
+    v_invisible text;
+BEGIN
+    IF v IS NULL THEN
+        RETURN NULL;
+    ELSIF octet_length(v) > 4 * p_max + 1024 THEN
+        RAISE EXCEPTION 'invalid %: a text of % bytes', p_what, octet_length(v)
+            USING ERRCODE = p_code, HINT = format('%s has at most %s characters', p_what, p_max);
+    END IF;
+    IF p_nfkc AND octet_length(v) <> length(v) THEN  -- ASCII is already in NFKC
+        v := normalize(v, NFKC);
+    END IF;
+    v := regexp_replace(v, '^[[:space:]\u0085\u00a0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000]+'
+                           '|[[:space:]\u0085\u00a0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000]+$', '', 'g');
+    v_invisible := substring(v from '[\u0001-\u001f\u007f-\u009f\u00ad\u034f\u0600-\u0605\u061c\u06dd\u070f'
+                                     '\u0890-\u0891\u08e2\u115f-\u1160\u17b4-\u17b5\u180b-\u180f\u200b-\u200f'
+                                     '\u202a-\u202e\u2060-\u206f\u3164\ufe00-\ufe0f\ufeff\uffa0\ufff0-\ufffb'
+                                     '\U000110bd\U000110cd\U00013430-\U0001343f\U0001bca0-\U0001bca3'
+                                     '\U0001d173-\U0001d17a\U000e0000-\U000e0fff]');
+    IF v_invisible IS NOT NULL THEN
+        RAISE EXCEPTION 'invalid %: % contains U+%, an invisible or control character', p_what,
+                        quote_literal(left(regexp_replace(v, '[^[:print:]]', '?', 'g'), 60)),
+                        upper(lpad(to_hex(ascii(v_invisible)), 4, '0'))
+            USING ERRCODE = p_code,
+                  HINT = format('%s has no control or invisible characters (zero-width spaces, joiners, '
+                                'soft hyphens, bidi controls, ...)', p_what);
+    END IF;
+    RETURN v;
+END
+$$;
+
+-- Wallet (SPEC 1): cleaned_text with NFKC; `0x` + 40 hex is lower-cased so
+-- checksum-cased and lower-case forms are one user; empty or > 128
+-- characters: PX001.
 CREATE FUNCTION pyxp.checked_wallet(p_wallet text, p_what text DEFAULT 'wallet')
 RETURNS text
 LANGUAGE plpgsql IMMUTABLE PARALLEL SAFE
 AS $$
 DECLARE
-    v text := regexp_replace(p_wallet, '^\s+|\s+$', '', 'g');
+    v text := pyxp.cleaned_text(p_what, p_wallet, 128, 'PX001', true);
 BEGIN
     IF v IS NULL OR v = '' THEN
-        RAISE EXCEPTION 'invalid %: %', p_what, coalesce(quote_literal(p_wallet), 'NULL')
+        RAISE EXCEPTION 'invalid %: %', p_what, coalesce(quote_literal(left(p_wallet, 40)), 'NULL')
             USING ERRCODE = 'PX001', HINT = 'a wallet is a non-empty id of at most 128 characters, e.g. 0x + 40 hex digits';
     ELSIF length(v) > 128 THEN
         RAISE EXCEPTION 'invalid %: % (% characters)', p_what, quote_literal(left(v, 40) || '...'), length(v)
             USING ERRCODE = 'PX001', HINT = 'a wallet has at most 128 characters';
-    ELSIF v ~ '[[:cntrl:]]' THEN
-        RAISE EXCEPTION 'invalid %: % contains control characters', p_what, quote_literal(v)
-            USING ERRCODE = 'PX001', HINT = 'a wallet has no control characters (tabs, newlines, ...)';
     ELSIF v ~* '^0x[0-9a-f]{40}$' THEN
         RETURN lower(v);
     END IF;
@@ -30,14 +79,15 @@ BEGIN
 END
 $$;
 
--- Client email: trimmed, lower-cased, at most 254 characters, one `@`, a
--- non-empty local part and a domain containing a dot (PX002).
+-- Client email (SPEC 1): cleaned_text with NFKC, lower-cased, at most 254
+-- characters, one `@`, a non-empty local part and a domain containing a dot
+-- (PX002). `+tag` sub-addresses stay distinct.
 CREATE FUNCTION pyxp.checked_email(p_email text)
 RETURNS text
 LANGUAGE plpgsql IMMUTABLE PARALLEL SAFE
 AS $$
 DECLARE
-    v text := lower(regexp_replace(p_email, '^\s+|\s+$', '', 'g'));
+    v text := lower(pyxp.cleaned_text('client email', p_email, 254, 'PX002', true));
 BEGIN
     IF v IS NULL OR length(v) > 254
        OR v !~ '^[^@[:space:][:cntrl:]]+@[^@[:space:][:cntrl:]]*[^@[:space:][:cntrl:].]\.[^@[:space:][:cntrl:]]*[^@[:space:][:cntrl:].]$'
@@ -58,7 +108,7 @@ RETURNS text
 LANGUAGE plpgsql IMMUTABLE PARALLEL SAFE
 AS $$
 DECLARE
-    v text := regexp_replace(upper(btrim(p_type)), '^FOR_', '');
+    v text := CASE WHEN octet_length(p_type) <= 64 THEN regexp_replace(upper(btrim(p_type)), '^FOR_', '') END;
 BEGIN
     IF p_type IS NULL THEN
         RETURN NULL;
@@ -77,7 +127,7 @@ RETURNS text
 LANGUAGE plpgsql IMMUTABLE PARALLEL SAFE
 AS $$
 DECLARE
-    v text := upper(btrim(p_decision));
+    v text := CASE WHEN octet_length(p_decision) <= 64 THEN upper(btrim(p_decision)) END;
 BEGIN
     IF v IN ('VALID', 'REFUSE') THEN
         RETURN v;
@@ -88,23 +138,22 @@ END
 $$;
 
 -- Opaque identifiers (campaign id, completion id, idempotency key, reason):
--- trimmed, non-empty, no control characters, at most p_max characters (PX016).
+-- cleaned_text without NFKC (ids are compared as given: a key stored by an
+-- earlier version must still match its retry), non-empty, at most p_max
+-- characters (PX016).
 CREATE FUNCTION pyxp.checked_identifier(p_what text, p_value text, p_max integer DEFAULT 128)
 RETURNS text
 LANGUAGE plpgsql IMMUTABLE PARALLEL SAFE
 AS $$
 DECLARE
-    v text := regexp_replace(p_value, '^\s+|\s+$', '', 'g');
+    v text := pyxp.cleaned_text(p_what, p_value, p_max, 'PX016', false);
 BEGIN
     IF v IS NULL OR v = '' THEN
-        RAISE EXCEPTION 'invalid %: %', p_what, coalesce(quote_literal(p_value), 'NULL')
+        RAISE EXCEPTION 'invalid %: %', p_what, coalesce(quote_literal(left(p_value, 40)), 'NULL')
             USING ERRCODE = 'PX016', HINT = format('%s is a non-empty text of at most %s characters', p_what, p_max);
     ELSIF length(v) > p_max THEN
         RAISE EXCEPTION 'invalid %: % (% characters)', p_what, quote_literal(left(v, 40) || '...'), length(v)
             USING ERRCODE = 'PX016', HINT = format('%s has at most %s characters', p_what, p_max);
-    ELSIF v ~ '[[:cntrl:]]' THEN
-        RAISE EXCEPTION 'invalid %: % contains control characters', p_what, quote_literal(v)
-            USING ERRCODE = 'PX016', HINT = format('%s has no control characters', p_what);
     END IF;
     RETURN v;
 END
@@ -144,6 +193,9 @@ DECLARE
 BEGIN
     IF p_params IS NULL THEN
         RETURN v_result;
+    ELSIF pg_column_size(p_params) > 65536 THEN  -- size before work: 64 inputs fit in far less
+        RAISE EXCEPTION 'invalid params: % bytes', pg_column_size(p_params)
+            USING ERRCODE = 'PX017', HINT = 'params holds at most 64 formula inputs';
     ELSIF jsonb_typeof(p_params) <> 'object' THEN
         RAISE EXCEPTION 'invalid params: % is not a JSON object', left(p_params::text, 100)
             USING ERRCODE = 'PX017', HINT = 'params is an object of formula inputs, e.g. {"PRICE_COMPLETION": 300}';
@@ -180,6 +232,9 @@ AS $$
 BEGIN
     IF p_context IS NULL THEN
         RETURN '{}';
+    ELSIF pg_column_size(p_context) > 65536 THEN  -- size before work: no copy of a huge value
+        RAISE EXCEPTION 'invalid context: % bytes', pg_column_size(p_context)
+            USING ERRCODE = 'PX017', HINT = 'context is at most 16 KiB of JSON';
     ELSIF jsonb_typeof(p_context) <> 'object' THEN
         RAISE EXCEPTION 'invalid context: % is not a JSON object', left(p_context::text, 100)
             USING ERRCODE = 'PX017', HINT = 'context is a JSON object, e.g. {"note": "manual bonus"}';
@@ -237,4 +292,26 @@ LANGUAGE sql IMMUTABLE PARALLEL SAFE
 AS $$
     SELECT CASE WHEN jsonb_typeof(p_context -> p_field) = 'string'
                 THEN pyxp.checked_identifier(replace(p_field, '_', ' '), p_context ->> p_field, p_max) END
+$$;
+
+-- Isolation (SPEC 4): the writing functions read the active ruleset, the
+-- registry and pending registrations after taking their locks, which only
+-- works when each statement sees what committed before it: READ COMMITTED.
+-- In a REPEATABLE READ or SERIALIZABLE transaction the snapshot predates the
+-- locks (an award under a ruleset deactivated meanwhile, a registration left
+-- pending after its client's onboarding), so they refuse (PX025) before
+-- writing anything.
+CREATE FUNCTION pyxp.require_read_committed()
+RETURNS void
+LANGUAGE plpgsql STABLE
+AS $$
+BEGIN
+    IF current_setting('transaction_isolation') <> 'read committed' THEN
+        RAISE EXCEPTION 'pyxp writes run in READ COMMITTED transactions, not %',
+                        upper(current_setting('transaction_isolation'))
+            USING ERRCODE = 'PX025',
+                  HINT = 'call it in a READ COMMITTED transaction (PostgreSQL''s default): '
+                         'BEGIN ISOLATION LEVEL READ COMMITTED, or outside your REPEATABLE READ transaction';
+    END IF;
+END
 $$;

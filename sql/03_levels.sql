@@ -49,15 +49,46 @@ AS $$
     ) s
 $$;
 
--- Public: the level of a total under the active ruleset's curve.
--- next_level_xp and xp_to_next_level are numeric: at the ends of the bigint
--- range they do not fit in bigint.
-CREATE FUNCTION pyxp.level_for(total_xp bigint)
-RETURNS TABLE (level bigint, level_start_xp bigint, next_level_xp numeric, xp_to_next_level numeric)
-LANGUAGE sql STABLE SECURITY DEFINER
+-- Public: the level of a total under the active ruleset's curve. Any whole
+-- number, bigint or numeric (SPEC 5): what it returns can be passed back in,
+-- so level_for(next_level_xp) is the next level even where next_level_xp
+-- passes the bigint limit. level_start_xp, next_level_xp and
+-- xp_to_next_level are numeric for that reason. Not a whole number, or a
+-- total whose level would not fit in bigint: PX004. NULL: no row.
+CREATE FUNCTION pyxp.level_for(total_xp numeric)
+RETURNS TABLE (level bigint, level_start_xp numeric, next_level_xp numeric, xp_to_next_level numeric)
+LANGUAGE plpgsql STABLE SECURITY DEFINER
 SET search_path = pyxp, pg_temp
 AS $$
-    SELECT c.level, c.level_start_xp, c.next_level_xp, c.next_level_xp - level_for.total_xp
-    FROM pyxp.curve_position(pyxp.active_ruleset_id(), level_for.total_xp) c
-    WHERE level_for.total_xp IS NOT NULL
+DECLARE
+    v_total numeric := level_for.total_xp;
+    v_ruleset bigint := pyxp.active_ruleset_id();
+    v_last pyxp.level_thresholds;
+    v_steps numeric;
+BEGIN
+    IF v_total IS NULL THEN
+        RETURN;
+    ELSIF v_total IN ('NaN'::numeric, 'Infinity'::numeric, '-Infinity'::numeric) OR v_total <> trunc(v_total)
+          OR abs(v_total) > 1e30 THEN
+        RAISE EXCEPTION 'invalid total_xp: % is not a whole number in range', left(v_total::text, 60)
+            USING ERRCODE = 'PX004', HINT = 'a whole number of XP, e.g. 2500, between -10^30 and 10^30';
+    ELSIF v_total <= 9223372036854775807 THEN
+        -- Below the bigint range everything is level 1, like any negative total.
+        RETURN QUERY
+            SELECT c.level, c.level_start_xp::numeric, c.next_level_xp, c.next_level_xp - v_total
+              FROM pyxp.curve_position(v_ruleset, greatest(v_total, -1)::bigint) c;
+        RETURN;
+    END IF;
+    -- Past the bigint range: every threshold is below, so the last generated
+    -- level and its constant increment place it.
+    SELECT * INTO STRICT v_last FROM pyxp.level_thresholds lt WHERE lt.ruleset_id = v_ruleset AND lt.is_last;
+    v_steps := floor((v_total - v_last.threshold) / v_last.increment);
+    IF v_last.level + v_steps > 9223372036854775807 THEN
+        RAISE EXCEPTION 'invalid total_xp: % is beyond the last level', v_total
+            USING ERRCODE = 'PX004', HINT = 'a total whose level fits in bigint';
+    END IF;
+    RETURN QUERY SELECT (v_last.level + v_steps)::bigint, v_last.threshold + v_steps * v_last.increment,
+                        v_last.threshold + (v_steps + 1) * v_last.increment,
+                        v_last.threshold + (v_steps + 1) * v_last.increment - v_total;
+END
 $$;

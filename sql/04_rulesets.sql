@@ -8,15 +8,22 @@
 
 -- Re-derives current_level and xp_to_next_level of every balance from the
 -- active curve, in one set-based UPDATE. Returns the number of rows changed.
+-- Owner only (SPEC 7): its lock holds every award until it commits, so a
+-- writer that could call it and leave its transaction open would stall them
+-- all. It waits at most 10 s for awards in flight (lock_timeout), so a
+-- transaction left open by a writer cannot queue every later award behind
+-- it either: it fails (55P03) and awards go on.
 CREATE FUNCTION pyxp.recalculate_levels()
 RETURNS bigint
 LANGUAGE plpgsql SECURITY DEFINER
 SET search_path = pyxp, pg_temp
+SET lock_timeout = '10s'
 AS $$
 DECLARE
     v_ruleset bigint;
     v_changed bigint;
 BEGIN
+    PERFORM pyxp.require_read_committed();
     LOCK TABLE pyxp.xp_balances IN SHARE ROW EXCLUSIVE MODE;
     v_ruleset := pyxp.active_ruleset_id();
     WITH target AS (
@@ -127,6 +134,7 @@ RETURNS TABLE (ruleset_id bigint, name text, version integer, created boolean, a
                balances_changed bigint)
 LANGUAGE plpgsql SECURITY DEFINER
 SET search_path = pyxp, pg_temp
+SET lock_timeout = '10s'  -- see recalculate_levels: never queue every award behind an open transaction
 AS $$
 DECLARE
     v_name text := install_ruleset.definition ->> 'name';
@@ -140,6 +148,7 @@ BEGIN
         RAISE EXCEPTION 'invalid ruleset definition %: source is NULL', quote_literal(v_name)
             USING ERRCODE = 'PX024', HINT = 'pass the TOML text the definition was compiled from';
     END IF;
+    PERFORM pyxp.require_read_committed();
     LOCK TABLE pyxp.xp_balances IN SHARE ROW EXCLUSIVE MODE;
 
     SELECT * INTO v_found FROM pyxp.rulesets r WHERE r.name = v_name AND r.content_hash = v_hash;

@@ -272,6 +272,7 @@ DECLARE
     v_ruleset bigint;
     v_rule_ids bigint[];
 BEGIN
+    PERFORM pyxp.require_read_committed();
     -- Before reading the active ruleset: see the lock protocol in 04_rulesets.sql.
     LOCK TABLE pyxp.xp_balances IN ROW EXCLUSIVE MODE;
     v_ruleset := pyxp.active_ruleset_id();
@@ -352,6 +353,7 @@ DECLARE
     v_inputs jsonb;
     v_ruleset bigint;
 BEGIN
+    PERFORM pyxp.require_read_committed();
     LOCK TABLE pyxp.xp_balances IN ROW EXCLUSIVE MODE;
     v_ruleset := pyxp.active_ruleset_id();
     SELECT * INTO v_original FROM pyxp.xp_transactions t WHERE t.id = reverse_transaction.transaction_id;

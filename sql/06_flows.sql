@@ -7,37 +7,108 @@
 --   event                 key                                   facts
 --   campaign.created      campaign.created:<campaign>           winstory_creates_video, no_rewards
 --   campaign.approved     campaign.approved:<campaign>          -
---   campaign.vote         campaign.vote:<campaign>:<moderator>  VALID | REFUSE
+--   campaign.vote         campaign.vote:<campaign*>:<moderator> VALID | REFUSE
 --   completion.submitted  completion.submitted:<completion>     free | paid
 --   completion.validated  completion.outcome:<completion>       -   (one key: validated
 --   completion.refused    completion.outcome:<completion>       -    or refused, never both)
---   completion.vote       completion.vote:<completion>:<moder.> VALID | REFUSE
---
--- A key's stored inputs always include the wallet and ids it was built from,
--- so two different calls whose ids happen to build the same key text (ids
--- containing ':') are refused (PX010), never mistaken for a replay.
+--   completion.vote       completion.vote:<completion*>:<mod.>  VALID | REFUSE
 --   client.onboarded      client.onboarded:<email>              -
+--
+-- Keys are injective (SPEC 4): a key of one id is its prefix + the id; in a
+-- key of two parts, the first (*) is escaped by pyxp.key_part ('%' -> '%25',
+-- ':' -> '%3A'), so the first unescaped ':' after the prefix splits the two:
+-- award_moderation_vote('b:0xmod', 'a', ...) and ('0xmod', 'a:b', ...) are
+-- two votes. Ids without '%' or ':' give the same key text as before that
+-- escaping (0002), and pyxp.vote_key finds the key an earlier version
+-- stored for the others, so a retry spanning the upgrade replays.
 
--- The campaign type of a call: the registry's when pyxp knows the campaign
--- (a different type passed: PX011), else the one passed (none: PX012).
-CREATE FUNCTION pyxp.resolved_campaign_type(p_campaign_id text, p_campaign_type text)
+-- One part of a key of two parts, escaped so that the key is injective.
+CREATE FUNCTION pyxp.key_part(p_id text)
+RETURNS text
+LANGUAGE sql IMMUTABLE PARALLEL SAFE
+AS $$ SELECT replace(replace(p_id, '%', '%25'), ':', '%3A') $$;
+
+-- The key of a vote: <event>:<key_part(subject)>:<wallet>. Before 0002 the
+-- subject was not escaped: when it contains '%' or ':', a key stored by that
+-- version for this very vote (same wallet and subject in its inputs) is the
+-- one to replay.
+CREATE FUNCTION pyxp.vote_key(p_event text, p_subject text, p_subject_field text, p_wallet text)
 RETURNS text
 LANGUAGE plpgsql STABLE
+AS $$
+DECLARE
+    v_legacy text := format('%s:%s:%s', p_event, p_subject, p_wallet);
+BEGIN
+    IF p_subject ~ '[%:]' AND EXISTS (
+           SELECT FROM pyxp.xp_requests q
+            WHERE q.idempotency_key = v_legacy
+              AND q.inputs ->> 'wallet' = p_wallet AND q.inputs ->> p_subject_field = p_subject) THEN
+        RETURN v_legacy;
+    END IF;
+    RETURN format('%s:%s:%s', p_event, pyxp.key_part(p_subject), p_wallet);
+END
+$$;
+
+-- The campaign type of a call: the registry's when pyxp knows the campaign
+-- (a different type passed: PX011), else the one passed (none: PX012), which
+-- the registry then records (creator unknown), so later votes and outcomes
+-- may omit it (SPEC 4). A concurrent first call with another type loses on
+-- the registry's primary key and gets PX011.
+CREATE FUNCTION pyxp.resolved_campaign_type(p_campaign_id text, p_campaign_type text)
+RETURNS text
+LANGUAGE plpgsql
 AS $$
 DECLARE
     v_given text := pyxp.checked_campaign_type(p_campaign_type);
     v_known text;
 BEGIN
     SELECT c.campaign_type INTO v_known FROM pyxp.campaigns c WHERE c.campaign_id = p_campaign_id;
+    IF v_known IS NULL AND v_given IS NOT NULL THEN
+        INSERT INTO pyxp.campaigns (campaign_id, campaign_type) VALUES (p_campaign_id, v_given)
+        ON CONFLICT ON CONSTRAINT campaigns_pkey DO NOTHING;
+        SELECT c.campaign_type INTO STRICT v_known FROM pyxp.campaigns c WHERE c.campaign_id = p_campaign_id;
+    END IF;
     IF v_known IS NOT NULL AND v_given IS NOT NULL AND v_known <> v_given THEN
         RAISE EXCEPTION 'campaign % is %, not %', p_campaign_id, v_known, v_given
             USING ERRCODE = 'PX011', HINT = format('pass campaign_type %s, or omit it', v_known);
-    ELSIF v_known IS NULL AND v_given IS NULL THEN
+    ELSIF v_known IS NULL THEN
         RAISE EXCEPTION 'unknown campaign %: its type is needed', p_campaign_id
             USING ERRCODE = 'PX012',
                   HINT = 'pass campaign_type (B2C, AGENCY_B2C, INDIVIDUAL), or award the campaign creation first';
     END IF;
-    RETURN coalesce(v_known, v_given);
+    RETURN v_known;
+END
+$$;
+
+-- A completion belongs to the completer and campaign of the first call that
+-- named it (its submission, or its outcome when that came first): a later
+-- submission, outcome or vote naming another completer (votes: any) or another
+-- campaign is refused (PX011), before anything is written (SPEC 4). The call's
+-- own key is skipped: a retry of it is a replay or a PX010, decided there.
+CREATE FUNCTION pyxp.check_completion_owner(p_completion text, p_wallet text, p_campaign text,
+                                            p_own_key text)
+RETURNS void
+LANGUAGE plpgsql STABLE
+AS $$
+DECLARE
+    v_first jsonb;
+BEGIN
+    SELECT q.inputs INTO v_first
+      FROM pyxp.xp_requests q
+     WHERE q.idempotency_key IN ('completion.submitted:' || p_completion, 'completion.outcome:' || p_completion)
+       AND q.idempotency_key <> p_own_key
+     ORDER BY q.created_at
+     LIMIT 1;
+    IF v_first IS NULL THEN
+        RETURN;
+    ELSIF v_first ->> 'campaign_id' IS DISTINCT FROM p_campaign
+          OR (p_wallet IS NOT NULL AND v_first ->> 'wallet' IS DISTINCT FROM p_wallet) THEN
+        RAISE EXCEPTION 'completion % belongs to % on campaign %, not % on campaign %', p_completion,
+                        v_first ->> 'wallet', v_first ->> 'campaign_id', coalesce(p_wallet, '(a moderator)'), p_campaign
+            USING ERRCODE = 'PX011',
+                  DETAIL = format('recorded: %s', v_first),
+                  HINT = 'name the completer wallet and campaign of the completion''s submission';
+    END IF;
 END
 $$;
 
@@ -85,7 +156,15 @@ DECLARE
     v_video boolean := coalesce(award_campaign_creation.winstory_creates_video, false);
     v_no_rewards boolean := coalesce(award_campaign_creation.no_rewards, false);
     v_params jsonb := pyxp.formula_inputs(NULL, NULL, v_mint);
+    v_known pyxp.campaigns;
 BEGIN
+    -- A vote or completion may have recorded the campaign's type already (no
+    -- creator yet). A campaign created before is the key's business (PX010).
+    SELECT * INTO v_known FROM pyxp.campaigns c WHERE c.campaign_id = v_campaign;
+    IF v_known.creator_wallet IS NULL AND v_known.campaign_type <> v_type THEN
+        RAISE EXCEPTION 'campaign % is %, not %', v_campaign, v_known.campaign_type, v_type
+            USING ERRCODE = 'PX011', HINT = format('pass campaign_type %s', v_known.campaign_type);
+    END IF;
     RETURN QUERY SELECT * FROM pyxp.post_award(
         'campaign.created:' || v_campaign,
         jsonb_build_object('wallet', v_wallet, 'campaign_type', v_type, 'mint_value', v_mint,
@@ -98,10 +177,12 @@ BEGIN
                            'no_rewards', v_no_rewards) || v_params,
         0, format('campaign %s was already created with other inputs', v_campaign));
     -- Still recorded when no rule awards anything (INDIVIDUAL in winstory).
-    -- A replay finds the row already there: nothing is written.
-    INSERT INTO pyxp.campaigns (campaign_id, campaign_type, creator_wallet)
+    -- A row recorded by a vote or completion gets its creator; a replay finds
+    -- the row complete: nothing is written.
+    INSERT INTO pyxp.campaigns AS c (campaign_id, campaign_type, creator_wallet)
     VALUES (v_campaign, v_type, v_wallet)
-    ON CONFLICT ON CONSTRAINT campaigns_pkey DO NOTHING;
+    ON CONFLICT ON CONSTRAINT campaigns_pkey DO UPDATE SET creator_wallet = EXCLUDED.creator_wallet
+        WHERE c.creator_wallet IS NULL;
 END
 $$;
 
@@ -156,7 +237,7 @@ DECLARE
     v_type text := pyxp.resolved_campaign_type(v_campaign, award_moderation_vote.campaign_type);
 BEGIN
     RETURN QUERY SELECT * FROM pyxp.post_award(
-        format('campaign.vote:%s:%s', v_campaign, v_wallet),
+        pyxp.vote_key('campaign.vote', v_campaign, 'campaign_id', v_wallet),
         jsonb_build_object('vote_decision', v_vote, 'campaign_type', v_type,
                            'wallet', v_wallet, 'campaign_id', v_campaign),
         v_wallet, NULL, 'campaign.vote', v_type, ARRAY[v_vote],
@@ -195,6 +276,7 @@ DECLARE
     v_event text;
     v_params jsonb;
     v_inputs jsonb;
+    v_key text;
 BEGIN
     IF v_validated AND v_refused THEN
         RAISE EXCEPTION 'completion % cannot be both validated and refused', v_completion
@@ -220,9 +302,11 @@ BEGIN
     v_params := pyxp.formula_inputs(v_price, v_mint, NULL);
     v_inputs := jsonb_build_object('event', v_event, 'wallet', v_wallet, 'campaign_id', v_campaign,
                                    'campaign_type', v_type, 'is_paid', v_paid) || v_params;
+    v_key := CASE WHEN v_event = 'completion.submitted' THEN 'completion.submitted:' ELSE 'completion.outcome:' END
+             || v_completion;
+    PERFORM pyxp.check_completion_owner(v_completion, v_wallet, v_campaign, v_key);
     RETURN QUERY SELECT * FROM pyxp.post_award(
-        CASE WHEN v_event = 'completion.submitted' THEN 'completion.submitted:' ELSE 'completion.outcome:' END
-            || v_completion,
+        v_key,
         v_inputs, v_wallet, NULL, v_event, v_type,
         ARRAY[CASE WHEN v_paid THEN 'paid' ELSE 'free' END],
         v_params, false, v_campaign, v_completion,
@@ -251,8 +335,9 @@ DECLARE
     v_vote text := pyxp.checked_vote(award_completion_moderation.vote_decision);
     v_type text := pyxp.resolved_campaign_type(v_campaign, award_completion_moderation.campaign_type);
 BEGIN
+    PERFORM pyxp.check_completion_owner(v_completion, NULL, v_campaign, '');
     RETURN QUERY SELECT * FROM pyxp.post_award(
-        format('completion.vote:%s:%s', v_completion, v_wallet),
+        pyxp.vote_key('completion.vote', v_completion, 'completion_id', v_wallet),
         jsonb_build_object('vote_decision', v_vote, 'campaign_id', v_campaign, 'campaign_type', v_type,
                            'wallet', v_wallet, 'completion_id', v_completion),
         v_wallet, NULL, 'completion.vote', v_type, ARRAY[v_vote],
@@ -262,14 +347,25 @@ BEGIN
 END
 $$;
 
--- All registration and onboarding of one client email serialise on this
--- transaction-level advisory lock, so a registration can never slip in
--- between an onboarding's read of the pending rows and its commit.
+-- All registration and onboarding of one client email serialise on the lock
+-- of its row in pyxp.client_email_locks (created on first use), so a
+-- registration can never slip in between an onboarding's read of the pending
+-- rows and its commit. A row lock, not an advisory lock: locking it takes
+-- UPDATE on that table, which no role but the owner has (SPEC 7: a role
+-- without pyxp privileges can take any advisory lock and block pyxp).
 CREATE FUNCTION pyxp.lock_client_email(p_email text)
 RETURNS void
-LANGUAGE sql
+LANGUAGE plpgsql
 AS $$
-    SELECT pg_advisory_xact_lock(hashtextextended('pyxp.client_email:' || p_email, 0))
+BEGIN
+    PERFORM FROM pyxp.client_email_locks l WHERE l.client_email = p_email FOR UPDATE;
+    IF NOT FOUND THEN
+        -- A concurrent first insert of the same email makes this one wait, then skip.
+        INSERT INTO pyxp.client_email_locks (client_email) VALUES (p_email)
+        ON CONFLICT (client_email) DO NOTHING;
+        PERFORM FROM pyxp.client_email_locks l WHERE l.client_email = p_email FOR UPDATE;
+    END IF;
+END
 $$;
 
 -- Seed: agency-client 'register'. A pending registration: the agency's B2C
@@ -293,9 +389,14 @@ DECLARE
     v_known pyxp.campaigns;
     v_onboarded pyxp.xp_requests;
 BEGIN
-    IF nullif(btrim(register_agency_client.company_name), '') IS NOT NULL THEN
-        v_company := pyxp.checked_identifier('company name', register_agency_client.company_name, 200);
+    IF register_agency_client.company_name IS NOT NULL THEN  -- blank: none
+        v_company := nullif(pyxp.cleaned_text('company name', register_agency_client.company_name, 200,
+                                              'PX016', false), '');
+        IF v_company IS NOT NULL THEN
+            v_company := pyxp.checked_identifier('company name', v_company, 200);
+        END IF;
     END IF;
+    PERFORM pyxp.require_read_committed();
     SELECT * INTO v_known FROM pyxp.campaigns c WHERE c.campaign_id = v_campaign;
     IF v_known.campaign_id IS NOT NULL
        AND (v_known.campaign_type <> 'AGENCY_B2C' OR v_known.creator_wallet <> v_agency) THEN
@@ -337,6 +438,7 @@ DECLARE
     v_key text := 'client.onboarded:' || v_email;
     v_pending record;
 BEGIN
+    PERFORM pyxp.require_read_committed();
     PERFORM pyxp.lock_client_email(v_email);
     SELECT array_agg(a.agency_wallet ORDER BY a.id) AS agencies,
            array_agg(a.campaign_id ORDER BY a.id) AS campaigns,

@@ -82,7 +82,10 @@ DECLARE
     v_hint text;
     v_code text;
 BEGIN
-    IF jsonb_typeof(award_many.events) IS DISTINCT FROM 'array' THEN
+    IF pg_column_size(award_many.events) > 16777216 THEN  -- size before work
+        RAISE EXCEPTION 'a batch holds at most 16 MiB of JSON, got % bytes', pg_column_size(award_many.events)
+            USING ERRCODE = 'PX023', HINT = 'split the batch';
+    ELSIF jsonb_typeof(award_many.events) IS DISTINCT FROM 'array' THEN
         RAISE EXCEPTION 'events must be a JSON array of awards'
             USING ERRCODE = 'PX017',
                   HINT = '[{"wallet": ..., "action": ..., "idempotency_key": ..., "params": {...}, "context": {...}}]';
@@ -126,6 +129,7 @@ BEGIN
             USING ERRCODE = v_code, HINT = coalesce(nullif(v_hint, ''), 'see README: Error codes');
     END;
 
+    PERFORM pyxp.require_read_committed();
     LOCK TABLE pyxp.xp_balances IN ROW EXCLUSIVE MODE;  -- lock protocol: see 04_rulesets.sql
     v_ruleset := pyxp.active_ruleset_id();
     SELECT r.balance_floor INTO v_floor FROM pyxp.rulesets r WHERE r.ruleset_id = v_ruleset;
@@ -211,16 +215,18 @@ BEGIN
                   HINT = 'repeat a call with exactly the same inputs to get its result again';
     END IF;
 
-    -- 4. Balance rows: create the missing ones, then lock all in wallet order.
-    INSERT INTO pyxp.xp_balances (user_wallet, total_xp, current_level, xp_to_next_level)
+    -- 4. Balance rows: each wallet's row is created if missing or locked if
+    --    present, one statement, strictly in wallet order. (Creating every
+    --    missing row first and locking the others after let a batch hold a
+    --    new wallet's row while waiting for an older one that a caller
+    --    awarding in wallet order held: a deadlock, 40P01.) The no-op update
+    --    is what locks an existing row; it changes no indexed column (HOT).
+    INSERT INTO pyxp.xp_balances AS x (user_wallet, total_xp, current_level, xp_to_next_level)
     SELECT w.wallet, 0, c.level, c.next_level_xp::bigint
       FROM (SELECT DISTINCT b.wallet FROM unnest(v_rows) b WHERE b.claimed) w
      CROSS JOIN pyxp.curve_position(v_ruleset, 0) c
      ORDER BY w.wallet
-    ON CONFLICT (user_wallet) DO NOTHING;
-    PERFORM 1 FROM pyxp.xp_balances x
-     WHERE x.user_wallet IN (SELECT b.wallet FROM unnest(v_rows) b WHERE b.claimed)
-     ORDER BY x.user_wallet FOR UPDATE;
+    ON CONFLICT (user_wallet) DO UPDATE SET updated_at = x.updated_at;
 
     -- 5. Amounts applied and running balances, per wallet in event order.
     --    Without a floor, a window sum; with one, penalties depend on the
@@ -297,4 +303,15 @@ BEGIN
          CROSS JOIN LATERAL pyxp.curve_position(q.ruleset_id, t.balance_after - t.xp_amount) before_
          ORDER BY b.event_index, t.id;
 END
+$$;
+
+-- The same batch as a PostgreSQL array of JSON objects: what node-postgres
+-- sends for a JavaScript array (`$1::jsonb[]`) and asyncpg for a list of
+-- JSON texts. A NULL element is an event that is not an object (PX017).
+CREATE FUNCTION pyxp.award_many(events jsonb[])
+RETURNS SETOF pyxp.batch_award_result
+LANGUAGE sql SECURITY DEFINER
+SET search_path = pyxp, pg_temp
+AS $$
+    SELECT * FROM pyxp.award_many(coalesce(to_jsonb(award_many.events), 'null'::jsonb))
 $$;

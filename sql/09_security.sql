@@ -34,7 +34,6 @@ GRANT SELECT ON ALL TABLES IN SCHEMA pyxp TO pyxp_reader;
 GRANT EXECUTE ON FUNCTION
     pyxp.award(text, text, text, jsonb, jsonb),
     pyxp.reverse_transaction(bigint, text),
-    pyxp.recalculate_levels(),
     pyxp.award_campaign_creation(text, text, text, numeric, boolean, boolean),
     pyxp.award_campaign_approval(text, text),
     pyxp.award_moderation_vote(text, text, text, text),
@@ -42,11 +41,13 @@ GRANT EXECUTE ON FUNCTION
     pyxp.award_completion_moderation(text, text, text, text, text),
     pyxp.register_agency_client(text, text, text, text),
     pyxp.onboard_agency_client(text, text),
-    pyxp.award_many(jsonb)
+    pyxp.award_many(jsonb),
+    pyxp.award_many(jsonb[])
 TO pyxp_writer;
+-- pyxp.recalculate_levels() stays the owner's (SPEC 7): its lock holds every award.
 
 GRANT EXECUTE ON FUNCTION
-    pyxp.level_for(bigint),
+    pyxp.level_for(numeric),
     pyxp.balance(text),
     pyxp.history(text, integer, bigint),
     pyxp.leaderboard(integer, integer),

@@ -131,13 +131,35 @@ def test_an_unknown_campaign_without_type_is_refused(xp: XP, unchanged: Any,
         call(xp)
 
 
-def test_an_unknown_campaign_with_its_type_is_accepted_and_not_registered(
+def test_an_unknown_campaign_with_its_type_is_accepted_and_its_type_recorded(
         xp: XP, db: psycopg.Connection[Any]) -> None:
-    """Campaigns created before pyxp: the type passed is used; only a creation registers."""
+    """SPEC 4: campaigns created before pyxp: the first call naming one with a type records the type
+    (creator unknown), so later votes and outcomes may omit it; a later type mismatch is PX011."""
     assert xp.award_moderation_vote(MODERATOR, "camp_unknown", "REFUSE", campaign_type="B2C").xp == -1
-    submission = xp.award_completion(COMPLETER, "camp_unknown", "comp_1", campaign_type="AGENCY_B2C")
-    assert submission.transaction_types == ["Completion_Submit_Agency_Free"]
-    assert registry(db, "camp_unknown") is None
+    assert registry(db, "camp_unknown") == ("B2C", None)
+    with pytest.raises(pyxp.CampaignMismatch):
+        xp.award_completion(COMPLETER, "camp_unknown", "comp_1", campaign_type="AGENCY_B2C")
+    submission = xp.award_completion(COMPLETER, "camp_unknown", "comp_1")
+    assert submission.transaction_types == ["Completion_Submit_B2C_Free"]
+    assert xp.award_completion_moderation(MODERATOR, "camp_unknown", "comp_1", "VALID").xp == 2
+    assert xp.award_completion(COMPLETER, "camp_unknown", "comp_1", is_validated=True).xp == 100
+
+
+def test_a_submission_records_an_unknown_campaign_for_later_votes(xp: XP, db: psycopg.Connection[Any]) -> None:
+    """Issue 9 item 5: a submission naming a type registers the campaign; votes then need no type."""
+    xp.award_completion(COMPLETER, "camp_s", "comp_s", campaign_type="FOR_AGENCY_B2C")
+    assert registry(db, "camp_s") == ("AGENCY_B2C", None)
+    assert xp.award_completion_moderation(MODERATOR, "camp_s", "comp_s", "VALID").xp == 2
+    # The creation, awarded later, fills in the creator and keeps the type.
+    assert xp.award_campaign_creation(CREATOR, "camp_s", "AGENCY_B2C").transaction_types == ["AGENCY_B2C_MINT"]
+    assert registry(db, "camp_s") == ("AGENCY_B2C", CREATOR)
+
+
+def test_a_creation_with_another_type_than_recorded_is_refused(xp: XP, db: psycopg.Connection[Any],
+                                                               unchanged: Any) -> None:
+    xp.award_moderation_vote(MODERATOR, "camp_r", "VALID", campaign_type="B2C")
+    with unchanged(), pytest.raises(pyxp.CampaignMismatch):
+        xp.award_campaign_creation(CREATOR, "camp_r", "INDIVIDUAL")
 
 
 @pytest.mark.parametrize(("spelling", "canonical", "mint_action"), [
@@ -371,12 +393,6 @@ CONFLICTS: list[Any] = [
                  lambda xp: xp.award_completion(COMPLETER, "camp_1", "comp_1", campaign_type="B2C",
                                                 is_validated=True),
                  id="refused-then-validated"),
-    pytest.param(_submitted,
-                 lambda xp: xp.award_completion(COMPLETER, "camp_1", "comp_1", campaign_type="B2C",
-                                                is_validated=True),
-                 lambda xp: xp.award_completion("0x_other_completer", "camp_1", "comp_1", campaign_type="B2C",
-                                                is_validated=True),
-                 id="validated-for-another-wallet"),
     pytest.param(_noop,
                  lambda xp: xp.award_completion_moderation(MODERATOR, "camp_1", "comp_1",
                                                            vote_decision="VALID", campaign_type="B2C"),
@@ -792,16 +808,16 @@ def test_concurrent_votes_of_many_moderators_are_all_counted(xp: XP, conninfo: s
     assert_audit_clean(db)
 
 
-def test_votes_whose_ids_build_the_same_key_text_are_refused_not_replayed(xp: XP, unchanged: Any) -> None:
-    """(campaign 'c:0xa', moderator '0xb') and (campaign 'c', moderator '0xa:0xb') both build
-    'campaign.vote:c:0xa:0xb': the second is a different call, so it is refused (PX010),
-    never answered with the first one's row."""
+def test_votes_whose_ids_once_built_the_same_key_text_are_two_votes(xp: XP, db: psycopg.Connection[Any]) -> None:
+    """SPEC 4: keys are injective. (campaign 'c:0xa', moderator '0xb') and (campaign 'c',
+    moderator '0xa:0xb') used to build the same 'campaign.vote:c:0xa:0xb': they are two votes."""
     first = xp.award_moderation_vote(moderator_wallet="0xb", campaign_id="c:0xa", vote_decision="VALID",
                                      campaign_type="B2C")
-    assert first.xp == 2
-    with unchanged(), pytest.raises(pyxp.IdempotencyConflict):
-        xp.award_moderation_vote(moderator_wallet="0xa:0xb", campaign_id="c", vote_decision="VALID",
-                                 campaign_type="B2C")
+    second = xp.award_moderation_vote(moderator_wallet="0xa:0xb", campaign_id="c", vote_decision="VALID",
+                                      campaign_type="B2C")
+    assert (first.xp, first.replayed, second.xp, second.replayed) == (2, False, 2, False)
+    assert first.rows[0].user_wallet == "0xb" and second.rows[0].user_wallet == "0xa:0xb"
+    assert_audit_clean(db)
 
 
 def test_campaign_creation_without_a_type_says_it_is_required(xp: XP, unchanged: Any) -> None:

@@ -284,7 +284,7 @@ def test_bad_numbers_are_refused_from_python(xp: XP, unchanged: Any, call: Calla
 def test_the_largest_accepted_number_is_1e15(xp: XP, db: psycopg.Connection[Any]) -> None:
     award = completion(xp, campaign_type="INDIVIDUAL", mint_value_winc=10**15)
     assert award.xp == 10**15
-    creation(xp, mint_value=Decimal("1E+15"))
+    creation(xp, campaign_id="camp_2", mint_value=Decimal("1E+15"))
     assert db.execute("SELECT * FROM pyxp.audit()").fetchall() == []
 
 

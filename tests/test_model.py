@@ -200,6 +200,9 @@ SQL = {
         transaction_id => %(transaction_id)s, reason => %(reason)s)""",
 }
 EXPECTED_REFUSALS = {"PX010", "PX014"}  # conflicting replays; a second reversal / reversing a reversal
+# A completion belongs to the completer of its first call (SPEC 4): the variant naming another
+# completer is refused with PX011 when the other wallet's call came first.
+OWNERSHIP_REFUSALS = {("award_completion", "PX011")}
 
 # --------------------------------------------------------------------------- calls
 
@@ -432,8 +435,13 @@ def test_random_concurrent_workload_matches_the_model(conninfo: str, db: psycopg
 
     # 1. Only conflicts were refused: no deadlock (40P01), serialization failure or any other error.
     unexpected = [(c.fn, c.sqlstate, c.error) for c in calls
-                  if not c.acknowledged and c.sqlstate not in EXPECTED_REFUSALS]
+                  if not c.acknowledged and c.sqlstate not in EXPECTED_REFUSALS
+                  and (c.fn, c.sqlstate) not in OWNERSHIP_REFUSALS]
     assert unexpected == []
+    completers = {(r["subject"], r["user_wallet"]) for r in db.execute(
+        "SELECT subject, user_wallet FROM pyxp.xp_transactions WHERE idempotency_key LIKE 'completion.submitted:%'"
+        " OR idempotency_key LIKE 'completion.outcome:%'").fetchall()}
+    assert len(completers) == len({subject for subject, _ in completers}), "a completion paid two completers"
     wrongly_accepted = [(c.fn, c.args) for c in calls if c.must_refuse and c.sqlstate != c.must_refuse]
     assert wrongly_accepted == []
 

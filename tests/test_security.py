@@ -23,7 +23,7 @@ from pyxp import errors, schema
 PUBLIC_API = {
     "award_campaign_creation", "award_campaign_approval", "award_moderation_vote", "award_completion",
     "award_completion_moderation", "register_agency_client", "onboard_agency_client", "award",
-    "reverse_transaction", "level_for", "recalculate_levels", "balance", "history", "leaderboard",
+    "reverse_transaction", "level_for", "balance", "history", "leaderboard",
     "wallet_rank", "audit",
     "award_many",  # SPEC §9: batch variant for bulk ingestion
 }
@@ -238,10 +238,39 @@ def test_writer_can_award_and_reverse(
     reversal = conn.execute("SELECT * FROM pyxp.reverse_transaction(transaction_id => %s, reason => 'test')",
                             (awarded[0],)).fetchone()
     assert reversal is not None and reversal[2:4] == ("REVERSAL", -100)
-    assert conn.execute("SELECT pyxp.recalculate_levels()").fetchone() == (0,)
     assert db.execute("SELECT count(*), sum(xp_amount) FROM pyxp.xp_transactions WHERE user_wallet = "
                       "'0xWriterWallet'").fetchone() == (2, 0)
     assert conn.execute("SELECT count(*) FROM pyxp.audit()").fetchone() == (0,)
+
+
+def test_a_writer_cannot_stall_every_award_with_recalculate_levels(
+        login_role: Callable[..., str], connect_as: Callable[[str], psycopg.Connection[Any]],
+        conninfo: str) -> None:
+    """SPEC 7 / issue 9 item 7: `BEGIN; SELECT pyxp.recalculate_levels();` left open by a writer used
+    to hold every award. It is the owner's now: a writer is refused, and awards go on."""
+    conn = connect_as(login_role("pyxp_writer"))
+    with pytest.raises(psycopg.errors.InsufficientPrivilege):
+        conn.execute("SELECT pyxp.recalculate_levels()")
+    conn.rollback()
+    conn.execute("BEGIN")
+    conn.execute(AWARD_CALL, ("0xHolder", "holder-key")).fetchall()  # a writer's transaction left open
+    with psycopg.connect(conninfo, autocommit=True) as other:
+        other.execute("SET statement_timeout = '5s'")
+        assert other.execute(AWARD_CALL, ("0xOther", "other-key")).fetchone() is not None
+
+
+def test_every_function_says_whether_it_is_public(db: psycopg.Connection[Any]) -> None:
+    """The naming rule (sql/10_comments.sql): granted to pyxp_writer/pyxp_reader <=> description
+    starting with 'API:'; every other function's starts with 'internal:'."""
+    rows = db.execute("""
+        SELECT p.oid::regprocedure::text, coalesce(obj_description(p.oid, 'pg_proc'), ''),
+               has_function_privilege('pyxp_writer', p.oid, 'EXECUTE')
+               OR has_function_privilege('pyxp_reader', p.oid, 'EXECUTE')
+          FROM pg_proc p WHERE p.pronamespace = 'pyxp'::regnamespace""").fetchall()
+    assert len(rows) > 40
+    wrong = [(name, text) for name, text, granted in rows
+             if not text.startswith("API: " if granted else "internal: ")]
+    assert wrong == []
 
 
 @pytest.mark.parametrize("operation", TABLE_OPERATIONS)

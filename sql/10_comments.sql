@@ -1,0 +1,89 @@
+-- What `\df+ pyxp.*` says of each function (SPEC 5, README "SQL API").
+--
+-- The naming rule: public functions are exactly those granted to
+-- pyxp_writer or pyxp_reader (sql/09_security.sql), and their description
+-- starts with "API:"; every other function is internal (called by the public
+-- ones, granted to nobody) and its description starts with "internal:".
+-- tests/test_security.py holds every function to this rule.
+
+-- Public: writes.
+COMMENT ON FUNCTION pyxp.award(text, text, text, jsonb, jsonb) IS
+    'API: awards the active rule `action` to `wallet` once per idempotency_key; params = formula inputs, context = free JSON kept in metadata. Returns one row per ledger row (replayed = true on a retry).';
+COMMENT ON FUNCTION pyxp.award_many(jsonb) IS
+    'API: many generic awards (a JSON array of {wallet, action, idempotency_key, params, context}) in one transaction: all apply or none; errors name the event index. At most 10000 events and 16 MiB.';
+COMMENT ON FUNCTION pyxp.award_many(jsonb[]) IS
+    'API: award_many for drivers that send an array of JSON objects (node-postgres: $1::jsonb[]).';
+COMMENT ON FUNCTION pyxp.reverse_transaction(bigint, text) IS
+    'API: appends the compensating row of a ledger row (once; the same reason again replays).';
+COMMENT ON FUNCTION pyxp.award_campaign_creation(text, text, text, numeric, boolean, boolean) IS
+    'API: campaign created (seed POST /api/xp/award-campaign-creation): MINT and options to the creator; registers the campaign. Once per campaign.';
+COMMENT ON FUNCTION pyxp.award_campaign_approval(text, text) IS
+    'API: campaign approved by moderation: XP to its creator (from the registry). Once per campaign.';
+COMMENT ON FUNCTION pyxp.award_moderation_vote(text, text, text, text) IS
+    'API: a moderator''s VALID/REFUSE vote on a campaign (seed POST /api/xp/award-moderation). Once per (campaign, moderator).';
+COMMENT ON FUNCTION pyxp.award_completion(text, text, text, text, boolean, boolean, boolean, numeric, numeric) IS
+    'API: completion submitted (no flag), validated or refused (seed POST /api/xp/award-completion). Once per completion each; the outcome belongs to the submission''s completer and campaign.';
+COMMENT ON FUNCTION pyxp.award_completion_moderation(text, text, text, text, text) IS
+    'API: a moderator''s VALID/REFUSE vote on a completion. Once per (completion, moderator).';
+COMMENT ON FUNCTION pyxp.register_agency_client(text, text, text, text) IS
+    'API: an agency registers a B2C client email for a campaign: pending until the client signs in.';
+COMMENT ON FUNCTION pyxp.onboard_agency_client(text, text) IS
+    'API: the client signs in with its email: onboarding XP to the client wallet (never the agency), once per email.';
+
+-- Public: reads.
+COMMENT ON FUNCTION pyxp.level_for(numeric) IS
+    'API: level, level_start_xp, next_level_xp and xp_to_next_level of any whole total on the active curve; level_for(next_level_xp) is the next level.';
+COMMENT ON FUNCTION pyxp.balance(text) IS
+    'API: a wallet''s total XP, level, XP to the next level and moderation count (0 XP, level 1 when it has no history).';
+COMMENT ON FUNCTION pyxp.history(text, integer, bigint) IS
+    'API: a wallet''s ledger rows, newest first; pass the last transaction_id as before_id to page on.';
+COMMENT ON FUNCTION pyxp.leaderboard(integer, integer) IS
+    'API: wallets by total XP, highest first, ties by wallet.';
+COMMENT ON FUNCTION pyxp.wallet_rank(text) IS
+    'API: a wallet''s rank on the leaderboard, NULL when it has no balance.';
+COMMENT ON FUNCTION pyxp.audit() IS
+    'API: one row per inconsistency between ledger, balances, levels, rules and registrations; none when healthy.';
+
+-- Owner only (not granted): they hold every award while they run.
+COMMENT ON FUNCTION pyxp.install_ruleset(jsonb, text) IS
+    'internal: installs and activates a compiled ruleset (pyxp rules apply). Owner only.';
+COMMENT ON FUNCTION pyxp.recalculate_levels() IS
+    'internal: re-derives every balance''s level from the active curve. Owner only.';
+
+-- Internal.
+COMMENT ON FUNCTION pyxp.cleaned_text(text, text, integer, text, boolean) IS
+    'internal: size check, NFKC (identities), Unicode trim, refusal of invisible characters.';
+COMMENT ON FUNCTION pyxp.checked_wallet(text, text) IS 'internal: a normalised wallet, or PX001.';
+COMMENT ON FUNCTION pyxp.checked_email(text) IS 'internal: a normalised client email, or PX002.';
+COMMENT ON FUNCTION pyxp.checked_campaign_type(text) IS 'internal: B2C, AGENCY_B2C or INDIVIDUAL, or PX003.';
+COMMENT ON FUNCTION pyxp.checked_vote(text) IS 'internal: VALID or REFUSE, or PX008.';
+COMMENT ON FUNCTION pyxp.checked_identifier(text, text, integer) IS 'internal: a cleaned id, or PX016.';
+COMMENT ON FUNCTION pyxp.checked_number(text, numeric) IS 'internal: a finite number in [0, 10^15], or PX004.';
+COMMENT ON FUNCTION pyxp.checked_params(jsonb) IS 'internal: formula inputs, names normalised, or PX017/PX004.';
+COMMENT ON FUNCTION pyxp.checked_context(jsonb) IS 'internal: a JSON object of at most 16 KiB and 16 levels, or PX017.';
+COMMENT ON FUNCTION pyxp.checked_row_count(text, integer, integer) IS 'internal: a row count in range, or PX023.';
+COMMENT ON FUNCTION pyxp.checked_award_key(text) IS 'internal: a caller''s idempotency key outside pyxp''s namespaces, or PX016.';
+COMMENT ON FUNCTION pyxp.context_column(jsonb, text, integer) IS 'internal: a context text field that fills a ledger column.';
+COMMENT ON FUNCTION pyxp.require_read_committed() IS 'internal: PX025 unless the transaction is READ COMMITTED.';
+COMMENT ON FUNCTION pyxp.active_ruleset_id() IS 'internal: the active ruleset, or PX020.';
+COMMENT ON FUNCTION pyxp.curve_position(bigint, bigint) IS 'internal: where a bigint total stands on a ruleset''s curve.';
+COMMENT ON FUNCTION pyxp.check_ruleset_definition(jsonb) IS 'internal: PX024 for a malformed compiled ruleset.';
+COMMENT ON FUNCTION pyxp.rule_amount(numeric, jsonb, jsonb) IS 'internal: a rule''s linear form evaluated, halves away from zero.';
+COMMENT ON FUNCTION pyxp.floored_amount(numeric, bigint, numeric) IS 'internal: a penalty cut by the balance floor.';
+COMMENT ON FUNCTION pyxp.balance_limit() IS 'internal: 2^62, the bound of every balance.';
+COMMENT ON FUNCTION pyxp.claim_request(text, jsonb, bigint) IS 'internal: records a key and its inputs; false when it was used before.';
+COMMENT ON FUNCTION pyxp.replayed_award(text, jsonb, text, text) IS 'internal: the original rows of a key, or PX010 for other inputs.';
+COMMENT ON FUNCTION pyxp.write_ledger_rows(text, bigint, text, pyxp.planned_row[], integer, boolean) IS
+    'internal: appends rows for one wallet under its balance row lock and updates the balance.';
+COMMENT ON FUNCTION pyxp.formula_input_problems(text, jsonb, jsonb, boolean) IS 'internal: missing or unknown formula inputs.';
+COMMENT ON FUNCTION pyxp.planned_rows(bigint[], jsonb, boolean, text, text, jsonb) IS 'internal: the rows rules produce for given inputs.';
+COMMENT ON FUNCTION pyxp.post_award(text, jsonb, text, text, text, text, text[], jsonb, boolean, text, text, jsonb, integer, text) IS
+    'internal: claims the key, resolves the active rules, writes their rows (every single award and flow goes through it).';
+COMMENT ON FUNCTION pyxp.key_part(text) IS 'internal: escapes one part of a two-part key (injective keys).';
+COMMENT ON FUNCTION pyxp.vote_key(text, text, text, text) IS 'internal: the key of a vote, or the one an earlier version stored for it.';
+COMMENT ON FUNCTION pyxp.resolved_campaign_type(text, text) IS 'internal: the campaign''s type from the registry or the call (recorded), or PX011/PX012.';
+COMMENT ON FUNCTION pyxp.check_completion_owner(text, text, text, text) IS 'internal: PX011 when a call names another completer or campaign than the completion''s.';
+COMMENT ON FUNCTION pyxp.required_campaign_type(text) IS 'internal: a campaign type that must be given, or PX003.';
+COMMENT ON FUNCTION pyxp.formula_inputs(numeric, numeric, numeric) IS 'internal: a flow''s formula inputs as JSON.';
+COMMENT ON FUNCTION pyxp.lock_client_email(text) IS 'internal: the row lock serialising one client email''s registrations and onboarding.';
+COMMENT ON FUNCTION pyxp.refuse_ledger_change() IS 'internal: trigger refusing UPDATE, DELETE, TRUNCATE on xp_transactions (PX013).';
