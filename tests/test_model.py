@@ -203,6 +203,7 @@ EXPECTED_REFUSALS = {"PX010", "PX014"}  # conflicting replays; a second reversal
 # A completion belongs to the completer of its first call (SPEC 4): the variant naming another
 # completer is refused with PX011 when the other wallet's call came first.
 OWNERSHIP_REFUSALS = {("award_completion", "PX011")}
+REPEATABLE_READ_RATE = 0.08
 
 # --------------------------------------------------------------------------- calls
 
@@ -230,6 +231,7 @@ class Call:
     registration: dict[str, Any] | None = None  # acknowledged register_agency_client row
     sqlstate: str | None = None
     error: str | None = None
+    repeatable_read: bool = False  # called inside a REPEATABLE READ transaction: refused (PX025)
 
     @property
     def acknowledged(self) -> bool:
@@ -383,9 +385,16 @@ class Workload:
 
 def execute(conn: psycopg.Connection[Any], call: Call) -> Call:
     try:
+        if call.repeatable_read:
+            conn.execute("BEGIN ISOLATION LEVEL REPEATABLE READ")
+            conn.execute("SELECT count(*) FROM pyxp.xp_balances")  # the snapshot predates the call's locks
         rows = conn.execute(SQL[call.fn], call.args).fetchall()
+        if call.repeatable_read:
+            conn.execute("COMMIT")
     except psycopg.Error as exc:
         call.sqlstate, call.error = exc.sqlstate, str(exc).strip()
+        if call.repeatable_read:
+            conn.execute("ROLLBACK")
         return call
     if call.fn == "register_agency_client":
         call.registration = rows[0]
@@ -406,7 +415,12 @@ def run_workload(conninfo: str) -> list[Call]:
         with psycopg.connect(conninfo, autocommit=True, row_factory=dict_row) as conn:
             barrier.wait(timeout=60)
             for _ in range(OPS_PER_THREAD):
-                call = execute(conn, workload.next_call(rng))
+                call = workload.next_call(rng)
+                # Some callers run in REPEATABLE READ (SPEC 4): refused whatever the call, nothing
+                # written. (A completion naming another completer may be refused first: PX011.)
+                if rng.random() < REPEATABLE_READ_RATE and call.fn != "award_completion":
+                    call.repeatable_read, call.must_refuse = True, "PX025"
+                call = execute(conn, call)
                 if call.rows is not None:
                     workload.acknowledged(call)
                 calls.append(call)
@@ -436,7 +450,7 @@ def test_random_concurrent_workload_matches_the_model(conninfo: str, db: psycopg
     # 1. Only conflicts were refused: no deadlock (40P01), serialization failure or any other error.
     unexpected = [(c.fn, c.sqlstate, c.error) for c in calls
                   if not c.acknowledged and c.sqlstate not in EXPECTED_REFUSALS
-                  and (c.fn, c.sqlstate) not in OWNERSHIP_REFUSALS]
+                  and (c.fn, c.sqlstate) not in OWNERSHIP_REFUSALS and c.sqlstate != c.must_refuse]
     assert unexpected == []
     completers = {(r["subject"], r["user_wallet"]) for r in db.execute(
         "SELECT subject, user_wallet FROM pyxp.xp_transactions WHERE idempotency_key LIKE 'completion.submitted:%'"
@@ -532,6 +546,8 @@ def test_random_concurrent_workload_matches_the_model(conninfo: str, db: psycopg
         "replayed events": sum(1 for _, _, rows in acked if rows and rows[0]["replayed"]),
         "refused PX010": sum(c.sqlstate == "PX010" for c in calls),
         "refused PX014": sum(c.sqlstate == "PX014" for c in calls),
+        "refused PX011": sum(c.sqlstate == "PX011" for c in calls),
+        "refused PX025 (repeatable read)": sum(c.repeatable_read and c.sqlstate == "PX025" for c in calls),
         "keys": len(stored_keys),
         "ledger rows": len(ledger),
         "reversals written": sum(1 for r in ledger.values() if r["reverses"] is not None),
@@ -541,6 +557,7 @@ def test_random_concurrent_workload_matches_the_model(conninfo: str, db: psycopg
     }
     print(f"\n[model] {THREADS} threads x {OPS_PER_THREAD} calls, seed {BASE_SEED}: "
           + ", ".join(f"{k} {v}" for k, v in figures.items()), file=sys.stderr)
-    for name in ("replayed events", "refused PX010", "refused PX014", "reversals written",
+    for name in ("replayed events", "refused PX010", "refused PX014", "refused PX025 (repeatable read)",
+                 "reversals written",
                  "batches acknowledged", "onboardings granted"):
         assert figures[name] > 0, f"the workload produced no {name}"

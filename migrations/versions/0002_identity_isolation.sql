@@ -826,6 +826,7 @@ DECLARE
 BEGIN
     SELECT c.campaign_type INTO v_known FROM pyxp.campaigns c WHERE c.campaign_id = p_campaign_id;
     IF v_known IS NULL AND v_given IS NOT NULL THEN
+        PERFORM pyxp.require_read_committed();  -- before its first write, like every writer
         INSERT INTO pyxp.campaigns (campaign_id, campaign_type) VALUES (p_campaign_id, v_given)
         ON CONFLICT ON CONSTRAINT campaigns_pkey DO NOTHING;
         SELECT c.campaign_type INTO STRICT v_known FROM pyxp.campaigns c WHERE c.campaign_id = p_campaign_id;

@@ -1,0 +1,482 @@
+"""Never wrong where it is deployed (issue 9; SPEC 1, 4, 6, 7).
+
+Each case was reproduced on the landed engine before 0002, and is a test here:
+identities split by invisible characters, natural keys that collided, a
+completion's outcome paid to another wallet, writes under REPEATABLE READ,
+an advisory lock anyone could take, huge inputs reaching internal errors, and
+a deadlock between a caller awarding in wallet order and a batch.
+(PgBouncer in transaction mode: tests/test_pooler.py.)
+"""
+
+from __future__ import annotations
+
+import sys
+import threading
+import time
+import unicodedata
+import uuid
+from collections.abc import Callable, Iterator
+from decimal import Decimal
+from typing import Any
+
+import psycopg
+import pytest
+from psycopg import sql
+from psycopg.conninfo import make_conninfo
+from psycopg.types.json import Jsonb
+
+import pyxp
+from pyxp import XP, schema
+
+# --------------------------------------------------------------------------- identities (SPEC 1)
+
+# Every code point of categories Cc and Cf Python's Unicode database knows (NUL cannot be in a
+# PostgreSQL text), and the Default_Ignorable_Code_Point ones that render as nothing.
+INVISIBLE = sorted(
+    {c for c in range(1, sys.maxunicode + 1) if unicodedata.category(chr(c)) in ("Cc", "Cf")}
+    | {0x034F, 0x115F, 0x1160, 0x17B4, 0x17B5, 0x180B, 0x180C, 0x180D, 0x180F, 0x3164, 0xFFA0}
+    | set(range(0xFE00, 0xFE10)) | {0xE0000, 0xE0100, 0xE01EF}
+)
+# Unicode's White_Space property (Zs, Zl, Zp, and tab to carriage return, U+0085): trimmed at both ends.
+SPACES = [c for c in range(sys.maxunicode + 1)
+          if unicodedata.category(chr(c)) in ("Zs", "Zl", "Zp") or chr(c) in "\t\n\v\f\r\x85"]
+
+
+def checked(db: psycopg.Connection[Any], function: str, value: str) -> str | None:
+    """pyxp.<function>(value), or the SQLSTATE it raised."""
+    try:
+        row = db.execute(sql.SQL("SELECT pyxp.{}(%s)").format(sql.Identifier(function)), (value,)).fetchone()
+    except psycopg.Error as exc:
+        return exc.sqlstate
+    assert row is not None
+    return row[0]
+
+
+def test_every_invisible_or_control_character_is_refused_in_a_wallet(db: psycopg.Connection[Any]) -> None:
+    """SPEC 1: Cc and Cf anywhere (start, middle, end): PX001, whatever the character."""
+    assert len(INVISIBLE) > 250
+    values = [f"0x{chr(c)}abc" for c in INVISIBLE] + [f"{chr(c)}0xabc" for c in INVISIBLE[::7]] \
+        + [f"0xabc{chr(c)}" for c in INVISIBLE[::7]]
+    accepted = []
+    for value in values:
+        result = checked(db, "checked_wallet", value)
+        if result != "PX001":
+            accepted.append((f"U+{ord([ch for ch in value if ord(ch) in INVISIBLE][0]):04X}", result))
+    assert accepted == []
+
+
+def test_every_invisible_character_is_refused_in_an_email(db: psycopg.Connection[Any]) -> None:
+    accepted = [f"U+{c:04X}" for c in INVISIBLE
+                if checked(db, "checked_email", f"client{chr(c)}@example.com") != "PX002"]
+    assert accepted == []
+
+
+def test_every_invisible_character_is_refused_in_an_id(db: psycopg.Connection[Any]) -> None:
+    """Campaign and completion ids, keys and reasons too: an id that looks like another is refused."""
+    accepted = [f"U+{c:04X}" for c in INVISIBLE if _id_result(db, f"camp{chr(c)}1") != "PX016"]
+    assert accepted == []
+
+
+def _id_result(db: psycopg.Connection[Any], value: str) -> str | None:
+    try:
+        row = db.execute("SELECT pyxp.checked_identifier('campaign id', %s)", (value,)).fetchone()
+    except psycopg.Error as exc:
+        return exc.sqlstate
+    return None if row is None else row[0]
+
+
+def test_any_unicode_whitespace_is_trimmed_and_compatibility_forms_are_one_wallet(
+        db: psycopg.Connection[Any]) -> None:
+    """NFKC and Unicode whitespace: what looks identical is one wallet."""
+    plain = "0x_alice"
+    for c in SPACES:
+        assert checked(db, "checked_wallet", f"{chr(c)}{plain}{chr(c)}") == plain, f"U+{c:04X}"
+    assert checked(db, "checked_wallet", "\uff10\uff58_alice") == plain  # full-width 0x
+    assert checked(db, "checked_wallet", "0x_ali\u0063\u0327e") == "0x_ali\u00e7e"  # composed
+    address = "0xAbCdEf0123456789aBcDeF0123456789AbCdEf01"
+    assert checked(db, "checked_wallet", "\u00a0" + address.replace("A", "\uff21") + "\u3000") == address.lower()
+
+
+def test_one_person_with_invisible_variants_stays_one_user(xp: XP, db: psycopg.Connection[Any],
+                                                           unchanged: Any) -> None:
+    """Issue 9 item 3: one person became 11 'users' that look identical on the leaderboard."""
+    xp.award("0x_alice", "CAMPAIGN_APPROVED", "key-0")
+    for n, variant in enumerate(["0x_alice\u200b", "\u2060 0x_alice", "0x_al\u00adice", "\ufeff0x_alice",
+                                 "0x_\u202ealice", "0x_alice\u200d", "0x\u034f_alice"], start=1):
+        with unchanged(), pytest.raises(pyxp.InvalidWallet):
+            xp.award(variant, "CAMPAIGN_APPROVED", f"key-{n}")
+    for n, variant in enumerate(["\u00a00x_alice", "0x_alice\u3000", "\uff10\uff58_alice", "0x_alice\u2009"],
+                                start=20):
+        assert xp.award(variant, "CAMPAIGN_APPROVED", f"key-{n}").rows[0].user_wallet == "0x_alice"
+    assert [row.user_wallet for row in xp.leaderboard()] == ["0x_alice"]
+
+
+def test_one_email_with_invisible_variants_is_onboarded_once(xp: XP, db: psycopg.Connection[Any],
+                                                             unchanged: Any) -> None:
+    """Issue 9 item 3: one client wallet collected 6 onboardings (6,000 XP) for what reads as one email."""
+    xp.award_campaign_creation("0x_agency", "camp_a", "AGENCY_B2C")
+    xp.register_agency_client("0x_agency", "client@example.com", "camp_a")
+    for variant in ["client\u200b@example.com", "cli\u00adent@example.com", "client@exam\u2060ple.com",
+                    "\ufeffclient@example.com", "client@example.com\u200e"]:
+        with unchanged(), pytest.raises(pyxp.InvalidEmail):
+            xp.register_agency_client("0x_agency", variant, "camp_a")
+        with unchanged(), pytest.raises(pyxp.InvalidEmail):
+            xp.onboard_agency_client(variant, "0x_client")
+    # What NFKC folds and what is trimmed is the same email: registered once, onboarded once.
+    for variant in ["\u00a0CLIENT@example.com", "\uff43lient@example.com\u3000"]:
+        assert xp.register_agency_client("0x_agency", variant, "camp_a").client_email == "client@example.com"
+    assert xp.onboard_agency_client("\uff43lient@example.com", "0x_client").xp == 1000
+    assert xp.onboard_agency_client("client@example.com\u00a0", "0x_client").replayed
+    assert xp.balance("0x_client").total_xp == 1000
+    assert db.execute("SELECT count(*) FROM pyxp.agency_b2c_clients").fetchone() == (1,)
+
+
+# --------------------------------------------------------------------------- injective keys (SPEC 4)
+
+SEPARATORS = [":", "%", "%3A", "%25", "::", ":%", "/", "|", ".", "#", "@", "-", "_", " "]
+
+
+@pytest.mark.parametrize("separator", SEPARATORS)
+def test_campaign_votes_never_share_a_key(xp: XP, db: psycopg.Connection[Any], separator: str) -> None:
+    """Issue 9 item 4: ('b<sep>0xmod', 'a') and ('0xmod', 'a<sep>b') are two votes, whatever the separator."""
+    first = xp.award_moderation_vote(f"b{separator}0xmod", "a", "VALID", campaign_type="B2C")
+    second = xp.award_moderation_vote("0xmod", f"a{separator}b", "REFUSE", campaign_type="B2C")
+    third = xp.award_moderation_vote(f"0xmod{separator}b", "a", "VALID")
+    assert [a.replayed for a in (first, second, third)] == [False, False, False]
+    keys = [row[0] for row in db.execute("SELECT idempotency_key FROM pyxp.xp_transactions ORDER BY id")]
+    assert len(set(keys)) == 3
+
+
+@pytest.mark.parametrize("separator", SEPARATORS)
+def test_completion_votes_never_share_a_key(xp: XP, db: psycopg.Connection[Any], separator: str) -> None:
+    first = xp.award_completion_moderation(f"b{separator}0xmod", "camp", "a", "VALID", campaign_type="B2C")
+    second = xp.award_completion_moderation("0xmod", "camp", f"a{separator}b", "REFUSE")
+    assert (first.xp, first.replayed, second.xp, second.replayed) == (2, False, -1, False)
+    assert db.execute("SELECT sum(total_moderations) FROM pyxp.xp_balances").fetchone() == (2,)
+
+
+def test_keys_stored_before_0002_replay_after_the_upgrade(fresh_database: Callable[[], str]) -> None:
+    """A retry that spans the migration never awards twice, separators in ids included."""
+    target = fresh_database()
+    schema.upgrade(target, "0001")
+    calls: list[Callable[[XP], pyxp.Award]] = [
+        lambda xp: xp.award_moderation_vote("0xmod", "camp:1", "VALID", campaign_type="B2C"),
+        lambda xp: xp.award_moderation_vote("0xmod", "camp%2", "REFUSE", campaign_type="B2C"),
+        lambda xp: xp.award_moderation_vote("0xmod", "plain", "VALID", campaign_type="B2C"),
+        lambda xp: xp.award_completion_moderation("0xmod", "camp:1", "comp:1", "VALID", campaign_type="B2C"),
+        lambda xp: xp.award_completion("0xcompleter", "camp:1", "comp:1", campaign_type="B2C"),
+        lambda xp: xp.award_completion("0xcompleter", "camp:1", "comp:1", campaign_type="B2C", is_validated=True),
+        lambda xp: xp.award_campaign_creation("0xcreator", "camp:9", "B2C"),
+        lambda xp: xp.award("0xabc", "CAMPAIGN_APPROVED", "my:key"),
+    ]
+    with psycopg.connect(target, autocommit=True) as conn:
+        old_xp = XP(conn)
+        originals = [call(old_xp) for call in calls]
+        before = conn.execute("SELECT count(*), sum(xp_amount) FROM pyxp.xp_transactions").fetchone()
+    schema.upgrade(target)
+    assert schema.current_revision(target) == schema.head_revision()
+    with psycopg.connect(target, autocommit=True) as conn:
+        new_xp = XP(conn)
+        retries = [call(new_xp) for call in calls]
+        after = conn.execute("SELECT count(*), sum(xp_amount) FROM pyxp.xp_transactions").fetchone()
+        assert conn.execute("SELECT * FROM pyxp.audit()").fetchall() == []
+    assert all(r.replayed for r in retries)
+    assert [r.rows for r in retries] == [
+        tuple(row.__class__(**{**row.__dict__, "replayed": True}) for row in o.rows) for o in originals]
+    assert before == after
+
+
+# --------------------------------------------------------------------------- completion ownership (SPEC 4)
+
+
+def test_an_outcome_for_another_wallet_or_campaign_is_refused(xp: XP, unchanged: Any) -> None:
+    """Issue 9 item 5: submitted by 0xsubmitter on camp_s (B2C), then 'validated' by another wallet
+    on another campaign and type: +100 went to the other wallet."""
+    xp.award_completion("0xsubmitter", "camp_s", "comp_s", campaign_type="B2C")
+    refused = [
+        dict(completer_wallet="0xother", campaign_id="camp_other", campaign_type="INDIVIDUAL", is_validated=True),
+        dict(completer_wallet="0xother", campaign_id="camp_s", is_validated=True),
+        dict(completer_wallet="0xsubmitter", campaign_id="camp_other", campaign_type="B2C", is_validated=True),
+        dict(completer_wallet="0xother", campaign_id="camp_s", is_refused=True),
+    ]
+    for kwargs in refused:
+        with unchanged(), pytest.raises(pyxp.CampaignMismatch) as caught:
+            xp.award_completion(completion_id="comp_s", **kwargs)
+        assert "0xsubmitter" in str(caught.value.message) or "camp_s" in str(caught.value.message)
+    with unchanged(), pytest.raises(pyxp.CampaignMismatch):
+        xp.award_completion_moderation("0xmod", "camp_other", "comp_s", "VALID", campaign_type="B2C")
+    assert xp.award_completion("0xsubmitter", "camp_s", "comp_s", is_validated=True).xp == 100
+    assert xp.award_completion_moderation("0xmod", "camp_s", "comp_s", "VALID").xp == 2
+
+
+def test_an_outcome_recorded_first_fixes_the_owner_of_the_submission(xp: XP, unchanged: Any) -> None:
+    xp.award_completion("0xfirst", "camp_s", "comp_s", campaign_type="B2C", is_refused=True)
+    with unchanged(), pytest.raises(pyxp.CampaignMismatch):
+        xp.award_completion("0xsecond", "camp_s", "comp_s")
+    assert xp.award_completion("0xfirst", "camp_s", "comp_s").xp == 100
+
+
+# --------------------------------------------------------------------------- isolation (SPEC 4)
+
+WRITES: dict[str, Callable[[XP], Any]] = {
+    "award": lambda xp: xp.award("0xiso", "CAMPAIGN_APPROVED", "iso-key"),
+    "award_many": lambda xp: xp.award_many([{"wallet": "0xiso", "action": "CAMPAIGN_APPROVED",
+                                             "idempotency_key": "iso-batch"}]),
+    "reverse_transaction": lambda xp: xp.reverse(1, "iso"),
+    "award_campaign_creation": lambda xp: xp.award_campaign_creation("0xiso", "camp_iso", "B2C"),
+    "award_campaign_approval": lambda xp: xp.award_campaign_approval("camp_seed"),
+    "award_moderation_vote": lambda xp: xp.award_moderation_vote("0xiso", "camp_seed", "VALID"),
+    "award_moderation_vote_unknown": lambda xp: xp.award_moderation_vote("0xiso", "camp_new", "VALID",
+                                                                         campaign_type="B2C"),
+    "award_completion": lambda xp: xp.award_completion("0xiso", "camp_seed", "comp_iso"),
+    "award_completion_moderation": lambda xp: xp.award_completion_moderation("0xiso", "camp_seed",
+                                                                             "comp_iso", "VALID"),
+    "register_agency_client": lambda xp: xp.register_agency_client("0xagency", "iso@example.com", "camp_ag"),
+    "onboard_agency_client": lambda xp: xp.onboard_agency_client("seed@example.com", "0xclient"),
+}
+
+
+@pytest.fixture
+def seeded_for_isolation(xp: XP) -> None:
+    xp.award_campaign_creation("0xcreator", "camp_seed", "B2C")
+    xp.award_campaign_creation("0xagency", "camp_ag", "AGENCY_B2C")
+    xp.register_agency_client("0xagency", "seed@example.com", "camp_ag")
+
+
+@pytest.mark.parametrize("level", ["REPEATABLE READ", "SERIALIZABLE"])
+@pytest.mark.parametrize("function", sorted(WRITES))
+def test_every_writer_refuses_repeatable_read_and_serializable(
+        conninfo: str, db: psycopg.Connection[Any], seeded_for_isolation: None, unchanged: Any,
+        level: str, function: str) -> None:
+    """SPEC 4: PX025 in a REPEATABLE READ / SERIALIZABLE transaction, nothing written; XP(connection)
+    on such a connection gets pyxp.IsolationRefused."""
+    with unchanged(), psycopg.connect(conninfo) as conn:
+        conn.isolation_level = psycopg.IsolationLevel[level.replace(" ", "_")]
+        conn.execute("SELECT 1")  # the caller's transaction is open, its snapshot taken
+        with pytest.raises(pyxp.IsolationRefused):
+            WRITES[function](XP(conn))
+        conn.rollback()
+
+
+def test_a_ruleset_switch_cannot_slip_under_a_repeatable_read_award(
+        conninfo: str, db: psycopg.Connection[Any], unchanged: Any) -> None:
+    """Issue 9 item 2: an RR caller's snapshot predated a ruleset switch; the award was written under
+    the deactivated version. Now it is refused, and READ COMMITTED callers see the new version."""
+    with psycopg.connect(conninfo) as caller:
+        caller.isolation_level = psycopg.IsolationLevel.REPEATABLE_READ
+        caller.execute("SELECT count(*) FROM pyxp.xp_balances")  # snapshot before the switch
+        schema.apply_ruleset(conninfo, "winstory-flows")
+        with unchanged(), pytest.raises(pyxp.IsolationRefused):
+            XP(caller).award_completion("0xc", "camp", "comp", campaign_type="B2C")
+        caller.rollback()
+    with XP(conninfo) as xp:
+        assert xp.award_completion("0xc", "camp", "comp", campaign_type="B2C").xp == 10  # winstory-flows
+    assert db.execute("SELECT * FROM pyxp.audit()").fetchall() == []
+
+
+def test_registrations_racing_onboardings_are_never_left_pending(conninfo: str, db: psycopg.Connection[Any],
+                                                                xp: XP) -> None:
+    """Issue 9 item 2: 16 connections racing register vs onboard (269 of 400 left pending under RR).
+    Half the callers ask for REPEATABLE READ: refused; the others: no registration left pending."""
+    xp.award_campaign_creation("0xagency", "camp_ag", "AGENCY_B2C")
+    emails = [f"c{n}@example.com" for n in range(25)]
+    barrier = threading.Barrier(16)
+    outcomes: list[str] = []
+
+    def worker(index: int) -> None:
+        level = psycopg.IsolationLevel.REPEATABLE_READ if index % 2 else psycopg.IsolationLevel.READ_COMMITTED
+        with psycopg.connect(conninfo) as conn:
+            conn.isolation_level = level
+            client = XP(conn)
+            barrier.wait(timeout=30)
+            for n, email in enumerate(emails):
+                try:
+                    if (n + index) % 2:
+                        client.register_agency_client("0xagency", email, "camp_ag")
+                    else:
+                        client.onboard_agency_client(email, f"0xclient{n}")
+                    conn.commit()
+                    outcomes.append("ok")
+                except pyxp.XPError as exc:
+                    conn.rollback()
+                    outcomes.append(exc.code or "?")
+
+    threads = [threading.Thread(target=worker, args=(i,)) for i in range(16)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=120)
+    assert set(outcomes) == {"ok", "PX025"}
+    for email in emails:  # every email registered after its onboarding: granted at once
+        xp.onboard_agency_client(email, f"0xclient{emails.index(email)}")
+    pending = db.execute("""SELECT count(*) FROM pyxp.agency_b2c_clients a WHERE NOT a.xp_granted""").fetchone()
+    assert pending == (0,)
+    assert db.execute("SELECT * FROM pyxp.audit()").fetchall() == []
+
+
+# --------------------------------------------------------------------------- locks (SPEC 7)
+
+
+@pytest.fixture
+def outsider(conninfo: str, db: psycopg.Connection[Any]) -> Iterator[psycopg.Connection[Any]]:
+    """A connection as a login role with no pyxp privilege at all."""
+    role = f"pyxp_outsider_{uuid.uuid4().hex[:8]}"
+    db.execute(sql.SQL("CREATE ROLE {} LOGIN").format(sql.Identifier(role)))
+    try:
+        with psycopg.connect(make_conninfo(conninfo, user=role), autocommit=True) as conn:
+            yield conn
+    finally:
+        db.execute(sql.SQL("DROP OWNED BY {}; DROP ROLE {}").format(sql.Identifier(role), sql.Identifier(role)))
+
+
+def test_an_outsider_cannot_block_onboarding(conninfo: str, xp: XP, outsider: psycopg.Connection[Any]) -> None:
+    """Issue 9 item 6: a role without pyxp privileges took pg_advisory_lock on the predictable key of an
+    email (hashtextextended('pyxp.client_email:' || email, 0)) and registration/onboarding hung."""
+    email = "blocked@example.com"
+    outsider.execute("SELECT pg_advisory_lock(hashtextextended(%s, 0))", ("pyxp.client_email:" + email,))
+    for key in range(0, 3):  # and any other advisory lock it can think of
+        outsider.execute("SELECT pg_advisory_lock(%s)", (key,))
+    with pytest.raises(psycopg.errors.InsufficientPrivilege):
+        outsider.execute("SELECT 1 FROM pyxp.client_email_locks FOR UPDATE")
+    xp.award_campaign_creation("0xagency", "camp_ag", "AGENCY_B2C")
+    with psycopg.connect(conninfo, autocommit=True) as conn:
+        conn.execute("SET statement_timeout = '10s'")
+        client = XP(conn)
+        assert client.register_agency_client("0xagency", email, "camp_ag").client_email == email
+        assert client.onboard_agency_client(email, "0xclient").xp == 1000
+
+
+def test_no_pyxp_function_takes_an_advisory_lock(db: psycopg.Connection[Any]) -> None:
+    found = db.execute("""SELECT p.proname FROM pg_proc p WHERE p.pronamespace = 'pyxp'::regnamespace
+                            AND p.prosrc ILIKE '%%advisory%%'""").fetchall()
+    assert found == []
+
+
+# --------------------------------------------------------------------------- sizes before work (SPEC 6)
+
+MB = 1024 * 1024
+
+
+def test_a_300_mb_wallet_is_refused_by_its_size(xp: XP, unchanged: Any) -> None:
+    """Issue 9 item 8: a 283 MB wallet reached XX000 'invalid memory alloc request size'."""
+    huge = "a" * (300 * MB)
+    with unchanged(), pytest.raises(pyxp.InvalidWallet, match="bytes"):
+        xp.award(huge, "CAMPAIGN_APPROVED", "huge-wallet")
+    with unchanged(), pytest.raises(pyxp.InvalidIdentifier, match="bytes"):
+        xp.award_completion("0xabc", huge, "comp", campaign_type="B2C")
+    del huge
+
+
+def test_a_150_mb_batch_is_refused_by_its_size(xp: XP, unchanged: Any) -> None:
+    """Issue 9 item 8: a 154 MB award_many was accepted (25-29 s, 1.4 GB of backend memory)."""
+    note = "x" * 15_000
+    events = [{"wallet": f"0x{n}", "action": "CAMPAIGN_APPROVED", "idempotency_key": f"big-{n}",
+               "context": {"note": note}} for n in range(10_000)]
+    with unchanged(), pytest.raises(pyxp.InvalidArgument, match="16 MiB"):
+        xp.award_many(events)
+
+
+BIG = "b" * (8 * MB)
+# Every text parameter of every public function, 8 MB: a PX refusal, never an internal error.
+SIZE_CALLS: dict[str, tuple[str, dict[str, Any]]] = {
+    "award.wallet": ("award", dict(wallet=BIG, action="A", idempotency_key="k")),
+    "award.action": ("award", dict(wallet="w", action=BIG, idempotency_key="k")),
+    "award.idempotency_key": ("award", dict(wallet="w", action="A", idempotency_key=BIG)),
+    "award.params": ("award", dict(wallet="w", action="A", idempotency_key="k", params=Jsonb({"P": BIG}))),
+    "award.context": ("award", dict(wallet="w", action="A", idempotency_key="k", context=Jsonb({"c": BIG}))),
+    "reverse_transaction.reason": ("reverse_transaction", dict(transaction_id=1, reason=BIG)),
+    "award_campaign_creation.creator_wallet": ("award_campaign_creation",
+                                               dict(creator_wallet=BIG, campaign_id="c", campaign_type="B2C")),
+    "award_campaign_creation.campaign_id": ("award_campaign_creation",
+                                            dict(creator_wallet="w", campaign_id=BIG, campaign_type="B2C")),
+    "award_campaign_creation.campaign_type": ("award_campaign_creation",
+                                              dict(creator_wallet="w", campaign_id="c", campaign_type=BIG)),
+    "award_campaign_approval.campaign_id": ("award_campaign_approval", dict(campaign_id=BIG)),
+    "award_campaign_approval.creator_wallet": ("award_campaign_approval", dict(campaign_id="c", creator_wallet=BIG)),
+    "award_moderation_vote.moderator_wallet": ("award_moderation_vote",
+                                               dict(moderator_wallet=BIG, campaign_id="c", vote_decision="VALID")),
+    "award_moderation_vote.vote_decision": ("award_moderation_vote",
+                                            dict(moderator_wallet="w", campaign_id="c", vote_decision=BIG)),
+    "award_moderation_vote.campaign_type": ("award_moderation_vote",
+                                            dict(moderator_wallet="w", campaign_id="c", vote_decision="VALID",
+                                                 campaign_type=BIG)),
+    "award_completion.completion_id": ("award_completion",
+                                       dict(completer_wallet="w", campaign_id="c", completion_id=BIG)),
+    "award_completion_moderation.completion_id": ("award_completion_moderation",
+                                                  dict(moderator_wallet="w", campaign_id="c", completion_id=BIG,
+                                                       vote_decision="VALID")),
+    "register_agency_client.client_email": ("register_agency_client",
+                                            dict(agency_wallet="w", client_email=BIG, campaign_id="c")),
+    "register_agency_client.company_name": ("register_agency_client",
+                                            dict(agency_wallet="w", client_email="a@b.co", campaign_id="c",
+                                                 company_name=BIG)),
+    "onboard_agency_client.client_wallet": ("onboard_agency_client", dict(client_email="a@b.co", client_wallet=BIG)),
+    "balance.wallet": ("balance", dict(wallet=BIG)),
+    "history.wallet": ("history", dict(wallet=BIG)),
+    "wallet_rank.wallet": ("wallet_rank", dict(wallet=BIG)),
+    "level_for.total_xp": ("level_for", dict(total_xp=Decimal("9" * 1000))),
+}
+
+
+@pytest.mark.parametrize("case", sorted(SIZE_CALLS))
+def test_every_public_parameter_is_size_checked_first(db: psycopg.Connection[Any], unchanged: Any,
+                                                      case: str) -> None:
+    function, kwargs = SIZE_CALLS[case]
+    call = sql.SQL("SELECT * FROM pyxp.{}({})").format(
+        sql.Identifier(function),
+        sql.SQL(", ").join(sql.SQL("{} => %({})s").format(sql.Identifier(k), sql.SQL(k)) for k in kwargs))
+    with unchanged(), pytest.raises(psycopg.Error) as caught:
+        db.execute(call, kwargs).fetchall()
+    assert caught.value.sqlstate is not None and caught.value.sqlstate.startswith("PX"), caught.value
+
+
+# --------------------------------------------------------------------------- deadlocks (issue 9 item 9)
+
+
+def test_callers_awarding_in_wallet_order_never_deadlock_with_batches(conninfo: str,
+                                                                     db: psycopg.Connection[Any]) -> None:
+    """The README's advice: award wallets in sorted order. A batch used to create every missing balance
+    row first and lock the existing ones in a second pass: when a caller took an existing wallet between
+    the two passes, the batch waited for it while holding a new wallet's row the caller wanted next
+    (40P01: 3 deadlocks in 150 rounds on 0001). Now a batch creates or locks each row in wallet order,
+    in one statement. Two callers (one transaction, two awards, sorted) and two batches race per round."""
+    rounds = 300
+    with XP(conninfo) as setup:
+        setup.award_many([{"wallet": f"0xa{r:03}", "action": "CAMPAIGN_APPROVED", "idempotency_key": f"seed-{r}"}
+                          for r in range(rounds)])
+    barrier = threading.Barrier(4)
+    errors: list[str] = []
+
+    def caller(tid: int) -> None:
+        with psycopg.connect(conninfo) as conn:
+            client = XP(conn)
+            for r in range(rounds):
+                barrier.wait(timeout=30)
+                try:
+                    client.award(f"0xa{r:03}", "CAMPAIGN_APPROVED", f"caller{tid}-1-{r}")
+                    client.award(f"0xb{r:03}", "CAMPAIGN_APPROVED", f"caller{tid}-2-{r}")  # new this round
+                    conn.commit()
+                except (psycopg.Error, pyxp.XPError) as exc:
+                    conn.rollback()
+                    errors.append(type(exc).__name__)
+
+    def batch(tid: int) -> None:
+        with psycopg.connect(conninfo, autocommit=True) as conn:
+            client = XP(conn)
+            for r in range(rounds):
+                barrier.wait(timeout=30)
+                try:
+                    client.award_many([
+                        {"wallet": f"0xa{r:03}", "action": "CAMPAIGN_APPROVED", "idempotency_key": f"b{tid}-1-{r}"},
+                        {"wallet": f"0xb{r:03}", "action": "CAMPAIGN_APPROVED", "idempotency_key": f"b{tid}-2-{r}"}])
+                except (psycopg.Error, pyxp.XPError) as exc:
+                    errors.append(type(exc).__name__)
+
+    threads = [threading.Thread(target=f, args=(i,)) for i, f in enumerate((caller, caller, batch, batch))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=300)
+    assert errors == []
+    assert db.execute("SELECT count(*) FROM pyxp.xp_transactions").fetchone() == (rounds * 9,)
+    assert db.execute("SELECT * FROM pyxp.audit()").fetchall() == []
