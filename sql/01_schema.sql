@@ -125,9 +125,15 @@ CREATE TABLE pyxp.xp_transactions (
     idempotency_key   text NOT NULL REFERENCES pyxp.xp_requests,
     metadata          jsonb NOT NULL DEFAULT '{}',
     reverses          bigint REFERENCES pyxp.xp_transactions,
-    created_at        timestamptz NOT NULL DEFAULT now()
+    created_at        timestamptz NOT NULL DEFAULT now(),
+    -- The change feed's group (pyxp.changes, sql/11_changes.sql): the writing
+    -- transaction's id, raised to the wallet's previous row's group so that a
+    -- wallet's rows never go back in feed order. NULL for rows written before
+    -- 0003 (their feed cursor is their id).
+    feed_xid          xid8
 );
 CREATE INDEX xp_transactions_wallet ON pyxp.xp_transactions (user_wallet, id);
+CREATE INDEX xp_transactions_feed ON pyxp.xp_transactions (feed_xid, id);
 CREATE INDEX xp_transactions_key ON pyxp.xp_transactions (idempotency_key);
 -- A row can be reversed once.
 CREATE UNIQUE INDEX xp_transactions_reversed_once ON pyxp.xp_transactions (reverses)
@@ -144,7 +150,8 @@ CREATE TABLE pyxp.xp_balances (
     xp_to_next_level   bigint NOT NULL,
     total_moderations  bigint NOT NULL DEFAULT 0,
     created_at         timestamptz NOT NULL DEFAULT now(),
-    updated_at         timestamptz NOT NULL DEFAULT now()
+    updated_at         timestamptz NOT NULL DEFAULT now(),
+    last_feed_xid      xid8                    -- feed_xid of the wallet's last ledger row
 );
 -- Leaderboard order: total_xp desc, ties by wallet (deterministic).
 CREATE INDEX xp_balances_leaderboard ON pyxp.xp_balances (total_xp DESC, user_wallet);

@@ -133,19 +133,25 @@ DECLARE
     v_out pyxp.award_result;
     v_level bigint;
     v_next numeric;
+    v_feed xid8;
 BEGIN
     IF cardinality(p_rows) = 0 AND p_moderations = 0 THEN
         RETURN;
     END IF;
     -- The wallet's lock. A new wallet's row is inserted first; a concurrent
     -- insert of the same wallet makes ON CONFLICT wait, then we lock its row.
-    SELECT b.total_xp INTO v_running FROM pyxp.xp_balances b WHERE b.user_wallet = p_wallet FOR UPDATE;
+    SELECT b.total_xp, b.last_feed_xid INTO v_running, v_feed
+      FROM pyxp.xp_balances b WHERE b.user_wallet = p_wallet FOR UPDATE;
     IF NOT FOUND THEN
         INSERT INTO pyxp.xp_balances (user_wallet, total_xp, current_level, xp_to_next_level)
         SELECT p_wallet, 0, c.level, c.next_level_xp::bigint FROM pyxp.curve_position(p_ruleset_id, 0) c
         ON CONFLICT (user_wallet) DO NOTHING;
-        SELECT b.total_xp INTO STRICT v_running FROM pyxp.xp_balances b WHERE b.user_wallet = p_wallet FOR UPDATE;
+        SELECT b.total_xp, b.last_feed_xid INTO STRICT v_running, v_feed
+          FROM pyxp.xp_balances b WHERE b.user_wallet = p_wallet FOR UPDATE;
     END IF;
+    -- The feed group of these rows (sql/11_changes.sql): this transaction's
+    -- id, or the wallet's last group if that is higher (greatest skips NULL).
+    v_feed := greatest(pg_current_xact_id(), v_feed);
     IF p_apply_floor THEN
         SELECT r.balance_floor INTO v_floor FROM pyxp.rulesets r WHERE r.ruleset_id = p_ruleset_id;
     END IF;
@@ -167,10 +173,10 @@ BEGIN
 
         INSERT INTO pyxp.xp_transactions (user_wallet, transaction_type, xp_amount, xp_requested,
                                           balance_after, rule_id, campaign_id, subject,
-                                          idempotency_key, metadata, reverses)
+                                          idempotency_key, metadata, reverses, feed_xid)
         VALUES (p_wallet, v_row.transaction_type, v_out.xp_amount, v_out.xp_requested,
                 v_running, v_row.rule_id, v_row.campaign_id, v_row.subject,
-                p_key, coalesce(v_row.metadata, '{}'), v_row.reverses)
+                p_key, coalesce(v_row.metadata, '{}'), v_row.reverses, v_feed)
         RETURNING id INTO v_out.transaction_id;
 
         SELECT c.level, c.next_level_xp INTO v_level, v_next FROM pyxp.curve_position(p_ruleset_id, v_running) c;
@@ -188,7 +194,8 @@ BEGIN
            current_level = v_level,
            xp_to_next_level = (v_next - v_running)::bigint,
            total_moderations = b.total_moderations + p_moderations,
-           updated_at = now()
+           updated_at = now(),
+           last_feed_xid = CASE WHEN cardinality(p_rows) > 0 THEN v_feed ELSE b.last_feed_xid END
      WHERE b.user_wallet = p_wallet;
 END
 $$;

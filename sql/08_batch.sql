@@ -275,16 +275,21 @@ BEGIN
 
     -- 6. Append the rows (wallet, event order: ids follow each balance_after chain)
     --    and update each balance once.
+    --    Feed group: this transaction's id, or the wallet's last group if
+    --    higher (see write_ledger_rows and sql/11_changes.sql).
     INSERT INTO pyxp.xp_transactions (user_wallet, transaction_type, xp_amount, xp_requested, balance_after,
-                                      rule_id, campaign_id, subject, idempotency_key, metadata)
+                                      rule_id, campaign_id, subject, idempotency_key, metadata, feed_xid)
     SELECT b.wallet, b.action, b.applied::bigint, CASE WHEN b.applied <> b.amount THEN b.amount::bigint END,
-           b.balance_after::bigint, b.rule_id, b.campaign_id, b.subject, b.key, b.metadata
-      FROM unnest(v_rows) b WHERE b.claimed
+           b.balance_after::bigint, b.rule_id, b.campaign_id, b.subject, b.key, b.metadata,
+           greatest(pg_current_xact_id(), x.last_feed_xid)
+      FROM unnest(v_rows) b JOIN pyxp.xp_balances x ON x.user_wallet = b.wallet
+     WHERE b.claimed
      ORDER BY b.wallet, b.event_index;
 
     UPDATE pyxp.xp_balances x
        SET total_xp = f.balance_after, current_level = c.level,
-           xp_to_next_level = (c.next_level_xp - f.balance_after)::bigint, updated_at = now()
+           xp_to_next_level = (c.next_level_xp - f.balance_after)::bigint, updated_at = now(),
+           last_feed_xid = greatest(pg_current_xact_id(), x.last_feed_xid)
       FROM (SELECT DISTINCT ON (b.wallet) b.wallet, b.balance_after::bigint AS balance_after
               FROM unnest(v_rows) b WHERE b.claimed ORDER BY b.wallet, b.event_index DESC) f
      CROSS JOIN LATERAL pyxp.curve_position(v_ruleset, f.balance_after) c

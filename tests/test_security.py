@@ -26,8 +26,9 @@ PUBLIC_API = {
     "reverse_transaction", "level_for", "balance", "history", "leaderboard",
     "wallet_rank", "audit",
     "award_many",  # SPEC §9: batch variant for bulk ingestion
+    "changes",  # SPEC §11: the change feed
 }
-READ_FUNCTIONS = {"level_for", "balance", "history", "leaderboard", "wallet_rank", "audit"}
+READ_FUNCTIONS = {"level_for", "balance", "history", "leaderboard", "wallet_rank", "audit", "changes"}
 INTERNAL_FUNCTIONS = ["post_award", "write_ledger_rows", "claim_request", "install_ruleset",
                       "replayed_award", "planned_rows", "checked_wallet", "curve_position",
                       "active_ruleset_id", "check_ruleset_definition"]
@@ -40,6 +41,7 @@ READ_CALLS = {
     "leaderboard": "SELECT * FROM pyxp.leaderboard()",
     "wallet_rank": "SELECT pyxp.wallet_rank(wallet => 'someone')",
     "audit": "SELECT * FROM pyxp.audit()",
+    "changes": "SELECT * FROM pyxp.changes(after_cursor => 0)",
 }
 AWARD_CALL = ("SELECT * FROM pyxp.award(wallet => %s, action => 'CAMPAIGN_APPROVED', "
               "idempotency_key => %s)")

@@ -1,0 +1,155 @@
+-- The change feed (SPEC 11): every committed ledger row, exactly once, for
+-- any service that follows it with plain SQL. No daemon, no queue to consume.
+--
+-- The trap: ids come from a sequence at INSERT, not at COMMIT. A reader that
+-- asks for "ids above the last one I saw" skips a row whose transaction got
+-- a lower id and committed later. So the feed is not ordered by id.
+--
+-- Groups. Each ledger row carries feed_xid, written by the one writer of the
+-- ledger under the wallet's balance row lock (write_ledger_rows, award_many):
+--   feed_xid = greatest(id of the writing transaction, feed_xid of the
+--                       wallet's previous row)          (xp_balances.last_feed_xid)
+-- Two facts follow:
+--   (1) feed_xid >= the writer's own transaction id;
+--   (2) along a wallet's balance_after chain, feed_xid never decreases, and
+--       ids increase (rows of a wallet are appended under its lock).
+-- The feed order is (feed_xid, id); a row's cursor is
+--   feed_xid * 2^24 + its rank by id among the rows of its group,
+-- and the reader returns only groups below the xmin of its snapshot, the
+-- oldest transaction id still running.
+--
+-- Why every committed row is seen exactly once: group G < xmin means every
+-- transaction with an id <= G has finished (committed or rolled back), so by
+-- (1) every row that has or will ever have feed_xid = G was written by a
+-- finished transaction: the group is final, its rows and their ranks never
+-- change, and a snapshot with that xmin sees all the committed ones. A
+-- transaction still running has an id >= xmin, so by (1) its rows land in a
+-- group >= xmin, above every cursor handed out so far: a reader passing its
+-- last cursor back meets them once they commit. Rolled-back rows are never
+-- visible. By (2), a wallet's rows come in balance_after order.
+-- The cost: the feed waits for the oldest running transaction that has
+-- written anything (in the cluster: xmin is cluster-wide), so a long-running
+-- writing transaction anywhere holds the feed back until it ends.
+--
+-- Rows written before 0003 have no group (feed_xid NULL): their cursor is
+-- their id, and 0003 checked that every id then was below the first group's
+-- cursor. Limits: 2^24 rows per group (a transaction writes at most 10,000
+-- rows through award_many), and cursors fit in bigint while transaction ids
+-- stay below 2^39 (about 550 billion transactions).
+
+SET LOCAL ROLE pyxp_owner;
+
+-- Public: committed ledger rows after `after_cursor`, ascending by cursor, at
+-- most `max_rows` (1..1000), optionally one wallet's. total_xp is the balance
+-- right after the row; previous_level and current_level its levels before
+-- and after, on the curve of the ruleset the row was written under.
+CREATE FUNCTION pyxp.changes(after_cursor bigint DEFAULT 0, max_rows integer DEFAULT 100,
+                             wallet text DEFAULT NULL)
+RETURNS TABLE (cursor bigint, transaction_id bigint, user_wallet text, transaction_type text,
+               xp_amount bigint, total_xp bigint, previous_level bigint, current_level bigint,
+               campaign_id text, subject text, created_at timestamptz)
+LANGUAGE plpgsql STABLE SECURITY DEFINER
+SET search_path = pyxp, pg_temp
+AS $$
+DECLARE
+    v_max integer := pyxp.checked_row_count('max_rows', changes.max_rows);
+    v_wallet text := CASE WHEN changes.wallet IS NOT NULL THEN pyxp.checked_wallet(changes.wallet) END;
+    v_after bigint := changes.after_cursor;
+    -- Every group below this is final (see above).
+    v_horizon xid8 := pg_snapshot_xmin(pg_current_snapshot());
+    v_group xid8;
+    v_rank bigint;
+BEGIN
+    IF v_after IS NULL OR v_after < 0 THEN
+        RAISE EXCEPTION 'invalid after_cursor: %', coalesce(v_after::text, 'NULL')
+            USING ERRCODE = 'PX023', HINT = 'after_cursor is 0 (from the start) or a cursor the feed returned';
+    END IF;
+    v_group := (v_after >> 24)::text::xid8;
+    v_rank := v_after & 16777215;
+    RETURN QUERY
+        WITH page AS (
+            -- Rows from before 0003: cursor = id.
+            (SELECT t.id AS cur, t.*
+               FROM pyxp.xp_transactions t
+              WHERE t.feed_xid IS NULL AND t.id > v_after
+                AND (v_wallet IS NULL OR t.user_wallet = v_wallet)
+              ORDER BY t.id
+              LIMIT v_max)
+            UNION ALL
+            -- Whole feed: final groups from the cursor's on, ranked as scanned
+            -- (index xp_transactions_feed; the window streams, LIMIT stops it).
+            (SELECT (g.feed_xid::text::bigint << 24) + g.rank, g.id, g.user_wallet, g.transaction_type,
+                    g.xp_amount, g.xp_requested, g.balance_after, g.rule_id, g.campaign_id, g.subject,
+                    g.idempotency_key, g.metadata, g.reverses, g.created_at, g.feed_xid
+               FROM (SELECT t.*, row_number() OVER (PARTITION BY t.feed_xid ORDER BY t.id) AS rank
+                       FROM pyxp.xp_transactions t
+                      WHERE v_wallet IS NULL AND t.feed_xid >= v_group AND t.feed_xid < v_horizon
+                      ORDER BY t.feed_xid, t.id) g
+              WHERE g.feed_xid > v_group OR g.rank > v_rank
+              ORDER BY g.feed_xid, g.id
+              LIMIT v_max)
+            UNION ALL
+            -- One wallet: its rows in chain order (= feed order, fact 2), each
+            -- ranked within its whole group.
+            (SELECT (t.feed_xid::text::bigint << 24) + r.rank, t.*
+               FROM pyxp.xp_transactions t
+              CROSS JOIN LATERAL (SELECT count(*) AS rank FROM pyxp.xp_transactions o
+                                   WHERE o.feed_xid = t.feed_xid AND o.id <= t.id) r
+              WHERE v_wallet IS NOT NULL AND t.user_wallet = v_wallet
+                AND t.feed_xid >= v_group AND t.feed_xid < v_horizon
+                AND (t.feed_xid > v_group OR r.rank > v_rank)
+              ORDER BY t.id
+              LIMIT v_max)
+        )
+        SELECT p.cur, p.id, p.user_wallet, p.transaction_type, p.xp_amount, p.balance_after,
+               before_.level, after_.level, p.campaign_id, p.subject, p.created_at
+          FROM page p
+          JOIN pyxp.xp_requests q ON q.idempotency_key = p.idempotency_key
+         CROSS JOIN LATERAL pyxp.curve_position(q.ruleset_id, p.balance_after - p.xp_amount) before_
+         CROSS JOIN LATERAL pyxp.curve_position(q.ruleset_id, p.balance_after) after_
+         ORDER BY p.cur
+         LIMIT v_max;
+END
+$$;
+
+-- Wake-ups (SPEC 11): listeners of channel pyxp_changes hear of new rows.
+-- NOTIFY takes a cluster-wide lock at commit that serialises every notifying
+-- transaction, commit flush included, so not every award notifies: the first
+-- statement that writes ledger rows in each 100 ms slot does (the slot is
+-- claimed on a sequence, which takes no lock a transaction keeps). A
+-- notification is sent only if its transaction commits. A listener therefore
+-- reads the feed when woken AND at least once a second (the slot's other
+-- commits, a notifier that rolled back): pyxp's watch does both. README
+-- "Live XP" has the measured cost of both designs.
+CREATE SEQUENCE pyxp.feed_wakeup_slot;
+
+CREATE FUNCTION pyxp.wake_feed_listeners()
+RETURNS trigger
+LANGUAGE plpgsql
+AS $$
+DECLARE
+    v_slot bigint := (extract(epoch FROM clock_timestamp()) * 10)::bigint;  -- 100 ms slots
+BEGIN
+    IF v_slot > (SELECT s.last_value FROM pyxp.feed_wakeup_slot s) THEN
+        PERFORM setval('pyxp.feed_wakeup_slot', v_slot);
+        PERFORM pg_notify('pyxp_changes', '');
+    END IF;
+    RETURN NULL;
+END
+$$;
+
+CREATE TRIGGER xp_transactions_wake_feed
+    AFTER INSERT ON pyxp.xp_transactions
+    FOR EACH STATEMENT EXECUTE FUNCTION pyxp.wake_feed_listeners();
+
+REVOKE ALL ON FUNCTION pyxp.changes(bigint, integer, text), pyxp.wake_feed_listeners() FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION pyxp.changes(bigint, integer, text) TO pyxp_writer, pyxp_reader;
+REVOKE ALL ON SEQUENCE pyxp.feed_wakeup_slot FROM PUBLIC;
+GRANT SELECT ON SEQUENCE pyxp.feed_wakeup_slot TO pyxp_reader;
+
+COMMENT ON FUNCTION pyxp.changes(bigint, integer, text) IS
+    'API: the change feed: committed ledger rows after a cursor, each exactly once, with total_xp and the levels before and after; pass back the last cursor.';
+COMMENT ON FUNCTION pyxp.wake_feed_listeners() IS
+    'internal: trigger sending at most one NOTIFY pyxp_changes per 100 ms slot.';
+
+RESET ROLE;
