@@ -2,15 +2,37 @@
 
 The database is the one given by the caller (``pyxp db upgrade`` passes its
 conninfo in ``config.attributes["conninfo"]``), else PYXP_DATABASE_URL, else
-libpq's environment and defaults. The version table stays in ``public`` so
-that downgrading to base can drop the whole ``pyxp`` schema.
+libpq's environment and defaults.
+
+Where the history lives (SPEC §9): pyxp shares its database with the
+application, which may have its own alembic history in ``public.alembic_version``.
+pyxp's history is kept in ``pyxp.alembic_version`` (owned by pyxp_owner,
+readable by pyxp_reader), so neither sees the other's revisions. That table
+cannot be alembic's own version table: the schema ``pyxp`` does not exist
+before revision 0001 creates it, and downgrading 0001 drops the schema with
+everything in it. So alembic works on a session TEMPORARY ``alembic_version``
+(in this session's ``pg_temp_N`` schema), seeded from ``pyxp.alembic_version``
+before the migrations run; after each migration, in that migration's
+transaction, :func:`_persist_heads` copies the new heads to
+``pyxp.alembic_version`` while the schema exists (down to base, the schema and
+its history are gone together).
+
+An install from before this change kept its row in ``public.alembic_version``:
+if the schema ``pyxp`` exists and ``public.alembic_version`` holds one of
+pyxp's own revisions, that row (and only it) is moved to
+``pyxp.alembic_version``, in one transaction, before anything else; the
+public table is dropped only if nothing else is left in it.
 """
 
 from __future__ import annotations
 
+from typing import Any
+
 import psycopg
 from alembic import context
+from alembic.script import ScriptDirectory
 from sqlalchemy import create_engine
+from sqlalchemy.engine import Connection
 from sqlalchemy.pool import NullPool
 
 from pyxp.database import configured_conninfo
@@ -21,8 +43,92 @@ conninfo: str = config.attributes.get("conninfo") or configured_conninfo()
 if context.is_offline_mode():
     raise SystemExit("pyxp migrations run online only: they execute frozen SQL files on a connection")
 
+OWN_REVISIONS = sorted(script.revision for script in ScriptDirectory.from_config(config).walk_revisions())
+
+_VERSION_COLUMNS = "(version_num varchar(32) NOT NULL PRIMARY KEY)"
+
+
+def _scalar(connection: Connection, query: str, params: dict[str, Any] | None = None) -> Any:
+    return connection.exec_driver_sql(query, params or {}).scalar()
+
+
+def _create_pyxp_version_table(connection: Connection) -> None:
+    """``pyxp.alembic_version`` if missing: owned by pyxp_owner, readable by pyxp_reader.
+
+    Runs inside a transaction; the role switch ends with it (it is the last
+    thing :func:`_persist_heads` and the legacy move do before committing).
+    """
+    connection.exec_driver_sql("SET LOCAL ROLE pyxp_owner")
+    connection.exec_driver_sql(f"CREATE TABLE IF NOT EXISTS pyxp.alembic_version {_VERSION_COLUMNS}")
+    connection.exec_driver_sql("GRANT SELECT ON pyxp.alembic_version TO pyxp_reader")
+
+
+def _write_pyxp_heads(connection: Connection, heads: list[str]) -> None:
+    _create_pyxp_version_table(connection)
+    connection.exec_driver_sql("DELETE FROM pyxp.alembic_version")
+    for head in sorted(heads):
+        connection.exec_driver_sql("INSERT INTO pyxp.alembic_version (version_num) VALUES (%(v)s)",
+                                   {"v": head})
+
+
+def _prepare_version_table(connection: Connection) -> str:
+    """Create and seed the session's temporary version table; returns its schema (``pg_temp_N``)."""
+    with connection.begin():
+        connection.exec_driver_sql(f"CREATE TEMP TABLE IF NOT EXISTS alembic_version {_VERSION_COLUMNS}")
+        connection.exec_driver_sql("DELETE FROM pg_temp.alembic_version")
+        # Only this session sees a temporary table; a migration that switches roles
+        # (SET LOCAL ROLE pyxp_owner) must still let alembic write its row.
+        connection.exec_driver_sql("GRANT ALL ON pg_temp.alembic_version TO PUBLIC")
+        temp_schema = _scalar(connection,
+                              "SELECT nspname::text FROM pg_namespace WHERE oid = pg_my_temp_schema()")
+        schema_exists = _scalar(connection, "SELECT EXISTS (SELECT FROM pg_namespace WHERE nspname = 'pyxp')")
+        if not schema_exists:
+            # Nothing installed (or dropped by hand): whatever public.alembic_version
+            # holds belongs to the application, even a revision named like one of ours.
+            return str(temp_schema)
+        tables = {row[0] for row in connection.exec_driver_sql(
+            "SELECT n.nspname::text FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
+            "WHERE c.relname = 'alembic_version' AND c.relkind IN ('r', 'p') "
+            "AND n.nspname IN ('pyxp', 'public')")}
+        if "pyxp" in tables:
+            connection.exec_driver_sql(
+                "INSERT INTO pg_temp.alembic_version SELECT version_num FROM pyxp.alembic_version")
+        elif "public" in tables:
+            _move_legacy_history(connection)
+    return str(temp_schema)
+
+
+def _move_legacy_history(connection: Connection) -> None:
+    """A pre-``pyxp.alembic_version`` install: move pyxp's row(s) out of ``public.alembic_version``."""
+    query = "SELECT version_num FROM public.alembic_version WHERE version_num = ANY(%(own)s)"
+    if not connection.exec_driver_sql(query, {"own": OWN_REVISIONS}).first():
+        return  # the application's history only: not ours to touch
+    # No application migration may add a row between our emptiness check and the DROP.
+    connection.exec_driver_sql("LOCK TABLE public.alembic_version IN EXCLUSIVE MODE")
+    legacy = [row[0] for row in connection.exec_driver_sql(query, {"own": OWN_REVISIONS})]
+    if not legacy:
+        return
+    _write_pyxp_heads(connection, legacy)
+    connection.exec_driver_sql("RESET ROLE")
+    connection.exec_driver_sql("DELETE FROM public.alembic_version WHERE version_num = ANY(%(own)s)",
+                               {"own": legacy})
+    if not _scalar(connection, "SELECT EXISTS (SELECT FROM public.alembic_version)"):
+        connection.exec_driver_sql("DROP TABLE public.alembic_version")
+    connection.exec_driver_sql(
+        "INSERT INTO pg_temp.alembic_version SELECT version_num FROM pyxp.alembic_version")
+
+
+def _persist_heads(*, ctx: Any, step: Any, heads: set[str], run_args: Any) -> None:
+    """on_version_apply: in the migration's transaction, record the new heads in pyxp.alembic_version."""
+    connection = ctx.connection
+    if _scalar(connection, "SELECT EXISTS (SELECT FROM pg_namespace WHERE nspname = 'pyxp')"):
+        _write_pyxp_heads(connection, list(heads))
+
+
 engine = create_engine("postgresql+psycopg://", creator=lambda: psycopg.connect(conninfo), poolclass=NullPool)
 with engine.connect() as connection:
-    context.configure(connection=connection, target_metadata=None, transaction_per_migration=True)
+    version_schema = _prepare_version_table(connection)
+    context.configure(connection=connection, target_metadata=None, transaction_per_migration=True,
+                      version_table_schema=version_schema, on_version_apply=_persist_heads)
     with context.begin_transaction():
         context.run_migrations()

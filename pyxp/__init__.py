@@ -8,7 +8,7 @@ database, and ``pyxp`` is the command line.
 
 from pyxp.client import XP, AsyncXP
 from pyxp.errors import *  # noqa: F403 - every XPError subclass is public
-from pyxp.errors import XPError
+from pyxp.errors import DatabaseUnavailable, XPError, error_from_sqlstate
 from pyxp.results import (
     AuditFinding,
     Award,
@@ -16,6 +16,7 @@ from pyxp.results import (
     AwardRow,
     Balance,
     BatchAwardRow,
+    Change,
     ClientRegistration,
     LeaderboardRow,
     LedgerRow,
@@ -25,7 +26,8 @@ from pyxp.results import (
 from pyxp.ruleset_config import ConfigError, RuleSet, load_ruleset
 
 __all__ = [
-    "XP", "AsyncXP", "XPError", "ConfigError", "RuleSet", "load_ruleset",
+    "XP", "AsyncXP", "XPError", "DatabaseUnavailable", "error_from_sqlstate",
+    "ConfigError", "RuleSet", "load_ruleset",
     "Award", "AwardRequest", "AwardRow", "BatchAwardRow", "Balance", "Level", "LedgerRow", "LeaderboardRow", "AuditFinding",
-    "RulesetInstall", "ClientRegistration",
+    "RulesetInstall", "ClientRegistration", "Change",
 ]

@@ -5,9 +5,12 @@ Discovery order (used by the CLI, the demo and the tests):
 1. ``PYXP_DATABASE_URL`` (a libpq URL or ``key=value`` string), if set;
 2. libpq's own environment and defaults (``PGHOST``, ``PGPORT``, ``PGUSER``,
    ``PGDATABASE``, ..., else the local socket), if a server answers there;
-3. a throwaway cluster started from the local PostgreSQL binaries (``pg_ctl``
-   on PATH or under ``pg_config --bindir``), run as the ``postgres`` OS user
-   when we are root (PostgreSQL refuses to run as root);
+   a server that answers but refuses (no such role or database, a password
+   needed...) is an error saying what to set, never a reason to go elsewhere;
+3. when nothing listens there: a throwaway cluster started from the local
+   PostgreSQL binaries (``pg_ctl`` on PATH or under ``pg_config --bindir``),
+   run as the ``postgres`` OS user (through ``runuser``) when we are root
+   (PostgreSQL refuses to run as root);
 4. otherwise :class:`~pyxp.errors.DatabaseUnavailable`, saying what to install or set.
 """
 
@@ -15,6 +18,7 @@ from __future__ import annotations
 
 import os
 import pwd
+import re
 import shutil
 import socket
 import subprocess
@@ -50,6 +54,29 @@ def server_answers(conninfo: str, timeout: int = 3) -> bool:
     return connection_problem(conninfo, timeout) is None
 
 
+# libpq's words when nothing answered at an address: no socket, nothing listening,
+# no route, no such host, no answer in time.
+_NOBODY_THERE = ("Connection refused", "No such file or directory", "timeout expired",
+                 "Connection timed out", "could not translate host name", "Name or service not known",
+                 "Network is unreachable", "No route to host", "Cannot assign requested address")
+
+
+def server_refused(problem: str) -> bool:
+    """True when a connection problem (:func:`connection_problem`) comes from a server that
+    answered and refused (a FATAL/ERROR message: no such role or database, authentication...),
+    False when nothing answered at any address tried."""
+    if re.search(r"\b(FATAL|ERROR|PANIC):", problem):
+        return True
+    return not any(words in problem for words in _NOBODY_THERE)
+
+
+def _libpq_settings() -> str:
+    """The PG* variables in effect (the password hidden), for a message."""
+    shown = [f"{name}={'***' if name == 'PGPASSWORD' else value}"
+             for name, value in sorted(os.environ.items()) if name.startswith("PG") and value]
+    return " ".join(shown) if shown else "none set: local socket, your OS user name as role and database"
+
+
 def shown_conninfo(conninfo: str) -> str:
     """The conninfo for a message: without its password (or a placeholder when it does not parse)."""
     try:
@@ -78,6 +105,23 @@ def _postgres_bindir() -> Path | None:
         if (directory / "initdb").exists() and (directory / "pg_ctl").exists():
             return directory
     return None
+
+
+RUNUSER_FALLBACKS = ("/usr/sbin/runuser", "/sbin/runuser")
+
+
+def _runuser() -> str:
+    """runuser, also when /usr/sbin is not on PATH (cron, `su` without `-`)."""
+    found = shutil.which("runuser")
+    if found:
+        return found
+    for candidate in RUNUSER_FALLBACKS:
+        if os.access(candidate, os.X_OK):
+            return candidate
+    raise DatabaseUnavailable(
+        "PostgreSQL refuses to run as root, and runuser (util-linux), needed to run it as the postgres "
+        f"OS user, is neither on PATH nor at {' or '.join(RUNUSER_FALLBACKS)}; install util-linux, "
+        f"run as a regular user, or set {DATABASE_URL_VARIABLE} to a running server")
 
 
 def _free_port() -> int:
@@ -109,8 +153,11 @@ class EmbeddedCluster:
     def _run(self, *args: str) -> None:
         command = [str(self.bindir / args[0]), *args[1:]]
         if self.run_as:
-            command = ["runuser", "-u", self.run_as, "--", *command]
-        result = subprocess.run(command, capture_output=True, text=True, check=False)
+            command = [_runuser(), "-u", self.run_as, "--", *command]
+        try:
+            result = subprocess.run(command, capture_output=True, text=True, check=False)
+        except OSError as exc:
+            raise DatabaseUnavailable(f"cannot run {command[0]}: {exc.strerror or exc}") from None
         if result.returncode != 0:
             output = " ".join((result.stderr.strip() or result.stdout).split())
             raise DatabaseUnavailable(f"{args[0]} failed: {output}")
@@ -119,6 +166,7 @@ class EmbeddedCluster:
         """initdb and start; on failure nothing is left behind (no server, no directory)."""
         try:
             if self.run_as:
+                _runuser()  # before anything is made: no runuser, no cluster
                 try:
                     entry = pwd.getpwnam(self.run_as)
                 except KeyError:
@@ -170,11 +218,11 @@ class EmbeddedCluster:
             shutil.rmtree(self.directory, ignore_errors=True)
 
 
-@contextmanager
-def discovered_server(allow_embedded: bool = True) -> Iterator[str]:
-    """Yields the conninfo of a server to use, following the discovery order above.
+def locate_server(allow_embedded: bool = True) -> str | Path:
+    """Steps 1-4 of the discovery order, starting nothing: the conninfo of a server that
+    accepts us, or the directory of the binaries to start a throwaway cluster from.
 
-    A throwaway cluster, if one had to be started, is stopped and removed on exit.
+    Raises :class:`DatabaseUnavailable` (what to set or install) otherwise.
     """
     conninfo = configured_conninfo()
     if os.environ.get(DATABASE_URL_VARIABLE):
@@ -183,11 +231,16 @@ def discovered_server(allow_embedded: bool = True) -> Iterator[str]:
             raise DatabaseUnavailable(
                 f"cannot connect with {DATABASE_URL_VARIABLE}={shown_conninfo(conninfo)!r}: {problem}; "
                 "start the server, or fix or unset the variable")
-        yield conninfo
-        return
-    if server_answers(conninfo):
-        yield conninfo
-        return
+        return conninfo
+    problem = connection_problem(conninfo)
+    if problem is None:
+        return conninfo
+    if server_refused(problem):
+        raise DatabaseUnavailable(
+            f"a PostgreSQL server answered with libpq's defaults but refused the connection: {problem}; "
+            f"set PGUSER / PGDATABASE / PGPASSWORD to a role and database it accepts, or "
+            f"{DATABASE_URL_VARIABLE} (e.g. postgresql://user@host:5432/db) "
+            f"(libpq variables now: {_libpq_settings()})")
     bindir = _postgres_bindir() if allow_embedded else None
     if bindir is None:
         raise DatabaseUnavailable(
@@ -195,7 +248,20 @@ def discovered_server(allow_embedded: bool = True) -> Iterator[str]:
             f"set {DATABASE_URL_VARIABLE} (e.g. postgresql://user@host:5432/db) or PGHOST/PGPORT/PGUSER, "
             "or install the PostgreSQL server (e.g. apt-get install postgresql) so pg_ctl is on PATH "
             "or under `pg_config --bindir`")
-    cluster = EmbeddedCluster(bindir).start()
+    return bindir
+
+
+@contextmanager
+def discovered_server(allow_embedded: bool = True) -> Iterator[str]:
+    """Yields the conninfo of a server to use, following the discovery order above.
+
+    A throwaway cluster, if one had to be started, is stopped and removed on exit.
+    """
+    found = locate_server(allow_embedded)
+    if isinstance(found, str):
+        yield found
+        return
+    cluster = EmbeddedCluster(found).start()
     try:
         yield cluster.conninfo
     finally:

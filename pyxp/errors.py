@@ -29,10 +29,18 @@ class XPError(Exception):
         self.detail = detail
 
     def __str__(self) -> str:
+        """One line: ``CODE: message; detail (hint)``.
+
+        The detail is what tells two refusals of one kind apart (PX010: what the
+        first call with the key asked for, against this call), so it is part of
+        the text a log or the CLI shows.
+        """
         text = f"{self.code}: {self.message}" if self.code else self.message
+        if self.detail:
+            text += f"; {self.detail}"
         if self.hint:
             text += f" ({self.hint})"
-        return text
+        return " ".join(text.splitlines())
 
 
 class InvalidWallet(XPError):
@@ -131,17 +139,28 @@ class InvalidRuleset(XPError):
     code = "PX024"
 
 
+class IsolationRefused(XPError):
+    """A writing function was called in a REPEATABLE READ or SERIALIZABLE transaction."""
+
+    code = "PX025"
+
+
 class DatabaseUnavailable(XPError):
-    """No PostgreSQL server could be reached or started."""
+    """No PostgreSQL server could be reached or started, or none answered within the connect timeout.
+
+    Raised before anything was sent to the database: the call did not happen.
+    """
 
 
 __all__ = [
     "XPError", "DatabaseUnavailable", "ERRORS_BY_CODE", "wrap_errors", "error_from_database",
+    "error_from_sqlstate",
     "InvalidWallet", "InvalidEmail", "UnknownCampaignType", "InvalidNumber", "ConflictingFlags",
     "InvalidPrice", "MissingMintValue", "InvalidVote", "UnknownAction", "IdempotencyConflict",
     "CampaignMismatch", "UnknownCampaign", "AppendOnlyLedger", "ReversalRefused",
     "UnknownTransaction", "InvalidIdentifier", "InvalidParams", "MissingInput", "BalanceOutOfRange",
     "NoActiveRuleset", "ClientIsAgency", "RegistrationRefused", "InvalidArgument", "InvalidRuleset",
+    "IsolationRefused",
 ]
 
 ERRORS_BY_CODE: dict[str, type[XPError]] = {
@@ -149,13 +168,36 @@ ERRORS_BY_CODE: dict[str, type[XPError]] = {
 }
 
 
-def error_from_database(exc: psycopg.Error) -> XPError | None:
-    """The pyxp error matching a PX-coded database error, or None for any other error."""
-    diag = exc.diag
-    cls = ERRORS_BY_CODE.get(diag.sqlstate or "")
-    if cls is None:
+def error_from_sqlstate(code: str | None, message: str, hint: str | None = None,
+                        detail: str | None = None) -> XPError | None:
+    """The pyxp error for a SQLSTATE and the server's message, hint and detail; None if not ``PX``.
+
+    For any driver: with asyncpg, ``error_from_sqlstate(exc.sqlstate, exc.message, exc.hint,
+    exc.detail)`` on a ``asyncpg.PostgresError``. A ``PX`` code this version of the
+    package does not know (a newer schema) gives a plain :class:`XPError` carrying it.
+    """
+    if not code or not code.startswith("PX"):
         return None
-    return cls(diag.message_primary or str(exc), hint=diag.message_hint, detail=diag.message_detail)
+    cls = ERRORS_BY_CODE.get(code)
+    if cls is not None:
+        return cls(message, hint=hint, detail=detail)
+    error = XPError(message, hint=hint, detail=detail)
+    error.code = code
+    return error
+
+
+def error_from_database(exc: BaseException) -> XPError | None:
+    """The pyxp error matching a PX-coded database error, or None for any other error.
+
+    Takes a psycopg (3 or 2) error, whose fields are in ``exc.diag``, or any error
+    carrying ``sqlstate``, ``message``, ``hint`` and ``detail`` attributes (asyncpg).
+    """
+    diag = getattr(exc, "diag", None)
+    if diag is not None:
+        return error_from_sqlstate(diag.sqlstate, diag.message_primary or str(exc),
+                                   hint=diag.message_hint, detail=diag.message_detail)
+    return error_from_sqlstate(getattr(exc, "sqlstate", None), getattr(exc, "message", None) or str(exc),
+                               hint=getattr(exc, "hint", None), detail=getattr(exc, "detail", None))
 
 
 @contextmanager

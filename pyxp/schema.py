@@ -15,11 +15,8 @@ from typing import Any
 import psycopg
 from alembic import command
 from alembic.config import Config
-from alembic.runtime.migration import MigrationContext
 from psycopg.rows import class_row, dict_row
 from psycopg.types.json import Jsonb
-from sqlalchemy import create_engine
-from sqlalchemy.pool import NullPool
 
 from pyxp import queries
 from pyxp.errors import wrap_errors
@@ -58,17 +55,51 @@ def downgrade(conninfo: str, revision: str = "base") -> None:
     command.downgrade(alembic_config(conninfo), revision)
 
 
+_VERSION_TABLES = """
+SELECT n.nspname::text
+  FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+ WHERE c.relname = 'alembic_version' AND c.relkind IN ('r', 'p') AND n.nspname IN ('pyxp', 'public')
+"""
+
+
 def current_revision(conninfo: str) -> str | None:
-    engine = create_engine("postgresql+psycopg://", creator=lambda: psycopg.connect(conninfo),
-                           poolclass=NullPool)
-    with engine.connect() as connection:
-        return MigrationContext.configure(connection).get_current_revision()
+    """pyxp's revision in this database, None when pyxp is not installed.
+
+    Read from ``pyxp.alembic_version`` (SELECT is granted to pyxp_reader). An
+    install from before that table existed kept its row in
+    ``public.alembic_version``: it is read there, but only a revision of pyxp's
+    own chain, and only while the schema ``pyxp`` exists; an application's
+    revision in that table is never reported as pyxp's.
+    """
+    with psycopg.connect(conninfo, autocommit=True) as conn:
+        tables = {row[0] for row in conn.execute(_VERSION_TABLES)}
+        if "pyxp" in tables:
+            rows = [row[0] for row in conn.execute("SELECT version_num FROM pyxp.alembic_version")]
+        elif "public" in tables and conn.execute(
+                "SELECT FROM pg_catalog.pg_namespace WHERE nspname = 'pyxp'").fetchone() is not None:
+            rows = [row[0] for row in conn.execute(
+                "SELECT version_num FROM public.alembic_version WHERE version_num = ANY(%s)",
+                (own_revisions(),))]
+        else:
+            rows = []
+    if len(rows) > 1:  # pyxp's chain is linear: several heads is a damaged history
+        raise RuntimeError(f"pyxp.alembic_version holds several revisions: {', '.join(sorted(rows))}")
+    return rows[0] if rows else None
+
+
+def _script_directory() -> Any:
+    from alembic.script import ScriptDirectory
+
+    return ScriptDirectory.from_config(alembic_config(""))
+
+
+def own_revisions() -> list[str]:
+    """Every revision of pyxp's migration chain."""
+    return sorted(script.revision for script in _script_directory().walk_revisions())
 
 
 def head_revision() -> str | None:
-    from alembic.script import ScriptDirectory
-
-    return ScriptDirectory.from_config(alembic_config("")).get_current_head()
+    return _script_directory().get_current_head()
 
 
 def apply_ruleset(conninfo: str, ruleset: str | os.PathLike[str] | RuleSet) -> RulesetInstall:

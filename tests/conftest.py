@@ -23,7 +23,8 @@ from psycopg.conninfo import make_conninfo
 from pytest_postgresql import factories
 
 from pyxp import XP, schema
-from pyxp.database import discovered_server
+from pyxp.database import discovered_server, locate_server
+from pyxp.errors import DatabaseUnavailable
 
 _server_stack = ExitStack()
 
@@ -33,9 +34,13 @@ def pytest_configure(config: pytest.Config) -> None:
 
     Under pytest-xdist only the workers run tests: the controller finds nothing.
     """
-    if getattr(config.option, "numprocesses", None) and not hasattr(config, "workerinput"):
-        return
-    conninfo = _server_stack.enter_context(discovered_server())
+    try:
+        if getattr(config.option, "numprocesses", None) and not hasattr(config, "workerinput"):
+            locate_server()  # starts nothing: only fails early, and once, when there is no server
+            return
+        conninfo = _server_stack.enter_context(discovered_server())
+    except DatabaseUnavailable as exc:  # one useful line, not a page of INTERNALERROR
+        pytest.exit(f"pyxp tests need PostgreSQL: {exc}", returncode=pytest.ExitCode.USAGE_ERROR)
     with psycopg.connect(conninfo) as conn:
         info = conn.info
         config.option.postgresql_host = info.host  # a socket directory works too

@@ -276,6 +276,73 @@ def test_same_key_with_other_inputs_raises_idempotency_conflict(xp: XP, unchange
     assert raised.value.__cause__.sqlstate == "PX010"
 
 
+def test_str_of_an_error_includes_the_detail_on_one_line(xp: XP) -> None:
+    """SPEC §6: str() includes the detail, e.g. what the first call with the key asked for."""
+    xp.award(WALLET, VOTE, "detail-key")
+    with pytest.raises(errors.IdempotencyConflict) as raised:
+        xp.award("0x_another_wallet", VOTE, "detail-key")
+    exc = raised.value
+    text = str(exc)
+    assert exc.detail and "first call" in exc.detail and "this call" in exc.detail
+    assert text.startswith(f"PX010: {exc.message}")
+    assert exc.detail in text and "0x_another_wallet" in text and WALLET_LOWER in text
+    assert text.endswith(f"({exc.hint})")
+    assert "\n" not in text
+
+
+def test_str_of_an_error_without_detail_or_hint() -> None:
+    assert str(errors.InvalidWallet("invalid wallet: ''")) == "PX001: invalid wallet: ''"
+    assert str(errors.InvalidWallet("m", hint="h")) == "PX001: m (h)"
+    assert str(errors.InvalidWallet("m", detail="d\nmore", hint="h")) == "PX001: m; d more (h)"
+    assert str(pyxp.DatabaseUnavailable("no server")) == "no server"
+
+
+def test_error_from_sqlstate_maps_px_codes_for_any_driver() -> None:
+    exc = errors.error_from_sqlstate("PX010", "key reused", hint="same inputs", detail="first call: {}")
+    assert isinstance(exc, errors.IdempotencyConflict)
+    assert (exc.code, exc.message, exc.hint, exc.detail) == (
+        "PX010", "key reused", "same inputs", "first call: {}")
+    assert errors.error_from_sqlstate("23505", "duplicate key") is None
+    assert errors.error_from_sqlstate(None, "no code") is None
+    newer = errors.error_from_sqlstate("PX999", "a refusal of a newer schema")
+    assert type(newer) is pyxp.XPError and newer is not None and newer.code == "PX999"
+    assert errors.error_from_sqlstate is pyxp.error_from_sqlstate
+
+
+def test_error_from_database_takes_an_asyncpg_style_error() -> None:
+    class FakeAsyncpgError(Exception):  # the attributes asyncpg.PostgresError carries
+        sqlstate, message, hint, detail = "PX001", "invalid wallet: ''", "a wallet is ...", None
+
+    exc = errors.error_from_database(FakeAsyncpgError())
+    assert isinstance(exc, errors.InvalidWallet) and exc.hint == "a wallet is ..."
+
+
+def test_error_from_sqlstate_on_a_real_asyncpg_error(conninfo: str) -> None:
+    asyncpg = pytest.importorskip("asyncpg")
+    from psycopg.conninfo import conninfo_to_dict
+
+    params = conninfo_to_dict(conninfo)
+
+    async def refused() -> BaseException:
+        conn = await asyncpg.connect(host=params.get("host"), port=int(params.get("port") or 5432),
+                                     user=params.get("user"), database=params.get("dbname"),
+                                     password=params.get("password"))
+        try:
+            await conn.fetch("SELECT * FROM pyxp.award(wallet => $1, action => $2, idempotency_key => 'k')",
+                             "", VOTE)
+        except asyncpg.PostgresError as exc:
+            return exc
+        finally:
+            await conn.close()
+        raise AssertionError("not refused")
+
+    driver_error: Any = asyncio.run(refused())
+    exc = errors.error_from_sqlstate(driver_error.sqlstate, driver_error.message,
+                                     driver_error.hint, driver_error.detail)
+    assert isinstance(exc, errors.InvalidWallet) and exc.hint
+    assert isinstance(errors.error_from_database(driver_error), errors.InvalidWallet)
+
+
 def test_every_px_code_has_its_own_exception_class() -> None:
     """SPEC §6: one code per kind of refusal, each mapped to a subclass of pyxp.XPError."""
     codes = [f"PX{n:03d}" for n in range(1, 25)]
@@ -299,6 +366,42 @@ def test_best_effort_failure_logs_and_returns_none(conninfo: str, unchanged: Any
     message = warnings[0].getMessage()
     assert "PX009" in message
     assert "award" in message
+
+
+PERSON = "0x_person_who_must_not_be_logged"
+
+
+def test_best_effort_logs_no_personal_data_at_warning(conninfo: str,
+                                                      caplog: pytest.LogCaptureFixture) -> None:
+    """The WARNING names the call and the code; not the wallet, email, key or parameters."""
+    with XP(conninfo, best_effort=True, max_connections=1) as client:
+        with caplog.at_level(logging.WARNING, logger="pyxp"):
+            assert client.register_agency_client(PERSON, "Person.Private@example.com", "c1") is not None
+            assert client.onboard_agency_client("person.private@example.com", PERSON) is None  # PX021
+            params = {"PRICE_COMPLETION": 123456}
+            assert client.award(PERSON, VOTE, "key-of-the-person", params=params) is None
+    messages = [record.getMessage() for record in caplog.records]
+    assert len(messages) == 2
+    assert "onboard_agency_client" in messages[0] and "PX021" in messages[0]
+    assert "award" in messages[1] and "PX017" in messages[1]
+    for leak in (PERSON, "person.private", "key-of-the-person", "123456"):
+        assert leak not in caplog.text
+
+
+def test_best_effort_logs_details_when_asked(conninfo: str, caplog: pytest.LogCaptureFixture) -> None:
+    """``log_params=True``: the WARNING has the message and parameters; else they are at DEBUG."""
+    with XP(conninfo, best_effort=True, max_connections=1, log_params=True) as client:
+        with caplog.at_level(logging.WARNING, logger="pyxp"):
+            assert client.award(PERSON, "NO_SUCH_ACTION", "asked-1") is None
+    assert [record.levelno for record in caplog.records] == [logging.WARNING]
+    assert "PX009" in caplog.text and PERSON in caplog.text and "asked-1" in caplog.text
+    caplog.clear()
+    with XP(conninfo, best_effort=True, max_connections=1) as client:
+        with caplog.at_level(logging.DEBUG, logger="pyxp"):
+            assert client.award(PERSON, "NO_SUCH_ACTION", "asked-2") is None
+    warning, debug = (record for record in caplog.records if record.name == "pyxp")
+    assert PERSON not in warning.getMessage()
+    assert debug.levelno == logging.DEBUG and PERSON in debug.getMessage() and "asked-2" in debug.getMessage()
 
 
 def test_best_effort_success_returns_the_result(conninfo: str) -> None:
