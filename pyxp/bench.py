@@ -16,7 +16,18 @@ or Ctrl-C), in one run:
     connection, and EXPLAIN (ANALYZE, BUFFERS) of the SELECT inside each;
 (g) ``recalculate_levels()`` over every balance, triggered by a ruleset switch
     (the active ruleset with its level thresholds raised by 20 %);
-(h) bytes per ledger row, table and indexes.
+(h) bytes per ledger row, table and indexes;
+(i) what the client's never-prepare rule costs: ``XP.award`` on one direct
+    connection as the client runs it (``prepare=False``, so that it is safe
+    behind a transaction pooler) against psycopg's default (a named prepared
+    statement after 5 uses), one thread, the sides alternating call by call,
+    medians of 7 rounds (3 with ``--quick``);
+(j) what wake-ups cost the awards of (b): the same pgbench script with the
+    change feed's wake-up trigger as shipped (at most one NOTIFY per 100 ms),
+    without it, and with a NOTIFY on every commit (the design it replaces),
+    each with and without a session listening on ``pyxp_changes``; the sides
+    alternate round by round, medians of 3 rounds (``seconds`` / 2 each, at
+    least 2 s).
 
 The fixture for (f), (g) and (h) is loaded set-based, as superuser, straight
 into the pyxp tables (bypassing the API), but it is a consistent ledger: rows
@@ -32,7 +43,7 @@ them row by row; they are therefore freshly built B-trees when (h) is measured.
 
 Order of the run: fixture, VACUUM ANALYZE, (h), (f), pgbench init, then
 (a), (b), (c), (d), (e), each right after a CHECKPOINT (so that none of them
-pays for a checkpoint another one started), then (g). Reads run on the
+pays for a checkpoint another one started), then (i) and (g). Reads run on the
 freshly vacuumed fixture; every throughput measure runs on the loaded ledger,
 with wallets drawn from it. No figure is asserted here: the targets of the
 issue are evaluated and printed (``met?``), the exit code stays 0.
@@ -69,6 +80,7 @@ from typing import Any
 import click
 import psycopg
 from psycopg import sql
+from psycopg.abc import Params, Query
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from psycopg_pool import ConnectionPool
 
@@ -682,6 +694,154 @@ def batch_awards(conninfo: str, options: BenchOptions) -> dict[str, Any]:
     return {"per_s": awards / elapsed, "count": awards, "batches": len(every), "latencies": every}
 
 
+# --------------------------------------------------------------------------- (i) prepared statements
+
+# Rounds of (i) and awards per side in each round: (default, --quick).
+PREPARE_ROUNDS = (7, 3)
+PREPARE_CALLS = (150, 40)
+
+
+class PreparingCursor(psycopg.Cursor[Any]):
+    """A cursor that lets psycopg prepare as it does by default (a named statement after
+    ``prepare_threshold`` uses on the connection), whatever ``prepare`` it is given: with it,
+    the client's own code, which passes ``prepare=False``, runs prepared."""
+
+    def execute(self, query: Query, params: Params | None = None, *,  # type: ignore[override]
+                prepare: bool | None = None, binary: bool | None = None) -> PreparingCursor:
+        super().execute(query, params, binary=binary)
+        return self
+
+
+def prepared_statement_cost(conninfo: str, options: BenchOptions) -> dict[str, Any]:
+    """(i): ``XP.award`` on one direct connection per side, the client as it is (unprepared)
+    against psycopg's default (prepared after 5 uses), one thread.
+
+    Each round alternates the sides call by call (which side goes first alternates between
+    rounds), so both see the same load; a side's rate in a round is 1 / its median call
+    latency, and the figures are the medians over the rounds. ``synchronous_commit`` is off
+    in both sessions: the WAL flush of each commit, identical on both sides, would otherwise
+    swamp the difference. Also counts the prepared statements each session holds at the end
+    (the unprepared side must hold none)."""
+    rounds, per_side = PREPARE_ROUNDS[options.quick], PREPARE_CALLS[options.quick]
+    rng = random.Random(f"{options.seed}:prepare")
+    wallets = [wallet_of(rng.randint(1, options.wallets), options.seed) for _ in range(997)]
+    run, calls = secrets.token_hex(4), 0
+    with psycopg.connect(conninfo, autocommit=True) as plain, \
+            psycopg.connect(conninfo, autocommit=True, cursor_factory=PreparingCursor) as preparing:
+        sides = {"unprepared": (XP(plain), plain), "prepared": (XP(preparing), preparing)}
+        for conn in (plain, preparing):
+            conn.execute("SET synchronous_commit = off")
+
+        def award(side: str) -> float:
+            """One award; its latency in seconds."""
+            nonlocal calls
+            calls += 1
+            wallet, key = wallets[calls % len(wallets)], f"bench.prepare:{run}:{side}:{calls}"
+            started = time.perf_counter()
+            sides[side][0].award(wallet, ACTION, key)
+            return time.perf_counter() - started
+
+        for _ in range(10):  # warm-up, past psycopg's prepare_threshold (5)
+            for side in sides:
+                award(side)
+        rates: dict[str, list[float]] = {side: [] for side in sides}
+        for number in range(rounds):
+            order = ("unprepared", "prepared") if number % 2 == 0 else ("prepared", "unprepared")
+            latencies: dict[str, list[float]] = {side: [] for side in sides}
+            for _ in range(per_side):
+                for side in order:
+                    latencies[side].append(award(side))
+            for side, values in latencies.items():
+                rates[side].append(1 / statistics.median(values))
+        statements = {side: _scalar(conn, "SELECT count(*) FROM pg_prepared_statements")
+                      for side, (_, conn) in sides.items()}
+    unprepared, prepared = statistics.median(rates["unprepared"]), statistics.median(rates["prepared"])
+    return {
+        "unprepared_award_ratio": round(unprepared / prepared, 3),
+        "unprepared_award_per_s": round(unprepared, 1),
+        "prepared_award_per_s": round(prepared, 1),
+        "unprepared_award_rounds": [{"unprepared": round(u, 1), "prepared": round(p, 1)}
+                                    for u, p in zip(rates["unprepared"], rates["prepared"])],
+        "unprepared_award_calls_per_side": per_side,
+        "unprepared_award_server_statements": statements["unprepared"],
+        "prepared_award_server_statements": statements["prepared"],
+    }
+
+
+# --------------------------------------------------------------------------- (j) wake-ups
+
+# (j): configuration -> (SQL that sets it up on the scratch database, listener?)
+WAKEUP_SIDES: dict[str, tuple[str, bool]] = {
+    "none": ("ALTER TABLE pyxp.xp_transactions DISABLE TRIGGER xp_transactions_wake_feed", False),
+    "throttled": ("ALTER TABLE pyxp.xp_transactions ENABLE TRIGGER xp_transactions_wake_feed", False),
+    "throttled_listened": ("ALTER TABLE pyxp.xp_transactions ENABLE TRIGGER xp_transactions_wake_feed", True),
+    "every_commit": ("ALTER TABLE pyxp.xp_transactions ENABLE TRIGGER pyxp_bench_notify_every", False),
+    "every_commit_listened": ("ALTER TABLE pyxp.xp_transactions ENABLE TRIGGER pyxp_bench_notify_every", True),
+}
+WAKEUP_ROUNDS = 3
+
+
+@contextmanager
+def _listener(conninfo: str, active: bool) -> Iterator[list[int]]:
+    """A session LISTENing on pyxp_changes and draining what arrives; yields [notifications]."""
+    received, stop = [0], threading.Event()
+    if not active:
+        yield received
+        return
+
+    def drain() -> None:
+        with psycopg.connect(conninfo, autocommit=True) as conn:
+            conn.execute("LISTEN pyxp_changes")
+            while not stop.is_set():
+                received[0] += sum(1 for _ in conn.notifies(timeout=0.2))
+
+    thread = threading.Thread(target=drain, daemon=True, name="pyxp-bench-listener")
+    thread.start()
+    try:
+        yield received
+    finally:
+        stop.set()
+        thread.join(5)
+
+
+def wakeup_cost(bench: Pgbench, conn: psycopg.Connection[Any], scratch: str, script: str,
+                options: BenchOptions) -> dict[str, Any]:
+    """(j): award throughput of the (b) script per wake-up design, alternating rounds."""
+    conn.execute("""CREATE FUNCTION pyxp.pyxp_bench_notify_every() RETURNS trigger LANGUAGE plpgsql AS
+                    $$ BEGIN PERFORM pg_notify('pyxp_changes', ''); RETURN NULL; END $$""")
+    conn.execute("""CREATE TRIGGER pyxp_bench_notify_every AFTER INSERT ON pyxp.xp_transactions
+                    FOR EACH STATEMENT EXECUTE FUNCTION pyxp.pyxp_bench_notify_every()""")
+    run = dataclasses.replace(options, seconds=max(2, options.seconds // 2))
+    rates: dict[str, list[float]] = {side: [] for side in WAKEUP_SIDES}
+    notified: dict[str, int] = {side: 0 for side in WAKEUP_SIDES}
+    try:
+        for number in range(WAKEUP_ROUNDS):
+            sides = list(WAKEUP_SIDES) if number % 2 == 0 else list(reversed(WAKEUP_SIDES))
+            for side in sides:
+                setup, listened = WAKEUP_SIDES[side]
+                conn.execute("ALTER TABLE pyxp.xp_transactions DISABLE TRIGGER pyxp_bench_notify_every")
+                conn.execute("ALTER TABLE pyxp.xp_transactions DISABLE TRIGGER xp_transactions_wake_feed")
+                conn.execute(setup)
+                conn.execute("CHECKPOINT")
+                with _listener(scratch, listened) as received:
+                    rates[side].append(bench.throughput(["-f", script], run)["per_s"])
+                notified[side] += received[0]
+    finally:
+        conn.execute("DROP TRIGGER pyxp_bench_notify_every ON pyxp.xp_transactions")
+        conn.execute("DROP FUNCTION pyxp.pyxp_bench_notify_every()")
+        conn.execute("ALTER TABLE pyxp.xp_transactions ENABLE TRIGGER xp_transactions_wake_feed")
+    medians = {side: statistics.median(values) for side, values in rates.items()}
+    base = medians["none"]
+    results: dict[str, Any] = {"wakeup_rounds": WAKEUP_ROUNDS, "wakeup_seconds_per_run": run.seconds}
+    for side, value in medians.items():
+        results[f"wakeup_{side}_per_s"] = round(value, 1)
+        results[f"wakeup_{side}_ratio"] = round(value / base, 3) if base else None
+        results[f"wakeup_{side}_spread"] = [round(v, 1) for v in rates[side]]
+        if WAKEUP_SIDES[side][1]:
+            results[f"wakeup_{side}_notifications"] = notified[side]
+    return results
+
+
 # --------------------------------------------------------------------------- (g) recalculation
 
 
@@ -763,8 +923,8 @@ def run_bench(conninfo: str, options: BenchOptions, log: Log | None = None) -> d
 
     Returns one JSON-ready dict: the figures (``pgbench_tps``, ``award_sql_per_s``,
     ``award_python_per_s``, ``batch_per_s``, ``hot_wallet_per_s``, ``<read>_ms_p50/p95/p99``,
-    ``recalculate_s``, ``bytes_per_ledger_row``, ...), the plans, the targets, the
-    machine, the server, the options and the seed. Progress goes to ``log``.
+    ``recalculate_s``, ``bytes_per_ledger_row``, ``unprepared_award_ratio``, ...), the plans,
+    the targets, the machine, the server, the options and the seed. Progress goes to ``log``.
     """
     say: Log = log or (lambda message: None)
     options = options.checked()
@@ -827,6 +987,13 @@ def run_bench(conninfo: str, options: BenchOptions, log: Log | None = None) -> d
                 results["pgbench_tps"] = results.pop("pgbench_per_s")
                 results["award_sql_new_rows"] = _scalar(
                     conn, "SELECT count(*) FROM pyxp.xp_requests WHERE idempotency_key LIKE 'bench.sql:%'")
+                say("(j) wake-ups: the (b) script with and without NOTIFY, alternating rounds")
+                results.update(wakeup_cost(bench, conn, scratch, award_script(options, scripts, hot=False),
+                                           options))
+
+            say("(i) XP.award unprepared vs prepared, one direct connection, alternating rounds")
+            conn.execute("CHECKPOINT")
+            results.update(prepared_statement_cost(scratch, options))
 
             say("(g) recalculate_levels() on a ruleset switch")
             results.update(recalculation(scratch, conn))
@@ -916,6 +1083,21 @@ def format_table(results: dict[str, Any]) -> str:
         wal = get(f"{key}_wal_bytes_per_tx")
         row(label, _number(value), unit, key, f"{value / a:.2f}" if value is not None and a else "-", key,
             "" if wal is None else f"WAL {wal / 1024:.1f} kB/{'award' if key == 'batch' else 'tx'}")
+    ratio = get("unprepared_award_ratio")
+    row("(i) XP.award unprepared / prepared", "-" if ratio is None else f"{ratio:.2f}", "x",
+        note=f"{_number(get('unprepared_award_per_s'))} vs {_number(get('prepared_award_per_s'))} "
+             f"awards/s: medians of {len(get('unprepared_award_rounds') or [])} alternating rounds, "
+             "1 direct connection")
+    for side, label in (("throttled", "(j) wake-ups as shipped (1 NOTIFY/100 ms)"),
+                        ("throttled_listened", "(j)   ... with a listener"),
+                        ("every_commit", "(j) NOTIFY on every commit"),
+                        ("every_commit_listened", "(j)   ... with a listener")):
+        ratio = get(f"wakeup_{side}_ratio")
+        heard = get(f"wakeup_{side}_notifications")
+        row(label, "-" if ratio is None else f"{ratio:.2f}", "x none",
+            note=f"{_number(get(f'wakeup_{side}_per_s'))} vs {_number(get('wakeup_none_per_s'))} awards/s "
+                 f"without wake-ups, medians of {get('wakeup_rounds')} alternating rounds"
+                 + ("" if heard is None else f"; {heard:,} notifications heard"))
     for name, label in (("balance", "(f) balance(wallet)"), ("history", "(f) history(wallet, 50)"),
                         ("leaderboard", "(f) leaderboard(100)"), ("rank", "(f) wallet_rank(wallet)"),
                         ("level_for", "(f) level_for(total_xp)")):
@@ -1003,7 +1185,8 @@ def bench_command(ctx: click.Context, database_url: str | None, clients: int | N
                   batch_size: int | None, read_samples: int | None, seed: int, quick: bool, audit: bool,
                   keep: bool, as_json: bool) -> None:
     """Measure pyxp against pgbench on a scratch database: single awards (SQL, Python), batches,
-    a hot wallet, reads at scale, level recalculation, bytes per ledger row.
+    a hot wallet, reads at scale, level recalculation, bytes per ledger row, and what the
+    client's never-prepare rule (safe behind transaction poolers) costs.
 
     Defaults finish in under 2 minutes on 2 cores; full size: --wallets 1000000
     --ledger-rows 10000000. Needs a superuser and pgbench. Progress goes to stderr.

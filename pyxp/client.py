@@ -17,28 +17,49 @@ Where the calls run:
 
 ``best_effort=True`` follows the seeds' resilience rule ("if XP fails, the
 main action goes on"): a failing call is logged (PX code and call) and
-returns ``None`` instead of raising.
+returns ``None`` instead of raising. The WARNING line names the call and the
+error's code only: messages and parameters name wallets and emails, so they
+are logged only when asked (``log_params=True``, or the ``pyxp`` logger at
+DEBUG).
+
+A database that does not answer (SPEC §9): a client on its own pool fails
+within ``connect_timeout`` seconds (default 5; else the conninfo's or
+PGCONNECT_TIMEOUT's) with :class:`pyxp.DatabaseUnavailable` — ``XP(url)``
+itself when not best-effort, and every call that gets no connection in that
+time; a best-effort client returns ``None`` in that time. Its pool keeps
+reconnecting in the background and serves again once the database is back;
+psycopg_pool's own warnings about that pool are silenced (the client reports
+the failure once per call instead). Pools and connections you give the client
+keep their own settings and logging.
 """
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import math
-from collections.abc import Iterable, Mapping
+import os
+import weakref
+from collections.abc import AsyncIterator, Iterable, Iterator, Mapping
+from contextlib import AsyncExitStack, ExitStack, asynccontextmanager, contextmanager
 from dataclasses import asdict, dataclass
 from decimal import Decimal
-from typing import Any, Literal
+from time import monotonic
+from typing import Any, ClassVar, Literal
 
 import psycopg
 from psycopg.pq import TransactionStatus
 from psycopg.rows import class_row, tuple_row
-from psycopg_pool import AsyncConnectionPool, ConnectionPool
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
+from psycopg_pool import AsyncConnectionPool, ConnectionPool, PoolTimeout
 
 from pyxp import queries
-from pyxp.database import configured_conninfo
-from pyxp.errors import XPError, wrap_errors
+from pyxp.database import configured_conninfo, shown_conninfo
+from pyxp.errors import DatabaseUnavailable, XPError, wrap_errors
+from pyxp.feed import POLL_INTERVAL, watch_changes, watch_changes_async
 from pyxp.results import (
+    Change,
     AuditFinding,
     Award,
     AwardRequest,
@@ -90,7 +111,7 @@ def _join_callers_transaction(conn: psycopg.Connection[Any]) -> None:
     """On a caller's non-autocommit connection, open its transaction as psycopg would for
     any statement, so the call's savepoint commits or rolls back with the caller's work."""
     if not conn.autocommit and _idle(conn):
-        conn.execute("BEGIN")
+        conn.execute("BEGIN", prepare=False)  # never prepared: see XP._run
 
 
 def _shape_result(call: Call, rows: list[Any]) -> Any:
@@ -108,9 +129,229 @@ def _shape_result(call: Call, rows: list[Any]) -> Any:
     return rows
 
 
-def _log_failure(call: Call, exc: Exception) -> None:
-    code = getattr(exc, "code", None) or getattr(getattr(exc, "diag", None), "sqlstate", None)
-    log.warning("pyxp %s failed (best effort, ignored): %s [%s] params=%r", call.name, exc, code, dict(call.params))
+def _log_failure(call: Call, exc: Exception, log_params: bool = False) -> None:
+    """One WARNING line for a best-effort failure: the call and the error's code (PX code or
+    SQLSTATE) and class. Not the message, the detail or the parameters, which name wallets,
+    emails and amounts: those only with ``log_params=True``, or at DEBUG (a second line).
+    A :class:`DatabaseUnavailable` says why (server, port, libpq's reason): no user data."""
+    code = getattr(exc, "code", None) or getattr(exc, "sqlstate", None)
+    what = " ".join(part for part in (code, type(exc).__name__) if part)
+    if isinstance(exc, DatabaseUnavailable):
+        what += f": {exc.message}"
+    if log_params:
+        log.warning("pyxp %s failed (best effort, ignored): %s: %s params=%r",
+                    call.name, what, exc, dict(call.params))
+        return
+    log.warning("pyxp %s failed (best effort, ignored): %s", call.name, what)
+    if log.isEnabledFor(logging.DEBUG):
+        log.debug("pyxp %s failure details: %s params=%r", call.name, exc, dict(call.params))
+
+
+# --------------------------------------------------------------------------- the client's own pools
+
+DEFAULT_CONNECT_TIMEOUT = 5.0
+_pool_numbers = itertools.count(1)
+
+
+class _PoolHealth:
+    """What a client knows of its own pool: has it ever connected, is it failing to, and why."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.ever_connected = False
+        self.failing = False
+        self.last_error: str | None = None
+
+    def connection_made(self, conn: psycopg.Connection[Any]) -> None:  # the pool's ``configure`` hook
+        self.ever_connected, self.failing, self.last_error = True, False, None
+
+    async def async_connection_made(self, conn: psycopg.AsyncConnection[Any]) -> None:
+        self.connection_made(conn)  # type: ignore[arg-type]
+
+    def connection_failed(self, reason: str) -> None:
+        self.failing, self.last_error = True, " ".join(reason.split())
+
+
+class _OwnedConnection(psycopg.Connection[Any]):
+    """The connections of a client's own pool: only their type tells them apart in the pool's logs."""
+
+
+class _AsyncOwnedConnection(psycopg.AsyncConnection[Any]):
+    """The async twin of :class:`_OwnedConnection`."""
+
+
+class _OwnedPoolsLog(logging.Filter):
+    """On the ``psycopg.pool`` logger: drops the records about pools pyxp clients own (a database
+    that is down makes them warn on every reconnection attempt, threads and broken connections
+    included), noting the connection error they carry. Records about any other pool pass."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.pools: weakref.WeakValueDictionary[str, _PoolHealth] = weakref.WeakValueDictionary()
+
+    def _pool(self, name: str) -> _PoolHealth | None:
+        # Messages name the pool ("error connecting in 'pyxp-3'") or one of its threads
+        # ("couldn't stop thread 'pyxp-3-worker-0'", "pyxp-3-scheduler").
+        for candidate in (name, name.rsplit("-worker-", 1)[0], name.removesuffix("-scheduler")):
+            health = self.pools.get(candidate)
+            if health is not None:
+                return health
+        return None
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        args = record.args
+        if not isinstance(args, tuple) or not args:
+            return True
+        if isinstance(args[0], (_OwnedConnection, _AsyncOwnedConnection)):
+            return False  # "discarding closed connection: ..." after a restart
+        if not isinstance(args[0], str):
+            return True
+        health = self._pool(args[0])
+        if health is None:
+            return True
+        if str(record.msg).startswith("error connecting") and len(args) > 1:
+            health.connection_failed(str(args[1]))
+        return False
+
+
+_OWNED_POOLS = _OwnedPoolsLog()
+logging.getLogger("psycopg.pool").addFilter(_OWNED_POOLS)
+
+
+def _connect_timeout(conninfo: str, given: float | None) -> float:
+    """The keyword if given, else the conninfo's connect_timeout, else PGCONNECT_TIMEOUT, else 5 s."""
+    if given is not None:
+        if not given > 0:
+            raise ValueError(f"connect_timeout must be a positive number of seconds, not {given!r}")
+        return float(given)
+    for value in (conninfo_to_dict(conninfo).get("connect_timeout"), os.environ.get("PGCONNECT_TIMEOUT")):
+        try:
+            seconds = float(value) if value is not None else 0.0
+        except (TypeError, ValueError):
+            continue
+        if seconds > 0:
+            return seconds
+    return DEFAULT_CONNECT_TIMEOUT
+
+
+def _connection_errors(pool: ConnectionPool | AsyncConnectionPool) -> int:
+    return pool.get_stats().get("connections_errors", 0)
+
+
+@dataclass
+class _OwnedPool:
+    """How a client makes, watches and takes connections from its own pool."""
+
+    conninfo: str
+    timeout: float
+    health: _PoolHealth
+
+    POLL: ClassVar[float] = 0.1  # while no connection is known to work: how often to look again
+    FAILING_WAIT: ClassVar[float] = 0.25  # when the last attempt failed: the chance a call gives a new one
+
+    @classmethod
+    def make(cls, conninfo: str, connect_timeout: float | None) -> _OwnedPool:
+        conninfo_to_dict(conninfo)  # a malformed conninfo is a mistake, not an outage: raise now
+        health = _PoolHealth(f"pyxp-{next(_pool_numbers)}")
+        _OWNED_POOLS.pools[health.name] = health
+        return cls(conninfo, _connect_timeout(conninfo, connect_timeout), health)
+
+    @property
+    def libpq_timeout(self) -> int:
+        return max(2, math.ceil(self.timeout))  # libpq counts whole seconds, at least 2
+
+    def pool_options(self, max_connections: int, asynchronous: bool = False) -> dict[str, Any]:
+        """Options of the pool: libpq's connect_timeout, and background reconnection attempts
+        that give up after the same time — a call then starts a new one, so the pool serves
+        again as soon as the database is back."""
+        return {
+            "min_size": 1, "max_size": max_connections, "open": False, "name": self.health.name,
+            "timeout": self.timeout, "reconnect_timeout": self.timeout,
+            "kwargs": {"connect_timeout": self.libpq_timeout},
+            "connection_class": _AsyncOwnedConnection if asynchronous else _OwnedConnection,
+            "configure": self.health.async_connection_made if asynchronous else self.health.connection_made,
+        }
+
+    def unavailable(self, problem: str | None = None) -> DatabaseUnavailable:
+        where = shown_conninfo(self.conninfo) or "libpq defaults"
+        reason = problem or (self.health.last_error if self.health.failing else None)
+        if reason is None and self.health.ever_connected and not self.health.failing:
+            reason = (f"no free connection within {self.timeout:g} s: every connection of the client's "
+                      "pool is busy (raise max_connections or connect_timeout)")
+        elif reason is None:
+            reason = f"no answer within {self.timeout:g} s"
+        return DatabaseUnavailable(f"cannot connect to PostgreSQL ({where}): {reason}",
+                                   hint="start the server or check the database URL; "
+                                        "best_effort=True lets the main action go on without XP")
+
+    # -- taking a connection ------------------------------------------------------------
+    # A pool that works: one wait, up to the timeout, in the pool's queue (fair when busy).
+    # A pool with no connection known to work: short waits, giving up as soon as a
+    # connection attempt fails (refused: at once, not after the whole timeout), or after
+    # FAILING_WAIT when attempts were already failing before the call (a hanging server).
+
+    def _plan(self, pool: ConnectionPool | AsyncConnectionPool) -> tuple[float, float, bool, int]:
+        start = monotonic()
+        failing = self.health.failing
+        polling = failing or not self.health.ever_connected  # else one wait: no need to count errors
+        return start, start + self.timeout, failing, _connection_errors(pool) if polling else -1
+
+    def _wait(self, plan: tuple[float, float, bool, int]) -> float:
+        start, deadline, failing, _ = plan
+        remaining = deadline - monotonic()
+        if self.health.ever_connected and not failing:
+            return max(remaining, 0.001)
+        step = self.FAILING_WAIT if failing else self.POLL
+        return max(min(step, remaining), 0.001)
+
+    def _give_up(self, pool: ConnectionPool | AsyncConnectionPool,
+                 plan: tuple[float, float, bool, int]) -> bool:
+        start, deadline, failing, errors_before = plan
+        now = monotonic()
+        return (now >= deadline or (errors_before >= 0 and _connection_errors(pool) > errors_before)
+                or (failing and now >= start + self.FAILING_WAIT))
+
+    @contextmanager
+    def connection(self, pool: ConnectionPool) -> Iterator[psycopg.Connection[Any]]:
+        plan = self._plan(pool)
+        with ExitStack() as stack:
+            while True:
+                try:
+                    conn = stack.enter_context(pool.connection(timeout=self._wait(plan)))
+                    break
+                except PoolTimeout as exc:
+                    if self._give_up(pool, plan):
+                        raise self.unavailable() from exc
+            yield conn
+
+    @asynccontextmanager
+    async def async_connection(self, pool: AsyncConnectionPool
+                               ) -> AsyncIterator[psycopg.AsyncConnection[Any]]:
+        plan = self._plan(pool)
+        async with AsyncExitStack() as stack:
+            while True:
+                try:
+                    conn = await stack.enter_async_context(pool.connection(timeout=self._wait(plan)))
+                    break
+                except PoolTimeout as exc:
+                    if self._give_up(pool, plan):
+                        raise self.unavailable() from exc
+            yield conn
+
+    # -- the constructor's check --------------------------------------------------------
+    def probe(self) -> None:
+        """Connect once (not through the pool): DatabaseUnavailable, saying why, if that fails."""
+        try:
+            psycopg.connect(self.conninfo, connect_timeout=self.libpq_timeout).close()
+        except psycopg.OperationalError as exc:
+            raise self.unavailable(" ".join(str(exc).split())) from exc
+
+    async def async_probe(self) -> None:
+        try:
+            conn = await psycopg.AsyncConnection.connect(self.conninfo, connect_timeout=self.libpq_timeout)
+        except psycopg.OperationalError as exc:
+            raise self.unavailable(" ".join(str(exc).split())) from exc
+        await conn.close()
 
 
 class _Api:
@@ -214,32 +455,68 @@ class _Api:
     def audit(self) -> list[AuditFinding]:
         return self._execute(Call("audit", queries.AUDIT, {}, AuditFinding, "rows"))
 
+    # -- the change feed (SPEC 11) ---------------------------------------------------
+    def changes(self, after_cursor: int = 0, max_rows: int = 100, wallet: str | None = None) -> list[Change]:
+        """Committed ledger rows after ``after_cursor`` (pass back the last ``cursor`` to read on)."""
+        return self._execute(Call("changes", queries.CHANGES, {
+            "after_cursor": after_cursor, "max_rows": max_rows, "wallet": wallet}, Change, "rows"))
+
+    def _watch_conninfo(self) -> tuple[str, dict[str, Any]]:
+        """Where watch() opens its own connection: the client's database, same settings."""
+        owned: _OwnedPool | None = getattr(self, "_owned", None)
+        pool = getattr(self, "_pool", None)
+        connection = getattr(self, "_connection", None)
+        if owned is not None:
+            return owned.conninfo, {"connect_timeout": owned.libpq_timeout}
+        if pool is not None:
+            return pool.conninfo, dict(pool.kwargs)
+        assert connection is not None
+        return make_conninfo(connection.info.dsn, password=connection.info.password or None), {}
+
 
 class XP(_Api):
     """Synchronous client. See the module docstring for what ``target`` may be."""
 
     def __init__(self, target: str | ConnectionPool | psycopg.Connection[Any] | None = None, *,
-                 best_effort: bool = False, max_connections: int = 10) -> None:
+                 best_effort: bool = False, max_connections: int = 10,
+                 connect_timeout: float | None = None, log_params: bool = False) -> None:
+        """``connect_timeout`` (seconds; default: the conninfo's, else PGCONNECT_TIMEOUT, else 5)
+        bounds how long a client on its own pool waits for the database: for ``XP(url)`` itself
+        (raises :class:`pyxp.DatabaseUnavailable`, unless best-effort) and for each call. It does
+        not apply to a pool or connection you give. ``log_params``: best-effort failures are
+        logged with their message and parameters (personal data), not just the code."""
         self.best_effort = best_effort
+        self.log_params = log_params
         self._connection: psycopg.Connection[Any] | None = None
         self._owned_pool = False
+        self._owned: _OwnedPool | None = None
         if isinstance(target, psycopg.Connection):
             self._connection = target
             self._pool: ConnectionPool | None = None
         elif isinstance(target, ConnectionPool):
             self._pool = target
         else:
-            conninfo = configured_conninfo() if target is None else target
-            self._pool = ConnectionPool(conninfo, min_size=1, max_size=max_connections, open=False,
-                                        name="pyxp")
-            # Best effort: a database that is down fails the calls (logged), not the constructor.
-            self._pool.open(wait=not best_effort)
+            owned = _OwnedPool.make(configured_conninfo() if target is None else target, connect_timeout)
+            if not best_effort:
+                # Best effort: a database that is down fails the calls (logged), not the constructor.
+                owned.probe()
+            self._pool = ConnectionPool(owned.conninfo, **owned.pool_options(max_connections))
+            self._pool.open(wait=False)
             self._owned_pool = True
+            self._owned = owned
 
     def close(self) -> None:
         """Close the pool this client opened (not a pool or connection it was given)."""
         if self._owned_pool and self._pool is not None:
             self._pool.close()
+
+    def watch(self, after_cursor: int = 0, wallet: str | None = None, *,
+              poll_interval: float = POLL_INTERVAL) -> Iterator[Change]:
+        """Yields changes after ``after_cursor`` as they commit, forever, on a connection of
+        its own (LISTEN pyxp_changes; reconnects from the last cursor). See :mod:`pyxp.feed`."""
+        conninfo, kwargs = self._watch_conninfo()
+        return watch_changes(lambda: psycopg.connect(conninfo, autocommit=True, **kwargs),
+                             after_cursor, wallet, poll_interval=poll_interval)
 
     def __enter__(self) -> XP:
         return self
@@ -250,7 +527,11 @@ class XP(_Api):
     def _run(self, conn: psycopg.Connection[Any], call: Call) -> list[Any]:
         factory = class_row(call.row_type) if call.row_type else tuple_row
         with conn.transaction(), conn.cursor(row_factory=factory) as cur:  # type: ignore[arg-type]
-            cur.execute(call.query, call.params)
+            # Never a named prepared statement (psycopg prepares after 5 uses by default):
+            # behind a transaction pooler (PgBouncer, Supavisor) the next call may run on a
+            # server session where that name is another client's statement. README
+            # "Deploying behind a pooler".
+            cur.execute(call.query, call.params, prepare=False)
             return cur.fetchall()
 
     def _execute(self, call: Call) -> Any:
@@ -261,12 +542,14 @@ class XP(_Api):
                     rows = self._run(self._connection, call)
                 else:
                     assert self._pool is not None
-                    with self._pool.connection() as conn:
+                    # A caller's pool: its own settings, its own errors (PoolTimeout).
+                    taken = self._owned.connection(self._pool) if self._owned else self._pool.connection()
+                    with taken as conn:
                         rows = self._run(conn, call)
         except (XPError, psycopg.Error) as exc:
             if not self.best_effort:
                 raise
-            _log_failure(call, exc)
+            _log_failure(call, exc, self.log_params)
             return None
         return _shape_result(call, rows)
 
@@ -279,29 +562,46 @@ class AsyncXP(_Api):
     """
 
     def __init__(self, target: AsyncConnectionPool | psycopg.AsyncConnection[Any], *,
-                 best_effort: bool = False) -> None:
+                 best_effort: bool = False, log_params: bool = False) -> None:
         if not isinstance(target, (AsyncConnectionPool, psycopg.AsyncConnection)):
             raise TypeError("AsyncXP takes an AsyncConnectionPool or an AsyncConnection; "
                             "for a conninfo use: await AsyncXP.connect(conninfo)")
         self.best_effort = best_effort
+        self.log_params = log_params
         self._connection = target if isinstance(target, psycopg.AsyncConnection) else None
         self._pool = target if isinstance(target, AsyncConnectionPool) else None
         self._owned_pool = False
+        self._owned: _OwnedPool | None = None
 
     @classmethod
     async def connect(cls, target: str | None = None, *, best_effort: bool = False,
-                      max_connections: int = 10) -> AsyncXP:
-        """A client over its own pool (PYXP_DATABASE_URL / libpq defaults when target is None)."""
-        conninfo = configured_conninfo() if target is None else target
-        pool = AsyncConnectionPool(conninfo, min_size=1, max_size=max_connections, open=False, name="pyxp")
-        await pool.open(wait=True)
-        client = cls(pool, best_effort=best_effort)
+                      max_connections: int = 10, connect_timeout: float | None = None,
+                      log_params: bool = False) -> AsyncXP:
+        """A client over its own pool (PYXP_DATABASE_URL / libpq defaults when target is None).
+
+        ``connect_timeout`` and ``log_params``: as for :class:`XP`. Unless best-effort, raises
+        :class:`pyxp.DatabaseUnavailable` when the database does not answer within the timeout.
+        """
+        owned = _OwnedPool.make(configured_conninfo() if target is None else target, connect_timeout)
+        if not best_effort:
+            await owned.async_probe()
+        pool = AsyncConnectionPool(owned.conninfo, **owned.pool_options(max_connections, asynchronous=True))
+        await pool.open(wait=False)
+        client = cls(pool, best_effort=best_effort, log_params=log_params)
         client._owned_pool = True
+        client._owned = owned
         return client
 
     async def close(self) -> None:
         if self._owned_pool and self._pool is not None:
             await self._pool.close()
+
+    def watch(self, after_cursor: int = 0, wallet: str | None = None, *,
+              poll_interval: float = POLL_INTERVAL) -> AsyncIterator[Change]:
+        """``async for change in xp.watch(...)``: the asyncio twin of :meth:`XP.watch`."""
+        conninfo, kwargs = self._watch_conninfo()
+        return watch_changes_async(lambda: psycopg.AsyncConnection.connect(conninfo, autocommit=True, **kwargs),
+                                   after_cursor, wallet, poll_interval=poll_interval)
 
     async def __aenter__(self) -> AsyncXP:
         return self
@@ -312,7 +612,7 @@ class AsyncXP(_Api):
     async def _run(self, conn: psycopg.AsyncConnection[Any], call: Call) -> list[Any]:
         factory = class_row(call.row_type) if call.row_type else tuple_row
         async with conn.transaction(), conn.cursor(row_factory=factory) as cur:  # type: ignore[arg-type]
-            await cur.execute(call.query, call.params)
+            await cur.execute(call.query, call.params, prepare=False)  # see XP._run
             return await cur.fetchall()
 
     async def _execute_async(self, call: Call) -> Any:
@@ -320,16 +620,19 @@ class AsyncXP(_Api):
             with wrap_errors():
                 if self._connection is not None:
                     if not self._connection.autocommit and _idle(self._connection):
-                        await self._connection.execute("BEGIN")  # see _join_callers_transaction
+                        await self._connection.execute("BEGIN", prepare=False)  # see _join_callers_transaction
                     rows = await self._run(self._connection, call)
                 else:
                     assert self._pool is not None
-                    async with self._pool.connection() as conn:
+                    # A caller's pool: its own settings, its own errors (PoolTimeout).
+                    taken = (self._owned.async_connection(self._pool) if self._owned
+                             else self._pool.connection())
+                    async with taken as conn:
                         rows = await self._run(conn, call)
         except (XPError, psycopg.Error) as exc:
             if not self.best_effort:
                 raise
-            _log_failure(call, exc)
+            _log_failure(call, exc, self.log_params)
             return None
         return _shape_result(call, rows)
 

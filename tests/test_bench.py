@@ -40,6 +40,7 @@ MEASURES = [
     "(g) recalculate_levels(), ruleset switch",
     "(g) recalculate_levels(), nothing to change",
     "(h) bytes per ledger row",
+    "(i) XP.award unprepared / prepared",
 ]
 
 READS = ["balance", "history", "leaderboard", "rank", "level_for"]
@@ -47,7 +48,8 @@ READS = ["balance", "history", "leaderboard", "rank", "level_for"]
 # Keys the issue requires in --json, each a positive number.
 POSITIVE_KEYS = (
     ["pgbench_tps", "award_sql_per_s", "award_python_per_s", "batch_per_s", "hot_wallet_per_s",
-     "recalculate_s", "bytes_per_ledger_row"]
+     "recalculate_s", "bytes_per_ledger_row", "unprepared_award_ratio", "unprepared_award_per_s",
+     "prepared_award_per_s"]
     + [f"{read}_ms_{p}" for read in READS for p in ("p50", "p95", "p99")]
 )
 
@@ -152,6 +154,14 @@ def test_ruleset_switch_recalculates_every_balance(figures: dict[str, Any]) -> N
     assert figures["recalculate_balances"] == QUICK.wallets
     assert figures["recalculate_changed"] == QUICK.wallets
     assert figures["recalculate_noop_changed"] == 0
+
+
+def test_client_awards_leave_no_prepared_statement_on_the_server(figures: dict[str, Any]) -> None:
+    """(i) compares like with like: the client's session holds no named prepared statement
+    (safe behind a transaction pooler, SPEC section 7), psycopg's default one does."""
+    assert figures["unprepared_award_server_statements"] == 0
+    assert figures["prepared_award_server_statements"] >= 1
+    assert len(figures["unprepared_award_rounds"]) >= 3
 
 
 def test_json_run_drops_its_scratch_database(figures: dict[str, Any], server: str) -> None:
