@@ -6,15 +6,20 @@ finds or starts a server (:func:`pyxp.database.discovered_server`) and plays
 the seeds' stories on a scratch database.
 
 Exit codes: 0 done, 1 ``audit`` found inconsistencies, 2 refused (a PX error,
-bad usage, no database). Errors are one line on stderr:
-``error: PX001: invalid wallet: '' (what is accepted)``.
+bad usage, no database, a missing privilege). Errors are one line on stderr:
+``error: CODE: message; detail (hint)``, e.g. ``error: PX001: invalid wallet: '' (what
+is accepted)``; the hint names the command's flags where the SQL hint names a parameter,
+and a missing privilege (42501) says which role or grant is needed. With ``--json`` the
+error is ``{"error": {"code", "message", "detail", "hint"}}`` on stdout instead.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import getpass
 import json
 import os
+import re
 import shlex
 import sys
 from collections.abc import Iterator
@@ -26,6 +31,7 @@ from typing import Any
 
 import click
 import psycopg
+from psycopg.conninfo import conninfo_to_dict
 from psycopg.rows import dict_row
 
 from pyxp import queries
@@ -34,7 +40,7 @@ from pyxp.database import DATABASE_URL_VARIABLE
 from pyxp.errors import NoActiveRuleset, XPError, wrap_errors
 from pyxp.results import Award, ClientRegistration
 from pyxp.ruleset_config import load_ruleset
-from pyxp.tables import Cell, Column, Printer, Styled, level_change, print_audit, signed, xp_cell
+from pyxp.tables import Cell, Column, Printer, Styled, change_line, level_change, print_audit, signed, xp_cell
 
 EXIT_FINDINGS = 1
 EXIT_REFUSED = 2
@@ -46,35 +52,202 @@ FAR_TOTALS = (10**6, 10**9, 10**12, 10**15, 2**62)
 # --------------------------------------------------------------------------- errors
 
 
+@dataclasses.dataclass(frozen=True)
+class ErrorReport:
+    """What a refused command reports: the one-line text on stderr, or ``{"error": ...}`` with --json.
+
+    ``code`` is the SQLSTATE (``PX0nn`` for a pyxp refusal, e.g. ``42501`` for a missing
+    privilege), None when no database gave one. ``show_code``: whether the text line starts with it.
+    """
+
+    message: str
+    code: str | None = None
+    detail: str | None = None
+    hint: str | None = None
+    show_code: bool = True
+
+    def line(self) -> str:
+        text = f"{self.code}: {self.message}" if self.code and self.show_code else self.message
+        if self.detail:
+            text += f"; {self.detail}"
+        if self.hint:
+            text += f" ({self.hint})"
+        return _one_line(text)
+
+    def as_json(self) -> dict[str, Any]:
+        return {"error": {"code": self.code, "message": self.message, "detail": self.detail,
+                          "hint": self.hint}}
+
+
 class Refused(click.ClickException):
-    """A one-line error on stderr and exit code 2."""
+    """Exit code 2 and one line on stderr (``error: ...``), or with --json a JSON object on stdout."""
 
     exit_code = EXIT_REFUSED
 
+    def __init__(self, report: ErrorReport | str, as_json: bool = False) -> None:
+        self.report = report if isinstance(report, ErrorReport) else ErrorReport(report)
+        self.as_json = as_json
+        super().__init__(self.report.line())
+
     def show(self, file: Any = None) -> None:
-        Printer(sys.stderr).error(self.message)
+        if self.as_json:
+            click.echo(json.dumps(self.report.as_json(), indent=2, ensure_ascii=False))
+        else:
+            Printer(sys.stderr).error(self.message)
 
 
 def _one_line(text: str) -> str:
     return " ".join(text.split())
 
 
-def _database_error(exc: psycopg.Error) -> str:
-    """One line for a database error that is not a PX refusal."""
+# Meta keys shared by every context of one invocation (click's ctx.meta).
+_ARGS, _COMMAND, _JSON = "pyxp.args", "pyxp.command", "pyxp.json"
+_USER, _DATABASE = "pyxp.user", "pyxp.database"  # who the command connected as, and where
+
+
+def _invoked_command(ctx: click.Context) -> tuple[str, click.Command | None]:
+    """The invoked sub-command's path (``award completion``) and object, as far as it was resolved."""
+    names: list[str] = ctx.meta.get(_COMMAND, [])
+    command: click.Command | None = ctx.command
+    for name in names:
+        command = command.get_command(ctx, name) if isinstance(command, click.Group) else None
+    return " ".join(names), command
+
+
+def _flag_names(command: click.Command | None) -> dict[str, str]:
+    """SQL parameter name -> the command's option (``campaign_type`` -> ``--campaign-type``).
+
+    Only names with an underscore: a one-word name (``reason``) reads the same either way, and
+    would match ordinary words of a hint.
+    """
+    flags: dict[str, str] = {}
+    for param in command.params if command is not None else ():
+        if isinstance(param, click.Option) and param.name and "_" in param.name and param.name != "as_json":
+            preferred = "--" + param.name.replace("_", "-")
+            flags[param.name] = preferred if preferred in param.opts else param.opts[0]
+    return flags
+
+
+def _with_flags(text: str | None, flags: dict[str, str], message: bool = False) -> str | None:
+    """A hint (or message) of the SQL functions with their parameter names as the CLI's flags.
+
+    In a hint every name is translated (``is_paid => true`` -> ``--is-paid``); in a message only
+    where it names the parameter (``invalid max_rows: 0``, ``needs a positive price_completion``),
+    never in a value the caller passed.
+    """
+    if not text or not flags:
+        return text
+    names = "|".join(re.escape(name) for name in sorted(flags, key=len, reverse=True))
+    if message:
+        pattern = rf"(?:(?<=^invalid )|(?<=needs a positive )|(?<=has a ))({names})\b(?=:|,| \()"
+        return re.sub(pattern, lambda m: flags[m.group(1)], text)
+    return re.sub(rf"\b({names})\b(?: => true)?", lambda m: flags[m.group(1)], text)
+
+
+def _px_report(ctx: click.Context, exc: XPError) -> ErrorReport:
+    flags = _flag_names(_invoked_command(ctx)[1])
+    return ErrorReport(_with_flags(exc.message, flags, message=True) or exc.message, exc.code,
+                       exc.detail, _with_flags(exc.hint, flags))
+
+
+def _identifier(name: str) -> str:
+    """A role or database name as SQL writes it (quoted unless a plain lower-case identifier)."""
+    return name if re.fullmatch(r"[a-z_][a-z0-9_$]*", name) else '"' + name.replace('"', '""') + '"'
+
+
+def _role(ctx: click.Context) -> str:
+    """The role the command connected as (for GRANT advice), as SQL writes it."""
+    user = ctx.meta.get(_USER)
+    if not user:
+        settings = ctx.find_object(Settings)
+        url = (settings.database_url if settings else "") or os.environ.get(DATABASE_URL_VARIABLE, "")
+        try:
+            user = conninfo_to_dict(url).get("user")
+        except psycopg.Error:
+            user = None
+    return _identifier(str(user or os.environ.get("PGUSER") or getpass.getuser()))
+
+
+def _migrating_role(role: str, database: str | None) -> str:
+    on = f"GRANT CREATE ON DATABASE {_identifier(database) if database else '...'} TO {role}"
+    return (f"pyxp db upgrade and downgrade run as the migrating role: one that may create a schema in this "
+            f"database (its owner, or {on}) and either create roles (CREATEROLE) or, if a DBA created "
+            f"pyxp_owner, pyxp_writer and pyxp_reader beforehand, is a member of pyxp_owner "
+            f'(GRANT pyxp_owner TO {role}); see README "Install into a database"')
+
+
+OWNER_FUNCTIONS = ("install_ruleset", "recalculate_levels", "simulate_rules")
+
+
+def _permission_hint(ctx: click.Context, message: str) -> str:
+    """What a permission error (SQLSTATE 42501) needs, in the terms of README "Install into a database"."""
+    role = _role(ctx)
+    command = _invoked_command(ctx)[0]
+    match = re.search(r"permission denied for (function|table|schema|database|sequence|view) (\S+)", message)
+    kind, name = match.groups() if match else ("", "")
+    if ("admin option on role" in message or "permission denied to create role" in message
+            or command in ("db upgrade", "db downgrade")):
+        return _migrating_role(role, ctx.meta.get(_DATABASE))
+    if "permission denied to create database" in message:
+        return (f"pyxp {command or 'demo'} creates a scratch database: give {role} CREATEDB "
+                f"(ALTER ROLE {role} CREATEDB), or point --database-url / {DATABASE_URL_VARIABLE} "
+                "at a role that has it")
+    if kind == "function" and name in OWNER_FUNCTIONS:
+        return (f"pyxp.{name} is the owner's: connect as the role that ran pyxp db upgrade "
+                "(a member of pyxp_owner); pyxp_writer awards, pyxp_reader reads")
+    if kind == "function":
+        return f"pyxp.{name} is for pyxp_writer: GRANT pyxp_writer TO {role}"
+    if kind == "schema":
+        return (f"{role} has no pyxp role: GRANT pyxp_writer TO {role} (award and read), "
+                f"or GRANT pyxp_reader TO {role} (read)")
+    if kind in ("table", "view", "sequence"):
+        what = ("pyxp's migration history (pyxp.alembic_version)" if name == "alembic_version"
+                else "pyxp's tables")
+        return (f"{'pyxp ' + command if command else 'this command'} reads {what}, which needs pyxp_reader: "
+                f"GRANT pyxp_reader TO {role} (pyxp_writer only calls functions)")
+    return (f"{role} lacks a privilege: pyxp_writer awards, pyxp_reader reads, the migrating role installs; "
+            'see README "Install into a database"')
+
+
+def _database_report(ctx: click.Context, exc: psycopg.Error) -> ErrorReport:
+    """The report of a database error that is not a PX refusal."""
     if isinstance(exc, psycopg.OperationalError) and exc.sqlstate is None:
-        return (f"cannot connect to PostgreSQL: {_one_line(str(exc))} "
-                f"(set --database-url or {DATABASE_URL_VARIABLE}, e.g. postgresql://user@host:5432/dbname)")
+        return ErrorReport(f"cannot connect to PostgreSQL: {_one_line(str(exc))}",
+                           hint=f"set --database-url or {DATABASE_URL_VARIABLE}, "
+                                "e.g. postgresql://user@host:5432/dbname")
     if isinstance(exc, psycopg.ProgrammingError) and exc.sqlstate is None:
-        return (f"invalid database URL: {_one_line(str(exc))} "
-                "(a libpq URL postgresql://user@host:port/dbname or key=value pairs)")
+        return ErrorReport(f"invalid database URL: {_one_line(str(exc))}",
+                           hint="a libpq URL postgresql://user@host:port/dbname or key=value pairs")
     message = _one_line(exc.diag.message_primary or str(exc))
     if exc.sqlstate in ("3F000", "42P01", "42883") and "pyxp" in message:
-        return f"the pyxp schema is not installed in this database ({message}; run: pyxp db upgrade)"
-    return f"{exc.sqlstate or 'database'}: {message}"
+        return ErrorReport("the pyxp schema is not installed in this database", exc.sqlstate, message,
+                           "run: pyxp db upgrade", show_code=False)
+    if exc.sqlstate == "42501":
+        return ErrorReport(message, exc.sqlstate, exc.diag.message_detail, _permission_hint(ctx, message))
+    return ErrorReport(message, exc.sqlstate or None, exc.diag.message_detail, exc.diag.message_hint)
 
 
-class _Cli(click.Group):
-    """The top-level group: turns pyxp and database errors into one line and exit code 2.
+def _wants_json(ctx: click.Context) -> bool:
+    """--json was given: by the command's own option if it was parsed, else by the raw arguments."""
+    if _JSON in ctx.meta:
+        return bool(ctx.meta[_JSON])
+    args: list[str] = ctx.meta.get(_ARGS, [])
+    return "--json" in (args[:args.index("--")] if "--" in args else args)
+
+
+class _Group(click.Group):
+    """A command group that records which sub-command runs (for error reports)."""
+
+    def resolve_command(self, ctx: click.Context,
+                        args: list[str]) -> tuple[str | None, click.Command | None, list[str]]:
+        name, command, rest = super().resolve_command(ctx, args)
+        if command is not None:
+            ctx.meta.setdefault(_COMMAND, []).append(command.name or name)
+        return name, command, rest
+
+
+class _Cli(_Group):
+    """The top-level group: turns pyxp and database errors into one line (or JSON) and exit code 2.
 
     `bench` is loaded only when asked for: it imports more than other commands need.
     """
@@ -89,13 +262,28 @@ class _Cli(click.Group):
             return bench_command
         return super().get_command(ctx, name)
 
+    def make_context(self, info_name: str | None, args: list[str], parent: click.Context | None = None,
+                     **extra: Any) -> click.Context:
+        ctx = super().make_context(info_name, list(args), parent, **extra)
+        ctx.meta[_ARGS] = list(args)
+        return ctx
+
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
         except XPError as exc:  # PX refusals, ConfigError, DatabaseUnavailable
-            raise Refused(_one_line(str(exc))) from exc
+            raise Refused(_px_report(ctx, exc), _wants_json(ctx)) from exc
         except psycopg.Error as exc:
-            raise Refused(_database_error(exc)) from exc
+            raise Refused(_database_report(ctx, exc), _wants_json(ctx)) from exc
+        except Refused as exc:
+            exc.as_json = _wants_json(ctx)
+            raise
+        except click.UsageError as exc:
+            if not _wants_json(ctx):
+                raise
+            command = _invoked_command(ctx)[0]
+            raise Refused(ErrorReport(exc.format_message(), hint=f"pyxp {command} --help".replace("  ", " ")),
+                          as_json=True) from exc
 
 
 # --------------------------------------------------------------------------- plumbing
@@ -114,6 +302,7 @@ def _settings(ctx: click.Context) -> Settings:
 def _connection(ctx: click.Context) -> Iterator[psycopg.Connection[Any]]:
     """An autocommit connection to the command's database (each client call is its own transaction)."""
     with psycopg.connect(_settings(ctx).database_url, autocommit=True) as conn:
+        ctx.meta[_USER], ctx.meta[_DATABASE] = conn.info.user, conn.info.dbname  # for permission advice
         yield conn
 
 
@@ -167,7 +356,14 @@ def _print_json(value: Any) -> None:
     click.echo(json.dumps(_jsonable(value), indent=2, ensure_ascii=False))
 
 
-json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+def _remember_json(ctx: click.Context, param: click.Parameter, value: bool) -> bool:
+    ctx.meta[_JSON] = value  # errors too are then reported as JSON
+    return value
+
+
+json_option = click.option("--json", "as_json", is_flag=True, is_eager=True, expose_value=True,
+                           callback=_remember_json,
+                           help='Print JSON instead of a table (an error: {"error": {...}} on stdout).')
 
 
 class DecimalType(click.ParamType):
@@ -207,7 +403,7 @@ def cli(ctx: click.Context, database_url: str) -> None:
 # --------------------------------------------------------------------------- db
 
 
-@cli.group()
+@cli.group(cls=_Group)
 def db() -> None:
     """Migrate the database (alembic)."""
 
@@ -271,7 +467,7 @@ def db_current(ctx: click.Context, as_json: bool) -> None:
 # --------------------------------------------------------------------------- rules
 
 
-@cli.group()
+@cli.group(cls=_Group)
 def rules() -> None:
     """Show, compare and apply rulesets (TOML config seeds)."""
 
@@ -312,6 +508,30 @@ def rules_show(ctx: click.Context, as_json: bool) -> None:
                Column("XP")],
               [[r["action"], r["event"] or "(by action only)", _types(r["campaign_types"]),
                 r["condition"] or "", r["formula"]] for r in rows])
+
+
+@rules.command("list")
+@json_option
+@click.pass_context
+def rules_list(ctx: click.Context, as_json: bool) -> None:
+    """Every installed ruleset version: which is active, when, how many rules."""
+    with _connection(ctx) as conn, conn.cursor(row_factory=dict_row) as cur:
+        rows = cur.execute(queries.RULESETS).fetchall()
+    if as_json:
+        _print_json(rows)
+        return
+    if not rows:
+        click.echo("no ruleset installed (run: pyxp db upgrade)")
+        return
+
+    def when(at: datetime | None) -> str:
+        return f"{at:%Y-%m-%d %H:%M:%S}" if at else "-"
+
+    out = Printer()
+    out.table([Column("name"), Column("version", ">"), Column("active"), Column("created_at"),
+               Column("activated_at"), Column("rules", ">")],
+              [[r["name"], r["version"], Styled("active", fg="green", bold=True) if r["active"] else "",
+                when(r["created_at"]), when(r["activated_at"]), r["rules"]] for r in rows])
 
 
 @rules.command("apply")
@@ -450,7 +670,8 @@ def rules_diff(ctx: click.Context, name_or_file: str, as_json: bool) -> None:
 def levels(ctx: click.Context, first: int, totals: tuple[int, ...], as_json: bool) -> None:
     """The active level curve (from pyxp.level_for).
 
-    Level, threshold (total XP needed) and increment (XP to the next level).
+    Each level's level_start_xp (total XP needed), next_level_xp and increment
+    (the XP between them); then the level of some totals, as pyxp.level_for returns it.
     """
     totals = totals or FAR_TOTALS
     with wrap_errors(), _connection(ctx) as conn, conn.cursor(row_factory=dict_row) as cur:
@@ -460,20 +681,22 @@ def levels(ctx: click.Context, first: int, totals: tuple[int, ...], as_json: boo
         _print_json({"levels": first_rows, "totals": far_rows})
         return
     out = Printer()
-    out.table([Column("level", ">"), Column("threshold", ">"), Column("increment", ">")],
-              [[r["level"], r["threshold"], r["increment"]] for r in first_rows],
+    out.table([Column("level", ">"), Column("level_start_xp", ">"), Column("next_level_xp", ">"),
+               Column("increment", ">")],
+              [[r["level"], r["level_start_xp"], r["next_level_xp"], r["increment"]] for r in first_rows],
               title=f"levels 1-{first_rows[-1]['level']} (total XP needed, XP to the next level)")
     out.blank()
-    out.table([Column("total XP", ">"), Column("level", ">"), Column("threshold", ">"),
-               Column("increment", ">")],
-              [[r["total_xp"], r["level"], r["threshold"], r["increment"]] for r in far_rows],
-              title="far levels (the level of a total)")
+    out.table([Column("total_xp", ">"), Column("level", ">"), Column("level_start_xp", ">"),
+               Column("next_level_xp", ">"), Column("xp_to_next_level", ">")],
+              [[r["total_xp"], r["level"], r["level_start_xp"], r["next_level_xp"], r["xp_to_next_level"]]
+               for r in far_rows],
+              title="far levels (pyxp.level_for of a total)")
 
 
 # --------------------------------------------------------------------------- award
 
 
-@cli.group()
+@cli.group(cls=_Group)
 def award() -> None:
     """Award XP: one sub-command per Winstory flow, or generic."""
 
@@ -713,14 +936,15 @@ def balance(ctx: click.Context, wallet: str, as_json: bool) -> None:
 
 @cli.command()
 @click.argument("wallet")
-@click.option("--limit", default=50, show_default=True, type=int, help="Rows per page (1-1000).")
+@click.option("--max-rows", "--limit", "max_rows", default=50, show_default=True, type=int,
+              help="Rows per page (1-1000); --limit is an alias.")
 @click.option("--before-id", type=int, help="Page on: rows older than this transaction id.")
 @json_option
 @click.pass_context
-def history(ctx: click.Context, wallet: str, limit: int, before_id: int | None, as_json: bool) -> None:
-    """A wallet's ledger rows, newest first."""
+def history(ctx: click.Context, wallet: str, max_rows: int, before_id: int | None, as_json: bool) -> None:
+    """A wallet's ledger rows, newest first (pyxp.history)."""
     with _client(ctx) as xp:
-        rows = xp.history(wallet, limit, before_id)
+        rows = xp.history(wallet, max_rows, before_id)
     if as_json:
         _print_json(rows)
         return
@@ -732,20 +956,23 @@ def history(ctx: click.Context, wallet: str, limit: int, before_id: int | None, 
                Column("balance", ">"), Column("campaign"), Column("subject")],
               [[r.transaction_id, f"{r.created_at:%Y-%m-%d %H:%M:%S}", r.transaction_type,
                 xp_cell(r.xp_amount), r.balance_after, r.campaign_id or "", r.subject or ""] for r in rows])
-    if len(rows) == limit:
-        out.line(Styled(f"more: pyxp history {shlex.quote(wallet)} --before-id {rows[-1].transaction_id}",
-                        dim=True))
+    if len(rows) == max_rows:
+        page = "" if max_rows == 50 else f" --max-rows {max_rows}"
+        more = f"more: pyxp history {shlex.quote(wallet)}{page} --before-id {rows[-1].transaction_id}"
+        out.line(Styled(more, dim=True))
 
 
 @cli.command()
-@click.option("--limit", default=20, show_default=True, type=int, help="Rows (1-1000).")
-@click.option("--offset", default=0, show_default=True, type=int, help="Skip this many ranks.")
+@click.option("--max-rows", "--limit", "max_rows", default=20, show_default=True, type=int,
+              help="Rows (1-1000); --limit is an alias.")
+@click.option("--offset-rows", "--offset", "offset_rows", default=0, show_default=True, type=int,
+              help="Skip this many ranks; --offset is an alias.")
 @json_option
 @click.pass_context
-def leaderboard(ctx: click.Context, limit: int, offset: int, as_json: bool) -> None:
-    """Wallets by total XP, highest first."""
+def leaderboard(ctx: click.Context, max_rows: int, offset_rows: int, as_json: bool) -> None:
+    """Wallets by total XP, highest first (pyxp.leaderboard)."""
     with _client(ctx) as xp:
-        rows = xp.leaderboard(limit, offset)
+        rows = xp.leaderboard(max_rows, offset_rows)
     if as_json:
         _print_json(rows)
         return
@@ -775,24 +1002,58 @@ def audit(ctx: click.Context, as_json: bool) -> None:
         ctx.exit(EXIT_FINDINGS)
 
 
+# --------------------------------------------------------------------------- watch
+
+
+@cli.command()
+@click.option("--wallet", help="Only this wallet's changes.")
+@click.option("--after", "after_cursor", type=click.IntRange(0), default=0, show_default=True,
+              help="Resume after this cursor (the last one printed); 0: the whole ledger.")
+@json_option
+@click.pass_context
+def watch(ctx: click.Context, wallet: str | None, after_cursor: int, as_json: bool) -> None:
+    """Print ledger changes as they commit, until Ctrl-C.
+
+    Follows the change feed (pyxp.changes): every committed ledger row once, in
+    order, woken by NOTIFY pyxp_changes and reading at least once a second;
+    reconnects if the connection drops. Level-ups stand out. --json: one object
+    per line (for jq), with its cursor: pass the last one to --after to resume.
+    """
+    out = Printer()
+    with XP(_conninfo(ctx), max_connections=1) as xp:
+        try:
+            for change in xp.watch(after_cursor, wallet):
+                if as_json:
+                    click.echo(json.dumps(_jsonable(change), ensure_ascii=False))
+                else:
+                    out.line(*change_line(out, change))
+                out.stream.flush()
+        except KeyboardInterrupt:
+            return
+
+
 # --------------------------------------------------------------------------- demo
 
 
 @cli.command()
+@click.option("--keep", is_flag=True,
+              help="Keep the scratch database (and a throwaway cluster) to explore; prints its URL.")
 @click.pass_context
-def demo(ctx: click.Context) -> None:
+def demo(ctx: click.Context, keep: bool) -> None:
     """Play the seeds' stories on a scratch database.
 
-    The database is created, migrated, played on, printed, then dropped.
+    The database is created, migrated, played on, printed, then dropped
+    (--keep: kept, and its URL printed).
 
     The server: --database-url / PYXP_DATABASE_URL, else libpq defaults if a
-    server answers, else a throwaway cluster started from the local PostgreSQL binaries.
+    server answers, else a throwaway cluster started from the local PostgreSQL binaries
+    (--keep leaves it running and prints how to stop and remove it).
     """
     from pyxp.demo import play_on_discovered_server
 
     if ctx.find_root().get_parameter_source("database_url") == click.core.ParameterSource.COMMANDLINE:
         os.environ[DATABASE_URL_VARIABLE] = _settings(ctx).database_url  # discovery starts from it
-    if play_on_discovered_server(Printer()):
+    if play_on_discovered_server(Printer(), keep=keep):
         ctx.exit(EXIT_FINDINGS)
 
 

@@ -12,22 +12,35 @@ One function per story of the seeds, in this order:
 Every figure printed comes from the database: award results, balances, and
 totals summed from the ledger rows (``history``). Each story uses its own
 wallets and campaigns, so figures do not mix. The scratch database is dropped
-at the end, also when a story fails.
+at the end, also when a story fails; with ``keep=True`` (``pyxp demo --keep``)
+it is kept and its URL printed, and a throwaway cluster is left running with
+the command that stops and removes it.
 """
 
 from __future__ import annotations
 
 import os
 import secrets
+import shlex
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
+from urllib.parse import quote
 
 import psycopg
 from psycopg import sql
 
 from pyxp import schema
 from pyxp.client import XP
-from pyxp.database import DATABASE_URL_VARIABLE, configured_conninfo, discovered_server, with_database
+from pyxp.database import (
+    DATABASE_URL_VARIABLE,
+    EmbeddedCluster,
+    _runuser,
+    configured_conninfo,
+    discovered_server,
+    locate_server,
+    with_database,
+)
 from pyxp.results import AuditFinding, Award
 from pyxp.tables import Cell, Column, Printer, Styled, level_change, print_audit, signed, xp_cell
 
@@ -251,8 +264,19 @@ STORIES: tuple[Callable[[Stage], None], ...] = (
 # --------------------------------------------------------------------------- running it
 
 
-def run_demo(server: str, out: Printer, origin: str = "") -> list[AuditFinding]:
-    """Plays :data:`STORIES` on a new database ``pyxp_demo_<random>`` of ``server``, then drops it.
+def database_url(conninfo: str) -> str:
+    """``postgresql://user@host:port/dbname`` of a conninfo, without its password (for people to copy)."""
+    with psycopg.connect(conninfo, autocommit=True) as conn:
+        user, dbname, host, port = conn.info.user, conn.info.dbname, conn.info.host, conn.info.port
+    user, dbname = quote(user, safe=""), quote(dbname, safe="")
+    if host.startswith("/"):  # a socket directory
+        return f"postgresql://{user}@/{dbname}?host={quote(host, safe='/')}&port={port}"
+    return f"postgresql://{user}@{f'[{host}]' if ':' in host else host}:{port}/{dbname}"
+
+
+def run_demo(server: str, out: Printer, origin: str = "", keep: bool = False) -> list[AuditFinding]:
+    """Plays :data:`STORIES` on a new database ``pyxp_demo_<random>`` of ``server``, then drops it
+    (``keep``: keeps it and prints its URL, also when a story fails).
 
     Returns the audit findings of the final state (none expected).
     """
@@ -263,7 +287,8 @@ def run_demo(server: str, out: Printer, origin: str = "") -> list[AuditFinding]:
     try:
         out.line(Styled("pyxp demo", bold=True), ": the seeds' stories, played on a scratch database")
         out.line(Styled(f"  server    {where}" + (f" ({origin})" if origin else ""), dim=True))
-        out.line(Styled(f"  database  {name} (created now, dropped at the end)", dim=True))
+        fate = "kept at the end (--keep)" if keep else "dropped at the end"
+        out.line(Styled(f"  database  {name} (created now, {fate})", dim=True))
         out.line(Styled("  Each step calls a pyxp SQL function; every figure below is what the database "
                         "returned or holds.", dim=True))
         conninfo = with_database(server, name)
@@ -276,10 +301,35 @@ def run_demo(server: str, out: Printer, origin: str = "") -> list[AuditFinding]:
         out.blank()
         print_audit(out, findings)
     finally:
-        with psycopg.connect(server, autocommit=True) as admin:
-            admin.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
-        out.line(Styled(f"scratch database {name} dropped", dim=True))
+        if keep:
+            try:
+                print_kept_database(out, with_database(server, name), name)
+            except psycopg.Error:  # the server went away: the story's own error says more
+                out.line(f"scratch database {name} kept")
+        else:
+            with psycopg.connect(server, autocommit=True) as admin:
+                admin.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+            out.line(Styled(f"scratch database {name} dropped", dim=True))
     return findings
+
+
+def print_kept_database(out: Printer, conninfo: str, name: str) -> None:
+    """Where the kept scratch database is, and how to explore and drop it."""
+    url = database_url(conninfo)
+    password = " (with the password you connected with)" if "password" in conninfo else ""
+    out.blank()
+    out.line(Styled(f"scratch database {name} kept", bold=True), f": {url}{password}")
+    out.line(f"  explore it:  {DATABASE_URL_VARIABLE}={shlex.quote(url)} pyxp balance 0x_creator   "
+             f"(or psql {shlex.quote(url)})")
+    drop = f"DROP DATABASE {name} WITH (FORCE)"
+    out.line(f"  drop it:     psql {shlex.quote(with_url_database(url, 'postgres'))} -c {shlex.quote(drop)}")
+
+
+def with_url_database(url: str, dbname: str) -> str:
+    """The same URL on another database of the server."""
+    head, _, tail = url.partition("?")
+    base = head.rsplit("/", 1)[0]
+    return f"{base}/{dbname}" + (f"?{tail}" if tail else "")
 
 
 def _origin(conninfo: str) -> str:
@@ -290,7 +340,32 @@ def _origin(conninfo: str) -> str:
     return "a throwaway cluster from the local PostgreSQL binaries, removed at the end"
 
 
-def play_on_discovered_server(out: Printer) -> list[AuditFinding]:
-    """The demo on the server :func:`pyxp.database.discovered_server` finds (or starts)."""
-    with discovered_server() as server:
-        return run_demo(server, out, _origin(server))
+def play_on_discovered_server(out: Printer, keep: bool = False) -> list[AuditFinding]:
+    """The demo on the server :func:`pyxp.database.discovered_server` finds (or starts).
+
+    ``keep``: the scratch database stays; a throwaway cluster started for it stays
+    running too, and the command that stops and removes it is printed.
+    """
+    if not keep:
+        with discovered_server() as server:
+            return run_demo(server, out, _origin(server))
+    found = locate_server()
+    if isinstance(found, Path):  # no server answers: the binaries to start one from
+        return _play_on_kept_cluster(out, found)
+    return run_demo(found, out, _origin(found), keep=True)
+
+
+def _play_on_kept_cluster(out: Printer, bindir: Path) -> list[AuditFinding]:
+    """``demo --keep`` with no server: a throwaway cluster that outlives the demo, also when a story
+    fails (what it wrote can be looked at); the command that stops and removes it is printed."""
+    cluster = EmbeddedCluster(bindir).start()
+    try:
+        return run_demo(cluster.conninfo, out, "a throwaway cluster from the local PostgreSQL binaries, "
+                                               "kept running (--keep)", keep=True)
+    finally:
+        pg_ctl = shlex.join([str(cluster.bindir / "pg_ctl"), "-D", str(cluster.datadir), "-m", "fast",
+                             "stop"])
+        if cluster.run_as:
+            pg_ctl = f"{shlex.quote(_runuser())} -u {cluster.run_as} -- {pg_ctl}"
+        out.line(f"  the throwaway cluster keeps running in {cluster.directory}; stop and remove it with:")
+        out.line(f"    {pg_ctl} && rm -rf {shlex.quote(str(cluster.directory))}")

@@ -56,7 +56,7 @@ LEADERBOARD = """SELECT * FROM pyxp.leaderboard(
 
 WALLET_RANK = "SELECT pyxp.wallet_rank(wallet => %(wallet)s::text) AS rank"
 
-LEVEL_FOR = "SELECT * FROM pyxp.level_for(total_xp => %(total_xp)s::bigint)"
+LEVEL_FOR = "SELECT * FROM pyxp.level_for(total_xp => %(total_xp)s::numeric)"
 
 RECALCULATE_LEVELS = "SELECT pyxp.recalculate_levels() AS changed"
 
@@ -82,15 +82,25 @@ FIRST_LEVELS = """WITH RECURSIVE curve AS (
     SELECT l.level, l.level_start_xp, l.next_level_xp FROM pyxp.level_for(total_xp => 0) l
     UNION ALL
     SELECT n.level, n.level_start_xp, n.next_level_xp
-      FROM curve c CROSS JOIN LATERAL pyxp.level_for(total_xp => c.next_level_xp::bigint) n
+      FROM curve c CROSS JOIN LATERAL pyxp.level_for(total_xp => c.next_level_xp) n
      WHERE c.level < %(first)s::bigint
 )
-SELECT c.level, c.level_start_xp AS threshold, (c.next_level_xp - c.level_start_xp)::bigint AS increment
+SELECT c.level, c.level_start_xp, c.next_level_xp, c.next_level_xp - c.level_start_xp AS increment
   FROM curve c ORDER BY c.level"""
 
 # Where given totals stand on the active curve (pyxp.level_for of each).
-LEVELS_OF_TOTALS = """SELECT t.total_xp, l.level, l.level_start_xp AS threshold,
-       (l.next_level_xp - l.level_start_xp)::bigint AS increment
-  FROM unnest(%(totals)s::bigint[]) WITH ORDINALITY t(total_xp, ord)
+LEVELS_OF_TOTALS = """SELECT t.total_xp, l.level, l.level_start_xp, l.next_level_xp, l.xp_to_next_level
+  FROM unnest(%(totals)s::numeric[]) WITH ORDINALITY t(total_xp, ord)
  CROSS JOIN LATERAL pyxp.level_for(total_xp => t.total_xp) l
  ORDER BY t.ord"""
+
+# Every installed ruleset version (pyxp rules list), oldest first, with its rule count.
+RULESETS = """SELECT r.name, r.version, r.is_active AS active, r.created_at, r.activated_at,
+       (SELECT count(*) FROM pyxp.rules ru WHERE ru.ruleset_id = r.ruleset_id) AS rules
+  FROM pyxp.rulesets r ORDER BY r.name, r.version"""
+
+# The change feed (SPEC 11).
+CHANGES = """SELECT * FROM pyxp.changes(
+    after_cursor => %(after_cursor)s::bigint, max_rows => %(max_rows)s::integer, wallet => %(wallet)s::text)"""
+
+LISTEN_CHANGES = "LISTEN pyxp_changes"

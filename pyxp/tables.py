@@ -15,7 +15,7 @@ from typing import IO, Literal
 
 import click
 
-from pyxp.results import AuditFinding
+from pyxp.results import AuditFinding, Change
 
 
 @dataclass(frozen=True)
@@ -165,3 +165,18 @@ def print_audit(out: Printer, findings: Sequence[AuditFinding]) -> None:
     out.line(Styled(f"audit: {count}", fg="red", bold=True))
     out.table([Column("check"), Column("wallet"), Column("transaction", ">"), Column("detail")],
               [[f.check_name, f.user_wallet or "", f.transaction_id or "", f.detail] for f in findings])
+
+
+def change_line(out: Printer, change: Change) -> list[Cell]:
+    """One change of the feed on one line: cursor, time, wallet, XP, action, total, level (level-ups stand out)."""
+    parts: list[Cell] = [
+        Styled(f"#{change.cursor}", dim=True), f"  {change.created_at:%Y-%m-%d %H:%M:%S}  ",
+        Styled(change.user_wallet, bold=True), "  ", xp_cell(change.xp_amount), " XP  ",
+        change.transaction_type, f"  total {change.total_xp}  level ",
+        level_change(out, change.previous_level, change.current_level),
+    ]
+    if change.leveled_up:
+        parts.append(Styled("  LEVEL UP!", fg="yellow", bold=True))
+    elif change.leveled_down:
+        parts.append(Styled("  level down", fg="red"))
+    return parts

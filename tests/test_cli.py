@@ -11,11 +11,15 @@ import json
 import os
 import subprocess
 import sys
+import uuid
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import psycopg
 import pytest
+from psycopg import sql
+from psycopg.conninfo import make_conninfo
 
 from pyxp import schema
 from pyxp.database import DATABASE_URL_VARIABLE, _free_port
@@ -91,6 +95,33 @@ def test_table_output_has_no_colour_when_piped(conninfo: str) -> None:
     assert "\x1b[" not in ok(conninfo, *CREATE_CAMPAIGN)
 
 
+PYXP_SCRIPT = str(Path(sys.executable).with_name("pyxp"))
+
+
+@pytest.mark.parametrize(("shell", "marker"), [("bash", "complete -o nosort -F _pyxp_completion pyxp"),
+                                               ("zsh", "compdef _pyxp_completion pyxp"),
+                                               ("fish", "complete --no-files --command pyxp")])
+def test_shell_completion_script_is_printed(shell: str, marker: str) -> None:
+    """README "CLI": eval "$(_PYXP_COMPLETE=bash_source pyxp)" — the installed script prints the script."""
+    result = subprocess.run([PYXP_SCRIPT], capture_output=True, text=True, timeout=60,
+                            env={**os.environ, "_PYXP_COMPLETE": f"{shell}_source"})
+    assert result.returncode == 0, result.stderr
+    assert marker in result.stdout
+
+
+def test_shell_completion_completes_commands_and_options() -> None:
+    def complete(*words: str) -> list[str]:
+        env = {**os.environ, "_PYXP_COMPLETE": "bash_complete", "COMP_WORDS": " ".join(["pyxp", *words]),
+               "COMP_CWORD": str(len(words))}
+        result = subprocess.run([PYXP_SCRIPT], capture_output=True, text=True, timeout=60, env=env)
+        assert result.returncode == 0, result.stderr
+        return [line.split(",", 1)[1] for line in result.stdout.splitlines()]
+
+    assert complete("ru") == ["rules"]
+    assert set(complete("rules", "")) >= {"apply", "diff", "list", "show"}
+    assert "--max-rows" in complete("history", "0xabc", "--m")
+
+
 # --------------------------------------------------------------------------- db
 
 
@@ -150,6 +181,29 @@ def test_rules_show_lists_the_active_rules_and_floor(conninfo: str) -> None:
     shown = ok_json(conninfo, "rules", "show")
     assert [r["action"] for r in shown["rules"]] == [r.action for r in load_ruleset("winstory").rules]
     assert shown["balance_floor"] is None
+
+
+def test_rules_list_shows_every_installed_version(conninfo: str, db: psycopg.Connection[Any]) -> None:
+    (winstory,) = ok_json(conninfo, "rules", "list")
+    assert {k: winstory[k] for k in ("name", "version", "active", "rules")} == \
+        {"name": "winstory", "version": 1, "active": True, "rules": len(load_ruleset("winstory").rules)}
+    assert winstory["created_at"] and winstory["activated_at"]
+
+    ok(conninfo, "rules", "apply", "winstory-flows")
+    listed = {(r["name"], r["version"]): r for r in ok_json(conninfo, "rules", "list")}
+    assert set(listed) == {("winstory", 1), ("winstory-flows", 1)}
+    assert listed["winstory", 1]["active"] is False
+    assert listed["winstory-flows", 1]["active"] is True
+    assert listed["winstory-flows", 1]["rules"] == len(load_ruleset("winstory-flows").rules)
+    stored = db.execute("SELECT activated_at FROM pyxp.rulesets WHERE name = 'winstory-flows'").fetchone()
+    assert stored is not None and listed["winstory-flows", 1]["activated_at"] == stored[0].isoformat()
+
+    table = ok(conninfo, "rules", "list").splitlines()
+    assert table[0].split() == ["name", "version", "active", "created_at", "activated_at", "rules"]
+    flows = next(line for line in table if "winstory-flows" in line).split()
+    assert flows[:3] == ["winstory-flows", "1", "active"]
+    assert flows[-1] == str(listed["winstory-flows", 1]["rules"])
+    assert next(line for line in table if line.lstrip().startswith("winstory ")).split()[2] != "active"
 
 
 def test_rules_apply_activates_a_shipped_ruleset_once(conninfo: str, db: psycopg.Connection[Any]) -> None:
@@ -225,13 +279,13 @@ def level_for(db: psycopg.Connection[Any], total_xp: int) -> int:
 def test_levels_lists_the_first_60_from_level_for(conninfo: str, db: psycopg.Connection[Any]) -> None:
     listed = ok_json(conninfo, "levels")["levels"]
     assert [row["level"] for row in listed] == list(range(1, 61))
-    assert [row["threshold"] for row in listed[:7]] == [0, 100, 250, 500, 1000, 2000, 4000]
+    assert [row["level_start_xp"] for row in listed[:7]] == [0, 100, 250, 500, 1000, 2000, 4000]
     for row, following in zip(listed, listed[1:]):
-        assert row["threshold"] + row["increment"] == following["threshold"]
+        assert row["level_start_xp"] + row["increment"] == row["next_level_xp"] == following["level_start_xp"]
     for row in listed:  # the listed thresholds are where pyxp.level_for changes level
-        assert level_for(db, row["threshold"]) == row["level"]
+        assert level_for(db, row["level_start_xp"]) == row["level"]
         if row["level"] > 1:
-            assert level_for(db, row["threshold"] - 1) == row["level"] - 1
+            assert level_for(db, row["level_start_xp"] - 1) == row["level"] - 1
 
 
 def test_levels_of_far_totals_reach_the_balance_limit(conninfo: str, db: psycopg.Connection[Any]) -> None:
@@ -240,13 +294,28 @@ def test_levels_of_far_totals_reach_the_balance_limit(conninfo: str, db: psycopg
     for row in far:
         assert level_for(db, row["total_xp"]) == row["level"]
     asked = ok_json(conninfo, "levels", "--first", "1", "--xp", "2500", "--xp", "2")["totals"]
-    assert [row["level"] for row in asked] == [6, 1]
+    assert asked == [  # the columns of pyxp.level_for, under its names
+        {"total_xp": 2500, "level": 6, "level_start_xp": 2000, "next_level_xp": 4000,
+         "xp_to_next_level": 1500},
+        {"total_xp": 2, "level": 1, "level_start_xp": 0, "next_level_xp": 100, "xp_to_next_level": 98}]
 
 
-def test_levels_table_is_aligned(conninfo: str) -> None:
+def test_levels_of_totals_beyond_bigint(conninfo: str, db: psycopg.Connection[Any]) -> None:
+    """pyxp.level_for takes any whole number; so does `levels --xp`."""
+    (far,) = ok_json(conninfo, "levels", "--first", "1", "--xp", str(10**20))["totals"]
+    row = db.execute("SELECT * FROM pyxp.level_for(%s::numeric)", [10**20]).fetchone()
+    assert row is not None
+    assert (far["total_xp"], far["level"], far["level_start_xp"], far["next_level_xp"],
+            far["xp_to_next_level"]) == (10**20, *(int(v) for v in row))
+    assert far["level_start_xp"] <= 10**20 < far["next_level_xp"]
+
+
+def test_levels_table_is_aligned_under_the_sql_column_names(conninfo: str) -> None:
     out = ok(conninfo, "levels", "--first", "7", "--xp", "2500")
-    assert "      7       4000       2700" in out
-    assert "     2500      6       2000       2000" in out
+    assert "  level  level_start_xp  next_level_xp  increment\n" in out
+    assert "      7            4000           6700       2700\n" in out
+    assert "  total_xp  level  level_start_xp  next_level_xp  xp_to_next_level\n" in out
+    assert "      2500      6            2000           4000              1500\n" in out
 
 
 # --------------------------------------------------------------------------- award
@@ -385,6 +454,206 @@ def test_idempotency_conflict_is_refused_and_writes_nothing(conninfo: str, uncha
         result = run(conninfo, "award", "campaign-creation", "--creator-wallet", "0x_creator",
                      "--campaign-id", "campaign_123", "--campaign-type", "B2C")
     assert_one_line_error(result, "PX010: campaign campaign_123 was already created with other inputs")
+    # The DETAIL: what the first call asked for, against this call.
+    first, this = result.stderr.split("; first call: ", 1)[1].split("; this call: ")
+    assert '"no_rewards": true' in first and '"no_rewards": false' in this
+    assert result.stderr.rstrip().endswith(
+        "(repeat a call with exactly the same inputs to get its result again)")
+
+
+@pytest.mark.parametrize(("args", "expected", "sql_names"), [
+    pytest.param(["award", "completion", *COMPLETER, "--campaign-type", "B2C", "--is-paid"],
+                 "PX006: paid completion k1 needs a positive --price-completion, got NULL "
+                 "(--is-paid with --price-completion > 0)", ["is_paid", "price_completion"], id="PX006"),
+    pytest.param(["award", "completion", *COMPLETER, "--campaign-type", "B2C", "--price-completion", "5"],
+                 "PX006: free completion k1 has a --price-completion (5) "
+                 "(a price above 0 only goes with --is-paid)",
+                 ["is_paid", "price_completion"], id="PX006-free"),
+    pytest.param(["award", "completion", *COMPLETER],
+                 "PX012: unknown campaign c1: its type is needed (pass --campaign-type (B2C, AGENCY_B2C, "
+                 "INDIVIDUAL), or award the campaign creation first)", ["campaign_type"], id="PX012"),
+    pytest.param(["award", "completion", *COMPLETER, "--campaign-type", "INDIVIDUAL"],
+                 "PX007: INDIVIDUAL completion k1 needs a positive --mint-value-winc, got NULL "
+                 "(pass --mint-value-winc, the MINT value in $WINC (> 0))", ["mint_value_winc"], id="PX007"),
+    pytest.param(["award", "campaign-approval", "--campaign-id", "c_unknown"],
+                 "PX012: unknown campaign c_unknown: its creator is needed (pass --creator-wallet, or award "
+                 "the campaign creation first)", ["creator_wallet"], id="PX012-creator"),
+    pytest.param(["history", "0xc", "--max-rows", "0"],
+                 "PX023: invalid --max-rows: 0 (--max-rows is between 1 and 1000)", ["max_rows"],
+                 id="history"),
+    pytest.param(["leaderboard", "--offset-rows", "-1"],
+                 "PX023: invalid --offset-rows: -1 (--offset-rows is 0 or more)", ["offset_rows"],
+                 id="offset"),
+])
+def test_hints_name_the_flags_not_the_sql_parameters(conninfo: str, unchanged: Any, args: list[str],
+                                                     expected: str, sql_names: list[str]) -> None:
+    with unchanged():
+        result = run(conninfo, *args)
+    assert_one_line_error(result, expected)
+    for name in sql_names:
+        assert name not in result.stderr
+
+
+def test_a_value_that_looks_like_a_parameter_name_is_shown_as_given(conninfo: str) -> None:
+    result = run(conninfo, "award", "completion", "--completer-wallet", "0xc", "--campaign-id", "c1",
+                 "--completion-id", "price_completion", "--campaign-type", "B2C", "--is-paid")
+    assert_one_line_error(result,
+                          "PX006: paid completion price_completion needs a positive --price-completion")
+
+
+# --------------------------------------------------------------------------- --json errors
+
+
+def assert_json_error(result: subprocess.CompletedProcess[str]) -> dict[str, Any]:
+    """--json: the error is one JSON object on stdout, nothing on stderr, exit code 2."""
+    assert result.returncode == 2, (result.stdout, result.stderr)
+    assert result.stderr == ""
+    document = json.loads(result.stdout)
+    assert list(document) == ["error"]
+    assert list(document["error"]) == ["code", "message", "detail", "hint"]
+    return document["error"]  # type: ignore[no-any-return]
+
+
+def test_json_refusal_is_a_json_error_object(conninfo: str, unchanged: Any) -> None:
+    ok(conninfo, *CREATE_CAMPAIGN)
+    with unchanged():
+        result = run(conninfo, "award", "campaign-creation", "--creator-wallet", "0x_creator",
+                     "--campaign-id", "campaign_123", "--campaign-type", "B2C", "--json")
+    error = assert_json_error(result)
+    assert error["code"] == "PX010"
+    assert error["message"] == "campaign campaign_123 was already created with other inputs"
+    assert error["detail"].startswith("first call: {") and "; this call: {" in error["detail"]
+    assert error["hint"] == "repeat a call with exactly the same inputs to get its result again"
+
+
+def test_json_error_hint_names_the_flags(conninfo: str) -> None:
+    error = assert_json_error(run(conninfo, "award", "completion", *COMPLETER, "--json"))
+    assert (error["code"], error["detail"]) == ("PX012", None)
+    assert error["hint"].startswith("pass --campaign-type (")
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    pytest.param(["award", "campaign-creation", "--json", "--creator-wallet", "0xc",
+                  "--campaign-type", "B2C"],
+                 "Missing option '--campaign-id'", id="missing-option"),
+    pytest.param(["history", "0xc", "--json", "--max-rows", "many"], "'many' is not a valid integer",
+                 id="bad-integer"),
+    pytest.param(["balance", "0xc", "--json", "--no-such-option"], "No such option",
+                 id="unknown-option"),
+])
+def test_json_usage_error_is_a_json_error_object(conninfo: str, args: list[str], message: str) -> None:
+    error = assert_json_error(run(conninfo, *args))
+    assert error["code"] is None
+    assert message in error["message"]
+    assert error["hint"].startswith("pyxp ") and error["hint"].endswith(" --help")
+
+
+def test_json_connection_error_is_a_json_error_object() -> None:
+    error = assert_json_error(run(f"host=127.0.0.1 port={_free_port()} connect_timeout=3",
+                                  "balance", "0xabc", "--json"))
+    assert error["code"] is None
+    assert error["message"].startswith("cannot connect to PostgreSQL")
+    assert DATABASE_URL_VARIABLE in error["hint"]
+
+
+def test_json_rules_apply_config_error_is_a_json_error_object(conninfo: str, tmp_path: Path) -> None:
+    bad = tmp_path / "bad.toml"
+    bad.write_text('name = "bad"\n\n[[rules]]\naction = "X"\nevent = "campaign.created"\n'
+                   'earn_xp = "A ** 2"\n')
+    error = assert_json_error(run(conninfo, "rules", "apply", str(bad), "--json"))
+    assert error["message"].startswith(f"{bad}:6: ")
+
+
+# --------------------------------------------------------------------------- privileges (real roles)
+
+
+@pytest.fixture
+def login_role(db: psycopg.Connection[Any], conninfo: str) -> Iterator[Callable[..., tuple[str, str]]]:
+    """``login_role("pyxp_writer")``: (name, conninfo) of a throwaway LOGIN role granted those roles,
+    connecting to the test database; dropped at teardown (with any database it was given)."""
+    roles: list[str] = []
+
+    def create(*granted: str) -> tuple[str, str]:
+        name = f"pyxp_t_{uuid.uuid4().hex[:10]}"
+        db.execute(sql.SQL("CREATE ROLE {} LOGIN").format(sql.Identifier(name)))
+        roles.append(name)
+        for role in granted:
+            db.execute(sql.SQL("GRANT {} TO {}").format(sql.Identifier(role), sql.Identifier(name)))
+        return name, make_conninfo(conninfo, user=name)
+
+    yield create
+    for name in roles:
+        owned = db.execute("SELECT datname FROM pg_database WHERE datdba = to_regrole(%s)", [name]).fetchall()
+        for (database,) in owned:
+            db.execute(sql.SQL("DROP DATABASE {} WITH (FORCE)").format(sql.Identifier(database)))
+        db.execute(sql.SQL("DROP OWNED BY {}").format(sql.Identifier(name)))
+        db.execute(sql.SQL("DROP ROLE {}").format(sql.Identifier(name)))
+
+
+def test_rules_apply_as_a_writer_says_it_needs_the_owner(login_role: Any, unchanged: Any) -> None:
+    _, writer = login_role("pyxp_writer")
+    with unchanged():
+        result = run(writer, "rules", "apply", "winstory-flows")
+    assert_one_line_error(result, "42501: permission denied for function install_ruleset (")
+    assert "the role that ran pyxp db upgrade (a member of pyxp_owner)" in result.stderr
+
+
+def test_db_current_as_a_writer_says_it_needs_pyxp_reader(login_role: Any) -> None:
+    name, writer = login_role("pyxp_writer")
+    result = run(writer, "db", "current")
+    assert_one_line_error(result, "42501: permission denied for table alembic_version (")
+    assert f"needs pyxp_reader: GRANT pyxp_reader TO {name}" in result.stderr
+    error = assert_json_error(run(writer, "db", "current", "--json"))
+    assert (error["code"], error["message"]) == ("42501", "permission denied for table alembic_version")
+    assert f"GRANT pyxp_reader TO {name}" in error["hint"]
+
+
+def test_db_current_as_a_reader_works(login_role: Any) -> None:
+    _, reader = login_role("pyxp_reader")
+    assert ok_json(reader, "db", "current")["revision"] == schema.head_revision()
+
+
+def test_award_as_a_reader_says_it_needs_pyxp_writer(login_role: Any, unchanged: Any) -> None:
+    name, reader = login_role("pyxp_reader")
+    with unchanged():
+        result = run(reader, *CREATE_CAMPAIGN)
+    assert_one_line_error(result, "42501: permission denied for function award_campaign_creation (")
+    assert f"GRANT pyxp_writer TO {name}" in result.stderr
+
+
+def test_rules_list_as_a_writer_says_it_needs_pyxp_reader(login_role: Any) -> None:
+    name, writer = login_role("pyxp_writer")
+    result = run(writer, "rules", "list")
+    assert_one_line_error(result, "42501: permission denied for table rulesets (")
+    assert f"GRANT pyxp_reader TO {name}" in result.stderr
+
+
+def test_a_role_without_pyxp_roles_is_told_which_to_grant(login_role: Any) -> None:
+    name, nobody = login_role()
+    result = run(nobody, "balance", "0xabc")
+    assert_one_line_error(result, "42501: permission denied for schema pyxp (")
+    assert f"GRANT pyxp_writer TO {name}" in result.stderr and f"GRANT pyxp_reader TO {name}" in result.stderr
+
+
+def test_db_upgrade_without_role_admin_says_what_the_migrating_role_needs(
+        login_role: Any, db: psycopg.Connection[Any]) -> None:
+    """The role owns an empty database (may create the schema) but cannot grant itself pyxp_owner."""
+    name, own = login_role()
+    database = f"pyxp_t_{uuid.uuid4().hex[:10]}"
+    db.execute(sql.SQL("CREATE DATABASE {} OWNER {}").format(sql.Identifier(database), sql.Identifier(name)))
+    result = run(make_conninfo(own, dbname=database), "db", "upgrade")
+    assert_one_line_error(result, '42501: must have admin option on role "pyxp_owner" (')
+    for needed in ("create roles (CREATEROLE)", f"GRANT pyxp_owner TO {name}",
+                   'README "Install into a database"'):
+        assert needed in result.stderr
+
+
+def test_demo_without_createdb_says_what_to_grant(login_role: Any) -> None:
+    name, plain = login_role()
+    result = run(plain, "demo")
+    assert_one_line_error(result,
+                          "42501: permission denied to create database (pyxp demo creates a scratch database")
+    assert f"ALTER ROLE {name} CREATEDB" in result.stderr and DATABASE_URL_VARIABLE in result.stderr
 
 
 USAGE_ERRORS = [
@@ -432,10 +701,18 @@ def test_history_is_newest_first_and_pages(conninfo: str) -> None:
     rows = ok_json(conninfo, "history", "0x_creator")
     assert [r["transaction_type"] for r in rows] == ["OPTION_NO_REWARDS", "OPTION_WINSTORY_VIDEO", "B2C_MINT"]
     assert [r["balance_after"] for r in rows] == [2500, 1500, 1000]
-    first_page = ok(conninfo, "history", "0x_creator", "--limit", "2")
-    assert f"--before-id {rows[1]['transaction_id']}" in first_page
+    first_page = ok(conninfo, "history", "0x_creator", "--max-rows", "2")
+    assert f"pyxp history 0x_creator --max-rows 2 --before-id {rows[1]['transaction_id']}" in first_page
     older = ok_json(conninfo, "history", "0x_creator", "--before-id", str(rows[1]["transaction_id"]))
     assert [r["transaction_type"] for r in older] == ["B2C_MINT"]
+
+
+def test_history_limit_is_an_alias_of_max_rows(conninfo: str) -> None:
+    ok(conninfo, *CREATE_CAMPAIGN)
+    assert ok_json(conninfo, "history", "0x_creator", "--limit", "1") == \
+        ok_json(conninfo, "history", "0x_creator", "--max-rows", "1")
+    assert len(ok_json(conninfo, "history", "0x_creator", "--limit", "1")) == 1
+    assert "--max-rows, --limit" in ok(conninfo, "history", "--help")
 
 
 def test_leaderboard_ranks_by_total_xp(conninfo: str) -> None:
@@ -445,6 +722,12 @@ def test_leaderboard_ranks_by_total_xp(conninfo: str) -> None:
     assert [(r["rank"], r["user_wallet"], r["total_xp"]) for r in board] == [(1, "0x_creator", 2500),
                                                                              (2, "0xsmall", 100)]
     assert ok(conninfo, "leaderboard", "--offset", "1").count("0xsmall") == 1
+    assert [r["user_wallet"] for r in ok_json(conninfo, "leaderboard", "--offset-rows", "1")] == ["0xsmall"]
+    assert [r["user_wallet"] for r in ok_json(conninfo, "leaderboard", "--max-rows", "1")] == ["0x_creator"]
+    assert ok_json(conninfo, "leaderboard", "--limit", "1", "--offset", "1") == \
+        ok_json(conninfo, "leaderboard", "--max-rows", "1", "--offset-rows", "1")
+    help_text = ok(conninfo, "leaderboard", "--help")
+    assert "--max-rows, --limit" in help_text and "--offset-rows, --offset" in help_text
 
 
 # --------------------------------------------------------------------------- audit

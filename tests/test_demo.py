@@ -7,14 +7,17 @@ each test reads one part of its output.
 from __future__ import annotations
 
 import io
+import json
 import os
 import re
 import subprocess
 import sys
+from pathlib import Path
 from typing import Any
 
 import psycopg
 import pytest
+from psycopg import sql
 from psycopg.conninfo import make_conninfo
 
 from pyxp import demo
@@ -25,9 +28,9 @@ ARROW = "(?:→|->)"
 ANSI = re.compile(r"\x1b\[[0-9;]*m")
 
 
-def run_demo(env: dict[str, str]) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "pyxp.cli", "demo"], capture_output=True, text=True,
-                          env=env, timeout=600)
+def run_demo(env: dict[str, str], *options: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "pyxp.cli", "demo", *options], capture_output=True,
+                          text=True, env=env, timeout=600)
 
 
 @pytest.fixture(scope="module")
@@ -164,6 +167,55 @@ def test_demo_without_a_server_runs_on_a_throwaway_cluster() -> None:
     assert "throwaway cluster" in result.stdout
     assert "GRAND TOTAL" in result.stdout and "+4123" in result.stdout
     assert "audit: clean" in result.stdout
+
+
+def kept_url(output: str) -> str:
+    match = re.search(r"^scratch database (pyxp_demo_[0-9a-f]+) kept: (postgresql://\S+)$", output,
+                      re.MULTILINE)
+    assert match, output
+    return match.group(2)
+
+
+def test_demo_keep_leaves_the_database_to_explore(server: str) -> None:
+    """`pyxp demo --keep`: the scratch database stays, its URL is printed and works with the CLI."""
+    played = run_demo({**os.environ, DATABASE_URL_VARIABLE: server}, "--keep")
+    name = scratch_database(played.stdout)
+    try:
+        assert played.returncode == 0, played.stderr
+        assert "kept at the end (--keep)" in played.stdout and f"{name} dropped" not in played.stdout
+        url = kept_url(played.stdout)
+        assert url.startswith("postgresql://") and name in url and "password" not in url
+        assert f"DROP DATABASE {name}" in played.stdout
+        explored = subprocess.run([sys.executable, "-m", "pyxp.cli", "balance", "0x_creator", "--json"],
+                                  check=False, capture_output=True, text=True, timeout=120,
+                                  env={**os.environ, DATABASE_URL_VARIABLE: url})
+        assert explored.returncode == 0, explored.stderr
+        assert json.loads(explored.stdout)["total_xp"] == 2500  # the example state's creator
+    finally:
+        with psycopg.connect(server, autocommit=True) as conn:
+            conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+
+
+@pytest.mark.skipif(_postgres_bindir() is None, reason="no local PostgreSQL binaries")
+def test_demo_keep_without_a_server_keeps_the_throwaway_cluster_and_says_how_to_stop_it() -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PG") and k != DATABASE_URL_VARIABLE}
+    env.update(PGHOST="127.0.0.1", PGPORT=str(_free_port()), PGCONNECT_TIMEOUT="3")
+    played = run_demo(env, "--keep")
+    stop = re.search(r"^    (.*pg_ctl.* stop && rm -rf (\S+))$", played.stdout, re.MULTILINE)
+    assert stop, (played.stdout, played.stderr)
+    command, directory = stop.groups()
+    try:
+        assert played.returncode == 0, played.stderr
+        assert "throwaway cluster" in played.stdout and "kept running" in played.stdout
+        with psycopg.connect(kept_url(played.stdout), connect_timeout=5) as conn:
+            row = conn.execute("SELECT total_xp FROM pyxp.xp_balances "
+                               "WHERE user_wallet = '0x_client'").fetchone()
+        assert row == (1000,)
+    finally:
+        stopped = subprocess.run(command, shell=True, check=False, capture_output=True, text=True,
+                                 timeout=120)
+    assert stopped.returncode == 0, stopped.stderr
+    assert not Path(directory).exists()
 
 
 # --------------------------------------------------------------------------- the table printer
