@@ -163,3 +163,32 @@ class ClientRegistration:
     xp_granted: bool
     onboarded_at: datetime | None
     created_at: datetime
+
+
+@dataclass(frozen=True)
+class Change:
+    """One committed ledger row from the change feed (pyxp.changes, SPEC 11).
+
+    Pass ``cursor`` back as ``after_cursor`` to read on; ``total_xp`` is the balance right
+    after the row, ``previous_level`` / ``current_level`` the levels before and after it.
+    """
+
+    cursor: int
+    transaction_id: int
+    user_wallet: str
+    transaction_type: str
+    xp_amount: int
+    total_xp: int
+    previous_level: int
+    current_level: int
+    campaign_id: str | None
+    subject: str | None
+    created_at: datetime
+
+    @property
+    def leveled_up(self) -> bool:
+        return self.current_level > self.previous_level
+
+    @property
+    def leveled_down(self) -> bool:
+        return self.current_level < self.previous_level

@@ -1,0 +1,104 @@
+"""Following the change feed (SPEC 11): ``pyxp.changes`` in a loop, woken by ``NOTIFY pyxp_changes``.
+
+:func:`watch_changes` / :func:`watch_changes_async` yield every committed ledger row
+once, in feed order, forever: they read a page after the last cursor, and when the
+feed is drained wait for a wake-up on channel ``pyxp_changes`` or ``poll_interval``
+seconds, whichever comes first (awards notify at most once per 100 ms slot, so a
+listener also reads on a timer; sql/11_changes.sql says why). A dropped connection
+(server restart, ``pg_terminate_backend``, network) is reopened with a growing delay
+and the loop goes on from the last cursor it yielded: no row twice, none skipped.
+Closing the generator (``break``, ``.close()``, Ctrl-C) closes its connection.
+
+Behind a transaction-mode pooler LISTEN does not reach the server session that
+NOTIFY wakes: the loop still works, on its timer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from typing import Any
+
+import psycopg
+from psycopg.rows import class_row
+
+from pyxp import queries
+from pyxp.errors import wrap_errors
+from pyxp.results import Change
+
+log = logging.getLogger("pyxp")
+
+POLL_INTERVAL = 1.0  # seconds between reads when no wake-up comes
+PAGE_SIZE = 500  # rows per read (pyxp.changes takes at most 1000)
+MAX_RECONNECT_DELAY = 5.0
+
+
+def _reconnect_delay(failures: int) -> float:
+    return min(MAX_RECONNECT_DELAY, 0.05 * 2 ** failures)
+
+
+def _params(cursor: int, wallet: str | None, page_size: int) -> dict[str, Any]:
+    return {"after_cursor": cursor, "max_rows": page_size, "wallet": wallet}
+
+
+def watch_changes(connect: Callable[[], psycopg.Connection[Any]], after_cursor: int = 0,
+                  wallet: str | None = None, *, poll_interval: float = POLL_INTERVAL,
+                  page_size: int = PAGE_SIZE) -> Iterator[Change]:
+    """Yields changes after ``after_cursor`` as they commit, forever (see the module docstring).
+
+    ``connect()`` opens a new autocommit connection (the loop owns it). A refusal (a bad
+    wallet, PX0nn) raises :class:`pyxp.XPError`; a lost connection is reopened.
+    """
+    cursor, failures = after_cursor, 0
+    while True:
+        try:
+            with connect() as conn:
+                conn.execute(queries.LISTEN_CHANGES, prepare=False)
+                while True:
+                    with wrap_errors(), conn.cursor(row_factory=class_row(Change)) as cur:
+                        rows = cur.execute(queries.CHANGES, _params(cursor, wallet, page_size),
+                                           prepare=False).fetchall()
+                    failures = 0
+                    for change in rows:
+                        cursor = change.cursor
+                        yield change
+                    if len(rows) < page_size:
+                        for _ in conn.notifies(timeout=poll_interval, stop_after=1):
+                            pass
+        except psycopg.OperationalError as exc:
+            failures += 1
+            log.warning("pyxp watch: no connection (%s: %s); reconnecting from cursor %s",
+                        type(exc).__name__, " ".join(str(exc).split()), cursor)
+            time.sleep(_reconnect_delay(failures))
+
+
+async def watch_changes_async(connect: Callable[[], Awaitable[psycopg.AsyncConnection[Any]]],
+                              after_cursor: int = 0, wallet: str | None = None, *,
+                              poll_interval: float = POLL_INTERVAL,
+                              page_size: int = PAGE_SIZE) -> AsyncIterator[Change]:
+    """The asyncio twin of :func:`watch_changes`."""
+    cursor, failures = after_cursor, 0
+    while True:
+        try:
+            async with await connect() as conn:
+                await conn.execute(queries.LISTEN_CHANGES, prepare=False)
+                while True:
+                    with wrap_errors():
+                        async with conn.cursor(row_factory=class_row(Change)) as cur:
+                            await cur.execute(queries.CHANGES, _params(cursor, wallet, page_size),
+                                              prepare=False)
+                            rows = await cur.fetchall()
+                    failures = 0
+                    for change in rows:
+                        cursor = change.cursor
+                        yield change
+                    if len(rows) < page_size:
+                        async for _ in conn.notifies(timeout=poll_interval, stop_after=1):
+                            pass
+        except psycopg.OperationalError as exc:
+            failures += 1
+            log.warning("pyxp watch: no connection (%s: %s); reconnecting from cursor %s",
+                        type(exc).__name__, " ".join(str(exc).split()), cursor)
+            await asyncio.sleep(_reconnect_delay(failures))
