@@ -35,11 +35,13 @@ keep their own settings and logging.
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import json
 import logging
 import math
 import os
+import threading
 import weakref
 from collections.abc import AsyncIterator, Iterable, Iterator, Mapping
 from contextlib import AsyncExitStack, ExitStack, asynccontextmanager, contextmanager
@@ -49,9 +51,9 @@ from time import monotonic
 from typing import Any, ClassVar, Literal
 
 import psycopg
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from psycopg.pq import TransactionStatus
 from psycopg.rows import class_row, tuple_row
-from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from psycopg_pool import AsyncConnectionPool, ConnectionPool, PoolTimeout
 
 from pyxp import queries
@@ -59,13 +61,13 @@ from pyxp.database import configured_conninfo, shown_conninfo
 from pyxp.errors import DatabaseUnavailable, XPError, wrap_errors
 from pyxp.feed import POLL_INTERVAL, watch_changes, watch_changes_async
 from pyxp.results import (
-    Change,
     AuditFinding,
     Award,
     AwardRequest,
     AwardRow,
     Balance,
     BatchAwardRow,
+    Change,
     ClientRegistration,
     LeaderboardRow,
     LedgerRow,
@@ -511,12 +513,13 @@ class XP(_Api):
             self._pool.close()
 
     def watch(self, after_cursor: int = 0, wallet: str | None = None, *,
-              poll_interval: float = POLL_INTERVAL) -> Iterator[Change]:
-        """Yields changes after ``after_cursor`` as they commit, forever, on a connection of
-        its own (LISTEN pyxp_changes; reconnects from the last cursor). See :mod:`pyxp.feed`."""
+              poll_interval: float = POLL_INTERVAL, stop: threading.Event | None = None) -> Iterator[Change]:
+        """Yields changes after ``after_cursor`` as they commit, forever (or until ``stop`` is
+        set), on a connection of its own (LISTEN pyxp_changes; reconnects from the last
+        cursor). See :mod:`pyxp.feed`."""
         conninfo, kwargs = self._watch_conninfo()
         return watch_changes(lambda: psycopg.connect(conninfo, autocommit=True, **kwargs),
-                             after_cursor, wallet, poll_interval=poll_interval)
+                             after_cursor, wallet, poll_interval=poll_interval, stop=stop)
 
     def __enter__(self) -> XP:
         return self
@@ -597,11 +600,11 @@ class AsyncXP(_Api):
             await self._pool.close()
 
     def watch(self, after_cursor: int = 0, wallet: str | None = None, *,
-              poll_interval: float = POLL_INTERVAL) -> AsyncIterator[Change]:
+              poll_interval: float = POLL_INTERVAL, stop: asyncio.Event | None = None) -> AsyncIterator[Change]:
         """``async for change in xp.watch(...)``: the asyncio twin of :meth:`XP.watch`."""
         conninfo, kwargs = self._watch_conninfo()
         return watch_changes_async(lambda: psycopg.AsyncConnection.connect(conninfo, autocommit=True, **kwargs),
-                                   after_cursor, wallet, poll_interval=poll_interval)
+                                   after_cursor, wallet, poll_interval=poll_interval, stop=stop)
 
     async def __aenter__(self) -> AsyncXP:
         return self

@@ -22,6 +22,8 @@ from __future__ import annotations
 import os
 import secrets
 import shlex
+import threading
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -41,8 +43,18 @@ from pyxp.database import (
     locate_server,
     with_database,
 )
-from pyxp.results import AuditFinding, Award
-from pyxp.tables import Cell, Column, Printer, Styled, level_change, print_audit, signed, xp_cell
+from pyxp.results import AuditFinding, Award, Change
+from pyxp.tables import (
+    Cell,
+    Column,
+    Printer,
+    Styled,
+    change_line,
+    level_change,
+    print_audit,
+    signed,
+    xp_cell,
+)
 
 
 @dataclass
@@ -253,6 +265,50 @@ def completer_scenario_individual_refused(stage: Stage) -> None:
     print_totals(stage, campaign, [("Completer", [completer]), ("Moderators", list(votes))], "total")
 
 
+class LevelUpWatcher:
+    """A watcher of the change feed on its own connection, as a live dashboard would run one
+    (:meth:`XP.watch` in a thread): it sees every ledger row as it commits; after each story
+    the demo prints the level-ups it saw."""
+
+    def __init__(self, conninfo: str) -> None:
+        self._client = XP(conninfo, max_connections=1)
+        self._stop = threading.Event()
+        self._seen: list[Change] = []
+        self._lock = threading.Lock()
+        self._thread = threading.Thread(target=self._follow, daemon=True, name="pyxp-demo-watch")
+        self._thread.start()
+
+    def _follow(self) -> None:
+        for change in self._client.watch(poll_interval=0.1, stop=self._stop):
+            with self._lock:
+                self._seen.append(change)
+
+    def print_level_ups(self, stage: Stage, deadline_s: float = 10) -> None:
+        """Waits until the watcher has seen the ledger's last row, then prints the level-ups."""
+        with psycopg.connect(stage.conninfo, autocommit=True) as conn:
+            row = conn.execute("SELECT max(id) FROM pyxp.xp_transactions").fetchone()
+            last = row[0] if row else None
+        deadline = time.monotonic() + deadline_s
+        while last is not None and time.monotonic() < deadline:
+            with self._lock:
+                if any(change.transaction_id == last for change in self._seen):
+                    break
+            time.sleep(0.05)
+        with self._lock:
+            seen, self._seen = self._seen, []
+        level_ups = [change for change in seen if change.leveled_up]
+        stage.out.blank()
+        stage.out.line(Styled(f"  live: a watcher (pyxp watch) saw {len(seen)} changes as they committed; "
+                              f"the level-ups:", dim=True))
+        for change in level_ups:
+            stage.out.line("  ", *change_line(stage.out, change))
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(5)
+        self._client.close()
+
+
 STORIES: tuple[Callable[[Stage], None], ...] = (
     example_state,
     campaign_lifecycle,
@@ -293,11 +349,16 @@ def run_demo(server: str, out: Printer, origin: str = "", keep: bool = False) ->
                         "returned or holds.", dim=True))
         conninfo = with_database(server, name)
         schema.upgrade(conninfo)
-        with psycopg.connect(conninfo, autocommit=True) as conn:
-            stage = Stage(XP(conn), conninfo, out)
-            for story in STORIES:
-                story(stage)
-            findings = stage.xp.audit()
+        watcher = LevelUpWatcher(conninfo)
+        try:
+            with psycopg.connect(conninfo, autocommit=True) as conn:
+                stage = Stage(XP(conn), conninfo, out)
+                for story in STORIES:
+                    story(stage)
+                    watcher.print_level_ups(stage)
+                findings = stage.xp.audit()
+        finally:
+            watcher.close()
         out.blank()
         print_audit(out, findings)
     finally:

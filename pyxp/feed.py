@@ -7,7 +7,9 @@ seconds, whichever comes first (awards notify at most once per 100 ms slot, so a
 listener also reads on a timer; sql/11_changes.sql says why). A dropped connection
 (server restart, ``pg_terminate_backend``, network) is reopened with a growing delay
 and the loop goes on from the last cursor it yielded: no row twice, none skipped.
-Closing the generator (``break``, ``.close()``, Ctrl-C) closes its connection.
+Closing the generator (``break``, ``.close()``, Ctrl-C) closes its connection; so does
+setting the ``stop`` event (from another thread or task): the loop ends after its
+current wait, within ``poll_interval``.
 
 Behind a transaction-mode pooler LISTEN does not reach the server session that
 NOTIFY wakes: the loop still works, on its timer.
@@ -17,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import threading
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from typing import Any
@@ -45,18 +48,18 @@ def _params(cursor: int, wallet: str | None, page_size: int) -> dict[str, Any]:
 
 def watch_changes(connect: Callable[[], psycopg.Connection[Any]], after_cursor: int = 0,
                   wallet: str | None = None, *, poll_interval: float = POLL_INTERVAL,
-                  page_size: int = PAGE_SIZE) -> Iterator[Change]:
+                  page_size: int = PAGE_SIZE, stop: threading.Event | None = None) -> Iterator[Change]:
     """Yields changes after ``after_cursor`` as they commit, forever (see the module docstring).
 
     ``connect()`` opens a new autocommit connection (the loop owns it). A refusal (a bad
     wallet, PX0nn) raises :class:`pyxp.XPError`; a lost connection is reopened.
     """
     cursor, failures = after_cursor, 0
-    while True:
+    while not (stop and stop.is_set()):
         try:
             with connect() as conn:
                 conn.execute(queries.LISTEN_CHANGES, prepare=False)
-                while True:
+                while not (stop and stop.is_set()):
                     with wrap_errors(), conn.cursor(row_factory=class_row(Change)) as cur:
                         rows = cur.execute(queries.CHANGES, _params(cursor, wallet, page_size),
                                            prepare=False).fetchall()
@@ -76,15 +79,15 @@ def watch_changes(connect: Callable[[], psycopg.Connection[Any]], after_cursor: 
 
 async def watch_changes_async(connect: Callable[[], Awaitable[psycopg.AsyncConnection[Any]]],
                               after_cursor: int = 0, wallet: str | None = None, *,
-                              poll_interval: float = POLL_INTERVAL,
-                              page_size: int = PAGE_SIZE) -> AsyncIterator[Change]:
+                              poll_interval: float = POLL_INTERVAL, page_size: int = PAGE_SIZE,
+                              stop: asyncio.Event | None = None) -> AsyncIterator[Change]:
     """The asyncio twin of :func:`watch_changes`."""
     cursor, failures = after_cursor, 0
-    while True:
+    while not (stop and stop.is_set()):
         try:
             async with await connect() as conn:
                 await conn.execute(queries.LISTEN_CHANGES, prepare=False)
-                while True:
+                while not (stop and stop.is_set()):
                     with wrap_errors():
                         async with conn.cursor(row_factory=class_row(Change)) as cur:
                             await cur.execute(queries.CHANGES, _params(cursor, wallet, page_size),

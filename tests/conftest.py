@@ -11,9 +11,12 @@ gets a fresh database cloned from that template.
 from __future__ import annotations
 
 import os
+import shutil
+import subprocess
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
+from pathlib import Path
 from typing import Any
 
 import psycopg
@@ -140,3 +143,20 @@ def fresh_database(conninfo: str) -> Iterator[Callable[[], str]]:
     with psycopg.connect(admin, autocommit=True) as conn:
         for name in names:
             conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+
+
+@pytest.fixture(scope="session")
+def node_project(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A folder with node-postgres (`pg`) installed from the npm registry, once per session, for the
+    README's JavaScript examples. Without node or npm: skipped, except under CI (a failure)."""
+    node, npm = shutil.which("node"), shutil.which("npm")
+    if node is None or npm is None:
+        if os.environ.get("CI"):
+            pytest.fail("node and npm are required under CI (README: From other languages)")
+        pytest.skip("node or npm not installed")
+    folder = tmp_path_factory.mktemp("node-pg")
+    result = subprocess.run([npm, "install", "--prefix", str(folder), "--no-audit", "--no-fund", "pg"],
+                            check=False, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr
+    assert (folder / "node_modules" / "pg").is_dir()
+    return folder

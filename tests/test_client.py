@@ -15,7 +15,7 @@ import pytest
 from psycopg_pool import ConnectionPool
 
 import pyxp
-from pyxp import AsyncXP, XP, errors
+from pyxp import XP, AsyncXP, errors
 from pyxp.results import (
     AuditFinding,
     Award,

@@ -89,6 +89,17 @@ def test_demo_shows_the_creator_level_up_from_1_to_6(output: str) -> None:
     assert re.search(rf"OPTION_NO_REWARDS\s+\+1000\s+2500\s+1 {ARROW} 6\s+level up!", story), story
 
 
+def test_demo_watcher_prints_the_level_ups_as_the_story_plays(output: str) -> None:
+    """Issue 12: a watcher on its own connection (pyxp.changes) saw every row; it prints the level-ups."""
+    story = section(output, "1. Example database state")
+    assert re.search(r"live: a watcher \(pyxp watch\) saw 9 changes as they committed", story), story
+    assert re.search(rf"0x_creator\s+\+1000 XP\s+OPTION_NO_REWARDS\s+total 2500\s+level 5 {ARROW} 6\s+LEVEL UP!",
+                     story), story
+    assert re.search(rf"0x_client\s+\+1000 XP\s+B2C_CLIENT_ONBOARDED\s+total 1000\s+level 1 {ARROW} 5", story)
+    lifecycle = section(output, "2. A campaign's life cycle")
+    assert "saw 86 changes" in lifecycle
+
+
 def test_demo_prints_the_seed_latest_five_ledger_rows(output: str) -> None:
     latest = section(output, "1. Example database state").split("xp_transactions (latest 5)")[1]
     rows = re.findall(r"^\s+\d+\s+(\S+)\s+(\S+)\s+(\S+)$", latest, re.MULTILINE)

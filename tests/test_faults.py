@@ -38,12 +38,12 @@ from typing import Any
 
 import psycopg
 import pytest
+from conftest import database_state
 from psycopg import errors as pg_errors
 from psycopg.conninfo import make_conninfo
 from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 
-from conftest import database_state
 from pyxp import XP, XPError, schema
 from pyxp.database import EmbeddedCluster, _postgres_bindir
 

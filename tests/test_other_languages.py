@@ -15,7 +15,6 @@ import asyncio
 import json
 import os
 import re
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -64,22 +63,6 @@ def printed_lines(text: str) -> list[str]:
 
 
 # --------------------------------------------------------------------------- Node.js (node-postgres)
-
-
-@pytest.fixture(scope="session")
-def node_project(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A folder with `pg` installed from the npm registry (once per session)."""
-    node, npm = shutil.which("node"), shutil.which("npm")
-    if node is None or npm is None:
-        if os.environ.get("CI"):
-            pytest.fail("node and npm are required under CI (README: From other languages)")
-        pytest.skip("node or npm not installed")
-    folder = tmp_path_factory.mktemp("node-pg")
-    result = subprocess.run([npm, "install", "--prefix", str(folder), "--no-audit", "--no-fund", "pg"],
-                            check=False, capture_output=True, text=True, timeout=600)
-    assert result.returncode == 0, result.stderr
-    assert (folder / "node_modules" / "pg").is_dir()
-    return folder
 
 
 def run_node(project: Path, name: str, code: str, conninfo: str) -> subprocess.CompletedProcess[str]:

@@ -22,7 +22,7 @@ from psycopg.conninfo import make_conninfo
 from psycopg_pool import ConnectionPool, PoolTimeout
 
 import pyxp
-from pyxp import AsyncXP, XP, client, database, schema
+from pyxp import XP, AsyncXP, client, database, schema
 from pyxp.database import EmbeddedCluster
 
 # Default connect timeout is 5 s: failing "fast" means well under 15 s.

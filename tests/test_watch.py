@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -18,6 +19,7 @@ from typing import Any
 import psycopg
 import pytest
 from psycopg.conninfo import make_conninfo
+from test_other_languages import database_url
 
 import pyxp
 from pyxp import XP, AsyncXP, Change
@@ -199,3 +201,59 @@ def test_cli_watch_text_marks_level_ups_without_colour_off_a_terminal(conninfo: 
     assert process.returncode == 0
     assert len(lines) == 1 and "LEVEL UP!" in lines[0] and "1 -> 5" in lines[0].replace("→", "->")
     assert "+1000 XP" in lines[0] and "\x1b[" not in lines[0]
+
+
+# --------------------------------------------------------------------------- README "Live XP"
+
+README = Path(__file__).resolve().parents[1] / "README.md"
+
+
+def live_xp_block(language: str) -> str:
+    text = README.read_text()
+    start = text.index("\n## Live XP\n")
+    section = text[start:text.index("\n## ", start + 1)]
+    found = re.findall(rf"^```{language}\n(.*?)^```", section, re.DOTALL | re.MULTILINE)
+    assert len(found) == 1, f"one ```{language} block in Live XP"
+    return found[0]
+
+
+def test_readme_live_xp_sql_runs(db: psycopg.Connection[Any], xp: XP) -> None:
+    xp.award("0xabc", APPROVED, "sql-1")
+    for statement in re.sub(r"--.*$", "", live_xp_block("sql"), flags=re.MULTILINE).split(";"):
+        if statement.strip():
+            db.execute(statement).fetchall()
+
+
+def _follow(command: list[str], conninfo: str, cwd: Path | None = None) -> subprocess.Popen[str]:
+    env = {**os.environ, "PYXP_DATABASE_URL": conninfo}
+    return subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=cwd)
+
+
+def _prints_changes_as_they_commit(process: subprocess.Popen[str], conninfo: str) -> list[str]:
+    try:
+        award(conninfo, "0x_creator", "live-1", action="B2C_MINT")
+        first = _lines(process, 1)
+        award(conninfo, "0x_moderator", "live-2")
+        return first + _lines(process, 1)
+    finally:
+        process.terminate()
+        process.communicate(timeout=30)
+
+
+EXPECTED_LIVE_LINES = ["0x_creator +1000 XP (B2C_MINT), total 1000, level 1 -> 5!",
+                       "0x_moderator +100 XP (CAMPAIGN_APPROVED), total 100, level 1 -> 2!"]
+
+
+def test_readme_live_xp_python_example_prints_changes_as_they_commit(conninfo: str, tmp_path: Path) -> None:
+    script = tmp_path / "follow.py"
+    script.write_text(live_xp_block("python"))
+    lines = _prints_changes_as_they_commit(_follow([sys.executable, str(script)], conninfo), conninfo)
+    assert [line.rstrip() for line in lines] == EXPECTED_LIVE_LINES
+
+
+def test_readme_live_xp_node_example_prints_changes_as_they_commit(node_project: Path, conninfo: str) -> None:
+    script = node_project / "follow.js"
+    script.write_text(live_xp_block("js"))
+    lines = _prints_changes_as_they_commit(
+        _follow(["node", str(script)], database_url(conninfo), cwd=node_project), conninfo)
+    assert [line.rstrip() for line in lines] == EXPECTED_LIVE_LINES
