@@ -25,9 +25,9 @@ or Ctrl-C), in one run:
 (j) what wake-ups cost the awards of (b): the same pgbench script with the
     change feed's wake-up trigger as shipped (at most one NOTIFY per 100 ms),
     without it, and with a NOTIFY on every commit (the design it replaces),
-    each with and without a session listening on ``pyxp_changes``; the sides
-    alternate round by round, medians of 3 rounds (``seconds`` / 2 each, at
-    least 2 s).
+    each with and without a session listening on ``pyxp_changes``; after a
+    2 s warm-up, the sides alternate round by round, medians of 3 rounds
+    (``seconds`` / 2 each, at least 2 s).
 
 The fixture for (f), (g) and (h) is loaded set-based, as superuser, straight
 into the pyxp tables (bypassing the API), but it is a consistent ledger: rows
@@ -812,6 +812,7 @@ def wakeup_cost(bench: Pgbench, conn: psycopg.Connection[Any], scratch: str, scr
     conn.execute("""CREATE TRIGGER pyxp_bench_notify_every AFTER INSERT ON pyxp.xp_transactions
                     FOR EACH STATEMENT EXECUTE FUNCTION pyxp.pyxp_bench_notify_every()""")
     run = dataclasses.replace(options, seconds=max(2, options.seconds // 2))
+    bench.throughput(["-f", script], dataclasses.replace(options, seconds=2))  # warm-up, not counted
     rates: dict[str, list[float]] = {side: [] for side in WAKEUP_SIDES}
     notified: dict[str, int] = {side: 0 for side in WAKEUP_SIDES}
     try:

@@ -304,3 +304,34 @@ def test_switching_back_to_the_old_curve_restores_levels(
     assert (result.version, result.created, result.activated) == (1, False, True)
     assert result.balances_changed == len(WALLETS)
     assert balances(db) == original
+
+
+# --------------------------------------------------------------------------- any whole number (SPEC 5)
+
+
+def test_level_for_takes_its_own_output_back_even_past_bigint(db: psycopg.Connection[Any]) -> None:
+    """Issue 10 item 5: level_for returned next_level_xp as numeric and accepted only bigint, so
+    level_for(next_level_xp) did not exist. Now any whole number: the next level, every time."""
+    total: Any = 2**63 - 1
+    level = None
+    for _ in range(3):  # from the largest bigint on, across the bigint limit
+        row = db.execute("SELECT * FROM pyxp.level_for(%s)", (total,)).fetchone()
+        assert row is not None
+        if level is not None:
+            assert row[0] == level + 1 and row[1] == total
+        level, start, next_xp, to_next = row
+        assert start <= total < next_xp and to_next == next_xp - total
+        total = next_xp  # a numeric beyond bigint after the first step
+    assert total > 2**63
+    chained = db.execute("""SELECT n.level - l.level FROM pyxp.level_for(2500) l
+                             CROSS JOIN LATERAL pyxp.level_for(l.next_level_xp) n""").fetchone()
+    assert chained == (1,)
+    assert db.execute("SELECT level FROM pyxp.level_for(2500::numeric)").fetchone() == (6,)
+    assert db.execute("SELECT level FROM pyxp.level_for(-10::numeric ^ 25)").fetchone() == (1,)
+
+
+@pytest.mark.parametrize("total", ["2500.5", "NaN", "Infinity", "-Infinity", "1e31"])
+def test_level_for_refuses_what_is_not_a_whole_number_in_range(db: psycopg.Connection[Any], total: str) -> None:
+    with pytest.raises(psycopg.Error) as caught:
+        db.execute("SELECT * FROM pyxp.level_for(%s::numeric)", (total,)).fetchall()
+    assert caught.value.sqlstate == "PX004"
