@@ -92,6 +92,46 @@ def xp(conninfo: str) -> Iterator[XP]:
         client.close()
 
 
+@pytest.fixture
+def login_role(db: psycopg.Connection[Any]) -> Iterator[Callable[..., str]]:
+    """``login_role("pyxp_writer")``: a new LOGIN role (unique name) member of the given roles.
+
+    The roles are dropped at teardown, with whatever they own or were granted
+    in the test database.
+    """
+    created: list[str] = []
+
+    def make(*member_of: str) -> str:
+        name = f"app_{uuid.uuid4().hex[:16]}"
+        db.execute(sql.SQL("CREATE ROLE {} LOGIN").format(sql.Identifier(name)))
+        created.append(name)
+        for role in member_of:
+            db.execute(sql.SQL("GRANT {} TO {}").format(sql.Identifier(role), sql.Identifier(name)))
+        return name
+
+    yield make
+    for name in created:
+        db.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = %s", (name,))
+        db.execute(sql.SQL("DROP OWNED BY {}").format(sql.Identifier(name)))
+        db.execute(sql.SQL("DROP ROLE {}").format(sql.Identifier(name)))
+
+
+@pytest.fixture
+def connect_as(conninfo: str) -> Iterator[Callable[[str], psycopg.Connection[Any]]]:
+    """``connect_as(role)``: an autocommit connection to the test database as that role."""
+    connections: list[psycopg.Connection[Any]] = []
+
+    def connect(role: str, dbname: str | None = None) -> psycopg.Connection[Any]:
+        target = make_conninfo(conninfo, user=role, **({"dbname": dbname} if dbname else {}))
+        conn = psycopg.connect(target, autocommit=True)
+        connections.append(conn)
+        return conn
+
+    yield connect
+    for conn in connections:
+        conn.close()
+
+
 STATE_QUERY = """
 SELECT (SELECT count(*) FROM pyxp.xp_transactions) AS ledger_rows,
        (SELECT count(*) FROM pyxp.xp_requests) AS requests,

@@ -18,14 +18,12 @@ import random
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, NamedTuple
 
 import psycopg
 import pytest
-from psycopg import sql
-from psycopg.conninfo import make_conninfo
 
 from pyxp import schema
 
@@ -477,39 +475,6 @@ def test_listeners_are_woken_by_committed_awards_only_after_commit(conninfo: str
 # --------------------------------------------------------------------------- privileges
 
 
-@pytest.fixture
-def login_role(db: psycopg.Connection[Any]) -> Iterator[Callable[..., str]]:
-    """``login_role("pyxp_writer")``: a new LOGIN role (unique name) member of the given roles."""
-    created: list[str] = []
-
-    def make(*member_of: str) -> str:
-        name = f"app_{uuid.uuid4().hex[:16]}"
-        db.execute(sql.SQL("CREATE ROLE {} LOGIN").format(sql.Identifier(name)))
-        created.append(name)
-        for role in member_of:
-            db.execute(sql.SQL("GRANT {} TO {}").format(sql.Identifier(role), sql.Identifier(name)))
-        return name
-
-    yield make
-    for name in created:
-        db.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = %s", (name,))
-        db.execute(sql.SQL("DROP OWNED BY {}").format(sql.Identifier(name)))
-        db.execute(sql.SQL("DROP ROLE {}").format(sql.Identifier(name)))
-
-
-@pytest.fixture
-def connect_as(conninfo: str) -> Iterator[Callable[[str], psycopg.Connection[Any]]]:
-    """``connect_as(role)``: an autocommit connection to the test database as that role."""
-    connections: list[psycopg.Connection[Any]] = []
-
-    def connect(role: str) -> psycopg.Connection[Any]:
-        conn = psycopg.connect(make_conninfo(conninfo, user=role), autocommit=True)
-        connections.append(conn)
-        return conn
-
-    yield connect
-    for conn in connections:
-        conn.close()
 
 
 def test_writers_and_readers_can_follow_the_feed_others_cannot(

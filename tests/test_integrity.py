@@ -13,15 +13,13 @@ from __future__ import annotations
 import sys
 import threading
 import unicodedata
-import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from decimal import Decimal
 from typing import Any
 
 import psycopg
 import pytest
 from psycopg import sql
-from psycopg.conninfo import make_conninfo
 from psycopg.types.json import Jsonb
 
 import pyxp
@@ -317,15 +315,10 @@ def test_registrations_racing_onboardings_are_never_left_pending(conninfo: str, 
 
 
 @pytest.fixture
-def outsider(conninfo: str, db: psycopg.Connection[Any]) -> Iterator[psycopg.Connection[Any]]:
+def outsider(login_role: Callable[..., str], connect_as: Callable[[str], psycopg.Connection[Any]]
+             ) -> psycopg.Connection[Any]:
     """A connection as a login role with no pyxp privilege at all."""
-    role = f"pyxp_outsider_{uuid.uuid4().hex[:8]}"
-    db.execute(sql.SQL("CREATE ROLE {} LOGIN").format(sql.Identifier(role)))
-    try:
-        with psycopg.connect(make_conninfo(conninfo, user=role), autocommit=True) as conn:
-            yield conn
-    finally:
-        db.execute(sql.SQL("DROP OWNED BY {}; DROP ROLE {}").format(sql.Identifier(role), sql.Identifier(role)))
+    return connect_as(login_role())
 
 
 def test_an_outsider_cannot_block_onboarding(conninfo: str, xp: XP, outsider: psycopg.Connection[Any]) -> None:
