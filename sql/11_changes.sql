@@ -15,21 +15,31 @@
 --       ids increase (rows of a wallet are appended under its lock).
 -- The feed order is (feed_xid, id); a row's cursor is
 --   feed_xid * 2^24 + its rank by id among the rows of its group,
--- and the reader returns only groups below the xmin of its snapshot, the
--- oldest transaction id still running.
+-- and the reader returns only groups below its horizon: the oldest
+-- transaction id its snapshot saw running, leaving out transactions running
+-- in another database of the cluster (they cannot write this ledger; a
+-- transaction id is held in pg_locks from its assignment to its end, and
+-- pg_stat_activity says which database its backend is in).
 --
--- Why every committed row is seen exactly once: group G < xmin means every
--- transaction with an id <= G has finished (committed or rolled back), so by
--- (1) every row that has or will ever have feed_xid = G was written by a
--- finished transaction: the group is final, its rows and their ranks never
--- change, and a snapshot with that xmin sees all the committed ones. A
--- transaction still running has an id >= xmin, so by (1) its rows land in a
--- group >= xmin, above every cursor handed out so far: a reader passing its
--- last cursor back meets them once they commit. Rolled-back rows are never
--- visible. By (2), a wallet's rows come in balance_after order.
--- The cost: the feed waits for the oldest running transaction that has
--- written anything (in the cluster: xmin is cluster-wide), so a long-running
--- writing transaction anywhere holds the feed back until it ends.
+-- Why every committed row is seen exactly once: group G < horizon means every
+-- transaction of this database with an id <= G had finished (committed or
+-- rolled back) when the snapshot was taken (ids below the snapshot's xmin
+-- had; the others it saw running are all counted in the horizon, except
+-- those still running elsewhere, which write no row here), so by (1) every
+-- row that has or will ever have feed_xid = G was written by a finished
+-- transaction: the group is final, its rows and their ranks never change,
+-- and the snapshot sees all the committed ones. A transaction that can still
+-- write here has an id >= horizon (it was running at the snapshot, and so
+-- counted, or it started after, with an id >= the snapshot's xmax), so by (1)
+-- its rows land in a group >= horizon, above every cursor handed out so far:
+-- a reader passing its last cursor back meets them once they commit.
+-- Rolled-back rows are never visible. By (2), a wallet's rows come in
+-- balance_after order. (A transaction that ended between the snapshot and
+-- the look at pg_locks counts as if still running: at worst a group waits
+-- for the next read.)
+-- The cost: the feed waits for the oldest running transaction of this
+-- database that has written anything, so a long writing transaction holds it
+-- back until it ends.
 --
 -- Rows written before 0003 have no group (feed_xid NULL): their cursor is
 -- their id, and 0003 checked that every id then was below the first group's
@@ -55,8 +65,19 @@ DECLARE
     v_max integer := pyxp.checked_row_count('max_rows', changes.max_rows);
     v_wallet text := CASE WHEN changes.wallet IS NOT NULL THEN pyxp.checked_wallet(changes.wallet) END;
     v_after bigint := changes.after_cursor;
-    -- Every group below this is final (see above).
-    v_horizon xid8 := pg_snapshot_xmin(pg_current_snapshot());
+    v_snapshot pg_snapshot := pg_current_snapshot();
+    -- Every group below this is final (see above): the oldest transaction the
+    -- snapshot saw running that is not running in another database now.
+    v_horizon xid8 := coalesce(
+        (SELECT min(x.xid)
+           FROM pg_snapshot_xip(v_snapshot) x(xid)
+          WHERE NOT EXISTS (SELECT FROM pg_catalog.pg_locks l
+                              JOIN pg_catalog.pg_stat_activity a ON a.pid = l.pid
+                             WHERE l.locktype = 'transactionid' AND l.mode = 'ExclusiveLock'
+                               AND l.transactionid = xid(x.xid)
+                               AND a.datid <> (SELECT d.oid FROM pg_catalog.pg_database d
+                                                WHERE d.datname = current_database()))),
+        pg_snapshot_xmax(v_snapshot));
     v_group xid8;
     v_rank bigint;
 BEGIN
