@@ -518,7 +518,8 @@ class XP(_Api):
         set), on a connection of its own (LISTEN pyxp_changes; reconnects from the last
         cursor). See :mod:`pyxp.feed`."""
         conninfo, kwargs = self._watch_conninfo()
-        return watch_changes(lambda: psycopg.connect(conninfo, autocommit=True, **kwargs),
+        kwargs = {**kwargs, "autocommit": True}  # a caller's pool may set it already
+        return watch_changes(lambda: psycopg.connect(conninfo, **kwargs),
                              after_cursor, wallet, poll_interval=poll_interval, stop=stop)
 
     def __enter__(self) -> XP:
@@ -603,7 +604,8 @@ class AsyncXP(_Api):
               poll_interval: float = POLL_INTERVAL, stop: asyncio.Event | None = None) -> AsyncIterator[Change]:
         """``async for change in xp.watch(...)``: the asyncio twin of :meth:`XP.watch`."""
         conninfo, kwargs = self._watch_conninfo()
-        return watch_changes_async(lambda: psycopg.AsyncConnection.connect(conninfo, autocommit=True, **kwargs),
+        kwargs = {**kwargs, "autocommit": True}  # a caller's pool may set it already
+        return watch_changes_async(lambda: psycopg.AsyncConnection.connect(conninfo, **kwargs),
                                    after_cursor, wallet, poll_interval=poll_interval, stop=stop)
 
     async def __aenter__(self) -> AsyncXP:

@@ -172,10 +172,12 @@ CREATE TABLE pyxp.agency_b2c_clients (
 CREATE INDEX agency_b2c_clients_pending ON pyxp.agency_b2c_clients (client_email)
     WHERE NOT xp_granted;
 
--- One row per client email ever registered or onboarded: the lock that
--- serialises that email's registrations and onboarding (pyxp.lock_client_email).
-CREATE TABLE pyxp.client_email_locks (
-    client_email  text PRIMARY KEY
+-- One row per flow subject ever named ('client_email:<email>',
+-- 'completion:<completion id>'): the row lock that serialises every call about
+-- that subject (pyxp.lock_subject): an email's registrations and onboarding, a
+-- completion's submission, outcome and votes.
+CREATE TABLE pyxp.subject_locks (
+    subject  text PRIMARY KEY
 );
 
 -- What every award function returns: one row per ledger row created or replayed.

@@ -18,7 +18,8 @@
 -- U+2060, U+FEFF, soft hyphen, bidi controls, variation selectors, Hangul
 -- fillers, tags). Two inputs a person cannot tell apart on screen must never
 -- become two users. The character class below was generated from Unicode 15
--- data; tests/test_identity.py checks every Cc/Cf code point Python knows.
+-- data (+ U+2800, the Braille pattern blank); tests/test_integrity.py checks every Cc/Cf code point
+-- Python knows.
 -- Empty and too-long values are left to the caller (its own code and hint).
 CREATE FUNCTION pyxp.cleaned_text(p_what text, p_value text, p_max integer, p_code text, p_nfkc boolean)
 RETURNS text
@@ -41,7 +42,7 @@ BEGIN
                            '|[[:space:]\u0085\u00a0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000]+$', '', 'g');
     v_invisible := substring(v from '[\u0001-\u001f\u007f-\u009f\u00ad\u034f\u0600-\u0605\u061c\u06dd\u070f'
                                      '\u0890-\u0891\u08e2\u115f-\u1160\u17b4-\u17b5\u180b-\u180f\u200b-\u200f'
-                                     '\u202a-\u202e\u2060-\u206f\u3164\ufe00-\ufe0f\ufeff\uffa0\ufff0-\ufffb'
+                                     '\u202a-\u202e\u2060-\u206f\u2800\u3164\ufe00-\ufe0f\ufeff\uffa0\ufff0-\ufffb'
                                      '\U000110bd\U000110cd\U00013430-\U0001343f\U0001bca0-\U0001bca3'
                                      '\U0001d173-\U0001d17a\U000e0000-\U000e0fff]');
     IF v_invisible IS NOT NULL THEN
@@ -274,7 +275,7 @@ AS $$
 DECLARE
     v text := pyxp.checked_identifier('idempotency key', p_key, 256);
 BEGIN
-    IF v ~ '^(campaign\.(created|approved|vote)|completion\.(submitted|outcome|vote)|client\.onboarded|reverse):' THEN
+    IF v ~ '^(campaign\.(created|approved|vote)|completion\.(submitted|outcome|vote)|client\.onboarded|reverse)(/[0-9]+)?:' THEN
         RAISE EXCEPTION 'invalid idempotency key %: reserved for pyxp''s own flows', quote_literal(v)
             USING ERRCODE = 'PX016',
                   HINT = 'keys starting with campaign.*:, completion.*:, client.onboarded: or reverse: are pyxp''s';

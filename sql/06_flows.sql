@@ -29,15 +29,22 @@ LANGUAGE sql IMMUTABLE PARALLEL SAFE
 AS $$ SELECT replace(replace(p_id, '%', '%25'), ':', '%3A') $$;
 
 -- The key of a vote: <event>:<key_part(subject)>:<wallet>. Before 0002 the
--- subject was not escaped: when it contains '%' or ':', a key stored by that
--- version for this very vote (same wallet and subject in its inputs) is the
--- one to replay.
+-- subject was not escaped, so keys stored by 0001 are not injective:
+--   * when the subject contains '%' or ':', the key 0001 stored for this very
+--     vote (same wallet and subject in its inputs) is the one to replay;
+--   * a key 0001 stored for ANOTHER vote may hold this vote's key text
+--     (0001's ('0xmod', 'a:b') and this ('b:0xmod', 'a') both spell
+--     campaign.vote:a:b:0xmod): keys 0002 builds are injective, so a stored
+--     key whose inputs name another wallet or subject is such a legacy key,
+--     and this vote takes <event>/2:... instead (the same on every retry).
 CREATE FUNCTION pyxp.vote_key(p_event text, p_subject text, p_subject_field text, p_wallet text)
 RETURNS text
 LANGUAGE plpgsql STABLE
 AS $$
 DECLARE
     v_legacy text := format('%s:%s:%s', p_event, p_subject, p_wallet);
+    v_key text := format('%s:%s:%s', p_event, pyxp.key_part(p_subject), p_wallet);
+    v_stored jsonb;
 BEGIN
     IF p_subject ~ '[%:]' AND EXISTS (
            SELECT FROM pyxp.xp_requests q
@@ -45,7 +52,12 @@ BEGIN
               AND q.inputs ->> 'wallet' = p_wallet AND q.inputs ->> p_subject_field = p_subject) THEN
         RETURN v_legacy;
     END IF;
-    RETURN format('%s:%s:%s', p_event, pyxp.key_part(p_subject), p_wallet);
+    SELECT q.inputs INTO v_stored FROM pyxp.xp_requests q WHERE q.idempotency_key = v_key;
+    IF v_stored IS NOT NULL AND (v_stored ->> 'wallet' IS DISTINCT FROM p_wallet
+                                 OR v_stored ->> p_subject_field IS DISTINCT FROM p_subject) THEN
+        RETURN format('%s/2:%s:%s', p_event, pyxp.key_part(p_subject), p_wallet);
+    END IF;
+    RETURN v_key;
 END
 $$;
 
@@ -81,19 +93,47 @@ BEGIN
 END
 $$;
 
+-- Every call about one flow subject serialises on the lock of its row in
+-- pyxp.subject_locks (created on first use): an email's registrations and
+-- onboarding ('client_email:<email>': a registration can never slip in
+-- between an onboarding's read of the pending rows and its commit), a
+-- completion's submission, outcome and votes ('completion:<id>': two of them
+-- naming different completers cannot both pass check_completion_owner). The
+-- statements after it see what the previous holder committed (READ
+-- COMMITTED). A row lock, not an advisory lock: locking it takes UPDATE on
+-- that table, which no role but the owner has (SPEC 7: a role without pyxp
+-- privileges can take any advisory lock and block pyxp).
+CREATE FUNCTION pyxp.lock_subject(p_subject text)
+RETURNS void
+LANGUAGE plpgsql
+AS $$
+BEGIN
+    PERFORM pyxp.require_read_committed();  -- before its first write, like every writer
+    PERFORM FROM pyxp.subject_locks l WHERE l.subject = p_subject FOR UPDATE;
+    IF NOT FOUND THEN
+        -- A concurrent first insert of the same subject makes this one wait, then skip.
+        INSERT INTO pyxp.subject_locks (subject) VALUES (p_subject)
+        ON CONFLICT (subject) DO NOTHING;
+        PERFORM FROM pyxp.subject_locks l WHERE l.subject = p_subject FOR UPDATE;
+    END IF;
+END
+$$;
+
 -- A completion belongs to the completer and campaign of the first call that
 -- named it (its submission, or its outcome when that came first): a later
 -- submission, outcome or vote naming another completer (votes: any) or another
 -- campaign is refused (PX011), before anything is written (SPEC 4). The call's
 -- own key is skipped: a retry of it is a replay or a PX010, decided there.
+-- Holds the completion's subject lock until commit (see lock_subject).
 CREATE FUNCTION pyxp.check_completion_owner(p_completion text, p_wallet text, p_campaign text,
                                             p_own_key text)
 RETURNS void
-LANGUAGE plpgsql STABLE
+LANGUAGE plpgsql
 AS $$
 DECLARE
     v_first jsonb;
 BEGIN
+    PERFORM pyxp.lock_subject('completion:' || p_completion);
     SELECT q.inputs INTO v_first
       FROM pyxp.xp_requests q
      WHERE q.idempotency_key IN ('completion.submitted:' || p_completion, 'completion.outcome:' || p_completion)
@@ -159,9 +199,15 @@ DECLARE
     v_params jsonb := pyxp.formula_inputs(NULL, NULL, v_mint);
     v_known pyxp.campaigns;
 BEGIN
-    -- A vote or completion may have recorded the campaign's type already (no
-    -- creator yet). A campaign created before is the key's business (PX010).
-    SELECT * INTO v_known FROM pyxp.campaigns c WHERE c.campaign_id = v_campaign;
+    -- The registry row first, locked until commit: a vote or completion that
+    -- records the campaign's type meanwhile waits for this call, or this call
+    -- waits for it and then sees the type it recorded (no creator yet). A
+    -- campaign created before is the key's business (PX010, or a replay).
+    PERFORM pyxp.require_read_committed();
+    INSERT INTO pyxp.campaigns (campaign_id, campaign_type, creator_wallet)
+    VALUES (v_campaign, v_type, v_wallet)
+    ON CONFLICT ON CONSTRAINT campaigns_pkey DO NOTHING;
+    SELECT * INTO STRICT v_known FROM pyxp.campaigns c WHERE c.campaign_id = v_campaign FOR UPDATE;
     IF v_known.creator_wallet IS NULL AND v_known.campaign_type <> v_type THEN
         RAISE EXCEPTION 'campaign % is %, not %', v_campaign, v_known.campaign_type, v_type
             USING ERRCODE = 'PX011', HINT = format('pass campaign_type %s', v_known.campaign_type);
@@ -177,13 +223,11 @@ BEGIN
         jsonb_build_object('campaign_type', v_type, 'winstory_creates_video', v_video,
                            'no_rewards', v_no_rewards) || v_params,
         0, format('campaign %s was already created with other inputs', v_campaign));
-    -- Still recorded when no rule awards anything (INDIVIDUAL in winstory).
-    -- A row recorded by a vote or completion gets its creator; a replay finds
+    -- Recorded even when no rule awards anything (INDIVIDUAL in winstory). A
+    -- row recorded by a vote or completion gets its creator; a replay finds
     -- the row complete: nothing is written.
-    INSERT INTO pyxp.campaigns AS c (campaign_id, campaign_type, creator_wallet)
-    VALUES (v_campaign, v_type, v_wallet)
-    ON CONFLICT ON CONSTRAINT campaigns_pkey DO UPDATE SET creator_wallet = EXCLUDED.creator_wallet
-        WHERE c.creator_wallet IS NULL;
+    UPDATE pyxp.campaigns c SET creator_wallet = v_wallet
+     WHERE c.campaign_id = v_campaign AND c.creator_wallet IS NULL;
 END
 $$;
 
@@ -348,27 +392,6 @@ BEGIN
 END
 $$;
 
--- All registration and onboarding of one client email serialise on the lock
--- of its row in pyxp.client_email_locks (created on first use), so a
--- registration can never slip in between an onboarding's read of the pending
--- rows and its commit. A row lock, not an advisory lock: locking it takes
--- UPDATE on that table, which no role but the owner has (SPEC 7: a role
--- without pyxp privileges can take any advisory lock and block pyxp).
-CREATE FUNCTION pyxp.lock_client_email(p_email text)
-RETURNS void
-LANGUAGE plpgsql
-AS $$
-BEGIN
-    PERFORM FROM pyxp.client_email_locks l WHERE l.client_email = p_email FOR UPDATE;
-    IF NOT FOUND THEN
-        -- A concurrent first insert of the same email makes this one wait, then skip.
-        INSERT INTO pyxp.client_email_locks (client_email) VALUES (p_email)
-        ON CONFLICT (client_email) DO NOTHING;
-        PERFORM FROM pyxp.client_email_locks l WHERE l.client_email = p_email FOR UPDATE;
-    END IF;
-END
-$$;
-
 -- Seed: agency-client 'register'. A pending registration: the agency's B2C
 -- client will earn the onboarding XP when it first signs in. If pyxp knows
 -- the campaign, it must be an AGENCY_B2C campaign created by that agency
@@ -406,7 +429,7 @@ BEGIN
             USING ERRCODE = 'PX022', HINT = 'register clients on the agency''s own AGENCY_B2C campaigns';
     END IF;
 
-    PERFORM pyxp.lock_client_email(v_email);
+    PERFORM pyxp.lock_subject('client_email:' || v_email);
     SELECT * INTO v_onboarded FROM pyxp.xp_requests q WHERE q.idempotency_key = 'client.onboarded:' || v_email;
     INSERT INTO pyxp.agency_b2c_clients AS a (agency_wallet, client_email, campaign_id, company_name,
                                               client_wallet, xp_granted, onboarded_at)
@@ -440,7 +463,7 @@ DECLARE
     v_pending record;
 BEGIN
     PERFORM pyxp.require_read_committed();
-    PERFORM pyxp.lock_client_email(v_email);
+    PERFORM pyxp.lock_subject('client_email:' || v_email);
     SELECT array_agg(a.agency_wallet ORDER BY a.id) AS agencies,
            array_agg(a.campaign_id ORDER BY a.id) AS campaigns,
            (array_agg(a.company_name ORDER BY a.id) FILTER (WHERE a.company_name IS NOT NULL))[1] AS company

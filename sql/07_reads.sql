@@ -154,7 +154,7 @@ AS $$
       FROM pyxp.xp_balances b
       FULL JOIN (SELECT q.inputs ->> 'wallet' AS user_wallet, count(*) AS votes
                    FROM pyxp.xp_requests q
-                  WHERE q.idempotency_key LIKE 'campaign.vote:%' OR q.idempotency_key LIKE 'completion.vote:%'
+                  WHERE q.idempotency_key ~ '^(campaign|completion)\.vote(/[0-9]+)?:'
                   GROUP BY 1) v ON v.user_wallet = b.user_wallet
      WHERE coalesce(b.total_moderations, 0) <> coalesce(v.votes, 0)
     UNION ALL

@@ -85,5 +85,5 @@ COMMENT ON FUNCTION pyxp.resolved_campaign_type(text, text) IS 'internal: the ca
 COMMENT ON FUNCTION pyxp.check_completion_owner(text, text, text, text) IS 'internal: PX011 when a call names another completer or campaign than the completion''s.';
 COMMENT ON FUNCTION pyxp.required_campaign_type(text) IS 'internal: a campaign type that must be given, or PX003.';
 COMMENT ON FUNCTION pyxp.formula_inputs(numeric, numeric, numeric) IS 'internal: a flow''s formula inputs as JSON.';
-COMMENT ON FUNCTION pyxp.lock_client_email(text) IS 'internal: the row lock serialising one client email''s registrations and onboarding.';
+COMMENT ON FUNCTION pyxp.lock_subject(text) IS 'internal: the row lock serialising every call about one client email or completion.';
 COMMENT ON FUNCTION pyxp.refuse_ledger_change() IS 'internal: trigger refusing UPDATE, DELETE, TRUNCATE on xp_transactions (PX013).';

@@ -38,8 +38,11 @@
 -- the look at pg_locks counts as if still running: at worst a group waits
 -- for the next read.)
 -- The cost: the feed waits for the oldest running transaction of this
--- database that has written anything, so a long writing transaction holds it
--- back until it ends.
+-- database that has a transaction id (it wrote or locked a row, or asked for
+-- its id), so such a transaction left open holds the feed back until it ends,
+-- whoever runs it: any role that may connect to the database can (README
+-- "Live XP": revoke CONNECT from PUBLIC, set idle_in_transaction_session_timeout).
+-- On a standby, a transaction of any database of the primary does.
 --
 -- Rows written before 0003 have no group (feed_xid NULL): their cursor is
 -- their id, and 0003 checked that every id then was below the first group's
@@ -67,8 +70,12 @@ DECLARE
     v_after bigint := changes.after_cursor;
     v_snapshot pg_snapshot := pg_current_snapshot();
     -- Every group below this is final (see above): the oldest transaction the
-    -- snapshot saw running that is not running in another database now.
-    v_horizon xid8 := coalesce(
+    -- snapshot saw running that is not running in another database now, and
+    -- the reader's own transaction if it has written (its id is in no
+    -- snapshot's list of running ones, and it may still roll back). On a hot
+    -- standby the list of running transactions is not exposed (it is kept in
+    -- the snapshot's overflow): there, the snapshot's xmin, cluster-wide.
+    v_horizon xid8 := CASE WHEN pg_is_in_recovery() THEN pg_snapshot_xmin(v_snapshot) ELSE least(
         (SELECT min(x.xid)
            FROM pg_snapshot_xip(v_snapshot) x(xid)
           WHERE NOT EXISTS (SELECT FROM pg_catalog.pg_locks l
@@ -77,7 +84,8 @@ DECLARE
                                AND l.transactionid = xid(x.xid)
                                AND a.datid <> (SELECT d.oid FROM pg_catalog.pg_database d
                                                 WHERE d.datname = current_database()))),
-        pg_snapshot_xmax(v_snapshot));
+        pg_current_xact_id_if_assigned(),
+        pg_snapshot_xmax(v_snapshot)) END;
     v_group xid8;
     v_rank bigint;
 BEGIN

@@ -32,6 +32,7 @@ from pyxp import XP, schema
 INVISIBLE = sorted(
     {c for c in range(1, sys.maxunicode + 1) if unicodedata.category(chr(c)) in ("Cc", "Cf")}
     | {0x034F, 0x115F, 0x1160, 0x17B4, 0x17B5, 0x180B, 0x180C, 0x180D, 0x180F, 0x3164, 0xFFA0}
+    | {0x2800}  # Braille pattern blank: renders as a space
     | set(range(0xFE00, 0xFE10)) | {0xE0000, 0xE0100, 0xE01EF}
 )
 # Unicode's White_Space property (Zs, Zl, Zp, and tab to carriage return, U+0085): trimmed at both ends.
@@ -329,7 +330,7 @@ def test_an_outsider_cannot_block_onboarding(conninfo: str, xp: XP, outsider: ps
     for key in range(3):  # and any other advisory lock it can think of
         outsider.execute("SELECT pg_advisory_lock(%s)", (key,))
     with pytest.raises(psycopg.errors.InsufficientPrivilege):
-        outsider.execute("SELECT 1 FROM pyxp.client_email_locks FOR UPDATE")
+        outsider.execute("SELECT 1 FROM pyxp.subject_locks FOR UPDATE")
     xp.award_campaign_creation("0xagency", "camp_ag", "AGENCY_B2C")
     with psycopg.connect(conninfo, autocommit=True) as conn:
         conn.execute("SET statement_timeout = '10s'")
@@ -470,3 +471,102 @@ def test_callers_awarding_in_wallet_order_never_deadlock_with_batches(conninfo: 
     assert errors == []
     assert db.execute("SELECT count(*) FROM pyxp.xp_transactions").fetchone() == (rounds * 9,)
     assert db.execute("SELECT * FROM pyxp.audit()").fetchall() == []
+
+
+# --------------------------------------------------------------------------- races found in review
+
+
+def _in_open_transaction(conninfo: str, call: Callable[[XP], Any]) -> psycopg.Connection[Any]:
+    """A connection whose transaction made ``call`` and stays open (the caller commits or rolls back)."""
+    conn = psycopg.connect(conninfo)
+    call(XP(conn))
+    return conn
+
+
+def _blocked_then(conninfo: str, call: Callable[[XP], Any], release: Callable[[], None]) -> BaseException | Any:
+    """Runs ``call`` on another connection; checks it waits while the other transaction is open,
+    then ``release()``s it; returns what the call returned or raised."""
+    outcome: list[Any] = []
+
+    def run() -> None:
+        with XP(conninfo, max_connections=1) as client:
+            try:
+                outcome.append(call(client))
+            except BaseException as exc:  # noqa: BLE001 - returned to the test
+                outcome.append(exc)
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    thread.join(1.5)
+    assert thread.is_alive(), f"the second call did not wait: {outcome}"
+    release()
+    thread.join(30)
+    assert outcome
+    return outcome[0]
+
+
+def test_a_submission_and_an_outcome_for_two_wallets_at_once_cannot_both_pass(
+        conninfo: str, xp: XP, db: psycopg.Connection[Any]) -> None:
+    """Review: the outcome's ownership check read the submission without a lock, so a submission by 0xA
+    still open and an outcome by 0xB both went through (+100 each). Now they serialise per completion."""
+    xp.award_campaign_creation("0xcreator", "camp_r", "B2C")
+    first = _in_open_transaction(conninfo, lambda c: c.award_completion("0xA", "camp_r", "comp_r"))
+    try:
+        result = _blocked_then(conninfo, lambda c: c.award_completion("0xB", "camp_r", "comp_r", is_validated=True),
+                               first.commit)
+    finally:
+        first.close()
+    assert isinstance(result, pyxp.CampaignMismatch), result
+    assert db.execute("SELECT DISTINCT user_wallet FROM pyxp.xp_transactions WHERE subject = 'comp_r'"
+                      ).fetchall() == [("0xA",)]
+
+
+def test_a_campaign_type_recorded_by_a_vote_and_a_creation_at_once_cannot_disagree(
+        conninfo: str, xp: XP, db: psycopg.Connection[Any]) -> None:
+    """Review: a vote recording camp_t as B2C, still open, and a creation as AGENCY_B2C both went
+    through; the registry then said B2C, the ledger AGENCY_B2C. Now the creation waits and refuses."""
+    vote = _in_open_transaction(conninfo, lambda c: c.award_moderation_vote("0xmod", "camp_t", "VALID",
+                                                                            campaign_type="B2C"))
+    try:
+        result = _blocked_then(conninfo, lambda c: c.award_campaign_creation("0xag", "camp_t", "AGENCY_B2C"),
+                               vote.commit)
+    finally:
+        vote.close()
+    assert isinstance(result, pyxp.CampaignMismatch), result
+    assert db.execute("SELECT campaign_type, creator_wallet FROM pyxp.campaigns").fetchall() == [("B2C", None)]
+    assert db.execute("SELECT count(*) FROM pyxp.xp_transactions WHERE transaction_type LIKE '%MINT'"
+                      ).fetchone() == (0,)
+
+
+def test_a_vote_whose_new_key_text_a_0001_key_of_another_vote_holds_is_still_a_vote(
+        fresh_database: Callable[[], str]) -> None:
+    """Review: 0001 stored ('0xmod', 'a:b') as campaign.vote:a:b:0xmod, the text 0002 builds for
+    ('b:0xmod', 'a'): that distinct vote was refused (PX010) for good. It takes a /2 key now."""
+    target = fresh_database()
+    schema.upgrade(target, "0001")
+    with psycopg.connect(target, autocommit=True) as conn:
+        XP(conn).award_moderation_vote("0xmod", "a:b", "VALID", campaign_type="B2C")
+    schema.upgrade(target)
+    with psycopg.connect(target, autocommit=True) as conn:
+        client = XP(conn)
+        other = client.award_moderation_vote("b:0xmod", "a", "VALID", campaign_type="B2C")
+        retry = client.award_moderation_vote("b:0xmod", "a", "VALID")
+        old = client.award_moderation_vote("0xmod", "a:b", "VALID", campaign_type="B2C")
+        assert (other.xp, other.replayed, retry.replayed, old.replayed) == (2, False, True, True)
+        keys = [k for (k,) in conn.execute("SELECT idempotency_key FROM pyxp.xp_requests ORDER BY 1")]
+        assert keys == ["campaign.vote/2:a:b:0xmod", "campaign.vote:a:b:0xmod"]
+        assert conn.execute("SELECT * FROM pyxp.audit()").fetchall() == []
+        with pytest.raises(pyxp.InvalidIdentifier):
+            client.award("0xabc", "CAMPAIGN_APPROVED", "campaign.vote/2:x:y")  # pyxp's namespace
+
+
+def test_a_downgrade_that_would_let_a_retry_award_twice_is_refused(fresh_database: Callable[[], str]) -> None:
+    """Review: a vote keyed by 0002 (campaign id with ':') retried after a downgrade to 0001 was
+    awarded again. The downgrade refuses while such keys, or campaigns known by type only, exist."""
+    target = fresh_database()
+    schema.upgrade(target)
+    with psycopg.connect(target, autocommit=True) as conn:
+        XP(conn).award_moderation_vote("0xm2", "x:y", "VALID", campaign_type="B2C")
+    with pytest.raises(Exception, match="cannot downgrade below 0002"):
+        schema.downgrade(target, "0001")
+    assert schema.current_revision(target) == "0002"  # 0003 came off; 0002 stays

@@ -257,3 +257,29 @@ def test_readme_live_xp_node_example_prints_changes_as_they_commit(node_project:
     lines = _prints_changes_as_they_commit(
         _follow(["node", str(script)], database_url(conninfo), cwd=node_project), conninfo)
     assert [line.rstrip() for line in lines] == EXPECTED_LIVE_LINES
+
+
+def test_a_reader_never_sees_its_own_uncommitted_rows(conninfo: str, xp: XP) -> None:
+    """Review: a transaction that awarded, then read the feed after another award committed, got its
+    own (later rolled back) row: its id is in no snapshot's list of running transactions."""
+    with psycopg.connect(conninfo) as conn:
+        reader = XP(conn)
+        reader.award("0xown", APPROVED, "own-1")
+        xp.award("0xother", APPROVED, "other-1")  # committed while the reader's transaction is open
+        time.sleep(0.2)
+        assert "0xown" not in {c.user_wallet for c in reader.changes()}
+        conn.rollback()
+    deadline = time.monotonic() + 60
+    while not (seen := {c.user_wallet for c in xp.changes()}) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert seen == {"0xother"}
+
+
+def test_watch_on_a_callers_pool_that_sets_autocommit(conninfo: str) -> None:
+    """Review: XP(pool).watch() passed autocommit twice when the pool's kwargs had it."""
+    from psycopg_pool import ConnectionPool
+
+    award(conninfo, "0xa", "pool-1")
+    with ConnectionPool(conninfo, kwargs={"autocommit": True}, min_size=1, max_size=1) as pool:
+        got = collect(XP(pool).watch(poll_interval=0.1), 1)
+    assert [c.user_wallet for c in got] == ["0xa"]
