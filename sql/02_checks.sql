@@ -26,25 +26,17 @@ RETURNS text
 LANGUAGE plpgsql IMMUTABLE PARALLEL SAFE
 AS $$
 DECLARE
-    v text := p_value;
+    v text;
     v_invisible text;
 BEGIN
-    IF v IS NULL THEN
+    IF p_value IS NULL THEN
         RETURN NULL;
-    ELSIF octet_length(v) > 4 * p_max + 1024 THEN
-        RAISE EXCEPTION 'invalid %: a text of % bytes', p_what, octet_length(v)
+    ELSIF octet_length(p_value) > 4 * p_max + 1024 THEN
+        RAISE EXCEPTION 'invalid %: a text of % bytes', p_what, octet_length(p_value)
             USING ERRCODE = p_code, HINT = format('%s has at most %s characters', p_what, p_max);
     END IF;
-    IF p_nfkc AND octet_length(v) <> length(v) THEN  -- ASCII is already in NFKC
-        v := normalize(v, NFKC);
-    END IF;
-    v := regexp_replace(v, '^[[:space:]\u0085\u00a0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000]+'
-                           '|[[:space:]\u0085\u00a0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000]+$', '', 'g');
-    v_invisible := substring(v from '[\u0001-\u001f\u007f-\u009f\u00ad\u034f\u0600-\u0605\u061c\u06dd\u070f'
-                                     '\u0890-\u0891\u08e2\u115f-\u1160\u17b4-\u17b5\u180b-\u180f\u200b-\u200f'
-                                     '\u202a-\u202e\u2060-\u206f\u2800\u3164\ufe00-\ufe0f\ufeff\uffa0\ufff0-\ufffb'
-                                     '\U000110bd\U000110cd\U00013430-\U0001343f\U0001bca0-\U0001bca3'
-                                     '\U0001d173-\U0001d17a\U000e0000-\U000e0fff]');
+    v := pyxp.trimmed_text(p_value, p_nfkc);
+    v_invisible := pyxp.invisible_character(v);
     IF v_invisible IS NOT NULL THEN
         RAISE EXCEPTION 'invalid %: % contains U+%, an invisible or control character', p_what,
                         quote_literal(left(regexp_replace(v, '[^[:print:]]', '?', 'g'), 60)),
@@ -55,6 +47,31 @@ BEGIN
     END IF;
     RETURN v;
 END
+$$;
+
+-- The two steps of cleaned_text that change or judge a text, without raising
+-- (audit() also reads stored identities with them): Unicode NFKC when asked
+-- (ASCII is already in NFKC) and whitespace of any kind trimmed at both ends;
+-- the first control or invisible character, or NULL.
+CREATE FUNCTION pyxp.trimmed_text(p_value text, p_nfkc boolean)
+RETURNS text
+LANGUAGE sql IMMUTABLE PARALLEL SAFE
+AS $$
+    SELECT regexp_replace(
+        CASE WHEN p_nfkc AND octet_length(p_value) <> length(p_value) THEN normalize(p_value, NFKC)
+             ELSE p_value END,
+        '^[[:space:]\u0085\u00a0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000]+|[[:space:]\u0085\u00a0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000]+$', '', 'g')
+$$;
+
+CREATE FUNCTION pyxp.invisible_character(p_value text)
+RETURNS text
+LANGUAGE sql IMMUTABLE PARALLEL SAFE
+AS $$
+    SELECT substring(p_value from '[\u0001-\u001f\u007f-\u009f\u00ad\u034f\u0600-\u0605\u061c\u06dd\u070f'
+                                  '\u0890-\u0891\u08e2\u115f-\u1160\u17b4-\u17b5\u180b-\u180f\u200b-\u200f'
+                                  '\u202a-\u202e\u2060-\u206f\u2800\u3164\ufe00-\ufe0f\ufeff\uffa0\ufff0-\ufffb'
+                                  '\U000110bd\U000110cd\U00013430-\U0001343f\U0001bca0-\U0001bca3'
+                                  '\U0001d173-\U0001d17a\U000e0000-\U000e0fff]')
 $$;
 
 -- Wallet (SPEC 1): cleaned_text with NFKC; `0x` + 40 hex is lower-cased so

@@ -104,7 +104,8 @@ $$;
 -- one, levels match the active curve, reversals mirror what they reverse,
 -- rows name the action of their rule, exactly one ruleset is active,
 -- total_moderations counts the votes recorded, a registration is granted
--- exactly when its client email was onboarded.
+-- exactly when its client email was onboarded, identities stored before 0002
+-- read the same today.
 -- (jit off: compiling the plan cost more than running it, 100 ms vs 6 ms on a
 -- small ledger; on 10M rows the scans dominate either way.)
 CREATE FUNCTION pyxp.audit()
@@ -165,6 +166,27 @@ AS $$
       FROM pyxp.agency_b2c_clients a
       LEFT JOIN pyxp.xp_requests q ON q.idempotency_key = 'client.onboarded:' || a.client_email
      WHERE a.xp_granted <> (q.idempotency_key IS NOT NULL)
+    UNION ALL
+    -- Identities stored before 0002 that today's checks would read otherwise
+    -- (NFKC, Unicode whitespace, invisible characters): one person may be two
+    -- wallets or emails here; a DBA decides what to merge.
+    SELECT 'identity_not_normalised', b.user_wallet, NULL,
+           CASE WHEN pyxp.invisible_character(f.form) IS NOT NULL
+                THEN format('wallet %s holds U+%s, refused since 0002', quote_literal(b.user_wallet),
+                            upper(lpad(to_hex(ascii(pyxp.invisible_character(f.form))), 4, '0')))
+                ELSE format('wallet %s is read %s since 0002', quote_literal(b.user_wallet), quote_literal(f.form)) END
+      FROM pyxp.xp_balances b
+     CROSS JOIN LATERAL (SELECT CASE WHEN x.t ~* '^0x[0-9a-f]{40}$' THEN lower(x.t) ELSE x.t END AS form
+                           FROM (SELECT pyxp.trimmed_text(b.user_wallet, true) AS t) x) f
+     WHERE f.form <> b.user_wallet OR pyxp.invisible_character(f.form) IS NOT NULL
+    UNION ALL
+    SELECT 'identity_not_normalised', a.client_wallet, NULL,
+           format('client email %s of registration %s is read %s since 0002', quote_literal(a.client_email), a.id,
+                  coalesce(quote_literal(f.form), 'as refused'))
+      FROM pyxp.agency_b2c_clients a
+     CROSS JOIN LATERAL (SELECT CASE WHEN pyxp.invisible_character(x.t) IS NULL THEN x.t END AS form
+                           FROM (SELECT lower(pyxp.trimmed_text(a.client_email, true)) AS t) x) f
+     WHERE f.form IS DISTINCT FROM a.client_email
     UNION ALL
     SELECT 'rule_mismatch', t.user_wallet, t.id,
            format('transaction_type %s but rule %s is %s', t.transaction_type, ru.rule_id, ru.action)

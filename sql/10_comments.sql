@@ -53,6 +53,8 @@ COMMENT ON FUNCTION pyxp.recalculate_levels() IS
 -- Internal.
 COMMENT ON FUNCTION pyxp.cleaned_text(text, text, integer, text, boolean) IS
     'internal: size check, NFKC (identities), Unicode trim, refusal of invisible characters.';
+COMMENT ON FUNCTION pyxp.trimmed_text(text, boolean) IS 'internal: NFKC (identities) and Unicode whitespace trimmed.';
+COMMENT ON FUNCTION pyxp.invisible_character(text) IS 'internal: the first control or invisible character of a text, or NULL.';
 COMMENT ON FUNCTION pyxp.checked_wallet(text, text) IS 'internal: a normalised wallet, or PX001.';
 COMMENT ON FUNCTION pyxp.checked_email(text) IS 'internal: a normalised client email, or PX002.';
 COMMENT ON FUNCTION pyxp.checked_campaign_type(text) IS 'internal: B2C, AGENCY_B2C or INDIVIDUAL, or PX003.';

@@ -570,3 +570,25 @@ def test_a_downgrade_that_would_let_a_retry_award_twice_is_refused(fresh_databas
     with pytest.raises(Exception, match="cannot downgrade below 0002"):
         schema.downgrade(target, "0001")
     assert schema.current_revision(target) == "0002"  # 0003 came off; 0002 stays
+
+
+def test_audit_lists_identities_stored_before_0002_that_read_otherwise_today(
+        fresh_database: Callable[[], str]) -> None:
+    """Review: 0002 does not rewrite stored identities (the ledger is append-only): a full-width or
+    invisible-character wallet of 0001 is a second user after the upgrade. audit() names each."""
+    target = fresh_database()
+    schema.upgrade(target, "0001")
+    with psycopg.connect(target, autocommit=True) as conn:
+        old = XP(conn)
+        for n, wallet in enumerate(["\uff10xfull", "nb\u00a0sp", "a\u200bb", "0x_plain"]):
+            old.award(wallet, "CAMPAIGN_APPROVED", f"legacy-{n}")
+        old.award_campaign_creation("0xagency", "camp_ag", "AGENCY_B2C")
+        old.register_agency_client("0xagency", "c\u200blient@example.com", "camp_ag")
+    schema.upgrade(target)
+    with psycopg.connect(target, autocommit=True) as conn:
+        findings = conn.execute("SELECT check_name, user_wallet, detail FROM pyxp.audit()").fetchall()
+    assert sorted((name, wallet or "") for name, wallet, _ in findings) == [
+        ("identity_not_normalised", ""), ("identity_not_normalised", "a\u200bb"),
+        ("identity_not_normalised", "nb\u00a0sp"), ("identity_not_normalised", "\uff10xfull")]
+    details = " ".join(detail for *_, detail in findings)
+    assert "U+200B" in details and "'0xfull'" in details and "'nb sp'" in details

@@ -1404,10 +1404,12 @@ $$;
 DROP FUNCTION pyxp.award_many(jsonb[]);
 DROP FUNCTION pyxp.check_completion_owner(text, text, text, text);
 DROP FUNCTION pyxp.cleaned_text(text, text, integer, text, boolean);
+DROP FUNCTION pyxp.invisible_character(text);
 DROP FUNCTION pyxp.key_part(text);
 DROP FUNCTION pyxp.level_for(numeric);
 DROP FUNCTION pyxp.lock_subject(text);
 DROP FUNCTION pyxp.require_read_committed();
+DROP FUNCTION pyxp.trimmed_text(text, boolean);
 DROP FUNCTION pyxp.vote_key(text, text, text, text);
 
 REVOKE ALL ON ALL FUNCTIONS IN SCHEMA pyxp FROM PUBLIC;

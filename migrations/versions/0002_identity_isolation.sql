@@ -18,25 +18,17 @@ RETURNS text
 LANGUAGE plpgsql IMMUTABLE PARALLEL SAFE
 AS $$
 DECLARE
-    v text := p_value;
+    v text;
     v_invisible text;
 BEGIN
-    IF v IS NULL THEN
+    IF p_value IS NULL THEN
         RETURN NULL;
-    ELSIF octet_length(v) > 4 * p_max + 1024 THEN
-        RAISE EXCEPTION 'invalid %: a text of % bytes', p_what, octet_length(v)
+    ELSIF octet_length(p_value) > 4 * p_max + 1024 THEN
+        RAISE EXCEPTION 'invalid %: a text of % bytes', p_what, octet_length(p_value)
             USING ERRCODE = p_code, HINT = format('%s has at most %s characters', p_what, p_max);
     END IF;
-    IF p_nfkc AND octet_length(v) <> length(v) THEN  -- ASCII is already in NFKC
-        v := normalize(v, NFKC);
-    END IF;
-    v := regexp_replace(v, '^[[:space:]\u0085\u00a0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000]+'
-                           '|[[:space:]\u0085\u00a0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000]+$', '', 'g');
-    v_invisible := substring(v from '[\u0001-\u001f\u007f-\u009f\u00ad\u034f\u0600-\u0605\u061c\u06dd\u070f'
-                                     '\u0890-\u0891\u08e2\u115f-\u1160\u17b4-\u17b5\u180b-\u180f\u200b-\u200f'
-                                     '\u202a-\u202e\u2060-\u206f\u2800\u3164\ufe00-\ufe0f\ufeff\uffa0\ufff0-\ufffb'
-                                     '\U000110bd\U000110cd\U00013430-\U0001343f\U0001bca0-\U0001bca3'
-                                     '\U0001d173-\U0001d17a\U000e0000-\U000e0fff]');
+    v := pyxp.trimmed_text(p_value, p_nfkc);
+    v_invisible := pyxp.invisible_character(v);
     IF v_invisible IS NOT NULL THEN
         RAISE EXCEPTION 'invalid %: % contains U+%, an invisible or control character', p_what,
                         quote_literal(left(regexp_replace(v, '[^[:print:]]', '?', 'g'), 60)),
@@ -47,6 +39,25 @@ BEGIN
     END IF;
     RETURN v;
 END
+$$;
+CREATE OR REPLACE FUNCTION pyxp.trimmed_text(p_value text, p_nfkc boolean)
+RETURNS text
+LANGUAGE sql IMMUTABLE PARALLEL SAFE
+AS $$
+    SELECT regexp_replace(
+        CASE WHEN p_nfkc AND octet_length(p_value) <> length(p_value) THEN normalize(p_value, NFKC)
+             ELSE p_value END,
+        '^[[:space:]\u0085\u00a0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000]+|[[:space:]\u0085\u00a0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000]+$', '', 'g')
+$$;
+CREATE OR REPLACE FUNCTION pyxp.invisible_character(p_value text)
+RETURNS text
+LANGUAGE sql IMMUTABLE PARALLEL SAFE
+AS $$
+    SELECT substring(p_value from '[\u0001-\u001f\u007f-\u009f\u00ad\u034f\u0600-\u0605\u061c\u06dd\u070f'
+                                  '\u0890-\u0891\u08e2\u115f-\u1160\u17b4-\u17b5\u180b-\u180f\u200b-\u200f'
+                                  '\u202a-\u202e\u2060-\u206f\u2800\u3164\ufe00-\ufe0f\ufeff\uffa0\ufff0-\ufffb'
+                                  '\U000110bd\U000110cd\U00013430-\U0001343f\U0001bca0-\U0001bca3'
+                                  '\U0001d173-\U0001d17a\U000e0000-\U000e0fff]')
 $$;
 CREATE OR REPLACE FUNCTION pyxp.checked_wallet(p_wallet text, p_what text DEFAULT 'wallet')
 RETURNS text
@@ -1333,6 +1344,27 @@ AS $$
       LEFT JOIN pyxp.xp_requests q ON q.idempotency_key = 'client.onboarded:' || a.client_email
      WHERE a.xp_granted <> (q.idempotency_key IS NOT NULL)
     UNION ALL
+    -- Identities stored before 0002 that today's checks would read otherwise
+    -- (NFKC, Unicode whitespace, invisible characters): one person may be two
+    -- wallets or emails here; a DBA decides what to merge.
+    SELECT 'identity_not_normalised', b.user_wallet, NULL,
+           CASE WHEN pyxp.invisible_character(f.form) IS NOT NULL
+                THEN format('wallet %s holds U+%s, refused since 0002', quote_literal(b.user_wallet),
+                            upper(lpad(to_hex(ascii(pyxp.invisible_character(f.form))), 4, '0')))
+                ELSE format('wallet %s is read %s since 0002', quote_literal(b.user_wallet), quote_literal(f.form)) END
+      FROM pyxp.xp_balances b
+     CROSS JOIN LATERAL (SELECT CASE WHEN x.t ~* '^0x[0-9a-f]{40}$' THEN lower(x.t) ELSE x.t END AS form
+                           FROM (SELECT pyxp.trimmed_text(b.user_wallet, true) AS t) x) f
+     WHERE f.form <> b.user_wallet OR pyxp.invisible_character(f.form) IS NOT NULL
+    UNION ALL
+    SELECT 'identity_not_normalised', a.client_wallet, NULL,
+           format('client email %s of registration %s is read %s since 0002', quote_literal(a.client_email), a.id,
+                  coalesce(quote_literal(f.form), 'as refused'))
+      FROM pyxp.agency_b2c_clients a
+     CROSS JOIN LATERAL (SELECT CASE WHEN pyxp.invisible_character(x.t) IS NULL THEN x.t END AS form
+                           FROM (SELECT lower(pyxp.trimmed_text(a.client_email, true)) AS t) x) f
+     WHERE f.form IS DISTINCT FROM a.client_email
+    UNION ALL
     SELECT 'rule_mismatch', t.user_wallet, t.id,
            format('transaction_type %s but rule %s is %s', t.transaction_type, ru.rule_id, ru.action)
       FROM pyxp.xp_transactions t
@@ -1643,6 +1675,8 @@ COMMENT ON FUNCTION pyxp.recalculate_levels() IS
 -- Internal.
 COMMENT ON FUNCTION pyxp.cleaned_text(text, text, integer, text, boolean) IS
     'internal: size check, NFKC (identities), Unicode trim, refusal of invisible characters.';
+COMMENT ON FUNCTION pyxp.trimmed_text(text, boolean) IS 'internal: NFKC (identities) and Unicode whitespace trimmed.';
+COMMENT ON FUNCTION pyxp.invisible_character(text) IS 'internal: the first control or invisible character of a text, or NULL.';
 COMMENT ON FUNCTION pyxp.checked_wallet(text, text) IS 'internal: a normalised wallet, or PX001.';
 COMMENT ON FUNCTION pyxp.checked_email(text) IS 'internal: a normalised client email, or PX002.';
 COMMENT ON FUNCTION pyxp.checked_campaign_type(text) IS 'internal: B2C, AGENCY_B2C or INDIVIDUAL, or PX003.';
