@@ -159,6 +159,8 @@ class CallInThread:
                           "AND mode = 'RowExclusiveLock' AND granted)", (self.pid, table)).fetchone()[0]
 
     def close(self) -> None:
+        if not self.future.done():  # a failed assertion left it blocked: cancel it, never hang the suite
+            self.conn.cancel_safe(timeout=10)
         self._executor.shutdown(wait=True)
         self.conn.close()
 
