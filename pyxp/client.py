@@ -90,6 +90,15 @@ class Call:
     row_type: type | None = None  # None: plain tuples
     shape: Shape = "award"
 
+    @property
+    def reads_only(self) -> bool:
+        """A read (``read_url`` may serve it from a standby); everything else writes."""
+        return self.name in READ_FUNCTIONS
+
+
+# The read functions: pure reads, served by a hot standby too (README "Scaling reads").
+READ_FUNCTIONS = frozenset({"balance", "history", "leaderboard", "wallet_rank", "level_for", "audit", "changes"})
+
 
 def json_text(value: Any) -> str:
     """JSON for a jsonb parameter. Decimals keep their exact digits; a non-finite
@@ -481,14 +490,22 @@ class XP(_Api):
 
     def __init__(self, target: str | ConnectionPool | psycopg.Connection[Any] | None = None, *,
                  best_effort: bool = False, max_connections: int = 10,
-                 connect_timeout: float | None = None, log_params: bool = False) -> None:
+                 connect_timeout: float | None = None, log_params: bool = False,
+                 read_url: str | None = None) -> None:
         """``connect_timeout`` (seconds; default: the conninfo's, else PGCONNECT_TIMEOUT, else 5)
         bounds how long a client on its own pool waits for the database: for ``XP(url)`` itself
         (raises :class:`pyxp.DatabaseUnavailable`, unless best-effort) and for each call. It does
         not apply to a pool or connection you give. ``log_params``: best-effort failures are
-        logged with their message and parameters (personal data), not just the code."""
+        logged with their message and parameters (personal data), not just the code.
+        ``read_url``: a hot standby (or any replica) that serves the read methods (balance,
+        history, leaderboard, rank, level_for, audit, changes) on a pool of its own; writes,
+        and ``watch`` (LISTEN needs the primary), stay on ``target``."""
         self.best_effort = best_effort
         self.log_params = log_params
+        self._reader: XP | None = None
+        if read_url is not None:
+            self._reader = XP(read_url, best_effort=best_effort, max_connections=max_connections,
+                              connect_timeout=connect_timeout, log_params=log_params)
         self._connection: psycopg.Connection[Any] | None = None
         self._owned_pool = False
         self._owned: _OwnedPool | None = None
@@ -508,9 +525,11 @@ class XP(_Api):
             self._owned = owned
 
     def close(self) -> None:
-        """Close the pool this client opened (not a pool or connection it was given)."""
+        """Close the pools this client opened (not a pool or connection it was given)."""
         if self._owned_pool and self._pool is not None:
             self._pool.close()
+        if self._reader is not None:
+            self._reader.close()
 
     def watch(self, after_cursor: int = 0, wallet: str | None = None, *,
               poll_interval: float = POLL_INTERVAL, stop: threading.Event | None = None) -> Iterator[Change]:
@@ -539,6 +558,8 @@ class XP(_Api):
             return cur.fetchall()
 
     def _execute(self, call: Call) -> Any:
+        if self._reader is not None and call.reads_only:
+            return self._reader._execute(call)
         try:
             with wrap_errors():
                 if self._connection is not None:

@@ -1,0 +1,127 @@
+"""Reads on a hot standby (issue 15, item 5): a private primary and a streaming standby, started
+by the test from the local server binaries (as the ``postgres`` OS user when root), stopped at
+the end. Every read function and read CLI command answers on the standby, the change feed
+included (its horizon there is the snapshot's xmin), and ``XP(primary, read_url=standby)``
+routes the reads to the standby and the writes to the primary."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import psycopg
+import pytest
+from psycopg.conninfo import make_conninfo
+
+from pyxp import XP, schema
+from pyxp.database import EmbeddedCluster, _postgres_bindir
+
+PYXP = str(Path(sys.executable).with_name("pyxp"))
+
+
+@pytest.fixture(scope="module")
+def replicated() -> Iterator[tuple[str, str]]:
+    """(primary, standby) conninfos of database ``pyxp`` on a fresh primary and its streaming standby."""
+    bindir = _postgres_bindir()
+    if bindir is None:
+        pytest.skip("no PostgreSQL server binaries (pg_ctl, pg_basebackup) on this machine")
+    bindir = Path(os.path.realpath(bindir / "pg_ctl")).parent  # pg_ctl may be a link; pg_basebackup is beside the real one
+    primary = EmbeddedCluster(bindir).start()
+    standby = EmbeddedCluster(bindir)
+    try:
+        with psycopg.connect(primary.conninfo, autocommit=True) as conn:
+            conn.execute("CREATE DATABASE pyxp")
+        primary_url = make_conninfo(primary.conninfo, dbname="pyxp")
+        schema.upgrade(primary_url)
+        if standby.run_as:
+            os.chown(standby.directory, *_owner(primary.directory))
+        standby._run("pg_basebackup", "-D", str(standby.datadir), "-R", "-X", "stream", "-c", "fast",
+                     "-h", "127.0.0.1", "-p", str(primary.port), "-U", "postgres")
+        standby.start_existing()
+        yield primary_url, make_conninfo(standby.conninfo, dbname="pyxp")
+    finally:
+        standby.stop()
+        primary.stop()
+
+
+def _owner(path: Path) -> tuple[int, int]:
+    stat = path.stat()
+    return stat.st_uid, stat.st_gid
+
+
+def _caught_up(primary: str, standby: str) -> None:
+    """Waits until the standby has replayed everything the primary had written."""
+    with psycopg.connect(primary, autocommit=True) as conn:
+        lsn = conn.execute("SELECT pg_current_wal_lsn()").fetchone()[0]  # type: ignore[index]
+    deadline = time.monotonic() + 60
+    with psycopg.connect(standby, autocommit=True) as conn:
+        while not conn.execute("SELECT pg_last_wal_replay_lsn() >= %s::pg_lsn", (lsn,)).fetchone()[0]:  # type: ignore[index]
+            assert time.monotonic() < deadline, "the standby did not catch up"
+            time.sleep(0.05)
+
+
+READS = {
+    "balance": "SELECT total_xp FROM pyxp.balance(wallet => '0x_creator')",
+    "history": "SELECT count(*) FROM pyxp.history(wallet => '0x_creator')",
+    "leaderboard": "SELECT count(*) FROM pyxp.leaderboard()",
+    "wallet_rank": "SELECT pyxp.wallet_rank(wallet => '0x_creator')",
+    "level_for": "SELECT level FROM pyxp.level_for(total_xp => 2500)",
+    "audit": "SELECT count(*) FROM pyxp.audit()",
+    "changes": "SELECT count(*) FROM pyxp.changes(after_cursor => 0, max_rows => 1000)",
+}
+
+
+def test_every_read_function_answers_on_the_standby(replicated: tuple[str, str]) -> None:
+    primary, standby = replicated
+    with XP(primary) as xp:
+        xp.award_campaign_creation("0x_creator", "camp_standby", "B2C", no_rewards=True)
+        xp.award_moderation_vote("0x_mod", "camp_standby", "VALID")
+    _caught_up(primary, standby)
+    with psycopg.connect(primary, autocommit=True) as on_primary, \
+            psycopg.connect(standby, autocommit=True) as on_standby:
+        assert on_standby.execute("SELECT pg_is_in_recovery()").fetchone() == (True,)
+        for name, query in READS.items():
+            assert on_standby.execute(query).fetchall() == on_primary.execute(query).fetchall(), name
+        assert on_standby.execute(READS["changes"]).fetchone() == (3,)  # the feed, on the standby too
+        with pytest.raises(psycopg.errors.ReadOnlySqlTransaction):
+            on_standby.execute("SELECT * FROM pyxp.award(wallet => 'x', action => 'CAMPAIGN_APPROVED', "
+                               "idempotency_key => 'on-standby')")
+
+
+def test_reads_go_to_read_url_and_writes_to_the_primary(replicated: tuple[str, str]) -> None:
+    primary, standby = replicated
+    with XP(primary, read_url=standby) as xp:
+        award = xp.award("0x_routed", "CAMPAIGN_APPROVED", "routed-1")  # on the primary
+        assert award.xp == 100
+        _caught_up(primary, standby)
+        assert xp.balance("0x_routed").total_xp == 100
+        assert [row.transaction_type for row in xp.history("0x_routed")] == ["CAMPAIGN_APPROVED"]
+        assert xp.rank("0x_routed") is not None and xp.level_for(100).level == 2 and xp.audit() == []
+        assert any(change.user_wallet == "0x_routed" for change in xp.changes(0, 1000))
+    with psycopg.connect(primary, autocommit=True) as conn:  # the write happened once, on the primary
+        assert conn.execute("SELECT count(*) FROM pyxp.xp_transactions WHERE user_wallet = '0x_routed'"
+                            ).fetchone() == (1,)
+
+
+@pytest.mark.parametrize("command", [["balance", "0x_creator"], ["history", "0x_creator"], ["leaderboard"],
+                                     ["audit"], ["levels"], ["rules", "show"], ["rules", "list"],
+                                     ["db", "current"]])
+def test_read_cli_commands_answer_on_the_standby(replicated: tuple[str, str], command: list[str]) -> None:
+    _, standby = replicated
+    result = subprocess.run([PYXP, "--database-url", standby, *command, "--json"], capture_output=True,
+                            text=True, check=False, timeout=120)
+    assert result.returncode == 0, result.stderr
+    json.loads(result.stdout)
+
+
+def test_the_standby_refuses_writes_with_a_clear_error(replicated: tuple[str, str]) -> None:
+    _, standby = replicated
+    result = subprocess.run([PYXP, "--database-url", standby, "award", "generic", "0xw", "CAMPAIGN_APPROVED",
+                             "k"], capture_output=True, text=True, check=False, timeout=120)
+    assert result.returncode == 2 and "read-only" in result.stderr
+
