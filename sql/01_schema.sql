@@ -93,11 +93,13 @@ CREATE TABLE pyxp.campaigns (
     created_at      timestamptz NOT NULL DEFAULT now()
 );
 
--- One row per idempotent call. Its primary key is what serialises two
--- concurrent calls with the same key: the second INSERT waits for the first
--- transaction, then sees the row and replays. `inputs` is the canonical form
--- of what the call asked for; a later call with the same key and other inputs
--- is refused (PX010).
+-- One row per flow call or reversal (the generic awards' claims are their
+-- ledger rows: see xp_transactions.request_digest). Its primary key is what
+-- serialises two concurrent calls with the same key: the second INSERT waits
+-- for the first transaction, then sees the row and replays. `inputs` is the
+-- canonical form of what the call asked for, which later calls consult (a
+-- completion's owner, an onboarding's wallet); a later call with the same key
+-- and other inputs is refused (PX010).
 CREATE TABLE pyxp.xp_requests (
     idempotency_key  text PRIMARY KEY,
     inputs           jsonb NOT NULL,
@@ -105,8 +107,27 @@ CREATE TABLE pyxp.xp_requests (
     created_at       timestamptz NOT NULL DEFAULT now()
 );
 
+-- The claim index's key: the first 16 bytes of sha256(idempotency key).
+-- Two different keys sharing them (odds 2^-128) make the second one's award
+-- fail with PX010, never replay the other's result: the key texts are
+-- compared.
+-- PL/pgSQL: a SQL function that cannot be inlined (convert_to is only
+-- STABLE) is planned anew at every call.
+CREATE FUNCTION pyxp.key_hash(p_key text)
+RETURNS uuid
+LANGUAGE plpgsql IMMUTABLE PARALLEL SAFE STRICT
+AS $$ BEGIN RETURN encode(substr(sha256(convert_to(p_key, 'UTF8')), 1, 16), 'hex')::uuid; END $$;
+
 -- The ledger. Append-only: no UPDATE/DELETE/TRUNCATE privilege for anyone but
 -- the owner, and a trigger refuses them even for the owner.
+-- Idempotency: a generic award's row (pyxp.award, pyxp.award_many) is its
+-- own claim: request_digest holds a digest of the call's inputs, and
+-- xp_transactions_claim makes its key claimable once. Rows of flows and
+-- reversals have request_digest NULL: their key is claimed in xp_requests,
+-- and xp_transactions_request_rows finds their rows for a replay.
+-- rule_id and idempotency_key carry no foreign key (a check per row, and a
+-- share lock on the one rule and ruleset row every award names): audit()
+-- reports a row whose rule or request is missing.
 -- Invariants (checked by pyxp.audit()):
 --   * per wallet, ordered by id, balance_after = previous balance_after + xp_amount
 --     (rows of one wallet are inserted under that wallet's balance row lock,
@@ -119,10 +140,10 @@ CREATE TABLE pyxp.xp_transactions (
     xp_amount         bigint NOT NULL,        -- applied
     xp_requested      bigint,                 -- set only when a balance floor cut the amount
     balance_after     bigint NOT NULL,
-    rule_id           bigint REFERENCES pyxp.rules,   -- NULL for reversals
+    rule_id           bigint,                 -- NULL for reversals
     campaign_id       text,
     subject           text,                   -- completion id, client email, ...
-    idempotency_key   text NOT NULL REFERENCES pyxp.xp_requests,
+    idempotency_key   text NOT NULL,
     metadata          jsonb NOT NULL DEFAULT '{}',
     reverses          bigint REFERENCES pyxp.xp_transactions,
     created_at        timestamptz NOT NULL DEFAULT now(),
@@ -130,14 +151,30 @@ CREATE TABLE pyxp.xp_transactions (
     -- transaction's id, raised to the wallet's previous row's group so that a
     -- wallet's rows never go back in feed order. NULL for rows written before
     -- 0003 (their feed cursor is their id).
-    feed_xid          xid8
+    feed_xid          xid8,
+    -- A generic award's row: pyxp.inputs_digest of its inputs (its claim).
+    request_digest    bigint
 );
 CREATE INDEX xp_transactions_wallet ON pyxp.xp_transactions (user_wallet, id);
 CREATE INDEX xp_transactions_feed ON pyxp.xp_transactions (feed_xid, id);
-CREATE INDEX xp_transactions_key ON pyxp.xp_transactions (idempotency_key);
+CREATE UNIQUE INDEX xp_transactions_claim ON pyxp.xp_transactions (pyxp.key_hash(idempotency_key))
+    WHERE request_digest IS NOT NULL;
+CREATE INDEX xp_transactions_request_rows ON pyxp.xp_transactions (idempotency_key)
+    WHERE request_digest IS NULL;
 -- A row can be reversed once.
 CREATE UNIQUE INDEX xp_transactions_reversed_once ON pyxp.xp_transactions (reverses)
     WHERE reverses IS NOT NULL;
+
+-- Every idempotency key pyxp holds, wherever its claim is: a generic award's
+-- claim row in the ledger, or a flow's or reversal's request. For auditors
+-- ("which call wrote this row?") and for checks that every key has its rows.
+CREATE VIEW pyxp.idempotency_keys AS
+    SELECT t.idempotency_key, 'ledger'::text AS claimed_in, t.user_wallet, t.id AS transaction_id, t.created_at
+      FROM pyxp.xp_transactions t
+     WHERE t.request_digest IS NOT NULL
+    UNION ALL
+    SELECT q.idempotency_key, 'xp_requests', q.inputs ->> 'wallet', NULL, q.created_at
+      FROM pyxp.xp_requests q;
 
 -- Current balance per wallet, maintained in the same transaction as the
 -- ledger rows. The range keeps xp_to_next_level (<= 100 + 2^62) and every

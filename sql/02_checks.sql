@@ -199,7 +199,8 @@ $$;
 
 -- Formula inputs of pyxp.award(): a JSON object of at most 64 numbers. Names
 -- are normalised as in the config seed (upper case, `$` dropped:
--- MINT_VALUE_$WINC = MINT_VALUE_WINC); each value passes checked_number.
+-- MINT_VALUE_$WINC = MINT_VALUE_WINC); each value passes checked_number and
+-- loses trailing zeros (300.0 is 300).
 -- The cap keeps the per-key loop below cheap.
 CREATE FUNCTION pyxp.checked_params(p_params jsonb)
 RETURNS jsonb
@@ -233,9 +234,11 @@ BEGIN
             RAISE EXCEPTION 'invalid params: input % given twice', upper(replace(v_item.key, '$', ''))
                 USING ERRCODE = 'PX017', HINT = 'input names are case-insensitive and ignore $: give each once';
         END IF;
+        -- trim_scale: 300.0 and 300 are one input (a generic award's claim
+        -- keeps a digest of its inputs' text).
         v_result := v_result || jsonb_build_object(
             upper(replace(v_item.key, '$', '')),
-            pyxp.checked_number(v_item.key, v_item.value::numeric));
+            trim_scale(pyxp.checked_number(v_item.key, v_item.value::numeric)));
     END LOOP;
     RETURN v_result;
 END

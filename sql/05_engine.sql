@@ -1,23 +1,49 @@
 -- The award engine: the one place where ledger rows and balances are written.
 --
---   public function (award, award_completion, ...)   validates and normalises inputs
---     -> pyxp.post_award(...)     claims the idempotency key, resolves the rules of
---                                 the active ruleset, evaluates their linear forms
---       -> pyxp.write_ledger_rows(...)   locks the wallet's balance row, appends
---                                        the rows, updates the balance and level
+--   public functions (award, award_many, the flows, reverse_transaction)
+--     validate and normalise their inputs, then plan the rows they ask for
+--     from the active ruleset (pyxp.planned_rows, pyxp.post_award, award_many)
+--       -> pyxp.append_rows(ruleset, floor, rows, batch)   THE writer
+--
+-- append_rows is the only statement path that inserts into xp_transactions
+-- or updates a balance's total: a single award is a batch of one row, a
+-- flow a batch of its rules' rows, award_many a batch of up to 10,000
+-- events, a reversal a batch of one compensating row. It locks the wallets'
+-- balance rows, finds the generic awards made before (replay or PX010),
+-- applies the balance floor, appends the rows and updates each balance once,
+-- set-based.
 --
 -- Atomicity: each public function runs in its caller's transaction; any error
 -- aborts all of it, so a refusal never leaves a row behind.
--- Idempotency: pyxp.xp_requests' primary key. A second call with the same key
--- waits for the first one's transaction, then replays its rows (replayed =
--- true) or, with other inputs, raises PX010. Nothing is written by a replay.
--- Concurrency: one call touches one wallet; its rows are appended under that
--- wallet's balance row lock (FOR UPDATE), so awards to one wallet serialise
--- and never lose or double an amount.
+-- Idempotency, two kinds of claims:
+--   * a generic award (pyxp.award, pyxp.award_many) is claimed by its ledger
+--     row: the row carries request_digest, a digest of the call's canonical
+--     inputs (action, wallet, params), and the unique partial index
+--     xp_transactions_claim on key_hash(idempotency_key) makes the key
+--     claimable once. No other record: the row is the idempotency record.
+--   * a flow or a reversal is claimed in pyxp.xp_requests with its inputs
+--     (pyxp.claim_request), which later calls consult (a completion's owner,
+--     an onboarding's wallet, a vote's stored key), before its rows are
+--     planned.
+-- Races: two generic awards with one key and the same inputs name the same
+-- wallet, so they serialise on its balance row lock, and the second probes
+-- the claim index after taking the lock (a new statement: READ COMMITTED
+-- sees the first one's commit) and replays. With different wallets (other
+-- inputs: PX010 anyway) they meet in the claim index: the second INSERT waits
+-- for the first transaction, then skips the row, and the writer raises PX010;
+-- if the first rolled back, the second goes on.
+-- Concurrency: a call's rows are appended under its wallets' balance row
+-- locks (FOR UPDATE; a batch takes them in wallet order, so two batches never
+-- wait on each other in a cycle), so awards to one wallet serialise and
+-- never lose or double an amount.
 -- Plans: every statement of an award is a keyed lookup or insert, so the
 -- writing entry points run with plan_cache_mode = force_generic_plan (it
 -- applies to the functions they call): planning each statement anew cost
 -- more than executing it (measured: about 45 % of an award's server time).
+-- A generic plan sees an array of unknown length (estimated 100 rows), so
+-- each lookup into the ledger or the balances is a LATERAL subquery with
+-- LIMIT 1 (or EXISTS with LIMIT): a keyed probe per row, never a hash join
+-- over a whole index (measured: 40 ms per award on a 200k-row ledger).
 
 -- The arithmetic every write path shares (single awards, batches).
 
@@ -57,20 +83,88 @@ RETURNS bigint
 LANGUAGE sql IMMUTABLE PARALLEL SAFE
 AS $$ SELECT 4611686018427387904::bigint $$;
 
--- A ledger row about to be written (amount before any balance floor).
-CREATE TYPE pyxp.planned_row AS (
+
+-- A generic award's inputs, as its claim row keeps them: the first 8 bytes of
+-- sha256 of the canonical JSON text (jsonb prints keys in one order). A
+-- retry whose inputs digest the same is a replay (odds of two different
+-- inputs digesting alike: 2^-64).
+CREATE FUNCTION pyxp.inputs_digest(p_inputs jsonb)
+RETURNS bigint
+LANGUAGE plpgsql IMMUTABLE PARALLEL SAFE STRICT
+AS $$ BEGIN RETURN ('x' || encode(substr(sha256(convert_to(p_inputs::text, 'UTF8')), 1, 8), 'hex'))::bit(64)::bigint; END $$;
+
+-- The ruleset a ledger row was written under (its levels in replays and the
+-- change feed): its rule's; a reversal's is its request's (xp_requests).
+-- PL/pgSQL: a SQL function with a sub-select is not inlined, and would be
+-- planned anew at every call.
+CREATE FUNCTION pyxp.row_ruleset(p_rule_id bigint, p_key text)
+RETURNS bigint
+LANGUAGE plpgsql STABLE PARALLEL SAFE
+AS $$
+DECLARE
+    v_id bigint;
+BEGIN
+    SELECT ru.ruleset_id INTO v_id FROM pyxp.rules ru WHERE ru.rule_id = p_rule_id;
+    IF v_id IS NULL THEN
+        SELECT q.ruleset_id INTO v_id FROM pyxp.xp_requests q WHERE q.idempotency_key = p_key;
+    END IF;
+    RETURN v_id;
+END
+$$;
+
+-- One generic award, validated (pyxp.award, each event of pyxp.award_many).
+CREATE TYPE pyxp.batch_event AS (
+    event_index  integer,
+    wallet       text,
+    action       text,
+    key          text,
+    params       jsonb,
+    metadata     jsonb,
+    campaign_id  text,
+    subject      text,
+    inputs       jsonb
+);
+
+-- What the writer returns: the row's call (batch event), then the award row.
+CREATE TYPE pyxp.batch_award_result AS (
+    event_index       integer,
+    transaction_id    bigint,
+    user_wallet       text,
     transaction_type  text,
     xp_amount         bigint,
+    xp_requested      bigint,
+    total_xp          bigint,
+    current_level     bigint,
+    xp_to_next_level  bigint,
+    previous_level    bigint,
+    replayed          boolean
+);
+
+-- A ledger row a call asks for, before the balance floor: what every public
+-- writing function hands to pyxp.append_rows.
+CREATE TYPE pyxp.pending_row AS (
+    call_index        integer,   -- the batch event it belongs to (0 outside award_many)
+    user_wallet       text,
+    idempotency_key   text,
+    inputs            jsonb,     -- a generic award's canonical inputs: its claim;
+                                 -- NULL: the caller claimed the key in xp_requests
+    transaction_type  text,
+    xp_amount         numeric,   -- to apply (the rule's amount, or what the floor left of it)
+    xp_requested      numeric,   -- the rule's amount when the balance floor cut it, else NULL
+    apply_floor       boolean,   -- false: a reversal compensates exactly
     rule_id           bigint,
     campaign_id       text,
     subject           text,
     metadata          jsonb,
-    reverses          bigint
+    reverses          bigint,
+    moderations       integer    -- added to the wallet's total_moderations (votes);
+                                 -- a row without transaction_type only counts them
 );
 
--- Records a call's key and inputs. true: this call is the first with this key
--- and must do the work. false: the key was used before (possibly by a
--- concurrent transaction this INSERT waited for): the caller replays.
+-- Records a flow's or reversal's key and inputs. true: this call is the first
+-- with this key and must do the work. false: the key was used before
+-- (possibly by a concurrent transaction this INSERT waited for): the caller
+-- replays.
 CREATE FUNCTION pyxp.claim_request(p_key text, p_inputs jsonb, p_ruleset_id bigint)
 RETURNS boolean
 LANGUAGE plpgsql
@@ -83,10 +177,11 @@ BEGIN
 END
 $$;
 
--- The original result of an earlier call with this key, marked replayed.
--- Levels are computed on the curve that was active for the original call, so
--- the replay returns what the original call returned. Other inputs: PX010
--- (or the caller's code and message, e.g. PX014 for a second reversal).
+-- The original result of an earlier flow or reversal with this key, marked
+-- replayed. Levels are computed on the curve that was active for the
+-- original call, so the replay returns what the original call returned.
+-- Other inputs: PX010 (or the caller's code and message, e.g. PX014 for a
+-- second reversal). Rows are found by index xp_transactions_request_rows.
 CREATE FUNCTION pyxp.replayed_award(p_key text, p_inputs jsonb,
                                     p_conflict_message text DEFAULT NULL,
                                     p_conflict_code text DEFAULT 'PX010')
@@ -110,93 +205,277 @@ BEGIN
           FROM pyxp.xp_transactions t
           CROSS JOIN LATERAL pyxp.curve_position(v_request.ruleset_id, t.balance_after) now_
           CROSS JOIN LATERAL pyxp.curve_position(v_request.ruleset_id, t.balance_after - t.xp_amount) before_
-         WHERE t.idempotency_key = p_key
+         WHERE t.idempotency_key = p_key AND t.request_digest IS NULL
          ORDER BY t.id;
 END
 $$;
 
--- Appends planned rows for one wallet and updates its balance, under the
--- balance row lock. Applies the ruleset's balance floor to penalties when
--- p_apply_floor (the row then records xp_requested). A balance leaving
--- [-2^62, 2^62] is refused (PX019). p_moderations is added to
--- total_moderations in the same UPDATE.
-CREATE FUNCTION pyxp.write_ledger_rows(p_wallet text, p_ruleset_id bigint, p_key text,
-                                       p_rows pyxp.planned_row[], p_moderations integer,
-                                       p_apply_floor boolean)
-RETURNS SETOF pyxp.award_result
+-- THE writer (see the top of this file). p_rows: the rows of one call (all
+-- one wallet; p_batch false) or of a batch's events (p_batch true: error
+-- messages name the event), in the order their ids must follow. Returns one
+-- row per pending row with a transaction_type, new or replayed, in that order.
+--
+-- The work is one statement (in the loop below: lock, probe, running
+-- balances, insert, balance update, results), so that a single award costs
+-- one statement, not one per step. Whatever it cannot settle makes it write
+-- nothing and return fewer rows than asked; the slow paths below then say
+-- why (PX010, PX019), create a new wallet's balance row and run it again,
+-- or replay a key claimed meanwhile.
+CREATE FUNCTION pyxp.append_rows(p_ruleset bigint, p_floor bigint, p_rows pyxp.pending_row[],
+                                 p_batch boolean)
+RETURNS SETOF pyxp.batch_award_result
 LANGUAGE plpgsql
 AS $$
 DECLARE
-    v_floor bigint;
-    v_running bigint;
-    v_row pyxp.planned_row;
-    v_out pyxp.award_result;
-    v_level bigint;
-    v_next numeric;
-    v_feed xid8;
+    v_rows pyxp.pending_row[] := p_rows;
+    v_expected integer;
+    v_returned integer;
+    v_problem record;
+    v_attempt integer := 0;
 BEGIN
-    IF cardinality(p_rows) = 0 AND p_moderations = 0 THEN
+    IF coalesce(cardinality(v_rows), 0) = 0 THEN
         RETURN;
     END IF;
-    -- The wallet's lock. A new wallet's row is inserted first; a concurrent
-    -- insert of the same wallet makes ON CONFLICT wait, then we lock its row.
-    SELECT b.total_xp, b.last_feed_xid INTO v_running, v_feed
-      FROM pyxp.xp_balances b WHERE b.user_wallet = p_wallet FOR UPDATE;
-    IF NOT FOUND THEN
-        INSERT INTO pyxp.xp_balances (user_wallet, total_xp, current_level, xp_to_next_level)
-        SELECT p_wallet, 0, c.level, c.next_level_xp::bigint FROM pyxp.curve_position(p_ruleset_id, 0) c
-        ON CONFLICT (user_wallet) DO NOTHING;
-        SELECT b.total_xp, b.last_feed_xid INTO STRICT v_running, v_feed
-          FROM pyxp.xp_balances b WHERE b.user_wallet = p_wallet FOR UPDATE;
+    v_expected := cardinality(v_rows);
+    IF p_batch OR EXISTS (SELECT FROM unnest(v_rows) r WHERE r.transaction_type IS NULL) THEN
+        v_expected := (SELECT count(*) FROM unnest(v_rows) r WHERE r.transaction_type IS NOT NULL);
     END IF;
-    -- The feed group of these rows (sql/11_changes.sql): this transaction's
-    -- id, or the wallet's last group if that is higher (greatest skips NULL).
-    v_feed := greatest(pg_current_xact_id(), v_feed);
-    IF p_apply_floor THEN
-        SELECT r.balance_floor INTO v_floor FROM pyxp.rulesets r WHERE r.ruleset_id = p_ruleset_id;
+    -- A batch creates its new wallets' balance rows, and locks the others,
+    -- in one statement strictly in wallet order (creating the missing rows
+    -- first and locking the others after let a batch hold a new wallet's row
+    -- while waiting for an older one that a caller awarding in wallet order
+    -- held: a deadlock, 40P01). The no-op update changes no indexed column.
+    IF p_batch THEN
+        INSERT INTO pyxp.xp_balances AS x (user_wallet, total_xp, current_level, xp_to_next_level)
+        SELECT w.user_wallet, 0, c.level, c.next_level_xp::bigint
+          FROM (SELECT DISTINCT r.user_wallet FROM unnest(v_rows) r) w
+         CROSS JOIN pyxp.curve_position(p_ruleset, 0) c
+         ORDER BY w.user_wallet
+        ON CONFLICT (user_wallet) DO UPDATE SET updated_at = x.updated_at;
     END IF;
-    SELECT c.level, c.next_level_xp INTO v_level, v_next FROM pyxp.curve_position(p_ruleset_id, v_running) c;
+    -- A balance floor cuts penalties by the running balance: computed here,
+    -- under the locks, before the statement (slow path: floors are rare).
+    IF p_floor IS NOT NULL AND EXISTS (SELECT FROM unnest(v_rows) r WHERE r.apply_floor AND r.xp_amount < 0) THEN
+        v_rows := pyxp.floored_rows(p_ruleset, v_rows, p_floor);
+    END IF;
 
-    FOREACH v_row IN ARRAY p_rows LOOP
-        v_out.previous_level := v_level;
-        v_out.xp_requested := NULL;
-        v_out.xp_amount := v_row.xp_amount;
-        v_out.xp_amount := pyxp.floored_amount(v_row.xp_amount, v_floor, v_running);
-        IF v_out.xp_amount <> v_row.xp_amount THEN
-            v_out.xp_requested := v_row.xp_amount;
+    LOOP
+        -- The statement. Under the wallets' row locks
+        -- (FOR UPDATE, in wallet order), with the balances they hold after any wait:
+        --   work:     each row with the generic award's claim found for its key (a
+        --             replay) and its running balance (a window sum in row order);
+        --   problem:  a key claimed with other inputs, a balance out of range, a
+        --             wallet without a balance row: then nothing below writes, and
+        --             only rows already settled are returned;
+        --   inserted: the new rows, in row order (ids follow each wallet's chain); a
+        --             generic award's row claims its key, and is skipped if a call
+        --             that committed meanwhile holds it (append_rows sorts that out);
+        --   updated:  each balance once, from the rows actually inserted.
+        -- Feed group (sql/11_changes.sql): this transaction's id, or the wallet's
+        -- last group if that is higher. Generic plans see arrays of unknown length:
+        -- every lookup into the ledger is a LATERAL probe with LIMIT 1, never a hash
+        -- join over a whole index.
+        RETURN QUERY
+            WITH input AS MATERIALIZED (
+                SELECT r.call_index, r.user_wallet, r.idempotency_key, r.inputs, r.transaction_type, r.xp_amount,
+                       r.xp_requested, r.rule_id, r.campaign_id, r.subject, r.metadata, r.reverses, r.moderations,
+                       r.ord::integer AS ord
+                  FROM unnest(v_rows) WITH ORDINALITY r(call_index, user_wallet, idempotency_key, inputs, transaction_type,
+                                                        xp_amount, xp_requested, apply_floor, rule_id, campaign_id,
+                                                        subject, metadata, reverses, moderations, ord)
+            ), locked AS MATERIALIZED (
+                SELECT b.user_wallet, b.total_xp, b.last_feed_xid
+                  FROM pyxp.xp_balances b
+                 WHERE b.user_wallet = ANY (ARRAY(SELECT DISTINCT i.user_wallet FROM input i))
+                 ORDER BY b.user_wallet
+                   FOR UPDATE
+            ), work AS MATERIALIZED (
+                SELECT i.*, k.id AS claim_id,
+                       k.id IS NOT NULL AND (k.request_digest <> pyxp.inputs_digest(i.inputs)
+                                             OR k.idempotency_key <> i.idempotency_key) AS conflict,
+                       l.total_xp + sum(i.xp_amount) FILTER (WHERE k.id IS NULL)
+                                        OVER (PARTITION BY i.user_wallet ORDER BY i.ord) AS balance_after,
+                       greatest(pg_current_xact_id(), l.last_feed_xid) AS feed_xid,
+                       l.user_wallet IS NULL AS no_balance
+                  FROM input i
+                  LEFT JOIN LATERAL (SELECT l.* FROM locked l WHERE l.user_wallet = i.user_wallet LIMIT 1) l ON true
+                  LEFT JOIN LATERAL (SELECT k.id, k.request_digest, k.idempotency_key FROM pyxp.xp_transactions k
+                                      WHERE i.inputs IS NOT NULL AND k.request_digest IS NOT NULL
+                                        AND pyxp.key_hash(k.idempotency_key) = pyxp.key_hash(i.idempotency_key)
+                                      LIMIT 1) k ON true
+            ), problem AS MATERIALIZED (
+                SELECT coalesce(bool_or(w.conflict OR w.no_balance
+                                        OR abs(w.balance_after) > pyxp.balance_limit()), false) AS found
+                  FROM work w
+            ), inserted AS (
+                INSERT INTO pyxp.xp_transactions (user_wallet, transaction_type, xp_amount, xp_requested,
+                                                  balance_after, rule_id, campaign_id, subject, idempotency_key,
+                                                  metadata, reverses, feed_xid, request_digest)
+                SELECT w.user_wallet, w.transaction_type, w.xp_amount::bigint, w.xp_requested::bigint,
+                       w.balance_after::bigint, w.rule_id, w.campaign_id, w.subject, w.idempotency_key,
+                       coalesce(w.metadata, '{}'), w.reverses, w.feed_xid, pyxp.inputs_digest(w.inputs)
+                  FROM work w
+                 WHERE w.claim_id IS NULL AND w.transaction_type IS NOT NULL AND NOT (SELECT p.found FROM problem p)
+                 ORDER BY w.ord
+                ON CONFLICT (pyxp.key_hash(idempotency_key)) WHERE request_digest IS NOT NULL DO NOTHING
+                RETURNING id, user_wallet, idempotency_key, transaction_type, balance_after, feed_xid
+            ), updated AS (
+                UPDATE pyxp.xp_balances x
+                   SET total_xp = f.total_xp, current_level = c.level,
+                       xp_to_next_level = (c.next_level_xp - f.total_xp)::bigint,
+                       total_moderations = x.total_moderations + f.moderations,
+                       updated_at = now(),
+                       last_feed_xid = coalesce(f.feed_xid, x.last_feed_xid)
+                  FROM (SELECT m.user_wallet, coalesce(n.balance_after, l.total_xp) AS total_xp, n.feed_xid,
+                               m.moderations
+                          FROM (SELECT w.user_wallet, sum(w.moderations)::bigint AS moderations
+                                  FROM work w
+                                 WHERE w.claim_id IS NULL AND NOT (SELECT p.found FROM problem p)
+                                 GROUP BY w.user_wallet) m
+                          JOIN locked l ON l.user_wallet = m.user_wallet
+                          LEFT JOIN (SELECT DISTINCT ON (i.user_wallet) i.user_wallet, i.balance_after, i.feed_xid
+                                       FROM inserted i ORDER BY i.user_wallet, i.id DESC) n
+                            ON n.user_wallet = m.user_wallet
+                         WHERE n.user_wallet IS NOT NULL OR m.moderations <> 0) f
+                 CROSS JOIN LATERAL pyxp.curve_position(p_ruleset, f.total_xp) c
+                 WHERE x.user_wallet = f.user_wallet
+            )
+            SELECT w.call_index, i.id, w.user_wallet, w.transaction_type, w.xp_amount::bigint, w.xp_requested::bigint,
+                   w.balance_after::bigint, now_.level, (now_.next_level_xp - w.balance_after)::bigint, before_.level,
+                   false
+              FROM work w
+             CROSS JOIN LATERAL (SELECT i.id FROM inserted i
+                                  WHERE i.idempotency_key = w.idempotency_key AND i.transaction_type = w.transaction_type
+                                  LIMIT 1) i
+             CROSS JOIN LATERAL pyxp.curve_position(p_ruleset, w.balance_after::bigint) now_
+             CROSS JOIN LATERAL pyxp.curve_position(p_ruleset, (w.balance_after - w.xp_amount)::bigint) before_
+            UNION ALL
+            SELECT w.call_index, t.id, t.user_wallet, t.transaction_type, t.xp_amount, t.xp_requested,
+                   t.balance_after, now_.level, (now_.next_level_xp - t.balance_after)::bigint, before_.level, true
+              FROM work w
+             CROSS JOIN LATERAL (SELECT t.* FROM pyxp.xp_transactions t WHERE t.id = w.claim_id LIMIT 1) t
+             CROSS JOIN LATERAL pyxp.curve_position(pyxp.row_ruleset(t.rule_id, t.idempotency_key), t.balance_after) now_
+             CROSS JOIN LATERAL pyxp.curve_position(pyxp.row_ruleset(t.rule_id, t.idempotency_key),
+                                                    t.balance_after - t.xp_amount) before_
+             WHERE NOT w.conflict
+            ORDER BY 1, 2;
+        GET DIAGNOSTICS v_returned = ROW_COUNT;
+        EXIT WHEN v_returned >= v_expected;
+        v_attempt := v_attempt + 1;
+        -- Nothing was written: why?
+        SELECT r.call_index, r.user_wallet, r.idempotency_key, r.inputs, k.id, k.request_digest,
+               k.idempotency_key AS claimed_key, k.user_wallet AS first_wallet, k.transaction_type AS first_type,
+               k.xp_amount AS first_amount, k.metadata AS first_metadata,
+               b.user_wallet IS NULL AS no_balance
+          INTO v_problem
+          FROM unnest(v_rows) WITH ORDINALITY r
+          LEFT JOIN LATERAL (SELECT k.* FROM pyxp.xp_transactions k
+                              WHERE r.inputs IS NOT NULL AND k.request_digest IS NOT NULL
+                                AND pyxp.key_hash(k.idempotency_key) = pyxp.key_hash(r.idempotency_key)
+                              LIMIT 1) k ON true
+          LEFT JOIN LATERAL (SELECT b.user_wallet FROM pyxp.xp_balances b
+                              WHERE b.user_wallet = r.user_wallet LIMIT 1) b ON true
+         WHERE b.user_wallet IS NULL
+            OR (k.id IS NOT NULL AND (k.request_digest <> pyxp.inputs_digest(r.inputs)
+                                      OR k.idempotency_key <> r.idempotency_key
+                                      OR k.user_wallet <> r.user_wallet))
+         ORDER BY r.ordinality LIMIT 1;
+        IF FOUND AND v_problem.no_balance AND v_attempt = 1 THEN
+            -- A new wallet (one call: no balance row yet). A concurrent insert
+            -- of the same wallet makes ON CONFLICT wait; then run again.
+            INSERT INTO pyxp.xp_balances (user_wallet, total_xp, current_level, xp_to_next_level)
+            SELECT v_problem.user_wallet, 0, c.level, c.next_level_xp::bigint
+              FROM pyxp.curve_position(p_ruleset, 0) c
+            ON CONFLICT (user_wallet) DO NOTHING;
+            CONTINUE;
+        ELSIF FOUND AND NOT v_problem.no_balance THEN
+            PERFORM pyxp.raise_key_conflict(p_batch, v_problem.call_index, v_problem.idempotency_key,
+                                            v_problem.inputs, v_problem.first_wallet, v_problem.first_type,
+                                            v_problem.first_amount, v_problem.first_metadata);
         END IF;
-        IF v_running + v_out.xp_amount NOT BETWEEN -pyxp.balance_limit() AND pyxp.balance_limit() THEN
-            RAISE EXCEPTION 'balance of % would be %, out of range', p_wallet, v_running + v_out.xp_amount
+        SELECT r.call_index, r.user_wallet, b.total_xp + sum(r.xp_amount) OVER (PARTITION BY r.user_wallet
+                                                                               ORDER BY r.ordinality) AS total
+          INTO v_problem
+          FROM unnest(v_rows) WITH ORDINALITY r
+          JOIN LATERAL (SELECT b.total_xp FROM pyxp.xp_balances b WHERE b.user_wallet = r.user_wallet LIMIT 1) b
+            ON true
+         ORDER BY abs(b.total_xp + sum(r.xp_amount) OVER (PARTITION BY r.user_wallet ORDER BY r.ordinality)) DESC
+         LIMIT 1;
+        IF abs(v_problem.total) > pyxp.balance_limit() THEN
+            RAISE EXCEPTION '%balance of % would be %, out of range',
+                            CASE WHEN p_batch THEN format('event %s: ', v_problem.call_index) ELSE '' END,
+                            v_problem.user_wallet, v_problem.total
                 USING ERRCODE = 'PX019', HINT = 'a balance stays between -2^62 and 2^62';
+        ELSIF NOT p_batch AND v_attempt <= 2 THEN
+            -- The key was claimed, with these inputs, by a call that committed
+            -- while this one waited for the wallet's lock: run again, it replays.
+            CONTINUE;
         END IF;
-        v_running := v_running + v_out.xp_amount;
-
-        INSERT INTO pyxp.xp_transactions (user_wallet, transaction_type, xp_amount, xp_requested,
-                                          balance_after, rule_id, campaign_id, subject,
-                                          idempotency_key, metadata, reverses, feed_xid)
-        VALUES (p_wallet, v_row.transaction_type, v_out.xp_amount, v_out.xp_requested,
-                v_running, v_row.rule_id, v_row.campaign_id, v_row.subject,
-                p_key, coalesce(v_row.metadata, '{}'), v_row.reverses, v_feed)
-        RETURNING id INTO v_out.transaction_id;
-
-        SELECT c.level, c.next_level_xp INTO v_level, v_next FROM pyxp.curve_position(p_ruleset_id, v_running) c;
-        v_out.user_wallet := p_wallet;
-        v_out.transaction_type := v_row.transaction_type;
-        v_out.total_xp := v_running;
-        v_out.current_level := v_level;
-        v_out.xp_to_next_level := (v_next - v_running)::bigint;
-        v_out.replayed := false;
-        RETURN NEXT v_out;
+        RAISE EXCEPTION 'an award of this batch was made concurrently by another transaction'
+            USING ERRCODE = '40001', HINT = 'retry the batch: the awards already made replay';
     END LOOP;
+END
+$$;
 
-    UPDATE pyxp.xp_balances b
-       SET total_xp = v_running,
-           current_level = v_level,
-           xp_to_next_level = (v_next - v_running)::bigint,
-           total_moderations = b.total_moderations + p_moderations,
-           updated_at = now(),
-           last_feed_xid = CASE WHEN cardinality(p_rows) > 0 THEN v_feed ELSE b.last_feed_xid END
-     WHERE b.user_wallet = p_wallet;
+-- PX010 for a generic award whose key a call with other inputs claimed;
+-- the detail says what that first call wrote, against this call's inputs.
+CREATE FUNCTION pyxp.raise_key_conflict(p_batch boolean, p_call_index integer, p_key text, p_inputs jsonb,
+                                        p_first_wallet text, p_first_type text, p_first_amount bigint,
+                                        p_first_metadata jsonb)
+RETURNS void
+LANGUAGE plpgsql
+AS $$
+BEGIN
+    RAISE EXCEPTION '%idempotency key % was already used with other inputs',
+                    CASE WHEN p_batch THEN format('event %s: ', p_call_index) ELSE '' END, quote_literal(p_key)
+        USING ERRCODE = 'PX010',
+              DETAIL = format('first call: %s; this call: %s',
+                              jsonb_build_object('action', p_first_type, 'wallet', p_first_wallet,
+                                                 'xp_amount', p_first_amount, 'metadata', p_first_metadata),
+                              p_inputs),
+              HINT = 'repeat a call with exactly the same inputs to get its result again';
+END
+$$;
+
+-- The balance floor applied to a call's or batch's rows, under the wallets'
+-- locks: penalties cut so that a balance does not go below it (the row then
+-- records xp_requested), each wallet's rows walked in order from its
+-- balance. Rows whose generic award was made before (replays) are skipped.
+CREATE FUNCTION pyxp.floored_rows(p_ruleset bigint, p_rows pyxp.pending_row[], p_floor bigint)
+RETURNS pyxp.pending_row[]
+LANGUAGE plpgsql
+AS $$
+DECLARE
+    v_row record;
+    v_next pyxp.pending_row[] := p_rows;
+    v_wallet text;
+    v_running numeric;
+    v_applied numeric;
+BEGIN
+    FOR v_row IN
+        SELECT r.ordinality AS ord, r.user_wallet, r.xp_amount, r.apply_floor,
+               EXISTS (SELECT FROM pyxp.xp_transactions k
+                        WHERE r.inputs IS NOT NULL AND k.request_digest IS NOT NULL
+                          AND pyxp.key_hash(k.idempotency_key) = pyxp.key_hash(r.idempotency_key)
+                        LIMIT 1) AS claimed
+          FROM unnest(p_rows) WITH ORDINALITY r
+         ORDER BY r.user_wallet, r.ordinality
+    LOOP
+        CONTINUE WHEN v_row.claimed;
+        IF v_wallet IS DISTINCT FROM v_row.user_wallet THEN
+            v_wallet := v_row.user_wallet;
+            SELECT b.total_xp INTO v_running FROM pyxp.xp_balances b WHERE b.user_wallet = v_wallet FOR UPDATE;
+            v_running := coalesce(v_running, 0);
+        END IF;
+        v_applied := CASE WHEN v_row.apply_floor THEN pyxp.floored_amount(v_row.xp_amount, p_floor, v_running)
+                          ELSE v_row.xp_amount END;
+        IF v_applied <> v_row.xp_amount THEN
+            v_next[v_row.ord].xp_requested := v_row.xp_amount;
+            v_next[v_row.ord].xp_amount := v_applied;
+        END IF;
+        v_running := v_running + v_applied;
+    END LOOP;
+    RETURN v_next;
 END
 $$;
 
@@ -220,105 +499,160 @@ AS $$
      WHERE p_strict AND NOT p_coefficients ? p.key
 $$;
 
--- Evaluates rules' linear forms: round_half_away(constant + sum(coef * input)).
--- Input problems as formula_input_problems (p_strict is only passed with the
--- single rule of an action code, pyxp.award). An amount beyond +-10^15: PX004.
-CREATE FUNCTION pyxp.planned_rows(p_rule_ids bigint[], p_params jsonb, p_strict boolean,
-                                  p_campaign_id text, p_subject text, p_metadata jsonb)
-RETURNS pyxp.planned_row[]
+-- Where every writing function starts (SPEC 4, lock protocol of
+-- 04_rulesets.sql): READ COMMITTED only (PX025), ROW EXCLUSIVE on
+-- xp_balances before the active ruleset is read, then the active ruleset
+-- (PX020 when none) and its balance floor.
+CREATE FUNCTION pyxp.writing_ruleset(OUT ruleset_id bigint, OUT balance_floor bigint)
+LANGUAGE plpgsql
+AS $$
+BEGIN
+    PERFORM pyxp.require_read_committed();
+    LOCK TABLE pyxp.xp_balances IN ROW EXCLUSIVE MODE;
+    SELECT r.ruleset_id, r.balance_floor INTO ruleset_id, balance_floor FROM pyxp.rulesets r WHERE r.is_active;
+    IF ruleset_id IS NULL THEN
+        PERFORM pyxp.active_ruleset_id();  -- PX020
+    END IF;
+END
+$$;
+
+-- The rows of generic awards (pyxp.award: one event; pyxp.award_many: a
+-- batch): each event's action's rule in the active ruleset, evaluated on its
+-- params. Refused, naming the event in a batch: an unknown action (PX009), a
+-- missing or unknown formula input (PX018, PX017), an amount beyond +-10^15
+-- (PX004). An event whose key is already claimed is not checked: it replays
+-- (its action may have left the ruleset since) or is a PX010, which
+-- append_rows decides. The common case (a known action, no formula, no
+-- params, an amount in range) is one query.
+CREATE FUNCTION pyxp.planned_awards(p_ruleset bigint, p_events pyxp.batch_event[], p_batch boolean)
+RETURNS pyxp.pending_row[]
 LANGUAGE plpgsql STABLE
 AS $$
 DECLARE
+    v_rows pyxp.pending_row[];
+    v_plain boolean;
     v_problem record;
-    v_rule record;
-    v_rows pyxp.planned_row[] := '{}';
 BEGIN
-    SELECT x.code, x.message, x.hint INTO v_problem
-      FROM pyxp.rules ru
-     CROSS JOIN LATERAL pyxp.formula_input_problems(ru.action, ru.xp_coefficients, p_params, p_strict) x
-     WHERE ru.rule_id = ANY (p_rule_ids)
-     ORDER BY x.code = 'PX017'
-     LIMIT 1;
-    IF FOUND THEN
-        RAISE EXCEPTION '%', v_problem.message USING ERRCODE = v_problem.code, HINT = v_problem.hint;
+    SELECT array_agg(ROW(e.event_index, e.wallet, e.key, e.inputs, e.action,
+                         pyxp.rule_amount(ru.xp_constant, ru.xp_coefficients, e.params), NULL, true, ru.rule_id,
+                         e.campaign_id, e.subject, e.metadata, NULL, 0)::pyxp.pending_row ORDER BY e.event_index),
+           bool_and(ru.rule_id IS NOT NULL AND ru.xp_coefficients = '{}' AND e.params = '{}'
+                    AND abs(ru.xp_constant) <= 1e15)
+      INTO v_rows, v_plain
+      FROM unnest(p_events) e
+      LEFT JOIN pyxp.rules ru ON ru.ruleset_id = p_ruleset AND ru.action = e.action;
+    IF v_plain THEN
+        RETURN v_rows;
     END IF;
 
-    FOR v_rule IN
-        SELECT ru.rule_id, ru.action,
-               pyxp.rule_amount(ru.xp_constant, ru.xp_coefficients, p_params) AS amount
-          FROM unnest(p_rule_ids) WITH ORDINALITY u(rule_id, ord)
-          JOIN pyxp.rules ru ON ru.rule_id = u.rule_id
-         ORDER BY u.ord
-    LOOP
-        IF abs(v_rule.amount) > 1e15 THEN
-            RAISE EXCEPTION 'XP amount % of % is out of range', v_rule.amount, v_rule.action
-                USING ERRCODE = 'PX004', HINT = 'an award is at most 10^15 XP; check the formula inputs';
-        END IF;
-        v_rows := v_rows || ROW(v_rule.action, v_rule.amount::bigint, v_rule.rule_id,
-                                p_campaign_id, p_subject, p_metadata, NULL)::pyxp.planned_row;
-    END LOOP;
+    -- The checks, in this order, on the events whose key is not claimed yet.
+    SELECT e.event_index, x.code, x.message, x.hint INTO v_problem
+      FROM unnest(p_events) e
+      LEFT JOIN pyxp.rules ru ON ru.ruleset_id = p_ruleset AND ru.action = e.action
+     CROSS JOIN LATERAL (
+            SELECT 1 AS step, 'PX009' AS code, format('unknown action %s', quote_literal(e.action)) AS message,
+                   (SELECT format('actions of the active ruleset %s v%s: %s', r.name, r.version,
+                                  (SELECT string_agg(a.action, ', ' ORDER BY a.position)
+                                     FROM pyxp.rules a WHERE a.ruleset_id = r.ruleset_id))
+                      FROM pyxp.rulesets r WHERE r.ruleset_id = p_ruleset) AS hint
+             WHERE ru.rule_id IS NULL
+            UNION ALL
+            SELECT CASE p.code WHEN 'PX018' THEN 2 ELSE 3 END, p.code, p.message, p.hint
+              FROM pyxp.formula_input_problems(ru.action, ru.xp_coefficients, e.params, true) p
+             WHERE ru.rule_id IS NOT NULL
+            UNION ALL
+            SELECT 4, 'PX004', format('XP amount %s of %s is out of range',
+                                      pyxp.rule_amount(ru.xp_constant, ru.xp_coefficients, e.params), ru.action),
+                   'an award is at most 10^15 XP; check the formula inputs'
+             WHERE ru.rule_id IS NOT NULL AND abs(pyxp.rule_amount(ru.xp_constant, ru.xp_coefficients, e.params)) > 1e15
+         ) x
+     WHERE NOT EXISTS (SELECT FROM pyxp.xp_transactions k  -- LIMIT: a probe per event, never a hash join
+                        WHERE k.request_digest IS NOT NULL AND pyxp.key_hash(k.idempotency_key) = pyxp.key_hash(e.key)
+                        LIMIT 1)
+     ORDER BY x.step, e.event_index
+     LIMIT 1;
+    IF FOUND THEN
+        RAISE EXCEPTION '%', CASE WHEN p_batch THEN format('event %s: ', v_problem.event_index) ELSE '' END
+                             || v_problem.message
+            USING ERRCODE = v_problem.code, HINT = v_problem.hint;
+    END IF;
     RETURN v_rows;
 END
 $$;
 
--- Claims the key, resolves the rules of the active ruleset and writes their
--- rows. Rules are chosen by action code (p_action, generic award) or by event:
--- every rule of that event whose campaign_types include p_campaign_type (or
--- are NULL) and whose condition is NULL or one of p_facts, in file order.
--- Amounts come only from the rules: no XP figure is written in PL/pgSQL.
+-- Claims a flow's key (xp_requests), resolves the rules of the active
+-- ruleset for its event (every rule of that event whose campaign_types
+-- include p_campaign_type, or are NULL, and whose condition is NULL or one
+-- of p_facts, in file order), evaluates them and hands the rows to the
+-- writer. Amounts come only from the rules: no XP figure is written in
+-- PL/pgSQL. A call whose event has no rule writes no ledger row; a vote still
+-- counts in total_moderations (a row without transaction_type: counted, not
+-- appended).
 CREATE FUNCTION pyxp.post_award(
     p_key text, p_inputs jsonb, p_wallet text,
-    p_action text, p_event text, p_campaign_type text, p_facts text[],
-    p_params jsonb, p_strict_params boolean,
+    p_event text, p_campaign_type text, p_facts text[], p_params jsonb,
     p_campaign_id text, p_subject text, p_metadata jsonb, p_moderations integer,
     p_conflict_message text DEFAULT NULL)
 RETURNS SETOF pyxp.award_result
 LANGUAGE plpgsql
 AS $$
 DECLARE
-    v_ruleset bigint;
-    v_rule_ids bigint[];
+    v_ruleset record;
+    v_rows pyxp.pending_row[];
+    v_problem record;
 BEGIN
-    PERFORM pyxp.require_read_committed();
-    -- Before reading the active ruleset: see the lock protocol in 04_rulesets.sql.
-    LOCK TABLE pyxp.xp_balances IN ROW EXCLUSIVE MODE;
-    v_ruleset := pyxp.active_ruleset_id();
-    IF NOT pyxp.claim_request(p_key, p_inputs, v_ruleset) THEN
+    SELECT * INTO v_ruleset FROM pyxp.writing_ruleset();
+    IF NOT pyxp.claim_request(p_key, p_inputs, v_ruleset.ruleset_id) THEN
         RETURN QUERY SELECT * FROM pyxp.replayed_award(p_key, p_inputs, p_conflict_message);
         RETURN;
     END IF;
 
-    IF p_action IS NOT NULL THEN
-        SELECT array_agg(ru.rule_id) INTO v_rule_ids
-          FROM pyxp.rules ru WHERE ru.ruleset_id = v_ruleset AND ru.action = p_action;
-        IF v_rule_ids IS NULL THEN
-            RAISE EXCEPTION 'unknown action %', quote_literal(p_action)
-                USING ERRCODE = 'PX009',
-                      HINT = (SELECT format('actions of the active ruleset %s v%s: %s', r.name, r.version,
-                                            (SELECT string_agg(ru.action, ', ' ORDER BY ru.position)
-                                               FROM pyxp.rules ru WHERE ru.ruleset_id = r.ruleset_id))
-                                FROM pyxp.rulesets r WHERE r.ruleset_id = v_ruleset);
-        END IF;
-    ELSE
-        SELECT coalesce(array_agg(ru.rule_id ORDER BY ru.position), '{}') INTO v_rule_ids
-          FROM pyxp.rules ru
-         WHERE ru.ruleset_id = v_ruleset AND ru.event = p_event
-           AND (ru.campaign_types IS NULL OR p_campaign_type = ANY (ru.campaign_types))
-           AND (ru.condition IS NULL OR ru.condition = ANY (p_facts));
+    SELECT x.code, x.message, x.hint INTO v_problem
+      FROM pyxp.rules ru
+     CROSS JOIN LATERAL pyxp.formula_input_problems(ru.action, ru.xp_coefficients, p_params, false) x
+     WHERE ru.ruleset_id = v_ruleset.ruleset_id AND ru.event = p_event
+       AND (ru.campaign_types IS NULL OR p_campaign_type = ANY (ru.campaign_types))
+       AND (ru.condition IS NULL OR ru.condition = ANY (p_facts))
+     ORDER BY ru.position
+     LIMIT 1;
+    IF FOUND THEN
+        RAISE EXCEPTION '%', v_problem.message USING ERRCODE = v_problem.code, HINT = v_problem.hint;
     END IF;
-
-    RETURN QUERY SELECT * FROM pyxp.write_ledger_rows(
-        p_wallet, v_ruleset, p_key,
-        pyxp.planned_rows(v_rule_ids, p_params, p_strict_params, p_campaign_id, p_subject, p_metadata),
-        p_moderations, true);
+    v_rows := ARRAY(
+        SELECT ROW(0, p_wallet, p_key, NULL, ru.action,
+                   pyxp.rule_amount(ru.xp_constant, ru.xp_coefficients, p_params), NULL, true, ru.rule_id,
+                   p_campaign_id, p_subject, p_metadata, NULL, 0)::pyxp.pending_row
+          FROM pyxp.rules ru
+         WHERE ru.ruleset_id = v_ruleset.ruleset_id AND ru.event = p_event
+           AND (ru.campaign_types IS NULL OR p_campaign_type = ANY (ru.campaign_types))
+           AND (ru.condition IS NULL OR ru.condition = ANY (p_facts))
+         ORDER BY ru.position);
+    SELECT r.transaction_type, r.xp_amount INTO v_problem FROM unnest(v_rows) r WHERE abs(r.xp_amount) > 1e15 LIMIT 1;
+    IF FOUND THEN
+        RAISE EXCEPTION 'XP amount % of % is out of range', v_problem.xp_amount, v_problem.transaction_type
+            USING ERRCODE = 'PX004', HINT = 'an award is at most 10^15 XP; check the formula inputs';
+    END IF;
+    IF p_moderations > 0 THEN  -- counted once, with the call's first row (or alone)
+        IF cardinality(v_rows) = 0 THEN
+            v_rows := ARRAY[ROW(0, p_wallet, p_key, NULL, NULL, 0, NULL, false, NULL, NULL, NULL, NULL, NULL,
+                                p_moderations)::pyxp.pending_row];
+        ELSE
+            v_rows[1].moderations := p_moderations;
+        END IF;
+    END IF;
+    RETURN QUERY
+        SELECT w.transaction_id, w.user_wallet, w.transaction_type, w.xp_amount, w.xp_requested, w.total_xp,
+               w.current_level, w.xp_to_next_level, w.previous_level, w.replayed
+          FROM pyxp.append_rows(v_ruleset.ruleset_id, v_ruleset.balance_floor, v_rows, false) w;
 END
 $$;
 
 -- Public: awards the active rule `action` to `wallet`, once per
--- idempotency_key. params: the formula inputs ({"PRICE_COMPLETION": 300});
--- context: free JSON kept in the row's metadata (its "campaign_id" and
--- "subject", if texts, also fill those columns). The key's inputs are action,
--- wallet and params: a retry with another context is a replay.
+-- idempotency_key: a batch of one (pyxp.planned_awards, pyxp.append_rows).
+-- params: the formula inputs ({"PRICE_COMPLETION": 300}); context: free JSON
+-- kept in the row's metadata (its "campaign_id" and "subject", if texts,
+-- also fill those columns). The key's inputs are action, wallet and params:
+-- a retry with another context is a replay.
 CREATE FUNCTION pyxp.award(wallet text, action text, idempotency_key text,
                            params jsonb DEFAULT '{}', context jsonb DEFAULT '{}')
 RETURNS SETOF pyxp.award_result
@@ -327,18 +661,26 @@ SET search_path = pyxp, pg_temp
 SET plan_cache_mode = force_generic_plan
 AS $$
 DECLARE
-    v_wallet text := pyxp.checked_wallet(award.wallet);
-    v_action text := pyxp.checked_identifier('action', award.action, 64);
-    v_key text := pyxp.checked_award_key(award.idempotency_key);
-    v_params jsonb := pyxp.checked_params(award.params);
-    v_context jsonb := pyxp.checked_context(award.context);
-    v_campaign_id text := pyxp.context_column(v_context, 'campaign_id', 128);
-    v_subject text := pyxp.context_column(v_context, 'subject', 256);
+    v_event pyxp.batch_event;
+    v_ruleset record;
 BEGIN
-    RETURN QUERY SELECT * FROM pyxp.post_award(
-        v_key, jsonb_build_object('action', v_action, 'wallet', v_wallet, 'params', v_params),
-        v_wallet, v_action, NULL, NULL, NULL, v_params, true,
-        v_campaign_id, v_subject, v_context || v_params, 0);
+    v_event.event_index := 0;
+    v_event.wallet := pyxp.checked_wallet(award.wallet);
+    v_event.action := pyxp.checked_identifier('action', award.action, 64);
+    v_event.key := pyxp.checked_award_key(award.idempotency_key);
+    v_event.params := pyxp.checked_params(award.params);
+    v_event.metadata := pyxp.checked_context(award.context);
+    v_event.campaign_id := pyxp.context_column(v_event.metadata, 'campaign_id', 128);
+    v_event.subject := pyxp.context_column(v_event.metadata, 'subject', 256);
+    v_event.metadata := v_event.metadata || v_event.params;
+    v_event.inputs := jsonb_build_object('action', v_event.action, 'wallet', v_event.wallet,
+                                         'params', v_event.params);
+    SELECT * INTO v_ruleset FROM pyxp.writing_ruleset();
+    RETURN QUERY
+        SELECT w.transaction_id, w.user_wallet, w.transaction_type, w.xp_amount, w.xp_requested, w.total_xp,
+               w.current_level, w.xp_to_next_level, w.previous_level, w.replayed
+          FROM pyxp.append_rows(v_ruleset.ruleset_id, v_ruleset.balance_floor,
+                                pyxp.planned_awards(v_ruleset.ruleset_id, ARRAY[v_event], false), false) w;
 END
 $$;
 
@@ -358,11 +700,9 @@ DECLARE
     v_original pyxp.xp_transactions;
     v_key text;
     v_inputs jsonb;
-    v_ruleset bigint;
+    v_ruleset record;
 BEGIN
-    PERFORM pyxp.require_read_committed();
-    LOCK TABLE pyxp.xp_balances IN ROW EXCLUSIVE MODE;
-    v_ruleset := pyxp.active_ruleset_id();
+    SELECT * INTO v_ruleset FROM pyxp.writing_ruleset();
     SELECT * INTO v_original FROM pyxp.xp_transactions t WHERE t.id = reverse_transaction.transaction_id;
     IF NOT FOUND THEN
         RAISE EXCEPTION 'unknown transaction %', coalesce(reverse_transaction.transaction_id::text, 'NULL')
@@ -374,16 +714,19 @@ BEGIN
     END IF;
     v_key := 'reverse:' || v_original.id;
     v_inputs := jsonb_build_object('transaction_id', v_original.id, 'reason', v_reason);
-    IF NOT pyxp.claim_request(v_key, v_inputs, v_ruleset) THEN
+    IF NOT pyxp.claim_request(v_key, v_inputs, v_ruleset.ruleset_id) THEN
         RETURN QUERY SELECT * FROM pyxp.replayed_award(
             v_key, v_inputs, format('transaction %s was already reversed', v_original.id), 'PX014');
         RETURN;
     END IF;
-    RETURN QUERY SELECT * FROM pyxp.write_ledger_rows(
-        v_original.user_wallet, v_ruleset, v_key,
-        ARRAY[ROW('REVERSAL', -v_original.xp_amount, NULL, v_original.campaign_id, v_original.subject,
-                  jsonb_build_object('reason', v_reason, 'reversed_type', v_original.transaction_type),
-                  v_original.id)::pyxp.planned_row],
-        0, false);
+    RETURN QUERY
+        SELECT w.transaction_id, w.user_wallet, w.transaction_type, w.xp_amount, w.xp_requested, w.total_xp,
+               w.current_level, w.xp_to_next_level, w.previous_level, w.replayed
+          FROM pyxp.append_rows(v_ruleset.ruleset_id, v_ruleset.balance_floor,
+                                ARRAY[ROW(0, v_original.user_wallet, v_key, NULL, 'REVERSAL', -v_original.xp_amount,
+                                          NULL, false, NULL, v_original.campaign_id, v_original.subject,
+                                          jsonb_build_object('reason', v_reason,
+                                                             'reversed_type', v_original.transaction_type),
+                                          v_original.id, 0)::pyxp.pending_row], false) w;
 END
 $$;

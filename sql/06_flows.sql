@@ -216,10 +216,10 @@ BEGIN
         'campaign.created:' || v_campaign,
         jsonb_build_object('wallet', v_wallet, 'campaign_type', v_type, 'mint_value', v_mint,
                            'winstory_creates_video', v_video, 'no_rewards', v_no_rewards),
-        v_wallet, NULL, 'campaign.created', v_type,
+        v_wallet, 'campaign.created', v_type,
         array_remove(ARRAY[CASE WHEN v_video THEN 'winstory_creates_video' END,
                            CASE WHEN v_no_rewards THEN 'no_rewards' END], NULL),
-        v_params, false, v_campaign, NULL,
+        v_params, v_campaign, NULL,
         jsonb_build_object('campaign_type', v_type, 'winstory_creates_video', v_video,
                            'no_rewards', v_no_rewards) || v_params,
         0, format('campaign %s was already created with other inputs', v_campaign));
@@ -259,8 +259,8 @@ BEGIN
     v_given := coalesce(v_known.creator_wallet, v_given);
     RETURN QUERY SELECT * FROM pyxp.post_award(
         'campaign.approved:' || v_campaign, jsonb_build_object('wallet', v_given),
-        v_given, NULL, 'campaign.approved', v_known.campaign_type, '{}',
-        '{}', false, v_campaign, NULL, '{}', 0,
+        v_given, 'campaign.approved', v_known.campaign_type, '{}',
+        '{}', v_campaign, NULL, '{}', 0,
         format('campaign %s was already approved for another creator', v_campaign));
 END
 $$;
@@ -285,8 +285,8 @@ BEGIN
         pyxp.vote_key('campaign.vote', v_campaign, 'campaign_id', v_wallet),
         jsonb_build_object('vote_decision', v_vote, 'campaign_type', v_type,
                            'wallet', v_wallet, 'campaign_id', v_campaign),
-        v_wallet, NULL, 'campaign.vote', v_type, ARRAY[v_vote],
-        '{}', false, v_campaign, NULL,
+        v_wallet, 'campaign.vote', v_type, ARRAY[v_vote],
+        '{}', v_campaign, NULL,
         jsonb_build_object('vote_decision', v_vote, 'campaign_type', v_type), 1,
         format('moderator %s already voted on campaign %s', v_wallet, v_campaign));
 END
@@ -352,9 +352,9 @@ BEGIN
     PERFORM pyxp.check_completion_owner(v_completion, v_wallet, v_campaign, v_key);
     RETURN QUERY SELECT * FROM pyxp.post_award(
         v_key,
-        v_inputs, v_wallet, NULL, v_event, v_type,
+        v_inputs, v_wallet, v_event, v_type,
         ARRAY[CASE WHEN v_paid THEN 'paid' ELSE 'free' END],
-        v_params, false, v_campaign, v_completion,
+        v_params, v_campaign, v_completion,
         jsonb_build_object('campaign_type', v_type, 'is_paid', v_paid) || v_params, 0,
         CASE WHEN v_event = 'completion.submitted'
              THEN format('completion %s was already submitted with other inputs', v_completion)
@@ -385,8 +385,8 @@ BEGIN
         pyxp.vote_key('completion.vote', v_completion, 'completion_id', v_wallet),
         jsonb_build_object('vote_decision', v_vote, 'campaign_id', v_campaign, 'campaign_type', v_type,
                            'wallet', v_wallet, 'completion_id', v_completion),
-        v_wallet, NULL, 'completion.vote', v_type, ARRAY[v_vote],
-        '{}', false, v_campaign, v_completion,
+        v_wallet, 'completion.vote', v_type, ARRAY[v_vote],
+        '{}', v_campaign, v_completion,
         jsonb_build_object('vote_decision', v_vote, 'campaign_type', v_type), 1,
         format('moderator %s already voted on completion %s', v_wallet, v_completion));
 END
@@ -481,8 +481,8 @@ BEGIN
 
     RETURN QUERY SELECT * FROM pyxp.post_award(
         v_key, jsonb_build_object('wallet', v_wallet),
-        v_wallet, NULL, 'client.onboarded', 'AGENCY_B2C', '{}',
-        '{}', false, v_pending.campaigns[1], v_email,
+        v_wallet, 'client.onboarded', 'AGENCY_B2C', '{}',
+        '{}', v_pending.campaigns[1], v_email,
         jsonb_strip_nulls(jsonb_build_object(
             'agency_wallet', v_pending.agencies[1],
             'agency_wallets', CASE WHEN cardinality(v_pending.agencies) > 1 THEN to_jsonb(v_pending.agencies) END,

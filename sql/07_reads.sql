@@ -102,7 +102,8 @@ $$;
 -- row each; no rows when healthy. What it proves: each balance equals the sum
 -- of its wallet's rows, each row's balance_after chains from the previous
 -- one, levels match the active curve, reversals mirror what they reverse,
--- rows name the action of their rule, exactly one ruleset is active,
+-- rows name the action of an existing rule, a flow's or reversal's rows have
+-- their request, exactly one ruleset is active,
 -- total_moderations counts the votes recorded, a registration is granted
 -- exactly when its client email was onboarded, identities stored before 0002
 -- read the same today.
@@ -188,10 +189,18 @@ AS $$
                            FROM (SELECT lower(pyxp.trimmed_text(a.client_email, true)) AS t) x) f
      WHERE f.form IS DISTINCT FROM a.client_email
     UNION ALL
-    SELECT 'rule_mismatch', t.user_wallet, t.id,
-           format('transaction_type %s but rule %s is %s', t.transaction_type, ru.rule_id, ru.action)
+    SELECT CASE WHEN ru.rule_id IS NULL THEN 'rule_missing' ELSE 'rule_mismatch' END, t.user_wallet, t.id,
+           CASE WHEN ru.rule_id IS NULL THEN format('rule %s of this row does not exist', t.rule_id)
+                ELSE format('transaction_type %s but rule %s is %s', t.transaction_type, ru.rule_id, ru.action) END
       FROM pyxp.xp_transactions t
-      JOIN pyxp.rules ru ON ru.rule_id = t.rule_id
-     WHERE ru.action <> t.transaction_type
+      LEFT JOIN pyxp.rules ru ON ru.rule_id = t.rule_id
+     WHERE t.rule_id IS NOT NULL AND (ru.rule_id IS NULL OR ru.action <> t.transaction_type)
+    UNION ALL
+    -- A flow's or reversal's row needs its request (its claim and inputs).
+    SELECT 'request_missing', t.user_wallet, t.id,
+           format('no xp_requests row for key %s', quote_literal(t.idempotency_key))
+      FROM pyxp.xp_transactions t
+     WHERE t.request_digest IS NULL
+       AND NOT EXISTS (SELECT FROM pyxp.xp_requests q WHERE q.idempotency_key = t.idempotency_key)
     ORDER BY 1, 2, 3
 $$;

@@ -2,65 +2,17 @@
 --
 -- pyxp.award_many(events) takes a JSON array of awards shaped like
 -- pyxp.award's parameters: {"wallet", "action", "idempotency_key", "params",
--- "context"}. Same rules, validation and idempotency as pyxp.award; the batch
--- is one transaction: every event applies, or (any refusal) none does and
--- the error names the event's index (0-based).
+-- "context"}. Same rules, validation and idempotency as pyxp.award, through
+-- the same planner and writer (pyxp.planned_awards, pyxp.append_rows: a
+-- single award is a batch of one); the batch is one transaction: every
+-- event applies, or (any refusal) none does and the error names the event's
+-- index (0-based).
 --
 -- Steps: validate each event (a loop of pure function calls: no
--- subtransactions), then, set-based: claim all keys (in key order), compare
--- replays, evaluate the rules, lock every wallet's balance row in wallet
--- order (so concurrent batches never deadlock), append the rows ordered by
--- (wallet, event index) so that ids follow each wallet's balance_after chain,
--- and update each balance once.
-
--- One validated event of a batch.
-CREATE TYPE pyxp.batch_event AS (
-    event_index  integer,
-    wallet       text,
-    action       text,
-    key          text,
-    params       jsonb,
-    metadata     jsonb,
-    campaign_id  text,
-    subject      text,
-    inputs       jsonb
-);
-
--- A row of a batch's working set. Amounts and balances stay numeric until
--- range-checked. The working set lives in a plpgsql array, never in a temp
--- table: a SECURITY DEFINER function must not touch a relation the caller
--- could have created first (with a trigger of its own) in its pg_temp.
-CREATE TYPE pyxp.batch_row AS (
-    event_index    integer,
-    first_index    integer,   -- first event of the batch with the same key
-    wallet         text,
-    action         text,
-    key            text,
-    rule_id        bigint,
-    amount         numeric,
-    campaign_id    text,
-    subject        text,
-    metadata       jsonb,
-    inputs         jsonb,
-    claimed        boolean,   -- this event writes (first with a new key)
-    applied        numeric,
-    balance_after  numeric
-);
-
--- A batch result row: the event's index, then the award row.
-CREATE TYPE pyxp.batch_award_result AS (
-    event_index       integer,
-    transaction_id    bigint,
-    user_wallet       text,
-    transaction_type  text,
-    xp_amount         bigint,
-    xp_requested      bigint,
-    total_xp          bigint,
-    current_level     bigint,
-    xp_to_next_level  bigint,
-    previous_level    bigint,
-    replayed          boolean
-);
+-- subtransactions); within the batch, a repeated key must carry the same
+-- inputs (it then replays its first occurrence); plan and write the first
+-- occurrences (the writer locks every wallet's balance row in wallet order,
+-- so concurrent batches never deadlock, and updates each balance once).
 
 CREATE FUNCTION pyxp.award_many(events jsonb)
 RETURNS SETOF pyxp.batch_award_result
@@ -70,13 +22,10 @@ SET plan_cache_mode = force_generic_plan
 AS $$
 DECLARE
     v_events pyxp.batch_event[] := '{}';
-    v_new pyxp.batch_event[];        -- events whose key is not stored yet
-    v_rows pyxp.batch_row[];
     v_event pyxp.batch_event;
     v_item jsonb;
     v_index integer := -1;
-    v_ruleset bigint;
-    v_floor bigint;
+    v_ruleset record;
     v_problem record;
     v_message text;
     v_hint text;
@@ -129,184 +78,40 @@ BEGIN
             USING ERRCODE = v_code, HINT = coalesce(nullif(v_hint, ''), 'see README: Error codes');
     END;
 
-    PERFORM pyxp.require_read_committed();
-    LOCK TABLE pyxp.xp_balances IN ROW EXCLUSIVE MODE;  -- lock protocol: see 04_rulesets.sql
-    v_ruleset := pyxp.active_ruleset_id();
-    SELECT r.balance_floor INTO v_floor FROM pyxp.rulesets r WHERE r.ruleset_id = v_ruleset;
-
-    -- 2. Rules: unknown actions, input problems (formula_input_problems, as
-    --    planned_rows), amounts. Like pyxp.award, an event whose key is
-    --    already stored replays without these checks (its action may have
-    --    left the active ruleset since): they apply to v_new only.
-    v_new := ARRAY(SELECT e FROM unnest(v_events) e
-                    WHERE NOT EXISTS (SELECT FROM pyxp.xp_requests q WHERE q.idempotency_key = e.key));
-    SELECT e.event_index, e.action INTO v_problem
-      FROM unnest(v_new) e
-     WHERE NOT EXISTS (SELECT FROM pyxp.rules ru WHERE ru.ruleset_id = v_ruleset AND ru.action = e.action)
+    -- 2. Within the batch, a repeated key must carry the same inputs.
+    SELECT e.event_index, e.key, f.event_index AS first_index INTO v_problem
+      FROM (SELECT e.*, min(e.event_index) OVER (PARTITION BY e.key) AS first_index FROM unnest(v_events) e) e
+      JOIN unnest(v_events) f ON f.event_index = e.first_index
+     WHERE e.event_index <> e.first_index AND e.inputs IS DISTINCT FROM f.inputs
      ORDER BY e.event_index LIMIT 1;
-    IF FOUND THEN
-        RAISE EXCEPTION 'event %: unknown action %', v_problem.event_index, quote_literal(v_problem.action)
-            USING ERRCODE = 'PX009', HINT = 'an action code of the active ruleset: pyxp rules show';
-    END IF;
-    SELECT e.event_index, x.code, x.message, x.hint INTO v_problem
-      FROM unnest(v_new) e
-      JOIN pyxp.rules ru ON ru.ruleset_id = v_ruleset AND ru.action = e.action
-     CROSS JOIN LATERAL pyxp.formula_input_problems(ru.action, ru.xp_coefficients, e.params, true) x
-     ORDER BY x.code = 'PX017', e.event_index LIMIT 1;
-    IF FOUND THEN
-        RAISE EXCEPTION 'event %: %', v_problem.event_index, v_problem.message
-            USING ERRCODE = v_problem.code, HINT = v_problem.hint;
-    END IF;
-
-    SELECT array_agg(ROW(w.event_index, w.first_index, w.wallet, w.action, w.key, w.rule_id, w.amount,
-                         w.campaign_id, w.subject, w.metadata, w.inputs, false, NULL, NULL)::pyxp.batch_row
-                     ORDER BY w.event_index)
-      INTO v_rows
-      FROM (SELECT e.event_index, min(e.event_index) OVER (PARTITION BY e.key) AS first_index, e.wallet,
-                   e.action, e.key, ru.rule_id,
-                   pyxp.rule_amount(ru.xp_constant, ru.xp_coefficients, e.params) AS amount,
-                   e.campaign_id, e.subject, e.metadata, e.inputs
-              FROM unnest(v_events) e
-              LEFT JOIN pyxp.rules ru ON ru.ruleset_id = v_ruleset AND ru.action = e.action) w;
-
-    SELECT b.event_index, b.action, b.amount INTO v_problem
-      FROM unnest(v_rows) b JOIN unnest(v_new) n ON n.event_index = b.event_index
-     WHERE abs(b.amount) > 1e15
-     ORDER BY b.event_index LIMIT 1;
-    IF FOUND THEN
-        RAISE EXCEPTION 'event %: XP amount % of % is out of range', v_problem.event_index, v_problem.amount, v_problem.action
-            USING ERRCODE = 'PX004', HINT = 'an award is at most 10^15 XP; check the formula inputs';
-    END IF;
-
-    -- 3. Idempotency. Within the batch, a repeated key must carry the same
-    --    inputs (it then replays its first occurrence). Then claim the keys
-    --    (key order: two batches never wait on each other in a cycle); a key
-    --    already stored must carry the same inputs and replays.
-    SELECT b.event_index, b.key, b.first_index INTO v_problem
-      FROM unnest(v_rows) b JOIN unnest(v_rows) f ON f.event_index = b.first_index
-     WHERE b.event_index <> b.first_index AND b.inputs IS DISTINCT FROM f.inputs
-     ORDER BY b.event_index LIMIT 1;
     IF FOUND THEN
         RAISE EXCEPTION 'event %: idempotency key % was already used with other inputs (event %)',
                         v_problem.event_index, quote_literal(v_problem.key), v_problem.first_index
             USING ERRCODE = 'PX010', HINT = 'repeat a call with exactly the same inputs to get its result again';
     END IF;
-    WITH claimed AS (
-        INSERT INTO pyxp.xp_requests (idempotency_key, inputs, ruleset_id)
-        SELECT b.key, b.inputs, v_ruleset FROM unnest(v_rows) b
-         WHERE b.event_index = b.first_index ORDER BY b.key
-        ON CONFLICT (idempotency_key) DO NOTHING
-        RETURNING idempotency_key
-    )
-    SELECT array_agg(ROW(b.event_index, b.first_index, b.wallet, b.action, b.key, b.rule_id, b.amount,
-                         b.campaign_id, b.subject, b.metadata, b.inputs,
-                         c.idempotency_key IS NOT NULL AND b.event_index = b.first_index,
-                         NULL, NULL)::pyxp.batch_row ORDER BY b.event_index)
-      INTO v_rows
-      FROM unnest(v_rows) b LEFT JOIN claimed c ON c.idempotency_key = b.key;
-    SELECT b.event_index, b.key, q.inputs AS first_inputs, b.inputs INTO v_problem
-      FROM unnest(v_rows) b JOIN pyxp.xp_requests q ON q.idempotency_key = b.key
-     WHERE b.event_index = b.first_index AND NOT b.claimed AND q.inputs IS DISTINCT FROM b.inputs
-     ORDER BY b.event_index LIMIT 1;
-    IF FOUND THEN
-        RAISE EXCEPTION 'event %: idempotency key % was already used with other inputs',
-                        v_problem.event_index, quote_literal(v_problem.key)
-            USING ERRCODE = 'PX010', DETAIL = format('first call: %s; this call: %s', v_problem.first_inputs, v_problem.inputs),
-                  HINT = 'repeat a call with exactly the same inputs to get its result again';
-    END IF;
 
-    -- 4. Balance rows: each wallet's row is created if missing or locked if
-    --    present, one statement, strictly in wallet order. (Creating every
-    --    missing row first and locking the others after let a batch hold a
-    --    new wallet's row while waiting for an older one that a caller
-    --    awarding in wallet order held: a deadlock, 40P01.) The no-op update
-    --    is what locks an existing row; it changes no indexed column (HOT).
-    INSERT INTO pyxp.xp_balances AS x (user_wallet, total_xp, current_level, xp_to_next_level)
-    SELECT w.wallet, 0, c.level, c.next_level_xp::bigint
-      FROM (SELECT DISTINCT b.wallet FROM unnest(v_rows) b WHERE b.claimed) w
-     CROSS JOIN pyxp.curve_position(v_ruleset, 0) c
-     ORDER BY w.wallet
-    ON CONFLICT (user_wallet) DO UPDATE SET updated_at = x.updated_at;
-
-    -- 5. Amounts applied and running balances, per wallet in event order.
-    --    Without a floor, a window sum; with one, penalties depend on the
-    --    running balance, so rows of a wallet are walked in order.
-    IF v_floor IS NULL THEN
-        SELECT array_agg(ROW(w.event_index, w.first_index, w.wallet, w.action, w.key, w.rule_id, w.amount,
-                             w.campaign_id, w.subject, w.metadata, w.inputs, w.claimed,
-                             CASE WHEN w.claimed THEN w.amount END,
-                             CASE WHEN w.claimed THEN w.total_xp + w.running END)::pyxp.batch_row
-                         ORDER BY w.event_index)
-          INTO v_rows
-          FROM (SELECT b.*, x.total_xp,
-                       sum(b.amount) FILTER (WHERE b.claimed)
-                           OVER (PARTITION BY b.wallet ORDER BY b.event_index) AS running
-                  FROM unnest(v_rows) b LEFT JOIN pyxp.xp_balances x ON x.user_wallet = b.wallet) w;
-    ELSE
-        DECLARE
-            v_row pyxp.batch_row;
-            v_next pyxp.batch_row[] := '{}';
-            v_wallet text;
-            v_running numeric;
-        BEGIN
-            FOR v_row IN SELECT b.* FROM unnest(v_rows) b ORDER BY b.wallet, b.event_index LOOP
-                IF v_row.claimed THEN
-                    IF v_wallet IS DISTINCT FROM v_row.wallet THEN
-                        v_wallet := v_row.wallet;
-                        SELECT x.total_xp INTO v_running FROM pyxp.xp_balances x WHERE x.user_wallet = v_wallet;
-                    END IF;
-                    v_row.applied := pyxp.floored_amount(v_row.amount, v_floor, v_running);
-                    v_running := v_running + v_row.applied;
-                    v_row.balance_after := v_running;
-                END IF;
-                v_next := v_next || v_row;
-            END LOOP;
-            v_rows := v_next;
-        END;
-    END IF;
-    SELECT b.event_index, b.wallet, b.balance_after INTO v_problem FROM unnest(v_rows) b
-     WHERE b.claimed AND b.balance_after NOT BETWEEN -pyxp.balance_limit() AND pyxp.balance_limit()
-     ORDER BY b.event_index LIMIT 1;
-    IF FOUND THEN
-        RAISE EXCEPTION 'event %: balance of % would be %, out of range', v_problem.event_index, v_problem.wallet,
-                        v_problem.balance_after
-            USING ERRCODE = 'PX019', HINT = 'a balance stays between -2^62 and 2^62';
-    END IF;
-
-    -- 6. Append the rows (wallet, event order: ids follow each balance_after chain)
-    --    and update each balance once.
-    --    Feed group: this transaction's id, or the wallet's last group if
-    --    higher (see write_ledger_rows and sql/11_changes.sql).
-    INSERT INTO pyxp.xp_transactions (user_wallet, transaction_type, xp_amount, xp_requested, balance_after,
-                                      rule_id, campaign_id, subject, idempotency_key, metadata, feed_xid)
-    SELECT b.wallet, b.action, b.applied::bigint, CASE WHEN b.applied <> b.amount THEN b.amount::bigint END,
-           b.balance_after::bigint, b.rule_id, b.campaign_id, b.subject, b.key, b.metadata,
-           greatest(pg_current_xact_id(), x.last_feed_xid)
-      FROM unnest(v_rows) b JOIN pyxp.xp_balances x ON x.user_wallet = b.wallet
-     WHERE b.claimed
-     ORDER BY b.wallet, b.event_index;
-
-    UPDATE pyxp.xp_balances x
-       SET total_xp = f.balance_after, current_level = c.level,
-           xp_to_next_level = (c.next_level_xp - f.balance_after)::bigint, updated_at = now(),
-           last_feed_xid = greatest(pg_current_xact_id(), x.last_feed_xid)
-      FROM (SELECT DISTINCT ON (b.wallet) b.wallet, b.balance_after::bigint AS balance_after
-              FROM unnest(v_rows) b WHERE b.claimed ORDER BY b.wallet, b.event_index DESC) f
-     CROSS JOIN LATERAL pyxp.curve_position(v_ruleset, f.balance_after) c
-     WHERE x.user_wallet = f.wallet;
-
-    -- 7. One result row per event, in event order: new rows, or the rows its
-    --    key produced before (replayed).
+    -- 3. Plan and write the first occurrence of each key; one result row per
+    --    event, in event order: its rows, or its first occurrence's (replayed).
+    SELECT * INTO v_ruleset FROM pyxp.writing_ruleset();
     RETURN QUERY
-        SELECT b.event_index, t.id, t.user_wallet, t.transaction_type, t.xp_amount, t.xp_requested,
-               t.balance_after, now_.level, (now_.next_level_xp - t.balance_after)::bigint, before_.level,
-               NOT (b.claimed AND b.event_index = b.first_index)
-          FROM unnest(v_rows) b
-          JOIN pyxp.xp_requests q ON q.idempotency_key = b.key
-          JOIN pyxp.xp_transactions t ON t.idempotency_key = b.key
-         CROSS JOIN LATERAL pyxp.curve_position(q.ruleset_id, t.balance_after) now_
-         CROSS JOIN LATERAL pyxp.curve_position(q.ruleset_id, t.balance_after - t.xp_amount) before_
-         ORDER BY b.event_index, t.id;
+        WITH firsts AS (
+            SELECT e.event_index, min(e.event_index) OVER (PARTITION BY e.key) AS first_index
+              FROM unnest(v_events) e
+        ), written AS (
+            SELECT * FROM pyxp.append_rows(
+                v_ruleset.ruleset_id, v_ruleset.balance_floor,
+                pyxp.planned_awards(v_ruleset.ruleset_id,
+                                    ARRAY(SELECT e FROM unnest(v_events) e
+                                            JOIN firsts f ON f.event_index = e.event_index
+                                           WHERE f.first_index = f.event_index
+                                           ORDER BY e.event_index), true),
+                true)
+        )
+        SELECT f.event_index, w.transaction_id, w.user_wallet, w.transaction_type, w.xp_amount, w.xp_requested,
+               w.total_xp, w.current_level, w.xp_to_next_level, w.previous_level,
+               w.replayed OR f.event_index <> f.first_index
+          FROM firsts f JOIN written w ON w.event_index = f.first_index
+         ORDER BY f.event_index, w.transaction_id;
 END
 $$;
 

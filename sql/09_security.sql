@@ -24,7 +24,7 @@ CREATE TRIGGER xp_transactions_no_truncate
 -- Nobody but the owner writes a table. pyxp_reader reads every table;
 -- pyxp_writer only executes the public functions (which are SECURITY DEFINER,
 -- run as the owner with search_path pinned to pyxp, pg_temp). Internal
--- functions (checked_*, post_award, write_ledger_rows, ...) are granted to
+-- functions (checked_*, post_award, append_rows, ...) are granted to
 -- nobody: a writer cannot append a row that skipped validation.
 REVOKE ALL ON ALL TABLES IN SCHEMA pyxp FROM PUBLIC;
 REVOKE ALL ON ALL FUNCTIONS IN SCHEMA pyxp FROM PUBLIC;

@@ -73,14 +73,20 @@ COMMENT ON FUNCTION pyxp.check_ruleset_definition(jsonb) IS 'internal: PX024 for
 COMMENT ON FUNCTION pyxp.rule_amount(numeric, jsonb, jsonb) IS 'internal: a rule''s linear form evaluated, halves away from zero.';
 COMMENT ON FUNCTION pyxp.floored_amount(numeric, bigint, numeric) IS 'internal: a penalty cut by the balance floor.';
 COMMENT ON FUNCTION pyxp.balance_limit() IS 'internal: 2^62, the bound of every balance.';
-COMMENT ON FUNCTION pyxp.claim_request(text, jsonb, bigint) IS 'internal: records a key and its inputs; false when it was used before.';
-COMMENT ON FUNCTION pyxp.replayed_award(text, jsonb, text, text) IS 'internal: the original rows of a key, or PX010 for other inputs.';
-COMMENT ON FUNCTION pyxp.write_ledger_rows(text, bigint, text, pyxp.planned_row[], integer, boolean) IS
-    'internal: appends rows for one wallet under its balance row lock and updates the balance.';
+COMMENT ON FUNCTION pyxp.key_hash(text) IS 'internal: the claim index''s key, 16 bytes of sha256 of an idempotency key.';
+COMMENT ON FUNCTION pyxp.inputs_digest(jsonb) IS 'internal: 8 bytes of sha256 of a generic award''s canonical inputs, kept on its claim row.';
+COMMENT ON FUNCTION pyxp.row_ruleset(bigint, text) IS 'internal: the ruleset a ledger row was written under.';
+COMMENT ON FUNCTION pyxp.claim_request(text, jsonb, bigint) IS 'internal: records a flow''s or reversal''s key and inputs; false when it was used before.';
+COMMENT ON FUNCTION pyxp.replayed_award(text, jsonb, text, text) IS 'internal: the original rows of a flow''s or reversal''s key, or PX010 for other inputs.';
+COMMENT ON FUNCTION pyxp.append_rows(bigint, bigint, pyxp.pending_row[], boolean) IS
+    'internal: THE writer: one statement locks the wallets, replays claimed generic awards, appends every ledger row and updates each balance once.';
+COMMENT ON FUNCTION pyxp.raise_key_conflict(boolean, integer, text, jsonb, text, text, bigint, jsonb) IS 'internal: PX010 for a generic award''s key claimed with other inputs.';
+COMMENT ON FUNCTION pyxp.floored_rows(bigint, pyxp.pending_row[], bigint) IS 'internal: the balance floor applied to the writer''s rows, per wallet in order.';
 COMMENT ON FUNCTION pyxp.formula_input_problems(text, jsonb, jsonb, boolean) IS 'internal: missing or unknown formula inputs.';
-COMMENT ON FUNCTION pyxp.planned_rows(bigint[], jsonb, boolean, text, text, jsonb) IS 'internal: the rows rules produce for given inputs.';
-COMMENT ON FUNCTION pyxp.post_award(text, jsonb, text, text, text, text, text[], jsonb, boolean, text, text, jsonb, integer, text) IS
-    'internal: claims the key, resolves the active rules, writes their rows (every single award and flow goes through it).';
+COMMENT ON FUNCTION pyxp.writing_ruleset() IS 'internal: READ COMMITTED check, the ruleset-switch lock, the active ruleset and floor.';
+COMMENT ON FUNCTION pyxp.planned_awards(bigint, pyxp.batch_event[], boolean) IS 'internal: the rows of generic awards (single or batch), with their checks.';
+COMMENT ON FUNCTION pyxp.post_award(text, jsonb, text, text, text, text[], jsonb, text, text, jsonb, integer, text) IS
+    'internal: claims a flow''s key, resolves its event''s active rules and hands their rows to the writer.';
 COMMENT ON FUNCTION pyxp.key_part(text) IS 'internal: escapes one part of a two-part key (injective keys).';
 COMMENT ON FUNCTION pyxp.vote_key(text, text, text, text) IS 'internal: the key of a vote, or the one an earlier version stored for it.';
 COMMENT ON FUNCTION pyxp.resolved_campaign_type(text, text) IS 'internal: the campaign''s type from the registry or the call (recorded), or PX011/PX012.';

@@ -6,7 +6,7 @@
 -- a lower id and committed later. So the feed is not ordered by id.
 --
 -- Groups. Each ledger row carries feed_xid, written by the one writer of the
--- ledger under the wallet's balance row lock (write_ledger_rows, award_many):
+-- ledger under the wallet's balance row lock (pyxp.append_rows):
 --   feed_xid = greatest(id of the writing transaction, feed_xid of the
 --                       wallet's previous row)          (xp_balances.last_feed_xid)
 -- Two facts follow:
@@ -109,7 +109,7 @@ BEGIN
             -- (index xp_transactions_feed; the window streams, LIMIT stops it).
             (SELECT (g.feed_xid::text::bigint << 24) + g.rank, g.id, g.user_wallet, g.transaction_type,
                     g.xp_amount, g.xp_requested, g.balance_after, g.rule_id, g.campaign_id, g.subject,
-                    g.idempotency_key, g.metadata, g.reverses, g.created_at, g.feed_xid
+                    g.idempotency_key, g.metadata, g.reverses, g.created_at, g.feed_xid, g.request_digest
                FROM (SELECT t.*, row_number() OVER (PARTITION BY t.feed_xid ORDER BY t.id) AS rank
                        FROM pyxp.xp_transactions t
                       WHERE v_wallet IS NULL AND t.feed_xid >= v_group AND t.feed_xid < v_horizon
@@ -133,7 +133,7 @@ BEGIN
         SELECT p.cur, p.id, p.user_wallet, p.transaction_type, p.xp_amount, p.balance_after,
                before_.level, after_.level, p.campaign_id, p.subject, p.created_at
           FROM page p
-          JOIN pyxp.xp_requests q ON q.idempotency_key = p.idempotency_key
+         CROSS JOIN LATERAL (SELECT pyxp.row_ruleset(p.rule_id, p.idempotency_key) AS ruleset_id) q
          CROSS JOIN LATERAL pyxp.curve_position(q.ruleset_id, p.balance_after - p.xp_amount) before_
          CROSS JOIN LATERAL pyxp.curve_position(q.ruleset_id, p.balance_after) after_
          ORDER BY p.cur
@@ -158,10 +158,17 @@ LANGUAGE plpgsql
 AS $$
 DECLARE
     v_slot bigint := (extract(epoch FROM clock_timestamp()) * 10)::bigint;  -- 100 ms slots
+    v_seen text := current_setting('pyxp.feed_slot_seen', true);
 BEGIN
-    IF v_slot > (SELECT s.last_value FROM pyxp.feed_wakeup_slot s) THEN
-        PERFORM setval('pyxp.feed_wakeup_slot', v_slot);
-        PERFORM pg_notify('pyxp_changes', '');
+    -- A backend reads the sequence at most once per slot: the last slot it
+    -- saw is kept in its session (pyxp.feed_slot_seen). A stale or forged
+    -- value only delays this session's own wake-ups, which are hints.
+    IF v_seen IS NULL OR v_seen !~ '^[0-9]{1,18}$' OR v_slot > v_seen::bigint THEN
+        IF v_slot > (SELECT s.last_value FROM pyxp.feed_wakeup_slot s) THEN
+            PERFORM setval('pyxp.feed_wakeup_slot', v_slot);
+            PERFORM pg_notify('pyxp_changes', '');
+        END IF;
+        PERFORM set_config('pyxp.feed_slot_seen', v_slot::text, false);
     END IF;
     RETURN NULL;
 END

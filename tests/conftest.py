@@ -134,7 +134,7 @@ def connect_as(conninfo: str) -> Iterator[Callable[[str], psycopg.Connection[Any
 
 STATE_QUERY = """
 SELECT (SELECT count(*) FROM pyxp.xp_transactions) AS ledger_rows,
-       (SELECT count(*) FROM pyxp.xp_requests) AS requests,
+       (SELECT count(*) FROM pyxp.idempotency_keys) AS requests,
        (SELECT count(*) FROM pyxp.xp_balances) AS balances,
        (SELECT coalesce(sum(total_xp), 0) FROM pyxp.xp_balances) AS total_xp,
        (SELECT coalesce(sum(total_moderations), 0) FROM pyxp.xp_balances) AS moderations,

@@ -439,7 +439,7 @@ def test_award_on_callers_connection_rolls_back_with_the_main_action(
         assert result.xp == 2
         conn.rollback()
     assert (app_votes(db), ledger_count(db)) == (0, 0)
-    assert db.execute("SELECT count(*) FROM pyxp.xp_requests").fetchone() == (0,)
+    assert db.execute("SELECT count(*) FROM pyxp.idempotency_keys").fetchone() == (0,)
 
 
 def test_award_on_callers_connection_commits_with_the_main_action(

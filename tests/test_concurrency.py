@@ -425,7 +425,7 @@ def test_concurrent_batch_and_single_award_with_one_key_and_other_inputs(
     assert {exc.sqlstate for exc in errors_of(outcomes)} == {"PX010"}
     written = db.execute("SELECT count(*) FROM pyxp.xp_transactions").fetchone()
     assert written == (len(successes[0]),)
-    assert db.execute("SELECT count(*) FROM pyxp.xp_requests").fetchone() == written
+    assert db.execute("SELECT count(*) FROM pyxp.idempotency_keys").fetchone() == written
     assert audit(db) == []
 
 

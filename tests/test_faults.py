@@ -69,8 +69,8 @@ def audit(db: psycopg.Connection[Any]) -> list[Any]:
 
 
 def stored_keys(db: psycopg.Connection[Any], keys: list[str]) -> list[Any]:
-    """Requests and ledger rows stored under these keys."""
-    return db.execute("""SELECT 'request', idempotency_key FROM pyxp.xp_requests
+    """Claimed keys (pyxp.idempotency_keys) and ledger rows stored under these keys."""
+    return db.execute("""SELECT 'request', idempotency_key FROM pyxp.idempotency_keys
                           WHERE idempotency_key = ANY(%(k)s)
                          UNION ALL
                          SELECT 'row', idempotency_key FROM pyxp.xp_transactions
@@ -108,11 +108,12 @@ class BlockedCase:
 
 
 BLOCKED_CASES = {
-    # Blocked in write_ledger_rows at the wallet's FOR UPDATE, after claiming its key.
+    # Blocked in append_rows' statement at the wallet's FOR UPDATE; that statement holds its
+    # lock for the ledger insert that claims the key.
     "award": BlockedCase(
         AWARD, {"wallet": WALLET, "action": APPROVED[0], "key": "fault:award", "params": Jsonb({})},
         ["fault:award"], [(WALLET, *APPROVED)],
-        lambda conninfo: wallet_row_locked(conninfo, WALLET), "pyxp.xp_requests"),
+        lambda conninfo: wallet_row_locked(conninfo, WALLET), "pyxp.xp_transactions"),
     # Its registry row inserted and its key claimed, blocked at the wallet's FOR UPDATE. (Since 0002 a
     # creation locks its registry row first: a registry row taken by another transaction holds it
     # before it writes anything, see test_integrity's registry race.)
@@ -120,7 +121,7 @@ BLOCKED_CASES = {
         CREATION, {"creator_wallet": WALLET, "campaign_id": "fault-campaign"},
         ["campaign.created:fault-campaign"], [(WALLET, *row) for row in B2C_CREATION_WITH_OPTIONS],
         lambda conninfo: wallet_row_locked(conninfo, WALLET), "pyxp.campaigns"),
-    # Keys claimed and the newcomer's balance row inserted, blocked locking the wallets in order.
+    # The newcomer's balance row inserted, blocked locking the wallets in order.
     "award_many": BlockedCase(
         AWARD_MANY, {"events": Jsonb([
             {"wallet": NEW_WALLET, "action": APPROVED[0], "idempotency_key": "fault:batch:0"},
@@ -128,7 +129,7 @@ BLOCKED_CASES = {
             {"wallet": WALLET, "action": APPROVED[0], "idempotency_key": "fault:batch:2"}])},
         ["fault:batch:0", "fault:batch:1", "fault:batch:2"],
         [(NEW_WALLET, *APPROVED), (WALLET, *REFUSED_VOTE), (WALLET, *APPROVED)],
-        lambda conninfo: wallet_row_locked(conninfo, WALLET), "pyxp.xp_requests"),
+        lambda conninfo: wallet_row_locked(conninfo, WALLET), "pyxp.xp_balances"),
 }
 
 
@@ -332,7 +333,7 @@ def check_ledger(db: psycopg.Connection[Any], acknowledged: list[LoadCall], unse
     for r in db.execute("SELECT id, idempotency_key, user_wallet, transaction_type, xp_amount "
                         "FROM pyxp.xp_transactions ORDER BY id"):
         stored[r[1]].append((r[0], r[2], r[3], r[4]))
-    keys = {r[0] for r in db.execute("SELECT idempotency_key FROM pyxp.xp_requests")}
+    keys = {r[0] for r in db.execute("SELECT idempotency_key FROM pyxp.idempotency_keys")}
 
     for call in acknowledged:
         assert call.rows is not None
@@ -350,7 +351,7 @@ def check_ledger(db: psycopg.Connection[Any], acknowledged: list[LoadCall], unse
     assert keys - known - {SETUP["key"]} == set(), "keys stored that no call used"
     assert [key for key in keys if not stored.get(key)] == [], "requests without their rows"
     assert set(stored) - keys == set(), "rows without their request"
-    assert db.execute("SELECT count(*) FROM pyxp.xp_transactions t LEFT JOIN pyxp.xp_requests q "
+    assert db.execute("SELECT count(*) FROM pyxp.xp_transactions t LEFT JOIN pyxp.idempotency_keys q "
                       "USING (idempotency_key) WHERE q.idempotency_key IS NULL").fetchone()[0] == 0
 
     sums: Counter[str] = Counter()
@@ -492,7 +493,7 @@ def test_immediate_shutdown_under_load_keeps_every_acknowledged_award(cluster: E
             assert "automatic recovery in progress" in cluster.log.read_text(), "no crash recovery ran"
         rows_after_restart = check_ledger(db, acknowledged, unsettled)
         survived = sum(1 for call in unsettled if db.execute(
-            "SELECT EXISTS (SELECT FROM pyxp.xp_requests WHERE idempotency_key = %s)",
+            "SELECT EXISTS (SELECT FROM pyxp.idempotency_keys WHERE idempotency_key = %s)",
             (call.events[0][0],)).fetchone()[0])
 
         # A client retries what it did not see acknowledged: each applies exactly once.

@@ -506,7 +506,7 @@ def test_random_concurrent_workload_matches_the_model(conninfo: str, db: psycopg
                  event.reverses), (call.fn, call.args)
 
     # 6. Each key is stored once, and only the keys of acknowledged calls are.
-    stored_keys = [r["idempotency_key"] for r in db.execute("SELECT idempotency_key FROM pyxp.xp_requests")]
+    stored_keys = [r["idempotency_key"] for r in db.execute("SELECT idempotency_key FROM pyxp.idempotency_keys")]
     assert sorted(stored_keys) == sorted(by_key)
 
     # 7. Balances and moderation counts from the acknowledged new rows; ledger sums agree; audit is clean.

@@ -27,8 +27,8 @@ PUBLIC_API = {
     "changes",  # SPEC §11: the change feed
 }
 READ_FUNCTIONS = {"level_for", "balance", "history", "leaderboard", "wallet_rank", "audit", "changes"}
-INTERNAL_FUNCTIONS = ["post_award", "write_ledger_rows", "claim_request", "install_ruleset",
-                      "replayed_award", "planned_rows", "checked_wallet", "curve_position",
+INTERNAL_FUNCTIONS = ["post_award", "append_rows", "claim_request", "install_ruleset",
+                      "replayed_award", "planned_awards", "checked_wallet", "curve_position",
                       "active_ruleset_id", "check_ruleset_definition"]
 
 # One call per read function, runnable by any role allowed to execute it.
