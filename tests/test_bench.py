@@ -32,6 +32,8 @@ MEASURES = [
     "(c) XP.award via Python",
     "(d) XP.award_many",
     "(e) one hot wallet",
+    "(a') pgbench -N, CPU-bound",
+    "(b') pyxp.award via SQL, CPU-bound",
     "(f) balance(wallet)",
     "(f) history(wallet, 50)",
     "(f) leaderboard(100)",
@@ -39,6 +41,7 @@ MEASURES = [
     "(f) level_for(total_xp)",
     "(g) recalculate_levels(), ruleset switch",
     "(g) recalculate_levels(), nothing to change",
+    "(h) bytes per award",
     "(h) bytes per ledger row",
     "(i) XP.award unprepared / prepared",
 ]
@@ -49,7 +52,7 @@ READS = ["balance", "history", "leaderboard", "rank", "level_for"]
 POSITIVE_KEYS = (
     ["pgbench_tps", "award_sql_per_s", "award_python_per_s", "batch_per_s", "hot_wallet_per_s",
      "recalculate_s", "bytes_per_ledger_row", "unprepared_award_ratio", "unprepared_award_per_s",
-     "prepared_award_per_s"]
+     "prepared_award_per_s", "pgbench_cpu_tps", "award_sql_cpu_per_s", "bytes_per_award", "rounds"]
     + [f"{read}_ms_{p}" for read in READS for p in ("p50", "p95", "p99")]
 )
 
@@ -162,6 +165,8 @@ def test_client_awards_leave_no_prepared_statement_on_the_server(figures: dict[s
     assert figures["unprepared_award_server_statements"] == 0
     assert figures["prepared_award_server_statements"] >= 1
     assert len(figures["unprepared_award_rounds"]) >= 3
+    for side in ("pgbench", "award_sql", "hot_wallet", "pgbench_cpu", "award_sql_cpu"):
+        assert len(figures[f"{side}_spread"]) == figures["rounds"] >= 3, side
 
 
 def test_json_run_drops_its_scratch_database(figures: dict[str, Any], server: str) -> None:
