@@ -212,3 +212,139 @@ def test_without_an_active_ruleset_awards_and_levels_are_refused(fresh_database:
         assert database_state(conn) == before
     with pytest.raises(pyxp.NoActiveRuleset), XP(target) as client:
         client.award("w", "B2C_MINT", "k")
+
+
+# --------------------------------------------------------------------------- 0004 carries the ledger
+
+CALLS_0003 = {
+    "award": "SELECT * FROM pyxp.award(wallet => %(wallet)s, action => %(action)s, idempotency_key => %(key)s, "
+             "params => %(params)s, context => %(context)s)",
+    "award_many": "SELECT * FROM pyxp.award_many(events => %(events)s)",
+    "creation": "SELECT * FROM pyxp.award_campaign_creation(creator_wallet => %(wallet)s, campaign_id => %(campaign)s, "
+                "campaign_type => %(type)s, mint_value => %(mint)s, winstory_creates_video => %(video)s)",
+    "approval": "SELECT * FROM pyxp.award_campaign_approval(campaign_id => %(campaign)s)",
+    "vote": "SELECT * FROM pyxp.award_moderation_vote(moderator_wallet => %(wallet)s, campaign_id => %(campaign)s, "
+            "vote_decision => %(vote)s)",
+    "completion": "SELECT * FROM pyxp.award_completion(completer_wallet => %(wallet)s, campaign_id => %(campaign)s, "
+                  "completion_id => %(completion)s, is_validated => %(validated)s, is_refused => %(refused)s, "
+                  "is_paid => %(paid)s, price_completion => %(price)s, mint_value_winc => %(mint)s)",
+    "completion_vote": "SELECT * FROM pyxp.award_completion_moderation(moderator_wallet => %(wallet)s, "
+                       "campaign_id => %(campaign)s, completion_id => %(completion)s, vote_decision => %(vote)s)",
+    "register": "SELECT * FROM pyxp.register_agency_client(agency_wallet => %(wallet)s, client_email => %(email)s, "
+                "campaign_id => %(campaign)s)",
+    "onboard": "SELECT * FROM pyxp.onboard_agency_client(client_email => %(email)s, client_wallet => %(wallet)s)",
+    "reverse": "SELECT * FROM pyxp.reverse_transaction(transaction_id => %(id)s, reason => %(reason)s)",
+}
+
+
+def _ledger_calls() -> list[tuple[str, dict[str, Any]]]:
+    """Every kind of call, enough for 10k ledger rows: generic awards with and without formula inputs
+    (300.0: a number with a trailing zero) and context, batches with a repeated key, every flow, a
+    creation that writes no row (INDIVIDUAL), an agency's client, reversals."""
+    from psycopg.types.json import Jsonb
+    calls: list[tuple[str, dict[str, Any]]] = []
+    for b in range(95):
+        events = [{"wallet": f"0xbatch{(b * 100 + i) % 700}", "action": "MODERATION_VALIDATED_BY_MODERATOR",
+                   "idempotency_key": f"batch:{b}:{i}"} for i in range(99)]
+        events.append(dict(events[0]))  # the same key twice in one batch
+        calls.append(("award_many", {"events": Jsonb(events)}))
+    for i in range(150):
+        calls.append(("award", {"wallet": f"0xsingle{i % 40}", "action": "Completion_Submit_B2C_Paid",
+                                "key": f"single:{i}", "params": Jsonb({"PRICE_COMPLETION": 300.0 if i % 2 else 250}),
+                                "context": Jsonb({"campaign_id": f"ctx{i % 5}", "note": "manual"})}))
+        calls.append(("award", {"wallet": f"0xsingle{i % 40}", "action": "CAMPAIGN_APPROVED",
+                                "key": f"plain:{i}", "params": Jsonb({}), "context": Jsonb({})}))
+    for c in range(40):
+        campaign = f"camp{c}"
+        calls.append(("creation", {"wallet": f"0xcreator{c % 9}", "campaign": campaign,
+                                   "type": "INDIVIDUAL" if c % 10 == 0 else "B2C", "mint": None,
+                                   "video": c % 3 == 0}))
+        calls.append(("approval", {"campaign": campaign}))
+        for m in range(4):
+            calls.append(("vote", {"wallet": f"0xmod{m}", "campaign": campaign, "vote": "VALID" if m % 3 else "REFUSE"}))
+        for k in range(3):
+            completion = f"cpl{c}:{k}"
+            individual = c % 10 == 0
+            calls.append(("completion", {"wallet": f"0xcompleter{k}", "campaign": campaign, "completion": completion,
+                                         "validated": False, "refused": False, "paid": not individual and k == 1,
+                                         "price": 120 if not individual and k == 1 else None,
+                                         "mint": 2000 if individual else None}))
+            calls.append(("completion_vote", {"wallet": "0xmod1", "campaign": campaign, "completion": completion,
+                                              "vote": "VALID"}))
+            calls.append(("completion", {"wallet": f"0xcompleter{k}", "campaign": campaign, "completion": completion,
+                                         "validated": k != 2, "refused": k == 2, "paid": False, "price": None,
+                                         "mint": 2000 if individual and k == 2 else None}))
+    calls.append(("creation", {"wallet": "0xagency", "campaign": "agency-camp", "type": "AGENCY_B2C", "mint": None,
+                               "video": False}))
+    for e in range(10):
+        calls.append(("register", {"wallet": "0xagency", "email": f"client{e}@example.com", "campaign": "agency-camp"}))
+        calls.append(("onboard", {"email": f"client{e}@example.com", "wallet": f"0xclient{e}"}))
+    return calls
+
+
+def _run(conn: psycopg.Connection[Any], kind: str, args: dict[str, Any]) -> list[dict[str, Any]]:
+    from psycopg.rows import dict_row
+    with conn.cursor(row_factory=dict_row) as cur:
+        return cur.execute(CALLS_0003[kind], args).fetchall()
+
+
+def _replays_everything(conn: psycopg.Connection[Any], done: list[tuple[str, dict[str, Any], list[Any]]]) -> None:
+    for kind, args, first in done:
+        again = _run(conn, kind, args)
+        if kind == "register":  # the same registration (granted since, by its onboarding)
+            assert [r["id"] for r in again] == [r["id"] for r in first]
+            continue
+        assert [(r["transaction_id"], r["user_wallet"], r["xp_amount"], r["total_xp"]) for r in again] == \
+            [(r["transaction_id"], r["user_wallet"], r["xp_amount"], r["total_xp"]) for r in first], (kind, args)
+        assert all(r["replayed"] for r in again), (kind, args)
+
+
+def test_0004_carries_a_ledger_of_every_kind_and_every_key_replays(fresh_database: Callable[[], str]) -> None:
+    """Issue 11: 0004 moves the generic awards' claims into their ledger rows. On a 0003 ledger of
+    10k rows of every kind, after the upgrade: audit() is clean, every call replays its rows,
+    another input under a generic key is PX010, new awards go on; a downgrade to 0003 puts the
+    requests back (audit clean, every call still replays) and the upgrade again too."""
+    from psycopg.types.json import Jsonb
+    target = fresh_database()
+    schema.upgrade(target, "0003")
+    done: list[tuple[str, dict[str, Any], list[Any]]] = []
+    with psycopg.connect(target, autocommit=True) as conn:
+        for kind, args in _ledger_calls():
+            done.append((kind, args, _run(conn, kind, args)))
+        done.append(("reverse", {"id": 5, "reason": "migration test"}, _run(conn, "reverse", {"id": 5, "reason": "migration test"})))
+        rows = conn.execute("SELECT count(*) FROM pyxp.xp_transactions").fetchone()[0]
+        kinds = {r[0] for r in conn.execute("SELECT DISTINCT split_part(idempotency_key, ':', 1) FROM pyxp.xp_transactions")}
+        generic = conn.execute("SELECT count(*) FROM pyxp.xp_requests WHERE inputs ? 'action'").fetchone()[0]
+    assert rows >= 10_000
+    assert {"batch", "single", "plain", "campaign.created", "campaign.approved", "campaign.vote",
+            "completion.submitted", "completion.outcome", "completion.vote", "client.onboarded", "reverse"} <= kinds
+
+    schema.upgrade(target)
+    with psycopg.connect(target, autocommit=True) as conn:
+        assert conn.execute("SELECT * FROM pyxp.audit()").fetchall() == []
+        # The generic awards' requests became their rows' claims; flows and reversals keep theirs.
+        assert conn.execute("SELECT count(*) FROM pyxp.xp_requests WHERE inputs ? 'action'").fetchone() == (0,)
+        assert conn.execute("SELECT count(*) FROM pyxp.xp_transactions WHERE request_digest IS NOT NULL"
+                            ).fetchone() == (generic,)
+        assert conn.execute("SELECT count(*) FROM pyxp.xp_transactions").fetchone() == (rows,)
+        _replays_everything(conn, done)
+        with pytest.raises(psycopg.Error) as refused:
+            _run(conn, "award", {"wallet": "0xsingle1", "action": "Completion_Submit_B2C_Paid", "key": "single:1",
+                                 "params": Jsonb({"PRICE_COMPLETION": 301}), "context": Jsonb({})})
+        assert refused.value.sqlstate == "PX010"
+        assert "PRICE_COMPLETION" in (refused.value.diag.message_detail or "")
+        after = _run(conn, "award", {"wallet": "0xsingle1", "action": "CAMPAIGN_APPROVED", "key": "after:0004",
+                                     "params": Jsonb({}), "context": Jsonb({})})
+        assert [(r["xp_amount"], r["replayed"]) for r in after] == [(100, False)]
+        done.append(("award", {"wallet": "0xsingle1", "action": "CAMPAIGN_APPROVED", "key": "after:0004",
+                               "params": Jsonb({}), "context": Jsonb({})}, after))
+
+    schema.downgrade(target, "0003")
+    with psycopg.connect(target, autocommit=True) as conn:
+        assert conn.execute("SELECT * FROM pyxp.audit()").fetchall() == []
+        assert conn.execute("SELECT count(*) FROM pyxp.xp_requests WHERE inputs ? 'action'").fetchone() == (generic + 1,)
+        _replays_everything(conn, done)
+    schema.upgrade(target)
+    with psycopg.connect(target, autocommit=True) as conn:
+        assert conn.execute("SELECT * FROM pyxp.audit()").fetchall() == []
+        _replays_everything(conn, done)
