@@ -1,0 +1,92 @@
+"""One write path (issue 11): every ledger row is written by pyxp.append_rows, and a generic award's
+idempotency record is its own ledger row.
+
+Checked on the installed schema (pg_proc), not on the files: what runs is what counts.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+import psycopg
+import pytest
+
+from pyxp import XP
+
+
+def function_bodies(db: psycopg.Connection[Any]) -> dict[str, str]:
+    """Each function's source by name (overloads joined)."""
+    bodies: dict[str, str] = {}
+    for name, body in db.execute("SELECT p.proname, p.prosrc FROM pg_proc p "
+                                 "WHERE p.pronamespace = 'pyxp'::regnamespace ORDER BY p.oid"):
+        bodies[name] = bodies.get(name, "") + body
+    return bodies
+
+
+def test_one_function_inserts_ledger_rows_and_sets_balances(db: psycopg.Connection[Any]) -> None:
+    bodies = function_bodies(db)
+    inserts = {name for name, body in bodies.items()
+               if re.search(r"INSERT\s+INTO\s+pyxp\.xp_transactions", body, re.IGNORECASE)}
+    assert inserts == {"append_rows"}
+    sets_total = {name for name, body in bodies.items()
+                  if re.search(r"UPDATE\s+pyxp\.xp_balances[^;]*SET[^;]*total_xp\s*=", body, re.IGNORECASE | re.DOTALL)}
+    assert sets_total == {"append_rows"}
+    # recalculate_levels re-derives levels only; no other function updates a balance.
+    updates = {name for name, body in bodies.items()
+               if re.search(r"UPDATE\s+pyxp\.xp_balances", body, re.IGNORECASE)}
+    assert updates == {"append_rows", "recalculate_levels"}
+    # Every writer goes through it.
+    for writer in ("award", "award_many", "post_award", "reverse_transaction"):
+        assert "append_rows" in bodies[writer], writer
+
+
+def test_a_generic_award_is_its_own_idempotency_record(xp: XP, db: psycopg.Connection[Any]) -> None:
+    first = xp.award("0xabc", "CAMPAIGN_APPROVED", "own-record")
+    row = db.execute("SELECT request_digest, idempotency_key FROM pyxp.xp_transactions WHERE id = %s",
+                     (first.rows[0].transaction_id,)).fetchone()
+    assert row is not None and row[0] is not None and row[1] == "own-record"
+    assert db.execute("SELECT count(*) FROM pyxp.xp_requests").fetchone() == (0,)
+    assert db.execute("SELECT claimed_in, user_wallet, transaction_id FROM pyxp.idempotency_keys "
+                      "WHERE idempotency_key = 'own-record'").fetchall() == [("ledger", "0xabc", first.rows[0].transaction_id)]
+    again = xp.award("0xabc", "CAMPAIGN_APPROVED", "own-record")
+    assert (again.rows[0].transaction_id, again.replayed) == (first.rows[0].transaction_id, True)
+
+
+def test_a_flow_keeps_its_request(xp: XP, db: psycopg.Connection[Any]) -> None:
+    xp.award_campaign_creation("0xcreator", "camp-1", "B2C")
+    assert db.execute("SELECT count(*) FROM pyxp.xp_transactions WHERE request_digest IS NOT NULL").fetchone() == (0,)
+    assert db.execute("SELECT claimed_in FROM pyxp.idempotency_keys").fetchall() == [("xp_requests",)]
+
+
+def test_the_conflict_detail_says_what_the_first_call_wrote(xp: XP) -> None:
+    xp.award("0xabc", "Completion_Submit_B2C_Paid", "detail-key", params={"PRICE_COMPLETION": 300})
+    with pytest.raises(Exception) as refused:
+        xp.award("0xabc", "Completion_Submit_B2C_Paid", "detail-key", params={"PRICE_COMPLETION": 301})
+    text = str(refused.value)
+    assert "PX010" in text or "already used" in text
+    assert '"PRICE_COMPLETION": 300' in text and '"PRICE_COMPLETION": 301' in text
+
+
+@pytest.mark.parametrize("number", [300, 300.0, 300.00])
+def test_a_number_with_trailing_zeros_is_the_same_input(xp: XP, number: float) -> None:
+    first = xp.award("0xabc", "Completion_Submit_B2C_Paid", "zeros", params={"PRICE_COMPLETION": 300})
+    again = xp.award("0xabc", "Completion_Submit_B2C_Paid", "zeros", params={"PRICE_COMPLETION": number})
+    assert (again.rows[0].transaction_id, again.replayed) == (first.rows[0].transaction_id, True)
+
+
+def test_audit_reports_a_row_whose_rule_or_request_is_gone(xp: XP, db: psycopg.Connection[Any]) -> None:
+    """The foreign keys from xp_transactions to rules and xp_requests are audit checks now."""
+    generic = xp.award("0xabc", "CAMPAIGN_APPROVED", "audit-rule")
+    flow = xp.award_campaign_creation("0xcreator", "camp-audit", "B2C")
+    assert db.execute("SELECT * FROM pyxp.audit()").fetchall() == []
+    with db.transaction():
+        db.execute("DELETE FROM pyxp.xp_requests WHERE idempotency_key = 'campaign.created:camp-audit'")
+        db.execute("INSERT INTO pyxp.rules (ruleset_id, position, action, formula, xp_constant) "
+                   "SELECT ruleset_id, 999, 'GONE_SOON', '1', 1 FROM pyxp.rulesets WHERE is_active")
+    gone = xp.award("0xabc", "GONE_SOON", "audit-gone")
+    db.execute("DELETE FROM pyxp.rules WHERE action = 'GONE_SOON'")
+    found = {(r[0], r[2]) for r in db.execute("SELECT * FROM pyxp.audit()")}
+    assert ("request_missing", flow.rows[0].transaction_id) in found
+    assert ("rule_missing", gone.rows[0].transaction_id) in found
+    assert ("rule_missing", generic.rows[0].transaction_id) not in found
