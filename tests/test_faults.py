@@ -108,12 +108,12 @@ class BlockedCase:
 
 
 BLOCKED_CASES = {
-    # Blocked in append_rows' statement at the wallet's FOR UPDATE; that statement holds its
-    # lock for the ledger insert that claims the key.
+    # Blocked in append_rows at the wallet's FOR UPDATE, holding the ruleset-switch lock on
+    # xp_balances (its key is claimed later, by its ledger row).
     "award": BlockedCase(
         AWARD, {"wallet": WALLET, "action": APPROVED[0], "key": "fault:award", "params": Jsonb({})},
         ["fault:award"], [(WALLET, *APPROVED)],
-        lambda conninfo: wallet_row_locked(conninfo, WALLET), "pyxp.xp_transactions"),
+        lambda conninfo: wallet_row_locked(conninfo, WALLET), "pyxp.xp_balances"),
     # Its registry row inserted and its key claimed, blocked at the wallet's FOR UPDATE. (Since 0002 a
     # creation locks its registry row first: a registry row taken by another transaction holds it
     # before it writes anything, see test_integrity's registry race.)
