@@ -2,7 +2,7 @@
 --
 --   public functions (award, award_many, the flows, reverse_transaction)
 --     validate and normalise their inputs, then plan the rows they ask for
---     from the active ruleset (pyxp.planned_rows, pyxp.post_award, award_many)
+--     from the active ruleset (pyxp.planned_awards, pyxp.post_award)
 --       -> pyxp.append_rows(ruleset, floor, rows, batch)   THE writer
 --
 -- append_rows is the only statement path that inserts into xp_transactions

@@ -250,7 +250,7 @@ def test_writer_cannot_touch_any_table_directly(
 def test_writer_cannot_execute_internal_functions(
         login_role: Callable[..., str], connect_as: Callable[[str], psycopg.Connection[Any]],
         db: psycopg.Connection[Any], unchanged: Any, function: str) -> None:
-    """A writer cannot skip validation (post_award, write_ledger_rows...) nor switch rulesets."""
+    """A writer cannot skip validation (post_award, append_rows...) nor switch rulesets."""
     conn = connect_as(login_role("pyxp_writer"))
     with unchanged():
         refused(conn, call_with_nulls(db, function))
