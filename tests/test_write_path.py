@@ -90,3 +90,47 @@ def test_audit_reports_a_row_whose_rule_or_request_is_gone(xp: XP, db: psycopg.C
     assert ("request_missing", flow.rows[0].transaction_id) in found
     assert ("rule_missing", gone.rows[0].transaction_id) in found
     assert ("rule_missing", generic.rows[0].transaction_id) not in found
+
+
+def test_a_batch_meeting_a_concurrent_claim_of_another_wallet_is_px010(
+        conninfo: str, db: psycopg.Connection[Any]) -> None:
+    """Model-test finding: a batch that replays one key and meets, on another event, a key that a
+    concurrent call claims for another wallet (other inputs) while the batch's insert waits for it,
+    is refused with PX010 — it once reported the replayed event instead, as 40001."""
+    import threading
+    from psycopg.types.json import Jsonb
+
+    db.execute("SELECT * FROM pyxp.award('0xreplayed', 'CAMPAIGN_APPROVED', 'batch-replays-this')")
+    holder = psycopg.connect(conninfo)
+    try:
+        holder.execute("SELECT * FROM pyxp.award('0xholder', 'CAMPAIGN_APPROVED', 'raced-by-batch')")
+        outcome: dict[str, Any] = {}
+
+        def batch() -> None:
+            with psycopg.connect(conninfo, autocommit=True) as conn:
+                try:
+                    conn.execute("SELECT * FROM pyxp.award_many(%s)", (Jsonb([
+                        {"wallet": "0xreplayed", "action": "CAMPAIGN_APPROVED",
+                         "idempotency_key": "batch-replays-this"},
+                        {"wallet": "0xbatch", "action": "CAMPAIGN_APPROVED", "idempotency_key": "raced-by-batch"},
+                    ]),)).fetchall()
+                    outcome["ok"] = True
+                except psycopg.Error as exc:
+                    outcome["sqlstate"] = exc.sqlstate
+
+        thread = threading.Thread(target=batch)
+        thread.start()
+        for _ in range(200):  # until the batch's insert waits for the holder's claim
+            waiting = db.execute("SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
+                                 "AND query LIKE '%award_many%'").fetchone()
+            if waiting == (1,):
+                break
+            thread.join(0.05)
+        assert waiting == (1,)
+        holder.commit()
+        thread.join(30)
+    finally:
+        holder.close()
+    assert outcome == {"sqlstate": "PX010"}
+    assert db.execute("SELECT count(*) FROM pyxp.xp_transactions WHERE user_wallet = '0xbatch'").fetchone() == (0,)
+    assert db.execute("SELECT * FROM pyxp.audit()").fetchall() == []

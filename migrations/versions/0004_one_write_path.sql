@@ -187,13 +187,15 @@ BEGIN
                k.metadata, k.request_digest = pyxp.inputs_digest(r.inputs) AND k.idempotency_key = r.idempotency_key
                    AS same
           INTO v_problem
-          FROM unnest(v_rows) r
+          FROM unnest(v_rows) WITH ORDINALITY r
          CROSS JOIN LATERAL (SELECT k.* FROM pyxp.xp_transactions k
                               WHERE r.inputs IS NOT NULL AND k.request_digest IS NOT NULL
                                 AND pyxp.key_hash(k.idempotency_key) = pyxp.key_hash(r.idempotency_key)
                               LIMIT 1) k
-         WHERE NOT (k.id = ANY (coalesce(v_ids, '{}')))
-         ORDER BY NOT (k.request_digest = pyxp.inputs_digest(r.inputs))
+         WHERE v_claims[r.ordinality] IS NULL              -- not a replay: a row this call meant to write
+           AND NOT (k.id = ANY (coalesce(v_ids, '{}')))
+         ORDER BY k.request_digest = pyxp.inputs_digest(r.inputs) AND k.idempotency_key = r.idempotency_key,
+                  r.ordinality                              -- a conflict first
          LIMIT 1;
         IF v_problem.same AND NOT p_batch AND cardinality(v_rows) = 1 THEN
             RETURN QUERY SELECT * FROM pyxp.append_rows(p_ruleset, p_floor, p_rows, p_batch);  -- now a replay
