@@ -214,7 +214,7 @@ def test_without_an_active_ruleset_awards_and_levels_are_refused(fresh_database:
         client.award("w", "B2C_MINT", "k")
 
 
-# --------------------------------------------------------------------------- 0004 carries the ledger
+# --------------------------------------------------------------------------- 0005 carries the ledger
 
 CALLS_0003 = {
     "award": "SELECT * FROM pyxp.award(wallet => %(wallet)s, action => %(action)s, idempotency_key => %(key)s, "
@@ -299,14 +299,14 @@ def _replays_everything(conn: psycopg.Connection[Any], done: list[tuple[str, dic
         assert all(r["replayed"] for r in again), (kind, args)
 
 
-def test_0004_carries_a_ledger_of_every_kind_and_every_key_replays(fresh_database: Callable[[], str]) -> None:
-    """Issue 11: 0004 moves the generic awards' claims into their ledger rows. On a 0003 ledger of
+def test_0005_carries_a_ledger_of_every_kind_and_every_key_replays(fresh_database: Callable[[], str]) -> None:
+    """Issue 11: 0005 moves the generic awards' claims into their ledger rows. On a 0004 ledger of
     10k rows of every kind, after the upgrade: audit() is clean, every call replays its rows,
-    another input under a generic key is PX010, new awards go on; a downgrade to 0003 puts the
+    another input under a generic key is PX010, new awards go on; a downgrade to 0004 puts the
     requests back (audit clean, every call still replays) and the upgrade again too."""
     from psycopg.types.json import Jsonb
     target = fresh_database()
-    schema.upgrade(target, "0003")
+    schema.upgrade(target, "0004")
     done: list[tuple[str, dict[str, Any], list[Any]]] = []
     with psycopg.connect(target, autocommit=True) as conn:
         for kind, args in _ledger_calls():
@@ -333,13 +333,13 @@ def test_0004_carries_a_ledger_of_every_kind_and_every_key_replays(fresh_databas
                                  "params": Jsonb({"PRICE_COMPLETION": 301}), "context": Jsonb({})})
         assert refused.value.sqlstate == "PX010"
         assert "PRICE_COMPLETION" in (refused.value.diag.message_detail or "")
-        after = _run(conn, "award", {"wallet": "0xsingle1", "action": "CAMPAIGN_APPROVED", "key": "after:0004",
+        after = _run(conn, "award", {"wallet": "0xsingle1", "action": "CAMPAIGN_APPROVED", "key": "after:0005",
                                      "params": Jsonb({}), "context": Jsonb({})})
         assert [(r["xp_amount"], r["replayed"]) for r in after] == [(100, False)]
-        done.append(("award", {"wallet": "0xsingle1", "action": "CAMPAIGN_APPROVED", "key": "after:0004",
+        done.append(("award", {"wallet": "0xsingle1", "action": "CAMPAIGN_APPROVED", "key": "after:0005",
                                "params": Jsonb({}), "context": Jsonb({})}, after))
 
-    schema.downgrade(target, "0003")
+    schema.downgrade(target, "0004")
     with psycopg.connect(target, autocommit=True) as conn:
         assert conn.execute("SELECT * FROM pyxp.audit()").fetchall() == []
         assert conn.execute("SELECT count(*) FROM pyxp.xp_requests WHERE inputs ? 'action'").fetchone() == (generic + 1,)

@@ -1,237 +1,449 @@
--- Downgrade of 0004: requests for every generic award again, the old writers.
--- Each claim row's inputs are rebuilt from the row (action, wallet, and the
--- params its rule's formula reads from metadata) and must digest to what the
--- row holds, else the downgrade is refused: nothing is lost on the way back.
+-- 0005: one write path (pyxp.append_rows) and lean idempotency records.
+-- Frozen copy of what sql/*.sql defines at this revision; never edit it.
+--
+-- Carries the ledger into the new form: a generic award's claim is its
+-- ledger row (request_digest = pyxp.inputs_digest of the inputs its request
+-- stored, under the unique index xp_transactions_claim), so those requests
+-- leave xp_requests; flows and reversals keep theirs. The ledger's rows are
+-- otherwise unchanged: request_digest is set on those claim rows only, with
+-- the append-only trigger disabled for this one statement, inside this
+-- migration's transaction (the owner's documented operation).
 SET LOCAL ROLE pyxp_owner;
-DO $check$
-DECLARE
-    v_bad bigint;
-BEGIN
-    SELECT t.id INTO v_bad
-      FROM pyxp.xp_transactions t
-      LEFT JOIN pyxp.rules ru ON ru.rule_id = t.rule_id
-     WHERE t.request_digest IS NOT NULL
-       AND pyxp.inputs_digest(jsonb_build_object(
-               'action', t.transaction_type, 'wallet', t.user_wallet,
-               'params', (SELECT coalesce(jsonb_object_agg(k.key, trim_scale((t.metadata ->> k.key)::numeric)), '{}')
-                            FROM jsonb_object_keys(ru.xp_coefficients) k(key))))
-           IS DISTINCT FROM t.request_digest
-     LIMIT 1;
-    IF v_bad IS NOT NULL THEN
-        RAISE EXCEPTION 'cannot downgrade below 0004: the inputs of transaction % cannot be rebuilt', v_bad
-            USING HINT = 'its rule or metadata changed since it was written';
-    END IF;
-END
-$check$;
-INSERT INTO pyxp.xp_requests (idempotency_key, inputs, ruleset_id, created_at)
-SELECT t.idempotency_key,
-       jsonb_build_object('action', t.transaction_type, 'wallet', t.user_wallet,
-                          'params', (SELECT coalesce(jsonb_object_agg(k.key, t.metadata -> k.key), '{}')
-                                       FROM jsonb_object_keys(ru.xp_coefficients) k(key))),
-       ru.ruleset_id, t.created_at
-  FROM pyxp.xp_transactions t
-  JOIN pyxp.rules ru ON ru.rule_id = t.rule_id
- WHERE t.request_digest IS NOT NULL;
 
-DROP FUNCTION pyxp.inputs_digest(p_inputs jsonb);
-DROP FUNCTION pyxp.row_ruleset(p_rule_id bigint, p_key text);
-DROP FUNCTION pyxp.append_rows(p_ruleset bigint, p_floor bigint, p_rows pyxp.pending_row[], p_batch boolean);
-DROP FUNCTION pyxp.raise_key_conflict(p_batch boolean, p_call_index integer, p_key text, p_inputs jsonb, p_first_wallet text, p_first_type text, p_first_amount bigint, p_first_metadata jsonb);
-DROP FUNCTION pyxp.floored_rows(p_ruleset bigint, p_rows pyxp.pending_row[], p_floor bigint);
-DROP FUNCTION pyxp.writing_ruleset(OUT ruleset_id bigint, OUT balance_floor bigint);
-DROP FUNCTION pyxp.planned_awards(p_ruleset bigint, p_events pyxp.batch_event[], p_batch boolean);
-DROP FUNCTION pyxp.post_award( p_key text, p_inputs jsonb, p_wallet text, p_event text, p_campaign_type text, p_facts text[], p_params jsonb, p_campaign_id text, p_subject text, p_metadata jsonb, p_moderations integer, p_conflict_message text);
-DROP TYPE pyxp.pending_row;
-CREATE TYPE pyxp.planned_row AS (
+DROP FUNCTION pyxp.write_ledger_rows(p_wallet text, p_ruleset_id bigint, p_key text, p_rows pyxp.planned_row[], p_moderations integer, p_apply_floor boolean);
+DROP FUNCTION pyxp.planned_rows(p_rule_ids bigint[], p_params jsonb, p_strict boolean, p_campaign_id text, p_subject text, p_metadata jsonb);
+DROP FUNCTION pyxp.post_award( p_key text, p_inputs jsonb, p_wallet text, p_action text, p_event text, p_campaign_type text, p_facts text[], p_params jsonb, p_strict_params boolean, p_campaign_id text, p_subject text, p_metadata jsonb, p_moderations integer, p_conflict_message text);
+DROP TYPE pyxp.planned_row;
+DROP TYPE pyxp.batch_row;
+
+ALTER TABLE pyxp.xp_transactions
+    DROP CONSTRAINT xp_transactions_rule_id_fkey,
+    DROP CONSTRAINT xp_transactions_idempotency_key_fkey,
+    ADD COLUMN request_digest bigint;
+
+CREATE TYPE pyxp.pending_row AS (
+    call_index        integer,   -- the batch event it belongs to (0 outside award_many)
+    user_wallet       text,
+    idempotency_key   text,
+    inputs            jsonb,     -- a generic award's canonical inputs: its claim;
+                                 -- NULL: the caller claimed the key in xp_requests
     transaction_type  text,
-    xp_amount         bigint,
+    xp_amount         numeric,   -- to apply (the rule's amount, or what the floor left of it)
+    xp_requested      numeric,   -- the rule's amount when the balance floor cut it, else NULL
+    apply_floor       boolean,   -- false: a reversal compensates exactly
     rule_id           bigint,
     campaign_id       text,
     subject           text,
     metadata          jsonb,
-    reverses          bigint
+    reverses          bigint,
+    moderations       integer    -- added to the wallet's total_moderations (votes);
+                                 -- a row without transaction_type only counts them
 );
 
-CREATE TYPE pyxp.batch_row AS (
-    event_index    integer,
-    first_index    integer,   -- first event of the batch with the same key
-    wallet         text,
-    action         text,
-    key            text,
-    rule_id        bigint,
-    amount         numeric,
-    campaign_id    text,
-    subject        text,
-    metadata       jsonb,
-    inputs         jsonb,
-    claimed        boolean,   -- this event writes (first with a new key)
-    applied        numeric,
-    balance_after  numeric
-);
+CREATE FUNCTION pyxp.key_hash(p_key text)
+RETURNS uuid
+LANGUAGE plpgsql IMMUTABLE PARALLEL SAFE STRICT
+AS $$ BEGIN RETURN encode(substr(sha256(convert_to(p_key, 'UTF8')), 1, 16), 'hex')::uuid; END $$;
 
-CREATE FUNCTION pyxp.write_ledger_rows(p_wallet text, p_ruleset_id bigint, p_key text,
-                                       p_rows pyxp.planned_row[], p_moderations integer,
-                                       p_apply_floor boolean)
-RETURNS SETOF pyxp.award_result
-LANGUAGE plpgsql
+CREATE FUNCTION pyxp.inputs_digest(p_inputs jsonb)
+RETURNS bigint
+LANGUAGE plpgsql IMMUTABLE PARALLEL SAFE STRICT
+AS $$ BEGIN RETURN ('x' || encode(substr(sha256(convert_to(p_inputs::text, 'UTF8')), 1, 8), 'hex'))::bit(64)::bigint; END $$;
+
+CREATE FUNCTION pyxp.row_ruleset(p_rule_id bigint, p_key text)
+RETURNS bigint
+LANGUAGE plpgsql STABLE PARALLEL SAFE
 AS $$
 DECLARE
-    v_floor bigint;
-    v_running bigint;
-    v_row pyxp.planned_row;
-    v_out pyxp.award_result;
-    v_level bigint;
-    v_next numeric;
-    v_feed xid8;
+    v_id bigint;
 BEGIN
-    IF cardinality(p_rows) = 0 AND p_moderations = 0 THEN
-        RETURN;
+    SELECT ru.ruleset_id INTO v_id FROM pyxp.rules ru WHERE ru.rule_id = p_rule_id;
+    IF v_id IS NULL THEN
+        SELECT q.ruleset_id INTO v_id FROM pyxp.xp_requests q WHERE q.idempotency_key = p_key;
     END IF;
-    -- The wallet's lock. A new wallet's row is inserted first; a concurrent
-    -- insert of the same wallet makes ON CONFLICT wait, then we lock its row.
-    SELECT b.total_xp, b.last_feed_xid INTO v_running, v_feed
-      FROM pyxp.xp_balances b WHERE b.user_wallet = p_wallet FOR UPDATE;
-    IF NOT FOUND THEN
-        INSERT INTO pyxp.xp_balances (user_wallet, total_xp, current_level, xp_to_next_level)
-        SELECT p_wallet, 0, c.level, c.next_level_xp::bigint FROM pyxp.curve_position(p_ruleset_id, 0) c
-        ON CONFLICT (user_wallet) DO NOTHING;
-        SELECT b.total_xp, b.last_feed_xid INTO STRICT v_running, v_feed
-          FROM pyxp.xp_balances b WHERE b.user_wallet = p_wallet FOR UPDATE;
-    END IF;
-    -- The feed group of these rows (sql/11_changes.sql): this transaction's
-    -- id, or the wallet's last group if that is higher (greatest skips NULL).
-    v_feed := greatest(pg_current_xact_id(), v_feed);
-    IF p_apply_floor THEN
-        SELECT r.balance_floor INTO v_floor FROM pyxp.rulesets r WHERE r.ruleset_id = p_ruleset_id;
-    END IF;
-    SELECT c.level, c.next_level_xp INTO v_level, v_next FROM pyxp.curve_position(p_ruleset_id, v_running) c;
-
-    FOREACH v_row IN ARRAY p_rows LOOP
-        v_out.previous_level := v_level;
-        v_out.xp_requested := NULL;
-        v_out.xp_amount := v_row.xp_amount;
-        v_out.xp_amount := pyxp.floored_amount(v_row.xp_amount, v_floor, v_running);
-        IF v_out.xp_amount <> v_row.xp_amount THEN
-            v_out.xp_requested := v_row.xp_amount;
-        END IF;
-        IF v_running + v_out.xp_amount NOT BETWEEN -pyxp.balance_limit() AND pyxp.balance_limit() THEN
-            RAISE EXCEPTION 'balance of % would be %, out of range', p_wallet, v_running + v_out.xp_amount
-                USING ERRCODE = 'PX019', HINT = 'a balance stays between -2^62 and 2^62';
-        END IF;
-        v_running := v_running + v_out.xp_amount;
-
-        INSERT INTO pyxp.xp_transactions (user_wallet, transaction_type, xp_amount, xp_requested,
-                                          balance_after, rule_id, campaign_id, subject,
-                                          idempotency_key, metadata, reverses, feed_xid)
-        VALUES (p_wallet, v_row.transaction_type, v_out.xp_amount, v_out.xp_requested,
-                v_running, v_row.rule_id, v_row.campaign_id, v_row.subject,
-                p_key, coalesce(v_row.metadata, '{}'), v_row.reverses, v_feed)
-        RETURNING id INTO v_out.transaction_id;
-
-        SELECT c.level, c.next_level_xp INTO v_level, v_next FROM pyxp.curve_position(p_ruleset_id, v_running) c;
-        v_out.user_wallet := p_wallet;
-        v_out.transaction_type := v_row.transaction_type;
-        v_out.total_xp := v_running;
-        v_out.current_level := v_level;
-        v_out.xp_to_next_level := (v_next - v_running)::bigint;
-        v_out.replayed := false;
-        RETURN NEXT v_out;
-    END LOOP;
-
-    UPDATE pyxp.xp_balances b
-       SET total_xp = v_running,
-           current_level = v_level,
-           xp_to_next_level = (v_next - v_running)::bigint,
-           total_moderations = b.total_moderations + p_moderations,
-           updated_at = now(),
-           last_feed_xid = CASE WHEN cardinality(p_rows) > 0 THEN v_feed ELSE b.last_feed_xid END
-     WHERE b.user_wallet = p_wallet;
+    RETURN v_id;
 END
 $$;
 
-CREATE FUNCTION pyxp.planned_rows(p_rule_ids bigint[], p_params jsonb, p_strict boolean,
-                                  p_campaign_id text, p_subject text, p_metadata jsonb)
-RETURNS pyxp.planned_row[]
+CREATE FUNCTION pyxp.append_rows(p_ruleset bigint, p_floor bigint, p_rows pyxp.pending_row[],
+                                 p_batch boolean)
+RETURNS SETOF pyxp.batch_award_result
+LANGUAGE plpgsql
+AS $$
+DECLARE
+    v_rows pyxp.pending_row[] := p_rows;
+    v_wallet text := p_rows[1].user_wallet;
+    v_claims bigint[];       -- per row: the ledger row that claimed its key before (a replay)
+    v_after numeric[];       -- per row: the wallet's balance after it (range-checked before any cast)
+    v_feed xid8[];           -- per row: its feed group
+    v_ids bigint[];          -- per row: the id it got (NULL: replayed, or no row)
+    v_conflict_ord integer;  -- the first row whose key a call with other inputs claimed
+    v_range_ord integer;     -- a row whose balance would leave [-2^62, 2^62]
+    v_expected integer;      -- rows to insert
+    v_inserted integer;
+    v_problem record;
+BEGIN
+    IF coalesce(cardinality(v_rows), 0) = 0 THEN
+        RETURN;
+    END IF;
+    -- 1. The wallets' row locks. One wallet: FOR UPDATE (a new wallet's row
+    --    is inserted first; a concurrent insert of the same wallet makes ON
+    --    CONFLICT wait, then we lock its row). A batch: each row created if
+    --    missing or locked if present, one statement, strictly in wallet
+    --    order (creating the missing rows first and locking the others after
+    --    let a batch hold a new wallet's row while waiting for an older one
+    --    that a caller awarding in wallet order held: a deadlock, 40P01); its
+    --    no-op update changes no indexed column (HOT).
+    IF NOT p_batch THEN
+        PERFORM FROM pyxp.xp_balances b WHERE b.user_wallet = v_wallet FOR UPDATE;
+        IF NOT FOUND THEN
+            INSERT INTO pyxp.xp_balances (user_wallet, total_xp, current_level, xp_to_next_level)
+            SELECT v_wallet, 0, c.level, c.next_level_xp::bigint FROM pyxp.curve_position(p_ruleset, 0) c
+            ON CONFLICT (user_wallet) DO NOTHING;
+            PERFORM FROM pyxp.xp_balances b WHERE b.user_wallet = v_wallet FOR UPDATE;
+        END IF;
+    ELSE
+        INSERT INTO pyxp.xp_balances AS x (user_wallet, total_xp, current_level, xp_to_next_level)
+        SELECT w.user_wallet, 0, c.level, c.next_level_xp::bigint
+          FROM (SELECT DISTINCT r.user_wallet FROM unnest(v_rows) r) w
+         CROSS JOIN pyxp.curve_position(p_ruleset, 0) c
+         ORDER BY w.user_wallet
+        ON CONFLICT (user_wallet) DO UPDATE SET updated_at = x.updated_at;
+    END IF;
+    -- A balance floor cuts penalties by the running balance (slow path:
+    -- floors are rare): xp_amount becomes what applies, xp_requested keeps
+    -- what the rule asked.
+    IF p_floor IS NOT NULL AND EXISTS (SELECT FROM unnest(v_rows) r WHERE r.apply_floor AND r.xp_amount < 0) THEN
+        v_rows := pyxp.floored_rows(p_ruleset, v_rows, p_floor);
+    END IF;
+
+    -- 2. Under the locks (a new statement: READ COMMITTED sees what the
+    --    previous holder committed): each generic award's claim made before
+    --    (a replay, or PX010 for other inputs), then the running balances,
+    --    per wallet in row order, and the feed group (sql/11_changes.sql:
+    --    this transaction's id, or the wallet's last group if higher).
+    SELECT array_agg(x.claim_id ORDER BY x.ord), array_agg(x.after ORDER BY x.ord),
+           array_agg(x.feed ORDER BY x.ord),
+           (array_agg(x.ord ORDER BY x.ord) FILTER (WHERE x.conflict))[1],
+           (array_agg(x.ord ORDER BY x.ord) FILTER (WHERE abs(x.after) > pyxp.balance_limit()))[1],
+           count(*) FILTER (WHERE x.claim_id IS NULL AND x.transaction_type IS NOT NULL)
+      INTO v_claims, v_after, v_feed, v_conflict_ord, v_range_ord, v_expected
+      FROM (SELECT r.ord, r.transaction_type, k.id AS claim_id,
+                   k.id IS NOT NULL AND (k.request_digest <> pyxp.inputs_digest(r.inputs)
+                                         OR k.idempotency_key <> r.idempotency_key) AS conflict,
+                   b.total_xp + sum(r.xp_amount) FILTER (WHERE k.id IS NULL)
+                                    OVER (PARTITION BY r.user_wallet ORDER BY r.ord) AS after,
+                   greatest(pg_current_xact_id(), b.last_feed_xid) AS feed
+              FROM unnest(v_rows) WITH ORDINALITY r(call_index, user_wallet, idempotency_key, inputs,
+                                                    transaction_type, xp_amount, xp_requested, apply_floor,
+                                                    rule_id, campaign_id, subject, metadata, reverses,
+                                                    moderations, ord)
+             CROSS JOIN LATERAL (SELECT b.total_xp, b.last_feed_xid FROM pyxp.xp_balances b
+                                  WHERE b.user_wallet = r.user_wallet LIMIT 1) b
+              LEFT JOIN LATERAL (SELECT k.id, k.request_digest, k.idempotency_key FROM pyxp.xp_transactions k
+                                  WHERE r.inputs IS NOT NULL AND k.request_digest IS NOT NULL
+                                    AND pyxp.key_hash(k.idempotency_key) = pyxp.key_hash(r.idempotency_key)
+                                  LIMIT 1) k ON true) x;
+    IF v_conflict_ord IS NOT NULL THEN
+        SELECT k.* INTO v_problem FROM pyxp.xp_transactions k WHERE k.id = v_claims[v_conflict_ord];
+        PERFORM pyxp.raise_key_conflict(p_batch, v_rows[v_conflict_ord].call_index,
+                                        v_rows[v_conflict_ord].idempotency_key,
+                                        v_rows[v_conflict_ord].inputs, v_problem.user_wallet,
+                                        v_problem.transaction_type, v_problem.xp_amount, v_problem.metadata);
+    ELSIF v_range_ord IS NOT NULL THEN
+        RAISE EXCEPTION '%balance of % would be %, out of range',
+                        CASE WHEN p_batch THEN format('event %s: ', v_rows[v_range_ord].call_index) ELSE '' END,
+                        v_rows[v_range_ord].user_wallet, v_after[v_range_ord]
+            USING ERRCODE = 'PX019', HINT = 'a balance stays between -2^62 and 2^62';
+    END IF;
+
+    -- 3. The new rows, in row order (ids follow each wallet's chain). A
+    --    generic award's row claims its key; it is skipped if a call that
+    --    committed while this one waited for the lock holds the key (below).
+    WITH inserted AS (
+        INSERT INTO pyxp.xp_transactions (user_wallet, transaction_type, xp_amount, xp_requested,
+                                          balance_after, rule_id, campaign_id, subject, idempotency_key,
+                                          metadata, reverses, feed_xid, request_digest)
+        SELECT r.user_wallet, r.transaction_type, r.xp_amount::bigint, r.xp_requested::bigint, r.after::bigint,
+               r.rule_id, r.campaign_id, r.subject, r.idempotency_key, coalesce(r.metadata, '{}'), r.reverses,
+               r.feed, pyxp.inputs_digest(r.inputs)
+          FROM ROWS FROM (unnest(v_rows), unnest(v_claims), unnest(v_after), unnest(v_feed)) WITH ORDINALITY
+               r(call_index, user_wallet, idempotency_key, inputs, transaction_type, xp_amount, xp_requested,
+                 apply_floor, rule_id, campaign_id, subject, metadata, reverses, moderations, claim, after,
+                 feed, ord)
+         WHERE r.claim IS NULL AND r.transaction_type IS NOT NULL
+         ORDER BY r.ord
+        ON CONFLICT (pyxp.key_hash(idempotency_key)) WHERE request_digest IS NOT NULL DO NOTHING
+        RETURNING id
+    )
+    SELECT array_agg(i.id ORDER BY i.id) INTO v_ids FROM inserted i;
+    v_inserted := coalesce(cardinality(v_ids), 0);
+    IF v_inserted < v_expected THEN
+        -- A key was claimed by a call on another wallet (other inputs: PX010)
+        -- that committed while this INSERT waited for it. With the same
+        -- inputs (same wallet, same lock) the probe of step 2, a statement
+        -- run after the locks were granted, saw it: kept as a guard.
+        SELECT r.call_index, r.idempotency_key, r.inputs, k.user_wallet, k.transaction_type, k.xp_amount,
+               k.metadata, k.request_digest = pyxp.inputs_digest(r.inputs) AND k.idempotency_key = r.idempotency_key
+                   AS same
+          INTO v_problem
+          FROM unnest(v_rows) WITH ORDINALITY r
+         CROSS JOIN LATERAL (SELECT k.* FROM pyxp.xp_transactions k
+                              WHERE r.inputs IS NOT NULL AND k.request_digest IS NOT NULL
+                                AND pyxp.key_hash(k.idempotency_key) = pyxp.key_hash(r.idempotency_key)
+                              LIMIT 1) k
+         WHERE v_claims[r.ordinality] IS NULL              -- not a replay: a row this call meant to write
+           AND NOT (k.id = ANY (coalesce(v_ids, '{}')))
+         ORDER BY k.request_digest = pyxp.inputs_digest(r.inputs) AND k.idempotency_key = r.idempotency_key,
+                  r.ordinality                              -- a conflict first
+         LIMIT 1;
+        IF v_problem.same AND NOT p_batch AND cardinality(v_rows) = 1 THEN
+            RETURN QUERY SELECT * FROM pyxp.append_rows(p_ruleset, p_floor, p_rows, p_batch);  -- now a replay
+            RETURN;
+        ELSIF v_problem.same THEN
+            RAISE EXCEPTION 'an award of this batch was made concurrently by another transaction'
+                USING ERRCODE = '40001', HINT = 'retry the batch: the awards already made replay';
+        END IF;
+        PERFORM pyxp.raise_key_conflict(p_batch, v_problem.call_index, v_problem.idempotency_key, v_problem.inputs,
+                                        v_problem.user_wallet, v_problem.transaction_type, v_problem.xp_amount,
+                                        v_problem.metadata);
+    END IF;
+    -- Ids back to their rows (the inserted ones are the rows without a
+    -- claim and with a transaction_type, in order).
+    IF v_inserted > 0 AND (v_inserted < cardinality(v_rows)) THEN
+        v_ids := ARRAY(SELECT CASE WHEN r.claim IS NULL AND r.transaction_type IS NOT NULL
+                                   THEN v_ids[count(*) FILTER (WHERE r.claim IS NULL AND r.transaction_type IS NOT NULL)
+                                                  OVER (ORDER BY r.ord)] END
+                         FROM ROWS FROM (unnest(v_rows), unnest(v_claims)) WITH ORDINALITY
+                              r(call_index, user_wallet, idempotency_key, inputs, transaction_type, xp_amount,
+                                xp_requested, apply_floor, rule_id, campaign_id, subject, metadata, reverses,
+                                moderations, claim, ord)
+                        ORDER BY r.ord);
+    END IF;
+
+    -- 4. Each balance once: its last new row's balance, its level on the
+    --    active curve, the votes it counts.
+    UPDATE pyxp.xp_balances x
+       SET total_xp = coalesce(f.after::bigint, x.total_xp), current_level = c.level,
+           xp_to_next_level = (c.next_level_xp - coalesce(f.after::bigint, x.total_xp))::bigint,
+           total_moderations = x.total_moderations + f.moderations, updated_at = now(),
+           last_feed_xid = coalesce(f.feed, x.last_feed_xid)
+      FROM (SELECT r.user_wallet,
+                   (array_agg(r.after ORDER BY r.ord DESC) FILTER (WHERE r.id IS NOT NULL))[1] AS after,
+                   max(r.feed) FILTER (WHERE r.id IS NOT NULL) AS feed,
+                   sum(r.moderations) FILTER (WHERE r.claim IS NULL)::bigint AS moderations,
+                   (array_agg(b.total_xp))[1] AS total_xp
+              FROM ROWS FROM (unnest(v_rows), unnest(v_claims), unnest(v_after), unnest(v_feed), unnest(v_ids))
+                   WITH ORDINALITY r(call_index, user_wallet, idempotency_key, inputs, transaction_type, xp_amount,
+                                     xp_requested, apply_floor, rule_id, campaign_id, subject, metadata, reverses,
+                                     moderations, claim, after, feed, id, ord)
+             CROSS JOIN LATERAL (SELECT b.total_xp FROM pyxp.xp_balances b WHERE b.user_wallet = r.user_wallet LIMIT 1) b
+             GROUP BY r.user_wallet) f
+     CROSS JOIN LATERAL pyxp.curve_position(p_ruleset, coalesce(f.after::bigint, f.total_xp)) c
+     WHERE x.user_wallet = f.user_wallet AND (f.after IS NOT NULL OR f.moderations <> 0);
+
+    -- 5. One row per row with a transaction_type: new ones with their levels
+    --    on the active curve, replayed ones as they were written.
+    RETURN QUERY
+        SELECT r.call_index, coalesce(r.id, t.id), r.user_wallet, r.transaction_type,
+               coalesce(t.xp_amount, r.xp_amount::bigint), CASE WHEN t.id IS NULL THEN r.xp_requested::bigint ELSE t.xp_requested END,
+               coalesce(t.balance_after, r.after::bigint), now_.level,
+               (now_.next_level_xp - coalesce(t.balance_after, r.after))::bigint, before_.level, t.id IS NOT NULL
+          FROM ROWS FROM (unnest(v_rows), unnest(v_claims), unnest(v_after), unnest(v_ids)) WITH ORDINALITY
+               r(call_index, user_wallet, idempotency_key, inputs, transaction_type, xp_amount, xp_requested,
+                 apply_floor, rule_id, campaign_id, subject, metadata, reverses, moderations, claim, after, id, ord)
+          LEFT JOIN LATERAL (SELECT t.* FROM pyxp.xp_transactions t WHERE t.id = r.claim LIMIT 1) t ON true
+         CROSS JOIN LATERAL (SELECT CASE WHEN t.id IS NULL THEN p_ruleset
+                                         ELSE pyxp.row_ruleset(t.rule_id, t.idempotency_key) END AS ruleset_id) s
+         CROSS JOIN LATERAL pyxp.curve_position(s.ruleset_id, coalesce(t.balance_after, r.after::bigint)) now_
+         CROSS JOIN LATERAL pyxp.curve_position(s.ruleset_id, coalesce(t.balance_after - t.xp_amount,
+                                                                      (r.after - r.xp_amount)::bigint)) before_
+         WHERE r.transaction_type IS NOT NULL
+         ORDER BY r.ord;
+END
+$$;
+
+CREATE FUNCTION pyxp.raise_key_conflict(p_batch boolean, p_call_index integer, p_key text, p_inputs jsonb,
+                                        p_first_wallet text, p_first_type text, p_first_amount bigint,
+                                        p_first_metadata jsonb)
+RETURNS void
+LANGUAGE plpgsql
+AS $$
+BEGIN
+    RAISE EXCEPTION '%idempotency key % was already used with other inputs',
+                    CASE WHEN p_batch THEN format('event %s: ', p_call_index) ELSE '' END, quote_literal(p_key)
+        USING ERRCODE = 'PX010',
+              DETAIL = format('first call: %s; this call: %s',
+                              jsonb_build_object('action', p_first_type, 'wallet', p_first_wallet,
+                                                 'xp_amount', p_first_amount, 'metadata', p_first_metadata),
+                              p_inputs),
+              HINT = 'repeat a call with exactly the same inputs to get its result again';
+END
+$$;
+
+CREATE FUNCTION pyxp.floored_rows(p_ruleset bigint, p_rows pyxp.pending_row[], p_floor bigint)
+RETURNS pyxp.pending_row[]
+LANGUAGE plpgsql
+AS $$
+DECLARE
+    v_row record;
+    v_next pyxp.pending_row[] := p_rows;
+    v_wallet text;
+    v_running numeric;
+    v_applied numeric;
+BEGIN
+    FOR v_row IN
+        SELECT r.ordinality AS ord, r.user_wallet, r.xp_amount, r.apply_floor,
+               EXISTS (SELECT FROM pyxp.xp_transactions k
+                        WHERE r.inputs IS NOT NULL AND k.request_digest IS NOT NULL
+                          AND pyxp.key_hash(k.idempotency_key) = pyxp.key_hash(r.idempotency_key)
+                        LIMIT 1) AS claimed
+          FROM unnest(p_rows) WITH ORDINALITY r
+         ORDER BY r.user_wallet, r.ordinality
+    LOOP
+        CONTINUE WHEN v_row.claimed;
+        IF v_wallet IS DISTINCT FROM v_row.user_wallet THEN
+            v_wallet := v_row.user_wallet;
+            SELECT b.total_xp INTO v_running FROM pyxp.xp_balances b WHERE b.user_wallet = v_wallet FOR UPDATE;
+            v_running := coalesce(v_running, 0);
+        END IF;
+        v_applied := CASE WHEN v_row.apply_floor THEN pyxp.floored_amount(v_row.xp_amount, p_floor, v_running)
+                          ELSE v_row.xp_amount END;
+        IF v_applied <> v_row.xp_amount THEN
+            v_next[v_row.ord].xp_requested := v_row.xp_amount;
+            v_next[v_row.ord].xp_amount := v_applied;
+        END IF;
+        v_running := v_running + v_applied;
+    END LOOP;
+    RETURN v_next;
+END
+$$;
+
+CREATE FUNCTION pyxp.writing_ruleset(OUT ruleset_id bigint, OUT balance_floor bigint)
+LANGUAGE plpgsql
+AS $$
+BEGIN
+    PERFORM pyxp.require_read_committed();
+    LOCK TABLE pyxp.xp_balances IN ROW EXCLUSIVE MODE;
+    SELECT r.ruleset_id, r.balance_floor INTO ruleset_id, balance_floor FROM pyxp.rulesets r WHERE r.is_active;
+    IF ruleset_id IS NULL THEN
+        PERFORM pyxp.active_ruleset_id();  -- PX020
+    END IF;
+END
+$$;
+
+CREATE FUNCTION pyxp.planned_awards(p_ruleset bigint, p_events pyxp.batch_event[], p_batch boolean)
+RETURNS pyxp.pending_row[]
 LANGUAGE plpgsql STABLE
 AS $$
 DECLARE
+    v_rows pyxp.pending_row[];
+    v_plain boolean;
     v_problem record;
-    v_rule record;
-    v_rows pyxp.planned_row[] := '{}';
 BEGIN
-    SELECT x.code, x.message, x.hint INTO v_problem
-      FROM pyxp.rules ru
-     CROSS JOIN LATERAL pyxp.formula_input_problems(ru.action, ru.xp_coefficients, p_params, p_strict) x
-     WHERE ru.rule_id = ANY (p_rule_ids)
-     ORDER BY x.code = 'PX017'
-     LIMIT 1;
-    IF FOUND THEN
-        RAISE EXCEPTION '%', v_problem.message USING ERRCODE = v_problem.code, HINT = v_problem.hint;
+    SELECT array_agg(ROW(e.event_index, e.wallet, e.key, e.inputs, e.action,
+                         pyxp.rule_amount(ru.xp_constant, ru.xp_coefficients, e.params), NULL, true, ru.rule_id,
+                         e.campaign_id, e.subject, e.metadata, NULL, 0)::pyxp.pending_row ORDER BY e.event_index),
+           bool_and(ru.rule_id IS NOT NULL AND ru.xp_coefficients = '{}' AND e.params = '{}'
+                    AND abs(ru.xp_constant) <= 1e15)
+      INTO v_rows, v_plain
+      FROM unnest(p_events) e
+      LEFT JOIN pyxp.rules ru ON ru.ruleset_id = p_ruleset AND ru.action = e.action;
+    IF v_plain THEN
+        RETURN v_rows;
     END IF;
 
-    FOR v_rule IN
-        SELECT ru.rule_id, ru.action,
-               pyxp.rule_amount(ru.xp_constant, ru.xp_coefficients, p_params) AS amount
-          FROM unnest(p_rule_ids) WITH ORDINALITY u(rule_id, ord)
-          JOIN pyxp.rules ru ON ru.rule_id = u.rule_id
-         ORDER BY u.ord
-    LOOP
-        IF abs(v_rule.amount) > 1e15 THEN
-            RAISE EXCEPTION 'XP amount % of % is out of range', v_rule.amount, v_rule.action
-                USING ERRCODE = 'PX004', HINT = 'an award is at most 10^15 XP; check the formula inputs';
-        END IF;
-        v_rows := v_rows || ROW(v_rule.action, v_rule.amount::bigint, v_rule.rule_id,
-                                p_campaign_id, p_subject, p_metadata, NULL)::pyxp.planned_row;
-    END LOOP;
+    -- The checks, in this order, on the events whose key is not claimed yet.
+    SELECT e.event_index, x.code, x.message, x.hint INTO v_problem
+      FROM unnest(p_events) e
+      LEFT JOIN pyxp.rules ru ON ru.ruleset_id = p_ruleset AND ru.action = e.action
+     CROSS JOIN LATERAL (
+            SELECT 1 AS step, 'PX009' AS code, format('unknown action %s', quote_literal(e.action)) AS message,
+                   (SELECT format('actions of the active ruleset %s v%s: %s', r.name, r.version,
+                                  (SELECT string_agg(a.action, ', ' ORDER BY a.position)
+                                     FROM pyxp.rules a WHERE a.ruleset_id = r.ruleset_id))
+                      FROM pyxp.rulesets r WHERE r.ruleset_id = p_ruleset) AS hint
+             WHERE ru.rule_id IS NULL
+            UNION ALL
+            SELECT CASE p.code WHEN 'PX018' THEN 2 ELSE 3 END, p.code, p.message, p.hint
+              FROM pyxp.formula_input_problems(ru.action, ru.xp_coefficients, e.params, true) p
+             WHERE ru.rule_id IS NOT NULL
+            UNION ALL
+            SELECT 4, 'PX004', format('XP amount %s of %s is out of range',
+                                      pyxp.rule_amount(ru.xp_constant, ru.xp_coefficients, e.params), ru.action),
+                   'an award is at most 10^15 XP; check the formula inputs'
+             WHERE ru.rule_id IS NOT NULL AND abs(pyxp.rule_amount(ru.xp_constant, ru.xp_coefficients, e.params)) > 1e15
+         ) x
+     WHERE NOT EXISTS (SELECT FROM pyxp.xp_transactions k  -- LIMIT: a probe per event, never a hash join
+                        WHERE k.request_digest IS NOT NULL AND pyxp.key_hash(k.idempotency_key) = pyxp.key_hash(e.key)
+                        LIMIT 1)
+     ORDER BY x.step, e.event_index
+     LIMIT 1;
+    IF FOUND THEN
+        RAISE EXCEPTION '%', CASE WHEN p_batch THEN format('event %s: ', v_problem.event_index) ELSE '' END
+                             || v_problem.message
+            USING ERRCODE = v_problem.code, HINT = v_problem.hint;
+    END IF;
     RETURN v_rows;
 END
 $$;
 
 CREATE FUNCTION pyxp.post_award(
     p_key text, p_inputs jsonb, p_wallet text,
-    p_action text, p_event text, p_campaign_type text, p_facts text[],
-    p_params jsonb, p_strict_params boolean,
+    p_event text, p_campaign_type text, p_facts text[], p_params jsonb,
     p_campaign_id text, p_subject text, p_metadata jsonb, p_moderations integer,
     p_conflict_message text DEFAULT NULL)
 RETURNS SETOF pyxp.award_result
 LANGUAGE plpgsql
 AS $$
 DECLARE
-    v_ruleset bigint;
-    v_rule_ids bigint[];
+    v_ruleset record;
+    v_rows pyxp.pending_row[];
+    v_problem record;
 BEGIN
-    PERFORM pyxp.require_read_committed();
-    -- Before reading the active ruleset: see the lock protocol in 04_rulesets.sql.
-    LOCK TABLE pyxp.xp_balances IN ROW EXCLUSIVE MODE;
-    v_ruleset := pyxp.active_ruleset_id();
-    IF NOT pyxp.claim_request(p_key, p_inputs, v_ruleset) THEN
+    SELECT * INTO v_ruleset FROM pyxp.writing_ruleset();
+    IF NOT pyxp.claim_request(p_key, p_inputs, v_ruleset.ruleset_id) THEN
         RETURN QUERY SELECT * FROM pyxp.replayed_award(p_key, p_inputs, p_conflict_message);
         RETURN;
     END IF;
 
-    IF p_action IS NOT NULL THEN
-        SELECT array_agg(ru.rule_id) INTO v_rule_ids
-          FROM pyxp.rules ru WHERE ru.ruleset_id = v_ruleset AND ru.action = p_action;
-        IF v_rule_ids IS NULL THEN
-            RAISE EXCEPTION 'unknown action %', quote_literal(p_action)
-                USING ERRCODE = 'PX009',
-                      HINT = (SELECT format('actions of the active ruleset %s v%s: %s', r.name, r.version,
-                                            (SELECT string_agg(ru.action, ', ' ORDER BY ru.position)
-                                               FROM pyxp.rules ru WHERE ru.ruleset_id = r.ruleset_id))
-                                FROM pyxp.rulesets r WHERE r.ruleset_id = v_ruleset);
-        END IF;
-    ELSE
-        SELECT coalesce(array_agg(ru.rule_id ORDER BY ru.position), '{}') INTO v_rule_ids
-          FROM pyxp.rules ru
-         WHERE ru.ruleset_id = v_ruleset AND ru.event = p_event
-           AND (ru.campaign_types IS NULL OR p_campaign_type = ANY (ru.campaign_types))
-           AND (ru.condition IS NULL OR ru.condition = ANY (p_facts));
+    SELECT x.code, x.message, x.hint INTO v_problem
+      FROM pyxp.rules ru
+     CROSS JOIN LATERAL pyxp.formula_input_problems(ru.action, ru.xp_coefficients, p_params, false) x
+     WHERE ru.ruleset_id = v_ruleset.ruleset_id AND ru.event = p_event
+       AND (ru.campaign_types IS NULL OR p_campaign_type = ANY (ru.campaign_types))
+       AND (ru.condition IS NULL OR ru.condition = ANY (p_facts))
+     ORDER BY ru.position
+     LIMIT 1;
+    IF FOUND THEN
+        RAISE EXCEPTION '%', v_problem.message USING ERRCODE = v_problem.code, HINT = v_problem.hint;
     END IF;
-
-    RETURN QUERY SELECT * FROM pyxp.write_ledger_rows(
-        p_wallet, v_ruleset, p_key,
-        pyxp.planned_rows(v_rule_ids, p_params, p_strict_params, p_campaign_id, p_subject, p_metadata),
-        p_moderations, true);
+    v_rows := ARRAY(
+        SELECT ROW(0, p_wallet, p_key, NULL, ru.action,
+                   pyxp.rule_amount(ru.xp_constant, ru.xp_coefficients, p_params), NULL, true, ru.rule_id,
+                   p_campaign_id, p_subject, p_metadata, NULL, 0)::pyxp.pending_row
+          FROM pyxp.rules ru
+         WHERE ru.ruleset_id = v_ruleset.ruleset_id AND ru.event = p_event
+           AND (ru.campaign_types IS NULL OR p_campaign_type = ANY (ru.campaign_types))
+           AND (ru.condition IS NULL OR ru.condition = ANY (p_facts))
+         ORDER BY ru.position);
+    SELECT r.transaction_type, r.xp_amount INTO v_problem FROM unnest(v_rows) r WHERE abs(r.xp_amount) > 1e15 LIMIT 1;
+    IF FOUND THEN
+        RAISE EXCEPTION 'XP amount % of % is out of range', v_problem.xp_amount, v_problem.transaction_type
+            USING ERRCODE = 'PX004', HINT = 'an award is at most 10^15 XP; check the formula inputs';
+    END IF;
+    IF p_moderations > 0 THEN  -- counted once, with the call's first row (or alone)
+        IF cardinality(v_rows) = 0 THEN
+            v_rows := ARRAY[ROW(0, p_wallet, p_key, NULL, NULL, 0, NULL, false, NULL, NULL, NULL, NULL, NULL,
+                                p_moderations)::pyxp.pending_row];
+        ELSE
+            v_rows[1].moderations := p_moderations;
+        END IF;
+    END IF;
+    RETURN QUERY
+        SELECT w.transaction_id, w.user_wallet, w.transaction_type, w.xp_amount, w.xp_requested, w.total_xp,
+               w.current_level, w.xp_to_next_level, w.previous_level, w.replayed
+          FROM pyxp.append_rows(v_ruleset.ruleset_id, v_ruleset.balance_floor, v_rows, false) w;
 END
 $$;
 
@@ -267,9 +479,11 @@ BEGIN
             RAISE EXCEPTION 'invalid params: input % given twice', upper(replace(v_item.key, '$', ''))
                 USING ERRCODE = 'PX017', HINT = 'input names are case-insensitive and ignore $: give each once';
         END IF;
+        -- trim_scale: 300.0 and 300 are one input (a generic award's claim
+        -- keeps a digest of its inputs' text).
         v_result := v_result || jsonb_build_object(
             upper(replace(v_item.key, '$', '')),
-            pyxp.checked_number(v_item.key, v_item.value::numeric));
+            trim_scale(pyxp.checked_number(v_item.key, v_item.value::numeric)));
     END LOOP;
     RETURN v_result;
 END
@@ -298,7 +512,7 @@ BEGIN
           FROM pyxp.xp_transactions t
           CROSS JOIN LATERAL pyxp.curve_position(v_request.ruleset_id, t.balance_after) now_
           CROSS JOIN LATERAL pyxp.curve_position(v_request.ruleset_id, t.balance_after - t.xp_amount) before_
-         WHERE t.idempotency_key = p_key
+         WHERE t.idempotency_key = p_key AND t.request_digest IS NULL
          ORDER BY t.id;
 END
 $$;
@@ -311,18 +525,26 @@ SET search_path = pyxp, pg_temp
 SET plan_cache_mode = force_generic_plan
 AS $$
 DECLARE
-    v_wallet text := pyxp.checked_wallet(award.wallet);
-    v_action text := pyxp.checked_identifier('action', award.action, 64);
-    v_key text := pyxp.checked_award_key(award.idempotency_key);
-    v_params jsonb := pyxp.checked_params(award.params);
-    v_context jsonb := pyxp.checked_context(award.context);
-    v_campaign_id text := pyxp.context_column(v_context, 'campaign_id', 128);
-    v_subject text := pyxp.context_column(v_context, 'subject', 256);
+    v_event pyxp.batch_event;
+    v_ruleset record;
 BEGIN
-    RETURN QUERY SELECT * FROM pyxp.post_award(
-        v_key, jsonb_build_object('action', v_action, 'wallet', v_wallet, 'params', v_params),
-        v_wallet, v_action, NULL, NULL, NULL, v_params, true,
-        v_campaign_id, v_subject, v_context || v_params, 0);
+    v_event.event_index := 0;
+    v_event.wallet := pyxp.checked_wallet(award.wallet);
+    v_event.action := pyxp.checked_identifier('action', award.action, 64);
+    v_event.key := pyxp.checked_award_key(award.idempotency_key);
+    v_event.params := pyxp.checked_params(award.params);
+    v_event.metadata := pyxp.checked_context(award.context);
+    v_event.campaign_id := pyxp.context_column(v_event.metadata, 'campaign_id', 128);
+    v_event.subject := pyxp.context_column(v_event.metadata, 'subject', 256);
+    v_event.metadata := v_event.metadata || v_event.params;
+    v_event.inputs := jsonb_build_object('action', v_event.action, 'wallet', v_event.wallet,
+                                         'params', v_event.params);
+    SELECT * INTO v_ruleset FROM pyxp.writing_ruleset();
+    RETURN QUERY
+        SELECT w.transaction_id, w.user_wallet, w.transaction_type, w.xp_amount, w.xp_requested, w.total_xp,
+               w.current_level, w.xp_to_next_level, w.previous_level, w.replayed
+          FROM pyxp.append_rows(v_ruleset.ruleset_id, v_ruleset.balance_floor,
+                                pyxp.planned_awards(v_ruleset.ruleset_id, ARRAY[v_event], false), false) w;
 END
 $$;
 
@@ -337,11 +559,9 @@ DECLARE
     v_original pyxp.xp_transactions;
     v_key text;
     v_inputs jsonb;
-    v_ruleset bigint;
+    v_ruleset record;
 BEGIN
-    PERFORM pyxp.require_read_committed();
-    LOCK TABLE pyxp.xp_balances IN ROW EXCLUSIVE MODE;
-    v_ruleset := pyxp.active_ruleset_id();
+    SELECT * INTO v_ruleset FROM pyxp.writing_ruleset();
     SELECT * INTO v_original FROM pyxp.xp_transactions t WHERE t.id = reverse_transaction.transaction_id;
     IF NOT FOUND THEN
         RAISE EXCEPTION 'unknown transaction %', coalesce(reverse_transaction.transaction_id::text, 'NULL')
@@ -353,17 +573,20 @@ BEGIN
     END IF;
     v_key := 'reverse:' || v_original.id;
     v_inputs := jsonb_build_object('transaction_id', v_original.id, 'reason', v_reason);
-    IF NOT pyxp.claim_request(v_key, v_inputs, v_ruleset) THEN
+    IF NOT pyxp.claim_request(v_key, v_inputs, v_ruleset.ruleset_id) THEN
         RETURN QUERY SELECT * FROM pyxp.replayed_award(
             v_key, v_inputs, format('transaction %s was already reversed', v_original.id), 'PX014');
         RETURN;
     END IF;
-    RETURN QUERY SELECT * FROM pyxp.write_ledger_rows(
-        v_original.user_wallet, v_ruleset, v_key,
-        ARRAY[ROW('REVERSAL', -v_original.xp_amount, NULL, v_original.campaign_id, v_original.subject,
-                  jsonb_build_object('reason', v_reason, 'reversed_type', v_original.transaction_type),
-                  v_original.id)::pyxp.planned_row],
-        0, false);
+    RETURN QUERY
+        SELECT w.transaction_id, w.user_wallet, w.transaction_type, w.xp_amount, w.xp_requested, w.total_xp,
+               w.current_level, w.xp_to_next_level, w.previous_level, w.replayed
+          FROM pyxp.append_rows(v_ruleset.ruleset_id, v_ruleset.balance_floor,
+                                ARRAY[ROW(0, v_original.user_wallet, v_key, NULL, 'REVERSAL', -v_original.xp_amount,
+                                          NULL, false, NULL, v_original.campaign_id, v_original.subject,
+                                          jsonb_build_object('reason', v_reason,
+                                                             'reversed_type', v_original.transaction_type),
+                                          v_original.id, 0)::pyxp.pending_row], false) w;
 END
 $$;
 
@@ -402,10 +625,10 @@ BEGIN
         'campaign.created:' || v_campaign,
         jsonb_build_object('wallet', v_wallet, 'campaign_type', v_type, 'mint_value', v_mint,
                            'winstory_creates_video', v_video, 'no_rewards', v_no_rewards),
-        v_wallet, NULL, 'campaign.created', v_type,
+        v_wallet, 'campaign.created', v_type,
         array_remove(ARRAY[CASE WHEN v_video THEN 'winstory_creates_video' END,
                            CASE WHEN v_no_rewards THEN 'no_rewards' END], NULL),
-        v_params, false, v_campaign, NULL,
+        v_params, v_campaign, NULL,
         jsonb_build_object('campaign_type', v_type, 'winstory_creates_video', v_video,
                            'no_rewards', v_no_rewards) || v_params,
         0, format('campaign %s was already created with other inputs', v_campaign));
@@ -442,8 +665,8 @@ BEGIN
     v_given := coalesce(v_known.creator_wallet, v_given);
     RETURN QUERY SELECT * FROM pyxp.post_award(
         'campaign.approved:' || v_campaign, jsonb_build_object('wallet', v_given),
-        v_given, NULL, 'campaign.approved', v_known.campaign_type, '{}',
-        '{}', false, v_campaign, NULL, '{}', 0,
+        v_given, 'campaign.approved', v_known.campaign_type, '{}',
+        '{}', v_campaign, NULL, '{}', 0,
         format('campaign %s was already approved for another creator', v_campaign));
 END
 $$;
@@ -465,8 +688,8 @@ BEGIN
         pyxp.vote_key('campaign.vote', v_campaign, 'campaign_id', v_wallet),
         jsonb_build_object('vote_decision', v_vote, 'campaign_type', v_type,
                            'wallet', v_wallet, 'campaign_id', v_campaign),
-        v_wallet, NULL, 'campaign.vote', v_type, ARRAY[v_vote],
-        '{}', false, v_campaign, NULL,
+        v_wallet, 'campaign.vote', v_type, ARRAY[v_vote],
+        '{}', v_campaign, NULL,
         jsonb_build_object('vote_decision', v_vote, 'campaign_type', v_type), 1,
         format('moderator %s already voted on campaign %s', v_wallet, v_campaign));
 END
@@ -525,9 +748,9 @@ BEGIN
     PERFORM pyxp.check_completion_owner(v_completion, v_wallet, v_campaign, v_key);
     RETURN QUERY SELECT * FROM pyxp.post_award(
         v_key,
-        v_inputs, v_wallet, NULL, v_event, v_type,
+        v_inputs, v_wallet, v_event, v_type,
         ARRAY[CASE WHEN v_paid THEN 'paid' ELSE 'free' END],
-        v_params, false, v_campaign, v_completion,
+        v_params, v_campaign, v_completion,
         jsonb_build_object('campaign_type', v_type, 'is_paid', v_paid) || v_params, 0,
         CASE WHEN v_event = 'completion.submitted'
              THEN format('completion %s was already submitted with other inputs', v_completion)
@@ -556,8 +779,8 @@ BEGIN
         pyxp.vote_key('completion.vote', v_completion, 'completion_id', v_wallet),
         jsonb_build_object('vote_decision', v_vote, 'campaign_id', v_campaign, 'campaign_type', v_type,
                            'wallet', v_wallet, 'completion_id', v_completion),
-        v_wallet, NULL, 'completion.vote', v_type, ARRAY[v_vote],
-        '{}', false, v_campaign, v_completion,
+        v_wallet, 'completion.vote', v_type, ARRAY[v_vote],
+        '{}', v_campaign, v_completion,
         jsonb_build_object('vote_decision', v_vote, 'campaign_type', v_type), 1,
         format('moderator %s already voted on completion %s', v_wallet, v_completion));
 END
@@ -594,8 +817,8 @@ BEGIN
 
     RETURN QUERY SELECT * FROM pyxp.post_award(
         v_key, jsonb_build_object('wallet', v_wallet),
-        v_wallet, NULL, 'client.onboarded', 'AGENCY_B2C', '{}',
-        '{}', false, v_pending.campaigns[1], v_email,
+        v_wallet, 'client.onboarded', 'AGENCY_B2C', '{}',
+        '{}', v_pending.campaigns[1], v_email,
         jsonb_strip_nulls(jsonb_build_object(
             'agency_wallet', v_pending.agencies[1],
             'agency_wallets', CASE WHEN cardinality(v_pending.agencies) > 1 THEN to_jsonb(v_pending.agencies) END,
@@ -689,11 +912,19 @@ AS $$
                            FROM (SELECT lower(pyxp.trimmed_text(a.client_email, true)) AS t) x) f
      WHERE f.form IS DISTINCT FROM a.client_email
     UNION ALL
-    SELECT 'rule_mismatch', t.user_wallet, t.id,
-           format('transaction_type %s but rule %s is %s', t.transaction_type, ru.rule_id, ru.action)
+    SELECT CASE WHEN ru.rule_id IS NULL THEN 'rule_missing' ELSE 'rule_mismatch' END, t.user_wallet, t.id,
+           CASE WHEN ru.rule_id IS NULL THEN format('rule %s of this row does not exist', t.rule_id)
+                ELSE format('transaction_type %s but rule %s is %s', t.transaction_type, ru.rule_id, ru.action) END
       FROM pyxp.xp_transactions t
-      JOIN pyxp.rules ru ON ru.rule_id = t.rule_id
-     WHERE ru.action <> t.transaction_type
+      LEFT JOIN pyxp.rules ru ON ru.rule_id = t.rule_id
+     WHERE t.rule_id IS NOT NULL AND (ru.rule_id IS NULL OR ru.action <> t.transaction_type)
+    UNION ALL
+    -- A flow's or reversal's row needs its request (its claim and inputs).
+    SELECT 'request_missing', t.user_wallet, t.id,
+           format('no xp_requests row for key %s', quote_literal(t.idempotency_key))
+      FROM pyxp.xp_transactions t
+     WHERE t.request_digest IS NULL
+       AND NOT EXISTS (SELECT FROM pyxp.xp_requests q WHERE q.idempotency_key = t.idempotency_key)
     ORDER BY 1, 2, 3
 $$;
 
@@ -705,13 +936,10 @@ SET plan_cache_mode = force_generic_plan
 AS $$
 DECLARE
     v_events pyxp.batch_event[] := '{}';
-    v_new pyxp.batch_event[];        -- events whose key is not stored yet
-    v_rows pyxp.batch_row[];
     v_event pyxp.batch_event;
     v_item jsonb;
     v_index integer := -1;
-    v_ruleset bigint;
-    v_floor bigint;
+    v_ruleset record;
     v_problem record;
     v_message text;
     v_hint text;
@@ -764,184 +992,40 @@ BEGIN
             USING ERRCODE = v_code, HINT = coalesce(nullif(v_hint, ''), 'see README: Error codes');
     END;
 
-    PERFORM pyxp.require_read_committed();
-    LOCK TABLE pyxp.xp_balances IN ROW EXCLUSIVE MODE;  -- lock protocol: see 04_rulesets.sql
-    v_ruleset := pyxp.active_ruleset_id();
-    SELECT r.balance_floor INTO v_floor FROM pyxp.rulesets r WHERE r.ruleset_id = v_ruleset;
-
-    -- 2. Rules: unknown actions, input problems (formula_input_problems, as
-    --    planned_rows), amounts. Like pyxp.award, an event whose key is
-    --    already stored replays without these checks (its action may have
-    --    left the active ruleset since): they apply to v_new only.
-    v_new := ARRAY(SELECT e FROM unnest(v_events) e
-                    WHERE NOT EXISTS (SELECT FROM pyxp.xp_requests q WHERE q.idempotency_key = e.key));
-    SELECT e.event_index, e.action INTO v_problem
-      FROM unnest(v_new) e
-     WHERE NOT EXISTS (SELECT FROM pyxp.rules ru WHERE ru.ruleset_id = v_ruleset AND ru.action = e.action)
+    -- 2. Within the batch, a repeated key must carry the same inputs.
+    SELECT e.event_index, e.key, f.event_index AS first_index INTO v_problem
+      FROM (SELECT e.*, min(e.event_index) OVER (PARTITION BY e.key) AS first_index FROM unnest(v_events) e) e
+      JOIN unnest(v_events) f ON f.event_index = e.first_index
+     WHERE e.event_index <> e.first_index AND e.inputs IS DISTINCT FROM f.inputs
      ORDER BY e.event_index LIMIT 1;
-    IF FOUND THEN
-        RAISE EXCEPTION 'event %: unknown action %', v_problem.event_index, quote_literal(v_problem.action)
-            USING ERRCODE = 'PX009', HINT = 'an action code of the active ruleset: pyxp rules show';
-    END IF;
-    SELECT e.event_index, x.code, x.message, x.hint INTO v_problem
-      FROM unnest(v_new) e
-      JOIN pyxp.rules ru ON ru.ruleset_id = v_ruleset AND ru.action = e.action
-     CROSS JOIN LATERAL pyxp.formula_input_problems(ru.action, ru.xp_coefficients, e.params, true) x
-     ORDER BY x.code = 'PX017', e.event_index LIMIT 1;
-    IF FOUND THEN
-        RAISE EXCEPTION 'event %: %', v_problem.event_index, v_problem.message
-            USING ERRCODE = v_problem.code, HINT = v_problem.hint;
-    END IF;
-
-    SELECT array_agg(ROW(w.event_index, w.first_index, w.wallet, w.action, w.key, w.rule_id, w.amount,
-                         w.campaign_id, w.subject, w.metadata, w.inputs, false, NULL, NULL)::pyxp.batch_row
-                     ORDER BY w.event_index)
-      INTO v_rows
-      FROM (SELECT e.event_index, min(e.event_index) OVER (PARTITION BY e.key) AS first_index, e.wallet,
-                   e.action, e.key, ru.rule_id,
-                   pyxp.rule_amount(ru.xp_constant, ru.xp_coefficients, e.params) AS amount,
-                   e.campaign_id, e.subject, e.metadata, e.inputs
-              FROM unnest(v_events) e
-              LEFT JOIN pyxp.rules ru ON ru.ruleset_id = v_ruleset AND ru.action = e.action) w;
-
-    SELECT b.event_index, b.action, b.amount INTO v_problem
-      FROM unnest(v_rows) b JOIN unnest(v_new) n ON n.event_index = b.event_index
-     WHERE abs(b.amount) > 1e15
-     ORDER BY b.event_index LIMIT 1;
-    IF FOUND THEN
-        RAISE EXCEPTION 'event %: XP amount % of % is out of range', v_problem.event_index, v_problem.amount, v_problem.action
-            USING ERRCODE = 'PX004', HINT = 'an award is at most 10^15 XP; check the formula inputs';
-    END IF;
-
-    -- 3. Idempotency. Within the batch, a repeated key must carry the same
-    --    inputs (it then replays its first occurrence). Then claim the keys
-    --    (key order: two batches never wait on each other in a cycle); a key
-    --    already stored must carry the same inputs and replays.
-    SELECT b.event_index, b.key, b.first_index INTO v_problem
-      FROM unnest(v_rows) b JOIN unnest(v_rows) f ON f.event_index = b.first_index
-     WHERE b.event_index <> b.first_index AND b.inputs IS DISTINCT FROM f.inputs
-     ORDER BY b.event_index LIMIT 1;
     IF FOUND THEN
         RAISE EXCEPTION 'event %: idempotency key % was already used with other inputs (event %)',
                         v_problem.event_index, quote_literal(v_problem.key), v_problem.first_index
             USING ERRCODE = 'PX010', HINT = 'repeat a call with exactly the same inputs to get its result again';
     END IF;
-    WITH claimed AS (
-        INSERT INTO pyxp.xp_requests (idempotency_key, inputs, ruleset_id)
-        SELECT b.key, b.inputs, v_ruleset FROM unnest(v_rows) b
-         WHERE b.event_index = b.first_index ORDER BY b.key
-        ON CONFLICT (idempotency_key) DO NOTHING
-        RETURNING idempotency_key
-    )
-    SELECT array_agg(ROW(b.event_index, b.first_index, b.wallet, b.action, b.key, b.rule_id, b.amount,
-                         b.campaign_id, b.subject, b.metadata, b.inputs,
-                         c.idempotency_key IS NOT NULL AND b.event_index = b.first_index,
-                         NULL, NULL)::pyxp.batch_row ORDER BY b.event_index)
-      INTO v_rows
-      FROM unnest(v_rows) b LEFT JOIN claimed c ON c.idempotency_key = b.key;
-    SELECT b.event_index, b.key, q.inputs AS first_inputs, b.inputs INTO v_problem
-      FROM unnest(v_rows) b JOIN pyxp.xp_requests q ON q.idempotency_key = b.key
-     WHERE b.event_index = b.first_index AND NOT b.claimed AND q.inputs IS DISTINCT FROM b.inputs
-     ORDER BY b.event_index LIMIT 1;
-    IF FOUND THEN
-        RAISE EXCEPTION 'event %: idempotency key % was already used with other inputs',
-                        v_problem.event_index, quote_literal(v_problem.key)
-            USING ERRCODE = 'PX010', DETAIL = format('first call: %s; this call: %s', v_problem.first_inputs, v_problem.inputs),
-                  HINT = 'repeat a call with exactly the same inputs to get its result again';
-    END IF;
 
-    -- 4. Balance rows: each wallet's row is created if missing or locked if
-    --    present, one statement, strictly in wallet order. (Creating every
-    --    missing row first and locking the others after let a batch hold a
-    --    new wallet's row while waiting for an older one that a caller
-    --    awarding in wallet order held: a deadlock, 40P01.) The no-op update
-    --    is what locks an existing row; it changes no indexed column (HOT).
-    INSERT INTO pyxp.xp_balances AS x (user_wallet, total_xp, current_level, xp_to_next_level)
-    SELECT w.wallet, 0, c.level, c.next_level_xp::bigint
-      FROM (SELECT DISTINCT b.wallet FROM unnest(v_rows) b WHERE b.claimed) w
-     CROSS JOIN pyxp.curve_position(v_ruleset, 0) c
-     ORDER BY w.wallet
-    ON CONFLICT (user_wallet) DO UPDATE SET updated_at = x.updated_at;
-
-    -- 5. Amounts applied and running balances, per wallet in event order.
-    --    Without a floor, a window sum; with one, penalties depend on the
-    --    running balance, so rows of a wallet are walked in order.
-    IF v_floor IS NULL THEN
-        SELECT array_agg(ROW(w.event_index, w.first_index, w.wallet, w.action, w.key, w.rule_id, w.amount,
-                             w.campaign_id, w.subject, w.metadata, w.inputs, w.claimed,
-                             CASE WHEN w.claimed THEN w.amount END,
-                             CASE WHEN w.claimed THEN w.total_xp + w.running END)::pyxp.batch_row
-                         ORDER BY w.event_index)
-          INTO v_rows
-          FROM (SELECT b.*, x.total_xp,
-                       sum(b.amount) FILTER (WHERE b.claimed)
-                           OVER (PARTITION BY b.wallet ORDER BY b.event_index) AS running
-                  FROM unnest(v_rows) b LEFT JOIN pyxp.xp_balances x ON x.user_wallet = b.wallet) w;
-    ELSE
-        DECLARE
-            v_row pyxp.batch_row;
-            v_next pyxp.batch_row[] := '{}';
-            v_wallet text;
-            v_running numeric;
-        BEGIN
-            FOR v_row IN SELECT b.* FROM unnest(v_rows) b ORDER BY b.wallet, b.event_index LOOP
-                IF v_row.claimed THEN
-                    IF v_wallet IS DISTINCT FROM v_row.wallet THEN
-                        v_wallet := v_row.wallet;
-                        SELECT x.total_xp INTO v_running FROM pyxp.xp_balances x WHERE x.user_wallet = v_wallet;
-                    END IF;
-                    v_row.applied := pyxp.floored_amount(v_row.amount, v_floor, v_running);
-                    v_running := v_running + v_row.applied;
-                    v_row.balance_after := v_running;
-                END IF;
-                v_next := v_next || v_row;
-            END LOOP;
-            v_rows := v_next;
-        END;
-    END IF;
-    SELECT b.event_index, b.wallet, b.balance_after INTO v_problem FROM unnest(v_rows) b
-     WHERE b.claimed AND b.balance_after NOT BETWEEN -pyxp.balance_limit() AND pyxp.balance_limit()
-     ORDER BY b.event_index LIMIT 1;
-    IF FOUND THEN
-        RAISE EXCEPTION 'event %: balance of % would be %, out of range', v_problem.event_index, v_problem.wallet,
-                        v_problem.balance_after
-            USING ERRCODE = 'PX019', HINT = 'a balance stays between -2^62 and 2^62';
-    END IF;
-
-    -- 6. Append the rows (wallet, event order: ids follow each balance_after chain)
-    --    and update each balance once.
-    --    Feed group: this transaction's id, or the wallet's last group if
-    --    higher (see write_ledger_rows and sql/11_changes.sql).
-    INSERT INTO pyxp.xp_transactions (user_wallet, transaction_type, xp_amount, xp_requested, balance_after,
-                                      rule_id, campaign_id, subject, idempotency_key, metadata, feed_xid)
-    SELECT b.wallet, b.action, b.applied::bigint, CASE WHEN b.applied <> b.amount THEN b.amount::bigint END,
-           b.balance_after::bigint, b.rule_id, b.campaign_id, b.subject, b.key, b.metadata,
-           greatest(pg_current_xact_id(), x.last_feed_xid)
-      FROM unnest(v_rows) b JOIN pyxp.xp_balances x ON x.user_wallet = b.wallet
-     WHERE b.claimed
-     ORDER BY b.wallet, b.event_index;
-
-    UPDATE pyxp.xp_balances x
-       SET total_xp = f.balance_after, current_level = c.level,
-           xp_to_next_level = (c.next_level_xp - f.balance_after)::bigint, updated_at = now(),
-           last_feed_xid = greatest(pg_current_xact_id(), x.last_feed_xid)
-      FROM (SELECT DISTINCT ON (b.wallet) b.wallet, b.balance_after::bigint AS balance_after
-              FROM unnest(v_rows) b WHERE b.claimed ORDER BY b.wallet, b.event_index DESC) f
-     CROSS JOIN LATERAL pyxp.curve_position(v_ruleset, f.balance_after) c
-     WHERE x.user_wallet = f.wallet;
-
-    -- 7. One result row per event, in event order: new rows, or the rows its
-    --    key produced before (replayed).
+    -- 3. Plan and write the first occurrence of each key; one result row per
+    --    event, in event order: its rows, or its first occurrence's (replayed).
+    SELECT * INTO v_ruleset FROM pyxp.writing_ruleset();
     RETURN QUERY
-        SELECT b.event_index, t.id, t.user_wallet, t.transaction_type, t.xp_amount, t.xp_requested,
-               t.balance_after, now_.level, (now_.next_level_xp - t.balance_after)::bigint, before_.level,
-               NOT (b.claimed AND b.event_index = b.first_index)
-          FROM unnest(v_rows) b
-          JOIN pyxp.xp_requests q ON q.idempotency_key = b.key
-          JOIN pyxp.xp_transactions t ON t.idempotency_key = b.key
-         CROSS JOIN LATERAL pyxp.curve_position(q.ruleset_id, t.balance_after) now_
-         CROSS JOIN LATERAL pyxp.curve_position(q.ruleset_id, t.balance_after - t.xp_amount) before_
-         ORDER BY b.event_index, t.id;
+        WITH firsts AS (
+            SELECT e.event_index, min(e.event_index) OVER (PARTITION BY e.key) AS first_index
+              FROM unnest(v_events) e
+        ), written AS (
+            SELECT * FROM pyxp.append_rows(
+                v_ruleset.ruleset_id, v_ruleset.balance_floor,
+                pyxp.planned_awards(v_ruleset.ruleset_id,
+                                    ARRAY(SELECT e FROM unnest(v_events) e
+                                            JOIN firsts f ON f.event_index = e.event_index
+                                           WHERE f.first_index = f.event_index
+                                           ORDER BY e.event_index), true),
+                true)
+        )
+        SELECT f.event_index, w.transaction_id, w.user_wallet, w.transaction_type, w.xp_amount, w.xp_requested,
+               w.total_xp, w.current_level, w.xp_to_next_level, w.previous_level,
+               w.replayed OR f.event_index <> f.first_index
+          FROM firsts f JOIN written w ON w.event_index = f.first_index
+         ORDER BY f.event_index, w.transaction_id;
 END
 $$;
 
@@ -998,7 +1082,7 @@ BEGIN
             -- (index xp_transactions_feed; the window streams, LIMIT stops it).
             (SELECT (g.feed_xid::text::bigint << 24) + g.rank, g.id, g.user_wallet, g.transaction_type,
                     g.xp_amount, g.xp_requested, g.balance_after, g.rule_id, g.campaign_id, g.subject,
-                    g.idempotency_key, g.metadata, g.reverses, g.created_at, g.feed_xid
+                    g.idempotency_key, g.metadata, g.reverses, g.created_at, g.feed_xid, g.request_digest
                FROM (SELECT t.*, row_number() OVER (PARTITION BY t.feed_xid ORDER BY t.id) AS rank
                        FROM pyxp.xp_transactions t
                       WHERE v_wallet IS NULL AND t.feed_xid >= v_group AND t.feed_xid < v_horizon
@@ -1022,7 +1106,7 @@ BEGIN
         SELECT p.cur, p.id, p.user_wallet, p.transaction_type, p.xp_amount, p.balance_after,
                before_.level, after_.level, p.campaign_id, p.subject, p.created_at
           FROM page p
-          JOIN pyxp.xp_requests q ON q.idempotency_key = p.idempotency_key
+         CROSS JOIN LATERAL (SELECT pyxp.row_ruleset(p.rule_id, p.idempotency_key) AS ruleset_id) q
          CROSS JOIN LATERAL pyxp.curve_position(q.ruleset_id, p.balance_after - p.xp_amount) before_
          CROSS JOIN LATERAL pyxp.curve_position(q.ruleset_id, p.balance_after) after_
          ORDER BY p.cur
@@ -1036,24 +1120,56 @@ LANGUAGE plpgsql
 AS $$
 DECLARE
     v_slot bigint := (extract(epoch FROM clock_timestamp()) * 10)::bigint;  -- 100 ms slots
+    v_seen text := current_setting('pyxp.feed_slot_seen', true);
 BEGIN
-    IF v_slot > (SELECT s.last_value FROM pyxp.feed_wakeup_slot s) THEN
-        PERFORM setval('pyxp.feed_wakeup_slot', v_slot);
-        PERFORM pg_notify('pyxp_changes', '');
+    -- A backend reads the sequence at most once per slot: the last slot it
+    -- saw is kept in its session (pyxp.feed_slot_seen). A stale or forged
+    -- value only delays this session's own wake-ups, which are hints.
+    IF v_seen IS NULL OR v_seen !~ '^[0-9]{1,18}$' OR v_slot > v_seen::bigint THEN
+        IF v_slot > (SELECT s.last_value FROM pyxp.feed_wakeup_slot s) THEN
+            PERFORM setval('pyxp.feed_wakeup_slot', v_slot);
+            PERFORM pg_notify('pyxp_changes', '');
+        END IF;
+        PERFORM set_config('pyxp.feed_slot_seen', v_slot::text, false);
     END IF;
     RETURN NULL;
 END
 $$;
 
-DROP VIEW pyxp.idempotency_keys;
-DROP INDEX pyxp.xp_transactions_claim;
-DROP INDEX pyxp.xp_transactions_request_rows;
-DROP FUNCTION pyxp.key_hash(p_key text);
-CREATE INDEX xp_transactions_key ON pyxp.xp_transactions (idempotency_key);
-ALTER TABLE pyxp.xp_transactions
-    DROP COLUMN request_digest,
-    ADD CONSTRAINT xp_transactions_rule_id_fkey FOREIGN KEY (rule_id) REFERENCES pyxp.rules,
-    ADD CONSTRAINT xp_transactions_idempotency_key_fkey FOREIGN KEY (idempotency_key) REFERENCES pyxp.xp_requests;
+-- Generic awards' requests (inputs {action, wallet, params}) become their
+-- rows' claims; the digest is what a retry computes from the same inputs
+-- (params without trailing zeros, as checked_params gives them since 0005).
+ALTER TABLE pyxp.xp_transactions DISABLE TRIGGER xp_transactions_append_only;
+UPDATE pyxp.xp_transactions t
+   SET request_digest = pyxp.inputs_digest(jsonb_set(f.inputs, '{params}', (
+           SELECT coalesce(jsonb_object_agg(p.key, trim_scale(p.value::numeric)), '{}')
+             FROM jsonb_each_text(f.inputs -> 'params') p)))
+  FROM (SELECT DISTINCT ON (o.idempotency_key) o.id, q.inputs
+          FROM pyxp.xp_transactions o
+          JOIN pyxp.xp_requests q ON q.idempotency_key = o.idempotency_key
+         WHERE q.inputs ? 'action' AND q.inputs ? 'wallet' AND q.inputs ? 'params'
+         ORDER BY o.idempotency_key, o.id) f
+ WHERE t.id = f.id;
+ALTER TABLE pyxp.xp_transactions ENABLE TRIGGER xp_transactions_append_only;
+DELETE FROM pyxp.xp_requests q
+ WHERE EXISTS (SELECT FROM pyxp.xp_transactions t
+                WHERE t.idempotency_key = q.idempotency_key AND t.request_digest IS NOT NULL);
+
+DROP INDEX pyxp.xp_transactions_key;
+CREATE UNIQUE INDEX xp_transactions_claim ON pyxp.xp_transactions (pyxp.key_hash(idempotency_key))
+    WHERE request_digest IS NOT NULL;
+CREATE INDEX xp_transactions_request_rows ON pyxp.xp_transactions (idempotency_key)
+    WHERE request_digest IS NULL;
+
+CREATE VIEW pyxp.idempotency_keys AS
+    SELECT t.idempotency_key, 'ledger'::text AS claimed_in, t.user_wallet, t.id AS transaction_id, t.created_at
+      FROM pyxp.xp_transactions t
+     WHERE t.request_digest IS NOT NULL
+    UNION ALL
+    SELECT q.idempotency_key, 'xp_requests', q.inputs ->> 'wallet', NULL, q.created_at
+      FROM pyxp.xp_requests q;
+REVOKE ALL ON pyxp.idempotency_keys FROM PUBLIC;
+GRANT SELECT ON pyxp.idempotency_keys TO pyxp_reader;
 
 REVOKE ALL ON ALL FUNCTIONS IN SCHEMA pyxp FROM PUBLIC;
 
@@ -1141,14 +1257,20 @@ COMMENT ON FUNCTION pyxp.check_ruleset_definition(jsonb) IS 'internal: PX024 for
 COMMENT ON FUNCTION pyxp.rule_amount(numeric, jsonb, jsonb) IS 'internal: a rule''s linear form evaluated, halves away from zero.';
 COMMENT ON FUNCTION pyxp.floored_amount(numeric, bigint, numeric) IS 'internal: a penalty cut by the balance floor.';
 COMMENT ON FUNCTION pyxp.balance_limit() IS 'internal: 2^62, the bound of every balance.';
-COMMENT ON FUNCTION pyxp.claim_request(text, jsonb, bigint) IS 'internal: records a key and its inputs; false when it was used before.';
-COMMENT ON FUNCTION pyxp.replayed_award(text, jsonb, text, text) IS 'internal: the original rows of a key, or PX010 for other inputs.';
-COMMENT ON FUNCTION pyxp.write_ledger_rows(text, bigint, text, pyxp.planned_row[], integer, boolean) IS
-    'internal: appends rows for one wallet under its balance row lock and updates the balance.';
+COMMENT ON FUNCTION pyxp.key_hash(text) IS 'internal: the claim index''s key, 16 bytes of sha256 of an idempotency key.';
+COMMENT ON FUNCTION pyxp.inputs_digest(jsonb) IS 'internal: 8 bytes of sha256 of a generic award''s canonical inputs, kept on its claim row.';
+COMMENT ON FUNCTION pyxp.row_ruleset(bigint, text) IS 'internal: the ruleset a ledger row was written under.';
+COMMENT ON FUNCTION pyxp.claim_request(text, jsonb, bigint) IS 'internal: records a flow''s or reversal''s key and inputs; false when it was used before.';
+COMMENT ON FUNCTION pyxp.replayed_award(text, jsonb, text, text) IS 'internal: the original rows of a flow''s or reversal''s key, or PX010 for other inputs.';
+COMMENT ON FUNCTION pyxp.append_rows(bigint, bigint, pyxp.pending_row[], boolean) IS
+    'internal: THE writer: one statement locks the wallets, replays claimed generic awards, appends every ledger row and updates each balance once.';
+COMMENT ON FUNCTION pyxp.raise_key_conflict(boolean, integer, text, jsonb, text, text, bigint, jsonb) IS 'internal: PX010 for a generic award''s key claimed with other inputs.';
+COMMENT ON FUNCTION pyxp.floored_rows(bigint, pyxp.pending_row[], bigint) IS 'internal: the balance floor applied to the writer''s rows, per wallet in order.';
 COMMENT ON FUNCTION pyxp.formula_input_problems(text, jsonb, jsonb, boolean) IS 'internal: missing or unknown formula inputs.';
-COMMENT ON FUNCTION pyxp.planned_rows(bigint[], jsonb, boolean, text, text, jsonb) IS 'internal: the rows rules produce for given inputs.';
-COMMENT ON FUNCTION pyxp.post_award(text, jsonb, text, text, text, text, text[], jsonb, boolean, text, text, jsonb, integer, text) IS
-    'internal: claims the key, resolves the active rules, writes their rows (every single award and flow goes through it).';
+COMMENT ON FUNCTION pyxp.writing_ruleset() IS 'internal: READ COMMITTED check, the ruleset-switch lock, the active ruleset and floor.';
+COMMENT ON FUNCTION pyxp.planned_awards(bigint, pyxp.batch_event[], boolean) IS 'internal: the rows of generic awards (single or batch), with their checks.';
+COMMENT ON FUNCTION pyxp.post_award(text, jsonb, text, text, text, text[], jsonb, text, text, jsonb, integer, text) IS
+    'internal: claims a flow''s key, resolves its event''s active rules and hands their rows to the writer.';
 COMMENT ON FUNCTION pyxp.key_part(text) IS 'internal: escapes one part of a two-part key (injective keys).';
 COMMENT ON FUNCTION pyxp.vote_key(text, text, text, text) IS 'internal: the key of a vote, or the one an earlier version stored for it.';
 COMMENT ON FUNCTION pyxp.resolved_campaign_type(text, text) IS 'internal: the campaign''s type from the registry or the call (recorded), or PX011/PX012.';

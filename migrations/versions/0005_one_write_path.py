@@ -1,7 +1,7 @@
 """One write path and lean idempotency records (issue: the write path at the hardware's limit).
 
-Revision ID: 0004
-Revises: 0003
+Revision ID: 0005
+Revises: 0004
 Create Date: 2026-11-25
 
 Every ledger row is now written by pyxp.append_rows (single awards, flows,
@@ -21,8 +21,8 @@ from pathlib import Path
 
 from alembic import op
 
-revision = "0004"
-down_revision = "0003"
+revision = "0005"
+down_revision = "0004"
 branch_labels = None
 depends_on = None
 
@@ -35,8 +35,8 @@ def _execute(name: str) -> None:
 
 
 def upgrade() -> None:
-    _execute("0004_one_write_path.sql")
+    _execute("0005_one_write_path.sql")
 
 
 def downgrade() -> None:
-    _execute("0004_one_write_path.downgrade.sql")
+    _execute("0005_one_write_path.downgrade.sql")
