@@ -339,6 +339,8 @@ FIXTURE_STEPS: tuple[tuple[str, str], ...] = (
           JOIN public.bench_wallets bw ON bw.w = s.w
          CROSS JOIN LATERAL pyxp.curve_position({ruleset}, s.total) c
          ORDER BY bw.wallet"""),
+    # Each balance's latest periods and their XP (SPEC 12), as the writer would have kept them.
+    ("periods", "SELECT pyxp.rebuild_period_columns((SELECT r.timezone FROM pyxp.rulesets r WHERE r.is_active))"),
     ("cleanup", "DROP TABLE public.bench_rows, public.bench_wallets, public.bench_kinds"),
 )
 

@@ -24,7 +24,7 @@ import shlex
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
-from datetime import datetime
+from datetime import datetime, timezone
 from decimal import Decimal, InvalidOperation
 from types import ModuleType
 from typing import Any
@@ -962,25 +962,52 @@ def history(ctx: click.Context, wallet: str, max_rows: int, before_id: int | Non
         out.line(Styled(more, dim=True))
 
 
+class _Instant(click.ParamType):
+    """An ISO 8601 date or date-time; without an offset, UTC."""
+
+    name = "instant"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> datetime:
+        if isinstance(value, datetime):
+            return value
+        try:
+            parsed = datetime.fromisoformat(str(value))
+        except ValueError:
+            self.fail(f"{value!r} is not an ISO 8601 date or date-time (e.g. 2026-11-20T18:00+01:00)", param, ctx)
+        return parsed if parsed.tzinfo is not None else parsed.replace(tzinfo=timezone.utc)
+
+
 @cli.command()
 @click.option("--max-rows", "--limit", "max_rows", default=20, show_default=True, type=int,
               help="Rows (1-1000); --limit is an alias.")
 @click.option("--offset-rows", "--offset", "offset_rows", default=0, show_default=True, type=int,
               help="Skip this many ranks; --offset is an alias.")
+@click.option("--period", default="all", show_default=True,
+              type=click.Choice(["all", "day", "week", "month", "year"], case_sensitive=False),
+              help="A calendar period in the ruleset's timezone (week: ISO, from Monday).")
+@click.option("--at", "at", type=_Instant(), default=None,
+              help="The period containing this instant (ISO 8601, e.g. 2026-11-20 or 2026-11-20T18:00+01:00; "
+                   "without an offset: UTC). Default: now.")
 @json_option
 @click.pass_context
-def leaderboard(ctx: click.Context, max_rows: int, offset_rows: int, as_json: bool) -> None:
-    """Wallets by total XP, highest first (pyxp.leaderboard)."""
+def leaderboard(ctx: click.Context, max_rows: int, offset_rows: int, period: str, at: datetime | None,
+                as_json: bool) -> None:
+    """Wallets by total XP, or by XP in a day, week, month or year (pyxp.leaderboard)."""
     with _client(ctx) as xp:
-        rows = xp.leaderboard(max_rows, offset_rows)
+        rows = xp.leaderboard(max_rows, offset_rows, period.lower(), at)
     if as_json:
         _print_json(rows)
         return
     if not rows:
-        click.echo("no balances yet")
+        click.echo("no balances yet" if period.lower() == "all" else f"nobody earned XP in that {period.lower()}")
         return
-    Printer().table([Column("rank", ">"), Column("wallet"), Column("total XP", ">"), Column("level", ">")],
-                    [[r.rank, r.user_wallet, r.total_xp, r.current_level] for r in rows])
+    if period.lower() == "all":
+        Printer().table([Column("rank", ">"), Column("wallet"), Column("total XP", ">"), Column("level", ">")],
+                        [[r.rank, r.user_wallet, r.total_xp, r.current_level] for r in rows])
+        return
+    Printer().table([Column("rank", ">"), Column("wallet"), Column(f"{period.lower()} XP", ">"),
+                     Column("total XP", ">"), Column("level", ">")],
+                    [[r.rank, r.user_wallet, r.period_xp, r.total_xp, r.current_level] for r in rows])
 
 
 @cli.command()

@@ -46,6 +46,7 @@ import weakref
 from collections.abc import AsyncIterator, Iterable, Iterator, Mapping
 from contextlib import AsyncExitStack, ExitStack, asynccontextmanager, contextmanager
 from dataclasses import asdict, dataclass
+from datetime import datetime
 from decimal import Decimal
 from time import monotonic
 from typing import Any, ClassVar, Literal
@@ -97,7 +98,8 @@ class Call:
 
 
 # The read functions: pure reads, served by a hot standby too (README "Scaling reads").
-READ_FUNCTIONS = frozenset({"balance", "history", "leaderboard", "wallet_rank", "level_for", "audit", "changes"})
+READ_FUNCTIONS = frozenset({"balance", "history", "leaderboard", "wallet_rank", "period_xp", "level_for", "audit",
+                            "changes"})
 
 
 def json_text(value: Any) -> str:
@@ -450,12 +452,23 @@ class _Api:
         return self._execute(Call("history", queries.HISTORY, {
             "wallet": wallet, "max_rows": max_rows, "before_id": before_id}, LedgerRow, "rows"))
 
-    def leaderboard(self, max_rows: int = 100, offset_rows: int = 0) -> list[LeaderboardRow]:
+    def leaderboard(self, max_rows: int = 100, offset_rows: int = 0, period: str = "all",
+                    at: datetime | None = None) -> list[LeaderboardRow]:
+        """All time (``period="all"``) or the day, week, month or year containing ``at``
+        (default: now), in the active ruleset's timezone (SPEC 12)."""
         return self._execute(Call("leaderboard", queries.LEADERBOARD, {
-            "max_rows": max_rows, "offset_rows": offset_rows}, LeaderboardRow, "rows"))
+            "max_rows": max_rows, "offset_rows": offset_rows, "period": period, "at": at},
+            LeaderboardRow, "rows"))
 
-    def rank(self, wallet: str) -> int | None:
-        return self._execute(Call("wallet_rank", queries.WALLET_RANK, {"wallet": wallet}, None, "scalar"))
+    def rank(self, wallet: str, period: str = "all", at: datetime | None = None) -> int | None:
+        """The wallet's rank on ``leaderboard(period=period, at=at)``; None when it is not on it."""
+        return self._execute(Call("wallet_rank", queries.WALLET_RANK, {
+            "wallet": wallet, "period": period, "at": at}, None, "scalar"))
+
+    def period_xp(self, wallet: str, period: str, at: datetime | None = None) -> int:
+        """XP the wallet earned in the day, week, month or year containing ``at`` (default: now)."""
+        return self._execute(Call("period_xp", queries.PERIOD_XP, {
+            "wallet": wallet, "period": period, "at": at}, None, "scalar"))
 
     def level_for(self, total_xp: int) -> Level:
         return self._execute(Call("level_for", queries.LEVEL_FOR, {"total_xp": total_xp}, Level, "one"))

@@ -51,10 +51,16 @@ BALANCE = "SELECT * FROM pyxp.balance(wallet => %(wallet)s::text)"
 HISTORY = """SELECT * FROM pyxp.history(
     wallet => %(wallet)s::text, max_rows => %(max_rows)s::integer, before_id => %(before_id)s::bigint)"""
 
+# `at` NULL: the period containing the call's now() (SPEC 12).
 LEADERBOARD = """SELECT * FROM pyxp.leaderboard(
-    max_rows => %(max_rows)s::integer, offset_rows => %(offset_rows)s::integer)"""
+    max_rows => %(max_rows)s::integer, offset_rows => %(offset_rows)s::integer,
+    period => %(period)s::text, at => coalesce(%(at)s::timestamptz, now()))"""
 
-WALLET_RANK = "SELECT pyxp.wallet_rank(wallet => %(wallet)s::text) AS rank"
+WALLET_RANK = """SELECT pyxp.wallet_rank(
+    wallet => %(wallet)s::text, period => %(period)s::text, at => coalesce(%(at)s::timestamptz, now())) AS rank"""
+
+PERIOD_XP = """SELECT pyxp.period_xp(
+    wallet => %(wallet)s::text, period => %(period)s::text, at => coalesce(%(at)s::timestamptz, now())) AS period_xp"""
 
 LEVEL_FOR = "SELECT * FROM pyxp.level_for(total_xp => %(total_xp)s::numeric)"
 

@@ -132,6 +132,7 @@ class LeaderboardRow:
     user_wallet: str
     total_xp: int
     current_level: int
+    period_xp: int  # the board's XP: total_xp for "all", the period's XP otherwise
 
 
 @dataclass(frozen=True)

@@ -1,7 +1,8 @@
 """Ruleset config seeds: TOML text -> compiled rules and level curve (SPEC section 8).
 
-A ruleset file names the ruleset, may set a balance floor, describes the level curve
-(explicit thresholds, then growth tiers) and lists the rules. Amounts are numbers or
+A ruleset file names the ruleset, may set a balance floor and a timezone, describes the
+level curve (explicit thresholds, then growth tiers) and lists the rules, each optionally
+capped per calendar period in that timezone (SPEC section 12). Amounts are numbers or
 formulas such as ``100 + PRICE_COMPLETION`` or ``MINT_VALUE_$WINC / 2``; formulas are
 parsed with :mod:`ast` (never evaluated) into a *linear form*
 ``constant + sum(coefficient * input)``, which is what the database stores and evaluates.
@@ -17,8 +18,10 @@ import math
 import re
 import tomllib
 import warnings
+import zoneinfo
 from dataclasses import dataclass, field
 from decimal import ROUND_HALF_UP, Decimal, InvalidOperation, localcontext
+from functools import cache
 from importlib import resources
 from importlib.resources.abc import Traversable
 from pathlib import Path
@@ -30,9 +33,11 @@ from pyxp.errors import XPError
 __all__ = [
     "BUILTIN_INPUTS",
     "CAMPAIGN_TYPES",
+    "CAP_PERIODS",
     "DEFAULT_GROWTH",
     "DEFAULT_THRESHOLDS",
     "KNOWN_EVENTS",
+    "Cap",
     "ConfigError",
     "LevelRow",
     "LinearForm",
@@ -56,6 +61,7 @@ MAX_FORMULA_LENGTH = 1000
 
 BUILTIN_INPUTS: tuple[str, ...] = ("PRICE_COMPLETION", "MINT_VALUE_WINC", "MINT_VALUE")
 CAMPAIGN_TYPES: tuple[str, ...] = ("B2C", "AGENCY_B2C", "INDIVIDUAL")
+CAP_PERIODS: tuple[str, ...] = ("day", "week", "month", "year")  # calendar periods of a cap
 
 # Known events -> the conditions each accepts (canonical spelling).
 KNOWN_EVENTS: Mapping[str, tuple[str, ...]] = MappingProxyType(
@@ -84,11 +90,12 @@ _NAME_RE = re.compile(r"[a-z0-9][a-z0-9_-]{0,62}")
 _ACTION_RE = re.compile(r"[A-Za-z][A-Za-z0-9_]{0,63}")
 _CUSTOM_EVENT_RE = re.compile(r"[a-z][a-z0-9_]*(\.[a-z][a-z0-9_]*)+")
 _CUSTOM_CONDITION_RE = re.compile(r"[A-Za-z0-9_]{1,64}")
+_GROUP_RE = re.compile(r"[a-z][a-z0-9_-]{0,62}")
 _INPUT_RE = re.compile(r"[A-Z_][A-Z0-9_]{0,63}")
 # `$` between identifier characters, as in the seeds' MINT_VALUE_$WINC.
 _DOLLAR_RE = re.compile(r"(?<=[A-Za-z0-9_])\$(?=[A-Za-z0-9_])")
 
-_ROOT_KEYS = ("name", "description", "balance_floor", "inputs", "levels", "rules")
+_ROOT_KEYS = ("name", "description", "timezone", "balance_floor", "inputs", "levels", "rules")
 _LEVEL_KEYS = ("thresholds", "growth")
 _TIER_KEYS = ("up_to_level", "factor")
 _RULE_KEYS = (
@@ -98,10 +105,18 @@ _RULE_KEYS = (
     "condition",
     "earn_xp",
     "lose_xp",
+    "cap",
+    "group",
     "description",
 )
+_CAP_KEYS = ("max_xp", "per")
 
 _ACCEPT_NUMBER = "an integer or decimal between -10^15 and 10^15, or a formula string"
+_ACCEPT_CAP = (
+    'cap = { max_xp = an integer from 1 to 10^15, per = "day", "week", "month" or "year" } '
+    "(or a [rules.cap] table with those two keys)"
+)
+_ACCEPT_TIMEZONE = "an IANA time zone name such as UTC, Europe/Paris, Pacific/Auckland"
 
 
 # --------------------------------------------------------------------------- errors
@@ -204,6 +219,20 @@ class LinearForm:
 
 
 @dataclass(frozen=True)
+class Cap:
+    """At most ``max_xp`` XP of gains per calendar ``per`` (one of :data:`CAP_PERIODS`)."""
+
+    max_xp: int
+    per: str
+
+    def __str__(self) -> str:
+        return f'{{max_xp = {self.max_xp}, per = "{self.per}"}}'
+
+    def to_json(self) -> dict[str, Any]:
+        return {"max_xp": self.max_xp, "per": self.per}
+
+
+@dataclass(frozen=True)
 class Rule:
     action: str
     event: str | None
@@ -212,6 +241,8 @@ class Rule:
     formula: str  # human readable: "earn", "-lose" or "earn - lose" (a formula lose in parentheses)
     xp: LinearForm  # earn - lose
     description: str | None = None
+    cap: Cap | None = None
+    group: str | None = None  # rules of one group share one allowance (and carry the same cap)
 
 
 @dataclass(frozen=True)
@@ -231,13 +262,24 @@ class RuleSet:
     rules: tuple[Rule, ...]
     source: str  # the raw TOML text
     path: str | None = None
+    timezone: str | None = None  # as written in the file; None when absent (UTC)
+
+    @property
+    def effective_timezone(self) -> str:
+        """The zone of the calendar periods: :attr:`timezone`, else ``UTC``."""
+        return self.timezone or "UTC"
 
     def definition(self) -> dict[str, Any]:
-        """JSON-ready compiled form, as sent to SQL."""
+        """JSON-ready compiled form, as sent to SQL.
+
+        ``timezone``, a rule's ``cap`` and ``group`` appear only when the file sets them, so
+        rulesets without them compile (and hash) as before.
+        """
         return {
             "name": self.name,
             "description": self.description,
             "balance_floor": self.balance_floor,
+            **({"timezone": self.timezone} if self.timezone is not None else {}),
             "levels": [
                 {
                     "level": row.level,
@@ -258,6 +300,8 @@ class RuleSet:
                     "formula": rule.formula,
                     **rule.xp.to_json(),
                     "description": rule.description,
+                    **({"cap": rule.cap.to_json()} if rule.cap is not None else {}),
+                    **({"group": rule.group} if rule.group is not None else {}),
                 }
                 for rule in self.rules
             ],
@@ -290,6 +334,11 @@ def normalize_campaign_type(value: str) -> str:
 
 def _is_number(value: object) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+@cache
+def _timezones() -> frozenset[str]:
+    return frozenset(zoneinfo.available_timezones()) | {"UTC"}
 
 
 # --------------------------------------------------------------------------- formulas
@@ -434,7 +483,8 @@ def generate_levels(
 _HEADER_RE = re.compile(r"""^\s*(\[\[?)\s*([A-Za-z0-9_\-."' ]+?)\s*\]\]?\s*(?:#.*)?$""")
 _KEY_RE = re.compile(r"""^\s*("(?:[^"\\]|\\.)*"|'[^']*'|[A-Za-z0-9_-]+)\s*[.=]""")
 
-_Table = tuple[Any, ...]  # () root, ("levels",), ("rules", k) for the k-th [[rules]]
+# () root, ("levels",), ("rules", k) for the k-th [[rules]], ("rules", k, "cap") for its [rules.cap]
+_Table = tuple[Any, ...]
 
 
 class _Lines:
@@ -462,8 +512,9 @@ class _Lines:
                 if header.group(1) == "[[":
                     table = (name, counts.get(name, 0))
                     counts[name] = table[1] + 1
-                else:
-                    table = (name,)
+                else:  # [rules.cap]: a sub-table of the last [[rules]]
+                    parent = max((p for p in counts if name.startswith(f"{p}.")), key=len, default="")
+                    table = (parent, counts[parent] - 1, name[len(parent) + 1 :]) if parent else (name,)
                 self.headers.setdefault(table, number)
                 continue
             key = _KEY_RE.match(raw)
@@ -552,6 +603,7 @@ class _Parser:
                 f"invalid ruleset name {name!r}", "[a-z0-9][a-z0-9_-]{0,62}", (), "name"
             )
         description = self.optional_text(data, (), "description")
+        timezone = self.parse_timezone(data.get("timezone"))
         balance_floor = self.parse_floor(data)
         self.parse_inputs(data)
         levels = self.parse_levels(data.get("levels"))
@@ -565,6 +617,7 @@ class _Parser:
             raise self.error("no [[rules]]", "at least one [[rules]] table", (), "rules")
         rules: list[Rule] = []
         seen: dict[str, int] = {}
+        groups: dict[str, Rule] = {}  # group -> its first rule
         for index, rule_data in enumerate(rules_data):
             rule = self.parse_rule(index, rule_data)
             folded = rule.action.casefold()
@@ -576,6 +629,15 @@ class _Parser:
                     "action",
                 )
             seen[folded] = index
+            if rule.group is not None:
+                first = groups.setdefault(rule.group, rule)
+                if first.cap != rule.cap:
+                    raise self.error(
+                        f"rule {rule.action}: cap {rule.cap} disagrees with group {rule.group}'s "
+                        f"cap {first.cap} (rule {first.action})",
+                        "the same cap on every rule of a group",
+                        line=self.cap_line(("rules", index)),
+                    )
             rules.append(rule)
         return RuleSet(
             name=name,
@@ -585,6 +647,7 @@ class _Parser:
             rules=tuple(rules),
             source=self.text,
             path=self.path,
+            timezone=timezone,
         )
 
     def optional_text(self, data: Mapping[str, Any], table: _Table, key: str) -> str | None:
@@ -593,6 +656,15 @@ class _Parser:
             return None
         if not isinstance(value, str):
             raise self.error(f"{key} must be a string, got {value!r}", "a string", table, key)
+        return value
+
+    def parse_timezone(self, value: Any) -> str | None:
+        if value is None:
+            return None
+        if not isinstance(value, str) or value not in _timezones():
+            raise self.error(
+                f"timezone {value!r} is not an IANA time zone name", _ACCEPT_TIMEZONE, (), "timezone"
+            )
         return value
 
     def parse_floor(self, data: Mapping[str, Any]) -> int | None:
@@ -791,6 +863,19 @@ class _Parser:
             formula = f"-{lose_shown}"
         else:
             formula = f"{earn_text} - {lose_shown}"
+        cap = self.parse_cap(data.get("cap"), table, where)
+        group = data.get("group")
+        if group is not None:
+            if not isinstance(group, str) or not _GROUP_RE.fullmatch(group):
+                raise self.error(
+                    f"{where}: invalid group {group!r}", "[a-z][a-z0-9_-]{0,62}", table, "group"
+                )
+            if cap is None:
+                raise self.error(
+                    f"{where}: group {group} needs a cap: every rule of a group carries the same cap",
+                    f"group together with {_ACCEPT_CAP}",
+                    table,
+                )
         return Rule(
             action=action,
             event=event,
@@ -799,7 +884,38 @@ class _Parser:
             formula=formula,
             xp=xp,
             description=self.optional_text(data, table, "description"),
+            cap=cap,
+            group=group,
         )
+
+    def cap_line(self, table: _Table, key: str | None = None) -> int | None:
+        """Line of a rule's ``cap = {...}`` (or ``cap.key =``); for a ``[rules.cap]`` sub-table,
+        the line of ``key`` in it, else its header."""
+        sub: _Table = (*table, "cap")
+        if sub in self.lines.headers:
+            return self.lines.line(sub, key)
+        return self.lines.line(table, "cap")
+
+    def parse_cap(self, value: Any, table: _Table, where: str) -> Cap | None:
+        if value is None:
+            return None
+        if not isinstance(value, dict):
+            raise self.error(
+                f"{where}: cap must be a table, got {value!r}", _ACCEPT_CAP, line=self.cap_line(table)
+            )
+        for key in value:
+            if key not in _CAP_KEYS:
+                raise self.error(
+                    f"{where}: unknown key {key!r} in cap", _ACCEPT_CAP, line=self.cap_line(table, key)
+                )
+        max_xp, per = value.get("max_xp"), value.get("per")
+        if not isinstance(max_xp, int) or isinstance(max_xp, bool) or not 1 <= max_xp <= MAX_ABS:
+            what = "missing key 'max_xp' in cap" if max_xp is None else f"invalid cap max_xp {max_xp!r}"
+            raise self.error(f"{where}: {what}", _ACCEPT_CAP, line=self.cap_line(table, "max_xp"))
+        if not isinstance(per, str) or per.lower() not in CAP_PERIODS:
+            what = "missing key 'per' in cap" if per is None else f"invalid cap per {per!r}"
+            raise self.error(f"{where}: {what}", _ACCEPT_CAP, line=self.cap_line(table, "per"))
+        return Cap(max_xp, per.lower())
 
     def parse_campaign_types(
         self, value: Any, table: _Table, where: str

@@ -46,6 +46,10 @@ CREATE TABLE pyxp.rulesets (
     is_active      boolean NOT NULL DEFAULT false,
     created_at     timestamptz NOT NULL DEFAULT now(),
     activated_at   timestamptz,
+    -- Periods (SPEC 12) are calendar periods in this IANA zone: day, ISO
+    -- week, month, year. Caps count in them, and so do the period boards.
+    timezone       text NOT NULL DEFAULT 'UTC',
+    has_caps       boolean NOT NULL DEFAULT false,  -- a rule carries a cap: the writer's slow path
     UNIQUE (name, version),
     UNIQUE (name, content_hash)
 );
@@ -78,6 +82,15 @@ CREATE TABLE pyxp.rules (
     xp_constant      numeric NOT NULL,
     xp_coefficients  jsonb NOT NULL DEFAULT '{}',  -- input name -> coefficient
     description      text,
+    -- A cap (SPEC 12): a gain is cut to what is left of the wallet's allowance
+    -- of cap_max_xp per cap_per in the ruleset's timezone. Rules of one
+    -- cap_group share one allowance (and carry the same cap); without a
+    -- group the allowance is the rule's own (pyxp.cap_allowance).
+    cap_max_xp       bigint CHECK (cap_max_xp BETWEEN 1 AND 1000000000000000),
+    cap_per          text CHECK (cap_per IN ('day', 'week', 'month', 'year')),
+    cap_group        text,
+    CONSTRAINT rules_cap_complete CHECK ((cap_max_xp IS NULL) = (cap_per IS NULL)),
+    CONSTRAINT rules_cap_group_capped CHECK (cap_group IS NULL OR cap_max_xp IS NOT NULL),
     UNIQUE (ruleset_id, action),
     UNIQUE (ruleset_id, position)
 );
@@ -157,6 +170,10 @@ CREATE TABLE pyxp.xp_transactions (
 );
 CREATE INDEX xp_transactions_wallet ON pyxp.xp_transactions (user_wallet, id);
 CREATE INDEX xp_transactions_feed ON pyxp.xp_transactions (feed_xid, id);
+-- Boards of past periods read the rows of a time range (pyxp.period_board):
+-- rows are appended in created_at order, so a BRIN index finds them for a
+-- few bytes per thousand rows.
+CREATE INDEX xp_transactions_created ON pyxp.xp_transactions USING brin (created_at);
 CREATE UNIQUE INDEX xp_transactions_claim ON pyxp.xp_transactions (pyxp.key_hash(idempotency_key))
     WHERE request_digest IS NOT NULL;
 CREATE INDEX xp_transactions_request_rows ON pyxp.xp_transactions (idempotency_key)
@@ -188,10 +205,43 @@ CREATE TABLE pyxp.xp_balances (
     total_moderations  bigint NOT NULL DEFAULT 0,
     created_at         timestamptz NOT NULL DEFAULT now(),
     updated_at         timestamptz NOT NULL DEFAULT now(),
-    last_feed_xid      xid8                    -- feed_xid of the wallet's last ledger row
+    last_feed_xid      xid8,                   -- feed_xid of the wallet's last ledger row
+    -- The wallet's latest period of each kind and its XP there (SPEC 12),
+    -- kept by the writer for the boards of the current periods. Invariant
+    -- (pyxp.audit checks it): <kind>_start is the latest period holding one
+    -- of the wallet's rows (a reversal counts in the period of the row it
+    -- reverses), <kind>_xp the sum of its rows there; NULL: no rows. So the
+    -- board of period S is exactly the balances with <kind>_start = S as
+    -- long as no balance has moved past S (pyxp.period_board).
+    day_start          timestamptz,
+    day_xp             bigint,
+    week_start         timestamptz,
+    week_xp            bigint,
+    month_start        timestamptz,
+    month_xp           bigint,
+    year_start         timestamptz,
+    year_xp            bigint
 );
 -- Leaderboard order: total_xp desc, ties by wallet (deterministic).
 CREATE INDEX xp_balances_leaderboard ON pyxp.xp_balances (total_xp DESC, user_wallet);
+-- The boards of the current periods, same order.
+CREATE INDEX xp_balances_day_board ON pyxp.xp_balances (day_start, day_xp DESC, user_wallet);
+CREATE INDEX xp_balances_week_board ON pyxp.xp_balances (week_start, week_xp DESC, user_wallet);
+CREATE INDEX xp_balances_month_board ON pyxp.xp_balances (month_start, month_xp DESC, user_wallet);
+CREATE INDEX xp_balances_year_board ON pyxp.xp_balances (year_start, year_xp DESC, user_wallet);
+
+-- How much of each capped allowance a wallet used in a period: the sum of
+-- the amounts its capped gains applied there, less what reversals of them
+-- freed (pyxp.audit recomputes it from the ledger). Written by the writer
+-- under the wallet's balance row lock, so concurrent awards never exceed a
+-- cap. allowance: 'group:<name>' or 'rule:<action>' (pyxp.cap_allowance).
+CREATE TABLE pyxp.xp_cap_usage (
+    user_wallet   text NOT NULL,
+    allowance     text NOT NULL,
+    period_start  timestamptz NOT NULL,
+    used_xp       bigint NOT NULL CHECK (used_xp >= 0),
+    PRIMARY KEY (user_wallet, allowance, period_start)
+);
 
 -- Agency -> B2C client registrations, granted once per client email.
 CREATE TABLE pyxp.agency_b2c_clients (

@@ -64,6 +64,12 @@ BEGIN
         SELECT 'balance_floor must be an integer or null'
          WHERE jsonb_typeof(p_definition -> 'balance_floor') NOT IN ('null', 'number')
             OR (p_definition ->> 'balance_floor') !~ '^-?[0-9]{1,16}$'
+        UNION ALL
+        SELECT format('timezone %s is not an IANA time zone name', p_definition -> 'timezone')
+         WHERE p_definition ? 'timezone'
+           AND (jsonb_typeof(p_definition -> 'timezone') IS DISTINCT FROM 'string'
+                OR NOT EXISTS (SELECT FROM pg_catalog.pg_timezone_names z
+                                WHERE z.name = p_definition ->> 'timezone'))
     ) p LIMIT 1;
     IF v_problem IS NULL THEN
         SELECT format('level row %s: %s', ord, problem) INTO v_problem FROM (
@@ -113,6 +119,24 @@ BEGIN
                                            THEN r.value -> 'campaign_types' ELSE '[]' END) t
                                    WHERE t NOT IN ('B2C', 'AGENCY_B2C', 'INDIVIDUAL'))
                        THEN 'campaign_types must be null or a list of B2C, AGENCY_B2C, INDIVIDUAL'
+                     WHEN r.value ? 'cap' AND (
+                            jsonb_typeof(r.value -> 'cap') IS DISTINCT FROM 'object'
+                            OR (SELECT count(*) FROM jsonb_object_keys(r.value -> 'cap')) <> 2
+                            OR jsonb_typeof(r.value -> 'cap' -> 'max_xp') IS DISTINCT FROM 'number'
+                            OR coalesce(r.value -> 'cap' ->> 'max_xp', '') !~ '^[0-9]{1,16}$'
+                            OR NOT (r.value -> 'cap' ->> 'max_xp')::numeric BETWEEN 1 AND 1e15
+                            OR coalesce(r.value -> 'cap' ->> 'per', '') NOT IN ('day', 'week', 'month', 'year'))
+                       THEN 'cap must be {"max_xp": 1..10^15, "per": "day", "week", "month" or "year"}'
+                     WHEN r.value ? 'group' AND (jsonb_typeof(r.value -> 'group') IS DISTINCT FROM 'string'
+                                                 OR (r.value ->> 'group') !~ '^[a-z][a-z0-9_-]{0,62}$')
+                       THEN 'group must match [a-z][a-z0-9_-]{0,62}'
+                     WHEN r.value ? 'group' AND NOT r.value ? 'cap'
+                       THEN format('group %s needs a cap: every rule of a group carries the same cap',
+                                   r.value ->> 'group')
+                     WHEN r.value ? 'group'
+                          AND min((r.value -> 'cap')::text) OVER (PARTITION BY r.value ->> 'group')
+                              <> max((r.value -> 'cap')::text) OVER (PARTITION BY r.value ->> 'group')
+                       THEN format('the rules of group %s carry different caps', r.value ->> 'group')
                    END AS problem
             FROM jsonb_array_elements(p_definition -> 'rules') WITH ORDINALITY r(value, ord)
         ) p WHERE problem IS NOT NULL ORDER BY ord LIMIT 1;
@@ -160,12 +184,15 @@ BEGIN
     IF v_found.ruleset_id IS NOT NULL THEN
         v_id := v_found.ruleset_id;
     ELSE
-        INSERT INTO pyxp.rulesets (name, version, content_hash, definition, source, description, balance_floor)
+        INSERT INTO pyxp.rulesets (name, version, content_hash, definition, source, description, balance_floor,
+                                   timezone, has_caps)
         SELECT v_name,
                coalesce((SELECT max(r.version) FROM pyxp.rulesets r WHERE r.name = v_name), 0) + 1,
                v_hash, install_ruleset.definition, install_ruleset.source,
                install_ruleset.definition ->> 'description',
-               (install_ruleset.definition ->> 'balance_floor')::bigint
+               (install_ruleset.definition ->> 'balance_floor')::bigint,
+               coalesce(install_ruleset.definition ->> 'timezone', 'UTC'),
+               EXISTS (SELECT FROM jsonb_array_elements(install_ruleset.definition -> 'rules') r WHERE r ? 'cap')
         RETURNING rulesets.ruleset_id INTO v_id;
 
         INSERT INTO pyxp.level_thresholds (ruleset_id, level, threshold, increment, is_last)
@@ -174,16 +201,24 @@ BEGIN
         FROM jsonb_array_elements(install_ruleset.definition -> 'levels') l;
 
         INSERT INTO pyxp.rules (ruleset_id, position, action, event, campaign_types, condition,
-                                formula, xp_constant, xp_coefficients, description)
+                                formula, xp_constant, xp_coefficients, description, cap_max_xp, cap_per, cap_group)
         SELECT v_id, r.ord, r.value ->> 'action', r.value ->> 'event',
                CASE WHEN jsonb_typeof(r.value -> 'campaign_types') = 'array'
                     THEN ARRAY(SELECT jsonb_array_elements_text(r.value -> 'campaign_types')) END,
                r.value ->> 'condition', coalesce(r.value ->> 'formula', r.value ->> 'constant'),
-               (r.value ->> 'constant')::numeric, r.value -> 'coefficients', r.value ->> 'description'
+               (r.value ->> 'constant')::numeric, r.value -> 'coefficients', r.value ->> 'description',
+               (r.value -> 'cap' ->> 'max_xp')::bigint, r.value -> 'cap' ->> 'per', r.value ->> 'group'
         FROM jsonb_array_elements(install_ruleset.definition -> 'rules') WITH ORDINALITY r(value, ord);
         v_created := true;
     END IF;
 
+    -- Periods are counted in the active ruleset's zone: another zone moves
+    -- their bounds, so the balances' period columns are re-derived (one pass
+    -- over the ledger, under the lock above).
+    IF (SELECT r.timezone FROM pyxp.rulesets r WHERE r.is_active)
+       IS DISTINCT FROM (SELECT r.timezone FROM pyxp.rulesets r WHERE r.ruleset_id = v_id) THEN
+        PERFORM pyxp.rebuild_period_columns((SELECT r.timezone FROM pyxp.rulesets r WHERE r.ruleset_id = v_id));
+    END IF;
     -- Two statements: the partial unique index allows one active row at a time.
     UPDATE pyxp.rulesets r SET is_active = false WHERE r.is_active;
     UPDATE pyxp.rulesets r SET is_active = true, activated_at = now() WHERE r.ruleset_id = v_id;

@@ -214,6 +214,9 @@ $$;
 -- one wallet; p_batch false) or of a batch's events (p_batch true: error
 -- messages name the event), in the order their ids must follow. Returns one
 -- row per pending row with a transaction_type, new or replayed, in that order.
+-- p_ruleset, p_floor, p_timezone, p_caps: the writing ruleset
+-- (pyxp.writing_ruleset): its curve, balance floor, period zone, and whether
+-- any of its rules is capped (sql/07_periods.sql).
 --
 -- Five small statements, each set-based over the rows (one row for a single
 -- award): lock the wallets; find the claims and compute the running
@@ -222,8 +225,8 @@ $$;
 -- (LATERAL ... LIMIT 1): nothing is joined back by value, so a batch of
 -- 10,000 rows costs 10,000 times a row, not 10,000 squared (one statement
 -- with CTEs joined by value did: a batch of 1,000 ran 5 times slower).
-CREATE FUNCTION pyxp.append_rows(p_ruleset bigint, p_floor bigint, p_rows pyxp.pending_row[],
-                                 p_batch boolean)
+CREATE FUNCTION pyxp.append_rows(p_ruleset bigint, p_floor bigint, p_timezone text, p_caps boolean,
+                                 p_rows pyxp.pending_row[], p_batch boolean)
 RETURNS SETOF pyxp.batch_award_result
 LANGUAGE plpgsql
 AS $$
@@ -272,6 +275,12 @@ BEGIN
     -- what the rule asked.
     IF p_floor IS NOT NULL AND EXISTS (SELECT FROM unnest(v_rows) r WHERE r.apply_floor AND r.xp_amount < 0) THEN
         v_rows := pyxp.floored_rows(p_ruleset, v_rows, p_floor);
+    END IF;
+    -- Caps cut gains by what is left of their allowance (slow path too: only
+    -- when the ruleset has a capped rule). Gains only, so it commutes with
+    -- the floor, which cuts penalties only.
+    IF p_caps THEN
+        v_rows := pyxp.capped_rows(v_rows);
     END IF;
 
     -- 2. Under the locks (a new statement: READ COMMITTED sees what the
@@ -355,7 +364,7 @@ BEGIN
                   r.ordinality                              -- a conflict first
          LIMIT 1;
         IF v_problem.same AND NOT p_batch AND cardinality(v_rows) = 1 THEN
-            RETURN QUERY SELECT * FROM pyxp.append_rows(p_ruleset, p_floor, p_rows, p_batch);  -- now a replay
+            RETURN QUERY SELECT * FROM pyxp.append_rows(p_ruleset, p_floor, p_timezone, p_caps, p_rows, p_batch);  -- now a replay
             RETURN;
         ELSIF v_problem.same THEN
             RAISE EXCEPTION 'an award of this batch was made concurrently by another transaction'
@@ -379,16 +388,40 @@ BEGIN
     END IF;
 
     -- 4. Each balance once: its last new row's balance, its level on the
-    --    active curve, the votes it counts.
+    --    active curve, the votes it counts, and its latest periods
+    --    (xp_balances.<kind>_start/_xp, sql/07_periods.sql): the new rows'
+    --    period of each kind is the wallet's latest (reset), the same
+    --    (added) or an earlier one (a transaction that began before the
+    --    period turned: left to the ledger). A call's new rows of one wallet
+    --    share one effective time: now(), or for a reversal (always alone in
+    --    its call) the created_at of the row it reverses.
     UPDATE pyxp.xp_balances x
        SET total_xp = coalesce(f.after::bigint, x.total_xp), current_level = c.level,
            xp_to_next_level = (c.next_level_xp - coalesce(f.after::bigint, x.total_xp))::bigint,
            total_moderations = x.total_moderations + f.moderations, updated_at = now(),
-           last_feed_xid = coalesce(f.feed, x.last_feed_xid)
+           last_feed_xid = coalesce(f.feed, x.last_feed_xid),
+           day_start = greatest(x.day_start, p.d),
+           day_xp = CASE WHEN p.d IS NULL THEN x.day_xp
+                         WHEN p.d > x.day_start OR x.day_start IS NULL THEN f.gained
+                         WHEN p.d = x.day_start THEN x.day_xp + f.gained ELSE x.day_xp END,
+           week_start = greatest(x.week_start, p.w),
+           week_xp = CASE WHEN p.w IS NULL THEN x.week_xp
+                         WHEN p.w > x.week_start OR x.week_start IS NULL THEN f.gained
+                          WHEN p.w = x.week_start THEN x.week_xp + f.gained ELSE x.week_xp END,
+           month_start = greatest(x.month_start, p.m),
+           month_xp = CASE WHEN p.m IS NULL THEN x.month_xp
+                         WHEN p.m > x.month_start OR x.month_start IS NULL THEN f.gained
+                           WHEN p.m = x.month_start THEN x.month_xp + f.gained ELSE x.month_xp END,
+           year_start = greatest(x.year_start, p.y),
+           year_xp = CASE WHEN p.y IS NULL THEN x.year_xp
+                         WHEN p.y > x.year_start OR x.year_start IS NULL THEN f.gained
+                          WHEN p.y = x.year_start THEN x.year_xp + f.gained ELSE x.year_xp END
       FROM (SELECT r.user_wallet,
                    (array_agg(r.after ORDER BY r.ord DESC) FILTER (WHERE r.id IS NOT NULL))[1] AS after,
                    max(r.feed) FILTER (WHERE r.id IS NOT NULL) AS feed,
                    sum(r.moderations) FILTER (WHERE r.claim IS NULL)::bigint AS moderations,
+                   sum(r.xp_amount) FILTER (WHERE r.id IS NOT NULL)::bigint AS gained,
+                   max(r.reverses) FILTER (WHERE r.id IS NOT NULL) AS reverses,
                    (array_agg(b.total_xp))[1] AS total_xp
               FROM ROWS FROM (unnest(v_rows), unnest(v_claims), unnest(v_after), unnest(v_feed), unnest(v_ids))
                    WITH ORDINALITY r(call_index, user_wallet, idempotency_key, inputs, transaction_type, xp_amount,
@@ -397,7 +430,40 @@ BEGIN
              CROSS JOIN LATERAL (SELECT b.total_xp FROM pyxp.xp_balances b WHERE b.user_wallet = r.user_wallet LIMIT 1) b
              GROUP BY r.user_wallet) f
      CROSS JOIN LATERAL pyxp.curve_position(p_ruleset, coalesce(f.after::bigint, f.total_xp)) c
+     CROSS JOIN LATERAL (SELECT CASE WHEN f.after IS NULL THEN NULL  -- votes counted, no row: no period
+                                     WHEN f.reverses IS NULL THEN now()
+                                     ELSE (SELECT o.created_at FROM pyxp.xp_transactions o
+                                            WHERE o.id = f.reverses LIMIT 1) END AS at) e
+     CROSS JOIN LATERAL (SELECT date_trunc('day', e.at, p_timezone) AS d, date_trunc('week', e.at, p_timezone) AS w,
+                                date_trunc('month', e.at, p_timezone) AS m,
+                                date_trunc('year', e.at, p_timezone) AS y) p
      WHERE x.user_wallet = f.user_wallet AND (f.after IS NOT NULL OR f.moderations <> 0);
+
+    -- 4b. What capped gains used of their allowance, and what reversals of
+    --     capped gains freed (pyxp.allowance_use), under the same locks.
+    --     A free always meets the row its gain made; a use adds to the row or
+    --     creates it (no concurrent writer of a wallet's rows: its lock).
+    IF p_caps OR EXISTS (SELECT FROM unnest(v_rows) r WHERE r.reverses IS NOT NULL) THEN
+        WITH used AS (
+            SELECT r.user_wallet, a.allowance, a.period_start, sum(a.used_xp)::bigint AS used_xp
+              FROM ROWS FROM (unnest(v_rows), unnest(v_ids))
+                   r(call_index, user_wallet, idempotency_key, inputs, transaction_type, xp_amount, xp_requested,
+                     apply_floor, rule_id, campaign_id, subject, metadata, reverses, moderations, id)
+             CROSS JOIN LATERAL pyxp.allowance_use(r.rule_id, r.xp_amount::bigint, r.reverses, now()) a
+             WHERE r.id IS NOT NULL
+             GROUP BY r.user_wallet, a.allowance, a.period_start
+        ), added AS (
+            UPDATE pyxp.xp_cap_usage u SET used_xp = u.used_xp + d.used_xp
+              FROM used d
+             WHERE u.user_wallet = d.user_wallet AND u.allowance = d.allowance AND u.period_start = d.period_start
+            RETURNING u.user_wallet, u.allowance, u.period_start
+        )
+        INSERT INTO pyxp.xp_cap_usage (user_wallet, allowance, period_start, used_xp)
+        SELECT d.user_wallet, d.allowance, d.period_start, d.used_xp
+          FROM used d
+         WHERE NOT EXISTS (SELECT FROM added a WHERE a.user_wallet = d.user_wallet AND a.allowance = d.allowance
+                                                 AND a.period_start = d.period_start);
+    END IF;
 
     -- 5. One row per row with a transaction_type: new ones with their levels
     --    on the active curve, replayed ones as they were written.
@@ -505,14 +571,16 @@ $$;
 -- Where every writing function starts (SPEC 4, lock protocol of
 -- 04_rulesets.sql): READ COMMITTED only (PX025), ROW EXCLUSIVE on
 -- xp_balances before the active ruleset is read, then the active ruleset
--- (PX020 when none) and its balance floor.
-CREATE FUNCTION pyxp.writing_ruleset(OUT ruleset_id bigint, OUT balance_floor bigint)
+-- (PX020 when none), its balance floor, period zone and whether it caps.
+CREATE FUNCTION pyxp.writing_ruleset(OUT ruleset_id bigint, OUT balance_floor bigint, OUT timezone text,
+                                     OUT has_caps boolean)
 LANGUAGE plpgsql
 AS $$
 BEGIN
     PERFORM pyxp.require_read_committed();
     LOCK TABLE pyxp.xp_balances IN ROW EXCLUSIVE MODE;
-    SELECT r.ruleset_id, r.balance_floor INTO ruleset_id, balance_floor FROM pyxp.rulesets r WHERE r.is_active;
+    SELECT r.ruleset_id, r.balance_floor, r.timezone, r.has_caps INTO ruleset_id, balance_floor, timezone, has_caps
+      FROM pyxp.rulesets r WHERE r.is_active;
     IF ruleset_id IS NULL THEN
         PERFORM pyxp.active_ruleset_id();  -- PX020
     END IF;
@@ -646,7 +714,8 @@ BEGIN
     RETURN QUERY
         SELECT w.transaction_id, w.user_wallet, w.transaction_type, w.xp_amount, w.xp_requested, w.total_xp,
                w.current_level, w.xp_to_next_level, w.previous_level, w.replayed
-          FROM pyxp.append_rows(v_ruleset.ruleset_id, v_ruleset.balance_floor, v_rows, false) w;
+          FROM pyxp.append_rows(v_ruleset.ruleset_id, v_ruleset.balance_floor, v_ruleset.timezone,
+                                v_ruleset.has_caps, v_rows, false) w;
 END
 $$;
 
@@ -682,7 +751,8 @@ BEGIN
     RETURN QUERY
         SELECT w.transaction_id, w.user_wallet, w.transaction_type, w.xp_amount, w.xp_requested, w.total_xp,
                w.current_level, w.xp_to_next_level, w.previous_level, w.replayed
-          FROM pyxp.append_rows(v_ruleset.ruleset_id, v_ruleset.balance_floor,
+          FROM pyxp.append_rows(v_ruleset.ruleset_id, v_ruleset.balance_floor, v_ruleset.timezone,
+                                v_ruleset.has_caps,
                                 pyxp.planned_awards(v_ruleset.ruleset_id, ARRAY[v_event], false), false) w;
 END
 $$;
@@ -725,7 +795,8 @@ BEGIN
     RETURN QUERY
         SELECT w.transaction_id, w.user_wallet, w.transaction_type, w.xp_amount, w.xp_requested, w.total_xp,
                w.current_level, w.xp_to_next_level, w.previous_level, w.replayed
-          FROM pyxp.append_rows(v_ruleset.ruleset_id, v_ruleset.balance_floor,
+          FROM pyxp.append_rows(v_ruleset.ruleset_id, v_ruleset.balance_floor, v_ruleset.timezone,
+                                v_ruleset.has_caps,
                                 ARRAY[ROW(0, v_original.user_wallet, v_key, NULL, 'REVERSAL', -v_original.xp_amount,
                                           NULL, false, NULL, v_original.campaign_id, v_original.subject,
                                           jsonb_build_object('reason', v_reason,

@@ -52,59 +52,14 @@ BEGIN
 END
 $$;
 
--- Balances by total_xp, highest first; ties are ordered by wallet, so ranks
--- are unique and stable (index xp_balances_leaderboard). max_rows: 1..1000;
--- offset_rows pages on (rank = offset_rows + position).
-CREATE FUNCTION pyxp.leaderboard(max_rows integer DEFAULT 100, offset_rows integer DEFAULT 0)
-RETURNS TABLE (rank bigint, user_wallet text, total_xp bigint, current_level bigint)
-LANGUAGE plpgsql STABLE SECURITY DEFINER
-SET search_path = pyxp, pg_temp
-AS $$
-DECLARE
-    v_max integer := pyxp.checked_row_count('max_rows', leaderboard.max_rows);
-BEGIN
-    IF leaderboard.offset_rows IS NULL OR leaderboard.offset_rows < 0 THEN
-        RAISE EXCEPTION 'invalid offset_rows: %', coalesce(leaderboard.offset_rows::text, 'NULL')
-            USING ERRCODE = 'PX023', HINT = 'offset_rows is 0 or more';
-    END IF;
-    RETURN QUERY
-        SELECT leaderboard.offset_rows + row_number() OVER (ORDER BY b.total_xp DESC, b.user_wallet),
-               b.user_wallet, b.total_xp, b.current_level
-          FROM (SELECT x.user_wallet, x.total_xp, x.current_level
-                  FROM pyxp.xp_balances x
-                 ORDER BY x.total_xp DESC, x.user_wallet
-                 OFFSET leaderboard.offset_rows LIMIT v_max) b
-         ORDER BY 1;
-END
-$$;
-
--- A wallet's rank in leaderboard order, NULL when it has no balance.
--- Two index range counts on xp_balances_leaderboard.
-CREATE FUNCTION pyxp.wallet_rank(wallet text)
-RETURNS bigint
-LANGUAGE plpgsql STABLE SECURITY DEFINER
-SET search_path = pyxp, pg_temp
-AS $$
-DECLARE
-    v_wallet text := pyxp.checked_wallet(wallet_rank.wallet);
-    v_total bigint;
-BEGIN
-    SELECT b.total_xp INTO v_total FROM pyxp.xp_balances b WHERE b.user_wallet = v_wallet;
-    IF NOT FOUND THEN
-        RETURN NULL;
-    END IF;
-    RETURN 1 + (SELECT count(*) FROM pyxp.xp_balances b WHERE b.total_xp > v_total)
-             + (SELECT count(*) FROM pyxp.xp_balances b WHERE b.total_xp = v_total AND b.user_wallet < v_wallet);
-END
-$$;
-
 -- Every inconsistency between the ledger, the balances and the rules, one
 -- row each; no rows when healthy. What it proves: each balance equals the sum
 -- of its wallet's rows, each row's balance_after chains from the previous
 -- one, levels match the active curve, reversals mirror what they reverse,
 -- rows name the action of an existing rule, a flow's or reversal's rows have
 -- their request, exactly one ruleset is active,
--- total_moderations counts the votes recorded, a registration is granted
+-- total_moderations counts the votes recorded, the balances' period columns
+-- and the caps' usage match the ledger and no cap is exceeded, a registration is granted
 -- exactly when its client email was onboarded, identities stored before 0002
 -- read the same today.
 -- (jit off: compiling the plan cost more than running it, 100 ms vs 6 ms on a
@@ -195,6 +150,34 @@ AS $$
       FROM pyxp.xp_transactions t
       LEFT JOIN pyxp.rules ru ON ru.rule_id = t.rule_id
      WHERE t.rule_id IS NOT NULL AND (ru.rule_id IS NULL OR ru.action <> t.transaction_type)
+    UNION ALL
+    -- The balances' latest periods (sql/07_periods.sql), in the active zone.
+    SELECT 'period_mismatch', b.user_wallet, NULL,
+           format('%s: xp_balances holds %s XP from %s, the ledger %s XP from %s', k.kind,
+                  coalesce(k.kept_xp::text, 'no'), coalesce(k.kept_start::text, 'no period'),
+                  coalesce(k.xp::text, 'no'), coalesce(k.start::text, 'no period'))
+      FROM pyxp.xp_balances b
+      LEFT JOIN pyxp.ledger_latest_periods((SELECT r.timezone FROM pyxp.rulesets r WHERE r.is_active)) p
+        ON p.user_wallet = b.user_wallet
+     CROSS JOIN LATERAL (VALUES ('day', b.day_start, b.day_xp, p.day_start, p.day_xp),
+                                ('week', b.week_start, b.week_xp, p.week_start, p.week_xp),
+                                ('month', b.month_start, b.month_xp, p.month_start, p.month_xp),
+                                ('year', b.year_start, b.year_xp, p.year_start, p.year_xp))
+                        k(kind, kept_start, kept_xp, start, xp)
+     WHERE (k.kept_start, k.kept_xp) IS DISTINCT FROM (k.start, k.xp)
+    UNION ALL
+    -- Caps: what xp_cap_usage holds against the ledger, and no allowance
+    -- used beyond the largest cap its rows' rules carried.
+    SELECT CASE WHEN coalesce(u.used_xp, 0) <> coalesce(l.used_xp, 0) THEN 'cap_usage_mismatch'
+                ELSE 'cap_exceeded' END,
+           coalesce(u.user_wallet, l.user_wallet), NULL,
+           format('%s from %s: xp_cap_usage says %s XP used, the ledger %s XP, cap %s',
+                  coalesce(u.allowance, l.allowance), coalesce(u.period_start, l.period_start),
+                  coalesce(u.used_xp, 0), coalesce(l.used_xp, 0), coalesce(l.cap_max_xp::text, 'none'))
+      FROM pyxp.xp_cap_usage u
+      FULL JOIN pyxp.ledger_cap_usage() l
+        ON l.user_wallet = u.user_wallet AND l.allowance = u.allowance AND l.period_start = u.period_start
+     WHERE coalesce(u.used_xp, 0) <> coalesce(l.used_xp, 0) OR l.used_xp > l.cap_max_xp
     UNION ALL
     -- A flow's or reversal's row needs its request (its claim and inputs).
     SELECT 'request_missing', t.user_wallet, t.id,

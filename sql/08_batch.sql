@@ -99,7 +99,7 @@ BEGIN
               FROM unnest(v_events) e
         ), written AS (
             SELECT * FROM pyxp.append_rows(
-                v_ruleset.ruleset_id, v_ruleset.balance_floor,
+                v_ruleset.ruleset_id, v_ruleset.balance_floor, v_ruleset.timezone, v_ruleset.has_caps,
                 pyxp.planned_awards(v_ruleset.ruleset_id,
                                     ARRAY(SELECT e FROM unnest(v_events) e
                                             JOIN firsts f ON f.event_index = e.event_index

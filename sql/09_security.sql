@@ -50,8 +50,9 @@ GRANT EXECUTE ON FUNCTION
     pyxp.level_for(numeric),
     pyxp.balance(text),
     pyxp.history(text, integer, bigint),
-    pyxp.leaderboard(integer, integer),
-    pyxp.wallet_rank(text),
+    pyxp.leaderboard(integer, integer, text, timestamptz),
+    pyxp.wallet_rank(text, text, timestamptz),
+    pyxp.period_xp(text, text, timestamptz),
     pyxp.audit()
 TO pyxp_writer, pyxp_reader;
 

@@ -37,10 +37,6 @@ COMMENT ON FUNCTION pyxp.balance(text) IS
     'API: a wallet''s total XP, level, XP to the next level and moderation count (0 XP, level 1 when it has no history).';
 COMMENT ON FUNCTION pyxp.history(text, integer, bigint) IS
     'API: a wallet''s ledger rows, newest first; pass the last transaction_id as before_id to page on.';
-COMMENT ON FUNCTION pyxp.leaderboard(integer, integer) IS
-    'API: wallets by total XP, highest first, ties by wallet.';
-COMMENT ON FUNCTION pyxp.wallet_rank(text) IS
-    'API: a wallet''s rank on the leaderboard, NULL when it has no balance.';
 COMMENT ON FUNCTION pyxp.audit() IS
     'API: one row per inconsistency between ledger, balances, levels, rules and registrations; none when healthy.';
 
@@ -78,8 +74,8 @@ COMMENT ON FUNCTION pyxp.inputs_digest(jsonb) IS 'internal: 8 bytes of sha256 of
 COMMENT ON FUNCTION pyxp.row_ruleset(bigint, text) IS 'internal: the ruleset a ledger row was written under.';
 COMMENT ON FUNCTION pyxp.claim_request(text, jsonb, bigint) IS 'internal: records a flow''s or reversal''s key and inputs; false when it was used before.';
 COMMENT ON FUNCTION pyxp.replayed_award(text, jsonb, text, text) IS 'internal: the original rows of a flow''s or reversal''s key, or PX010 for other inputs.';
-COMMENT ON FUNCTION pyxp.append_rows(bigint, bigint, pyxp.pending_row[], boolean) IS
-    'internal: THE writer: one statement locks the wallets, replays claimed generic awards, appends every ledger row and updates each balance once.';
+COMMENT ON FUNCTION pyxp.append_rows(bigint, bigint, text, boolean, pyxp.pending_row[], boolean) IS
+    'internal: THE writer: locks the wallets, replays claimed generic awards, applies floor and caps, appends every ledger row and updates each balance once.';
 COMMENT ON FUNCTION pyxp.raise_key_conflict(boolean, integer, text, jsonb, text, text, bigint, jsonb) IS 'internal: PX010 for a generic award''s key claimed with other inputs.';
 COMMENT ON FUNCTION pyxp.floored_rows(bigint, pyxp.pending_row[], bigint) IS 'internal: the balance floor applied to the writer''s rows, per wallet in order.';
 COMMENT ON FUNCTION pyxp.formula_input_problems(text, jsonb, jsonb, boolean) IS 'internal: missing or unknown formula inputs.';

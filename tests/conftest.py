@@ -23,11 +23,13 @@ import psycopg
 import pytest
 from psycopg import sql
 from psycopg.conninfo import make_conninfo
+from psycopg.types.json import Jsonb
 from pytest_postgresql import factories
 
 from pyxp import XP, schema
 from pyxp.database import discovered_server, locate_server
 from pyxp.errors import DatabaseUnavailable
+from pyxp.ruleset_config import load_ruleset
 
 _server_stack = ExitStack()
 
@@ -141,7 +143,9 @@ SELECT (SELECT count(*) FROM pyxp.xp_transactions) AS ledger_rows,
        (SELECT count(*) FROM pyxp.campaigns) AS campaigns,
        (SELECT count(*) FROM pyxp.agency_b2c_clients) AS registrations,
        (SELECT count(*) FILTER (WHERE xp_granted) FROM pyxp.agency_b2c_clients) AS granted,
-       (SELECT count(*) FROM pyxp.rulesets) AS rulesets
+       (SELECT count(*) FROM pyxp.rulesets) AS rulesets,
+       (SELECT count(*) FROM pyxp.xp_cap_usage) AS cap_periods,
+       (SELECT coalesce(sum(used_xp), 0) FROM pyxp.xp_cap_usage) AS cap_used
 """
 
 
@@ -200,3 +204,20 @@ def node_project(tmp_path_factory: pytest.TempPathFactory) -> Path:
     assert result.returncode == 0, result.stderr
     assert (folder / "node_modules" / "pg").is_dir()
     return folder
+
+
+def install_variant(db: psycopg.Connection[Any], name: str, timezone: str | None = None,
+                    caps: dict[str, tuple[int, str, str | None]] | None = None) -> None:
+    """Activates the default rules as ruleset ``name``, with ``timezone`` and caps
+    (action -> (max_xp, per, group)), through pyxp.install_ruleset as ``pyxp rules apply`` does."""
+    definition = load_ruleset("winstory").definition()
+    definition["name"] = name
+    if timezone is not None:
+        definition["timezone"] = timezone
+    for rule in definition["rules"]:
+        if rule["action"] in (caps or {}):
+            max_xp, per, group = (caps or {})[rule["action"]]
+            rule["cap"] = {"max_xp": max_xp, "per": per}
+            if group is not None:
+                rule["group"] = group
+    db.execute("SELECT * FROM pyxp.install_ruleset(%s, %s)", (Jsonb(definition), f"# test variant {name}"))

@@ -348,3 +348,55 @@ def test_0005_carries_a_ledger_of_every_kind_and_every_key_replays(fresh_databas
     with psycopg.connect(target, autocommit=True) as conn:
         assert conn.execute("SELECT * FROM pyxp.audit()").fetchall() == []
         _replays_everything(conn, done)
+
+
+def test_0006_fills_the_period_columns_from_an_existing_ledger(fresh_database: Callable[[], str]) -> None:
+    """Issue 13: 0006 derives each balance's latest periods from the ledger (rows spread over a year,
+    reversals included); audit() is clean, the period boards equal the ledger's sums, every call
+    replays. The downgrade is refused while the active ruleset has caps, and works without them."""
+    from conftest import install_variant
+    target = fresh_database()
+    schema.upgrade(target, "0005")
+    done: list[tuple[str, dict[str, Any], list[Any]]] = []
+    with psycopg.connect(target, autocommit=True) as conn:
+        calls = _ledger_calls()
+        for kind, args in calls[:20] + calls[95:]:  # 20 batches, then every other kind
+            done.append((kind, args, _run(conn, kind, args)))
+        for reversed_id in (5, 2500, 2600):
+            args = {"id": reversed_id, "reason": "0006"}
+            done.append(("reverse", args, _run(conn, "reverse", args)))
+        with conn.transaction():  # a year of history: row n moved back n hours (owner's operation)
+            conn.execute("ALTER TABLE pyxp.xp_transactions DISABLE TRIGGER xp_transactions_append_only")
+            conn.execute("UPDATE pyxp.xp_transactions SET created_at = created_at - (4000 - id) * interval '2 hours' "
+                         "WHERE id < 4000")
+            conn.execute("ALTER TABLE pyxp.xp_transactions ENABLE TRIGGER xp_transactions_append_only")
+
+    schema.upgrade(target)
+    with psycopg.connect(target, autocommit=True) as conn:
+        assert conn.execute("SELECT * FROM pyxp.audit()").fetchall() == []
+        assert conn.execute("SELECT count(*) FROM pyxp.xp_balances WHERE year_start IS NULL").fetchone() == (0,)
+        for kind in ("day", "week", "month", "year"):
+            for at in ("now()", "now() - interval '100 days'", "now() - interval '300 days'"):
+                board = conn.execute(f"SELECT user_wallet, period_xp FROM pyxp.leaderboard(1000, 0, %s, {at})",
+                                     (kind,)).fetchall()
+                ledger = conn.execute(
+                    f"SELECT t.user_wallet, t.period_xp FROM pyxp.period_bounds(%s, {at}, 'UTC') b "
+                    "CROSS JOIN LATERAL pyxp.ledger_period_totals(b.period_start, b.period_end) t "
+                    "ORDER BY t.period_xp DESC, t.user_wallet LIMIT 1000", (kind,)).fetchall()
+                assert board == ledger and (kind != "year" or board), (kind, at)
+        _replays_everything(conn, done)
+
+        install_variant(conn, "capped", caps={"CAMPAIGN_APPROVED": (150, "week", None)})
+    with pytest.raises(psycopg.Error) as refused:
+        schema.downgrade(target, "0005")
+    assert refused.value.sqlstate == "PX024" and "capped v1" in str(refused.value)
+    assert schema.current_revision(target) == schema.head_revision()
+
+    schema.apply_ruleset(target, "winstory")
+    schema.downgrade(target, "0005")
+    with psycopg.connect(target, autocommit=True) as conn:
+        assert conn.execute("SELECT * FROM pyxp.audit()").fetchall() == []
+        _replays_everything(conn, done)
+    schema.upgrade(target)
+    with psycopg.connect(target, autocommit=True) as conn:
+        assert conn.execute("SELECT * FROM pyxp.audit()").fetchall() == []

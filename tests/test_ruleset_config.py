@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from decimal import Decimal
 from pathlib import Path
 
@@ -11,6 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from pyxp.ruleset_config import (
+    Cap,
     ConfigError,
     LevelRow,
     LinearForm,
@@ -605,3 +607,229 @@ def test_load_ruleset_from_a_path_and_unknown_names(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as info:
         load_ruleset("no-such-ruleset")
     assert "winstory-flows" in info.value.accepted
+
+
+# --------------------------------------------------------------------------- timezone and caps (SPEC 12)
+
+README = Path(__file__).resolve().parents[1] / "README.md"
+# The keys of a rule's compiled form without cap and group (every shipped rule).
+PLAIN_RULE_KEYS = {
+    "action",
+    "event",
+    "campaign_types",
+    "condition",
+    "formula",
+    "constant",
+    "coefficients",
+    "description",
+}
+
+
+@pytest.mark.parametrize("zone", ["Europe/Paris", "UTC", "Pacific/Auckland", "America/New_York"])
+def test_timezone_is_kept_and_compiled(zone: str) -> None:
+    ruleset = parse_ruleset(ruleset_text("earn_xp = 1", head=f'timezone = "{zone}"\n'))
+    assert ruleset.timezone == zone and ruleset.effective_timezone == zone
+    assert ruleset.definition()["timezone"] == zone
+
+
+def test_absent_timezone_is_utc_and_not_compiled() -> None:
+    ruleset = parse_ruleset(ruleset_text("earn_xp = 1"))
+    assert ruleset.timezone is None and ruleset.effective_timezone == "UTC"
+    assert "timezone" not in ruleset.definition()
+
+
+@pytest.mark.parametrize(
+    "value", ['"europe/paris"', '"utc"', '"Mars/Olympus"', '"Europe/Paris "', '""', "1", "true", '["UTC"]']
+)
+def test_bad_timezones(value: str) -> None:
+    error = config_error(ruleset_text("earn_xp = 1", head=f"timezone = {value}\n"))
+    assert error.line == 2 and "timezone" in str(error) and "IANA" in str(error)
+    assert "Europe/Paris" in error.accepted and "UTC" in error.accepted
+
+
+@pytest.mark.parametrize("name", ["winstory", "winstory-flows"])
+def test_shipped_rulesets_compile_without_timezone_caps_or_groups(name: str) -> None:
+    """Unchanged compiled form (and content hash) for rulesets that use none of SPEC 12's keys."""
+    ruleset = load_ruleset(name)
+    assert not any(key in ruleset.source for key in ("timezone", "cap =", "group ="))
+    assert ruleset.timezone is None
+    assert all(rule.cap is None and rule.group is None for rule in ruleset.rules)
+    definition = ruleset.definition()
+    assert set(definition) == {"name", "description", "balance_floor", "levels", "rules"}
+    assert all(set(rule) == PLAIN_RULE_KEYS for rule in definition["rules"])
+
+
+@pytest.mark.parametrize(
+    ("per", "expected"),
+    [("day", "day"), ("DAY", "day"), ("Week", "week"), ("month", "month"), ("YeAr", "year")],
+)
+def test_cap_period_in_any_case_is_normalised(per: str, expected: str) -> None:
+    ruleset = parse_ruleset(ruleset_text(f'earn_xp = 2\ncap = {{ max_xp = 20, per = "{per}" }}'))
+    rule = ruleset.rule("B")
+    assert rule.cap == Cap(max_xp=20, per=expected) and rule.group is None
+    compiled = {r["action"]: r for r in ruleset.definition()["rules"]}
+    assert compiled["B"]["cap"] == {"max_xp": 20, "per": expected}
+    assert "group" not in compiled["B"]
+    assert set(compiled["A"]) == PLAIN_RULE_KEYS  # the uncapped rule as before
+
+
+def test_cap_limits_are_inclusive() -> None:
+    for max_xp in (1, 10**15):
+        text = ruleset_text(f'earn_xp = 1\ncap = {{ max_xp = {max_xp}, per = "year" }}')
+        assert parse_ruleset(text).rule("B").cap == Cap(max_xp, "year")
+
+
+@pytest.mark.parametrize(
+    ("cap", "what"),
+    [
+        ('{ max_xp = 0, per = "day" }', "max_xp 0"),
+        ('{ max_xp = -5, per = "day" }', "max_xp -5"),
+        ('{ max_xp = true, per = "day" }', "max_xp True"),
+        ('{ max_xp = 1.5, per = "day" }', "max_xp 1.5"),
+        ('{ max_xp = 20.0, per = "day" }', "max_xp 20.0"),
+        ('{ max_xp = 1000000000000001, per = "day" }', "max_xp 1000000000000001"),
+        ('{ max_xp = "20", per = "day" }', "max_xp '20'"),
+        ('{ per = "day" }', "missing key 'max_xp'"),
+        ('{ max_xp = 20, per = "hour" }', "per 'hour'"),
+        ('{ max_xp = 20, per = "days" }', "per 'days'"),
+        ('{ max_xp = 20, per = "all" }', "per 'all'"),
+        ("{ max_xp = 20, per = 1 }", "per 1"),
+        ("{ max_xp = 20 }", "missing key 'per'"),
+        ('{ max_xp = 20, per = "day", group = "x" }', "unknown key 'group' in cap"),
+        ("{}", "missing key 'max_xp'"),
+        ("20", "cap must be a table"),
+        ('"20 per day"', "cap must be a table"),
+        ('[20, "day"]', "cap must be a table"),
+    ],
+)
+def test_bad_caps(cap: str, what: str) -> None:
+    error = config_error(ruleset_text(f"earn_xp = 1\ncap = {cap}"))
+    assert error.line == 12, str(error)
+    assert str(error).startswith("r.toml:12: rule B: ") and what in str(error)
+    assert "max_xp" in error.accepted and '"week"' in error.accepted
+
+
+def test_cap_as_a_sub_table() -> None:
+    text = (
+        'name = "t"\n'  # 1
+        "[[rules]]\n"  # 2
+        'action = "A"\n'  # 3
+        "earn_xp = 1\n"  # 4
+        "[rules.cap]\n"  # 5
+        "max_xp = 20\n"  # 6
+        'per = "Day"\n'  # 7
+        "[[rules]]\n"  # 8
+        'action = "B"\n'  # 9
+        "earn_xp = 1\n"  # 10
+        "[rules.cap]\n"  # 11
+        'per = "day"\n'  # 12
+        "max_xp = 0\n"  # 13
+    )
+    error = config_error(text)
+    assert error.line == 13 and "max_xp 0" in str(error)  # the key's line in the second sub-table
+    error = config_error(text.replace("max_xp = 0", 'max_xp = 5\ncolour = "red"'))
+    assert error.line == 14 and "'colour'" in str(error)
+    ruleset = parse_ruleset(text.replace("max_xp = 0", "max_xp = 5"))
+    assert [rule.cap for rule in ruleset.rules] == [Cap(20, "day"), Cap(5, "day")]
+    # A disagreement in a group: the line of the disagreeing rule's [rules.cap].
+    grouped = text.replace('action = "A"\n', 'action = "A"\ngroup = "g"\n')
+    grouped = grouped.replace('action = "B"\n', 'action = "B"\ngroup = "g"\n')
+    error = config_error(grouped.replace("max_xp = 0", "max_xp = 5"))
+    assert error.line == 13 and "disagrees with group g's cap" in str(error)
+
+
+@pytest.mark.parametrize("group", ["moderation", "m", "mod-2_votes", "a" * 63])
+def test_good_group_names(group: str) -> None:
+    text = ruleset_text(f'earn_xp = 1\ncap = {{ max_xp = 20, per = "day" }}\ngroup = "{group}"')
+    assert parse_ruleset(text).rule("B").group == group
+
+
+@pytest.mark.parametrize(
+    "group",
+    ['"Moderation"', '"1mod"', '"-mod"', '"_mod"', '"mod eration"', '"mod.x"', '""', "1", "true"]
+    + [f'"{"a" * 64}"'],
+)
+def test_bad_group_names(group: str) -> None:
+    text = ruleset_text(f'earn_xp = 1\ncap = {{ max_xp = 20, per = "day" }}\ngroup = {group}')
+    error = config_error(text)
+    assert error.line == 13 and "invalid group" in str(error)
+    assert error.accepted == "[a-z][a-z0-9_-]{0,62}"
+
+
+def test_group_needs_a_cap() -> None:
+    error = config_error(ruleset_text('earn_xp = 1\ngroup = "moderation"'))
+    assert error.line == 9  # the rule's [[rules]] header
+    assert "rule B: group moderation needs a cap: every rule of a group carries the same cap" in str(error)
+    assert "max_xp" in error.accepted
+
+
+def grouped_text(cap_a: str, cap_b: str, group_b: str = "moderation") -> str:
+    return (
+        'name = "t"\n'  # 1
+        "[[rules]]\n"  # 2
+        'action = "A"\n'  # 3
+        "earn_xp = 2\n"  # 4
+        f"cap = {cap_a}\n"  # 5
+        'group = "moderation"\n'  # 6
+        "[[rules]]\n"  # 7
+        'action = "Other"\n'  # 8
+        "earn_xp = 5\n"  # 9
+        'cap = { max_xp = 1, per = "year" }\n'  # 10: capped alone, no group
+        "[[rules]]\n"  # 11
+        'action = "B"\n'  # 12
+        f'group = "{group_b}"\n'  # 13
+        "lose_xp = 1\n"  # 14
+        f"cap = {cap_b}\n"  # 15
+    )
+
+
+@pytest.mark.parametrize(
+    "cap_b",
+    ['{ max_xp = 10, per = "week" }', '{ max_xp = 10, per = "day" }', '{ max_xp = 20, per = "month" }'],
+)
+def test_caps_of_a_group_must_agree(cap_b: str) -> None:
+    error = config_error(grouped_text('{ max_xp = 20, per = "day" }', cap_b))
+    assert error.line == 15  # the disagreeing rule's cap
+    shown = cap_b.replace("{ ", "{").replace(" }", "}")
+    assert str(error).startswith(
+        f"r.toml:15: rule B: cap {shown} disagrees with group moderation's cap "
+        '{max_xp = 20, per = "day"} (rule A)'
+    )
+    assert error.accepted == "the same cap on every rule of a group"
+    # Another group name: no disagreement.
+    ruleset = parse_ruleset(grouped_text('{ max_xp = 20, per = "day" }', cap_b, group_b="other"))
+    assert ruleset.rule("B").group == "other"
+
+
+def test_a_group_whose_caps_agree_compiles() -> None:
+    ruleset = parse_ruleset(grouped_text('{ max_xp = 20, per = "day" }', '{ per = "DAY", max_xp = 20 }'))
+    assert ruleset.rule("A").cap == ruleset.rule("B").cap == Cap(20, "day")
+    rules = {rule["action"]: rule for rule in ruleset.definition()["rules"]}
+    assert rules["A"] == {
+        "action": "A",
+        "event": None,
+        "campaign_types": None,
+        "condition": None,
+        "formula": "2",
+        "constant": "2",
+        "coefficients": {},
+        "description": None,
+        "cap": {"max_xp": 20, "per": "day"},
+        "group": "moderation",
+    }
+    assert (rules["B"]["cap"], rules["B"]["group"], rules["B"]["constant"]) == (
+        {"max_xp": 20, "per": "day"},
+        "moderation",
+        "-1",  # a penalty may carry its group's cap (penalties are never cut)
+    )
+    assert rules["Other"]["cap"] == {"max_xp": 1, "per": "year"} and "group" not in rules["Other"]
+    assert json.loads(json.dumps(ruleset.definition())) == ruleset.definition()
+
+
+def test_readme_cap_example_compiles() -> None:
+    blocks = re.findall(r"^```toml\n(.*?)^```", README.read_text(), re.DOTALL | re.MULTILINE)
+    (example,) = [block for block in blocks if "group =" in block]
+    ruleset = parse_ruleset(example, "README.md")
+    assert ruleset.timezone == "Europe/Paris"
+    assert {rule.group for rule in ruleset.rules} == {"moderation"}
+    assert {rule.cap for rule in ruleset.rules} == {Cap(max_xp=20, per="day")}

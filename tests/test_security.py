@@ -25,11 +25,13 @@ PUBLIC_API = {
     "wallet_rank", "audit",
     "award_many",  # SPEC §9: batch variant for bulk ingestion
     "changes",  # SPEC §11: the change feed
+    "period_xp",  # SPEC §12: periods
 }
-READ_FUNCTIONS = {"level_for", "balance", "history", "leaderboard", "wallet_rank", "audit", "changes"}
+READ_FUNCTIONS = {"level_for", "balance", "history", "leaderboard", "wallet_rank", "audit", "changes", "period_xp"}
 INTERNAL_FUNCTIONS = ["post_award", "append_rows", "claim_request", "install_ruleset",
                       "replayed_award", "planned_awards", "checked_wallet", "curve_position",
-                      "active_ruleset_id", "check_ruleset_definition"]
+                      "active_ruleset_id", "check_ruleset_definition", "capped_rows", "rebuild_period_columns",
+                      "ledger_period_totals"]
 
 # One call per read function, runnable by any role allowed to execute it.
 READ_CALLS = {
@@ -38,6 +40,7 @@ READ_CALLS = {
     "history": "SELECT * FROM pyxp.history(wallet => 'someone')",
     "leaderboard": "SELECT * FROM pyxp.leaderboard()",
     "wallet_rank": "SELECT pyxp.wallet_rank(wallet => 'someone')",
+    "period_xp": "SELECT pyxp.period_xp(wallet => 'someone', period => 'week')",
     "audit": "SELECT * FROM pyxp.audit()",
     "changes": "SELECT * FROM pyxp.changes(after_cursor => 0)",
 }

@@ -32,10 +32,15 @@ def test_one_function_inserts_ledger_rows_and_sets_balances(db: psycopg.Connecti
     sets_total = {name for name, body in bodies.items()
                   if re.search(r"UPDATE\s+pyxp\.xp_balances[^;]*SET[^;]*total_xp\s*=", body, re.IGNORECASE | re.DOTALL)}
     assert sets_total == {"append_rows"}
-    # recalculate_levels re-derives levels only; no other function updates a balance.
+    # recalculate_levels re-derives levels only, rebuild_period_columns the period columns (when
+    # the timezone changes); no other function updates a balance.
     updates = {name for name, body in bodies.items()
                if re.search(r"UPDATE\s+pyxp\.xp_balances", body, re.IGNORECASE)}
-    assert updates == {"append_rows", "recalculate_levels"}
+    assert updates == {"append_rows", "recalculate_levels", "rebuild_period_columns"}
+    # Caps' usage (SPEC 12) is written by the writer only.
+    usage = {name for name, body in bodies.items()
+             if re.search(r"(INSERT\s+INTO|UPDATE)\s+pyxp\.xp_cap_usage", body, re.IGNORECASE)}
+    assert usage == {"append_rows"}
     # Every writer goes through it.
     for writer in ("award", "award_many", "post_award", "reverse_transaction"):
         assert "append_rows" in bodies[writer], writer

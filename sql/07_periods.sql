@@ -1,0 +1,423 @@
+-- Periods and caps (SPEC 12).
+--
+-- A period is a calendar period in the active ruleset's timezone
+-- (rulesets.timezone, IANA): day, ISO week (from Monday), month, year; 'all'
+-- is the whole history. date_trunc(unit, at, zone) gives a period's start as
+-- an instant, so a day across a DST change lasts 23 or 25 hours.
+-- A ledger row counts in the period of its created_at; a reversal in the
+-- period of the row it reverses ("effective time"), so a reversed award
+-- disappears from the board it was earned on.
+--
+-- How the period totals are kept: each balance holds its latest period of
+-- each kind and its XP there (xp_balances.<kind>_start, <kind>_xp, kept by
+-- the writer in the UPDATE it makes anyway, so no extra statement or row per
+-- award), indexed in board order. That answers the boards of the current
+-- periods from an index (top 100 = 100 index entries). A board of a past
+-- period, or of a period just ended while some wallet already moved past it,
+-- is computed from the ledger (BRIN on created_at, plus the reversals).
+--
+-- Caps: a capped gain is cut to what is left of the wallet's allowance in
+-- the period containing the award (pyxp.capped_rows, under the wallet's
+-- balance row lock); xp_cap_usage keeps what each allowance used.
+-- A period name in any case, normalised, or PX026. Its size is checked
+-- before lower() copies it.
+CREATE FUNCTION pyxp.checked_period(p_period text)
+RETURNS text
+LANGUAGE plpgsql IMMUTABLE PARALLEL SAFE
+AS $$
+BEGIN
+    IF p_period IS NOT NULL AND octet_length(p_period) <= 16
+       AND lower(p_period) IN ('all', 'day', 'week', 'month', 'year') THEN
+        RETURN lower(p_period);
+    END IF;
+    RAISE EXCEPTION 'invalid period %', coalesce(quote_literal(left(p_period, 32)), 'NULL')
+        USING ERRCODE = 'PX026', HINT = 'period is all, day, week, month or year (any case)';
+END
+$$;
+
+-- The period of kind p_kind (day, week, month, year) containing p_at in
+-- zone p_timezone: [period_start, period_end). PX026 for a NULL or
+-- infinite p_at.
+CREATE FUNCTION pyxp.period_bounds(p_kind text, p_at timestamptz, p_timezone text,
+                                   OUT period_start timestamptz, OUT period_end timestamptz)
+LANGUAGE plpgsql STABLE PARALLEL SAFE
+AS $$
+BEGIN
+    IF p_at IS NULL OR NOT isfinite(p_at) THEN
+        RAISE EXCEPTION 'invalid at: %', coalesce(p_at::text, 'NULL')
+            USING ERRCODE = 'PX026', HINT = 'at is a finite timestamp with time zone (default now())';
+    END IF;
+    period_start := date_trunc(p_kind, p_at, p_timezone);
+    -- The next period starts one calendar unit later in local time (23 or
+    -- 25 hours for a day across DST); date_trunc again lands on the start of
+    -- that period even where a local midnight does not exist.
+    period_end := date_trunc(p_kind, (period_start AT TIME ZONE p_timezone + ('1 ' || p_kind)::interval)
+                                     AT TIME ZONE p_timezone, p_timezone);
+END
+$$;
+
+-- The zone periods are counted in: the active ruleset's (PX020 if none).
+CREATE FUNCTION pyxp.active_timezone()
+RETURNS text
+LANGUAGE plpgsql STABLE
+AS $$
+DECLARE
+    v_zone text;
+BEGIN
+    SELECT r.timezone INTO v_zone FROM pyxp.rulesets r WHERE r.is_active;
+    IF v_zone IS NULL THEN
+        PERFORM pyxp.active_ruleset_id();  -- PX020
+    END IF;
+    RETURN v_zone;
+END
+$$;
+
+-- Every wallet with a row in [p_start, p_end) and its XP there, from the
+-- ledger: rows created in the range that reverse nothing, and reversals of
+-- rows created in it (wherever the reversal falls). Exact at any time; reads
+-- the range's rows (BRIN xp_transactions_created) and every reversal.
+CREATE FUNCTION pyxp.ledger_period_totals(p_start timestamptz, p_end timestamptz)
+RETURNS TABLE (user_wallet text, period_xp bigint)
+LANGUAGE sql STABLE
+AS $$
+    SELECT x.user_wallet, sum(x.xp_amount)::bigint
+      FROM (SELECT t.user_wallet, t.xp_amount
+              FROM pyxp.xp_transactions t
+             WHERE t.created_at >= p_start AND t.created_at < p_end AND t.reverses IS NULL
+            UNION ALL
+            SELECT t.user_wallet, t.xp_amount
+              FROM pyxp.xp_transactions t
+              JOIN pyxp.xp_transactions o ON o.id = t.reverses
+             WHERE t.reverses IS NOT NULL AND o.created_at >= p_start AND o.created_at < p_end) x
+     GROUP BY x.user_wallet
+$$;
+
+-- Whether the board of the p_kind period starting at p_start is exactly the
+-- balances whose <kind>_start = p_start (see xp_balances): true unless some
+-- balance already moved past it (then it may hold rows of p_start too).
+-- One index probe.
+CREATE FUNCTION pyxp.period_cached(p_kind text, p_start timestamptz)
+RETURNS boolean
+LANGUAGE plpgsql STABLE
+AS $$
+DECLARE
+    v_past boolean;
+BEGIN
+    EXECUTE format('SELECT EXISTS (SELECT FROM pyxp.xp_balances b WHERE b.%I > $1)', p_kind || '_start')
+       INTO v_past USING p_start;
+    RETURN NOT v_past;
+END
+$$;
+
+-- Public: the leaderboard. period 'all' (default): balances by total_xp
+-- desc, ties by wallet, period_xp = total_xp (index xp_balances_leaderboard).
+-- A period (day, week, month, year, any case): the wallets with a row in the
+-- period containing `at` (default now()), by period_xp desc, ties by wallet,
+-- with their current total and level. max_rows: 1..1000; offset_rows pages
+-- on (rank = offset_rows + position).
+CREATE FUNCTION pyxp.leaderboard(max_rows integer DEFAULT 100, offset_rows integer DEFAULT 0,
+                                 period text DEFAULT 'all', at timestamptz DEFAULT now())
+RETURNS TABLE (rank bigint, user_wallet text, total_xp bigint, current_level bigint, period_xp bigint)
+LANGUAGE plpgsql STABLE SECURITY DEFINER
+SET search_path = pyxp, pg_temp
+AS $$
+DECLARE
+    v_max integer := pyxp.checked_row_count('max_rows', leaderboard.max_rows);
+    v_period text := pyxp.checked_period(leaderboard.period);
+    v_bounds record;
+BEGIN
+    IF leaderboard.offset_rows IS NULL OR leaderboard.offset_rows < 0 THEN
+        RAISE EXCEPTION 'invalid offset_rows: %', coalesce(leaderboard.offset_rows::text, 'NULL')
+            USING ERRCODE = 'PX023', HINT = 'offset_rows is 0 or more';
+    END IF;
+    IF v_period = 'all' THEN
+        RETURN QUERY
+            SELECT leaderboard.offset_rows + row_number() OVER (ORDER BY b.total_xp DESC, b.user_wallet),
+                   b.user_wallet, b.total_xp, b.current_level, b.total_xp
+              FROM (SELECT x.user_wallet, x.total_xp, x.current_level
+                      FROM pyxp.xp_balances x
+                     ORDER BY x.total_xp DESC, x.user_wallet
+                     OFFSET leaderboard.offset_rows LIMIT v_max) b
+             ORDER BY 1;
+        RETURN;
+    END IF;
+    v_bounds := pyxp.period_bounds(v_period, leaderboard.at, pyxp.active_timezone());
+    IF pyxp.period_cached(v_period, v_bounds.period_start) THEN
+        RETURN QUERY EXECUTE format(
+            'SELECT $1 + row_number() OVER (ORDER BY b.xp DESC, b.user_wallet), b.user_wallet, b.total_xp,
+                    b.current_level, b.xp
+               FROM (SELECT x.user_wallet, x.total_xp, x.current_level, x.%2$I AS xp
+                       FROM pyxp.xp_balances x
+                      WHERE x.%1$I = $2
+                      ORDER BY x.%2$I DESC, x.user_wallet
+                     OFFSET $1 LIMIT $3) b
+              ORDER BY 1', v_period || '_start', v_period || '_xp')
+            USING leaderboard.offset_rows::bigint, v_bounds.period_start, v_max;
+    ELSE
+        RETURN QUERY
+            SELECT leaderboard.offset_rows + row_number() OVER (ORDER BY p.period_xp DESC, p.user_wallet),
+                   p.user_wallet, x.total_xp, x.current_level, p.period_xp
+              FROM (SELECT t.user_wallet, t.period_xp
+                      FROM pyxp.ledger_period_totals(v_bounds.period_start, v_bounds.period_end) t
+                     ORDER BY t.period_xp DESC, t.user_wallet
+                    OFFSET leaderboard.offset_rows LIMIT v_max) p
+              JOIN pyxp.xp_balances x ON x.user_wallet = p.user_wallet
+             ORDER BY 1;
+    END IF;
+END
+$$;
+
+-- Public: a wallet's rank on leaderboard(period => period, at => at), NULL
+-- when it is not on that board. 'all': two index range counts on
+-- xp_balances_leaderboard; a current period: the same on its board index.
+CREATE FUNCTION pyxp.wallet_rank(wallet text, period text DEFAULT 'all', at timestamptz DEFAULT now())
+RETURNS bigint
+LANGUAGE plpgsql STABLE SECURITY DEFINER
+SET search_path = pyxp, pg_temp
+AS $$
+DECLARE
+    v_wallet text := pyxp.checked_wallet(wallet_rank.wallet);
+    v_period text := pyxp.checked_period(wallet_rank.period);
+    v_bounds record;
+    v_total bigint;
+    v_start timestamptz;
+    v_rank bigint;
+BEGIN
+    IF v_period = 'all' THEN
+        SELECT b.total_xp INTO v_total FROM pyxp.xp_balances b WHERE b.user_wallet = v_wallet;
+        IF NOT FOUND THEN
+            RETURN NULL;
+        END IF;
+        RETURN 1 + (SELECT count(*) FROM pyxp.xp_balances b WHERE b.total_xp > v_total)
+                 + (SELECT count(*) FROM pyxp.xp_balances b WHERE b.total_xp = v_total AND b.user_wallet < v_wallet);
+    END IF;
+    v_bounds := pyxp.period_bounds(v_period, wallet_rank.at, pyxp.active_timezone());
+    IF pyxp.period_cached(v_period, v_bounds.period_start) THEN
+        EXECUTE format('SELECT b.%1$I, b.%2$I FROM pyxp.xp_balances b WHERE b.user_wallet = $1',
+                       v_period || '_start', v_period || '_xp')
+           INTO v_start, v_total USING v_wallet;
+        IF v_start IS DISTINCT FROM v_bounds.period_start THEN
+            RETURN NULL;
+        END IF;
+        EXECUTE format('SELECT 1 + (SELECT count(*) FROM pyxp.xp_balances b WHERE b.%1$I = $1 AND b.%2$I > $2)
+                                 + (SELECT count(*) FROM pyxp.xp_balances b
+                                     WHERE b.%1$I = $1 AND b.%2$I = $2 AND b.user_wallet < $3)',
+                       v_period || '_start', v_period || '_xp')
+           INTO v_rank USING v_bounds.period_start, v_total, v_wallet;
+        RETURN v_rank;
+    END IF;
+    SELECT r.rank INTO v_rank
+      FROM (SELECT t.user_wallet, row_number() OVER (ORDER BY t.period_xp DESC, t.user_wallet) AS rank
+              FROM pyxp.ledger_period_totals(v_bounds.period_start, v_bounds.period_end) t) r
+     WHERE r.user_wallet = v_wallet;
+    RETURN v_rank;
+END
+$$;
+
+-- Public: the XP a wallet earned in the period containing `at` (its rows
+-- there, reversals counted in the period of what they reverse); 0 if none.
+-- 'all': its total.
+CREATE FUNCTION pyxp.period_xp(wallet text, period text, at timestamptz DEFAULT now())
+RETURNS bigint
+LANGUAGE plpgsql STABLE SECURITY DEFINER
+SET search_path = pyxp, pg_temp
+AS $$
+DECLARE
+    v_wallet text := pyxp.checked_wallet(period_xp.wallet);
+    v_period text := pyxp.checked_period(period_xp.period);
+    v_bounds record;
+    v_start timestamptz;
+    v_xp bigint;
+BEGIN
+    IF v_period = 'all' THEN
+        RETURN coalesce((SELECT b.total_xp FROM pyxp.xp_balances b WHERE b.user_wallet = v_wallet), 0);
+    END IF;
+    v_bounds := pyxp.period_bounds(v_period, period_xp.at, pyxp.active_timezone());
+    EXECUTE format('SELECT b.%1$I, b.%2$I FROM pyxp.xp_balances b WHERE b.user_wallet = $1',
+                   v_period || '_start', v_period || '_xp')
+       INTO v_start, v_xp USING v_wallet;
+    IF v_start IS NULL OR v_start < v_bounds.period_start THEN
+        RETURN 0;                   -- no row in that period or later
+    ELSIF v_start = v_bounds.period_start THEN
+        RETURN v_xp;                -- its latest period: kept by the writer
+    END IF;
+    -- An earlier period: the wallet's rows (index xp_transactions_wallet).
+    RETURN coalesce((
+        SELECT sum(t.xp_amount)
+          FROM pyxp.xp_transactions t
+          LEFT JOIN pyxp.xp_transactions o ON o.id = t.reverses
+         WHERE t.user_wallet = v_wallet
+           AND coalesce(o.created_at, t.created_at) >= v_bounds.period_start
+           AND coalesce(o.created_at, t.created_at) < v_bounds.period_end), 0)::bigint;
+END
+$$;
+
+-- The allowance a rule's cap counts in: its group's, or its own.
+CREATE FUNCTION pyxp.cap_allowance(p_group text, p_action text)
+RETURNS text
+LANGUAGE sql IMMUTABLE PARALLEL SAFE
+AS $$ SELECT CASE WHEN p_group IS NOT NULL THEN 'group:' || p_group ELSE 'rule:' || p_action END $$;
+
+-- What a new ledger row does to a capped allowance (the writer records it in
+-- xp_cap_usage): a capped gain uses what it applied in the period of p_at,
+-- in the zone of its rule's ruleset; a reversal of a capped gain frees what
+-- that gain applied, in the gain's period. Anything else: no row.
+CREATE FUNCTION pyxp.allowance_use(p_rule_id bigint, p_xp_amount bigint, p_reverses bigint, p_at timestamptz)
+RETURNS TABLE (allowance text, period_start timestamptz, used_xp bigint)
+LANGUAGE sql STABLE
+AS $$
+    SELECT pyxp.cap_allowance(ru.cap_group, ru.action), date_trunc(ru.cap_per, p_at, rs.timezone), p_xp_amount
+      FROM pyxp.rules ru
+      JOIN pyxp.rulesets rs ON rs.ruleset_id = ru.ruleset_id
+     WHERE p_reverses IS NULL AND ru.rule_id = p_rule_id AND ru.cap_max_xp IS NOT NULL AND p_xp_amount > 0
+    UNION ALL
+    SELECT pyxp.cap_allowance(ru.cap_group, ru.action), date_trunc(ru.cap_per, o.created_at, rs.timezone),
+           -o.xp_amount
+      FROM pyxp.xp_transactions o
+      JOIN pyxp.rules ru ON ru.rule_id = o.rule_id
+      JOIN pyxp.rulesets rs ON rs.ruleset_id = ru.ruleset_id
+     WHERE p_reverses IS NOT NULL AND o.id = p_reverses AND ru.cap_max_xp IS NOT NULL AND o.xp_amount > 0
+$$;
+
+-- Caps applied to the writer's rows, under the wallets' balance row locks
+-- (the writer's slow path when the ruleset has caps): each capped gain, in
+-- row order, is cut to what is left of its allowance in the current period
+-- (possibly 0): xp_amount becomes what applies, xp_requested keeps what the
+-- rule asked. Penalties are never cut. Rows whose generic award was made
+-- before (replays) are skipped. Reads xp_cap_usage, which the writer then
+-- updates (pyxp.allowance_use).
+CREATE FUNCTION pyxp.capped_rows(p_rows pyxp.pending_row[])
+RETURNS pyxp.pending_row[]
+LANGUAGE plpgsql
+AS $$
+DECLARE
+    v_row record;
+    v_next pyxp.pending_row[] := p_rows;
+    v_used jsonb := '{}';     -- allowance use so far in this call: "wallet/allowance/start" -> XP
+    v_key text;
+    v_left numeric;
+BEGIN
+    FOR v_row IN
+        SELECT r.ordinality AS ord, r.user_wallet, r.xp_amount, a.allowance, a.period_start, a.cap_max_xp,
+               (SELECT u.used_xp FROM pyxp.xp_cap_usage u
+                 WHERE u.user_wallet = r.user_wallet AND u.allowance = a.allowance
+                   AND u.period_start = a.period_start) AS used
+          FROM unnest(p_rows) WITH ORDINALITY r
+         CROSS JOIN LATERAL (SELECT pyxp.cap_allowance(ru.cap_group, ru.action) AS allowance,
+                                    date_trunc(ru.cap_per, now(), rs.timezone) AS period_start, ru.cap_max_xp
+                               FROM pyxp.rules ru JOIN pyxp.rulesets rs ON rs.ruleset_id = ru.ruleset_id
+                              WHERE ru.rule_id = r.rule_id AND ru.cap_max_xp IS NOT NULL) a
+         WHERE r.xp_amount > 0 AND r.reverses IS NULL
+           AND NOT EXISTS (SELECT FROM pyxp.xp_transactions k
+                            WHERE r.inputs IS NOT NULL AND k.request_digest IS NOT NULL
+                              AND pyxp.key_hash(k.idempotency_key) = pyxp.key_hash(r.idempotency_key)
+                            LIMIT 1)
+         ORDER BY r.ordinality
+    LOOP
+        v_key := v_row.user_wallet || '/' || v_row.allowance || '/' || v_row.period_start;
+        v_left := greatest(v_row.cap_max_xp - coalesce(v_row.used, 0) - coalesce((v_used ->> v_key)::numeric, 0), 0);
+        IF v_row.xp_amount > v_left THEN
+            v_next[v_row.ord].xp_requested := v_row.xp_amount;
+            v_next[v_row.ord].xp_amount := v_left;
+        END IF;
+        v_used := jsonb_set(v_used, ARRAY[v_key],
+                            to_jsonb(coalesce((v_used ->> v_key)::numeric, 0) + least(v_row.xp_amount, v_left)));
+    END LOOP;
+    RETURN v_next;
+END
+$$;
+
+-- From the ledger, in zone p_timezone: each wallet's latest period of each
+-- kind and its XP there (what xp_balances.<kind>_start/_xp must hold). One
+-- pass over the ledger: for pyxp.rebuild_period_columns and pyxp.audit.
+CREATE FUNCTION pyxp.ledger_latest_periods(p_timezone text)
+RETURNS TABLE (user_wallet text, day_start timestamptz, day_xp bigint, week_start timestamptz, week_xp bigint,
+               month_start timestamptz, month_xp bigint, year_start timestamptz, year_xp bigint)
+LANGUAGE sql STABLE
+AS $$
+    WITH rows_ AS (
+        SELECT t.user_wallet, t.xp_amount,
+               date_trunc('day', e.at, p_timezone) AS d, date_trunc('week', e.at, p_timezone) AS w,
+               date_trunc('month', e.at, p_timezone) AS m, date_trunc('year', e.at, p_timezone) AS y
+          FROM pyxp.xp_transactions t
+          LEFT JOIN pyxp.xp_transactions o ON o.id = t.reverses
+         CROSS JOIN LATERAL (SELECT coalesce(o.created_at, t.created_at) AS at) e
+    ), latest AS (
+        SELECT r.*, max(r.d) OVER w_ AS max_d, max(r.w) OVER w_ AS max_w,
+               max(r.m) OVER w_ AS max_m, max(r.y) OVER w_ AS max_y
+          FROM rows_ r
+        WINDOW w_ AS (PARTITION BY r.user_wallet)
+    )
+    SELECT l.user_wallet,
+           max(l.max_d), (sum(l.xp_amount) FILTER (WHERE l.d = l.max_d))::bigint,
+           max(l.max_w), (sum(l.xp_amount) FILTER (WHERE l.w = l.max_w))::bigint,
+           max(l.max_m), (sum(l.xp_amount) FILTER (WHERE l.m = l.max_m))::bigint,
+           max(l.max_y), (sum(l.xp_amount) FILTER (WHERE l.y = l.max_y))::bigint
+      FROM latest l
+     GROUP BY l.user_wallet
+$$;
+
+-- From the ledger: what each capped allowance used per period (capped gains'
+-- applied amounts, less the reversals of them), with the largest cap its
+-- rows' rules carried (what xp_cap_usage must hold; pyxp.audit).
+CREATE FUNCTION pyxp.ledger_cap_usage()
+RETURNS TABLE (user_wallet text, allowance text, period_start timestamptz, used_xp bigint, cap_max_xp bigint)
+LANGUAGE sql STABLE
+AS $$
+    SELECT t.user_wallet, pyxp.cap_allowance(ru.cap_group, ru.action), date_trunc(ru.cap_per, g.at, rs.timezone),
+           sum(t.xp_amount)::bigint, max(ru.cap_max_xp)
+      FROM pyxp.xp_transactions t
+      LEFT JOIN pyxp.xp_transactions o ON o.id = t.reverses
+     CROSS JOIN LATERAL (SELECT coalesce(o.rule_id, t.rule_id) AS rule_id, coalesce(o.created_at, t.created_at) AS at,
+                                coalesce(o.xp_amount, t.xp_amount) AS gain) g
+      JOIN pyxp.rules ru ON ru.rule_id = g.rule_id
+      JOIN pyxp.rulesets rs ON rs.ruleset_id = ru.ruleset_id
+     WHERE ru.cap_max_xp IS NOT NULL AND g.gain > 0
+     GROUP BY 1, 2, 3
+$$;
+
+-- Re-derives every balance's period columns (xp_balances.<kind>_start,
+-- <kind>_xp) from the ledger in zone p_timezone: when a ruleset with another
+-- timezone becomes active, and in the migration that introduced them. One
+-- pass over the ledger; the caller holds the lock that keeps awards out
+-- (install_ruleset: SHARE ROW EXCLUSIVE on xp_balances).
+CREATE FUNCTION pyxp.rebuild_period_columns(p_timezone text)
+RETURNS void
+LANGUAGE sql
+AS $$
+    UPDATE pyxp.xp_balances b
+       SET day_start = p.day_start, day_xp = p.day_xp, week_start = p.week_start, week_xp = p.week_xp,
+           month_start = p.month_start, month_xp = p.month_xp, year_start = p.year_start, year_xp = p.year_xp
+      FROM pyxp.xp_balances b2
+      LEFT JOIN pyxp.ledger_latest_periods(p_timezone) p ON p.user_wallet = b2.user_wallet
+     WHERE b.user_wallet = b2.user_wallet
+       AND (b.day_start, b.day_xp, b.week_start, b.week_xp, b.month_start, b.month_xp, b.year_start, b.year_xp)
+           IS DISTINCT FROM
+           (p.day_start, p.day_xp, p.week_start, p.week_xp, p.month_start, p.month_xp, p.year_start, p.year_xp)
+$$;
+
+COMMENT ON FUNCTION pyxp.checked_period(text) IS 'internal: a period name normalised (all, day, week, month, year), or PX026.';
+COMMENT ON FUNCTION pyxp.period_bounds(text, timestamptz, text) IS
+    'internal: start and end of the calendar period of a kind containing an instant, in a zone.';
+COMMENT ON FUNCTION pyxp.active_timezone() IS 'internal: the active ruleset''s timezone, periods are counted in it.';
+COMMENT ON FUNCTION pyxp.ledger_period_totals(timestamptz, timestamptz) IS
+    'internal: every wallet''s XP in a time range, from the ledger (reversals in their original''s period).';
+COMMENT ON FUNCTION pyxp.period_cached(text, timestamptz) IS
+    'internal: whether the balances'' period columns hold a period''s whole board.';
+COMMENT ON FUNCTION pyxp.leaderboard(integer, integer, text, timestamptz) IS
+    'API: the leaderboard of all time or of the day, week, month or year containing at: rank, wallet, total, level, period_xp.';
+COMMENT ON FUNCTION pyxp.wallet_rank(text, text, timestamptz) IS
+    'API: a wallet''s rank on a leaderboard (all time or a period), NULL when it is not on it.';
+COMMENT ON FUNCTION pyxp.period_xp(text, text, timestamptz) IS
+    'API: the XP a wallet earned in the day, week, month or year containing at (0 if none).';
+COMMENT ON FUNCTION pyxp.cap_allowance(text, text) IS 'internal: the allowance a cap counts in, its group''s or its rule''s.';
+COMMENT ON FUNCTION pyxp.allowance_use(bigint, bigint, bigint, timestamptz) IS
+    'internal: what a new ledger row uses of (or frees in) a capped allowance.';
+COMMENT ON FUNCTION pyxp.capped_rows(pyxp.pending_row[]) IS
+    'internal: caps applied to the writer''s rows: gains cut to what is left of their allowance.';
+COMMENT ON FUNCTION pyxp.ledger_latest_periods(text) IS
+    'internal: from the ledger, each wallet''s latest period of each kind and its XP there.';
+COMMENT ON FUNCTION pyxp.ledger_cap_usage() IS
+    'internal: from the ledger, what each capped allowance used per period, and its cap.';
+COMMENT ON FUNCTION pyxp.rebuild_period_columns(text) IS
+    'internal: re-derives every balance''s latest periods and their XP from the ledger, in a zone.';

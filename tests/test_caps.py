@@ -1,0 +1,219 @@
+"""Caps (SPEC 12, issue 13): a gain is cut to what is left of the wallet's allowance in the period.
+
+Every test runs a variant of the default rules with caps (conftest.install_variant) and ends with a
+clean audit(), which recomputes every allowance from the ledger.
+"""
+
+from __future__ import annotations
+
+import threading
+from datetime import datetime, timedelta, timezone
+from typing import Any
+
+import psycopg
+import pytest
+from psycopg.types.json import Jsonb
+
+from conftest import install_variant
+from pyxp.ruleset_config import load_ruleset
+
+VOTE_CAPS = {"MODERATION_VALIDATED_BY_MODERATOR": (5, "day", "moderation"),
+             "Completion_Moderation_Validated": (5, "day", "moderation"),
+             "MODERATION_REFUSED_BY_MODERATOR": (5, "day", "moderation"),
+             "CAMPAIGN_APPROVED": (250, "week", None)}
+
+
+@pytest.fixture(autouse=True)
+def capped_rules(db: psycopg.Connection[Any]) -> None:
+    install_variant(db, "capped", timezone="Europe/Paris", caps=VOTE_CAPS)
+
+
+def award(db: psycopg.Connection[Any], wallet: str, key: str, action: str = "CAMPAIGN_APPROVED") -> tuple[Any, ...]:
+    row = db.execute("SELECT transaction_id, xp_amount, xp_requested, total_xp, replayed "
+                     "FROM pyxp.award(%s, %s, %s)", (wallet, action, key)).fetchone()
+    assert row is not None
+    return tuple(row)
+
+
+def clean_audit(db: psycopg.Connection[Any]) -> None:
+    assert db.execute("SELECT * FROM pyxp.audit()").fetchall() == []
+
+
+def test_a_gain_is_cut_to_what_is_left_and_rows_cut_to_zero_are_written(db: psycopg.Connection[Any]) -> None:
+    got = [award(db, "0xc", f"k{i}")[1:] for i in range(4)]
+    assert got == [(100, None, 100, False), (100, None, 200, False), (50, 100, 250, False), (0, 100, 250, False)]
+    assert db.execute("SELECT count(*), sum(xp_amount) FROM pyxp.xp_transactions WHERE user_wallet = '0xc'"
+                      ).fetchone() == (4, 250)
+    assert db.execute("SELECT allowance, used_xp FROM pyxp.xp_cap_usage").fetchall() == [("rule:CAMPAIGN_APPROVED", 250)]
+    # Another wallet has its own allowance; a replay returns the original row, cut as it was.
+    assert award(db, "0xd", "d1")[1:3] == (100, None)
+    first = db.execute("SELECT id FROM pyxp.xp_transactions WHERE idempotency_key = 'k2'").fetchone()
+    assert award(db, "0xc", "k2") == (first[0], 50, 100, 250, True)  # type: ignore[index]
+    clean_audit(db)
+
+
+def test_a_group_shares_one_allowance_across_flows(db: psycopg.Connection[Any]) -> None:
+    amounts = []
+    for i in range(2):
+        rows = db.execute("SELECT xp_amount, xp_requested FROM pyxp.award_moderation_vote('0xmod', %s, 'VALID', 'B2C')",
+                          (f"camp{i}",)).fetchall()
+        amounts += rows
+    rows = db.execute("SELECT xp_amount, xp_requested FROM pyxp.award_completion_moderation("
+                      "'0xmod', 'camp9', 'comp1', 'VALID', 'B2C')").fetchall()
+    amounts += rows
+    rows = db.execute("SELECT xp_amount, xp_requested FROM pyxp.award_completion_moderation("
+                      "'0xmod', 'camp9', 'comp2', 'VALID', 'B2C')").fetchall()
+    amounts += rows
+    assert amounts == [(2, None), (2, None), (1, 2), (0, 2)]
+    # Votes still count in total_moderations, capped or not.
+    assert db.execute("SELECT total_xp, total_moderations FROM pyxp.xp_balances WHERE user_wallet = '0xmod'"
+                      ).fetchone() == (5, 4)
+    clean_audit(db)
+
+
+def test_penalties_are_never_cut_and_free_nothing(db: psycopg.Connection[Any]) -> None:
+    for i in range(3):
+        db.execute("SELECT * FROM pyxp.award_moderation_vote('0xm', %s, 'VALID', 'B2C')", (f"v{i}",))
+    for i in range(7):  # -1 each, in the same capped group
+        row = db.execute("SELECT xp_amount, xp_requested FROM pyxp.award_moderation_vote('0xm', %s, 'REFUSE', 'B2C')",
+                         (f"r{i}",)).fetchone()
+        assert row == (-1, None)
+    row = db.execute("SELECT xp_amount, xp_requested FROM pyxp.award_moderation_vote('0xm', 'v9', 'VALID', 'B2C')"
+                     ).fetchone()
+    assert row == (0, 2)
+    assert db.execute("SELECT used_xp FROM pyxp.xp_cap_usage WHERE user_wallet = '0xm'").fetchone() == (5,)
+    clean_audit(db)
+
+
+def test_reversing_a_capped_gain_frees_what_it_applied(db: psycopg.Connection[Any]) -> None:
+    ids = [award(db, "0xr", f"r{i}")[0] for i in range(3)]  # 100, 100, 50
+    db.execute("SELECT * FROM pyxp.reverse_transaction(%s, 'mistake')", (ids[2],))      # frees 50
+    db.execute("SELECT * FROM pyxp.reverse_transaction(%s, 'mistake')", (ids[0],))      # frees 100
+    assert db.execute("SELECT used_xp FROM pyxp.xp_cap_usage").fetchone() == (100,)
+    assert award(db, "0xr", "r3")[1:3] == (100, None)
+    assert award(db, "0xr", "r4")[1:3] == (50, 100)
+    # A row cut to 0 frees nothing when reversed; replaying a reversal changes nothing.
+    zero = award(db, "0xr", "r5")
+    assert zero[1] == 0
+    db.execute("SELECT * FROM pyxp.reverse_transaction(%s, 'mistake')", (zero[0],))
+    db.execute("SELECT * FROM pyxp.reverse_transaction(%s, 'mistake')", (ids[0],))
+    assert db.execute("SELECT used_xp FROM pyxp.xp_cap_usage").fetchone() == (250,)
+    clean_audit(db)
+
+
+def test_a_reversal_frees_the_period_of_the_gain(db: psycopg.Connection[Any]) -> None:
+    """Reversed next week, a gain of last week frees last week's allowance, not this week's."""
+    old = [award(db, "0xw", f"w{i}")[0] for i in range(3)]
+    with db.transaction():
+        db.execute("ALTER TABLE pyxp.xp_transactions DISABLE TRIGGER xp_transactions_append_only")
+        db.execute("UPDATE pyxp.xp_transactions SET created_at = created_at - interval '7 days' WHERE id = ANY(%s)",
+                   (old,))
+        db.execute("ALTER TABLE pyxp.xp_transactions ENABLE TRIGGER xp_transactions_append_only")
+        db.execute("SELECT pyxp.rebuild_period_columns('Europe/Paris')")
+        db.execute("UPDATE pyxp.xp_cap_usage SET period_start = period_start - interval '7 days'")
+    clean_audit(db)
+    assert award(db, "0xw", "this-week-1")[1] == 100
+    db.execute("SELECT * FROM pyxp.reverse_transaction(%s, 'late')", (old[0],))
+    assert award(db, "0xw", "this-week-2")[1] == 100
+    assert award(db, "0xw", "this-week-3")[1:3] == (50, 100)
+    assert db.execute("SELECT used_xp FROM pyxp.xp_cap_usage ORDER BY period_start").fetchall() == [(150,), (250,)]
+    clean_audit(db)
+
+
+def test_a_batch_cuts_its_events_in_order(db: psycopg.Connection[Any]) -> None:
+    events = [{"wallet": "0xb", "action": "CAMPAIGN_APPROVED", "idempotency_key": f"b{i}"} for i in range(4)]
+    events.insert(2, {"wallet": "0xb2", "action": "CAMPAIGN_APPROVED", "idempotency_key": "other"})
+    events.append({"wallet": "0xb", "action": "CAMPAIGN_APPROVED", "idempotency_key": "b0"})  # a repeat
+    rows = db.execute("SELECT user_wallet, xp_amount, xp_requested, replayed FROM pyxp.award_many(%s)",
+                      (Jsonb(events),)).fetchall()
+    assert rows == [("0xb", 100, None, False), ("0xb", 100, None, False), ("0xb2", 100, None, False),
+                    ("0xb", 50, 100, False), ("0xb", 0, 100, False), ("0xb", 100, None, True)]
+    again = db.execute("SELECT user_wallet, xp_amount, xp_requested, replayed FROM pyxp.award_many(%s)",
+                       (Jsonb(events),)).fetchall()
+    assert again == [(w, a, r, True) for w, a, r, _ in rows]
+    clean_audit(db)
+
+
+def test_sixteen_connections_never_exceed_an_allowance(conninfo: str, db: psycopg.Connection[Any]) -> None:
+    """16 connections race on one capped wallet (+2 per vote, 5 per day in the group)."""
+    start = threading.Barrier(16)
+    errors: list[BaseException] = []
+
+    def vote(worker: int) -> None:
+        try:
+            with psycopg.connect(conninfo, autocommit=True) as conn:
+                start.wait()
+                for i in range(5):
+                    conn.execute("SELECT * FROM pyxp.award_moderation_vote('0xrace', %s, 'VALID', 'B2C')",
+                                 (f"c{worker}-{i}",))
+                    conn.execute("SELECT * FROM pyxp.award('0xrace', 'CAMPAIGN_APPROVED', %s)", (f"a{worker}-{i}",))
+        except BaseException as exc:  # noqa: BLE001 - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=vote, args=(w,)) for w in range(16)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert errors == []
+    got = db.execute("SELECT transaction_type, count(*), sum(xp_amount), sum(coalesce(xp_requested, xp_amount)) "
+                     "FROM pyxp.xp_transactions GROUP BY 1 ORDER BY 1").fetchall()
+    assert got == [("CAMPAIGN_APPROVED", 80, 250, 8000), ("MODERATION_VALIDATED_BY_MODERATOR", 80, 5, 160)]
+    assert db.execute("SELECT total_xp, total_moderations FROM pyxp.xp_balances").fetchall() == [(255, 80)]
+    clean_audit(db)
+
+
+def test_audit_reports_an_exceeded_allowance_and_a_wrong_usage(db: psycopg.Connection[Any]) -> None:
+    award(db, "0xa", "a1")
+    db.execute("UPDATE pyxp.xp_cap_usage SET used_xp = 7")
+    assert [r[0] for r in db.execute("SELECT * FROM pyxp.audit()").fetchall()] == ["cap_usage_mismatch"]
+    db.execute("UPDATE pyxp.xp_cap_usage SET used_xp = 100")
+    db.execute("UPDATE pyxp.rules SET cap_max_xp = 60 WHERE action = 'CAMPAIGN_APPROVED' AND cap_max_xp IS NOT NULL")
+    found = db.execute("SELECT check_name, user_wallet, detail FROM pyxp.audit()").fetchall()
+    assert [(c, w) for c, w, _ in found] == [("cap_exceeded", "0xa")]
+    assert "100 XP" in found[0][2] and "cap 60" in found[0][2]
+
+
+def capped_definition(**rule_changes: Any) -> dict[str, Any]:
+    definition = load_ruleset("winstory").definition()
+    definition["name"] = "bad-caps"
+    definition["rules"][0].update(rule_changes)
+    return definition
+
+
+@pytest.mark.parametrize(("definition", "problem"), [
+    (capped_definition(cap={"max_xp": 0, "per": "day"}), "cap must be"),
+    (capped_definition(cap={"max_xp": 5, "per": "fortnight"}), "cap must be"),
+    (capped_definition(cap={"max_xp": 5, "per": "day", "extra": 1}), "cap must be"),
+    (capped_definition(cap={"max_xp": "5", "per": "day"}), "cap must be"),
+    (capped_definition(cap=None), "cap must be"),
+    (capped_definition(group="moderation"), "needs a cap"),
+    (capped_definition(cap={"max_xp": 5, "per": "day"}, group="Bad Group"), "group must match"),
+    ({**capped_definition(), "timezone": "Mars/Olympus"}, "IANA"),
+])
+def test_malformed_caps_and_zones_are_refused_by_the_database(db: psycopg.Connection[Any], unchanged: Any,
+                                                              definition: dict[str, Any], problem: str) -> None:
+    with unchanged(), pytest.raises(psycopg.Error) as raised:
+        db.execute("SELECT * FROM pyxp.install_ruleset(%s, 'x')", (Jsonb(definition),))
+    assert raised.value.sqlstate == "PX024" and problem in str(raised.value)
+
+
+def test_disagreeing_caps_in_a_group_are_refused_by_the_database(db: psycopg.Connection[Any], unchanged: Any) -> None:
+    definition = capped_definition(cap={"max_xp": 5, "per": "day"}, group="g")
+    definition["rules"][1].update(cap={"max_xp": 6, "per": "day"}, group="g")
+    with unchanged(), pytest.raises(psycopg.Error) as raised:
+        db.execute("SELECT * FROM pyxp.install_ruleset(%s, 'x')", (Jsonb(definition),))
+    assert raised.value.sqlstate == "PX024" and "group g carry different caps" in str(raised.value)
+
+
+def test_a_ruleset_without_caps_leaves_usage_alone(db: psycopg.Connection[Any]) -> None:
+    """After switching to rules without caps, gains are not cut; reversing an old capped gain still frees it."""
+    first = award(db, "0xs", "s1")[0]
+    install_variant(db, "uncapped")
+    assert [award(db, "0xs", f"s{i}")[1] for i in range(2, 6)] == [100, 100, 100, 100]
+    db.execute("SELECT * FROM pyxp.reverse_transaction(%s, 'x')", (first,))
+    assert db.execute("SELECT used_xp FROM pyxp.xp_cap_usage").fetchone() == (0,)
+    clean_audit(db)
+    now = datetime.now(timezone.utc)
+    assert db.execute("SELECT pyxp.period_xp('0xs', 'week', %s)", (now,)).fetchone() == (400,)
+    assert db.execute("SELECT pyxp.period_xp('0xs', 'week', %s)", (now - timedelta(days=8),)).fetchone() == (0,)
