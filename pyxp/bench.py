@@ -84,6 +84,7 @@ import psycopg
 from psycopg import sql
 from psycopg.abc import Params, Query
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
+from psycopg.types.json import Jsonb
 from psycopg_pool import ConnectionPool
 
 from pyxp import schema
@@ -91,7 +92,7 @@ from pyxp.client import XP
 from pyxp.database import DATABASE_URL_VARIABLE, connection_problem, discovered_server, shown_conninfo
 from pyxp.errors import XPError
 from pyxp.results import AwardRequest
-from pyxp.ruleset_config import parse_ruleset
+from pyxp.ruleset_config import load_ruleset, parse_ruleset
 from pyxp.tables import Column, Printer, Styled
 
 # The action every benchmark award uses: +2, no formula input (winstory: a VALID moderation vote).
@@ -101,7 +102,9 @@ ACTION = "MODERATION_VALIDATED_BY_MODERATOR"
 # recalculation are stated at 1M wallets / 10M ledger rows.
 TARGET_WALLETS = 1_000_000
 TARGET_LEDGER_ROWS = 10_000_000
-READS = ("balance", "history", "leaderboard", "rank", "level_for")
+READS = ("balance", "history", "leaderboard", "rank", "level_for", "week_board", "week_rank")
+# (k): the benchmark's action capped as a moderator's vote would be (SPEC 12).
+CAP = {"max_xp": 20, "per": "day"}
 
 Log = Callable[[str], None]
 
@@ -443,6 +446,8 @@ READ_CALLS = {
     "leaderboard": "SELECT * FROM pyxp.leaderboard(max_rows => 100)",
     "rank": "SELECT pyxp.wallet_rank(wallet => %s)",
     "level_for": "SELECT * FROM pyxp.level_for(total_xp => %s)",
+    "week_board": "SELECT * FROM pyxp.leaderboard(max_rows => 100, period => 'week')",
+    "week_rank": "SELECT pyxp.wallet_rank(wallet => %s, period => 'week')",
 }
 
 INDEX_NODES = ("Index Scan", "Index Only Scan", "Bitmap Index Scan")
@@ -511,8 +516,14 @@ def measure_reads(conn: psycopg.Connection[Any], options: BenchOptions, rng: ran
                                (row_ids,)).fetchall())
     active = [owners[i] for i in row_ids]
     totals = [rng.randint(-1000, 10**7) for _ in range(samples)]
+    # Week ranks: wallets on this week's board (a wallet off it answers NULL at once).
+    this_week = [w for (w,) in conn.execute(
+        "SELECT b.user_wallet FROM pyxp.xp_balances b "
+        "WHERE b.week_start = date_trunc('week', now(), (SELECT r.timezone FROM pyxp.rulesets r WHERE r.is_active)) "
+        "ORDER BY hashtext(b.user_wallet || %s) LIMIT %s", (str(options.seed), samples))] or uniform[:1]
     arguments: dict[str, list[Any]] = {"balance": uniform, "history": active, "leaderboard": [None] * samples,
-                                       "rank": uniform, "level_for": totals}
+                                       "rank": uniform, "level_for": totals, "week_board": [None] * samples,
+                                       "week_rank": [this_week[i % len(this_week)] for i in range(samples)]}
     results: dict[str, Any] = {}
     rows_returned = 0
     for name in READS:
@@ -634,15 +645,18 @@ def _run_seed(options: BenchOptions, *parts: object) -> int:
 
 
 def alternating_rounds(bench: Pgbench, conn: psycopg.Connection[Any], sides: dict[str, list[str]],
-                       options: BenchOptions, server_options: str = "") -> dict[str, dict[str, Any]]:
+                       options: BenchOptions, server_options: str = "",
+                       before_side: Callable[[str], None] | None = None) -> dict[str, dict[str, Any]]:
     """Each side's pgbench arguments, ``ROUNDS`` times in alternating order, each run right after
-    a CHECKPOINT. Returns per side: the median rate, every round's rate, all latencies, the
-    transactions and the WAL bytes they wrote."""
+    ``before_side(side)`` (if given) and a CHECKPOINT. Returns per side: the median rate, every
+    round's rate, all latencies, the transactions and the WAL bytes they wrote."""
     runs: dict[str, list[dict[str, Any]]] = {side: [] for side in sides}
     wal: dict[str, float] = {side: 0.0 for side in sides}
     order = list(sides)
     for number in range(ROUNDS):
         for side in (order if number % 2 == 0 else list(reversed(order))):
+            if before_side is not None:
+                before_side(side)
             conn.execute("CHECKPOINT")
             since = _scalar(conn, "SELECT pg_current_wal_lsn()")
             # A seed of its own per run: the same seed would draw the same keys, and replay them.
@@ -890,6 +904,45 @@ def wakeup_cost(bench: Pgbench, conn: psycopg.Connection[Any], scratch: str, scr
     return results
 
 
+# --------------------------------------------------------------------------- (k) caps
+
+
+def capped_definition() -> dict[str, Any]:
+    """The default rules with the benchmark's action capped (CAP), as ruleset winstory-capped."""
+    definition = load_ruleset(schema.DEFAULT_RULESET).definition()
+    definition["name"] = "winstory-capped"
+    for rule in definition["rules"]:
+        if rule["action"] == ACTION:
+            rule["cap"] = dict(CAP)
+    return definition
+
+
+def cap_cost(bench: Pgbench, conn: psycopg.Connection[Any], script: str, options: BenchOptions) -> dict[str, Any]:
+    """(k): the (b) script under the default rules and under the same rules with its action capped,
+    alternating rounds; each side activates its ruleset first (activation re-derives levels: not timed)."""
+    capped = Jsonb(capped_definition())
+
+    def activate(side: str) -> None:
+        if side == "capped":
+            conn.execute("SELECT * FROM pyxp.install_ruleset(%s, %s)", (capped, f"# (k) {ACTION} capped {CAP}"))
+        else:
+            source = load_ruleset(schema.DEFAULT_RULESET)
+            conn.execute("SELECT * FROM pyxp.install_ruleset(%s, %s)", (Jsonb(source.definition()), source.source))
+
+    measured = alternating_rounds(bench, conn, {"uncapped": ["-f", script], "capped": ["-f", script]}, options,
+                                  before_side=activate)
+    activate("uncapped")
+    capped_rows, cut = conn.execute(
+        "SELECT count(*), count(*) FILTER (WHERE t.xp_requested IS NOT NULL) FROM pyxp.xp_transactions t "
+        "JOIN pyxp.rules ru ON ru.rule_id = t.rule_id AND ru.cap_max_xp IS NOT NULL").fetchone() or (0, 0)
+    return {"cap_uncapped_per_s": round(measured["uncapped"]["per_s"], 1),
+            "cap_capped_per_s": round(measured["capped"]["per_s"], 1),
+            "cap_uncapped_spread": measured["uncapped"]["spread"], "cap_capped_spread": measured["capped"]["spread"],
+            "cap_ratio": round(measured["capped"]["per_s"] / measured["uncapped"]["per_s"], 3)
+            if measured["uncapped"]["per_s"] else None,
+            "cap_rows_capped": capped_rows, "cap_rows_cut": cut}
+
+
 # --------------------------------------------------------------------------- (g) recalculation
 
 
@@ -960,6 +1013,11 @@ def evaluate_targets(results: dict[str, Any]) -> dict[str, Any]:
     p50 = results.get("rank_ms_p50")
     put("rank", "p50 < 1 ms", p50, None if p50 is None else p50 < 1,
         results["wallets"] >= TARGET_WALLETS)
+    for name in ("week_board", "week_rank"):
+        p50 = results.get(f"{name}_ms_p50")
+        put(name, "p50 < 5 ms", p50, None if p50 is None else p50 < 5, at_scale)
+    observed = results.get("cap_ratio")
+    put("cap", "(k) capped >= 0.9 x uncapped", observed, None if observed is None else observed >= 0.9)
     seconds = results.get("recalculate_s")
     put("recalculate", "< 30 s", seconds, None if seconds is None else seconds < 30,
         (results.get("recalculate_balances") or 0) >= TARGET_WALLETS)
@@ -1049,6 +1107,8 @@ def run_bench(conninfo: str, options: BenchOptions, log: Log | None = None) -> d
                 results["pgbench_cpu_tps"] = results.pop("pgbench_cpu_per_s")
                 results["award_sql_new_rows"] = _scalar(
                     conn, "SELECT count(*) FROM pyxp.xp_transactions WHERE idempotency_key LIKE 'bench.sql:%'")
+                say(f"(k) caps: the (b) script with its action uncapped and capped ({CAP}), alternating rounds")
+                results.update(cap_cost(bench, conn, single, run))
                 say("(j) wake-ups: the (b) script with and without NOTIFY, alternating rounds")
                 results.update(wakeup_cost(bench, conn, scratch, award_script(options, scripts, hot=False),
                                            options))
@@ -1173,9 +1233,15 @@ def format_table(results: dict[str, Any]) -> str:
             note=f"{_number(get(f'wakeup_{side}_per_s'))} vs {_number(get('wakeup_none_per_s'))} awards/s "
                  f"without wake-ups, medians of {get('wakeup_rounds')} alternating rounds"
                  + ("" if heard is None else f"; {heard:,} notifications heard"))
+    ratio = get("cap_ratio")
+    row("(k) pyxp.award, capped / uncapped rule", "-" if ratio is None else f"{ratio:.2f}", "x", target="cap",
+        note=f"{_number(get('cap_capped_per_s'))} vs {_number(get('cap_uncapped_per_s'))} awards/s, medians of "
+             f"alternating rounds; cap {CAP['max_xp']} XP per {CAP['per']}, {get('cap_rows_cut', 0):,} rows cut")
     for name, label in (("balance", "(f) balance(wallet)"), ("history", "(f) history(wallet, 50)"),
                         ("leaderboard", "(f) leaderboard(100)"), ("rank", "(f) wallet_rank(wallet)"),
-                        ("level_for", "(f) level_for(total_xp)")):
+                        ("level_for", "(f) level_for(total_xp)"),
+                        ("week_board", "(f) leaderboard(100, period week)"),
+                        ("week_rank", "(f) wallet_rank(wallet, period week)")):
         plan = plans.get(name, {})
         note = plan.get("summary", "") + ("" if plan.get("uses_index", True) else "  (no index)")
         row(label, _ms(get(f"{name}_ms_p50")), "ms p50", name, target=name, note=note)

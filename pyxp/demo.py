@@ -9,6 +9,8 @@ One function per story of the seeds, in this order:
 3. :func:`completer_scenario_paid_b2c` (xp-completers, "Scénario 1"), ``winstory``.
 4. :func:`completer_scenario_individual_refused` (xp-completers, "Scénario 2"), ``winstory``.
 
+Then :func:`print_week_leaderboard`: this week's board (SPEC section 12) of all the stories.
+
 Every figure printed comes from the database: award results, balances, and
 totals summed from the ledger rows (``history``). Each story uses its own
 wallets and campaigns, so figures do not mix. The scratch database is dropped
@@ -265,6 +267,29 @@ def completer_scenario_individual_refused(stage: Stage) -> None:
     print_totals(stage, campaign, [("Completer", [completer]), ("Moderators", list(votes))], "total")
 
 
+def print_week_leaderboard(stage: Stage, top: int = 5) -> None:
+    """This week's leaderboard (``pyxp.leaderboard(period => 'week')``): the ISO week containing
+    the database's now, in the active ruleset's timezone; the top wallets by XP earned in it."""
+    with psycopg.connect(stage.conninfo, autocommit=True) as conn:
+        row = conn.execute(
+            "SELECT r.name, r.version, r.timezone, (b.period_start AT TIME ZONE r.timezone)::date, s.at"
+            "  FROM pyxp.rulesets r, statement_timestamp() AS s(at),"
+            "       pyxp.period_bounds('week', s.at, r.timezone) b"
+            " WHERE r.is_active").fetchone()
+    assert row is not None  # every story activates a ruleset
+    name, version, zone, monday, at = row
+    board = stage.xp.leaderboard(max_rows=1000, period="week", at=at)
+    stage.out.heading("This week's leaderboard",
+                      f"week of Monday {monday.isoformat()} ({zone}), ruleset {name} v{version}")
+    stage.out.blank()
+    stage.out.table([Column("rank", ">"), Column("wallet"), Column("week XP", ">"), Column("total XP", ">"),
+                     Column("level", ">")],
+                    [[r.rank, r.user_wallet, r.period_xp, r.total_xp, r.current_level] for r in board[:top]],
+                    title=f"top {min(top, len(board))} of the {len(board)} wallets with XP this week")
+    if all(r.period_xp == r.total_xp for r in board):
+        stage.out.line(Styled("  (the stories all played just now, so week XP = total XP)", dim=True))
+
+
 class LevelUpWatcher:
     """A watcher of the change feed on its own connection, as a live dashboard would run one
     (:meth:`XP.watch` in a thread): it sees every ledger row as it commits; after each story
@@ -356,6 +381,7 @@ def run_demo(server: str, out: Printer, origin: str = "", keep: bool = False) ->
                 for story in STORIES:
                     story(stage)
                     watcher.print_level_ups(stage)
+                print_week_leaderboard(stage)
                 findings = stage.xp.audit()
         finally:
             watcher.close()

@@ -145,6 +145,12 @@ class IsolationRefused(XPError):
     code = "PX025"
 
 
+class InvalidPeriod(XPError):
+    """A period other than all, day, week, month, year; a NULL or infinite ``at``."""
+
+    code = "PX026"
+
+
 class DatabaseUnavailable(XPError):
     """No PostgreSQL server could be reached or started, or none answered within the connect timeout.
 
@@ -160,7 +166,7 @@ __all__ = [
     "CampaignMismatch", "UnknownCampaign", "AppendOnlyLedger", "ReversalRefused",
     "UnknownTransaction", "InvalidIdentifier", "InvalidParams", "MissingInput", "BalanceOutOfRange",
     "NoActiveRuleset", "ClientIsAgency", "RegistrationRefused", "InvalidArgument", "InvalidRuleset",
-    "IsolationRefused",
+    "IsolationRefused", "InvalidPeriod",
 ]
 
 ERRORS_BY_CODE: dict[str, type[XPError]] = {

@@ -39,6 +39,9 @@ MEASURES = [
     "(f) leaderboard(100)",
     "(f) wallet_rank(wallet)",
     "(f) level_for(total_xp)",
+    "(f) leaderboard(100, period week)",
+    "(f) wallet_rank(wallet, period week)",
+    "(k) pyxp.award, capped / uncapped",
     "(g) recalculate_levels(), ruleset switch",
     "(g) recalculate_levels(), nothing to change",
     "(h) bytes per award",
@@ -52,7 +55,8 @@ READS = ["balance", "history", "leaderboard", "rank", "level_for"]
 POSITIVE_KEYS = (
     ["pgbench_tps", "award_sql_per_s", "award_python_per_s", "batch_per_s", "hot_wallet_per_s",
      "recalculate_s", "bytes_per_ledger_row", "unprepared_award_ratio", "unprepared_award_per_s",
-     "prepared_award_per_s", "pgbench_cpu_tps", "award_sql_cpu_per_s", "bytes_per_award", "rounds"]
+     "prepared_award_per_s", "pgbench_cpu_tps", "award_sql_cpu_per_s", "bytes_per_award", "rounds",
+     "cap_capped_per_s", "cap_uncapped_per_s", "cap_ratio"]
     + [f"{read}_ms_{p}" for read in READS for p in ("p50", "p95", "p99")]
 )
 
@@ -192,3 +196,8 @@ def test_explicit_sizes_override_the_quick_profile() -> None:
 def test_ruleset_switch_raises_every_threshold() -> None:
     source = 'name = "x"\n[levels]\nthresholds = [0, 100, 250, 500]\n'
     assert raised_thresholds(source) == 'name = "x"\n[levels]\nthresholds = [0, 120, 300, 600]\n'
+
+
+def test_caps_measure_awards_under_the_capped_rules(figures: dict[str, Any]) -> None:
+    """(k) runs its capped side under a ruleset whose action is capped (audit() above checks the allowances)."""
+    assert figures["cap_rows_capped"] > 0 and figures["cap_rows_cut"] >= 0

@@ -12,8 +12,11 @@ import os
 import re
 import subprocess
 import sys
+from collections.abc import Iterator
+from datetime import date, datetime, time, timedelta
 from pathlib import Path
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import psycopg
 import pytest
@@ -21,6 +24,7 @@ from psycopg import sql
 from psycopg.conninfo import make_conninfo
 
 from pyxp import demo
+from pyxp.client import XP
 from pyxp.database import DATABASE_URL_VARIABLE, _free_port, _postgres_bindir
 from pyxp.tables import Column, Printer, Styled, colour_enabled
 
@@ -187,24 +191,64 @@ def kept_url(output: str) -> str:
     return match.group(2)
 
 
-def test_demo_keep_leaves_the_database_to_explore(server: str) -> None:
-    """`pyxp demo --keep`: the scratch database stays, its URL is printed and works with the CLI."""
+@pytest.fixture(scope="module")
+def kept(server: str) -> Iterator[subprocess.CompletedProcess[str]]:
+    """`pyxp demo --keep` on the test server; its scratch database is dropped after the module."""
     played = run_demo({**os.environ, DATABASE_URL_VARIABLE: server}, "--keep")
     name = scratch_database(played.stdout)
     try:
-        assert played.returncode == 0, played.stderr
-        assert "kept at the end (--keep)" in played.stdout and f"{name} dropped" not in played.stdout
-        url = kept_url(played.stdout)
-        assert url.startswith("postgresql://") and name in url and "password" not in url
-        assert f"DROP DATABASE {name}" in played.stdout
-        explored = subprocess.run([sys.executable, "-m", "pyxp.cli", "balance", "0x_creator", "--json"],
-                                  check=False, capture_output=True, text=True, timeout=120,
-                                  env={**os.environ, DATABASE_URL_VARIABLE: url})
-        assert explored.returncode == 0, explored.stderr
-        assert json.loads(explored.stdout)["total_xp"] == 2500  # the example state's creator
+        yield played
     finally:
         with psycopg.connect(server, autocommit=True) as conn:
             conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+
+
+def test_demo_keep_leaves_the_database_to_explore(kept: subprocess.CompletedProcess[str]) -> None:
+    """`pyxp demo --keep`: the scratch database stays, its URL is printed and works with the CLI."""
+    name = scratch_database(kept.stdout)
+    assert kept.returncode == 0, kept.stderr
+    assert "kept at the end (--keep)" in kept.stdout and f"{name} dropped" not in kept.stdout
+    url = kept_url(kept.stdout)
+    assert url.startswith("postgresql://") and name in url and "password" not in url
+    assert f"DROP DATABASE {name}" in kept.stdout
+    explored = subprocess.run([sys.executable, "-m", "pyxp.cli", "balance", "0x_creator", "--json"],
+                              check=False, capture_output=True, text=True, timeout=120,
+                              env={**os.environ, DATABASE_URL_VARIABLE: url})
+    assert explored.returncode == 0, explored.stderr
+    assert json.loads(explored.stdout)["total_xp"] == 2500  # the example state's creator
+
+
+def test_demo_prints_this_week_leaderboard(kept: subprocess.CompletedProcess[str]) -> None:
+    """SPEC section 12: after the stories, the top of this week's board, as the kept database reads it."""
+    assert kept.returncode == 0, kept.stderr
+    heading = next(line for line in kept.stdout.splitlines() if "This week's leaderboard" in line)
+    week = re.search(r"week of Monday (\d{4}-\d\d-\d\d) \((\S+)\), ruleset (\S+) v\d+$", heading)
+    assert week, heading
+    monday, zone = date.fromisoformat(week[1]), week[2]
+    start = datetime.combine(monday, time(), ZoneInfo(zone))
+    end = datetime.combine(monday + timedelta(days=7), time(), ZoneInfo(zone))
+    board = section(kept.stdout, "This week's leaderboard")
+    rows = re.findall(r"^\s+(\d+)\s+(\S+)\s+(-?\d+)\s+(-?\d+)\s+(\d+)$", board, re.MULTILINE)
+    printed = [(int(rank), wallet, int(week_xp), int(total), int(level))
+               for rank, wallet, week_xp, total, level in rows]
+
+    url = kept_url(kept.stdout)
+    with psycopg.connect(url, autocommit=True) as conn:
+        active = conn.execute("SELECT name, timezone FROM pyxp.rulesets WHERE is_active").fetchone()
+        written = conn.execute("SELECT min(created_at), max(created_at) FROM pyxp.xp_transactions").fetchone()
+        ledger_week_xp = dict(conn.execute(
+            "SELECT user_wallet, sum(xp_amount) FROM pyxp.xp_transactions"
+            " WHERE created_at >= %s AND created_at < %s GROUP BY user_wallet", [start, end]).fetchall())
+    with XP(url) as xp:
+        expected = xp.leaderboard(max_rows=1000, period="week", at=start)
+
+    assert active == (week[3], zone)  # the ruleset the stories ended on, and its timezone
+    assert monday.weekday() == 0 and start <= written[1] < end  # the week the stories were played in
+    assert len(printed) == 5, board
+    assert printed == [(r.rank, r.user_wallet, r.period_xp, r.total_xp, r.current_level)
+                       for r in expected[:5]]
+    assert all(ledger_week_xp[wallet] == week_xp for _, wallet, week_xp, _, _ in printed)
+    assert f"top 5 of the {len(expected)} wallets with XP this week" in board
 
 
 @pytest.mark.skipif(_postgres_bindir() is None, reason="no local PostgreSQL binaries")

@@ -11,15 +11,26 @@ collide: first calls race, replays, conflicting replays (other inputs),
 reversals (and reversals of reversals), small award_many batches (with
 repeated keys inside a batch), agency registrations and onboardings.
 
+The workload runs under a variant of the default rules with caps (SPEC §12):
+the moderation votes share a daily allowance ("moderation" group, its penalty
+included), CAMPAIGN_APPROVED and Completion_Submit_B2C_Paid have their own (a
+day, a week), so concurrent gains of one wallet are cut, some to 0, and
+reversals free what they applied.
+
 The model does not re-implement the rules engine. It knows:
-  * the oracle table: the XP of the handful of SPEC §2 actions used here;
+  * the oracle table: the XP of the handful of SPEC §2 actions used here (the
+    amount a rule requests; a cap may cut a gain to less);
+  * the caps: a wallet's rows are appended under its balance row lock in id
+    order, so replaying the ledger per wallet in id order from the requested
+    amounts gives exactly what each capped gain had left (``replay_caps``);
   * which inputs each call carried (a "variant" of its key: 0 = the usual
     inputs, 1 = deliberately other inputs);
   * what the database acknowledged. Concurrent first calls race, so the call
     that got ``replayed = false`` for a key is taken as the winner.
 It then checks, from the acknowledged calls alone: every balance, every ledger
-row, every key, the moderation counts, the campaign registry, the agency
-client rows, and that every refusal was a real conflict.
+row (requested and applied amounts), every key, the allowances used, the
+moderation counts, the campaign registry, the agency client rows, and that
+every refusal was a real conflict.
 """
 
 from __future__ import annotations
@@ -31,13 +42,17 @@ from collections import Counter, defaultdict
 from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from datetime import date, datetime, timedelta
 from decimal import ROUND_HALF_UP, Decimal
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import psycopg
 import pytest
 from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
+
+from conftest import install_variant
 
 pytestmark = pytest.mark.slow
 
@@ -103,6 +118,78 @@ VOTE_ACTION = {
     ("completion", "VALID"): "Completion_Moderation_Validated",
     ("completion", "REFUSE"): "Completion_Moderation_Refused",
 }
+
+
+# --------------------------------------------------------------------------- caps (SPEC §12)
+
+# The ruleset the workload runs under: the default rules with these caps (action -> max_xp, per, group),
+# periods in TIMEZONE. Chosen so that the workload's wallets overrun them: a moderator votes VALID 2 or 3
+# times (+2 each: the third vote, or the second, is cut), CAMPAIGN_APPROVED reaches W[0] and W[2] twice
+# (the second is cut to 0), Completion_Submit_B2C_Paid reaches W[4] twice (350 or 360, and 113 or 400).
+TIMEZONE = "Europe/Paris"
+CAPS: dict[str, tuple[int, str, str | None]] = {
+    "MODERATION_VALIDATED_BY_MODERATOR": (3, "day", "moderation"),
+    "Completion_Moderation_Validated": (3, "day", "moderation"),
+    "MODERATION_REFUSED_BY_MODERATOR": (3, "day", "moderation"),  # a penalty: never cut, frees nothing
+    "CAMPAIGN_APPROVED": (100, "day", None),
+    "Completion_Submit_B2C_Paid": (100, "week", None),
+    "B2C_MINT": (1200, "day", "creation"),
+    "OPTION_WINSTORY_VIDEO": (1200, "day", "creation"),
+    "OPTION_NO_REWARDS": (1200, "day", "creation"),
+}
+CAPS_PER = {f"group:{group}" if group else f"rule:{action}": per for action, (_, per, group) in CAPS.items()}
+Allowance = tuple[str, str, date]  # wallet, allowance ('group:<name>' or 'rule:<action>'), first day of the period
+
+
+def period_start(per: str, at: datetime) -> date:
+    """The first local day of the calendar period ``per`` containing ``at`` in TIMEZONE (ISO weeks)."""
+    day = at.astimezone(ZoneInfo(TIMEZONE)).date()
+    return {"day": day, "week": day - timedelta(days=day.weekday()), "month": day.replace(day=1),
+            "year": day.replace(month=1, day=1)}[per]
+
+
+def allowance_of(row: Mapping[str, Any]) -> Allowance:
+    """The allowance a row of a capped rule counts in: its wallet's, for its rule or group, in its period."""
+    _, per, group = CAPS[row["transaction_type"]]
+    name = f"group:{group}" if group else f"rule:{row['transaction_type']}"
+    return row["user_wallet"], name, period_start(per, row["created_at"])
+
+
+def replay_caps(ledger: Mapping[int, Mapping[str, Any]],
+                requested: Mapping[int, int]) -> tuple[Counter[Allowance], list[str]]:
+    """Applies the caps again to the ledger, in id order (per wallet, the order its rows were appended under
+    its lock), from the oracle's requested amount of each row (``requested``: id -> amount; a reversal:
+    minus what its target applied). Returns what each allowance used and every disagreement:
+
+    * a capped gain applies min(requested, what is left of its allowance in the period of its created_at),
+      records xp_requested = requested when cut (else NULL); a row cut to 0 is a row like any other;
+    * anything else (penalties of a capped rule included) applies its requested amount, xp_requested NULL,
+      and uses nothing;
+    * a reversal of a capped gain frees what the gain applied, in the gain's period;
+    * no allowance ever holds more than its cap.
+
+    Usage grows by the stored amounts, so one wrong cut is reported once, not as a shift of every later row.
+    """
+    used: Counter[Allowance] = Counter()
+    problems: list[str] = []
+    for row_id in sorted(ledger):
+        row, want = ledger[row_id], requested[row_id]
+        expected: tuple[int, int | None] = (want, None)
+        if row["reverses"] is not None:
+            gain = ledger[row["reverses"]]
+            if gain["transaction_type"] in CAPS and gain["xp_amount"] > 0:
+                used[allowance_of(gain)] -= gain["xp_amount"]
+        elif row["transaction_type"] in CAPS and want > 0:
+            allowance, max_xp = allowance_of(row), CAPS[row["transaction_type"]][0]
+            applied = min(want, max(max_xp - used[allowance], 0))
+            expected = (applied, want if applied < want else None)
+            used[allowance] += row["xp_amount"]
+            if not 0 <= used[allowance] <= max_xp:
+                problems.append(f"row {row_id}: {allowance} at {used[allowance]} XP, cap {max_xp}")
+        if (row["xp_amount"], row["xp_requested"]) != expected:
+            problems.append(f"row {row_id} ({row['user_wallet']}, {row['transaction_type']}): applied, requested "
+                            f"{(row['xp_amount'], row['xp_requested'])}, expected {expected}")
+    return used, problems
 
 
 def oracle_rows(*actions: str, params: Mapping[str, Any] | None = None) -> tuple[tuple[str, int], ...]:
@@ -215,7 +302,7 @@ class Event:
     key: str
     variant: Any
     wallet: str
-    expected: tuple[tuple[str, int], ...]  # (transaction_type, xp_amount) of its ledger rows
+    expected: tuple[tuple[str, int], ...]  # (transaction_type, requested XP) of its ledger rows
     moderations: int = 0
     reverses: int | None = None
     may_do_nothing: bool = False  # onboarding before any registration: no rows, key not claimed
@@ -443,7 +530,13 @@ def acknowledged_events(calls: list[Call]) -> Iterator[tuple[Call, Event, list[d
             yield call, event, rows
 
 
+def requested_xp(row: Mapping[str, Any]) -> int:
+    """What the rule asked for: xp_requested when a cap cut the row, else its amount."""
+    return row["xp_amount"] if row["xp_requested"] is None else row["xp_requested"]
+
+
 def test_random_concurrent_workload_matches_the_model(conninfo: str, db: psycopg.Connection[Any]) -> None:
+    install_variant(db, "model-capped", timezone=TIMEZONE, caps=CAPS)
     calls = run_workload(conninfo)
     db.row_factory = dict_row  # type: ignore[assignment]
 
@@ -460,12 +553,16 @@ def test_random_concurrent_workload_matches_the_model(conninfo: str, db: psycopg
     assert wrongly_accepted == []
 
     # 2. Oracle: every acknowledged event (first call or replay) returns the rows SPEC §2 gives its inputs,
-    #    all new or all replayed.
+    #    all new or all replayed. The requested amount is the oracle's; only a gain of a capped rule may
+    #    apply less (how much less: step 5b, from the ledger order).
     acked = list(acknowledged_events(calls))
     for call, event, rows in acked:
-        assert [(r["user_wallet"], r["transaction_type"], r["xp_amount"]) for r in rows] == \
+        assert [(r["user_wallet"], r["transaction_type"], requested_xp(r)) for r in rows] == \
             [(event.wallet, action, amount) for action, amount in event.expected], (call.fn, call.args)
         assert len({r["replayed"] for r in rows}) <= 1, (call.fn, call.args, rows)
+        for r in rows:
+            assert r["xp_requested"] is None or (
+                r["transaction_type"] in CAPS and 0 <= r["xp_amount"] < r["xp_requested"]), (call.fn, call.args, r)
 
     # 3. Per key: one winner (replayed = false), every acknowledged call carried its inputs,
     #    every replay returned the winner's rows.
@@ -475,6 +572,7 @@ def test_random_concurrent_workload_matches_the_model(conninfo: str, db: psycopg
     winner: dict[str, Any] = {}
     winning_events: list[Event] = []
     fresh_rows: dict[int, tuple[Event, dict[str, Any]]] = {}
+    requested: dict[int, int] = {}  # ledger row id -> the oracle's amount for it
     for key, uses in by_key.items():
         variants = {event.variant for _, event, _ in uses}
         assert len(variants) == 1, f"key {key}: calls with other inputs were acknowledged too: {variants}"
@@ -485,6 +583,7 @@ def test_random_concurrent_workload_matches_the_model(conninfo: str, db: psycopg
         for event, rows in firsts:
             winning_events.append(event)
             fresh_rows.update((r["transaction_id"], (event, r)) for r in rows)
+            requested.update((r["transaction_id"], amount) for (_, amount), r in zip(event.expected, rows))
 
     # 4. Every refusal was a real conflict with the key's winning inputs (or refused by nature).
     for call in calls:
@@ -494,16 +593,25 @@ def test_random_concurrent_workload_matches_the_model(conninfo: str, db: psycopg
 
     # 5. The ledger is exactly the acknowledged new rows: nothing lost, doubled, or left by a refusal.
     ledger = {r["id"]: r for r in db.execute(
-        "SELECT id, user_wallet, transaction_type, xp_amount, balance_after, idempotency_key, reverses "
-        "FROM pyxp.xp_transactions")}
+        "SELECT id, user_wallet, transaction_type, xp_amount, xp_requested, balance_after, idempotency_key, "
+        "reverses, created_at FROM pyxp.xp_transactions")}
     assert sorted(ledger) == sorted(fresh_rows)
     for call, event, rows in acked:
-        for r in rows:  # replays too: they report the original row
+        for r in rows:  # replays too: they report the original row, cut as it was
             stored = ledger[r["transaction_id"]]
-            assert (stored["user_wallet"], stored["transaction_type"], stored["xp_amount"],
+            assert (stored["user_wallet"], stored["transaction_type"], stored["xp_amount"], stored["xp_requested"],
                     stored["balance_after"], stored["idempotency_key"], stored["reverses"]) == \
-                (r["user_wallet"], r["transaction_type"], r["xp_amount"], r["total_xp"], event.key,
-                 event.reverses), (call.fn, call.args)
+                (r["user_wallet"], r["transaction_type"], r["xp_amount"], r["xp_requested"], r["total_xp"],
+                 event.key, event.reverses), (call.fn, call.args)
+
+    # 5b. Caps, exactly: replayed per wallet in ledger order, every capped gain applied what was left of its
+    #     allowance (rows cut to 0 included), nothing else was cut, penalties used nothing, reversals freed
+    #     what their gain applied, no allowance went over its cap; xp_cap_usage holds what the replay used.
+    cap_used, cap_problems = replay_caps(ledger, requested)
+    assert cap_problems == []
+    stored_usage = {(r["user_wallet"], r["allowance"], period_start(CAPS_PER[r["allowance"]], r["period_start"])):
+                    r["used_xp"] for r in db.execute("SELECT * FROM pyxp.xp_cap_usage")}
+    assert {k: v for k, v in stored_usage.items() if v} == {k: v for k, v in cap_used.items() if v}
 
     # 6. Each key is stored once, and only the keys of acknowledged calls are.
     stored_keys = [r["idempotency_key"] for r in db.execute("SELECT idempotency_key FROM pyxp.idempotency_keys")]
@@ -554,10 +662,17 @@ def test_random_concurrent_workload_matches_the_model(conninfo: str, db: psycopg
         "batches acknowledged": sum(c.fn == "award_many" and c.acknowledged for c in calls),
         "onboardings granted": sum(k.startswith("client.onboarded:") for k in stored_keys),
         "wallets": len(balances),
+        "capped gains cut": sum(r["xp_requested"] is not None for r in ledger.values()),
+        "capped gains cut to 0": sum(r["xp_requested"] is not None and r["xp_amount"] == 0
+                                     for r in ledger.values()),
+        "reversals freeing an allowance": sum(
+            1 for r in ledger.values() if r["reverses"] is not None
+            and ledger[r["reverses"]]["transaction_type"] in CAPS and ledger[r["reverses"]]["xp_amount"] > 0),
     }
     print(f"\n[model] {THREADS} threads x {OPS_PER_THREAD} calls, seed {BASE_SEED}: "
           + ", ".join(f"{k} {v}" for k, v in figures.items()), file=sys.stderr)
     for name in ("replayed events", "refused PX010", "refused PX014", "refused PX025 (repeatable read)",
                  "reversals written",
-                 "batches acknowledged", "onboardings granted"):
+                 "batches acknowledged", "onboardings granted", "capped gains cut", "capped gains cut to 0",
+                 "reversals freeing an allowance"):
         assert figures[name] > 0, f"the workload produced no {name}"
