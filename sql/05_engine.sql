@@ -280,7 +280,7 @@ BEGIN
     -- when the ruleset has a capped rule). Gains only, so it commutes with
     -- the floor, which cuts penalties only.
     IF p_caps THEN
-        v_rows := pyxp.capped_rows(v_rows);
+        v_rows := pyxp.capped_rows(v_rows, p_timezone);
     END IF;
 
     -- 2. Under the locks (a new statement: READ COMMITTED sees what the
@@ -439,30 +439,25 @@ BEGIN
                                 date_trunc('year', e.at, p_timezone) AS y) p
      WHERE x.user_wallet = f.user_wallet AND (f.after IS NOT NULL OR f.moderations <> 0);
 
-    -- 4b. What capped gains used of their allowance, and what reversals of
-    --     capped gains freed (pyxp.allowance_use), under the same locks.
-    --     A free always meets the row its gain made; a use adds to the row or
-    --     creates it (no concurrent writer of a wallet's rows: its lock).
-    IF p_caps OR EXISTS (SELECT FROM unnest(v_rows) r WHERE r.reverses IS NOT NULL) THEN
-        WITH used AS (
-            SELECT r.user_wallet, a.allowance, a.period_start, sum(a.used_xp)::bigint AS used_xp
-              FROM ROWS FROM (unnest(v_rows), unnest(v_ids))
-                   r(call_index, user_wallet, idempotency_key, inputs, transaction_type, xp_amount, xp_requested,
-                     apply_floor, rule_id, campaign_id, subject, metadata, reverses, moderations, id)
-             CROSS JOIN LATERAL pyxp.allowance_use(r.rule_id, r.xp_amount::bigint, r.reverses, now()) a
-             WHERE r.id IS NOT NULL
-             GROUP BY r.user_wallet, a.allowance, a.period_start
-        ), added AS (
-            UPDATE pyxp.xp_cap_usage u SET used_xp = u.used_xp + d.used_xp
-              FROM used d
-             WHERE u.user_wallet = d.user_wallet AND u.allowance = d.allowance AND u.period_start = d.period_start
-            RETURNING u.user_wallet, u.allowance, u.period_start
-        )
-        INSERT INTO pyxp.xp_cap_usage (user_wallet, allowance, period_start, used_xp)
-        SELECT d.user_wallet, d.allowance, d.period_start, d.used_xp
-          FROM used d
-         WHERE NOT EXISTS (SELECT FROM added a WHERE a.user_wallet = d.user_wallet AND a.allowance = d.allowance
-                                                 AND a.period_start = d.period_start);
+    -- 4b. What capped gains used of their allowance (under the same locks),
+    --     and what reversals of capped gains freed (pyxp.freed_allowance).
+    IF p_caps THEN
+        INSERT INTO pyxp.xp_cap_usage AS u (user_wallet, allowance, period_start, used_xp)
+        SELECT r.user_wallet, pyxp.cap_allowance(ru.cap_group, ru.action), date_trunc(ru.cap_per, now(), p_timezone),
+               sum(r.xp_amount)::bigint
+          FROM ROWS FROM (unnest(v_rows), unnest(v_ids))
+               r(call_index, user_wallet, idempotency_key, inputs, transaction_type, xp_amount, xp_requested,
+                 apply_floor, rule_id, campaign_id, subject, metadata, reverses, moderations, id)
+          JOIN pyxp.rules ru ON ru.rule_id = r.rule_id AND ru.cap_max_xp IS NOT NULL
+         WHERE r.id IS NOT NULL AND r.reverses IS NULL AND r.xp_amount > 0
+         GROUP BY 1, 2, 3
+        ON CONFLICT (user_wallet, allowance, period_start) DO UPDATE SET used_xp = u.used_xp + excluded.used_xp;
+    END IF;
+    IF v_rows[1].reverses IS NOT NULL THEN  -- a reversal: alone in its call
+        UPDATE pyxp.xp_cap_usage u SET used_xp = u.used_xp - f.freed_xp
+          FROM pyxp.freed_allowance(v_rows[1].reverses) f
+         WHERE u.user_wallet = v_rows[1].user_wallet AND u.allowance = f.allowance
+           AND u.period_start = f.period_start AND v_ids[1] IS NOT NULL;
     END IF;
 
     -- 5. One row per row with a transaction_type: new ones with their levels

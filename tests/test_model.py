@@ -11,11 +11,11 @@ collide: first calls race, replays, conflicting replays (other inputs),
 reversals (and reversals of reversals), small award_many batches (with
 repeated keys inside a batch), agency registrations and onboardings.
 
-The workload runs under a variant of the default rules with caps (SPEC §12):
-the moderation votes share a daily allowance ("moderation" group, its penalty
-included), CAMPAIGN_APPROVED and Completion_Submit_B2C_Paid have their own (a
-day, a week), so concurrent gains of one wallet are cut, some to 0, and
-reversals free what they applied.
+The workload runs under a variant of the default rules with caps (SPEC §12,
+``CAPS``): the moderation votes share a daily allowance (their penalty in the
+group too), a campaign's creation rows another, CAMPAIGN_APPROVED and
+Completion_Submit_B2C_Paid have their own (a day, a week). Concurrent gains of
+one wallet are cut, in part or to 0, and reversals free what they applied.
 
 The model does not re-implement the rules engine. It knows:
   * the oracle table: the XP of the handful of SPEC §2 actions used here (the
@@ -123,9 +123,14 @@ VOTE_ACTION = {
 # --------------------------------------------------------------------------- caps (SPEC §12)
 
 # The ruleset the workload runs under: the default rules with these caps (action -> max_xp, per, group),
-# periods in TIMEZONE. Chosen so that the workload's wallets overrun them: a moderator votes VALID 2 or 3
-# times (+2 each: the third vote, or the second, is cut), CAMPAIGN_APPROVED reaches W[0] and W[2] twice
-# (the second is cut to 0), Completion_Submit_B2C_Paid reaches W[4] twice (350 or 360, and 113 or 400).
+# periods in TIMEZONE. Chosen so that the workload's wallets overrun them, whatever the timing:
+#   * creating camp-b2c-0 (either variant) writes B2C_MINT 1000 then an option in the same "creation"
+#     allowance: the option is cut to 0 within the call;
+#   * every Completion_Submit_B2C_Paid asks for more than 100 (W[4] gets two: 350 or 360, 113 or 400):
+#     the first in the week is cut in part, the next (unless the first was reversed) to 0;
+#   * a moderator votes VALID 2 or 3 times (+2 each; penalties share the group): the second is cut to 1,
+#     the third to 0; CAMPAIGN_APPROVED reaches W[0] and W[2] twice: the second is cut to 0;
+#   * reversals (of nearly every row, by the end) free what those gains applied, and later gains use it.
 TIMEZONE = "Europe/Paris"
 CAPS: dict[str, tuple[int, str, str | None]] = {
     "MODERATION_VALIDATED_BY_MODERATOR": (3, "day", "moderation"),
@@ -133,12 +138,13 @@ CAPS: dict[str, tuple[int, str, str | None]] = {
     "MODERATION_REFUSED_BY_MODERATOR": (3, "day", "moderation"),  # a penalty: never cut, frees nothing
     "CAMPAIGN_APPROVED": (100, "day", None),
     "Completion_Submit_B2C_Paid": (100, "week", None),
-    "B2C_MINT": (1200, "day", "creation"),
-    "OPTION_WINSTORY_VIDEO": (1200, "day", "creation"),
-    "OPTION_NO_REWARDS": (1200, "day", "creation"),
+    "B2C_MINT": (1000, "day", "creation"),
+    "OPTION_WINSTORY_VIDEO": (1000, "day", "creation"),
+    "OPTION_NO_REWARDS": (1000, "day", "creation"),
 }
 CAPS_PER = {f"group:{group}" if group else f"rule:{action}": per for action, (_, per, group) in CAPS.items()}
-Allowance = tuple[str, str, date]  # wallet, allowance ('group:<name>' or 'rule:<action>'), first day of the period
+# wallet, allowance ('group:<name>' or 'rule:<action>'), first local day of the period
+Allowance = tuple[str, str, date]
 
 
 def period_start(per: str, at: datetime) -> date:
@@ -187,8 +193,8 @@ def replay_caps(ledger: Mapping[int, Mapping[str, Any]],
             if not 0 <= used[allowance] <= max_xp:
                 problems.append(f"row {row_id}: {allowance} at {used[allowance]} XP, cap {max_xp}")
         if (row["xp_amount"], row["xp_requested"]) != expected:
-            problems.append(f"row {row_id} ({row['user_wallet']}, {row['transaction_type']}): applied, requested "
-                            f"{(row['xp_amount'], row['xp_requested'])}, expected {expected}")
+            problems.append(f"row {row_id} ({row['user_wallet']}, {row['transaction_type']}): applied, "
+                            f"requested {(row['xp_amount'], row['xp_requested'])}, expected {expected}")
     return used, problems
 
 
@@ -203,7 +209,7 @@ AGENCY = W[0]
 
 # Campaign id: type, creator, (winstory_creates_video, no_rewards) of variant 0 and of variant 1.
 CAMPAIGNS = {
-    "camp-b2c-0": ("B2C", W[1], (True, True), (False, False)),
+    "camp-b2c-0": ("B2C", W[1], (True, True), (True, False)),
     "camp-b2c-1": ("B2C", W[2], (False, False), (True, False)),
     "camp-agency-0": ("AGENCY_B2C", AGENCY, (False, True), (False, False)),
     "camp-ind-0": ("INDIVIDUAL", W[3], (False, False), (True, False)),
@@ -561,8 +567,8 @@ def test_random_concurrent_workload_matches_the_model(conninfo: str, db: psycopg
             [(event.wallet, action, amount) for action, amount in event.expected], (call.fn, call.args)
         assert len({r["replayed"] for r in rows}) <= 1, (call.fn, call.args, rows)
         for r in rows:
-            assert r["xp_requested"] is None or (
-                r["transaction_type"] in CAPS and 0 <= r["xp_amount"] < r["xp_requested"]), (call.fn, call.args, r)
+            assert r["xp_requested"] is None or (r["transaction_type"] in CAPS
+                                                 and 0 <= r["xp_amount"] < r["xp_requested"]), (call.fn, r)
 
     # 3. Per key: one winner (replayed = false), every acknowledged call carried its inputs,
     #    every replay returned the winner's rows.
@@ -599,8 +605,9 @@ def test_random_concurrent_workload_matches_the_model(conninfo: str, db: psycopg
     for call, event, rows in acked:
         for r in rows:  # replays too: they report the original row, cut as it was
             stored = ledger[r["transaction_id"]]
-            assert (stored["user_wallet"], stored["transaction_type"], stored["xp_amount"], stored["xp_requested"],
-                    stored["balance_after"], stored["idempotency_key"], stored["reverses"]) == \
+            assert (stored["user_wallet"], stored["transaction_type"], stored["xp_amount"],
+                    stored["xp_requested"], stored["balance_after"], stored["idempotency_key"],
+                    stored["reverses"]) == \
                 (r["user_wallet"], r["transaction_type"], r["xp_amount"], r["xp_requested"], r["total_xp"],
                  event.key, event.reverses), (call.fn, call.args)
 
@@ -609,8 +616,9 @@ def test_random_concurrent_workload_matches_the_model(conninfo: str, db: psycopg
     #     what their gain applied, no allowance went over its cap; xp_cap_usage holds what the replay used.
     cap_used, cap_problems = replay_caps(ledger, requested)
     assert cap_problems == []
-    stored_usage = {(r["user_wallet"], r["allowance"], period_start(CAPS_PER[r["allowance"]], r["period_start"])):
-                    r["used_xp"] for r in db.execute("SELECT * FROM pyxp.xp_cap_usage")}
+    stored_usage = {(r["user_wallet"], r["allowance"],
+                     period_start(CAPS_PER[r["allowance"]], r["period_start"])): r["used_xp"]
+                    for r in db.execute("SELECT * FROM pyxp.xp_cap_usage")}
     assert {k: v for k, v in stored_usage.items() if v} == {k: v for k, v in cap_used.items() if v}
 
     # 6. Each key is stored once, and only the keys of acknowledged calls are.
@@ -662,17 +670,23 @@ def test_random_concurrent_workload_matches_the_model(conninfo: str, db: psycopg
         "batches acknowledged": sum(c.fn == "award_many" and c.acknowledged for c in calls),
         "onboardings granted": sum(k.startswith("client.onboarded:") for k in stored_keys),
         "wallets": len(balances),
-        "capped gains cut": sum(r["xp_requested"] is not None for r in ledger.values()),
+        "capped gains cut in part": sum(r["xp_requested"] is not None and r["xp_amount"] > 0
+                                        for r in ledger.values()),
         "capped gains cut to 0": sum(r["xp_requested"] is not None and r["xp_amount"] == 0
                                      for r in ledger.values()),
         "reversals freeing an allowance": sum(
             1 for r in ledger.values() if r["reverses"] is not None
             and ledger[r["reverses"]]["transaction_type"] in CAPS and ledger[r["reverses"]]["xp_amount"] > 0),
+        "penalties of a capped rule": sum(r["transaction_type"] in CAPS and r["xp_amount"] < 0
+                                          for r in ledger.values()),
+        "replays of cut rows": sum(1 for _, _, rows in acked for r in rows
+                                   if r["replayed"] and r["xp_requested"] is not None),
     }
     print(f"\n[model] {THREADS} threads x {OPS_PER_THREAD} calls, seed {BASE_SEED}: "
           + ", ".join(f"{k} {v}" for k, v in figures.items()), file=sys.stderr)
     for name in ("replayed events", "refused PX010", "refused PX014", "refused PX025 (repeatable read)",
                  "reversals written",
-                 "batches acknowledged", "onboardings granted", "capped gains cut", "capped gains cut to 0",
-                 "reversals freeing an allowance"):
+                 "batches acknowledged", "onboardings granted", "capped gains cut in part",
+                 "capped gains cut to 0", "reversals freeing an allowance", "penalties of a capped rule",
+                 "replays of cut rows"):
         assert figures[name] > 0, f"the workload produced no {name}"

@@ -304,7 +304,7 @@ BEGIN
     -- when the ruleset has a capped rule). Gains only, so it commutes with
     -- the floor, which cuts penalties only.
     IF p_caps THEN
-        v_rows := pyxp.capped_rows(v_rows);
+        v_rows := pyxp.capped_rows(v_rows, p_timezone);
     END IF;
 
     -- 2. Under the locks (a new statement: READ COMMITTED sees what the
@@ -463,30 +463,25 @@ BEGIN
                                 date_trunc('year', e.at, p_timezone) AS y) p
      WHERE x.user_wallet = f.user_wallet AND (f.after IS NOT NULL OR f.moderations <> 0);
 
-    -- 4b. What capped gains used of their allowance, and what reversals of
-    --     capped gains freed (pyxp.allowance_use), under the same locks.
-    --     A free always meets the row its gain made; a use adds to the row or
-    --     creates it (no concurrent writer of a wallet's rows: its lock).
-    IF p_caps OR EXISTS (SELECT FROM unnest(v_rows) r WHERE r.reverses IS NOT NULL) THEN
-        WITH used AS (
-            SELECT r.user_wallet, a.allowance, a.period_start, sum(a.used_xp)::bigint AS used_xp
-              FROM ROWS FROM (unnest(v_rows), unnest(v_ids))
-                   r(call_index, user_wallet, idempotency_key, inputs, transaction_type, xp_amount, xp_requested,
-                     apply_floor, rule_id, campaign_id, subject, metadata, reverses, moderations, id)
-             CROSS JOIN LATERAL pyxp.allowance_use(r.rule_id, r.xp_amount::bigint, r.reverses, now()) a
-             WHERE r.id IS NOT NULL
-             GROUP BY r.user_wallet, a.allowance, a.period_start
-        ), added AS (
-            UPDATE pyxp.xp_cap_usage u SET used_xp = u.used_xp + d.used_xp
-              FROM used d
-             WHERE u.user_wallet = d.user_wallet AND u.allowance = d.allowance AND u.period_start = d.period_start
-            RETURNING u.user_wallet, u.allowance, u.period_start
-        )
-        INSERT INTO pyxp.xp_cap_usage (user_wallet, allowance, period_start, used_xp)
-        SELECT d.user_wallet, d.allowance, d.period_start, d.used_xp
-          FROM used d
-         WHERE NOT EXISTS (SELECT FROM added a WHERE a.user_wallet = d.user_wallet AND a.allowance = d.allowance
-                                                 AND a.period_start = d.period_start);
+    -- 4b. What capped gains used of their allowance (under the same locks),
+    --     and what reversals of capped gains freed (pyxp.freed_allowance).
+    IF p_caps THEN
+        INSERT INTO pyxp.xp_cap_usage AS u (user_wallet, allowance, period_start, used_xp)
+        SELECT r.user_wallet, pyxp.cap_allowance(ru.cap_group, ru.action), date_trunc(ru.cap_per, now(), p_timezone),
+               sum(r.xp_amount)::bigint
+          FROM ROWS FROM (unnest(v_rows), unnest(v_ids))
+               r(call_index, user_wallet, idempotency_key, inputs, transaction_type, xp_amount, xp_requested,
+                 apply_floor, rule_id, campaign_id, subject, metadata, reverses, moderations, id)
+          JOIN pyxp.rules ru ON ru.rule_id = r.rule_id AND ru.cap_max_xp IS NOT NULL
+         WHERE r.id IS NOT NULL AND r.reverses IS NULL AND r.xp_amount > 0
+         GROUP BY 1, 2, 3
+        ON CONFLICT (user_wallet, allowance, period_start) DO UPDATE SET used_xp = u.used_xp + excluded.used_xp;
+    END IF;
+    IF v_rows[1].reverses IS NOT NULL THEN  -- a reversal: alone in its call
+        UPDATE pyxp.xp_cap_usage u SET used_xp = u.used_xp - f.freed_xp
+          FROM pyxp.freed_allowance(v_rows[1].reverses) f
+         WHERE u.user_wallet = v_rows[1].user_wallet AND u.allowance = f.allowance
+           AND u.period_start = f.period_start AND v_ids[1] IS NOT NULL;
     END IF;
 
     -- 5. One row per row with a transaction_type: new ones with their levels
@@ -703,7 +698,8 @@ $$;
 --
 -- Caps: a capped gain is cut to what is left of the wallet's allowance in
 -- the period containing the award (pyxp.capped_rows, under the wallet's
--- balance row lock); xp_cap_usage keeps what each allowance used.
+-- balance row lock); xp_cap_usage keeps what each allowance used
+-- (pyxp.append_rows, pyxp.freed_allowance).
 -- A period name in any case, normalised, or PX026. Its size is checked
 -- before lower() copies it.
 CREATE FUNCTION pyxp.checked_period(p_period text)
@@ -943,72 +939,66 @@ RETURNS text
 LANGUAGE sql IMMUTABLE PARALLEL SAFE
 AS $$ SELECT CASE WHEN p_group IS NOT NULL THEN 'group:' || p_group ELSE 'rule:' || p_action END $$;
 
--- What a new ledger row does to a capped allowance (the writer records it in
--- xp_cap_usage): a capped gain uses what it applied in the period of p_at,
--- in the zone of its rule's ruleset; a reversal of a capped gain frees what
--- that gain applied, in the gain's period. Anything else: no row.
-CREATE FUNCTION pyxp.allowance_use(p_rule_id bigint, p_xp_amount bigint, p_reverses bigint, p_at timestamptz)
-RETURNS TABLE (allowance text, period_start timestamptz, used_xp bigint)
+-- What a reversal frees of a capped allowance: what the capped gain it
+-- reverses applied, in that gain's period (in the zone of its rule's
+-- ruleset). No row for a reversal of anything else.
+CREATE FUNCTION pyxp.freed_allowance(p_reverses bigint)
+RETURNS TABLE (allowance text, period_start timestamptz, freed_xp bigint)
 LANGUAGE sql STABLE
 AS $$
-    SELECT pyxp.cap_allowance(ru.cap_group, ru.action), date_trunc(ru.cap_per, p_at, rs.timezone), p_xp_amount
-      FROM pyxp.rules ru
-      JOIN pyxp.rulesets rs ON rs.ruleset_id = ru.ruleset_id
-     WHERE p_reverses IS NULL AND ru.rule_id = p_rule_id AND ru.cap_max_xp IS NOT NULL AND p_xp_amount > 0
-    UNION ALL
-    SELECT pyxp.cap_allowance(ru.cap_group, ru.action), date_trunc(ru.cap_per, o.created_at, rs.timezone),
-           -o.xp_amount
+    SELECT pyxp.cap_allowance(ru.cap_group, ru.action), date_trunc(ru.cap_per, o.created_at, rs.timezone), o.xp_amount
       FROM pyxp.xp_transactions o
       JOIN pyxp.rules ru ON ru.rule_id = o.rule_id
       JOIN pyxp.rulesets rs ON rs.ruleset_id = ru.ruleset_id
-     WHERE p_reverses IS NOT NULL AND o.id = p_reverses AND ru.cap_max_xp IS NOT NULL AND o.xp_amount > 0
+     WHERE o.id = p_reverses AND ru.cap_max_xp IS NOT NULL AND o.xp_amount > 0
 $$;
 
 -- Caps applied to the writer's rows, under the wallets' balance row locks
 -- (the writer's slow path when the ruleset has caps): each capped gain, in
 -- row order, is cut to what is left of its allowance in the current period
 -- (possibly 0): xp_amount becomes what applies, xp_requested keeps what the
--- rule asked. Penalties are never cut. Rows whose generic award was made
--- before (replays) are skipped. Reads xp_cap_usage, which the writer then
--- updates (pyxp.allowance_use).
-CREATE FUNCTION pyxp.capped_rows(p_rows pyxp.pending_row[])
+-- rule asked. Penalties and reversals are never cut. Rows whose generic
+-- award was made before (replays) are skipped. One statement: within one
+-- call a key's gains only add up (no reversal among them), so the k-th gain
+-- applies least(C_k, L) - least(C_k-1, L), C the running sum of the gains
+-- asked, L what was left before the call (xp_cap_usage).
+CREATE FUNCTION pyxp.capped_rows(p_rows pyxp.pending_row[], p_timezone text)
 RETURNS pyxp.pending_row[]
-LANGUAGE plpgsql
+LANGUAGE plpgsql STABLE
 AS $$
-DECLARE
-    v_row record;
-    v_next pyxp.pending_row[] := p_rows;
-    v_used jsonb := '{}';     -- allowance use so far in this call: "wallet/allowance/start" -> XP
-    v_key text;
-    v_left numeric;
 BEGIN
-    FOR v_row IN
-        SELECT r.ordinality AS ord, r.user_wallet, r.xp_amount, a.allowance, a.period_start, a.cap_max_xp,
-               (SELECT u.used_xp FROM pyxp.xp_cap_usage u
-                 WHERE u.user_wallet = r.user_wallet AND u.allowance = a.allowance
-                   AND u.period_start = a.period_start) AS used
-          FROM unnest(p_rows) WITH ORDINALITY r
-         CROSS JOIN LATERAL (SELECT pyxp.cap_allowance(ru.cap_group, ru.action) AS allowance,
-                                    date_trunc(ru.cap_per, now(), rs.timezone) AS period_start, ru.cap_max_xp
-                               FROM pyxp.rules ru JOIN pyxp.rulesets rs ON rs.ruleset_id = ru.ruleset_id
-                              WHERE ru.rule_id = r.rule_id AND ru.cap_max_xp IS NOT NULL) a
-         WHERE r.xp_amount > 0 AND r.reverses IS NULL
-           AND NOT EXISTS (SELECT FROM pyxp.xp_transactions k
-                            WHERE r.inputs IS NOT NULL AND k.request_digest IS NOT NULL
-                              AND pyxp.key_hash(k.idempotency_key) = pyxp.key_hash(r.idempotency_key)
-                            LIMIT 1)
-         ORDER BY r.ordinality
-    LOOP
-        v_key := v_row.user_wallet || '/' || v_row.allowance || '/' || v_row.period_start;
-        v_left := greatest(v_row.cap_max_xp - coalesce(v_row.used, 0) - coalesce((v_used ->> v_key)::numeric, 0), 0);
-        IF v_row.xp_amount > v_left THEN
-            v_next[v_row.ord].xp_requested := v_row.xp_amount;
-            v_next[v_row.ord].xp_amount := v_left;
-        END IF;
-        v_used := jsonb_set(v_used, ARRAY[v_key],
-                            to_jsonb(coalesce((v_used ->> v_key)::numeric, 0) + least(v_row.xp_amount, v_left)));
-    END LOOP;
-    RETURN v_next;
+    RETURN ARRAY(
+        SELECT ROW(x.call_index, x.user_wallet, x.idempotency_key, x.inputs, x.transaction_type,
+                   CASE WHEN x.allowance IS NULL THEN x.xp_amount
+                        ELSE least(x.asked, x.left_) - least(x.asked - x.xp_amount, x.left_) END,
+                   CASE WHEN x.allowance IS NOT NULL AND x.asked > x.left_ THEN x.xp_amount ELSE x.xp_requested END,
+                   x.apply_floor, x.rule_id, x.campaign_id, x.subject, x.metadata, x.reverses,
+                   x.moderations)::pyxp.pending_row
+          FROM (SELECT r.*, a.allowance,
+                       sum(r.xp_amount) OVER (PARTITION BY r.user_wallet, a.allowance, a.period_start
+                                              ORDER BY r.ord) AS asked,
+                       greatest(a.cap_max_xp - coalesce(u.used_xp, 0), 0) AS left_
+                  FROM unnest(p_rows) WITH ORDINALITY r(call_index, user_wallet, idempotency_key, inputs,
+                                                        transaction_type, xp_amount, xp_requested, apply_floor,
+                                                        rule_id, campaign_id, subject, metadata, reverses,
+                                                        moderations, ord)
+                  LEFT JOIN LATERAL (
+                        SELECT pyxp.cap_allowance(ru.cap_group, ru.action) AS allowance, ru.cap_max_xp,
+                               date_trunc(ru.cap_per, now(), p_timezone) AS period_start
+                          FROM pyxp.rules ru
+                         WHERE ru.rule_id = r.rule_id AND ru.cap_max_xp IS NOT NULL
+                           AND r.xp_amount > 0 AND r.reverses IS NULL
+                           AND NOT EXISTS (SELECT FROM pyxp.xp_transactions k
+                                            WHERE r.inputs IS NOT NULL AND k.request_digest IS NOT NULL
+                                              AND pyxp.key_hash(k.idempotency_key) = pyxp.key_hash(r.idempotency_key)
+                                            LIMIT 1)
+                         LIMIT 1) a ON true
+                  LEFT JOIN LATERAL (
+                        SELECT u.used_xp FROM pyxp.xp_cap_usage u
+                         WHERE u.user_wallet = r.user_wallet AND u.allowance = a.allowance
+                           AND u.period_start = a.period_start
+                         LIMIT 1) u ON true) x
+         ORDER BY x.ord);
 END
 $$;
 
@@ -1361,9 +1351,9 @@ COMMENT ON FUNCTION pyxp.wallet_rank(text, text, timestamptz) IS
 COMMENT ON FUNCTION pyxp.period_xp(text, text, timestamptz) IS
     'API: the XP a wallet earned in the day, week, month or year containing at (0 if none).';
 COMMENT ON FUNCTION pyxp.cap_allowance(text, text) IS 'internal: the allowance a cap counts in, its group''s or its rule''s.';
-COMMENT ON FUNCTION pyxp.allowance_use(bigint, bigint, bigint, timestamptz) IS
-    'internal: what a new ledger row uses of (or frees in) a capped allowance.';
-COMMENT ON FUNCTION pyxp.capped_rows(pyxp.pending_row[]) IS
+COMMENT ON FUNCTION pyxp.freed_allowance(bigint) IS
+    'internal: what a reversal frees of a capped allowance, in the period of the gain it reverses.';
+COMMENT ON FUNCTION pyxp.capped_rows(pyxp.pending_row[], text) IS
     'internal: caps applied to the writer''s rows: gains cut to what is left of their allowance.';
 COMMENT ON FUNCTION pyxp.ledger_latest_periods(text) IS
     'internal: from the ledger, each wallet''s latest period of each kind and its XP there.';
