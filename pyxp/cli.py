@@ -528,22 +528,110 @@ def rules_list(ctx: click.Context, as_json: bool) -> None:
         return f"{at:%Y-%m-%d %H:%M:%S}" if at else "-"
 
     out = Printer()
-    out.table([Column("name"), Column("version", ">"), Column("active"), Column("created_at"),
-               Column("activated_at"), Column("rules", ">")],
-              [[r["name"], r["version"], Styled("active", fg="green", bold=True) if r["active"] else "",
-                when(r["created_at"]), when(r["activated_at"]), r["rules"]] for r in rows])
+    out.table([Column("id", ">"), Column("name"), Column("version", ">"), Column("active"), Column("created_at"),
+               Column("activated_at"), Column("timezone"), Column("rules", ">")],
+              [[r["ruleset_id"], r["name"], r["version"],
+                Styled("active", fg="green", bold=True) if r["active"] else "",
+                when(r["created_at"]), when(r["activated_at"]), r["timezone"], r["rules"]] for r in rows])
+
+
+@rules.command("install")
+@click.argument("name_or_file")
+@json_option
+@click.pass_context
+def rules_install(ctx: click.Context, name_or_file: str, as_json: bool) -> None:
+    """Install a ruleset version without activating it (to simulate it, or apply it later).
+
+    NAME_OR_FILE: a shipped name (winstory, winstory-flows) or a .toml file.
+    """
+    compiled = load_ruleset(name_or_file)  # a config error is reported before connecting
+    with _migrations() as schema:
+        result = schema.apply_ruleset(_conninfo(ctx), compiled, activate=False)
+    if as_json:
+        _print_json(result)
+    else:
+        how = "installed (not active)" if result.created else "already installed: nothing changed"
+        click.echo(f"ruleset {result.name} v{result.version} {how}; "
+                   f"simulate it: pyxp rules simulate {shlex.quote(name_or_file)}")
+
+
+@rules.command("simulate")
+@click.argument("name_or_file")
+@click.option("--top", default=10, show_default=True, type=click.IntRange(1, 1000),
+              help="How many of the wallets with the largest changes to list.")
+@json_option
+@click.pass_context
+def rules_simulate(ctx: click.Context, name_or_file: str, top: int, as_json: bool) -> None:
+    """What every balance would be had NAME_OR_FILE been active for the whole ledger.
+
+    Writes nothing (pyxp.simulation_report): per action XP now -> then, the wallets with the
+    largest changes, level changes and a summary. Apply it: pyxp rules apply --retroactive.
+    """
+    compiled = load_ruleset(name_or_file)
+    with _migrations() as schema:
+        report = schema.simulation_report(_conninfo(ctx), compiled, top)
+    if as_json:
+        _print_json(report)
+        return
+    print_simulation(Printer(), report)
+
+
+def print_simulation(out: Printer, report: dict[str, Any]) -> None:
+    ruleset, summary = report["ruleset"], report["summary"]
+
+    def change(now: int, then: int) -> Styled:
+        delta = then - now
+        return Styled(f"{delta:+,}" if delta else "0", fg="green" if delta > 0 else "red" if delta < 0 else None)
+
+    out.line(Styled(f"simulation of {ruleset['name']} v{ruleset['version']}", bold=True),
+             " over the whole ledger (nothing written)")
+    out.blank()
+    out.table([Column("action"), Column("rows", ">"), Column("XP now", ">"), Column("XP then", ">"),
+               Column("change", ">")],
+              [[a["action"], f"{a['rows']:,}", f"{a['xp_now']:,}", f"{a['xp_then']:,}",
+                change(a["xp_now"], a["xp_then"])] for a in report["actions"]],
+              title="per action")
+    out.blank()
+    if report["top_changes"]:
+        out.table([Column("wallet"), Column("total now", ">"), Column("total then", ">"), Column("change", ">"),
+                   Column("level", ">")],
+                  [[w["user_wallet"], f"{w['total_xp_now']:,}", f"{w['total_xp_then']:,}",
+                    change(w["total_xp_now"], w["total_xp_then"]),
+                    f"{w['level_now']} -> {w['level_then']}" if w["level_now"] != w["level_then"]
+                    else str(w["level_now"])] for w in report["top_changes"]],
+                  title="largest changes")
+        out.blank()
+    out.line(f"{summary['wallets']:,} wallets: {summary['up']:,} up, {summary['down']:,} down, "
+             f"{summary['unchanged']:,} unchanged; {summary['level_up']:,} would level up, "
+             f"{summary['level_down']:,} down; total XP {summary['xp_now']:,} -> {summary['xp_then']:,}")
 
 
 @rules.command("apply")
 @click.argument("name_or_file")
+@click.option("--retroactive", is_flag=True,
+              help="Also append one RULES_ADJUSTMENT row per wallet so that every balance is what the "
+                   "simulation says (pyxp rules simulate first).")
 @json_option
 @click.pass_context
-def rules_apply(ctx: click.Context, name_or_file: str, as_json: bool) -> None:
+def rules_apply(ctx: click.Context, name_or_file: str, retroactive: bool, as_json: bool) -> None:
     """Install and activate a ruleset.
 
     NAME_OR_FILE: a shipped name (winstory, winstory-flows) or a .toml file.
     """
     compiled = load_ruleset(name_or_file)  # a config error is reported before connecting
+    if retroactive:
+        with _migrations() as schema:
+            applied = schema.apply_rules_retroactively(_conninfo(ctx), compiled)
+        if as_json:
+            _print_json(applied)
+        elif applied.already_applied:
+            click.echo(f"ruleset {applied.name} v{applied.version} was already applied retroactively: "
+                       f"nothing added")
+        else:
+            click.echo(f"ruleset {applied.name} v{applied.version} active; {applied.wallets_adjusted:,} "
+                       f"wallet(s) adjusted by {applied.xp_adjusted:+,} XP in all (RULES_ADJUSTMENT rows); "
+                       f"{applied.balances_changed} balance(s) changed level on activation")
+        return
     with _migrations() as schema:
         result = schema.apply_ruleset(_conninfo(ctx), compiled)
     if as_json:

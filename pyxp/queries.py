@@ -71,6 +71,16 @@ AUDIT = "SELECT * FROM pyxp.audit()"
 INSTALL_RULESET = """SELECT * FROM pyxp.install_ruleset(
     definition => %(definition)s::jsonb, source => %(source)s::text)"""
 
+# Installs without activating (from migration 0007 on).
+INSTALL_RULESET_INACTIVE = """SELECT * FROM pyxp.install_ruleset(
+    definition => %(definition)s::jsonb, source => %(source)s::text, activate => false)"""
+
+# What-if and retroactive rule changes (SPEC 13).
+SIMULATION_REPORT = """SELECT pyxp.simulation_report(
+    ruleset_id => %(ruleset_id)s::bigint, top_wallets => %(top)s::integer) AS report"""
+
+APPLY_RULES_RETROACTIVELY = """SELECT * FROM pyxp.apply_rules_retroactively(ruleset_id => %(ruleset_id)s::bigint)"""
+
 ACTIVE_RULESET = """SELECT r.ruleset_id, r.name, r.version, r.balance_floor, r.activated_at,
        r.definition, r.source
   FROM pyxp.rulesets r WHERE r.is_active"""
@@ -101,8 +111,8 @@ LEVELS_OF_TOTALS = """SELECT t.total_xp, l.level, l.level_start_xp, l.next_level
  ORDER BY t.ord"""
 
 # Every installed ruleset version (pyxp rules list), oldest first, with its rule count.
-RULESETS = """SELECT r.name, r.version, r.is_active AS active, r.created_at, r.activated_at,
-       (SELECT count(*) FROM pyxp.rules ru WHERE ru.ruleset_id = r.ruleset_id) AS rules
+RULESETS = """SELECT r.ruleset_id, r.name, r.version, r.is_active AS active, r.created_at, r.activated_at,
+       r.timezone, (SELECT count(*) FROM pyxp.rules ru WHERE ru.ruleset_id = r.ruleset_id) AS rules
   FROM pyxp.rulesets r ORDER BY r.name, r.version"""
 
 # The change feed (SPEC 11).

@@ -154,6 +154,19 @@ class RulesetInstall:
 
 
 @dataclass(frozen=True)
+class RetroactiveApplication:
+    """What ``pyxp.apply_rules_retroactively`` did (SPEC 13)."""
+
+    ruleset_id_applied: int
+    name: str
+    version: int
+    already_applied: bool  # applied before: nothing added
+    wallets_adjusted: int  # RULES_ADJUSTMENT rows appended
+    xp_adjusted: Decimal   # their sum
+    balances_changed: int  # balances whose level the activation changed
+
+
+@dataclass(frozen=True)
 class ClientRegistration:
     id: int
     agency_wallet: str

@@ -20,7 +20,7 @@ from psycopg.types.json import Jsonb
 
 from pyxp import queries
 from pyxp.errors import wrap_errors
-from pyxp.results import RulesetInstall
+from pyxp.results import RetroactiveApplication, RulesetInstall
 from pyxp.ruleset_config import RuleSet, load_ruleset
 
 DEFAULT_RULESET = "winstory"
@@ -102,13 +102,48 @@ def head_revision() -> str | None:
     return _script_directory().get_current_head()
 
 
-def apply_ruleset(conninfo: str, ruleset: str | os.PathLike[str] | RuleSet) -> RulesetInstall:
-    """Install and activate a ruleset (a shipped name, a TOML path or a parsed RuleSet)."""
-    compiled = ruleset if isinstance(ruleset, RuleSet) else load_ruleset(os.fspath(ruleset))
+def _compiled(ruleset: str | os.PathLike[str] | RuleSet) -> RuleSet:
+    return ruleset if isinstance(ruleset, RuleSet) else load_ruleset(os.fspath(ruleset))
+
+
+def _install(conn: psycopg.Connection[Any], compiled: RuleSet, activate: bool) -> RulesetInstall:
+    with conn.cursor(row_factory=class_row(RulesetInstall)) as cur:
+        cur.execute(queries.INSTALL_RULESET if activate else queries.INSTALL_RULESET_INACTIVE,
+                    {"definition": Jsonb(compiled.definition()), "source": compiled.source})
+        result = cur.fetchone()
+    assert result is not None
+    return result
+
+
+def apply_ruleset(conninfo: str, ruleset: str | os.PathLike[str] | RuleSet,
+                  activate: bool = True) -> RulesetInstall:
+    """Install a ruleset (a shipped name, a TOML path or a parsed RuleSet) and, unless
+    ``activate`` is false, activate it. An installed, inactive version can be simulated
+    (:func:`simulation_report`) or applied later."""
     with wrap_errors(), psycopg.connect(conninfo) as conn:
-        with conn.cursor(row_factory=class_row(RulesetInstall)) as cur:
-            cur.execute(queries.INSTALL_RULESET,
-                        {"definition": Jsonb(compiled.definition()), "source": compiled.source})
+        return _install(conn, _compiled(ruleset), activate)
+
+
+def simulation_report(conninfo: str, ruleset: str | os.PathLike[str] | RuleSet, top: int = 10) -> dict[str, Any]:
+    """What ``pyxp.simulation_report`` says of ``ruleset`` (SPEC 13): per action, the largest
+    changes, a summary. A version not installed yet is installed for the simulation only, in a
+    transaction rolled back at the end: nothing is written."""
+    with wrap_errors(), psycopg.connect(conninfo) as conn:
+        installed = _install(conn, _compiled(ruleset), activate=False)
+        report = conn.execute(queries.SIMULATION_REPORT, {"ruleset_id": installed.ruleset_id, "top": top}).fetchone()
+        conn.rollback()
+    assert report is not None
+    return dict(report[0])
+
+
+def apply_rules_retroactively(conninfo: str, ruleset: str | os.PathLike[str] | RuleSet) -> RetroactiveApplication:
+    """Install ``ruleset`` if needed, activate it and append the RULES_ADJUSTMENT rows that make
+    every balance what the simulation says (``pyxp.apply_rules_retroactively``), in one
+    transaction. Again with the same version: nothing added."""
+    with wrap_errors(), psycopg.connect(conninfo) as conn:
+        installed = _install(conn, _compiled(ruleset), activate=False)
+        with conn.cursor(row_factory=class_row(RetroactiveApplication)) as cur:
+            cur.execute(queries.APPLY_RULES_RETROACTIVELY, {"ruleset_id": installed.ruleset_id})
             result = cur.fetchone()
     assert result is not None
     return result

@@ -295,10 +295,10 @@ AS $$
 DECLARE
     v text := pyxp.checked_identifier('idempotency key', p_key, 256);
 BEGIN
-    IF v ~ '^(campaign\.(created|approved|vote)|completion\.(submitted|outcome|vote)|client\.onboarded|reverse)(/[0-9]+)?:' THEN
+    IF v ~ '^(campaign\.(created|approved|vote)|completion\.(submitted|outcome|vote)|client\.onboarded|reverse|rules\.adjustment)(/[0-9]+)?:' THEN
         RAISE EXCEPTION 'invalid idempotency key %: reserved for pyxp''s own flows', quote_literal(v)
             USING ERRCODE = 'PX016',
-                  HINT = 'keys starting with campaign.*:, completion.*:, client.onboarded: or reverse: are pyxp''s';
+                  HINT = 'keys starting with campaign.*:, completion.*:, client.onboarded:, reverse: or rules.adjustment: are pyxp''s';
     END IF;
     RETURN v;
 END

@@ -102,6 +102,8 @@ BEGIN
                        THEN 'action must match [A-Za-z][A-Za-z0-9_]{0,63}'
                      WHEN count(*) OVER (PARTITION BY r.value ->> 'action') > 1
                        THEN format('duplicate action %s', r.value ->> 'action')
+                     WHEN upper(r.value ->> 'action') IN ('REVERSAL', 'RULES_ADJUSTMENT')
+                       THEN format('action %s is reserved for pyxp''s own rows', r.value ->> 'action')
                      WHEN jsonb_typeof(r.value -> 'event') NOT IN ('null', 'string')
                        OR jsonb_typeof(r.value -> 'condition') NOT IN ('null', 'string')
                        OR jsonb_typeof(r.value -> 'formula') NOT IN ('null', 'string')
@@ -148,12 +150,40 @@ BEGIN
 END
 $$;
 
--- Installs a compiled ruleset (from pyxp.ruleset_config) and makes it active.
--- Same content as the active version: nothing changes. Same content as an
--- older version of that name: that version is re-activated. Otherwise a new
--- version (max + 1) is created. Activation re-derives every balance's level.
--- Old versions stay: ledger rows keep their rule ids.
-CREATE FUNCTION pyxp.install_ruleset(definition jsonb, source text)
+-- Makes ruleset version p_ruleset_id the active one; returns the balances
+-- whose level changed. The caller holds SHARE ROW EXCLUSIVE on xp_balances
+-- (the lock protocol above). Periods are counted in the active ruleset's
+-- zone: another zone moves their bounds, so the balances' period columns are
+-- re-derived (one pass over the ledger). Activating the active version
+-- changes nothing.
+CREATE FUNCTION pyxp.activate_ruleset(p_ruleset_id bigint)
+RETURNS bigint
+LANGUAGE plpgsql
+AS $$
+DECLARE
+    v_zone text := (SELECT r.timezone FROM pyxp.rulesets r WHERE r.ruleset_id = p_ruleset_id);
+BEGIN
+    IF (SELECT r.is_active FROM pyxp.rulesets r WHERE r.ruleset_id = p_ruleset_id) THEN
+        RETURN 0;
+    END IF;
+    IF (SELECT r.timezone FROM pyxp.rulesets r WHERE r.is_active) IS DISTINCT FROM v_zone THEN
+        PERFORM pyxp.rebuild_period_columns(v_zone);
+    END IF;
+    -- Two statements: the partial unique index allows one active row at a time.
+    UPDATE pyxp.rulesets r SET is_active = false WHERE r.is_active;
+    UPDATE pyxp.rulesets r SET is_active = true, activated_at = now() WHERE r.ruleset_id = p_ruleset_id;
+    RETURN pyxp.recalculate_levels();
+END
+$$;
+
+-- Installs a compiled ruleset (from pyxp.ruleset_config) and, unless
+-- activate is false, makes it active. Same content as the active version:
+-- nothing changes. Same content as an older version of that name: that
+-- version is (re-)activated. Otherwise a new version (max + 1) is created.
+-- Activation re-derives every balance's level. Old versions stay: ledger
+-- rows keep their rule ids. activate => false installs a version to
+-- simulate (pyxp.simulate_rules) or to apply later.
+CREATE FUNCTION pyxp.install_ruleset(definition jsonb, source text, activate boolean DEFAULT true)
 RETURNS TABLE (ruleset_id bigint, name text, version integer, created boolean, activated boolean,
                balances_changed bigint)
 LANGUAGE plpgsql SECURITY DEFINER
@@ -173,10 +203,16 @@ BEGIN
             USING ERRCODE = 'PX024', HINT = 'pass the TOML text the definition was compiled from';
     END IF;
     PERFORM pyxp.require_read_committed();
-    LOCK TABLE pyxp.xp_balances IN SHARE ROW EXCLUSIVE MODE;
+    -- Installers queue on the rulesets table (version numbers); awards only
+    -- read it, so an install that does not activate holds no award. The
+    -- awards' lock is taken only to activate (pyxp.activate_ruleset).
+    LOCK TABLE pyxp.rulesets IN SHARE ROW EXCLUSIVE MODE;
+    IF install_ruleset.activate THEN
+        LOCK TABLE pyxp.xp_balances IN SHARE ROW EXCLUSIVE MODE;
+    END IF;
 
     SELECT * INTO v_found FROM pyxp.rulesets r WHERE r.name = v_name AND r.content_hash = v_hash;
-    IF v_found.is_active THEN
+    IF v_found.is_active OR (v_found.ruleset_id IS NOT NULL AND NOT install_ruleset.activate) THEN
         RETURN QUERY SELECT v_found.ruleset_id, v_found.name, v_found.version, false, false, 0::bigint;
         RETURN;
     END IF;
@@ -212,19 +248,13 @@ BEGIN
         v_created := true;
     END IF;
 
-    -- Periods are counted in the active ruleset's zone: another zone moves
-    -- their bounds, so the balances' period columns are re-derived (one pass
-    -- over the ledger, under the lock above).
-    IF (SELECT r.timezone FROM pyxp.rulesets r WHERE r.is_active)
-       IS DISTINCT FROM (SELECT r.timezone FROM pyxp.rulesets r WHERE r.ruleset_id = v_id) THEN
-        PERFORM pyxp.rebuild_period_columns((SELECT r.timezone FROM pyxp.rulesets r WHERE r.ruleset_id = v_id));
+    IF NOT install_ruleset.activate THEN
+        RETURN QUERY SELECT r.ruleset_id, r.name, r.version, v_created, false, 0::bigint
+                       FROM pyxp.rulesets r WHERE r.ruleset_id = v_id;
+        RETURN;
     END IF;
-    -- Two statements: the partial unique index allows one active row at a time.
-    UPDATE pyxp.rulesets r SET is_active = false WHERE r.is_active;
-    UPDATE pyxp.rulesets r SET is_active = true, activated_at = now() WHERE r.ruleset_id = v_id;
-
     RETURN QUERY
-        SELECT r.ruleset_id, r.name, r.version, v_created, true, pyxp.recalculate_levels()
+        SELECT r.ruleset_id, r.name, r.version, v_created, true, pyxp.activate_ruleset(v_id)
         FROM pyxp.rulesets r WHERE r.ruleset_id = v_id;
 END
 $$;

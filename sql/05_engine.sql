@@ -94,7 +94,9 @@ LANGUAGE plpgsql IMMUTABLE PARALLEL SAFE STRICT
 AS $$ BEGIN RETURN ('x' || encode(substr(sha256(convert_to(p_inputs::text, 'UTF8')), 1, 8), 'hex'))::bit(64)::bigint; END $$;
 
 -- The ruleset a ledger row was written under (its levels in replays and the
--- change feed): its rule's; a reversal's is its request's (xp_requests).
+-- change feed): its rule's; a reversal's is its request's (xp_requests); a
+-- RULES_ADJUSTMENT's is the one its key names (rules.adjustment:<id>:<wallet>,
+-- pyxp.apply_rules_retroactively).
 -- PL/pgSQL: a SQL function with a sub-select is not inlined, and would be
 -- planned anew at every call.
 CREATE FUNCTION pyxp.row_ruleset(p_rule_id bigint, p_key text)
@@ -105,7 +107,9 @@ DECLARE
     v_id bigint;
 BEGIN
     SELECT ru.ruleset_id INTO v_id FROM pyxp.rules ru WHERE ru.rule_id = p_rule_id;
-    IF v_id IS NULL THEN
+    IF v_id IS NULL AND p_key LIKE 'rules.adjustment:%' THEN
+        v_id := split_part(p_key, ':', 2)::bigint;
+    ELSIF v_id IS NULL THEN
         SELECT q.ruleset_id INTO v_id FROM pyxp.xp_requests q WHERE q.idempotency_key = p_key;
     END IF;
     RETURN v_id;
@@ -779,6 +783,9 @@ BEGIN
         RAISE EXCEPTION 'transaction % reverses transaction % and cannot itself be reversed',
                         v_original.id, v_original.reverses
             USING ERRCODE = 'PX014', HINT = 'award the amount again instead';
+    ELSIF v_original.transaction_type = 'RULES_ADJUSTMENT' AND v_original.rule_id IS NULL THEN
+        RAISE EXCEPTION 'transaction % is a retroactive rules adjustment and cannot be reversed', v_original.id
+            USING ERRCODE = 'PX014', HINT = 'apply another ruleset version retroactively instead (pyxp rules apply --retroactive)';
     END IF;
     v_key := 'reverse:' || v_original.id;
     v_inputs := jsonb_build_object('transaction_id', v_original.id, 'reason', v_reason);

@@ -44,7 +44,8 @@ GRANT EXECUTE ON FUNCTION
     pyxp.award_many(jsonb),
     pyxp.award_many(jsonb[])
 TO pyxp_writer;
--- pyxp.recalculate_levels() stays the owner's (SPEC 7): its lock holds every award.
+-- pyxp.recalculate_levels() and pyxp.apply_rules_retroactively() stay the
+-- owner's (SPEC 7): their lock holds every award.
 
 GRANT EXECUTE ON FUNCTION
     pyxp.level_for(numeric),
@@ -53,6 +54,8 @@ GRANT EXECUTE ON FUNCTION
     pyxp.leaderboard(integer, integer, text, timestamptz),
     pyxp.wallet_rank(text, text, timestamptz),
     pyxp.period_xp(text, text, timestamptz),
+    pyxp.simulate_rules(bigint),
+    pyxp.simulation_report(bigint, integer),
     pyxp.audit()
 TO pyxp_writer, pyxp_reader;
 

@@ -41,8 +41,10 @@ COMMENT ON FUNCTION pyxp.audit() IS
     'API: one row per inconsistency between ledger, balances, levels, rules and registrations; none when healthy.';
 
 -- Owner only (not granted): they hold every award while they run.
-COMMENT ON FUNCTION pyxp.install_ruleset(jsonb, text) IS
-    'internal: installs and activates a compiled ruleset (pyxp rules apply). Owner only.';
+COMMENT ON FUNCTION pyxp.install_ruleset(jsonb, text, boolean) IS
+    'internal: installs a compiled ruleset and activates it unless told not to (pyxp rules apply, install). Owner only.';
+COMMENT ON FUNCTION pyxp.activate_ruleset(bigint) IS
+    'internal: makes a ruleset version the active one; re-derives levels (and period columns for another zone).';
 COMMENT ON FUNCTION pyxp.recalculate_levels() IS
     'internal: re-derives every balance''s level from the active curve. Owner only.';
 

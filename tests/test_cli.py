@@ -199,11 +199,11 @@ def test_rules_list_shows_every_installed_version(conninfo: str, db: psycopg.Con
     assert stored is not None and listed["winstory-flows", 1]["activated_at"] == stored[0].isoformat()
 
     table = ok(conninfo, "rules", "list").splitlines()
-    assert table[0].split() == ["name", "version", "active", "created_at", "activated_at", "rules"]
+    assert table[0].split() == ["id", "name", "version", "active", "created_at", "activated_at", "timezone", "rules"]
     flows = next(line for line in table if "winstory-flows" in line).split()
-    assert flows[:3] == ["winstory-flows", "1", "active"]
+    assert flows[1:4] == ["winstory-flows", "1", "active"] and flows[-2] == "UTC"
     assert flows[-1] == str(listed["winstory-flows", 1]["rules"])
-    assert next(line for line in table if line.lstrip().startswith("winstory ")).split()[2] != "active"
+    assert next(line for line in table if line.split()[1:2] == ["winstory"]).split()[3] != "active"
 
 
 def test_rules_apply_activates_a_shipped_ruleset_once(conninfo: str, db: psycopg.Connection[Any]) -> None:

@@ -387,10 +387,11 @@ def test_0006_fills_the_period_columns_from_an_existing_ledger(fresh_database: C
         _replays_everything(conn, done)
 
         install_variant(conn, "capped", caps={"CAMPAIGN_APPROVED": (150, "week", None)})
+    schema.downgrade(target, "0006")
     with pytest.raises(psycopg.Error) as refused:
         schema.downgrade(target, "0005")
     assert refused.value.sqlstate == "PX024" and "capped v1" in str(refused.value)
-    assert schema.current_revision(target) == schema.head_revision()
+    assert schema.current_revision(target) == "0006"
 
     schema.apply_ruleset(target, "winstory")
     schema.downgrade(target, "0005")

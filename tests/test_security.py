@@ -26,12 +26,15 @@ PUBLIC_API = {
     "award_many",  # SPEC §9: batch variant for bulk ingestion
     "changes",  # SPEC §11: the change feed
     "period_xp",  # SPEC §12: periods
+    "simulate_rules", "simulation_report",  # SPEC §13: what-if
 }
-READ_FUNCTIONS = {"level_for", "balance", "history", "leaderboard", "wallet_rank", "audit", "changes", "period_xp"}
+READ_FUNCTIONS = {"level_for", "balance", "history", "leaderboard", "wallet_rank", "audit", "changes", "period_xp",
+                  "simulate_rules", "simulation_report"}
 INTERNAL_FUNCTIONS = ["post_award", "append_rows", "claim_request", "install_ruleset",
                       "replayed_award", "planned_awards", "checked_wallet", "curve_position",
                       "active_ruleset_id", "check_ruleset_definition", "capped_rows", "rebuild_period_columns",
-                      "ledger_period_totals"]
+                      "ledger_period_totals", "apply_rules_retroactively", "activate_ruleset",
+                      "simulated_totals"]
 
 # One call per read function, runnable by any role allowed to execute it.
 READ_CALLS = {
@@ -41,6 +44,8 @@ READ_CALLS = {
     "leaderboard": "SELECT * FROM pyxp.leaderboard()",
     "wallet_rank": "SELECT pyxp.wallet_rank(wallet => 'someone')",
     "period_xp": "SELECT pyxp.period_xp(wallet => 'someone', period => 'week')",
+    "simulate_rules": "SELECT * FROM pyxp.simulate_rules(ruleset_id => 1)",
+    "simulation_report": "SELECT pyxp.simulation_report(ruleset_id => 1)",
     "audit": "SELECT * FROM pyxp.audit()",
     "changes": "SELECT * FROM pyxp.changes(after_cursor => 0)",
 }

@@ -1,0 +1,684 @@
+-- 0007: what-if and retroactive rule changes (SPEC 13).
+-- Frozen copy of what sql/*.sql defines at this revision; never edit it.
+--
+-- pyxp.simulate_rules / pyxp.simulation_report replay the ledger under an
+-- installed ruleset version (writing nothing); pyxp.apply_rules_retroactively
+-- activates it and appends one RULES_ADJUSTMENT row per wallet it changes.
+-- install_ruleset can install without activating (activate => false); only
+-- activation takes the awards' lock. REVERSAL and RULES_ADJUSTMENT are
+-- reserved action names, rules.adjustment: a reserved key prefix, and a
+-- RULES_ADJUSTMENT row cannot be reversed.
+SET LOCAL ROLE pyxp_owner;
+
+CREATE TYPE pyxp.simulation_state AS (
+    balance    numeric,
+    used       jsonb,
+    applied    jsonb,
+    by_action  jsonb
+);
+
+DROP FUNCTION pyxp.install_ruleset(jsonb, text);
+
+-- The caller's key of a generic award (pyxp.award, pyxp.award_many): an
+-- identifier of at most 256 characters outside the namespaces of the keys
+-- the flow functions derive (campaign.created:..., reverse:..., ...), so a
+-- manual award can never pose as, or block, a flow's award (PX016).
+CREATE OR REPLACE FUNCTION pyxp.checked_award_key(p_key text)
+RETURNS text
+LANGUAGE plpgsql IMMUTABLE PARALLEL SAFE
+AS $$
+DECLARE
+    v text := pyxp.checked_identifier('idempotency key', p_key, 256);
+BEGIN
+    IF v ~ '^(campaign\.(created|approved|vote)|completion\.(submitted|outcome|vote)|client\.onboarded|reverse|rules\.adjustment)(/[0-9]+)?:' THEN
+        RAISE EXCEPTION 'invalid idempotency key %: reserved for pyxp''s own flows', quote_literal(v)
+            USING ERRCODE = 'PX016',
+                  HINT = 'keys starting with campaign.*:, completion.*:, client.onboarded:, reverse: or rules.adjustment: are pyxp''s';
+    END IF;
+    RETURN v;
+END
+$$;
+
+-- Refuses a malformed compiled definition (PX024). The Python compiler
+-- already produces well-formed ones; this guards direct SQL callers.
+CREATE OR REPLACE FUNCTION pyxp.check_ruleset_definition(p_definition jsonb)
+RETURNS void
+LANGUAGE plpgsql IMMUTABLE
+AS $$
+DECLARE
+    v_problem text;
+BEGIN
+    SELECT problem INTO v_problem FROM (
+        SELECT 'name must be a non-empty text' AS problem
+         WHERE coalesce(p_definition ->> 'name', '') !~ '^[a-z0-9][a-z0-9_-]{0,62}$'
+        UNION ALL
+        SELECT 'levels must be a non-empty array'
+         WHERE jsonb_typeof(p_definition -> 'levels') IS DISTINCT FROM 'array'
+            OR jsonb_array_length(p_definition -> 'levels') = 0
+        UNION ALL
+        SELECT 'rules must be an array'
+         WHERE jsonb_typeof(p_definition -> 'rules') IS DISTINCT FROM 'array'
+        UNION ALL
+        SELECT 'balance_floor must be an integer or null'
+         WHERE jsonb_typeof(p_definition -> 'balance_floor') NOT IN ('null', 'number')
+            OR (p_definition ->> 'balance_floor') !~ '^-?[0-9]{1,16}$'
+        UNION ALL
+        SELECT format('timezone %s is not an IANA time zone name', p_definition -> 'timezone')
+         WHERE p_definition ? 'timezone'
+           AND (jsonb_typeof(p_definition -> 'timezone') IS DISTINCT FROM 'string'
+                OR NOT EXISTS (SELECT FROM pg_catalog.pg_timezone_names z
+                                WHERE z.name = p_definition ->> 'timezone'))
+    ) p LIMIT 1;
+    IF v_problem IS NULL THEN
+        SELECT format('level row %s: %s', ord, problem) INTO v_problem FROM (
+            SELECT l.ord,
+                   CASE
+                     WHEN (l.value ->> 'level') !~ '^[0-9]{1,18}$' OR (l.value ->> 'threshold') !~ '^[0-9]{1,18}$'
+                          OR (l.value ->> 'increment') !~ '^[0-9]{1,18}$'
+                          OR jsonb_typeof(l.value -> 'is_last') IS DISTINCT FROM 'boolean'
+                       THEN 'level, threshold, increment must be integers and is_last a boolean'
+                     WHEN (l.value ->> 'level')::bigint <> l.ord THEN 'levels must be 1, 2, 3, ... in order'
+                     WHEN l.ord = 1 AND (l.value ->> 'threshold')::bigint <> 0 THEN 'level 1 starts at 0 XP'
+                     WHEN (l.value ->> 'increment')::bigint <= 0 THEN 'increments are positive'
+                     WHEN (l.value ->> 'is_last')::boolean <> (l.ord = l.total) THEN 'only the last row has is_last'
+                     WHEN l.ord < l.total AND (l.value ->> 'threshold')::numeric + (l.value ->> 'increment')::numeric
+                          <> (l.next_value ->> 'threshold')::numeric
+                       THEN 'threshold + increment must equal the next threshold'
+                   END AS problem
+            FROM (
+                SELECT e.value, e.ord, lead(e.value) OVER (ORDER BY e.ord) AS next_value,
+                       count(*) OVER () AS total
+                FROM jsonb_array_elements(p_definition -> 'levels') WITH ORDINALITY e(value, ord)
+            ) l
+        ) p WHERE problem IS NOT NULL ORDER BY ord LIMIT 1;
+    END IF;
+    IF v_problem IS NULL THEN
+        SELECT format('rule %s: %s', ord, problem) INTO v_problem FROM (
+            SELECT r.ord,
+                   CASE
+                     WHEN coalesce(r.value ->> 'action', '') !~ '^[A-Za-z][A-Za-z0-9_]{0,63}$'
+                       THEN 'action must match [A-Za-z][A-Za-z0-9_]{0,63}'
+                     WHEN count(*) OVER (PARTITION BY r.value ->> 'action') > 1
+                       THEN format('duplicate action %s', r.value ->> 'action')
+                     WHEN upper(r.value ->> 'action') IN ('REVERSAL', 'RULES_ADJUSTMENT')
+                       THEN format('action %s is reserved for pyxp''s own rows', r.value ->> 'action')
+                     WHEN jsonb_typeof(r.value -> 'event') NOT IN ('null', 'string')
+                       OR jsonb_typeof(r.value -> 'condition') NOT IN ('null', 'string')
+                       OR jsonb_typeof(r.value -> 'formula') NOT IN ('null', 'string')
+                       THEN 'event, condition and formula must be texts or null'
+                     WHEN coalesce(r.value ->> 'constant', '') !~ '^-?[0-9]{1,16}(\.[0-9]{1,20})?$'
+                       THEN 'constant must be a decimal number'
+                     WHEN jsonb_typeof(r.value -> 'coefficients') IS DISTINCT FROM 'object'
+                       OR EXISTS (SELECT FROM jsonb_each_text(r.value -> 'coefficients') c
+                                   WHERE c.key !~ '^[A-Z_][A-Z0-9_]{0,63}$'
+                                      OR c.value !~ '^-?[0-9]{1,16}(\.[0-9]{1,20})?$')
+                       THEN 'coefficients must map INPUT names to decimal numbers'
+                     WHEN jsonb_typeof(r.value -> 'campaign_types') NOT IN ('null', 'array')
+                       OR EXISTS (SELECT FROM jsonb_array_elements_text(
+                                      CASE WHEN jsonb_typeof(r.value -> 'campaign_types') = 'array'
+                                           THEN r.value -> 'campaign_types' ELSE '[]' END) t
+                                   WHERE t NOT IN ('B2C', 'AGENCY_B2C', 'INDIVIDUAL'))
+                       THEN 'campaign_types must be null or a list of B2C, AGENCY_B2C, INDIVIDUAL'
+                     WHEN r.value ? 'cap' AND (
+                            jsonb_typeof(r.value -> 'cap') IS DISTINCT FROM 'object'
+                            OR (SELECT count(*) FROM jsonb_object_keys(r.value -> 'cap')) <> 2
+                            OR jsonb_typeof(r.value -> 'cap' -> 'max_xp') IS DISTINCT FROM 'number'
+                            OR coalesce(r.value -> 'cap' ->> 'max_xp', '') !~ '^[0-9]{1,16}$'
+                            OR NOT (r.value -> 'cap' ->> 'max_xp')::numeric BETWEEN 1 AND 1e15
+                            OR coalesce(r.value -> 'cap' ->> 'per', '') NOT IN ('day', 'week', 'month', 'year'))
+                       THEN 'cap must be {"max_xp": 1..10^15, "per": "day", "week", "month" or "year"}'
+                     WHEN r.value ? 'group' AND (jsonb_typeof(r.value -> 'group') IS DISTINCT FROM 'string'
+                                                 OR (r.value ->> 'group') !~ '^[a-z][a-z0-9_-]{0,62}$')
+                       THEN 'group must match [a-z][a-z0-9_-]{0,62}'
+                     WHEN r.value ? 'group' AND NOT r.value ? 'cap'
+                       THEN format('group %s needs a cap: every rule of a group carries the same cap',
+                                   r.value ->> 'group')
+                     WHEN r.value ? 'group'
+                          AND min((r.value -> 'cap')::text) OVER (PARTITION BY r.value ->> 'group')
+                              <> max((r.value -> 'cap')::text) OVER (PARTITION BY r.value ->> 'group')
+                       THEN format('the rules of group %s carry different caps', r.value ->> 'group')
+                   END AS problem
+            FROM jsonb_array_elements(p_definition -> 'rules') WITH ORDINALITY r(value, ord)
+        ) p WHERE problem IS NOT NULL ORDER BY ord LIMIT 1;
+    END IF;
+    IF v_problem IS NOT NULL THEN
+        RAISE EXCEPTION 'invalid ruleset definition %: %', coalesce(quote_literal(p_definition ->> 'name'), 'NULL'), v_problem
+            USING ERRCODE = 'PX024', HINT = 'compile rulesets from a TOML config seed: pyxp rules apply FILE';
+    END IF;
+END
+$$;
+
+-- Makes ruleset version p_ruleset_id the active one; returns the balances
+-- whose level changed. The caller holds SHARE ROW EXCLUSIVE on xp_balances
+-- (the lock protocol above). Periods are counted in the active ruleset's
+-- zone: another zone moves their bounds, so the balances' period columns are
+-- re-derived (one pass over the ledger). Activating the active version
+-- changes nothing.
+CREATE FUNCTION pyxp.activate_ruleset(p_ruleset_id bigint)
+RETURNS bigint
+LANGUAGE plpgsql
+AS $$
+DECLARE
+    v_zone text := (SELECT r.timezone FROM pyxp.rulesets r WHERE r.ruleset_id = p_ruleset_id);
+BEGIN
+    IF (SELECT r.is_active FROM pyxp.rulesets r WHERE r.ruleset_id = p_ruleset_id) THEN
+        RETURN 0;
+    END IF;
+    IF (SELECT r.timezone FROM pyxp.rulesets r WHERE r.is_active) IS DISTINCT FROM v_zone THEN
+        PERFORM pyxp.rebuild_period_columns(v_zone);
+    END IF;
+    -- Two statements: the partial unique index allows one active row at a time.
+    UPDATE pyxp.rulesets r SET is_active = false WHERE r.is_active;
+    UPDATE pyxp.rulesets r SET is_active = true, activated_at = now() WHERE r.ruleset_id = p_ruleset_id;
+    RETURN pyxp.recalculate_levels();
+END
+$$;
+
+-- Installs a compiled ruleset (from pyxp.ruleset_config) and, unless
+-- activate is false, makes it active. Same content as the active version:
+-- nothing changes. Same content as an older version of that name: that
+-- version is (re-)activated. Otherwise a new version (max + 1) is created.
+-- Activation re-derives every balance's level. Old versions stay: ledger
+-- rows keep their rule ids. activate => false installs a version to
+-- simulate (pyxp.simulate_rules) or to apply later.
+CREATE FUNCTION pyxp.install_ruleset(definition jsonb, source text, activate boolean DEFAULT true)
+RETURNS TABLE (ruleset_id bigint, name text, version integer, created boolean, activated boolean,
+               balances_changed bigint)
+LANGUAGE plpgsql SECURITY DEFINER
+SET search_path = pyxp, pg_temp
+SET lock_timeout = '10s'  -- see recalculate_levels: never queue every award behind an open transaction
+AS $$
+DECLARE
+    v_name text := install_ruleset.definition ->> 'name';
+    v_hash text := encode(sha256(convert_to(install_ruleset.definition::text, 'UTF8')), 'hex');
+    v_found pyxp.rulesets;
+    v_id bigint;
+    v_created boolean := false;
+BEGIN
+    PERFORM pyxp.check_ruleset_definition(install_ruleset.definition);
+    IF install_ruleset.source IS NULL THEN
+        RAISE EXCEPTION 'invalid ruleset definition %: source is NULL', quote_literal(v_name)
+            USING ERRCODE = 'PX024', HINT = 'pass the TOML text the definition was compiled from';
+    END IF;
+    PERFORM pyxp.require_read_committed();
+    -- Installers queue on the rulesets table (version numbers); awards only
+    -- read it, so an install that does not activate holds no award. The
+    -- awards' lock is taken only to activate (pyxp.activate_ruleset).
+    LOCK TABLE pyxp.rulesets IN SHARE ROW EXCLUSIVE MODE;
+    IF install_ruleset.activate THEN
+        LOCK TABLE pyxp.xp_balances IN SHARE ROW EXCLUSIVE MODE;
+    END IF;
+
+    SELECT * INTO v_found FROM pyxp.rulesets r WHERE r.name = v_name AND r.content_hash = v_hash;
+    IF v_found.is_active OR (v_found.ruleset_id IS NOT NULL AND NOT install_ruleset.activate) THEN
+        RETURN QUERY SELECT v_found.ruleset_id, v_found.name, v_found.version, false, false, 0::bigint;
+        RETURN;
+    END IF;
+
+    IF v_found.ruleset_id IS NOT NULL THEN
+        v_id := v_found.ruleset_id;
+    ELSE
+        INSERT INTO pyxp.rulesets (name, version, content_hash, definition, source, description, balance_floor,
+                                   timezone, has_caps)
+        SELECT v_name,
+               coalesce((SELECT max(r.version) FROM pyxp.rulesets r WHERE r.name = v_name), 0) + 1,
+               v_hash, install_ruleset.definition, install_ruleset.source,
+               install_ruleset.definition ->> 'description',
+               (install_ruleset.definition ->> 'balance_floor')::bigint,
+               coalesce(install_ruleset.definition ->> 'timezone', 'UTC'),
+               EXISTS (SELECT FROM jsonb_array_elements(install_ruleset.definition -> 'rules') r WHERE r ? 'cap')
+        RETURNING rulesets.ruleset_id INTO v_id;
+
+        INSERT INTO pyxp.level_thresholds (ruleset_id, level, threshold, increment, is_last)
+        SELECT v_id, (l ->> 'level')::bigint, (l ->> 'threshold')::bigint,
+               (l ->> 'increment')::bigint, (l ->> 'is_last')::boolean
+        FROM jsonb_array_elements(install_ruleset.definition -> 'levels') l;
+
+        INSERT INTO pyxp.rules (ruleset_id, position, action, event, campaign_types, condition,
+                                formula, xp_constant, xp_coefficients, description, cap_max_xp, cap_per, cap_group)
+        SELECT v_id, r.ord, r.value ->> 'action', r.value ->> 'event',
+               CASE WHEN jsonb_typeof(r.value -> 'campaign_types') = 'array'
+                    THEN ARRAY(SELECT jsonb_array_elements_text(r.value -> 'campaign_types')) END,
+               r.value ->> 'condition', coalesce(r.value ->> 'formula', r.value ->> 'constant'),
+               (r.value ->> 'constant')::numeric, r.value -> 'coefficients', r.value ->> 'description',
+               (r.value -> 'cap' ->> 'max_xp')::bigint, r.value -> 'cap' ->> 'per', r.value ->> 'group'
+        FROM jsonb_array_elements(install_ruleset.definition -> 'rules') WITH ORDINALITY r(value, ord);
+        v_created := true;
+    END IF;
+
+    IF NOT install_ruleset.activate THEN
+        RETURN QUERY SELECT r.ruleset_id, r.name, r.version, v_created, false, 0::bigint
+                       FROM pyxp.rulesets r WHERE r.ruleset_id = v_id;
+        RETURN;
+    END IF;
+    RETURN QUERY
+        SELECT r.ruleset_id, r.name, r.version, v_created, true, pyxp.activate_ruleset(v_id)
+        FROM pyxp.rulesets r WHERE r.ruleset_id = v_id;
+END
+$$;
+
+-- The ruleset a ledger row was written under (its levels in replays and the
+-- change feed): its rule's; a reversal's is its request's (xp_requests); a
+-- RULES_ADJUSTMENT's is the one its key names (rules.adjustment:<id>:<wallet>,
+-- pyxp.apply_rules_retroactively).
+-- PL/pgSQL: a SQL function with a sub-select is not inlined, and would be
+-- planned anew at every call.
+CREATE OR REPLACE FUNCTION pyxp.row_ruleset(p_rule_id bigint, p_key text)
+RETURNS bigint
+LANGUAGE plpgsql STABLE PARALLEL SAFE
+AS $$
+DECLARE
+    v_id bigint;
+BEGIN
+    SELECT ru.ruleset_id INTO v_id FROM pyxp.rules ru WHERE ru.rule_id = p_rule_id;
+    IF v_id IS NULL AND p_key LIKE 'rules.adjustment:%' THEN
+        v_id := split_part(p_key, ':', 2)::bigint;
+    ELSIF v_id IS NULL THEN
+        SELECT q.ruleset_id INTO v_id FROM pyxp.xp_requests q WHERE q.idempotency_key = p_key;
+    END IF;
+    RETURN v_id;
+END
+$$;
+
+-- Public: appends a compensating row (transaction_type REVERSAL, the opposite
+-- of the applied amount, reverses = transaction_id) to the same wallet.
+-- A row is reversed once: repeating the call with the same reason replays,
+-- another reason is refused (PX014), as is reversing a reversal. The balance
+-- floor does not apply: a reversal compensates exactly.
+CREATE OR REPLACE FUNCTION pyxp.reverse_transaction(transaction_id bigint, reason text)
+RETURNS SETOF pyxp.award_result
+LANGUAGE plpgsql SECURITY DEFINER
+SET search_path = pyxp, pg_temp
+SET plan_cache_mode = force_generic_plan
+AS $$
+DECLARE
+    v_reason text := pyxp.checked_identifier('reason', reverse_transaction.reason, 500);
+    v_original pyxp.xp_transactions;
+    v_key text;
+    v_inputs jsonb;
+    v_ruleset record;
+BEGIN
+    SELECT * INTO v_ruleset FROM pyxp.writing_ruleset();
+    SELECT * INTO v_original FROM pyxp.xp_transactions t WHERE t.id = reverse_transaction.transaction_id;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'unknown transaction %', coalesce(reverse_transaction.transaction_id::text, 'NULL')
+            USING ERRCODE = 'PX015', HINT = 'pass the id of an xp_transactions row';
+    ELSIF v_original.reverses IS NOT NULL THEN
+        RAISE EXCEPTION 'transaction % reverses transaction % and cannot itself be reversed',
+                        v_original.id, v_original.reverses
+            USING ERRCODE = 'PX014', HINT = 'award the amount again instead';
+    ELSIF v_original.transaction_type = 'RULES_ADJUSTMENT' AND v_original.rule_id IS NULL THEN
+        RAISE EXCEPTION 'transaction % is a retroactive rules adjustment and cannot be reversed', v_original.id
+            USING ERRCODE = 'PX014', HINT = 'apply another ruleset version retroactively instead (pyxp rules apply --retroactive)';
+    END IF;
+    v_key := 'reverse:' || v_original.id;
+    v_inputs := jsonb_build_object('transaction_id', v_original.id, 'reason', v_reason);
+    IF NOT pyxp.claim_request(v_key, v_inputs, v_ruleset.ruleset_id) THEN
+        RETURN QUERY SELECT * FROM pyxp.replayed_award(
+            v_key, v_inputs, format('transaction %s was already reversed', v_original.id), 'PX014');
+        RETURN;
+    END IF;
+    RETURN QUERY
+        SELECT w.transaction_id, w.user_wallet, w.transaction_type, w.xp_amount, w.xp_requested, w.total_xp,
+               w.current_level, w.xp_to_next_level, w.previous_level, w.replayed
+          FROM pyxp.append_rows(v_ruleset.ruleset_id, v_ruleset.balance_floor, v_ruleset.timezone,
+                                v_ruleset.has_caps,
+                                ARRAY[ROW(0, v_original.user_wallet, v_key, NULL, 'REVERSAL', -v_original.xp_amount,
+                                          NULL, false, NULL, v_original.campaign_id, v_original.subject,
+                                          jsonb_build_object('reason', v_reason,
+                                                             'reversed_type', v_original.transaction_type),
+                                          v_original.id, 0)::pyxp.pending_row], false) w;
+END
+$$;
+
+-- One ledger row under the candidate, as the writer would apply it: a
+-- reversal takes back what its original applied (and frees its allowance);
+-- a capped gain is cut to what is left; a penalty under a floor is cut to
+-- what keeps the balance at the floor (a balance already below loses
+-- nothing more). p_asked: the candidate's amount for the row (reversals:
+-- ignored).
+CREATE FUNCTION pyxp.simulation_step(p_state pyxp.simulation_state, p_id bigint, p_action text, p_asked numeric,
+                                     p_reverses bigint, p_reversed boolean, p_floor bigint, p_allowance text,
+                                     p_cap bigint)
+RETURNS pyxp.simulation_state
+LANGUAGE plpgsql IMMUTABLE PARALLEL SAFE
+AS $$
+DECLARE
+    v_state pyxp.simulation_state := p_state;
+    v_amount numeric := p_asked;
+    v_original jsonb;
+    v_used numeric;
+BEGIN
+    IF p_reverses IS NOT NULL THEN
+        v_original := v_state.applied -> p_reverses::text;
+        v_amount := -(v_original ->> 'a')::numeric;
+        IF v_original ->> 'k' IS NOT NULL THEN
+            v_state.used := jsonb_set(v_state.used, ARRAY[v_original ->> 'k'],
+                                      to_jsonb((v_state.used ->> (v_original ->> 'k'))::numeric
+                                               - (v_original ->> 'a')::numeric));
+        END IF;
+    ELSIF p_allowance IS NOT NULL AND v_amount > 0 THEN
+        v_used := coalesce((v_state.used ->> p_allowance)::numeric, 0);
+        v_amount := least(v_amount, greatest(p_cap - v_used, 0));
+        v_state.used := jsonb_set(v_state.used, ARRAY[p_allowance], to_jsonb(v_used + v_amount));
+    ELSIF p_floor IS NOT NULL AND v_amount < 0 THEN
+        v_amount := pyxp.floored_amount(v_amount, p_floor, v_state.balance);
+    END IF;
+    v_state.balance := v_state.balance + v_amount;
+    v_state.by_action := jsonb_set(v_state.by_action, ARRAY[p_action],
+                                   to_jsonb(coalesce((v_state.by_action ->> p_action)::numeric, 0) + v_amount));
+    IF p_reversed THEN
+        v_state.applied := jsonb_set(v_state.applied, ARRAY[p_id::text],
+                                     jsonb_build_object('a', v_amount,
+                                                        'k', CASE WHEN p_allowance IS NOT NULL AND v_amount > 0
+                                                                  THEN p_allowance END));
+    END IF;
+    RETURN v_state;
+END
+$$;
+
+CREATE AGGREGATE pyxp.simulated_balance(bigint, text, numeric, bigint, boolean, bigint, text, bigint) (
+    SFUNC = pyxp.simulation_step,
+    STYPE = pyxp.simulation_state,
+    INITCOND = '(0,{},{},{})'
+);
+
+-- The ruleset version to simulate, or PX027.
+CREATE FUNCTION pyxp.checked_ruleset(p_ruleset_id bigint)
+RETURNS pyxp.rulesets
+LANGUAGE plpgsql STABLE
+AS $$
+DECLARE
+    v_ruleset pyxp.rulesets;
+BEGIN
+    SELECT * INTO v_ruleset FROM pyxp.rulesets r WHERE r.ruleset_id = p_ruleset_id;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'unknown ruleset %', coalesce(p_ruleset_id::text, 'NULL')
+            USING ERRCODE = 'PX027', HINT = 'pass a ruleset_id of pyxp.rulesets (pyxp rules list)';
+    END IF;
+    RETURN v_ruleset;
+END
+$$;
+
+-- Every ledger row but the RULES_ADJUSTMENT ones, with what the candidate
+-- asks for it: `asked` (a rule row: the candidate's rule of its action on its
+-- stored inputs, 0 without one; a reversal: the opposite of what its
+-- original asks, exact unless the original was cut by a floor or a cap,
+-- which the fold corrects), whether a later row reverses it, and its
+-- allowance under the candidate ("allowance@period start", capped rules).
+CREATE FUNCTION pyxp.simulated_rows(p_ruleset_id bigint)
+RETURNS TABLE (id bigint, user_wallet text, action text, now_xp bigint, asked numeric, reverses bigint,
+               reversed boolean, allowance text, cap_max_xp bigint)
+LANGUAGE sql STABLE
+AS $$
+    WITH rows_ AS (
+        SELECT t.id, t.user_wallet, t.transaction_type AS action, t.xp_amount AS now_xp, t.reverses,
+               CASE WHEN t.reverses IS NOT NULL THEN NULL
+                    WHEN c.rule_id IS NULL THEN 0
+                    WHEN c.xp_coefficients = '{}' THEN round(c.xp_constant)
+                    ELSE pyxp.rule_amount(c.xp_constant, c.xp_coefficients, t.metadata) END AS asked,
+               v.id IS NOT NULL AS reversed,
+               CASE WHEN c.cap_max_xp IS NOT NULL
+                    THEN pyxp.cap_allowance(c.cap_group, c.action) || '@'
+                         || date_trunc(c.cap_per, t.created_at, rs.timezone) END AS allowance,
+               c.cap_max_xp
+          FROM pyxp.xp_transactions t
+          JOIN pyxp.rulesets rs ON rs.ruleset_id = p_ruleset_id
+          LEFT JOIN pyxp.rules c ON c.ruleset_id = p_ruleset_id AND c.action = t.transaction_type
+                                AND t.reverses IS NULL
+          LEFT JOIN (SELECT DISTINCT x.reverses AS id FROM pyxp.xp_transactions x WHERE x.reverses IS NOT NULL) v
+                 ON v.id = t.id
+         WHERE NOT (t.transaction_type = 'RULES_ADJUSTMENT' AND t.rule_id IS NULL AND t.reverses IS NULL)
+    )
+    SELECT r.id, r.user_wallet, r.action, r.now_xp, coalesce(r.asked, -o.asked), r.reverses, r.reversed,
+           r.allowance, r.cap_max_xp
+      FROM rows_ r
+      LEFT JOIN (SELECT o.id, o.asked FROM rows_ o WHERE o.reversed) o ON o.id = r.reverses
+$$;
+
+-- Per wallet with a balance: its total now and under the candidate, and
+-- (only for wallets folded in order) the candidate's XP per action.
+CREATE FUNCTION pyxp.simulated_totals(p_ruleset_id bigint)
+RETURNS TABLE (user_wallet text, total_xp_now bigint, total_xp_then numeric, by_action jsonb)
+LANGUAGE plpgsql STABLE
+SET jit = off
+AS $$
+DECLARE
+    v_ruleset pyxp.rulesets := pyxp.checked_ruleset(p_ruleset_id);
+BEGIN
+    RETURN QUERY
+        WITH r AS MATERIALIZED (SELECT * FROM pyxp.simulated_rows(v_ruleset.ruleset_id)),
+        per_wallet AS (
+            SELECT r.user_wallet, sum(r.asked) AS linear,
+                   bool_or(r.allowance IS NOT NULL AND r.asked > 0
+                           OR v_ruleset.balance_floor IS NOT NULL AND r.asked < 0) AS in_order
+              FROM r GROUP BY r.user_wallet
+        ),
+        folded AS (
+            SELECT r.user_wallet,
+                   pyxp.simulated_balance(r.id, r.action, r.asked, r.reverses, r.reversed, v_ruleset.balance_floor,
+                                          r.allowance, r.cap_max_xp ORDER BY r.id) AS state
+              FROM r JOIN per_wallet w ON w.user_wallet = r.user_wallet AND w.in_order
+             GROUP BY r.user_wallet
+        )
+        SELECT b.user_wallet, b.total_xp, coalesce((f.state).balance, w.linear, 0), (f.state).by_action
+          FROM pyxp.xp_balances b
+          LEFT JOIN per_wallet w ON w.user_wallet = b.user_wallet
+          LEFT JOIN folded f ON f.user_wallet = b.user_wallet;
+END
+$$;
+
+-- Public (SPEC 13): what every wallet's total and level would be had
+-- ruleset version ruleset_id (installed, active or not) been active for the
+-- whole ledger. Writes nothing. One row per wallet with a balance.
+CREATE FUNCTION pyxp.simulate_rules(ruleset_id bigint)
+RETURNS TABLE (user_wallet text, total_xp_now bigint, total_xp_then bigint, level_now bigint, level_then bigint)
+LANGUAGE plpgsql STABLE SECURITY DEFINER
+SET search_path = pyxp, pg_temp
+SET jit = off
+AS $$
+BEGIN
+    RETURN QUERY
+        SELECT s.user_wallet, s.total_xp_now, pyxp.checked_simulated_total(s.user_wallet, s.total_xp_then),
+               b.current_level, c.level
+          FROM pyxp.simulated_totals(simulate_rules.ruleset_id) s
+          JOIN pyxp.xp_balances b ON b.user_wallet = s.user_wallet
+         CROSS JOIN LATERAL pyxp.curve_position(simulate_rules.ruleset_id,
+                                                pyxp.checked_simulated_total(s.user_wallet, s.total_xp_then)) c
+         ORDER BY s.user_wallet;
+END
+$$;
+
+-- A simulated total as a balance, or PX019 when it would leave [-2^62, 2^62].
+CREATE FUNCTION pyxp.checked_simulated_total(p_wallet text, p_total numeric)
+RETURNS bigint
+LANGUAGE plpgsql IMMUTABLE
+AS $$
+BEGIN
+    IF abs(p_total) > pyxp.balance_limit() THEN
+        RAISE EXCEPTION 'under that ruleset the balance of % would be %, out of range', p_wallet, p_total
+            USING ERRCODE = 'PX019', HINT = 'a balance stays between -2^62 and 2^62';
+    END IF;
+    RETURN p_total::bigint;
+END
+$$;
+
+-- Public (SPEC 13): the simulation summed up for people and scripts (pyxp
+-- rules simulate): per action (rows, XP now, XP then), the top_wallets
+-- wallets with the largest changes, and a summary (wallets up, down, level
+-- changes, totals). One pass over the ledger. Writes nothing.
+CREATE FUNCTION pyxp.simulation_report(ruleset_id bigint, top_wallets integer DEFAULT 10)
+RETURNS jsonb
+LANGUAGE plpgsql STABLE SECURITY DEFINER
+SET search_path = pyxp, pg_temp
+SET jit = off
+AS $$
+DECLARE
+    v_ruleset pyxp.rulesets := pyxp.checked_ruleset(simulation_report.ruleset_id);
+    v_top integer := pyxp.checked_row_count('top_wallets', simulation_report.top_wallets);
+    v_report jsonb;
+BEGIN
+    WITH r AS MATERIALIZED (SELECT * FROM pyxp.simulated_rows(v_ruleset.ruleset_id)),
+    per_wallet AS (
+        SELECT r.user_wallet, sum(r.asked) AS linear,
+               bool_or(r.allowance IS NOT NULL AND r.asked > 0
+                       OR v_ruleset.balance_floor IS NOT NULL AND r.asked < 0) AS in_order
+          FROM r GROUP BY r.user_wallet
+    ),
+    folded AS (
+        SELECT r.user_wallet,
+               pyxp.simulated_balance(r.id, r.action, r.asked, r.reverses, r.reversed, v_ruleset.balance_floor,
+                                      r.allowance, r.cap_max_xp ORDER BY r.id) AS state
+          FROM r JOIN per_wallet w ON w.user_wallet = r.user_wallet AND w.in_order
+         GROUP BY r.user_wallet
+    ),
+    wallets AS MATERIALIZED (
+        SELECT b.user_wallet, b.total_xp AS now_xp, b.current_level AS level_now,
+               pyxp.checked_simulated_total(b.user_wallet, coalesce((f.state).balance, w.linear, 0)) AS then_xp
+          FROM pyxp.xp_balances b
+          LEFT JOIN per_wallet w ON w.user_wallet = b.user_wallet
+          LEFT JOIN folded f ON f.user_wallet = b.user_wallet
+    ),
+    leveled AS MATERIALIZED (
+        SELECT w.*, c.level AS level_then
+          FROM wallets w CROSS JOIN LATERAL pyxp.curve_position(v_ruleset.ruleset_id, w.then_xp) c
+    ),
+    actions AS (
+        SELECT a.action, sum(a.rows_)::bigint AS rows_, sum(a.now_xp)::bigint AS now_xp,
+               sum(a.then_xp)::bigint AS then_xp
+          FROM (SELECT r.action, count(*) AS rows_, sum(r.now_xp) AS now_xp,
+                       sum(r.asked) FILTER (WHERE NOT w.in_order) AS then_xp
+                  FROM r JOIN per_wallet w ON w.user_wallet = r.user_wallet
+                 GROUP BY r.action
+                UNION ALL
+                SELECT e.key, 0, 0, sum(e.value::numeric)
+                  FROM folded f CROSS JOIN LATERAL jsonb_each_text((f.state).by_action) e
+                 GROUP BY e.key) a
+         GROUP BY a.action
+    )
+    SELECT jsonb_build_object(
+        'ruleset', jsonb_build_object('ruleset_id', v_ruleset.ruleset_id, 'name', v_ruleset.name,
+                                      'version', v_ruleset.version, 'is_active', v_ruleset.is_active),
+        'summary', (SELECT jsonb_build_object(
+                        'wallets', count(*), 'up', count(*) FILTER (WHERE l.then_xp > l.now_xp),
+                        'down', count(*) FILTER (WHERE l.then_xp < l.now_xp),
+                        'unchanged', count(*) FILTER (WHERE l.then_xp = l.now_xp),
+                        'level_up', count(*) FILTER (WHERE l.level_then > l.level_now),
+                        'level_down', count(*) FILTER (WHERE l.level_then < l.level_now),
+                        'xp_now', coalesce(sum(l.now_xp), 0), 'xp_then', coalesce(sum(l.then_xp), 0))
+                      FROM leveled l),
+        'actions', (SELECT coalesce(jsonb_agg(jsonb_build_object('action', a.action, 'rows', a.rows_,
+                                                                 'xp_now', a.now_xp, 'xp_then', coalesce(a.then_xp, 0))
+                                              ORDER BY a.action), '[]')
+                      FROM actions a),
+        'top_changes', (SELECT coalesce(jsonb_agg(jsonb_build_object(
+                                   'user_wallet', t.user_wallet, 'total_xp_now', t.now_xp, 'total_xp_then', t.then_xp,
+                                   'level_now', t.level_now, 'level_then', t.level_then)
+                                   ORDER BY abs(t.then_xp - t.now_xp) DESC, t.user_wallet), '[]')
+                          FROM (SELECT * FROM leveled l WHERE l.then_xp <> l.now_xp
+                                 ORDER BY abs(l.then_xp - l.now_xp) DESC, l.user_wallet LIMIT v_top) t))
+      INTO v_report;
+    RETURN v_report;
+END
+$$;
+
+-- Owner (SPEC 13): activates ruleset version ruleset_id and appends, for each
+-- wallet whose simulated total differs from its balance, one
+-- RULES_ADJUSTMENT row of the difference (metadata names the version), so
+-- that every balance equals pyxp.simulate_rules(ruleset_id). One
+-- transaction: SHARE ROW EXCLUSIVE on xp_balances first (the ruleset-switch
+-- lock of sql/04_rulesets.sql), so awards in flight finish before the
+-- simulation reads the ledger and new ones wait for the commit: none is lost
+-- or counted twice. The rows go through the one writer (pyxp.append_rows),
+-- each a claim of the key rules.adjustment:<ruleset_id>:<wallet>.
+-- Applying a version retroactively again adds nothing (it is activated if
+-- it is not active).
+CREATE FUNCTION pyxp.apply_rules_retroactively(ruleset_id bigint)
+RETURNS TABLE (ruleset_id_applied bigint, name text, version integer, already_applied boolean,
+               wallets_adjusted bigint, xp_adjusted numeric, balances_changed bigint)
+LANGUAGE plpgsql SECURITY DEFINER
+SET search_path = pyxp, pg_temp
+SET lock_timeout = '10s'  -- see recalculate_levels: never queue every award behind an open transaction
+SET jit = off
+AS $$
+DECLARE
+    v_ruleset pyxp.rulesets := pyxp.checked_ruleset(apply_rules_retroactively.ruleset_id);
+    v_levels bigint;
+    v_chunk pyxp.pending_row[];
+    v_wallets bigint := 0;
+    v_xp numeric := 0;
+BEGIN
+    PERFORM pyxp.require_read_committed();
+    LOCK TABLE pyxp.xp_balances IN SHARE ROW EXCLUSIVE MODE;
+    v_levels := pyxp.activate_ruleset(v_ruleset.ruleset_id);
+    IF EXISTS (SELECT FROM pyxp.xp_transactions t
+                WHERE t.request_digest IS NOT NULL
+                  AND pyxp.key_hash(t.idempotency_key)
+                      = pyxp.key_hash('rules.adjustment:' || v_ruleset.ruleset_id || ':' || t.user_wallet)
+                  AND t.transaction_type = 'RULES_ADJUSTMENT'
+                  AND (t.metadata ->> 'ruleset_id')::bigint = v_ruleset.ruleset_id
+                LIMIT 1) THEN
+        RETURN QUERY SELECT v_ruleset.ruleset_id, v_ruleset.name, v_ruleset.version, true, 0::bigint, 0::numeric,
+                            v_levels;
+        RETURN;
+    END IF;
+    -- Wallets in order, 10,000 per call of the writer.
+    FOR v_chunk IN
+        SELECT array_agg(ROW(0, d.user_wallet, d.key,
+                             jsonb_build_object('action', 'RULES_ADJUSTMENT', 'wallet', d.user_wallet,
+                                                'ruleset_id', v_ruleset.ruleset_id),
+                             'RULES_ADJUSTMENT', d.delta, NULL, false, NULL, NULL, NULL,
+                             jsonb_build_object('ruleset_id', v_ruleset.ruleset_id, 'ruleset', v_ruleset.name,
+                                                'version', v_ruleset.version, 'total_xp_before', d.now_xp,
+                                                'reason', 'retroactive application of the rules'),
+                             NULL, 0)::pyxp.pending_row ORDER BY d.user_wallet)
+          FROM (SELECT s.user_wallet, s.total_xp_then - s.total_xp_now AS delta, s.total_xp_now AS now_xp,
+                       'rules.adjustment:' || v_ruleset.ruleset_id || ':' || s.user_wallet AS key,
+                       (row_number() OVER (ORDER BY s.user_wallet) - 1) / 10000 AS chunk
+                  FROM pyxp.simulated_totals(v_ruleset.ruleset_id) s
+                 WHERE pyxp.checked_simulated_total(s.user_wallet, s.total_xp_then) <> s.total_xp_now) d
+         GROUP BY d.chunk
+         ORDER BY d.chunk
+    LOOP
+        PERFORM FROM pyxp.append_rows(v_ruleset.ruleset_id, v_ruleset.balance_floor, v_ruleset.timezone,
+                                      v_ruleset.has_caps, v_chunk, true);
+        v_wallets := v_wallets + cardinality(v_chunk);
+        v_xp := v_xp + (SELECT sum(c.xp_amount) FROM unnest(v_chunk) c);
+    END LOOP;
+    RETURN QUERY SELECT v_ruleset.ruleset_id, v_ruleset.name, v_ruleset.version, false, v_wallets, v_xp, v_levels;
+END
+$$;
+
+REVOKE ALL ON ALL FUNCTIONS IN SCHEMA pyxp FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION
+    pyxp.simulate_rules(bigint),
+    pyxp.simulation_report(bigint, integer)
+TO pyxp_writer, pyxp_reader;
+
+COMMENT ON FUNCTION pyxp.activate_ruleset(bigint) IS
+    'internal: makes a ruleset version the active one; re-derives levels (and period columns for another zone).';
+COMMENT ON FUNCTION pyxp.install_ruleset(jsonb, text, boolean) IS
+    'internal: installs a compiled ruleset and activates it unless told not to (pyxp rules apply, install). Owner only.';
+COMMENT ON FUNCTION pyxp.simulation_step(pyxp.simulation_state, bigint, text, numeric, bigint, boolean, bigint, text, bigint) IS
+    'internal: one ledger row replayed under a candidate ruleset (floor, caps, reversals), for pyxp.simulated_balance.';
+COMMENT ON FUNCTION pyxp.checked_ruleset(bigint) IS 'internal: a ruleset version by id, or PX027.';
+COMMENT ON FUNCTION pyxp.simulated_rows(bigint) IS
+    'internal: every ledger row but the adjustments, with what a candidate ruleset asks for it.';
+COMMENT ON FUNCTION pyxp.simulated_totals(bigint) IS
+    'internal: every wallet''s total now and under a candidate ruleset.';
+COMMENT ON FUNCTION pyxp.simulate_rules(bigint) IS
+    'API: every wallet''s total and level now and had that ruleset version been active for the whole ledger; writes nothing.';
+COMMENT ON FUNCTION pyxp.checked_simulated_total(text, numeric) IS 'internal: a simulated total as a balance, or PX019.';
+COMMENT ON FUNCTION pyxp.simulation_report(bigint, integer) IS
+    'API: the simulation of a ruleset version summed up: per action, the largest changes, a summary (JSON); writes nothing.';
+COMMENT ON FUNCTION pyxp.apply_rules_retroactively(bigint) IS
+    'internal: (owner only) activates a ruleset version and appends one RULES_ADJUSTMENT row per wallet whose total it changes; idempotent.';
+COMMENT ON FUNCTION pyxp.checked_award_key(text) IS 'internal: a caller''s idempotency key outside pyxp''s namespaces, or PX016.';
+COMMENT ON FUNCTION pyxp.check_ruleset_definition(jsonb) IS 'internal: PX024 for a malformed compiled ruleset.';
+COMMENT ON FUNCTION pyxp.row_ruleset(bigint, text) IS 'internal: the ruleset a ledger row was written under.';
+COMMENT ON FUNCTION pyxp.reverse_transaction(bigint, text) IS
+    'API: appends the compensating row of a ledger row (once; the same reason again replays).';
+COMMENT ON AGGREGATE pyxp.simulated_balance(bigint, text, numeric, bigint, boolean, bigint, text, bigint) IS
+    'internal: a wallet''s rows folded in id order under a candidate ruleset.';
+
+RESET ROLE;

@@ -1,0 +1,364 @@
+-- What-if and retroactive rule changes (SPEC 13).
+--
+-- Every ledger row produced by a rule keeps its action (transaction_type)
+-- and its formula inputs (metadata), so the ledger can be replayed exactly
+-- under another ruleset version, without calling anything again:
+--   * a rule row is re-evaluated with the candidate's rule of the same
+--     action on its stored inputs; an action the candidate lacks gives 0;
+--   * a reversal mirrors what its original applies under the candidate;
+--   * earlier RULES_ADJUSTMENT rows are left out (they are what a previous
+--     retroactive change added);
+--   * the candidate's floor and caps apply in ledger order per wallet (id
+--     order: a wallet's rows are appended under its lock), caps in the
+--     candidate's timezone, on each row's created_at;
+--   * levels come from the candidate's curve.
+-- Set-based: one pass over the ledger computes every row's amount under the
+-- candidate; a wallet's total is their sum, except for the wallets where
+-- order matters (a capped gain, or a penalty under a floor), whose rows are
+-- folded in id order by the aggregate pyxp.simulated_balance.
+
+-- What the fold keeps for one wallet: its running balance, the XP each
+-- allowance used ("allowance@period start" -> XP), what each row that is
+-- reversed later applied (id -> {"a": XP, "k": allowance or null}), and the
+-- XP applied per action.
+CREATE TYPE pyxp.simulation_state AS (
+    balance    numeric,
+    used       jsonb,
+    applied    jsonb,
+    by_action  jsonb
+);
+
+-- One ledger row under the candidate, as the writer would apply it: a
+-- reversal takes back what its original applied (and frees its allowance);
+-- a capped gain is cut to what is left; a penalty under a floor is cut to
+-- what keeps the balance at the floor (a balance already below loses
+-- nothing more). p_asked: the candidate's amount for the row (reversals:
+-- ignored).
+CREATE FUNCTION pyxp.simulation_step(p_state pyxp.simulation_state, p_id bigint, p_action text, p_asked numeric,
+                                     p_reverses bigint, p_reversed boolean, p_floor bigint, p_allowance text,
+                                     p_cap bigint)
+RETURNS pyxp.simulation_state
+LANGUAGE plpgsql IMMUTABLE PARALLEL SAFE
+AS $$
+DECLARE
+    v_state pyxp.simulation_state := p_state;
+    v_amount numeric := p_asked;
+    v_original jsonb;
+    v_used numeric;
+BEGIN
+    IF p_reverses IS NOT NULL THEN
+        v_original := v_state.applied -> p_reverses::text;
+        v_amount := -(v_original ->> 'a')::numeric;
+        IF v_original ->> 'k' IS NOT NULL THEN
+            v_state.used := jsonb_set(v_state.used, ARRAY[v_original ->> 'k'],
+                                      to_jsonb((v_state.used ->> (v_original ->> 'k'))::numeric
+                                               - (v_original ->> 'a')::numeric));
+        END IF;
+    ELSIF p_allowance IS NOT NULL AND v_amount > 0 THEN
+        v_used := coalesce((v_state.used ->> p_allowance)::numeric, 0);
+        v_amount := least(v_amount, greatest(p_cap - v_used, 0));
+        v_state.used := jsonb_set(v_state.used, ARRAY[p_allowance], to_jsonb(v_used + v_amount));
+    ELSIF p_floor IS NOT NULL AND v_amount < 0 THEN
+        v_amount := pyxp.floored_amount(v_amount, p_floor, v_state.balance);
+    END IF;
+    v_state.balance := v_state.balance + v_amount;
+    v_state.by_action := jsonb_set(v_state.by_action, ARRAY[p_action],
+                                   to_jsonb(coalesce((v_state.by_action ->> p_action)::numeric, 0) + v_amount));
+    IF p_reversed THEN
+        v_state.applied := jsonb_set(v_state.applied, ARRAY[p_id::text],
+                                     jsonb_build_object('a', v_amount,
+                                                        'k', CASE WHEN p_allowance IS NOT NULL AND v_amount > 0
+                                                                  THEN p_allowance END));
+    END IF;
+    RETURN v_state;
+END
+$$;
+
+CREATE AGGREGATE pyxp.simulated_balance(bigint, text, numeric, bigint, boolean, bigint, text, bigint) (
+    SFUNC = pyxp.simulation_step,
+    STYPE = pyxp.simulation_state,
+    INITCOND = '(0,{},{},{})'
+);
+
+-- The ruleset version to simulate, or PX027.
+CREATE FUNCTION pyxp.checked_ruleset(p_ruleset_id bigint)
+RETURNS pyxp.rulesets
+LANGUAGE plpgsql STABLE
+AS $$
+DECLARE
+    v_ruleset pyxp.rulesets;
+BEGIN
+    SELECT * INTO v_ruleset FROM pyxp.rulesets r WHERE r.ruleset_id = p_ruleset_id;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'unknown ruleset %', coalesce(p_ruleset_id::text, 'NULL')
+            USING ERRCODE = 'PX027', HINT = 'pass a ruleset_id of pyxp.rulesets (pyxp rules list)';
+    END IF;
+    RETURN v_ruleset;
+END
+$$;
+
+-- Every ledger row but the RULES_ADJUSTMENT ones, with what the candidate
+-- asks for it: `asked` (a rule row: the candidate's rule of its action on its
+-- stored inputs, 0 without one; a reversal: the opposite of what its
+-- original asks, exact unless the original was cut by a floor or a cap,
+-- which the fold corrects), whether a later row reverses it, and its
+-- allowance under the candidate ("allowance@period start", capped rules).
+CREATE FUNCTION pyxp.simulated_rows(p_ruleset_id bigint)
+RETURNS TABLE (id bigint, user_wallet text, action text, now_xp bigint, asked numeric, reverses bigint,
+               reversed boolean, allowance text, cap_max_xp bigint)
+LANGUAGE sql STABLE
+AS $$
+    WITH rows_ AS (
+        SELECT t.id, t.user_wallet, t.transaction_type AS action, t.xp_amount AS now_xp, t.reverses,
+               CASE WHEN t.reverses IS NOT NULL THEN NULL
+                    WHEN c.rule_id IS NULL THEN 0
+                    WHEN c.xp_coefficients = '{}' THEN round(c.xp_constant)
+                    ELSE pyxp.rule_amount(c.xp_constant, c.xp_coefficients, t.metadata) END AS asked,
+               v.id IS NOT NULL AS reversed,
+               CASE WHEN c.cap_max_xp IS NOT NULL
+                    THEN pyxp.cap_allowance(c.cap_group, c.action) || '@'
+                         || date_trunc(c.cap_per, t.created_at, rs.timezone) END AS allowance,
+               c.cap_max_xp
+          FROM pyxp.xp_transactions t
+          JOIN pyxp.rulesets rs ON rs.ruleset_id = p_ruleset_id
+          LEFT JOIN pyxp.rules c ON c.ruleset_id = p_ruleset_id AND c.action = t.transaction_type
+                                AND t.reverses IS NULL
+          LEFT JOIN (SELECT DISTINCT x.reverses AS id FROM pyxp.xp_transactions x WHERE x.reverses IS NOT NULL) v
+                 ON v.id = t.id
+         WHERE NOT (t.transaction_type = 'RULES_ADJUSTMENT' AND t.rule_id IS NULL AND t.reverses IS NULL)
+    )
+    SELECT r.id, r.user_wallet, r.action, r.now_xp, coalesce(r.asked, -o.asked), r.reverses, r.reversed,
+           r.allowance, r.cap_max_xp
+      FROM rows_ r
+      LEFT JOIN (SELECT o.id, o.asked FROM rows_ o WHERE o.reversed) o ON o.id = r.reverses
+$$;
+
+-- Per wallet with a balance: its total now and under the candidate, and
+-- (only for wallets folded in order) the candidate's XP per action.
+CREATE FUNCTION pyxp.simulated_totals(p_ruleset_id bigint)
+RETURNS TABLE (user_wallet text, total_xp_now bigint, total_xp_then numeric, by_action jsonb)
+LANGUAGE plpgsql STABLE
+SET jit = off
+AS $$
+DECLARE
+    v_ruleset pyxp.rulesets := pyxp.checked_ruleset(p_ruleset_id);
+BEGIN
+    RETURN QUERY
+        WITH r AS MATERIALIZED (SELECT * FROM pyxp.simulated_rows(v_ruleset.ruleset_id)),
+        per_wallet AS (
+            SELECT r.user_wallet, sum(r.asked) AS linear,
+                   bool_or(r.allowance IS NOT NULL AND r.asked > 0
+                           OR v_ruleset.balance_floor IS NOT NULL AND r.asked < 0) AS in_order
+              FROM r GROUP BY r.user_wallet
+        ),
+        folded AS (
+            SELECT r.user_wallet,
+                   pyxp.simulated_balance(r.id, r.action, r.asked, r.reverses, r.reversed, v_ruleset.balance_floor,
+                                          r.allowance, r.cap_max_xp ORDER BY r.id) AS state
+              FROM r JOIN per_wallet w ON w.user_wallet = r.user_wallet AND w.in_order
+             GROUP BY r.user_wallet
+        )
+        SELECT b.user_wallet, b.total_xp, coalesce((f.state).balance, w.linear, 0), (f.state).by_action
+          FROM pyxp.xp_balances b
+          LEFT JOIN per_wallet w ON w.user_wallet = b.user_wallet
+          LEFT JOIN folded f ON f.user_wallet = b.user_wallet;
+END
+$$;
+
+-- Public (SPEC 13): what every wallet's total and level would be had
+-- ruleset version ruleset_id (installed, active or not) been active for the
+-- whole ledger. Writes nothing. One row per wallet with a balance.
+CREATE FUNCTION pyxp.simulate_rules(ruleset_id bigint)
+RETURNS TABLE (user_wallet text, total_xp_now bigint, total_xp_then bigint, level_now bigint, level_then bigint)
+LANGUAGE plpgsql STABLE SECURITY DEFINER
+SET search_path = pyxp, pg_temp
+SET jit = off
+AS $$
+BEGIN
+    RETURN QUERY
+        SELECT s.user_wallet, s.total_xp_now, pyxp.checked_simulated_total(s.user_wallet, s.total_xp_then),
+               b.current_level, c.level
+          FROM pyxp.simulated_totals(simulate_rules.ruleset_id) s
+          JOIN pyxp.xp_balances b ON b.user_wallet = s.user_wallet
+         CROSS JOIN LATERAL pyxp.curve_position(simulate_rules.ruleset_id,
+                                                pyxp.checked_simulated_total(s.user_wallet, s.total_xp_then)) c
+         ORDER BY s.user_wallet;
+END
+$$;
+
+-- A simulated total as a balance, or PX019 when it would leave [-2^62, 2^62].
+CREATE FUNCTION pyxp.checked_simulated_total(p_wallet text, p_total numeric)
+RETURNS bigint
+LANGUAGE plpgsql IMMUTABLE
+AS $$
+BEGIN
+    IF abs(p_total) > pyxp.balance_limit() THEN
+        RAISE EXCEPTION 'under that ruleset the balance of % would be %, out of range', p_wallet, p_total
+            USING ERRCODE = 'PX019', HINT = 'a balance stays between -2^62 and 2^62';
+    END IF;
+    RETURN p_total::bigint;
+END
+$$;
+
+-- Public (SPEC 13): the simulation summed up for people and scripts (pyxp
+-- rules simulate): per action (rows, XP now, XP then), the top_wallets
+-- wallets with the largest changes, and a summary (wallets up, down, level
+-- changes, totals). One pass over the ledger. Writes nothing.
+CREATE FUNCTION pyxp.simulation_report(ruleset_id bigint, top_wallets integer DEFAULT 10)
+RETURNS jsonb
+LANGUAGE plpgsql STABLE SECURITY DEFINER
+SET search_path = pyxp, pg_temp
+SET jit = off
+AS $$
+DECLARE
+    v_ruleset pyxp.rulesets := pyxp.checked_ruleset(simulation_report.ruleset_id);
+    v_top integer := pyxp.checked_row_count('top_wallets', simulation_report.top_wallets);
+    v_report jsonb;
+BEGIN
+    WITH r AS MATERIALIZED (SELECT * FROM pyxp.simulated_rows(v_ruleset.ruleset_id)),
+    per_wallet AS (
+        SELECT r.user_wallet, sum(r.asked) AS linear,
+               bool_or(r.allowance IS NOT NULL AND r.asked > 0
+                       OR v_ruleset.balance_floor IS NOT NULL AND r.asked < 0) AS in_order
+          FROM r GROUP BY r.user_wallet
+    ),
+    folded AS (
+        SELECT r.user_wallet,
+               pyxp.simulated_balance(r.id, r.action, r.asked, r.reverses, r.reversed, v_ruleset.balance_floor,
+                                      r.allowance, r.cap_max_xp ORDER BY r.id) AS state
+          FROM r JOIN per_wallet w ON w.user_wallet = r.user_wallet AND w.in_order
+         GROUP BY r.user_wallet
+    ),
+    wallets AS MATERIALIZED (
+        SELECT b.user_wallet, b.total_xp AS now_xp, b.current_level AS level_now,
+               pyxp.checked_simulated_total(b.user_wallet, coalesce((f.state).balance, w.linear, 0)) AS then_xp
+          FROM pyxp.xp_balances b
+          LEFT JOIN per_wallet w ON w.user_wallet = b.user_wallet
+          LEFT JOIN folded f ON f.user_wallet = b.user_wallet
+    ),
+    leveled AS MATERIALIZED (
+        SELECT w.*, c.level AS level_then
+          FROM wallets w CROSS JOIN LATERAL pyxp.curve_position(v_ruleset.ruleset_id, w.then_xp) c
+    ),
+    actions AS (
+        SELECT a.action, sum(a.rows_)::bigint AS rows_, sum(a.now_xp)::bigint AS now_xp,
+               sum(a.then_xp)::bigint AS then_xp
+          FROM (SELECT r.action, count(*) AS rows_, sum(r.now_xp) AS now_xp,
+                       sum(r.asked) FILTER (WHERE NOT w.in_order) AS then_xp
+                  FROM r JOIN per_wallet w ON w.user_wallet = r.user_wallet
+                 GROUP BY r.action
+                UNION ALL
+                SELECT e.key, 0, 0, sum(e.value::numeric)
+                  FROM folded f CROSS JOIN LATERAL jsonb_each_text((f.state).by_action) e
+                 GROUP BY e.key) a
+         GROUP BY a.action
+    )
+    SELECT jsonb_build_object(
+        'ruleset', jsonb_build_object('ruleset_id', v_ruleset.ruleset_id, 'name', v_ruleset.name,
+                                      'version', v_ruleset.version, 'is_active', v_ruleset.is_active),
+        'summary', (SELECT jsonb_build_object(
+                        'wallets', count(*), 'up', count(*) FILTER (WHERE l.then_xp > l.now_xp),
+                        'down', count(*) FILTER (WHERE l.then_xp < l.now_xp),
+                        'unchanged', count(*) FILTER (WHERE l.then_xp = l.now_xp),
+                        'level_up', count(*) FILTER (WHERE l.level_then > l.level_now),
+                        'level_down', count(*) FILTER (WHERE l.level_then < l.level_now),
+                        'xp_now', coalesce(sum(l.now_xp), 0), 'xp_then', coalesce(sum(l.then_xp), 0))
+                      FROM leveled l),
+        'actions', (SELECT coalesce(jsonb_agg(jsonb_build_object('action', a.action, 'rows', a.rows_,
+                                                                 'xp_now', a.now_xp, 'xp_then', coalesce(a.then_xp, 0))
+                                              ORDER BY a.action), '[]')
+                      FROM actions a),
+        'top_changes', (SELECT coalesce(jsonb_agg(jsonb_build_object(
+                                   'user_wallet', t.user_wallet, 'total_xp_now', t.now_xp, 'total_xp_then', t.then_xp,
+                                   'level_now', t.level_now, 'level_then', t.level_then)
+                                   ORDER BY abs(t.then_xp - t.now_xp) DESC, t.user_wallet), '[]')
+                          FROM (SELECT * FROM leveled l WHERE l.then_xp <> l.now_xp
+                                 ORDER BY abs(l.then_xp - l.now_xp) DESC, l.user_wallet LIMIT v_top) t))
+      INTO v_report;
+    RETURN v_report;
+END
+$$;
+
+-- Owner (SPEC 13): activates ruleset version ruleset_id and appends, for each
+-- wallet whose simulated total differs from its balance, one
+-- RULES_ADJUSTMENT row of the difference (metadata names the version), so
+-- that every balance equals pyxp.simulate_rules(ruleset_id). One
+-- transaction: SHARE ROW EXCLUSIVE on xp_balances first (the ruleset-switch
+-- lock of sql/04_rulesets.sql), so awards in flight finish before the
+-- simulation reads the ledger and new ones wait for the commit: none is lost
+-- or counted twice. The rows go through the one writer (pyxp.append_rows),
+-- each a claim of the key rules.adjustment:<ruleset_id>:<wallet>.
+-- Applying a version retroactively again adds nothing (it is activated if
+-- it is not active).
+CREATE FUNCTION pyxp.apply_rules_retroactively(ruleset_id bigint)
+RETURNS TABLE (ruleset_id_applied bigint, name text, version integer, already_applied boolean,
+               wallets_adjusted bigint, xp_adjusted numeric, balances_changed bigint)
+LANGUAGE plpgsql SECURITY DEFINER
+SET search_path = pyxp, pg_temp
+SET lock_timeout = '10s'  -- see recalculate_levels: never queue every award behind an open transaction
+SET jit = off
+AS $$
+DECLARE
+    v_ruleset pyxp.rulesets := pyxp.checked_ruleset(apply_rules_retroactively.ruleset_id);
+    v_levels bigint;
+    v_chunk pyxp.pending_row[];
+    v_wallets bigint := 0;
+    v_xp numeric := 0;
+BEGIN
+    PERFORM pyxp.require_read_committed();
+    LOCK TABLE pyxp.xp_balances IN SHARE ROW EXCLUSIVE MODE;
+    v_levels := pyxp.activate_ruleset(v_ruleset.ruleset_id);
+    IF EXISTS (SELECT FROM pyxp.xp_transactions t
+                WHERE t.request_digest IS NOT NULL
+                  AND pyxp.key_hash(t.idempotency_key)
+                      = pyxp.key_hash('rules.adjustment:' || v_ruleset.ruleset_id || ':' || t.user_wallet)
+                  AND t.transaction_type = 'RULES_ADJUSTMENT'
+                  AND (t.metadata ->> 'ruleset_id')::bigint = v_ruleset.ruleset_id
+                LIMIT 1) THEN
+        RETURN QUERY SELECT v_ruleset.ruleset_id, v_ruleset.name, v_ruleset.version, true, 0::bigint, 0::numeric,
+                            v_levels;
+        RETURN;
+    END IF;
+    -- Wallets in order, 10,000 per call of the writer.
+    FOR v_chunk IN
+        SELECT array_agg(ROW(0, d.user_wallet, d.key,
+                             jsonb_build_object('action', 'RULES_ADJUSTMENT', 'wallet', d.user_wallet,
+                                                'ruleset_id', v_ruleset.ruleset_id),
+                             'RULES_ADJUSTMENT', d.delta, NULL, false, NULL, NULL, NULL,
+                             jsonb_build_object('ruleset_id', v_ruleset.ruleset_id, 'ruleset', v_ruleset.name,
+                                                'version', v_ruleset.version, 'total_xp_before', d.now_xp,
+                                                'reason', 'retroactive application of the rules'),
+                             NULL, 0)::pyxp.pending_row ORDER BY d.user_wallet)
+          FROM (SELECT s.user_wallet, s.total_xp_then - s.total_xp_now AS delta, s.total_xp_now AS now_xp,
+                       'rules.adjustment:' || v_ruleset.ruleset_id || ':' || s.user_wallet AS key,
+                       (row_number() OVER (ORDER BY s.user_wallet) - 1) / 10000 AS chunk
+                  FROM pyxp.simulated_totals(v_ruleset.ruleset_id) s
+                 WHERE pyxp.checked_simulated_total(s.user_wallet, s.total_xp_then) <> s.total_xp_now) d
+         GROUP BY d.chunk
+         ORDER BY d.chunk
+    LOOP
+        PERFORM FROM pyxp.append_rows(v_ruleset.ruleset_id, v_ruleset.balance_floor, v_ruleset.timezone,
+                                      v_ruleset.has_caps, v_chunk, true);
+        v_wallets := v_wallets + cardinality(v_chunk);
+        v_xp := v_xp + (SELECT sum(c.xp_amount) FROM unnest(v_chunk) c);
+    END LOOP;
+    RETURN QUERY SELECT v_ruleset.ruleset_id, v_ruleset.name, v_ruleset.version, false, v_wallets, v_xp, v_levels;
+END
+$$;
+
+COMMENT ON FUNCTION pyxp.simulation_step(pyxp.simulation_state, bigint, text, numeric, bigint, boolean, bigint, text, bigint) IS
+    'internal: one ledger row replayed under a candidate ruleset (floor, caps, reversals), for pyxp.simulated_balance.';
+COMMENT ON AGGREGATE pyxp.simulated_balance(bigint, text, numeric, bigint, boolean, bigint, text, bigint) IS
+    'internal: a wallet''s rows folded in id order under a candidate ruleset.';
+COMMENT ON FUNCTION pyxp.checked_ruleset(bigint) IS 'internal: a ruleset version by id, or PX027.';
+COMMENT ON FUNCTION pyxp.simulated_rows(bigint) IS
+    'internal: every ledger row but the adjustments, with what a candidate ruleset asks for it.';
+COMMENT ON FUNCTION pyxp.simulated_totals(bigint) IS
+    'internal: every wallet''s total now and under a candidate ruleset.';
+COMMENT ON FUNCTION pyxp.simulate_rules(bigint) IS
+    'API: every wallet''s total and level now and had that ruleset version been active for the whole ledger; writes nothing.';
+COMMENT ON FUNCTION pyxp.checked_simulated_total(text, numeric) IS 'internal: a simulated total as a balance, or PX019.';
+COMMENT ON FUNCTION pyxp.simulation_report(bigint, integer) IS
+    'API: the simulation of a ruleset version summed up: per action, the largest changes, a summary (JSON); writes nothing.';
+COMMENT ON FUNCTION pyxp.apply_rules_retroactively(bigint) IS
+    'internal: (owner only) activates a ruleset version and appends one RULES_ADJUSTMENT row per wallet whose total it changes; idempotent.';

@@ -1,0 +1,275 @@
+"""What-if and retroactive rule changes (SPEC 13, issue 14).
+
+The reference for a simulation is a second database where the same calls were made from scratch
+under the candidate ruleset: every wallet's simulated total and level must equal that database's
+balance, for formula changes, removed actions, a floor, a cap, a curve change and reversals.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+import psycopg
+import pytest
+from click.testing import CliRunner
+from psycopg.types.json import Jsonb
+
+from pyxp import schema
+from pyxp.cli import cli
+from pyxp.ruleset_config import load_ruleset
+
+Call = tuple[str, tuple[Any, ...]]
+
+# Every kind of row: flows with and without formula inputs, votes both ways, refusals (penalties),
+# generic awards with params, an onboarding; ("reverse", (wallet, type)) reverses that wallet's row of that type.
+CALLS: list[Call] = [
+    ("SELECT * FROM pyxp.award_campaign_creation('0xcreator', 'c1', 'B2C', NULL, true)", ()),
+    ("SELECT * FROM pyxp.award_campaign_approval('c1')", ()),
+    *[("SELECT * FROM pyxp.award_moderation_vote(%s, 'c1', %s, 'B2C')", (f"0xmod{m}", "VALID" if m % 3 else "REFUSE"))
+      for m in range(6)],
+    *[("SELECT * FROM pyxp.award_moderation_vote('0xmod1', %s, 'VALID', 'B2C')", (f"c{n}",)) for n in range(2, 9)],
+    *[("SELECT * FROM pyxp.award_moderation_vote('0xmod2', %s, 'REFUSE', 'B2C')", (f"c{n}",)) for n in range(2, 9)],
+    ("SELECT * FROM pyxp.award_completion('0xdone', 'c1', 'k1', 'B2C', false, false, true, 300)", ()),
+    ("SELECT * FROM pyxp.award_completion('0xdone', 'c1', 'k1', 'B2C', false, true)", ()),
+    ("SELECT * FROM pyxp.award_completion('0xdone', 'c1', 'k2', 'B2C')", ()),
+    ("SELECT * FROM pyxp.award_completion('0xdone', 'c1', 'k2', 'B2C', true)", ()),
+    ("SELECT * FROM pyxp.award_completion('0xlow', 'c1', 'k3', 'B2C', false, true)", ()),
+    ("SELECT * FROM pyxp.award_completion('0xlow', 'c1', 'k4', 'B2C', false, true)", ()),
+    ("SELECT * FROM pyxp.award('0xgen', 'Completion_Submit_B2C_Paid', 'g1', '{\"PRICE_COMPLETION\": 250}')", ()),
+    ("SELECT * FROM pyxp.award('0xgen', 'CAMPAIGN_APPROVED', 'g2')", ()),
+    ("SELECT * FROM pyxp.register_agency_client('0xagency', 'a@b.co', 'c9')", ()),
+    ("SELECT * FROM pyxp.onboard_agency_client('a@b.co', '0xclient')", ()),
+    ("reverse", ("0xmod0", "MODERATION_REFUSED_BY_MODERATOR")),
+    ("reverse", ("0xgen", "CAMPAIGN_APPROVED")),
+    ("reverse", ("0xdone", "Completion_Refused_B2C")),
+    ("SELECT * FROM pyxp.award_moderation_vote('0xmod1', 'c20', 'VALID', 'B2C')", ()),
+    ("SELECT * FROM pyxp.award_completion('0xlow', 'c1', 'k5', 'B2C', false, true)", ()),
+]
+
+
+def run_calls(conn: psycopg.Connection[Any]) -> None:
+    for statement, args in CALLS:
+        if statement != "reverse":
+            conn.execute(statement, args)
+            continue
+        wallet, action = args
+        row = conn.execute("SELECT id FROM pyxp.xp_transactions WHERE user_wallet = %s AND transaction_type = %s",
+                           (wallet, action)).fetchone()
+        if row is not None:  # the candidate may have no such row (a removed action): nothing to reverse
+            conn.execute("SELECT * FROM pyxp.reverse_transaction(%s, 'simulation test')", (row[0],))
+
+
+def variant(name: str, change: Callable[[dict[str, Any]], None]) -> dict[str, Any]:
+    definition = copy.deepcopy(load_ruleset("winstory").definition())
+    definition["name"] = name
+    change(definition)
+    return definition
+
+
+def rule(definition: dict[str, Any], action: str) -> dict[str, Any]:
+    return next(r for r in definition["rules"] if r["action"] == action)
+
+
+def formulas(d: dict[str, Any]) -> None:
+    rule(d, "CAMPAIGN_APPROVED")["constant"] = "150"
+    rule(d, "Completion_Submit_B2C_Paid")["coefficients"] = {"PRICE_COMPLETION": "2"}
+    rule(d, "Completion_Refused_B2C")["constant"] = "-80"
+
+
+def removed(d: dict[str, Any]) -> None:
+    d["rules"] = [r for r in d["rules"] if r["action"] not in ("MODERATION_REFUSED_BY_MODERATOR", "OPTION_WINSTORY_VIDEO")]
+
+
+def floor(d: dict[str, Any]) -> None:
+    d["balance_floor"] = 0
+
+
+def capped(d: dict[str, Any]) -> None:
+    for action in ("MODERATION_VALIDATED_BY_MODERATOR", "MODERATION_REFUSED_BY_MODERATOR", "Completion_Moderation_Validated"):
+        rule(d, action).update(cap={"max_xp": 7, "per": "day"}, group="moderation")
+    rule(d, "CAMPAIGN_APPROVED")["cap"] = {"max_xp": 120, "per": "week"}
+
+
+def curve(d: dict[str, Any]) -> None:
+    for level in d["levels"][1:]:
+        level["threshold"] = level["threshold"] * 3 // 4
+    for this, after in zip(d["levels"], d["levels"][1:]):
+        this["increment"] = after["threshold"] - this["threshold"]
+
+
+def everything(d: dict[str, Any]) -> None:
+    for change in (formulas, floor, capped, curve):
+        change(d)
+    rule(d, "Completion_Validated_B2C")["constant"] = "-200"  # a penalty cut by the floor, then reversed
+
+
+VARIANTS = {"formulas": formulas, "removed": removed, "floor": floor, "capped": capped, "curve": curve,
+            "everything": everything}
+
+
+def install(conn: psycopg.Connection[Any], definition: dict[str, Any], activate: bool) -> int:
+    row = conn.execute("SELECT ruleset_id FROM pyxp.install_ruleset(%s, %s, %s)",
+                       (Jsonb(definition), "# test", activate)).fetchone()
+    assert row is not None
+    return int(row[0])
+
+
+def balances(conn: psycopg.Connection[Any]) -> dict[str, tuple[int, int]]:
+    return {w: (t, lv) for w, t, lv in conn.execute("SELECT user_wallet, total_xp, current_level FROM pyxp.xp_balances")}
+
+
+@pytest.mark.parametrize("name", sorted(VARIANTS))
+def test_simulation_equals_replaying_the_calls_under_the_candidate(
+        db: psycopg.Connection[Any], fresh_database: Callable[[], str], unchanged: Any, name: str) -> None:
+    candidate = variant(f"candidate-{name}", VARIANTS[name])
+    run_calls(db)
+    candidate_id = install(db, candidate, activate=False)
+    with unchanged():
+        simulated = db.execute("SELECT user_wallet, total_xp_now, total_xp_then, level_now, level_then "
+                               "FROM pyxp.simulate_rules(%s)", (candidate_id,)).fetchall()
+        report = db.execute("SELECT pyxp.simulation_report(%s, 1000)", (candidate_id,)).fetchone()[0]  # type: ignore[index]
+    now = balances(db)
+    assert {w: (t, lv) for w, t, _, lv, _ in simulated} == now
+
+    replayed = fresh_database()
+    schema.upgrade(replayed)
+    with psycopg.connect(replayed, autocommit=True) as other:
+        install(other, candidate, activate=True)
+        run_calls(other)
+        expected = balances(other)
+        per_action = dict(other.execute("SELECT transaction_type, sum(xp_amount) FROM pyxp.xp_transactions GROUP BY 1"))
+    then = {w: (t, lv) for w, _, t, _, lv in simulated}
+    assert then == {w: expected.get(w, (0, 1)) for w in then}, name
+    assert set(expected) <= set(then)
+    assert any(then[w] != now[w] for w in then), "the candidate changes nothing: a useless case"
+    # The report agrees with the same replay, action by action, and with the per-wallet figures.
+    got = {a["action"]: a["xp_then"] for a in report["actions"] if a["xp_then"] or a["action"] in per_action}
+    assert got == {a: x for a, x in per_action.items() if x or a in got}
+    assert report["summary"]["xp_then"] == sum(t for t, _ in then.values())
+    assert report["summary"]["up"] == sum(then[w][0] > now[w][0] for w in then)
+
+
+def test_retroactive_application_makes_every_balance_the_simulation(db: psycopg.Connection[Any]) -> None:
+    run_calls(db)
+    candidate_id = install(db, variant("retro", everything), activate=False)
+    simulated = {w: (t, lv) for w, _, t, _, lv in db.execute("SELECT * FROM pyxp.simulate_rules(%s)", (candidate_id,))}
+    before = db.execute("SELECT max(id) FROM pyxp.xp_transactions").fetchone()[0]  # type: ignore[index]
+    first = db.execute("SELECT * FROM pyxp.apply_rules_retroactively(%s)", (candidate_id,)).fetchone()
+    assert first is not None and first[3] is False
+    assert balances(db) == simulated
+    assert db.execute("SELECT * FROM pyxp.audit()").fetchall() == []
+    adjustments = db.execute("SELECT user_wallet, xp_amount, metadata FROM pyxp.xp_transactions WHERE id > %s",
+                             (before,)).fetchall()
+    assert len(adjustments) == first[4] > 0
+    assert all(m["ruleset_id"] == candidate_id and m["ruleset"] == "retro" and m["version"] == 1
+               for _, _, m in adjustments)
+    history = db.execute("SELECT transaction_type, metadata ->> 'ruleset' FROM pyxp.history(%s, 1)",
+                         (adjustments[0][0],)).fetchall()
+    assert history == [("RULES_ADJUSTMENT", "retro")]
+    feed = db.execute("SELECT count(*) FROM pyxp.changes(0, 1000) WHERE transaction_type = 'RULES_ADJUSTMENT'").fetchone()
+    assert feed == (len(adjustments),)
+    # Idempotent; and a simulation of the applied version now changes nothing.
+    again = db.execute("SELECT * FROM pyxp.apply_rules_retroactively(%s)", (candidate_id,)).fetchone()
+    assert again is not None and again[3] is True and again[4] == 0
+    assert db.execute("SELECT max(id) FROM pyxp.xp_transactions").fetchone()[0] == before + len(adjustments)  # type: ignore[index]
+    assert db.execute("SELECT count(*) FROM pyxp.simulate_rules(%s) WHERE total_xp_then <> total_xp_now",
+                      (candidate_id,)).fetchone() == (0,)
+    # An adjustment is not reversed: the rules are.
+    with pytest.raises(psycopg.Error) as refused:
+        db.execute("SELECT * FROM pyxp.reverse_transaction(%s, 'no')", (before + 1,))
+    assert refused.value.sqlstate == "PX014"
+
+
+def test_awards_during_a_retroactive_application_are_neither_lost_nor_counted_twice(
+        conninfo: str, db: psycopg.Connection[Any]) -> None:
+    run_calls(db)
+    candidate_id = install(db, variant("concurrent", formulas), activate=False)
+    done: list[Any] = []
+
+    def award(n: int) -> None:
+        with psycopg.connect(conninfo, autocommit=True) as conn:
+            done.append(conn.execute("SELECT xp_amount FROM pyxp.award('0xmod1', 'CAMPAIGN_APPROVED', %s)",
+                                     (f"during-{n}",)).fetchone())
+
+    with psycopg.connect(conninfo) as applying:
+        applying.execute("SELECT * FROM pyxp.apply_rules_retroactively(%s)", (candidate_id,)).fetchall()
+        threads = [threading.Thread(target=award, args=(n,)) for n in range(8)]
+        for thread in threads:
+            thread.start()
+        time.sleep(0.5)
+        assert done == []  # they wait for the application's commit
+        applying.commit()
+    for thread in threads:
+        thread.join()
+    assert sorted(done) == [(150,)] * 8  # under the new rules
+    assert db.execute("SELECT * FROM pyxp.audit()").fetchall() == []
+    assert db.execute("SELECT count(*) FROM pyxp.simulate_rules(%s) WHERE total_xp_then <> total_xp_now",
+                      (candidate_id,)).fetchone() == (0,)
+
+
+def test_refusals_write_nothing(db: psycopg.Connection[Any], unchanged: Any, login_role: Any,
+                                connect_as: Any) -> None:
+    run_calls(db)
+    for call in ("SELECT * FROM pyxp.simulate_rules(987654)", "SELECT pyxp.simulation_report(987654)",
+                 "SELECT * FROM pyxp.apply_rules_retroactively(987654)", "SELECT * FROM pyxp.simulate_rules(NULL)"):
+        with unchanged(), pytest.raises(psycopg.Error) as refused:
+            db.execute(call)
+        assert refused.value.sqlstate == "PX027", call
+    candidate_id = install(db, variant("refused", formulas), activate=False)
+    writer = connect_as(login_role("pyxp_writer"))
+    with unchanged(), pytest.raises(psycopg.errors.InsufficientPrivilege):
+        writer.execute("SELECT * FROM pyxp.apply_rules_retroactively(%s)", (candidate_id,))
+    assert writer.execute("SELECT count(*) FROM pyxp.simulate_rules(%s)", (candidate_id,)).fetchone()[0] > 0  # type: ignore[index]
+    with unchanged(), pytest.raises(psycopg.Error) as refused:
+        db.execute("SELECT * FROM pyxp.award('0xx', 'CAMPAIGN_APPROVED', 'rules.adjustment:1:0xx')")
+    assert refused.value.sqlstate == "PX016"
+    for reserved in ("RULES_ADJUSTMENT", "Reversal"):
+        definition = variant("reserved", lambda d: rule(d, "CAMPAIGN_APPROVED").update(action=reserved))
+        with unchanged(), pytest.raises(psycopg.Error) as refused:
+            install(db, definition, activate=False)
+        assert refused.value.sqlstate == "PX024" and "reserved" in str(refused.value)
+
+
+def test_installing_without_activating_leaves_the_active_ruleset(db: psycopg.Connection[Any]) -> None:
+    awards_lock_free = db.execute("SELECT * FROM pyxp.install_ruleset(%s, 'x', false)",
+                                  (Jsonb(variant("quiet", formulas)),)).fetchone()
+    assert awards_lock_free is not None and awards_lock_free[3:] == (True, False, 0)
+    assert db.execute("SELECT name FROM pyxp.rulesets WHERE is_active").fetchone() == ("winstory",)
+    again = db.execute("SELECT created, activated FROM pyxp.install_ruleset(%s, 'x', false)",
+                       (Jsonb(variant("quiet", formulas)),)).fetchone()
+    assert again == (False, False)
+
+
+def test_cli_install_simulate_and_apply_retroactively(conninfo: str, db: psycopg.Connection[Any], tmp_path: Any) -> None:
+    run_calls(db)
+    source = load_ruleset("winstory").source.replace('name = "winstory"', 'name = "winstory-next"').replace(
+        "earn_xp = 100\n", "earn_xp = 130\n", 1)
+    path = tmp_path / "next.toml"
+    path.write_text(source)
+    runner = CliRunner()
+    base = ["--database-url", conninfo, "rules"]
+    installed = runner.invoke(cli, [*base, "install", str(path)])
+    assert installed.exit_code == 0 and "installed (not active)" in installed.output, installed.output
+    listed = runner.invoke(cli, [*base, "list", "--json"])
+    assert {(r["name"], r["active"]) for r in json.loads(listed.output)} == {("winstory", True), ("winstory-next", False)}
+
+    before = db.execute("SELECT count(*), sum(total_xp) FROM pyxp.xp_balances").fetchone()
+    shown = runner.invoke(cli, [*base, "simulate", str(path)])
+    assert shown.exit_code == 0, shown.output
+    assert "simulation of winstory-next v1" in shown.output and "per action" in shown.output
+    assert "largest changes" in shown.output and "would level up" in shown.output
+    as_json = json.loads(runner.invoke(cli, [*base, "simulate", str(path), "--json", "--top", "3"]).output)
+    assert len(as_json["top_changes"]) <= 3 and as_json["summary"]["wallets"] == before[0]  # type: ignore[index]
+    assert db.execute("SELECT count(*), sum(total_xp) FROM pyxp.xp_balances").fetchone() == before
+
+    applied = runner.invoke(cli, [*base, "apply", str(path), "--retroactive"])
+    assert applied.exit_code == 0 and "wallet(s) adjusted" in applied.output, applied.output
+    assert db.execute("SELECT sum(total_xp) FROM pyxp.xp_balances").fetchone() == (as_json["summary"]["xp_then"],)
+    again = runner.invoke(cli, [*base, "apply", str(path), "--retroactive"])
+    assert "already applied retroactively" in again.output
+    assert db.execute("SELECT * FROM pyxp.audit()").fetchall() == []
