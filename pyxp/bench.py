@@ -976,6 +976,30 @@ def recalculation(conninfo: str, conn: psycopg.Connection[Any]) -> dict[str, Any
             "recalculate_ruleset": f"{installed.name} v{installed.version}"}
 
 
+# --------------------------------------------------------------------------- (l) what-if
+
+
+def simulation_cost(conn: psycopg.Connection[Any]) -> dict[str, Any]:
+    """(l): pyxp.simulate_rules over the whole ledger, for two candidates installed without
+    activation: a formula change (every total is a sum) and the (k) cap on the benchmark's action
+    (the wallets with capped gains are folded row by row, in ledger order)."""
+    formula = load_ruleset(schema.DEFAULT_RULESET).definition()
+    formula["name"] = "winstory-formula"
+    for rule in formula["rules"]:
+        if rule["action"] == ACTION:
+            rule["constant"] = "3"
+    results: dict[str, Any] = {}
+    for key, definition in (("formula", formula), ("capped", capped_definition())):
+        ruleset_id = _scalar(conn, "SELECT ruleset_id FROM pyxp.install_ruleset(%s, %s, false)",
+                             (Jsonb(definition), f"# (l) {key}"))
+        started = time.perf_counter()
+        changed = _scalar(conn, "SELECT count(*) FILTER (WHERE total_xp_then <> total_xp_now) "
+                                "FROM pyxp.simulate_rules(%s)", (ruleset_id,))
+        results[f"simulate_{key}_s"] = round(time.perf_counter() - started, 2)
+        results[f"simulate_{key}_changed"] = changed
+    return results
+
+
 # --------------------------------------------------------------------------- the run
 
 
@@ -1021,6 +1045,8 @@ def evaluate_targets(results: dict[str, Any]) -> dict[str, Any]:
     seconds = results.get("recalculate_s")
     put("recalculate", "< 30 s", seconds, None if seconds is None else seconds < 30,
         (results.get("recalculate_balances") or 0) >= TARGET_WALLETS)
+    seconds = results.get("simulate_capped_s")
+    put("simulate", "< 60 s", seconds, None if seconds is None else seconds < 60, at_scale)
     size = results.get("bytes_per_award")
     put("bytes_per_award", "<= 350 bytes", size, None if size is None else size <= 350)
     return targets
@@ -1117,6 +1143,8 @@ def run_bench(conninfo: str, options: BenchOptions, log: Log | None = None) -> d
             conn.execute("CHECKPOINT")
             results.update(prepared_statement_cost(scratch, options))
 
+            say("(l) simulate_rules() over the whole ledger: a formula change, a cap")
+            results.update(simulation_cost(conn))
             say("(g) recalculate_levels() on a ruleset switch")
             results.update(recalculation(scratch, conn))
             if options.audit:
@@ -1249,6 +1277,10 @@ def format_table(results: dict[str, Any]) -> str:
         target="recalculate",
         note=f"{get('recalculate_changed', 0):,} of {get('recalculate_balances', 0):,} balances changed")
     row("(g) recalculate_levels(), nothing to change", _number(get("recalculate_noop_s"), 3), "s")
+    row("(l) simulate_rules(), a formula change", _number(get("simulate_formula_s"), 2), "s",
+        note=f"{get('simulate_formula_changed', 0):,} wallets would change")
+    row("(l) simulate_rules(), a cap", _number(get("simulate_capped_s"), 2), "s", target="simulate",
+        note=f"{get('simulate_capped_changed', 0):,} wallets would change; capped wallets folded in order")
     row("(h) bytes per award (row+claim+indexes)", _number(get("bytes_per_award")), "bytes",
         target="bytes_per_award")
     row("(h) bytes per ledger row (table+indexes)", _number(get("bytes_per_ledger_row")), "bytes")

@@ -151,6 +151,12 @@ class InvalidPeriod(XPError):
     code = "PX026"
 
 
+class UnknownRuleset(XPError):
+    """A ruleset id that pyxp.rulesets does not hold (simulation, retroactive application)."""
+
+    code = "PX027"
+
+
 class DatabaseUnavailable(XPError):
     """No PostgreSQL server could be reached or started, or none answered within the connect timeout.
 
@@ -166,7 +172,7 @@ __all__ = [
     "CampaignMismatch", "UnknownCampaign", "AppendOnlyLedger", "ReversalRefused",
     "UnknownTransaction", "InvalidIdentifier", "InvalidParams", "MissingInput", "BalanceOutOfRange",
     "NoActiveRuleset", "ClientIsAgency", "RegistrationRefused", "InvalidArgument", "InvalidRuleset",
-    "IsolationRefused", "InvalidPeriod",
+    "IsolationRefused", "InvalidPeriod", "UnknownRuleset",
 ]
 
 ERRORS_BY_CODE: dict[str, type[XPError]] = {

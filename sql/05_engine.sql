@@ -245,6 +245,9 @@ DECLARE
     v_range_ord integer;     -- a row whose balance would leave [-2^62, 2^62]
     v_expected integer;      -- rows to insert
     v_inserted integer;
+    v_applied numeric[];     -- per row: what applies of it (a capped gain: what is left of its allowance)
+    v_allowance text[];      -- per row: the allowance a capped gain uses (pyxp.cap_allowance), else NULL
+    v_period timestamptz[];  -- and the start of its period
     v_problem record;
 BEGIN
     IF coalesce(cardinality(v_rows), 0) = 0 THEN
@@ -280,40 +283,72 @@ BEGIN
     IF p_floor IS NOT NULL AND EXISTS (SELECT FROM unnest(v_rows) r WHERE r.apply_floor AND r.xp_amount < 0) THEN
         v_rows := pyxp.floored_rows(p_ruleset, v_rows, p_floor);
     END IF;
-    -- Caps cut gains by what is left of their allowance (slow path too: only
-    -- when the ruleset has a capped rule). Gains only, so it commutes with
-    -- the floor, which cuts penalties only.
-    IF p_caps THEN
-        v_rows := pyxp.capped_rows(v_rows, p_timezone);
-    END IF;
-
     -- 2. Under the locks (a new statement: READ COMMITTED sees what the
     --    previous holder committed): each generic award's claim made before
-    --    (a replay, or PX010 for other inputs), then the running balances,
-    --    per wallet in row order, and the feed group (sql/11_changes.sql:
-    --    this transaction's id, or the wallet's last group if higher).
+    --    (a replay, or PX010 for other inputs); caps (SPEC 12; only when the
+    --    ruleset has a capped rule): each new capped gain is cut to what is
+    --    left of its allowance in the current period (xp_cap_usage), in row
+    --    order: within one call an allowance's gains only add up, so the
+    --    k-th applies least(C_k, L) - least(C_k-1, L), C the running sum of
+    --    the gains asked, L what was left; gains only, so this commutes with
+    --    the floor above, which cuts penalties only. Then the running
+    --    balances, per wallet in row order, and the feed group
+    --    (sql/11_changes.sql: this transaction's id, or the wallet's last
+    --    group if higher).
     SELECT array_agg(x.claim_id ORDER BY x.ord), array_agg(x.after ORDER BY x.ord),
            array_agg(x.feed ORDER BY x.ord),
            (array_agg(x.ord ORDER BY x.ord) FILTER (WHERE x.conflict))[1],
            (array_agg(x.ord ORDER BY x.ord) FILTER (WHERE abs(x.after) > pyxp.balance_limit()))[1],
-           count(*) FILTER (WHERE x.claim_id IS NULL AND x.transaction_type IS NOT NULL)
-      INTO v_claims, v_after, v_feed, v_conflict_ord, v_range_ord, v_expected
-      FROM (SELECT r.ord, r.transaction_type, k.id AS claim_id,
-                   k.id IS NOT NULL AND (k.request_digest <> pyxp.inputs_digest(r.inputs)
-                                         OR k.idempotency_key <> r.idempotency_key) AS conflict,
-                   b.total_xp + sum(r.xp_amount) FILTER (WHERE k.id IS NULL)
-                                    OVER (PARTITION BY r.user_wallet ORDER BY r.ord) AS after,
-                   greatest(pg_current_xact_id(), b.last_feed_xid) AS feed
-              FROM unnest(v_rows) WITH ORDINALITY r(call_index, user_wallet, idempotency_key, inputs,
-                                                    transaction_type, xp_amount, xp_requested, apply_floor,
-                                                    rule_id, campaign_id, subject, metadata, reverses,
-                                                    moderations, ord)
-             CROSS JOIN LATERAL (SELECT b.total_xp, b.last_feed_xid FROM pyxp.xp_balances b
-                                  WHERE b.user_wallet = r.user_wallet LIMIT 1) b
-              LEFT JOIN LATERAL (SELECT k.id, k.request_digest, k.idempotency_key FROM pyxp.xp_transactions k
-                                  WHERE r.inputs IS NOT NULL AND k.request_digest IS NOT NULL
-                                    AND pyxp.key_hash(k.idempotency_key) = pyxp.key_hash(r.idempotency_key)
-                                  LIMIT 1) k ON true) x;
+           count(*) FILTER (WHERE x.claim_id IS NULL AND x.transaction_type IS NOT NULL),
+           array_agg(x.applied ORDER BY x.ord), array_agg(x.allowance ORDER BY x.ord),
+           array_agg(x.period_start ORDER BY x.ord)
+      INTO v_claims, v_after, v_feed, v_conflict_ord, v_range_ord, v_expected, v_applied, v_allowance, v_period
+      FROM (SELECT y.*, y.total_xp + sum(y.applied) FILTER (WHERE y.claim_id IS NULL)
+                                         OVER (PARTITION BY y.user_wallet ORDER BY y.ord) AS after
+              FROM (SELECT z.*, CASE WHEN z.allowance IS NULL THEN z.xp_amount
+                                     ELSE least(z.asked, z.left_) - least(z.asked - z.xp_amount, z.left_) END AS applied
+                      FROM (SELECT r.ord, r.user_wallet, r.transaction_type, r.xp_amount, k.id AS claim_id,
+                                   k.id IS NOT NULL AND (k.request_digest <> pyxp.inputs_digest(r.inputs)
+                                                         OR k.idempotency_key <> r.idempotency_key) AS conflict,
+                                   b.total_xp, greatest(pg_current_xact_id(), b.last_feed_xid) AS feed,
+                                   a.allowance, a.period_start,
+                                   sum(r.xp_amount) OVER (PARTITION BY r.user_wallet, a.allowance, a.period_start
+                                                          ORDER BY r.ord) AS asked,
+                                   greatest(a.cap_max_xp - coalesce(a.used_xp, 0), 0) AS left_
+                              FROM unnest(v_rows) WITH ORDINALITY r(call_index, user_wallet, idempotency_key, inputs,
+                                                                    transaction_type, xp_amount, xp_requested,
+                                                                    apply_floor, rule_id, campaign_id, subject,
+                                                                    metadata, reverses, moderations, ord)
+                             CROSS JOIN LATERAL (SELECT b.total_xp, b.last_feed_xid FROM pyxp.xp_balances b
+                                                  WHERE b.user_wallet = r.user_wallet LIMIT 1) b
+                              LEFT JOIN LATERAL (SELECT k.id, k.request_digest, k.idempotency_key
+                                                   FROM pyxp.xp_transactions k
+                                                  WHERE r.inputs IS NOT NULL AND k.request_digest IS NOT NULL
+                                                    AND pyxp.key_hash(k.idempotency_key) = pyxp.key_hash(r.idempotency_key)
+                                                  LIMIT 1) k ON true
+                              LEFT JOIN LATERAL (SELECT c.allowance, c.period_start, c.cap_max_xp,
+                                                        (SELECT u.used_xp FROM pyxp.xp_cap_usage u
+                                                          WHERE u.user_wallet = r.user_wallet
+                                                            AND u.allowance = c.allowance
+                                                            AND u.period_start = c.period_start LIMIT 1) AS used_xp
+                                                   FROM (SELECT pyxp.cap_allowance(ru.cap_group, ru.action) AS allowance,
+                                                                date_trunc(ru.cap_per, now(), p_timezone) AS period_start,
+                                                                ru.cap_max_xp
+                                                           FROM pyxp.rules ru
+                                                          WHERE p_caps AND ru.rule_id = r.rule_id
+                                                            AND ru.cap_max_xp IS NOT NULL AND r.xp_amount > 0
+                                                            AND r.reverses IS NULL AND k.id IS NULL
+                                                          LIMIT 1) c) a ON true) z) y) x;
+    -- A cut gain records both amounts: xp_amount what applies, xp_requested
+    -- what the rule asked.
+    IF p_caps THEN
+        FOR i IN 1 .. cardinality(v_rows) LOOP
+            IF v_applied[i] <> v_rows[i].xp_amount THEN
+                v_rows[i].xp_requested := v_rows[i].xp_amount;
+                v_rows[i].xp_amount := v_applied[i];
+            END IF;
+        END LOOP;
+    END IF;
     IF v_conflict_ord IS NOT NULL THEN
         SELECT k.* INTO v_problem FROM pyxp.xp_transactions k WHERE k.id = v_claims[v_conflict_ord];
         PERFORM pyxp.raise_key_conflict(p_batch, v_rows[v_conflict_ord].call_index,
@@ -398,7 +433,20 @@ BEGIN
     --    (added) or an earlier one (a transaction that began before the
     --    period turned: left to the ledger). A call's new rows of one wallet
     --    share one effective time: now(), or for a reversal (always alone in
-    --    its call) the created_at of the row it reverses.
+    --    its call) the created_at of the row it reverses. In the same
+    --    statement, what the new capped gains used of their allowances
+    --    (xp_cap_usage, under the same locks).
+    WITH used AS (
+        INSERT INTO pyxp.xp_cap_usage AS u (user_wallet, allowance, period_start, used_xp)
+        SELECT r.user_wallet, r.allowance, r.period_start, sum(r.xp_amount)::bigint
+          FROM ROWS FROM (unnest(v_rows), unnest(v_ids), unnest(v_allowance), unnest(v_period))
+               r(call_index, user_wallet, idempotency_key, inputs, transaction_type, xp_amount, xp_requested,
+                 apply_floor, rule_id, campaign_id, subject, metadata, reverses, moderations, id, allowance,
+                 period_start)
+         WHERE r.allowance IS NOT NULL AND r.id IS NOT NULL AND r.xp_amount > 0
+         GROUP BY r.user_wallet, r.allowance, r.period_start
+        ON CONFLICT (user_wallet, allowance, period_start) DO UPDATE SET used_xp = u.used_xp + excluded.used_xp
+    )
     UPDATE pyxp.xp_balances x
        SET total_xp = coalesce(f.after::bigint, x.total_xp), current_level = c.level,
            xp_to_next_level = (c.next_level_xp - coalesce(f.after::bigint, x.total_xp))::bigint,
@@ -443,20 +491,7 @@ BEGIN
                                 date_trunc('year', e.at, p_timezone) AS y) p
      WHERE x.user_wallet = f.user_wallet AND (f.after IS NOT NULL OR f.moderations <> 0);
 
-    -- 4b. What capped gains used of their allowance (under the same locks),
-    --     and what reversals of capped gains freed (pyxp.freed_allowance).
-    IF p_caps THEN
-        INSERT INTO pyxp.xp_cap_usage AS u (user_wallet, allowance, period_start, used_xp)
-        SELECT r.user_wallet, pyxp.cap_allowance(ru.cap_group, ru.action), date_trunc(ru.cap_per, now(), p_timezone),
-               sum(r.xp_amount)::bigint
-          FROM ROWS FROM (unnest(v_rows), unnest(v_ids))
-               r(call_index, user_wallet, idempotency_key, inputs, transaction_type, xp_amount, xp_requested,
-                 apply_floor, rule_id, campaign_id, subject, metadata, reverses, moderations, id)
-          JOIN pyxp.rules ru ON ru.rule_id = r.rule_id AND ru.cap_max_xp IS NOT NULL
-         WHERE r.id IS NOT NULL AND r.reverses IS NULL AND r.xp_amount > 0
-         GROUP BY 1, 2, 3
-        ON CONFLICT (user_wallet, allowance, period_start) DO UPDATE SET used_xp = u.used_xp + excluded.used_xp;
-    END IF;
+    -- 4b. What a reversal of a capped gain frees (pyxp.freed_allowance).
     IF v_rows[1].reverses IS NOT NULL THEN  -- a reversal: alone in its call
         UPDATE pyxp.xp_cap_usage u SET used_xp = u.used_xp - f.freed_xp
           FROM pyxp.freed_allowance(v_rows[1].reverses) f

@@ -17,9 +17,9 @@
 -- is computed from the ledger (BRIN on created_at, plus the reversals).
 --
 -- Caps: a capped gain is cut to what is left of the wallet's allowance in
--- the period containing the award (pyxp.capped_rows, under the wallet's
--- balance row lock); xp_cap_usage keeps what each allowance used
--- (pyxp.append_rows, pyxp.freed_allowance).
+-- the period containing the award (pyxp.append_rows, step 2, under the
+-- wallet's balance row lock); xp_cap_usage keeps what each allowance used
+-- (pyxp.append_rows, step 4; a reversal frees: pyxp.freed_allowance).
 -- A period name in any case, normalised, or PX026. Its size is checked
 -- before lower() copies it.
 CREATE FUNCTION pyxp.checked_period(p_period text)
@@ -273,55 +273,6 @@ AS $$
      WHERE o.id = p_reverses AND ru.cap_max_xp IS NOT NULL AND o.xp_amount > 0
 $$;
 
--- Caps applied to the writer's rows, under the wallets' balance row locks
--- (the writer's slow path when the ruleset has caps): each capped gain, in
--- row order, is cut to what is left of its allowance in the current period
--- (possibly 0): xp_amount becomes what applies, xp_requested keeps what the
--- rule asked. Penalties and reversals are never cut. Rows whose generic
--- award was made before (replays) are skipped. One statement: within one
--- call a key's gains only add up (no reversal among them), so the k-th gain
--- applies least(C_k, L) - least(C_k-1, L), C the running sum of the gains
--- asked, L what was left before the call (xp_cap_usage).
-CREATE FUNCTION pyxp.capped_rows(p_rows pyxp.pending_row[], p_timezone text)
-RETURNS pyxp.pending_row[]
-LANGUAGE plpgsql STABLE
-AS $$
-BEGIN
-    RETURN ARRAY(
-        SELECT ROW(x.call_index, x.user_wallet, x.idempotency_key, x.inputs, x.transaction_type,
-                   CASE WHEN x.allowance IS NULL THEN x.xp_amount
-                        ELSE least(x.asked, x.left_) - least(x.asked - x.xp_amount, x.left_) END,
-                   CASE WHEN x.allowance IS NOT NULL AND x.asked > x.left_ THEN x.xp_amount ELSE x.xp_requested END,
-                   x.apply_floor, x.rule_id, x.campaign_id, x.subject, x.metadata, x.reverses,
-                   x.moderations)::pyxp.pending_row
-          FROM (SELECT r.*, a.allowance,
-                       sum(r.xp_amount) OVER (PARTITION BY r.user_wallet, a.allowance, a.period_start
-                                              ORDER BY r.ord) AS asked,
-                       greatest(a.cap_max_xp - coalesce(u.used_xp, 0), 0) AS left_
-                  FROM unnest(p_rows) WITH ORDINALITY r(call_index, user_wallet, idempotency_key, inputs,
-                                                        transaction_type, xp_amount, xp_requested, apply_floor,
-                                                        rule_id, campaign_id, subject, metadata, reverses,
-                                                        moderations, ord)
-                  LEFT JOIN LATERAL (
-                        SELECT pyxp.cap_allowance(ru.cap_group, ru.action) AS allowance, ru.cap_max_xp,
-                               date_trunc(ru.cap_per, now(), p_timezone) AS period_start
-                          FROM pyxp.rules ru
-                         WHERE ru.rule_id = r.rule_id AND ru.cap_max_xp IS NOT NULL
-                           AND r.xp_amount > 0 AND r.reverses IS NULL
-                           AND NOT EXISTS (SELECT FROM pyxp.xp_transactions k
-                                            WHERE r.inputs IS NOT NULL AND k.request_digest IS NOT NULL
-                                              AND pyxp.key_hash(k.idempotency_key) = pyxp.key_hash(r.idempotency_key)
-                                            LIMIT 1)
-                         LIMIT 1) a ON true
-                  LEFT JOIN LATERAL (
-                        SELECT u.used_xp FROM pyxp.xp_cap_usage u
-                         WHERE u.user_wallet = r.user_wallet AND u.allowance = a.allowance
-                           AND u.period_start = a.period_start
-                         LIMIT 1) u ON true) x
-         ORDER BY x.ord);
-END
-$$;
-
 -- From the ledger, in zone p_timezone: each wallet's latest period of each
 -- kind and its XP there (what xp_balances.<kind>_start/_xp must hold). One
 -- pass over the ledger: for pyxp.rebuild_period_columns and pyxp.audit.
@@ -408,8 +359,6 @@ COMMENT ON FUNCTION pyxp.period_xp(text, text, timestamptz) IS
 COMMENT ON FUNCTION pyxp.cap_allowance(text, text) IS 'internal: the allowance a cap counts in, its group''s or its rule''s.';
 COMMENT ON FUNCTION pyxp.freed_allowance(bigint) IS
     'internal: what a reversal frees of a capped allowance, in the period of the gain it reverses.';
-COMMENT ON FUNCTION pyxp.capped_rows(pyxp.pending_row[], text) IS
-    'internal: caps applied to the writer''s rows: gains cut to what is left of their allowance.';
 COMMENT ON FUNCTION pyxp.ledger_latest_periods(text) IS
     'internal: from the ledger, each wallet''s latest period of each kind and its XP there.';
 COMMENT ON FUNCTION pyxp.ledger_cap_usage() IS

@@ -42,6 +42,8 @@ MEASURES = [
     "(f) leaderboard(100, period week)",
     "(f) wallet_rank(wallet, period week)",
     "(k) pyxp.award, capped / uncapped",
+    "(l) simulate_rules(), a formula change",
+    "(l) simulate_rules(), a cap",
     "(g) recalculate_levels(), ruleset switch",
     "(g) recalculate_levels(), nothing to change",
     "(h) bytes per award",
@@ -56,7 +58,8 @@ POSITIVE_KEYS = (
     ["pgbench_tps", "award_sql_per_s", "award_python_per_s", "batch_per_s", "hot_wallet_per_s",
      "recalculate_s", "bytes_per_ledger_row", "unprepared_award_ratio", "unprepared_award_per_s",
      "prepared_award_per_s", "pgbench_cpu_tps", "award_sql_cpu_per_s", "bytes_per_award", "rounds",
-     "cap_capped_per_s", "cap_uncapped_per_s", "cap_ratio"]
+     "cap_capped_per_s", "cap_uncapped_per_s", "cap_ratio", "simulate_formula_s", "simulate_capped_s",
+     "simulate_formula_changed"]
     + [f"{read}_ms_{p}" for read in READS for p in ("p50", "p95", "p99")]
 )
 

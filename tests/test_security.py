@@ -32,7 +32,7 @@ READ_FUNCTIONS = {"level_for", "balance", "history", "leaderboard", "wallet_rank
                   "simulate_rules", "simulation_report"}
 INTERNAL_FUNCTIONS = ["post_award", "append_rows", "claim_request", "install_ruleset",
                       "replayed_award", "planned_awards", "checked_wallet", "curve_position",
-                      "active_ruleset_id", "check_ruleset_definition", "capped_rows", "rebuild_period_columns",
+                      "active_ruleset_id", "check_ruleset_definition", "rebuild_period_columns",
                       "ledger_period_totals", "apply_rules_retroactively", "activate_ruleset",
                       "simulated_totals"]
 

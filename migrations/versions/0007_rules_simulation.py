@@ -7,7 +7,8 @@ Create Date: 2026-11-25
 pyxp.simulate_rules and pyxp.simulation_report replay the ledger under an
 installed ruleset version, writing nothing; pyxp.apply_rules_retroactively
 activates it and appends one RULES_ADJUSTMENT row per wallet whose total it
-changes. install_ruleset installs without activating on request. The
+changes. install_ruleset installs without activating on request. Caps are
+applied inside the writer's main statements (pyxp.capped_rows is gone). The
 downgrade leaves the adjustment rows in the ledger (append-only).
 
 Executes its own frozen SQL files (a snapshot of sql/*.sql at this revision).
