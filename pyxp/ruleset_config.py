@@ -95,6 +95,8 @@ _INPUT_RE = re.compile(r"[A-Z_][A-Z0-9_]{0,63}")
 # `$` between identifier characters, as in the seeds' MINT_VALUE_$WINC.
 _DOLLAR_RE = re.compile(r"(?<=[A-Za-z0-9_])\$(?=[A-Za-z0-9_])")
 
+# Transaction types pyxp writes itself: a reversal, a retroactive rules adjustment (SPEC 13).
+RESERVED_ACTIONS = ("REVERSAL", "RULES_ADJUSTMENT")
 _ROOT_KEYS = ("name", "description", "timezone", "balance_floor", "inputs", "levels", "rules")
 _LEVEL_KEYS = ("thresholds", "growth")
 _TIER_KEYS = ("up_to_level", "factor")
@@ -811,6 +813,13 @@ class _Parser:
             raise self.error(
                 f"rule {index + 1}: invalid action {action!r}",
                 "[A-Za-z][A-Za-z0-9_]{0,63}",
+                table,
+                "action",
+            )
+        if action.upper() in RESERVED_ACTIONS:
+            raise self.error(
+                f"rule {index + 1}: action {action!r} is reserved for pyxp's own rows",
+                "any other action code (REVERSAL and RULES_ADJUSTMENT are pyxp's)",
                 table,
                 "action",
             )

@@ -203,7 +203,8 @@ $$;
 -- Public (SPEC 13): the simulation summed up for people and scripts (pyxp
 -- rules simulate): per action (rows, XP now, XP then), the top_wallets
 -- wallets with the largest changes, and a summary (wallets up, down, level
--- changes, totals). One pass over the ledger. Writes nothing.
+-- changes, totals). Two passes over the ledger (the wallets' totals, then
+-- the actions'). Writes nothing.
 CREATE FUNCTION pyxp.simulation_report(ruleset_id bigint, top_wallets integer DEFAULT 10)
 RETURNS jsonb
 LANGUAGE plpgsql STABLE SECURITY DEFINER
@@ -215,41 +216,28 @@ DECLARE
     v_top integer := pyxp.checked_row_count('top_wallets', simulation_report.top_wallets);
     v_report jsonb;
 BEGIN
-    WITH r AS MATERIALIZED (SELECT * FROM pyxp.simulated_rows(v_ruleset.ruleset_id)),
-    per_wallet AS (
-        SELECT r.user_wallet, sum(r.asked) AS linear,
-               bool_or(r.allowance IS NOT NULL AND r.asked > 0
-                       OR v_ruleset.balance_floor IS NOT NULL AND r.asked < 0) AS in_order
-          FROM r GROUP BY r.user_wallet
+    WITH leveled AS MATERIALIZED (
+        SELECT t.user_wallet, t.total_xp_now AS now_xp, b.current_level AS level_now, t.by_action,
+               pyxp.checked_simulated_total(t.user_wallet, t.total_xp_then) AS then_xp, c.level AS level_then
+          FROM pyxp.simulated_totals(v_ruleset.ruleset_id) t
+          JOIN pyxp.xp_balances b ON b.user_wallet = t.user_wallet
+         CROSS JOIN LATERAL pyxp.curve_position(v_ruleset.ruleset_id,
+                                                pyxp.checked_simulated_total(t.user_wallet, t.total_xp_then)) c
     ),
-    folded AS (
-        SELECT r.user_wallet,
-               pyxp.simulated_balance(r.id, r.action, r.asked, r.reverses, r.reversed, v_ruleset.balance_floor,
-                                      r.allowance, r.cap_max_xp ORDER BY r.id) AS state
-          FROM r JOIN per_wallet w ON w.user_wallet = r.user_wallet AND w.in_order
-         GROUP BY r.user_wallet
-    ),
-    wallets AS MATERIALIZED (
-        SELECT b.user_wallet, b.total_xp AS now_xp, b.current_level AS level_now,
-               pyxp.checked_simulated_total(b.user_wallet, coalesce((f.state).balance, w.linear, 0)) AS then_xp
-          FROM pyxp.xp_balances b
-          LEFT JOIN per_wallet w ON w.user_wallet = b.user_wallet
-          LEFT JOIN folded f ON f.user_wallet = b.user_wallet
-    ),
-    leveled AS MATERIALIZED (
-        SELECT w.*, c.level AS level_then
-          FROM wallets w CROSS JOIN LATERAL pyxp.curve_position(v_ruleset.ruleset_id, w.then_xp) c
-    ),
+    -- Per action: the rows' amounts under the candidate, except in the
+    -- wallets folded in order, whose figures the fold kept (by_action).
     actions AS (
         SELECT a.action, sum(a.rows_)::bigint AS rows_, sum(a.now_xp)::bigint AS now_xp,
                sum(a.then_xp)::bigint AS then_xp
           FROM (SELECT r.action, count(*) AS rows_, sum(r.now_xp) AS now_xp,
-                       sum(r.asked) FILTER (WHERE NOT w.in_order) AS then_xp
-                  FROM r JOIN per_wallet w ON w.user_wallet = r.user_wallet
+                       sum(r.asked) FILTER (WHERE f.user_wallet IS NULL) AS then_xp
+                  FROM pyxp.simulated_rows(v_ruleset.ruleset_id) r
+                  LEFT JOIN (SELECT l.user_wallet FROM leveled l WHERE l.by_action IS NOT NULL) f
+                         ON f.user_wallet = r.user_wallet
                  GROUP BY r.action
                 UNION ALL
                 SELECT e.key, 0, 0, sum(e.value::numeric)
-                  FROM folded f CROSS JOIN LATERAL jsonb_each_text((f.state).by_action) e
+                  FROM leveled l CROSS JOIN LATERAL jsonb_each_text(l.by_action) e
                  GROUP BY e.key) a
          GROUP BY a.action
     )

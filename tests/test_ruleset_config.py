@@ -833,3 +833,11 @@ def test_readme_cap_example_compiles() -> None:
     assert ruleset.timezone == "Europe/Paris"
     assert {rule.group for rule in ruleset.rules} == {"moderation"}
     assert {rule.cap for rule in ruleset.rules} == {Cap(max_xp=20, per="day")}
+
+
+@pytest.mark.parametrize("action", ["REVERSAL", "Rules_Adjustment"])
+def test_reserved_actions_are_refused_at_their_line(action: str) -> None:
+    text = f'name = "x"\n[levels]\nthresholds = [0, 100]\n\n[[rules]]\naction = "{action}"\nearn_xp = 1\n'
+    with pytest.raises(ConfigError) as refused:
+        parse_ruleset(text, "x.toml")
+    assert refused.value.line == 6 and "reserved" in str(refused.value)
