@@ -50,6 +50,9 @@ CREATE TABLE pyxp.rulesets (
     -- week, month, year. Caps count in them, and so do the period boards.
     timezone       text NOT NULL DEFAULT 'UTC',
     has_caps       boolean NOT NULL DEFAULT false,  -- a rule carries a cap: the writer's slow path
+    -- When pyxp.apply_rules_retroactively adjusted every balance to this
+    -- version (once per version; NULL: never).
+    applied_retroactively_at timestamptz,
     UNIQUE (name, version),
     UNIQUE (name, content_hash)
 );

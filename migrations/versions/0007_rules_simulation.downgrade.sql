@@ -649,6 +649,7 @@ END
 $$;
 
 DROP TYPE pyxp.simulation_state;
+ALTER TABLE pyxp.rulesets DROP COLUMN applied_retroactively_at;
 
 REVOKE ALL ON ALL FUNCTIONS IN SCHEMA pyxp FROM PUBLIC;
 

@@ -11,6 +11,8 @@
 -- writer's main statements (pyxp.append_rows): pyxp.capped_rows is gone.
 SET LOCAL ROLE pyxp_owner;
 
+ALTER TABLE pyxp.rulesets ADD COLUMN applied_retroactively_at timestamptz;
+
 CREATE TYPE pyxp.simulation_state AS (
     balance    numeric,
     used       jsonb,
@@ -945,13 +947,7 @@ BEGIN
     PERFORM pyxp.require_read_committed();
     LOCK TABLE pyxp.xp_balances IN SHARE ROW EXCLUSIVE MODE;
     v_levels := pyxp.activate_ruleset(v_ruleset.ruleset_id);
-    IF EXISTS (SELECT FROM pyxp.xp_transactions t
-                WHERE t.request_digest IS NOT NULL
-                  AND pyxp.key_hash(t.idempotency_key)
-                      = pyxp.key_hash('rules.adjustment:' || v_ruleset.ruleset_id || ':' || t.user_wallet)
-                  AND t.transaction_type = 'RULES_ADJUSTMENT'
-                  AND (t.metadata ->> 'ruleset_id')::bigint = v_ruleset.ruleset_id
-                LIMIT 1) THEN
+    IF v_ruleset.applied_retroactively_at IS NOT NULL THEN
         RETURN QUERY SELECT v_ruleset.ruleset_id, v_ruleset.name, v_ruleset.version, true, 0::bigint, 0::numeric,
                             v_levels;
         RETURN;
@@ -979,6 +975,7 @@ BEGIN
         v_wallets := v_wallets + cardinality(v_chunk);
         v_xp := v_xp + (SELECT sum(c.xp_amount) FROM unnest(v_chunk) c);
     END LOOP;
+    UPDATE pyxp.rulesets r SET applied_retroactively_at = now() WHERE r.ruleset_id = v_ruleset.ruleset_id;
     RETURN QUERY SELECT v_ruleset.ruleset_id, v_ruleset.name, v_ruleset.version, false, v_wallets, v_xp, v_levels;
 END
 $$;
