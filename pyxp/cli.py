@@ -24,10 +24,11 @@ import shlex
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
-from datetime import datetime, timezone
+from datetime import datetime
 from decimal import Decimal, InvalidOperation
 from types import ModuleType
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import click
 import psycopg
@@ -1051,7 +1052,7 @@ def history(ctx: click.Context, wallet: str, max_rows: int, before_id: int | Non
 
 
 class _Instant(click.ParamType):
-    """An ISO 8601 date or date-time; without an offset, UTC."""
+    """An ISO 8601 date or date-time; without an offset it stays naive: read in the ruleset's timezone."""
 
     name = "instant"
 
@@ -1059,10 +1060,18 @@ class _Instant(click.ParamType):
         if isinstance(value, datetime):
             return value
         try:
-            parsed = datetime.fromisoformat(str(value))
+            return datetime.fromisoformat(str(value))
         except ValueError:
             self.fail(f"{value!r} is not an ISO 8601 date or date-time (e.g. 2026-11-20T18:00+01:00)", param, ctx)
-        return parsed if parsed.tzinfo is not None else parsed.replace(tzinfo=timezone.utc)
+
+
+def _in_ruleset_zone(ctx: click.Context, at: datetime | None) -> datetime | None:
+    """A naive --at read in the active ruleset's timezone (the zone its periods are counted in)."""
+    if at is None or at.tzinfo is not None:
+        return at
+    with wrap_errors(), _connection(ctx) as conn:
+        zone = conn.execute(queries.ACTIVE_TIMEZONE).fetchone()
+    return at.replace(tzinfo=ZoneInfo(zone[0] if zone else "UTC"))
 
 
 @cli.command()
@@ -1075,12 +1084,13 @@ class _Instant(click.ParamType):
               help="A calendar period in the ruleset's timezone (week: ISO, from Monday).")
 @click.option("--at", "at", type=_Instant(), default=None,
               help="The period containing this instant (ISO 8601, e.g. 2026-11-20 or 2026-11-20T18:00+01:00; "
-                   "without an offset: UTC). Default: now.")
+                   "without an offset: in the ruleset's timezone). Default: now.")
 @json_option
 @click.pass_context
 def leaderboard(ctx: click.Context, max_rows: int, offset_rows: int, period: str, at: datetime | None,
                 as_json: bool) -> None:
     """Wallets by total XP, or by XP in a day, week, month or year (pyxp.leaderboard)."""
+    at = _in_ruleset_zone(ctx, at)
     with _client(ctx) as xp:
         rows = xp.leaderboard(max_rows, offset_rows, period.lower(), at)
     if as_json:

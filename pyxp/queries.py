@@ -75,6 +75,9 @@ INSTALL_RULESET = """SELECT * FROM pyxp.install_ruleset(
 INSTALL_RULESET_INACTIVE = """SELECT * FROM pyxp.install_ruleset(
     definition => %(definition)s::jsonb, source => %(source)s::text, activate => false)"""
 
+# The zone the active ruleset's periods are counted in (SPEC 12).
+ACTIVE_TIMEZONE = "SELECT r.timezone FROM pyxp.rulesets r WHERE r.is_active"
+
 # What-if and retroactive rule changes (SPEC 13).
 SIMULATION_REPORT = """SELECT pyxp.simulation_report(
     ruleset_id => %(ruleset_id)s::bigint, top_wallets => %(top)s::integer) AS report"""

@@ -50,8 +50,8 @@ CREATE TABLE pyxp.rulesets (
     -- week, month, year. Caps count in them, and so do the period boards.
     timezone       text NOT NULL DEFAULT 'UTC',
     has_caps       boolean NOT NULL DEFAULT false,  -- a rule carries a cap: the writer's slow path
-    -- When pyxp.apply_rules_retroactively adjusted every balance to this
-    -- version (once per version; NULL: never).
+    -- When pyxp.apply_rules_retroactively last adjusted balances to this
+    -- version (NULL: never).
     applied_retroactively_at timestamptz,
     UNIQUE (name, version),
     UNIQUE (name, content_hash)

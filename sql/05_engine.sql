@@ -248,6 +248,7 @@ DECLARE
     v_applied numeric[];     -- per row: what applies of it (a capped gain: what is left of its allowance)
     v_allowance text[];      -- per row: the allowance a capped gain uses (pyxp.cap_allowance), else NULL
     v_period timestamptz[];  -- and the start of its period
+    v_floored boolean := false;
     v_problem record;
 BEGIN
     IF coalesce(cardinality(v_rows), 0) = 0 THEN
@@ -277,12 +278,8 @@ BEGIN
          ORDER BY w.user_wallet
         ON CONFLICT (user_wallet) DO UPDATE SET updated_at = x.updated_at;
     END IF;
-    -- A balance floor cuts penalties by the running balance (slow path:
-    -- floors are rare): xp_amount becomes what applies, xp_requested keeps
-    -- what the rule asked.
-    IF p_floor IS NOT NULL AND EXISTS (SELECT FROM unnest(v_rows) r WHERE r.apply_floor AND r.xp_amount < 0) THEN
-        v_rows := pyxp.floored_rows(p_ruleset, v_rows, p_floor);
-    END IF;
+    <<planning>>
+    LOOP
     -- 2. Under the locks (a new statement: READ COMMITTED sees what the
     --    previous holder committed): each generic award's claim made before
     --    (a replay, or PX010 for other inputs); caps (SPEC 12; only when the
@@ -290,8 +287,7 @@ BEGIN
     --    left of its allowance in the current period (xp_cap_usage), in row
     --    order: within one call an allowance's gains only add up, so the
     --    k-th applies least(C_k, L) - least(C_k-1, L), C the running sum of
-    --    the gains asked, L what was left; gains only, so this commutes with
-    --    the floor above, which cuts penalties only. Then the running
+    --    the gains asked, L what was left. Then the running
     --    balances, per wallet in row order, and the feed group
     --    (sql/11_changes.sql: this transaction's id, or the wallet's last
     --    group if higher).
@@ -349,6 +345,16 @@ BEGIN
             END IF;
         END LOOP;
     END IF;
+        -- A balance floor cuts penalties by the running balance of what
+        -- applies (after the caps' cuts), then step 2 runs again on the
+        -- cut rows (slow path: floors are rare; the caps' cut is then a
+        -- no-op): xp_amount becomes what applies, xp_requested keeps what
+        -- the rule asked.
+        EXIT planning WHEN p_floor IS NULL OR v_floored
+            OR NOT EXISTS (SELECT FROM unnest(v_rows) r WHERE r.apply_floor AND r.xp_amount < 0);
+        v_rows := pyxp.floored_rows(p_ruleset, v_rows, p_floor);
+        v_floored := true;
+    END LOOP;
     IF v_conflict_ord IS NOT NULL THEN
         SELECT k.* INTO v_problem FROM pyxp.xp_transactions k WHERE k.id = v_claims[v_conflict_ord];
         PERFORM pyxp.raise_key_conflict(p_batch, v_rows[v_conflict_ord].call_index,

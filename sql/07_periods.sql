@@ -54,6 +54,9 @@ BEGIN
     -- that period even where a local midnight does not exist.
     period_end := date_trunc(p_kind, (period_start AT TIME ZONE p_timezone + ('1 ' || p_kind)::interval)
                                      AT TIME ZONE p_timezone, p_timezone);
+EXCEPTION WHEN datetime_field_overflow THEN  -- a period reaching past PostgreSQL's last timestamp
+    RAISE EXCEPTION 'invalid at: %: its % ends beyond the last timestamp', p_at, p_kind
+        USING ERRCODE = 'PX026', HINT = 'at is a timestamp before the year 294276';
 END
 $$;
 

@@ -13,9 +13,10 @@
 --     candidate's timezone, on each row's created_at;
 --   * levels come from the candidate's curve.
 -- Set-based: one pass over the ledger computes every row's amount under the
--- candidate; a wallet's total is their sum, except for the wallets where
--- order matters (a capped gain, or a penalty under a floor), whose rows are
--- folded in id order by the aggregate pyxp.simulated_balance.
+-- candidate (capped gains cut with a running sum per allowance); a wallet's
+-- total is their sum, except for the wallets where order matters beyond
+-- that (a penalty under a floor, or a reversal freeing a capped allowance),
+-- whose rows are folded in id order by the aggregate pyxp.simulated_balance.
 
 -- What the fold keeps for one wallet: its running balance, the XP each
 -- allowance used ("allowance@period start" -> XP), what each row that is
@@ -97,15 +98,39 @@ BEGIN
 END
 $$;
 
+-- A candidate's formula on a row's stored inputs, or PX018 when the row
+-- lacks one (the live award would have been refused: no guess at 0).
+CREATE FUNCTION pyxp.simulated_amount(p_id bigint, p_action text, p_constant numeric, p_coefficients jsonb,
+                                      p_inputs jsonb)
+RETURNS numeric
+LANGUAGE plpgsql IMMUTABLE
+AS $$
+DECLARE
+    v_missing text;
+BEGIN
+    SELECT k INTO v_missing FROM jsonb_object_keys(p_coefficients) k WHERE NOT p_inputs ? k LIMIT 1;
+    IF v_missing IS NOT NULL THEN
+        RAISE EXCEPTION 'transaction % has no input % for the candidate''s rule %', p_id, v_missing, p_action
+            USING ERRCODE = 'PX018', HINT = 'a candidate''s formula may only use the inputs its action''s rows kept';
+    END IF;
+    RETURN pyxp.rule_amount(p_constant, p_coefficients, p_inputs);
+END
+$$;
+
 -- Every ledger row but the RULES_ADJUSTMENT ones, with what the candidate
 -- asks for it: `asked` (a rule row: the candidate's rule of its action on its
 -- stored inputs, 0 without one; a reversal: the opposite of what its
--- original asks, exact unless the original was cut by a floor or a cap,
--- which the fold corrects), whether a later row reverses it, and its
+-- original asks) and `applied`, what applies of it when order does not
+-- matter: a capped gain cut set-based, the k-th gain of an allowance
+-- (wallet, allowance, period) applying least(C_k, cap) - least(C_k-1, cap),
+-- C the running sum of its gains asked (exact while no reversal frees that
+-- allowance: `frees` marks such reversals, and their wallets are folded in
+-- order, pyxp.simulated_totals); a reversal, the opposite of what its
+-- original applies. Also: whether a later row reverses it, and its
 -- allowance under the candidate ("allowance@period start", capped rules).
 CREATE FUNCTION pyxp.simulated_rows(p_ruleset_id bigint)
-RETURNS TABLE (id bigint, user_wallet text, action text, now_xp bigint, asked numeric, reverses bigint,
-               reversed boolean, allowance text, cap_max_xp bigint)
+RETURNS TABLE (id bigint, user_wallet text, action text, now_xp bigint, asked numeric, applied numeric,
+               reverses bigint, reversed boolean, frees boolean, allowance text, cap_max_xp bigint)
 LANGUAGE sql STABLE
 AS $$
     WITH rows_ AS (
@@ -113,7 +138,8 @@ AS $$
                CASE WHEN t.reverses IS NOT NULL THEN NULL
                     WHEN c.rule_id IS NULL THEN 0
                     WHEN c.xp_coefficients = '{}' THEN round(c.xp_constant)
-                    ELSE pyxp.rule_amount(c.xp_constant, c.xp_coefficients, t.metadata) END AS asked,
+                    ELSE pyxp.simulated_amount(t.id, c.action, c.xp_constant, c.xp_coefficients, t.metadata)
+               END AS asked,
                v.id IS NOT NULL AS reversed,
                CASE WHEN c.cap_max_xp IS NOT NULL
                     THEN pyxp.cap_allowance(c.cap_group, c.action) || '@'
@@ -126,11 +152,20 @@ AS $$
           LEFT JOIN (SELECT DISTINCT x.reverses AS id FROM pyxp.xp_transactions x WHERE x.reverses IS NOT NULL) v
                  ON v.id = t.id
          WHERE NOT (t.transaction_type = 'RULES_ADJUSTMENT' AND t.rule_id IS NULL AND t.reverses IS NULL)
+    ), capped AS (
+        SELECT g.id, least(g.gained, g.cap_max_xp) - least(g.gained - g.asked, g.cap_max_xp) AS applied
+          FROM (SELECT r.id, r.asked, r.cap_max_xp,
+                       sum(r.asked) OVER (PARTITION BY r.user_wallet, r.allowance ORDER BY r.id) AS gained
+                  FROM rows_ r WHERE r.allowance IS NOT NULL AND r.asked > 0) g
     )
-    SELECT r.id, r.user_wallet, r.action, r.now_xp, coalesce(r.asked, -o.asked), r.reverses, r.reversed,
-           r.allowance, r.cap_max_xp
+    SELECT r.id, r.user_wallet, r.action, r.now_xp, coalesce(r.asked, -o.asked),
+           coalesce(c.applied, r.asked, -o.applied), r.reverses, r.reversed,
+           coalesce(o.allowance IS NOT NULL AND o.asked > 0, false), r.allowance, r.cap_max_xp
       FROM rows_ r
-      LEFT JOIN (SELECT o.id, o.asked FROM rows_ o WHERE o.reversed) o ON o.id = r.reverses
+      LEFT JOIN capped c ON c.id = r.id
+      LEFT JOIN (SELECT o.id, o.asked, coalesce(oc.applied, o.asked) AS applied, o.allowance
+                   FROM rows_ o LEFT JOIN capped oc ON oc.id = o.id
+                  WHERE o.reversed) o ON o.id = r.reverses
 $$;
 
 -- Per wallet with a balance: its total now and under the candidate, and
@@ -145,10 +180,11 @@ DECLARE
 BEGIN
     RETURN QUERY
         WITH r AS MATERIALIZED (SELECT * FROM pyxp.simulated_rows(v_ruleset.ruleset_id)),
+        -- Order matters in a wallet with a penalty under the candidate's
+        -- floor, or a reversal that frees a capped allowance: folded.
         per_wallet AS (
-            SELECT r.user_wallet, sum(r.asked) AS linear,
-                   bool_or(r.allowance IS NOT NULL AND r.asked > 0
-                           OR v_ruleset.balance_floor IS NOT NULL AND r.asked < 0) AS in_order
+            SELECT r.user_wallet, sum(r.applied) AS linear,
+                   bool_or(r.frees OR v_ruleset.balance_floor IS NOT NULL AND r.asked < 0) AS in_order
               FROM r GROUP BY r.user_wallet
         ),
         folded AS (
@@ -230,7 +266,7 @@ BEGIN
         SELECT a.action, sum(a.rows_)::bigint AS rows_, sum(a.now_xp)::bigint AS now_xp,
                sum(a.then_xp)::bigint AS then_xp
           FROM (SELECT r.action, count(*) AS rows_, sum(r.now_xp) AS now_xp,
-                       sum(r.asked) FILTER (WHERE f.user_wallet IS NULL) AS then_xp
+                       sum(r.applied) FILTER (WHERE f.user_wallet IS NULL) AS then_xp
                   FROM pyxp.simulated_rows(v_ruleset.ruleset_id) r
                   LEFT JOIN (SELECT l.user_wallet FROM leveled l WHERE l.by_action IS NOT NULL) f
                          ON f.user_wallet = r.user_wallet
@@ -271,13 +307,16 @@ $$;
 -- wallet whose simulated total differs from its balance, one
 -- RULES_ADJUSTMENT row of the difference (metadata names the version), so
 -- that every balance equals pyxp.simulate_rules(ruleset_id). One
--- transaction: SHARE ROW EXCLUSIVE on xp_balances first (the ruleset-switch
--- lock of sql/04_rulesets.sql), so awards in flight finish before the
--- simulation reads the ledger and new ones wait for the commit: none is lost
--- or counted twice. The rows go through the one writer (pyxp.append_rows),
--- each a claim of the key rules.adjustment:<ruleset_id>:<wallet>.
--- Applying a version retroactively again adds nothing (it is activated if
--- it is not active).
+-- transaction: SHARE ROW EXCLUSIVE on rulesets, then on xp_balances (the
+-- ruleset-switch lock of sql/04_rulesets.sql, in install_ruleset's order),
+-- so awards in flight finish before the simulation reads the ledger and new
+-- ones wait for the commit: none is lost or counted twice. The rows go
+-- through the one writer (pyxp.append_rows), each a claim of the key
+-- rules.adjustment:<ruleset_id>:<transaction id>:<wallet>.
+-- Idempotent by the numbers: applying a version again adds only the
+-- differences left (none if nothing changed since; after a reversal, or
+-- another version applied meanwhile, what brings every balance back to
+-- this version's simulation).
 CREATE FUNCTION pyxp.apply_rules_retroactively(ruleset_id bigint)
 RETURNS TABLE (ruleset_id_applied bigint, name text, version integer, already_applied boolean,
                wallets_adjusted bigint, xp_adjusted numeric, balances_changed bigint)
@@ -294,13 +333,10 @@ DECLARE
     v_xp numeric := 0;
 BEGIN
     PERFORM pyxp.require_read_committed();
+    -- Installers' lock first, then the awards' (the order of install_ruleset).
+    LOCK TABLE pyxp.rulesets IN SHARE ROW EXCLUSIVE MODE;
     LOCK TABLE pyxp.xp_balances IN SHARE ROW EXCLUSIVE MODE;
     v_levels := pyxp.activate_ruleset(v_ruleset.ruleset_id);
-    IF v_ruleset.applied_retroactively_at IS NOT NULL THEN
-        RETURN QUERY SELECT v_ruleset.ruleset_id, v_ruleset.name, v_ruleset.version, true, 0::bigint, 0::numeric,
-                            v_levels;
-        RETURN;
-    END IF;
     -- Wallets in order, 10,000 per call of the writer.
     FOR v_chunk IN
         SELECT array_agg(ROW(0, d.user_wallet, d.key,
@@ -312,7 +348,8 @@ BEGIN
                                                 'reason', 'retroactive application of the rules'),
                              NULL, 0)::pyxp.pending_row ORDER BY d.user_wallet)
           FROM (SELECT s.user_wallet, s.total_xp_then - s.total_xp_now AS delta, s.total_xp_now AS now_xp,
-                       'rules.adjustment:' || v_ruleset.ruleset_id || ':' || s.user_wallet AS key,
+                       format('rules.adjustment:%s:%s:%s', v_ruleset.ruleset_id, pg_current_xact_id(),
+                              s.user_wallet) AS key,
                        (row_number() OVER (ORDER BY s.user_wallet) - 1) / 10000 AS chunk
                   FROM pyxp.simulated_totals(v_ruleset.ruleset_id) s
                  WHERE pyxp.checked_simulated_total(s.user_wallet, s.total_xp_then) <> s.total_xp_now) d
@@ -324,8 +361,11 @@ BEGIN
         v_wallets := v_wallets + cardinality(v_chunk);
         v_xp := v_xp + (SELECT sum(c.xp_amount) FROM unnest(v_chunk) c);
     END LOOP;
-    UPDATE pyxp.rulesets r SET applied_retroactively_at = now() WHERE r.ruleset_id = v_ruleset.ruleset_id;
-    RETURN QUERY SELECT v_ruleset.ruleset_id, v_ruleset.name, v_ruleset.version, false, v_wallets, v_xp, v_levels;
+    IF v_wallets > 0 THEN
+        UPDATE pyxp.rulesets r SET applied_retroactively_at = now() WHERE r.ruleset_id = v_ruleset.ruleset_id;
+    END IF;
+    RETURN QUERY SELECT v_ruleset.ruleset_id, v_ruleset.name, v_ruleset.version, v_wallets = 0, v_wallets, v_xp,
+                        v_levels;
 END
 $$;
 
@@ -334,6 +374,8 @@ COMMENT ON FUNCTION pyxp.simulation_step(pyxp.simulation_state, bigint, text, nu
 COMMENT ON AGGREGATE pyxp.simulated_balance(bigint, text, numeric, bigint, boolean, bigint, text, bigint) IS
     'internal: a wallet''s rows folded in id order under a candidate ruleset.';
 COMMENT ON FUNCTION pyxp.checked_ruleset(bigint) IS 'internal: a ruleset version by id, or PX027.';
+COMMENT ON FUNCTION pyxp.simulated_amount(bigint, text, numeric, jsonb, jsonb) IS
+    'internal: a candidate''s formula on a ledger row''s stored inputs, or PX018.';
 COMMENT ON FUNCTION pyxp.simulated_rows(bigint) IS
     'internal: every ledger row but the adjustments, with what a candidate ruleset asks for it.';
 COMMENT ON FUNCTION pyxp.simulated_totals(bigint) IS
@@ -344,4 +386,4 @@ COMMENT ON FUNCTION pyxp.checked_simulated_total(text, numeric) IS 'internal: a 
 COMMENT ON FUNCTION pyxp.simulation_report(bigint, integer) IS
     'API: the simulation of a ruleset version summed up: per action, the largest changes, a summary (JSON); writes nothing.';
 COMMENT ON FUNCTION pyxp.apply_rules_retroactively(bigint) IS
-    'internal: (owner only) activates a ruleset version and appends one RULES_ADJUSTMENT row per wallet whose total it changes; idempotent.';
+    'internal: (owner only) activates a ruleset version and appends one RULES_ADJUSTMENT row per wallet whose total differs from its simulation.';

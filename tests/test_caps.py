@@ -217,3 +217,21 @@ def test_a_ruleset_without_caps_leaves_usage_alone(db: psycopg.Connection[Any]) 
     now = datetime.now(timezone.utc)
     assert db.execute("SELECT pyxp.period_xp('0xs', 'week', %s)", (now,)).fetchone() == (400,)
     assert db.execute("SELECT pyxp.period_xp('0xs', 'week', %s)", (now - timedelta(days=8),)).fetchone() == (0,)
+
+
+def test_a_penalty_in_the_same_call_as_a_cut_gain_respects_the_floor(db: psycopg.Connection[Any]) -> None:
+    """Review finding: the floor sizes a penalty from what the gains before it applied, after their cut."""
+    definition = load_ruleset("winstory").definition()
+    definition.update(name="floor-and-cap", balance_floor=0)
+    for rule in definition["rules"]:
+        if rule["action"] == "MODERATION_VALIDATED_BY_MODERATOR":
+            rule["cap"] = {"max_xp": 2, "per": "day"}
+    db.execute("SELECT * FROM pyxp.install_ruleset(%s, 'x')", (Jsonb(definition),))
+    db.execute("SELECT * FROM pyxp.award('0xf', 'MODERATION_VALIDATED_BY_MODERATOR', 'f1')")   # +2
+    db.execute("SELECT * FROM pyxp.award('0xf', 'Completion_Refused_B2C', 'f2')")              # -50 cut to -2
+    events = [{"wallet": "0xf", "action": "MODERATION_VALIDATED_BY_MODERATOR", "idempotency_key": "f3"},
+              {"wallet": "0xf", "action": "Completion_Refused_B2C", "idempotency_key": "f4"}]
+    rows = db.execute("SELECT xp_amount, xp_requested, total_xp FROM pyxp.award_many(%s)", (Jsonb(events),)).fetchall()
+    assert rows == [(0, 2, 0), (0, -50, 0)]
+    assert db.execute("SELECT total_xp FROM pyxp.xp_balances WHERE user_wallet = '0xf'").fetchone() == (0,)
+    clean_audit(db)

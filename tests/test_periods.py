@@ -275,3 +275,22 @@ def test_readers_and_writers_may_read_the_period_boards(db: psycopg.Connection[A
         assert conn.execute("SELECT pyxp.period_xp('0xr', 'day'), pyxp.wallet_rank('0xr', 'year')").fetchone() == (
             100, 1)
         assert conn.execute("SELECT count(*) FROM pyxp.leaderboard(10, 0, 'month')").fetchone() == (1,)
+
+
+def test_an_at_beyond_the_last_timestamp_is_refused(db: psycopg.Connection[Any]) -> None:
+    for call in ("SELECT * FROM pyxp.leaderboard(10, 0, 'year', '294276-12-31 23:00+00')",
+                 "SELECT pyxp.period_xp('0xa', 'month', '294276-12-31 23:00+00')"):
+        with pytest.raises(psycopg.Error) as refused:
+            db.execute(call)
+        assert refused.value.sqlstate == "PX026"
+
+
+def test_a_date_without_offset_is_read_in_the_ruleset_zone(db: psycopg.Connection[Any], conninfo: str) -> None:
+    """`--at 2026-01-01` means that day in the ruleset's zone: in New York, not the last hours of 2025."""
+    install_zone(db, "America/New_York")
+    moved = award(db, "0xny", "ny-1")
+    place(db, {moved: datetime(2026, 1, 1, 12, tzinfo=ZoneInfo("America/New_York"))})
+    result = CliRunner().invoke(cli, ["--database-url", conninfo, "leaderboard", "--period", "year",
+                                      "--at", "2026-01-01", "--json"])
+    assert result.exit_code == 0, result.output
+    assert '"0xny"' in result.output

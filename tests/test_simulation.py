@@ -273,3 +273,54 @@ def test_cli_install_simulate_and_apply_retroactively(conninfo: str, db: psycopg
     again = runner.invoke(cli, [*base, "apply", str(path), "--retroactive"])
     assert "already applied retroactively" in again.output
     assert db.execute("SELECT * FROM pyxp.audit()").fetchall() == []
+
+
+def test_applying_again_brings_balances_back_to_the_simulation(db: psycopg.Connection[Any]) -> None:
+    """Idempotent by the numbers: after a reversal, or another version applied meanwhile, applying
+    a version again appends what brings every balance back to its simulation, and nothing more."""
+    run_calls(db)
+    first = install(db, variant("first", formulas), activate=False)
+    second = install(db, variant("second", floor), activate=False)
+
+    def apply(ruleset_id: int) -> tuple[Any, ...]:
+        row = db.execute("SELECT already_applied, wallets_adjusted FROM pyxp.apply_rules_retroactively(%s)",
+                         (ruleset_id,)).fetchone()
+        assert row is not None
+        return tuple(row)
+
+    def off(ruleset_id: int) -> int:
+        return int(db.execute("SELECT count(*) FROM pyxp.simulate_rules(%s) WHERE total_xp_then <> total_xp_now",
+                              (ruleset_id,)).fetchone()[0])  # type: ignore[index]
+
+    assert apply(first)[0] is False and off(first) == 0
+    approved = db.execute("SELECT id FROM pyxp.xp_transactions WHERE transaction_type = 'CAMPAIGN_APPROVED' "
+                          "AND user_wallet = '0xcreator'").fetchone()[0]  # type: ignore[index]
+    db.execute("SELECT * FROM pyxp.reverse_transaction(%s, 'after the change')", (approved,))
+    assert off(first) == 1                      # the reversal took back 100, the row is worth 150 now
+    assert apply(first) == (False, 1) and off(first) == 0
+    assert apply(first) == (True, 0)
+    assert apply(second)[0] is False and off(second) == 0
+    assert apply(first)[0] is False and off(first) == 0   # A, B, then A again
+    assert db.execute("SELECT * FROM pyxp.audit()").fetchall() == []
+
+
+def test_a_candidate_formula_needing_an_input_the_rows_lack_is_refused(db: psycopg.Connection[Any],
+                                                                       unchanged: Any) -> None:
+    run_calls(db)
+    candidate = install(db, variant("needs-input", lambda d: rule(d, "CAMPAIGN_APPROVED").update(
+        coefficients={"PRICE_COMPLETION": "2"})), activate=False)
+    with unchanged(), pytest.raises(psycopg.Error) as refused:
+        db.execute("SELECT * FROM pyxp.simulate_rules(%s)", (candidate,))
+    assert refused.value.sqlstate == "PX018" and "PRICE_COMPLETION" in str(refused.value)
+
+
+def test_the_downgrade_below_0007_is_refused_while_adjustments_exist(fresh_database: Callable[[], str]) -> None:
+    target = fresh_database()
+    schema.upgrade(target)
+    with psycopg.connect(target, autocommit=True) as conn:
+        run_calls(conn)
+        conn.execute("SELECT * FROM pyxp.apply_rules_retroactively(%s)",
+                      (install(conn, variant("kept", formulas), activate=False),))
+    with pytest.raises(psycopg.Error) as refused:
+        schema.downgrade(target, "0006")
+    assert refused.value.sqlstate == "PX024" and schema.current_revision(target) == schema.head_revision()

@@ -1,12 +1,24 @@
--- 0007 down: back to 0006. The RULES_ADJUSTMENT rows stay in the ledger
--- (append-only); 0006 reads them as rows without a rule.
+-- 0007 down: back to 0006. Refused while the ledger holds RULES_ADJUSTMENT
+-- rows: 0006 cannot tell their ruleset (its change feed would skip them),
+-- and the ledger is append-only.
 SET LOCAL ROLE pyxp_owner;
+
+DO $guard$
+BEGIN
+    IF EXISTS (SELECT FROM pyxp.xp_transactions t
+                WHERE t.transaction_type = 'RULES_ADJUSTMENT' AND t.rule_id IS NULL AND t.reverses IS NULL) THEN
+        RAISE EXCEPTION 'cannot downgrade below 0007: the ledger holds retroactive RULES_ADJUSTMENT rows'
+            USING ERRCODE = 'PX024', HINT = 'they are part of the ledger for good; stay at 0007 or later';
+    END IF;
+END
+$guard$;
 
 DROP AGGREGATE pyxp.simulated_balance(bigint, text, numeric, bigint, boolean, bigint, text, bigint);
 DROP FUNCTION pyxp.activate_ruleset(bigint);
 DROP FUNCTION pyxp.install_ruleset(jsonb, text, boolean);
 DROP FUNCTION pyxp.simulation_step(pyxp.simulation_state, bigint, text, numeric, bigint, boolean, bigint, text, bigint);
 DROP FUNCTION pyxp.checked_ruleset(bigint);
+DROP FUNCTION pyxp.simulated_amount(bigint, text, numeric, jsonb, jsonb);
 DROP FUNCTION pyxp.simulated_rows(bigint);
 DROP FUNCTION pyxp.simulated_totals(bigint);
 DROP FUNCTION pyxp.simulate_rules(bigint);
@@ -599,6 +611,27 @@ BEGIN
 END
 $$;
 
+-- The period of kind p_kind (day, week, month, year) containing p_at in
+-- zone p_timezone: [period_start, period_end). PX026 for a NULL or
+-- infinite p_at.
+CREATE OR REPLACE FUNCTION pyxp.period_bounds(p_kind text, p_at timestamptz, p_timezone text,
+                                   OUT period_start timestamptz, OUT period_end timestamptz)
+LANGUAGE plpgsql STABLE PARALLEL SAFE
+AS $$
+BEGIN
+    IF p_at IS NULL OR NOT isfinite(p_at) THEN
+        RAISE EXCEPTION 'invalid at: %', coalesce(p_at::text, 'NULL')
+            USING ERRCODE = 'PX026', HINT = 'at is a finite timestamp with time zone (default now())';
+    END IF;
+    period_start := date_trunc(p_kind, p_at, p_timezone);
+    -- The next period starts one calendar unit later in local time (23 or
+    -- 25 hours for a day across DST); date_trunc again lands on the start of
+    -- that period even where a local midnight does not exist.
+    period_end := date_trunc(p_kind, (period_start AT TIME ZONE p_timezone + ('1 ' || p_kind)::interval)
+                                     AT TIME ZONE p_timezone, p_timezone);
+END
+$$;
+
 -- Caps applied to the writer's rows, under the wallets' balance row locks
 -- (the writer's slow path when the ruleset has caps): each capped gain, in
 -- row order, is cut to what is left of its allowance in the current period
@@ -665,5 +698,7 @@ COMMENT ON FUNCTION pyxp.append_rows(bigint, bigint, text, boolean, pyxp.pending
 COMMENT ON FUNCTION pyxp.reverse_transaction(bigint, text) IS
     'API: appends the compensating row of a ledger row (once; the same reason again replays).';
 COMMENT ON FUNCTION pyxp.checked_period(text) IS 'internal: a period name normalised (all, day, week, month, year), or PX026.';
+COMMENT ON FUNCTION pyxp.period_bounds(text, timestamptz, text) IS
+    'internal: start and end of the calendar period of a kind containing an instant, in a zone.';
 
 RESET ROLE;

@@ -318,6 +318,7 @@ DECLARE
     v_applied numeric[];     -- per row: what applies of it (a capped gain: what is left of its allowance)
     v_allowance text[];      -- per row: the allowance a capped gain uses (pyxp.cap_allowance), else NULL
     v_period timestamptz[];  -- and the start of its period
+    v_floored boolean := false;
     v_problem record;
 BEGIN
     IF coalesce(cardinality(v_rows), 0) = 0 THEN
@@ -347,12 +348,8 @@ BEGIN
          ORDER BY w.user_wallet
         ON CONFLICT (user_wallet) DO UPDATE SET updated_at = x.updated_at;
     END IF;
-    -- A balance floor cuts penalties by the running balance (slow path:
-    -- floors are rare): xp_amount becomes what applies, xp_requested keeps
-    -- what the rule asked.
-    IF p_floor IS NOT NULL AND EXISTS (SELECT FROM unnest(v_rows) r WHERE r.apply_floor AND r.xp_amount < 0) THEN
-        v_rows := pyxp.floored_rows(p_ruleset, v_rows, p_floor);
-    END IF;
+    <<planning>>
+    LOOP
     -- 2. Under the locks (a new statement: READ COMMITTED sees what the
     --    previous holder committed): each generic award's claim made before
     --    (a replay, or PX010 for other inputs); caps (SPEC 12; only when the
@@ -360,8 +357,7 @@ BEGIN
     --    left of its allowance in the current period (xp_cap_usage), in row
     --    order: within one call an allowance's gains only add up, so the
     --    k-th applies least(C_k, L) - least(C_k-1, L), C the running sum of
-    --    the gains asked, L what was left; gains only, so this commutes with
-    --    the floor above, which cuts penalties only. Then the running
+    --    the gains asked, L what was left. Then the running
     --    balances, per wallet in row order, and the feed group
     --    (sql/11_changes.sql: this transaction's id, or the wallet's last
     --    group if higher).
@@ -419,6 +415,16 @@ BEGIN
             END IF;
         END LOOP;
     END IF;
+        -- A balance floor cuts penalties by the running balance of what
+        -- applies (after the caps' cuts), then step 2 runs again on the
+        -- cut rows (slow path: floors are rare; the caps' cut is then a
+        -- no-op): xp_amount becomes what applies, xp_requested keeps what
+        -- the rule asked.
+        EXIT planning WHEN p_floor IS NULL OR v_floored
+            OR NOT EXISTS (SELECT FROM unnest(v_rows) r WHERE r.apply_floor AND r.xp_amount < 0);
+        v_rows := pyxp.floored_rows(p_ruleset, v_rows, p_floor);
+        v_floored := true;
+    END LOOP;
     IF v_conflict_ord IS NOT NULL THEN
         SELECT k.* INTO v_problem FROM pyxp.xp_transactions k WHERE k.id = v_claims[v_conflict_ord];
         PERFORM pyxp.raise_key_conflict(p_batch, v_rows[v_conflict_ord].call_index,
@@ -679,6 +685,30 @@ BEGIN
 END
 $$;
 
+-- The period of kind p_kind (day, week, month, year) containing p_at in
+-- zone p_timezone: [period_start, period_end). PX026 for a NULL or
+-- infinite p_at.
+CREATE OR REPLACE FUNCTION pyxp.period_bounds(p_kind text, p_at timestamptz, p_timezone text,
+                                   OUT period_start timestamptz, OUT period_end timestamptz)
+LANGUAGE plpgsql STABLE PARALLEL SAFE
+AS $$
+BEGIN
+    IF p_at IS NULL OR NOT isfinite(p_at) THEN
+        RAISE EXCEPTION 'invalid at: %', coalesce(p_at::text, 'NULL')
+            USING ERRCODE = 'PX026', HINT = 'at is a finite timestamp with time zone (default now())';
+    END IF;
+    period_start := date_trunc(p_kind, p_at, p_timezone);
+    -- The next period starts one calendar unit later in local time (23 or
+    -- 25 hours for a day across DST); date_trunc again lands on the start of
+    -- that period even where a local midnight does not exist.
+    period_end := date_trunc(p_kind, (period_start AT TIME ZONE p_timezone + ('1 ' || p_kind)::interval)
+                                     AT TIME ZONE p_timezone, p_timezone);
+EXCEPTION WHEN datetime_field_overflow THEN  -- a period reaching past PostgreSQL's last timestamp
+    RAISE EXCEPTION 'invalid at: %: its % ends beyond the last timestamp', p_at, p_kind
+        USING ERRCODE = 'PX026', HINT = 'at is a timestamp before the year 294276';
+END
+$$;
+
 -- One ledger row under the candidate, as the writer would apply it: a
 -- reversal takes back what its original applied (and frees its allowance);
 -- a capped gain is cut to what is left; a penalty under a floor is cut to
@@ -748,15 +778,39 @@ BEGIN
 END
 $$;
 
+-- A candidate's formula on a row's stored inputs, or PX018 when the row
+-- lacks one (the live award would have been refused: no guess at 0).
+CREATE FUNCTION pyxp.simulated_amount(p_id bigint, p_action text, p_constant numeric, p_coefficients jsonb,
+                                      p_inputs jsonb)
+RETURNS numeric
+LANGUAGE plpgsql IMMUTABLE
+AS $$
+DECLARE
+    v_missing text;
+BEGIN
+    SELECT k INTO v_missing FROM jsonb_object_keys(p_coefficients) k WHERE NOT p_inputs ? k LIMIT 1;
+    IF v_missing IS NOT NULL THEN
+        RAISE EXCEPTION 'transaction % has no input % for the candidate''s rule %', p_id, v_missing, p_action
+            USING ERRCODE = 'PX018', HINT = 'a candidate''s formula may only use the inputs its action''s rows kept';
+    END IF;
+    RETURN pyxp.rule_amount(p_constant, p_coefficients, p_inputs);
+END
+$$;
+
 -- Every ledger row but the RULES_ADJUSTMENT ones, with what the candidate
 -- asks for it: `asked` (a rule row: the candidate's rule of its action on its
 -- stored inputs, 0 without one; a reversal: the opposite of what its
--- original asks, exact unless the original was cut by a floor or a cap,
--- which the fold corrects), whether a later row reverses it, and its
+-- original asks) and `applied`, what applies of it when order does not
+-- matter: a capped gain cut set-based, the k-th gain of an allowance
+-- (wallet, allowance, period) applying least(C_k, cap) - least(C_k-1, cap),
+-- C the running sum of its gains asked (exact while no reversal frees that
+-- allowance: `frees` marks such reversals, and their wallets are folded in
+-- order, pyxp.simulated_totals); a reversal, the opposite of what its
+-- original applies. Also: whether a later row reverses it, and its
 -- allowance under the candidate ("allowance@period start", capped rules).
 CREATE FUNCTION pyxp.simulated_rows(p_ruleset_id bigint)
-RETURNS TABLE (id bigint, user_wallet text, action text, now_xp bigint, asked numeric, reverses bigint,
-               reversed boolean, allowance text, cap_max_xp bigint)
+RETURNS TABLE (id bigint, user_wallet text, action text, now_xp bigint, asked numeric, applied numeric,
+               reverses bigint, reversed boolean, frees boolean, allowance text, cap_max_xp bigint)
 LANGUAGE sql STABLE
 AS $$
     WITH rows_ AS (
@@ -764,7 +818,8 @@ AS $$
                CASE WHEN t.reverses IS NOT NULL THEN NULL
                     WHEN c.rule_id IS NULL THEN 0
                     WHEN c.xp_coefficients = '{}' THEN round(c.xp_constant)
-                    ELSE pyxp.rule_amount(c.xp_constant, c.xp_coefficients, t.metadata) END AS asked,
+                    ELSE pyxp.simulated_amount(t.id, c.action, c.xp_constant, c.xp_coefficients, t.metadata)
+               END AS asked,
                v.id IS NOT NULL AS reversed,
                CASE WHEN c.cap_max_xp IS NOT NULL
                     THEN pyxp.cap_allowance(c.cap_group, c.action) || '@'
@@ -777,11 +832,20 @@ AS $$
           LEFT JOIN (SELECT DISTINCT x.reverses AS id FROM pyxp.xp_transactions x WHERE x.reverses IS NOT NULL) v
                  ON v.id = t.id
          WHERE NOT (t.transaction_type = 'RULES_ADJUSTMENT' AND t.rule_id IS NULL AND t.reverses IS NULL)
+    ), capped AS (
+        SELECT g.id, least(g.gained, g.cap_max_xp) - least(g.gained - g.asked, g.cap_max_xp) AS applied
+          FROM (SELECT r.id, r.asked, r.cap_max_xp,
+                       sum(r.asked) OVER (PARTITION BY r.user_wallet, r.allowance ORDER BY r.id) AS gained
+                  FROM rows_ r WHERE r.allowance IS NOT NULL AND r.asked > 0) g
     )
-    SELECT r.id, r.user_wallet, r.action, r.now_xp, coalesce(r.asked, -o.asked), r.reverses, r.reversed,
-           r.allowance, r.cap_max_xp
+    SELECT r.id, r.user_wallet, r.action, r.now_xp, coalesce(r.asked, -o.asked),
+           coalesce(c.applied, r.asked, -o.applied), r.reverses, r.reversed,
+           coalesce(o.allowance IS NOT NULL AND o.asked > 0, false), r.allowance, r.cap_max_xp
       FROM rows_ r
-      LEFT JOIN (SELECT o.id, o.asked FROM rows_ o WHERE o.reversed) o ON o.id = r.reverses
+      LEFT JOIN capped c ON c.id = r.id
+      LEFT JOIN (SELECT o.id, o.asked, coalesce(oc.applied, o.asked) AS applied, o.allowance
+                   FROM rows_ o LEFT JOIN capped oc ON oc.id = o.id
+                  WHERE o.reversed) o ON o.id = r.reverses
 $$;
 
 -- Per wallet with a balance: its total now and under the candidate, and
@@ -796,10 +860,11 @@ DECLARE
 BEGIN
     RETURN QUERY
         WITH r AS MATERIALIZED (SELECT * FROM pyxp.simulated_rows(v_ruleset.ruleset_id)),
+        -- Order matters in a wallet with a penalty under the candidate's
+        -- floor, or a reversal that frees a capped allowance: folded.
         per_wallet AS (
-            SELECT r.user_wallet, sum(r.asked) AS linear,
-                   bool_or(r.allowance IS NOT NULL AND r.asked > 0
-                           OR v_ruleset.balance_floor IS NOT NULL AND r.asked < 0) AS in_order
+            SELECT r.user_wallet, sum(r.applied) AS linear,
+                   bool_or(r.frees OR v_ruleset.balance_floor IS NOT NULL AND r.asked < 0) AS in_order
               FROM r GROUP BY r.user_wallet
         ),
         folded AS (
@@ -881,7 +946,7 @@ BEGIN
         SELECT a.action, sum(a.rows_)::bigint AS rows_, sum(a.now_xp)::bigint AS now_xp,
                sum(a.then_xp)::bigint AS then_xp
           FROM (SELECT r.action, count(*) AS rows_, sum(r.now_xp) AS now_xp,
-                       sum(r.asked) FILTER (WHERE f.user_wallet IS NULL) AS then_xp
+                       sum(r.applied) FILTER (WHERE f.user_wallet IS NULL) AS then_xp
                   FROM pyxp.simulated_rows(v_ruleset.ruleset_id) r
                   LEFT JOIN (SELECT l.user_wallet FROM leveled l WHERE l.by_action IS NOT NULL) f
                          ON f.user_wallet = r.user_wallet
@@ -922,13 +987,16 @@ $$;
 -- wallet whose simulated total differs from its balance, one
 -- RULES_ADJUSTMENT row of the difference (metadata names the version), so
 -- that every balance equals pyxp.simulate_rules(ruleset_id). One
--- transaction: SHARE ROW EXCLUSIVE on xp_balances first (the ruleset-switch
--- lock of sql/04_rulesets.sql), so awards in flight finish before the
--- simulation reads the ledger and new ones wait for the commit: none is lost
--- or counted twice. The rows go through the one writer (pyxp.append_rows),
--- each a claim of the key rules.adjustment:<ruleset_id>:<wallet>.
--- Applying a version retroactively again adds nothing (it is activated if
--- it is not active).
+-- transaction: SHARE ROW EXCLUSIVE on rulesets, then on xp_balances (the
+-- ruleset-switch lock of sql/04_rulesets.sql, in install_ruleset's order),
+-- so awards in flight finish before the simulation reads the ledger and new
+-- ones wait for the commit: none is lost or counted twice. The rows go
+-- through the one writer (pyxp.append_rows), each a claim of the key
+-- rules.adjustment:<ruleset_id>:<transaction id>:<wallet>.
+-- Idempotent by the numbers: applying a version again adds only the
+-- differences left (none if nothing changed since; after a reversal, or
+-- another version applied meanwhile, what brings every balance back to
+-- this version's simulation).
 CREATE FUNCTION pyxp.apply_rules_retroactively(ruleset_id bigint)
 RETURNS TABLE (ruleset_id_applied bigint, name text, version integer, already_applied boolean,
                wallets_adjusted bigint, xp_adjusted numeric, balances_changed bigint)
@@ -945,13 +1013,10 @@ DECLARE
     v_xp numeric := 0;
 BEGIN
     PERFORM pyxp.require_read_committed();
+    -- Installers' lock first, then the awards' (the order of install_ruleset).
+    LOCK TABLE pyxp.rulesets IN SHARE ROW EXCLUSIVE MODE;
     LOCK TABLE pyxp.xp_balances IN SHARE ROW EXCLUSIVE MODE;
     v_levels := pyxp.activate_ruleset(v_ruleset.ruleset_id);
-    IF v_ruleset.applied_retroactively_at IS NOT NULL THEN
-        RETURN QUERY SELECT v_ruleset.ruleset_id, v_ruleset.name, v_ruleset.version, true, 0::bigint, 0::numeric,
-                            v_levels;
-        RETURN;
-    END IF;
     -- Wallets in order, 10,000 per call of the writer.
     FOR v_chunk IN
         SELECT array_agg(ROW(0, d.user_wallet, d.key,
@@ -963,7 +1028,8 @@ BEGIN
                                                 'reason', 'retroactive application of the rules'),
                              NULL, 0)::pyxp.pending_row ORDER BY d.user_wallet)
           FROM (SELECT s.user_wallet, s.total_xp_then - s.total_xp_now AS delta, s.total_xp_now AS now_xp,
-                       'rules.adjustment:' || v_ruleset.ruleset_id || ':' || s.user_wallet AS key,
+                       format('rules.adjustment:%s:%s:%s', v_ruleset.ruleset_id, pg_current_xact_id(),
+                              s.user_wallet) AS key,
                        (row_number() OVER (ORDER BY s.user_wallet) - 1) / 10000 AS chunk
                   FROM pyxp.simulated_totals(v_ruleset.ruleset_id) s
                  WHERE pyxp.checked_simulated_total(s.user_wallet, s.total_xp_then) <> s.total_xp_now) d
@@ -975,8 +1041,11 @@ BEGIN
         v_wallets := v_wallets + cardinality(v_chunk);
         v_xp := v_xp + (SELECT sum(c.xp_amount) FROM unnest(v_chunk) c);
     END LOOP;
-    UPDATE pyxp.rulesets r SET applied_retroactively_at = now() WHERE r.ruleset_id = v_ruleset.ruleset_id;
-    RETURN QUERY SELECT v_ruleset.ruleset_id, v_ruleset.name, v_ruleset.version, false, v_wallets, v_xp, v_levels;
+    IF v_wallets > 0 THEN
+        UPDATE pyxp.rulesets r SET applied_retroactively_at = now() WHERE r.ruleset_id = v_ruleset.ruleset_id;
+    END IF;
+    RETURN QUERY SELECT v_ruleset.ruleset_id, v_ruleset.name, v_ruleset.version, v_wallets = 0, v_wallets, v_xp,
+                        v_levels;
 END
 $$;
 
@@ -993,6 +1062,8 @@ COMMENT ON FUNCTION pyxp.install_ruleset(jsonb, text, boolean) IS
 COMMENT ON FUNCTION pyxp.simulation_step(pyxp.simulation_state, bigint, text, numeric, bigint, boolean, bigint, text, bigint) IS
     'internal: one ledger row replayed under a candidate ruleset (floor, caps, reversals), for pyxp.simulated_balance.';
 COMMENT ON FUNCTION pyxp.checked_ruleset(bigint) IS 'internal: a ruleset version by id, or PX027.';
+COMMENT ON FUNCTION pyxp.simulated_amount(bigint, text, numeric, jsonb, jsonb) IS
+    'internal: a candidate''s formula on a ledger row''s stored inputs, or PX018.';
 COMMENT ON FUNCTION pyxp.simulated_rows(bigint) IS
     'internal: every ledger row but the adjustments, with what a candidate ruleset asks for it.';
 COMMENT ON FUNCTION pyxp.simulated_totals(bigint) IS
@@ -1003,7 +1074,7 @@ COMMENT ON FUNCTION pyxp.checked_simulated_total(text, numeric) IS 'internal: a 
 COMMENT ON FUNCTION pyxp.simulation_report(bigint, integer) IS
     'API: the simulation of a ruleset version summed up: per action, the largest changes, a summary (JSON); writes nothing.';
 COMMENT ON FUNCTION pyxp.apply_rules_retroactively(bigint) IS
-    'internal: (owner only) activates a ruleset version and appends one RULES_ADJUSTMENT row per wallet whose total it changes; idempotent.';
+    'internal: (owner only) activates a ruleset version and appends one RULES_ADJUSTMENT row per wallet whose total differs from its simulation.';
 COMMENT ON FUNCTION pyxp.checked_award_key(text) IS 'internal: a caller''s idempotency key outside pyxp''s namespaces, or PX016.';
 COMMENT ON FUNCTION pyxp.check_ruleset_definition(jsonb) IS 'internal: PX024 for a malformed compiled ruleset.';
 COMMENT ON FUNCTION pyxp.row_ruleset(bigint, text) IS 'internal: the ruleset a ledger row was written under.';
@@ -1012,6 +1083,8 @@ COMMENT ON FUNCTION pyxp.append_rows(bigint, bigint, text, boolean, pyxp.pending
 COMMENT ON FUNCTION pyxp.reverse_transaction(bigint, text) IS
     'API: appends the compensating row of a ledger row (once; the same reason again replays).';
 COMMENT ON FUNCTION pyxp.checked_period(text) IS 'internal: a period name normalised (all, day, week, month, year), or PX026.';
+COMMENT ON FUNCTION pyxp.period_bounds(text, timestamptz, text) IS
+    'internal: start and end of the calendar period of a kind containing an instant, in a zone.';
 COMMENT ON AGGREGATE pyxp.simulated_balance(bigint, text, numeric, bigint, boolean, bigint, text, bigint) IS
     'internal: a wallet''s rows folded in id order under a candidate ruleset.';
 
