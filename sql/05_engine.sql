@@ -249,6 +249,11 @@ DECLARE
     v_allowance text[];      -- per row: the allowance a capped gain uses (pyxp.cap_allowance), else NULL
     v_period timestamptz[];  -- and the start of its period
     v_floored boolean := false;
+    v_at timestamptz;        -- the new rows' effective time (periods)
+    v_day timestamptz;
+    v_week timestamptz;
+    v_month timestamptz;
+    v_year timestamptz;
     v_problem record;
 BEGIN
     IF coalesce(cardinality(v_rows), 0) = 0 THEN
@@ -291,50 +296,77 @@ BEGIN
     --    balances, per wallet in row order, and the feed group
     --    (sql/11_changes.sql: this transaction's id, or the wallet's last
     --    group if higher).
-    SELECT array_agg(x.claim_id ORDER BY x.ord), array_agg(x.after ORDER BY x.ord),
-           array_agg(x.feed ORDER BY x.ord),
-           (array_agg(x.ord ORDER BY x.ord) FILTER (WHERE x.conflict))[1],
-           (array_agg(x.ord ORDER BY x.ord) FILTER (WHERE abs(x.after) > pyxp.balance_limit()))[1],
-           count(*) FILTER (WHERE x.claim_id IS NULL AND x.transaction_type IS NOT NULL),
-           array_agg(x.applied ORDER BY x.ord), array_agg(x.allowance ORDER BY x.ord),
-           array_agg(x.period_start ORDER BY x.ord)
-      INTO v_claims, v_after, v_feed, v_conflict_ord, v_range_ord, v_expected, v_applied, v_allowance, v_period
-      FROM (SELECT y.*, y.total_xp + sum(y.applied) FILTER (WHERE y.claim_id IS NULL)
-                                         OVER (PARTITION BY y.user_wallet ORDER BY y.ord) AS after
-              FROM (SELECT z.*, CASE WHEN z.allowance IS NULL THEN z.xp_amount
-                                     ELSE least(z.asked, z.left_) - least(z.asked - z.xp_amount, z.left_) END AS applied
-                      FROM (SELECT r.ord, r.user_wallet, r.transaction_type, r.xp_amount, k.id AS claim_id,
-                                   k.id IS NOT NULL AND (k.request_digest <> pyxp.inputs_digest(r.inputs)
-                                                         OR k.idempotency_key <> r.idempotency_key) AS conflict,
-                                   b.total_xp, greatest(pg_current_xact_id(), b.last_feed_xid) AS feed,
-                                   a.allowance, a.period_start,
-                                   sum(r.xp_amount) OVER (PARTITION BY r.user_wallet, a.allowance, a.period_start
-                                                          ORDER BY r.ord) AS asked,
-                                   greatest(a.cap_max_xp - coalesce(a.used_xp, 0), 0) AS left_
-                              FROM unnest(v_rows) WITH ORDINALITY r(call_index, user_wallet, idempotency_key, inputs,
-                                                                    transaction_type, xp_amount, xp_requested,
-                                                                    apply_floor, rule_id, campaign_id, subject,
-                                                                    metadata, reverses, moderations, ord)
-                             CROSS JOIN LATERAL (SELECT b.total_xp, b.last_feed_xid FROM pyxp.xp_balances b
-                                                  WHERE b.user_wallet = r.user_wallet LIMIT 1) b
-                              LEFT JOIN LATERAL (SELECT k.id, k.request_digest, k.idempotency_key
-                                                   FROM pyxp.xp_transactions k
-                                                  WHERE r.inputs IS NOT NULL AND k.request_digest IS NOT NULL
-                                                    AND pyxp.key_hash(k.idempotency_key) = pyxp.key_hash(r.idempotency_key)
-                                                  LIMIT 1) k ON true
-                              LEFT JOIN LATERAL (SELECT c.allowance, c.period_start, c.cap_max_xp,
-                                                        (SELECT u.used_xp FROM pyxp.xp_cap_usage u
-                                                          WHERE u.user_wallet = r.user_wallet
-                                                            AND u.allowance = c.allowance
-                                                            AND u.period_start = c.period_start LIMIT 1) AS used_xp
-                                                   FROM (SELECT pyxp.cap_allowance(ru.cap_group, ru.action) AS allowance,
-                                                                date_trunc(ru.cap_per, now(), p_timezone) AS period_start,
-                                                                ru.cap_max_xp
-                                                           FROM pyxp.rules ru
-                                                          WHERE p_caps AND ru.rule_id = r.rule_id
-                                                            AND ru.cap_max_xp IS NOT NULL AND r.xp_amount > 0
-                                                            AND r.reverses IS NULL AND k.id IS NULL
-                                                          LIMIT 1) c) a ON true) z) y) x;
+    -- Without caps the same statement without the caps' lookups and window
+    -- (every plan node costs its start-up on every award).
+    IF NOT p_caps THEN
+        SELECT array_agg(x.claim_id ORDER BY x.ord), array_agg(x.after ORDER BY x.ord),
+               array_agg(x.feed ORDER BY x.ord),
+               (array_agg(x.ord ORDER BY x.ord) FILTER (WHERE x.conflict))[1],
+               (array_agg(x.ord ORDER BY x.ord) FILTER (WHERE abs(x.after) > pyxp.balance_limit()))[1],
+               count(*) FILTER (WHERE x.claim_id IS NULL AND x.transaction_type IS NOT NULL)
+          INTO v_claims, v_after, v_feed, v_conflict_ord, v_range_ord, v_expected
+          FROM (SELECT r.ord, r.transaction_type, k.id AS claim_id,
+                       k.id IS NOT NULL AND (k.request_digest <> pyxp.inputs_digest(r.inputs)
+                                             OR k.idempotency_key <> r.idempotency_key) AS conflict,
+                       b.total_xp + sum(r.xp_amount) FILTER (WHERE k.id IS NULL)
+                                        OVER (PARTITION BY r.user_wallet ORDER BY r.ord) AS after,
+                       greatest(pg_current_xact_id(), b.last_feed_xid) AS feed
+                  FROM unnest(v_rows) WITH ORDINALITY r(call_index, user_wallet, idempotency_key, inputs,
+                                                        transaction_type, xp_amount, xp_requested, apply_floor,
+                                                        rule_id, campaign_id, subject, metadata, reverses,
+                                                        moderations, ord)
+                 CROSS JOIN LATERAL (SELECT b.total_xp, b.last_feed_xid FROM pyxp.xp_balances b
+                                      WHERE b.user_wallet = r.user_wallet LIMIT 1) b
+                  LEFT JOIN LATERAL (SELECT k.id, k.request_digest, k.idempotency_key FROM pyxp.xp_transactions k
+                                      WHERE r.inputs IS NOT NULL AND k.request_digest IS NOT NULL
+                                        AND pyxp.key_hash(k.idempotency_key) = pyxp.key_hash(r.idempotency_key)
+                                      LIMIT 1) k ON true) x;
+    ELSE
+        SELECT array_agg(x.claim_id ORDER BY x.ord), array_agg(x.after ORDER BY x.ord),
+               array_agg(x.feed ORDER BY x.ord),
+               (array_agg(x.ord ORDER BY x.ord) FILTER (WHERE x.conflict))[1],
+               (array_agg(x.ord ORDER BY x.ord) FILTER (WHERE abs(x.after) > pyxp.balance_limit()))[1],
+               count(*) FILTER (WHERE x.claim_id IS NULL AND x.transaction_type IS NOT NULL),
+               array_agg(x.applied ORDER BY x.ord), array_agg(x.allowance ORDER BY x.ord),
+               array_agg(x.period_start ORDER BY x.ord)
+          INTO v_claims, v_after, v_feed, v_conflict_ord, v_range_ord, v_expected, v_applied, v_allowance, v_period
+          FROM (SELECT y.*, y.total_xp + sum(y.applied) FILTER (WHERE y.claim_id IS NULL)
+                                             OVER (PARTITION BY y.user_wallet ORDER BY y.ord) AS after
+                  FROM (SELECT z.*, CASE WHEN z.allowance IS NULL THEN z.xp_amount
+                                         ELSE least(z.asked, z.left_) - least(z.asked - z.xp_amount, z.left_) END AS applied
+                          FROM (SELECT r.ord, r.user_wallet, r.transaction_type, r.xp_amount, k.id AS claim_id,
+                                       k.id IS NOT NULL AND (k.request_digest <> pyxp.inputs_digest(r.inputs)
+                                                             OR k.idempotency_key <> r.idempotency_key) AS conflict,
+                                       b.total_xp, greatest(pg_current_xact_id(), b.last_feed_xid) AS feed,
+                                       a.allowance, a.period_start,
+                                       sum(r.xp_amount) OVER (PARTITION BY r.user_wallet, a.allowance, a.period_start
+                                                              ORDER BY r.ord) AS asked,
+                                       greatest(a.cap_max_xp - coalesce(a.used_xp, 0), 0) AS left_
+                                  FROM unnest(v_rows) WITH ORDINALITY r(call_index, user_wallet, idempotency_key, inputs,
+                                                                        transaction_type, xp_amount, xp_requested,
+                                                                        apply_floor, rule_id, campaign_id, subject,
+                                                                        metadata, reverses, moderations, ord)
+                                 CROSS JOIN LATERAL (SELECT b.total_xp, b.last_feed_xid FROM pyxp.xp_balances b
+                                                      WHERE b.user_wallet = r.user_wallet LIMIT 1) b
+                                  LEFT JOIN LATERAL (SELECT k.id, k.request_digest, k.idempotency_key
+                                                       FROM pyxp.xp_transactions k
+                                                      WHERE r.inputs IS NOT NULL AND k.request_digest IS NOT NULL
+                                                        AND pyxp.key_hash(k.idempotency_key) = pyxp.key_hash(r.idempotency_key)
+                                                      LIMIT 1) k ON true
+                                  LEFT JOIN LATERAL (SELECT c.allowance, c.period_start, c.cap_max_xp,
+                                                            (SELECT u.used_xp FROM pyxp.xp_cap_usage u
+                                                              WHERE u.user_wallet = r.user_wallet
+                                                                AND u.allowance = c.allowance
+                                                                AND u.period_start = c.period_start LIMIT 1) AS used_xp
+                                                       FROM (SELECT pyxp.cap_allowance(ru.cap_group, ru.action) AS allowance,
+                                                                    date_trunc(ru.cap_per, now(), p_timezone) AS period_start,
+                                                                    ru.cap_max_xp
+                                                               FROM pyxp.rules ru
+                                                              WHERE p_caps AND ru.rule_id = r.rule_id
+                                                                AND ru.cap_max_xp IS NOT NULL AND r.xp_amount > 0
+                                                                AND r.reverses IS NULL AND k.id IS NULL
+                                                              LIMIT 1) c) a ON true) z) y) x;
+    END IF;
     -- A cut gain records both amounts: xp_amount what applies, xp_requested
     -- what the rule asked.
     IF p_caps THEN
@@ -350,8 +382,8 @@ BEGIN
         -- cut rows (slow path: floors are rare; the caps' cut is then a
         -- no-op): xp_amount becomes what applies, xp_requested keeps what
         -- the rule asked.
-        EXIT planning WHEN p_floor IS NULL OR v_floored
-            OR NOT EXISTS (SELECT FROM unnest(v_rows) r WHERE r.apply_floor AND r.xp_amount < 0);
+        EXIT planning WHEN p_floor IS NULL OR v_floored;  -- a simple expression: no query on the hot path
+        EXIT planning WHEN NOT EXISTS (SELECT FROM unnest(v_rows) r WHERE r.apply_floor AND r.xp_amount < 0);
         v_rows := pyxp.floored_rows(p_ruleset, v_rows, p_floor);
         v_floored := true;
     END LOOP;
@@ -439,47 +471,42 @@ BEGIN
     --    (added) or an earlier one (a transaction that began before the
     --    period turned: left to the ledger). A call's new rows of one wallet
     --    share one effective time: now(), or for a reversal (always alone in
-    --    its call) the created_at of the row it reverses. In the same
-    --    statement, what the new capped gains used of their allowances
-    --    (xp_cap_usage, under the same locks).
-    WITH used AS (
-        INSERT INTO pyxp.xp_cap_usage AS u (user_wallet, allowance, period_start, used_xp)
-        SELECT r.user_wallet, r.allowance, r.period_start, sum(r.xp_amount)::bigint
-          FROM ROWS FROM (unnest(v_rows), unnest(v_ids), unnest(v_allowance), unnest(v_period))
-               r(call_index, user_wallet, idempotency_key, inputs, transaction_type, xp_amount, xp_requested,
-                 apply_floor, rule_id, campaign_id, subject, metadata, reverses, moderations, id, allowance,
-                 period_start)
-         WHERE r.allowance IS NOT NULL AND r.id IS NOT NULL AND r.xp_amount > 0
-         GROUP BY r.user_wallet, r.allowance, r.period_start
-        ON CONFLICT (user_wallet, allowance, period_start) DO UPDATE SET used_xp = u.used_xp + excluded.used_xp
-    )
+    --    its call) the created_at of the row it reverses: the periods are
+    --    computed once (p_timezone), not per row.
+    v_at := now();
+    IF v_rows[1].reverses IS NOT NULL THEN
+        SELECT o.created_at INTO v_at FROM pyxp.xp_transactions o WHERE o.id = v_rows[1].reverses;
+    END IF;
+    v_day := date_trunc('day', v_at, p_timezone);
+    v_week := date_trunc('week', v_at, p_timezone);
+    v_month := date_trunc('month', v_at, p_timezone);
+    v_year := date_trunc('year', v_at, p_timezone);
     UPDATE pyxp.xp_balances x
        SET total_xp = coalesce(f.after::bigint, x.total_xp), current_level = c.level,
            xp_to_next_level = (c.next_level_xp - coalesce(f.after::bigint, x.total_xp))::bigint,
            total_moderations = x.total_moderations + f.moderations, updated_at = now(),
            last_feed_xid = coalesce(f.feed, x.last_feed_xid),
-           day_start = greatest(x.day_start, p.d),
-           day_xp = CASE WHEN p.d IS NULL THEN x.day_xp
-                         WHEN p.d > x.day_start OR x.day_start IS NULL THEN f.gained
-                         WHEN p.d = x.day_start THEN x.day_xp + f.gained ELSE x.day_xp END,
-           week_start = greatest(x.week_start, p.w),
-           week_xp = CASE WHEN p.w IS NULL THEN x.week_xp
-                         WHEN p.w > x.week_start OR x.week_start IS NULL THEN f.gained
-                          WHEN p.w = x.week_start THEN x.week_xp + f.gained ELSE x.week_xp END,
-           month_start = greatest(x.month_start, p.m),
-           month_xp = CASE WHEN p.m IS NULL THEN x.month_xp
-                         WHEN p.m > x.month_start OR x.month_start IS NULL THEN f.gained
-                           WHEN p.m = x.month_start THEN x.month_xp + f.gained ELSE x.month_xp END,
-           year_start = greatest(x.year_start, p.y),
-           year_xp = CASE WHEN p.y IS NULL THEN x.year_xp
-                         WHEN p.y > x.year_start OR x.year_start IS NULL THEN f.gained
-                          WHEN p.y = x.year_start THEN x.year_xp + f.gained ELSE x.year_xp END
+           day_start = CASE WHEN f.after IS NULL THEN x.day_start ELSE greatest(x.day_start, v_day) END,
+           day_xp = CASE WHEN f.after IS NULL THEN x.day_xp
+                         WHEN v_day > x.day_start OR x.day_start IS NULL THEN f.gained
+                         WHEN v_day = x.day_start THEN x.day_xp + f.gained ELSE x.day_xp END,
+           week_start = CASE WHEN f.after IS NULL THEN x.week_start ELSE greatest(x.week_start, v_week) END,
+           week_xp = CASE WHEN f.after IS NULL THEN x.week_xp
+                         WHEN v_week > x.week_start OR x.week_start IS NULL THEN f.gained
+                         WHEN v_week = x.week_start THEN x.week_xp + f.gained ELSE x.week_xp END,
+           month_start = CASE WHEN f.after IS NULL THEN x.month_start ELSE greatest(x.month_start, v_month) END,
+           month_xp = CASE WHEN f.after IS NULL THEN x.month_xp
+                         WHEN v_month > x.month_start OR x.month_start IS NULL THEN f.gained
+                         WHEN v_month = x.month_start THEN x.month_xp + f.gained ELSE x.month_xp END,
+           year_start = CASE WHEN f.after IS NULL THEN x.year_start ELSE greatest(x.year_start, v_year) END,
+           year_xp = CASE WHEN f.after IS NULL THEN x.year_xp
+                         WHEN v_year > x.year_start OR x.year_start IS NULL THEN f.gained
+                         WHEN v_year = x.year_start THEN x.year_xp + f.gained ELSE x.year_xp END
       FROM (SELECT r.user_wallet,
                    (array_agg(r.after ORDER BY r.ord DESC) FILTER (WHERE r.id IS NOT NULL))[1] AS after,
                    max(r.feed) FILTER (WHERE r.id IS NOT NULL) AS feed,
                    sum(r.moderations) FILTER (WHERE r.claim IS NULL)::bigint AS moderations,
                    sum(r.xp_amount) FILTER (WHERE r.id IS NOT NULL)::bigint AS gained,
-                   max(r.reverses) FILTER (WHERE r.id IS NOT NULL) AS reverses,
                    (array_agg(b.total_xp))[1] AS total_xp
               FROM ROWS FROM (unnest(v_rows), unnest(v_claims), unnest(v_after), unnest(v_feed), unnest(v_ids))
                    WITH ORDINALITY r(call_index, user_wallet, idempotency_key, inputs, transaction_type, xp_amount,
@@ -488,16 +515,22 @@ BEGIN
              CROSS JOIN LATERAL (SELECT b.total_xp FROM pyxp.xp_balances b WHERE b.user_wallet = r.user_wallet LIMIT 1) b
              GROUP BY r.user_wallet) f
      CROSS JOIN LATERAL pyxp.curve_position(p_ruleset, coalesce(f.after::bigint, f.total_xp)) c
-     CROSS JOIN LATERAL (SELECT CASE WHEN f.after IS NULL THEN NULL  -- votes counted, no row: no period
-                                     WHEN f.reverses IS NULL THEN now()
-                                     ELSE (SELECT o.created_at FROM pyxp.xp_transactions o
-                                            WHERE o.id = f.reverses LIMIT 1) END AS at) e
-     CROSS JOIN LATERAL (SELECT date_trunc('day', e.at, p_timezone) AS d, date_trunc('week', e.at, p_timezone) AS w,
-                                date_trunc('month', e.at, p_timezone) AS m,
-                                date_trunc('year', e.at, p_timezone) AS y) p
      WHERE x.user_wallet = f.user_wallet AND (f.after IS NOT NULL OR f.moderations <> 0);
 
-    -- 4b. What a reversal of a capped gain frees (pyxp.freed_allowance).
+    -- 4b. What the new capped gains used of their allowances (xp_cap_usage),
+    --     and what a reversal of a capped gain frees (pyxp.freed_allowance),
+    --     under the same locks.
+    IF p_caps THEN
+        INSERT INTO pyxp.xp_cap_usage AS u (user_wallet, allowance, period_start, used_xp)
+        SELECT r.user_wallet, r.allowance, r.period_start, sum(r.xp_amount)::bigint
+          FROM ROWS FROM (unnest(v_rows), unnest(v_ids), unnest(v_allowance), unnest(v_period))
+               r(call_index, user_wallet, idempotency_key, inputs, transaction_type, xp_amount, xp_requested,
+                 apply_floor, rule_id, campaign_id, subject, metadata, reverses, moderations, id, allowance,
+                 period_start)
+         WHERE r.allowance IS NOT NULL AND r.id IS NOT NULL AND r.xp_amount > 0
+         GROUP BY r.user_wallet, r.allowance, r.period_start
+        ON CONFLICT (user_wallet, allowance, period_start) DO UPDATE SET used_xp = u.used_xp + excluded.used_xp;
+    END IF;
     IF v_rows[1].reverses IS NOT NULL THEN  -- a reversal: alone in its call
         UPDATE pyxp.xp_cap_usage u SET used_xp = u.used_xp - f.freed_xp
           FROM pyxp.freed_allowance(v_rows[1].reverses) f
