@@ -455,7 +455,8 @@ class _Api:
     def leaderboard(self, max_rows: int = 100, offset_rows: int = 0, period: str = "all",
                     at: datetime | None = None) -> list[LeaderboardRow]:
         """All time (``period="all"``) or the day, week, month or year containing ``at``
-        (default: now), in the active ruleset's timezone (SPEC 12)."""
+        (default: now), in the active ruleset's timezone (SPEC 12). Pass an aware ``at``: a
+        naive one is read in the database session's TimeZone."""
         return self._execute(Call("leaderboard", queries.LEADERBOARD, {
             "max_rows": max_rows, "offset_rows": offset_rows, "period": period, "at": at},
             LeaderboardRow, "rows"))
