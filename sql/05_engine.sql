@@ -76,6 +76,22 @@ AS $$
                 ELSE p_amount END
 $$;
 
+-- A balance's XP in its latest period of a kind (xp_balances.<kind>_xp,
+-- sql/07_periods.sql) after new rows of p_gained XP in period p_new (NULL:
+-- no new row): counted anew when p_new is a later period, added when it is
+-- the same, left alone when it is earlier (those rows are the ledger's).
+-- SQL, inlined into the writer's UPDATE.
+CREATE FUNCTION pyxp.kept_period_xp(p_kept_start timestamptz, p_kept_xp bigint, p_new timestamptz,
+                                    p_gained bigint)
+RETURNS bigint
+LANGUAGE sql IMMUTABLE PARALLEL SAFE
+AS $$
+    SELECT CASE WHEN p_new IS NULL THEN p_kept_xp
+                WHEN p_kept_start IS NULL OR p_new > p_kept_start THEN p_gained
+                WHEN p_new = p_kept_start THEN p_kept_xp + p_gained
+                ELSE p_kept_xp END
+$$;
+
 -- Balances stay within [-2^62, 2^62] (PX019): xp_to_next_level and every
 -- threshold computation then fit in bigint.
 CREATE FUNCTION pyxp.balance_limit()
@@ -487,21 +503,13 @@ BEGIN
            total_moderations = x.total_moderations + f.moderations, updated_at = now(),
            last_feed_xid = coalesce(f.feed, x.last_feed_xid),
            day_start = CASE WHEN f.after IS NULL THEN x.day_start ELSE greatest(x.day_start, v_day) END,
-           day_xp = CASE WHEN f.after IS NULL THEN x.day_xp
-                         WHEN v_day > x.day_start OR x.day_start IS NULL THEN f.gained
-                         WHEN v_day = x.day_start THEN x.day_xp + f.gained ELSE x.day_xp END,
+           day_xp = pyxp.kept_period_xp(x.day_start, x.day_xp, CASE WHEN f.after IS NOT NULL THEN v_day END, f.gained),
            week_start = CASE WHEN f.after IS NULL THEN x.week_start ELSE greatest(x.week_start, v_week) END,
-           week_xp = CASE WHEN f.after IS NULL THEN x.week_xp
-                         WHEN v_week > x.week_start OR x.week_start IS NULL THEN f.gained
-                         WHEN v_week = x.week_start THEN x.week_xp + f.gained ELSE x.week_xp END,
+           week_xp = pyxp.kept_period_xp(x.week_start, x.week_xp, CASE WHEN f.after IS NOT NULL THEN v_week END, f.gained),
            month_start = CASE WHEN f.after IS NULL THEN x.month_start ELSE greatest(x.month_start, v_month) END,
-           month_xp = CASE WHEN f.after IS NULL THEN x.month_xp
-                         WHEN v_month > x.month_start OR x.month_start IS NULL THEN f.gained
-                         WHEN v_month = x.month_start THEN x.month_xp + f.gained ELSE x.month_xp END,
+           month_xp = pyxp.kept_period_xp(x.month_start, x.month_xp, CASE WHEN f.after IS NOT NULL THEN v_month END, f.gained),
            year_start = CASE WHEN f.after IS NULL THEN x.year_start ELSE greatest(x.year_start, v_year) END,
-           year_xp = CASE WHEN f.after IS NULL THEN x.year_xp
-                         WHEN v_year > x.year_start OR x.year_start IS NULL THEN f.gained
-                         WHEN v_year = x.year_start THEN x.year_xp + f.gained ELSE x.year_xp END
+           year_xp = pyxp.kept_period_xp(x.year_start, x.year_xp, CASE WHEN f.after IS NOT NULL THEN v_year END, f.gained)
       FROM (SELECT r.user_wallet,
                    (array_agg(r.after ORDER BY r.ord DESC) FILTER (WHERE r.id IS NOT NULL))[1] AS after,
                    max(r.feed) FILTER (WHERE r.id IS NOT NULL) AS feed,

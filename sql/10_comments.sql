@@ -70,6 +70,8 @@ COMMENT ON FUNCTION pyxp.curve_position(bigint, bigint) IS 'internal: where a bi
 COMMENT ON FUNCTION pyxp.check_ruleset_definition(jsonb) IS 'internal: PX024 for a malformed compiled ruleset.';
 COMMENT ON FUNCTION pyxp.rule_amount(numeric, jsonb, jsonb) IS 'internal: a rule''s linear form evaluated, halves away from zero.';
 COMMENT ON FUNCTION pyxp.floored_amount(numeric, bigint, numeric) IS 'internal: a penalty cut by the balance floor.';
+COMMENT ON FUNCTION pyxp.kept_period_xp(timestamptz, bigint, timestamptz, bigint) IS
+    'internal: a balance''s XP in its latest period of a kind after new rows.';
 COMMENT ON FUNCTION pyxp.balance_limit() IS 'internal: 2^62, the bound of every balance.';
 COMMENT ON FUNCTION pyxp.key_hash(text) IS 'internal: the claim index''s key, 16 bytes of sha256 of an idempotency key.';
 COMMENT ON FUNCTION pyxp.inputs_digest(jsonb) IS 'internal: 8 bytes of sha256 of a generic award''s canonical inputs, kept on its claim row.';

@@ -16,6 +16,7 @@ $guard$;
 DROP AGGREGATE pyxp.simulated_balance(bigint, text, numeric, bigint, boolean, bigint, text, bigint);
 DROP FUNCTION pyxp.activate_ruleset(bigint);
 DROP FUNCTION pyxp.install_ruleset(jsonb, text, boolean);
+DROP FUNCTION pyxp.kept_period_xp(timestamptz, bigint, timestamptz, bigint);
 DROP FUNCTION pyxp.simulation_step(pyxp.simulation_state, bigint, text, numeric, bigint, boolean, bigint, text, bigint);
 DROP FUNCTION pyxp.checked_ruleset(bigint);
 DROP FUNCTION pyxp.simulated_amount(bigint, text, numeric, jsonb, jsonb);
