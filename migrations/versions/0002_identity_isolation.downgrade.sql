@@ -1,4 +1,18 @@
 -- Downgrade of 0002: the functions of 0001 again, without descriptions.
+-- Refused when 0001 would misread what 0002 stored: its vote keys would not
+-- find the escaped or /2 keys (a retry would award twice), and it has no place
+-- for a campaign known by its type only.
+DO $guard$
+BEGIN
+    IF EXISTS (SELECT FROM pyxp.xp_requests q
+                WHERE q.idempotency_key ~ '^(campaign|completion)[.]vote/[0-9]+:'
+                   OR (q.idempotency_key ~ '^(campaign|completion)[.]vote:' AND q.idempotency_key ~ '%(25|3A)'))
+       OR EXISTS (SELECT FROM pyxp.campaigns c WHERE c.creator_wallet IS NULL) THEN
+        RAISE EXCEPTION 'cannot downgrade below 0002: votes keyed by 0002 (ids with : or %%) or campaigns known by type only would be misread by 0001'
+            USING ERRCODE = 'PX024', HINT = 'stay on 0002 or later';
+    END IF;
+END
+$guard$;
 SET LOCAL ROLE pyxp_owner;
 CREATE OR REPLACE FUNCTION pyxp.checked_wallet(p_wallet text, p_what text DEFAULT 'wallet')
 RETURNS text
@@ -1390,17 +1404,18 @@ $$;
 DROP FUNCTION pyxp.award_many(jsonb[]);
 DROP FUNCTION pyxp.check_completion_owner(text, text, text, text);
 DROP FUNCTION pyxp.cleaned_text(text, text, integer, text, boolean);
+DROP FUNCTION pyxp.invisible_character(text);
 DROP FUNCTION pyxp.key_part(text);
 DROP FUNCTION pyxp.level_for(numeric);
+DROP FUNCTION pyxp.lock_subject(text);
 DROP FUNCTION pyxp.require_read_committed();
+DROP FUNCTION pyxp.trimmed_text(text, boolean);
 DROP FUNCTION pyxp.vote_key(text, text, text, text);
 
 REVOKE ALL ON ALL FUNCTIONS IN SCHEMA pyxp FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION pyxp.recalculate_levels() TO pyxp_writer;
 GRANT EXECUTE ON FUNCTION pyxp.level_for(bigint) TO pyxp_writer, pyxp_reader;
-DROP TABLE pyxp.client_email_locks;
--- Campaigns recorded by a vote or completion without their creator: 0001 needs one.
-DELETE FROM pyxp.campaigns WHERE creator_wallet IS NULL;
+DROP TABLE pyxp.subject_locks;
 ALTER TABLE pyxp.campaigns ALTER COLUMN creator_wallet SET NOT NULL;
 COMMENT ON FUNCTION pyxp.checked_wallet(text, text) IS NULL;
 COMMENT ON FUNCTION pyxp.checked_email(text) IS NULL;

@@ -6,36 +6,29 @@ SET LOCAL ROLE pyxp_owner;
 
 ALTER TABLE pyxp.campaigns ALTER COLUMN creator_wallet DROP NOT NULL;
 
-CREATE TABLE pyxp.client_email_locks (
-    client_email  text PRIMARY KEY
+CREATE TABLE pyxp.subject_locks (
+    subject  text PRIMARY KEY
 );
-GRANT SELECT ON pyxp.client_email_locks TO pyxp_reader;
+GRANT SELECT ON pyxp.subject_locks TO pyxp_reader;
 
 DROP FUNCTION pyxp.level_for(bigint);
+DROP FUNCTION pyxp.lock_client_email(text);  -- an advisory lock: replaced by pyxp.lock_subject
 CREATE OR REPLACE FUNCTION pyxp.cleaned_text(p_what text, p_value text, p_max integer, p_code text, p_nfkc boolean)
 RETURNS text
 LANGUAGE plpgsql IMMUTABLE PARALLEL SAFE
 AS $$
 DECLARE
-    v text := p_value;
+    v text;
     v_invisible text;
 BEGIN
-    IF v IS NULL THEN
+    IF p_value IS NULL THEN
         RETURN NULL;
-    ELSIF octet_length(v) > 4 * p_max + 1024 THEN
-        RAISE EXCEPTION 'invalid %: a text of % bytes', p_what, octet_length(v)
+    ELSIF octet_length(p_value) > 4 * p_max + 1024 THEN
+        RAISE EXCEPTION 'invalid %: a text of % bytes', p_what, octet_length(p_value)
             USING ERRCODE = p_code, HINT = format('%s has at most %s characters', p_what, p_max);
     END IF;
-    IF p_nfkc AND octet_length(v) <> length(v) THEN  -- ASCII is already in NFKC
-        v := normalize(v, NFKC);
-    END IF;
-    v := regexp_replace(v, '^[[:space:]\u0085\u00a0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000]+'
-                           '|[[:space:]\u0085\u00a0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000]+$', '', 'g');
-    v_invisible := substring(v from '[\u0001-\u001f\u007f-\u009f\u00ad\u034f\u0600-\u0605\u061c\u06dd\u070f'
-                                     '\u0890-\u0891\u08e2\u115f-\u1160\u17b4-\u17b5\u180b-\u180f\u200b-\u200f'
-                                     '\u202a-\u202e\u2060-\u206f\u3164\ufe00-\ufe0f\ufeff\uffa0\ufff0-\ufffb'
-                                     '\U000110bd\U000110cd\U00013430-\U0001343f\U0001bca0-\U0001bca3'
-                                     '\U0001d173-\U0001d17a\U000e0000-\U000e0fff]');
+    v := pyxp.trimmed_text(p_value, p_nfkc);
+    v_invisible := pyxp.invisible_character(v);
     IF v_invisible IS NOT NULL THEN
         RAISE EXCEPTION 'invalid %: % contains U+%, an invisible or control character', p_what,
                         quote_literal(left(regexp_replace(v, '[^[:print:]]', '?', 'g'), 60)),
@@ -46,6 +39,25 @@ BEGIN
     END IF;
     RETURN v;
 END
+$$;
+CREATE OR REPLACE FUNCTION pyxp.trimmed_text(p_value text, p_nfkc boolean)
+RETURNS text
+LANGUAGE sql IMMUTABLE PARALLEL SAFE
+AS $$
+    SELECT regexp_replace(
+        CASE WHEN p_nfkc AND octet_length(p_value) <> length(p_value) THEN normalize(p_value, NFKC)
+             ELSE p_value END,
+        '^[[:space:]\u0085\u00a0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000]+|[[:space:]\u0085\u00a0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000]+$', '', 'g')
+$$;
+CREATE OR REPLACE FUNCTION pyxp.invisible_character(p_value text)
+RETURNS text
+LANGUAGE sql IMMUTABLE PARALLEL SAFE
+AS $$
+    SELECT substring(p_value from '[\u0001-\u001f\u007f-\u009f\u00ad\u034f\u0600-\u0605\u061c\u06dd\u070f'
+                                  '\u0890-\u0891\u08e2\u115f-\u1160\u17b4-\u17b5\u180b-\u180f\u200b-\u200f'
+                                  '\u202a-\u202e\u2060-\u206f\u2800\u3164\ufe00-\ufe0f\ufeff\uffa0\ufff0-\ufffb'
+                                  '\U000110bd\U000110cd\U00013430-\U0001343f\U0001bca0-\U0001bca3'
+                                  '\U0001d173-\U0001d17a\U000e0000-\U000e0fff]')
 $$;
 CREATE OR REPLACE FUNCTION pyxp.checked_wallet(p_wallet text, p_what text DEFAULT 'wallet')
 RETURNS text
@@ -229,7 +241,7 @@ AS $$
 DECLARE
     v text := pyxp.checked_identifier('idempotency key', p_key, 256);
 BEGIN
-    IF v ~ '^(campaign\.(created|approved|vote)|completion\.(submitted|outcome|vote)|client\.onboarded|reverse):' THEN
+    IF v ~ '^(campaign\.(created|approved|vote)|completion\.(submitted|outcome|vote)|client\.onboarded|reverse)(/[0-9]+)?:' THEN
         RAISE EXCEPTION 'invalid idempotency key %: reserved for pyxp''s own flows', quote_literal(v)
             USING ERRCODE = 'PX016',
                   HINT = 'keys starting with campaign.*:, completion.*:, client.onboarded: or reverse: are pyxp''s';
@@ -806,6 +818,8 @@ LANGUAGE plpgsql STABLE
 AS $$
 DECLARE
     v_legacy text := format('%s:%s:%s', p_event, p_subject, p_wallet);
+    v_key text := format('%s:%s:%s', p_event, pyxp.key_part(p_subject), p_wallet);
+    v_stored jsonb;
 BEGIN
     IF p_subject ~ '[%:]' AND EXISTS (
            SELECT FROM pyxp.xp_requests q
@@ -813,7 +827,12 @@ BEGIN
               AND q.inputs ->> 'wallet' = p_wallet AND q.inputs ->> p_subject_field = p_subject) THEN
         RETURN v_legacy;
     END IF;
-    RETURN format('%s:%s:%s', p_event, pyxp.key_part(p_subject), p_wallet);
+    SELECT q.inputs INTO v_stored FROM pyxp.xp_requests q WHERE q.idempotency_key = v_key;
+    IF v_stored IS NOT NULL AND (v_stored ->> 'wallet' IS DISTINCT FROM p_wallet
+                                 OR v_stored ->> p_subject_field IS DISTINCT FROM p_subject) THEN
+        RETURN format('%s/2:%s:%s', p_event, pyxp.key_part(p_subject), p_wallet);
+    END IF;
+    RETURN v_key;
 END
 $$;
 CREATE OR REPLACE FUNCTION pyxp.resolved_campaign_type(p_campaign_id text, p_campaign_type text)
@@ -842,14 +861,30 @@ BEGIN
     RETURN v_known;
 END
 $$;
+CREATE OR REPLACE FUNCTION pyxp.lock_subject(p_subject text)
+RETURNS void
+LANGUAGE plpgsql
+AS $$
+BEGIN
+    PERFORM pyxp.require_read_committed();  -- before its first write, like every writer
+    PERFORM FROM pyxp.subject_locks l WHERE l.subject = p_subject FOR UPDATE;
+    IF NOT FOUND THEN
+        -- A concurrent first insert of the same subject makes this one wait, then skip.
+        INSERT INTO pyxp.subject_locks (subject) VALUES (p_subject)
+        ON CONFLICT (subject) DO NOTHING;
+        PERFORM FROM pyxp.subject_locks l WHERE l.subject = p_subject FOR UPDATE;
+    END IF;
+END
+$$;
 CREATE OR REPLACE FUNCTION pyxp.check_completion_owner(p_completion text, p_wallet text, p_campaign text,
                                             p_own_key text)
 RETURNS void
-LANGUAGE plpgsql STABLE
+LANGUAGE plpgsql
 AS $$
 DECLARE
     v_first jsonb;
 BEGIN
+    PERFORM pyxp.lock_subject('completion:' || p_completion);
     SELECT q.inputs INTO v_first
       FROM pyxp.xp_requests q
      WHERE q.idempotency_key IN ('completion.submitted:' || p_completion, 'completion.outcome:' || p_completion)
@@ -906,9 +941,15 @@ DECLARE
     v_params jsonb := pyxp.formula_inputs(NULL, NULL, v_mint);
     v_known pyxp.campaigns;
 BEGIN
-    -- A vote or completion may have recorded the campaign's type already (no
-    -- creator yet). A campaign created before is the key's business (PX010).
-    SELECT * INTO v_known FROM pyxp.campaigns c WHERE c.campaign_id = v_campaign;
+    -- The registry row first, locked until commit: a vote or completion that
+    -- records the campaign's type meanwhile waits for this call, or this call
+    -- waits for it and then sees the type it recorded (no creator yet). A
+    -- campaign created before is the key's business (PX010, or a replay).
+    PERFORM pyxp.require_read_committed();
+    INSERT INTO pyxp.campaigns (campaign_id, campaign_type, creator_wallet)
+    VALUES (v_campaign, v_type, v_wallet)
+    ON CONFLICT ON CONSTRAINT campaigns_pkey DO NOTHING;
+    SELECT * INTO STRICT v_known FROM pyxp.campaigns c WHERE c.campaign_id = v_campaign FOR UPDATE;
     IF v_known.creator_wallet IS NULL AND v_known.campaign_type <> v_type THEN
         RAISE EXCEPTION 'campaign % is %, not %', v_campaign, v_known.campaign_type, v_type
             USING ERRCODE = 'PX011', HINT = format('pass campaign_type %s', v_known.campaign_type);
@@ -924,13 +965,11 @@ BEGIN
         jsonb_build_object('campaign_type', v_type, 'winstory_creates_video', v_video,
                            'no_rewards', v_no_rewards) || v_params,
         0, format('campaign %s was already created with other inputs', v_campaign));
-    -- Still recorded when no rule awards anything (INDIVIDUAL in winstory).
-    -- A row recorded by a vote or completion gets its creator; a replay finds
+    -- Recorded even when no rule awards anything (INDIVIDUAL in winstory). A
+    -- row recorded by a vote or completion gets its creator; a replay finds
     -- the row complete: nothing is written.
-    INSERT INTO pyxp.campaigns AS c (campaign_id, campaign_type, creator_wallet)
-    VALUES (v_campaign, v_type, v_wallet)
-    ON CONFLICT ON CONSTRAINT campaigns_pkey DO UPDATE SET creator_wallet = EXCLUDED.creator_wallet
-        WHERE c.creator_wallet IS NULL;
+    UPDATE pyxp.campaigns c SET creator_wallet = v_wallet
+     WHERE c.campaign_id = v_campaign AND c.creator_wallet IS NULL;
 END
 $$;
 CREATE OR REPLACE FUNCTION pyxp.award_campaign_approval(campaign_id text, creator_wallet text DEFAULT NULL)
@@ -1075,20 +1114,6 @@ BEGIN
         format('moderator %s already voted on completion %s', v_wallet, v_completion));
 END
 $$;
-CREATE OR REPLACE FUNCTION pyxp.lock_client_email(p_email text)
-RETURNS void
-LANGUAGE plpgsql
-AS $$
-BEGIN
-    PERFORM FROM pyxp.client_email_locks l WHERE l.client_email = p_email FOR UPDATE;
-    IF NOT FOUND THEN
-        -- A concurrent first insert of the same email makes this one wait, then skip.
-        INSERT INTO pyxp.client_email_locks (client_email) VALUES (p_email)
-        ON CONFLICT (client_email) DO NOTHING;
-        PERFORM FROM pyxp.client_email_locks l WHERE l.client_email = p_email FOR UPDATE;
-    END IF;
-END
-$$;
 CREATE OR REPLACE FUNCTION pyxp.register_agency_client(
     agency_wallet text, client_email text, campaign_id text, company_name text DEFAULT NULL)
 RETURNS SETOF pyxp.agency_b2c_clients
@@ -1120,7 +1145,7 @@ BEGIN
             USING ERRCODE = 'PX022', HINT = 'register clients on the agency''s own AGENCY_B2C campaigns';
     END IF;
 
-    PERFORM pyxp.lock_client_email(v_email);
+    PERFORM pyxp.lock_subject('client_email:' || v_email);
     SELECT * INTO v_onboarded FROM pyxp.xp_requests q WHERE q.idempotency_key = 'client.onboarded:' || v_email;
     INSERT INTO pyxp.agency_b2c_clients AS a (agency_wallet, client_email, campaign_id, company_name,
                                               client_wallet, xp_granted, onboarded_at)
@@ -1146,7 +1171,7 @@ DECLARE
     v_pending record;
 BEGIN
     PERFORM pyxp.require_read_committed();
-    PERFORM pyxp.lock_client_email(v_email);
+    PERFORM pyxp.lock_subject('client_email:' || v_email);
     SELECT array_agg(a.agency_wallet ORDER BY a.id) AS agencies,
            array_agg(a.campaign_id ORDER BY a.id) AS campaigns,
            (array_agg(a.company_name ORDER BY a.id) FILTER (WHERE a.company_name IS NOT NULL))[1] AS company
@@ -1307,7 +1332,7 @@ AS $$
       FROM pyxp.xp_balances b
       FULL JOIN (SELECT q.inputs ->> 'wallet' AS user_wallet, count(*) AS votes
                    FROM pyxp.xp_requests q
-                  WHERE q.idempotency_key LIKE 'campaign.vote:%' OR q.idempotency_key LIKE 'completion.vote:%'
+                  WHERE q.idempotency_key ~ '^(campaign|completion)\.vote(/[0-9]+)?:'
                   GROUP BY 1) v ON v.user_wallet = b.user_wallet
      WHERE coalesce(b.total_moderations, 0) <> coalesce(v.votes, 0)
     UNION ALL
@@ -1318,6 +1343,27 @@ AS $$
       FROM pyxp.agency_b2c_clients a
       LEFT JOIN pyxp.xp_requests q ON q.idempotency_key = 'client.onboarded:' || a.client_email
      WHERE a.xp_granted <> (q.idempotency_key IS NOT NULL)
+    UNION ALL
+    -- Identities stored before 0002 that today's checks would read otherwise
+    -- (NFKC, Unicode whitespace, invisible characters): one person may be two
+    -- wallets or emails here; a DBA decides what to merge.
+    SELECT 'identity_not_normalised', b.user_wallet, NULL,
+           CASE WHEN pyxp.invisible_character(f.form) IS NOT NULL
+                THEN format('wallet %s holds U+%s, refused since 0002', quote_literal(b.user_wallet),
+                            upper(lpad(to_hex(ascii(pyxp.invisible_character(f.form))), 4, '0')))
+                ELSE format('wallet %s is read %s since 0002', quote_literal(b.user_wallet), quote_literal(f.form)) END
+      FROM pyxp.xp_balances b
+     CROSS JOIN LATERAL (SELECT CASE WHEN x.t ~* '^0x[0-9a-f]{40}$' THEN lower(x.t) ELSE x.t END AS form
+                           FROM (SELECT pyxp.trimmed_text(b.user_wallet, true) AS t) x) f
+     WHERE f.form <> b.user_wallet OR pyxp.invisible_character(f.form) IS NOT NULL
+    UNION ALL
+    SELECT 'identity_not_normalised', a.client_wallet, NULL,
+           format('client email %s of registration %s is read %s since 0002', quote_literal(a.client_email), a.id,
+                  coalesce(quote_literal(f.form), 'as refused'))
+      FROM pyxp.agency_b2c_clients a
+     CROSS JOIN LATERAL (SELECT CASE WHEN pyxp.invisible_character(x.t) IS NULL THEN x.t END AS form
+                           FROM (SELECT lower(pyxp.trimmed_text(a.client_email, true)) AS t) x) f
+     WHERE f.form IS DISTINCT FROM a.client_email
     UNION ALL
     SELECT 'rule_mismatch', t.user_wallet, t.id,
            format('transaction_type %s but rule %s is %s', t.transaction_type, ru.rule_id, ru.action)
@@ -1629,6 +1675,8 @@ COMMENT ON FUNCTION pyxp.recalculate_levels() IS
 -- Internal.
 COMMENT ON FUNCTION pyxp.cleaned_text(text, text, integer, text, boolean) IS
     'internal: size check, NFKC (identities), Unicode trim, refusal of invisible characters.';
+COMMENT ON FUNCTION pyxp.trimmed_text(text, boolean) IS 'internal: NFKC (identities) and Unicode whitespace trimmed.';
+COMMENT ON FUNCTION pyxp.invisible_character(text) IS 'internal: the first control or invisible character of a text, or NULL.';
 COMMENT ON FUNCTION pyxp.checked_wallet(text, text) IS 'internal: a normalised wallet, or PX001.';
 COMMENT ON FUNCTION pyxp.checked_email(text) IS 'internal: a normalised client email, or PX002.';
 COMMENT ON FUNCTION pyxp.checked_campaign_type(text) IS 'internal: B2C, AGENCY_B2C or INDIVIDUAL, or PX003.';
@@ -1661,7 +1709,7 @@ COMMENT ON FUNCTION pyxp.resolved_campaign_type(text, text) IS 'internal: the ca
 COMMENT ON FUNCTION pyxp.check_completion_owner(text, text, text, text) IS 'internal: PX011 when a call names another completer or campaign than the completion''s.';
 COMMENT ON FUNCTION pyxp.required_campaign_type(text) IS 'internal: a campaign type that must be given, or PX003.';
 COMMENT ON FUNCTION pyxp.formula_inputs(numeric, numeric, numeric) IS 'internal: a flow''s formula inputs as JSON.';
-COMMENT ON FUNCTION pyxp.lock_client_email(text) IS 'internal: the row lock serialising one client email''s registrations and onboarding.';
+COMMENT ON FUNCTION pyxp.lock_subject(text) IS 'internal: the row lock serialising every call about one client email or completion.';
 COMMENT ON FUNCTION pyxp.refuse_ledger_change() IS 'internal: trigger refusing UPDATE, DELETE, TRUNCATE on xp_transactions (PX013).';
 
 RESET ROLE;

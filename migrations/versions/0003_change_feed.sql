@@ -367,8 +367,24 @@ DECLARE
     v_max integer := pyxp.checked_row_count('max_rows', changes.max_rows);
     v_wallet text := CASE WHEN changes.wallet IS NOT NULL THEN pyxp.checked_wallet(changes.wallet) END;
     v_after bigint := changes.after_cursor;
-    -- Every group below this is final (see above).
-    v_horizon xid8 := pg_snapshot_xmin(pg_current_snapshot());
+    v_snapshot pg_snapshot := pg_current_snapshot();
+    -- Every group below this is final (see above): the oldest transaction the
+    -- snapshot saw running that is not running in another database now, and
+    -- the reader's own transaction if it has written (its id is in no
+    -- snapshot's list of running ones, and it may still roll back). On a hot
+    -- standby the list of running transactions is not exposed (it is kept in
+    -- the snapshot's overflow): there, the snapshot's xmin, cluster-wide.
+    v_horizon xid8 := CASE WHEN pg_is_in_recovery() THEN pg_snapshot_xmin(v_snapshot) ELSE least(
+        (SELECT min(x.xid)
+           FROM pg_snapshot_xip(v_snapshot) x(xid)
+          WHERE NOT EXISTS (SELECT FROM pg_catalog.pg_locks l
+                              JOIN pg_catalog.pg_stat_activity a ON a.pid = l.pid
+                             WHERE l.locktype = 'transactionid' AND l.mode = 'ExclusiveLock'
+                               AND l.transactionid = xid(x.xid)
+                               AND a.datid <> (SELECT d.oid FROM pg_catalog.pg_database d
+                                                WHERE d.datname = current_database()))),
+        pg_current_xact_id_if_assigned(),
+        pg_snapshot_xmax(v_snapshot)) END;
     v_group xid8;
     v_rank bigint;
 BEGIN

@@ -8,10 +8,11 @@ Every call about one completion, like every call about one client email, seriali
 its row in subject_locks (client_email_locks goes); a campaign creation locks its registry
 row first; a vote whose key text a 0001 key of another vote holds takes a /2 key;
 audit() reports identities stored before 0002 that read otherwise today; U+2800 is
-refused; the change feed's horizon leaves out transactions of other databases. Runs as
-well on a database whose 0002 and 0003 already held these fixes. The downgrade is refused
-while 0003 would misread what this revision stored (/2 vote keys, campaigns known by
-type only).
+refused; the change feed's horizon leaves out transactions of other databases. 0002 and
+0003 as they landed already hold these fixes: on a database they built this revision
+changes nothing; it brings a database that ran earlier texts of 0002/0003 to the same
+state. So its downgrade has nothing to undo (0002's downgrade refuses what 0001 would
+misread).
 
 Executes its own frozen SQL files (a snapshot of sql/*.sql at this revision).
 Never edit a revision after it has landed: write a new one.
