@@ -237,8 +237,8 @@ def test_existing_calls_keep_working_and_all_is_the_total(db: psycopg.Connection
     "SELECT pyxp.period_xp('0xa', repeat('week', 10000000))",
     "SELECT pyxp.period_xp('0xa', 'week', '-infinity')",
 ])
-def test_bad_periods_are_refused(db: psycopg.Connection[Any], call: str) -> None:
-    with pytest.raises(psycopg.Error) as raised:
+def test_bad_periods_are_refused(db: psycopg.Connection[Any], unchanged: Any, call: str) -> None:
+    with unchanged(), pytest.raises(psycopg.Error) as raised:
         db.execute(call)
     assert raised.value.sqlstate == "PX026"
 
@@ -277,10 +277,10 @@ def test_readers_and_writers_may_read_the_period_boards(db: psycopg.Connection[A
         assert conn.execute("SELECT count(*) FROM pyxp.leaderboard(10, 0, 'month')").fetchone() == (1,)
 
 
-def test_an_at_beyond_the_last_timestamp_is_refused(db: psycopg.Connection[Any]) -> None:
+def test_an_at_beyond_the_last_timestamp_is_refused(db: psycopg.Connection[Any], unchanged: Any) -> None:
     for call in ("SELECT * FROM pyxp.leaderboard(10, 0, 'year', '294276-12-31 23:00+00')",
                  "SELECT pyxp.period_xp('0xa', 'month', '294276-12-31 23:00+00')"):
-        with pytest.raises(psycopg.Error) as refused:
+        with unchanged(), pytest.raises(psycopg.Error) as refused:
             db.execute(call)
         assert refused.value.sqlstate == "PX026"
 

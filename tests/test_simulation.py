@@ -19,6 +19,7 @@ import pytest
 from click.testing import CliRunner
 from psycopg.types.json import Jsonb
 
+from conftest import nothing_written
 from pyxp import schema
 from pyxp.cli import cli
 from pyxp.ruleset_config import load_ruleset
@@ -180,7 +181,7 @@ def test_retroactive_application_makes_every_balance_the_simulation(db: psycopg.
     assert db.execute("SELECT count(*) FROM pyxp.simulate_rules(%s) WHERE total_xp_then <> total_xp_now",
                       (candidate_id,)).fetchone() == (0,)
     # An adjustment is not reversed: the rules are.
-    with pytest.raises(psycopg.Error) as refused:
+    with nothing_written(db), pytest.raises(psycopg.Error) as refused:
         db.execute("SELECT * FROM pyxp.reverse_transaction(%s, 'no')", (before + 1,))
     assert refused.value.sqlstate == "PX014"
 
