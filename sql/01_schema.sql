@@ -145,10 +145,14 @@ AS $$ BEGIN RETURN encode(substr(sha256(convert_to(p_key, 'UTF8')), 1, 16), 'hex
 -- share lock on the one rule and ruleset row every award names): audit()
 -- reports a row whose rule or request is missing.
 -- Invariants (checked by pyxp.audit()):
---   * per wallet, ordered by id, balance_after = previous balance_after + xp_amount
---     (rows of one wallet are inserted under that wallet's balance row lock,
---     so id order is the order of application);
---   * xp_balances.total_xp = sum(xp_amount) = last balance_after.
+--   * per wallet, wallet_seq numbers the rows 1, 2, 3, ... in the order they
+--     applied (the writer assigns it under the wallet's balance row lock, so
+--     a wallet's rows commit in wallet_seq order), and balance_after =
+--     previous balance_after + xp_amount in that order. Nothing relies on a
+--     global order of ids (they may come from per-node ranges once the
+--     ledger is distributed: README "Scaling out");
+--   * xp_balances.total_xp = sum(xp_amount) = last balance_after, and
+--     xp_balances.last_wallet_seq = the last row's wallet_seq.
 CREATE TABLE pyxp.xp_transactions (
     id                bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
     user_wallet       text NOT NULL,
@@ -169,9 +173,16 @@ CREATE TABLE pyxp.xp_transactions (
     -- 0003 (their feed cursor is their id).
     feed_xid          xid8,
     -- A generic award's row: pyxp.inputs_digest of its inputs (its claim).
-    request_digest    bigint
+    request_digest    bigint,
+    -- The row's position in its wallet's history: 1, 2, 3, ... (0008).
+    wallet_seq        bigint NOT NULL
 );
-CREATE INDEX xp_transactions_wallet ON pyxp.xp_transactions (user_wallet, id);
+-- A wallet's rows in order of application (history, audit, checkpoints); one
+-- row per position. The INCLUDE columns are what pyxp.audit's walk of every
+-- wallet's chain reads, so the walk is an index-only scan in that order
+-- (the heap in index order is random reads: 76 s against 5 s at 10M rows).
+CREATE UNIQUE INDEX xp_transactions_wallet_seq ON pyxp.xp_transactions (user_wallet, wallet_seq)
+    INCLUDE (balance_after, xp_amount, created_at, reverses);
 CREATE INDEX xp_transactions_feed ON pyxp.xp_transactions (feed_xid, id);
 -- Boards of past periods read the rows of a time range (pyxp.period_board):
 -- rows are appended in created_at order, so a BRIN index finds them for a
@@ -223,7 +234,8 @@ CREATE TABLE pyxp.xp_balances (
     month_start        timestamptz,
     month_xp           bigint,
     year_start         timestamptz,
-    year_xp            bigint
+    year_xp            bigint,
+    last_wallet_seq    bigint NOT NULL DEFAULT 0  -- wallet_seq of the wallet's last ledger row (0: none)
 );
 -- Leaderboard order: total_xp desc, ties by wallet (deterministic).
 CREATE INDEX xp_balances_leaderboard ON pyxp.xp_balances (total_xp DESC, user_wallet);
@@ -244,6 +256,30 @@ CREATE TABLE pyxp.xp_cap_usage (
     period_start  timestamptz NOT NULL,
     used_xp       bigint NOT NULL CHECK (used_xp >= 0),
     PRIMARY KEY (user_wallet, allowance, period_start)
+);
+
+-- Audit checkpoints (pyxp.record_audit_checkpoint): each one a point up to
+-- which the ledger was verified. snapshot_xmin is the xmin of the snapshot
+-- the verification read: every row that snapshot did not see was written by
+-- a transaction with an id >= snapshot_xmin, so its feed_xid (>= its writer's
+-- id) is too, and the next verification finds the wallets with new rows by a
+-- range scan of xp_transactions_feed, in time proportional to the new rows.
+CREATE TABLE pyxp.xp_audit_checkpoints (
+    checkpoint_id     bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    created_at        timestamptz NOT NULL DEFAULT now(),
+    snapshot_xmin     xid8 NOT NULL,
+    wallets_verified  bigint NOT NULL,   -- wallets with rows since the previous checkpoint
+    rows_verified     bigint NOT NULL    -- rows since the previous checkpoint
+);
+
+-- Per wallet, its position at its last checkpoint: the wallet_seq of its last
+-- verified row and the balance there. A wallet without a row here starts at
+-- position 0 with 0 XP. pyxp.audit checks every row here against the ledger.
+CREATE TABLE pyxp.xp_wallet_checkpoints (
+    user_wallet    text PRIMARY KEY,
+    wallet_seq     bigint NOT NULL CHECK (wallet_seq >= 1),
+    total_xp       bigint NOT NULL,
+    checkpoint_id  bigint NOT NULL REFERENCES pyxp.xp_audit_checkpoints
 );
 
 -- Agency -> B2C client registrations, granted once per client email.

@@ -35,7 +35,10 @@
 -- Concurrency: a call's rows are appended under its wallets' balance row
 -- locks (FOR UPDATE; a batch takes them in wallet order, so two batches never
 -- wait on each other in a cycle), so awards to one wallet serialise and
--- never lose or double an amount.
+-- never lose or double an amount. Under that lock each new row gets the
+-- wallet's next wallet_seq (xp_balances.last_wallet_seq + 1, ...): a
+-- wallet's rows commit in wallet_seq order, which is what the running-balance
+-- proof, history's pages and the audit checkpoints rely on, not the ids.
 -- Plans: every statement of an award is a keyed lookup or insert, so the
 -- writing entry points run with plan_cache_mode = force_generic_plan (it
 -- applies to the functions they call): planning each statement anew cost
@@ -256,6 +259,7 @@ DECLARE
     v_claims bigint[];       -- per row: the ledger row that claimed its key before (a replay)
     v_after numeric[];       -- per row: the wallet's balance after it (range-checked before any cast)
     v_feed xid8[];           -- per row: its feed group
+    v_seq bigint[];          -- per row: its wallet_seq (its position in its wallet's history)
     v_ids bigint[];          -- per row: the id it got (NULL: replayed, or no row)
     v_conflict_ord integer;  -- the first row whose key a call with other inputs claimed
     v_range_ord integer;     -- a row whose balance would leave [-2^62, 2^62]
@@ -319,19 +323,22 @@ BEGIN
                array_agg(x.feed ORDER BY x.ord),
                (array_agg(x.ord ORDER BY x.ord) FILTER (WHERE x.conflict))[1],
                (array_agg(x.ord ORDER BY x.ord) FILTER (WHERE abs(x.after) > pyxp.balance_limit()))[1],
-               count(*) FILTER (WHERE x.claim_id IS NULL AND x.transaction_type IS NOT NULL)
-          INTO v_claims, v_after, v_feed, v_conflict_ord, v_range_ord, v_expected
+               count(*) FILTER (WHERE x.claim_id IS NULL AND x.transaction_type IS NOT NULL),
+               array_agg(x.seq ORDER BY x.ord)
+          INTO v_claims, v_after, v_feed, v_conflict_ord, v_range_ord, v_expected, v_seq
           FROM (SELECT r.ord, r.transaction_type, k.id AS claim_id,
                        k.id IS NOT NULL AND (k.request_digest <> pyxp.inputs_digest(r.inputs)
                                              OR k.idempotency_key <> r.idempotency_key) AS conflict,
                        b.total_xp + sum(r.xp_amount) FILTER (WHERE k.id IS NULL)
                                         OVER (PARTITION BY r.user_wallet ORDER BY r.ord) AS after,
+                       b.last_wallet_seq + count(*) FILTER (WHERE k.id IS NULL AND r.transaction_type IS NOT NULL)
+                                               OVER (PARTITION BY r.user_wallet ORDER BY r.ord) AS seq,
                        greatest(pg_current_xact_id(), b.last_feed_xid) AS feed
                   FROM unnest(v_rows) WITH ORDINALITY r(call_index, user_wallet, idempotency_key, inputs,
                                                         transaction_type, xp_amount, xp_requested, apply_floor,
                                                         rule_id, campaign_id, subject, metadata, reverses,
                                                         moderations, ord)
-                 CROSS JOIN LATERAL (SELECT b.total_xp, b.last_feed_xid FROM pyxp.xp_balances b
+                 CROSS JOIN LATERAL (SELECT b.total_xp, b.last_feed_xid, b.last_wallet_seq FROM pyxp.xp_balances b
                                       WHERE b.user_wallet = r.user_wallet LIMIT 1) b
                   LEFT JOIN LATERAL (SELECT k.id, k.request_digest, k.idempotency_key FROM pyxp.xp_transactions k
                                       WHERE r.inputs IS NOT NULL AND k.request_digest IS NOT NULL
@@ -344,16 +351,20 @@ BEGIN
                (array_agg(x.ord ORDER BY x.ord) FILTER (WHERE abs(x.after) > pyxp.balance_limit()))[1],
                count(*) FILTER (WHERE x.claim_id IS NULL AND x.transaction_type IS NOT NULL),
                array_agg(x.applied ORDER BY x.ord), array_agg(x.allowance ORDER BY x.ord),
-               array_agg(x.period_start ORDER BY x.ord)
-          INTO v_claims, v_after, v_feed, v_conflict_ord, v_range_ord, v_expected, v_applied, v_allowance, v_period
+               array_agg(x.period_start ORDER BY x.ord), array_agg(x.seq ORDER BY x.ord)
+          INTO v_claims, v_after, v_feed, v_conflict_ord, v_range_ord, v_expected, v_applied, v_allowance, v_period,
+               v_seq
           FROM (SELECT y.*, y.total_xp + sum(y.applied) FILTER (WHERE y.claim_id IS NULL)
-                                             OVER (PARTITION BY y.user_wallet ORDER BY y.ord) AS after
+                                             OVER (PARTITION BY y.user_wallet ORDER BY y.ord) AS after,
+                       y.last_wallet_seq + count(*) FILTER (WHERE y.claim_id IS NULL AND y.transaction_type IS NOT NULL)
+                                                  OVER (PARTITION BY y.user_wallet ORDER BY y.ord) AS seq
                   FROM (SELECT z.*, CASE WHEN z.allowance IS NULL THEN z.xp_amount
                                          ELSE least(z.asked, z.left_) - least(z.asked - z.xp_amount, z.left_) END AS applied
                           FROM (SELECT r.ord, r.user_wallet, r.transaction_type, r.xp_amount, k.id AS claim_id,
                                        k.id IS NOT NULL AND (k.request_digest <> pyxp.inputs_digest(r.inputs)
                                                              OR k.idempotency_key <> r.idempotency_key) AS conflict,
-                                       b.total_xp, greatest(pg_current_xact_id(), b.last_feed_xid) AS feed,
+                                       b.total_xp, b.last_wallet_seq,
+                                       greatest(pg_current_xact_id(), b.last_feed_xid) AS feed,
                                        a.allowance, a.period_start,
                                        sum(r.xp_amount) OVER (PARTITION BY r.user_wallet, a.allowance, a.period_start
                                                               ORDER BY r.ord) AS asked,
@@ -362,7 +373,8 @@ BEGIN
                                                                         transaction_type, xp_amount, xp_requested,
                                                                         apply_floor, rule_id, campaign_id, subject,
                                                                         metadata, reverses, moderations, ord)
-                                 CROSS JOIN LATERAL (SELECT b.total_xp, b.last_feed_xid FROM pyxp.xp_balances b
+                                 CROSS JOIN LATERAL (SELECT b.total_xp, b.last_feed_xid, b.last_wallet_seq
+                                                       FROM pyxp.xp_balances b
                                                       WHERE b.user_wallet = r.user_wallet LIMIT 1) b
                                   LEFT JOIN LATERAL (SELECT k.id, k.request_digest, k.idempotency_key
                                                        FROM pyxp.xp_transactions k
@@ -422,14 +434,15 @@ BEGIN
     WITH inserted AS (
         INSERT INTO pyxp.xp_transactions (user_wallet, transaction_type, xp_amount, xp_requested,
                                           balance_after, rule_id, campaign_id, subject, idempotency_key,
-                                          metadata, reverses, feed_xid, request_digest)
+                                          metadata, reverses, feed_xid, request_digest, wallet_seq)
         SELECT r.user_wallet, r.transaction_type, r.xp_amount::bigint, r.xp_requested::bigint, r.after::bigint,
                r.rule_id, r.campaign_id, r.subject, r.idempotency_key, coalesce(r.metadata, '{}'), r.reverses,
-               r.feed, pyxp.inputs_digest(r.inputs)
-          FROM ROWS FROM (unnest(v_rows), unnest(v_claims), unnest(v_after), unnest(v_feed)) WITH ORDINALITY
+               r.feed, pyxp.inputs_digest(r.inputs), r.seq
+          FROM ROWS FROM (unnest(v_rows), unnest(v_claims), unnest(v_after), unnest(v_feed), unnest(v_seq))
+               WITH ORDINALITY
                r(call_index, user_wallet, idempotency_key, inputs, transaction_type, xp_amount, xp_requested,
                  apply_floor, rule_id, campaign_id, subject, metadata, reverses, moderations, claim, after,
-                 feed, ord)
+                 feed, seq, ord)
          WHERE r.claim IS NULL AND r.transaction_type IS NOT NULL
          ORDER BY r.ord
         ON CONFLICT (pyxp.key_hash(idempotency_key)) WHERE request_digest IS NOT NULL DO NOTHING
@@ -501,7 +514,7 @@ BEGIN
        SET total_xp = coalesce(f.after::bigint, x.total_xp), current_level = c.level,
            xp_to_next_level = (c.next_level_xp - coalesce(f.after::bigint, x.total_xp))::bigint,
            total_moderations = x.total_moderations + f.moderations, updated_at = now(),
-           last_feed_xid = coalesce(f.feed, x.last_feed_xid),
+           last_feed_xid = coalesce(f.feed, x.last_feed_xid), last_wallet_seq = coalesce(f.seq, x.last_wallet_seq),
            day_start = CASE WHEN f.after IS NULL THEN x.day_start ELSE greatest(x.day_start, v_day) END,
            day_xp = pyxp.kept_period_xp(x.day_start, x.day_xp, CASE WHEN f.after IS NOT NULL THEN v_day END, f.gained),
            week_start = CASE WHEN f.after IS NULL THEN x.week_start ELSE greatest(x.week_start, v_week) END,
@@ -513,13 +526,15 @@ BEGIN
       FROM (SELECT r.user_wallet,
                    (array_agg(r.after ORDER BY r.ord DESC) FILTER (WHERE r.id IS NOT NULL))[1] AS after,
                    max(r.feed) FILTER (WHERE r.id IS NOT NULL) AS feed,
+                   max(r.seq) FILTER (WHERE r.id IS NOT NULL) AS seq,
                    sum(r.moderations) FILTER (WHERE r.claim IS NULL)::bigint AS moderations,
                    sum(r.xp_amount) FILTER (WHERE r.id IS NOT NULL)::bigint AS gained,
                    (array_agg(b.total_xp))[1] AS total_xp
-              FROM ROWS FROM (unnest(v_rows), unnest(v_claims), unnest(v_after), unnest(v_feed), unnest(v_ids))
+              FROM ROWS FROM (unnest(v_rows), unnest(v_claims), unnest(v_after), unnest(v_feed), unnest(v_ids),
+                              unnest(v_seq))
                    WITH ORDINALITY r(call_index, user_wallet, idempotency_key, inputs, transaction_type, xp_amount,
                                      xp_requested, apply_floor, rule_id, campaign_id, subject, metadata, reverses,
-                                     moderations, claim, after, feed, id, ord)
+                                     moderations, claim, after, feed, id, seq, ord)
              CROSS JOIN LATERAL (SELECT b.total_xp FROM pyxp.xp_balances b WHERE b.user_wallet = r.user_wallet LIMIT 1) b
              GROUP BY r.user_wallet) f
      CROSS JOIN LATERAL pyxp.curve_position(p_ruleset, coalesce(f.after::bigint, f.total_xp)) c

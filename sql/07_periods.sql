@@ -245,7 +245,7 @@ BEGIN
     ELSIF v_start = v_bounds.period_start THEN
         RETURN v_xp;                -- its latest period: kept by the writer
     END IF;
-    -- An earlier period: the wallet's rows (index xp_transactions_wallet).
+    -- An earlier period: the wallet's rows (index xp_transactions_wallet_seq).
     RETURN coalesce((
         SELECT sum(t.xp_amount)
           FROM pyxp.xp_transactions t

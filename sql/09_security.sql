@@ -56,7 +56,11 @@ GRANT EXECUTE ON FUNCTION
     pyxp.period_xp(text, text, timestamptz),
     pyxp.simulate_rules(bigint),
     pyxp.simulation_report(bigint, integer),
-    pyxp.audit()
+    pyxp.audit(),
+    pyxp.audit_since_checkpoint()
 TO pyxp_writer, pyxp_reader;
+-- Recording a checkpoint writes only the checkpoint tables and waits for no
+-- award: a writer (a scheduled job) may do it.
+GRANT EXECUTE ON FUNCTION pyxp.record_audit_checkpoint() TO pyxp_writer;
 
 RESET ROLE;

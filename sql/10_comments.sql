@@ -39,6 +39,20 @@ COMMENT ON FUNCTION pyxp.history(text, integer, bigint) IS
     'API: a wallet''s ledger rows, newest first; pass the last transaction_id as before_id to page on.';
 COMMENT ON FUNCTION pyxp.audit() IS
     'API: one row per inconsistency between ledger, balances, levels, rules and registrations; none when healthy.';
+COMMENT ON FUNCTION pyxp.audit_since_checkpoint() IS
+    'API: audit() of what was written since the last audit checkpoint (chains, balances, levels, new rows); none when healthy.';
+COMMENT ON FUNCTION pyxp.record_audit_checkpoint() IS
+    'API: verifies what was written since the last audit checkpoint and records a new one; PX028 when inconsistent.';
+COMMENT ON FUNCTION pyxp.last_checkpoint_xmin() IS
+    'internal: the snapshot xmin of the last audit checkpoint; rows it did not see have a feed_xid at least this.';
+COMMENT ON FUNCTION pyxp.audited_wallets(boolean) IS
+    'internal: the wallets an audit walks (all, or those with rows since the last checkpoint) and where each starts.';
+COMMENT ON FUNCTION pyxp.period_xp_from_rows(text, timestamptz, text, text) IS
+    'internal: a wallet''s XP in one period, from its rows (the audit''s mismatch path).';
+COMMENT ON FUNCTION pyxp.chain_problems(boolean) IS
+    'internal: one walk of the audited wallets'' chains in wallet_seq order: chain, balance, level, checkpoint, periods.';
+COMMENT ON FUNCTION pyxp.row_problems(boolean) IS
+    'internal: checks of single rows (reversals, rules, requests), on every row or on those since the last checkpoint.';
 
 -- Owner only (not granted): they hold every award while they run.
 COMMENT ON FUNCTION pyxp.install_ruleset(jsonb, text, boolean) IS

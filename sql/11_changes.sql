@@ -109,7 +109,8 @@ BEGIN
             -- (index xp_transactions_feed; the window streams, LIMIT stops it).
             (SELECT (g.feed_xid::text::bigint << 24) + g.rank, g.id, g.user_wallet, g.transaction_type,
                     g.xp_amount, g.xp_requested, g.balance_after, g.rule_id, g.campaign_id, g.subject,
-                    g.idempotency_key, g.metadata, g.reverses, g.created_at, g.feed_xid, g.request_digest
+                    g.idempotency_key, g.metadata, g.reverses, g.created_at, g.feed_xid, g.request_digest,
+                    g.wallet_seq
                FROM (SELECT t.*, row_number() OVER (PARTITION BY t.feed_xid ORDER BY t.id) AS rank
                        FROM pyxp.xp_transactions t
                       WHERE v_wallet IS NULL AND t.feed_xid >= v_group AND t.feed_xid < v_horizon
@@ -127,7 +128,7 @@ BEGIN
               WHERE v_wallet IS NOT NULL AND t.user_wallet = v_wallet
                 AND t.feed_xid >= v_group AND t.feed_xid < v_horizon
                 AND (t.feed_xid > v_group OR r.rank > v_rank)
-              ORDER BY t.id
+              ORDER BY t.wallet_seq
               LIMIT v_max)
         )
         SELECT p.cur, p.id, p.user_wallet, p.transaction_type, p.xp_amount, p.balance_after,

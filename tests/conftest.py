@@ -145,7 +145,9 @@ SELECT (SELECT count(*) FROM pyxp.xp_transactions) AS ledger_rows,
        (SELECT count(*) FILTER (WHERE xp_granted) FROM pyxp.agency_b2c_clients) AS granted,
        (SELECT count(*) FROM pyxp.rulesets) AS rulesets,
        (SELECT count(*) FROM pyxp.xp_cap_usage) AS cap_periods,
-       (SELECT coalesce(sum(used_xp), 0) FROM pyxp.xp_cap_usage) AS cap_used
+       (SELECT coalesce(sum(used_xp), 0) FROM pyxp.xp_cap_usage) AS cap_used,
+       (SELECT count(*) FROM pyxp.xp_audit_checkpoints) AS checkpoints,
+       (SELECT coalesce(sum(wallet_seq), 0) FROM pyxp.xp_wallet_checkpoints) AS checkpoint_positions
 """
 
 

@@ -401,3 +401,38 @@ def test_0006_fills_the_period_columns_from_an_existing_ledger(fresh_database: C
     schema.upgrade(target)
     with psycopg.connect(target, autocommit=True) as conn:
         assert conn.execute("SELECT * FROM pyxp.audit()").fetchall() == []
+
+
+def test_0008_numbers_an_existing_ledger_and_every_key_still_replays(fresh_database: Callable[[], str]) -> None:
+    """Issue 15: 0008 gives every row its position in its wallet's history. On a 0007 ledger of
+    10k rows of every kind: each wallet's rows are numbered 1..n in id order, each balance holds
+    its last number, audit() is clean, every call replays; a checkpoint then verifies the whole
+    ledger; the downgrade to 0007 and the upgrade again keep all of that."""
+    target = fresh_database()
+    schema.upgrade(target, "0007")
+    done: list[tuple[str, dict[str, Any], list[Any]]] = []
+    with psycopg.connect(target, autocommit=True) as conn:
+        for kind, args in _ledger_calls():
+            done.append((kind, args, _run(conn, kind, args)))
+        done.append(("reverse", {"id": 5, "reason": "migration test"}, _run(conn, "reverse", {"id": 5, "reason": "migration test"})))
+        rows = conn.execute("SELECT count(*) FROM pyxp.xp_transactions").fetchone()[0]
+    assert rows >= 10_000
+
+    numbered = """SELECT count(*) FROM (SELECT wallet_seq, row_number() OVER (PARTITION BY user_wallet ORDER BY id) AS n
+                                         FROM pyxp.xp_transactions) x WHERE wallet_seq = n"""
+    last = """SELECT count(*) FROM pyxp.xp_balances b
+               WHERE b.last_wallet_seq = (SELECT count(*) FROM pyxp.xp_transactions t WHERE t.user_wallet = b.user_wallet)"""
+    for step in ("upgrade", "downgrade", "upgrade"):
+        if step == "upgrade":
+            schema.upgrade(target)
+        else:
+            schema.downgrade(target, "0007")
+        with psycopg.connect(target, autocommit=True) as conn:
+            assert conn.execute("SELECT * FROM pyxp.audit()").fetchall() == []
+            _replays_everything(conn, done)
+            if step == "upgrade":
+                assert conn.execute(numbered).fetchone() == (rows,)
+                assert conn.execute(last).fetchone() == conn.execute("SELECT count(*) FROM pyxp.xp_balances").fetchone()
+                checkpoint = conn.execute("SELECT rows_verified FROM pyxp.record_audit_checkpoint()").fetchone()
+                assert checkpoint == (rows,)
+                assert conn.execute("SELECT * FROM pyxp.audit()").fetchall() == []

@@ -27,9 +27,10 @@ PUBLIC_API = {
     "changes",  # SPEC §11: the change feed
     "period_xp",  # SPEC §12: periods
     "simulate_rules", "simulation_report",  # SPEC §13: what-if
+    "audit_since_checkpoint", "record_audit_checkpoint",  # audit checkpoints (README "For DBAs")
 }
 READ_FUNCTIONS = {"level_for", "balance", "history", "leaderboard", "wallet_rank", "audit", "changes", "period_xp",
-                  "simulate_rules", "simulation_report"}
+                  "simulate_rules", "simulation_report", "audit_since_checkpoint"}
 INTERNAL_FUNCTIONS = ["post_award", "append_rows", "claim_request", "install_ruleset",
                       "replayed_award", "planned_awards", "checked_wallet", "curve_position",
                       "active_ruleset_id", "check_ruleset_definition", "rebuild_period_columns",
@@ -47,6 +48,7 @@ READ_CALLS = {
     "simulate_rules": "SELECT * FROM pyxp.simulate_rules(ruleset_id => 1)",
     "simulation_report": "SELECT pyxp.simulation_report(ruleset_id => 1)",
     "audit": "SELECT * FROM pyxp.audit()",
+    "audit_since_checkpoint": "SELECT * FROM pyxp.audit_since_checkpoint()",
     "changes": "SELECT * FROM pyxp.changes(after_cursor => 0)",
 }
 AWARD_CALL = ("SELECT * FROM pyxp.award(wallet => %s, action => 'CAMPAIGN_APPROVED', "
@@ -58,6 +60,7 @@ WRITE_CALLS = {
                            "(SELECT min(transaction_id) FROM pyxp.history(wallet => 'seeded')), "
                            "reason => 'refused')",
     "recalculate_levels": "SELECT pyxp.recalculate_levels()",
+    "record_audit_checkpoint": "SELECT * FROM pyxp.record_audit_checkpoint()",
 }
 TABLE_OPERATIONS = ["SELECT", "INSERT", "UPDATE", "DELETE", "TRUNCATE"]
 
