@@ -35,7 +35,7 @@ of the active ruleset's actions as generic awards (``pyxp.award``) with
 natural-looking idempotency keys, campaign ids and metadata, each its own
 idempotency record (``request_digest``, as the engine writes it),
 ``balance_after`` chained per wallet, balances equal to the sums with their
-levels (``pyxp.audit()`` finds nothing: ``--audit`` checks it). Wallet number
+levels (``pyxp.audit()`` finds nothing: (m) checks it). Wallet number
 ``n`` (1..wallets) is ``0x`` + 40 hex digits derived from ``md5(seed:n)``;
 every wallet has at least one row and activity is skewed (a few wallets hold
 thousands of rows). The secondary indexes of ``xp_transactions`` are dropped
@@ -130,7 +130,6 @@ class BenchOptions:
     read_samples: int = 200
     seed: int = 42
     quick: bool = False
-    audit: bool = False
     keep: bool = False
 
     @classmethod
@@ -298,7 +297,8 @@ FIXTURE_STEPS: tuple[tuple[str, str], ...] = (
         SELECT w, '0x' || md5({seed_text} || ':' || w) || left(md5(w || ':' || {seed_text}), 8) AS wallet
           FROM generate_series(1, {wallets}) w"""),
     ("rows", """CREATE UNLOGGED TABLE public.bench_rows AS
-        SELECT s.g, s.w, s.kind, s.amount, sum(s.amount) OVER (PARTITION BY s.w ORDER BY s.g) AS balance_after
+        SELECT s.g, s.w, s.kind, s.amount, sum(s.amount) OVER (PARTITION BY s.w ORDER BY s.g) AS balance_after,
+               row_number() OVER (PARTITION BY s.w ORDER BY s.g) AS seq
           FROM (SELECT u.g, u.w, u.kind,
                        (SELECT k.amount FROM public.bench_kinds k
                          WHERE u.kind >= k.lo AND u.kind < k.hi) AS amount
@@ -316,7 +316,7 @@ FIXTURE_STEPS: tuple[tuple[str, str], ...] = (
     # function call per row).
     ("xp_transactions", """INSERT INTO pyxp.xp_transactions (id, user_wallet, transaction_type, xp_amount,
                                       balance_after, rule_id, campaign_id, subject, idempotency_key, metadata,
-                                      created_at, request_digest)
+                                      created_at, request_digest, wallet_seq)
         OVERRIDING SYSTEM VALUE
         SELECT r.g, bw.wallet, k.action, r.amount, r.balance_after, ru.rule_id, 'cmp_' || (r.g / 7),
                CASE WHEN k.completion THEN 'cpl_' || r.g END,
@@ -325,18 +325,19 @@ FIXTURE_STEPS: tuple[tuple[str, str], ...] = (
                k.metadata, now() - ({rows} - r.g) * interval '3 seconds',
                ('x' || encode(substr(sha256(convert_to(jsonb_build_object(
                    'action', k.action, 'wallet', bw.wallet, 'params', '{{}}'::jsonb)::text, 'UTF8')), 1, 8),
-                   'hex'))::bit(64)::bigint
+                   'hex'))::bit(64)::bigint, r.seq
           FROM public.bench_rows r
           JOIN public.bench_wallets bw ON bw.w = r.w
           JOIN public.bench_kinds k ON r.kind >= k.lo AND r.kind < k.hi
           JOIN pyxp.rules ru ON ru.ruleset_id = {ruleset} AND ru.action = k.action"""),
     ("identity", "SELECT setval(pg_get_serial_sequence('pyxp.xp_transactions', 'id'), {rows})"),
     ("xp_balances", """INSERT INTO pyxp.xp_balances (user_wallet, total_xp, current_level, xp_to_next_level,
-                                   total_moderations, created_at, updated_at)
+                                   total_moderations, created_at, updated_at, last_wallet_seq)
         SELECT bw.wallet, s.total, c.level, (c.next_level_xp - s.total)::bigint, 0,
                now() - ({rows} - s.first_g) * interval '3 seconds',
-               now() - ({rows} - s.last_g) * interval '3 seconds'
-          FROM (SELECT r.w, sum(r.amount)::bigint AS total, min(r.g) AS first_g, max(r.g) AS last_g
+               now() - ({rows} - s.last_g) * interval '3 seconds', s.rows_
+          FROM (SELECT r.w, sum(r.amount)::bigint AS total, min(r.g) AS first_g, max(r.g) AS last_g,
+                       count(*) AS rows_
                   FROM public.bench_rows r JOIN public.bench_kinds k ON r.kind >= k.lo AND r.kind < k.hi
                  GROUP BY r.w) s
           JOIN public.bench_wallets bw ON bw.w = s.w
@@ -1003,6 +1004,34 @@ def simulation_cost(conn: psycopg.Connection[Any]) -> dict[str, Any]:
 # --------------------------------------------------------------------------- the run
 
 
+def timed_checkpoint(conn: psycopg.Connection[Any]) -> dict[str, Any]:
+    """(m) pyxp.record_audit_checkpoint(): seconds, and what it verified."""
+    started = time.perf_counter()
+    row = conn.execute("SELECT wallets_verified, rows_verified FROM pyxp.record_audit_checkpoint()").fetchone()
+    assert row is not None
+    return {"seconds": round(time.perf_counter() - started, 3), "wallets": row[0], "rows": row[1]}
+
+
+def audit_cost(conn: psycopg.Connection[Any]) -> dict[str, Any]:
+    """(m) At the end of the run: what the run wrote since the fixture's checkpoint, verified
+    incrementally (audit_since_checkpoint, then record_audit_checkpoint), then the full audit()."""
+    results: dict[str, Any] = {}
+    started = time.perf_counter()
+    findings = conn.execute("SELECT * FROM pyxp.audit_since_checkpoint()").fetchall()
+    results["audit_since_checkpoint_s"] = round(time.perf_counter() - started, 3)
+    results["audit_since_checkpoint_findings"] = len(findings)
+    checkpoint = timed_checkpoint(conn)
+    results["checkpoint_s"] = checkpoint["seconds"]
+    results["ledger_rows_after_run"] = _scalar(conn, "SELECT count(*) FROM pyxp.xp_transactions")
+    results["rows_since_checkpoint"], results["wallets_since_checkpoint"] = checkpoint["rows"], checkpoint["wallets"]
+    started = time.perf_counter()
+    findings = conn.execute("SELECT * FROM pyxp.audit()").fetchall()
+    results["audit_s"] = round(time.perf_counter() - started, 2)
+    results["audit_findings"] = len(findings)
+    results["audit_sample"] = [list(map(str, row)) for row in findings[:5]]
+    return results
+
+
 def _put_throughput(results: dict[str, Any], key: str, measured: dict[str, Any]) -> None:
     results[f"{key}_per_s"] = round(measured["per_s"], 1)
     results[f"{key}_count"] = measured["count"]
@@ -1049,6 +1078,12 @@ def evaluate_targets(results: dict[str, Any]) -> dict[str, Any]:
     put("simulate", "< 60 s", seconds, None if seconds is None else seconds < 60, at_scale)
     size = results.get("bytes_per_award")
     put("bytes_per_award", "<= 350 bytes", size, None if size is None else size <= 350)
+    seconds = results.get("audit_s")
+    put("audit", "< 30 s", seconds, None if seconds is None else seconds < 30, at_scale)
+    seconds, rows = results.get("audit_since_checkpoint_s"), results.get("rows_since_checkpoint")
+    per_100k = None if seconds is None or not rows else round(seconds * 100_000 / rows, 3)
+    put("audit_since_checkpoint", "< 2 s per 100k new rows", per_100k, None if per_100k is None else per_100k < 2,
+        at_scale and (rows or 0) >= 10_000)
     return targets
 
 
@@ -1088,6 +1123,9 @@ def run_bench(conninfo: str, options: BenchOptions, log: Log | None = None) -> d
             results["fixture_s"] = round(load_fixture(conn, options, say), 2)
             say("(h) sizes")
             results.update(ledger_sizes(conn, options.ledger_rows))
+            say("(m) first audit checkpoint: the whole fixture")
+            first = timed_checkpoint(conn)
+            results["checkpoint_first_s"], results["checkpoint_first_rows"] = first["seconds"], first["rows"]
             say(f"(f) reads: {options.read_samples} calls each")
             results.update(measure_reads(conn, options, rng))
             say(f"pgbench -i -s {results['pgbench_scale']}")
@@ -1145,13 +1183,10 @@ def run_bench(conninfo: str, options: BenchOptions, log: Log | None = None) -> d
 
             say("(l) simulate_rules() over the whole ledger: a formula change, a cap")
             results.update(simulation_cost(conn))
+            say("(m) audit: what the run wrote since the first checkpoint, then the whole ledger")
+            results.update(audit_cost(conn))
             say("(g) recalculate_levels() on a ruleset switch")
             results.update(recalculation(scratch, conn))
-            if options.audit:
-                say("audit")
-                findings = conn.execute("SELECT * FROM pyxp.audit()").fetchall()
-                results["audit_findings"] = len(findings)
-                results["audit_sample"] = [list(map(str, row)) for row in findings[:5]]
     results["elapsed_s"] = round(time.perf_counter() - run_started, 1)
     results["targets"] = evaluate_targets(results)
     return results
@@ -1281,6 +1316,15 @@ def format_table(results: dict[str, Any]) -> str:
         note=f"{get('simulate_formula_changed', 0):,} wallets would change")
     row("(l) simulate_rules(), a cap", _number(get("simulate_capped_s"), 2), "s", target="simulate",
         note=f"{get('simulate_capped_changed', 0):,} wallets would change; capped wallets folded in order")
+    row("(m) audit(), the whole ledger", _number(get("audit_s"), 2), "s", target="audit",
+        note=f"{get('audit_findings', '?')} findings")
+    row("(m) audit_since_checkpoint()", _number(get("audit_since_checkpoint_s"), 3), "s",
+        target="audit_since_checkpoint",
+        note=f"{get('rows_since_checkpoint', 0):,} rows of {get('wallets_since_checkpoint', 0):,} wallets written "
+             f"by the run; {get('audit_since_checkpoint_findings', '?')} findings")
+    row("(m) record_audit_checkpoint(), after the run", _number(get("checkpoint_s"), 3), "s")
+    row("(m) record_audit_checkpoint(), first: the fixture", _number(get("checkpoint_first_s"), 2), "s",
+        note=f"{get('checkpoint_first_rows', 0):,} rows")
     row("(h) bytes per award (row+claim+indexes)", _number(get("bytes_per_award")), "bytes",
         target="bytes_per_award")
     row("(h) bytes per ledger row (table+indexes)", _number(get("bytes_per_ledger_row")), "bytes")
@@ -1350,7 +1394,7 @@ def _interrupt_on_sigterm() -> Iterator[None]:
 @click.option("--quick", is_flag=True,
               help="Smoke-test profile: 2 clients, 2 s, 2000 wallets, 10000 rows, batches of 200, "
                    "50 samples.")
-@click.option("--audit", is_flag=True, help="Run pyxp.audit() at the end (slow on a large ledger).")
+@click.option("--audit", is_flag=True, hidden=True, help="Kept for scripts: (m) always runs pyxp.audit() now.")
 @click.option("--keep", is_flag=True, help="Keep the scratch database.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of the table.")
 @click.pass_context
@@ -1365,9 +1409,10 @@ def bench_command(ctx: click.Context, database_url: str | None, clients: int | N
     Defaults finish in under 2 minutes on 2 cores; full size: --wallets 1000000
     --ledger-rows 10000000. Needs a superuser and pgbench. Progress goes to stderr.
     """
+    del audit  # --audit: accepted from older scripts; (m) always runs pyxp.audit() now
     options = BenchOptions.profile(quick, clients=clients, seconds=seconds, wallets=wallets,
                                    ledger_rows=ledger_rows, batch_size=batch_size, read_samples=read_samples,
-                                   seed=seed, audit=audit or None, keep=keep or None)
+                                   seed=seed, keep=keep or None)
     if not database_url:  # registered under `pyxp`: the group's --database-url
         database_url = getattr(ctx.find_root().obj, "database_url", None) or None
 

@@ -1109,16 +1109,33 @@ def leaderboard(ctx: click.Context, max_rows: int, offset_rows: int, period: str
 
 
 @cli.command()
+@click.option("--since-checkpoint", is_flag=True,
+              help="Only what was written since the last checkpoint (pyxp.audit_since_checkpoint()).")
+@click.option("--checkpoint", "record", is_flag=True,
+              help="Verify what was written since the last checkpoint and record a new one "
+                   "(pyxp.record_audit_checkpoint(); a writer's or the owner's call, on the primary).")
 @json_option
 @click.pass_context
-def audit(ctx: click.Context, as_json: bool) -> None:
+def audit(ctx: click.Context, since_checkpoint: bool, record: bool, as_json: bool) -> None:
     """Prove every balance from the ledger; exit 1 on findings.
 
-    Runs pyxp.audit(): balances against ledger sums, running balances, levels
-    against the curve, reversals, rule ids.
+    Runs pyxp.audit(): chains of running balances, balances against ledger sums,
+    levels against the curve, reversals, rule ids, periods, caps, checkpoints.
     """
+    if since_checkpoint and record:
+        raise click.UsageError("--since-checkpoint and --checkpoint are exclusive (--checkpoint verifies first)")
     with _client(ctx) as xp:
-        findings = xp.audit()
+        if record:
+            checkpoint = xp.record_audit_checkpoint()
+        else:
+            findings = xp.audit_since_checkpoint() if since_checkpoint else xp.audit()
+    if record:
+        if as_json:
+            _print_json(checkpoint)
+        else:
+            click.echo(f"checkpoint {checkpoint.checkpoint_id}: {checkpoint.rows_verified} rows of "
+                       f"{checkpoint.wallets_verified} wallets verified since the previous one")
+        return
     if as_json:
         _print_json(findings)
     else:

@@ -62,6 +62,7 @@ from pyxp.database import configured_conninfo, shown_conninfo
 from pyxp.errors import DatabaseUnavailable, XPError, wrap_errors
 from pyxp.feed import POLL_INTERVAL, watch_changes, watch_changes_async
 from pyxp.results import (
+    AuditCheckpoint,
     AuditFinding,
     Award,
     AwardRequest,
@@ -99,7 +100,7 @@ class Call:
 
 # The read functions: pure reads, served by a hot standby too (README "Scaling reads").
 READ_FUNCTIONS = frozenset({"balance", "history", "leaderboard", "wallet_rank", "period_xp", "level_for", "audit",
-                            "changes"})
+                            "audit_since_checkpoint", "changes"})
 
 
 def json_text(value: Any) -> str:
@@ -479,6 +480,16 @@ class _Api:
 
     def audit(self) -> list[AuditFinding]:
         return self._execute(Call("audit", queries.AUDIT, {}, AuditFinding, "rows"))
+
+    def audit_since_checkpoint(self) -> list[AuditFinding]:
+        """audit() of what was written since the last checkpoint, in time proportional to it."""
+        return self._execute(Call("audit_since_checkpoint", queries.AUDIT_SINCE_CHECKPOINT, {}, AuditFinding, "rows"))
+
+    def record_audit_checkpoint(self) -> AuditCheckpoint:
+        """Verifies what was written since the last checkpoint and records a new one
+        (:class:`~pyxp.errors.LedgerInconsistent` when it is not clean: nothing recorded)."""
+        return self._execute(Call("record_audit_checkpoint", queries.RECORD_AUDIT_CHECKPOINT, {}, AuditCheckpoint,
+                                  "one"))
 
     # -- the change feed (SPEC 11) ---------------------------------------------------
     def changes(self, after_cursor: int = 0, max_rows: int = 100, wallet: str | None = None) -> list[Change]:

@@ -157,6 +157,13 @@ class UnknownRuleset(XPError):
     code = "PX027"
 
 
+class LedgerInconsistent(XPError):
+    """What was written since the last audit checkpoint is inconsistent: no checkpoint was
+    recorded. ``XP.audit_since_checkpoint()`` lists the findings."""
+
+    code = "PX028"
+
+
 class DatabaseUnavailable(XPError):
     """No PostgreSQL server could be reached or started, or none answered within the connect timeout.
 
@@ -172,7 +179,7 @@ __all__ = [
     "CampaignMismatch", "UnknownCampaign", "AppendOnlyLedger", "ReversalRefused",
     "UnknownTransaction", "InvalidIdentifier", "InvalidParams", "MissingInput", "BalanceOutOfRange",
     "NoActiveRuleset", "ClientIsAgency", "RegistrationRefused", "InvalidArgument", "InvalidRuleset",
-    "IsolationRefused", "InvalidPeriod", "UnknownRuleset",
+    "IsolationRefused", "InvalidPeriod", "UnknownRuleset", "LedgerInconsistent",
 ]
 
 ERRORS_BY_CODE: dict[str, type[XPError]] = {

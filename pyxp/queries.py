@@ -67,6 +67,8 @@ LEVEL_FOR = "SELECT * FROM pyxp.level_for(total_xp => %(total_xp)s::numeric)"
 RECALCULATE_LEVELS = "SELECT pyxp.recalculate_levels() AS changed"
 
 AUDIT = "SELECT * FROM pyxp.audit()"
+AUDIT_SINCE_CHECKPOINT = "SELECT * FROM pyxp.audit_since_checkpoint()"
+RECORD_AUDIT_CHECKPOINT = "SELECT * FROM pyxp.record_audit_checkpoint()"
 
 INSTALL_RULESET = """SELECT * FROM pyxp.install_ruleset(
     definition => %(definition)s::jsonb, source => %(source)s::text)"""

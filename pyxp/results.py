@@ -144,6 +144,16 @@ class AuditFinding:
 
 
 @dataclass(frozen=True)
+class AuditCheckpoint:
+    """A checkpoint pyxp.record_audit_checkpoint() recorded: what it verified since the previous one."""
+
+    checkpoint_id: int
+    wallets_verified: int
+    rows_verified: int
+    created_at: datetime
+
+
+@dataclass(frozen=True)
 class RulesetInstall:
     ruleset_id: int
     name: str

@@ -145,7 +145,7 @@ def test_json_records_machine_server_options_and_seed(figures: dict[str, Any]) -
     assert figures["machine"]["cpus"] >= 1
     assert figures["server"]["version"]
     assert figures["seed"] == 42
-    assert figures["options"] == {**QUICK.as_dict(), "audit": True}
+    assert figures["options"] == QUICK.as_dict()
 
 
 @pytest.mark.parametrize("read", ["balance", "history"])
@@ -157,6 +157,15 @@ def test_json_reports_that_key_lookups_use_an_index(figures: dict[str, Any], rea
 def test_fixture_and_benchmark_awards_leave_a_consistent_ledger(figures: dict[str, Any]) -> None:
     """The set-based fixture plus every award of the run: pyxp.audit() finds nothing (SPEC 4)."""
     assert figures["audit_findings"] == 0, figures.get("audit_sample")
+
+
+def test_audit_checkpoints_verify_the_fixture_then_what_the_run_wrote(figures: dict[str, Any]) -> None:
+    """(m): the first checkpoint verifies every fixture row; the one after the run exactly the
+    rows the run wrote (every ledger row is in one of the two), with nothing found."""
+    assert figures["checkpoint_first_rows"] == QUICK.ledger_rows
+    assert figures["audit_since_checkpoint_findings"] == 0
+    assert figures["rows_since_checkpoint"] > 0
+    assert figures["rows_since_checkpoint"] + QUICK.ledger_rows == figures["ledger_rows_after_run"]
 
 
 def test_ruleset_switch_recalculates_every_balance(figures: dict[str, Any]) -> None:

@@ -72,6 +72,7 @@ READS = {
     "wallet_rank": "SELECT pyxp.wallet_rank(wallet => '0x_creator')",
     "level_for": "SELECT level FROM pyxp.level_for(total_xp => 2500)",
     "audit": "SELECT count(*) FROM pyxp.audit()",
+    "audit_since_checkpoint": "SELECT count(*) FROM pyxp.audit_since_checkpoint()",
     "changes": "SELECT count(*) FROM pyxp.changes(after_cursor => 0, max_rows => 1000)",
 }
 
@@ -80,7 +81,9 @@ def test_every_read_function_answers_on_the_standby(replicated: tuple[str, str])
     primary, standby = replicated
     with XP(primary) as xp:
         xp.award_campaign_creation("0x_creator", "camp_standby", "B2C", no_rewards=True)
+        checkpoint = xp.record_audit_checkpoint()  # the standby then verifies what came after it
         xp.award_moderation_vote("0x_mod", "camp_standby", "VALID")
+    assert checkpoint.rows_verified >= 1
     _caught_up(primary, standby)
     with psycopg.connect(primary, autocommit=True) as on_primary, \
             psycopg.connect(standby, autocommit=True) as on_standby:
@@ -91,6 +94,8 @@ def test_every_read_function_answers_on_the_standby(replicated: tuple[str, str])
         with pytest.raises(psycopg.errors.ReadOnlySqlTransaction):
             on_standby.execute("SELECT * FROM pyxp.award(wallet => 'x', action => 'CAMPAIGN_APPROVED', "
                                "idempotency_key => 'on-standby')")
+        with pytest.raises(psycopg.errors.ReadOnlySqlTransaction):
+            on_standby.execute("SELECT * FROM pyxp.record_audit_checkpoint()")
 
 
 def test_reads_go_to_read_url_and_writes_to_the_primary(replicated: tuple[str, str]) -> None:
@@ -109,7 +114,7 @@ def test_reads_go_to_read_url_and_writes_to_the_primary(replicated: tuple[str, s
 
 
 @pytest.mark.parametrize("command", [["balance", "0x_creator"], ["history", "0x_creator"], ["leaderboard"],
-                                     ["audit"], ["levels"], ["rules", "show"], ["rules", "list"],
+                                     ["audit"], ["audit", "--since-checkpoint"], ["levels"], ["rules", "show"], ["rules", "list"],
                                      ["db", "current"]])
 def test_read_cli_commands_answer_on_the_standby(replicated: tuple[str, str], command: list[str]) -> None:
     _, standby = replicated

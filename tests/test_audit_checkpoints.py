@@ -1,0 +1,241 @@
+"""Each wallet's order of application (wallet_seq) and audit checkpoints (issue 15, items 1-2).
+
+Every ledger row carries its position in its wallet's history; the running-balance proof,
+history's pages and the checkpoints use it. pyxp.audit_since_checkpoint() proves what was
+written since the last checkpoint; pyxp.record_audit_checkpoint() records a new one when
+that proof is clean, and refuses (PX028, nothing recorded) when it is not.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import subprocess
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+from psycopg.rows import dict_row
+from psycopg.types.json import Jsonb
+
+from pyxp import XP
+from pyxp import errors as E
+
+PYXP = str(Path(sys.executable).with_name("pyxp"))
+
+
+def award(conn: psycopg.Connection[Any], wallet: str, key: str, action: str = "CAMPAIGN_APPROVED") -> dict[str, Any]:
+    with conn.cursor(row_factory=dict_row) as cur:
+        (row,) = cur.execute("SELECT * FROM pyxp.award(%s, %s, %s)", (wallet, action, key)).fetchall()
+        return row
+
+
+def positions(db: psycopg.Connection[Any]) -> dict[str, list[int]]:
+    """Each wallet's wallet_seq values in id order."""
+    found: dict[str, list[int]] = {}
+    for wallet, seq in db.execute("SELECT user_wallet, wallet_seq FROM pyxp.xp_transactions ORDER BY id"):
+        found.setdefault(wallet, []).append(seq)
+    return found
+
+
+def findings(db: psycopg.Connection[Any], function: str = "audit") -> set[tuple[str, str | None]]:
+    return {(name, wallet) for name, wallet, _, _ in db.execute(f"SELECT * FROM pyxp.{function}()")}
+
+
+def tamper(db: psycopg.Connection[Any], statement: str, *params: Any) -> None:
+    """An owner's change behind the append-only trigger (SPEC 7: audit() sees the result)."""
+    db.execute("ALTER TABLE pyxp.xp_transactions DISABLE TRIGGER xp_transactions_append_only")
+    try:
+        db.execute(statement, params)
+    finally:
+        db.execute("ALTER TABLE pyxp.xp_transactions ENABLE TRIGGER xp_transactions_append_only")
+
+
+def record(db: psycopg.Connection[Any]) -> dict[str, Any]:
+    with db.cursor(row_factory=dict_row) as cur:
+        row = cur.execute("SELECT * FROM pyxp.record_audit_checkpoint()").fetchone()
+        assert row is not None
+        return row
+
+
+# --------------------------------------------------------------------------- wallet_seq
+
+
+def test_every_writer_numbers_a_wallets_rows_1_2_3(db: psycopg.Connection[Any]) -> None:
+    """Single awards, a flow with several rows, a batch with several rows per wallet, a
+    reversal: each wallet's rows are 1..n in the order they applied; a replay takes no
+    number; the balance holds the last one."""
+    award(db, "0xa", "k1")
+    award(db, "0xa", "k1")  # replay
+    db.execute("SELECT * FROM pyxp.award_campaign_creation('0xb', 'cmp-1', 'B2C', winstory_creates_video => true)")
+    db.execute("SELECT * FROM pyxp.award_many(%s)", (Jsonb([
+        {"wallet": "0xa", "action": "CAMPAIGN_APPROVED", "idempotency_key": "b1"},
+        {"wallet": "0xb", "action": "CAMPAIGN_APPROVED", "idempotency_key": "b2"},
+        {"wallet": "0xa", "action": "CAMPAIGN_APPROVED", "idempotency_key": "b3"},
+    ]),))
+    first = db.execute("SELECT id FROM pyxp.xp_transactions WHERE idempotency_key = 'k1'").fetchone()[0]
+    db.execute("SELECT * FROM pyxp.reverse_transaction(%s, 'test')", (first,))
+    seqs = positions(db)
+    assert seqs["0xa"] == [1, 2, 3, 4]
+    assert seqs["0xb"] == list(range(1, len(seqs["0xb"]) + 1)) and len(seqs["0xb"]) >= 3
+    assert dict(db.execute("SELECT user_wallet, last_wallet_seq FROM pyxp.xp_balances").fetchall()) == \
+        {wallet: len(numbers) for wallet, numbers in seqs.items()}
+    assert findings(db) == set()
+
+
+def test_one_row_per_position(db: psycopg.Connection[Any]) -> None:
+    award(db, "0xa", "k1")
+    with pytest.raises(psycopg.errors.UniqueViolation):
+        tamper(db, "INSERT INTO pyxp.xp_transactions (user_wallet, transaction_type, xp_amount, balance_after,"
+                   " idempotency_key, wallet_seq) VALUES ('0xa', 'X', 0, 100, 'forged', 1)")
+
+
+def test_history_pages_in_wallet_order(db: psycopg.Connection[Any], xp: XP) -> None:
+    for n in range(7):
+        award(db, "0xa", f"a{n}")
+        award(db, "0xb", f"b{n}")
+    everything = [r.transaction_id for r in xp.history("0xa", 100)]
+    assert len(everything) == 7 and everything == sorted(everything, reverse=True)
+    pages, before = [], None
+    while True:
+        page = [r.transaction_id for r in xp.history("0xa", 3, before)]
+        if not page:
+            break
+        pages.extend(page)
+        before = page[-1]
+    assert pages == everything
+    # Another wallet's row as before_id: the wallet's rows with a lower id.
+    other = [r.transaction_id for r in xp.history("0xb", 100)]
+    assert [r.transaction_id for r in xp.history("0xa", 100, other[2])] == [i for i in everything if i < other[2]]
+    assert xp.history("0xa", 100, 1) == []
+
+
+def test_audit_finds_a_gap_and_a_wrong_last_position(db: psycopg.Connection[Any]) -> None:
+    rows = [award(db, "0xa", f"k{n}") for n in range(3)]
+    tamper(db, "UPDATE pyxp.xp_transactions SET wallet_seq = 7 WHERE id = %s", rows[2]["transaction_id"])
+    found = list(db.execute("SELECT check_name, user_wallet, transaction_id FROM pyxp.audit()"))
+    assert ("wallet_seq_gap", "0xa", rows[2]["transaction_id"]) in found
+    assert {(name, wallet) for name, wallet, _ in found} == {("wallet_seq_gap", "0xa"), ("wallet_seq_mismatch", "0xa")}
+
+
+def test_audit_finds_a_row_of_a_wallet_without_balance(db: psycopg.Connection[Any]) -> None:
+    award(db, "0xa", "k1")
+    tamper(db, "INSERT INTO pyxp.xp_transactions (user_wallet, transaction_type, xp_amount, balance_after,"
+               " idempotency_key, wallet_seq) VALUES ('0xghost', 'CAMPAIGN_APPROVED', 100, 100, 'forged', 1)")
+    assert ("balance_mismatch", "0xghost") in findings(db)
+
+
+# --------------------------------------------------------------------------- checkpoints
+
+
+def test_checkpoints_verify_only_what_is_new(db: psycopg.Connection[Any], xp: XP) -> None:
+    for n in range(5):
+        award(db, f"0x{n}", f"k{n}")
+    award(db, "0x0", "again")
+    first = record(db)
+    assert (first["wallets_verified"], first["rows_verified"]) == (5, 6)
+    assert dict(db.execute("SELECT user_wallet, wallet_seq FROM pyxp.xp_wallet_checkpoints")) == \
+        {"0x0": 2, "0x1": 1, "0x2": 1, "0x3": 1, "0x4": 1}
+    assert findings(db, "audit_since_checkpoint") == set()
+
+    nothing = record(db)
+    assert (nothing["wallets_verified"], nothing["rows_verified"]) == (0, 0)
+    assert nothing["checkpoint_id"] > first["checkpoint_id"]
+
+    award(db, "0x1", "n1")
+    award(db, "0x1", "n2")
+    award(db, "0xnew", "n3")
+    checkpoint = xp.record_audit_checkpoint()
+    assert (checkpoint.wallets_verified, checkpoint.rows_verified) == (2, 3)
+    assert dict(db.execute("SELECT user_wallet, total_xp FROM pyxp.xp_wallet_checkpoints"
+                           " WHERE user_wallet IN ('0x1', '0xnew')")) == {"0x1": 300, "0xnew": 100}
+    assert xp.audit_since_checkpoint() == [] and xp.audit() == []
+
+
+def test_a_tampered_row_since_the_checkpoint_refuses_the_next_one(db: psycopg.Connection[Any], xp: XP,
+                                                                  unchanged: Any) -> None:
+    award(db, "0xa", "k1")
+    record(db)
+    row = award(db, "0xa", "k2")
+    tamper(db, "UPDATE pyxp.xp_transactions SET xp_amount = 5000 WHERE id = %s", row["transaction_id"])
+    found = list(db.execute("SELECT check_name, user_wallet, transaction_id FROM pyxp.audit_since_checkpoint()"))
+    assert ("running_balance", "0xa", row["transaction_id"]) in found
+    assert {name for name, _, _ in found} == {"running_balance", "balance_mismatch"}
+    with unchanged(), pytest.raises(E.LedgerInconsistent) as refused:
+        xp.record_audit_checkpoint()
+    assert "balance_mismatch" in str(refused.value) and "0xa" in str(refused.value)
+
+
+def test_a_tampered_row_before_the_checkpoint_is_the_full_audits(db: psycopg.Connection[Any]) -> None:
+    """The incremental proof covers what was written since; the full audit everything,
+    the checkpoints themselves included."""
+    row = award(db, "0xa", "k1")
+    award(db, "0xa", "k2")
+    record(db)
+    tamper(db, "UPDATE pyxp.xp_transactions SET balance_after = 90 WHERE id = %s", row["transaction_id"])
+    assert findings(db, "audit_since_checkpoint") == set()
+    assert ("running_balance", "0xa") in findings(db)
+    award(db, "0xb", "k3")
+    record(db)  # 0xa has nothing new: still not the incremental proof's
+
+    db.execute("UPDATE pyxp.xp_wallet_checkpoints SET total_xp = total_xp + 1 WHERE user_wallet = '0xb'")
+    assert ("checkpoint_mismatch", "0xb") in findings(db)
+    award(db, "0xb", "k4")  # now 0xb has new rows: the incremental walk starts at the wrong checkpoint
+    assert {("checkpoint_mismatch", "0xb"), ("balance_mismatch", "0xb")} <= findings(db, "audit_since_checkpoint")
+
+
+def test_a_checkpoint_never_skips_a_row_committed_after_its_snapshot(conninfo: str,
+                                                                     db: psycopg.Connection[Any]) -> None:
+    """A transaction that wrote a row before the checkpoint's snapshot but committed after
+    it: the next verification still walks that row (its feed_xid is >= the snapshot's xmin)."""
+    award(db, "0xa", "k1")
+    with psycopg.connect(conninfo) as writer:  # a transaction left open
+        award(writer, "0xa", "late")
+        checkpoint = record(db)
+        assert checkpoint["rows_verified"] == 1
+        writer.commit()
+    late = db.execute("SELECT id FROM pyxp.xp_transactions WHERE idempotency_key = 'late'").fetchone()[0]
+    tamper(db, "UPDATE pyxp.xp_transactions SET xp_amount = 7 WHERE id = %s", late)
+    assert ("running_balance", "0xa") in findings(db, "audit_since_checkpoint")
+    tamper(db, "UPDATE pyxp.xp_transactions SET xp_amount = 100 WHERE id = %s", late)
+    following = record(db)
+    assert (following["wallets_verified"], following["rows_verified"]) == (1, 1)
+    assert db.execute("SELECT wallet_seq, total_xp FROM pyxp.xp_wallet_checkpoints").fetchall() == [(2, 200)]
+
+
+def test_checkpoints_are_readable_and_recordable_by_the_right_roles(db: psycopg.Connection[Any],
+                                                                     login_role: Callable[..., str],
+                                                                     connect_as: Callable[[str], Any]) -> None:
+    award(db, "0xa", "k1")
+    reader = connect_as(login_role("pyxp_reader"))
+    writer = connect_as(login_role("pyxp_writer"))
+    assert reader.execute("SELECT * FROM pyxp.audit_since_checkpoint()").fetchall() == []
+    with pytest.raises(psycopg.errors.InsufficientPrivilege):
+        reader.execute("SELECT * FROM pyxp.record_audit_checkpoint()")
+    assert writer.execute("SELECT rows_verified FROM pyxp.record_audit_checkpoint()").fetchone() == (1,)
+    assert reader.execute("SELECT count(*) FROM pyxp.xp_wallet_checkpoints").fetchone() == (1,)
+    with pytest.raises(psycopg.errors.InsufficientPrivilege):
+        writer.execute("UPDATE pyxp.xp_wallet_checkpoints SET total_xp = 0")
+
+
+def test_cli_audit_checkpoint_and_since(db: psycopg.Connection[Any], conninfo: str) -> None:
+    award(db, "0xa", "k1")
+    recorded = subprocess.run([PYXP, "--database-url", conninfo, "audit", "--checkpoint", "--json"],
+                              capture_output=True, text=True, check=True)
+    assert json.loads(recorded.stdout)["rows_verified"] == 1
+    since = subprocess.run([PYXP, "--database-url", conninfo, "audit", "--since-checkpoint"],
+                           capture_output=True, text=True)
+    assert since.returncode == 0 and "clean" in since.stdout
+    row = award(db, "0xa", "k2")
+    tamper(db, "UPDATE pyxp.xp_transactions SET xp_amount = 1 WHERE id = %s", row["transaction_id"])
+    since = subprocess.run([PYXP, "--database-url", conninfo, "audit", "--since-checkpoint"],
+                           capture_output=True, text=True)
+    assert since.returncode == 1 and "running_balance" in since.stdout
+    refused = subprocess.run([PYXP, "--database-url", conninfo, "audit", "--checkpoint"],
+                             capture_output=True, text=True)
+    assert refused.returncode != 0 and "PX028" in refused.stderr
+    both = subprocess.run([PYXP, "--database-url", conninfo, "audit", "--checkpoint", "--since-checkpoint"],
+                          capture_output=True, text=True)
+    assert both.returncode == 2
