@@ -51,6 +51,8 @@ COMMENT ON FUNCTION pyxp.period_xp_from_rows(text, timestamptz, text, text) IS
     'internal: a wallet''s XP in one period, from its rows (the audit''s mismatch path).';
 COMMENT ON FUNCTION pyxp.chain_problems(boolean) IS
     'internal: one walk of the audited wallets'' chains in wallet_seq order: chain, balance, level, checkpoint, periods.';
+COMMENT ON FUNCTION pyxp.audited_rows(boolean) IS
+    'internal: the rows the single-row checks read: every row, or those written since the last checkpoint.';
 COMMENT ON FUNCTION pyxp.row_problems(boolean) IS
     'internal: checks of single rows (reversals, rules, requests), on every row or on those since the last checkpoint.';
 

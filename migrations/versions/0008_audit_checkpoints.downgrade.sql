@@ -7,6 +7,7 @@ SET LOCAL ROLE pyxp_owner;
 DROP FUNCTION pyxp.record_audit_checkpoint();
 DROP FUNCTION pyxp.audit_since_checkpoint();
 DROP FUNCTION pyxp.row_problems(boolean);
+DROP FUNCTION pyxp.audited_rows(boolean);
 DROP FUNCTION pyxp.chain_problems(boolean);
 DROP FUNCTION pyxp.period_xp_from_rows(text,timestamptz,text,text);
 DROP FUNCTION pyxp.audited_wallets(boolean);
