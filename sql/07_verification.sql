@@ -107,19 +107,22 @@ AS $$
                        sum(r.xp_amount) FILTER (WHERE r.at >= g.month_start) AS ledger_month_xp,
                        sum(r.xp_amount) FILTER (WHERE r.at >= g.year_start) AS ledger_year_xp,
                        jsonb_agg(jsonb_build_object('seq', r.seq, 'after', r.balance_after, 'amount', r.xp_amount,
-                                                    'previous', r.previous, 'previous_seq', r.previous_seq))
-                           FILTER (WHERE r.seq > g.from_seq AND (r.balance_after <> r.previous + r.xp_amount
-                                                                OR r.seq <> r.previous_seq + 1)
-                                      OR r.seq = g.cp_seq AND r.balance_after <> g.cp_xp) AS bad_rows
-                  FROM (SELECT x.wallet_seq AS seq, x.balance_after, x.xp_amount,
-                               CASE WHEN x.reverses IS NULL THEN x.created_at  -- a reversal counts in its original's period
-                                    ELSE (SELECT o.created_at FROM pyxp.xp_transactions o WHERE o.id = x.reverses) END
-                                   AS at,
-                               coalesce(lag(x.balance_after) OVER w, g.from_xp) AS previous,
-                               coalesce(lag(x.wallet_seq) OVER w, g.from_seq) AS previous_seq
-                          FROM pyxp.xp_transactions x
-                         WHERE x.user_wallet = g.user_wallet AND x.wallet_seq >= g.from_seq
-                        WINDOW w AS (ORDER BY x.wallet_seq)) r
+                                                    'previous', r.previous, 'previous_seq', r.previous_seq,
+                                                    'running', r.running, 'gap', r.gap, 'checkpoint', r.checkpoint))
+                           FILTER (WHERE r.running OR r.gap OR r.checkpoint) AS bad_rows
+                  FROM (SELECT y.*,
+                               y.seq > g.from_seq AND y.balance_after <> y.previous + y.xp_amount AS running,
+                               y.seq > g.from_seq AND y.seq <> y.previous_seq + 1 AS gap,
+                               y.seq = g.cp_seq AND y.balance_after <> g.cp_xp AS checkpoint
+                          FROM (SELECT x.wallet_seq AS seq, x.balance_after, x.xp_amount,
+                                       CASE WHEN x.reverses IS NULL THEN x.created_at  -- a reversal counts in its original's period
+                                            ELSE (SELECT o.created_at FROM pyxp.xp_transactions o WHERE o.id = x.reverses)
+                                       END AS at,
+                                       coalesce(lag(x.balance_after) OVER w, g.from_xp) AS previous,
+                                       coalesce(lag(x.wallet_seq) OVER w, g.from_seq) AS previous_seq
+                                  FROM pyxp.xp_transactions x
+                                 WHERE x.user_wallet = g.user_wallet AND x.wallet_seq >= g.from_seq
+                                WINDOW w AS (ORDER BY x.wallet_seq)) y) r
              ) w
     ), checked AS (
         SELECT p.*, c.level, c.next_level_xp, z.tz,
@@ -143,25 +146,21 @@ AS $$
     SELECT f.check_name, c.user_wallet, f.wallet_seq, f.detail
       FROM checked c
      CROSS JOIN LATERAL (
-            SELECT CASE WHEN (r ->> 'seq')::bigint = c.cp_seq AND (r ->> 'after')::bigint <> c.cp_xp
-                        THEN 'checkpoint_mismatch' END AS check_name,
-                   (r ->> 'seq')::bigint AS wallet_seq,
-                   format('wallet_seq %s: balance_after = %s, checkpoint says %s', r ->> 'seq', r ->> 'after', c.cp_xp)
-                       AS detail
+            -- The rows' findings, as the walk flagged them.
+            SELECT k.check_name, (r ->> 'seq')::bigint AS wallet_seq, k.detail
               FROM jsonb_array_elements(c.bad_rows) r
-            UNION ALL
-            SELECT 'running_balance', (r ->> 'seq')::bigint,
-                   format('balance_after = %s, previous balance_after %s + xp_amount %s = %s', r ->> 'after',
-                          r ->> 'previous', r ->> 'amount', (r ->> 'previous')::bigint + (r ->> 'amount')::bigint)
-              FROM jsonb_array_elements(c.bad_rows) r
-             WHERE (r ->> 'seq')::bigint > c.from_seq
-               AND (r ->> 'after')::bigint <> (r ->> 'previous')::bigint + (r ->> 'amount')::bigint
-            UNION ALL
-            SELECT 'wallet_seq_gap', (r ->> 'seq')::bigint,
-                   format('wallet_seq %s follows wallet_seq %s', r ->> 'seq', r ->> 'previous_seq')
-              FROM jsonb_array_elements(c.bad_rows) r
-             WHERE (r ->> 'seq')::bigint > c.from_seq
-               AND (r ->> 'seq')::bigint <> (r ->> 'previous_seq')::bigint + 1
+             CROSS JOIN LATERAL (VALUES
+                    ('checkpoint_mismatch', (r ->> 'checkpoint')::boolean,
+                     format('wallet_seq %s: balance_after = %s, checkpoint says %s', r ->> 'seq', r ->> 'after',
+                            c.cp_xp)),
+                    ('running_balance', (r ->> 'running')::boolean,
+                     format('balance_after = %s, previous balance_after %s + xp_amount %s = %s', r ->> 'after',
+                            r ->> 'previous', r ->> 'amount',
+                            (r ->> 'previous')::bigint + (r ->> 'amount')::bigint)),
+                    ('wallet_seq_gap', (r ->> 'gap')::boolean,
+                     format('wallet_seq %s follows wallet_seq %s', r ->> 'seq', r ->> 'previous_seq'))
+                 ) k(check_name, found, detail)
+             WHERE k.found
             UNION ALL
             SELECT 'checkpoint_mismatch', NULL,
                    format('checkpoint at wallet_seq %s (%s XP): no such ledger row', c.cp_seq, c.cp_xp)
@@ -198,9 +197,8 @@ AS $$
              CROSS JOIN LATERAL pyxp.period_xp_from_rows(c.user_wallet, k.start, k.kind, c.tz) AS x(xp)
              WHERE c.bad_periods AND (k.kept_start, k.kept_xp) IS DISTINCT FROM (k.start, x.xp)
          ) f
-     WHERE (c.bad_rows IS NOT NULL OR c.bad_balance OR c.bad_seq OR c.bad_level OR c.bad_checkpoint
-            OR c.bad_periods)
-       AND f.check_name IS NOT NULL
+     WHERE c.bad_rows IS NOT NULL OR c.bad_balance OR c.bad_seq OR c.bad_level OR c.bad_checkpoint
+        OR c.bad_periods
 $$;
 
 -- The rows the single-row checks read: every row (p_since_checkpoint false)
@@ -406,7 +404,7 @@ AS $$
 #variable_conflict use_column
 DECLARE
     v_problems bigint;
-    v_first record;
+    v_first text;  -- the first finding, for the error's detail
     v_since boolean;
 BEGIN
     LOCK TABLE pyxp.xp_audit_checkpoints IN EXCLUSIVE MODE;
@@ -433,20 +431,16 @@ BEGIN
            SET wallet_seq = excluded.wallet_seq, total_xp = excluded.total_xp, checkpoint_id = excluded.checkpoint_id
     )
     SELECT h.checkpoint_id, h.wallets_verified, h.rows_verified, h.created_at,
-           (SELECT count(*) FROM problems)
-      INTO checkpoint_id, wallets_verified, rows_verified, created_at, v_problems
+           (SELECT count(*) FROM problems),
+           (SELECT format('%s %s: %s', p.check_name, coalesce(p.user_wallet, ''), p.detail)
+              FROM problems p ORDER BY p.check_name, p.user_wallet LIMIT 1)
+      INTO checkpoint_id, wallets_verified, rows_verified, created_at, v_problems, v_first
       FROM (SELECT 1) one LEFT JOIN header h ON true;
     IF v_problems > 0 THEN
-        SELECT p.check_name, p.user_wallet, p.detail INTO v_first
-          FROM (SELECT c.check_name, c.user_wallet, c.detail FROM pyxp.chain_problems(v_since) c
-                UNION ALL
-                SELECT r.check_name, r.user_wallet, r.detail FROM pyxp.row_problems(v_since) r) p
-         ORDER BY 1, 2 LIMIT 1;
         RAISE EXCEPTION 'the ledger since the last checkpoint has % inconsistencies; no checkpoint recorded',
                         v_problems
             USING ERRCODE = 'PX028',
-                  DETAIL = format('first: %s %s: %s', v_first.check_name, coalesce(v_first.user_wallet, ''),
-                                  v_first.detail),
+                  DETAIL = 'first: ' || v_first,
                   HINT = 'SELECT * FROM pyxp.audit_since_checkpoint() lists them';
     END IF;
 END

@@ -207,16 +207,17 @@ def test_a_checkpoint_never_skips_a_row_committed_after_its_snapshot(conninfo: s
 
 def test_checkpoints_are_readable_and_recordable_by_the_right_roles(db: psycopg.Connection[Any],
                                                                      login_role: Callable[..., str],
-                                                                     connect_as: Callable[[str], Any]) -> None:
+                                                                     connect_as: Callable[[str], Any],
+                                                                     unchanged: Any) -> None:
     award(db, "0xa", "k1")
     reader = connect_as(login_role("pyxp_reader"))
     writer = connect_as(login_role("pyxp_writer"))
     assert reader.execute("SELECT * FROM pyxp.audit_since_checkpoint()").fetchall() == []
-    with pytest.raises(psycopg.errors.InsufficientPrivilege):
+    with unchanged(), pytest.raises(psycopg.errors.InsufficientPrivilege):
         reader.execute("SELECT * FROM pyxp.record_audit_checkpoint()")
     assert writer.execute("SELECT rows_verified FROM pyxp.record_audit_checkpoint()").fetchone() == (1,)
     assert reader.execute("SELECT count(*) FROM pyxp.xp_wallet_checkpoints").fetchone() == (1,)
-    with pytest.raises(psycopg.errors.InsufficientPrivilege):
+    with unchanged(), pytest.raises(psycopg.errors.InsufficientPrivilege):
         writer.execute("UPDATE pyxp.xp_wallet_checkpoints SET total_xp = 0")
 
 
@@ -236,6 +237,8 @@ def test_cli_audit_checkpoint_and_since(db: psycopg.Connection[Any], conninfo: s
     refused = subprocess.run([PYXP, "--database-url", conninfo, "audit", "--checkpoint"],
                              capture_output=True, text=True)
     assert refused.returncode != 0 and "PX028" in refused.stderr
+    before = db.execute("SELECT count(*) FROM pyxp.xp_audit_checkpoints").fetchone()
     both = subprocess.run([PYXP, "--database-url", conninfo, "audit", "--checkpoint", "--since-checkpoint"],
                           capture_output=True, text=True)
     assert both.returncode == 2
+    assert db.execute("SELECT count(*) FROM pyxp.xp_audit_checkpoints").fetchone() == before
