@@ -22,6 +22,7 @@ from pyxp.results import (
     LeaderboardRow,
     LedgerRow,
     Level,
+    RankBuckets,
     RulesetInstall,
 )
 from pyxp.ruleset_config import ConfigError, RuleSet, load_ruleset
@@ -30,6 +31,6 @@ __all__ = [
     "XP", "AsyncXP", "XPError", "DatabaseUnavailable", "error_from_sqlstate",
     "ConfigError", "RuleSet", "load_ruleset",
     "Award", "AwardRequest", "AwardRow", "BatchAwardRow", "Balance", "Level", "LedgerRow", "LeaderboardRow", "AuditFinding",
-    "AuditCheckpoint",
+    "AuditCheckpoint", "RankBuckets",
     "RulesetInstall", "ClientRegistration", "Change",
 ]

@@ -345,6 +345,8 @@ FIXTURE_STEPS: tuple[tuple[str, str], ...] = (
          ORDER BY bw.wallet"""),
     # Each balance's latest periods and their XP (SPEC 12), as the writer would have kept them.
     ("periods", "SELECT pyxp.rebuild_period_columns((SELECT r.timezone FROM pyxp.rulesets r WHERE r.is_active))"),
+    # The rank buckets cut from the loaded balances, as migration 0009 does.
+    ("rank buckets", "SELECT pyxp.rebalance_rank_buckets(1024, true)"),
     ("cleanup", "DROP TABLE public.bench_rows, public.bench_wallets, public.bench_kinds"),
 )
 
@@ -432,12 +434,15 @@ READ_PLANS: dict[str, tuple[str, str]] = {
          WHERE t.user_wallet = $1 AND ($3 IS NULL OR t.id < $3)
          ORDER BY t.id DESC LIMIT $2"""),
     "leaderboard": ("integer, integer", """SELECT
-               $2 + row_number() OVER (ORDER BY b.total_xp DESC, b.user_wallet),
+               $2 + row_number() OVER (ORDER BY b.total_xp DESC, b.user_wallet COLLATE "C"),
                b.user_wallet, b.total_xp, b.current_level
           FROM (SELECT x.user_wallet, x.total_xp, x.current_level FROM pyxp.xp_balances x
-                 ORDER BY x.total_xp DESC, x.user_wallet OFFSET $2 LIMIT $1) b
+                 ORDER BY x.total_xp DESC, x.user_wallet COLLATE "C" OFFSET $2 LIMIT $1) b
          ORDER BY 1"""),
-    "rank": ("bigint", "SELECT count(*) FROM pyxp.xp_balances b WHERE b.total_xp > $1"),
+    "rank": ("bigint, text", """SELECT 1 + coalesce((SELECT sum(c.wallets) FROM pyxp.xp_rank_counts c
+                              WHERE (c.neg_xp, c.wallet) < (k.neg_xp, k.wallet COLLATE "C")), 0)::bigint
+                 + (SELECT count(*) FROM pyxp.board_range(-k.neg_xp, k.wallet, $1, $2))
+          FROM pyxp.rank_bucket_of($1, $2) k"""),
     "level_for": ("bigint, bigint", "SELECT * FROM pyxp.curve_position($1, $2) c"),
 }
 
@@ -543,7 +548,8 @@ def measure_reads(conn: psycopg.Connection[Any], options: BenchOptions, rng: ran
     ruleset = _scalar(conn, "SELECT pyxp.active_ruleset_id()")
     total = _scalar(conn, "SELECT total_xp FROM pyxp.xp_balances WHERE user_wallet = %s", (uniform[0],))
     plans = explain_reads(conn, {"balance": [uniform[0]], "history": [active[0], 50, None],
-                                 "leaderboard": [100, 0], "rank": [total], "level_for": [ruleset, totals[0]]})
+                                 "leaderboard": [100, 0], "rank": [total, uniform[0]],
+                                 "level_for": [ruleset, totals[0]]})
     results["plans"] = plans
     for name, plan in plans.items():
         results[f"{name}_uses_index"] = plan["uses_index"]

@@ -177,7 +177,7 @@ def _migrating_role(role: str, database: str | None) -> str:
             f'(GRANT pyxp_owner TO {role}); see README "Install into a database"')
 
 
-OWNER_FUNCTIONS = ("install_ruleset", "recalculate_levels", "simulate_rules")
+OWNER_FUNCTIONS = ("install_ruleset", "recalculate_levels", "simulate_rules", "rebalance_rank_buckets")
 
 
 def _permission_hint(ctx: click.Context, message: str) -> str:
@@ -463,6 +463,22 @@ def db_current(ctx: click.Context, as_json: bool) -> None:
     click.echo(f"revision {current or 'none'} (head {head}; {state})")
     if ruleset:
         click.echo(f"active ruleset {ruleset['name']} v{ruleset['version']}")
+
+
+@db.command("rebalance-ranks")
+@click.option("--bucket-size", type=click.IntRange(16, 1_000_000), default=1024, show_default=True,
+              help="Balances per rank bucket after a re-cut.")
+@click.option("--full", is_flag=True, help="Re-cut every bucket, not only those that grew past twice the size.")
+@json_option
+@click.pass_context
+def db_rebalance_ranks(ctx: click.Context, bucket_size: int, full: bool, as_json: bool) -> None:
+    """Re-cut the rank buckets that grew (owner only; holds awards while it runs)."""
+    with _client(ctx) as xp:
+        result = xp.rebalance_rank_buckets(bucket_size=bucket_size, full_rebuild=full)
+    if as_json:
+        _print_json(dataclasses.asdict(result))
+        return
+    click.echo(f"{result.recut_buckets} rank buckets re-cut, {result.buckets} in all")
 
 
 # --------------------------------------------------------------------------- rules

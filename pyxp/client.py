@@ -74,6 +74,7 @@ from pyxp.results import (
     LeaderboardRow,
     LedgerRow,
     Level,
+    RankBuckets,
 )
 
 log = logging.getLogger("pyxp")
@@ -477,6 +478,12 @@ class _Api:
 
     def recalculate_levels(self) -> int:
         return self._execute(Call("recalculate_levels", queries.RECALCULATE_LEVELS, {}, None, "scalar"))
+
+    def rebalance_rank_buckets(self, bucket_size: int = 1024, full_rebuild: bool = False) -> RankBuckets:
+        """Re-cuts the rank buckets that grew past 2 x ``bucket_size`` (all of them with
+        ``full_rebuild``). The owner's: it holds every award while it runs (README "Ranks")."""
+        return self._execute(Call("rebalance_rank_buckets", queries.REBALANCE_RANK_BUCKETS, {
+            "bucket_size": bucket_size, "full_rebuild": full_rebuild}, RankBuckets, "one"))
 
     def audit(self) -> list[AuditFinding]:
         return self._execute(Call("audit", queries.AUDIT, {}, AuditFinding, "rows"))

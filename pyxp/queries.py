@@ -65,6 +65,8 @@ PERIOD_XP = """SELECT pyxp.period_xp(
 LEVEL_FOR = "SELECT * FROM pyxp.level_for(total_xp => %(total_xp)s::numeric)"
 
 RECALCULATE_LEVELS = "SELECT pyxp.recalculate_levels() AS changed"
+REBALANCE_RANK_BUCKETS = """SELECT * FROM pyxp.rebalance_rank_buckets(
+    bucket_size => %(bucket_size)s, full_rebuild => %(full_rebuild)s)"""
 
 AUDIT = "SELECT * FROM pyxp.audit()"
 AUDIT_SINCE_CHECKPOINT = "SELECT * FROM pyxp.audit_since_checkpoint()"

@@ -154,6 +154,14 @@ class AuditCheckpoint:
 
 
 @dataclass(frozen=True)
+class RankBuckets:
+    """What pyxp.rebalance_rank_buckets() left: the rank buckets, and how many it re-cut."""
+
+    buckets: int
+    recut_buckets: int
+
+
+@dataclass(frozen=True)
 class RulesetInstall:
     ruleset_id: int
     name: str

@@ -235,15 +235,43 @@ CREATE TABLE pyxp.xp_balances (
     month_xp           bigint,
     year_start         timestamptz,
     year_xp            bigint,
-    last_wallet_seq    bigint NOT NULL DEFAULT 0  -- wallet_seq of the wallet's last ledger row (0: none)
+    last_wallet_seq    bigint NOT NULL DEFAULT 0, -- wallet_seq of the wallet's last ledger row (0: none)
+    -- Counted in xp_rank_counts (0009). False only inside the call that
+    -- created the balance: the writer counts it when it sets its total.
+    ranked             boolean NOT NULL DEFAULT false
 );
--- Leaderboard order: total_xp desc, ties by wallet (deterministic).
-CREATE INDEX xp_balances_leaderboard ON pyxp.xp_balances (total_xp DESC, user_wallet);
+-- Leaderboard order: total_xp desc, ties by wallet compared byte by byte
+-- (COLLATE "C": the same order on every server, whatever its locale, and
+-- what the rank buckets below cut).
+CREATE INDEX xp_balances_leaderboard ON pyxp.xp_balances (total_xp DESC, user_wallet COLLATE "C");
 -- The boards of the current periods, same order.
-CREATE INDEX xp_balances_day_board ON pyxp.xp_balances (day_start, day_xp DESC, user_wallet);
-CREATE INDEX xp_balances_week_board ON pyxp.xp_balances (week_start, week_xp DESC, user_wallet);
-CREATE INDEX xp_balances_month_board ON pyxp.xp_balances (month_start, month_xp DESC, user_wallet);
-CREATE INDEX xp_balances_year_board ON pyxp.xp_balances (year_start, year_xp DESC, user_wallet);
+CREATE INDEX xp_balances_day_board ON pyxp.xp_balances (day_start, day_xp DESC, user_wallet COLLATE "C");
+CREATE INDEX xp_balances_week_board ON pyxp.xp_balances (week_start, week_xp DESC, user_wallet COLLATE "C");
+CREATE INDEX xp_balances_month_board ON pyxp.xp_balances (month_start, month_xp DESC, user_wallet COLLATE "C");
+CREATE INDEX xp_balances_year_board ON pyxp.xp_balances (year_start, year_xp DESC, user_wallet COLLATE "C");
+
+-- Exact ranks without counting the balances above (pyxp.wallet_rank,
+-- pyxp.leaderboard's deep pages; sql/07_ranks.sql). The all-time board
+-- (total_xp desc, wallet) is cut into buckets of consecutive positions; a
+-- bucket starts at the position of (total_xp = -neg_xp, wallet) and holds
+-- the balances from there up to the next bucket's start. The first bucket
+-- starts before every balance (neg_xp = -2^63, wallet ''). neg_xp (minus
+-- the total) makes board order the index's ascending order, so "the last
+-- start at or before a position" is one index probe.
+-- Invariant (pyxp.audit checks it): per bucket, the sum of wallets over
+-- its slots = the balances in it. Every bucket has its slot 0 row; the
+-- writer adds and subtracts in its own slot (pg_backend_pid() % 8), so
+-- concurrent awards moving wallets between the same buckets rarely wait
+-- for each other's row lock. Where the buckets start changes only in
+-- pyxp.rebalance_rank_buckets, under a lock that excludes every writer.
+CREATE TABLE pyxp.xp_rank_counts (
+    neg_xp   bigint NOT NULL,
+    wallet   text COLLATE "C" NOT NULL,
+    slot     smallint NOT NULL CHECK (slot BETWEEN 0 AND 7),
+    wallets  bigint NOT NULL,
+    PRIMARY KEY (neg_xp, wallet, slot)
+) WITH (fillfactor = 50);  -- room for HOT updates of the counts
+INSERT INTO pyxp.xp_rank_counts (neg_xp, wallet, slot, wallets) VALUES (-9223372036854775807, '', 0, 0);
 
 -- How much of each capped allowance a wallet used in a period: the sum of
 -- the amounts its capped gains applied there, less what reversals of them

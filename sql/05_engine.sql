@@ -510,8 +510,14 @@ BEGIN
     v_week := date_trunc('week', v_at, p_timezone);
     v_month := date_trunc('month', v_at, p_timezone);
     v_year := date_trunc('year', v_at, p_timezone);
+    -- The rank buckets (sql/07_ranks.sql) follow in the same statement:
+    -- each balance whose total moved leaves the bucket of its old total
+    -- and joins the bucket of its new one; a balance this call created
+    -- (ranked false) only joins. Counted in this backend's slot, in bucket
+    -- order; a move within one bucket touches no count.
+    WITH moved AS (
     UPDATE pyxp.xp_balances x
-       SET total_xp = coalesce(f.after::bigint, x.total_xp), current_level = c.level,
+       SET ranked = true, total_xp = coalesce(f.after::bigint, x.total_xp), current_level = c.level,
            xp_to_next_level = (c.next_level_xp - coalesce(f.after::bigint, x.total_xp))::bigint,
            total_moderations = x.total_moderations + f.moderations, updated_at = now(),
            last_feed_xid = coalesce(f.feed, x.last_feed_xid), last_wallet_seq = coalesce(f.seq, x.last_wallet_seq),
@@ -529,16 +535,30 @@ BEGIN
                    max(r.seq) FILTER (WHERE r.id IS NOT NULL) AS seq,
                    sum(r.moderations) FILTER (WHERE r.claim IS NULL)::bigint AS moderations,
                    sum(r.xp_amount) FILTER (WHERE r.id IS NOT NULL)::bigint AS gained,
-                   (array_agg(b.total_xp))[1] AS total_xp
+                   (array_agg(b.total_xp))[1] AS total_xp, bool_and(b.ranked) AS ranked
               FROM ROWS FROM (unnest(v_rows), unnest(v_claims), unnest(v_after), unnest(v_feed), unnest(v_ids),
                               unnest(v_seq))
                    WITH ORDINALITY r(call_index, user_wallet, idempotency_key, inputs, transaction_type, xp_amount,
                                      xp_requested, apply_floor, rule_id, campaign_id, subject, metadata, reverses,
                                      moderations, claim, after, feed, id, seq, ord)
-             CROSS JOIN LATERAL (SELECT b.total_xp FROM pyxp.xp_balances b WHERE b.user_wallet = r.user_wallet LIMIT 1) b
+             CROSS JOIN LATERAL (SELECT b.total_xp, b.ranked FROM pyxp.xp_balances b
+                                  WHERE b.user_wallet = r.user_wallet LIMIT 1) b
              GROUP BY r.user_wallet) f
      CROSS JOIN LATERAL pyxp.curve_position(p_ruleset, coalesce(f.after::bigint, f.total_xp)) c
-     WHERE x.user_wallet = f.user_wallet AND (f.after IS NOT NULL OR f.moderations <> 0);
+     WHERE x.user_wallet = f.user_wallet AND (f.after IS NOT NULL OR f.moderations <> 0 OR NOT f.ranked)
+    RETURNING x.user_wallet, f.total_xp AS old_xp, f.ranked AS was_ranked, x.total_xp AS new_xp
+    )
+    INSERT INTO pyxp.xp_rank_counts AS k (neg_xp, wallet, slot, wallets)
+    SELECT d.neg_xp, d.wallet, pg_backend_pid() % 8, sum(d.delta)
+      FROM moved m
+     CROSS JOIN LATERAL (SELECT o.neg_xp, o.wallet, -1 AS delta
+                           FROM pyxp.rank_bucket_of(m.old_xp, m.user_wallet) o WHERE m.was_ranked
+                         UNION ALL
+                         SELECT n.neg_xp, n.wallet, 1 FROM pyxp.rank_bucket_of(m.new_xp, m.user_wallet) n) d
+     GROUP BY d.neg_xp, d.wallet
+    HAVING sum(d.delta) <> 0
+     ORDER BY d.neg_xp, d.wallet
+    ON CONFLICT (neg_xp, wallet, slot) DO UPDATE SET wallets = k.wallets + excluded.wallets;
 
     -- 4b. What the new capped gains used of their allowances (xp_cap_usage),
     --     and what a reversal of a capped gain frees (pyxp.freed_allowance),

@@ -114,7 +114,10 @@ END
 $$;
 
 -- Public: the leaderboard. period 'all' (default): balances by total_xp
--- desc, ties by wallet, period_xp = total_xp (index xp_balances_leaderboard).
+-- desc, ties by wallet byte by byte, period_xp = total_xp (index
+-- xp_balances_leaderboard; a deep page starts from the rank bucket holding
+-- its first position, sql/07_ranks.sql, instead of stepping over every
+-- balance before it).
 -- A period (day, week, month, year, any case): the wallets with a row in the
 -- period containing `at` (default now()), by period_xp desc, ties by wallet,
 -- with their current total and level. max_rows: 1..1000; offset_rows pages
@@ -129,41 +132,64 @@ DECLARE
     v_max integer := pyxp.checked_row_count('max_rows', leaderboard.max_rows);
     v_period text := pyxp.checked_period(leaderboard.period);
     v_bounds record;
+    v_bucket record;  -- a deep page's rank bucket: its start, the balances before it
 BEGIN
     IF leaderboard.offset_rows IS NULL OR leaderboard.offset_rows < 0 THEN
         RAISE EXCEPTION 'invalid offset_rows: %', coalesce(leaderboard.offset_rows::text, 'NULL')
             USING ERRCODE = 'PX023', HINT = 'offset_rows is 0 or more';
     END IF;
     IF v_period = 'all' THEN
+        IF leaderboard.offset_rows < 4096 THEN
+            RETURN QUERY
+                SELECT leaderboard.offset_rows + row_number() OVER (ORDER BY b.total_xp DESC, b.user_wallet COLLATE "C"),
+                       b.user_wallet, b.total_xp, b.current_level, b.total_xp
+                  FROM (SELECT x.user_wallet, x.total_xp, x.current_level
+                          FROM pyxp.xp_balances x
+                         ORDER BY x.total_xp DESC, x.user_wallet COLLATE "C"
+                         OFFSET leaderboard.offset_rows LIMIT v_max) b
+                 ORDER BY 1;
+            RETURN;
+        END IF;
+        -- A deep page: from the start of the bucket holding position
+        -- offset_rows + 1, stepping over only that bucket's balances before it.
+        SELECT e.neg_xp, e.wallet, e.before_ INTO v_bucket
+          FROM (SELECT e.neg_xp, e.wallet,
+                       coalesce(sum(e.wallets) OVER (ORDER BY e.neg_xp, e.wallet
+                                                     ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING), 0) AS before_
+                  FROM pyxp.rank_buckets() e) e
+         WHERE e.before_ <= leaderboard.offset_rows
+         ORDER BY e.neg_xp DESC, e.wallet DESC
+         LIMIT 1;
         RETURN QUERY
-            SELECT leaderboard.offset_rows + row_number() OVER (ORDER BY b.total_xp DESC, b.user_wallet),
+            SELECT leaderboard.offset_rows + row_number() OVER (ORDER BY b.total_xp DESC, b.user_wallet COLLATE "C"),
                    b.user_wallet, b.total_xp, b.current_level, b.total_xp
-              FROM (SELECT x.user_wallet, x.total_xp, x.current_level
-                      FROM pyxp.xp_balances x
-                     ORDER BY x.total_xp DESC, x.user_wallet
-                     OFFSET leaderboard.offset_rows LIMIT v_max) b
+              FROM (SELECT r.user_wallet, r.total_xp, x.current_level
+                      FROM pyxp.board_range(-v_bucket.neg_xp, v_bucket.wallet, -9223372036854775807, '') r
+                      JOIN pyxp.xp_balances x ON x.user_wallet = r.user_wallet
+                     ORDER BY r.total_xp DESC, r.user_wallet COLLATE "C"
+                     OFFSET leaderboard.offset_rows - v_bucket.before_ LIMIT v_max) b
              ORDER BY 1;
         RETURN;
     END IF;
     v_bounds := pyxp.period_bounds(v_period, leaderboard.at, pyxp.active_timezone());
     IF pyxp.period_cached(v_period, v_bounds.period_start) THEN
         RETURN QUERY EXECUTE format(
-            'SELECT $1 + row_number() OVER (ORDER BY b.xp DESC, b.user_wallet), b.user_wallet, b.total_xp,
+            'SELECT $1 + row_number() OVER (ORDER BY b.xp DESC, b.user_wallet COLLATE "C"), b.user_wallet, b.total_xp,
                     b.current_level, b.xp
                FROM (SELECT x.user_wallet, x.total_xp, x.current_level, x.%2$I AS xp
                        FROM pyxp.xp_balances x
                       WHERE x.%1$I = $2
-                      ORDER BY x.%2$I DESC, x.user_wallet
+                      ORDER BY x.%2$I DESC, x.user_wallet COLLATE "C"
                      OFFSET $1 LIMIT $3) b
               ORDER BY 1', v_period || '_start', v_period || '_xp')
             USING leaderboard.offset_rows::bigint, v_bounds.period_start, v_max;
     ELSE
         RETURN QUERY
-            SELECT leaderboard.offset_rows + row_number() OVER (ORDER BY p.period_xp DESC, p.user_wallet),
+            SELECT leaderboard.offset_rows + row_number() OVER (ORDER BY p.period_xp DESC, p.user_wallet COLLATE "C"),
                    p.user_wallet, x.total_xp, x.current_level, p.period_xp
               FROM (SELECT t.user_wallet, t.period_xp
                       FROM pyxp.ledger_period_totals(v_bounds.period_start, v_bounds.period_end) t
-                     ORDER BY t.period_xp DESC, t.user_wallet
+                     ORDER BY t.period_xp DESC, t.user_wallet COLLATE "C"
                     OFFSET leaderboard.offset_rows LIMIT v_max) p
               JOIN pyxp.xp_balances x ON x.user_wallet = p.user_wallet
              ORDER BY 1;
@@ -192,8 +218,14 @@ BEGIN
         IF NOT FOUND THEN
             RETURN NULL;
         END IF;
-        RETURN 1 + (SELECT count(*) FROM pyxp.xp_balances b WHERE b.total_xp > v_total)
-                 + (SELECT count(*) FROM pyxp.xp_balances b WHERE b.total_xp = v_total AND b.user_wallet < v_wallet);
+        -- The rank buckets (sql/07_ranks.sql): the wallets of the buckets
+        -- before its own, and the balances of its bucket before it.
+        SELECT 1 + coalesce((SELECT sum(c.wallets) FROM pyxp.xp_rank_counts c
+                              WHERE (c.neg_xp, c.wallet) < (k.neg_xp, k.wallet COLLATE "C")), 0)::bigint
+                 + (SELECT count(*) FROM pyxp.board_range(-k.neg_xp, k.wallet, v_total, v_wallet))
+          INTO v_rank
+          FROM pyxp.rank_bucket_of(v_total, v_wallet) k;
+        RETURN v_rank;
     END IF;
     v_bounds := pyxp.period_bounds(v_period, wallet_rank.at, pyxp.active_timezone());
     IF pyxp.period_cached(v_period, v_bounds.period_start) THEN
@@ -205,13 +237,13 @@ BEGIN
         END IF;
         EXECUTE format('SELECT 1 + (SELECT count(*) FROM pyxp.xp_balances b WHERE b.%1$I = $1 AND b.%2$I > $2)
                                  + (SELECT count(*) FROM pyxp.xp_balances b
-                                     WHERE b.%1$I = $1 AND b.%2$I = $2 AND b.user_wallet < $3)',
+                                     WHERE b.%1$I = $1 AND b.%2$I = $2 AND b.user_wallet COLLATE "C" < $3)',
                        v_period || '_start', v_period || '_xp')
            INTO v_rank USING v_bounds.period_start, v_total, v_wallet;
         RETURN v_rank;
     END IF;
     SELECT r.rank INTO v_rank
-      FROM (SELECT t.user_wallet, row_number() OVER (ORDER BY t.period_xp DESC, t.user_wallet) AS rank
+      FROM (SELECT t.user_wallet, row_number() OVER (ORDER BY t.period_xp DESC, t.user_wallet COLLATE "C") AS rank
               FROM pyxp.ledger_period_totals(v_bounds.period_start, v_bounds.period_end) t) r
      WHERE r.user_wallet = v_wallet;
     RETURN v_rank;

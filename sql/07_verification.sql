@@ -254,7 +254,8 @@ $$;
 -- wallet_seq, levels match the active curve, the audit checkpoints match the
 -- ledger (pyxp.chain_problems); reversals mirror what they reverse, rows name
 -- the action of an existing rule, a flow's or reversal's rows have their
--- request (pyxp.row_problems); exactly one ruleset is active, no ledger row
+-- request (pyxp.row_problems); the rank buckets count the balances they
+-- hold (pyxp.rank_problems); exactly one ruleset is active, no ledger row
 -- lacks its balance, total_moderations counts the votes recorded, the
 -- balances' period columns and the caps' usage match the ledger and no cap
 -- is exceeded, a registration is granted exactly when its client email was
@@ -277,6 +278,8 @@ AS $$
       FROM pyxp.chain_problems(false) c
     UNION ALL
     SELECT * FROM pyxp.row_problems(false)
+    UNION ALL
+    SELECT * FROM pyxp.rank_problems()
     UNION ALL
     -- Rows of a wallet without a balance row: the walk starts from the
     -- balances, so it counts them; when every row was walked (the count

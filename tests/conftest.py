@@ -147,7 +147,9 @@ SELECT (SELECT count(*) FROM pyxp.xp_transactions) AS ledger_rows,
        (SELECT count(*) FROM pyxp.xp_cap_usage) AS cap_periods,
        (SELECT coalesce(sum(used_xp), 0) FROM pyxp.xp_cap_usage) AS cap_used,
        (SELECT count(*) FROM pyxp.xp_audit_checkpoints) AS checkpoints,
-       (SELECT coalesce(sum(wallet_seq), 0) FROM pyxp.xp_wallet_checkpoints) AS checkpoint_positions
+       (SELECT coalesce(sum(wallet_seq), 0) FROM pyxp.xp_wallet_checkpoints) AS checkpoint_positions,
+       (SELECT count(*) FROM pyxp.xp_rank_counts) AS rank_count_rows,
+       (SELECT coalesce(sum(wallets), 0) FROM pyxp.xp_rank_counts) AS ranked_wallets
 """
 
 

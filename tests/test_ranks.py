@@ -1,0 +1,227 @@
+"""Exact all-time ranks from the rank buckets (sql/07_ranks.sql, migration 0009).
+
+pyxp.wallet_rank('all') and leaderboard's deep pages read xp_rank_counts
+instead of counting every balance above a wallet. Each test compares them
+with the rank a plain count gives (``naive_ranks``), after awards of every
+kind, re-cuts, 16 racing connections, and checks that pyxp.audit() holds the
+counts to the balances.
+"""
+
+from __future__ import annotations
+
+import random
+import subprocess
+import sys
+import threading
+from collections.abc import Callable
+from typing import Any
+
+import psycopg
+import pytest
+from psycopg import sql
+from psycopg.conninfo import make_conninfo
+from psycopg.types.json import Jsonb
+
+from pyxp import XP, schema
+
+PYXP = str(__import__("pathlib").Path(sys.executable).with_name("pyxp"))
+GAINS = ("MODERATION_VALIDATED_BY_MODERATOR", "Completion_Submit_B2C_Free", "CAMPAIGN_APPROVED")
+PENALTY = "MODERATION_REFUSED_BY_MODERATOR"  # -1: some totals go negative
+NAIVE = """SELECT b.user_wallet, row_number() OVER (ORDER BY b.total_xp DESC, b.user_wallet COLLATE "C")
+             FROM pyxp.xp_balances b"""
+
+
+def naive_ranks(db: psycopg.Connection[Any]) -> dict[str, int]:
+    return dict(db.execute(NAIVE).fetchall())
+
+
+def bucket_ranks(db: psycopg.Connection[Any]) -> dict[str, int]:
+    return dict(db.execute("SELECT b.user_wallet, pyxp.wallet_rank(b.user_wallet) FROM pyxp.xp_balances b")
+                .fetchall())
+
+
+def rank_findings(db: psycopg.Connection[Any]) -> list[tuple[Any, ...]]:
+    return db.execute("SELECT * FROM pyxp.audit() WHERE check_name = 'rank_count_mismatch'").fetchall()
+
+
+def buckets(db: psycopg.Connection[Any]) -> int:
+    return db.execute("SELECT count(*) FROM pyxp.rank_buckets()").fetchone()[0]
+
+
+def rebalance(db: psycopg.Connection[Any], size: int = 16, full: bool = False) -> tuple[int, int]:
+    return db.execute("SELECT * FROM pyxp.rebalance_rank_buckets(%s, %s)", (size, full)).fetchone()
+
+
+def award_many(db: psycopg.Connection[Any], events: list[dict[str, Any]]) -> None:
+    db.execute("SELECT count(*) FROM pyxp.award_many(%s::jsonb)", (Jsonb(events),))
+
+
+def random_events(rng: random.Random, count: int, wallets: int, prefix: str) -> list[dict[str, Any]]:
+    return [{"wallet": f"w{rng.randrange(wallets):04d}", "idempotency_key": f"{prefix}:{i}",
+             "action": rng.choice(GAINS + (PENALTY, PENALTY))} for i in range(count)]
+
+
+def assert_exact(db: psycopg.Connection[Any]) -> None:
+    assert bucket_ranks(db) == naive_ranks(db)
+    assert rank_findings(db) == []
+
+
+def test_ranks_stay_exact_through_every_kind_of_write_and_re_cut(db: psycopg.Connection[Any]) -> None:
+    rng = random.Random(7)
+    award_many(db, random_events(rng, 400, 120, "a"))
+    assert buckets(db) == 1  # nothing re-cut yet: one bucket, the whole board
+    assert_exact(db)
+    assert rebalance(db, 16, True)[0] > 5
+    assert_exact(db)
+    # Single awards, a flow, a reversal, new wallets, penalties: wallets move between buckets.
+    for i in range(150):
+        db.execute("SELECT * FROM pyxp.award(%s, %s, %s)",
+                   (f"w{rng.randrange(160):04d}", rng.choice(GAINS + (PENALTY,)), f"b:{i}"))
+    db.execute("SELECT * FROM pyxp.award_campaign_creation('w0001', 'camp_r', 'B2C')")
+    (row,) = db.execute("SELECT id FROM pyxp.xp_transactions WHERE xp_amount > 50 ORDER BY id LIMIT 1").fetchall()
+    db.execute("SELECT * FROM pyxp.reverse_transaction(%s, 'test')", row)
+    award_many(db, random_events(rng, 300, 200, "c"))
+    assert_exact(db)
+    grown = db.execute("SELECT count(*) FROM pyxp.rank_buckets() WHERE wallets > 32").fetchone()[0]
+    total, recut = rebalance(db, 16)
+    assert recut == grown
+    assert db.execute("SELECT max(wallets) FROM pyxp.rank_buckets()").fetchone()[0] <= 32
+    assert_exact(db)
+
+
+def test_ties_are_ordered_byte_by_byte_on_every_board(fresh_database: Callable[[], str],
+                                                      conninfo: str) -> None:
+    """Ties by wallet compare bytes (COLLATE "C"), whatever the database's collation: here an
+    ICU en-US database, where 'alpha' < 'beta' < 'Zed' but bytes put 'Zed' first."""
+    name = f"pyxp_icu_{random.randrange(16**8):08x}"
+    admin = make_conninfo(conninfo, dbname="postgres")
+    with psycopg.connect(admin, autocommit=True) as conn:
+        conn.execute(sql.SQL("CREATE DATABASE {} TEMPLATE template0 LOCALE_PROVIDER icu ICU_LOCALE 'en-US' "
+                             "LOCALE 'C.UTF-8'").format(sql.Identifier(name)))
+    url = make_conninfo(conninfo, dbname=name)
+    try:
+        schema.upgrade(url)
+        with psycopg.connect(url, autocommit=True) as icu:
+            assert icu.execute("SELECT 'alpha' < 'Zed'").fetchone() == (True,)  # the database's own order
+            for wallet in ("beta", "Zed", "alpha", "émile"):
+                icu.execute("SELECT * FROM pyxp.award(%s, 'CAMPAIGN_APPROVED', %s)", (wallet, "k:" + wallet))
+            expected = ["Zed", "alpha", "beta", "émile"]
+            for period in ("all", "week"):
+                board = icu.execute("SELECT user_wallet FROM pyxp.leaderboard(period => %s)", (period,)).fetchall()
+                assert [w for (w,) in board] == expected
+                ranks = [icu.execute("SELECT pyxp.wallet_rank(%s, %s)", (w, period)).fetchone()[0] for w in expected]
+                assert ranks == [1, 2, 3, 4]
+            icu.execute("SELECT pyxp.rebalance_rank_buckets(16, true)")
+            assert icu.execute("SELECT * FROM pyxp.audit()").fetchall() == []
+    finally:
+        with psycopg.connect(admin, autocommit=True) as conn:
+            conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+
+
+def test_deep_leaderboard_pages_start_from_a_bucket(db: psycopg.Connection[Any]) -> None:
+    """Pages from offset 4096 on start at the bucket holding their first position."""
+    rng = random.Random(11)
+    for part in range(3):
+        award_many(db, random_events(rng, 3000, 6000, f"d{part}"))
+    rebalance(db, 64, True)
+    award_many(db, random_events(rng, 500, 6500, "e"))  # counts moved since the cut
+    count = db.execute("SELECT count(*) FROM pyxp.xp_balances").fetchone()[0]
+    assert count > 4200
+    naive = """SELECT user_wallet, total_xp FROM pyxp.xp_balances
+                ORDER BY total_xp DESC, user_wallet COLLATE "C" OFFSET %s LIMIT %s"""
+    for offset in (4095, 4096, 4097, 4200, count - 10, count):
+        got = db.execute("SELECT rank, user_wallet, total_xp FROM pyxp.leaderboard(50, %s)", (offset,)).fetchall()
+        expected = db.execute(naive, (offset, 50)).fetchall()
+        assert [(w, x) for _, w, x in got] == expected
+        assert [r for r, _, _ in got] == list(range(offset + 1, offset + 1 + len(expected)))
+
+
+def test_sixteen_connections_moving_wallets_keep_the_counts_exact(conninfo: str,
+                                                                  db: psycopg.Connection[Any]) -> None:
+    """16 connections (in every writer slot) award and batch across the same buckets at once;
+    one more re-cuts the buckets in the middle of it. Counts and ranks stay exact."""
+    rng = random.Random(3)
+    award_many(db, random_events(rng, 600, 300, "seed"))
+    rebalance(db, 16, True)
+    barrier = threading.Barrier(17)
+    errors: list[BaseException] = []
+
+    def racer(index: int) -> None:
+        local = random.Random(index)
+        try:
+            with psycopg.connect(conninfo, autocommit=True) as conn:
+                barrier.wait(timeout=60)
+                for i in range(30):
+                    if i % 10 == 9:
+                        award_many(conn, random_events(local, 20, 320, f"r{index}:{i}"))
+                    else:
+                        conn.execute("SELECT * FROM pyxp.award(%s, %s, %s)",
+                                     (f"w{local.randrange(320):04d}", local.choice(GAINS + (PENALTY,)),
+                                      f"s{index}:{i}"))
+        except BaseException as exc:  # noqa: BLE001 - reported below
+            errors.append(exc)
+
+    def rebalancer() -> None:
+        try:
+            with psycopg.connect(conninfo, autocommit=True) as conn:
+                barrier.wait(timeout=60)
+                for _ in range(3):
+                    rebalance(conn, 16)
+        except BaseException as exc:  # noqa: BLE001
+            errors.append(exc)
+
+    threads = [threading.Thread(target=racer, args=(i,)) for i in range(16)] + [threading.Thread(target=rebalancer)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=300)
+    assert errors == []
+    assert db.execute("SELECT count(DISTINCT slot) FROM pyxp.xp_rank_counts").fetchone()[0] > 1
+    assert_exact(db)
+
+
+def test_audit_finds_counts_that_do_not_match_the_balances(db: psycopg.Connection[Any]) -> None:
+    award_many(db, random_events(random.Random(5), 200, 80, "t"))
+    rebalance(db, 16, True)
+    assert rank_findings(db) == []
+    db.execute("""UPDATE pyxp.xp_rank_counts SET wallets = wallets + 1
+                   WHERE (neg_xp, wallet) = (SELECT neg_xp, wallet FROM pyxp.rank_buckets() ORDER BY 1, 2 OFFSET 2 LIMIT 1)
+                     AND slot = 0""")
+    (finding,) = rank_findings(db)
+    assert "counts" in finding[3] and "holds" in finding[3]
+    rebalance(db, 16, True)  # the owner's repair: cut afresh from the balances
+    assert rank_findings(db) == []
+    db.execute("DELETE FROM pyxp.xp_rank_counts WHERE neg_xp = -9223372036854775807")
+    assert any("starts before every balance" in f[3] for f in rank_findings(db))
+
+
+def test_rebalance_is_the_owners_and_refuses_bad_sizes(db: psycopg.Connection[Any], unchanged: Any,
+                                                       login_role: Callable[..., str],
+                                                       connect_as: Callable[[str], Any]) -> None:
+    award_many(db, random_events(random.Random(9), 100, 60, "o"))
+    for size in (None, 0, 15, 1_000_001):
+        with unchanged(), pytest.raises(psycopg.Error) as refused:
+            db.execute("SELECT * FROM pyxp.rebalance_rank_buckets(%s)", (size,))
+        assert refused.value.sqlstate == "PX023"
+    for role in ("pyxp_writer", "pyxp_reader"):
+        other = connect_as(login_role(role))
+        with unchanged(), pytest.raises(psycopg.errors.InsufficientPrivilege):
+            other.execute("SELECT * FROM pyxp.rebalance_rank_buckets(16, true)")
+    reader = connect_as(login_role("pyxp_reader"))
+    assert (reader.execute("SELECT sum(wallets) FROM pyxp.xp_rank_counts").fetchone()
+            == reader.execute("SELECT count(*) FROM pyxp.xp_balances").fetchone())
+
+
+def test_python_and_cli_rebalance(conninfo: str, db: psycopg.Connection[Any]) -> None:
+    award_many(db, random_events(random.Random(13), 300, 150, "p"))
+    with XP(conninfo) as xp:
+        result = xp.rebalance_rank_buckets(bucket_size=16, full_rebuild=True)
+        assert result.buckets == buckets(db) > 1 and result.recut_buckets == 1
+        wallet = db.execute("SELECT user_wallet FROM pyxp.xp_balances ORDER BY 1 LIMIT 1").fetchone()[0]
+        assert xp.rank(wallet) == naive_ranks(db)[wallet]
+    shown = subprocess.run([PYXP, "--database-url", conninfo, "db", "rebalance-ranks", "--bucket-size", "16"],
+                           capture_output=True, text=True, check=True)
+    assert shown.stdout.strip() == f"0 rank buckets re-cut, {buckets(db)} in all"
+    refused = subprocess.run([PYXP, "--database-url", conninfo, "db", "rebalance-ranks", "--bucket-size", "8"],
+                             capture_output=True, text=True)
+    assert refused.returncode == 2 and "16" in refused.stderr
