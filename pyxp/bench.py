@@ -332,10 +332,10 @@ FIXTURE_STEPS: tuple[tuple[str, str], ...] = (
           JOIN pyxp.rules ru ON ru.ruleset_id = {ruleset} AND ru.action = k.action"""),
     ("identity", "SELECT setval(pg_get_serial_sequence('pyxp.xp_transactions', 'id'), {rows})"),
     ("xp_balances", """INSERT INTO pyxp.xp_balances (user_wallet, total_xp, current_level, xp_to_next_level,
-                                   total_moderations, created_at, updated_at, last_wallet_seq)
+                                   total_moderations, created_at, updated_at, last_wallet_seq, ranked)
         SELECT bw.wallet, s.total, c.level, (c.next_level_xp - s.total)::bigint, 0,
                now() - ({rows} - s.first_g) * interval '3 seconds',
-               now() - ({rows} - s.last_g) * interval '3 seconds', s.rows_
+               now() - ({rows} - s.last_g) * interval '3 seconds', s.rows_, true
           FROM (SELECT r.w, sum(r.amount)::bigint AS total, min(r.g) AS first_g, max(r.g) AS last_g,
                        count(*) AS rows_
                   FROM public.bench_rows r JOIN public.bench_kinds k ON r.kind >= k.lo AND r.kind < k.hi
@@ -345,7 +345,7 @@ FIXTURE_STEPS: tuple[tuple[str, str], ...] = (
          ORDER BY bw.wallet"""),
     # Each balance's latest periods and their XP (SPEC 12), as the writer would have kept them.
     ("periods", "SELECT pyxp.rebuild_period_columns((SELECT r.timezone FROM pyxp.rulesets r WHERE r.is_active))"),
-    # The rank buckets cut from the loaded balances, as migration 0009 does.
+    # The rank buckets cut from the loaded balances (counted: ranked = true above), as migration 0009 does.
     ("rank buckets", "SELECT pyxp.rebalance_rank_buckets(1024, true)"),
     ("cleanup", "DROP TABLE public.bench_rows, public.bench_wallets, public.bench_kinds"),
 )

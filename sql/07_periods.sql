@@ -133,6 +133,7 @@ DECLARE
     v_period text := pyxp.checked_period(leaderboard.period);
     v_bounds record;
     v_bucket record;  -- a deep page's rank bucket: its start, the balances before it
+    v_reach bigint;   -- how far into the board from that start the page reaches
 BEGIN
     IF leaderboard.offset_rows IS NULL OR leaderboard.offset_rows < 0 THEN
         RAISE EXCEPTION 'invalid offset_rows: %', coalesce(leaderboard.offset_rows::text, 'NULL')
@@ -160,14 +161,22 @@ BEGIN
          WHERE e.before_ <= leaderboard.offset_rows
          ORDER BY e.neg_xp DESC, e.wallet DESC
          LIMIT 1;
+        -- Two index ranges from the bucket's start, each cut to what the
+        -- page can reach (the rest of its tie group, then the lower totals),
+        -- so the sort above them holds about bucket size + max_rows rows.
+        v_reach := leaderboard.offset_rows - v_bucket.before_ + v_max;
         RETURN QUERY
             SELECT leaderboard.offset_rows + row_number() OVER (ORDER BY b.total_xp DESC, b.user_wallet COLLATE "C"),
                    b.user_wallet, b.total_xp, b.current_level, b.total_xp
-              FROM (SELECT r.user_wallet, r.total_xp, x.current_level
-                      FROM pyxp.board_range(-v_bucket.neg_xp, v_bucket.wallet, -9223372036854775807, '') r
-                      JOIN pyxp.xp_balances x ON x.user_wallet = r.user_wallet
-                     ORDER BY r.total_xp DESC, r.user_wallet COLLATE "C"
-                     OFFSET leaderboard.offset_rows - v_bucket.before_ LIMIT v_max) b
+              FROM (SELECT u.* FROM ((SELECT x.user_wallet, x.total_xp, x.current_level FROM pyxp.xp_balances x
+                                       WHERE x.total_xp = -v_bucket.neg_xp AND x.user_wallet COLLATE "C" >= v_bucket.wallet
+                                       ORDER BY x.user_wallet COLLATE "C" LIMIT v_reach)
+                                     UNION ALL
+                                     (SELECT x.user_wallet, x.total_xp, x.current_level FROM pyxp.xp_balances x
+                                       WHERE x.total_xp < -v_bucket.neg_xp
+                                       ORDER BY x.total_xp DESC, x.user_wallet COLLATE "C" LIMIT v_reach)) u
+                     ORDER BY u.total_xp DESC, u.user_wallet COLLATE "C"
+                    OFFSET leaderboard.offset_rows - v_bucket.before_ LIMIT v_max) b
              ORDER BY 1;
         RETURN;
     END IF;

@@ -23,9 +23,13 @@
 -- size (README "Ranks": run the rebalance from a scheduler).
 
 -- The balances between two board positions, [from, to) in board order
--- (total_xp desc, wallet byte by byte). Three index ranges of
--- xp_balances_leaderboard, so it reads only the entries in between (a row
--- comparison across a desc and an asc column has no index range).
+-- (total_xp desc, wallet byte by byte). Index ranges of
+-- xp_balances_leaderboard (both ends in one tie group, or the rest of the
+-- first tie group, the totals in between, the start of the last tie group),
+-- so it reads only the entries in between: a row comparison across a desc
+-- and an asc column has no index range, and an end left to a filter would
+-- read the rest of a tie group (tens of thousands of wallets may share a
+-- total).
 -- Inlined into its callers (SQL, STABLE, one SELECT).
 CREATE FUNCTION pyxp.board_range(p_from_xp bigint, p_from_wallet text, p_to_xp bigint, p_to_wallet text)
 RETURNS TABLE (total_xp bigint, user_wallet text)
@@ -33,7 +37,10 @@ LANGUAGE sql STABLE
 AS $$
     SELECT b.total_xp, b.user_wallet FROM pyxp.xp_balances b
      WHERE b.total_xp = p_from_xp AND b.user_wallet COLLATE "C" >= p_from_wallet
-       AND (p_to_xp <> p_from_xp OR b.user_wallet COLLATE "C" < p_to_wallet)
+       AND b.user_wallet COLLATE "C" < p_to_wallet AND p_to_xp = p_from_xp
+    UNION ALL
+    SELECT b.total_xp, b.user_wallet FROM pyxp.xp_balances b
+     WHERE b.total_xp = p_from_xp AND b.user_wallet COLLATE "C" >= p_from_wallet AND p_to_xp <> p_from_xp
     UNION ALL
     SELECT b.total_xp, b.user_wallet FROM pyxp.xp_balances b
      WHERE b.total_xp < p_from_xp AND b.total_xp > p_to_xp
