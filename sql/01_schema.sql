@@ -249,6 +249,9 @@ CREATE INDEX xp_balances_day_board ON pyxp.xp_balances (day_start, day_xp DESC, 
 CREATE INDEX xp_balances_week_board ON pyxp.xp_balances (week_start, week_xp DESC, user_wallet COLLATE "C");
 CREATE INDEX xp_balances_month_board ON pyxp.xp_balances (month_start, month_xp DESC, user_wallet COLLATE "C");
 CREATE INDEX xp_balances_year_board ON pyxp.xp_balances (year_start, year_xp DESC, user_wallet COLLATE "C");
+-- Balances not counted in the rank buckets yet (a few at any time: those
+-- being created): pyxp.rebalance_rank_buckets finds them without a scan.
+CREATE INDEX xp_balances_unranked ON pyxp.xp_balances (user_wallet) WHERE NOT ranked;
 
 -- Exact ranks without counting the balances above (pyxp.wallet_rank,
 -- pyxp.leaderboard's deep pages; sql/07_ranks.sql). The all-time board
@@ -259,15 +262,18 @@ CREATE INDEX xp_balances_year_board ON pyxp.xp_balances (year_start, year_xp DES
 -- the total) makes board order the index's ascending order, so "the last
 -- start at or before a position" is one index probe.
 -- Invariant (pyxp.audit checks it): per bucket, the sum of wallets over
--- its slots = the balances in it. Every bucket has its slot 0 row; the
--- writer adds and subtracts in its own slot (pg_backend_pid() % 8), so
--- concurrent awards moving wallets between the same buckets rarely wait
--- for each other's row lock. Where the buckets start changes only in
--- pyxp.rebalance_rank_buckets, under a lock that excludes every writer.
+-- its slots = the balances in it. Every bucket has its slot 0 row (the
+-- count as cut). A writer adds and subtracts in the slot of its backend
+-- (slot = pg_backend_pid(), unique among live backends): a row no other
+-- live transaction writes, so counting never makes an award wait for
+-- another, nor closes a deadlock cycle, nor queues behind a client idle in
+-- a transaction. pyxp.rebalance_rank_buckets folds the writers' slots back
+-- into slot 0, and is the only place bucket starts change, under a lock
+-- that excludes every writer.
 CREATE TABLE pyxp.xp_rank_counts (
     neg_xp   bigint NOT NULL,
     wallet   text COLLATE "C" NOT NULL,
-    slot     smallint NOT NULL CHECK (slot BETWEEN 0 AND 7),
+    slot     integer NOT NULL CHECK (slot >= 0),
     wallets  bigint NOT NULL,
     PRIMARY KEY (neg_xp, wallet, slot)
 ) WITH (fillfactor = 50);  -- room for HOT updates of the counts

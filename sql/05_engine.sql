@@ -513,8 +513,9 @@ BEGIN
     -- The rank buckets (sql/07_ranks.sql) follow in the same statement:
     -- each balance whose total moved leaves the bucket of its old total
     -- and joins the bucket of its new one; a balance this call created
-    -- (ranked false) only joins. Counted in this backend's slot, in bucket
-    -- order; a move within one bucket touches no count.
+    -- (ranked false) only joins. Counted in this backend's own slot (no
+    -- other live transaction writes it: no wait), in bucket order; a move
+    -- within one bucket touches no count.
     WITH moved AS (
     UPDATE pyxp.xp_balances x
        SET ranked = true, total_xp = coalesce(f.after::bigint, x.total_xp), current_level = c.level,
@@ -549,7 +550,7 @@ BEGIN
     RETURNING x.user_wallet, f.total_xp AS old_xp, f.ranked AS was_ranked, x.total_xp AS new_xp
     )
     INSERT INTO pyxp.xp_rank_counts AS k (neg_xp, wallet, slot, wallets)
-    SELECT d.neg_xp, d.wallet, pg_backend_pid() % 8, sum(d.delta)
+    SELECT d.neg_xp, d.wallet, pg_backend_pid(), sum(d.delta)
       FROM moved m
      CROSS JOIN LATERAL (SELECT o.neg_xp, o.wallet, -1 AS delta
                            FROM pyxp.rank_bucket_of(m.old_xp, m.user_wallet) o WHERE m.was_ranked

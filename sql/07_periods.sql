@@ -155,11 +155,11 @@ BEGIN
         -- offset_rows + 1, stepping over only that bucket's balances before it.
         SELECT e.neg_xp, e.wallet, e.before_ INTO v_bucket
           FROM (SELECT e.neg_xp, e.wallet,
-                       coalesce(sum(e.wallets) OVER (ORDER BY e.neg_xp, e.wallet
+                       coalesce(sum(e.wallets) OVER (ORDER BY e.neg_xp, e.wallet COLLATE "C"
                                                      ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING), 0) AS before_
                   FROM pyxp.rank_buckets() e) e
          WHERE e.before_ <= leaderboard.offset_rows
-         ORDER BY e.neg_xp DESC, e.wallet DESC
+         ORDER BY e.neg_xp DESC, e.wallet COLLATE "C" DESC
          LIMIT 1;
         -- Two index ranges from the bucket's start, each cut to what the
         -- page can reach (the rest of its tie group, then the lower totals),

@@ -8,19 +8,20 @@
 --
 -- Who changes what, and the locks that keep the counts exact:
 --   * the writer (pyxp.append_rows, step 4) moves a balance from the bucket
---     of its old total to the bucket of its new one (-1 / +1 in its own slot),
---     in the statement that sets the total, under the balance's row lock; a
+--     of its old total to the bucket of its new one (-1 / +1 in the slot of
+--     its backend, which no other live transaction writes), in the
+--     statement that sets the total, under the balance's row lock; a
 --     balance the call created is counted there for the first time
---     (xp_balances.ranked). Counts are taken in bucket order (no deadlock
---     between two writers of one slot).
+--     (xp_balances.ranked).
 --   * pyxp.rebalance_rank_buckets moves bucket starts. It takes SHARE ROW
 --     EXCLUSIVE on xp_balances, which every writer's ROW EXCLUSIVE
 --     (pyxp.writing_ruleset, taken before anything is read) excludes: no
 --     award is between reading a bucket and counting in it while starts
 --     move, and every award after it reads the new starts.
--- Buckets never split by themselves: as wallets move, some grow. A rank
--- stays exact whatever the sizes; only its cost grows with its bucket's
--- size (README "Ranks": run the rebalance from a scheduler).
+-- Buckets never split by themselves: as wallets move, some grow, and each
+-- backend that moved wallets adds a row per bucket. A rank stays exact
+-- whatever the sizes; its cost grows with its bucket's size and the rows
+-- to sum (README "Ranks": run the rebalance from a scheduler).
 
 -- The balances between two board positions, [from, to) in board order
 -- (total_xp desc, wallet byte by byte). Index ranges of
@@ -74,54 +75,63 @@ AS $$
     WINDOW w AS (ORDER BY g.neg_xp, g.wallet)
 $$;
 
--- Owner operation: re-cut the buckets that grew past 2 x bucket_size into
--- buckets of bucket_size consecutive balances, drop the empty ones (never
--- the first), and count any balance not counted yet (one written by the
--- owner outside the writer). full_rebuild: cut the whole board afresh (the
--- migration and pyxp bench's fixture do). Returns the buckets after it and
--- how many were re-cut. Holds every award while it runs (the lock of
--- pyxp.recalculate_levels): about 1 s per million balances re-cut, nothing
--- when no bucket grew.
+-- Owner operation, to run from a scheduler: folds the writers' slots into
+-- slot 0, counts any balance not counted yet (one the owner inserted around
+-- the writer), drops empty buckets (never the first), and re-cuts into
+-- buckets of bucket_size consecutive balances every bucket that grew past
+-- 2 x bucket_size -- or the whole board when full_rebuild, or when it holds
+-- more than twice the buckets its size needs (shrunk buckets). Returns the
+-- buckets after it and how many it re-cut. Holds every award while it runs
+-- (SHARE ROW EXCLUSIVE on xp_balances, the lock of recalculate_levels):
+-- a few milliseconds without a re-cut, about 1 s per million balances
+-- re-cut. It waits at most 1 s for the awards in flight (lock_timeout;
+-- new awards queue behind that wait): an award transaction left open makes
+-- it fail with 55P03, and the next run does the work.
 CREATE FUNCTION pyxp.rebalance_rank_buckets(bucket_size integer DEFAULT 1024, full_rebuild boolean DEFAULT false)
 RETURNS TABLE (buckets bigint, recut_buckets bigint)
 LANGUAGE plpgsql SECURITY DEFINER
 SET search_path = pyxp, pg_temp
-SET lock_timeout = '10s'
+SET lock_timeout = '1s'
 AS $$
 DECLARE
+    v_size constant integer := rebalance_rank_buckets.bucket_size;
+    v_full boolean := rebalance_rank_buckets.full_rebuild;
     v_recut bigint := 0;
     v_bucket record;
 BEGIN
-    IF rebalance_rank_buckets.bucket_size IS NULL OR rebalance_rank_buckets.bucket_size NOT BETWEEN 16 AND 1000000 THEN
-        RAISE EXCEPTION 'invalid bucket_size: %', coalesce(rebalance_rank_buckets.bucket_size::text, 'NULL')
+    IF v_size IS NULL OR v_size NOT BETWEEN 16 AND 1000000 THEN
+        RAISE EXCEPTION 'invalid bucket_size: %', coalesce(v_size::text, 'NULL')
             USING ERRCODE = 'PX023', HINT = 'bucket_size is between 16 and 1000000 balances';
     END IF;
     PERFORM pyxp.require_read_committed();
     LOCK TABLE pyxp.xp_balances IN SHARE ROW EXCLUSIVE MODE;
-    IF rebalance_rank_buckets.full_rebuild THEN
-        DELETE FROM pyxp.xp_rank_counts;
-        INSERT INTO pyxp.xp_rank_counts (neg_xp, wallet, slot, wallets)
-        SELECT -9223372036854775807, '', 0, count(*) FROM pyxp.xp_balances;
-        UPDATE pyxp.xp_balances SET ranked = true WHERE NOT ranked;
-    ELSE
-        -- Balances nobody counted (written around the writer): counted now.
-        INSERT INTO pyxp.xp_rank_counts AS c (neg_xp, wallet, slot, wallets)
-        SELECT k.neg_xp, k.wallet, 0, count(*)
-          FROM pyxp.xp_balances b CROSS JOIN LATERAL pyxp.rank_bucket_of(b.total_xp, b.user_wallet) k
-         WHERE NOT b.ranked
-         GROUP BY k.neg_xp, k.wallet
-        ON CONFLICT (neg_xp, wallet, slot) DO UPDATE SET wallets = c.wallets + excluded.wallets;
-        UPDATE pyxp.xp_balances SET ranked = true WHERE NOT ranked;
-        -- Empty buckets: their (no) balances join the bucket before.
-        DELETE FROM pyxp.xp_rank_counts c
-         USING pyxp.rank_buckets() e
-         WHERE e.wallets = 0 AND e.neg_xp > -9223372036854775807
-           AND c.neg_xp = e.neg_xp AND c.wallet = e.wallet;
+    INSERT INTO pyxp.xp_rank_counts (neg_xp, wallet, slot, wallets)
+    VALUES (-9223372036854775807, '', 0, 0) ON CONFLICT DO NOTHING;
+    -- The writers' slots, folded into slot 0 (every bucket has its slot 0 row).
+    WITH folded AS (
+        DELETE FROM pyxp.xp_rank_counts c WHERE c.slot <> 0 RETURNING c.neg_xp, c.wallet, c.wallets
+    )
+    UPDATE pyxp.xp_rank_counts c SET wallets = c.wallets + f.wallets
+      FROM (SELECT f.neg_xp, f.wallet, sum(f.wallets) AS wallets FROM folded f GROUP BY f.neg_xp, f.wallet) f
+     WHERE c.neg_xp = f.neg_xp AND c.wallet = f.wallet AND c.slot = 0;
+    -- Balances nobody counted (index xp_balances_unranked): counted now.
+    UPDATE pyxp.xp_rank_counts c SET wallets = c.wallets + u.wallets
+      FROM (SELECT k.neg_xp, k.wallet, count(*) AS wallets
+              FROM pyxp.xp_balances b CROSS JOIN LATERAL pyxp.rank_bucket_of(b.total_xp, b.user_wallet) k
+             WHERE NOT b.ranked
+             GROUP BY k.neg_xp, k.wallet) u
+     WHERE c.neg_xp = u.neg_xp AND c.wallet = u.wallet AND c.slot = 0;
+    UPDATE pyxp.xp_balances SET ranked = true WHERE NOT ranked;
+    -- Empty buckets: their (no) balances join the bucket before.
+    DELETE FROM pyxp.xp_rank_counts c
+     WHERE c.wallets = 0 AND c.neg_xp > -9223372036854775807;
+    v_full := v_full OR (SELECT count(*) > 2 * (sum(c.wallets) / v_size + 1) FROM pyxp.xp_rank_counts c);
+    IF v_full THEN
+        DELETE FROM pyxp.xp_rank_counts c WHERE c.neg_xp > -9223372036854775807;
+        UPDATE pyxp.xp_rank_counts c SET wallets = (SELECT count(*) FROM pyxp.xp_balances);
     END IF;
     FOR v_bucket IN
-        SELECT * FROM pyxp.rank_buckets() e
-         WHERE e.wallets > 2 * rebalance_rank_buckets.bucket_size
-            OR (rebalance_rank_buckets.full_rebuild AND e.wallets > rebalance_rank_buckets.bucket_size)
+        SELECT * FROM pyxp.rank_buckets() e WHERE e.wallets > 2 * v_size OR (v_full AND e.wallets > v_size)
     LOOP
         -- Its balances in board order: the first keeps the bucket's start,
         -- every bucket_size-th after it starts a bucket.
@@ -129,17 +139,17 @@ BEGIN
         INSERT INTO pyxp.xp_rank_counts (neg_xp, wallet, slot, wallets)
         SELECT CASE WHEN p.n = 1 THEN v_bucket.neg_xp ELSE -p.total_xp END,
                CASE WHEN p.n = 1 THEN v_bucket.wallet ELSE p.user_wallet END,
-               0, least(rebalance_rank_buckets.bucket_size, p.held - p.n + 1)
+               0, least(v_size, p.held - p.n + 1)
           FROM (SELECT r.total_xp, r.user_wallet, count(*) OVER () AS held,
                        row_number() OVER (ORDER BY r.total_xp DESC, r.user_wallet COLLATE "C") AS n
                   FROM pyxp.board_range(-v_bucket.neg_xp, v_bucket.wallet,
                                         -v_bucket.next_neg_xp, v_bucket.next_wallet) r) p
-         WHERE p.n % rebalance_rank_buckets.bucket_size = 1;
+         WHERE p.n % v_size = 1;
         INSERT INTO pyxp.xp_rank_counts (neg_xp, wallet, slot, wallets)  -- it held nothing after all
         VALUES (v_bucket.neg_xp, v_bucket.wallet, 0, 0) ON CONFLICT DO NOTHING;
         v_recut := v_recut + 1;
     END LOOP;
-    RETURN QUERY SELECT count(DISTINCT (c.neg_xp, c.wallet)), v_recut FROM pyxp.xp_rank_counts c WHERE c.slot = 0;
+    RETURN QUERY SELECT count(*), v_recut FROM pyxp.xp_rank_counts c;
 END
 $$;
 

@@ -436,3 +436,35 @@ def test_0008_numbers_an_existing_ledger_and_every_key_still_replays(fresh_datab
                 checkpoint = conn.execute("SELECT rows_verified FROM pyxp.record_audit_checkpoint()").fetchone()
                 assert checkpoint == (rows,)
                 assert conn.execute("SELECT * FROM pyxp.audit()").fetchall() == []
+
+
+def test_0009_cuts_the_rank_buckets_of_an_existing_board(fresh_database: Callable[[], str]) -> None:
+    """Issue 11: 0009 counts the balances already present into rank buckets. On a 0008 ledger of
+    10k rows of every kind: after the upgrade every rank equals a plain count (ties by wallet,
+    byte by byte), the counts hold every balance, audit() is clean, every call replays, and new
+    awards keep the counts; the downgrade to 0008 and the upgrade again keep all of that."""
+    target = fresh_database()
+    schema.upgrade(target, "0008")
+    done: list[tuple[str, dict[str, Any], list[Any]]] = []
+    with psycopg.connect(target, autocommit=True) as conn:
+        for kind, args in _ledger_calls():
+            done.append((kind, args, _run(conn, kind, args)))
+    naive = """SELECT b.user_wallet, row_number() OVER (ORDER BY b.total_xp DESC, b.user_wallet COLLATE "C")
+                 FROM pyxp.xp_balances b"""
+    ranks = "SELECT b.user_wallet, pyxp.wallet_rank(b.user_wallet) FROM pyxp.xp_balances b"
+    for step in ("upgrade", "downgrade", "upgrade"):
+        if step == "upgrade":
+            schema.upgrade(target)
+        else:
+            schema.downgrade(target, "0008")
+        with psycopg.connect(target, autocommit=True) as conn:
+            assert conn.execute("SELECT * FROM pyxp.audit()").fetchall() == []
+            _replays_everything(conn, done)
+            assert dict(conn.execute(ranks).fetchall()) == dict(conn.execute(naive).fetchall())
+            if step == "upgrade":
+                assert conn.execute("SELECT sum(wallets) FROM pyxp.xp_rank_counts").fetchone() == \
+                    conn.execute("SELECT count(*) FROM pyxp.xp_balances").fetchone()
+                conn.execute("SELECT pyxp.rebalance_rank_buckets(16, true)")
+                conn.execute("SELECT * FROM pyxp.award('0xbatch1', 'B2C_MINT', %s)", (f"after-0009:{len(done)}",))
+                assert dict(conn.execute(ranks).fetchall()) == dict(conn.execute(naive).fetchall())
+                assert conn.execute("SELECT * FROM pyxp.audit()").fetchall() == []
