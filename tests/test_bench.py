@@ -154,6 +154,15 @@ def test_json_reports_that_key_lookups_use_an_index(figures: dict[str, Any], rea
     assert figures[f"{read}_uses_index"] is True, figures["plans"][read]
 
 
+def test_json_reports_that_a_rank_reads_the_rank_buckets(figures: dict[str, Any]) -> None:
+    """wallet_rank sums the rank buckets' counts and counts one bucket's range in the leaderboard
+    index: no scan of the balances (sql/07_ranks.sql)."""
+    plan = figures["plans"]["rank"]
+    assert figures["rank_uses_index"] is True, plan
+    assert any("xp_rank_counts" in scan for scan in plan["scans"]), plan
+    assert any("xp_balances_leaderboard" in scan for scan in plan["scans"]), plan
+
+
 def test_fixture_and_benchmark_awards_leave_a_consistent_ledger(figures: dict[str, Any]) -> None:
     """The set-based fixture plus every award of the run: pyxp.audit() finds nothing (SPEC 4)."""
     assert figures["audit_findings"] == 0, figures.get("audit_sample")
