@@ -83,10 +83,11 @@ $$;
 -- more than twice the buckets its size needs (shrunk buckets). Returns the
 -- buckets after it and how many it re-cut. Holds every award while it runs
 -- (SHARE ROW EXCLUSIVE on xp_balances, the lock of recalculate_levels):
--- a few milliseconds without a re-cut, about 1 s per million balances
--- re-cut. It waits at most 1 s for the awards in flight (lock_timeout;
--- new awards queue behind that wait): an award transaction left open makes
--- it fail with 55P03, and the next run does the work.
+-- a few milliseconds without a re-cut, about 5 s per million balances
+-- re-cut (4.8 s for a full cut of 1M). It waits at most 1 s for the awards
+-- in flight (lock_timeout; new awards queue behind that wait): an award
+-- transaction left open makes it fail with 55P03, and the next run does
+-- the work.
 CREATE FUNCTION pyxp.rebalance_rank_buckets(bucket_size integer DEFAULT 1024, full_rebuild boolean DEFAULT false)
 RETURNS TABLE (buckets bigint, recut_buckets bigint)
 LANGUAGE plpgsql SECURITY DEFINER
