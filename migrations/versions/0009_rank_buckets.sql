@@ -15,7 +15,7 @@ SET LOCAL ROLE pyxp_owner;
 -- Balances present now are counted by the cut at the end; new ones are
 -- counted by the writer that creates them. ADD COLUMN, the index rebuilds and
 -- the cut hold xp_balances (ACCESS EXCLUSIVE) until the migration commits:
--- awards and reads wait (about 1 minute at 1M balances).
+-- awards and reads wait (18 s at 1M balances).
 ALTER TABLE pyxp.xp_balances ADD COLUMN ranked boolean NOT NULL DEFAULT true;
 ALTER TABLE pyxp.xp_balances ALTER COLUMN ranked SET DEFAULT false;
 DROP INDEX pyxp.xp_balances_leaderboard, pyxp.xp_balances_day_board, pyxp.xp_balances_week_board,
