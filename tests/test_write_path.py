@@ -33,10 +33,15 @@ def test_one_function_inserts_ledger_rows_and_sets_balances(db: psycopg.Connecti
                   if re.search(r"UPDATE\s+pyxp\.xp_balances[^;]*SET[^;]*total_xp\s*=", body, re.IGNORECASE | re.DOTALL)}
     assert sets_total == {"append_rows"}
     # recalculate_levels re-derives levels only, rebuild_period_columns the period columns (when
-    # the timezone changes); no other function updates a balance.
+    # the timezone changes), rebalance_rank_buckets marks counted the balances it counts; no
+    # other function updates a balance.
     updates = {name for name, body in bodies.items()
                if re.search(r"UPDATE\s+pyxp\.xp_balances", body, re.IGNORECASE)}
-    assert updates == {"append_rows", "recalculate_levels", "rebuild_period_columns"}
+    assert updates == {"append_rows", "recalculate_levels", "rebuild_period_columns", "rebalance_rank_buckets"}
+    # The rank buckets' counts: moved by the writer, folded and re-cut by the rebalance only.
+    counts = {name for name, body in bodies.items()
+              if re.search(r"(INSERT\s+INTO|UPDATE|DELETE\s+FROM)\s+pyxp\.xp_rank_counts", body, re.IGNORECASE)}
+    assert counts == {"append_rows", "rebalance_rank_buckets"}
     # Caps' usage (SPEC 12) is written by the writer only.
     usage = {name for name, body in bodies.items()
              if re.search(r"(INSERT\s+INTO|UPDATE)\s+pyxp\.xp_cap_usage", body, re.IGNORECASE)}
