@@ -79,8 +79,10 @@ $$;
 -- slot 0, counts any balance not counted yet (one the owner inserted around
 -- the writer), drops empty buckets (never the first), and re-cuts into
 -- buckets of bucket_size consecutive balances every bucket that grew past
--- 2 x bucket_size -- or the whole board when full_rebuild, or when it holds
--- more than twice the buckets its size needs (shrunk buckets). Returns the
+-- 2 x bucket_size -- or the whole board when full_rebuild, when it holds
+-- more than twice the buckets its size needs (shrunk buckets), or when the
+-- first bucket was deleted (the writer finds no bucket then, and counts
+-- nothing: audit() reports it). Returns the
 -- buckets after it and how many it re-cut. Holds every award while it runs
 -- (SHARE ROW EXCLUSIVE on xp_balances, the lock of recalculate_levels):
 -- a few milliseconds without a re-cut, about 5 s per million balances
@@ -108,6 +110,9 @@ BEGIN
     LOCK TABLE pyxp.xp_balances IN SHARE ROW EXCLUSIVE MODE;
     INSERT INTO pyxp.xp_rank_counts (neg_xp, wallet, slot, wallets)
     VALUES (-9223372036854775807, '', 0, 0) ON CONFLICT DO NOTHING;
+    IF FOUND THEN  -- the first bucket was gone: writers counted nothing since; cut afresh
+        v_full := true;
+    END IF;
     -- The writers' slots, folded into slot 0 (every bucket has its slot 0 row).
     WITH folded AS (
         DELETE FROM pyxp.xp_rank_counts c WHERE c.slot <> 0 RETURNING c.neg_xp, c.wallet, c.wallets

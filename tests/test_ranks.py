@@ -221,6 +221,9 @@ def test_audit_finds_counts_that_do_not_match_the_balances(db: psycopg.Connectio
     assert rank_findings(db) == []
     db.execute("DELETE FROM pyxp.xp_rank_counts WHERE neg_xp = -9223372036854775807")
     assert any("starts before every balance" in f[3] for f in rank_findings(db))
+    award_many(db, random_events(random.Random(6), 50, 100, "lost"))  # counted nowhere meanwhile
+    rebalance(db, 16)  # a missing first bucket makes the rebalance cut afresh
+    assert_exact(db)
 
 
 def test_rebalance_is_the_owners_and_refuses_bad_sizes(db: psycopg.Connection[Any], unchanged: Any,

@@ -96,6 +96,9 @@ BEGIN
     LOCK TABLE pyxp.xp_balances IN SHARE ROW EXCLUSIVE MODE;
     INSERT INTO pyxp.xp_rank_counts (neg_xp, wallet, slot, wallets)
     VALUES (-9223372036854775807, '', 0, 0) ON CONFLICT DO NOTHING;
+    IF FOUND THEN  -- the first bucket was gone: writers counted nothing since; cut afresh
+        v_full := true;
+    END IF;
     -- The writers' slots, folded into slot 0 (every bucket has its slot 0 row).
     WITH folded AS (
         DELETE FROM pyxp.xp_rank_counts c WHERE c.slot <> 0 RETURNING c.neg_xp, c.wallet, c.wallets
