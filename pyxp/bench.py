@@ -420,8 +420,8 @@ def ledger_sizes(conn: psycopg.Connection[Any], rows: int) -> dict[str, Any]:
 
 # --------------------------------------------------------------------------- (f) reads
 
-# The SELECT inside each read function of sql/07_reads.sql and sql/03_levels.sql
-# (keep in sync), with the function's variables as parameters: EXPLAIN runs
+# The SELECT inside each read function of sql/07_reads.sql, sql/07_periods.sql and
+# sql/03_levels.sql (keep in sync), with the function's variables as parameters: EXPLAIN runs
 # their generic plan, the one a PL/pgSQL function may settle on after 5 calls.
 READ_PLANS: dict[str, tuple[str, str]] = {
     "balance": ("text", """SELECT b.user_wallet, b.total_xp, b.current_level, b.xp_to_next_level,
@@ -431,18 +431,16 @@ READ_PLANS: dict[str, tuple[str, str]] = {
                t.xp_requested, t.balance_after, t.rule_id, t.campaign_id, t.subject, t.idempotency_key,
                t.metadata, t.reverses, t.created_at
           FROM pyxp.xp_transactions t
-         WHERE t.user_wallet = $1 AND ($3 IS NULL OR t.id < $3)
-         ORDER BY t.id DESC LIMIT $2"""),
+         WHERE t.user_wallet = $1 AND t.wallet_seq < $3
+         ORDER BY t.wallet_seq DESC LIMIT $2"""),
     "leaderboard": ("integer, integer", """SELECT
                $2 + row_number() OVER (ORDER BY b.total_xp DESC, b.user_wallet COLLATE "C"),
                b.user_wallet, b.total_xp, b.current_level
           FROM (SELECT x.user_wallet, x.total_xp, x.current_level FROM pyxp.xp_balances x
                  ORDER BY x.total_xp DESC, x.user_wallet COLLATE "C" OFFSET $2 LIMIT $1) b
          ORDER BY 1"""),
-    "rank": ("bigint, text", """SELECT 1 + coalesce((SELECT sum(c.wallets) FROM pyxp.xp_rank_counts c
-                              WHERE (c.neg_xp, c.wallet) < (k.neg_xp, k.wallet COLLATE "C")), 0)::bigint
-                 + (SELECT count(*) FROM pyxp.board_range(-k.neg_xp, k.wallet, $1, $2))
-          FROM pyxp.rank_bucket_of($1, $2) k"""),
+    # What wallet_rank('all') runs: the same function, inlined, so EXPLAIN shows its scans.
+    "rank": ("bigint, text", "SELECT r.rank FROM pyxp.board_rank($1, $2) r"),
     "level_for": ("bigint, bigint", "SELECT * FROM pyxp.curve_position($1, $2) c"),
 }
 
@@ -554,7 +552,7 @@ def measure_reads(conn: psycopg.Connection[Any], options: BenchOptions, rng: ran
     # EXPLAIN the inner SELECTs with the first sample's arguments.
     ruleset = _scalar(conn, "SELECT pyxp.active_ruleset_id()")
     total = _scalar(conn, "SELECT total_xp FROM pyxp.xp_balances WHERE user_wallet = %s", (uniform[0],))
-    plans = explain_reads(conn, {"balance": [uniform[0]], "history": [active[0], 50, None],
+    plans = explain_reads(conn, {"balance": [uniform[0]], "history": [active[0], 50, 9223372036854775807],
                                  "leaderboard": [100, 0], "rank": [total, uniform[0]],
                                  "level_for": [ruleset, totals[0]]})
     results["plans"] = plans

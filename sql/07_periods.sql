@@ -227,13 +227,7 @@ BEGIN
         IF NOT FOUND THEN
             RETURN NULL;
         END IF;
-        -- The rank buckets (sql/07_ranks.sql): the wallets of the buckets
-        -- before its own, and the balances of its bucket before it.
-        SELECT 1 + coalesce((SELECT sum(c.wallets) FROM pyxp.xp_rank_counts c
-                              WHERE (c.neg_xp, c.wallet) < (k.neg_xp, k.wallet COLLATE "C")), 0)::bigint
-                 + (SELECT count(*) FROM pyxp.board_range(-k.neg_xp, k.wallet, v_total, v_wallet))
-          INTO v_rank
-          FROM pyxp.rank_bucket_of(v_total, v_wallet) k;
+        SELECT r.rank INTO v_rank FROM pyxp.board_rank(v_total, v_wallet) r;  -- the rank buckets
         RETURN v_rank;
     END IF;
     v_bounds := pyxp.period_bounds(v_period, wallet_rank.at, pyxp.active_timezone());

@@ -62,6 +62,19 @@ AS $$
      LIMIT 1
 $$;
 
+-- A balance's all-time rank: 1 + the wallets of the buckets before its own
+-- + the balances of its own bucket before it. Inlined into its callers
+-- (pyxp.wallet_rank; pyxp bench explains it).
+CREATE FUNCTION pyxp.board_rank(p_total_xp bigint, p_wallet text)
+RETURNS TABLE (rank bigint)
+LANGUAGE sql STABLE
+AS $$
+    SELECT 1 + coalesce((SELECT sum(c.wallets) FROM pyxp.xp_rank_counts c
+                          WHERE (c.neg_xp, c.wallet) < (k.neg_xp, k.wallet COLLATE "C")), 0)::bigint
+             + (SELECT count(*) FROM pyxp.board_range(-k.neg_xp, k.wallet, p_total_xp, p_wallet))
+      FROM pyxp.rank_bucket_of(p_total_xp, p_wallet) k
+$$;
+
 -- Each bucket once: its start, the wallets it holds (over its slots), and
 -- where the next one starts (the end of the board after the last one).
 CREATE FUNCTION pyxp.rank_buckets()
@@ -191,6 +204,8 @@ COMMENT ON FUNCTION pyxp.board_range(bigint, text, bigint, text) IS
     'internal: the balances between two positions of the all-time board, [from, to).';
 COMMENT ON FUNCTION pyxp.rank_bucket_of(bigint, text) IS
     'internal: the rank bucket holding a board position (xp_rank_counts).';
+COMMENT ON FUNCTION pyxp.board_rank(bigint, text) IS
+    'internal: a balance''s all-time rank from the rank buckets.';
 COMMENT ON FUNCTION pyxp.rank_buckets() IS
     'internal: each rank bucket: its start, the wallets it holds, the next start.';
 COMMENT ON FUNCTION pyxp.rebalance_rank_buckets(integer, boolean) IS

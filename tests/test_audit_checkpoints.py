@@ -221,7 +221,7 @@ def test_checkpoints_are_readable_and_recordable_by_the_right_roles(db: psycopg.
         writer.execute("UPDATE pyxp.xp_wallet_checkpoints SET total_xp = 0")
 
 
-def test_cli_audit_checkpoint_and_since(db: psycopg.Connection[Any], conninfo: str) -> None:
+def test_cli_audit_checkpoint_and_since(db: psycopg.Connection[Any], conninfo: str, unchanged: Any) -> None:
     award(db, "0xa", "k1")
     recorded = subprocess.run([PYXP, "--database-url", conninfo, "audit", "--checkpoint", "--json"],
                               capture_output=True, text=True, check=True)
@@ -234,8 +234,9 @@ def test_cli_audit_checkpoint_and_since(db: psycopg.Connection[Any], conninfo: s
     since = subprocess.run([PYXP, "--database-url", conninfo, "audit", "--since-checkpoint"],
                            capture_output=True, text=True)
     assert since.returncode == 1 and "running_balance" in since.stdout
-    refused = subprocess.run([PYXP, "--database-url", conninfo, "audit", "--checkpoint"],
-                             capture_output=True, text=True)
+    with unchanged():
+        refused = subprocess.run([PYXP, "--database-url", conninfo, "audit", "--checkpoint"],
+                                 capture_output=True, text=True)
     assert refused.returncode != 0 and "PX028" in refused.stderr
     before = db.execute("SELECT count(*) FROM pyxp.xp_audit_checkpoints").fetchone()
     both = subprocess.run([PYXP, "--database-url", conninfo, "audit", "--checkpoint", "--since-checkpoint"],

@@ -243,7 +243,7 @@ def test_rebalance_is_the_owners_and_refuses_bad_sizes(db: psycopg.Connection[An
             == reader.execute("SELECT count(*) FROM pyxp.xp_balances").fetchone())
 
 
-def test_python_and_cli_rebalance(conninfo: str, db: psycopg.Connection[Any]) -> None:
+def test_python_and_cli_rebalance(conninfo: str, db: psycopg.Connection[Any], unchanged: Any) -> None:
     award_many(db, random_events(random.Random(13), 300, 150, "p"))
     with XP(conninfo) as xp:
         result = xp.rebalance_rank_buckets(bucket_size=16, full_rebuild=True)
@@ -253,9 +253,25 @@ def test_python_and_cli_rebalance(conninfo: str, db: psycopg.Connection[Any]) ->
     shown = subprocess.run([PYXP, "--database-url", conninfo, "db", "rebalance-ranks", "--bucket-size", "16"],
                            capture_output=True, text=True, check=True)
     assert shown.stdout.strip() == f"0 rank buckets re-cut, {buckets(db)} in all"
-    refused = subprocess.run([PYXP, "--database-url", conninfo, "db", "rebalance-ranks", "--bucket-size", "8"],
-                             capture_output=True, text=True)
+    with unchanged():
+        refused = subprocess.run([PYXP, "--database-url", conninfo, "db", "rebalance-ranks", "--bucket-size", "8"],
+                                 capture_output=True, text=True)
     assert refused.returncode == 2 and "16" in refused.stderr
+
+
+def test_rebalance_waits_one_second_for_an_award_left_open_then_gives_up(conninfo: str,
+                                                                         db: psycopg.Connection[Any],
+                                                                         unchanged: Any) -> None:
+    """An award transaction left open holds off the rebalance's lock: it fails with 55P03 after
+    its 1 s lock_timeout (new awards would queue behind it meanwhile), writing nothing."""
+    award_many(db, random_events(random.Random(21), 100, 60, "held"))
+    with psycopg.connect(conninfo) as open_award:
+        open_award.execute("SELECT * FROM pyxp.award('w0001', %s, 'held:open')", (GAINS[0],))
+        with unchanged(), pytest.raises(psycopg.errors.LockNotAvailable):
+            db.execute("SELECT * FROM pyxp.rebalance_rank_buckets(16, true)")
+        open_award.commit()
+    assert rebalance(db, 16, True)[0] > 1
+    assert_exact(db)
 
 
 def test_a_transaction_left_open_blocks_no_other_award_on_its_buckets(conninfo: str,

@@ -523,6 +523,7 @@ $$;
 
 DROP FUNCTION pyxp.board_range(bigint, text, bigint, text);
 DROP FUNCTION pyxp.rank_bucket_of(bigint, text);
+DROP FUNCTION pyxp.board_rank(bigint, text);
 DROP FUNCTION pyxp.rank_buckets();
 DROP FUNCTION pyxp.rebalance_rank_buckets(integer, boolean);
 DROP FUNCTION pyxp.rank_problems();

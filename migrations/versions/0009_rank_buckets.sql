@@ -65,6 +65,16 @@ AS $$
      LIMIT 1
 $$;
 
+CREATE FUNCTION pyxp.board_rank(p_total_xp bigint, p_wallet text)
+RETURNS TABLE (rank bigint)
+LANGUAGE sql STABLE
+AS $$
+    SELECT 1 + coalesce((SELECT sum(c.wallets) FROM pyxp.xp_rank_counts c
+                          WHERE (c.neg_xp, c.wallet) < (k.neg_xp, k.wallet COLLATE "C")), 0)::bigint
+             + (SELECT count(*) FROM pyxp.board_range(-k.neg_xp, k.wallet, p_total_xp, p_wallet))
+      FROM pyxp.rank_bucket_of(p_total_xp, p_wallet) k
+$$;
+
 CREATE FUNCTION pyxp.rank_buckets()
 RETURNS TABLE (neg_xp bigint, wallet text, wallets bigint, next_neg_xp bigint, next_wallet text)
 LANGUAGE sql STABLE
@@ -626,13 +636,7 @@ BEGIN
         IF NOT FOUND THEN
             RETURN NULL;
         END IF;
-        -- The rank buckets (sql/07_ranks.sql): the wallets of the buckets
-        -- before its own, and the balances of its bucket before it.
-        SELECT 1 + coalesce((SELECT sum(c.wallets) FROM pyxp.xp_rank_counts c
-                              WHERE (c.neg_xp, c.wallet) < (k.neg_xp, k.wallet COLLATE "C")), 0)::bigint
-                 + (SELECT count(*) FROM pyxp.board_range(-k.neg_xp, k.wallet, v_total, v_wallet))
-          INTO v_rank
-          FROM pyxp.rank_bucket_of(v_total, v_wallet) k;
+        SELECT r.rank INTO v_rank FROM pyxp.board_rank(v_total, v_wallet) r;  -- the rank buckets
         RETURN v_rank;
     END IF;
     v_bounds := pyxp.period_bounds(v_period, wallet_rank.at, pyxp.active_timezone());
@@ -753,6 +757,8 @@ COMMENT ON FUNCTION pyxp.board_range(bigint, text, bigint, text) IS
     'internal: the balances between two positions of the all-time board, [from, to).';
 COMMENT ON FUNCTION pyxp.rank_bucket_of(bigint, text) IS
     'internal: the rank bucket holding a board position (xp_rank_counts).';
+COMMENT ON FUNCTION pyxp.board_rank(bigint, text) IS
+    'internal: a balance''s all-time rank from the rank buckets.';
 COMMENT ON FUNCTION pyxp.rank_buckets() IS
     'internal: each rank bucket: its start, the wallets it holds, the next start.';
 COMMENT ON FUNCTION pyxp.rebalance_rank_buckets(integer, boolean) IS
@@ -763,6 +769,7 @@ COMMENT ON FUNCTION pyxp.rank_problems() IS
 REVOKE ALL ON FUNCTION
     pyxp.board_range(bigint, text, bigint, text),
     pyxp.rank_bucket_of(bigint, text),
+    pyxp.board_rank(bigint, text),
     pyxp.rank_buckets(),
     pyxp.rebalance_rank_buckets(integer, boolean),
     pyxp.rank_problems()
