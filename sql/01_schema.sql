@@ -109,20 +109,6 @@ CREATE TABLE pyxp.campaigns (
     created_at      timestamptz NOT NULL DEFAULT now()
 );
 
--- One row per flow call or reversal (the generic awards' claims are their
--- ledger rows: see xp_transactions.request_digest). Its primary key is what
--- serialises two concurrent calls with the same key: the second INSERT waits
--- for the first transaction, then sees the row and replays. `inputs` is the
--- canonical form of what the call asked for, which later calls consult (a
--- completion's owner, an onboarding's wallet); a later call with the same key
--- and other inputs is refused (PX010).
-CREATE TABLE pyxp.xp_requests (
-    idempotency_key  text PRIMARY KEY,
-    inputs           jsonb NOT NULL,
-    ruleset_id       bigint NOT NULL REFERENCES pyxp.rulesets,  -- curve the result was computed with
-    created_at       timestamptz NOT NULL DEFAULT now()
-);
-
 -- The claim index's key: the first 16 bytes of sha256(idempotency key).
 -- Two different keys sharing them (odds 2^-128) make the second one's award
 -- fail with PX010, never replay the other's result: the key texts are
@@ -134,13 +120,37 @@ RETURNS uuid
 LANGUAGE plpgsql IMMUTABLE PARALLEL SAFE STRICT
 AS $$ BEGIN RETURN encode(substr(sha256(convert_to(p_key, 'UTF8')), 1, 16), 'hex')::uuid; END $$;
 
+-- One row per flow call or reversal: its claim (the generic awards' claims
+-- are their ledger rows: see xp_transactions.request_digest). Its primary
+-- key is what serialises two concurrent calls with the same key: the second
+-- INSERT waits for the first transaction, then sees the row and replays. A
+-- later call with the same key and other inputs is refused (PX010).
+-- About 100 bytes per call, whatever the key's or the inputs' length (0010;
+-- before, the key text and a jsonb copy of the inputs: about 300): the key is
+-- held by its hash, the inputs by a digest, because the call's ledger rows
+-- hold both (their idempotency_key, and the wallet, campaign, subject and
+-- metadata its inputs are rebuilt from: pyxp.rebuilt_request_inputs), which
+-- is what later calls consult (a completion's owner, an onboarding's
+-- wallet) and what a PX010 shows of the first call. Only a call whose rows
+-- cannot give them back (it wrote none, or was stored before 0010 in
+-- another form) keeps its key and inputs here (pyxp.recorded_request).
+CREATE TABLE pyxp.xp_requests (
+    key_hash         uuid PRIMARY KEY,          -- pyxp.key_hash(idempotency key)
+    inputs_digest    bigint NOT NULL,           -- pyxp.request_inputs_digest(inputs)
+    ruleset_id       bigint NOT NULL REFERENCES pyxp.rulesets,  -- curve the result was computed with
+    created_at       timestamptz NOT NULL DEFAULT now(),
+    idempotency_key  text,                      -- NULL: its ledger rows hold it
+    inputs           jsonb,                     -- NULL: rebuilt from its ledger rows
+    CONSTRAINT xp_requests_kept_together CHECK ((idempotency_key IS NULL) = (inputs IS NULL))
+);
+
 -- The ledger. Append-only: no UPDATE/DELETE/TRUNCATE privilege for anyone but
 -- the owner, and a trigger refuses them even for the owner.
 -- Idempotency: a generic award's row (pyxp.award, pyxp.award_many) is its
 -- own claim: request_digest holds a digest of the call's inputs, and
 -- xp_transactions_claim makes its key claimable once. Rows of flows and
 -- reversals have request_digest NULL: their key is claimed in xp_requests,
--- and xp_transactions_request_rows finds their rows for a replay.
+-- and xp_transactions_request_rows finds their rows by the key's hash.
 -- rule_id and idempotency_key carry no foreign key (a check per row, and a
 -- share lock on the one rule and ruleset row every award names): audit()
 -- reports a row whose rule or request is missing.
@@ -190,22 +200,28 @@ CREATE INDEX xp_transactions_feed ON pyxp.xp_transactions (feed_xid, id);
 CREATE INDEX xp_transactions_created ON pyxp.xp_transactions USING brin (created_at);
 CREATE UNIQUE INDEX xp_transactions_claim ON pyxp.xp_transactions (pyxp.key_hash(idempotency_key))
     WHERE request_digest IS NOT NULL;
-CREATE INDEX xp_transactions_request_rows ON pyxp.xp_transactions (idempotency_key)
+CREATE INDEX xp_transactions_request_rows ON pyxp.xp_transactions (pyxp.key_hash(idempotency_key))
     WHERE request_digest IS NULL;
 -- A row can be reversed once.
 CREATE UNIQUE INDEX xp_transactions_reversed_once ON pyxp.xp_transactions (reverses)
     WHERE reverses IS NOT NULL;
 
 -- Every idempotency key pyxp holds, wherever its claim is: a generic award's
--- claim row in the ledger, or a flow's or reversal's request. For auditors
--- ("which call wrote this row?") and for checks that every key has its rows.
+-- claim row in the ledger, or a flow's or reversal's request (its key text
+-- from its first ledger row, or kept in the request when it wrote none).
+-- For auditors ("which call wrote this row?") and for checks that every key
+-- has its rows.
 CREATE VIEW pyxp.idempotency_keys AS
     SELECT t.idempotency_key, 'ledger'::text AS claimed_in, t.user_wallet, t.id AS transaction_id, t.created_at
       FROM pyxp.xp_transactions t
      WHERE t.request_digest IS NOT NULL
     UNION ALL
-    SELECT q.idempotency_key, 'xp_requests', q.inputs ->> 'wallet', NULL, q.created_at
-      FROM pyxp.xp_requests q;
+    SELECT coalesce(q.idempotency_key, f.idempotency_key), 'xp_requests', coalesce(f.user_wallet, q.inputs ->> 'wallet'),
+           NULL, q.created_at
+      FROM pyxp.xp_requests q
+      LEFT JOIN LATERAL (SELECT t.idempotency_key, t.user_wallet FROM pyxp.xp_transactions t
+                          WHERE pyxp.key_hash(t.idempotency_key) = q.key_hash AND t.request_digest IS NULL
+                          LIMIT 1) f ON q.idempotency_key IS NULL;
 
 -- Current balance per wallet, maintained in the same transaction as the
 -- ledger rows. The range keeps xp_to_next_level (<= 100 + 2^62) and every

@@ -21,10 +21,11 @@
 --     inputs (action, wallet, params), and the unique partial index
 --     xp_transactions_claim on key_hash(idempotency_key) makes the key
 --     claimable once. No other record: the row is the idempotency record.
---   * a flow or a reversal is claimed in pyxp.xp_requests with its inputs
---     (pyxp.claim_request), which later calls consult (a completion's owner,
---     an onboarding's wallet, a vote's stored key), before its rows are
---     planned.
+--   * a flow or a reversal is claimed in pyxp.xp_requests by its key's hash
+--     and its inputs' digest (pyxp.claim_request), before its rows are
+--     planned. Later calls consult its inputs (a completion's owner, an
+--     onboarding's wallet, a vote's stored key), rebuilt from its ledger
+--     rows (pyxp.recorded_request).
 -- Races: two generic awards with one key and the same inputs name the same
 -- wallet, so they serialise on its balance row lock, and the second probes
 -- the claim index after taking the lock (a new statement: READ COMMITTED
@@ -129,7 +130,7 @@ BEGIN
     IF v_id IS NULL AND p_key LIKE 'rules.adjustment:%' THEN
         v_id := split_part(p_key, ':', 2)::bigint;
     ELSIF v_id IS NULL THEN
-        SELECT q.ruleset_id INTO v_id FROM pyxp.xp_requests q WHERE q.idempotency_key = p_key;
+        SELECT q.ruleset_id INTO v_id FROM pyxp.xp_requests q WHERE q.key_hash = pyxp.key_hash(p_key);
     END IF;
     RETURN v_id;
 END
@@ -184,27 +185,126 @@ CREATE TYPE pyxp.pending_row AS (
                                  -- a row without transaction_type only counts them
 );
 
--- Records a flow's or reversal's key and inputs. true: this call is the first
--- with this key and must do the work. false: the key was used before
--- (possibly by a concurrent transaction this INSERT waited for): the caller
--- replays.
-CREATE FUNCTION pyxp.claim_request(p_key text, p_inputs jsonb, p_ruleset_id bigint)
+-- The digest a flow's or reversal's request keeps of its inputs (a flat
+-- JSON object): pyxp.inputs_digest with every number in its shortest form
+-- (300.0 is 300), so that inputs equal as jsonb (which compares numbers by
+-- value) digest alike, and a retry spelling a price 300.0 still replays.
+CREATE FUNCTION pyxp.request_inputs_digest(p_inputs jsonb)
+RETURNS bigint
+LANGUAGE plpgsql IMMUTABLE PARALLEL SAFE STRICT
+AS $$
+BEGIN
+    RETURN pyxp.inputs_digest(coalesce(
+        (SELECT jsonb_object_agg(e.key, CASE WHEN jsonb_typeof(e.value) = 'number'
+                                             THEN to_jsonb(trim_scale(e.value::numeric)) ELSE e.value END)
+           FROM jsonb_each(p_inputs) e), '{}'));
+END
+$$;
+
+-- The inputs of a flow call or reversal, rebuilt from one of the ledger rows
+-- it wrote: every row of a flow call has the call's wallet, campaign,
+-- subject and metadata (which holds the rest of its inputs: formula inputs,
+-- campaign type, options, decision), its rule names the call's event, and a
+-- reversal's row holds what it reverses and the reason. The form is the one
+-- each function of sql/06_flows.sql builds (and reverse_transaction): a
+-- request whose rows rebuild its inputs exactly keeps only their digest
+-- (pyxp.claim_request checks it on the call's own values). NULL for a key
+-- of no known kind.
+CREATE FUNCTION pyxp.rebuilt_request_inputs(p_key text, p_event text, p_wallet text, p_campaign_id text,
+                                            p_subject text, p_metadata jsonb, p_reverses bigint)
+RETURNS jsonb
+LANGUAGE sql IMMUTABLE PARALLEL SAFE
+AS $$
+    SELECT CASE
+        WHEN p_key LIKE 'reverse:%' THEN
+            jsonb_build_object('transaction_id', p_reverses, 'reason', p_metadata -> 'reason')
+        WHEN p_key LIKE 'campaign.created:%' THEN
+            jsonb_build_object('wallet', p_wallet, 'campaign_type', p_metadata -> 'campaign_type',
+                               'mint_value', coalesce(p_metadata -> 'MINT_VALUE', 'null'),
+                               'winstory_creates_video', p_metadata -> 'winstory_creates_video',
+                               'no_rewards', p_metadata -> 'no_rewards')
+        WHEN p_key LIKE 'campaign.approved:%' OR p_key LIKE 'client.onboarded:%' THEN
+            jsonb_build_object('wallet', p_wallet)
+        WHEN p_key LIKE 'campaign.vote%' THEN
+            jsonb_build_object('vote_decision', p_metadata -> 'vote_decision',
+                               'campaign_type', p_metadata -> 'campaign_type',
+                               'wallet', p_wallet, 'campaign_id', p_campaign_id)
+        WHEN p_key LIKE 'completion.vote%' THEN
+            jsonb_build_object('vote_decision', p_metadata -> 'vote_decision', 'campaign_id', p_campaign_id,
+                               'campaign_type', p_metadata -> 'campaign_type',
+                               'wallet', p_wallet, 'completion_id', p_subject)
+        WHEN p_key LIKE 'completion.submitted:%' OR p_key LIKE 'completion.outcome:%' THEN
+            jsonb_build_object('event', p_event, 'wallet', p_wallet, 'campaign_id', p_campaign_id,
+                               'campaign_type', p_metadata -> 'campaign_type', 'is_paid', p_metadata -> 'is_paid')
+            || (p_metadata - 'campaign_type' - 'is_paid')
+    END
+$$;
+
+-- Records a flow's or reversal's claim: its key's hash and its inputs'
+-- digest, plus the key and inputs themselves when its rows will not rebuild
+-- them (p_rebuilt: what they rebuild, NULL when the call writes none). true:
+-- this call is the first with this key and must do the work. false: the key
+-- was used before (possibly by a concurrent transaction this INSERT waited
+-- for): the caller replays.
+CREATE FUNCTION pyxp.claim_request(p_key text, p_inputs jsonb, p_ruleset_id bigint, p_rebuilt jsonb)
 RETURNS boolean
 LANGUAGE plpgsql
 AS $$
+DECLARE
+    v_keep boolean := p_rebuilt IS NULL OR p_rebuilt <> p_inputs;
 BEGIN
-    INSERT INTO pyxp.xp_requests (idempotency_key, inputs, ruleset_id)
-    VALUES (p_key, p_inputs, p_ruleset_id)
-    ON CONFLICT (idempotency_key) DO NOTHING;
+    INSERT INTO pyxp.xp_requests (key_hash, inputs_digest, ruleset_id, idempotency_key, inputs)
+    VALUES (pyxp.key_hash(p_key), pyxp.request_inputs_digest(p_inputs), p_ruleset_id,
+            CASE WHEN v_keep THEN p_key END, CASE WHEN v_keep THEN p_inputs END)
+    ON CONFLICT (key_hash) DO NOTHING;
     RETURN FOUND;
+END
+$$;
+
+-- What pyxp holds of an earlier flow call or reversal with this key: its
+-- request, with its inputs as kept there, or rebuilt from its first ledger
+-- row (index xp_transactions_request_rows). No row: the key was never
+-- claimed. same_key false: another key with the same hash (odds 2^-128)
+-- claimed it, which is a conflict, never a replay. inputs NULL: a request
+-- whose rows are gone (pyxp.audit reports it).
+CREATE FUNCTION pyxp.recorded_request(p_key text)
+RETURNS TABLE (inputs jsonb, inputs_digest bigint, ruleset_id bigint, created_at timestamptz, same_key boolean)
+LANGUAGE plpgsql STABLE
+AS $$
+DECLARE
+    v_hash uuid := pyxp.key_hash(p_key);
+    v_request pyxp.xp_requests;
+    v_first record;
+BEGIN
+    SELECT * INTO v_request FROM pyxp.xp_requests q WHERE q.key_hash = v_hash;
+    IF NOT FOUND THEN
+        RETURN;
+    ELSIF v_request.idempotency_key IS NOT NULL THEN
+        RETURN QUERY SELECT v_request.inputs, v_request.inputs_digest, v_request.ruleset_id, v_request.created_at,
+                            v_request.idempotency_key = p_key;
+        RETURN;
+    END IF;
+    SELECT t.idempotency_key, t.user_wallet, t.campaign_id, t.subject, t.metadata, t.reverses, ru.event
+      INTO v_first
+      FROM pyxp.xp_transactions t
+      LEFT JOIN pyxp.rules ru ON ru.rule_id = t.rule_id
+     WHERE pyxp.key_hash(t.idempotency_key) = v_hash AND t.request_digest IS NULL
+     ORDER BY t.wallet_seq
+     LIMIT 1;
+    RETURN QUERY SELECT pyxp.rebuilt_request_inputs(v_first.idempotency_key, v_first.event, v_first.user_wallet,
+                                                    v_first.campaign_id, v_first.subject, v_first.metadata,
+                                                    v_first.reverses),
+                        v_request.inputs_digest, v_request.ruleset_id, v_request.created_at,
+                        coalesce(v_first.idempotency_key = p_key, true);
 END
 $$;
 
 -- The original result of an earlier flow or reversal with this key, marked
 -- replayed. Levels are computed on the curve that was active for the
 -- original call, so the replay returns what the original call returned.
--- Other inputs: PX010 (or the caller's code and message, e.g. PX014 for a
--- second reversal). Rows are found by index xp_transactions_request_rows.
+-- Other inputs (another digest): PX010 (or the caller's code and message,
+-- e.g. PX014 for a second reversal), whose detail shows the first call's
+-- inputs. Rows are found by index xp_transactions_request_rows.
 CREATE FUNCTION pyxp.replayed_award(p_key text, p_inputs jsonb,
                                     p_conflict_message text DEFAULT NULL,
                                     p_conflict_code text DEFAULT 'PX010')
@@ -212,14 +312,17 @@ RETURNS SETOF pyxp.award_result
 LANGUAGE plpgsql STABLE
 AS $$
 DECLARE
-    v_request pyxp.xp_requests;
+    v_request record;
 BEGIN
-    SELECT * INTO STRICT v_request FROM pyxp.xp_requests q WHERE q.idempotency_key = p_key;
-    IF v_request.inputs IS DISTINCT FROM p_inputs THEN
+    SELECT * INTO STRICT v_request FROM pyxp.recorded_request(p_key) r;
+    IF NOT v_request.same_key OR v_request.inputs_digest <> pyxp.request_inputs_digest(p_inputs) THEN
         RAISE EXCEPTION '%', coalesce(p_conflict_message,
                                       format('idempotency key %L was already used with other inputs', p_key))
             USING ERRCODE = p_conflict_code,
-                  DETAIL = format('first call: %s; this call: %s', v_request.inputs, p_inputs),
+                  DETAIL = format('first call: %s; this call: %s',
+                                  CASE WHEN NOT v_request.same_key THEN 'another key with the same hash'
+                                       ELSE coalesce(v_request.inputs::text, '(its rows are gone)') END,
+                                  p_inputs),
                   HINT = 'repeat a call with exactly the same inputs to get its result again';
     END IF;
     RETURN QUERY
@@ -228,7 +331,8 @@ BEGIN
           FROM pyxp.xp_transactions t
           CROSS JOIN LATERAL pyxp.curve_position(v_request.ruleset_id, t.balance_after) now_
           CROSS JOIN LATERAL pyxp.curve_position(v_request.ruleset_id, t.balance_after - t.xp_amount) before_
-         WHERE t.idempotency_key = p_key AND t.request_digest IS NULL
+         WHERE pyxp.key_hash(t.idempotency_key) = pyxp.key_hash(p_key) AND t.request_digest IS NULL
+           AND t.idempotency_key = p_key
          ORDER BY t.id;
 END
 $$;
@@ -788,9 +892,18 @@ DECLARE
     v_ruleset record;
     v_rows pyxp.pending_row[];
     v_problem record;
+    v_rebuilt jsonb;
 BEGIN
     SELECT * INTO v_ruleset FROM pyxp.writing_ruleset();
-    IF NOT pyxp.claim_request(p_key, p_inputs, v_ruleset.ruleset_id) THEN
+    -- Whether the call writes rows (a rule of its event applies): then they
+    -- will rebuild its inputs, and its request need not keep them.
+    IF EXISTS (SELECT FROM pyxp.rules ru
+                WHERE ru.ruleset_id = v_ruleset.ruleset_id AND ru.event = p_event
+                  AND (ru.campaign_types IS NULL OR p_campaign_type = ANY (ru.campaign_types))
+                  AND (ru.condition IS NULL OR ru.condition = ANY (p_facts))) THEN
+        v_rebuilt := pyxp.rebuilt_request_inputs(p_key, p_event, p_wallet, p_campaign_id, p_subject, p_metadata, NULL);
+    END IF;
+    IF NOT pyxp.claim_request(p_key, p_inputs, v_ruleset.ruleset_id, v_rebuilt) THEN
         RETURN QUERY SELECT * FROM pyxp.replayed_award(p_key, p_inputs, p_conflict_message);
         RETURN;
     END IF;
@@ -890,6 +1003,7 @@ DECLARE
     v_original pyxp.xp_transactions;
     v_key text;
     v_inputs jsonb;
+    v_metadata jsonb;  -- the reversal row's
     v_ruleset record;
 BEGIN
     SELECT * INTO v_ruleset FROM pyxp.writing_ruleset();
@@ -907,7 +1021,10 @@ BEGIN
     END IF;
     v_key := 'reverse:' || v_original.id;
     v_inputs := jsonb_build_object('transaction_id', v_original.id, 'reason', v_reason);
-    IF NOT pyxp.claim_request(v_key, v_inputs, v_ruleset.ruleset_id) THEN
+    v_metadata := jsonb_build_object('reason', v_reason, 'reversed_type', v_original.transaction_type);
+    IF NOT pyxp.claim_request(v_key, v_inputs, v_ruleset.ruleset_id,
+                              pyxp.rebuilt_request_inputs(v_key, NULL, v_original.user_wallet, v_original.campaign_id,
+                                                          v_original.subject, v_metadata, v_original.id)) THEN
         RETURN QUERY SELECT * FROM pyxp.replayed_award(
             v_key, v_inputs, format('transaction %s was already reversed', v_original.id), 'PX014');
         RETURN;
@@ -919,8 +1036,6 @@ BEGIN
                                 v_ruleset.has_caps,
                                 ARRAY[ROW(0, v_original.user_wallet, v_key, NULL, 'REVERSAL', -v_original.xp_amount,
                                           NULL, false, NULL, v_original.campaign_id, v_original.subject,
-                                          jsonb_build_object('reason', v_reason,
-                                                             'reversed_type', v_original.transaction_type),
-                                          v_original.id, 0)::pyxp.pending_row], false) w;
+                                          v_metadata, v_original.id, 0)::pyxp.pending_row], false) w;
 END
 $$;

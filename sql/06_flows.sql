@@ -47,12 +47,11 @@ DECLARE
     v_stored jsonb;
 BEGIN
     IF p_subject ~ '[%:]' AND EXISTS (
-           SELECT FROM pyxp.xp_requests q
-            WHERE q.idempotency_key = v_legacy
-              AND q.inputs ->> 'wallet' = p_wallet AND q.inputs ->> p_subject_field = p_subject) THEN
+           SELECT FROM pyxp.recorded_request(v_legacy) r
+            WHERE r.same_key AND r.inputs ->> 'wallet' = p_wallet AND r.inputs ->> p_subject_field = p_subject) THEN
         RETURN v_legacy;
     END IF;
-    SELECT q.inputs INTO v_stored FROM pyxp.xp_requests q WHERE q.idempotency_key = v_key;
+    SELECT r.inputs INTO v_stored FROM pyxp.recorded_request(v_key) r WHERE r.same_key;
     IF v_stored IS NOT NULL AND (v_stored ->> 'wallet' IS DISTINCT FROM p_wallet
                                  OR v_stored ->> p_subject_field IS DISTINCT FROM p_subject) THEN
         RETURN format('%s/2:%s:%s', p_event, pyxp.key_part(p_subject), p_wallet);
@@ -134,11 +133,11 @@ DECLARE
     v_first jsonb;
 BEGIN
     PERFORM pyxp.lock_subject('completion:' || p_completion);
-    SELECT q.inputs INTO v_first
-      FROM pyxp.xp_requests q
-     WHERE q.idempotency_key IN ('completion.submitted:' || p_completion, 'completion.outcome:' || p_completion)
-       AND q.idempotency_key <> p_own_key
-     ORDER BY q.created_at
+    SELECT r.inputs INTO v_first
+      FROM unnest(ARRAY['completion.submitted:' || p_completion, 'completion.outcome:' || p_completion]) k (key)
+     CROSS JOIN LATERAL pyxp.recorded_request(k.key) r
+     WHERE k.key <> p_own_key AND r.same_key
+     ORDER BY r.created_at
      LIMIT 1;
     IF v_first IS NULL THEN
         RETURN;
@@ -411,7 +410,7 @@ DECLARE
     v_campaign text := pyxp.checked_identifier('campaign id', register_agency_client.campaign_id);
     v_company text;
     v_known pyxp.campaigns;
-    v_onboarded pyxp.xp_requests;
+    v_onboarded record;  -- the client's onboarding, if any: its request
 BEGIN
     IF register_agency_client.company_name IS NOT NULL THEN  -- blank: none
         v_company := nullif(pyxp.cleaned_text('company name', register_agency_client.company_name, 200,
@@ -430,11 +429,12 @@ BEGIN
     END IF;
 
     PERFORM pyxp.lock_subject('client_email:' || v_email);
-    SELECT * INTO v_onboarded FROM pyxp.xp_requests q WHERE q.idempotency_key = 'client.onboarded:' || v_email;
+    SELECT r.inputs ->> 'wallet' AS wallet, r.created_at INTO v_onboarded
+      FROM pyxp.recorded_request('client.onboarded:' || v_email) r;
     INSERT INTO pyxp.agency_b2c_clients AS a (agency_wallet, client_email, campaign_id, company_name,
                                               client_wallet, xp_granted, onboarded_at)
-    VALUES (v_agency, v_email, v_campaign, v_company, v_onboarded.inputs ->> 'wallet',
-            v_onboarded.idempotency_key IS NOT NULL, v_onboarded.created_at)
+    VALUES (v_agency, v_email, v_campaign, v_company, v_onboarded.wallet,
+            v_onboarded.created_at IS NOT NULL, v_onboarded.created_at)
     ON CONFLICT ON CONSTRAINT agency_b2c_clients_agency_wallet_client_email_campaign_id_key DO NOTHING;
 
     RETURN QUERY
@@ -472,7 +472,7 @@ BEGIN
      WHERE a.client_email = v_email AND NOT a.xp_granted;
 
     IF v_pending.agencies IS NULL
-       AND NOT EXISTS (SELECT FROM pyxp.xp_requests q WHERE q.idempotency_key = v_key) THEN
+       AND NOT EXISTS (SELECT FROM pyxp.xp_requests q WHERE q.key_hash = pyxp.key_hash(v_key)) THEN
         RETURN;  -- nobody registered this client: nothing to grant
     ELSIF v_wallet = ANY (v_pending.agencies) THEN
         RAISE EXCEPTION 'client wallet % is the registering agency''s wallet', v_wallet

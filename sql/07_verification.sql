@@ -222,6 +222,7 @@ $$;
 --                       wallet, opposite amount), or reverses a reversal
 --   rule_missing, rule_mismatch  a row's rule is gone, or is another action
 --   request_missing     a flow's or reversal's row without its xp_requests row
+--                       (found by its key's hash)
 CREATE FUNCTION pyxp.row_problems(p_since_checkpoint boolean)
 RETURNS TABLE (check_name text, user_wallet text, transaction_id bigint, detail text)
 LANGUAGE sql STABLE
@@ -244,7 +245,7 @@ AS $$
            format('no xp_requests row for key %s', quote_literal(t.idempotency_key))
       FROM pyxp.audited_rows(p_since_checkpoint) t
      WHERE t.request_digest IS NULL
-       AND NOT EXISTS (SELECT FROM pyxp.xp_requests q WHERE q.idempotency_key = t.idempotency_key)
+       AND NOT EXISTS (SELECT FROM pyxp.xp_requests q WHERE q.key_hash = pyxp.key_hash(t.idempotency_key))
 $$;
 
 -- Every inconsistency between the ledger, the balances and the rules, one
@@ -254,9 +255,9 @@ $$;
 -- wallet_seq, levels match the active curve, the audit checkpoints match the
 -- ledger (pyxp.chain_problems); reversals mirror what they reverse, rows name
 -- the action of an existing rule, a flow's or reversal's rows have their
--- request (pyxp.row_problems); the rank buckets count the balances they
--- hold (pyxp.rank_problems); exactly one ruleset is active, no ledger row
--- lacks its balance, total_moderations counts the votes recorded, the
+-- request (pyxp.row_problems) and a request its rows or its kept inputs;
+-- the rank buckets count the balances they hold (pyxp.rank_problems);
+-- exactly one ruleset is active, no ledger row lacks its balance, total_moderations counts the votes recorded, the
 -- balances' period columns and the caps' usage match the ledger and no cap
 -- is exceeded, a registration is granted exactly when its client email was
 -- onboarded, identities stored before 0002 read the same today.
@@ -300,19 +301,37 @@ AS $$
     SELECT 'moderation_count', b.user_wallet, NULL,
            format('total_moderations = %s, votes recorded = %s', b.total_moderations, coalesce(v.votes, 0))
       FROM pyxp.xp_balances b
-      FULL JOIN (SELECT q.inputs ->> 'wallet' AS user_wallet, count(*) AS votes
-                   FROM pyxp.xp_requests q
-                  WHERE q.idempotency_key ~ '^(campaign|completion)\.vote(/[0-9]+)?:'
+      -- A vote is a request of a vote key: its rows (all to the voter) hold
+      -- the key, or (a vote no rule awards) the request keeps it.
+      FULL JOIN (SELECT x.user_wallet, count(*) AS votes
+                   FROM (SELECT t.user_wallet, t.idempotency_key
+                           FROM pyxp.xp_transactions t
+                          WHERE t.request_digest IS NULL
+                            AND t.idempotency_key ~ '^(campaign|completion)\.vote(/[0-9]+)?:'
+                         UNION
+                         SELECT q.inputs ->> 'wallet', q.idempotency_key
+                           FROM pyxp.xp_requests q
+                          WHERE q.idempotency_key ~ '^(campaign|completion)\.vote(/[0-9]+)?:') x
                   GROUP BY 1) v ON v.user_wallet = b.user_wallet
      WHERE coalesce(b.total_moderations, 0) <> coalesce(v.votes, 0)
+    UNION ALL
+    -- A request that keeps neither its key nor its inputs has them in its
+    -- ledger rows only (pyxp.recorded_request): without a row, a retry's
+    -- inputs could not be shown or a vote counted.
+    SELECT 'request_rows_missing', NULL, NULL,
+           format('request %s (claimed %s) keeps no key and no ledger row holds it', q.key_hash, q.created_at)
+      FROM pyxp.xp_requests q
+     WHERE q.idempotency_key IS NULL
+       AND NOT EXISTS (SELECT FROM pyxp.xp_transactions t
+                        WHERE pyxp.key_hash(t.idempotency_key) = q.key_hash AND t.request_digest IS NULL)
     UNION ALL
     SELECT 'registration_grant', a.client_wallet, NULL,
            format('registration %s of %s is %s', a.id, a.client_email,
                   CASE WHEN a.xp_granted THEN 'granted without an onboarding of that email'
                        ELSE 'pending although that email was onboarded' END)
       FROM pyxp.agency_b2c_clients a
-      LEFT JOIN pyxp.xp_requests q ON q.idempotency_key = 'client.onboarded:' || a.client_email
-     WHERE a.xp_granted <> (q.idempotency_key IS NOT NULL)
+      LEFT JOIN pyxp.xp_requests q ON q.key_hash = pyxp.key_hash('client.onboarded:' || a.client_email)
+     WHERE a.xp_granted <> (q.key_hash IS NOT NULL)
     UNION ALL
     -- Identities stored before 0002 that today's checks would read otherwise
     -- (NFKC, Unicode whitespace, invisible characters): one person may be two

@@ -92,7 +92,11 @@ COMMENT ON FUNCTION pyxp.balance_limit() IS 'internal: 2^62, the bound of every 
 COMMENT ON FUNCTION pyxp.key_hash(text) IS 'internal: the claim index''s key, 16 bytes of sha256 of an idempotency key.';
 COMMENT ON FUNCTION pyxp.inputs_digest(jsonb) IS 'internal: 8 bytes of sha256 of a generic award''s canonical inputs, kept on its claim row.';
 COMMENT ON FUNCTION pyxp.row_ruleset(bigint, text) IS 'internal: the ruleset a ledger row was written under.';
-COMMENT ON FUNCTION pyxp.claim_request(text, jsonb, bigint) IS 'internal: records a flow''s or reversal''s key and inputs; false when it was used before.';
+COMMENT ON FUNCTION pyxp.request_inputs_digest(jsonb) IS 'internal: the digest a flow''s or reversal''s request keeps of its inputs.';
+COMMENT ON FUNCTION pyxp.rebuilt_request_inputs(text, text, text, text, text, jsonb, bigint) IS
+    'internal: a flow call''s or reversal''s inputs rebuilt from one of its ledger rows.';
+COMMENT ON FUNCTION pyxp.claim_request(text, jsonb, bigint, jsonb) IS 'internal: records a flow''s or reversal''s claim; false when its key was used before.';
+COMMENT ON FUNCTION pyxp.recorded_request(text) IS 'internal: an earlier flow call''s or reversal''s request, with its inputs kept or rebuilt from its rows.';
 COMMENT ON FUNCTION pyxp.replayed_award(text, jsonb, text, text) IS 'internal: the original rows of a flow''s or reversal''s key, or PX010 for other inputs.';
 COMMENT ON FUNCTION pyxp.append_rows(bigint, bigint, text, boolean, pyxp.pending_row[], boolean) IS
     'internal: THE writer: locks the wallets, replays claimed generic awards, applies floor and caps, appends every ledger row and updates each balance once.';
