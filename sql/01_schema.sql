@@ -126,22 +126,26 @@ AS $$ BEGIN RETURN encode(substr(sha256(convert_to(p_key, 'UTF8')), 1, 16), 'hex
 -- INSERT waits for the first transaction, then sees the row and replays. A
 -- later call with the same key and other inputs is refused (PX010).
 -- About 100 bytes per call, whatever the key's or the inputs' length (0010;
--- before, the key text and a jsonb copy of the inputs: about 300): the key is
--- held by its hash, the inputs by a digest, because the call's ledger rows
--- hold both (their idempotency_key, and the wallet, campaign, subject and
--- metadata its inputs are rebuilt from: pyxp.rebuilt_request_inputs), which
--- is what later calls consult (a completion's owner, an onboarding's
--- wallet) and what a PX010 shows of the first call. Only a call whose rows
--- cannot give them back (it wrote none, or was stored before 0010 in
--- another form) keeps its key and inputs here (pyxp.recorded_request).
+-- before, the key text and a jsonb copy of the inputs: about 300): a key's
+-- hash and its inputs' digest, because the call's ledger rows hold the rest
+-- (their idempotency_key, created_at, their rules' ruleset, and the wallet,
+-- campaign, subject and metadata its inputs are rebuilt from:
+-- pyxp.rebuilt_request_inputs), which is what later calls consult (a
+-- completion's owner, an onboarding's wallet) and what a PX010 shows of the
+-- first call (pyxp.recorded_request). A call whose rows cannot give them
+-- back (it wrote none, or was stored before 0010 in another form) keeps its
+-- key, inputs, ruleset and time here; a reversal keeps its ruleset (its row
+-- names no rule).
 CREATE TABLE pyxp.xp_requests (
     key_hash         uuid PRIMARY KEY,          -- pyxp.key_hash(idempotency key)
     inputs_digest    bigint NOT NULL,           -- pyxp.request_inputs_digest(inputs)
-    ruleset_id       bigint NOT NULL REFERENCES pyxp.rulesets,  -- curve the result was computed with
-    created_at       timestamptz NOT NULL DEFAULT now(),
-    idempotency_key  text,                      -- NULL: its ledger rows hold it
-    inputs           jsonb,                     -- NULL: rebuilt from its ledger rows
-    CONSTRAINT xp_requests_kept_together CHECK ((idempotency_key IS NULL) = (inputs IS NULL))
+    ruleset_id       bigint REFERENCES pyxp.rulesets,  -- curve the result was computed with; NULL: its rows' rules'
+    created_at       timestamptz,               -- NULL: its rows'
+    idempotency_key  text,                      -- NULL: its rows'
+    inputs           jsonb,                     -- NULL: rebuilt from its rows
+    CONSTRAINT xp_requests_kept_together CHECK (
+        (idempotency_key IS NULL) = (inputs IS NULL)
+        AND (idempotency_key IS NULL OR (ruleset_id IS NOT NULL AND created_at IS NOT NULL)))
 );
 
 -- The ledger. Append-only: no UPDATE/DELETE/TRUNCATE privilege for anyone but
@@ -217,9 +221,9 @@ CREATE VIEW pyxp.idempotency_keys AS
      WHERE t.request_digest IS NOT NULL
     UNION ALL
     SELECT coalesce(q.idempotency_key, f.idempotency_key), 'xp_requests', coalesce(f.user_wallet, q.inputs ->> 'wallet'),
-           NULL, q.created_at
+           NULL, coalesce(q.created_at, f.created_at)
       FROM pyxp.xp_requests q
-      LEFT JOIN LATERAL (SELECT t.idempotency_key, t.user_wallet FROM pyxp.xp_transactions t
+      LEFT JOIN LATERAL (SELECT t.idempotency_key, t.user_wallet, t.created_at FROM pyxp.xp_transactions t
                           WHERE pyxp.key_hash(t.idempotency_key) = q.key_hash AND t.request_digest IS NULL
                           LIMIT 1) f ON q.idempotency_key IS NULL;
 

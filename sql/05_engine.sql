@@ -241,8 +241,9 @@ AS $$
 $$;
 
 -- Records a flow's or reversal's claim: its key's hash and its inputs'
--- digest, plus the key and inputs themselves when its rows will not rebuild
--- them (p_rebuilt: what they rebuild, NULL when the call writes none). true:
+-- digest, plus the key, inputs, ruleset and time when its rows will not
+-- rebuild them (p_rebuilt: what they rebuild, NULL when the call writes
+-- none), and the ruleset of a reversal (its row names no rule). true:
 -- this call is the first with this key and must do the work. false: the key
 -- was used before (possibly by a concurrent transaction this INSERT waited
 -- for): the caller replays.
@@ -253,17 +254,18 @@ AS $$
 DECLARE
     v_keep boolean := p_rebuilt IS NULL OR p_rebuilt <> p_inputs;
 BEGIN
-    INSERT INTO pyxp.xp_requests (key_hash, inputs_digest, ruleset_id, idempotency_key, inputs)
-    VALUES (pyxp.key_hash(p_key), pyxp.request_inputs_digest(p_inputs), p_ruleset_id,
-            CASE WHEN v_keep THEN p_key END, CASE WHEN v_keep THEN p_inputs END)
+    INSERT INTO pyxp.xp_requests (key_hash, inputs_digest, ruleset_id, created_at, idempotency_key, inputs)
+    VALUES (pyxp.key_hash(p_key), pyxp.request_inputs_digest(p_inputs),
+            CASE WHEN v_keep OR p_key LIKE 'reverse:%' THEN p_ruleset_id END,
+            CASE WHEN v_keep THEN now() END, CASE WHEN v_keep THEN p_key END, CASE WHEN v_keep THEN p_inputs END)
     ON CONFLICT (key_hash) DO NOTHING;
     RETURN FOUND;
 END
 $$;
 
 -- What pyxp holds of an earlier flow call or reversal with this key: its
--- request, with its inputs as kept there, or rebuilt from its first ledger
--- row (index xp_transactions_request_rows). No row: the key was never
+-- request, with its inputs, ruleset and time as kept there, or from its
+-- first ledger row (index xp_transactions_request_rows). No row: the key was never
 -- claimed. same_key false: another key with the same hash (odds 2^-128)
 -- claimed it, which is a conflict, never a replay. inputs NULL: a request
 -- whose rows are gone (pyxp.audit reports it).
@@ -284,7 +286,8 @@ BEGIN
                             v_request.idempotency_key = p_key;
         RETURN;
     END IF;
-    SELECT t.idempotency_key, t.user_wallet, t.campaign_id, t.subject, t.metadata, t.reverses, ru.event
+    SELECT t.idempotency_key, t.user_wallet, t.campaign_id, t.subject, t.metadata, t.reverses, t.created_at,
+           ru.event, ru.ruleset_id
       INTO v_first
       FROM pyxp.xp_transactions t
       LEFT JOIN pyxp.rules ru ON ru.rule_id = t.rule_id
@@ -294,8 +297,8 @@ BEGIN
     RETURN QUERY SELECT pyxp.rebuilt_request_inputs(v_first.idempotency_key, v_first.event, v_first.user_wallet,
                                                     v_first.campaign_id, v_first.subject, v_first.metadata,
                                                     v_first.reverses),
-                        v_request.inputs_digest, v_request.ruleset_id, v_request.created_at,
-                        coalesce(v_first.idempotency_key = p_key, true);
+                        v_request.inputs_digest, coalesce(v_request.ruleset_id, v_first.ruleset_id),
+                        coalesce(v_request.created_at, v_first.created_at), coalesce(v_first.idempotency_key = p_key, true);
 END
 $$;
 

@@ -553,7 +553,8 @@ def test_a_vote_whose_new_key_text_a_0001_key_of_another_vote_holds_is_still_a_v
         retry = client.award_moderation_vote("b:0xmod", "a", "VALID")
         old = client.award_moderation_vote("0xmod", "a:b", "VALID", campaign_type="B2C")
         assert (other.xp, other.replayed, retry.replayed, old.replayed) == (2, False, True, True)
-        keys = [k for (k,) in conn.execute("SELECT idempotency_key FROM pyxp.xp_requests ORDER BY 1")]
+        keys = [k for (k,) in conn.execute(
+            "SELECT idempotency_key FROM pyxp.idempotency_keys WHERE claimed_in = 'xp_requests' ORDER BY 1")]
         assert keys == ["campaign.vote/2:a:b:0xmod", "campaign.vote:a:b:0xmod"]
         assert conn.execute("SELECT * FROM pyxp.audit()").fetchall() == []
         with pytest.raises(pyxp.InvalidIdentifier):

@@ -8,6 +8,7 @@ by the migrations must be the one the readable ``sql/*.sql`` files build.
 from __future__ import annotations
 
 import difflib
+import json
 import os
 import re
 import subprocess
@@ -468,3 +469,59 @@ def test_0009_cuts_the_rank_buckets_of_an_existing_board(fresh_database: Callabl
                 conn.execute("SELECT * FROM pyxp.award('0xbatch1', 'B2C_MINT', %s)", (f"after-0009:{len(done)}",))
                 assert dict(conn.execute(ranks).fetchall()) == dict(conn.execute(naive).fetchall())
                 assert conn.execute("SELECT * FROM pyxp.audit()").fetchall() == []
+
+
+def test_0010_compacts_the_requests_and_the_downgrade_gives_them_back(fresh_database: Callable[[], str]) -> None:
+    """Issue 15: 0010 keeps of a flow's or reversal's request only its key's hash and its inputs'
+    digest where its ledger rows rebuild the rest. On a 0009 ledger of 10k rows of every kind:
+    after the upgrade only the requests without rows keep their key and inputs, audit() is clean,
+    every call replays, another input under a flow's key is PX010 whose detail shows the first
+    call's inputs as 0009 stored them; the downgrade to 0009 gives back every request exactly as
+    0009 stored it, and the upgrade again keeps all of that."""
+    target = fresh_database()
+    schema.upgrade(target, "0009")
+    done: list[tuple[str, dict[str, Any], list[Any]]] = []
+    stored = "SELECT idempotency_key, inputs, ruleset_id, created_at FROM pyxp.xp_requests ORDER BY 1"
+    with psycopg.connect(target, autocommit=True) as conn:
+        for kind, args in _ledger_calls():
+            done.append((kind, args, _run(conn, kind, args)))
+        done.append(("reverse", {"id": 5, "reason": "migration test"}, _run(conn, "reverse", {"id": 5, "reason": "migration test"})))
+        requests_0009 = conn.execute(stored).fetchall()
+        without_rows = {k for (k,) in conn.execute(
+            "SELECT q.idempotency_key FROM pyxp.xp_requests q WHERE NOT EXISTS "
+            "(SELECT FROM pyxp.xp_transactions t WHERE t.idempotency_key = q.idempotency_key)")}
+        size_0009 = conn.execute("SELECT pg_relation_size('pyxp.xp_requests') + pg_relation_size('pyxp.xp_requests_pkey')"
+                                 ).fetchone()[0]
+    first_inputs = dict((key, inputs) for key, inputs, _, _ in requests_0009)
+    assert len(requests_0009) > 400 and 0 < len(without_rows) < 20  # INDIVIDUAL creations, their votes
+    conflict = {"wallet": "0xcompleter1", "campaign": "camp1", "completion": "cpl1:1", "validated": False,
+                "refused": False, "paid": True, "price": 121, "mint": None}
+
+    for step in ("upgrade", "downgrade", "upgrade"):
+        if step == "upgrade":
+            schema.upgrade(target)
+        else:
+            schema.downgrade(target, "0009")
+        with psycopg.connect(target, autocommit=True) as conn:
+            assert conn.execute("SELECT * FROM pyxp.audit()").fetchall() == []
+            _replays_everything(conn, done)
+            with pytest.raises(psycopg.Error) as refused:
+                _run(conn, "completion", conflict)
+            assert refused.value.sqlstate == "PX010"
+            detail = refused.value.diag.message_detail or ""
+            first = json.loads(detail.removeprefix("first call: ").split("; this call: ")[0])
+            assert first == first_inputs["completion.submitted:cpl1:1"]
+            if step == "upgrade":
+                kept = {k for (k,) in conn.execute(
+                    "SELECT idempotency_key FROM pyxp.xp_requests WHERE idempotency_key IS NOT NULL")}
+                assert kept == without_rows
+                assert conn.execute("SELECT count(*) FROM pyxp.xp_requests").fetchone() == (len(requests_0009),)
+                size = conn.execute("SELECT pg_relation_size('pyxp.xp_requests') + pg_relation_size('pyxp.xp_requests_pkey')"
+                                    ).fetchone()[0]
+                assert size * 2 < size_0009, (size, size_0009, len(requests_0009))
+                # The auditors' view lists every key, with its wallet and time as 0009 stored them.
+                assert sorted(conn.execute(
+                    "SELECT idempotency_key, created_at FROM pyxp.idempotency_keys WHERE claimed_in = 'xp_requests'"
+                ).fetchall()) == [(k, at) for k, _, _, at in requests_0009]
+            else:
+                assert conn.execute(stored).fetchall() == requests_0009

@@ -91,7 +91,7 @@ def test_audit_reports_a_row_whose_rule_or_request_is_gone(xp: XP, db: psycopg.C
     flow = xp.award_campaign_creation("0xcreator", "camp-audit", "B2C")
     assert db.execute("SELECT * FROM pyxp.audit()").fetchall() == []
     with db.transaction():
-        db.execute("DELETE FROM pyxp.xp_requests WHERE idempotency_key = 'campaign.created:camp-audit'")
+        db.execute("DELETE FROM pyxp.xp_requests WHERE key_hash = pyxp.key_hash('campaign.created:camp-audit')")
         db.execute("INSERT INTO pyxp.rules (ruleset_id, position, action, formula, xp_constant) "
                    "SELECT ruleset_id, 999, 'GONE_SOON', '1', 1 FROM pyxp.rulesets WHERE is_active")
     gone = xp.award("0xabc", "GONE_SOON", "audit-gone")

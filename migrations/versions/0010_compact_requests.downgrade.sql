@@ -27,10 +27,10 @@ INSERT INTO pyxp.xp_requests (idempotency_key, inputs, ruleset_id, created_at)
 SELECT coalesce(q.idempotency_key, f.idempotency_key),
        coalesce(q.inputs, pyxp.rebuilt_request_inputs(f.idempotency_key, f.event, f.user_wallet, f.campaign_id,
                                                       f.subject, f.metadata, f.reverses)),
-       q.ruleset_id, q.created_at
+       coalesce(q.ruleset_id, f.ruleset_id), coalesce(q.created_at, f.created_at)
   FROM pyxp.xp_requests_0010 q
   LEFT JOIN LATERAL (SELECT t.idempotency_key, t.user_wallet, t.campaign_id, t.subject, t.metadata, t.reverses,
-                            ru.event
+                            t.created_at, ru.event, ru.ruleset_id
                        FROM pyxp.xp_transactions t
                        LEFT JOIN pyxp.rules ru ON ru.rule_id = t.rule_id
                       WHERE pyxp.key_hash(t.idempotency_key) = q.key_hash AND t.request_digest IS NULL

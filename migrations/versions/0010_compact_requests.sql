@@ -68,31 +68,41 @@ ALTER TABLE pyxp.xp_requests_0009 RENAME CONSTRAINT xp_requests_ruleset_id_fkey 
 -- INSERT waits for the first transaction, then sees the row and replays. A
 -- later call with the same key and other inputs is refused (PX010).
 -- About 100 bytes per call, whatever the key's or the inputs' length (0010;
--- before, the key text and a jsonb copy of the inputs: about 300): the key is
--- held by its hash, the inputs by a digest, because the call's ledger rows
--- hold both (their idempotency_key, and the wallet, campaign, subject and
--- metadata its inputs are rebuilt from: pyxp.rebuilt_request_inputs), which
--- is what later calls consult (a completion's owner, an onboarding's
--- wallet) and what a PX010 shows of the first call. Only a call whose rows
--- cannot give them back (it wrote none, or was stored before 0010 in
--- another form) keeps its key and inputs here (pyxp.recorded_request).
+-- before, the key text and a jsonb copy of the inputs: about 300): a key's
+-- hash and its inputs' digest, because the call's ledger rows hold the rest
+-- (their idempotency_key, created_at, their rules' ruleset, and the wallet,
+-- campaign, subject and metadata its inputs are rebuilt from:
+-- pyxp.rebuilt_request_inputs), which is what later calls consult (a
+-- completion's owner, an onboarding's wallet) and what a PX010 shows of the
+-- first call (pyxp.recorded_request). A call whose rows cannot give them
+-- back (it wrote none, or was stored before 0010 in another form) keeps its
+-- key, inputs, ruleset and time here; a reversal keeps its ruleset (its row
+-- names no rule).
 CREATE TABLE pyxp.xp_requests (
     key_hash         uuid PRIMARY KEY,          -- pyxp.key_hash(idempotency key)
     inputs_digest    bigint NOT NULL,           -- pyxp.request_inputs_digest(inputs)
-    ruleset_id       bigint NOT NULL REFERENCES pyxp.rulesets,  -- curve the result was computed with
-    created_at       timestamptz NOT NULL DEFAULT now(),
-    idempotency_key  text,                      -- NULL: its ledger rows hold it
-    inputs           jsonb,                     -- NULL: rebuilt from its ledger rows
-    CONSTRAINT xp_requests_kept_together CHECK ((idempotency_key IS NULL) = (inputs IS NULL))
+    ruleset_id       bigint REFERENCES pyxp.rulesets,  -- curve the result was computed with; NULL: its rows' rules'
+    created_at       timestamptz,               -- NULL: its rows'
+    idempotency_key  text,                      -- NULL: its rows'
+    inputs           jsonb,                     -- NULL: rebuilt from its rows
+    CONSTRAINT xp_requests_kept_together CHECK (
+        (idempotency_key IS NULL) = (inputs IS NULL)
+        AND (idempotency_key IS NULL OR (ruleset_id IS NOT NULL AND created_at IS NOT NULL)))
 );
 
 -- A request keeps its key and inputs unless its first ledger row (found by
--- 0009's index on the key text) rebuilds its inputs exactly.
+-- 0009's index on the key text) rebuilds its inputs exactly, and its ruleset
+-- and time unless that row's rule and time are the same. The primary key is
+-- built after the move: packed, not split by random inserts.
+ALTER TABLE pyxp.xp_requests DROP CONSTRAINT xp_requests_pkey;
 INSERT INTO pyxp.xp_requests (key_hash, inputs_digest, ruleset_id, created_at, idempotency_key, inputs)
-SELECT pyxp.key_hash(q.idempotency_key), pyxp.request_inputs_digest(q.inputs), q.ruleset_id, q.created_at,
+SELECT pyxp.key_hash(q.idempotency_key), pyxp.request_inputs_digest(q.inputs),
+       CASE WHEN k.keep OR f.ruleset_id IS DISTINCT FROM q.ruleset_id THEN q.ruleset_id END,
+       CASE WHEN k.keep OR f.created_at IS DISTINCT FROM q.created_at THEN q.created_at END,
        CASE WHEN k.keep THEN q.idempotency_key END, CASE WHEN k.keep THEN q.inputs END
   FROM pyxp.xp_requests_0009 q
-  LEFT JOIN LATERAL (SELECT t.user_wallet, t.campaign_id, t.subject, t.metadata, t.reverses, ru.event
+  LEFT JOIN LATERAL (SELECT t.user_wallet, t.campaign_id, t.subject, t.metadata, t.reverses, t.created_at,
+                            ru.event, ru.ruleset_id
                        FROM pyxp.xp_transactions t
                        LEFT JOIN pyxp.rules ru ON ru.rule_id = t.rule_id
                       WHERE t.idempotency_key = q.idempotency_key AND t.request_digest IS NULL
@@ -102,6 +112,7 @@ SELECT pyxp.key_hash(q.idempotency_key), pyxp.request_inputs_digest(q.inputs), q
                             OR pyxp.rebuilt_request_inputs(q.idempotency_key, f.event, f.user_wallet, f.campaign_id,
                                                            f.subject, f.metadata, f.reverses)
                                IS DISTINCT FROM q.inputs AS keep) k;
+ALTER TABLE pyxp.xp_requests ADD CONSTRAINT xp_requests_pkey PRIMARY KEY (key_hash);
 DROP TABLE pyxp.xp_requests_0009;
 GRANT SELECT ON pyxp.xp_requests TO pyxp_reader;
 
@@ -120,9 +131,9 @@ CREATE VIEW pyxp.idempotency_keys AS
      WHERE t.request_digest IS NOT NULL
     UNION ALL
     SELECT coalesce(q.idempotency_key, f.idempotency_key), 'xp_requests', coalesce(f.user_wallet, q.inputs ->> 'wallet'),
-           NULL, q.created_at
+           NULL, coalesce(q.created_at, f.created_at)
       FROM pyxp.xp_requests q
-      LEFT JOIN LATERAL (SELECT t.idempotency_key, t.user_wallet FROM pyxp.xp_transactions t
+      LEFT JOIN LATERAL (SELECT t.idempotency_key, t.user_wallet, t.created_at FROM pyxp.xp_transactions t
                           WHERE pyxp.key_hash(t.idempotency_key) = q.key_hash AND t.request_digest IS NULL
                           LIMIT 1) f ON q.idempotency_key IS NULL;
 GRANT SELECT ON pyxp.idempotency_keys TO pyxp_reader;
@@ -137,9 +148,10 @@ AS $$
 DECLARE
     v_keep boolean := p_rebuilt IS NULL OR p_rebuilt <> p_inputs;
 BEGIN
-    INSERT INTO pyxp.xp_requests (key_hash, inputs_digest, ruleset_id, idempotency_key, inputs)
-    VALUES (pyxp.key_hash(p_key), pyxp.request_inputs_digest(p_inputs), p_ruleset_id,
-            CASE WHEN v_keep THEN p_key END, CASE WHEN v_keep THEN p_inputs END)
+    INSERT INTO pyxp.xp_requests (key_hash, inputs_digest, ruleset_id, created_at, idempotency_key, inputs)
+    VALUES (pyxp.key_hash(p_key), pyxp.request_inputs_digest(p_inputs),
+            CASE WHEN v_keep OR p_key LIKE 'reverse:%' THEN p_ruleset_id END,
+            CASE WHEN v_keep THEN now() END, CASE WHEN v_keep THEN p_key END, CASE WHEN v_keep THEN p_inputs END)
     ON CONFLICT (key_hash) DO NOTHING;
     RETURN FOUND;
 END
@@ -162,7 +174,8 @@ BEGIN
                             v_request.idempotency_key = p_key;
         RETURN;
     END IF;
-    SELECT t.idempotency_key, t.user_wallet, t.campaign_id, t.subject, t.metadata, t.reverses, ru.event
+    SELECT t.idempotency_key, t.user_wallet, t.campaign_id, t.subject, t.metadata, t.reverses, t.created_at,
+           ru.event, ru.ruleset_id
       INTO v_first
       FROM pyxp.xp_transactions t
       LEFT JOIN pyxp.rules ru ON ru.rule_id = t.rule_id
@@ -172,8 +185,8 @@ BEGIN
     RETURN QUERY SELECT pyxp.rebuilt_request_inputs(v_first.idempotency_key, v_first.event, v_first.user_wallet,
                                                     v_first.campaign_id, v_first.subject, v_first.metadata,
                                                     v_first.reverses),
-                        v_request.inputs_digest, v_request.ruleset_id, v_request.created_at,
-                        coalesce(v_first.idempotency_key = p_key, true);
+                        v_request.inputs_digest, coalesce(v_request.ruleset_id, v_first.ruleset_id),
+                        coalesce(v_request.created_at, v_first.created_at), coalesce(v_first.idempotency_key = p_key, true);
 END
 $$;
 
