@@ -267,8 +267,10 @@ $$;
 -- request, with its inputs, ruleset and time as kept there, or from its
 -- first ledger row (index xp_transactions_request_rows). No row: the key was never
 -- claimed. same_key false: another key with the same hash (odds 2^-128)
--- claimed it, which is a conflict, never a replay. inputs NULL: a request
--- whose rows are gone (pyxp.audit reports it).
+-- claimed it, which is a conflict, never a replay. inputs and ruleset_id
+-- NULL: a request whose rows, or the rule of its first row, are gone, so
+-- that its call can no longer be told (pyxp.audit reports
+-- request_rows_missing or rule_missing).
 CREATE FUNCTION pyxp.recorded_request(p_key text)
 RETURNS TABLE (inputs jsonb, inputs_digest bigint, ruleset_id bigint, created_at timestamptz, same_key boolean)
 LANGUAGE plpgsql STABLE
@@ -287,13 +289,18 @@ BEGIN
         RETURN;
     END IF;
     SELECT t.idempotency_key, t.user_wallet, t.campaign_id, t.subject, t.metadata, t.reverses, t.created_at,
-           ru.event, ru.ruleset_id
+           t.rule_id, ru.event, ru.ruleset_id
       INTO v_first
       FROM pyxp.xp_transactions t
       LEFT JOIN pyxp.rules ru ON ru.rule_id = t.rule_id
      WHERE pyxp.key_hash(t.idempotency_key) = v_hash AND t.request_digest IS NULL
      ORDER BY t.wallet_seq
      LIMIT 1;
+    IF v_first.rule_id IS NOT NULL AND v_first.event IS NULL THEN  -- its rule is gone
+        RETURN QUERY SELECT NULL::jsonb, v_request.inputs_digest, v_request.ruleset_id, v_request.created_at,
+                            v_first.idempotency_key = p_key;
+        RETURN;
+    END IF;
     RETURN QUERY SELECT pyxp.rebuilt_request_inputs(v_first.idempotency_key, v_first.event, v_first.user_wallet,
                                                     v_first.campaign_id, v_first.subject, v_first.metadata,
                                                     v_first.reverses),
@@ -305,9 +312,11 @@ $$;
 -- The original result of an earlier flow or reversal with this key, marked
 -- replayed. Levels are computed on the curve that was active for the
 -- original call, so the replay returns what the original call returned.
--- Other inputs (another digest): PX010 (or the caller's code and message,
--- e.g. PX014 for a second reversal), whose detail shows the first call's
--- inputs. Rows are found by index xp_transactions_request_rows.
+-- Other inputs (another digest; odds of two inputs digesting alike: 2^-64):
+-- PX010 (or the caller's code and message, e.g. PX014 for a second
+-- reversal), whose detail shows the first call's inputs. A first call the
+-- ledger no longer holds (its rows or their rule deleted): PX028, never an
+-- empty replay. Rows are found by index xp_transactions_request_rows.
 CREATE FUNCTION pyxp.replayed_award(p_key text, p_inputs jsonb,
                                     p_conflict_message text DEFAULT NULL,
                                     p_conflict_code text DEFAULT 'PX010')
@@ -318,13 +327,18 @@ DECLARE
     v_request record;
 BEGIN
     SELECT * INTO STRICT v_request FROM pyxp.recorded_request(p_key) r;
-    IF NOT v_request.same_key OR v_request.inputs_digest <> pyxp.request_inputs_digest(p_inputs) THEN
+    IF v_request.same_key AND (v_request.inputs IS NULL OR v_request.ruleset_id IS NULL) THEN
+        RAISE EXCEPTION 'the ledger no longer holds the first call with idempotency key %', quote_literal(p_key)
+            USING ERRCODE = 'PX028',
+                  DETAIL = 'its request keeps only a digest, and its ledger rows or their rule are gone',
+                  HINT = 'pyxp.audit() names them (request_rows_missing, rule_missing)';
+    ELSIF NOT v_request.same_key OR v_request.inputs_digest <> pyxp.request_inputs_digest(p_inputs) THEN
         RAISE EXCEPTION '%', coalesce(p_conflict_message,
                                       format('idempotency key %L was already used with other inputs', p_key))
             USING ERRCODE = p_conflict_code,
                   DETAIL = format('first call: %s; this call: %s',
                                   CASE WHEN NOT v_request.same_key THEN 'another key with the same hash'
-                                       ELSE coalesce(v_request.inputs::text, '(its rows are gone)') END,
+                                       ELSE v_request.inputs::text END,
                                   p_inputs),
                   HINT = 'repeat a call with exactly the same inputs to get its result again';
     END IF;

@@ -173,13 +173,26 @@ def test_a_request_is_about_100_bytes_whatever_its_key(xp: XP, db: psycopg.Conne
     assert full >= 2.5 * size / requests, (full, size / requests)
 
 
-def test_audit_reports_a_request_without_its_rows(xp: XP, db: psycopg.Connection[Any]) -> None:
-    """A request that keeps only a digest needs its rows: one without them is reported."""
+def test_audit_reports_a_request_without_its_rows(xp: XP, db: psycopg.Connection[Any], unchanged: Any) -> None:
+    """A request that keeps only a digest needs its rows: one without them is reported, and a
+    call with its key is refused (PX028), never replayed as nothing."""
     xp.award_campaign_creation("0xcreator", CAMPAIGN, "B2C")
     assert db.execute("SELECT * FROM pyxp.audit()").fetchall() == []
-    db.execute("""INSERT INTO pyxp.xp_requests (key_hash, inputs_digest, ruleset_id)
-                  SELECT pyxp.key_hash('campaign.created:forged'), 1, ruleset_id FROM pyxp.rulesets WHERE is_active""")
+    db.execute("""INSERT INTO pyxp.xp_requests (key_hash, inputs_digest)
+                  VALUES (pyxp.key_hash('campaign.created:forged'), 1)""")
     assert [r[0] for r in db.execute("SELECT * FROM pyxp.audit()")] == ["request_rows_missing"]
-    with pytest.raises(pyxp.IdempotencyConflict) as refused:
+    with unchanged(), pytest.raises(pyxp.LedgerInconsistent, match="no longer holds"):
         xp.award_campaign_creation("0xcreator", "forged", "B2C")
-    assert "(its rows are gone)" in (refused.value.detail or "")
+
+
+def test_a_retry_whose_first_rule_is_gone_is_refused(xp: XP, db: psycopg.Connection[Any], unchanged: Any) -> None:
+    """Review: the ruleset and a completion's event are read through its rows' rule; with that
+    rule row deleted (audit: rule_missing) a retry replayed no rows. It is refused now."""
+    xp.award_campaign_creation("0xcreator", CAMPAIGN, "B2C")
+    first = xp.award_completion(WALLET, CAMPAIGN, "cpl-r", is_paid=True, price_completion=300)
+    assert first.xp == 400
+    db.execute("DELETE FROM pyxp.rules WHERE action = 'Completion_Submit_B2C_Paid'")
+    with unchanged():
+        for price in (300, 301):
+            with pytest.raises(pyxp.LedgerInconsistent, match="no longer holds"):
+                xp.award_completion(WALLET, CAMPAIGN, "cpl-r", is_paid=True, price_completion=price)

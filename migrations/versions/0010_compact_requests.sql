@@ -175,13 +175,18 @@ BEGIN
         RETURN;
     END IF;
     SELECT t.idempotency_key, t.user_wallet, t.campaign_id, t.subject, t.metadata, t.reverses, t.created_at,
-           ru.event, ru.ruleset_id
+           t.rule_id, ru.event, ru.ruleset_id
       INTO v_first
       FROM pyxp.xp_transactions t
       LEFT JOIN pyxp.rules ru ON ru.rule_id = t.rule_id
      WHERE pyxp.key_hash(t.idempotency_key) = v_hash AND t.request_digest IS NULL
      ORDER BY t.wallet_seq
      LIMIT 1;
+    IF v_first.rule_id IS NOT NULL AND v_first.event IS NULL THEN  -- its rule is gone
+        RETURN QUERY SELECT NULL::jsonb, v_request.inputs_digest, v_request.ruleset_id, v_request.created_at,
+                            v_first.idempotency_key = p_key;
+        RETURN;
+    END IF;
     RETURN QUERY SELECT pyxp.rebuilt_request_inputs(v_first.idempotency_key, v_first.event, v_first.user_wallet,
                                                     v_first.campaign_id, v_first.subject, v_first.metadata,
                                                     v_first.reverses),
@@ -217,13 +222,18 @@ DECLARE
     v_request record;
 BEGIN
     SELECT * INTO STRICT v_request FROM pyxp.recorded_request(p_key) r;
-    IF NOT v_request.same_key OR v_request.inputs_digest <> pyxp.request_inputs_digest(p_inputs) THEN
+    IF v_request.same_key AND (v_request.inputs IS NULL OR v_request.ruleset_id IS NULL) THEN
+        RAISE EXCEPTION 'the ledger no longer holds the first call with idempotency key %', quote_literal(p_key)
+            USING ERRCODE = 'PX028',
+                  DETAIL = 'its request keeps only a digest, and its ledger rows or their rule are gone',
+                  HINT = 'pyxp.audit() names them (request_rows_missing, rule_missing)';
+    ELSIF NOT v_request.same_key OR v_request.inputs_digest <> pyxp.request_inputs_digest(p_inputs) THEN
         RAISE EXCEPTION '%', coalesce(p_conflict_message,
                                       format('idempotency key %L was already used with other inputs', p_key))
             USING ERRCODE = p_conflict_code,
                   DETAIL = format('first call: %s; this call: %s',
                                   CASE WHEN NOT v_request.same_key THEN 'another key with the same hash'
-                                       ELSE coalesce(v_request.inputs::text, '(its rows are gone)') END,
+                                       ELSE v_request.inputs::text END,
                                   p_inputs),
                   HINT = 'repeat a call with exactly the same inputs to get its result again';
     END IF;
