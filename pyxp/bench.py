@@ -105,6 +105,8 @@ TARGET_LEDGER_ROWS = 10_000_000
 READS = ("balance", "history", "leaderboard", "rank", "level_for", "week_board", "week_rank")
 # (k): the benchmark's action capped as a moderator's vote would be (SPEC 12).
 CAP = {"max_xp": 20, "per": "day"}
+# (h'): the campaign the votes of the idempotency-record measure name (ids as long as real ones).
+BENCH_CAMPAIGN = "0f8fad5b-d9cb-469f-a165-70867728950e"
 
 Log = Callable[[str], None]
 
@@ -416,6 +418,26 @@ def ledger_sizes(conn: psycopg.Connection[Any], rows: int) -> dict[str, Any]:
         # xp_requests for flows and reversals) and every index of both.
         "bytes_per_award": round((total + requests) / rows, 1),
     }
+
+
+def request_sizes(conn: psycopg.Connection[Any], options: BenchOptions) -> dict[str, Any]:
+    """(h') The idempotency record of a flow call (``xp_requests``, one per flow call or reversal;
+    the fixture has none): votes by fixture wallets on one campaign with a 36-character id (keys
+    of ~95 characters); per call, what its request adds to the table and its primary key, and per
+    ledger row what the index finding a call's rows (``xp_transactions_request_rows``) adds."""
+    count = min(options.wallets, 500 if options.quick else 5000)
+    measured = """SELECT pg_relation_size('pyxp.xp_requests') + pg_relation_size('pyxp.xp_requests_pkey'),
+                         pg_relation_size('pyxp.xp_transactions_request_rows')"""
+    conn.execute("SELECT pyxp.award_campaign_creation('0xbench_creator', %s, 'B2C')", (BENCH_CAMPAIGN,))
+    requests_before, index_before = conn.execute(measured).fetchone() or (0, 0)
+    conn.execute(sql.SQL("SELECT count(*) FROM generate_series(1, %s) i, "
+                         "pyxp.award_moderation_vote({wallet}, %s, 'VALID')").format(
+                             wallet=sql.SQL(_sql_wallet("i", options.seed))),  # type: ignore[arg-type]
+                 (count, BENCH_CAMPAIGN))
+    requests_after, index_after = conn.execute(measured).fetchone() or (0, 0)
+    return {"flow_calls_measured": count,
+            "request_bytes_per_flow_call": round((requests_after - requests_before) / count, 1),
+            "request_rows_index_bytes_per_flow_row": round((index_after - index_before) / count, 1)}
 
 
 # --------------------------------------------------------------------------- (f) reads
@@ -1198,6 +1220,8 @@ def run_bench(conninfo: str, options: BenchOptions, log: Log | None = None) -> d
             results.update(audit_cost(conn))
             say("(g) recalculate_levels() on a ruleset switch")
             results.update(recalculation(scratch, conn))
+            say("(h') the idempotency record of a flow call: votes with 95-character keys")
+            results.update(request_sizes(conn, options))
     results["elapsed_s"] = round(time.perf_counter() - run_started, 1)
     results["targets"] = evaluate_targets(results)
     return results
@@ -1343,6 +1367,10 @@ def format_table(results: dict[str, Any]) -> str:
     for index, size in (get("index_bytes_per_ledger_row") or {}).items():
         row(f"(h)   index {index}", _number(size), "bytes")
     row("(h)   xp_requests (flows, reversals)", _number(get("requests_bytes_per_ledger_row")), "bytes")
+    row("(h') idempotency record of a flow call", _number(get("request_bytes_per_flow_call")), "bytes",
+        note=f"{get('flow_calls_measured', 0):,} votes, 95-character keys: xp_requests + its primary key; "
+             f"+ {_number(get('request_rows_index_bytes_per_flow_row'))} bytes per row in the ledger's index "
+             "finding a call's rows")
     printer.table([Column("measure"), Column("value", ">"), Column("unit"), Column("p50 ms", ">"),
                    Column("p95 ms", ">"), Column("p99 ms", ">"), Column("x (a)", ">"), Column("target"),
                    Column("met?"), Column("plan / note")], rows, indent=0)

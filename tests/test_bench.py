@@ -48,6 +48,7 @@ MEASURES = [
     "(g) recalculate_levels(), nothing to change",
     "(h) bytes per award",
     "(h) bytes per ledger row",
+    "(h') idempotency record of a flow call",
     "(i) XP.award unprepared / prepared",
 ]
 
@@ -59,7 +60,7 @@ POSITIVE_KEYS = (
      "recalculate_s", "bytes_per_ledger_row", "unprepared_award_ratio", "unprepared_award_per_s",
      "prepared_award_per_s", "pgbench_cpu_tps", "award_sql_cpu_per_s", "bytes_per_award", "rounds",
      "cap_capped_per_s", "cap_uncapped_per_s", "cap_ratio", "simulate_formula_s", "simulate_capped_s",
-     "simulate_formula_changed"]
+     "simulate_formula_changed", "request_bytes_per_flow_call", "request_rows_index_bytes_per_flow_row"]
     + [f"{read}_ms_{p}" for read in READS for p in ("p50", "p95", "p99")]
 )
 
@@ -222,3 +223,12 @@ def test_ruleset_switch_raises_every_threshold() -> None:
 def test_caps_measure_awards_under_the_capped_rules(figures: dict[str, Any]) -> None:
     """(k) runs its capped side under a ruleset whose action is capped (audit() above checks the allowances)."""
     assert figures["cap_rows_capped"] > 0 and figures["cap_rows_cut"] >= 0
+
+
+def test_a_flow_calls_idempotency_record_is_about_100_bytes(figures: dict[str, Any]) -> None:
+    """Issue 15 item 4, measured by the bench: votes with 95-character keys; 0009's form took 453
+    bytes per call (the key text and a jsonb copy of the inputs). The quick profile's 500 votes
+    carry a few pages of slack."""
+    assert figures["flow_calls_measured"] == 500
+    assert figures["request_bytes_per_flow_call"] < 200
+    assert figures["request_rows_index_bytes_per_flow_row"] < 100
