@@ -581,7 +581,10 @@ def test_audit_lists_identities_stored_before_0002_that_read_otherwise_today(
     schema.upgrade(target, "0001")
     with psycopg.connect(target, autocommit=True) as conn:
         old = XP(conn)
-        for n, wallet in enumerate(["\uff10xfull", "nb\u00a0sp", "a\u200bb", "0x_plain"]):
+        # 0x + 40 lower-case hex digits, and such a wallet with a zero-width space inside: the
+        # audit skips the first without the PL/pgSQL checks (0011), not the second.
+        for n, wallet in enumerate(["\uff10xfull", "nb\u00a0sp", "a\u200bb", "0x_plain", "0x" + "cd" * 20,
+                                    "0x" + "cd" * 10 + "\u200b" + "cd" * 10]):
             old.award(wallet, "CAMPAIGN_APPROVED", f"legacy-{n}")
         old.award_campaign_creation("0xagency", "camp_ag", "AGENCY_B2C")
         old.register_agency_client("0xagency", "c\u200blient@example.com", "camp_ag")
@@ -589,7 +592,8 @@ def test_audit_lists_identities_stored_before_0002_that_read_otherwise_today(
     with psycopg.connect(target, autocommit=True) as conn:
         findings = conn.execute("SELECT check_name, user_wallet, detail FROM pyxp.audit()").fetchall()
     assert sorted((name, wallet or "") for name, wallet, _ in findings) == [
-        ("identity_not_normalised", ""), ("identity_not_normalised", "a\u200bb"),
-        ("identity_not_normalised", "nb\u00a0sp"), ("identity_not_normalised", "\uff10xfull")]
+        ("identity_not_normalised", ""), ("identity_not_normalised", "0x" + "cd" * 10 + "\u200b" + "cd" * 10),
+        ("identity_not_normalised", "a\u200bb"), ("identity_not_normalised", "nb\u00a0sp"),
+        ("identity_not_normalised", "\uff10xfull")]
     details = " ".join(detail for *_, detail in findings)
     assert "U+200B" in details and "'0xfull'" in details and "'nb sp'" in details
