@@ -125,7 +125,7 @@ AS $$ BEGIN RETURN encode(substr(sha256(convert_to(p_key, 'UTF8')), 1, 16), 'hex
 -- key is what serialises two concurrent calls with the same key: the second
 -- INSERT waits for the first transaction, then sees the row and replays. A
 -- later call with the same key and other inputs is refused (PX010).
--- About 100 bytes per call, whatever the key's or the inputs' length (0010;
+-- About 100 bytes per call, whatever the key's or the inputs' length (0011;
 -- before, the key text and a jsonb copy of the inputs: about 300): a key's
 -- hash and its inputs' digest, because the call's ledger rows hold the rest
 -- (their idempotency_key, created_at, their rules' ruleset, and the wallet,
@@ -133,7 +133,7 @@ AS $$ BEGIN RETURN encode(substr(sha256(convert_to(p_key, 'UTF8')), 1, 16), 'hex
 -- pyxp.rebuilt_request_inputs), which is what later calls consult (a
 -- completion's owner, an onboarding's wallet) and what a PX010 shows of the
 -- first call (pyxp.recorded_request). A call whose rows cannot give them
--- back (it wrote none, or was stored before 0010 in another form) keeps its
+-- back (it wrote none, or was stored before 0011 in another form) keeps its
 -- key, inputs, ruleset and time here; a reversal keeps its ruleset (its row
 -- names no rule).
 CREATE TABLE pyxp.xp_requests (

@@ -1,4 +1,4 @@
-"""The idempotency store of flows and reversals (issue 15, item 4; migration 0010).
+"""The idempotency store of flows and reversals (issue 15, item 4; migration 0011).
 
 A flow call's or reversal's request (``pyxp.xp_requests``) keeps its key's hash and its inputs'
 digest; its ledger rows hold the key and rebuild the inputs (``pyxp.rebuilt_request_inputs``).
@@ -125,7 +125,7 @@ def test_a_reversal_conflict_shows_the_first_reason(xp: XP, db: psycopg.Connecti
 
 @pytest.mark.parametrize("price", [Decimal("300.0"), Decimal("300.000"), 300])
 def test_a_number_spelled_with_trailing_zeros_replays(xp: XP, price: Any) -> None:
-    """The digest compares what jsonb = compared before 0010: numbers by value."""
+    """The digest compares what jsonb = compared before 0011: numbers by value."""
     xp.award_campaign_creation("0xcreator", CAMPAIGN, "B2C")
     first = xp.award_completion(WALLET, CAMPAIGN, "cpl-z", is_paid=True, price_completion=Decimal("300.00"))
     again = xp.award_completion(WALLET, CAMPAIGN, "cpl-z", is_paid=True, price_completion=price)

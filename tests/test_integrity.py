@@ -582,7 +582,7 @@ def test_audit_lists_identities_stored_before_0002_that_read_otherwise_today(
     with psycopg.connect(target, autocommit=True) as conn:
         old = XP(conn)
         # 0x + 40 lower-case hex digits, and such a wallet with a zero-width space inside: the
-        # audit skips the first without the PL/pgSQL checks (0011), not the second.
+        # audit skips the first without the PL/pgSQL checks (0012), not the second.
         for n, wallet in enumerate(["\uff10xfull", "nb\u00a0sp", "a\u200bb", "0x_plain", "0x" + "cd" * 20,
                                     "0x" + "cd" * 10 + "\u200b" + "cd" * 10]):
             old.award(wallet, "CAMPAIGN_APPROVED", f"legacy-{n}")

@@ -471,8 +471,8 @@ def test_0009_cuts_the_rank_buckets_of_an_existing_board(fresh_database: Callabl
                 assert conn.execute("SELECT * FROM pyxp.audit()").fetchall() == []
 
 
-def test_0010_compacts_the_requests_and_the_downgrade_gives_them_back(fresh_database: Callable[[], str]) -> None:
-    """Issue 15: 0010 keeps of a flow's or reversal's request only its key's hash and its inputs'
+def test_0011_compacts_the_requests_and_the_downgrade_gives_them_back(fresh_database: Callable[[], str]) -> None:
+    """Issue 15: 0011 keeps of a flow's or reversal's request only its key's hash and its inputs'
     digest where its ledger rows rebuild the rest. On a 0009 ledger of 10k rows of every kind:
     after the upgrade only the requests without rows keep their key and inputs, audit() is clean,
     every call replays, another input under a flow's key is PX010 whose detail shows the first
@@ -525,3 +525,38 @@ def test_0010_compacts_the_requests_and_the_downgrade_gives_them_back(fresh_data
                 ).fetchall()) == [(k, at) for k, _, _, at in requests_0009]
             else:
                 assert conn.execute(stored).fetchall() == requests_0009
+
+
+def test_0010_carries_the_first_form_of_0009_to_the_reviewed_one(fresh_database: Callable[[], str]) -> None:
+    """0009 landed first with writers counting in slot pg_backend_pid() % 8, and its file was
+    edited afterwards. 0010 carries a database of the first form to the reviewed one: awards made
+    at 0009 from several connections keep every rank exact and audit() clean after the upgrade;
+    awards at head count in their backends' slots; the downgrade to 0009 folds those slots
+    (0009's check allows 0..7) and keeps every rank exact."""
+    target = fresh_database()
+    schema.upgrade(target, "0009")
+    naive = """SELECT b.user_wallet, row_number() OVER (ORDER BY b.total_xp DESC, b.user_wallet COLLATE "C")
+                 FROM pyxp.xp_balances b"""
+    ranks = "SELECT b.user_wallet, pyxp.wallet_rank(b.user_wallet) FROM pyxp.xp_balances b"
+
+    def award_from_connections(prefix: str) -> None:
+        for c in range(3):  # other backends, other slots
+            with psycopg.connect(target, autocommit=True) as conn:
+                for i in range(40):
+                    conn.execute("SELECT * FROM pyxp.award(%s, 'CAMPAIGN_APPROVED', %s)",
+                                 (f"0x{prefix}{(i * 7 + c) % 25}", f"{prefix}:{c}:{i}"))  # new wallets: counted
+
+    award_from_connections("first")
+    with psycopg.connect(target, autocommit=True) as conn:
+        assert conn.execute("SELECT max(slot) FROM pyxp.xp_rank_counts").fetchone()[0] <= 7
+    for step in ("upgrade", "downgrade"):
+        if step == "upgrade":
+            schema.upgrade(target)
+            award_from_connections("head")
+        else:
+            schema.downgrade(target, "0009")
+        with psycopg.connect(target, autocommit=True) as conn:
+            if step == "upgrade":
+                assert conn.execute("SELECT max(slot) FROM pyxp.xp_rank_counts").fetchone()[0] > 7
+            assert conn.execute("SELECT * FROM pyxp.audit()").fetchall() == []
+            assert dict(conn.execute(ranks).fetchall()) == dict(conn.execute(naive).fetchall())

@@ -523,12 +523,10 @@ $$;
 
 DROP FUNCTION pyxp.board_range(bigint, text, bigint, text);
 DROP FUNCTION pyxp.rank_bucket_of(bigint, text);
-DROP FUNCTION pyxp.board_rank(bigint, text);
 DROP FUNCTION pyxp.rank_buckets();
 DROP FUNCTION pyxp.rebalance_rank_buckets(integer, boolean);
 DROP FUNCTION pyxp.rank_problems();
 DROP TABLE pyxp.xp_rank_counts;
-DROP INDEX pyxp.xp_balances_unranked;
 DROP INDEX pyxp.xp_balances_leaderboard, pyxp.xp_balances_day_board, pyxp.xp_balances_week_board,
            pyxp.xp_balances_month_board, pyxp.xp_balances_year_board;
 CREATE INDEX xp_balances_leaderboard ON pyxp.xp_balances (total_xp DESC, user_wallet);

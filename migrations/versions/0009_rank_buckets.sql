@@ -12,10 +12,8 @@
 -- here from the balances already present (pyxp.rebalance_rank_buckets).
 SET LOCAL ROLE pyxp_owner;
 
--- Balances present now are counted by the cut at the end; new ones are
--- counted by the writer that creates them. ADD COLUMN, the index rebuilds and
--- the cut hold xp_balances (ACCESS EXCLUSIVE) until the migration commits:
--- awards and reads wait (18 s at 1M balances).
+-- Balances present now are counted by the rebuild at the end; new ones are
+-- counted by the writer that creates them.
 ALTER TABLE pyxp.xp_balances ADD COLUMN ranked boolean NOT NULL DEFAULT true;
 ALTER TABLE pyxp.xp_balances ALTER COLUMN ranked SET DEFAULT false;
 DROP INDEX pyxp.xp_balances_leaderboard, pyxp.xp_balances_day_board, pyxp.xp_balances_week_board,
@@ -25,12 +23,11 @@ CREATE INDEX xp_balances_day_board ON pyxp.xp_balances (day_start, day_xp DESC, 
 CREATE INDEX xp_balances_week_board ON pyxp.xp_balances (week_start, week_xp DESC, user_wallet COLLATE "C");
 CREATE INDEX xp_balances_month_board ON pyxp.xp_balances (month_start, month_xp DESC, user_wallet COLLATE "C");
 CREATE INDEX xp_balances_year_board ON pyxp.xp_balances (year_start, year_xp DESC, user_wallet COLLATE "C");
-CREATE INDEX xp_balances_unranked ON pyxp.xp_balances (user_wallet) WHERE NOT ranked;
 
 CREATE TABLE pyxp.xp_rank_counts (
     neg_xp   bigint NOT NULL,
     wallet   text COLLATE "C" NOT NULL,
-    slot     integer NOT NULL CHECK (slot >= 0),
+    slot     smallint NOT NULL CHECK (slot BETWEEN 0 AND 7),
     wallets  bigint NOT NULL,
     PRIMARY KEY (neg_xp, wallet, slot)
 ) WITH (fillfactor = 50);
@@ -65,16 +62,6 @@ AS $$
      LIMIT 1
 $$;
 
-CREATE FUNCTION pyxp.board_rank(p_total_xp bigint, p_wallet text)
-RETURNS TABLE (rank bigint)
-LANGUAGE sql STABLE
-AS $$
-    SELECT 1 + coalesce((SELECT sum(c.wallets) FROM pyxp.xp_rank_counts c
-                          WHERE (c.neg_xp, c.wallet) < (k.neg_xp, k.wallet COLLATE "C")), 0)::bigint
-             + (SELECT count(*) FROM pyxp.board_range(-k.neg_xp, k.wallet, p_total_xp, p_wallet))
-      FROM pyxp.rank_bucket_of(p_total_xp, p_wallet) k
-$$;
-
 CREATE FUNCTION pyxp.rank_buckets()
 RETURNS TABLE (neg_xp bigint, wallet text, wallets bigint, next_neg_xp bigint, next_wallet text)
 LANGUAGE sql STABLE
@@ -90,50 +77,42 @@ CREATE FUNCTION pyxp.rebalance_rank_buckets(bucket_size integer DEFAULT 1024, fu
 RETURNS TABLE (buckets bigint, recut_buckets bigint)
 LANGUAGE plpgsql SECURITY DEFINER
 SET search_path = pyxp, pg_temp
-SET lock_timeout = '1s'
+SET lock_timeout = '10s'
 AS $$
 DECLARE
-    v_size constant integer := rebalance_rank_buckets.bucket_size;
-    v_full boolean := rebalance_rank_buckets.full_rebuild;
     v_recut bigint := 0;
     v_bucket record;
 BEGIN
-    IF v_size IS NULL OR v_size NOT BETWEEN 16 AND 1000000 THEN
-        RAISE EXCEPTION 'invalid bucket_size: %', coalesce(v_size::text, 'NULL')
+    IF rebalance_rank_buckets.bucket_size IS NULL OR rebalance_rank_buckets.bucket_size NOT BETWEEN 16 AND 1000000 THEN
+        RAISE EXCEPTION 'invalid bucket_size: %', coalesce(rebalance_rank_buckets.bucket_size::text, 'NULL')
             USING ERRCODE = 'PX023', HINT = 'bucket_size is between 16 and 1000000 balances';
     END IF;
     PERFORM pyxp.require_read_committed();
     LOCK TABLE pyxp.xp_balances IN SHARE ROW EXCLUSIVE MODE;
-    INSERT INTO pyxp.xp_rank_counts (neg_xp, wallet, slot, wallets)
-    VALUES (-9223372036854775807, '', 0, 0) ON CONFLICT DO NOTHING;
-    IF FOUND THEN  -- the first bucket was gone: writers counted nothing since; cut afresh
-        v_full := true;
-    END IF;
-    -- The writers' slots, folded into slot 0 (every bucket has its slot 0 row).
-    WITH folded AS (
-        DELETE FROM pyxp.xp_rank_counts c WHERE c.slot <> 0 RETURNING c.neg_xp, c.wallet, c.wallets
-    )
-    UPDATE pyxp.xp_rank_counts c SET wallets = c.wallets + f.wallets
-      FROM (SELECT f.neg_xp, f.wallet, sum(f.wallets) AS wallets FROM folded f GROUP BY f.neg_xp, f.wallet) f
-     WHERE c.neg_xp = f.neg_xp AND c.wallet = f.wallet AND c.slot = 0;
-    -- Balances nobody counted (index xp_balances_unranked): counted now.
-    UPDATE pyxp.xp_rank_counts c SET wallets = c.wallets + u.wallets
-      FROM (SELECT k.neg_xp, k.wallet, count(*) AS wallets
-              FROM pyxp.xp_balances b CROSS JOIN LATERAL pyxp.rank_bucket_of(b.total_xp, b.user_wallet) k
-             WHERE NOT b.ranked
-             GROUP BY k.neg_xp, k.wallet) u
-     WHERE c.neg_xp = u.neg_xp AND c.wallet = u.wallet AND c.slot = 0;
-    UPDATE pyxp.xp_balances SET ranked = true WHERE NOT ranked;
-    -- Empty buckets: their (no) balances join the bucket before.
-    DELETE FROM pyxp.xp_rank_counts c
-     WHERE c.wallets = 0 AND c.neg_xp > -9223372036854775807;
-    v_full := v_full OR (SELECT count(*) > 2 * (sum(c.wallets) / v_size + 1) FROM pyxp.xp_rank_counts c);
-    IF v_full THEN
-        DELETE FROM pyxp.xp_rank_counts c WHERE c.neg_xp > -9223372036854775807;
-        UPDATE pyxp.xp_rank_counts c SET wallets = (SELECT count(*) FROM pyxp.xp_balances);
+    IF rebalance_rank_buckets.full_rebuild THEN
+        DELETE FROM pyxp.xp_rank_counts;
+        INSERT INTO pyxp.xp_rank_counts (neg_xp, wallet, slot, wallets)
+        SELECT -9223372036854775807, '', 0, count(*) FROM pyxp.xp_balances;
+        UPDATE pyxp.xp_balances SET ranked = true WHERE NOT ranked;
+    ELSE
+        -- Balances nobody counted (written around the writer): counted now.
+        INSERT INTO pyxp.xp_rank_counts AS c (neg_xp, wallet, slot, wallets)
+        SELECT k.neg_xp, k.wallet, 0, count(*)
+          FROM pyxp.xp_balances b CROSS JOIN LATERAL pyxp.rank_bucket_of(b.total_xp, b.user_wallet) k
+         WHERE NOT b.ranked
+         GROUP BY k.neg_xp, k.wallet
+        ON CONFLICT (neg_xp, wallet, slot) DO UPDATE SET wallets = c.wallets + excluded.wallets;
+        UPDATE pyxp.xp_balances SET ranked = true WHERE NOT ranked;
+        -- Empty buckets: their (no) balances join the bucket before.
+        DELETE FROM pyxp.xp_rank_counts c
+         USING pyxp.rank_buckets() e
+         WHERE e.wallets = 0 AND e.neg_xp > -9223372036854775807
+           AND c.neg_xp = e.neg_xp AND c.wallet = e.wallet;
     END IF;
     FOR v_bucket IN
-        SELECT * FROM pyxp.rank_buckets() e WHERE e.wallets > 2 * v_size OR (v_full AND e.wallets > v_size)
+        SELECT * FROM pyxp.rank_buckets() e
+         WHERE e.wallets > 2 * rebalance_rank_buckets.bucket_size
+            OR (rebalance_rank_buckets.full_rebuild AND e.wallets > rebalance_rank_buckets.bucket_size)
     LOOP
         -- Its balances in board order: the first keeps the bucket's start,
         -- every bucket_size-th after it starts a bucket.
@@ -141,17 +120,17 @@ BEGIN
         INSERT INTO pyxp.xp_rank_counts (neg_xp, wallet, slot, wallets)
         SELECT CASE WHEN p.n = 1 THEN v_bucket.neg_xp ELSE -p.total_xp END,
                CASE WHEN p.n = 1 THEN v_bucket.wallet ELSE p.user_wallet END,
-               0, least(v_size, p.held - p.n + 1)
+               0, least(rebalance_rank_buckets.bucket_size, p.held - p.n + 1)
           FROM (SELECT r.total_xp, r.user_wallet, count(*) OVER () AS held,
                        row_number() OVER (ORDER BY r.total_xp DESC, r.user_wallet COLLATE "C") AS n
                   FROM pyxp.board_range(-v_bucket.neg_xp, v_bucket.wallet,
                                         -v_bucket.next_neg_xp, v_bucket.next_wallet) r) p
-         WHERE p.n % v_size = 1;
+         WHERE p.n % rebalance_rank_buckets.bucket_size = 1;
         INSERT INTO pyxp.xp_rank_counts (neg_xp, wallet, slot, wallets)  -- it held nothing after all
         VALUES (v_bucket.neg_xp, v_bucket.wallet, 0, 0) ON CONFLICT DO NOTHING;
         v_recut := v_recut + 1;
     END LOOP;
-    RETURN QUERY SELECT count(*), v_recut FROM pyxp.xp_rank_counts c;
+    RETURN QUERY SELECT count(DISTINCT (c.neg_xp, c.wallet)), v_recut FROM pyxp.xp_rank_counts c WHERE c.slot = 0;
 END
 $$;
 
@@ -444,9 +423,8 @@ BEGIN
     -- The rank buckets (sql/07_ranks.sql) follow in the same statement:
     -- each balance whose total moved leaves the bucket of its old total
     -- and joins the bucket of its new one; a balance this call created
-    -- (ranked false) only joins. Counted in this backend's own slot (no
-    -- other live transaction writes it: no wait), in bucket order; a move
-    -- within one bucket touches no count.
+    -- (ranked false) only joins. Counted in this backend's slot, in bucket
+    -- order; a move within one bucket touches no count.
     WITH moved AS (
     UPDATE pyxp.xp_balances x
        SET ranked = true, total_xp = coalesce(f.after::bigint, x.total_xp), current_level = c.level,
@@ -481,7 +459,7 @@ BEGIN
     RETURNING x.user_wallet, f.total_xp AS old_xp, f.ranked AS was_ranked, x.total_xp AS new_xp
     )
     INSERT INTO pyxp.xp_rank_counts AS k (neg_xp, wallet, slot, wallets)
-    SELECT d.neg_xp, d.wallet, pg_backend_pid(), sum(d.delta)
+    SELECT d.neg_xp, d.wallet, pg_backend_pid() % 8, sum(d.delta)
       FROM moved m
      CROSS JOIN LATERAL (SELECT o.neg_xp, o.wallet, -1 AS delta
                            FROM pyxp.rank_bucket_of(m.old_xp, m.user_wallet) o WHERE m.was_ranked
@@ -567,11 +545,11 @@ BEGIN
         -- offset_rows + 1, stepping over only that bucket's balances before it.
         SELECT e.neg_xp, e.wallet, e.before_ INTO v_bucket
           FROM (SELECT e.neg_xp, e.wallet,
-                       coalesce(sum(e.wallets) OVER (ORDER BY e.neg_xp, e.wallet COLLATE "C"
+                       coalesce(sum(e.wallets) OVER (ORDER BY e.neg_xp, e.wallet
                                                      ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING), 0) AS before_
                   FROM pyxp.rank_buckets() e) e
          WHERE e.before_ <= leaderboard.offset_rows
-         ORDER BY e.neg_xp DESC, e.wallet COLLATE "C" DESC
+         ORDER BY e.neg_xp DESC, e.wallet DESC
          LIMIT 1;
         -- Two index ranges from the bucket's start, each cut to what the
         -- page can reach (the rest of its tie group, then the lower totals),
@@ -636,7 +614,13 @@ BEGIN
         IF NOT FOUND THEN
             RETURN NULL;
         END IF;
-        SELECT r.rank INTO v_rank FROM pyxp.board_rank(v_total, v_wallet) r;  -- the rank buckets
+        -- The rank buckets (sql/07_ranks.sql): the wallets of the buckets
+        -- before its own, and the balances of its bucket before it.
+        SELECT 1 + coalesce((SELECT sum(c.wallets) FROM pyxp.xp_rank_counts c
+                              WHERE (c.neg_xp, c.wallet) < (k.neg_xp, k.wallet COLLATE "C")), 0)::bigint
+                 + (SELECT count(*) FROM pyxp.board_range(-k.neg_xp, k.wallet, v_total, v_wallet))
+          INTO v_rank
+          FROM pyxp.rank_bucket_of(v_total, v_wallet) k;
         RETURN v_rank;
     END IF;
     v_bounds := pyxp.period_bounds(v_period, wallet_rank.at, pyxp.active_timezone());
@@ -757,8 +741,6 @@ COMMENT ON FUNCTION pyxp.board_range(bigint, text, bigint, text) IS
     'internal: the balances between two positions of the all-time board, [from, to).';
 COMMENT ON FUNCTION pyxp.rank_bucket_of(bigint, text) IS
     'internal: the rank bucket holding a board position (xp_rank_counts).';
-COMMENT ON FUNCTION pyxp.board_rank(bigint, text) IS
-    'internal: a balance''s all-time rank from the rank buckets.';
 COMMENT ON FUNCTION pyxp.rank_buckets() IS
     'internal: each rank bucket: its start, the wallets it holds, the next start.';
 COMMENT ON FUNCTION pyxp.rebalance_rank_buckets(integer, boolean) IS
@@ -769,7 +751,6 @@ COMMENT ON FUNCTION pyxp.rank_problems() IS
 REVOKE ALL ON FUNCTION
     pyxp.board_range(bigint, text, bigint, text),
     pyxp.rank_bucket_of(bigint, text),
-    pyxp.board_rank(bigint, text),
     pyxp.rank_buckets(),
     pyxp.rebalance_rank_buckets(integer, boolean),
     pyxp.rank_problems()

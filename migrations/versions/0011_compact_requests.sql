@@ -1,4 +1,4 @@
--- 0010: a compact idempotency store (issue 15, item 4).
+-- 0011: a compact idempotency store (issue 15, item 4).
 -- Frozen copy of what sql/*.sql defines at this revision; never edit it.
 --
 -- A flow's or reversal's request (xp_requests) keeps its key's hash and its
@@ -67,7 +67,7 @@ ALTER TABLE pyxp.xp_requests_0009 RENAME CONSTRAINT xp_requests_ruleset_id_fkey 
 -- key is what serialises two concurrent calls with the same key: the second
 -- INSERT waits for the first transaction, then sees the row and replays. A
 -- later call with the same key and other inputs is refused (PX010).
--- About 100 bytes per call, whatever the key's or the inputs' length (0010;
+-- About 100 bytes per call, whatever the key's or the inputs' length (0011;
 -- before, the key text and a jsonb copy of the inputs: about 300): a key's
 -- hash and its inputs' digest, because the call's ledger rows hold the rest
 -- (their idempotency_key, created_at, their rules' ruleset, and the wallet,
@@ -75,7 +75,7 @@ ALTER TABLE pyxp.xp_requests_0009 RENAME CONSTRAINT xp_requests_ruleset_id_fkey 
 -- pyxp.rebuilt_request_inputs), which is what later calls consult (a
 -- completion's owner, an onboarding's wallet) and what a PX010 shows of the
 -- first call (pyxp.recorded_request). A call whose rows cannot give them
--- back (it wrote none, or was stored before 0010 in another form) keeps its
+-- back (it wrote none, or was stored before 0011 in another form) keeps its
 -- key, inputs, ruleset and time here; a reversal keeps its ruleset (its row
 -- names no rule).
 CREATE TABLE pyxp.xp_requests (

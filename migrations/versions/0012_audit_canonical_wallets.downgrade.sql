@@ -1,4 +1,4 @@
--- Downgrade of 0011: the identity check runs on every balance again.
+-- Downgrade of 0012: the identity check runs on every balance again.
 SET LOCAL ROLE pyxp_owner;
 
 CREATE OR REPLACE FUNCTION pyxp.audit()

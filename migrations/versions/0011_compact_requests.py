@@ -1,13 +1,14 @@
-"""The full audit skips the normalisation check of canonical 0x wallets (issue 15, item 1).
+"""A compact idempotency store (issue 15, item 4).
 
 Revision ID: 0011
 Revises: 0010
 Create Date: 2026-11-26
 
-pyxp.audit's identity_not_normalised check ran two PL/pgSQL functions on
-every balance; a wallet of 0x and 40 lower-case hex digits reads the same
-under them, so only the others are checked. Functions only; the downgrade
-restores 0010's audit().
+A flow's or reversal's request keeps its key's hash and its inputs' digest
+(about 100 bytes) instead of the key text and a jsonb copy of its inputs:
+its ledger rows hold the key and rebuild the inputs. Requests whose rows do
+not rebuild them keep them. The downgrade rebuilds every request's key and
+inputs from its rows.
 
 Executes its own frozen SQL files (a snapshot of sql/*.sql at this revision).
 Never edit a revision after it has landed: write a new one.
@@ -31,8 +32,8 @@ def _execute(name: str) -> None:
 
 
 def upgrade() -> None:
-    _execute("0011_audit_canonical_wallets.sql")
+    _execute("0011_compact_requests.sql")
 
 
 def downgrade() -> None:
-    _execute("0011_audit_canonical_wallets.downgrade.sql")
+    _execute("0011_compact_requests.downgrade.sql")

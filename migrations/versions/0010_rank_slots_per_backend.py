@@ -1,14 +1,15 @@
-"""A compact idempotency store (issue 15, item 4).
+"""The rank buckets as they shipped after review (issue 11, item 3).
 
 Revision ID: 0010
 Revises: 0009
 Create Date: 2026-11-26
 
-A flow's or reversal's request keeps its key's hash and its inputs' digest
-(about 100 bytes) instead of the key text and a jsonb copy of its inputs:
-its ledger rows hold the key and rebuild the inputs. Requests whose rows do
-not rebuild them keep them. The downgrade rebuilds every request's key and
-inputs from its rows.
+0009 landed first with writers counting in slot pg_backend_pid() % 8 of a
+bucket, and its file was later edited in place. This revision carries both
+forms to the reviewed one (a slot per backend, the unranked index,
+pyxp.board_rank, the folding rebalance) and is a no-op on a database that
+ran the edited file. The downgrade folds the slots and restores the first
+form.
 
 Executes its own frozen SQL files (a snapshot of sql/*.sql at this revision).
 Never edit a revision after it has landed: write a new one.
@@ -32,8 +33,8 @@ def _execute(name: str) -> None:
 
 
 def upgrade() -> None:
-    _execute("0010_compact_requests.sql")
+    _execute("0010_rank_slots_per_backend.sql")
 
 
 def downgrade() -> None:
-    _execute("0010_compact_requests.downgrade.sql")
+    _execute("0010_rank_slots_per_backend.downgrade.sql")

@@ -1,4 +1,4 @@
--- 0011: the full audit skips the normalisation check of wallets already in the canonical 0x
+-- 0012: the full audit skips the normalisation check of wallets already in the canonical 0x
 -- form (issue 15, item 1). Frozen copy of what sql/*.sql defines at this revision; never edit it.
 --
 -- pyxp.audit's identity_not_normalised check ran two PL/pgSQL functions on every balance

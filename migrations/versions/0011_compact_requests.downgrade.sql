@@ -1,4 +1,4 @@
--- Downgrade of 0010: every request keeps its key text and a jsonb copy of its
+-- Downgrade of 0011: every request keeps its key text and a jsonb copy of its
 -- inputs again, rebuilt from its first ledger row where it kept only their
 -- digest (a request without its rows, which pyxp.audit reports as
 -- request_rows_missing, makes the downgrade fail: nothing to rebuild from).
