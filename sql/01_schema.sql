@@ -256,8 +256,9 @@ CREATE TABLE pyxp.xp_balances (
     year_start         timestamptz,
     year_xp            bigint,
     last_wallet_seq    bigint NOT NULL DEFAULT 0, -- wallet_seq of the wallet's last ledger row (0: none)
-    -- Counted in xp_rank_counts (0009). False only inside the call that
-    -- created the balance: the writer counts it when it sets its total.
+    -- Counted in xp_rank_counts (0009) and xp_period_rank_counts (0014).
+    -- False only inside the call that created the balance: the writer counts
+    -- it when it sets its total.
     ranked             boolean NOT NULL DEFAULT false
 );
 -- Leaderboard order: total_xp desc, ties by wallet compared byte by byte
@@ -298,6 +299,35 @@ CREATE TABLE pyxp.xp_rank_counts (
     PRIMARY KEY (neg_xp, wallet, slot)
 ) WITH (fillfactor = 50);  -- room for HOT updates of the counts
 INSERT INTO pyxp.xp_rank_counts (neg_xp, wallet, slot, wallets) VALUES (-9223372036854775807, '', 0, 0);
+
+-- Exact ranks on the boards of the current periods (pyxp.wallet_rank with a
+-- period; 0014). Per period, period start and period XP, how many balances
+-- hold it: a period's XP values are few (what a wallet earns in a day or a
+-- week), so each value is a bucket of the board (period_xp desc, wallet).
+-- A value many wallets share (76,000 at 2 XP on a week's board of the
+-- bench) is cut by wallet into buckets, each starting at wallet_start ('':
+-- the value's first). A wallet's rank on the board of period S is 1 + the
+-- wallets counted at a higher XP or in an earlier bucket of its own XP +
+-- the balances of its bucket before it (an index range of
+-- xp_balances_<period>_board, at most about 2 x bucket_size entries),
+-- instead of a count of the board above it.
+-- Invariant (pyxp.audit checks it): per bucket, the sum of wallets over the
+-- slots = the (ranked) balances with <period>_start = period_start,
+-- <period>_xp = period_xp and a wallet from wallet_start to the value's next
+-- bucket start. The writer moves a balance from its old bucket to its new
+-- one, in the slot of its backend, as for xp_rank_counts;
+-- pyxp.rebalance_rank_buckets folds the slots into slot 0, drops the
+-- buckets that count nobody, cuts the values that grew past 2 x bucket_size
+-- wallets, and is the only place bucket starts other than '' appear.
+CREATE TABLE pyxp.xp_period_rank_counts (
+    period        text NOT NULL CHECK (period IN ('day', 'week', 'month', 'year')),
+    period_start  timestamptz NOT NULL,
+    period_xp     bigint NOT NULL,
+    wallet_start  text COLLATE "C" NOT NULL,
+    slot          integer NOT NULL CHECK (slot >= 0),
+    wallets       bigint NOT NULL,
+    PRIMARY KEY (period, period_start, period_xp, wallet_start, slot)
+) WITH (fillfactor = 50);  -- room for HOT updates of the counts
 
 -- How much of each capped allowance a wallet used in a period: the sum of
 -- the amounts its capped gains applied there, less what reversals of them

@@ -631,12 +631,16 @@ BEGIN
     v_week := date_trunc('week', v_at, p_timezone);
     v_month := date_trunc('month', v_at, p_timezone);
     v_year := date_trunc('year', v_at, p_timezone);
-    -- The rank buckets (sql/07_ranks.sql) follow in the same statement:
+    -- The rank counts (sql/07_ranks.sql) follow in the same statement:
     -- each balance whose total moved leaves the bucket of its old total
-    -- and joins the bucket of its new one; a balance this call created
-    -- (ranked false) only joins. Counted in this backend's own slot (no
-    -- other live transaction writes it: no wait), in bucket order; a move
-    -- within one bucket touches no count.
+    -- and joins the bucket of its new one, and on each period's board
+    -- leaves the bucket of its old (start, XP) for the bucket of its new
+    -- one (xp_period_rank_counts: one probe each, none for a period whose
+    -- XP did not change);
+    -- a balance this call created (ranked false) only joins. Counted in
+    -- this backend's own slot (no other live transaction writes it: no
+    -- wait), in key order; a move within one bucket, or a period XP that
+    -- did not change, touches no count.
     WITH moved AS (
     UPDATE pyxp.xp_balances x
        SET ranked = true, total_xp = coalesce(f.after::bigint, x.total_xp), current_level = c.level,
@@ -657,18 +661,46 @@ BEGIN
                    max(r.seq) FILTER (WHERE r.id IS NOT NULL) AS seq,
                    sum(r.moderations) FILTER (WHERE r.claim IS NULL)::bigint AS moderations,
                    sum(r.xp_amount) FILTER (WHERE r.id IS NOT NULL)::bigint AS gained,
-                   (array_agg(b.total_xp))[1] AS total_xp, bool_and(b.ranked) AS ranked
+                   b.total_xp, b.ranked, b.day_start, b.day_xp, b.week_start, b.week_xp, b.month_start,
+                   b.month_xp, b.year_start, b.year_xp
               FROM ROWS FROM (unnest(v_rows), unnest(v_claims), unnest(v_after), unnest(v_feed), unnest(v_ids),
                               unnest(v_seq))
                    WITH ORDINALITY r(call_index, user_wallet, idempotency_key, inputs, transaction_type, xp_amount,
                                      xp_requested, apply_floor, rule_id, campaign_id, subject, metadata, reverses,
                                      moderations, claim, after, feed, id, seq, ord)
-             CROSS JOIN LATERAL (SELECT b.total_xp, b.ranked FROM pyxp.xp_balances b
+             CROSS JOIN LATERAL (SELECT b.total_xp, b.ranked, b.day_start, b.day_xp, b.week_start, b.week_xp,
+                                        b.month_start, b.month_xp, b.year_start, b.year_xp
+                                   FROM pyxp.xp_balances b
                                   WHERE b.user_wallet = r.user_wallet LIMIT 1) b
-             GROUP BY r.user_wallet) f
+             GROUP BY r.user_wallet, b.total_xp, b.ranked, b.day_start, b.day_xp, b.week_start, b.week_xp,
+                      b.month_start, b.month_xp, b.year_start, b.year_xp) f  -- b: one row per wallet
      CROSS JOIN LATERAL pyxp.curve_position(p_ruleset, coalesce(f.after::bigint, f.total_xp)) c
      WHERE x.user_wallet = f.user_wallet AND (f.after IS NOT NULL OR f.moderations <> 0 OR NOT f.ranked)
-    RETURNING x.user_wallet, f.total_xp AS old_xp, f.ranked AS was_ranked, x.total_xp AS new_xp
+    RETURNING x.user_wallet, f.total_xp AS old_xp, f.ranked AS was_ranked, x.total_xp AS new_xp,
+              ARRAY[f.day_start, f.week_start, f.month_start, f.year_start] AS old_starts,
+              ARRAY[f.day_xp, f.week_xp, f.month_xp, f.year_xp] AS old_xps,
+              ARRAY[x.day_start, x.week_start, x.month_start, x.year_start] AS new_starts,
+              ARRAY[x.day_xp, x.week_xp, x.month_xp, x.year_xp] AS new_xps
+    ), period_moves AS (
+    INSERT INTO pyxp.xp_period_rank_counts AS k (period, period_start, period_xp, wallet_start, slot, wallets)
+    SELECT d.period, d.period_start, d.period_xp, coalesce(q.wallet_start, ''), pg_backend_pid(), sum(d.delta)
+      FROM moved m
+     CROSS JOIN LATERAL (SELECT p.period, m.old_starts[p.i] AS period_start, m.old_xps[p.i] AS period_xp, -1 AS delta
+                           FROM pyxp.period_kinds() p
+                          WHERE m.was_ranked AND (m.old_starts[p.i], m.old_xps[p.i])
+                                                 IS DISTINCT FROM (m.new_starts[p.i], m.new_xps[p.i])
+                         UNION ALL
+                         SELECT p.period, m.new_starts[p.i], m.new_xps[p.i], 1
+                           FROM pyxp.period_kinds() p
+                          WHERE NOT m.was_ranked OR (m.old_starts[p.i], m.old_xps[p.i])
+                                                    IS DISTINCT FROM (m.new_starts[p.i], m.new_xps[p.i])) d
+      LEFT JOIN LATERAL pyxp.period_bucket_of(d.period, d.period_start, d.period_xp, m.user_wallet) q ON true
+     WHERE d.period_start IS NOT NULL
+     GROUP BY d.period, d.period_start, d.period_xp, coalesce(q.wallet_start, '')
+    HAVING sum(d.delta) <> 0
+     ORDER BY d.period, d.period_start, d.period_xp, coalesce(q.wallet_start, '')
+    ON CONFLICT (period, period_start, period_xp, wallet_start, slot)
+       DO UPDATE SET wallets = k.wallets + excluded.wallets
     )
     INSERT INTO pyxp.xp_rank_counts AS k (neg_xp, wallet, slot, wallets)
     SELECT d.neg_xp, d.wallet, pg_backend_pid(), sum(d.delta)

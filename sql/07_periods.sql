@@ -20,6 +20,54 @@
 -- the period containing the award (pyxp.append_rows, step 2, under the
 -- wallet's balance row lock); xp_cap_usage keeps what each allowance used
 -- (pyxp.append_rows, step 4; a reversal frees: pyxp.freed_allowance).
+-- The kinds of periods, in the order every array of them follows
+-- (xp_balances' columns: day, week, month, year).
+CREATE FUNCTION pyxp.period_kinds()
+RETURNS TABLE (i integer, period text)
+LANGUAGE sql IMMUTABLE PARALLEL SAFE
+AS $$ SELECT * FROM (VALUES (1, 'day'), (2, 'week'), (3, 'month'), (4, 'year')) k(i, period) $$;
+
+-- Each balance on the board of its latest period of each kind: its period,
+-- the period's start, its XP there. Inlined into its callers (a filter on
+-- ranked reaches xp_balances_unranked).
+CREATE FUNCTION pyxp.period_board_entries()
+RETURNS TABLE (period text, period_start timestamptz, period_xp bigint, user_wallet text, ranked boolean)
+LANGUAGE sql STABLE
+AS $$
+    SELECT k.period, (ARRAY[b.day_start, b.week_start, b.month_start, b.year_start])[k.i],
+           (ARRAY[b.day_xp, b.week_xp, b.month_xp, b.year_xp])[k.i], b.user_wallet, b.ranked
+      FROM pyxp.xp_balances b CROSS JOIN pyxp.period_kinds() k
+     WHERE (ARRAY[b.day_start, b.week_start, b.month_start, b.year_start])[k.i] IS NOT NULL
+$$;
+
+-- The bucket of a period board holding (period_xp, wallet): the value's
+-- last bucket start at or before the wallet (none: the value's first
+-- bucket, ''). One probe of xp_period_rank_counts' primary key; inlined
+-- into its callers (a LEFT JOIN LATERAL: no row means '').
+CREATE FUNCTION pyxp.period_bucket_of(p_period text, p_start timestamptz, p_xp bigint, p_wallet text)
+RETURNS TABLE (wallet_start text)
+LANGUAGE sql STABLE
+AS $$
+    SELECT c.wallet_start FROM pyxp.xp_period_rank_counts c
+     WHERE c.period = p_period AND c.period_start = p_start AND c.period_xp = p_xp
+       AND c.wallet_start <= p_wallet COLLATE "C" AND c.slot = 0
+     ORDER BY c.wallet_start DESC
+     LIMIT 1
+$$;
+
+-- Every (ranked) balance counted on its latest periods' boards, each value
+-- one bucket (''): what the counts are after a rebuild, before the
+-- rebalance cuts the values many wallets share.
+CREATE FUNCTION pyxp.period_counts_from_balances()
+RETURNS TABLE (period text, period_start timestamptz, period_xp bigint, wallet_start text, slot integer,
+               wallets bigint)
+LANGUAGE sql STABLE
+AS $$
+    SELECT e.period, e.period_start, e.period_xp, '', 0, count(*)
+      FROM pyxp.period_board_entries() e WHERE e.ranked
+     GROUP BY e.period, e.period_start, e.period_xp
+$$;
+
 -- A period name in any case, normalised, or PX026. Its size is checked
 -- before lower() copies it.
 CREATE FUNCTION pyxp.checked_period(p_period text)
@@ -207,8 +255,9 @@ END
 $$;
 
 -- Public: a wallet's rank on leaderboard(period => period, at => at), NULL
--- when it is not on that board. 'all': two index range counts on
--- xp_balances_leaderboard; a current period: the same on its board index.
+-- when it is not on that board. 'all': the rank buckets (pyxp.board_rank);
+-- a current period: the wallets counted above it in xp_period_rank_counts
+-- plus its tie group before it (0014); a past period: from the ledger.
 CREATE FUNCTION pyxp.wallet_rank(wallet text, period text DEFAULT 'all', at timestamptz DEFAULT now())
 RETURNS bigint
 LANGUAGE plpgsql STABLE SECURITY DEFINER
@@ -238,11 +287,19 @@ BEGIN
         IF v_start IS DISTINCT FROM v_bounds.period_start THEN
             RETURN NULL;
         END IF;
-        EXECUTE format('SELECT 1 + (SELECT count(*) FROM pyxp.xp_balances b WHERE b.%1$I = $1 AND b.%2$I > $2)
+        -- The wallets counted at a higher XP on that board, or in an earlier
+        -- bucket of the wallet's XP (xp_period_rank_counts), then the
+        -- balances of its bucket before it.
+        EXECUTE format('SELECT 1 + coalesce((SELECT sum(c.wallets) FROM pyxp.xp_period_rank_counts c
+                                              WHERE c.period = $4 AND c.period_start = $1 AND c.period_xp >= $2
+                                                AND (c.period_xp > $2 OR c.wallet_start < k.wallet_start)), 0)::bigint
                                  + (SELECT count(*) FROM pyxp.xp_balances b
-                                     WHERE b.%1$I = $1 AND b.%2$I = $2 AND b.user_wallet COLLATE "C" < $3)',
+                                     WHERE b.%1$I = $1 AND b.%2$I = $2 AND b.user_wallet COLLATE "C" >= k.wallet_start
+                                       AND b.user_wallet COLLATE "C" < $3)
+                            FROM (SELECT coalesce((SELECT q.wallet_start
+                                                     FROM pyxp.period_bucket_of($4, $1, $2, $3) q), '''') AS wallet_start) k',
                        v_period || '_start', v_period || '_xp')
-           INTO v_rank USING v_bounds.period_start, v_total, v_wallet;
+           INTO v_rank USING v_bounds.period_start, v_total, v_wallet, v_period;
         RETURN v_rank;
     END IF;
     SELECT r.rank INTO v_rank
@@ -364,7 +421,9 @@ $$;
 -- <kind>_xp) from the ledger in zone p_timezone: when a ruleset with another
 -- timezone becomes active, and in the migration that introduced them. One
 -- pass over the ledger; the caller holds the lock that keeps awards out
--- (install_ruleset: SHARE ROW EXCLUSIVE on xp_balances).
+-- (install_ruleset: SHARE ROW EXCLUSIVE on xp_balances). The period boards'
+-- counts (xp_period_rank_counts) are counted afresh from them, one bucket
+-- per value (the next rebalance cuts the values many wallets share).
 CREATE FUNCTION pyxp.rebuild_period_columns(p_timezone text)
 RETURNS void
 LANGUAGE sql
@@ -377,9 +436,19 @@ AS $$
      WHERE b.user_wallet = b2.user_wallet
        AND (b.day_start, b.day_xp, b.week_start, b.week_xp, b.month_start, b.month_xp, b.year_start, b.year_xp)
            IS DISTINCT FROM
-           (p.day_start, p.day_xp, p.week_start, p.week_xp, p.month_start, p.month_xp, p.year_start, p.year_xp)
+           (p.day_start, p.day_xp, p.week_start, p.week_xp, p.month_start, p.month_xp, p.year_start, p.year_xp);
+    -- The period boards' counts, from the columns just derived.
+    DELETE FROM pyxp.xp_period_rank_counts;
+    INSERT INTO pyxp.xp_period_rank_counts SELECT * FROM pyxp.period_counts_from_balances();
 $$;
 
+COMMENT ON FUNCTION pyxp.period_kinds() IS 'internal: the kinds of periods, numbered as the balances'' columns.';
+COMMENT ON FUNCTION pyxp.period_board_entries() IS
+    'internal: each balance on the board of its latest period of each kind, with its XP there.';
+COMMENT ON FUNCTION pyxp.period_bucket_of(text, timestamptz, bigint, text) IS
+    'internal: the bucket of a period board holding a period XP and wallet (xp_period_rank_counts).';
+COMMENT ON FUNCTION pyxp.period_counts_from_balances() IS
+    'internal: the period boards'' counts from the balances, one bucket per value.';
 COMMENT ON FUNCTION pyxp.checked_period(text) IS 'internal: a period name normalised (all, day, week, month, year), or PX026.';
 COMMENT ON FUNCTION pyxp.period_bounds(text, timestamptz, text) IS
     'internal: start and end of the calendar period of a kind containing an instant, in a zone.';
@@ -402,4 +471,4 @@ COMMENT ON FUNCTION pyxp.ledger_latest_periods(text) IS
 COMMENT ON FUNCTION pyxp.ledger_cap_usage() IS
     'internal: from the ledger, what each capped allowance used per period, and its cap.';
 COMMENT ON FUNCTION pyxp.rebuild_period_columns(text) IS
-    'internal: re-derives every balance''s latest periods and their XP from the ledger, in a zone.';
+    'internal: re-derives every balance''s latest periods and their XP from the ledger, in a zone, and the period boards'' counts.';

@@ -98,13 +98,16 @@ $$;
 
 -- Owner operation, to run from a scheduler: folds the writers' slots into
 -- slot 0, counts any balance not counted yet (one the owner inserted around
--- the writer), drops empty buckets (never the first), and re-cuts into
--- buckets of bucket_size consecutive balances every bucket that grew past
--- 2 x bucket_size -- or the whole board when full_rebuild, when it holds
+-- the writer), drops empty buckets (never the first; on the period boards
+-- of xp_period_rank_counts, any), and re-cuts into buckets of bucket_size
+-- consecutive balances every bucket that grew past 2 x bucket_size (on a
+-- period board: a value many wallets share, cut by wallet) -- or the whole
+-- all-time board when full_rebuild, when it holds
 -- more than twice the buckets its size needs (shrunk buckets), or when the
 -- first bucket was deleted (the writer finds no bucket then, and counts
--- nothing: audit() reports it). Returns the
--- buckets after it and how many it re-cut. Holds every award while it runs
+-- nothing: audit() reports it); a whole cut counts the period boards
+-- afresh too (the repair of a count audit() reports). Returns the
+-- all-time board's buckets after it and how many of them it re-cut. Holds every award while it runs
 -- (SHARE ROW EXCLUSIVE on xp_balances, the lock of recalculate_levels):
 -- a few milliseconds without a re-cut, about 5 s per million balances
 -- re-cut (4.8 s for a full cut of 1M). It waits at most 1 s for the awards
@@ -148,6 +151,26 @@ BEGIN
              WHERE NOT b.ranked
              GROUP BY k.neg_xp, k.wallet) u
      WHERE c.neg_xp = u.neg_xp AND c.wallet = u.wallet AND c.slot = 0;
+    -- The period boards' counts (xp_period_rank_counts): the writers' slots
+    -- and the balances nobody counted (each in the bucket holding it),
+    -- folded into slot 0; then the buckets that count nobody are dropped
+    -- (their empty range joins the bucket before).
+    WITH folded AS (
+        DELETE FROM pyxp.xp_period_rank_counts c WHERE c.slot <> 0
+        RETURNING c.period, c.period_start, c.period_xp, c.wallet_start, c.wallets
+    )
+    INSERT INTO pyxp.xp_period_rank_counts AS c (period, period_start, period_xp, wallet_start, slot, wallets)
+    SELECT m.period, m.period_start, m.period_xp, m.wallet_start, 0, sum(m.wallets)
+      FROM (SELECT f.period, f.period_start, f.period_xp, f.wallet_start, f.wallets FROM folded f
+            UNION ALL
+            SELECT e.period, e.period_start, e.period_xp, coalesce(q.wallet_start, ''), 1
+              FROM pyxp.period_board_entries() e
+              LEFT JOIN LATERAL pyxp.period_bucket_of(e.period, e.period_start, e.period_xp, e.user_wallet) q ON true
+             WHERE NOT e.ranked) m
+     GROUP BY m.period, m.period_start, m.period_xp, m.wallet_start
+    ON CONFLICT (period, period_start, period_xp, wallet_start, slot)
+       DO UPDATE SET wallets = c.wallets + excluded.wallets;
+    DELETE FROM pyxp.xp_period_rank_counts c WHERE c.wallets = 0;
     UPDATE pyxp.xp_balances SET ranked = true WHERE NOT ranked;
     -- Empty buckets: their (no) balances join the bucket before.
     DELETE FROM pyxp.xp_rank_counts c
@@ -156,6 +179,10 @@ BEGIN
     IF v_full THEN
         DELETE FROM pyxp.xp_rank_counts c WHERE c.neg_xp > -9223372036854775807;
         UPDATE pyxp.xp_rank_counts c SET wallets = (SELECT count(*) FROM pyxp.xp_balances);
+        -- And the period boards' counts afresh from the balances (one
+        -- bucket per value, cut below).
+        DELETE FROM pyxp.xp_period_rank_counts;
+        INSERT INTO pyxp.xp_period_rank_counts SELECT * FROM pyxp.period_counts_from_balances();
     END IF;
     FOR v_bucket IN
         SELECT * FROM pyxp.rank_buckets() e WHERE e.wallets > 2 * v_size OR (v_full AND e.wallets > v_size)
@@ -176,18 +203,44 @@ BEGIN
         VALUES (v_bucket.neg_xp, v_bucket.wallet, 0, 0) ON CONFLICT DO NOTHING;
         v_recut := v_recut + 1;
     END LOOP;
+    -- A period board's buckets past 2 x bucket_size wallets (a value many
+    -- wallets share): cut by wallet, every bucket_size-th balance of its
+    -- range (an index range of the board) starting a bucket.
+    FOR v_bucket IN
+        SELECT g.* FROM (SELECT c.period, c.period_start, c.period_xp, c.wallet_start, c.wallets,
+                                lead(c.wallet_start) OVER (PARTITION BY c.period, c.period_start, c.period_xp
+                                                           ORDER BY c.wallet_start) AS next_start
+                           FROM pyxp.xp_period_rank_counts c) g  -- slot 0 only, since the fold
+         WHERE g.wallets > 2 * v_size OR (v_full AND g.wallets > v_size)
+    LOOP
+        DELETE FROM pyxp.xp_period_rank_counts c
+         WHERE c.period = v_bucket.period AND c.period_start = v_bucket.period_start
+           AND c.period_xp = v_bucket.period_xp AND c.wallet_start = v_bucket.wallet_start;
+        EXECUTE format($cut$
+            INSERT INTO pyxp.xp_period_rank_counts (period, period_start, period_xp, wallet_start, slot, wallets)
+            SELECT $1, $2, $3, CASE WHEN p.n = 1 THEN $4 ELSE p.user_wallet END, 0, least($6, p.held - p.n + 1)
+              FROM (SELECT b.user_wallet, count(*) OVER () AS held,
+                           row_number() OVER (ORDER BY b.user_wallet COLLATE "C") AS n
+                      FROM pyxp.xp_balances b
+                     WHERE b.%1$I = $2 AND b.%2$I = $3 AND b.user_wallet COLLATE "C" >= $4
+                       AND ($5 IS NULL OR b.user_wallet COLLATE "C" < $5)) p
+             WHERE p.n %% $6 = 1$cut$, v_bucket.period || '_start', v_bucket.period || '_xp')
+        USING v_bucket.period, v_bucket.period_start, v_bucket.period_xp, v_bucket.wallet_start,
+              v_bucket.next_start, v_size;
+    END LOOP;
     -- Fresh statistics for the bucket probes (pyxp.rank_bucket_of): planned
     -- on a table the statistics still saw small, a probe read and sorted the
     -- whole table (58 us a probe against 2.6 us at a few thousand rows), in
     -- every backend whose cached plan was made then. ANALYZE also makes those
     -- backends plan again. A few milliseconds (0013).
-    ANALYZE pyxp.xp_rank_counts;
+    ANALYZE pyxp.xp_rank_counts, pyxp.xp_period_rank_counts;
     RETURN QUERY SELECT count(*), v_recut FROM pyxp.xp_rank_counts c;
 END
 $$;
 
 -- For pyxp.audit: each bucket whose counts differ from the counted
--- balances it holds, and balances left uncounted (every balance is counted
+-- balances it holds, each period board's XP value counted otherwise than
+-- the balances holding it, and balances left uncounted (every balance is counted
 -- once the call that created it ends; one inserted around the writer is
 -- reported once, as uncounted).
 CREATE FUNCTION pyxp.rank_problems()
@@ -212,6 +265,32 @@ AS $$
     UNION ALL
     SELECT 'rank_count_mismatch', b.user_wallet, NULL, 'balance not counted in its rank bucket (ranked = false)'
       FROM pyxp.xp_balances b WHERE NOT b.ranked
+    UNION ALL
+    -- The period boards: each bucket counted as many times as ranked
+    -- balances it holds. Only the values cut into several buckets need a
+    -- probe per balance (period_bucket_of with a NULL XP finds nothing at
+    -- once): the others are one bucket, ''.
+    SELECT 'rank_count_mismatch', NULL, NULL,
+           format('%s board from %s: bucket of %s XP from %s counts %s wallets, holds %s',
+                  coalesce(c.period, h.period), coalesce(c.period_start, h.period_start),
+                  coalesce(c.period_xp, h.period_xp), quote_literal(coalesce(c.wallet_start, h.wallet_start)),
+                  coalesce(c.counted, 0), coalesce(h.held, 0))
+      FROM (SELECT c.period, c.period_start, c.period_xp, c.wallet_start, sum(c.wallets) AS counted
+              FROM pyxp.xp_period_rank_counts c GROUP BY c.period, c.period_start, c.period_xp, c.wallet_start) c
+      FULL JOIN (SELECT e.period, e.period_start, e.period_xp, coalesce(q.wallet_start, '') AS wallet_start,
+                        count(*) AS held
+                   FROM pyxp.period_board_entries() e
+                   LEFT JOIN (SELECT DISTINCT s.period, s.period_start, s.period_xp
+                                FROM pyxp.xp_period_rank_counts s WHERE s.wallet_start <> '') s
+                          ON s.period = e.period AND s.period_start = e.period_start AND s.period_xp = e.period_xp
+                   LEFT JOIN LATERAL pyxp.period_bucket_of(e.period, e.period_start,
+                                                           CASE WHEN s.period IS NOT NULL THEN e.period_xp END,
+                                                           e.user_wallet) q ON true
+                  WHERE e.ranked
+                  GROUP BY e.period, e.period_start, e.period_xp, coalesce(q.wallet_start, '')) h
+             ON h.period = c.period AND h.period_start = c.period_start AND h.period_xp = c.period_xp
+            AND h.wallet_start = c.wallet_start
+     WHERE coalesce(c.counted, 0) <> coalesce(h.held, 0)
 $$;
 
 COMMENT ON FUNCTION pyxp.board_range(bigint, text, bigint, text) IS
@@ -225,4 +304,4 @@ COMMENT ON FUNCTION pyxp.rank_buckets() IS
 COMMENT ON FUNCTION pyxp.rebalance_rank_buckets(integer, boolean) IS
     'internal: re-cuts the rank buckets that grew (or all of them); holds every award while it runs. Owner only.';
 COMMENT ON FUNCTION pyxp.rank_problems() IS
-    'internal: rank buckets whose counts differ from the balances they hold (for pyxp.audit).';
+    'internal: rank buckets and period board counts that differ from the balances they count (for pyxp.audit).';

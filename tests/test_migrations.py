@@ -560,3 +560,49 @@ def test_0010_carries_the_first_form_of_0009_to_the_reviewed_one(fresh_database:
                 assert conn.execute("SELECT max(slot) FROM pyxp.xp_rank_counts").fetchone()[0] > 7
             assert conn.execute("SELECT * FROM pyxp.audit()").fetchall() == []
             assert dict(conn.execute(ranks).fetchall()) == dict(conn.execute(naive).fetchall())
+
+
+def test_0014_counts_the_period_boards_of_an_existing_ledger(fresh_database: Callable[[], str]) -> None:
+    """0014 counts every balance on its latest periods' boards (one bucket per value); ranks read
+    from the counts equal a plain count of each current board, audit() is clean, and awards after
+    the upgrade keep it so. The downgrade drops the counts; the ranks, counted again, are the same."""
+    target = fresh_database()
+    schema.upgrade(target, "0013")
+    with psycopg.connect(target, autocommit=True) as conn:
+        for i in range(400):
+            conn.execute("SELECT * FROM pyxp.award(%s, %s, %s)",
+                         (f"0x{(i * 7) % 150}", ("CAMPAIGN_APPROVED", "MODERATION_REFUSED_BY_MODERATOR")[i % 3 == 0],
+                          f"m14:{i}"))
+
+    def board_ranks(conn: psycopg.Connection[Any], period: str) -> tuple[dict[str, int], dict[str, int]]:
+        naive = conn.execute(f"""
+            SELECT b.user_wallet, row_number() OVER (ORDER BY b.{period}_xp DESC, b.user_wallet COLLATE "C")
+              FROM pyxp.xp_balances b WHERE b.{period}_start = date_trunc('{period}', now(), 'UTC')""").fetchall()
+        read = conn.execute("SELECT b.user_wallet, pyxp.wallet_rank(b.user_wallet, %s) FROM pyxp.xp_balances b",
+                            (period,)).fetchall()
+        return dict(naive), dict(read)
+
+    with psycopg.connect(target, autocommit=True) as conn:
+        before = {period: board_ranks(conn, period)[0] for period in ("day", "week", "month", "year")}
+    for step in ("upgrade", "downgrade"):
+        if step == "upgrade":
+            schema.upgrade(target)
+        else:
+            schema.downgrade(target, "0013")
+        with psycopg.connect(target, autocommit=True) as conn:
+            counted = conn.execute("SELECT to_regclass('pyxp.xp_period_rank_counts') IS NOT NULL").fetchone()[0]
+            assert counted == (step == "upgrade")
+            if counted:
+                assert conn.execute("SELECT sum(wallets) FROM pyxp.xp_period_rank_counts WHERE period = 'week'"
+                                    ).fetchone() == (150,)
+            for period, naive in before.items():
+                assert board_ranks(conn, period) == (naive, naive)
+            assert conn.execute("SELECT * FROM pyxp.audit()").fetchall() == []
+    schema.upgrade(target)
+    with psycopg.connect(target, autocommit=True) as conn:
+        for i in range(60):
+            conn.execute("SELECT * FROM pyxp.award(%s, 'CAMPAIGN_APPROVED', %s)", (f"0x{i % 170}", f"after:{i}"))
+        for period in ("day", "week", "month", "year"):
+            naive, read = board_ranks(conn, period)
+            assert read == naive
+        assert conn.execute("SELECT * FROM pyxp.audit()").fetchall() == []

@@ -62,8 +62,28 @@ def random_events(rng: random.Random, count: int, wallets: int, prefix: str) -> 
              "action": rng.choice(GAINS + (PENALTY, PENALTY))} for i in range(count)]
 
 
+PERIODS = ("day", "week", "month", "year")
+
+
+def naive_period_ranks(db: psycopg.Connection[Any], period: str) -> dict[str, int]:
+    """Each wallet's rank on the board of the current period (every test awards now), counted."""
+    return dict(db.execute(sql.SQL("""
+        SELECT b.user_wallet, row_number() OVER (ORDER BY b.{xp} DESC, b.user_wallet COLLATE "C")
+          FROM pyxp.xp_balances b
+         WHERE b.{start} = date_trunc(%s, now(), (SELECT timezone FROM pyxp.rulesets WHERE is_active))""").format(
+        xp=sql.Identifier(f"{period}_xp"), start=sql.Identifier(f"{period}_start")), (period,)).fetchall())
+
+
+def period_ranks(db: psycopg.Connection[Any], period: str) -> dict[str, int]:
+    """Ranks as pyxp.wallet_rank reads them (xp_period_rank_counts, migration 0014)."""
+    return dict(db.execute("SELECT r.* FROM (SELECT b.user_wallet, pyxp.wallet_rank(b.user_wallet, %s) AS rank "
+                           "FROM pyxp.xp_balances b) r WHERE r.rank IS NOT NULL", (period,)).fetchall())
+
+
 def assert_exact(db: psycopg.Connection[Any]) -> None:
     assert bucket_ranks(db) == naive_ranks(db)
+    for period in PERIODS:
+        assert period_ranks(db, period) == naive_period_ranks(db, period), period
     assert rank_findings(db) == []
 
 
@@ -201,8 +221,10 @@ def test_sixteen_connections_moving_wallets_keep_the_counts_exact(conninfo: str,
     assert errors == []
     assert rebalances, "the rebalance never ran during the race"
     assert_exact(db)
-    rebalance(db, 16)  # folds every backend's slot: one row per bucket again
+    rebalance(db, 16)  # folds every backend's slot: one row per bucket (and period XP) again
     assert db.execute("SELECT count(*) FROM pyxp.xp_rank_counts WHERE slot <> 0").fetchone() == (0,)
+    assert db.execute("SELECT count(*) FILTER (WHERE slot <> 0), count(*) FILTER (WHERE wallets = 0) "
+                      "FROM pyxp.xp_period_rank_counts").fetchone() == (0, 0)
     assert_exact(db)
 
 
@@ -224,6 +246,43 @@ def test_audit_finds_counts_that_do_not_match_the_balances(db: psycopg.Connectio
     assert any("starts before every balance" in f[3] for f in rank_findings(db))
     award_many(db, random_events(random.Random(6), 50, 100, "lost"))  # counted nowhere meanwhile
     rebalance(db, 16)  # a missing first bucket makes the rebalance cut afresh
+    assert_exact(db)
+
+
+def test_period_ranks_are_read_from_their_counts_and_audited(db: psycopg.Connection[Any]) -> None:
+    """Migration 0014: a rank on a current period's board is 1 + the wallets counted at a higher
+    XP there (xp_period_rank_counts) + its tie group before it. A count that does not match the
+    balances is reported by audit() and moves the ranks below it; a whole cut repairs it."""
+    award_many(db, random_events(random.Random(8), 300, 90, "p"))
+    assert_exact(db)
+    week = naive_period_ranks(db, "week")
+    top = db.execute("SELECT max(week_xp) FROM pyxp.xp_balances").fetchone()[0]
+    db.execute("UPDATE pyxp.xp_period_rank_counts SET wallets = wallets + 1 "
+               "WHERE period = 'week' AND period_xp = %s AND slot = (SELECT min(slot) FROM pyxp.xp_period_rank_counts "
+               "WHERE period = 'week' AND period_xp = %s)", (top, top))
+    (finding,) = rank_findings(db)
+    assert finding[3].startswith("week board from ") and f"bucket of {top} XP from '' counts" in finding[3]
+    leaders = {w for w, x in db.execute("SELECT user_wallet, week_xp FROM pyxp.xp_balances").fetchall() if x == top}
+    read = period_ranks(db, "week")
+    assert {w: read[w] - week[w] for w in week} == {w: 0 if w in leaders else 1 for w in week}
+    assert period_ranks(db, "day") == naive_period_ranks(db, "day")  # another board: untouched
+    rebalance(db, 16, True)
+    assert_exact(db)
+
+
+def test_a_balance_inserted_around_the_writer_is_counted_by_the_rebalance(db: psycopg.Connection[Any]) -> None:
+    """The owner may insert a balance (ranked = false); the rebalance counts it on every board."""
+    award_many(db, random_events(random.Random(4), 100, 40, "q"))
+    rebalance(db, 16, True)
+    db.execute("""INSERT INTO pyxp.xp_balances (user_wallet, total_xp, xp_to_next_level, week_start, week_xp)
+                  VALUES ('w9999', 0, 100, date_trunc('week', now(), 'UTC'), 0)""")
+    (finding,) = rank_findings(db)
+    assert finding[1] == "w9999" and "not counted" in finding[3]
+    before = db.execute("SELECT coalesce(sum(wallets), 0) FROM pyxp.xp_period_rank_counts "
+                        "WHERE period = 'week' AND period_xp = 0").fetchone()[0]
+    rebalance(db, 16)
+    assert db.execute("SELECT sum(wallets) FROM pyxp.xp_period_rank_counts "
+                      "WHERE period = 'week' AND period_xp = 0").fetchone()[0] == before + 1
     assert_exact(db)
 
 
@@ -315,4 +374,31 @@ def test_the_writer_probes_the_buckets_by_their_primary_key(db: psycopg.Connecti
     # for its top row (the sum of the buckets before a wallet may read the table: it sums it).
     assert probes.count("Index Only Scan Backward using xp_rank_counts_pkey") >= 3
     assert not re.search(r"Sort Key: c(_\d+)?\.neg_xp DESC", probes)
+    assert_exact(db)
+
+
+def test_a_value_many_wallets_share_is_cut_by_wallet_on_the_period_boards(db: psycopg.Connection[Any]) -> None:
+    """A rank within a tie group counts its bucket's balances before it: a value held by 300
+    wallets is cut into buckets of 16 consecutive wallets by the rebalance; the writer then puts
+    wallets joining or leaving that value in the bucket of their wallet, and the ranks stay exact."""
+    tied = [f"t{i:04d}" for i in range(0, 600, 2)]  # gaps: later wallets land inside buckets
+    award_many(db, [{"wallet": w, "idempotency_key": f"tie:{w}", "action": "CAMPAIGN_APPROVED"} for w in tied])
+    award_many(db, random_events(random.Random(12), 100, 40, "spread"))
+    assert_exact(db)
+    week_value = "SELECT count(*) FROM pyxp.xp_period_rank_counts WHERE period = 'week' AND period_xp = 100"
+    assert db.execute(week_value).fetchone() == (1,)  # one bucket per value until the rebalance
+    rebalance(db, 16)
+    assert db.execute(week_value).fetchone()[0] >= 300 // 16
+    assert_exact(db)
+    # Joining the tie inside its buckets (new wallets between the tied ones), leaving it, and a
+    # reversal bringing one back: each move is counted in the bucket of its wallet.
+    award_many(db, [{"wallet": f"t{i:04d}", "idempotency_key": f"join:{i}", "action": "CAMPAIGN_APPROVED"}
+                    for i in range(1, 600, 25)])
+    moved = [db.execute("SELECT transaction_id FROM pyxp.award(%s, 'CAMPAIGN_APPROVED', %s)",
+                        (w, f"leave:{w}")).fetchone()[0] for w in tied[::20]]
+    db.execute("SELECT * FROM pyxp.reverse_transaction(%s, 'test')", (moved[3],))
+    assert_exact(db)
+    rebalance(db, 16, True)  # a whole cut: counted afresh, then every value past 16 wallets cut by 16
+    (held,) = db.execute("SELECT count(*) FROM pyxp.xp_balances WHERE week_xp = 100").fetchone()
+    assert db.execute(week_value).fetchone() == (-(-held // 16),)
     assert_exact(db)
