@@ -299,6 +299,11 @@ CREATE TABLE pyxp.xp_rank_counts (
     PRIMARY KEY (neg_xp, wallet, slot)
 ) WITH (fillfactor = 50);  -- room for HOT updates of the counts
 INSERT INTO pyxp.xp_rank_counts (neg_xp, wallet, slot, wallets) VALUES (-9223372036854775807, '', 0, 0);
+-- The bucket starts (slot 0 rows; 0014): a probe for the bucket holding a
+-- position reads one entry here, instead of stepping back over the rows of
+-- every backend that counted in the bucket before reaching its slot 0 row.
+-- Writers never write slot 0, so their updates leave this index alone.
+CREATE INDEX xp_rank_counts_starts ON pyxp.xp_rank_counts (neg_xp, wallet) WHERE slot = 0;
 
 -- Exact ranks on the boards of the current periods (pyxp.wallet_rank with a
 -- period; 0014). Per period, period start and period XP, how many balances
@@ -328,6 +333,9 @@ CREATE TABLE pyxp.xp_period_rank_counts (
     wallets       bigint NOT NULL,
     PRIMARY KEY (period, period_start, period_xp, wallet_start, slot)
 ) WITH (fillfactor = 50);  -- room for HOT updates of the counts
+-- The bucket starts, as xp_rank_counts_starts.
+CREATE INDEX xp_period_rank_counts_starts ON pyxp.xp_period_rank_counts (period, period_start, period_xp, wallet_start)
+    WHERE slot = 0;
 
 -- How much of each capped allowance a wallet used in a period: the sum of
 -- the amounts its capped gains applied there, less what reversals of them

@@ -526,3 +526,4 @@ DROP FUNCTION pyxp.period_bucket_of(text, timestamptz, bigint, text);
 DROP FUNCTION pyxp.period_board_entries();
 DROP FUNCTION pyxp.period_kinds();
 DROP TABLE pyxp.xp_period_rank_counts;
+DROP INDEX pyxp.xp_rank_counts_starts;

@@ -8,10 +8,16 @@
 -- balance from its old bucket to its new one per kind of period, in its backend's slot, in
 -- the statement that sets the balance. Counted from the balances here, one bucket per
 -- value, under the lock that keeps awards out; pyxp.rebalance_rank_buckets cuts the values
--- many wallets share.
+-- many wallets share. The bucket starts of both count tables get an index of their own.
 SET LOCAL ROLE pyxp_owner;
 
 LOCK TABLE pyxp.xp_balances IN SHARE ROW EXCLUSIVE MODE;
+
+-- The bucket starts (slot 0 rows; 0014): a probe for the bucket holding a
+-- position reads one entry here, instead of stepping back over the rows of
+-- every backend that counted in the bucket before reaching its slot 0 row.
+-- Writers never write slot 0, so their updates leave this index alone.
+CREATE INDEX xp_rank_counts_starts ON pyxp.xp_rank_counts (neg_xp, wallet) WHERE slot = 0;
 
 -- Exact ranks on the boards of the current periods (pyxp.wallet_rank with a
 -- period; 0014). Per period, period start and period XP, how many balances
@@ -41,6 +47,9 @@ CREATE TABLE pyxp.xp_period_rank_counts (
     wallets       bigint NOT NULL,
     PRIMARY KEY (period, period_start, period_xp, wallet_start, slot)
 ) WITH (fillfactor = 50);  -- room for HOT updates of the counts
+-- The bucket starts, as xp_rank_counts_starts.
+CREATE INDEX xp_period_rank_counts_starts ON pyxp.xp_period_rank_counts (period, period_start, period_xp, wallet_start)
+    WHERE slot = 0;
 
 CREATE OR REPLACE FUNCTION pyxp.append_rows(p_ruleset bigint, p_floor bigint, p_timezone text, p_caps boolean,
                                  p_rows pyxp.pending_row[], p_batch boolean)
@@ -308,12 +317,11 @@ BEGIN
     -- each balance whose total moved leaves the bucket of its old total
     -- and joins the bucket of its new one, and on each period's board
     -- leaves the bucket of its old (start, XP) for the bucket of its new
-    -- one (xp_period_rank_counts: one probe each, none for a period whose
-    -- XP did not change);
-    -- a balance this call created (ranked false) only joins. Counted in
-    -- this backend's own slot (no other live transaction writes it: no
-    -- wait), in key order; a move within one bucket, or a period XP that
-    -- did not change, touches no count.
+    -- one (xp_period_rank_counts: a probe of each); a balance this call
+    -- created (ranked false) only joins. Counted in this backend's own slot
+    -- (no other live transaction writes it: no wait, and no order to keep
+    -- against deadlocks); a move within one bucket, or a period XP that did
+    -- not change, touches no count.
     WITH moved AS (
     UPDATE pyxp.xp_balances x
        SET ranked = true, total_xp = coalesce(f.after::bigint, x.total_xp), current_level = c.level,
@@ -350,28 +358,22 @@ BEGIN
      CROSS JOIN LATERAL pyxp.curve_position(p_ruleset, coalesce(f.after::bigint, f.total_xp)) c
      WHERE x.user_wallet = f.user_wallet AND (f.after IS NOT NULL OR f.moderations <> 0 OR NOT f.ranked)
     RETURNING x.user_wallet, f.total_xp AS old_xp, f.ranked AS was_ranked, x.total_xp AS new_xp,
-              ARRAY[f.day_start, f.week_start, f.month_start, f.year_start] AS old_starts,
-              ARRAY[f.day_xp, f.week_xp, f.month_xp, f.year_xp] AS old_xps,
-              ARRAY[x.day_start, x.week_start, x.month_start, x.year_start] AS new_starts,
-              ARRAY[x.day_xp, x.week_xp, x.month_xp, x.year_xp] AS new_xps
+              -- Its place on each period's board before (NULL: not counted) and after.
+              ARRAY[CASE WHEN f.ranked THEN f.day_start END, CASE WHEN f.ranked THEN f.week_start END,
+                    CASE WHEN f.ranked THEN f.month_start END, CASE WHEN f.ranked THEN f.year_start END,
+                    x.day_start, x.week_start, x.month_start, x.year_start] AS period_starts,
+              ARRAY[f.day_xp, f.week_xp, f.month_xp, f.year_xp, x.day_xp, x.week_xp, x.month_xp, x.year_xp]
+                  AS period_xps
     ), period_moves AS (
     INSERT INTO pyxp.xp_period_rank_counts AS k (period, period_start, period_xp, wallet_start, slot, wallets)
-    SELECT d.period, d.period_start, d.period_xp, coalesce(q.wallet_start, ''), pg_backend_pid(), sum(d.delta)
+    SELECT u.period, u.period_start, u.period_xp, coalesce(q.wallet_start, ''), pg_backend_pid(), sum(u.delta)
       FROM moved m
-     CROSS JOIN LATERAL (SELECT p.period, m.old_starts[p.i] AS period_start, m.old_xps[p.i] AS period_xp, -1 AS delta
-                           FROM pyxp.period_kinds() p
-                          WHERE m.was_ranked AND (m.old_starts[p.i], m.old_xps[p.i])
-                                                 IS DISTINCT FROM (m.new_starts[p.i], m.new_xps[p.i])
-                         UNION ALL
-                         SELECT p.period, m.new_starts[p.i], m.new_xps[p.i], 1
-                           FROM pyxp.period_kinds() p
-                          WHERE NOT m.was_ranked OR (m.old_starts[p.i], m.old_xps[p.i])
-                                                    IS DISTINCT FROM (m.new_starts[p.i], m.new_xps[p.i])) d
-      LEFT JOIN LATERAL pyxp.period_bucket_of(d.period, d.period_start, d.period_xp, m.user_wallet) q ON true
-     WHERE d.period_start IS NOT NULL
-     GROUP BY d.period, d.period_start, d.period_xp, coalesce(q.wallet_start, '')
-    HAVING sum(d.delta) <> 0
-     ORDER BY d.period, d.period_start, d.period_xp, coalesce(q.wallet_start, '')
+     CROSS JOIN LATERAL unnest('{day,week,month,year,day,week,month,year}'::text[], m.period_starts, m.period_xps,
+                               '{-1,-1,-1,-1,1,1,1,1}'::integer[]) u(period, period_start, period_xp, delta)
+      LEFT JOIN LATERAL pyxp.period_bucket_of(u.period, u.period_start, u.period_xp, m.user_wallet) q ON true
+     WHERE u.period_start IS NOT NULL
+     GROUP BY u.period, u.period_start, u.period_xp, coalesce(q.wallet_start, '')
+    HAVING sum(u.delta) <> 0  -- a period whose XP did not change: -1 and +1 in one bucket
     ON CONFLICT (period, period_start, period_xp, wallet_start, slot)
        DO UPDATE SET wallets = k.wallets + excluded.wallets
     )
