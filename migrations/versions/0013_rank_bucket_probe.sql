@@ -6,8 +6,9 @@
 -- sorted it for the top row (58 us a probe against 2.6 us at a few thousand count rows),
 -- in every backend whose cached plan was made then. It gains a plain bound on neg_xp that
 -- repeats its row comparison (an index bound the planner can price), and
--- pyxp.rebalance_rank_buckets ends with ANALYZE of the table. Functions, and the table's
--- statistics.
+-- pyxp.rebalance_rank_buckets ends with ANALYZE of the table. Functions only (statistics of
+-- a table as it is now, small on a new database, would be the stale ones: left to the
+-- rebalance and autovacuum).
 SET LOCAL ROLE pyxp_owner;
 
 CREATE OR REPLACE FUNCTION pyxp.rank_bucket_of(p_total_xp bigint, p_wallet text)
@@ -96,4 +97,3 @@ BEGIN
 END
 $$;
 
-ANALYZE pyxp.xp_rank_counts;

@@ -733,4 +733,3 @@ REVOKE ALL ON FUNCTION pyxp.period_kinds(), pyxp.period_board_entries(), pyxp.pe
 GRANT SELECT ON pyxp.xp_period_rank_counts TO pyxp_reader;
 
 INSERT INTO pyxp.xp_period_rank_counts SELECT * FROM pyxp.period_counts_from_balances();
-ANALYZE pyxp.xp_period_rank_counts;
