@@ -481,7 +481,8 @@ class _Api:
 
     def rebalance_rank_buckets(self, bucket_size: int = 1024, full_rebuild: bool = False) -> RankBuckets:
         """Re-cuts the rank buckets that grew past 2 x ``bucket_size`` (all of them with
-        ``full_rebuild``). The owner's: it holds every award while it runs (README "Ranks")."""
+        ``full_rebuild``), folds the writers' counts, and cuts the period boards' values many
+        wallets share. The owner's: it holds every award while it runs (README "Ranks")."""
         return self._execute(Call("rebalance_rank_buckets", queries.REBALANCE_RANK_BUCKETS, {
             "bucket_size": bucket_size, "full_rebuild": full_rebuild}, RankBuckets, "one"))
 

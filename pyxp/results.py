@@ -155,7 +155,8 @@ class AuditCheckpoint:
 
 @dataclass(frozen=True)
 class RankBuckets:
-    """What pyxp.rebalance_rank_buckets() left: the rank buckets, and how many it re-cut."""
+    """What pyxp.rebalance_rank_buckets() left: the all-time board's rank buckets, and how many
+    of them it re-cut (the period boards' counts are not counted here)."""
 
     buckets: int
     recut_buckets: int

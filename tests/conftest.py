@@ -210,6 +210,16 @@ def node_project(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return folder
 
 
+def naive_period_ranks(db: psycopg.Connection[Any], period: str) -> dict[str, int]:
+    """Each wallet's rank on the board of the current period (the tests award now), by a plain
+    count of the balances, to hold pyxp.wallet_rank's period counts (migration 0014) to."""
+    return dict(db.execute(sql.SQL("""
+        SELECT b.user_wallet, row_number() OVER (ORDER BY b.{xp} DESC, b.user_wallet COLLATE "C")
+          FROM pyxp.xp_balances b
+         WHERE b.{start} = date_trunc(%s, now(), (SELECT timezone FROM pyxp.rulesets WHERE is_active))""").format(
+        xp=sql.Identifier(f"{period}_xp"), start=sql.Identifier(f"{period}_start")), (period,)).fetchall())
+
+
 def install_variant(db: psycopg.Connection[Any], name: str, timezone: str | None = None,
                     caps: dict[str, tuple[int, str, str | None]] | None = None) -> None:
     """Activates the default rules as ruleset ``name``, with ``timezone`` and caps

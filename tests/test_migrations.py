@@ -18,7 +18,7 @@ from typing import Any
 
 import psycopg
 import pytest
-from conftest import database_state
+from conftest import database_state, naive_period_ranks
 from psycopg.conninfo import conninfo_to_dict
 
 import pyxp
@@ -575,12 +575,9 @@ def test_0014_counts_the_period_boards_of_an_existing_ledger(fresh_database: Cal
                           f"m14:{i}"))
 
     def board_ranks(conn: psycopg.Connection[Any], period: str) -> tuple[dict[str, int], dict[str, int]]:
-        naive = conn.execute(f"""
-            SELECT b.user_wallet, row_number() OVER (ORDER BY b.{period}_xp DESC, b.user_wallet COLLATE "C")
-              FROM pyxp.xp_balances b WHERE b.{period}_start = date_trunc('{period}', now(), 'UTC')""").fetchall()
         read = conn.execute("SELECT b.user_wallet, pyxp.wallet_rank(b.user_wallet, %s) FROM pyxp.xp_balances b",
                             (period,)).fetchall()
-        return dict(naive), dict(read)
+        return naive_period_ranks(conn, period), dict(read)
 
     with psycopg.connect(target, autocommit=True) as conn:
         before = {period: board_ranks(conn, period)[0] for period in ("day", "week", "month", "year")}

@@ -23,6 +23,7 @@ from psycopg import sql
 from psycopg.conninfo import make_conninfo
 from psycopg.types.json import Jsonb
 
+from conftest import naive_period_ranks
 from pyxp import XP, schema
 
 PYXP = str(__import__("pathlib").Path(sys.executable).with_name("pyxp"))
@@ -63,15 +64,6 @@ def random_events(rng: random.Random, count: int, wallets: int, prefix: str) -> 
 
 
 PERIODS = ("day", "week", "month", "year")
-
-
-def naive_period_ranks(db: psycopg.Connection[Any], period: str) -> dict[str, int]:
-    """Each wallet's rank on the board of the current period (every test awards now), counted."""
-    return dict(db.execute(sql.SQL("""
-        SELECT b.user_wallet, row_number() OVER (ORDER BY b.{xp} DESC, b.user_wallet COLLATE "C")
-          FROM pyxp.xp_balances b
-         WHERE b.{start} = date_trunc(%s, now(), (SELECT timezone FROM pyxp.rulesets WHERE is_active))""").format(
-        xp=sql.Identifier(f"{period}_xp"), start=sql.Identifier(f"{period}_start")), (period,)).fetchall())
 
 
 def period_ranks(db: psycopg.Connection[Any], period: str) -> dict[str, int]:
