@@ -22,6 +22,7 @@ from pyxp.results import (
     LeaderboardRow,
     LedgerRow,
     Level,
+    LedgerPartition,
     RankBuckets,
     RulesetInstall,
 )
@@ -31,6 +32,6 @@ __all__ = [
     "XP", "AsyncXP", "XPError", "DatabaseUnavailable", "error_from_sqlstate",
     "ConfigError", "RuleSet", "load_ruleset",
     "Award", "AwardRequest", "AwardRow", "BatchAwardRow", "Balance", "Level", "LedgerRow", "LeaderboardRow", "AuditFinding",
-    "AuditCheckpoint", "RankBuckets",
+    "AuditCheckpoint", "RankBuckets", "LedgerPartition",
     "RulesetInstall", "ClientRegistration", "Change",
 ]

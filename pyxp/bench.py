@@ -332,6 +332,10 @@ FIXTURE_STEPS: tuple[tuple[str, str], ...] = (
           JOIN public.bench_wallets bw ON bw.w = r.w
           JOIN public.bench_kinds k ON r.kind >= k.lo AND r.kind < k.hi
           JOIN pyxp.rules ru ON ru.ruleset_id = {ruleset} AND ru.action = k.action"""),
+    # Each row's claim (pyxp.key_hash, spelled out: no function call per row).
+    ("xp_award_claims", """INSERT INTO pyxp.xp_award_claims (key_hash, transaction_id, created_at)
+        SELECT encode(substr(sha256(convert_to(t.idempotency_key, 'UTF8')), 1, 16), 'hex')::uuid, t.id, t.created_at
+          FROM pyxp.xp_transactions t"""),
     ("identity", "SELECT setval(pg_get_serial_sequence('pyxp.xp_transactions', 'id'), {rows})"),
     ("xp_balances", """INSERT INTO pyxp.xp_balances (user_wallet, total_xp, current_level, xp_to_next_level,
                                    total_moderations, created_at, updated_at, last_wallet_seq, ranked)
@@ -383,10 +387,11 @@ def load_fixture(conn: psycopg.Connection[Any], options: BenchOptions, log: Log)
             log(f"  fixture {step}: {time.perf_counter() - step_started:.1f} s")
         for name, definition in rebuilt:
             step_started = time.perf_counter()
-            conn.execute(definition)  # type: ignore[arg-type]  # from pg_get_indexdef
+            # A partitioned index's definition reads "ON ONLY": built that way, it would skip the partitions.
+            conn.execute(definition.replace(" ON ONLY ", " ON ", 1))  # type: ignore[arg-type]  # pg_get_indexdef
             log(f"  fixture index {name}: {time.perf_counter() - step_started:.1f} s")
     step_started = time.perf_counter()
-    conn.execute("VACUUM (ANALYZE) pyxp.xp_transactions, pyxp.xp_balances, pyxp.xp_requests")
+    conn.execute("VACUUM (ANALYZE) pyxp.xp_transactions, pyxp.xp_balances, pyxp.xp_requests, pyxp.xp_award_claims")
     log(f"  fixture vacuum analyze: {time.perf_counter() - step_started:.1f} s")
     return time.perf_counter() - started
 
@@ -395,16 +400,21 @@ def load_fixture(conn: psycopg.Connection[Any], options: BenchOptions, log: Log)
 
 
 def ledger_sizes(conn: psycopg.Connection[Any], rows: int) -> dict[str, Any]:
-    """Bytes per ledger row: whole table with indexes, heap, each index, and with xp_requests."""
+    """Bytes per ledger row: the ledger's partitions with their indexes, heap, each index (summed
+    over the partitions), and with its idempotency records (xp_requests, xp_award_claims)."""
     sizes = conn.execute("""
-        SELECT pg_total_relation_size('pyxp.xp_transactions'), pg_relation_size('pyxp.xp_transactions'),
-               pg_table_size('pyxp.xp_transactions'), pg_total_relation_size('pyxp.xp_requests')
+        SELECT sum(pg_total_relation_size(p.relid)), sum(pg_relation_size(p.relid)), sum(pg_table_size(p.relid)),
+               pg_total_relation_size('pyxp.xp_requests') + pg_total_relation_size('pyxp.xp_award_claims')
+          FROM pg_partition_tree('pyxp.xp_transactions') p WHERE p.isleaf
     """).fetchone()
     assert sizes is not None
-    total, heap, table, requests = sizes
+    total, heap, table, requests = (int(size) for size in sizes)
     indexes = conn.execute("""
-        SELECT c.relname, pg_relation_size(c.oid) FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid
-         WHERE i.indrelid = 'pyxp.xp_transactions'::regclass ORDER BY c.relname""").fetchall()
+        SELECT c.relname, sum(pg_relation_size(p.relid))::bigint
+          FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid
+         CROSS JOIN LATERAL pg_partition_tree(i.indexrelid) p
+         WHERE i.indrelid = 'pyxp.xp_transactions'::regclass AND p.isleaf
+         GROUP BY c.relname ORDER BY c.relname""").fetchall()
     return {
         "ledger_rows_measured": rows,
         "ledger_total_bytes": total,
@@ -412,9 +422,9 @@ def ledger_sizes(conn: psycopg.Connection[Any], rows: int) -> dict[str, Any]:
         "heap_bytes_per_ledger_row": round(heap / rows, 1),
         "toast_and_maps_bytes_per_ledger_row": round((table - heap) / rows, 1),
         "index_bytes_per_ledger_row": {name: round(size / rows, 1) for name, size in indexes},
-        "requests_bytes_per_ledger_row": round(requests / rows, 1),
+        "requests_bytes_per_ledger_row": round(requests / rows, 1),  # xp_requests + xp_award_claims
         "ledger_and_requests_bytes_per_row": round((total + requests) / rows, 1),
-        # Per award: its ledger row, its idempotency record (the row itself for a generic award;
+        # Per award: its ledger row, its idempotency record (xp_award_claims for a generic award,
         # xp_requests for flows and reversals) and every index of both.
         "bytes_per_award": round((total + requests) / rows, 1),
     }
@@ -427,7 +437,8 @@ def request_sizes(conn: psycopg.Connection[Any], options: BenchOptions) -> dict[
     ledger row what the index finding a call's rows (``xp_transactions_request_rows``) adds."""
     count = min(options.wallets, 500 if options.quick else 5000)
     measured = """SELECT pg_relation_size('pyxp.xp_requests') + pg_relation_size('pyxp.xp_requests_pkey'),
-                         pg_relation_size('pyxp.xp_transactions_request_rows')"""
+                         (SELECT sum(pg_relation_size(p.relid))::bigint
+                            FROM pg_partition_tree('pyxp.xp_transactions_request_rows') p)"""
     conn.execute("SELECT pyxp.award_campaign_creation('0xbench_creator', %s, 'B2C')", (BENCH_CAMPAIGN,))
     requests_before, index_before = conn.execute(measured).fetchone() or (0, 0)
     conn.execute(sql.SQL("SELECT count(*) FROM generate_series(1, %s) i, "

@@ -177,7 +177,8 @@ def _migrating_role(role: str, database: str | None) -> str:
             f'(GRANT pyxp_owner TO {role}); see README "Install into a database"')
 
 
-OWNER_FUNCTIONS = ("install_ruleset", "recalculate_levels", "simulate_rules", "rebalance_rank_buckets")
+OWNER_FUNCTIONS = ("install_ruleset", "recalculate_levels", "simulate_rules", "rebalance_rank_buckets",
+                   "create_ledger_partitions")
 
 
 def _permission_hint(ctx: click.Context, message: str) -> str:
@@ -479,6 +480,24 @@ def db_rebalance_ranks(ctx: click.Context, bucket_size: int, full: bool, as_json
         _print_json(dataclasses.asdict(result))
         return
     click.echo(f"{result.recut_buckets} rank buckets re-cut, {result.buckets} in all")
+
+
+@db.command("create-partitions")
+@click.option("--months-ahead", type=click.IntRange(0, 120), default=2, show_default=True,
+              help="Months after this one whose ledger partitions must exist.")
+@json_option
+@click.pass_context
+def db_create_partitions(ctx: click.Context, months_ahead: int, as_json: bool) -> None:
+    """Create the ledger's monthly partitions ahead (owner only; run it monthly)."""
+    with _client(ctx) as xp:
+        made = xp.create_ledger_partitions(months_ahead=months_ahead)
+    if as_json:
+        _print_json([dataclasses.asdict(partition) for partition in made])
+        return
+    for partition in made:
+        click.echo(f"{partition.partition_name}: " + ("created" if partition.created else f"not created: {partition.note}"))
+    if not made:
+        click.echo(f"every month up to {months_ahead} months ahead has its partition")
 
 
 # --------------------------------------------------------------------------- rules

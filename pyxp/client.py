@@ -74,6 +74,7 @@ from pyxp.results import (
     LeaderboardRow,
     LedgerRow,
     Level,
+    LedgerPartition,
     RankBuckets,
 )
 
@@ -485,6 +486,12 @@ class _Api:
         wallets share. The owner's: it holds every award while it runs (README "Ranks")."""
         return self._execute(Call("rebalance_rank_buckets", queries.REBALANCE_RANK_BUCKETS, {
             "bucket_size": bucket_size, "full_rebuild": full_rebuild}, RankBuckets, "one"))
+
+    def create_ledger_partitions(self, months_ahead: int = 2) -> list[LedgerPartition]:
+        """Creates the ledger's partitions of this month and the ``months_ahead`` months after it
+        that no partition holds yet (run it monthly). The owner's (README "The ledger's partitions")."""
+        return self._execute(Call("create_ledger_partitions", queries.CREATE_LEDGER_PARTITIONS, {
+            "months_ahead": months_ahead}, LedgerPartition, "rows"))
 
     def audit(self) -> list[AuditFinding]:
         return self._execute(Call("audit", queries.AUDIT, {}, AuditFinding, "rows"))

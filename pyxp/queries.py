@@ -68,6 +68,8 @@ RECALCULATE_LEVELS = "SELECT pyxp.recalculate_levels() AS changed"
 REBALANCE_RANK_BUCKETS = """SELECT * FROM pyxp.rebalance_rank_buckets(
     bucket_size => %(bucket_size)s, full_rebuild => %(full_rebuild)s)"""
 
+CREATE_LEDGER_PARTITIONS = "SELECT * FROM pyxp.create_ledger_partitions(months_ahead => %(months_ahead)s)"
+
 AUDIT = "SELECT * FROM pyxp.audit()"
 AUDIT_SINCE_CHECKPOINT = "SELECT * FROM pyxp.audit_since_checkpoint()"
 RECORD_AUDIT_CHECKPOINT = "SELECT * FROM pyxp.record_audit_checkpoint()"

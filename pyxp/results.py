@@ -163,6 +163,18 @@ class RankBuckets:
 
 
 @dataclass(frozen=True)
+class LedgerPartition:
+    """A month pyxp.create_ledger_partitions() created (``created``), or left in the default
+    partition because rows of it are already there (``note`` says so)."""
+
+    partition_name: str
+    range_start: datetime
+    range_end: datetime
+    created: bool
+    note: str | None
+
+
+@dataclass(frozen=True)
 class RulesetInstall:
     ruleset_id: int
     name: str

@@ -109,7 +109,7 @@ CREATE TABLE pyxp.campaigns (
     created_at      timestamptz NOT NULL DEFAULT now()
 );
 
--- The claim index's key: the first 16 bytes of sha256(idempotency key).
+-- The claims' key: the first 16 bytes of sha256(idempotency key).
 -- Two different keys sharing them (odds 2^-128) make the second one's award
 -- fail with PX010, never replay the other's result: the key texts are
 -- compared.
@@ -149,12 +149,30 @@ CREATE TABLE pyxp.xp_requests (
 );
 
 -- The ledger. Append-only: no UPDATE/DELETE/TRUNCATE privilege for anyone but
--- the owner, and a trigger refuses them even for the owner.
--- Idempotency: a generic award's row (pyxp.award, pyxp.award_many) is its
--- own claim: request_digest holds a digest of the call's inputs, and
--- xp_transactions_claim makes its key claimable once. Rows of flows and
--- reversals have request_digest NULL: their key is claimed in xp_requests,
--- and xp_transactions_request_rows finds their rows by the key's hash.
+-- the owner, and triggers refuse them even for the owner, on every partition
+-- (sql/12_partitions.sql, which also refuses DETACH and DROP of a partition).
+-- Partitioned by range of created_at, one partition per calendar month (UTC;
+-- sql/12_partitions.sql creates them ahead), so that a month's rows are one
+-- table, and old months can be kept apart from the hot ones. What the
+-- partitioning changes (0015): a key of the ledger holds created_at, so
+--   * the primary key is (id, created_at): id stays unique (one identity
+--     sequence hands it out), and a lookup by id probes each partition's
+--     primary key;
+--   * a generic award's claim, which must be unique across every partition,
+--     is a row of pyxp.xp_award_claims (below), not a unique index of the
+--     ledger;
+--   * a row is reversed once because its reversal's key (reverse:<id>) is
+--     claimed once in xp_requests; reverses carries no foreign key (the
+--     writer reads the row it reverses; audit() reports a reversal whose
+--     original is missing or reversed twice);
+--   * (user_wallet, wallet_seq) is not a unique index: the writer numbers a
+--     wallet's rows under its balance row lock, and audit()'s walk reports a
+--     repeated or missing position (wallet_seq_gap).
+-- Idempotency: a generic award's row (pyxp.award, pyxp.award_many) carries
+-- request_digest, a digest of the call's inputs; its key is claimed in
+-- xp_award_claims. Rows of flows and reversals have request_digest NULL:
+-- their key is claimed in xp_requests, and xp_transactions_request_rows finds
+-- their rows by the key's hash.
 -- rule_id and idempotency_key carry no foreign key (a check per row, and a
 -- share lock on the one rule and ruleset row every award names): audit()
 -- reports a row whose rule or request is missing.
@@ -168,7 +186,7 @@ CREATE TABLE pyxp.xp_requests (
 --   * xp_balances.total_xp = sum(xp_amount) = last balance_after, and
 --     xp_balances.last_wallet_seq = the last row's wallet_seq.
 CREATE TABLE pyxp.xp_transactions (
-    id                bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    id                bigint GENERATED ALWAYS AS IDENTITY,
     user_wallet       text NOT NULL,
     transaction_type  text NOT NULL,
     xp_amount         bigint NOT NULL,        -- applied
@@ -179,7 +197,7 @@ CREATE TABLE pyxp.xp_transactions (
     subject           text,                   -- completion id, client email, ...
     idempotency_key   text NOT NULL,
     metadata          jsonb NOT NULL DEFAULT '{}',
-    reverses          bigint REFERENCES pyxp.xp_transactions,
+    reverses          bigint,                 -- the row this one reverses (its id)
     created_at        timestamptz NOT NULL DEFAULT now(),
     -- The change feed's group (pyxp.changes, sql/11_changes.sql): the writing
     -- transaction's id, raised to the wallet's previous row's group so that a
@@ -189,29 +207,45 @@ CREATE TABLE pyxp.xp_transactions (
     -- A generic award's row: pyxp.inputs_digest of its inputs (its claim).
     request_digest    bigint,
     -- The row's position in its wallet's history: 1, 2, 3, ... (0008).
-    wallet_seq        bigint NOT NULL
-);
--- A wallet's rows in order of application (history, audit, checkpoints); one
--- row per position. The INCLUDE columns are what pyxp.audit's walk of every
+    wallet_seq        bigint NOT NULL,
+    PRIMARY KEY (id, created_at)
+) PARTITION BY RANGE (created_at);
+-- A wallet's rows in order of application (history, audit, checkpoints). The
+-- INCLUDE columns are what pyxp.audit's walk of every
 -- wallet's chain reads, so the walk is an index-only scan in that order
 -- (the heap in index order is random reads: 76 s against 5 s at 10M rows).
-CREATE UNIQUE INDEX xp_transactions_wallet_seq ON pyxp.xp_transactions (user_wallet, wallet_seq)
+CREATE INDEX xp_transactions_wallet_seq ON pyxp.xp_transactions (user_wallet, wallet_seq)
     INCLUDE (balance_after, xp_amount, created_at, reverses);
 CREATE INDEX xp_transactions_feed ON pyxp.xp_transactions (feed_xid, id);
 -- Boards of past periods read the rows of a time range (pyxp.period_board):
 -- rows are appended in created_at order, so a BRIN index finds them for a
 -- few bytes per thousand rows.
 CREATE INDEX xp_transactions_created ON pyxp.xp_transactions USING brin (created_at);
-CREATE UNIQUE INDEX xp_transactions_claim ON pyxp.xp_transactions (pyxp.key_hash(idempotency_key))
-    WHERE request_digest IS NOT NULL;
 CREATE INDEX xp_transactions_request_rows ON pyxp.xp_transactions (pyxp.key_hash(idempotency_key))
     WHERE request_digest IS NULL;
--- A row can be reversed once.
-CREATE UNIQUE INDEX xp_transactions_reversed_once ON pyxp.xp_transactions (reverses)
+-- The reversal of a row (a row is reversed once: its reversal's key is
+-- claimed once in xp_requests; audit() reports a row reversed twice).
+CREATE INDEX xp_transactions_reversals ON pyxp.xp_transactions (reverses)
     WHERE reverses IS NOT NULL;
 
+-- A generic award's claim (pyxp.award, pyxp.award_many): its key's hash, and
+-- where its ledger row is (id, and created_at, which names its partition).
+-- Its primary key is what makes a key claimable once across every partition
+-- of the ledger, and what serialises two concurrent awards with one key: the
+-- second INSERT waits for the first transaction, then skips its row, and the
+-- writer replays or raises PX010 (sql/05_engine.sql). The writer inserts the
+-- claim and its row in one statement; audit() checks that each generic row
+-- has its claim and each claim its row. About 90 bytes per award with its
+-- index (the ledger's unique index on the key's hash it replaces, before
+-- 0015: about 40).
+CREATE TABLE pyxp.xp_award_claims (
+    key_hash        uuid PRIMARY KEY,          -- pyxp.key_hash(idempotency key)
+    transaction_id  bigint NOT NULL,           -- xp_transactions.id of its row
+    created_at      timestamptz NOT NULL       -- xp_transactions.created_at of its row
+);
+
 -- Every idempotency key pyxp holds, wherever its claim is: a generic award's
--- claim row in the ledger, or a flow's or reversal's request (its key text
+-- row in the ledger (claimed in xp_award_claims), or a flow's or reversal's request (its key text
 -- from its first ledger row, or kept in the request when it wrote none).
 -- For auditors ("which call wrote this row?") and for checks that every key
 -- has its rows.

@@ -16,11 +16,12 @@
 -- Atomicity: each public function runs in its caller's transaction; any error
 -- aborts all of it, so a refusal never leaves a row behind.
 -- Idempotency, two kinds of claims:
---   * a generic award (pyxp.award, pyxp.award_many) is claimed by its ledger
---     row: the row carries request_digest, a digest of the call's canonical
---     inputs (action, wallet, params), and the unique partial index
---     xp_transactions_claim on key_hash(idempotency_key) makes the key
---     claimable once. No other record: the row is the idempotency record.
+--   * a generic award (pyxp.award, pyxp.award_many) is claimed in
+--     pyxp.xp_award_claims by its key's hash, with where its ledger row is;
+--     the row carries request_digest, a digest of the call's canonical
+--     inputs (action, wallet, params): a retry whose inputs digest alike
+--     replays, another is PX010. The claim and the row are written by one
+--     statement.
 --   * a flow or a reversal is claimed in pyxp.xp_requests by its key's hash
 --     and its inputs' digest (pyxp.claim_request), before its rows are
 --     planned. Later calls consult its inputs (a completion's owner, an
@@ -28,10 +29,10 @@
 --     rows (pyxp.recorded_request).
 -- Races: two generic awards with one key and the same inputs name the same
 -- wallet, so they serialise on its balance row lock, and the second probes
--- the claim index after taking the lock (a new statement: READ COMMITTED
--- sees the first one's commit) and replays. With different wallets (other
--- inputs: PX010 anyway) they meet in the claim index: the second INSERT waits
--- for the first transaction, then skips the row, and the writer raises PX010;
+-- the claims after taking the lock (a new statement: READ COMMITTED sees the
+-- first one's commit) and replays. With different wallets (other inputs:
+-- PX010 anyway) they meet in xp_award_claims' primary key: the second INSERT
+-- waits for the first transaction, then skips the row, and the writer raises PX010;
 -- if the first rolled back, the second goes on.
 -- Concurrency: a call's rows are appended under its wallets' balance row
 -- locks (FOR UPDATE; a batch takes them in wallet order, so two batches never
@@ -461,9 +462,10 @@ BEGIN
                                                         moderations, ord)
                  CROSS JOIN LATERAL (SELECT b.total_xp, b.last_feed_xid, b.last_wallet_seq FROM pyxp.xp_balances b
                                       WHERE b.user_wallet = r.user_wallet LIMIT 1) b
-                  LEFT JOIN LATERAL (SELECT k.id, k.request_digest, k.idempotency_key FROM pyxp.xp_transactions k
-                                      WHERE r.inputs IS NOT NULL AND k.request_digest IS NOT NULL
-                                        AND pyxp.key_hash(k.idempotency_key) = pyxp.key_hash(r.idempotency_key)
+                  LEFT JOIN LATERAL (SELECT k.id, k.request_digest, k.idempotency_key
+                                      FROM pyxp.xp_award_claims c
+                                      JOIN pyxp.xp_transactions k ON k.id = c.transaction_id AND k.created_at = c.created_at
+                                      WHERE r.inputs IS NOT NULL AND c.key_hash = pyxp.key_hash(r.idempotency_key)
                                       LIMIT 1) k ON true) x;
     ELSE
         SELECT array_agg(x.claim_id ORDER BY x.ord), array_agg(x.after ORDER BY x.ord),
@@ -498,9 +500,9 @@ BEGIN
                                                        FROM pyxp.xp_balances b
                                                       WHERE b.user_wallet = r.user_wallet LIMIT 1) b
                                   LEFT JOIN LATERAL (SELECT k.id, k.request_digest, k.idempotency_key
-                                                       FROM pyxp.xp_transactions k
-                                                      WHERE r.inputs IS NOT NULL AND k.request_digest IS NOT NULL
-                                                        AND pyxp.key_hash(k.idempotency_key) = pyxp.key_hash(r.idempotency_key)
+                                                      FROM pyxp.xp_award_claims c
+                                                      JOIN pyxp.xp_transactions k ON k.id = c.transaction_id AND k.created_at = c.created_at
+                                                      WHERE r.inputs IS NOT NULL AND c.key_hash = pyxp.key_hash(r.idempotency_key)
                                                       LIMIT 1) k ON true
                                   LEFT JOIN LATERAL (SELECT c.allowance, c.period_start, c.cap_max_xp,
                                                             (SELECT u.used_xp FROM pyxp.xp_cap_usage u
@@ -549,16 +551,13 @@ BEGIN
             USING ERRCODE = 'PX019', HINT = 'a balance stays between -2^62 and 2^62';
     END IF;
 
-    -- 3. The new rows, in row order (ids follow each wallet's chain). A
-    --    generic award's row claims its key; it is skipped if a call that
-    --    committed while this one waited for the lock holds the key (below).
-    WITH inserted AS (
-        INSERT INTO pyxp.xp_transactions (user_wallet, transaction_type, xp_amount, xp_requested,
-                                          balance_after, rule_id, campaign_id, subject, idempotency_key,
-                                          metadata, reverses, feed_xid, request_digest, wallet_seq)
-        SELECT r.user_wallet, r.transaction_type, r.xp_amount::bigint, r.xp_requested::bigint, r.after::bigint,
-               r.rule_id, r.campaign_id, r.subject, r.idempotency_key, coalesce(r.metadata, '{}'), r.reverses,
-               r.feed, pyxp.inputs_digest(r.inputs), r.seq
+    -- 3. The new rows, in row order (ids ascend in row order: the sequence
+    --    is read after the sort). A generic award's row is written with its
+    --    claim (xp_award_claims), in the same statement; it is skipped if a
+    --    call that committed while this one waited for the lock holds the
+    --    key (the claim's INSERT waits for it, then skips: below).
+    WITH numbered AS MATERIALIZED (
+        SELECT r.*, nextval('pyxp.xp_transactions_id_seq') AS id, now() AS created_at
           FROM ROWS FROM (unnest(v_rows), unnest(v_claims), unnest(v_after), unnest(v_feed), unnest(v_seq))
                WITH ORDINALITY
                r(call_index, user_wallet, idempotency_key, inputs, transaction_type, xp_amount, xp_requested,
@@ -566,7 +565,22 @@ BEGIN
                  feed, seq, ord)
          WHERE r.claim IS NULL AND r.transaction_type IS NOT NULL
          ORDER BY r.ord
-        ON CONFLICT (pyxp.key_hash(idempotency_key)) WHERE request_digest IS NOT NULL DO NOTHING
+    ), claimed AS (
+        INSERT INTO pyxp.xp_award_claims AS c (key_hash, transaction_id, created_at)
+        SELECT pyxp.key_hash(r.idempotency_key), r.id, r.created_at FROM numbered r WHERE r.inputs IS NOT NULL
+        ON CONFLICT (key_hash) DO NOTHING
+        RETURNING c.transaction_id
+    ), inserted AS (
+        INSERT INTO pyxp.xp_transactions (id, user_wallet, transaction_type, xp_amount, xp_requested,
+                                          balance_after, rule_id, campaign_id, subject, idempotency_key,
+                                          metadata, reverses, feed_xid, request_digest, wallet_seq, created_at)
+        OVERRIDING SYSTEM VALUE
+        SELECT r.id, r.user_wallet, r.transaction_type, r.xp_amount::bigint, r.xp_requested::bigint, r.after::bigint,
+               r.rule_id, r.campaign_id, r.subject, r.idempotency_key, coalesce(r.metadata, '{}'), r.reverses,
+               r.feed, pyxp.inputs_digest(r.inputs), r.seq, r.created_at
+          FROM numbered r
+         WHERE r.inputs IS NULL OR r.id IN (SELECT c.transaction_id FROM claimed c)
+         ORDER BY r.ord
         RETURNING id
     )
     SELECT array_agg(i.id ORDER BY i.id) INTO v_ids FROM inserted i;
@@ -581,9 +595,9 @@ BEGIN
                    AS same
           INTO v_problem
           FROM unnest(v_rows) WITH ORDINALITY r
-         CROSS JOIN LATERAL (SELECT k.* FROM pyxp.xp_transactions k
-                              WHERE r.inputs IS NOT NULL AND k.request_digest IS NOT NULL
-                                AND pyxp.key_hash(k.idempotency_key) = pyxp.key_hash(r.idempotency_key)
+         CROSS JOIN LATERAL (SELECT k.* FROM pyxp.xp_award_claims c
+                               JOIN pyxp.xp_transactions k ON k.id = c.transaction_id AND k.created_at = c.created_at
+                              WHERE r.inputs IS NOT NULL AND c.key_hash = pyxp.key_hash(r.idempotency_key)
                               LIMIT 1) k
          WHERE v_claims[r.ordinality] IS NULL              -- not a replay: a row this call meant to write
            AND NOT (k.id = ANY (coalesce(v_ids, '{}')))
@@ -786,10 +800,8 @@ DECLARE
 BEGIN
     FOR v_row IN
         SELECT r.ordinality AS ord, r.user_wallet, r.xp_amount, r.apply_floor,
-               EXISTS (SELECT FROM pyxp.xp_transactions k
-                        WHERE r.inputs IS NOT NULL AND k.request_digest IS NOT NULL
-                          AND pyxp.key_hash(k.idempotency_key) = pyxp.key_hash(r.idempotency_key)
-                        LIMIT 1) AS claimed
+               EXISTS (SELECT FROM pyxp.xp_award_claims c
+                        WHERE r.inputs IS NOT NULL AND c.key_hash = pyxp.key_hash(r.idempotency_key)) AS claimed
           FROM unnest(p_rows) WITH ORDINALITY r
          ORDER BY r.user_wallet, r.ordinality
     LOOP
@@ -900,9 +912,8 @@ BEGIN
                    'an award is at most 10^15 XP; check the formula inputs'
              WHERE ru.rule_id IS NOT NULL AND abs(pyxp.rule_amount(ru.xp_constant, ru.xp_coefficients, e.params)) > 1e15
          ) x
-     WHERE NOT EXISTS (SELECT FROM pyxp.xp_transactions k  -- LIMIT: a probe per event, never a hash join
-                        WHERE k.request_digest IS NOT NULL AND pyxp.key_hash(k.idempotency_key) = pyxp.key_hash(e.key)
-                        LIMIT 1)
+     WHERE NOT EXISTS (SELECT FROM pyxp.xp_award_claims c  -- LIMIT: a probe per event, never a hash join
+                        WHERE c.key_hash = pyxp.key_hash(e.key) LIMIT 1)
      ORDER BY x.step, e.event_index
      LIMIT 1;
     IF FOUND THEN

@@ -219,20 +219,60 @@ $$;
 
 -- The checks of single rows (pyxp.audited_rows):
 --   reversal_mismatch   a reversal that does not mirror its original (same
---                       wallet, opposite amount), or reverses a reversal
+--                       wallet, opposite amount), reverses a reversal or a
+--                       row that does not exist, or is a second reversal of
+--                       its original (no foreign key or unique index holds
+--                       these on a partitioned ledger: sql/01_schema.sql)
 --   rule_missing, rule_mismatch  a row's rule is gone, or is another action
 --   request_missing     a flow's or reversal's row without its xp_requests row
 --                       (found by its key's hash)
+--   claim_mismatch      a generic award's row without its claim in
+--                       xp_award_claims, or a claim without its row, or
+--                       whose hash is not its row's key's (the full audit
+--                       joins the two tables on the row's id; since a
+--                       checkpoint, each new row probes its claim)
 CREATE FUNCTION pyxp.row_problems(p_since_checkpoint boolean)
 RETURNS TABLE (check_name text, user_wallet text, transaction_id bigint, detail text)
 LANGUAGE sql STABLE
 AS $$
     SELECT 'reversal_mismatch', t.user_wallet, t.id,
-           format('reverses transaction %s (%s XP to %s) with %s XP', o.id, o.xp_amount, o.user_wallet, t.xp_amount)
+           CASE WHEN o.id IS NULL THEN format('reverses transaction %s, which does not exist', t.reverses)
+                WHEN o.second_id IS NOT NULL
+                THEN format('transaction %s is also reversed by transaction %s', o.id, o.second_id)
+                ELSE format('reverses transaction %s (%s XP to %s) with %s XP', o.id, o.xp_amount, o.user_wallet,
+                            t.xp_amount) END
       FROM pyxp.audited_rows(p_since_checkpoint) t
-     CROSS JOIN LATERAL (SELECT o.* FROM pyxp.xp_transactions o WHERE o.id = t.reverses LIMIT 1) o
+      LEFT JOIN LATERAL (SELECT o.id, o.xp_amount, o.user_wallet, o.reverses,
+                                (SELECT min(x.id) FROM pyxp.xp_transactions x
+                                  WHERE x.reverses = t.reverses AND x.id < t.id) AS second_id
+                           FROM pyxp.xp_transactions o WHERE o.id = t.reverses LIMIT 1) o ON true
      WHERE t.reverses IS NOT NULL
-       AND (t.xp_amount <> -o.xp_amount OR t.user_wallet <> o.user_wallet OR o.reverses IS NOT NULL)
+       AND (o.id IS NULL OR o.second_id IS NOT NULL
+            OR t.xp_amount <> -o.xp_amount OR t.user_wallet <> o.user_wallet OR o.reverses IS NOT NULL)
+    UNION ALL
+    SELECT 'claim_mismatch', t.user_wallet, coalesce(t.id, c.transaction_id),
+           CASE WHEN c.key_hash IS NULL THEN format('no claim in xp_award_claims for key %s', quote_literal(t.idempotency_key))
+                WHEN t.id IS NULL THEN format('claim %s names transaction %s (%s), which does not exist', c.key_hash,
+                                              c.transaction_id, c.created_at)
+                ELSE format('claim %s of transaction %s is not the hash of its key %s', c.key_hash, t.id,
+                            quote_literal(t.idempotency_key)) END
+      FROM (SELECT t.* FROM pyxp.xp_transactions t WHERE NOT p_since_checkpoint AND t.request_digest IS NOT NULL) t
+      FULL JOIN (SELECT c.* FROM pyxp.xp_award_claims c WHERE NOT p_since_checkpoint) c
+             ON c.transaction_id = t.id AND c.created_at = t.created_at
+     WHERE NOT p_since_checkpoint
+       AND (t.id IS NULL OR c.key_hash IS NULL
+            -- pyxp.key_hash, spelled out: a function call per row costs 5 times more
+            OR c.key_hash <> encode(substr(sha256(convert_to(t.idempotency_key, 'UTF8')), 1, 16), 'hex')::uuid)
+    UNION ALL
+    SELECT 'claim_mismatch', t.user_wallet, t.id,
+           CASE WHEN c.key_hash IS NULL THEN format('no claim in xp_award_claims for key %s', quote_literal(t.idempotency_key))
+                ELSE format('the claim of key %s names transaction %s (%s)', quote_literal(t.idempotency_key),
+                            c.transaction_id, c.created_at) END
+      FROM pyxp.audited_rows(p_since_checkpoint) t
+      LEFT JOIN pyxp.xp_award_claims c  -- pyxp.key_hash, spelled out (as above)
+             ON c.key_hash = encode(substr(sha256(convert_to(t.idempotency_key, 'UTF8')), 1, 16), 'hex')::uuid
+     WHERE p_since_checkpoint AND t.request_digest IS NOT NULL
+       AND (c.key_hash IS NULL OR (c.transaction_id, c.created_at) <> (t.id, t.created_at))
     UNION ALL
     SELECT CASE WHEN ru.rule_id IS NULL THEN 'rule_missing' ELSE 'rule_mismatch' END, t.user_wallet, t.id,
            CASE WHEN ru.rule_id IS NULL THEN format('rule %s of this row does not exist', t.rule_id)
@@ -274,7 +314,8 @@ AS $$
       FROM pyxp.rulesets r WHERE r.is_active HAVING count(*) <> 1
     UNION ALL
     SELECT c.check_name, c.user_wallet,
-           (SELECT t.id FROM pyxp.xp_transactions t WHERE t.user_wallet = c.user_wallet AND t.wallet_seq = c.wallet_seq),
+           -- (a position held twice, which no unique index prevents since 0015: its later row)
+           (SELECT max(t.id) FROM pyxp.xp_transactions t WHERE t.user_wallet = c.user_wallet AND t.wallet_seq = c.wallet_seq),
            c.detail
       FROM pyxp.chain_problems(false) c
     UNION ALL
@@ -401,7 +442,8 @@ BEGIN
           FROM pyxp.rulesets r WHERE r.is_active HAVING count(*) <> 1
         UNION ALL
         SELECT c.check_name, c.user_wallet,
-               (SELECT t.id FROM pyxp.xp_transactions t WHERE t.user_wallet = c.user_wallet AND t.wallet_seq = c.wallet_seq),
+               (SELECT max(t.id) FROM pyxp.xp_transactions t  -- a position held twice: its later row
+                 WHERE t.user_wallet = c.user_wallet AND t.wallet_seq = c.wallet_seq),
                c.detail
           FROM pyxp.chain_problems(v_since) c
         UNION ALL

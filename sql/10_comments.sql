@@ -89,7 +89,7 @@ COMMENT ON FUNCTION pyxp.floored_amount(numeric, bigint, numeric) IS 'internal: 
 COMMENT ON FUNCTION pyxp.kept_period_xp(timestamptz, bigint, timestamptz, bigint) IS
     'internal: a balance''s XP in its latest period of a kind after new rows.';
 COMMENT ON FUNCTION pyxp.balance_limit() IS 'internal: 2^62, the bound of every balance.';
-COMMENT ON FUNCTION pyxp.key_hash(text) IS 'internal: the claim index''s key, 16 bytes of sha256 of an idempotency key.';
+COMMENT ON FUNCTION pyxp.key_hash(text) IS 'internal: the claims'' key (xp_award_claims, xp_requests), 16 bytes of sha256 of an idempotency key.';
 COMMENT ON FUNCTION pyxp.inputs_digest(jsonb) IS 'internal: 8 bytes of sha256 of a generic award''s canonical inputs, kept on its claim row.';
 COMMENT ON FUNCTION pyxp.row_ruleset(bigint, text) IS 'internal: the ruleset a ledger row was written under.';
 COMMENT ON FUNCTION pyxp.request_inputs_digest(jsonb) IS 'internal: the digest a flow''s or reversal''s request keeps of its inputs.';

@@ -148,6 +148,8 @@ SELECT (SELECT count(*) FROM pyxp.xp_transactions) AS ledger_rows,
        (SELECT coalesce(sum(used_xp), 0) FROM pyxp.xp_cap_usage) AS cap_used,
        (SELECT count(*) FROM pyxp.xp_audit_checkpoints) AS checkpoints,
        (SELECT coalesce(sum(wallet_seq), 0) FROM pyxp.xp_wallet_checkpoints) AS checkpoint_positions,
+       (SELECT count(*) FROM pyxp.xp_award_claims) AS award_claims,
+       (SELECT count(*) FROM pg_inherits WHERE inhparent = 'pyxp.xp_transactions'::regclass) AS ledger_partitions,
        (SELECT count(*) FROM pyxp.xp_rank_counts) AS rank_count_rows,
        (SELECT coalesce(sum(wallets), 0) FROM pyxp.xp_rank_counts) AS ranked_wallets
 """

@@ -85,11 +85,14 @@ def test_every_writer_numbers_a_wallets_rows_1_2_3(db: psycopg.Connection[Any]) 
     assert findings(db) == set()
 
 
-def test_one_row_per_position(db: psycopg.Connection[Any]) -> None:
+def test_a_repeated_position_is_reported(db: psycopg.Connection[Any]) -> None:
+    """No unique index holds one row per position on the partitioned ledger (0015): the writer
+    numbers a wallet's rows under its lock, and the audit's walk reports a repeated one."""
     award(db, "0xa", "k1")
-    with pytest.raises(psycopg.errors.UniqueViolation):
-        tamper(db, "INSERT INTO pyxp.xp_transactions (user_wallet, transaction_type, xp_amount, balance_after,"
-                   " idempotency_key, wallet_seq) VALUES ('0xa', 'X', 0, 100, 'forged', 1)")
+    tamper(db, "INSERT INTO pyxp.xp_transactions (user_wallet, transaction_type, xp_amount, balance_after,"
+               " idempotency_key, wallet_seq) VALUES ('0xa', 'X', 0, 100, 'forged', 1)")
+    gaps = [(r[0], r[1], r[3]) for r in db.execute("SELECT * FROM pyxp.audit()") if r[0] == "wallet_seq_gap"]
+    assert gaps == [("wallet_seq_gap", "0xa", "wallet_seq 1 follows wallet_seq 1")]
 
 
 def test_history_pages_in_wallet_order(db: psycopg.Connection[Any], xp: XP) -> None:

@@ -109,6 +109,8 @@ def test_a_reversal_frees_the_period_of_the_gain(db: psycopg.Connection[Any]) ->
         db.execute("UPDATE pyxp.xp_transactions SET created_at = created_at - interval '7 days' WHERE id = ANY(%s)",
                    (old,))
         db.execute("ALTER TABLE pyxp.xp_transactions ENABLE TRIGGER xp_transactions_append_only")
+        db.execute("UPDATE pyxp.xp_award_claims c SET created_at = t.created_at FROM pyxp.xp_transactions t "
+                   "WHERE t.id = c.transaction_id")  # a claim says where its row is
         db.execute("SELECT pyxp.rebuild_period_columns('Europe/Paris')")
         db.execute("UPDATE pyxp.xp_cap_usage SET period_start = period_start - interval '7 days'")
     clean_audit(db)

@@ -603,3 +603,74 @@ def test_0014_counts_the_period_boards_of_an_existing_ledger(fresh_database: Cal
             naive, read = board_ranks(conn, period)
             assert read == naive
         assert conn.execute("SELECT * FROM pyxp.audit()").fetchall() == []
+
+
+def test_0015_partitions_a_ledger_of_every_kind_and_every_key_still_replays(fresh_database: Callable[[], str]) -> None:
+    """Issue 15: 0015 makes a 0014 ledger of 10k rows of every kind (old rows among them) the
+    partition of its months, copies its generic awards' claims, and creates the months ahead:
+    audit() is clean, every call replays, another input under a generic key is PX010, a reversal
+    is refused twice, new awards go to this month's partition, the identity goes on. The
+    downgrade puts the rows back into one table (audit clean, every call replays) and the
+    upgrade again too."""
+    from psycopg.types.json import Jsonb
+    target = fresh_database()
+    schema.upgrade(target, "0014")
+    done: list[tuple[str, dict[str, Any], list[Any]]] = []
+    with psycopg.connect(target, autocommit=True) as conn:
+        for kind, args in _ledger_calls():
+            done.append((kind, args, _run(conn, kind, args)))
+        done.append(("reverse", {"id": 5, "reason": "migration test"}, _run(conn, "reverse", {"id": 5, "reason": "migration test"})))
+        ledger = conn.execute("SELECT * FROM pyxp.xp_transactions ORDER BY id").fetchall()
+        generic = conn.execute("SELECT count(*) FROM pyxp.xp_transactions WHERE request_digest IS NOT NULL").fetchone()[0]
+        last_id = ledger[-1][0]
+    assert len(ledger) >= 10_000 and generic >= 9_000
+
+    def partitioned_and_sound(conn: psycopg.Connection[Any]) -> None:
+        assert conn.execute("SELECT * FROM pyxp.audit()").fetchall() == []
+        assert conn.execute("SELECT relkind FROM pg_class WHERE oid = 'pyxp.xp_transactions'::regclass").fetchone() == ("p",)
+        assert conn.execute("SELECT * FROM pyxp.xp_transactions WHERE id <= %s ORDER BY id", (last_id,)).fetchall() == ledger
+        assert conn.execute("SELECT count(*) FROM pyxp.xp_award_claims").fetchone()[0] >= generic
+        _replays_everything(conn, done)
+
+    schema.upgrade(target)
+    with psycopg.connect(target, autocommit=True) as conn:
+        partitions = conn.execute("SELECT partition_name FROM pyxp.ledger_partitions()").fetchall()
+        assert partitions[0][0].startswith("xp_transactions_before_") and partitions[-1] == ("xp_transactions_default",)
+        held = conn.execute("SELECT DISTINCT tableoid::regclass::text FROM pyxp.xp_transactions").fetchall()
+        assert held == [(f"pyxp.{partitions[0][0]}",)]  # the old table: every row, unmoved
+        assert conn.execute("SELECT count(*) FROM pyxp.xp_award_claims").fetchone() == (generic,)
+        partitioned_and_sound(conn)
+        with pytest.raises(psycopg.Error) as refused:
+            _run(conn, "award", {"wallet": "0xsingle1", "action": "Completion_Submit_B2C_Paid", "key": "single:1",
+                                 "params": Jsonb({"PRICE_COMPLETION": 301}), "context": Jsonb({})})
+        assert refused.value.sqlstate == "PX010"
+        with pytest.raises(psycopg.Error) as twice:
+            _run(conn, "reverse", {"id": 5, "reason": "another reason"})
+        assert twice.value.sqlstate == "PX014"
+        after = _run(conn, "award", {"wallet": "0xsingle1", "action": "CAMPAIGN_APPROVED", "key": "after:0015",
+                                     "params": Jsonb({}), "context": Jsonb({})})
+        assert [(r["xp_amount"], r["replayed"]) for r in after] == [(100, False)]
+        assert after[0]["transaction_id"] > last_id
+        assert conn.execute("SELECT tableoid::regclass::text FROM pyxp.xp_transactions WHERE id = %s",
+                            (after[0]["transaction_id"],)).fetchone()[0].startswith("pyxp.xp_transactions_")
+        done.append(("award", {"wallet": "0xsingle1", "action": "CAMPAIGN_APPROVED", "key": "after:0015",
+                               "params": Jsonb({}), "context": Jsonb({})}, after))
+        with pytest.raises(psycopg.Error) as detach:
+            conn.execute(f"ALTER TABLE pyxp.xp_transactions DETACH PARTITION pyxp.{partitions[0][0]}")
+        assert detach.value.sqlstate == "PX013"
+
+    schema.downgrade(target, "0014")
+    with psycopg.connect(target, autocommit=True) as conn:
+        assert conn.execute("SELECT relkind FROM pg_class WHERE oid = 'pyxp.xp_transactions'::regclass").fetchone() == ("r",)
+        assert conn.execute("SELECT to_regclass('pyxp.xp_award_claims')").fetchone() == (None,)
+        assert conn.execute("SELECT count(*) FROM pg_event_trigger WHERE evtname LIKE 'pyxp%'").fetchone() == (0,)
+        assert conn.execute("SELECT * FROM pyxp.audit()").fetchall() == []
+        _replays_everything(conn, done)
+        again = _run(conn, "award", {"wallet": "0xsingle2", "action": "CAMPAIGN_APPROVED", "key": "after:downgrade",
+                                     "params": Jsonb({}), "context": Jsonb({})})
+        assert again[0]["transaction_id"] > after[0]["transaction_id"]
+        done.append(("award", {"wallet": "0xsingle2", "action": "CAMPAIGN_APPROVED", "key": "after:downgrade",
+                               "params": Jsonb({}), "context": Jsonb({})}, again))
+    schema.upgrade(target)
+    with psycopg.connect(target, autocommit=True) as conn:
+        partitioned_and_sound(conn)

@@ -47,6 +47,9 @@ def place(db: psycopg.Connection[Any], moves: dict[int, datetime]) -> None:
         for transaction_id, at in moves.items():
             db.execute("UPDATE pyxp.xp_transactions SET created_at = %s WHERE id = %s", (at, transaction_id))
         db.execute("ALTER TABLE pyxp.xp_transactions ENABLE TRIGGER xp_transactions_append_only")
+        # A generic award's claim says where its row is (its partition, by created_at).
+        db.execute("UPDATE pyxp.xp_award_claims c SET created_at = t.created_at FROM pyxp.xp_transactions t "
+                   "WHERE t.id = c.transaction_id")
         db.execute("SELECT pyxp.rebuild_period_columns((SELECT timezone FROM pyxp.rulesets WHERE is_active))")
         db.execute("DELETE FROM pyxp.xp_cap_usage")
         db.execute("INSERT INTO pyxp.xp_cap_usage SELECT user_wallet, allowance, period_start, used_xp "

@@ -1,0 +1,222 @@
+-- The ledger's partitions (issue 15): pyxp.xp_transactions is partitioned by
+-- range of created_at (sql/01_schema.sql says what that changes in its keys):
+--   xp_transactions_before_YYYY_MM  every row older than that month: a
+--                                    ledger's rows from before 0015 (its
+--                                    table became this partition), rows
+--                                    loaded with past dates
+--   xp_transactions_YYYY_MM         one calendar month (UTC), created ahead
+--                                    by pyxp.create_ledger_partitions()
+--   xp_transactions_default         any other row: a month nobody created in
+--                                    time (an award never fails for want of
+--                                    a partition). Normally empty; creating a
+--                                    month reads it (ATTACH checks that none
+--                                    of its rows belongs to the new month).
+-- Append-only on every partition: the row triggers of the ledger (UPDATE,
+-- DELETE) are cloned to each partition by PostgreSQL; the TRUNCATE trigger is
+-- not, so each partition gets its own (pyxp.create_ledger_partitions, and
+-- pyxp.guard_ledger_partitions for a partition attached by hand). DETACH and
+-- DROP of a partition would take its rows out of the ledger: the event
+-- triggers below refuse them (PX013), except when the whole ledger is dropped
+-- (DROP SCHEMA pyxp, a downgrade). Event triggers need a superuser: a
+-- migration run by another role installs everything else and warns.
+
+SET LOCAL ROLE pyxp_owner;
+
+-- The partitions a ledger has: name, range (NULL bounds: MINVALUE, or the
+-- default partition) and whether it is the default.
+CREATE FUNCTION pyxp.ledger_partitions()
+RETURNS TABLE (partition_name text, range_start timestamptz, range_end timestamptz, is_default boolean)
+LANGUAGE sql STABLE
+SET search_path = pyxp, pg_temp
+AS $$
+    SELECT c.relname::text,
+           (substring(b.bound FROM 'FROM \(''([^'']+)''\)'))::timestamptz,
+           (substring(b.bound FROM 'TO \(''([^'']+)''\)'))::timestamptz,
+           b.bound = 'DEFAULT'
+      FROM pg_catalog.pg_inherits i
+      JOIN pg_catalog.pg_class c ON c.oid = i.inhrelid
+     CROSS JOIN LATERAL (SELECT pg_catalog.pg_get_expr(c.relpartbound, c.oid) AS bound) b
+     WHERE i.inhparent = 'pyxp.xp_transactions'::regclass
+     ORDER BY 3 NULLS LAST, 2 NULLS FIRST
+$$;
+
+-- Owner operation, to run from a scheduler (monthly is enough; it does
+-- nothing for a month that a partition holds): creates the monthly
+-- partitions of this month and of the months_ahead months after it.
+-- A month whose rows already went to the default partition is left there
+-- (created false, and why): its rows stay in the ledger, in the default
+-- partition. Each partition is created apart, given the TRUNCATE trigger and
+-- the reader's grant, then attached: ATTACH takes SHARE UPDATE EXCLUSIVE on
+-- the ledger (awards and reads go on) and ACCESS EXCLUSIVE on the default
+-- partition while it checks it (empty, normally). It waits at most 1 s for
+-- a lock (lock_timeout): run it again later.
+CREATE FUNCTION pyxp.create_ledger_partitions(months_ahead integer DEFAULT 2)
+RETURNS TABLE (partition_name text, range_start timestamptz, range_end timestamptz, created boolean, note text)
+LANGUAGE plpgsql SECURITY DEFINER
+SET search_path = pyxp, pg_temp
+SET lock_timeout = '1s'
+AS $$
+DECLARE
+    v_this_month constant timestamptz := date_trunc('month', now(), 'UTC');
+    v_until timestamptz;
+    v_start timestamptz;
+    v_end timestamptz;
+    v_name text;
+BEGIN
+    IF months_ahead IS NULL OR months_ahead NOT BETWEEN 0 AND 120 THEN
+        RAISE EXCEPTION 'months_ahead must be between 0 and 120, got %', coalesce(months_ahead::text, 'NULL')
+            USING ERRCODE = 'PX023', HINT = 'the default, 2, keeps this month and the next two; run it monthly';
+    END IF;
+    v_until := (v_this_month AT TIME ZONE 'UTC' + make_interval(months => months_ahead + 1)) AT TIME ZONE 'UTC';
+    v_start := v_this_month;
+    WHILE v_start < v_until LOOP
+        v_end := (v_start AT TIME ZONE 'UTC' + interval '1 month') AT TIME ZONE 'UTC';
+        v_name := 'xp_transactions_' || to_char(v_start AT TIME ZONE 'UTC', 'YYYY_MM');
+        partition_name := v_name;
+        range_start := v_start;
+        range_end := v_end;
+        IF EXISTS (SELECT FROM pyxp.ledger_partitions() p
+                    WHERE NOT p.is_default AND coalesce(p.range_start < v_end, true) AND p.range_end > v_start) THEN
+            v_start := v_end;
+            CONTINUE;  -- a partition holds (part of) this month already
+        ELSIF EXISTS (SELECT FROM pyxp.xp_transactions_default d WHERE d.created_at >= v_start AND d.created_at < v_end) THEN
+            created := false;
+            note := 'rows of this month are in xp_transactions_default: they stay there';
+        ELSE
+            EXECUTE format('CREATE TABLE pyxp.%I (LIKE pyxp.xp_transactions INCLUDING DEFAULTS)', v_name);
+            EXECUTE format('CREATE TRIGGER xp_transactions_no_truncate BEFORE TRUNCATE ON pyxp.%I '
+                           'FOR EACH STATEMENT EXECUTE FUNCTION pyxp.refuse_ledger_change()', v_name);
+            EXECUTE format('GRANT SELECT ON pyxp.%I TO pyxp_reader', v_name);
+            EXECUTE format('ALTER TABLE pyxp.xp_transactions ATTACH PARTITION pyxp.%I FOR VALUES FROM (%L) TO (%L)',
+                           v_name, v_start, v_end);
+            created := true;
+            note := NULL;
+        END IF;
+        RETURN NEXT;
+        v_start := v_end;
+    END LOOP;
+END
+$$;
+COMMENT ON FUNCTION pyxp.create_ledger_partitions(integer) IS
+    'internal: creates the ledger''s monthly partitions up to months_ahead months from now (run it monthly). Owner only.';
+COMMENT ON FUNCTION pyxp.ledger_partitions() IS
+    'internal: the ledger''s partitions and their ranges.';
+
+-- The two partitions every ledger has: the default one, and the one of the
+-- rows older than this month. (Migration 0015 makes an existing ledger's
+-- table the second one, to the month after its last row, and creates the
+-- rest the same way.)
+DO $partitions$
+DECLARE
+    v_month constant timestamptz := date_trunc('month', now(), 'UTC');
+    v_name text;
+BEGIN
+    FOREACH v_name IN ARRAY ARRAY['xp_transactions_default',
+                                  'xp_transactions_before_' || to_char(v_month AT TIME ZONE 'UTC', 'YYYY_MM')] LOOP
+        EXECUTE format('CREATE TABLE pyxp.%I (LIKE pyxp.xp_transactions INCLUDING DEFAULTS)', v_name);
+        EXECUTE format('CREATE TRIGGER xp_transactions_no_truncate BEFORE TRUNCATE ON pyxp.%I '
+                       'FOR EACH STATEMENT EXECUTE FUNCTION pyxp.refuse_ledger_change()', v_name);
+        EXECUTE format('GRANT SELECT ON pyxp.%I TO pyxp_reader', v_name);
+    END LOOP;
+    ALTER TABLE pyxp.xp_transactions ATTACH PARTITION pyxp.xp_transactions_default DEFAULT;
+    EXECUTE format('ALTER TABLE pyxp.xp_transactions ATTACH PARTITION pyxp.%I FOR VALUES FROM (MINVALUE) TO (%L)',
+                   'xp_transactions_before_' || to_char(v_month AT TIME ZONE 'UTC', 'YYYY_MM'), v_month);
+END
+$partitions$;
+SELECT count(*) FROM pyxp.create_ledger_partitions();
+
+-- What the event triggers below run, as the role whose command fired them.
+-- ddl_command_start: remembers the ledger and its partitions (a setting of
+-- this transaction). ddl_command_end: refuses the command if one of them is
+-- no longer a partition (DETACH), and gives the TRUNCATE trigger to a
+-- partition that lacks it (attached by hand). sql_drop: refuses the drop of
+-- a partition unless the ledger itself is dropped with it.
+CREATE FUNCTION pyxp.guard_ledger_partitions()
+RETURNS event_trigger
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    v_seen text := current_setting('pyxp.ledger_partitions', true);
+    v_ledger oid;
+    v_kept oid[];
+    v_name text;
+BEGIN
+    IF TG_EVENT = 'ddl_command_start' THEN
+        v_ledger := to_regclass('pyxp.xp_transactions');
+        PERFORM set_config('pyxp.ledger_partitions',
+                           CASE WHEN v_ledger IS NULL THEN ''
+                                ELSE v_ledger || ':' || coalesce((SELECT string_agg(i.inhrelid::text, ',')
+                                                                    FROM pg_inherits i WHERE i.inhparent = v_ledger), '')
+                           END, true);
+        RETURN;
+    END IF;
+    IF coalesce(v_seen, '') = '' THEN
+        RETURN;
+    END IF;
+    v_ledger := split_part(v_seen, ':', 1)::oid;
+    v_kept := string_to_array(nullif(split_part(v_seen, ':', 2), ''), ',')::oid[];
+    IF TG_EVENT = 'sql_drop' THEN
+        SELECT d.object_identity INTO v_name
+          FROM pg_event_trigger_dropped_objects() d
+         WHERE d.objid = ANY (v_kept) AND d.classid = 'pg_class'::regclass AND d.objsubid = 0
+           AND NOT EXISTS (SELECT FROM pg_event_trigger_dropped_objects() l
+                            WHERE l.objid = v_ledger AND l.classid = 'pg_class'::regclass)
+         LIMIT 1;
+        IF v_name IS NOT NULL THEN
+            RAISE EXCEPTION 'xp_transactions is append-only: DROP of its partition % refused', v_name
+                USING ERRCODE = 'PX013',
+                      HINT = 'a partition holds ledger rows; correct a row with pyxp.reverse_transaction(transaction_id, reason)';
+        END IF;
+        RETURN;
+    END IF;
+    -- ddl_command_end
+    SELECT c.oid::regclass::text INTO v_name
+      FROM pg_class c
+     WHERE c.oid = ANY (v_kept)
+       AND NOT EXISTS (SELECT FROM pg_inherits i WHERE i.inhrelid = c.oid AND i.inhparent = v_ledger)
+     LIMIT 1;
+    IF v_name IS NOT NULL THEN
+        RAISE EXCEPTION 'xp_transactions is append-only: DETACH of its partition % refused', v_name
+            USING ERRCODE = 'PX013',
+                  HINT = 'a partition holds ledger rows; correct a row with pyxp.reverse_transaction(transaction_id, reason)';
+    END IF;
+    FOR v_name IN
+        SELECT i.inhrelid::regclass::text
+          FROM pg_inherits i
+         WHERE i.inhparent = v_ledger
+           AND NOT EXISTS (SELECT FROM pg_trigger t
+                            WHERE t.tgrelid = i.inhrelid AND t.tgfoid = 'pyxp.refuse_ledger_change()'::regprocedure
+                              AND (t.tgtype & 32) <> 0)  -- TRIGGER_TYPE_TRUNCATE
+    LOOP
+        EXECUTE format('CREATE TRIGGER xp_transactions_no_truncate BEFORE TRUNCATE ON %s '
+                       'FOR EACH STATEMENT EXECUTE FUNCTION pyxp.refuse_ledger_change()', v_name);
+    END LOOP;
+END
+$$;
+COMMENT ON FUNCTION pyxp.guard_ledger_partitions() IS
+    'internal: event trigger function refusing DETACH and DROP of a ledger partition (PX013); gives each partition the TRUNCATE trigger.';
+REVOKE ALL ON FUNCTION pyxp.guard_ledger_partitions(), pyxp.create_ledger_partitions(integer),
+    pyxp.ledger_partitions() FROM PUBLIC;
+
+RESET ROLE;
+
+-- Event triggers belong to a superuser (PostgreSQL's rule).
+DO $guard$
+BEGIN
+    IF (SELECT r.rolsuper FROM pg_catalog.pg_roles r WHERE r.rolname = current_user) THEN
+        CREATE EVENT TRIGGER pyxp_ledger_partitions_start ON ddl_command_start
+            WHEN TAG IN ('ALTER TABLE', 'DROP TABLE', 'DROP SCHEMA', 'DROP OWNED')
+            EXECUTE FUNCTION pyxp.guard_ledger_partitions();
+        CREATE EVENT TRIGGER pyxp_ledger_partitions_end ON ddl_command_end
+            WHEN TAG IN ('ALTER TABLE')
+            EXECUTE FUNCTION pyxp.guard_ledger_partitions();
+        CREATE EVENT TRIGGER pyxp_ledger_partitions_drop ON sql_drop
+            WHEN TAG IN ('DROP TABLE', 'DROP SCHEMA', 'DROP OWNED')
+            EXECUTE FUNCTION pyxp.guard_ledger_partitions();
+    ELSE
+        RAISE WARNING 'pyxp: % is no superuser: DETACH and DROP of a ledger partition are not refused', current_user
+            USING HINT = 'a superuser can run the CREATE EVENT TRIGGER statements of sql/12_partitions.sql';
+    END IF;
+END
+$guard$;

@@ -1,0 +1,280 @@
+"""The ledger partitioned by month (issue 15 item 3, migration 0015, sql/12_partitions.sql).
+
+What partitioning must not change: keys unique across every partition (a generic award's
+claim, a reversal once), the append-only rule on every partition (UPDATE, DELETE, TRUNCATE,
+and now DETACH and DROP), and audit() proving the ledger. What it adds: rows land in their
+month's partition, and the owner creates the months ahead.
+"""
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+import psycopg
+import pytest
+
+from pyxp import errors
+
+AWARD = "SELECT * FROM pyxp.award(wallet => %s, action => 'CAMPAIGN_APPROVED', idempotency_key => %s)"
+PARTITIONS = "SELECT partition_name, range_start, range_end, is_default FROM pyxp.ledger_partitions()"
+
+
+def this_month() -> str:
+    return datetime.now(UTC).strftime("%Y_%m")
+
+
+def partition_of(db: psycopg.Connection[Any], transaction_id: int) -> str:
+    row = db.execute("SELECT tableoid::regclass::text FROM pyxp.xp_transactions WHERE id = %s",
+                     (transaction_id,)).fetchone()
+    assert row is not None
+    return str(row[0])
+
+
+def past_generic_award(db: psycopg.Connection[Any], wallet: str, key: str, created_at: str) -> int:
+    """A generic award of CAMPAIGN_APPROVED (+100) to a new wallet, as the writer would have written it
+    at ``created_at`` (the writer only writes now()): its row, its claim and its balance; then the
+    period columns and rank counts recounted as an owner does after loading rows."""
+    row = db.execute("""
+        INSERT INTO pyxp.xp_transactions (user_wallet, transaction_type, xp_amount, balance_after, rule_id,
+                                          idempotency_key, request_digest, wallet_seq, created_at)
+        SELECT %(wallet)s, 'CAMPAIGN_APPROVED', 100, 100, r.rule_id, %(key)s,
+               pyxp.inputs_digest(jsonb_build_object('action', 'CAMPAIGN_APPROVED', 'wallet', %(wallet)s::text,
+                                                     'params', '{}'::jsonb)), 1, %(at)s
+          FROM pyxp.rules r WHERE r.ruleset_id = pyxp.active_ruleset_id() AND r.action = 'CAMPAIGN_APPROVED'
+        RETURNING id, created_at""", {"wallet": wallet, "key": key, "at": created_at}).fetchone()
+    assert row is not None
+    db.execute("INSERT INTO pyxp.xp_award_claims VALUES (pyxp.key_hash(%s), %s, %s)", (key, row[0], row[1]))
+    db.execute("""INSERT INTO pyxp.xp_balances (user_wallet, total_xp, current_level, xp_to_next_level, last_wallet_seq)
+                  SELECT %s, 100, c.level, c.next_level_xp - 100, 1 FROM pyxp.curve_position(pyxp.active_ruleset_id(), 100) c""",
+               (wallet,))
+    db.execute("SELECT pyxp.rebuild_period_columns((SELECT timezone FROM pyxp.rulesets WHERE is_active))")
+    db.execute("SELECT pyxp.rebalance_rank_buckets(16, true)")
+    return int(row[0])
+
+
+# --------------------------------------------------------------------------- layout
+
+
+def test_a_new_ledger_has_its_months_ahead_a_partition_for_older_rows_and_a_default(
+        db: psycopg.Connection[Any]) -> None:
+    partitions = db.execute(PARTITIONS).fetchall()
+    names = [p[0] for p in partitions]
+    assert names[0].startswith("xp_transactions_before_") and partitions[0][1] is None
+    assert names[-1] == "xp_transactions_default" and partitions[-1][3]
+    months = [p for p in partitions if not p[3] and p[1] is not None]
+    assert [p[0] for p in months][0] == f"xp_transactions_{this_month()}"
+    assert len(months) == 3  # this month and the two after it (create_ledger_partitions' default)
+    for earlier, later in zip(partitions[:-1], partitions[1:-1]):
+        assert earlier[2] == later[1]  # contiguous: no month falls to the default partition
+
+
+def test_rows_go_to_their_months_partition_and_older_rows_before_it(db: psycopg.Connection[Any]) -> None:
+    new = db.execute(AWARD, ("0xnow", "now-1")).fetchone()
+    assert new is not None
+    assert partition_of(db, new[0]) == f"pyxp.xp_transactions_{this_month()}"
+    old = past_generic_award(db, "0xold", "old-1", "2020-03-04 05:06:07+00")
+    assert partition_of(db, old).startswith("pyxp.xp_transactions_before_")
+    assert db.execute("SELECT * FROM pyxp.audit()").fetchall() == []
+
+
+# --------------------------------------------------------------------------- keys across partitions
+
+
+def test_a_key_claimed_in_an_older_partition_replays_and_refuses_other_inputs(
+        db: psycopg.Connection[Any], unchanged: Any) -> None:
+    """The claim of a generic award is unique across partitions: its row in the partition of
+    2020 is found by its claim (id and created_at), replayed as it was; another wallet with
+    its key is PX010 naming the first call, and nothing is written either time."""
+    old = past_generic_award(db, "0xold", "shared-key", "2020-03-04 05:06:07+00")
+    with unchanged():
+        again = db.execute(AWARD, ("0xold", "shared-key")).fetchall()
+    assert [(r[0], r[1], r[3], r[-1]) for r in again] == [(old, "0xold", 100, True)]
+    with unchanged(), pytest.raises(errors.IdempotencyConflict) as refused, errors.wrap_errors():
+        db.execute(AWARD, ("0xsomeone-else", "shared-key"))
+    assert '"wallet": "0xold"' in (refused.value.detail or "")
+    assert db.execute("SELECT * FROM pyxp.audit()").fetchall() == []
+
+
+def test_a_row_in_an_older_partition_is_reversed_once(db: psycopg.Connection[Any], unchanged: Any) -> None:
+    old = past_generic_award(db, "0xold", "old-reversed", "2021-01-01 00:00:00+00")
+    first = db.execute("SELECT * FROM pyxp.reverse_transaction(%s, 'mistake')", (old,)).fetchone()
+    assert first is not None and first[3] == -100
+    assert partition_of(db, first[0]) == f"pyxp.xp_transactions_{this_month()}"
+    with unchanged():
+        replay = db.execute("SELECT * FROM pyxp.reverse_transaction(%s, 'mistake')", (old,)).fetchone()
+        assert replay is not None and replay[0] == first[0] and replay[-1] is True
+        with pytest.raises(errors.ReversalRefused), errors.wrap_errors():
+            db.execute("SELECT * FROM pyxp.reverse_transaction(%s, 'another reason')", (old,))
+    assert db.execute("SELECT * FROM pyxp.audit()").fetchall() == []
+
+
+def test_audit_reports_what_no_key_holds_on_a_partitioned_ledger(db: psycopg.Connection[Any]) -> None:
+    """No unique index or foreign key holds these any more (sql/01_schema.sql): audit() does.
+    A second reversal of a row, a reversal of a row that does not exist, a generic row whose
+    claim is gone, and a claim whose row does not exist."""
+    first = db.execute(AWARD, ("0xa", "a-1")).fetchone()
+    second = db.execute(AWARD, ("0xb", "b-1")).fetchone()
+    assert first is not None and second is not None
+    reversal = db.execute("SELECT * FROM pyxp.reverse_transaction(%s, 'r')", (first[0],)).fetchone()
+    assert reversal is not None
+    assert db.execute("SELECT * FROM pyxp.audit()").fetchall() == []
+    db.execute("""INSERT INTO pyxp.xp_transactions (user_wallet, transaction_type, xp_amount, balance_after,
+                                                    idempotency_key, reverses, wallet_seq)
+                  VALUES ('0xa', 'REVERSAL', -100, -100, 'tampered:1', %s, 3),
+                         ('0xa', 'REVERSAL', 0, -100, 'tampered:2', 999999, 4)""", (first[0],))
+    db.execute("DELETE FROM pyxp.xp_award_claims WHERE transaction_id = %s", (second[0],))
+    db.execute("INSERT INTO pyxp.xp_award_claims VALUES (pyxp.key_hash('ghost'), 888888, now())")
+    found = [(r[0], r[2], r[3]) for r in db.execute("SELECT * FROM pyxp.audit()")
+             if r[0] in ("reversal_mismatch", "claim_mismatch")]
+    assert len(found) == 4
+    assert ("claim_mismatch", second[0], "no claim in xp_award_claims for key 'b-1'") in found
+    assert any(r[0] == "claim_mismatch" and r[1] == 888888 and "does not exist" in r[2] for r in found)
+    assert any(r[0] == "reversal_mismatch" and f"transaction {first[0]} is also reversed" in r[2] for r in found)
+    assert any(r[0] == "reversal_mismatch" and "999999, which does not exist" in r[2] for r in found)
+
+
+def test_the_check_since_a_checkpoint_finds_a_new_row_without_its_claim(db: psycopg.Connection[Any]) -> None:
+    db.execute(AWARD, ("0xa", "a-1"))
+    db.execute("SELECT pyxp.record_audit_checkpoint()")
+    later = db.execute(AWARD, ("0xb", "b-1")).fetchone()
+    assert later is not None
+    assert db.execute("SELECT * FROM pyxp.audit_since_checkpoint()").fetchall() == []
+    db.execute("DELETE FROM pyxp.xp_award_claims WHERE transaction_id = %s", (later[0],))
+    assert [(r[0], r[2]) for r in db.execute("SELECT * FROM pyxp.audit_since_checkpoint()")] == \
+        [("claim_mismatch", later[0])]
+
+
+# --------------------------------------------------------------------------- append-only on every partition
+
+
+@pytest.mark.parametrize("as_role", ["superuser", "pyxp_owner"])
+def test_every_partition_refuses_update_delete_and_truncate(
+        conninfo: str, db: psycopg.Connection[Any], unchanged: Any, as_role: str) -> None:
+    db.execute(AWARD, ("0xnow", "now-1"))
+    past_generic_award(db, "0xold", "old-1", "2020-03-04 05:06:07+00")
+    names = [p[0] for p in db.execute(PARTITIONS)]
+    holding = {str(name).removeprefix("pyxp.") for (name,) in db.execute(
+        "SELECT DISTINCT tableoid::regclass::text FROM pyxp.xp_transactions")}
+    assert len(holding) == 2
+    with psycopg.connect(conninfo, autocommit=True) as conn:
+        if as_role == "pyxp_owner":
+            conn.execute("SET ROLE pyxp_owner")
+        for name in names:
+            # Row triggers fire on rows: UPDATE and DELETE of an empty partition change nothing anyway.
+            for statement in ([f"UPDATE pyxp.{name} SET xp_amount = xp_amount + 1", f"DELETE FROM pyxp.{name}"]
+                              if name in holding else []) + [f"TRUNCATE pyxp.{name}"]:
+                with unchanged(), pytest.raises(errors.AppendOnlyLedger), errors.wrap_errors():
+                    conn.execute(statement)
+
+
+def test_detach_and_drop_of_a_partition_are_refused(db: psycopg.Connection[Any], unchanged: Any) -> None:
+    """PX013, for a partition with rows and for an empty one (a row could land there), as the
+    superuser the tests run as; the ledger keeps every partition."""
+    db.execute(AWARD, ("0xnow", "now-1"))
+    before = db.execute(PARTITIONS).fetchall()
+    for name in (f"xp_transactions_{this_month()}", "xp_transactions_default", before[0][0], before[-2][0]):
+        for statement in (f"ALTER TABLE pyxp.xp_transactions DETACH PARTITION pyxp.{name}",
+                          f"DROP TABLE pyxp.{name}", f"DROP TABLE pyxp.{name} CASCADE"):
+            with unchanged(), pytest.raises(errors.AppendOnlyLedger) as refused, errors.wrap_errors():
+                db.execute(statement)
+            assert name in str(refused.value)
+    assert db.execute(PARTITIONS).fetchall() == before
+
+
+def test_a_partition_attached_by_hand_gets_the_truncate_refusal(db: psycopg.Connection[Any], unchanged: Any) -> None:
+    db.execute("CREATE TABLE pyxp.xp_transactions_2099_01 (LIKE pyxp.xp_transactions INCLUDING DEFAULTS)")
+    db.execute("ALTER TABLE pyxp.xp_transactions ATTACH PARTITION pyxp.xp_transactions_2099_01 "
+               "FOR VALUES FROM ('2099-01-01') TO ('2099-02-01')")
+    db.execute("""INSERT INTO pyxp.xp_transactions (user_wallet, transaction_type, xp_amount, balance_after,
+                                                    idempotency_key, wallet_seq, created_at)
+                  VALUES ('0xfuture', 'X', 1, 1, 'future', 1, '2099-01-02')""")
+    with unchanged(), pytest.raises(errors.AppendOnlyLedger), errors.wrap_errors():
+        db.execute("TRUNCATE pyxp.xp_transactions_2099_01")
+    with unchanged(), pytest.raises(errors.AppendOnlyLedger), errors.wrap_errors():
+        db.execute("ALTER TABLE pyxp.xp_transactions DETACH PARTITION pyxp.xp_transactions_2099_01")
+
+
+def test_the_whole_ledger_can_still_be_dropped_with_its_schema(fresh_database: Any) -> None:
+    """The guard refuses taking a partition out of a ledger, not dropping the ledger itself
+    (DROP SCHEMA pyxp CASCADE, a downgrade to base)."""
+    from pyxp import schema
+    target = fresh_database()
+    schema.upgrade(target)
+    with psycopg.connect(target, autocommit=True) as conn:
+        conn.execute(AWARD, ("0xnow", "now-1"))
+        conn.execute("DROP SCHEMA pyxp CASCADE")
+        assert conn.execute("SELECT to_regnamespace('pyxp')").fetchone() == (None,)
+
+
+# --------------------------------------------------------------------------- creating the months ahead
+
+
+def test_create_ledger_partitions_adds_the_months_asked_once(db: psycopg.Connection[Any]) -> None:
+    created = db.execute("SELECT partition_name, created FROM pyxp.create_ledger_partitions(5)").fetchall()
+    assert len(created) == 3 and all(c[1] for c in created)  # months 3, 4 and 5 after this one
+    assert db.execute("SELECT * FROM pyxp.create_ledger_partitions(5)").fetchall() == []
+    months = [p for p in db.execute(PARTITIONS).fetchall() if p[1] is not None]
+    assert len(months) == 6
+    db.execute("INSERT INTO pyxp.xp_transactions (user_wallet, transaction_type, xp_amount, balance_after, "
+               "idempotency_key, wallet_seq, created_at) VALUES ('0xlater', 'X', 1, 1, 'later', 1, %s)",
+               (months[-1][1],))
+    row = db.execute("SELECT tableoid::regclass::text FROM pyxp.xp_transactions WHERE idempotency_key = 'later'"
+                     ).fetchone()
+    assert row == (f"pyxp.{months[-1][0]}",)
+
+
+def test_a_month_whose_rows_went_to_the_default_partition_is_left_there(db: psycopg.Connection[Any]) -> None:
+    """Nobody created month +7 in time and a row of it went to the default partition: creating
+    the months ahead skips that month and says why, creates the others, and the row stays
+    readable in the ledger."""
+    last = db.execute(PARTITIONS).fetchall()[-2][2]
+    month_7 = db.execute("SELECT (date_trunc('month', now(), 'UTC') AT TIME ZONE 'UTC' + interval '7 months') "
+                         "AT TIME ZONE 'UTC' + interval '2 days'").fetchone()
+    assert month_7 is not None and month_7[0] > last
+    db.execute("INSERT INTO pyxp.xp_transactions (user_wallet, transaction_type, xp_amount, balance_after, "
+               "idempotency_key, wallet_seq, created_at) VALUES ('0xlate', 'X', 1, 1, 'late', 1, %s)", month_7)
+    report = db.execute("SELECT partition_name, created, note FROM pyxp.create_ledger_partitions(8)").fetchall()
+    skipped = [r for r in report if not r[1]]
+    assert len(report) == 6 and len(skipped) == 1
+    assert "xp_transactions_default" in skipped[0][2]
+    assert db.execute("SELECT tableoid::regclass::text FROM pyxp.xp_transactions WHERE idempotency_key = 'late'"
+                      ).fetchone() == ("pyxp.xp_transactions_default",)
+
+
+@pytest.mark.parametrize("months", [-1, 121, None])
+def test_create_ledger_partitions_refuses_a_bad_horizon(db: psycopg.Connection[Any], unchanged: Any,
+                                                       months: int | None) -> None:
+    with unchanged(), pytest.raises(errors.InvalidArgument), errors.wrap_errors():
+        db.execute("SELECT * FROM pyxp.create_ledger_partitions(%s)", (months,))
+
+
+def test_creating_partitions_is_the_owners(connect_as: Any, login_role: Any, unchanged: Any) -> None:
+    writer = connect_as(login_role("pyxp_writer"))
+    with unchanged(), pytest.raises(psycopg.errors.InsufficientPrivilege):
+        writer.execute("SELECT * FROM pyxp.create_ledger_partitions(24)")
+
+
+def test_python_and_cli_create_the_months_ahead(conninfo: str, db: psycopg.Connection[Any], unchanged: Any) -> None:
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from pyxp import XP, LedgerPartition
+    pyxp_command = str(Path(sys.executable).parent / "pyxp")
+    with XP(conninfo) as xp:
+        made = xp.create_ledger_partitions(months_ahead=3)
+        assert [type(p) for p in made] == [LedgerPartition] and made[0].created and made[0].note is None
+        assert xp.create_ledger_partitions(months_ahead=3) == []
+    shown = subprocess.run([pyxp_command, "--database-url", conninfo, "db", "create-partitions", "--months-ahead", "5",
+                            "--json"], capture_output=True, text=True, check=True)
+    assert [(p["partition_name"], p["created"]) for p in json.loads(shown.stdout)] == \
+        [(name, True) for (name,) in db.execute("SELECT partition_name FROM pyxp.ledger_partitions() "
+                                                "WHERE range_start IS NOT NULL ORDER BY range_start DESC LIMIT 2")][::-1]
+    again = subprocess.run([pyxp_command, "--database-url", conninfo, "db", "create-partitions", "--months-ahead", "5"],
+                           capture_output=True, text=True, check=True)
+    assert again.stdout.strip() == "every month up to 5 months ahead has its partition"
+    with unchanged():
+        refused = subprocess.run([pyxp_command, "--database-url", conninfo, "db", "create-partitions",
+                                  "--months-ahead", "121"], capture_output=True, text=True)
+    assert refused.returncode == 2 and "120" in refused.stderr
