@@ -9,7 +9,8 @@ SET LOCAL ROLE pyxp_owner;
 LOCK TABLE pyxp.xp_balances IN SHARE ROW EXCLUSIVE MODE;  -- no award meanwhile
 LOCK TABLE pyxp.xp_transactions IN ACCESS EXCLUSIVE MODE;
 
-DROP FUNCTION pyxp.guard_ledger_partitions(), pyxp.create_ledger_partitions(integer), pyxp.ledger_partitions();
+DROP FUNCTION pyxp.guard_ledger_partitions(), pyxp.create_ledger_partitions(integer), pyxp.ledger_partitions(),
+    pyxp.new_ledger_partition(text);
 DROP VIEW pyxp.idempotency_keys;
 DROP FUNCTION pyxp.audited_rows(boolean);
 

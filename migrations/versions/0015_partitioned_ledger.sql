@@ -974,6 +974,23 @@ AS $$
      WHERE i.inhparent = 'pyxp.xp_transactions'::regclass
      ORDER BY 3 NULLS LAST, 2 NULLS FIRST
 $$;
+-- A table to become a partition of the ledger (attached by the caller): the
+-- ledger's columns, the TRUNCATE refusal (not cloned by PostgreSQL) and the
+-- reader's grant. The ledger's indexes and row triggers come with the ATTACH.
+CREATE FUNCTION pyxp.new_ledger_partition(p_name text)
+RETURNS void
+LANGUAGE plpgsql
+SET search_path = pyxp, pg_temp
+AS $$
+BEGIN
+    EXECUTE format('CREATE TABLE pyxp.%I (LIKE pyxp.xp_transactions INCLUDING DEFAULTS)', p_name);
+    EXECUTE format('CREATE TRIGGER xp_transactions_no_truncate BEFORE TRUNCATE ON pyxp.%I '
+                   'FOR EACH STATEMENT EXECUTE FUNCTION pyxp.refuse_ledger_change()', p_name);
+    EXECUTE format('GRANT SELECT ON pyxp.%I TO pyxp_reader', p_name);
+END
+$$;
+COMMENT ON FUNCTION pyxp.new_ledger_partition(text) IS
+    'internal: creates a table with the ledger''s columns and TRUNCATE refusal, to be attached as a partition.';
 -- Owner operation, to run from a scheduler (monthly is enough; it does
 -- nothing for a month that a partition holds): creates the monthly
 -- partitions of this month and of the months_ahead months after it.
@@ -1017,10 +1034,7 @@ BEGIN
             created := false;
             note := 'rows of this month are in xp_transactions_default: they stay there';
         ELSE
-            EXECUTE format('CREATE TABLE pyxp.%I (LIKE pyxp.xp_transactions INCLUDING DEFAULTS)', v_name);
-            EXECUTE format('CREATE TRIGGER xp_transactions_no_truncate BEFORE TRUNCATE ON pyxp.%I '
-                           'FOR EACH STATEMENT EXECUTE FUNCTION pyxp.refuse_ledger_change()', v_name);
-            EXECUTE format('GRANT SELECT ON pyxp.%I TO pyxp_reader', v_name);
+            PERFORM pyxp.new_ledger_partition(v_name);
             EXECUTE format('ALTER TABLE pyxp.xp_transactions ATTACH PARTITION pyxp.%I FOR VALUES FROM (%L) TO (%L)',
                            v_name, v_start, v_end);
             created := true;
@@ -1107,7 +1121,7 @@ $$;
 COMMENT ON FUNCTION pyxp.guard_ledger_partitions() IS
     'internal: event trigger function refusing DETACH and DROP of a ledger partition (PX013); gives each partition the TRUNCATE trigger.';
 REVOKE ALL ON FUNCTION pyxp.guard_ledger_partitions(), pyxp.create_ledger_partitions(integer),
-    pyxp.ledger_partitions() FROM PUBLIC;
+    pyxp.ledger_partitions(), pyxp.new_ledger_partition(text) FROM PUBLIC;
 
 -- The partitions: the default one, the old table as the partition of every row before
 -- its month (or, for an empty ledger, an empty one before this month, as sql/*.sql), and
@@ -1122,11 +1136,11 @@ DECLARE
 BEGIN
     FOREACH v_name IN ARRAY ARRAY['xp_transactions_default', v_before] LOOP
         IF to_regclass(format('pyxp.%I', v_name)) IS NULL THEN
-            EXECUTE format('CREATE TABLE pyxp.%I (LIKE pyxp.xp_transactions INCLUDING DEFAULTS)', v_name);
+            PERFORM pyxp.new_ledger_partition(v_name);
+        ELSE  -- the old table: its columns and grant are the ledger's already
+            EXECUTE format('CREATE TRIGGER xp_transactions_no_truncate BEFORE TRUNCATE ON pyxp.%I '
+                           'FOR EACH STATEMENT EXECUTE FUNCTION pyxp.refuse_ledger_change()', v_name);
         END IF;
-        EXECUTE format('CREATE TRIGGER xp_transactions_no_truncate BEFORE TRUNCATE ON pyxp.%I '
-                       'FOR EACH STATEMENT EXECUTE FUNCTION pyxp.refuse_ledger_change()', v_name);
-        EXECUTE format('GRANT SELECT ON pyxp.%I TO pyxp_reader', v_name);
     END LOOP;
     ALTER TABLE pyxp.xp_transactions ATTACH PARTITION pyxp.xp_transactions_default DEFAULT;
     EXECUTE format('ALTER TABLE pyxp.xp_transactions ATTACH PARTITION pyxp.%I FOR VALUES FROM (MINVALUE) TO (%L)',
