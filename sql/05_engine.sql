@@ -604,6 +604,15 @@ BEGIN
          ORDER BY k.request_digest = pyxp.inputs_digest(r.inputs) AND k.idempotency_key = r.idempotency_key,
                   r.ordinality                              -- a conflict first
          LIMIT 1;
+        IF NOT FOUND THEN
+            -- A claim whose row the ledger does not hold (audit() reports
+            -- claim_mismatch): neither a replay nor a conflict can be told.
+            RAISE EXCEPTION 'an idempotency key of this call is claimed by transaction %, which the ledger does not hold',
+                            (SELECT string_agg(c.transaction_id::text, ', ')
+                               FROM unnest(v_rows) r JOIN pyxp.xp_award_claims c
+                                 ON r.inputs IS NOT NULL AND c.key_hash = pyxp.key_hash(r.idempotency_key))
+                USING ERRCODE = 'PX028', HINT = 'SELECT * FROM pyxp.audit() reports it (claim_mismatch)';
+        END IF;
         IF v_problem.same AND NOT p_batch AND cardinality(v_rows) = 1 THEN
             RETURN QUERY SELECT * FROM pyxp.append_rows(p_ruleset, p_floor, p_timezone, p_caps, p_rows, p_batch);  -- now a replay
             RETURN;

@@ -13,8 +13,8 @@
 --                                    of its rows belongs to the new month).
 -- Append-only on every partition: the row triggers of the ledger (UPDATE,
 -- DELETE) are cloned to each partition by PostgreSQL; the TRUNCATE trigger is
--- not, so each partition gets its own (pyxp.create_ledger_partitions, and
--- pyxp.guard_ledger_partitions for a partition attached by hand). DETACH and
+-- not, so each partition gets its own (pyxp.new_ledger_partition, and
+-- pyxp.guard_ledger_partitions for a partition made by hand). DETACH and
 -- DROP of a partition would take its rows out of the ledger: the event
 -- triggers below refuse them (PX013), except when the whole ledger is dropped
 -- (DROP SCHEMA pyxp, a downgrade). Event triggers need a superuser: a
@@ -28,6 +28,8 @@ CREATE FUNCTION pyxp.ledger_partitions()
 RETURNS TABLE (partition_name text, range_start timestamptz, range_end timestamptz, is_default boolean)
 LANGUAGE sql STABLE
 SET search_path = pyxp, pg_temp
+SET datestyle = 'ISO, YMD'  -- the bounds are read back from their text: ISO with a numeric offset, never
+SET timezone = 'UTC'        -- an abbreviation that reads back as another zone (IST, CST)
 AS $$
     SELECT c.relname::text,
            (substring(b.bound FROM 'FROM \(''([^'']+)''\)'))::timestamptz,
@@ -73,6 +75,8 @@ RETURNS TABLE (partition_name text, range_start timestamptz, range_end timestamp
 LANGUAGE plpgsql SECURITY DEFINER
 SET search_path = pyxp, pg_temp
 SET lock_timeout = '1s'
+SET datestyle = 'ISO, YMD'  -- the bounds it writes (%L) and reads back (pyxp.ledger_partitions)
+SET timezone = 'UTC'
 AS $$
 DECLARE
     v_this_month constant timestamptz := date_trunc('month', now(), 'UTC');
@@ -137,15 +141,40 @@ END
 $partitions$;
 SELECT count(*) FROM pyxp.create_ledger_partitions();
 
--- What the event triggers below run, as the role whose command fired them.
--- ddl_command_start: remembers the ledger and its partitions (a setting of
--- this transaction). ddl_command_end: refuses the command if one of them is
--- no longer a partition (DETACH), and gives the TRUNCATE trigger to a
--- partition that lacks it (attached by hand). sql_drop: refuses the drop of
--- a partition unless the ledger itself is dropped with it.
+REVOKE ALL ON FUNCTION pyxp.create_ledger_partitions(integer), pyxp.ledger_partitions(),
+    pyxp.new_ledger_partition(text) FROM PUBLIC;
+
+RESET ROLE;
+
+-- The guard of the ledger's partitions, run by event triggers at every DDL
+-- command of the database, whoever issues it:
+--   ddl_command_start  remembers the ledger (by name) and every partition
+--                      below it (by oid; sub-partitions too), in a setting of
+--                      this transaction;
+--   ddl_command_end    refuses the command (PX013) if the ledger no longer
+--                      answers to pyxp.xp_transactions (renamed, moved to
+--                      another schema, its schema renamed: the guard would
+--                      lose it), or if one of its partitions still exists but
+--                      is no longer below it (DETACH); then gives the
+--                      TRUNCATE refusal to every partition that lacks it
+--                      (CREATE TABLE ... PARTITION OF, ATTACH of a table
+--                      made by hand);
+--   sql_drop           refuses the drop (PX013) of a partition, whatever
+--                      the command (DROP TABLE, DROP OWNED, DROP EXTENSION
+--                      of an extension it was added to, ...), unless the
+--                      ledger itself is dropped with it (DROP SCHEMA pyxp,
+--                      a downgrade).
+-- It belongs to a superuser (created here after RESET ROLE, by the superuser
+-- the event triggers need) and runs as its owner (SECURITY DEFINER, search
+-- path pinned), so that a partition created by its owner gets its trigger
+-- whoever runs the next command, and so that no role below the superuser
+-- can change what a superuser's DDL command runs. Like the append-only
+-- triggers, it refuses commands, not a deliberate removal: a superuser (or
+-- the schema's owner, who may drop the function) can disable it, and
+-- audit() then sees rows gone.
 CREATE FUNCTION pyxp.guard_ledger_partitions()
 RETURNS event_trigger
-LANGUAGE plpgsql
+LANGUAGE plpgsql SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
@@ -158,8 +187,9 @@ BEGIN
         v_ledger := to_regclass('pyxp.xp_transactions');
         PERFORM set_config('pyxp.ledger_partitions',
                            CASE WHEN v_ledger IS NULL THEN ''
-                                ELSE v_ledger || ':' || coalesce((SELECT string_agg(i.inhrelid::text, ',')
-                                                                    FROM pg_inherits i WHERE i.inhparent = v_ledger), '')
+                                ELSE v_ledger || ':' || coalesce((SELECT string_agg(t.relid::oid::text, ',')
+                                                                    FROM pg_partition_tree(v_ledger) t
+                                                                   WHERE t.relid <> v_ledger), '')
                            END, true);
         RETURN;
     END IF;
@@ -171,9 +201,9 @@ BEGIN
     IF TG_EVENT = 'sql_drop' THEN
         SELECT d.object_identity INTO v_name
           FROM pg_event_trigger_dropped_objects() d
-         WHERE d.objid = ANY (v_kept) AND d.classid = 'pg_class'::regclass AND d.objsubid = 0
+         WHERE d.classid = 'pg_class'::regclass AND d.objsubid = 0 AND d.objid = ANY (v_kept)
            AND NOT EXISTS (SELECT FROM pg_event_trigger_dropped_objects() l
-                            WHERE l.objid = v_ledger AND l.classid = 'pg_class'::regclass)
+                            WHERE l.classid = 'pg_class'::regclass AND l.objid = v_ledger)
          LIMIT 1;
         IF v_name IS NOT NULL THEN
             RAISE EXCEPTION 'xp_transactions is append-only: DROP of its partition % refused', v_name
@@ -183,10 +213,16 @@ BEGIN
         RETURN;
     END IF;
     -- ddl_command_end
+    IF to_regclass('pyxp.xp_transactions') IS DISTINCT FROM v_ledger
+       AND EXISTS (SELECT FROM pg_class c WHERE c.oid = v_ledger) THEN
+        RAISE EXCEPTION 'xp_transactions is append-only: renaming or moving the ledger (now %) refused',
+                        v_ledger::regclass
+            USING ERRCODE = 'PX013', HINT = 'the ledger is pyxp.xp_transactions';
+    END IF;
     SELECT c.oid::regclass::text INTO v_name
       FROM pg_class c
      WHERE c.oid = ANY (v_kept)
-       AND NOT EXISTS (SELECT FROM pg_inherits i WHERE i.inhrelid = c.oid AND i.inhparent = v_ledger)
+       AND NOT EXISTS (SELECT FROM pg_partition_tree(v_ledger) t WHERE t.relid = c.oid)
      LIMIT 1;
     IF v_name IS NOT NULL THEN
         RAISE EXCEPTION 'xp_transactions is append-only: DETACH of its partition % refused', v_name
@@ -194,41 +230,38 @@ BEGIN
                   HINT = 'a partition holds ledger rows; correct a row with pyxp.reverse_transaction(transaction_id, reason)';
     END IF;
     FOR v_name IN
-        SELECT i.inhrelid::regclass::text
-          FROM pg_inherits i
-         WHERE i.inhparent = v_ledger
-           AND NOT EXISTS (SELECT FROM pg_trigger t
-                            WHERE t.tgrelid = i.inhrelid AND t.tgfoid = 'pyxp.refuse_ledger_change()'::regprocedure
-                              AND (t.tgtype & 32) <> 0)  -- TRIGGER_TYPE_TRUNCATE
+        SELECT t.relid::regclass::text FROM pg_partition_tree(v_ledger) t WHERE t.isleaf
     LOOP
-        EXECUTE format('CREATE TRIGGER xp_transactions_no_truncate BEFORE TRUNCATE ON %s '
-                       'FOR EACH STATEMENT EXECUTE FUNCTION pyxp.refuse_ledger_change()', v_name);
+        -- Checked one by one: the CREATE TRIGGER below runs this function
+        -- again, which may have given the next partition its trigger.
+        IF NOT EXISTS (SELECT FROM pg_trigger g
+                        WHERE g.tgrelid = v_name::regclass AND g.tgfoid = 'pyxp.refuse_ledger_change()'::regprocedure
+                          AND (g.tgtype & 32) <> 0) THEN  -- TRIGGER_TYPE_TRUNCATE
+            EXECUTE format('CREATE TRIGGER xp_transactions_no_truncate BEFORE TRUNCATE ON %s '
+                           'FOR EACH STATEMENT EXECUTE FUNCTION pyxp.refuse_ledger_change()', v_name);
+        END IF;
     END LOOP;
 END
 $$;
 COMMENT ON FUNCTION pyxp.guard_ledger_partitions() IS
-    'internal: event trigger function refusing DETACH and DROP of a ledger partition (PX013); gives each partition the TRUNCATE trigger.';
-REVOKE ALL ON FUNCTION pyxp.guard_ledger_partitions(), pyxp.create_ledger_partitions(integer),
-    pyxp.ledger_partitions(), pyxp.new_ledger_partition(text) FROM PUBLIC;
+    'internal: event trigger function refusing DETACH and DROP of a ledger partition and renaming the ledger (PX013); gives each partition the TRUNCATE refusal.';
+REVOKE ALL ON FUNCTION pyxp.guard_ledger_partitions() FROM PUBLIC;
 
-RESET ROLE;
-
--- Event triggers belong to a superuser (PostgreSQL's rule).
+-- Event triggers belong to a superuser (PostgreSQL's rule): another
+-- migrating role gets neither them nor their function, and a warning.
 DO $guard$
 BEGIN
     IF (SELECT r.rolsuper FROM pg_catalog.pg_roles r WHERE r.rolname = current_user) THEN
         CREATE EVENT TRIGGER pyxp_ledger_partitions_start ON ddl_command_start
-            WHEN TAG IN ('ALTER TABLE', 'DROP TABLE', 'DROP SCHEMA', 'DROP OWNED')
             EXECUTE FUNCTION pyxp.guard_ledger_partitions();
         CREATE EVENT TRIGGER pyxp_ledger_partitions_end ON ddl_command_end
-            WHEN TAG IN ('ALTER TABLE')
             EXECUTE FUNCTION pyxp.guard_ledger_partitions();
         CREATE EVENT TRIGGER pyxp_ledger_partitions_drop ON sql_drop
-            WHEN TAG IN ('DROP TABLE', 'DROP SCHEMA', 'DROP OWNED')
             EXECUTE FUNCTION pyxp.guard_ledger_partitions();
     ELSE
+        DROP FUNCTION pyxp.guard_ledger_partitions();
         RAISE WARNING 'pyxp: % is no superuser: DETACH and DROP of a ledger partition are not refused', current_user
-            USING HINT = 'a superuser can run the CREATE EVENT TRIGGER statements of sql/12_partitions.sql';
+            USING HINT = 'a superuser can run the CREATE FUNCTION and CREATE EVENT TRIGGER statements of sql/12_partitions.sql';
     END IF;
 END
 $guard$;

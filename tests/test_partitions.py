@@ -278,3 +278,103 @@ def test_python_and_cli_create_the_months_ahead(conninfo: str, db: psycopg.Conne
         refused = subprocess.run([pyxp_command, "--database-url", conninfo, "db", "create-partitions",
                                   "--months-ahead", "121"], capture_output=True, text=True)
     assert refused.returncode == 2 and "120" in refused.stderr
+
+
+# --------------------------------------------------------------------------- the guard itself (a review's findings)
+
+
+def test_the_guard_is_a_superusers_and_the_owner_cannot_change_it(conninfo: str, db: psycopg.Connection[Any]) -> None:
+    """The event triggers run the guard at every DDL command, a superuser's too: a function the owner
+    could replace would run the owner's code as that superuser. It belongs to a superuser."""
+    owner = db.execute("""SELECT r.rolsuper, p.prosecdef FROM pg_proc p JOIN pg_roles r ON r.oid = p.proowner
+                          WHERE p.oid = 'pyxp.guard_ledger_partitions()'::regprocedure""").fetchone()
+    assert owner == (True, True)
+    with psycopg.connect(conninfo, autocommit=True) as conn:
+        conn.execute("SET ROLE pyxp_owner")
+        with pytest.raises(psycopg.errors.InsufficientPrivilege):
+            conn.execute("CREATE OR REPLACE FUNCTION pyxp.guard_ledger_partitions() RETURNS event_trigger "
+                         "LANGUAGE plpgsql AS $$ BEGIN END $$")
+
+
+@pytest.mark.parametrize("statement", [
+    "ALTER TABLE pyxp.xp_transactions RENAME TO xp_elsewhere",
+    "ALTER TABLE pyxp.xp_transactions SET SCHEMA public",
+    "ALTER SCHEMA pyxp RENAME TO pyxp_elsewhere",
+])
+def test_the_ledger_cannot_be_renamed_away_from_the_guard(db: psycopg.Connection[Any], unchanged: Any,
+                                                         statement: str) -> None:
+    """Renamed, the ledger's partitions could be detached and dropped unseen: refused."""
+    db.execute(AWARD, ("0xnow", "now-1"))
+    with unchanged(), pytest.raises(errors.AppendOnlyLedger), errors.wrap_errors():
+        db.execute(statement)
+    assert db.execute("SELECT to_regclass('pyxp.xp_transactions') IS NOT NULL").fetchone() == (True,)
+
+
+def test_a_partition_created_as_partition_of_and_its_sub_partitions_are_guarded(
+        db: psycopg.Connection[Any], unchanged: Any) -> None:
+    db.execute("CREATE TABLE pyxp.xp_transactions_2099_01 PARTITION OF pyxp.xp_transactions "
+               "FOR VALUES FROM ('2099-01-01 00:00+00') TO ('2099-02-01 00:00+00')")
+    db.execute("CREATE TABLE pyxp.xp_transactions_2099_02 PARTITION OF pyxp.xp_transactions "
+               "FOR VALUES FROM ('2099-02-01 00:00+00') TO ('2099-03-01 00:00+00') PARTITION BY RANGE (created_at)")
+    db.execute("CREATE TABLE pyxp.xp_sub_2099_02 PARTITION OF pyxp.xp_transactions_2099_02 "
+               "FOR VALUES FROM ('2099-02-01 00:00+00') TO ('2099-03-01 00:00+00')")
+    db.execute("""INSERT INTO pyxp.xp_transactions (user_wallet, transaction_type, xp_amount, balance_after,
+                                                    idempotency_key, wallet_seq, created_at)
+                  VALUES ('0xf', 'X', 1, 1, 'f1', 1, '2099-01-05'), ('0xf', 'X', 1, 2, 'f2', 2, '2099-02-05')""")
+    for statement in ("TRUNCATE pyxp.xp_transactions_2099_01", "TRUNCATE pyxp.xp_sub_2099_02",
+                      "ALTER TABLE pyxp.xp_transactions_2099_02 DETACH PARTITION pyxp.xp_sub_2099_02",
+                      "DROP TABLE pyxp.xp_sub_2099_02"):
+        with unchanged(), pytest.raises(errors.AppendOnlyLedger), errors.wrap_errors():
+            db.execute(statement)
+
+
+def test_dropping_a_partitions_truncate_trigger_gives_it_back(db: psycopg.Connection[Any], unchanged: Any) -> None:
+    db.execute(AWARD, ("0xnow", "now-1"))
+    name = f"xp_transactions_{this_month()}"
+    db.execute(f"DROP TRIGGER xp_transactions_no_truncate ON pyxp.{name}")
+    with unchanged(), pytest.raises(errors.AppendOnlyLedger), errors.wrap_errors():
+        db.execute(f"TRUNCATE pyxp.{name}")
+
+
+def test_dropping_an_extension_a_partition_was_added_to_is_refused(db: psycopg.Connection[Any], unchanged: Any) -> None:
+    if db.execute("SELECT count(*) FROM pg_available_extensions WHERE name = 'citext'").fetchone() == (0,):
+        pytest.skip("the citext extension is not installed on this server")
+    db.execute(AWARD, ("0xnow", "now-1"))
+    name = f"xp_transactions_{this_month()}"
+    db.execute("CREATE EXTENSION IF NOT EXISTS citext")
+    db.execute(f"ALTER EXTENSION citext ADD TABLE pyxp.{name}")
+    with unchanged(), pytest.raises(errors.AppendOnlyLedger), errors.wrap_errors():
+        db.execute("DROP EXTENSION citext")
+    db.execute(f"ALTER EXTENSION citext DROP TABLE pyxp.{name}")
+    db.execute("DROP EXTENSION citext")
+
+
+def test_another_roles_ddl_is_not_disturbed_by_the_guard(connect_as: Any, login_role: Any) -> None:
+    writer = connect_as(login_role("pyxp_writer"))
+    writer.execute("CREATE TEMP TABLE scratch (x int)")
+    writer.execute("ALTER TABLE scratch ADD COLUMN y int")
+    writer.execute("DROP TABLE scratch")
+
+
+@pytest.mark.parametrize("zone, datestyle", [("Asia/Kolkata", "SQL, MDY"), ("Asia/Shanghai", "Postgres, DMY"),
+                                             ("America/Los_Angeles", "German")])
+def test_months_are_contiguous_whatever_the_sessions_zone_and_datestyle(
+        db: psycopg.Connection[Any], zone: str, datestyle: str) -> None:
+    """The bounds are read back from their text: under a zone whose abbreviation reads back as
+    another zone (IST, CST), months were skipped."""
+    db.execute(f"SET TimeZone = '{zone}'")
+    db.execute(f"SET DateStyle = '{datestyle}'")
+    created = db.execute("SELECT created FROM pyxp.create_ledger_partitions(6)").fetchall()
+    assert created == [(True,)] * 4
+    db.execute("RESET TimeZone")
+    db.execute("RESET DateStyle")
+    ranges = [p[1:3] for p in db.execute(PARTITIONS).fetchall() if not p[3]]
+    assert all(a[1] == b[0] for a, b in zip(ranges, ranges[1:]))
+    assert all(r[1].day == 1 and r[1].hour == 0 and str(r[1].utcoffset()) == "0:00:00" for r in ranges)
+
+
+def test_a_claim_whose_row_is_gone_is_refused_clearly(db: psycopg.Connection[Any], unchanged: Any) -> None:
+    db.execute("INSERT INTO pyxp.xp_award_claims VALUES (pyxp.key_hash('orphan-1'), 999999, now())")
+    with unchanged(), pytest.raises(errors.LedgerInconsistent) as refused, errors.wrap_errors():
+        db.execute(AWARD, ("0xq", "orphan-1"))
+    assert "999999" in str(refused.value)

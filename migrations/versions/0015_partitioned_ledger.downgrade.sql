@@ -1,16 +1,26 @@
 -- 0015 downgrade: the ledger as one table again, its generic awards claimed by its unique
 -- index on their keys' hashes, as 0014 left it. Frozen; never edit it.
+-- The partition guard first (a superuser's, when a superuser migrated up).
+DO $guard$
+BEGIN
+    IF EXISTS (SELECT FROM pg_catalog.pg_event_trigger e WHERE e.evtfoid = 'pyxp.guard_ledger_partitions()'::regprocedure)
+       AND NOT (SELECT r.rolsuper FROM pg_catalog.pg_roles r WHERE r.rolname = current_user) THEN
+        RAISE EXCEPTION 'downgrading 0015 needs a superuser: the ledger''s partition guard is a superuser''s event trigger'
+            USING HINT = 'run pyxp db downgrade as a superuser';
+    END IF;
+END
+$guard$;
 DROP EVENT TRIGGER IF EXISTS pyxp_ledger_partitions_start;
 DROP EVENT TRIGGER IF EXISTS pyxp_ledger_partitions_end;
 DROP EVENT TRIGGER IF EXISTS pyxp_ledger_partitions_drop;
+DROP FUNCTION IF EXISTS pyxp.guard_ledger_partitions();
 
 SET LOCAL ROLE pyxp_owner;
 
 LOCK TABLE pyxp.xp_balances IN SHARE ROW EXCLUSIVE MODE;  -- no award meanwhile
 LOCK TABLE pyxp.xp_transactions IN ACCESS EXCLUSIVE MODE;
 
-DROP FUNCTION pyxp.guard_ledger_partitions(), pyxp.create_ledger_partitions(integer), pyxp.ledger_partitions(),
-    pyxp.new_ledger_partition(text);
+DROP FUNCTION pyxp.create_ledger_partitions(integer), pyxp.ledger_partitions(), pyxp.new_ledger_partition(text);
 DROP VIEW pyxp.idempotency_keys;
 DROP FUNCTION pyxp.audited_rows(boolean);
 
@@ -61,11 +71,10 @@ CREATE TABLE pyxp.xp_transactions (
 );
 
 INSERT INTO pyxp.xp_transactions SELECT * FROM pyxp.xp_transactions_0015 ORDER BY id;
-SELECT setval('pyxp.xp_transactions_0015_id_seq', (SELECT last_value FROM pyxp.xp_transactions_0015_id_seq));
 DO $identity$
 DECLARE
-    v_last bigint := (SELECT CASE WHEN s.is_called THEN s.last_value ELSE s.last_value - 1 END
-                        FROM pyxp.xp_transactions_0015_id_seq s);
+    v_last bigint := greatest((SELECT max(t.id) FROM pyxp.xp_transactions t),
+                              (SELECT CASE WHEN s.is_called THEN s.last_value END FROM pyxp.xp_transactions_0015_id_seq s));
 BEGIN
     DROP TABLE pyxp.xp_transactions_0015;
     ALTER TABLE pyxp.xp_transactions ALTER COLUMN id ADD GENERATED ALWAYS AS IDENTITY;

@@ -461,6 +461,15 @@ BEGIN
          ORDER BY k.request_digest = pyxp.inputs_digest(r.inputs) AND k.idempotency_key = r.idempotency_key,
                   r.ordinality                              -- a conflict first
          LIMIT 1;
+        IF NOT FOUND THEN
+            -- A claim whose row the ledger does not hold (audit() reports
+            -- claim_mismatch): neither a replay nor a conflict can be told.
+            RAISE EXCEPTION 'an idempotency key of this call is claimed by transaction %, which the ledger does not hold',
+                            (SELECT string_agg(c.transaction_id::text, ', ')
+                               FROM unnest(v_rows) r JOIN pyxp.xp_award_claims c
+                                 ON r.inputs IS NOT NULL AND c.key_hash = pyxp.key_hash(r.idempotency_key))
+                USING ERRCODE = 'PX028', HINT = 'SELECT * FROM pyxp.audit() reports it (claim_mismatch)';
+        END IF;
         IF v_problem.same AND NOT p_batch AND cardinality(v_rows) = 1 THEN
             RETURN QUERY SELECT * FROM pyxp.append_rows(p_ruleset, p_floor, p_timezone, p_caps, p_rows, p_batch);  -- now a replay
             RETURN;
@@ -964,6 +973,8 @@ CREATE FUNCTION pyxp.ledger_partitions()
 RETURNS TABLE (partition_name text, range_start timestamptz, range_end timestamptz, is_default boolean)
 LANGUAGE sql STABLE
 SET search_path = pyxp, pg_temp
+SET datestyle = 'ISO, YMD'  -- the bounds are read back from their text: ISO with a numeric offset, never
+SET timezone = 'UTC'        -- an abbreviation that reads back as another zone (IST, CST)
 AS $$
     SELECT c.relname::text,
            (substring(b.bound FROM 'FROM \(''([^'']+)''\)'))::timestamptz,
@@ -1007,6 +1018,8 @@ RETURNS TABLE (partition_name text, range_start timestamptz, range_end timestamp
 LANGUAGE plpgsql SECURITY DEFINER
 SET search_path = pyxp, pg_temp
 SET lock_timeout = '1s'
+SET datestyle = 'ISO, YMD'  -- the bounds it writes (%L) and reads back (pyxp.ledger_partitions)
+SET timezone = 'UTC'
 AS $$
 DECLARE
     v_this_month constant timestamptz := date_trunc('month', now(), 'UTC');
@@ -1050,79 +1063,8 @@ COMMENT ON FUNCTION pyxp.create_ledger_partitions(integer) IS
     'internal: creates the ledger''s monthly partitions up to months_ahead months from now (run it monthly). Owner only.';
 COMMENT ON FUNCTION pyxp.ledger_partitions() IS
     'internal: the ledger''s partitions and their ranges.';
--- What the event triggers below run, as the role whose command fired them.
--- ddl_command_start: remembers the ledger and its partitions (a setting of
--- this transaction). ddl_command_end: refuses the command if one of them is
--- no longer a partition (DETACH), and gives the TRUNCATE trigger to a
--- partition that lacks it (attached by hand). sql_drop: refuses the drop of
--- a partition unless the ledger itself is dropped with it.
-CREATE FUNCTION pyxp.guard_ledger_partitions()
-RETURNS event_trigger
-LANGUAGE plpgsql
-SET search_path = pg_catalog, pg_temp
-AS $$
-DECLARE
-    v_seen text := current_setting('pyxp.ledger_partitions', true);
-    v_ledger oid;
-    v_kept oid[];
-    v_name text;
-BEGIN
-    IF TG_EVENT = 'ddl_command_start' THEN
-        v_ledger := to_regclass('pyxp.xp_transactions');
-        PERFORM set_config('pyxp.ledger_partitions',
-                           CASE WHEN v_ledger IS NULL THEN ''
-                                ELSE v_ledger || ':' || coalesce((SELECT string_agg(i.inhrelid::text, ',')
-                                                                    FROM pg_inherits i WHERE i.inhparent = v_ledger), '')
-                           END, true);
-        RETURN;
-    END IF;
-    IF coalesce(v_seen, '') = '' THEN
-        RETURN;
-    END IF;
-    v_ledger := split_part(v_seen, ':', 1)::oid;
-    v_kept := string_to_array(nullif(split_part(v_seen, ':', 2), ''), ',')::oid[];
-    IF TG_EVENT = 'sql_drop' THEN
-        SELECT d.object_identity INTO v_name
-          FROM pg_event_trigger_dropped_objects() d
-         WHERE d.objid = ANY (v_kept) AND d.classid = 'pg_class'::regclass AND d.objsubid = 0
-           AND NOT EXISTS (SELECT FROM pg_event_trigger_dropped_objects() l
-                            WHERE l.objid = v_ledger AND l.classid = 'pg_class'::regclass)
-         LIMIT 1;
-        IF v_name IS NOT NULL THEN
-            RAISE EXCEPTION 'xp_transactions is append-only: DROP of its partition % refused', v_name
-                USING ERRCODE = 'PX013',
-                      HINT = 'a partition holds ledger rows; correct a row with pyxp.reverse_transaction(transaction_id, reason)';
-        END IF;
-        RETURN;
-    END IF;
-    -- ddl_command_end
-    SELECT c.oid::regclass::text INTO v_name
-      FROM pg_class c
-     WHERE c.oid = ANY (v_kept)
-       AND NOT EXISTS (SELECT FROM pg_inherits i WHERE i.inhrelid = c.oid AND i.inhparent = v_ledger)
-     LIMIT 1;
-    IF v_name IS NOT NULL THEN
-        RAISE EXCEPTION 'xp_transactions is append-only: DETACH of its partition % refused', v_name
-            USING ERRCODE = 'PX013',
-                  HINT = 'a partition holds ledger rows; correct a row with pyxp.reverse_transaction(transaction_id, reason)';
-    END IF;
-    FOR v_name IN
-        SELECT i.inhrelid::regclass::text
-          FROM pg_inherits i
-         WHERE i.inhparent = v_ledger
-           AND NOT EXISTS (SELECT FROM pg_trigger t
-                            WHERE t.tgrelid = i.inhrelid AND t.tgfoid = 'pyxp.refuse_ledger_change()'::regprocedure
-                              AND (t.tgtype & 32) <> 0)  -- TRIGGER_TYPE_TRUNCATE
-    LOOP
-        EXECUTE format('CREATE TRIGGER xp_transactions_no_truncate BEFORE TRUNCATE ON %s '
-                       'FOR EACH STATEMENT EXECUTE FUNCTION pyxp.refuse_ledger_change()', v_name);
-    END LOOP;
-END
-$$;
-COMMENT ON FUNCTION pyxp.guard_ledger_partitions() IS
-    'internal: event trigger function refusing DETACH and DROP of a ledger partition (PX013); gives each partition the TRUNCATE trigger.';
-REVOKE ALL ON FUNCTION pyxp.guard_ledger_partitions(), pyxp.create_ledger_partitions(integer),
-    pyxp.ledger_partitions(), pyxp.new_ledger_partition(text) FROM PUBLIC;
+REVOKE ALL ON FUNCTION pyxp.create_ledger_partitions(integer), pyxp.ledger_partitions(),
+    pyxp.new_ledger_partition(text) FROM PUBLIC;
 
 -- The partitions: the default one, the old table as the partition of every row before
 -- its month (or, for an empty ledger, an empty one before this month, as sql/*.sql), and
@@ -1155,22 +1097,121 @@ SELECT count(*) FROM pyxp.create_ledger_partitions();
 
 RESET ROLE;
 
--- Event triggers belong to a superuser (PostgreSQL's rule).
+-- The guard of the ledger's partitions, run by event triggers at every DDL
+-- command of the database, whoever issues it:
+--   ddl_command_start  remembers the ledger (by name) and every partition
+--                      below it (by oid; sub-partitions too), in a setting of
+--                      this transaction;
+--   ddl_command_end    refuses the command (PX013) if the ledger no longer
+--                      answers to pyxp.xp_transactions (renamed, moved to
+--                      another schema, its schema renamed: the guard would
+--                      lose it), or if one of its partitions still exists but
+--                      is no longer below it (DETACH); then gives the
+--                      TRUNCATE refusal to every partition that lacks it
+--                      (CREATE TABLE ... PARTITION OF, ATTACH of a table
+--                      made by hand);
+--   sql_drop           refuses the drop (PX013) of a partition, whatever
+--                      the command (DROP TABLE, DROP OWNED, DROP EXTENSION
+--                      of an extension it was added to, ...), unless the
+--                      ledger itself is dropped with it (DROP SCHEMA pyxp,
+--                      a downgrade).
+-- It belongs to a superuser (created here after RESET ROLE, by the superuser
+-- the event triggers need) and runs as its owner (SECURITY DEFINER, search
+-- path pinned), so that a partition created by its owner gets its trigger
+-- whoever runs the next command, and so that no role below the superuser
+-- can change what a superuser's DDL command runs. Like the append-only
+-- triggers, it refuses commands, not a deliberate removal: a superuser (or
+-- the schema's owner, who may drop the function) can disable it, and
+-- audit() then sees rows gone.
+CREATE FUNCTION pyxp.guard_ledger_partitions()
+RETURNS event_trigger
+LANGUAGE plpgsql SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    v_seen text := current_setting('pyxp.ledger_partitions', true);
+    v_ledger oid;
+    v_kept oid[];
+    v_name text;
+BEGIN
+    IF TG_EVENT = 'ddl_command_start' THEN
+        v_ledger := to_regclass('pyxp.xp_transactions');
+        PERFORM set_config('pyxp.ledger_partitions',
+                           CASE WHEN v_ledger IS NULL THEN ''
+                                ELSE v_ledger || ':' || coalesce((SELECT string_agg(t.relid::oid::text, ',')
+                                                                    FROM pg_partition_tree(v_ledger) t
+                                                                   WHERE t.relid <> v_ledger), '')
+                           END, true);
+        RETURN;
+    END IF;
+    IF coalesce(v_seen, '') = '' THEN
+        RETURN;
+    END IF;
+    v_ledger := split_part(v_seen, ':', 1)::oid;
+    v_kept := string_to_array(nullif(split_part(v_seen, ':', 2), ''), ',')::oid[];
+    IF TG_EVENT = 'sql_drop' THEN
+        SELECT d.object_identity INTO v_name
+          FROM pg_event_trigger_dropped_objects() d
+         WHERE d.classid = 'pg_class'::regclass AND d.objsubid = 0 AND d.objid = ANY (v_kept)
+           AND NOT EXISTS (SELECT FROM pg_event_trigger_dropped_objects() l
+                            WHERE l.classid = 'pg_class'::regclass AND l.objid = v_ledger)
+         LIMIT 1;
+        IF v_name IS NOT NULL THEN
+            RAISE EXCEPTION 'xp_transactions is append-only: DROP of its partition % refused', v_name
+                USING ERRCODE = 'PX013',
+                      HINT = 'a partition holds ledger rows; correct a row with pyxp.reverse_transaction(transaction_id, reason)';
+        END IF;
+        RETURN;
+    END IF;
+    -- ddl_command_end
+    IF to_regclass('pyxp.xp_transactions') IS DISTINCT FROM v_ledger
+       AND EXISTS (SELECT FROM pg_class c WHERE c.oid = v_ledger) THEN
+        RAISE EXCEPTION 'xp_transactions is append-only: renaming or moving the ledger (now %) refused',
+                        v_ledger::regclass
+            USING ERRCODE = 'PX013', HINT = 'the ledger is pyxp.xp_transactions';
+    END IF;
+    SELECT c.oid::regclass::text INTO v_name
+      FROM pg_class c
+     WHERE c.oid = ANY (v_kept)
+       AND NOT EXISTS (SELECT FROM pg_partition_tree(v_ledger) t WHERE t.relid = c.oid)
+     LIMIT 1;
+    IF v_name IS NOT NULL THEN
+        RAISE EXCEPTION 'xp_transactions is append-only: DETACH of its partition % refused', v_name
+            USING ERRCODE = 'PX013',
+                  HINT = 'a partition holds ledger rows; correct a row with pyxp.reverse_transaction(transaction_id, reason)';
+    END IF;
+    FOR v_name IN
+        SELECT t.relid::regclass::text FROM pg_partition_tree(v_ledger) t WHERE t.isleaf
+    LOOP
+        -- Checked one by one: the CREATE TRIGGER below runs this function
+        -- again, which may have given the next partition its trigger.
+        IF NOT EXISTS (SELECT FROM pg_trigger g
+                        WHERE g.tgrelid = v_name::regclass AND g.tgfoid = 'pyxp.refuse_ledger_change()'::regprocedure
+                          AND (g.tgtype & 32) <> 0) THEN  -- TRIGGER_TYPE_TRUNCATE
+            EXECUTE format('CREATE TRIGGER xp_transactions_no_truncate BEFORE TRUNCATE ON %s '
+                           'FOR EACH STATEMENT EXECUTE FUNCTION pyxp.refuse_ledger_change()', v_name);
+        END IF;
+    END LOOP;
+END
+$$;
+COMMENT ON FUNCTION pyxp.guard_ledger_partitions() IS
+    'internal: event trigger function refusing DETACH and DROP of a ledger partition and renaming the ledger (PX013); gives each partition the TRUNCATE refusal.';
+REVOKE ALL ON FUNCTION pyxp.guard_ledger_partitions() FROM PUBLIC;
+-- Event triggers belong to a superuser (PostgreSQL's rule): another
+-- migrating role gets neither them nor their function, and a warning.
 DO $guard$
 BEGIN
     IF (SELECT r.rolsuper FROM pg_catalog.pg_roles r WHERE r.rolname = current_user) THEN
         CREATE EVENT TRIGGER pyxp_ledger_partitions_start ON ddl_command_start
-            WHEN TAG IN ('ALTER TABLE', 'DROP TABLE', 'DROP SCHEMA', 'DROP OWNED')
             EXECUTE FUNCTION pyxp.guard_ledger_partitions();
         CREATE EVENT TRIGGER pyxp_ledger_partitions_end ON ddl_command_end
-            WHEN TAG IN ('ALTER TABLE')
             EXECUTE FUNCTION pyxp.guard_ledger_partitions();
         CREATE EVENT TRIGGER pyxp_ledger_partitions_drop ON sql_drop
-            WHEN TAG IN ('DROP TABLE', 'DROP SCHEMA', 'DROP OWNED')
             EXECUTE FUNCTION pyxp.guard_ledger_partitions();
     ELSE
+        DROP FUNCTION pyxp.guard_ledger_partitions();
         RAISE WARNING 'pyxp: % is no superuser: DETACH and DROP of a ledger partition are not refused', current_user
-            USING HINT = 'a superuser can run the CREATE EVENT TRIGGER statements of sql/12_partitions.sql';
+            USING HINT = 'a superuser can run the CREATE FUNCTION and CREATE EVENT TRIGGER statements of sql/12_partitions.sql';
     END IF;
 END
 $guard$;
