@@ -610,7 +610,9 @@ BEGIN
             RAISE EXCEPTION 'an idempotency key of this call is claimed by transaction %, which the ledger does not hold',
                             (SELECT string_agg(c.transaction_id::text, ', ')
                                FROM unnest(v_rows) r JOIN pyxp.xp_award_claims c
-                                 ON r.inputs IS NOT NULL AND c.key_hash = pyxp.key_hash(r.idempotency_key))
+                                 ON r.inputs IS NOT NULL AND c.key_hash = pyxp.key_hash(r.idempotency_key)
+                              WHERE NOT EXISTS (SELECT FROM pyxp.xp_transactions k
+                                                 WHERE k.id = c.transaction_id AND k.created_at = c.created_at))
                 USING ERRCODE = 'PX028', HINT = 'SELECT * FROM pyxp.audit() reports it (claim_mismatch)';
         END IF;
         IF v_problem.same AND NOT p_batch AND cardinality(v_rows) = 1 THEN
