@@ -13,6 +13,7 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+import sys
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
@@ -30,6 +31,9 @@ from pyxp import XP, schema
 from pyxp.database import discovered_server, locate_server
 from pyxp.errors import DatabaseUnavailable
 from pyxp.ruleset_config import load_ruleset
+
+# The CLI of the package under test (the venv running pytest).
+PYXP = str(Path(sys.executable).with_name("pyxp"))
 
 _server_stack = ExitStack()
 

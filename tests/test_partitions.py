@@ -8,10 +8,12 @@ month's partition, and the owner creates the months ahead.
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from itertools import pairwise
 from typing import Any
 
 import psycopg
 import pytest
+from conftest import PYXP
 
 from pyxp import errors
 
@@ -62,9 +64,9 @@ def test_a_new_ledger_has_its_months_ahead_a_partition_for_older_rows_and_a_defa
     assert names[0].startswith("xp_transactions_before_") and partitions[0][1] is None
     assert names[-1] == "xp_transactions_default" and partitions[-1][3]
     months = [p for p in partitions if not p[3] and p[1] is not None]
-    assert [p[0] for p in months][0] == f"xp_transactions_{this_month()}"
+    assert months[0][0] == f"xp_transactions_{this_month()}"
     assert len(months) == 3  # this month and the two after it (create_ledger_partitions' default)
-    for earlier, later in zip(partitions[:-1], partitions[1:-1]):
+    for earlier, later in pairwise(partitions[:-1]):
         assert earlier[2] == later[1]  # contiguous: no month falls to the default partition
 
 
@@ -257,26 +259,23 @@ def test_creating_partitions_is_the_owners(connect_as: Any, login_role: Any, unc
 def test_python_and_cli_create_the_months_ahead(conninfo: str, db: psycopg.Connection[Any], unchanged: Any) -> None:
     import json
     import subprocess
-    import sys
-    from pathlib import Path
 
     from pyxp import XP, LedgerPartition
-    pyxp_command = str(Path(sys.executable).parent / "pyxp")
     with XP(conninfo) as xp:
         made = xp.create_ledger_partitions(months_ahead=3)
         assert [type(p) for p in made] == [LedgerPartition] and made[0].created and made[0].note is None
         assert xp.create_ledger_partitions(months_ahead=3) == []
-    shown = subprocess.run([pyxp_command, "--database-url", conninfo, "db", "create-partitions", "--months-ahead", "5",
+    shown = subprocess.run([PYXP, "--database-url", conninfo, "db", "create-partitions", "--months-ahead", "5",
                             "--json"], capture_output=True, text=True, check=True)
     assert [(p["partition_name"], p["created"]) for p in json.loads(shown.stdout)] == \
         [(name, True) for (name,) in db.execute("SELECT partition_name FROM pyxp.ledger_partitions() "
                                                 "WHERE range_start IS NOT NULL ORDER BY range_start DESC LIMIT 2")][::-1]
-    again = subprocess.run([pyxp_command, "--database-url", conninfo, "db", "create-partitions", "--months-ahead", "5"],
+    again = subprocess.run([PYXP, "--database-url", conninfo, "db", "create-partitions", "--months-ahead", "5"],
                            capture_output=True, text=True, check=True)
     assert again.stdout.strip() == "every month up to 5 months ahead has its partition"
     with unchanged():
-        refused = subprocess.run([pyxp_command, "--database-url", conninfo, "db", "create-partitions",
-                                  "--months-ahead", "121"], capture_output=True, text=True)
+        refused = subprocess.run([PYXP, "--database-url", conninfo, "db", "create-partitions",
+                                  "--months-ahead", "121"], capture_output=True, text=True, check=False)
     assert refused.returncode == 2 and "120" in refused.stderr
 
 
@@ -369,7 +368,7 @@ def test_months_are_contiguous_whatever_the_sessions_zone_and_datestyle(
     db.execute("RESET TimeZone")
     db.execute("RESET DateStyle")
     ranges = [p[1:3] for p in db.execute(PARTITIONS).fetchall() if not p[3]]
-    assert all(a[1] == b[0] for a, b in zip(ranges, ranges[1:]))
+    assert all(a[1] == b[0] for a, b in pairwise(ranges))
     assert all(r[1].day == 1 and r[1].hour == 0 and str(r[1].utcoffset()) == "0:00:00" for r in ranges)
 
 
@@ -378,3 +377,50 @@ def test_a_claim_whose_row_is_gone_is_refused_clearly(db: psycopg.Connection[Any
     with unchanged(), pytest.raises(errors.LedgerInconsistent) as refused, errors.wrap_errors():
         db.execute(AWARD, ("0xq", "orphan-1"))
     assert "999999" in str(refused.value)
+
+
+def migrating_role(login_role: Any, target: str) -> str:
+    """A migrating role that is no superuser (README "Install into a database"): a member of
+    pyxp_owner with CREATE on the target database."""
+    from psycopg import sql
+    from psycopg.conninfo import conninfo_to_dict, make_conninfo
+    name = login_role("pyxp_owner")
+    with psycopg.connect(target, autocommit=True) as conn:
+        conn.execute(sql.SQL("GRANT CREATE ON DATABASE {} TO {}").format(
+            sql.Identifier(conninfo_to_dict(target)["dbname"]), sql.Identifier(name)))
+    return make_conninfo(target, user=name)
+
+
+def test_a_migration_by_another_role_installs_all_but_the_guard(login_role: Any, fresh_database: Any) -> None:
+    """Event triggers are a superuser's: a migrating role that is none gets the partitioned ledger,
+    its partitions and their TRUNCATE refusal, and neither the guard's function nor its triggers."""
+    from pyxp import schema
+    target = fresh_database()
+    schema.upgrade(migrating_role(login_role, target))
+    with psycopg.connect(target, autocommit=True) as conn:
+        assert conn.execute("SELECT count(*) FROM pg_event_trigger").fetchone() == (0,)
+        assert conn.execute("SELECT to_regprocedure('pyxp.guard_ledger_partitions()')").fetchone() == (None,)
+        assert len(conn.execute(PARTITIONS).fetchall()) == 5
+        conn.execute(AWARD, ("0xnow", "now-1"))
+        with pytest.raises(errors.AppendOnlyLedger), errors.wrap_errors():
+            conn.execute(f"TRUNCATE pyxp.xp_transactions_{this_month()}")
+        assert conn.execute("SELECT * FROM pyxp.audit()").fetchall() == []
+
+
+def test_downgrading_the_guard_needs_a_superuser(login_role: Any, fresh_database: Any) -> None:
+    """A superuser installed the guard: another migrating role is refused the 0015 downgrade with a
+    message saying why, and nothing changes."""
+    from conftest import database_state
+
+    from pyxp import schema
+    target = fresh_database()
+    schema.upgrade(target)
+    with psycopg.connect(target, autocommit=True) as conn:
+        conn.execute(AWARD, ("0xnow", "now-1"))
+        before = database_state(conn)
+    with pytest.raises(Exception, match="needs a superuser"):
+        schema.downgrade(migrating_role(login_role, target), "0014")
+    assert schema.current_revision(target) == schema.head_revision()
+    with psycopg.connect(target, autocommit=True) as conn:
+        assert database_state(conn) == before
+        assert conn.execute("SELECT count(*) FROM pg_event_trigger WHERE evtname LIKE 'pyxp%'").fetchone() == (3,)

@@ -12,21 +12,19 @@ from __future__ import annotations
 import random
 import re
 import subprocess
-import sys
 import threading
 from collections.abc import Callable
 from typing import Any
 
 import psycopg
 import pytest
+from conftest import PYXP, naive_period_ranks
 from psycopg import sql
 from psycopg.conninfo import make_conninfo
 from psycopg.types.json import Jsonb
 
-from conftest import naive_period_ranks
 from pyxp import XP, schema
 
-PYXP = str(__import__("pathlib").Path(sys.executable).with_name("pyxp"))
 GAINS = ("MODERATION_VALIDATED_BY_MODERATOR", "Completion_Submit_B2C_Free", "CAMPAIGN_APPROVED")
 PENALTY = "MODERATION_REFUSED_BY_MODERATOR"  # -1: some totals go negative
 NAIVE = """SELECT b.user_wallet, row_number() OVER (ORDER BY b.total_xp DESC, b.user_wallet COLLATE "C")
