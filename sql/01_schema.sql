@@ -143,6 +143,7 @@ CREATE TABLE pyxp.xp_requests (
     created_at       timestamptz,               -- NULL: its rows'
     idempotency_key  text,                      -- NULL: its rows'
     inputs           jsonb,                     -- NULL: rebuilt from its rows
+    archive_id       bigint,                    -- its rows were archived (xp_ledger_archives): kept key and inputs
     CONSTRAINT xp_requests_kept_together CHECK (
         (idempotency_key IS NULL) = (inputs IS NULL)
         AND (idempotency_key IS NULL OR (ruleset_id IS NOT NULL AND created_at IS NOT NULL)))
@@ -406,6 +407,74 @@ CREATE TABLE pyxp.xp_wallet_checkpoints (
     wallet_seq     bigint NOT NULL CHECK (wallet_seq >= 1),
     total_xp       bigint NOT NULL,
     checkpoint_id  bigint NOT NULL REFERENCES pyxp.xp_audit_checkpoints
+);
+
+-- Retention (sql/13_retention.sql): old partitions taken out of the ledger by
+-- pyxp.archive_ledger_partitions, after an audit checkpoint verified their
+-- rows, into schema pyxp_archive (to dump, then drop). What the proofs still
+-- need of them stays here, so that a balance is its opening + the rows since.
+-- One row per archive: which partitions, up to when, how many rows.
+CREATE TABLE pyxp.xp_ledger_archives (
+    archive_id           bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    archived_before      timestamptz NOT NULL,  -- every partition of this archive and before ends at or before it
+    partitions           text[] NOT NULL,       -- their names (tables of schema pyxp_archive since)
+    partition_oids       oid[] NOT NULL,        -- (pyxp.guard_ledger_partitions lets their DETACH through)
+    rows_archived        bigint NOT NULL,
+    wallets_opened       bigint NOT NULL,       -- wallets whose opening moved
+    last_transaction_id  bigint,                -- the highest id archived
+    timezone             text NOT NULL,         -- the zone of the openings' periods (the active ruleset's)
+    checkpoint_id        bigint REFERENCES pyxp.xp_audit_checkpoints,  -- the last before it (NULL: none, no rows)
+    archived_at          timestamptz NOT NULL DEFAULT now()
+);
+
+-- Per wallet, its opening: the state after its position wallet_seq, the
+-- highest position of its rows archived, summing every row at positions
+-- 1 .. wallet_seq (archived, or a rarer row still in the ledger that took
+-- an earlier position although its transaction began after the archived
+-- range: a straggler). The audit walks the wallet's rows after wallet_seq
+-- from total_xp; last_at and the <kind>_start/_xp columns are the latest
+-- periods of those positions (in xp_ledger_archives.timezone), which the
+-- balance's period columns continue.
+CREATE TABLE pyxp.xp_wallet_openings (
+    user_wallet  text PRIMARY KEY,
+    wallet_seq   bigint NOT NULL CHECK (wallet_seq >= 1),
+    total_xp     bigint NOT NULL,       -- balance_after of the row at wallet_seq
+    last_at      timestamptz NOT NULL,  -- the latest time (a reversal: its original's) of those rows
+    day_start    timestamptz NOT NULL,
+    day_xp       bigint NOT NULL,
+    week_start   timestamptz NOT NULL,
+    week_xp      bigint NOT NULL,
+    month_start  timestamptz NOT NULL,
+    month_xp     bigint NOT NULL,
+    year_start   timestamptz NOT NULL,
+    year_xp      bigint NOT NULL,
+    archive_id   bigint NOT NULL REFERENCES pyxp.xp_ledger_archives
+);
+
+-- Archived rows that a reversal still in the ledger reverses: what the
+-- audit, the periods and the caps read of an original (an archived row
+-- cannot be reversed any more, PX029, so this set only grows by archives).
+CREATE TABLE pyxp.xp_archived_originals (
+    transaction_id    bigint PRIMARY KEY,
+    user_wallet       text NOT NULL,
+    transaction_type  text NOT NULL,
+    xp_amount         bigint NOT NULL,
+    rule_id           bigint,
+    reverses          bigint,
+    created_at        timestamptz NOT NULL,
+    archive_id        bigint NOT NULL REFERENCES pyxp.xp_ledger_archives
+);
+
+-- What the archived rows used of each capped allowance per period (as
+-- pyxp.ledger_cap_usage counts it), with the largest cap of their rules:
+-- the audit adds it to what the ledger's rows use.
+CREATE TABLE pyxp.xp_archived_cap_usage (
+    user_wallet   text NOT NULL,
+    allowance     text NOT NULL,
+    period_start  timestamptz NOT NULL,
+    used_xp       bigint NOT NULL,
+    cap_max_xp    bigint NOT NULL,
+    PRIMARY KEY (user_wallet, allowance, period_start)
 );
 
 -- Agency -> B2C client registrations, granted once per client email.

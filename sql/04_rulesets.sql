@@ -167,6 +167,8 @@ BEGIN
         RETURN 0;
     END IF;
     IF (SELECT r.timezone FROM pyxp.rulesets r WHERE r.is_active) IS DISTINCT FROM v_zone THEN
+        -- (the archived rows' periods are kept in the archive's zone only: PX029)
+        PERFORM pyxp.require_whole_ledger(format('activating a ruleset in timezone %s', v_zone));
         PERFORM pyxp.rebuild_period_columns(v_zone);
     END IF;
     -- Two statements: the partial unique index allows one active row at a time.

@@ -241,6 +241,14 @@ AS $$
     END
 $$;
 
+-- The end of the ledger's archived range (sql/13_retention.sql): every row
+-- written before it was in an archived partition, or is in the default
+-- partition. NULL: nothing archived.
+CREATE FUNCTION pyxp.archive_horizon()
+RETURNS timestamptz
+LANGUAGE sql STABLE
+AS $$ SELECT max(a.archived_before) FROM pyxp.xp_ledger_archives a $$;
+
 -- Records a flow's or reversal's claim: its key's hash and its inputs'
 -- digest, plus the key, inputs, ruleset and time when its rows will not
 -- rebuild them (p_rebuilt: what they rebuild, NULL when the call writes
@@ -326,6 +334,7 @@ LANGUAGE plpgsql STABLE
 AS $$
 DECLARE
     v_request record;
+    v_archive pyxp.xp_ledger_archives;
 BEGIN
     SELECT * INTO STRICT v_request FROM pyxp.recorded_request(p_key) r;
     IF v_request.same_key AND (v_request.inputs IS NULL OR v_request.ruleset_id IS NULL) THEN
@@ -342,6 +351,19 @@ BEGIN
                                        ELSE v_request.inputs::text END,
                                   p_inputs),
                   HINT = 'repeat a call with exactly the same inputs to get its result again';
+    END IF;
+    -- Its rows were archived (sql/13_retention.sql): the call was applied,
+    -- and its key stays claimed, but its result is no longer here.
+    SELECT a.* INTO v_archive
+      FROM pyxp.xp_requests q JOIN pyxp.xp_ledger_archives a ON a.archive_id = q.archive_id
+     WHERE q.key_hash = pyxp.key_hash(p_key);
+    IF FOUND THEN
+        RAISE EXCEPTION 'the call with idempotency key % was applied on %, and its ledger rows were archived',
+                        quote_literal(p_key), v_request.created_at
+            USING ERRCODE = 'PX029',
+                  DETAIL = format('archive %s (rows before %s, archived %s); nothing was written again',
+                                  v_archive.archive_id, v_archive.archived_before, v_archive.archived_at),
+                  HINT = 'its rows are in schema pyxp_archive (or their dump)';
     END IF;
     RETURN QUERY
         SELECT t.id, t.user_wallet, t.transaction_type, t.xp_amount, t.xp_requested, t.balance_after,
@@ -605,6 +627,24 @@ BEGIN
                   r.ordinality                              -- a conflict first
          LIMIT 1;
         IF NOT FOUND THEN
+            -- A claim whose row was archived (sql/13_retention.sql; its
+            -- created_at names an archived partition's range): the key was
+            -- used, and stays used.
+            SELECT r.call_index, r.idempotency_key, c.transaction_id, c.created_at INTO v_problem
+              FROM unnest(v_rows) r JOIN pyxp.xp_award_claims c
+                ON r.inputs IS NOT NULL AND c.key_hash = pyxp.key_hash(r.idempotency_key)
+             WHERE c.created_at < pyxp.archive_horizon()
+               AND NOT EXISTS (SELECT FROM pyxp.xp_transactions k
+                                WHERE k.id = c.transaction_id AND k.created_at = c.created_at)
+             LIMIT 1;
+            IF FOUND THEN
+                RAISE EXCEPTION '%idempotency key % was used by transaction % on %, whose row was archived',
+                                CASE WHEN p_batch THEN format('event %s: ', v_problem.call_index) ELSE '' END,
+                                quote_literal(v_problem.idempotency_key), v_problem.transaction_id, v_problem.created_at
+                    USING ERRCODE = 'PX029',
+                          DETAIL = 'the award was applied then; nothing was written again',
+                          HINT = 'its row is in schema pyxp_archive (or its dump); a new award needs a new key';
+            END IF;
             -- A claim whose row the ledger does not hold (audit() reports
             -- claim_mismatch): neither a replay nor a conflict can be told.
             RAISE EXCEPTION 'an idempotency key of this call is claimed by transaction %, which the ledger does not hold',
@@ -1073,6 +1113,20 @@ BEGIN
     SELECT * INTO v_ruleset FROM pyxp.writing_ruleset();
     SELECT * INTO v_original FROM pyxp.xp_transactions t WHERE t.id = reverse_transaction.transaction_id;
     IF NOT FOUND THEN
+        v_key := 'reverse:' || reverse_transaction.transaction_id;
+        IF EXISTS (SELECT FROM pyxp.xp_requests q WHERE q.key_hash = pyxp.key_hash(v_key)) THEN
+            -- Reversed before its row was archived (sql/13_retention.sql):
+            -- the reversal's result, or PX029 when it was archived too.
+            RETURN QUERY SELECT * FROM pyxp.replayed_award(
+                v_key, jsonb_build_object('transaction_id', reverse_transaction.transaction_id, 'reason', v_reason),
+                format('transaction %s was already reversed', reverse_transaction.transaction_id), 'PX014');
+            RETURN;
+        ELSIF reverse_transaction.transaction_id <= (SELECT max(a.last_transaction_id) FROM pyxp.xp_ledger_archives a) THEN
+            RAISE EXCEPTION 'transaction % is not in the ledger: it was archived, or never existed',
+                            reverse_transaction.transaction_id
+                USING ERRCODE = 'PX029',
+                      HINT = 'an archived row cannot be reversed (pyxp.xp_ledger_archives lists the archives)';
+        END IF;
         RAISE EXCEPTION 'unknown transaction %', coalesce(reverse_transaction.transaction_id::text, 'NULL')
             USING ERRCODE = 'PX015', HINT = 'pass the id of an xp_transactions row';
     ELSIF v_original.reverses IS NOT NULL THEN

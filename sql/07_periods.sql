@@ -124,6 +124,17 @@ BEGIN
 END
 $$;
 
+-- The created_at of the row a reversal reverses: in the ledger, or (a row
+-- archived since, sql/13_retention.sql) in xp_archived_originals. A
+-- reversal counts in that row's period.
+CREATE FUNCTION pyxp.reversed_row_at(p_reverses bigint)
+RETURNS timestamptz
+LANGUAGE sql STABLE
+AS $$
+    SELECT coalesce((SELECT o.created_at FROM pyxp.xp_transactions o WHERE o.id = p_reverses LIMIT 1),
+                    (SELECT a.created_at FROM pyxp.xp_archived_originals a WHERE a.transaction_id = p_reverses))
+$$;
+
 -- Every wallet with a row in [p_start, p_end) and its XP there, from the
 -- ledger: rows created in the range that reverse nothing, and reversals of
 -- rows created in it (wherever the reversal falls). Exact at any time; reads
@@ -241,6 +252,7 @@ BEGIN
               ORDER BY 1', v_period || '_start', v_period || '_xp')
             USING leaderboard.offset_rows::bigint, v_bounds.period_start, v_max;
     ELSE
+        PERFORM pyxp.require_unarchived_period(v_period, v_bounds.period_start);  -- a past period: from the ledger
         RETURN QUERY
             SELECT leaderboard.offset_rows + row_number() OVER (ORDER BY p.period_xp DESC, p.user_wallet COLLATE "C"),
                    p.user_wallet, x.total_xp, x.current_level, p.period_xp
@@ -302,6 +314,7 @@ BEGIN
            INTO v_rank USING v_bounds.period_start, v_total, v_wallet, v_period;
         RETURN v_rank;
     END IF;
+    PERFORM pyxp.require_unarchived_period(v_period, v_bounds.period_start);  -- a past period: from the ledger
     SELECT r.rank INTO v_rank
       FROM (SELECT t.user_wallet, row_number() OVER (ORDER BY t.period_xp DESC, t.user_wallet COLLATE "C") AS rank
               FROM pyxp.ledger_period_totals(v_bounds.period_start, v_bounds.period_end) t) r
@@ -338,13 +351,13 @@ BEGIN
         RETURN v_xp;                -- its latest period: kept by the writer
     END IF;
     -- An earlier period: the wallet's rows (index xp_transactions_wallet_seq).
+    PERFORM pyxp.require_unarchived_period(v_period, v_bounds.period_start);
     RETURN coalesce((
         SELECT sum(t.xp_amount)
           FROM pyxp.xp_transactions t
-          LEFT JOIN pyxp.xp_transactions o ON o.id = t.reverses
-         WHERE t.user_wallet = v_wallet
-           AND coalesce(o.created_at, t.created_at) >= v_bounds.period_start
-           AND coalesce(o.created_at, t.created_at) < v_bounds.period_end), 0)::bigint;
+         CROSS JOIN LATERAL (SELECT CASE WHEN t.reverses IS NULL THEN t.created_at
+                                         ELSE pyxp.reversed_row_at(t.reverses) END AS at) e
+         WHERE t.user_wallet = v_wallet AND e.at >= v_bounds.period_start AND e.at < v_bounds.period_end), 0)::bigint;
 END
 $$;
 
@@ -398,10 +411,12 @@ AS $$
      GROUP BY l.user_wallet
 $$;
 
--- From the ledger: what each capped allowance used per period (capped gains'
--- applied amounts, less the reversals of them), with the largest cap its
--- rows' rules carried (what xp_cap_usage must hold; pyxp.audit).
-CREATE FUNCTION pyxp.ledger_cap_usage()
+-- What each capped allowance used per period in the rows of partitions
+-- p_partitions (NULL: the whole ledger): capped gains' applied amounts, less
+-- the reversals of them (in the gain's period, by the gain's rule, found in
+-- the ledger or in xp_archived_originals), with the largest cap its rows'
+-- rules carried. For pyxp.ledger_cap_usage and pyxp.archive_ledger_partitions.
+CREATE FUNCTION pyxp.rows_cap_usage(p_partitions oid[])
 RETURNS TABLE (user_wallet text, allowance text, period_start timestamptz, used_xp bigint, cap_max_xp bigint)
 LANGUAGE sql STABLE
 AS $$
@@ -409,11 +424,29 @@ AS $$
            sum(t.xp_amount)::bigint, max(ru.cap_max_xp)
       FROM pyxp.xp_transactions t
       LEFT JOIN pyxp.xp_transactions o ON o.id = t.reverses
-     CROSS JOIN LATERAL (SELECT coalesce(o.rule_id, t.rule_id) AS rule_id, coalesce(o.created_at, t.created_at) AS at,
-                                coalesce(o.xp_amount, t.xp_amount) AS gain) g
+      LEFT JOIN pyxp.xp_archived_originals a ON o.id IS NULL AND a.transaction_id = t.reverses
+     CROSS JOIN LATERAL (SELECT coalesce(o.rule_id, a.rule_id, t.rule_id) AS rule_id,
+                                coalesce(o.created_at, a.created_at, t.created_at) AS at,
+                                coalesce(o.xp_amount, a.xp_amount, t.xp_amount) AS gain) g
       JOIN pyxp.rules ru ON ru.rule_id = g.rule_id
       JOIN pyxp.rulesets rs ON rs.ruleset_id = ru.ruleset_id
      WHERE ru.cap_max_xp IS NOT NULL AND g.gain > 0
+       AND (p_partitions IS NULL OR t.tableoid = ANY (p_partitions))
+     GROUP BY 1, 2, 3
+$$;
+
+-- What each capped allowance used per period, from the ledger's rows and
+-- what archived rows used (xp_archived_cap_usage), with the largest cap:
+-- what xp_cap_usage must hold (pyxp.audit).
+CREATE FUNCTION pyxp.ledger_cap_usage()
+RETURNS TABLE (user_wallet text, allowance text, period_start timestamptz, used_xp bigint, cap_max_xp bigint)
+LANGUAGE sql STABLE
+AS $$
+    SELECT u.user_wallet, u.allowance, u.period_start, sum(u.used_xp)::bigint, max(u.cap_max_xp)
+      FROM (SELECT * FROM pyxp.rows_cap_usage(NULL)
+            UNION ALL
+            SELECT a.user_wallet, a.allowance, a.period_start, a.used_xp, a.cap_max_xp
+              FROM pyxp.xp_archived_cap_usage a) u
      GROUP BY 1, 2, 3
 $$;
 
@@ -469,6 +502,10 @@ COMMENT ON FUNCTION pyxp.freed_allowance(bigint) IS
 COMMENT ON FUNCTION pyxp.ledger_latest_periods(text) IS
     'internal: from the ledger, each wallet''s latest period of each kind and its XP there.';
 COMMENT ON FUNCTION pyxp.ledger_cap_usage() IS
-    'internal: from the ledger, what each capped allowance used per period, and its cap.';
+    'internal: from the ledger and the archived rows'' usage, what each capped allowance used per period, and its cap.';
+COMMENT ON FUNCTION pyxp.rows_cap_usage(oid[]) IS
+    'internal: what each capped allowance used per period in the rows of some partitions (NULL: all), and its cap.';
+COMMENT ON FUNCTION pyxp.reversed_row_at(bigint) IS
+    'internal: the created_at of the row a reversal reverses, in the ledger or among the archived originals.';
 COMMENT ON FUNCTION pyxp.rebuild_period_columns(text) IS
     'internal: re-derives every balance''s latest periods and their XP from the ledger, in a zone, and the period boards'' counts.';

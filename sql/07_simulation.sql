@@ -178,6 +178,10 @@ AS $$
 DECLARE
     v_ruleset pyxp.rulesets := pyxp.checked_ruleset(p_ruleset_id);
 BEGIN
+    -- The candidate re-evaluates every row: archived rows are not here
+    -- (sql/13_retention.sql), so neither a what-if nor a retroactive
+    -- application can be computed any more (PX029).
+    PERFORM pyxp.require_whole_ledger('a what-if of the rules (simulation, retroactive application)');
     RETURN QUERY
         WITH r AS MATERIALIZED (SELECT * FROM pyxp.simulated_rows(v_ruleset.ruleset_id)),
         -- Order matters in a wallet with a penalty under the candidate's

@@ -23,8 +23,10 @@ AS $$
 $$;
 
 -- The wallets a verification walks, each from a position, with its balance
--- row (NULL columns: none) and its checkpoint (cp_*, NULL: none).
--- p_since_checkpoint false: every wallet with a balance, from its first row.
+-- row (NULL columns: none), its checkpoint (cp_*, NULL: none) and its
+-- opening (op_*, NULL: none; sql/13_retention.sql).
+-- p_since_checkpoint false: every wallet with a balance, from its first row,
+-- or from its opening when its first rows were archived.
 -- true (callers pass it only when a checkpoint exists): the wallets with a
 -- row written since the last checkpoint (found by the feed index: feed_xid
 -- >= the checkpoint's snapshot xmin), from their checkpoint's position, each
@@ -35,39 +37,70 @@ CREATE FUNCTION pyxp.audited_wallets(p_since_checkpoint boolean)
 RETURNS TABLE (user_wallet text, from_seq bigint, from_xp bigint, cp_seq bigint, cp_xp bigint,
                total_xp bigint, current_level bigint, xp_to_next_level bigint, last_wallet_seq bigint,
                day_start timestamptz, day_xp bigint, week_start timestamptz, week_xp bigint,
-               month_start timestamptz, month_xp bigint, year_start timestamptz, year_xp bigint)
+               month_start timestamptz, month_xp bigint, year_start timestamptz, year_xp bigint,
+               op_seq bigint, op_xp bigint, op_last_at timestamptz, op_day_start timestamptz, op_day_xp bigint,
+               op_week_start timestamptz, op_week_xp bigint, op_month_start timestamptz, op_month_xp bigint,
+               op_year_start timestamptz, op_year_xp bigint)
 LANGUAGE sql STABLE
 AS $$
-    SELECT b.user_wallet, 0::bigint, 0::bigint, c.wallet_seq, c.total_xp,
+    SELECT b.user_wallet, coalesce(o.wallet_seq, 0), coalesce(o.total_xp, 0), c.wallet_seq, c.total_xp,
            b.total_xp, b.current_level, b.xp_to_next_level, b.last_wallet_seq,
-           b.day_start, b.day_xp, b.week_start, b.week_xp, b.month_start, b.month_xp, b.year_start, b.year_xp
+           b.day_start, b.day_xp, b.week_start, b.week_xp, b.month_start, b.month_xp, b.year_start, b.year_xp,
+           o.wallet_seq, o.total_xp, o.last_at, o.day_start, o.day_xp, o.week_start, o.week_xp,
+           o.month_start, o.month_xp, o.year_start, o.year_xp
       FROM pyxp.xp_balances b
       LEFT JOIN pyxp.xp_wallet_checkpoints c ON c.user_wallet = b.user_wallet
+      LEFT JOIN pyxp.xp_wallet_openings o ON o.user_wallet = b.user_wallet
      WHERE NOT p_since_checkpoint
     UNION ALL
-    SELECT w.user_wallet, coalesce(c.wallet_seq, 0), coalesce(c.total_xp, 0), c.wallet_seq, c.total_xp,
+    SELECT w.user_wallet, coalesce(c.wallet_seq, o.wallet_seq, 0), coalesce(c.total_xp, o.total_xp, 0),
+           c.wallet_seq, c.total_xp,
            b.total_xp, b.current_level, b.xp_to_next_level, b.last_wallet_seq,
-           b.day_start, b.day_xp, b.week_start, b.week_xp, b.month_start, b.month_xp, b.year_start, b.year_xp
+           b.day_start, b.day_xp, b.week_start, b.week_xp, b.month_start, b.month_xp, b.year_start, b.year_xp,
+           o.wallet_seq, o.total_xp, o.last_at, o.day_start, o.day_xp, o.week_start, o.week_xp,
+           o.month_start, o.month_xp, o.year_start, o.year_xp
       FROM (SELECT DISTINCT t.user_wallet FROM pyxp.xp_transactions t
              WHERE t.feed_xid >= pyxp.last_checkpoint_xmin()) w
       LEFT JOIN LATERAL (SELECT b.* FROM pyxp.xp_balances b WHERE b.user_wallet = w.user_wallet LIMIT 1) b ON true
       LEFT JOIN LATERAL (SELECT c.* FROM pyxp.xp_wallet_checkpoints c WHERE c.user_wallet = w.user_wallet LIMIT 1) c
              ON true
+      LEFT JOIN LATERAL (SELECT o.* FROM pyxp.xp_wallet_openings o WHERE o.user_wallet = w.user_wallet LIMIT 1) o
+             ON true
      WHERE p_since_checkpoint
 $$;
 
 -- A wallet's XP in the period of a kind starting at p_start, from its rows
--- (a reversal in its original's period): what pyxp.chain_problems reports
--- against a balance's period columns, on the mismatch path only.
+-- after its opening (a reversal in its original's period) and its opening's
+-- XP there: what pyxp.chain_problems reports against a balance's period
+-- columns, on the mismatch path only.
 CREATE FUNCTION pyxp.period_xp_from_rows(p_wallet text, p_start timestamptz, p_kind text, p_timezone text)
 RETURNS bigint
 LANGUAGE sql STABLE
 AS $$
-    SELECT sum(t.xp_amount)::bigint
-      FROM pyxp.xp_transactions t
-      LEFT JOIN pyxp.xp_transactions o ON o.id = t.reverses
-     WHERE t.user_wallet = p_wallet AND date_trunc(p_kind, coalesce(o.created_at, t.created_at), p_timezone) = p_start
+    SELECT (sum(x.xp) FILTER (WHERE x.xp IS NOT NULL))::bigint
+      FROM (SELECT t.xp_amount AS xp
+              FROM pyxp.xp_transactions t
+             CROSS JOIN LATERAL (SELECT CASE WHEN t.reverses IS NULL THEN t.created_at
+                                             ELSE pyxp.reversed_row_at(t.reverses) END AS at) e
+             WHERE t.user_wallet = p_wallet AND date_trunc(p_kind, e.at, p_timezone) = p_start
+               AND t.wallet_seq > coalesce((SELECT o.wallet_seq FROM pyxp.xp_wallet_openings o
+                                             WHERE o.user_wallet = p_wallet), 0)
+            UNION ALL
+            SELECT CASE p_kind WHEN 'day' THEN o.day_xp WHEN 'week' THEN o.week_xp WHEN 'month' THEN o.month_xp
+                               ELSE o.year_xp END
+              FROM pyxp.xp_wallet_openings o
+             WHERE o.user_wallet = p_wallet
+               AND CASE p_kind WHEN 'day' THEN o.day_start WHEN 'week' THEN o.week_start
+                               WHEN 'month' THEN o.month_start ELSE o.year_start END = p_start) x
 $$;
+
+-- A period's XP from the rows walked (p_rows; NULL: none) and, when the
+-- opening's latest period of that kind is the one checked, the opening's XP
+-- there.
+CREATE FUNCTION pyxp.sum_with_opening(p_rows numeric, p_same_period boolean, p_opening_xp bigint)
+RETURNS numeric
+LANGUAGE sql IMMUTABLE
+AS $$ SELECT CASE WHEN p_same_period THEN coalesce(p_rows, 0) + p_opening_xp ELSE p_rows END $$;
 
 -- The chain checks, one walk of each audited wallet's rows in wallet_seq
 -- order from its starting position (its checkpoint's row, the anchor,
@@ -75,15 +108,19 @@ $$;
 --   running_balance      balance_after <> previous balance_after + xp_amount
 --   wallet_seq_gap       a row's wallet_seq is not the previous one's + 1
 --                        (the first row's previous is 0: rows are 1, 2, ...)
---   checkpoint_mismatch  the checkpoint's row is missing, or its
---                        balance_after is not the checkpoint's balance
+--   checkpoint_mismatch  the checkpoint's row is missing (and not
+--                        archived: at or before the opening's position), or
+--                        its balance_after is not the checkpoint's balance
 --   balance_mismatch     xp_balances.total_xp <> the checkpoint's balance
---                        + the rows since (the full audit: the ledger sum)
+--                        + the rows since (the full audit: the ledger sum,
+--                        or the opening's balance + the rows after it)
 --   wallet_seq_mismatch  xp_balances.last_wallet_seq <> the last row's
 --   level_mismatch       the level is not the active curve's for the total
 --   period_mismatch      (full audit only: a period's rows may predate the
 --                        checkpoint) the balance's latest periods and their
---                        XP (sql/07_periods.sql) are not the ledger's
+--                        XP (sql/07_periods.sql) are not the ledger's (its
+--                        rows after the opening, and the opening's latest
+--                        periods)
 -- Per-row findings are gathered per wallet (jsonb, NULL when healthy), so
 -- each wallet is one index-only range scan, one window and one aggregate.
 CREATE FUNCTION pyxp.chain_problems(p_since_checkpoint boolean)
@@ -98,14 +135,19 @@ AS $$
         SELECT g.*, w.*
           FROM pyxp.audited_wallets(p_since_checkpoint) g
          CROSS JOIN LATERAL (
-                SELECT coalesce(max(r.seq), 0) AS ledger_seq,
+                SELECT coalesce(max(r.seq), g.op_seq, 0) AS ledger_seq,
                        g.from_xp + coalesce(sum(r.xp_amount) FILTER (WHERE r.seq > g.from_seq), 0) AS ledger_xp,
-                       coalesce(bool_or(r.seq = g.cp_seq), false) AS cp_found,
-                       max(r.at) AS latest_at,
-                       sum(r.xp_amount) FILTER (WHERE r.at >= g.day_start) AS ledger_day_xp,
-                       sum(r.xp_amount) FILTER (WHERE r.at >= g.week_start) AS ledger_week_xp,
-                       sum(r.xp_amount) FILTER (WHERE r.at >= g.month_start) AS ledger_month_xp,
-                       sum(r.xp_amount) FILTER (WHERE r.at >= g.year_start) AS ledger_year_xp,
+                       -- (a checkpoint at or before the opening: its row was archived)
+                       coalesce(bool_or(r.seq = g.cp_seq), false) OR g.cp_seq <= g.op_seq AS cp_found,
+                       greatest(max(r.at), g.op_last_at) AS latest_at,
+                       pyxp.sum_with_opening(sum(r.xp_amount) FILTER (WHERE r.at >= g.day_start),
+                                             g.op_day_start = g.day_start, g.op_day_xp) AS ledger_day_xp,
+                       pyxp.sum_with_opening(sum(r.xp_amount) FILTER (WHERE r.at >= g.week_start),
+                                             g.op_week_start = g.week_start, g.op_week_xp) AS ledger_week_xp,
+                       pyxp.sum_with_opening(sum(r.xp_amount) FILTER (WHERE r.at >= g.month_start),
+                                             g.op_month_start = g.month_start, g.op_month_xp) AS ledger_month_xp,
+                       pyxp.sum_with_opening(sum(r.xp_amount) FILTER (WHERE r.at >= g.year_start),
+                                             g.op_year_start = g.year_start, g.op_year_xp) AS ledger_year_xp,
                        jsonb_agg(jsonb_build_object('seq', r.seq, 'after', r.balance_after, 'amount', r.xp_amount,
                                                     'previous', r.previous, 'previous_seq', r.previous_seq,
                                                     'running', r.running, 'gap', r.gap, 'checkpoint', r.checkpoint))
@@ -116,7 +158,7 @@ AS $$
                                y.seq = g.cp_seq AND y.balance_after <> g.cp_xp AS checkpoint
                           FROM (SELECT x.wallet_seq AS seq, x.balance_after, x.xp_amount,
                                        CASE WHEN x.reverses IS NULL THEN x.created_at  -- a reversal counts in its original's period
-                                            ELSE (SELECT o.created_at FROM pyxp.xp_transactions o WHERE o.id = x.reverses)
+                                            ELSE pyxp.reversed_row_at(x.reverses)
                                        END AS at,
                                        coalesce(lag(x.balance_after) OVER w, g.from_xp) AS previous,
                                        coalesce(lag(x.wallet_seq) OVER w, g.from_seq) AS previous_seq
@@ -169,6 +211,9 @@ AS $$
             SELECT 'balance_mismatch', NULL,
                    CASE WHEN c.total_xp IS NULL
                         THEN format('ledger sum %s but no xp_balances row', c.ledger_xp)
+                        WHEN c.from_seq > 0 AND c.from_seq = c.op_seq AND NOT p_since_checkpoint
+                        THEN format('xp_balances.total_xp = %s, opening %s + rows since = %s',
+                                    c.total_xp, c.from_xp, c.ledger_xp)
                         WHEN c.from_seq > 0
                         THEN format('xp_balances.total_xp = %s, checkpoint %s + rows since = %s',
                                     c.total_xp, c.from_xp, c.ledger_xp)
@@ -219,15 +264,19 @@ $$;
 
 -- The checks of single rows (pyxp.audited_rows):
 --   reversal_mismatch   a reversal that does not mirror its original (same
---                       wallet, opposite amount), reverses a reversal or a
---                       row that does not exist, or is a second reversal of
---                       its original (no foreign key or unique index holds
---                       these on a partitioned ledger: sql/01_schema.sql)
+--                       wallet, opposite amount; an archived original is
+--                       read in xp_archived_originals), reverses a reversal
+--                       or a row that does not exist, or is a second
+--                       reversal of its original (no foreign key or unique
+--                       index holds these on a partitioned ledger:
+--                       sql/01_schema.sql)
 --   rule_missing, rule_mismatch  a row's rule is gone, or is another action
 --   request_missing     a flow's or reversal's row without its xp_requests row
 --                       (found by its key's hash)
 --   claim_mismatch      a generic award's row without its claim in
---                       xp_award_claims, or a claim without its row, or
+--                       xp_award_claims, or a claim without its row (but
+--                       for a row archived: its created_at is before the
+--                       archive horizon, sql/13_retention.sql), or
 --                       whose hash is not its row's key's (the full audit
 --                       joins the two tables on the row's id; since a
 --                       checkpoint, each new row probes its claim)
@@ -245,7 +294,12 @@ AS $$
       LEFT JOIN LATERAL (SELECT o.id, o.xp_amount, o.user_wallet, o.reverses,
                                 (SELECT min(x.id) FROM pyxp.xp_transactions x
                                   WHERE x.reverses = t.reverses AND x.id < t.id) AS second_id
-                           FROM pyxp.xp_transactions o WHERE o.id = t.reverses LIMIT 1) o ON true
+                           FROM (SELECT o.id, o.xp_amount, o.user_wallet, o.reverses
+                                   FROM pyxp.xp_transactions o WHERE o.id = t.reverses
+                                 UNION ALL
+                                 SELECT a.transaction_id, a.xp_amount, a.user_wallet, a.reverses
+                                   FROM pyxp.xp_archived_originals a WHERE a.transaction_id = t.reverses) o
+                          LIMIT 1) o ON true
      WHERE t.reverses IS NOT NULL
        AND (o.id IS NULL OR o.second_id IS NOT NULL
             OR t.xp_amount <> -o.xp_amount OR t.user_wallet <> o.user_wallet OR o.reverses IS NOT NULL)
@@ -260,7 +314,8 @@ AS $$
       FULL JOIN (SELECT c.* FROM pyxp.xp_award_claims c WHERE NOT p_since_checkpoint) c
              ON c.transaction_id = t.id AND c.created_at = t.created_at
      WHERE NOT p_since_checkpoint
-       AND (t.id IS NULL OR c.key_hash IS NULL
+       AND ((t.id IS NULL AND NOT c.created_at < coalesce(pyxp.archive_horizon(), '-infinity'))
+            OR c.key_hash IS NULL
             -- pyxp.key_hash, spelled out and compared as bytes: a function call per row costs
             -- 5 times more, the text form of the hash 15 % more
             OR uuid_send(c.key_hash) <> substr(sha256(convert_to(t.idempotency_key, 'UTF8')), 1, 16))
@@ -333,6 +388,7 @@ AS $$
              WHERE NOT EXISTS (SELECT FROM pyxp.xp_balances b WHERE b.user_wallet = t.user_wallet)
              GROUP BY t.user_wallet) o
      WHERE (SELECT count(*) FROM pyxp.xp_transactions)
+           + (SELECT coalesce(sum(a.rows_archived), 0) FROM pyxp.xp_ledger_archives a)
            <> (SELECT coalesce(sum(b.last_wallet_seq), 0) FROM pyxp.xp_balances b)
     UNION ALL
     SELECT 'checkpoint_mismatch', c.user_wallet, NULL,

@@ -48,7 +48,9 @@ COMMENT ON FUNCTION pyxp.last_checkpoint_xmin() IS
 COMMENT ON FUNCTION pyxp.audited_wallets(boolean) IS
     'internal: the wallets an audit walks (all, or those with rows since the last checkpoint) and where each starts.';
 COMMENT ON FUNCTION pyxp.period_xp_from_rows(text, timestamptz, text, text) IS
-    'internal: a wallet''s XP in one period, from its rows (the audit''s mismatch path).';
+    'internal: a wallet''s XP in one period, from its rows and its opening (the audit''s mismatch path).';
+COMMENT ON FUNCTION pyxp.sum_with_opening(numeric, boolean, bigint) IS
+    'internal: a period''s XP from the rows walked plus, in the opening''s latest period, the opening''s.';
 COMMENT ON FUNCTION pyxp.chain_problems(boolean) IS
     'internal: one walk of the audited wallets'' chains in wallet_seq order: chain, balance, level, checkpoint, periods.';
 COMMENT ON FUNCTION pyxp.audited_rows(boolean) IS
@@ -97,6 +99,7 @@ COMMENT ON FUNCTION pyxp.rebuilt_request_inputs(text, text, text, text, text, js
     'internal: a flow call''s or reversal''s inputs rebuilt from one of its ledger rows.';
 COMMENT ON FUNCTION pyxp.claim_request(text, jsonb, bigint, jsonb) IS 'internal: records a flow''s or reversal''s claim; false when its key was used before.';
 COMMENT ON FUNCTION pyxp.recorded_request(text) IS 'internal: an earlier flow call''s or reversal''s request, with its inputs kept or rebuilt from its rows.';
+COMMENT ON FUNCTION pyxp.archive_horizon() IS 'internal: the end of the ledger''s archived range, NULL when nothing was archived.';
 COMMENT ON FUNCTION pyxp.replayed_award(text, jsonb, text, text) IS 'internal: the original rows of a flow''s or reversal''s key, or PX010 for other inputs.';
 COMMENT ON FUNCTION pyxp.append_rows(bigint, bigint, text, boolean, pyxp.pending_row[], boolean) IS
     'internal: THE writer: locks the wallets, replays claimed generic awards, applies floor and caps, appends every ledger row and updates each balance once.';

@@ -155,7 +155,10 @@ RESET ROLE;
 --                      answers to pyxp.xp_transactions (renamed, moved to
 --                      another schema, its schema renamed: the guard would
 --                      lose it), or if one of its partitions still exists but
---                      is no longer below it (DETACH); then gives the
+--                      is no longer below it (DETACH; except the partitions
+--                      pyxp.archive_ledger_partitions archives: it names them
+--                      in setting pyxp.archiving of its transaction, and in
+--                      the archive's row of xp_ledger_archives); then gives the
 --                      TRUNCATE refusal to every partition that lacks it
 --                      (CREATE TABLE ... PARTITION OF, ATTACH of a table
 --                      made by hand);
@@ -181,6 +184,8 @@ DECLARE
     v_seen text := current_setting('pyxp.ledger_partitions', true);
     v_ledger oid;
     v_kept oid[];
+    v_detached oid[];  -- partitions this command detached
+    v_archived boolean;
     v_name text;
 BEGIN
     IF TG_EVENT = 'ddl_command_start' THEN
@@ -219,12 +224,21 @@ BEGIN
                         v_ledger::regclass
             USING ERRCODE = 'PX013', HINT = 'the ledger is pyxp.xp_transactions';
     END IF;
-    SELECT c.oid::regclass::text INTO v_name
+    SELECT array_agg(c.oid ORDER BY c.oid) INTO v_detached
       FROM pg_class c
      WHERE c.oid = ANY (v_kept)
-       AND NOT EXISTS (SELECT FROM pg_partition_tree(v_ledger) t WHERE t.relid = c.oid)
-     LIMIT 1;
-    IF v_name IS NOT NULL THEN
+       AND NOT EXISTS (SELECT FROM pg_partition_tree(v_ledger) t WHERE t.relid = c.oid);
+    -- pyxp.archive_ledger_partitions (sql/13_retention.sql) detaching the
+    -- partitions of the archive it recorded (read by EXECUTE: a command that
+    -- drops the table, a downgrade, must not fail on planning a query of it)
+    IF v_detached IS NOT NULL
+       AND v_detached <@ string_to_array(nullif(current_setting('pyxp.archiving', true), ''), ',')::oid[]
+       AND to_regclass('pyxp.xp_ledger_archives') IS NOT NULL THEN
+        EXECUTE 'SELECT EXISTS (SELECT FROM pyxp.xp_ledger_archives a WHERE $1 <@ a.partition_oids)'
+           INTO v_archived USING v_detached;
+    END IF;
+    IF v_detached IS NOT NULL AND NOT coalesce(v_archived, false) THEN
+        v_name := v_detached[1]::regclass::text;
         RAISE EXCEPTION 'xp_transactions is append-only: DETACH of its partition % refused', v_name
             USING ERRCODE = 'PX013',
                   HINT = 'a partition holds ledger rows; correct a row with pyxp.reverse_transaction(transaction_id, reason)';

@@ -1,0 +1,273 @@
+-- Retention (issue 15): old partitions of the ledger taken out of it, once an
+-- audit checkpoint has verified their rows, so that the ledger stays the
+-- size of what is recent. pyxp.archive_ledger_partitions(archived_before)
+-- is an owner operation: it detaches every monthly partition ending at or
+-- before archived_before (and the partition of the rows before them) and
+-- moves it into schema pyxp_archive, to be dumped (pg_dump --table
+-- 'pyxp_archive.*') and dropped. What the proofs still need stays in pyxp
+-- (sql/01_schema.sql):
+--   xp_ledger_archives     one row per archive
+--   xp_wallet_openings     per wallet, its opening: position, balance and
+--                          latest periods after its last archived row; the
+--                          audit proves balance = opening + the rows since
+--   xp_archived_originals  archived rows a reversal in the ledger reverses
+--   xp_archived_cap_usage  what the archived rows used of capped allowances
+--   xp_requests.archive_id a flow's or reversal's request whose rows were
+--                          archived keeps its key and inputs (a retry with
+--                          other inputs is still a PX010 showing the first
+--                          call's)
+-- What an archive gives up, each refused with PX029 (nothing written):
+-- replaying a call whose rows were archived (the key stays claimed: it is
+-- never applied twice), reversing an archived row, a period board or
+-- period_xp of a period that began before the archived range ended (the
+-- latest periods, kept on the balances, still answer), simulating or
+-- applying rules retroactively over the whole ledger, and activating a
+-- ruleset in another timezone (the openings' periods are in the archive's).
+
+CREATE SCHEMA pyxp_archive AUTHORIZATION pyxp_owner;
+GRANT USAGE ON SCHEMA pyxp_archive TO pyxp_reader;
+
+SET LOCAL ROLE pyxp_owner;
+
+-- PX029 when the ledger has archived rows and p_what needs them all.
+CREATE FUNCTION pyxp.require_whole_ledger(p_what text)
+RETURNS void
+LANGUAGE plpgsql STABLE
+AS $$
+DECLARE
+    v_horizon timestamptz := pyxp.archive_horizon();
+BEGIN
+    IF v_horizon IS NOT NULL THEN
+        RAISE EXCEPTION '% needs the whole ledger, and its rows before % were archived', p_what, v_horizon
+            USING ERRCODE = 'PX029',
+                  HINT = 'the archived rows are in schema pyxp_archive (or their dump); pyxp.xp_ledger_archives lists them';
+    END IF;
+END
+$$;
+
+-- PX029 when a period that began before the archived range ended is read
+-- from the ledger (its archived rows are gone from it).
+CREATE FUNCTION pyxp.require_unarchived_period(p_period text, p_start timestamptz)
+RETURNS void
+LANGUAGE plpgsql STABLE
+AS $$
+DECLARE
+    v_horizon timestamptz := pyxp.archive_horizon();
+BEGIN
+    IF p_start < v_horizon THEN
+        RAISE EXCEPTION 'the % from % began before %, and the ledger''s rows before then were archived',
+                        p_period, p_start, v_horizon
+            USING ERRCODE = 'PX029',
+                  HINT = 'a wallet''s latest period of each kind is kept on its balance; older boards are in the archive';
+    END IF;
+END
+$$;
+
+-- Owner operation (monthly, after pyxp.create_ledger_partitions and an
+-- audit checkpoint): archives every partition of the ledger that ends at or
+-- before archived_before (at most the start of this month, UTC), except the
+-- default partition. One row per partition archived; none when there is
+-- nothing to archive. Refused (PX030, nothing changed) while a row of those
+-- partitions is newer than the last audit checkpoint
+-- (pyxp.record_audit_checkpoint). In order:
+--   1. SHARE on those partitions: no row can be added to them meanwhile
+--      (only a transaction that began before their range ended could);
+--      EXCLUSIVE on xp_audit_checkpoints: one archive or checkpoint at a time
+--   2. the checks, and the archive's row
+--   3. the openings: per wallet with archived rows, its positions up to its
+--      highest archived one folded into its previous opening (balance_after
+--      of that row, and the latest periods of those positions, in the active
+--      ruleset's zone)
+--   4. the archived rows' use of capped allowances
+--   5. the requests of archived flow and reversal rows keep their key and
+--      inputs (rebuilt from the rows, pyxp.recorded_request) and are marked
+--   6. ACCESS EXCLUSIVE on the ledger (awards wait until this transaction
+--      commits: at most lock_timeout, 1 s, for the lock, then the catalog
+--      changes below): the originals of reversals still in the ledger, then
+--      DETACH each partition (pyxp.guard_ledger_partitions lets through the
+--      partitions of this transaction's archive row) and move it to
+--      pyxp_archive.
+-- Steps 3 to 5 read every archived row: run it when awards are few.
+CREATE FUNCTION pyxp.archive_ledger_partitions(archived_before timestamptz)
+RETURNS TABLE (archive_id bigint, partition_name text, range_start timestamptz, range_end timestamptz,
+               rows_archived bigint, archive_table text)
+LANGUAGE plpgsql SECURITY DEFINER
+SET search_path = pyxp, pg_temp
+SET lock_timeout = '1s'
+SET datestyle = 'ISO, YMD'  -- the partitions' bounds (pyxp.ledger_partitions)
+SET jit = off
+AS $$
+#variable_conflict use_column
+DECLARE
+    v_names text[];
+    v_oids oid[];
+    v_starts timestamptz[];
+    v_ends timestamptz[];
+    v_counts bigint[] := '{}';
+    v_count bigint;
+    v_feed xid8;
+    v_top_id bigint;
+    v_id bigint;
+    v_checkpoint record;
+    v_archive bigint;
+    v_zone text := pyxp.active_timezone();
+    v_name text;
+BEGIN
+    PERFORM pyxp.require_read_committed();
+    IF archive_ledger_partitions.archived_before IS NULL OR NOT isfinite(archive_ledger_partitions.archived_before)
+       OR archive_ledger_partitions.archived_before > date_trunc('month', now(), 'UTC') THEN
+        RAISE EXCEPTION 'archived_before must be a time at or before the start of this month (UTC), got %',
+                        coalesce(archive_ledger_partitions.archived_before::text, 'NULL')
+            USING ERRCODE = 'PX023',
+                  HINT = 'e.g. the start of a month a year ago: only whole partitions before it are archived';
+    END IF;
+    LOCK TABLE pyxp.xp_audit_checkpoints IN EXCLUSIVE MODE;
+    SELECT array_agg(p.partition_name ORDER BY p.range_end), array_agg(p.range_start ORDER BY p.range_end),
+           array_agg(p.range_end ORDER BY p.range_end),
+           array_agg(('pyxp.' || quote_ident(p.partition_name))::regclass::oid ORDER BY p.range_end)
+      INTO v_names, v_starts, v_ends, v_oids
+      FROM pyxp.ledger_partitions() p
+     WHERE NOT p.is_default AND p.range_end <= archive_ledger_partitions.archived_before;
+    IF v_names IS NULL THEN
+        RETURN;
+    END IF;
+    SELECT k.checkpoint_id, k.snapshot_xmin INTO v_checkpoint
+      FROM pyxp.xp_audit_checkpoints k ORDER BY k.checkpoint_id DESC LIMIT 1;
+    FOREACH v_name IN ARRAY v_names LOOP
+        EXECUTE format('LOCK TABLE pyxp.%I IN SHARE MODE', v_name);
+        EXECUTE format('SELECT count(*), max(t.feed_xid), max(t.id) FROM pyxp.%I t', v_name)
+           INTO v_count, v_feed, v_id;
+        IF v_feed >= v_checkpoint.snapshot_xmin OR (v_count > 0 AND v_checkpoint.checkpoint_id IS NULL) THEN
+            RAISE EXCEPTION 'partition % holds rows written after the last audit checkpoint%', v_name,
+                            CASE WHEN v_checkpoint.checkpoint_id IS NULL THEN ' (there is none)' ELSE '' END
+                USING ERRCODE = 'PX030',
+                      HINT = 'record one first: SELECT * FROM pyxp.record_audit_checkpoint(); only verified rows are archived';
+        END IF;
+        v_counts := v_counts || v_count;
+        v_top_id := greatest(v_top_id, v_id);
+    END LOOP;
+    INSERT INTO pyxp.xp_ledger_archives AS a (archived_before, partitions, partition_oids, rows_archived,
+                                              wallets_opened, last_transaction_id, timezone, checkpoint_id)
+    VALUES (v_ends[cardinality(v_ends)], v_names, v_oids,
+            (SELECT sum(c) FROM unnest(v_counts) c), 0, v_top_id, v_zone,
+            v_checkpoint.checkpoint_id)
+    RETURNING a.archive_id INTO v_archive;
+
+    -- 3. The openings. Each wallet's rows at positions after its previous
+    --    opening and up to its highest archived one (a straggler still in
+    --    the ledger among them), read before the DETACH, by the wallet's
+    --    index range; their time is a reversal's original's.
+    WITH tops AS (
+        SELECT t.user_wallet, max(t.wallet_seq) AS top_seq
+          FROM pyxp.xp_transactions t
+         WHERE t.tableoid = ANY (v_oids) AND t.created_at < v_ends[cardinality(v_ends)]
+         GROUP BY t.user_wallet
+    ), moved AS MATERIALIZED (
+        SELECT g.user_wallet, g.top_seq, o.wallet_seq AS old_seq, o.last_at AS old_at,
+               o.day_start AS old_day, o.day_xp AS old_day_xp, o.week_start AS old_week, o.week_xp AS old_week_xp,
+               o.month_start AS old_month, o.month_xp AS old_month_xp, o.year_start AS old_year,
+               o.year_xp AS old_year_xp
+          FROM tops g
+          LEFT JOIN pyxp.xp_wallet_openings o ON o.user_wallet = g.user_wallet
+         WHERE g.top_seq > coalesce(o.wallet_seq, 0)
+    ), folded_rows AS MATERIALIZED (
+        SELECT m.user_wallet, x.wallet_seq, x.balance_after, x.xp_amount,
+               CASE WHEN x.reverses IS NULL THEN x.created_at ELSE pyxp.reversed_row_at(x.reverses) END AS at
+          FROM moved m
+          JOIN pyxp.xp_transactions x
+            ON x.user_wallet = m.user_wallet AND x.wallet_seq > coalesce(m.old_seq, 0) AND x.wallet_seq <= m.top_seq
+    ), latest AS (
+        SELECT m.*, f.last_at, f.total_xp,
+               date_trunc('day', f.last_at, v_zone) AS day_start, date_trunc('week', f.last_at, v_zone) AS week_start,
+               date_trunc('month', f.last_at, v_zone) AS month_start,
+               date_trunc('year', f.last_at, v_zone) AS year_start
+          FROM moved m
+         CROSS JOIN LATERAL (
+                SELECT greatest(m.old_at, max(r.at)) AS last_at,
+                       (array_agg(r.balance_after ORDER BY r.wallet_seq DESC))[1] AS total_xp
+                  FROM folded_rows r WHERE r.user_wallet = m.user_wallet) f
+    ), opened AS (
+        INSERT INTO pyxp.xp_wallet_openings AS o (user_wallet, wallet_seq, total_xp, last_at, day_start, day_xp,
+                                                  week_start, week_xp, month_start, month_xp, year_start, year_xp,
+                                                  archive_id)
+        SELECT l.user_wallet, l.top_seq, l.total_xp, l.last_at,
+               l.day_start, s.day_xp + CASE WHEN l.old_day = l.day_start THEN l.old_day_xp ELSE 0 END,
+               l.week_start, s.week_xp + CASE WHEN l.old_week = l.week_start THEN l.old_week_xp ELSE 0 END,
+               l.month_start, s.month_xp + CASE WHEN l.old_month = l.month_start THEN l.old_month_xp ELSE 0 END,
+               l.year_start, s.year_xp + CASE WHEN l.old_year = l.year_start THEN l.old_year_xp ELSE 0 END,
+               v_archive
+          FROM latest l
+         CROSS JOIN LATERAL (
+                SELECT coalesce(sum(r.xp_amount) FILTER (WHERE r.at >= l.day_start), 0)::bigint AS day_xp,
+                       coalesce(sum(r.xp_amount) FILTER (WHERE r.at >= l.week_start), 0)::bigint AS week_xp,
+                       coalesce(sum(r.xp_amount) FILTER (WHERE r.at >= l.month_start), 0)::bigint AS month_xp,
+                       coalesce(sum(r.xp_amount) FILTER (WHERE r.at >= l.year_start), 0)::bigint AS year_xp
+                  FROM folded_rows r WHERE r.user_wallet = l.user_wallet) s
+        ON CONFLICT (user_wallet) DO UPDATE
+           SET wallet_seq = excluded.wallet_seq, total_xp = excluded.total_xp, last_at = excluded.last_at,
+               day_start = excluded.day_start, day_xp = excluded.day_xp, week_start = excluded.week_start,
+               week_xp = excluded.week_xp, month_start = excluded.month_start, month_xp = excluded.month_xp,
+               year_start = excluded.year_start, year_xp = excluded.year_xp, archive_id = excluded.archive_id
+        RETURNING 1
+    )
+    UPDATE pyxp.xp_ledger_archives a SET wallets_opened = (SELECT count(*) FROM opened) WHERE a.archive_id = v_archive;
+
+    -- 4. What the archived rows used of capped allowances.
+    INSERT INTO pyxp.xp_archived_cap_usage AS u (user_wallet, allowance, period_start, used_xp, cap_max_xp)
+    SELECT c.user_wallet, c.allowance, c.period_start, c.used_xp, c.cap_max_xp FROM pyxp.rows_cap_usage(v_oids) c
+    ON CONFLICT (user_wallet, allowance, period_start) DO UPDATE
+       SET used_xp = u.used_xp + excluded.used_xp, cap_max_xp = greatest(u.cap_max_xp, excluded.cap_max_xp);
+
+    -- 5. The requests of archived flow and reversal rows: marked, with their
+    --    key and inputs (rebuilt from the rows while they are here). A
+    --    request whose rows cannot rebuild them (their rule deleted: audit()
+    --    says rule_missing) is only marked.
+    UPDATE pyxp.xp_requests q
+       SET archive_id = v_archive,
+           idempotency_key = coalesce(q.idempotency_key, CASE WHEN r.complete THEN r.key END),
+           inputs = coalesce(q.inputs, CASE WHEN r.complete THEN r.inputs END),
+           ruleset_id = coalesce(q.ruleset_id, CASE WHEN r.complete THEN r.ruleset_id END),
+           created_at = coalesce(q.created_at, CASE WHEN r.complete THEN r.created_at END)
+      FROM (SELECT k.key, k.hash, rr.inputs, rr.ruleset_id, rr.created_at,
+                   rr.inputs IS NOT NULL AND rr.ruleset_id IS NOT NULL AND rr.created_at IS NOT NULL AS complete
+              FROM (SELECT DISTINCT t.idempotency_key AS key, pyxp.key_hash(t.idempotency_key) AS hash
+                      FROM pyxp.xp_transactions t
+                     WHERE t.tableoid = ANY (v_oids) AND t.created_at < v_ends[cardinality(v_ends)]
+                       AND t.request_digest IS NULL) k
+              LEFT JOIN LATERAL (SELECT rr.* FROM pyxp.recorded_request(k.key) rr WHERE rr.same_key) rr ON true) r
+     WHERE q.key_hash = r.hash AND q.archive_id IS NULL;
+
+    -- 6. Under the ledger's lock: no reversal of an archived row can start
+    --    any more, and none is in flight.
+    LOCK TABLE pyxp.xp_transactions IN ACCESS EXCLUSIVE MODE;
+    INSERT INTO pyxp.xp_archived_originals (transaction_id, user_wallet, transaction_type, xp_amount, rule_id, reverses,
+                                            created_at, archive_id)
+    SELECT o.id, o.user_wallet, o.transaction_type, o.xp_amount, o.rule_id, o.reverses, o.created_at, v_archive
+      FROM pyxp.xp_transactions r
+      JOIN pyxp.xp_transactions o ON o.id = r.reverses AND o.tableoid = ANY (v_oids)
+     WHERE r.reverses IS NOT NULL AND NOT (r.tableoid = ANY (v_oids));
+    PERFORM set_config('pyxp.archiving', array_to_string(v_oids, ','), true);
+    FOR i IN 1 .. cardinality(v_names) LOOP
+        EXECUTE format('ALTER TABLE pyxp.xp_transactions DETACH PARTITION pyxp.%I', v_names[i]);
+        EXECUTE format('ALTER TABLE pyxp.%I SET SCHEMA pyxp_archive', v_names[i]);
+        archive_id := v_archive;
+        partition_name := v_names[i];
+        range_start := v_starts[i];
+        range_end := v_ends[i];
+        rows_archived := v_counts[i];
+        archive_table := 'pyxp_archive.' || quote_ident(v_names[i]);
+        RETURN NEXT;
+    END LOOP;
+    PERFORM set_config('pyxp.archiving', '', true);
+END
+$$;
+COMMENT ON FUNCTION pyxp.archive_ledger_partitions(timestamptz) IS
+    'API (owner): moves the ledger''s partitions ending at or before archived_before, verified by an audit checkpoint, into schema pyxp_archive; keeps each wallet''s opening.';
+COMMENT ON FUNCTION pyxp.require_whole_ledger(text) IS 'internal: PX029 when rows of the ledger were archived.';
+COMMENT ON FUNCTION pyxp.require_unarchived_period(text, timestamptz) IS
+    'internal: PX029 for a period that began before the archived range ended.';
+
+REVOKE ALL ON FUNCTION pyxp.archive_ledger_partitions(timestamptz),
+    pyxp.require_whole_ledger(text), pyxp.require_unarchived_period(text, timestamptz) FROM PUBLIC;
+
+RESET ROLE;
