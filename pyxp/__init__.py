@@ -10,6 +10,7 @@ from pyxp.client import XP, AsyncXP
 from pyxp.errors import *  # noqa: F403 - every XPError subclass is public
 from pyxp.errors import DatabaseUnavailable, XPError, error_from_sqlstate
 from pyxp.results import (
+    ArchivedPartition,
     AuditCheckpoint,
     AuditFinding,
     Award,
@@ -20,9 +21,9 @@ from pyxp.results import (
     Change,
     ClientRegistration,
     LeaderboardRow,
+    LedgerPartition,
     LedgerRow,
     Level,
-    LedgerPartition,
     RankBuckets,
     RulesetInstall,
 )
@@ -32,6 +33,6 @@ __all__ = [
     "XP", "AsyncXP", "XPError", "DatabaseUnavailable", "error_from_sqlstate",
     "ConfigError", "RuleSet", "load_ruleset",
     "Award", "AwardRequest", "AwardRow", "BatchAwardRow", "Balance", "Level", "LedgerRow", "LeaderboardRow", "AuditFinding",
-    "AuditCheckpoint", "RankBuckets", "LedgerPartition",
+    "AuditCheckpoint", "RankBuckets", "LedgerPartition", "ArchivedPartition",
     "RulesetInstall", "ClientRegistration", "Change",
 ]

@@ -24,7 +24,7 @@ import shlex
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
-from datetime import datetime
+from datetime import UTC, datetime
 from decimal import Decimal, InvalidOperation
 from types import ModuleType
 from typing import Any
@@ -178,7 +178,7 @@ def _migrating_role(role: str, database: str | None) -> str:
 
 
 OWNER_FUNCTIONS = ("install_ruleset", "recalculate_levels", "simulate_rules", "rebalance_rank_buckets",
-                   "create_ledger_partitions")
+                   "create_ledger_partitions", "archive_ledger_partitions")
 
 
 def _permission_hint(ctx: click.Context, message: str) -> str:
@@ -500,6 +500,24 @@ def db_create_partitions(ctx: click.Context, months_ahead: int, as_json: bool) -
         click.echo(f"every month up to {months_ahead} months ahead has its partition")
 
 
+
+@db.command("archive")
+@click.option("--before", "archived_before", required=True, type=click.DateTime(["%Y-%m-%d"]),
+              help="Archive the partitions ending on or before this day (UTC; at most this month's first).")
+@json_option
+@click.pass_context
+def db_archive(ctx: click.Context, archived_before: datetime, as_json: bool) -> None:
+    """Move old ledger partitions, verified by an audit checkpoint, to schema pyxp_archive (owner only)."""
+    with _client(ctx) as xp:
+        moved = xp.archive_ledger_partitions(archived_before.replace(tzinfo=UTC))
+    if as_json:
+        _print_json([dataclasses.asdict(partition) for partition in moved])
+        return
+    for partition in moved:
+        click.echo(f"{partition.partition_name}: {partition.rows_archived} rows archived to {partition.archive_table}"
+                   f" (archive {partition.archive_id})")
+    if not moved:
+        click.echo(f"no partition of the ledger ends on or before {archived_before:%Y-%m-%d}")
 # --------------------------------------------------------------------------- rules
 
 

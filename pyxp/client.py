@@ -62,6 +62,7 @@ from pyxp.database import configured_conninfo, shown_conninfo
 from pyxp.errors import DatabaseUnavailable, XPError, wrap_errors
 from pyxp.feed import POLL_INTERVAL, watch_changes, watch_changes_async
 from pyxp.results import (
+    ArchivedPartition,
     AuditCheckpoint,
     AuditFinding,
     Award,
@@ -72,9 +73,9 @@ from pyxp.results import (
     Change,
     ClientRegistration,
     LeaderboardRow,
+    LedgerPartition,
     LedgerRow,
     Level,
-    LedgerPartition,
     RankBuckets,
 )
 
@@ -492,6 +493,14 @@ class _Api:
         that no partition holds yet (run it monthly). The owner's (README "The ledger's partitions")."""
         return self._execute(Call("create_ledger_partitions", queries.CREATE_LEDGER_PARTITIONS, {
             "months_ahead": months_ahead}, LedgerPartition, "rows"))
+
+    def archive_ledger_partitions(self, archived_before: datetime) -> list[ArchivedPartition]:
+        """Moves the ledger's partitions ending at or before ``archived_before`` (at most the start
+        of this month, UTC) into schema pyxp_archive, after recording an audit checkpoint that
+        verifies them (:class:`~pyxp.errors.LedgerInconsistent`, nothing archived, when anything
+        is inconsistent). The owner's (README "Retention")."""
+        return self._execute(Call("archive_ledger_partitions", queries.ARCHIVE_LEDGER_PARTITIONS, {
+            "archived_before": archived_before}, ArchivedPartition, "rows"))
 
     def audit(self) -> list[AuditFinding]:
         return self._execute(Call("audit", queries.AUDIT, {}, AuditFinding, "rows"))

@@ -164,6 +164,15 @@ class LedgerInconsistent(XPError):
     code = "PX028"
 
 
+class ArchivedRows(XPError):
+    """What was asked needs ledger rows that were archived (README "Retention"): replaying a call
+    whose rows were archived (its key stays used: nothing is written again), reversing an archived
+    row, a board of a period that began before the archived range ended, a what-if over the whole
+    ledger, a ruleset in another timezone. Nothing was written."""
+
+    code = "PX029"
+
+
 class DatabaseUnavailable(XPError):
     """No PostgreSQL server could be reached or started, or none answered within the connect timeout.
 
@@ -179,7 +188,7 @@ __all__ = [
     "CampaignMismatch", "UnknownCampaign", "AppendOnlyLedger", "ReversalRefused",
     "UnknownTransaction", "InvalidIdentifier", "InvalidParams", "MissingInput", "BalanceOutOfRange",
     "NoActiveRuleset", "ClientIsAgency", "RegistrationRefused", "InvalidArgument", "InvalidRuleset",
-    "IsolationRefused", "InvalidPeriod", "UnknownRuleset", "LedgerInconsistent",
+    "IsolationRefused", "InvalidPeriod", "UnknownRuleset", "LedgerInconsistent", "ArchivedRows",
 ]
 
 ERRORS_BY_CODE: dict[str, type[XPError]] = {

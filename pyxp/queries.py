@@ -68,6 +68,7 @@ RECALCULATE_LEVELS = "SELECT pyxp.recalculate_levels() AS changed"
 REBALANCE_RANK_BUCKETS = """SELECT * FROM pyxp.rebalance_rank_buckets(
     bucket_size => %(bucket_size)s, full_rebuild => %(full_rebuild)s)"""
 
+ARCHIVE_LEDGER_PARTITIONS = "SELECT * FROM pyxp.archive_ledger_partitions(archived_before => %(archived_before)s)"
 CREATE_LEDGER_PARTITIONS = "SELECT * FROM pyxp.create_ledger_partitions(months_ahead => %(months_ahead)s)"
 
 AUDIT = "SELECT * FROM pyxp.audit()"

@@ -175,6 +175,19 @@ class LedgerPartition:
 
 
 @dataclass(frozen=True)
+class ArchivedPartition:
+    """A partition pyxp.archive_ledger_partitions() took out of the ledger: its rows are now in
+    ``archive_table`` (schema pyxp_archive), to dump and drop. ``range_start`` None: MINVALUE."""
+
+    archive_id: int
+    partition_name: str
+    range_start: datetime | None
+    range_end: datetime
+    rows_archived: int
+    archive_table: str
+
+
+@dataclass(frozen=True)
 class RulesetInstall:
     ruleset_id: int
     name: str

@@ -423,7 +423,7 @@ CREATE TABLE pyxp.xp_ledger_archives (
     wallets_opened       bigint NOT NULL,       -- wallets whose opening moved
     last_transaction_id  bigint,                -- the highest id archived
     timezone             text NOT NULL,         -- the zone of the openings' periods (the active ruleset's)
-    checkpoint_id        bigint REFERENCES pyxp.xp_audit_checkpoints,  -- the last before it (NULL: none, no rows)
+    checkpoint_id        bigint NOT NULL REFERENCES pyxp.xp_audit_checkpoints,  -- the one it recorded first
     archived_at          timestamptz NOT NULL DEFAULT now()
 );
 

@@ -382,20 +382,30 @@ AS $$
 $$;
 
 -- From the ledger, in zone p_timezone: each wallet's latest period of each
--- kind and its XP there (what xp_balances.<kind>_start/_xp must hold). One
--- pass over the ledger: for pyxp.rebuild_period_columns and pyxp.audit.
+-- kind and its XP there (what xp_balances.<kind>_start/_xp must hold): its
+-- rows after its opening (sql/13_retention.sql), a reversal in its
+-- original's period, and its opening's latest periods (kept in the
+-- archive's zone, which is the only zone once an archive exists). One pass
+-- over the ledger: for pyxp.rebuild_period_columns.
 CREATE FUNCTION pyxp.ledger_latest_periods(p_timezone text)
 RETURNS TABLE (user_wallet text, day_start timestamptz, day_xp bigint, week_start timestamptz, week_xp bigint,
                month_start timestamptz, month_xp bigint, year_start timestamptz, year_xp bigint)
 LANGUAGE sql STABLE
 AS $$
     WITH rows_ AS (
-        SELECT t.user_wallet, t.xp_amount,
+        SELECT t.user_wallet,
                date_trunc('day', e.at, p_timezone) AS d, date_trunc('week', e.at, p_timezone) AS w,
-               date_trunc('month', e.at, p_timezone) AS m, date_trunc('year', e.at, p_timezone) AS y
+               date_trunc('month', e.at, p_timezone) AS m, date_trunc('year', e.at, p_timezone) AS y,
+               t.xp_amount AS d_xp, t.xp_amount AS w_xp, t.xp_amount AS m_xp, t.xp_amount AS y_xp
           FROM pyxp.xp_transactions t
-          LEFT JOIN pyxp.xp_transactions o ON o.id = t.reverses
-         CROSS JOIN LATERAL (SELECT coalesce(o.created_at, t.created_at) AS at) e
+          LEFT JOIN pyxp.xp_wallet_openings o ON o.user_wallet = t.user_wallet
+         CROSS JOIN LATERAL (SELECT CASE WHEN t.reverses IS NULL THEN t.created_at
+                                         ELSE pyxp.reversed_row_at(t.reverses) END AS at) e
+         WHERE t.wallet_seq > coalesce(o.wallet_seq, 0)
+        UNION ALL
+        SELECT o.user_wallet, o.day_start, o.week_start, o.month_start, o.year_start,
+               o.day_xp, o.week_xp, o.month_xp, o.year_xp
+          FROM pyxp.xp_wallet_openings o
     ), latest AS (
         SELECT r.*, max(r.d) OVER w_ AS max_d, max(r.w) OVER w_ AS max_w,
                max(r.m) OVER w_ AS max_m, max(r.y) OVER w_ AS max_y
@@ -403,10 +413,10 @@ AS $$
         WINDOW w_ AS (PARTITION BY r.user_wallet)
     )
     SELECT l.user_wallet,
-           max(l.max_d), (sum(l.xp_amount) FILTER (WHERE l.d = l.max_d))::bigint,
-           max(l.max_w), (sum(l.xp_amount) FILTER (WHERE l.w = l.max_w))::bigint,
-           max(l.max_m), (sum(l.xp_amount) FILTER (WHERE l.m = l.max_m))::bigint,
-           max(l.max_y), (sum(l.xp_amount) FILTER (WHERE l.y = l.max_y))::bigint
+           max(l.max_d), (sum(l.d_xp) FILTER (WHERE l.d = l.max_d))::bigint,
+           max(l.max_w), (sum(l.w_xp) FILTER (WHERE l.w = l.max_w))::bigint,
+           max(l.max_m), (sum(l.m_xp) FILTER (WHERE l.m = l.max_m))::bigint,
+           max(l.max_y), (sum(l.y_xp) FILTER (WHERE l.y = l.max_y))::bigint
       FROM latest l
      GROUP BY l.user_wallet
 $$;
@@ -500,7 +510,7 @@ COMMENT ON FUNCTION pyxp.cap_allowance(text, text) IS 'internal: the allowance a
 COMMENT ON FUNCTION pyxp.freed_allowance(bigint) IS
     'internal: what a reversal frees of a capped allowance, in the period of the gain it reverses.';
 COMMENT ON FUNCTION pyxp.ledger_latest_periods(text) IS
-    'internal: from the ledger, each wallet''s latest period of each kind and its XP there.';
+    'internal: from the ledger (and the openings), each wallet''s latest period of each kind and its XP there.';
 COMMENT ON FUNCTION pyxp.ledger_cap_usage() IS
     'internal: from the ledger and the archived rows'' usage, what each capped allowance used per period, and its cap.';
 COMMENT ON FUNCTION pyxp.rows_cap_usage(oid[]) IS

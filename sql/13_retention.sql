@@ -16,6 +16,10 @@
 --                          archived keeps its key and inputs (a retry with
 --                          other inputs is still a PX010 showing the first
 --                          call's)
+-- An archive first verifies what was written since the last audit
+-- checkpoint and records a new one (pyxp.record_audit_checkpoint: PX028,
+-- nothing archived, when anything is inconsistent), so every row it takes
+-- out was verified.
 -- What an archive gives up, each refused with PX029 (nothing written):
 -- replaying a call whose rows were archived (the key stays claimed: it is
 -- never applied twice), reversing an archived row, a period board or
@@ -63,17 +67,18 @@ BEGIN
 END
 $$;
 
--- Owner operation (monthly, after pyxp.create_ledger_partitions and an
--- audit checkpoint): archives every partition of the ledger that ends at or
--- before archived_before (at most the start of this month, UTC), except the
--- default partition. One row per partition archived; none when there is
--- nothing to archive. Refused (PX030, nothing changed) while a row of those
--- partitions is newer than the last audit checkpoint
--- (pyxp.record_audit_checkpoint). In order:
+-- Owner operation (monthly, after pyxp.create_ledger_partitions): archives
+-- every partition of the ledger that ends at or before archived_before (at
+-- most the start of this month, UTC), except the default partition. One row
+-- per partition archived; none when there is nothing to archive. In order:
 --   1. SHARE on those partitions: no row can be added to them meanwhile
---      (only a transaction that began before their range ended could);
---      EXCLUSIVE on xp_audit_checkpoints: one archive or checkpoint at a time
---   2. the checks, and the archive's row
+--      (only a transaction that began before their range ended could, and
+--      one that did is waited for)
+--   2. an audit checkpoint (pyxp.record_audit_checkpoint, a statement of its
+--      own, so it sees every row of those partitions): what was written
+--      since the last one is verified (PX028, nothing archived, when
+--      anything is inconsistent), and the archive names it; EXCLUSIVE on
+--      xp_audit_checkpoints from there: one archive or checkpoint at a time
 --   3. the openings: per wallet with archived rows, its positions up to its
 --      highest archived one folded into its previous opening (balance_after
 --      of that row, and the latest periods of those positions, in the active
@@ -105,10 +110,9 @@ DECLARE
     v_ends timestamptz[];
     v_counts bigint[] := '{}';
     v_count bigint;
-    v_feed xid8;
     v_top_id bigint;
     v_id bigint;
-    v_checkpoint record;
+    v_checkpoint bigint;
     v_archive bigint;
     v_zone text := pyxp.active_timezone();
     v_name text;
@@ -121,7 +125,6 @@ BEGIN
             USING ERRCODE = 'PX023',
                   HINT = 'e.g. the start of a month a year ago: only whole partitions before it are archived';
     END IF;
-    LOCK TABLE pyxp.xp_audit_checkpoints IN EXCLUSIVE MODE;
     SELECT array_agg(p.partition_name ORDER BY p.range_end), array_agg(p.range_start ORDER BY p.range_end),
            array_agg(p.range_end ORDER BY p.range_end),
            array_agg(('pyxp.' || quote_ident(p.partition_name))::regclass::oid ORDER BY p.range_end)
@@ -131,26 +134,19 @@ BEGIN
     IF v_names IS NULL THEN
         RETURN;
     END IF;
-    SELECT k.checkpoint_id, k.snapshot_xmin INTO v_checkpoint
-      FROM pyxp.xp_audit_checkpoints k ORDER BY k.checkpoint_id DESC LIMIT 1;
     FOREACH v_name IN ARRAY v_names LOOP
         EXECUTE format('LOCK TABLE pyxp.%I IN SHARE MODE', v_name);
-        EXECUTE format('SELECT count(*), max(t.feed_xid), max(t.id) FROM pyxp.%I t', v_name)
-           INTO v_count, v_feed, v_id;
-        IF v_feed >= v_checkpoint.snapshot_xmin OR (v_count > 0 AND v_checkpoint.checkpoint_id IS NULL) THEN
-            RAISE EXCEPTION 'partition % holds rows written after the last audit checkpoint%', v_name,
-                            CASE WHEN v_checkpoint.checkpoint_id IS NULL THEN ' (there is none)' ELSE '' END
-                USING ERRCODE = 'PX030',
-                      HINT = 'record one first: SELECT * FROM pyxp.record_audit_checkpoint(); only verified rows are archived';
-        END IF;
+    END LOOP;
+    SELECT k.checkpoint_id INTO v_checkpoint FROM pyxp.record_audit_checkpoint() k;
+    FOREACH v_name IN ARRAY v_names LOOP
+        EXECUTE format('SELECT count(*), max(t.id) FROM pyxp.%I t', v_name) INTO v_count, v_id;
         v_counts := v_counts || v_count;
         v_top_id := greatest(v_top_id, v_id);
     END LOOP;
     INSERT INTO pyxp.xp_ledger_archives AS a (archived_before, partitions, partition_oids, rows_archived,
                                               wallets_opened, last_transaction_id, timezone, checkpoint_id)
     VALUES (v_ends[cardinality(v_ends)], v_names, v_oids,
-            (SELECT sum(c) FROM unnest(v_counts) c), 0, v_top_id, v_zone,
-            v_checkpoint.checkpoint_id)
+            (SELECT sum(c) FROM unnest(v_counts) c), 0, v_top_id, v_zone, v_checkpoint)
     RETURNING a.archive_id INTO v_archive;
 
     -- 3. The openings. Each wallet's rows at positions after its previous

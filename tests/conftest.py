@@ -155,7 +155,12 @@ SELECT (SELECT count(*) FROM pyxp.xp_transactions) AS ledger_rows,
        (SELECT count(*) FROM pyxp.xp_award_claims) AS award_claims,
        (SELECT count(*) FROM pg_inherits WHERE inhparent = 'pyxp.xp_transactions'::regclass) AS ledger_partitions,
        (SELECT count(*) FROM pyxp.xp_rank_counts) AS rank_count_rows,
-       (SELECT coalesce(sum(wallets), 0) FROM pyxp.xp_rank_counts) AS ranked_wallets
+       (SELECT coalesce(sum(wallets), 0) FROM pyxp.xp_rank_counts) AS ranked_wallets,
+       (SELECT count(*) FROM pyxp.xp_ledger_archives) AS archives,
+       (SELECT coalesce(sum(wallet_seq), 0) FROM pyxp.xp_wallet_openings) AS opening_positions,
+       (SELECT count(*) FROM pyxp.xp_archived_originals) AS archived_originals,
+       (SELECT coalesce(sum(used_xp), 0) FROM pyxp.xp_archived_cap_usage) AS archived_cap_used,
+       (SELECT count(*) FROM pyxp.xp_requests WHERE archive_id IS NOT NULL) AS archived_requests
 """
 
 

@@ -767,6 +767,35 @@ $$;
 COMMENT ON FUNCTION pyxp.period_xp(text, text, timestamptz) IS
     'API: the XP a wallet earned in the day, week, month or year containing at (0 if none).';
 
+CREATE OR REPLACE FUNCTION pyxp.ledger_latest_periods(p_timezone text)
+RETURNS TABLE (user_wallet text, day_start timestamptz, day_xp bigint, week_start timestamptz, week_xp bigint,
+               month_start timestamptz, month_xp bigint, year_start timestamptz, year_xp bigint)
+LANGUAGE sql STABLE
+AS $$
+    WITH rows_ AS (
+        SELECT t.user_wallet, t.xp_amount,
+               date_trunc('day', e.at, p_timezone) AS d, date_trunc('week', e.at, p_timezone) AS w,
+               date_trunc('month', e.at, p_timezone) AS m, date_trunc('year', e.at, p_timezone) AS y
+          FROM pyxp.xp_transactions t
+          LEFT JOIN pyxp.xp_transactions o ON o.id = t.reverses
+         CROSS JOIN LATERAL (SELECT coalesce(o.created_at, t.created_at) AS at) e
+    ), latest AS (
+        SELECT r.*, max(r.d) OVER w_ AS max_d, max(r.w) OVER w_ AS max_w,
+               max(r.m) OVER w_ AS max_m, max(r.y) OVER w_ AS max_y
+          FROM rows_ r
+        WINDOW w_ AS (PARTITION BY r.user_wallet)
+    )
+    SELECT l.user_wallet,
+           max(l.max_d), (sum(l.xp_amount) FILTER (WHERE l.d = l.max_d))::bigint,
+           max(l.max_w), (sum(l.xp_amount) FILTER (WHERE l.w = l.max_w))::bigint,
+           max(l.max_m), (sum(l.xp_amount) FILTER (WHERE l.m = l.max_m))::bigint,
+           max(l.max_y), (sum(l.xp_amount) FILTER (WHERE l.y = l.max_y))::bigint
+      FROM latest l
+     GROUP BY l.user_wallet
+$$;
+COMMENT ON FUNCTION pyxp.ledger_latest_periods(text) IS
+    'internal: from the ledger, each wallet''s latest period of each kind and its XP there.';
+
 CREATE OR REPLACE FUNCTION pyxp.ledger_cap_usage()
 RETURNS TABLE (user_wallet text, allowance text, period_start timestamptz, used_xp bigint, cap_max_xp bigint)
 LANGUAGE sql STABLE

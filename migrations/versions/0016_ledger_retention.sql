@@ -29,7 +29,7 @@ CREATE TABLE pyxp.xp_ledger_archives (
     wallets_opened       bigint NOT NULL,       -- wallets whose opening moved
     last_transaction_id  bigint,                -- the highest id archived
     timezone             text NOT NULL,         -- the zone of the openings' periods (the active ruleset's)
-    checkpoint_id        bigint REFERENCES pyxp.xp_audit_checkpoints,  -- the last before it (NULL: none, no rows)
+    checkpoint_id        bigint NOT NULL REFERENCES pyxp.xp_audit_checkpoints,  -- the one it recorded first
     archived_at          timestamptz NOT NULL DEFAULT now()
 );
 
@@ -851,6 +851,42 @@ $$;
 COMMENT ON FUNCTION pyxp.period_xp(text, text, timestamptz) IS
     'API: the XP a wallet earned in the day, week, month or year containing at (0 if none).';
 
+CREATE OR REPLACE FUNCTION pyxp.ledger_latest_periods(p_timezone text)
+RETURNS TABLE (user_wallet text, day_start timestamptz, day_xp bigint, week_start timestamptz, week_xp bigint,
+               month_start timestamptz, month_xp bigint, year_start timestamptz, year_xp bigint)
+LANGUAGE sql STABLE
+AS $$
+    WITH rows_ AS (
+        SELECT t.user_wallet,
+               date_trunc('day', e.at, p_timezone) AS d, date_trunc('week', e.at, p_timezone) AS w,
+               date_trunc('month', e.at, p_timezone) AS m, date_trunc('year', e.at, p_timezone) AS y,
+               t.xp_amount AS d_xp, t.xp_amount AS w_xp, t.xp_amount AS m_xp, t.xp_amount AS y_xp
+          FROM pyxp.xp_transactions t
+          LEFT JOIN pyxp.xp_wallet_openings o ON o.user_wallet = t.user_wallet
+         CROSS JOIN LATERAL (SELECT CASE WHEN t.reverses IS NULL THEN t.created_at
+                                         ELSE pyxp.reversed_row_at(t.reverses) END AS at) e
+         WHERE t.wallet_seq > coalesce(o.wallet_seq, 0)
+        UNION ALL
+        SELECT o.user_wallet, o.day_start, o.week_start, o.month_start, o.year_start,
+               o.day_xp, o.week_xp, o.month_xp, o.year_xp
+          FROM pyxp.xp_wallet_openings o
+    ), latest AS (
+        SELECT r.*, max(r.d) OVER w_ AS max_d, max(r.w) OVER w_ AS max_w,
+               max(r.m) OVER w_ AS max_m, max(r.y) OVER w_ AS max_y
+          FROM rows_ r
+        WINDOW w_ AS (PARTITION BY r.user_wallet)
+    )
+    SELECT l.user_wallet,
+           max(l.max_d), (sum(l.d_xp) FILTER (WHERE l.d = l.max_d))::bigint,
+           max(l.max_w), (sum(l.w_xp) FILTER (WHERE l.w = l.max_w))::bigint,
+           max(l.max_m), (sum(l.m_xp) FILTER (WHERE l.m = l.max_m))::bigint,
+           max(l.max_y), (sum(l.y_xp) FILTER (WHERE l.y = l.max_y))::bigint
+      FROM latest l
+     GROUP BY l.user_wallet
+$$;
+COMMENT ON FUNCTION pyxp.ledger_latest_periods(text) IS
+    'internal: from the ledger (and the openings), each wallet''s latest period of each kind and its XP there.';
+
 CREATE OR REPLACE FUNCTION pyxp.ledger_cap_usage()
 RETURNS TABLE (user_wallet text, allowance text, period_start timestamptz, used_xp bigint, cap_max_xp bigint)
 LANGUAGE sql STABLE
@@ -1329,17 +1365,18 @@ BEGIN
 END
 $$;
 
--- Owner operation (monthly, after pyxp.create_ledger_partitions and an
--- audit checkpoint): archives every partition of the ledger that ends at or
--- before archived_before (at most the start of this month, UTC), except the
--- default partition. One row per partition archived; none when there is
--- nothing to archive. Refused (PX030, nothing changed) while a row of those
--- partitions is newer than the last audit checkpoint
--- (pyxp.record_audit_checkpoint). In order:
+-- Owner operation (monthly, after pyxp.create_ledger_partitions): archives
+-- every partition of the ledger that ends at or before archived_before (at
+-- most the start of this month, UTC), except the default partition. One row
+-- per partition archived; none when there is nothing to archive. In order:
 --   1. SHARE on those partitions: no row can be added to them meanwhile
---      (only a transaction that began before their range ended could);
---      EXCLUSIVE on xp_audit_checkpoints: one archive or checkpoint at a time
---   2. the checks, and the archive's row
+--      (only a transaction that began before their range ended could, and
+--      one that did is waited for)
+--   2. an audit checkpoint (pyxp.record_audit_checkpoint, a statement of its
+--      own, so it sees every row of those partitions): what was written
+--      since the last one is verified (PX028, nothing archived, when
+--      anything is inconsistent), and the archive names it; EXCLUSIVE on
+--      xp_audit_checkpoints from there: one archive or checkpoint at a time
 --   3. the openings: per wallet with archived rows, its positions up to its
 --      highest archived one folded into its previous opening (balance_after
 --      of that row, and the latest periods of those positions, in the active
@@ -1371,10 +1408,9 @@ DECLARE
     v_ends timestamptz[];
     v_counts bigint[] := '{}';
     v_count bigint;
-    v_feed xid8;
     v_top_id bigint;
     v_id bigint;
-    v_checkpoint record;
+    v_checkpoint bigint;
     v_archive bigint;
     v_zone text := pyxp.active_timezone();
     v_name text;
@@ -1387,7 +1423,6 @@ BEGIN
             USING ERRCODE = 'PX023',
                   HINT = 'e.g. the start of a month a year ago: only whole partitions before it are archived';
     END IF;
-    LOCK TABLE pyxp.xp_audit_checkpoints IN EXCLUSIVE MODE;
     SELECT array_agg(p.partition_name ORDER BY p.range_end), array_agg(p.range_start ORDER BY p.range_end),
            array_agg(p.range_end ORDER BY p.range_end),
            array_agg(('pyxp.' || quote_ident(p.partition_name))::regclass::oid ORDER BY p.range_end)
@@ -1397,26 +1432,19 @@ BEGIN
     IF v_names IS NULL THEN
         RETURN;
     END IF;
-    SELECT k.checkpoint_id, k.snapshot_xmin INTO v_checkpoint
-      FROM pyxp.xp_audit_checkpoints k ORDER BY k.checkpoint_id DESC LIMIT 1;
     FOREACH v_name IN ARRAY v_names LOOP
         EXECUTE format('LOCK TABLE pyxp.%I IN SHARE MODE', v_name);
-        EXECUTE format('SELECT count(*), max(t.feed_xid), max(t.id) FROM pyxp.%I t', v_name)
-           INTO v_count, v_feed, v_id;
-        IF v_feed >= v_checkpoint.snapshot_xmin OR (v_count > 0 AND v_checkpoint.checkpoint_id IS NULL) THEN
-            RAISE EXCEPTION 'partition % holds rows written after the last audit checkpoint%', v_name,
-                            CASE WHEN v_checkpoint.checkpoint_id IS NULL THEN ' (there is none)' ELSE '' END
-                USING ERRCODE = 'PX030',
-                      HINT = 'record one first: SELECT * FROM pyxp.record_audit_checkpoint(); only verified rows are archived';
-        END IF;
+    END LOOP;
+    SELECT k.checkpoint_id INTO v_checkpoint FROM pyxp.record_audit_checkpoint() k;
+    FOREACH v_name IN ARRAY v_names LOOP
+        EXECUTE format('SELECT count(*), max(t.id) FROM pyxp.%I t', v_name) INTO v_count, v_id;
         v_counts := v_counts || v_count;
         v_top_id := greatest(v_top_id, v_id);
     END LOOP;
     INSERT INTO pyxp.xp_ledger_archives AS a (archived_before, partitions, partition_oids, rows_archived,
                                               wallets_opened, last_transaction_id, timezone, checkpoint_id)
     VALUES (v_ends[cardinality(v_ends)], v_names, v_oids,
-            (SELECT sum(c) FROM unnest(v_counts) c), 0, v_top_id, v_zone,
-            v_checkpoint.checkpoint_id)
+            (SELECT sum(c) FROM unnest(v_counts) c), 0, v_top_id, v_zone, v_checkpoint)
     RETURNING a.archive_id INTO v_archive;
 
     -- 3. The openings. Each wallet's rows at positions after its previous

@@ -1,0 +1,346 @@
+"""Retention: old partitions archived after an audit checkpoint (issue 15, migration 0016,
+sql/13_retention.sql).
+
+What an archive must keep: every balance provable as its opening + the rows since (audit()
+clean, and able to fail), every key still used (never applied twice), the period boards and
+caps that continue across the archived range. What it gives up is refused with PX029, and
+nothing is written. The archive verifies what is new first (an audit checkpoint): an
+inconsistent ledger is not archived (PX028).
+
+The rows are written by the real functions, today, then moved to 2025 as an owner loading a
+history would (tests/test_periods.py ``place``): PostgreSQL offers no other way to write a
+row in a past month.
+"""
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import psycopg
+import pytest
+from conftest import PYXP, install_variant
+from test_periods import place
+
+from pyxp import XP, errors
+
+CAPS = {"MODERATION_VALIDATED_BY_MODERATOR": (5, "day", "moderation"),
+        "Completion_Moderation_Validated": (5, "day", "moderation")}
+GENERIC = "SELECT * FROM pyxp.award(wallet => %s, action => 'CAMPAIGN_APPROVED', idempotency_key => %s)"
+
+
+def this_month() -> datetime:
+    now = datetime.now(UTC)
+    return datetime(now.year, now.month, 1, tzinfo=UTC)
+
+
+def ids(rows: list[tuple[Any, ...]]) -> list[int]:
+    return [int(r[0]) for r in rows]
+
+
+def audit(db: psycopg.Connection[Any]) -> list[tuple[Any, ...]]:
+    return db.execute("SELECT check_name, user_wallet, detail FROM pyxp.audit()").fetchall()
+
+
+def balances(db: psycopg.Connection[Any]) -> list[tuple[Any, ...]]:
+    return db.execute("""SELECT user_wallet, total_xp, current_level, last_wallet_seq, total_moderations,
+                                day_start, day_xp, week_start, week_xp, month_start, month_xp, year_start, year_xp
+                           FROM pyxp.xp_balances ORDER BY 1""").fetchall()
+
+
+@dataclass
+class AgedLedger:
+    """A ledger of every kind of row, most of them moved to 2025."""
+
+    archived_rows: int        # rows placed before this month
+    generic: int              # 0xgen's generic award, archived; its reversal stays
+    approval: int             # the creator's approval, archived, never reversed
+    validation: int           # the completion's validation, kept
+
+
+@pytest.fixture
+def aged(db: psycopg.Connection[Any]) -> AgedLedger:
+    install_variant(db, "retention-test", caps=CAPS)
+    q = db.execute
+    def one(statement: str, *args: Any) -> list[tuple[Any, ...]]:
+        return q(statement, args).fetchall()
+    creation = one("SELECT * FROM pyxp.award_campaign_creation('0xcreator', 'camp-old', 'B2C')")
+    approval = one("SELECT * FROM pyxp.award_campaign_approval('camp-old')")
+    votes = [one("SELECT * FROM pyxp.award_moderation_vote('0xmod', %s, 'VALID', 'B2C')", c)
+             for c in ("camp-old", "camp-2", "camp-3")]          # +2, +2, +1: the day's cap of 5
+    refuse = one("SELECT * FROM pyxp.award_moderation_vote('0xmod', 'camp-4', 'REFUSE', 'B2C')")  # -1
+    submit = one("SELECT * FROM pyxp.award_completion('0xcompleter', 'camp-old', 'comp-1')")
+    one("SELECT * FROM pyxp.register_agency_client('0xagency', 'client@example.com', 'camp-agency')")
+    onboard = one("SELECT * FROM pyxp.onboard_agency_client('client@example.com', '0xclient')")
+    generic = one(GENERIC, "0xgen", "gen-1")
+    idle = [one(GENERIC, "0xidle", f"idle-{i}") for i in range(3)]
+    s1 = one(GENERIC, "0xstraggler", "s-1")
+    s2 = one(GENERIC, "0xstraggler", "s-2")  # stays this month, although s-3 (after it) is archived
+    s3 = one(GENERIC, "0xstraggler", "s-3")
+    # Kept: written this month.
+    validation = one("SELECT * FROM pyxp.award_completion('0xcompleter', 'camp-old', 'comp-1', is_validated => true)")
+    one("SELECT * FROM pyxp.reverse_transaction(%s, 'mistake')", generic[0][0])
+    one("SELECT * FROM pyxp.reverse_transaction(%s, 'vote withdrawn')", votes[1][0][0])  # frees 2 of 2025-03-10
+    one(GENERIC, "0xnew", "new-1")
+    moves: dict[int, datetime] = {}
+    day = datetime(2025, 3, 10, 12, tzinfo=UTC)
+    for n, rows in enumerate([creation, approval, submit, onboard, generic, *idle, s1, s3]):
+        for r in rows:
+            moves[r[0]] = day - timedelta(days=40 - n)
+    for rows in [*votes, refuse]:  # one day: the cap was counted on one day
+        moves[rows[0][0]] = day
+    place(db, moves)
+    assert audit(db) == []
+    return AgedLedger(len(moves), generic[0][0], approval[0][0], validation[0][0])
+
+
+def checkpoint(db: psycopg.Connection[Any]) -> None:
+    db.execute("SELECT * FROM pyxp.record_audit_checkpoint()")
+
+
+def archive(db: psycopg.Connection[Any], before: datetime | None = None) -> list[tuple[Any, ...]]:
+    return db.execute("SELECT * FROM pyxp.archive_ledger_partitions(%s)", (before or this_month(),)).fetchall()
+
+
+@pytest.fixture
+def archived(db: psycopg.Connection[Any], aged: AgedLedger) -> Iterator[AgedLedger]:
+    archive(db)
+    yield aged
+
+
+# --------------------------------------------------------------------------- the archive
+
+
+def test_an_archive_moves_old_rows_out_and_every_balance_is_proven_from_its_opening(
+        db: psycopg.Connection[Any], aged: AgedLedger) -> None:
+    before, rows_before = balances(db), db.execute("SELECT count(*) FROM pyxp.xp_transactions").fetchone()
+    checkpoint(db)
+    done = archive(db)
+    assert len(done) == 1
+    archive_id, name, start, end, moved, table = done[0]
+    assert name.startswith("xp_transactions_before_") and start is None and end == this_month()
+    assert moved == aged.archived_rows and table == f"pyxp_archive.{name}"
+    assert db.execute(f"SELECT count(*) FROM {table}").fetchone() == (moved,)
+    assert db.execute("SELECT count(*) + %s FROM pyxp.xp_transactions", (moved,)).fetchone() == rows_before
+    assert name not in [p[0] for p in db.execute("SELECT partition_name FROM pyxp.ledger_partitions()")]
+    assert balances(db) == before  # nothing a wallet sees moved
+    assert audit(db) == []
+    assert db.execute("SELECT * FROM pyxp.audit_since_checkpoint()").fetchall() == []
+    # The straggler's opening is at s-3, its position 3: s-2 (kept) is inside it.
+    assert db.execute("""SELECT o.wallet_seq, o.total_xp = b.total_xp FROM pyxp.xp_wallet_openings o
+                          JOIN pyxp.xp_balances b USING (user_wallet) WHERE user_wallet = '0xstraggler'""").fetchone() \
+        == (3, True)
+    assert db.execute("SELECT archived_before, rows_archived FROM pyxp.xp_ledger_archives WHERE archive_id = %s",
+                      (archive_id,)).fetchone() == (this_month(), moved)
+    # Awards go on, on every kind of wallet, and the proofs with them.
+    db.execute(GENERIC, ("0xidle", "idle-new"))
+    db.execute(GENERIC, ("0xstraggler", "s-4"))
+    db.execute("SELECT * FROM pyxp.award_moderation_vote('0xmod', 'camp-new', 'VALID', 'B2C')")
+    db.execute("SELECT * FROM pyxp.award_completion('0xcompleter', 'camp-old', 'comp-2')")
+    assert audit(db) == []
+    checkpoint(db)
+    assert db.execute("SELECT * FROM pyxp.audit_since_checkpoint()").fetchall() == []
+
+
+def test_the_audit_still_fails_on_a_wrong_opening_or_a_wrong_balance(
+        db: psycopg.Connection[Any], archived: AgedLedger) -> None:
+    db.execute("UPDATE pyxp.xp_wallet_openings SET total_xp = total_xp + 7 WHERE user_wallet = '0xidle'")
+    assert ("balance_mismatch", "0xidle") in [(f[0], f[1]) for f in audit(db)]
+    db.execute("UPDATE pyxp.xp_wallet_openings SET total_xp = total_xp - 7 WHERE user_wallet = '0xidle'")
+    db.execute("UPDATE pyxp.xp_balances SET total_xp = total_xp + 1 WHERE user_wallet = '0xstraggler'")
+    found = [(f[0], f[1]) for f in audit(db)]
+    assert ("balance_mismatch", "0xstraggler") in found
+    db.execute("UPDATE pyxp.xp_balances SET total_xp = total_xp - 1 WHERE user_wallet = '0xstraggler'")
+    db.execute("UPDATE pyxp.xp_wallet_openings SET year_xp = year_xp + 1 WHERE user_wallet = '0xstraggler'")
+    assert ("period_mismatch", "0xstraggler") in [(f[0], f[1]) for f in audit(db)]
+    db.execute("UPDATE pyxp.xp_wallet_openings SET year_xp = year_xp - 1 WHERE user_wallet = '0xstraggler'")
+    db.execute("UPDATE pyxp.xp_archived_cap_usage SET used_xp = used_xp + 1 WHERE user_wallet = '0xmod'")
+    assert "cap_usage_mismatch" in [f[0] for f in audit(db)]
+    db.execute("UPDATE pyxp.xp_archived_cap_usage SET used_xp = used_xp - 1 WHERE user_wallet = '0xmod'")
+    db.execute("UPDATE pyxp.xp_archived_originals SET xp_amount = xp_amount + 1")
+    assert "reversal_mismatch" in [f[0] for f in audit(db)]
+    db.execute("UPDATE pyxp.xp_archived_originals SET xp_amount = xp_amount - 1")
+    assert audit(db) == []
+
+
+def test_the_archive_keeps_what_the_proofs_need(db: psycopg.Connection[Any], archived: AgedLedger) -> None:
+    """The two reversals still in the ledger reverse archived rows: their originals are kept;
+    the moderator's archived cap usage is what the ledger said (5 - 2 freed); every archived
+    flow's request keeps its key and inputs."""
+    originals = db.execute("SELECT user_wallet, transaction_type, xp_amount FROM pyxp.xp_archived_originals "
+                           "ORDER BY 1").fetchall()
+    assert originals == [("0xgen", "CAMPAIGN_APPROVED", 100), ("0xmod", "MODERATION_VALIDATED_BY_MODERATOR", 2)]
+    assert db.execute("SELECT allowance, used_xp, cap_max_xp FROM pyxp.xp_archived_cap_usage").fetchall() \
+        == [("group:moderation", 5, 5)]
+    assert db.execute("SELECT used_xp FROM pyxp.xp_cap_usage WHERE user_wallet = '0xmod'").fetchall() == [(3,)]
+    kept = db.execute("""SELECT count(*), count(*) FILTER (WHERE idempotency_key IS NOT NULL AND inputs IS NOT NULL)
+                           FROM pyxp.xp_requests WHERE archive_id IS NOT NULL""").fetchone()
+    assert kept is not None and kept[0] >= 7 and kept[0] == kept[1]
+
+
+# --------------------------------------------------------------------------- what it gives up: PX029
+
+
+def test_a_key_whose_rows_were_archived_is_never_applied_again(
+        db: psycopg.Connection[Any], archived: AgedLedger, unchanged: Any) -> None:
+    calls = [
+        (GENERIC, ("0xgen", "gen-1")),
+        (GENERIC, ("0xsomeone-else", "gen-1")),
+        ("SELECT * FROM pyxp.award_campaign_creation('0xcreator', 'camp-old', 'B2C')", ()),
+        ("SELECT * FROM pyxp.award_campaign_approval('camp-old')", ()),
+        ("SELECT * FROM pyxp.award_moderation_vote('0xmod', 'camp-old', 'VALID', 'B2C')", ()),
+        ("SELECT * FROM pyxp.award_completion('0xcompleter', 'camp-old', 'comp-1')", ()),
+        ("SELECT * FROM pyxp.award_many(%s::jsonb)",
+         ('[{"event": "award", "wallet": "0xidle", "action": "CAMPAIGN_APPROVED", "idempotency_key": "idle-0"}]',)),
+    ]
+    for statement, args in calls:
+        with unchanged(), pytest.raises(errors.ArchivedRows) as refused, errors.wrap_errors():
+            db.execute(statement, args)
+        assert "archived" in str(refused.value)
+
+
+def test_other_inputs_for_an_archived_flow_key_still_show_the_first_call(
+        db: psycopg.Connection[Any], archived: AgedLedger, unchanged: Any) -> None:
+    with unchanged(), pytest.raises(errors.IdempotencyConflict) as refused, errors.wrap_errors():
+        db.execute("SELECT * FROM pyxp.award_moderation_vote('0xmod', 'camp-old', 'REFUSE', 'B2C')")
+    assert '"vote_decision": "VALID"' in (refused.value.detail or "")
+
+
+def test_reversals_across_the_archive(db: psycopg.Connection[Any], archived: AgedLedger, unchanged: Any) -> None:
+    """A row reversed before it was archived: the reversal (kept) replays, another reason is
+    PX014. An archived row never reversed: PX029. An id nobody had: PX015."""
+    with unchanged():
+        replay = db.execute("SELECT * FROM pyxp.reverse_transaction(%s, 'mistake')", (archived.generic,)).fetchall()
+    assert len(replay) == 1 and replay[0][3] == -100 and replay[0][-1] is True
+    with unchanged(), pytest.raises(errors.ReversalRefused), errors.wrap_errors():
+        db.execute("SELECT * FROM pyxp.reverse_transaction(%s, 'other')", (archived.generic,))
+    with unchanged(), pytest.raises(errors.ArchivedRows), errors.wrap_errors():
+        db.execute("SELECT * FROM pyxp.reverse_transaction(%s, 'late')", (archived.approval,))
+    with unchanged(), pytest.raises(errors.UnknownTransaction), errors.wrap_errors():
+        db.execute("SELECT * FROM pyxp.reverse_transaction(10000000, 'late')")
+    kept = db.execute("SELECT * FROM pyxp.reverse_transaction(%s, 'kept row')", (archived.validation,)).fetchall()
+    assert kept[0][3] == -100 and audit(db) == []
+
+
+def test_periods_across_the_archive(db: psycopg.Connection[Any], archived: AgedLedger, unchanged: Any) -> None:
+    """A board of a period that began before the archived range ended is refused; the latest
+    periods, kept on the balances, still answer, also for a wallet whose rows are all archived."""
+    march = datetime(2025, 3, 10, 12, tzinfo=UTC)
+    for statement, args in [
+            ("SELECT * FROM pyxp.leaderboard(period => 'month', at => %s)", (march,)),
+            ("SELECT pyxp.wallet_rank('0xgen', 'week', %s)", (march,)),
+            ("SELECT pyxp.period_xp('0xstraggler', 'day', %s)", (march - timedelta(days=30),))]:
+        with unchanged(), pytest.raises(errors.ArchivedRows), errors.wrap_errors():
+            db.execute(statement, args)
+    assert db.execute("SELECT pyxp.period_xp('0xmod', 'day', %s)", (march,)).fetchone() == (2,)  # 5 - 2 freed - 1
+    assert db.execute("SELECT pyxp.period_xp('0xnew', 'month')").fetchone() == (100,)
+    board = db.execute("SELECT user_wallet, period_xp FROM pyxp.leaderboard(period => 'year')").fetchall()
+    assert ("0xnew", 100) in board and ("0xstraggler", 100) in board  # s-2 is this year's; s-1, s-3 are 2025's
+
+
+def test_what_needs_the_whole_ledger_is_refused(db: psycopg.Connection[Any], archived: AgedLedger,
+                                                unchanged: Any) -> None:
+    with unchanged(), pytest.raises(errors.ArchivedRows), errors.wrap_errors():
+        db.execute("SELECT * FROM pyxp.simulate_rules(pyxp.active_ruleset_id())")
+    install_variant(db, "retention-candidate", caps={})  # same zone: allowed, and active now
+    with unchanged(), pytest.raises(errors.ArchivedRows), errors.wrap_errors():
+        db.execute("SELECT * FROM pyxp.apply_rules_retroactively((SELECT max(ruleset_id) FROM pyxp.rulesets "
+                   "WHERE name = 'retention-test'))")
+    with unchanged(), pytest.raises(errors.ArchivedRows) as refused, errors.wrap_errors():
+        install_variant(db, "retention-paris", timezone="Europe/Paris")
+    assert "timezone Europe/Paris" in str(refused.value)
+    assert audit(db) == []
+
+
+# --------------------------------------------------------------------------- the archive's own refusals
+
+
+def test_an_archive_verifies_what_is_new_first(db: psycopg.Connection[Any], aged: AgedLedger,
+                                              unchanged: Any) -> None:
+    """Its checkpoint verifies the rows written since the last one: a balance that is not its
+    rows' sum refuses the archive (PX028), and nothing is archived or recorded."""
+    checkpoint(db)
+    late = db.execute(GENERIC, ("0xidle", "late-1")).fetchone()
+    assert late is not None
+    place(db, {late[0]: datetime(2025, 5, 5, tzinfo=UTC)})  # an old row written after the checkpoint
+    db.execute("UPDATE pyxp.xp_balances SET total_xp = total_xp + 1 WHERE user_wallet = '0xidle'")
+    with unchanged(), pytest.raises(errors.LedgerInconsistent) as refused, errors.wrap_errors():
+        archive(db)
+    assert "balance_mismatch 0xidle" in (refused.value.detail or "")
+    db.execute("UPDATE pyxp.xp_balances SET total_xp = total_xp - 1 WHERE user_wallet = '0xidle'")
+    done = archive(db)
+    assert len(done) == 1 and done[0][4] == aged.archived_rows + 1 and audit(db) == []
+    assert db.execute("SELECT a.checkpoint_id = max(k.checkpoint_id) FROM pyxp.xp_ledger_archives a, "
+                      "pyxp.xp_audit_checkpoints k GROUP BY a.checkpoint_id").fetchone() == (True,)
+
+
+@pytest.mark.parametrize("before", [None, "infinity", "-infinity", "next month"])
+def test_archived_before_must_be_a_past_time(db: psycopg.Connection[Any], unchanged: Any, before: str | None) -> None:
+    value: Any = (this_month() + timedelta(days=40)) if before == "next month" else before
+    with unchanged(), pytest.raises(errors.InvalidArgument), errors.wrap_errors():
+        db.execute("SELECT * FROM pyxp.archive_ledger_partitions(%s::timestamptz)", (value,))
+
+
+def test_nothing_to_archive_is_no_error(db: psycopg.Connection[Any], unchanged: Any) -> None:
+    with unchanged():
+        assert archive(db, datetime(2001, 1, 1, tzinfo=UTC)) == []
+
+
+def test_only_the_archive_detaches_a_partition(db: psycopg.Connection[Any], unchanged: Any) -> None:
+    """The guard lets a DETACH through only for the partitions of an archive row written by the
+    same transaction: the setting alone is not enough."""
+    name, oid = db.execute("SELECT c.relname, c.oid FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid "
+                           "WHERE i.inhparent = 'pyxp.xp_transactions'::regclass ORDER BY c.relname LIMIT 1").fetchone()
+    with unchanged(), pytest.raises(errors.AppendOnlyLedger), errors.wrap_errors(), db.transaction():
+        db.execute("SELECT set_config('pyxp.archiving', %s, true)", (str(oid),))
+        db.execute(f"ALTER TABLE pyxp.xp_transactions DETACH PARTITION pyxp.{name}")
+
+
+def test_the_archive_is_the_owners(db: psycopg.Connection[Any], login_role: Any, connect_as: Any) -> None:
+    writer = login_role("pyxp_writer")
+    with connect_as(writer) as conn, pytest.raises(psycopg.errors.InsufficientPrivilege):
+        conn.execute("SELECT * FROM pyxp.archive_ledger_partitions(%s)", (this_month(),))
+
+
+# --------------------------------------------------------------------------- a second archive
+
+
+def test_a_second_archive_folds_into_the_openings(db: psycopg.Connection[Any], archived: AgedLedger) -> None:
+    """After the first archive, last month gets a partition of its own (made by hand, as an owner
+    loading history would); rows moved there are archived by a second archive, folded into the
+    openings of the first."""
+    last_month = (this_month() - timedelta(days=1)).replace(day=1)
+    with db.transaction():
+        db.execute("SET LOCAL ROLE pyxp_owner")
+        db.execute(f"CREATE TABLE pyxp.xp_transactions_{last_month:%Y_%m} PARTITION OF pyxp.xp_transactions "
+                   f"FOR VALUES FROM ('{last_month.isoformat()}') TO ('{this_month().isoformat()}')")
+    rows = [db.execute(GENERIC, ("0xidle", f"idle-late-{i}")).fetchone() for i in range(2)]
+    later = db.execute(GENERIC, ("0xidle", "idle-kept")).fetchone()
+    assert later is not None
+    place(db, {r[0]: last_month + timedelta(days=3 + i) for i, r in enumerate(rows) if r is not None})
+    assert audit(db) == []
+    done = archive(db)
+    assert [(d[1], d[4]) for d in done] == [(f"xp_transactions_{last_month:%Y_%m}", 2)]
+    opening = db.execute("SELECT wallet_seq, total_xp, month_start, month_xp FROM pyxp.xp_wallet_openings "
+                         "WHERE user_wallet = '0xidle'").fetchone()
+    assert opening is not None and opening[:2] == (5, 500) and opening[2] == last_month and opening[3] == 200
+    assert db.execute("SELECT count(*) FROM pyxp.xp_ledger_archives").fetchone() == (2,)
+    assert audit(db) == []
+    checkpoint(db)
+
+
+# --------------------------------------------------------------------------- Python and CLI
+
+
+def test_python_and_cli_archive(xp: XP, db: psycopg.Connection[Any], aged: AgedLedger, conninfo: str) -> None:
+    import json
+    import subprocess
+    moved = xp.archive_ledger_partitions(this_month())
+    assert len(moved) == 1 and moved[0].rows_archived == aged.archived_rows
+    assert moved[0].archive_table.startswith("pyxp_archive.")
+    out = subprocess.run([PYXP, "--database-url", conninfo, "db", "archive", "--before",
+                          f"{this_month():%Y-%m-%d}", "--json"], capture_output=True, text=True, check=True)
+    assert json.loads(out.stdout) == []
+    with pytest.raises(errors.ArchivedRows):
+        xp.award("0xgen", "CAMPAIGN_APPROVED", "gen-1")
