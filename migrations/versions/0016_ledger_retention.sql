@@ -1557,7 +1557,7 @@ END
 $$;
 
 COMMENT ON FUNCTION pyxp.archive_ledger_partitions(timestamptz) IS
-    'API (owner): moves the ledger''s partitions ending at or before archived_before, verified by an audit checkpoint, into schema pyxp_archive; keeps each wallet''s opening.';
+    'internal: moves the ledger''s partitions ending at or before archived_before into schema pyxp_archive after an audit checkpoint, keeping each wallet''s opening. Owner only.';
 
 COMMENT ON FUNCTION pyxp.require_whole_ledger(text) IS 'internal: PX029 when rows of the ledger were archived.';
 
