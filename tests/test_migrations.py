@@ -674,3 +674,64 @@ def test_0015_partitions_a_ledger_of_every_kind_and_every_key_still_replays(fres
     schema.upgrade(target)
     with psycopg.connect(target, autocommit=True) as conn:
         partitioned_and_sound(conn)
+
+
+def test_0016_archives_half_of_a_ledger_of_every_kind_and_every_key_stays_used(
+        fresh_database: Callable[[], str]) -> None:
+    """Issue 15 (retention): on a 0015 ledger of 10k rows of every kind, 0016 changes nothing a
+    call sees (audit clean, every call replays; its downgrade too). Then the first half of each
+    wallet's rows is moved to January 2025 and archived: audit() stays
+    clean, every call whose rows stayed replays them, every call with an archived row is refused
+    with PX029 (its key stays used), nothing written; the downgrade is then refused."""
+    target = fresh_database()
+    schema.upgrade(target, "0015")
+    done: list[tuple[str, dict[str, Any], list[Any]]] = []
+    with psycopg.connect(target, autocommit=True) as conn:
+        for kind, args in _ledger_calls():
+            done.append((kind, args, _run(conn, kind, args)))
+        done.append(("reverse", {"id": 5, "reason": "migration test"}, _run(conn, "reverse", {"id": 5, "reason": "migration test"})))
+    schema.upgrade(target)
+    with psycopg.connect(target, autocommit=True) as conn:
+        assert conn.execute("SELECT * FROM pyxp.audit()").fetchall() == []
+        _replays_everything(conn, done)
+    schema.downgrade(target, "0015")
+    schema.upgrade(target)
+    with psycopg.connect(target, autocommit=True) as conn:
+        rows = conn.execute("SELECT count(*) FROM pyxp.xp_transactions").fetchone()[0]
+        old = {r[0] for r in conn.execute("""SELECT t.id FROM pyxp.xp_transactions t JOIN pyxp.xp_balances b USING (user_wallet)
+                                              WHERE t.wallet_seq <= (b.last_wallet_seq + 1) / 2""")}
+        half = len(old)
+        with conn.transaction():
+            conn.execute("ALTER TABLE pyxp.xp_transactions DISABLE TRIGGER xp_transactions_append_only")
+            conn.execute("UPDATE pyxp.xp_transactions SET created_at = '2025-01-01'::timestamptz + id * interval '1 minute' "
+                         "WHERE id = ANY (%s)", (list(old),))
+            conn.execute("ALTER TABLE pyxp.xp_transactions ENABLE TRIGGER xp_transactions_append_only")
+            conn.execute("UPDATE pyxp.xp_award_claims c SET created_at = t.created_at FROM pyxp.xp_transactions t "
+                         "WHERE t.id = c.transaction_id")
+            conn.execute("SELECT pyxp.rebuild_period_columns('UTC')")
+        assert conn.execute("SELECT * FROM pyxp.audit()").fetchall() == []
+        moved = conn.execute("SELECT * FROM pyxp.archive_ledger_partitions(date_trunc('month', now(), 'UTC'))").fetchall()
+        assert [m[4] for m in moved] == [half]
+        assert conn.execute("SELECT count(*) FROM pyxp.xp_transactions").fetchone() == (rows - half,)
+        assert conn.execute("SELECT * FROM pyxp.audit()").fetchall() == []
+        state = conn.execute("SELECT sum(total_xp), sum(last_wallet_seq), count(*) FROM pyxp.xp_balances").fetchone()
+        archived_kinds: set[str] = set()
+        kept_kinds: set[str] = set()
+        for kind, args, first in done:
+            if kind != "register" and any(r["transaction_id"] in old for r in first):
+                with pytest.raises(psycopg.Error) as refused:
+                    _run(conn, kind, args)
+                assert refused.value.sqlstate == "PX029", (kind, args, str(refused.value))
+                archived_kinds.add(kind)
+            else:
+                _replays_everything(conn, [(kind, args, first)])
+                kept_kinds.add(kind)
+        every = {"award_many", "award", "creation", "approval", "vote", "completion", "completion_vote", "onboard"}
+        assert every <= archived_kinds and every - {"onboard"} <= kept_kinds, (archived_kinds, kept_kinds)
+        assert conn.execute("SELECT sum(total_xp), sum(last_wallet_seq), count(*) FROM pyxp.xp_balances").fetchone() == state
+        assert conn.execute("SELECT count(*) FROM pyxp.xp_transactions").fetchone() == (rows - half,)
+    with pytest.raises(Exception, match="0016 cannot be downgraded"):
+        schema.downgrade(target, "0015")
+    with psycopg.connect(target, autocommit=True) as conn:
+        assert conn.execute("SELECT count(*) FROM pyxp.xp_ledger_archives").fetchone() == (1,)
+        assert conn.execute("SELECT * FROM pyxp.audit()").fetchall() == []
