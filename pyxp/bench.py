@@ -1076,6 +1076,24 @@ def audit_cost(conn: psycopg.Connection[Any]) -> dict[str, Any]:
     return results
 
 
+def archive_cost(conn: psycopg.Connection[Any]) -> dict[str, Any]:
+    """(n) Last, since it takes rows out: pyxp.archive_ledger_partitions() of every partition
+    before this month (the fixture's rows are 3 s apart back from now: what falls before the
+    first of the month), then the full audit() of what is left, from the openings."""
+    started = time.perf_counter()
+    moved = conn.execute("SELECT coalesce(sum(rows_archived), 0) "
+                         "FROM pyxp.archive_ledger_partitions(date_trunc('month', now(), 'UTC'))").fetchone()
+    results: dict[str, Any] = {"archive_s": round(time.perf_counter() - started, 2),
+                               "archive_rows": int(moved[0]) if moved else 0,
+                               "ledger_rows_after_archive": _scalar(conn, "SELECT count(*) FROM pyxp.xp_transactions")}
+    started = time.perf_counter()
+    findings = conn.execute("SELECT * FROM pyxp.audit()").fetchall()
+    results["audit_after_archive_s"] = round(time.perf_counter() - started, 2)
+    results["audit_after_archive_findings"] = len(findings)
+    results["audit_after_archive_sample"] = [list(map(str, row)) for row in findings[:5]]
+    return results
+
+
 def _put_throughput(results: dict[str, Any], key: str, measured: dict[str, Any]) -> None:
     results[f"{key}_per_s"] = round(measured["per_s"], 1)
     results[f"{key}_count"] = measured["count"]
@@ -1233,6 +1251,8 @@ def run_bench(conninfo: str, options: BenchOptions, log: Log | None = None) -> d
             results.update(recalculation(scratch, conn))
             say("(h') the idempotency record of a flow call: votes with 95-character keys")
             results.update(request_sizes(conn, options))
+            say("(n) archive_ledger_partitions() before this month, then audit() from the openings")
+            results.update(archive_cost(conn))
     results["elapsed_s"] = round(time.perf_counter() - run_started, 1)
     results["targets"] = evaluate_targets(results)
     return results
@@ -1371,6 +1391,10 @@ def format_table(results: dict[str, Any]) -> str:
     row("(m) record_audit_checkpoint(), after the run", _number(get("checkpoint_s"), 3), "s")
     row("(m) record_audit_checkpoint(), first: the fixture", _number(get("checkpoint_first_s"), 2), "s",
         note=f"{get('checkpoint_first_rows', 0):,} rows")
+    row("(n) archive_ledger_partitions(), rows before this month", _number(get("archive_s"), 2), "s",
+        note=f"{get('archive_rows', 0):,} rows archived, {get('ledger_rows_after_archive', 0):,} left")
+    row("(n) audit() after the archive, from the openings", _number(get("audit_after_archive_s"), 2), "s",
+        note=f"{get('audit_after_archive_findings', '?')} findings")
     row("(h) bytes per award (row+claim+indexes)", _number(get("bytes_per_award")), "bytes",
         target="bytes_per_award")
     row("(h) bytes per ledger row (table+indexes)", _number(get("bytes_per_ledger_row")), "bytes")

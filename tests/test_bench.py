@@ -178,6 +178,13 @@ def test_audit_checkpoints_verify_the_fixture_then_what_the_run_wrote(figures: d
     assert figures["rows_since_checkpoint"] + QUICK.ledger_rows == figures["ledger_rows_after_run"]
 
 
+def test_the_archive_leaves_a_ledger_the_audit_proves(figures: dict[str, Any]) -> None:
+    """(n): the archive of what is before this month (nothing, unless the quick fixture's hours
+    reach into last month) leaves the rest, and audit() from the openings finds nothing."""
+    assert figures["audit_after_archive_findings"] == 0, figures.get("audit_after_archive_sample")
+    assert figures["archive_rows"] + figures["ledger_rows_after_archive"] >= figures["ledger_rows_after_run"]
+
+
 def test_ruleset_switch_recalculates_every_balance(figures: dict[str, Any]) -> None:
     """(g) measures a real recalculation: the new curve changes every balance (SPEC 3)."""
     assert figures["recalculate_balances"] == QUICK.wallets
