@@ -77,8 +77,9 @@ $$;
 --   2. an audit checkpoint (pyxp.record_audit_checkpoint, a statement of its
 --      own, so it sees every row of those partitions): what was written
 --      since the last one is verified (PX028, nothing archived, when
---      anything is inconsistent), and the archive names it; EXCLUSIVE on
---      xp_audit_checkpoints from there: one archive or checkpoint at a time
+--      anything is inconsistent), and the archive names it (EXCLUSIVE on
+--      xp_audit_checkpoints, taken first: one archive or checkpoint at a
+--      time)
 --   3. the openings: per wallet with archived rows, its positions up to its
 --      highest archived one folded into its previous opening (balance_after
 --      of that row, and the latest periods of those positions, in the active
@@ -125,6 +126,9 @@ BEGIN
             USING ERRCODE = 'PX023',
                   HINT = 'e.g. the start of a month a year ago: only whole partitions before it are archived';
     END IF;
+    -- One archive or checkpoint at a time (record_audit_checkpoint takes the
+    -- same lock): a second archive waits, then finds these partitions gone.
+    LOCK TABLE pyxp.xp_audit_checkpoints IN EXCLUSIVE MODE;
     SELECT array_agg(p.partition_name ORDER BY p.range_end), array_agg(p.range_start ORDER BY p.range_end),
            array_agg(p.range_end ORDER BY p.range_end),
            array_agg(('pyxp.' || quote_ident(p.partition_name))::regclass::oid ORDER BY p.range_end)
