@@ -168,9 +168,18 @@ class ArchivedRows(XPError):
     """What was asked needs ledger rows that were archived (README "Retention"): replaying a call
     whose rows were archived (its key stays used: nothing is written again), reversing an archived
     row, a board of a period that began before the archived range ended, a what-if over the whole
-    ledger, a ruleset in another timezone. Nothing was written."""
+    ledger, a ruleset in another timezone, the change feed after a cursor the archived rows reach.
+    Nothing was written."""
 
     code = "PX029"
+
+
+class ArchiveRefused(XPError):
+    """``archive_ledger_partitions`` would take a reversal out of the ledger and keep the row it
+    reverses (a reversal whose transaction began before its original's, written before 0016):
+    archive up to a later month. Nothing was archived."""
+
+    code = "PX030"
 
 
 class DatabaseUnavailable(XPError):
@@ -189,6 +198,7 @@ __all__ = [
     "UnknownTransaction", "InvalidIdentifier", "InvalidParams", "MissingInput", "BalanceOutOfRange",
     "NoActiveRuleset", "ClientIsAgency", "RegistrationRefused", "InvalidArgument", "InvalidRuleset",
     "IsolationRefused", "InvalidPeriod", "UnknownRuleset", "LedgerInconsistent", "ArchivedRows",
+    "ArchiveRefused",
 ]
 
 ERRORS_BY_CODE: dict[str, type[XPError]] = {

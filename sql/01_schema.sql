@@ -420,10 +420,12 @@ CREATE TABLE pyxp.xp_ledger_archives (
     partitions           text[] NOT NULL,       -- their names (tables of schema pyxp_archive since)
     partition_oids       oid[] NOT NULL,        -- (pyxp.guard_ledger_partitions lets their DETACH through)
     rows_archived        bigint NOT NULL,
-    wallets_opened       bigint NOT NULL,       -- wallets whose opening moved
+    wallets_opened       bigint NOT NULL,       -- wallets with rows archived (their openings)
     last_transaction_id  bigint,                -- the highest id archived
     timezone             text NOT NULL,         -- the zone of the openings' periods (the active ruleset's)
     checkpoint_id        bigint NOT NULL REFERENCES pyxp.xp_audit_checkpoints,  -- the one it recorded first
+    feed_floor           bigint,                -- the highest change-feed cursor archived (pyxp.changes refuses below it)
+    archived_by_xid      xid8 NOT NULL DEFAULT pg_current_xact_id(),  -- its transaction (the guard lets it detach)
     archived_at          timestamptz NOT NULL DEFAULT now()
 );
 
@@ -439,6 +441,7 @@ CREATE TABLE pyxp.xp_wallet_openings (
     user_wallet  text PRIMARY KEY,
     wallet_seq   bigint NOT NULL CHECK (wallet_seq >= 1),
     total_xp     bigint NOT NULL,       -- balance_after of the row at wallet_seq
+    archived_rows bigint NOT NULL,      -- its rows archived (the others at positions 1 .. wallet_seq are in the ledger)
     last_at      timestamptz NOT NULL,  -- the latest time (a reversal: its original's) of those rows
     day_start    timestamptz NOT NULL,
     day_xp       bigint NOT NULL,

@@ -243,11 +243,12 @@ $$;
 
 -- The end of the ledger's archived range (sql/13_retention.sql): every row
 -- written before it was in an archived partition, or is in the default
--- partition. NULL: nothing archived.
+-- partition. NULL: no row archived (an archive of empty partitions takes
+-- nothing anyone could ask for).
 CREATE FUNCTION pyxp.archive_horizon()
 RETURNS timestamptz
 LANGUAGE sql STABLE
-AS $$ SELECT max(a.archived_before) FROM pyxp.xp_ledger_archives a $$;
+AS $$ SELECT max(a.archived_before) FROM pyxp.xp_ledger_archives a WHERE a.rows_archived > 0 $$;
 
 -- Records a flow's or reversal's claim: its key's hash and its inputs'
 -- digest, plus the key, inputs, ruleset and time when its rows will not
@@ -414,6 +415,7 @@ DECLARE
     v_period timestamptz[];  -- and the start of its period
     v_floored boolean := false;
     v_at timestamptz;        -- the new rows' effective time (periods)
+    v_reversed_at timestamptz;  -- a reversal's original's created_at
     v_day timestamptz;
     v_week timestamptz;
     v_month timestamptz;
@@ -577,9 +579,16 @@ BEGIN
     --    is read after the sort). A generic award's row is written with its
     --    claim (xp_award_claims), in the same statement; it is skipped if a
     --    call that committed while this one waited for the lock holds the
-    --    key (the claim's INSERT waits for it, then skips: below).
+    --    key (the claim's INSERT waits for it, then skips: below). created_at
+    --    is now(), or for a reversal (alone in its call) no earlier than its
+    --    original's (a transaction may begin before the one it reverses):
+    --    created_at names the partition, and an archive, which takes the
+    --    oldest partitions, must never take a reversal and keep its original.
+    IF v_rows[1].reverses IS NOT NULL THEN
+        SELECT o.created_at INTO v_reversed_at FROM pyxp.xp_transactions o WHERE o.id = v_rows[1].reverses;
+    END IF;
     WITH numbered AS MATERIALIZED (
-        SELECT r.*, nextval('pyxp.xp_transactions_id_seq') AS id, now() AS created_at
+        SELECT r.*, nextval('pyxp.xp_transactions_id_seq') AS id, greatest(now(), v_reversed_at) AS created_at
           FROM ROWS FROM (unnest(v_rows), unnest(v_claims), unnest(v_after), unnest(v_feed), unnest(v_seq))
                WITH ORDINALITY
                r(call_index, user_wallet, idempotency_key, inputs, transaction_type, xp_amount, xp_requested,
@@ -688,10 +697,7 @@ BEGIN
     --    share one effective time: now(), or for a reversal (always alone in
     --    its call) the created_at of the row it reverses: the periods are
     --    computed once (p_timezone), not per row.
-    v_at := now();
-    IF v_rows[1].reverses IS NOT NULL THEN
-        SELECT o.created_at INTO v_at FROM pyxp.xp_transactions o WHERE o.id = v_rows[1].reverses;
-    END IF;
+    v_at := coalesce(v_reversed_at, now());
     v_day := date_trunc('day', v_at, p_timezone);
     v_week := date_trunc('week', v_at, p_timezone);
     v_month := date_trunc('month', v_at, p_timezone);

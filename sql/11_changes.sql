@@ -92,6 +92,14 @@ BEGIN
     IF v_after IS NULL OR v_after < 0 THEN
         RAISE EXCEPTION 'invalid after_cursor: %', coalesce(v_after::text, 'NULL')
             USING ERRCODE = 'PX023', HINT = 'after_cursor is 0 (from the start) or a cursor the feed returned';
+    ELSIF v_after < (SELECT max(a.feed_floor) FROM pyxp.xp_ledger_archives a) THEN
+        -- Rows after this cursor were archived (sql/13_retention.sql): never
+        -- skipped silently.
+        RAISE EXCEPTION 'rows after cursor % were archived', v_after
+            USING ERRCODE = 'PX029',
+                  DETAIL = format('the archived rows reach cursor %s',
+                                  (SELECT max(a.feed_floor) FROM pyxp.xp_ledger_archives a)),
+                  HINT = 'a consumer must be past the rows archived; they are in schema pyxp_archive (or its dump)';
     END IF;
     v_group := (v_after >> 24)::text::xid8;
     v_rank := v_after & 16777215;

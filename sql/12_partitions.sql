@@ -158,7 +158,8 @@ RESET ROLE;
 --                      is no longer below it (DETACH; except the partitions
 --                      pyxp.archive_ledger_partitions archives: it names them
 --                      in setting pyxp.archiving of its transaction, and in
---                      the archive's row of xp_ledger_archives); then gives the
+--                      the archive's row of xp_ledger_archives, written by
+--                      that same transaction); then gives the
 --                      TRUNCATE refusal to every partition that lacks it
 --                      (CREATE TABLE ... PARTITION OF, ATTACH of a table
 --                      made by hand);
@@ -234,7 +235,8 @@ BEGIN
     IF v_detached IS NOT NULL
        AND v_detached <@ string_to_array(nullif(current_setting('pyxp.archiving', true), ''), ',')::oid[]
        AND to_regclass('pyxp.xp_ledger_archives') IS NOT NULL THEN
-        EXECUTE 'SELECT EXISTS (SELECT FROM pyxp.xp_ledger_archives a WHERE $1 <@ a.partition_oids)'
+        EXECUTE 'SELECT EXISTS (SELECT FROM pyxp.xp_ledger_archives a
+                                 WHERE $1 <@ a.partition_oids AND a.archived_by_xid = pg_current_xact_id())'
            INTO v_archived USING v_detached;
     END IF;
     IF v_detached IS NOT NULL AND NOT coalesce(v_archived, false) THEN

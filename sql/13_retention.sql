@@ -115,8 +115,9 @@ DECLARE
     v_id bigint;
     v_checkpoint bigint;
     v_archive bigint;
-    v_zone text := pyxp.active_timezone();
+    v_zone text;
     v_name text;
+    v_problem record;
 BEGIN
     PERFORM pyxp.require_read_committed();
     IF archive_ledger_partitions.archived_before IS NULL OR NOT isfinite(archive_ledger_partitions.archived_before)
@@ -127,8 +128,13 @@ BEGIN
                   HINT = 'e.g. the start of a month a year ago: only whole partitions before it are archived';
     END IF;
     -- One archive or checkpoint at a time (record_audit_checkpoint takes the
-    -- same lock): a second archive waits, then finds these partitions gone.
+    -- same lock; a second archive waits for at most lock_timeout, then fails
+    -- with 55P03, or finds these partitions gone). SHARE on rulesets: no
+    -- ruleset is activated meanwhile (install_ruleset's SHARE ROW EXCLUSIVE),
+    -- so the openings' periods are in the zone that stays active.
     LOCK TABLE pyxp.xp_audit_checkpoints IN EXCLUSIVE MODE;
+    LOCK TABLE pyxp.rulesets IN SHARE MODE;
+    v_zone := pyxp.active_timezone();
     SELECT array_agg(p.partition_name ORDER BY p.range_end), array_agg(p.range_start ORDER BY p.range_end),
            array_agg(p.range_end ORDER BY p.range_end),
            array_agg(('pyxp.' || quote_ident(p.partition_name))::regclass::oid ORDER BY p.range_end)
@@ -147,67 +153,93 @@ BEGIN
         v_counts := v_counts || v_count;
         v_top_id := greatest(v_top_id, v_id);
     END LOOP;
+    -- A reversal among these rows whose original stays (its transaction
+    -- began before the original's; since 0016 the writer dates a reversal no
+    -- earlier than its original): the ledger's boards would lose it.
+    SELECT r.id, r.reverses, o.created_at INTO v_problem
+      FROM pyxp.xp_transactions r
+      JOIN pyxp.xp_transactions o ON o.id = r.reverses AND NOT (o.tableoid = ANY (v_oids))
+     WHERE r.tableoid = ANY (v_oids) AND r.created_at < v_ends[cardinality(v_ends)] AND r.reverses IS NOT NULL
+     LIMIT 1;
+    IF FOUND THEN
+        RAISE EXCEPTION 'reversal % would be archived, but transaction % that it reverses (%) would stay',
+                        v_problem.id, v_problem.reverses, v_problem.created_at
+            USING ERRCODE = 'PX030',
+                  HINT = 'archive up to a later month, one that holds the reversed transaction too';
+    END IF;
     INSERT INTO pyxp.xp_ledger_archives AS a (archived_before, partitions, partition_oids, rows_archived,
-                                              wallets_opened, last_transaction_id, timezone, checkpoint_id)
+                                              wallets_opened, last_transaction_id, timezone, checkpoint_id,
+                                              feed_floor)
     VALUES (v_ends[cardinality(v_ends)], v_names, v_oids,
-            (SELECT sum(c) FROM unnest(v_counts) c), 0, v_top_id, v_zone, v_checkpoint)
+            (SELECT sum(c) FROM unnest(v_counts) c), 0, v_top_id, v_zone, v_checkpoint,
+            -- the highest cursor (sql/11_changes.sql) an archived row may have had
+            (SELECT greatest(max(t.id) FILTER (WHERE t.feed_xid IS NULL),
+                             (max(t.feed_xid)::text::bigint << 24) + 16777215)
+               FROM pyxp.xp_transactions t
+              WHERE t.tableoid = ANY (v_oids) AND t.created_at < v_ends[cardinality(v_ends)]))
     RETURNING a.archive_id INTO v_archive;
 
-    -- 3. The openings. Each wallet's rows at positions after its previous
+    -- 3. The openings: of every wallet with archived rows, its count of
+    --    them, and the fold of its rows at positions after its previous
     --    opening and up to its highest archived one (a straggler still in
     --    the ledger among them), read before the DETACH, by the wallet's
     --    index range; their time is a reversal's original's.
     WITH tops AS (
-        SELECT t.user_wallet, max(t.wallet_seq) AS top_seq
+        SELECT t.user_wallet, max(t.wallet_seq) AS top_seq, count(*) AS archived
           FROM pyxp.xp_transactions t
          WHERE t.tableoid = ANY (v_oids) AND t.created_at < v_ends[cardinality(v_ends)]
          GROUP BY t.user_wallet
     ), moved AS MATERIALIZED (
-        SELECT g.user_wallet, g.top_seq, o.wallet_seq AS old_seq, o.last_at AS old_at,
+        SELECT g.user_wallet, greatest(g.top_seq, o.wallet_seq) AS top_seq, g.archived + coalesce(o.archived_rows, 0) AS archived,
+               o.wallet_seq AS old_seq, o.total_xp AS old_xp, o.last_at AS old_at,
                o.day_start AS old_day, o.day_xp AS old_day_xp, o.week_start AS old_week, o.week_xp AS old_week_xp,
                o.month_start AS old_month, o.month_xp AS old_month_xp, o.year_start AS old_year,
                o.year_xp AS old_year_xp
           FROM tops g
           LEFT JOIN pyxp.xp_wallet_openings o ON o.user_wallet = g.user_wallet
-         WHERE g.top_seq > coalesce(o.wallet_seq, 0)
     ), folded_rows AS MATERIALIZED (
         SELECT m.user_wallet, x.wallet_seq, x.balance_after, x.xp_amount,
                CASE WHEN x.reverses IS NULL THEN x.created_at ELSE pyxp.reversed_row_at(x.reverses) END AS at
           FROM moved m
           JOIN pyxp.xp_transactions x
             ON x.user_wallet = m.user_wallet AND x.wallet_seq > coalesce(m.old_seq, 0) AND x.wallet_seq <= m.top_seq
-    ), latest AS (
-        SELECT m.*, f.last_at, f.total_xp,
-               date_trunc('day', f.last_at, v_zone) AS day_start, date_trunc('week', f.last_at, v_zone) AS week_start,
-               date_trunc('month', f.last_at, v_zone) AS month_start,
-               date_trunc('year', f.last_at, v_zone) AS year_start
+    ), ends AS (  -- grouped, never a scan of folded_rows per wallet
+        SELECT r.user_wallet, max(r.at) AS max_at, (array_agg(r.balance_after ORDER BY r.wallet_seq DESC))[1] AS balance
+          FROM folded_rows r GROUP BY r.user_wallet
+    ), latest AS MATERIALIZED (
+        SELECT m.*, x.last_at, coalesce(e.balance, m.old_xp) AS total_xp,
+               date_trunc('day', x.last_at, v_zone) AS day_start, date_trunc('week', x.last_at, v_zone) AS week_start,
+               date_trunc('month', x.last_at, v_zone) AS month_start,
+               date_trunc('year', x.last_at, v_zone) AS year_start
           FROM moved m
-         CROSS JOIN LATERAL (
-                SELECT greatest(m.old_at, max(r.at)) AS last_at,
-                       (array_agg(r.balance_after ORDER BY r.wallet_seq DESC))[1] AS total_xp
-                  FROM folded_rows r WHERE r.user_wallet = m.user_wallet) f
+          LEFT JOIN ends e ON e.user_wallet = m.user_wallet
+         CROSS JOIN LATERAL (SELECT greatest(m.old_at, e.max_at) AS last_at) x
+    ), sums AS (
+        SELECT r.user_wallet,
+               sum(r.xp_amount) FILTER (WHERE r.at >= l.day_start)::bigint AS day_xp,
+               sum(r.xp_amount) FILTER (WHERE r.at >= l.week_start)::bigint AS week_xp,
+               sum(r.xp_amount) FILTER (WHERE r.at >= l.month_start)::bigint AS month_xp,
+               sum(r.xp_amount) FILTER (WHERE r.at >= l.year_start)::bigint AS year_xp
+          FROM folded_rows r JOIN latest l ON l.user_wallet = r.user_wallet
+         GROUP BY r.user_wallet
     ), opened AS (
-        INSERT INTO pyxp.xp_wallet_openings AS o (user_wallet, wallet_seq, total_xp, last_at, day_start, day_xp,
-                                                  week_start, week_xp, month_start, month_xp, year_start, year_xp,
-                                                  archive_id)
-        SELECT l.user_wallet, l.top_seq, l.total_xp, l.last_at,
-               l.day_start, s.day_xp + CASE WHEN l.old_day = l.day_start THEN l.old_day_xp ELSE 0 END,
-               l.week_start, s.week_xp + CASE WHEN l.old_week = l.week_start THEN l.old_week_xp ELSE 0 END,
-               l.month_start, s.month_xp + CASE WHEN l.old_month = l.month_start THEN l.old_month_xp ELSE 0 END,
-               l.year_start, s.year_xp + CASE WHEN l.old_year = l.year_start THEN l.old_year_xp ELSE 0 END,
+        INSERT INTO pyxp.xp_wallet_openings AS o (user_wallet, wallet_seq, total_xp, archived_rows, last_at,
+                                                  day_start, day_xp, week_start, week_xp, month_start, month_xp,
+                                                  year_start, year_xp, archive_id)
+        SELECT l.user_wallet, l.top_seq, l.total_xp, l.archived, l.last_at,
+               l.day_start, coalesce(s.day_xp, 0) + CASE WHEN l.old_day = l.day_start THEN l.old_day_xp ELSE 0 END,
+               l.week_start, coalesce(s.week_xp, 0) + CASE WHEN l.old_week = l.week_start THEN l.old_week_xp ELSE 0 END,
+               l.month_start, coalesce(s.month_xp, 0) + CASE WHEN l.old_month = l.month_start THEN l.old_month_xp ELSE 0 END,
+               l.year_start, coalesce(s.year_xp, 0) + CASE WHEN l.old_year = l.year_start THEN l.old_year_xp ELSE 0 END,
                v_archive
           FROM latest l
-         CROSS JOIN LATERAL (
-                SELECT coalesce(sum(r.xp_amount) FILTER (WHERE r.at >= l.day_start), 0)::bigint AS day_xp,
-                       coalesce(sum(r.xp_amount) FILTER (WHERE r.at >= l.week_start), 0)::bigint AS week_xp,
-                       coalesce(sum(r.xp_amount) FILTER (WHERE r.at >= l.month_start), 0)::bigint AS month_xp,
-                       coalesce(sum(r.xp_amount) FILTER (WHERE r.at >= l.year_start), 0)::bigint AS year_xp
-                  FROM folded_rows r WHERE r.user_wallet = l.user_wallet) s
+          LEFT JOIN sums s ON s.user_wallet = l.user_wallet
         ON CONFLICT (user_wallet) DO UPDATE
-           SET wallet_seq = excluded.wallet_seq, total_xp = excluded.total_xp, last_at = excluded.last_at,
-               day_start = excluded.day_start, day_xp = excluded.day_xp, week_start = excluded.week_start,
-               week_xp = excluded.week_xp, month_start = excluded.month_start, month_xp = excluded.month_xp,
-               year_start = excluded.year_start, year_xp = excluded.year_xp, archive_id = excluded.archive_id
+           SET wallet_seq = excluded.wallet_seq, total_xp = excluded.total_xp, archived_rows = excluded.archived_rows,
+               last_at = excluded.last_at, day_start = excluded.day_start, day_xp = excluded.day_xp,
+               week_start = excluded.week_start, week_xp = excluded.week_xp, month_start = excluded.month_start,
+               month_xp = excluded.month_xp, year_start = excluded.year_start, year_xp = excluded.year_xp,
+               archive_id = excluded.archive_id
         RETURNING 1
     )
     UPDATE pyxp.xp_ledger_archives a SET wallets_opened = (SELECT count(*) FROM opened) WHERE a.archive_id = v_archive;

@@ -344,3 +344,126 @@ def test_python_and_cli_archive(xp: XP, db: psycopg.Connection[Any], aged: AgedL
     assert json.loads(out.stdout) == []
     with pytest.raises(errors.ArchivedRows):
         xp.award("0xgen", "CAMPAIGN_APPROVED", "gen-1")
+
+
+# --------------------------------------------------------------------------- found by review
+
+
+def test_a_reversal_is_dated_no_earlier_than_its_original(db: psycopg.Connection[Any]) -> None:
+    """A transaction may begin before the one it reverses: its row takes the original's
+    created_at then, so that it never lands in an older partition than its original."""
+    first = db.execute(GENERIC, ("0xlate", "late-1")).fetchone()
+    assert first is not None
+    later = datetime.now(UTC) + timedelta(minutes=5)  # as if the original began after the reversal
+    place(db, {first[0]: later})
+    reversal = db.execute("SELECT transaction_id FROM pyxp.reverse_transaction(%s, 'r')", (first[0],)).fetchone()
+    assert reversal is not None
+    assert db.execute("SELECT created_at FROM pyxp.xp_transactions WHERE id = %s", (reversal[0],)).fetchone() == (later,)
+    assert audit(db) == []
+
+
+def test_an_archive_never_takes_a_reversal_and_keeps_its_original(
+        db: psycopg.Connection[Any], aged: AgedLedger, unchanged: Any) -> None:
+    """A ledger from before 0016 may hold a reversal dated before its original (its transaction
+    began first): archiving it alone would lose it from the original's boards. Refused (PX030)."""
+    kept = db.execute(GENERIC, ("0xaaa", "a-1")).fetchone()
+    assert kept is not None
+    reversal = db.execute("SELECT transaction_id FROM pyxp.reverse_transaction(%s, 'r')", (kept[0],)).fetchone()
+    assert reversal is not None
+    place(db, {reversal[0]: this_month() - timedelta(hours=1)})
+    with unchanged(), pytest.raises(errors.ArchiveRefused) as refused, errors.wrap_errors():
+        archive(db)
+    assert f"reversal {reversal[0]}" in str(refused.value)
+
+
+def test_a_ruleset_waits_for_an_archive_and_then_keeps_its_zone(conninfo: str, db: psycopg.Connection[Any],
+                                                                 aged: AgedLedger) -> None:
+    """The archive reads the zone of its openings' periods under a lock that activating a ruleset
+    waits for: a ruleset in another zone, installed while an archive runs, is refused once the
+    archive committed (PX029), instead of leaving openings in the old zone."""
+    import threading
+    with psycopg.connect(conninfo, autocommit=True) as reader, psycopg.connect(conninfo, autocommit=True) as admin:
+        reader.execute("BEGIN")
+        reader.execute("SELECT 1 FROM pyxp.xp_transactions LIMIT 1")  # the archive's DETACH waits for this reader
+        done: list[Any] = []
+
+        def run_archive() -> None:
+            with psycopg.connect(conninfo, autocommit=True) as conn:
+                conn.execute("SET lock_timeout = '20s'")  # the function's own 1 s applies inside it
+                done.append(conn.execute("SELECT count(*) FROM pyxp.archive_ledger_partitions(%s)",
+                                         (this_month(),)).fetchone())
+
+        thread = threading.Thread(target=run_archive)
+        thread.start()
+        for _ in range(200):  # until the archive holds the rulesets' lock
+            if admin.execute("SELECT count(*) FROM pg_locks WHERE relation = 'pyxp.rulesets'::regclass "
+                             "AND mode = 'ShareLock' AND granted").fetchone() == (1,):
+                break
+            threading.Event().wait(0.005)
+        installing = threading.Thread(target=lambda: done.append(_install_paris(conninfo)))
+        installing.start()
+        threading.Event().wait(0.2)
+        reader.execute("COMMIT")
+        thread.join(30)
+        installing.join(30)
+    assert (1,) in done and "PX029" in done
+    assert db.execute("SELECT timezone FROM pyxp.rulesets WHERE is_active").fetchone() == ("UTC",)
+    assert audit(db) == []
+
+
+def _install_paris(conninfo: str) -> str:
+    with psycopg.connect(conninfo, autocommit=True) as conn:
+        try:
+            install_variant(conn, "retention-paris", timezone="Europe/Paris")
+        except psycopg.Error as error:
+            return str(error.sqlstate)
+    return "installed"
+
+
+def test_a_past_archive_row_opens_no_detach(db: psycopg.Connection[Any], archived: AgedLedger,
+                                            unchanged: Any) -> None:
+    """The guard lets through the partitions of an archive row written by the same transaction
+    only: a committed row naming a live partition does not open it."""
+    name, oid = db.execute(f"SELECT 'xp_transactions_{this_month():%Y_%m}', "
+                           f"'pyxp.xp_transactions_{this_month():%Y_%m}'::regclass::oid").fetchone()
+    db.execute("""INSERT INTO pyxp.xp_ledger_archives (archived_before, partitions, partition_oids, rows_archived,
+                                                       wallets_opened, timezone, checkpoint_id)
+                  SELECT now(), ARRAY[%s], ARRAY[%s::oid], 0, 0, 'UTC', max(checkpoint_id)
+                    FROM pyxp.xp_audit_checkpoints""", (name, oid))
+    with unchanged(), pytest.raises(errors.AppendOnlyLedger), errors.wrap_errors(), db.transaction():
+        db.execute("SELECT set_config('pyxp.archiving', %s, true)", (str(oid),))
+        db.execute(f"ALTER TABLE pyxp.xp_transactions DETACH PARTITION pyxp.{name}")
+
+
+def test_a_row_added_before_an_opening_is_reported(db: psycopg.Connection[Any], archived: AgedLedger) -> None:
+    """Rows at positions up to an opening are not walked: the opening counts its archived rows, so
+    a row added there (or an archived partition attached back) is an opening_mismatch."""
+    db.execute("""INSERT INTO pyxp.xp_transactions (user_wallet, transaction_type, xp_amount, balance_after,
+                                                    idempotency_key, wallet_seq, created_at)
+                  VALUES ('0xidle', 'FORGED', 5000, 5000, 'forged', 2, now())""")
+    found = [(f[0], f[1]) for f in audit(db)]
+    assert ("opening_mismatch", "0xidle") in found
+
+
+def test_an_archive_of_empty_partitions_takes_nothing_away(db: psycopg.Connection[Any]) -> None:
+    """Nothing archived, nothing refused: no horizon, simulations and other zones go on."""
+    done = archive(db)
+    assert [d[4] for d in done] == [0]
+    assert db.execute("SELECT pyxp.archive_horizon()").fetchone() == (None,)
+    db.execute("SELECT * FROM pyxp.simulate_rules(pyxp.active_ruleset_id())").fetchall()
+    install_variant(db, "retention-paris", timezone="Europe/Paris")
+    assert audit(db) == []
+
+
+def test_the_feed_refuses_a_cursor_the_archive_passed(db: psycopg.Connection[Any], archived: AgedLedger,
+                                                      unchanged: Any) -> None:
+    """A consumer behind the archived rows is told so (PX029), never silently moved past them;
+    one past them reads on."""
+    floor = db.execute("SELECT feed_floor FROM pyxp.xp_ledger_archives").fetchone()
+    assert floor is not None and floor[0] > 0
+    with unchanged(), pytest.raises(errors.ArchivedRows), errors.wrap_errors():
+        db.execute("SELECT * FROM pyxp.changes(0)")
+    rows = db.execute("SELECT transaction_id FROM pyxp.changes(%s, 1000)", (floor[0],)).fetchall()
+    kept = db.execute("SELECT count(*) FROM pyxp.xp_transactions t, pyxp.xp_ledger_archives a "
+                      "WHERE (t.feed_xid::text::bigint << 24) > a.feed_floor").fetchone()
+    assert kept is not None and len(rows) == kept[0] > 0

@@ -796,6 +796,146 @@ $$;
 COMMENT ON FUNCTION pyxp.ledger_latest_periods(text) IS
     'internal: from the ledger, each wallet''s latest period of each kind and its XP there.';
 
+CREATE OR REPLACE FUNCTION pyxp.changes(after_cursor bigint DEFAULT 0, max_rows integer DEFAULT 100,
+                             wallet text DEFAULT NULL)
+RETURNS TABLE (cursor bigint, transaction_id bigint, user_wallet text, transaction_type text,
+               xp_amount bigint, total_xp bigint, previous_level bigint, current_level bigint,
+               campaign_id text, subject text, created_at timestamptz)
+LANGUAGE plpgsql STABLE SECURITY DEFINER
+SET search_path = pyxp, pg_temp
+AS $$
+DECLARE
+    v_max integer := pyxp.checked_row_count('max_rows', changes.max_rows);
+    v_wallet text := CASE WHEN changes.wallet IS NOT NULL THEN pyxp.checked_wallet(changes.wallet) END;
+    v_after bigint := changes.after_cursor;
+    v_snapshot pg_snapshot := pg_current_snapshot();
+    -- Every group below this is final (see above): the oldest transaction the
+    -- snapshot saw running that is not running in another database now, and
+    -- the reader's own transaction if it has written (its id is in no
+    -- snapshot's list of running ones, and it may still roll back). On a hot
+    -- standby the list of running transactions is not exposed (it is kept in
+    -- the snapshot's overflow): there, the snapshot's xmin, cluster-wide.
+    v_horizon xid8 := CASE WHEN pg_is_in_recovery() THEN pg_snapshot_xmin(v_snapshot) ELSE least(
+        (SELECT min(x.xid)
+           FROM pg_snapshot_xip(v_snapshot) x(xid)
+          WHERE NOT EXISTS (SELECT FROM pg_catalog.pg_locks l
+                              JOIN pg_catalog.pg_stat_activity a ON a.pid = l.pid
+                             WHERE l.locktype = 'transactionid' AND l.mode = 'ExclusiveLock'
+                               AND l.transactionid = xid(x.xid)
+                               AND a.datid <> (SELECT d.oid FROM pg_catalog.pg_database d
+                                                WHERE d.datname = current_database()))),
+        pg_current_xact_id_if_assigned(),
+        pg_snapshot_xmax(v_snapshot)) END;
+    v_group xid8;
+    v_rank bigint;
+BEGIN
+    IF v_after IS NULL OR v_after < 0 THEN
+        RAISE EXCEPTION 'invalid after_cursor: %', coalesce(v_after::text, 'NULL')
+            USING ERRCODE = 'PX023', HINT = 'after_cursor is 0 (from the start) or a cursor the feed returned';
+    END IF;
+    v_group := (v_after >> 24)::text::xid8;
+    v_rank := v_after & 16777215;
+    RETURN QUERY
+        WITH page AS (
+            -- Rows from before 0003: cursor = id.
+            (SELECT t.id AS cur, t.*
+               FROM pyxp.xp_transactions t
+              WHERE t.feed_xid IS NULL AND t.id > v_after
+                AND (v_wallet IS NULL OR t.user_wallet = v_wallet)
+              ORDER BY t.id
+              LIMIT v_max)
+            UNION ALL
+            -- Whole feed: final groups from the cursor's on, ranked as scanned
+            -- (index xp_transactions_feed; the window streams, LIMIT stops it).
+            (SELECT (g.feed_xid::text::bigint << 24) + g.rank, g.id, g.user_wallet, g.transaction_type,
+                    g.xp_amount, g.xp_requested, g.balance_after, g.rule_id, g.campaign_id, g.subject,
+                    g.idempotency_key, g.metadata, g.reverses, g.created_at, g.feed_xid, g.request_digest,
+                    g.wallet_seq
+               FROM (SELECT t.*, row_number() OVER (PARTITION BY t.feed_xid ORDER BY t.id) AS rank
+                       FROM pyxp.xp_transactions t
+                      WHERE v_wallet IS NULL AND t.feed_xid >= v_group AND t.feed_xid < v_horizon
+                      ORDER BY t.feed_xid, t.id) g
+              WHERE g.feed_xid > v_group OR g.rank > v_rank
+              ORDER BY g.feed_xid, g.id
+              LIMIT v_max)
+            UNION ALL
+            -- One wallet: its rows in chain order (= feed order, fact 2), each
+            -- ranked within its whole group.
+            (SELECT (t.feed_xid::text::bigint << 24) + r.rank, t.*
+               FROM pyxp.xp_transactions t
+              CROSS JOIN LATERAL (SELECT count(*) AS rank FROM pyxp.xp_transactions o
+                                   WHERE o.feed_xid = t.feed_xid AND o.id <= t.id) r
+              WHERE v_wallet IS NOT NULL AND t.user_wallet = v_wallet
+                AND t.feed_xid >= v_group AND t.feed_xid < v_horizon
+                AND (t.feed_xid > v_group OR r.rank > v_rank)
+              ORDER BY t.wallet_seq
+              LIMIT v_max)
+        )
+        SELECT p.cur, p.id, p.user_wallet, p.transaction_type, p.xp_amount, p.balance_after,
+               before_.level, after_.level, p.campaign_id, p.subject, p.created_at
+          FROM page p
+         CROSS JOIN LATERAL (SELECT pyxp.row_ruleset(p.rule_id, p.idempotency_key) AS ruleset_id) q
+         CROSS JOIN LATERAL pyxp.curve_position(q.ruleset_id, p.balance_after - p.xp_amount) before_
+         CROSS JOIN LATERAL pyxp.curve_position(q.ruleset_id, p.balance_after) after_
+         ORDER BY p.cur
+         LIMIT v_max;
+END
+$$;
+COMMENT ON FUNCTION pyxp.changes(bigint, integer, text) IS
+    'API: the change feed: committed ledger rows after a cursor, each exactly once, with total_xp and the levels before and after; pass back the last cursor.';
+
+CREATE OR REPLACE FUNCTION pyxp.rank_problems()
+RETURNS TABLE (check_name text, user_wallet text, transaction_id bigint, detail text)
+LANGUAGE sql STABLE
+AS $$
+    SELECT 'rank_count_mismatch', NULL::text, NULL::bigint,
+           format('rank bucket from (%s XP, %s) counts %s wallets, holds %s',
+                  -e.neg_xp, quote_literal(e.wallet), e.wallets, n.held - coalesce(u.uncounted, 0))
+      FROM pyxp.rank_buckets() e
+     CROSS JOIN LATERAL (SELECT count(*) AS held
+                           FROM pyxp.board_range(-e.neg_xp, e.wallet, -e.next_neg_xp, e.next_wallet)) n
+      LEFT JOIN (SELECT k.neg_xp, k.wallet, count(*) AS uncounted
+                   FROM pyxp.xp_balances b CROSS JOIN LATERAL pyxp.rank_bucket_of(b.total_xp, b.user_wallet) k
+                  WHERE NOT b.ranked
+                  GROUP BY k.neg_xp, k.wallet) u ON u.neg_xp = e.neg_xp AND u.wallet = e.wallet
+     WHERE n.held - coalesce(u.uncounted, 0) <> e.wallets
+    UNION ALL
+    SELECT 'rank_count_mismatch', NULL, NULL, 'no rank bucket starts before every balance'
+     WHERE NOT EXISTS (SELECT FROM pyxp.xp_rank_counts c
+                        WHERE c.neg_xp = -9223372036854775807 AND c.wallet = '' AND c.slot = 0)
+    UNION ALL
+    SELECT 'rank_count_mismatch', b.user_wallet, NULL, 'balance not counted in its rank bucket (ranked = false)'
+      FROM pyxp.xp_balances b WHERE NOT b.ranked
+    UNION ALL
+    -- The period boards: each bucket counted as many times as ranked
+    -- balances it holds. Only the values cut into several buckets need a
+    -- probe per balance (period_bucket_of with a NULL XP finds nothing at
+    -- once): the others are one bucket, ''.
+    SELECT 'rank_count_mismatch', NULL, NULL,
+           format('%s board from %s: bucket of %s XP from %s counts %s wallets, holds %s',
+                  coalesce(c.period, h.period), coalesce(c.period_start, h.period_start),
+                  coalesce(c.period_xp, h.period_xp), quote_literal(coalesce(c.wallet_start, h.wallet_start)),
+                  coalesce(c.counted, 0), coalesce(h.held, 0))
+      FROM (SELECT c.period, c.period_start, c.period_xp, c.wallet_start, sum(c.wallets) AS counted
+              FROM pyxp.xp_period_rank_counts c GROUP BY c.period, c.period_start, c.period_xp, c.wallet_start) c
+      FULL JOIN (SELECT e.period, e.period_start, e.period_xp, coalesce(q.wallet_start, '') AS wallet_start,
+                        count(*) AS held
+                   FROM pyxp.period_board_entries() e
+                   LEFT JOIN (SELECT DISTINCT s.period, s.period_start, s.period_xp
+                                FROM pyxp.xp_period_rank_counts s WHERE s.wallet_start <> '') s
+                          ON s.period = e.period AND s.period_start = e.period_start AND s.period_xp = e.period_xp
+                   LEFT JOIN LATERAL pyxp.period_bucket_of(e.period, e.period_start,
+                                                           CASE WHEN s.period IS NOT NULL THEN e.period_xp END,
+                                                           e.user_wallet) q ON true
+                  WHERE e.ranked
+                  GROUP BY e.period, e.period_start, e.period_xp, coalesce(q.wallet_start, '')) h
+             ON h.period = c.period AND h.period_start = c.period_start AND h.period_xp = c.period_xp
+            AND h.wallet_start = c.wallet_start
+     WHERE coalesce(c.counted, 0) <> coalesce(h.held, 0)
+$$;
+COMMENT ON FUNCTION pyxp.rank_problems() IS
+    'internal: rank buckets and period board counts that differ from the balances they count (for pyxp.audit).';
+
 CREATE OR REPLACE FUNCTION pyxp.ledger_cap_usage()
 RETURNS TABLE (user_wallet text, allowance text, period_start timestamptz, used_xp bigint, cap_max_xp bigint)
 LANGUAGE sql STABLE

@@ -26,10 +26,12 @@ CREATE TABLE pyxp.xp_ledger_archives (
     partitions           text[] NOT NULL,       -- their names (tables of schema pyxp_archive since)
     partition_oids       oid[] NOT NULL,        -- (pyxp.guard_ledger_partitions lets their DETACH through)
     rows_archived        bigint NOT NULL,
-    wallets_opened       bigint NOT NULL,       -- wallets whose opening moved
+    wallets_opened       bigint NOT NULL,       -- wallets with rows archived (their openings)
     last_transaction_id  bigint,                -- the highest id archived
     timezone             text NOT NULL,         -- the zone of the openings' periods (the active ruleset's)
     checkpoint_id        bigint NOT NULL REFERENCES pyxp.xp_audit_checkpoints,  -- the one it recorded first
+    feed_floor           bigint,                -- the highest change-feed cursor archived (pyxp.changes refuses below it)
+    archived_by_xid      xid8 NOT NULL DEFAULT pg_current_xact_id(),  -- its transaction (the guard lets it detach)
     archived_at          timestamptz NOT NULL DEFAULT now()
 );
 
@@ -45,6 +47,7 @@ CREATE TABLE pyxp.xp_wallet_openings (
     user_wallet  text PRIMARY KEY,
     wallet_seq   bigint NOT NULL CHECK (wallet_seq >= 1),
     total_xp     bigint NOT NULL,       -- balance_after of the row at wallet_seq
+    archived_rows bigint NOT NULL,      -- its rows archived (the others at positions 1 .. wallet_seq are in the ledger)
     last_at      timestamptz NOT NULL,  -- the latest time (a reversal: its original's) of those rows
     day_start    timestamptz NOT NULL,
     day_xp       bigint NOT NULL,
@@ -91,7 +94,7 @@ GRANT SELECT ON pyxp.xp_ledger_archives, pyxp.xp_wallet_openings, pyxp.xp_archiv
 CREATE FUNCTION pyxp.archive_horizon()
 RETURNS timestamptz
 LANGUAGE sql STABLE
-AS $$ SELECT max(a.archived_before) FROM pyxp.xp_ledger_archives a $$;
+AS $$ SELECT max(a.archived_before) FROM pyxp.xp_ledger_archives a WHERE a.rows_archived > 0 $$;
 COMMENT ON FUNCTION pyxp.archive_horizon() IS 'internal: the end of the ledger''s archived range, NULL when nothing was archived.';
 
 CREATE FUNCTION pyxp.reversed_row_at(p_reverses bigint)
@@ -108,18 +111,31 @@ CREATE FUNCTION pyxp.rows_cap_usage(p_partitions oid[])
 RETURNS TABLE (user_wallet text, allowance text, period_start timestamptz, used_xp bigint, cap_max_xp bigint)
 LANGUAGE sql STABLE
 AS $$
-    SELECT t.user_wallet, pyxp.cap_allowance(ru.cap_group, ru.action), date_trunc(ru.cap_per, g.at, rs.timezone),
-           sum(t.xp_amount)::bigint, max(ru.cap_max_xp)
-      FROM pyxp.xp_transactions t
-      LEFT JOIN pyxp.xp_transactions o ON o.id = t.reverses
-      LEFT JOIN pyxp.xp_archived_originals a ON o.id IS NULL AND a.transaction_id = t.reverses
-     CROSS JOIN LATERAL (SELECT coalesce(o.rule_id, a.rule_id, t.rule_id) AS rule_id,
-                                coalesce(o.created_at, a.created_at, t.created_at) AS at,
-                                coalesce(o.xp_amount, a.xp_amount, t.xp_amount) AS gain) g
+    -- Gains of capped rules (a hash join of the ledger with those rules),
+    -- then reversals (index xp_transactions_reversals) of capped gains: only
+    -- the reversals look their original up (a probe per row of the ledger
+    -- cost 5 s of the audit at 1M rows).
+    SELECT g.user_wallet, pyxp.cap_allowance(ru.cap_group, ru.action), date_trunc(ru.cap_per, g.at, rs.timezone),
+           sum(g.xp_amount)::bigint, max(ru.cap_max_xp)
+      FROM (SELECT t.user_wallet, t.rule_id, t.created_at AS at, t.xp_amount
+              FROM pyxp.xp_transactions t
+             WHERE t.reverses IS NULL AND t.xp_amount > 0
+               AND t.rule_id IN (SELECT c.rule_id FROM pyxp.rules c WHERE c.cap_max_xp IS NOT NULL)
+               AND (p_partitions IS NULL OR t.tableoid = ANY (p_partitions))
+            UNION ALL
+            SELECT t.user_wallet, o.rule_id, o.created_at, t.xp_amount
+              FROM pyxp.xp_transactions t
+             CROSS JOIN LATERAL (SELECT o.rule_id, o.created_at, o.xp_amount FROM pyxp.xp_transactions o
+                                  WHERE o.id = t.reverses
+                                 UNION ALL
+                                 SELECT a.rule_id, a.created_at, a.xp_amount FROM pyxp.xp_archived_originals a
+                                  WHERE a.transaction_id = t.reverses
+                                 LIMIT 1) o
+             WHERE t.reverses IS NOT NULL AND o.xp_amount > 0
+               AND (p_partitions IS NULL OR t.tableoid = ANY (p_partitions))) g
       JOIN pyxp.rules ru ON ru.rule_id = g.rule_id
       JOIN pyxp.rulesets rs ON rs.ruleset_id = ru.ruleset_id
-     WHERE ru.cap_max_xp IS NOT NULL AND g.gain > 0
-       AND (p_partitions IS NULL OR t.tableoid = ANY (p_partitions))
+     WHERE ru.cap_max_xp IS NOT NULL
      GROUP BY 1, 2, 3
 $$;
 COMMENT ON FUNCTION pyxp.rows_cap_usage(oid[]) IS
@@ -206,6 +222,7 @@ DECLARE
     v_period timestamptz[];  -- and the start of its period
     v_floored boolean := false;
     v_at timestamptz;        -- the new rows' effective time (periods)
+    v_reversed_at timestamptz;  -- a reversal's original's created_at
     v_day timestamptz;
     v_week timestamptz;
     v_month timestamptz;
@@ -369,9 +386,16 @@ BEGIN
     --    is read after the sort). A generic award's row is written with its
     --    claim (xp_award_claims), in the same statement; it is skipped if a
     --    call that committed while this one waited for the lock holds the
-    --    key (the claim's INSERT waits for it, then skips: below).
+    --    key (the claim's INSERT waits for it, then skips: below). created_at
+    --    is now(), or for a reversal (alone in its call) no earlier than its
+    --    original's (a transaction may begin before the one it reverses):
+    --    created_at names the partition, and an archive, which takes the
+    --    oldest partitions, must never take a reversal and keep its original.
+    IF v_rows[1].reverses IS NOT NULL THEN
+        SELECT o.created_at INTO v_reversed_at FROM pyxp.xp_transactions o WHERE o.id = v_rows[1].reverses;
+    END IF;
     WITH numbered AS MATERIALIZED (
-        SELECT r.*, nextval('pyxp.xp_transactions_id_seq') AS id, now() AS created_at
+        SELECT r.*, nextval('pyxp.xp_transactions_id_seq') AS id, greatest(now(), v_reversed_at) AS created_at
           FROM ROWS FROM (unnest(v_rows), unnest(v_claims), unnest(v_after), unnest(v_feed), unnest(v_seq))
                WITH ORDINALITY
                r(call_index, user_wallet, idempotency_key, inputs, transaction_type, xp_amount, xp_requested,
@@ -480,10 +504,7 @@ BEGIN
     --    share one effective time: now(), or for a reversal (always alone in
     --    its call) the created_at of the row it reverses: the periods are
     --    computed once (p_timezone), not per row.
-    v_at := now();
-    IF v_rows[1].reverses IS NOT NULL THEN
-        SELECT o.created_at INTO v_at FROM pyxp.xp_transactions o WHERE o.id = v_rows[1].reverses;
-    END IF;
+    v_at := coalesce(v_reversed_at, now());
     v_day := date_trunc('day', v_at, p_timezone);
     v_week := date_trunc('week', v_at, p_timezone);
     v_month := date_trunc('month', v_at, p_timezone);
@@ -887,6 +908,161 @@ $$;
 COMMENT ON FUNCTION pyxp.ledger_latest_periods(text) IS
     'internal: from the ledger (and the openings), each wallet''s latest period of each kind and its XP there.';
 
+CREATE OR REPLACE FUNCTION pyxp.changes(after_cursor bigint DEFAULT 0, max_rows integer DEFAULT 100,
+                             wallet text DEFAULT NULL)
+RETURNS TABLE (cursor bigint, transaction_id bigint, user_wallet text, transaction_type text,
+               xp_amount bigint, total_xp bigint, previous_level bigint, current_level bigint,
+               campaign_id text, subject text, created_at timestamptz)
+LANGUAGE plpgsql STABLE SECURITY DEFINER
+SET search_path = pyxp, pg_temp
+AS $$
+DECLARE
+    v_max integer := pyxp.checked_row_count('max_rows', changes.max_rows);
+    v_wallet text := CASE WHEN changes.wallet IS NOT NULL THEN pyxp.checked_wallet(changes.wallet) END;
+    v_after bigint := changes.after_cursor;
+    v_snapshot pg_snapshot := pg_current_snapshot();
+    -- Every group below this is final (see above): the oldest transaction the
+    -- snapshot saw running that is not running in another database now, and
+    -- the reader's own transaction if it has written (its id is in no
+    -- snapshot's list of running ones, and it may still roll back). On a hot
+    -- standby the list of running transactions is not exposed (it is kept in
+    -- the snapshot's overflow): there, the snapshot's xmin, cluster-wide.
+    v_horizon xid8 := CASE WHEN pg_is_in_recovery() THEN pg_snapshot_xmin(v_snapshot) ELSE least(
+        (SELECT min(x.xid)
+           FROM pg_snapshot_xip(v_snapshot) x(xid)
+          WHERE NOT EXISTS (SELECT FROM pg_catalog.pg_locks l
+                              JOIN pg_catalog.pg_stat_activity a ON a.pid = l.pid
+                             WHERE l.locktype = 'transactionid' AND l.mode = 'ExclusiveLock'
+                               AND l.transactionid = xid(x.xid)
+                               AND a.datid <> (SELECT d.oid FROM pg_catalog.pg_database d
+                                                WHERE d.datname = current_database()))),
+        pg_current_xact_id_if_assigned(),
+        pg_snapshot_xmax(v_snapshot)) END;
+    v_group xid8;
+    v_rank bigint;
+BEGIN
+    IF v_after IS NULL OR v_after < 0 THEN
+        RAISE EXCEPTION 'invalid after_cursor: %', coalesce(v_after::text, 'NULL')
+            USING ERRCODE = 'PX023', HINT = 'after_cursor is 0 (from the start) or a cursor the feed returned';
+    ELSIF v_after < (SELECT max(a.feed_floor) FROM pyxp.xp_ledger_archives a) THEN
+        -- Rows after this cursor were archived (sql/13_retention.sql): never
+        -- skipped silently.
+        RAISE EXCEPTION 'rows after cursor % were archived', v_after
+            USING ERRCODE = 'PX029',
+                  DETAIL = format('the archived rows reach cursor %s',
+                                  (SELECT max(a.feed_floor) FROM pyxp.xp_ledger_archives a)),
+                  HINT = 'a consumer must be past the rows archived; they are in schema pyxp_archive (or its dump)';
+    END IF;
+    v_group := (v_after >> 24)::text::xid8;
+    v_rank := v_after & 16777215;
+    RETURN QUERY
+        WITH page AS (
+            -- Rows from before 0003: cursor = id.
+            (SELECT t.id AS cur, t.*
+               FROM pyxp.xp_transactions t
+              WHERE t.feed_xid IS NULL AND t.id > v_after
+                AND (v_wallet IS NULL OR t.user_wallet = v_wallet)
+              ORDER BY t.id
+              LIMIT v_max)
+            UNION ALL
+            -- Whole feed: final groups from the cursor's on, ranked as scanned
+            -- (index xp_transactions_feed; the window streams, LIMIT stops it).
+            (SELECT (g.feed_xid::text::bigint << 24) + g.rank, g.id, g.user_wallet, g.transaction_type,
+                    g.xp_amount, g.xp_requested, g.balance_after, g.rule_id, g.campaign_id, g.subject,
+                    g.idempotency_key, g.metadata, g.reverses, g.created_at, g.feed_xid, g.request_digest,
+                    g.wallet_seq
+               FROM (SELECT t.*, row_number() OVER (PARTITION BY t.feed_xid ORDER BY t.id) AS rank
+                       FROM pyxp.xp_transactions t
+                      WHERE v_wallet IS NULL AND t.feed_xid >= v_group AND t.feed_xid < v_horizon
+                      ORDER BY t.feed_xid, t.id) g
+              WHERE g.feed_xid > v_group OR g.rank > v_rank
+              ORDER BY g.feed_xid, g.id
+              LIMIT v_max)
+            UNION ALL
+            -- One wallet: its rows in chain order (= feed order, fact 2), each
+            -- ranked within its whole group.
+            (SELECT (t.feed_xid::text::bigint << 24) + r.rank, t.*
+               FROM pyxp.xp_transactions t
+              CROSS JOIN LATERAL (SELECT count(*) AS rank FROM pyxp.xp_transactions o
+                                   WHERE o.feed_xid = t.feed_xid AND o.id <= t.id) r
+              WHERE v_wallet IS NOT NULL AND t.user_wallet = v_wallet
+                AND t.feed_xid >= v_group AND t.feed_xid < v_horizon
+                AND (t.feed_xid > v_group OR r.rank > v_rank)
+              ORDER BY t.wallet_seq
+              LIMIT v_max)
+        )
+        SELECT p.cur, p.id, p.user_wallet, p.transaction_type, p.xp_amount, p.balance_after,
+               before_.level, after_.level, p.campaign_id, p.subject, p.created_at
+          FROM page p
+         CROSS JOIN LATERAL (SELECT pyxp.row_ruleset(p.rule_id, p.idempotency_key) AS ruleset_id) q
+         CROSS JOIN LATERAL pyxp.curve_position(q.ruleset_id, p.balance_after - p.xp_amount) before_
+         CROSS JOIN LATERAL pyxp.curve_position(q.ruleset_id, p.balance_after) after_
+         ORDER BY p.cur
+         LIMIT v_max;
+END
+$$;
+COMMENT ON FUNCTION pyxp.changes(bigint, integer, text) IS
+    'API: the change feed: committed ledger rows after a cursor, each exactly once, with total_xp and the levels before and after; pass back the last cursor.';
+
+CREATE OR REPLACE FUNCTION pyxp.rank_problems()
+RETURNS TABLE (check_name text, user_wallet text, transaction_id bigint, detail text)
+LANGUAGE sql STABLE
+AS $$
+    SELECT 'rank_count_mismatch', NULL::text, NULL::bigint,
+           format('rank bucket from (%s XP, %s) counts %s wallets, holds %s',
+                  -e.neg_xp, quote_literal(e.wallet), e.wallets, n.held - coalesce(u.uncounted, 0))
+      FROM pyxp.rank_buckets() e
+     CROSS JOIN LATERAL (SELECT count(*) AS held
+                           FROM pyxp.board_range(-e.neg_xp, e.wallet, -e.next_neg_xp, e.next_wallet)) n
+      LEFT JOIN (SELECT k.neg_xp, k.wallet, count(*) AS uncounted
+                   FROM pyxp.xp_balances b CROSS JOIN LATERAL pyxp.rank_bucket_of(b.total_xp, b.user_wallet) k
+                  WHERE NOT b.ranked
+                  GROUP BY k.neg_xp, k.wallet) u ON u.neg_xp = e.neg_xp AND u.wallet = e.wallet
+     WHERE n.held - coalesce(u.uncounted, 0) <> e.wallets
+    UNION ALL
+    SELECT 'rank_count_mismatch', NULL, NULL, 'no rank bucket starts before every balance'
+     WHERE NOT EXISTS (SELECT FROM pyxp.xp_rank_counts c
+                        WHERE c.neg_xp = -9223372036854775807 AND c.wallet = '' AND c.slot = 0)
+    UNION ALL
+    SELECT 'rank_count_mismatch', b.user_wallet, NULL, 'balance not counted in its rank bucket (ranked = false)'
+      FROM pyxp.xp_balances b WHERE NOT b.ranked
+    UNION ALL
+    -- The period boards: each bucket counted as many times as ranked
+    -- balances it holds. Only the values cut into several buckets need a
+    -- probe per balance (period_bucket_of); the others are one bucket, '',
+    -- counted without any probe (a probe per entry, even one finding
+    -- nothing, was 4.8 s of the audit at 200k balances).
+    SELECT 'rank_count_mismatch', NULL, NULL,
+           format('%s board from %s: bucket of %s XP from %s counts %s wallets, holds %s',
+                  coalesce(c.period, h.period), coalesce(c.period_start, h.period_start),
+                  coalesce(c.period_xp, h.period_xp), quote_literal(coalesce(c.wallet_start, h.wallet_start)),
+                  coalesce(c.counted, 0), coalesce(h.held, 0))
+      FROM (SELECT c.period, c.period_start, c.period_xp, c.wallet_start, sum(c.wallets) AS counted
+              FROM pyxp.xp_period_rank_counts c GROUP BY c.period, c.period_start, c.period_xp, c.wallet_start) c
+      FULL JOIN (SELECT e.period, e.period_start, e.period_xp, e.wallet_start, count(*) AS held
+                   FROM (SELECT e.period, e.period_start, e.period_xp, '' AS wallet_start
+                           FROM pyxp.period_board_entries() e
+                          WHERE e.ranked
+                            AND NOT EXISTS (SELECT FROM pyxp.xp_period_rank_counts s
+                                             WHERE s.period = e.period AND s.period_start = e.period_start
+                                               AND s.period_xp = e.period_xp AND s.wallet_start <> '')
+                         UNION ALL
+                         SELECT e.period, e.period_start, e.period_xp, coalesce(q.wallet_start, '')
+                           FROM pyxp.period_board_entries() e
+                           JOIN (SELECT DISTINCT s.period, s.period_start, s.period_xp
+                                   FROM pyxp.xp_period_rank_counts s WHERE s.wallet_start <> '') s
+                             ON s.period = e.period AND s.period_start = e.period_start AND s.period_xp = e.period_xp
+                           LEFT JOIN LATERAL pyxp.period_bucket_of(e.period, e.period_start, e.period_xp,
+                                                                   e.user_wallet) q ON true
+                          WHERE e.ranked) e
+                  GROUP BY e.period, e.period_start, e.period_xp, e.wallet_start) h
+             ON h.period = c.period AND h.period_start = c.period_start AND h.period_xp = c.period_xp
+            AND h.wallet_start = c.wallet_start
+     WHERE coalesce(c.counted, 0) <> coalesce(h.held, 0)
+$$;
+COMMENT ON FUNCTION pyxp.rank_problems() IS
+    'internal: rank buckets and period board counts that differ from the balances they count (for pyxp.audit).';
+
 CREATE OR REPLACE FUNCTION pyxp.ledger_cap_usage()
 RETURNS TABLE (user_wallet text, allowance text, period_start timestamptz, used_xp bigint, cap_max_xp bigint)
 LANGUAGE sql STABLE
@@ -970,14 +1146,14 @@ RETURNS TABLE (user_wallet text, from_seq bigint, from_xp bigint, cp_seq bigint,
                month_start timestamptz, month_xp bigint, year_start timestamptz, year_xp bigint,
                op_seq bigint, op_xp bigint, op_last_at timestamptz, op_day_start timestamptz, op_day_xp bigint,
                op_week_start timestamptz, op_week_xp bigint, op_month_start timestamptz, op_month_xp bigint,
-               op_year_start timestamptz, op_year_xp bigint)
+               op_year_start timestamptz, op_year_xp bigint, op_rows bigint)
 LANGUAGE sql STABLE
 AS $$
     SELECT b.user_wallet, coalesce(o.wallet_seq, 0), coalesce(o.total_xp, 0), c.wallet_seq, c.total_xp,
            b.total_xp, b.current_level, b.xp_to_next_level, b.last_wallet_seq,
            b.day_start, b.day_xp, b.week_start, b.week_xp, b.month_start, b.month_xp, b.year_start, b.year_xp,
            o.wallet_seq, o.total_xp, o.last_at, o.day_start, o.day_xp, o.week_start, o.week_xp,
-           o.month_start, o.month_xp, o.year_start, o.year_xp
+           o.month_start, o.month_xp, o.year_start, o.year_xp, o.archived_rows
       FROM pyxp.xp_balances b
       LEFT JOIN pyxp.xp_wallet_checkpoints c ON c.user_wallet = b.user_wallet
       LEFT JOIN pyxp.xp_wallet_openings o ON o.user_wallet = b.user_wallet
@@ -988,7 +1164,7 @@ AS $$
            b.total_xp, b.current_level, b.xp_to_next_level, b.last_wallet_seq,
            b.day_start, b.day_xp, b.week_start, b.week_xp, b.month_start, b.month_xp, b.year_start, b.year_xp,
            o.wallet_seq, o.total_xp, o.last_at, o.day_start, o.day_xp, o.week_start, o.week_xp,
-           o.month_start, o.month_xp, o.year_start, o.year_xp
+           o.month_start, o.month_xp, o.year_start, o.year_xp, o.archived_rows
       FROM (SELECT DISTINCT t.user_wallet FROM pyxp.xp_transactions t
              WHERE t.feed_xid >= pyxp.last_checkpoint_xmin()) w
       LEFT JOIN LATERAL (SELECT b.* FROM pyxp.xp_balances b WHERE b.user_wallet = w.user_wallet LIMIT 1) b ON true
@@ -1033,21 +1209,25 @@ AS $$
         -- rows from the index in wallet_seq order, the window and the
         -- aggregate over them, so no sort of the whole ledger (a merge of
         -- all wallets sorted 10M rows: 69 s for the walk, against 25 s).
+        -- The full audit walks from position 1 (one index descent either
+        -- way): the rows at or before the opening (stragglers: sql/01_schema.sql)
+        -- are counted, not chained; they are in the opening's sums.
         SELECT g.*, w.*
           FROM pyxp.audited_wallets(p_since_checkpoint) g
          CROSS JOIN LATERAL (
-                SELECT coalesce(max(r.seq), g.op_seq, 0) AS ledger_seq,
+                SELECT coalesce(greatest(max(r.seq), g.op_seq), 0) AS ledger_seq,
                        g.from_xp + coalesce(sum(r.xp_amount) FILTER (WHERE r.seq > g.from_seq), 0) AS ledger_xp,
                        -- (a checkpoint at or before the opening: its row was archived)
                        coalesce(bool_or(r.seq = g.cp_seq), false) OR g.cp_seq <= g.op_seq AS cp_found,
-                       greatest(max(r.at), g.op_last_at) AS latest_at,
-                       pyxp.sum_with_opening(sum(r.xp_amount) FILTER (WHERE r.at >= g.day_start),
+                       count(*) FILTER (WHERE r.seq <= g.op_seq) AS op_kept,
+                       greatest(max(r.at) FILTER (WHERE r.seq > g.from_seq), g.op_last_at) AS latest_at,
+                       pyxp.sum_with_opening(sum(r.xp_amount) FILTER (WHERE r.seq > g.from_seq AND r.at >= g.day_start),
                                              g.op_day_start = g.day_start, g.op_day_xp) AS ledger_day_xp,
-                       pyxp.sum_with_opening(sum(r.xp_amount) FILTER (WHERE r.at >= g.week_start),
+                       pyxp.sum_with_opening(sum(r.xp_amount) FILTER (WHERE r.seq > g.from_seq AND r.at >= g.week_start),
                                              g.op_week_start = g.week_start, g.op_week_xp) AS ledger_week_xp,
-                       pyxp.sum_with_opening(sum(r.xp_amount) FILTER (WHERE r.at >= g.month_start),
+                       pyxp.sum_with_opening(sum(r.xp_amount) FILTER (WHERE r.seq > g.from_seq AND r.at >= g.month_start),
                                              g.op_month_start = g.month_start, g.op_month_xp) AS ledger_month_xp,
-                       pyxp.sum_with_opening(sum(r.xp_amount) FILTER (WHERE r.at >= g.year_start),
+                       pyxp.sum_with_opening(sum(r.xp_amount) FILTER (WHERE r.seq > g.from_seq AND r.at >= g.year_start),
                                              g.op_year_start = g.year_start, g.op_year_xp) AS ledger_year_xp,
                        jsonb_agg(jsonb_build_object('seq', r.seq, 'after', r.balance_after, 'amount', r.xp_amount,
                                                     'previous', r.previous, 'previous_seq', r.previous_seq,
@@ -1061,10 +1241,15 @@ AS $$
                                        CASE WHEN x.reverses IS NULL THEN x.created_at  -- a reversal counts in its original's period
                                             ELSE pyxp.reversed_row_at(x.reverses)
                                        END AS at,
-                                       coalesce(lag(x.balance_after) OVER w, g.from_xp) AS previous,
-                                       coalesce(lag(x.wallet_seq) OVER w, g.from_seq) AS previous_seq
+                                       -- the previous row walked, unless it is at or before
+                                       -- the starting position: then that position's balance
+                                       CASE WHEN lag(x.wallet_seq) OVER w > g.from_seq
+                                            THEN lag(x.balance_after) OVER w ELSE g.from_xp END AS previous,
+                                       CASE WHEN lag(x.wallet_seq) OVER w > g.from_seq
+                                            THEN lag(x.wallet_seq) OVER w ELSE g.from_seq END AS previous_seq
                                   FROM pyxp.xp_transactions x
-                                 WHERE x.user_wallet = g.user_wallet AND x.wallet_seq >= g.from_seq
+                                 WHERE x.user_wallet = g.user_wallet
+                                   AND x.wallet_seq >= CASE WHEN p_since_checkpoint THEN g.from_seq ELSE 0 END
                                 WINDOW w AS (ORDER BY x.wallet_seq)) y) r
              ) w
     ), checked AS (
@@ -1074,6 +1259,7 @@ AS $$
                p.total_xp IS NOT NULL
                    AND (p.current_level <> c.level OR p.xp_to_next_level <> c.next_level_xp - p.total_xp) AS bad_level,
                p.cp_seq IS NOT NULL AND NOT p.cp_found AS bad_checkpoint,
+               NOT p_since_checkpoint AND p.op_rows + p.op_kept <> p.op_seq AS bad_opening,
                NOT p_since_checkpoint AND p.total_xp IS NOT NULL
                    AND ((p.day_start, p.day_xp, p.week_start, p.week_xp, p.month_start, p.month_xp,
                          p.year_start, p.year_xp)
@@ -1121,6 +1307,11 @@ AS $$
                         ELSE format('xp_balances.total_xp = %s, ledger sum = %s', c.total_xp, c.ledger_xp) END
              WHERE c.bad_balance
             UNION ALL
+            SELECT 'opening_mismatch', NULL,
+                   format('opening at wallet_seq %s: %s rows archived + %s in the ledger up to it',
+                          c.op_seq, c.op_rows, c.op_kept)
+             WHERE c.bad_opening
+            UNION ALL
             SELECT 'wallet_seq_mismatch', NULL,
                    format('xp_balances.last_wallet_seq = %s, last ledger row''s wallet_seq = %s',
                           c.last_wallet_seq, c.ledger_seq)
@@ -1144,7 +1335,7 @@ AS $$
              WHERE c.bad_periods AND (k.kept_start, k.kept_xp) IS DISTINCT FROM (k.start, x.xp)
          ) f
      WHERE c.bad_rows IS NOT NULL OR c.bad_balance OR c.bad_seq OR c.bad_level OR c.bad_checkpoint
-        OR c.bad_periods
+        OR c.bad_periods OR c.bad_opening
 $$;
 COMMENT ON FUNCTION pyxp.chain_problems(boolean) IS
     'internal: one walk of the audited wallets'' chains in wallet_seq order: chain, balance, level, checkpoint, periods.';
@@ -1413,8 +1604,9 @@ DECLARE
     v_id bigint;
     v_checkpoint bigint;
     v_archive bigint;
-    v_zone text := pyxp.active_timezone();
+    v_zone text;
     v_name text;
+    v_problem record;
 BEGIN
     PERFORM pyxp.require_read_committed();
     IF archive_ledger_partitions.archived_before IS NULL OR NOT isfinite(archive_ledger_partitions.archived_before)
@@ -1425,8 +1617,13 @@ BEGIN
                   HINT = 'e.g. the start of a month a year ago: only whole partitions before it are archived';
     END IF;
     -- One archive or checkpoint at a time (record_audit_checkpoint takes the
-    -- same lock): a second archive waits, then finds these partitions gone.
+    -- same lock; a second archive waits for at most lock_timeout, then fails
+    -- with 55P03, or finds these partitions gone). SHARE on rulesets: no
+    -- ruleset is activated meanwhile (install_ruleset's SHARE ROW EXCLUSIVE),
+    -- so the openings' periods are in the zone that stays active.
     LOCK TABLE pyxp.xp_audit_checkpoints IN EXCLUSIVE MODE;
+    LOCK TABLE pyxp.rulesets IN SHARE MODE;
+    v_zone := pyxp.active_timezone();
     SELECT array_agg(p.partition_name ORDER BY p.range_end), array_agg(p.range_start ORDER BY p.range_end),
            array_agg(p.range_end ORDER BY p.range_end),
            array_agg(('pyxp.' || quote_ident(p.partition_name))::regclass::oid ORDER BY p.range_end)
@@ -1445,67 +1642,93 @@ BEGIN
         v_counts := v_counts || v_count;
         v_top_id := greatest(v_top_id, v_id);
     END LOOP;
+    -- A reversal among these rows whose original stays (its transaction
+    -- began before the original's; since 0016 the writer dates a reversal no
+    -- earlier than its original): the ledger's boards would lose it.
+    SELECT r.id, r.reverses, o.created_at INTO v_problem
+      FROM pyxp.xp_transactions r
+      JOIN pyxp.xp_transactions o ON o.id = r.reverses AND NOT (o.tableoid = ANY (v_oids))
+     WHERE r.tableoid = ANY (v_oids) AND r.created_at < v_ends[cardinality(v_ends)] AND r.reverses IS NOT NULL
+     LIMIT 1;
+    IF FOUND THEN
+        RAISE EXCEPTION 'reversal % would be archived, but transaction % that it reverses (%) would stay',
+                        v_problem.id, v_problem.reverses, v_problem.created_at
+            USING ERRCODE = 'PX030',
+                  HINT = 'archive up to a later month, one that holds the reversed transaction too';
+    END IF;
     INSERT INTO pyxp.xp_ledger_archives AS a (archived_before, partitions, partition_oids, rows_archived,
-                                              wallets_opened, last_transaction_id, timezone, checkpoint_id)
+                                              wallets_opened, last_transaction_id, timezone, checkpoint_id,
+                                              feed_floor)
     VALUES (v_ends[cardinality(v_ends)], v_names, v_oids,
-            (SELECT sum(c) FROM unnest(v_counts) c), 0, v_top_id, v_zone, v_checkpoint)
+            (SELECT sum(c) FROM unnest(v_counts) c), 0, v_top_id, v_zone, v_checkpoint,
+            -- the highest cursor (sql/11_changes.sql) an archived row may have had
+            (SELECT greatest(max(t.id) FILTER (WHERE t.feed_xid IS NULL),
+                             (max(t.feed_xid)::text::bigint << 24) + 16777215)
+               FROM pyxp.xp_transactions t
+              WHERE t.tableoid = ANY (v_oids) AND t.created_at < v_ends[cardinality(v_ends)]))
     RETURNING a.archive_id INTO v_archive;
 
-    -- 3. The openings. Each wallet's rows at positions after its previous
+    -- 3. The openings: of every wallet with archived rows, its count of
+    --    them, and the fold of its rows at positions after its previous
     --    opening and up to its highest archived one (a straggler still in
     --    the ledger among them), read before the DETACH, by the wallet's
     --    index range; their time is a reversal's original's.
     WITH tops AS (
-        SELECT t.user_wallet, max(t.wallet_seq) AS top_seq
+        SELECT t.user_wallet, max(t.wallet_seq) AS top_seq, count(*) AS archived
           FROM pyxp.xp_transactions t
          WHERE t.tableoid = ANY (v_oids) AND t.created_at < v_ends[cardinality(v_ends)]
          GROUP BY t.user_wallet
     ), moved AS MATERIALIZED (
-        SELECT g.user_wallet, g.top_seq, o.wallet_seq AS old_seq, o.last_at AS old_at,
+        SELECT g.user_wallet, greatest(g.top_seq, o.wallet_seq) AS top_seq, g.archived + coalesce(o.archived_rows, 0) AS archived,
+               o.wallet_seq AS old_seq, o.total_xp AS old_xp, o.last_at AS old_at,
                o.day_start AS old_day, o.day_xp AS old_day_xp, o.week_start AS old_week, o.week_xp AS old_week_xp,
                o.month_start AS old_month, o.month_xp AS old_month_xp, o.year_start AS old_year,
                o.year_xp AS old_year_xp
           FROM tops g
           LEFT JOIN pyxp.xp_wallet_openings o ON o.user_wallet = g.user_wallet
-         WHERE g.top_seq > coalesce(o.wallet_seq, 0)
     ), folded_rows AS MATERIALIZED (
         SELECT m.user_wallet, x.wallet_seq, x.balance_after, x.xp_amount,
                CASE WHEN x.reverses IS NULL THEN x.created_at ELSE pyxp.reversed_row_at(x.reverses) END AS at
           FROM moved m
           JOIN pyxp.xp_transactions x
             ON x.user_wallet = m.user_wallet AND x.wallet_seq > coalesce(m.old_seq, 0) AND x.wallet_seq <= m.top_seq
-    ), latest AS (
-        SELECT m.*, f.last_at, f.total_xp,
-               date_trunc('day', f.last_at, v_zone) AS day_start, date_trunc('week', f.last_at, v_zone) AS week_start,
-               date_trunc('month', f.last_at, v_zone) AS month_start,
-               date_trunc('year', f.last_at, v_zone) AS year_start
+    ), ends AS (  -- grouped, never a scan of folded_rows per wallet
+        SELECT r.user_wallet, max(r.at) AS max_at, (array_agg(r.balance_after ORDER BY r.wallet_seq DESC))[1] AS balance
+          FROM folded_rows r GROUP BY r.user_wallet
+    ), latest AS MATERIALIZED (
+        SELECT m.*, x.last_at, coalesce(e.balance, m.old_xp) AS total_xp,
+               date_trunc('day', x.last_at, v_zone) AS day_start, date_trunc('week', x.last_at, v_zone) AS week_start,
+               date_trunc('month', x.last_at, v_zone) AS month_start,
+               date_trunc('year', x.last_at, v_zone) AS year_start
           FROM moved m
-         CROSS JOIN LATERAL (
-                SELECT greatest(m.old_at, max(r.at)) AS last_at,
-                       (array_agg(r.balance_after ORDER BY r.wallet_seq DESC))[1] AS total_xp
-                  FROM folded_rows r WHERE r.user_wallet = m.user_wallet) f
+          LEFT JOIN ends e ON e.user_wallet = m.user_wallet
+         CROSS JOIN LATERAL (SELECT greatest(m.old_at, e.max_at) AS last_at) x
+    ), sums AS (
+        SELECT r.user_wallet,
+               sum(r.xp_amount) FILTER (WHERE r.at >= l.day_start)::bigint AS day_xp,
+               sum(r.xp_amount) FILTER (WHERE r.at >= l.week_start)::bigint AS week_xp,
+               sum(r.xp_amount) FILTER (WHERE r.at >= l.month_start)::bigint AS month_xp,
+               sum(r.xp_amount) FILTER (WHERE r.at >= l.year_start)::bigint AS year_xp
+          FROM folded_rows r JOIN latest l ON l.user_wallet = r.user_wallet
+         GROUP BY r.user_wallet
     ), opened AS (
-        INSERT INTO pyxp.xp_wallet_openings AS o (user_wallet, wallet_seq, total_xp, last_at, day_start, day_xp,
-                                                  week_start, week_xp, month_start, month_xp, year_start, year_xp,
-                                                  archive_id)
-        SELECT l.user_wallet, l.top_seq, l.total_xp, l.last_at,
-               l.day_start, s.day_xp + CASE WHEN l.old_day = l.day_start THEN l.old_day_xp ELSE 0 END,
-               l.week_start, s.week_xp + CASE WHEN l.old_week = l.week_start THEN l.old_week_xp ELSE 0 END,
-               l.month_start, s.month_xp + CASE WHEN l.old_month = l.month_start THEN l.old_month_xp ELSE 0 END,
-               l.year_start, s.year_xp + CASE WHEN l.old_year = l.year_start THEN l.old_year_xp ELSE 0 END,
+        INSERT INTO pyxp.xp_wallet_openings AS o (user_wallet, wallet_seq, total_xp, archived_rows, last_at,
+                                                  day_start, day_xp, week_start, week_xp, month_start, month_xp,
+                                                  year_start, year_xp, archive_id)
+        SELECT l.user_wallet, l.top_seq, l.total_xp, l.archived, l.last_at,
+               l.day_start, coalesce(s.day_xp, 0) + CASE WHEN l.old_day = l.day_start THEN l.old_day_xp ELSE 0 END,
+               l.week_start, coalesce(s.week_xp, 0) + CASE WHEN l.old_week = l.week_start THEN l.old_week_xp ELSE 0 END,
+               l.month_start, coalesce(s.month_xp, 0) + CASE WHEN l.old_month = l.month_start THEN l.old_month_xp ELSE 0 END,
+               l.year_start, coalesce(s.year_xp, 0) + CASE WHEN l.old_year = l.year_start THEN l.old_year_xp ELSE 0 END,
                v_archive
           FROM latest l
-         CROSS JOIN LATERAL (
-                SELECT coalesce(sum(r.xp_amount) FILTER (WHERE r.at >= l.day_start), 0)::bigint AS day_xp,
-                       coalesce(sum(r.xp_amount) FILTER (WHERE r.at >= l.week_start), 0)::bigint AS week_xp,
-                       coalesce(sum(r.xp_amount) FILTER (WHERE r.at >= l.month_start), 0)::bigint AS month_xp,
-                       coalesce(sum(r.xp_amount) FILTER (WHERE r.at >= l.year_start), 0)::bigint AS year_xp
-                  FROM folded_rows r WHERE r.user_wallet = l.user_wallet) s
+          LEFT JOIN sums s ON s.user_wallet = l.user_wallet
         ON CONFLICT (user_wallet) DO UPDATE
-           SET wallet_seq = excluded.wallet_seq, total_xp = excluded.total_xp, last_at = excluded.last_at,
-               day_start = excluded.day_start, day_xp = excluded.day_xp, week_start = excluded.week_start,
-               week_xp = excluded.week_xp, month_start = excluded.month_start, month_xp = excluded.month_xp,
-               year_start = excluded.year_start, year_xp = excluded.year_xp, archive_id = excluded.archive_id
+           SET wallet_seq = excluded.wallet_seq, total_xp = excluded.total_xp, archived_rows = excluded.archived_rows,
+               last_at = excluded.last_at, day_start = excluded.day_start, day_xp = excluded.day_xp,
+               week_start = excluded.week_start, week_xp = excluded.week_xp, month_start = excluded.month_start,
+               month_xp = excluded.month_xp, year_start = excluded.year_start, year_xp = excluded.year_xp,
+               archive_id = excluded.archive_id
         RETURNING 1
     )
     UPDATE pyxp.xp_ledger_archives a SET wallets_opened = (SELECT count(*) FROM opened) WHERE a.archive_id = v_archive;
@@ -1647,7 +1870,8 @@ BEGIN
     IF v_detached IS NOT NULL
        AND v_detached <@ string_to_array(nullif(current_setting('pyxp.archiving', true), ''), ',')::oid[]
        AND to_regclass('pyxp.xp_ledger_archives') IS NOT NULL THEN
-        EXECUTE 'SELECT EXISTS (SELECT FROM pyxp.xp_ledger_archives a WHERE $1 <@ a.partition_oids)'
+        EXECUTE 'SELECT EXISTS (SELECT FROM pyxp.xp_ledger_archives a
+                                 WHERE $1 <@ a.partition_oids AND a.archived_by_xid = pg_current_xact_id())'
            INTO v_archived USING v_detached;
     END IF;
     IF v_detached IS NOT NULL AND NOT coalesce(v_archived, false) THEN
