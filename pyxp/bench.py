@@ -1056,6 +1056,14 @@ def timed_checkpoint(conn: psycopg.Connection[Any]) -> dict[str, Any]:
     return {"seconds": round(time.perf_counter() - started, 3), "wallets": row[0], "rows": row[1]}
 
 
+def timed_audit(conn: psycopg.Connection[Any], name: str) -> dict[str, Any]:
+    """pyxp.audit(): ``<name>_s`` seconds, ``<name>_findings`` and a sample of them."""
+    started = time.perf_counter()
+    findings = conn.execute("SELECT * FROM pyxp.audit()").fetchall()
+    return {f"{name}_s": round(time.perf_counter() - started, 2), f"{name}_findings": len(findings),
+            f"{name}_sample": [list(map(str, row)) for row in findings[:5]]}
+
+
 def audit_cost(conn: psycopg.Connection[Any]) -> dict[str, Any]:
     """(m) At the end of the run: what the run wrote since the fixture's checkpoint, verified
     incrementally (audit_since_checkpoint, then record_audit_checkpoint), then the full audit()."""
@@ -1068,11 +1076,7 @@ def audit_cost(conn: psycopg.Connection[Any]) -> dict[str, Any]:
     results["checkpoint_s"] = checkpoint["seconds"]
     results["ledger_rows_after_run"] = _scalar(conn, "SELECT count(*) FROM pyxp.xp_transactions")
     results["rows_since_checkpoint"], results["wallets_since_checkpoint"] = checkpoint["rows"], checkpoint["wallets"]
-    started = time.perf_counter()
-    findings = conn.execute("SELECT * FROM pyxp.audit()").fetchall()
-    results["audit_s"] = round(time.perf_counter() - started, 2)
-    results["audit_findings"] = len(findings)
-    results["audit_sample"] = [list(map(str, row)) for row in findings[:5]]
+    results.update(timed_audit(conn, "audit"))
     return results
 
 
@@ -1086,11 +1090,7 @@ def archive_cost(conn: psycopg.Connection[Any]) -> dict[str, Any]:
     results: dict[str, Any] = {"archive_s": round(time.perf_counter() - started, 2),
                                "archive_rows": int(moved[0]) if moved else 0,
                                "ledger_rows_after_archive": _scalar(conn, "SELECT count(*) FROM pyxp.xp_transactions")}
-    started = time.perf_counter()
-    findings = conn.execute("SELECT * FROM pyxp.audit()").fetchall()
-    results["audit_after_archive_s"] = round(time.perf_counter() - started, 2)
-    results["audit_after_archive_findings"] = len(findings)
-    results["audit_after_archive_sample"] = [list(map(str, row)) for row in findings[:5]]
+    results.update(timed_audit(conn, "audit_after_archive"))
     return results
 
 

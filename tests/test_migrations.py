@@ -289,6 +289,13 @@ def _run(conn: psycopg.Connection[Any], kind: str, args: dict[str, Any]) -> list
         return cur.execute(CALLS_0003[kind], args).fetchall()
 
 
+def _every_kind_of_call(conn: psycopg.Connection[Any]) -> list[tuple[str, dict[str, Any], list[Any]]]:
+    """Runs every call of _ledger_calls() and a reversal of row 5: (kind, args, first result) each."""
+    done = [(kind, args, _run(conn, kind, args)) for kind, args in _ledger_calls()]
+    reversal = {"id": 5, "reason": "migration test"}
+    return [*done, ("reverse", reversal, _run(conn, "reverse", reversal))]
+
+
 def _replays_everything(conn: psycopg.Connection[Any], done: list[tuple[str, dict[str, Any], list[Any]]]) -> None:
     for kind, args, first in done:
         again = _run(conn, kind, args)
@@ -310,9 +317,7 @@ def test_0005_carries_a_ledger_of_every_kind_and_every_key_replays(fresh_databas
     schema.upgrade(target, "0004")
     done: list[tuple[str, dict[str, Any], list[Any]]] = []
     with psycopg.connect(target, autocommit=True) as conn:
-        for kind, args in _ledger_calls():
-            done.append((kind, args, _run(conn, kind, args)))
-        done.append(("reverse", {"id": 5, "reason": "migration test"}, _run(conn, "reverse", {"id": 5, "reason": "migration test"})))
+        done.extend(_every_kind_of_call(conn))
         rows = conn.execute("SELECT count(*) FROM pyxp.xp_transactions").fetchone()[0]
         kinds = {r[0] for r in conn.execute("SELECT DISTINCT split_part(idempotency_key, ':', 1) FROM pyxp.xp_transactions")}
         generic = conn.execute("SELECT count(*) FROM pyxp.xp_requests WHERE inputs ? 'action'").fetchone()[0]
@@ -413,9 +418,7 @@ def test_0008_numbers_an_existing_ledger_and_every_key_still_replays(fresh_datab
     schema.upgrade(target, "0007")
     done: list[tuple[str, dict[str, Any], list[Any]]] = []
     with psycopg.connect(target, autocommit=True) as conn:
-        for kind, args in _ledger_calls():
-            done.append((kind, args, _run(conn, kind, args)))
-        done.append(("reverse", {"id": 5, "reason": "migration test"}, _run(conn, "reverse", {"id": 5, "reason": "migration test"})))
+        done.extend(_every_kind_of_call(conn))
         rows = conn.execute("SELECT count(*) FROM pyxp.xp_transactions").fetchone()[0]
     assert rows >= 10_000
 
@@ -483,9 +486,7 @@ def test_0011_compacts_the_requests_and_the_downgrade_gives_them_back(fresh_data
     done: list[tuple[str, dict[str, Any], list[Any]]] = []
     stored = "SELECT idempotency_key, inputs, ruleset_id, created_at FROM pyxp.xp_requests ORDER BY 1"
     with psycopg.connect(target, autocommit=True) as conn:
-        for kind, args in _ledger_calls():
-            done.append((kind, args, _run(conn, kind, args)))
-        done.append(("reverse", {"id": 5, "reason": "migration test"}, _run(conn, "reverse", {"id": 5, "reason": "migration test"})))
+        done.extend(_every_kind_of_call(conn))
         requests_0009 = conn.execute(stored).fetchall()
         without_rows = {k for (k,) in conn.execute(
             "SELECT q.idempotency_key FROM pyxp.xp_requests q WHERE NOT EXISTS "
@@ -617,9 +618,7 @@ def test_0015_partitions_a_ledger_of_every_kind_and_every_key_still_replays(fres
     schema.upgrade(target, "0014")
     done: list[tuple[str, dict[str, Any], list[Any]]] = []
     with psycopg.connect(target, autocommit=True) as conn:
-        for kind, args in _ledger_calls():
-            done.append((kind, args, _run(conn, kind, args)))
-        done.append(("reverse", {"id": 5, "reason": "migration test"}, _run(conn, "reverse", {"id": 5, "reason": "migration test"})))
+        done.extend(_every_kind_of_call(conn))
         ledger = conn.execute("SELECT * FROM pyxp.xp_transactions ORDER BY id").fetchall()
         generic = conn.execute("SELECT count(*) FROM pyxp.xp_transactions WHERE request_digest IS NOT NULL").fetchone()[0]
         last_id = ledger[-1][0]
@@ -687,9 +686,7 @@ def test_0016_archives_half_of_a_ledger_of_every_kind_and_every_key_stays_used(
     schema.upgrade(target, "0015")
     done: list[tuple[str, dict[str, Any], list[Any]]] = []
     with psycopg.connect(target, autocommit=True) as conn:
-        for kind, args in _ledger_calls():
-            done.append((kind, args, _run(conn, kind, args)))
-        done.append(("reverse", {"id": 5, "reason": "migration test"}, _run(conn, "reverse", {"id": 5, "reason": "migration test"})))
+        done.extend(_every_kind_of_call(conn))
     schema.upgrade(target)
     with psycopg.connect(target, autocommit=True) as conn:
         assert conn.execute("SELECT * FROM pyxp.audit()").fetchall() == []
