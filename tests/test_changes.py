@@ -403,8 +403,11 @@ def test_reading_consumes_nothing_and_a_later_cursor_skips_what_came_before(
     first = read_until(db, [], has_ids(*ids))
     assert sorted(ids_of(first)) == ids
     assert_chain_order(first)
-    assert page(db, 0) == first  # read again from the start: the same rows, the same cursors
-    assert page(db, first[1].cursor, 2) == first[2:4]
+    # Read again from the start: the same rows, the same cursors. (read_until, not one page: a
+    # transaction of another database that ends while a read looks at pg_locks holds the
+    # feed back for that read, sql/11_changes.sql.)
+    assert read_until(db, [], has_ids(*ids)) == first
+    assert read_until(db, [first[1]], lambda seen: len(seen) >= 3, max_rows=2)[1:] == first[2:4]
     assert page(db, first[-1].cursor) == []
 
 
