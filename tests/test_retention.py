@@ -13,6 +13,9 @@ row in a past month.
 """
 from __future__ import annotations
 
+import json
+import subprocess
+import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -62,9 +65,10 @@ class AgedLedger:
 @pytest.fixture
 def aged(db: psycopg.Connection[Any]) -> AgedLedger:
     install_variant(db, "retention-test", caps=CAPS)
-    q = db.execute
+
     def one(statement: str, *args: Any) -> list[tuple[Any, ...]]:
-        return q(statement, args).fetchall()
+        return db.execute(statement, args).fetchall()
+
     creation = one("SELECT * FROM pyxp.award_campaign_creation('0xcreator', 'camp-old', 'B2C')")
     approval = one("SELECT * FROM pyxp.award_campaign_approval('camp-old')")
     votes = [one("SELECT * FROM pyxp.award_moderation_vote('0xmod', %s, 'VALID', 'B2C')", c)
@@ -76,7 +80,7 @@ def aged(db: psycopg.Connection[Any]) -> AgedLedger:
     generic = one(GENERIC, "0xgen", "gen-1")
     idle = [one(GENERIC, "0xidle", f"idle-{i}") for i in range(3)]
     s1 = one(GENERIC, "0xstraggler", "s-1")
-    s2 = one(GENERIC, "0xstraggler", "s-2")  # stays this month, although s-3 (after it) is archived
+    one(GENERIC, "0xstraggler", "s-2")  # stays this month, although s-3 (after it) is archived
     s3 = one(GENERIC, "0xstraggler", "s-3")
     # Kept: written this month.
     validation = one("SELECT * FROM pyxp.award_completion('0xcompleter', 'camp-old', 'comp-1', is_validated => true)")
@@ -297,9 +301,10 @@ def test_only_the_archive_detaches_a_partition(db: psycopg.Connection[Any], unch
         db.execute(f"ALTER TABLE pyxp.xp_transactions DETACH PARTITION pyxp.{name}")
 
 
-def test_the_archive_is_the_owners(db: psycopg.Connection[Any], login_role: Any, connect_as: Any) -> None:
+def test_the_archive_is_the_owners(db: psycopg.Connection[Any], login_role: Any, connect_as: Any,
+                                   unchanged: Any) -> None:
     writer = login_role("pyxp_writer")
-    with connect_as(writer) as conn, pytest.raises(psycopg.errors.InsufficientPrivilege):
+    with unchanged(), connect_as(writer) as conn, pytest.raises(psycopg.errors.InsufficientPrivilege):
         conn.execute("SELECT * FROM pyxp.archive_ledger_partitions(%s)", (this_month(),))
 
 
@@ -334,8 +339,6 @@ def test_a_second_archive_folds_into_the_openings(db: psycopg.Connection[Any], a
 
 
 def test_python_and_cli_archive(xp: XP, db: psycopg.Connection[Any], aged: AgedLedger, conninfo: str) -> None:
-    import json
-    import subprocess
     moved = xp.archive_ledger_partitions(this_month())
     assert len(moved) == 1 and moved[0].rows_archived == aged.archived_rows
     assert moved[0].archive_table.startswith("pyxp_archive.")
@@ -381,7 +384,6 @@ def test_a_ruleset_waits_for_an_archive_and_then_keeps_its_zone(conninfo: str, d
     """The archive reads the zone of its openings' periods under a lock that activating a ruleset
     waits for: a ruleset in another zone, installed while an archive runs, is refused once the
     archive committed (PX029), instead of leaving openings in the old zone."""
-    import threading
     with psycopg.connect(conninfo, autocommit=True) as reader, psycopg.connect(conninfo, autocommit=True) as admin:
         reader.execute("BEGIN")
         reader.execute("SELECT 1 FROM pyxp.xp_transactions LIMIT 1")  # the archive's DETACH waits for this reader

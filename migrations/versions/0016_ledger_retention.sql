@@ -1560,19 +1560,20 @@ $$;
 -- every partition of the ledger that ends at or before archived_before (at
 -- most the start of this month, UTC), except the default partition. One row
 -- per partition archived; none when there is nothing to archive. In order:
---   1. SHARE on those partitions: no row can be added to them meanwhile
---      (only a transaction that began before their range ended could, and
---      one that did is waited for)
+--   1. EXCLUSIVE on xp_audit_checkpoints (one archive or checkpoint at a
+--      time), SHARE on rulesets (no ruleset activated meanwhile), then SHARE
+--      on those partitions: no row can be added to them meanwhile (only a
+--      transaction that began before their range ended could, and one that
+--      did is waited for)
 --   2. an audit checkpoint (pyxp.record_audit_checkpoint, a statement of its
 --      own, so it sees every row of those partitions): what was written
 --      since the last one is verified (PX028, nothing archived, when
---      anything is inconsistent), and the archive names it (EXCLUSIVE on
---      xp_audit_checkpoints, taken first: one archive or checkpoint at a
---      time)
---   3. the openings: per wallet with archived rows, its positions up to its
---      highest archived one folded into its previous opening (balance_after
---      of that row, and the latest periods of those positions, in the active
---      ruleset's zone)
+--      anything is inconsistent), and the archive names it; PX030 for a
+--      reversal among those rows whose original stays
+--   3. the openings: per wallet with archived rows, their count, and its
+--      positions up to its highest archived one folded into its previous
+--      opening (balance_after of that row, and the latest periods of those
+--      positions, in the active ruleset's zone)
 --   4. the archived rows' use of capped allowances
 --   5. the requests of archived flow and reversal rows keep their key and
 --      inputs (rebuilt from the rows, pyxp.recorded_request) and are marked
