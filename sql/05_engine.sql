@@ -247,7 +247,7 @@ $$;
 -- nothing anyone could ask for).
 CREATE FUNCTION pyxp.archive_horizon()
 RETURNS timestamptz
-LANGUAGE sql STABLE
+LANGUAGE sql STABLE PARALLEL SAFE
 AS $$ SELECT max(a.archived_before) FROM pyxp.xp_ledger_archives a WHERE a.rows_archived > 0 $$;
 
 -- Records a flow's or reversal's claim: its key's hash and its inputs'

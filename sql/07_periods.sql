@@ -32,7 +32,7 @@ AS $$ SELECT * FROM (VALUES (1, 'day'), (2, 'week'), (3, 'month'), (4, 'year')) 
 -- ranked reaches xp_balances_unranked).
 CREATE FUNCTION pyxp.period_board_entries()
 RETURNS TABLE (period text, period_start timestamptz, period_xp bigint, user_wallet text, ranked boolean)
-LANGUAGE sql STABLE
+LANGUAGE sql STABLE PARALLEL SAFE
 AS $$
     SELECT k.period, (ARRAY[b.day_start, b.week_start, b.month_start, b.year_start])[k.i],
            (ARRAY[b.day_xp, b.week_xp, b.month_xp, b.year_xp])[k.i], b.user_wallet, b.ranked
@@ -46,13 +46,57 @@ $$;
 -- into its callers (a LEFT JOIN LATERAL: no row means '').
 CREATE FUNCTION pyxp.period_bucket_of(p_period text, p_start timestamptz, p_xp bigint, p_wallet text)
 RETURNS TABLE (wallet_start text)
-LANGUAGE sql STABLE
+LANGUAGE sql STABLE PARALLEL SAFE
 AS $$
     SELECT c.wallet_start FROM pyxp.xp_period_rank_counts c
      WHERE c.period = p_period AND c.period_start = p_start AND c.period_xp = p_xp
        AND c.wallet_start <= p_wallet COLLATE "C" AND c.slot = 0
      ORDER BY c.wallet_start DESC
      LIMIT 1
+$$;
+
+-- The balances of a period board (the latest period of a kind, starting at
+-- p_start) holding p_xp there, from wallet p_from up to p_to (excluded;
+-- NULL: to the end of that value), in the board's wallet order (byte by
+-- byte). One index-only range of that kind's board index: the branches of
+-- the other kinds, and of the other end, are pruned at run time (one-time
+-- filters). What pyxp.rank_problems counts a cut value's buckets with;
+-- inlined into it (SQL, STABLE, one SELECT).
+CREATE FUNCTION pyxp.period_board_range(p_period text, p_start timestamptz, p_xp bigint, p_from text, p_to text)
+RETURNS TABLE (user_wallet text)
+LANGUAGE sql STABLE PARALLEL SAFE
+AS $$
+    SELECT b.user_wallet FROM pyxp.xp_balances b
+     WHERE p_period = 'day' AND b.day_start = p_start AND b.day_xp = p_xp
+       AND b.user_wallet COLLATE "C" >= p_from AND p_to IS NULL
+    UNION ALL
+    SELECT b.user_wallet FROM pyxp.xp_balances b
+     WHERE p_period = 'day' AND b.day_start = p_start AND b.day_xp = p_xp
+       AND b.user_wallet COLLATE "C" >= p_from AND b.user_wallet COLLATE "C" < p_to
+    UNION ALL
+    SELECT b.user_wallet FROM pyxp.xp_balances b
+     WHERE p_period = 'week' AND b.week_start = p_start AND b.week_xp = p_xp
+       AND b.user_wallet COLLATE "C" >= p_from AND p_to IS NULL
+    UNION ALL
+    SELECT b.user_wallet FROM pyxp.xp_balances b
+     WHERE p_period = 'week' AND b.week_start = p_start AND b.week_xp = p_xp
+       AND b.user_wallet COLLATE "C" >= p_from AND b.user_wallet COLLATE "C" < p_to
+    UNION ALL
+    SELECT b.user_wallet FROM pyxp.xp_balances b
+     WHERE p_period = 'month' AND b.month_start = p_start AND b.month_xp = p_xp
+       AND b.user_wallet COLLATE "C" >= p_from AND p_to IS NULL
+    UNION ALL
+    SELECT b.user_wallet FROM pyxp.xp_balances b
+     WHERE p_period = 'month' AND b.month_start = p_start AND b.month_xp = p_xp
+       AND b.user_wallet COLLATE "C" >= p_from AND b.user_wallet COLLATE "C" < p_to
+    UNION ALL
+    SELECT b.user_wallet FROM pyxp.xp_balances b
+     WHERE p_period = 'year' AND b.year_start = p_start AND b.year_xp = p_xp
+       AND b.user_wallet COLLATE "C" >= p_from AND p_to IS NULL
+    UNION ALL
+    SELECT b.user_wallet FROM pyxp.xp_balances b
+     WHERE p_period = 'year' AND b.year_start = p_start AND b.year_xp = p_xp
+       AND b.user_wallet COLLATE "C" >= p_from AND b.user_wallet COLLATE "C" < p_to
 $$;
 
 -- Every (ranked) balance counted on its latest periods' boards, each value
@@ -129,7 +173,7 @@ $$;
 -- reversal counts in that row's period.
 CREATE FUNCTION pyxp.reversed_row_at(p_reverses bigint)
 RETURNS timestamptz
-LANGUAGE sql STABLE
+LANGUAGE sql STABLE PARALLEL SAFE
 AS $$
     SELECT coalesce((SELECT o.created_at FROM pyxp.xp_transactions o WHERE o.id = p_reverses LIMIT 1),
                     (SELECT a.created_at FROM pyxp.xp_archived_originals a WHERE a.transaction_id = p_reverses))
@@ -428,7 +472,7 @@ $$;
 -- rules carried. For pyxp.ledger_cap_usage and pyxp.archive_ledger_partitions.
 CREATE FUNCTION pyxp.rows_cap_usage(p_partitions oid[])
 RETURNS TABLE (user_wallet text, allowance text, period_start timestamptz, used_xp bigint, cap_max_xp bigint)
-LANGUAGE sql STABLE
+LANGUAGE sql STABLE PARALLEL SAFE
 AS $$
     -- Gains of capped rules (a hash join of the ledger with those rules),
     -- then reversals (index xp_transactions_reversals) of capped gains: only
@@ -463,7 +507,7 @@ $$;
 -- what xp_cap_usage must hold (pyxp.audit).
 CREATE FUNCTION pyxp.ledger_cap_usage()
 RETURNS TABLE (user_wallet text, allowance text, period_start timestamptz, used_xp bigint, cap_max_xp bigint)
-LANGUAGE sql STABLE
+LANGUAGE sql STABLE PARALLEL SAFE
 AS $$
     SELECT u.user_wallet, u.allowance, u.period_start, sum(u.used_xp)::bigint, max(u.cap_max_xp)
       FROM (SELECT * FROM pyxp.rows_cap_usage(NULL)
@@ -503,6 +547,8 @@ COMMENT ON FUNCTION pyxp.period_board_entries() IS
     'internal: each balance on the board of its latest period of each kind, with its XP there.';
 COMMENT ON FUNCTION pyxp.period_bucket_of(text, timestamptz, bigint, text) IS
     'internal: the bucket of a period board holding a period XP and wallet (xp_period_rank_counts).';
+COMMENT ON FUNCTION pyxp.period_board_range(text, timestamptz, bigint, text, text) IS
+    'internal: the balances of a period board holding an XP value, between two wallets.';
 COMMENT ON FUNCTION pyxp.period_counts_from_balances() IS
     'internal: the period boards'' counts from the balances, one bucket per value.';
 COMMENT ON FUNCTION pyxp.checked_period(text) IS 'internal: a period name normalised (all, day, week, month, year), or PX026.';

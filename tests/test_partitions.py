@@ -135,6 +135,63 @@ def test_audit_reports_what_no_key_holds_on_a_partitioned_ledger(db: psycopg.Con
     assert any(r[0] == "reversal_mismatch" and "999999, which does not exist" in r[2] for r in found)
 
 
+def claim_findings(db: psycopg.Connection[Any]) -> set[tuple[Any, str]]:
+    return {(r[2], r[3]) for r in db.execute("SELECT * FROM pyxp.audit() WHERE check_name = 'claim_mismatch'")}
+
+
+def test_audit_reports_every_claim_that_does_not_match_its_row(db: psycopg.Connection[Any]) -> None:
+    """0017: the full audit joins each generic row to the claims naming it, and looks for claims
+    without a row only when the claims' count or sum of transaction ids differs from the rows':
+    a claim moved to another row, or to no row, or added, is reported however it hides."""
+    for wallet, key in (("0xa", "a-1"), ("0xb", "b-1")):
+        db.execute(AWARD, (wallet, key))
+    first, second = db.execute("SELECT id, created_at FROM pyxp.xp_transactions ORDER BY id").fetchall()
+    first_claim = db.execute("SELECT key_hash FROM pyxp.xp_award_claims WHERE transaction_id = %s",
+                             (first[0],)).fetchone()[0]
+    no_claim = (first[0], "no claim in xp_award_claims for key 'a-1'")
+    assert claim_findings(db) == set()
+    # Moved to the other row (same count): that row has two claims, one not its key's hash.
+    db.execute("UPDATE pyxp.xp_award_claims SET transaction_id = %s, created_at = %s WHERE transaction_id = %s",
+               (*second, first[0]))
+    assert claim_findings(db) == {
+        no_claim, (second[0], f"claim {first_claim} of transaction {second[0]} is not the hash of its key 'b-1'")}
+    # Moved to a transaction that does not exist (same count, another sum of ids).
+    db.execute("UPDATE pyxp.xp_award_claims SET transaction_id = 777777 WHERE key_hash = %s", (first_claim,))
+    (gone,) = [d for i, d in claim_findings(db) if i == 777777]
+    assert claim_findings(db) == {no_claim, (777777, gone)} and "which does not exist" in gone
+    # Back to its row, and one claim more (another count).
+    db.execute("UPDATE pyxp.xp_award_claims SET transaction_id = %s, created_at = %s WHERE key_hash = %s",
+               (*first, first_claim))
+    assert claim_findings(db) == set()
+    db.execute("INSERT INTO pyxp.xp_award_claims VALUES (pyxp.key_hash('ghost'), %s, %s)", first)
+    (extra,) = claim_findings(db)
+    assert extra[0] == first[0] and "is not the hash of its key 'a-1'" in extra[1]
+    db.execute("UPDATE pyxp.xp_award_claims SET transaction_id = 666666 WHERE key_hash = pyxp.key_hash('ghost')")
+    (orphan,) = claim_findings(db)
+    assert orphan[0] == 666666 and "which does not exist" in orphan[1]
+
+
+def test_the_full_audit_can_check_the_claims_in_parallel_workers(db: psycopg.Connection[Any]) -> None:
+    """0017: the audit's helpers are PARALLEL SAFE and the rows are joined to their claims with a
+    join PostgreSQL 15 runs in parallel (a FULL join it runs in one process): with parallel plans
+    made cheap, the claims' join is under a Gather."""
+    for _ in range(3):
+        db.execute(AWARD, (f"0x{_}", f"k-{_}"))
+    with db.transaction():
+        for setting in ("parallel_setup_cost", "parallel_tuple_cost", "min_parallel_table_scan_size"):
+            db.execute(f"SET LOCAL {setting} = 0")
+        plan = db.execute("EXPLAIN (FORMAT JSON) SELECT * FROM pyxp.row_problems(false)").fetchone()[0]
+
+    def under_gather(node: dict[str, Any], gathered: bool = False) -> set[str]:
+        here = gathered or node["Node Type"] in ("Gather", "Gather Merge")
+        found = {node["Relation Name"]} if here and "Relation Name" in node else set()
+        for child in node.get("Plans", []):
+            found |= under_gather(child, here)
+        return found
+
+    assert "xp_award_claims" in under_gather(plan[0]["Plan"])
+
+
 def test_the_check_since_a_checkpoint_finds_a_new_row_without_its_claim(db: psycopg.Connection[Any]) -> None:
     db.execute(AWARD, ("0xa", "a-1"))
     db.execute("SELECT pyxp.record_audit_checkpoint()")
@@ -414,13 +471,15 @@ def test_downgrading_the_guard_needs_a_superuser(login_role: Any, fresh_database
 
     from pyxp import schema
     target = fresh_database()
-    schema.upgrade(target)
+    # (from 0016, the last revision that touches the guard: each revision migrates in its own
+    # transaction, so from a later head the revisions above 0016 would be downgraded first)
+    schema.upgrade(target, "0016")
     with psycopg.connect(target, autocommit=True) as conn:
         conn.execute(AWARD, ("0xnow", "now-1"))
         before = database_state(conn)
     with pytest.raises(Exception, match="needs a superuser"):
         schema.downgrade(migrating_role(login_role, target), "0014")
-    assert schema.current_revision(target) == schema.head_revision()
+    assert schema.current_revision(target) == "0016"
     with psycopg.connect(target, autocommit=True) as conn:
         assert database_state(conn) == before
         assert conn.execute("SELECT count(*) FROM pg_event_trigger WHERE evtname LIKE 'pyxp%'").fetchone() == (3,)

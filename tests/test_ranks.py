@@ -13,6 +13,7 @@ import random
 import re
 import subprocess
 import threading
+from collections import Counter, defaultdict
 from collections.abc import Callable
 from typing import Any
 
@@ -258,6 +259,101 @@ def test_period_ranks_are_read_from_their_counts_and_audited(db: psycopg.Connect
     assert period_ranks(db, "day") == naive_period_ranks(db, "day")  # another board: untouched
     rebalance(db, 16, True)
     assert_exact(db)
+
+
+PERIOD_FINDING = re.compile(r"^(\w+) board from .+: bucket of (-?\d+) XP from '(.*)' counts (\d+) wallets, holds (\d+)$")
+
+
+def period_count_findings(db: psycopg.Connection[Any]) -> Counter[tuple[str, int, str, int, int]]:
+    """The period boards' findings of audit(): (period, XP, bucket start, counted, held)."""
+    found: Counter[tuple[str, int, str, int, int]] = Counter()
+    for (detail,) in db.execute("SELECT detail FROM pyxp.audit() WHERE check_name = 'rank_count_mismatch' "
+                                "AND detail LIKE '%% board from %%'").fetchall():
+        match = PERIOD_FINDING.match(detail)
+        assert match, detail
+        period, xp, start, counted, held = match.groups()
+        found[(period, int(xp), start, int(counted), int(held))] += 1
+    return found
+
+
+def expected_period_count_findings(db: psycopg.Connection[Any]) -> Counter[tuple[str, int, str, int, int]]:
+    """The same, computed here from the tables the slow way: each ranked balance placed, on each
+    of its latest periods' boards, in the last bucket start (slot 0) of its XP value at or before
+    its wallet, byte by byte ('' when none, as pyxp.period_bucket_of places it), against each
+    (value, start) counted over its slots."""
+    starts: dict[tuple[Any, ...], list[bytes]] = defaultdict(list)
+    for period, start, xp, wallet_start in db.execute(
+            "SELECT period, period_start, period_xp, wallet_start FROM pyxp.xp_period_rank_counts WHERE slot = 0"):
+        starts[(period, start, xp)].append(wallet_start.encode())
+    held: Counter[tuple[Any, ...]] = Counter()
+    for wallet, *columns in db.execute("SELECT user_wallet, day_start, day_xp, week_start, week_xp, month_start, "
+                                       "month_xp, year_start, year_xp FROM pyxp.xp_balances WHERE ranked"):
+        for i, period in enumerate(PERIODS):
+            start, xp = columns[2 * i], columns[2 * i + 1]
+            if start is not None:
+                before = [s for s in starts.get((period, start, xp), []) if s <= wallet.encode()]
+                held[(period, start, xp, max(before).decode() if before else "")] += 1
+    counted: Counter[tuple[Any, ...]] = Counter()
+    for period, start, xp, wallet_start, wallets in db.execute(
+            "SELECT period, period_start, period_xp, wallet_start, sum(wallets) FROM pyxp.xp_period_rank_counts "
+            "GROUP BY 1, 2, 3, 4"):
+        counted[(period, start, xp, wallet_start)] = int(wallets)
+    return Counter((k[0], k[2], k[3], counted[k], held[k]) for k in set(held) | set(counted) if counted[k] != held[k])
+
+
+# Ways to make the period boards' counts differ from the balances, each on a value cut into
+# several buckets (or its holders): the audit must report exactly what the slow model reports.
+CUT_VALUE = """SELECT period, period_start, period_xp FROM pyxp.xp_period_rank_counts
+                WHERE slot = 0 AND wallet_start <> '' GROUP BY 1, 2, 3 ORDER BY count(*) DESC, 1, 2, 3 LIMIT 1"""
+TAMPERINGS = {
+    "a cut bucket counts one more": """UPDATE pyxp.xp_period_rank_counts c SET wallets = c.wallets + 1
+        FROM (SELECT * FROM pyxp.xp_period_rank_counts WHERE slot = 0 AND wallet_start <> ''
+              ORDER BY period, period_start, period_xp, wallet_start LIMIT 1) k
+        WHERE (c.period, c.period_start, c.period_xp, c.wallet_start, c.slot)
+            = (k.period, k.period_start, k.period_xp, k.wallet_start, 0)""",
+    "a bucket start moved": """UPDATE pyxp.xp_period_rank_counts c SET wallet_start = c.wallet_start || '0'
+        FROM (SELECT * FROM pyxp.xp_period_rank_counts WHERE slot = 0 AND wallet_start <> ''
+              ORDER BY period, period_start, period_xp, wallet_start DESC LIMIT 1) k
+        WHERE (c.period, c.period_start, c.period_xp, c.wallet_start) = (k.period, k.period_start, k.period_xp,
+                                                                         k.wallet_start)""",
+    "a cut value's first bucket gone": f"""DELETE FROM pyxp.xp_period_rank_counts c USING ({CUT_VALUE}) v
+        WHERE (c.period, c.period_start, c.period_xp, c.wallet_start) = (v.period, v.period_start, v.period_xp, '')""",
+    "a start only a writer's slot holds": f"""INSERT INTO pyxp.xp_period_rank_counts
+        SELECT v.period, v.period_start, v.period_xp, 'w0005x', 7, 3 FROM ({CUT_VALUE}) v""",
+    "a cut bucket's start dropped": """DELETE FROM pyxp.xp_period_rank_counts c
+        USING (SELECT * FROM pyxp.xp_period_rank_counts WHERE slot = 0 AND wallet_start <> ''
+               ORDER BY period, period_start, period_xp, wallet_start LIMIT 1) k
+        WHERE (c.period, c.period_start, c.period_xp, c.wallet_start) = (k.period, k.period_start, k.period_xp,
+                                                                         k.wallet_start)""",
+    "holders of a cut value left uncounted": f"""UPDATE pyxp.xp_balances b SET ranked = false
+        FROM ({CUT_VALUE}) v, pyxp.period_board_entries() e
+        WHERE (e.period, e.period_start, e.period_xp) = (v.period, v.period_start, v.period_xp)
+          AND e.user_wallet = b.user_wallet AND b.user_wallet COLLATE "C" >= 'w0130'""",
+    "a holder moved to another value": f"""UPDATE pyxp.xp_balances b
+        SET day_xp = b.day_xp + (v.period = 'day')::int, week_xp = b.week_xp + (v.period = 'week')::int,
+            month_xp = b.month_xp + (v.period = 'month')::int, year_xp = b.year_xp + (v.period = 'year')::int
+        FROM ({CUT_VALUE}) v
+        WHERE b.user_wallet = (SELECT min(e.user_wallet COLLATE "C") FROM pyxp.period_board_entries() e
+                                WHERE (e.period, e.period_start, e.period_xp) = (v.period, v.period_start, v.period_xp))""",
+}
+
+
+@pytest.mark.parametrize("tampering", sorted(TAMPERINGS))
+def test_period_board_counts_are_audited_by_bucket_as_placed(db: psycopg.Connection[Any], tampering: str) -> None:
+    """Migration 0017: the period boards' counts are checked per bucket, a value cut into
+    several buckets by index ranges of its board (pyxp.period_board_range) instead of a probe per
+    balance. The findings are exactly those of a slow model that places every balance as
+    pyxp.period_bucket_of does, whatever was tampered with."""
+    award_many(db, random_events(random.Random(21), 600, 260, "c"))
+    rebalance(db, 16, True)
+    assert db.execute(f"SELECT count(*) FROM ({CUT_VALUE}) v").fetchone() == (1,), "no value was cut"
+    assert period_count_findings(db) == Counter() == expected_period_count_findings(db)
+    db.execute(TAMPERINGS[tampering])
+    expected = expected_period_count_findings(db)
+    assert expected, "the tampering changed nothing the check could see"
+    assert period_count_findings(db) == expected
+    rebalance(db, 16, True)
+    assert period_count_findings(db) == Counter()
 
 
 def test_a_balance_inserted_around_the_writer_is_counted_by_the_rebalance(db: psycopg.Connection[Any]) -> None:
