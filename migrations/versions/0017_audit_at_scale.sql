@@ -174,8 +174,9 @@ AS $$
             OR t.xp_amount <> -o.xp_amount OR t.user_wallet <> o.user_wallet OR o.reverses IS NOT NULL)
     UNION ALL
     -- The full audit: every generic award's row joined to the claims naming
-    -- it (a parallel hash join: PostgreSQL 15 runs a FULL join in one
-    -- process, 26 s at 10M rows against 13 s, most of it the keys' hashes)...
+    -- it (a LEFT join, which PostgreSQL 15 can run in parallel workers, a
+    -- FULL join it cannot: 26-31 s in one process at 10M rows, 18 s with
+    -- two workers, most of it hashing the keys again)...
     SELECT 'claim_mismatch', t.user_wallet, t.id,
            CASE WHEN c.key_hash IS NULL THEN format('no claim in xp_award_claims for key %s', quote_literal(t.idempotency_key))
                 ELSE format('claim %s of transaction %s is not the hash of its key %s', c.key_hash, t.id,
