@@ -267,8 +267,9 @@ PERIOD_FINDING = re.compile(r"^(\w+) board from .+: bucket of (-?\d+) XP from '(
 def period_count_findings(db: psycopg.Connection[Any]) -> Counter[tuple[str, int, str, int, int]]:
     """The period boards' findings of audit(): (period, XP, bucket start, counted, held)."""
     found: Counter[tuple[str, int, str, int, int]] = Counter()
-    for (detail,) in db.execute("SELECT detail FROM pyxp.audit() WHERE check_name = 'rank_count_mismatch' "
-                                "AND detail LIKE '%% board from %%'").fetchall():
+    for *_, detail in rank_findings(db):
+        if " board from " not in detail:
+            continue  # an all-time bucket or an uncounted balance
         match = PERIOD_FINDING.match(detail)
         assert match, detail
         period, xp, start, counted, held = match.groups()
