@@ -9,8 +9,9 @@
 -- the full audit every wallet from its first row, the incremental one the
 -- wallets with new rows from their checkpoint's position. Why the walk is
 -- fast: index xp_transactions_wallet_seq carries what it reads (an
--- index-only scan, merge-joined to the balances in wallet order), and every
--- per-wallet check is computed once per wallet, not once per row.
+-- index-only scan, merged with the balances in wallet order), every
+-- per-wallet check is computed once per wallet, not once per row, and a
+-- large walk is cut into slices of the wallets that parallel workers share.
 -- SECURITY DEFINER so that pyxp_writer and pyxp_reader can call them.
 
 -- The xmin of the snapshot the last checkpoint read (NULL: no checkpoint
@@ -22,9 +23,44 @@ AS $$
     SELECT k.snapshot_xmin FROM pyxp.xp_audit_checkpoints k ORDER BY k.checkpoint_id DESC LIMIT 1
 $$;
 
--- The wallets a verification walks, each from a position, with its balance
--- row (NULL columns: none), its checkpoint (cp_*, NULL: none) and its
--- opening (op_*, NULL: none; sql/13_retention.sql).
+-- A wallet as a verification walks it: where it starts (from_seq, from_xp:
+-- its checkpoint's position and balance, or its opening's, or 0), its balance
+-- row (NULL columns: none), its checkpoint (cp_*, NULL: none) and its opening
+-- (op_*, NULL: none; sql/13_retention.sql).
+CREATE TYPE pyxp.audited_wallet AS (
+    user_wallet text, from_seq bigint, from_xp bigint, cp_seq bigint, cp_xp bigint,
+    total_xp bigint, current_level bigint, xp_to_next_level bigint, last_wallet_seq bigint,
+    day_start timestamptz, day_xp bigint, week_start timestamptz, week_xp bigint,
+    month_start timestamptz, month_xp bigint, year_start timestamptz, year_xp bigint,
+    op_seq bigint, op_xp bigint, op_last_at timestamptz, op_day_start timestamptz, op_day_xp bigint,
+    op_week_start timestamptz, op_week_xp bigint, op_month_start timestamptz, op_month_xp bigint,
+    op_year_start timestamptz, op_year_xp bigint, op_rows bigint);
+
+-- The wallets with a balance in [p_from, p_to) (NULL: unbounded), each from
+-- its first row or its opening: the full audit's wallets
+-- (pyxp.audited_wallets) or one slice of them (pyxp.chain_problems_between).
+-- The bounds are on all three tables, so each is an index range of its
+-- primary key, merged in wallet order.
+CREATE FUNCTION pyxp.wallets_between(p_from text, p_to text)
+RETURNS SETOF pyxp.audited_wallet
+LANGUAGE sql STABLE PARALLEL SAFE
+AS $$
+    SELECT b.user_wallet, coalesce(o.wallet_seq, 0), coalesce(o.total_xp, 0), c.wallet_seq, c.total_xp,
+           b.total_xp, b.current_level, b.xp_to_next_level, b.last_wallet_seq,
+           b.day_start, b.day_xp, b.week_start, b.week_xp, b.month_start, b.month_xp, b.year_start, b.year_xp,
+           o.wallet_seq, o.total_xp, o.last_at, o.day_start, o.day_xp, o.week_start, o.week_xp,
+           o.month_start, o.month_xp, o.year_start, o.year_xp, o.archived_rows
+      FROM pyxp.xp_balances b
+      LEFT JOIN pyxp.xp_wallet_checkpoints c
+             ON c.user_wallet = b.user_wallet
+            AND (p_from IS NULL OR c.user_wallet >= p_from) AND (p_to IS NULL OR c.user_wallet < p_to)
+      LEFT JOIN pyxp.xp_wallet_openings o
+             ON o.user_wallet = b.user_wallet
+            AND (p_from IS NULL OR o.user_wallet >= p_from) AND (p_to IS NULL OR o.user_wallet < p_to)
+     WHERE (p_from IS NULL OR b.user_wallet >= p_from) AND (p_to IS NULL OR b.user_wallet < p_to)
+$$;
+
+-- The wallets a verification walks, each from a position.
 -- p_since_checkpoint false: every wallet with a balance, from its first row,
 -- or from its opening when its first rows were archived.
 -- true (callers pass it only when a checkpoint exists): the wallets with a
@@ -34,23 +70,10 @@ $$;
 -- Callers plan it with p_since_checkpoint known (force_custom_plan), so
 -- only one branch is planned.
 CREATE FUNCTION pyxp.audited_wallets(p_since_checkpoint boolean)
-RETURNS TABLE (user_wallet text, from_seq bigint, from_xp bigint, cp_seq bigint, cp_xp bigint,
-               total_xp bigint, current_level bigint, xp_to_next_level bigint, last_wallet_seq bigint,
-               day_start timestamptz, day_xp bigint, week_start timestamptz, week_xp bigint,
-               month_start timestamptz, month_xp bigint, year_start timestamptz, year_xp bigint,
-               op_seq bigint, op_xp bigint, op_last_at timestamptz, op_day_start timestamptz, op_day_xp bigint,
-               op_week_start timestamptz, op_week_xp bigint, op_month_start timestamptz, op_month_xp bigint,
-               op_year_start timestamptz, op_year_xp bigint, op_rows bigint)
+RETURNS SETOF pyxp.audited_wallet
 LANGUAGE sql STABLE PARALLEL SAFE
 AS $$
-    SELECT b.user_wallet, coalesce(o.wallet_seq, 0), coalesce(o.total_xp, 0), c.wallet_seq, c.total_xp,
-           b.total_xp, b.current_level, b.xp_to_next_level, b.last_wallet_seq,
-           b.day_start, b.day_xp, b.week_start, b.week_xp, b.month_start, b.month_xp, b.year_start, b.year_xp,
-           o.wallet_seq, o.total_xp, o.last_at, o.day_start, o.day_xp, o.week_start, o.week_xp,
-           o.month_start, o.month_xp, o.year_start, o.year_xp, o.archived_rows
-      FROM pyxp.xp_balances b
-      LEFT JOIN pyxp.xp_wallet_checkpoints c ON c.user_wallet = b.user_wallet
-      LEFT JOIN pyxp.xp_wallet_openings o ON o.user_wallet = b.user_wallet
+    SELECT w.* FROM pyxp.wallets_between(NULL, NULL) w
      WHERE NOT p_since_checkpoint
     UNION ALL
     SELECT w.user_wallet, coalesce(c.wallet_seq, o.wallet_seq, 0), coalesce(c.total_xp, o.total_xp, 0),
@@ -124,60 +147,90 @@ AS $$ SELECT CASE WHEN p_same_period THEN coalesce(p_rows, 0) + p_opening_xp ELS
 --                        XP (sql/07_periods.sql) are not the ledger's (its
 --                        rows after the opening, and the opening's latest
 --                        periods)
--- Per-row findings are gathered per wallet (jsonb, NULL when healthy), so
--- each wallet is one index-only range scan, one window and one aggregate.
-CREATE FUNCTION pyxp.chain_problems(p_since_checkpoint boolean)
+-- Per-row findings are gathered per wallet (jsonb, NULL when healthy).
+--
+-- One slice of the audited wallets: those in [p_from, p_to) (NULL:
+-- unbounded); pyxp.chain_problems runs the slices. A slice reads its wallets
+-- once (materialized), joins them to their rows, then one window and one
+-- aggregate per wallet. The full audit streams a slice: the index of the
+-- rows in (user_wallet, wallet_seq) order merged with the wallets, so no
+-- sort (a probe of the index per wallet instead: 19.8 s against 9.0 s for
+-- the slices at 10M rows). Since a checkpoint: each wallet's rows from its
+-- checkpoint's position, one index probe per wallet, then a sort of those.
+-- PL/pgSQL, planned for each call (force_custom_plan): the mode and the
+-- bounds are constants in the plan, so one branch is planned and the bounds
+-- are index ranges; and, not inlined, a call is what the caller's plan can
+-- hand to a parallel worker (COST: a slice is worth a worker).
+CREATE FUNCTION pyxp.chain_problems_between(p_since_checkpoint boolean, p_from text, p_to text)
 RETURNS TABLE (check_name text, user_wallet text, wallet_seq bigint, detail text)
-LANGUAGE sql STABLE PARALLEL SAFE
-AS $$
-    WITH per_wallet AS (
-        -- One wallet at a time (a nested loop over the audited wallets): its
-        -- rows from the index in wallet_seq order, the window and the
-        -- aggregate over them, so no sort of the whole ledger (a merge of
-        -- all wallets sorted 10M rows: 69 s for the walk, against 25 s).
-        -- The full audit walks from position 1 (one index descent either
-        -- way): the rows at or before the opening (stragglers: sql/01_schema.sql)
-        -- are counted, not chained; they are in the opening's sums.
-        SELECT g.*, w.*
-          FROM pyxp.audited_wallets(p_since_checkpoint) g
-         CROSS JOIN LATERAL (
-                SELECT coalesce(greatest(max(r.seq), g.op_seq), 0) AS ledger_seq,
-                       g.from_xp + coalesce(sum(r.xp_amount) FILTER (WHERE r.seq > g.from_seq), 0) AS ledger_xp,
-                       -- (a checkpoint at or before the opening: its row was archived)
-                       coalesce(bool_or(r.seq = g.cp_seq), false) OR g.cp_seq <= g.op_seq AS cp_found,
-                       count(*) FILTER (WHERE r.seq <= g.op_seq) AS op_kept,
-                       greatest(max(r.at) FILTER (WHERE r.seq > g.from_seq), g.op_last_at) AS latest_at,
-                       pyxp.sum_with_opening(sum(r.xp_amount) FILTER (WHERE r.seq > g.from_seq AND r.at >= g.day_start),
-                                             g.op_day_start = g.day_start, g.op_day_xp) AS ledger_day_xp,
-                       pyxp.sum_with_opening(sum(r.xp_amount) FILTER (WHERE r.seq > g.from_seq AND r.at >= g.week_start),
-                                             g.op_week_start = g.week_start, g.op_week_xp) AS ledger_week_xp,
-                       pyxp.sum_with_opening(sum(r.xp_amount) FILTER (WHERE r.seq > g.from_seq AND r.at >= g.month_start),
-                                             g.op_month_start = g.month_start, g.op_month_xp) AS ledger_month_xp,
-                       pyxp.sum_with_opening(sum(r.xp_amount) FILTER (WHERE r.seq > g.from_seq AND r.at >= g.year_start),
-                                             g.op_year_start = g.year_start, g.op_year_xp) AS ledger_year_xp,
-                       jsonb_agg(jsonb_build_object('seq', r.seq, 'after', r.balance_after, 'amount', r.xp_amount,
-                                                    'previous', r.previous, 'previous_seq', r.previous_seq,
-                                                    'running', r.running, 'gap', r.gap, 'checkpoint', r.checkpoint))
-                           FILTER (WHERE r.running OR r.gap OR r.checkpoint) AS bad_rows
-                  FROM (SELECT y.*,
-                               y.seq > g.from_seq AND y.balance_after <> y.previous + y.xp_amount AS running,
-                               y.seq > g.from_seq AND y.seq <> y.previous_seq + 1 AS gap,
-                               y.seq = g.cp_seq AND y.balance_after <> g.cp_xp AS checkpoint
-                          FROM (SELECT x.wallet_seq AS seq, x.balance_after, x.xp_amount,
-                                       CASE WHEN x.reverses IS NULL THEN x.created_at  -- a reversal counts in its original's period
-                                            ELSE pyxp.reversed_row_at(x.reverses)
-                                       END AS at,
-                                       -- the previous row walked, unless it is at or before
-                                       -- the starting position: then that position's balance
-                                       CASE WHEN lag(x.wallet_seq) OVER w > g.from_seq
-                                            THEN lag(x.balance_after) OVER w ELSE g.from_xp END AS previous,
-                                       CASE WHEN lag(x.wallet_seq) OVER w > g.from_seq
-                                            THEN lag(x.wallet_seq) OVER w ELSE g.from_seq END AS previous_seq
-                                  FROM pyxp.xp_transactions x
-                                 WHERE x.user_wallet = g.user_wallet
-                                   AND x.wallet_seq >= CASE WHEN p_since_checkpoint THEN g.from_seq ELSE 0 END
-                                WINDOW w AS (ORDER BY x.wallet_seq)) y) r
-             ) w
+LANGUAGE plpgsql STABLE PARALLEL SAFE
+SET plan_cache_mode = force_custom_plan
+COST 1000000 ROWS 10
+AS $fn$
+#variable_conflict use_column
+BEGIN
+    RETURN QUERY
+    WITH wallets AS MATERIALIZED (
+        SELECT g.* FROM pyxp.audited_wallets(true) g
+         WHERE p_since_checkpoint
+           AND (p_from IS NULL OR g.user_wallet >= p_from) AND (p_to IS NULL OR g.user_wallet < p_to)
+        UNION ALL
+        SELECT g.* FROM pyxp.wallets_between(p_from, p_to) g
+         WHERE NOT p_since_checkpoint
+    ), walked AS (
+        -- The full audit walks from position 1: the rows at or before the
+        -- opening (stragglers: sql/01_schema.sql) are counted, not chained;
+        -- they are in the opening's sums.
+        SELECT r.user_wallet, max(r.seq) AS max_seq,
+               sum(r.xp_amount) FILTER (WHERE r.seq > r.from_seq) AS xp_since,
+               bool_or(r.seq = r.cp_seq) AS cp_seen,
+               count(*) FILTER (WHERE r.seq <= r.op_seq) AS op_kept,
+               max(r.at) FILTER (WHERE r.seq > r.from_seq) AS latest_at,
+               sum(r.xp_amount) FILTER (WHERE r.seq > r.from_seq AND r.at >= r.day_start) AS day_xp,
+               sum(r.xp_amount) FILTER (WHERE r.seq > r.from_seq AND r.at >= r.week_start) AS week_xp,
+               sum(r.xp_amount) FILTER (WHERE r.seq > r.from_seq AND r.at >= r.month_start) AS month_xp,
+               sum(r.xp_amount) FILTER (WHERE r.seq > r.from_seq AND r.at >= r.year_start) AS year_xp,
+               jsonb_agg(jsonb_build_object('seq', r.seq, 'after', r.balance_after, 'amount', r.xp_amount,
+                                            'previous', r.previous, 'previous_seq', r.previous_seq,
+                                            'running', r.running, 'gap', r.gap, 'checkpoint', r.checkpoint))
+                   FILTER (WHERE r.running OR r.gap OR r.checkpoint) AS bad_rows
+          FROM (SELECT y.*,
+                       y.seq > y.from_seq AND y.balance_after <> y.previous + y.xp_amount AS running,
+                       y.seq > y.from_seq AND y.seq <> y.previous_seq + 1 AS gap,
+                       y.seq = y.cp_seq AND y.balance_after <> y.cp_xp AS checkpoint
+                  FROM (SELECT x.user_wallet, x.wallet_seq AS seq, x.balance_after, x.xp_amount,
+                               CASE WHEN x.reverses IS NULL THEN x.created_at  -- a reversal counts in its original's period
+                                    ELSE pyxp.reversed_row_at(x.reverses)
+                               END AS at,
+                               h.from_seq, h.cp_seq, h.cp_xp, h.op_seq,
+                               h.day_start, h.week_start, h.month_start, h.year_start,
+                               -- the previous row walked, unless it is at or before
+                               -- the starting position: then that position's balance
+                               CASE WHEN lag(x.wallet_seq) OVER w > h.from_seq
+                                    THEN lag(x.balance_after) OVER w ELSE h.from_xp END AS previous,
+                               CASE WHEN lag(x.wallet_seq) OVER w > h.from_seq
+                                    THEN lag(x.wallet_seq) OVER w ELSE h.from_seq END AS previous_seq
+                          FROM pyxp.xp_transactions x
+                          JOIN wallets h ON h.user_wallet = x.user_wallet
+                         WHERE (p_from IS NULL OR x.user_wallet >= p_from) AND (p_to IS NULL OR x.user_wallet < p_to)
+                           AND x.wallet_seq >= CASE WHEN p_since_checkpoint THEN h.from_seq ELSE 0 END
+                        WINDOW w AS (PARTITION BY x.user_wallet ORDER BY x.wallet_seq)) y) r
+         GROUP BY r.user_wallet
+    ), per_wallet AS (
+        SELECT g.*,
+               coalesce(greatest(a.max_seq, g.op_seq), 0) AS ledger_seq,
+               g.from_xp + coalesce(a.xp_since, 0) AS ledger_xp,
+               -- (a checkpoint at or before the opening: its row was archived)
+               coalesce(a.cp_seen, false) OR g.cp_seq <= g.op_seq AS cp_found,
+               coalesce(a.op_kept, 0) AS op_kept,
+               greatest(a.latest_at, g.op_last_at) AS latest_at,
+               pyxp.sum_with_opening(a.day_xp, g.op_day_start = g.day_start, g.op_day_xp) AS ledger_day_xp,
+               pyxp.sum_with_opening(a.week_xp, g.op_week_start = g.week_start, g.op_week_xp) AS ledger_week_xp,
+               pyxp.sum_with_opening(a.month_xp, g.op_month_start = g.month_start, g.op_month_xp) AS ledger_month_xp,
+               pyxp.sum_with_opening(a.year_xp, g.op_year_start = g.year_start, g.op_year_xp) AS ledger_year_xp,
+               a.bad_rows
+          FROM wallets g
+          LEFT JOIN walked a ON a.user_wallet = g.user_wallet
     ), checked AS (
         SELECT p.*, c.level, c.next_level_xp, z.tz,
                p.total_xp IS DISTINCT FROM p.ledger_xp AS bad_balance,
@@ -261,7 +314,67 @@ AS $$
              WHERE c.bad_periods AND (k.kept_start, k.kept_xp) IS DISTINCT FROM (k.start, x.xp)
          ) f
      WHERE c.bad_rows IS NOT NULL OR c.bad_balance OR c.bad_seq OR c.bad_level OR c.bad_checkpoint
-        OR c.bad_periods OR c.bad_opening
+        OR c.bad_periods OR c.bad_opening;
+END
+$fn$;
+
+-- Whether the chain walk is worth its slices (pyxp.chain_problems): at
+-- least pyxp.audit_parallel_min_rows rows to walk (a setting; 100000 when
+-- unset; 0: always): the ledger's rows, or since a checkpoint those written
+-- since. Counted up to that number, no further. Below it, one walk costs
+-- less than eight plans and two workers, each of which starts cold (about
+-- 0.2 s; one walk reads about 2 us a row in the full audit, 10 us since a
+-- checkpoint; 50 rows: 10 ms against 44 ms).
+CREATE FUNCTION pyxp.walk_in_slices(p_since_checkpoint boolean)
+RETURNS boolean
+LANGUAGE sql STABLE PARALLEL SAFE
+AS $$
+    SELECT count(*) >= m.rows
+      FROM (SELECT coalesce(nullif(current_setting('pyxp.audit_parallel_min_rows', true), '')::bigint, 100000)
+                   AS rows) m
+      LEFT JOIN LATERAL (SELECT FROM pyxp.xp_transactions t
+                          WHERE NOT p_since_checkpoint OR t.feed_xid >= pyxp.last_checkpoint_xmin()
+                          LIMIT m.rows) x ON true
+     GROUP BY m.rows
+$$;
+
+-- The chain checks of the audited wallets (pyxp.chain_problems_between):
+-- one walk of every wallet, or, when pyxp.walk_in_slices says so, eight
+-- slices by the canonical wallet form's third character (0x + 40 lower-case
+-- hex digits: 0x0.. and 0x1.., ..., 0xe.. and 0xf..). Every wallet is in
+-- exactly one slice, whatever its form or the collation (each bound is the
+-- same comparison on both sides); wallets of other forms are in the first
+-- or last slice. The slices are independent: the caller's plan may run them
+-- in parallel workers (a Parallel Append under a Gather; OFFSET 0 keeps them
+-- a subquery of their own, so that the Gather is theirs and is not started
+-- when the one walk runs instead). 10M rows, 2 workers: 9.0 s against 19.8 s
+-- for the walk of 0017. A plan that cannot use workers
+-- (record_audit_checkpoint's INSERT) runs them one after another.
+CREATE FUNCTION pyxp.chain_problems(p_since_checkpoint boolean)
+RETURNS TABLE (check_name text, user_wallet text, wallet_seq bigint, detail text)
+LANGUAGE sql STABLE PARALLEL SAFE
+AS $$
+    SELECT * FROM pyxp.chain_problems_between(p_since_checkpoint, NULL, NULL)
+     WHERE NOT pyxp.walk_in_slices(p_since_checkpoint)
+    UNION ALL
+    SELECT s.* FROM (
+        SELECT * FROM pyxp.chain_problems_between(p_since_checkpoint, NULL, '0x2')
+        UNION ALL
+        SELECT * FROM pyxp.chain_problems_between(p_since_checkpoint, '0x2', '0x4')
+        UNION ALL
+        SELECT * FROM pyxp.chain_problems_between(p_since_checkpoint, '0x4', '0x6')
+        UNION ALL
+        SELECT * FROM pyxp.chain_problems_between(p_since_checkpoint, '0x6', '0x8')
+        UNION ALL
+        SELECT * FROM pyxp.chain_problems_between(p_since_checkpoint, '0x8', '0xa')
+        UNION ALL
+        SELECT * FROM pyxp.chain_problems_between(p_since_checkpoint, '0xa', '0xc')
+        UNION ALL
+        SELECT * FROM pyxp.chain_problems_between(p_since_checkpoint, '0xc', '0xe')
+        UNION ALL
+        SELECT * FROM pyxp.chain_problems_between(p_since_checkpoint, '0xe', NULL)
+        OFFSET 0) s
+     WHERE pyxp.walk_in_slices(p_since_checkpoint)
 $$;
 
 -- The rows the single-row checks read: every row (p_since_checkpoint false)
@@ -409,7 +522,7 @@ $$;
 -- sending those through a Gather priced the parallel plan out; the checks
 -- return only findings, none on a healthy ledger. At 10M rows the claims'
 -- check takes 18 s with workers against 26-31 s without. The chain walk
--- stays in one process: a per-wallet lateral walk is not parallel safe.)
+-- has workers of its own: pyxp.chain_problems' slices.)
 CREATE FUNCTION pyxp.audit()
 RETURNS TABLE (check_name text, user_wallet text, transaction_id bigint, detail text)
 LANGUAGE sql STABLE SECURITY DEFINER

@@ -45,12 +45,18 @@ COMMENT ON FUNCTION pyxp.record_audit_checkpoint() IS
     'API: verifies what was written since the last audit checkpoint and records a new one; PX028 when inconsistent.';
 COMMENT ON FUNCTION pyxp.last_checkpoint_xmin() IS
     'internal: the snapshot xmin of the last audit checkpoint; rows it did not see have a feed_xid at least this.';
+COMMENT ON FUNCTION pyxp.wallets_between(text, text) IS
+    'internal: the wallets with a balance in a range of wallet texts, with their checkpoint and opening (the full audit''s walk).';
 COMMENT ON FUNCTION pyxp.audited_wallets(boolean) IS
     'internal: the wallets an audit walks (all, or those with rows since the last checkpoint) and where each starts.';
 COMMENT ON FUNCTION pyxp.period_xp_from_rows(text, timestamptz, text, text) IS
     'internal: a wallet''s XP in one period, from its rows and its opening (the audit''s mismatch path).';
 COMMENT ON FUNCTION pyxp.sum_with_opening(numeric, boolean, bigint) IS
     'internal: a period''s XP from the rows walked plus, in the opening''s latest period, the opening''s.';
+COMMENT ON FUNCTION pyxp.chain_problems_between(boolean, text, text) IS
+    'internal: the chain checks of the audited wallets in a range of wallet texts (one slice of pyxp.chain_problems).';
+COMMENT ON FUNCTION pyxp.walk_in_slices(boolean) IS
+    'internal: whether the chain walk has enough rows (pyxp.audit_parallel_min_rows) to run in parallel slices.';
 COMMENT ON FUNCTION pyxp.chain_problems(boolean) IS
     'internal: one walk of the audited wallets'' chains in wallet_seq order: chain, balance, level, checkpoint, periods.';
 COMMENT ON FUNCTION pyxp.audited_rows(boolean) IS

@@ -246,3 +246,77 @@ def test_cli_audit_checkpoint_and_since(db: psycopg.Connection[Any], conninfo: s
                           capture_output=True, text=True)
     assert both.returncode == 2
     assert db.execute("SELECT count(*) FROM pyxp.xp_audit_checkpoints").fetchone() == before
+
+
+# --------------------------------------------------------------------------- the walk in slices (0018)
+
+# Wallets on both sides of every slice bound (0x2, 0x4, ..., 0xe), at the ends, and of other
+# forms (upper case, no 0x, non-ASCII, shorter than a bound): each must be walked exactly once.
+SLICE_WALLETS = ("0x", "0x0", "0x1f", "0x2", "0x20", "0x3ff", "0x4", "0x5", "0x6", "0x7f", "0x8", "0x9",
+                 "0xa", "0xbb", "0xc", "0xd", "0xe", "0xef", "0xf", "0xff", "0y", "0X1", "alice", "zz", "Zed",
+                 "é", "_x", "0xnew")
+SLICES_ALWAYS = "SET pyxp.audit_parallel_min_rows = 0"
+SLICES_NEVER = "SET pyxp.audit_parallel_min_rows = 1000000000"
+
+
+def audit_rows(db: psycopg.Connection[Any], function: str, setting: str) -> list[tuple[Any, ...]]:
+    """The findings, sorted (audit() orders by check, wallet and row: a wallet's findings without
+    a row, such as its periods', may come in any order)."""
+    db.execute(setting)
+    try:
+        return sorted(db.execute(f"SELECT * FROM pyxp.{function}()").fetchall(), key=repr)
+    finally:
+        db.execute("RESET pyxp.audit_parallel_min_rows")
+
+
+def test_the_sliced_walk_finds_what_one_walk_finds_once_per_wallet(db: psycopg.Connection[Any]) -> None:
+    """0018: the chain walk in eight slices of the wallets (parallel workers) reports exactly the
+    findings of one walk, each wallet once, in the full audit and since a checkpoint."""
+    first = {wallet: award(db, wallet, f"first:{wallet}") for wallet in SLICE_WALLETS}
+    record(db)
+    later = {wallet: award(db, wallet, f"later:{wallet}") for wallet in SLICE_WALLETS}
+    for function in ("audit", "audit_since_checkpoint"):
+        assert audit_rows(db, function, SLICES_ALWAYS) == [] == audit_rows(db, function, SLICES_NEVER)
+    for wallet in SLICE_WALLETS:  # a row since the checkpoint and one before it, in every wallet
+        tamper(db, "UPDATE pyxp.xp_transactions SET balance_after = balance_after + 1 WHERE id = %s",
+               later[wallet]["transaction_id"])
+        tamper(db, "UPDATE pyxp.xp_transactions SET xp_amount = xp_amount + 7 WHERE id = %s",
+               first[wallet]["transaction_id"])
+
+    full = audit_rows(db, "audit", SLICES_ALWAYS)
+    assert full == audit_rows(db, "audit", SLICES_NEVER)
+    walked = [(name, wallet) for name, wallet, _, _ in full if name in ("running_balance", "balance_mismatch")]
+    assert sorted(walked) == sorted([("running_balance", w) for w in SLICE_WALLETS] * 2
+                                    + [("balance_mismatch", w) for w in SLICE_WALLETS])
+    since = audit_rows(db, "audit_since_checkpoint", SLICES_ALWAYS)
+    assert since == audit_rows(db, "audit_since_checkpoint", SLICES_NEVER)
+    assert sorted((name, wallet) for name, wallet, _, _ in since) == \
+        sorted([("running_balance", w) for w in SLICE_WALLETS])
+
+
+def gather_loops(db: psycopg.Connection[Any], setting: str) -> list[tuple[int, list[str]]]:
+    """Each Gather of the chain walk's plan, run: how often it ran, and the functions it hands out."""
+    db.execute(setting)
+    try:
+        (plan,), = db.execute("EXPLAIN (ANALYZE, FORMAT JSON) SELECT * FROM pyxp.chain_problems(false)").fetchall()
+    finally:
+        db.execute("RESET pyxp.audit_parallel_min_rows")
+
+    def functions(node: dict[str, Any]) -> list[str]:
+        here = [node["Function Name"]] if node["Node Type"] == "Function Scan" else []
+        return here + [name for child in node.get("Plans", []) for name in functions(child)]
+
+    def gathers(node: dict[str, Any]) -> list[tuple[int, list[str]]]:
+        here = [(node["Actual Loops"], functions(node))] if node["Node Type"] == "Gather" else []
+        return here + [found for child in node.get("Plans", []) for found in gathers(child)]
+
+    return gathers(plan[0]["Plan"])
+
+
+def test_the_walk_runs_in_parallel_slices_only_when_the_rows_are_worth_it(db: psycopg.Connection[Any]) -> None:
+    """The eight slices sit under a Gather (their own: the rest of the audit's plan is not in it);
+    below pyxp.audit_parallel_min_rows rows to walk (100000 unset) the Gather is not even started."""
+    for wallet in ("0x1", "0x9", "0xf"):
+        award(db, wallet, f"k:{wallet}")
+    assert gather_loops(db, SLICES_ALWAYS) == [(1, ["chain_problems_between"] * 8)]
+    assert gather_loops(db, "RESET pyxp.audit_parallel_min_rows") == [(0, ["chain_problems_between"] * 8)]

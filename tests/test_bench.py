@@ -167,6 +167,8 @@ def test_json_reports_that_a_rank_reads_the_rank_buckets(figures: dict[str, Any]
 def test_fixture_and_benchmark_awards_leave_a_consistent_ledger(figures: dict[str, Any]) -> None:
     """The set-based fixture plus every award of the run: pyxp.audit() finds nothing (SPEC 4)."""
     assert figures["audit_findings"] == 0, figures.get("audit_sample")
+    assert figures["audit_vacuumed_findings"] == 0, figures.get("audit_vacuumed_sample")
+    assert figures["audit_vacuum_s"] >= 0
 
 
 def test_audit_checkpoints_verify_the_fixture_then_what_the_run_wrote(figures: dict[str, Any]) -> None:
