@@ -294,11 +294,12 @@ def test_the_sliced_walk_finds_what_one_walk_finds_once_per_wallet(db: psycopg.C
         sorted([("running_balance", w) for w in SLICE_WALLETS])
 
 
-def gather_loops(db: psycopg.Connection[Any], setting: str) -> list[tuple[int, list[str]]]:
+def gather_loops(db: psycopg.Connection[Any], setting: str, since: bool = False) -> list[tuple[int, list[str]]]:
     """Each Gather of the chain walk's plan, run: how often it ran, and the functions it hands out."""
     db.execute(setting)
     try:
-        (plan,), = db.execute("EXPLAIN (ANALYZE, FORMAT JSON) SELECT * FROM pyxp.chain_problems(false)").fetchall()
+        (plan,), = db.execute("EXPLAIN (ANALYZE, FORMAT JSON) SELECT * FROM pyxp.chain_problems(%s)",
+                              (since,)).fetchall()
     finally:
         db.execute("RESET pyxp.audit_parallel_min_rows")
 
@@ -315,8 +316,19 @@ def gather_loops(db: psycopg.Connection[Any], setting: str) -> list[tuple[int, l
 
 def test_the_walk_runs_in_parallel_slices_only_when_the_rows_are_worth_it(db: psycopg.Connection[Any]) -> None:
     """The eight slices sit under a Gather (their own: the rest of the audit's plan is not in it);
-    below pyxp.audit_parallel_min_rows rows to walk (100000 unset) the Gather is not even started."""
+    below pyxp.audit_parallel_min_rows rows to walk (100000 unset; the ledger's rows, or since a
+    checkpoint the rows written since) the Gather is not even started."""
     for wallet in ("0x1", "0x9", "0xf"):
         award(db, wallet, f"k:{wallet}")
     assert gather_loops(db, SLICES_ALWAYS) == [(1, ["chain_problems_between"] * 8)]
     assert gather_loops(db, "RESET pyxp.audit_parallel_min_rows") == [(0, ["chain_problems_between"] * 8)]
+    assert gather_loops(db, "SET pyxp.audit_parallel_min_rows = 3") == [(1, ["chain_problems_between"] * 8)]
+    assert gather_loops(db, "SET pyxp.audit_parallel_min_rows = 4") == [(0, ["chain_problems_between"] * 8)]
+    # Since a checkpoint, the rows to walk are those written since (read from the feed index).
+    record(db)
+    award(db, "0x1", "k:again:0x1")
+    award(db, "0xe", "k:again:0xe")
+    assert gather_loops(db, "SET pyxp.audit_parallel_min_rows = 2", since=True) == \
+        [(1, ["chain_problems_between"] * 8)]
+    assert gather_loops(db, "SET pyxp.audit_parallel_min_rows = 3", since=True) == \
+        [(0, ["chain_problems_between"] * 8)]

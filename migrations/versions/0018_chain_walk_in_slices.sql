@@ -220,15 +220,20 @@ $fn$;
 
 CREATE FUNCTION pyxp.walk_in_slices(p_since_checkpoint boolean)
 RETURNS boolean
-LANGUAGE sql STABLE PARALLEL SAFE
+LANGUAGE plpgsql STABLE PARALLEL SAFE
 AS $$
-    SELECT count(*) >= m.rows
-      FROM (SELECT coalesce(nullif(current_setting('pyxp.audit_parallel_min_rows', true), '')::bigint, 100000)
-                   AS rows) m
-      LEFT JOIN LATERAL (SELECT FROM pyxp.xp_transactions t
-                          WHERE NOT p_since_checkpoint OR t.feed_xid >= pyxp.last_checkpoint_xmin()
-                          LIMIT m.rows) x ON true
-     GROUP BY m.rows
+DECLARE
+    v_rows bigint := coalesce(nullif(current_setting('pyxp.audit_parallel_min_rows', true), '')::bigint, 100000);
+BEGIN
+    -- Two statements, not one with the mode in its WHERE: planned once for
+    -- both modes, that one read the ledger in the order of its heap, where
+    -- the new rows come last (14 s at 10M rows), not from the feed index.
+    IF p_since_checkpoint THEN
+        RETURN (SELECT count(*) FROM (SELECT FROM pyxp.xp_transactions t
+                                       WHERE t.feed_xid >= pyxp.last_checkpoint_xmin() LIMIT v_rows) x) >= v_rows;
+    END IF;
+    RETURN (SELECT count(*) FROM (SELECT FROM pyxp.xp_transactions t LIMIT v_rows) x) >= v_rows;
+END
 $$;
 
 CREATE OR REPLACE FUNCTION pyxp.chain_problems(p_since_checkpoint boolean)
