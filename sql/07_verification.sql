@@ -151,12 +151,12 @@ AS $$ SELECT CASE WHEN p_same_period THEN coalesce(p_rows, 0) + p_opening_xp ELS
 --
 -- One slice of the audited wallets: those in [p_from, p_to) (NULL:
 -- unbounded); pyxp.chain_problems runs the slices. A slice reads its wallets
--- once (materialized), joins them to their rows, then one window and one
--- aggregate per wallet. The full audit streams a slice: the index of the
--- rows in (user_wallet, wallet_seq) order merged with the wallets, so no
--- sort (a probe of the index per wallet instead: 19.8 s against 9.0 s for
--- the slices at 10M rows). Since a checkpoint: each wallet's rows from its
--- checkpoint's position, one index probe per wallet, then a sort of those.
+-- once (materialized), then one window and one aggregate per wallet over
+-- its rows. The full audit streams a slice: the index of the rows in
+-- (user_wallet, wallet_seq) order merged with the wallets, so no sort (a
+-- probe of the index per wallet instead: 19.8 s against 9.0 s for the
+-- slices at 10M rows). Since a checkpoint: one index probe per wallet, for
+-- its rows from its checkpoint's position.
 -- PL/pgSQL, planned for each call (force_custom_plan): the mode and the
 -- bounds are constants in the plan, so one branch is planned and the bounds
 -- are index ranges; and, not inlined, a call is what the caller's plan can
@@ -178,9 +178,11 @@ BEGIN
         SELECT g.* FROM pyxp.wallets_between(p_from, p_to) g
          WHERE NOT p_since_checkpoint
     ), walked AS (
-        -- The full audit walks from position 1: the rows at or before the
-        -- opening (stragglers: sql/01_schema.sql) are counted, not chained;
-        -- they are in the opening's sums.
+        -- The full audit: every row of the slice, the index in (user_wallet,
+        -- wallet_seq) order merged with the wallets, one window and one
+        -- aggregate per wallet, no sort. It walks from position 1: the rows
+        -- at or before the opening (stragglers: sql/01_schema.sql) are
+        -- counted, not chained; they are in the opening's sums.
         SELECT r.user_wallet, max(r.seq) AS max_seq,
                sum(r.xp_amount) FILTER (WHERE r.seq > r.from_seq) AS xp_since,
                bool_or(r.seq = r.cp_seq) AS cp_seen,
@@ -212,11 +214,59 @@ BEGIN
                                     THEN lag(x.wallet_seq) OVER w ELSE h.from_seq END AS previous_seq
                           FROM pyxp.xp_transactions x
                           JOIN wallets h ON h.user_wallet = x.user_wallet
-                         WHERE (p_from IS NULL OR x.user_wallet >= p_from) AND (p_to IS NULL OR x.user_wallet < p_to)
-                           AND x.wallet_seq >= CASE WHEN p_since_checkpoint THEN h.from_seq ELSE 0 END
+                         WHERE NOT p_since_checkpoint
+                           AND (p_from IS NULL OR x.user_wallet >= p_from) AND (p_to IS NULL OR x.user_wallet < p_to)
                         WINDOW w AS (PARTITION BY x.user_wallet ORDER BY x.wallet_seq)) y) r
          GROUP BY r.user_wallet
     ), per_wallet AS (
+        -- Since a checkpoint: one wallet at a time (a nested loop over the
+        -- wallets: the planner has no estimate of how many rows the feed
+        -- holds since, and joined to a set it took for one row, the walk of
+        -- every wallet was run again per wallet: 2.5 min for 240,000 rows),
+        -- its rows from its checkpoint's position, the window and the
+        -- aggregate over them.
+        SELECT g.*, w.*
+          FROM wallets g
+         CROSS JOIN LATERAL (
+                SELECT coalesce(greatest(max(r.seq), g.op_seq), 0) AS ledger_seq,
+                       g.from_xp + coalesce(sum(r.xp_amount) FILTER (WHERE r.seq > g.from_seq), 0) AS ledger_xp,
+                       -- (a checkpoint at or before the opening: its row was archived)
+                       coalesce(bool_or(r.seq = g.cp_seq), false) OR g.cp_seq <= g.op_seq AS cp_found,
+                       count(*) FILTER (WHERE r.seq <= g.op_seq) AS op_kept,
+                       greatest(max(r.at) FILTER (WHERE r.seq > g.from_seq), g.op_last_at) AS latest_at,
+                       pyxp.sum_with_opening(sum(r.xp_amount) FILTER (WHERE r.seq > g.from_seq AND r.at >= g.day_start),
+                                             g.op_day_start = g.day_start, g.op_day_xp) AS ledger_day_xp,
+                       pyxp.sum_with_opening(sum(r.xp_amount) FILTER (WHERE r.seq > g.from_seq AND r.at >= g.week_start),
+                                             g.op_week_start = g.week_start, g.op_week_xp) AS ledger_week_xp,
+                       pyxp.sum_with_opening(sum(r.xp_amount) FILTER (WHERE r.seq > g.from_seq AND r.at >= g.month_start),
+                                             g.op_month_start = g.month_start, g.op_month_xp) AS ledger_month_xp,
+                       pyxp.sum_with_opening(sum(r.xp_amount) FILTER (WHERE r.seq > g.from_seq AND r.at >= g.year_start),
+                                             g.op_year_start = g.year_start, g.op_year_xp) AS ledger_year_xp,
+                       jsonb_agg(jsonb_build_object('seq', r.seq, 'after', r.balance_after, 'amount', r.xp_amount,
+                                                    'previous', r.previous, 'previous_seq', r.previous_seq,
+                                                    'running', r.running, 'gap', r.gap, 'checkpoint', r.checkpoint))
+                           FILTER (WHERE r.running OR r.gap OR r.checkpoint) AS bad_rows
+                  FROM (SELECT y.*,
+                               y.seq > g.from_seq AND y.balance_after <> y.previous + y.xp_amount AS running,
+                               y.seq > g.from_seq AND y.seq <> y.previous_seq + 1 AS gap,
+                               y.seq = g.cp_seq AND y.balance_after <> g.cp_xp AS checkpoint
+                          FROM (SELECT x.wallet_seq AS seq, x.balance_after, x.xp_amount,
+                                       CASE WHEN x.reverses IS NULL THEN x.created_at  -- a reversal counts in its original's period
+                                            ELSE pyxp.reversed_row_at(x.reverses)
+                                       END AS at,
+                                       -- the previous row walked, unless it is at or before
+                                       -- the starting position: then that position's balance
+                                       CASE WHEN lag(x.wallet_seq) OVER w > g.from_seq
+                                            THEN lag(x.balance_after) OVER w ELSE g.from_xp END AS previous,
+                                       CASE WHEN lag(x.wallet_seq) OVER w > g.from_seq
+                                            THEN lag(x.wallet_seq) OVER w ELSE g.from_seq END AS previous_seq
+                                  FROM pyxp.xp_transactions x
+                                 WHERE x.user_wallet = g.user_wallet
+                                   AND x.wallet_seq >= g.from_seq
+                                WINDOW w AS (ORDER BY x.wallet_seq)) y) r
+             ) w
+         WHERE p_since_checkpoint
+        UNION ALL
         SELECT g.*,
                coalesce(greatest(a.max_seq, g.op_seq), 0) AS ledger_seq,
                g.from_xp + coalesce(a.xp_since, 0) AS ledger_xp,
@@ -231,6 +281,7 @@ BEGIN
                a.bad_rows
           FROM wallets g
           LEFT JOIN walked a ON a.user_wallet = g.user_wallet
+         WHERE NOT p_since_checkpoint
     ), checked AS (
         SELECT p.*, c.level, c.next_level_xp, z.tz,
                p.total_xp IS DISTINCT FROM p.ledger_xp AS bad_balance,
