@@ -371,7 +371,8 @@ $fn$;
 
 -- Whether the chain walk is worth its slices (pyxp.chain_problems): at
 -- least pyxp.audit_parallel_min_rows rows to walk (a setting; 100000 when
--- unset; 0: always): the ledger's rows, or since a checkpoint those written
+-- unset; 0: always; anything but a whole number: PX023): the ledger's rows,
+-- or since a checkpoint those written
 -- since. Counted up to that number, no further. Below it, one walk costs
 -- less than eight plans and two workers, each of which starts cold (about
 -- 0.2 s; one walk reads about 2 us a row in the full audit, 10 us since a
@@ -381,8 +382,15 @@ RETURNS boolean
 LANGUAGE plpgsql STABLE PARALLEL SAFE
 AS $$
 DECLARE
-    v_rows bigint := coalesce(nullif(current_setting('pyxp.audit_parallel_min_rows', true), '')::bigint, 100000);
+    v_setting text := nullif(btrim(current_setting('pyxp.audit_parallel_min_rows', true)), '');
+    v_rows bigint;
 BEGIN
+    IF v_setting !~ '^[0-9]{1,18}$' THEN
+        RAISE EXCEPTION 'pyxp.audit_parallel_min_rows must be a whole number of rows (0: always in slices), got %',
+                        quote_literal(v_setting)
+            USING ERRCODE = 'PX023', HINT = 'RESET pyxp.audit_parallel_min_rows (100000 rows)';
+    END IF;
+    v_rows := coalesce(v_setting::bigint, 100000);
     -- Two statements, not one with the mode in its WHERE: planned once for
     -- both modes, that one read the ledger in the order of its heap, where
     -- the new rows come last (14 s at 10M rows), not from the feed index.

@@ -332,3 +332,18 @@ def test_the_walk_runs_in_parallel_slices_only_when_the_rows_are_worth_it(db: ps
         [(1, ["chain_problems_between"] * 8)]
     assert gather_loops(db, "SET pyxp.audit_parallel_min_rows = 3", since=True) == \
         [(0, ["chain_problems_between"] * 8)]
+
+
+@pytest.mark.parametrize("value", ["abc", "-1", "1.5", "1e6", "99999999999999999999"])
+def test_a_bad_audit_parallel_min_rows_is_refused_with_nothing_written(db: psycopg.Connection[Any], unchanged: Any,
+                                                                       value: str) -> None:
+    award(db, "0xa", "k1")
+    db.execute("SELECT set_config('pyxp.audit_parallel_min_rows', %s, false)", (value,))
+    for call in ("SELECT * FROM pyxp.audit()", "SELECT * FROM pyxp.audit_since_checkpoint()",
+                 "SELECT * FROM pyxp.record_audit_checkpoint()"):
+        with unchanged(), pytest.raises(psycopg.Error) as refused:
+            db.execute(call)
+        assert refused.value.sqlstate == "PX023", call
+        assert "pyxp.audit_parallel_min_rows must be a whole number" in str(refused.value)
+    db.execute("SET pyxp.audit_parallel_min_rows = ' 7 '")  # spaces around a number: that number
+    assert db.execute("SELECT * FROM pyxp.audit()").fetchall() == []

@@ -274,8 +274,15 @@ RETURNS boolean
 LANGUAGE plpgsql STABLE PARALLEL SAFE
 AS $$
 DECLARE
-    v_rows bigint := coalesce(nullif(current_setting('pyxp.audit_parallel_min_rows', true), '')::bigint, 100000);
+    v_setting text := nullif(btrim(current_setting('pyxp.audit_parallel_min_rows', true)), '');
+    v_rows bigint;
 BEGIN
+    IF v_setting !~ '^[0-9]{1,18}$' THEN
+        RAISE EXCEPTION 'pyxp.audit_parallel_min_rows must be a whole number of rows (0: always in slices), got %',
+                        quote_literal(v_setting)
+            USING ERRCODE = 'PX023', HINT = 'RESET pyxp.audit_parallel_min_rows (100000 rows)';
+    END IF;
+    v_rows := coalesce(v_setting::bigint, 100000);
     -- Two statements, not one with the mode in its WHERE: planned once for
     -- both modes, that one read the ledger in the order of its heap, where
     -- the new rows come last (14 s at 10M rows), not from the feed index.
