@@ -490,10 +490,11 @@ READ_CALLS = {
 INDEX_NODES = ("Index Scan", "Index Only Scan", "Bitmap Index Scan")
 
 
-def _plan_nodes(node: dict[str, Any]) -> Iterator[dict[str, Any]]:
+def plan_nodes(node: dict[str, Any]) -> Iterator[dict[str, Any]]:
+    """A node of EXPLAIN (FORMAT JSON) and every node below it, parents first."""
     yield node
     for child in node.get("Plans", []):
-        yield from _plan_nodes(child)
+        yield from plan_nodes(child)
 
 
 # Tables a read may scan whole by design: the rank buckets' counts (one row per bucket and
@@ -505,7 +506,7 @@ def plan_summary(explained: dict[str, Any]) -> dict[str, Any]:
     """From EXPLAIN (ANALYZE, BUFFERS, FORMAT JSON): the top node, the scans, whether an index is
     used (no sequential scan of a pyxp table, but those of :data:`WHOLE_SCANS_BY_DESIGN`)."""
     plan = explained["Plan"]
-    nodes = list(_plan_nodes(plan))
+    nodes = list(plan_nodes(plan))
     scans = []
     for node in nodes:
         if "Relation Name" in node or "Index Name" in node:

@@ -9,8 +9,8 @@ that proof is clean, and refuses (PX028, nothing recorded) when it is not.
 from __future__ import annotations
 
 import json
-import sys
 import subprocess
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -22,6 +22,7 @@ from psycopg.types.json import Jsonb
 
 from pyxp import XP
 from pyxp import errors as E
+from pyxp.bench import plan_nodes
 
 PYXP = str(Path(sys.executable).with_name("pyxp"))
 
@@ -302,16 +303,9 @@ def gather_loops(db: psycopg.Connection[Any], setting: str, since: bool = False)
                               (since,)).fetchall()
     finally:
         db.execute("RESET pyxp.audit_parallel_min_rows")
-
-    def functions(node: dict[str, Any]) -> list[str]:
-        here = [node["Function Name"]] if node["Node Type"] == "Function Scan" else []
-        return here + [name for child in node.get("Plans", []) for name in functions(child)]
-
-    def gathers(node: dict[str, Any]) -> list[tuple[int, list[str]]]:
-        here = [(node["Actual Loops"], functions(node))] if node["Node Type"] == "Gather" else []
-        return here + [found for child in node.get("Plans", []) for found in gathers(child)]
-
-    return gathers(plan[0]["Plan"])
+    return [(gather["Actual Loops"],
+             [node["Function Name"] for node in plan_nodes(gather) if node["Node Type"] == "Function Scan"])
+            for gather in plan_nodes(plan[0]["Plan"]) if gather["Node Type"] == "Gather"]
 
 
 def test_the_walk_runs_in_parallel_slices_only_when_the_rows_are_worth_it(db: psycopg.Connection[Any]) -> None:

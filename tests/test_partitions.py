@@ -16,6 +16,7 @@ import pytest
 from conftest import PYXP
 
 from pyxp import errors
+from pyxp.bench import plan_nodes
 
 AWARD = "SELECT * FROM pyxp.award(wallet => %s, action => 'CAMPAIGN_APPROVED', idempotency_key => %s)"
 PARTITIONS = "SELECT partition_name, range_start, range_end, is_default FROM pyxp.ledger_partitions()"
@@ -182,14 +183,9 @@ def test_the_full_audit_can_check_the_claims_in_parallel_workers(db: psycopg.Con
             db.execute(f"SET LOCAL {setting} = 0")
         plan = db.execute("EXPLAIN (FORMAT JSON) SELECT * FROM pyxp.row_problems(false)").fetchone()[0]
 
-    def under_gather(node: dict[str, Any], gathered: bool = False) -> set[str]:
-        here = gathered or node["Node Type"] in ("Gather", "Gather Merge")
-        found = {node["Relation Name"]} if here and "Relation Name" in node else set()
-        for child in node.get("Plans", []):
-            found |= under_gather(child, here)
-        return found
-
-    assert "xp_award_claims" in under_gather(plan[0]["Plan"])
+    under_gather = {node.get("Relation Name") for gather in plan_nodes(plan[0]["Plan"])
+                    if gather["Node Type"] in ("Gather", "Gather Merge") for node in plan_nodes(gather)}
+    assert "xp_award_claims" in under_gather
 
 
 def test_the_check_since_a_checkpoint_finds_a_new_row_without_its_claim(db: psycopg.Connection[Any]) -> None:
