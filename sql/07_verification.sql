@@ -402,41 +402,117 @@ BEGIN
 END
 $$;
 
--- The chain checks of the audited wallets (pyxp.chain_problems_between):
--- one walk of every wallet, or, when pyxp.walk_in_slices says so, eight
--- slices by the canonical wallet form's third character (0x + 40 lower-case
--- hex digits: 0x0.. and 0x1.., ..., 0xe.. and 0xf..). Every wallet is in
--- exactly one slice, whatever its form or the collation (each bound is the
--- same comparison on both sides); wallets of other forms are in the first
--- or last slice. The slices are independent: the caller's plan may run them
--- in parallel workers (a Parallel Append under a Gather; OFFSET 0 keeps them
--- a subquery of their own, so that the Gather is theirs and is not started
--- when the one walk runs instead). 10M rows, 2 workers: 9.0 s against 19.8 s
--- for the walk of 0017. A plan that cannot use workers
--- (record_audit_checkpoint's INSERT) runs them one after another.
-CREATE FUNCTION pyxp.chain_problems(p_since_checkpoint boolean)
-RETURNS TABLE (check_name text, user_wallet text, wallet_seq bigint, detail text)
+-- The checks that are not cut into slices, as one call that a plan can hand
+-- to a parallel worker beside the chain walk's slices (pyxp.chain_problems;
+-- PL/pgSQL, planned per call, like a slice). The full audit: the rank
+-- buckets' and period boards' counts (pyxp.rank_problems), checkpoints
+-- without a balance, wallets not in the form today's checks give them,
+-- caps. Since a checkpoint: the new rows' single-row checks
+-- (pyxp.row_problems). At 10M rows the first took 5.1 s in one process
+-- right after heavy writes (the board ranges' index-only scans visit the
+-- heap until a vacuum) and the second 1.3 s for 250,000 rows: run beside
+-- the slices, on the other core, instead of after them.
+CREATE FUNCTION pyxp.unsliced_problems(p_since_checkpoint boolean)
+RETURNS TABLE (check_name text, user_wallet text, transaction_id bigint, detail text)
+LANGUAGE plpgsql STABLE PARALLEL SAFE
+SET plan_cache_mode = force_custom_plan
+COST 4000000 ROWS 10
+AS $fn$
+BEGIN
+    IF p_since_checkpoint THEN
+        RETURN QUERY SELECT * FROM pyxp.row_problems(true);
+        RETURN;
+    END IF;
+    RETURN QUERY
+    SELECT * FROM pyxp.rank_problems()
+    UNION ALL
+    SELECT 'checkpoint_mismatch', c.user_wallet, NULL,
+           format('checkpoint at wallet_seq %s (%s XP) of a wallet without a balance', c.wallet_seq, c.total_xp)
+      FROM pyxp.xp_wallet_checkpoints c
+     WHERE NOT EXISTS (SELECT FROM pyxp.xp_balances b WHERE b.user_wallet = c.user_wallet)
+    UNION ALL
+    -- Identities stored before 0002 that today's checks would read otherwise
+    -- (NFKC, Unicode whitespace, invisible characters): one person may be two
+    -- wallets here; a DBA decides what to merge. A wallet already in the
+    -- canonical 0x form (0x and 40 lower-case hex digits: ASCII, no space,
+    -- nothing to fold) reads the same: only the others go through the
+    -- PL/pgSQL checks (4.8 s of the audit at 1M balances, 1.7 s now).
+    SELECT 'identity_not_normalised', b.user_wallet, NULL,
+           CASE WHEN pyxp.invisible_character(f.form) IS NOT NULL
+                THEN format('wallet %s holds U+%s, refused since 0002', quote_literal(b.user_wallet),
+                            upper(lpad(to_hex(ascii(pyxp.invisible_character(f.form))), 4, '0')))
+                ELSE format('wallet %s is read %s since 0002', quote_literal(b.user_wallet), quote_literal(f.form)) END
+      FROM (SELECT b.user_wallet FROM pyxp.xp_balances b WHERE b.user_wallet COLLATE "C" !~ '^0x[0-9a-f]{40}$') b
+     CROSS JOIN LATERAL (SELECT CASE WHEN x.t ~* '^0x[0-9a-f]{40}$' THEN lower(x.t) ELSE x.t END AS form
+                           FROM (SELECT pyxp.trimmed_text(b.user_wallet, true) AS t) x) f
+     WHERE f.form <> b.user_wallet OR pyxp.invisible_character(f.form) IS NOT NULL
+    UNION ALL
+    -- Caps: what xp_cap_usage holds against the ledger, and no allowance
+    -- used beyond the largest cap its rows' rules carried (nothing to read
+    -- when no rule ever carried a cap).
+    SELECT CASE WHEN coalesce(u.used_xp, 0) <> coalesce(l.used_xp, 0) THEN 'cap_usage_mismatch'
+                ELSE 'cap_exceeded' END,
+           coalesce(u.user_wallet, l.user_wallet), NULL,
+           format('%s from %s: xp_cap_usage says %s XP used, the ledger %s XP, cap %s',
+                  coalesce(u.allowance, l.allowance), coalesce(u.period_start, l.period_start),
+                  coalesce(u.used_xp, 0), coalesce(l.used_xp, 0), coalesce(l.cap_max_xp::text, 'none'))
+      FROM pyxp.xp_cap_usage u
+      FULL JOIN pyxp.ledger_cap_usage() l
+        ON l.user_wallet = u.user_wallet AND l.allowance = u.allowance AND l.period_start = u.period_start
+     WHERE (coalesce(u.used_xp, 0) <> coalesce(l.used_xp, 0) OR l.used_xp > l.cap_max_xp)
+       AND (EXISTS (SELECT FROM pyxp.rules ru WHERE ru.cap_max_xp IS NOT NULL)
+            OR EXISTS (SELECT FROM pyxp.xp_cap_usage));
+END
+$fn$;
+
+-- The chain checks of the audited wallets (pyxp.chain_problems_between) and,
+-- with p_unsliced, the checks of pyxp.unsliced_problems: one walk of every
+-- wallet and then those, or, when pyxp.walk_in_slices says so, eight slices
+-- by the canonical wallet form's third character (0x + 40 lower-case hex
+-- digits: 0x0.. and 0x1.., ..., 0xe.. and 0xf..) and the unsliced checks as
+-- a ninth call. Every wallet is in exactly one slice, whatever its form or
+-- the collation (each bound is the same comparison on both sides); wallets
+-- of other forms are in the first or last slice. The calls are independent:
+-- the caller's plan may run them in parallel workers (a Parallel Append
+-- under a Gather, the costliest call first; OFFSET 0 keeps them a subquery
+-- of their own, so that the Gather is theirs and is not started when the
+-- one walk runs instead). 10M rows, 2 workers: the walk 9.0 s against 19.8 s
+-- for the walk of 0017; with the unsliced checks beside it, 14.9 s against
+-- 17.7 s one after the other, right after the bench's writes. A plan that
+-- cannot use workers (record_audit_checkpoint's INSERT, which passes
+-- p_unsliced false) runs them one after another. A chain finding names its
+-- row by wallet_seq, the others by transaction_id (last column).
+CREATE FUNCTION pyxp.chain_problems(p_since_checkpoint boolean, p_unsliced boolean)
+RETURNS TABLE (check_name text, user_wallet text, wallet_seq bigint, detail text, transaction_id bigint)
 LANGUAGE sql STABLE PARALLEL SAFE
 AS $$
-    SELECT * FROM pyxp.chain_problems_between(p_since_checkpoint, NULL, NULL)
+    SELECT c.*, NULL::bigint FROM pyxp.chain_problems_between(p_since_checkpoint, NULL, NULL) c
      WHERE NOT pyxp.walk_in_slices(p_since_checkpoint)
     UNION ALL
+    SELECT u.check_name, u.user_wallet, NULL, u.detail, u.transaction_id
+      FROM pyxp.unsliced_problems(p_since_checkpoint) u
+     WHERE p_unsliced AND NOT pyxp.walk_in_slices(p_since_checkpoint)
+    UNION ALL
     SELECT s.* FROM (
-        SELECT * FROM pyxp.chain_problems_between(p_since_checkpoint, NULL, '0x2')
+        SELECT u.check_name, u.user_wallet, NULL::bigint, u.detail, u.transaction_id
+          FROM pyxp.unsliced_problems(p_since_checkpoint) u
+         WHERE p_unsliced
         UNION ALL
-        SELECT * FROM pyxp.chain_problems_between(p_since_checkpoint, '0x2', '0x4')
+        SELECT c.*, NULL FROM pyxp.chain_problems_between(p_since_checkpoint, NULL, '0x2') c
         UNION ALL
-        SELECT * FROM pyxp.chain_problems_between(p_since_checkpoint, '0x4', '0x6')
+        SELECT c.*, NULL FROM pyxp.chain_problems_between(p_since_checkpoint, '0x2', '0x4') c
         UNION ALL
-        SELECT * FROM pyxp.chain_problems_between(p_since_checkpoint, '0x6', '0x8')
+        SELECT c.*, NULL FROM pyxp.chain_problems_between(p_since_checkpoint, '0x4', '0x6') c
         UNION ALL
-        SELECT * FROM pyxp.chain_problems_between(p_since_checkpoint, '0x8', '0xa')
+        SELECT c.*, NULL FROM pyxp.chain_problems_between(p_since_checkpoint, '0x6', '0x8') c
         UNION ALL
-        SELECT * FROM pyxp.chain_problems_between(p_since_checkpoint, '0xa', '0xc')
+        SELECT c.*, NULL FROM pyxp.chain_problems_between(p_since_checkpoint, '0x8', '0xa') c
         UNION ALL
-        SELECT * FROM pyxp.chain_problems_between(p_since_checkpoint, '0xc', '0xe')
+        SELECT c.*, NULL FROM pyxp.chain_problems_between(p_since_checkpoint, '0xa', '0xc') c
         UNION ALL
-        SELECT * FROM pyxp.chain_problems_between(p_since_checkpoint, '0xe', NULL)
+        SELECT c.*, NULL FROM pyxp.chain_problems_between(p_since_checkpoint, '0xc', '0xe') c
+        UNION ALL
+        SELECT c.*, NULL FROM pyxp.chain_problems_between(p_since_checkpoint, '0xe', NULL) c
         OFFSET 0) s
      WHERE pyxp.walk_in_slices(p_since_checkpoint)
 $$;
@@ -573,8 +649,8 @@ $$;
 -- ledger (pyxp.chain_problems); reversals mirror what they reverse, rows name
 -- the action of an existing rule, a flow's or reversal's rows have their
 -- request (pyxp.row_problems) and a request its rows or its kept inputs;
--- the rank buckets count the balances they hold (pyxp.rank_problems);
--- exactly one ruleset is active, no ledger row lacks its balance, total_moderations counts the votes recorded, the
+-- the rank buckets count the balances they hold (pyxp.rank_problems, one
+-- of pyxp.unsliced_problems' checks); exactly one ruleset is active, no ledger row lacks its balance, total_moderations counts the votes recorded, the
 -- balances' period columns and the caps' usage match the ledger and no cap
 -- is exceeded, a registration is granted exactly when its client email was
 -- onboarded, identities stored before 0002 read the same today.
@@ -586,7 +662,8 @@ $$;
 -- sending those through a Gather priced the parallel plan out; the checks
 -- return only findings, none on a healthy ledger. At 10M rows the claims'
 -- check takes 18 s with workers against 26-31 s without. The chain walk
--- has workers of its own: pyxp.chain_problems' slices.)
+-- has workers of its own: pyxp.chain_problems' slices, with the unsliced
+-- checks as one more call beside them.)
 CREATE FUNCTION pyxp.audit()
 RETURNS TABLE (check_name text, user_wallet text, transaction_id bigint, detail text)
 LANGUAGE sql STABLE SECURITY DEFINER
@@ -598,15 +675,17 @@ AS $$
            format('%s active rulesets, expected 1', count(*))
       FROM pyxp.rulesets r WHERE r.is_active HAVING count(*) <> 1
     UNION ALL
+    -- The chain walk and, beside it, the unsliced checks (ranks, checkpoints
+    -- without a balance, wallets' forms, caps: pyxp.unsliced_problems).
     SELECT c.check_name, c.user_wallet,
            -- (a position held twice, which no unique index prevents since 0015: its later row)
-           (SELECT max(t.id) FROM pyxp.xp_transactions t WHERE t.user_wallet = c.user_wallet AND t.wallet_seq = c.wallet_seq),
+           coalesce(c.transaction_id,
+                    (SELECT max(t.id) FROM pyxp.xp_transactions t
+                      WHERE t.user_wallet = c.user_wallet AND t.wallet_seq = c.wallet_seq)),
            c.detail
-      FROM pyxp.chain_problems(false) c
+      FROM pyxp.chain_problems(false, true) c
     UNION ALL
     SELECT * FROM pyxp.row_problems(false)
-    UNION ALL
-    SELECT * FROM pyxp.rank_problems()
     UNION ALL
     -- Rows of a wallet without a balance row: the walk starts from the
     -- balances, so it counts them; when every row was walked (the count
@@ -619,11 +698,6 @@ AS $$
      WHERE (SELECT count(*) FROM pyxp.xp_transactions)
            + (SELECT coalesce(sum(a.rows_archived), 0) FROM pyxp.xp_ledger_archives a)
            <> (SELECT coalesce(sum(b.last_wallet_seq), 0) FROM pyxp.xp_balances b)
-    UNION ALL
-    SELECT 'checkpoint_mismatch', c.user_wallet, NULL,
-           format('checkpoint at wallet_seq %s (%s XP) of a wallet without a balance', c.wallet_seq, c.total_xp)
-      FROM pyxp.xp_wallet_checkpoints c
-     WHERE NOT EXISTS (SELECT FROM pyxp.xp_balances b WHERE b.user_wallet = c.user_wallet)
     UNION ALL
     SELECT 'moderation_count', b.user_wallet, NULL,
            format('total_moderations = %s, votes recorded = %s', b.total_moderations, coalesce(v.votes, 0))
@@ -660,22 +734,8 @@ AS $$
       LEFT JOIN pyxp.xp_requests q ON q.key_hash = pyxp.key_hash('client.onboarded:' || a.client_email)
      WHERE a.xp_granted <> (q.key_hash IS NOT NULL)
     UNION ALL
-    -- Identities stored before 0002 that today's checks would read otherwise
-    -- (NFKC, Unicode whitespace, invisible characters): one person may be two
-    -- wallets or emails here; a DBA decides what to merge. A wallet already
-    -- in the canonical 0x form (0x and 40 lower-case hex digits: ASCII, no
-    -- space, nothing to fold) reads the same: only the others go through
-    -- the PL/pgSQL checks (4.8 s of the audit at 1M balances, 1.7 s now).
-    SELECT 'identity_not_normalised', b.user_wallet, NULL,
-           CASE WHEN pyxp.invisible_character(f.form) IS NOT NULL
-                THEN format('wallet %s holds U+%s, refused since 0002', quote_literal(b.user_wallet),
-                            upper(lpad(to_hex(ascii(pyxp.invisible_character(f.form))), 4, '0')))
-                ELSE format('wallet %s is read %s since 0002', quote_literal(b.user_wallet), quote_literal(f.form)) END
-      FROM (SELECT b.user_wallet FROM pyxp.xp_balances b WHERE b.user_wallet COLLATE "C" !~ '^0x[0-9a-f]{40}$') b
-     CROSS JOIN LATERAL (SELECT CASE WHEN x.t ~* '^0x[0-9a-f]{40}$' THEN lower(x.t) ELSE x.t END AS form
-                           FROM (SELECT pyxp.trimmed_text(b.user_wallet, true) AS t) x) f
-     WHERE f.form <> b.user_wallet OR pyxp.invisible_character(f.form) IS NOT NULL
-    UNION ALL
+    -- Client emails stored before 0002 that today's checks would read
+    -- otherwise (the wallets: pyxp.unsliced_problems).
     SELECT 'identity_not_normalised', a.client_wallet, NULL,
            format('client email %s of registration %s is read %s since 0002', quote_literal(a.client_email), a.id,
                   coalesce(quote_literal(f.form), 'as refused'))
@@ -683,22 +743,6 @@ AS $$
      CROSS JOIN LATERAL (SELECT CASE WHEN pyxp.invisible_character(x.t) IS NULL THEN x.t END AS form
                            FROM (SELECT lower(pyxp.trimmed_text(a.client_email, true)) AS t) x) f
      WHERE f.form IS DISTINCT FROM a.client_email
-    UNION ALL
-    -- Caps: what xp_cap_usage holds against the ledger, and no allowance
-    -- used beyond the largest cap its rows' rules carried (nothing to read
-    -- when no rule ever carried a cap).
-    SELECT CASE WHEN coalesce(u.used_xp, 0) <> coalesce(l.used_xp, 0) THEN 'cap_usage_mismatch'
-                ELSE 'cap_exceeded' END,
-           coalesce(u.user_wallet, l.user_wallet), NULL,
-           format('%s from %s: xp_cap_usage says %s XP used, the ledger %s XP, cap %s',
-                  coalesce(u.allowance, l.allowance), coalesce(u.period_start, l.period_start),
-                  coalesce(u.used_xp, 0), coalesce(l.used_xp, 0), coalesce(l.cap_max_xp::text, 'none'))
-      FROM pyxp.xp_cap_usage u
-      FULL JOIN pyxp.ledger_cap_usage() l
-        ON l.user_wallet = u.user_wallet AND l.allowance = u.allowance AND l.period_start = u.period_start
-     WHERE (coalesce(u.used_xp, 0) <> coalesce(l.used_xp, 0) OR l.used_xp > l.cap_max_xp)
-       AND (EXISTS (SELECT FROM pyxp.rules ru WHERE ru.cap_max_xp IS NOT NULL)
-            OR EXISTS (SELECT FROM pyxp.xp_cap_usage))
     ORDER BY 1, 2, 3
 $$;
 
@@ -727,13 +771,16 @@ BEGIN
                format('%s active rulesets, expected 1', count(*))
           FROM pyxp.rulesets r WHERE r.is_active HAVING count(*) <> 1
         UNION ALL
+        -- Since a checkpoint, the new rows' single-row checks run beside the
+        -- walk (pyxp.unsliced_problems); before the first, after it.
         SELECT c.check_name, c.user_wallet,
-               (SELECT max(t.id) FROM pyxp.xp_transactions t  -- a position held twice: its later row
-                 WHERE t.user_wallet = c.user_wallet AND t.wallet_seq = c.wallet_seq),
+               coalesce(c.transaction_id,
+                        (SELECT max(t.id) FROM pyxp.xp_transactions t  -- a position held twice: its later row
+                          WHERE t.user_wallet = c.user_wallet AND t.wallet_seq = c.wallet_seq)),
                c.detail
-          FROM pyxp.chain_problems(v_since) c
+          FROM pyxp.chain_problems(v_since, v_since) c
         UNION ALL
-        SELECT * FROM pyxp.row_problems(v_since)
+        SELECT * FROM pyxp.row_problems(false) WHERE NOT v_since
         ORDER BY 1, 2, 3;
 END
 $$;
@@ -763,7 +810,7 @@ BEGIN
     LOCK TABLE pyxp.xp_audit_checkpoints IN EXCLUSIVE MODE;
     v_since := pyxp.last_checkpoint_xmin() IS NOT NULL;
     WITH problems AS MATERIALIZED (
-        SELECT c.check_name, c.user_wallet, c.detail FROM pyxp.chain_problems(v_since) c
+        SELECT c.check_name, c.user_wallet, c.detail FROM pyxp.chain_problems(v_since, false) c
         UNION ALL
         SELECT r.check_name, r.user_wallet, r.detail FROM pyxp.row_problems(v_since) r
     ), verified AS MATERIALIZED (

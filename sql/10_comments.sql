@@ -57,8 +57,10 @@ COMMENT ON FUNCTION pyxp.chain_problems_between(boolean, text, text) IS
     'internal: the chain checks of the audited wallets in a range of wallet texts (one slice of pyxp.chain_problems).';
 COMMENT ON FUNCTION pyxp.walk_in_slices(boolean) IS
     'internal: whether the chain walk has enough rows (pyxp.audit_parallel_min_rows) to run in parallel slices.';
-COMMENT ON FUNCTION pyxp.chain_problems(boolean) IS
-    'internal: one walk of the audited wallets'' chains in wallet_seq order: chain, balance, level, checkpoint, periods.';
+COMMENT ON FUNCTION pyxp.chain_problems(boolean, boolean) IS
+    'internal: one walk of the audited wallets'' chains in wallet_seq order (chain, balance, level, checkpoint, periods), in parallel slices with the unsliced checks beside them when large.';
+COMMENT ON FUNCTION pyxp.unsliced_problems(boolean) IS
+    'internal: the audit''s checks not cut into slices (ranks, wallets'' forms, caps; since a checkpoint the new rows''), as one call a parallel worker can run.';
 COMMENT ON FUNCTION pyxp.audited_rows(boolean) IS
     'internal: the rows the single-row checks read: every row, or those written since the last checkpoint.';
 COMMENT ON FUNCTION pyxp.row_problems(boolean) IS

@@ -295,11 +295,48 @@ def test_the_sliced_walk_finds_what_one_walk_finds_once_per_wallet(db: psycopg.C
         sorted([("running_balance", w) for w in SLICE_WALLETS])
 
 
+def test_the_unsliced_checks_find_in_a_worker_what_they_find_alone(db: psycopg.Connection[Any]) -> None:
+    """0019: the checks not cut into slices (pyxp.unsliced_problems: rank and period board counts,
+    checkpoints without a balance, caps; since a checkpoint the new rows' single-row checks) run as
+    one more call beside the slices, in a parallel worker when the slices run: their findings are
+    the same as in one process, and are all there."""
+    for wallet in SLICE_WALLETS[:8]:
+        award(db, wallet, f"first:{wallet}")
+    checkpoint = record(db)["checkpoint_id"]
+    later = award(db, "0x5", "later:0x5")
+    db.execute("INSERT INTO pyxp.xp_rank_counts (neg_xp, wallet, slot, wallets) "
+               "VALUES (-9223372036854775807, '', 7, 3)")  # the first bucket counts 3 more
+    db.execute("INSERT INTO pyxp.xp_period_rank_counts (period, period_start, period_xp, wallet_start, slot, wallets) "
+               "VALUES ('week', date_trunc('week', now()), 999, '', 0, 2)")  # a value nobody holds
+    db.execute("INSERT INTO pyxp.xp_wallet_checkpoints (user_wallet, wallet_seq, total_xp, checkpoint_id) "
+               "VALUES ('0xghost', 1, 5, %s)", (checkpoint,))
+    db.execute("INSERT INTO pyxp.xp_cap_usage (user_wallet, allowance, period_start, used_xp) "
+               "VALUES ('0x5', 'rule:CAMPAIGN_APPROVED', now(), 40)")
+    tamper(db, "UPDATE pyxp.xp_transactions SET transaction_type = 'B2C_MINT' WHERE id = %s", later["transaction_id"])
+
+    full = audit_rows(db, "audit", SLICES_ALWAYS)
+    assert full == audit_rows(db, "audit", SLICES_NEVER)
+    assert {name for name, *_ in full} >= {"rank_count_mismatch", "checkpoint_mismatch", "cap_usage_mismatch",
+                                           "rule_mismatch"}
+    assert ("checkpoint_mismatch", "0xghost") in {(name, wallet) for name, wallet, *_ in full}
+    assert sum(name == "rank_count_mismatch" for name, *_ in full) == 2
+    since = audit_rows(db, "audit_since_checkpoint", SLICES_ALWAYS)
+    assert since == audit_rows(db, "audit_since_checkpoint", SLICES_NEVER)
+    assert [(name, wallet, row) for name, wallet, row, _ in since] == \
+        [("rule_mismatch", "0x5", later["transaction_id"])]
+
+
+# The calls pyxp.chain_problems' Gather hands out: the unsliced checks (ranks, wallets' forms, caps;
+# since a checkpoint the new rows') and the eight slices of the walk (0019).
+IN_WORKERS = ["unsliced_problems"] + ["chain_problems_between"] * 8
+
+
 def gather_loops(db: psycopg.Connection[Any], setting: str, since: bool = False) -> list[tuple[int, list[str]]]:
-    """Each Gather of the chain walk's plan, run: how often it ran, and the functions it hands out."""
+    """Each Gather of the chain walk's plan (with the unsliced checks), run: how often it ran, and the
+    functions it hands out."""
     db.execute(setting)
     try:
-        (plan,), = db.execute("EXPLAIN (ANALYZE, FORMAT JSON) SELECT * FROM pyxp.chain_problems(%s)",
+        (plan,), = db.execute("EXPLAIN (ANALYZE, FORMAT JSON) SELECT * FROM pyxp.chain_problems(%s, true)",
                               (since,)).fetchall()
     finally:
         db.execute("RESET pyxp.audit_parallel_min_rows")
@@ -314,18 +351,18 @@ def test_the_walk_runs_in_parallel_slices_only_when_the_rows_are_worth_it(db: ps
     checkpoint the rows written since) the Gather is not even started."""
     for wallet in ("0x1", "0x9", "0xf"):
         award(db, wallet, f"k:{wallet}")
-    assert gather_loops(db, SLICES_ALWAYS) == [(1, ["chain_problems_between"] * 8)]
-    assert gather_loops(db, "RESET pyxp.audit_parallel_min_rows") == [(0, ["chain_problems_between"] * 8)]
-    assert gather_loops(db, "SET pyxp.audit_parallel_min_rows = 3") == [(1, ["chain_problems_between"] * 8)]
-    assert gather_loops(db, "SET pyxp.audit_parallel_min_rows = 4") == [(0, ["chain_problems_between"] * 8)]
+    assert gather_loops(db, SLICES_ALWAYS) == [(1, IN_WORKERS)]
+    assert gather_loops(db, "RESET pyxp.audit_parallel_min_rows") == [(0, IN_WORKERS)]
+    assert gather_loops(db, "SET pyxp.audit_parallel_min_rows = 3") == [(1, IN_WORKERS)]
+    assert gather_loops(db, "SET pyxp.audit_parallel_min_rows = 4") == [(0, IN_WORKERS)]
     # Since a checkpoint, the rows to walk are those written since (read from the feed index).
     record(db)
     award(db, "0x1", "k:again:0x1")
     award(db, "0xe", "k:again:0xe")
     assert gather_loops(db, "SET pyxp.audit_parallel_min_rows = 2", since=True) == \
-        [(1, ["chain_problems_between"] * 8)]
+        [(1, IN_WORKERS)]
     assert gather_loops(db, "SET pyxp.audit_parallel_min_rows = 3", since=True) == \
-        [(0, ["chain_problems_between"] * 8)]
+        [(0, IN_WORKERS)]
 
 
 @pytest.mark.parametrize("value", ["abc", "-1", "1.5", "1e6", "99999999999999999999"])
