@@ -402,17 +402,20 @@ BEGIN
 END
 $$;
 
--- The checks that are not cut into slices, as one call that a plan can hand
--- to a parallel worker beside the chain walk's slices (pyxp.chain_problems;
--- PL/pgSQL, planned per call, like a slice). The full audit: the rank
--- buckets' and period boards' counts (pyxp.rank_problems), checkpoints
--- without a balance, wallets not in the form today's checks give them,
--- caps. Since a checkpoint: the new rows' single-row checks
--- (pyxp.row_problems). At 10M rows the first took 5.1 s in one process
--- right after heavy writes (the board ranges' index-only scans visit the
--- heap until a vacuum) and the second 1.3 s for 250,000 rows: run beside
--- the slices, on the other core, instead of after them.
-CREATE FUNCTION pyxp.unsliced_problems(p_since_checkpoint boolean)
+-- The checks that are not cut into slices, in two calls that a plan can
+-- hand to parallel workers beside the chain walk's slices
+-- (pyxp.chain_problems; PL/pgSQL, planned per call, like a slice). The full
+-- audit: part 1, the rank buckets' and period boards' counts
+-- (pyxp.rank_problems); part 2, checkpoints without a balance, wallets not
+-- in the form today's checks give them, caps. Since a checkpoint: part 1,
+-- the new rows' single-row checks (pyxp.row_problems); part 2, nothing. At
+-- 10M rows right after heavy writes, part 1 takes 5.8 s in one process (the
+-- board ranges' index-only scans visit the heap until a vacuum) and part 2
+-- 3.7 s; since a checkpoint part 1 took 1.3 s for 250,000 rows: run beside
+-- the slices, on the other core, instead of after them, and in two calls so
+-- that neither is the last to finish (one call of both took 16.6 s beside
+-- slices that took 15 s).
+CREATE FUNCTION pyxp.unsliced_problems(p_since_checkpoint boolean, p_part integer)
 RETURNS TABLE (check_name text, user_wallet text, transaction_id bigint, detail text)
 LANGUAGE plpgsql STABLE PARALLEL SAFE
 SET plan_cache_mode = force_custom_plan
@@ -420,13 +423,17 @@ COST 4000000 ROWS 10
 AS $fn$
 BEGIN
     IF p_since_checkpoint THEN
-        RETURN QUERY SELECT * FROM pyxp.row_problems(true);
+        IF p_part = 1 THEN
+            RETURN QUERY SELECT * FROM pyxp.row_problems(true);
+        END IF;
+        RETURN;
+    END IF;
+    IF p_part = 1 THEN
+        RETURN QUERY SELECT * FROM pyxp.rank_problems();
         RETURN;
     END IF;
     RETURN QUERY
-    SELECT * FROM pyxp.rank_problems()
-    UNION ALL
-    SELECT 'checkpoint_mismatch', c.user_wallet, NULL,
+    SELECT 'checkpoint_mismatch', c.user_wallet, NULL::bigint,
            format('checkpoint at wallet_seq %s (%s XP) of a wallet without a balance', c.wallet_seq, c.total_xp)
       FROM pyxp.xp_wallet_checkpoints c
      WHERE NOT EXISTS (SELECT FROM pyxp.xp_balances b WHERE b.user_wallet = c.user_wallet)
@@ -470,17 +477,19 @@ $fn$;
 -- wallet and then those, or, when pyxp.walk_in_slices says so, eight slices
 -- by the canonical wallet form's third character (0x + 40 lower-case hex
 -- digits: 0x0.. and 0x1.., ..., 0xe.. and 0xf..) and the unsliced checks as
--- a ninth call. Every wallet is in exactly one slice, whatever its form or
+-- two more calls. Every wallet is in exactly one slice, whatever its form or
 -- the collation (each bound is the same comparison on both sides); wallets
 -- of other forms are in the first or last slice. The calls are independent:
 -- the caller's plan may run them in parallel workers (a Parallel Append
 -- under a Gather, the costliest call first; OFFSET 0 keeps them a subquery
 -- of their own, so that the Gather is theirs and is not started when the
 -- one walk runs instead). 10M rows, 2 workers: the walk 9.0 s against 19.8 s
--- for the walk of 0017; with the unsliced checks beside it, 14.9 s against
--- 17.7 s one after the other, right after the bench's writes. A plan that
--- cannot use workers (record_audit_checkpoint's INSERT, which passes
--- p_unsliced false) runs them one after another. A chain finding names its
+-- for the walk of 0017; with the unsliced checks beside it, 15.5 s against
+-- 17.7 s one after the other, right after the bench's writes (16.6 s with
+-- them in one call): the walk and the checks are bound by the two cores'
+-- time, not by waiting. A plan that cannot use workers
+-- (record_audit_checkpoint's INSERT, which passes p_unsliced false) runs
+-- them one after another. A chain finding names its
 -- row by wallet_seq, the others by transaction_id (last column).
 CREATE FUNCTION pyxp.chain_problems(p_since_checkpoint boolean, p_unsliced boolean)
 RETURNS TABLE (check_name text, user_wallet text, wallet_seq bigint, detail text, transaction_id bigint)
@@ -490,12 +499,16 @@ AS $$
      WHERE NOT pyxp.walk_in_slices(p_since_checkpoint)
     UNION ALL
     SELECT u.check_name, u.user_wallet, NULL, u.detail, u.transaction_id
-      FROM pyxp.unsliced_problems(p_since_checkpoint) u
+      FROM generate_series(1, 2) n CROSS JOIN LATERAL pyxp.unsliced_problems(p_since_checkpoint, n) u
      WHERE p_unsliced AND NOT pyxp.walk_in_slices(p_since_checkpoint)
     UNION ALL
     SELECT s.* FROM (
         SELECT u.check_name, u.user_wallet, NULL::bigint, u.detail, u.transaction_id
-          FROM pyxp.unsliced_problems(p_since_checkpoint) u
+          FROM pyxp.unsliced_problems(p_since_checkpoint, 1) u
+         WHERE p_unsliced
+        UNION ALL
+        SELECT u.check_name, u.user_wallet, NULL, u.detail, u.transaction_id
+          FROM pyxp.unsliced_problems(p_since_checkpoint, 2) u
          WHERE p_unsliced
         UNION ALL
         SELECT c.*, NULL FROM pyxp.chain_problems_between(p_since_checkpoint, NULL, '0x2') c

@@ -298,7 +298,7 @@ def test_the_sliced_walk_finds_what_one_walk_finds_once_per_wallet(db: psycopg.C
 def test_the_unsliced_checks_find_in_a_worker_what_they_find_alone(db: psycopg.Connection[Any]) -> None:
     """0019: the checks not cut into slices (pyxp.unsliced_problems: rank and period board counts,
     checkpoints without a balance, caps; since a checkpoint the new rows' single-row checks) run as
-    one more call beside the slices, in a parallel worker when the slices run: their findings are
+    two more calls beside the slices, in parallel workers when the slices run: their findings are
     the same as in one process, and are all there."""
     for wallet in SLICE_WALLETS[:8]:
         award(db, wallet, f"first:{wallet}")
@@ -327,8 +327,8 @@ def test_the_unsliced_checks_find_in_a_worker_what_they_find_alone(db: psycopg.C
 
 
 # The calls pyxp.chain_problems' Gather hands out: the unsliced checks (ranks, wallets' forms, caps;
-# since a checkpoint the new rows') and the eight slices of the walk (0019).
-IN_WORKERS = ["unsliced_problems"] + ["chain_problems_between"] * 8
+# since a checkpoint the new rows'), in two calls, and the eight slices of the walk (0019).
+IN_WORKERS = ["unsliced_problems"] * 2 + ["chain_problems_between"] * 8
 
 
 def gather_loops(db: psycopg.Connection[Any], setting: str, since: bool = False) -> list[tuple[int, list[str]]]:

@@ -2,7 +2,7 @@
 SET LOCAL ROLE pyxp_owner;
 
 DROP FUNCTION pyxp.chain_problems(boolean, boolean);
-DROP FUNCTION pyxp.unsliced_problems(boolean);
+DROP FUNCTION pyxp.unsliced_problems(boolean, integer);
 
 CREATE FUNCTION pyxp.chain_problems(p_since_checkpoint boolean)
 RETURNS TABLE (check_name text, user_wallet text, wallet_seq bigint, detail text)

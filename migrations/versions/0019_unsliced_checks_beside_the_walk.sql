@@ -9,7 +9,7 @@
 -- it names its row by transaction_id (a new last column). Functions only.
 SET LOCAL ROLE pyxp_owner;
 
-CREATE FUNCTION pyxp.unsliced_problems(p_since_checkpoint boolean)
+CREATE FUNCTION pyxp.unsliced_problems(p_since_checkpoint boolean, p_part integer)
 RETURNS TABLE (check_name text, user_wallet text, transaction_id bigint, detail text)
 LANGUAGE plpgsql STABLE PARALLEL SAFE
 SET plan_cache_mode = force_custom_plan
@@ -17,13 +17,17 @@ COST 4000000 ROWS 10
 AS $fn$
 BEGIN
     IF p_since_checkpoint THEN
-        RETURN QUERY SELECT * FROM pyxp.row_problems(true);
+        IF p_part = 1 THEN
+            RETURN QUERY SELECT * FROM pyxp.row_problems(true);
+        END IF;
+        RETURN;
+    END IF;
+    IF p_part = 1 THEN
+        RETURN QUERY SELECT * FROM pyxp.rank_problems();
         RETURN;
     END IF;
     RETURN QUERY
-    SELECT * FROM pyxp.rank_problems()
-    UNION ALL
-    SELECT 'checkpoint_mismatch', c.user_wallet, NULL,
+    SELECT 'checkpoint_mismatch', c.user_wallet, NULL::bigint,
            format('checkpoint at wallet_seq %s (%s XP) of a wallet without a balance', c.wallet_seq, c.total_xp)
       FROM pyxp.xp_wallet_checkpoints c
      WHERE NOT EXISTS (SELECT FROM pyxp.xp_balances b WHERE b.user_wallet = c.user_wallet)
@@ -72,12 +76,16 @@ AS $$
      WHERE NOT pyxp.walk_in_slices(p_since_checkpoint)
     UNION ALL
     SELECT u.check_name, u.user_wallet, NULL, u.detail, u.transaction_id
-      FROM pyxp.unsliced_problems(p_since_checkpoint) u
+      FROM generate_series(1, 2) n CROSS JOIN LATERAL pyxp.unsliced_problems(p_since_checkpoint, n) u
      WHERE p_unsliced AND NOT pyxp.walk_in_slices(p_since_checkpoint)
     UNION ALL
     SELECT s.* FROM (
         SELECT u.check_name, u.user_wallet, NULL::bigint, u.detail, u.transaction_id
-          FROM pyxp.unsliced_problems(p_since_checkpoint) u
+          FROM pyxp.unsliced_problems(p_since_checkpoint, 1) u
+         WHERE p_unsliced
+        UNION ALL
+        SELECT u.check_name, u.user_wallet, NULL, u.detail, u.transaction_id
+          FROM pyxp.unsliced_problems(p_since_checkpoint, 2) u
          WHERE p_unsliced
         UNION ALL
         SELECT c.*, NULL FROM pyxp.chain_problems_between(p_since_checkpoint, NULL, '0x2') c
@@ -264,10 +272,10 @@ $$;
 
 COMMENT ON FUNCTION pyxp.chain_problems(boolean, boolean) IS
     'internal: one walk of the audited wallets'' chains in wallet_seq order (chain, balance, level, checkpoint, periods), in parallel slices with the unsliced checks beside them when large.';
-COMMENT ON FUNCTION pyxp.unsliced_problems(boolean) IS
-    'internal: the audit''s checks not cut into slices (ranks, wallets'' forms, caps; since a checkpoint the new rows''), as one call a parallel worker can run.';
+COMMENT ON FUNCTION pyxp.unsliced_problems(boolean, integer) IS
+    'internal: the audit''s checks not cut into slices (1: ranks, 2: wallets'' forms, caps; since a checkpoint 1: the new rows''), as calls a parallel worker can run.';
 
-REVOKE ALL ON FUNCTION pyxp.unsliced_problems(boolean) FROM PUBLIC;
+REVOKE ALL ON FUNCTION pyxp.unsliced_problems(boolean, integer) FROM PUBLIC;
 REVOKE ALL ON FUNCTION pyxp.chain_problems(boolean, boolean) FROM PUBLIC;
 
 RESET ROLE;
