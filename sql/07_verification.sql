@@ -663,8 +663,9 @@ $$;
 -- the action of an existing rule, a flow's or reversal's rows have their
 -- request (pyxp.row_problems) and a request its rows or its kept inputs;
 -- the rank buckets count the balances they hold (pyxp.rank_problems, one
--- of pyxp.unsliced_problems' checks); exactly one ruleset is active, no ledger row lacks its balance, total_moderations counts the votes recorded, the
--- balances' period columns and the caps' usage match the ledger and no cap
+-- of pyxp.unsliced_problems' checks); exactly one ruleset is active, no
+-- ledger row lacks its balance, total_moderations counts the votes
+-- recorded, the balances' period columns and the caps' usage match the ledger and no cap
 -- is exceeded, a registration is granted exactly when its client email was
 -- onboarded, identities stored before 0002 read the same today.
 -- (jit off: compiling the plan cost more than running it, 100 ms vs 6 ms on a
@@ -676,7 +677,7 @@ $$;
 -- return only findings, none on a healthy ledger. At 10M rows the claims'
 -- check takes 18 s with workers against 26-31 s without. The chain walk
 -- has workers of its own: pyxp.chain_problems' slices, with the unsliced
--- checks as one more call beside them.)
+-- checks as two more calls beside them.)
 CREATE FUNCTION pyxp.audit()
 RETURNS TABLE (check_name text, user_wallet text, transaction_id bigint, detail text)
 LANGUAGE sql STABLE SECURITY DEFINER
