@@ -11,7 +11,9 @@
 -- fast: index xp_transactions_wallet_seq carries what it reads (an
 -- index-only scan, merged with the balances in wallet order), every
 -- per-wallet check is computed once per wallet, not once per row, and a
--- large walk is cut into slices of the wallets that parallel workers share.
+-- large walk is cut into slices of the wallets that parallel workers share,
+-- with the checks that are not cut into slices (pyxp.unsliced_problems)
+-- beside them.
 -- SECURITY DEFINER so that pyxp_writer and pyxp_reader can call them.
 
 -- The xmin of the snapshot the last checkpoint read (NULL: no checkpoint
@@ -489,45 +491,54 @@ $fn$;
 -- them in one call): the walk and the checks are bound by the two cores'
 -- time, not by waiting. A plan that cannot use workers
 -- (record_audit_checkpoint's INSERT, which passes p_unsliced false) runs
--- them one after another. A chain finding names its
--- row by wallet_seq, the others by transaction_id (last column).
+-- them one after another. A chain finding names its row by wallet_seq,
+-- looked up here; the others name it by transaction_id.
 CREATE FUNCTION pyxp.chain_problems(p_since_checkpoint boolean, p_unsliced boolean)
-RETURNS TABLE (check_name text, user_wallet text, wallet_seq bigint, detail text, transaction_id bigint)
+RETURNS TABLE (check_name text, user_wallet text, transaction_id bigint, detail text)
 LANGUAGE sql STABLE PARALLEL SAFE
 AS $$
-    SELECT c.*, NULL::bigint FROM pyxp.chain_problems_between(p_since_checkpoint, NULL, NULL) c
-     WHERE NOT pyxp.walk_in_slices(p_since_checkpoint)
-    UNION ALL
-    SELECT u.check_name, u.user_wallet, NULL, u.detail, u.transaction_id
-      FROM generate_series(1, 2) n CROSS JOIN LATERAL pyxp.unsliced_problems(p_since_checkpoint, n) u
-     WHERE p_unsliced AND NOT pyxp.walk_in_slices(p_since_checkpoint)
-    UNION ALL
-    SELECT s.* FROM (
-        SELECT u.check_name, u.user_wallet, NULL::bigint, u.detail, u.transaction_id
-          FROM pyxp.unsliced_problems(p_since_checkpoint, 1) u
-         WHERE p_unsliced
+    SELECT c.check_name, c.user_wallet,
+           -- a chain finding's row, by its wallet_seq (a position held twice, which no unique
+           -- index prevents since 0015: its later row)
+           coalesce(c.transaction_id,
+                    (SELECT max(t.id) FROM pyxp.xp_transactions t
+                      WHERE t.user_wallet = c.user_wallet AND t.wallet_seq = c.wallet_seq)),
+           c.detail
+      FROM (
+        SELECT c.*, NULL::bigint FROM pyxp.chain_problems_between(p_since_checkpoint, NULL, NULL) c
+         WHERE NOT pyxp.walk_in_slices(p_since_checkpoint)
         UNION ALL
         SELECT u.check_name, u.user_wallet, NULL, u.detail, u.transaction_id
-          FROM pyxp.unsliced_problems(p_since_checkpoint, 2) u
-         WHERE p_unsliced
+          FROM generate_series(1, 2) n CROSS JOIN LATERAL pyxp.unsliced_problems(p_since_checkpoint, n) u
+         WHERE p_unsliced AND NOT pyxp.walk_in_slices(p_since_checkpoint)
         UNION ALL
-        SELECT c.*, NULL FROM pyxp.chain_problems_between(p_since_checkpoint, NULL, '0x2') c
-        UNION ALL
-        SELECT c.*, NULL FROM pyxp.chain_problems_between(p_since_checkpoint, '0x2', '0x4') c
-        UNION ALL
-        SELECT c.*, NULL FROM pyxp.chain_problems_between(p_since_checkpoint, '0x4', '0x6') c
-        UNION ALL
-        SELECT c.*, NULL FROM pyxp.chain_problems_between(p_since_checkpoint, '0x6', '0x8') c
-        UNION ALL
-        SELECT c.*, NULL FROM pyxp.chain_problems_between(p_since_checkpoint, '0x8', '0xa') c
-        UNION ALL
-        SELECT c.*, NULL FROM pyxp.chain_problems_between(p_since_checkpoint, '0xa', '0xc') c
-        UNION ALL
-        SELECT c.*, NULL FROM pyxp.chain_problems_between(p_since_checkpoint, '0xc', '0xe') c
-        UNION ALL
-        SELECT c.*, NULL FROM pyxp.chain_problems_between(p_since_checkpoint, '0xe', NULL) c
-        OFFSET 0) s
-     WHERE pyxp.walk_in_slices(p_since_checkpoint)
+        SELECT s.* FROM (
+            SELECT u.check_name, u.user_wallet, NULL::bigint, u.detail, u.transaction_id
+              FROM pyxp.unsliced_problems(p_since_checkpoint, 1) u
+             WHERE p_unsliced
+            UNION ALL
+            SELECT u.check_name, u.user_wallet, NULL, u.detail, u.transaction_id
+              FROM pyxp.unsliced_problems(p_since_checkpoint, 2) u
+             WHERE p_unsliced
+            UNION ALL
+            SELECT c.*, NULL FROM pyxp.chain_problems_between(p_since_checkpoint, NULL, '0x2') c
+            UNION ALL
+            SELECT c.*, NULL FROM pyxp.chain_problems_between(p_since_checkpoint, '0x2', '0x4') c
+            UNION ALL
+            SELECT c.*, NULL FROM pyxp.chain_problems_between(p_since_checkpoint, '0x4', '0x6') c
+            UNION ALL
+            SELECT c.*, NULL FROM pyxp.chain_problems_between(p_since_checkpoint, '0x6', '0x8') c
+            UNION ALL
+            SELECT c.*, NULL FROM pyxp.chain_problems_between(p_since_checkpoint, '0x8', '0xa') c
+            UNION ALL
+            SELECT c.*, NULL FROM pyxp.chain_problems_between(p_since_checkpoint, '0xa', '0xc') c
+            UNION ALL
+            SELECT c.*, NULL FROM pyxp.chain_problems_between(p_since_checkpoint, '0xc', '0xe') c
+            UNION ALL
+            SELECT c.*, NULL FROM pyxp.chain_problems_between(p_since_checkpoint, '0xe', NULL) c
+            OFFSET 0) s
+         WHERE pyxp.walk_in_slices(p_since_checkpoint)
+           ) c(check_name, user_wallet, wallet_seq, detail, transaction_id)
 $$;
 
 -- The rows the single-row checks read: every row (p_since_checkpoint false)
@@ -691,13 +702,7 @@ AS $$
     UNION ALL
     -- The chain walk and, beside it, the unsliced checks (ranks, checkpoints
     -- without a balance, wallets' forms, caps: pyxp.unsliced_problems).
-    SELECT c.check_name, c.user_wallet,
-           -- (a position held twice, which no unique index prevents since 0015: its later row)
-           coalesce(c.transaction_id,
-                    (SELECT max(t.id) FROM pyxp.xp_transactions t
-                      WHERE t.user_wallet = c.user_wallet AND t.wallet_seq = c.wallet_seq)),
-           c.detail
-      FROM pyxp.chain_problems(false, true) c
+    SELECT * FROM pyxp.chain_problems(false, true)
     UNION ALL
     SELECT * FROM pyxp.row_problems(false)
     UNION ALL
@@ -787,12 +792,7 @@ BEGIN
         UNION ALL
         -- Since a checkpoint, the new rows' single-row checks run beside the
         -- walk (pyxp.unsliced_problems); before the first, after it.
-        SELECT c.check_name, c.user_wallet,
-               coalesce(c.transaction_id,
-                        (SELECT max(t.id) FROM pyxp.xp_transactions t  -- a position held twice: its later row
-                          WHERE t.user_wallet = c.user_wallet AND t.wallet_seq = c.wallet_seq)),
-               c.detail
-          FROM pyxp.chain_problems(v_since, v_since) c
+        SELECT * FROM pyxp.chain_problems(v_since, v_since)
         UNION ALL
         SELECT * FROM pyxp.row_problems(false) WHERE NOT v_since
         ORDER BY 1, 2, 3;

@@ -346,8 +346,8 @@ def gather_loops(db: psycopg.Connection[Any], setting: str, since: bool = False)
 
 
 def test_the_walk_runs_in_parallel_slices_only_when_the_rows_are_worth_it(db: psycopg.Connection[Any]) -> None:
-    """The eight slices sit under a Gather (their own: the rest of the audit's plan is not in it);
-    below pyxp.audit_parallel_min_rows rows to walk (100000 unset; the ledger's rows, or since a
+    """The eight slices, and the two calls of the unsliced checks, sit under a Gather (their own: the
+    rest of the audit's plan is not in it); below pyxp.audit_parallel_min_rows rows to walk (100000 unset; the ledger's rows, or since a
     checkpoint the rows written since) the Gather is not even started."""
     for wallet in ("0x1", "0x9", "0xf"):
         award(db, wallet, f"k:{wallet}")

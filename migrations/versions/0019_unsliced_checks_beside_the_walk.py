@@ -5,7 +5,7 @@ Revises: 0018
 Create Date: 2026-11-26
 
 pyxp.unsliced_problems (new): the checks not cut into slices (ranks, wallets'
-forms, caps; since a checkpoint the new rows' single-row checks), as one call
+forms, caps; since a checkpoint the new rows' single-row checks), as two calls
 that pyxp.chain_problems runs beside its eight slices under the same Gather.
 Functions only: no table changes, nothing rewritten.
 

@@ -4,9 +4,11 @@
 -- pyxp.unsliced_problems (new) holds the checks that are not cut into slices: in the
 -- full audit the rank buckets' and period boards' counts, checkpoints without a
 -- balance, wallets' forms and caps (moved out of pyxp.audit), since a checkpoint the
--- new rows' single-row checks. pyxp.chain_problems gets a second parameter and runs
--- that call as a ninth beside its eight slices, under the same Gather; a finding of
--- it names its row by transaction_id (a new last column). Functions only.
+-- new rows' single-row checks, in two calls (part 1: the rank counts, or since a
+-- checkpoint the new rows; part 2: the rest). pyxp.chain_problems gets a second
+-- parameter and runs both calls beside its eight slices, under the same Gather; it
+-- returns the audit's columns (a chain finding's row looked up by its wallet_seq
+-- there, no longer in each caller). Functions only.
 SET LOCAL ROLE pyxp_owner;
 
 CREATE FUNCTION pyxp.unsliced_problems(p_since_checkpoint boolean, p_part integer)
@@ -69,42 +71,51 @@ $fn$;
 DROP FUNCTION pyxp.chain_problems(boolean);
 
 CREATE FUNCTION pyxp.chain_problems(p_since_checkpoint boolean, p_unsliced boolean)
-RETURNS TABLE (check_name text, user_wallet text, wallet_seq bigint, detail text, transaction_id bigint)
+RETURNS TABLE (check_name text, user_wallet text, transaction_id bigint, detail text)
 LANGUAGE sql STABLE PARALLEL SAFE
 AS $$
-    SELECT c.*, NULL::bigint FROM pyxp.chain_problems_between(p_since_checkpoint, NULL, NULL) c
-     WHERE NOT pyxp.walk_in_slices(p_since_checkpoint)
-    UNION ALL
-    SELECT u.check_name, u.user_wallet, NULL, u.detail, u.transaction_id
-      FROM generate_series(1, 2) n CROSS JOIN LATERAL pyxp.unsliced_problems(p_since_checkpoint, n) u
-     WHERE p_unsliced AND NOT pyxp.walk_in_slices(p_since_checkpoint)
-    UNION ALL
-    SELECT s.* FROM (
-        SELECT u.check_name, u.user_wallet, NULL::bigint, u.detail, u.transaction_id
-          FROM pyxp.unsliced_problems(p_since_checkpoint, 1) u
-         WHERE p_unsliced
+    SELECT c.check_name, c.user_wallet,
+           -- a chain finding's row, by its wallet_seq (a position held twice, which no unique
+           -- index prevents since 0015: its later row)
+           coalesce(c.transaction_id,
+                    (SELECT max(t.id) FROM pyxp.xp_transactions t
+                      WHERE t.user_wallet = c.user_wallet AND t.wallet_seq = c.wallet_seq)),
+           c.detail
+      FROM (
+        SELECT c.*, NULL::bigint FROM pyxp.chain_problems_between(p_since_checkpoint, NULL, NULL) c
+         WHERE NOT pyxp.walk_in_slices(p_since_checkpoint)
         UNION ALL
         SELECT u.check_name, u.user_wallet, NULL, u.detail, u.transaction_id
-          FROM pyxp.unsliced_problems(p_since_checkpoint, 2) u
-         WHERE p_unsliced
+          FROM generate_series(1, 2) n CROSS JOIN LATERAL pyxp.unsliced_problems(p_since_checkpoint, n) u
+         WHERE p_unsliced AND NOT pyxp.walk_in_slices(p_since_checkpoint)
         UNION ALL
-        SELECT c.*, NULL FROM pyxp.chain_problems_between(p_since_checkpoint, NULL, '0x2') c
-        UNION ALL
-        SELECT c.*, NULL FROM pyxp.chain_problems_between(p_since_checkpoint, '0x2', '0x4') c
-        UNION ALL
-        SELECT c.*, NULL FROM pyxp.chain_problems_between(p_since_checkpoint, '0x4', '0x6') c
-        UNION ALL
-        SELECT c.*, NULL FROM pyxp.chain_problems_between(p_since_checkpoint, '0x6', '0x8') c
-        UNION ALL
-        SELECT c.*, NULL FROM pyxp.chain_problems_between(p_since_checkpoint, '0x8', '0xa') c
-        UNION ALL
-        SELECT c.*, NULL FROM pyxp.chain_problems_between(p_since_checkpoint, '0xa', '0xc') c
-        UNION ALL
-        SELECT c.*, NULL FROM pyxp.chain_problems_between(p_since_checkpoint, '0xc', '0xe') c
-        UNION ALL
-        SELECT c.*, NULL FROM pyxp.chain_problems_between(p_since_checkpoint, '0xe', NULL) c
-        OFFSET 0) s
-     WHERE pyxp.walk_in_slices(p_since_checkpoint)
+        SELECT s.* FROM (
+            SELECT u.check_name, u.user_wallet, NULL::bigint, u.detail, u.transaction_id
+              FROM pyxp.unsliced_problems(p_since_checkpoint, 1) u
+             WHERE p_unsliced
+            UNION ALL
+            SELECT u.check_name, u.user_wallet, NULL, u.detail, u.transaction_id
+              FROM pyxp.unsliced_problems(p_since_checkpoint, 2) u
+             WHERE p_unsliced
+            UNION ALL
+            SELECT c.*, NULL FROM pyxp.chain_problems_between(p_since_checkpoint, NULL, '0x2') c
+            UNION ALL
+            SELECT c.*, NULL FROM pyxp.chain_problems_between(p_since_checkpoint, '0x2', '0x4') c
+            UNION ALL
+            SELECT c.*, NULL FROM pyxp.chain_problems_between(p_since_checkpoint, '0x4', '0x6') c
+            UNION ALL
+            SELECT c.*, NULL FROM pyxp.chain_problems_between(p_since_checkpoint, '0x6', '0x8') c
+            UNION ALL
+            SELECT c.*, NULL FROM pyxp.chain_problems_between(p_since_checkpoint, '0x8', '0xa') c
+            UNION ALL
+            SELECT c.*, NULL FROM pyxp.chain_problems_between(p_since_checkpoint, '0xa', '0xc') c
+            UNION ALL
+            SELECT c.*, NULL FROM pyxp.chain_problems_between(p_since_checkpoint, '0xc', '0xe') c
+            UNION ALL
+            SELECT c.*, NULL FROM pyxp.chain_problems_between(p_since_checkpoint, '0xe', NULL) c
+            OFFSET 0) s
+         WHERE pyxp.walk_in_slices(p_since_checkpoint)
+           ) c(check_name, user_wallet, wallet_seq, detail, transaction_id)
 $$;
 
 CREATE OR REPLACE FUNCTION pyxp.audit()
@@ -120,13 +131,7 @@ AS $$
     UNION ALL
     -- The chain walk and, beside it, the unsliced checks (ranks, checkpoints
     -- without a balance, wallets' forms, caps: pyxp.unsliced_problems).
-    SELECT c.check_name, c.user_wallet,
-           -- (a position held twice, which no unique index prevents since 0015: its later row)
-           coalesce(c.transaction_id,
-                    (SELECT max(t.id) FROM pyxp.xp_transactions t
-                      WHERE t.user_wallet = c.user_wallet AND t.wallet_seq = c.wallet_seq)),
-           c.detail
-      FROM pyxp.chain_problems(false, true) c
+    SELECT * FROM pyxp.chain_problems(false, true)
     UNION ALL
     SELECT * FROM pyxp.row_problems(false)
     UNION ALL
@@ -206,12 +211,7 @@ BEGIN
         UNION ALL
         -- Since a checkpoint, the new rows' single-row checks run beside the
         -- walk (pyxp.unsliced_problems); before the first, after it.
-        SELECT c.check_name, c.user_wallet,
-               coalesce(c.transaction_id,
-                        (SELECT max(t.id) FROM pyxp.xp_transactions t  -- a position held twice: its later row
-                          WHERE t.user_wallet = c.user_wallet AND t.wallet_seq = c.wallet_seq)),
-               c.detail
-          FROM pyxp.chain_problems(v_since, v_since) c
+        SELECT * FROM pyxp.chain_problems(v_since, v_since)
         UNION ALL
         SELECT * FROM pyxp.row_problems(false) WHERE NOT v_since
         ORDER BY 1, 2, 3;
