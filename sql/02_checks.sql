@@ -210,7 +210,7 @@ DECLARE
     v_item record;
     v_result jsonb := '{}';
 BEGIN
-    IF p_params IS NULL THEN
+    IF p_params IS NULL OR p_params = '{}' THEN  -- no inputs (most awards): no query
         RETURN v_result;
     ELSIF pg_column_size(p_params) > 65536 THEN  -- size before work: 64 inputs fit in far less
         RAISE EXCEPTION 'invalid params: % bytes', pg_column_size(p_params)

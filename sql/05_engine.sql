@@ -28,9 +28,12 @@
 --     onboarding's wallet, a vote's stored key), rebuilt from its ledger
 --     rows (pyxp.recorded_request).
 -- Races: two generic awards with one key and the same inputs name the same
--- wallet, so they serialise on its balance row lock, and the second probes
--- the claims after taking the lock (a new statement: READ COMMITTED sees the
--- first one's commit) and replays. With different wallets (other inputs:
+-- wallet, so they serialise on its balance row lock. A batch probes the claims
+-- after taking its locks (a new statement: READ COMMITTED sees the first one's
+-- commit) and replays; a single award takes the lock in the statement that
+-- probes (0020: one statement less per award), so it misses the first one's
+-- claim, its claim INSERT waits for it and skips the row, and the call runs
+-- again as a replay. With different wallets (other inputs:
 -- PX010 anyway) they meet in xp_award_claims' primary key: the second INSERT
 -- waits for the first transaction, then skips the row, and the writer raises PX010;
 -- if the first rolled back, the second goes on.
@@ -425,15 +428,28 @@ BEGIN
     IF coalesce(cardinality(v_rows), 0) = 0 THEN
         RETURN;
     END IF;
-    -- 1. The wallets' row locks. One wallet: FOR UPDATE (a new wallet's row
-    --    is inserted first; a concurrent insert of the same wallet makes ON
-    --    CONFLICT wait, then we lock its row). A batch: each row created if
-    --    missing or locked if present, one statement, strictly in wallet
-    --    order (creating the missing rows first and locking the others after
-    --    let a batch hold a new wallet's row while waiting for an older one
-    --    that a caller awarding in wallet order held: a deadlock, 40P01); its
-    --    no-op update changes no indexed column (HOT).
-    IF NOT p_batch THEN
+    -- 1. The wallets' row locks. A batch: each row created if missing or
+    --    locked if present, one statement, strictly in wallet order (creating
+    --    the missing rows first and locking the others after let a batch hold
+    --    a new wallet's row while waiting for an older one that a caller
+    --    awarding in wallet order held: a deadlock, 40P01); DO UPDATE ...
+    --    WHERE false locks a present row without writing a version of it.
+    --    One wallet (a single award, a flow, a reversal) under a ruleset
+    --    without caps: locked by step 2 itself (FOR UPDATE in its read of
+    --    the balance: one statement less on the hot path); a wallet without a
+    --    balance row gets one there, and step 2 runs again. With caps, step 2
+    --    reads the allowances' usage, which must include what the lock's
+    --    previous holder committed: the lock comes first, in its own
+    --    statement (a new wallet's row inserted first; a concurrent insert of
+    --    the same wallet makes ON CONFLICT wait, then we lock its row).
+    IF p_batch THEN
+        INSERT INTO pyxp.xp_balances AS x (user_wallet, total_xp, current_level, xp_to_next_level)
+        SELECT w.user_wallet, 0, c.level, c.next_level_xp::bigint
+          FROM (SELECT DISTINCT r.user_wallet FROM unnest(v_rows) r) w
+         CROSS JOIN pyxp.curve_position(p_ruleset, 0) c
+         ORDER BY w.user_wallet
+        ON CONFLICT (user_wallet) DO UPDATE SET updated_at = x.updated_at WHERE false;
+    ELSIF p_caps THEN
         PERFORM FROM pyxp.xp_balances b WHERE b.user_wallet = v_wallet FOR UPDATE;
         IF NOT FOUND THEN
             INSERT INTO pyxp.xp_balances (user_wallet, total_xp, current_level, xp_to_next_level)
@@ -441,19 +457,19 @@ BEGIN
             ON CONFLICT (user_wallet) DO NOTHING;
             PERFORM FROM pyxp.xp_balances b WHERE b.user_wallet = v_wallet FOR UPDATE;
         END IF;
-    ELSE
-        INSERT INTO pyxp.xp_balances AS x (user_wallet, total_xp, current_level, xp_to_next_level)
-        SELECT w.user_wallet, 0, c.level, c.next_level_xp::bigint
-          FROM (SELECT DISTINCT r.user_wallet FROM unnest(v_rows) r) w
-         CROSS JOIN pyxp.curve_position(p_ruleset, 0) c
-         ORDER BY w.user_wallet
-        ON CONFLICT (user_wallet) DO UPDATE SET updated_at = x.updated_at;
     END IF;
     <<planning>>
     LOOP
-    -- 2. Under the locks (a new statement: READ COMMITTED sees what the
-    --    previous holder committed): each generic award's claim made before
-    --    (a replay, or PX010 for other inputs); caps (SPEC 12; only when the
+    -- 2. The balances, locked (FOR UPDATE: the latest version, after any
+    --    holder's commit), and each generic award's claim made before (a
+    --    replay, or PX010 for other inputs). A batch locked its wallets in
+    --    step 1, so this statement's snapshot sees what their previous holders
+    --    committed (so does a single call under caps); a single call's lock
+    --    is otherwise taken here, after the snapshot: a
+    --    claim committed by the holder it waited for (the same award, made
+    --    concurrently) is not seen, and step 3's claim INSERT, which waits for
+    --    it, skips the row: the call then runs again as a replay (below).
+    --    Caps (SPEC 12; only when the
     --    ruleset has a capped rule): each new capped gain is cut to what is
     --    left of its allowance in the current period (xp_cap_usage), in row
     --    order: within one call an allowance's gains only add up, so the
@@ -485,7 +501,7 @@ BEGIN
                                                         rule_id, campaign_id, subject, metadata, reverses,
                                                         moderations, ord)
                  CROSS JOIN LATERAL (SELECT b.total_xp, b.last_feed_xid, b.last_wallet_seq FROM pyxp.xp_balances b
-                                      WHERE b.user_wallet = r.user_wallet LIMIT 1) b
+                                      WHERE b.user_wallet = r.user_wallet LIMIT 1 FOR UPDATE) b
                   LEFT JOIN LATERAL (SELECT k.id, k.request_digest, k.idempotency_key
                                       FROM pyxp.xp_award_claims c
                                       JOIN pyxp.xp_transactions k ON k.id = c.transaction_id AND k.created_at = c.created_at
@@ -522,7 +538,7 @@ BEGIN
                                                                         metadata, reverses, moderations, ord)
                                  CROSS JOIN LATERAL (SELECT b.total_xp, b.last_feed_xid, b.last_wallet_seq
                                                        FROM pyxp.xp_balances b
-                                                      WHERE b.user_wallet = r.user_wallet LIMIT 1) b
+                                                      WHERE b.user_wallet = r.user_wallet LIMIT 1 FOR UPDATE) b
                                   LEFT JOIN LATERAL (SELECT k.id, k.request_digest, k.idempotency_key
                                                       FROM pyxp.xp_award_claims c
                                                       JOIN pyxp.xp_transactions k ON k.id = c.transaction_id AND k.created_at = c.created_at
@@ -541,6 +557,12 @@ BEGIN
                                                                 AND ru.cap_max_xp IS NOT NULL AND r.xp_amount > 0
                                                                 AND r.reverses IS NULL AND k.id IS NULL
                                                               LIMIT 1) c) a ON true) z) y) x;
+    END IF;
+    IF v_after IS NULL THEN  -- one wallet without caps (step 1), without a balance row yet
+        INSERT INTO pyxp.xp_balances (user_wallet, total_xp, current_level, xp_to_next_level)
+        SELECT v_wallet, 0, c.level, c.next_level_xp::bigint FROM pyxp.curve_position(p_ruleset, 0) c
+        ON CONFLICT (user_wallet) DO NOTHING;  -- inserted concurrently: locked in the next round
+        CONTINUE planning;
     END IF;
     -- A cut gain records both amounts: xp_amount what applies, xp_requested
     -- what the rule asked.
@@ -909,7 +931,9 @@ CREATE FUNCTION pyxp.writing_ruleset(OUT ruleset_id bigint, OUT balance_floor bi
 LANGUAGE plpgsql
 AS $$
 BEGIN
-    PERFORM pyxp.require_read_committed();
+    IF current_setting('transaction_isolation') <> 'read committed' THEN  -- an expression, not a query
+        PERFORM pyxp.require_read_committed();  -- PX025
+    END IF;
     LOCK TABLE pyxp.xp_balances IN ROW EXCLUSIVE MODE;
     SELECT r.ruleset_id, r.balance_floor, r.timezone, r.has_caps INTO ruleset_id, balance_floor, timezone, has_caps
       FROM pyxp.rulesets r WHERE r.is_active;

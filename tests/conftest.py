@@ -14,6 +14,7 @@ import os
 import shutil
 import subprocess
 import sys
+import threading
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
@@ -246,3 +247,41 @@ def install_variant(db: psycopg.Connection[Any], name: str, timezone: str | None
             if group is not None:
                 rule["group"] = group
     db.execute("SELECT * FROM pyxp.install_ruleset(%s, %s)", (Jsonb(definition), f"# test variant {name}"))
+
+
+@contextmanager
+def blocked_behind(conninfo: str, db: psycopg.Connection[Any], held: str,
+                   call: Callable[[psycopg.Connection[Any]], Any]) -> Iterator[dict[str, Any]]:
+    """Runs ``held`` in a transaction left open, then ``call(conn)`` in a thread on its own
+    autocommit connection; waits until that call waits for a lock, then commits ``held``.
+    Yields a dict that holds, once the block ends, ``result`` (what ``call`` returned) or
+    ``sqlstate`` (its error): deterministic races, no sleeps."""
+    outcome: dict[str, Any] = {}
+    holder = psycopg.connect(conninfo)
+    try:
+        holder.execute(held)
+        pid = holder.info.backend_pid
+
+        def run() -> None:
+            with psycopg.connect(conninfo, autocommit=True) as conn:
+                try:
+                    outcome["result"] = call(conn)
+                except psycopg.Error as exc:
+                    outcome["sqlstate"] = exc.sqlstate
+
+        thread = threading.Thread(target=run)
+        thread.start()
+        waiting = None
+        for _ in range(400):  # until the call waits for the holder
+            waiting = db.execute("SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
+                                 "AND %s = ANY (pg_blocking_pids(pid))", (pid,)).fetchone()
+            if waiting == (1,):
+                break
+            thread.join(0.05)
+        assert waiting == (1,), "the call never waited for the holder's transaction"
+        holder.commit()
+        thread.join(60)
+        assert not thread.is_alive()
+        yield outcome
+    finally:
+        holder.close()

@@ -14,7 +14,7 @@ import psycopg
 import pytest
 from psycopg.types.json import Jsonb
 
-from conftest import install_variant
+from conftest import blocked_behind, install_variant
 from pyxp.ruleset_config import load_ruleset
 
 VOTE_CAPS = {"MODERATION_VALIDATED_BY_MODERATOR": (5, "day", "moderation"),
@@ -236,4 +236,21 @@ def test_a_penalty_in_the_same_call_as_a_cut_gain_respects_the_floor(db: psycopg
     rows = db.execute("SELECT xp_amount, xp_requested, total_xp FROM pyxp.award_many(%s)", (Jsonb(events),)).fetchall()
     assert rows == [(0, 2, 0), (0, -50, 0)]
     assert db.execute("SELECT total_xp FROM pyxp.xp_balances WHERE user_wallet = '0xf'").fetchone() == (0,)
+    clean_audit(db)
+
+
+def test_a_capped_award_waiting_for_its_wallet_sees_what_the_holder_used(
+        conninfo: str, db: psycopg.Connection[Any]) -> None:
+    """Under caps a single call locks its wallet in a statement of its own, before the statement
+    that reads the allowance's usage (0020 folds the lock into that read only without caps): the
+    waiter sees the 50 XP the holder took, and is cut to 0."""
+    award(db, "0xwait", "w1")
+    award(db, "0xwait", "w2")  # 200 of the week's 250
+    with blocked_behind(conninfo, db, "SELECT * FROM pyxp.award('0xwait', 'CAMPAIGN_APPROVED', 'w3')",
+                        lambda conn: conn.execute("SELECT xp_amount, xp_requested, total_xp FROM "
+                                                  "pyxp.award('0xwait', 'CAMPAIGN_APPROVED', 'w4')").fetchall()
+                        ) as outcome:
+        pass
+    assert outcome == {"result": [(0, 100, 250)]}
+    assert db.execute("SELECT sum(used_xp) FROM pyxp.xp_cap_usage WHERE user_wallet = '0xwait'").fetchone() == (250,)
     clean_audit(db)

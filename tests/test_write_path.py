@@ -11,7 +11,9 @@ from typing import Any
 
 import psycopg
 import pytest
+from psycopg.types.json import Jsonb
 
+from conftest import blocked_behind
 from pyxp import XP
 
 
@@ -107,40 +109,71 @@ def test_a_batch_meeting_a_concurrent_claim_of_another_wallet_is_px010(
     """Model-test finding: a batch that replays one key and meets, on another event, a key that a
     concurrent call claims for another wallet (other inputs) while the batch's insert waits for it,
     is refused with PX010 — it once reported the replayed event instead, as 40001."""
-    import threading
-    from psycopg.types.json import Jsonb
-
     db.execute("SELECT * FROM pyxp.award('0xreplayed', 'CAMPAIGN_APPROVED', 'batch-replays-this')")
-    holder = psycopg.connect(conninfo)
-    try:
-        holder.execute("SELECT * FROM pyxp.award('0xholder', 'CAMPAIGN_APPROVED', 'raced-by-batch')")
-        outcome: dict[str, Any] = {}
-
-        def batch() -> None:
-            with psycopg.connect(conninfo, autocommit=True) as conn:
-                try:
-                    conn.execute("SELECT * FROM pyxp.award_many(%s)", (Jsonb([
-                        {"wallet": "0xreplayed", "action": "CAMPAIGN_APPROVED",
-                         "idempotency_key": "batch-replays-this"},
-                        {"wallet": "0xbatch", "action": "CAMPAIGN_APPROVED", "idempotency_key": "raced-by-batch"},
-                    ]),)).fetchall()
-                    outcome["ok"] = True
-                except psycopg.Error as exc:
-                    outcome["sqlstate"] = exc.sqlstate
-
-        thread = threading.Thread(target=batch)
-        thread.start()
-        for _ in range(200):  # until the batch's insert waits for the holder's claim
-            waiting = db.execute("SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
-                                 "AND query LIKE '%award_many%'").fetchone()
-            if waiting == (1,):
-                break
-            thread.join(0.05)
-        assert waiting == (1,)
-        holder.commit()
-        thread.join(30)
-    finally:
-        holder.close()
+    events = Jsonb([{"wallet": "0xreplayed", "action": "CAMPAIGN_APPROVED", "idempotency_key": "batch-replays-this"},
+                    {"wallet": "0xbatch", "action": "CAMPAIGN_APPROVED", "idempotency_key": "raced-by-batch"}])
+    with blocked_behind(conninfo, db, "SELECT * FROM pyxp.award('0xholder', 'CAMPAIGN_APPROVED', 'raced-by-batch')",
+                        lambda conn: conn.execute("SELECT * FROM pyxp.award_many(%s)", (events,)).fetchall()
+                        ) as outcome:
+        pass
     assert outcome == {"sqlstate": "PX010"}
     assert db.execute("SELECT count(*) FROM pyxp.xp_transactions WHERE user_wallet = '0xbatch'").fetchone() == (0,)
     assert db.execute("SELECT * FROM pyxp.audit()").fetchall() == []
+
+
+# ---------------------------------------------------------------- locks (0020)
+
+AWARD = "SELECT transaction_id, xp_amount, total_xp, replayed FROM pyxp.award(%s, 'CAMPAIGN_APPROVED', %s)"
+
+
+def balance_version(db: psycopg.Connection[Any], wallet: str) -> tuple[Any, ...]:
+    row = db.execute("SELECT ctid, xmin FROM pyxp.xp_balances WHERE user_wallet = %s", (wallet,)).fetchone()
+    assert row is not None
+    return tuple(row)
+
+
+def test_a_single_award_waiting_for_the_same_award_replays_it(conninfo: str, db: psycopg.Connection[Any]) -> None:
+    """A single award takes its wallet's lock in the statement that reads the claims (0020): one
+    waiting for a transaction making the same award cannot see that claim, so its own claim's
+    INSERT waits, skips the row, and the call replays — one row, the same id for both."""
+    with blocked_behind(conninfo, db, "SELECT * FROM pyxp.award('0xsame', 'CAMPAIGN_APPROVED', 'same-award')",
+                        lambda conn: conn.execute(AWARD, ("0xsame", "same-award")).fetchall()) as outcome:
+        pass
+    first = db.execute("SELECT id FROM pyxp.xp_transactions WHERE idempotency_key = 'same-award'").fetchall()
+    assert len(first) == 1
+    assert outcome == {"result": [(first[0][0], 100, 100, True)]}
+    assert db.execute("SELECT total_xp, last_wallet_seq FROM pyxp.xp_balances WHERE user_wallet = '0xsame'"
+                      ).fetchone() == (100, 1)
+    assert db.execute("SELECT * FROM pyxp.audit()").fetchall() == []
+
+
+@pytest.mark.parametrize("existing", [True, False], ids=["balance-row", "new-wallet"])
+def test_a_single_award_waiting_for_its_wallet_chains_after_the_holder(
+        conninfo: str, db: psycopg.Connection[Any], existing: bool) -> None:
+    """The waiter's balance is the one the holder committed (FOR UPDATE returns the latest
+    version), whether the wallet had a balance row or the holder created it (the waiter's insert
+    of it waits, then its read locks the holder's row)."""
+    if existing:
+        db.execute("SELECT * FROM pyxp.award('0xchain', 'CAMPAIGN_APPROVED', 'before')")
+    with blocked_behind(conninfo, db, "SELECT * FROM pyxp.award('0xchain', 'CAMPAIGN_APPROVED', 'held')",
+                        lambda conn: conn.execute(AWARD, ("0xchain", "waiting")).fetchall()) as outcome:
+        pass
+    earlier = 200 if existing else 100
+    assert [row[1:] for row in outcome["result"]] == [(100, earlier + 100, False)]
+    assert db.execute("SELECT idempotency_key, wallet_seq, balance_after FROM pyxp.xp_transactions "
+                      "WHERE user_wallet = '0xchain' ORDER BY wallet_seq").fetchall()[-2:] == [
+        ("held", 2 if existing else 1, earlier), ("waiting", 3 if existing else 2, earlier + 100)]
+    assert db.execute("SELECT count(*), sum(total_xp) FROM pyxp.xp_balances WHERE user_wallet = '0xchain'"
+                      ).fetchone() == (1, earlier + 100)
+    assert db.execute("SELECT * FROM pyxp.audit()").fetchall() == []
+
+
+def test_a_batch_locks_its_wallets_without_writing_a_version(db: psycopg.Connection[Any]) -> None:
+    """A batch locks the balances it needs with ON CONFLICT DO UPDATE ... WHERE false (0020): a
+    balance whose events all replay keeps its row version (0019 wrote a new one to lock it)."""
+    events = Jsonb([{"wallet": "0xkept", "action": "CAMPAIGN_APPROVED", "idempotency_key": "kept-1"}])
+    db.execute("SELECT * FROM pyxp.award_many(%s)", (events,)).fetchall()
+    before = balance_version(db, "0xkept")
+    replayed = db.execute("SELECT replayed FROM pyxp.award_many(%s)", (events,)).fetchall()
+    assert replayed == [(True,)]
+    assert balance_version(db, "0xkept") == before
