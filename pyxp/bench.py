@@ -1168,7 +1168,7 @@ def run_bench(conninfo: str, options: BenchOptions, log: Log | None = None) -> d
     """Runs every measure on a scratch database of the server ``conninfo`` points at.
 
     Returns one JSON-ready dict: the figures (``pgbench_tps``, ``award_sql_per_s``,
-    ``award_python_per_s``, ``batch_per_s``, ``hot_wallet_per_s``, ``<read>_ms_p50/p95/p99``,
+    ``award_python_per_s``, ``batch_per_s``, ``batch_one_client_per_s``, ``hot_wallet_per_s``, ``<read>_ms_p50/p95/p99``,
     ``recalculate_s``, ``bytes_per_ledger_row``, ``unprepared_award_ratio``, ...), the plans,
     the targets, the machine, the server, the options and the seed. Progress goes to ``log``.
     """
@@ -1233,6 +1233,11 @@ def run_bench(conninfo: str, options: BenchOptions, log: Log | None = None) -> d
                      lambda: python_awards(scratch, options)),
                     ("batch", f"(d) XP.award_many, batches of {options.batch_size}",
                      lambda: batch_awards(scratch, options)),
+                    # (d'): what (d)'s clients gain over one. Batches of random wallets share
+                    # some (1000 of 200k: about 5 per pair), and a batch waits, in wallet
+                    # order, for the commit of any batch holding one of them.
+                    ("batch_one_client", f"(d') XP.award_many, batches of {options.batch_size}, one client",
+                     lambda: batch_awards(scratch, dataclasses.replace(options, clients=1))),
                 )
                 for key, title, measure in measures:
                     say(title)
@@ -1343,13 +1348,14 @@ def format_table(results: dict[str, Any]) -> str:
         ("(b) pyxp.award via SQL (pgbench script)", "award_sql", "awards/s"),
         ("(c) XP.award via Python (threads+pool)", "award_python", "awards/s"),
         (f"(d) XP.award_many, {get('batch_size')} per batch", "batch", "awards/s"),
+        ("(d') the same from one client", "batch_one_client", "awards/s"),
         ("(e) one hot wallet via SQL", "hot_wallet", "awards/s"),
     ):
         value = get("pgbench_tps" if key == "pgbench" else f"{key}_per_s")
         wal = get(f"{key}_wal_bytes_per_tx")
         spread = get(f"{key}_spread")
         row(label, _number(value), unit, key, f"{value / a:.2f}" if value is not None and a else "-", key,
-            ("" if wal is None else f"WAL {wal / 1024:.1f} kB/{'award' if key == 'batch' else 'tx'}")
+            ("" if wal is None else f"WAL {wal / 1024:.1f} kB/{'award' if key.startswith('batch') else 'tx'}")
             + ("" if not spread else f"; rounds {', '.join(_number(v, 0) for v in spread)}"))
     a_cpu = get("pgbench_cpu_tps")
     for label, key in (("(a') pgbench -N, CPU-bound", "pgbench_cpu"), ("(b') pyxp.award via SQL, CPU-bound", "award_sql_cpu")):
