@@ -391,7 +391,8 @@ $$;
 --
 -- Five small statements, each set-based over the rows (one row for a single
 -- award): lock the wallets; find the claims and compute the running
--- balances; insert; update each balance once; return. Per-row results
+-- balances; insert; update each balance once; return. Four for a single call
+-- under a ruleset without caps: its lock is taken by the second (0020). Per-row results
 -- travel in arrays zipped with ROWS FROM, and every lookup is an index probe
 -- (LATERAL ... LIMIT 1): nothing is joined back by value, so a batch of
 -- 10,000 rows costs 10,000 times a row, not 10,000 squared (one statement
