@@ -1168,9 +1168,10 @@ def run_bench(conninfo: str, options: BenchOptions, log: Log | None = None) -> d
     """Runs every measure on a scratch database of the server ``conninfo`` points at.
 
     Returns one JSON-ready dict: the figures (``pgbench_tps``, ``award_sql_per_s``,
-    ``award_python_per_s``, ``batch_per_s``, ``batch_one_client_per_s``, ``hot_wallet_per_s``, ``<read>_ms_p50/p95/p99``,
-    ``recalculate_s``, ``bytes_per_ledger_row``, ``unprepared_award_ratio``, ...), the plans,
-    the targets, the machine, the server, the options and the seed. Progress goes to ``log``.
+    ``award_python_per_s``, ``batch_per_s``, ``batch_one_client_per_s``, ``hot_wallet_per_s``,
+    ``<read>_ms_p50/p95/p99``, ``recalculate_s``, ``bytes_per_ledger_row``,
+    ``unprepared_award_ratio``, ...), the plans, the targets, the machine, the server, the
+    options and the seed. Progress goes to ``log``.
     """
     say: Log = log or (lambda message: None)
     options = options.checked()

@@ -58,9 +58,9 @@ COMMENT ON FUNCTION pyxp.chain_problems_between(boolean, text, text) IS
 COMMENT ON FUNCTION pyxp.walk_in_slices(boolean) IS
     'internal: whether the chain walk has enough rows (pyxp.audit_parallel_min_rows) to run in parallel slices.';
 COMMENT ON FUNCTION pyxp.chain_problems(boolean, boolean) IS
-    'internal: one walk of the audited wallets'' chains in wallet_seq order (chain, balance, level, checkpoint, periods), in parallel slices with the unsliced checks beside them when large.';
+    'internal: the walk of the audited wallets'' chains in wallet_seq order (chain, balance, level, checkpoint, periods) and, when asked, the unsliced checks; a large walk runs in parallel slices, those checks beside them.';
 COMMENT ON FUNCTION pyxp.unsliced_problems(boolean, integer) IS
-    'internal: the audit''s checks not cut into slices (1: ranks, 2: wallets'' forms, caps; since a checkpoint 1: the new rows''), as calls a parallel worker can run.';
+    'internal: the audit''s checks not cut into slices (1: ranks; 2: checkpoints without a balance, wallets'' forms, caps; since a checkpoint 1: the new rows''), as calls a parallel worker can run.';
 COMMENT ON FUNCTION pyxp.audited_rows(boolean) IS
     'internal: the rows the single-row checks read: every row, or those written since the last checkpoint.';
 COMMENT ON FUNCTION pyxp.row_problems(boolean) IS

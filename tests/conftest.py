@@ -249,16 +249,14 @@ def install_variant(db: psycopg.Connection[Any], name: str, timezone: str | None
     db.execute("SELECT * FROM pyxp.install_ruleset(%s, %s)", (Jsonb(definition), f"# test variant {name}"))
 
 
-@contextmanager
-def blocked_behind(conninfo: str, db: psycopg.Connection[Any], held: str,
-                   call: Callable[[psycopg.Connection[Any]], Any]) -> Iterator[dict[str, Any]]:
+def called_behind_holder(conninfo: str, db: psycopg.Connection[Any], held: str,
+                         call: Callable[[psycopg.Connection[Any]], Any]) -> dict[str, Any]:
     """Runs ``held`` in a transaction left open, then ``call(conn)`` in a thread on its own
-    autocommit connection; waits until that call waits for a lock, then commits ``held``.
-    Yields a dict that holds, once the block ends, ``result`` (what ``call`` returned) or
-    ``sqlstate`` (its error): deterministic races, no sleeps."""
+    autocommit connection; once that call waits for the holder (``pg_blocking_pids``), commits
+    ``held``. Returns ``{"result": what call returned}`` or ``{"sqlstate": its error's}``:
+    deterministic races, no sleeps."""
     outcome: dict[str, Any] = {}
-    holder = psycopg.connect(conninfo)
-    try:
+    with psycopg.connect(conninfo) as holder:
         holder.execute(held)
         pid = holder.info.backend_pid
 
@@ -282,6 +280,4 @@ def blocked_behind(conninfo: str, db: psycopg.Connection[Any], held: str,
         holder.commit()
         thread.join(60)
         assert not thread.is_alive()
-        yield outcome
-    finally:
-        holder.close()
+    return outcome

@@ -306,13 +306,15 @@ def test_the_unsliced_checks_find_in_a_worker_what_they_find_alone(db: psycopg.C
     later = award(db, "0x5", "later:0x5")
     db.execute("INSERT INTO pyxp.xp_rank_counts (neg_xp, wallet, slot, wallets) "
                "VALUES (-9223372036854775807, '', 7, 3)")  # the first bucket counts 3 more
-    db.execute("INSERT INTO pyxp.xp_period_rank_counts (period, period_start, period_xp, wallet_start, slot, wallets) "
+    db.execute("INSERT INTO pyxp.xp_period_rank_counts "
+               "(period, period_start, period_xp, wallet_start, slot, wallets) "
                "VALUES ('week', date_trunc('week', now()), 999, '', 0, 2)")  # a value nobody holds
     db.execute("INSERT INTO pyxp.xp_wallet_checkpoints (user_wallet, wallet_seq, total_xp, checkpoint_id) "
                "VALUES ('0xghost', 1, 5, %s)", (checkpoint,))
     db.execute("INSERT INTO pyxp.xp_cap_usage (user_wallet, allowance, period_start, used_xp) "
                "VALUES ('0x5', 'rule:CAMPAIGN_APPROVED', now(), 40)")
-    tamper(db, "UPDATE pyxp.xp_transactions SET transaction_type = 'B2C_MINT' WHERE id = %s", later["transaction_id"])
+    tamper(db, "UPDATE pyxp.xp_transactions SET transaction_type = 'B2C_MINT' WHERE id = %s",
+           later["transaction_id"])
 
     full = audit_rows(db, "audit", SLICES_ALWAYS)
     assert full == audit_rows(db, "audit", SLICES_NEVER)
@@ -326,8 +328,9 @@ def test_the_unsliced_checks_find_in_a_worker_what_they_find_alone(db: psycopg.C
         [("rule_mismatch", "0x5", later["transaction_id"])]
 
 
-# The calls pyxp.chain_problems' Gather hands out: the unsliced checks (ranks, wallets' forms, caps;
-# since a checkpoint the new rows'), in two calls, and the eight slices of the walk (0019).
+# The calls pyxp.chain_problems' Gather hands out: the unsliced checks (ranks; checkpoints without a
+# balance, wallets' forms, caps; since a checkpoint the new rows'), in two calls, and the eight
+# slices of the walk (0019).
 IN_WORKERS = ["unsliced_problems"] * 2 + ["chain_problems_between"] * 8
 
 
@@ -346,9 +349,10 @@ def gather_loops(db: psycopg.Connection[Any], setting: str, since: bool = False)
 
 
 def test_the_walk_runs_in_parallel_slices_only_when_the_rows_are_worth_it(db: psycopg.Connection[Any]) -> None:
-    """The eight slices, and the two calls of the unsliced checks, sit under a Gather (their own: the
-    rest of the audit's plan is not in it); below pyxp.audit_parallel_min_rows rows to walk (100000 unset; the ledger's rows, or since a
-    checkpoint the rows written since) the Gather is not even started."""
+    """The eight slices, and the two calls of the unsliced checks, sit under a Gather (their own:
+    the rest of the audit's plan is not in it); below pyxp.audit_parallel_min_rows rows to walk
+    (100000 unset; the ledger's rows, or since a checkpoint the rows written since) the Gather is
+    not even started."""
     for wallet in ("0x1", "0x9", "0xf"):
         award(db, wallet, f"k:{wallet}")
     assert gather_loops(db, SLICES_ALWAYS) == [(1, IN_WORKERS)]

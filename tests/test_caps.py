@@ -14,7 +14,7 @@ import psycopg
 import pytest
 from psycopg.types.json import Jsonb
 
-from conftest import blocked_behind, install_variant
+from conftest import called_behind_holder, install_variant
 from pyxp.ruleset_config import load_ruleset
 
 VOTE_CAPS = {"MODERATION_VALIDATED_BY_MODERATOR": (5, "day", "moderation"),
@@ -246,11 +246,11 @@ def test_a_capped_award_waiting_for_its_wallet_sees_what_the_holder_used(
     waiter sees the 50 XP the holder took, and is cut to 0."""
     award(db, "0xwait", "w1")
     award(db, "0xwait", "w2")  # 200 of the week's 250
-    with blocked_behind(conninfo, db, "SELECT * FROM pyxp.award('0xwait', 'CAMPAIGN_APPROVED', 'w3')",
-                        lambda conn: conn.execute("SELECT xp_amount, xp_requested, total_xp FROM "
-                                                  "pyxp.award('0xwait', 'CAMPAIGN_APPROVED', 'w4')").fetchall()
-                        ) as outcome:
-        pass
+    outcome = called_behind_holder(
+        conninfo, db, "SELECT * FROM pyxp.award('0xwait', 'CAMPAIGN_APPROVED', 'w3')",
+        lambda conn: conn.execute("SELECT xp_amount, xp_requested, total_xp "
+                                  "FROM pyxp.award('0xwait', 'CAMPAIGN_APPROVED', 'w4')").fetchall())
     assert outcome == {"result": [(0, 100, 250)]}
-    assert db.execute("SELECT sum(used_xp) FROM pyxp.xp_cap_usage WHERE user_wallet = '0xwait'").fetchone() == (250,)
+    assert db.execute("SELECT sum(used_xp) FROM pyxp.xp_cap_usage WHERE user_wallet = '0xwait'"
+                      ).fetchone() == (250,)
     clean_audit(db)

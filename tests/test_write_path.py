@@ -13,7 +13,7 @@ import psycopg
 import pytest
 from psycopg.types.json import Jsonb
 
-from conftest import blocked_behind
+from conftest import called_behind_holder
 from pyxp import XP
 
 
@@ -110,12 +110,12 @@ def test_a_batch_meeting_a_concurrent_claim_of_another_wallet_is_px010(
     concurrent call claims for another wallet (other inputs) while the batch's insert waits for it,
     is refused with PX010 — it once reported the replayed event instead, as 40001."""
     db.execute("SELECT * FROM pyxp.award('0xreplayed', 'CAMPAIGN_APPROVED', 'batch-replays-this')")
-    events = Jsonb([{"wallet": "0xreplayed", "action": "CAMPAIGN_APPROVED", "idempotency_key": "batch-replays-this"},
-                    {"wallet": "0xbatch", "action": "CAMPAIGN_APPROVED", "idempotency_key": "raced-by-batch"}])
-    with blocked_behind(conninfo, db, "SELECT * FROM pyxp.award('0xholder', 'CAMPAIGN_APPROVED', 'raced-by-batch')",
-                        lambda conn: conn.execute("SELECT * FROM pyxp.award_many(%s)", (events,)).fetchall()
-                        ) as outcome:
-        pass
+    events = Jsonb([
+        {"wallet": "0xreplayed", "action": "CAMPAIGN_APPROVED", "idempotency_key": "batch-replays-this"},
+        {"wallet": "0xbatch", "action": "CAMPAIGN_APPROVED", "idempotency_key": "raced-by-batch"}])
+    outcome = called_behind_holder(
+        conninfo, db, "SELECT * FROM pyxp.award('0xholder', 'CAMPAIGN_APPROVED', 'raced-by-batch')",
+        lambda conn: conn.execute("SELECT * FROM pyxp.award_many(%s)", (events,)).fetchall())
     assert outcome == {"sqlstate": "PX010"}
     assert db.execute("SELECT count(*) FROM pyxp.xp_transactions WHERE user_wallet = '0xbatch'").fetchone() == (0,)
     assert db.execute("SELECT * FROM pyxp.audit()").fetchall() == []
@@ -132,13 +132,14 @@ def balance_version(db: psycopg.Connection[Any], wallet: str) -> tuple[Any, ...]
     return tuple(row)
 
 
-def test_a_single_award_waiting_for_the_same_award_replays_it(conninfo: str, db: psycopg.Connection[Any]) -> None:
+def test_a_single_award_waiting_for_the_same_award_replays_it(
+        conninfo: str, db: psycopg.Connection[Any]) -> None:
     """A single award takes its wallet's lock in the statement that reads the claims (0020): one
     waiting for a transaction making the same award cannot see that claim, so its own claim's
     INSERT waits, skips the row, and the call replays — one row, the same id for both."""
-    with blocked_behind(conninfo, db, "SELECT * FROM pyxp.award('0xsame', 'CAMPAIGN_APPROVED', 'same-award')",
-                        lambda conn: conn.execute(AWARD, ("0xsame", "same-award")).fetchall()) as outcome:
-        pass
+    outcome = called_behind_holder(
+        conninfo, db, "SELECT * FROM pyxp.award('0xsame', 'CAMPAIGN_APPROVED', 'same-award')",
+        lambda conn: conn.execute(AWARD, ("0xsame", "same-award")).fetchall())
     first = db.execute("SELECT id FROM pyxp.xp_transactions WHERE idempotency_key = 'same-award'").fetchall()
     assert len(first) == 1
     assert outcome == {"result": [(first[0][0], 100, 100, True)]}
@@ -155,9 +156,9 @@ def test_a_single_award_waiting_for_its_wallet_chains_after_the_holder(
     of it waits, then its read locks the holder's row)."""
     if existing:
         db.execute("SELECT * FROM pyxp.award('0xchain', 'CAMPAIGN_APPROVED', 'before')")
-    with blocked_behind(conninfo, db, "SELECT * FROM pyxp.award('0xchain', 'CAMPAIGN_APPROVED', 'held')",
-                        lambda conn: conn.execute(AWARD, ("0xchain", "waiting")).fetchall()) as outcome:
-        pass
+    outcome = called_behind_holder(
+        conninfo, db, "SELECT * FROM pyxp.award('0xchain', 'CAMPAIGN_APPROVED', 'held')",
+        lambda conn: conn.execute(AWARD, ("0xchain", "waiting")).fetchall())
     earlier = 200 if existing else 100
     assert [row[1:] for row in outcome["result"]] == [(100, earlier + 100, False)]
     assert db.execute("SELECT idempotency_key, wallet_seq, balance_after FROM pyxp.xp_transactions "

@@ -485,4 +485,9 @@ BEGIN
 END
 $$;
 
+COMMENT ON FUNCTION pyxp.chain_problems(boolean, boolean) IS
+    'internal: one walk of the audited wallets'' chains in wallet_seq order (chain, balance, level, checkpoint, periods), in parallel slices with the unsliced checks beside them when large.';
+COMMENT ON FUNCTION pyxp.unsliced_problems(boolean, integer) IS
+    'internal: the audit''s checks not cut into slices (1: ranks, 2: wallets'' forms, caps; since a checkpoint 1: the new rows''), as calls a parallel worker can run.';
+
 RESET ROLE;

@@ -8,8 +8,9 @@ pyxp.append_rows: a single call under a ruleset without caps locks its wallet's
 balance in the statement that reads it and the claims (FOR UPDATE), one statement
 less per award; a batch locks its wallets without writing a new version of their
 rows (ON CONFLICT DO UPDATE ... WHERE false). pyxp.writing_ruleset and
-pyxp.checked_params skip a query each on the common path. Functions only: no table
-changes, nothing rewritten.
+pyxp.checked_params skip a query each on the common path; the comments of
+pyxp.chain_problems and pyxp.unsliced_problems (0019) name every check they run.
+Functions and comments only: no table changes, nothing rewritten.
 
 Executes its own frozen SQL files (a snapshot of sql/*.sql at this revision).
 Never edit a revision after it has landed: write a new one.

@@ -5,7 +5,9 @@
 -- balance in step 2's read of it (FOR UPDATE), not in a statement before; a batch
 -- locks its wallets with ON CONFLICT DO UPDATE ... WHERE false (locked, no new row
 -- version). pyxp.writing_ruleset checks the isolation level with an expression,
--- pyxp.checked_params returns empty params without a query. Functions only.
+-- pyxp.checked_params returns empty params without a query. The comments of
+-- pyxp.chain_problems and pyxp.unsliced_problems (0019) name every check they run.
+-- Functions and comments only.
 SET LOCAL ROLE pyxp_owner;
 
 CREATE OR REPLACE FUNCTION pyxp.append_rows(p_ruleset bigint, p_floor bigint, p_timezone text, p_caps boolean,
@@ -74,22 +76,21 @@ BEGIN
     LOOP
     -- 2. The balances, locked (FOR UPDATE: the latest version, after any
     --    holder's commit), and each generic award's claim made before (a
-    --    replay, or PX010 for other inputs). A batch locked its wallets in
-    --    step 1, so this statement's snapshot sees what their previous holders
-    --    committed (so does a single call under caps); a single call's lock
-    --    is otherwise taken here, after the snapshot: a
-    --    claim committed by the holder it waited for (the same award, made
-    --    concurrently) is not seen, and step 3's claim INSERT, which waits for
-    --    it, skips the row: the call then runs again as a replay (below).
-    --    Caps (SPEC 12; only when the
-    --    ruleset has a capped rule): each new capped gain is cut to what is
-    --    left of its allowance in the current period (xp_cap_usage), in row
-    --    order: within one call an allowance's gains only add up, so the
-    --    k-th applies least(C_k, L) - least(C_k-1, L), C the running sum of
-    --    the gains asked, L what was left. Then the running
-    --    balances, per wallet in row order, and the feed group
-    --    (sql/11_changes.sql: this transaction's id, or the wallet's last
-    --    group if higher).
+    --    replay, or PX010 for other inputs). A batch, and a single call under
+    --    caps, locked in step 1: this statement's snapshot sees what the
+    --    locks' previous holders committed. Another single call's lock is
+    --    taken here, after the snapshot: a claim committed by the holder it
+    --    waited for (the same award, made concurrently) is not seen, and
+    --    step 3's claim INSERT, which waits for it, skips the row: the call
+    --    then runs again as a replay (below).
+    --    Caps (SPEC 12; only when the ruleset has a capped rule): each new
+    --    capped gain is cut to what is left of its allowance in the current
+    --    period (xp_cap_usage), in row order: within one call an allowance's
+    --    gains only add up, so the k-th applies least(C_k, L) - least(C_k-1, L),
+    --    C the running sum of the gains asked, L what was left.
+    --    Then the running balances, per wallet in row order, and the feed
+    --    group (sql/11_changes.sql: this transaction's id, or the wallet's
+    --    last group if higher).
     -- Without caps the same statement without the caps' lookups and window
     -- (every plan node costs its start-up on every award).
     IF NOT p_caps THEN
@@ -512,5 +513,10 @@ BEGIN
     RETURN v_result;
 END
 $$;
+
+COMMENT ON FUNCTION pyxp.chain_problems(boolean, boolean) IS
+    'internal: the walk of the audited wallets'' chains in wallet_seq order (chain, balance, level, checkpoint, periods) and, when asked, the unsliced checks; a large walk runs in parallel slices, those checks beside them.';
+COMMENT ON FUNCTION pyxp.unsliced_problems(boolean, integer) IS
+    'internal: the audit''s checks not cut into slices (1: ranks; 2: checkpoints without a balance, wallets'' forms, caps; since a checkpoint 1: the new rows''), as calls a parallel worker can run.';
 
 RESET ROLE;
