@@ -241,9 +241,9 @@ def test_a_penalty_in_the_same_call_as_a_cut_gain_respects_the_floor(db: psycopg
 
 def test_a_capped_award_waiting_for_its_wallet_sees_what_the_holder_used(
         conninfo: str, db: psycopg.Connection[Any]) -> None:
-    """Under caps a single call locks its wallet in a statement of its own, before the statement
-    that reads the allowance's usage (0020 folds the lock into that read only without caps): the
-    waiter sees the 50 XP the holder took, and is cut to 0."""
+    """A single call locks its wallet in the statement that reads the allowance's usage (0021),
+    whose snapshot predates the holder's commit: it sees it waited (the version it locked is not
+    its snapshot's) and reads again. It sees the 50 XP the holder took, and is cut to 0."""
     award(db, "0xwait", "w1")
     award(db, "0xwait", "w2")  # 200 of the week's 250
     outcome = called_behind_holder(
@@ -253,4 +253,38 @@ def test_a_capped_award_waiting_for_its_wallet_sees_what_the_holder_used(
     assert outcome == {"result": [(0, 100, 250)]}
     assert db.execute("SELECT sum(used_xp) FROM pyxp.xp_cap_usage WHERE user_wallet = '0xwait'"
                       ).fetchone() == (250,)
+    clean_audit(db)
+
+
+@pytest.mark.parametrize("wallet_before", ["new-wallet", "balance-without-usage"])
+def test_a_capped_award_waiting_for_the_holder_that_opened_the_allowance_is_cut(
+        conninfo: str, db: psycopg.Connection[Any], wallet_before: str) -> None:
+    """The holder's gains are the period's first on the allowance: its xp_cap_usage row, like a
+    new wallet's balance row, is not in the waiter's first snapshot at all. Read as of that
+    snapshot the waiter would get its 100 XP (300 of 250); read again after the holder's commit
+    it gets the 50 left."""
+    if wallet_before == "balance-without-usage":
+        award(db, "0xopen", "o0", action="Completion_Submit_B2C_Free")  # uncapped: a balance, no usage
+    outcome = called_behind_holder(
+        conninfo, db, "SELECT * FROM pyxp.award('0xopen', 'CAMPAIGN_APPROVED', 'o1');"
+                      "SELECT * FROM pyxp.award('0xopen', 'CAMPAIGN_APPROVED', 'o2')",
+        lambda conn: conn.execute("SELECT xp_amount, xp_requested FROM pyxp.award('0xopen', 'CAMPAIGN_APPROVED', 'o3')"
+                                  ).fetchall())
+    assert outcome == {"result": [(50, 100)]}
+    assert db.execute("SELECT used_xp FROM pyxp.xp_cap_usage WHERE user_wallet = '0xopen'").fetchall() == [(250,)]
+    assert db.execute("SELECT count(*) FROM pyxp.xp_balances WHERE user_wallet = '0xopen'").fetchone() == (1,)
+    clean_audit(db)
+
+
+def test_a_capped_award_waiting_for_the_same_award_replays_it(
+        conninfo: str, db: psycopg.Connection[Any]) -> None:
+    """Read again after the holder's commit, the claim it made is there: the waiter replays it."""
+    award(db, "0xsame", "s0")
+    outcome = called_behind_holder(
+        conninfo, db, "SELECT * FROM pyxp.award('0xsame', 'CAMPAIGN_APPROVED', 's1')",
+        lambda conn: conn.execute("SELECT transaction_id, xp_amount, replayed "
+                                  "FROM pyxp.award('0xsame', 'CAMPAIGN_APPROVED', 's1')").fetchall())
+    first = db.execute("SELECT id FROM pyxp.xp_transactions WHERE idempotency_key = 's1'").fetchall()
+    assert outcome == {"result": [(first[0][0], 100, True)]}
+    assert db.execute("SELECT used_xp FROM pyxp.xp_cap_usage WHERE user_wallet = '0xsame'").fetchall() == [(200,)]
     clean_audit(db)
