@@ -1,4 +1,5 @@
--- 0021: a capped single award locks its wallet in the statement that reads it (issue 13).
+-- 0021: a capped single award locks its wallet in the statement that reads it;
+-- the writer's hot statements name no ledger partition (issues 13 and 11).
 -- Frozen copy of what sql/*.sql defines at this revision; never edit it.
 --
 -- pyxp.append_rows: a single call under a ruleset with caps takes its wallet's
@@ -7,8 +8,22 @@
 -- must hold what the lock's previous holder committed: when the version locked is
 -- not the one the statement's snapshot sees (ctid), the call waited for a writer
 -- of the wallet, and step 2 runs again, the lock held, in a snapshot taken after
--- that commit. Functions only.
+-- that commit.
+-- The claim probe (step 2) and the replayed rows (step 5) read the ledger through
+-- pyxp.claimed_row (new; PL/pgSQL, STRICT: not called for a new key), so that no
+-- statement an award runs names the partitioned ledger: a generic plan naming it
+-- locks and initialises every partition's scans at each execution. Functions only.
 SET LOCAL ROLE pyxp_owner;
+
+CREATE FUNCTION pyxp.claimed_row(p_id bigint, p_created_at timestamptz)
+RETURNS SETOF pyxp.xp_transactions
+LANGUAGE plpgsql STABLE STRICT
+ROWS 1  -- (the default estimate, 1000 rows, priced its callers' plans past jit_above_cost: JIT at every call)
+AS $$
+BEGIN
+    RETURN QUERY SELECT t.* FROM pyxp.xp_transactions t WHERE t.id = p_id AND t.created_at = p_created_at;
+END
+$$;
 
 CREATE OR REPLACE FUNCTION pyxp.append_rows(p_ruleset bigint, p_floor bigint, p_timezone text, p_caps boolean,
                                  p_rows pyxp.pending_row[], p_batch boolean)
@@ -19,6 +34,7 @@ DECLARE
     v_rows pyxp.pending_row[] := p_rows;
     v_wallet text := p_rows[1].user_wallet;
     v_claims bigint[];       -- per row: the ledger row that claimed its key before (a replay)
+    v_claimed_at timestamptz[];  -- and that row's created_at (pyxp.claimed_row)
     v_after numeric[];       -- per row: the wallet's balance after it (range-checked before any cast)
     v_feed xid8[];           -- per row: its feed group
     v_seq bigint[];          -- per row: its wallet_seq (its position in its wallet's history)
@@ -94,9 +110,9 @@ BEGIN
                (array_agg(x.ord ORDER BY x.ord) FILTER (WHERE x.conflict))[1],
                (array_agg(x.ord ORDER BY x.ord) FILTER (WHERE abs(x.after) > pyxp.balance_limit()))[1],
                count(*) FILTER (WHERE x.claim_id IS NULL AND x.transaction_type IS NOT NULL),
-               array_agg(x.seq ORDER BY x.ord)
-          INTO v_claims, v_after, v_feed, v_conflict_ord, v_range_ord, v_expected, v_seq
-          FROM (SELECT r.ord, r.transaction_type, k.id AS claim_id,
+               array_agg(x.seq ORDER BY x.ord), array_agg(x.claimed_at ORDER BY x.ord)
+          INTO v_claims, v_after, v_feed, v_conflict_ord, v_range_ord, v_expected, v_seq, v_claimed_at
+          FROM (SELECT r.ord, r.transaction_type, k.id AS claim_id, k.created_at AS claimed_at,
                        k.id IS NOT NULL AND (k.request_digest <> pyxp.inputs_digest(r.inputs)
                                              OR k.idempotency_key <> r.idempotency_key) AS conflict,
                        b.total_xp + sum(r.xp_amount) FILTER (WHERE k.id IS NULL)
@@ -110,11 +126,10 @@ BEGIN
                                                         moderations, ord)
                  CROSS JOIN LATERAL (SELECT b.total_xp, b.last_feed_xid, b.last_wallet_seq FROM pyxp.xp_balances b
                                       WHERE b.user_wallet = r.user_wallet LIMIT 1 FOR UPDATE) b
-                  LEFT JOIN LATERAL (SELECT k.id, k.request_digest, k.idempotency_key
-                                      FROM pyxp.xp_award_claims c
-                                      JOIN pyxp.xp_transactions k ON k.id = c.transaction_id AND k.created_at = c.created_at
+                  LEFT JOIN LATERAL (SELECT c.transaction_id, c.created_at FROM pyxp.xp_award_claims c
                                       WHERE r.inputs IS NOT NULL AND c.key_hash = pyxp.key_hash(r.idempotency_key)
-                                      LIMIT 1) k ON true) x;
+                                      LIMIT 1) c ON true
+                  LEFT JOIN LATERAL pyxp.claimed_row(c.transaction_id, c.created_at) k ON true) x;
     ELSE
         SELECT array_agg(x.claim_id ORDER BY x.ord), array_agg(x.after ORDER BY x.ord),
                array_agg(x.feed ORDER BY x.ord),
@@ -122,9 +137,10 @@ BEGIN
                (array_agg(x.ord ORDER BY x.ord) FILTER (WHERE abs(x.after) > pyxp.balance_limit()))[1],
                count(*) FILTER (WHERE x.claim_id IS NULL AND x.transaction_type IS NOT NULL),
                array_agg(x.applied ORDER BY x.ord), array_agg(x.allowance ORDER BY x.ord),
-               array_agg(x.period_start ORDER BY x.ord), array_agg(x.seq ORDER BY x.ord), bool_or(x.waited)
+               array_agg(x.period_start ORDER BY x.ord), array_agg(x.seq ORDER BY x.ord), bool_or(x.waited),
+               array_agg(x.claimed_at ORDER BY x.ord)
           INTO v_claims, v_after, v_feed, v_conflict_ord, v_range_ord, v_expected, v_applied, v_allowance, v_period,
-               v_seq, v_waited
+               v_seq, v_waited, v_claimed_at
           FROM (SELECT y.*, y.total_xp + sum(y.applied) FILTER (WHERE y.claim_id IS NULL)
                                              OVER (PARTITION BY y.user_wallet ORDER BY y.ord) AS after,
                        y.last_wallet_seq + count(*) FILTER (WHERE y.claim_id IS NULL AND y.transaction_type IS NOT NULL)
@@ -132,6 +148,7 @@ BEGIN
                   FROM (SELECT z.*, CASE WHEN z.allowance IS NULL THEN z.xp_amount
                                          ELSE least(z.asked, z.left_) - least(z.asked - z.xp_amount, z.left_) END AS applied
                           FROM (SELECT r.ord, r.user_wallet, r.transaction_type, r.xp_amount, k.id AS claim_id,
+                                       k.created_at AS claimed_at,
                                        k.id IS NOT NULL AND (k.request_digest <> pyxp.inputs_digest(r.inputs)
                                                              OR k.idempotency_key <> r.idempotency_key) AS conflict,
                                        b.total_xp, b.last_wallet_seq,
@@ -151,11 +168,11 @@ BEGIN
                                  CROSS JOIN LATERAL (SELECT b.total_xp, b.last_feed_xid, b.last_wallet_seq, b.ctid
                                                        FROM pyxp.xp_balances b
                                                       WHERE b.user_wallet = r.user_wallet LIMIT 1 FOR UPDATE) b
-                                  LEFT JOIN LATERAL (SELECT k.id, k.request_digest, k.idempotency_key
-                                                      FROM pyxp.xp_award_claims c
-                                                      JOIN pyxp.xp_transactions k ON k.id = c.transaction_id AND k.created_at = c.created_at
-                                                      WHERE r.inputs IS NOT NULL AND c.key_hash = pyxp.key_hash(r.idempotency_key)
-                                                      LIMIT 1) k ON true
+                                  LEFT JOIN LATERAL (SELECT c.transaction_id, c.created_at FROM pyxp.xp_award_claims c
+                                                      WHERE r.inputs IS NOT NULL
+                                                        AND c.key_hash = pyxp.key_hash(r.idempotency_key)
+                                                      LIMIT 1) c ON true
+                                  LEFT JOIN LATERAL pyxp.claimed_row(c.transaction_id, c.created_at) k ON true
                                   LEFT JOIN LATERAL (SELECT c.allowance, c.period_start, c.cap_max_xp,
                                                             (SELECT u.used_xp FROM pyxp.xp_cap_usage u
                                                               WHERE u.user_wallet = r.user_wallet
@@ -443,10 +460,12 @@ BEGIN
                coalesce(t.xp_amount, r.xp_amount::bigint), CASE WHEN t.id IS NULL THEN r.xp_requested::bigint ELSE t.xp_requested END,
                coalesce(t.balance_after, r.after::bigint), now_.level,
                (now_.next_level_xp - coalesce(t.balance_after, r.after))::bigint, before_.level, t.id IS NOT NULL
-          FROM ROWS FROM (unnest(v_rows), unnest(v_claims), unnest(v_after), unnest(v_ids)) WITH ORDINALITY
+          FROM ROWS FROM (unnest(v_rows), unnest(v_claims), unnest(v_claimed_at), unnest(v_after), unnest(v_ids))
+               WITH ORDINALITY
                r(call_index, user_wallet, idempotency_key, inputs, transaction_type, xp_amount, xp_requested,
-                 apply_floor, rule_id, campaign_id, subject, metadata, reverses, moderations, claim, after, id, ord)
-          LEFT JOIN LATERAL (SELECT t.* FROM pyxp.xp_transactions t WHERE t.id = r.claim LIMIT 1) t ON true
+                 apply_floor, rule_id, campaign_id, subject, metadata, reverses, moderations, claim, claimed_at,
+                 after, id, ord)
+          LEFT JOIN LATERAL pyxp.claimed_row(r.claim, r.claimed_at) t ON true  -- a replay's row
          CROSS JOIN LATERAL (SELECT CASE WHEN t.id IS NULL THEN p_ruleset
                                          ELSE pyxp.row_ruleset(t.rule_id, t.idempotency_key) END AS ruleset_id) s
          CROSS JOIN LATERAL pyxp.curve_position(s.ruleset_id, coalesce(t.balance_after, r.after::bigint)) now_
@@ -456,5 +475,8 @@ BEGIN
          ORDER BY r.ord;
 END
 $$;
+
+COMMENT ON FUNCTION pyxp.claimed_row(bigint, timestamptz) IS 'internal: the ledger row a claim names, for the writer''s replays (no call for a new key).';
+REVOKE ALL ON FUNCTION pyxp.claimed_row(bigint, timestamptz) FROM PUBLIC;
 
 RESET ROLE;
