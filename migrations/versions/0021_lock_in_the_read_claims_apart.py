@@ -11,8 +11,8 @@ version it locked is not its snapshot's (it waited for a writer of the wallet), 
 runs again so that the allowances' usage includes that writer's commit. The claim
 probe and the replayed rows read the ledger through pyxp.claimed_row (new, STRICT: not
 called for a new key): a generic plan naming the partitioned ledger locks and
-initialises every partition's scans at each execution. Functions only: no table
-changes, nothing rewritten.
+initialises every partition's scans at each execution. The caps' usage of new gains
+is written by step 4's statement. Functions only: no table changes, nothing rewritten.
 
 Executes its own frozen SQL files (a snapshot of sql/*.sql at this revision).
 Never edit a revision after it has landed: write a new one.

@@ -12,7 +12,9 @@
 -- The claim probe (step 2) and the replayed rows (step 5) read the ledger through
 -- pyxp.claimed_row (new; PL/pgSQL, STRICT: not called for a new key), so that no
 -- statement an award runs names the partitioned ledger: a generic plan naming it
--- locks and initialises every partition's scans at each execution. Functions only.
+-- locks and initialises every partition's scans at each execution. What new capped
+-- gains use of their allowances is written by step 4's statement (a CTE), not by a
+-- statement of its own. Functions only.
 SET LOCAL ROLE pyxp_owner;
 
 CREATE FUNCTION pyxp.claimed_row(p_id bigint, p_created_at timestamptz)
@@ -356,7 +358,8 @@ BEGIN
     v_week := date_trunc('week', v_at, p_timezone);
     v_month := date_trunc('month', v_at, p_timezone);
     v_year := date_trunc('year', v_at, p_timezone);
-    -- The rank counts (sql/07_ranks.sql) follow in the same statement:
+    -- The rank counts (sql/07_ranks.sql) follow in the same statement, and the
+    -- caps' usage (CTE used, below):
     -- each balance whose total moved leaves the bucket of its old total
     -- and joins the bucket of its new one, and on each period's board
     -- leaves the bucket of its old (start, XP) for the bucket of its new
@@ -419,6 +422,20 @@ BEGIN
     HAVING sum(u.delta) <> 0  -- a period whose XP did not change: -1 and +1 in one bucket
     ON CONFLICT (period, period_start, period_xp, wallet_start, slot)
        DO UPDATE SET wallets = k.wallets + excluded.wallets
+    ), used AS (
+    -- What the new capped gains used of their allowances (xp_cap_usage),
+    -- under the same locks; nothing without caps (v_allowance NULL). In this
+    -- statement, not one of its own: a statement costs its executor start-up
+    -- on every award (0021: 3-4 % of a capped award's CPU).
+    INSERT INTO pyxp.xp_cap_usage AS u (user_wallet, allowance, period_start, used_xp)
+    SELECT r.user_wallet, r.allowance, r.period_start, sum(r.xp_amount)::bigint
+      FROM ROWS FROM (unnest(v_rows), unnest(v_ids), unnest(v_allowance), unnest(v_period))
+           r(call_index, user_wallet, idempotency_key, inputs, transaction_type, xp_amount, xp_requested,
+             apply_floor, rule_id, campaign_id, subject, metadata, reverses, moderations, id, allowance,
+             period_start)
+     WHERE p_caps AND r.allowance IS NOT NULL AND r.id IS NOT NULL AND r.xp_amount > 0
+     GROUP BY r.user_wallet, r.allowance, r.period_start
+    ON CONFLICT (user_wallet, allowance, period_start) DO UPDATE SET used_xp = u.used_xp + excluded.used_xp
     )
     INSERT INTO pyxp.xp_rank_counts AS k (neg_xp, wallet, slot, wallets)
     SELECT d.neg_xp, d.wallet, pg_backend_pid(), sum(d.delta)
@@ -432,20 +449,8 @@ BEGIN
      ORDER BY d.neg_xp, d.wallet
     ON CONFLICT (neg_xp, wallet, slot) DO UPDATE SET wallets = k.wallets + excluded.wallets;
 
-    -- 4b. What the new capped gains used of their allowances (xp_cap_usage),
-    --     and what a reversal of a capped gain frees (pyxp.freed_allowance),
-    --     under the same locks.
-    IF p_caps THEN
-        INSERT INTO pyxp.xp_cap_usage AS u (user_wallet, allowance, period_start, used_xp)
-        SELECT r.user_wallet, r.allowance, r.period_start, sum(r.xp_amount)::bigint
-          FROM ROWS FROM (unnest(v_rows), unnest(v_ids), unnest(v_allowance), unnest(v_period))
-               r(call_index, user_wallet, idempotency_key, inputs, transaction_type, xp_amount, xp_requested,
-                 apply_floor, rule_id, campaign_id, subject, metadata, reverses, moderations, id, allowance,
-                 period_start)
-         WHERE r.allowance IS NOT NULL AND r.id IS NOT NULL AND r.xp_amount > 0
-         GROUP BY r.user_wallet, r.allowance, r.period_start
-        ON CONFLICT (user_wallet, allowance, period_start) DO UPDATE SET used_xp = u.used_xp + excluded.used_xp;
-    END IF;
+    -- 4b. What a reversal of a capped gain frees of its allowance
+    --     (pyxp.freed_allowance), under the same locks.
     IF v_rows[1].reverses IS NOT NULL THEN  -- a reversal: alone in its call
         UPDATE pyxp.xp_cap_usage u SET used_xp = u.used_xp - f.freed_xp
           FROM pyxp.freed_allowance(v_rows[1].reverses) f
