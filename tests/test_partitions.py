@@ -264,6 +264,26 @@ def test_the_whole_ledger_can_still_be_dropped_with_its_schema(fresh_database: A
 # --------------------------------------------------------------------------- creating the months ahead
 
 
+def test_awards_go_on_while_another_partition_is_locked_and_replays_wait(conninfo: str,
+                                                                         db: psycopg.Connection[Any]) -> None:
+    """Attaching a month takes ACCESS EXCLUSIVE on the default partition while it checks it. A new
+    award locks only the partition it writes (0021: its plans name no other), so it goes on; a
+    replay reads its row through every partition's scan (pyxp.claimed_row), so it waits, here
+    until lock_timeout. At 0020 the new award waited too."""
+    db.execute(AWARD, ("0xattach", "a1"))
+    with psycopg.connect(conninfo) as holder, psycopg.connect(conninfo, autocommit=True) as caller:
+        holder.execute("LOCK TABLE pyxp.xp_transactions_default IN ACCESS EXCLUSIVE MODE")
+        caller.execute("SET lock_timeout = '2s'")
+        new = caller.execute(AWARD, ("0xattach", "a2")).fetchone()
+        assert new is not None and new[-1] is False  # replayed: false
+        with pytest.raises(psycopg.errors.LockNotAvailable):
+            caller.execute(AWARD, ("0xattach", "a1"))
+        holder.rollback()
+    replayed = db.execute(AWARD, ("0xattach", "a1")).fetchone()
+    assert replayed is not None and replayed[-1] is True
+    assert db.execute("SELECT count(*) FROM pyxp.xp_transactions WHERE user_wallet = '0xattach'").fetchone() == (2,)
+
+
 def test_create_ledger_partitions_adds_the_months_asked_once(db: psycopg.Connection[Any]) -> None:
     created = db.execute("SELECT partition_name, created FROM pyxp.create_ledger_partitions(5)").fetchall()
     assert len(created) == 3 and all(c[1] for c in created)  # months 3, 4 and 5 after this one
