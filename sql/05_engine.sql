@@ -387,9 +387,10 @@ $$;
 -- and the writer's hot statements name no ledger partition. A statement
 -- naming the partitioned ledger locks and initialises a scan of every
 -- partition and index at each execution of its generic plan, whichever the
--- pruning keeps (PostgreSQL 15): measured at 0020, an award on a ledger of 5
--- partitions cost 7 % more CPU than on one (0021). No row: the claim's row
--- was archived, or is missing (the writer's guard tells which).
+-- pruning keeps (PostgreSQL 15): an award on a ledger of 17 partitions took
+-- 11 % more CPU with the claim joined to its row than with this function
+-- (0021). No row: the claim's row was archived, or is missing (the writer's
+-- guard tells which).
 CREATE FUNCTION pyxp.claimed_row(p_id bigint, p_created_at timestamptz)
 RETURNS SETOF pyxp.xp_transactions
 LANGUAGE plpgsql STABLE STRICT
