@@ -409,11 +409,10 @@ $$;
 -- (pyxp.writing_ruleset): its curve, balance floor, period zone, and whether
 -- any of its rules is capped (sql/07_periods.sql).
 --
--- Four small statements, each set-based over the rows (one row for a single
+-- Five small statements, each set-based over the rows (one row for a single
 -- award): lock the wallets; find the claims and compute the running
--- balances; insert; update each balance once and return the rows (one
--- statement since 0021). Three for a single call: its lock is taken by the
--- second (0020; under caps since 0021). Per-row results
+-- balances; insert; update each balance once; return. Four for a single call:
+-- its lock is taken by the second (0020; under caps since 0021). Per-row results
 -- travel in arrays zipped with ROWS FROM, and every lookup is an index probe
 -- (LATERAL ... LIMIT 1): nothing is joined back by value, so a batch of
 -- 10,000 rows costs 10,000 times a row, not 10,000 squared (one statement
@@ -735,15 +734,6 @@ BEGIN
                         ORDER BY r.ord);
     END IF;
 
-    -- 3b. What a reversal of a capped gain frees of its allowance
-    --     (pyxp.freed_allowance), under the same locks.
-    IF v_rows[1].reverses IS NOT NULL THEN  -- a reversal: alone in its call
-        UPDATE pyxp.xp_cap_usage u SET used_xp = u.used_xp - f.freed_xp
-          FROM pyxp.freed_allowance(v_rows[1].reverses) f
-         WHERE u.user_wallet = v_rows[1].user_wallet AND u.allowance = f.allowance
-           AND u.period_start = f.period_start AND v_ids[1] IS NOT NULL;
-    END IF;
-
     -- 4. Each balance once: its last new row's balance, its level on the
     --    active curve, the votes it counts, and its latest periods
     --    (xp_balances.<kind>_start/_xp, sql/07_periods.sql): the new rows'
@@ -768,7 +758,6 @@ BEGIN
     -- (no other live transaction writes it: no wait, and no order to keep
     -- against deadlocks); a move within one bucket, or a period XP that did
     -- not change, touches no count.
-    RETURN QUERY
     WITH moved AS (
     UPDATE pyxp.xp_balances x
        SET ranked = true, total_xp = coalesce(f.after::bigint, x.total_xp), current_level = c.level,
@@ -837,7 +826,7 @@ BEGIN
      WHERE p_caps AND r.allowance IS NOT NULL AND r.id IS NOT NULL AND r.xp_amount > 0
      GROUP BY r.user_wallet, r.allowance, r.period_start
     ON CONFLICT (user_wallet, allowance, period_start) DO UPDATE SET used_xp = u.used_xp + excluded.used_xp
-    ), ranked AS (
+    )
     INSERT INTO pyxp.xp_rank_counts AS k (neg_xp, wallet, slot, wallets)
     SELECT d.neg_xp, d.wallet, pg_backend_pid(), sum(d.delta)
       FROM moved m
@@ -848,13 +837,20 @@ BEGIN
      GROUP BY d.neg_xp, d.wallet
     HAVING sum(d.delta) <> 0
      ORDER BY d.neg_xp, d.wallet
-    ON CONFLICT (neg_xp, wallet, slot) DO UPDATE SET wallets = k.wallets + excluded.wallets
-    )
+    ON CONFLICT (neg_xp, wallet, slot) DO UPDATE SET wallets = k.wallets + excluded.wallets;
+
+    -- 4b. What a reversal of a capped gain frees of its allowance
+    --     (pyxp.freed_allowance), under the same locks.
+    IF v_rows[1].reverses IS NOT NULL THEN  -- a reversal: alone in its call
+        UPDATE pyxp.xp_cap_usage u SET used_xp = u.used_xp - f.freed_xp
+          FROM pyxp.freed_allowance(v_rows[1].reverses) f
+         WHERE u.user_wallet = v_rows[1].user_wallet AND u.allowance = f.allowance
+           AND u.period_start = f.period_start AND v_ids[1] IS NOT NULL;
+    END IF;
+
     -- 5. One row per row with a transaction_type: new ones with their levels
-    --    on the active curve, replayed ones as they were written. The same
-    --    statement as step 4 (its CTEs run whether or not this reads them;
-    --    none of what they write is read here): one statement's start-up
-    --    less per call (0021).
+    --    on the active curve, replayed ones as they were written.
+    RETURN QUERY
         SELECT r.call_index, coalesce(r.id, t.id), r.user_wallet, r.transaction_type,
                coalesce(t.xp_amount, r.xp_amount::bigint), CASE WHEN t.id IS NULL THEN r.xp_requested::bigint ELSE t.xp_requested END,
                coalesce(t.balance_after, r.after::bigint), now_.level,
