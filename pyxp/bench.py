@@ -60,7 +60,6 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import io
-import itertools
 import json
 import os
 import platform
@@ -964,25 +963,9 @@ def capped_definition() -> dict[str, Any]:
     return definition
 
 
-def backend_cpu_seconds(pid: int) -> float | None:
-    """The CPU time (user + system) a backend of a server on this machine has used so far, from
-    /proc (Linux); None when this machine shows no PostgreSQL process of that pid (another host,
-    another pid namespace, no /proc)."""
-    try:
-        if b"postgres" not in Path(f"/proc/{pid}/cmdline").read_bytes():
-            return None
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except OSError:
-        return None
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime, stime
-
-
 def cap_cost(bench: Pgbench, conn: psycopg.Connection[Any], script: str, options: BenchOptions) -> dict[str, Any]:
     """(k): the (b) script under the default rules and under the same rules with its action capped,
-    alternating rounds; each side activates its ruleset first (activation re-derives levels: not timed).
-    On a server of this machine, each side's round also measures the server CPU time per award of
-    awards made from one connection (the backend's user + system time, from /proc): on a shared
-    machine, neighbours move throughput from round to round much more than the CPU an award takes."""
+    alternating rounds; each side activates its ruleset first (activation re-derives levels: not timed)."""
     capped = Jsonb(capped_definition())
 
     def activate(side: str) -> None:
@@ -992,57 +975,18 @@ def cap_cost(bench: Pgbench, conn: psycopg.Connection[Any], script: str, options
             source = load_ruleset(schema.DEFAULT_RULESET)
             conn.execute("SELECT * FROM pyxp.install_ruleset(%s, %s)", (Jsonb(source.definition()), source.source))
 
-    awards = 200 * options.seconds
-    cpu: dict[str, list[float]] = {"uncapped": [], "capped": []}
-    counter = itertools.count(1)
-
-    with psycopg.connect(bench.conninfo, autocommit=True, options=CPU_BOUND) as measured_conn:
-        pid = measured_conn.info.backend_pid
-        rng = random.Random(_run_seed(options, "cap-cpu"))
-
-        def award(side: str) -> None:
-            measured_conn.execute("SELECT FROM pyxp.award(%s, %s, %s)",
-                                  (wallet_of(rng.randint(1, options.wallets), options.seed), ACTION,
-                                   f"bench.cap-cpu:{side}:{next(counter)}"))
-
-        def cpu_per_award(side: str) -> None:
-            for _ in range(20):  # not measured: this side's plans made and cached first
-                award(side)
-            before = backend_cpu_seconds(pid)
-            if before is None:
-                return
-            for _ in range(awards):
-                award(side)
-            after = backend_cpu_seconds(pid)
-            if after is not None:
-                cpu[side].append((after - before) / awards * 1e6)
-
-        def activate_and_measure(side: str) -> None:
-            activate(side)
-            cpu_per_award(side)
-
-        measured = alternating_rounds(bench, conn, {"uncapped": ["-f", script], "capped": ["-f", script]},
-                                      options, before_side=activate_and_measure)
+    measured = alternating_rounds(bench, conn, {"uncapped": ["-f", script], "capped": ["-f", script]}, options,
+                                  before_side=activate)
     activate("uncapped")
     capped_rows, cut = conn.execute(
         "SELECT count(*), count(*) FILTER (WHERE t.xp_requested IS NOT NULL) FROM pyxp.xp_transactions t "
         "JOIN pyxp.rules ru ON ru.rule_id = t.rule_id AND ru.cap_max_xp IS NOT NULL").fetchone() or (0, 0)
-    figures = {"cap_uncapped_per_s": round(measured["uncapped"]["per_s"], 1),
-               "cap_capped_per_s": round(measured["capped"]["per_s"], 1),
-               "cap_uncapped_spread": measured["uncapped"]["spread"],
-               "cap_capped_spread": measured["capped"]["spread"],
-               "cap_ratio": round(measured["capped"]["per_s"] / measured["uncapped"]["per_s"], 3)
-               if measured["uncapped"]["per_s"] else None,
-               "cap_rows_capped": capped_rows, "cap_rows_cut": cut}
-    if cpu["capped"] and len(cpu["capped"]) == len(cpu["uncapped"]):
-        # Per round, the uncapped side's CPU per award over the capped side's (rounds alternate:
-        # each pair ran back to back), then the median: a throughput ratio at equal CPU.
-        ratios = [u / c for u, c in zip(cpu["uncapped"], cpu["capped"], strict=True) if c > 0]
-        figures.update({"cap_cpu_us_uncapped": round(statistics.median(cpu["uncapped"]), 1),
-                        "cap_cpu_us_capped": round(statistics.median(cpu["capped"]), 1),
-                        "cap_cpu_ratio": round(statistics.median(ratios), 3) if ratios else None,
-                        "cap_cpu_ratios": [round(r, 3) for r in ratios], "cap_cpu_awards_per_round": awards})
-    return figures
+    return {"cap_uncapped_per_s": round(measured["uncapped"]["per_s"], 1),
+            "cap_capped_per_s": round(measured["capped"]["per_s"], 1),
+            "cap_uncapped_spread": measured["uncapped"]["spread"], "cap_capped_spread": measured["capped"]["spread"],
+            "cap_ratio": round(measured["capped"]["per_s"] / measured["uncapped"]["per_s"], 3)
+            if measured["uncapped"]["per_s"] else None,
+            "cap_rows_capped": capped_rows, "cap_rows_cut": cut}
 
 
 # --------------------------------------------------------------------------- (g) recalculation
@@ -1444,12 +1388,6 @@ def format_table(results: dict[str, Any]) -> str:
     row("(k) pyxp.award, capped / uncapped rule", "-" if ratio is None else f"{ratio:.2f}", "x", target="cap",
         note=f"{_number(get('cap_capped_per_s'))} vs {_number(get('cap_uncapped_per_s'))} awards/s, medians of "
              f"alternating rounds; cap {CAP['max_xp']} XP per {CAP['per']}, {get('cap_rows_cut', 0):,} rows cut")
-    cpu_ratio = get("cap_cpu_ratio")
-    row("(k) server CPU per award, uncapped / capped", "-" if cpu_ratio is None else f"{cpu_ratio:.2f}", "x",
-        note="server not on this machine" if cpu_ratio is None else
-             f"{_number(get('cap_cpu_us_capped'))} vs {_number(get('cap_cpu_us_uncapped'))} us per award "
-             f"(backend CPU time, {get('cap_cpu_awards_per_round')} awards per side and round from one "
-             f"connection), median of the rounds' ratios {get('cap_cpu_ratios')}")
     for name, label in (("balance", "(f) balance(wallet)"), ("history", "(f) history(wallet, 50)"),
                         ("leaderboard", "(f) leaderboard(100)"), ("rank", "(f) wallet_rank(wallet)"),
                         ("level_for", "(f) level_for(total_xp)"),

@@ -43,7 +43,6 @@ MEASURES = [
     "(f) leaderboard(100, period week)",
     "(f) wallet_rank(wallet, period week)",
     "(k) pyxp.award, capped / uncapped",
-    "(k) server CPU per award, uncapped / capped",
     "(l) simulate_rules(), a formula change",
     "(l) simulate_rules(), a cap",
     "(g) recalculate_levels(), ruleset switch",
@@ -233,12 +232,8 @@ def test_ruleset_switch_raises_every_threshold() -> None:
 
 
 def test_caps_measure_awards_under_the_capped_rules(figures: dict[str, Any]) -> None:
-    """(k) runs its capped side under a ruleset whose action is capped (audit() above checks the allowances).
-    On this machine's server it also measures each side's server CPU time per award, every round."""
+    """(k) runs its capped side under a ruleset whose action is capped (audit() above checks the allowances)."""
     assert figures["cap_rows_capped"] > 0 and figures["cap_rows_cut"] >= 0
-    assert figures["server"]["local"]
-    assert len(figures["cap_cpu_ratios"]) == figures["rounds"]
-    assert figures["cap_cpu_us_capped"] > 0 and figures["cap_cpu_us_uncapped"] > 0 and figures["cap_cpu_ratio"] > 0
 
 
 def test_a_flow_calls_idempotency_record_is_about_100_bytes(figures: dict[str, Any]) -> None:
