@@ -268,10 +268,11 @@ def test_a_capped_award_waiting_for_the_holder_that_opened_the_allowance_is_cut(
     outcome = called_behind_holder(
         conninfo, db, "SELECT * FROM pyxp.award('0xopen', 'CAMPAIGN_APPROVED', 'o1');"
                       "SELECT * FROM pyxp.award('0xopen', 'CAMPAIGN_APPROVED', 'o2')",
-        lambda conn: conn.execute("SELECT xp_amount, xp_requested FROM pyxp.award('0xopen', 'CAMPAIGN_APPROVED', 'o3')"
-                                  ).fetchall())
+        lambda conn: conn.execute("SELECT xp_amount, xp_requested "
+                                  "FROM pyxp.award('0xopen', 'CAMPAIGN_APPROVED', 'o3')").fetchall())
     assert outcome == {"result": [(50, 100)]}
-    assert db.execute("SELECT used_xp FROM pyxp.xp_cap_usage WHERE user_wallet = '0xopen'").fetchall() == [(250,)]
+    assert db.execute("SELECT used_xp FROM pyxp.xp_cap_usage WHERE user_wallet = '0xopen'"
+                      ).fetchall() == [(250,)]
     assert db.execute("SELECT count(*) FROM pyxp.xp_balances WHERE user_wallet = '0xopen'").fetchone() == (1,)
     clean_audit(db)
 
@@ -286,5 +287,6 @@ def test_a_capped_award_waiting_for_the_same_award_replays_it(
                                   "FROM pyxp.award('0xsame', 'CAMPAIGN_APPROVED', 's1')").fetchall())
     first = db.execute("SELECT id FROM pyxp.xp_transactions WHERE idempotency_key = 's1'").fetchall()
     assert outcome == {"result": [(first[0][0], 100, True)]}
-    assert db.execute("SELECT used_xp FROM pyxp.xp_cap_usage WHERE user_wallet = '0xsame'").fetchall() == [(200,)]
+    assert db.execute("SELECT used_xp FROM pyxp.xp_cap_usage WHERE user_wallet = '0xsame'"
+                      ).fetchall() == [(200,)]
     clean_audit(db)

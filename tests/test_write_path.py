@@ -181,11 +181,12 @@ def test_a_batch_locks_its_wallets_without_writing_a_version(db: psycopg.Connect
 
 
 LEDGER_RELATIONS_LOCKED = """
+    WITH ledger AS (SELECT p.relid FROM pg_partition_tree('pyxp.xp_transactions') p)
     SELECT c.relname FROM pg_locks l JOIN pg_class c ON c.oid = l.relation
      WHERE l.pid = pg_backend_pid() AND l.locktype = 'relation'
-       AND (c.oid IN (SELECT p.relid FROM pg_partition_tree('pyxp.xp_transactions') p)
+       AND (c.oid IN (SELECT relid FROM ledger)
             OR c.oid IN (SELECT i.indexrelid FROM pg_index i
-                          WHERE i.indrelid IN (SELECT p.relid FROM pg_partition_tree('pyxp.xp_transactions') p)))"""
+                          WHERE i.indrelid IN (SELECT relid FROM ledger)))"""
 
 
 @pytest.mark.parametrize("call", [
@@ -207,9 +208,9 @@ def test_an_award_opens_no_ledger_partition_but_the_one_it_writes(
                          "WHERE now() >= range_start AND now() < range_end").fetchone()
     assert current is not None
     written = {"xp_transactions", current[0]} | {
-        name for (name,) in db.execute("SELECT c.relname FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid "
-                                       "WHERE i.indrelid IN ('pyxp.xp_transactions'::regclass, %s::regclass)",
-                                       (f"pyxp.{current[0]}",))}
+        name for (name,) in db.execute(
+            "SELECT c.relname FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid "
+            "WHERE i.indrelid IN ('pyxp.xp_transactions'::regclass, %s::regclass)", (f"pyxp.{current[0]}",))}
     with psycopg.connect(conninfo) as conn:  # a transaction: its locks stay until the rollback
         for _ in range(2):  # the second call runs the plans the first one cached
             conn.execute(call)
