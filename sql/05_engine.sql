@@ -385,11 +385,11 @@ $$;
 -- writer's replays and conflicts. PL/pgSQL and STRICT, called from a LATERAL
 -- join: a key never claimed (a NULL claim, every new award) calls nothing,
 -- and the writer's hot statements name no ledger partition. A statement
--- naming the partitioned ledger locks and initialises a scan of every
--- partition and index at each execution of its generic plan, whichever the
--- pruning keeps (PostgreSQL 15): an award on a ledger of 17 partitions took
--- 11 % more CPU with the claim joined to its row than with this function
--- (0021). No row: the claim's row was archived, or is missing (the writer's
+-- naming the partitioned ledger locks every partition and index at each
+-- execution of its generic plan, and where the pruning depends on a join's
+-- values (run time) initialises a scan of each (PostgreSQL 15): an award on
+-- a ledger of 17 partitions took 11 % more CPU with the claim joined to its
+-- row than with this function (0021). No row: the claim's row was archived, or is missing (the writer's
 -- guard tells which).
 CREATE FUNCTION pyxp.claimed_row(p_id bigint, p_created_at timestamptz)
 RETURNS SETOF pyxp.xp_transactions
@@ -445,7 +445,7 @@ DECLARE
     v_week timestamptz;
     v_month timestamptz;
     v_year timestamptz;
-    v_waited boolean;        -- a single capped call's lock waited for a writer of its wallet (step 2)
+    v_waited boolean;        -- a single capped call locked a version newer than its snapshot's (step 2)
     v_problem record;
 BEGIN
     IF coalesce(cardinality(v_rows), 0) = 0 THEN
@@ -478,7 +478,8 @@ BEGIN
     --    committed. A single call's lock is taken here, after the snapshot:
     --    a claim committed by the holder it waited for (the same award, made
     --    concurrently) is not seen, and step 3's claim INSERT, which waits
-    --    for it, skips the row: the call then runs again as a replay (below).
+    --    for it, skips the row: the call then runs again as a replay (below;
+    --    under caps the reread that follows sees the claim first).
     --    Caps (SPEC 12; only when the ruleset has a capped rule): each new
     --    capped gain is cut to what is left of its allowance in the current
     --    period (xp_cap_usage), in row order: within one call an allowance's
@@ -487,10 +488,11 @@ BEGIN
     --    must include what the lock's previous holder committed, which this
     --    statement's snapshot may not hold: a single call compares the
     --    balance version it locked with the one its snapshot sees (ctid:
-    --    every update writes a new version). Different, it waited for a
-    --    writer of the wallet: step 2 runs again, the lock held, in a
-    --    snapshot taken after that writer's commit (0021; a statement of its
-    --    own taking the lock first cost every capped award a statement).
+    --    every update writes a new version). Different, a writer of the
+    --    wallet committed after the snapshot (it waited for it, or it
+    --    committed just before the lock): step 2 runs again, the lock held,
+    --    in a snapshot taken after that commit (0021; a statement of its own
+    --    taking the lock first cost every capped award a statement).
     --    Then the running balances, per wallet in row order, and the feed
     --    group (sql/11_changes.sql: this transaction's id, or the wallet's
     --    last group if higher).

@@ -262,7 +262,8 @@ def test_a_capped_award_waiting_for_the_holder_that_opened_the_allowance_is_cut(
     """The holder's gains are the period's first on the allowance: its xp_cap_usage row, like a
     new wallet's balance row, is not in the waiter's first snapshot at all. Read as of that
     snapshot the waiter would get its 100 XP (300 of 250); read again after the holder's commit
-    it gets the 50 left."""
+    it gets the 50 left. balance-without-usage guards 0021's reread (it got 100 without it);
+    new-wallet guards the reread of a wallet created meanwhile (no balance row in the snapshot)."""
     if wallet_before == "balance-without-usage":
         award(db, "0xopen", "o0", action="Completion_Submit_B2C_Free")  # uncapped: a balance, no usage
     outcome = called_behind_holder(
@@ -279,7 +280,8 @@ def test_a_capped_award_waiting_for_the_holder_that_opened_the_allowance_is_cut(
 
 def test_a_capped_award_waiting_for_the_same_award_replays_it(
         conninfo: str, db: psycopg.Connection[Any]) -> None:
-    """Read again after the holder's commit, the claim it made is there: the waiter replays it."""
+    """Read again after the holder's commit, the claim it made is there: the waiter replays it
+    (without 0021's reread, step 3's skipped claim INSERT would send it to the replay too)."""
     award(db, "0xsame", "s0")
     outcome = called_behind_holder(
         conninfo, db, "SELECT * FROM pyxp.award('0xsame', 'CAMPAIGN_APPROVED', 's1')",

@@ -171,6 +171,24 @@ def test_migrations_build_the_same_schema_as_the_sql_files(fresh_database: Calla
     assert diff == [], "\n".join(diff[:200])
 
 
+def test_the_last_downgrade_gives_back_the_previous_revisions_schema(fresh_database: Callable[[], str]) -> None:
+    """A downgrade restores what the revision before built, function bodies included (pg_dump):
+    0021's first downgrade file restored an intermediate version of pyxp.append_rows, which ran,
+    so only a comparison with a database built at the previous revision could catch it."""
+    revisions = schema.own_revisions()
+    previous = revisions[-2]
+    assert revisions[-1] == schema.head_revision()
+    downgraded = fresh_database()
+    schema.upgrade(downgraded, activate_default=False)
+    schema.downgrade(downgraded, previous)
+    built = fresh_database()
+    schema.upgrade(built, previous, activate_default=False)
+    expected, got = schema_dump(built), schema_dump(downgraded)
+    diff = list(difflib.unified_diff(expected, got, f"upgrade to {previous}", f"head downgraded to {previous}",
+                                     lineterm="", n=1))
+    assert diff == [], "\n".join(diff[:200])
+
+
 def test_migrations_grant_the_same_privileges_as_the_sql_files(fresh_database: Callable[[], str]) -> None:
     """The dump above ignores privileges; compare every ACL and owner of schema pyxp directly."""
     migrated = fresh_database()

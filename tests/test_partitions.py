@@ -268,8 +268,8 @@ def test_awards_go_on_while_another_partition_is_locked_and_replays_wait(conninf
                                                                          db: psycopg.Connection[Any]) -> None:
     """Attaching a month takes ACCESS EXCLUSIVE on the default partition while it checks it. A new
     award locks only the partition it writes (0021: its plans name no other), so it goes on; a
-    replay reads its row through every partition's scan (pyxp.claimed_row), so it waits, here
-    until lock_timeout. At 0020 the new award waited too."""
+    replay reads its row through pyxp.claimed_row, whose plan locks every partition, so it waits,
+    here until lock_timeout. At 0020 the new award waited too."""
     db.execute(AWARD, ("0xattach", "a1"))
     with psycopg.connect(conninfo) as holder, psycopg.connect(conninfo, autocommit=True) as caller:
         holder.execute("LOCK TABLE pyxp.xp_transactions_default IN ACCESS EXCLUSIVE MODE")

@@ -196,9 +196,9 @@ LEDGER_RELATIONS_LOCKED = """
     "\"idempotency_key\": \"p2\"}]'::jsonb)"])
 def test_an_award_opens_no_ledger_partition_but_the_one_it_writes(
         conninfo: str, db: psycopg.Connection[Any], call: str) -> None:
-    """A statement naming the partitioned ledger locks and initialises a scan of every partition
-    and index at each execution of its generic plan (PostgreSQL 15): an award's cost grew with
-    the ledger's partitions (0021 measured 11 % more CPU at 17 partitions than without those
+    """A statement naming the partitioned ledger locks every partition and index at each
+    execution of its generic plan, and initialises their scans where the pruning depends on a
+    join (PostgreSQL 15): an award's cost grew with the ledger's partitions (0021 measured 11 % more CPU at 17 partitions than without those
     scans). Its statements name the ledger only to insert into it (rows routed to the partition
     of now()); a claim's row is read through pyxp.claimed_row, which a new key never calls."""
     db.execute("SELECT * FROM pyxp.create_ledger_partitions(4)")

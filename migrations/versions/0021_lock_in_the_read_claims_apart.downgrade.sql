@@ -28,7 +28,6 @@ DECLARE
     v_week timestamptz;
     v_month timestamptz;
     v_year timestamptz;
-    v_waited boolean;        -- a single capped call's lock waited for a writer of its wallet (step 2)
     v_problem record;
 BEGIN
     IF coalesce(cardinality(v_rows), 0) = 0 THEN
@@ -40,10 +39,14 @@ BEGIN
     --    a new wallet's row while waiting for an older one that a caller
     --    awarding in wallet order held: a deadlock, 40P01); DO UPDATE ...
     --    WHERE false locks a present row without writing a version of it.
-    --    One wallet (a single award, a flow, a reversal): locked by step 2
-    --    itself (FOR UPDATE in its read of the balance: one statement less on
-    --    the hot path, 0020; under caps too since 0021); a wallet without a
-    --    balance row gets one there, and step 2 runs again.
+    --    One wallet (a single award, a flow, a reversal) under a ruleset
+    --    without caps: locked by step 2 itself (FOR UPDATE in its read of
+    --    the balance: one statement less on the hot path); a wallet without a
+    --    balance row gets one there, and step 2 runs again. With caps, step 2
+    --    reads the allowances' usage, which must include what the lock's
+    --    previous holder committed: the lock comes first, in its own
+    --    statement (a new wallet's row inserted first; a concurrent insert of
+    --    the same wallet makes ON CONFLICT wait, then we lock its row).
     IF p_batch THEN
         INSERT INTO pyxp.xp_balances AS x (user_wallet, total_xp, current_level, xp_to_next_level)
         SELECT w.user_wallet, 0, c.level, c.next_level_xp::bigint
@@ -51,29 +54,31 @@ BEGIN
          CROSS JOIN pyxp.curve_position(p_ruleset, 0) c
          ORDER BY w.user_wallet
         ON CONFLICT (user_wallet) DO UPDATE SET updated_at = x.updated_at WHERE false;
+    ELSIF p_caps THEN
+        PERFORM FROM pyxp.xp_balances b WHERE b.user_wallet = v_wallet FOR UPDATE;
+        IF NOT FOUND THEN
+            INSERT INTO pyxp.xp_balances (user_wallet, total_xp, current_level, xp_to_next_level)
+            SELECT v_wallet, 0, c.level, c.next_level_xp::bigint FROM pyxp.curve_position(p_ruleset, 0) c
+            ON CONFLICT (user_wallet) DO NOTHING;
+            PERFORM FROM pyxp.xp_balances b WHERE b.user_wallet = v_wallet FOR UPDATE;
+        END IF;
     END IF;
     <<planning>>
     LOOP
     -- 2. The balances, locked (FOR UPDATE: the latest version, after any
     --    holder's commit), and each generic award's claim made before (a
-    --    replay, or PX010 for other inputs). A batch, locked in step 1: this
-    --    statement's snapshot sees what the locks' previous holders
-    --    committed. A single call's lock is taken here, after the snapshot:
-    --    a claim committed by the holder it waited for (the same award, made
-    --    concurrently) is not seen, and step 3's claim INSERT, which waits
-    --    for it, skips the row: the call then runs again as a replay (below).
+    --    replay, or PX010 for other inputs). A batch, and a single call under
+    --    caps, locked in step 1: this statement's snapshot sees what the
+    --    locks' previous holders committed. Another single call's lock is
+    --    taken here, after the snapshot: a claim committed by the holder it
+    --    waited for (the same award, made concurrently) is not seen, and
+    --    step 3's claim INSERT, which waits for it, skips the row: the call
+    --    then runs again as a replay (below).
     --    Caps (SPEC 12; only when the ruleset has a capped rule): each new
     --    capped gain is cut to what is left of its allowance in the current
     --    period (xp_cap_usage), in row order: within one call an allowance's
     --    gains only add up, so the k-th applies least(C_k, L) - least(C_k-1, L),
-    --    C the running sum of the gains asked, L what was left. That usage
-    --    must include what the lock's previous holder committed, which this
-    --    statement's snapshot may not hold: a single call compares the
-    --    balance version it locked with the one its snapshot sees (ctid:
-    --    every update writes a new version). Different, it waited for a
-    --    writer of the wallet: step 2 runs again, the lock held, in a
-    --    snapshot taken after that writer's commit (0021; a statement of its
-    --    own taking the lock first cost every capped award a statement).
+    --    C the running sum of the gains asked, L what was left.
     --    Then the running balances, per wallet in row order, and the feed
     --    group (sql/11_changes.sql: this transaction's id, or the wallet's
     --    last group if higher).
@@ -113,9 +118,9 @@ BEGIN
                (array_agg(x.ord ORDER BY x.ord) FILTER (WHERE abs(x.after) > pyxp.balance_limit()))[1],
                count(*) FILTER (WHERE x.claim_id IS NULL AND x.transaction_type IS NOT NULL),
                array_agg(x.applied ORDER BY x.ord), array_agg(x.allowance ORDER BY x.ord),
-               array_agg(x.period_start ORDER BY x.ord), array_agg(x.seq ORDER BY x.ord), bool_or(x.waited)
+               array_agg(x.period_start ORDER BY x.ord), array_agg(x.seq ORDER BY x.ord)
           INTO v_claims, v_after, v_feed, v_conflict_ord, v_range_ord, v_expected, v_applied, v_allowance, v_period,
-               v_seq, v_waited
+               v_seq
           FROM (SELECT y.*, y.total_xp + sum(y.applied) FILTER (WHERE y.claim_id IS NULL)
                                              OVER (PARTITION BY y.user_wallet ORDER BY y.ord) AS after,
                        y.last_wallet_seq + count(*) FILTER (WHERE y.claim_id IS NULL AND y.transaction_type IS NOT NULL)
@@ -127,10 +132,6 @@ BEGIN
                                                              OR k.idempotency_key <> r.idempotency_key) AS conflict,
                                        b.total_xp, b.last_wallet_seq,
                                        greatest(pg_current_xact_id(), b.last_feed_xid) AS feed,
-                                       -- the version locked is not the snapshot's (evaluated above the lock)
-                                       NOT p_batch AND b.ctid IS DISTINCT FROM
-                                           (SELECT s.ctid FROM pyxp.xp_balances s
-                                             WHERE s.user_wallet = r.user_wallet LIMIT 1) AS waited,
                                        a.allowance, a.period_start,
                                        sum(r.xp_amount) OVER (PARTITION BY r.user_wallet, a.allowance, a.period_start
                                                               ORDER BY r.ord) AS asked,
@@ -139,7 +140,7 @@ BEGIN
                                                                         transaction_type, xp_amount, xp_requested,
                                                                         apply_floor, rule_id, campaign_id, subject,
                                                                         metadata, reverses, moderations, ord)
-                                 CROSS JOIN LATERAL (SELECT b.total_xp, b.last_feed_xid, b.last_wallet_seq, b.ctid
+                                 CROSS JOIN LATERAL (SELECT b.total_xp, b.last_feed_xid, b.last_wallet_seq
                                                        FROM pyxp.xp_balances b
                                                       WHERE b.user_wallet = r.user_wallet LIMIT 1 FOR UPDATE) b
                                   LEFT JOIN LATERAL (SELECT k.id, k.request_digest, k.idempotency_key
@@ -161,13 +162,10 @@ BEGIN
                                                                 AND r.reverses IS NULL AND k.id IS NULL
                                                               LIMIT 1) c) a ON true) z) y) x;
     END IF;
-    IF v_after IS NULL THEN  -- one wallet (step 1) without a balance row yet
+    IF v_after IS NULL THEN  -- one wallet without caps (step 1), without a balance row yet
         INSERT INTO pyxp.xp_balances (user_wallet, total_xp, current_level, xp_to_next_level)
         SELECT v_wallet, 0, c.level, c.next_level_xp::bigint FROM pyxp.curve_position(p_ruleset, 0) c
         ON CONFLICT (user_wallet) DO NOTHING;  -- inserted concurrently: locked in the next round
-        CONTINUE planning;
-    END IF;
-    IF v_waited THEN  -- (caps) the lock waited: read the usage again, after the holder's commit
         CONTINUE planning;
     END IF;
     -- A cut gain records both amounts: xp_amount what applies, xp_requested
