@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import statistics
 import subprocess
 import sys
 from typing import Any
@@ -61,7 +62,8 @@ POSITIVE_KEYS = (
      "hot_wallet_per_s",
      "recalculate_s", "bytes_per_ledger_row", "unprepared_award_ratio", "unprepared_award_per_s",
      "prepared_award_per_s", "pgbench_cpu_tps", "award_sql_cpu_per_s", "bytes_per_award", "rounds",
-     "cap_capped_per_s", "cap_uncapped_per_s", "cap_ratio", "simulate_formula_s", "simulate_capped_s",
+     "cap_capped_per_s", "cap_uncapped_per_s", "cap_ratio", "cap_ratio_paired", "cap_cpu_capped_per_s",
+     "cap_cpu_uncapped_per_s", "cap_cpu_ratio_paired", "cap_rounds", "simulate_formula_s", "simulate_capped_s",
      "simulate_formula_changed", "request_bytes_per_flow_call", "request_rows_index_bytes_per_flow_row"]
     + [f"{read}_ms_{p}" for read in READS for p in ("p50", "p95", "p99")]
 )
@@ -234,6 +236,19 @@ def test_ruleset_switch_raises_every_threshold() -> None:
 def test_caps_measure_awards_under_the_capped_rules(figures: dict[str, Any]) -> None:
     """(k) runs its capped side under a ruleset whose action is capped (audit() above checks the allowances)."""
     assert figures["cap_rows_capped"] > 0 and figures["cap_rows_cut"] >= 0
+
+
+def test_caps_cost_is_the_median_of_each_rounds_ratio(figures: dict[str, Any]) -> None:
+    """(k) and (k'): one ratio per round (its capped side over its uncapped side, run back to back),
+    and the target reads their median."""
+    for prefix in ("cap", "cap_cpu"):
+        capped, uncapped = figures[f"{prefix}_capped_spread"], figures[f"{prefix}_uncapped_spread"]
+        assert len(capped) == len(uncapped) == figures["cap_rounds"]
+        ratios = [round(c / u, 3) for c, u in zip(capped, uncapped, strict=True)]
+        assert figures[f"{prefix}_round_ratios"] == ratios
+        assert figures[f"{prefix}_ratio_paired"] == round(statistics.median(ratios), 3)
+    assert figures["targets"]["cap"]["observed"] == figures["cap_ratio_paired"]
+    assert figures["targets"]["cap_cpu"]["observed"] == figures["cap_cpu_ratio_paired"]
 
 
 def test_a_flow_calls_idempotency_record_is_about_100_bytes(figures: dict[str, Any]) -> None:
