@@ -750,3 +750,40 @@ def test_0016_archives_half_of_a_ledger_of_every_kind_and_every_key_stays_used(
     with psycopg.connect(target, autocommit=True) as conn:
         assert conn.execute("SELECT count(*) FROM pyxp.xp_ledger_archives").fetchone() == (1,)
         assert conn.execute("SELECT * FROM pyxp.audit()").fetchall() == []
+
+
+def test_0022_rewrites_existing_balances_with_room_for_a_recalculation(fresh_database: Callable[[], str]) -> None:
+    """0022 gives xp_balances fillfactor 50 and rewrites it: the balances a 0021 ledger has keep
+    their values, the table keeps no clustering mark, and the pages they are on have room for a
+    HOT update of every row (a new curve's recalculation writes no index entry; at 0021, 3 % of
+    these updates were HOT). The downgrade gives the table back its default fillfactor."""
+    target = fresh_database()
+    schema.upgrade(target, "0021")
+    balances = "SELECT * FROM pyxp.xp_balances ORDER BY user_wallet"
+    with psycopg.connect(target, autocommit=True) as conn:
+        for start in range(0, 3000, 1000):
+            events = [{"wallet": f"0x{n:040x}", "action": "CAMPAIGN_APPROVED", "idempotency_key": f"m22:{n}"}
+                      for n in range(start, start + 1000)]
+            conn.execute("SELECT count(*) FROM pyxp.award_many(%s::jsonb)", (json.dumps(events),))
+        conn.execute("VACUUM pyxp.xp_balances")
+        before = conn.execute(balances).fetchall()
+    schema.upgrade(target)
+    counts = ("SELECT pg_stat_get_xact_tuples_updated(c.oid), pg_stat_get_xact_tuples_hot_updated(c.oid)"
+              "  FROM pg_class c WHERE c.oid = 'pyxp.xp_balances'::regclass")
+    with psycopg.connect(target, autocommit=True) as conn:
+        assert conn.execute(balances).fetchall() == before
+        assert conn.execute("SELECT c.reloptions, i.indisclustered FROM pg_class c JOIN pg_index i "
+                            "ON i.indrelid = c.oid AND i.indisprimary WHERE c.oid = 'pyxp.xp_balances'::regclass"
+                            ).fetchone() == (["fillfactor=50"], False)
+        with conn.transaction():
+            updated_before, hot_before = conn.execute(counts).fetchone()
+            conn.execute("UPDATE pyxp.xp_balances SET xp_to_next_level = xp_to_next_level + 1")
+            updated, hot = conn.execute(counts).fetchone()
+            assert (updated - updated_before, hot - hot_before) == (3000, 3000)
+            raise psycopg.Rollback
+        assert conn.execute("SELECT * FROM pyxp.audit()").fetchall() == []
+    schema.downgrade(target, "0021")
+    with psycopg.connect(target, autocommit=True) as conn:
+        assert conn.execute("SELECT reloptions FROM pg_class WHERE oid = 'pyxp.xp_balances'::regclass"
+                            ).fetchone() == (None,)
+        assert conn.execute(balances).fetchall() == before
