@@ -101,7 +101,12 @@ CREATE INDEX rules_by_event ON pyxp.rules (ruleset_id, event);
 
 -- Campaign registry: filled by award_campaign_creation, read by later calls.
 -- A vote or completion naming an unknown campaign with its type records the
--- type; the creator stays NULL until the creation is awarded.
+-- type; the creator stays NULL until the creation is awarded, or an agency's
+-- client registration names the campaign (0023: it is then that agency's
+-- AGENCY_B2C campaign, SPEC 5, and a creation by another wallet is refused).
+-- A campaign whose approval named its creator before pyxp knew it gets no
+-- row (its type is unknown), but its creation by another wallet is refused
+-- too (pyxp.award_campaign_creation reads the approval's request).
 CREATE TABLE pyxp.campaigns (
     campaign_id     text PRIMARY KEY,
     campaign_type   text NOT NULL CHECK (campaign_type IN ('B2C', 'AGENCY_B2C', 'INDIVIDUAL')),
@@ -505,11 +510,18 @@ CREATE INDEX agency_b2c_clients_pending ON pyxp.agency_b2c_clients (client_email
     WHERE NOT xp_granted;
 
 -- One row per flow subject ever named ('client_email:<email>',
--- 'completion:<completion id>'): the row lock that serialises every call about
--- that subject (pyxp.lock_subject): an email's registrations and onboarding, a
--- completion's submission, outcome and votes.
+-- 'completion:<completion id>', 'campaign:<campaign id>'): the row lock that
+-- serialises every call about that subject (pyxp.lock_subject): an email's
+-- registrations and onboarding, a completion's submission, outcome and votes,
+-- a campaign's creation and approval (0023).
 CREATE TABLE pyxp.subject_locks (
-    subject  text PRIMARY KEY
+    subject      text PRIMARY KEY,
+    -- A completion's campaign: the one the first call naming the completion
+    -- named (its submission, its outcome or a vote; 0023), which every later
+    -- call must name (pyxp.check_completion_owner). NULL for other subjects,
+    -- and for a completion not named since 0023 (its first call after takes
+    -- the campaign of its submission or outcome, if any, else its own).
+    campaign_id  text
 );
 
 -- What every award function returns: one row per ledger row created or replayed.

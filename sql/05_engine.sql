@@ -322,6 +322,21 @@ BEGIN
 END
 $$;
 
+-- Whether this very call was made before: its key claimed with the same
+-- inputs (a flow call's or a reversal's request). Such a call is a retry, and
+-- replays (SPEC 4) whatever was recorded about its campaign or completion
+-- since: the flows ask it before the checks that compare a call with earlier
+-- ones, so that those checks refuse only calls never made. (Another key with
+-- the same hash, odds 2^-128, passes here and gets PX010 from replayed_award.)
+CREATE FUNCTION pyxp.call_recorded(p_key text, p_inputs jsonb)
+RETURNS boolean
+LANGUAGE sql STABLE
+AS $$
+    SELECT EXISTS (SELECT FROM pyxp.xp_requests q
+                    WHERE q.key_hash = pyxp.key_hash(p_key)
+                      AND q.inputs_digest = pyxp.request_inputs_digest(p_inputs))
+$$;
+
 -- The original result of an earlier flow or reversal with this key, marked
 -- replayed. Levels are computed on the curve that was active for the
 -- original call, so the replay returns what the original call returned.

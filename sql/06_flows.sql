@@ -118,36 +118,50 @@ BEGIN
 END
 $$;
 
--- A completion belongs to the completer and campaign of the first call that
--- named it (its submission, or its outcome when that came first): a later
--- submission, outcome or vote naming another completer (votes: any) or another
--- campaign is refused (PX011), before anything is written (SPEC 4). The call's
--- own key is skipped: a retry of it is a replay or a PX010, decided there.
--- Holds the completion's subject lock until commit (see lock_subject).
+-- A completion belongs to the campaign of the first call that named it (its
+-- submission, its outcome or a moderator's vote: subject_locks.campaign_id,
+-- 0023; before 0023 votes were left out, and a submission could name another
+-- campaign than the votes before it) and to the completer of its submission,
+-- or of its outcome when that came first. A later call naming another
+-- campaign, or another completer (a submission or outcome), is refused
+-- (PX011), before anything is written (SPEC 4). The call's own key is
+-- skipped; a retry of a call made before is not checked at all (its caller
+-- asks pyxp.call_recorded first): it replays. Holds the completion's subject
+-- lock until commit (see lock_subject).
 CREATE FUNCTION pyxp.check_completion_owner(p_completion text, p_wallet text, p_campaign text,
                                             p_own_key text)
 RETURNS void
 LANGUAGE plpgsql
 AS $$
 DECLARE
+    v_subject text := 'completion:' || p_completion;
+    v_campaign text;
     v_first jsonb;
 BEGIN
-    PERFORM pyxp.lock_subject('completion:' || p_completion);
-    SELECT r.inputs INTO v_first
-      FROM unnest(ARRAY['completion.submitted:' || p_completion, 'completion.outcome:' || p_completion]) k (key)
-     CROSS JOIN LATERAL pyxp.recorded_request(k.key) r
-     WHERE k.key <> p_own_key AND r.same_key
-     ORDER BY r.created_at
-     LIMIT 1;
-    IF v_first IS NULL THEN
-        RETURN;
-    ELSIF v_first ->> 'campaign_id' IS DISTINCT FROM p_campaign
-          OR (p_wallet IS NOT NULL AND v_first ->> 'wallet' IS DISTINCT FROM p_wallet) THEN
+    PERFORM pyxp.lock_subject(v_subject);
+    SELECT l.campaign_id INTO v_campaign FROM pyxp.subject_locks l WHERE l.subject = v_subject;
+    IF v_campaign IS NULL OR p_wallet IS NOT NULL THEN
+        SELECT r.inputs INTO v_first
+          FROM unnest(ARRAY['completion.submitted:' || p_completion, 'completion.outcome:' || p_completion]) k (key)
+         CROSS JOIN LATERAL pyxp.recorded_request(k.key) r
+         WHERE k.key <> p_own_key AND r.same_key
+         ORDER BY r.created_at
+         LIMIT 1;
+    END IF;
+    IF v_campaign IS NULL THEN
+        -- The completion's first call since 0023: the campaign of its
+        -- submission or outcome if it has one, else this call's.
+        v_campaign := coalesce(v_first ->> 'campaign_id', p_campaign);
+        UPDATE pyxp.subject_locks l SET campaign_id = v_campaign WHERE l.subject = v_subject;
+    END IF;
+    IF v_campaign IS DISTINCT FROM p_campaign
+       OR (p_wallet IS NOT NULL AND v_first IS NOT NULL AND v_first ->> 'wallet' IS DISTINCT FROM p_wallet) THEN
         RAISE EXCEPTION 'completion % belongs to % on campaign %, not % on campaign %', p_completion,
-                        v_first ->> 'wallet', v_first ->> 'campaign_id', coalesce(p_wallet, '(a moderator)'), p_campaign
+                        coalesce(v_first ->> 'wallet', '(no completer yet)'), v_campaign,
+                        coalesce(p_wallet, '(a moderator)'), p_campaign
             USING ERRCODE = 'PX011',
-                  DETAIL = format('recorded: %s', v_first),
-                  HINT = 'name the completer wallet and campaign of the completion''s submission';
+                  DETAIL = format('recorded: %s', coalesce(v_first, jsonb_build_object('campaign_id', v_campaign))),
+                  HINT = 'name the completer wallet and campaign of the completion''s first call';
     END IF;
 END
 $$;
@@ -196,7 +210,11 @@ DECLARE
     v_video boolean := coalesce(award_campaign_creation.winstory_creates_video, false);
     v_no_rewards boolean := coalesce(award_campaign_creation.no_rewards, false);
     v_params jsonb := pyxp.formula_inputs(NULL, NULL, v_mint);
+    v_key text := 'campaign.created:' || v_campaign;
+    v_inputs jsonb := jsonb_build_object('wallet', v_wallet, 'campaign_type', v_type, 'mint_value', v_mint,
+                                         'winstory_creates_video', v_video, 'no_rewards', v_no_rewards);
     v_known pyxp.campaigns;
+    v_approved text;
 BEGIN
     -- The registry row first, locked until commit: a vote or completion that
     -- records the campaign's type meanwhile waits for this call, or this call
@@ -207,14 +225,30 @@ BEGIN
     VALUES (v_campaign, v_type, v_wallet)
     ON CONFLICT ON CONSTRAINT campaigns_pkey DO NOTHING;
     SELECT * INTO STRICT v_known FROM pyxp.campaigns c WHERE c.campaign_id = v_campaign FOR UPDATE;
-    IF v_known.creator_wallet IS NULL AND v_known.campaign_type <> v_type THEN
-        RAISE EXCEPTION 'campaign % is %, not %', v_campaign, v_known.campaign_type, v_type
-            USING ERRCODE = 'PX011', HINT = format('pass campaign_type %s', v_known.campaign_type);
+    IF NOT EXISTS (SELECT FROM pyxp.recorded_request(v_key)) THEN
+        -- The campaign's first creation: what earlier calls recorded of it
+        -- must agree (0023). An approval of a campaign pyxp did not know
+        -- named its creator and has no registry row to lock: approvals and
+        -- creations serialise on the campaign's subject lock, so this read
+        -- sees an approval that committed before, and one that comes after
+        -- sees this creator in the registry.
+        PERFORM pyxp.lock_subject('campaign:' || v_campaign);
+        SELECT r.inputs ->> 'wallet' INTO v_approved
+          FROM pyxp.recorded_request('campaign.approved:' || v_campaign) r WHERE r.same_key;
+        IF v_known.creator_wallet <> v_wallet THEN  -- named by an agency's client registration
+            RAISE EXCEPTION 'campaign % is the AGENCY_B2C campaign of %, whose clients were registered on it, not a campaign of %',
+                            v_campaign, v_known.creator_wallet, v_wallet
+                USING ERRCODE = 'PX011', HINT = format('create it with creator_wallet %s', v_known.creator_wallet);
+        ELSIF v_known.campaign_type <> v_type THEN
+            RAISE EXCEPTION 'campaign % is %, not %', v_campaign, v_known.campaign_type, v_type
+                USING ERRCODE = 'PX011', HINT = format('pass campaign_type %s', v_known.campaign_type);
+        ELSIF v_approved <> v_wallet THEN
+            RAISE EXCEPTION 'campaign % was approved for creator %, not %', v_campaign, v_approved, v_wallet
+                USING ERRCODE = 'PX011', HINT = format('create it with creator_wallet %s', v_approved);
+        END IF;
     END IF;
     RETURN QUERY SELECT * FROM pyxp.post_award(
-        'campaign.created:' || v_campaign,
-        jsonb_build_object('wallet', v_wallet, 'campaign_type', v_type, 'mint_value', v_mint,
-                           'winstory_creates_video', v_video, 'no_rewards', v_no_rewards),
+        v_key, v_inputs,
         v_wallet, 'campaign.created', v_type,
         array_remove(ARRAY[CASE WHEN v_video THEN 'winstory_creates_video' END,
                            CASE WHEN v_no_rewards THEN 'no_rewards' END], NULL),
@@ -247,15 +281,21 @@ BEGIN
     IF award_campaign_approval.creator_wallet IS NOT NULL THEN
         v_given := pyxp.checked_wallet(award_campaign_approval.creator_wallet, 'creator wallet');
     END IF;
+    -- Serialised with the campaign's creation (see award_campaign_creation).
+    PERFORM pyxp.lock_subject('campaign:' || v_campaign);
     SELECT * INTO v_known FROM pyxp.campaigns c WHERE c.campaign_id = v_campaign;
-    IF v_known.creator_wallet IS NOT NULL AND v_given IS NOT NULL AND v_given <> v_known.creator_wallet THEN
+    IF v_given IS NOT NULL AND pyxp.call_recorded('campaign.approved:' || v_campaign,
+                                                   jsonb_build_object('wallet', v_given)) THEN
+        NULL;  -- this very call again: it replays, whatever the registry says since
+    ELSIF v_known.creator_wallet IS NOT NULL AND v_given IS NOT NULL AND v_given <> v_known.creator_wallet THEN
         RAISE EXCEPTION 'campaign % was created by %, not %', v_campaign, v_known.creator_wallet, v_given
             USING ERRCODE = 'PX011', HINT = 'omit creator_wallet: the registry knows it';
     ELSIF v_known.creator_wallet IS NULL AND v_given IS NULL THEN
         RAISE EXCEPTION 'unknown campaign %: its creator is needed', v_campaign
             USING ERRCODE = 'PX012', HINT = 'pass creator_wallet, or award the campaign creation first';
+    ELSE
+        v_given := coalesce(v_known.creator_wallet, v_given);
     END IF;
-    v_given := coalesce(v_known.creator_wallet, v_given);
     RETURN QUERY SELECT * FROM pyxp.post_award(
         'campaign.approved:' || v_campaign, jsonb_build_object('wallet', v_given),
         v_given, 'campaign.approved', v_known.campaign_type, '{}',
@@ -348,7 +388,11 @@ BEGIN
                                    'campaign_type', v_type, 'is_paid', v_paid) || v_params;
     v_key := CASE WHEN v_event = 'completion.submitted' THEN 'completion.submitted:' ELSE 'completion.outcome:' END
              || v_completion;
-    PERFORM pyxp.check_completion_owner(v_completion, v_wallet, v_campaign, v_key);
+    -- The completion's submission (or outcome) made before, with these
+    -- inputs or others, is the key's business: a replay, or PX010.
+    IF NOT EXISTS (SELECT FROM pyxp.xp_requests q WHERE q.key_hash = pyxp.key_hash(v_key)) THEN
+        PERFORM pyxp.check_completion_owner(v_completion, v_wallet, v_campaign, v_key);
+    END IF;
     RETURN QUERY SELECT * FROM pyxp.post_award(
         v_key,
         v_inputs, v_wallet, v_event, v_type,
@@ -378,12 +422,15 @@ DECLARE
     v_completion text := pyxp.checked_identifier('completion id', award_completion_moderation.completion_id);
     v_vote text := pyxp.checked_vote(award_completion_moderation.vote_decision);
     v_type text := pyxp.resolved_campaign_type(v_campaign, award_completion_moderation.campaign_type);
+    v_key text := pyxp.vote_key('completion.vote', v_completion, 'completion_id', v_wallet);
+    v_inputs jsonb := jsonb_build_object('vote_decision', v_vote, 'campaign_id', v_campaign, 'campaign_type', v_type,
+                                         'wallet', v_wallet, 'completion_id', v_completion);
 BEGIN
-    PERFORM pyxp.check_completion_owner(v_completion, NULL, v_campaign, '');
+    IF NOT pyxp.call_recorded(v_key, v_inputs) THEN  -- a retry replays
+        PERFORM pyxp.check_completion_owner(v_completion, NULL, v_campaign, '');
+    END IF;
     RETURN QUERY SELECT * FROM pyxp.post_award(
-        pyxp.vote_key('completion.vote', v_completion, 'completion_id', v_wallet),
-        jsonb_build_object('vote_decision', v_vote, 'campaign_id', v_campaign, 'campaign_type', v_type,
-                           'wallet', v_wallet, 'completion_id', v_completion),
+        v_key, v_inputs,
         v_wallet, 'completion.vote', v_type, ARRAY[v_vote],
         '{}', v_campaign, v_completion,
         jsonb_build_object('vote_decision', v_vote, 'campaign_type', v_type), 1,
@@ -394,9 +441,11 @@ $$;
 -- Seed: agency-client 'register'. A pending registration: the agency's B2C
 -- client will earn the onboarding XP when it first signs in. If pyxp knows
 -- the campaign, it must be an AGENCY_B2C campaign created by that agency
--- (PX022). The same (agency, email, campaign) again changes nothing and
--- returns the existing row. A client already onboarded gets the row granted
--- at once, without XP again.
+-- (PX022); if it does not, the registry records it as one (0023: another
+-- wallet's creation of it is then refused). The same (agency, email,
+-- campaign) again changes nothing and returns the existing row, whatever the
+-- registry says since. A client already onboarded gets the row granted at
+-- once, without XP again.
 CREATE FUNCTION pyxp.register_agency_client(
     agency_wallet text, client_email text, campaign_id text, company_name text DEFAULT NULL)
 RETURNS SETOF pyxp.agency_b2c_clients
@@ -420,12 +469,27 @@ BEGIN
         END IF;
     END IF;
     PERFORM pyxp.require_read_committed();
-    SELECT * INTO v_known FROM pyxp.campaigns c WHERE c.campaign_id = v_campaign;
-    IF v_known.campaign_id IS NOT NULL
-       AND (v_known.campaign_type <> 'AGENCY_B2C' OR v_known.creator_wallet <> v_agency) THEN
+    -- The same registration again: its row, nothing changed (SPEC 5),
+    -- whatever the registry says since.
+    RETURN QUERY
+        SELECT a.* FROM pyxp.agency_b2c_clients a
+         WHERE a.agency_wallet = v_agency AND a.client_email = v_email AND a.campaign_id = v_campaign;
+    IF FOUND THEN
+        RETURN;
+    END IF;
+    -- A campaign pyxp does not know becomes the agency's AGENCY_B2C campaign
+    -- (0023), so that a creation by another wallet is refused; the registry
+    -- row is locked until commit (a concurrent creation waits, then sees it).
+    INSERT INTO pyxp.campaigns (campaign_id, campaign_type, creator_wallet)
+    VALUES (v_campaign, 'AGENCY_B2C', v_agency)
+    ON CONFLICT ON CONSTRAINT campaigns_pkey DO NOTHING;
+    SELECT * INTO STRICT v_known FROM pyxp.campaigns c WHERE c.campaign_id = v_campaign FOR UPDATE;
+    IF v_known.campaign_type <> 'AGENCY_B2C' OR v_known.creator_wallet <> v_agency THEN
         RAISE EXCEPTION 'campaign % is a % campaign created by %, not an AGENCY_B2C campaign of %',
                         v_campaign, v_known.campaign_type, v_known.creator_wallet, v_agency
             USING ERRCODE = 'PX022', HINT = 'register clients on the agency''s own AGENCY_B2C campaigns';
+    ELSIF v_known.creator_wallet IS NULL THEN  -- its type recorded by a vote or completion: now its agency
+        UPDATE pyxp.campaigns c SET creator_wallet = v_agency WHERE c.campaign_id = v_campaign;
     END IF;
 
     PERFORM pyxp.lock_subject('client_email:' || v_email);

@@ -823,3 +823,97 @@ def test_votes_whose_ids_once_built_the_same_key_text_are_two_votes(xp: XP, db: 
 def test_campaign_creation_without_a_type_says_it_is_required(xp: XP, unchanged: Any) -> None:
     with unchanged(), pytest.raises(pyxp.UnknownCampaignType, match="required"):
         xp.award_campaign_creation(creator_wallet="0x_creator", campaign_id="camp_x", campaign_type=None)  # type: ignore[arg-type]
+
+
+# ============================================================================ first call wins, retries replay
+# SPEC section 4: repeating a call with the same key and inputs returns the original result,
+# whatever was recorded about its campaign or completion since; a later call that contradicts
+# what an earlier one recorded (another creator, another campaign) is refused, nothing written.
+
+def test_a_creation_by_another_wallet_than_an_earlier_approval_named_is_refused(
+        xp: XP, db: psycopg.Connection[Any], unchanged: Any) -> None:
+    """An approval of a campaign pyxp did not know named its creator (and paid it): a creation by
+    another wallet is refused, and the approval's retry still replays. Before 0023 the creation was
+    accepted, the approval's retry got PX011, and the ledger paid two creators."""
+    first = xp.award_campaign_approval("camp_a", creator_wallet=CREATOR)
+    with unchanged(), pytest.raises(pyxp.errors.CampaignMismatch) as refused:
+        xp.award_campaign_creation("0x_other_creator", "camp_a", "B2C")
+    assert CREATOR in str(refused.value)
+    again = xp.award_campaign_approval("camp_a", creator_wallet=CREATOR)
+    assert again.replayed and [r.transaction_id for r in again.rows] == [r.transaction_id for r in first.rows]
+    xp.award_campaign_creation(CREATOR, "camp_a", "B2C")  # the creator it named: accepted
+    assert registry(db, "camp_a") == ("B2C", CREATOR)
+    assert xp.award_campaign_approval("camp_a").replayed
+    assert_audit_clean(db)
+
+
+def test_an_approval_retry_replays_whatever_the_registry_says_since(xp: XP, db: psycopg.Connection[Any]) -> None:
+    """A registry that names another creator than the one an approval was made for (a ledger
+    written before 0023 could hold one): the approval's retry replays; another creator's is PX011."""
+    first = xp.award_campaign_approval("camp_b", creator_wallet=CREATOR)
+    db.execute("INSERT INTO pyxp.campaigns (campaign_id, campaign_type, creator_wallet) "
+               "VALUES ('camp_b', 'B2C', '0x_other_creator')")
+    again = xp.award_campaign_approval("camp_b", creator_wallet=CREATOR)
+    assert again.replayed and [r.transaction_id for r in again.rows] == [r.transaction_id for r in first.rows]
+    with pytest.raises(pyxp.errors.CampaignMismatch):
+        xp.award_campaign_approval("camp_b", creator_wallet="0x_third_creator")
+
+
+def test_a_submission_on_another_campaign_than_an_earlier_vote_named_is_refused(
+        xp: XP, db: psycopg.Connection[Any], unchanged: Any) -> None:
+    """A moderator's vote named the completion first: it fixes the completion's campaign as a
+    submission would. A submission naming another campaign is refused, the vote's retry replays.
+    Before 0023 the submission was accepted and the vote's retry got PX011."""
+    first = xp.award_completion_moderation(MODERATOR, "camp_x", "comp_v", "VALID", campaign_type="B2C")
+    with unchanged(), pytest.raises(pyxp.errors.CampaignMismatch) as refused:
+        xp.award_completion(COMPLETER, "camp_y", "comp_v", campaign_type="B2C")
+    assert "camp_x" in str(refused.value)
+    again = xp.award_completion_moderation(MODERATOR, "camp_x", "comp_v", "VALID", campaign_type="B2C")
+    assert again.replayed and [r.transaction_id for r in again.rows] == [r.transaction_id for r in first.rows]
+    xp.award_completion(COMPLETER, "camp_x", "comp_v", campaign_type="B2C")  # its campaign: accepted
+    with unchanged(), pytest.raises(pyxp.errors.CampaignMismatch):
+        xp.award_completion_moderation("0x_second_moderator", "camp_y", "comp_v", "VALID", campaign_type="B2C")
+    assert_audit_clean(db)
+
+
+def test_a_vote_retry_replays_after_a_submission_on_another_campaign(
+        xp: XP, db: psycopg.Connection[Any]) -> None:
+    """A ledger written before 0023 can hold a vote and a submission naming two campaigns: the
+    vote's retry replays (a retry is never refused for what came after it)."""
+    first = xp.award_completion_moderation(MODERATOR, "camp_x", "comp_w", "VALID", campaign_type="B2C")
+    db.execute("UPDATE pyxp.subject_locks SET campaign_id = NULL WHERE subject = 'completion:comp_w'")
+    xp.award_completion(COMPLETER, "camp_y", "comp_w", campaign_type="B2C")
+    again = xp.award_completion_moderation(MODERATOR, "camp_x", "comp_w", "VALID", campaign_type="B2C")
+    assert again.replayed and [r.transaction_id for r in again.rows] == [r.transaction_id for r in first.rows]
+
+
+def test_a_creation_by_another_agency_than_a_registration_named_is_refused(
+        xp: XP, db: psycopg.Connection[Any], unchanged: Any) -> None:
+    """A registration on a campaign pyxp did not know makes it the registering agency's AGENCY_B2C
+    campaign (SPEC 5: clients are registered on the agency's own campaigns): another agency's
+    creation of it is refused, the registration repeated changes nothing. Before 0023 the creation
+    was accepted, the same registration then got PX022, and the onboarding named agency A on
+    agency B's campaign."""
+    first = xp.register_agency_client(AGENCY, EMAIL, "camp_r")
+    with unchanged(), pytest.raises(pyxp.errors.CampaignMismatch) as refused:
+        xp.award_campaign_creation(OTHER_AGENCY, "camp_r", "AGENCY_B2C")
+    assert AGENCY in str(refused.value)
+    with unchanged():
+        assert xp.register_agency_client(AGENCY, EMAIL, "camp_r") == first
+    xp.award_campaign_creation(AGENCY, "camp_r", "AGENCY_B2C")
+    assert registry(db, "camp_r") == ("AGENCY_B2C", AGENCY)
+    with unchanged(), pytest.raises(pyxp.errors.RegistrationRefused):
+        xp.register_agency_client(OTHER_AGENCY, "other@example.com", "camp_r")
+    assert_audit_clean(db)
+
+
+def test_a_registration_repeated_changes_nothing_whatever_the_registry_says_since(
+        xp: XP, db: psycopg.Connection[Any], unchanged: Any) -> None:
+    """The same (agency, email, campaign) again returns its row and changes nothing (SPEC 5), even
+    if the registry now names another agency (a ledger written before 0023 could)."""
+    first = xp.register_agency_client(AGENCY, EMAIL, "camp_s")
+    db.execute("UPDATE pyxp.campaigns SET creator_wallet = %s WHERE campaign_id = 'camp_s'", (OTHER_AGENCY,))
+    with unchanged():
+        assert xp.register_agency_client(AGENCY, EMAIL, "camp_s") == first
+    with unchanged(), pytest.raises(pyxp.errors.RegistrationRefused):
+        xp.register_agency_client(AGENCY, "second@example.com", "camp_s")
