@@ -14,7 +14,7 @@ from typing import Any
 
 import psycopg
 import pytest
-from conftest import database_state
+from conftest import called_behind_holder, database_state
 
 import pyxp
 from pyxp import XP
@@ -917,3 +917,22 @@ def test_a_registration_repeated_changes_nothing_whatever_the_registry_says_sinc
         assert xp.register_agency_client(AGENCY, EMAIL, "camp_s") == first
     with unchanged(), pytest.raises(pyxp.errors.RegistrationRefused):
         xp.register_agency_client(AGENCY, "second@example.com", "camp_s")
+
+
+APPROVAL_OF_A = "SELECT * FROM pyxp.award_campaign_approval('camp_race', '0x_creator_a')"
+APPROVAL_OF_B = "SELECT * FROM pyxp.award_campaign_approval('camp_race', '0x_creator_b')"
+CREATION_BY_A = "SELECT * FROM pyxp.award_campaign_creation('0x_creator_a', 'camp_race', 'B2C')"
+CREATION_BY_B = "SELECT * FROM pyxp.award_campaign_creation('0x_creator_b', 'camp_race', 'B2C')"
+
+
+@pytest.mark.parametrize(("held", "second"), [(APPROVAL_OF_A, CREATION_BY_B), (CREATION_BY_A, APPROVAL_OF_B)],
+                         ids=["approval-first", "creation-first"])
+def test_an_approval_and_a_creation_naming_two_creators_never_both_pass(
+        conninfo: str, db: psycopg.Connection[Any], held: str, second: str) -> None:
+    """An approval of a campaign pyxp does not know and its creation, naming two creators, the
+    second started while the first's transaction is open: it waits for it on the campaign's
+    subject lock (0023; without it both passed), then is refused (PX011). Only A was paid."""
+    outcome = called_behind_holder(conninfo, db, held, lambda conn: conn.execute(second).fetchall())
+    assert outcome == {"sqlstate": "PX011"}
+    assert {w for (w,) in db.execute("SELECT DISTINCT user_wallet FROM pyxp.xp_transactions")} == {"0x_creator_a"}
+    assert_audit_clean(db)
