@@ -4,6 +4,13 @@
 -- is accepted, before anything is written. Error codes are listed in README.md.
 -- These are internal (not granted to anyone): public functions call them.
 
+-- A character's code point as U+XXXX: four hex digits at least, all of them
+-- beyond the Basic Multilingual Plane (U+E0041, not U+E004: 0023).
+CREATE FUNCTION pyxp.code_point(p_char text)
+RETURNS text
+LANGUAGE sql IMMUTABLE PARALLEL SAFE STRICT
+AS $$ SELECT 'U+' || upper(lpad(to_hex(ascii(p_char)), greatest(4, length(to_hex(ascii(p_char)))), '0')) $$;
+
 -- What every text a caller gives goes through first (wallets, emails, ids).
 --
 -- Size before work: a text longer than 4 bytes per allowed character (+1 KiB
@@ -38,9 +45,9 @@ BEGIN
     v := pyxp.trimmed_text(p_value, p_nfkc);
     v_invisible := pyxp.invisible_character(v);
     IF v_invisible IS NOT NULL THEN
-        RAISE EXCEPTION 'invalid %: % contains U+%, an invisible or control character', p_what,
+        RAISE EXCEPTION 'invalid %: % contains %, an invisible or control character', p_what,
                         quote_literal(left(regexp_replace(v, '[^[:print:]]', '?', 'g'), 60)),
-                        upper(lpad(to_hex(ascii(v_invisible)), 4, '0'))
+                        pyxp.code_point(v_invisible)
             USING ERRCODE = p_code,
                   HINT = format('%s has no control or invisible characters (zero-width spaces, joiners, '
                                 'soft hyphens, bidi controls, ...)', p_what);

@@ -448,8 +448,8 @@ BEGIN
     -- PL/pgSQL checks (4.8 s of the audit at 1M balances, 1.7 s now).
     SELECT 'identity_not_normalised', b.user_wallet, NULL,
            CASE WHEN pyxp.invisible_character(f.form) IS NOT NULL
-                THEN format('wallet %s holds U+%s, refused since 0002', quote_literal(b.user_wallet),
-                            upper(lpad(to_hex(ascii(pyxp.invisible_character(f.form))), 4, '0')))
+                THEN format('wallet %s holds %s, refused since 0002', quote_literal(b.user_wallet),
+                            pyxp.code_point(pyxp.invisible_character(f.form)))
                 ELSE format('wallet %s is read %s since 0002', quote_literal(b.user_wallet), quote_literal(f.form)) END
       FROM (SELECT b.user_wallet FROM pyxp.xp_balances b WHERE b.user_wallet COLLATE "C" !~ '^0x[0-9a-f]{40}$') b
      CROSS JOIN LATERAL (SELECT CASE WHEN x.t ~* '^0x[0-9a-f]{40}$' THEN lower(x.t) ELSE x.t END AS form

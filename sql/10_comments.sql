@@ -111,6 +111,7 @@ COMMENT ON FUNCTION pyxp.archive_horizon() IS 'internal: the end of the ledger''
 COMMENT ON FUNCTION pyxp.replayed_award(text, jsonb, text, text) IS 'internal: the original rows of a flow''s or reversal''s key, or PX010 for other inputs.';
 COMMENT ON FUNCTION pyxp.append_rows(bigint, bigint, text, boolean, pyxp.pending_row[], boolean) IS
     'internal: THE writer: locks the wallets, replays claimed generic awards, applies floor and caps, appends every ledger row and updates each balance once.';
+COMMENT ON FUNCTION pyxp.code_point(text) IS 'internal: a character''s code point as U+XXXX (all its hex digits).';
 COMMENT ON FUNCTION pyxp.call_recorded(text, jsonb) IS 'internal: whether a flow call or reversal was made before with the same key and inputs (a retry: it replays).';
 COMMENT ON FUNCTION pyxp.claimed_row(bigint, timestamptz) IS 'internal: the ledger row a claim names, for the writer''s replays (no call for a new key).';
 COMMENT ON FUNCTION pyxp.raise_key_conflict(boolean, integer, text, jsonb, text, text, bigint, jsonb) IS 'internal: PX010 for a generic award''s key claimed with other inputs.';

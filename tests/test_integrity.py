@@ -597,3 +597,15 @@ def test_audit_lists_identities_stored_before_0002_that_read_otherwise_today(
         ("identity_not_normalised", "\uff10xfull")]
     details = " ".join(detail for *_, detail in findings)
     assert "U+200B" in details and "'0xfull'" in details and "'nb sp'" in details
+
+
+@pytest.mark.parametrize(("character", "shown"), [("\u200b", "U+200B"), ("\x07", "U+0007"),
+                                                  ("\U000e0041", "U+E0041"), ("\U000e007f", "U+E007F")])
+def test_a_refused_character_is_named_by_its_whole_code_point(
+        db: psycopg.Connection[Any], unchanged: Any, character: str, shown: str) -> None:
+    """PX001 names the invisible character it refuses; one beyond the Basic Multilingual Plane
+    (a tag character) was named by its first four hex digits (U+E004 for U+E0041) before 0023."""
+    with unchanged(), pytest.raises(psycopg.Error) as refused:
+        db.execute("SELECT * FROM pyxp.award(%s, 'CAMPAIGN_APPROVED', 'cp')", (f"abc{character}def",))
+    assert refused.value.sqlstate == "PX001"
+    assert f"contains {shown}," in str(refused.value)

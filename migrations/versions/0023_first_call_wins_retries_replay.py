@@ -11,6 +11,7 @@ approval, a completion's submission, outcome or vote, or a registration made bef
 completion's campaign is fixed by the first call naming it, votes included
 (subject_locks.campaign_id, new). A creation by another wallet than an earlier approval
 named, or than the agency whose client registration named the campaign, is refused (PX011).
+PX001 and audit() name a refused character by its whole code point (pyxp.code_point, new).
 Functions and one nullable column: nothing rewritten.
 
 Executes its own frozen SQL files (a snapshot of sql/*.sql at this revision).
