@@ -266,7 +266,8 @@ $$;
 
 -- Campaign approved by moderation: the approval rules, to the creator. The
 -- creator comes from the registry; passing another one is refused (PX011); an
--- unknown campaign needs creator_wallet (PX012). Once per campaign.
+-- unknown campaign needs creator_wallet (PX012), and its type when a rule of
+-- the approval depends on it (PX012). Once per campaign.
 CREATE FUNCTION pyxp.award_campaign_approval(campaign_id text, creator_wallet text DEFAULT NULL)
 RETURNS SETOF pyxp.award_result
 LANGUAGE plpgsql SECURITY DEFINER
@@ -293,6 +294,16 @@ BEGIN
     ELSIF v_known.creator_wallet IS NULL AND v_given IS NULL THEN
         RAISE EXCEPTION 'unknown campaign %: its creator is needed', v_campaign
             USING ERRCODE = 'PX012', HINT = 'pass creator_wallet, or award the campaign creation first';
+    ELSIF v_known.campaign_type IS NULL AND EXISTS (
+              SELECT FROM pyxp.rules ru
+               WHERE ru.ruleset_id = pyxp.active_ruleset_id() AND ru.event = 'campaign.approved'
+                 AND ru.campaign_types IS NOT NULL) THEN
+        -- Rules of the approval that depend on the campaign's type cannot be
+        -- told without it: the call would use its key up for no row (0023).
+        RAISE EXCEPTION 'unknown campaign %: its type is needed, the active rules of an approval depend on it',
+                        v_campaign
+            USING ERRCODE = 'PX012',
+                  HINT = 'award the campaign creation first (or a vote naming its campaign_type)';
     ELSE
         v_given := coalesce(v_known.creator_wallet, v_given);
     END IF;

@@ -936,3 +936,22 @@ def test_an_approval_and_a_creation_naming_two_creators_never_both_pass(
     assert outcome == {"sqlstate": "PX011"}
     assert {w for (w,) in db.execute("SELECT DISTINCT user_wallet FROM pyxp.xp_transactions")} == {"0x_creator_a"}
     assert_audit_clean(db)
+
+
+def test_an_approval_whose_rules_depend_on_an_unknown_campaigns_type_is_refused(
+        xp: XP, db: psycopg.Connection[Any], unchanged: Any) -> None:
+    """Under rules whose approval is limited to some campaign types, the approval of a campaign pyxp
+    does not know the type of cannot tell whether they apply: PX012, nothing written, key unused.
+    Before 0023 it wrote no row but used its key up, so the approval after the creation replayed
+    that empty result and the creator never got its XP."""
+    definition = pyxp.load_ruleset("winstory").definition()
+    definition["name"] = "approval-b2c-only"
+    for rule in definition["rules"]:
+        if rule["action"] == "CAMPAIGN_APPROVED":
+            rule["campaign_types"] = ["B2C"]
+    db.execute("SELECT * FROM pyxp.install_ruleset(%s, %s)",
+               (psycopg.types.json.Jsonb(definition), "# approval limited to B2C"))
+    with unchanged(), pytest.raises(pyxp.errors.UnknownCampaign):
+        xp.award_campaign_approval("camp_t", creator_wallet=CREATOR)
+    xp.award_campaign_creation(CREATOR, "camp_t", "B2C")
+    assert [r.transaction_type for r in xp.award_campaign_approval("camp_t").rows] == ["CAMPAIGN_APPROVED"]

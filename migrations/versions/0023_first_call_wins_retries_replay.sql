@@ -17,6 +17,9 @@
 --     refused (PX011): a registration on a campaign pyxp does not know records
 --     it as that agency's AGENCY_B2C campaign; an approval and a creation of
 --     one campaign serialise on its subject lock ('campaign:<id>').
+--   * An approval of a campaign whose type pyxp does not know is refused (PX012)
+--     when a rule of the approval depends on the type (it used its key up for no
+--     row).
 --   * pyxp.code_point (new): PX001 and audit() name a refused character by its
 --     whole code point (U+E0041 was shown as U+E004).
 SET LOCAL ROLE pyxp_owner;
@@ -177,6 +180,16 @@ BEGIN
     ELSIF v_known.creator_wallet IS NULL AND v_given IS NULL THEN
         RAISE EXCEPTION 'unknown campaign %: its creator is needed', v_campaign
             USING ERRCODE = 'PX012', HINT = 'pass creator_wallet, or award the campaign creation first';
+    ELSIF v_known.campaign_type IS NULL AND EXISTS (
+              SELECT FROM pyxp.rules ru
+               WHERE ru.ruleset_id = pyxp.active_ruleset_id() AND ru.event = 'campaign.approved'
+                 AND ru.campaign_types IS NOT NULL) THEN
+        -- Rules of the approval that depend on the campaign's type cannot be
+        -- told without it: the call would use its key up for no row (0023).
+        RAISE EXCEPTION 'unknown campaign %: its type is needed, the active rules of an approval depend on it',
+                        v_campaign
+            USING ERRCODE = 'PX012',
+                  HINT = 'award the campaign creation first (or a vote naming its campaign_type)';
     ELSE
         v_given := coalesce(v_known.creator_wallet, v_given);
     END IF;
