@@ -640,14 +640,17 @@ def test_random_concurrent_workload_matches_the_model(conninfo: str, db: psycopg
     assert sums == dict(expected_xp)
     assert db.execute("SELECT * FROM pyxp.audit()").fetchall() == []
 
-    # 8. The campaign registry holds the winning creations; agency client rows follow the onboardings.
+    # 8. The campaign registry holds the winning creations, and the campaigns an acknowledged
+    # registration named before any creation (0023: its agency's AGENCY_B2C campaign); agency
+    # client rows follow the onboardings.
     campaigns = {r["campaign_id"]: (r["campaign_type"], r["creator_wallet"])
                  for r in db.execute("SELECT * FROM pyxp.campaigns")}
-    assert campaigns == {c: CAMPAIGNS[c][:2] for c in CAMPAIGNS if f"campaign.created:{c}" in winner}
     registrations = db.execute("SELECT agency_wallet, client_email, campaign_id, client_wallet, xp_granted "
                                "FROM pyxp.agency_b2c_clients").fetchall()
     acknowledged_registrations = {(c.args["agency_wallet"], c.args["client_email"], c.args["campaign_id"])
                                   for c in calls if c.registration is not None}
+    registered = {campaign: ("AGENCY_B2C", agency) for agency, _, campaign in acknowledged_registrations}
+    assert campaigns == registered | {c: CAMPAIGNS[c][:2] for c in CAMPAIGNS if f"campaign.created:{c}" in winner}
     assert sorted((r["agency_wallet"], r["client_email"], r["campaign_id"]) for r in registrations) == \
         sorted(acknowledged_registrations)
     for r in registrations:
