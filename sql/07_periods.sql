@@ -129,8 +129,11 @@ END
 $$;
 
 -- The period of kind p_kind (day, week, month, year) containing p_at in
--- zone p_timezone: [period_start, period_end). PX026 for a NULL or
--- infinite p_at.
+-- zone p_timezone: period_start, its key (the <kind>_start the writer
+-- stores), and period_end, the next period's. Its instants are
+-- [period_first_instant(period_start), period_first_instant(period_end)):
+-- the same except where the clocks go back at local midnight (below).
+-- PX026 for a NULL or infinite p_at.
 CREATE FUNCTION pyxp.period_bounds(p_kind text, p_at timestamptz, p_timezone text,
                                    OUT period_start timestamptz, OUT period_end timestamptz)
 LANGUAGE plpgsql STABLE PARALLEL SAFE
@@ -150,6 +153,46 @@ EXCEPTION WHEN datetime_field_overflow THEN  -- a period reaching past PostgreSQ
     RAISE EXCEPTION 'invalid at: %: its % ends beyond the last timestamp', p_at, p_kind
         USING ERRCODE = 'PX026', HINT = 'at is a timestamp before the year 294276';
 END
+$$;
+
+-- The first instant of the period of kind p_kind (day, week, month, year)
+-- holding p_at in zone p_zone: the earliest instant whose local time is the
+-- period's first local time. A period's key (the <kind>_start the writer
+-- stores, period_bounds' period_start) is date_trunc(kind, at, zone), the
+-- same for every instant of the period, and its first instant except where
+-- the clocks go back at local midnight (Atlantic/Azores, America/Havana,
+-- Asia/Gaza, ... in autumn): that midnight happens twice, date_trunc gives
+-- the second, and the hour before it is the period's first. The readers of a
+-- past board scan [first instant, first instant of the next period), so that
+-- this hour is on its own day's board, not the day before's too (found by a
+-- hostile test: 0024). The earlier midnight is the local start less the
+-- offset in force before the change (a day earlier: changes are months
+-- apart); where a local start does not exist (clocks going forward at
+-- midnight), date_trunc's instant is the change itself, the first instant.
+-- One expression, so that the planner inlines it (no STRICT, no FROM;
+-- STABLE, as timestamptz arithmetic is).
+CREATE FUNCTION pyxp.period_first_instant(p_kind text, p_at timestamptz, p_zone text)
+RETURNS timestamptz
+LANGUAGE sql STABLE PARALLEL SAFE
+AS $$
+    SELECT CASE WHEN timezone('UTC', date_trunc(p_kind, timezone(p_zone, p_at))
+                                     - (timezone(p_zone, timezone(p_zone, date_trunc(p_kind, timezone(p_zone, p_at)))
+                                                         - interval '24 hours')
+                                        - timezone('UTC', timezone(p_zone, date_trunc(p_kind, timezone(p_zone, p_at)))
+                                                          - interval '24 hours')))
+                     < timezone(p_zone, date_trunc(p_kind, timezone(p_zone, p_at)))
+                 AND timezone(p_zone, timezone('UTC', date_trunc(p_kind, timezone(p_zone, p_at))
+                                                    - (timezone(p_zone, timezone(p_zone, date_trunc(p_kind, timezone(p_zone, p_at)))
+                                                                        - interval '24 hours')
+                                                       - timezone('UTC', timezone(p_zone, date_trunc(p_kind, timezone(p_zone, p_at)))
+                                                                         - interval '24 hours'))))
+                     = date_trunc(p_kind, timezone(p_zone, p_at))
+                THEN timezone('UTC', date_trunc(p_kind, timezone(p_zone, p_at))
+                                     - (timezone(p_zone, timezone(p_zone, date_trunc(p_kind, timezone(p_zone, p_at)))
+                                                         - interval '24 hours')
+                                        - timezone('UTC', timezone(p_zone, date_trunc(p_kind, timezone(p_zone, p_at)))
+                                                          - interval '24 hours')))
+                ELSE timezone(p_zone, date_trunc(p_kind, timezone(p_zone, p_at))) END
 $$;
 
 -- The zone periods are counted in: the active ruleset's (PX020 if none).
@@ -235,6 +278,7 @@ DECLARE
     v_max integer := pyxp.checked_row_count('max_rows', leaderboard.max_rows);
     v_period text := pyxp.checked_period(leaderboard.period);
     v_bounds record;
+    v_zone text;
     v_bucket record;  -- a deep page's rank bucket: its start, the balances before it
     v_reach bigint;   -- how far into the board from that start the page reaches
 BEGIN
@@ -283,7 +327,8 @@ BEGIN
              ORDER BY 1;
         RETURN;
     END IF;
-    v_bounds := pyxp.period_bounds(v_period, leaderboard.at, pyxp.active_timezone());
+    v_zone := pyxp.active_timezone();
+    v_bounds := pyxp.period_bounds(v_period, leaderboard.at, v_zone);
     IF pyxp.period_cached(v_period, v_bounds.period_start) THEN
         RETURN QUERY EXECUTE format(
             'SELECT $1 + row_number() OVER (ORDER BY b.xp DESC, b.user_wallet COLLATE "C"), b.user_wallet, b.total_xp,
@@ -301,7 +346,8 @@ BEGIN
             SELECT leaderboard.offset_rows + row_number() OVER (ORDER BY p.period_xp DESC, p.user_wallet COLLATE "C"),
                    p.user_wallet, x.total_xp, x.current_level, p.period_xp
               FROM (SELECT t.user_wallet, t.period_xp
-                      FROM pyxp.ledger_period_totals(v_bounds.period_start, v_bounds.period_end) t
+                      FROM pyxp.ledger_period_totals(pyxp.period_first_instant(v_period, v_bounds.period_start, v_zone),
+                                                     pyxp.period_first_instant(v_period, v_bounds.period_end, v_zone)) t
                      ORDER BY t.period_xp DESC, t.user_wallet COLLATE "C"
                     OFFSET leaderboard.offset_rows LIMIT v_max) p
               JOIN pyxp.xp_balances x ON x.user_wallet = p.user_wallet
@@ -323,6 +369,7 @@ DECLARE
     v_wallet text := pyxp.checked_wallet(wallet_rank.wallet);
     v_period text := pyxp.checked_period(wallet_rank.period);
     v_bounds record;
+    v_zone text;
     v_total bigint;
     v_start timestamptz;
     v_rank bigint;
@@ -335,7 +382,8 @@ BEGIN
         SELECT r.rank INTO v_rank FROM pyxp.board_rank(v_total, v_wallet) r;  -- the rank buckets
         RETURN v_rank;
     END IF;
-    v_bounds := pyxp.period_bounds(v_period, wallet_rank.at, pyxp.active_timezone());
+    v_zone := pyxp.active_timezone();
+    v_bounds := pyxp.period_bounds(v_period, wallet_rank.at, v_zone);
     IF pyxp.period_cached(v_period, v_bounds.period_start) THEN
         EXECUTE format('SELECT b.%1$I, b.%2$I FROM pyxp.xp_balances b WHERE b.user_wallet = $1',
                        v_period || '_start', v_period || '_xp')
@@ -361,7 +409,8 @@ BEGIN
     PERFORM pyxp.require_unarchived_period(v_period, v_bounds.period_start);  -- a past period: from the ledger
     SELECT r.rank INTO v_rank
       FROM (SELECT t.user_wallet, row_number() OVER (ORDER BY t.period_xp DESC, t.user_wallet COLLATE "C") AS rank
-              FROM pyxp.ledger_period_totals(v_bounds.period_start, v_bounds.period_end) t) r
+              FROM pyxp.ledger_period_totals(pyxp.period_first_instant(v_period, v_bounds.period_start, v_zone),
+                                             pyxp.period_first_instant(v_period, v_bounds.period_end, v_zone)) t) r
      WHERE r.user_wallet = v_wallet;
     RETURN v_rank;
 END
@@ -379,13 +428,17 @@ DECLARE
     v_wallet text := pyxp.checked_wallet(period_xp.wallet);
     v_period text := pyxp.checked_period(period_xp.period);
     v_bounds record;
+    v_zone text;
+    v_first timestamptz;  -- an earlier period's instants: [v_first, v_end)
+    v_end timestamptz;
     v_start timestamptz;
     v_xp bigint;
 BEGIN
     IF v_period = 'all' THEN
         RETURN coalesce((SELECT b.total_xp FROM pyxp.xp_balances b WHERE b.user_wallet = v_wallet), 0);
     END IF;
-    v_bounds := pyxp.period_bounds(v_period, period_xp.at, pyxp.active_timezone());
+    v_zone := pyxp.active_timezone();
+    v_bounds := pyxp.period_bounds(v_period, period_xp.at, v_zone);
     EXECUTE format('SELECT b.%1$I, b.%2$I FROM pyxp.xp_balances b WHERE b.user_wallet = $1',
                    v_period || '_start', v_period || '_xp')
        INTO v_start, v_xp USING v_wallet;
@@ -396,12 +449,14 @@ BEGIN
     END IF;
     -- An earlier period: the wallet's rows (index xp_transactions_wallet_seq).
     PERFORM pyxp.require_unarchived_period(v_period, v_bounds.period_start);
+    v_first := pyxp.period_first_instant(v_period, v_bounds.period_start, v_zone);
+    v_end := pyxp.period_first_instant(v_period, v_bounds.period_end, v_zone);
     RETURN coalesce((
         SELECT sum(t.xp_amount)
           FROM pyxp.xp_transactions t
          CROSS JOIN LATERAL (SELECT CASE WHEN t.reverses IS NULL THEN t.created_at
                                          ELSE pyxp.reversed_row_at(t.reverses) END AS at) e
-         WHERE t.user_wallet = v_wallet AND e.at >= v_bounds.period_start AND e.at < v_bounds.period_end), 0)::bigint;
+         WHERE t.user_wallet = v_wallet AND e.at >= v_first AND e.at < v_end), 0)::bigint;
 END
 $$;
 
@@ -554,6 +609,8 @@ COMMENT ON FUNCTION pyxp.period_counts_from_balances() IS
 COMMENT ON FUNCTION pyxp.checked_period(text) IS 'internal: a period name normalised (all, day, week, month, year), or PX026.';
 COMMENT ON FUNCTION pyxp.period_bounds(text, timestamptz, text) IS
     'internal: start and end of the calendar period of a kind containing an instant, in a zone.';
+COMMENT ON FUNCTION pyxp.period_first_instant(text, timestamptz, text) IS
+    'internal: the earliest instant of a calendar period in a zone (a local midnight may happen twice).';
 COMMENT ON FUNCTION pyxp.active_timezone() IS 'internal: the active ruleset''s timezone, periods are counted in it.';
 COMMENT ON FUNCTION pyxp.ledger_period_totals(timestamptz, timestamptz) IS
     'internal: every wallet''s XP in a time range, from the ledger (reversals in their original''s period).';

@@ -142,8 +142,8 @@ def zone_instants(zone: str) -> list[datetime]:
     """Instants just before and after local midnights around DST changes, week and month ends."""
     tz = ZoneInfo(zone)
     days = [date(2026, 3, 28), date(2026, 3, 29), date(2026, 3, 30), date(2026, 3, 31), date(2026, 4, 1),
-            date(2026, 4, 5), date(2026, 9, 27), date(2026, 10, 25), date(2026, 10, 26), date(2026, 12, 31),
-            date(2027, 1, 1)]
+            date(2026, 4, 5), date(2026, 9, 27), date(2026, 10, 25), date(2026, 10, 26), date(2026, 11, 1),
+            date(2026, 11, 2), date(2026, 12, 31), date(2027, 1, 1)]
     instants: list[datetime] = []
     for day in days:
         midnight = datetime(day.year, day.month, day.day, tzinfo=tz)
@@ -152,7 +152,10 @@ def zone_instants(zone: str) -> list[datetime]:
     return instants
 
 
-@pytest.mark.parametrize("zone", ["Europe/Paris", "Pacific/Auckland", None])
+# Atlantic/Azores (25 October 2026) and America/Havana (1 November 2026, a month's first day)
+# put their clocks back from 01:00 to 00:00: local midnight happens twice, and date_trunc gives
+# the second. Before 0024 a past board counted the hour between the two in the day before too.
+@pytest.mark.parametrize("zone", ["Europe/Paris", "Pacific/Auckland", "Atlantic/Azores", "America/Havana", None])
 def test_boards_count_each_row_in_its_local_period(db: psycopg.Connection[Any], zone: str | None) -> None:
     install_zone(db, zone)
     name = zone or "UTC"
@@ -297,3 +300,33 @@ def test_a_date_without_offset_is_read_in_the_ruleset_zone(db: psycopg.Connectio
                                       "--at", "2026-01-01", "--json"])
     assert result.exit_code == 0, result.output
     assert '"0xny"' in result.output
+
+
+def local_period_first_instant(kind: str, at: datetime, tz: ZoneInfo) -> datetime:
+    """The earliest instant of the calendar period of ``kind`` holding ``at`` in ``tz``, by zoneinfo:
+    the local first day of the period at 00:00, its first occurrence (fold 0) when it happens twice."""
+    local = at.astimezone(tz).date()
+    first = {"day": local, "week": local - timedelta(days=local.weekday()),
+             "month": local.replace(day=1), "year": local.replace(month=1, day=1)}[kind]
+    return datetime(first.year, first.month, first.day, tzinfo=tz).astimezone(timezone.utc)
+
+
+@pytest.mark.parametrize("zone", ["Atlantic/Azores", "America/Havana", "Asia/Gaza", "Europe/Paris",
+                                  "Pacific/Auckland", "America/Santiago", "UTC"])
+def test_a_periods_first_instant_is_its_first_local_midnight(db: psycopg.Connection[Any], zone: str) -> None:
+    """pyxp.period_first_instant (0024) against zoneinfo around every offset change of 2019-2027:
+    where a local midnight happens twice it is the first, where none exists the change itself."""
+    tz = ZoneInfo(zone)
+    instants: list[datetime] = []
+    hour = datetime(2019, 1, 1, tzinfo=timezone.utc)
+    while hour < datetime(2028, 1, 1, tzinfo=timezone.utc):
+        if hour.astimezone(tz).utcoffset() != (hour + timedelta(hours=1)).astimezone(tz).utcoffset():
+            instants += [hour + timedelta(minutes=m) for m in range(-120, 181, 30)]
+        hour += timedelta(hours=1)
+    assert len(instants) > 20 or zone == "UTC"
+    instants += [datetime(2026, 1, 1, 12, tzinfo=timezone.utc)]
+    got = db.execute("""SELECT k, a, pyxp.period_first_instant(k, a, %s)
+                          FROM unnest(%s::timestamptz[]) a
+                         CROSS JOIN unnest(ARRAY['day', 'week', 'month', 'year']) k""", (zone, instants)).fetchall()
+    wrong = [(kind, at, first) for kind, at, first in got if first != local_period_first_instant(kind, at, tz)]
+    assert wrong == []
