@@ -401,7 +401,7 @@ BEGIN
              || v_completion;
     -- The completion's submission (or outcome) made before, with these
     -- inputs or others, is the key's business: a replay, or PX010.
-    IF NOT EXISTS (SELECT FROM pyxp.xp_requests q WHERE q.key_hash = pyxp.key_hash(v_key)) THEN
+    IF NOT EXISTS (SELECT FROM pyxp.recorded_request(v_key)) THEN
         PERFORM pyxp.check_completion_owner(v_completion, v_wallet, v_campaign, v_key);
     END IF;
     RETURN QUERY SELECT * FROM pyxp.post_award(

@@ -222,6 +222,15 @@ def node_project(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return folder
 
 
+def balance_updates(db: psycopg.Connection[Any]) -> tuple[int, int]:
+    """(updates, HOT updates) of xp_balances this backend counted and has not reported yet: they
+    add up over its transactions, so read them before and after, in one transaction."""
+    row = db.execute("SELECT pg_stat_get_xact_tuples_updated(c.oid), pg_stat_get_xact_tuples_hot_updated(c.oid)"
+                     "  FROM pg_class c WHERE c.oid = 'pyxp.xp_balances'::regclass").fetchone()
+    assert row is not None
+    return int(row[0]), int(row[1])
+
+
 def naive_period_ranks(db: psycopg.Connection[Any], period: str) -> dict[str, int]:
     """Each wallet's rank on the board of the current period (the tests award now), by a plain
     count of the balances, to hold pyxp.wallet_rank's period counts (migration 0014) to."""

@@ -12,6 +12,7 @@ from typing import Any
 
 import psycopg
 import pytest
+from conftest import balance_updates
 from psycopg.types.json import Jsonb
 
 from pyxp import XP, schema
@@ -296,15 +297,12 @@ def test_a_new_curve_updates_full_pages_of_balances_without_an_index_entry(
     pages = db.execute("SELECT pg_relation_size('pyxp.xp_balances') / 8192").fetchone()[0]
     assert pages >= 3000 * 200 // 8192  # a few dozen pages, not one page with room for all
     steep = load_ruleset(winstory_with_levels(tmp_path, STEEP_LEVELS))
-    # The backend's counts not yet reported (they add up over its transactions): read before and after.
-    counts = ("SELECT pg_stat_get_xact_tuples_updated(c.oid), pg_stat_get_xact_tuples_hot_updated(c.oid)"
-              "  FROM pg_class c WHERE c.oid = 'pyxp.xp_balances'::regclass")
     with db.transaction():
-        updated_before, hot_before = db.execute(counts).fetchone()
+        updated_before, hot_before = balance_updates(db)
         changed = db.execute("SELECT balances_changed FROM pyxp.install_ruleset(%s, %s)",
                              (Jsonb(steep.definition()), steep.source)).fetchone()[0]
-        updated, hot = (n - before for n, before in zip(db.execute(counts).fetchone(),
-                                                        (updated_before, hot_before), strict=True))
+        updated, hot = balance_updates(db)
+        updated, hot = updated - updated_before, hot - hot_before
     assert changed == updated == 3000
     # All but a few (rows the batches left on a page with more than half of it live): at 0021, 26.
     assert hot >= 0.95 * updated

@@ -18,7 +18,7 @@ from typing import Any
 
 import psycopg
 import pytest
-from conftest import database_state, naive_period_ranks
+from conftest import balance_updates, database_state, naive_period_ranks
 from psycopg.conninfo import conninfo_to_dict
 
 import pyxp
@@ -768,17 +768,15 @@ def test_0022_rewrites_existing_balances_with_room_for_a_recalculation(fresh_dat
         conn.execute("VACUUM pyxp.xp_balances")
         before = conn.execute(balances).fetchall()
     schema.upgrade(target)
-    counts = ("SELECT pg_stat_get_xact_tuples_updated(c.oid), pg_stat_get_xact_tuples_hot_updated(c.oid)"
-              "  FROM pg_class c WHERE c.oid = 'pyxp.xp_balances'::regclass")
     with psycopg.connect(target, autocommit=True) as conn:
         assert conn.execute(balances).fetchall() == before
         assert conn.execute("SELECT c.reloptions, i.indisclustered FROM pg_class c JOIN pg_index i "
                             "ON i.indrelid = c.oid AND i.indisprimary WHERE c.oid = 'pyxp.xp_balances'::regclass"
                             ).fetchone() == (["fillfactor=50"], False)
         with conn.transaction():
-            updated_before, hot_before = conn.execute(counts).fetchone()
+            updated_before, hot_before = balance_updates(conn)
             conn.execute("UPDATE pyxp.xp_balances SET xp_to_next_level = xp_to_next_level + 1")
-            updated, hot = conn.execute(counts).fetchone()
+            updated, hot = balance_updates(conn)
             assert (updated - updated_before, hot - hot_before) == (3000, 3000)
             raise psycopg.Rollback
         assert conn.execute("SELECT * FROM pyxp.audit()").fetchall() == []
