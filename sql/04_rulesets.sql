@@ -154,14 +154,16 @@ $$;
 -- whose level changed. The caller holds SHARE ROW EXCLUSIVE on xp_balances
 -- (the lock protocol above). Periods are counted in the active ruleset's
 -- zone: another zone moves their bounds, so the balances' period columns are
--- re-derived (one pass over the ledger). Activating the active version
--- changes nothing.
+-- re-derived (one pass over the ledger), and capped allowances whose periods
+-- moved count what their current period used (pyxp.seed_cap_usage).
+-- Activating the active version changes nothing.
 CREATE FUNCTION pyxp.activate_ruleset(p_ruleset_id bigint)
 RETURNS bigint
 LANGUAGE plpgsql
 AS $$
 DECLARE
     v_zone text := (SELECT r.timezone FROM pyxp.rulesets r WHERE r.ruleset_id = p_ruleset_id);
+    v_previous bigint := (SELECT r.ruleset_id FROM pyxp.rulesets r WHERE r.is_active);
 BEGIN
     IF (SELECT r.is_active FROM pyxp.rulesets r WHERE r.ruleset_id = p_ruleset_id) THEN
         RETURN 0;
@@ -170,6 +172,11 @@ BEGIN
         -- (the archived rows' periods are kept in the archive's zone only: PX029)
         PERFORM pyxp.require_whole_ledger(format('activating a ruleset in timezone %s', v_zone));
         PERFORM pyxp.rebuild_period_columns(v_zone);
+    END IF;
+    -- An allowance whose periods move (another zone, another per) starts
+    -- its current period from what that period already used.
+    IF (SELECT r.has_caps FROM pyxp.rulesets r WHERE r.ruleset_id = p_ruleset_id) THEN
+        PERFORM pyxp.seed_cap_usage(p_ruleset_id, v_previous);
     END IF;
     -- Two statements: the partial unique index allows one active row at a time.
     UPDATE pyxp.rulesets r SET is_active = false WHERE r.is_active;

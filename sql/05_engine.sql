@@ -856,11 +856,12 @@ BEGIN
      ORDER BY d.neg_xp, d.wallet
     ON CONFLICT (neg_xp, wallet, slot) DO UPDATE SET wallets = k.wallets + excluded.wallets;
 
-    -- 4b. What a reversal of a capped gain frees of its allowance
-    --     (pyxp.freed_allowance), under the same locks.
+    -- 4b. What a reversal of a capped gain frees of its allowance, in its
+    --     period and in those seeded with it (pyxp.freed_allowances), under
+    --     the same locks.
     IF v_rows[1].reverses IS NOT NULL THEN  -- a reversal: alone in its call
-        UPDATE pyxp.xp_cap_usage u SET used_xp = u.used_xp - f.freed_xp
-          FROM pyxp.freed_allowance(v_rows[1].reverses) f
+        UPDATE pyxp.xp_cap_usage u SET used_xp = u.used_xp - f.freed_xp, seeded_xp = u.seeded_xp - f.freed_seed
+          FROM pyxp.freed_allowances(v_rows[1].reverses) f
          WHERE u.user_wallet = v_rows[1].user_wallet AND u.allowance = f.allowance
            AND u.period_start = f.period_start AND v_ids[1] IS NOT NULL;
     END IF;

@@ -19,7 +19,9 @@
 -- Caps: a capped gain is cut to what is left of the wallet's allowance in
 -- the period containing the award (pyxp.append_rows, step 2, under the
 -- wallet's balance row lock); xp_cap_usage keeps what each allowance used
--- (pyxp.append_rows, step 4; a reversal frees: pyxp.freed_allowance).
+-- (pyxp.append_rows, step 4; a reversal frees: pyxp.freed_allowances). An
+-- activation that moves an allowance's periods (another zone, another per)
+-- counts what its current period already used (pyxp.seed_cap_usage).
 -- The kinds of periods, in the order every array of them follows
 -- (xp_balances' columns: day, week, month, year).
 CREATE FUNCTION pyxp.period_kinds()
@@ -466,18 +468,206 @@ RETURNS text
 LANGUAGE sql IMMUTABLE PARALLEL SAFE
 AS $$ SELECT CASE WHEN p_group IS NOT NULL THEN 'group:' || p_group ELSE 'rule:' || p_action END $$;
 
--- What a reversal frees of a capped allowance: what the capped gain it
--- reverses applied, in that gain's period (in the zone of its rule's
--- ruleset). No row for a reversal of anything else.
-CREATE FUNCTION pyxp.freed_allowance(p_reverses bigint)
-RETURNS TABLE (allowance text, period_start timestamptz, freed_xp bigint)
+-- What a reversal frees of capped allowances: what the capped gain it
+-- reverses applied, in that gain's period (its rule's, in the zone of its
+-- rule's ruleset), and in each period an activation seeded with it (a row of
+-- xp_cap_usage whose seeded period holds the gain, seeded after the gain was
+-- written: freed_seed, from its seed too). No row for a reversal of
+-- anything else. For the writer's step 4b, under the wallet's lock.
+CREATE FUNCTION pyxp.freed_allowances(p_reverses bigint)
+RETURNS TABLE (allowance text, period_start timestamptz, freed_xp bigint, freed_seed bigint)
 LANGUAGE sql STABLE
 AS $$
-    SELECT pyxp.cap_allowance(ru.cap_group, ru.action), date_trunc(ru.cap_per, o.created_at, rs.timezone), o.xp_amount
+    SELECT a.allowance, f.period_start, o.xp_amount, f.freed_seed
       FROM pyxp.xp_transactions o
       JOIN pyxp.rules ru ON ru.rule_id = o.rule_id
       JOIN pyxp.rulesets rs ON rs.ruleset_id = ru.ruleset_id
+     CROSS JOIN LATERAL (SELECT pyxp.cap_allowance(ru.cap_group, ru.action) AS allowance,
+                                date_trunc(ru.cap_per, o.created_at, rs.timezone) AS own_start) a
+     CROSS JOIN LATERAL (SELECT a.own_start AS period_start, 0::bigint AS freed_seed
+                         UNION ALL
+                         SELECT u.period_start, o.xp_amount FROM pyxp.xp_cap_usage u
+                          WHERE u.user_wallet = o.user_wallet AND u.allowance = a.allowance
+                            AND u.seeded_at IS NOT NULL AND o.created_at < u.seeded_at
+                            AND u.period_start = date_trunc(u.seeded_per, o.created_at, u.seeded_zone)
+                            AND u.period_start <> a.own_start) f
      WHERE o.id = p_reverses AND ru.cap_max_xp IS NOT NULL AND o.xp_amount > 0
+$$;
+
+-- The capped gains of the ledger as they count in allowances: each gain
+-- (user_wallet, allowance, at: its created_at, its own period per and zone:
+-- its rule's, in its ruleset's zone, cap: its rule's, seq: its wallet_seq,
+-- xp_amount: what it applied), and each reversal of one (at, per, zone, cap
+-- of the gain; seq its own; xp_amount negative), with is_gain. Only the
+-- rows of partitions p_partitions when it is not NULL; only the gains since
+-- p_since when it is not NULL (a reversal after it, of a gain before it, is
+-- left out too). Gains: a hash join of the ledger with the capped rules;
+-- only the reversals look their original up (index xp_transactions_reversals;
+-- a probe per row of the ledger cost 5 s of the audit at 1M rows).
+CREATE FUNCTION pyxp.capped_gains(p_partitions oid[], p_since timestamptz)
+RETURNS TABLE (user_wallet text, allowance text, at timestamptz, per text, zone text, cap_max_xp bigint,
+               seq bigint, xp_amount bigint, is_gain boolean)
+LANGUAGE sql STABLE PARALLEL SAFE
+AS $$
+    SELECT g.user_wallet, pyxp.cap_allowance(ru.cap_group, ru.action), g.at, ru.cap_per, rs.timezone,
+           ru.cap_max_xp, g.seq, g.xp_amount, g.is_gain
+      FROM (SELECT t.user_wallet, t.rule_id, t.created_at AS at, t.wallet_seq AS seq, t.xp_amount, true AS is_gain
+              FROM pyxp.xp_transactions t
+             WHERE t.reverses IS NULL AND t.xp_amount > 0
+               AND t.rule_id IN (SELECT c.rule_id FROM pyxp.rules c WHERE c.cap_max_xp IS NOT NULL)
+               AND (p_partitions IS NULL OR t.tableoid = ANY (p_partitions))
+               AND (p_since IS NULL OR t.created_at >= p_since)
+            UNION ALL
+            SELECT t.user_wallet, o.rule_id, o.created_at, t.wallet_seq, t.xp_amount, false
+              FROM pyxp.xp_transactions t
+             CROSS JOIN LATERAL (SELECT o.rule_id, o.created_at, o.xp_amount FROM pyxp.xp_transactions o
+                                  WHERE o.id = t.reverses
+                                 UNION ALL
+                                 SELECT a.rule_id, a.created_at, a.xp_amount FROM pyxp.xp_archived_originals a
+                                  WHERE a.transaction_id = t.reverses
+                                 LIMIT 1) o
+             WHERE t.reverses IS NOT NULL AND o.xp_amount > 0
+               AND (p_partitions IS NULL OR t.tableoid = ANY (p_partitions))
+               AND (p_since IS NULL OR (t.created_at >= p_since AND o.created_at >= p_since))) g
+      JOIN pyxp.rules ru ON ru.rule_id = g.rule_id
+      JOIN pyxp.rulesets rs ON rs.ruleset_id = ru.ruleset_id
+     WHERE ru.cap_max_xp IS NOT NULL
+$$;
+
+-- Activating ruleset p_ruleset after p_previous (NULL: none): each capped
+-- allowance whose period (per, zone) p_previous did not have starts its
+-- current period from what the gains there used that were counted in other
+-- periods (written under another zone or per: their period starts
+-- elsewhere), less what reversals of them freed. Without it a new zone's
+-- day would start from nothing hours after the old zone's day used it all
+-- (a hostile test, 2026-11-27). Written as xp_cap_usage.seeded_xp of the
+-- period's row (counted anew: a seed left by an earlier switch to that
+-- period is replaced), with the period and the instant it counted (the
+-- clock after the caller's lock: every gain committed before it is in).
+-- PX029 when that period began before the archive horizon and the
+-- allowance's archived gains may lie in it (they cannot be counted here).
+-- The caller holds SHARE ROW EXCLUSIVE on xp_balances (no award meanwhile).
+-- One pass over the ledger since the earliest of those periods' starts.
+CREATE FUNCTION pyxp.seed_cap_usage(p_ruleset bigint, p_previous bigint)
+RETURNS void
+LANGUAGE plpgsql
+AS $$
+DECLARE
+    v_at timestamptz := clock_timestamp();
+    v_horizon timestamptz := pyxp.archive_horizon();
+    v_keys record;
+    v_blocked record;
+BEGIN
+    SELECT array_agg(k.allowance) AS allowance, array_agg(k.per) AS per, array_agg(k.zone) AS zone,
+           array_agg(date_trunc(k.per, v_at, k.zone)) AS start,
+           array_agg(pyxp.period_first_instant(k.per, v_at, k.zone)) AS first
+      INTO v_keys
+      FROM (SELECT pyxp.cap_allowance(ru.cap_group, ru.action) AS allowance, ru.cap_per AS per, rs.timezone AS zone
+              FROM pyxp.rules ru JOIN pyxp.rulesets rs ON rs.ruleset_id = ru.ruleset_id
+             WHERE ru.ruleset_id = p_ruleset AND ru.cap_max_xp IS NOT NULL
+            EXCEPT
+            SELECT pyxp.cap_allowance(ru.cap_group, ru.action), ru.cap_per, rs.timezone
+              FROM pyxp.rules ru JOIN pyxp.rulesets rs ON rs.ruleset_id = ru.ruleset_id
+             WHERE ru.ruleset_id = p_previous AND ru.cap_max_xp IS NOT NULL) k;
+    IF v_keys.allowance IS NULL THEN
+        RETURN;
+    END IF;
+    -- An archived period of the allowance may overlap it: one that starts
+    -- less than the longest period the other rulesets gave it (and a day)
+    -- before it.
+    SELECT k.allowance, k.per, k.first INTO v_blocked
+      FROM unnest(v_keys.allowance, v_keys.per, v_keys.first) k(allowance, per, first)
+     WHERE k.first < v_horizon
+       AND EXISTS (SELECT FROM pyxp.xp_archived_cap_usage a
+                    WHERE a.allowance = k.allowance
+                      AND a.period_start > k.first
+                          - (SELECT max(('1 ' || ru.cap_per)::interval + interval '1 day') FROM pyxp.rules ru
+                              WHERE ru.ruleset_id <> p_ruleset AND ru.cap_max_xp IS NOT NULL
+                                AND pyxp.cap_allowance(ru.cap_group, ru.action) = k.allowance))
+     LIMIT 1;
+    IF FOUND THEN
+        RAISE EXCEPTION 'the % from % of allowance % holds gains written before %, and they were archived',
+                        v_blocked.per, v_blocked.first, v_blocked.allowance, v_horizon
+            USING ERRCODE = 'PX029',
+                  HINT = 'activate a ruleset that changes this allowance''s period once its current one begins after the archive horizon';
+    END IF;
+    -- Seeds left by an earlier switch to these periods: counted anew below.
+    UPDATE pyxp.xp_cap_usage u
+       SET used_xp = u.used_xp - u.seeded_xp, seeded_xp = 0, seeded_per = NULL, seeded_zone = NULL, seeded_at = NULL
+      FROM unnest(v_keys.allowance, v_keys.start) k(allowance, start)
+     WHERE u.seeded_at IS NOT NULL AND u.allowance = k.allowance AND u.period_start = k.start;
+    INSERT INTO pyxp.xp_cap_usage AS u (user_wallet, allowance, period_start, used_xp, seeded_xp, seeded_per,
+                                        seeded_zone, seeded_at)
+    SELECT g.user_wallet, k.allowance, k.start, sum(g.xp_amount), sum(g.xp_amount), k.per, k.zone, v_at
+      FROM unnest(v_keys.allowance, v_keys.per, v_keys.zone, v_keys.start) k(allowance, per, zone, start)
+      JOIN pyxp.capped_gains(NULL, (SELECT min(f) FROM unnest(v_keys.first) f)) g
+        ON g.allowance = k.allowance AND date_trunc(k.per, g.at, k.zone) = k.start
+       AND date_trunc(g.per, g.at, g.zone) <> k.start
+     GROUP BY g.user_wallet, k.allowance, k.start, k.per, k.zone
+    HAVING sum(g.xp_amount) > 0
+    ON CONFLICT (user_wallet, allowance, period_start) DO UPDATE
+       SET used_xp = u.used_xp + excluded.seeded_xp, seeded_xp = excluded.seeded_xp,
+           seeded_per = excluded.seeded_per, seeded_zone = excluded.seeded_zone, seeded_at = excluded.seeded_at;
+END
+$$;
+
+-- For each seeded row of xp_cap_usage, what its seed must be: the gains of
+-- its allowance in its seeded period, counted in other periods, written
+-- before seeded_at, less the reversals of them; NULL where that period
+-- began before the archive horizon (its archived gains cannot be counted).
+-- For pyxp.audit.
+CREATE FUNCTION pyxp.ledger_cap_seeds()
+RETURNS TABLE (user_wallet text, allowance text, period_start timestamptz, seeded_xp bigint, ledger_xp bigint)
+LANGUAGE sql STABLE
+AS $$
+    SELECT u.user_wallet, u.allowance, u.period_start, u.seeded_xp,
+           CASE WHEN pyxp.period_first_instant(u.seeded_per, u.period_start, u.seeded_zone)
+                     >= coalesce(pyxp.archive_horizon(), '-infinity')
+                THEN coalesce(sum(g.xp_amount) FILTER (WHERE g.at < u.seeded_at
+                                                      AND date_trunc(u.seeded_per, g.at, u.seeded_zone) = u.period_start
+                                                      AND date_trunc(g.per, g.at, g.zone) <> u.period_start), 0)::bigint
+           END
+      FROM pyxp.xp_cap_usage u
+      LEFT JOIN pyxp.capped_gains(NULL, NULL) g ON g.user_wallet = u.user_wallet AND g.allowance = u.allowance
+     WHERE u.seeded_at IS NOT NULL
+     GROUP BY u.user_wallet, u.allowance, u.period_start, u.seeded_xp, u.seeded_per, u.seeded_zone
+$$;
+
+-- Every capped gain that applied more than was left of its allowance in the
+-- period that governed it: its rule's period (per, zone), holding every
+-- gain of the allowance there, whatever period those were counted in, up to
+-- and including it in the wallet's order (wallet_seq, the order the writer
+-- counts in under the wallet's lock), less reversals before it, plus what
+-- archived rows used there. One row per period, with the largest such sum,
+-- as it was when the gain was written and its rule's cap. For pyxp.audit:
+-- a usage row can agree with its own rows while its period lacked room
+-- (a switch's seed missing).
+CREATE FUNCTION pyxp.exceeded_allowances()
+RETURNS TABLE (user_wallet text, allowance text, period_start timestamptz, per text, zone text,
+               used_xp bigint, cap_max_xp bigint)
+LANGUAGE sql STABLE
+AS $$
+    WITH gains AS (SELECT * FROM pyxp.capped_gains(NULL, NULL)),
+    keys AS (SELECT DISTINCT g.allowance, g.per, g.zone FROM gains g WHERE g.is_gain),
+    counted AS (
+        SELECT g.user_wallet, g.allowance, k.per, k.zone, p.start, g.seq, g.is_gain,
+               g.is_gain AND (g.per, g.zone) = (k.per, k.zone) AND g.xp_amount > 0 AS governed,
+               g.cap_max_xp, g.xp_amount
+          FROM gains g
+          JOIN keys k ON k.allowance = g.allowance
+         CROSS JOIN LATERAL (SELECT date_trunc(k.per, g.at, k.zone) AS start) p
+    ), running AS (
+        SELECT c.*, sum(c.xp_amount) OVER (PARTITION BY c.user_wallet, c.allowance, c.per, c.zone, c.start
+                                           ORDER BY c.seq ROWS UNBOUNDED PRECEDING)
+                    + coalesce((SELECT a.used_xp FROM pyxp.xp_archived_cap_usage a
+                                 WHERE a.user_wallet = c.user_wallet AND a.allowance = c.allowance
+                                   AND a.period_start = c.start), 0) AS used_xp
+          FROM counted c
+    )
+    SELECT r.user_wallet, r.allowance, r.start, r.per, r.zone, max(r.used_xp)::bigint, max(r.cap_max_xp)
+      FROM running r
+     WHERE r.governed AND r.used_xp > r.cap_max_xp
+     GROUP BY r.user_wallet, r.allowance, r.start, r.per, r.zone
 $$;
 
 -- From the ledger, in zone p_timezone: each wallet's latest period of each
@@ -529,31 +719,8 @@ CREATE FUNCTION pyxp.rows_cap_usage(p_partitions oid[])
 RETURNS TABLE (user_wallet text, allowance text, period_start timestamptz, used_xp bigint, cap_max_xp bigint)
 LANGUAGE sql STABLE PARALLEL SAFE
 AS $$
-    -- Gains of capped rules (a hash join of the ledger with those rules),
-    -- then reversals (index xp_transactions_reversals) of capped gains: only
-    -- the reversals look their original up (a probe per row of the ledger
-    -- cost 5 s of the audit at 1M rows).
-    SELECT g.user_wallet, pyxp.cap_allowance(ru.cap_group, ru.action), date_trunc(ru.cap_per, g.at, rs.timezone),
-           sum(g.xp_amount)::bigint, max(ru.cap_max_xp)
-      FROM (SELECT t.user_wallet, t.rule_id, t.created_at AS at, t.xp_amount
-              FROM pyxp.xp_transactions t
-             WHERE t.reverses IS NULL AND t.xp_amount > 0
-               AND t.rule_id IN (SELECT c.rule_id FROM pyxp.rules c WHERE c.cap_max_xp IS NOT NULL)
-               AND (p_partitions IS NULL OR t.tableoid = ANY (p_partitions))
-            UNION ALL
-            SELECT t.user_wallet, o.rule_id, o.created_at, t.xp_amount
-              FROM pyxp.xp_transactions t
-             CROSS JOIN LATERAL (SELECT o.rule_id, o.created_at, o.xp_amount FROM pyxp.xp_transactions o
-                                  WHERE o.id = t.reverses
-                                 UNION ALL
-                                 SELECT a.rule_id, a.created_at, a.xp_amount FROM pyxp.xp_archived_originals a
-                                  WHERE a.transaction_id = t.reverses
-                                 LIMIT 1) o
-             WHERE t.reverses IS NOT NULL AND o.xp_amount > 0
-               AND (p_partitions IS NULL OR t.tableoid = ANY (p_partitions))) g
-      JOIN pyxp.rules ru ON ru.rule_id = g.rule_id
-      JOIN pyxp.rulesets rs ON rs.ruleset_id = ru.ruleset_id
-     WHERE ru.cap_max_xp IS NOT NULL
+    SELECT g.user_wallet, g.allowance, date_trunc(g.per, g.at, g.zone), sum(g.xp_amount)::bigint, max(g.cap_max_xp)
+      FROM pyxp.capped_gains(p_partitions, NULL) g
      GROUP BY 1, 2, 3
 $$;
 
@@ -623,8 +790,16 @@ COMMENT ON FUNCTION pyxp.wallet_rank(text, text, timestamptz) IS
 COMMENT ON FUNCTION pyxp.period_xp(text, text, timestamptz) IS
     'API: the XP a wallet earned in the day, week, month or year containing at (0 if none).';
 COMMENT ON FUNCTION pyxp.cap_allowance(text, text) IS 'internal: the allowance a cap counts in, its group''s or its rule''s.';
-COMMENT ON FUNCTION pyxp.freed_allowance(bigint) IS
-    'internal: what a reversal frees of a capped allowance, in the period of the gain it reverses.';
+COMMENT ON FUNCTION pyxp.freed_allowances(bigint) IS
+    'internal: what a reversal frees of capped allowances: in the period of the gain it reverses, and in the periods seeded with it.';
+COMMENT ON FUNCTION pyxp.capped_gains(oid[], timestamptz) IS
+    'internal: the capped gains of the ledger and the reversals of them, as they count in allowances.';
+COMMENT ON FUNCTION pyxp.seed_cap_usage(bigint, bigint) IS
+    'internal: at an activation, the current period of each allowance moved to another zone or per counts what its gains there used.';
+COMMENT ON FUNCTION pyxp.ledger_cap_seeds() IS
+    'internal: for each seeded usage row, what its seed must be, from the ledger.';
+COMMENT ON FUNCTION pyxp.exceeded_allowances() IS
+    'internal: the periods where a capped gain applied more than was left of its allowance.';
 COMMENT ON FUNCTION pyxp.ledger_latest_periods(text) IS
     'internal: from the ledger (and the openings), each wallet''s latest period of each kind and its XP there.';
 COMMENT ON FUNCTION pyxp.ledger_cap_usage() IS

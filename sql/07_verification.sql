@@ -456,21 +456,32 @@ BEGIN
                            FROM (SELECT pyxp.trimmed_text(b.user_wallet, true) AS t) x) f
      WHERE f.form <> b.user_wallet OR pyxp.invisible_character(f.form) IS NOT NULL
     UNION ALL
-    -- Caps: what xp_cap_usage holds against the ledger, and no allowance
-    -- used beyond the largest cap its rows' rules carried (nothing to read
-    -- when no rule ever carried a cap).
-    SELECT CASE WHEN coalesce(u.used_xp, 0) <> coalesce(l.used_xp, 0) THEN 'cap_usage_mismatch'
-                ELSE 'cap_exceeded' END,
-           coalesce(u.user_wallet, l.user_wallet), NULL,
-           format('%s from %s: xp_cap_usage says %s XP used, the ledger %s XP, cap %s',
+    -- Caps: what xp_cap_usage holds against the ledger (the part its
+    -- period's own rows used; what a switch seeded from other periods'
+    -- gains), and no capped gain applied beyond what was left in the period
+    -- that governed it (nothing to read when no rule ever carried a cap).
+    SELECT 'cap_usage_mismatch', coalesce(u.user_wallet, l.user_wallet), NULL,
+           format('%s from %s: xp_cap_usage says %s XP used by its period''s rows, the ledger %s XP',
                   coalesce(u.allowance, l.allowance), coalesce(u.period_start, l.period_start),
-                  coalesce(u.used_xp, 0), coalesce(l.used_xp, 0), coalesce(l.cap_max_xp::text, 'none'))
+                  coalesce(u.used_xp - u.seeded_xp, 0), coalesce(l.used_xp, 0))
       FROM pyxp.xp_cap_usage u
       FULL JOIN pyxp.ledger_cap_usage() l
         ON l.user_wallet = u.user_wallet AND l.allowance = u.allowance AND l.period_start = u.period_start
-     WHERE (coalesce(u.used_xp, 0) <> coalesce(l.used_xp, 0) OR l.used_xp > l.cap_max_xp)
+     WHERE coalesce(u.used_xp - u.seeded_xp, 0) <> coalesce(l.used_xp, 0)
        AND (EXISTS (SELECT FROM pyxp.rules ru WHERE ru.cap_max_xp IS NOT NULL)
-            OR EXISTS (SELECT FROM pyxp.xp_cap_usage));
+            OR EXISTS (SELECT FROM pyxp.xp_cap_usage))
+    UNION ALL
+    SELECT 'cap_usage_mismatch', s.user_wallet, NULL,
+           format('%s from %s: xp_cap_usage says %s XP used by gains counted in other periods, the ledger %s XP',
+                  s.allowance, s.period_start, s.seeded_xp, s.ledger_xp)
+      FROM pyxp.ledger_cap_seeds() s
+     WHERE s.seeded_xp <> s.ledger_xp
+    UNION ALL
+    SELECT 'cap_exceeded', e.user_wallet, NULL,
+           format('%s from %s (%s in %s): %s XP granted, cap %s', e.allowance, e.period_start, e.per, e.zone,
+                  e.used_xp, e.cap_max_xp)
+      FROM pyxp.exceeded_allowances() e
+     WHERE EXISTS (SELECT FROM pyxp.rules ru WHERE ru.cap_max_xp IS NOT NULL);
 END
 $fn$;
 

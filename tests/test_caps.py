@@ -292,3 +292,85 @@ def test_a_capped_award_waiting_for_the_same_award_replays_it(
     assert db.execute("SELECT used_xp FROM pyxp.xp_cap_usage WHERE user_wallet = '0xsame'"
                       ).fetchall() == [(200,)]
     clean_audit(db)
+
+
+# A switch of the allowance's period (another timezone, or another `per`) in the middle of one:
+# the new period's allowance starts from what its capped gains already used (0025). Before,
+# it started from nothing (found by a hostile test, 2026-11-27).
+DAILY = {"CAMPAIGN_APPROVED": (250, "day", None)}
+
+
+def usage(db: psycopg.Connection[Any], wallet: str) -> list[tuple[Any, ...]]:
+    return db.execute("SELECT used_xp, seeded_xp, seeded_per, seeded_zone FROM pyxp.xp_cap_usage "
+                      "WHERE user_wallet = %s ORDER BY seeded_zone NULLS FIRST", (wallet,)).fetchall()
+
+
+def test_after_a_switch_of_timezone_an_allowance_counts_what_its_period_used(db: psycopg.Connection[Any]) -> None:
+    """250 of a 250-per-day allowance used under UTC, then the same rules in New York: the New
+    York day holds those gains (its midnight, 05:00 or 04:00 UTC, is hours from UTC's), so
+    nothing more is granted today. Before 0025 the next award got 100 (350 in that day)."""
+    install_variant(db, "daily-utc", timezone="UTC", caps=DAILY)
+    assert [award(db, "0xtz", f"z{i}")[1] for i in range(3)] == [100, 100, 50]
+    install_variant(db, "daily-ny", timezone="America/New_York", caps=DAILY)
+    assert award(db, "0xtz", "z3")[1:3] == (0, 100)
+    assert usage(db, "0xtz") == [(250, 0, None, None), (250, 250, "day", "America/New_York")]
+    clean_audit(db)
+
+
+def test_a_reversal_after_a_switch_frees_its_gain_in_both_periods(db: psycopg.Connection[Any]) -> None:
+    install_variant(db, "daily-utc", timezone="UTC", caps=DAILY)
+    ids = [award(db, "0xtr", f"r{i}")[0] for i in range(3)]  # 100, 100, 50
+    install_variant(db, "daily-ny", timezone="America/New_York", caps=DAILY)
+    db.execute("SELECT * FROM pyxp.reverse_transaction(%s, 'mistake')", (ids[1],))
+    assert usage(db, "0xtr") == [(150, 0, None, None), (150, 150, "day", "America/New_York")]
+    assert award(db, "0xtr", "r3")[1:3] == (100, None)
+    assert award(db, "0xtr", "r4")[1:3] == (0, 100)
+    clean_audit(db)
+
+
+def test_switching_back_counts_what_the_other_zone_granted(db: psycopg.Connection[Any]) -> None:
+    """UTC, New York, UTC again the same day: UTC's allowance now holds New York's gains too."""
+    install_variant(db, "daily-utc", timezone="UTC", caps=DAILY)
+    award(db, "0xtb", "b0")  # 100
+    install_variant(db, "daily-ny", timezone="America/New_York", caps=DAILY)
+    assert award(db, "0xtb", "b1")[1] == 100  # 200 in New York's day
+    install_variant(db, "daily-utc", timezone="UTC", caps=DAILY)  # version 1 again
+    assert award(db, "0xtb", "b2")[1:3] == (50, 100)
+    assert usage(db, "0xtb") == [(200, 100, "day", "America/New_York"), (250, 100, "day", "UTC")]
+    clean_audit(db)
+
+
+def test_a_weekly_cap_after_a_daily_one_counts_this_weeks_gains(db: psycopg.Connection[Any]) -> None:
+    """250 per day, then 300 per week in the same zone: the week already holds today's 250."""
+    install_variant(db, "daily-utc", timezone="UTC", caps=DAILY)
+    assert [award(db, "0xpw", f"p{i}")[1] for i in range(3)] == [100, 100, 50]
+    install_variant(db, "weekly-utc", timezone="UTC", caps={"CAMPAIGN_APPROVED": (300, "week", None)})
+    assert award(db, "0xpw", "p3")[1:3] == (50, 100)
+    clean_audit(db)
+
+
+def test_audit_reports_a_seed_that_disagrees_with_the_ledger(db: psycopg.Connection[Any]) -> None:
+    install_variant(db, "daily-utc", timezone="UTC", caps=DAILY)
+    award(db, "0xts", "s0")
+    install_variant(db, "daily-ny", timezone="America/New_York", caps=DAILY)
+    clean_audit(db)
+    db.execute("UPDATE pyxp.xp_cap_usage SET used_xp = used_xp - 40, seeded_xp = seeded_xp - 40 "
+               "WHERE seeded_xp > 0")
+    found = db.execute("SELECT check_name, user_wallet, detail FROM pyxp.audit()").fetchall()
+    assert [(c, w) for c, w, _ in found] == [("cap_usage_mismatch", "0xts")]
+    assert "60 XP" in found[0][2] and "ledger 100 XP" in found[0][2], found
+
+
+def test_audit_reports_an_allowance_exceeded_in_the_zone_that_governed_it(db: psycopg.Connection[Any]) -> None:
+    """The seed wiped (a row as 0024 left it): New York's day gets 100 more while its 250 were
+    used; the usage rows agree with their own rows, but the day that governed the award did not
+    have room for it."""
+    install_variant(db, "daily-utc", timezone="UTC", caps=DAILY)
+    [award(db, "0xtx", f"x{i}") for i in range(3)]  # 250
+    install_variant(db, "daily-ny", timezone="America/New_York", caps=DAILY)
+    db.execute("DELETE FROM pyxp.xp_cap_usage WHERE seeded_xp > 0")
+    clean_audit(db)  # nothing granted beyond a cap yet
+    assert award(db, "0xtx", "x3")[1] == 100
+    found = db.execute("SELECT check_name, user_wallet, detail FROM pyxp.audit()").fetchall()
+    assert [(c, w) for c, w, _ in found] == [("cap_exceeded", "0xtx")]
+    assert "350 XP" in found[0][2] and "cap 250" in found[0][2], found

@@ -18,7 +18,7 @@ from typing import Any
 
 import psycopg
 import pytest
-from conftest import balance_updates, database_state, naive_period_ranks
+from conftest import balance_updates, database_state, install_variant, naive_period_ranks
 from psycopg.conninfo import conninfo_to_dict
 
 import pyxp
@@ -785,3 +785,30 @@ def test_0022_rewrites_existing_balances_with_room_for_a_recalculation(fresh_dat
         assert conn.execute("SELECT reloptions FROM pg_class WHERE oid = 'pyxp.xp_balances'::regclass"
                             ).fetchone() == (None,)
         assert conn.execute(balances).fetchall() == before
+
+
+def test_0025_counts_what_a_switch_made_before_it_left_uncounted(fresh_database: Callable[[], str]) -> None:
+    """At 0024 a wallet used its 250-per-day allowance under UTC, then the rules moved to New York
+    (whose day overlaps UTC's): the New York day's allowance started from nothing. 0025 counts the
+    UTC gains in it: the next award is cut to 0, the audit is clean. The downgrade drops the seed."""
+    target = fresh_database()
+    schema.upgrade(target, "0024")
+    with psycopg.connect(target, autocommit=True) as conn:
+        install_variant(conn, "daily-utc", timezone="UTC", caps={"CAMPAIGN_APPROVED": (250, "day", None)})
+        for i in range(3):
+            conn.execute("SELECT * FROM pyxp.award('0xm25', 'CAMPAIGN_APPROVED', %s)", (f"m25:{i}",))
+        install_variant(conn, "daily-ny", timezone="America/New_York",
+                        caps={"CAMPAIGN_APPROVED": (250, "day", None)})
+        usage = "SELECT sum(used_xp) FROM pyxp.xp_cap_usage"
+        assert conn.execute(usage).fetchone() == (250,)  # the New York day has no row
+    schema.upgrade(target)
+    with psycopg.connect(target, autocommit=True) as conn:
+        assert conn.execute("SELECT used_xp, seeded_xp, seeded_per, seeded_zone FROM pyxp.xp_cap_usage "
+                            "WHERE seeded_at IS NOT NULL").fetchall() == [(250, 250, "day", "America/New_York")]
+        assert conn.execute("SELECT xp_amount, xp_requested FROM pyxp.award('0xm25', 'CAMPAIGN_APPROVED', 'm25:3')"
+                            ).fetchone() == (0, 100)
+        assert conn.execute("SELECT * FROM pyxp.audit()").fetchall() == []
+    schema.downgrade(target, "0024")
+    with psycopg.connect(target, autocommit=True) as conn:
+        assert conn.execute(usage).fetchone() == (250,)  # 250 (UTC) + 0 (New York's own rows)
+        assert conn.execute("SELECT * FROM pyxp.audit()").fetchall() == []

@@ -469,3 +469,26 @@ def test_the_feed_refuses_a_cursor_the_archive_passed(db: psycopg.Connection[Any
     kept = db.execute("SELECT count(*) FROM pyxp.xp_transactions t, pyxp.xp_ledger_archives a "
                       "WHERE (t.feed_xid::text::bigint << 24) > a.feed_floor").fetchone()
     assert kept is not None and len(rows) == kept[0] > 0
+
+
+def test_an_allowance_moved_to_a_period_holding_archived_gains_is_refused(
+        db: psycopg.Connection[Any], unchanged: Any) -> None:
+    """0025: an activation that moves an allowance's period counts what the new period used; the
+    year holds gains that were archived, which it cannot count: PX029, nothing written. A month
+    (after the archived range) is accepted."""
+    start = this_month() - timedelta(days=20)
+    if start.year != this_month().year:
+        pytest.skip("no archived month in this year yet (January)")
+    install_variant(db, "retention-daily", caps=CAPS)
+    votes = [db.execute("SELECT transaction_id FROM pyxp.award_moderation_vote('0xmod', %s, 'VALID', 'B2C')", (c,)).fetchone()
+             for c in ("camp-1", "camp-2")]
+    place(db, {v[0]: start for v in votes if v is not None})
+    archive(db)
+    yearly = {action: (5, "year", "moderation") for action in CAPS}
+    with unchanged(), pytest.raises(errors.ArchivedRows) as refused, errors.wrap_errors():
+        install_variant(db, "retention-yearly", caps=yearly)
+    assert "allowance group:moderation" in str(refused.value)
+    install_variant(db, "retention-monthly", caps={action: (5, "month", "moderation") for action in CAPS})
+    assert db.execute("SELECT xp_amount FROM pyxp.award_moderation_vote('0xmod', 'camp-3', 'VALID', 'B2C')"
+                      ).fetchall() == [(2,)]
+    assert audit(db) == []
