@@ -6,7 +6,8 @@ feed is drained wait for a wake-up on channel ``pyxp_changes`` or ``poll_interva
 seconds, whichever comes first (awards notify at most once per 100 ms slot, so a
 listener also reads on a timer; sql/11_changes.sql says why). A dropped connection
 (server restart, ``pg_terminate_backend``, network) is reopened with a growing delay
-and the loop goes on from the last cursor it yielded: no row twice, none skipped.
+and the loop goes on from the last cursor it yielded: no row twice, none skipped; so
+is a read that overlapped an archive's commit (40001, migration 0026).
 Closing the generator (``break``, ``.close()``, Ctrl-C) closes its connection; so does
 setting the ``stop`` event (from another thread or task): the loop ends after its
 current wait, within ``poll_interval``.
@@ -72,7 +73,8 @@ def watch_changes(connect: Callable[[], psycopg.Connection[Any]], after_cursor: 
                             pass
         except psycopg.OperationalError as exc:
             failures += 1
-            log.warning("pyxp watch: no connection (%s: %s); reconnecting from cursor %s",
+            # A lost connection, or a read that overlapped an archive (40001, 0026): read again.
+            log.warning("pyxp watch: %s: %s; reading again from cursor %s",
                         type(exc).__name__, " ".join(str(exc).split()), cursor)
             time.sleep(_reconnect_delay(failures))
 
@@ -102,6 +104,7 @@ async def watch_changes_async(connect: Callable[[], Awaitable[psycopg.AsyncConne
                             pass
         except psycopg.OperationalError as exc:
             failures += 1
-            log.warning("pyxp watch: no connection (%s: %s); reconnecting from cursor %s",
+            # A lost connection, or a read that overlapped an archive (40001, 0026): read again.
+            log.warning("pyxp watch: %s: %s; reading again from cursor %s",
                         type(exc).__name__, " ".join(str(exc).split()), cursor)
             await asyncio.sleep(_reconnect_delay(failures))

@@ -484,7 +484,11 @@ CREATE TABLE pyxp.xp_wallet_openings (
     month_xp     bigint NOT NULL,
     year_start   timestamptz NOT NULL,
     year_xp      bigint NOT NULL,
-    archive_id   bigint NOT NULL REFERENCES pyxp.xp_ledger_archives
+    archive_id   bigint NOT NULL REFERENCES pyxp.xp_ledger_archives,
+    -- the change-feed cursor its last archived row had (sql/11_changes.sql):
+    -- a consumer of this wallet's rows past it missed none (0026; NULL:
+    -- archived before 0026, unknown)
+    last_cursor  bigint
 );
 
 -- Archived rows that a reversal still in the ledger reverses: what the

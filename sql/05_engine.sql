@@ -253,6 +253,38 @@ RETURNS timestamptz
 LANGUAGE sql STABLE PARALLEL SAFE
 AS $$ SELECT max(a.archived_before) FROM pyxp.xp_ledger_archives a WHERE a.rows_archived > 0 $$;
 
+-- true; or 40001 (serialization_failure: run it again) when a partition of
+-- the ledger that this statement's snapshot holds as attached no longer is.
+-- An archive (sql/13_retention.sql) detaches partitions under ACCESS
+-- EXCLUSIVE; a read that waited for that lock (or one in a REPEATABLE READ
+-- snapshot taken before the archive) is planned after the archive's commit,
+-- on the partitions left, but reads with a snapshot that sees no archive:
+-- the archived rows were missing from what it read, and the checks that
+-- would refuse it (PX029: the archive's horizon, the feed's floor) passed
+-- (found by a hostile test, 0026: a feed read skipped the archived rows and
+-- handed out the cursors after them; audit() reported twelve findings on a
+-- sound ledger; a past board came back empty). The readers of the ledger
+-- call it after their reads: pg_inherits as the snapshot sees it, against
+-- pg_partition_tree, which reads the catalog as it is now (after the read's
+-- locks). A partition attached since (pyxp.create_ledger_partitions) is no
+-- concern: the snapshot sees no row in it. Leader only (it raises).
+CREATE FUNCTION pyxp.ledger_unmoved()
+RETURNS boolean
+LANGUAGE plpgsql STABLE PARALLEL RESTRICTED
+AS $$
+BEGIN
+    IF EXISTS (SELECT FROM pg_catalog.pg_inherits i
+                WHERE i.inhparent = 'pyxp.xp_transactions'::regclass
+                  AND NOT EXISTS (SELECT FROM pg_catalog.pg_partition_tree('pyxp.xp_transactions'::regclass) p
+                                   WHERE p.relid = i.inhrelid)) THEN
+        RAISE EXCEPTION 'rows of the ledger were archived while this read ran (after its snapshot was taken)'
+            USING ERRCODE = '40001',
+                  HINT = 'run it again, in a new transaction: it then sees the archive (and PX029 for what needs its rows)';
+    END IF;
+    RETURN true;
+END
+$$;
+
 -- Records a flow's or reversal's claim: its key's hash and its inputs'
 -- digest, plus the key, inputs, ruleset and time when its rows will not
 -- rebuild them (p_rebuilt: what they rebuild, NULL when the call writes

@@ -241,6 +241,7 @@ AS $$
               FROM pyxp.xp_transactions t
               JOIN pyxp.xp_transactions o ON o.id = t.reverses
              WHERE t.reverses IS NOT NULL AND o.created_at >= p_start AND o.created_at < p_end) x
+     WHERE pyxp.ledger_unmoved()  -- (40001 after a read older than an archive)
      GROUP BY x.user_wallet
 $$;
 
@@ -458,7 +459,8 @@ BEGIN
           FROM pyxp.xp_transactions t
          CROSS JOIN LATERAL (SELECT CASE WHEN t.reverses IS NULL THEN t.created_at
                                          ELSE pyxp.reversed_row_at(t.reverses) END AS at) e
-         WHERE t.user_wallet = v_wallet AND e.at >= v_first AND e.at < v_end), 0)::bigint;
+         WHERE t.user_wallet = v_wallet AND e.at >= v_first AND e.at < v_end
+           AND pyxp.ledger_unmoved()), 0)::bigint;  -- (40001 after a read older than an archive)
 END
 $$;
 

@@ -62,5 +62,6 @@ BEGIN
          WHERE t.user_wallet = v_wallet AND t.wallet_seq < v_below
          ORDER BY t.wallet_seq DESC
          LIMIT v_max;
+    PERFORM pyxp.ledger_unmoved();  -- (40001 after a read older than an archive)
 END
 $$;

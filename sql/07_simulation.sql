@@ -223,6 +223,7 @@ BEGIN
          CROSS JOIN LATERAL pyxp.curve_position(simulate_rules.ruleset_id,
                                                 pyxp.checked_simulated_total(s.user_wallet, s.total_xp_then)) c
          ORDER BY s.user_wallet;
+    PERFORM pyxp.ledger_unmoved();  -- (40001 after a read older than an archive)
 END
 $$;
 
@@ -303,6 +304,7 @@ BEGIN
                           FROM (SELECT * FROM leveled l WHERE l.then_xp <> l.now_xp
                                  ORDER BY abs(l.then_xp - l.now_xp) DESC, l.user_wallet LIMIT v_top) t))
       INTO v_report;
+    PERFORM pyxp.ledger_unmoved();  -- (40001 after a read older than an archive)
     RETURN v_report;
 END
 $$;

@@ -291,6 +291,10 @@ BEGIN
                p.total_xp IS NOT NULL
                    AND (p.current_level <> c.level OR p.xp_to_next_level <> c.next_level_xp - p.total_xp) AS bad_level,
                p.cp_seq IS NOT NULL AND NOT p.cp_found AS bad_checkpoint,
+               -- a checkpoint at the opening's position (its row archived)
+               -- holds the opening's balance (0026: an opening and a
+               -- balance raised together, with no row since, were not seen)
+               p.cp_seq = p.op_seq AND p.cp_xp IS DISTINCT FROM p.op_xp AS bad_opening_checkpoint,
                NOT p_since_checkpoint AND p.op_rows + p.op_kept <> p.op_seq AS bad_opening,
                NOT p_since_checkpoint AND p.total_xp IS NOT NULL
                    AND ((p.day_start, p.day_xp, p.week_start, p.week_xp, p.month_start, p.month_xp,
@@ -326,6 +330,11 @@ BEGIN
             SELECT 'checkpoint_mismatch', NULL,
                    format('checkpoint at wallet_seq %s (%s XP): no such ledger row', c.cp_seq, c.cp_xp)
              WHERE c.bad_checkpoint
+            UNION ALL
+            SELECT 'checkpoint_mismatch', NULL,
+                   format('checkpoint at wallet_seq %s (%s XP): the opening there holds %s XP', c.cp_seq, c.cp_xp,
+                          c.op_xp)
+             WHERE c.bad_opening_checkpoint
             UNION ALL
             SELECT 'balance_mismatch', NULL,
                    CASE WHEN c.total_xp IS NULL
@@ -367,7 +376,7 @@ BEGIN
              WHERE c.bad_periods AND (k.kept_start, k.kept_xp) IS DISTINCT FROM (k.start, x.xp)
          ) f
      WHERE c.bad_rows IS NOT NULL OR c.bad_balance OR c.bad_seq OR c.bad_level OR c.bad_checkpoint
-        OR c.bad_periods OR c.bad_opening;
+        OR c.bad_periods OR c.bad_opening OR c.bad_opening_checkpoint;
 END
 $fn$;
 
@@ -773,6 +782,10 @@ AS $$
      CROSS JOIN LATERAL (SELECT CASE WHEN pyxp.invisible_character(x.t) IS NULL THEN x.t END AS form
                            FROM (SELECT lower(pyxp.trimmed_text(a.client_email, true)) AS t) x) f
      WHERE f.form IS DISTINCT FROM a.client_email
+    UNION ALL
+    -- No finding; 40001 when the ledger was read with a snapshot older than
+    -- an archive's commit (its rows would have been reported missing).
+    SELECT NULL, NULL, NULL, NULL WHERE NOT pyxp.ledger_unmoved()
     ORDER BY 1, 2, 3
 $$;
 
@@ -807,6 +820,7 @@ BEGIN
         UNION ALL
         SELECT * FROM pyxp.row_problems(false) WHERE NOT v_since
         ORDER BY 1, 2, 3;
+    PERFORM pyxp.ledger_unmoved();  -- (40001 after a read older than an archive)
 END
 $$;
 
@@ -861,6 +875,7 @@ BEGIN
               FROM problems p ORDER BY p.check_name, p.user_wallet LIMIT 1)
       INTO checkpoint_id, wallets_verified, rows_verified, created_at, v_problems, v_first
       FROM (SELECT 1) one LEFT JOIN header h ON true;
+    PERFORM pyxp.ledger_unmoved();  -- (40001 after a read older than an archive: nothing recorded)
     IF v_problems > 0 THEN
         RAISE EXCEPTION 'the ledger since the last checkpoint has % inconsistencies; no checkpoint recorded',
                         v_problems

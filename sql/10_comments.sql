@@ -108,6 +108,8 @@ COMMENT ON FUNCTION pyxp.rebuilt_request_inputs(text, text, text, text, text, js
 COMMENT ON FUNCTION pyxp.claim_request(text, jsonb, bigint, jsonb) IS 'internal: records a flow''s or reversal''s claim; false when its key was used before.';
 COMMENT ON FUNCTION pyxp.recorded_request(text) IS 'internal: an earlier flow call''s or reversal''s request, with its inputs kept or rebuilt from its rows.';
 COMMENT ON FUNCTION pyxp.archive_horizon() IS 'internal: the end of the ledger''s archived range, NULL when nothing was archived.';
+COMMENT ON FUNCTION pyxp.ledger_unmoved() IS
+    'internal: true, or 40001 when the ledger was read with a snapshot older than an archive''s commit.';
 COMMENT ON FUNCTION pyxp.replayed_award(text, jsonb, text, text) IS 'internal: the original rows of a flow''s or reversal''s key, or PX010 for other inputs.';
 COMMENT ON FUNCTION pyxp.append_rows(bigint, bigint, text, boolean, pyxp.pending_row[], boolean) IS
     'internal: THE writer: locks the wallets, replays claimed generic awards, applies floor and caps, appends every ledger row and updates each balance once.';

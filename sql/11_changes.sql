@@ -52,6 +52,27 @@
 
 SET LOCAL ROLE pyxp_owner;
 
+-- Whether a consumer of wallet p_wallet's rows, at cursor p_after below the
+-- feed's floor (the archives' feed_floor: a consumer of the whole feed there
+-- is refused), may miss rows: the wallet has archived rows after the cursor
+-- (xp_wallet_openings.last_cursor; unknown for an archive before 0026:
+-- assumed so), or rows left in the ledger in the cursor's group when an
+-- archive may have taken rows of that group out (a group at or below the
+-- floor's: its rows left are ranked anew, so a rank no longer says which of
+-- them were read). Otherwise every row of the wallet after the cursor is in
+-- a later group, whole: the consumer reads on (before 0026 it was refused
+-- for good, even for its wallet's new rows: a hostile test).
+CREATE FUNCTION pyxp.wallet_feed_behind_archive(p_wallet text, p_after bigint, p_floor bigint)
+RETURNS boolean
+LANGUAGE sql STABLE
+AS $$
+    SELECT EXISTS (SELECT FROM pyxp.xp_wallet_openings o
+                    WHERE o.user_wallet = p_wallet AND (o.last_cursor IS NULL OR o.last_cursor > p_after))
+        OR (p_after >> 24 <= p_floor >> 24
+            AND EXISTS (SELECT FROM pyxp.xp_transactions t
+                         WHERE t.feed_xid = (p_after >> 24)::text::xid8 AND t.user_wallet = p_wallet))
+$$;
+
 -- Public: committed ledger rows after `after_cursor`, ascending by cursor, at
 -- most `max_rows` (1..1000), optionally one wallet's. total_xp is the balance
 -- right after the row; previous_level and current_level its levels before
@@ -88,17 +109,17 @@ DECLARE
         pg_snapshot_xmax(v_snapshot)) END;
     v_group xid8;
     v_rank bigint;
+    v_floor bigint := (SELECT max(a.feed_floor) FROM pyxp.xp_ledger_archives a);
 BEGIN
     IF v_after IS NULL OR v_after < 0 THEN
         RAISE EXCEPTION 'invalid after_cursor: %', coalesce(v_after::text, 'NULL')
             USING ERRCODE = 'PX023', HINT = 'after_cursor is 0 (from the start) or a cursor the feed returned';
-    ELSIF v_after < (SELECT max(a.feed_floor) FROM pyxp.xp_ledger_archives a) THEN
+    ELSIF v_after < v_floor AND (v_wallet IS NULL OR pyxp.wallet_feed_behind_archive(v_wallet, v_after, v_floor)) THEN
         -- Rows after this cursor were archived (sql/13_retention.sql): never
         -- skipped silently.
         RAISE EXCEPTION 'rows after cursor % were archived', v_after
             USING ERRCODE = 'PX029',
-                  DETAIL = format('the archived rows reach cursor %s',
-                                  (SELECT max(a.feed_floor) FROM pyxp.xp_ledger_archives a)),
+                  DETAIL = format('the archived rows reach cursor %s', v_floor),
                   HINT = 'a consumer must be past the rows archived; they are in schema pyxp_archive (or its dump)';
     END IF;
     v_group := (v_after >> 24)::text::xid8;
@@ -147,6 +168,9 @@ BEGIN
          CROSS JOIN LATERAL pyxp.curve_position(q.ruleset_id, p.balance_after) after_
          ORDER BY p.cur
          LIMIT v_max;
+    -- Read with a snapshot older than an archive's commit: those rows were
+    -- missing, and the floor above unseen (40001).
+    PERFORM pyxp.ledger_unmoved();
 END
 $$;
 
@@ -187,13 +211,16 @@ CREATE TRIGGER xp_transactions_wake_feed
     AFTER INSERT ON pyxp.xp_transactions
     FOR EACH STATEMENT EXECUTE FUNCTION pyxp.wake_feed_listeners();
 
-REVOKE ALL ON FUNCTION pyxp.changes(bigint, integer, text), pyxp.wake_feed_listeners() FROM PUBLIC;
+REVOKE ALL ON FUNCTION pyxp.changes(bigint, integer, text), pyxp.wake_feed_listeners(),
+                        pyxp.wallet_feed_behind_archive(text, bigint, bigint) FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION pyxp.changes(bigint, integer, text) TO pyxp_writer, pyxp_reader;
 REVOKE ALL ON SEQUENCE pyxp.feed_wakeup_slot FROM PUBLIC;
 GRANT SELECT ON SEQUENCE pyxp.feed_wakeup_slot TO pyxp_reader;
 
 COMMENT ON FUNCTION pyxp.changes(bigint, integer, text) IS
     'API: the change feed: committed ledger rows after a cursor, each exactly once, with total_xp and the levels before and after; pass back the last cursor.';
+COMMENT ON FUNCTION pyxp.wallet_feed_behind_archive(text, bigint, bigint) IS
+    'internal: whether a consumer of one wallet''s rows, below the feed''s floor, may miss rows an archive took.';
 COMMENT ON FUNCTION pyxp.wake_feed_listeners() IS
     'internal: trigger sending at most one NOTIFY pyxp_changes per 100 ms slot.';
 

@@ -161,27 +161,44 @@ BEGIN
     -- A reversal among these rows whose original stays (its transaction
     -- began before the original's; since 0016 the writer dates a reversal no
     -- earlier than its original): the ledger's boards would lose it.
-    SELECT r.id, r.reverses, o.created_at INTO v_problem
+    SELECT r.id, r.reverses, o.created_at, o.tableoid::regclass AS partition,
+           (SELECT c.relname::text FROM pg_catalog.pg_class c WHERE c.oid = o.tableoid)
+           IN (SELECT p.partition_name FROM pyxp.ledger_partitions() p WHERE p.is_default) AS in_default
+      INTO v_problem
       FROM pyxp.xp_transactions r
       JOIN pyxp.xp_transactions o ON o.id = r.reverses AND NOT (o.tableoid = ANY (v_oids))
      WHERE r.tableoid = ANY (v_oids) AND r.created_at < v_ends[cardinality(v_ends)] AND r.reverses IS NOT NULL
      LIMIT 1;
     IF FOUND THEN
+        -- (A row in the default partition, written while its month had no
+        -- partition, is never archived: neither is the month of a reversal of
+        -- it. Known limit, README "Retention".)
         RAISE EXCEPTION 'reversal % would be archived, but transaction % that it reverses (%) would stay',
                         v_problem.id, v_problem.reverses, v_problem.created_at
             USING ERRCODE = 'PX030',
-                  HINT = 'archive up to a later month, one that holds the reversed transaction too';
+                  HINT = CASE WHEN v_problem.in_default
+                              THEN format('transaction %s is in the default partition %s (its month had no partition), '
+                                          'which no archive takes: archive up to the month before reversal %s',
+                                          v_problem.reverses, v_problem.partition, v_problem.id)
+                              ELSE 'archive up to a later month, one that holds the reversed transaction too' END;
     END IF;
     INSERT INTO pyxp.xp_ledger_archives AS a (archived_before, partitions, partition_oids, rows_archived,
                                               wallets_opened, last_transaction_id, timezone, checkpoint_id,
                                               feed_floor)
     VALUES (v_ends[cardinality(v_ends)], v_names, v_oids,
             (SELECT sum(c) FROM unnest(v_counts) c), 0, v_top_id, v_zone, v_checkpoint,
-            -- the highest cursor (sql/11_changes.sql) an archived row may have had
-            (SELECT greatest(max(t.id) FILTER (WHERE t.feed_xid IS NULL),
-                             (max(t.feed_xid)::text::bigint << 24) + 16777215)
-               FROM pyxp.xp_transactions t
-              WHERE t.tableoid = ANY (v_oids) AND t.created_at < v_ends[cardinality(v_ends)]))
+            -- the cursor (sql/11_changes.sql) of the last row of the highest
+            -- group holding an archived row, its rows ranked as the feed
+            -- ranks them now, archived or not (after the DETACH the rows
+            -- left in it would be ranked anew: a consumer must be past all of
+            -- it); or of the last archived row from before 0003. (Before
+            -- 0026: that group's cursor + 2^24 - 1, which no row has: a
+            -- consumer that had read every archived row was refused for good.)
+            (SELECT greatest(a.top_id, (a.top_group::text::bigint << 24)
+                                       + (SELECT count(*) FROM pyxp.xp_transactions x WHERE x.feed_xid = a.top_group))
+               FROM (SELECT max(t.id) FILTER (WHERE t.feed_xid IS NULL) AS top_id, max(t.feed_xid) AS top_group
+                       FROM pyxp.xp_transactions t
+                      WHERE t.tableoid = ANY (v_oids) AND t.created_at < v_ends[cardinality(v_ends)]) a))
     RETURNING a.archive_id INTO v_archive;
 
     -- 3. The openings: of every wallet with archived rows, its count of
@@ -190,12 +207,20 @@ BEGIN
     --    the ledger among them), read before the DETACH, by the wallet's
     --    index range; their time is a reversal's original's.
     WITH tops AS (
-        SELECT t.user_wallet, max(t.wallet_seq) AS top_seq, count(*) AS archived
+        SELECT t.user_wallet, max(t.wallet_seq) AS top_seq, count(*) AS archived,
+               -- its last archived row in the feed's order (feed_xid, id)
+               (array_agg(t.id ORDER BY t.feed_xid DESC NULLS LAST, t.id DESC))[1] AS top_id,
+               max(t.feed_xid) AS top_group
           FROM pyxp.xp_transactions t
          WHERE t.tableoid = ANY (v_oids) AND t.created_at < v_ends[cardinality(v_ends)]
          GROUP BY t.user_wallet
     ), moved AS MATERIALIZED (
         SELECT g.user_wallet, greatest(g.top_seq, o.wallet_seq) AS top_seq, g.archived + coalesce(o.archived_rows, 0) AS archived,
+               -- that row's cursor, ranked in its group as the feed ranks it
+               -- now (a row from before 0003: its id)
+               coalesce((g.top_group::text::bigint << 24)
+                        + (SELECT count(*) FROM pyxp.xp_transactions x WHERE x.feed_xid = g.top_group AND x.id <= g.top_id),
+                        g.top_id) AS last_cursor,
                o.wallet_seq AS old_seq, o.total_xp AS old_xp, o.last_at AS old_at,
                o.day_start AS old_day, o.day_xp AS old_day_xp, o.week_start AS old_week, o.week_xp AS old_week_xp,
                o.month_start AS old_month, o.month_xp AS old_month_xp, o.year_start AS old_year,
@@ -230,13 +255,13 @@ BEGIN
     ), opened AS (
         INSERT INTO pyxp.xp_wallet_openings AS o (user_wallet, wallet_seq, total_xp, archived_rows, last_at,
                                                   day_start, day_xp, week_start, week_xp, month_start, month_xp,
-                                                  year_start, year_xp, archive_id)
+                                                  year_start, year_xp, archive_id, last_cursor)
         SELECT l.user_wallet, l.top_seq, l.total_xp, l.archived, l.last_at,
                l.day_start, coalesce(s.day_xp, 0) + CASE WHEN l.old_day = l.day_start THEN l.old_day_xp ELSE 0 END,
                l.week_start, coalesce(s.week_xp, 0) + CASE WHEN l.old_week = l.week_start THEN l.old_week_xp ELSE 0 END,
                l.month_start, coalesce(s.month_xp, 0) + CASE WHEN l.old_month = l.month_start THEN l.old_month_xp ELSE 0 END,
                l.year_start, coalesce(s.year_xp, 0) + CASE WHEN l.old_year = l.year_start THEN l.old_year_xp ELSE 0 END,
-               v_archive
+               v_archive, l.last_cursor
           FROM latest l
           LEFT JOIN sums s ON s.user_wallet = l.user_wallet
         ON CONFLICT (user_wallet) DO UPDATE
@@ -244,7 +269,7 @@ BEGIN
                last_at = excluded.last_at, day_start = excluded.day_start, day_xp = excluded.day_xp,
                week_start = excluded.week_start, week_xp = excluded.week_xp, month_start = excluded.month_start,
                month_xp = excluded.month_xp, year_start = excluded.year_start, year_xp = excluded.year_xp,
-               archive_id = excluded.archive_id
+               archive_id = excluded.archive_id, last_cursor = excluded.last_cursor
         RETURNING 1
     )
     UPDATE pyxp.xp_ledger_archives a SET wallets_opened = (SELECT count(*) FROM opened) WHERE a.archive_id = v_archive;

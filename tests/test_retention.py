@@ -23,7 +23,7 @@ from typing import Any
 
 import psycopg
 import pytest
-from conftest import PYXP, install_variant
+from conftest import PYXP, called_behind_holder, install_variant
 from test_periods import place
 
 from pyxp import XP, errors
@@ -491,4 +491,144 @@ def test_an_allowance_moved_to_a_period_holding_archived_gains_is_refused(
     install_variant(db, "retention-monthly", caps={action: (5, "month", "moderation") for action in CAPS})
     assert db.execute("SELECT xp_amount FROM pyxp.award_moderation_vote('0xmod', 'camp-3', 'VALID', 'B2C')"
                       ).fetchall() == [(2,)]
+    assert audit(db) == []
+
+
+# --------------------------------------------------------------------------- reads overlapping an archive
+# A hostile test (2026-11-27, 0026): a read whose snapshot predates an archive's commit (it waited
+# for the archive's lock, or reads in an older REPEATABLE READ snapshot) was planned on the
+# partitions left and saw no archive: the archived rows were missing, with no PX029.
+
+ARCHIVE_HELD = "SELECT * FROM pyxp.archive_ledger_partitions('{:%Y-%m-%d} UTC')"
+
+
+@pytest.mark.parametrize("read", [
+    "SELECT transaction_id FROM pyxp.changes(0, 1000)",                         # skipped the archived rows
+    "SELECT * FROM pyxp.audit()",                                               # 12 findings on a sound ledger
+    "SELECT * FROM pyxp.leaderboard(10, 0, 'month', '2025-03-15')",             # an empty board
+    "SELECT * FROM pyxp.audit_since_checkpoint()",
+    "SELECT pyxp.period_xp('0xstraggler', 'month', '2025-02-15 12:00+00')",
+    "SELECT * FROM pyxp.history('0xidle')",
+    "SELECT * FROM pyxp.simulate_rules(pyxp.active_ruleset_id())",
+])
+def test_a_read_that_waited_for_an_archive_is_refused_for_a_retry(
+        conninfo: str, db: psycopg.Connection[Any], aged: AgedLedger, read: str) -> None:
+    """Run again, it sees the archive: PX029 where it needs the archived rows, else the rest."""
+    outcome = called_behind_holder(conninfo, db, ARCHIVE_HELD.format(this_month()),
+                                   lambda conn: conn.execute(read).fetchall())
+    assert outcome == {"sqlstate": "40001"}, outcome
+    assert db.execute("SELECT count(*) FROM pyxp.xp_ledger_archives WHERE rows_archived > 0").fetchone() == (1,)
+    if "audit" in read:
+        assert db.execute(read).fetchall() == []
+
+
+def test_a_repeatable_read_begun_before_an_archive_is_refused_for_a_retry(
+        conninfo: str, db: psycopg.Connection[Any], aged: AgedLedger) -> None:
+    with psycopg.connect(conninfo) as consumer:
+        consumer.execute("BEGIN ISOLATION LEVEL REPEATABLE READ")
+        consumer.execute("SELECT 1")  # the snapshot
+        archive(db)
+        with pytest.raises(psycopg.errors.SerializationFailure):
+            consumer.execute("SELECT * FROM pyxp.changes(0, 1000)")
+        consumer.rollback()
+    with pytest.raises(errors.ArchivedRows), errors.wrap_errors():
+        db.execute("SELECT * FROM pyxp.changes(0, 1000)")
+
+
+def test_a_partition_created_during_a_read_is_no_concern(conninfo: str, db: psycopg.Connection[Any]) -> None:
+    """Only a partition the snapshot holds and the catalog no longer does refuses a read."""
+    db.execute("SELECT * FROM pyxp.award('0xp', 'CAMPAIGN_APPROVED', 'p1')")
+    with psycopg.connect(conninfo) as reader:
+        reader.execute("BEGIN ISOLATION LEVEL REPEATABLE READ")
+        reader.execute("SELECT 1")
+        db.execute("SELECT * FROM pyxp.create_ledger_partitions(24)")
+        assert len(reader.execute("SELECT * FROM pyxp.changes(0, 1000)").fetchall()) == 1
+        assert reader.execute("SELECT * FROM pyxp.audit()").fetchall() == []
+        reader.rollback()
+
+
+# --------------------------------------------------------------------------- the feed's floor (0026)
+
+def test_a_consumer_that_read_every_archived_row_reads_on(db: psycopg.Connection[Any], aged: AgedLedger) -> None:
+    """The floor is the cursor of the last row of the highest archived group (before 0026 that
+    group's cursor + 2^24 - 1, which no row has: this consumer was refused for good)."""
+    feed = db.execute("SELECT cursor, transaction_id, created_at FROM pyxp.changes(0, 1000)").fetchall()
+    read = [f for f in feed if f[2] < this_month()]
+    archive(db)
+    floor = db.execute("SELECT feed_floor FROM pyxp.xp_ledger_archives").fetchone()
+    assert floor == (read[-1][0],)
+    kept = [f[1] for f in feed if f[0] > read[-1][0]]
+    assert [r[0] for r in db.execute("SELECT transaction_id FROM pyxp.changes(%s, 1000)", (floor[0],))] == kept
+    with pytest.raises(errors.ArchivedRows), errors.wrap_errors():
+        db.execute("SELECT * FROM pyxp.changes(%s, 1000)", (read[-2][0],))
+
+
+def test_a_wallet_consumer_past_its_archived_rows_reads_on(db: psycopg.Connection[Any], aged: AgedLedger) -> None:
+    """A consumer of one wallet (0xidle: three rows, all archived) at its last row's cursor, below
+    the feed's floor: the wallet's new rows come (before 0026: PX029 for good). At its first row's
+    cursor it would miss two: PX029."""
+    mine = db.execute("SELECT cursor FROM pyxp.changes(0, 1000, '0xidle')").fetchall()
+    assert len(mine) == 3
+    archive(db)
+    floor = db.execute("SELECT feed_floor FROM pyxp.xp_ledger_archives").fetchone()
+    assert floor is not None and mine[-1][0] < floor[0]
+    assert db.execute("SELECT last_cursor FROM pyxp.xp_wallet_openings WHERE user_wallet = '0xidle'"
+                      ).fetchone() == (mine[-1][0],)
+    new = db.execute("SELECT transaction_id FROM pyxp.award('0xidle', 'CAMPAIGN_APPROVED', 'idle-new')").fetchone()
+    assert db.execute("SELECT transaction_id FROM pyxp.changes(%s, 1000, '0xidle')", (mine[-1][0],)).fetchall() == [new]
+    with pytest.raises(errors.ArchivedRows), errors.wrap_errors():
+        db.execute("SELECT * FROM pyxp.changes(%s, 1000, '0xidle')", (mine[0][0],))
+
+
+def test_the_audit_compares_a_checkpoint_at_the_opening_with_it(db: psycopg.Connection[Any],
+                                                                archived: AgedLedger) -> None:
+    """An opening and a balance raised together, no row since: the archive's checkpoint at that
+    position still holds the true balance (0026; before, audit() was clean)."""
+    db.execute("UPDATE pyxp.xp_wallet_openings SET total_xp = total_xp + 5000 WHERE user_wallet = '0xidle'")
+    db.execute("UPDATE pyxp.xp_balances SET total_xp = total_xp + 5000 WHERE user_wallet = '0xidle'")
+    found = [(f[0], f[1]) for f in audit(db) if f[1] == "0xidle"]
+    assert ("checkpoint_mismatch", "0xidle") in found, found
+
+
+def test_a_reversal_of_a_row_in_the_default_partition_names_it(db: psycopg.Connection[Any], unchanged: Any) -> None:
+    """A month written without its partition (a missed create-partitions: its rows went to the
+    default partition, which no archive takes) and a reversal of one of its rows a month later:
+    the archive reaching that month is refused (PX030), and the hint says why and how far an
+    archive can go (before 0026 it asked for a later month, which could never help)."""
+    def month(back: int) -> datetime:
+        at = this_month()
+        for _ in range(back):
+            at = (at - timedelta(days=1)).replace(day=1)
+        return at
+    with db.transaction():  # the partitions of a ledger whose month -2 had none (a superuser's reshaping)
+        for trigger in ("pyxp_ledger_partitions_start", "pyxp_ledger_partitions_end", "pyxp_ledger_partitions_drop"):
+            db.execute(f"ALTER EVENT TRIGGER {trigger} DISABLE")
+        before = f"xp_transactions_before_{this_month():%Y_%m}"
+        db.execute(f"ALTER TABLE pyxp.xp_transactions DETACH PARTITION pyxp.{before}")
+        db.execute(f"DROP TABLE pyxp.{before}")
+        db.execute("SET LOCAL ROLE pyxp_owner")
+        for name, bounds in ((f"xp_transactions_before_{month(2):%Y_%m}", (None, month(2))),
+                             (f"xp_transactions_{month(1):%Y_%m}", (month(1), this_month()))):
+            db.execute("SELECT pyxp.new_ledger_partition(%s)", (name,))
+            low = "MINVALUE" if bounds[0] is None else f"'{bounds[0].isoformat()}'"
+            db.execute(f"ALTER TABLE pyxp.xp_transactions ATTACH PARTITION pyxp.{name} "
+                       f"FOR VALUES FROM ({low}) TO ('{bounds[1].isoformat()}')")
+        db.execute("RESET ROLE")
+        for trigger in ("pyxp_ledger_partitions_start", "pyxp_ledger_partitions_end", "pyxp_ledger_partitions_drop"):
+            db.execute(f"ALTER EVENT TRIGGER {trigger} ENABLE")
+    old = db.execute(GENERIC, ("0xdef", "def-1")).fetchone()
+    missed = db.execute(GENERIC, ("0xdef", "def-2")).fetchone()
+    assert old is not None and missed is not None
+    reversal = db.execute("SELECT * FROM pyxp.reverse_transaction(%s, 'mistake')", (missed[0],)).fetchone()
+    assert reversal is not None
+    place(db, {old[0]: month(3) + timedelta(days=9), missed[0]: month(2) + timedelta(days=9),
+               reversal[0]: month(1) + timedelta(days=9)})
+    assert db.execute("SELECT tableoid::regclass::text FROM pyxp.xp_transactions WHERE id = %s",
+                      (missed[0],)).fetchone() == ("pyxp.xp_transactions_default",)
+    assert audit(db) == []
+    with unchanged(), pytest.raises(errors.ArchiveRefused) as refused, errors.wrap_errors():
+        archive(db)
+    hint = refused.value.__cause__.diag.message_hint  # type: ignore[union-attr]
+    assert hint is not None and "default partition" in hint and f"reversal {reversal[0]}" in hint, hint
+    assert [d[4] for d in archive(db, month(1))] == [1]  # up to the month before the reversal: the old row
     assert audit(db) == []
