@@ -98,8 +98,29 @@ BEGIN
 END
 $$;
 
--- A candidate's formula on a row's stored inputs, or PX018 when the row
--- lacks one (the live award would have been refused: no guess at 0).
+-- A row's formula inputs: a flow's rows keep only them in their metadata
+-- (with other facts under lower-case keys, never an INPUT name); a generic
+-- award's metadata is its context with its params over it (pyxp.award), and
+-- its params are exactly the inputs of the rule it was written under (any
+-- other param was refused, PX017): the metadata's keys that rule's formula
+-- names, nothing of the context (0027: the simulation read a context note
+-- as an input, a hostile test; a text failed the whole simulation with
+-- 22P02, a number replaced the input, a JSON null lost the row's amount).
+-- A generic award whose rule is gone (audit: rule_missing) kept none.
+CREATE FUNCTION pyxp.row_formula_inputs(p_metadata jsonb, p_generic boolean, p_rule_coefficients jsonb)
+RETURNS jsonb
+LANGUAGE sql IMMUTABLE PARALLEL SAFE
+AS $$
+    SELECT CASE WHEN NOT p_generic THEN p_metadata
+                ELSE (SELECT coalesce(jsonb_object_agg(m.key, m.value), '{}')
+                        FROM jsonb_each(p_metadata) m WHERE p_rule_coefficients ? m.key) END
+$$;
+
+-- A candidate's formula on a row's formula inputs (pyxp.row_formula_inputs),
+-- or PX018 when the row lacks one (the live award would have been refused:
+-- no guess at 0), or PX004 when it gives more than 10^15 XP (the live award
+-- would have been refused; 0027: the simulation counted it, and a
+-- retroactive application wrote an adjustment of 10^18 XP).
 CREATE FUNCTION pyxp.simulated_amount(p_id bigint, p_action text, p_constant numeric, p_coefficients jsonb,
                                       p_inputs jsonb)
 RETURNS numeric
@@ -107,13 +128,19 @@ LANGUAGE plpgsql IMMUTABLE
 AS $$
 DECLARE
     v_missing text;
+    v_amount numeric;
 BEGIN
     SELECT k INTO v_missing FROM jsonb_object_keys(p_coefficients) k WHERE NOT p_inputs ? k LIMIT 1;
     IF v_missing IS NOT NULL THEN
         RAISE EXCEPTION 'transaction % has no input % for the candidate''s rule %', p_id, v_missing, p_action
             USING ERRCODE = 'PX018', HINT = 'a candidate''s formula may only use the inputs its action''s rows kept';
     END IF;
-    RETURN pyxp.rule_amount(p_constant, p_coefficients, p_inputs);
+    v_amount := pyxp.rule_amount(p_constant, p_coefficients, p_inputs);
+    IF abs(v_amount) > 1e15 THEN
+        RAISE EXCEPTION 'transaction %: the candidate''s rule % gives % XP', p_id, p_action, v_amount
+            USING ERRCODE = 'PX004', HINT = 'an award is at most 10^15 XP: a live award on these inputs would be refused';
+    END IF;
+    RETURN v_amount;
 END
 $$;
 
@@ -138,7 +165,9 @@ AS $$
                CASE WHEN t.reverses IS NOT NULL THEN NULL
                     WHEN c.rule_id IS NULL THEN 0
                     WHEN c.xp_coefficients = '{}' THEN round(c.xp_constant)
-                    ELSE pyxp.simulated_amount(t.id, c.action, c.xp_constant, c.xp_coefficients, t.metadata)
+                    ELSE pyxp.simulated_amount(t.id, c.action, c.xp_constant, c.xp_coefficients,
+                                               pyxp.row_formula_inputs(t.metadata, t.request_digest IS NOT NULL,
+                                                                       o.xp_coefficients))
                END AS asked,
                v.id IS NOT NULL AS reversed,
                CASE WHEN c.cap_max_xp IS NOT NULL
@@ -149,6 +178,7 @@ AS $$
           JOIN pyxp.rulesets rs ON rs.ruleset_id = p_ruleset_id
           LEFT JOIN pyxp.rules c ON c.ruleset_id = p_ruleset_id AND c.action = t.transaction_type
                                 AND t.reverses IS NULL
+          LEFT JOIN pyxp.rules o ON o.rule_id = t.rule_id  -- the rule it was written under
           LEFT JOIN (SELECT DISTINCT x.reverses AS id FROM pyxp.xp_transactions x WHERE x.reverses IS NOT NULL) v
                  ON v.id = t.id
          WHERE NOT (t.transaction_type = 'RULES_ADJUSTMENT' AND t.rule_id IS NULL AND t.reverses IS NULL)
@@ -309,6 +339,11 @@ BEGIN
 END
 $$;
 
+-- A number per retroactive application, in its adjustments' keys: two in
+-- one transaction must not share keys (0027: the second one's rows were
+-- taken for replays of the first's and nothing was written, a hostile test).
+CREATE SEQUENCE pyxp.retroactive_applications;
+
 -- Owner (SPEC 13): activates ruleset version ruleset_id and appends, for each
 -- wallet whose simulated total differs from its balance, one
 -- RULES_ADJUSTMENT row of the difference (metadata names the version), so
@@ -318,7 +353,8 @@ $$;
 -- so awards in flight finish before the simulation reads the ledger and new
 -- ones wait for the commit: none is lost or counted twice. The rows go
 -- through the one writer (pyxp.append_rows), each a claim of the key
--- rules.adjustment:<ruleset_id>:<transaction id>:<wallet>.
+-- rules.adjustment:<ruleset_id>:<transaction id>.<application>:<wallet>
+-- (<application>: pyxp.retroactive_applications; before 0027, none).
 -- Idempotent by the numbers: applying a version again adds only the
 -- differences left (none if nothing changed since; after a reversal, or
 -- another version applied meanwhile, what brings every balance back to
@@ -337,6 +373,7 @@ DECLARE
     v_chunk pyxp.pending_row[];
     v_wallets bigint := 0;
     v_xp numeric := 0;
+    v_call bigint := nextval('pyxp.retroactive_applications');
 BEGIN
     PERFORM pyxp.require_read_committed();
     -- Installers' lock first, then the awards' (the order of install_ruleset).
@@ -354,8 +391,8 @@ BEGIN
                                                 'reason', 'retroactive application of the rules'),
                              NULL, 0)::pyxp.pending_row ORDER BY d.user_wallet)
           FROM (SELECT s.user_wallet, s.total_xp_then - s.total_xp_now AS delta, s.total_xp_now AS now_xp,
-                       format('rules.adjustment:%s:%s:%s', v_ruleset.ruleset_id, pg_current_xact_id(),
-                              s.user_wallet) AS key,
+                       format('rules.adjustment:%s:%s.%s:%s', v_ruleset.ruleset_id, pg_current_xact_id(),
+                              v_call, s.user_wallet) AS key,
                        (row_number() OVER (ORDER BY s.user_wallet) - 1) / 10000 AS chunk
                   FROM pyxp.simulated_totals(v_ruleset.ruleset_id) s
                  WHERE pyxp.checked_simulated_total(s.user_wallet, s.total_xp_then) <> s.total_xp_now) d
@@ -381,7 +418,9 @@ COMMENT ON AGGREGATE pyxp.simulated_balance(bigint, text, numeric, bigint, boole
     'internal: a wallet''s rows folded in id order under a candidate ruleset.';
 COMMENT ON FUNCTION pyxp.checked_ruleset(bigint) IS 'internal: a ruleset version by id, or PX027.';
 COMMENT ON FUNCTION pyxp.simulated_amount(bigint, text, numeric, jsonb, jsonb) IS
-    'internal: a candidate''s formula on a ledger row''s stored inputs, or PX018.';
+    'internal: a candidate''s formula on a ledger row''s stored inputs, or PX018 (an input missing) or PX004 (over 10^15).';
+COMMENT ON FUNCTION pyxp.row_formula_inputs(jsonb, boolean, jsonb) IS
+    'internal: a ledger row''s formula inputs: a flow''s metadata, or a generic award''s params (not its context).';
 COMMENT ON FUNCTION pyxp.simulated_rows(bigint) IS
     'internal: every ledger row but the adjustments, with what a candidate ruleset asks for it.';
 COMMENT ON FUNCTION pyxp.simulated_totals(bigint) IS

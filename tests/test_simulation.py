@@ -334,3 +334,61 @@ def test_the_downgrade_below_0007_is_refused_while_adjustments_exist(fresh_datab
     with pytest.raises(psycopg.Error) as refused:
         schema.downgrade(target, "0006")
     assert refused.value.sqlstate == "PX024" and schema.current_revision(target) == "0007"
+
+
+# Found by a hostile test (2026-11-27, 0027).
+
+def test_a_generic_awards_context_is_not_a_formula_input(db: psycopg.Connection[Any], unchanged: Any) -> None:
+    """A generic award's metadata is its context with its params over it; its formula inputs are
+    its params only. A context note named like an input made the simulation fail with 22P02 (a
+    text) or use it as the input (a number) at 0026; now the row has no such input (PX018), as a
+    live award would, and a param over a context of the same name is the input."""
+    db.execute("SELECT * FROM pyxp.award('0xctx', 'CAMPAIGN_APPROVED', 'ctx-1', '{}', "
+               "'{\"PRICE_COMPLETION\": \"see ticket 42\"}')")
+    db.execute("SELECT * FROM pyxp.award('0xctx', 'Completion_Submit_B2C_Paid', 'ctx-2', "
+               "'{\"PRICE_COMPLETION\": 250}', '{\"PRICE_COMPLETION\": 9999}')")
+    paid = install(db, variant("paid-twice", lambda d: rule(d, "Completion_Submit_B2C_Paid").update(
+        coefficients={"PRICE_COMPLETION": "2"})), activate=False)
+    constant = int(rule(load_ruleset("winstory").definition(), "Completion_Submit_B2C_Paid")["constant"])
+    then = db.execute("SELECT total_xp_then FROM pyxp.simulate_rules(%s)", (paid,)).fetchall()
+    assert then == [(100 + constant + 2 * 250,)]  # the params' 250, not the context's 9999
+    for context in ('"see ticket 42"', "5000"):
+        db.execute("SELECT * FROM pyxp.award('0xctx2', 'CAMPAIGN_APPROVED', %s, '{}', %s)",
+                   (f"ctx-{context}", f'{{"PRICE_COMPLETION": {context}}}'))
+        approved = install(db, variant(f"approved-by-price-{len(context)}", lambda d: rule(d, "CAMPAIGN_APPROVED").update(
+            coefficients={"PRICE_COMPLETION": "2"})), activate=False)
+        with unchanged(), pytest.raises(psycopg.Error) as refused:
+            db.execute("SELECT * FROM pyxp.apply_rules_retroactively(%s)", (approved,))
+        assert refused.value.sqlstate == "PX018" and "PRICE_COMPLETION" in str(refused.value), refused.value
+
+
+def test_a_candidate_amount_over_the_award_limit_is_refused(db: psycopg.Connection[Any], unchanged: Any) -> None:
+    """A live award over 10^15 XP is refused (PX004); so is a simulation that would count one (at
+    0026 a retroactive application wrote an adjustment of 2.5 * 10^15 XP)."""
+    db.execute("SELECT * FROM pyxp.award('0xbig', 'Completion_Submit_B2C_Paid', 'big-1', '{\"PRICE_COMPLETION\": 250}')")
+    huge = install(db, variant("huge", lambda d: rule(d, "Completion_Submit_B2C_Paid").update(
+        coefficients={"PRICE_COMPLETION": "10000000000000"})), activate=False)
+    for call in ("SELECT * FROM pyxp.simulate_rules(%s)", "SELECT * FROM pyxp.apply_rules_retroactively(%s)"):
+        with unchanged(), pytest.raises(psycopg.Error) as refused:
+            db.execute(call, (huge,))
+        assert refused.value.sqlstate == "PX004" and "10^15" in str(refused.value.diag.message_hint)
+
+
+def test_retroactive_applications_in_one_transaction_each_write_their_rows(db: psycopg.Connection[Any]) -> None:
+    """Their adjustments' keys differ (0027): at 0026 the second application's rows were taken for
+    replays of the first's, nothing was written, and the balance stayed off the simulation."""
+    run_calls(db)
+    first = install(db, variant("first", formulas), activate=False)
+    second = install(db, variant("second", floor), activate=False)
+    approved = db.execute("SELECT id FROM pyxp.xp_transactions WHERE transaction_type = 'CAMPAIGN_APPROVED' "
+                          "AND user_wallet = '0xcreator'").fetchone()
+    assert approved is not None
+    with db.transaction():
+        db.execute("SELECT * FROM pyxp.apply_rules_retroactively(%s)", (first,))
+        db.execute("SELECT * FROM pyxp.reverse_transaction(%s, 'in the same transaction')", (approved[0],))
+        db.execute("SELECT * FROM pyxp.apply_rules_retroactively(%s)", (first,))
+        db.execute("SELECT * FROM pyxp.apply_rules_retroactively(%s)", (second,))
+        db.execute("SELECT * FROM pyxp.apply_rules_retroactively(%s)", (first,))
+    assert db.execute("SELECT count(*) FROM pyxp.simulate_rules(%s) WHERE total_xp_then <> total_xp_now",
+                      (first,)).fetchone() == (0,)
+    assert db.execute("SELECT * FROM pyxp.audit()").fetchall() == []

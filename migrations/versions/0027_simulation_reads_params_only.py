@@ -1,0 +1,42 @@
+"""A simulation reads a generic award's params, not its context; a candidate amount over 10^15
+XP is refused; retroactive applications in one transaction each write their rows.
+
+Revision ID: 0027
+Revises: 0026
+Create Date: 2026-11-27
+
+Found by a hostile test (2026-11-27). The simulation evaluated a candidate's formula on a
+generic award's whole metadata (its context with its params over it): a context note named
+like an input failed every simulation with 22P02, or replaced the input. pyxp.row_formula_inputs
+(new) keeps the keys its own rule's formula names. A candidate amount over 10^15 XP is PX004, as
+the live award would be. The adjustments' keys carry a number per application (sequence
+pyxp.retroactive_applications, new): two applications in one transaction shared them, and the
+second wrote nothing.
+
+Executes its own frozen SQL files (a snapshot of sql/*.sql at this revision).
+Never edit a revision after it has landed: write a new one.
+"""
+
+from pathlib import Path
+
+from alembic import op
+
+revision = "0027"
+down_revision = "0026"
+branch_labels = None
+depends_on = None
+
+_HERE = Path(__file__).resolve().parent
+
+
+def _execute(name: str) -> None:
+    # Raw psycopg execute: the files hold many statements and % / : characters.
+    op.get_bind().connection.driver_connection.execute((_HERE / name).read_text(encoding="utf-8"))
+
+
+def upgrade() -> None:
+    _execute("0027_simulation_reads_params_only.sql")
+
+
+def downgrade() -> None:
+    _execute("0027_simulation_reads_params_only.downgrade.sql")
