@@ -55,7 +55,8 @@ __all__ = [
 # --------------------------------------------------------------------------- constants
 
 MAX_ABS = 10**15  # largest |number| in a config (same bound as SQL formula inputs)
-BIGINT_LIMIT = 2**63  # thresholds must stay below this
+THRESHOLD_LIMIT = 10**18  # thresholds must stay below this (pyxp.install_ruleset takes 18 digits)
+MAX_DECIMALS = 20  # decimal places of a formula's numbers (pyxp.install_ruleset takes 20)
 MAX_LEVEL = 10_000  # generated curve length cap (the tail past it is linear anyway)
 MAX_FORMULA_LENGTH = 1000
 
@@ -212,6 +213,18 @@ class LinearForm:
         return LinearForm(
             self.constant / divisor, {k: c / divisor for k, c in self.coefficients.items()}
         )
+
+    def rounded(self) -> LinearForm:
+        """The form as the database stores it: every number to :data:`MAX_DECIMALS` places
+        (``PRICE_COMPLETION / 3`` gives 28 significant digits, which pyxp.install_ruleset
+        refused). An amount is rounded to an integer XP, and an input is at most 10^15: the
+        difference is below 10^-5 XP."""
+        places = Decimal(1).scaleb(-MAX_DECIMALS)
+        with localcontext() as ctx:
+            ctx.prec = 60  # 16 integer digits + 20 decimals, exactly
+            return LinearForm(
+                self.constant.quantize(places), {k: c.quantize(places) for k, c in self.coefficients.items()}
+            )
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -470,8 +483,8 @@ def generate_levels(
         while len(totals) < up_to_level:
             increment = int((increment * factor).to_integral_value(rounding=ROUND_HALF_UP))
             totals.append(totals[-1] + increment)
-            if totals[-1] >= BIGINT_LIMIT:
-                raise ValueError(f"level {len(totals)} threshold {totals[-1]} exceeds 2^63 - 1")
+            if totals[-1] >= THRESHOLD_LIMIT:
+                raise ValueError(f"level {len(totals)} threshold {totals[-1]} reaches 10^18")
     rows = []
     for index, threshold in enumerate(totals):
         is_last = index == len(totals) - 1
@@ -489,6 +502,51 @@ _KEY_RE = re.compile(r"""^\s*("(?:[^"\\]|\\.)*"|'[^']*'|[A-Za-z0-9_-]+)\s*[.=]""
 _Table = tuple[Any, ...]
 
 
+def _huge_integer(node: Any, path: tuple[Any, ...] = ()) -> tuple[_Table, str | None] | None:
+    """(table, key) of the first integer too long to show (Python converts at most 4,300
+    digits to text), else None."""
+    if isinstance(node, dict):
+        items: Iterable[tuple[Any, Any]] = node.items()
+    elif isinstance(node, list):
+        items = enumerate(node)
+    else:
+        if isinstance(node, int) and not isinstance(node, bool) and node.bit_length() > 13_000:
+            keys = list(path)
+            while keys and not isinstance(keys[-1], str):
+                keys.pop()  # an element of an array: the array's key
+            return (tuple(keys[:-1]), keys[-1]) if keys else ((), None)
+        return None
+    for name, value in items:
+        found = _huge_integer(value, (*path, name))
+        if found is not None:
+            return found
+    return None
+
+
+def _uncommented(line: str) -> str:
+    """The line up to its comment: a ``#`` outside strings (a comment may hold quotes)."""
+    quote: str | None = None
+    i = 0
+    while i < len(line):
+        if quote is None:
+            triple = line[i : i + 3]
+            if triple in ('"""', "'''"):
+                quote, i = triple, i + 3
+                continue
+            if line[i] == "#":
+                return line[:i]
+            if line[i] in "\"'":
+                quote = line[i]
+        elif line[i] == "\\" and quote in ('"', '"""'):
+            i += 1  # an escaped character
+        elif line.startswith(quote, i):
+            i += len(quote)
+            quote = None
+            continue
+        i += 1
+    return line
+
+
 class _Lines:
     """Maps (table, key) to line numbers in the raw TOML (tomllib keeps none).
 
@@ -497,7 +555,9 @@ class _Lines:
     """
 
     def __init__(self, text: str) -> None:
-        self.lines = text.splitlines()
+        # TOML breaks lines at LF (CRLF) only; str.splitlines() also at U+2028, U+0085...,
+        # which may stand inside a string, and would shift every later line number.
+        self.lines = [line.removesuffix("\r") for line in text.split("\n")]
         self.headers: dict[_Table, int] = {}
         self.keys: dict[tuple[_Table, str], int] = {}
         counts: dict[str, int] = {}
@@ -523,7 +583,7 @@ class _Lines:
             if key:
                 self.keys.setdefault((table, key.group(1).strip("\"'")), number)
             for quote in ('"""', "'''"):
-                if raw.count(quote) % 2 == 1:
+                if _uncommented(raw).count(quote) % 2 == 1:
                     in_string = quote
                     break
 
@@ -595,6 +655,17 @@ class _Parser:
                 line=int(found.group(1)) if found else None,
                 accepted="TOML 1.0",
             ) from None
+        except ValueError:  # a decimal integer longer than Python reads (4,300 digits)
+            raise ConfigError(
+                "invalid TOML: an integer of more than 4300 digits", path=self.path, line=None,
+                accepted="numbers up to 10^15 (thresholds below 10^18)",
+            ) from None
+        huge = _huge_integer(data)
+        if huge is not None:  # (a hex one parses; showing it would fail)
+            table, key = huge
+            raise self.error(
+                "an integer of more than 3900 digits", "numbers up to 10^15 (thresholds below 10^18)", table, key
+            )
         self.check_keys(data, _ROOT_KEYS, (), "the ruleset")
 
         name = data.get("name")
@@ -658,6 +729,9 @@ class _Parser:
             return None
         if not isinstance(value, str):
             raise self.error(f"{key} must be a string, got {value!r}", "a string", table, key)
+        if "\x00" in value:
+            raise self.error(f"{key} holds the character U+0000", "a string without U+0000 (\\u0000), "
+                             "which PostgreSQL cannot store", table, key)
         return value
 
     def parse_timezone(self, value: Any) -> str | None:
@@ -737,9 +811,9 @@ class _Parser:
                     table,
                     "thresholds",
                 )
-        if thresholds[-1] >= BIGINT_LIMIT:
+        if thresholds[-1] >= THRESHOLD_LIMIT:
             raise self.error(
-                f"threshold {thresholds[-1]} exceeds 2^63 - 1", accepted, table, "thresholds"
+                f"threshold {thresholds[-1]} reaches 10^18", accepted, table, "thresholds"
             )
         if len(thresholds) > MAX_LEVEL:
             raise self.error(f"more than {MAX_LEVEL} thresholds", accepted, table, "thresholds")
@@ -1018,6 +1092,7 @@ class _Parser:
             raise self.error(
                 f"{where}: {key} = {value!r} is {kind}, not a number", _ACCEPT_NUMBER, table, key
             )
+        form = form.rounded()
         if form.is_constant and form.constant == 0:
             return form, None
         return form, text

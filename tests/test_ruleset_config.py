@@ -521,11 +521,11 @@ def test_bad_growth_tiers(growth: str) -> None:
 
 def test_curve_overflowing_bigint() -> None:
     text = (
-        'name = "t"\n[levels]\nthresholds = [0, 4611686018427387904]\n'
+        'name = "t"\n[levels]\nthresholds = [0, 400000000000000000]\n'
         'growth = [{ up_to_level = 3, factor = 2 }]\n[[rules]]\naction = "A"\nearn_xp = 1\n'
     )
     error = config_error(text)
-    assert error.line == 4 and "2^63" in str(error)
+    assert error.line == 4 and "10^18" in str(error)
 
 
 @pytest.mark.parametrize("key", ["earn_xp", "lose_xp"])
@@ -841,3 +841,22 @@ def test_reserved_actions_are_refused_at_their_line(action: str) -> None:
     with pytest.raises(ConfigError) as refused:
         parse_ruleset(text, "x.toml")
     assert refused.value.line == 6 and "reserved" in str(refused.value)
+
+
+# Found by a hostile test (2026-11-27): errors name the right line, and never a traceback.
+
+def test_a_line_separator_inside_a_string_does_not_shift_the_lines() -> None:
+    """U+2028 ends a line for str.splitlines(), not for TOML: every later line was off by one."""
+    error = config_error(ruleset_text("earn_xp = true", head='description = "a\u2028b"\n'))
+    assert error.line == 12 and "boolean" in str(error)
+
+
+def test_a_comment_holding_triple_quotes_does_not_hide_the_rest() -> None:
+    error = config_error(ruleset_text('# not """ a string\nearn_xp = true'))
+    assert error.line == 12 and "boolean" in str(error)
+
+
+@pytest.mark.parametrize("number", ["1" * 5000, "0x" + "f" * 5000])
+def test_an_integer_too_long_to_read_is_a_config_error(number: str) -> None:
+    error = config_error(ruleset_text(f"earn_xp = {number}"))
+    assert "digits" in str(error)

@@ -329,3 +329,35 @@ def test_install_ruleset_without_its_source_is_refused(db: psycopg.Connection[An
     with unchanged(), pytest.raises(psycopg.Error) as refused:
         db.execute("SELECT * FROM pyxp.install_ruleset(definition => %s, source => NULL)", (Jsonb(definition),))
     assert refused.value.sqlstate == "PX024"
+
+
+# Found by a hostile test (2026-11-27): what the compiler accepted, the database must take, and
+# what it cannot take, the compiler refuses with the line.
+
+def test_a_formula_dividing_by_three_is_stored_to_twenty_decimals(conninfo: str, db: psycopg.Connection[Any],
+                                                                  tmp_path: Path) -> None:
+    """PRICE_COMPLETION / 3 compiled to 28 significant digits, which pyxp.install_ruleset refused
+    (PX024, no line named)."""
+    text = winstory_text().replace('earn_xp = "100 + PRICE_COMPLETION"', 'earn_xp = "100 + PRICE_COMPLETION / 3"')
+    assert text != winstory_text()
+    compiled = load_ruleset(write(tmp_path, text))
+    paid = next(r for r in compiled.definition()["rules"] if r["coefficients"])
+    assert paid["coefficients"] == {"PRICE_COMPLETION": "0.33333333333333333333"}
+    schema.apply_ruleset(conninfo, compiled)
+    row = db.execute("SELECT xp_amount FROM pyxp.award('0xthird', %s, 'third-1', '{\"PRICE_COMPLETION\": 300}')",
+                     (paid["action"],)).fetchone()
+    assert row == (200,)
+
+
+@pytest.mark.parametrize(("change", "line", "what"), [
+    (("thresholds = [0, 100, 250, 500, 1000, 2000, 4000]",
+      "thresholds = [0, 100, 250, 500, 1000, 2000, 1000000000000000000]"), 23, "10^18"),
+    (('description = "Winstory XP:', 'description = "\\u0000 Winstory XP:'), 16, "U+0000"),
+])
+def test_what_the_database_cannot_store_is_refused_with_its_line(tmp_path: Path, change: tuple[str, str],
+                                                                  line: int, what: str) -> None:
+    text = winstory_text()
+    assert text.count(change[0]) == 1, change[0]
+    with pytest.raises(ConfigError) as refused:
+        load_ruleset(write(tmp_path, text.replace(change[0], change[1])))
+    assert what in str(refused.value) and refused.value.line == line, refused.value
