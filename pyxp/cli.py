@@ -678,9 +678,10 @@ def rules_apply(ctx: click.Context, name_or_file: str, retroactive: bool, as_jso
             applied = schema.apply_rules_retroactively(_conninfo(ctx), compiled)
         if as_json:
             _print_json(applied)
-        elif applied.already_applied:
-            click.echo(f"ruleset {applied.name} v{applied.version} was already applied retroactively: "
-                       f"nothing added")
+        elif applied.already_applied:  # (a first application of a curve-only change too: say so)
+            click.echo(f"ruleset {applied.name} v{applied.version} active; every balance already equals "
+                       f"its simulation: nothing added; {applied.balances_changed} balance(s) changed level "
+                       f"on activation")
         else:
             click.echo(f"ruleset {applied.name} v{applied.version} active; {applied.wallets_adjusted:,} "
                        f"wallet(s) adjusted by {applied.xp_adjusted:+,} XP in all (RULES_ADJUSTMENT rows); "
@@ -711,6 +712,9 @@ def ruleset_changes(active: dict[str, Any] | None, new: dict[str, Any]) -> list[
     for key in ("name", "description", "balance_floor"):
         if active.get(key) != new.get(key):
             changes.append(("changed", key.replace("_", " "), f"{active.get(key)!r} -> {new.get(key)!r}"))
+    zones = (active.get("timezone") or "UTC", new.get("timezone") or "UTC")  # (no timezone: UTC)
+    if zones[0] != zones[1]:
+        changes.append(("changed", "timezone", f"{zones[0]} -> {zones[1]} (periods and caps move)"))
     changes.extend(_curve_change(active["levels"], new["levels"]))
     old_rules = {r["action"]: r for r in active["rules"]}
     new_rules = {r["action"]: r for r in new["rules"]}
@@ -724,7 +728,8 @@ def ruleset_changes(active: dict[str, Any] | None, new: dict[str, Any]) -> list[
     for action in common:
         before, after = old_rules[action], new_rules[action]
         for key, label in (("event", "event"), ("campaign_types", "campaign types"),
-                           ("condition", "condition"), ("formula", "XP"), ("description", "description")):
+                           ("condition", "condition"), ("formula", "XP"), ("description", "description"),
+                           ("cap", "cap"), ("group", "group")):
             if before.get(key) != after.get(key):
                 detail = f"{label}: {_show(before.get(key))} -> {_show(after.get(key))}"
                 changes.append(("changed", action, detail))
@@ -743,6 +748,8 @@ def _show(value: Any) -> str:
         return "-"
     if isinstance(value, list):
         return ", ".join(value)
+    if isinstance(value, dict) and set(value) == {"max_xp", "per"}:  # a cap
+        return f"{value['max_xp']} XP per {value['per']}"
     return str(value)
 
 
@@ -757,7 +764,9 @@ def _rule_summary(rule: dict[str, Any]) -> str:
         when += f" [{', '.join(rule['campaign_types'])}]"
     if rule.get("condition"):
         when += f" if {rule['condition']}"
-    return f"{when}: {rule['formula']} XP"
+    capped = f", at most {_show(rule['cap'])}" if rule.get("cap") else ""
+    grouped = f" (group {rule['group']})" if rule.get("group") else ""
+    return f"{when}: {rule['formula']} XP{capped}{grouped}"
 
 
 def _curve_change(old: list[dict[str, Any]], new: list[dict[str, Any]]) -> list[tuple[str, str, str]]:

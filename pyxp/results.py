@@ -204,7 +204,7 @@ class RetroactiveApplication:
     ruleset_id_applied: int
     name: str
     version: int
-    already_applied: bool  # applied before: nothing added
+    already_applied: bool  # nothing to add: every balance equals the simulation (applied before, or a curve-only change)
     wallets_adjusted: int  # RULES_ADJUSTMENT rows appended
     xp_adjusted: Decimal   # their sum
     balances_changed: int  # balances whose level the activation changed

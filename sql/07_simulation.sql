@@ -309,7 +309,15 @@ BEGIN
                 UNION ALL
                 SELECT e.key, 0, 0, sum(e.value::numeric)
                   FROM leveled l CROSS JOIN LATERAL jsonb_each_text(l.by_action) e
-                 GROUP BY e.key) a
+                 GROUP BY e.key
+                UNION ALL
+                -- Earlier retroactive adjustments: in the totals now, left out
+                -- under the candidate (0027: the actions did not add up to the
+                -- summary after any retroactive application).
+                SELECT t.transaction_type, count(*), sum(t.xp_amount), 0
+                  FROM pyxp.xp_transactions t
+                 WHERE t.transaction_type = 'RULES_ADJUSTMENT' AND t.rule_id IS NULL AND t.reverses IS NULL
+                 GROUP BY t.transaction_type) a
          GROUP BY a.action
     )
     SELECT jsonb_build_object(

@@ -267,6 +267,20 @@ def test_rules_diff_shows_amount_floor_and_curve_changes(conninfo: str, tmp_path
     assert "B2C_MINT" in ok(conninfo, "rules", "diff", str(changed))
 
 
+def test_rules_diff_shows_a_timezone_a_cap_and_a_group(conninfo: str, tmp_path: Path) -> None:
+    """A hostile test found them left out: the file below read as no change at all."""
+    text = load_ruleset("winstory").source
+    text = text.replace('name = "winstory"', 'name = "winstory"\ntimezone = "Europe/Paris"', 1)
+    old = 'action = "CAMPAIGN_APPROVED"\n'
+    assert text.count(old) == 1
+    changed = tmp_path / "capped.toml"
+    changed.write_text(text.replace(old, old + 'cap = { max_xp = 250, per = "week" }\ngroup = "approvals"\n'))
+    details = {(c["what"], c["detail"]) for c in ok_json(conninfo, "rules", "diff", str(changed))["changes"]}
+    assert ("timezone", "UTC -> Europe/Paris (periods and caps move)") in details
+    assert ("CAMPAIGN_APPROVED", "cap: - -> 250 XP per week") in details
+    assert ("CAMPAIGN_APPROVED", "group: - -> approvals") in details
+
+
 # --------------------------------------------------------------------------- levels
 
 

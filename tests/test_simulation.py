@@ -280,8 +280,27 @@ def test_cli_install_simulate_and_apply_retroactively(conninfo: str, db: psycopg
     assert applied.exit_code == 0 and "wallet(s) adjusted" in applied.output, applied.output
     assert db.execute("SELECT sum(total_xp) FROM pyxp.xp_balances").fetchone() == (as_json["summary"]["xp_then"],)
     again = runner.invoke(cli, [*base, "apply", str(path), "--retroactive"])
-    assert "already applied retroactively" in again.output
+    assert "nothing added; 0 balance(s) changed level" in again.output, again.output
     assert db.execute("SELECT * FROM pyxp.audit()").fetchall() == []
+
+
+def test_cli_retroactive_curve_change_says_what_changed(conninfo: str, db: psycopg.Connection[Any],
+                                                        tmp_path: Any) -> None:
+    """A curve-only change adds no row but changes levels: the CLI said "was already applied
+    retroactively: nothing added" (a hostile test)."""
+    run_calls(db)
+    source = load_ruleset("winstory").source.replace('name = "winstory"', 'name = "winstory-curve"').replace(
+        "thresholds = [0, 100, 250, 500, 1000, 2000, 4000]", "thresholds = [0, 10, 25, 50, 100, 200, 400]")
+    path = tmp_path / "curve.toml"
+    path.write_text(source)
+    levels = "SELECT user_wallet, current_level, xp_to_next_level FROM pyxp.xp_balances"
+    before = set(db.execute(levels).fetchall())
+    applied = CliRunner().invoke(cli, ["--database-url", conninfo, "rules", "apply", str(path), "--retroactive"])
+    assert applied.exit_code == 0, applied.output
+    changed = len(set(db.execute(levels).fetchall()) - before)
+    assert changed > 0
+    assert applied.output.strip().endswith(f"nothing added; {changed} balance(s) changed level on activation")
+    assert "already applied" not in applied.output
 
 
 def test_applying_again_brings_balances_back_to_the_simulation(db: psycopg.Connection[Any]) -> None:
@@ -311,6 +330,12 @@ def test_applying_again_brings_balances_back_to_the_simulation(db: psycopg.Conne
     assert apply(second)[0] is False and off(second) == 0
     assert apply(first)[0] is False and off(first) == 0   # A, B, then A again
     assert db.execute("SELECT * FROM pyxp.audit()").fetchall() == []
+    # The report's actions add up to its summary, the earlier adjustments included (a hostile
+    # test found them left out of the actions only).
+    report = db.execute("SELECT pyxp.simulation_report(%s)", (second,)).fetchone()[0]  # type: ignore[index]
+    assert sum(a["xp_now"] for a in report["actions"]) == report["summary"]["xp_now"]
+    assert sum(a["xp_then"] for a in report["actions"]) == report["summary"]["xp_then"]
+    assert any(a["action"] == "RULES_ADJUSTMENT" and a["xp_then"] == 0 for a in report["actions"])
 
 
 def test_a_candidate_formula_needing_an_input_the_rows_lack_is_refused(db: psycopg.Connection[Any],

@@ -111,6 +111,69 @@ AS $$
                   WHERE o.reversed) o ON o.id = r.reverses
 $$;
 
+CREATE OR REPLACE FUNCTION pyxp.simulation_report(ruleset_id bigint, top_wallets integer DEFAULT 10)
+RETURNS jsonb
+LANGUAGE plpgsql STABLE SECURITY DEFINER
+SET search_path = pyxp, pg_temp
+SET jit = off
+AS $$
+DECLARE
+    v_ruleset pyxp.rulesets := pyxp.checked_ruleset(simulation_report.ruleset_id);
+    v_top integer := pyxp.checked_row_count('top_wallets', simulation_report.top_wallets);
+    v_report jsonb;
+BEGIN
+    WITH leveled AS MATERIALIZED (
+        SELECT t.user_wallet, t.total_xp_now AS now_xp, b.current_level AS level_now, t.by_action,
+               pyxp.checked_simulated_total(t.user_wallet, t.total_xp_then) AS then_xp, c.level AS level_then
+          FROM pyxp.simulated_totals(v_ruleset.ruleset_id) t
+          JOIN pyxp.xp_balances b ON b.user_wallet = t.user_wallet
+         CROSS JOIN LATERAL pyxp.curve_position(v_ruleset.ruleset_id,
+                                                pyxp.checked_simulated_total(t.user_wallet, t.total_xp_then)) c
+    ),
+    -- Per action: the rows' amounts under the candidate, except in the
+    -- wallets folded in order, whose figures the fold kept (by_action).
+    actions AS (
+        SELECT a.action, sum(a.rows_)::bigint AS rows_, sum(a.now_xp)::bigint AS now_xp,
+               sum(a.then_xp)::bigint AS then_xp
+          FROM (SELECT r.action, count(*) AS rows_, sum(r.now_xp) AS now_xp,
+                       sum(r.applied) FILTER (WHERE f.user_wallet IS NULL) AS then_xp
+                  FROM pyxp.simulated_rows(v_ruleset.ruleset_id) r
+                  LEFT JOIN (SELECT l.user_wallet FROM leveled l WHERE l.by_action IS NOT NULL) f
+                         ON f.user_wallet = r.user_wallet
+                 GROUP BY r.action
+                UNION ALL
+                SELECT e.key, 0, 0, sum(e.value::numeric)
+                  FROM leveled l CROSS JOIN LATERAL jsonb_each_text(l.by_action) e
+                 GROUP BY e.key) a
+         GROUP BY a.action
+    )
+    SELECT jsonb_build_object(
+        'ruleset', jsonb_build_object('ruleset_id', v_ruleset.ruleset_id, 'name', v_ruleset.name,
+                                      'version', v_ruleset.version, 'is_active', v_ruleset.is_active),
+        'summary', (SELECT jsonb_build_object(
+                        'wallets', count(*), 'up', count(*) FILTER (WHERE l.then_xp > l.now_xp),
+                        'down', count(*) FILTER (WHERE l.then_xp < l.now_xp),
+                        'unchanged', count(*) FILTER (WHERE l.then_xp = l.now_xp),
+                        'level_up', count(*) FILTER (WHERE l.level_then > l.level_now),
+                        'level_down', count(*) FILTER (WHERE l.level_then < l.level_now),
+                        'xp_now', coalesce(sum(l.now_xp), 0), 'xp_then', coalesce(sum(l.then_xp), 0))
+                      FROM leveled l),
+        'actions', (SELECT coalesce(jsonb_agg(jsonb_build_object('action', a.action, 'rows', a.rows_,
+                                                                 'xp_now', a.now_xp, 'xp_then', coalesce(a.then_xp, 0))
+                                              ORDER BY a.action), '[]')
+                      FROM actions a),
+        'top_changes', (SELECT coalesce(jsonb_agg(jsonb_build_object(
+                                   'user_wallet', t.user_wallet, 'total_xp_now', t.now_xp, 'total_xp_then', t.then_xp,
+                                   'level_now', t.level_now, 'level_then', t.level_then)
+                                   ORDER BY abs(t.then_xp - t.now_xp) DESC, t.user_wallet), '[]')
+                          FROM (SELECT * FROM leveled l WHERE l.then_xp <> l.now_xp
+                                 ORDER BY abs(l.then_xp - l.now_xp) DESC, l.user_wallet LIMIT v_top) t))
+      INTO v_report;
+    PERFORM pyxp.ledger_unmoved();  -- (40001 after a read older than an archive)
+    RETURN v_report;
+END
+$$;
+
 DROP FUNCTION pyxp.row_formula_inputs(jsonb, boolean, jsonb);
 
 COMMENT ON FUNCTION pyxp.simulated_amount(bigint, text, numeric, jsonb, jsonb) IS

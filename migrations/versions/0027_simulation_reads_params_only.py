@@ -11,7 +11,8 @@ like an input failed every simulation with 22P02, or replaced the input. pyxp.ro
 (new) keeps the keys its own rule's formula names. A candidate amount over 10^15 XP is PX004, as
 the live award would be. The adjustments' keys carry a number per application (sequence
 pyxp.retroactive_applications, new): two applications in one transaction shared them, and the
-second wrote nothing.
+second wrote nothing. simulation_report's actions include the earlier adjustments, so that
+they add up to its summary.
 
 Executes its own frozen SQL files (a snapshot of sql/*.sql at this revision).
 Never edit a revision after it has landed: write a new one.
