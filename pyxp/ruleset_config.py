@@ -78,6 +78,23 @@ KNOWN_EVENTS: Mapping[str, tuple[str, ...]] = MappingProxyType(
     }
 )
 
+# The formula inputs each flow passes (sql/06_flows.sql): a rule of a flow's event whose formula
+# names another can never apply (every call would be PX018, with a hint the flow cannot follow).
+FLOW_INPUTS: Mapping[str, tuple[str, ...]] = MappingProxyType(
+    {
+        "campaign.created": ("MINT_VALUE",),
+        "campaign.approved": (),
+        "campaign.vote": (),
+        "completion.submitted": ("PRICE_COMPLETION", "MINT_VALUE_WINC"),
+        "completion.validated": ("PRICE_COMPLETION", "MINT_VALUE_WINC"),
+        "completion.refused": ("PRICE_COMPLETION", "MINT_VALUE_WINC"),
+        "completion.vote": (),
+        "client.onboarded": (),
+    }
+)
+# The campaign type an onboarding always passes: the registering agency's campaign.
+ONBOARDING_TYPE = "AGENCY_B2C"
+
 # Default winstory curve (SPEC section 3): levels 1..7 from the seeds' example table,
 # then x1.35 per level up to 10, x1.10 up to 30, x1.05 up to 50, constant afterwards.
 DEFAULT_THRESHOLDS: tuple[int, ...] = (0, 100, 250, 500, 1000, 2000, 4000)
@@ -946,6 +963,7 @@ class _Parser:
             formula = f"-{lose_shown}"
         else:
             formula = f"{earn_text} - {lose_shown}"
+        self.check_flow_can_apply(event, campaign_types, condition, xp, table, where)
         cap = self.parse_cap(data.get("cap"), table, where)
         group = data.get("group")
         if group is not None:
@@ -970,6 +988,34 @@ class _Parser:
             cap=cap,
             group=group,
         )
+
+    def check_flow_can_apply(self, event: str | None, campaign_types: tuple[str, ...] | None,
+                             condition: str | None, xp: LinearForm, table: _Table, where: str) -> None:
+        """A rule of a flow's event that no call of that flow could ever apply is a config
+        error (a hostile test, 2026-11-27: a vote rule using a price was accepted, and every vote
+        was then refused; an onboarding rule for B2C only never fired, yet used the client's key)."""
+        if event not in FLOW_INPUTS:
+            return
+        passed = FLOW_INPUTS[event]
+        if event == "completion.submitted" and condition == "free":
+            passed = tuple(name for name in passed if name != "PRICE_COMPLETION")  # a free mission has no price
+        missing = sorted(set(xp.coefficients) - set(passed))
+        if missing:
+            key = "earn_xp" if (table, "earn_xp") in self.lines.keys else "lose_xp"
+            raise self.error(
+                f"{where}: {event}{' (' + condition + ')' if condition else ''} passes no input "
+                f"{', '.join(missing)}: the rule could never apply",
+                f"for {event}: a formula of " + (", ".join(passed) if passed else "no input (a number)"),
+                table,
+                key,
+            )
+        if event == "client.onboarded" and campaign_types is not None and ONBOARDING_TYPE not in campaign_types:
+            raise self.error(
+                f"{where}: client.onboarded always passes campaign type {ONBOARDING_TYPE}: the rule could never apply",
+                f"campaign_types including {ONBOARDING_TYPE}, or none",
+                table,
+                "campaign_types",
+            )
 
     def cap_line(self, table: _Table, key: str | None = None) -> int | None:
         """Line of a rule's ``cap = {...}`` (or ``cap.key =``); for a ``[rules.cap]`` sub-table,

@@ -860,3 +860,23 @@ def test_a_comment_holding_triple_quotes_does_not_hide_the_rest() -> None:
 def test_an_integer_too_long_to_read_is_a_config_error(number: str) -> None:
     error = config_error(ruleset_text(f"earn_xp = {number}"))
     assert "digits" in str(error)
+
+
+@pytest.mark.parametrize(("event", "body", "key_line", "what"), [
+    ("campaign.vote", 'earn_xp = "PRICE_COMPLETION"', 12, "passes no input PRICE_COMPLETION"),
+    ("campaign.approved", 'earn_xp = "100 + MINT_VALUE"', 12, "passes no input MINT_VALUE"),
+    ("campaign.created", 'earn_xp = "PRICE_COMPLETION"', 12, "passes no input PRICE_COMPLETION"),
+    ("completion.submitted", 'condition = "free"\nearn_xp = "100 + PRICE_COMPLETION"', 13,
+     "passes no input PRICE_COMPLETION"),
+    ("client.onboarded", 'campaign_types = ["B2C"]\nearn_xp = 1000', 12, "always passes campaign type AGENCY_B2C"),
+])
+def test_a_flow_rule_that_could_never_apply_is_refused(event: str, body: str, key_line: int, what: str) -> None:
+    """A hostile test (2026-11-27): accepted, such a rule made every vote fail (PX018, with a hint
+    the vote cannot follow), or an onboarding use up the client's key and grant nothing."""
+    error = config_error(ruleset_text(f'event = "{event}"\n{body}'))
+    assert what in str(error) and error.line == key_line, (error.line, str(error))
+
+
+def test_a_flow_rule_on_the_inputs_its_flow_passes_compiles() -> None:
+    text = ruleset_text('event = "completion.submitted"\ncondition = "paid"\nearn_xp = "PRICE_COMPLETION / 3"')
+    assert parse_ruleset(text).rules[1].xp.coefficients == {"PRICE_COMPLETION": D("0.33333333333333333333")}
