@@ -164,6 +164,11 @@ AS $$
 DECLARE
     v_zone text := (SELECT r.timezone FROM pyxp.rulesets r WHERE r.ruleset_id = p_ruleset_id);
     v_previous bigint := (SELECT r.ruleset_id FROM pyxp.rulesets r WHERE r.is_active);
+    -- The instant of the switch: after the caller's lock (the transaction may
+    -- have waited for it since its start). A capped award writes no row
+    -- dated before it (pyxp.append_rows), and the seed counts the periods
+    -- containing it.
+    v_at timestamptz := clock_timestamp();
 BEGIN
     IF (SELECT r.is_active FROM pyxp.rulesets r WHERE r.ruleset_id = p_ruleset_id) THEN
         RETURN 0;
@@ -176,11 +181,11 @@ BEGIN
     -- An allowance whose periods move (another zone, another per) starts
     -- its current period from what that period already used.
     IF (SELECT r.has_caps FROM pyxp.rulesets r WHERE r.ruleset_id = p_ruleset_id) THEN
-        PERFORM pyxp.seed_cap_usage(p_ruleset_id, v_previous);
+        PERFORM pyxp.seed_cap_usage(p_ruleset_id, v_previous, v_at);
     END IF;
     -- Two statements: the partial unique index allows one active row at a time.
     UPDATE pyxp.rulesets r SET is_active = false WHERE r.is_active;
-    UPDATE pyxp.rulesets r SET is_active = true, activated_at = now() WHERE r.ruleset_id = p_ruleset_id;
+    UPDATE pyxp.rulesets r SET is_active = true, activated_at = v_at WHERE r.ruleset_id = p_ruleset_id;
     RETURN pyxp.recalculate_levels();
 END
 $$;

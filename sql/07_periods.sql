@@ -544,18 +544,21 @@ $$;
 -- day would start from nothing hours after the old zone's day used it all
 -- (a hostile test, 2026-11-27). Written as xp_cap_usage.seeded_xp of the
 -- period's row (counted anew: a seed left by an earlier switch to that
--- period is replaced), with the period and the instant it counted (the
--- clock after the caller's lock: every gain committed before it is in).
+-- period is replaced), with the period and the instant it counted: p_at,
+-- the activation's instant (rulesets.activated_at, the clock after the
+-- caller's lock: every gain committed before it is in), in the periods
+-- containing it; no capped row is dated before it (pyxp.append_rows), so
+-- no award counts in an earlier period of the new zone.
 -- PX029 when that period began before the archive horizon and the
 -- allowance's archived gains may lie in it (they cannot be counted here).
 -- The caller holds SHARE ROW EXCLUSIVE on xp_balances (no award meanwhile).
 -- One pass over the ledger since the earliest of those periods' starts.
-CREATE FUNCTION pyxp.seed_cap_usage(p_ruleset bigint, p_previous bigint)
+CREATE FUNCTION pyxp.seed_cap_usage(p_ruleset bigint, p_previous bigint, p_at timestamptz)
 RETURNS void
 LANGUAGE plpgsql
 AS $$
 DECLARE
-    v_at timestamptz := clock_timestamp();
+    v_at timestamptz := p_at;
     v_horizon timestamptz := pyxp.archive_horizon();
     v_keys record;
     v_blocked record;
@@ -796,7 +799,7 @@ COMMENT ON FUNCTION pyxp.freed_allowances(bigint) IS
     'internal: what a reversal frees of capped allowances: in the period of the gain it reverses, and in the periods seeded with it.';
 COMMENT ON FUNCTION pyxp.capped_gains(oid[], timestamptz) IS
     'internal: the capped gains of the ledger and the reversals of them, as they count in allowances.';
-COMMENT ON FUNCTION pyxp.seed_cap_usage(bigint, bigint) IS
+COMMENT ON FUNCTION pyxp.seed_cap_usage(bigint, bigint, timestamptz) IS
     'internal: at an activation, the current period of each allowance moved to another zone or per counts what its gains there used.';
 COMMENT ON FUNCTION pyxp.ledger_cap_seeds() IS
     'internal: for each seeded usage row, what its seed must be, from the ledger.';

@@ -123,6 +123,7 @@ DECLARE
     v_zone text;
     v_name text;
     v_problem record;
+    v_open record;
 BEGIN
     PERFORM pyxp.require_read_committed();
     IF archive_ledger_partitions.archived_before IS NULL OR NOT isfinite(archive_ledger_partitions.archived_before)
@@ -169,7 +170,32 @@ BEGIN
       JOIN pyxp.xp_transactions o ON o.id = r.reverses AND NOT (o.tableoid = ANY (v_oids))
      WHERE r.tableoid = ANY (v_oids) AND r.created_at < v_ends[cardinality(v_ends)] AND r.reverses IS NOT NULL
      LIMIT 1;
+    -- A group of these rows that a transaction running now may still add a
+    -- row to (a transaction with a lower id chains a wallet's next row into
+    -- its last row's group, sql/11_changes.sql): the feed would rank that row
+    -- at or below the floor this archive sets, where no consumer reads (0027,
+    -- a hostile test: a row delivered to nobody).
+    -- (The transactions of this database only, as pyxp.changes counts them:
+    -- one of another database writes no row here.)
+    SELECT t.feed_xid AS feed_group, o.oldest INTO v_open
+      FROM (SELECT min(x.xid) AS oldest
+              FROM pg_snapshot_xip(pg_current_snapshot()) x(xid)
+             WHERE EXISTS (SELECT FROM pg_catalog.pg_locks l
+                             JOIN pg_catalog.pg_stat_activity a ON a.pid = l.pid
+                            WHERE l.locktype = 'transactionid' AND l.mode = 'ExclusiveLock'
+                              AND l.transactionid = xid(x.xid)
+                              AND a.datid = (SELECT d.oid FROM pg_catalog.pg_database d
+                                              WHERE d.datname = current_database()))) o
+      JOIN pyxp.xp_transactions t
+        ON t.tableoid = ANY (v_oids) AND t.created_at < v_ends[cardinality(v_ends)] AND t.feed_xid >= o.oldest
+     LIMIT 1;
     IF FOUND THEN
+        RAISE EXCEPTION 'rows to archive are in feed group %, which transaction % or a later one, running now, may still add to',
+                        v_open.feed_group, v_open.oldest
+            USING ERRCODE = 'PX030',
+                  HINT = 'archive again once the transactions running now have ended (pg_stat_activity)';
+    END IF;
+    IF v_problem.id IS NOT NULL THEN
         -- (A row in the default partition, written while its month had no
         -- partition, is never archived: neither is the month of a reversal of
         -- it. Known limit, README "Retention".)
@@ -217,9 +243,17 @@ BEGIN
     ), moved AS MATERIALIZED (
         SELECT g.user_wallet, greatest(g.top_seq, o.wallet_seq) AS top_seq, g.archived + coalesce(o.archived_rows, 0) AS archived,
                -- that row's cursor, ranked in its group as the feed ranks it
-               -- now (a row from before 0003: its id)
+               -- now (a row from before 0003: its id); in a group an earlier
+               -- archive took rows of, its rank then was higher than now (the
+               -- rows left were ranked anew, 0027: a consumer was moved past a
+               -- row, a hostile test): that group's last cursor, which no
+               -- consumer in the group is past
                coalesce((g.top_group::text::bigint << 24)
-                        + (SELECT count(*) FROM pyxp.xp_transactions x WHERE x.feed_xid = g.top_group AND x.id <= g.top_id),
+                        + CASE WHEN g.top_group::text::bigint
+                                    <= (SELECT max(a.feed_floor) >> 24 FROM pyxp.xp_ledger_archives a WHERE a.archive_id <> v_archive)
+                               THEN 16777215
+                               ELSE (SELECT count(*) FROM pyxp.xp_transactions x
+                                      WHERE x.feed_xid = g.top_group AND x.id <= g.top_id) END,
                         g.top_id) AS last_cursor,
                o.wallet_seq AS old_seq, o.total_xp AS old_xp, o.last_at AS old_at,
                o.day_start AS old_day, o.day_xp AS old_day_xp, o.week_start AS old_week, o.week_xp AS old_week_xp,

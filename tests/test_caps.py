@@ -374,3 +374,23 @@ def test_audit_reports_an_allowance_exceeded_in_the_zone_that_governed_it(db: ps
     found = db.execute("SELECT check_name, user_wallet, detail FROM pyxp.audit()").fetchall()
     assert [(c, w) for c, w, _ in found] == [("cap_exceeded", "0xtx")]
     assert "350 XP" in found[0][2] and "cap 250" in found[0][2], found
+
+
+def test_a_capped_award_begun_before_a_switch_is_dated_at_the_switch(
+        conninfo: str, db: psycopg.Connection[Any]) -> None:
+    """A transaction that began before an activation (an application's, or an award queued behind
+    the switch's lock) writes under the new rules: its row is dated no earlier than the switch, so
+    it counts in the period the switch counted. Dated at its own start, it counted in the new
+    zone's day before (when the switch came just after that zone's midnight), which the switch had
+    not counted: 100 more over a used 250 (a hostile test, 0025)."""
+    install_variant(db, "daily-utc", timezone="UTC", caps=DAILY)
+    with psycopg.connect(conninfo) as late:
+        began = late.execute("SELECT now()").fetchone()[0]  # type: ignore[index]
+        install_variant(db, "daily-ny", timezone="America/New_York", caps=DAILY)
+        switched = db.execute("SELECT activated_at FROM pyxp.rulesets WHERE is_active").fetchone()[0]  # type: ignore[index]
+        assert began < switched
+        late.execute("SELECT * FROM pyxp.award('0xlate', 'CAMPAIGN_APPROVED', 'late-1')")
+        late.commit()
+    assert db.execute("SELECT created_at FROM pyxp.xp_transactions WHERE idempotency_key = 'late-1'"
+                      ).fetchone() == (switched,)
+    clean_audit(db)

@@ -522,6 +522,50 @@ def test_a_read_that_waited_for_an_archive_is_refused_for_a_retry(
         assert db.execute(read).fetchall() == []
 
 
+@pytest.mark.parametrize("read", ["SELECT transaction_id FROM pyxp.history('0xnow')",
+                                  "SELECT check_name FROM pyxp.audit()"])  # (a parallel query: no subtransaction)
+def test_a_read_that_waited_for_an_archive_of_empty_partitions_answers(
+        conninfo: str, db: psycopg.Connection[Any], read: str) -> None:
+    """It took nothing the read could see (a hostile test: 40001 for changes, history, audit)."""
+    row = db.execute(GENERIC, ("0xnow", "now-1")).fetchone()
+    assert row is not None
+    outcome = called_behind_holder(conninfo, db, ARCHIVE_HELD.format(this_month()),
+                                   lambda conn: conn.execute(read).fetchall())
+    assert outcome == {"result": [(row[0],)] if "history" in read else []}, outcome
+    assert db.execute("SELECT rows_archived FROM pyxp.xp_ledger_archives").fetchall() == [(0,)]
+
+
+@pytest.mark.parametrize(("history", "call"), [
+    # a completion's outcome naming another completer: PX011 before and after the archive
+    (["SELECT * FROM pyxp.award_campaign_creation('0xcreator', 'camp-old', 'B2C')",
+      "SELECT * FROM pyxp.award_completion('0xcompleter', 'camp-old', 'comp-1')"],
+     "SELECT * FROM pyxp.award_completion('0xintruder', 'camp-old', 'comp-1', is_validated => true)"),
+    # a registration of a client onboarded: stored granted before and after the archive
+    (["SELECT * FROM pyxp.register_agency_client('0xagency', 'client@example.com', 'camp-a')",
+      "SELECT * FROM pyxp.onboard_agency_client('client@example.com', '0xclient')"],
+     "SELECT * FROM pyxp.register_agency_client('0xagency', 'client@example.com', 'camp-b')"),
+])
+def test_a_flow_that_waited_for_an_archive_is_refused_for_a_retry(
+        conninfo: str, db: psycopg.Connection[Any], history: list[str], call: str) -> None:
+    """Its checks read what pyxp recorded of an earlier call from the ledger: rows archived after
+    its snapshot read as nothing (a hostile test: +100 XP to the intruder; a registration stored
+    pending, then reported by the audit). 40001; run again, the archive's records answer."""
+    for statement in history:
+        db.execute(statement)
+    place(db, {i: this_month() - timedelta(days=5) for (i,) in db.execute("SELECT id FROM pyxp.xp_transactions")})
+    outcome = called_behind_holder(conninfo, db, ARCHIVE_HELD.format(this_month()),
+                                   lambda conn: conn.execute(call).fetchall())
+    assert outcome == {"sqlstate": "40001"}, outcome
+    if "intruder" in call:
+        with pytest.raises(errors.CampaignMismatch), errors.wrap_errors():
+            db.execute(call)
+    else:
+        db.execute(call)
+        assert db.execute("SELECT xp_granted FROM pyxp.agency_b2c_clients WHERE campaign_id = 'camp-b'"
+                          ).fetchone() == (True,)
+    assert audit(db) == []
+
+
 def test_a_repeatable_read_begun_before_an_archive_is_refused_for_a_retry(
         conninfo: str, db: psycopg.Connection[Any], aged: AgedLedger) -> None:
     with psycopg.connect(conninfo) as consumer:
@@ -594,32 +638,47 @@ def test_the_audit_compares_a_checkpoint_at_the_opening_with_it(db: psycopg.Conn
     assert ("checkpoint_mismatch", "0xidle") in found, found
 
 
+def month(back: int) -> datetime:
+    """The first instant (UTC) of the month ``back`` months before this one."""
+    at = this_month()
+    for _ in range(back):
+        at = (at - timedelta(days=1)).replace(day=1)
+    return at
+
+
+def split_the_past(db: psycopg.Connection[Any], before: datetime, months_from: datetime) -> None:
+    """Reshapes the partitions of the past as a superuser could (tests cannot wait months): one
+    for everything before ``before``, then one per month from ``months_from`` to this one (a month
+    between the two has none: its rows go to the default partition)."""
+    triggers = ("pyxp_ledger_partitions_start", "pyxp_ledger_partitions_end", "pyxp_ledger_partitions_drop")
+    bounds: list[tuple[str, datetime | None, datetime]] = [(f"xp_transactions_before_{before:%Y_%m}", None, before)]
+    at = months_from
+    while at < this_month():
+        following = (at + timedelta(days=32)).replace(day=1)
+        bounds.append((f"xp_transactions_{at:%Y_%m}", at, following))
+        at = following
+    with db.transaction():
+        for trigger in triggers:
+            db.execute(f"ALTER EVENT TRIGGER {trigger} DISABLE")
+        old = f"xp_transactions_before_{this_month():%Y_%m}"
+        db.execute(f"ALTER TABLE pyxp.xp_transactions DETACH PARTITION pyxp.{old}")
+        db.execute(f"DROP TABLE pyxp.{old}")
+        db.execute("SET LOCAL ROLE pyxp_owner")
+        for name, low, high in bounds:
+            db.execute("SELECT pyxp.new_ledger_partition(%s)", (name,))
+            start = "MINVALUE" if low is None else f"'{low.isoformat()}'"
+            db.execute(f"ALTER TABLE pyxp.xp_transactions ATTACH PARTITION pyxp.{name} "
+                       f"FOR VALUES FROM ({start}) TO ('{high.isoformat()}')")
+        db.execute("RESET ROLE")
+        for trigger in triggers:
+            db.execute(f"ALTER EVENT TRIGGER {trigger} ENABLE")
+
 def test_a_reversal_of_a_row_in_the_default_partition_names_it(db: psycopg.Connection[Any], unchanged: Any) -> None:
     """A month written without its partition (a missed create-partitions: its rows went to the
     default partition, which no archive takes) and a reversal of one of its rows a month later:
     the archive reaching that month is refused (PX030), and the hint says why and how far an
     archive can go (before 0026 it asked for a later month, which could never help)."""
-    def month(back: int) -> datetime:
-        at = this_month()
-        for _ in range(back):
-            at = (at - timedelta(days=1)).replace(day=1)
-        return at
-    with db.transaction():  # the partitions of a ledger whose month -2 had none (a superuser's reshaping)
-        for trigger in ("pyxp_ledger_partitions_start", "pyxp_ledger_partitions_end", "pyxp_ledger_partitions_drop"):
-            db.execute(f"ALTER EVENT TRIGGER {trigger} DISABLE")
-        before = f"xp_transactions_before_{this_month():%Y_%m}"
-        db.execute(f"ALTER TABLE pyxp.xp_transactions DETACH PARTITION pyxp.{before}")
-        db.execute(f"DROP TABLE pyxp.{before}")
-        db.execute("SET LOCAL ROLE pyxp_owner")
-        for name, bounds in ((f"xp_transactions_before_{month(2):%Y_%m}", (None, month(2))),
-                             (f"xp_transactions_{month(1):%Y_%m}", (month(1), this_month()))):
-            db.execute("SELECT pyxp.new_ledger_partition(%s)", (name,))
-            low = "MINVALUE" if bounds[0] is None else f"'{bounds[0].isoformat()}'"
-            db.execute(f"ALTER TABLE pyxp.xp_transactions ATTACH PARTITION pyxp.{name} "
-                       f"FOR VALUES FROM ({low}) TO ('{bounds[1].isoformat()}')")
-        db.execute("RESET ROLE")
-        for trigger in ("pyxp_ledger_partitions_start", "pyxp_ledger_partitions_end", "pyxp_ledger_partitions_drop"):
-            db.execute(f"ALTER EVENT TRIGGER {trigger} ENABLE")
+    split_the_past(db, month(2), month(1))  # month -2 without its partition
     old = db.execute(GENERIC, ("0xdef", "def-1")).fetchone()
     missed = db.execute(GENERIC, ("0xdef", "def-2")).fetchone()
     assert old is not None and missed is not None
@@ -635,4 +694,49 @@ def test_a_reversal_of_a_row_in_the_default_partition_names_it(db: psycopg.Conne
     hint = refused.value.__cause__.diag.message_hint  # type: ignore[union-attr]
     assert hint is not None and "default partition" in hint and f"reversal {reversal[0]}" in hint, hint
     assert [d[4] for d in archive(db, month(1))] == [1]  # up to the month before the reversal: the old row
+    assert audit(db) == []
+
+
+def test_an_archive_of_a_group_a_running_transaction_may_add_to_is_refused(
+        conninfo: str, db: psycopg.Connection[Any], unchanged: Any) -> None:
+    """A transaction with an older id, open across the archive, would chain the wallet's next row
+    into the archived row's group, at a cursor at or below the floor: delivered to nobody (a
+    hostile test, 0027). The archive is refused (PX030) while it runs, and goes once it ended."""
+    with psycopg.connect(conninfo) as older:
+        older.execute("SELECT pg_current_xact_id()")  # a transaction id, nothing written yet
+        row = db.execute(GENERIC, ("0xw", "w1")).fetchone()
+        assert row is not None
+        place(db, {row[0]: this_month() - timedelta(milliseconds=100)})
+        with unchanged(), pytest.raises(errors.ArchiveRefused) as refused, errors.wrap_errors():
+            archive(db)
+        assert "running now" in str(refused.value)
+        older.rollback()
+    assert [d[4] for d in archive(db)] == [1]
+    assert audit(db) == []
+
+
+def test_a_wallet_consumer_is_not_moved_past_a_row_across_two_archives(conninfo: str, db: psycopg.Connection[Any]) -> None:
+    """One feed group across two months (a transaction with a lower id chained two rows into the
+    group of two rows written just before midnight): after the first archive took the first two,
+    the rest were ranked anew, and the second archive recorded the wallet's last row at a rank
+    below a cursor the consumer had been handed; it read on without the last row (a hostile
+    test, 0027). Now the group's rank is unknown after the first archive: PX029."""
+    split_the_past(db, month(1), month(1))
+    award = "SELECT transaction_id FROM pyxp.award('0xw', 'CAMPAIGN_APPROVED', %s)"
+    with psycopg.connect(conninfo) as chained, psycopg.connect(conninfo) as first:
+        chained.execute("SELECT pg_current_xact_id()")  # the lower transaction id
+        early = [first.execute(award, (k,)).fetchone()[0] for k in ("w1", "w2")]  # type: ignore[index]
+        first.commit()
+        late = [chained.execute(award, (k,)).fetchone()[0] for k in ("a", "b")]  # type: ignore[index]
+        chained.commit()
+    assert db.execute("SELECT count(DISTINCT feed_xid) FROM pyxp.xp_transactions").fetchone() == (1,)
+    place(db, {**{i: month(1) - timedelta(milliseconds=100) for i in early},
+               **{i: month(1) + timedelta(seconds=1) for i in late}})
+    read = db.execute("SELECT cursor FROM pyxp.changes(0, 3, '0xw')").fetchall()  # w1, w2, a
+    archive(db, month(1))
+    with pytest.raises(errors.ArchivedRows), errors.wrap_errors():
+        db.execute("SELECT * FROM pyxp.changes(%s, 100, '0xw')", (read[-1][0],))
+    archive(db)
+    with pytest.raises(errors.ArchivedRows), errors.wrap_errors():
+        db.execute("SELECT * FROM pyxp.changes(%s, 100, '0xw')", (read[-1][0],))
     assert audit(db) == []

@@ -591,7 +591,7 @@ DROP FUNCTION pyxp.exceeded_allowances();
 
 DROP FUNCTION pyxp.ledger_cap_seeds();
 
-DROP FUNCTION pyxp.seed_cap_usage(bigint, bigint);
+DROP FUNCTION pyxp.seed_cap_usage(bigint, bigint, timestamptz);
 
 DROP FUNCTION pyxp.freed_allowances(bigint);
 

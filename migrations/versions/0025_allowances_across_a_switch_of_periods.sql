@@ -96,12 +96,12 @@ COMMENT ON FUNCTION pyxp.freed_allowances(bigint) IS
 
 REVOKE ALL ON FUNCTION pyxp.freed_allowances(bigint) FROM PUBLIC;
 
-CREATE FUNCTION pyxp.seed_cap_usage(p_ruleset bigint, p_previous bigint)
+CREATE FUNCTION pyxp.seed_cap_usage(p_ruleset bigint, p_previous bigint, p_at timestamptz)
 RETURNS void
 LANGUAGE plpgsql
 AS $$
 DECLARE
-    v_at timestamptz := clock_timestamp();
+    v_at timestamptz := p_at;
     v_horizon timestamptz := pyxp.archive_horizon();
     v_keys record;
     v_blocked record;
@@ -159,10 +159,10 @@ BEGIN
 END
 $$;
 
-COMMENT ON FUNCTION pyxp.seed_cap_usage(bigint, bigint) IS
+COMMENT ON FUNCTION pyxp.seed_cap_usage(bigint, bigint, timestamptz) IS
     'internal: at an activation, the current period of each allowance moved to another zone or per counts what its gains there used.';
 
-REVOKE ALL ON FUNCTION pyxp.seed_cap_usage(bigint, bigint) FROM PUBLIC;
+REVOKE ALL ON FUNCTION pyxp.seed_cap_usage(bigint, bigint, timestamptz) FROM PUBLIC;
 
 CREATE FUNCTION pyxp.ledger_cap_seeds()
 RETURNS TABLE (user_wallet text, allowance text, period_start timestamptz, seeded_xp bigint, ledger_xp bigint)
@@ -235,6 +235,11 @@ AS $$
 DECLARE
     v_zone text := (SELECT r.timezone FROM pyxp.rulesets r WHERE r.ruleset_id = p_ruleset_id);
     v_previous bigint := (SELECT r.ruleset_id FROM pyxp.rulesets r WHERE r.is_active);
+    -- The instant of the switch: after the caller's lock (the transaction may
+    -- have waited for it since its start). A capped award writes no row
+    -- dated before it (pyxp.append_rows), and the seed counts the periods
+    -- containing it.
+    v_at timestamptz := clock_timestamp();
 BEGIN
     IF (SELECT r.is_active FROM pyxp.rulesets r WHERE r.ruleset_id = p_ruleset_id) THEN
         RETURN 0;
@@ -247,11 +252,11 @@ BEGIN
     -- An allowance whose periods move (another zone, another per) starts
     -- its current period from what that period already used.
     IF (SELECT r.has_caps FROM pyxp.rulesets r WHERE r.ruleset_id = p_ruleset_id) THEN
-        PERFORM pyxp.seed_cap_usage(p_ruleset_id, v_previous);
+        PERFORM pyxp.seed_cap_usage(p_ruleset_id, v_previous, v_at);
     END IF;
     -- Two statements: the partial unique index allows one active row at a time.
     UPDATE pyxp.rulesets r SET is_active = false WHERE r.is_active;
-    UPDATE pyxp.rulesets r SET is_active = true, activated_at = now() WHERE r.ruleset_id = p_ruleset_id;
+    UPDATE pyxp.rulesets r SET is_active = true, activated_at = v_at WHERE r.ruleset_id = p_ruleset_id;
     RETURN pyxp.recalculate_levels();
 END
 $$;
@@ -278,6 +283,7 @@ DECLARE
     v_allowance text[];      -- per row: the allowance a capped gain uses (pyxp.cap_allowance), else NULL
     v_period timestamptz[];  -- and the start of its period
     v_floored boolean := false;
+    v_now timestamptz := now();  -- the new rows' time (below: under caps, no earlier than the activation)
     v_at timestamptz;        -- the new rows' effective time (periods)
     v_reversed_at timestamptz;  -- a reversal's original's created_at
     v_day timestamptz;
@@ -289,6 +295,17 @@ DECLARE
 BEGIN
     IF coalesce(cardinality(v_rows), 0) = 0 THEN
         RETURN;
+    END IF;
+    -- Under caps, a row is dated no earlier than the activation of the
+    -- ruleset it is written under: a transaction that began before the
+    -- switch (an application's, or an award queued behind the switch's lock)
+    -- would otherwise count in a period of the new zone that began before
+    -- the switch, which the switch did not count (pyxp.seed_cap_usage: the
+    -- period containing the activation), and get a fresh allowance there
+    -- (0027, a hostile test: +100 over a used 250-per-day allowance). Its
+    -- cap, its row and its periods all take this time.
+    IF p_caps THEN
+        v_now := greatest(v_now, (SELECT r.activated_at FROM pyxp.rulesets r WHERE r.ruleset_id = p_ruleset));
     END IF;
     -- 1. The wallets' row locks. A batch: each row created if missing or
     --    locked if present, one statement, strictly in wallet order (creating
@@ -412,7 +429,7 @@ BEGIN
                                                                 AND u.allowance = c.allowance
                                                                 AND u.period_start = c.period_start LIMIT 1) AS used_xp
                                                        FROM (SELECT pyxp.cap_allowance(ru.cap_group, ru.action) AS allowance,
-                                                                    date_trunc(ru.cap_per, now(), p_timezone) AS period_start,
+                                                                    date_trunc(ru.cap_per, v_now, p_timezone) AS period_start,
                                                                     ru.cap_max_xp
                                                                FROM pyxp.rules ru
                                                               WHERE p_caps AND ru.rule_id = r.rule_id
@@ -467,7 +484,8 @@ BEGIN
     --    claim (xp_award_claims), in the same statement; it is skipped if a
     --    call that committed while this one waited for the lock holds the
     --    key (the claim's INSERT waits for it, then skips: below). created_at
-    --    is now(), or for a reversal (alone in its call) no earlier than its
+    --    is now() (under caps, no earlier than the activation: v_now), or for
+    --    a reversal (alone in its call) no earlier than its
     --    original's (a transaction may begin before the one it reverses):
     --    created_at names the partition, and an archive, which takes the
     --    oldest partitions, must never take a reversal and keep its original.
@@ -475,7 +493,7 @@ BEGIN
         SELECT o.created_at INTO v_reversed_at FROM pyxp.xp_transactions o WHERE o.id = v_rows[1].reverses;
     END IF;
     WITH numbered AS MATERIALIZED (
-        SELECT r.*, nextval('pyxp.xp_transactions_id_seq') AS id, greatest(now(), v_reversed_at) AS created_at
+        SELECT r.*, nextval('pyxp.xp_transactions_id_seq') AS id, greatest(v_now, v_reversed_at) AS created_at
           FROM ROWS FROM (unnest(v_rows), unnest(v_claims), unnest(v_after), unnest(v_feed), unnest(v_seq))
                WITH ORDINALITY
                r(call_index, user_wallet, idempotency_key, inputs, transaction_type, xp_amount, xp_requested,
@@ -584,7 +602,7 @@ BEGIN
     --    share one effective time: now(), or for a reversal (always alone in
     --    its call) the created_at of the row it reverses: the periods are
     --    computed once (p_timezone), not per row.
-    v_at := coalesce(v_reversed_at, now());
+    v_at := coalesce(v_reversed_at, v_now);
     v_day := date_trunc('day', v_at, p_timezone);
     v_week := date_trunc('week', v_at, p_timezone);
     v_month := date_trunc('month', v_at, p_timezone);
@@ -791,7 +809,7 @@ DECLARE
 BEGIN
     IF v_active IS NOT NULL THEN
         LOCK TABLE pyxp.xp_balances IN SHARE ROW EXCLUSIVE MODE;
-        PERFORM pyxp.seed_cap_usage(v_active, NULL);
+        PERFORM pyxp.seed_cap_usage(v_active, NULL, clock_timestamp());
     END IF;
 EXCEPTION WHEN SQLSTATE 'PX029' THEN
     RAISE WARNING 'pyxp 0025: the current periods of the capped allowances were not counted: %', SQLERRM;

@@ -36,8 +36,8 @@ def _execute(name: str) -> None:
 
 
 def upgrade() -> None:
-    _execute("0027_simulation_reads_params_only.sql")
+    _execute("0027_what_if_inputs_and_writes_during_an_archive.sql")
 
 
 def downgrade() -> None:
-    _execute("0027_simulation_reads_params_only.downgrade.sql")
+    _execute("0027_what_if_inputs_and_writes_during_an_archive.downgrade.sql")
