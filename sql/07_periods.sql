@@ -470,6 +470,24 @@ RETURNS text
 LANGUAGE sql IMMUTABLE PARALLEL SAFE
 AS $$ SELECT CASE WHEN p_group IS NOT NULL THEN 'group:' || p_group ELSE 'rule:' || p_action END $$;
 
+-- Every capped allowance of every ruleset version: its period (per, in the
+-- ruleset's zone) and the actions of its rules, sorted (a group's rules
+-- share one allowance, whose cap they must agree on: sql/04_rulesets.sql).
+-- An allowance holds the gains counted under its name, and those of its
+-- actions (0025: a rule moved into a group brings what it used of the
+-- period; a hostile test found it starting again).
+CREATE FUNCTION pyxp.capped_allowances()
+RETURNS TABLE (ruleset_id bigint, allowance text, per text, zone text, actions text[])
+LANGUAGE sql STABLE PARALLEL SAFE
+AS $$
+    SELECT ru.ruleset_id, pyxp.cap_allowance(ru.cap_group, ru.action), min(ru.cap_per), min(rs.timezone),
+           array_agg(ru.action ORDER BY ru.action)
+      FROM pyxp.rules ru JOIN pyxp.rulesets rs ON rs.ruleset_id = ru.ruleset_id
+     WHERE ru.cap_max_xp IS NOT NULL
+     GROUP BY ru.ruleset_id, pyxp.cap_allowance(ru.cap_group, ru.action)
+$$;
+
+
 -- What a reversal frees of capped allowances: what the capped gain it
 -- reverses applied, in that gain's period (its rule's, in the zone of its
 -- rule's ruleset), and in each period an activation seeded with it (a row of
@@ -480,38 +498,40 @@ CREATE FUNCTION pyxp.freed_allowances(p_reverses bigint)
 RETURNS TABLE (allowance text, period_start timestamptz, freed_xp bigint, freed_seed bigint)
 LANGUAGE sql STABLE
 AS $$
-    SELECT a.allowance, f.period_start, o.xp_amount, f.freed_seed
+    SELECT f.allowance, f.period_start, o.xp_amount, f.freed_seed
       FROM pyxp.xp_transactions o
       JOIN pyxp.rules ru ON ru.rule_id = o.rule_id
       JOIN pyxp.rulesets rs ON rs.ruleset_id = ru.ruleset_id
      CROSS JOIN LATERAL (SELECT pyxp.cap_allowance(ru.cap_group, ru.action) AS allowance,
                                 date_trunc(ru.cap_per, o.created_at, rs.timezone) AS own_start) a
-     CROSS JOIN LATERAL (SELECT a.own_start AS period_start, 0::bigint AS freed_seed
+     CROSS JOIN LATERAL (SELECT a.allowance, a.own_start AS period_start, 0::bigint AS freed_seed
                          UNION ALL
-                         SELECT u.period_start, o.xp_amount FROM pyxp.xp_cap_usage u
-                          WHERE u.user_wallet = o.user_wallet AND u.allowance = a.allowance
-                            AND u.seeded_at IS NOT NULL AND o.created_at < u.seeded_at
+                         SELECT u.allowance, u.period_start, o.xp_amount FROM pyxp.xp_cap_usage u
+                           LEFT JOIN pyxp.capped_allowances() s ON s.ruleset_id = u.seeded_by AND s.allowance = u.allowance
+                          WHERE u.user_wallet = o.user_wallet AND u.seeded_at IS NOT NULL AND o.created_at < u.seeded_at
                             AND u.period_start = date_trunc(u.seeded_per, o.created_at, u.seeded_zone)
-                            AND u.period_start <> a.own_start) f
+                            AND (u.allowance = a.allowance OR ru.action = ANY (s.actions))
+                            AND NOT (u.allowance = a.allowance AND u.period_start = a.own_start)) f
      WHERE o.id = p_reverses AND ru.cap_max_xp IS NOT NULL AND o.xp_amount > 0
 $$;
 
 -- The capped gains of the ledger as they count in allowances: each gain
--- (user_wallet, allowance, at: its created_at, its own period per and zone:
--- its rule's, in its ruleset's zone, cap: its rule's, seq: its wallet_seq,
--- xp_amount: what it applied), and each reversal of one (at, per, zone, cap
--- of the gain; seq its own; xp_amount negative), with is_gain. Only the
+-- (user_wallet, allowance: its rule's, action, actions: its allowance's in
+-- its ruleset, at: its created_at, its own period per and zone: its rule's,
+-- in its ruleset's zone, cap: its rule's, seq: its wallet_seq, xp_amount:
+-- what it applied), and each reversal of one (the gain's, but seq its own
+-- and xp_amount negative), with is_gain. Only the
 -- rows of partitions p_partitions when it is not NULL; only the gains since
 -- p_since when it is not NULL (a reversal after it, of a gain before it, is
 -- left out too). Gains: a hash join of the ledger with the capped rules;
 -- only the reversals look their original up (index xp_transactions_reversals;
 -- a probe per row of the ledger cost 5 s of the audit at 1M rows).
 CREATE FUNCTION pyxp.capped_gains(p_partitions oid[], p_since timestamptz)
-RETURNS TABLE (user_wallet text, allowance text, at timestamptz, per text, zone text, cap_max_xp bigint,
-               seq bigint, xp_amount bigint, is_gain boolean)
+RETURNS TABLE (user_wallet text, allowance text, action text, actions text[], at timestamptz, per text,
+               zone text, cap_max_xp bigint, seq bigint, xp_amount bigint, is_gain boolean)
 LANGUAGE sql STABLE PARALLEL SAFE
 AS $$
-    SELECT g.user_wallet, pyxp.cap_allowance(ru.cap_group, ru.action), g.at, ru.cap_per, rs.timezone,
+    SELECT g.user_wallet, a.allowance, ru.action, a.actions, g.at, ru.cap_per, rs.timezone,
            ru.cap_max_xp, g.seq, g.xp_amount, g.is_gain
       FROM (SELECT t.user_wallet, t.rule_id, t.created_at AS at, t.wallet_seq AS seq, t.xp_amount, true AS is_gain
               FROM pyxp.xp_transactions t
@@ -533,14 +553,33 @@ AS $$
                AND (p_since IS NULL OR (t.created_at >= p_since AND o.created_at >= p_since))) g
       JOIN pyxp.rules ru ON ru.rule_id = g.rule_id
       JOIN pyxp.rulesets rs ON rs.ruleset_id = ru.ruleset_id
+      JOIN pyxp.capped_allowances() a
+        ON a.ruleset_id = ru.ruleset_id AND a.allowance = pyxp.cap_allowance(ru.cap_group, ru.action)
      WHERE ru.cap_max_xp IS NOT NULL
 $$;
 
+-- The capped allowances ruleset p_ruleset moves at an activation after
+-- p_previous (NULL: none): those whose period (per, zone) or actions
+-- p_previous did not have, each with the period containing p_at (its key,
+-- date_trunc, and its first instant).
+CREATE FUNCTION pyxp.moved_allowances(p_ruleset bigint, p_previous bigint, p_at timestamptz)
+RETURNS TABLE (allowance text, per text, zone text, actions text[], start timestamptz, first timestamptz)
+LANGUAGE sql STABLE
+AS $$
+    SELECT k.allowance, k.per, k.zone, k.actions, date_trunc(k.per, p_at, k.zone),
+           pyxp.period_first_instant(k.per, p_at, k.zone)
+      FROM (SELECT a.allowance, a.per, a.zone, a.actions FROM pyxp.capped_allowances() a WHERE a.ruleset_id = p_ruleset
+            EXCEPT
+            SELECT a.allowance, a.per, a.zone, a.actions FROM pyxp.capped_allowances() a WHERE a.ruleset_id = p_previous) k
+$$;
+
 -- Activating ruleset p_ruleset after p_previous (NULL: none): each capped
--- allowance whose period (per, zone) p_previous did not have starts its
--- current period from what the gains there used that were counted in other
--- periods (written under another zone or per: their period starts
--- elsewhere), less what reversals of them freed. Without it a new zone's
+-- allowance whose period (per, zone) or actions p_previous did not have
+-- (pyxp.moved_allowances) starts its current period from what the gains
+-- there used that were counted elsewhere (under another zone or per: their
+-- period starts elsewhere; or, for one of its actions, under another
+-- allowance: a rule moved into or out of a group), less what reversals of
+-- them freed. Without it a new zone's
 -- day would start from nothing hours after the old zone's day used it all
 -- (a hostile test, 2026-11-27). Written as xp_cap_usage.seeded_xp of the
 -- period's row (counted anew: a seed left by an earlier switch to that
@@ -558,37 +597,22 @@ RETURNS void
 LANGUAGE plpgsql
 AS $$
 DECLARE
-    v_at timestamptz := p_at;
     v_horizon timestamptz := pyxp.archive_horizon();
-    v_keys record;
     v_blocked record;
 BEGIN
-    SELECT array_agg(k.allowance) AS allowance, array_agg(k.per) AS per, array_agg(k.zone) AS zone,
-           array_agg(date_trunc(k.per, v_at, k.zone)) AS start,
-           array_agg(pyxp.period_first_instant(k.per, v_at, k.zone)) AS first
-      INTO v_keys
-      FROM (SELECT pyxp.cap_allowance(ru.cap_group, ru.action) AS allowance, ru.cap_per AS per, rs.timezone AS zone
-              FROM pyxp.rules ru JOIN pyxp.rulesets rs ON rs.ruleset_id = ru.ruleset_id
-             WHERE ru.ruleset_id = p_ruleset AND ru.cap_max_xp IS NOT NULL
-            EXCEPT
-            SELECT pyxp.cap_allowance(ru.cap_group, ru.action), ru.cap_per, rs.timezone
-              FROM pyxp.rules ru JOIN pyxp.rulesets rs ON rs.ruleset_id = ru.ruleset_id
-             WHERE ru.ruleset_id = p_previous AND ru.cap_max_xp IS NOT NULL) k;
-    IF v_keys.allowance IS NULL THEN
+    IF NOT EXISTS (SELECT FROM pyxp.moved_allowances(p_ruleset, p_previous, p_at)) THEN
         RETURN;
     END IF;
-    -- An archived period of the allowance may overlap it: one that starts
-    -- less than the longest period the other rulesets gave it (and a day)
-    -- before it.
+    -- An archived period of the allowance (or of one of its actions) may
+    -- overlap it: one that starts less than the longest period the other
+    -- rulesets gave them (and a day) before it.
     SELECT k.allowance, k.per, k.first INTO v_blocked
-      FROM unnest(v_keys.allowance, v_keys.per, v_keys.first) k(allowance, per, first)
+      FROM pyxp.moved_allowances(p_ruleset, p_previous, p_at) k
      WHERE k.first < v_horizon
-       AND EXISTS (SELECT FROM pyxp.xp_archived_cap_usage a
-                    WHERE a.allowance = k.allowance
-                      AND a.period_start > k.first
-                          - (SELECT max(('1 ' || ru.cap_per)::interval + interval '1 day') FROM pyxp.rules ru
-                              WHERE ru.ruleset_id <> p_ruleset AND ru.cap_max_xp IS NOT NULL
-                                AND pyxp.cap_allowance(ru.cap_group, ru.action) = k.allowance))
+       AND EXISTS (SELECT FROM pyxp.capped_allowances() o
+                     JOIN pyxp.xp_archived_cap_usage a ON a.allowance = o.allowance
+                    WHERE o.ruleset_id <> p_ruleset AND (o.allowance = k.allowance OR o.actions && k.actions)
+                      AND a.period_start > k.first - (('1 ' || o.per)::interval + interval '1 day'))
      LIMIT 1;
     IF FOUND THEN
         RAISE EXCEPTION 'the % from % of allowance % holds gains written before %, and they were archived',
@@ -598,21 +622,26 @@ BEGIN
     END IF;
     -- Seeds left by an earlier switch to these periods: counted anew below.
     UPDATE pyxp.xp_cap_usage u
-       SET used_xp = u.used_xp - u.seeded_xp, seeded_xp = 0, seeded_per = NULL, seeded_zone = NULL, seeded_at = NULL
-      FROM unnest(v_keys.allowance, v_keys.start) k(allowance, start)
+       SET used_xp = u.used_xp - u.seeded_xp, seeded_xp = 0, seeded_per = NULL, seeded_zone = NULL,
+           seeded_by = NULL, seeded_at = NULL
+      FROM pyxp.moved_allowances(p_ruleset, p_previous, p_at) k
      WHERE u.seeded_at IS NOT NULL AND u.allowance = k.allowance AND u.period_start = k.start;
+    -- The gains in the period that count in it, the allowance's own rows
+    -- (counted under its name there) aside.
     INSERT INTO pyxp.xp_cap_usage AS u (user_wallet, allowance, period_start, used_xp, seeded_xp, seeded_per,
-                                        seeded_zone, seeded_at)
-    SELECT g.user_wallet, k.allowance, k.start, sum(g.xp_amount), sum(g.xp_amount), k.per, k.zone, v_at
-      FROM unnest(v_keys.allowance, v_keys.per, v_keys.zone, v_keys.start) k(allowance, per, zone, start)
-      JOIN pyxp.capped_gains(NULL, (SELECT min(f) FROM unnest(v_keys.first) f)) g
-        ON g.allowance = k.allowance AND date_trunc(k.per, g.at, k.zone) = k.start
-       AND date_trunc(g.per, g.at, g.zone) <> k.start
+                                        seeded_zone, seeded_by, seeded_at)
+    SELECT g.user_wallet, k.allowance, k.start, sum(g.xp_amount), sum(g.xp_amount), k.per, k.zone, p_ruleset, p_at
+      FROM pyxp.moved_allowances(p_ruleset, p_previous, p_at) k
+      JOIN pyxp.capped_gains(NULL, (SELECT min(m.first) FROM pyxp.moved_allowances(p_ruleset, p_previous, p_at) m)) g
+        ON (g.allowance = k.allowance OR g.action = ANY (k.actions))
+       AND date_trunc(k.per, g.at, k.zone) = k.start
+       AND NOT (g.allowance = k.allowance AND date_trunc(g.per, g.at, g.zone) = k.start)
      GROUP BY g.user_wallet, k.allowance, k.start, k.per, k.zone
     HAVING sum(g.xp_amount) > 0
     ON CONFLICT (user_wallet, allowance, period_start) DO UPDATE
        SET used_xp = u.used_xp + excluded.seeded_xp, seeded_xp = excluded.seeded_xp,
-           seeded_per = excluded.seeded_per, seeded_zone = excluded.seeded_zone, seeded_at = excluded.seeded_at;
+           seeded_per = excluded.seeded_per, seeded_zone = excluded.seeded_zone, seeded_by = excluded.seeded_by,
+           seeded_at = excluded.seeded_at;
 END
 $$;
 
@@ -630,17 +659,22 @@ AS $$
                      >= coalesce(pyxp.archive_horizon(), '-infinity')
                 THEN coalesce(sum(g.xp_amount) FILTER (WHERE g.at < u.seeded_at
                                                       AND date_trunc(u.seeded_per, g.at, u.seeded_zone) = u.period_start
-                                                      AND date_trunc(g.per, g.at, g.zone) <> u.period_start), 0)::bigint
+                                                      AND NOT (g.allowance = u.allowance
+                                                               AND date_trunc(g.per, g.at, g.zone) = u.period_start)),
+                              0)::bigint
            END
       FROM pyxp.xp_cap_usage u
-      LEFT JOIN pyxp.capped_gains(NULL, NULL) g ON g.user_wallet = u.user_wallet AND g.allowance = u.allowance
+      LEFT JOIN pyxp.capped_allowances() a ON a.ruleset_id = u.seeded_by AND a.allowance = u.allowance
+      LEFT JOIN pyxp.capped_gains(NULL, NULL) g
+        ON g.user_wallet = u.user_wallet AND (g.allowance = u.allowance OR g.action = ANY (a.actions))
      WHERE u.seeded_at IS NOT NULL
-     GROUP BY u.user_wallet, u.allowance, u.period_start, u.seeded_xp, u.seeded_per, u.seeded_zone
+     GROUP BY u.user_wallet, u.allowance, u.period_start, u.seeded_xp, u.seeded_per, u.seeded_zone, u.seeded_at
 $$;
 
 -- Every capped gain that applied more than was left of its allowance in the
 -- period that governed it: its rule's period (per, zone), holding every
--- gain of the allowance there, whatever period those were counted in, up to
+-- gain of the allowance there (counted under its name, or of one of its
+-- actions in the gain's ruleset), whatever period those were counted in, up to
 -- and including it in the wallet's order (wallet_seq, the order the writer
 -- counts in under the wallet's lock), less reversals before it, plus what
 -- archived rows used there. One row per period, with the largest such sum,
@@ -653,16 +687,17 @@ RETURNS TABLE (user_wallet text, allowance text, period_start timestamptz, per t
 LANGUAGE sql STABLE
 AS $$
     WITH gains AS (SELECT * FROM pyxp.capped_gains(NULL, NULL)),
-    keys AS (SELECT DISTINCT g.allowance, g.per, g.zone FROM gains g WHERE g.is_gain),
+    keys AS (SELECT DISTINCT a.allowance, a.per, a.zone, a.actions FROM pyxp.capped_allowances() a),
     counted AS (
-        SELECT g.user_wallet, g.allowance, k.per, k.zone, p.start, g.seq, g.is_gain,
-               g.is_gain AND (g.per, g.zone) = (k.per, k.zone) AND g.xp_amount > 0 AS governed,
+        SELECT g.user_wallet, k.allowance, k.per, k.zone, k.actions, p.start, g.seq,
+               g.is_gain AND g.xp_amount > 0
+                   AND (g.allowance, g.per, g.zone, g.actions) = (k.allowance, k.per, k.zone, k.actions) AS governed,
                g.cap_max_xp, g.xp_amount
           FROM gains g
-          JOIN keys k ON k.allowance = g.allowance
+          JOIN keys k ON k.allowance = g.allowance OR g.action = ANY (k.actions)
          CROSS JOIN LATERAL (SELECT date_trunc(k.per, g.at, k.zone) AS start) p
     ), running AS (
-        SELECT c.*, sum(c.xp_amount) OVER (PARTITION BY c.user_wallet, c.allowance, c.per, c.zone, c.start
+        SELECT c.*, sum(c.xp_amount) OVER (PARTITION BY c.user_wallet, c.allowance, c.per, c.zone, c.actions, c.start
                                            ORDER BY c.seq ROWS UNBOUNDED PRECEDING)
                     + coalesce((SELECT a.used_xp FROM pyxp.xp_archived_cap_usage a
                                  WHERE a.user_wallet = c.user_wallet AND a.allowance = c.allowance
@@ -797,6 +832,10 @@ COMMENT ON FUNCTION pyxp.period_xp(text, text, timestamptz) IS
 COMMENT ON FUNCTION pyxp.cap_allowance(text, text) IS 'internal: the allowance a cap counts in, its group''s or its rule''s.';
 COMMENT ON FUNCTION pyxp.freed_allowances(bigint) IS
     'internal: what a reversal frees of capped allowances: in the period of the gain it reverses, and in the periods seeded with it.';
+COMMENT ON FUNCTION pyxp.capped_allowances() IS
+    'internal: every capped allowance of every ruleset version: its period, zone and actions.';
+COMMENT ON FUNCTION pyxp.moved_allowances(bigint, bigint, timestamptz) IS
+    'internal: the capped allowances an activation moves (another period, zone or actions), with their period then.';
 COMMENT ON FUNCTION pyxp.capped_gains(oid[], timestamptz) IS
     'internal: the capped gains of the ledger and the reversals of them, as they count in allowances.';
 COMMENT ON FUNCTION pyxp.seed_cap_usage(bigint, bigint, timestamptz) IS

@@ -394,3 +394,30 @@ def test_a_capped_award_begun_before_a_switch_is_dated_at_the_switch(
     assert db.execute("SELECT created_at FROM pyxp.xp_transactions WHERE idempotency_key = 'late-1'"
                       ).fetchone() == (switched,)
     clean_audit(db)
+
+
+@pytest.mark.parametrize(("before", "after"), [
+    ({"MODERATION_VALIDATED_BY_MODERATOR": (4, "day", None)},                    # alone, then in a group
+     {"MODERATION_VALIDATED_BY_MODERATOR": (4, "day", "moderation"),
+      "Completion_Moderation_Validated": (4, "day", "moderation")}),
+    ({"MODERATION_VALIDATED_BY_MODERATOR": (4, "day", "moderation"),             # a group renamed
+      "Completion_Moderation_Validated": (4, "day", "moderation")},
+     {"MODERATION_VALIDATED_BY_MODERATOR": (4, "day", "votes"),
+      "Completion_Moderation_Validated": (4, "day", "votes")}),
+])
+def test_an_action_moved_to_another_allowance_brings_what_it_used(
+        db: psycopg.Connection[Any], before: dict[str, tuple[int, str, str | None]],
+        after: dict[str, tuple[int, str, str | None]]) -> None:
+    """A rule put into a group (or its group renamed) the same day: the group's allowance holds
+    the gains its actions were granted under the old name (0025; a hostile test found 4 more XP
+    granted over a used 4-per-day allowance, and the audit clean)."""
+    install_variant(db, "votes-before", timezone="UTC", caps=before)
+    vote = "SELECT xp_amount, xp_requested FROM pyxp.award_moderation_vote('0xgroup', %s, 'VALID', 'B2C')"
+    assert [db.execute(vote, (f"c{i}",)).fetchone() for i in range(2)] == [(2, None), (2, None)]
+    install_variant(db, "votes-after", timezone="UTC", caps=after)
+    assert db.execute(vote, ("c2",)).fetchone() == (0, 2)
+    clean_audit(db)
+    # The seed wiped: the day's next vote is granted beyond the cap, and the audit says so.
+    db.execute("DELETE FROM pyxp.xp_cap_usage WHERE seeded_at IS NOT NULL")
+    assert db.execute(vote, ("c3",)).fetchone() == (2, None)
+    assert [f[0] for f in db.execute("SELECT * FROM pyxp.audit()").fetchall()] == ["cap_exceeded"]

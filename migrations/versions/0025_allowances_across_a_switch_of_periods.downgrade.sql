@@ -595,7 +595,11 @@ DROP FUNCTION pyxp.seed_cap_usage(bigint, bigint, timestamptz);
 
 DROP FUNCTION pyxp.freed_allowances(bigint);
 
+DROP FUNCTION pyxp.moved_allowances(bigint, bigint, timestamptz);
+
 DROP FUNCTION pyxp.capped_gains(oid[], timestamptz);
+
+DROP FUNCTION pyxp.capped_allowances();
 
 ALTER TABLE pyxp.xp_cap_usage DROP CONSTRAINT xp_cap_usage_seed_check;
 UPDATE pyxp.xp_cap_usage SET used_xp = used_xp - seeded_xp WHERE seeded_at IS NOT NULL;
@@ -604,6 +608,7 @@ ALTER TABLE pyxp.xp_cap_usage
     DROP COLUMN seeded_xp,
     DROP COLUMN seeded_per,
     DROP COLUMN seeded_zone,
+    DROP COLUMN seeded_by,
     DROP COLUMN seeded_at;
 
 RESET ROLE;
