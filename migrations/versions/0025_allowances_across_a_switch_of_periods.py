@@ -13,7 +13,10 @@ a period, counted at the activation (pyxp.seed_cap_usage, new; and here, for the
 ruleset's current periods). A reversal frees its gain there too (pyxp.freed_allowances
 replaces pyxp.freed_allowance); audit() checks the seeds and that no capped gain applied more
 than was left in the period that governed it (pyxp.exceeded_allowances, pyxp.ledger_cap_seeds,
-pyxp.capped_gains, new).
+pyxp.capped_gains, new). An allowance holds the gains counted under its name and those of its
+actions (a rule moved into a group brings what it used: pyxp.capped_allowances,
+pyxp.moved_allowances, xp_cap_usage.seeded_by), and under caps a row is dated no earlier than
+its ruleset's activation (an award begun before a switch got a fresh allowance).
 
 Executes its own frozen SQL files (a snapshot of sql/*.sql at this revision).
 Never edit a revision after it has landed: write a new one.

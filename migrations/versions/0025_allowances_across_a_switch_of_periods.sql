@@ -20,6 +20,15 @@
 --     was left in the period that governed it, whatever period the gains
 --     before it were counted in (pyxp.exceeded_allowances; before, a
 --     period's total against the largest cap of its own rows).
+-- Reviewed by a second hostile test before landing:
+--   * an allowance holds the gains counted under its name and those of its
+--     actions (pyxp.capped_allowances, pyxp.moved_allowances; seeded_by names
+--     the ruleset whose actions a seed counted): a rule put into a group, or
+--     a group renamed, the same day brings what it used;
+--   * under caps a row is dated no earlier than its ruleset's activation
+--     (rulesets.activated_at, now the clock after the switch's lock): an
+--     award begun before the switch counted in the new zone's previous day,
+--     which nothing had counted.
 
 SET LOCAL ROLE pyxp_owner;
 

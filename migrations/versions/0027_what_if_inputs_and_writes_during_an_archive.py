@@ -1,5 +1,4 @@
-"""A simulation reads a generic award's params, not its context; a candidate amount over 10^15
-XP is refused; retroactive applications in one transaction each write their rows.
+"""What-if reads a generic award's params only; writes and reads during an archive.
 
 Revision ID: 0027
 Revises: 0026
@@ -13,6 +12,12 @@ the live award would be. The adjustments' keys carry a number per application (s
 pyxp.retroactive_applications, new): two applications in one transaction shared them, and the
 second wrote nothing. simulation_report's actions include the earlier adjustments, so that
 they add up to its summary.
+
+Found by a second hostile test: a flow deciding on rows an archive took after its snapshot
+fails with 40001 (pyxp.recorded_request); an archive of empty partitions fails no read
+(pyxp.ledger_unmoved); an archive is refused (PX030) while a transaction that may still chain
+a row into an archived row's feed group runs; a wallet's last archived cursor in a group an
+earlier archive cut is that group's last.
 
 Executes its own frozen SQL files (a snapshot of sql/*.sql at this revision).
 Never edit a revision after it has landed: write a new one.

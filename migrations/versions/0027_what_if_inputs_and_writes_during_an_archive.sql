@@ -17,6 +17,16 @@
 -- * simulation_report's actions include the earlier RULES_ADJUSTMENT rows
 --   (in the totals now, left out under the candidate): they did not add up
 --   to its summary after any retroactive application.
+-- * Writes and reads during an archive (a second hostile test): a flow
+--   deciding on rows an archive took after its snapshot fails with 40001
+--   (pyxp.recorded_request found no row: an intruder's validation was
+--   accepted, a registration left pending); an archive of empty partitions
+--   fails no read (pyxp.ledger_unmoved reads what a detached partition held,
+--   without a subtransaction: audit() runs in parallel); an archive is
+--   refused (PX030) while a transaction that may still chain a row into an
+--   archived row's feed group runs (the row was delivered to nobody); and a
+--   wallet's last archived cursor in a group an earlier archive cut is that
+--   group's last (a consumer was moved past a row).
 
 SET LOCAL ROLE pyxp_owner;
 
