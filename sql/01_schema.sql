@@ -409,7 +409,7 @@ CREATE TABLE pyxp.xp_cap_usage (
     seeded_xp     bigint NOT NULL DEFAULT 0,
     seeded_per    text,
     seeded_zone   text,
-    seeded_by     bigint REFERENCES pyxp.rulesets,
+    seeded_by     bigint,  -- a ruleset_id (no foreign key: its trigger would fire on every usage row the writer inserts)
     seeded_at     timestamptz,
     PRIMARY KEY (user_wallet, allowance, period_start),
     CONSTRAINT xp_cap_usage_seed_check CHECK (

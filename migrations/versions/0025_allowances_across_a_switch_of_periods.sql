@@ -36,7 +36,7 @@ ALTER TABLE pyxp.xp_cap_usage
     ADD COLUMN seeded_xp bigint NOT NULL DEFAULT 0,
     ADD COLUMN seeded_per text,
     ADD COLUMN seeded_zone text,
-    ADD COLUMN seeded_by bigint REFERENCES pyxp.rulesets,
+    ADD COLUMN seeded_by bigint,
     ADD COLUMN seeded_at timestamptz,
     ADD CONSTRAINT xp_cap_usage_seed_check CHECK (
         seeded_xp BETWEEN 0 AND used_xp
