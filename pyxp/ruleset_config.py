@@ -513,7 +513,9 @@ def generate_levels(
 # --------------------------------------------------------------------------- line finder
 
 _HEADER_RE = re.compile(r"""^\s*(\[\[?)\s*([A-Za-z0-9_\-."' ]+?)\s*\]\]?\s*(?:#.*)?$""")
-_KEY_RE = re.compile(r"""^\s*("(?:[^"\\]|\\.)*"|'[^']*'|[A-Za-z0-9_-]+)\s*[.=]""")
+_KEY_PART = r"""(?:"(?:[^"\\]|\\.)*"|'[^']*'|[A-Za-z0-9_-]+)"""
+# A key line: ``key =`` or a dotted ``a.b.key =`` (the table a.b, relative to the current one).
+_KEY_RE = re.compile(rf"""^\s*({_KEY_PART}(?:\s*\.\s*{_KEY_PART})*)\s*=""")
 
 # () root, ("levels",), ("rules", k) for the k-th [[rules]], ("rules", k, "cap") for its [rules.cap]
 _Table = tuple[Any, ...]
@@ -598,7 +600,10 @@ class _Lines:
                 continue
             key = _KEY_RE.match(raw)
             if key:
-                self.keys.setdefault((table, key.group(1).strip("\"'")), number)
+                parts = [part.strip().strip("\"'") for part in re.findall(_KEY_PART, key.group(1))]
+                self.keys.setdefault(((*table, *parts[:-1]), parts[-1]), number)
+                if len(parts) > 1:  # levels.thresholds = ...: the table levels starts here too
+                    self.headers.setdefault((*table, *parts[:-1]), number)
             for quote in ('"""', "'''"):
                 if _uncommented(raw).count(quote) % 2 == 1:
                     in_string = quote

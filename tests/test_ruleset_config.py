@@ -880,3 +880,11 @@ def test_a_flow_rule_that_could_never_apply_is_refused(event: str, body: str, ke
 def test_a_flow_rule_on_the_inputs_its_flow_passes_compiles() -> None:
     text = ruleset_text('event = "completion.submitted"\ncondition = "paid"\nearn_xp = "PRICE_COMPLETION / 3"')
     assert parse_ruleset(text).rules[1].xp.coefficients == {"PRICE_COMPLETION": D("0.33333333333333333333")}
+
+
+def test_a_dotted_key_names_its_line() -> None:
+    """levels.thresholds as a dotted key: its error named no line (a hostile test)."""
+    error = config_error('name = "t"\nlevels.thresholds = [0, 100, 50]\n[[rules]]\naction = "A"\nearn_xp = 1\n')
+    assert error.line == 2 and "strictly increasing" in str(error)
+    error = config_error(ruleset_text('earn_xp = 1\ncap.max_xp = 5\ncap.per = "fortnight"'))
+    assert error.line == 13 and "fortnight" in str(error), (error.line, str(error))
