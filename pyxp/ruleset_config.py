@@ -78,7 +78,8 @@ KNOWN_EVENTS: Mapping[str, tuple[str, ...]] = MappingProxyType(
     }
 )
 
-# The formula inputs each flow passes (sql/06_flows.sql): a rule of a flow's event whose formula
+# The formula inputs each flow passes (sql/06_flows.sql, its calls of pyxp.formula_inputs; keep the
+# two in step): a rule of a flow's event whose formula
 # names another can never apply (every call would be PX018, with a hint the flow cannot follow).
 FLOW_INPUTS: Mapping[str, tuple[str, ...]] = MappingProxyType(
     {

@@ -180,7 +180,9 @@ BEGIN
 END
 $$;
 
--- Formula inputs of a call, without the ones not given.
+-- Formula inputs of a call, without the ones not given. Which flow passes
+-- which is mirrored in pyxp/ruleset_config.py (FLOW_INPUTS), which refuses a
+-- flow rule naming another: keep the two in step.
 CREATE FUNCTION pyxp.formula_inputs(p_price_completion numeric, p_mint_value_winc numeric, p_mint_value numeric)
 RETURNS jsonb
 LANGUAGE sql IMMUTABLE

@@ -52,6 +52,27 @@
 
 SET LOCAL ROLE pyxp_owner;
 
+-- The oldest transaction snapshot p_snapshot saw running that is not running
+-- in another database of the cluster now (one of those writes no row here;
+-- one that ended since counts as still running): below its id, every feed
+-- group is final (the feed's horizon, above), and no transaction can still
+-- add a row to one (pyxp.archive_ledger_partitions). NULL: none. A
+-- transaction id is held in pg_locks from its assignment to its end, and
+-- pg_stat_activity says which database its backend is in.
+CREATE FUNCTION pyxp.oldest_running_here(p_snapshot pg_snapshot)
+RETURNS xid8
+LANGUAGE sql STABLE
+AS $$
+    SELECT min(x.xid)
+      FROM pg_snapshot_xip(p_snapshot) x(xid)
+     WHERE NOT EXISTS (SELECT FROM pg_catalog.pg_locks l
+                         JOIN pg_catalog.pg_stat_activity a ON a.pid = l.pid
+                        WHERE l.locktype = 'transactionid' AND l.mode = 'ExclusiveLock'
+                          AND l.transactionid = xid(x.xid)
+                          AND a.datid <> (SELECT d.oid FROM pg_catalog.pg_database d
+                                           WHERE d.datname = current_database()))
+$$;
+
 -- Whether a consumer of wallet p_wallet's rows, at cursor p_after below the
 -- feed's floor (the archives' feed_floor: a consumer of the whole feed there
 -- is refused), may miss rows: the wallet has archived rows after the cursor
@@ -97,16 +118,7 @@ DECLARE
     -- standby the list of running transactions is not exposed (it is kept in
     -- the snapshot's overflow): there, the snapshot's xmin, cluster-wide.
     v_horizon xid8 := CASE WHEN pg_is_in_recovery() THEN pg_snapshot_xmin(v_snapshot) ELSE least(
-        (SELECT min(x.xid)
-           FROM pg_snapshot_xip(v_snapshot) x(xid)
-          WHERE NOT EXISTS (SELECT FROM pg_catalog.pg_locks l
-                              JOIN pg_catalog.pg_stat_activity a ON a.pid = l.pid
-                             WHERE l.locktype = 'transactionid' AND l.mode = 'ExclusiveLock'
-                               AND l.transactionid = xid(x.xid)
-                               AND a.datid <> (SELECT d.oid FROM pg_catalog.pg_database d
-                                                WHERE d.datname = current_database()))),
-        pg_current_xact_id_if_assigned(),
-        pg_snapshot_xmax(v_snapshot)) END;
+        pyxp.oldest_running_here(v_snapshot), pg_current_xact_id_if_assigned(), pg_snapshot_xmax(v_snapshot)) END;
     v_group xid8;
     v_rank bigint;
     v_floor bigint := (SELECT max(a.feed_floor) FROM pyxp.xp_ledger_archives a);
@@ -212,7 +224,8 @@ CREATE TRIGGER xp_transactions_wake_feed
     FOR EACH STATEMENT EXECUTE FUNCTION pyxp.wake_feed_listeners();
 
 REVOKE ALL ON FUNCTION pyxp.changes(bigint, integer, text), pyxp.wake_feed_listeners(),
-                        pyxp.wallet_feed_behind_archive(text, bigint, bigint) FROM PUBLIC;
+                        pyxp.wallet_feed_behind_archive(text, bigint, bigint),
+                        pyxp.oldest_running_here(pg_snapshot) FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION pyxp.changes(bigint, integer, text) TO pyxp_writer, pyxp_reader;
 REVOKE ALL ON SEQUENCE pyxp.feed_wakeup_slot FROM PUBLIC;
 GRANT SELECT ON SEQUENCE pyxp.feed_wakeup_slot TO pyxp_reader;
@@ -221,6 +234,8 @@ COMMENT ON FUNCTION pyxp.changes(bigint, integer, text) IS
     'API: the change feed: committed ledger rows after a cursor, each exactly once, with total_xp and the levels before and after; pass back the last cursor.';
 COMMENT ON FUNCTION pyxp.wallet_feed_behind_archive(text, bigint, bigint) IS
     'internal: whether a consumer of one wallet''s rows, below the feed''s floor, may miss rows an archive took.';
+COMMENT ON FUNCTION pyxp.oldest_running_here(pg_snapshot) IS
+    'internal: the oldest transaction a snapshot saw running that is not running in another database now.';
 COMMENT ON FUNCTION pyxp.wake_feed_listeners() IS
     'internal: trigger sending at most one NOTIFY pyxp_changes per 100 ms slot.';
 

@@ -175,17 +175,9 @@ BEGIN
     -- its last row's group, sql/11_changes.sql): the feed would rank that row
     -- at or below the floor this archive sets, where no consumer reads (0027,
     -- a hostile test: a row delivered to nobody).
-    -- (The transactions of this database only, as pyxp.changes counts them:
-    -- one of another database writes no row here.)
+    -- (The transactions of this database only, as the feed counts them.)
     SELECT t.feed_xid AS feed_group, o.oldest INTO v_open
-      FROM (SELECT min(x.xid) AS oldest
-              FROM pg_snapshot_xip(pg_current_snapshot()) x(xid)
-             WHERE EXISTS (SELECT FROM pg_catalog.pg_locks l
-                             JOIN pg_catalog.pg_stat_activity a ON a.pid = l.pid
-                            WHERE l.locktype = 'transactionid' AND l.mode = 'ExclusiveLock'
-                              AND l.transactionid = xid(x.xid)
-                              AND a.datid = (SELECT d.oid FROM pg_catalog.pg_database d
-                                              WHERE d.datname = current_database()))) o
+      FROM (SELECT pyxp.oldest_running_here(pg_current_snapshot()) AS oldest) o
       JOIN pyxp.xp_transactions t
         ON t.tableoid = ANY (v_oids) AND t.created_at < v_ends[cardinality(v_ends)] AND t.feed_xid >= o.oldest
      LIMIT 1;

@@ -556,6 +556,9 @@ def test_a_flow_that_waited_for_an_archive_is_refused_for_a_retry(
     outcome = called_behind_holder(conninfo, db, ARCHIVE_HELD.format(this_month()),
                                    lambda conn: conn.execute(call).fetchall())
     assert outcome == {"sqlstate": "40001"}, outcome
+    # Nothing written by the refused call (the archive committed meanwhile).
+    assert db.execute("SELECT count(*) FROM pyxp.xp_transactions WHERE user_wallet = '0xintruder'").fetchone() == (0,)
+    assert db.execute("SELECT count(*) FROM pyxp.agency_b2c_clients WHERE campaign_id = 'camp-b'").fetchone() == (0,)
     if "intruder" in call:
         with pytest.raises(errors.CampaignMismatch), errors.wrap_errors():
             db.execute(call)
