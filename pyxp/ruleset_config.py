@@ -605,10 +605,58 @@ class _Lines:
                 self.keys.setdefault(((*table, *parts[:-1]), parts[-1]), number)
                 if len(parts) > 1:  # levels.thresholds = ...: the table levels starts here too
                     self.headers.setdefault((*table, *parts[:-1]), number)
+                if all(isinstance(t, str) for t in table):  # rules = [{...}, ...]: each table's line
+                    name = ".".join((*table, *parts))
+                    for index, line in enumerate(self._inline_tables(number, key.end())):
+                        self.headers.setdefault((name, index), line)
             for quote in ('"""', "'''"):
                 if _uncommented(raw).count(quote) % 2 == 1:
                     in_string = quote
                     break
+
+    def _inline_tables(self, number: int, column: int) -> list[int]:
+        """Lines of the inline tables ``{...}`` of the array that starts after column
+        ``column`` of line ``number`` (``rules = [``), in order; none if no array starts there.
+
+        TOML writes an inline table on one line: that line names every key in it.
+        """
+        found: list[int] = []
+        depth = 0  # brackets and braces open, the array's own included
+        quote: str | None = None
+        for at in range(number, len(self.lines) + 1):
+            line = self.lines[at - 1]
+            i = column if at == number else 0
+            while i < len(line):
+                if quote is not None:
+                    if line[i] == "\\" and quote in ('"', '"""'):
+                        i += 2
+                        continue
+                    if line.startswith(quote, i):
+                        i, quote = i + len(quote), None
+                        continue
+                elif line[i] == "#":
+                    break
+                elif line[i : i + 3] in ('"""', "'''"):
+                    quote, i = line[i : i + 3], i + 3
+                    continue
+                elif line[i] in "\"'":
+                    quote = line[i]
+                elif line[i] in "[{":
+                    if depth == 0 and line[i] != "[":
+                        return found  # a value that is no array
+                    if depth == 1 and line[i] == "{":
+                        found.append(at)
+                    depth += 1
+                elif line[i] in "]}":
+                    depth -= 1
+                    if depth == 0:
+                        return found
+                elif depth == 0 and not line[i].isspace():
+                    return found  # a value that is no array
+                i += 1
+            if quote in ('"', "'"):  # a one-line string does not go on
+                quote = None
+        return found
 
     def line(self, table: _Table, key: str | None = None) -> int | None:
         """Line of ``key`` in ``table``, else of the table's header, else None."""

@@ -888,3 +888,24 @@ def test_a_dotted_key_names_its_line() -> None:
     assert error.line == 2 and "strictly increasing" in str(error)
     error = config_error(ruleset_text('earn_xp = 1\ncap.max_xp = 5\ncap.per = "fortnight"'))
     assert error.line == 13 and "fortnight" in str(error), (error.line, str(error))
+
+
+@pytest.mark.parametrize(("rules", "line", "what"), [
+    ('rules = [\n  { action = "A", earn_xp = 5 },\n  { action = "B", earn_xp = "FOO * 2" },\n]', 5, "FOO"),
+    ('rules = [{ action = "A", earn_xp = 5 }, # a comment with { and "\n'
+     '  { action = "B", earn_xp = 1, cap = { max_xp = -1, per = "day" } }]', 4, "max_xp -1"),
+    ('rules = [ { action = "A", earn_xp = 5, description = "} {" },\n\n  { action = "B", earn_xp = 1, group = "" } ]', 5, "group"),
+    ('rules = [\n  """a string, then""",\n  { action = "A" },\n]', 3, "array of tables"),
+])
+def test_rules_as_inline_tables_name_their_line(rules: str, line: int, what: str) -> None:
+    """Rules written as an array of inline tables got no line in an error (a hostile test)."""
+    error = config_error(f'name = "t"\n\n{rules}\n')
+    assert error.line == line and what in str(error), (error.line, str(error))
+
+
+def test_growth_tiers_as_inline_tables_name_their_line() -> None:
+    text = ('name = "t"\n[levels]\nthresholds = [0, 100, 250]\n'
+            'growth = [\n  { up_to_level = 4, factor = 2 },\n  { up_to_level = 6, factor = 0 },\n]\n'
+            '[[rules]]\naction = "A"\nearn_xp = 1\n')
+    error = config_error(text)
+    assert error.line == 6 and "factor" in str(error), (error.line, str(error))
