@@ -3,6 +3,9 @@
 -- Each raises a PX error naming the offending value, with a HINT saying what
 -- is accepted, before anything is written. Error codes are listed in README.md.
 -- These are internal (not granted to anyone): public functions call them.
+-- No plain literal holds a backslash escape ('\.'): a session with
+-- standard_conforming_strings off reads it otherwise ('[.]' instead; 0028,
+-- a hostile test: client@nodot was registered, a key's retry refused).
 
 -- A character's code point as U+XXXX: four hex digits at least, all of them
 -- beyond the Basic Multilingual Plane (U+E0041, not U+E004: 0023).
@@ -104,6 +107,71 @@ BEGIN
 END
 $$;
 
+-- A text lower-cased the same way in every database, whatever its collation
+-- or locale: ASCII by lower(... COLLATE "C"), every other letter by the table
+-- below, Unicode's simple lowercase mapping of 1,407 letters as glibc's
+-- C.UTF-8 applies it (generated from PostgreSQL 15's lower() in C.UTF-8,
+-- glibc 2.36: one letter for one, U+0130 to i; Python's str.lower() agrees on
+-- every other letter). lower() alone follows the database's default
+-- collation: in a C-locale database it left ÉLODIE@… upper-cased, and under
+-- ICU tr-TR it turned ALICE@… into alıce@… (a hostile test, 2026-11-27: one
+-- client became two, onboarded twice). 0028.
+CREATE FUNCTION pyxp.lower_cased(p_text text)
+RETURNS text
+LANGUAGE sql IMMUTABLE PARALLEL SAFE STRICT
+AS $$
+    SELECT CASE WHEN octet_length(p_text) = length(p_text) THEN lower(p_text COLLATE "C")  -- ASCII only (UTF8)
+                ELSE translate(lower(p_text COLLATE "C"),
+                               'ÀÁÂÃÄÅÆÇÈÉÊËÌÍÎÏÐÑÒÓÔÕÖØÙÚÛÜÝÞĀĂĄĆĈĊČĎĐĒĔĖĘĚĜĞĠĢĤĦĨĪĬĮİĲĴĶĹĻ'
+                               || 'ĽĿŁŃŅŇŊŌŎŐŒŔŖŘŚŜŞŠŢŤŦŨŪŬŮŰŲŴŶŸŹŻŽƁƂƄƆƇƉƊƋƎƏƐƑƓƔƖƗƘƜƝƟƠƢƤƦƧƩƬ'
+                               || 'ƮƯƱƲƳƵƷƸƼǄǅǇǈǊǋǍǏǑǓǕǗǙǛǞǠǢǤǦǨǪǬǮǱǲǴǶǷǸǺǼǾȀȂȄȆȈȊȌȎȐȒȔȖȘȚȜȞȠȢȤ'
+                               || 'ȦȨȪȬȮȰȲȺȻȽȾɁɃɄɅɆɈɊɌɎͰͲͶͿΆΈΉΊΌΎΏΑΒΓΔΕΖΗΘΙΚΛΜΝΞΟΠΡΣΤΥΦΧΨΩΪΫϏϘϚ'
+                               || 'ϜϞϠϢϤϦϨϪϬϮϴϷϹϺϽϾϿЀЁЂЃЄЅІЇЈЉЊЋЌЍЎЏАБВГДЕЖЗИЙКЛМНОПРСТУФХЦЧШЩЪ'
+                               || 'ЫЬЭЮЯѠѢѤѦѨѪѬѮѰѲѴѶѸѺѼѾҀҊҌҎҐҒҔҖҘҚҜҞҠҢҤҦҨҪҬҮҰҲҴҶҸҺҼҾӀӁӃӅӇӉӋӍӐӒӔ'
+                               || 'ӖӘӚӜӞӠӢӤӦӨӪӬӮӰӲӴӶӸӺӼӾԀԂԄԆԈԊԌԎԐԒԔԖԘԚԜԞԠԢԤԦԨԪԬԮԱԲԳԴԵԶԷԸԹԺԻԼԽԾԿ'
+                               || 'ՀՁՂՃՄՅՆՇՈՉՊՋՌՍՎՏՐՑՒՓՔՕՖႠႡႢႣႤႥႦႧႨႩႪႫႬႭႮႯႰႱႲႳႴႵႶႷႸႹႺႻႼႽႾႿჀჁჂჃჄ'
+                               || 'ჅჇჍᎠᎡᎢᎣᎤᎥᎦᎧᎨᎩᎪᎫᎬᎭᎮᎯᎰᎱᎲᎳᎴᎵᎶᎷᎸᎹᎺᎻᎼᎽᎾᎿᏀᏁᏂᏃᏄᏅᏆᏇᏈᏉᏊᏋᏌᏍᏎᏏᏐᏑᏒᏓᏔᏕᏖᏗᏘ'
+                               || 'ᏙᏚᏛᏜᏝᏞᏟᏠᏡᏢᏣᏤᏥᏦᏧᏨᏩᏪᏫᏬᏭᏮᏯᏰᏱᏲᏳᏴᏵᲐᲑᲒᲓᲔᲕᲖᲗᲘᲙᲚᲛᲜᲝᲞᲟᲠᲡᲢᲣᲤᲥᲦᲧᲨᲩᲪᲫᲬᲭᲮ'
+                               || 'ᲯᲰᲱᲲᲳᲴᲵᲶᲷᲸᲹᲺᲽᲾᲿḀḂḄḆḈḊḌḎḐḒḔḖḘḚḜḞḠḢḤḦḨḪḬḮḰḲḴḶḸḺḼḾṀṂṄṆṈṊṌṎṐṒṔṖṘ'
+                               || 'ṚṜṞṠṢṤṦṨṪṬṮṰṲṴṶṸṺṼṾẀẂẄẆẈẊẌẎẐẒẔẞẠẢẤẦẨẪẬẮẰẲẴẶẸẺẼẾỀỂỄỆỈỊỌỎỐỒỔỖỘ'
+                               || 'ỚỜỞỠỢỤỦỨỪỬỮỰỲỴỶỸỺỼỾἈἉἊἋἌἍἎἏἘἙἚἛἜἝἨἩἪἫἬἭἮἯἸἹἺἻἼἽἾἿὈὉὊὋὌὍὙὛὝὟὨ'
+                               || 'ὩὪὫὬὭὮὯᾈᾉᾊᾋᾌᾍᾎᾏᾘᾙᾚᾛᾜᾝᾞᾟᾨᾩᾪᾫᾬᾭᾮᾯᾸᾹᾺΆᾼῈΈῊΉῌῘῙῚΊῨῩῪΎῬῸΌῺΏῼΩKÅℲⅠ'
+                               || 'ⅡⅢⅣⅤⅥⅦⅧⅨⅩⅪⅫⅬⅭⅮⅯↃⒶⒷⒸⒹⒺⒻⒼⒽⒾⒿⓀⓁⓂⓃⓄⓅⓆⓇⓈⓉⓊⓋⓌⓍⓎⓏⰀⰁⰂⰃⰄⰅⰆⰇⰈⰉⰊⰋⰌⰍⰎⰏⰐⰑ'
+                               || 'ⰒⰓⰔⰕⰖⰗⰘⰙⰚⰛⰜⰝⰞⰟⰠⰡⰢⰣⰤⰥⰦⰧⰨⰩⰪⰫⰬⰭⰮⰯⱠⱢⱣⱤⱧⱩⱫⱭⱮⱯⱰⱲⱵⱾⱿⲀⲂⲄⲆⲈⲊⲌⲎⲐⲒⲔⲖⲘⲚⲜ'
+                               || 'ⲞⲠⲢⲤⲦⲨⲪⲬⲮⲰⲲⲴⲶⲸⲺⲼⲾⳀⳂⳄⳆⳈⳊⳌⳎⳐⳒⳔⳖⳘⳚⳜⳞⳠⳢⳫⳭⳲꙀꙂꙄꙆꙈꙊꙌꙎꙐꙒꙔꙖꙘꙚꙜꙞꙠꙢꙤꙦꙨꙪ'
+                               || 'ꙬꚀꚂꚄꚆꚈꚊꚌꚎꚐꚒꚔꚖꚘꚚꜢꜤꜦꜨꜪꜬꜮꜲꜴꜶꜸꜺꜼꜾꝀꝂꝄꝆꝈꝊꝌꝎꝐꝒꝔꝖꝘꝚꝜꝞꝠꝢꝤꝦꝨꝪꝬꝮꝹꝻꝽꝾꞀꞂꞄ'
+                               || 'ꞆꞋꞍꞐꞒꞖꞘꞚꞜꞞꞠꞢꞤꞦꞨꞪꞫꞬꞭꞮꞰꞱꞲꞳꞴꞶꞸꞺꞼꞾꟀꟂꟄꟅꟆꟇꟉꟐꟖꟘꟵＡＢＣＤＥＦＧＨＩＪＫＬＭＮＯＰＱＲＳ'
+                               || 'ＴＵＶＷＸＹＺ𐐀𐐁𐐂𐐃𐐄𐐅𐐆𐐇𐐈𐐉𐐊𐐋𐐌𐐍𐐎𐐏𐐐𐐑𐐒𐐓𐐔𐐕𐐖𐐗𐐘𐐙𐐚𐐛𐐜𐐝𐐞𐐟𐐠𐐡𐐢𐐣𐐤𐐥𐐦𐐧𐒰𐒱𐒲𐒳𐒴𐒵𐒶𐒷𐒸𐒹𐒺𐒻𐒼'
+                               || '𐒽𐒾𐒿𐓀𐓁𐓂𐓃𐓄𐓅𐓆𐓇𐓈𐓉𐓊𐓋𐓌𐓍𐓎𐓏𐓐𐓑𐓒𐓓𐕰𐕱𐕲𐕳𐕴𐕵𐕶𐕷𐕸𐕹𐕺𐕼𐕽𐕾𐕿𐖀𐖁𐖂𐖃𐖄𐖅𐖆𐖇𐖈𐖉𐖊𐖌𐖍𐖎𐖏𐖐𐖑𐖒𐖔𐖕𐲀𐲁'
+                               || '𐲂𐲃𐲄𐲅𐲆𐲇𐲈𐲉𐲊𐲋𐲌𐲍𐲎𐲏𐲐𐲑𐲒𐲓𐲔𐲕𐲖𐲗𐲘𐲙𐲚𐲛𐲜𐲝𐲞𐲟𐲠𐲡𐲢𐲣𐲤𐲥𐲦𐲧𐲨𐲩𐲪𐲫𐲬𐲭𐲮𐲯𐲰𐲱𐲲𑢠𑢡𑢢𑢣𑢤𑢥𑢦𑢧𑢨𑢩𑢪'
+                               || '𑢫𑢬𑢭𑢮𑢯𑢰𑢱𑢲𑢳𑢴𑢵𑢶𑢷𑢸𑢹𑢺𑢻𑢼𑢽𑢾𑢿𖹀𖹁𖹂𖹃𖹄𖹅𖹆𖹇𖹈𖹉𖹊𖹋𖹌𖹍𖹎𖹏𖹐𖹑𖹒𖹓𖹔𖹕𖹖𖹗𖹘𖹙𖹚𖹛𖹜𖹝𖹞𖹟𞤀𞤁𞤂𞤃𞤄𞤅𞤆'
+                               || '𞤇𞤈𞤉𞤊𞤋𞤌𞤍𞤎𞤏𞤐𞤑𞤒𞤓𞤔𞤕𞤖𞤗𞤘𞤙𞤚𞤛𞤜𞤝𞤞𞤟𞤠𞤡',
+                               'àáâãäåæçèéêëìíîïðñòóôõöøùúûüýþāăąćĉċčďđēĕėęěĝğġģĥħĩīĭįiĳĵķĺļ'
+                               || 'ľŀłńņňŋōŏőœŕŗřśŝşšţťŧũūŭůűųŵŷÿźżžɓƃƅɔƈɖɗƌǝəɛƒɠɣɩɨƙɯɲɵơƣƥʀƨʃƭ'
+                               || 'ʈưʊʋƴƶʒƹƽǆǆǉǉǌǌǎǐǒǔǖǘǚǜǟǡǣǥǧǩǫǭǯǳǳǵƕƿǹǻǽǿȁȃȅȇȉȋȍȏȑȓȕȗșțȝȟƞȣȥ'
+                               || 'ȧȩȫȭȯȱȳⱥȼƚⱦɂƀʉʌɇɉɋɍɏͱͳͷϳάέήίόύώαβγδεζηθικλμνξοπρστυφχψωϊϋϗϙϛ'
+                               || 'ϝϟϡϣϥϧϩϫϭϯθϸϲϻͻͼͽѐёђѓєѕіїјљњћќѝўџабвгдежзийклмнопрстуфхцчшщъ'
+                               || 'ыьэюяѡѣѥѧѩѫѭѯѱѳѵѷѹѻѽѿҁҋҍҏґғҕҗҙқҝҟҡңҥҧҩҫҭүұҳҵҷҹһҽҿӏӂӄӆӈӊӌӎӑӓӕ'
+                               || 'ӗәӛӝӟӡӣӥӧөӫӭӯӱӳӵӷӹӻӽӿԁԃԅԇԉԋԍԏԑԓԕԗԙԛԝԟԡԣԥԧԩԫԭԯաբգդեզէըթժիլխծկ'
+                               || 'հձղճմյնշոչպջռսվտրցւփքօֆⴀⴁⴂⴃⴄⴅⴆⴇⴈⴉⴊⴋⴌⴍⴎⴏⴐⴑⴒⴓⴔⴕⴖⴗⴘⴙⴚⴛⴜⴝⴞⴟⴠⴡⴢⴣⴤ'
+                               || 'ⴥⴧⴭꭰꭱꭲꭳꭴꭵꭶꭷꭸꭹꭺꭻꭼꭽꭾꭿꮀꮁꮂꮃꮄꮅꮆꮇꮈꮉꮊꮋꮌꮍꮎꮏꮐꮑꮒꮓꮔꮕꮖꮗꮘꮙꮚꮛꮜꮝꮞꮟꮠꮡꮢꮣꮤꮥꮦꮧꮨ'
+                               || 'ꮩꮪꮫꮬꮭꮮꮯꮰꮱꮲꮳꮴꮵꮶꮷꮸꮹꮺꮻꮼꮽꮾꮿᏸᏹᏺᏻᏼᏽაბგდევზთიკლმნოპჟრსტუფქღყშჩცძწჭხ'
+                               || 'ჯჰჱჲჳჴჵჶჷჸჹჺჽჾჿḁḃḅḇḉḋḍḏḑḓḕḗḙḛḝḟḡḣḥḧḩḫḭḯḱḳḵḷḹḻḽḿṁṃṅṇṉṋṍṏṑṓṕṗṙ'
+                               || 'ṛṝṟṡṣṥṧṩṫṭṯṱṳṵṷṹṻṽṿẁẃẅẇẉẋẍẏẑẓẕßạảấầẩẫậắằẳẵặẹẻẽếềểễệỉịọỏốồổỗộ'
+                               || 'ớờởỡợụủứừửữựỳỵỷỹỻỽỿἀἁἂἃἄἅἆἇἐἑἒἓἔἕἠἡἢἣἤἥἦἧἰἱἲἳἴἵἶἷὀὁὂὃὄὅὑὓὕὗὠ'
+                               || 'ὡὢὣὤὥὦὧᾀᾁᾂᾃᾄᾅᾆᾇᾐᾑᾒᾓᾔᾕᾖᾗᾠᾡᾢᾣᾤᾥᾦᾧᾰᾱὰάᾳὲέὴήῃῐῑὶίῠῡὺύῥὸόὼώῳωkåⅎⅰ'
+                               || 'ⅱⅲⅳⅴⅵⅶⅷⅸⅹⅺⅻⅼⅽⅾⅿↄⓐⓑⓒⓓⓔⓕⓖⓗⓘⓙⓚⓛⓜⓝⓞⓟⓠⓡⓢⓣⓤⓥⓦⓧⓨⓩⰰⰱⰲⰳⰴⰵⰶⰷⰸⰹⰺⰻⰼⰽⰾⰿⱀⱁ'
+                               || 'ⱂⱃⱄⱅⱆⱇⱈⱉⱊⱋⱌⱍⱎⱏⱐⱑⱒⱓⱔⱕⱖⱗⱘⱙⱚⱛⱜⱝⱞⱟⱡɫᵽɽⱨⱪⱬɑɱɐɒⱳⱶȿɀⲁⲃⲅⲇⲉⲋⲍⲏⲑⲓⲕⲗⲙⲛⲝ'
+                               || 'ⲟⲡⲣⲥⲧⲩⲫⲭⲯⲱⲳⲵⲷⲹⲻⲽⲿⳁⳃⳅⳇⳉⳋⳍⳏⳑⳓⳕⳗⳙⳛⳝⳟⳡⳣⳬⳮⳳꙁꙃꙅꙇꙉꙋꙍꙏꙑꙓꙕꙗꙙꙛꙝꙟꙡꙣꙥꙧꙩꙫ'
+                               || 'ꙭꚁꚃꚅꚇꚉꚋꚍꚏꚑꚓꚕꚗꚙꚛꜣꜥꜧꜩꜫꜭꜯꜳꜵꜷꜹꜻꜽꜿꝁꝃꝅꝇꝉꝋꝍꝏꝑꝓꝕꝗꝙꝛꝝꝟꝡꝣꝥꝧꝩꝫꝭꝯꝺꝼᵹꝿꞁꞃꞅ'
+                               || 'ꞇꞌɥꞑꞓꞗꞙꞛꞝꞟꞡꞣꞥꞧꞩɦɜɡɬɪʞʇʝꭓꞵꞷꞹꞻꞽꞿꟁꟃꞔʂᶎꟈꟊꟑꟗꟙꟶａｂｃｄｅｆｇｈｉｊｋｌｍｎｏｐｑｒｓ'
+                               || 'ｔｕｖｗｘｙｚ𐐨𐐩𐐪𐐫𐐬𐐭𐐮𐐯𐐰𐐱𐐲𐐳𐐴𐐵𐐶𐐷𐐸𐐹𐐺𐐻𐐼𐐽𐐾𐐿𐑀𐑁𐑂𐑃𐑄𐑅𐑆𐑇𐑈𐑉𐑊𐑋𐑌𐑍𐑎𐑏𐓘𐓙𐓚𐓛𐓜𐓝𐓞𐓟𐓠𐓡𐓢𐓣𐓤'
+                               || '𐓥𐓦𐓧𐓨𐓩𐓪𐓫𐓬𐓭𐓮𐓯𐓰𐓱𐓲𐓳𐓴𐓵𐓶𐓷𐓸𐓹𐓺𐓻𐖗𐖘𐖙𐖚𐖛𐖜𐖝𐖞𐖟𐖠𐖡𐖣𐖤𐖥𐖦𐖧𐖨𐖩𐖪𐖫𐖬𐖭𐖮𐖯𐖰𐖱𐖳𐖴𐖵𐖶𐖷𐖸𐖹𐖻𐖼𐳀𐳁'
+                               || '𐳂𐳃𐳄𐳅𐳆𐳇𐳈𐳉𐳊𐳋𐳌𐳍𐳎𐳏𐳐𐳑𐳒𐳓𐳔𐳕𐳖𐳗𐳘𐳙𐳚𐳛𐳜𐳝𐳞𐳟𐳠𐳡𐳢𐳣𐳤𐳥𐳦𐳧𐳨𐳩𐳪𐳫𐳬𐳭𐳮𐳯𐳰𐳱𐳲𑣀𑣁𑣂𑣃𑣄𑣅𑣆𑣇𑣈𑣉𑣊'
+                               || '𑣋𑣌𑣍𑣎𑣏𑣐𑣑𑣒𑣓𑣔𑣕𑣖𑣗𑣘𑣙𑣚𑣛𑣜𑣝𑣞𑣟𖹠𖹡𖹢𖹣𖹤𖹥𖹦𖹧𖹨𖹩𖹪𖹫𖹬𖹭𖹮𖹯𖹰𖹱𖹲𖹳𖹴𖹵𖹶𖹷𖹸𖹹𖹺𖹻𖹼𖹽𖹾𖹿𞤢𞤣𞤤𞤥𞤦𞤧𞤨'
+                               || '𞤩𞤪𞤫𞤬𞤭𞤮𞤯𞤰𞤱𞤲𞤳𞤴𞤵𞤶𞤷𞤸𞤹𞤺𞤻𞤼𞤽𞤾𞤿𞥀𞥁𞥂𞥃') END
+$$;
+
 -- Client email (SPEC 1): cleaned_text with NFKC, lower-cased, at most 254
 -- characters, one `@`, a non-empty local part and a domain containing a dot
 -- (PX002). `+tag` sub-addresses stay distinct.
@@ -112,10 +180,10 @@ RETURNS text
 LANGUAGE plpgsql IMMUTABLE PARALLEL SAFE
 AS $$
 DECLARE
-    v text := lower(pyxp.cleaned_text('client email', p_email, 254, 'PX002', true));
+    v text := pyxp.lower_cased(pyxp.cleaned_text('client email', p_email, 254, 'PX002', true));
 BEGIN
     IF v IS NULL OR length(v) > 254
-       OR v !~ '^[^@[:space:][:cntrl:]]+@[^@[:space:][:cntrl:]]*[^@[:space:][:cntrl:].]\.[^@[:space:][:cntrl:]]*[^@[:space:][:cntrl:].]$'
+       OR v !~ '^[^@[:space:][:cntrl:]]+@[^@[:space:][:cntrl:]]*[^@[:space:][:cntrl:].][.][^@[:space:][:cntrl:]]*[^@[:space:][:cntrl:].]$'
     THEN
         RAISE EXCEPTION 'invalid client email: %', coalesce(quote_literal(left(p_email, 300)), 'NULL')
             USING ERRCODE = 'PX002',
@@ -127,13 +195,15 @@ $$;
 
 -- Campaign type: B2C, AGENCY_B2C, INDIVIDUAL, case-insensitive, also in the
 -- platform's creator_type spelling FOR_B2C, FOR_AGENCY_B2C, FOR_INDIVIDUAL.
+-- Upper-cased as ASCII (COLLATE "C"), like votes and formula input names:
+-- under ICU tr-TR upper('individual') is İNDİVİDUAL (0028, a hostile test).
 -- NULL stays NULL (callers decide whether it may be omitted) (PX003).
 CREATE FUNCTION pyxp.checked_campaign_type(p_type text)
 RETURNS text
 LANGUAGE plpgsql IMMUTABLE PARALLEL SAFE
 AS $$
 DECLARE
-    v text := CASE WHEN octet_length(p_type) <= 64 THEN regexp_replace(upper(btrim(p_type)), '^FOR_', '') END;
+    v text := CASE WHEN octet_length(p_type) <= 64 THEN regexp_replace(upper(btrim(p_type) COLLATE "C"), '^FOR_', '') END;
 BEGIN
     IF p_type IS NULL THEN
         RETURN NULL;
@@ -152,7 +222,7 @@ RETURNS text
 LANGUAGE plpgsql IMMUTABLE PARALLEL SAFE
 AS $$
 DECLARE
-    v text := CASE WHEN octet_length(p_decision) <= 64 THEN upper(btrim(p_decision)) END;
+    v text := CASE WHEN octet_length(p_decision) <= 64 THEN upper(btrim(p_decision) COLLATE "C") END;
 BEGIN
     IF v IN ('VALID', 'REFUSE') THEN
         RETURN v;
@@ -197,7 +267,10 @@ BEGIN
         RAISE EXCEPTION 'invalid %: % is not a finite number', p_what, p_value
             USING ERRCODE = 'PX004', HINT = 'a finite number between 0 and 10^15';
     ELSIF p_value < 0 OR p_value > 1e15 THEN
-        RAISE EXCEPTION 'invalid %: % is out of range', p_what, p_value
+        -- Shown in scientific notation past 40 characters: 1e130000 printed
+        -- in full made a 130 kB message (0028, a hostile test).
+        RAISE EXCEPTION 'invalid %: % is out of range', p_what,
+                        CASE WHEN length(p_value::text) <= 40 THEN p_value::text ELSE btrim(to_char(p_value, '9.999EEEE')) END
             USING ERRCODE = 'PX004', HINT = 'a finite number between 0 and 10^15';
     END IF;
     RETURN p_value;
@@ -237,14 +310,14 @@ BEGIN
             RAISE EXCEPTION 'invalid %: % is not a number', v_item.key, left(v_item.value::text, 100)
                 USING ERRCODE = 'PX004', HINT = 'a finite number between 0 and 10^15';
         END IF;
-        IF v_result ? upper(replace(v_item.key, '$', '')) THEN
-            RAISE EXCEPTION 'invalid params: input % given twice', upper(replace(v_item.key, '$', ''))
+        IF v_result ? upper(replace(v_item.key, '$', '') COLLATE "C") THEN
+            RAISE EXCEPTION 'invalid params: input % given twice', upper(replace(v_item.key, '$', '') COLLATE "C")
                 USING ERRCODE = 'PX017', HINT = 'input names are case-insensitive and ignore $: give each once';
         END IF;
         -- trim_scale: 300.0 and 300 are one input (a generic award's claim
         -- keeps a digest of its inputs' text).
         v_result := v_result || jsonb_build_object(
-            upper(replace(v_item.key, '$', '')),
+            upper(replace(v_item.key, '$', '') COLLATE "C"),
             trim_scale(pyxp.checked_number(v_item.key, v_item.value::numeric)));
     END LOOP;
     RETURN v_result;
@@ -302,7 +375,7 @@ AS $$
 DECLARE
     v text := pyxp.checked_identifier('idempotency key', p_key, 256);
 BEGIN
-    IF v ~ '^(campaign\.(created|approved|vote)|completion\.(submitted|outcome|vote)|client\.onboarded|reverse|rules\.adjustment)(/[0-9]+)?:' THEN
+    IF v ~ '^(campaign[.](created|approved|vote)|completion[.](submitted|outcome|vote)|client[.]onboarded|reverse|rules[.]adjustment)(/[0-9]+)?:' THEN
         RAISE EXCEPTION 'invalid idempotency key %: reserved for pyxp''s own flows', quote_literal(v)
             USING ERRCODE = 'PX016',
                   HINT = 'keys starting with campaign.*:, completion.*:, client.onboarded:, reverse: or rules.adjustment: are pyxp''s';
@@ -328,18 +401,20 @@ $$;
 -- In a REPEATABLE READ or SERIALIZABLE transaction the snapshot predates the
 -- locks (an award under a ruleset deactivated meanwhile, a registration left
 -- pending after its client's onboarding), so they refuse (PX025) before
--- writing anything.
+-- writing anything. READ UNCOMMITTED is READ COMMITTED in PostgreSQL, and is
+-- accepted (0028: it was refused).
 CREATE FUNCTION pyxp.require_read_committed()
 RETURNS void
 LANGUAGE plpgsql STABLE
 AS $$
 BEGIN
-    IF current_setting('transaction_isolation') <> 'read committed' THEN
+    IF current_setting('transaction_isolation') NOT IN ('read committed', 'read uncommitted') THEN
         RAISE EXCEPTION 'pyxp writes run in READ COMMITTED transactions, not %',
-                        upper(current_setting('transaction_isolation'))
+                        upper(current_setting('transaction_isolation') COLLATE "C")
             USING ERRCODE = 'PX025',
                   HINT = 'call it in a READ COMMITTED transaction (PostgreSQL''s default): '
-                         'BEGIN ISOLATION LEVEL READ COMMITTED, or outside your REPEATABLE READ transaction';
+                         'BEGIN ISOLATION LEVEL READ COMMITTED, or outside your '
+                         || upper(current_setting('transaction_isolation') COLLATE "C") || ' transaction';
     END IF;
 END
 $$;

@@ -108,12 +108,12 @@ BEGIN
                        OR jsonb_typeof(r.value -> 'condition') NOT IN ('null', 'string')
                        OR jsonb_typeof(r.value -> 'formula') NOT IN ('null', 'string')
                        THEN 'event, condition and formula must be texts or null'
-                     WHEN coalesce(r.value ->> 'constant', '') !~ '^-?[0-9]{1,16}(\.[0-9]{1,20})?$'
+                     WHEN coalesce(r.value ->> 'constant', '') !~ '^-?[0-9]{1,16}([.][0-9]{1,20})?$'
                        THEN 'constant must be a decimal number'
                      WHEN jsonb_typeof(r.value -> 'coefficients') IS DISTINCT FROM 'object'
                        OR EXISTS (SELECT FROM jsonb_each_text(r.value -> 'coefficients') c
                                    WHERE c.key !~ '^[A-Z_][A-Z0-9_]{0,63}$'
-                                      OR c.value !~ '^-?[0-9]{1,16}(\.[0-9]{1,20})?$')
+                                      OR c.value !~ '^-?[0-9]{1,16}([.][0-9]{1,20})?$')
                        THEN 'coefficients must map INPUT names to decimal numbers'
                      WHEN jsonb_typeof(r.value -> 'campaign_types') NOT IN ('null', 'array')
                        OR EXISTS (SELECT FROM jsonb_array_elements_text(

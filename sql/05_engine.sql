@@ -1050,7 +1050,7 @@ CREATE FUNCTION pyxp.writing_ruleset(OUT ruleset_id bigint, OUT balance_floor bi
 LANGUAGE plpgsql
 AS $$
 BEGIN
-    IF current_setting('transaction_isolation') <> 'read committed' THEN  -- an expression, not a query
+    IF current_setting('transaction_isolation') NOT IN ('read committed', 'read uncommitted') THEN  -- no query
         PERFORM pyxp.require_read_committed();  -- PX025
     END IF;
     LOCK TABLE pyxp.xp_balances IN ROW EXCLUSIVE MODE;

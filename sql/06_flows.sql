@@ -127,9 +127,12 @@ $$;
 -- (PX011), before anything is written (SPEC 4). The call's own key is
 -- skipped; a retry of a call made before is not checked at all (its caller
 -- asks pyxp.call_recorded first): it replays. Holds the completion's subject
--- lock until commit (see lock_subject).
+-- lock until commit (see lock_subject). p_mint: this call's MINT value
+-- (INDIVIDUAL); a submission or outcome naming another than the completion's
+-- first call is refused too (PX011, 0028: a refusal naming 0.01 took 0.005
+-- XP back from a +5,000 submission, a hostile test).
 CREATE FUNCTION pyxp.check_completion_owner(p_completion text, p_wallet text, p_campaign text,
-                                            p_own_key text)
+                                            p_own_key text, p_mint numeric DEFAULT NULL)
 RETURNS void
 LANGUAGE plpgsql
 AS $$
@@ -162,6 +165,12 @@ BEGIN
             USING ERRCODE = 'PX011',
                   DETAIL = format('recorded: %s', coalesce(v_first, jsonb_build_object('campaign_id', v_campaign))),
                   HINT = 'name the completer wallet and campaign of the completion''s first call';
+    ELSIF p_mint IS NOT NULL AND (v_first ->> 'MINT_VALUE_WINC')::numeric <> p_mint THEN
+        RAISE EXCEPTION 'completion % was recorded with mint_value_winc %, not %', p_completion,
+                        v_first ->> 'MINT_VALUE_WINC', p_mint
+            USING ERRCODE = 'PX011',
+                  DETAIL = format('recorded: %s', v_first),
+                  HINT = 'pass the mint_value_winc of the completion''s submission';
     END IF;
 END
 $$;
@@ -396,15 +405,22 @@ BEGIN
     v_event := CASE WHEN v_validated THEN 'completion.validated'
                     WHEN v_refused THEN 'completion.refused'
                     ELSE 'completion.submitted' END;
-    v_params := pyxp.formula_inputs(v_price, v_mint, NULL);
-    v_inputs := jsonb_build_object('event', v_event, 'wallet', v_wallet, 'campaign_id', v_campaign,
-                                   'campaign_type', v_type, 'is_paid', v_paid) || v_params;
     v_key := CASE WHEN v_event = 'completion.submitted' THEN 'completion.submitted:' ELSE 'completion.outcome:' END
              || v_completion;
+    v_inputs := jsonb_build_object('event', v_event, 'wallet', v_wallet, 'campaign_id', v_campaign,
+                                   'campaign_type', v_type, 'is_paid', v_paid);
+    -- A free mission's price 0 is no price: one call with or without it
+    -- (0028: a retry without it got PX010, a hostile test). A call recorded
+    -- with its 0 before 0028 keeps it, and replays either way.
+    IF NOT v_paid AND v_price = 0 OR NOT v_paid AND v_price IS NULL THEN
+        v_price := CASE WHEN pyxp.call_recorded(v_key, v_inputs || pyxp.formula_inputs(0, v_mint, NULL)) THEN 0 END;
+    END IF;
+    v_params := pyxp.formula_inputs(v_price, v_mint, NULL);
+    v_inputs := v_inputs || v_params;
     -- The completion's submission (or outcome) made before, with these
     -- inputs or others, is the key's business: a replay, or PX010.
     IF NOT EXISTS (SELECT FROM pyxp.recorded_request(v_key)) THEN
-        PERFORM pyxp.check_completion_owner(v_completion, v_wallet, v_campaign, v_key);
+        PERFORM pyxp.check_completion_owner(v_completion, v_wallet, v_campaign, v_key, v_mint);
     END IF;
     RETURN QUERY SELECT * FROM pyxp.post_award(
         v_key,
@@ -472,6 +488,7 @@ DECLARE
     v_campaign text := pyxp.checked_identifier('campaign id', register_agency_client.campaign_id);
     v_company text;
     v_known pyxp.campaigns;
+    v_approved text;     -- the creator an approval of the campaign named, if any
     v_onboarded record;  -- the client's onboarding, if any: its request
 BEGIN
     IF register_agency_client.company_name IS NOT NULL THEN  -- blank: none
@@ -501,6 +518,19 @@ BEGIN
         RAISE EXCEPTION 'campaign % is a % campaign created by %, not an AGENCY_B2C campaign of %',
                         v_campaign, v_known.campaign_type, v_known.creator_wallet, v_agency
             USING ERRCODE = 'PX022', HINT = 'register clients on the agency''s own AGENCY_B2C campaigns';
+    END IF;
+    -- An approval names the campaign's creator too, and may precede its
+    -- creation: it must be this agency (0028; a hostile test saw an approval
+    -- pay +100 to one wallet and a registration make the campaign another's,
+    -- which then nobody could create). Serialised with approvals and
+    -- creations on the campaign's subject lock (see award_campaign_creation),
+    -- taken after the registry row's, as a creation does.
+    PERFORM pyxp.lock_subject('campaign:' || v_campaign);
+    SELECT r.inputs ->> 'wallet' INTO v_approved
+      FROM pyxp.recorded_request('campaign.approved:' || v_campaign) r WHERE r.same_key;
+    IF v_approved <> v_agency THEN
+        RAISE EXCEPTION 'campaign % was approved for creator %, not the agency %', v_campaign, v_approved, v_agency
+            USING ERRCODE = 'PX022', HINT = 'register clients on the agency''s own AGENCY_B2C campaigns';
     ELSIF v_known.creator_wallet IS NULL THEN  -- its type recorded by a vote or completion: now its agency
         UPDATE pyxp.campaigns c SET creator_wallet = v_agency WHERE c.campaign_id = v_campaign;
     END IF;
@@ -508,6 +538,10 @@ BEGIN
     PERFORM pyxp.lock_subject('client_email:' || v_email);
     SELECT r.inputs ->> 'wallet' AS wallet, r.created_at INTO v_onboarded
       FROM pyxp.recorded_request('client.onboarded:' || v_email) r;
+    IF v_onboarded.wallet = v_agency THEN  -- as onboard_agency_client refuses it the other way round
+        RAISE EXCEPTION 'client % was onboarded with wallet %, the registering agency''s', v_email, v_agency
+            USING ERRCODE = 'PX021', HINT = 'the onboarding XP goes to the client''s own wallet, never the agency';
+    END IF;
     INSERT INTO pyxp.agency_b2c_clients AS a (agency_wallet, client_email, campaign_id, company_name,
                                               client_wallet, xp_granted, onboarded_at)
     VALUES (v_agency, v_email, v_campaign, v_company, v_onboarded.wallet,
@@ -540,6 +574,14 @@ DECLARE
     v_pending record;
 BEGIN
     PERFORM pyxp.require_read_committed();
+    -- Nobody registered this client and it was never onboarded: nothing to
+    -- grant, and nothing written, not even its subject lock's row (0028). A
+    -- registration committing meanwhile stays pending until the next sign-in,
+    -- as if this one had come first.
+    IF NOT EXISTS (SELECT FROM pyxp.agency_b2c_clients a WHERE a.client_email = v_email)
+       AND NOT EXISTS (SELECT FROM pyxp.xp_requests q WHERE q.key_hash = pyxp.key_hash(v_key)) THEN
+        RETURN;
+    END IF;
     PERFORM pyxp.lock_subject('client_email:' || v_email);
     SELECT array_agg(a.agency_wallet ORDER BY a.id) AS agencies,
            array_agg(a.campaign_id ORDER BY a.id) AS campaigns,

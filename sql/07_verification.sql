@@ -747,11 +747,11 @@ AS $$
                    FROM (SELECT t.user_wallet, t.idempotency_key
                            FROM pyxp.xp_transactions t
                           WHERE t.request_digest IS NULL
-                            AND t.idempotency_key ~ '^(campaign|completion)\.vote(/[0-9]+)?:'
+                            AND t.idempotency_key ~ '^(campaign|completion)[.]vote(/[0-9]+)?:'
                          UNION
                          SELECT q.inputs ->> 'wallet', q.idempotency_key
                            FROM pyxp.xp_requests q
-                          WHERE q.idempotency_key ~ '^(campaign|completion)\.vote(/[0-9]+)?:') x
+                          WHERE q.idempotency_key ~ '^(campaign|completion)[.]vote(/[0-9]+)?:') x
                   GROUP BY 1) v ON v.user_wallet = b.user_wallet
      WHERE coalesce(b.total_moderations, 0) <> coalesce(v.votes, 0)
     UNION ALL
@@ -780,7 +780,7 @@ AS $$
                   coalesce(quote_literal(f.form), 'as refused'))
       FROM pyxp.agency_b2c_clients a
      CROSS JOIN LATERAL (SELECT CASE WHEN pyxp.invisible_character(x.t) IS NULL THEN x.t END AS form
-                           FROM (SELECT lower(pyxp.trimmed_text(a.client_email, true)) AS t) x) f
+                           FROM (SELECT pyxp.lower_cased(pyxp.trimmed_text(a.client_email, true)) AS t) x) f
      WHERE f.form IS DISTINCT FROM a.client_email
     UNION ALL
     -- No finding; 40001 when the ledger was read with a snapshot older than

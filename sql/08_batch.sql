@@ -6,7 +6,7 @@
 -- the same planner and writer (pyxp.planned_awards, pyxp.append_rows: a
 -- single award is a batch of one); the batch is one transaction: every
 -- event applies, or (any refusal) none does and the error names the event's
--- index (0-based).
+-- index (0-based). Any other field of an event is refused (PX017).
 --
 -- Steps: validate each event (a loop of pure function calls: no
 -- subtransactions); within the batch, a repeated key must carry the same
@@ -72,6 +72,21 @@ BEGIN
                                                  'params', v_event.params);
             v_events := v_events || v_event;
         END LOOP;
+        -- A field pyxp does not read is a mistake, not a note: a misspelt
+        -- "params" or "context" was dropped and the award made without it
+        -- (0028, a hostile test). One query over the batch, every event an
+        -- object by now.
+        SELECT e.i - 1 AS event_index, k.key INTO v_problem
+          FROM jsonb_array_elements(award_many.events) WITH ORDINALITY e(item, i)
+         CROSS JOIN LATERAL jsonb_object_keys(e.item) k(key)
+         WHERE k.key NOT IN ('wallet', 'action', 'idempotency_key', 'params', 'context')
+         ORDER BY e.i
+         LIMIT 1;
+        IF FOUND THEN
+            v_index := v_problem.event_index;
+            RAISE EXCEPTION 'unknown field %', quote_literal(left(v_problem.key, 70)) USING ERRCODE = 'PX017',
+                HINT = 'an event holds "wallet", "action", "idempotency_key", and optionally "params" and "context"';
+        END IF;
     EXCEPTION WHEN SQLSTATE 'PX001' OR SQLSTATE 'PX004' OR SQLSTATE 'PX016' OR SQLSTATE 'PX017' THEN
         GET STACKED DIAGNOSTICS v_message = MESSAGE_TEXT, v_hint = PG_EXCEPTION_HINT, v_code = RETURNED_SQLSTATE;
         RAISE EXCEPTION 'event %: %', v_index, v_message

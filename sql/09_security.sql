@@ -20,6 +20,13 @@ CREATE TRIGGER xp_transactions_append_only
 CREATE TRIGGER xp_transactions_no_truncate
     BEFORE TRUNCATE ON pyxp.xp_transactions
     FOR EACH STATEMENT EXECUTE FUNCTION pyxp.refuse_ledger_change();
+-- ALWAYS: they fire under session_replication_role = replica too, which a
+-- role granted SET on it (PostgreSQL 15) sets to skip ordinary triggers
+-- (0028, a hostile test: DELETE and UPDATE went through). The row trigger's
+-- setting recurses to the partitions and their future clones; each
+-- partition's TRUNCATE trigger is its own (pyxp.new_ledger_partition).
+ALTER TABLE pyxp.xp_transactions ENABLE ALWAYS TRIGGER xp_transactions_append_only;
+ALTER TABLE pyxp.xp_transactions ENABLE ALWAYS TRIGGER xp_transactions_no_truncate;
 
 -- Nobody but the owner writes a table. pyxp_reader reads every table;
 -- pyxp_writer only executes the public functions (which are SECURITY DEFINER,

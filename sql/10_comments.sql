@@ -81,6 +81,7 @@ COMMENT ON FUNCTION pyxp.trimmed_text(text, boolean) IS 'internal: NFKC (identit
 COMMENT ON FUNCTION pyxp.invisible_character(text) IS 'internal: the first control or invisible character of a text, or NULL.';
 COMMENT ON FUNCTION pyxp.checked_wallet(text, text) IS 'internal: a normalised wallet, or PX001.';
 COMMENT ON FUNCTION pyxp.checked_email(text) IS 'internal: a normalised client email, or PX002.';
+COMMENT ON FUNCTION pyxp.lower_cased(text) IS 'internal: a text lower-cased the same way whatever the database''s collation.';
 COMMENT ON FUNCTION pyxp.checked_campaign_type(text) IS 'internal: B2C, AGENCY_B2C or INDIVIDUAL, or PX003.';
 COMMENT ON FUNCTION pyxp.checked_vote(text) IS 'internal: VALID or REFUSE, or PX008.';
 COMMENT ON FUNCTION pyxp.checked_identifier(text, text, integer) IS 'internal: a cleaned id, or PX016.';
@@ -126,7 +127,7 @@ COMMENT ON FUNCTION pyxp.post_award(text, jsonb, text, text, text, text[], jsonb
 COMMENT ON FUNCTION pyxp.key_part(text) IS 'internal: escapes one part of a two-part key (injective keys).';
 COMMENT ON FUNCTION pyxp.vote_key(text, text, text, text) IS 'internal: the key of a vote, or the one an earlier version stored for it.';
 COMMENT ON FUNCTION pyxp.resolved_campaign_type(text, text) IS 'internal: the campaign''s type from the registry or the call (recorded), or PX011/PX012.';
-COMMENT ON FUNCTION pyxp.check_completion_owner(text, text, text, text) IS 'internal: PX011 when a call names another completer or campaign than the completion''s.';
+COMMENT ON FUNCTION pyxp.check_completion_owner(text, text, text, text, numeric) IS 'internal: PX011 when a call names another completer, campaign or MINT value than the completion''s.';
 COMMENT ON FUNCTION pyxp.required_campaign_type(text) IS 'internal: a campaign type that must be given, or PX003.';
 COMMENT ON FUNCTION pyxp.formula_inputs(numeric, numeric, numeric) IS 'internal: a flow''s formula inputs as JSON.';
 COMMENT ON FUNCTION pyxp.lock_subject(text) IS 'internal: the row lock serialising every call about one client email or completion.';

@@ -58,7 +58,10 @@ SET LOCAL ROLE pyxp_owner;
 -- group is final (the feed's horizon, above), and no transaction can still
 -- add a row to one (pyxp.archive_ledger_partitions). NULL: none. A
 -- transaction id is held in pg_locks from its assignment to its end, and
--- pg_stat_activity says which database its backend is in.
+-- pg_stat_activity says which database its backend is in; a prepared
+-- transaction (two-phase commit) has no backend: pg_prepared_xacts says
+-- (0028: one left prepared in another database held the feed back until it
+-- ended, a hostile test).
 CREATE FUNCTION pyxp.oldest_running_here(p_snapshot pg_snapshot)
 RETURNS xid8
 LANGUAGE sql STABLE
@@ -71,6 +74,8 @@ AS $$
                           AND l.transactionid = xid(x.xid)
                           AND a.datid <> (SELECT d.oid FROM pg_catalog.pg_database d
                                            WHERE d.datname = current_database()))
+       AND NOT EXISTS (SELECT FROM pg_catalog.pg_prepared_xacts p
+                        WHERE p.transaction = xid(x.xid) AND p.database <> current_database())
 $$;
 
 -- Whether a consumer of wallet p_wallet's rows, at cursor p_after below the
@@ -194,7 +199,10 @@ $$;
 -- notification is sent only if its transaction commits. A listener therefore
 -- reads the feed when woken AND at least once a second (the slot's other
 -- commits, a notifier that rolled back): pyxp's watch does both. README
--- "Live XP" has the measured cost of both designs.
+-- "Live XP" has the measured cost of both designs. A transaction sets
+-- pyxp.feed_wakeups to off to send none: one to be prepared (PostgreSQL
+-- refuses to PREPARE a transaction that notified; 0028, a hostile test), or
+-- one whose commit must not wait for that lock (lock_timeout).
 CREATE SEQUENCE pyxp.feed_wakeup_slot;
 
 CREATE FUNCTION pyxp.wake_feed_listeners()
@@ -205,6 +213,9 @@ DECLARE
     v_slot bigint := (extract(epoch FROM clock_timestamp()) * 10)::bigint;  -- 100 ms slots
     v_seen text := current_setting('pyxp.feed_slot_seen', true);
 BEGIN
+    IF current_setting('pyxp.feed_wakeups', true) = 'off' THEN
+        RETURN NULL;
+    END IF;
     -- A backend reads the sequence at most once per slot: the last slot it
     -- saw is kept in its session (pyxp.feed_slot_seen). A stale or forged
     -- value only delays this session's own wake-ups, which are hints.

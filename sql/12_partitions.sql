@@ -32,8 +32,8 @@ SET datestyle = 'ISO, YMD'  -- the bounds are read back from their text: ISO wit
 SET timezone = 'UTC'        -- an abbreviation that reads back as another zone (IST, CST)
 AS $$
     SELECT c.relname::text,
-           (substring(b.bound FROM 'FROM \(''([^'']+)''\)'))::timestamptz,
-           (substring(b.bound FROM 'TO \(''([^'']+)''\)'))::timestamptz,
+           (substring(b.bound FROM 'FROM [(]''([^'']+)''[)]'))::timestamptz,
+           (substring(b.bound FROM 'TO [(]''([^'']+)''[)]'))::timestamptz,
            b.bound = 'DEFAULT'
       FROM pg_catalog.pg_inherits i
       JOIN pg_catalog.pg_class c ON c.oid = i.inhrelid
@@ -54,6 +54,7 @@ BEGIN
     EXECUTE format('CREATE TABLE pyxp.%I (LIKE pyxp.xp_transactions INCLUDING DEFAULTS)', p_name);
     EXECUTE format('CREATE TRIGGER xp_transactions_no_truncate BEFORE TRUNCATE ON pyxp.%I '
                    'FOR EACH STATEMENT EXECUTE FUNCTION pyxp.refuse_ledger_change()', p_name);
+    EXECUTE format('ALTER TABLE pyxp.%I ENABLE ALWAYS TRIGGER xp_transactions_no_truncate', p_name);  -- 0028
     EXECUTE format('GRANT SELECT ON pyxp.%I TO pyxp_reader', p_name);
 END
 $$;
@@ -274,6 +275,10 @@ BEGIN
             EXECUTE FUNCTION pyxp.guard_ledger_partitions();
         CREATE EVENT TRIGGER pyxp_ledger_partitions_drop ON sql_drop
             EXECUTE FUNCTION pyxp.guard_ledger_partitions();
+        -- Under session_replication_role = replica too (0028; see 09_security.sql).
+        ALTER EVENT TRIGGER pyxp_ledger_partitions_start ENABLE ALWAYS;
+        ALTER EVENT TRIGGER pyxp_ledger_partitions_end ENABLE ALWAYS;
+        ALTER EVENT TRIGGER pyxp_ledger_partitions_drop ENABLE ALWAYS;
     ELSE
         DROP FUNCTION pyxp.guard_ledger_partitions();
         RAISE WARNING 'pyxp: % is no superuser: DETACH and DROP of a ledger partition are not refused', current_user

@@ -373,6 +373,9 @@ def test_a_batch_key_conflicting_with_a_stored_key_is_refused(xp: XP, unchanged:
                  E.MissingInput, id="other input than the formula's"),
     pytest.param(bad_event(params={"PRICE_COMPLETION": 1}), E.InvalidParams, id="unknown param"),
     pytest.param(bad_event(params={"1X": 1}), E.InvalidParams, id="param name not an identifier"),
+    pytest.param(bad_event(parms={"PRICE_COMPLETION": 1}), E.InvalidParams, id="misspelt params"),
+    pytest.param(bad_event(contxt={"note": "x"}), E.InvalidParams, id="misspelt context"),
+    pytest.param(bad_event(campaign_id="camp_1"), E.InvalidParams, id="a context field at the top"),
     pytest.param(bad_event(action="Completion_Submit_B2C_Paid",
                            params={"PRICE_COMPLETION": 1, "price_completion": 1}),
                  E.InvalidParams, id="param given twice"),
@@ -400,6 +403,14 @@ def test_refused_event_refuses_the_whole_batch_naming_its_index(
         xp.award_many([*GOOD_EVENTS, event])
     assert raised.value.message.startswith("event 2: "), raised.value.message
     assert raised.value.hint
+
+
+def test_an_unknown_field_is_named(xp: XP, unchanged: Any) -> None:
+    """A misspelt field was dropped and the award made without it (0028, a hostile test)."""
+    with unchanged(), pytest.raises(E.InvalidParams) as raised:
+        xp.award_many([*GOOD_EVENTS, bad_event(walet="0x_c")])
+    assert raised.value.message == "event 2: unknown field 'walet'"
+    assert "context" in (raised.value.hint or "")
 
 
 def test_refused_first_event_is_event_0(xp: XP, unchanged: Any) -> None:

@@ -18,14 +18,16 @@ import random
 import threading
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, NamedTuple
 
 import psycopg
 import pytest
+from psycopg.conninfo import make_conninfo
 
 from pyxp import schema
+from pyxp.database import EmbeddedCluster, _postgres_bindir
 
 AWARD = ("SELECT transaction_id FROM pyxp.award(wallet => %s, action => 'CAMPAIGN_APPROVED', "
          "idempotency_key => %s)")
@@ -473,6 +475,80 @@ def test_listeners_are_woken_by_committed_awards_only_after_commit(conninfo: str
         db.execute(AWARD_MANY, (json.dumps([{"wallet": "feed-batch", "action": "CAMPAIGN_APPROVED",
                                              "idempotency_key": key()}]),))
         assert [n.channel for n in wake_ups(listener, 10)] == ["pyxp_changes"]
+
+
+def test_a_transaction_may_send_no_wake_up(conninfo: str, db: psycopg.Connection[Any]) -> None:
+    """pyxp.feed_wakeups = off: a transaction to be prepared (two-phase commit) may not have
+    notified, nor wait at commit for the cluster-wide lock NOTIFY takes (0028)."""
+    with psycopg.connect(conninfo, autocommit=True) as listener:
+        listener.execute("LISTEN pyxp_changes")
+        time.sleep(0.2)  # a new slot
+        with psycopg.connect(conninfo) as writer_conn:
+            writer_conn.execute("SET LOCAL pyxp.feed_wakeups = off")
+            award(writer_conn, "feed-quiet")
+            writer_conn.commit()
+        assert wake_ups(listener, 1.2) == []
+        award(db, "feed-loud")  # the slot is still free: this one wakes listeners
+        assert [n.channel for n in wake_ups(listener, 10)] == ["pyxp_changes"]
+
+
+@pytest.fixture(scope="module")
+def two_phase_server() -> Iterator[str]:
+    """Conninfo of database ``pyxp`` on a private server that allows prepared transactions."""
+    bindir = _postgres_bindir()
+    if bindir is None:
+        pytest.skip("no PostgreSQL server binaries on this machine")
+    cluster = EmbeddedCluster(bindir).start()
+    try:
+        with psycopg.connect(cluster.conninfo, autocommit=True) as conn:
+            conn.execute("ALTER SYSTEM SET max_prepared_transactions = 4")
+            conn.execute("CREATE DATABASE pyxp")
+            conn.execute("CREATE DATABASE other_app")
+        cluster.stop_server()
+        cluster.start_existing()
+        target = make_conninfo(cluster.conninfo, dbname="pyxp")
+        schema.upgrade(target)
+        yield target
+    finally:
+        cluster.stop()
+
+
+def test_an_award_can_be_prepared_without_its_wake_up(two_phase_server: str) -> None:
+    """PREPARE TRANSACTION refuses a transaction that notified (0A000), and at low traffic nearly every
+    award is its slot's first: a hostile test lost the caller's whole transaction. With
+    pyxp.feed_wakeups = off it prepares, then commits, and the feed delivers the row."""
+    with psycopg.connect(two_phase_server) as conn:
+        time.sleep(0.2)
+        award(conn, "tpc-loud")
+        with pytest.raises(psycopg.errors.FeatureNotSupported):
+            conn.execute("PREPARE TRANSACTION 'tpc-loud'")
+    with psycopg.connect(two_phase_server, autocommit=True) as conn:
+        conn.execute("BEGIN")
+        conn.execute("SET LOCAL pyxp.feed_wakeups = off")
+        awarded = award(conn, "tpc-quiet")
+        conn.execute("PREPARE TRANSACTION 'tpc-quiet'")
+        conn.execute("COMMIT PREPARED 'tpc-quiet'")
+        assert [r[1] for r in conn.execute(CHANGES, (0, 10, None))] == [awarded]
+        assert conn.execute("SELECT * FROM pyxp.audit()").fetchall() == []
+
+
+def test_a_transaction_prepared_in_another_database_does_not_hold_the_feed_back(two_phase_server: str) -> None:
+    """A prepared transaction has no backend: pyxp.oldest_running_here counted one left prepared in
+    another database as running here, and a committed award never reached changes() until it ended."""
+    other = make_conninfo(two_phase_server, dbname="other_app")
+    with psycopg.connect(other, autocommit=True) as conn:
+        conn.execute("CREATE TABLE IF NOT EXISTS t (a int)")
+        conn.execute("BEGIN")
+        conn.execute("INSERT INTO t VALUES (1)")  # an xid
+        conn.execute("PREPARE TRANSACTION 'elsewhere'")
+    try:
+        with psycopg.connect(two_phase_server, autocommit=True) as conn:
+            awarded = award(conn, "after-elsewhere")
+            delivered = [r[1] for r in conn.execute(CHANGES, (0, 100, "after-elsewhere"))]
+            assert delivered == [awarded]
+    finally:
+        with psycopg.connect(other, autocommit=True) as conn:
+            conn.execute("ROLLBACK PREPARED 'elsewhere'")
 
 
 # --------------------------------------------------------------------------- privileges

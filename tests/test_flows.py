@@ -955,3 +955,80 @@ def test_an_approval_whose_rules_depend_on_an_unknown_campaigns_type_is_refused(
         xp.award_campaign_approval("camp_t", creator_wallet=CREATOR)
     xp.award_campaign_creation(CREATOR, "camp_t", "B2C")
     assert [r.transaction_type for r in xp.award_campaign_approval("camp_t").rows] == ["CAMPAIGN_APPROVED"]
+
+
+# Found by a hostile test of the flows (2026-11-27); each failed at 0027.
+
+def test_a_registration_on_a_campaign_approved_for_another_creator_is_refused(
+        xp: XP, db: psycopg.Connection[Any], unchanged: Any) -> None:
+    """The approval paid +100 to the creator it named; the registration then made the campaign the
+    agency's, and neither wallet could ever create it (PX011 both ways)."""
+    xp.award_campaign_approval("camp_ap", creator_wallet=CREATOR)
+    with unchanged(), pytest.raises(pyxp.errors.RegistrationRefused) as refused:
+        xp.register_agency_client(AGENCY, EMAIL, "camp_ap")
+    assert CREATOR in str(refused.value)
+    assert registry(db, "camp_ap") is None
+    assert [r.transaction_type for r in xp.award_campaign_creation(CREATOR, "camp_ap", "B2C").rows] == ["B2C_MINT"]
+    # The agency the approval named registers its clients.
+    xp.award_campaign_approval("camp_ag", creator_wallet=AGENCY)
+    assert xp.register_agency_client(AGENCY, EMAIL, "camp_ag").campaign_id == "camp_ag"
+    assert xp.award_campaign_creation(AGENCY, "camp_ag", "AGENCY_B2C").xp == 1000
+    assert_audit_clean(db)
+
+
+REGISTRATION = f"SELECT * FROM pyxp.register_agency_client('{AGENCY}', '{EMAIL}', 'camp_rr')"
+APPROVAL_FOR_CREATOR = f"SELECT * FROM pyxp.award_campaign_approval('camp_rr', '{CREATOR}')"
+
+
+@pytest.mark.parametrize(("held", "second", "refusal"), [(REGISTRATION, APPROVAL_FOR_CREATOR, "PX011"),
+                                                         (APPROVAL_FOR_CREATOR, REGISTRATION, "PX022")],
+                         ids=["registration-first", "approval-first"])
+def test_a_registration_and_an_approval_naming_two_creators_never_both_pass(
+        conninfo: str, db: psycopg.Connection[Any], held: str, second: str, refusal: str) -> None:
+    """Raced, the approval did not wait for the registration's uncommitted registry row: +100 to the
+    creator while the registry named the agency. Now the second waits on the campaign's subject
+    lock, then is refused."""
+    outcome = called_behind_holder(conninfo, db, held, lambda conn: conn.execute(second).fetchall())
+    assert outcome == {"sqlstate": refusal}
+    paid = {w for (w,) in db.execute("SELECT DISTINCT user_wallet FROM pyxp.xp_transactions")}
+    registered = registrations(db)
+    assert (paid, len(registered)) in [(set(), 1), ({CREATOR}, 0)]
+    assert_audit_clean(db)
+
+
+def test_a_registration_by_the_clients_own_wallet_is_refused(xp: XP, unchanged: Any) -> None:
+    """An onboarded client registering itself as its own agency was stored (PX021 the other way round)."""
+    xp.award_campaign_creation(AGENCY, "camp_o", "AGENCY_B2C")
+    xp.register_agency_client(AGENCY, EMAIL, "camp_o")
+    xp.onboard_agency_client(EMAIL, CLIENT)
+    xp.award_campaign_creation(CLIENT, "camp_own", "AGENCY_B2C")
+    with unchanged(), pytest.raises(pyxp.errors.ClientIsAgency):
+        xp.register_agency_client(CLIENT, EMAIL, "camp_own")
+
+
+def test_an_individual_outcome_names_the_mint_value_of_its_submission(xp: XP, unchanged: Any) -> None:
+    """A refusal naming 0.01 took 0.005 XP back (rounded to 0) from a +5,000 submission."""
+    assert xp.award_completion(COMPLETER, "camp_i", "comp_i", campaign_type="INDIVIDUAL",
+                               mint_value_winc=5000).xp == 5000
+    with unchanged(), pytest.raises(pyxp.errors.CampaignMismatch) as refused:
+        xp.award_completion(COMPLETER, "camp_i", "comp_i", is_refused=True, mint_value_winc=Decimal("0.01"))
+    assert "5000" in str(refused.value)
+    assert xp.award_completion(COMPLETER, "camp_i", "comp_i", is_refused=True,
+                               mint_value_winc=Decimal("5000.00")).xp == -2500
+    # An outcome first fixes it for the submission the same way; a validation names none.
+    xp.award_completion(COMPLETER, "camp_i", "comp_j", is_refused=True, mint_value_winc=100)
+    with unchanged(), pytest.raises(pyxp.errors.CampaignMismatch):
+        xp.award_completion(COMPLETER, "camp_i", "comp_j", mint_value_winc=7000)
+    assert xp.award_completion(COMPLETER, "camp_i", "comp_j", mint_value_winc=100).xp == 100
+    xp.award_completion(COMPLETER, "camp_i", "comp_k", mint_value_winc=300)
+    assert xp.award_completion(COMPLETER, "camp_i", "comp_k", is_validated=True).xp == 100
+
+
+@pytest.mark.parametrize("first", [Decimal(0), None], ids=["price-0-first", "no-price-first"])
+def test_a_free_missions_price_0_is_no_price(xp: XP, db: psycopg.Connection[Any], first: Decimal | None) -> None:
+    """A free submission with price_completion 0, retried without a price, got PX010 (and back)."""
+    made = xp.award_completion(COMPLETER, "camp_f", "comp_f", campaign_type="B2C", price_completion=first)
+    for retry in (Decimal(0), None, Decimal("0.00")):
+        again = xp.award_completion(COMPLETER, "camp_f", "comp_f", campaign_type="B2C", price_completion=retry)
+        assert again.replayed and [r.transaction_id for r in again.rows] == [r.transaction_id for r in made.rows]
+    assert db.execute("SELECT metadata ? 'PRICE_COMPLETION' FROM pyxp.xp_transactions").fetchall() == [(False,)]

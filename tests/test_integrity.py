@@ -13,6 +13,7 @@ from __future__ import annotations
 import sys
 import threading
 import unicodedata
+import uuid
 from collections.abc import Callable
 from decimal import Decimal
 from typing import Any
@@ -127,6 +128,66 @@ def test_one_email_with_invisible_variants_is_onboarded_once(xp: XP, db: psycopg
     assert xp.onboard_agency_client("client@example.com\u00a0", "0x_client").replayed
     assert xp.balance("0x_client").total_xp == 1000
     assert db.execute("SELECT count(*) FROM pyxp.agency_b2c_clients").fetchone() == (1,)
+
+
+# Databases whose default collation folds case otherwise than C.UTF-8 (a hostile test, 2026-11-27).
+LOCALES = {
+    "c": "LOCALE 'C'",
+    "icu-tr": "LOCALE_PROVIDER icu ICU_LOCALE 'tr-TR' LOCALE 'C.UTF-8'",
+}
+
+
+@pytest.mark.parametrize("locale", LOCALES)
+def test_case_is_folded_alike_whatever_the_databases_locale(conninfo: str, locale: str) -> None:
+    """lower() and upper() follow the database's collation: in a C-locale database ÉLODIE@… kept its
+    É (two clients, each onboarded: +1000 twice), under ICU tr-TR ALICE@… became alıce@… and
+    'individual', 'valid' and every formula input name were refused. 0028 folds as C.UTF-8 does."""
+    admin = psycopg.conninfo.make_conninfo(conninfo, dbname="postgres")
+    name = f"pyxp_locale_{locale.replace('-', '_')}_{uuid.uuid4().hex[:8]}"
+    with psycopg.connect(admin, autocommit=True) as conn:
+        conn.execute(sql.SQL("CREATE DATABASE {} TEMPLATE template0 " + LOCALES[locale]).format(sql.Identifier(name)))
+    target = psycopg.conninfo.make_conninfo(conninfo, dbname=name)
+    try:
+        schema.upgrade(target)
+        with XP(target, max_connections=1) as client, psycopg.connect(target, autocommit=True) as db:
+            for email, folded in [("ÉLODIE@Example.com", "élodie@example.com"), ("ALICE@EXAMPLE.COM", "alice@example.com"),
+                                  ("ΣΟΦΙΑ@X.GR", "σοφια@x.gr"), ("İPEK@X.ORG", "ipek@x.org")]:
+                assert checked(db, "checked_email", email) == folded
+            assert [checked(db, "checked_campaign_type", t) for t in ("individual", "for_b2c")] == ["INDIVIDUAL", "B2C"]
+            assert checked(db, "checked_vote", "valid") == "VALID"
+            client.award_campaign_creation("0x_agency", "camp_a", "AGENCY_B2C")
+            client.register_agency_client("0x_agency", "ÉLODIE@example.com", "camp_a")
+            client.register_agency_client("0x_agency", "élodie@example.com", "camp_a")  # the same registration
+            assert client.onboard_agency_client("Élodie@EXAMPLE.com", "0x_elodie").xp == 1000
+            assert client.onboard_agency_client("élodie@example.com", "0x_elodie").replayed
+            paid = client.award_completion("0x_completer", "camp_i", "done-1", campaign_type="individual",
+                                           mint_value_winc=Decimal(40))
+            assert paid.xp == 40
+            assert client.award_moderation_vote("0x_moderator", "camp_a", "valid").xp == 2
+            assert client.balance("0x_elodie").total_xp == 1000
+            assert db.execute("SELECT count(*) FROM pyxp.agency_b2c_clients").fetchone() == (1,)
+            assert db.execute("SELECT * FROM pyxp.audit()").fetchall() == []
+    finally:
+        with psycopg.connect(admin, autocommit=True) as conn:
+            conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+
+
+def test_lower_cased_folds_every_letter_as_c_utf8_and_python_do(db: psycopg.Connection[Any]) -> None:
+    """pyxp.lower_cased's table: every letter Python lower-cases, one for one, as Python does (U+0130,
+    İ, to i as glibc does: Python gives i + U+0307), and as lower() in C.UTF-8 where the server has
+    that collation; what is no upper-case letter stays as it is."""
+    letters = [chr(c) for c in range(1, sys.maxunicode + 1)
+               if not 0xD800 <= c < 0xE000 and chr(c).lower() != chr(c)]
+    expected = ["i" if ch == "\u0130" else ch.lower() for ch in letters]
+    others = "0123456789 abcdefghijklmnopqrstuvwxyz @._+-ßéœøσςἀ中文👍\u0301"
+    rows = db.execute("""
+        SELECT pyxp.lower_cased(l), CASE WHEN EXISTS (SELECT FROM pg_collation WHERE collname = 'C.utf8')
+                                         THEN lower(l COLLATE "C.utf8")::text COLLATE "C" END
+          FROM unnest(%s::text[]) l
+    """, (letters,)).fetchall()
+    assert [folded for folded, _ in rows] == expected
+    assert all(c_utf8 in (None, folded) for folded, c_utf8 in rows)
+    assert db.execute("SELECT pyxp.lower_cased(%s)", (others,)).fetchone() == (others,)
 
 
 # --------------------------------------------------------------------------- injective keys (SPEC 4)
@@ -254,6 +315,44 @@ def test_every_writer_refuses_repeatable_read_and_serializable(
         with pytest.raises(pyxp.IsolationRefused):
             WRITES[function](XP(conn))
         conn.rollback()
+
+
+@pytest.mark.parametrize("function", sorted(WRITES))
+def test_every_writer_runs_in_read_uncommitted(conninfo: str, db: psycopg.Connection[Any],
+                                              seeded_for_isolation: None, function: str) -> None:
+    """READ UNCOMMITTED is READ COMMITTED in PostgreSQL: it was refused with PX025 (0028)."""
+    with psycopg.connect(conninfo) as conn:
+        conn.isolation_level = psycopg.IsolationLevel.READ_UNCOMMITTED
+        try:
+            WRITES[function](XP(conn))
+        except pyxp.XPError as exc:  # refusals a write may meet here, never its isolation
+            assert not isinstance(exc, pyxp.IsolationRefused), exc
+        conn.commit()
+
+
+def test_standard_conforming_strings_off_changes_no_check(conninfo: str, db: psycopg.Connection[Any],
+                                                         unchanged: Any) -> None:
+    """A session with standard_conforming_strings off read the checks' '\\.' as '.': client@nodot
+    was registered (then refused for good to every other session), a key accepted elsewhere was
+    refused on retry (PX016), and the partitions' bounds read as NULL (0028, a hostile test)."""
+    xp = XP(conninfo, max_connections=1)
+    try:
+        made = xp.award("0xscs", "CAMPAIGN_APPROVED", "campaign_created:42")
+        xp.award_campaign_creation("0xagency", "camp_scs", "AGENCY_B2C")
+    finally:
+        xp.close()
+    with psycopg.connect(conninfo, autocommit=True) as conn:
+        conn.execute("SET standard_conforming_strings = off")
+        with XP(conn) as legacy:
+            with unchanged(), pytest.raises(pyxp.InvalidEmail):
+                legacy.register_agency_client("0xagency", "client@nodot", "camp_scs")
+            again = legacy.award("0xscs", "CAMPAIGN_APPROVED", "campaign_created:42")
+            assert again.replayed and again.rows[0].transaction_id == made.rows[0].transaction_id
+            with unchanged(), pytest.raises(pyxp.InvalidIdentifier):
+                legacy.award("0xscs", "CAMPAIGN_APPROVED", "campaign.created:42")  # a flow's namespace
+        bounds = conn.execute("SELECT count(*) FILTER (WHERE range_end IS NULL AND NOT is_default) "
+                              "FROM pyxp.ledger_partitions()").fetchone()
+        assert bounds == (0,)
 
 
 def test_a_ruleset_switch_cannot_slip_under_a_repeatable_read_award(

@@ -387,6 +387,32 @@ def test_append_only_trigger_refuses_changes_even_for_owner_and_superuser(
     assert raised.value.hint
 
 
+@pytest.mark.parametrize("statement", [
+    "UPDATE pyxp.xp_transactions SET xp_amount = xp_amount + 1",
+    "DELETE FROM pyxp.xp_transactions",
+    "TRUNCATE pyxp.xp_transactions",
+    "TRUNCATE pyxp.xp_transactions_default",
+    "ALTER TABLE pyxp.xp_transactions DETACH PARTITION pyxp.xp_transactions_default",
+])
+def test_append_only_holds_under_session_replication_role_replica(
+        conninfo: str, db: psycopg.Connection[Any], login_role: Callable[..., str],
+        connect_as: Callable[[str], psycopg.Connection[Any]], unchanged: Any, seeded: int, statement: str) -> None:
+    """A role granted SET on session_replication_role (PostgreSQL 15) skips ordinary triggers with
+    'replica': a member of pyxp_owner deleted and updated ledger rows (0028, a hostile test). The
+    ledger's triggers and the guard's event triggers are ENABLE ALWAYS."""
+    role = login_role("pyxp_owner")
+    grant = sql.SQL("{} SET ON PARAMETER session_replication_role {} {}")
+    db.execute(grant.format(sql.SQL("GRANT"), sql.SQL("TO"), sql.Identifier(role)))
+    try:  # a parameter's grant is the cluster's: DROP OWNED in the test database leaves it
+        conn = connect_as(role)
+        conn.execute("SET session_replication_role = replica")
+        conn.execute("SET ROLE pyxp_owner")
+        with unchanged(), pytest.raises(errors.AppendOnlyLedger), errors.wrap_errors():
+            conn.execute(statement)
+    finally:
+        db.execute(grant.format(sql.SQL("REVOKE"), sql.SQL("FROM"), sql.Identifier(role)))
+
+
 # --------------------------------------------------------------------------- search_path hijack
 
 SHADOW_OBJECTS = """
