@@ -78,8 +78,11 @@ $$;
 --   1. EXCLUSIVE on xp_audit_checkpoints (one archive or checkpoint at a
 --      time), SHARE on rulesets (no ruleset activated meanwhile), then SHARE
 --      on those partitions: no row can be added to them meanwhile (only a
---      transaction that began before their range ended could, and one that
---      did is waited for)
+--      transaction that began before their range ended could: one that
+--      wrote to them is waited for; one that had not yet written does so
+--      after the archive, and its rows, dated in the archived range, go to
+--      the default partition: in the ledger, audited and in the feed, but
+--      never archived, see README "Retention")
 --   2. an audit checkpoint (pyxp.record_audit_checkpoint, a statement of its
 --      own, so it sees every row of those partitions): what was written
 --      since the last one is verified (PX028, nothing archived, when
