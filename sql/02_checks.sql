@@ -173,8 +173,9 @@ AS $$
 $$;
 
 -- Client email (SPEC 1): cleaned_text with NFKC, lower-cased, at most 254
--- characters, one `@`, a non-empty local part and a domain containing a dot
--- (PX002). `+tag` sub-addresses stay distinct.
+-- characters, one `@`, a non-empty local part and a domain containing a dot,
+-- none of its labels empty (0028: a@.b.c and a@b..c were accepted) (PX002).
+-- `+tag` sub-addresses stay distinct.
 CREATE FUNCTION pyxp.checked_email(p_email text)
 RETURNS text
 LANGUAGE plpgsql IMMUTABLE PARALLEL SAFE
@@ -183,7 +184,7 @@ DECLARE
     v text := pyxp.lower_cased(pyxp.cleaned_text('client email', p_email, 254, 'PX002', true));
 BEGIN
     IF v IS NULL OR length(v) > 254
-       OR v !~ '^[^@[:space:][:cntrl:]]+@[^@[:space:][:cntrl:]]*[^@[:space:][:cntrl:].][.][^@[:space:][:cntrl:]]*[^@[:space:][:cntrl:].]$'
+       OR v !~ '^[^@[:space:][:cntrl:]]+@([^@[:space:][:cntrl:].]+[.])+[^@[:space:][:cntrl:].]+$'
     THEN
         RAISE EXCEPTION 'invalid client email: %', coalesce(quote_literal(left(p_email, 300)), 'NULL')
             USING ERRCODE = 'PX002',

@@ -196,7 +196,7 @@ def test_a_key_whose_rows_were_archived_is_never_applied_again(
         ("SELECT * FROM pyxp.award_moderation_vote('0xmod', 'camp-old', 'VALID', 'B2C')", ()),
         ("SELECT * FROM pyxp.award_completion('0xcompleter', 'camp-old', 'comp-1')", ()),
         ("SELECT * FROM pyxp.award_many(%s::jsonb)",
-         ('[{"event": "award", "wallet": "0xidle", "action": "CAMPAIGN_APPROVED", "idempotency_key": "idle-0"}]',)),
+         ('[{"wallet": "0xidle", "action": "CAMPAIGN_APPROVED", "idempotency_key": "idle-0"}]',)),
     ]
     for statement, args in calls:
         with unchanged(), pytest.raises(errors.ArchivedRows) as refused, errors.wrap_errors():

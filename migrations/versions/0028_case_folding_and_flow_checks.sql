@@ -24,6 +24,7 @@
 --   (a retry without it got PX010); a call recorded with 0 still replays.
 -- * A batch event with a field pyxp does not read is refused (PX017): a
 --   misspelt "params" or "context" was dropped.
+-- * A client email's domain has no empty label (a@.b.c was accepted).
 -- * A number out of range is shown in scientific notation past 40
 --   characters in PX004's message (1e130000 made a 130 kB message).
 --
@@ -196,7 +197,7 @@ DECLARE
     v text := pyxp.lower_cased(pyxp.cleaned_text('client email', p_email, 254, 'PX002', true));
 BEGIN
     IF v IS NULL OR length(v) > 254
-       OR v !~ '^[^@[:space:][:cntrl:]]+@[^@[:space:][:cntrl:]]*[^@[:space:][:cntrl:].][.][^@[:space:][:cntrl:]]*[^@[:space:][:cntrl:].]$'
+       OR v !~ '^[^@[:space:][:cntrl:]]+@([^@[:space:][:cntrl:].]+[.])+[^@[:space:][:cntrl:].]+$'
     THEN
         RAISE EXCEPTION 'invalid client email: %', coalesce(quote_literal(left(p_email, 300)), 'NULL')
             USING ERRCODE = 'PX002',
