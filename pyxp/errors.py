@@ -182,6 +182,14 @@ class ArchiveRefused(XPError):
     code = "PX030"
 
 
+class FeedGroupOverflow(XPError):
+    """``changes`` met a feed group of more than 16,777,215 rows, whose cursors would be the next
+    group's: it refuses rather than skip rows. Batches and retroactive applications keep a
+    transaction below it (PX023)."""
+
+    code = "PX031"
+
+
 class DatabaseUnavailable(XPError):
     """No PostgreSQL server could be reached or started, or none answered within the connect timeout.
 
@@ -198,7 +206,7 @@ __all__ = [
     "UnknownTransaction", "InvalidIdentifier", "InvalidParams", "MissingInput", "BalanceOutOfRange",
     "NoActiveRuleset", "ClientIsAgency", "RegistrationRefused", "InvalidArgument", "InvalidRuleset",
     "IsolationRefused", "InvalidPeriod", "UnknownRuleset", "LedgerInconsistent", "ArchivedRows",
-    "ArchiveRefused",
+    "ArchiveRefused", "FeedGroupOverflow",
 ]
 
 ERRORS_BY_CODE: dict[str, type[XPError]] = {

@@ -407,6 +407,7 @@ BEGIN
          GROUP BY d.chunk
          ORDER BY d.chunk
     LOOP
+        PERFORM pyxp.counted_transaction_rows(cardinality(v_chunk));  -- the feed's bound (sql/11_changes.sql)
         PERFORM FROM pyxp.append_rows(v_ruleset.ruleset_id, v_ruleset.balance_floor, v_ruleset.timezone,
                                       v_ruleset.has_caps, v_chunk, true);
         v_wallets := v_wallets + cardinality(v_chunk);

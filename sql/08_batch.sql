@@ -105,6 +105,7 @@ BEGIN
             USING ERRCODE = 'PX010', HINT = 'repeat a call with exactly the same inputs to get its result again';
     END IF;
 
+    PERFORM pyxp.counted_transaction_rows(cardinality(v_events));  -- the feed's bound (sql/11_changes.sql)
     -- 3. Plan and write the first occurrence of each key; one result row per
     --    event, in event order: its rows, or its first occurrence's (replayed).
     SELECT * INTO v_ruleset FROM pyxp.writing_ruleset();

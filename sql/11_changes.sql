@@ -46,9 +46,14 @@
 --
 -- Rows written before 0003 have no group (feed_xid NULL): their cursor is
 -- their id, and 0003 checked that every id then was below the first group's
--- cursor. Limits: 2^24 rows per group (a transaction writes at most 10,000
--- rows through award_many), and cursors fit in bigint while transaction ids
--- stay below 2^39 (about 550 billion transactions).
+-- cursor. Limits: 2^24 rows per group, and cursors fit in bigint while
+-- transaction ids stay below 2^39 (about 550 billion transactions). A group
+-- holds its transaction's rows (and rows older transactions chained to its
+-- wallets after it): batches and retroactive applications count their rows
+-- per transaction and stop at 15,728,640 (pyxp.counted_transaction_rows,
+-- PX023), and a reader meeting a rank past 2^24 - 1 fails (PX031) rather than
+-- hand out a cursor of the next group (0028: a hostile test worked out that
+-- the rest of the group would be skipped for good).
 
 SET LOCAL ROLE pyxp_owner;
 
@@ -99,6 +104,42 @@ AS $$
                          WHERE t.feed_xid = (p_after >> 24)::text::xid8 AND t.user_wallet = p_wallet))
 $$;
 
+-- The rows a transaction writes through batches and retroactive
+-- applications, counted in a transaction-local setting
+-- (pyxp.transaction_rows), p_rows more: PX023 past 15,728,640 (2^24 less
+-- 2^20 for the single awards and chained rows a group may also hold). Single
+-- awards and flows do not count (a statement each: 16 million of them in one
+-- transaction is not a workload).
+CREATE FUNCTION pyxp.counted_transaction_rows(p_rows bigint)
+RETURNS void
+LANGUAGE plpgsql
+AS $$
+DECLARE
+    v_seen text := current_setting('pyxp.transaction_rows', true);
+    v_rows bigint := CASE WHEN v_seen ~ '^[0-9]{1,15}$' THEN v_seen::bigint ELSE 0 END + p_rows;
+BEGIN
+    IF v_rows > 15728640 THEN
+        RAISE EXCEPTION 'a transaction writes at most 15728640 ledger rows through batches and retroactive applications, this one % more after %',
+                        p_rows, v_rows - p_rows
+            USING ERRCODE = 'PX023',
+                  HINT = 'commit and go on in a new transaction: the change feed ranks one transaction''s rows below 2^24';
+    END IF;
+    PERFORM set_config('pyxp.transaction_rows', v_rows::text, true);
+END
+$$;
+
+-- PX031: a feed group holds more rows than a cursor can rank (2^24 - 1).
+CREATE FUNCTION pyxp.raised_feed_overflow(p_group xid8)
+RETURNS bigint
+LANGUAGE plpgsql
+AS $$
+BEGIN
+    RAISE EXCEPTION 'feed group % holds more than 16777215 rows: their cursors would be the next group''s', p_group
+        USING ERRCODE = 'PX031',
+              HINT = 'see README "Live XP": a transaction that writes that many rows cannot be followed by cursor';
+END
+$$;
+
 -- Public: committed ledger rows after `after_cursor`, ascending by cursor, at
 -- most `max_rows` (1..1000), optionally one wallet's. total_xp is the balance
 -- right after the row; previous_level and current_level its levels before
@@ -131,6 +172,16 @@ BEGIN
     IF v_after IS NULL OR v_after < 0 THEN
         RAISE EXCEPTION 'invalid after_cursor: %', coalesce(v_after::text, 'NULL')
             USING ERRCODE = 'PX023', HINT = 'after_cursor is 0 (from the start) or a cursor the feed returned';
+    ELSIF (v_after >> 24)::text::xid8 >= pg_snapshot_xmax(v_snapshot) AND NOT pg_is_in_recovery() THEN
+        -- A group no transaction has reached: no cursor the feed returned
+        -- (0028: one was accepted, and the rows below it skipped for good, a
+        -- hostile test); or one from a cluster whose transaction ids ran
+        -- higher (a dump restored elsewhere). A standby may lag: there, none
+        -- is refused.
+        RAISE EXCEPTION 'after_cursor % is ahead of the feed (its group % has no transaction yet)',
+                        v_after, v_after >> 24
+            USING ERRCODE = 'PX023',
+                  HINT = 'pass 0 or a cursor this database''s feed returned (README "Live XP": a restored copy starts its cursors again)';
     ELSIF v_after < v_floor AND (v_wallet IS NULL OR pyxp.wallet_feed_behind_archive(v_wallet, v_after, v_floor)) THEN
         -- Rows after this cursor were archived (sql/13_retention.sql): never
         -- skipped silently.
@@ -153,7 +204,9 @@ BEGIN
             UNION ALL
             -- Whole feed: final groups from the cursor's on, ranked as scanned
             -- (index xp_transactions_feed; the window streams, LIMIT stops it).
-            (SELECT (g.feed_xid::text::bigint << 24) + g.rank, g.id, g.user_wallet, g.transaction_type,
+            (SELECT (g.feed_xid::text::bigint << 24)
+                    + CASE WHEN g.rank > 16777215 THEN pyxp.raised_feed_overflow(g.feed_xid) ELSE g.rank END,
+                    g.id, g.user_wallet, g.transaction_type,
                     g.xp_amount, g.xp_requested, g.balance_after, g.rule_id, g.campaign_id, g.subject,
                     g.idempotency_key, g.metadata, g.reverses, g.created_at, g.feed_xid, g.request_digest,
                     g.wallet_seq
@@ -167,7 +220,8 @@ BEGIN
             UNION ALL
             -- One wallet: its rows in chain order (= feed order, fact 2), each
             -- ranked within its whole group.
-            (SELECT (t.feed_xid::text::bigint << 24) + r.rank, t.*
+            (SELECT (t.feed_xid::text::bigint << 24)
+                    + CASE WHEN r.rank > 16777215 THEN pyxp.raised_feed_overflow(t.feed_xid) ELSE r.rank END, t.*
                FROM pyxp.xp_transactions t
               CROSS JOIN LATERAL (SELECT count(*) AS rank FROM pyxp.xp_transactions o
                                    WHERE o.feed_xid = t.feed_xid AND o.id <= t.id) r
@@ -236,7 +290,8 @@ CREATE TRIGGER xp_transactions_wake_feed
 
 REVOKE ALL ON FUNCTION pyxp.changes(bigint, integer, text), pyxp.wake_feed_listeners(),
                         pyxp.wallet_feed_behind_archive(text, bigint, bigint),
-                        pyxp.oldest_running_here(pg_snapshot) FROM PUBLIC;
+                        pyxp.oldest_running_here(pg_snapshot), pyxp.counted_transaction_rows(bigint),
+                        pyxp.raised_feed_overflow(xid8) FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION pyxp.changes(bigint, integer, text) TO pyxp_writer, pyxp_reader;
 REVOKE ALL ON SEQUENCE pyxp.feed_wakeup_slot FROM PUBLIC;
 GRANT SELECT ON SEQUENCE pyxp.feed_wakeup_slot TO pyxp_reader;
@@ -245,6 +300,10 @@ COMMENT ON FUNCTION pyxp.changes(bigint, integer, text) IS
     'API: the change feed: committed ledger rows after a cursor, each exactly once, with total_xp and the levels before and after; pass back the last cursor.';
 COMMENT ON FUNCTION pyxp.wallet_feed_behind_archive(text, bigint, bigint) IS
     'internal: whether a consumer of one wallet''s rows, below the feed''s floor, may miss rows an archive took.';
+COMMENT ON FUNCTION pyxp.counted_transaction_rows(bigint) IS
+    'internal: counts the rows a transaction writes through batches and retroactive applications; PX023 past 15728640.';
+COMMENT ON FUNCTION pyxp.raised_feed_overflow(xid8) IS
+    'internal: PX031, a feed group holding more rows than a cursor can rank.';
 COMMENT ON FUNCTION pyxp.oldest_running_here(pg_snapshot) IS
     'internal: the oldest transaction a snapshot saw running that is not running in another database now.';
 COMMENT ON FUNCTION pyxp.wake_feed_listeners() IS

@@ -438,6 +438,47 @@ def test_bad_arguments_are_refused_and_write_nothing(db: psycopg.Connection[Any]
     assert caught.value.sqlstate == sqlstate, caught.value
 
 
+@pytest.mark.parametrize("wallet", [None, "ahead"])
+def test_a_cursor_ahead_of_the_feed_is_refused(db: psycopg.Connection[Any], unchanged: Any,
+                                              wallet: str | None) -> None:
+    """A cursor whose group no transaction has reached came from no feed: accepted, every row
+    committed below it was skipped for good (0028, a hostile test)."""
+    (xmax,), = db.execute("SELECT pg_snapshot_xmax(pg_current_snapshot())::text::bigint").fetchall()
+    with unchanged(), pytest.raises(psycopg.Error) as caught:
+        db.execute(CHANGES, ((xmax + 1000) << 24, 100, wallet))
+    assert caught.value.sqlstate == "PX023", caught.value
+    assert "ahead of the feed" in (caught.value.diag.message_primary or "")
+    awarded = award(db, "ahead")
+    assert [r[1] for r in db.execute(CHANGES, (0, 100, wallet))][-1:] == [awarded]
+
+
+def test_a_transactions_batches_stop_below_the_feeds_bound(conninfo: str, db: psycopg.Connection[Any],
+                                                          unchanged: Any) -> None:
+    """A cursor ranks a row within its group below 2^24: a transaction writing more rows than that
+    through batches (or a retroactive application) would have its last ones read as the next
+    group's, and the rest of its group skipped (a hostile test). They count, and stop at 15,728,640."""
+    events = json.dumps([{"wallet": f"bound-{i}", "action": "CAMPAIGN_APPROVED", "idempotency_key": key()}
+                         for i in range(3)])
+    with psycopg.connect(conninfo) as conn:
+        conn.execute(AWARD_MANY, (events,)).fetchall()
+        conn.execute(AWARD_MANY, (events.replace("feed-", "feed-again-"),)).fetchall()
+        assert conn.execute("SELECT current_setting('pyxp.transaction_rows')").fetchone() == ("6",)
+        conn.rollback()
+    with unchanged(), psycopg.connect(conninfo) as conn:
+        conn.execute("SELECT set_config('pyxp.transaction_rows', '15728638', true)")  # as if written before
+        with pytest.raises(psycopg.Error) as caught:
+            conn.execute(AWARD_MANY, (events,))
+        assert caught.value.sqlstate == "PX023" and "15728640" in str(caught.value)
+
+
+def test_a_group_past_a_cursors_rank_is_refused_by_name(db: psycopg.Connection[Any]) -> None:
+    """What changes() raises on a rank past 2^24 - 1 (a group that large is 16.8 million rows: the
+    bound above keeps writers below it)."""
+    with pytest.raises(psycopg.Error) as caught:
+        db.execute("SELECT pyxp.raised_feed_overflow('12345'::xid8)")
+    assert caught.value.sqlstate == "PX031"
+
+
 # --------------------------------------------------------------------------- wake-ups
 
 

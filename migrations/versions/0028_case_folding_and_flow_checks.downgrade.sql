@@ -725,6 +725,147 @@ BEGIN
 END
 $$;
 
+CREATE OR REPLACE FUNCTION pyxp.changes(after_cursor bigint DEFAULT 0, max_rows integer DEFAULT 100,
+                             wallet text DEFAULT NULL)
+RETURNS TABLE (cursor bigint, transaction_id bigint, user_wallet text, transaction_type text,
+               xp_amount bigint, total_xp bigint, previous_level bigint, current_level bigint,
+               campaign_id text, subject text, created_at timestamptz)
+LANGUAGE plpgsql STABLE SECURITY DEFINER
+SET search_path = pyxp, pg_temp
+AS $$
+DECLARE
+    v_max integer := pyxp.checked_row_count('max_rows', changes.max_rows);
+    v_wallet text := CASE WHEN changes.wallet IS NOT NULL THEN pyxp.checked_wallet(changes.wallet) END;
+    v_after bigint := changes.after_cursor;
+    v_snapshot pg_snapshot := pg_current_snapshot();
+    -- Every group below this is final (see above): the oldest transaction the
+    -- snapshot saw running that is not running in another database now, and
+    -- the reader's own transaction if it has written (its id is in no
+    -- snapshot's list of running ones, and it may still roll back). On a hot
+    -- standby the list of running transactions is not exposed (it is kept in
+    -- the snapshot's overflow): there, the snapshot's xmin, cluster-wide.
+    v_horizon xid8 := CASE WHEN pg_is_in_recovery() THEN pg_snapshot_xmin(v_snapshot) ELSE least(
+        pyxp.oldest_running_here(v_snapshot), pg_current_xact_id_if_assigned(), pg_snapshot_xmax(v_snapshot)) END;
+    v_group xid8;
+    v_rank bigint;
+    v_floor bigint := (SELECT max(a.feed_floor) FROM pyxp.xp_ledger_archives a);
+BEGIN
+    IF v_after IS NULL OR v_after < 0 THEN
+        RAISE EXCEPTION 'invalid after_cursor: %', coalesce(v_after::text, 'NULL')
+            USING ERRCODE = 'PX023', HINT = 'after_cursor is 0 (from the start) or a cursor the feed returned';
+    ELSIF v_after < v_floor AND (v_wallet IS NULL OR pyxp.wallet_feed_behind_archive(v_wallet, v_after, v_floor)) THEN
+        -- Rows after this cursor were archived (sql/13_retention.sql): never
+        -- skipped silently.
+        RAISE EXCEPTION 'rows after cursor % were archived', v_after
+            USING ERRCODE = 'PX029',
+                  DETAIL = format('the archived rows reach cursor %s', v_floor),
+                  HINT = 'a consumer must be past the rows archived; they are in schema pyxp_archive (or its dump)';
+    END IF;
+    v_group := (v_after >> 24)::text::xid8;
+    v_rank := v_after & 16777215;
+    RETURN QUERY
+        WITH page AS (
+            -- Rows from before 0003: cursor = id.
+            (SELECT t.id AS cur, t.*
+               FROM pyxp.xp_transactions t
+              WHERE t.feed_xid IS NULL AND t.id > v_after
+                AND (v_wallet IS NULL OR t.user_wallet = v_wallet)
+              ORDER BY t.id
+              LIMIT v_max)
+            UNION ALL
+            -- Whole feed: final groups from the cursor's on, ranked as scanned
+            -- (index xp_transactions_feed; the window streams, LIMIT stops it).
+            (SELECT (g.feed_xid::text::bigint << 24) + g.rank, g.id, g.user_wallet, g.transaction_type,
+                    g.xp_amount, g.xp_requested, g.balance_after, g.rule_id, g.campaign_id, g.subject,
+                    g.idempotency_key, g.metadata, g.reverses, g.created_at, g.feed_xid, g.request_digest,
+                    g.wallet_seq
+               FROM (SELECT t.*, row_number() OVER (PARTITION BY t.feed_xid ORDER BY t.id) AS rank
+                       FROM pyxp.xp_transactions t
+                      WHERE v_wallet IS NULL AND t.feed_xid >= v_group AND t.feed_xid < v_horizon
+                      ORDER BY t.feed_xid, t.id) g
+              WHERE g.feed_xid > v_group OR g.rank > v_rank
+              ORDER BY g.feed_xid, g.id
+              LIMIT v_max)
+            UNION ALL
+            -- One wallet: its rows in chain order (= feed order, fact 2), each
+            -- ranked within its whole group.
+            (SELECT (t.feed_xid::text::bigint << 24) + r.rank, t.*
+               FROM pyxp.xp_transactions t
+              CROSS JOIN LATERAL (SELECT count(*) AS rank FROM pyxp.xp_transactions o
+                                   WHERE o.feed_xid = t.feed_xid AND o.id <= t.id) r
+              WHERE v_wallet IS NOT NULL AND t.user_wallet = v_wallet
+                AND t.feed_xid >= v_group AND t.feed_xid < v_horizon
+                AND (t.feed_xid > v_group OR r.rank > v_rank)
+              ORDER BY t.wallet_seq
+              LIMIT v_max)
+        )
+        SELECT p.cur, p.id, p.user_wallet, p.transaction_type, p.xp_amount, p.balance_after,
+               before_.level, after_.level, p.campaign_id, p.subject, p.created_at
+          FROM page p
+         CROSS JOIN LATERAL (SELECT pyxp.row_ruleset(p.rule_id, p.idempotency_key) AS ruleset_id) q
+         CROSS JOIN LATERAL pyxp.curve_position(q.ruleset_id, p.balance_after - p.xp_amount) before_
+         CROSS JOIN LATERAL pyxp.curve_position(q.ruleset_id, p.balance_after) after_
+         ORDER BY p.cur
+         LIMIT v_max;
+    -- Read with a snapshot older than an archive's commit: those rows were
+    -- missing, and the floor above unseen (40001).
+    PERFORM pyxp.ledger_unmoved();
+END
+$$;
+
+CREATE OR REPLACE FUNCTION pyxp.apply_rules_retroactively(ruleset_id bigint)
+RETURNS TABLE (ruleset_id_applied bigint, name text, version integer, already_applied boolean,
+               wallets_adjusted bigint, xp_adjusted numeric, balances_changed bigint)
+LANGUAGE plpgsql SECURITY DEFINER
+SET search_path = pyxp, pg_temp
+SET lock_timeout = '10s'  -- see recalculate_levels: never queue every award behind an open transaction
+SET jit = off
+AS $$
+DECLARE
+    v_ruleset pyxp.rulesets := pyxp.checked_ruleset(apply_rules_retroactively.ruleset_id);
+    v_levels bigint;
+    v_chunk pyxp.pending_row[];
+    v_wallets bigint := 0;
+    v_xp numeric := 0;
+    v_call bigint := nextval('pyxp.retroactive_applications');
+BEGIN
+    PERFORM pyxp.require_read_committed();
+    -- Installers' lock first, then the awards' (the order of install_ruleset).
+    LOCK TABLE pyxp.rulesets IN SHARE ROW EXCLUSIVE MODE;
+    LOCK TABLE pyxp.xp_balances IN SHARE ROW EXCLUSIVE MODE;
+    v_levels := pyxp.activate_ruleset(v_ruleset.ruleset_id);
+    -- Wallets in order, 10,000 per call of the writer.
+    FOR v_chunk IN
+        SELECT array_agg(ROW(0, d.user_wallet, d.key,
+                             jsonb_build_object('action', 'RULES_ADJUSTMENT', 'wallet', d.user_wallet,
+                                                'ruleset_id', v_ruleset.ruleset_id),
+                             'RULES_ADJUSTMENT', d.delta, NULL, false, NULL, NULL, NULL,
+                             jsonb_build_object('ruleset_id', v_ruleset.ruleset_id, 'ruleset', v_ruleset.name,
+                                                'version', v_ruleset.version, 'total_xp_before', d.now_xp,
+                                                'reason', 'retroactive application of the rules'),
+                             NULL, 0)::pyxp.pending_row ORDER BY d.user_wallet)
+          FROM (SELECT s.user_wallet, s.total_xp_then - s.total_xp_now AS delta, s.total_xp_now AS now_xp,
+                       format('rules.adjustment:%s:%s.%s:%s', v_ruleset.ruleset_id, pg_current_xact_id(),
+                              v_call, s.user_wallet) AS key,
+                       (row_number() OVER (ORDER BY s.user_wallet) - 1) / 10000 AS chunk
+                  FROM pyxp.simulated_totals(v_ruleset.ruleset_id) s
+                 WHERE pyxp.checked_simulated_total(s.user_wallet, s.total_xp_then) <> s.total_xp_now) d
+         GROUP BY d.chunk
+         ORDER BY d.chunk
+    LOOP
+        PERFORM FROM pyxp.append_rows(v_ruleset.ruleset_id, v_ruleset.balance_floor, v_ruleset.timezone,
+                                      v_ruleset.has_caps, v_chunk, true);
+        v_wallets := v_wallets + cardinality(v_chunk);
+        v_xp := v_xp + (SELECT sum(c.xp_amount) FROM unnest(v_chunk) c);
+    END LOOP;
+    IF v_wallets > 0 THEN
+        UPDATE pyxp.rulesets r SET applied_retroactively_at = now() WHERE r.ruleset_id = v_ruleset.ruleset_id;
+    END IF;
+    RETURN QUERY SELECT v_ruleset.ruleset_id, v_ruleset.name, v_ruleset.version, v_wallets = 0, v_wallets, v_xp,
+                        v_levels;
+END
+$$;
+
 DROP FUNCTION pyxp.check_completion_owner(text, text, text, text, numeric);
 
 CREATE FUNCTION pyxp.check_completion_owner(p_completion text, p_wallet text, p_campaign text,
@@ -770,5 +911,9 @@ COMMENT ON FUNCTION pyxp.check_completion_owner(text, text, text, text) IS 'inte
 REVOKE ALL ON FUNCTION pyxp.check_completion_owner(text, text, text, text) FROM PUBLIC;
 
 DROP FUNCTION pyxp.lower_cased(text);
+
+DROP FUNCTION pyxp.counted_transaction_rows(bigint);
+
+DROP FUNCTION pyxp.raised_feed_overflow(xid8);
 
 RESET ROLE;
