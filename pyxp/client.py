@@ -113,10 +113,10 @@ def json_text(value: Any) -> str:
         return "{" + ",".join(f"{json.dumps(str(k))}:{json_text(v)}" for k, v in value.items()) + "}"
     if isinstance(value, (list, tuple)):
         return "[" + ",".join(json_text(v) for v in value) + "]"
-    if isinstance(value, (float, Decimal)) and not isinstance(value, bool):
-        if not math.isfinite(value):
-            return json.dumps(str(value))
-        return format(value, "f") if isinstance(value, Decimal) else repr(value)
+    if isinstance(value, Decimal):  # is_finite: math.isfinite reads 1e1000 as a float's inf
+        return format(value, "f") if value.is_finite() else json.dumps(str(value))
+    if isinstance(value, float):
+        return repr(value) if math.isfinite(value) else json.dumps(str(value))
     return json.dumps(value)
 
 

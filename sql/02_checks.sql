@@ -3,9 +3,10 @@
 -- Each raises a PX error naming the offending value, with a HINT saying what
 -- is accepted, before anything is written. Error codes are listed in README.md.
 -- These are internal (not granted to anyone): public functions call them.
--- No plain literal holds a backslash escape ('\.'): a session with
--- standard_conforming_strings off reads it otherwise ('[.]' instead; 0028,
--- a hostile test: client@nodot was registered, a key's retry refused).
+-- No plain literal holds a backslash escape that a session with
+-- standard_conforming_strings off reads otherwise ('\.' is '.' there: '[.]'
+-- instead; 0028, a hostile test: client@nodot was registered, a key's retry
+-- refused). The \uXXXX code points below read the same either way.
 
 -- A character's code point as U+XXXX: four hex digits at least, all of them
 -- beyond the Basic Multilingual Plane (U+E0041, not U+E004: 0023).
@@ -194,6 +195,19 @@ BEGIN
 END
 $$;
 
+-- A client email as checked_email read it before 0028 (lower() in the
+-- database's collation), when that differs from how it reads it now: in a
+-- database whose collation is not C.UTF-8's (LOCALE 'C', ICU tr-TR), the
+-- registrations, onboarding keys and ledger rows written before 0028 hold
+-- this form, and the flows find them by it (a hostile test: after the
+-- upgrade, a registered client's sign-in found nothing, and an onboarded
+-- client was paid again). NULL when both read alike (C.UTF-8: every email
+-- but those holding U+0130).
+CREATE FUNCTION pyxp.email_before_0028(p_email text, p_email_now text)
+RETURNS text
+LANGUAGE sql STABLE PARALLEL SAFE
+AS $$ SELECT nullif(lower(pyxp.cleaned_text('client email', p_email, 254, 'PX002', true)), p_email_now) $$;
+
 -- Campaign type: B2C, AGENCY_B2C, INDIVIDUAL, case-insensitive, also in the
 -- platform's creator_type spelling FOR_B2C, FOR_AGENCY_B2C, FOR_INDIVIDUAL.
 -- Upper-cased as ASCII (COLLATE "C"), like votes and formula input names:
@@ -268,10 +282,11 @@ BEGIN
         RAISE EXCEPTION 'invalid %: % is not a finite number', p_what, p_value
             USING ERRCODE = 'PX004', HINT = 'a finite number between 0 and 10^15';
     ELSIF p_value < 0 OR p_value > 1e15 THEN
-        -- Shown in scientific notation past 40 characters: 1e130000 printed
-        -- in full made a 130 kB message (0028, a hostile test).
+        -- Cut past 40 characters: 1e130000 printed in full made a 130 kB
+        -- message (0028, a hostile test).
         RAISE EXCEPTION 'invalid %: % is out of range', p_what,
-                        CASE WHEN length(p_value::text) <= 40 THEN p_value::text ELSE btrim(to_char(p_value, '9.999EEEE')) END
+                        CASE WHEN length(p_value::text) <= 40 THEN p_value::text
+                             ELSE format('%s… (%s characters)', left(p_value::text, 30), length(p_value::text)) END
             USING ERRCODE = 'PX004', HINT = 'a finite number between 0 and 10^15';
     END IF;
     RETURN p_value;

@@ -127,10 +127,10 @@ $$;
 -- (PX011), before anything is written (SPEC 4). The call's own key is
 -- skipped; a retry of a call made before is not checked at all (its caller
 -- asks pyxp.call_recorded first): it replays. Holds the completion's subject
--- lock until commit (see lock_subject). p_mint: this call's MINT value
--- (INDIVIDUAL); a submission or outcome naming another than the completion's
--- first call is refused too (PX011, 0028: a refusal naming 0.01 took 0.005
--- XP back from a +5,000 submission, a hostile test).
+-- lock until commit (see lock_subject). p_mint: the MINT value of an
+-- INDIVIDUAL submission or refusal, which must be its counterpart's (PX011,
+-- 0028: a refusal naming 0.01 took 0.005 XP back from a +5,000 submission, a
+-- hostile test); a validation's, or another type's, is not compared.
 CREATE FUNCTION pyxp.check_completion_owner(p_completion text, p_wallet text, p_campaign text,
                                             p_own_key text, p_mint numeric DEFAULT NULL)
 RETURNS void
@@ -165,7 +165,8 @@ BEGIN
             USING ERRCODE = 'PX011',
                   DETAIL = format('recorded: %s', coalesce(v_first, jsonb_build_object('campaign_id', v_campaign))),
                   HINT = 'name the completer wallet and campaign of the completion''s first call';
-    ELSIF p_mint IS NOT NULL AND (v_first ->> 'MINT_VALUE_WINC')::numeric <> p_mint THEN
+    ELSIF p_mint IS NOT NULL AND v_first ->> 'event' IN ('completion.submitted', 'completion.refused')
+          AND (v_first ->> 'MINT_VALUE_WINC')::numeric <> p_mint THEN
         RAISE EXCEPTION 'completion % was recorded with mint_value_winc %, not %', p_completion,
                         v_first ->> 'MINT_VALUE_WINC', p_mint
             USING ERRCODE = 'PX011',
@@ -420,7 +421,8 @@ BEGIN
     -- The completion's submission (or outcome) made before, with these
     -- inputs or others, is the key's business: a replay, or PX010.
     IF NOT EXISTS (SELECT FROM pyxp.recorded_request(v_key)) THEN
-        PERFORM pyxp.check_completion_owner(v_completion, v_wallet, v_campaign, v_key, v_mint);
+        PERFORM pyxp.check_completion_owner(v_completion, v_wallet, v_campaign, v_key,
+                                            CASE WHEN v_type = 'INDIVIDUAL' AND NOT v_validated THEN v_mint END);
     END IF;
     RETURN QUERY SELECT * FROM pyxp.post_award(
         v_key,
@@ -485,6 +487,7 @@ AS $$
 DECLARE
     v_agency text := pyxp.checked_wallet(register_agency_client.agency_wallet, 'agency wallet');
     v_email text := pyxp.checked_email(register_agency_client.client_email);
+    v_before text := pyxp.email_before_0028(register_agency_client.client_email, v_email);
     v_campaign text := pyxp.checked_identifier('campaign id', register_agency_client.campaign_id);
     v_company text;
     v_known pyxp.campaigns;
@@ -503,7 +506,7 @@ BEGIN
     -- whatever the registry says since.
     RETURN QUERY
         SELECT a.* FROM pyxp.agency_b2c_clients a
-         WHERE a.agency_wallet = v_agency AND a.client_email = v_email AND a.campaign_id = v_campaign;
+         WHERE a.agency_wallet = v_agency AND a.client_email IN (v_email, v_before) AND a.campaign_id = v_campaign;
     IF FOUND THEN
         RETURN;
     END IF;
@@ -536,12 +539,18 @@ BEGIN
     END IF;
 
     PERFORM pyxp.lock_subject('client_email:' || v_email);
-    SELECT r.inputs ->> 'wallet' AS wallet, r.created_at INTO v_onboarded
-      FROM pyxp.recorded_request('client.onboarded:' || v_email) r;
+    SELECT r.inputs ->> 'wallet' AS wallet, r.created_at, e.email INTO v_onboarded
+      FROM unnest(ARRAY[v_email, v_before]) WITH ORDINALITY e(email, n)
+     CROSS JOIN LATERAL pyxp.recorded_request('client.onboarded:' || e.email) r
+     WHERE e.email IS NOT NULL
+     ORDER BY e.n
+     LIMIT 1;
     IF v_onboarded.wallet = v_agency THEN  -- as onboard_agency_client refuses it the other way round
         RAISE EXCEPTION 'client % was onboarded with wallet %, the registering agency''s', v_email, v_agency
             USING ERRCODE = 'PX021', HINT = 'the onboarding XP goes to the client''s own wallet, never the agency';
     END IF;
+    -- Stored as the email's onboarding spelt it (before 0028, maybe otherwise).
+    v_email := coalesce(v_onboarded.email, v_email);
     INSERT INTO pyxp.agency_b2c_clients AS a (agency_wallet, client_email, campaign_id, company_name,
                                               client_wallet, xp_granted, onboarded_at)
     VALUES (v_agency, v_email, v_campaign, v_company, v_onboarded.wallet,
@@ -569,16 +578,24 @@ SET plan_cache_mode = force_generic_plan
 AS $$
 DECLARE
     v_email text := pyxp.checked_email(onboard_agency_client.client_email);
+    v_before text := pyxp.email_before_0028(onboard_agency_client.client_email, v_email);
     v_wallet text := pyxp.checked_wallet(onboard_agency_client.client_wallet, 'client wallet');
     v_key text := 'client.onboarded:' || v_email;
     v_pending record;
 BEGIN
     PERFORM pyxp.require_read_committed();
+    -- An email onboarded before 0028 in the form of that time (see
+    -- pyxp.email_before_0028) keeps its key: a replay, or PX010.
+    IF v_before IS NOT NULL
+       AND NOT EXISTS (SELECT FROM pyxp.xp_requests q WHERE q.key_hash = pyxp.key_hash(v_key))
+       AND EXISTS (SELECT FROM pyxp.xp_requests q WHERE q.key_hash = pyxp.key_hash('client.onboarded:' || v_before)) THEN
+        v_key := 'client.onboarded:' || v_before;
+    END IF;
     -- Nobody registered this client and it was never onboarded: nothing to
     -- grant, and nothing written, not even its subject lock's row (0028). A
     -- registration committing meanwhile stays pending until the next sign-in,
     -- as if this one had come first.
-    IF NOT EXISTS (SELECT FROM pyxp.agency_b2c_clients a WHERE a.client_email = v_email)
+    IF NOT EXISTS (SELECT FROM pyxp.agency_b2c_clients a WHERE a.client_email IN (v_email, v_before))
        AND NOT EXISTS (SELECT FROM pyxp.xp_requests q WHERE q.key_hash = pyxp.key_hash(v_key)) THEN
         RETURN;
     END IF;
@@ -588,7 +605,7 @@ BEGIN
            (array_agg(a.company_name ORDER BY a.id) FILTER (WHERE a.company_name IS NOT NULL))[1] AS company
       INTO v_pending
       FROM pyxp.agency_b2c_clients a
-     WHERE a.client_email = v_email AND NOT a.xp_granted;
+     WHERE a.client_email IN (v_email, v_before) AND NOT a.xp_granted;
 
     IF v_pending.agencies IS NULL
        AND NOT EXISTS (SELECT FROM pyxp.xp_requests q WHERE q.key_hash = pyxp.key_hash(v_key)) THEN
@@ -611,6 +628,6 @@ BEGIN
 
     UPDATE pyxp.agency_b2c_clients a
        SET xp_granted = true, client_wallet = v_wallet, onboarded_at = now()
-     WHERE a.client_email = v_email AND NOT a.xp_granted;
+     WHERE a.client_email IN (v_email, v_before) AND NOT a.xp_granted;
 END
 $$;

@@ -770,8 +770,14 @@ AS $$
                   CASE WHEN a.xp_granted THEN 'granted without an onboarding of that email'
                        ELSE 'pending although that email was onboarded' END)
       FROM pyxp.agency_b2c_clients a
-      LEFT JOIN pyxp.xp_requests q ON q.key_hash = pyxp.key_hash('client.onboarded:' || a.client_email)
-     WHERE a.xp_granted <> (q.key_hash IS NOT NULL)
+     CROSS JOIN LATERAL (SELECT EXISTS (
+                SELECT FROM pyxp.xp_requests q
+                 WHERE q.key_hash IN (pyxp.key_hash('client.onboarded:' || a.client_email),
+                                      -- stored as read before 0028, onboarded since (pyxp.email_before_0028)
+                                      pyxp.key_hash('client.onboarded:'
+                                                    || pyxp.lower_cased(pyxp.trimmed_text(a.client_email, true)))))
+                AS onboarded) q
+     WHERE a.xp_granted <> q.onboarded
     UNION ALL
     -- Client emails stored before 0002 that today's checks would read
     -- otherwise (the wallets: pyxp.unsliced_problems).
@@ -782,6 +788,8 @@ AS $$
      CROSS JOIN LATERAL (SELECT CASE WHEN pyxp.invisible_character(x.t) IS NULL THEN x.t END AS form
                            FROM (SELECT pyxp.lower_cased(pyxp.trimmed_text(a.client_email, true)) AS t) x) f
      WHERE f.form IS DISTINCT FROM a.client_email
+       -- or as read before 0028 (lower() in the database's collation: pyxp.email_before_0028)
+       AND (f.form IS NULL OR lower(pyxp.trimmed_text(a.client_email, true)) IS DISTINCT FROM a.client_email)
     UNION ALL
     -- No finding; 40001 when the ledger was read with a snapshot older than
     -- an archive's commit (its rows would have been reported missing).

@@ -75,11 +75,15 @@ BEGIN
         -- A field pyxp does not read is a mistake, not a note: a misspelt
         -- "params" or "context" was dropped and the award made without it
         -- (0028, a hostile test). One query over the batch, every event an
-        -- object by now.
+        -- object by now. An event whose key is claimed is a retry, which
+        -- replays whatever it carries (a batch made before 0028 was refused
+        -- on its retry: a second hostile test).
         SELECT e.i - 1 AS event_index, k.key INTO v_problem
           FROM jsonb_array_elements(award_many.events) WITH ORDINALITY e(item, i)
          CROSS JOIN LATERAL jsonb_object_keys(e.item) k(key)
          WHERE k.key NOT IN ('wallet', 'action', 'idempotency_key', 'params', 'context')
+           AND NOT EXISTS (SELECT FROM pyxp.xp_award_claims c
+                            WHERE c.key_hash = pyxp.key_hash(v_events[e.i].key) LIMIT 1)
          ORDER BY e.i
          LIMIT 1;
         IF FOUND THEN

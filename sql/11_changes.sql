@@ -267,7 +267,7 @@ DECLARE
     v_slot bigint := (extract(epoch FROM clock_timestamp()) * 10)::bigint;  -- 100 ms slots
     v_seen text := current_setting('pyxp.feed_slot_seen', true);
 BEGIN
-    IF current_setting('pyxp.feed_wakeups', true) = 'off' THEN
+    IF lower(current_setting('pyxp.feed_wakeups', true) COLLATE "C") IN ('off', 'false', 'no', '0', 'f', 'n') THEN
         RETURN NULL;
     END IF;
     -- A backend reads the sequence at most once per slot: the last slot it

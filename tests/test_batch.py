@@ -8,6 +8,8 @@ the whole batch, names the event ("event N: ...", 0-based) and writes nothing.
 
 from __future__ import annotations
 
+from decimal import Decimal
+
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -405,12 +407,30 @@ def test_refused_event_refuses_the_whole_batch_naming_its_index(
     assert raised.value.hint
 
 
+def test_a_huge_number_is_shown_briefly(xp: XP, unchanged: Any) -> None:
+    """PX004 printed all 130,000 digits of 1e130000 (a hostile test)."""
+    with unchanged(), pytest.raises(E.InvalidNumber) as raised:
+        xp.award_many([bad_event(action="Completion_Submit_B2C_Paid", params={"PRICE_COMPLETION": Decimal("1e1000")})])
+    assert len(raised.value.message) < 200 and "1001 characters" in raised.value.message, raised.value.message
+
+
 def test_an_unknown_field_is_named(xp: XP, unchanged: Any) -> None:
     """A misspelt field was dropped and the award made without it (0028, a hostile test)."""
     with unchanged(), pytest.raises(E.InvalidParams) as raised:
         xp.award_many([*GOOD_EVENTS, bad_event(walet="0x_c")])
     assert raised.value.message == "event 2: unknown field 'walet'"
     assert "context" in (raised.value.hint or "")
+
+
+def test_a_retry_replays_whatever_fields_its_events_carry(xp: XP, unchanged: Any) -> None:
+    """A batch made before 0028 with a field pyxp never read must replay, not be refused (a hostile
+    test); an event whose key is claimed is a retry."""
+    first = xp.award_many([bad_event(idempotency_key="made-before")])
+    with unchanged():
+        again = xp.award_many([bad_event(idempotency_key="made-before", note="from the CRM")])
+    assert again[0].replayed and [r.transaction_id for r in again[0].rows] == [r.transaction_id for r in first[0].rows]
+    with unchanged(), pytest.raises(E.InvalidParams):
+        xp.award_many([bad_event(idempotency_key="made-before", note="x"), bad_event(idempotency_key="new", note="x")])
 
 
 def test_refused_first_event_is_event_0(xp: XP, unchanged: Any) -> None:

@@ -518,14 +518,16 @@ def test_listeners_are_woken_by_committed_awards_only_after_commit(conninfo: str
         assert [n.channel for n in wake_ups(listener, 10)] == ["pyxp_changes"]
 
 
-def test_a_transaction_may_send_no_wake_up(conninfo: str, db: psycopg.Connection[Any]) -> None:
-    """pyxp.feed_wakeups = off: a transaction to be prepared (two-phase commit) may not have
-    notified, nor wait at commit for the cluster-wide lock NOTIFY takes (0028)."""
+@pytest.mark.parametrize("spelling", ["off", "OFF", "false", "0"])
+def test_a_transaction_may_send_no_wake_up(conninfo: str, db: psycopg.Connection[Any], spelling: str) -> None:
+    """pyxp.feed_wakeups = off (in PostgreSQL's boolean spellings): a transaction to be prepared
+    (two-phase commit) may not have notified, nor wait at commit for the cluster-wide lock NOTIFY
+    takes (0028)."""
     with psycopg.connect(conninfo, autocommit=True) as listener:
         listener.execute("LISTEN pyxp_changes")
         time.sleep(0.2)  # a new slot
         with psycopg.connect(conninfo) as writer_conn:
-            writer_conn.execute("SET LOCAL pyxp.feed_wakeups = off")
+            writer_conn.execute("SELECT set_config('pyxp.feed_wakeups', %s, true)", (spelling,))
             award(writer_conn, "feed-quiet")
             writer_conn.commit()
         assert wake_ups(listener, 1.2) == []

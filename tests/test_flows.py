@@ -1022,6 +1022,12 @@ def test_an_individual_outcome_names_the_mint_value_of_its_submission(xp: XP, un
     assert xp.award_completion(COMPLETER, "camp_i", "comp_j", mint_value_winc=100).xp == 100
     xp.award_completion(COMPLETER, "camp_i", "comp_k", mint_value_winc=300)
     assert xp.award_completion(COMPLETER, "camp_i", "comp_k", is_validated=True).xp == 100
+    # Only a submission and its refusal are compared (a second hostile test: 0028's first form
+    # refused a validation naming another MINT, and a B2C outcome, whose MINT no rule reads).
+    xp.award_completion(COMPLETER, "camp_i", "comp_l", mint_value_winc=300)
+    assert xp.award_completion(COMPLETER, "camp_i", "comp_l", is_validated=True, mint_value_winc=301).xp == 100
+    xp.award_completion(COMPLETER, "camp_b", "comp_m", campaign_type="B2C", mint_value_winc=3)
+    assert xp.award_completion(COMPLETER, "camp_b", "comp_m", is_validated=True, mint_value_winc=4).xp == 100
 
 
 @pytest.mark.parametrize("first", [Decimal(0), None], ids=["price-0-first", "no-price-first"])

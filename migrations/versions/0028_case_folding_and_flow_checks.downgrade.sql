@@ -916,4 +916,6 @@ DROP FUNCTION pyxp.counted_transaction_rows(bigint);
 
 DROP FUNCTION pyxp.raised_feed_overflow(xid8);
 
+DROP FUNCTION pyxp.email_before_0028(text, text);
+
 RESET ROLE;

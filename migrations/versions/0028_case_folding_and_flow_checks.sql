@@ -29,8 +29,8 @@
 --   characters in PX004's message (1e130000 made a 130 kB message).
 --
 -- Found by a second hostile test (the caller's transaction and session):
--- * No plain literal holds a backslash escape: under
---   standard_conforming_strings = off, '\.' read as '.' (client@nodot was
+-- * No plain literal holds a backslash escape that reads otherwise under
+--   standard_conforming_strings = off: '\.' read as '.' (client@nodot was
 --   registered; a key's retry refused, PX016) and the partitions' bounds
 --   read as NULL. '[.]' and '[(]' instead.
 -- * READ UNCOMMITTED (READ COMMITTED in PostgreSQL) is accepted (PX025).
@@ -50,6 +50,17 @@
 --   rows (pyxp.counted_transaction_rows, new: PX023), and changes() refuses
 --   a group of more than 2^24 - 1 rows (pyxp.raised_feed_overflow, new:
 --   PX031) rather than give its rows the next group's cursors.
+--
+-- Found by a fourth hostile test (of the above):
+-- * In a database whose collation folded emails otherwise (LOCALE 'C', ICU),
+--   what was stored before 0028 keeps its form: the flows find a
+--   registration or an onboarding by it too (pyxp.email_before_0028, new; a
+--   registered client's sign-in found nothing, an onboarded client was paid
+--   again), a registration of a client onboarded so is stored so, and audit()
+--   accepts either form.
+-- * The MINT check compares an INDIVIDUAL submission with its refusal only.
+-- * A batch event whose key is claimed replays whatever fields it carries.
+-- * pyxp.feed_wakeups takes PostgreSQL's boolean spellings (OFF, false, 0).
 
 -- ALWAYS: the guard's event triggers fire under session_replication_role =
 -- replica too (a superuser's: only a superuser migrating changes them).
@@ -186,6 +197,15 @@ COMMENT ON FUNCTION pyxp.raised_feed_overflow(xid8) IS
 
 REVOKE ALL ON FUNCTION pyxp.raised_feed_overflow(xid8) FROM PUBLIC;
 
+CREATE FUNCTION pyxp.email_before_0028(p_email text, p_email_now text)
+RETURNS text
+LANGUAGE sql STABLE PARALLEL SAFE
+AS $$ SELECT nullif(lower(pyxp.cleaned_text('client email', p_email, 254, 'PX002', true)), p_email_now) $$;
+
+COMMENT ON FUNCTION pyxp.email_before_0028(text, text) IS 'internal: a client email as read before 0028 (the database''s collation), when it reads otherwise now.';
+
+REVOKE ALL ON FUNCTION pyxp.email_before_0028(text, text) FROM PUBLIC;
+
 DROP FUNCTION pyxp.check_completion_owner(text, text, text, text);
 
 CREATE FUNCTION pyxp.check_completion_owner(p_completion text, p_wallet text, p_campaign text,
@@ -222,7 +242,8 @@ BEGIN
             USING ERRCODE = 'PX011',
                   DETAIL = format('recorded: %s', coalesce(v_first, jsonb_build_object('campaign_id', v_campaign))),
                   HINT = 'name the completer wallet and campaign of the completion''s first call';
-    ELSIF p_mint IS NOT NULL AND (v_first ->> 'MINT_VALUE_WINC')::numeric <> p_mint THEN
+    ELSIF p_mint IS NOT NULL AND v_first ->> 'event' IN ('completion.submitted', 'completion.refused')
+          AND (v_first ->> 'MINT_VALUE_WINC')::numeric <> p_mint THEN
         RAISE EXCEPTION 'completion % was recorded with mint_value_winc %, not %', p_completion,
                         v_first ->> 'MINT_VALUE_WINC', p_mint
             USING ERRCODE = 'PX011',
@@ -298,10 +319,11 @@ BEGIN
         RAISE EXCEPTION 'invalid %: % is not a finite number', p_what, p_value
             USING ERRCODE = 'PX004', HINT = 'a finite number between 0 and 10^15';
     ELSIF p_value < 0 OR p_value > 1e15 THEN
-        -- Shown in scientific notation past 40 characters: 1e130000 printed
-        -- in full made a 130 kB message (0028, a hostile test).
+        -- Cut past 40 characters: 1e130000 printed in full made a 130 kB
+        -- message (0028, a hostile test).
         RAISE EXCEPTION 'invalid %: % is out of range', p_what,
-                        CASE WHEN length(p_value::text) <= 40 THEN p_value::text ELSE btrim(to_char(p_value, '9.999EEEE')) END
+                        CASE WHEN length(p_value::text) <= 40 THEN p_value::text
+                             ELSE format('%s… (%s characters)', left(p_value::text, 30), length(p_value::text)) END
             USING ERRCODE = 'PX004', HINT = 'a finite number between 0 and 10^15';
     END IF;
     RETURN p_value;
@@ -410,7 +432,8 @@ BEGIN
     -- The completion's submission (or outcome) made before, with these
     -- inputs or others, is the key's business: a replay, or PX010.
     IF NOT EXISTS (SELECT FROM pyxp.recorded_request(v_key)) THEN
-        PERFORM pyxp.check_completion_owner(v_completion, v_wallet, v_campaign, v_key, v_mint);
+        PERFORM pyxp.check_completion_owner(v_completion, v_wallet, v_campaign, v_key,
+                                            CASE WHEN v_type = 'INDIVIDUAL' AND NOT v_validated THEN v_mint END);
     END IF;
     RETURN QUERY SELECT * FROM pyxp.post_award(
         v_key,
@@ -435,6 +458,7 @@ AS $$
 DECLARE
     v_agency text := pyxp.checked_wallet(register_agency_client.agency_wallet, 'agency wallet');
     v_email text := pyxp.checked_email(register_agency_client.client_email);
+    v_before text := pyxp.email_before_0028(register_agency_client.client_email, v_email);
     v_campaign text := pyxp.checked_identifier('campaign id', register_agency_client.campaign_id);
     v_company text;
     v_known pyxp.campaigns;
@@ -453,7 +477,7 @@ BEGIN
     -- whatever the registry says since.
     RETURN QUERY
         SELECT a.* FROM pyxp.agency_b2c_clients a
-         WHERE a.agency_wallet = v_agency AND a.client_email = v_email AND a.campaign_id = v_campaign;
+         WHERE a.agency_wallet = v_agency AND a.client_email IN (v_email, v_before) AND a.campaign_id = v_campaign;
     IF FOUND THEN
         RETURN;
     END IF;
@@ -486,12 +510,18 @@ BEGIN
     END IF;
 
     PERFORM pyxp.lock_subject('client_email:' || v_email);
-    SELECT r.inputs ->> 'wallet' AS wallet, r.created_at INTO v_onboarded
-      FROM pyxp.recorded_request('client.onboarded:' || v_email) r;
+    SELECT r.inputs ->> 'wallet' AS wallet, r.created_at, e.email INTO v_onboarded
+      FROM unnest(ARRAY[v_email, v_before]) WITH ORDINALITY e(email, n)
+     CROSS JOIN LATERAL pyxp.recorded_request('client.onboarded:' || e.email) r
+     WHERE e.email IS NOT NULL
+     ORDER BY e.n
+     LIMIT 1;
     IF v_onboarded.wallet = v_agency THEN  -- as onboard_agency_client refuses it the other way round
         RAISE EXCEPTION 'client % was onboarded with wallet %, the registering agency''s', v_email, v_agency
             USING ERRCODE = 'PX021', HINT = 'the onboarding XP goes to the client''s own wallet, never the agency';
     END IF;
+    -- Stored as the email's onboarding spelt it (before 0028, maybe otherwise).
+    v_email := coalesce(v_onboarded.email, v_email);
     INSERT INTO pyxp.agency_b2c_clients AS a (agency_wallet, client_email, campaign_id, company_name,
                                               client_wallet, xp_granted, onboarded_at)
     VALUES (v_agency, v_email, v_campaign, v_company, v_onboarded.wallet,
@@ -512,16 +542,24 @@ SET plan_cache_mode = force_generic_plan
 AS $$
 DECLARE
     v_email text := pyxp.checked_email(onboard_agency_client.client_email);
+    v_before text := pyxp.email_before_0028(onboard_agency_client.client_email, v_email);
     v_wallet text := pyxp.checked_wallet(onboard_agency_client.client_wallet, 'client wallet');
     v_key text := 'client.onboarded:' || v_email;
     v_pending record;
 BEGIN
     PERFORM pyxp.require_read_committed();
+    -- An email onboarded before 0028 in the form of that time (see
+    -- pyxp.email_before_0028) keeps its key: a replay, or PX010.
+    IF v_before IS NOT NULL
+       AND NOT EXISTS (SELECT FROM pyxp.xp_requests q WHERE q.key_hash = pyxp.key_hash(v_key))
+       AND EXISTS (SELECT FROM pyxp.xp_requests q WHERE q.key_hash = pyxp.key_hash('client.onboarded:' || v_before)) THEN
+        v_key := 'client.onboarded:' || v_before;
+    END IF;
     -- Nobody registered this client and it was never onboarded: nothing to
     -- grant, and nothing written, not even its subject lock's row (0028). A
     -- registration committing meanwhile stays pending until the next sign-in,
     -- as if this one had come first.
-    IF NOT EXISTS (SELECT FROM pyxp.agency_b2c_clients a WHERE a.client_email = v_email)
+    IF NOT EXISTS (SELECT FROM pyxp.agency_b2c_clients a WHERE a.client_email IN (v_email, v_before))
        AND NOT EXISTS (SELECT FROM pyxp.xp_requests q WHERE q.key_hash = pyxp.key_hash(v_key)) THEN
         RETURN;
     END IF;
@@ -531,7 +569,7 @@ BEGIN
            (array_agg(a.company_name ORDER BY a.id) FILTER (WHERE a.company_name IS NOT NULL))[1] AS company
       INTO v_pending
       FROM pyxp.agency_b2c_clients a
-     WHERE a.client_email = v_email AND NOT a.xp_granted;
+     WHERE a.client_email IN (v_email, v_before) AND NOT a.xp_granted;
 
     IF v_pending.agencies IS NULL
        AND NOT EXISTS (SELECT FROM pyxp.xp_requests q WHERE q.key_hash = pyxp.key_hash(v_key)) THEN
@@ -554,7 +592,7 @@ BEGIN
 
     UPDATE pyxp.agency_b2c_clients a
        SET xp_granted = true, client_wallet = v_wallet, onboarded_at = now()
-     WHERE a.client_email = v_email AND NOT a.xp_granted;
+     WHERE a.client_email IN (v_email, v_before) AND NOT a.xp_granted;
 END
 $$;
 
@@ -619,11 +657,15 @@ BEGIN
         -- A field pyxp does not read is a mistake, not a note: a misspelt
         -- "params" or "context" was dropped and the award made without it
         -- (0028, a hostile test). One query over the batch, every event an
-        -- object by now.
+        -- object by now. An event whose key is claimed is a retry, which
+        -- replays whatever it carries (a batch made before 0028 was refused
+        -- on its retry: a second hostile test).
         SELECT e.i - 1 AS event_index, k.key INTO v_problem
           FROM jsonb_array_elements(award_many.events) WITH ORDINALITY e(item, i)
          CROSS JOIN LATERAL jsonb_object_keys(e.item) k(key)
          WHERE k.key NOT IN ('wallet', 'action', 'idempotency_key', 'params', 'context')
+           AND NOT EXISTS (SELECT FROM pyxp.xp_award_claims c
+                            WHERE c.key_hash = pyxp.key_hash(v_events[e.i].key) LIMIT 1)
          ORDER BY e.i
          LIMIT 1;
         IF FOUND THEN
@@ -736,8 +778,14 @@ AS $$
                   CASE WHEN a.xp_granted THEN 'granted without an onboarding of that email'
                        ELSE 'pending although that email was onboarded' END)
       FROM pyxp.agency_b2c_clients a
-      LEFT JOIN pyxp.xp_requests q ON q.key_hash = pyxp.key_hash('client.onboarded:' || a.client_email)
-     WHERE a.xp_granted <> (q.key_hash IS NOT NULL)
+     CROSS JOIN LATERAL (SELECT EXISTS (
+                SELECT FROM pyxp.xp_requests q
+                 WHERE q.key_hash IN (pyxp.key_hash('client.onboarded:' || a.client_email),
+                                      -- stored as read before 0028, onboarded since (pyxp.email_before_0028)
+                                      pyxp.key_hash('client.onboarded:'
+                                                    || pyxp.lower_cased(pyxp.trimmed_text(a.client_email, true)))))
+                AS onboarded) q
+     WHERE a.xp_granted <> q.onboarded
     UNION ALL
     -- Client emails stored before 0002 that today's checks would read
     -- otherwise (the wallets: pyxp.unsliced_problems).
@@ -748,6 +796,8 @@ AS $$
      CROSS JOIN LATERAL (SELECT CASE WHEN pyxp.invisible_character(x.t) IS NULL THEN x.t END AS form
                            FROM (SELECT pyxp.lower_cased(pyxp.trimmed_text(a.client_email, true)) AS t) x) f
      WHERE f.form IS DISTINCT FROM a.client_email
+       -- or as read before 0028 (lower() in the database's collation: pyxp.email_before_0028)
+       AND (f.form IS NULL OR lower(pyxp.trimmed_text(a.client_email, true)) IS DISTINCT FROM a.client_email)
     UNION ALL
     -- No finding; 40001 when the ledger was read with a snapshot older than
     -- an archive's commit (its rows would have been reported missing).
@@ -967,7 +1017,7 @@ DECLARE
     v_slot bigint := (extract(epoch FROM clock_timestamp()) * 10)::bigint;  -- 100 ms slots
     v_seen text := current_setting('pyxp.feed_slot_seen', true);
 BEGIN
-    IF current_setting('pyxp.feed_wakeups', true) = 'off' THEN
+    IF lower(current_setting('pyxp.feed_wakeups', true) COLLATE "C") IN ('off', 'false', 'no', '0', 'f', 'n') THEN
         RETURN NULL;
     END IF;
     -- A backend reads the sequence at most once per slot: the last slot it
