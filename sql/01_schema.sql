@@ -536,6 +536,19 @@ CREATE TABLE pyxp.agency_b2c_clients (
 CREATE INDEX agency_b2c_clients_pending ON pyxp.agency_b2c_clients (client_email)
     WHERE NOT xp_granted;
 
+-- Client emails stored before 0028 in a database whose collation read them
+-- otherwise than pyxp.lower_cased does since (LOCALE 'C': Émile@…; ICU
+-- tr-TR: alıce@…), filled by migration 0028 from the registrations and the
+-- onboarding keys of that time, and read by the flows
+-- (pyxp.email_before_0028): a client spelling its email otherwise than at
+-- its registration is still found, and paid once. Empty in a database
+-- installed at 0028 or whose collation is C.UTF-8's.
+CREATE TABLE pyxp.xp_email_forms_before_0028 (
+    client_email text NOT NULL,  -- as read since 0028
+    stored_form  text NOT NULL,  -- as stored before
+    PRIMARY KEY (client_email, stored_form)
+);
+
 -- One row per flow subject ever named ('client_email:<email>',
 -- 'completion:<completion id>', 'campaign:<campaign id>'): the row lock that
 -- serialises every call about that subject (pyxp.lock_subject): an email's

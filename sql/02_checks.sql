@@ -201,12 +201,19 @@ $$;
 -- registrations, onboarding keys and ledger rows written before 0028 hold
 -- this form, and the flows find them by it (a hostile test: after the
 -- upgrade, a registered client's sign-in found nothing, and an onboarded
--- client was paid again). NULL when both read alike (C.UTF-8: every email
+-- client was paid again), and every form such a database stored that reads
+-- as this email now (xp_email_forms_before_0028: a client spelling it
+-- otherwise than at its registration). Empty when none (C.UTF-8: every email
 -- but those holding U+0130).
 CREATE FUNCTION pyxp.email_before_0028(p_email text, p_email_now text)
-RETURNS text
+RETURNS text[]
 LANGUAGE sql STABLE PARALLEL SAFE
-AS $$ SELECT nullif(lower(pyxp.cleaned_text('client email', p_email, 254, 'PX002', true)), p_email_now) $$;
+AS $$
+    SELECT coalesce(array_agg(DISTINCT f.form ORDER BY f.form) FILTER (WHERE f.form <> p_email_now), '{}')
+      FROM (SELECT lower(pyxp.cleaned_text('client email', p_email, 254, 'PX002', true)) AS form
+            UNION ALL
+            SELECT e.stored_form FROM pyxp.xp_email_forms_before_0028 e WHERE e.client_email = p_email_now) f
+$$;
 
 -- Campaign type: B2C, AGENCY_B2C, INDIVIDUAL, case-insensitive, also in the
 -- platform's creator_type spelling FOR_B2C, FOR_AGENCY_B2C, FOR_INDIVIDUAL.

@@ -487,7 +487,7 @@ AS $$
 DECLARE
     v_agency text := pyxp.checked_wallet(register_agency_client.agency_wallet, 'agency wallet');
     v_email text := pyxp.checked_email(register_agency_client.client_email);
-    v_before text := pyxp.email_before_0028(register_agency_client.client_email, v_email);
+    v_before text[] := pyxp.email_before_0028(register_agency_client.client_email, v_email);
     v_campaign text := pyxp.checked_identifier('campaign id', register_agency_client.campaign_id);
     v_company text;
     v_known pyxp.campaigns;
@@ -506,7 +506,7 @@ BEGIN
     -- whatever the registry says since.
     RETURN QUERY
         SELECT a.* FROM pyxp.agency_b2c_clients a
-         WHERE a.agency_wallet = v_agency AND a.client_email IN (v_email, v_before) AND a.campaign_id = v_campaign;
+         WHERE a.agency_wallet = v_agency AND a.client_email = ANY (v_email || v_before) AND a.campaign_id = v_campaign;
     IF FOUND THEN
         RETURN;
     END IF;
@@ -540,9 +540,8 @@ BEGIN
 
     PERFORM pyxp.lock_subject('client_email:' || v_email);
     SELECT r.inputs ->> 'wallet' AS wallet, r.created_at, e.email INTO v_onboarded
-      FROM unnest(ARRAY[v_email, v_before]) WITH ORDINALITY e(email, n)
+      FROM unnest(v_email || v_before) WITH ORDINALITY e(email, n)
      CROSS JOIN LATERAL pyxp.recorded_request('client.onboarded:' || e.email) r
-     WHERE e.email IS NOT NULL
      ORDER BY e.n
      LIMIT 1;
     IF v_onboarded.wallet = v_agency THEN  -- as onboard_agency_client refuses it the other way round
@@ -578,7 +577,7 @@ SET plan_cache_mode = force_generic_plan
 AS $$
 DECLARE
     v_email text := pyxp.checked_email(onboard_agency_client.client_email);
-    v_before text := pyxp.email_before_0028(onboard_agency_client.client_email, v_email);
+    v_before text[] := pyxp.email_before_0028(onboard_agency_client.client_email, v_email);
     v_wallet text := pyxp.checked_wallet(onboard_agency_client.client_wallet, 'client wallet');
     v_key text := 'client.onboarded:' || v_email;
     v_pending record;
@@ -586,16 +585,19 @@ BEGIN
     PERFORM pyxp.require_read_committed();
     -- An email onboarded before 0028 in the form of that time (see
     -- pyxp.email_before_0028) keeps its key: a replay, or PX010.
-    IF v_before IS NOT NULL
-       AND NOT EXISTS (SELECT FROM pyxp.xp_requests q WHERE q.key_hash = pyxp.key_hash(v_key))
-       AND EXISTS (SELECT FROM pyxp.xp_requests q WHERE q.key_hash = pyxp.key_hash('client.onboarded:' || v_before)) THEN
-        v_key := 'client.onboarded:' || v_before;
+    IF cardinality(v_before) > 0
+       AND NOT EXISTS (SELECT FROM pyxp.xp_requests q WHERE q.key_hash = pyxp.key_hash(v_key)) THEN
+        v_key := coalesce((SELECT 'client.onboarded:' || f.form
+                             FROM unnest(v_before) WITH ORDINALITY f(form, n)
+                            WHERE EXISTS (SELECT FROM pyxp.xp_requests q
+                                           WHERE q.key_hash = pyxp.key_hash('client.onboarded:' || f.form))
+                            ORDER BY f.n LIMIT 1), v_key);
     END IF;
     -- Nobody registered this client and it was never onboarded: nothing to
     -- grant, and nothing written, not even its subject lock's row (0028). A
     -- registration committing meanwhile stays pending until the next sign-in,
     -- as if this one had come first.
-    IF NOT EXISTS (SELECT FROM pyxp.agency_b2c_clients a WHERE a.client_email IN (v_email, v_before))
+    IF NOT EXISTS (SELECT FROM pyxp.agency_b2c_clients a WHERE a.client_email = ANY (v_email || v_before))
        AND NOT EXISTS (SELECT FROM pyxp.xp_requests q WHERE q.key_hash = pyxp.key_hash(v_key)) THEN
         RETURN;
     END IF;
@@ -605,7 +607,7 @@ BEGIN
            (array_agg(a.company_name ORDER BY a.id) FILTER (WHERE a.company_name IS NOT NULL))[1] AS company
       INTO v_pending
       FROM pyxp.agency_b2c_clients a
-     WHERE a.client_email IN (v_email, v_before) AND NOT a.xp_granted;
+     WHERE a.client_email = ANY (v_email || v_before) AND NOT a.xp_granted;
 
     IF v_pending.agencies IS NULL
        AND NOT EXISTS (SELECT FROM pyxp.xp_requests q WHERE q.key_hash = pyxp.key_hash(v_key)) THEN
@@ -628,6 +630,6 @@ BEGIN
 
     UPDATE pyxp.agency_b2c_clients a
        SET xp_granted = true, client_wallet = v_wallet, onboarded_at = now()
-     WHERE a.client_email IN (v_email, v_before) AND NOT a.xp_granted;
+     WHERE a.client_email = ANY (v_email || v_before) AND NOT a.xp_granted;
 END
 $$;

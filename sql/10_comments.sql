@@ -82,7 +82,7 @@ COMMENT ON FUNCTION pyxp.invisible_character(text) IS 'internal: the first contr
 COMMENT ON FUNCTION pyxp.checked_wallet(text, text) IS 'internal: a normalised wallet, or PX001.';
 COMMENT ON FUNCTION pyxp.checked_email(text) IS 'internal: a normalised client email, or PX002.';
 COMMENT ON FUNCTION pyxp.lower_cased(text) IS 'internal: a text lower-cased the same way whatever the database''s collation.';
-COMMENT ON FUNCTION pyxp.email_before_0028(text, text) IS 'internal: a client email as read before 0028 (the database''s collation), when it reads otherwise now.';
+COMMENT ON FUNCTION pyxp.email_before_0028(text, text) IS 'internal: the forms a client email was stored in before 0028 (the database''s collation) that read as it now.';
 COMMENT ON FUNCTION pyxp.checked_campaign_type(text) IS 'internal: B2C, AGENCY_B2C or INDIVIDUAL, or PX003.';
 COMMENT ON FUNCTION pyxp.checked_vote(text) IS 'internal: VALID or REFUSE, or PX008.';
 COMMENT ON FUNCTION pyxp.checked_identifier(text, text, integer) IS 'internal: a cleaned id, or PX016.';

@@ -818,7 +818,8 @@ def test_0028_finds_emails_a_c_locale_database_stored_before_it(conninfo: str) -
     """In a database created with LOCALE 'C', lower() left ÉLODIE@… as Élodie@…; 0028 reads it
     élodie@…. A hostile test upgraded such a ledger: the registered client's sign-in found nothing,
     and an onboarded client signing in again was paid +1000 again. The flows now find what was
-    stored before 0028 by the input's old reading too, and audit() accepts either form."""
+    stored before 0028 by the input's old reading, and by the stored forms that read as it now
+    (listed by the migration), however the client spells it; audit() accepts either form."""
     admin = psycopg.conninfo.make_conninfo(conninfo, dbname="postgres")
     name = f"pyxp_c_locale_{os.getpid()}"
     with psycopg.connect(admin, autocommit=True) as conn:
@@ -838,8 +839,13 @@ def test_0028_finds_emails_a_c_locale_database_stored_before_it(conninfo: str) -
         schema.upgrade(target)
         with psycopg.connect(target, autocommit=True) as conn:
             assert conn.execute("SELECT * FROM pyxp.audit()").fetchall() == []
-            assert conn.execute(onboard, ("ÉLODIE@Exemple.FR", "0x_elodie")).fetchall() == [(1000, False)]
+            forms = conn.execute("SELECT client_email, stored_form FROM pyxp.xp_email_forms_before_0028 ORDER BY 1")
+            assert forms.fetchall() == [("élodie@exemple.fr", "Élodie@exemple.fr"), ("émile@exemple.fr", "Émile@exemple.fr")]
+            # Spelt otherwise than at the registration: found by the forms 0028 listed.
+            assert conn.execute(onboard, ("élodie@exemple.fr", "0x_elodie")).fetchall() == [(1000, False)]
+            assert conn.execute(onboard, ("ÉLODIE@Exemple.FR", "0x_elodie")).fetchall() == [(1000, True)]
             assert conn.execute(onboard, ("Émile@Exemple.FR", "0x_emile")).fetchall() == [(1000, True)]
+            assert conn.execute(onboard, ("émile@exemple.fr", "0x_emile")).fetchall() == [(1000, True)]
             conn.execute("SELECT * FROM pyxp.award_campaign_creation('0x_agency', 'camp_b', 'AGENCY_B2C')")
             again = conn.execute("SELECT client_email, xp_granted FROM pyxp.register_agency_client("
                                  "'0x_agency', 'Émile@Exemple.FR', 'camp_b')").fetchall()

@@ -918,4 +918,6 @@ DROP FUNCTION pyxp.raised_feed_overflow(xid8);
 
 DROP FUNCTION pyxp.email_before_0028(text, text);
 
+DROP TABLE pyxp.xp_email_forms_before_0028;
+
 RESET ROLE;

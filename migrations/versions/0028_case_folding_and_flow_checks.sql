@@ -54,10 +54,12 @@
 -- Found by a fourth hostile test (of the above):
 -- * In a database whose collation folded emails otherwise (LOCALE 'C', ICU),
 --   what was stored before 0028 keeps its form: the flows find a
---   registration or an onboarding by it too (pyxp.email_before_0028, new; a
---   registered client's sign-in found nothing, an onboarded client was paid
---   again), a registration of a client onboarded so is stored so, and audit()
---   accepts either form.
+--   registration or an onboarding by it too (pyxp.email_before_0028, new: the
+--   input's old reading, and the stored forms that read as it now, which this
+--   migration lists in xp_email_forms_before_0028, new; a registered client's
+--   sign-in found nothing, an onboarded client was paid again), a
+--   registration of a client onboarded so is stored so, and audit() accepts
+--   either form.
 -- * The MINT check compares an INDIVIDUAL submission with its refusal only.
 -- * A batch event whose key is claimed replays whatever fields it carries.
 -- * pyxp.feed_wakeups takes PostgreSQL's boolean spellings (OFF, false, 0).
@@ -97,6 +99,16 @@ BEGIN
     END LOOP;
 END
 $always$;
+
+-- Client emails stored before 0028 in a database whose collation read them
+-- otherwise than pyxp.lower_cased does (filled at the end of this file).
+CREATE TABLE pyxp.xp_email_forms_before_0028 (
+    client_email text NOT NULL,  -- as read since 0028
+    stored_form  text NOT NULL,  -- as stored before
+    PRIMARY KEY (client_email, stored_form)
+);
+REVOKE ALL ON TABLE pyxp.xp_email_forms_before_0028 FROM PUBLIC;
+GRANT SELECT ON TABLE pyxp.xp_email_forms_before_0028 TO pyxp_reader;
 
 CREATE FUNCTION pyxp.lower_cased(p_text text)
 RETURNS text
@@ -198,11 +210,16 @@ COMMENT ON FUNCTION pyxp.raised_feed_overflow(xid8) IS
 REVOKE ALL ON FUNCTION pyxp.raised_feed_overflow(xid8) FROM PUBLIC;
 
 CREATE FUNCTION pyxp.email_before_0028(p_email text, p_email_now text)
-RETURNS text
+RETURNS text[]
 LANGUAGE sql STABLE PARALLEL SAFE
-AS $$ SELECT nullif(lower(pyxp.cleaned_text('client email', p_email, 254, 'PX002', true)), p_email_now) $$;
+AS $$
+    SELECT coalesce(array_agg(DISTINCT f.form ORDER BY f.form) FILTER (WHERE f.form <> p_email_now), '{}')
+      FROM (SELECT lower(pyxp.cleaned_text('client email', p_email, 254, 'PX002', true)) AS form
+            UNION ALL
+            SELECT e.stored_form FROM pyxp.xp_email_forms_before_0028 e WHERE e.client_email = p_email_now) f
+$$;
 
-COMMENT ON FUNCTION pyxp.email_before_0028(text, text) IS 'internal: a client email as read before 0028 (the database''s collation), when it reads otherwise now.';
+COMMENT ON FUNCTION pyxp.email_before_0028(text, text) IS 'internal: the forms a client email was stored in before 0028 (the database''s collation) that read as it now.';
 
 REVOKE ALL ON FUNCTION pyxp.email_before_0028(text, text) FROM PUBLIC;
 
@@ -458,7 +475,7 @@ AS $$
 DECLARE
     v_agency text := pyxp.checked_wallet(register_agency_client.agency_wallet, 'agency wallet');
     v_email text := pyxp.checked_email(register_agency_client.client_email);
-    v_before text := pyxp.email_before_0028(register_agency_client.client_email, v_email);
+    v_before text[] := pyxp.email_before_0028(register_agency_client.client_email, v_email);
     v_campaign text := pyxp.checked_identifier('campaign id', register_agency_client.campaign_id);
     v_company text;
     v_known pyxp.campaigns;
@@ -477,7 +494,7 @@ BEGIN
     -- whatever the registry says since.
     RETURN QUERY
         SELECT a.* FROM pyxp.agency_b2c_clients a
-         WHERE a.agency_wallet = v_agency AND a.client_email IN (v_email, v_before) AND a.campaign_id = v_campaign;
+         WHERE a.agency_wallet = v_agency AND a.client_email = ANY (v_email || v_before) AND a.campaign_id = v_campaign;
     IF FOUND THEN
         RETURN;
     END IF;
@@ -511,9 +528,8 @@ BEGIN
 
     PERFORM pyxp.lock_subject('client_email:' || v_email);
     SELECT r.inputs ->> 'wallet' AS wallet, r.created_at, e.email INTO v_onboarded
-      FROM unnest(ARRAY[v_email, v_before]) WITH ORDINALITY e(email, n)
+      FROM unnest(v_email || v_before) WITH ORDINALITY e(email, n)
      CROSS JOIN LATERAL pyxp.recorded_request('client.onboarded:' || e.email) r
-     WHERE e.email IS NOT NULL
      ORDER BY e.n
      LIMIT 1;
     IF v_onboarded.wallet = v_agency THEN  -- as onboard_agency_client refuses it the other way round
@@ -542,7 +558,7 @@ SET plan_cache_mode = force_generic_plan
 AS $$
 DECLARE
     v_email text := pyxp.checked_email(onboard_agency_client.client_email);
-    v_before text := pyxp.email_before_0028(onboard_agency_client.client_email, v_email);
+    v_before text[] := pyxp.email_before_0028(onboard_agency_client.client_email, v_email);
     v_wallet text := pyxp.checked_wallet(onboard_agency_client.client_wallet, 'client wallet');
     v_key text := 'client.onboarded:' || v_email;
     v_pending record;
@@ -550,16 +566,19 @@ BEGIN
     PERFORM pyxp.require_read_committed();
     -- An email onboarded before 0028 in the form of that time (see
     -- pyxp.email_before_0028) keeps its key: a replay, or PX010.
-    IF v_before IS NOT NULL
-       AND NOT EXISTS (SELECT FROM pyxp.xp_requests q WHERE q.key_hash = pyxp.key_hash(v_key))
-       AND EXISTS (SELECT FROM pyxp.xp_requests q WHERE q.key_hash = pyxp.key_hash('client.onboarded:' || v_before)) THEN
-        v_key := 'client.onboarded:' || v_before;
+    IF cardinality(v_before) > 0
+       AND NOT EXISTS (SELECT FROM pyxp.xp_requests q WHERE q.key_hash = pyxp.key_hash(v_key)) THEN
+        v_key := coalesce((SELECT 'client.onboarded:' || f.form
+                             FROM unnest(v_before) WITH ORDINALITY f(form, n)
+                            WHERE EXISTS (SELECT FROM pyxp.xp_requests q
+                                           WHERE q.key_hash = pyxp.key_hash('client.onboarded:' || f.form))
+                            ORDER BY f.n LIMIT 1), v_key);
     END IF;
     -- Nobody registered this client and it was never onboarded: nothing to
     -- grant, and nothing written, not even its subject lock's row (0028). A
     -- registration committing meanwhile stays pending until the next sign-in,
     -- as if this one had come first.
-    IF NOT EXISTS (SELECT FROM pyxp.agency_b2c_clients a WHERE a.client_email IN (v_email, v_before))
+    IF NOT EXISTS (SELECT FROM pyxp.agency_b2c_clients a WHERE a.client_email = ANY (v_email || v_before))
        AND NOT EXISTS (SELECT FROM pyxp.xp_requests q WHERE q.key_hash = pyxp.key_hash(v_key)) THEN
         RETURN;
     END IF;
@@ -569,7 +588,7 @@ BEGIN
            (array_agg(a.company_name ORDER BY a.id) FILTER (WHERE a.company_name IS NOT NULL))[1] AS company
       INTO v_pending
       FROM pyxp.agency_b2c_clients a
-     WHERE a.client_email IN (v_email, v_before) AND NOT a.xp_granted;
+     WHERE a.client_email = ANY (v_email || v_before) AND NOT a.xp_granted;
 
     IF v_pending.agencies IS NULL
        AND NOT EXISTS (SELECT FROM pyxp.xp_requests q WHERE q.key_hash = pyxp.key_hash(v_key)) THEN
@@ -592,7 +611,7 @@ BEGIN
 
     UPDATE pyxp.agency_b2c_clients a
        SET xp_granted = true, client_wallet = v_wallet, onboarded_at = now()
-     WHERE a.client_email IN (v_email, v_before) AND NOT a.xp_granted;
+     WHERE a.client_email = ANY (v_email || v_before) AND NOT a.xp_granted;
 END
 $$;
 
@@ -1188,5 +1207,27 @@ BEGIN
                         v_levels;
 END
 $$;
+
+-- The forms this database stored that read otherwise now: its registrations'
+-- emails and its onboarding keys' (kept in xp_requests, or on the ledger's
+-- rows). Only where lower() in this database's collation folds a letter
+-- otherwise than pyxp.lower_cased (not in C.UTF-8: nothing to read then).
+DO $forms$
+BEGIN
+    IF EXISTS (SELECT FROM generate_series(65, 125251) c
+                WHERE c NOT BETWEEN 55296 AND 57343 AND lower(chr(c)) <> pyxp.lower_cased(chr(c))) THEN
+        INSERT INTO pyxp.xp_email_forms_before_0028 (client_email, stored_form)
+        SELECT DISTINCT pyxp.lower_cased(pyxp.trimmed_text(f.form, true)), f.form
+          FROM (SELECT a.client_email AS form FROM pyxp.agency_b2c_clients a
+                UNION
+                SELECT substr(q.idempotency_key, 18) FROM pyxp.xp_requests q
+                 WHERE q.idempotency_key LIKE 'client.onboarded:%'
+                UNION
+                SELECT substr(t.idempotency_key, 18) FROM pyxp.xp_transactions t
+                 WHERE t.idempotency_key LIKE 'client.onboarded:%') f
+         WHERE pyxp.lower_cased(pyxp.trimmed_text(f.form, true)) <> f.form;
+    END IF;
+END
+$forms$;
 
 RESET ROLE;
