@@ -191,14 +191,15 @@ def unchanged(db: psycopg.Connection[Any]) -> Any:
 
 @pytest.fixture
 def fresh_database(conninfo: str) -> Iterator[Callable[[], str]]:
-    """``fresh_database()``: conninfo of a new empty database on the test server, dropped at teardown."""
+    """``fresh_database()``: conninfo of a new empty database on the test server, dropped at teardown;
+    ``fresh_database("TEMPLATE template0 LOCALE 'C'")`` with those CREATE DATABASE options."""
     admin = make_conninfo(conninfo, dbname="postgres")
     names: list[str] = []
 
-    def create() -> str:
+    def create(options: str = "") -> str:
         name = f"pyxp_fresh_{uuid.uuid4().hex[:12]}"
         with psycopg.connect(admin, autocommit=True) as conn:
-            conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+            conn.execute(sql.SQL("CREATE DATABASE {} " + options).format(sql.Identifier(name)))
         names.append(name)
         return make_conninfo(conninfo, dbname=name)
 

@@ -13,7 +13,6 @@ from __future__ import annotations
 import sys
 import threading
 import unicodedata
-import uuid
 from collections.abc import Callable
 from decimal import Decimal
 from typing import Any
@@ -132,44 +131,36 @@ def test_one_email_with_invisible_variants_is_onboarded_once(xp: XP, db: psycopg
 
 # Databases whose default collation folds case otherwise than C.UTF-8 (a hostile test, 2026-11-27).
 LOCALES = {
-    "c": "LOCALE 'C'",
-    "icu-tr": "LOCALE_PROVIDER icu ICU_LOCALE 'tr-TR' LOCALE 'C.UTF-8'",
+    "c": "TEMPLATE template0 LOCALE 'C'",
+    "icu-tr": "TEMPLATE template0 LOCALE_PROVIDER icu ICU_LOCALE 'tr-TR' LOCALE 'C.UTF-8'",
 }
 
 
 @pytest.mark.parametrize("locale", LOCALES)
-def test_case_is_folded_alike_whatever_the_databases_locale(conninfo: str, locale: str) -> None:
+def test_case_is_folded_alike_whatever_the_databases_locale(fresh_database: Callable[..., str], locale: str) -> None:
     """lower() and upper() follow the database's collation: in a C-locale database ÉLODIE@… kept its
     É (two clients, each onboarded: +1000 twice), under ICU tr-TR ALICE@… became alıce@… and
     'individual', 'valid' and every formula input name were refused. 0028 folds as C.UTF-8 does."""
-    admin = psycopg.conninfo.make_conninfo(conninfo, dbname="postgres")
-    name = f"pyxp_locale_{locale.replace('-', '_')}_{uuid.uuid4().hex[:8]}"
-    with psycopg.connect(admin, autocommit=True) as conn:
-        conn.execute(sql.SQL("CREATE DATABASE {} TEMPLATE template0 " + LOCALES[locale]).format(sql.Identifier(name)))
-    target = psycopg.conninfo.make_conninfo(conninfo, dbname=name)
-    try:
-        schema.upgrade(target)
-        with XP(target, max_connections=1) as client, psycopg.connect(target, autocommit=True) as db:
-            for email, folded in [("ÉLODIE@Example.com", "élodie@example.com"), ("ALICE@EXAMPLE.COM", "alice@example.com"),
-                                  ("ΣΟΦΙΑ@X.GR", "σοφια@x.gr"), ("İPEK@X.ORG", "ipek@x.org")]:
-                assert checked(db, "checked_email", email) == folded
-            assert [checked(db, "checked_campaign_type", t) for t in ("individual", "for_b2c")] == ["INDIVIDUAL", "B2C"]
-            assert checked(db, "checked_vote", "valid") == "VALID"
-            client.award_campaign_creation("0x_agency", "camp_a", "AGENCY_B2C")
-            client.register_agency_client("0x_agency", "ÉLODIE@example.com", "camp_a")
-            client.register_agency_client("0x_agency", "élodie@example.com", "camp_a")  # the same registration
-            assert client.onboard_agency_client("Élodie@EXAMPLE.com", "0x_elodie").xp == 1000
-            assert client.onboard_agency_client("élodie@example.com", "0x_elodie").replayed
-            paid = client.award_completion("0x_completer", "camp_i", "done-1", campaign_type="individual",
-                                           mint_value_winc=Decimal(40))
-            assert paid.xp == 40
-            assert client.award_moderation_vote("0x_moderator", "camp_a", "valid").xp == 2
-            assert client.balance("0x_elodie").total_xp == 1000
-            assert db.execute("SELECT count(*) FROM pyxp.agency_b2c_clients").fetchone() == (1,)
-            assert db.execute("SELECT * FROM pyxp.audit()").fetchall() == []
-    finally:
-        with psycopg.connect(admin, autocommit=True) as conn:
-            conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+    target = fresh_database(LOCALES[locale])
+    schema.upgrade(target)
+    with XP(target, max_connections=1) as client, psycopg.connect(target, autocommit=True) as db:
+        for email, folded in [("ÉLODIE@Example.com", "élodie@example.com"), ("ALICE@EXAMPLE.COM", "alice@example.com"),
+                              ("ΣΟΦΙΑ@X.GR", "σοφια@x.gr"), ("İPEK@X.ORG", "ipek@x.org")]:
+            assert checked(db, "checked_email", email) == folded
+        assert [checked(db, "checked_campaign_type", t) for t in ("individual", "for_b2c")] == ["INDIVIDUAL", "B2C"]
+        assert checked(db, "checked_vote", "valid") == "VALID"
+        client.award_campaign_creation("0x_agency", "camp_a", "AGENCY_B2C")
+        client.register_agency_client("0x_agency", "ÉLODIE@example.com", "camp_a")
+        client.register_agency_client("0x_agency", "élodie@example.com", "camp_a")  # the same registration
+        assert client.onboard_agency_client("Élodie@EXAMPLE.com", "0x_elodie").xp == 1000
+        assert client.onboard_agency_client("élodie@example.com", "0x_elodie").replayed
+        paid = client.award_completion("0x_completer", "camp_i", "done-1", campaign_type="individual",
+                                       mint_value_winc=Decimal(40))
+        assert paid.xp == 40
+        assert client.award_moderation_vote("0x_moderator", "camp_a", "valid").xp == 2
+        assert client.balance("0x_elodie").total_xp == 1000
+        assert db.execute("SELECT count(*) FROM pyxp.agency_b2c_clients").fetchone() == (1,)
+        assert db.execute("SELECT * FROM pyxp.audit()").fetchall() == []
 
 
 def test_lower_cased_folds_every_letter_as_c_utf8_and_python_do(db: psycopg.Connection[Any]) -> None:

@@ -814,47 +814,38 @@ def test_0025_counts_what_a_switch_made_before_it_left_uncounted(fresh_database:
         assert conn.execute("SELECT * FROM pyxp.audit()").fetchall() == []
 
 
-def test_0028_finds_emails_a_c_locale_database_stored_before_it(conninfo: str) -> None:
+def test_0028_finds_emails_a_c_locale_database_stored_before_it(fresh_database: Callable[..., str]) -> None:
     """In a database created with LOCALE 'C', lower() left ÉLODIE@… as Élodie@…; 0028 reads it
     élodie@…. A hostile test upgraded such a ledger: the registered client's sign-in found nothing,
     and an onboarded client signing in again was paid +1000 again. The flows now find what was
     stored before 0028 by the input's old reading, and by the stored forms that read as it now
     (listed by the migration), however the client spells it; audit() accepts either form."""
-    admin = psycopg.conninfo.make_conninfo(conninfo, dbname="postgres")
-    name = f"pyxp_c_locale_{os.getpid()}"
-    with psycopg.connect(admin, autocommit=True) as conn:
-        conn.execute(f"DROP DATABASE IF EXISTS {name}")
-        conn.execute(f"CREATE DATABASE {name} TEMPLATE template0 LOCALE 'C'")
-    target = psycopg.conninfo.make_conninfo(conninfo, dbname=name)
+    target = fresh_database("TEMPLATE template0 LOCALE 'C'")
     onboard = "SELECT xp_amount, replayed FROM pyxp.onboard_agency_client(%s, %s)"
-    try:
-        schema.upgrade(target, "0027")
-        with psycopg.connect(target, autocommit=True) as conn:
-            conn.execute("SELECT * FROM pyxp.award_campaign_creation('0x_agency', 'camp_a', 'AGENCY_B2C')")
-            for email in ("ÉLODIE@Exemple.FR", "Émile@Exemple.FR"):
-                conn.execute("SELECT * FROM pyxp.register_agency_client('0x_agency', %s, 'camp_a')", (email,))
-            assert conn.execute(onboard, ("Émile@Exemple.FR", "0x_emile")).fetchall() == [(1000, False)]
-            stored = conn.execute("SELECT client_email FROM pyxp.agency_b2c_clients ORDER BY 1").fetchall()
-            assert stored == [("Élodie@exemple.fr",), ("Émile@exemple.fr",)]  # 0027's reading here
-        schema.upgrade(target)
-        with psycopg.connect(target, autocommit=True) as conn:
-            assert conn.execute("SELECT * FROM pyxp.audit()").fetchall() == []
-            forms = conn.execute("SELECT client_email, stored_form FROM pyxp.xp_email_forms_before_0028 ORDER BY 1")
-            assert forms.fetchall() == [("élodie@exemple.fr", "Élodie@exemple.fr"), ("émile@exemple.fr", "Émile@exemple.fr")]
-            # Spelt otherwise than at the registration: found by the forms 0028 listed.
-            assert conn.execute(onboard, ("élodie@exemple.fr", "0x_elodie")).fetchall() == [(1000, False)]
-            assert conn.execute(onboard, ("ÉLODIE@Exemple.FR", "0x_elodie")).fetchall() == [(1000, True)]
-            assert conn.execute(onboard, ("Émile@Exemple.FR", "0x_emile")).fetchall() == [(1000, True)]
-            assert conn.execute(onboard, ("émile@exemple.fr", "0x_emile")).fetchall() == [(1000, True)]
-            conn.execute("SELECT * FROM pyxp.award_campaign_creation('0x_agency', 'camp_b', 'AGENCY_B2C')")
-            again = conn.execute("SELECT client_email, xp_granted FROM pyxp.register_agency_client("
-                                 "'0x_agency', 'Émile@Exemple.FR', 'camp_b')").fetchall()
-            assert again == [("Émile@exemple.fr", True)]  # as its onboarding spelt it
-            assert conn.execute("SELECT count(*) FROM pyxp.agency_b2c_clients WHERE NOT xp_granted").fetchone() == (0,)
-            balances = conn.execute("SELECT user_wallet, total_xp FROM pyxp.xp_balances "
-                                    "WHERE user_wallet IN ('0x_elodie', '0x_emile') ORDER BY 1").fetchall()
-            assert balances == [("0x_elodie", 1000), ("0x_emile", 1000)]
-            assert conn.execute("SELECT * FROM pyxp.audit()").fetchall() == []
-    finally:
-        with psycopg.connect(admin, autocommit=True) as conn:
-            conn.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+    schema.upgrade(target, "0027")
+    with psycopg.connect(target, autocommit=True) as conn:
+        conn.execute("SELECT * FROM pyxp.award_campaign_creation('0x_agency', 'camp_a', 'AGENCY_B2C')")
+        for email in ("ÉLODIE@Exemple.FR", "Émile@Exemple.FR"):
+            conn.execute("SELECT * FROM pyxp.register_agency_client('0x_agency', %s, 'camp_a')", (email,))
+        assert conn.execute(onboard, ("Émile@Exemple.FR", "0x_emile")).fetchall() == [(1000, False)]
+        stored = conn.execute("SELECT client_email FROM pyxp.agency_b2c_clients ORDER BY 1").fetchall()
+        assert stored == [("Élodie@exemple.fr",), ("Émile@exemple.fr",)]  # 0027's reading here
+    schema.upgrade(target)
+    with psycopg.connect(target, autocommit=True) as conn:
+        assert conn.execute("SELECT * FROM pyxp.audit()").fetchall() == []
+        forms = conn.execute("SELECT client_email, stored_form FROM pyxp.xp_email_forms_before_0028 ORDER BY 1")
+        assert forms.fetchall() == [("élodie@exemple.fr", "Élodie@exemple.fr"), ("émile@exemple.fr", "Émile@exemple.fr")]
+        # Spelt otherwise than at the registration: found by the forms 0028 listed.
+        assert conn.execute(onboard, ("élodie@exemple.fr", "0x_elodie")).fetchall() == [(1000, False)]
+        assert conn.execute(onboard, ("ÉLODIE@Exemple.FR", "0x_elodie")).fetchall() == [(1000, True)]
+        assert conn.execute(onboard, ("Émile@Exemple.FR", "0x_emile")).fetchall() == [(1000, True)]
+        assert conn.execute(onboard, ("émile@exemple.fr", "0x_emile")).fetchall() == [(1000, True)]
+        conn.execute("SELECT * FROM pyxp.award_campaign_creation('0x_agency', 'camp_b', 'AGENCY_B2C')")
+        again = conn.execute("SELECT client_email, xp_granted FROM pyxp.register_agency_client("
+                             "'0x_agency', 'Émile@Exemple.FR', 'camp_b')").fetchall()
+        assert again == [("Émile@exemple.fr", True)]  # as its onboarding spelt it
+        assert conn.execute("SELECT count(*) FROM pyxp.agency_b2c_clients WHERE NOT xp_granted").fetchone() == (0,)
+        balances = conn.execute("SELECT user_wallet, total_xp FROM pyxp.xp_balances "
+                                "WHERE user_wallet IN ('0x_elodie', '0x_emile') ORDER BY 1").fetchall()
+        assert balances == [("0x_elodie", 1000), ("0x_emile", 1000)]
+        assert conn.execute("SELECT * FROM pyxp.audit()").fetchall() == []

@@ -399,6 +399,18 @@ def test_a_candidate_amount_over_the_award_limit_is_refused(db: psycopg.Connecti
         assert refused.value.sqlstate == "PX004" and "10^15" in str(refused.value.diag.message_hint)
 
 
+def test_a_retroactive_application_stops_at_the_feeds_bound(db: psycopg.Connection[Any], unchanged: Any) -> None:
+    """Its adjustments count among the rows of its transaction (0028): past 15,728,640, a cursor could
+    not rank them in their feed group (sql/11_changes.sql). Refused (PX023), nothing written; the
+    rows before are as if another batch of the transaction had written them."""
+    run_calls(db)
+    candidate_id = install(db, variant("bound", everything), activate=False)
+    with unchanged(), pytest.raises(psycopg.Error) as refused, db.transaction():
+        db.execute("SELECT set_config('pyxp.transaction_rows', '15728640', true)")
+        db.execute("SELECT * FROM pyxp.apply_rules_retroactively(%s)", (candidate_id,))
+    assert refused.value.sqlstate == "PX023" and "15728640" in str(refused.value)
+
+
 def test_retroactive_applications_in_one_transaction_each_write_their_rows(db: psycopg.Connection[Any]) -> None:
     """Their adjustments' keys differ (0027): at 0026 the second application's rows were taken for
     replays of the first's, nothing was written, and the balance stayed off the simulation."""

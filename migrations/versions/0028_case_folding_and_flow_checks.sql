@@ -441,7 +441,7 @@ BEGIN
     -- A free mission's price 0 is no price: one call with or without it
     -- (0028: a retry without it got PX010, a hostile test). A call recorded
     -- with its 0 before 0028 keeps it, and replays either way.
-    IF NOT v_paid AND v_price = 0 OR NOT v_paid AND v_price IS NULL THEN
+    IF NOT v_paid AND coalesce(v_price, 0) = 0 THEN
         v_price := CASE WHEN pyxp.call_recorded(v_key, v_inputs || pyxp.formula_inputs(0, v_mint, NULL)) THEN 0 END;
     END IF;
     v_params := pyxp.formula_inputs(v_price, v_mint, NULL);
