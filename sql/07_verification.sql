@@ -232,8 +232,10 @@ BEGIN
          CROSS JOIN LATERAL (
                 SELECT coalesce(greatest(max(r.seq), g.op_seq), 0) AS ledger_seq,
                        g.from_xp + coalesce(sum(r.xp_amount) FILTER (WHERE r.seq > g.from_seq), 0) AS ledger_xp,
-                       -- (a checkpoint at or before the opening: its row was archived)
-                       coalesce(bool_or(r.seq = g.cp_seq), false) OR g.cp_seq <= g.op_seq AS cp_found,
+                       -- (a checkpoint at or before the opening: its row was archived;
+                       -- no opening: it names a row the ledger must hold. 0029: a
+                       -- NULL here left a checkpoint naming no row unreported.)
+                       coalesce(bool_or(r.seq = g.cp_seq), false) OR coalesce(g.cp_seq <= g.op_seq, false) AS cp_found,
                        count(*) FILTER (WHERE r.seq <= g.op_seq) AS op_kept,
                        greatest(max(r.at) FILTER (WHERE r.seq > g.from_seq), g.op_last_at) AS latest_at,
                        pyxp.sum_with_opening(sum(r.xp_amount) FILTER (WHERE r.seq > g.from_seq AND r.at >= g.day_start),
@@ -273,7 +275,7 @@ BEGIN
                coalesce(greatest(a.max_seq, g.op_seq), 0) AS ledger_seq,
                g.from_xp + coalesce(a.xp_since, 0) AS ledger_xp,
                -- (a checkpoint at or before the opening: its row was archived)
-               coalesce(a.cp_seen, false) OR g.cp_seq <= g.op_seq AS cp_found,
+               coalesce(a.cp_seen, false) OR coalesce(g.cp_seq <= g.op_seq, false) AS cp_found,
                coalesce(a.op_kept, 0) AS op_kept,
                greatest(a.latest_at, g.op_last_at) AS latest_at,
                pyxp.sum_with_opening(a.day_xp, g.op_day_start = g.day_start, g.op_day_xp) AS ledger_day_xp,
@@ -621,6 +623,15 @@ AS $$
        AND (o.id IS NULL OR o.second_id IS NOT NULL
             OR t.xp_amount <> -o.xp_amount OR t.user_wallet <> o.user_wallet OR o.reverses IS NOT NULL)
     UNION ALL
+    -- (0029, a hostile test: a reversal pointed at another original, its
+    -- amount and the balances made to match, was clean.)
+    SELECT 'reversal_mismatch', t.user_wallet, t.id,
+           format('reverses transaction %s, but its key is %s and its rule %s', t.reverses,
+                  quote_literal(t.idempotency_key), coalesce(t.rule_id::text, 'none'))
+      FROM pyxp.audited_rows(p_since_checkpoint) t
+     WHERE t.reverses IS NOT NULL
+       AND (t.idempotency_key <> 'reverse:' || t.reverses OR t.rule_id IS NOT NULL)
+    UNION ALL
     -- The full audit: every generic award's row joined to the claims naming
     -- it (a LEFT join, which PostgreSQL 15 can run in parallel workers, a
     -- FULL join it cannot: 26-31 s in one process at 10M rows, 18 s with
@@ -677,6 +688,50 @@ AS $$
       FROM pyxp.audited_rows(p_since_checkpoint) t
       LEFT JOIN pyxp.rules ru ON ru.rule_id = t.rule_id
      WHERE t.rule_id IS NOT NULL AND (ru.rule_id IS NULL OR ru.action <> t.transaction_type)
+    UNION ALL
+    -- A row without a rule is a reversal or a retroactive adjustment
+    -- (pyxp.apply_rules_retroactively: its key and metadata name the
+    -- ruleset applied). 0029, a hostile test: a 'GIFT' row of 5,000 XP, the
+    -- balances made to match, was clean.
+    SELECT 'rule_missing', t.user_wallet, t.id,
+           format('%s row without a rule, neither a reversal nor a retroactive adjustment', t.transaction_type)
+      FROM pyxp.audited_rows(p_since_checkpoint) t
+     WHERE t.rule_id IS NULL AND t.reverses IS NULL
+       AND NOT (t.transaction_type = 'RULES_ADJUSTMENT' AND t.idempotency_key LIKE 'rules.adjustment:%'
+                AND t.metadata ->> 'ruleset_id' = split_part(t.idempotency_key, ':', 2))
+    UNION ALL
+    -- A generic award's row against what its call gave (0029, a hostile
+    -- test: an amount raised, or a row moved to another wallet, with the
+    -- balances made to match, was clean): its amount is its rule's formula
+    -- on the params its metadata holds (its rule's inputs by name:
+    -- pyxp.award), or a cut of it (a cap: xp_requested keeps the formula's,
+    -- and what applied lies between 0 and it; a balance floor the same for
+    -- a penalty); and, for a rule without inputs, its inputs' digest is that
+    -- of its action and wallet (params {}). A rule with inputs is left out
+    -- of the digest's check: a ledger carried from an early revision holds
+    -- digests of params the metadata does not spell alike (300.0 for 300:
+    -- test_migrations' ledger of 0005).
+    -- pyxp.inputs_digest spelled out and compared as bytes (as the claims'
+    -- hashes above).
+    SELECT CASE WHEN g.digest_ok THEN 'amount_mismatch' ELSE 'inputs_mismatch' END, g.user_wallet, g.id,
+           CASE WHEN g.digest_ok
+                THEN format('%s XP (requested %s) where rule %s gives %s', g.xp_amount,
+                            coalesce(g.xp_requested::text, 'none'), g.rule_id, g.formula)
+                ELSE format('its inputs'' digest %s is not that of %s', g.request_digest, g.inputs) END
+      FROM (SELECT t.id, t.user_wallet, t.xp_amount, t.xp_requested, t.rule_id, t.request_digest, i.inputs,
+                   ru.xp_coefficients <> '{}'
+                   OR substr(sha256(convert_to(i.inputs::text, 'UTF8')), 1, 8) = int8send(t.request_digest) AS digest_ok,
+                   pyxp.rule_amount(ru.xp_constant, ru.xp_coefficients, t.metadata) AS formula
+              FROM pyxp.audited_rows(p_since_checkpoint) t
+              JOIN pyxp.rules ru ON ru.rule_id = t.rule_id
+             CROSS JOIN LATERAL (
+                    SELECT jsonb_build_object('action', t.transaction_type, 'wallet', t.user_wallet,
+                                              'params', '{}'::jsonb) AS inputs) i
+             WHERE t.request_digest IS NOT NULL) g
+     WHERE NOT g.digest_ok
+        OR coalesce(g.xp_requested, g.xp_amount) <> g.formula
+        OR (g.xp_requested IS NOT NULL
+            AND NOT (g.xp_amount BETWEEN least(0, g.xp_requested) AND greatest(0, g.xp_requested)))
     UNION ALL
     SELECT 'request_missing', t.user_wallet, t.id,
            format('no xp_requests row for key %s', quote_literal(t.idempotency_key))

@@ -132,6 +132,85 @@ def test_audit_finds_a_row_of_a_wallet_without_balance(db: psycopg.Connection[An
     assert ("balance_mismatch", "0xghost") in findings(db)
 
 
+# --------------------------------------------------------------------------- edits made consistent (0029)
+# A hostile test edited rows as an owner, then made every sum agree ("made_consistent"): each of
+# these was clean before 0029. Each test asserts the one finding left, which also proves the
+# rest consistent.
+
+
+def made_consistent(db: psycopg.Connection[Any]) -> None:
+    """What an owner who edited rows does next: every balance_after, balance, period column, level
+    and rank count recomputed from the rows as they now are."""
+    tamper(db, "UPDATE pyxp.xp_transactions t SET balance_after = s.run"
+               "  FROM (SELECT id, created_at, sum(xp_amount) OVER (PARTITION BY user_wallet ORDER BY wallet_seq) AS run"
+               "          FROM pyxp.xp_transactions) s"
+               " WHERE s.id = t.id AND s.created_at = t.created_at AND t.balance_after <> s.run")
+    db.execute("UPDATE pyxp.xp_balances b SET total_xp = s.total, last_wallet_seq = s.seq"
+               "  FROM (SELECT user_wallet, sum(xp_amount) AS total, max(wallet_seq) AS seq"
+               "          FROM pyxp.xp_transactions GROUP BY 1) s WHERE s.user_wallet = b.user_wallet")
+    db.execute("SELECT pyxp.rebuild_period_columns((SELECT timezone FROM pyxp.rulesets WHERE is_active))")
+    db.execute("SELECT pyxp.recalculate_levels()")
+    db.execute("SELECT pyxp.rebalance_rank_buckets(16, true)")
+
+
+def test_an_amount_its_rule_does_not_give_is_reported(db: psycopg.Connection[Any]) -> None:
+    row = award(db, "0xa", "k1")
+    award(db, "0xa", "k2")
+    tamper(db, "UPDATE pyxp.xp_transactions SET xp_amount = 111 WHERE id = %s", row["transaction_id"])
+    made_consistent(db)
+    found = list(db.execute("SELECT check_name, user_wallet, transaction_id, detail FROM pyxp.audit()"))
+    assert [f[:3] for f in found] == [("amount_mismatch", "0xa", row["transaction_id"])], found
+    assert "111 XP" in found[0][3] and "gives 100" in found[0][3]
+
+
+def test_a_generic_row_moved_to_another_wallet_is_reported(db: psycopg.Connection[Any]) -> None:
+    row = award(db, "0xa", "k1")
+    award(db, "0xb", "k2")
+    tamper(db, "UPDATE pyxp.xp_transactions SET user_wallet = '0xb', wallet_seq = 2 WHERE id = %s",
+           row["transaction_id"])
+    db.execute("DELETE FROM pyxp.xp_balances WHERE user_wallet = '0xa'")
+    made_consistent(db)
+    found = [f[:3] for f in db.execute("SELECT check_name, user_wallet, transaction_id FROM pyxp.audit()")]
+    assert found == [("inputs_mismatch", "0xb", row["transaction_id"])], found
+
+
+def test_a_row_without_a_rule_is_reported(db: psycopg.Connection[Any]) -> None:
+    """Only a reversal and a retroactive adjustment have no rule; a retroactive adjustment is not
+    reported (test_simulation audits after each)."""
+    award(db, "0xa", "k1")
+    tamper(db, "INSERT INTO pyxp.xp_transactions (user_wallet, transaction_type, xp_amount, balance_after,"
+               " idempotency_key, wallet_seq) VALUES ('0xa', 'GIFT', 5000, 0, 'gift:1', 2)")
+    db.execute("INSERT INTO pyxp.xp_requests (key_hash, inputs_digest) VALUES (pyxp.key_hash('gift:1'), 0)")
+    made_consistent(db)
+    found = [f[:2] for f in db.execute("SELECT check_name, user_wallet FROM pyxp.audit()")]
+    assert found == [("rule_missing", "0xa")], found
+
+
+def test_a_reversal_pointed_at_another_row_is_reported(db: psycopg.Connection[Any]) -> None:
+    first = award(db, "0xa", "k1")
+    award(db, "0xa", "k2", "B2C_MINT")
+    second = db.execute("SELECT id, xp_amount FROM pyxp.xp_transactions WHERE idempotency_key = 'k2'").fetchone()
+    reversal = db.execute("SELECT transaction_id FROM pyxp.reverse_transaction(%s, 'oops')",
+                          (first["transaction_id"],)).fetchone()
+    assert second is not None and reversal is not None
+    tamper(db, "UPDATE pyxp.xp_transactions SET reverses = %s, xp_amount = %s WHERE id = %s",
+           second[0], -second[1], reversal[0])
+    made_consistent(db)
+    found = [f[:3] for f in db.execute("SELECT check_name, user_wallet, transaction_id FROM pyxp.audit()")]
+    assert found == [("reversal_mismatch", "0xa", reversal[0])], found
+
+
+def test_a_checkpoint_naming_no_row_is_reported(db: psycopg.Connection[Any]) -> None:
+    """A NULL in the comparison left it unreported (no archive: no opening), and a checkpoint was
+    recorded over it."""
+    award(db, "0xa", "k1")
+    record(db)
+    db.execute("UPDATE pyxp.xp_wallet_checkpoints SET wallet_seq = 9 WHERE user_wallet = '0xa'")
+    assert findings(db) == {("checkpoint_mismatch", "0xa")}
+    award(db, "0xa", "k2")
+    assert ("checkpoint_mismatch", "0xa") in findings(db, "audit_since_checkpoint")
+
+
 # --------------------------------------------------------------------------- checkpoints
 
 
@@ -167,10 +246,10 @@ def test_a_tampered_row_since_the_checkpoint_refuses_the_next_one(db: psycopg.Co
     tamper(db, "UPDATE pyxp.xp_transactions SET xp_amount = 5000 WHERE id = %s", row["transaction_id"])
     found = list(db.execute("SELECT check_name, user_wallet, transaction_id FROM pyxp.audit_since_checkpoint()"))
     assert ("running_balance", "0xa", row["transaction_id"]) in found
-    assert {name for name, _, _ in found} == {"running_balance", "balance_mismatch"}
+    assert {name for name, _, _ in found} == {"running_balance", "balance_mismatch", "amount_mismatch"}
     with unchanged(), pytest.raises(E.LedgerInconsistent) as refused:
         xp.record_audit_checkpoint()
-    assert "balance_mismatch" in str(refused.value) and "0xa" in str(refused.value)
+    assert "3 inconsistencies" in str(refused.value) and "0xa" in str(refused.value)
 
 
 def test_a_tampered_row_before_the_checkpoint_is_the_full_audits(db: psycopg.Connection[Any]) -> None:

@@ -740,9 +740,11 @@ def test_audit_finds_a_ledger_row_changed_behind_the_trigger(db: psycopg.Connect
     finally:
         db.execute("ALTER TABLE pyxp.xp_transactions ENABLE TRIGGER xp_transactions_append_only")
     found = list(db.execute("SELECT check_name, user_wallet, transaction_id FROM pyxp.audit()"))
-    # The balance's period XP (SPEC 12) no longer matches the changed row either.
+    # The balance's period XP (SPEC 12) no longer matches the changed row either, nor the amount
+    # its rule gives (0029).
     assert {(name, wallet) for name, wallet, _ in found} == {
-        ("balance_mismatch", "0x_user"), ("running_balance", "0x_user"), ("period_mismatch", "0x_user")}
+        ("balance_mismatch", "0x_user"), ("running_balance", "0x_user"), ("period_mismatch", "0x_user"),
+        ("amount_mismatch", "0x_user")}
     assert ("running_balance", "0x_user", row["transaction_id"]) in found
 
 

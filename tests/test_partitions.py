@@ -13,7 +13,7 @@ from typing import Any
 
 import psycopg
 import pytest
-from conftest import PYXP
+from conftest import PYXP, called_behind_holder
 
 from pyxp import errors
 from pyxp.bench import plan_nodes
@@ -129,7 +129,8 @@ def test_audit_reports_what_no_key_holds_on_a_partitioned_ledger(db: psycopg.Con
     db.execute("INSERT INTO pyxp.xp_award_claims VALUES (pyxp.key_hash('ghost'), 888888, now())")
     found = [(r[0], r[2], r[3]) for r in db.execute("SELECT * FROM pyxp.audit()")
              if r[0] in ("reversal_mismatch", "claim_mismatch")]
-    assert len(found) == 4
+    assert len(found) == 6  # the forged reversals' keys are not 'reverse:<id>' either (0029)
+    assert sum(r[0] == "reversal_mismatch" and "its key is 'tampered:" in r[2] for r in found) == 2
     assert ("claim_mismatch", second[0], "no claim in xp_award_claims for key 'b-1'") in found
     assert any(r[0] == "claim_mismatch" and r[1] == 888888 and "does not exist" in r[2] for r in found)
     assert any(r[0] == "reversal_mismatch" and f"transaction {first[0]} is also reversed" in r[2] for r in found)
@@ -298,22 +299,91 @@ def test_create_ledger_partitions_adds_the_months_asked_once(db: psycopg.Connect
     assert row == (f"pyxp.{months[-1][0]}",)
 
 
-def test_a_month_whose_rows_went_to_the_default_partition_is_left_there(db: psycopg.Connection[Any]) -> None:
+GUARD = ("pyxp_ledger_partitions_start", "pyxp_ledger_partitions_end", "pyxp_ledger_partitions_drop")
+LEDGER = "SELECT t.*, t.tableoid::regclass::text FROM pyxp.xp_transactions t ORDER BY t.id"
+
+
+def drop_empty_partition(db: psycopg.Connection[Any], name: str) -> None:
+    """Takes an empty partition out, as a superuser could: a month nobody created in time (tests
+    cannot wait for one)."""
+    assert db.execute(f"SELECT count(*) FROM pyxp.{name}").fetchone() == (0,)
+    with db.transaction():
+        for trigger in GUARD:
+            db.execute(f"ALTER EVENT TRIGGER {trigger} DISABLE")
+        db.execute(f"ALTER TABLE pyxp.xp_transactions DETACH PARTITION pyxp.{name}")
+        db.execute(f"DROP TABLE pyxp.{name}")
+        for trigger in GUARD:
+            db.execute(f"ALTER EVENT TRIGGER {trigger} ENABLE ALWAYS")
+
+
+def test_a_month_whose_rows_went_to_the_default_partition_gets_its_partition(db: psycopg.Connection[Any]) -> None:
     """Nobody created month +7 in time and a row of it went to the default partition: creating
-    the months ahead skips that month and says why, creates the others, and the row stays
-    readable in the ledger."""
+    the months ahead creates that month too and moves the row into it (0029; before, the month was
+    left in the default partition, which no archive takes)."""
     last = db.execute(PARTITIONS).fetchall()[-2][2]
     month_7 = db.execute("SELECT (date_trunc('month', now(), 'UTC') AT TIME ZONE 'UTC' + interval '7 months') "
                          "AT TIME ZONE 'UTC' + interval '2 days'").fetchone()
     assert month_7 is not None and month_7[0] > last
     db.execute("INSERT INTO pyxp.xp_transactions (user_wallet, transaction_type, xp_amount, balance_after, "
                "idempotency_key, wallet_seq, created_at) VALUES ('0xlate', 'X', 1, 1, 'late', 1, %s)", month_7)
-    report = db.execute("SELECT partition_name, created, note FROM pyxp.create_ledger_partitions(8)").fetchall()
-    skipped = [r for r in report if not r[1]]
-    assert len(report) == 6 and len(skipped) == 1
-    assert "xp_transactions_default" in skipped[0][2]
+    report = db.execute("SELECT partition_name, created, note FROM pyxp.create_ledger_partitions(2)").fetchall()
+    name = f"xp_transactions_{month_7[0]:%Y_%m}"
+    assert report == [(name, True, "1 rows moved from xp_transactions_default")]
     assert db.execute("SELECT tableoid::regclass::text FROM pyxp.xp_transactions WHERE idempotency_key = 'late'"
-                      ).fetchone() == ("pyxp.xp_transactions_default",)
+                      ).fetchone() == (f"pyxp.{name}",)
+    assert db.execute("SELECT count(*) FROM pyxp.xp_transactions_default").fetchone() == (0,)
+    # The months between were not asked for: they are created when asked.
+    report = db.execute("SELECT partition_name, created, note FROM pyxp.create_ledger_partitions(8)").fetchall()
+    assert len(report) == 5 and all(r[1] and r[2] is None for r in report)
+
+
+def test_a_month_moved_out_of_the_default_partition_keeps_every_row_as_it_was(
+        db: psycopg.Connection[Any], unchanged: Any) -> None:
+    """This month had no partition: its awards, a flow's rows and a reversal went to the default
+    partition. Creating it moves them, unchanged: the same rows (ids, positions, feed cursors),
+    the same feed, keys that replay, a clean audit; and the ledger stays append-only there."""
+    name = f"xp_transactions_{this_month()}"
+    drop_empty_partition(db, name)
+    first = db.execute(AWARD, ("0xmoved", "m1")).fetchone()
+    assert first is not None
+    db.execute(AWARD, ("0xmoved", "m2"))
+    db.execute("SELECT * FROM pyxp.award_campaign_creation('0xcreator', 'camp-moved', 'B2C')")
+    db.execute("SELECT * FROM pyxp.reverse_transaction(%s, 'mistake')", (first[0],))
+    before = db.execute(LEDGER).fetchall()
+    assert {r[-1] for r in before} == {"pyxp.xp_transactions_default"}
+    feed = db.execute("SELECT * FROM pyxp.changes(0, 1000)").fetchall()
+    report = db.execute("SELECT partition_name, created, note FROM pyxp.create_ledger_partitions(0)").fetchall()
+    assert report == [(name, True, f"{len(before)} rows moved from xp_transactions_default")]
+    after = db.execute(LEDGER).fetchall()
+    assert [r[:-1] for r in after] == [r[:-1] for r in before]
+    assert {r[-1] for r in after} == {f"pyxp.{name}"}
+    assert db.execute("SELECT * FROM pyxp.changes(0, 1000)").fetchall() == feed
+    assert db.execute("SELECT * FROM pyxp.audit()").fetchall() == []
+    replayed = db.execute(AWARD, ("0xmoved", "m1")).fetchone()
+    assert replayed is not None and replayed[0] == first[0] and replayed[-1] is True
+    # The default partition's append-only trigger is back, as the ledger's others (ENABLE ALWAYS).
+    assert db.execute("SELECT tgenabled FROM pg_trigger WHERE tgname = 'xp_transactions_append_only' "
+                      "AND tgrelid = 'pyxp.xp_transactions_default'::regclass").fetchone() == ("A",)
+    for statement in (f"DELETE FROM pyxp.{name}", "DELETE FROM pyxp.xp_transactions",
+                      f"UPDATE pyxp.{name} SET xp_amount = 1"):
+        with unchanged(), pytest.raises(errors.AppendOnlyLedger), errors.wrap_errors():
+            db.execute(statement)
+
+
+def test_an_award_waits_for_the_move_and_lands_in_the_new_partition(conninfo: str,
+                                                                    db: psycopg.Connection[Any]) -> None:
+    """The move holds EXCLUSIVE on the ledger: an award of the month being moved waits for it, then
+    goes to the new partition. (Routed to the default partition before the ATTACH, it would fail
+    there: PostgreSQL checks the default partition's bound again, 23514.)"""
+    name = f"xp_transactions_{this_month()}"
+    drop_empty_partition(db, name)
+    db.execute(AWARD, ("0xwait", "w1"))
+    outcome = called_behind_holder(conninfo, db, "SELECT * FROM pyxp.create_ledger_partitions(0)",
+                                   lambda conn: conn.execute(AWARD, ("0xwait", "w2")).fetchone())
+    assert "result" in outcome, outcome
+    assert partition_of(db, outcome["result"][0]) == f"pyxp.{name}"
+    assert db.execute("SELECT count(*) FROM pyxp.xp_transactions_default").fetchone() == (0,)
+    assert db.execute("SELECT * FROM pyxp.audit()").fetchall() == []
 
 
 @pytest.mark.parametrize("months", [-1, 121, None])

@@ -674,13 +674,16 @@ def split_the_past(db: psycopg.Connection[Any], before: datetime, months_from: d
                        f"FOR VALUES FROM ({start}) TO ('{high.isoformat()}')")
         db.execute("RESET ROLE")
         for trigger in triggers:
-            db.execute(f"ALTER EVENT TRIGGER {trigger} ENABLE")
+            db.execute(f"ALTER EVENT TRIGGER {trigger} ENABLE ALWAYS")
 
-def test_a_reversal_of_a_row_in_the_default_partition_names_it(db: psycopg.Connection[Any], unchanged: Any) -> None:
+def test_a_month_in_the_default_partition_is_moved_before_it_is_archived(db: psycopg.Connection[Any],
+                                                                         unchanged: Any) -> None:
     """A month written without its partition (a missed create-partitions: its rows went to the
-    default partition, which no archive takes) and a reversal of one of its rows a month later:
-    the archive reaching that month is refused (PX030), and the hint says why and how far an
-    archive can go (before 0026 it asked for a later month, which could never help)."""
+    default partition, which no archive takes) and a reversal of one of its rows a month later.
+    Before 0029 the archive left that month behind for good, and refused every later month (the
+    reversal's: PX030). Now the archive is refused while such rows lie in its range, with nothing
+    archived, and names the way out: creating the partitions moves the month into its own, and
+    the archive then takes everything, the reversal with its original."""
     split_the_past(db, month(2), month(1))  # month -2 without its partition
     old = db.execute(GENERIC, ("0xdef", "def-1")).fetchone()
     missed = db.execute(GENERIC, ("0xdef", "def-2")).fetchone()
@@ -692,12 +695,47 @@ def test_a_reversal_of_a_row_in_the_default_partition_names_it(db: psycopg.Conne
     assert db.execute("SELECT tableoid::regclass::text FROM pyxp.xp_transactions WHERE id = %s",
                       (missed[0],)).fetchone() == ("pyxp.xp_transactions_default",)
     assert audit(db) == []
+    assert [d[4] for d in archive(db, month(1))] == [1]  # before month -2: the old row, not the month's
     with unchanged(), pytest.raises(errors.ArchiveRefused) as refused, errors.wrap_errors():
         archive(db)
+    assert f"transaction {missed[0]} " in str(refused.value)
     hint = refused.value.__cause__.diag.message_hint  # type: ignore[union-attr]
-    assert hint is not None and "default partition" in hint and f"reversal {reversal[0]}" in hint, hint
-    assert [d[4] for d in archive(db, month(1))] == [1]  # up to the month before the reversal: the old row
+    assert hint is not None and "create_ledger_partitions" in hint, hint
+    made = db.execute("SELECT partition_name, created, note FROM pyxp.create_ledger_partitions()").fetchall()
+    assert (f"xp_transactions_{month(2):%Y_%m}", True, "1 rows moved from xp_transactions_default") in made
     assert audit(db) == []
+    assert [d[4] for d in archive(db)] == [1, 1]  # month -2 (moved), month -1 (the reversal)
+    assert audit(db) == []
+    assert db.execute("SELECT count(*) FROM pyxp.xp_transactions").fetchone() == (0,)
+
+
+@pytest.mark.parametrize("read", [
+    "SELECT pyxp.period_xp('0xread', 'month', %(at)s)",               # 0: its month read nothing
+    "SELECT * FROM pyxp.leaderboard(10, 0, 'month', %(at)s)",          # an empty board
+    "SELECT transaction_id FROM pyxp.history('0xread')",
+])
+def test_a_read_whose_snapshot_is_older_than_a_move_is_refused_for_a_retry(
+        conninfo: str, db: psycopg.Connection[Any], read: str) -> None:
+    """Month -2 had no partition, and its rows are moved into one (0029). A read whose snapshot is
+    older than the move, planned after it, prunes the default partition for that month and reads
+    the new one, where its snapshot sees none of the moved rows: 40001; run again, it sees them."""
+    split_the_past(db, month(3), month(1))  # month -2 without its partition
+    row = db.execute(GENERIC, ("0xread", "r1")).fetchone()
+    assert row is not None
+    at = month(2) + timedelta(days=9)
+    place(db, {row[0]: at})
+    db.execute(GENERIC, ("0xread", "r2"))  # this month: the wallet's kept period
+    expected = db.execute(read, {"at": at}).fetchall()
+    assert expected not in ([], [(0,)])
+    with psycopg.connect(conninfo) as reader:
+        reader.execute("BEGIN ISOLATION LEVEL REPEATABLE READ")
+        reader.execute("SELECT 1")  # the snapshot (no lock on the ledger: the move would wait for it)
+        made = db.execute("SELECT note FROM pyxp.create_ledger_partitions()").fetchall()
+        assert ("1 rows moved from xp_transactions_default",) in made
+        with pytest.raises(psycopg.errors.SerializationFailure):
+            reader.execute(read, {"at": at})
+        reader.rollback()
+        assert reader.execute(read, {"at": at}).fetchall() == expected
 
 
 def test_an_archive_of_a_group_a_running_transaction_may_add_to_is_refused(
