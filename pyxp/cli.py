@@ -277,6 +277,10 @@ class _Cli(_Group):
             raise Refused(_px_report(ctx, exc), _wants_json(ctx)) from exc
         except psycopg.Error as exc:
             raise Refused(_database_report(ctx, exc), _wants_json(ctx)) from exc
+        except UnicodeEncodeError as exc:  # an argument that is no UTF-8 text (bytes the shell passed)
+            raise Refused(ErrorReport(f"an argument is not UTF-8 text: {exc.object[exc.start:exc.end]!r}",
+                                      hint="pass wallets, keys and ids as UTF-8 text"),
+                          _wants_json(ctx)) from exc
         except Refused as exc:
             exc.as_json = _wants_json(ctx)
             raise
@@ -913,7 +917,11 @@ def award_generic(ctx: click.Context, wallet: str, action: str, key: str, params
 
     Awards the rule ACTION of the active ruleset to WALLET, once per idempotency KEY.
     """
-    parsed = dict(_parse_param(p) for p in params)
+    parsed: dict[str, Any] = {}
+    for name, value in (_parse_param(p) for p in params):
+        if name in parsed:  # a dict would keep the last one silently (a hostile test)
+            raise click.BadParameter(f"{name} given twice", param_hint="--param")
+        parsed[name] = value
     with _client(ctx) as xp:
         _print_award(xp.award(wallet, action, key, parsed, _parse_context(context)), as_json)
 

@@ -41,13 +41,15 @@ import json
 import logging
 import math
 import os
+import re
 import threading
 import weakref
 from collections.abc import AsyncIterator, Iterable, Iterator, Mapping
-from contextlib import AsyncExitStack, ExitStack, asynccontextmanager, contextmanager
+from contextlib import AsyncExitStack, ExitStack, asynccontextmanager, contextmanager, nullcontext
 from dataclasses import asdict, dataclass
 from datetime import datetime
 from decimal import Decimal
+from enum import Enum
 from time import monotonic
 from typing import Any, ClassVar, Literal
 
@@ -85,6 +87,16 @@ Number = int | Decimal | float | None
 Shape = Literal["award", "batch", "rows", "one", "scalar"]
 
 
+# What a parameter may be in Python, by its query's cast (pyxp.queries casts every one). psycopg
+# would send other types as something else: bytes as bytea (its hex text became a new wallet), a
+# plain Enum member as its name, a float as a rounded bigint (reverse(1.9) reversed transaction 2),
+# a bool as an integer (a hostile test, 0029).
+_CASTS = re.compile(r"%\((\w+)\)s::(\w+)")
+_PYTHON_TYPES: dict[str, tuple[type, ...]] = {
+    "text": (str,), "jsonb": (str,), "bigint": (int,), "integer": (int,), "boolean": (bool,),
+    "numeric": (int, Decimal, float, str), "timestamptz": (datetime,)}
+
+
 @dataclass(frozen=True)
 class Call:
     """One SQL function call: its name (for logs), query, parameters and result shape."""
@@ -94,6 +106,21 @@ class Call:
     params: Mapping[str, Any]
     row_type: type | None = None  # None: plain tuples
     shape: Shape = "award"
+
+    def __post_init__(self) -> None:
+        """TypeError, before anything is sent, for a parameter psycopg would send as another value."""
+        for param, cast in _CASTS.findall(self.query):
+            value = self.params.get(param)
+            expected = _PYTHON_TYPES.get(cast)
+            if value is None or expected is None:
+                continue
+            if (not isinstance(value, expected) or isinstance(value, Enum)
+                    or (isinstance(value, bool) and cast != "boolean")):
+                names = " or ".join(t.__name__ for t in expected)
+                raise TypeError(f"{self.name}: {param} must be {names}, not {type(value).__name__} ({value!r})")
+            if cast == "timestamptz" and value.tzinfo is None:
+                raise TypeError(f"{self.name}: {param} must be an aware datetime (tzinfo set), not {value!r}: "
+                                "a naive one would be read in the session's TimeZone")
 
     @property
     def reads_only(self) -> bool:
@@ -181,9 +208,13 @@ class _PoolHealth:
 
     def connection_made(self, conn: psycopg.Connection[Any]) -> None:  # the pool's ``configure`` hook
         self.ever_connected, self.failing, self.last_error = True, False, None
+        # BEGIN ISOLATION LEVEL READ COMMITTED: behind a transaction pooler, another client's
+        # session-level default_transaction_isolation = serializable refused every award (PX025).
+        conn.isolation_level = psycopg.IsolationLevel.READ_COMMITTED
 
     async def async_connection_made(self, conn: psycopg.AsyncConnection[Any]) -> None:
-        self.connection_made(conn)  # type: ignore[arg-type]
+        self.ever_connected, self.failing, self.last_error = True, False, None
+        await conn.set_isolation_level(psycopg.IsolationLevel.READ_COMMITTED)  # see connection_made
 
     def connection_failed(self, reason: str) -> None:
         self.failing, self.last_error = True, " ".join(reason.split())
@@ -556,6 +587,10 @@ class XP(_Api):
             self._reader = XP(read_url, best_effort=best_effort, max_connections=max_connections,
                               connect_timeout=connect_timeout, log_params=log_params)
         self._connection: psycopg.Connection[Any] | None = None
+        # One call at a time on a given connection: two threads' transaction blocks on one
+        # connection interleave (a hostile test: awards reported done that never committed, an
+        # autocommit connection left inside a transaction).
+        self._connection_lock = threading.Lock()
         self._owned_pool = False
         self._owned: _OwnedPool | None = None
         if isinstance(target, psycopg.Connection):
@@ -598,7 +633,11 @@ class XP(_Api):
 
     def _run(self, conn: psycopg.Connection[Any], call: Call) -> list[Any]:
         factory = class_row(call.row_type) if call.row_type else tuple_row
-        with conn.transaction(), conn.cursor(row_factory=factory) as cur:  # type: ignore[arg-type]
+        # An autocommit connection outside a transaction runs the call's one statement as its
+        # own transaction, with no BEGIN (which a statement-mode pooler refuses); else in a
+        # transaction block (a savepoint of the caller's transaction).
+        with (nullcontext() if conn.autocommit and _idle(conn) else conn.transaction()), \
+                conn.cursor(row_factory=factory) as cur:  # type: ignore[arg-type]
             # Never a named prepared statement (psycopg prepares after 5 uses by default):
             # behind a transaction pooler (PgBouncer, Supavisor) the next call may run on a
             # server session where that name is another client's statement. README
@@ -612,8 +651,9 @@ class XP(_Api):
         try:
             with wrap_errors():
                 if self._connection is not None:
-                    _join_callers_transaction(self._connection)
-                    rows = self._run(self._connection, call)
+                    with self._connection_lock:
+                        _join_callers_transaction(self._connection)
+                        rows = self._run(self._connection, call)
                 else:
                     assert self._pool is not None
                     # A caller's pool: its own settings, its own errors (PoolTimeout).
@@ -643,6 +683,7 @@ class AsyncXP(_Api):
         self.best_effort = best_effort
         self.log_params = log_params
         self._connection = target if isinstance(target, psycopg.AsyncConnection) else None
+        self._connection_lock = asyncio.Lock()  # one call at a time on a given connection (see XP)
         self._pool = target if isinstance(target, AsyncConnectionPool) else None
         self._owned_pool = False
         self._owned: _OwnedPool | None = None
@@ -686,7 +727,8 @@ class AsyncXP(_Api):
 
     async def _run(self, conn: psycopg.AsyncConnection[Any], call: Call) -> list[Any]:
         factory = class_row(call.row_type) if call.row_type else tuple_row
-        async with conn.transaction(), conn.cursor(row_factory=factory) as cur:  # type: ignore[arg-type]
+        async with (nullcontext() if conn.autocommit and _idle(conn) else conn.transaction()), \
+                conn.cursor(row_factory=factory) as cur:  # type: ignore[arg-type]
             await cur.execute(call.query, call.params, prepare=False)  # see XP._run
             return await cur.fetchall()
 
@@ -694,9 +736,10 @@ class AsyncXP(_Api):
         try:
             with wrap_errors():
                 if self._connection is not None:
-                    if not self._connection.autocommit and _idle(self._connection):
-                        await self._connection.execute("BEGIN", prepare=False)  # see _join_callers_transaction
-                    rows = await self._run(self._connection, call)
+                    async with self._connection_lock:
+                        if not self._connection.autocommit and _idle(self._connection):
+                            await self._connection.execute("BEGIN", prepare=False)  # see _join_callers_transaction
+                        rows = await self._run(self._connection, call)
                 else:
                     assert self._pool is not None
                     # A caller's pool: its own settings, its own errors (PoolTimeout).

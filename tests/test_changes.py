@@ -462,13 +462,24 @@ def test_a_transactions_batches_stop_below_the_feeds_bound(conninfo: str, db: ps
     with psycopg.connect(conninfo) as conn:
         conn.execute(AWARD_MANY, (events,)).fetchall()
         conn.execute(AWARD_MANY, (events.replace("feed-", "feed-again-"),)).fetchall()
-        assert conn.execute("SELECT current_setting('pyxp.transaction_rows')").fetchone() == ("6",)
+        assert conn.execute("SELECT current_setting('pyxp.transaction_rows') = pg_current_xact_id() || ':6'"
+                            ).fetchone() == (True,)
         conn.rollback()
     with unchanged(), psycopg.connect(conninfo) as conn:
-        conn.execute("SELECT set_config('pyxp.transaction_rows', '15728638', true)")  # as if written before
-        with pytest.raises(psycopg.Error) as caught:
+        conn.execute("SELECT set_config('pyxp.transaction_rows', pg_current_xact_id() || ':15728638', true)")
+        with pytest.raises(psycopg.Error) as caught:  # as if written before, in this transaction
             conn.execute(AWARD_MANY, (events,))
         assert caught.value.sqlstate == "PX023" and "15728640" in str(caught.value)
+
+
+def test_a_count_left_by_another_transaction_counts_nothing(conninfo: str, db: psycopg.Connection[Any]) -> None:
+    """A session's SET of the count (left on a pooled server connection, every later client of that
+    connection had its batches refused: a hostile test) is not this transaction's (0029)."""
+    events = json.dumps([{"wallet": "leak", "action": "CAMPAIGN_APPROVED", "idempotency_key": key()}])
+    with psycopg.connect(conninfo, autocommit=True) as conn:
+        for leaked in ("15728640", "1:15728640"):
+            conn.execute(f"SET pyxp.transaction_rows = '{leaked}'")
+            assert len(conn.execute(AWARD_MANY, (events,)).fetchall()) == 1
 
 
 def test_a_group_past_a_cursors_rank_is_refused_by_name(db: psycopg.Connection[Any]) -> None:

@@ -771,3 +771,20 @@ def test_audit_after_tampering_exits_1_and_names_the_finding(conninfo: str,
     as_json = run(conninfo, "audit", "--json")
     assert as_json.returncode == 1
     assert "balance_mismatch" in {finding["check_name"] for finding in json.loads(as_json.stdout)}
+
+
+def test_an_argument_that_is_no_utf8_text_is_refused_in_one_line(conninfo: str, unchanged: Any) -> None:
+    """Bytes the shell passed (not UTF-8) gave a traceback, even with --json (a hostile test, 0029)."""
+    wallet = os.fsdecode(b"0x\xff\xfe")  # how Python hands such an argument to the CLI
+    with unchanged():
+        result = run(conninfo, "award", "generic", wallet, "CAMPAIGN_APPROVED", "k-bytes", "--json")
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
+    assert "not UTF-8 text" in json.loads(result.stdout)["error"]["message"]
+
+
+def test_a_formula_input_given_twice_is_refused(conninfo: str, unchanged: Any) -> None:
+    """The second value silently won (+600 instead of a refusal; a hostile test, 0029)."""
+    with unchanged():
+        result = run(conninfo, "award", "generic", "0xh4", "Completion_Submit_B2C_Paid", "h4",
+                     "--param", "PRICE_COMPLETION=300", "--param", "PRICE_COMPLETION=500")
+    assert result.returncode == 2 and "PRICE_COMPLETION given twice" in result.stderr, result.stderr

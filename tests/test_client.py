@@ -6,7 +6,10 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import enum
 import logging
+import threading
+from datetime import datetime
 from collections.abc import Iterator
 from typing import Any
 
@@ -588,3 +591,88 @@ def test_best_effort_client_on_a_database_that_is_down_logs_instead_of_raising(
 
 def test_level_for_takes_the_sql_parameter_name(xp: XP) -> None:
     assert xp.level_for(total_xp=2500).level == 6
+
+
+# --------------------------------------------------------------------------- messy callers (0029)
+# A hostile test of the client: each of these lost, misdirected or hid an award before 0029.
+
+
+def test_threads_sharing_a_client_on_one_connection_each_get_their_own_award(
+        conninfo: str, db: psycopg.Connection[Any]) -> None:
+    """XP(connection) takes one call at a time: interleaved, two threads' transaction blocks
+    reported awards that never committed and left the autocommit connection in a transaction."""
+    with psycopg.connect(conninfo, autocommit=True) as conn:
+        xp = XP(conn)
+        done: list[int] = []
+        failed: list[BaseException] = []
+
+        def awards(n: int) -> None:
+            for i in range(20):
+                try:
+                    done.append(xp.award(f"0xthread{n}", VOTE, f"thread-{n}-{i}").rows[0].transaction_id)
+                except BaseException as exc:  # noqa: BLE001 - every failure is the finding
+                    failed.append(exc)
+
+        threads = [threading.Thread(target=awards, args=(n,)) for n in range(4)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        assert failed == [] and len(done) == 80
+        assert conn.info.transaction_status == psycopg.pq.TransactionStatus.IDLE
+    assert db.execute("SELECT count(*) FROM pyxp.xp_transactions WHERE id = ANY (%s)", (done,)).fetchone() == (80,)
+
+
+def test_tasks_sharing_an_async_client_on_one_connection_each_get_their_own_award(
+        conninfo: str, db: psycopg.Connection[Any]) -> None:
+    async def run() -> list[Award]:
+        async with await psycopg.AsyncConnection.connect(conninfo, autocommit=True) as conn:
+            xp = AsyncXP(conn)
+            awards = await asyncio.gather(*[xp.award(f"0xtask{n}", VOTE, f"task-{n}") for n in range(20)])
+            awards.append(await xp.award("0xtasklater", VOTE, "task-later"))
+            assert conn.info.transaction_status == psycopg.pq.TransactionStatus.IDLE
+            return awards
+
+    awards = asyncio.run(run())
+    ids = [a.rows[0].transaction_id for a in awards]
+    assert db.execute("SELECT count(*) FROM pyxp.xp_transactions WHERE id = ANY (%s)", (ids,)).fetchone() == (21,)
+
+
+class _Wallets(enum.Enum):
+    ALICE = "0xalice"
+
+
+@pytest.mark.parametrize(("call", "message"), [
+    (lambda xp: xp.award(b"0xa1", VOTE, "t1"), "wallet must be str, not bytes"),
+    (lambda xp: xp.award(bytearray(b"0xa1"), VOTE, "t1"), "wallet must be str, not bytearray"),
+    (lambda xp: xp.award(_Wallets.ALICE, VOTE, "t1"), "wallet must be str, not _Wallets"),
+    (lambda xp: xp.award_completion(b"0xa1", "c1", "k1", "B2C"), "completer_wallet must be str"),
+    (lambda xp: xp.award("0xa1", VOTE, 7), "idempotency_key must be str, not int"),
+    (lambda xp: xp.reverse(1.9, "x"), "transaction_id must be int, not float"),
+    (lambda xp: xp.reverse(True, "x"), "transaction_id must be int, not bool"),
+    (lambda xp: xp.history("0xa1", max_rows=2.7), "max_rows must be int, not float"),
+    (lambda xp: xp.history("0xa1", before_id=1.5), "before_id must be int, not float"),
+    (lambda xp: xp.level_for(True), "total_xp must be"),
+    (lambda xp: xp.award_completion("0xa1", "c1", "k1", "B2C", is_paid=1), "is_paid must be bool, not int"),
+    (lambda xp: xp.award_completion("0xa1", "c1", "k1", "B2C", price_completion=True), "price_completion must be"),
+    (lambda xp: xp.period_xp("0xa1", "day", datetime(2026, 11, 27, 23)), "at must be an aware datetime"),
+])
+def test_a_python_value_psycopg_would_send_as_another_is_refused(xp: XP, unchanged: Any, call: Any,
+                                                                  message: str) -> None:
+    """bytes went as bytea (its hex text became a new wallet), an Enum member as its name, a
+    float id rounded to another transaction (reverse(1.9) reversed transaction 2), a naive `at`
+    was read in the session's TimeZone: a TypeError now, before anything is sent."""
+    xp.award("0xa1", VOTE, "before")
+    xp.award("0xa2", VOTE, "before-2")
+    with unchanged(), pytest.raises(TypeError, match=message):
+        call(xp)
+
+
+def test_the_clients_own_pool_runs_read_committed_whatever_the_sessions_default(conninfo: str) -> None:
+    """Behind a transaction pooler another client's SET default_transaction_isolation =
+    serializable stays on the server connection: every award was refused (PX025)."""
+    options = psycopg.conninfo.make_conninfo(conninfo, options="-c default_transaction_isolation=serializable")
+    with XP(options) as xp:
+        assert xp.award("0xiso", VOTE, "iso-1").total_xp == 2
+        assert len(xp.award_many([AwardRequest("0xiso", VOTE, "iso-2")])) == 1
+

@@ -47,10 +47,13 @@ import psycopg
 import pytest
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
+from psycopg_pool import ConnectionPool
+
 from pyxp import XP, AsyncXP, XPError
 from pyxp.results import (
     AuditFinding,
     Award,
+    AwardRequest,
     Balance,
     ClientRegistration,
     LeaderboardRow,
@@ -646,3 +649,54 @@ def test_refusals_through_the_pooler_write_nothing(pooled: str, unchanged: Any) 
             with pytest.raises(XPError) as refused:
                 xp.award_moderation_vote("0x_mod", "cmp-unknown", "VALID")
             assert refused.value.code == "PX012"
+
+
+def statement_pooled(pgbouncer: PgBouncer, conninfo: str) -> str:
+    """This test's database through the same PgBouncer in statement mode (a database entry of its
+    own, added to the configuration and reloaded)."""
+    server = conninfo_to_dict(conninfo)
+    alias = f"stmt_{server['dbname']}"[:63]
+    ini = pgbouncer.directory / "pgbouncer.ini"
+    entry = (f"{alias} = host={server.get('host', '127.0.0.1')} port={server.get('port', '5432')} "
+             f"dbname={server['dbname']} pool_mode=statement\n")
+    ini.write_text(ini.read_text().replace("[databases]\n", "[databases]\n" + entry, 1))
+    pgbouncer.process.send_signal(signal.SIGHUP)
+    through = make_conninfo(pgbouncer.conninfo(conninfo), dbname=alias)
+    deadline = time.monotonic() + 30  # a readiness wait for the reload, not a measure
+    while True:
+        try:
+            with psycopg.connect(through, autocommit=True, prepare_threshold=None) as conn:
+                if conn.execute("SELECT current_database()").fetchone() == (server["dbname"],):
+                    return through
+        except psycopg.Error:
+            if time.monotonic() > deadline:
+                raise
+        time.sleep(0.1)
+
+
+def test_an_autocommit_client_through_statement_pooling(pgbouncer: PgBouncer, conninfo: str,
+                                                        db: psycopg.Connection[Any]) -> None:
+    """A statement-mode pooler refuses transaction blocks (08P01). The client sends none on an
+    autocommit connection (0029; a hostile test found every call refused), so a pool of such
+    connections serves every call; the client's own pool opens transactions (READ COMMITTED)
+    and needs transaction or session mode."""
+    through = statement_pooled(pgbouncer, conninfo)
+    with psycopg.connect(through, autocommit=True) as conn:
+        with pytest.raises(psycopg.Error) as refused:
+            with conn.transaction():
+                conn.execute("SELECT 1", prepare=False)
+        assert refused.value.sqlstate == "08P01"
+    with ConnectionPool(through, kwargs={"autocommit": True, "prepare_threshold": None},
+                        min_size=1, max_size=2) as pool:
+        xp = XP(pool)
+        first = xp.award("0xstmt", "CAMPAIGN_APPROVED", "stmt-1")
+        assert first.total_xp == 100 and xp.award("0xstmt", "CAMPAIGN_APPROVED", "stmt-1").replayed
+        assert [a.total_xp for a in xp.award_many([AwardRequest("0xstmt", "CAMPAIGN_APPROVED", "stmt-2")])] == [200]
+        xp.reverse(first.rows[0].transaction_id, "test")
+        assert xp.balance("0xstmt").total_xp == 100
+        assert [r.transaction_type for r in xp.history("0xstmt")] == ["REVERSAL", "CAMPAIGN_APPROVED",
+                                                                       "CAMPAIGN_APPROVED"]
+        with pytest.raises(XPError) as px:
+            xp.award_moderation_vote("0x_mod", "cmp-unknown", "VALID")
+        assert px.value.code == "PX012"
+    assert db.execute("SELECT count(*) FROM pyxp.audit()").fetchone() == (0,)

@@ -906,4 +906,33 @@ AS $$
        AND NOT EXISTS (SELECT FROM pyxp.xp_requests q WHERE q.key_hash = pyxp.key_hash(t.idempotency_key))
 $$;
 
+-- The rows a transaction writes through batches and retroactive
+-- applications, counted in a transaction-local setting
+-- (pyxp.transaction_rows, '<transaction id>:<rows>'), p_rows more: PX023
+-- past 15,728,640 (2^24 less 2^20 for the single awards and chained rows a
+-- group may also hold). Single awards and flows do not count (a statement
+-- each: 16 million of them in one transaction is not a workload). A count
+-- of another transaction counts nothing (0029, a hostile test: a session's
+-- SET of the setting, left on a pooled server connection, refused every
+-- other client's batches there).
+CREATE OR REPLACE FUNCTION pyxp.counted_transaction_rows(p_rows bigint)
+RETURNS void
+LANGUAGE plpgsql
+AS $$
+DECLARE
+    v_seen text := current_setting('pyxp.transaction_rows', true);
+    v_xact text := pg_current_xact_id()::text;
+    v_rows bigint := CASE WHEN split_part(v_seen, ':', 1) = v_xact AND split_part(v_seen, ':', 2) ~ '^[0-9]{1,15}$'
+                          THEN split_part(v_seen, ':', 2)::bigint ELSE 0 END + p_rows;
+BEGIN
+    IF v_rows > 15728640 THEN
+        RAISE EXCEPTION 'a transaction writes at most 15728640 ledger rows through batches and retroactive applications, this one % more after %',
+                        p_rows, v_rows - p_rows
+            USING ERRCODE = 'PX023',
+                  HINT = 'commit and go on in a new transaction: the change feed ranks one transaction''s rows below 2^24';
+    END IF;
+    PERFORM set_config('pyxp.transaction_rows', v_xact || ':' || v_rows, true);
+END
+$$;
+
 RESET ROLE;
