@@ -190,6 +190,43 @@ BEGIN
 END
 $$;
 
+-- What a compiled definition installs: its settings, its level curve, its
+-- rules (in file order). install_ruleset writes them; audit() reads each
+-- ruleset's tables against them (ruleset_mismatch, 0029: a hostile test
+-- edited a rule's constant, a cap, the curve and the zone in place, and
+-- audit() said nothing, the balances made to match).
+CREATE FUNCTION pyxp.definition_settings(p_definition jsonb)
+RETURNS TABLE (balance_floor bigint, timezone text, has_caps boolean)
+LANGUAGE sql IMMUTABLE PARALLEL SAFE
+AS $$
+    SELECT (p_definition ->> 'balance_floor')::bigint, coalesce(p_definition ->> 'timezone', 'UTC'),
+           EXISTS (SELECT FROM jsonb_array_elements(p_definition -> 'rules') r WHERE r ? 'cap')
+$$;
+
+CREATE FUNCTION pyxp.definition_levels(p_definition jsonb)
+RETURNS TABLE (level bigint, threshold bigint, increment bigint, is_last boolean)
+LANGUAGE sql IMMUTABLE PARALLEL SAFE
+AS $$
+    SELECT (l ->> 'level')::bigint, (l ->> 'threshold')::bigint, (l ->> 'increment')::bigint,
+           (l ->> 'is_last')::boolean
+      FROM jsonb_array_elements(p_definition -> 'levels') l
+$$;
+
+CREATE FUNCTION pyxp.definition_rules(p_definition jsonb)
+RETURNS TABLE (rule_position integer, action text, event text, campaign_types text[], condition text, formula text,
+               xp_constant numeric, xp_coefficients jsonb, description text, cap_max_xp bigint, cap_per text,
+               cap_group text)
+LANGUAGE sql IMMUTABLE PARALLEL SAFE
+AS $$
+    SELECT r.ord::integer, r.value ->> 'action', r.value ->> 'event',
+           CASE WHEN jsonb_typeof(r.value -> 'campaign_types') = 'array'
+                THEN ARRAY(SELECT jsonb_array_elements_text(r.value -> 'campaign_types')) END,
+           r.value ->> 'condition', coalesce(r.value ->> 'formula', r.value ->> 'constant'),
+           (r.value ->> 'constant')::numeric, r.value -> 'coefficients', r.value ->> 'description',
+           (r.value -> 'cap' ->> 'max_xp')::bigint, r.value -> 'cap' ->> 'per', r.value ->> 'group'
+      FROM jsonb_array_elements(p_definition -> 'rules') WITH ORDINALITY r(value, ord)
+$$;
+
 -- Installs a compiled ruleset (from pyxp.ruleset_config) and, unless
 -- activate is false, makes it active. Same content as the active version:
 -- nothing changes. Same content as an older version of that name: that
@@ -239,26 +276,16 @@ BEGIN
         SELECT v_name,
                coalesce((SELECT max(r.version) FROM pyxp.rulesets r WHERE r.name = v_name), 0) + 1,
                v_hash, install_ruleset.definition, install_ruleset.source,
-               install_ruleset.definition ->> 'description',
-               (install_ruleset.definition ->> 'balance_floor')::bigint,
-               coalesce(install_ruleset.definition ->> 'timezone', 'UTC'),
-               EXISTS (SELECT FROM jsonb_array_elements(install_ruleset.definition -> 'rules') r WHERE r ? 'cap')
+               install_ruleset.definition ->> 'description', d.balance_floor, d.timezone, d.has_caps
+          FROM pyxp.definition_settings(install_ruleset.definition) d
         RETURNING rulesets.ruleset_id INTO v_id;
 
         INSERT INTO pyxp.level_thresholds (ruleset_id, level, threshold, increment, is_last)
-        SELECT v_id, (l ->> 'level')::bigint, (l ->> 'threshold')::bigint,
-               (l ->> 'increment')::bigint, (l ->> 'is_last')::boolean
-        FROM jsonb_array_elements(install_ruleset.definition -> 'levels') l;
+        SELECT v_id, l.* FROM pyxp.definition_levels(install_ruleset.definition) l;
 
         INSERT INTO pyxp.rules (ruleset_id, position, action, event, campaign_types, condition,
                                 formula, xp_constant, xp_coefficients, description, cap_max_xp, cap_per, cap_group)
-        SELECT v_id, r.ord, r.value ->> 'action', r.value ->> 'event',
-               CASE WHEN jsonb_typeof(r.value -> 'campaign_types') = 'array'
-                    THEN ARRAY(SELECT jsonb_array_elements_text(r.value -> 'campaign_types')) END,
-               r.value ->> 'condition', coalesce(r.value ->> 'formula', r.value ->> 'constant'),
-               (r.value ->> 'constant')::numeric, r.value -> 'coefficients', r.value ->> 'description',
-               (r.value -> 'cap' ->> 'max_xp')::bigint, r.value -> 'cap' ->> 'per', r.value ->> 'group'
-        FROM jsonb_array_elements(install_ruleset.definition -> 'rules') WITH ORDINALITY r(value, ord);
+        SELECT v_id, r.* FROM pyxp.definition_rules(install_ruleset.definition) r;
         v_created := true;
     END IF;
 

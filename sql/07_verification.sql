@@ -775,6 +775,52 @@ AS $$
            format('%s active rulesets, expected 1', count(*))
       FROM pyxp.rulesets r WHERE r.is_active HAVING count(*) <> 1
     UNION ALL
+    -- Each ruleset's tables against its definition (pyxp.definition_*, what
+    -- install_ruleset wrote from it): the amounts, caps, curve and zone the
+    -- other checks compare the ledger with (0029). The rules' display texts
+    -- (formula, description) are not compared.
+    SELECT 'ruleset_mismatch', NULL, NULL, format('ruleset %s v%s (id %s): %s', rs.name, rs.version, rs.ruleset_id, x.problem)
+      FROM pyxp.rulesets rs
+     CROSS JOIN LATERAL (
+            SELECT 'its content_hash is not the sha256 of its definition' AS problem
+             WHERE rs.content_hash <> encode(sha256(convert_to(rs.definition::text, 'UTF8')), 'hex')
+            UNION ALL
+            SELECT format('balance_floor %s, timezone %s, has_caps %s; its definition: %s, %s, %s',
+                          rs.balance_floor, rs.timezone, rs.has_caps, d.balance_floor, d.timezone, d.has_caps)
+              FROM pyxp.definition_settings(rs.definition) d
+             WHERE (rs.balance_floor, rs.timezone, rs.has_caps) IS DISTINCT FROM (d.balance_floor, d.timezone, d.has_caps)
+            UNION ALL
+            SELECT format('level %s is not its definition''s (threshold %s, increment %s)', l.level, l.threshold,
+                          l.increment)
+              FROM (SELECT lt.level, lt.threshold, lt.increment, lt.is_last FROM pyxp.level_thresholds lt
+                     WHERE lt.ruleset_id = rs.ruleset_id
+                    EXCEPT SELECT * FROM pyxp.definition_levels(rs.definition)) l
+            UNION ALL
+            SELECT format('level %s of its definition is missing', l.level)
+              FROM (SELECT * FROM pyxp.definition_levels(rs.definition)
+                    EXCEPT SELECT lt.level, lt.threshold, lt.increment, lt.is_last FROM pyxp.level_thresholds lt
+                     WHERE lt.ruleset_id = rs.ruleset_id) l
+            UNION ALL
+            SELECT format('rule %s is not its definition''s (constant %s, coefficients %s, cap %s per %s)', r.action,
+                          r.xp_constant, r.xp_coefficients, r.cap_max_xp, r.cap_per)
+              FROM (SELECT ru.position, ru.action, ru.event, ru.campaign_types, ru.condition, ru.xp_constant,
+                           ru.xp_coefficients, ru.cap_max_xp, ru.cap_per, ru.cap_group
+                      FROM pyxp.rules ru WHERE ru.ruleset_id = rs.ruleset_id
+                    EXCEPT
+                    SELECT d.rule_position, d.action, d.event, d.campaign_types, d.condition, d.xp_constant,
+                           d.xp_coefficients, d.cap_max_xp, d.cap_per, d.cap_group
+                      FROM pyxp.definition_rules(rs.definition) d) r
+            UNION ALL
+            SELECT format('rule %s of its definition is missing or differs', d.action)
+              FROM (SELECT d.rule_position, d.action, d.event, d.campaign_types, d.condition, d.xp_constant,
+                           d.xp_coefficients, d.cap_max_xp, d.cap_per, d.cap_group
+                      FROM pyxp.definition_rules(rs.definition) d
+                    EXCEPT
+                    SELECT ru.position, ru.action, ru.event, ru.campaign_types, ru.condition, ru.xp_constant,
+                           ru.xp_coefficients, ru.cap_max_xp, ru.cap_per, ru.cap_group
+                      FROM pyxp.rules ru WHERE ru.ruleset_id = rs.ruleset_id) d
+         ) x
+    UNION ALL
     -- The chain walk and, beside it, the unsliced checks (ranks, checkpoints
     -- without a balance, wallets' forms, caps: pyxp.unsliced_problems).
     SELECT * FROM pyxp.chain_problems(false, true)
@@ -783,15 +829,24 @@ AS $$
     UNION ALL
     -- Rows of a wallet without a balance row: the walk starts from the
     -- balances, so it counts them; when every row was walked (the count
-    -- matches), nothing more is read.
+    -- matches), nothing more is read. The archived rows counted are the
+    -- openings' (each checked against its positions by the walk), not the
+    -- archives' own count, which nothing else checks (0029, a hostile test:
+    -- an archive's count lowered by one hid a forged wallet's row).
     SELECT 'balance_mismatch', o.user_wallet, NULL, format('ledger sum %s but no xp_balances row', o.total)
       FROM (SELECT t.user_wallet, sum(t.xp_amount) AS total
               FROM pyxp.xp_transactions t
              WHERE NOT EXISTS (SELECT FROM pyxp.xp_balances b WHERE b.user_wallet = t.user_wallet)
              GROUP BY t.user_wallet) o
      WHERE (SELECT count(*) FROM pyxp.xp_transactions)
-           + (SELECT coalesce(sum(a.rows_archived), 0) FROM pyxp.xp_ledger_archives a)
+           + (SELECT coalesce(sum(o.archived_rows), 0) FROM pyxp.xp_wallet_openings o)
            <> (SELECT coalesce(sum(b.last_wallet_seq), 0) FROM pyxp.xp_balances b)
+    UNION ALL
+    SELECT 'opening_mismatch', NULL, NULL,
+           format('the archives count %s rows archived, the openings %s', a.archived, o.archived)
+      FROM (SELECT coalesce(sum(a.rows_archived), 0) AS archived FROM pyxp.xp_ledger_archives a) a,
+           (SELECT coalesce(sum(o.archived_rows), 0) AS archived FROM pyxp.xp_wallet_openings o) o
+     WHERE a.archived <> o.archived
     UNION ALL
     SELECT 'moderation_count', b.user_wallet, NULL,
            format('total_moderations = %s, votes recorded = %s', b.total_moderations, coalesce(v.votes, 0))

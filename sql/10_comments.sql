@@ -96,6 +96,12 @@ COMMENT ON FUNCTION pyxp.require_read_committed() IS 'internal: PX025 unless the
 COMMENT ON FUNCTION pyxp.active_ruleset_id() IS 'internal: the active ruleset, or PX020.';
 COMMENT ON FUNCTION pyxp.curve_position(bigint, bigint) IS 'internal: where a bigint total stands on a ruleset''s curve.';
 COMMENT ON FUNCTION pyxp.check_ruleset_definition(jsonb) IS 'internal: PX024 for a malformed compiled ruleset.';
+COMMENT ON FUNCTION pyxp.definition_settings(jsonb) IS
+    'internal: the balance floor, timezone and has_caps a compiled ruleset installs (install_ruleset; audit compares).';
+COMMENT ON FUNCTION pyxp.definition_levels(jsonb) IS
+    'internal: the level_thresholds rows a compiled ruleset installs (install_ruleset; audit compares).';
+COMMENT ON FUNCTION pyxp.definition_rules(jsonb) IS
+    'internal: the rules rows a compiled ruleset installs, in file order (install_ruleset; audit compares).';
 COMMENT ON FUNCTION pyxp.rule_amount(numeric, jsonb, jsonb) IS 'internal: a rule''s linear form evaluated, halves away from zero.';
 COMMENT ON FUNCTION pyxp.floored_amount(numeric, bigint, numeric) IS 'internal: a penalty cut by the balance floor.';
 COMMENT ON FUNCTION pyxp.kept_period_xp(timestamptz, bigint, timestamptz, bigint) IS

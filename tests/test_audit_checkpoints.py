@@ -211,6 +211,45 @@ def test_a_checkpoint_naming_no_row_is_reported(db: psycopg.Connection[Any]) -> 
     assert ("checkpoint_mismatch", "0xa") in findings(db, "audit_since_checkpoint")
 
 
+ACTIVE = "(SELECT ruleset_id FROM pyxp.rulesets WHERE is_active)"
+
+
+@pytest.mark.parametrize("edit", [
+    f"UPDATE pyxp.rules SET xp_constant = 1000 WHERE action = 'CAMPAIGN_APPROVED' AND ruleset_id = {ACTIVE}",
+    f"UPDATE pyxp.rules SET cap_max_xp = 500, cap_per = 'day' WHERE action = 'CAMPAIGN_APPROVED' AND ruleset_id = {ACTIVE}",
+    f"DELETE FROM pyxp.rules WHERE action = 'OPTION_NO_REWARDS' AND ruleset_id = {ACTIVE}",
+    f"UPDATE pyxp.level_thresholds SET threshold = threshold / 10 WHERE level > 1 AND ruleset_id = {ACTIVE}",
+    "UPDATE pyxp.rulesets SET timezone = 'Pacific/Auckland' WHERE is_active",
+    "UPDATE pyxp.rulesets SET definition = jsonb_set(definition, '{timezone}', '\"Europe/Paris\"') WHERE is_active",
+])
+def test_a_ruleset_edited_in_place_is_reported(db: psycopg.Connection[Any], edit: str) -> None:
+    """The amounts, caps, curve and zone the audit compares the ledger with are compared with the
+    ruleset's definition (as installed): edited in place, the balances made to match, audit() was
+    clean and later awards used the edit."""
+    award(db, "0xa", "k1")
+    db.execute(edit)
+    made_consistent(db)
+    found = [f[:2] for f in db.execute("SELECT check_name, user_wallet FROM pyxp.audit()")]
+    assert ("ruleset_mismatch", None) in found, found
+
+
+def test_a_forged_wallet_hidden_by_an_archives_count_is_reported(db: psycopg.Connection[Any]) -> None:
+    """The rows of wallets without a balance are looked for when the ledger's count and the
+    archived rows do not add up to the balances' positions; an archive's own count, lowered,
+    made them add up (a hostile test). The openings' count is used, and compared with it."""
+    award(db, "0xa", "k1")
+    record(db)
+    tamper(db, "INSERT INTO pyxp.xp_transactions (user_wallet, transaction_type, xp_amount, balance_after, rule_id,"
+               " idempotency_key, wallet_seq) SELECT '0xghost', action, 5000, 5000, rule_id, 'forged:1', 1"
+               f" FROM pyxp.rules WHERE action = 'CAMPAIGN_APPROVED' AND ruleset_id = {ACTIVE}")
+    db.execute("INSERT INTO pyxp.xp_requests (key_hash, inputs_digest) VALUES (pyxp.key_hash('forged:1'), 0)")
+    db.execute("INSERT INTO pyxp.xp_ledger_archives (archived_before, partitions, partition_oids, rows_archived,"
+               " wallets_opened, timezone, checkpoint_id)"
+               " SELECT '-infinity', '{}', '{}', -1, 0, 'UTC', max(checkpoint_id) FROM pyxp.xp_audit_checkpoints")
+    found = {f[:2] for f in db.execute("SELECT check_name, user_wallet FROM pyxp.audit()")}
+    assert {("balance_mismatch", "0xghost"), ("opening_mismatch", None)} <= found, found
+
+
 # --------------------------------------------------------------------------- checkpoints
 
 

@@ -17,6 +17,52 @@
 
 SET LOCAL ROLE pyxp_owner;
 
+-- What a compiled definition installs: its settings, its level curve, its
+-- rules (in file order). install_ruleset writes them; audit() reads each
+-- ruleset's tables against them (ruleset_mismatch, 0029: a hostile test
+-- edited a rule's constant, a cap, the curve and the zone in place, and
+-- audit() said nothing, the balances made to match).
+CREATE FUNCTION pyxp.definition_settings(p_definition jsonb)
+RETURNS TABLE (balance_floor bigint, timezone text, has_caps boolean)
+LANGUAGE sql IMMUTABLE PARALLEL SAFE
+AS $$
+    SELECT (p_definition ->> 'balance_floor')::bigint, coalesce(p_definition ->> 'timezone', 'UTC'),
+           EXISTS (SELECT FROM jsonb_array_elements(p_definition -> 'rules') r WHERE r ? 'cap')
+$$;
+COMMENT ON FUNCTION pyxp.definition_settings(jsonb) IS
+    'internal: the balance floor, timezone and has_caps a compiled ruleset installs (install_ruleset; audit compares).';
+REVOKE ALL ON FUNCTION pyxp.definition_settings(jsonb) FROM PUBLIC;
+
+CREATE FUNCTION pyxp.definition_levels(p_definition jsonb)
+RETURNS TABLE (level bigint, threshold bigint, increment bigint, is_last boolean)
+LANGUAGE sql IMMUTABLE PARALLEL SAFE
+AS $$
+    SELECT (l ->> 'level')::bigint, (l ->> 'threshold')::bigint, (l ->> 'increment')::bigint,
+           (l ->> 'is_last')::boolean
+      FROM jsonb_array_elements(p_definition -> 'levels') l
+$$;
+COMMENT ON FUNCTION pyxp.definition_levels(jsonb) IS
+    'internal: the level_thresholds rows a compiled ruleset installs (install_ruleset; audit compares).';
+REVOKE ALL ON FUNCTION pyxp.definition_levels(jsonb) FROM PUBLIC;
+
+CREATE FUNCTION pyxp.definition_rules(p_definition jsonb)
+RETURNS TABLE (rule_position integer, action text, event text, campaign_types text[], condition text, formula text,
+               xp_constant numeric, xp_coefficients jsonb, description text, cap_max_xp bigint, cap_per text,
+               cap_group text)
+LANGUAGE sql IMMUTABLE PARALLEL SAFE
+AS $$
+    SELECT r.ord::integer, r.value ->> 'action', r.value ->> 'event',
+           CASE WHEN jsonb_typeof(r.value -> 'campaign_types') = 'array'
+                THEN ARRAY(SELECT jsonb_array_elements_text(r.value -> 'campaign_types')) END,
+           r.value ->> 'condition', coalesce(r.value ->> 'formula', r.value ->> 'constant'),
+           (r.value ->> 'constant')::numeric, r.value -> 'coefficients', r.value ->> 'description',
+           (r.value -> 'cap' ->> 'max_xp')::bigint, r.value -> 'cap' ->> 'per', r.value ->> 'group'
+      FROM jsonb_array_elements(p_definition -> 'rules') WITH ORDINALITY r(value, ord)
+$$;
+COMMENT ON FUNCTION pyxp.definition_rules(jsonb) IS
+    'internal: the rules rows a compiled ruleset installs, in file order (install_ruleset; audit compares).';
+REVOKE ALL ON FUNCTION pyxp.definition_rules(jsonb) FROM PUBLIC;
+
 -- true; or 40001 (serialization_failure: run it again) when a partition of
 -- the ledger that this statement's snapshot holds as attached no longer is.
 -- An archive (sql/13_retention.sql) detaches partitions under ACCESS
@@ -933,6 +979,246 @@ BEGIN
     END IF;
     PERFORM set_config('pyxp.transaction_rows', v_xact || ':' || v_rows, true);
 END
+$$;
+
+-- Installs a compiled ruleset (from pyxp.ruleset_config) and, unless
+-- activate is false, makes it active. Same content as the active version:
+-- nothing changes. Same content as an older version of that name: that
+-- version is (re-)activated. Otherwise a new version (max + 1) is created.
+-- Activation re-derives every balance's level. Old versions stay: ledger
+-- rows keep their rule ids. activate => false installs a version to
+-- simulate (pyxp.simulate_rules) or to apply later.
+CREATE OR REPLACE FUNCTION pyxp.install_ruleset(definition jsonb, source text, activate boolean DEFAULT true)
+RETURNS TABLE (ruleset_id bigint, name text, version integer, created boolean, activated boolean,
+               balances_changed bigint)
+LANGUAGE plpgsql SECURITY DEFINER
+SET search_path = pyxp, pg_temp
+SET lock_timeout = '10s'  -- see recalculate_levels: never queue every award behind an open transaction
+AS $$
+DECLARE
+    v_name text := install_ruleset.definition ->> 'name';
+    v_hash text := encode(sha256(convert_to(install_ruleset.definition::text, 'UTF8')), 'hex');
+    v_found pyxp.rulesets;
+    v_id bigint;
+    v_created boolean := false;
+BEGIN
+    PERFORM pyxp.check_ruleset_definition(install_ruleset.definition);
+    IF install_ruleset.source IS NULL THEN
+        RAISE EXCEPTION 'invalid ruleset definition %: source is NULL', quote_literal(v_name)
+            USING ERRCODE = 'PX024', HINT = 'pass the TOML text the definition was compiled from';
+    END IF;
+    PERFORM pyxp.require_read_committed();
+    -- Installers queue on the rulesets table (version numbers); awards only
+    -- read it, so an install that does not activate holds no award. The
+    -- awards' lock is taken only to activate (pyxp.activate_ruleset).
+    LOCK TABLE pyxp.rulesets IN SHARE ROW EXCLUSIVE MODE;
+    IF install_ruleset.activate THEN
+        LOCK TABLE pyxp.xp_balances IN SHARE ROW EXCLUSIVE MODE;
+    END IF;
+
+    SELECT * INTO v_found FROM pyxp.rulesets r WHERE r.name = v_name AND r.content_hash = v_hash;
+    IF v_found.is_active OR (v_found.ruleset_id IS NOT NULL AND NOT install_ruleset.activate) THEN
+        RETURN QUERY SELECT v_found.ruleset_id, v_found.name, v_found.version, false, false, 0::bigint;
+        RETURN;
+    END IF;
+
+    IF v_found.ruleset_id IS NOT NULL THEN
+        v_id := v_found.ruleset_id;
+    ELSE
+        INSERT INTO pyxp.rulesets (name, version, content_hash, definition, source, description, balance_floor,
+                                   timezone, has_caps)
+        SELECT v_name,
+               coalesce((SELECT max(r.version) FROM pyxp.rulesets r WHERE r.name = v_name), 0) + 1,
+               v_hash, install_ruleset.definition, install_ruleset.source,
+               install_ruleset.definition ->> 'description', d.balance_floor, d.timezone, d.has_caps
+          FROM pyxp.definition_settings(install_ruleset.definition) d
+        RETURNING rulesets.ruleset_id INTO v_id;
+
+        INSERT INTO pyxp.level_thresholds (ruleset_id, level, threshold, increment, is_last)
+        SELECT v_id, l.* FROM pyxp.definition_levels(install_ruleset.definition) l;
+
+        INSERT INTO pyxp.rules (ruleset_id, position, action, event, campaign_types, condition,
+                                formula, xp_constant, xp_coefficients, description, cap_max_xp, cap_per, cap_group)
+        SELECT v_id, r.* FROM pyxp.definition_rules(install_ruleset.definition) r;
+        v_created := true;
+    END IF;
+
+    IF NOT install_ruleset.activate THEN
+        RETURN QUERY SELECT r.ruleset_id, r.name, r.version, v_created, false, 0::bigint
+                       FROM pyxp.rulesets r WHERE r.ruleset_id = v_id;
+        RETURN;
+    END IF;
+    RETURN QUERY
+        SELECT r.ruleset_id, r.name, r.version, v_created, true, pyxp.activate_ruleset(v_id)
+        FROM pyxp.rulesets r WHERE r.ruleset_id = v_id;
+END
+$$;
+
+-- Every inconsistency between the ledger, the balances and the rules, one
+-- row each; no rows when healthy. What it proves: each wallet's rows are
+-- numbered 1, 2, ... and each row's balance_after chains from the previous
+-- one, each balance equals the sum of its wallet's rows and holds its last
+-- wallet_seq, levels match the active curve, the audit checkpoints match the
+-- ledger (pyxp.chain_problems); reversals mirror what they reverse, rows name
+-- the action of an existing rule, a flow's or reversal's rows have their
+-- request (pyxp.row_problems) and a request its rows or its kept inputs;
+-- the rank buckets count the balances they hold (pyxp.rank_problems, one
+-- of pyxp.unsliced_problems' checks); exactly one ruleset is active, no
+-- ledger row lacks its balance, total_moderations counts the votes
+-- recorded, the balances' period columns and the caps' usage match the ledger and no cap
+-- is exceeded, a registration is granted exactly when its client email was
+-- onboarded, identities stored before 0002 read the same today.
+-- (jit off: compiling the plan cost more than running it, 100 ms vs 6 ms on a
+-- small ledger; on 10M rows the scans dominate either way.
+-- parallel_tuple_cost 0: the checks' scans and joins of the whole ledger
+-- may run in parallel workers (the helpers are PARALLEL SAFE), but a check
+-- whose filter compares two expressions is estimated to pass most rows, and
+-- sending those through a Gather priced the parallel plan out; the checks
+-- return only findings, none on a healthy ledger. At 10M rows the claims'
+-- check takes 18 s with workers against 26-31 s without. The chain walk
+-- has workers of its own: pyxp.chain_problems' slices, with the unsliced
+-- checks as two more calls beside them.)
+CREATE OR REPLACE FUNCTION pyxp.audit()
+RETURNS TABLE (check_name text, user_wallet text, transaction_id bigint, detail text)
+LANGUAGE sql STABLE SECURITY DEFINER
+SET search_path = pyxp, pg_temp
+SET jit = off
+SET parallel_tuple_cost = 0
+AS $$
+    SELECT 'active_ruleset', NULL::text, NULL::bigint,
+           format('%s active rulesets, expected 1', count(*))
+      FROM pyxp.rulesets r WHERE r.is_active HAVING count(*) <> 1
+    UNION ALL
+    -- Each ruleset's tables against its definition (pyxp.definition_*, what
+    -- install_ruleset wrote from it): the amounts, caps, curve and zone the
+    -- other checks compare the ledger with (0029). The rules' display texts
+    -- (formula, description) are not compared.
+    SELECT 'ruleset_mismatch', NULL, NULL, format('ruleset %s v%s (id %s): %s', rs.name, rs.version, rs.ruleset_id, x.problem)
+      FROM pyxp.rulesets rs
+     CROSS JOIN LATERAL (
+            SELECT 'its content_hash is not the sha256 of its definition' AS problem
+             WHERE rs.content_hash <> encode(sha256(convert_to(rs.definition::text, 'UTF8')), 'hex')
+            UNION ALL
+            SELECT format('balance_floor %s, timezone %s, has_caps %s; its definition: %s, %s, %s',
+                          rs.balance_floor, rs.timezone, rs.has_caps, d.balance_floor, d.timezone, d.has_caps)
+              FROM pyxp.definition_settings(rs.definition) d
+             WHERE (rs.balance_floor, rs.timezone, rs.has_caps) IS DISTINCT FROM (d.balance_floor, d.timezone, d.has_caps)
+            UNION ALL
+            SELECT format('level %s is not its definition''s (threshold %s, increment %s)', l.level, l.threshold,
+                          l.increment)
+              FROM (SELECT lt.level, lt.threshold, lt.increment, lt.is_last FROM pyxp.level_thresholds lt
+                     WHERE lt.ruleset_id = rs.ruleset_id
+                    EXCEPT SELECT * FROM pyxp.definition_levels(rs.definition)) l
+            UNION ALL
+            SELECT format('level %s of its definition is missing', l.level)
+              FROM (SELECT * FROM pyxp.definition_levels(rs.definition)
+                    EXCEPT SELECT lt.level, lt.threshold, lt.increment, lt.is_last FROM pyxp.level_thresholds lt
+                     WHERE lt.ruleset_id = rs.ruleset_id) l
+            UNION ALL
+            SELECT format('rule %s is not its definition''s (constant %s, coefficients %s, cap %s per %s)', r.action,
+                          r.xp_constant, r.xp_coefficients, r.cap_max_xp, r.cap_per)
+              FROM (SELECT ru.position, ru.action, ru.event, ru.campaign_types, ru.condition, ru.xp_constant,
+                           ru.xp_coefficients, ru.cap_max_xp, ru.cap_per, ru.cap_group
+                      FROM pyxp.rules ru WHERE ru.ruleset_id = rs.ruleset_id
+                    EXCEPT
+                    SELECT d.rule_position, d.action, d.event, d.campaign_types, d.condition, d.xp_constant,
+                           d.xp_coefficients, d.cap_max_xp, d.cap_per, d.cap_group
+                      FROM pyxp.definition_rules(rs.definition) d) r
+            UNION ALL
+            SELECT format('rule %s of its definition is missing or differs', d.action)
+              FROM (SELECT d.rule_position, d.action, d.event, d.campaign_types, d.condition, d.xp_constant,
+                           d.xp_coefficients, d.cap_max_xp, d.cap_per, d.cap_group
+                      FROM pyxp.definition_rules(rs.definition) d
+                    EXCEPT
+                    SELECT ru.position, ru.action, ru.event, ru.campaign_types, ru.condition, ru.xp_constant,
+                           ru.xp_coefficients, ru.cap_max_xp, ru.cap_per, ru.cap_group
+                      FROM pyxp.rules ru WHERE ru.ruleset_id = rs.ruleset_id) d
+         ) x
+    UNION ALL
+    -- The chain walk and, beside it, the unsliced checks (ranks, checkpoints
+    -- without a balance, wallets' forms, caps: pyxp.unsliced_problems).
+    SELECT * FROM pyxp.chain_problems(false, true)
+    UNION ALL
+    SELECT * FROM pyxp.row_problems(false)
+    UNION ALL
+    -- Rows of a wallet without a balance row: the walk starts from the
+    -- balances, so it counts them; when every row was walked (the count
+    -- matches), nothing more is read. The archived rows counted are the
+    -- openings' (each checked against its positions by the walk), not the
+    -- archives' own count, which nothing else checks (0029, a hostile test:
+    -- an archive's count lowered by one hid a forged wallet's row).
+    SELECT 'balance_mismatch', o.user_wallet, NULL, format('ledger sum %s but no xp_balances row', o.total)
+      FROM (SELECT t.user_wallet, sum(t.xp_amount) AS total
+              FROM pyxp.xp_transactions t
+             WHERE NOT EXISTS (SELECT FROM pyxp.xp_balances b WHERE b.user_wallet = t.user_wallet)
+             GROUP BY t.user_wallet) o
+     WHERE (SELECT count(*) FROM pyxp.xp_transactions)
+           + (SELECT coalesce(sum(o.archived_rows), 0) FROM pyxp.xp_wallet_openings o)
+           <> (SELECT coalesce(sum(b.last_wallet_seq), 0) FROM pyxp.xp_balances b)
+    UNION ALL
+    SELECT 'opening_mismatch', NULL, NULL,
+           format('the archives count %s rows archived, the openings %s', a.archived, o.archived)
+      FROM (SELECT coalesce(sum(a.rows_archived), 0) AS archived FROM pyxp.xp_ledger_archives a) a,
+           (SELECT coalesce(sum(o.archived_rows), 0) AS archived FROM pyxp.xp_wallet_openings o) o
+     WHERE a.archived <> o.archived
+    UNION ALL
+    SELECT 'moderation_count', b.user_wallet, NULL,
+           format('total_moderations = %s, votes recorded = %s', b.total_moderations, coalesce(v.votes, 0))
+      FROM pyxp.xp_balances b
+      -- A vote is a request of a vote key: its rows (all to the voter) hold
+      -- the key, or (a vote no rule awards) the request keeps it.
+      FULL JOIN (SELECT x.user_wallet, count(*) AS votes
+                   FROM (SELECT t.user_wallet, t.idempotency_key
+                           FROM pyxp.xp_transactions t
+                          WHERE t.request_digest IS NULL
+                            AND t.idempotency_key ~ '^(campaign|completion)[.]vote(/[0-9]+)?:'
+                         UNION
+                         SELECT q.inputs ->> 'wallet', q.idempotency_key
+                           FROM pyxp.xp_requests q
+                          WHERE q.idempotency_key ~ '^(campaign|completion)[.]vote(/[0-9]+)?:') x
+                  GROUP BY 1) v ON v.user_wallet = b.user_wallet
+     WHERE coalesce(b.total_moderations, 0) <> coalesce(v.votes, 0)
+    UNION ALL
+    -- A request that keeps neither its key nor its inputs has them in its
+    -- ledger rows only (pyxp.recorded_request): without a row, a retry's
+    -- inputs could not be shown or a vote counted.
+    SELECT 'request_rows_missing', NULL, NULL,
+           format('request %s (claimed %s) keeps no key and no ledger row holds it', q.key_hash, q.created_at)
+      FROM pyxp.xp_requests q
+     WHERE q.idempotency_key IS NULL
+       AND NOT EXISTS (SELECT FROM pyxp.xp_transactions t
+                        WHERE pyxp.key_hash(t.idempotency_key) = q.key_hash AND t.request_digest IS NULL)
+    UNION ALL
+    SELECT 'registration_grant', a.client_wallet, NULL,
+           format('registration %s of %s is %s', a.id, a.client_email,
+                  CASE WHEN a.xp_granted THEN 'granted without an onboarding of that email'
+                       ELSE 'pending although that email was onboarded' END)
+      FROM pyxp.agency_b2c_clients a
+     CROSS JOIN LATERAL (SELECT EXISTS (
+                SELECT FROM pyxp.xp_requests q
+                 WHERE q.key_hash IN (pyxp.key_hash('client.onboarded:' || a.client_email),
+                                      -- stored as read before 0028, onboarded since (pyxp.email_before_0028)
+                                      pyxp.key_hash('client.onboarded:'
+                                                    || pyxp.lower_cased(pyxp.trimmed_text(a.client_email, true)))))
+                AS onboarded) q
+     WHERE a.xp_granted <> q.onboarded
+    UNION ALL
+    -- Client emails stored before 0002 that today's checks would read
+    -- otherwise (the wallets: pyxp.unsliced_problems).
+    SELECT 'identity_not_normalised', a.client_wallet, NULL,
+           format('client email %s of registration %s is read %s since 0002', quote_literal(a.client_email), a.id,
+                  coalesce(quote_literal(f.form), 'as refused'))
+      FROM pyxp.agency_b2c_clients a
+     CROSS JOIN LATERAL (SELECT CASE WHEN pyxp.invisible_character(x.t) IS NULL THEN x.t END AS form
+                           FROM (SELECT pyxp.lower_cased(pyxp.trimmed_text(a.client_email, true)) AS t) x) f
+     WHERE f.form IS DISTINCT FROM a.client_email
+       -- or as read before 0028 (lower() in the database's collation: pyxp.email_before_0028)
+       AND (f.form IS NULL OR lower(pyxp.trimmed_text(a.client_email, true)) IS DISTINCT FROM a.client_email)
+    UNION ALL
+    -- No finding; 40001 when the ledger was read with a snapshot older than
+    -- an archive's commit (its rows would have been reported missing).
+    SELECT NULL, NULL, NULL, NULL WHERE NOT pyxp.ledger_unmoved()
+    ORDER BY 1, 2, 3
 $$;
 
 RESET ROLE;
