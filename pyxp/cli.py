@@ -53,6 +53,12 @@ FAR_TOTALS = (10**6, 10**9, 10**12, 10**15, 2**62)
 # --------------------------------------------------------------------------- errors
 
 
+# The SQL parameters' ranges: a value outside them is a usage error here, not a bare 22003 from
+# the cast (a hostile test, 0029); inside them the functions refuse what they refuse (PX023).
+INTEGER = click.IntRange(-2**31, 2**31 - 1)
+BIGINT = click.IntRange(-2**63, 2**63 - 1)
+
+
 @dataclasses.dataclass(frozen=True)
 class ErrorReport:
     """What a refused command reports: the one-line text on stderr, or ``{"error": ...}`` with --json.
@@ -1058,7 +1064,7 @@ def award_onboard_client(ctx: click.Context, client_email: str, client_wallet: s
 
 
 @award.command("reverse")
-@click.argument("transaction_id", type=int)
+@click.argument("transaction_id", type=BIGINT)
 @click.option("--reason", required=True, help="Why (kept in the compensating row).")
 @json_option
 @click.pass_context
@@ -1095,9 +1101,9 @@ def balance(ctx: click.Context, wallet: str, as_json: bool) -> None:
 
 @cli.command()
 @click.argument("wallet")
-@click.option("--max-rows", "--limit", "max_rows", default=50, show_default=True, type=int,
+@click.option("--max-rows", "--limit", "max_rows", default=50, show_default=True, type=INTEGER,
               help="Rows per page (1-1000); --limit is an alias.")
-@click.option("--before-id", type=int, help="Page on: rows older than this transaction id.")
+@click.option("--before-id", type=BIGINT, help="Page on: rows older than this transaction id.")
 @json_option
 @click.pass_context
 def history(ctx: click.Context, wallet: str, max_rows: int, before_id: int | None, as_json: bool) -> None:
@@ -1145,9 +1151,9 @@ def _in_ruleset_zone(ctx: click.Context, at: datetime | None) -> datetime | None
 
 
 @cli.command()
-@click.option("--max-rows", "--limit", "max_rows", default=20, show_default=True, type=int,
+@click.option("--max-rows", "--limit", "max_rows", default=20, show_default=True, type=INTEGER,
               help="Rows (1-1000); --limit is an alias.")
-@click.option("--offset-rows", "--offset", "offset_rows", default=0, show_default=True, type=int,
+@click.option("--offset-rows", "--offset", "offset_rows", default=0, show_default=True, type=INTEGER,
               help="Skip this many ranks; --offset is an alias.")
 @click.option("--period", default="all", show_default=True,
               type=click.Choice(["all", "day", "week", "month", "year"], case_sensitive=False),
@@ -1219,7 +1225,7 @@ def audit(ctx: click.Context, since_checkpoint: bool, record: bool, as_json: boo
 
 @cli.command()
 @click.option("--wallet", help="Only this wallet's changes.")
-@click.option("--after", "after_cursor", type=click.IntRange(0), default=0, show_default=True,
+@click.option("--after", "after_cursor", type=click.IntRange(0, 2**63 - 1), default=0, show_default=True,
               help="Resume after this cursor (the last one printed); 0: the whole ledger.")
 @json_option
 @click.pass_context
