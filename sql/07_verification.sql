@@ -865,6 +865,21 @@ AS $$
                   GROUP BY 1) v ON v.user_wallet = b.user_wallet
      WHERE coalesce(b.total_moderations, 0) <> coalesce(v.votes, 0)
     UNION ALL
+    -- The campaigns' registry against the ledger: a campaign's creation and
+    -- approval rows are its creator's, and its creation rows name its type
+    -- (0029, a hostile test: the registry's creator or type edited, which
+    -- later approvals, votes and completions read, was clean).
+    SELECT 'campaign_mismatch', t.user_wallet, t.id,
+           format('campaign %s is %s''s (%s) in the registry, but %s row %s is %s''s (%s)', c.campaign_id,
+                  c.creator_wallet, c.campaign_type, split_part(t.idempotency_key, ':', 1), t.id, t.user_wallet,
+                  coalesce(t.metadata ->> 'campaign_type', 'no type'))
+      FROM pyxp.xp_transactions t
+      JOIN pyxp.campaigns c ON c.campaign_id = t.campaign_id
+     WHERE t.request_digest IS NULL AND t.reverses IS NULL
+       AND t.idempotency_key IN ('campaign.created:' || c.campaign_id, 'campaign.approved:' || c.campaign_id)
+       AND ((c.creator_wallet IS NOT NULL AND t.user_wallet <> c.creator_wallet)
+            OR (t.idempotency_key LIKE 'campaign.created:%' AND t.metadata ->> 'campaign_type' <> c.campaign_type))
+    UNION ALL
     -- A request that keeps neither its key nor its inputs has them in its
     -- ledger rows only (pyxp.recorded_request): without a row, a retry's
     -- inputs could not be shown or a vote counted.

@@ -507,3 +507,14 @@ def test_a_bad_audit_parallel_min_rows_is_refused_with_nothing_written(db: psyco
         assert "pyxp.audit_parallel_min_rows must be a whole number" in str(refused.value)
     db.execute("SET pyxp.audit_parallel_min_rows = ' 7 '")  # spaces around a number: that number
     assert db.execute("SELECT * FROM pyxp.audit()").fetchall() == []
+
+
+@pytest.mark.parametrize("edit", ["UPDATE pyxp.campaigns SET creator_wallet = '0xother'",
+                                  "UPDATE pyxp.campaigns SET campaign_type = 'INDIVIDUAL'"])
+def test_a_campaign_registry_edited_is_reported(db: psycopg.Connection[Any], edit: str) -> None:
+    """Later approvals, votes and completions read the registry's creator and type (0029)."""
+    db.execute("SELECT * FROM pyxp.award_campaign_creation('0xcreator', 'camp-1', 'B2C')")
+    db.execute("SELECT * FROM pyxp.award_campaign_approval('camp-1')")
+    assert findings(db) == set()
+    db.execute(edit)
+    assert {name for name, _ in findings(db)} == {"campaign_mismatch"}
