@@ -712,7 +712,11 @@ AS $$
     -- digests of params the metadata does not spell alike (300.0 for 300:
     -- test_migrations' ledger of 0005).
     -- pyxp.inputs_digest spelled out and compared as bytes (as the claims'
-    -- hashes above).
+    -- hashes above), on the text jsonb_build_object('action', ..., 'params',
+    -- '{}', 'wallet', ...) prints, written out (building the jsonb cost twice
+    -- as much: 5.6 s against 2.7 s at 1M rows in one process); the formula
+    -- of a rule without inputs is its rounded constant (the function call
+    -- cost 1.7 s against 0.7 s).
     SELECT CASE WHEN g.digest_ok THEN 'amount_mismatch' ELSE 'inputs_mismatch' END, g.user_wallet, g.id,
            CASE WHEN g.digest_ok
                 THEN format('%s XP (requested %s) where rule %s gives %s', g.xp_amount,
@@ -720,13 +724,14 @@ AS $$
                 ELSE format('its inputs'' digest %s is not that of %s', g.request_digest, g.inputs) END
       FROM (SELECT t.id, t.user_wallet, t.xp_amount, t.xp_requested, t.rule_id, t.request_digest, i.inputs,
                    ru.xp_coefficients <> '{}'
-                   OR substr(sha256(convert_to(i.inputs::text, 'UTF8')), 1, 8) = int8send(t.request_digest) AS digest_ok,
-                   pyxp.rule_amount(ru.xp_constant, ru.xp_coefficients, t.metadata) AS formula
+                   OR substr(sha256(convert_to(i.inputs, 'UTF8')), 1, 8) = int8send(t.request_digest) AS digest_ok,
+                   CASE WHEN ru.xp_coefficients = '{}' THEN round(ru.xp_constant)
+                        ELSE pyxp.rule_amount(ru.xp_constant, ru.xp_coefficients, t.metadata) END AS formula
               FROM pyxp.audited_rows(p_since_checkpoint) t
               JOIN pyxp.rules ru ON ru.rule_id = t.rule_id
              CROSS JOIN LATERAL (
-                    SELECT jsonb_build_object('action', t.transaction_type, 'wallet', t.user_wallet,
-                                              'params', '{}'::jsonb) AS inputs) i
+                    SELECT '{"action": ' || to_json(t.transaction_type)::text || ', "params": {}, "wallet": '
+                           || to_json(t.user_wallet)::text || '}' AS inputs) i
              WHERE t.request_digest IS NOT NULL) g
      WHERE NOT g.digest_ok
         OR coalesce(g.xp_requested, g.xp_amount) <> g.formula
