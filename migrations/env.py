@@ -26,6 +26,7 @@ public table is dropped only if nothing else is left in it.
 
 from __future__ import annotations
 
+import sys
 from typing import Any
 
 import psycopg
@@ -125,9 +126,50 @@ def _persist_heads(*, ctx: Any, step: Any, heads: set[str], run_args: Any) -> No
         _write_pyxp_heads(connection, list(heads))
 
 
-engine = create_engine("postgresql+psycopg://", creator=lambda: psycopg.connect(conninfo), poolclass=NullPool)
+# The migrating session's settings, pinned whatever the role, database or PGOPTIONS say (0029, a
+# hostile test). The revisions' SQL names built-ins unqualified (format, convert_to, lower, ...):
+# with public (or any schema a role may create in) first on the search_path, a function of that
+# name and a better-matching signature ran instead, as the migrating superuser: it made its role
+# a superuser on a first install, and rewrote 0015's claims so that every old key paid again.
+# A backslash in a plain literal reads otherwise under standard_conforming_strings = off (0015's
+# partition bounds did). psycopg parses dates in ISO only.
+SESSION_SETTINGS = (("search_path", "pg_catalog"), ("standard_conforming_strings", "on"),
+                    ("DateStyle", "ISO, YMD"), ("IntervalStyle", "postgres"))
+# One migration at a time per database: a session-level advisory lock, taken before the history is
+# read (two deploy pods upgrading at once: the second re-ran what the first had committed, failed
+# with errors that depend on timing, and wrote an older revision back for a while). The key is
+# pyxp's ('pyxp' as an integer, 1); the lock ends with the session.
+MIGRATION_LOCK = (1887007856, 1)
+
+
+def _show_warning(diagnostic: psycopg.errors.Diagnostic) -> None:
+    """The server's WARNINGs during a migration, on stderr (a migration run by a non-superuser
+    warns that the partitions' guard is not installed: it went nowhere)."""
+    if diagnostic.severity_nonlocalized == "WARNING":
+        hint = f" ({diagnostic.message_hint})" if diagnostic.message_hint else ""
+        sys.stderr.write(f"WARNING: {diagnostic.message_primary}{hint}\n")
+
+
+def _connect() -> psycopg.Connection[Any]:
+    conn = psycopg.connect(conninfo, autocommit=True)
+    conn.add_notice_handler(_show_warning)
+    for name, value in SESSION_SETTINGS:
+        conn.execute("SELECT pg_catalog.set_config(%s, %s, false)", (name, value))
+    if not conn.execute("SELECT pg_catalog.pg_try_advisory_lock(%s, %s)", MIGRATION_LOCK).fetchone()[0]:
+        sys.stderr.write("pyxp: another pyxp db upgrade or downgrade is running on this database: waiting for it\n")
+        conn.execute("SELECT pg_catalog.pg_advisory_lock(%s, %s)", MIGRATION_LOCK)
+    conn.autocommit = False
+    return conn
+
+
+engine = create_engine("postgresql+psycopg://", creator=_connect, poolclass=NullPool)
 with engine.connect() as connection:
     version_schema = _prepare_version_table(connection)
+    # What this run found, under the lock (pyxp db upgrade reports it: read before the lock, it was
+    # what another migration had reached while this one waited).
+    with connection.begin():  # (ended here: alembic must find no transaction open)
+        config.attributes["revision_at_start"] = _scalar(connection,
+                                                         "SELECT max(version_num) FROM pg_temp.alembic_version")
     context.configure(connection=connection, target_metadata=None, transaction_per_migration=True,
                       version_table_schema=version_schema, on_version_apply=_persist_heads)
     with context.begin_transaction():

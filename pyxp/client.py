@@ -642,7 +642,9 @@ class XP(_Api):
             # behind a transaction pooler (PgBouncer, Supavisor) the next call may run on a
             # server session where that name is another client's statement. README
             # "Deploying behind a pooler".
-            cur.execute(call.query, call.params, prepare=False)
+            # Results in binary: psycopg parses text dates in ISO DateStyle only, and a role's or
+            # database's DateStyle (SQL, German) failed every read of a date (a hostile test, 0029).
+            cur.execute(call.query, call.params, prepare=False, binary=True)
             return cur.fetchall()
 
     def _execute(self, call: Call) -> Any:
@@ -729,7 +731,7 @@ class AsyncXP(_Api):
         factory = class_row(call.row_type) if call.row_type else tuple_row
         async with (nullcontext() if conn.autocommit and _idle(conn) else conn.transaction()), \
                 conn.cursor(row_factory=factory) as cur:  # type: ignore[arg-type]
-            await cur.execute(call.query, call.params, prepare=False)  # see XP._run
+            await cur.execute(call.query, call.params, prepare=False, binary=True)  # see XP._run
             return await cur.fetchall()
 
     async def _execute_async(self, call: Call) -> Any:

@@ -26,13 +26,31 @@ import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import psycopg
+from psycopg import pq
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from pyxp.errors import DatabaseUnavailable
 
 DATABASE_URL_VARIABLE = "PYXP_DATABASE_URL"
+
+
+class BinaryResultsCursor(psycopg.Cursor[Any]):
+    """A cursor whose results come in binary: psycopg parses text dates in the ISO DateStyle only,
+    and a role's or database's DateStyle (SQL, German) made every command that reads a date fail
+    with a traceback (a hostile test, 0029). The client sends ``binary=True`` on the connections
+    it is given; the package's own connections use this cursor."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.format = pq.Format.BINARY
+
+
+def connect(conninfo: str, **kwargs: Any) -> psycopg.Connection[Any]:
+    """A connection of the package's own (CLI, migrations' helpers, rulesets): binary results."""
+    return psycopg.connect(conninfo, cursor_factory=BinaryResultsCursor, **kwargs)
 
 
 def configured_conninfo() -> str:

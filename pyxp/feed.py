@@ -63,7 +63,7 @@ def watch_changes(connect: Callable[[], psycopg.Connection[Any]], after_cursor: 
                 while not (stop and stop.is_set()):
                     with wrap_errors(), conn.cursor(row_factory=class_row(Change)) as cur:
                         rows = cur.execute(queries.CHANGES, _params(cursor, wallet, page_size),
-                                           prepare=False).fetchall()
+                                           prepare=False, binary=True).fetchall()  # (any DateStyle)
                     failures = 0
                     for change in rows:
                         cursor = change.cursor
@@ -93,7 +93,7 @@ async def watch_changes_async(connect: Callable[[], Awaitable[psycopg.AsyncConne
                     with wrap_errors():
                         async with conn.cursor(row_factory=class_row(Change)) as cur:
                             await cur.execute(queries.CHANGES, _params(cursor, wallet, page_size),
-                                              prepare=False)
+                                              prepare=False, binary=True)  # (any DateStyle)
                             rows = await cur.fetchall()
                     failures = 0
                     for change in rows:

@@ -8,6 +8,8 @@ nothing when it is the active one (see ``pyxp.install_ruleset`` in sql/).
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import os
 from pathlib import Path
 from typing import Any
@@ -19,6 +21,7 @@ from psycopg.rows import class_row, dict_row
 from psycopg.types.json import Jsonb
 
 from pyxp import queries
+from pyxp.database import connect
 from pyxp.errors import wrap_errors
 from pyxp.results import RetroactiveApplication, RulesetInstall
 from pyxp.ruleset_config import RuleSet, load_ruleset
@@ -42,12 +45,24 @@ def alembic_config(conninfo: str) -> Config:
     return config
 
 
-def upgrade(conninfo: str, revision: str = "head", activate_default: bool = True) -> RulesetInstall | None:
+@dataclass(frozen=True)
+class Upgrade:
+    """What :func:`upgrade` did: the revision it found (read under the migrations' lock, after any
+    other migration of the database ended), the one it left, and the default ruleset it activated."""
+
+    before: str | None
+    after: str | None
+    installed: RulesetInstall | None
+
+
+def upgrade(conninfo: str, revision: str = "head", activate_default: bool = True) -> Upgrade:
     """Migrate to ``revision``; then activate the default ruleset if none is active."""
-    command.upgrade(alembic_config(conninfo), revision)
+    config = alembic_config(conninfo)
+    command.upgrade(config, revision)
+    installed = None
     if activate_default and active_ruleset(conninfo) is None:
-        return apply_ruleset(conninfo, DEFAULT_RULESET)
-    return None
+        installed = apply_ruleset(conninfo, DEFAULT_RULESET)
+    return Upgrade(config.attributes.get("revision_at_start"), current_revision(conninfo), installed)
 
 
 def downgrade(conninfo: str, revision: str = "base") -> None:
@@ -71,7 +86,7 @@ def current_revision(conninfo: str) -> str | None:
     own chain, and only while the schema ``pyxp`` exists; an application's
     revision in that table is never reported as pyxp's.
     """
-    with psycopg.connect(conninfo, autocommit=True) as conn:
+    with connect(conninfo, autocommit=True) as conn:
         tables = {row[0] for row in conn.execute(_VERSION_TABLES)}
         if "pyxp" in tables:
             rows = [row[0] for row in conn.execute("SELECT version_num FROM pyxp.alembic_version")]
@@ -120,7 +135,7 @@ def apply_ruleset(conninfo: str, ruleset: str | os.PathLike[str] | RuleSet,
     """Install a ruleset (a shipped name, a TOML path or a parsed RuleSet) and, unless
     ``activate`` is false, activate it. An installed, inactive version can be simulated
     (:func:`simulation_report`) or applied later."""
-    with wrap_errors(), psycopg.connect(conninfo) as conn:
+    with wrap_errors(), connect(conninfo) as conn:
         return _install(conn, _compiled(ruleset), activate)
 
 
@@ -128,7 +143,7 @@ def simulation_report(conninfo: str, ruleset: str | os.PathLike[str] | RuleSet, 
     """What ``pyxp.simulation_report`` says of ``ruleset`` (SPEC 13): per action, the largest
     changes, a summary. A version not installed yet is installed for the simulation only, in a
     transaction rolled back at the end: nothing is written."""
-    with wrap_errors(), psycopg.connect(conninfo) as conn:
+    with wrap_errors(), connect(conninfo) as conn:
         installed = _install(conn, _compiled(ruleset), activate=False)
         report = conn.execute(queries.SIMULATION_REPORT, {"ruleset_id": installed.ruleset_id, "top": top}).fetchone()
         conn.rollback()
@@ -140,7 +155,7 @@ def apply_rules_retroactively(conninfo: str, ruleset: str | os.PathLike[str] | R
     """Install ``ruleset`` if needed, activate it and append the RULES_ADJUSTMENT rows that make
     every balance what the simulation says (``pyxp.apply_rules_retroactively``), in one
     transaction. Again with the same version: nothing added."""
-    with wrap_errors(), psycopg.connect(conninfo) as conn:
+    with wrap_errors(), connect(conninfo) as conn:
         installed = _install(conn, _compiled(ruleset), activate=False)
         with conn.cursor(row_factory=class_row(RetroactiveApplication)) as cur:
             cur.execute(queries.APPLY_RULES_RETROACTIVELY, {"ruleset_id": installed.ruleset_id})
@@ -151,7 +166,7 @@ def apply_rules_retroactively(conninfo: str, ruleset: str | os.PathLike[str] | R
 
 def active_ruleset(conninfo: str) -> dict[str, Any] | None:
     """The active ruleset row (id, name, version, floor, definition, source), or None."""
-    with psycopg.connect(conninfo) as conn, conn.cursor(row_factory=dict_row) as cur:
+    with connect(conninfo) as conn, conn.cursor(row_factory=dict_row) as cur:
         try:
             cur.execute(queries.ACTIVE_RULESET)
         except psycopg.errors.UndefinedTable:

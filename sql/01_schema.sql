@@ -549,6 +549,17 @@ CREATE TABLE pyxp.xp_email_forms_before_0028 (
     PRIMARY KEY (client_email, stored_form)
 );
 
+-- The rulesets an older install_ruleset wrote otherwise than their
+-- definition reads today (a definition with caps installed before caps
+-- existed: its rules have none), found by migration 0029, with the digest
+-- of their tables then (pyxp.ruleset_tables_digest). audit() compares such a
+-- ruleset's tables with that digest, every other one's with its definition
+-- (ruleset_mismatch). Empty in a database installed at 0029.
+CREATE TABLE pyxp.xp_rulesets_as_installed (
+    ruleset_id     bigint PRIMARY KEY REFERENCES pyxp.rulesets,
+    tables_digest  text NOT NULL
+);
+
 -- One row per flow subject ever named ('client_email:<email>',
 -- 'completion:<completion id>', 'campaign:<campaign id>'): the row lock that
 -- serialises every call about that subject (pyxp.lock_subject): an email's

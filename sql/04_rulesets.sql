@@ -227,6 +227,68 @@ AS $$
       FROM jsonb_array_elements(p_definition -> 'rules') WITH ORDINALITY r(value, ord)
 $$;
 
+-- What of a ruleset's tables is not what its definition installs (no rows:
+-- all of it is). The rules' display texts (formula, description) are not
+-- compared.
+CREATE FUNCTION pyxp.ruleset_table_problems(p_ruleset pyxp.rulesets)
+RETURNS SETOF text
+LANGUAGE sql STABLE PARALLEL SAFE
+AS $$
+    SELECT format('balance_floor %s, timezone %s, has_caps %s; its definition: %s, %s, %s',
+                  p_ruleset.balance_floor, p_ruleset.timezone, p_ruleset.has_caps, d.balance_floor, d.timezone,
+                  d.has_caps)
+      FROM pyxp.definition_settings(p_ruleset.definition) d
+     WHERE (p_ruleset.balance_floor, p_ruleset.timezone, p_ruleset.has_caps)
+           IS DISTINCT FROM (d.balance_floor, d.timezone, d.has_caps)
+    UNION ALL
+    SELECT format('level %s is not its definition''s (threshold %s, increment %s)', l.level, l.threshold, l.increment)
+      FROM (SELECT lt.level, lt.threshold, lt.increment, lt.is_last FROM pyxp.level_thresholds lt
+             WHERE lt.ruleset_id = p_ruleset.ruleset_id
+            EXCEPT SELECT * FROM pyxp.definition_levels(p_ruleset.definition)) l
+    UNION ALL
+    SELECT format('level %s of its definition is missing or differs', l.level)
+      FROM (SELECT * FROM pyxp.definition_levels(p_ruleset.definition)
+            EXCEPT SELECT lt.level, lt.threshold, lt.increment, lt.is_last FROM pyxp.level_thresholds lt
+             WHERE lt.ruleset_id = p_ruleset.ruleset_id) l
+    UNION ALL
+    SELECT format('rule %s is not its definition''s (constant %s, coefficients %s, cap %s per %s)', r.action,
+                  r.xp_constant, r.xp_coefficients, r.cap_max_xp, r.cap_per)
+      FROM (SELECT ru.position, ru.action, ru.event, ru.campaign_types, ru.condition, ru.xp_constant,
+                   ru.xp_coefficients, ru.cap_max_xp, ru.cap_per, ru.cap_group
+              FROM pyxp.rules ru WHERE ru.ruleset_id = p_ruleset.ruleset_id
+            EXCEPT
+            SELECT d.rule_position, d.action, d.event, d.campaign_types, d.condition, d.xp_constant,
+                   d.xp_coefficients, d.cap_max_xp, d.cap_per, d.cap_group
+              FROM pyxp.definition_rules(p_ruleset.definition) d) r
+    UNION ALL
+    SELECT format('rule %s of its definition is missing or differs', d.action)
+      FROM (SELECT d.rule_position, d.action, d.event, d.campaign_types, d.condition, d.xp_constant,
+                   d.xp_coefficients, d.cap_max_xp, d.cap_per, d.cap_group
+              FROM pyxp.definition_rules(p_ruleset.definition) d
+            EXCEPT
+            SELECT ru.position, ru.action, ru.event, ru.campaign_types, ru.condition, ru.xp_constant,
+                   ru.xp_coefficients, ru.cap_max_xp, ru.cap_per, ru.cap_group
+              FROM pyxp.rules ru WHERE ru.ruleset_id = p_ruleset.ruleset_id) d
+$$;
+
+-- A digest of what a ruleset's tables say (its settings, levels and rules,
+-- as ruleset_table_problems compares them): for the rulesets whose tables
+-- an older install_ruleset wrote otherwise (pyxp.xp_rulesets_as_installed).
+CREATE FUNCTION pyxp.ruleset_tables_digest(p_ruleset_id bigint)
+RETURNS text
+LANGUAGE sql STABLE PARALLEL SAFE
+AS $$
+    SELECT encode(sha256(convert_to(concat_ws(' | ',
+               (SELECT ROW(r.balance_floor, r.timezone, r.has_caps)::text FROM pyxp.rulesets r
+                 WHERE r.ruleset_id = p_ruleset_id),
+               (SELECT string_agg(ROW(l.level, l.threshold, l.increment, l.is_last)::text, ', ' ORDER BY l.level)
+                  FROM pyxp.level_thresholds l WHERE l.ruleset_id = p_ruleset_id),
+               (SELECT string_agg(ROW(ru.position, ru.action, ru.event, ru.campaign_types, ru.condition, ru.xp_constant,
+                                      ru.xp_coefficients, ru.cap_max_xp, ru.cap_per, ru.cap_group)::text, ', '
+                                  ORDER BY ru.position)
+                  FROM pyxp.rules ru WHERE ru.ruleset_id = p_ruleset_id)), 'UTF8')), 'hex')
+$$;
+
 -- Installs a compiled ruleset (from pyxp.ruleset_config) and, unless
 -- activate is false, makes it active. Same content as the active version:
 -- nothing changes. Same content as an older version of that name: that

@@ -723,7 +723,7 @@ AS $$
                             coalesce(g.xp_requested::text, 'none'), g.rule_id, g.formula)
                 ELSE format('its inputs'' digest %s is not that of %s', g.request_digest, g.inputs) END
       FROM (SELECT t.id, t.user_wallet, t.xp_amount, t.xp_requested, t.rule_id, t.request_digest, i.inputs,
-                   ru.xp_coefficients <> '{}'
+                   t.request_digest IS NULL OR ru.xp_coefficients <> '{}'
                    OR substr(sha256(convert_to(i.inputs, 'UTF8')), 1, 8) = int8send(t.request_digest) AS digest_ok,
                    CASE WHEN ru.xp_coefficients = '{}' THEN round(ru.xp_constant)
                         ELSE pyxp.rule_amount(ru.xp_constant, ru.xp_coefficients, t.metadata) END AS formula
@@ -732,7 +732,7 @@ AS $$
              CROSS JOIN LATERAL (
                     SELECT '{"action": ' || to_json(t.transaction_type)::text || ', "params": {}, "wallet": '
                            || to_json(t.user_wallet)::text || '}' AS inputs) i
-             WHERE t.request_digest IS NOT NULL) g
+            ) g
      WHERE NOT g.digest_ok
         OR coalesce(g.xp_requested, g.xp_amount) <> g.formula
         OR (g.xp_requested IS NOT NULL
@@ -782,48 +782,20 @@ AS $$
     UNION ALL
     -- Each ruleset's tables against its definition (pyxp.definition_*, what
     -- install_ruleset wrote from it): the amounts, caps, curve and zone the
-    -- other checks compare the ledger with (0029). The rules' display texts
-    -- (formula, description) are not compared.
+    -- other checks compare the ledger with (0029); a ruleset an older
+    -- install_ruleset wrote otherwise, against the digest of its tables at
+    -- 0029 (pyxp.xp_rulesets_as_installed).
     SELECT 'ruleset_mismatch', NULL, NULL, format('ruleset %s v%s (id %s): %s', rs.name, rs.version, rs.ruleset_id, x.problem)
       FROM pyxp.rulesets rs
+      LEFT JOIN pyxp.xp_rulesets_as_installed k ON k.ruleset_id = rs.ruleset_id
      CROSS JOIN LATERAL (
             SELECT 'its content_hash is not the sha256 of its definition' AS problem
              WHERE rs.content_hash <> encode(sha256(convert_to(rs.definition::text, 'UTF8')), 'hex')
             UNION ALL
-            SELECT format('balance_floor %s, timezone %s, has_caps %s; its definition: %s, %s, %s',
-                          rs.balance_floor, rs.timezone, rs.has_caps, d.balance_floor, d.timezone, d.has_caps)
-              FROM pyxp.definition_settings(rs.definition) d
-             WHERE (rs.balance_floor, rs.timezone, rs.has_caps) IS DISTINCT FROM (d.balance_floor, d.timezone, d.has_caps)
+            SELECT p.problem FROM pyxp.ruleset_table_problems(rs) p(problem) WHERE k.ruleset_id IS NULL
             UNION ALL
-            SELECT format('level %s is not its definition''s (threshold %s, increment %s)', l.level, l.threshold,
-                          l.increment)
-              FROM (SELECT lt.level, lt.threshold, lt.increment, lt.is_last FROM pyxp.level_thresholds lt
-                     WHERE lt.ruleset_id = rs.ruleset_id
-                    EXCEPT SELECT * FROM pyxp.definition_levels(rs.definition)) l
-            UNION ALL
-            SELECT format('level %s of its definition is missing', l.level)
-              FROM (SELECT * FROM pyxp.definition_levels(rs.definition)
-                    EXCEPT SELECT lt.level, lt.threshold, lt.increment, lt.is_last FROM pyxp.level_thresholds lt
-                     WHERE lt.ruleset_id = rs.ruleset_id) l
-            UNION ALL
-            SELECT format('rule %s is not its definition''s (constant %s, coefficients %s, cap %s per %s)', r.action,
-                          r.xp_constant, r.xp_coefficients, r.cap_max_xp, r.cap_per)
-              FROM (SELECT ru.position, ru.action, ru.event, ru.campaign_types, ru.condition, ru.xp_constant,
-                           ru.xp_coefficients, ru.cap_max_xp, ru.cap_per, ru.cap_group
-                      FROM pyxp.rules ru WHERE ru.ruleset_id = rs.ruleset_id
-                    EXCEPT
-                    SELECT d.rule_position, d.action, d.event, d.campaign_types, d.condition, d.xp_constant,
-                           d.xp_coefficients, d.cap_max_xp, d.cap_per, d.cap_group
-                      FROM pyxp.definition_rules(rs.definition) d) r
-            UNION ALL
-            SELECT format('rule %s of its definition is missing or differs', d.action)
-              FROM (SELECT d.rule_position, d.action, d.event, d.campaign_types, d.condition, d.xp_constant,
-                           d.xp_coefficients, d.cap_max_xp, d.cap_per, d.cap_group
-                      FROM pyxp.definition_rules(rs.definition) d
-                    EXCEPT
-                    SELECT ru.position, ru.action, ru.event, ru.campaign_types, ru.condition, ru.xp_constant,
-                           ru.xp_coefficients, ru.cap_max_xp, ru.cap_per, ru.cap_group
-                      FROM pyxp.rules ru WHERE ru.ruleset_id = rs.ruleset_id) d
+            SELECT 'its tables are not what they were at 0029 (installed by an older pyxp, they differ from its definition)'
+             WHERE k.tables_digest <> pyxp.ruleset_tables_digest(rs.ruleset_id)
          ) x
     UNION ALL
     -- The chain walk and, beside it, the unsliced checks (ranks, checkpoints

@@ -100,6 +100,10 @@ COMMENT ON FUNCTION pyxp.definition_settings(jsonb) IS
     'internal: the balance floor, timezone and has_caps a compiled ruleset installs (install_ruleset; audit compares).';
 COMMENT ON FUNCTION pyxp.definition_levels(jsonb) IS
     'internal: the level_thresholds rows a compiled ruleset installs (install_ruleset; audit compares).';
+COMMENT ON FUNCTION pyxp.ruleset_table_problems(pyxp.rulesets) IS
+    'internal: what of a ruleset''s tables is not what its definition installs (audit: ruleset_mismatch).';
+COMMENT ON FUNCTION pyxp.ruleset_tables_digest(bigint) IS
+    'internal: a digest of a ruleset''s settings, levels and rules (pyxp.xp_rulesets_as_installed).';
 COMMENT ON FUNCTION pyxp.definition_rules(jsonb) IS
     'internal: the rules rows a compiled ruleset installs, in file order (install_ruleset; audit compares).';
 COMMENT ON FUNCTION pyxp.rule_amount(numeric, jsonb, jsonb) IS 'internal: a rule''s linear form evaluated, halves away from zero.';

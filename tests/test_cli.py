@@ -799,3 +799,30 @@ def test_a_number_beyond_its_sql_type_is_a_usage_error(conninfo: str, args: tupl
     """It was a bare "22003: integer out of range" from the cast (a hostile test, 0029)."""
     result = run(conninfo, *args)
     assert result.returncode == 2 and "is not in the range" in result.stderr, result.stderr
+
+
+def test_dates_are_read_whatever_the_databases_datestyle(conninfo: str, db: psycopg.Connection[Any]) -> None:
+    """psycopg parses text dates in ISO only: under a database's DateStyle 'SQL, DMY' every command
+    reading a date failed with a traceback (a hostile test, 0029). Results come in binary."""
+    from psycopg import sql
+
+    from pyxp import XP
+    db.execute(sql.SQL("ALTER DATABASE {} SET DateStyle = 'SQL, DMY'").format(sql.Identifier(db.info.dbname)))
+    db.execute("SELECT * FROM pyxp.award('0xdates', 'CAMPAIGN_APPROVED', 'dates-1')")
+    for args in (("db", "current"), ("rules", "list"), ("history", "0xdates", "--json"),
+                 ("balance", "0xdates", "--json"), ("audit", "--checkpoint")):
+        result = run(conninfo, *args)
+        assert result.returncode == 0 and "Traceback" not in result.stderr, (args, result.stderr)
+    with XP(conninfo) as xp:
+        assert [row.transaction_type for row in xp.history("0xdates")] == ["CAMPAIGN_APPROVED"]
+
+
+def test_db_current_says_when_the_database_is_newer_than_the_package(conninfo: str,
+                                                                   db: psycopg.Connection[Any]) -> None:
+    """It advised "run pyxp db upgrade", which then failed (a hostile test, 0029); an upgrade to an
+    older revision said only "already at"."""
+    older = run(conninfo, "db", "upgrade", "--revision", "0020")
+    assert older.returncode == 0 and "past 0020: nothing done" in older.stdout, older.stdout
+    db.execute("UPDATE pyxp.alembic_version SET version_num = '0099'")
+    result = run(conninfo, "db", "current")
+    assert result.returncode == 0 and "newer than this pyxp" in result.stdout, result.stdout

@@ -12,6 +12,8 @@ import json
 import os
 import re
 import subprocess
+import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -93,7 +95,7 @@ def test_upgrade_activates_the_default_ruleset_on_an_empty_database(
         fresh_database: Callable[[], str]) -> None:
     """SPEC §9: ``db upgrade`` migrates to head and activates the default ruleset if none is active."""
     target = fresh_database()
-    installed = schema.upgrade(target)
+    installed = schema.upgrade(target).installed
     assert installed is not None
     assert (installed.name, installed.version, installed.created, installed.activated) == (
         "winstory", 1, True, True)
@@ -115,7 +117,7 @@ def test_upgrade_downgrade_upgrade_from_empty(fresh_database: Callable[[], str])
                              "('pyxp_owner', 'pyxp_writer', 'pyxp_reader')").fetchone()
     assert roles == (3,)
 
-    installed = schema.upgrade(target)
+    installed = schema.upgrade(target).installed
     assert installed is not None and installed.activated
     assert schema.current_revision(target) == schema.head_revision()
     row = award(target, "second-life", "k1")  # same key: the old ledger is gone
@@ -135,7 +137,7 @@ def test_upgrade_at_head_with_data_keeps_the_data(conninfo: str, db: psycopg.Con
     rulesets_query = "SELECT ruleset_id, version, is_active, activated_at FROM pyxp.rulesets ORDER BY 1"
     rulesets = db.execute(rulesets_query).fetchall()
 
-    assert schema.upgrade(conninfo) is None
+    assert schema.upgrade(conninfo).installed is None
 
     assert database_state(db) == before
     assert db.execute("SELECT * FROM pyxp.xp_transactions ORDER BY id").fetchall() == ledger
@@ -147,7 +149,7 @@ def test_upgrade_leaves_an_already_active_ruleset_alone(
         conninfo: str, db: psycopg.Connection[Any]) -> None:
     """A database whose operator switched to winstory-flows stays on it after an upgrade."""
     schema.apply_ruleset(conninfo, "winstory-flows")
-    assert schema.upgrade(conninfo) is None
+    assert schema.upgrade(conninfo).installed is None
     assert db.execute("SELECT name FROM pyxp.rulesets WHERE is_active").fetchall() == [("winstory-flows",)]
 
 
@@ -217,7 +219,7 @@ def test_without_an_active_ruleset_awards_and_levels_are_refused(fresh_database:
     """PX020: a schema migrated without activating a ruleset refuses to award (nothing written)
     and to compute levels, and says how to activate one."""
     target = fresh_database()
-    assert schema.upgrade(target, activate_default=False) is None
+    assert schema.upgrade(target, activate_default=False).installed is None
     with psycopg.connect(target, autocommit=True) as conn:
         before = database_state(conn)
         for call in ("SELECT * FROM pyxp.award(wallet => 'w', action => 'B2C_MINT', idempotency_key => 'k')",
@@ -425,6 +427,15 @@ def test_0006_fills_the_period_columns_from_an_existing_ledger(fresh_database: C
     schema.upgrade(target)
     with psycopg.connect(target, autocommit=True) as conn:
         assert conn.execute("SELECT * FROM pyxp.audit()").fetchall() == []
+        # The capped ruleset went down to 0005 and back: its rules lost their caps, its definition
+        # kept them. 0029 keeps the digest of such a ruleset's tables, and the audit compares with it.
+        listed = conn.execute("SELECT r.name FROM pyxp.xp_rulesets_as_installed k "
+                              "JOIN pyxp.rulesets r USING (ruleset_id)").fetchall()
+        assert listed == [("capped",)]
+        conn.execute("UPDATE pyxp.rules SET xp_constant = 1000 WHERE action = 'CAMPAIGN_APPROVED' "
+                     "AND ruleset_id = (SELECT ruleset_id FROM pyxp.rulesets WHERE name = 'capped')")
+        found = conn.execute("SELECT check_name, detail FROM pyxp.audit()").fetchall()
+        assert len(found) == 1 and found[0][0] == "ruleset_mismatch" and "at 0029" in found[0][1], found
 
 
 def test_0008_numbers_an_existing_ledger_and_every_key_still_replays(fresh_database: Callable[[], str]) -> None:
@@ -849,3 +860,68 @@ def test_0028_finds_emails_a_c_locale_database_stored_before_it(fresh_database: 
                                 "WHERE user_wallet IN ('0x_elodie', '0x_emile') ORDER BY 1").fetchall()
         assert balances == [("0x_elodie", 1000), ("0x_emile", 1000)]
         assert conn.execute("SELECT * FROM pyxp.audit()").fetchall() == []
+
+
+# --------------------------------------------------------------------------- the migrating session (0029)
+
+HIJACKS = ("CREATE FUNCTION public.convert_to(text, text) RETURNS bytea LANGUAGE plpgsql "
+           "AS $$ BEGIN RAISE EXCEPTION 'public.convert_to ran'; END $$",
+           "CREATE FUNCTION public.format(text, text) RETURNS text LANGUAGE plpgsql "
+           "AS $$ BEGIN RAISE EXCEPTION 'public.format ran'; END $$")
+
+
+def test_a_migration_runs_no_function_another_role_put_in_public(fresh_database: Callable[..., str]) -> None:
+    """Functions in public whose signatures match the revisions' unqualified calls better than the
+    built-ins (format's variadic, convert_to's name) ran as the migrating role (a hostile test:
+    a role with CREATE on public became a superuser, and 0015's claims were rewritten so every
+    old key paid again). The migrating session's search_path is pinned to pg_catalog; so is
+    standard_conforming_strings (0015's bounds under off overlapped a partition)."""
+    conninfo = fresh_database()
+    schema.upgrade(conninfo, "0014")
+    first = award(conninfo, "0x_w1", "k1")
+    with psycopg.connect(conninfo, autocommit=True) as conn:
+        for statement in HIJACKS:
+            conn.execute(statement)
+    schema.upgrade(psycopg.conninfo.make_conninfo(conninfo, options="-c standard_conforming_strings=off"))
+    assert schema.current_revision(conninfo) == schema.head_revision()
+    replay = award(conninfo, "0x_w1", "k1")
+    assert replay[0] == first[0] and replay[-1] is True
+    with psycopg.connect(conninfo) as conn:
+        assert conn.execute("SELECT count(*) FROM pyxp.audit()").fetchone() == (0,)
+
+
+def _waiting(conn: psycopg.Connection[Any], locktype: str, process: subprocess.Popen[str]) -> None:
+    """Until a lock of ``locktype`` is awaited in the database (or the process ended: a failure)."""
+    for _ in range(1200):
+        if conn.execute("SELECT count(*) FROM pg_locks l JOIN pg_database d ON d.oid = l.database "
+                        "WHERE d.datname = current_database() AND l.locktype = %s AND NOT l.granted",
+                        (locktype,)).fetchone() != (0,):
+            return
+        assert process.poll() is None, process.communicate()
+        time.sleep(0.05)
+    raise AssertionError(f"no {locktype} lock awaited")
+
+
+def test_two_upgrades_at_once_run_one_after_the_other(fresh_database: Callable[..., str]) -> None:
+    """Two deploy pods upgrading one database at once: the second waits for the first (an advisory
+    lock), then finds it at head (a hostile test: the second re-ran what the first had committed
+    and failed with errors that depended on timing). The first is held in 0022 by a session
+    holding the balances."""
+    conninfo = fresh_database()
+    schema.upgrade(conninfo, "0020")
+    environment = {**os.environ, "PYXP_DATABASE_URL": conninfo}
+    command = [str(Path(sys.executable).with_name("pyxp")), "db", "upgrade"]
+    with psycopg.connect(conninfo) as holder:
+        holder.execute("LOCK TABLE pyxp.xp_balances IN ACCESS EXCLUSIVE MODE")
+        first = subprocess.Popen(command, env=environment, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        with psycopg.connect(conninfo, autocommit=True) as watcher:
+            _waiting(watcher, "relation", first)
+            second = subprocess.Popen(command, env=environment, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                      text=True)
+            _waiting(watcher, "advisory", second)
+        holder.rollback()
+        first_out, first_err = first.communicate(timeout=300)
+        second_out, second_err = second.communicate(timeout=300)
+    assert first.returncode == 0 and "0020 -> 0029" in first_out, (first_out, first_err)
+    assert second.returncode == 0 and "already at revision 0029" in second_out, (second_out, second_err)
+    assert "waiting for it" in second_err

@@ -534,12 +534,16 @@ def migrating_role(login_role: Any, target: str) -> str:
     return make_conninfo(target, user=name)
 
 
-def test_a_migration_by_another_role_installs_all_but_the_guard(login_role: Any, fresh_database: Any) -> None:
+def test_a_migration_by_another_role_installs_all_but_the_guard(login_role: Any, fresh_database: Any,
+                                                               capsys: pytest.CaptureFixture[str]) -> None:
     """Event triggers are a superuser's: a migrating role that is none gets the partitioned ledger,
-    its partitions and their TRUNCATE refusal, and neither the guard's function nor its triggers."""
+    its partitions and their TRUNCATE refusal, and neither the guard's function nor its triggers;
+    and the migration's warning says so on stderr (0029: it went nowhere, a hostile test)."""
     from pyxp import schema
     target = fresh_database()
     schema.upgrade(migrating_role(login_role, target))
+    warned = capsys.readouterr().err
+    assert "WARNING: pyxp:" in warned and "DETACH and DROP of a ledger partition are not refused" in warned, warned
     with psycopg.connect(target, autocommit=True) as conn:
         assert conn.execute("SELECT count(*) FROM pg_event_trigger").fetchone() == (0,)
         assert conn.execute("SELECT to_regprocedure('pyxp.guard_ledger_partitions()')").fetchone() == (None,)

@@ -517,7 +517,7 @@ def test_upgrading_again_keeps_roles_and_privileges(
                               WHERE c.relnamespace = 'pyxp'::regnamespace ORDER BY 1""").fetchall()
 
     before = privileges()
-    assert schema.upgrade(conninfo) is None
+    assert schema.upgrade(conninfo).installed is None
     assert privileges() == before
 
 

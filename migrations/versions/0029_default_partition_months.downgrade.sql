@@ -978,4 +978,10 @@ DROP FUNCTION pyxp.definition_levels(jsonb);
 
 DROP FUNCTION pyxp.definition_rules(jsonb);
 
+DROP FUNCTION pyxp.ruleset_table_problems(pyxp.rulesets);
+
+DROP FUNCTION pyxp.ruleset_tables_digest(bigint);
+
+DROP TABLE pyxp.xp_rulesets_as_installed;
+
 RESET ROLE;
