@@ -1,5 +1,6 @@
--- 0029: a month whose rows went to the default partition gets its own
--- partition (2026-11-27).
+-- 0029: three hostile tests (the audit against an owner's edits, deployments
+-- and migrations, the Python client), and a month whose rows went to the
+-- default partition moved into its own partition (2026-11-27).
 -- Frozen copy of what sql/*.sql defines at this revision; never edit it.
 --
 -- * pyxp.create_ledger_partitions creates the partition of every month
@@ -8,12 +9,25 @@
 --   unchanged, under EXCLUSIVE on the ledger and ACCESS EXCLUSIVE on the
 --   default partition. Before, such a month stayed in the default
 --   partition, which no archive takes (a known limit since a hostile test).
--- * pyxp.archive_ledger_partitions refuses (PX030, nothing archived) while
---   the default partition holds rows dated in the range it would archive:
---   it would leave them behind for good.
--- * pyxp.ledger_unmoved refuses (40001) a read whose snapshot is older than
---   such a move (it could prune the default partition and find the new
---   partition empty).
+--   pyxp.archive_ledger_partitions refuses (PX030, nothing archived) while
+--   the default partition holds rows dated in the range it would archive.
+--   pyxp.ledger_unmoved refuses (40001) a read whose snapshot is older than
+--   such a move (it could prune the default partition and read nothing).
+-- * audit(): a generic award's amount against its rule's formula
+--   (amount_mismatch) and, for a rule without inputs, its inputs' digest
+--   against its action and wallet (inputs_mismatch: a row moved to another
+--   wallet); a reversal's key; a row without a rule that is neither a
+--   reversal nor a retroactive adjustment (rule_missing); each ruleset's
+--   tables against its definition (ruleset_mismatch; install_ruleset and
+--   the audit read one derivation, pyxp.definition_*), or, for a ruleset an
+--   older install_ruleset wrote otherwise, against the digest of its tables
+--   now (xp_rulesets_as_installed, filled below); the campaigns' registry
+--   against their creation and approval rows (campaign_mismatch); a
+--   checkpoint naming no row (a NULL hid it); the rows of wallets without a
+--   balance are looked for by the openings' count of archived rows, which
+--   the archives' count must equal (opening_mismatch).
+-- * A batch's row count (pyxp.transaction_rows) is its transaction's only:
+--   a count left in a pooled session refused every other client's batches.
 
 SET LOCAL ROLE pyxp_owner;
 
