@@ -346,8 +346,26 @@ def _migrations() -> Iterator[ModuleType]:
         raise Refused(_one_line(f"migration: {exc}")) from exc
     except DBAPIError as exc:  # a psycopg error, wrapped by SQLAlchemy
         if isinstance(exc.orig, psycopg.Error):
-            raise exc.orig from exc
+            raise _stopped_migration(exc.orig) or exc.orig from exc
         raise
+    except psycopg.Error as exc:  # the revisions' own SQL, run on the driver's connection
+        stopped = _stopped_migration(exc)
+        if stopped is None:
+            raise
+        raise stopped from exc
+
+
+def _stopped_migration(error: psycopg.Error) -> Refused | None:
+    """A migration cancelled or terminated midway: not a connection problem (a hostile test,
+    0029: "cannot connect to PostgreSQL" after a migration had run for a while, or a bare 57014
+    from a role's statement_timeout)."""
+    if not isinstance(error, (psycopg.errors.QueryCanceled, psycopg.errors.AdminShutdown)):
+        return None  # (a connection that failed or broke without a code: the usual report)
+    return Refused(ErrorReport(
+        f"the migration stopped: {_one_line(str(error))}", code=error.sqlstate,
+        hint="each revision is its own transaction: the database is at the last one that finished "
+             "(pyxp db current), and pyxp db upgrade goes on from there; a role's or database's "
+             "statement_timeout cancels a long revision: PGOPTIONS='-c statement_timeout=0'"))
 
 
 def _jsonable(value: Any) -> Any:

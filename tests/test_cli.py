@@ -826,3 +826,22 @@ def test_db_current_says_when_the_database_is_newer_than_the_package(conninfo: s
     db.execute("UPDATE pyxp.alembic_version SET version_num = '0099'")
     result = run(conninfo, "db", "current")
     assert result.returncode == 0 and "newer than this pyxp" in result.stdout, result.stdout
+
+
+def test_a_migration_cancelled_midway_says_so(fresh_database: Any) -> None:
+    """A statement_timeout cancelling a revision was reported as "cannot connect to PostgreSQL"
+    (a hostile test, 0029). Held in 0022 by a session holding the balances, the upgrade is
+    cancelled by its statement_timeout: it says it stopped, where it is, and how to go on."""
+    from psycopg.conninfo import make_conninfo
+
+    from pyxp import schema
+    target = fresh_database()
+    schema.upgrade(target, "0020")
+    with psycopg.connect(target) as holder:
+        holder.execute("LOCK TABLE pyxp.xp_balances IN ACCESS EXCLUSIVE MODE")
+        result = run(make_conninfo(target, options="-c statement_timeout=1s"), "db", "upgrade")
+        holder.rollback()
+    assert result.returncode == 2 and "the migration stopped" in result.stderr, result.stderr
+    assert "statement_timeout" in result.stderr and "cannot connect" not in result.stderr
+    assert schema.current_revision(target) == "0021"
+    assert run(target, "db", "upgrade").returncode == 0
