@@ -272,6 +272,8 @@ DECLARE
     v_this_month constant timestamptz := date_trunc('month', now(), 'UTC');
     v_horizon constant timestamptz := coalesce(pyxp.archive_horizon(), '-infinity');
     v_months timestamptz[];
+    v_moving boolean;
+    v_locked boolean := false;
     v_start timestamptz;
     v_end timestamptz;
     v_name text;
@@ -282,18 +284,21 @@ BEGIN
         RAISE EXCEPTION 'months_ahead must be between 0 and 120, got %', coalesce(months_ahead::text, 'NULL')
             USING ERRCODE = 'PX023', HINT = 'the default, 2, keeps this month and the next two; run it monthly';
     END IF;
-    IF EXISTS (SELECT FROM pyxp.xp_transactions_default d WHERE d.created_at >= v_horizon) THEN
+    -- The months ahead, and those of the rows in the default partition: read
+    -- again under the move's locks when it holds any (a row committed there
+    -- after a first look is then waited for, and seen).
+    LOOP
+        SELECT array_agg(m.month ORDER BY m.month), bool_or(m.moved) INTO v_months, v_moving
+          FROM (SELECT (v_this_month AT TIME ZONE 'UTC' + make_interval(months => a.n)) AT TIME ZONE 'UTC', false
+                  FROM generate_series(0, months_ahead) a(n)
+                UNION
+                SELECT DISTINCT date_trunc('month', d.created_at, 'UTC'), true
+                  FROM pyxp.xp_transactions_default d WHERE d.created_at >= v_horizon) m(month, moved);
+        EXIT WHEN v_locked OR NOT v_moving;
         LOCK TABLE pyxp.xp_transactions IN EXCLUSIVE MODE;
         LOCK TABLE pyxp.xp_transactions_default IN ACCESS EXCLUSIVE MODE;
-    END IF;
-    -- The months ahead, and those of the rows in the default partition (read
-    -- under the locks above, when it holds any).
-    SELECT array_agg(m.month ORDER BY m.month) INTO v_months
-      FROM (SELECT (v_this_month AT TIME ZONE 'UTC' + make_interval(months => a.n)) AT TIME ZONE 'UTC'
-              FROM generate_series(0, months_ahead) a(n)
-            UNION
-            SELECT DISTINCT date_trunc('month', d.created_at, 'UTC')
-              FROM pyxp.xp_transactions_default d WHERE d.created_at >= v_horizon) m(month);
+        v_locked := true;
+    END LOOP;
     SELECT string_agg(quote_ident(a.attname), ', ' ORDER BY a.attnum) INTO v_columns
       FROM pg_catalog.pg_attribute a
      WHERE a.attrelid = 'pyxp.xp_transactions'::regclass AND a.attnum > 0 AND NOT a.attisdropped;
