@@ -206,14 +206,17 @@ class _PoolHealth:
         self.failing = False
         self.last_error: str | None = None
 
-    def connection_made(self, conn: psycopg.Connection[Any]) -> None:  # the pool's ``configure`` hook
+    def _connected(self) -> None:
         self.ever_connected, self.failing, self.last_error = True, False, None
+
+    def connection_made(self, conn: psycopg.Connection[Any]) -> None:  # the pool's ``configure`` hook
+        self._connected()
         # BEGIN ISOLATION LEVEL READ COMMITTED: behind a transaction pooler, another client's
         # session-level default_transaction_isolation = serializable refused every award (PX025).
         conn.isolation_level = psycopg.IsolationLevel.READ_COMMITTED
 
     async def async_connection_made(self, conn: psycopg.AsyncConnection[Any]) -> None:
-        self.ever_connected, self.failing, self.last_error = True, False, None
+        self._connected()
         await conn.set_isolation_level(psycopg.IsolationLevel.READ_COMMITTED)  # see connection_made
 
     def connection_failed(self, reason: str) -> None:

@@ -795,9 +795,10 @@ def test_a_formula_input_given_twice_is_refused(conninfo: str, unchanged: Any) -
                                   ("history", "0xa", "--before-id", "99999999999999999999"),
                                   ("award", "reverse", "99999999999999999999", "--reason", "x"),
                                   ("watch", "--after", "99999999999999999999999")])
-def test_a_number_beyond_its_sql_type_is_a_usage_error(conninfo: str, args: tuple[str, ...]) -> None:
+def test_a_number_beyond_its_sql_type_is_a_usage_error(conninfo: str, unchanged: Any, args: tuple[str, ...]) -> None:
     """It was a bare "22003: integer out of range" from the cast (a hostile test, 0029)."""
-    result = run(conninfo, *args)
+    with unchanged():
+        result = run(conninfo, *args)
     assert result.returncode == 2 and "is not in the range" in result.stderr, result.stderr
 
 

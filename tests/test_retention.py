@@ -24,6 +24,7 @@ from typing import Any
 import psycopg
 import pytest
 from conftest import PYXP, called_behind_holder, install_variant
+from test_partitions import GUARD
 from test_periods import place
 
 from pyxp import XP, errors
@@ -653,7 +654,7 @@ def split_the_past(db: psycopg.Connection[Any], before: datetime, months_from: d
     """Reshapes the partitions of the past as a superuser could (tests cannot wait months): one
     for everything before ``before``, then one per month from ``months_from`` to this one (a month
     between the two has none: its rows go to the default partition)."""
-    triggers = ("pyxp_ledger_partitions_start", "pyxp_ledger_partitions_end", "pyxp_ledger_partitions_drop")
+    triggers = GUARD
     bounds: list[tuple[str, datetime | None, datetime]] = [(f"xp_transactions_before_{before:%Y_%m}", None, before)]
     at = months_from
     while at < this_month():
