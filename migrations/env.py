@@ -27,11 +27,13 @@ public table is dropped only if nothing else is left in it.
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 from typing import Any
 
 import psycopg
 from alembic import context
 from alembic.script import ScriptDirectory
+from alembic.util import CommandError
 from sqlalchemy import create_engine
 from sqlalchemy.engine import Connection
 from sqlalchemy.pool import NullPool
@@ -92,8 +94,7 @@ def _prepare_version_table(connection: Connection) -> str:
             "WHERE c.relname = 'alembic_version' AND c.relkind IN ('r', 'p') "
             "AND n.nspname IN ('pyxp', 'public')")}
         if "pyxp" in tables:
-            connection.exec_driver_sql(
-                "INSERT INTO pg_temp.alembic_version SELECT version_num FROM pyxp.alembic_version")
+            _copy_pyxp_heads(connection)
         elif "public" in tables:
             _move_legacy_history(connection)
     return str(temp_schema)
@@ -115,8 +116,23 @@ def _move_legacy_history(connection: Connection) -> None:
                                {"own": legacy})
     if not _scalar(connection, "SELECT EXISTS (SELECT FROM public.alembic_version)"):
         connection.exec_driver_sql("DROP TABLE public.alembic_version")
+    _copy_pyxp_heads(connection)
+
+
+def _copy_pyxp_heads(connection: Connection) -> None:
+    """``pyxp.alembic_version`` into the session's table, read as pyxp_owner (0030, a hostile test).
+
+    The table is the owner's, and so is what reading it runs: a member of pyxp_owner changed its
+    column to a type of its own with an assignment cast to varchar, and this INSERT, run as the
+    migrating superuser, ran the cast's function and made that member superuser (or, run by a
+    deployer that is no superuser, a member of the deployer). As pyxp_owner it runs nothing the
+    owner could not run itself. (A row-security policy on it would run as the migrating role:
+    the session's ``row_security = off`` makes such a read fail instead.)
+    """
+    connection.exec_driver_sql("SET LOCAL ROLE pyxp_owner")
     connection.exec_driver_sql(
         "INSERT INTO pg_temp.alembic_version SELECT version_num FROM pyxp.alembic_version")
+    connection.exec_driver_sql("RESET ROLE")
 
 
 def _persist_heads(*, ctx: Any, step: Any, heads: set[str], run_args: Any) -> None:
@@ -124,6 +140,8 @@ def _persist_heads(*, ctx: Any, step: Any, heads: set[str], run_args: Any) -> No
     connection = ctx.connection
     if _scalar(connection, "SELECT EXISTS (SELECT FROM pg_namespace WHERE nspname = 'pyxp')"):
         _write_pyxp_heads(connection, list(heads))
+        connection.exec_driver_sql("RESET ROLE")
+        _placeholder_for_0015_downgrade(connection, heads)
 
 
 # The migrating session's settings, pinned whatever the role, database or PGOPTIONS say (0029, a
@@ -133,8 +151,13 @@ def _persist_heads(*, ctx: Any, step: Any, heads: set[str], run_args: Any) -> No
 # a superuser on a first install, and rewrote 0015's claims so that every old key paid again.
 # A backslash in a plain literal reads otherwise under standard_conforming_strings = off (0015's
 # partition bounds did). psycopg parses dates in ISO only.
+# 0030 (a hostile test of managed deployments): a database or role whose default isolation is
+# SERIALIZABLE or REPEATABLE READ stopped the install at 0008 (PX025: the ruleset's install
+# refuses them); and a row-security policy the owner of pyxp puts on one of its tables would run
+# as the migrating role when the migration reads it: with row_security off the read fails instead.
 SESSION_SETTINGS = (("search_path", "pg_catalog"), ("standard_conforming_strings", "on"),
-                    ("DateStyle", "ISO, YMD"), ("IntervalStyle", "postgres"))
+                    ("DateStyle", "ISO, YMD"), ("IntervalStyle", "postgres"),
+                    ("default_transaction_isolation", "read committed"), ("row_security", "off"))
 # One migration at a time per database: a session-level advisory lock, taken before the history is
 # read (two deploy pods upgrading at once: the second re-ran what the first had committed, failed
 # with errors that depend on timing, and wrote an older revision back for a while). The key is
@@ -143,11 +166,13 @@ MIGRATION_LOCK = (1887007856, 1)
 
 
 def _show_warning(diagnostic: psycopg.errors.Diagnostic) -> None:
-    """The server's WARNINGs during a migration, on stderr (a migration run by a non-superuser
-    warns that the partitions' guard is not installed: it went nowhere)."""
-    if diagnostic.severity_nonlocalized == "WARNING":
+    """The server's WARNINGs during a migration, and pyxp's own NOTICEs, on stderr (a migration run
+    by a non-superuser warns that the partitions' guard is not installed: it went nowhere)."""
+    if diagnostic.severity_nonlocalized == "WARNING" or (
+            diagnostic.severity_nonlocalized == "NOTICE" and (diagnostic.message_primary or "").startswith("pyxp: ")):
         hint = f" ({diagnostic.message_hint})" if diagnostic.message_hint else ""
-        sys.stderr.write(f"WARNING: {diagnostic.message_primary}{hint}\n")
+        label = "WARNING: " if diagnostic.severity_nonlocalized == "WARNING" else ""
+        sys.stderr.write(f"{label}{diagnostic.message_primary}{hint}\n")
 
 
 def _connect() -> psycopg.Connection[Any]:
@@ -162,8 +187,91 @@ def _connect() -> psycopg.Connection[Any]:
     return conn
 
 
+# What the revisions read as the migrating role itself, outside their SET LOCAL ROLE pyxp_owner
+# (0002's and 0016's downgrades look into xp_requests, campaigns and xp_ledger_archives before they
+# drop or change them), must run nothing the owner of schema pyxp put there (0030, a hostile test:
+# whatever reading an owner's table runs, runs as the reader). A view, a table with children or
+# rules in such a table's place, a column of a type that is not PostgreSQL's own, or a cast from
+# or to a type of schema pyxp could; pyxp makes none of them, so a migration refuses to start.
+OWNER_OBJECTS_READ_AS_MIGRATING_ROLE = """
+SELECT pg_catalog.format('%s is a %s, not the table pyxp made', c.oid::regclass,
+                         CASE c.relkind WHEN 'v' THEN 'view' WHEN 'm' THEN 'materialized view'
+                                        WHEN 'f' THEN 'foreign table' ELSE 'table with children or rules' END)
+  FROM pg_catalog.pg_class c
+ WHERE c.relnamespace = 'pyxp'::regnamespace
+   AND c.relname IN ('xp_requests', 'campaigns', 'xp_ledger_archives')
+   AND (c.relkind <> 'r' OR c.relhassubclass OR c.relhasrules)
+UNION ALL
+SELECT pg_catalog.format('column %s of %s has type %s', a.attname, c.oid::regclass, a.atttypid::regtype)
+  FROM pg_catalog.pg_class c
+  JOIN pg_catalog.pg_attribute a ON a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped
+  JOIN pg_catalog.pg_type t ON t.oid = a.atttypid
+ WHERE c.relnamespace IN ('pyxp'::regnamespace) AND c.relkind IN ('r', 'p')
+   AND t.typnamespace <> 'pg_catalog'::regnamespace
+UNION ALL
+SELECT pg_catalog.format('a cast from %s to %s', k.castsource::regtype, k.casttarget::regtype)
+  FROM pg_catalog.pg_cast k
+  JOIN pg_catalog.pg_type s ON s.oid = k.castsource
+  JOIN pg_catalog.pg_type t ON t.oid = k.casttarget
+ WHERE s.typnamespace = 'pyxp'::regnamespace OR t.typnamespace = 'pyxp'::regnamespace
+"""
+
+
+def _refuse_owner_objects(connection: Connection) -> None:
+    with connection.begin():
+        if not _scalar(connection, "SELECT EXISTS (SELECT FROM pg_catalog.pg_namespace WHERE nspname = 'pyxp')"):
+            return
+        found = [row[0] for row in connection.connection.driver_connection.execute(
+            OWNER_OBJECTS_READ_AS_MIGRATING_ROLE).fetchall()]
+    if found:
+        raise CommandError("schema pyxp holds what a migration would run as the migrating role: "
+                         + "; ".join(found) + " (made by a member of pyxp_owner, not by pyxp: undo it first)")
+
+
+def _placeholder_for_0015_downgrade(connection: Connection, heads: set[str]) -> None:
+    """0015's downgrade names the guard's function (``'pyxp.guard_ledger_partitions()'::regprocedure``),
+    which a role that is no superuser never got: the downgrade failed with 42883, and pyxp could not be
+    uninstalled from a managed service (a hostile test, 0030). Once a downgrade below 0015 has reached
+    0015, where the function is missing, a function of that name (the owner's, which no event trigger
+    runs) stands in for it, in that step's transaction; 0015's downgrade drops it."""
+    destination = context.get_revision_argument()  # (None: base)
+    if heads != {"0015"} or not (destination is None or (
+            isinstance(destination, str) and destination.isdigit() and destination < "0015")):
+        return
+    if _scalar(connection, "SELECT pg_catalog.to_regprocedure('pyxp.guard_ledger_partitions()') IS NULL"):
+        connection.exec_driver_sql("SET LOCAL ROLE pyxp_owner")
+        connection.exec_driver_sql("CREATE FUNCTION pyxp.guard_ledger_partitions() RETURNS event_trigger "
+                                   "LANGUAGE plpgsql AS 'BEGIN END'")
+        connection.exec_driver_sql("RESET ROLE")
+
+
+# The latest revision that installs the ledger partitions' guard, and its file. Run again at the end
+# of every migration run that leaves the database at that revision or later: a superuser's run
+# installs the guard, or replaces an older one, where a role that is no superuser migrated (it
+# cannot: event triggers are a superuser's), even when no revision is left to run; another role's
+# run is warned while a guard from before 0030 is there. The file changes nothing when the guard is
+# current.
+GUARD_REVISION, GUARD_FILE = "0030", "0030_deployments_without_a_superuser.guard.sql"
+
+
+def _install_partitions_guard(connection: Connection) -> None:
+    started = config.attributes.get("revision_at_start")
+    if started is None or started < GUARD_REVISION:
+        return  # (the revision itself ran the file, or the run went down to where it does not apply)
+    if connection.in_transaction():
+        connection.commit()  # (what alembic left open after the last revision: nothing to keep)
+    with connection.begin():
+        reached = _scalar(connection, "SELECT max(version_num) FROM pg_temp.alembic_version")
+        if reached is None or reached < GUARD_REVISION:
+            return
+        script = ScriptDirectory.from_config(config)
+        sql = (Path(script.versions) / GUARD_FILE).read_text(encoding="utf-8")
+        connection.connection.driver_connection.execute(sql)
+
+
 engine = create_engine("postgresql+psycopg://", creator=_connect, poolclass=NullPool)
 with engine.connect() as connection:
+    _refuse_owner_objects(connection)
     version_schema = _prepare_version_table(connection)
     # What this run found, under the lock (pyxp db upgrade reports it: read before the lock, it was
     # what another migration had reached while this one waited).
@@ -174,3 +282,4 @@ with engine.connect() as connection:
                       version_table_schema=version_schema, on_version_apply=_persist_heads)
     with context.begin_transaction():
         context.run_migrations()
+    _install_partitions_guard(connection)

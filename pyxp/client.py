@@ -151,6 +151,10 @@ def _idle(conn: psycopg.Connection[Any] | psycopg.AsyncConnection[Any]) -> bool:
     return conn.info.transaction_status == TransactionStatus.IDLE
 
 
+def _statement_alone(conn: psycopg.Connection[Any] | psycopg.AsyncConnection[Any]) -> bool:
+    return conn.autocommit and _idle(conn) and conn.isolation_level is None
+
+
 def _join_callers_transaction(conn: psycopg.Connection[Any]) -> None:
     """On a caller's non-autocommit connection, open its transaction as psycopg would for
     any statement, so the call's savepoint commits or rolls back with the caller's work."""
@@ -637,9 +641,10 @@ class XP(_Api):
     def _run(self, conn: psycopg.Connection[Any], call: Call) -> list[Any]:
         factory = class_row(call.row_type) if call.row_type else tuple_row
         # An autocommit connection outside a transaction runs the call's one statement as its
-        # own transaction, with no BEGIN (which a statement-mode pooler refuses); else in a
-        # transaction block (a savepoint of the caller's transaction).
-        with (nullcontext() if conn.autocommit and _idle(conn) else conn.transaction()), \
+        # own transaction, with no BEGIN (which a statement-mode pooler refuses), unless its
+        # isolation_level is set (then BEGIN with that level, as psycopg's transaction() does);
+        # else in a transaction block (a savepoint of the caller's transaction).
+        with (nullcontext() if _statement_alone(conn) else conn.transaction()), \
                 conn.cursor(row_factory=factory) as cur:  # type: ignore[arg-type]
             # Never a named prepared statement (psycopg prepares after 5 uses by default):
             # behind a transaction pooler (PgBouncer, Supavisor) the next call may run on a
@@ -732,7 +737,7 @@ class AsyncXP(_Api):
 
     async def _run(self, conn: psycopg.AsyncConnection[Any], call: Call) -> list[Any]:
         factory = class_row(call.row_type) if call.row_type else tuple_row
-        async with (nullcontext() if conn.autocommit and _idle(conn) else conn.transaction()), \
+        async with (nullcontext() if _statement_alone(conn) else conn.transaction()), \
                 conn.cursor(row_factory=factory) as cur:  # type: ignore[arg-type]
             await cur.execute(call.query, call.params, prepare=False, binary=True)  # see XP._run
             return await cur.fetchall()

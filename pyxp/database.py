@@ -49,8 +49,13 @@ class BinaryResultsCursor(psycopg.Cursor[Any]):
 
 
 def connect(conninfo: str, **kwargs: Any) -> psycopg.Connection[Any]:
-    """A connection of the package's own (CLI, migrations' helpers, rulesets): binary results."""
-    return psycopg.connect(conninfo, cursor_factory=BinaryResultsCursor, **kwargs)
+    """A connection of the package's own (CLI, migrations' helpers, rulesets): binary results, and
+    the transactions it opens are READ COMMITTED, whatever the role's or database's default (pyxp's
+    writers refuse the others: a managed service's SERIALIZABLE default stopped ``pyxp db upgrade``
+    at its ruleset and every CLI award with PX025, a hostile test, 0030)."""
+    conn = psycopg.connect(conninfo, cursor_factory=BinaryResultsCursor, **kwargs)
+    conn.isolation_level = psycopg.IsolationLevel.READ_COMMITTED
+    return conn
 
 
 def configured_conninfo() -> str:

@@ -86,7 +86,10 @@ def current_revision(conninfo: str) -> str | None:
     own chain, and only while the schema ``pyxp`` exists; an application's
     revision in that table is never reported as pyxp's.
     """
-    with connect(conninfo, autocommit=True) as conn:
+    with connect(conninfo) as conn:
+        # A row-security policy the owner of pyxp puts on its version table would run as whoever
+        # reads it (a deployer's pyxp db current: a hostile test, 0030): the read fails instead.
+        conn.execute("SET LOCAL row_security = off")
         tables = {row[0] for row in conn.execute(_VERSION_TABLES)}
         if "pyxp" in tables:
             rows = [row[0] for row in conn.execute("SELECT version_num FROM pyxp.alembic_version")]
@@ -121,6 +124,19 @@ def _compiled(ruleset: str | os.PathLike[str] | RuleSet) -> RuleSet:
     return ruleset if isinstance(ruleset, RuleSet) else load_ruleset(os.fspath(ruleset))
 
 
+def _as_owner(conn: psycopg.Connection[Any]) -> psycopg.Connection[Any]:
+    """The owner's operations below run as pyxp_owner when the connecting role may be it (a
+    superuser, the deployer that migrated): they call the owner's functions, and the owner of a
+    function decides what it runs and as whom (SECURITY INVOKER: as the caller). As pyxp_owner,
+    nothing a member of pyxp_owner wrote runs with the deployer's or a superuser's privileges (a
+    hostile test, 0030). For this transaction only (SET LOCAL: nothing left behind a pooler)."""
+    row = conn.execute("SELECT current_user <> 'pyxp_owner' AND EXISTS (SELECT FROM pg_catalog.pg_roles "
+                       "WHERE rolname = 'pyxp_owner') AND pg_catalog.pg_has_role('pyxp_owner', 'MEMBER')").fetchone()
+    if row is not None and row[0]:
+        conn.execute("SET LOCAL ROLE pyxp_owner")
+    return conn
+
+
 def _install(conn: psycopg.Connection[Any], compiled: RuleSet, activate: bool) -> RulesetInstall:
     with conn.cursor(row_factory=class_row(RulesetInstall)) as cur:
         cur.execute(queries.INSTALL_RULESET if activate else queries.INSTALL_RULESET_INACTIVE,
@@ -136,7 +152,7 @@ def apply_ruleset(conninfo: str, ruleset: str | os.PathLike[str] | RuleSet,
     ``activate`` is false, activate it. An installed, inactive version can be simulated
     (:func:`simulation_report`) or applied later."""
     with wrap_errors(), connect(conninfo) as conn:
-        return _install(conn, _compiled(ruleset), activate)
+        return _install(_as_owner(conn), _compiled(ruleset), activate)
 
 
 def simulation_report(conninfo: str, ruleset: str | os.PathLike[str] | RuleSet, top: int = 10) -> dict[str, Any]:
@@ -144,7 +160,7 @@ def simulation_report(conninfo: str, ruleset: str | os.PathLike[str] | RuleSet, 
     changes, a summary. A version not installed yet is installed for the simulation only, in a
     transaction rolled back at the end: nothing is written."""
     with wrap_errors(), connect(conninfo) as conn:
-        installed = _install(conn, _compiled(ruleset), activate=False)
+        installed = _install(_as_owner(conn), _compiled(ruleset), activate=False)
         report = conn.execute(queries.SIMULATION_REPORT, {"ruleset_id": installed.ruleset_id, "top": top}).fetchone()
         conn.rollback()
     assert report is not None
@@ -156,7 +172,7 @@ def apply_rules_retroactively(conninfo: str, ruleset: str | os.PathLike[str] | R
     every balance what the simulation says (``pyxp.apply_rules_retroactively``), in one
     transaction. Again with the same version: nothing added."""
     with wrap_errors(), connect(conninfo) as conn:
-        installed = _install(conn, _compiled(ruleset), activate=False)
+        installed = _install(_as_owner(conn), _compiled(ruleset), activate=False)
         with conn.cursor(row_factory=class_row(RetroactiveApplication)) as cur:
             cur.execute(queries.APPLY_RULES_RETROACTIVELY, {"ruleset_id": installed.ruleset_id})
             result = cur.fetchone()
@@ -166,7 +182,8 @@ def apply_rules_retroactively(conninfo: str, ruleset: str | os.PathLike[str] | R
 
 def active_ruleset(conninfo: str) -> dict[str, Any] | None:
     """The active ruleset row (id, name, version, floor, definition, source), or None."""
-    with connect(conninfo) as conn, conn.cursor(row_factory=dict_row) as cur:
+    with connect(conninfo) as conn, _as_owner(conn).cursor(row_factory=dict_row) as cur:
+        conn.execute("SET LOCAL row_security = off")
         try:
             cur.execute(queries.ACTIVE_RULESET)
         except psycopg.errors.UndefinedTable:

@@ -461,7 +461,7 @@ CREATE TABLE pyxp.xp_ledger_archives (
     timezone             text NOT NULL,         -- the zone of the openings' periods (the active ruleset's)
     checkpoint_id        bigint NOT NULL REFERENCES pyxp.xp_audit_checkpoints,  -- the one it recorded first
     feed_floor           bigint,                -- the highest change-feed cursor archived (pyxp.changes refuses below it)
-    archived_by_xid      xid8 NOT NULL DEFAULT pg_current_xact_id(),  -- its transaction (the guard lets it detach)
+    archived_by_xid      xid8 NOT NULL DEFAULT pg_current_xact_id(),  -- its transaction (a guard from before 0030 reads it)
     archived_at          timestamptz NOT NULL DEFAULT now()
 );
 

@@ -209,9 +209,9 @@ RESET ROLE;
 --                      lose it), or if one of its partitions still exists but
 --                      is no longer below it (DETACH; except the partitions
 --                      pyxp.archive_ledger_partitions archives: it names them
---                      in setting pyxp.archiving of its transaction, and in
---                      the archive's row of xp_ledger_archives, written by
---                      that same transaction); then gives the
+--                      in setting pyxp.archiving of its transaction, and that
+--                      transaction's id in setting pyxp.archiving_xact); then
+--                      gives the
 --                      TRUNCATE refusal to every partition that lacks it
 --                      (CREATE TABLE ... PARTITION OF, ATTACH of a table
 --                      made by hand);
@@ -224,7 +224,15 @@ RESET ROLE;
 -- the event triggers need) and runs as its owner (SECURITY DEFINER, search
 -- path pinned), so that a partition created by its owner gets its trigger
 -- whoever runs the next command, and so that no role below the superuser
--- can change what a superuser's DDL command runs. Like the append-only
+-- can change what a superuser's DDL command runs. It reads the catalogs and
+-- settings only, never a table of schema pyxp: whatever it reads runs as
+-- the superuser, and the owner of pyxp decides what reading its tables runs
+-- (a view in a table's place, a column of its own type with its own cast).
+-- Up to 0029 it read the archive's row in xp_ledger_archives: a member of
+-- pyxp_owner put a view there calling its own function, ran a DETACH, and
+-- was made superuser (a hostile test, 0030). The archive's settings are as
+-- strong a proof: the roles that can DETACH a partition are the owner's,
+-- who could write an archive row as easily as set them. Like the append-only
 -- triggers, it refuses commands, not a deliberate removal: a superuser (or
 -- the schema's owner, who may drop the function) can disable it, and
 -- audit() then sees rows gone.
@@ -282,14 +290,12 @@ BEGIN
      WHERE c.oid = ANY (v_kept)
        AND NOT EXISTS (SELECT FROM pg_partition_tree(v_ledger) t WHERE t.relid = c.oid);
     -- pyxp.archive_ledger_partitions (sql/13_retention.sql) detaching the
-    -- partitions of the archive it recorded (read by EXECUTE: a command that
-    -- drops the table, a downgrade, must not fail on planning a query of it)
+    -- partitions it archives, in its own transaction (a setting left in the
+    -- session by set_config(..., false) names an older transaction)
     IF v_detached IS NOT NULL
        AND v_detached <@ string_to_array(nullif(current_setting('pyxp.archiving', true), ''), ',')::oid[]
-       AND to_regclass('pyxp.xp_ledger_archives') IS NOT NULL THEN
-        EXECUTE 'SELECT EXISTS (SELECT FROM pyxp.xp_ledger_archives a
-                                 WHERE $1 <@ a.partition_oids AND a.archived_by_xid = pg_current_xact_id())'
-           INTO v_archived USING v_detached;
+       AND current_setting('pyxp.archiving_xact', true) = pg_current_xact_id()::text THEN
+        v_archived := true;
     END IF;
     IF v_detached IS NOT NULL AND NOT coalesce(v_archived, false) THEN
         v_name := v_detached[1]::regclass::text;
@@ -333,7 +339,7 @@ BEGIN
     ELSE
         DROP FUNCTION pyxp.guard_ledger_partitions();
         RAISE WARNING 'pyxp: % is no superuser: DETACH and DROP of a ledger partition are not refused', current_user
-            USING HINT = 'a superuser can run the CREATE FUNCTION and CREATE EVENT TRIGGER statements of sql/12_partitions.sql';
+            USING HINT = 'a superuser''s pyxp db upgrade installs the guard, also once the database is at the latest revision';
     END IF;
 END
 $guard$;

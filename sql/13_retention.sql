@@ -351,7 +351,12 @@ BEGIN
       FROM pyxp.xp_transactions r
       JOIN pyxp.xp_transactions o ON o.id = r.reverses AND o.tableoid = ANY (v_oids)
      WHERE r.reverses IS NOT NULL AND NOT (r.tableoid = ANY (v_oids));
+    -- The guard (sql/12_partitions.sql) lets through these partitions'
+    -- DETACH in this transaction only. (A guard installed before 0030, which
+    -- a migrating role that is no superuser could not replace, reads
+    -- pyxp.archiving and the archive's row instead.)
     PERFORM set_config('pyxp.archiving', array_to_string(v_oids, ','), true);
+    PERFORM set_config('pyxp.archiving_xact', pg_current_xact_id()::text, true);
     FOR i IN 1 .. cardinality(v_names) LOOP
         EXECUTE format('ALTER TABLE pyxp.xp_transactions DETACH PARTITION pyxp.%I', v_names[i]);
         EXECUTE format('ALTER TABLE pyxp.%I SET SCHEMA pyxp_archive', v_names[i]);
@@ -364,6 +369,7 @@ BEGIN
         RETURN NEXT;
     END LOOP;
     PERFORM set_config('pyxp.archiving', '', true);
+    PERFORM set_config('pyxp.archiving_xact', '', true);
 END
 $$;
 COMMENT ON FUNCTION pyxp.archive_ledger_partitions(timestamptz) IS
