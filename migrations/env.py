@@ -266,6 +266,7 @@ def _install_partitions_guard(connection: Connection) -> None:
             return
         script = ScriptDirectory.from_config(config)
         sql = (Path(script.versions) / GUARD_FILE).read_text(encoding="utf-8")
+        connection.exec_driver_sql("SELECT pg_catalog.set_config('pyxp.repairing_guard', 'on', true)")
         connection.connection.driver_connection.execute(sql)
 
 

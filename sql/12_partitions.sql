@@ -100,10 +100,12 @@ SET timezone = 'UTC'
 AS $$
 DECLARE
     v_this_month constant timestamptz := date_trunc('month', now(), 'UTC');
-    v_horizon constant timestamptz := coalesce(pyxp.archive_horizon(), '-infinity');
+    v_horizon timestamptz;
     v_months timestamptz[];
     v_moving boolean;
     v_locked boolean := false;
+    v_attached boolean;
+    v_deadline timestamptz;
     v_start timestamptz;
     v_end timestamptz;
     v_name text;
@@ -114,6 +116,25 @@ BEGIN
         RAISE EXCEPTION 'months_ahead must be between 0 and 120, got %', coalesce(months_ahead::text, 'NULL')
             USING ERRCODE = 'PX023', HINT = 'the default, 2, keeps this month and the next two; run it monthly';
     END IF;
+    -- Its reads of the default partition and the ATTACH's scan of it must see
+    -- the same rows (in REPEATABLE READ the ATTACH failed with a raw 23514).
+    PERFORM pyxp.require_read_committed();
+    -- One move or archive at a time (sql/13_retention.sql takes the same
+    -- lock): two moves each held what the other waited for, with awards
+    -- between them (40P01 for new awards, a hostile test, 0030); and an
+    -- archive committed between the read of its horizon and the move's
+    -- locks had a month it had just archived made again from a row dated
+    -- there, after which every archive failed (42P07).
+    IF NOT pg_try_advisory_xact_lock(1887007856, 2) THEN
+        RAISE EXCEPTION 'another pyxp.create_ledger_partitions or pyxp.archive_ledger_partitions is running'
+            USING ERRCODE = '55P03', HINT = 'run it again once that one has committed';
+    END IF;
+    SELECT string_agg(quote_ident(a.attname), ', ' ORDER BY a.attnum) INTO v_columns
+      FROM pg_catalog.pg_attribute a
+     WHERE a.attrelid = 'pyxp.xp_transactions'::regclass AND a.attnum > 0 AND NOT a.attisdropped;
+    <<attempt>>
+    LOOP
+    v_horizon := coalesce(pyxp.archive_horizon(), '-infinity');
     -- The months ahead, and those of the rows in the default partition: read
     -- again under the move's locks when it holds any (a row committed there
     -- after a first look is then waited for, and seen).
@@ -125,13 +146,30 @@ BEGIN
                 SELECT DISTINCT date_trunc('month', d.created_at, 'UTC'), true
                   FROM pyxp.xp_transactions_default d WHERE d.created_at >= v_horizon) m(month, moved);
         EXIT WHEN v_locked OR NOT v_moving;
-        LOCK TABLE pyxp.xp_transactions IN EXCLUSIVE MODE;
-        LOCK TABLE pyxp.xp_transactions_default IN ACCESS EXCLUSIVE MODE;
+        -- EXCLUSIVE on the ledger (awards wait for the move, reads go on),
+        -- then ACCESS EXCLUSIVE on the default partition, never waited for
+        -- while the first is held: a call whose plan opened every partition
+        -- (a replay's, a reversal's) holds the default partition and then
+        -- queues for the ledger, behind this lock, and each waited for the
+        -- other (40P01 for that call, a hostile test, 0030). When the default
+        -- partition is busy, both are released (the block's subtransaction)
+        -- and taken again, for at most 5 seconds.
+        v_deadline := clock_timestamp() + interval '5 seconds';
+        LOOP
+            BEGIN
+                LOCK TABLE pyxp.xp_transactions IN EXCLUSIVE MODE;
+                LOCK TABLE pyxp.xp_transactions_default IN ACCESS EXCLUSIVE MODE NOWAIT;
+                EXIT;
+            EXCEPTION WHEN lock_not_available THEN
+                IF clock_timestamp() > v_deadline THEN
+                    RAISE EXCEPTION 'the ledger''s partitions were busy for 5 seconds: rows of months without a partition not moved'
+                        USING ERRCODE = '55P03', HINT = 'run it again (when awards are fewer)';
+                END IF;
+                PERFORM pg_sleep(0.01);
+            END;
+        END LOOP;
         v_locked := true;
     END LOOP;
-    SELECT string_agg(quote_ident(a.attname), ', ' ORDER BY a.attnum) INTO v_columns
-      FROM pg_catalog.pg_attribute a
-     WHERE a.attrelid = 'pyxp.xp_transactions'::regclass AND a.attnum > 0 AND NOT a.attisdropped;
     FOREACH v_start IN ARRAY v_months LOOP
         v_end := (v_start AT TIME ZONE 'UTC' + interval '1 month') AT TIME ZONE 'UTC';
         v_name := 'xp_transactions_' || to_char(v_start AT TIME ZONE 'UTC', 'YYYY_MM');
@@ -150,22 +188,47 @@ BEGIN
                     'they stay there';
         ELSE
             PERFORM pyxp.new_ledger_partition(v_name);
-            EXECUTE format('INSERT INTO pyxp.%I (%s) SELECT %s FROM pyxp.xp_transactions_default d '
-                           'WHERE d.created_at >= %L AND d.created_at < %L',
-                           v_name, v_columns, v_columns, v_start, v_end);
-            GET DIAGNOSTICS v_moved = ROW_COUNT;
-            IF v_moved > 0 THEN
-                ALTER TABLE pyxp.xp_transactions_default DISABLE TRIGGER xp_transactions_append_only;
-                DELETE FROM pyxp.xp_transactions_default d WHERE d.created_at >= v_start AND d.created_at < v_end;
-                ALTER TABLE pyxp.xp_transactions_default ENABLE ALWAYS TRIGGER xp_transactions_append_only;
+            v_moved := 0;
+            IF v_locked THEN
+                -- (no row can enter the default partition meanwhile: the copy
+                -- and the DELETE see the same rows)
+                EXECUTE format('INSERT INTO pyxp.%I (%s) SELECT %s FROM pyxp.xp_transactions_default d '
+                               'WHERE d.created_at >= %L AND d.created_at < %L',
+                               v_name, v_columns, v_columns, v_start, v_end);
+                GET DIAGNOSTICS v_moved = ROW_COUNT;
+                IF v_moved > 0 THEN
+                    ALTER TABLE pyxp.xp_transactions_default DISABLE TRIGGER xp_transactions_append_only;
+                    DELETE FROM pyxp.xp_transactions_default d WHERE d.created_at >= v_start AND d.created_at < v_end;
+                    ALTER TABLE pyxp.xp_transactions_default ENABLE ALWAYS TRIGGER xp_transactions_append_only;
+                END IF;
+                EXECUTE format('ALTER TABLE pyxp.xp_transactions ATTACH PARTITION pyxp.%I FOR VALUES FROM (%L) TO (%L)',
+                               v_name, v_start, v_end);
+            ELSE
+                -- Without the move's locks, nothing is copied or deleted (a
+                -- row committed between the two would be deleted uncopied):
+                -- the look above found no row of this month in the default
+                -- partition. One may have committed there since (the ATTACH's
+                -- scan finds it: 23514, raw up to 0029): this month's partition
+                -- is undone, and the months read again under the locks.
+                v_attached := true;
+                BEGIN
+                    EXECUTE format('ALTER TABLE pyxp.xp_transactions ATTACH PARTITION pyxp.%I FOR VALUES FROM (%L) TO (%L)',
+                                   v_name, v_start, v_end);
+                EXCEPTION WHEN check_violation THEN
+                    v_attached := false;
+                END;
+                IF NOT v_attached THEN
+                    EXECUTE format('DROP TABLE pyxp.%I', v_name);
+                    CONTINUE attempt;
+                END IF;
             END IF;
-            EXECUTE format('ALTER TABLE pyxp.xp_transactions ATTACH PARTITION pyxp.%I FOR VALUES FROM (%L) TO (%L)',
-                           v_name, v_start, v_end);
             created := true;
             note := CASE WHEN v_moved > 0 THEN format('%s rows moved from xp_transactions_default', v_moved) END;
         END IF;
         RETURN NEXT;
     END LOOP;
+    EXIT attempt;
+    END LOOP attempt;
 END
 $$;
 COMMENT ON FUNCTION pyxp.create_ledger_partitions(integer) IS

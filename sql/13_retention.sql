@@ -76,7 +76,9 @@ $$;
 -- most the start of this month, UTC), except the default partition. One row
 -- per partition archived; none when there is nothing to archive. In order:
 --   1. EXCLUSIVE on xp_audit_checkpoints (one archive or checkpoint at a
---      time), SHARE on rulesets (no ruleset activated meanwhile), then SHARE
+--      time), SHARE on rulesets (no ruleset activated meanwhile), the
+--      advisory lock of pyxp.create_ledger_partitions (no move meanwhile;
+--      PX030 for rows of a month without a partition in the range), then SHARE
 --      on those partitions: no row can be added to them meanwhile (only a
 --      transaction that began before their range ended could: one that
 --      wrote to them is waited for; one that had not yet written does so
@@ -143,6 +145,31 @@ BEGIN
     -- so the openings' periods are in the zone that stays active.
     LOCK TABLE pyxp.xp_audit_checkpoints IN EXCLUSIVE MODE;
     LOCK TABLE pyxp.rulesets IN SHARE MODE;
+    -- Nor while rows are moved out of the default partition (the lock of
+    -- pyxp.create_ledger_partitions, sql/12_partitions.sql: a move that read
+    -- the horizon before this archive committed made a month it archived
+    -- again, a hostile test, 0030).
+    IF NOT pg_try_advisory_xact_lock(1887007856, 2) THEN
+        RAISE EXCEPTION 'another pyxp.create_ledger_partitions or pyxp.archive_ledger_partitions is running'
+            USING ERRCODE = '55P03', HINT = 'run it again once that one has committed';
+    END IF;
+    -- Rows of a month that had no partition (in the default partition),
+    -- dated in the range asked for: it would leave them behind, dated before
+    -- its horizon, where no partition of theirs can be made and no archive
+    -- takes them (0029; before, they stayed there for good). The range asked
+    -- for, not the partitions found (0030: with no partition for September
+    -- and October, an archive to November took August and said nothing).
+    SELECT d.id, d.created_at INTO v_problem
+      FROM pyxp.xp_transactions_default d
+     WHERE d.created_at >= coalesce(pyxp.archive_horizon(), '-infinity')
+       AND d.created_at < archive_ledger_partitions.archived_before
+     LIMIT 1;
+    IF FOUND THEN
+        RAISE EXCEPTION 'transaction % (%) is in the default partition (its month had no partition), in the range to archive',
+                        v_problem.id, v_problem.created_at
+            USING ERRCODE = 'PX030',
+                  HINT = 'run pyxp.create_ledger_partitions() (pyxp db create-partitions) first: it moves such rows into their month''s partition';
+    END IF;
     v_zone := pyxp.active_timezone();
     SELECT array_agg(p.partition_name ORDER BY p.range_end), array_agg(p.range_start ORDER BY p.range_end),
            array_agg(p.range_end ORDER BY p.range_end),
@@ -156,20 +183,6 @@ BEGIN
     FOREACH v_name IN ARRAY v_names LOOP
         EXECUTE format('LOCK TABLE pyxp.%I IN SHARE MODE', v_name);
     END LOOP;
-    -- Rows of a month that had no partition (in the default partition),
-    -- dated in the range this archive takes: it would leave them behind,
-    -- dated before its horizon, where no partition of theirs can be made
-    -- and no archive takes them (0029; before, they stayed there for good).
-    SELECT d.id, d.created_at INTO v_problem
-      FROM pyxp.xp_transactions_default d
-     WHERE d.created_at >= coalesce(pyxp.archive_horizon(), '-infinity') AND d.created_at < v_ends[cardinality(v_ends)]
-     LIMIT 1;
-    IF FOUND THEN
-        RAISE EXCEPTION 'transaction % (%) is in the default partition (its month had no partition), in the range to archive',
-                        v_problem.id, v_problem.created_at
-            USING ERRCODE = 'PX030',
-                  HINT = 'run pyxp.create_ledger_partitions() (pyxp db create-partitions) first: it moves such rows into their month''s partition';
-    END IF;
     SELECT k.checkpoint_id INTO v_checkpoint FROM pyxp.record_audit_checkpoint() k;
     FOREACH v_name IN ARRAY v_names LOOP
         EXECUTE format('SELECT count(*), max(t.id) FROM pyxp.%I t', v_name) INTO v_count, v_id;

@@ -166,3 +166,14 @@ def test_a_deployer_that_is_no_superuser_can_uninstall(login_role: Any, fresh_da
     assert schema.current_revision(target) is None
     with psycopg.connect(target, autocommit=True) as conn:
         assert conn.execute("SELECT to_regnamespace('pyxp')").fetchone() == (None,)
+
+
+def test_the_clis_awards_where_the_default_isolation_is_serializable(conninfo: str, db: psycopg.Connection[Any]) -> None:
+    """The CLI's calls ran at the session's default isolation: on a role defaulting to SERIALIZABLE
+    every `pyxp award` was refused with PX025, whose hint (BEGIN ISOLATION LEVEL READ COMMITTED)
+    a CLI user cannot follow. They now open READ COMMITTED transactions there."""
+    from test_cli import CREATE_CAMPAIGN, ok_json
+    db.execute(sql.SQL("ALTER DATABASE {} SET default_transaction_isolation = 'serializable'").format(
+        sql.Identifier(db.info.dbname)))
+    assert ok_json(conninfo, *CREATE_CAMPAIGN)["total_xp"] > 0
+    assert db.execute("SELECT count(*) FROM pyxp.xp_transactions WHERE user_wallet = '0x_creator'").fetchone()[0] > 0

@@ -7,6 +7,7 @@ month's partition, and the owner creates the months ahead.
 """
 from __future__ import annotations
 
+import threading
 from datetime import UTC, datetime
 from itertools import pairwise
 from typing import Any
@@ -384,6 +385,89 @@ def test_an_award_waits_for_the_move_and_lands_in_the_new_partition(conninfo: st
     assert partition_of(db, outcome["result"][0]) == f"pyxp.{name}"
     assert db.execute("SELECT count(*) FROM pyxp.xp_transactions_default").fetchone() == (0,)
     assert db.execute("SELECT * FROM pyxp.audit()").fetchall() == []
+
+
+def test_a_call_holding_the_default_partition_does_not_deadlock_with_the_move(
+        conninfo: str, db: psycopg.Connection[Any]) -> None:
+    """A transaction that read the default partition (a replay's or a reversal's plan opens every
+    partition) then awards: at 0029 the move held EXCLUSIVE on the ledger while it waited for the
+    default partition, the award queued behind it, and one of the two was cancelled (40P01, a
+    hostile test, 0030). The move now never waits for the default partition while it holds the
+    ledger: it lets go, the award goes through, and the move follows."""
+    name = f"xp_transactions_{this_month()}"
+    drop_empty_partition(db, name)
+    db.execute(AWARD, ("0xheld", "h1"))
+    outcome: dict[str, Any] = {}
+    with psycopg.connect(conninfo) as holder:
+        holder.execute("SELECT count(*) FROM pyxp.xp_transactions_default")  # ACCESS SHARE, kept
+        holder_pid = holder.info.backend_pid
+
+        def move() -> None:
+            with psycopg.connect(conninfo, autocommit=True) as conn:
+                try:
+                    outcome["moved"] = conn.execute(
+                        "SELECT partition_name, note FROM pyxp.create_ledger_partitions(0)").fetchall()
+                except psycopg.Error as exc:
+                    outcome["move"] = exc.sqlstate
+
+        thread = threading.Thread(target=move)
+        thread.start()
+        for _ in range(400):  # the move is held up by the holder: waiting for its lock (0029), or retrying
+            if db.execute("SELECT count(*) FROM pg_stat_activity WHERE query LIKE '%%create_ledger_partitions(0)%%' "
+                          "AND (%s = ANY (pg_blocking_pids(pid)) OR wait_event = 'PgSleep')",
+                          (holder_pid,)).fetchone() == (1,):
+                break
+            thread.join(0.05)
+        else:
+            raise AssertionError("the move never waited for the holder")
+        try:
+            award = holder.execute(AWARD, ("0xheld", "h2")).fetchone()
+            holder.commit()
+        except psycopg.Error as exc:
+            award = exc.sqlstate
+            holder.rollback()
+        thread.join(60)
+    assert award is not None and award != "40P01" and isinstance(award, tuple), award
+    assert outcome == {"moved": [(name, "2 rows moved from xp_transactions_default")]}, outcome
+    assert db.execute("SELECT count(*) FROM pyxp.xp_transactions_default").fetchone() == (0,)
+    assert db.execute("SELECT * FROM pyxp.audit()").fetchall() == []
+
+
+def test_a_row_committed_in_the_default_partition_during_the_attach_is_moved(
+        conninfo: str, db: psycopg.Connection[Any]) -> None:
+    """This month's partition is missing and an award to it is not committed yet: the first look at
+    the default partition sees nothing, and the ATTACH's scan of it waits for the award, then finds
+    its row (a raw 23514 at 0029, a hostile test, 0030). The month is read again under the move's
+    locks, and the row moved."""
+    name = f"xp_transactions_{this_month()}"
+    drop_empty_partition(db, name)
+    outcome = called_behind_holder(conninfo, db, AWARD.replace("%s", "'0xlate'", 1).replace("%s", "'late-1'"),
+                                   lambda conn: conn.execute("SELECT partition_name, note "
+                                                             "FROM pyxp.create_ledger_partitions(0)").fetchall())
+    assert outcome == {"result": [(name, "1 rows moved from xp_transactions_default")]}, outcome
+    assert partition_of(db, db.execute("SELECT id FROM pyxp.xp_transactions WHERE idempotency_key = 'late-1'"
+                                       ).fetchone()[0]) == f"pyxp.{name}"
+    assert db.execute("SELECT * FROM pyxp.audit()").fetchall() == []
+
+
+def test_moves_and_archives_run_one_at_a_time(conninfo: str, db: psycopg.Connection[Any], unchanged: Any) -> None:
+    """Two moves (two schedulers) held what the other waited for, with awards between them; a move
+    that read the archive's horizon before an archive committed made an archived month again (a
+    hostile test, 0030). A move or an archive while another runs is refused at once (55P03),
+    nothing done; and neither runs in REPEATABLE READ (the move's looks and its ATTACH's scan saw
+    different rows: a raw 23514)."""
+    with psycopg.connect(conninfo) as first:
+        # (every month it asks for exists: it holds the move's lock, and no lock on the ledger)
+        assert first.execute("SELECT * FROM pyxp.create_ledger_partitions(2)").fetchall() == []
+        for other in ("SELECT * FROM pyxp.create_ledger_partitions(4)",
+                      "SELECT * FROM pyxp.archive_ledger_partitions(date_trunc('month', now(), 'UTC'))"):
+            with unchanged(), pytest.raises(psycopg.errors.LockNotAvailable, match="another pyxp"):
+                db.execute(other)
+        first.rollback()
+    with psycopg.connect(conninfo) as reader:
+        reader.execute("BEGIN ISOLATION LEVEL REPEATABLE READ")
+        with unchanged(), pytest.raises(errors.IsolationRefused), errors.wrap_errors():
+            reader.execute("SELECT * FROM pyxp.create_ledger_partitions(4)")
 
 
 @pytest.mark.parametrize("months", [-1, 121, None])

@@ -399,4 +399,112 @@ BEGIN
 END
 $$;
 
+-- Owner operation, to run from a scheduler (monthly is enough; it does
+-- nothing for a month that a partition holds): creates the monthly
+-- partitions of this month and of the months_ahead months after it, and of
+-- any other month whose rows went to the default partition (nobody created
+-- it in time). Each partition is created apart, given the TRUNCATE trigger
+-- and the reader's grant, then attached: ATTACH takes SHARE UPDATE EXCLUSIVE
+-- on the ledger (awards and reads go on) and ACCESS EXCLUSIVE on the default
+-- partition while it checks it (empty, normally). It waits at most 1 s for
+-- a lock (lock_timeout): run it again later.
+-- A month whose rows are in the default partition (0029; before, it was
+-- left there, and no archive could ever take it) gets its partition too,
+-- and its rows are moved into it, unchanged (ids, positions, feed cursors,
+-- claims: nothing names a row's partition), before the ATTACH:
+--   EXCLUSIVE on the ledger first: no row is written meanwhile (awards wait
+--     for the move; reads go on), and a row routed to the default partition
+--     before it (its transaction still running) is waited for;
+--   then ACCESS EXCLUSIVE on the default partition (reads of the ledger
+--     wait: their plans lock every partition);
+--   the rows are copied into the new table (no trigger fires there: it is
+--     not attached yet, so the feed is not woken), and deleted from the
+--     default partition with its append-only trigger disabled for that one
+--     statement: the only DELETE of ledger rows anywhere, under these locks,
+--     in this transaction (no other session ever sees the trigger off);
+--   the ATTACH then finds no row of that month in the default partition.
+-- Not moved: rows dated before the archive's horizon (a transaction that
+-- began in a month archived before it wrote; README "Retention"): a
+-- partition of theirs would lie in the archived range. A read whose
+-- snapshot is older than the move, planned after it, would prune the
+-- default partition and miss them: pyxp.ledger_unmoved refuses it (40001).
+CREATE OR REPLACE FUNCTION pyxp.create_ledger_partitions(months_ahead integer DEFAULT 2)
+RETURNS TABLE (partition_name text, range_start timestamptz, range_end timestamptz, created boolean, note text)
+LANGUAGE plpgsql SECURITY DEFINER
+SET search_path = pyxp, pg_temp
+SET lock_timeout = '1s'
+SET datestyle = 'ISO, YMD'  -- the bounds it writes (%L) and reads back (pyxp.ledger_partitions)
+SET timezone = 'UTC'
+AS $$
+DECLARE
+    v_this_month constant timestamptz := date_trunc('month', now(), 'UTC');
+    v_horizon constant timestamptz := coalesce(pyxp.archive_horizon(), '-infinity');
+    v_months timestamptz[];
+    v_moving boolean;
+    v_locked boolean := false;
+    v_start timestamptz;
+    v_end timestamptz;
+    v_name text;
+    v_columns text;
+    v_moved bigint;
+BEGIN
+    IF months_ahead IS NULL OR months_ahead NOT BETWEEN 0 AND 120 THEN
+        RAISE EXCEPTION 'months_ahead must be between 0 and 120, got %', coalesce(months_ahead::text, 'NULL')
+            USING ERRCODE = 'PX023', HINT = 'the default, 2, keeps this month and the next two; run it monthly';
+    END IF;
+    -- The months ahead, and those of the rows in the default partition: read
+    -- again under the move's locks when it holds any (a row committed there
+    -- after a first look is then waited for, and seen).
+    LOOP
+        SELECT array_agg(m.month ORDER BY m.month), bool_or(m.moved) INTO v_months, v_moving
+          FROM (SELECT (v_this_month AT TIME ZONE 'UTC' + make_interval(months => a.n)) AT TIME ZONE 'UTC', false
+                  FROM generate_series(0, months_ahead) a(n)
+                UNION
+                SELECT DISTINCT date_trunc('month', d.created_at, 'UTC'), true
+                  FROM pyxp.xp_transactions_default d WHERE d.created_at >= v_horizon) m(month, moved);
+        EXIT WHEN v_locked OR NOT v_moving;
+        LOCK TABLE pyxp.xp_transactions IN EXCLUSIVE MODE;
+        LOCK TABLE pyxp.xp_transactions_default IN ACCESS EXCLUSIVE MODE;
+        v_locked := true;
+    END LOOP;
+    SELECT string_agg(quote_ident(a.attname), ', ' ORDER BY a.attnum) INTO v_columns
+      FROM pg_catalog.pg_attribute a
+     WHERE a.attrelid = 'pyxp.xp_transactions'::regclass AND a.attnum > 0 AND NOT a.attisdropped;
+    FOREACH v_start IN ARRAY v_months LOOP
+        v_end := (v_start AT TIME ZONE 'UTC' + interval '1 month') AT TIME ZONE 'UTC';
+        v_name := 'xp_transactions_' || to_char(v_start AT TIME ZONE 'UTC', 'YYYY_MM');
+        partition_name := v_name;
+        range_start := v_start;
+        range_end := v_end;
+        IF EXISTS (SELECT FROM pyxp.ledger_partitions() p
+                    WHERE NOT p.is_default AND coalesce(p.range_start < v_end, true) AND p.range_end > v_start) THEN
+            IF NOT EXISTS (SELECT FROM pyxp.xp_transactions_default d
+                            WHERE d.created_at >= v_start AND d.created_at < v_end) THEN
+                CONTINUE;  -- a partition holds (part of) this month already
+            END IF;
+            -- (a partition made by hand, holding part of the month)
+            created := false;
+            note := 'rows of this month are in xp_transactions_default, and a partition holds part of the month: '
+                    'they stay there';
+        ELSE
+            PERFORM pyxp.new_ledger_partition(v_name);
+            EXECUTE format('INSERT INTO pyxp.%I (%s) SELECT %s FROM pyxp.xp_transactions_default d '
+                           'WHERE d.created_at >= %L AND d.created_at < %L',
+                           v_name, v_columns, v_columns, v_start, v_end);
+            GET DIAGNOSTICS v_moved = ROW_COUNT;
+            IF v_moved > 0 THEN
+                ALTER TABLE pyxp.xp_transactions_default DISABLE TRIGGER xp_transactions_append_only;
+                DELETE FROM pyxp.xp_transactions_default d WHERE d.created_at >= v_start AND d.created_at < v_end;
+                ALTER TABLE pyxp.xp_transactions_default ENABLE ALWAYS TRIGGER xp_transactions_append_only;
+            END IF;
+            EXECUTE format('ALTER TABLE pyxp.xp_transactions ATTACH PARTITION pyxp.%I FOR VALUES FROM (%L) TO (%L)',
+                           v_name, v_start, v_end);
+            created := true;
+            note := CASE WHEN v_moved > 0 THEN format('%s rows moved from xp_transactions_default', v_moved) END;
+        END IF;
+        RETURN NEXT;
+    END LOOP;
+END
+$$;
+
 RESET ROLE;

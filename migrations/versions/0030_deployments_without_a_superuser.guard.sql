@@ -147,6 +147,8 @@ $$;$function$;
         -- Under session_replication_role = replica too (0028; see sql/09_security.sql).
         EXECUTE pg_catalog.format('ALTER EVENT TRIGGER %I ENABLE ALWAYS', v_trigger);
     END LOOP;
-    RAISE NOTICE 'pyxp: the ledger partitions'' guard of revision 0030 is installed (by %)', current_user;
+    IF current_setting('pyxp.repairing_guard', true) = 'on' THEN  -- (migrations/env.py's run, not the revision's)
+        RAISE NOTICE 'pyxp: the ledger partitions'' guard of revision 0030 is installed (by %)', current_user;
+    END IF;
 END
 $guard$;

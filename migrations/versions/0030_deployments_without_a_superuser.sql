@@ -11,6 +11,19 @@
 --   migrations/env.py runs again at the end of every migration run.
 -- * pyxp.archive_ledger_partitions names its transaction to the guard
 --   (setting pyxp.archiving_xact) besides the partitions it detaches.
+-- * pyxp.create_ledger_partitions (a hostile test of the move, 0029's, under
+--   load): one move or archive at a time (an advisory lock, 55P03 for the
+--   second: two moves deadlocked with the awards between them, and a move
+--   that read the horizon before an archive committed made an archived
+--   month again); the horizon read after that lock; the ledger's and the
+--   default partition's locks taken without waiting for the second while
+--   holding the first (a replay or reversal holding the default partition
+--   deadlocked with the move: 40P01); REPEATABLE READ refused (PX025); a
+--   row committed in the default partition during an ATTACH moved (a raw
+--   23514), and without the move's locks nothing copied or deleted.
+-- * pyxp.archive_ledger_partitions takes the move's lock, and refuses
+--   (PX030) rows of a month without a partition anywhere in the range
+--   asked for (it archived the partitions before them and said nothing).
 
 SET LOCAL ROLE pyxp_owner;
 
@@ -19,7 +32,9 @@ SET LOCAL ROLE pyxp_owner;
 -- most the start of this month, UTC), except the default partition. One row
 -- per partition archived; none when there is nothing to archive. In order:
 --   1. EXCLUSIVE on xp_audit_checkpoints (one archive or checkpoint at a
---      time), SHARE on rulesets (no ruleset activated meanwhile), then SHARE
+--      time), SHARE on rulesets (no ruleset activated meanwhile), the
+--      advisory lock of pyxp.create_ledger_partitions (no move meanwhile;
+--      PX030 for rows of a month without a partition in the range), then SHARE
 --      on those partitions: no row can be added to them meanwhile (only a
 --      transaction that began before their range ended could: one that
 --      wrote to them is waited for; one that had not yet written does so
@@ -86,6 +101,31 @@ BEGIN
     -- so the openings' periods are in the zone that stays active.
     LOCK TABLE pyxp.xp_audit_checkpoints IN EXCLUSIVE MODE;
     LOCK TABLE pyxp.rulesets IN SHARE MODE;
+    -- Nor while rows are moved out of the default partition (the lock of
+    -- pyxp.create_ledger_partitions, sql/12_partitions.sql: a move that read
+    -- the horizon before this archive committed made a month it archived
+    -- again, a hostile test, 0030).
+    IF NOT pg_try_advisory_xact_lock(1887007856, 2) THEN
+        RAISE EXCEPTION 'another pyxp.create_ledger_partitions or pyxp.archive_ledger_partitions is running'
+            USING ERRCODE = '55P03', HINT = 'run it again once that one has committed';
+    END IF;
+    -- Rows of a month that had no partition (in the default partition),
+    -- dated in the range asked for: it would leave them behind, dated before
+    -- its horizon, where no partition of theirs can be made and no archive
+    -- takes them (0029; before, they stayed there for good). The range asked
+    -- for, not the partitions found (0030: with no partition for September
+    -- and October, an archive to November took August and said nothing).
+    SELECT d.id, d.created_at INTO v_problem
+      FROM pyxp.xp_transactions_default d
+     WHERE d.created_at >= coalesce(pyxp.archive_horizon(), '-infinity')
+       AND d.created_at < archive_ledger_partitions.archived_before
+     LIMIT 1;
+    IF FOUND THEN
+        RAISE EXCEPTION 'transaction % (%) is in the default partition (its month had no partition), in the range to archive',
+                        v_problem.id, v_problem.created_at
+            USING ERRCODE = 'PX030',
+                  HINT = 'run pyxp.create_ledger_partitions() (pyxp db create-partitions) first: it moves such rows into their month''s partition';
+    END IF;
     v_zone := pyxp.active_timezone();
     SELECT array_agg(p.partition_name ORDER BY p.range_end), array_agg(p.range_start ORDER BY p.range_end),
            array_agg(p.range_end ORDER BY p.range_end),
@@ -99,20 +139,6 @@ BEGIN
     FOREACH v_name IN ARRAY v_names LOOP
         EXECUTE format('LOCK TABLE pyxp.%I IN SHARE MODE', v_name);
     END LOOP;
-    -- Rows of a month that had no partition (in the default partition),
-    -- dated in the range this archive takes: it would leave them behind,
-    -- dated before its horizon, where no partition of theirs can be made
-    -- and no archive takes them (0029; before, they stayed there for good).
-    SELECT d.id, d.created_at INTO v_problem
-      FROM pyxp.xp_transactions_default d
-     WHERE d.created_at >= coalesce(pyxp.archive_horizon(), '-infinity') AND d.created_at < v_ends[cardinality(v_ends)]
-     LIMIT 1;
-    IF FOUND THEN
-        RAISE EXCEPTION 'transaction % (%) is in the default partition (its month had no partition), in the range to archive',
-                        v_problem.id, v_problem.created_at
-            USING ERRCODE = 'PX030',
-                  HINT = 'run pyxp.create_ledger_partitions() (pyxp db create-partitions) first: it moves such rows into their month''s partition';
-    END IF;
     SELECT k.checkpoint_id INTO v_checkpoint FROM pyxp.record_audit_checkpoint() k;
     FOREACH v_name IN ARRAY v_names LOOP
         EXECUTE format('SELECT count(*), max(t.id) FROM pyxp.%I t', v_name) INTO v_count, v_id;
@@ -313,6 +339,177 @@ BEGIN
     END LOOP;
     PERFORM set_config('pyxp.archiving', '', true);
     PERFORM set_config('pyxp.archiving_xact', '', true);
+END
+$$;
+
+-- Owner operation, to run from a scheduler (monthly is enough; it does
+-- nothing for a month that a partition holds): creates the monthly
+-- partitions of this month and of the months_ahead months after it, and of
+-- any other month whose rows went to the default partition (nobody created
+-- it in time). Each partition is created apart, given the TRUNCATE trigger
+-- and the reader's grant, then attached: ATTACH takes SHARE UPDATE EXCLUSIVE
+-- on the ledger (awards and reads go on) and ACCESS EXCLUSIVE on the default
+-- partition while it checks it (empty, normally). It waits at most 1 s for
+-- a lock (lock_timeout): run it again later.
+-- A month whose rows are in the default partition (0029; before, it was
+-- left there, and no archive could ever take it) gets its partition too,
+-- and its rows are moved into it, unchanged (ids, positions, feed cursors,
+-- claims: nothing names a row's partition), before the ATTACH:
+--   EXCLUSIVE on the ledger first: no row is written meanwhile (awards wait
+--     for the move; reads go on), and a row routed to the default partition
+--     before it (its transaction still running) is waited for;
+--   then ACCESS EXCLUSIVE on the default partition (reads of the ledger
+--     wait: their plans lock every partition);
+--   the rows are copied into the new table (no trigger fires there: it is
+--     not attached yet, so the feed is not woken), and deleted from the
+--     default partition with its append-only trigger disabled for that one
+--     statement: the only DELETE of ledger rows anywhere, under these locks,
+--     in this transaction (no other session ever sees the trigger off);
+--   the ATTACH then finds no row of that month in the default partition.
+-- Not moved: rows dated before the archive's horizon (a transaction that
+-- began in a month archived before it wrote; README "Retention"): a
+-- partition of theirs would lie in the archived range. A read whose
+-- snapshot is older than the move, planned after it, would prune the
+-- default partition and miss them: pyxp.ledger_unmoved refuses it (40001).
+CREATE OR REPLACE FUNCTION pyxp.create_ledger_partitions(months_ahead integer DEFAULT 2)
+RETURNS TABLE (partition_name text, range_start timestamptz, range_end timestamptz, created boolean, note text)
+LANGUAGE plpgsql SECURITY DEFINER
+SET search_path = pyxp, pg_temp
+SET lock_timeout = '1s'
+SET datestyle = 'ISO, YMD'  -- the bounds it writes (%L) and reads back (pyxp.ledger_partitions)
+SET timezone = 'UTC'
+AS $$
+DECLARE
+    v_this_month constant timestamptz := date_trunc('month', now(), 'UTC');
+    v_horizon timestamptz;
+    v_months timestamptz[];
+    v_moving boolean;
+    v_locked boolean := false;
+    v_attached boolean;
+    v_deadline timestamptz;
+    v_start timestamptz;
+    v_end timestamptz;
+    v_name text;
+    v_columns text;
+    v_moved bigint;
+BEGIN
+    IF months_ahead IS NULL OR months_ahead NOT BETWEEN 0 AND 120 THEN
+        RAISE EXCEPTION 'months_ahead must be between 0 and 120, got %', coalesce(months_ahead::text, 'NULL')
+            USING ERRCODE = 'PX023', HINT = 'the default, 2, keeps this month and the next two; run it monthly';
+    END IF;
+    -- Its reads of the default partition and the ATTACH's scan of it must see
+    -- the same rows (in REPEATABLE READ the ATTACH failed with a raw 23514).
+    PERFORM pyxp.require_read_committed();
+    -- One move or archive at a time (sql/13_retention.sql takes the same
+    -- lock): two moves each held what the other waited for, with awards
+    -- between them (40P01 for new awards, a hostile test, 0030); and an
+    -- archive committed between the read of its horizon and the move's
+    -- locks had a month it had just archived made again from a row dated
+    -- there, after which every archive failed (42P07).
+    IF NOT pg_try_advisory_xact_lock(1887007856, 2) THEN
+        RAISE EXCEPTION 'another pyxp.create_ledger_partitions or pyxp.archive_ledger_partitions is running'
+            USING ERRCODE = '55P03', HINT = 'run it again once that one has committed';
+    END IF;
+    SELECT string_agg(quote_ident(a.attname), ', ' ORDER BY a.attnum) INTO v_columns
+      FROM pg_catalog.pg_attribute a
+     WHERE a.attrelid = 'pyxp.xp_transactions'::regclass AND a.attnum > 0 AND NOT a.attisdropped;
+    <<attempt>>
+    LOOP
+    v_horizon := coalesce(pyxp.archive_horizon(), '-infinity');
+    -- The months ahead, and those of the rows in the default partition: read
+    -- again under the move's locks when it holds any (a row committed there
+    -- after a first look is then waited for, and seen).
+    LOOP
+        SELECT array_agg(m.month ORDER BY m.month), bool_or(m.moved) INTO v_months, v_moving
+          FROM (SELECT (v_this_month AT TIME ZONE 'UTC' + make_interval(months => a.n)) AT TIME ZONE 'UTC', false
+                  FROM generate_series(0, months_ahead) a(n)
+                UNION
+                SELECT DISTINCT date_trunc('month', d.created_at, 'UTC'), true
+                  FROM pyxp.xp_transactions_default d WHERE d.created_at >= v_horizon) m(month, moved);
+        EXIT WHEN v_locked OR NOT v_moving;
+        -- EXCLUSIVE on the ledger (awards wait for the move, reads go on),
+        -- then ACCESS EXCLUSIVE on the default partition, never waited for
+        -- while the first is held: a call whose plan opened every partition
+        -- (a replay's, a reversal's) holds the default partition and then
+        -- queues for the ledger, behind this lock, and each waited for the
+        -- other (40P01 for that call, a hostile test, 0030). When the default
+        -- partition is busy, both are released (the block's subtransaction)
+        -- and taken again, for at most 5 seconds.
+        v_deadline := clock_timestamp() + interval '5 seconds';
+        LOOP
+            BEGIN
+                LOCK TABLE pyxp.xp_transactions IN EXCLUSIVE MODE;
+                LOCK TABLE pyxp.xp_transactions_default IN ACCESS EXCLUSIVE MODE NOWAIT;
+                EXIT;
+            EXCEPTION WHEN lock_not_available THEN
+                IF clock_timestamp() > v_deadline THEN
+                    RAISE EXCEPTION 'the ledger''s partitions were busy for 5 seconds: rows of months without a partition not moved'
+                        USING ERRCODE = '55P03', HINT = 'run it again (when awards are fewer)';
+                END IF;
+                PERFORM pg_sleep(0.01);
+            END;
+        END LOOP;
+        v_locked := true;
+    END LOOP;
+    FOREACH v_start IN ARRAY v_months LOOP
+        v_end := (v_start AT TIME ZONE 'UTC' + interval '1 month') AT TIME ZONE 'UTC';
+        v_name := 'xp_transactions_' || to_char(v_start AT TIME ZONE 'UTC', 'YYYY_MM');
+        partition_name := v_name;
+        range_start := v_start;
+        range_end := v_end;
+        IF EXISTS (SELECT FROM pyxp.ledger_partitions() p
+                    WHERE NOT p.is_default AND coalesce(p.range_start < v_end, true) AND p.range_end > v_start) THEN
+            IF NOT EXISTS (SELECT FROM pyxp.xp_transactions_default d
+                            WHERE d.created_at >= v_start AND d.created_at < v_end) THEN
+                CONTINUE;  -- a partition holds (part of) this month already
+            END IF;
+            -- (a partition made by hand, holding part of the month)
+            created := false;
+            note := 'rows of this month are in xp_transactions_default, and a partition holds part of the month: '
+                    'they stay there';
+        ELSE
+            PERFORM pyxp.new_ledger_partition(v_name);
+            v_moved := 0;
+            IF v_locked THEN
+                -- (no row can enter the default partition meanwhile: the copy
+                -- and the DELETE see the same rows)
+                EXECUTE format('INSERT INTO pyxp.%I (%s) SELECT %s FROM pyxp.xp_transactions_default d '
+                               'WHERE d.created_at >= %L AND d.created_at < %L',
+                               v_name, v_columns, v_columns, v_start, v_end);
+                GET DIAGNOSTICS v_moved = ROW_COUNT;
+                IF v_moved > 0 THEN
+                    ALTER TABLE pyxp.xp_transactions_default DISABLE TRIGGER xp_transactions_append_only;
+                    DELETE FROM pyxp.xp_transactions_default d WHERE d.created_at >= v_start AND d.created_at < v_end;
+                    ALTER TABLE pyxp.xp_transactions_default ENABLE ALWAYS TRIGGER xp_transactions_append_only;
+                END IF;
+                EXECUTE format('ALTER TABLE pyxp.xp_transactions ATTACH PARTITION pyxp.%I FOR VALUES FROM (%L) TO (%L)',
+                               v_name, v_start, v_end);
+            ELSE
+                -- Without the move's locks, nothing is copied or deleted (a
+                -- row committed between the two would be deleted uncopied):
+                -- the look above found no row of this month in the default
+                -- partition. One may have committed there since (the ATTACH's
+                -- scan finds it: 23514, raw up to 0029): this month's partition
+                -- is undone, and the months read again under the locks.
+                v_attached := true;
+                BEGIN
+                    EXECUTE format('ALTER TABLE pyxp.xp_transactions ATTACH PARTITION pyxp.%I FOR VALUES FROM (%L) TO (%L)',
+                                   v_name, v_start, v_end);
+                EXCEPTION WHEN check_violation THEN
+                    v_attached := false;
+                END;
+                IF NOT v_attached THEN
+                    EXECUTE format('DROP TABLE pyxp.%I', v_name);
+                    CONTINUE attempt;
+                END IF;
+            END IF;
+            created := true;
+            note := CASE WHEN v_moved > 0 THEN format('%s rows moved from xp_transactions_default', v_moved) END;
+        END IF;
+        RETURN NEXT;
+    END LOOP;
+    EXIT attempt;
+    END LOOP attempt;
 END
 $$;
 
