@@ -90,6 +90,26 @@ COMMENT ON FUNCTION pyxp.new_ledger_partition(text) IS
 -- partition of theirs would lie in the archived range. A read whose
 -- snapshot is older than the move, planned after it, would prune the
 -- default partition and miss them: pyxp.ledger_unmoved refuses it (40001).
+-- The lock of the ledger's partitions: one pyxp.create_ledger_partitions or
+-- pyxp.archive_ledger_partitions at a time, the second refused at once
+-- (55P03, nothing done; they run for seconds, and a scheduler runs them
+-- again). The row 'ledger_partitions' of pyxp.subject_locks, locked: a row
+-- lock, not an advisory lock, which a role without pyxp privileges could
+-- take and hold (SPEC 7).
+CREATE FUNCTION pyxp.lock_ledger_partitions()
+RETURNS void
+LANGUAGE plpgsql
+SET search_path = pyxp, pg_temp
+AS $$
+BEGIN
+    INSERT INTO pyxp.subject_locks (subject) VALUES ('ledger_partitions') ON CONFLICT (subject) DO NOTHING;
+    PERFORM FROM pyxp.subject_locks l WHERE l.subject = 'ledger_partitions' FOR UPDATE NOWAIT;
+EXCEPTION WHEN lock_not_available THEN
+    RAISE EXCEPTION 'another pyxp.create_ledger_partitions or pyxp.archive_ledger_partitions is running'
+        USING ERRCODE = '55P03', HINT = 'run it again once that one has committed';
+END
+$$;
+
 CREATE FUNCTION pyxp.create_ledger_partitions(months_ahead integer DEFAULT 2)
 RETURNS TABLE (partition_name text, range_start timestamptz, range_end timestamptz, created boolean, note text)
 LANGUAGE plpgsql SECURITY DEFINER
@@ -125,10 +145,7 @@ BEGIN
     -- archive committed between the read of its horizon and the move's
     -- locks had a month it had just archived made again from a row dated
     -- there, after which every archive failed (42P07).
-    IF NOT pg_try_advisory_xact_lock(1887007856, 2) THEN
-        RAISE EXCEPTION 'another pyxp.create_ledger_partitions or pyxp.archive_ledger_partitions is running'
-            USING ERRCODE = '55P03', HINT = 'run it again once that one has committed';
-    END IF;
+    PERFORM pyxp.lock_ledger_partitions();
     SELECT string_agg(quote_ident(a.attname), ', ' ORDER BY a.attnum) INTO v_columns
       FROM pg_catalog.pg_attribute a
      WHERE a.attrelid = 'pyxp.xp_transactions'::regclass AND a.attnum > 0 AND NOT a.attisdropped;
@@ -231,6 +248,8 @@ BEGIN
     END LOOP attempt;
 END
 $$;
+COMMENT ON FUNCTION pyxp.lock_ledger_partitions() IS
+    'internal: one create_ledger_partitions or archive_ledger_partitions at a time (a row lock; 55P03 for the second).';
 COMMENT ON FUNCTION pyxp.create_ledger_partitions(integer) IS
     'internal: creates the ledger''s monthly partitions up to months_ahead months from now (run it monthly). Owner only.';
 COMMENT ON FUNCTION pyxp.ledger_partitions() IS
@@ -254,10 +273,11 @@ BEGIN
                    'xp_transactions_before_' || to_char(v_month AT TIME ZONE 'UTC', 'YYYY_MM'), v_month);
 END
 $partitions$;
+INSERT INTO pyxp.subject_locks (subject) VALUES ('ledger_partitions');  -- (pyxp.lock_ledger_partitions)
 SELECT count(*) FROM pyxp.create_ledger_partitions();
 
 REVOKE ALL ON FUNCTION pyxp.create_ledger_partitions(integer), pyxp.ledger_partitions(),
-    pyxp.new_ledger_partition(text) FROM PUBLIC;
+    pyxp.new_ledger_partition(text), pyxp.lock_ledger_partitions() FROM PUBLIC;
 
 RESET ROLE;
 

@@ -77,7 +77,7 @@ $$;
 -- per partition archived; none when there is nothing to archive. In order:
 --   1. EXCLUSIVE on xp_audit_checkpoints (one archive or checkpoint at a
 --      time), SHARE on rulesets (no ruleset activated meanwhile), the
---      advisory lock of pyxp.create_ledger_partitions (no move meanwhile;
+--      lock of the ledger's partitions (pyxp.lock_ledger_partitions: no move meanwhile;
 --      PX030 for rows of a month without a partition in the range), then SHARE
 --      on those partitions: no row can be added to them meanwhile (only a
 --      transaction that began before their range ended could: one that
@@ -149,10 +149,7 @@ BEGIN
     -- pyxp.create_ledger_partitions, sql/12_partitions.sql: a move that read
     -- the horizon before this archive committed made a month it archived
     -- again, a hostile test, 0030).
-    IF NOT pg_try_advisory_xact_lock(1887007856, 2) THEN
-        RAISE EXCEPTION 'another pyxp.create_ledger_partitions or pyxp.archive_ledger_partitions is running'
-            USING ERRCODE = '55P03', HINT = 'run it again once that one has committed';
-    END IF;
+    PERFORM pyxp.lock_ledger_partitions();
     -- Rows of a month that had no partition (in the default partition),
     -- dated in the range asked for: it would leave them behind, dated before
     -- its horizon, where no partition of theirs can be made and no archive

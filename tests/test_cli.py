@@ -170,6 +170,17 @@ def test_commands_on_a_database_without_the_schema_say_to_upgrade(conninfo: str)
     assert "pyxp db upgrade" in result.stderr
 
 
+def test_a_missing_object_of_an_installed_schema_is_not_called_an_install_missing(
+        conninfo: str, db: psycopg.Connection[Any]) -> None:
+    """Schema pyxp is there but a function is not (a partial downgrade, a function dropped by
+    hand): the error names it and says what to look at; at 0029 it said the schema was not
+    installed (a hostile test, 0030: a downgrade stopped by the partitions' guard's function)."""
+    db.execute("DROP FUNCTION pyxp.balance(text)")
+    result = run(conninfo, "balance", "0xabc")
+    assert result.returncode == 2 and "not installed" not in result.stderr, result.stderr
+    assert "pyxp.balance" in result.stderr and "pyxp db current" in result.stderr, result.stderr
+
+
 # --------------------------------------------------------------------------- rules
 
 

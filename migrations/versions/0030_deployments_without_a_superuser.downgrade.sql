@@ -507,4 +507,7 @@ BEGIN
 END
 $$;
 
+DROP FUNCTION pyxp.lock_ledger_partitions();
+DELETE FROM pyxp.subject_locks WHERE subject = 'ledger_partitions';
+
 RESET ROLE;

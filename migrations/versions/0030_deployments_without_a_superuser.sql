@@ -24,8 +24,65 @@
 -- * pyxp.archive_ledger_partitions takes the move's lock, and refuses
 --   (PX030) rows of a month without a partition anywhere in the range
 --   asked for (it archived the partitions before them and said nothing).
+--   The lock of moves and archives is a row of pyxp.subject_locks
+--   ('ledger_partitions', pyxp.lock_ledger_partitions), not an advisory
+--   lock (SPEC 7: any role can take one).
 
 SET LOCAL ROLE pyxp_owner;
+
+-- Owner operation, to run from a scheduler (monthly is enough; it does
+-- nothing for a month that a partition holds): creates the monthly
+-- partitions of this month and of the months_ahead months after it, and of
+-- any other month whose rows went to the default partition (nobody created
+-- it in time). Each partition is created apart, given the TRUNCATE trigger
+-- and the reader's grant, then attached: ATTACH takes SHARE UPDATE EXCLUSIVE
+-- on the ledger (awards and reads go on) and ACCESS EXCLUSIVE on the default
+-- partition while it checks it (empty, normally). It waits at most 1 s for
+-- a lock (lock_timeout): run it again later.
+-- A month whose rows are in the default partition (0029; before, it was
+-- left there, and no archive could ever take it) gets its partition too,
+-- and its rows are moved into it, unchanged (ids, positions, feed cursors,
+-- claims: nothing names a row's partition), before the ATTACH:
+--   EXCLUSIVE on the ledger first: no row is written meanwhile (awards wait
+--     for the move; reads go on), and a row routed to the default partition
+--     before it (its transaction still running) is waited for;
+--   then ACCESS EXCLUSIVE on the default partition (reads of the ledger
+--     wait: their plans lock every partition);
+--   the rows are copied into the new table (no trigger fires there: it is
+--     not attached yet, so the feed is not woken), and deleted from the
+--     default partition with its append-only trigger disabled for that one
+--     statement: the only DELETE of ledger rows anywhere, under these locks,
+--     in this transaction (no other session ever sees the trigger off);
+--   the ATTACH then finds no row of that month in the default partition.
+-- Not moved: rows dated before the archive's horizon (a transaction that
+-- began in a month archived before it wrote; README "Retention"): a
+-- partition of theirs would lie in the archived range. A read whose
+-- snapshot is older than the move, planned after it, would prune the
+-- default partition and miss them: pyxp.ledger_unmoved refuses it (40001).
+-- The lock of the ledger's partitions: one pyxp.create_ledger_partitions or
+-- pyxp.archive_ledger_partitions at a time, the second refused at once
+-- (55P03, nothing done; they run for seconds, and a scheduler runs them
+-- again). The row 'ledger_partitions' of pyxp.subject_locks, locked: a row
+-- lock, not an advisory lock, which a role without pyxp privileges could
+-- take and hold (SPEC 7).
+CREATE FUNCTION pyxp.lock_ledger_partitions()
+RETURNS void
+LANGUAGE plpgsql
+SET search_path = pyxp, pg_temp
+AS $$
+BEGIN
+    INSERT INTO pyxp.subject_locks (subject) VALUES ('ledger_partitions') ON CONFLICT (subject) DO NOTHING;
+    PERFORM FROM pyxp.subject_locks l WHERE l.subject = 'ledger_partitions' FOR UPDATE NOWAIT;
+EXCEPTION WHEN lock_not_available THEN
+    RAISE EXCEPTION 'another pyxp.create_ledger_partitions or pyxp.archive_ledger_partitions is running'
+        USING ERRCODE = '55P03', HINT = 'run it again once that one has committed';
+END
+$$;
+
+COMMENT ON FUNCTION pyxp.lock_ledger_partitions() IS
+    'internal: one create_ledger_partitions or archive_ledger_partitions at a time (a row lock; 55P03 for the second).';
+REVOKE ALL ON FUNCTION pyxp.lock_ledger_partitions() FROM PUBLIC;
+INSERT INTO pyxp.subject_locks (subject) VALUES ('ledger_partitions') ON CONFLICT (subject) DO NOTHING;
 
 -- Owner operation (monthly, after pyxp.create_ledger_partitions): archives
 -- every partition of the ledger that ends at or before archived_before (at
@@ -33,7 +90,7 @@ SET LOCAL ROLE pyxp_owner;
 -- per partition archived; none when there is nothing to archive. In order:
 --   1. EXCLUSIVE on xp_audit_checkpoints (one archive or checkpoint at a
 --      time), SHARE on rulesets (no ruleset activated meanwhile), the
---      advisory lock of pyxp.create_ledger_partitions (no move meanwhile;
+--      lock of the ledger's partitions (pyxp.lock_ledger_partitions: no move meanwhile;
 --      PX030 for rows of a month without a partition in the range), then SHARE
 --      on those partitions: no row can be added to them meanwhile (only a
 --      transaction that began before their range ended could: one that
@@ -105,10 +162,7 @@ BEGIN
     -- pyxp.create_ledger_partitions, sql/12_partitions.sql: a move that read
     -- the horizon before this archive committed made a month it archived
     -- again, a hostile test, 0030).
-    IF NOT pg_try_advisory_xact_lock(1887007856, 2) THEN
-        RAISE EXCEPTION 'another pyxp.create_ledger_partitions or pyxp.archive_ledger_partitions is running'
-            USING ERRCODE = '55P03', HINT = 'run it again once that one has committed';
-    END IF;
+    PERFORM pyxp.lock_ledger_partitions();
     -- Rows of a month that had no partition (in the default partition),
     -- dated in the range asked for: it would leave them behind, dated before
     -- its horizon, where no partition of theirs can be made and no archive
@@ -342,35 +396,6 @@ BEGIN
 END
 $$;
 
--- Owner operation, to run from a scheduler (monthly is enough; it does
--- nothing for a month that a partition holds): creates the monthly
--- partitions of this month and of the months_ahead months after it, and of
--- any other month whose rows went to the default partition (nobody created
--- it in time). Each partition is created apart, given the TRUNCATE trigger
--- and the reader's grant, then attached: ATTACH takes SHARE UPDATE EXCLUSIVE
--- on the ledger (awards and reads go on) and ACCESS EXCLUSIVE on the default
--- partition while it checks it (empty, normally). It waits at most 1 s for
--- a lock (lock_timeout): run it again later.
--- A month whose rows are in the default partition (0029; before, it was
--- left there, and no archive could ever take it) gets its partition too,
--- and its rows are moved into it, unchanged (ids, positions, feed cursors,
--- claims: nothing names a row's partition), before the ATTACH:
---   EXCLUSIVE on the ledger first: no row is written meanwhile (awards wait
---     for the move; reads go on), and a row routed to the default partition
---     before it (its transaction still running) is waited for;
---   then ACCESS EXCLUSIVE on the default partition (reads of the ledger
---     wait: their plans lock every partition);
---   the rows are copied into the new table (no trigger fires there: it is
---     not attached yet, so the feed is not woken), and deleted from the
---     default partition with its append-only trigger disabled for that one
---     statement: the only DELETE of ledger rows anywhere, under these locks,
---     in this transaction (no other session ever sees the trigger off);
---   the ATTACH then finds no row of that month in the default partition.
--- Not moved: rows dated before the archive's horizon (a transaction that
--- began in a month archived before it wrote; README "Retention"): a
--- partition of theirs would lie in the archived range. A read whose
--- snapshot is older than the move, planned after it, would prune the
--- default partition and miss them: pyxp.ledger_unmoved refuses it (40001).
 CREATE OR REPLACE FUNCTION pyxp.create_ledger_partitions(months_ahead integer DEFAULT 2)
 RETURNS TABLE (partition_name text, range_start timestamptz, range_end timestamptz, created boolean, note text)
 LANGUAGE plpgsql SECURITY DEFINER
@@ -406,10 +431,7 @@ BEGIN
     -- archive committed between the read of its horizon and the move's
     -- locks had a month it had just archived made again from a row dated
     -- there, after which every archive failed (42P07).
-    IF NOT pg_try_advisory_xact_lock(1887007856, 2) THEN
-        RAISE EXCEPTION 'another pyxp.create_ledger_partitions or pyxp.archive_ledger_partitions is running'
-            USING ERRCODE = '55P03', HINT = 'run it again once that one has committed';
-    END IF;
+    PERFORM pyxp.lock_ledger_partitions();
     SELECT string_agg(quote_ident(a.attname), ', ' ORDER BY a.attnum) INTO v_columns
       FROM pg_catalog.pg_attribute a
      WHERE a.attrelid = 'pyxp.xp_transactions'::regclass AND a.attnum > 0 AND NOT a.attisdropped;
