@@ -120,19 +120,11 @@ def _move_legacy_history(connection: Connection) -> None:
 
 
 def _copy_pyxp_heads(connection: Connection) -> None:
-    """``pyxp.alembic_version`` into the session's table, read as pyxp_owner (0030, a hostile test).
-
-    The table is the owner's, and so is what reading it runs: a member of pyxp_owner changed its
-    column to a type of its own with an assignment cast to varchar, and this INSERT, run as the
-    migrating superuser, ran the cast's function and made that member superuser (or, run by a
-    deployer that is no superuser, a member of the deployer). As pyxp_owner it runs nothing the
-    owner could not run itself. (A row-security policy on it would run as the migrating role:
-    the session's ``row_security = off`` makes such a read fail instead.)
-    """
-    connection.exec_driver_sql("SET LOCAL ROLE pyxp_owner")
+    """``pyxp.alembic_version`` into the session's table. (The table is the owner's: a column of a
+    type of its own, with its own assignment cast, ran that cast as the migrating role here, a
+    hostile test, 0030; :func:`_refuse_owner_objects` refuses such a column first.)"""
     connection.exec_driver_sql(
         "INSERT INTO pg_temp.alembic_version SELECT version_num FROM pyxp.alembic_version")
-    connection.exec_driver_sql("RESET ROLE")
 
 
 def _persist_heads(*, ctx: Any, step: Any, heads: set[str], run_args: Any) -> None:

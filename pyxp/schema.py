@@ -124,19 +124,6 @@ def _compiled(ruleset: str | os.PathLike[str] | RuleSet) -> RuleSet:
     return ruleset if isinstance(ruleset, RuleSet) else load_ruleset(os.fspath(ruleset))
 
 
-def _as_owner(conn: psycopg.Connection[Any]) -> psycopg.Connection[Any]:
-    """The owner's operations below run as pyxp_owner when the connecting role may be it (a
-    superuser, the deployer that migrated): they call the owner's functions, and the owner of a
-    function decides what it runs and as whom (SECURITY INVOKER: as the caller). As pyxp_owner,
-    nothing a member of pyxp_owner wrote runs with the deployer's or a superuser's privileges (a
-    hostile test, 0030). For this transaction only (SET LOCAL: nothing left behind a pooler)."""
-    row = conn.execute("SELECT current_user <> 'pyxp_owner' AND EXISTS (SELECT FROM pg_catalog.pg_roles "
-                       "WHERE rolname = 'pyxp_owner') AND pg_catalog.pg_has_role('pyxp_owner', 'MEMBER')").fetchone()
-    if row is not None and row[0]:
-        conn.execute("SET LOCAL ROLE pyxp_owner")
-    return conn
-
-
 def _install(conn: psycopg.Connection[Any], compiled: RuleSet, activate: bool) -> RulesetInstall:
     with conn.cursor(row_factory=class_row(RulesetInstall)) as cur:
         cur.execute(queries.INSTALL_RULESET if activate else queries.INSTALL_RULESET_INACTIVE,
@@ -152,7 +139,7 @@ def apply_ruleset(conninfo: str, ruleset: str | os.PathLike[str] | RuleSet,
     ``activate`` is false, activate it. An installed, inactive version can be simulated
     (:func:`simulation_report`) or applied later."""
     with wrap_errors(), connect(conninfo) as conn:
-        return _install(_as_owner(conn), _compiled(ruleset), activate)
+        return _install(conn, _compiled(ruleset), activate)
 
 
 def simulation_report(conninfo: str, ruleset: str | os.PathLike[str] | RuleSet, top: int = 10) -> dict[str, Any]:
@@ -160,7 +147,7 @@ def simulation_report(conninfo: str, ruleset: str | os.PathLike[str] | RuleSet, 
     changes, a summary. A version not installed yet is installed for the simulation only, in a
     transaction rolled back at the end: nothing is written."""
     with wrap_errors(), connect(conninfo) as conn:
-        installed = _install(_as_owner(conn), _compiled(ruleset), activate=False)
+        installed = _install(conn, _compiled(ruleset), activate=False)
         report = conn.execute(queries.SIMULATION_REPORT, {"ruleset_id": installed.ruleset_id, "top": top}).fetchone()
         conn.rollback()
     assert report is not None
@@ -172,7 +159,7 @@ def apply_rules_retroactively(conninfo: str, ruleset: str | os.PathLike[str] | R
     every balance what the simulation says (``pyxp.apply_rules_retroactively``), in one
     transaction. Again with the same version: nothing added."""
     with wrap_errors(), connect(conninfo) as conn:
-        installed = _install(_as_owner(conn), _compiled(ruleset), activate=False)
+        installed = _install(conn, _compiled(ruleset), activate=False)
         with conn.cursor(row_factory=class_row(RetroactiveApplication)) as cur:
             cur.execute(queries.APPLY_RULES_RETROACTIVELY, {"ruleset_id": installed.ruleset_id})
             result = cur.fetchone()
@@ -182,7 +169,7 @@ def apply_rules_retroactively(conninfo: str, ruleset: str | os.PathLike[str] | R
 
 def active_ruleset(conninfo: str) -> dict[str, Any] | None:
     """The active ruleset row (id, name, version, floor, definition, source), or None."""
-    with connect(conninfo) as conn, _as_owner(conn).cursor(row_factory=dict_row) as cur:
+    with connect(conninfo) as conn, conn.cursor(row_factory=dict_row) as cur:
         conn.execute("SET LOCAL row_security = off")
         try:
             cur.execute(queries.ACTIVE_RULESET)

@@ -164,18 +164,25 @@ BEGIN
                   FROM pyxp.xp_transactions_default d WHERE d.created_at >= v_horizon) m(month, moved);
         EXIT WHEN v_locked OR NOT v_moving;
         -- EXCLUSIVE on the ledger (awards wait for the move, reads go on),
-        -- then ACCESS EXCLUSIVE on the default partition, never waited for
-        -- while the first is held: a call whose plan opened every partition
-        -- (a replay's, a reversal's) holds the default partition and then
-        -- queues for the ledger, behind this lock, and each waited for the
-        -- other (40P01 for that call, a hostile test, 0030). When the default
-        -- partition is busy, both are released (the block's subtransaction)
-        -- and taken again, for at most 5 seconds.
+        -- then ACCESS EXCLUSIVE on the default partition, waited for while
+        -- the first is held for less than the deadlock check's delay only:
+        -- a call whose plan opened every partition (a replay's, a
+        -- reversal's) holds the default partition and then queues for the
+        -- ledger, behind this lock, and each waited for the other (40P01
+        -- for that call, a hostile test, 0030). When that wait ends, both
+        -- are released (the block's subtransaction) and taken again, for at
+        -- most 5 seconds. (Not NOWAIT: a request that never queues is
+        -- starved by readers that overlap, a re-test found: 55P03 with
+        -- three readers of 30 ms transactions.)
         v_deadline := clock_timestamp() + interval '5 seconds';
         LOOP
             BEGIN
                 LOCK TABLE pyxp.xp_transactions IN EXCLUSIVE MODE;
-                LOCK TABLE pyxp.xp_transactions_default IN ACCESS EXCLUSIVE MODE NOWAIT;
+                PERFORM set_config('lock_timeout', greatest(1, (extract(epoch FROM least(
+                                       current_setting('deadlock_timeout')::interval / 2, interval '200 ms')) * 1000)::integer)::text,
+                                   true);
+                LOCK TABLE pyxp.xp_transactions_default IN ACCESS EXCLUSIVE MODE;
+                PERFORM set_config('lock_timeout', '1s', true);
                 EXIT;
             EXCEPTION WHEN lock_not_available THEN
                 IF clock_timestamp() > v_deadline THEN

@@ -1,11 +1,12 @@
 """Deployments where the roles differ in trust: a hostile test of a managed PostgreSQL (0030).
 
-A member of pyxp_owner (a scheduled owner job, say) owns schema pyxp: what reading its tables
-runs, and what its functions run, is its to decide. pyxp's own code that runs with more than the
-owner's privileges — the partitions' guard (a superuser's event trigger), the migrations run by a
-superuser or a deployer, ``pyxp db upgrade``'s ruleset activation, ``pyxp db current`` — must run
-none of it: each test below is a hostile tester's reproduction, which made that member superuser,
-or a member of the deployer, at 0029.
+A member of pyxp_owner owns schema pyxp: what reading its tables runs, and what its functions
+run, is its to decide. The partitions' guard, a superuser's event trigger that runs at every DDL
+command of the database, the owner's own included, must run none of it: at 0029 the owner alone,
+with no stronger role doing anything, became superuser through it. The migrations and owner
+operations run the owner's objects in the caller's session (README "Whom pyxp trusts": SET ROLE
+is no boundary, the owner's code can RESET ROLE); what they refuse below is what they can tell,
+before they start. Each test is a hostile tester's reproduction.
 """
 
 from __future__ import annotations
@@ -52,8 +53,8 @@ def test_a_superusers_upgrade_casts_nothing_of_the_owner(db: psycopg.Connection[
                                                         login_role: Any) -> None:
     """At 0029 env.py copied pyxp.alembic_version as the migrating superuser: a member of pyxp_owner
     gave its column a type of its own with an assignment cast to varchar, and the next pyxp db
-    upgrade ran the cast's function as the superuser. The migration now refuses to start, names
-    what it found, and the version is read as pyxp_owner."""
+    upgrade ran the cast's function as the superuser. The migration now refuses to start, and
+    names what it found."""
     member = login_role("pyxp_owner")
     with psycopg.connect(make_conninfo(conninfo, user=member), autocommit=True) as conn:
         conn.execute("SET ROLE pyxp_owner")

@@ -433,6 +433,37 @@ def test_a_call_holding_the_default_partition_does_not_deadlock_with_the_move(
     assert db.execute("SELECT * FROM pyxp.audit()").fetchall() == []
 
 
+def test_the_move_is_not_starved_by_overlapping_readers(conninfo: str, db: psycopg.Connection[Any]) -> None:
+    """Three readers of the default partition whose 30 ms transactions overlap: a move that asked
+    for its lock NOWAIT never found a moment without one, and gave up after 5 s with 55P03 (a
+    re-test of 0030's first form). It queues for the lock (for less than the deadlock check's
+    delay), and the readers let it through."""
+    name = f"xp_transactions_{this_month()}"
+    drop_empty_partition(db, name)
+    db.execute(AWARD, ("0xread", "r1"))
+    stop = threading.Event()
+
+    def read(delay: float) -> None:
+        with psycopg.connect(conninfo) as conn:
+            stop.wait(delay)
+            while not stop.is_set():
+                conn.execute("SELECT count(*) FROM pyxp.xp_transactions_default")
+                conn.execute("SELECT pg_sleep(0.03)")
+                conn.commit()
+
+    readers = [threading.Thread(target=read, args=(delay,)) for delay in (0, 0.01, 0.02)]
+    for reader in readers:
+        reader.start()
+    try:
+        db.execute("SELECT pg_sleep(0.2)")
+        moved = db.execute("SELECT partition_name, note FROM pyxp.create_ledger_partitions(0)").fetchall()
+    finally:
+        stop.set()
+        for reader in readers:
+            reader.join(30)
+    assert moved == [(name, "1 rows moved from xp_transactions_default")]
+
+
 def test_a_row_committed_in_the_default_partition_during_the_attach_is_moved(
         conninfo: str, db: psycopg.Connection[Any]) -> None:
     """This month's partition is missing and an award to it is not committed yet: the first look at
