@@ -46,7 +46,8 @@ conninfo: str = config.attributes.get("conninfo") or configured_conninfo()
 if context.is_offline_mode():
     raise SystemExit("pyxp migrations run online only: they execute frozen SQL files on a connection")
 
-OWN_REVISIONS = sorted(script.revision for script in ScriptDirectory.from_config(config).walk_revisions())
+SCRIPTS = ScriptDirectory.from_config(config)
+OWN_REVISIONS = sorted(script.revision for script in SCRIPTS.walk_revisions())
 
 _VERSION_COLUMNS = "(version_num varchar(32) NOT NULL PRIMARY KEY)"
 
@@ -242,8 +243,8 @@ def _placeholder_for_0015_downgrade(connection: Connection, heads: set[str]) -> 
 # installs the guard, or replaces an older one, where a role that is no superuser migrated (it
 # cannot: event triggers are a superuser's), even when no revision is left to run; another role's
 # run is warned while a guard from before 0030 is there. The file changes nothing when the guard is
-# current.
-GUARD_REVISION, GUARD_FILE = "0030", "0030_deployments_without_a_superuser.guard.sql"
+# current. (The revision names its file: GUARD_FILE of its module.)
+GUARD_REVISION = "0030"
 
 
 def _install_partitions_guard(connection: Connection) -> None:
@@ -256,8 +257,8 @@ def _install_partitions_guard(connection: Connection) -> None:
         reached = _scalar(connection, "SELECT max(version_num) FROM pg_temp.alembic_version")
         if reached is None or reached < GUARD_REVISION:
             return
-        script = ScriptDirectory.from_config(config)
-        sql = (Path(script.versions) / GUARD_FILE).read_text(encoding="utf-8")
+        revision = SCRIPTS.get_revision(GUARD_REVISION)
+        sql = (Path(revision.path).parent / revision.module.GUARD_FILE).read_text(encoding="utf-8")
         connection.exec_driver_sql("SELECT pg_catalog.set_config('pyxp.repairing_guard', 'on', true)")
         connection.connection.driver_connection.execute(sql)
 

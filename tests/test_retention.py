@@ -654,7 +654,6 @@ def split_the_past(db: psycopg.Connection[Any], before: datetime, months_from: d
     """Reshapes the partitions of the past as a superuser could (tests cannot wait months): one
     for everything before ``before``, then one per month from ``months_from`` to this one (a month
     between the two has none: its rows go to the default partition)."""
-    triggers = GUARD
     bounds: list[tuple[str, datetime | None, datetime]] = [(f"xp_transactions_before_{before:%Y_%m}", None, before)]
     at = months_from
     while at < this_month():
@@ -662,7 +661,7 @@ def split_the_past(db: psycopg.Connection[Any], before: datetime, months_from: d
         bounds.append((f"xp_transactions_{at:%Y_%m}", at, following))
         at = following
     with db.transaction():
-        for trigger in triggers:
+        for trigger in GUARD:
             db.execute(f"ALTER EVENT TRIGGER {trigger} DISABLE")
         old = f"xp_transactions_before_{this_month():%Y_%m}"
         db.execute(f"ALTER TABLE pyxp.xp_transactions DETACH PARTITION pyxp.{old}")
@@ -674,7 +673,7 @@ def split_the_past(db: psycopg.Connection[Any], before: datetime, months_from: d
             db.execute(f"ALTER TABLE pyxp.xp_transactions ATTACH PARTITION pyxp.{name} "
                        f"FOR VALUES FROM ({start}) TO ('{high.isoformat()}')")
         db.execute("RESET ROLE")
-        for trigger in triggers:
+        for trigger in GUARD:
             db.execute(f"ALTER EVENT TRIGGER {trigger} ENABLE ALWAYS")
 
 def test_a_month_in_the_default_partition_is_moved_before_it_is_archived(db: psycopg.Connection[Any],
