@@ -19,7 +19,9 @@ from psycopg import sql
 from psycopg.conninfo import make_conninfo
 
 from pyxp import errors, schema
-from test_partitions import migrating_role, this_month
+from test_migrations import schema_dump
+from conftest import STATE_QUERY
+from test_partitions import AWARD, migrating_role, this_month
 
 
 def _is_superuser(db: psycopg.Connection[Any], role: str) -> bool:
@@ -74,6 +76,23 @@ def test_a_superusers_upgrade_casts_nothing_of_the_owner(db: psycopg.Connection[
     with pytest.raises(CommandError, match="version_num of pyxp.alembic_version has type pyxp.version_text"):
         schema.upgrade(conninfo)
     assert not _is_superuser(db, member)
+
+
+def test_a_migration_refused_for_an_owners_object_changes_nothing(db: psycopg.Connection[Any], conninfo: str,
+                                                                   unchanged: Any) -> None:
+    """0016's downgrade reads pyxp.xp_requests as the migrating role: a view the owner put in its
+    place is named, and the downgrade refused before any step ran (schema, history and data as
+    they were)."""
+    db.execute("SET ROLE pyxp_owner")
+    db.execute("ALTER TABLE pyxp.xp_requests RENAME TO xp_requests_kept")
+    db.execute("CREATE VIEW pyxp.xp_requests AS SELECT * FROM pyxp.xp_requests_kept")
+    db.execute("RESET ROLE")
+    before = schema_dump(conninfo)
+    from alembic.util import CommandError
+    with unchanged(), pytest.raises(CommandError, match="pyxp.xp_requests is a view, not the table pyxp made"):
+        schema.downgrade(conninfo, "0015")
+    assert schema.current_revision(conninfo) == schema.head_revision()
+    assert schema_dump(conninfo) == before
 
 
 def test_a_readers_db_current_runs_no_policy_of_the_owner(db: psycopg.Connection[Any], conninfo: str,
@@ -154,6 +173,24 @@ def test_a_guard_from_before_0030_is_warned_of_then_replaced(login_role: Any, fr
         assert conn.execute(GUARD_STATE).fetchone() == (True, False, ["A", "A", "A"])
     schema.upgrade(target)
     with psycopg.connect(target, autocommit=True) as conn:
+        assert conn.execute(GUARD_STATE).fetchone() == (True, True, ["A", "A", "A"])
+
+
+def test_a_deployer_cannot_downgrade_0030_over_a_superusers_guard(login_role: Any, fresh_database: Any) -> None:
+    """0030's downgrade puts 0029's guard back in place of 0030's, which a superuser owns: a deployer
+    that is no superuser is refused ("needs a superuser"), and nothing is undone: the history, the
+    guard, the move's lock and its function stay 0030's."""
+    target = fresh_database()
+    schema.upgrade(target)
+    deployer = migrating_role(login_role, target)
+    with psycopg.connect(target, autocommit=True) as conn:
+        conn.execute(AWARD, ("0xkept", "kept-1"))
+        before = schema_dump(target), conn.execute(STATE_QUERY).fetchone()
+    with pytest.raises(psycopg.errors.RaiseException, match="downgrading 0030 where the partitions' guard is installed needs a superuser"):
+        schema.downgrade(deployer, "0029")
+    assert schema.current_revision(target) == schema.head_revision()
+    with psycopg.connect(target, autocommit=True) as conn:
+        assert (schema_dump(target), conn.execute(STATE_QUERY).fetchone()) == before
         assert conn.execute(GUARD_STATE).fetchone() == (True, True, ["A", "A", "A"])
 
 

@@ -464,6 +464,23 @@ def test_the_move_is_not_starved_by_overlapping_readers(conninfo: str, db: psyco
     assert moved == [(name, "1 rows moved from xp_transactions_default")]
 
 
+def test_a_move_whose_default_partition_stays_busy_gives_up_and_moves_nothing(
+        conninfo: str, db: psycopg.Connection[Any], unchanged: Any) -> None:
+    """A transaction left open on the default partition: the move lets go and retries for 5 seconds,
+    then refuses (55P03) with nothing created or moved; once that transaction ends, it goes through."""
+    name = f"xp_transactions_{this_month()}"
+    drop_empty_partition(db, name)
+    db.execute(AWARD, ("0xbusy", "b1"))
+    with psycopg.connect(conninfo) as holder:
+        holder.execute("SELECT count(*) FROM pyxp.xp_transactions_default")  # ACCESS SHARE, kept
+        with unchanged(), pytest.raises(psycopg.errors.LockNotAvailable, match="busy for 5 seconds"):
+            db.execute("SELECT * FROM pyxp.create_ledger_partitions(0)")
+        holder.rollback()
+    assert db.execute("SELECT count(*) FROM pyxp.xp_transactions_default").fetchone() == (1,)
+    assert db.execute("SELECT partition_name, note FROM pyxp.create_ledger_partitions(0)").fetchall() == \
+        [(name, "1 rows moved from xp_transactions_default")]
+
+
 def test_a_row_committed_in_the_default_partition_during_the_attach_is_moved(
         conninfo: str, db: psycopg.Connection[Any]) -> None:
     """This month's partition is missing and an award to it is not committed yet: the first look at
