@@ -397,10 +397,13 @@ CREATE INDEX xp_period_rank_counts_starts ON pyxp.xp_period_rank_counts (period,
 -- the old periods (or, for an action moved into its group, under another
 -- allowance): the activation counts them in as seeded_xp (part of used_xp),
 -- with the period it counted (seeded_per in seeded_zone, from period_start),
--- the ruleset whose allowance it counted (seeded_by: its actions) and when
--- (seeded_at: the gains written before then), so that the new period's
--- allowance starts from what it used (pyxp.seed_cap_usage; 0025, found by a
--- hostile test). A reversal frees its gain in both.
+-- the ruleset whose allowance it counted (seeded_by: its actions), when
+-- (seeded_at) and which gains: the wallet's rows up to position seeded_seq
+-- (wallet_seq), those that existed then, whatever their created_at says (a
+-- clock that stepped back dates rows after the switch that counted them:
+-- 0031, a hostile test), so that the new period's allowance starts from what
+-- it used (pyxp.seed_cap_usage; 0025, found by a hostile test). A reversal
+-- frees its gain in both.
 CREATE TABLE pyxp.xp_cap_usage (
     user_wallet   text NOT NULL,
     allowance     text NOT NULL,
@@ -411,11 +414,13 @@ CREATE TABLE pyxp.xp_cap_usage (
     seeded_zone   text,
     seeded_by     bigint,  -- a ruleset_id (no foreign key: its trigger would fire on every usage row the writer inserts)
     seeded_at     timestamptz,
+    seeded_seq    bigint,
     PRIMARY KEY (user_wallet, allowance, period_start),
     CONSTRAINT xp_cap_usage_seed_check CHECK (
         seeded_xp BETWEEN 0 AND used_xp
         AND (seeded_per IS NULL) = (seeded_at IS NULL) AND (seeded_zone IS NULL) = (seeded_at IS NULL)
-        AND (seeded_by IS NULL) = (seeded_at IS NULL) AND (seeded_at IS NOT NULL OR seeded_xp = 0))
+        AND (seeded_by IS NULL) = (seeded_at IS NULL) AND (seeded_seq IS NULL) = (seeded_at IS NULL)
+        AND (seeded_at IS NOT NULL OR seeded_xp = 0))
 );
 -- The seeded rows (few: those of the periods a switch crossed), for a
 -- reversal's freeing and the audit.

@@ -491,8 +491,9 @@ $$;
 -- What a reversal frees of capped allowances: what the capped gain it
 -- reverses applied, in that gain's period (its rule's, in the zone of its
 -- rule's ruleset), and in each period an activation seeded with it (a row of
--- xp_cap_usage whose seeded period holds the gain, seeded after the gain was
--- written: freed_seed, from its seed too). No row for a reversal of
+-- xp_cap_usage whose seeded period holds the gain, seeded when the gain
+-- existed: its position is at most seeded_seq; freed_seed, from its seed
+-- too). No row for a reversal of
 -- anything else. For the writer's step 4b, under the wallet's lock.
 CREATE FUNCTION pyxp.freed_allowances(p_reverses bigint)
 RETURNS TABLE (allowance text, period_start timestamptz, freed_xp bigint, freed_seed bigint)
@@ -508,7 +509,7 @@ AS $$
                          UNION ALL
                          SELECT u.allowance, u.period_start, o.xp_amount FROM pyxp.xp_cap_usage u
                            LEFT JOIN pyxp.capped_allowances() s ON s.ruleset_id = u.seeded_by AND s.allowance = u.allowance
-                          WHERE u.user_wallet = o.user_wallet AND u.seeded_at IS NOT NULL AND o.created_at < u.seeded_at
+                          WHERE u.user_wallet = o.user_wallet AND u.seeded_at IS NOT NULL AND o.wallet_seq <= u.seeded_seq
                             AND u.period_start = date_trunc(u.seeded_per, o.created_at, u.seeded_zone)
                             AND (u.allowance = a.allowance OR ru.action = ANY (s.actions))
                             AND NOT (u.allowance = a.allowance AND u.period_start = a.own_start)) f
@@ -520,7 +521,9 @@ $$;
 -- its ruleset, at: its created_at, its own period per and zone: its rule's,
 -- in its ruleset's zone, cap: its rule's, seq: its wallet_seq, xp_amount:
 -- what it applied), and each reversal of one (the gain's, but seq its own
--- and xp_amount negative), with is_gain. Only the
+-- and xp_amount negative), with is_gain and gain_seq (the gain's own
+-- position: a seed counts the gains that existed when it was made; 0 for an
+-- archived gain, older than any seed the audit checks). Only the
 -- rows of partitions p_partitions when it is not NULL; only the gains since
 -- p_since when it is not NULL (a reversal after it, of a gain before it, is
 -- left out too). Gains: a hash join of the ledger with the capped rules;
@@ -528,24 +531,25 @@ $$;
 -- a probe per row of the ledger cost 5 s of the audit at 1M rows).
 CREATE FUNCTION pyxp.capped_gains(p_partitions oid[], p_since timestamptz)
 RETURNS TABLE (user_wallet text, allowance text, action text, actions text[], at timestamptz, per text,
-               zone text, cap_max_xp bigint, seq bigint, xp_amount bigint, is_gain boolean)
+               zone text, cap_max_xp bigint, seq bigint, xp_amount bigint, is_gain boolean, gain_seq bigint)
 LANGUAGE sql STABLE PARALLEL SAFE
 AS $$
     SELECT g.user_wallet, a.allowance, ru.action, a.actions, g.at, ru.cap_per, rs.timezone,
-           ru.cap_max_xp, g.seq, g.xp_amount, g.is_gain
-      FROM (SELECT t.user_wallet, t.rule_id, t.created_at AS at, t.wallet_seq AS seq, t.xp_amount, true AS is_gain
+           ru.cap_max_xp, g.seq, g.xp_amount, g.is_gain, g.gain_seq
+      FROM (SELECT t.user_wallet, t.rule_id, t.created_at AS at, t.wallet_seq AS seq, t.xp_amount, true AS is_gain,
+                   t.wallet_seq AS gain_seq
               FROM pyxp.xp_transactions t
              WHERE t.reverses IS NULL AND t.xp_amount > 0
                AND t.rule_id IN (SELECT c.rule_id FROM pyxp.rules c WHERE c.cap_max_xp IS NOT NULL)
                AND (p_partitions IS NULL OR t.tableoid = ANY (p_partitions))
                AND (p_since IS NULL OR t.created_at >= p_since)
             UNION ALL
-            SELECT t.user_wallet, o.rule_id, o.created_at, t.wallet_seq, t.xp_amount, false
+            SELECT t.user_wallet, o.rule_id, o.created_at, t.wallet_seq, t.xp_amount, false, o.wallet_seq
               FROM pyxp.xp_transactions t
-             CROSS JOIN LATERAL (SELECT o.rule_id, o.created_at, o.xp_amount FROM pyxp.xp_transactions o
+             CROSS JOIN LATERAL (SELECT o.rule_id, o.created_at, o.xp_amount, o.wallet_seq FROM pyxp.xp_transactions o
                                   WHERE o.id = t.reverses
                                  UNION ALL
-                                 SELECT a.rule_id, a.created_at, a.xp_amount FROM pyxp.xp_archived_originals a
+                                 SELECT a.rule_id, a.created_at, a.xp_amount, 0 FROM pyxp.xp_archived_originals a
                                   WHERE a.transaction_id = t.reverses
                                  LIMIT 1) o
              WHERE t.reverses IS NOT NULL AND o.xp_amount > 0
@@ -583,11 +587,16 @@ $$;
 -- day would start from nothing hours after the old zone's day used it all
 -- (a hostile test, 2026-11-27). Written as xp_cap_usage.seeded_xp of the
 -- period's row (counted anew: a seed left by an earlier switch to that
--- period is replaced), with the period and the instant it counted: p_at,
--- the activation's instant (rulesets.activated_at, the clock after the
--- caller's lock: every gain committed before it is in), in the periods
--- containing it; no capped row is dated before it (pyxp.append_rows), so
--- no award counts in an earlier period of the new zone.
+-- period or a later one is replaced), with the period it counted, the
+-- activation's instant p_at (rulesets.activated_at, the clock after the
+-- caller's lock) and the gains it counted: every one in the ledger, as the
+-- lock holds every award out, so up to the wallet's last position
+-- (seeded_seq). The periods: the one containing p_at and every later one
+-- holding gains (0031: rows written while the server's clock ran ahead,
+-- then stepped back, are dated there; counting only the first, their day
+-- granted its allowance again when it came, a hostile test). No capped row
+-- is dated before p_at (pyxp.append_rows), so no award counts in an
+-- earlier period of the new zone.
 -- PX029 when that period began before the archive horizon and the
 -- allowance's archived gains may lie in it (they cannot be counted here).
 -- The caller holds SHARE ROW EXCLUSIVE on xp_balances (no award meanwhile).
@@ -620,34 +629,42 @@ BEGIN
             USING ERRCODE = 'PX029',
                   HINT = 'activate a ruleset that changes this allowance''s period once its current one begins after the archive horizon';
     END IF;
-    -- Seeds left by an earlier switch to these periods: counted anew below.
+    -- Seeds left by an earlier switch to these periods (from the switch's on,
+    -- of the same length and zone, or starting where one of them does: the
+    -- INSERT below would add to them): counted anew below. A seed of other
+    -- periods stays (its periods come back with a switch back to them).
     UPDATE pyxp.xp_cap_usage u
        SET used_xp = u.used_xp - u.seeded_xp, seeded_xp = 0, seeded_per = NULL, seeded_zone = NULL,
-           seeded_by = NULL, seeded_at = NULL
+           seeded_by = NULL, seeded_at = NULL, seeded_seq = NULL
       FROM pyxp.moved_allowances(p_ruleset, p_previous, p_at) k
-     WHERE u.seeded_at IS NOT NULL AND u.allowance = k.allowance AND u.period_start = k.start;
-    -- The gains in the period that count in it, the allowance's own rows
+     WHERE u.seeded_at IS NOT NULL AND u.allowance = k.allowance AND u.period_start >= k.start
+       AND ((u.seeded_per, u.seeded_zone) = (k.per, k.zone) OR date_trunc(k.per, u.period_start, k.zone) = u.period_start);
+    -- The gains in each period that count in it, the allowance's own rows
     -- (counted under its name there) aside.
     INSERT INTO pyxp.xp_cap_usage AS u (user_wallet, allowance, period_start, used_xp, seeded_xp, seeded_per,
-                                        seeded_zone, seeded_by, seeded_at)
-    SELECT g.user_wallet, k.allowance, k.start, sum(g.xp_amount), sum(g.xp_amount), k.per, k.zone, p_ruleset, p_at
+                                        seeded_zone, seeded_by, seeded_at, seeded_seq)
+    SELECT g.user_wallet, k.allowance, p.start, sum(g.xp_amount), sum(g.xp_amount), k.per, k.zone, p_ruleset, p_at,
+           min(b.last_wallet_seq)
       FROM pyxp.moved_allowances(p_ruleset, p_previous, p_at) k
       JOIN pyxp.capped_gains(NULL, (SELECT min(m.first) FROM pyxp.moved_allowances(p_ruleset, p_previous, p_at) m)) g
-        ON (g.allowance = k.allowance OR g.action = ANY (k.actions))
-       AND date_trunc(k.per, g.at, k.zone) = k.start
-       AND NOT (g.allowance = k.allowance AND date_trunc(g.per, g.at, g.zone) = k.start)
-     GROUP BY g.user_wallet, k.allowance, k.start, k.per, k.zone
+        ON g.allowance = k.allowance OR g.action = ANY (k.actions)
+     CROSS JOIN LATERAL (SELECT date_trunc(k.per, g.at, k.zone) AS start) p
+      JOIN pyxp.xp_balances b ON b.user_wallet = g.user_wallet
+     WHERE p.start >= k.start
+       AND NOT (g.allowance = k.allowance AND date_trunc(g.per, g.at, g.zone) = p.start)
+     GROUP BY g.user_wallet, k.allowance, p.start, k.per, k.zone
     HAVING sum(g.xp_amount) > 0
     ON CONFLICT (user_wallet, allowance, period_start) DO UPDATE
        SET used_xp = u.used_xp + excluded.seeded_xp, seeded_xp = excluded.seeded_xp,
            seeded_per = excluded.seeded_per, seeded_zone = excluded.seeded_zone, seeded_by = excluded.seeded_by,
-           seeded_at = excluded.seeded_at;
+           seeded_at = excluded.seeded_at, seeded_seq = excluded.seeded_seq;
 END
 $$;
 
 -- For each seeded row of xp_cap_usage, what its seed must be: the gains of
--- its allowance in its seeded period, counted in other periods, written
--- before seeded_at, less the reversals of them; NULL where that period
+-- its allowance in its seeded period, counted in other periods, that
+-- existed when it was seeded (positions up to seeded_seq, whatever their
+-- created_at: 0031), less the reversals of them; NULL where that period
 -- began before the archive horizon (its archived gains cannot be counted).
 -- For pyxp.audit.
 CREATE FUNCTION pyxp.ledger_cap_seeds()
@@ -657,7 +674,7 @@ AS $$
     SELECT u.user_wallet, u.allowance, u.period_start, u.seeded_xp,
            CASE WHEN pyxp.period_first_instant(u.seeded_per, u.period_start, u.seeded_zone)
                      >= coalesce(pyxp.archive_horizon(), '-infinity')
-                THEN coalesce(sum(g.xp_amount) FILTER (WHERE g.at < u.seeded_at
+                THEN coalesce(sum(g.xp_amount) FILTER (WHERE g.gain_seq <= u.seeded_seq
                                                       AND date_trunc(u.seeded_per, g.at, u.seeded_zone) = u.period_start
                                                       AND NOT (g.allowance = u.allowance
                                                                AND date_trunc(g.per, g.at, g.zone) = u.period_start)),
@@ -668,7 +685,7 @@ AS $$
       LEFT JOIN pyxp.capped_gains(NULL, NULL) g
         ON g.user_wallet = u.user_wallet AND (g.allowance = u.allowance OR g.action = ANY (a.actions))
      WHERE u.seeded_at IS NOT NULL
-     GROUP BY u.user_wallet, u.allowance, u.period_start, u.seeded_xp, u.seeded_per, u.seeded_zone, u.seeded_at
+     GROUP BY u.user_wallet, u.allowance, u.period_start, u.seeded_xp, u.seeded_per, u.seeded_zone, u.seeded_seq
 $$;
 
 -- Every capped gain that applied more than was left of its allowance in the

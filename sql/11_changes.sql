@@ -277,9 +277,13 @@ BEGIN
     END IF;
     -- A backend reads the sequence at most once per slot: the last slot it
     -- saw is kept in its session (pyxp.feed_slot_seen). A stale or forged
-    -- value only delays this session's own wake-ups, which are hints.
-    IF v_seen IS NULL OR v_seen !~ '^[0-9]{1,18}$' OR v_slot > v_seen::bigint THEN
-        IF v_slot > (SELECT s.last_value FROM pyxp.feed_wakeup_slot s) THEN
+    -- value only delays this session's own wake-ups, which are hints. A slot
+    -- more than a second (10 slots) behind the last one claimed or seen is a
+    -- clock that stepped back: it is claimed (0031, a hostile test: a slot
+    -- claimed while the server's clock ran an hour ahead silenced every
+    -- wake-up for that hour).
+    IF v_seen IS NULL OR v_seen !~ '^[0-9]{1,18}$' OR v_slot > v_seen::bigint OR v_slot < v_seen::bigint - 10 THEN
+        IF (SELECT v_slot > s.last_value OR v_slot < s.last_value - 10 FROM pyxp.feed_wakeup_slot s) THEN
             PERFORM setval('pyxp.feed_wakeup_slot', v_slot);
             PERFORM pg_notify('pyxp_changes', '');
         END IF;

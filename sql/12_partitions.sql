@@ -124,6 +124,7 @@ DECLARE
     v_months timestamptz[];
     v_moving boolean;
     v_locked boolean := false;
+    v_retried boolean := false;  -- an ATTACH without the locks failed: the next attempt takes them
     v_attached boolean;
     v_deadline timestamptz;
     v_start timestamptz;
@@ -154,15 +155,21 @@ BEGIN
     v_horizon := coalesce(pyxp.archive_horizon(), '-infinity');
     -- The months ahead, and those of the rows in the default partition: read
     -- again under the move's locks when it holds any (a row committed there
-    -- after a first look is then waited for, and seen).
+    -- after a first look is then waited for, and seen). None before the
+    -- archive's horizon (a month start): the clock that says which month
+    -- this is can step back into a month already archived (0031, a hostile
+    -- test: that month was made again inside the archived range, and every
+    -- later archive failed with 42P07; or, with a row dated there, its
+    -- ATTACH was retried until 53200).
     LOOP
         SELECT array_agg(m.month ORDER BY m.month), bool_or(m.moved) INTO v_months, v_moving
           FROM (SELECT (v_this_month AT TIME ZONE 'UTC' + make_interval(months => a.n)) AT TIME ZONE 'UTC', false
                   FROM generate_series(0, months_ahead) a(n)
+                 WHERE (v_this_month AT TIME ZONE 'UTC' + make_interval(months => a.n)) AT TIME ZONE 'UTC' >= v_horizon
                 UNION
                 SELECT DISTINCT date_trunc('month', d.created_at, 'UTC'), true
                   FROM pyxp.xp_transactions_default d WHERE d.created_at >= v_horizon) m(month, moved);
-        EXIT WHEN v_locked OR NOT v_moving;
+        EXIT WHEN v_locked OR NOT (v_moving OR v_retried);
         -- EXCLUSIVE on the ledger (awards wait for the move, reads go on),
         -- then ACCESS EXCLUSIVE on the default partition, waited for while
         -- the first is held for less than the deadlock check's delay only:
@@ -233,7 +240,8 @@ BEGIN
                 -- the look above found no row of this month in the default
                 -- partition. One may have committed there since (the ATTACH's
                 -- scan finds it: 23514, raw up to 0029): this month's partition
-                -- is undone, and the months read again under the locks.
+                -- is undone, and the months read again under the locks (once:
+                -- a second attempt holds them).
                 v_attached := true;
                 BEGIN
                     EXECUTE format('ALTER TABLE pyxp.xp_transactions ATTACH PARTITION pyxp.%I FOR VALUES FROM (%L) TO (%L)',
@@ -243,6 +251,7 @@ BEGIN
                 END;
                 IF NOT v_attached THEN
                     EXECUTE format('DROP TABLE pyxp.%I', v_name);
+                    v_retried := true;
                     CONTINUE attempt;
                 END IF;
             END IF;

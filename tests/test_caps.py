@@ -398,6 +398,71 @@ def test_a_capped_award_begun_before_a_switch_is_dated_at_the_switch(
     clean_audit(db)
 
 
+def redate(db: psycopg.Connection[Any], ids: list[int], to: str, usage: bool = True) -> None:
+    """Rows as a server clock that ran ahead dated them (an NTP step back followed): ``to`` is an
+    SQL expression of created_at; their claims, the balances' periods and (``usage``) the usage
+    follow."""
+    with db.transaction():
+        db.execute("ALTER TABLE pyxp.xp_transactions DISABLE TRIGGER xp_transactions_append_only")
+        db.execute(f"UPDATE pyxp.xp_transactions SET created_at = {to} WHERE id = ANY(%s)", (ids,))
+        db.execute("ALTER TABLE pyxp.xp_transactions ENABLE TRIGGER xp_transactions_append_only")
+        db.execute("UPDATE pyxp.xp_award_claims c SET created_at = t.created_at FROM pyxp.xp_transactions t "
+                   "WHERE t.id = c.transaction_id")
+        db.execute("SELECT pyxp.rebuild_period_columns(pyxp.active_timezone())")
+        if usage:
+            db.execute("DELETE FROM pyxp.xp_cap_usage")
+            db.execute("INSERT INTO pyxp.xp_cap_usage (user_wallet, allowance, period_start, used_xp) "
+                       "SELECT user_wallet, allowance, period_start, used_xp FROM pyxp.ledger_cap_usage()")
+
+
+def same_days(*instants: datetime) -> bool:
+    """Whether the instants share their UTC and New York days (a test a second from a midnight skips)."""
+    from zoneinfo import ZoneInfo
+    return all(len({i.astimezone(ZoneInfo(zone)).date() for i in instants}) == 1
+               for zone in ("UTC", "America/New_York"))
+
+
+def test_a_gain_dated_after_the_switch_that_counted_it_is_audited_and_freed(db: psycopg.Connection[Any]) -> None:
+    """A gain written while the clock ran ahead, then the clock stepped back and a switch to New
+    York's days counted it in its day (it existed): the seed, the audit and a reversal's freeing
+    agree that it counts. At 0030 the audit and the freeing took only gains dated before the
+    switch: a false cap_usage_mismatch, and after its reversal the day kept its 100 (the next
+    awards got 100 and 50, not 100 and 100; a hostile test)."""
+    install_variant(db, "daily-utc", timezone="UTC", caps=DAILY)
+    gain = award(db, "0xahead", "a0")[0]  # 100
+    install_variant(db, "daily-ny", timezone="America/New_York", caps=DAILY)
+    switched = db.execute("SELECT activated_at FROM pyxp.rulesets WHERE is_active").fetchone()[0]  # type: ignore[index]
+    if not same_days(switched, switched + timedelta(seconds=1)):
+        pytest.skip("a second from a midnight")
+    redate(db, [gain], "(SELECT activated_at + interval '1 second' FROM pyxp.rulesets WHERE is_active)",
+           usage=False)  # (the same periods: the switch's seed stays as it counted it)
+    clean_audit(db)
+    db.execute("SELECT * FROM pyxp.reverse_transaction(%s, 'mistake')", (gain,))
+    assert [award(db, "0xahead", f"a{i}")[1:3] for i in (1, 2, 3)] == [(100, None), (100, None), (50, 100)]
+    clean_audit(db)
+
+
+def test_a_switch_counts_the_gains_dated_in_its_later_periods(db: psycopg.Connection[Any]) -> None:
+    """Gains written while the clock ran a day ahead, then the clock stepped back and a switch to
+    New York's days: their New York day, after the switch's, holds them too (at 0030 only the
+    switch's own period was counted: once that day came, the wallet got its 250 again, 500 in one
+    day; a hostile test)."""
+    install_variant(db, "daily-utc", timezone="UTC", caps=DAILY)
+    gains = [award(db, "0xlater", f"l{i}")[0] for i in range(3)]  # 100, 100, 50
+    redate(db, gains, "created_at + interval '1 day'")
+    clean_audit(db)
+    install_variant(db, "daily-ny", timezone="America/New_York", caps=DAILY)
+    assert db.execute("SELECT u.used_xp, u.seeded_xp, u.period_start = date_trunc('day', t.created_at, "
+                      "'America/New_York') FROM pyxp.xp_cap_usage u, pyxp.xp_transactions t "
+                      "WHERE u.user_wallet = '0xlater' AND u.seeded_zone = 'America/New_York' AND t.id = %s",
+                      (gains[0],)).fetchall() == [(250, 250, True)]
+    clean_audit(db)
+    db.execute("SELECT * FROM pyxp.reverse_transaction(%s, 'mistake')", (gains[0],))
+    assert db.execute("SELECT used_xp, seeded_xp FROM pyxp.xp_cap_usage WHERE user_wallet = '0xlater' "
+                      "AND seeded_zone = 'America/New_York'").fetchall() == [(150, 150)]
+    clean_audit(db)
+
+
 @pytest.mark.parametrize(("before", "after"), [
     ({"MODERATION_VALIDATED_BY_MODERATOR": (4, "day", None)},                    # alone, then in a group
      {"MODERATION_VALIDATED_BY_MODERATOR": (4, "day", "moderation"),

@@ -529,6 +529,21 @@ def test_listeners_are_woken_by_committed_awards_only_after_commit(conninfo: str
         assert [n.channel for n in wake_ups(listener, 10)] == ["pyxp_changes"]
 
 
+def test_wake_ups_go_on_after_the_clock_stepped_back(conninfo: str, db: psycopg.Connection[Any]) -> None:
+    """A wake-up's slot claimed while the server's clock ran an hour ahead (then NTP stepped it
+    back): at 0030 no award woke listeners until the clock reached that slot again (a hostile
+    test). A slot more than a second behind the last one claimed is a clock that stepped back."""
+    db.execute("SELECT setval('pyxp.feed_wakeup_slot', (extract(epoch FROM clock_timestamp()) * 10)::bigint + 36000)")
+    with psycopg.connect(conninfo, autocommit=True) as listener:
+        listener.execute("LISTEN pyxp_changes")
+        with psycopg.connect(conninfo, autocommit=True) as writer_conn:  # a new session: no slot seen
+            award(writer_conn, "feed-after-step")
+        assert [n.channel for n in wake_ups(listener, 10)] == ["pyxp_changes"]
+        time.sleep(0.2)  # the next slot: the clock goes on from there
+        award(db, "feed-next-slot")
+        assert [n.channel for n in wake_ups(listener, 10)] == ["pyxp_changes"]
+
+
 @pytest.mark.parametrize("spelling", ["off", "OFF", "false", "0"])
 def test_a_transaction_may_send_no_wake_up(conninfo: str, db: psycopg.Connection[Any], spelling: str) -> None:
     """pyxp.feed_wakeups = off (in PostgreSQL's boolean spellings): a transaction to be prepared

@@ -825,6 +825,36 @@ def test_0025_counts_what_a_switch_made_before_it_left_uncounted(fresh_database:
         assert conn.execute("SELECT * FROM pyxp.audit()").fetchall() == []
 
 
+def test_0031_numbers_the_gains_a_seed_made_before_it_counted(fresh_database: Callable[[], str]) -> None:
+    """A seed made at 0030 counted the gains dated before its switch; 0031 counts gains by position
+    (seeded_seq): the upgrade gives each seed the positions before the wallet's first row dated at
+    or after its switch. The audit stays clean, a reversal frees the seed, and the downgrade drops
+    the column."""
+    target = fresh_database()
+    schema.upgrade(target, "0030")
+    with psycopg.connect(target, autocommit=True) as conn:
+        install_variant(conn, "daily-utc", timezone="UTC", caps={"CAMPAIGN_APPROVED": (250, "day", None)})
+        gains = [conn.execute("SELECT transaction_id FROM pyxp.award('0xm31', 'CAMPAIGN_APPROVED', %s)",
+                              (f"m31:{i}",)).fetchone()[0] for i in range(2)]  # type: ignore[index]
+        install_variant(conn, "daily-ny", timezone="America/New_York",
+                        caps={"CAMPAIGN_APPROVED": (250, "day", None)})
+        conn.execute("SELECT * FROM pyxp.award('0xm31', 'CAMPAIGN_APPROVED', 'm31:2')")  # 50, after the switch
+    schema.upgrade(target)
+    with psycopg.connect(target, autocommit=True) as conn:
+        assert conn.execute("SELECT used_xp, seeded_xp, seeded_seq FROM pyxp.xp_cap_usage "
+                            "WHERE seeded_at IS NOT NULL").fetchall() == [(250, 200, 2)]
+        assert conn.execute("SELECT * FROM pyxp.audit()").fetchall() == []
+        conn.execute("SELECT * FROM pyxp.reverse_transaction(%s, 'mistake')", (gains[0],))
+        assert conn.execute("SELECT used_xp, seeded_xp FROM pyxp.xp_cap_usage "
+                            "WHERE seeded_at IS NOT NULL").fetchall() == [(150, 100)]
+        assert conn.execute("SELECT * FROM pyxp.audit()").fetchall() == []
+    schema.downgrade(target, "0030")
+    with psycopg.connect(target, autocommit=True) as conn:
+        assert conn.execute("SELECT count(*) FROM pg_attribute WHERE attrelid = 'pyxp.xp_cap_usage'::regclass "
+                            "AND attname = 'seeded_seq'").fetchone() == (0,)
+        assert conn.execute("SELECT * FROM pyxp.audit()").fetchall() == []
+
+
 def test_0028_finds_emails_a_c_locale_database_stored_before_it(fresh_database: Callable[..., str]) -> None:
     """In a database created with LOCALE 'C', lower() left ÉLODIE@… as Élodie@…; 0028 reads it
     élodie@…. A hostile test upgraded such a ledger: the registered client's sign-in found nothing,

@@ -481,6 +481,28 @@ def test_a_move_whose_default_partition_stays_busy_gives_up_and_moves_nothing(
         [(name, "1 rows moved from xp_transactions_default")]
 
 
+def test_no_partition_is_made_for_a_month_an_archive_took(db: psycopg.Connection[Any], unchanged: Any) -> None:
+    """A month archived just after it ended, then the clock stepped back into it (NTP): at 0030 the
+    months ahead started at the clock's month, so the move made that month again inside the
+    archived range (and every later archive failed with a raw 42P07), or, with a row dated there
+    in the default partition, retried its ATTACH until 53200 "out of shared memory" (a hostile
+    test). Months before the archive's horizon are left alone, and such a row stays in the
+    default partition. (An archive of the month the test runs in stands for it: the clock of the
+    test server cannot step back.)"""
+    name = f"xp_transactions_{this_month()}"
+    drop_empty_partition(db, name)
+    (checkpoint,) = db.execute("SELECT checkpoint_id FROM pyxp.record_audit_checkpoint()").fetchone()  # type: ignore[misc]
+    db.execute("INSERT INTO pyxp.xp_ledger_archives (archived_before, partitions, partition_oids, rows_archived, "
+               "wallets_opened, timezone, checkpoint_id) VALUES (date_trunc('month', now(), 'UTC') + interval "
+               "'1 month', ARRAY[%s], '{}', 1, 0, 'UTC', %s)", (name, checkpoint))
+    with unchanged():
+        assert db.execute("SELECT * FROM pyxp.create_ledger_partitions(2)").fetchall() == []
+    db.execute(AWARD, ("0xback", "back-1"))  # dated in the archived month: the default partition
+    with unchanged():
+        assert db.execute("SELECT * FROM pyxp.create_ledger_partitions(2)").fetchall() == []
+    assert db.execute("SELECT count(*) FROM pyxp.xp_transactions_default").fetchone() == (1,)
+
+
 def test_a_row_committed_in_the_default_partition_during_the_attach_is_moved(
         conninfo: str, db: psycopg.Connection[Any]) -> None:
     """This month's partition is missing and an award to it is not committed yet: the first look at
