@@ -263,6 +263,29 @@ def _install_partitions_guard(connection: Connection) -> None:
         connection.connection.driver_connection.execute(sql)
 
 
+# The revision from which the ledger knows its cluster (pyxp.adopt_cluster): at the end of every
+# migration run that leaves the database there or later, a ledger copied from another cluster (pg_dump
+# and restore, logical replication, pg_upgrade) is made this cluster's, and the run says so on stderr;
+# until then its writers, its feed and its checkpoints refuse (PX032). Nothing when it is this one's.
+ADOPTION_REVISION = "0032"
+
+
+def _adopt_cluster(connection: Connection) -> None:
+    if connection.in_transaction():
+        connection.commit()
+    with connection.begin():
+        reached = _scalar(connection, "SELECT max(version_num) FROM pg_temp.alembic_version")
+        if reached is None or reached < ADOPTION_REVISION:
+            return
+        adopted = connection.connection.driver_connection.execute(
+            "SELECT previous_cluster, this_cluster, xid_offset, sequences_advanced FROM pyxp.adopt_cluster()").fetchone()
+    if adopted is not None:
+        previous, this, offset, sequences = adopted
+        sys.stderr.write(f"pyxp: this database was copied from another PostgreSQL cluster (system identifier "
+                         f"{previous}); its ledger now continues on this one ({this}): transaction ids counted "
+                         f"+{offset}, sequences advanced: {', '.join(sequences) or 'none'}\n")
+
+
 engine = create_engine("postgresql+psycopg://", creator=_connect, poolclass=NullPool)
 with engine.connect() as connection:
     _refuse_owner_objects(connection)
@@ -277,3 +300,4 @@ with engine.connect() as connection:
     with context.begin_transaction():
         context.run_migrations()
     _install_partitions_guard(connection)
+    _adopt_cluster(connection)

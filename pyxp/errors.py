@@ -190,6 +190,15 @@ class FeedGroupOverflow(XPError):
     code = "PX031"
 
 
+class LedgerCopied(XPError):
+    """The database's ledger counts the transaction ids of another PostgreSQL cluster: it was copied
+    here (pg_dump and restore, logical replication, pg_upgrade) and not adopted yet. Writes, the
+    change feed, audit checkpoints and archives refuse until ``pyxp db upgrade`` runs once (README
+    "Copies of the database"). Nothing was written."""
+
+    code = "PX032"
+
+
 class DatabaseUnavailable(XPError):
     """No PostgreSQL server could be reached or started, or none answered within the connect timeout.
 
@@ -206,7 +215,7 @@ __all__ = [
     "UnknownTransaction", "InvalidIdentifier", "InvalidParams", "MissingInput", "BalanceOutOfRange",
     "NoActiveRuleset", "ClientIsAgency", "RegistrationRefused", "InvalidArgument", "InvalidRuleset",
     "IsolationRefused", "InvalidPeriod", "UnknownRuleset", "LedgerInconsistent", "ArchivedRows",
-    "ArchiveRefused", "FeedGroupOverflow",
+    "ArchiveRefused", "FeedGroupOverflow", "LedgerCopied",
 ]
 
 ERRORS_BY_CODE: dict[str, type[XPError]] = {

@@ -316,6 +316,7 @@ BEGIN
             USING ERRCODE = 'PX024', HINT = 'pass the TOML text the definition was compiled from';
     END IF;
     PERFORM pyxp.require_read_committed();
+    PERFORM pyxp.require_ledger_cluster();  -- (PX032: ids of the rulesets' sequence may be taken, 0032)
     -- Installers queue on the rulesets table (version numbers); awards only
     -- read it, so an install that does not activate holds no award. The
     -- awards' lock is taken only to activate (pyxp.activate_ruleset).

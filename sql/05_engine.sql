@@ -244,6 +244,62 @@ AS $$
     END
 $$;
 
+-- The cluster whose transaction ids the ledger counts in (0032, a hostile
+-- test of copies): the change feed's groups (xp_transactions.feed_xid,
+-- xp_balances.last_feed_xid, sql/11_changes.sql), the audit checkpoints'
+-- snapshot xmins, the archives' feed floors and the openings' cursors are
+-- transaction ids of the cluster that wrote them, plus pyxp.xid_offset().
+-- A logical copy (pg_dump and restore, logical replication, pg_upgrade)
+-- carries them to a cluster whose ids run elsewhere: lower, and new rows
+-- land in groups below what consumers already read, or the feed stalls for
+-- billions of transactions, and the incremental audit skips new rows; and
+-- logical replication does not carry sequences (ids used again). So the
+-- writer, the feed, the checkpoints and the archive refuse (PX032) on a
+-- cluster that is not this one (PostgreSQL's system identifier, which a
+-- physical copy keeps) until pyxp.adopt_cluster() (pyxp db upgrade runs
+-- it) makes the ledger this cluster's. Both are rewritten by
+-- pyxp.adopt_cluster (constants: inlined, and folded by the planner).
+-- NULL: pg_control_system() cannot be read here (nothing is refused).
+CREATE FUNCTION pyxp.ledger_cluster()
+RETURNS bigint
+LANGUAGE sql IMMUTABLE PARALLEL SAFE
+AS $$ SELECT NULL::bigint $$;
+
+-- Added to this cluster's transaction ids wherever the ledger stores or
+-- compares one (pyxp.ledger_xid): 0 unless the ledger came from a cluster
+-- whose ids ran higher (pyxp.adopt_cluster).
+CREATE FUNCTION pyxp.xid_offset()
+RETURNS bigint
+LANGUAGE sql IMMUTABLE PARALLEL SAFE
+AS $$ SELECT 0::bigint $$;
+
+-- A transaction id of this cluster as the ledger counts it (every such id
+-- moves by the same offset: the feed's and the checkpoints' proofs, which
+-- compare ids of this cluster only with each other and with the stored
+-- ones, hold as they do without it). Inlined: with offset 0 it is its
+-- argument.
+CREATE FUNCTION pyxp.ledger_xid(p_xid xid8)
+RETURNS xid8
+LANGUAGE sql IMMUTABLE PARALLEL SAFE
+AS $$ SELECT CASE WHEN pyxp.xid_offset() = 0 THEN p_xid ELSE (p_xid::text::numeric + pyxp.xid_offset())::text::xid8 END $$;
+
+-- PX032 unless the ledger is this cluster's (pyxp.ledger_cluster). The
+-- writer makes the same test inline (a simple expression: no statement).
+CREATE FUNCTION pyxp.require_ledger_cluster()
+RETURNS void
+LANGUAGE plpgsql STABLE
+AS $$
+BEGIN
+    IF pyxp.ledger_cluster() <> (pg_control_system()).system_identifier THEN
+        RAISE EXCEPTION 'this ledger counts the transaction ids of another PostgreSQL cluster (system identifier %, this one %): it was copied here',
+                        pyxp.ledger_cluster(), (pg_control_system()).system_identifier
+            USING ERRCODE = 'PX032',
+                  DETAIL = 'by pg_dump and restore, logical replication or pg_upgrade: its change feed, audit checkpoints and sequences need this cluster''s',
+                  HINT = 'run pyxp db upgrade (or SELECT * FROM pyxp.adopt_cluster() as its owner) once, before writing or following the feed';
+    END IF;
+END
+$$;
+
 -- The end of the ledger's archived range (sql/13_retention.sql): every row
 -- written before it was in an archived partition, or is in the default
 -- partition. NULL: no row archived (an archive of empty partitions takes
@@ -549,6 +605,9 @@ BEGIN
     IF coalesce(cardinality(v_rows), 0) = 0 THEN
         RETURN;
     END IF;
+    IF pyxp.ledger_cluster() <> (pg_control_system()).system_identifier THEN
+        PERFORM pyxp.require_ledger_cluster();  -- PX032: a ledger copied from another cluster (0032)
+    END IF;
     -- Under caps, a row is dated no earlier than the activation of the
     -- ruleset it is written under: a transaction that began before the
     -- switch (an application's, or an award queued behind the switch's lock)
@@ -622,7 +681,7 @@ BEGIN
                                         OVER (PARTITION BY r.user_wallet ORDER BY r.ord) AS after,
                        b.last_wallet_seq + count(*) FILTER (WHERE k.id IS NULL AND r.transaction_type IS NOT NULL)
                                                OVER (PARTITION BY r.user_wallet ORDER BY r.ord) AS seq,
-                       greatest(pg_current_xact_id(), b.last_feed_xid) AS feed
+                       greatest(pyxp.ledger_xid(pg_current_xact_id()), b.last_feed_xid) AS feed
                   FROM unnest(v_rows) WITH ORDINALITY r(call_index, user_wallet, idempotency_key, inputs,
                                                         transaction_type, xp_amount, xp_requested, apply_floor,
                                                         rule_id, campaign_id, subject, metadata, reverses,
@@ -655,7 +714,7 @@ BEGIN
                                        k.id IS NOT NULL AND (k.request_digest <> pyxp.inputs_digest(r.inputs)
                                                              OR k.idempotency_key <> r.idempotency_key) AS conflict,
                                        b.total_xp, b.last_wallet_seq,
-                                       greatest(pg_current_xact_id(), b.last_feed_xid) AS feed,
+                                       greatest(pyxp.ledger_xid(pg_current_xact_id()), b.last_feed_xid) AS feed,
                                        -- the version locked is not the snapshot's (evaluated above the lock)
                                        NOT p_batch AND b.ctid IS DISTINCT FROM
                                            (SELECT s.ctid FROM pyxp.xp_balances s

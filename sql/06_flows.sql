@@ -502,6 +502,7 @@ BEGIN
         END IF;
     END IF;
     PERFORM pyxp.require_read_committed();
+    PERFORM pyxp.require_ledger_cluster();  -- (PX032: ids of the registrations' sequence may be taken, 0032)
     -- The same registration again: its row, nothing changed (SPEC 5),
     -- whatever the registry says since.
     RETURN QUERY

@@ -399,7 +399,7 @@ BEGIN
                                                 'reason', 'retroactive application of the rules'),
                              NULL, 0)::pyxp.pending_row ORDER BY d.user_wallet)
           FROM (SELECT s.user_wallet, s.total_xp_then - s.total_xp_now AS delta, s.total_xp_now AS now_xp,
-                       format('rules.adjustment:%s:%s.%s:%s', v_ruleset.ruleset_id, pg_current_xact_id(),
+                       format('rules.adjustment:%s:%s.%s:%s', v_ruleset.ruleset_id, pyxp.ledger_xid(pg_current_xact_id()),
                               v_call, s.user_wallet) AS key,
                        (row_number() OVER (ORDER BY s.user_wallet) - 1) / 10000 AS chunk
                   FROM pyxp.simulated_totals(v_ruleset.ruleset_id) s

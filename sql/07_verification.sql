@@ -956,6 +956,7 @@ DECLARE
     v_first text;  -- the first finding, for the error's detail
     v_since boolean;
 BEGIN
+    PERFORM pyxp.require_ledger_cluster();  -- (PX032: its snapshot's xmin would be another cluster's, 0032)
     LOCK TABLE pyxp.xp_audit_checkpoints IN EXCLUSIVE MODE;
     v_since := pyxp.last_checkpoint_xmin() IS NOT NULL;
     WITH problems AS MATERIALIZED (
@@ -968,7 +969,8 @@ BEGIN
          WHERE w.last_wallet_seq > 0 AND w.last_wallet_seq > w.from_seq
     ), header AS (
         INSERT INTO pyxp.xp_audit_checkpoints AS k (snapshot_xmin, wallets_verified, rows_verified)
-        SELECT pg_snapshot_xmin(pg_current_snapshot()), count(*), coalesce(sum(v.last_wallet_seq - v.from_seq), 0)
+        SELECT pyxp.ledger_xid(pg_snapshot_xmin(pg_current_snapshot())), count(*),
+               coalesce(sum(v.last_wallet_seq - v.from_seq), 0)
           FROM verified v
         HAVING NOT EXISTS (SELECT FROM problems)
         RETURNING k.checkpoint_id, k.wallets_verified, k.rows_verified, k.created_at

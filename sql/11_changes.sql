@@ -168,16 +168,18 @@ DECLARE
     -- snapshot's list of running ones, and it may still roll back). On a hot
     -- standby the list of running transactions is not exposed (it is kept in
     -- the snapshot's overflow): there, the snapshot's xmin, cluster-wide.
-    v_horizon xid8 := CASE WHEN pg_is_in_recovery() THEN pg_snapshot_xmin(v_snapshot) ELSE least(
-        pyxp.oldest_running_here(v_snapshot), pg_current_xact_id_if_assigned(), pg_snapshot_xmax(v_snapshot)) END;
+    -- (As the ledger counts transaction ids: pyxp.ledger_xid.)
+    v_horizon xid8 := pyxp.ledger_xid(CASE WHEN pg_is_in_recovery() THEN pg_snapshot_xmin(v_snapshot) ELSE least(
+        pyxp.oldest_running_here(v_snapshot), pg_current_xact_id_if_assigned(), pg_snapshot_xmax(v_snapshot)) END);
     v_group xid8;
     v_rank bigint;
     v_floor bigint := (SELECT max(a.feed_floor) FROM pyxp.xp_ledger_archives a);
 BEGIN
+    PERFORM pyxp.require_ledger_cluster();  -- (PX032: the groups of another cluster, 0032)
     IF v_after IS NULL OR v_after < 0 THEN
         RAISE EXCEPTION 'invalid after_cursor: %', coalesce(v_after::text, 'NULL')
             USING ERRCODE = 'PX023', HINT = 'after_cursor is 0 (from the start) or a cursor the feed returned';
-    ELSIF (v_after >> 24)::text::xid8 >= pg_snapshot_xmax(v_snapshot) AND NOT pg_is_in_recovery() THEN
+    ELSIF (v_after >> 24)::text::xid8 >= pyxp.ledger_xid(pg_snapshot_xmax(v_snapshot)) AND NOT pg_is_in_recovery() THEN
         -- A group no transaction has reached: no cursor the feed returned
         -- (0028: one was accepted, and the rows below it skipped for good, a
         -- hostile test); or one from a cluster whose transaction ids ran

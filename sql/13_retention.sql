@@ -131,6 +131,7 @@ DECLARE
     v_open record;
 BEGIN
     PERFORM pyxp.require_read_committed();
+    PERFORM pyxp.require_ledger_cluster();  -- (PX032: its feed floor counts this cluster's ids, 0032)
     IF archive_ledger_partitions.archived_before IS NULL OR NOT isfinite(archive_ledger_partitions.archived_before)
        OR archive_ledger_partitions.archived_before > date_trunc('month', now(), 'UTC') THEN
         RAISE EXCEPTION 'archived_before must be a time at or before the start of this month (UTC), got %',
@@ -204,7 +205,7 @@ BEGIN
     -- a hostile test: a row delivered to nobody).
     -- (The transactions of this database only, as the feed counts them.)
     SELECT t.feed_xid AS feed_group, o.oldest INTO v_open
-      FROM (SELECT pyxp.oldest_running_here(pg_current_snapshot()) AS oldest) o
+      FROM (SELECT pyxp.ledger_xid(pyxp.oldest_running_here(pg_current_snapshot())) AS oldest) o
       JOIN pyxp.xp_transactions t
         ON t.tableoid = ANY (v_oids) AND t.created_at < v_ends[cardinality(v_ends)] AND t.feed_xid >= o.oldest
      LIMIT 1;

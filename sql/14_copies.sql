@@ -1,0 +1,128 @@
+-- A ledger copied to another PostgreSQL cluster (0032, a hostile test,
+-- 2026-11-27). The change feed's groups, the audit checkpoints' snapshot
+-- xmins, the archives' feed floors and the openings' cursors are
+-- transaction ids of the cluster that wrote them (pyxp.ledger_cluster,
+-- sql/05_engine.sql). A physical copy (a streaming standby, pg_basebackup,
+-- point-in-time recovery) keeps the cluster, and its ids. A logical one
+-- (pg_dump and restore, logical replication and a switchover) and
+-- pg_upgrade make a new cluster, whose ids run elsewhere; and logical
+-- replication does not carry sequences. What a test found on such copies:
+--   * new rows were written in groups below what consumers had read (their
+--     cursors then skipped them for good), or, to wallets with rows, in
+--     their old groups, which the feed held back for billions of
+--     transactions; an old cursor was refused, then accepted once the new
+--     ids reached it, and skipped every row written since;
+--   * audit_since_checkpoint() and record_audit_checkpoint() left out rows
+--     written since the copy (their groups were below the last
+--     checkpoint's xmin);
+--   * after a switchover the first award got id 1, another wallet's row's:
+--     reversing it reversed that row.
+-- So the writer, the feed, the checkpoints, the archive, ruleset installs
+-- and registrations refuse (PX032, pyxp.require_ledger_cluster) on a
+-- cluster that is not the ledger's, until pyxp.adopt_cluster() makes it the
+-- ledger's: pyxp db upgrade calls it at the end of every run, and migration
+-- 0032 did at install.
+
+SET LOCAL ROLE pyxp_owner;
+
+-- Makes the ledger this cluster's, if it is not (one row; none when it is).
+-- Owner only. Holds every award (SHARE ROW EXCLUSIVE on xp_balances, the
+-- lock protocol of sql/04_rulesets.sql) and every move or archive
+-- (pyxp.lock_ledger_partitions) meanwhile. Then:
+--   * xid_offset: the highest transaction id the ledger holds (feed groups,
+--     the balances' last groups, checkpoints' xmins, archives' floors and
+--     openings' cursors), less the oldest of this cluster that may still
+--     write it (this transaction's, or an older one running here), plus 1;
+--     0 when this cluster's ids already run higher. From then on the
+--     ledger counts this cluster's ids plus it (pyxp.ledger_xid): every new
+--     group is above every old one, as on the cluster that wrote them, so a
+--     consumer's cursor goes on, exactly once, and the incremental audit
+--     covers the new rows. The order of the ids of this cluster is kept:
+--     the feed's and the checkpoints' proofs hold as they are.
+--   * every sequence of a pyxp table's identity column is advanced past
+--     the highest id the table holds (the ledger's: archived ones too);
+--   * pyxp.ledger_cluster() and pyxp.xid_offset() are written anew (their
+--     callers' cached plans are invalidated with them).
+CREATE FUNCTION pyxp.adopt_cluster()
+RETURNS TABLE (previous_cluster bigint, this_cluster bigint, xid_offset bigint, sequences_advanced text[])
+LANGUAGE plpgsql SECURITY DEFINER
+SET search_path = pyxp, pg_temp
+SET lock_timeout = '10s'  -- (recalculate_levels': never queue every award behind an open transaction)
+AS $$
+DECLARE
+    v_this bigint;
+    v_highest numeric;
+    v_oldest numeric;
+    v_sequence record;
+    v_max bigint;
+    v_current record;
+BEGIN
+    BEGIN
+        v_this := (pg_control_system()).system_identifier;
+    EXCEPTION WHEN insufficient_privilege THEN
+        v_this := NULL;  -- (a service that hides it: nothing is refused)
+    END;
+    IF pyxp.ledger_cluster() IS NOT DISTINCT FROM v_this THEN
+        RETURN;
+    END IF;
+    PERFORM pyxp.require_read_committed();
+    LOCK TABLE pyxp.xp_balances IN SHARE ROW EXCLUSIVE MODE;
+    PERFORM pyxp.lock_ledger_partitions();
+    v_highest := greatest(
+        (SELECT t.feed_xid::text::numeric FROM pyxp.xp_transactions t
+          WHERE t.feed_xid IS NOT NULL ORDER BY t.feed_xid DESC LIMIT 1),  -- (index xp_transactions_feed)
+        (SELECT max(b.last_feed_xid::text::numeric) FROM pyxp.xp_balances b),
+        (SELECT max(k.snapshot_xmin::text::numeric) FROM pyxp.xp_audit_checkpoints k),
+        (SELECT max(a.feed_floor >> 24) FROM pyxp.xp_ledger_archives a),
+        (SELECT max(o.last_cursor >> 24) FROM pyxp.xp_wallet_openings o));
+    v_oldest := least(pg_current_xact_id()::text::numeric,
+                      pyxp.oldest_running_here(pg_current_snapshot())::text::numeric);
+    previous_cluster := pyxp.ledger_cluster();
+    this_cluster := v_this;
+    adopt_cluster.xid_offset := greatest(coalesce(v_highest, 0) + 1 - v_oldest, 0);
+    sequences_advanced := '{}';
+    FOR v_sequence IN
+        SELECT s.oid::regclass AS sequence, c.oid::regclass AS owner, a.attname AS col
+          FROM pg_catalog.pg_depend d
+          JOIN pg_catalog.pg_class s ON s.oid = d.objid AND s.relkind = 'S'
+          JOIN pg_catalog.pg_class c ON c.oid = d.refobjid
+          JOIN pg_catalog.pg_attribute a ON a.attrelid = c.oid AND a.attnum = d.refobjsubid
+         WHERE d.classid = 'pg_catalog.pg_class'::regclass AND d.refclassid = 'pg_catalog.pg_class'::regclass
+           AND d.deptype = 'i' AND s.relnamespace = 'pyxp'::regnamespace
+         ORDER BY s.relname
+    LOOP
+        EXECUTE format('SELECT max(%I) FROM %s', v_sequence.col, v_sequence.owner) INTO v_max;
+        IF v_sequence.owner = 'pyxp.xp_transactions'::regclass THEN
+            v_max := greatest(v_max, (SELECT max(a.last_transaction_id) FROM pyxp.xp_ledger_archives a));
+        END IF;
+        EXECUTE format('SELECT last_value, is_called FROM %s', v_sequence.sequence) INTO v_current;
+        IF v_max > v_current.last_value OR (v_max = v_current.last_value AND NOT v_current.is_called) THEN
+            PERFORM setval(v_sequence.sequence, v_max);
+            sequences_advanced := sequences_advanced || v_sequence.sequence::text;
+        END IF;
+    END LOOP;
+    EXECUTE format('CREATE OR REPLACE FUNCTION pyxp.ledger_cluster() RETURNS bigint LANGUAGE sql IMMUTABLE PARALLEL SAFE '
+                   'AS %L', format('SELECT %s::bigint', coalesce(v_this::text, 'NULL')));
+    EXECUTE format('CREATE OR REPLACE FUNCTION pyxp.xid_offset() RETURNS bigint LANGUAGE sql IMMUTABLE PARALLEL SAFE '
+                   'AS %L', format('SELECT %s::bigint', adopt_cluster.xid_offset));
+    RETURN NEXT;
+END
+$$;
+
+COMMENT ON FUNCTION pyxp.ledger_cluster() IS
+    'internal: the system identifier of the cluster whose transaction ids the ledger counts (NULL: unknown here).';
+COMMENT ON FUNCTION pyxp.xid_offset() IS
+    'internal: what the ledger adds to this cluster''s transaction ids (0 unless adopted from a cluster whose ids ran higher).';
+COMMENT ON FUNCTION pyxp.ledger_xid(xid8) IS 'internal: a transaction id of this cluster as the ledger counts it.';
+COMMENT ON FUNCTION pyxp.require_ledger_cluster() IS
+    'internal: PX032 when the ledger was copied from another cluster and not adopted (pyxp.adopt_cluster).';
+COMMENT ON FUNCTION pyxp.adopt_cluster() IS
+    'internal: makes a ledger copied from another cluster this cluster''s: its transaction ids'' offset, its sequences. Owner only; pyxp db upgrade runs it.';
+
+REVOKE ALL ON FUNCTION pyxp.ledger_cluster(), pyxp.xid_offset(), pyxp.ledger_xid(xid8), pyxp.require_ledger_cluster(),
+    pyxp.adopt_cluster() FROM PUBLIC;
+
+-- This database's ledger is this cluster's from the start.
+SELECT * FROM pyxp.adopt_cluster();
+
+RESET ROLE;

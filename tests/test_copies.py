@@ -1,0 +1,146 @@
+"""A ledger copied to another PostgreSQL cluster (0032): a hostile test's reproductions.
+
+The change feed's groups, the audit checkpoints' xmins and the archives' floors are transaction
+ids of the cluster that wrote them. A logical copy (pg_dump and restore here; logical replication
+and pg_upgrade alike) carries them to a cluster whose ids run elsewhere, and logical replication
+carries no sequence. Until ``pyxp db upgrade`` adopts the copy (pyxp.adopt_cluster), what would
+write or read by those ids refuses (PX032); after it, the copy goes on as its source would have.
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+from psycopg import sql
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
+
+from pyxp import errors, schema
+from pyxp.database import EmbeddedCluster, _postgres_bindir
+
+AWARD = "SELECT transaction_id FROM pyxp.award(%s, 'CAMPAIGN_APPROVED', %s)"
+CHANGES = "SELECT cursor, transaction_id FROM pyxp.changes(%s, 1000)"
+
+
+def award(conn: psycopg.Connection[Any], wallet: str, key: str) -> int:
+    row = conn.execute(AWARD, (wallet, key)).fetchone()
+    assert row is not None
+    return int(row[0])
+
+
+@pytest.fixture(scope="module")
+def other_cluster() -> Iterator[EmbeddedCluster]:
+    """A new cluster (its transaction ids start where initdb left them, far below the test
+    server's), with pyxp's roles (an install in its database postgres makes them)."""
+    bindir = _postgres_bindir()
+    if bindir is None or shutil.which("pg_dump") is None or shutil.which("pg_restore") is None:
+        pytest.skip("no PostgreSQL server binaries or pg_dump on this machine")
+    cluster = EmbeddedCluster(bindir).start()
+    try:
+        schema.upgrade(cluster.conninfo)
+        yield cluster
+    finally:
+        cluster.stop()
+
+
+def copied(db: psycopg.Connection[Any], conninfo: str, cluster: EmbeddedCluster, name: str, tmp_path: Path) -> str:
+    """pg_dump of the test database, restored as database ``name`` of the other cluster."""
+    source = conninfo_to_dict(conninfo)
+    dump = tmp_path / f"{name}.dump"
+    command = ["pg_dump", "-Fc", "-f", str(dump), "--dbname", str(source["dbname"])]
+    for option, key in (("--host", "host"), ("--port", "port"), ("--username", "user")):
+        if source.get(key):
+            command += [option, str(source[key])]
+    subprocess.run(command, check=True, capture_output=True)
+    with psycopg.connect(cluster.conninfo, autocommit=True) as admin:
+        user = db.info.user
+        if admin.execute("SELECT NOT EXISTS (SELECT FROM pg_roles WHERE rolname = %s)", (user,)).fetchone()[0]:  # type: ignore[index]
+            admin.execute(sql.SQL("CREATE ROLE {} SUPERUSER").format(sql.Identifier(user)))
+        admin.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+    target = make_conninfo(cluster.conninfo, dbname=name)
+    subprocess.run(["pg_restore", "--exit-on-error", "--dbname", target, str(dump)],
+                   check=True, capture_output=True)
+    return target
+
+
+def test_a_copy_refuses_until_adopted_then_goes_on_as_its_source(
+        db: psycopg.Connection[Any], conninfo: str, other_cluster: EmbeddedCluster,
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """At 0031 an award on the copy went into a feed group below the cursors consumers held (they
+    skipped it for good), or into its wallet's old group, which the feed held back; the
+    incremental audit left it out; and a copy by logical replication, whose sequences stay at 1,
+    gave the next award the id of another wallet's row."""
+    award(db, "0xold", "old-1")
+    award(db, "0xold", "old-2")
+    db.execute("SELECT * FROM pyxp.record_audit_checkpoint()")
+    consumer = db.execute(CHANGES, (0,)).fetchall()[-1][0]  # a consumer that read everything
+    old_top = db.execute("SELECT max(id), max(feed_xid::text::bigint) FROM pyxp.xp_transactions").fetchone()
+    target = copied(db, conninfo, other_cluster, "copy_adopted", tmp_path)
+    with psycopg.connect(target, autocommit=True) as copy:
+        copy.execute("SELECT setval('pyxp.xp_transactions_id_seq', 1, false)")  # as logical replication leaves it
+        before = copy.execute("SELECT count(*), sum(total_xp) FROM pyxp.xp_balances").fetchone()
+        for call, params in ((AWARD, ("0xold", "copy-1")), (CHANGES, (consumer,)),
+                             ("SELECT * FROM pyxp.record_audit_checkpoint()", None)):
+            with pytest.raises(errors.LedgerCopied, match="another PostgreSQL cluster"), errors.wrap_errors():
+                copy.execute(call, params)
+        assert copy.execute("SELECT count(*), sum(total_xp) FROM pyxp.xp_balances").fetchone() == before
+        assert copy.execute("SELECT count(*) FROM pyxp.xp_transactions").fetchone() == (db.execute(
+            "SELECT count(*) FROM pyxp.xp_transactions").fetchone())
+
+    capsys.readouterr()
+    schema.upgrade(target)
+    assert "copied from another PostgreSQL cluster" in capsys.readouterr().err
+    with psycopg.connect(target, autocommit=True) as copy:
+        new = [award(copy, "0xold", "copy-1"), award(copy, "0xnew", "copy-2")]
+        assert min(new) > old_top[0]  # type: ignore[index]
+        assert copy.execute("SELECT min(feed_xid::text::bigint) FROM pyxp.xp_transactions WHERE id = ANY(%s)",
+                            (new,)).fetchone()[0] > old_top[1]  # type: ignore[index]
+        assert [r[1] for r in copy.execute(CHANGES, (consumer,))] == new  # the consumer goes on, once
+        everything = [r[1] for r in copy.execute(CHANGES, (0,))]
+        assert sorted(everything) == sorted(set(everything)) and everything[-2:] == new
+        # The incremental proof covers the rows written since the copy.
+        assert copy.execute("SELECT rows_verified FROM pyxp.record_audit_checkpoint()").fetchone() == (2,)
+        assert copy.execute("SELECT * FROM pyxp.audit()").fetchall() == []
+        replayed = copy.execute("SELECT transaction_id, replayed FROM pyxp.award('0xold', 'CAMPAIGN_APPROVED', "
+                                "'old-1')").fetchone()
+        assert replayed is not None and replayed[1] is True  # the source's keys still replay
+    capsys.readouterr()
+    schema.upgrade(target)  # adopted: nothing to do
+    assert "copied from another" not in capsys.readouterr().err
+
+
+def test_a_ledger_of_another_cluster_writes_nothing(db: psycopg.Connection[Any], conninfo: str,
+                                                   unchanged: Any) -> None:
+    """The refusals on their own (a ledger naming another cluster, as a restored copy does): each
+    leaves every table as it was, and adopting the cluster again lets them through."""
+    award(db, "0xkept", "kept-1")
+    db.execute("SET ROLE pyxp_owner")
+    db.execute("CREATE OR REPLACE FUNCTION pyxp.ledger_cluster() RETURNS bigint LANGUAGE sql IMMUTABLE "
+               "PARALLEL SAFE AS 'SELECT 42::bigint'")
+    db.execute("RESET ROLE")
+    calls = [(AWARD, ("0xkept", "kept-2")),
+             ("SELECT * FROM pyxp.award_many(%s::jsonb)",
+              ('[{"wallet": "0xkept", "action": "CAMPAIGN_APPROVED", "idempotency_key": "kept-3"}]',)),
+             (CHANGES, (0,)), ("SELECT * FROM pyxp.record_audit_checkpoint()", None),
+             ("SELECT * FROM pyxp.register_agency_client('0xagency', 'a@example.com', 'camp_x')", None),
+             ("SELECT * FROM pyxp.archive_ledger_partitions(date_trunc('month', now(), 'UTC'))", None)]
+    for call, params in calls:
+        with unchanged(), pytest.raises(errors.LedgerCopied, match="system identifier 42"), errors.wrap_errors():
+            db.execute(call, params)
+    adopted = db.execute("SELECT previous_cluster, this_cluster = (pg_control_system()).system_identifier, "
+                         "xid_offset FROM pyxp.adopt_cluster()").fetchall()
+    assert adopted == [(42, True, 0)]  # this cluster's ids run past every one the ledger holds
+    assert db.execute("SELECT * FROM pyxp.adopt_cluster()").fetchall() == []
+    award(db, "0xkept", "kept-2")
+    assert db.execute("SELECT * FROM pyxp.audit()").fetchall() == []
+
+
+def test_adopting_is_the_owners(connect_as: Any, login_role: Any, unchanged: Any) -> None:
+    writer = connect_as(login_role("pyxp_writer"))
+    with unchanged(), pytest.raises(psycopg.errors.InsufficientPrivilege):
+        writer.execute("SELECT * FROM pyxp.adopt_cluster()")
