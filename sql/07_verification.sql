@@ -588,6 +588,7 @@ $$;
 --                       index holds these on a partitioned ledger:
 --                       sql/01_schema.sql)
 --   rule_missing, rule_mismatch  a row's rule is gone, or is another action
+--   duplicate_id        two rows with one id (the full audit only)
 --   request_missing     a flow's or reversal's row without its xp_requests row
 --                       (found by its key's hash)
 --   claim_mismatch      a generic award's row without its claim in
@@ -622,6 +623,18 @@ AS $$
      WHERE t.reverses IS NOT NULL
        AND (o.id IS NULL OR o.second_id IS NOT NULL
             OR t.xp_amount <> -o.xp_amount OR t.user_wallet <> o.user_wallet OR o.reverses IS NOT NULL)
+    UNION ALL
+    -- Two rows with one id: the ledger's primary key is (id, created_at), as
+    -- a partitioned table's unique index must hold its partition key, and a
+    -- reversal names its original by id alone (0032, a hostile test: after a
+    -- logical replication switchover, which carries no sequence, the next
+    -- award got id 1, another wallet's row's, and reversing it reversed that
+    -- row; audit() said nothing). One grouping of the ids (parallel workers
+    -- share it), the full audit only.
+    SELECT 'duplicate_id', t.user_wallet, t.id, format('transaction id %s names %s rows', t.id, d.n)
+      FROM (SELECT x.id, count(*) AS n FROM pyxp.xp_transactions x
+             WHERE NOT p_since_checkpoint GROUP BY x.id HAVING count(*) > 1) d
+      JOIN pyxp.xp_transactions t ON t.id = d.id
     UNION ALL
     -- (0029, a hostile test: a reversal pointed at another original, its
     -- amount and the balances made to match, was clean.)

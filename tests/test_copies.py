@@ -140,6 +140,18 @@ def test_a_ledger_of_another_cluster_writes_nothing(db: psycopg.Connection[Any],
     assert db.execute("SELECT * FROM pyxp.audit()").fetchall() == []
 
 
+def test_the_audit_reports_two_rows_with_one_id(db: psycopg.Connection[Any]) -> None:
+    """A sequence set back, as logical replication leaves a subscriber's: the next award took the id
+    of another wallet's row, and audit() said nothing (the ledger's primary key is (id,
+    created_at)). Since 0032 it reports both rows."""
+    first = award(db, "0xfirst", "first-1")
+    db.execute("SELECT setval('pyxp.xp_transactions_id_seq', %s, false)", (first,))
+    assert award(db, "0xsecond", "second-1") == first
+    found = db.execute("SELECT check_name, user_wallet, transaction_id FROM pyxp.audit() "
+                       "WHERE check_name = 'duplicate_id' ORDER BY user_wallet").fetchall()
+    assert found == [("duplicate_id", "0xfirst", first), ("duplicate_id", "0xsecond", first)]
+
+
 def test_adopting_is_the_owners(connect_as: Any, login_role: Any, unchanged: Any) -> None:
     writer = connect_as(login_role("pyxp_writer"))
     with unchanged(), pytest.raises(psycopg.errors.InsufficientPrivilege):
