@@ -503,11 +503,14 @@ def db_current(ctx: click.Context, as_json: bool) -> None:
     with _migrations() as schema:
         current, head = schema.current_revision(conninfo), schema.head_revision()
         active = schema.active_ruleset(conninfo) if current else None
+        pending = schema.pending_deployment(conninfo) if current else []
     ruleset = {"name": active["name"], "version": active["version"]} if active else None
     if as_json:
         _print_json({"revision": current, "head": head, "up_to_date": current == head,
-                     "active_ruleset": ruleset})
+                     "active_ruleset": ruleset, "pending": pending})
         return
+    for warning in pending:
+        click.echo(f"WARNING: {warning}", err=True)
     if current is not None and current not in schema.own_revisions():
         # (0029, a hostile test: it said "behind head: run pyxp db upgrade", which then failed)
         state = "newer than this pyxp, which does not know it: upgrade the package"

@@ -167,6 +167,30 @@ def apply_rules_retroactively(conninfo: str, ruleset: str | os.PathLike[str] | R
     return result
 
 
+# What an installed database may still need from a pyxp db upgrade, read from the catalogs (any role
+# can): a ledger copied from another cluster and not adopted (0032: its writes and feed refuse, PX032),
+# and the partitions' guard missing (a dump of pyxp's schemas only does not carry event triggers, and a
+# role that is no superuser cannot install them: a hostile test saw "up to date" there).
+_PENDING_DEPLOYMENT = """
+SELECT CASE WHEN pg_catalog.has_function_privilege('pg_catalog.pg_control_system()', 'EXECUTE')
+                 AND (SELECT pg_catalog.substring(p.prosrc, '[0-9]+')::numeric FROM pg_catalog.pg_proc p
+                       WHERE p.oid = pg_catalog.to_regprocedure('pyxp.ledger_cluster()'))
+                     <> (pg_catalog.pg_control_system()).system_identifier
+            THEN 'the ledger was copied from another PostgreSQL cluster: run pyxp db upgrade before writing '
+                 '(README "Copies of the database")' END
+UNION ALL
+SELECT 'the ledger partitions'' guard is not installed: a superuser''s pyxp db upgrade installs it'
+ WHERE pg_catalog.to_regclass('pyxp.xp_transactions') IS NOT NULL
+   AND NOT EXISTS (SELECT FROM pg_catalog.pg_event_trigger WHERE evtname LIKE 'pyxp%' AND evtenabled = 'A')
+"""
+
+
+def pending_deployment(conninfo: str) -> list[str]:
+    """What this installed database still needs from a ``pyxp db upgrade`` (empty: nothing)."""
+    with connect(conninfo) as conn:
+        return [row[0] for row in conn.execute(_PENDING_DEPLOYMENT) if row[0] is not None]
+
+
 def active_ruleset(conninfo: str) -> dict[str, Any] | None:
     """The active ruleset row (id, name, version, floor, definition, source), or None."""
     with connect(conninfo) as conn, conn.cursor(row_factory=dict_row) as cur:

@@ -128,8 +128,26 @@ def test_shell_completion_completes_commands_and_options() -> None:
 def test_db_current_reports_revision_head_and_active_ruleset(conninfo: str) -> None:
     current = ok_json(conninfo, "db", "current")
     assert current == {"revision": schema.head_revision(), "head": schema.head_revision(), "up_to_date": True,
-                       "active_ruleset": {"name": "winstory", "version": 1}}
+                       "active_ruleset": {"name": "winstory", "version": 1}, "pending": []}
     assert "up to date" in ok(conninfo, "db", "current")
+
+
+def test_db_current_says_what_an_upgrade_still_has_to_do(conninfo: str, db: psycopg.Connection[Any]) -> None:
+    """A dump of pyxp's schemas only, restored, has no guard (event triggers are the database's),
+    and a copy's ledger is another cluster's: db current said "up to date" (a hostile test)."""
+    for trigger in ("pyxp_ledger_partitions_start", "pyxp_ledger_partitions_end", "pyxp_ledger_partitions_drop"):
+        db.execute(f"ALTER EVENT TRIGGER {trigger} DISABLE")
+    db.execute("SET ROLE pyxp_owner")
+    db.execute("CREATE OR REPLACE FUNCTION pyxp.ledger_cluster() RETURNS bigint LANGUAGE sql IMMUTABLE "
+               "PARALLEL SAFE AS 'SELECT 42::bigint'")
+    db.execute("RESET ROLE")
+    result = run(conninfo, "db", "current")
+    assert result.returncode == 0 and "up to date" in result.stdout
+    assert "WARNING: the ledger was copied from another PostgreSQL cluster: run pyxp db upgrade" in result.stderr
+    assert "WARNING: the ledger partitions' guard is not installed" in result.stderr
+    assert len(json.loads(run(conninfo, "db", "current", "--json").stdout)["pending"]) == 2
+    assert "copied from another PostgreSQL cluster" in run(conninfo, "db", "upgrade").stderr
+    assert ok_json(conninfo, "db", "current")["pending"] == []
 
 
 def test_db_upgrade_at_head_changes_nothing(conninfo: str, unchanged: Any) -> None:
