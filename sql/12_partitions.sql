@@ -169,7 +169,7 @@ BEGIN
                 UNION
                 SELECT DISTINCT date_trunc('month', d.created_at, 'UTC'), true
                   FROM pyxp.xp_transactions_default d WHERE d.created_at >= v_horizon) m(month, moved);
-        EXIT WHEN v_locked OR NOT (v_moving OR v_retried);
+        EXIT WHEN v_locked OR NOT (coalesce(v_moving, false) OR v_retried);
         -- EXCLUSIVE on the ledger (awards wait for the move, reads go on),
         -- then ACCESS EXCLUSIVE on the default partition, waited for while
         -- the first is held for less than the deadlock check's delay only:
@@ -201,7 +201,7 @@ BEGIN
         END LOOP;
         v_locked := true;
     END LOOP;
-    FOREACH v_start IN ARRAY v_months LOOP
+    FOREACH v_start IN ARRAY coalesce(v_months, '{}') LOOP  -- (none: every month asked for was archived)
         v_end := (v_start AT TIME ZONE 'UTC' + interval '1 month') AT TIME ZONE 'UTC';
         v_name := 'xp_transactions_' || to_char(v_start AT TIME ZONE 'UTC', 'YYYY_MM');
         partition_name := v_name;

@@ -181,14 +181,14 @@ def test_a_deployer_cannot_downgrade_0030_over_a_superusers_guard(login_role: An
     that is no superuser is refused ("needs a superuser"), and nothing is undone: the history, the
     guard, the move's lock and its function stay 0030's."""
     target = fresh_database()
-    schema.upgrade(target)
+    schema.upgrade(target, "0030")
     deployer = migrating_role(login_role, target)
     with psycopg.connect(target, autocommit=True) as conn:
         conn.execute(AWARD, ("0xkept", "kept-1"))
         before = schema_dump(target), conn.execute(STATE_QUERY).fetchone()
     with pytest.raises(psycopg.errors.RaiseException, match="downgrading 0030 where the partitions' guard is installed needs a superuser"):
         schema.downgrade(deployer, "0029")
-    assert schema.current_revision(target) == schema.head_revision()
+    assert schema.current_revision(target) == "0030"
     with psycopg.connect(target, autocommit=True) as conn:
         assert (schema_dump(target), conn.execute(STATE_QUERY).fetchone()) == before
         assert conn.execute(GUARD_STATE).fetchone() == (True, True, ["A", "A", "A"])

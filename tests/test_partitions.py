@@ -497,9 +497,11 @@ def test_no_partition_is_made_for_a_month_an_archive_took(db: psycopg.Connection
                "'1 month', ARRAY[%s], '{}', 1, 0, 'UTC', %s)", (name, checkpoint))
     with unchanged():
         assert db.execute("SELECT * FROM pyxp.create_ledger_partitions(2)").fetchall() == []
+        assert db.execute("SELECT * FROM pyxp.create_ledger_partitions(0)").fetchall() == []  # no month at all
     db.execute(AWARD, ("0xback", "back-1"))  # dated in the archived month: the default partition
     with unchanged():
         assert db.execute("SELECT * FROM pyxp.create_ledger_partitions(2)").fetchall() == []
+        assert db.execute("SELECT * FROM pyxp.create_ledger_partitions(0)").fetchall() == []
     assert db.execute("SELECT count(*) FROM pyxp.xp_transactions_default").fetchone() == (1,)
 
 
