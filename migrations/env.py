@@ -279,11 +279,17 @@ def _adopt_cluster(connection: Connection) -> None:
             return
         adopted = connection.connection.driver_connection.execute(
             "SELECT previous_cluster, this_cluster, xid_offset, sequences_advanced FROM pyxp.adopt_cluster()").fetchone()
-    if adopted is not None:
-        previous, this, offset, sequences = adopted
-        sys.stderr.write(f"pyxp: this database was copied from another PostgreSQL cluster (system identifier "
-                         f"{previous}); its ledger now continues on this one ({this}): transaction ids counted "
-                         f"+{offset}, sequences advanced: {', '.join(sequences) or 'none'}\n")
+    if adopted is None:
+        return
+    previous, this, offset, sequences = adopted
+    if this == 0:
+        sys.stderr.write("pyxp: this database is a logical replication subscriber: its ledger stays its publisher's, "
+                         "and writes here refuse (PX032), until the switchover: drop the subscription, then run "
+                         "pyxp db upgrade\n")
+    else:
+        sys.stderr.write(f"pyxp: this database's ledger was written on another PostgreSQL cluster, or ran ahead of "
+                         f"this one (system identifier {previous}); it now continues on this one ({this}): "
+                         f"transaction ids counted +{offset}, sequences advanced: {', '.join(sequences) or 'none'}\n")
 
 
 engine = create_engine("postgresql+psycopg://", creator=_connect, poolclass=NullPool)

@@ -258,11 +258,15 @@ $$;
 -- cluster that is not this one (PostgreSQL's system identifier, which a
 -- physical copy keeps) until pyxp.adopt_cluster() (pyxp db upgrade runs
 -- it) makes the ledger this cluster's. Both are rewritten by
--- pyxp.adopt_cluster (constants: inlined, and folded by the planner).
+-- pyxp.adopt_cluster: constants, inlined and folded by the planner. STABLE,
+-- not IMMUTABLE: the planner evaluates an IMMUTABLE call once and records
+-- no dependency on it, so a session's cached plans kept the old offset
+-- after an adoption (writing below what it adopted); an inlined STABLE
+-- function's replacement invalidates them.
 -- NULL: pg_control_system() cannot be read here (nothing is refused).
 CREATE FUNCTION pyxp.ledger_cluster()
 RETURNS bigint
-LANGUAGE sql IMMUTABLE PARALLEL SAFE
+LANGUAGE sql STABLE PARALLEL SAFE
 AS $$ SELECT NULL::bigint $$;
 
 -- Added to this cluster's transaction ids wherever the ledger stores or
@@ -270,7 +274,7 @@ AS $$ SELECT NULL::bigint $$;
 -- whose ids ran higher (pyxp.adopt_cluster).
 CREATE FUNCTION pyxp.xid_offset()
 RETURNS bigint
-LANGUAGE sql IMMUTABLE PARALLEL SAFE
+LANGUAGE sql STABLE PARALLEL SAFE
 AS $$ SELECT 0::bigint $$;
 
 -- A transaction id of this cluster as the ledger counts it (every such id
@@ -280,17 +284,23 @@ AS $$ SELECT 0::bigint $$;
 -- argument.
 CREATE FUNCTION pyxp.ledger_xid(p_xid xid8)
 RETURNS xid8
-LANGUAGE sql IMMUTABLE PARALLEL SAFE
+LANGUAGE sql STABLE PARALLEL SAFE
 AS $$ SELECT CASE WHEN pyxp.xid_offset() = 0 THEN p_xid ELSE (p_xid::text::numeric + pyxp.xid_offset())::text::xid8 END $$;
 
--- PX032 unless the ledger is this cluster's (pyxp.ledger_cluster). The
--- writer makes the same test inline (a simple expression: no statement).
+-- PX032 unless the ledger is this cluster's (pyxp.ledger_cluster; 0: a
+-- logical replication subscriber, sql/14_copies.sql). The writer makes the
+-- same test inline (a simple expression: no statement).
 CREATE FUNCTION pyxp.require_ledger_cluster()
 RETURNS void
 LANGUAGE plpgsql STABLE
 AS $$
 BEGIN
-    IF pyxp.ledger_cluster() <> (pg_control_system()).system_identifier THEN
+    IF pyxp.ledger_cluster() = 0 THEN
+        RAISE EXCEPTION 'this database is a logical replication subscriber: its ledger is its publisher''s until the switchover'
+            USING ERRCODE = 'PX032',
+                  DETAIL = 'writes here would take ids and feed groups the publisher''s rows still arrive with',
+                  HINT = 'write to the publisher; at the switchover drop the subscription, then run pyxp db upgrade';
+    ELSIF pyxp.ledger_cluster() <> (pg_control_system()).system_identifier THEN
         RAISE EXCEPTION 'this ledger counts the transaction ids of another PostgreSQL cluster (system identifier %, this one %): it was copied here',
                         pyxp.ledger_cluster(), (pg_control_system()).system_identifier
             USING ERRCODE = 'PX032',

@@ -94,7 +94,7 @@ def test_a_copy_refuses_until_adopted_then_goes_on_as_its_source(
 
     capsys.readouterr()
     schema.upgrade(target)
-    assert "copied from another PostgreSQL cluster" in capsys.readouterr().err
+    assert "written on another PostgreSQL cluster" in capsys.readouterr().err
     with psycopg.connect(target, autocommit=True) as copy:
         new = [award(copy, "0xold", "copy-1"), award(copy, "0xnew", "copy-2")]
         assert min(new) > old_top[0]  # type: ignore[index]
@@ -111,7 +111,7 @@ def test_a_copy_refuses_until_adopted_then_goes_on_as_its_source(
         assert replayed is not None and replayed[1] is True  # the source's keys still replay
     capsys.readouterr()
     schema.upgrade(target)  # adopted: nothing to do
-    assert "copied from another" not in capsys.readouterr().err
+    assert "another PostgreSQL cluster" not in capsys.readouterr().err
 
 
 def test_a_ledger_of_another_cluster_writes_nothing(db: psycopg.Connection[Any], conninfo: str,
@@ -120,7 +120,7 @@ def test_a_ledger_of_another_cluster_writes_nothing(db: psycopg.Connection[Any],
     leaves every table as it was, and adopting the cluster again lets them through."""
     award(db, "0xkept", "kept-1")
     db.execute("SET ROLE pyxp_owner")
-    db.execute("CREATE OR REPLACE FUNCTION pyxp.ledger_cluster() RETURNS bigint LANGUAGE sql IMMUTABLE "
+    db.execute("CREATE OR REPLACE FUNCTION pyxp.ledger_cluster() RETURNS bigint LANGUAGE sql STABLE "
                "PARALLEL SAFE AS 'SELECT 42::bigint'")
     db.execute("RESET ROLE")
     calls = [(AWARD, ("0xkept", "kept-2")),
@@ -150,6 +150,64 @@ def test_the_audit_reports_two_rows_with_one_id(db: psycopg.Connection[Any]) -> 
     found = db.execute("SELECT check_name, user_wallet, transaction_id FROM pyxp.audit() "
                        "WHERE check_name = 'duplicate_id' ORDER BY user_wallet").fetchall()
     assert found == [("duplicate_id", "0xfirst", first), ("duplicate_id", "0xsecond", first)]
+
+
+def test_a_ledger_that_ran_ahead_of_its_cluster_is_adopted_again(db: psycopg.Connection[Any], conninfo: str,
+                                                                 fresh_database: Any) -> None:
+    """A ledger naming this cluster can still hold what another wrote: rows replicated back after
+    a failback, a dump restored into a clone promoted from this cluster (same system identifier).
+    A re-test of 0032 reused ids and fed new rows below old groups there, adoption saying nothing
+    to do. It now looks at what the ledger holds: a group at or above this cluster's next
+    transaction id, or a sequence behind its table, is adopted again; and the offset never goes
+    down, nor can a downgrade drop it."""
+    target = fresh_database()
+    schema.upgrade(target)
+    with psycopg.connect(target, autocommit=True) as conn:
+        first = award(conn, "0xahead", "ahead-1")
+        ahead = int(conn.execute("SELECT pg_current_xact_id()::text::bigint").fetchone()[0]) + 1_000_000  # type: ignore[index]
+        conn.execute("ALTER TABLE pyxp.xp_transactions DISABLE TRIGGER xp_transactions_append_only")
+        conn.execute("UPDATE pyxp.xp_transactions SET feed_xid = %s::text::xid8 WHERE id = %s", (ahead, first))
+        conn.execute("ALTER TABLE pyxp.xp_transactions ENABLE TRIGGER xp_transactions_append_only")
+        conn.execute("UPDATE pyxp.xp_balances SET last_feed_xid = %s::text::xid8 WHERE user_wallet = '0xahead'",
+                     (ahead,))
+        conn.execute("SELECT setval('pyxp.xp_transactions_id_seq', 1, false)")
+        adopted = conn.execute("SELECT previous_cluster = this_cluster, xid_offset > 0, sequences_advanced "
+                               "FROM pyxp.adopt_cluster()").fetchall()
+        assert adopted == [(True, True, ["pyxp.xp_transactions_id_seq"])]
+        offset = conn.execute("SELECT pyxp.xid_offset()").fetchone()
+        assert conn.execute("SELECT * FROM pyxp.adopt_cluster()").fetchall() == []
+        new = award(conn, "0xother", "other-1")
+        assert new > first
+        assert conn.execute("SELECT feed_xid::text::bigint > %s FROM pyxp.xp_transactions WHERE id = %s",
+                            (ahead, new)).fetchone() == (True,)
+        assert [r[1] for r in conn.execute(CHANGES, (0,))] == [first, new]
+    with pytest.raises(psycopg.errors.RaiseException, match="downgrading 0032 would drop the offset"):
+        schema.downgrade(target, "0031")
+    assert schema.current_revision(target) == schema.head_revision()
+    with psycopg.connect(target, autocommit=True) as conn:
+        assert conn.execute("SELECT pyxp.xid_offset()").fetchone() == offset
+
+
+def test_a_subscriber_is_not_adopted_before_its_switchover(db: psycopg.Connection[Any], conninfo: str,
+                                                           unchanged: Any) -> None:
+    """A logical replication subscriber that installs 0032 (or runs pyxp db upgrade) before the
+    switchover: adopted then, it went on receiving the publisher's rows, and its first awards
+    after the switchover took ids those rows had (a re-test of 0032). Its ledger is the
+    publisher's until the subscription is dropped: writes refuse, and pyxp db upgrade adopts
+    it after the switchover."""
+    db.execute("CREATE SUBSCRIPTION pyxp_test_subscription CONNECTION 'host=127.0.0.1 port=1 dbname=none' "
+               "PUBLICATION nothing WITH (connect = false)")
+    try:
+        assert db.execute("SELECT this_cluster FROM pyxp.adopt_cluster()").fetchall() == [(0,)]
+        with unchanged(), pytest.raises(errors.LedgerCopied, match="logical replication subscriber"), \
+                errors.wrap_errors():
+            db.execute(AWARD, ("0xsub", "sub-1"))
+    finally:
+        db.execute("ALTER SUBSCRIPTION pyxp_test_subscription SET (slot_name = NONE)")
+        db.execute("DROP SUBSCRIPTION pyxp_test_subscription")
+    schema.upgrade(conninfo)
+    award(db, "0xsub", "sub-1")
+    assert db.execute("SELECT * FROM pyxp.audit()").fetchall() == []
 
 
 def test_adopting_is_the_owners(connect_as: Any, login_role: Any, unchanged: Any) -> None:

@@ -1,4 +1,17 @@
--- 0032 downgrade: 0031's functions, no cluster of the ledger.
+-- 0032 downgrade: 0031's functions, no cluster of the ledger. Refused while
+-- the ledger counts this cluster's ids with an offset (an adopted copy):
+-- 0031's writer would write raw ids, below the groups consumers have read
+-- (a re-test of 0032: rows skipped for good after upgrading back).
+
+DO $$
+BEGIN
+    IF pyxp.xid_offset() <> 0 THEN
+        RAISE EXCEPTION 'pyxp: downgrading 0032 would drop the offset (%) this ledger adds to this cluster''s transaction ids', pyxp.xid_offset()
+            USING DETAIL = 'the ledger was copied from a cluster whose ids ran higher: 0031 would write new rows into change-feed groups below the ones consumers have read',
+                  HINT = 'stay at 0032 or later on this cluster';
+    END IF;
+END
+$$;
 
 SET LOCAL ROLE pyxp_owner;
 

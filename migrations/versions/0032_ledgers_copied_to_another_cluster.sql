@@ -35,11 +35,15 @@ SET LOCAL ROLE pyxp_owner;
 -- cluster that is not this one (PostgreSQL's system identifier, which a
 -- physical copy keeps) until pyxp.adopt_cluster() (pyxp db upgrade runs
 -- it) makes the ledger this cluster's. Both are rewritten by
--- pyxp.adopt_cluster (constants: inlined, and folded by the planner).
+-- pyxp.adopt_cluster: constants, inlined and folded by the planner. STABLE,
+-- not IMMUTABLE: the planner evaluates an IMMUTABLE call once and records
+-- no dependency on it, so a session's cached plans kept the old offset
+-- after an adoption (writing below what it adopted); an inlined STABLE
+-- function's replacement invalidates them.
 -- NULL: pg_control_system() cannot be read here (nothing is refused).
 CREATE FUNCTION pyxp.ledger_cluster()
 RETURNS bigint
-LANGUAGE sql IMMUTABLE PARALLEL SAFE
+LANGUAGE sql STABLE PARALLEL SAFE
 AS $$ SELECT NULL::bigint $$;
 
 -- Added to this cluster's transaction ids wherever the ledger stores or
@@ -47,7 +51,7 @@ AS $$ SELECT NULL::bigint $$;
 -- whose ids ran higher (pyxp.adopt_cluster).
 CREATE FUNCTION pyxp.xid_offset()
 RETURNS bigint
-LANGUAGE sql IMMUTABLE PARALLEL SAFE
+LANGUAGE sql STABLE PARALLEL SAFE
 AS $$ SELECT 0::bigint $$;
 
 -- A transaction id of this cluster as the ledger counts it (every such id
@@ -57,17 +61,23 @@ AS $$ SELECT 0::bigint $$;
 -- argument.
 CREATE FUNCTION pyxp.ledger_xid(p_xid xid8)
 RETURNS xid8
-LANGUAGE sql IMMUTABLE PARALLEL SAFE
+LANGUAGE sql STABLE PARALLEL SAFE
 AS $$ SELECT CASE WHEN pyxp.xid_offset() = 0 THEN p_xid ELSE (p_xid::text::numeric + pyxp.xid_offset())::text::xid8 END $$;
 
--- PX032 unless the ledger is this cluster's (pyxp.ledger_cluster). The
--- writer makes the same test inline (a simple expression: no statement).
+-- PX032 unless the ledger is this cluster's (pyxp.ledger_cluster; 0: a
+-- logical replication subscriber, sql/14_copies.sql). The writer makes the
+-- same test inline (a simple expression: no statement).
 CREATE FUNCTION pyxp.require_ledger_cluster()
 RETURNS void
 LANGUAGE plpgsql STABLE
 AS $$
 BEGIN
-    IF pyxp.ledger_cluster() <> (pg_control_system()).system_identifier THEN
+    IF pyxp.ledger_cluster() = 0 THEN
+        RAISE EXCEPTION 'this database is a logical replication subscriber: its ledger is its publisher''s until the switchover'
+            USING ERRCODE = 'PX032',
+                  DETAIL = 'writes here would take ids and feed groups the publisher''s rows still arrive with',
+                  HINT = 'write to the publisher; at the switchover drop the subscription, then run pyxp db upgrade';
+    ELSIF pyxp.ledger_cluster() <> (pg_control_system()).system_identifier THEN
         RAISE EXCEPTION 'this ledger counts the transaction ids of another PostgreSQL cluster (system identifier %, this one %): it was copied here',
                         pyxp.ledger_cluster(), (pg_control_system()).system_identifier
             USING ERRCODE = 'PX032',
@@ -1467,24 +1477,36 @@ END
 $$;
 
 
--- Makes the ledger this cluster's, if it is not (one row; none when it is).
--- Owner only. Holds every award (SHARE ROW EXCLUSIVE on xp_balances, the
--- lock protocol of sql/04_rulesets.sql) and every move or archive
--- (pyxp.lock_ledger_partitions) meanwhile. Then:
---   * xid_offset: the highest transaction id the ledger holds (feed groups,
---     the balances' last groups, checkpoints' xmins, archives' floors and
---     openings' cursors), less the oldest of this cluster that may still
---     write it (this transaction's, or an older one running here), plus 1;
---     0 when this cluster's ids already run higher. From then on the
---     ledger counts this cluster's ids plus it (pyxp.ledger_xid): every new
---     group is above every old one, as on the cluster that wrote them, so a
---     consumer's cursor goes on, exactly once, and the incremental audit
---     covers the new rows. The order of the ids of this cluster is kept:
---     the feed's and the checkpoints' proofs hold as they are.
+-- Makes the ledger this cluster's where it is not (one row; none when it is).
+-- Owner only. It is not, when the ledger names another cluster, or when
+-- what it holds runs ahead of this cluster: a feed group, a checkpoint's
+-- xmin or an archive's floor at or above this cluster's next transaction id
+-- (as the ledger counts it), or an identity sequence behind its table's
+-- highest id. Its name is no proof: a physical clone promoted to run on its
+-- own keeps the system identifier, and rows replicated back to a cluster
+-- after a failback carry the other one's ids (a re-test of 0032 reused ids
+-- both ways). Then, holding every award (SHARE ROW EXCLUSIVE on
+-- xp_balances, the lock protocol of sql/04_rulesets.sql) and every move or
+-- archive (pyxp.lock_ledger_partitions):
+--   * xid_offset: the highest transaction id the ledger holds, less the
+--     oldest of this cluster that may still write it (this transaction's,
+--     or an older one running here), plus 1; never below the offset the
+--     ledger had on this cluster, and 0 on a new cluster whose ids already
+--     run higher. From then on the ledger counts this cluster's ids plus
+--     it (pyxp.ledger_xid): every new group is above every old one, as on
+--     the cluster that wrote them, so a consumer's cursor goes on, exactly
+--     once, and the incremental audit covers the new rows. The order of
+--     this cluster's ids is kept: the feed's and the checkpoints' proofs
+--     hold as they are.
 --   * every sequence of a pyxp table's identity column is advanced past
 --     the highest id the table holds (the ledger's: archived ones too);
 --   * pyxp.ledger_cluster() and pyxp.xid_offset() are written anew (their
 --     callers' cached plans are invalidated with them).
+-- A database with a logical replication subscription is a copy still being
+-- written by its publisher: its ledger is named cluster 0, which no cluster
+-- is (every write and read of the feed refuses, PX032), until an adoption
+-- once the subscription is dropped (the switchover). Migration 0032 runs
+-- this at its end: a subscriber that installs it is not adopted early.
 CREATE FUNCTION pyxp.adopt_cluster()
 RETURNS TABLE (previous_cluster bigint, this_cluster bigint, xid_offset bigint, sequences_advanced text[])
 LANGUAGE plpgsql SECURITY DEFINER
@@ -1493,8 +1515,10 @@ SET lock_timeout = '10s'  -- (recalculate_levels': never queue every award behin
 AS $$
 DECLARE
     v_this bigint;
+    v_locked boolean := false;
     v_highest numeric;
     v_oldest numeric;
+    v_behind boolean;
     v_sequence record;
     v_max bigint;
     v_current record;
@@ -1504,48 +1528,67 @@ BEGIN
     EXCEPTION WHEN insufficient_privilege THEN
         v_this := NULL;  -- (a service that hides it: nothing is refused)
     END;
-    IF pyxp.ledger_cluster() IS NOT DISTINCT FROM v_this THEN
-        RETURN;
+    IF EXISTS (SELECT FROM pg_catalog.pg_subscription s
+                WHERE s.subdbid = (SELECT d.oid FROM pg_catalog.pg_database d WHERE d.datname = current_database())) THEN
+        v_this := 0;  -- a subscriber: not this cluster's until its switchover
     END IF;
-    PERFORM pyxp.require_read_committed();
-    LOCK TABLE pyxp.xp_balances IN SHARE ROW EXCLUSIVE MODE;
-    PERFORM pyxp.lock_ledger_partitions();
-    v_highest := greatest(
-        (SELECT t.feed_xid::text::numeric FROM pyxp.xp_transactions t
-          WHERE t.feed_xid IS NOT NULL ORDER BY t.feed_xid DESC LIMIT 1),  -- (index xp_transactions_feed)
-        (SELECT max(b.last_feed_xid::text::numeric) FROM pyxp.xp_balances b),
-        (SELECT max(k.snapshot_xmin::text::numeric) FROM pyxp.xp_audit_checkpoints k),
-        (SELECT max(a.feed_floor >> 24) FROM pyxp.xp_ledger_archives a),
-        (SELECT max(o.last_cursor >> 24) FROM pyxp.xp_wallet_openings o));
+    <<look>>
+    LOOP
+        -- The highest transaction id the ledger holds, as it counts them (a
+        -- balance's last group and an opening's cursor are a row's: below
+        -- these), and whether a sequence is behind its table.
+        v_highest := greatest(
+            (SELECT t.feed_xid::text::numeric FROM pyxp.xp_transactions t
+              WHERE t.feed_xid IS NOT NULL ORDER BY t.feed_xid DESC LIMIT 1),  -- (index xp_transactions_feed)
+            (SELECT max(k.snapshot_xmin::text::numeric) FROM pyxp.xp_audit_checkpoints k),
+            (SELECT max(a.feed_floor >> 24) FROM pyxp.xp_ledger_archives a));
+        v_behind := false;
+        FOR v_sequence IN
+            SELECT s.oid::regclass AS sequence, 'pyxp.' || s.relname AS label, c.oid::regclass AS owner,
+                   a.attname AS col
+              FROM pg_catalog.pg_depend d
+              JOIN pg_catalog.pg_class s ON s.oid = d.objid AND s.relkind = 'S'
+              JOIN pg_catalog.pg_class c ON c.oid = d.refobjid
+              JOIN pg_catalog.pg_attribute a ON a.attrelid = c.oid AND a.attnum = d.refobjsubid
+             WHERE d.classid = 'pg_catalog.pg_class'::regclass AND d.refclassid = 'pg_catalog.pg_class'::regclass
+               AND d.deptype = 'i' AND s.relnamespace = 'pyxp'::regnamespace
+             ORDER BY s.relname
+        LOOP
+            EXECUTE format('SELECT max(%I) FROM %s', v_sequence.col, v_sequence.owner) INTO v_max;
+            IF v_sequence.owner = 'pyxp.xp_transactions'::regclass THEN
+                v_max := greatest(v_max, (SELECT max(a.last_transaction_id) FROM pyxp.xp_ledger_archives a));
+            END IF;
+            EXECUTE format('SELECT last_value, is_called FROM %s', v_sequence.sequence) INTO v_current;
+            IF v_max > v_current.last_value OR (v_max = v_current.last_value AND NOT v_current.is_called) THEN
+                v_behind := true;
+                IF v_locked THEN
+                    PERFORM setval(v_sequence.sequence, v_max);
+                    sequences_advanced := sequences_advanced || v_sequence.label;
+                END IF;
+            END IF;
+        END LOOP;
+        EXIT look WHEN v_locked;
+        IF pyxp.ledger_cluster() IS NOT DISTINCT FROM v_this AND NOT v_behind
+           AND coalesce(v_highest, 0) < pyxp.ledger_xid(pg_snapshot_xmax(pg_current_snapshot()))::text::numeric THEN
+            RETURN;
+        END IF;
+        PERFORM pyxp.require_read_committed();
+        LOCK TABLE pyxp.xp_balances IN SHARE ROW EXCLUSIVE MODE;
+        PERFORM pyxp.lock_ledger_partitions();
+        v_locked := true;
+        sequences_advanced := '{}';  -- (looked at again under the locks)
+    END LOOP;
     v_oldest := least(pg_current_xact_id()::text::numeric,
                       pyxp.oldest_running_here(pg_current_snapshot())::text::numeric);
     previous_cluster := pyxp.ledger_cluster();
     this_cluster := v_this;
-    adopt_cluster.xid_offset := greatest(coalesce(v_highest, 0) + 1 - v_oldest, 0);
-    sequences_advanced := '{}';
-    FOR v_sequence IN
-        SELECT s.oid::regclass AS sequence, c.oid::regclass AS owner, a.attname AS col
-          FROM pg_catalog.pg_depend d
-          JOIN pg_catalog.pg_class s ON s.oid = d.objid AND s.relkind = 'S'
-          JOIN pg_catalog.pg_class c ON c.oid = d.refobjid
-          JOIN pg_catalog.pg_attribute a ON a.attrelid = c.oid AND a.attnum = d.refobjsubid
-         WHERE d.classid = 'pg_catalog.pg_class'::regclass AND d.refclassid = 'pg_catalog.pg_class'::regclass
-           AND d.deptype = 'i' AND s.relnamespace = 'pyxp'::regnamespace
-         ORDER BY s.relname
-    LOOP
-        EXECUTE format('SELECT max(%I) FROM %s', v_sequence.col, v_sequence.owner) INTO v_max;
-        IF v_sequence.owner = 'pyxp.xp_transactions'::regclass THEN
-            v_max := greatest(v_max, (SELECT max(a.last_transaction_id) FROM pyxp.xp_ledger_archives a));
-        END IF;
-        EXECUTE format('SELECT last_value, is_called FROM %s', v_sequence.sequence) INTO v_current;
-        IF v_max > v_current.last_value OR (v_max = v_current.last_value AND NOT v_current.is_called) THEN
-            PERFORM setval(v_sequence.sequence, v_max);
-            sequences_advanced := sequences_advanced || v_sequence.sequence::text;
-        END IF;
-    END LOOP;
-    EXECUTE format('CREATE OR REPLACE FUNCTION pyxp.ledger_cluster() RETURNS bigint LANGUAGE sql IMMUTABLE PARALLEL SAFE '
+    adopt_cluster.xid_offset := greatest(coalesce(v_highest, 0) + 1 - v_oldest,
+                                         CASE WHEN previous_cluster IS NOT DISTINCT FROM v_this
+                                              THEN pyxp.xid_offset() ELSE 0 END,
+                                         0);
+    EXECUTE format('CREATE OR REPLACE FUNCTION pyxp.ledger_cluster() RETURNS bigint LANGUAGE sql STABLE PARALLEL SAFE '
                    'AS %L', format('SELECT %s::bigint', coalesce(v_this::text, 'NULL')));
-    EXECUTE format('CREATE OR REPLACE FUNCTION pyxp.xid_offset() RETURNS bigint LANGUAGE sql IMMUTABLE PARALLEL SAFE '
+    EXECUTE format('CREATE OR REPLACE FUNCTION pyxp.xid_offset() RETURNS bigint LANGUAGE sql STABLE PARALLEL SAFE '
                    'AS %L', format('SELECT %s::bigint', adopt_cluster.xid_offset));
     RETURN NEXT;
 END
