@@ -9,6 +9,11 @@
 -- ledger under the wallet's balance row lock (pyxp.append_rows):
 --   feed_xid = greatest(id of the writing transaction, feed_xid of the
 --                       wallet's previous row)          (xp_balances.last_feed_xid)
+-- (Every transaction id here, the writer's and the horizon's, is counted as
+-- the ledger counts them, pyxp.ledger_xid: this cluster's plus an offset,
+-- 0 unless the ledger was copied from a cluster whose ids ran higher,
+-- sql/14_copies.sql. One offset for all: the order of ids, which is all
+-- the proof below uses, is kept.)
 -- Two facts follow:
 --   (1) feed_xid >= the writer's own transaction id;
 --   (2) along a wallet's balance_after chain, feed_xid never decreases, and
