@@ -172,12 +172,15 @@ def apply_rules_retroactively(conninfo: str, ruleset: str | os.PathLike[str] | R
 # and the partitions' guard missing (a dump of pyxp's schemas only does not carry event triggers, and a
 # role that is no superuser cannot install them: a hostile test saw "up to date" there).
 _PENDING_DEPLOYMENT = """
-SELECT CASE WHEN pg_catalog.has_function_privilege('pg_catalog.pg_control_system()', 'EXECUTE')
-                 AND (SELECT pg_catalog.substring(p.prosrc, '[0-9]+')::numeric FROM pg_catalog.pg_proc p
-                       WHERE p.oid = pg_catalog.to_regprocedure('pyxp.ledger_cluster()'))
-                     <> (pg_catalog.pg_control_system()).system_identifier
+SELECT CASE WHEN c.named = 0
+            THEN 'this database is a logical replication subscriber: its ledger is its publisher''s until the '
+                 'switchover (drop the subscription, then run pyxp db upgrade)'
+            WHEN pg_catalog.has_function_privilege('pg_catalog.pg_control_system()', 'EXECUTE')
+                 AND c.named <> (pg_catalog.pg_control_system()).system_identifier
             THEN 'the ledger was copied from another PostgreSQL cluster: run pyxp db upgrade before writing '
                  '(README "Copies of the database")' END
+  FROM (SELECT (SELECT pg_catalog.substring(p.prosrc, '[0-9]+')::numeric FROM pg_catalog.pg_proc p
+                 WHERE p.oid = pg_catalog.to_regprocedure('pyxp.ledger_cluster()')) AS named) c
 UNION ALL
 SELECT 'the ledger partitions'' guard is not installed: a superuser''s pyxp db upgrade installs it'
  WHERE pg_catalog.to_regclass('pyxp.xp_transactions') IS NOT NULL

@@ -199,6 +199,9 @@ def test_a_subscriber_is_not_adopted_before_its_switchover(db: psycopg.Connectio
                "PUBLICATION nothing WITH (connect = false)")
     try:
         assert db.execute("SELECT this_cluster FROM pyxp.adopt_cluster()").fetchall() == [(0,)]
+        assert schema.pending_deployment(conninfo) == [
+            "this database is a logical replication subscriber: its ledger is its publisher's until the "
+            "switchover (drop the subscription, then run pyxp db upgrade)"]
         with unchanged(), pytest.raises(errors.LedgerCopied, match="logical replication subscriber"), \
                 errors.wrap_errors():
             db.execute(AWARD, ("0xsub", "sub-1"))
