@@ -283,13 +283,18 @@ def _adopt_cluster(connection: Connection) -> None:
         return
     previous, this, offset, sequences = adopted
     if this == 0:
-        sys.stderr.write("pyxp: this database is a logical replication subscriber: its ledger stays its publisher's, "
-                         "and writes here refuse (PX032), until the switchover: drop the subscription, then run "
-                         "pyxp db upgrade\n")
+        sys.stderr.write("pyxp: this database subscribes to pyxp's tables (logical replication): its ledger stays its "
+                         "publisher's, and writes here refuse (PX032), until the switchover: drop the subscription, "
+                         "then run pyxp db upgrade\n")
+        return
+    if previous == this:
+        origin = "holds transaction ids or ids that ran ahead of this cluster's (rows replicated back, or a copy)"
+    elif previous == 0:
+        origin = "was its publisher's (a subscriber, now switched over)"
     else:
-        sys.stderr.write(f"pyxp: this database's ledger was written on another PostgreSQL cluster, or ran ahead of "
-                         f"this one (system identifier {previous}); it now continues on this one ({this}): "
-                         f"transaction ids counted +{offset}, sequences advanced: {', '.join(sequences) or 'none'}\n")
+        origin = f"was written on another PostgreSQL cluster (system identifier {previous})"
+    sys.stderr.write(f"pyxp: this database's ledger {origin}; it now continues on this one: transaction ids counted "
+                     f"+{offset}, sequences advanced: {', '.join(sequences) or 'none'}\n")
 
 
 engine = create_engine("postgresql+psycopg://", creator=_connect, poolclass=NullPool)

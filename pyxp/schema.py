@@ -172,15 +172,24 @@ def apply_rules_retroactively(conninfo: str, ruleset: str | os.PathLike[str] | R
 # and the partitions' guard missing (a dump of pyxp's schemas only does not carry event triggers, and a
 # role that is no superuser cannot install them: a hostile test saw "up to date" there).
 _PENDING_DEPLOYMENT = """
-SELECT CASE WHEN c.named = 0
-            THEN 'this database is a logical replication subscriber: its ledger is its publisher''s until the '
-                 'switchover (drop the subscription, then run pyxp db upgrade)'
+SELECT CASE WHEN c.subscribed
+            THEN 'this database subscribes to pyxp''s tables (logical replication): its ledger is its publisher''s '
+                 'until the switchover (drop the subscription, then run pyxp db upgrade)'
+                 || CASE WHEN c.named = 0 THEN '' ELSE '; run pyxp db upgrade now to refuse writes here until then' END
+            WHEN c.named = 0
+            THEN 'the subscription is gone: run pyxp db upgrade before writing (it adopts the ledger)'
             WHEN pg_catalog.has_function_privilege('pg_catalog.pg_control_system()', 'EXECUTE')
                  AND c.named <> (pg_catalog.pg_control_system()).system_identifier
             THEN 'the ledger was copied from another PostgreSQL cluster: run pyxp db upgrade before writing '
                  '(README "Copies of the database")' END
   FROM (SELECT (SELECT pg_catalog.substring(p.prosrc, '[0-9]+')::numeric FROM pg_catalog.pg_proc p
-                 WHERE p.oid = pg_catalog.to_regprocedure('pyxp.ledger_cluster()')) AS named) c
+                 WHERE p.oid = pg_catalog.to_regprocedure('pyxp.ledger_cluster()')) AS named,
+               EXISTS (SELECT FROM pg_catalog.pg_subscription s
+                         JOIN pg_catalog.pg_subscription_rel r ON r.srsubid = s.oid
+                         JOIN pg_catalog.pg_class k ON k.oid = r.srrelid
+                        WHERE s.subdbid = (SELECT d.oid FROM pg_catalog.pg_database d
+                                            WHERE d.datname = pg_catalog.current_database())
+                          AND k.relnamespace = 'pyxp'::regnamespace) AS subscribed) c
 UNION ALL
 SELECT 'the ledger partitions'' guard is not installed: a superuser''s pyxp db upgrade installs it'
  WHERE pg_catalog.to_regclass('pyxp.xp_transactions') IS NOT NULL

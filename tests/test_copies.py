@@ -188,29 +188,72 @@ def test_a_ledger_that_ran_ahead_of_its_cluster_is_adopted_again(db: psycopg.Con
         assert conn.execute("SELECT pyxp.xid_offset()").fetchone() == offset
 
 
-def test_a_subscriber_is_not_adopted_before_its_switchover(db: psycopg.Connection[Any], conninfo: str,
-                                                           unchanged: Any) -> None:
-    """A logical replication subscriber that installs 0032 (or runs pyxp db upgrade) before the
-    switchover: adopted then, it went on receiving the publisher's rows, and its first awards
-    after the switchover took ids those rows had (a re-test of 0032). Its ledger is the
-    publisher's until the subscription is dropped: writes refuse, and pyxp db upgrade adopts
-    it after the switchover."""
-    db.execute("CREATE SUBSCRIPTION pyxp_test_subscription CONNECTION 'host=127.0.0.1 port=1 dbname=none' "
-               "PUBLICATION nothing WITH (connect = false)")
+@pytest.fixture(scope="module")
+def publisher() -> Iterator[str]:
+    """A private cluster with wal_level logical, pyxp installed, publishing pyxp.xp_balances (publication
+    pyxp_rows) and an application's table (publication app_rows)."""
+    bindir = _postgres_bindir()
+    if bindir is None:
+        pytest.skip("no PostgreSQL server binaries on this machine")
+    cluster = EmbeddedCluster(bindir).start()
     try:
+        with psycopg.connect(cluster.conninfo, autocommit=True) as conn:
+            conn.execute("ALTER SYSTEM SET wal_level = logical")
+        cluster.stop_server()
+        cluster.start_existing()
+        schema.upgrade(cluster.conninfo)
+        with psycopg.connect(cluster.conninfo, autocommit=True) as conn:
+            conn.execute("CREATE TABLE public.countries (code text PRIMARY KEY)")
+            conn.execute("CREATE PUBLICATION pyxp_rows FOR TABLE pyxp.xp_balances")
+            conn.execute("CREATE PUBLICATION app_rows FOR TABLE public.countries")
+        yield cluster.conninfo
+    finally:
+        cluster.stop()
+
+
+def subscribed(db: psycopg.Connection[Any], publisher: str, publication: str) -> None:
+    db.execute(sql.SQL("CREATE SUBSCRIPTION pyxp_test_subscription CONNECTION {} PUBLICATION {} "
+                       "WITH (copy_data = false)").format(sql.Literal(publisher), sql.Identifier(publication)))
+
+
+def test_a_subscriber_is_not_adopted_before_its_switchover(db: psycopg.Connection[Any], conninfo: str,
+                                                           publisher: str, unchanged: Any) -> None:
+    """A logical replication subscriber of pyxp's tables that installs 0032 (or runs pyxp db upgrade)
+    before the switchover: adopted then, it went on receiving the publisher's rows, and its first
+    awards after the switchover took ids those rows had (a re-test of 0032). Its ledger is the
+    publisher's until the subscription is dropped: writes refuse, and pyxp db upgrade adopts it
+    after the switchover."""
+    subscribed(db, publisher, "pyxp_rows")
+    try:
+        assert schema.pending_deployment(conninfo)[0].endswith("run pyxp db upgrade now to refuse writes here until then")
         assert db.execute("SELECT this_cluster FROM pyxp.adopt_cluster()").fetchall() == [(0,)]
         assert schema.pending_deployment(conninfo) == [
-            "this database is a logical replication subscriber: its ledger is its publisher's until the "
-            "switchover (drop the subscription, then run pyxp db upgrade)"]
+            "this database subscribes to pyxp's tables (logical replication): its ledger is its publisher's until "
+            "the switchover (drop the subscription, then run pyxp db upgrade)"]
         with unchanged(), pytest.raises(errors.LedgerCopied, match="logical replication subscriber"), \
                 errors.wrap_errors():
             db.execute(AWARD, ("0xsub", "sub-1"))
     finally:
-        db.execute("ALTER SUBSCRIPTION pyxp_test_subscription SET (slot_name = NONE)")
         db.execute("DROP SUBSCRIPTION pyxp_test_subscription")
+    assert schema.pending_deployment(conninfo) == [
+        "the subscription is gone: run pyxp db upgrade before writing (it adopts the ledger)"]
     schema.upgrade(conninfo)
     award(db, "0xsub", "sub-1")
     assert db.execute("SELECT * FROM pyxp.audit()").fetchall() == []
+
+
+def test_a_subscription_of_other_tables_leaves_the_ledger_alone(db: psycopg.Connection[Any], conninfo: str,
+                                                               publisher: str) -> None:
+    """A subscription to an application's reference table made the ledger a subscriber's at the next
+    pyxp db upgrade, and every award refused (a re-test of 0032)."""
+    db.execute("CREATE TABLE public.countries (code text PRIMARY KEY)")
+    subscribed(db, publisher, "app_rows")
+    try:
+        assert db.execute("SELECT * FROM pyxp.adopt_cluster()").fetchall() == []
+        assert schema.pending_deployment(conninfo) == []
+        award(db, "0xapp", "app-1")
+    finally:
+        db.execute("DROP SUBSCRIPTION pyxp_test_subscription")
 
 
 def test_adopting_is_the_owners(connect_as: Any, login_role: Any, unchanged: Any) -> None:

@@ -7,8 +7,13 @@ DO $$
 BEGIN
     IF pyxp.xid_offset() <> 0 THEN
         RAISE EXCEPTION 'pyxp: downgrading 0032 would drop the offset (%) this ledger adds to this cluster''s transaction ids', pyxp.xid_offset()
-            USING DETAIL = 'the ledger was copied from a cluster whose ids ran higher: 0031 would write new rows into change-feed groups below the ones consumers have read',
+            USING DETAIL = 'the ledger holds ids that ran ahead of this cluster''s (a copy, or rows replicated back): 0031 would write new rows into change-feed groups below the ones consumers have read',
                   HINT = 'stay at 0032 or later on this cluster';
+    ELSIF pyxp.ledger_cluster() IS DISTINCT FROM (SELECT system_identifier FROM pg_catalog.pg_control_system())
+          AND pyxp.ledger_cluster() IS NOT NULL THEN
+        RAISE EXCEPTION 'pyxp: downgrading 0032 where the ledger is another cluster''s (%: a copy not adopted yet, or a subscriber) would let 0031 write it with this cluster''s ids',
+                        pyxp.ledger_cluster()
+            USING HINT = 'run pyxp db upgrade first (after the switchover, for a subscriber)';
     END IF;
 END
 $$;
@@ -1382,6 +1387,7 @@ END
 $$;
 
 DROP FUNCTION pyxp.adopt_cluster();
+DROP FUNCTION pyxp.subscribes_to_the_ledger();
 DROP FUNCTION pyxp.require_ledger_cluster();
 DROP FUNCTION pyxp.ledger_xid(xid8);
 DROP FUNCTION pyxp.xid_offset();

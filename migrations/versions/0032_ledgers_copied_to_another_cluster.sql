@@ -1502,11 +1502,28 @@ $$;
 --     the highest id the table holds (the ledger's: archived ones too);
 --   * pyxp.ledger_cluster() and pyxp.xid_offset() are written anew (their
 --     callers' cached plans are invalidated with them).
--- A database with a logical replication subscription is a copy still being
--- written by its publisher: its ledger is named cluster 0, which no cluster
--- is (every write and read of the feed refuses, PX032), until an adoption
--- once the subscription is dropped (the switchover). Migration 0032 runs
--- this at its end: a subscriber that installs it is not adopted early.
+-- A database subscribing to pyxp's tables (pyxp.subscribes_to_the_ledger)
+-- is a copy still being written by its publisher: its ledger is named
+-- cluster 0, which no cluster is (every write and read of the feed refuses,
+-- PX032), until an adoption once the subscription is dropped (the
+-- switchover). Migration 0032 runs this at its end: a subscriber that
+-- installs it is not adopted early.
+-- Whether a logical replication subscription of this database carries
+-- any of pyxp's tables (pg_subscription_rel: the tables it has synced or
+-- syncs). One of unrelated tables does not make the ledger a copy (a
+-- re-test of 0032: a subscription to a reference table stopped every
+-- award). A subscription created without connecting lists no table yet.
+CREATE FUNCTION pyxp.subscribes_to_the_ledger()
+RETURNS boolean
+LANGUAGE sql STABLE
+AS $$
+    SELECT EXISTS (SELECT FROM pg_catalog.pg_subscription s
+                     JOIN pg_catalog.pg_subscription_rel r ON r.srsubid = s.oid
+                     JOIN pg_catalog.pg_class c ON c.oid = r.srrelid
+                    WHERE s.subdbid = (SELECT d.oid FROM pg_catalog.pg_database d WHERE d.datname = current_database())
+                      AND c.relnamespace = 'pyxp'::regnamespace)
+$$;
+
 CREATE FUNCTION pyxp.adopt_cluster()
 RETURNS TABLE (previous_cluster bigint, this_cluster bigint, xid_offset bigint, sequences_advanced text[])
 LANGUAGE plpgsql SECURITY DEFINER
@@ -1528,8 +1545,7 @@ BEGIN
     EXCEPTION WHEN insufficient_privilege THEN
         v_this := NULL;  -- (a service that hides it: nothing is refused)
     END;
-    IF EXISTS (SELECT FROM pg_catalog.pg_subscription s
-                WHERE s.subdbid = (SELECT d.oid FROM pg_catalog.pg_database d WHERE d.datname = current_database())) THEN
+    IF pyxp.subscribes_to_the_ledger() THEN
         v_this := 0;  -- a subscriber: not this cluster's until its switchover
     END IF;
     <<look>>
@@ -1601,11 +1617,13 @@ COMMENT ON FUNCTION pyxp.xid_offset() IS
 COMMENT ON FUNCTION pyxp.ledger_xid(xid8) IS 'internal: a transaction id of this cluster as the ledger counts it.';
 COMMENT ON FUNCTION pyxp.require_ledger_cluster() IS
     'internal: PX032 when the ledger was copied from another cluster and not adopted (pyxp.adopt_cluster).';
+COMMENT ON FUNCTION pyxp.subscribes_to_the_ledger() IS
+    'internal: whether a logical replication subscription of this database carries any of pyxp''s tables.';
 COMMENT ON FUNCTION pyxp.adopt_cluster() IS
     'internal: makes a ledger copied from another cluster this cluster''s: its transaction ids'' offset, its sequences. Owner only; pyxp db upgrade runs it.';
 
 REVOKE ALL ON FUNCTION pyxp.ledger_cluster(), pyxp.xid_offset(), pyxp.ledger_xid(xid8), pyxp.require_ledger_cluster(),
-    pyxp.adopt_cluster() FROM PUBLIC;
+    pyxp.subscribes_to_the_ledger(), pyxp.adopt_cluster() FROM PUBLIC;
 
 -- This database's ledger is this cluster's from the start.
 SELECT * FROM pyxp.adopt_cluster();
