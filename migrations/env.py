@@ -291,6 +291,8 @@ def _adopt_cluster(connection: Connection) -> None:
         origin = "holds transaction ids or ids that ran ahead of this cluster's (rows replicated back, or a copy)"
     elif previous == 0:
         origin = "was its publisher's (a subscriber, now switched over)"
+    elif previous is None:
+        origin = "was written where its cluster could not be told (pg_control_system() hidden)"
     else:
         origin = f"was written on another PostgreSQL cluster (system identifier {previous})"
     sys.stderr.write(f"pyxp: this database's ledger {origin}; it now continues on this one: transaction ids counted "
