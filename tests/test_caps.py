@@ -104,15 +104,7 @@ def test_reversing_a_capped_gain_frees_what_it_applied(db: psycopg.Connection[An
 def test_a_reversal_frees_the_period_of_the_gain(db: psycopg.Connection[Any]) -> None:
     """Reversed next week, a gain of last week frees last week's allowance, not this week's."""
     old = [award(db, "0xw", f"w{i}")[0] for i in range(3)]
-    with db.transaction():
-        db.execute("ALTER TABLE pyxp.xp_transactions DISABLE TRIGGER xp_transactions_append_only")
-        db.execute("UPDATE pyxp.xp_transactions SET created_at = created_at - interval '7 days' WHERE id = ANY(%s)",
-                   (old,))
-        db.execute("ALTER TABLE pyxp.xp_transactions ENABLE TRIGGER xp_transactions_append_only")
-        db.execute("UPDATE pyxp.xp_award_claims c SET created_at = t.created_at FROM pyxp.xp_transactions t "
-                   "WHERE t.id = c.transaction_id")  # a claim says where its row is
-        db.execute("SELECT pyxp.rebuild_period_columns('Europe/Paris')")
-        db.execute("UPDATE pyxp.xp_cap_usage SET period_start = period_start - interval '7 days'")
+    redate(db, old, "created_at - interval '7 days'")
     clean_audit(db)
     assert award(db, "0xw", "this-week-1")[1] == 100
     db.execute("SELECT * FROM pyxp.reverse_transaction(%s, 'late')", (old[0],))
@@ -399,9 +391,9 @@ def test_a_capped_award_begun_before_a_switch_is_dated_at_the_switch(
 
 
 def redate(db: psycopg.Connection[Any], ids: list[int], to: str, usage: bool = True) -> None:
-    """Rows as a server clock that ran ahead dated them (an NTP step back followed): ``to`` is an
-    SQL expression of created_at; their claims, the balances' periods and (``usage``) the usage
-    follow."""
+    """Rows dated otherwise, as an earlier week or a server clock that ran ahead would have (``to``:
+    an SQL expression of created_at); their claims (a claim says where its row is), the balances'
+    periods and (``usage``) the usage follow."""
     with db.transaction():
         db.execute("ALTER TABLE pyxp.xp_transactions DISABLE TRIGGER xp_transactions_append_only")
         db.execute(f"UPDATE pyxp.xp_transactions SET created_at = {to} WHERE id = ANY(%s)", (ids,))

@@ -22,6 +22,8 @@ from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from pyxp import errors, schema
 from pyxp.database import EmbeddedCluster, _postgres_bindir
+from test_audit_checkpoints import tamper
+from test_migrations import schema_dump
 
 AWARD = "SELECT transaction_id FROM pyxp.award(%s, 'CAMPAIGN_APPROVED', %s)"
 CHANGES = "SELECT cursor, transaction_id FROM pyxp.changes(%s, 1000)"
@@ -165,9 +167,7 @@ def test_a_ledger_that_ran_ahead_of_its_cluster_is_adopted_again(db: psycopg.Con
     with psycopg.connect(target, autocommit=True) as conn:
         first = award(conn, "0xahead", "ahead-1")
         ahead = int(conn.execute("SELECT pg_current_xact_id()::text::bigint").fetchone()[0]) + 1_000_000  # type: ignore[index]
-        conn.execute("ALTER TABLE pyxp.xp_transactions DISABLE TRIGGER xp_transactions_append_only")
-        conn.execute("UPDATE pyxp.xp_transactions SET feed_xid = %s::text::xid8 WHERE id = %s", (ahead, first))
-        conn.execute("ALTER TABLE pyxp.xp_transactions ENABLE TRIGGER xp_transactions_append_only")
+        tamper(conn, "UPDATE pyxp.xp_transactions SET feed_xid = %s::text::xid8 WHERE id = %s", ahead, first)
         conn.execute("UPDATE pyxp.xp_balances SET last_feed_xid = %s::text::xid8 WHERE user_wallet = '0xahead'",
                      (ahead,))
         conn.execute("SELECT setval('pyxp.xp_transactions_id_seq', 1, false)")
@@ -214,6 +214,23 @@ def publisher() -> Iterator[str]:
 def subscribed(db: psycopg.Connection[Any], publisher: str, publication: str) -> None:
     db.execute(sql.SQL("CREATE SUBSCRIPTION pyxp_test_subscription CONNECTION {} PUBLICATION {} "
                        "WITH (copy_data = false)").format(sql.Literal(publisher), sql.Identifier(publication)))
+
+
+def test_a_copy_not_adopted_cannot_be_downgraded(fresh_database: Any) -> None:
+    """0031's writer would write a ledger of another cluster (a copy not adopted yet, or a subscriber)
+    with this cluster's ids, below the groups its consumers read: the downgrade refuses, and nothing
+    of the schema or the history changes."""
+    target = fresh_database()
+    schema.upgrade(target)
+    with psycopg.connect(target, autocommit=True) as conn:
+        conn.execute("SET ROLE pyxp_owner")
+        conn.execute("CREATE OR REPLACE FUNCTION pyxp.ledger_cluster() RETURNS bigint LANGUAGE sql STABLE "
+                     "PARALLEL SAFE AS 'SELECT 42::bigint'")
+    before = schema_dump(target)
+    with pytest.raises(psycopg.errors.RaiseException, match="where the ledger is another cluster's \\(42"):
+        schema.downgrade(target, "0031")
+    assert schema.current_revision(target) == schema.head_revision()
+    assert schema_dump(target) == before
 
 
 def test_a_subscriber_is_not_adopted_before_its_switchover(db: psycopg.Connection[Any], conninfo: str,
