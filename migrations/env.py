@@ -267,7 +267,10 @@ def _install_partitions_guard(connection: Connection) -> None:
 # migration run that leaves the database there or later, a ledger copied from another cluster (pg_dump
 # and restore, logical replication, pg_upgrade) is made this cluster's, and the run says so on stderr;
 # until then its writers, its feed and its checkpoints refuse (PX032). Nothing when it is this one's.
+# From 0033 the ledger also names its timeline: one left behind (a failover, a point-in-time
+# recovery) is adopted by the first write on the new one, or here.
 ADOPTION_REVISION = "0032"
+TIMELINE_REVISION = "0033"
 
 
 def _adopt_cluster(connection: Connection) -> None:
@@ -277,17 +280,23 @@ def _adopt_cluster(connection: Connection) -> None:
         reached = _scalar(connection, "SELECT max(version_num) FROM pg_temp.alembic_version")
         if reached is None or reached < ADOPTION_REVISION:
             return
+        timelines = ("previous_timeline, this_timeline" if reached >= TIMELINE_REVISION
+                     else "NULL::integer, NULL::integer")  # (0032's adoption has no timeline)
         adopted = connection.connection.driver_connection.execute(
-            "SELECT previous_cluster, this_cluster, xid_offset, sequences_advanced FROM pyxp.adopt_cluster()").fetchone()
+            "SELECT previous_cluster, this_cluster, xid_offset, sequences_advanced, "
+            f"{timelines} FROM pyxp.adopt_cluster()").fetchone()
     if adopted is None:
         return
-    previous, this, offset, sequences = adopted
+    previous, this, offset, sequences, previous_timeline, this_timeline = adopted
     if this == 0:
         sys.stderr.write("pyxp: this database subscribes to pyxp's tables (logical replication): its ledger stays its "
                          "publisher's, and writes here refuse (PX032), until the switchover: drop the subscription, "
                          "then run pyxp db upgrade\n")
         return
-    if previous == this:
+    if previous == this and None not in (previous_timeline, this_timeline) and previous_timeline != this_timeline:
+        origin = (f"was written on timeline {previous_timeline} of this cluster, which it left (a failover or a "
+                  "point-in-time recovery; cursors of that history refuse with PX033)")
+    elif previous == this:
         origin = "holds transaction ids or ids that ran ahead of this cluster's (rows replicated back, or a copy)"
     elif previous == 0:
         origin = "was its publisher's (a subscriber, now switched over)"

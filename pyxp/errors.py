@@ -7,6 +7,7 @@ matching :class:`XPError` subclass, chained to the original psycopg error.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -199,6 +200,21 @@ class LedgerCopied(XPError):
     code = "PX032"
 
 
+class FeedForked(XPError):
+    """``changes`` (and ``watch``) got a cursor handed out by a history this database left: a failover
+    to a standby that had not received the last transactions, a point-in-time recovery, a copy
+    restored while its source went on. The rows it was read up to are not in this ledger, and the new
+    rows took their transaction ids. ``kept_cursor`` is where to go on from (every row the ledger kept
+    is at or below it); what was read after it no longer happened (README "Copies of the database")."""
+
+    code = "PX033"
+
+    @property
+    def kept_cursor(self) -> int | None:
+        found = re.search(r"at or below cursor (\d+)", self.detail or "")
+        return int(found.group(1)) if found else None
+
+
 class DatabaseUnavailable(XPError):
     """No PostgreSQL server could be reached or started, or none answered within the connect timeout.
 
@@ -215,7 +231,7 @@ __all__ = [
     "UnknownTransaction", "InvalidIdentifier", "InvalidParams", "MissingInput", "BalanceOutOfRange",
     "NoActiveRuleset", "ClientIsAgency", "RegistrationRefused", "InvalidArgument", "InvalidRuleset",
     "IsolationRefused", "InvalidPeriod", "UnknownRuleset", "LedgerInconsistent", "ArchivedRows",
-    "ArchiveRefused", "FeedGroupOverflow", "LedgerCopied",
+    "ArchiveRefused", "FeedGroupOverflow", "LedgerCopied", "FeedForked",
 ]
 
 ERRORS_BY_CODE: dict[str, type[XPError]] = {

@@ -277,6 +277,41 @@ RETURNS bigint
 LANGUAGE sql STABLE PARALLEL SAFE
 AS $$ SELECT 0::bigint $$;
 
+-- The timeline of this cluster the ledger was last adopted on (0033, a
+-- hostile test of failovers and point-in-time recovery). A physical copy
+-- keeps the cluster and its transaction ids, but one that goes on from an
+-- earlier point of its history (a point-in-time recovery; a promoted
+-- standby that had not received its primary's last transactions) starts a
+-- new timeline and hands out again the ids, and the sequences' values, that
+-- the history it left had used: for rows consumers of the change feed had
+-- read, and ids clients held. The writer compares it with
+-- pyxp.current_timeline(), and on a new timeline adopts it first
+-- (pyxp.follow_timeline, sql/14_copies.sql). Written by pyxp.adopt_cluster,
+-- a constant like pyxp.ledger_cluster. NULL: not known (the timeline cannot
+-- be read here): then nothing compares it (a strict comparison with a NULL
+-- constant is folded away, and the timeline is not read).
+CREATE FUNCTION pyxp.ledger_timeline()
+RETURNS integer
+LANGUAGE sql STABLE PARALLEL SAFE
+AS $$ SELECT NULL::integer $$;
+
+-- This server's timeline: on a primary, its WAL insertion timeline (in the
+-- name of its current WAL file: right from the promotion on, where the
+-- control file's checkpoint still names the previous timeline until the
+-- promotion's spread checkpoint ends); on a standby, the one it replays
+-- (the control file's: the recovery's end point names it until the first
+-- checkpoint after it, the checkpoint's from then on). Volatile, so that it
+-- is inlined into the writer's test (a simple expression, well under a
+-- microsecond).
+CREATE FUNCTION pyxp.current_timeline()
+RETURNS integer
+LANGUAGE sql VOLATILE
+AS $$
+    SELECT CASE WHEN pg_is_in_recovery()
+                THEN greatest((pg_control_checkpoint()).timeline_id, (pg_control_recovery()).min_recovery_end_timeline)
+                ELSE ('x' || left(pg_walfile_name(pg_current_wal_insert_lsn()), 8))::bit(32)::integer END
+$$;
+
 -- A transaction id of this cluster as the ledger counts it (every such id
 -- moves by the same offset: the feed's and the checkpoints' proofs, which
 -- compare ids of this cluster only with each other and with the stored
@@ -1134,7 +1169,9 @@ AS $$
 $$;
 
 -- Where every writing function starts (SPEC 4, lock protocol of
--- 04_rulesets.sql): READ COMMITTED only (PX025), ROW EXCLUSIVE on
+-- 04_rulesets.sql): READ COMMITTED only (PX025), the ledger's timeline
+-- followed (pyxp.follow_timeline: after a failover or a point-in-time
+-- recovery, before any lock of an award is taken), ROW EXCLUSIVE on
 -- xp_balances before the active ruleset is read, then the active ruleset
 -- (PX020 when none), its balance floor, period zone and whether it caps.
 CREATE FUNCTION pyxp.writing_ruleset(OUT ruleset_id bigint, OUT balance_floor bigint, OUT timezone text,
@@ -1144,6 +1181,9 @@ AS $$
 BEGIN
     IF current_setting('transaction_isolation') NOT IN ('read committed', 'read uncommitted') THEN  -- no query
         PERFORM pyxp.require_read_committed();  -- PX025
+    END IF;
+    IF pyxp.ledger_timeline() <> pyxp.current_timeline() THEN  -- (no query)
+        PERFORM pyxp.follow_timeline();  -- a new timeline: adopted before any award takes its locks (0033)
     END IF;
     LOCK TABLE pyxp.xp_balances IN ROW EXCLUSIVE MODE;
     SELECT r.ruleset_id, r.balance_floor, r.timezone, r.has_caps INTO ruleset_id, balance_floor, timezone, has_caps

@@ -179,11 +179,24 @@ DECLARE
     v_group xid8;
     v_rank bigint;
     v_floor bigint := (SELECT max(a.feed_floor) FROM pyxp.xp_ledger_archives a);
+    v_kept bigint;
 BEGIN
     PERFORM pyxp.require_ledger_cluster();  -- (PX032: the groups of another cluster, 0032)
     IF v_after IS NULL OR v_after < 0 THEN
         RAISE EXCEPTION 'invalid after_cursor: %', coalesce(v_after::text, 'NULL')
             USING ERRCODE = 'PX023', HINT = 'after_cursor is 0 (from the start) or a cursor the feed returned';
+    END IF;
+    v_kept := pyxp.forked_cursor(v_after);
+    IF v_kept IS NOT NULL THEN
+        -- A cursor of a history this database left (0033, a hostile test of
+        -- failovers): the rows it was read up to are not here, and the
+        -- groups above the ledger's last row were handed out again, to rows
+        -- it would skip. Refused on a standby too.
+        RAISE EXCEPTION 'after_cursor % was handed out by a history this database left (a failover, a point-in-time recovery or a copy): the rows it was read up to are not in this ledger',
+                        v_after
+            USING ERRCODE = 'PX033',
+                  DETAIL = format('every row this ledger kept from that history is at or below cursor %s', v_kept),
+                  HINT = format('go on from cursor %s; what was read after it (rows, levels, totals) no longer happened: read the wallets'' balances again (README "Copies of the database")', v_kept);
     ELSIF (v_after >> 24)::text::xid8 >= pyxp.ledger_xid(pg_snapshot_xmax(v_snapshot)) AND NOT pg_is_in_recovery() THEN
         -- A group no transaction has reached: no cursor the feed returned
         -- (0028: one was accepted, and the rows below it skipped for good, a
@@ -193,7 +206,7 @@ BEGIN
         RAISE EXCEPTION 'after_cursor % is ahead of the feed (its group % has no transaction yet)',
                         v_after, v_after >> 24
             USING ERRCODE = 'PX023',
-                  HINT = 'pass 0 or a cursor this database''s feed returned (README "Live XP": a restored copy starts its cursors again)';
+                  HINT = 'pass a cursor this database''s feed returned (a copy not adopted yet: run pyxp db upgrade first; README "Copies of the database")';
     ELSIF v_after < v_floor AND (v_wallet IS NULL OR pyxp.wallet_feed_behind_archive(v_wallet, v_after, v_floor)) THEN
         -- Rows after this cursor were archived (sql/13_retention.sql): never
         -- skipped silently.

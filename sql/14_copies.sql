@@ -22,40 +22,25 @@
 -- cluster that is not the ledger's, until pyxp.adopt_cluster() makes it the
 -- ledger's: pyxp db upgrade calls it at the end of every run, and migration
 -- 0032 did at install.
+--
+-- A physical copy that goes on from an earlier point of its history (0033,
+-- a hostile test of failovers): a point-in-time recovery, or a standby
+-- promoted before it had received its primary's last transactions, starts
+-- a new timeline, which hands out again the transaction ids and sequence
+-- values the history it left had used. Consumers of the feed holding a
+-- cursor of a lost row were refused (PX023), then, once the new ids passed
+-- it, skipped every row written on the new timeline below it (retried
+-- awards included); and a client reversing the id of a lost award reversed
+-- the row that took its id, another wallet's. So the ledger also names its
+-- timeline (pyxp.ledger_timeline), the first write on a new one adopts it
+-- (pyxp.follow_timeline), and every adoption that may leave a history
+-- behind (a new timeline, a copy, rows ahead of this cluster) moves the
+-- ledger's ids and sequences a margin past what it holds, and records it
+-- (xp_ledger_forks): a cursor between the two is refused with PX033, which
+-- names the cursor to go on from.
 
 SET LOCAL ROLE pyxp_owner;
 
--- Makes the ledger this cluster's where it is not (one row; none when it is).
--- Owner only. It is not, when the ledger names another cluster, or when
--- what it holds runs ahead of this cluster: a feed group, a checkpoint's
--- xmin or an archive's floor at or above this cluster's next transaction id
--- (as the ledger counts it), or an identity sequence behind its table's
--- highest id. Its name is no proof: a physical clone promoted to run on its
--- own keeps the system identifier, and rows replicated back to a cluster
--- after a failback carry the other one's ids (a re-test of 0032 reused ids
--- both ways). Then, holding every award (SHARE ROW EXCLUSIVE on
--- xp_balances, the lock protocol of sql/04_rulesets.sql) and every move or
--- archive (pyxp.lock_ledger_partitions):
---   * xid_offset: the highest transaction id the ledger holds, less the
---     oldest of this cluster that may still write it (this transaction's,
---     or an older one running here), plus 1; never below the offset the
---     ledger had on this cluster, and 0 on a new cluster whose ids already
---     run higher. From then on the ledger counts this cluster's ids plus
---     it (pyxp.ledger_xid): every new group is above every old one, as on
---     the cluster that wrote them, so a consumer's cursor goes on, exactly
---     once, and the incremental audit covers the new rows. The order of
---     this cluster's ids is kept: the feed's and the checkpoints' proofs
---     hold as they are.
---   * every sequence of a pyxp table's identity column is advanced past
---     the highest id the table holds (the ledger's: archived ones too);
---   * pyxp.ledger_cluster() and pyxp.xid_offset() are written anew (their
---     callers' cached plans are invalidated with them).
--- A database subscribing to pyxp's tables (pyxp.subscribes_to_the_ledger)
--- is a copy still being written by its publisher: its ledger is named
--- cluster 0, which no cluster is (every write and read of the feed refuses,
--- PX032), until an adoption once the subscription is dropped (the
--- switchover). Migration 0032 runs this at its end: a subscriber that
--- installs it is not adopted early.
 -- Whether a logical replication subscription of this database carries
 -- any of pyxp's tables (pg_subscription_rel: the tables it has synced or
 -- syncs). One of unrelated tables does not make the ledger a copy (a
@@ -72,18 +57,167 @@ AS $$
                       AND c.relnamespace = 'pyxp'::regnamespace)
 $$;
 
+
+-- How far an adoption that may leave a history behind moves the ledger's
+-- transaction ids and sequences past what it holds (pyxp.adopt_cluster):
+-- 2^31, more than a cluster runs in two days at 10,000 transactions a
+-- second. A consumer's cursor or a client's id from a history that went
+-- on further than that past the ledger's last row is beyond what a refusal
+-- can tell (README "Copies of the database"). Cursors fit in bigint while
+-- the ledger's transaction ids stay below 2^39: 256 such adoptions.
+CREATE FUNCTION pyxp.fork_margin()
+RETURNS bigint
+LANGUAGE sql IMMUTABLE PARALLEL SAFE
+AS $$ SELECT 2147483648::bigint $$;
+
+-- The highest transaction id the ledger holds, as it counts them: its rows'
+-- groups (a balance's last group and an opening's cursor are a row's: below
+-- these), the checkpoints' xmins and the archives' floors. NULL: none.
+CREATE FUNCTION pyxp.highest_ledger_xid()
+RETURNS numeric
+LANGUAGE sql STABLE
+AS $$
+    SELECT greatest(
+        (SELECT t.feed_xid::text::numeric FROM pyxp.xp_transactions t
+          WHERE t.feed_xid IS NOT NULL ORDER BY t.feed_xid DESC LIMIT 1),  -- (index xp_transactions_feed)
+        (SELECT max(k.snapshot_xmin::text::numeric) FROM pyxp.xp_audit_checkpoints k),
+        (SELECT max(a.feed_floor >> 24) FROM pyxp.xp_ledger_archives a))
+$$;
+
+-- One row per adoption that moved the ledger's ids by the margin
+-- (pyxp.adopt_cluster): where the history it kept ends, where the one it
+-- writes since starts. pyxp.changes refuses a cursor between the two
+-- (PX033): one handed out by the history left behind, for a row this
+-- database does not hold.
+CREATE TABLE pyxp.xp_ledger_forks (
+    fork_id            bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    previous_cluster   bigint,            -- the cluster the ledger named (ledger_cluster()): 0 a subscriber, NULL unknown
+    this_cluster       bigint,            -- the one it names since
+    previous_timeline  integer,           -- the timeline it named (ledger_timeline()), NULL unknown
+    this_timeline      integer,           -- the one it names since, NULL unknown
+    kept_cursor        bigint NOT NULL,   -- every row the ledger kept has a cursor at or below it (0: none)
+    resumed_group      numeric NOT NULL,  -- every group written since is at or above it
+    margin             bigint NOT NULL,
+    adopted_at         timestamptz NOT NULL DEFAULT now()
+);
+
+-- The cursor a consumer holding p_after goes on from when p_after was handed
+-- out by a history this database left (a failover, a point-in-time
+-- recovery, a copy): above every row the ledger kept, below every group it
+-- has written since (xp_ledger_forks), or, on a new timeline not adopted
+-- yet (no write since), above every row it holds. NULL otherwise. A cursor
+-- at or below the kept rows' is answered as usual: the rows a lost history
+-- added to a group the ledger kept (a transaction that began before the
+-- fork point and committed after it) are beyond what a cursor can tell.
+CREATE FUNCTION pyxp.forked_cursor(p_after bigint)
+RETURNS bigint
+LANGUAGE sql STABLE
+AS $$
+    SELECT f.kept_cursor FROM pyxp.xp_ledger_forks f
+     WHERE p_after > f.kept_cursor AND (p_after >> 24) < f.resumed_group
+    UNION ALL
+    SELECT k.kept FROM (SELECT coalesce((pyxp.highest_ledger_xid()::bigint << 24) | 16777215, 0) AS kept) k
+     WHERE pyxp.ledger_timeline() <> pyxp.current_timeline() AND p_after > k.kept
+    LIMIT 1
+$$;
+
+-- Each identity column's sequence of pyxp's tables, with the highest id its
+-- table holds (the ledger's: archived ones too) and where it stands.
+CREATE FUNCTION pyxp.identity_sequences(OUT sequence regclass, OUT label text, OUT highest bigint,
+                                        OUT last_value bigint, OUT is_called boolean)
+RETURNS SETOF record
+LANGUAGE plpgsql
+AS $$
+DECLARE
+    v record;
+BEGIN
+    FOR v IN
+        SELECT s.oid::regclass AS seq, 'pyxp.' || s.relname AS name, c.oid::regclass AS owner, a.attname AS col
+          FROM pg_catalog.pg_depend d
+          JOIN pg_catalog.pg_class s ON s.oid = d.objid AND s.relkind = 'S'
+          JOIN pg_catalog.pg_class c ON c.oid = d.refobjid
+          JOIN pg_catalog.pg_attribute a ON a.attrelid = c.oid AND a.attnum = d.refobjsubid
+         WHERE d.classid = 'pg_catalog.pg_class'::regclass AND d.refclassid = 'pg_catalog.pg_class'::regclass
+           AND d.deptype = 'i' AND s.relnamespace = 'pyxp'::regnamespace
+         ORDER BY s.relname
+    LOOP
+        sequence := v.seq;
+        label := v.name;
+        EXECUTE format('SELECT max(%I) FROM %s', v.col, v.owner) INTO highest;
+        IF v.owner = 'pyxp.xp_transactions'::regclass THEN
+            highest := greatest(highest, (SELECT max(a.last_transaction_id) FROM pyxp.xp_ledger_archives a));
+        END IF;
+        EXECUTE format('SELECT last_value, is_called FROM %s', v.seq) INTO last_value, is_called;
+        highest := coalesce(highest, 0);
+        RETURN NEXT;
+    END LOOP;
+END
+$$;
+
+-- Makes the ledger this cluster's where it is not (one row; none when it is).
+-- Owner only. It is not, when the ledger names another cluster or another
+-- timeline of this one, or when what it holds runs ahead of this cluster:
+-- a feed group, a checkpoint's
+-- xmin or an archive's floor at or above this cluster's next transaction id
+-- (as the ledger counts it), or an identity sequence behind its table's
+-- highest id. Its name is no proof: a physical clone promoted to run on its
+-- own keeps the system identifier, and rows replicated back to a cluster
+-- after a failback carry the other one's ids (a re-test of 0032 reused ids
+-- both ways). Then, holding every award (SHARE ROW EXCLUSIVE on
+-- xp_balances, the lock protocol of sql/04_rulesets.sql) and every move or
+-- archive (pyxp.lock_ledger_partitions):
+--   * xid_offset: the highest transaction id the ledger holds, plus the
+--     margin below, less the oldest of this cluster that may still write
+--     it (this transaction's, or an older one running here), plus 1; on
+--     this cluster, never below the offset the ledger had (plus the
+--     margin); 0 on a new cluster whose ids already run higher. From then
+--     on the ledger counts this cluster's ids plus it (pyxp.ledger_xid):
+--     every new group is above every old one, so a consumer's cursor goes
+--     on, exactly once, and the incremental audit covers the new rows. The
+--     order of this cluster's ids is kept: the feed's and the checkpoints'
+--     proofs hold as they are.
+--   * the margin, pyxp.fork_margin() (2^31), where the ledger holds rows
+--     and may have left a history behind: a new timeline of this cluster,
+--     a copy, rows ahead of it. The history left may have gone on (the
+--     rows of a primary a promoted standby had not received; those after a
+--     recovery's target, or after a dump was taken), and consumers and
+--     clients hold its cursors and ids, which this database cannot see.
+--     Every new group starts at least the margin above what the ledger
+--     holds and above this timeline's ids before: a cursor handed out
+--     within the margin past what the ledger kept is refused (PX033,
+--     pyxp.forked_cursor), not answered with a skip. One row of
+--     xp_ledger_forks records it.
+--   * every sequence of a pyxp table's identity column is advanced past
+--     the highest id the table holds (the ledger's: archived ones too),
+--     and by the margin past its own value too where it is applied (a lost
+--     history's ids are not handed out again: a reversal of one is refused
+--     as unknown, not applied to another wallet's row);
+--   * pyxp.ledger_cluster(), pyxp.ledger_timeline() and pyxp.xid_offset()
+--     are written anew (their callers' cached plans are invalidated with
+--     them).
+-- It runs twice at once when two writers meet a new timeline together: the
+-- second, once it has the locks, finds nothing left to do.
+-- A database subscribing to pyxp's tables (pyxp.subscribes_to_the_ledger)
+-- is a copy still being written by its publisher: its ledger is named
+-- cluster 0, which no cluster is (every write and read of the feed refuses,
+-- PX032), until an adoption once the subscription is dropped (the
+-- switchover). Migration 0032 runs this at its end: a subscriber that
+-- installs it is not adopted early.
 CREATE FUNCTION pyxp.adopt_cluster()
-RETURNS TABLE (previous_cluster bigint, this_cluster bigint, xid_offset bigint, sequences_advanced text[])
+RETURNS TABLE (previous_cluster bigint, this_cluster bigint, xid_offset bigint, sequences_advanced text[],
+               previous_timeline integer, this_timeline integer)
 LANGUAGE plpgsql SECURITY DEFINER
 SET search_path = pyxp, pg_temp
 SET lock_timeout = '10s'  -- (recalculate_levels': never queue every award behind an open transaction)
 AS $$
 DECLARE
     v_this bigint;
+    v_timeline integer;
     v_locked boolean := false;
     v_highest numeric;
     v_oldest numeric;
     v_behind boolean;
+    v_margin bigint := 0;
     v_sequence record;
     v_max bigint;
     v_current record;
@@ -96,65 +230,98 @@ BEGIN
     IF pyxp.subscribes_to_the_ledger() THEN
         v_this := 0;  -- a subscriber: not this cluster's until its switchover
     END IF;
+    IF has_function_privilege('pg_catalog.pg_walfile_name(pg_lsn)', 'EXECUTE')
+       AND has_function_privilege('pg_catalog.pg_current_wal_insert_lsn()', 'EXECUTE')
+       AND has_function_privilege('pg_catalog.pg_control_checkpoint()', 'EXECUTE')
+       AND has_function_privilege('pg_catalog.pg_control_recovery()', 'EXECUTE') THEN
+        v_timeline := pyxp.current_timeline();
+    END IF;  -- (else not known: nothing compares it)
     <<look>>
     LOOP
-        -- The highest transaction id the ledger holds, as it counts them (a
-        -- balance's last group and an opening's cursor are a row's: below
-        -- these), and whether a sequence is behind its table.
-        v_highest := greatest(
-            (SELECT t.feed_xid::text::numeric FROM pyxp.xp_transactions t
-              WHERE t.feed_xid IS NOT NULL ORDER BY t.feed_xid DESC LIMIT 1),  -- (index xp_transactions_feed)
-            (SELECT max(k.snapshot_xmin::text::numeric) FROM pyxp.xp_audit_checkpoints k),
-            (SELECT max(a.feed_floor >> 24) FROM pyxp.xp_ledger_archives a));
+        v_highest := pyxp.highest_ledger_xid();
         v_behind := false;
-        FOR v_sequence IN
-            SELECT s.oid::regclass AS sequence, 'pyxp.' || s.relname AS label, c.oid::regclass AS owner,
-                   a.attname AS col
-              FROM pg_catalog.pg_depend d
-              JOIN pg_catalog.pg_class s ON s.oid = d.objid AND s.relkind = 'S'
-              JOIN pg_catalog.pg_class c ON c.oid = d.refobjid
-              JOIN pg_catalog.pg_attribute a ON a.attrelid = c.oid AND a.attnum = d.refobjsubid
-             WHERE d.classid = 'pg_catalog.pg_class'::regclass AND d.refclassid = 'pg_catalog.pg_class'::regclass
-               AND d.deptype = 'i' AND s.relnamespace = 'pyxp'::regnamespace
-             ORDER BY s.relname
-        LOOP
-            EXECUTE format('SELECT max(%I) FROM %s', v_sequence.col, v_sequence.owner) INTO v_max;
-            IF v_sequence.owner = 'pyxp.xp_transactions'::regclass THEN
-                v_max := greatest(v_max, (SELECT max(a.last_transaction_id) FROM pyxp.xp_ledger_archives a));
-            END IF;
-            EXECUTE format('SELECT last_value, is_called FROM %s', v_sequence.sequence) INTO v_current;
-            IF v_max > v_current.last_value OR (v_max = v_current.last_value AND NOT v_current.is_called) THEN
-                v_behind := true;
-                IF v_locked THEN
-                    PERFORM setval(v_sequence.sequence, v_max);
-                    sequences_advanced := sequences_advanced || v_sequence.label;
-                END IF;
-            END IF;
+        FOR v_sequence IN SELECT * FROM pyxp.identity_sequences() LOOP
+            v_behind := v_behind OR v_sequence.highest > v_sequence.last_value
+                        OR (v_sequence.highest = v_sequence.last_value AND NOT v_sequence.is_called);
         END LOOP;
-        EXIT look WHEN v_locked;
-        IF pyxp.ledger_cluster() IS NOT DISTINCT FROM v_this AND NOT v_behind
+        -- Nothing to do (looked at again under the locks: another adoption,
+        -- a writer's on the same new timeline, may have committed meanwhile).
+        IF pyxp.ledger_cluster() IS NOT DISTINCT FROM v_this AND pyxp.ledger_timeline() IS NOT DISTINCT FROM v_timeline
+           AND NOT v_behind
            AND coalesce(v_highest, 0) < pyxp.ledger_xid(pg_snapshot_xmax(pg_current_snapshot()))::text::numeric THEN
             RETURN;
         END IF;
+        EXIT look WHEN v_locked;
         PERFORM pyxp.require_read_committed();
         LOCK TABLE pyxp.xp_balances IN SHARE ROW EXCLUSIVE MODE;
         PERFORM pyxp.lock_ledger_partitions();
         v_locked := true;
-        sequences_advanced := '{}';  -- (looked at again under the locks)
     END LOOP;
     v_oldest := least(pg_current_xact_id()::text::numeric,
                       pyxp.oldest_running_here(pg_current_snapshot())::text::numeric);
     previous_cluster := pyxp.ledger_cluster();
     this_cluster := v_this;
-    adopt_cluster.xid_offset := greatest(coalesce(v_highest, 0) + 1 - v_oldest,
-                                         CASE WHEN previous_cluster IS NOT DISTINCT FROM v_this
-                                              THEN pyxp.xid_offset() ELSE 0 END,
-                                         0);
+    previous_timeline := pyxp.ledger_timeline();
+    this_timeline := v_timeline;
+    -- A history may have been left behind (the margin, above): a new
+    -- timeline, a copy, rows ahead of this cluster. Not the first adoption
+    -- of a ledger with no rows, nor the first record of its timeline.
+    IF v_highest IS NOT NULL
+       AND (previous_cluster IS DISTINCT FROM v_this OR previous_timeline <> v_timeline
+            OR v_highest >= pyxp.ledger_xid(pg_snapshot_xmax(pg_current_snapshot()))::text::numeric) THEN
+        v_margin := pyxp.fork_margin();
+    END IF;
+    IF v_margin > 0 OR previous_cluster IS DISTINCT FROM v_this THEN
+        adopt_cluster.xid_offset := greatest(coalesce(v_highest, 0) + v_margin + 1 - v_oldest,
+                                             CASE WHEN previous_cluster IS NOT DISTINCT FROM v_this
+                                                  THEN pyxp.xid_offset() + v_margin ELSE 0 END,
+                                             0);
+    ELSE
+        adopt_cluster.xid_offset := pyxp.xid_offset();  -- (the timeline recorded, or a sequence behind)
+    END IF;
+    sequences_advanced := '{}';
+    FOR v_sequence IN SELECT * FROM pyxp.identity_sequences() LOOP
+        IF (v_margin > 0 AND v_sequence.sequence <> 'pyxp.xp_ledger_forks_fork_id_seq'::regclass)  -- (its rows are adoptions')
+           OR v_sequence.highest > v_sequence.last_value
+           OR (v_sequence.highest = v_sequence.last_value AND NOT v_sequence.is_called) THEN
+            PERFORM setval(v_sequence.sequence, greatest(v_sequence.highest, v_sequence.last_value)
+                           + CASE WHEN v_sequence.sequence <> 'pyxp.xp_ledger_forks_fork_id_seq'::regclass THEN v_margin ELSE 0 END);
+            sequences_advanced := sequences_advanced || v_sequence.label;
+        END IF;
+    END LOOP;
+    IF v_margin > 0 THEN
+        INSERT INTO pyxp.xp_ledger_forks (previous_cluster, this_cluster, previous_timeline, this_timeline,
+                                          kept_cursor, resumed_group, margin)
+        VALUES (previous_cluster, v_this, previous_timeline, v_timeline, (v_highest::bigint << 24) | 16777215,
+                v_oldest + adopt_cluster.xid_offset, v_margin);
+    END IF;
     EXECUTE format('CREATE OR REPLACE FUNCTION pyxp.ledger_cluster() RETURNS bigint LANGUAGE sql STABLE PARALLEL SAFE '
                    'AS %L', format('SELECT %s::bigint', coalesce(v_this::text, 'NULL')));
+    EXECUTE format('CREATE OR REPLACE FUNCTION pyxp.ledger_timeline() RETURNS integer LANGUAGE sql STABLE PARALLEL SAFE '
+                   'AS %L', format('SELECT %s::integer', coalesce(v_timeline::text, 'NULL')));
     EXECUTE format('CREATE OR REPLACE FUNCTION pyxp.xid_offset() RETURNS bigint LANGUAGE sql STABLE PARALLEL SAFE '
                    'AS %L', format('SELECT %s::bigint', adopt_cluster.xid_offset));
     RETURN NEXT;
+END
+$$;
+
+-- A new timeline of this cluster (a failover, a point-in-time recovery):
+-- adopted (pyxp.adopt_cluster) by the first write on it, before the write
+-- takes any lock of an award (pyxp.writing_ruleset), and by the other
+-- writing functions that name the cluster. Owner only. A ledger of another
+-- cluster is left to pyxp.require_ledger_cluster (PX032: pyxp db upgrade
+-- adopts a copy). READ COMMITTED, as every writer (PX025 otherwise).
+CREATE FUNCTION pyxp.follow_timeline()
+RETURNS void
+LANGUAGE plpgsql SECURITY DEFINER
+SET search_path = pyxp, pg_temp
+AS $$
+BEGIN
+    IF pyxp.ledger_timeline() <> pyxp.current_timeline()
+       AND NOT coalesce(pyxp.ledger_cluster() = 0 OR pyxp.ledger_cluster() <> (pg_control_system()).system_identifier,
+                        false) THEN
+        PERFORM FROM pyxp.adopt_cluster();
+    END IF;
 END
 $$;
 
@@ -168,10 +335,29 @@ COMMENT ON FUNCTION pyxp.require_ledger_cluster() IS
 COMMENT ON FUNCTION pyxp.subscribes_to_the_ledger() IS
     'internal: whether a logical replication subscription of this database carries any of pyxp''s tables.';
 COMMENT ON FUNCTION pyxp.adopt_cluster() IS
-    'internal: makes a ledger copied from another cluster this cluster''s: its transaction ids'' offset, its sequences. Owner only; pyxp db upgrade runs it.';
+    'internal: makes a ledger copied from another cluster, or left on another timeline of this one, this cluster''s: its transaction ids'' offset, its sequences, its timeline. Owner only; pyxp db upgrade runs it, and the first write on a new timeline.';
+COMMENT ON FUNCTION pyxp.ledger_timeline() IS
+    'internal: the timeline of this cluster the ledger was last adopted on (NULL: not known here).';
+COMMENT ON FUNCTION pyxp.current_timeline() IS
+    'internal: this server''s timeline (a primary''s WAL insertion timeline, a standby''s replayed one).';
+COMMENT ON FUNCTION pyxp.fork_margin() IS
+    'internal: how far an adoption that may leave a history behind moves the ledger''s ids past what it holds (2^31).';
+COMMENT ON FUNCTION pyxp.highest_ledger_xid() IS
+    'internal: the highest transaction id the ledger holds (groups, checkpoints'' xmins, archives'' floors), as it counts them.';
+COMMENT ON FUNCTION pyxp.forked_cursor(bigint) IS
+    'internal: the cursor to go on from when this one was handed out by a history this database left (PX033), else NULL.';
+COMMENT ON FUNCTION pyxp.identity_sequences() IS
+    'internal: each identity sequence of pyxp''s tables, its table''s highest id and where it stands.';
+COMMENT ON FUNCTION pyxp.follow_timeline() IS
+    'internal: adopts a new timeline of this cluster (a failover, a point-in-time recovery) before a write. Owner only.';
+COMMENT ON TABLE pyxp.xp_ledger_forks IS
+    'Adoptions that moved the ledger''s ids past a history it may have left (a failover, a point-in-time recovery, a copy): pyxp.changes refuses a cursor between kept_cursor and resumed_group (PX033).';
 
 REVOKE ALL ON FUNCTION pyxp.ledger_cluster(), pyxp.xid_offset(), pyxp.ledger_xid(xid8), pyxp.require_ledger_cluster(),
-    pyxp.subscribes_to_the_ledger(), pyxp.adopt_cluster() FROM PUBLIC;
+    pyxp.subscribes_to_the_ledger(), pyxp.adopt_cluster(), pyxp.ledger_timeline(), pyxp.current_timeline(),
+    pyxp.fork_margin(), pyxp.highest_ledger_xid(), pyxp.forked_cursor(bigint), pyxp.identity_sequences(),
+    pyxp.follow_timeline() FROM PUBLIC;
+GRANT SELECT ON pyxp.xp_ledger_forks TO pyxp_reader;
 
 -- This database's ledger is this cluster's from the start.
 SELECT * FROM pyxp.adopt_cluster();

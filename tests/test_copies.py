@@ -134,11 +134,17 @@ def test_a_ledger_of_another_cluster_writes_nothing(db: psycopg.Connection[Any],
     for call, params in calls:
         with unchanged(), pytest.raises(errors.LedgerCopied, match="system identifier 42"), errors.wrap_errors():
             db.execute(call, params)
+    highest = int(db.execute("SELECT pyxp.highest_ledger_xid()").fetchone()[0])  # type: ignore[index]
     adopted = db.execute("SELECT previous_cluster, this_cluster = (pg_control_system()).system_identifier, "
-                         "xid_offset FROM pyxp.adopt_cluster()").fetchall()
-    assert adopted == [(42, True, 0)]  # this cluster's ids run past every one the ledger holds
+                         "xid_offset > 0 FROM pyxp.adopt_cluster()").fetchall()
+    # The source may have gone on after the copy (0033): new ids start a margin past the ledger's.
+    assert adopted == [(42, True, True)]
+    assert db.execute("SELECT previous_cluster, kept_cursor, resumed_group >= %s + pyxp.fork_margin() "
+                      "FROM pyxp.xp_ledger_forks", (highest,)).fetchall() == [(42, highest << 24 | 16777215, True)]
     assert db.execute("SELECT * FROM pyxp.adopt_cluster()").fetchall() == []
-    award(db, "0xkept", "kept-2")
+    kept = award(db, "0xkept", "kept-2")
+    assert db.execute("SELECT feed_xid::text::numeric >= %s + pyxp.fork_margin() FROM pyxp.xp_transactions "
+                      "WHERE id = %s", (highest, kept)).fetchone() == (True,)
     assert db.execute("SELECT * FROM pyxp.audit()").fetchall() == []
 
 
@@ -173,7 +179,11 @@ def test_a_ledger_that_ran_ahead_of_its_cluster_is_adopted_again(db: psycopg.Con
         conn.execute("SELECT setval('pyxp.xp_transactions_id_seq', 1, false)")
         adopted = conn.execute("SELECT previous_cluster = this_cluster, xid_offset > 0, sequences_advanced "
                                "FROM pyxp.adopt_cluster()").fetchall()
-        assert adopted == [(True, True, ["pyxp.xp_transactions_id_seq"])]
+        # Every sequence moved by the margin too (0033: the ids the history left behind may have
+        # handed out), the forks' own excepted.
+        assert adopted == [(True, True, [r[0] for r in conn.execute(
+            "SELECT label FROM pyxp.identity_sequences() WHERE label <> 'pyxp.xp_ledger_forks_fork_id_seq'")])]
+        assert conn.execute("SELECT last_value > pyxp.fork_margin() FROM pyxp.xp_transactions_id_seq").fetchone() == (True,)
         offset = conn.execute("SELECT pyxp.xid_offset()").fetchone()
         assert conn.execute("SELECT * FROM pyxp.adopt_cluster()").fetchall() == []
         new = award(conn, "0xother", "other-1")
@@ -183,7 +193,7 @@ def test_a_ledger_that_ran_ahead_of_its_cluster_is_adopted_again(db: psycopg.Con
         assert [r[1] for r in conn.execute(CHANGES, (0,))] == [first, new]
     with pytest.raises(psycopg.errors.RaiseException, match="downgrading 0032 would drop the offset"):
         schema.downgrade(target, "0031")
-    assert schema.current_revision(target) == schema.head_revision()
+    assert schema.current_revision(target) == "0032"  # (0033's downgrade keeps the offset)
     with psycopg.connect(target, autocommit=True) as conn:
         assert conn.execute("SELECT pyxp.xid_offset()").fetchone() == offset
 
@@ -221,7 +231,7 @@ def test_a_copy_not_adopted_cannot_be_downgraded(fresh_database: Any) -> None:
     with this cluster's ids, below the groups its consumers read: the downgrade refuses, and nothing
     of the schema or the history changes."""
     target = fresh_database()
-    schema.upgrade(target)
+    schema.upgrade(target, "0032")  # (0033's downgrade, which keeps the cluster, would go through first)
     with psycopg.connect(target, autocommit=True) as conn:
         conn.execute("SET ROLE pyxp_owner")
         conn.execute("CREATE OR REPLACE FUNCTION pyxp.ledger_cluster() RETURNS bigint LANGUAGE sql STABLE "
@@ -229,7 +239,7 @@ def test_a_copy_not_adopted_cannot_be_downgraded(fresh_database: Any) -> None:
     before = schema_dump(target)
     with pytest.raises(psycopg.errors.RaiseException, match="where the ledger is another cluster's \\(42"):
         schema.downgrade(target, "0031")
-    assert schema.current_revision(target) == schema.head_revision()
+    assert schema.current_revision(target) == "0032"
     assert schema_dump(target) == before
 
 

@@ -1,0 +1,215 @@
+"""Histories left behind (0033, a hostile test of failovers and point-in-time recovery). A standby
+promoted before it had received its primary's last transactions, or a point-in-time recovery,
+starts a new timeline that hands out again the transaction ids and sequence values of the history
+it left. The test found a feed consumer holding a lost row's cursor refused (PX023), then, once the
+new ids passed it, skipping every row the new timeline wrote below it (a retried award included);
+and ``reverse_transaction`` of a lost award's id reversing another wallet's row.
+
+The first tests stand a rewritten ``pyxp.ledger_timeline()`` in for a timeline left behind (this
+suite's server cannot be failed over); the last one fails a private primary over to a standby that
+missed its last awards."""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+from psycopg.conninfo import make_conninfo
+
+from pyxp import errors, schema
+from pyxp.database import EmbeddedCluster, _postgres_bindir
+
+AWARD = "SELECT transaction_id FROM pyxp.award(%s, 'CAMPAIGN_APPROVED', %s)"
+CHANGES = "SELECT cursor, transaction_id FROM pyxp.changes(%s, 1000)"
+REVERSE = "SELECT * FROM pyxp.reverse_transaction(%s, 'refund')"
+
+
+def award(conn: psycopg.Connection[Any], wallet: str, key: str) -> int:
+    return int(conn.execute(AWARD, (wallet, key)).fetchone()[0])  # type: ignore[index]
+
+
+def scalar(conn: psycopg.Connection[Any], query: str, params: Any = None) -> Any:
+    return conn.execute(query, params).fetchone()[0]  # type: ignore[index]
+
+
+def leave_timeline(conn: psycopg.Connection[Any]) -> None:
+    """The ledger names a timeline this server is not on, as after a failover or a recovery."""
+    conn.execute("SET ROLE pyxp_owner")
+    conn.execute("CREATE OR REPLACE FUNCTION pyxp.ledger_timeline() RETURNS integer LANGUAGE sql STABLE "
+                 "PARALLEL SAFE AS 'SELECT pyxp.current_timeline() + 7'")
+    conn.execute("RESET ROLE")
+
+
+def test_a_cursor_of_a_history_left_behind_is_refused_and_the_first_award_adopts_the_timeline(
+        db: psycopg.Connection[Any], unchanged: Any) -> None:
+    """Before any write on the new timeline and after, a cursor above the ledger's last row (one the
+    lost history handed out) is refused with PX033, which names the cursor to go on from; from
+    there a consumer gets exactly the new rows. The first award adopts the timeline: its group and
+    id start a margin past what the ledger holds, so a lost award's id is unknown, not another
+    wallet's row."""
+    award(db, "0xkept", "kept-1")
+    second = award(db, "0xkept", "kept-2")
+    highest = int(scalar(db, "SELECT pyxp.highest_ledger_xid()"))
+    kept = highest << 24 | 16777215
+    lost_cursor = (highest + 3) << 24 | 1  # a row the history left behind had written after the fork
+    lost_id = int(scalar(db, "SELECT max(id) FROM pyxp.xp_transactions")) + 1
+    timeline = scalar(db, "SELECT pyxp.current_timeline()")
+    leave_timeline(db)
+    for wallet in (None, "0xkept"):
+        with unchanged(), pytest.raises(errors.FeedForked, match="a history this database left") as refused, \
+                errors.wrap_errors():
+            db.execute("SELECT * FROM pyxp.changes(%s, 10, %s)", (lost_cursor, wallet))
+        assert refused.value.kept_cursor == kept
+    first_cursor = db.execute(CHANGES, (0,)).fetchall()[0][0]
+    assert [r[1] for r in db.execute(CHANGES, (first_cursor,))] == [second]  # the kept history reads on
+
+    new = award(db, "0xnew", "new-1")
+    forks = db.execute("SELECT previous_timeline, this_timeline, kept_cursor, resumed_group >= %s + margin, margin "
+                       "FROM pyxp.xp_ledger_forks", (highest,)).fetchall()
+    assert forks == [(timeline + 7, timeline, kept, True, 2 ** 31)]
+    assert scalar(db, "SELECT pyxp.ledger_timeline()") == timeline
+    assert new > lost_id + 2 ** 31 - 1
+    assert scalar(db, "SELECT feed_xid::text::numeric >= %s + pyxp.fork_margin() FROM pyxp.xp_transactions "
+                      "WHERE id = %s", (highest, new)) is True
+    with unchanged(), pytest.raises(errors.FeedForked), errors.wrap_errors():
+        db.execute(CHANGES, (lost_cursor,))
+    assert [r[1] for r in db.execute(CHANGES, (kept,))] == [new]
+    with unchanged(), pytest.raises(errors.UnknownTransaction), errors.wrap_errors():
+        db.execute(REVERSE, (lost_id,))
+    assert db.execute("SELECT * FROM pyxp.adopt_cluster()").fetchall() == []
+    assert db.execute("SELECT * FROM pyxp.audit()").fetchall() == []
+
+
+def test_writers_meeting_a_new_timeline_together_adopt_it_once(db: psycopg.Connection[Any], conninfo: str) -> None:
+    """Eight connections award at once on a new timeline: each award goes through, the timeline is
+    adopted once (one margin), and the feed returns every row once, the new ones after the kept."""
+    award(db, "0xkept", "kept-1")
+    highest = int(scalar(db, "SELECT pyxp.highest_ledger_xid()"))
+    leave_timeline(db)
+    db.commit()
+    start = threading.Barrier(8)
+    results: list[Any] = []
+
+    def one(n: int) -> None:
+        with psycopg.connect(conninfo, autocommit=True) as conn:
+            start.wait()
+            try:
+                results.append(award(conn, f"0xracer{n}", f"race-{n}"))
+            except Exception as exc:  # noqa: BLE001 (reported below)
+                results.append(exc)
+
+    threads = [threading.Thread(target=one, args=(n,)) for n in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert all(isinstance(r, int) for r in results), results
+    assert scalar(db, "SELECT count(*) FROM pyxp.xp_ledger_forks") == 1
+    assert scalar(db, "SELECT pyxp.xid_offset() < 2 * pyxp.fork_margin()") is True
+    assert scalar(db, "SELECT min(feed_xid::text::numeric) >= %s + pyxp.fork_margin() FROM pyxp.xp_transactions "
+                      "WHERE id = ANY(%s)", (highest, results)) is True
+    fed = [r[1] for r in db.execute(CHANGES, (0,))]
+    assert sorted(fed[1:]) == sorted(results) and len(fed) == 9
+
+
+@pytest.mark.parametrize("call", [
+    "SELECT * FROM pyxp.record_audit_checkpoint()",
+    "SELECT * FROM pyxp.register_agency_client('0xagency', 'a@example.com', 'camp_x')",
+])
+def test_the_other_writers_that_name_the_cluster_adopt_the_timeline(db: psycopg.Connection[Any], call: str) -> None:
+    """A checkpoint and a registration on a new timeline adopt it first (their ids and the
+    checkpoint's xmin are counted past the history left behind)."""
+    award(db, "0xkept", "kept-1")
+    leave_timeline(db)
+    db.execute(call)
+    assert scalar(db, "SELECT count(*) FROM pyxp.xp_ledger_forks") == 1
+    assert scalar(db, "SELECT pyxp.ledger_timeline() = pyxp.current_timeline()") is True
+
+
+def test_an_upgrade_on_a_new_timeline_adopts_it_and_says_so(fresh_database: Any,
+                                                            capsys: pytest.CaptureFixture[str]) -> None:
+    """pyxp db upgrade (migrations/env.py) adopts a timeline left behind, and says which."""
+    target = fresh_database()
+    schema.upgrade(target)
+    with psycopg.connect(target, autocommit=True) as conn:
+        award(conn, "0xkept", "kept-1")
+        leave_timeline(conn)
+    capsys.readouterr()
+    schema.upgrade(target)
+    said = capsys.readouterr().err
+    assert "was written on timeline" in said and "which it left" in said and "PX033" in said, said
+    with psycopg.connect(target, autocommit=True) as conn:
+        assert scalar(conn, "SELECT count(*) FROM pyxp.xp_ledger_forks") == 1
+
+
+# --------------------------------------------------------------------------- a real failover
+
+
+@pytest.fixture()
+def failed_over() -> Iterator[dict[str, Any]]:
+    """A private primary whose standby stopped receiving before 40 awards (more than the 32 values a
+    sequence logs ahead: their ids are handed out again on the new timeline without 0033); the
+    consumer read them on the primary; then the primary crashed and the standby was promoted.
+    Yields the promoted standby's conninfo, the consumer's last cursor, and the lost awards' ids."""
+    bindir = _postgres_bindir()
+    if bindir is None:
+        pytest.skip("no PostgreSQL server binaries (pg_ctl, pg_basebackup) on this machine")
+    bindir = Path(os.path.realpath(bindir / "pg_ctl")).parent
+    primary = EmbeddedCluster(bindir).start()
+    standby = EmbeddedCluster(bindir)
+    try:
+        with psycopg.connect(primary.conninfo, autocommit=True) as conn:
+            conn.execute("CREATE DATABASE pyxp")
+        primary_url = make_conninfo(primary.conninfo, dbname="pyxp")
+        schema.upgrade(primary_url)
+        with psycopg.connect(primary_url, autocommit=True) as conn:
+            kept = [award(conn, "0xkept", f"kept-{n}") for n in range(3)]
+        if standby.run_as:
+            stat = primary.directory.stat()
+            os.chown(standby.directory, stat.st_uid, stat.st_gid)
+        standby._run("pg_basebackup", "-D", str(standby.datadir), "-R", "-X", "stream", "-c", "fast",
+                     "-h", "127.0.0.1", "-p", str(primary.port), "-U", "postgres")
+        with psycopg.connect(primary_url, autocommit=True) as conn:
+            lost = {f"lost-{n}": award(conn, f"0xlost{n}", f"lost-{n}") for n in range(40)}
+            cursor = conn.execute(CHANGES, (0,)).fetchall()[-1][0]
+        primary.stop_server("immediate")
+        standby.start_existing()
+        standby._run("pg_ctl", "-D", str(standby.datadir), "-w", "promote")
+        yield {"url": make_conninfo(standby.conninfo, dbname="pyxp"), "cursor": cursor, "lost": lost,
+               "kept": kept}
+    finally:
+        standby.stop()
+        primary.stop()
+
+
+def test_a_failover_to_a_standby_that_missed_awards(failed_over: dict[str, Any]) -> None:
+    """The reproduction: after the failover the consumer's cursor is refused (PX033, not PX023,
+    and never answered with a skip); from the cursor it names it gets exactly the rows written
+    since, the retried lost award included; a lost award's id is unknown to a reversal; and new
+    ids and groups start past the lost ones."""
+    with psycopg.connect(failed_over["url"], autocommit=True) as conn:
+        assert scalar(conn, "SELECT pyxp.ledger_timeline() <> pyxp.current_timeline()") is True
+        assert scalar(conn, "SELECT count(*) FROM pyxp.xp_transactions") == 3  # the lost awards are not here
+        with pytest.raises(errors.FeedForked) as refused, errors.wrap_errors():
+            conn.execute(CHANGES, (failed_over["cursor"],))
+        kept = refused.value.kept_cursor
+        assert kept is not None and kept < failed_over["cursor"]
+        lost_id = max(failed_over["lost"].values())
+        new = [award(conn, "0xnew", f"new-{n}") for n in range(12)]
+        new.append(award(conn, "0xlost0", "lost-0"))  # the client retries a lost award
+        assert min(new) > max(failed_over["lost"].values())
+        assert scalar(conn, "SELECT count(*) FROM pyxp.xp_ledger_forks") == 1
+        with pytest.raises(errors.FeedForked), errors.wrap_errors():
+            conn.execute(CHANGES, (failed_over["cursor"],))
+        assert [r[1] for r in conn.execute(CHANGES, (kept,))] == new
+        before = scalar(conn, "SELECT count(*) FROM pyxp.xp_transactions")
+        with pytest.raises(errors.UnknownTransaction), errors.wrap_errors():
+            conn.execute(REVERSE, (lost_id,))
+        assert scalar(conn, "SELECT count(*) FROM pyxp.xp_transactions") == before
+        assert award(conn, "0xlost0", "lost-0") == new[-1]  # a replay now
+        assert conn.execute("SELECT * FROM pyxp.audit()").fetchall() == []
