@@ -29,7 +29,7 @@ from psycopg.types.json import Jsonb
 from pytest_postgresql import factories
 
 from pyxp import XP, schema
-from pyxp.database import discovered_server, locate_server
+from pyxp.database import EmbeddedCluster, _postgres_bindir, discovered_server, locate_server
 from pyxp.errors import DatabaseUnavailable
 from pyxp.ruleset_config import load_ruleset
 
@@ -294,3 +294,31 @@ def called_behind_holder(conninfo: str, db: psycopg.Connection[Any], held: str,
         thread.join(60)
         assert not thread.is_alive()
     return outcome
+
+
+def primary_with_pyxp() -> tuple[EmbeddedCluster, str]:
+    """A private cluster started from the local server binaries, database ``pyxp`` migrated on it:
+    (the cluster, the database's conninfo). Skips where there are no binaries; the caller stops it."""
+    bindir = _postgres_bindir()
+    if bindir is None:
+        pytest.skip("no PostgreSQL server binaries (pg_ctl, pg_basebackup) on this machine")
+    bindir = Path(os.path.realpath(bindir / "pg_ctl")).parent  # pg_ctl may be a link; pg_basebackup is beside the real one
+    primary = EmbeddedCluster(bindir).start()
+    try:
+        with psycopg.connect(primary.conninfo, autocommit=True) as conn:
+            conn.execute("CREATE DATABASE pyxp")
+        url = make_conninfo(primary.conninfo, dbname="pyxp")
+        schema.upgrade(url)
+    except BaseException:
+        primary.stop()
+        raise
+    return primary, url
+
+
+def base_backup(primary: EmbeddedCluster, standby: EmbeddedCluster) -> None:
+    """Copies ``primary`` into ``standby``'s directory as a streaming standby (pg_basebackup -R), not started."""
+    if standby.run_as:
+        stat = primary.directory.stat()
+        os.chown(standby.directory, stat.st_uid, stat.st_gid)
+    standby._run("pg_basebackup", "-D", str(standby.datadir), "-R", "-X", "stream", "-c", "fast",
+                 "-h", "127.0.0.1", "-p", str(primary.port), "-U", "postgres")

@@ -7,7 +7,6 @@ routes the reads to the standby and the writes to the primary."""
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 import time
@@ -18,8 +17,9 @@ import psycopg
 import pytest
 from psycopg.conninfo import make_conninfo
 
-from pyxp import XP, schema
-from pyxp.database import EmbeddedCluster, _postgres_bindir
+from conftest import base_backup, primary_with_pyxp
+from pyxp import XP
+from pyxp.database import EmbeddedCluster
 
 PYXP = str(Path(sys.executable).with_name("pyxp"))
 
@@ -27,31 +27,15 @@ PYXP = str(Path(sys.executable).with_name("pyxp"))
 @pytest.fixture(scope="module")
 def replicated() -> Iterator[tuple[str, str]]:
     """(primary, standby) conninfos of database ``pyxp`` on a fresh primary and its streaming standby."""
-    bindir = _postgres_bindir()
-    if bindir is None:
-        pytest.skip("no PostgreSQL server binaries (pg_ctl, pg_basebackup) on this machine")
-    bindir = Path(os.path.realpath(bindir / "pg_ctl")).parent  # pg_ctl may be a link; pg_basebackup is beside the real one
-    primary = EmbeddedCluster(bindir).start()
-    standby = EmbeddedCluster(bindir)
+    primary, primary_url = primary_with_pyxp()
+    standby = EmbeddedCluster(primary.bindir)
     try:
-        with psycopg.connect(primary.conninfo, autocommit=True) as conn:
-            conn.execute("CREATE DATABASE pyxp")
-        primary_url = make_conninfo(primary.conninfo, dbname="pyxp")
-        schema.upgrade(primary_url)
-        if standby.run_as:
-            os.chown(standby.directory, *_owner(primary.directory))
-        standby._run("pg_basebackup", "-D", str(standby.datadir), "-R", "-X", "stream", "-c", "fast",
-                     "-h", "127.0.0.1", "-p", str(primary.port), "-U", "postgres")
+        base_backup(primary, standby)
         standby.start_existing()
         yield primary_url, make_conninfo(standby.conninfo, dbname="pyxp")
     finally:
         standby.stop()
         primary.stop()
-
-
-def _owner(path: Path) -> tuple[int, int]:
-    stat = path.stat()
-    return stat.st_uid, stat.st_gid
 
 
 def _caught_up(primary: str, standby: str) -> None:

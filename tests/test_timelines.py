@@ -11,18 +11,17 @@ missed its last awards."""
 
 from __future__ import annotations
 
-import os
 import threading
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import psycopg
 import pytest
 from psycopg.conninfo import make_conninfo
 
+from conftest import base_backup, primary_with_pyxp
 from pyxp import errors, schema
-from pyxp.database import EmbeddedCluster, _postgres_bindir
+from pyxp.database import EmbeddedCluster
 
 AWARD = "SELECT transaction_id FROM pyxp.award(%s, 'CAMPAIGN_APPROVED', %s)"
 CHANGES = "SELECT cursor, transaction_id FROM pyxp.changes(%s, 1000)"
@@ -156,32 +155,20 @@ def failed_over() -> Iterator[dict[str, Any]]:
     sequence logs ahead: their ids are handed out again on the new timeline without 0033); the
     consumer read them on the primary; then the primary crashed and the standby was promoted.
     Yields the promoted standby's conninfo, the consumer's last cursor, and the lost awards' ids."""
-    bindir = _postgres_bindir()
-    if bindir is None:
-        pytest.skip("no PostgreSQL server binaries (pg_ctl, pg_basebackup) on this machine")
-    bindir = Path(os.path.realpath(bindir / "pg_ctl")).parent
-    primary = EmbeddedCluster(bindir).start()
-    standby = EmbeddedCluster(bindir)
+    primary, primary_url = primary_with_pyxp()
+    standby = EmbeddedCluster(primary.bindir)
     try:
-        with psycopg.connect(primary.conninfo, autocommit=True) as conn:
-            conn.execute("CREATE DATABASE pyxp")
-        primary_url = make_conninfo(primary.conninfo, dbname="pyxp")
-        schema.upgrade(primary_url)
         with psycopg.connect(primary_url, autocommit=True) as conn:
-            kept = [award(conn, "0xkept", f"kept-{n}") for n in range(3)]
-        if standby.run_as:
-            stat = primary.directory.stat()
-            os.chown(standby.directory, stat.st_uid, stat.st_gid)
-        standby._run("pg_basebackup", "-D", str(standby.datadir), "-R", "-X", "stream", "-c", "fast",
-                     "-h", "127.0.0.1", "-p", str(primary.port), "-U", "postgres")
+            for n in range(3):
+                award(conn, "0xkept", f"kept-{n}")
+        base_backup(primary, standby)
         with psycopg.connect(primary_url, autocommit=True) as conn:
             lost = {f"lost-{n}": award(conn, f"0xlost{n}", f"lost-{n}") for n in range(40)}
             cursor = conn.execute(CHANGES, (0,)).fetchall()[-1][0]
         primary.stop_server("immediate")
         standby.start_existing()
         standby._run("pg_ctl", "-D", str(standby.datadir), "-w", "promote")
-        yield {"url": make_conninfo(standby.conninfo, dbname="pyxp"), "cursor": cursor, "lost": lost,
-               "kept": kept}
+        yield {"url": make_conninfo(standby.conninfo, dbname="pyxp"), "cursor": cursor, "lost": lost}
     finally:
         standby.stop()
         primary.stop()
