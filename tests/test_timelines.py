@@ -36,11 +36,14 @@ def scalar(conn: psycopg.Connection[Any], query: str, params: Any = None) -> Any
     return conn.execute(query, params).fetchone()[0]  # type: ignore[index]
 
 
-def leave_timeline(conn: psycopg.Connection[Any]) -> None:
-    """The ledger names a timeline this server is not on, as after a failover or a recovery."""
+def leave_timeline(conn: psycopg.Connection[Any], ledger: int = 1, server: int = 2) -> None:
+    """The ledger names timeline ``ledger`` and this server runs on ``server``, as after failovers
+    or recoveries (this server's real timeline cannot move: both functions are rewritten)."""
     conn.execute("SET ROLE pyxp_owner")
-    conn.execute("CREATE OR REPLACE FUNCTION pyxp.ledger_timeline() RETURNS integer LANGUAGE sql STABLE "
-                 "PARALLEL SAFE AS 'SELECT pyxp.current_timeline() + 7'")
+    for name, timeline in (("ledger_timeline", ledger), ("current_timeline", server)):
+        conn.execute(f"CREATE OR REPLACE FUNCTION pyxp.{name}() RETURNS integer LANGUAGE sql "
+                     f"{'STABLE PARALLEL SAFE' if name == 'ledger_timeline' else 'VOLATILE'} "
+                     f"AS 'SELECT {timeline}'")
     conn.execute("RESET ROLE")
 
 
@@ -57,8 +60,7 @@ def test_a_cursor_of_a_history_left_behind_is_refused_and_the_first_award_adopts
     kept = highest << 24 | 16777215
     lost_cursor = (highest + 3) << 24 | 1  # a row the history left behind had written after the fork
     lost_id = int(scalar(db, "SELECT max(id) FROM pyxp.xp_transactions")) + 1
-    timeline = scalar(db, "SELECT pyxp.current_timeline()")
-    leave_timeline(db)
+    leave_timeline(db, 1, 2)
     for wallet in (None, "0xkept"):
         with unchanged(), pytest.raises(errors.FeedForked, match="a history this database left") as refused, \
                 errors.wrap_errors():
@@ -70,8 +72,8 @@ def test_a_cursor_of_a_history_left_behind_is_refused_and_the_first_award_adopts
     new = award(db, "0xnew", "new-1")
     forks = db.execute("SELECT previous_timeline, this_timeline, kept_cursor, resumed_group >= %s + margin, margin "
                        "FROM pyxp.xp_ledger_forks", (highest,)).fetchall()
-    assert forks == [(timeline + 7, timeline, kept, True, 2 ** 31)]
-    assert scalar(db, "SELECT pyxp.ledger_timeline()") == timeline
+    assert forks == [(1, 2, kept, True, 2 ** 31)]
+    assert scalar(db, "SELECT pyxp.ledger_timeline()") == 2
     assert new > lost_id + 2 ** 31 - 1
     assert scalar(db, "SELECT feed_xid::text::numeric >= %s + pyxp.fork_margin() FROM pyxp.xp_transactions "
                       "WHERE id = %s", (highest, new)) is True
@@ -114,6 +116,57 @@ def test_writers_meeting_a_new_timeline_together_adopt_it_once(db: psycopg.Conne
                       "WHERE id = ANY(%s)", (highest, results)) is True
     fed = [r[1] for r in db.execute(CHANGES, (0,))]
     assert sorted(fed[1:]) == sorted(results) and len(fed) == 9
+
+
+def test_one_margin_per_timeline_passed(db: psycopg.Connection[Any]) -> None:
+    """A re-test of 0033: a standby cut off before its new primary's first write (the adoption of
+    timeline 2) was promoted in turn, to timeline 3. Still naming timeline 1, it moved the ids by
+    one margin, as timeline 2 had: a reversal of a timeline 2 award's id reversed another wallet's
+    row, and a consumer skipped rows. Two timelines passed now move them by two margins."""
+    award(db, "0xkept", "kept-1")
+    highest = int(scalar(db, "SELECT pyxp.highest_ledger_xid()"))
+    ids = int(scalar(db, "SELECT max(id) FROM pyxp.xp_transactions"))
+    leave_timeline(db, 1, 3)
+    new = award(db, "0xnew", "new-1")
+    assert db.execute("SELECT previous_timeline, this_timeline, margin, resumed_group >= %s + 2 * pyxp.fork_margin() "
+                      "FROM pyxp.xp_ledger_forks", (highest,)).fetchall() == [(1, 3, 2 ** 32, True)]
+    assert new > ids + 2 ** 32
+    assert scalar(db, "SELECT feed_xid::text::numeric >= %s + 2 * pyxp.fork_margin() FROM pyxp.xp_transactions "
+                      "WHERE id = %s", (highest, new)) is True
+
+
+def test_writers_that_took_their_id_before_the_adoption_write_above_its_resumed_group(
+        db: psycopg.Connection[Any], conninfo: str) -> None:
+    """A re-test of 0033: batches that had taken their transaction id (award_many counts its rows
+    first) and waited for the adoption's locks wrote rows below the fork's resumed_group (the
+    adoption's snapshot lists the running ids below its xmax only), and a consumer going on from
+    the cursor PX033 named was sent back to it again and again. Six transactions hold an id when
+    the adoption runs; every row is at or above resumed_group, and the feed from the kept cursor,
+    a row per page, gives every new row once."""
+    award(db, "0xkept", "kept-1")
+    leave_timeline(db)
+    db.commit()
+    holders = [psycopg.connect(conninfo) for _ in range(6)]
+    try:
+        for holder in holders:
+            holder.execute("SELECT pg_current_xact_id()")
+        with psycopg.connect(conninfo, autocommit=True) as adopter:
+            first = award(adopter, "0xadopter", "adopter-1")
+        written = [first]
+        for n, holder in enumerate(holders):
+            written.append(award(holder, f"0xheld{n}", f"held-{n}"))
+            holder.commit()
+    finally:
+        for holder in holders:
+            holder.close()
+    assert scalar(db, "SELECT count(*) FROM pyxp.xp_transactions t, pyxp.xp_ledger_forks f "
+                      "WHERE t.feed_xid::text::numeric < f.resumed_group AND t.id = ANY(%s)", (written,)) == 0
+    cursor = int(scalar(db, "SELECT kept_cursor FROM pyxp.xp_ledger_forks"))
+    fed = []
+    while page := db.execute("SELECT cursor, transaction_id FROM pyxp.changes(%s, 1)", (cursor,)).fetchall():
+        cursor = page[0][0]
+        fed.append(page[0][1])
+    assert sorted(fed) == sorted(written)
 
 
 @pytest.mark.parametrize("call", [

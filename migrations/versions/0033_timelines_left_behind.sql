@@ -166,9 +166,10 @@ DROP FUNCTION pyxp.adopt_cluster();
 --     on, exactly once, and the incremental audit covers the new rows. The
 --     order of this cluster's ids is kept: the feed's and the checkpoints'
 --     proofs hold as they are.
---   * the margin, pyxp.fork_margin() (2^31), where the ledger holds rows
---     and may have left a history behind: a new timeline of this cluster,
---     a copy, rows ahead of it. The history left may have gone on (the
+--   * the margin, pyxp.fork_margin() (2^31) for each timeline passed
+--     (one for a copy, or rows ahead), where the ledger holds rows and may
+--     have left a history behind: a new timeline of this cluster, a copy,
+--     rows ahead of it. The history left may have gone on (the
 --     rows of a primary a promoted standby had not received; those after a
 --     recovery's target, or after a dump was taken), and consumers and
 --     clients hold its cursors and ids, which this database cannot see.
@@ -211,6 +212,7 @@ DECLARE
     v_sequence record;
     v_max bigint;
     v_current record;
+    v_snapshot pg_snapshot;
 BEGIN
     BEGIN
         v_this := (pg_control_system()).system_identifier;
@@ -247,8 +249,15 @@ BEGIN
         PERFORM pyxp.lock_ledger_partitions();
         v_locked := true;
     END LOOP;
+    -- The oldest transaction of this cluster that may still write: this one,
+    -- one the snapshot saw running, or one at or above its xmax (a snapshot
+    -- lists the running ids below its xmax only: a batch that took its id
+    -- before this one and waits for the locks above was left out, and its
+    -- rows landed below the fork's resumed_group: a re-test of 0033).
+    v_snapshot := pg_current_snapshot();
     v_oldest := least(pg_current_xact_id()::text::numeric,
-                      pyxp.oldest_running_here(pg_current_snapshot())::text::numeric);
+                      pyxp.oldest_running_here(v_snapshot)::text::numeric,
+                      pg_snapshot_xmax(v_snapshot)::text::numeric);
     previous_cluster := pyxp.ledger_cluster();
     this_cluster := v_this;
     previous_timeline := pyxp.ledger_timeline();
@@ -256,10 +265,17 @@ BEGIN
     -- A history may have been left behind (the margin, above): a new
     -- timeline, a copy, rows ahead of this cluster. Not the first adoption
     -- of a ledger with no rows, nor the first record of its timeline.
+    -- One margin per timeline passed: a ledger still naming timeline 1 on
+    -- timeline 3 may have been adopted on timeline 2 by writes this server
+    -- never received (its standby was cut off first), whose ids ran up to a
+    -- margin past that adoption's (a re-test of 0033: a second failover
+    -- took them again).
     IF v_highest IS NOT NULL
        AND (previous_cluster IS DISTINCT FROM v_this OR previous_timeline <> v_timeline
             OR v_highest >= pyxp.ledger_xid(pg_snapshot_xmax(pg_current_snapshot()))::text::numeric) THEN
-        v_margin := pyxp.fork_margin();
+        v_margin := pyxp.fork_margin()
+                    * CASE WHEN previous_cluster IS NOT DISTINCT FROM v_this AND previous_timeline < v_timeline
+                           THEN v_timeline - previous_timeline ELSE 1 END;
     END IF;
     IF v_margin > 0 OR previous_cluster IS DISTINCT FROM v_this THEN
         adopt_cluster.xid_offset := greatest(coalesce(v_highest, 0) + v_margin + 1 - v_oldest,
