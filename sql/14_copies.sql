@@ -57,14 +57,13 @@ AS $$
                       AND c.relnamespace = 'pyxp'::regnamespace)
 $$;
 
-
 -- How far an adoption that may leave a history behind moves the ledger's
 -- transaction ids and sequences past what it holds (pyxp.adopt_cluster):
 -- 2^31, more than a cluster runs in two days at 10,000 transactions a
 -- second. A consumer's cursor or a client's id from a history that went
 -- on further than that past the ledger's last row is beyond what a refusal
 -- can tell (README "Copies of the database"). Cursors fit in bigint while
--- the ledger's transaction ids stay below 2^39: 256 such adoptions.
+-- the ledger's transaction ids stay below 2^39: 256 margins.
 CREATE FUNCTION pyxp.fork_margin()
 RETURNS bigint
 LANGUAGE sql IMMUTABLE PARALLEL SAFE

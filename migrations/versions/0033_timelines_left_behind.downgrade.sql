@@ -5,9 +5,7 @@
 
 SET LOCAL ROLE pyxp_owner;
 -- Where every writing function starts (SPEC 4, lock protocol of
--- 04_rulesets.sql): READ COMMITTED only (PX025), the ledger's timeline
--- followed (pyxp.follow_timeline: after a failover or a point-in-time
--- recovery, before any lock of an award is taken), ROW EXCLUSIVE on
+-- 04_rulesets.sql): READ COMMITTED only (PX025), ROW EXCLUSIVE on
 -- xp_balances before the active ruleset is read, then the active ruleset
 -- (PX020 when none), its balance floor, period zone and whether it caps.
 CREATE OR REPLACE FUNCTION pyxp.writing_ruleset(OUT ruleset_id bigint, OUT balance_floor bigint, OUT timezone text,
@@ -17,9 +15,6 @@ AS $$
 BEGIN
     IF current_setting('transaction_isolation') NOT IN ('read committed', 'read uncommitted') THEN  -- no query
         PERFORM pyxp.require_read_committed();  -- PX025
-    END IF;
-    IF pyxp.ledger_timeline() <> pyxp.current_timeline() THEN  -- (no query)
-        PERFORM pyxp.follow_timeline();  -- a new timeline: adopted before any award takes its locks (0033)
     END IF;
     LOCK TABLE pyxp.xp_balances IN ROW EXCLUSIVE MODE;
     SELECT r.ruleset_id, r.balance_floor, r.timezone, r.has_caps INTO ruleset_id, balance_floor, timezone, has_caps
@@ -58,24 +53,11 @@ DECLARE
     v_group xid8;
     v_rank bigint;
     v_floor bigint := (SELECT max(a.feed_floor) FROM pyxp.xp_ledger_archives a);
-    v_kept bigint;
 BEGIN
     PERFORM pyxp.require_ledger_cluster();  -- (PX032: the groups of another cluster, 0032)
     IF v_after IS NULL OR v_after < 0 THEN
         RAISE EXCEPTION 'invalid after_cursor: %', coalesce(v_after::text, 'NULL')
             USING ERRCODE = 'PX023', HINT = 'after_cursor is 0 (from the start) or a cursor the feed returned';
-    END IF;
-    v_kept := pyxp.forked_cursor(v_after);
-    IF v_kept IS NOT NULL THEN
-        -- A cursor of a history this database left (0033, a hostile test of
-        -- failovers): the rows it was read up to are not here, and the
-        -- groups above the ledger's last row were handed out again, to rows
-        -- it would skip. Refused on a standby too.
-        RAISE EXCEPTION 'after_cursor % was handed out by a history this database left (a failover, a point-in-time recovery or a copy): the rows it was read up to are not in this ledger',
-                        v_after
-            USING ERRCODE = 'PX033',
-                  DETAIL = format('every row this ledger kept from that history is at or below cursor %s', v_kept),
-                  HINT = format('go on from cursor %s; what was read after it (rows, levels, totals) no longer happened: read the wallets'' balances again (README "Copies of the database")', v_kept);
     ELSIF (v_after >> 24)::text::xid8 >= pyxp.ledger_xid(pg_snapshot_xmax(v_snapshot)) AND NOT pg_is_in_recovery() THEN
         -- A group no transaction has reached: no cursor the feed returned
         -- (0028: one was accepted, and the rows below it skipped for good, a
@@ -85,7 +67,7 @@ BEGIN
         RAISE EXCEPTION 'after_cursor % is ahead of the feed (its group % has no transaction yet)',
                         v_after, v_after >> 24
             USING ERRCODE = 'PX023',
-                  HINT = 'pass a cursor this database''s feed returned (a copy not adopted yet: run pyxp db upgrade first; README "Copies of the database")';
+                  HINT = 'pass 0 or a cursor this database''s feed returned (README "Live XP": a restored copy starts its cursors again)';
     ELSIF v_after < v_floor AND (v_wallet IS NULL OR pyxp.wallet_feed_behind_archive(v_wallet, v_after, v_floor)) THEN
         -- Rows after this cursor were archived (sql/13_retention.sql): never
         -- skipped silently.
@@ -175,9 +157,6 @@ BEGIN
             USING ERRCODE = 'PX024', HINT = 'pass the TOML text the definition was compiled from';
     END IF;
     PERFORM pyxp.require_read_committed();
-    IF pyxp.ledger_timeline() <> pyxp.current_timeline() THEN
-        PERFORM pyxp.follow_timeline();  -- (a failover or a point-in-time recovery: the ids move past the history left, 0033)
-    END IF;
     PERFORM pyxp.require_ledger_cluster();  -- (PX032: ids of the rulesets' sequence may be taken, 0032)
     -- Installers queue on the rulesets table (version numbers); awards only
     -- read it, so an install that does not activate holds no award. The
@@ -257,9 +236,6 @@ BEGIN
         END IF;
     END IF;
     PERFORM pyxp.require_read_committed();
-    IF pyxp.ledger_timeline() <> pyxp.current_timeline() THEN
-        PERFORM pyxp.follow_timeline();  -- (a failover or a point-in-time recovery: the ids move past the history left, 0033)
-    END IF;
     PERFORM pyxp.require_ledger_cluster();  -- (PX032: ids of the registrations' sequence may be taken, 0032)
     -- The same registration again: its row, nothing changed (SPEC 5),
     -- whatever the registry says since.
@@ -342,9 +318,6 @@ DECLARE
     v_first text;  -- the first finding, for the error's detail
     v_since boolean;
 BEGIN
-    IF pyxp.ledger_timeline() <> pyxp.current_timeline() THEN
-        PERFORM pyxp.follow_timeline();  -- (a failover or a point-in-time recovery: the ids move past the history left, 0033)
-    END IF;
     PERFORM pyxp.require_ledger_cluster();  -- (PX032: its snapshot's xmin would be another cluster's, 0032)
     LOCK TABLE pyxp.xp_audit_checkpoints IN EXCLUSIVE MODE;
     v_since := pyxp.last_checkpoint_xmin() IS NOT NULL;
@@ -446,9 +419,6 @@ DECLARE
     v_open record;
 BEGIN
     PERFORM pyxp.require_read_committed();
-    IF pyxp.ledger_timeline() <> pyxp.current_timeline() THEN
-        PERFORM pyxp.follow_timeline();  -- (a failover or a point-in-time recovery: the ids move past the history left, 0033)
-    END IF;
     PERFORM pyxp.require_ledger_cluster();  -- (PX032: its feed floor counts this cluster's ids, 0032)
     IF archive_ledger_partitions.archived_before IS NULL OR NOT isfinite(archive_ledger_partitions.archived_before)
        OR archive_ledger_partitions.archived_before > date_trunc('month', now(), 'UTC') THEN
@@ -704,20 +674,17 @@ $$;
 DROP FUNCTION pyxp.adopt_cluster();
 
 CREATE FUNCTION pyxp.adopt_cluster()
-RETURNS TABLE (previous_cluster bigint, this_cluster bigint, xid_offset bigint, sequences_advanced text[],
-               previous_timeline integer, this_timeline integer)
+RETURNS TABLE (previous_cluster bigint, this_cluster bigint, xid_offset bigint, sequences_advanced text[])
 LANGUAGE plpgsql SECURITY DEFINER
 SET search_path = pyxp, pg_temp
 SET lock_timeout = '10s'  -- (recalculate_levels': never queue every award behind an open transaction)
 AS $$
 DECLARE
     v_this bigint;
-    v_timeline integer;
     v_locked boolean := false;
     v_highest numeric;
     v_oldest numeric;
     v_behind boolean;
-    v_margin bigint := 0;
     v_sequence record;
     v_max bigint;
     v_current record;
@@ -730,75 +697,62 @@ BEGIN
     IF pyxp.subscribes_to_the_ledger() THEN
         v_this := 0;  -- a subscriber: not this cluster's until its switchover
     END IF;
-    IF has_function_privilege('pg_catalog.pg_walfile_name(pg_lsn)', 'EXECUTE')
-       AND has_function_privilege('pg_catalog.pg_current_wal_insert_lsn()', 'EXECUTE')
-       AND has_function_privilege('pg_catalog.pg_control_checkpoint()', 'EXECUTE')
-       AND has_function_privilege('pg_catalog.pg_control_recovery()', 'EXECUTE') THEN
-        v_timeline := pyxp.current_timeline();
-    END IF;  -- (else not known: nothing compares it)
     <<look>>
     LOOP
-        v_highest := pyxp.highest_ledger_xid();
+        -- The highest transaction id the ledger holds, as it counts them (a
+        -- balance's last group and an opening's cursor are a row's: below
+        -- these), and whether a sequence is behind its table.
+        v_highest := greatest(
+            (SELECT t.feed_xid::text::numeric FROM pyxp.xp_transactions t
+              WHERE t.feed_xid IS NOT NULL ORDER BY t.feed_xid DESC LIMIT 1),  -- (index xp_transactions_feed)
+            (SELECT max(k.snapshot_xmin::text::numeric) FROM pyxp.xp_audit_checkpoints k),
+            (SELECT max(a.feed_floor >> 24) FROM pyxp.xp_ledger_archives a));
         v_behind := false;
-        FOR v_sequence IN SELECT * FROM pyxp.identity_sequences() LOOP
-            v_behind := v_behind OR v_sequence.highest > v_sequence.last_value
-                        OR (v_sequence.highest = v_sequence.last_value AND NOT v_sequence.is_called);
+        FOR v_sequence IN
+            SELECT s.oid::regclass AS sequence, 'pyxp.' || s.relname AS label, c.oid::regclass AS owner,
+                   a.attname AS col
+              FROM pg_catalog.pg_depend d
+              JOIN pg_catalog.pg_class s ON s.oid = d.objid AND s.relkind = 'S'
+              JOIN pg_catalog.pg_class c ON c.oid = d.refobjid
+              JOIN pg_catalog.pg_attribute a ON a.attrelid = c.oid AND a.attnum = d.refobjsubid
+             WHERE d.classid = 'pg_catalog.pg_class'::regclass AND d.refclassid = 'pg_catalog.pg_class'::regclass
+               AND d.deptype = 'i' AND s.relnamespace = 'pyxp'::regnamespace
+             ORDER BY s.relname
+        LOOP
+            EXECUTE format('SELECT max(%I) FROM %s', v_sequence.col, v_sequence.owner) INTO v_max;
+            IF v_sequence.owner = 'pyxp.xp_transactions'::regclass THEN
+                v_max := greatest(v_max, (SELECT max(a.last_transaction_id) FROM pyxp.xp_ledger_archives a));
+            END IF;
+            EXECUTE format('SELECT last_value, is_called FROM %s', v_sequence.sequence) INTO v_current;
+            IF v_max > v_current.last_value OR (v_max = v_current.last_value AND NOT v_current.is_called) THEN
+                v_behind := true;
+                IF v_locked THEN
+                    PERFORM setval(v_sequence.sequence, v_max);
+                    sequences_advanced := sequences_advanced || v_sequence.label;
+                END IF;
+            END IF;
         END LOOP;
-        -- Nothing to do (looked at again under the locks: another adoption,
-        -- a writer's on the same new timeline, may have committed meanwhile).
-        IF pyxp.ledger_cluster() IS NOT DISTINCT FROM v_this AND pyxp.ledger_timeline() IS NOT DISTINCT FROM v_timeline
-           AND NOT v_behind
+        EXIT look WHEN v_locked;
+        IF pyxp.ledger_cluster() IS NOT DISTINCT FROM v_this AND NOT v_behind
            AND coalesce(v_highest, 0) < pyxp.ledger_xid(pg_snapshot_xmax(pg_current_snapshot()))::text::numeric THEN
             RETURN;
         END IF;
-        EXIT look WHEN v_locked;
         PERFORM pyxp.require_read_committed();
         LOCK TABLE pyxp.xp_balances IN SHARE ROW EXCLUSIVE MODE;
         PERFORM pyxp.lock_ledger_partitions();
         v_locked := true;
+        sequences_advanced := '{}';  -- (looked at again under the locks)
     END LOOP;
     v_oldest := least(pg_current_xact_id()::text::numeric,
                       pyxp.oldest_running_here(pg_current_snapshot())::text::numeric);
     previous_cluster := pyxp.ledger_cluster();
     this_cluster := v_this;
-    previous_timeline := pyxp.ledger_timeline();
-    this_timeline := v_timeline;
-    -- A history may have been left behind (the margin, above): a new
-    -- timeline, a copy, rows ahead of this cluster. Not the first adoption
-    -- of a ledger with no rows, nor the first record of its timeline.
-    IF v_highest IS NOT NULL
-       AND (previous_cluster IS DISTINCT FROM v_this OR previous_timeline <> v_timeline
-            OR v_highest >= pyxp.ledger_xid(pg_snapshot_xmax(pg_current_snapshot()))::text::numeric) THEN
-        v_margin := pyxp.fork_margin();
-    END IF;
-    IF v_margin > 0 OR previous_cluster IS DISTINCT FROM v_this THEN
-        adopt_cluster.xid_offset := greatest(coalesce(v_highest, 0) + v_margin + 1 - v_oldest,
-                                             CASE WHEN previous_cluster IS NOT DISTINCT FROM v_this
-                                                  THEN pyxp.xid_offset() + v_margin ELSE 0 END,
-                                             0);
-    ELSE
-        adopt_cluster.xid_offset := pyxp.xid_offset();  -- (the timeline recorded, or a sequence behind)
-    END IF;
-    sequences_advanced := '{}';
-    FOR v_sequence IN SELECT * FROM pyxp.identity_sequences() LOOP
-        IF (v_margin > 0 AND v_sequence.sequence <> 'pyxp.xp_ledger_forks_fork_id_seq'::regclass)  -- (its rows are adoptions')
-           OR v_sequence.highest > v_sequence.last_value
-           OR (v_sequence.highest = v_sequence.last_value AND NOT v_sequence.is_called) THEN
-            PERFORM setval(v_sequence.sequence, greatest(v_sequence.highest, v_sequence.last_value)
-                           + CASE WHEN v_sequence.sequence <> 'pyxp.xp_ledger_forks_fork_id_seq'::regclass THEN v_margin ELSE 0 END);
-            sequences_advanced := sequences_advanced || v_sequence.label;
-        END IF;
-    END LOOP;
-    IF v_margin > 0 THEN
-        INSERT INTO pyxp.xp_ledger_forks (previous_cluster, this_cluster, previous_timeline, this_timeline,
-                                          kept_cursor, resumed_group, margin)
-        VALUES (previous_cluster, v_this, previous_timeline, v_timeline, (v_highest::bigint << 24) | 16777215,
-                v_oldest + adopt_cluster.xid_offset, v_margin);
-    END IF;
+    adopt_cluster.xid_offset := greatest(coalesce(v_highest, 0) + 1 - v_oldest,
+                                         CASE WHEN previous_cluster IS NOT DISTINCT FROM v_this
+                                              THEN pyxp.xid_offset() ELSE 0 END,
+                                         0);
     EXECUTE format('CREATE OR REPLACE FUNCTION pyxp.ledger_cluster() RETURNS bigint LANGUAGE sql STABLE PARALLEL SAFE '
                    'AS %L', format('SELECT %s::bigint', coalesce(v_this::text, 'NULL')));
-    EXECUTE format('CREATE OR REPLACE FUNCTION pyxp.ledger_timeline() RETURNS integer LANGUAGE sql STABLE PARALLEL SAFE '
-                   'AS %L', format('SELECT %s::integer', coalesce(v_timeline::text, 'NULL')));
     EXECUTE format('CREATE OR REPLACE FUNCTION pyxp.xid_offset() RETURNS bigint LANGUAGE sql STABLE PARALLEL SAFE '
                    'AS %L', format('SELECT %s::bigint', adopt_cluster.xid_offset));
     RETURN NEXT;
@@ -806,23 +760,7 @@ END
 $$;
 
 COMMENT ON FUNCTION pyxp.adopt_cluster() IS
-    'internal: makes a ledger copied from another cluster, or left on another timeline of this one, this cluster''s: its transaction ids'' offset, its sequences, its timeline. Owner only; pyxp db upgrade runs it, and the first write on a new timeline.';
-COMMENT ON FUNCTION pyxp.ledger_timeline() IS
-    'internal: the timeline of this cluster the ledger was last adopted on (NULL: not known here).';
-COMMENT ON FUNCTION pyxp.current_timeline() IS
-    'internal: this server''s timeline (a primary''s WAL insertion timeline, a standby''s replayed one).';
-COMMENT ON FUNCTION pyxp.fork_margin() IS
-    'internal: how far an adoption that may leave a history behind moves the ledger''s ids past what it holds (2^31).';
-COMMENT ON FUNCTION pyxp.highest_ledger_xid() IS
-    'internal: the highest transaction id the ledger holds (groups, checkpoints'' xmins, archives'' floors), as it counts them.';
-COMMENT ON FUNCTION pyxp.forked_cursor(bigint) IS
-    'internal: the cursor to go on from when this one was handed out by a history this database left (PX033), else NULL.';
-COMMENT ON FUNCTION pyxp.identity_sequences() IS
-    'internal: each identity sequence of pyxp''s tables, its table''s highest id and where it stands.';
-COMMENT ON FUNCTION pyxp.follow_timeline() IS
-    'internal: adopts a new timeline of this cluster (a failover, a point-in-time recovery) before a write. Owner only.';
-COMMENT ON TABLE pyxp.xp_ledger_forks IS
-    'Adoptions that moved the ledger''s ids past a history it may have left (a failover, a point-in-time recovery, a copy): pyxp.changes refuses a cursor between kept_cursor and resumed_group (PX033).';
+    'internal: makes a ledger copied from another cluster this cluster''s: its transaction ids'' offset, its sequences. Owner only; pyxp db upgrade runs it.';
 
 REVOKE ALL ON FUNCTION pyxp.adopt_cluster() FROM PUBLIC;
 

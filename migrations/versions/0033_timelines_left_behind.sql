@@ -55,7 +55,7 @@ $$;
 -- second. A consumer's cursor or a client's id from a history that went
 -- on further than that past the ledger's last row is beyond what a refusal
 -- can tell (README "Copies of the database"). Cursors fit in bigint while
--- the ledger's transaction ids stay below 2^39: 256 such adoptions.
+-- the ledger's transaction ids stay below 2^39: 256 margins.
 CREATE FUNCTION pyxp.fork_margin()
 RETURNS bigint
 LANGUAGE sql IMMUTABLE PARALLEL SAFE
