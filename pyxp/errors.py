@@ -186,7 +186,8 @@ class ArchiveRefused(XPError):
 class FeedGroupOverflow(XPError):
     """``changes`` met a feed group of more than 16,777,215 rows, whose cursors would be the next
     group's: it refuses rather than skip rows. Batches and retroactive applications keep a
-    transaction below it (PX023)."""
+    transaction below it (PX023). Also (0033) an adoption of a new timeline or a copy that would
+    number transaction ids within a margin of 2^39, past what cursors hold: nothing written."""
 
     code = "PX031"
 

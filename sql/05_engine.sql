@@ -295,21 +295,24 @@ RETURNS integer
 LANGUAGE sql STABLE PARALLEL SAFE
 AS $$ SELECT NULL::integer $$;
 
--- This server's timeline: on a primary, its WAL insertion timeline (in the
+-- This server's timeline, on a primary: its WAL insertion timeline (in the
 -- name of its current WAL file: right from the promotion on, where the
 -- control file's checkpoint still names the previous timeline until the
--- promotion's spread checkpoint ends); on a standby, the one it replays
--- (the control file's: the recovery's end point names it until the first
--- checkpoint after it, the checkpoint's from then on). Volatile, so that it
--- is inlined into the writer's test (a simple expression, well under a
+-- promotion's spread checkpoint ends). NULL on a standby, where nothing
+-- compares it: a standby's control file names the timeline it replays only
+-- from its next restartpoint on (minutes after a switchover: a re-test of
+-- 0033 had a standby refuse valid cursors with PX033 meanwhile), and a
+-- standby needs none: it cannot write, and it receives the rows of a new
+-- timeline only with or after the adoption that records it
+-- (xp_ledger_forks, in the first writer's transaction). Volatile, so that
+-- it is inlined into the writer's test (a simple expression, well under a
 -- microsecond).
 CREATE FUNCTION pyxp.current_timeline()
 RETURNS integer
 LANGUAGE sql VOLATILE
 AS $$
-    SELECT CASE WHEN pg_is_in_recovery()
-                THEN greatest((pg_control_checkpoint()).timeline_id, (pg_control_recovery()).min_recovery_end_timeline)
-                ELSE ('x' || left(pg_walfile_name(pg_current_wal_insert_lsn()), 8))::bit(32)::integer END
+    SELECT CASE WHEN NOT pg_is_in_recovery()
+                THEN ('x' || left(pg_walfile_name(pg_current_wal_insert_lsn()), 8))::bit(32)::integer END
 $$;
 
 -- A transaction id of this cluster as the ledger counts it (every such id

@@ -114,3 +114,30 @@ def test_the_standby_refuses_writes_with_a_clear_error(replicated: tuple[str, st
                              "k"], capture_output=True, text=True, check=False, timeout=120)
     assert result.returncode == 2 and "read-only" in result.stderr
 
+
+
+def test_a_standby_does_not_compare_timelines(replicated: tuple[str, str]) -> None:
+    """0033: a standby's control file names the timeline it replays only from its next restartpoint,
+    minutes after a switchover, and a re-test had a standby that had replayed the new primary's
+    adoption refuse valid cursors with PX033 meanwhile. A standby compares no timeline (it receives
+    a new timeline's rows only with or after the adoption that records it). Here the ledger names a
+    timeline neither server is on: the primary refuses a cursor above its last row (a fork not
+    adopted yet), the standby answers it."""
+    primary, standby = replicated
+    with psycopg.connect(primary, autocommit=True) as conn:
+        conn.execute("SELECT * FROM pyxp.award('0xtimeline', 'CAMPAIGN_APPROVED', 'timeline-1')")
+        real = conn.execute("SELECT pyxp.ledger_timeline()").fetchone()[0]  # type: ignore[index]
+        above = (int(conn.execute("SELECT pyxp.highest_ledger_xid()").fetchone()[0]) + 1) << 24  # type: ignore[index]
+        conn.execute("SET ROLE pyxp_owner")
+        conn.execute("CREATE OR REPLACE FUNCTION pyxp.ledger_timeline() RETURNS integer LANGUAGE sql STABLE "
+                     "PARALLEL SAFE AS 'SELECT 99'")
+        try:
+            _caught_up(primary, standby)
+            with psycopg.connect(standby, autocommit=True) as reader:
+                assert reader.execute("SELECT * FROM pyxp.changes(%s, 10)", (above,)).fetchall() == []
+            with pytest.raises(psycopg.Error) as refused:
+                conn.execute("SELECT * FROM pyxp.changes(%s, 10)", (above,))
+            assert refused.value.sqlstate == "PX033"
+        finally:
+            conn.execute(f"CREATE OR REPLACE FUNCTION pyxp.ledger_timeline() RETURNS integer LANGUAGE sql STABLE "
+                         f"PARALLEL SAFE AS 'SELECT {int(real)}'")

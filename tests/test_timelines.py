@@ -169,6 +169,18 @@ def test_writers_that_took_their_id_before_the_adoption_write_above_its_resumed_
     assert sorted(fed) == sorted(written)
 
 
+def test_an_adoption_past_what_cursors_hold_is_refused(db: psycopg.Connection[Any], unchanged: Any) -> None:
+    """A re-test of 0033 put a cluster on timeline 257: 256 margins moved the ids to 2^39, and the
+    new rows' cursors (group times 2^24) wrapped negative, before the old ones. The adoption, and
+    with it the write, is refused (PX031); nothing is written."""
+    award(db, "0xkept", "kept-1")
+    leave_timeline(db, 1, 257)
+    with unchanged(), pytest.raises(errors.FeedGroupOverflow, match="past what its change feed's cursors can hold"), \
+            errors.wrap_errors():
+        award(db, "0xnew", "new-1")
+    assert scalar(db, "SELECT count(*) FROM pyxp.xp_ledger_forks") == 0
+
+
 @pytest.mark.parametrize("call", [
     "SELECT * FROM pyxp.record_audit_checkpoint()",
     "SELECT * FROM pyxp.register_agency_client('0xagency', 'a@example.com', 'camp_x')",

@@ -33,21 +33,24 @@ CREATE FUNCTION pyxp.ledger_timeline()
 RETURNS integer
 LANGUAGE sql STABLE PARALLEL SAFE
 AS $$ SELECT NULL::integer $$;
--- This server's timeline: on a primary, its WAL insertion timeline (in the
+-- This server's timeline, on a primary: its WAL insertion timeline (in the
 -- name of its current WAL file: right from the promotion on, where the
 -- control file's checkpoint still names the previous timeline until the
--- promotion's spread checkpoint ends); on a standby, the one it replays
--- (the control file's: the recovery's end point names it until the first
--- checkpoint after it, the checkpoint's from then on). Volatile, so that it
--- is inlined into the writer's test (a simple expression, well under a
+-- promotion's spread checkpoint ends). NULL on a standby, where nothing
+-- compares it: a standby's control file names the timeline it replays only
+-- from its next restartpoint on (minutes after a switchover: a re-test of
+-- 0033 had a standby refuse valid cursors with PX033 meanwhile), and a
+-- standby needs none: it cannot write, and it receives the rows of a new
+-- timeline only with or after the adoption that records it
+-- (xp_ledger_forks, in the first writer's transaction). Volatile, so that
+-- it is inlined into the writer's test (a simple expression, well under a
 -- microsecond).
 CREATE FUNCTION pyxp.current_timeline()
 RETURNS integer
 LANGUAGE sql VOLATILE
 AS $$
-    SELECT CASE WHEN pg_is_in_recovery()
-                THEN greatest((pg_control_checkpoint()).timeline_id, (pg_control_recovery()).min_recovery_end_timeline)
-                ELSE ('x' || left(pg_walfile_name(pg_current_wal_insert_lsn()), 8))::bit(32)::integer END
+    SELECT CASE WHEN NOT pg_is_in_recovery()
+                THEN ('x' || left(pg_walfile_name(pg_current_wal_insert_lsn()), 8))::bit(32)::integer END
 $$;
 -- How far an adoption that may leave a history behind moves the ledger's
 -- transaction ids and sequences past what it holds (pyxp.adopt_cluster):
@@ -223,9 +226,7 @@ BEGIN
         v_this := 0;  -- a subscriber: not this cluster's until its switchover
     END IF;
     IF has_function_privilege('pg_catalog.pg_walfile_name(pg_lsn)', 'EXECUTE')
-       AND has_function_privilege('pg_catalog.pg_current_wal_insert_lsn()', 'EXECUTE')
-       AND has_function_privilege('pg_catalog.pg_control_checkpoint()', 'EXECUTE')
-       AND has_function_privilege('pg_catalog.pg_control_recovery()', 'EXECUTE') THEN
+       AND has_function_privilege('pg_catalog.pg_current_wal_insert_lsn()', 'EXECUTE') THEN
         v_timeline := pyxp.current_timeline();
     END IF;  -- (else not known: nothing compares it)
     <<look>>
@@ -295,6 +296,18 @@ BEGIN
             sequences_advanced := sequences_advanced || v_sequence.label;
         END IF;
     END LOOP;
+    -- Cursors are a group times 2^24 in a bigint: groups stay below 2^39. An
+    -- adoption that would start them within a margin of it is refused
+    -- (nothing written; a re-test of 0033 put a cluster on timeline 257, and
+    -- the new rows' cursors wrapped negative, before the old ones).
+    IF v_oldest + adopt_cluster.xid_offset >= 549755813888 - pyxp.fork_margin() THEN
+        RAISE EXCEPTION 'adopting this ledger would number its transaction ids from %, past what its change feed''s cursors can hold (2^39, less a margin of 2^31)',
+                        v_oldest + adopt_cluster.xid_offset
+            USING ERRCODE = 'PX031',
+                  DETAIL = format('offset %s, %s margins of 2^31 (timeline %s after %s)', adopt_cluster.xid_offset,
+                                  v_margin / pyxp.fork_margin(), v_timeline, previous_timeline),
+                  HINT = 'see README "Failovers and point-in-time recovery", its limits: this ledger cannot follow another timeline';
+    END IF;
     IF v_margin > 0 THEN
         INSERT INTO pyxp.xp_ledger_forks (previous_cluster, this_cluster, previous_timeline, this_timeline,
                                           kept_cursor, resumed_group, margin)
