@@ -175,10 +175,13 @@ def test_an_adoption_past_what_cursors_hold_is_refused(db: psycopg.Connection[An
     with it the write, is refused (PX031); nothing is written."""
     award(db, "0xkept", "kept-1")
     leave_timeline(db, 1, 257)
+    sequences = "SELECT array_agg(last_value ORDER BY label) FROM pyxp.identity_sequences()"
+    before = scalar(db, sequences)
     with unchanged(), pytest.raises(errors.FeedGroupOverflow, match="past what its change feed's cursors can hold"), \
             errors.wrap_errors():
         award(db, "0xnew", "new-1")
     assert scalar(db, "SELECT count(*) FROM pyxp.xp_ledger_forks") == 0
+    assert scalar(db, sequences) == before  # (a rollback does not undo setval: a third check saw them move 2^39)
 
 
 @pytest.mark.parametrize("call", [

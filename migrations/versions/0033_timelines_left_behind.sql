@@ -286,6 +286,20 @@ BEGIN
     ELSE
         adopt_cluster.xid_offset := pyxp.xid_offset();  -- (the timeline recorded, or a sequence behind)
     END IF;
+    -- Cursors are a group times 2^24 in a bigint: groups stay below 2^39. An
+    -- adoption that would start them within a margin of it is refused
+    -- (nothing written; a re-test of 0033 put a cluster on timeline 257, and
+    -- the new rows' cursors wrapped negative, before the old ones). Before
+    -- the sequences move: setval is not undone by a rollback (a third check
+    -- found every refused write moving them 2^39).
+    IF v_oldest + adopt_cluster.xid_offset >= 549755813888 - pyxp.fork_margin() THEN
+        RAISE EXCEPTION 'adopting this ledger would number its transaction ids from %, past what its change feed''s cursors can hold (2^39, less a margin of 2^31)',
+                        v_oldest + adopt_cluster.xid_offset
+            USING ERRCODE = 'PX031',
+                  DETAIL = format('offset %s, %s margins of 2^31 (timeline %s after %s)', adopt_cluster.xid_offset,
+                                  v_margin / pyxp.fork_margin(), v_timeline, previous_timeline),
+                  HINT = 'see README "Failovers and point-in-time recovery", its limits: this ledger cannot follow another timeline';
+    END IF;
     sequences_advanced := '{}';
     FOR v_sequence IN SELECT * FROM pyxp.identity_sequences() LOOP
         IF (v_margin > 0 AND v_sequence.sequence <> 'pyxp.xp_ledger_forks_fork_id_seq'::regclass)  -- (its rows are adoptions')
@@ -296,18 +310,6 @@ BEGIN
             sequences_advanced := sequences_advanced || v_sequence.label;
         END IF;
     END LOOP;
-    -- Cursors are a group times 2^24 in a bigint: groups stay below 2^39. An
-    -- adoption that would start them within a margin of it is refused
-    -- (nothing written; a re-test of 0033 put a cluster on timeline 257, and
-    -- the new rows' cursors wrapped negative, before the old ones).
-    IF v_oldest + adopt_cluster.xid_offset >= 549755813888 - pyxp.fork_margin() THEN
-        RAISE EXCEPTION 'adopting this ledger would number its transaction ids from %, past what its change feed''s cursors can hold (2^39, less a margin of 2^31)',
-                        v_oldest + adopt_cluster.xid_offset
-            USING ERRCODE = 'PX031',
-                  DETAIL = format('offset %s, %s margins of 2^31 (timeline %s after %s)', adopt_cluster.xid_offset,
-                                  v_margin / pyxp.fork_margin(), v_timeline, previous_timeline),
-                  HINT = 'see README "Failovers and point-in-time recovery", its limits: this ledger cannot follow another timeline';
-    END IF;
     IF v_margin > 0 THEN
         INSERT INTO pyxp.xp_ledger_forks (previous_cluster, this_cluster, previous_timeline, this_timeline,
                                           kept_cursor, resumed_group, margin)
