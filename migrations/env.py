@@ -285,6 +285,12 @@ def _adopt_cluster(connection: Connection) -> None:
         adopted = connection.connection.driver_connection.execute(
             "SELECT previous_cluster, this_cluster, xid_offset, sequences_advanced, "
             f"{timelines} FROM pyxp.adopt_cluster()").fetchone()
+        unfollowed = reached >= TIMELINE_REVISION and _scalar(
+            connection, "SELECT pyxp.ledger_timeline() IS NULL AND NOT pg_is_in_recovery()")
+    if unfollowed:
+        sys.stderr.write("pyxp: WARNING: this server hides its WAL timeline (pg_walfile_name, pg_current_wal_insert_lsn "
+                         "are not executable by pyxp_owner): the ledger cannot tell a failover or a point-in-time "
+                         "recovery (README \"Failovers and point-in-time recovery\")\n")
     if adopted is None:
         return
     previous, this, offset, sequences, previous_timeline, this_timeline = adopted

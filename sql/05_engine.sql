@@ -656,6 +656,14 @@ BEGIN
     IF pyxp.ledger_cluster() <> (pg_control_system()).system_identifier THEN
         PERFORM pyxp.require_ledger_cluster();  -- PX032: a ledger copied from another cluster (0032)
     END IF;
+    IF pyxp.ledger_timeline() <> pyxp.current_timeline() THEN
+        -- Every writing function adopts a new timeline before it takes its
+        -- locks (pyxp.follow_timeline, 0033); a path that did not would
+        -- write ids the history left behind had used.
+        RAISE EXCEPTION 'internal: a write on timeline % of a ledger adopted on timeline %', pyxp.current_timeline(),
+                        pyxp.ledger_timeline()
+            USING HINT = 'the writing function must call pyxp.follow_timeline() before its locks';
+    END IF;
     -- Under caps, a row is dated no earlier than the activation of the
     -- ruleset it is written under: a transaction that began before the
     -- switch (an application's, or an award queued behind the switch's lock)

@@ -175,8 +175,8 @@ $$;
 --     on, exactly once, and the incremental audit covers the new rows. The
 --     order of this cluster's ids is kept: the feed's and the checkpoints'
 --     proofs hold as they are.
---   * the margin, pyxp.fork_margin() (2^31) for each timeline passed
---     (one for a copy, or rows ahead), where the ledger holds rows and may
+--   * the margin, pyxp.fork_margin() (2^31) for each timeline passed, at
+--     most 4 (one for a copy, or rows ahead), where the ledger holds rows and may
 --     have left a history behind: a new timeline of this cluster, a copy,
 --     rows ahead of it. The history left may have gone on (the
 --     rows of a primary a promoted standby had not received; those after a
@@ -272,17 +272,19 @@ BEGIN
     -- A history may have been left behind (the margin, above): a new
     -- timeline, a copy, rows ahead of this cluster. Not the first adoption
     -- of a ledger with no rows, nor the first record of its timeline.
-    -- One margin per timeline passed: a ledger still naming timeline 1 on
-    -- timeline 3 may have been adopted on timeline 2 by writes this server
-    -- never received (its standby was cut off first), whose ids ran up to a
-    -- margin past that adoption's (a re-test of 0033: a second failover
-    -- took them again).
+    -- One margin per timeline passed, at most 4: a ledger still naming
+    -- timeline 1 on timeline 3 may have been adopted on timeline 2 by writes
+    -- this server never received (its standby was cut off first), whose ids
+    -- ran up to a margin past that adoption's (a re-test of 0033: a second
+    -- failover took them again). At most 4: timeline numbers also jump
+    -- without writes (recovery attempts abandoned), and each margin spends
+    -- one of the 256 the cursors hold (a review).
     IF v_highest IS NOT NULL
        AND (previous_cluster IS DISTINCT FROM v_this OR previous_timeline <> v_timeline
             OR v_highest >= pyxp.ledger_xid(pg_snapshot_xmax(pg_current_snapshot()))::text::numeric) THEN
         v_margin := pyxp.fork_margin()
                     * CASE WHEN previous_cluster IS NOT DISTINCT FROM v_this AND previous_timeline < v_timeline
-                           THEN v_timeline - previous_timeline ELSE 1 END;
+                           THEN least(v_timeline - previous_timeline, 4) ELSE 1 END;
     END IF;
     IF v_margin > 0 OR previous_cluster IS DISTINCT FROM v_this THEN
         adopt_cluster.xid_offset := greatest(coalesce(v_highest, 0) + v_margin + 1 - v_oldest,
@@ -366,7 +368,7 @@ COMMENT ON FUNCTION pyxp.adopt_cluster() IS
 COMMENT ON FUNCTION pyxp.ledger_timeline() IS
     'internal: the timeline of this cluster the ledger was last adopted on (NULL: not known here).';
 COMMENT ON FUNCTION pyxp.current_timeline() IS
-    'internal: this server''s timeline (a primary''s WAL insertion timeline, a standby''s replayed one).';
+    'internal: this server''s WAL insertion timeline on a primary; NULL on a standby (nothing compares it there).';
 COMMENT ON FUNCTION pyxp.fork_margin() IS
     'internal: how far an adoption that may leave a history behind moves the ledger''s ids past what it holds (2^31).';
 COMMENT ON FUNCTION pyxp.highest_ledger_xid() IS

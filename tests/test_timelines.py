@@ -18,10 +18,12 @@ from typing import Any
 import psycopg
 import pytest
 from psycopg.conninfo import make_conninfo
+from psycopg.types.json import Jsonb
 
 from conftest import base_backup, primary_with_pyxp
 from pyxp import errors, schema
 from pyxp.database import EmbeddedCluster
+from pyxp.ruleset_config import load_ruleset
 
 AWARD = "SELECT transaction_id FROM pyxp.award(%s, 'CAMPAIGN_APPROVED', %s)"
 CHANGES = "SELECT cursor, transaction_id FROM pyxp.changes(%s, 1000)"
@@ -118,21 +120,43 @@ def test_writers_meeting_a_new_timeline_together_adopt_it_once(db: psycopg.Conne
     assert sorted(fed[1:]) == sorted(results) and len(fed) == 9
 
 
-def test_one_margin_per_timeline_passed(db: psycopg.Connection[Any]) -> None:
+@pytest.mark.parametrize(("server", "margins"), [(3, 2), (9, 4)])
+def test_one_margin_per_timeline_passed(db: psycopg.Connection[Any], server: int, margins: int) -> None:
     """A re-test of 0033: a standby cut off before its new primary's first write (the adoption of
     timeline 2) was promoted in turn, to timeline 3. Still naming timeline 1, it moved the ids by
     one margin, as timeline 2 had: a reversal of a timeline 2 award's id reversed another wallet's
-    row, and a consumer skipped rows. Two timelines passed now move them by two margins."""
+    row, and a consumer skipped rows. Two timelines passed now move them by two margins; at most
+    four (timeline numbers also jump without writes, and the cursors hold 256 margins: a review)."""
     award(db, "0xkept", "kept-1")
     highest = int(scalar(db, "SELECT pyxp.highest_ledger_xid()"))
     ids = int(scalar(db, "SELECT max(id) FROM pyxp.xp_transactions"))
-    leave_timeline(db, 1, 3)
+    leave_timeline(db, 1, server)
     new = award(db, "0xnew", "new-1")
-    assert db.execute("SELECT previous_timeline, this_timeline, margin, resumed_group >= %s + 2 * pyxp.fork_margin() "
-                      "FROM pyxp.xp_ledger_forks", (highest,)).fetchall() == [(1, 3, 2 ** 32, True)]
-    assert new > ids + 2 ** 32
-    assert scalar(db, "SELECT feed_xid::text::numeric >= %s + 2 * pyxp.fork_margin() FROM pyxp.xp_transactions "
-                      "WHERE id = %s", (highest, new)) is True
+    assert db.execute("SELECT previous_timeline, this_timeline, margin, resumed_group >= %s + margin "
+                      "FROM pyxp.xp_ledger_forks", (highest,)).fetchall() == [(1, server, margins * 2 ** 31, True)]
+    assert new > ids + margins * 2 ** 31
+    assert scalar(db, "SELECT feed_xid::text::numeric >= %s + %s * pyxp.fork_margin() FROM pyxp.xp_transactions "
+                      "WHERE id = %s", (highest, margins, new)) is True
+
+
+def test_a_retroactive_application_adopts_the_timeline(db: psycopg.Connection[Any]) -> None:
+    """A review of 0033: pyxp.apply_rules_retroactively takes its own locks, not writing_ruleset's,
+    and wrote its adjustments on a new timeline without adopting it (ids and groups the history
+    left behind had used). It adopts first now, and its rows are above the fork's resumed group."""
+    award(db, "0xkept", "kept-1")
+    definition = load_ruleset("winstory").definition()
+    definition["name"] = "retro"
+    for rule in definition["rules"]:
+        if rule["action"] == "CAMPAIGN_APPROVED":
+            rule["formula"] = rule["constant"] = "150"
+    candidate = scalar(db, "SELECT ruleset_id FROM pyxp.install_ruleset(%s, 'retro', false)", (Jsonb(definition),))
+    before = int(scalar(db, "SELECT max(id) FROM pyxp.xp_transactions"))
+    leave_timeline(db)
+    db.execute("SELECT * FROM pyxp.apply_rules_retroactively(%s)", (candidate,))
+    assert scalar(db, "SELECT count(*) FROM pyxp.xp_ledger_forks") == 1
+    assert scalar(db, "SELECT bool_and(t.feed_xid::text::numeric >= f.resumed_group) AND count(*) > 0 "
+                      "FROM pyxp.xp_transactions t, pyxp.xp_ledger_forks f WHERE t.id > %s", (before,)) is True
+    assert db.execute("SELECT * FROM pyxp.audit()").fetchall() == []
 
 
 def test_writers_that_took_their_id_before_the_adoption_write_above_its_resumed_group(
@@ -171,10 +195,15 @@ def test_writers_that_took_their_id_before_the_adoption_write_above_its_resumed_
 
 def test_an_adoption_past_what_cursors_hold_is_refused(db: psycopg.Connection[Any], unchanged: Any) -> None:
     """A re-test of 0033 put a cluster on timeline 257: 256 margins moved the ids to 2^39, and the
-    new rows' cursors (group times 2^24) wrapped negative, before the old ones. The adoption, and
-    with it the write, is refused (PX031); nothing is written."""
+    new rows' cursors (group times 2^24) wrapped negative, before the old ones. An adoption that
+    would number ids within a margin of 2^39 is refused, and with it the write (PX031); nothing is
+    written, the sequences included."""
     award(db, "0xkept", "kept-1")
-    leave_timeline(db, 1, 257)
+    leave_timeline(db, 1, 2)
+    db.execute("SET ROLE pyxp_owner")  # 254 margins spent already (timeline 257, there)
+    db.execute("CREATE OR REPLACE FUNCTION pyxp.xid_offset() RETURNS bigint LANGUAGE sql STABLE PARALLEL SAFE "
+               "AS 'SELECT 254 * 2147483648::bigint'")
+    db.execute("RESET ROLE")
     sequences = "SELECT array_agg(last_value ORDER BY label) FROM pyxp.identity_sequences()"
     before = scalar(db, sequences)
     with unchanged(), pytest.raises(errors.FeedGroupOverflow, match="past what its change feed's cursors can hold"), \
@@ -268,3 +297,23 @@ def test_a_failover_to_a_standby_that_missed_awards(failed_over: dict[str, Any])
         assert scalar(conn, "SELECT count(*) FROM pyxp.xp_transactions") == before
         assert award(conn, "0xlost0", "lost-0") == new[-1]  # a replay now
         assert conn.execute("SELECT * FROM pyxp.audit()").fetchall() == []
+
+
+def test_a_server_that_hides_its_timeline_is_told(fresh_database: Any, capsys: pytest.CaptureFixture[str]) -> None:
+    """A review of 0033: where pyxp_owner may not execute pg_walfile_name (a managed service that
+    hides it), the adoption records no timeline and the ledger cannot tell a failover: pyxp db
+    upgrade warns, and awards go on (nothing compares a timeline it cannot read)."""
+    target = fresh_database()
+    schema.upgrade(target)
+    with psycopg.connect(target, autocommit=True) as conn:
+        conn.execute("REVOKE EXECUTE ON FUNCTION pg_catalog.pg_walfile_name(pg_lsn) FROM PUBLIC")
+        conn.execute("SET ROLE pyxp_owner")  # (a timeline recorded before: the next upgrade adopts again)
+        conn.execute("CREATE OR REPLACE FUNCTION pyxp.ledger_timeline() RETURNS integer LANGUAGE sql STABLE "
+                     "PARALLEL SAFE AS 'SELECT 99'")
+        conn.execute("RESET ROLE")
+    capsys.readouterr()
+    schema.upgrade(target)
+    assert "cannot tell a failover" in capsys.readouterr().err
+    with psycopg.connect(target, autocommit=True) as conn:
+        assert scalar(conn, "SELECT pyxp.ledger_timeline()") is None
+        award(conn, "0xhidden", "hidden-1")  # (the real pyxp.current_timeline() would fail here: never called)
