@@ -316,9 +316,7 @@ BEGIN
             USING ERRCODE = 'PX024', HINT = 'pass the TOML text the definition was compiled from';
     END IF;
     PERFORM pyxp.require_read_committed();
-    IF pyxp.ledger_timeline() <> pyxp.current_timeline() THEN
-        PERFORM pyxp.follow_timeline();  -- (a failover or a point-in-time recovery: the ids move past the history left, 0033)
-    END IF;
+    PERFORM pyxp.follow_timeline();  -- (a failover or a point-in-time recovery: the ids move past the history left, 0033)
     PERFORM pyxp.require_ledger_cluster();  -- (PX032: ids of the rulesets' sequence may be taken, 0032)
     -- Installers queue on the rulesets table (version numbers); awards only
     -- read it, so an install that does not activate holds no award. The

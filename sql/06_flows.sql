@@ -502,9 +502,7 @@ BEGIN
         END IF;
     END IF;
     PERFORM pyxp.require_read_committed();
-    IF pyxp.ledger_timeline() <> pyxp.current_timeline() THEN
-        PERFORM pyxp.follow_timeline();  -- (a failover or a point-in-time recovery: the ids move past the history left, 0033)
-    END IF;
+    PERFORM pyxp.follow_timeline();  -- (a failover or a point-in-time recovery: the ids move past the history left, 0033)
     PERFORM pyxp.require_ledger_cluster();  -- (PX032: ids of the registrations' sequence may be taken, 0032)
     -- The same registration again: its row, nothing changed (SPEC 5),
     -- whatever the registry says since.

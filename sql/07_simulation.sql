@@ -384,12 +384,10 @@ DECLARE
     v_call bigint := nextval('pyxp.retroactive_applications');
 BEGIN
     PERFORM pyxp.require_read_committed();
-    IF pyxp.ledger_timeline() <> pyxp.current_timeline() THEN
-        -- (a failover or a point-in-time recovery: the ids move past the history
-        -- left, 0033; a review found this writer, which takes its own locks
-        -- rather than pyxp.writing_ruleset's, writing there without it)
-        PERFORM pyxp.follow_timeline();
-    END IF;
+    -- (a failover or a point-in-time recovery: the ids move past the history
+    -- left, 0033; a review found this writer, which takes its own locks
+    -- rather than pyxp.writing_ruleset's, writing there without it)
+    PERFORM pyxp.follow_timeline();
     -- Installers' lock first, then the awards' (the order of install_ruleset).
     LOCK TABLE pyxp.rulesets IN SHARE ROW EXCLUSIVE MODE;
     LOCK TABLE pyxp.xp_balances IN SHARE ROW EXCLUSIVE MODE;

@@ -969,9 +969,7 @@ DECLARE
     v_first text;  -- the first finding, for the error's detail
     v_since boolean;
 BEGIN
-    IF pyxp.ledger_timeline() <> pyxp.current_timeline() THEN
-        PERFORM pyxp.follow_timeline();  -- (a failover or a point-in-time recovery: the ids move past the history left, 0033)
-    END IF;
+    PERFORM pyxp.follow_timeline();  -- (a failover or a point-in-time recovery: the ids move past the history left, 0033)
     PERFORM pyxp.require_ledger_cluster();  -- (PX032: its snapshot's xmin would be another cluster's, 0032)
     LOCK TABLE pyxp.xp_audit_checkpoints IN EXCLUSIVE MODE;
     v_since := pyxp.last_checkpoint_xmin() IS NOT NULL;

@@ -131,9 +131,7 @@ DECLARE
     v_open record;
 BEGIN
     PERFORM pyxp.require_read_committed();
-    IF pyxp.ledger_timeline() <> pyxp.current_timeline() THEN
-        PERFORM pyxp.follow_timeline();  -- (a failover or a point-in-time recovery: the ids move past the history left, 0033)
-    END IF;
+    PERFORM pyxp.follow_timeline();  -- (a failover or a point-in-time recovery: the ids move past the history left, 0033)
     PERFORM pyxp.require_ledger_cluster();  -- (PX032: its feed floor counts this cluster's ids, 0032)
     IF archive_ledger_partitions.archived_before IS NULL OR NOT isfinite(archive_ledger_partitions.archived_before)
        OR archive_ledger_partitions.archived_before > date_trunc('month', now(), 'UTC') THEN

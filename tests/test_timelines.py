@@ -24,14 +24,9 @@ from conftest import base_backup, primary_with_pyxp
 from pyxp import errors, schema
 from pyxp.database import EmbeddedCluster
 from pyxp.ruleset_config import load_ruleset
+from test_copies import CHANGES, award
 
-AWARD = "SELECT transaction_id FROM pyxp.award(%s, 'CAMPAIGN_APPROVED', %s)"
-CHANGES = "SELECT cursor, transaction_id FROM pyxp.changes(%s, 1000)"
 REVERSE = "SELECT * FROM pyxp.reverse_transaction(%s, 'refund')"
-
-
-def award(conn: psycopg.Connection[Any], wallet: str, key: str) -> int:
-    return int(conn.execute(AWARD, (wallet, key)).fetchone()[0])  # type: ignore[index]
 
 
 def scalar(conn: psycopg.Connection[Any], query: str, params: Any = None) -> Any:
@@ -211,6 +206,39 @@ def test_an_adoption_past_what_cursors_hold_is_refused(db: psycopg.Connection[An
         award(db, "0xnew", "new-1")
     assert scalar(db, "SELECT count(*) FROM pyxp.xp_ledger_forks") == 0
     assert scalar(db, sequences) == before  # (a rollback does not undo setval: a third check saw them move 2^39)
+
+
+def test_a_checkpoint_in_repeatable_read_does_not_adopt_a_new_timeline(db: psycopg.Connection[Any],
+                                                                      unchanged: Any) -> None:
+    """The adoption needs READ COMMITTED, as every writer: a checkpoint in a REPEATABLE READ
+    transaction, first on a new timeline, is refused (PX025); nothing is written, no fork recorded,
+    and the next call in READ COMMITTED adopts it."""
+    award(db, "0xkept", "kept-1")
+    leave_timeline(db)
+    with unchanged(), pytest.raises(errors.IsolationRefused), errors.wrap_errors():
+        with db.transaction():
+            db.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
+            db.execute("SELECT * FROM pyxp.record_audit_checkpoint()")
+    assert scalar(db, "SELECT count(*) FROM pyxp.xp_ledger_forks") == 0
+    db.execute("SELECT * FROM pyxp.record_audit_checkpoint()")
+    assert scalar(db, "SELECT count(*) FROM pyxp.xp_ledger_forks") == 1
+
+
+def test_an_adoption_meeting_a_partition_job_is_refused(db: psycopg.Connection[Any], conninfo: str,
+                                                        unchanged: Any) -> None:
+    """The adoption takes the partitions' lock as moves and archives do, without waiting: a first
+    write on a new timeline while create_ledger_partitions or an archive runs is refused (55P03,
+    README "Failovers and point-in-time recovery"); nothing is written, and it goes through once
+    that job has committed."""
+    award(db, "0xkept", "kept-1")
+    leave_timeline(db)
+    with psycopg.connect(conninfo) as job:
+        job.execute("SELECT FROM pyxp.subject_locks WHERE subject = 'ledger_partitions' FOR UPDATE")
+        with unchanged(), pytest.raises(psycopg.errors.LockNotAvailable):
+            award(db, "0xnew", "new-1")
+        assert scalar(db, "SELECT count(*) FROM pyxp.xp_ledger_forks") == 0
+    award(db, "0xnew", "new-1")
+    assert scalar(db, "SELECT count(*) FROM pyxp.xp_ledger_forks") == 1
 
 
 @pytest.mark.parametrize("call", [

@@ -1323,6 +1323,7 @@ REVOKE ALL ON FUNCTION pyxp.adopt_cluster() FROM PUBLIC;
 DROP FUNCTION pyxp.follow_timeline();
 DROP FUNCTION pyxp.identity_sequences();
 DROP FUNCTION pyxp.forked_cursor(bigint);
+DROP FUNCTION pyxp.kept_cursor(numeric);
 DROP TABLE pyxp.xp_ledger_forks;
 DROP FUNCTION pyxp.highest_ledger_xid();
 DROP FUNCTION pyxp.fork_margin();

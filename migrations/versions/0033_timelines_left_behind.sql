@@ -76,6 +76,12 @@ AS $$
         (SELECT max(k.snapshot_xmin::text::numeric) FROM pyxp.xp_audit_checkpoints k),
         (SELECT max(a.feed_floor >> 24) FROM pyxp.xp_ledger_archives a))
 $$;
+-- The last cursor of feed group p_highest (the ledger's highest transaction
+-- id, pyxp.highest_ledger_xid): every row kept is at or below it. 0: none.
+CREATE FUNCTION pyxp.kept_cursor(p_highest numeric)
+RETURNS bigint
+LANGUAGE sql IMMUTABLE PARALLEL SAFE
+AS $$ SELECT coalesce((p_highest::bigint << 24) | 16777215, 0) $$;
 -- One row per adoption that moved the ledger's ids by the margin
 -- (pyxp.adopt_cluster): where the history it kept ends, where the one it
 -- writes since starts. pyxp.changes refuses a cursor between the two
@@ -108,14 +114,15 @@ AS $$
     SELECT f.kept_cursor FROM pyxp.xp_ledger_forks f
      WHERE p_after > f.kept_cursor AND (p_after >> 24) < f.resumed_group
     UNION ALL
-    SELECT k.kept FROM (SELECT coalesce((pyxp.highest_ledger_xid()::bigint << 24) | 16777215, 0) AS kept) k
+    SELECT k.kept FROM (SELECT pyxp.kept_cursor(pyxp.highest_ledger_xid()) AS kept) k
      WHERE pyxp.ledger_timeline() <> pyxp.current_timeline() AND p_after > k.kept
     LIMIT 1
 $$;
 -- Each identity column's sequence of pyxp's tables, with the highest id its
--- table holds (the ledger's: archived ones too) and where it stands.
+-- table holds (the ledger's: archived ones too), where it stands, and
+-- whether it is behind its table.
 CREATE FUNCTION pyxp.identity_sequences(OUT sequence regclass, OUT label text, OUT highest bigint,
-                                        OUT last_value bigint, OUT is_called boolean)
+                                        OUT last_value bigint, OUT is_called boolean, OUT behind boolean)
 RETURNS SETOF record
 LANGUAGE plpgsql
 AS $$
@@ -140,6 +147,7 @@ BEGIN
         END IF;
         EXECUTE format('SELECT last_value, is_called FROM %s', v.seq) INTO last_value, is_called;
         highest := coalesce(highest, 0);
+        behind := highest > last_value OR (highest = last_value AND NOT is_called);  -- nextval would give a held id
         RETURN NEXT;
     END LOOP;
 END
@@ -213,8 +221,6 @@ DECLARE
     v_behind boolean;
     v_margin bigint := 0;
     v_sequence record;
-    v_max bigint;
-    v_current record;
     v_snapshot pg_snapshot;
 BEGIN
     BEGIN
@@ -232,11 +238,7 @@ BEGIN
     <<look>>
     LOOP
         v_highest := pyxp.highest_ledger_xid();
-        v_behind := false;
-        FOR v_sequence IN SELECT * FROM pyxp.identity_sequences() LOOP
-            v_behind := v_behind OR v_sequence.highest > v_sequence.last_value
-                        OR (v_sequence.highest = v_sequence.last_value AND NOT v_sequence.is_called);
-        END LOOP;
+        v_behind := EXISTS (SELECT FROM pyxp.identity_sequences() q WHERE q.behind);
         -- Nothing to do (looked at again under the locks: another adoption,
         -- a writer's on the same new timeline, may have committed meanwhile).
         IF pyxp.ledger_cluster() IS NOT DISTINCT FROM v_this AND pyxp.ledger_timeline() IS NOT DISTINCT FROM v_timeline
@@ -303,19 +305,20 @@ BEGIN
                   HINT = 'see README "Failovers and point-in-time recovery", its limits: this ledger cannot follow another timeline';
     END IF;
     sequences_advanced := '{}';
-    FOR v_sequence IN SELECT * FROM pyxp.identity_sequences() LOOP
-        IF (v_margin > 0 AND v_sequence.sequence <> 'pyxp.xp_ledger_forks_fork_id_seq'::regclass)  -- (its rows are adoptions')
-           OR v_sequence.highest > v_sequence.last_value
-           OR (v_sequence.highest = v_sequence.last_value AND NOT v_sequence.is_called) THEN
-            PERFORM setval(v_sequence.sequence, greatest(v_sequence.highest, v_sequence.last_value)
-                           + CASE WHEN v_sequence.sequence <> 'pyxp.xp_ledger_forks_fork_id_seq'::regclass THEN v_margin ELSE 0 END);
+    FOR v_sequence IN
+        SELECT q.*, CASE WHEN q.sequence = 'pyxp.xp_ledger_forks_fork_id_seq'::regclass THEN 0  -- (its rows are adoptions')
+                         ELSE v_margin END AS step
+          FROM pyxp.identity_sequences() q
+    LOOP
+        IF v_sequence.step > 0 OR v_sequence.behind THEN
+            PERFORM setval(v_sequence.sequence, greatest(v_sequence.highest, v_sequence.last_value) + v_sequence.step);
             sequences_advanced := sequences_advanced || v_sequence.label;
         END IF;
     END LOOP;
     IF v_margin > 0 THEN
         INSERT INTO pyxp.xp_ledger_forks (previous_cluster, this_cluster, previous_timeline, this_timeline,
                                           kept_cursor, resumed_group, margin)
-        VALUES (previous_cluster, v_this, previous_timeline, v_timeline, (v_highest::bigint << 24) | 16777215,
+        VALUES (previous_cluster, v_this, previous_timeline, v_timeline, pyxp.kept_cursor(v_highest),
                 v_oldest + adopt_cluster.xid_offset, v_margin);
     END IF;
     EXECUTE format('CREATE OR REPLACE FUNCTION pyxp.ledger_cluster() RETURNS bigint LANGUAGE sql STABLE PARALLEL SAFE '
@@ -329,8 +332,10 @@ END
 $$;
 -- A new timeline of this cluster (a failover, a point-in-time recovery):
 -- adopted (pyxp.adopt_cluster) by the first write on it, before the write
--- takes any lock of an award (pyxp.writing_ruleset), and by the other
--- writing functions that name the cluster. Owner only. A ledger of another
+-- takes any lock of an award (pyxp.writing_ruleset, which tests the
+-- timelines inline first: a call per award costs more than the test), and
+-- by the other writing functions that name the cluster, or take their own
+-- locks. Nothing when the ledger is on this timeline. Owner only. A ledger of another
 -- cluster is left to pyxp.require_ledger_cluster (PX032: pyxp db upgrade
 -- adopts a copy). READ COMMITTED, as every writer (PX025 otherwise).
 CREATE FUNCTION pyxp.follow_timeline()
@@ -899,12 +904,10 @@ DECLARE
     v_call bigint := nextval('pyxp.retroactive_applications');
 BEGIN
     PERFORM pyxp.require_read_committed();
-    IF pyxp.ledger_timeline() <> pyxp.current_timeline() THEN
-        -- (a failover or a point-in-time recovery: the ids move past the history
-        -- left, 0033; a review found this writer, which takes its own locks
-        -- rather than pyxp.writing_ruleset's, writing there without it)
-        PERFORM pyxp.follow_timeline();
-    END IF;
+    -- (a failover or a point-in-time recovery: the ids move past the history
+    -- left, 0033; a review found this writer, which takes its own locks
+    -- rather than pyxp.writing_ruleset's, writing there without it)
+    PERFORM pyxp.follow_timeline();
     -- Installers' lock first, then the awards' (the order of install_ruleset).
     LOCK TABLE pyxp.rulesets IN SHARE ROW EXCLUSIVE MODE;
     LOCK TABLE pyxp.xp_balances IN SHARE ROW EXCLUSIVE MODE;
@@ -1087,9 +1090,7 @@ BEGIN
             USING ERRCODE = 'PX024', HINT = 'pass the TOML text the definition was compiled from';
     END IF;
     PERFORM pyxp.require_read_committed();
-    IF pyxp.ledger_timeline() <> pyxp.current_timeline() THEN
-        PERFORM pyxp.follow_timeline();  -- (a failover or a point-in-time recovery: the ids move past the history left, 0033)
-    END IF;
+    PERFORM pyxp.follow_timeline();  -- (a failover or a point-in-time recovery: the ids move past the history left, 0033)
     PERFORM pyxp.require_ledger_cluster();  -- (PX032: ids of the rulesets' sequence may be taken, 0032)
     -- Installers queue on the rulesets table (version numbers); awards only
     -- read it, so an install that does not activate holds no award. The
@@ -1169,9 +1170,7 @@ BEGIN
         END IF;
     END IF;
     PERFORM pyxp.require_read_committed();
-    IF pyxp.ledger_timeline() <> pyxp.current_timeline() THEN
-        PERFORM pyxp.follow_timeline();  -- (a failover or a point-in-time recovery: the ids move past the history left, 0033)
-    END IF;
+    PERFORM pyxp.follow_timeline();  -- (a failover or a point-in-time recovery: the ids move past the history left, 0033)
     PERFORM pyxp.require_ledger_cluster();  -- (PX032: ids of the registrations' sequence may be taken, 0032)
     -- The same registration again: its row, nothing changed (SPEC 5),
     -- whatever the registry says since.
@@ -1254,9 +1253,7 @@ DECLARE
     v_first text;  -- the first finding, for the error's detail
     v_since boolean;
 BEGIN
-    IF pyxp.ledger_timeline() <> pyxp.current_timeline() THEN
-        PERFORM pyxp.follow_timeline();  -- (a failover or a point-in-time recovery: the ids move past the history left, 0033)
-    END IF;
+    PERFORM pyxp.follow_timeline();  -- (a failover or a point-in-time recovery: the ids move past the history left, 0033)
     PERFORM pyxp.require_ledger_cluster();  -- (PX032: its snapshot's xmin would be another cluster's, 0032)
     LOCK TABLE pyxp.xp_audit_checkpoints IN EXCLUSIVE MODE;
     v_since := pyxp.last_checkpoint_xmin() IS NOT NULL;
@@ -1358,9 +1355,7 @@ DECLARE
     v_open record;
 BEGIN
     PERFORM pyxp.require_read_committed();
-    IF pyxp.ledger_timeline() <> pyxp.current_timeline() THEN
-        PERFORM pyxp.follow_timeline();  -- (a failover or a point-in-time recovery: the ids move past the history left, 0033)
-    END IF;
+    PERFORM pyxp.follow_timeline();  -- (a failover or a point-in-time recovery: the ids move past the history left, 0033)
     PERFORM pyxp.require_ledger_cluster();  -- (PX032: its feed floor counts this cluster's ids, 0032)
     IF archive_ledger_partitions.archived_before IS NULL OR NOT isfinite(archive_ledger_partitions.archived_before)
        OR archive_ledger_partitions.archived_before > date_trunc('month', now(), 'UTC') THEN
@@ -1623,6 +1618,8 @@ COMMENT ON FUNCTION pyxp.fork_margin() IS
     'internal: how far an adoption that may leave a history behind moves the ledger''s ids past what it holds (2^31).';
 COMMENT ON FUNCTION pyxp.highest_ledger_xid() IS
     'internal: the highest transaction id the ledger holds (groups, checkpoints'' xmins, archives'' floors), as it counts them.';
+COMMENT ON FUNCTION pyxp.kept_cursor(numeric) IS
+    'internal: the last cursor of the feed group of the ledger''s highest transaction id (0: none).';
 COMMENT ON FUNCTION pyxp.forked_cursor(bigint) IS
     'internal: the cursor to go on from when this one was handed out by a history this database left (PX033), else NULL.';
 COMMENT ON FUNCTION pyxp.identity_sequences() IS
@@ -1633,8 +1630,8 @@ COMMENT ON TABLE pyxp.xp_ledger_forks IS
     'Adoptions that moved the ledger''s ids past a history it may have left (a failover, a point-in-time recovery, a copy): pyxp.changes refuses a cursor between kept_cursor and resumed_group (PX033).';
 
 REVOKE ALL ON FUNCTION pyxp.adopt_cluster(), pyxp.ledger_timeline(), pyxp.current_timeline(),
-    pyxp.fork_margin(), pyxp.highest_ledger_xid(), pyxp.forked_cursor(bigint), pyxp.identity_sequences(),
-    pyxp.follow_timeline() FROM PUBLIC;
+    pyxp.fork_margin(), pyxp.highest_ledger_xid(), pyxp.kept_cursor(numeric), pyxp.forked_cursor(bigint),
+    pyxp.identity_sequences(), pyxp.follow_timeline() FROM PUBLIC;
 GRANT SELECT ON pyxp.xp_ledger_forks TO pyxp_reader;
 
 -- The ledger's timeline recorded (nothing else moves on a ledger already
