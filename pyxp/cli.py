@@ -6,7 +6,10 @@ finds or starts a server (:func:`pyxp.database.discovered_server`) and plays
 the seeds' stories on a scratch database.
 
 Exit codes: 0 done, 1 ``audit`` found inconsistencies, 2 refused (a PX error,
-bad usage, no database, a missing privilege). Errors are one line on stderr:
+bad usage, no database, a missing privilege: nothing written), 3 the connection was
+lost during the command (its outcome is unknown: run it again, an award replays),
+130 / 143 interrupted by SIGINT / SIGTERM (the statement is cancelled; one that had
+committed replays when run again). Errors are one line on stderr:
 ``error: CODE: message; detail (hint)``, e.g. ``error: PX001: invalid wallet: '' (what
 is accepted)``; the hint names the command's flags where the SQL hint names a parameter,
 and a missing privilege (42501) says which role or grant is needed. With ``--json`` the
@@ -21,6 +24,7 @@ import json
 import os
 import re
 import shlex
+import signal
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -45,6 +49,7 @@ from pyxp.tables import Cell, Column, Printer, Styled, change_line, level_change
 
 EXIT_FINDINGS = 1
 EXIT_REFUSED = 2
+EXIT_OUTCOME_UNKNOWN = 3
 
 # `pyxp levels`: totals whose level is shown after the first levels.
 FAR_TOTALS = (10**6, 10**9, 10**12, 10**15, 2**62)
@@ -101,6 +106,27 @@ class Refused(click.ClickException):
             click.echo(json.dumps(self.report.as_json(), indent=2, ensure_ascii=False))
         else:
             Printer(sys.stderr).error(self.message)
+
+
+class OutcomeUnknown(Refused):
+    """Exit code 3: the connection was lost while a statement ran; it may have committed."""
+
+    exit_code = EXIT_OUTCOME_UNKNOWN
+
+
+class Interrupted(Refused):
+    """Exit code 128 + the signal's number (SIGINT, SIGTERM): psycopg cancelled the statement."""
+
+    def __init__(self, signum: int, as_json: bool = False) -> None:
+        self.exit_code = 128 + signum
+        super().__init__(ErrorReport(
+            f"interrupted ({signal.Signals(signum).name}): the running statement was cancelled",
+            hint="if it had committed already, running the same command again replays it "
+                 "(an award with the same key)"), as_json)
+
+
+# The signal that ended the command (main() turns SIGTERM into KeyboardInterrupt, as SIGINT is).
+_received_signals: list[int] = []
 
 
 def _one_line(text: str) -> str:
@@ -304,6 +330,9 @@ class _Cli(_Group):
         except Refused as exc:
             exc.as_json = _wants_json(ctx)
             raise
+        except KeyboardInterrupt as exc:  # (click would print "Aborted!" and exit 1)
+            signum = _received_signals[-1] if _received_signals else signal.SIGINT
+            raise Interrupted(signum, _wants_json(ctx)) from exc
         except click.UsageError as exc:
             if not _wants_json(ctx):
                 raise
@@ -332,9 +361,22 @@ def _connection(ctx: click.Context) -> Iterator[psycopg.Connection[Any]]:
     with PX025 on a role or database defaulting to SERIALIZABLE)."""
     with connect(_settings(ctx).database_url, autocommit=True) as conn:
         ctx.meta[_USER], ctx.meta[_DATABASE] = conn.info.user, conn.info.dbname  # for permission advice
-        if conn.execute("SELECT current_setting('default_transaction_isolation') = 'read committed'").fetchone()[0]:
-            conn.isolation_level = None  # (statement-mode poolers refuse BEGIN)
-        yield conn
+        try:
+            if conn.execute("SELECT current_setting('default_transaction_isolation') = 'read committed'"
+                            ).fetchone()[0]:
+                conn.isolation_level = None  # (statement-mode poolers refuse BEGIN)
+            yield conn
+        except psycopg.OperationalError as exc:
+            # Connected, then lost while a statement ran (a network cut, pg_terminate_backend,
+            # a restart): it may have committed. Not "cannot connect" and exit 2, which say
+            # nothing was written (a hostile test, 0034: the award was in the ledger).
+            if exc.sqlstate is not None and not exc.sqlstate.startswith(("08", "57P")):
+                raise
+            raise OutcomeUnknown(ErrorReport(
+                f"the connection to PostgreSQL was lost during the command: {_one_line(str(exc))}",
+                exc.sqlstate, "whether it was applied is unknown",
+                "run the same command again: an award that was applied replays its first result "
+                "(same key), one that was not is made"), _wants_json(ctx)) from exc
 
 
 @contextmanager
@@ -1320,8 +1362,19 @@ def demo(ctx: click.Context, keep: bool) -> None:
         ctx.exit(EXIT_FINDINGS)
 
 
+def _interrupt(signum: int, frame: object) -> None:
+    _received_signals.append(signum)
+    raise KeyboardInterrupt
+
+
 def main() -> None:
-    """Console script entry point (``pyxp``)."""
+    """Console script entry point (``pyxp``).
+
+    SIGTERM (``timeout``, systemd, Kubernetes) interrupts a command as Ctrl-C does: psycopg
+    cancels the running statement. Left to its default, the process died and an award
+    waiting for a lock was written after it had gone (a hostile test, 0034)."""
+    signal.signal(signal.SIGINT, _interrupt)
+    signal.signal(signal.SIGTERM, _interrupt)
     cli(prog_name="pyxp")
 
 

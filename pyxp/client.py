@@ -29,8 +29,16 @@ itself when not best-effort, and every call that gets no connection in that
 time; a best-effort client returns ``None`` in that time. Its pool keeps
 reconnecting in the background and serves again once the database is back;
 psycopg_pool's own warnings about that pool are silenced (the client reports
-the failure once per call instead). Pools and connections you give the client
-keep their own settings and logging.
+the failure once per call instead). A connection the server closed while it
+sat in that pool (a restart, ``pg_terminate_backend``, a pooler's ``KILL``)
+is dropped when a call takes it, before anything is sent, and the call takes
+another (a hostile test, 0034: each such connection failed one call, or lost
+a best-effort award, after the database was back). The pool's connections
+use TCP keepalives (30 s idle, 3 probes 10 s apart) and a 60 s
+``tcp_user_timeout`` unless the conninfo sets them: a call on a connection
+whose network path went silent fails in about a minute instead of waiting
+for the kernel's retransmissions (15 minutes). Pools and connections you give
+the client keep their own settings and logging.
 """
 
 from __future__ import annotations
@@ -42,6 +50,7 @@ import logging
 import math
 import os
 import re
+import select
 import threading
 import weakref
 from collections.abc import AsyncIterator, Iterable, Iterator, Mapping
@@ -289,6 +298,21 @@ def _connect_timeout(conninfo: str, given: float | None) -> float:
     return DEFAULT_CONNECT_TIMEOUT
 
 
+# libpq's TCP settings for the connections a client opens itself, unless its conninfo sets them.
+KEEPALIVES: dict[str, int] = {"keepalives": 1, "keepalives_idle": 30, "keepalives_interval": 10,
+                              "keepalives_count": 3, "tcp_user_timeout": 60_000}
+
+
+def _closed_by_the_server(conn: psycopg.Connection[Any] | psycopg.AsyncConnection[Any]) -> bool:
+    """Whether an idle pooled connection has something waiting on its socket: a server that
+    closed it (a restart, pg_terminate_backend, a pooler's KILL) sent its FATAL error and the
+    end of the stream there. Nothing waiting is the common case, told without a round trip."""
+    try:
+        return bool(select.select([conn.fileno()], [], [], 0)[0])
+    except (OSError, ValueError, psycopg.Error):  # no socket: closed already
+        return True
+
+
 def _connection_errors(pool: ConnectionPool | AsyncConnectionPool) -> int:
     return pool.get_stats().get("connections_errors", 0)
 
@@ -315,6 +339,14 @@ class _OwnedPool:
     def libpq_timeout(self) -> int:
         return max(2, math.ceil(self.timeout))  # libpq counts whole seconds, at least 2
 
+    @property
+    def connect_kwargs(self) -> dict[str, Any]:
+        """libpq settings of the connections the client opens: its connect timeout, and the
+        keepalives (KEEPALIVES) the conninfo does not set itself."""
+        given = conninfo_to_dict(self.conninfo)
+        return {"connect_timeout": self.libpq_timeout,
+                **{name: value for name, value in KEEPALIVES.items() if name not in given}}
+
     def pool_options(self, max_connections: int, asynchronous: bool = False) -> dict[str, Any]:
         """Options of the pool: libpq's connect_timeout, and background reconnection attempts
         that give up after the same time — a call then starts a new one, so the pool serves
@@ -322,7 +354,7 @@ class _OwnedPool:
         return {
             "min_size": 1, "max_size": max_connections, "open": False, "name": self.health.name,
             "timeout": self.timeout, "reconnect_timeout": self.timeout,
-            "kwargs": {"connect_timeout": self.libpq_timeout},
+            "kwargs": self.connect_kwargs,
             "connection_class": _AsyncOwnedConnection if asynchronous else _OwnedConnection,
             "configure": self.health.async_connection_made if asynchronous else self.health.connection_made,
         }
@@ -366,32 +398,49 @@ class _OwnedPool:
         return (now >= deadline or (errors_before >= 0 and _connection_errors(pool) > errors_before)
                 or (failing and now >= start + self.FAILING_WAIT))
 
+    # A connection the server closed while it sat in the pool (_closed_by_the_server, then
+    # the pool's own check to be sure) goes back, where the pool drops it, and the call takes
+    # another: nothing was sent on it. (psycopg_pool's ``check`` option would cost every call
+    # a round trip, and waits a backoff of a second or more between two failed checks.)
+
     @contextmanager
     def connection(self, pool: ConnectionPool) -> Iterator[psycopg.Connection[Any]]:
         plan = self._plan(pool)
-        with ExitStack() as stack:
-            while True:
+        while True:
+            with ExitStack() as stack:
                 try:
                     conn = stack.enter_context(pool.connection(timeout=self._wait(plan)))
-                    break
                 except PoolTimeout as exc:
                     if self._give_up(pool, plan):
                         raise self.unavailable() from exc
-            yield conn
+                    continue
+                if _closed_by_the_server(conn):
+                    try:
+                        ConnectionPool.check_connection(conn)
+                    except psycopg.Error:
+                        continue  # leaving the stack returns it; closed, the pool drops it
+                yield conn
+                return
 
     @asynccontextmanager
     async def async_connection(self, pool: AsyncConnectionPool
                                ) -> AsyncIterator[psycopg.AsyncConnection[Any]]:
         plan = self._plan(pool)
-        async with AsyncExitStack() as stack:
-            while True:
+        while True:
+            async with AsyncExitStack() as stack:
                 try:
                     conn = await stack.enter_async_context(pool.connection(timeout=self._wait(plan)))
-                    break
                 except PoolTimeout as exc:
                     if self._give_up(pool, plan):
                         raise self.unavailable() from exc
-            yield conn
+                    continue
+                if _closed_by_the_server(conn):
+                    try:
+                        await AsyncConnectionPool.check_connection(conn)
+                    except psycopg.Error:
+                        continue  # see connection()
+                yield conn
+                return
 
     # -- the constructor's check --------------------------------------------------------
     def probe(self) -> None:
@@ -565,7 +614,7 @@ class _Api:
         pool = getattr(self, "_pool", None)
         connection = getattr(self, "_connection", None)
         if owned is not None:
-            return owned.conninfo, {"connect_timeout": owned.libpq_timeout}
+            return owned.conninfo, owned.connect_kwargs
         if pool is not None:
             return pool.conninfo, dict(pool.kwargs)
         assert connection is not None

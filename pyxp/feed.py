@@ -47,6 +47,13 @@ def _params(cursor: int, wallet: str | None, page_size: int) -> dict[str, Any]:
     return {"after_cursor": cursor, "max_rows": page_size, "wallet": wallet}
 
 
+def _reason(exc: psycopg.Error) -> str:
+    """An error's primary message on one line: its full text carries the CONTEXT of pyxp.changes,
+    the whole SQL of its statement (thousands of characters in every reconnection's WARNING)."""
+    text = exc.diag.message_primary or str(exc).strip().split("\n", 1)[0]
+    return " ".join(text.split())
+
+
 def watch_changes(connect: Callable[[], psycopg.Connection[Any]], after_cursor: int = 0,
                   wallet: str | None = None, *, poll_interval: float = POLL_INTERVAL,
                   page_size: int = PAGE_SIZE, stop: threading.Event | None = None) -> Iterator[Change]:
@@ -74,8 +81,7 @@ def watch_changes(connect: Callable[[], psycopg.Connection[Any]], after_cursor: 
         except psycopg.OperationalError as exc:
             failures += 1
             # A lost connection, or a read that overlapped an archive (40001, 0026): read again.
-            log.warning("pyxp watch: %s: %s; reading again from cursor %s",
-                        type(exc).__name__, " ".join(str(exc).split()), cursor)
+            log.warning("pyxp watch: %s: %s; reading again from cursor %s", type(exc).__name__, _reason(exc), cursor)
             time.sleep(_reconnect_delay(failures))
 
 
@@ -105,6 +111,5 @@ async def watch_changes_async(connect: Callable[[], Awaitable[psycopg.AsyncConne
         except psycopg.OperationalError as exc:
             failures += 1
             # A lost connection, or a read that overlapped an archive (40001, 0026): read again.
-            log.warning("pyxp watch: %s: %s; reading again from cursor %s",
-                        type(exc).__name__, " ".join(str(exc).split()), cursor)
+            log.warning("pyxp watch: %s: %s; reading again from cursor %s", type(exc).__name__, _reason(exc), cursor)
             await asyncio.sleep(_reconnect_delay(failures))

@@ -1,6 +1,7 @@
 """The `pyxp` command line, end to end: a subprocess against the test database (SPEC section 9).
 
-Exit codes: 0 done, 1 audit findings, 2 refused (PX error, bad usage, no database).
+Exit codes: 0 done, 1 audit findings, 2 refused (PX error, bad usage, no database), 3 the connection
+lost during the command, 128 + the signal's number when interrupted.
 Every refusal is one line on stderr (`error: PX0nn: what (accepted)`), no traceback,
 and writes nothing.
 """
@@ -9,10 +10,13 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 import uuid
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -875,3 +879,89 @@ def test_a_migration_cancelled_midway_says_so(fresh_database: Any) -> None:
     assert "statement_timeout" in result.stderr and "cannot connect" not in result.stderr
     assert schema.current_revision(target) == "0021"
     assert run(target, "db", "upgrade").returncode == 0
+
+
+# --------------------------------------------------------------------------- a command cut short
+
+
+@contextmanager
+def award_waiting_for_a_lock(conninfo: str, key: str,
+                             *options: str) -> Iterator[tuple[subprocess.Popen[str], psycopg.Connection[Any], str]]:
+    """`pyxp award generic` of a wallet whose balance row another session holds: the command waits
+    inside its award's statement. Yields the process, a control connection and the award session's
+    application_name; the lock is released on leaving, once that session is gone."""
+    wallet, name = "0xcut_short", f"pyxp_cut_{uuid.uuid4().hex[:8]}"
+    ok(conninfo, "award", "generic", wallet, "CAMPAIGN_APPROVED", f"{key}-first")
+    with psycopg.connect(conninfo) as holder, psycopg.connect(conninfo, autocommit=True) as control:
+        holder.execute("SELECT FROM pyxp.xp_balances WHERE user_wallet = %s FOR UPDATE", (wallet,))
+        process = subprocess.Popen([sys.executable, "-m", "pyxp.cli", "award", "generic", wallet,
+                                    "CAMPAIGN_APPROVED", key, *options], text=True, stdin=subprocess.DEVNULL,
+                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                   env={**os.environ, DATABASE_URL_VARIABLE: conninfo, "PGAPPNAME": name})
+        try:
+            assert waited_for(lambda: control.execute(
+                "SELECT count(*) FROM pg_stat_activity WHERE application_name = %s AND wait_event_type = 'Lock'",
+                (name,)).fetchone() == (1,)), "the award never waited for the lock"
+            yield process, control, name
+        finally:
+            if process.poll() is None:
+                process.kill()
+            process.communicate(timeout=60)
+            # The award's session is gone before the lock goes: it cannot write afterwards.
+            assert waited_for(lambda: control.execute(
+                "SELECT count(*) FROM pg_stat_activity WHERE application_name = %s", (name,)).fetchone() == (0,)), \
+                "the award's session outlived its command"
+            holder.rollback()
+
+
+def waited_for(condition: Callable[[], bool], seconds: float = 60) -> bool:
+    deadline = time.monotonic() + seconds
+    while not condition():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.05)
+    return True
+
+
+def rows_of_key(conninfo: str, key: str) -> int:
+    with psycopg.connect(conninfo) as conn:
+        return conn.execute("SELECT count(*) FROM pyxp.xp_transactions WHERE idempotency_key = %s",
+                            (key,)).fetchone()[0]
+
+
+@pytest.mark.parametrize("as_json", [False, True])
+def test_a_connection_lost_during_an_award_is_no_refusal_and_says_to_run_it_again(conninfo: str,
+                                                                                   as_json: bool) -> None:
+    """It said "cannot connect" (or the server's bare message) with exit code 2, which says nothing
+    was written; a connection lost after the COMMIT had the award in the ledger (a hostile test, 0034)."""
+    key = f"lost-{as_json}"
+    with award_waiting_for_a_lock(conninfo, key, *(["--json"] if as_json else [])) as (process, control, name):
+        control.execute("SELECT pg_terminate_backend(pid, 10000) FROM pg_stat_activity WHERE application_name = %s",
+                        (name,))
+        out, err = process.communicate(timeout=60)
+    assert process.returncode == 3, (out, err)
+    if as_json:
+        error = json.loads(out)["error"]
+        assert (error["code"], error["detail"]) == ("57P01", "whether it was applied is unknown")
+        assert error["message"].startswith("the connection to PostgreSQL was lost during the command")
+        assert "run the same command again" in error["hint"]
+    else:
+        assert out == "" and "Traceback" not in err and len(err.splitlines()) == 1
+        assert err.startswith("error: 57P01: the connection to PostgreSQL was lost during the command"), err
+    assert rows_of_key(conninfo, key) == 0  # terminated before its COMMIT: rolled back; run again, it is made
+    assert json.loads(ok(conninfo, "award", "generic", "0xcut_short", "CAMPAIGN_APPROVED", key, "--json"))["xp"] == 100
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_an_interrupted_award_is_cancelled_and_says_so(conninfo: str, signum: int) -> None:
+    """SIGTERM (timeout, systemd, Kubernetes) killed the process and left its statement running: the
+    award was written once the lock was released, after the command had gone (a hostile test, 0034).
+    Now both signals cancel the statement, and the command says so (not click's bare "Aborted!")."""
+    key = f"interrupted-{signum}"
+    with award_waiting_for_a_lock(conninfo, key) as (process, _, _):
+        process.send_signal(signum)
+        out, err = process.communicate(timeout=60)
+    assert process.returncode == 128 + signum, (out, err)
+    assert err.startswith(f"error: interrupted ({signal.Signals(signum).name}): the running statement was "
+                          "cancelled"), err
+    assert rows_of_key(conninfo, key) == 0

@@ -13,7 +13,9 @@ import logging
 import socket
 import threading
 import time
+import uuid
 from collections.abc import Iterator
+from contextlib import AsyncExitStack, ExitStack
 from typing import Any
 
 import psycopg
@@ -215,6 +217,20 @@ def test_the_client_passes_its_timeout_to_libpq_and_its_pool(conninfo: str) -> N
         assert xp.level_for(0).level == 1
 
 
+def test_the_clients_own_connections_use_tcp_keepalives_unless_the_conninfo_sets_them(conninfo: str) -> None:
+    """A network path that goes silent (a NAT or firewall drop, a moved address) ends a call in about a
+    minute instead of the kernel's 15 minutes of retransmissions (a hostile test, 0034)."""
+    with XP(make_conninfo(conninfo, keepalives_idle="5"), max_connections=1) as xp:
+        assert xp._pool is not None
+        assert xp._pool.kwargs == {"connect_timeout": 5, "keepalives": 1, "keepalives_interval": 10,
+                                   "keepalives_count": 3, "tcp_user_timeout": 60_000}
+        assert xp._watch_conninfo()[1] == xp._pool.kwargs  # watch() opens its connections alike
+        with xp._pool.connection() as conn:
+            used = {option.keyword.decode(): (option.val or b"").decode() for option in conn.pgconn.info}
+    assert (used["keepalives_idle"], used["keepalives_interval"], used["keepalives_count"],
+            used["tcp_user_timeout"]) == ("5", "10", "3", "60000")
+
+
 # --------------------------------------------------------------------------- recovery
 
 
@@ -240,6 +256,51 @@ def test_a_best_effort_client_built_while_the_database_is_down_works_once_it_is_
     finally:
         cluster.stop()
     assert not any(r.name == "psycopg.pool" and r.levelno >= logging.WARNING for r in caplog.records)
+
+
+def terminate_sessions(db: psycopg.Connection[Any], application_name: str) -> int:
+    """pg_terminate_backend of the sessions of that name, waiting until each has exited."""
+    return len(db.execute("SELECT pg_terminate_backend(pid, 10000) FROM pg_stat_activity "
+                          "WHERE application_name = %s AND pid <> pg_backend_pid()",
+                          (application_name,)).fetchall())
+
+
+@pytest.mark.parametrize("best_effort", [False, True])
+def test_connections_the_server_closed_in_the_pool_fail_no_call(conninfo: str, db: psycopg.Connection[Any],
+                                                                 best_effort: bool) -> None:
+    """A restart, pg_terminate_backend or a pooler's KILL closes the pool's idle connections: each
+    failed the next call that took it (AdminShutdown; a best-effort award lost, None), although the
+    database answered (a hostile test, 0034). The call now takes another connection."""
+    name = f"pyxp_stale_{uuid.uuid4().hex[:8]}"
+    with XP(make_conninfo(conninfo, application_name=name), max_connections=3, best_effort=best_effort) as xp:
+        assert xp._pool is not None
+        with ExitStack() as held:  # three connections opened, then idle in the pool
+            for _ in range(3):
+                held.enter_context(xp._pool.connection())
+        assert terminate_sessions(db, name) == 3
+        awards = [xp.award(f"0xstale{n}", "CAMPAIGN_APPROVED", f"{name}-{n}") for n in range(4)]
+    assert [award.xp for award in awards] == [100] * 4
+    assert db.execute("SELECT count(*) FROM pyxp.xp_transactions WHERE idempotency_key LIKE %s",
+                      (f"{name}-%",)).fetchone() == (4,)
+
+
+def test_async_connections_the_server_closed_in_the_pool_fail_no_call(conninfo: str,
+                                                                       db: psycopg.Connection[Any]) -> None:
+    name = f"pyxp_stale_{uuid.uuid4().hex[:8]}"
+
+    async def scenario() -> list[Any]:
+        xp = await AsyncXP.connect(make_conninfo(conninfo, application_name=name), max_connections=3)
+        try:
+            assert isinstance(xp._pool, client.AsyncConnectionPool)
+            async with AsyncExitStack() as held:
+                for _ in range(3):
+                    await held.enter_async_context(xp._pool.connection())
+            assert terminate_sessions(db, name) == 3
+            return [await xp.award(f"0xstale{n}", "CAMPAIGN_APPROVED", f"{name}-{n}") for n in range(4)]
+        finally:
+            await xp.close()
+
+    assert [award.xp for award in asyncio.run(scenario())] == [100] * 4
 
 
 def eventually(call: Any, within: float = 60.0) -> Any:

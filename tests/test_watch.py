@@ -85,8 +85,11 @@ def test_watch_yields_changes_as_they_commit_and_resumes_from_a_cursor(conninfo:
 
 
 def test_watch_survives_a_terminated_connection_without_gap_or_duplicate(conninfo: str,
-                                                                        db: psycopg.Connection[Any]) -> None:
-    """pg_terminate_backend of the watcher's connection: it reconnects and goes on from its last cursor."""
+                                                                        db: psycopg.Connection[Any],
+                                                                        caplog: pytest.LogCaptureFixture) -> None:
+    """pg_terminate_backend of the watcher's connection: it reconnects and goes on from its last cursor,
+    and says so in one short line (it logged the error's whole text: the CONTEXT of pyxp.changes, with
+    its SQL, thousands of characters per reconnection; a hostile test, 0034)."""
     name = "pyxp_watch_test"
     target = make_conninfo(conninfo, application_name=name)
     total = 60
@@ -115,6 +118,8 @@ def test_watch_survives_a_terminated_connection_without_gap_or_duplicate(conninf
             time.sleep(0.02)
     assert done.wait(90), f"watch yielded {len(got)} of {total} rows"
     assert terminated >= 2
+    reconnections = [r.getMessage() for r in caplog.records if r.getMessage().startswith("pyxp watch:")]
+    assert reconnections and all(len(m) < 200 and "SELECT" not in m for m in reconnections), reconnections
     ids = [c.transaction_id for c in got]
     assert len(set(ids)) == len(ids) == total  # no duplicate, no gap
     assert [c.cursor for c in got] == sorted(c.cursor for c in got)
