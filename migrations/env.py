@@ -169,7 +169,8 @@ def _show_warning(diagnostic: psycopg.errors.Diagnostic) -> None:
 
 
 def _connect() -> psycopg.Connection[Any]:
-    conn = psycopg.connect(conninfo, autocommit=True)
+    # UTF8 whatever PGCLIENTENCODING says: the revisions hold text outside Latin-1 (0034).
+    conn = psycopg.connect(conninfo, autocommit=True, client_encoding="UTF8")
     conn.add_notice_handler(_show_warning)
     for name, value in SESSION_SETTINGS:
         conn.execute("SELECT pg_catalog.set_config(%s, %s, false)", (name, value))
@@ -208,6 +209,25 @@ SELECT pg_catalog.format('a cast from %s to %s', k.castsource::regtype, k.castta
   JOIN pg_catalog.pg_type t ON t.oid = k.casttarget
  WHERE s.typnamespace = 'pyxp'::regnamespace OR t.typnamespace = 'pyxp'::regnamespace
 """
+
+
+def _upgrading() -> bool:
+    """Whether this run migrates up (alembic passes its step function to the environment)."""
+    step = getattr(getattr(context, "_proxy", None), "context_opts", {}).get("fn")
+    return getattr(step, "__name__", "upgrade") != "downgrade"
+
+
+def _refuse_other_encodings(connection: Connection) -> None:
+    """pyxp's texts are Unicode (wallets in NFKC, emails folded by code point, keys as given), and
+    its revisions hold such literals: on a LATIN1, WIN1252, SQL_ASCII or EUC_JP database an upgrade
+    stopped at 0028, half installed, with a misleading error (a hostile test, 0034). Refused before
+    any revision runs; a downgrade is let through (to remove what such a run left)."""
+    with connection.begin():
+        encoding = _scalar(connection, "SELECT pg_catalog.pg_encoding_to_char(d.encoding) FROM pg_catalog.pg_database d "
+                                       "WHERE d.datname = pg_catalog.current_database()")
+    if encoding != "UTF8" and _upgrading():
+        raise CommandError(f"pyxp needs a UTF8 database: this one's encoding is {encoding} (create it with "
+                           "ENCODING 'UTF8', or dump this one and restore it into a UTF8 database)")
 
 
 def _refuse_owner_objects(connection: Connection) -> None:
@@ -316,6 +336,7 @@ def _adopt_cluster(connection: Connection) -> None:
 
 engine = create_engine("postgresql+psycopg://", creator=_connect, poolclass=NullPool)
 with engine.connect() as connection:
+    _refuse_other_encodings(connection)
     _refuse_owner_objects(connection)
     version_schema = _prepare_version_table(connection)
     # What this run found, under the lock (pyxp db upgrade reports it: read before the lock, it was

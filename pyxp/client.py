@@ -69,7 +69,7 @@ from psycopg.rows import class_row, tuple_row
 from psycopg_pool import AsyncConnectionPool, ConnectionPool, PoolTimeout
 
 from pyxp import queries
-from pyxp.database import configured_conninfo, shown_conninfo
+from pyxp.database import configured_conninfo, shown_conninfo, utf8_unless_set
 from pyxp.errors import DatabaseUnavailable, XPError, wrap_errors
 from pyxp.feed import POLL_INTERVAL, watch_changes, watch_changes_async
 from pyxp.results import (
@@ -342,9 +342,9 @@ class _OwnedPool:
     @property
     def connect_kwargs(self) -> dict[str, Any]:
         """libpq settings of the connections the client opens: its connect timeout, and the
-        keepalives (KEEPALIVES) the conninfo does not set itself."""
+        client_encoding (UTF8) and keepalives (KEEPALIVES) the conninfo does not set itself."""
         given = conninfo_to_dict(self.conninfo)
-        return {"connect_timeout": self.libpq_timeout,
+        return {"connect_timeout": self.libpq_timeout, **utf8_unless_set(self.conninfo),
                 **{name: value for name, value in KEEPALIVES.items() if name not in given}}
 
     def pool_options(self, max_connections: int, asynchronous: bool = False) -> dict[str, Any]:

@@ -53,9 +53,17 @@ def connect(conninfo: str, **kwargs: Any) -> psycopg.Connection[Any]:
     the transactions it opens are READ COMMITTED, whatever the role's or database's default (pyxp's
     writers refuse the others: a managed service's SERIALIZABLE default stopped ``pyxp db upgrade``
     at its ruleset and every CLI award with PX025, a hostile test, 0030)."""
-    conn = psycopg.connect(conninfo, cursor_factory=BinaryResultsCursor, **kwargs)
+    conn = psycopg.connect(conninfo, cursor_factory=BinaryResultsCursor,
+                           **{**utf8_unless_set(conninfo), **kwargs})
     conn.isolation_level = psycopg.IsolationLevel.READ_COMMITTED
     return conn
+
+
+def utf8_unless_set(conninfo: str) -> dict[str, str]:
+    """client_encoding UTF8 unless the conninfo names one: Python's text is Unicode, and a
+    PGCLIENTENCODING of LATIN1 or WIN1252 made every feed page or board holding a wallet outside
+    that charset fail (22P05), a consumer stuck on that row (a hostile test, 0034)."""
+    return {} if "client_encoding" in conninfo_to_dict(conninfo) else {"client_encoding": "UTF8"}
 
 
 def configured_conninfo() -> str:

@@ -369,9 +369,14 @@ def _is_number(value: object) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
+# Names zoneinfo lists that are the host's settings, not zones: localtime is /etc/localtime (another
+# host after a restore or a failover moves every period), Factory a placeholder (0034).
+HOST_TIMEZONE_NAMES = frozenset({"localtime", "Factory"})
+
+
 @cache
 def _timezones() -> frozenset[str]:
-    return frozenset(zoneinfo.available_timezones()) | {"UTC"}
+    return (frozenset(zoneinfo.available_timezones()) | {"UTC"}) - HOST_TIMEZONE_NAMES
 
 
 # --------------------------------------------------------------------------- formulas

@@ -195,13 +195,28 @@ BEGIN
 END
 $$;
 
+-- Until when registrations may hold a client email as checked_email read
+-- it before 0028 (lower() in the database's collation): the time migration
+-- 0034 ran, in a database that then held registrations and whose collation
+-- reads some letter otherwise than pyxp.lower_cased (LOCALE 'C', ICU tr-TR);
+-- else NULL (every database installed since, and C.UTF-8's). A constant
+-- that migration writes. Up to 0033 every database read emails the old way
+-- too, and in a Turkish one lower('I') is 'ı': ıstanbul@… registered for one
+-- client was onboarded by another person signing in as Istanbul@… (a
+-- hostile test, 0034), whose email reads as istanbul@… since 0028.
+CREATE FUNCTION pyxp.emails_lowered_until()
+RETURNS timestamptz
+LANGUAGE sql IMMUTABLE PARALLEL SAFE
+AS $$ SELECT NULL::timestamptz $$;
+
 -- A client email as checked_email read it before 0028 (lower() in the
--- database's collation), when that differs from how it reads it now: in a
+-- database's collation), when that differs from how it reads it now and a
+-- registration made until pyxp.emails_lowered_until() holds that form: in a
 -- database whose collation is not C.UTF-8's (LOCALE 'C', ICU tr-TR), the
 -- registrations, onboarding keys and ledger rows written before 0028 hold
 -- this form, and the flows find them by it (a hostile test: after the
 -- upgrade, a registered client's sign-in found nothing, and an onboarded
--- client was paid again), and every form such a database stored that reads
+-- client was paid again); and every form such a database stored that reads
 -- as this email now (xp_email_forms_before_0028: a client spelling it
 -- otherwise than at its registration). Empty when none (C.UTF-8: every email
 -- but those holding U+0130).
@@ -210,7 +225,11 @@ RETURNS text[]
 LANGUAGE sql STABLE PARALLEL SAFE
 AS $$
     SELECT coalesce(array_agg(DISTINCT f.form ORDER BY f.form) FILTER (WHERE f.form <> p_email_now), '{}')
-      FROM (SELECT lower(pyxp.cleaned_text('client email', p_email, 254, 'PX002', true)) AS form
+      FROM (SELECT l.form
+              FROM (SELECT lower(pyxp.cleaned_text('client email', p_email, 254, 'PX002', true)) AS form) l
+             WHERE pyxp.emails_lowered_until() IS NOT NULL
+               AND EXISTS (SELECT FROM pyxp.agency_b2c_clients a
+                            WHERE a.client_email = l.form AND a.created_at < pyxp.emails_lowered_until())
             UNION ALL
             SELECT e.stored_form FROM pyxp.xp_email_forms_before_0028 e WHERE e.client_email = p_email_now) f
 $$;

@@ -70,6 +70,12 @@ BEGIN
            AND (jsonb_typeof(p_definition -> 'timezone') IS DISTINCT FROM 'string'
                 OR NOT EXISTS (SELECT FROM pg_catalog.pg_timezone_names z
                                 WHERE z.name = p_definition ->> 'timezone'))
+        UNION ALL
+        -- Names of the host's settings, not zones: localtime is the server's
+        -- /etc/localtime (another host after a restore or a failover moves
+        -- every period), Factory a placeholder (a hostile test, 0034).
+        SELECT format('timezone %s names the server host''s setting, not a time zone', p_definition -> 'timezone')
+         WHERE p_definition ->> 'timezone' IN ('localtime', 'Factory')
     ) p LIMIT 1;
     IF v_problem IS NULL THEN
         SELECT format('level row %s: %s', ord, problem) INTO v_problem FROM (

@@ -338,9 +338,10 @@ BEGIN
         'top_changes', (SELECT coalesce(jsonb_agg(jsonb_build_object(
                                    'user_wallet', t.user_wallet, 'total_xp_now', t.now_xp, 'total_xp_then', t.then_xp,
                                    'level_now', t.level_now, 'level_then', t.level_then)
-                                   ORDER BY abs(t.then_xp - t.now_xp) DESC, t.user_wallet), '[]')
+                                   ORDER BY abs(t.then_xp - t.now_xp) DESC, t.user_wallet COLLATE "C"), '[]')
                           FROM (SELECT * FROM leveled l WHERE l.then_xp <> l.now_xp
-                                 ORDER BY abs(l.then_xp - l.now_xp) DESC, l.user_wallet LIMIT v_top) t))
+                                 -- ties by code point, whatever the database's collation (0034)
+                                 ORDER BY abs(l.then_xp - l.now_xp) DESC, l.user_wallet COLLATE "C" LIMIT v_top) t))
       INTO v_report;
     PERFORM pyxp.ledger_unmoved();  -- (40001 after a read older than an archive)
     RETURN v_report;

@@ -83,6 +83,7 @@ COMMENT ON FUNCTION pyxp.checked_wallet(text, text) IS 'internal: a normalised w
 COMMENT ON FUNCTION pyxp.checked_email(text) IS 'internal: a normalised client email, or PX002.';
 COMMENT ON FUNCTION pyxp.lower_cased(text) IS 'internal: a text lower-cased the same way whatever the database''s collation.';
 COMMENT ON FUNCTION pyxp.email_before_0028(text, text) IS 'internal: the forms a client email was stored in before 0028 (the database''s collation) that read as it now.';
+COMMENT ON FUNCTION pyxp.emails_lowered_until() IS 'internal: until when registrations may hold emails read before 0028 (a constant migration 0034 writes; NULL: none).';
 COMMENT ON FUNCTION pyxp.checked_campaign_type(text) IS 'internal: B2C, AGENCY_B2C or INDIVIDUAL, or PX003.';
 COMMENT ON FUNCTION pyxp.checked_vote(text) IS 'internal: VALID or REFUSE, or PX008.';
 COMMENT ON FUNCTION pyxp.checked_identifier(text, text, integer) IS 'internal: a cleaned id, or PX016.';
@@ -121,7 +122,7 @@ COMMENT ON FUNCTION pyxp.claim_request(text, jsonb, bigint, jsonb) IS 'internal:
 COMMENT ON FUNCTION pyxp.recorded_request(text) IS 'internal: an earlier flow call''s or reversal''s request, with its inputs kept or rebuilt from its rows.';
 COMMENT ON FUNCTION pyxp.archive_horizon() IS 'internal: the end of the ledger''s archived range, NULL when nothing was archived.';
 COMMENT ON FUNCTION pyxp.ledger_unmoved() IS
-    'internal: true, or 40001 when the ledger was read with a snapshot older than an archive''s commit.';
+    'internal: true, or 40001 when the ledger was read with a snapshot older than an archive''s commit or a rewrite of one of pyxp''s tables.';
 COMMENT ON FUNCTION pyxp.replayed_award(text, jsonb, text, text) IS 'internal: the original rows of a flow''s or reversal''s key, or PX010 for other inputs.';
 COMMENT ON FUNCTION pyxp.append_rows(bigint, bigint, text, boolean, pyxp.pending_row[], boolean) IS
     'internal: THE writer: locks the wallets, replays claimed generic awards, applies floor and caps, appends every ledger row and updates each balance once.';

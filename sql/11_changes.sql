@@ -219,8 +219,13 @@ BEGIN
     v_rank := v_after & 16777215;
     RETURN QUERY
         WITH page AS (
+            -- Each branch names its columns: with t.* in some, a column an
+            -- application added to the ledger failed every read of the feed
+            -- (42601, each UNION query must have the same number of
+            -- columns; a hostile test, 0034).
             -- Rows from before 0003: cursor = id.
-            (SELECT t.id AS cur, t.*
+            (SELECT t.id AS cur, t.id, t.user_wallet, t.transaction_type, t.xp_amount, t.balance_after, t.rule_id,
+                    t.campaign_id, t.subject, t.idempotency_key, t.created_at
                FROM pyxp.xp_transactions t
               WHERE t.feed_xid IS NULL AND t.id > v_after
                 AND (v_wallet IS NULL OR t.user_wallet = v_wallet)
@@ -231,10 +236,8 @@ BEGIN
             -- (index xp_transactions_feed; the window streams, LIMIT stops it).
             (SELECT (g.feed_xid::text::bigint << 24)
                     + CASE WHEN g.rank > 16777215 THEN pyxp.raised_feed_overflow(g.feed_xid) ELSE g.rank END,
-                    g.id, g.user_wallet, g.transaction_type,
-                    g.xp_amount, g.xp_requested, g.balance_after, g.rule_id, g.campaign_id, g.subject,
-                    g.idempotency_key, g.metadata, g.reverses, g.created_at, g.feed_xid, g.request_digest,
-                    g.wallet_seq
+                    g.id, g.user_wallet, g.transaction_type, g.xp_amount, g.balance_after, g.rule_id,
+                    g.campaign_id, g.subject, g.idempotency_key, g.created_at
                FROM (SELECT t.*, row_number() OVER (PARTITION BY t.feed_xid ORDER BY t.id) AS rank
                        FROM pyxp.xp_transactions t
                       WHERE v_wallet IS NULL AND t.feed_xid >= v_group AND t.feed_xid < v_horizon
@@ -246,7 +249,9 @@ BEGIN
             -- One wallet: its rows in chain order (= feed order, fact 2), each
             -- ranked within its whole group.
             (SELECT (t.feed_xid::text::bigint << 24)
-                    + CASE WHEN r.rank > 16777215 THEN pyxp.raised_feed_overflow(t.feed_xid) ELSE r.rank END, t.*
+                    + CASE WHEN r.rank > 16777215 THEN pyxp.raised_feed_overflow(t.feed_xid) ELSE r.rank END,
+                    t.id, t.user_wallet, t.transaction_type, t.xp_amount, t.balance_after, t.rule_id,
+                    t.campaign_id, t.subject, t.idempotency_key, t.created_at
                FROM pyxp.xp_transactions t
               CROSS JOIN LATERAL (SELECT count(*) AS rank FROM pyxp.xp_transactions o
                                    WHERE o.feed_xid = t.feed_xid AND o.id <= t.id) r
