@@ -19,7 +19,6 @@ from alembic.util import CommandError
 from conftest import install_variant
 from psycopg.conninfo import make_conninfo
 
-import pyxp
 from pyxp import XP, schema
 
 TURKISH = "TEMPLATE template0 LOCALE_PROVIDER icu ICU_LOCALE 'tr-TR' LOCALE 'C.UTF-8'"
@@ -130,6 +129,6 @@ def test_a_client_whose_environment_says_latin1_reads_every_wallet(conninfo: str
         client.award("0x漢字", "CAMPAIGN_APPROVED", "latin1-1")
         assert [c.user_wallet for c in client.changes()] == ["0x漢字"]
         assert [r.user_wallet for r in client.leaderboard()] == ["0x漢字"]
-    with XP(make_conninfo(conninfo, client_encoding="LATIN1"), max_connections=1) as client:
-        with pytest.raises(psycopg.Error):  # as the URL asks
-            client.leaderboard()
+    with XP(make_conninfo(conninfo, client_encoding="LATIN1"), max_connections=1) as client, \
+            pytest.raises(psycopg.Error):  # as the URL asks
+        client.leaderboard()

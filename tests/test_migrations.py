@@ -874,6 +874,10 @@ def test_0028_finds_emails_a_c_locale_database_stored_before_it(fresh_database: 
     schema.upgrade(target)
     with psycopg.connect(target, autocommit=True) as conn:
         assert conn.execute("SELECT * FROM pyxp.audit()").fetchall() == []
+        # 0034 keeps the input's old reading for the registrations made before it, here (test_locales:
+        # a database installed since has none).
+        assert conn.execute("SELECT pyxp.emails_lowered_until() > max(created_at) FROM pyxp.agency_b2c_clients"
+                            ).fetchone() == (True,)
         forms = conn.execute("SELECT client_email, stored_form FROM pyxp.xp_email_forms_before_0028 ORDER BY 1")
         assert forms.fetchall() == [("élodie@exemple.fr", "Élodie@exemple.fr"), ("émile@exemple.fr", "Émile@exemple.fr")]
         # Spelt otherwise than at the registration: found by the forms 0028 listed.
