@@ -222,8 +222,8 @@ def test_the_clients_own_connections_use_tcp_keepalives_unless_the_conninfo_sets
     minute instead of the kernel's 15 minutes of retransmissions (a hostile test, 0034)."""
     with XP(make_conninfo(conninfo, keepalives_idle="5"), max_connections=1) as xp:
         assert xp._pool is not None
-        assert xp._pool.kwargs == {"connect_timeout": 5, "keepalives": 1, "keepalives_interval": 10,
-                                   "keepalives_count": 3, "tcp_user_timeout": 60_000}
+        assert xp._pool.kwargs == {"connect_timeout": 5, "client_encoding": "UTF8", "keepalives": 1,
+                                   "keepalives_interval": 10, "keepalives_count": 3, "tcp_user_timeout": 60_000}
         assert xp._watch_conninfo()[1] == xp._pool.kwargs  # watch() opens its connections alike
         with xp._pool.connection() as conn:
             used = {option.keyword.decode(): (option.val or b"").decode() for option in conn.pgconn.info}
