@@ -344,6 +344,9 @@ with engine.connect() as connection:
     with connection.begin():  # (ended here: alembic must find no transaction open)
         config.attributes["revision_at_start"] = _scalar(connection,
                                                          "SELECT max(version_num) FROM pg_temp.alembic_version")
+        # For the revisions (0034 reads it: whether this run began below 0028); '' when none.
+        _scalar(connection, "SELECT pg_catalog.set_config('pyxp.revision_at_start', %(at)s, false)",
+                {"at": config.attributes["revision_at_start"] or ""})
     context.configure(connection=connection, target_metadata=None, transaction_per_migration=True,
                       version_table_schema=version_schema, on_version_apply=_persist_heads)
     with context.begin_transaction():

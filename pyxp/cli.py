@@ -8,8 +8,8 @@ the seeds' stories on a scratch database.
 Exit codes: 0 done, 1 ``audit`` found inconsistencies, 2 refused (a PX error,
 bad usage, no database, a missing privilege: nothing written), 3 the connection was
 lost during the command (its outcome is unknown: run it again, an award replays),
-130 / 143 interrupted by SIGINT / SIGTERM (the statement is cancelled; one that had
-committed replays when run again). Errors are one line on stderr:
+130 / 143 / 129 interrupted by SIGINT / SIGTERM / SIGHUP (the statement is cancelled; one
+that had committed replays when run again). Errors are one line on stderr:
 ``error: CODE: message; detail (hint)``, e.g. ``error: PX001: invalid wallet: '' (what
 is accepted)``; the hint names the command's flags where the SQL hint names a parameter,
 and a missing privilege (42501) says which role or grant is needed. With ``--json`` the
@@ -1373,8 +1373,8 @@ def main() -> None:
     SIGTERM (``timeout``, systemd, Kubernetes) interrupts a command as Ctrl-C does: psycopg
     cancels the running statement. Left to its default, the process died and an award
     waiting for a lock was written after it had gone (a hostile test, 0034)."""
-    signal.signal(signal.SIGINT, _interrupt)
-    signal.signal(signal.SIGTERM, _interrupt)
+    for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):  # (SIGHUP: a closed terminal, a dropped ssh)
+        signal.signal(signum, _interrupt)
     cli(prog_name="pyxp")
 
 

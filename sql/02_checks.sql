@@ -197,10 +197,12 @@ $$;
 
 -- Until when registrations may hold a client email as checked_email read
 -- it before 0028 (lower() in the database's collation): the time migration
--- 0034 ran, in a database that then held registrations and whose collation
--- reads some letter otherwise than pyxp.lower_cased (LOCALE 'C', ICU tr-TR);
--- else NULL (every database installed since, and C.UTF-8's). A constant
--- that migration writes. Up to 0033 every database read emails the old way
+-- 0034 ran, in a database that was below 0028 when that run began, then
+-- held registrations, and whose collation reads some letter otherwise than
+-- pyxp.lower_cased (LOCALE 'C', ICU tr-TR); else NULL (a database already
+-- at 0028, which stored its registrations as read since: a re-test found
+-- the collision below again in one upgraded from 0033; every database
+-- installed since; C.UTF-8's). A constant that migration writes. Up to 0033 every database read emails the old way
 -- too, and in a Turkish one lower('I') is 'ı': ıstanbul@… registered for one
 -- client was onboarded by another person signing in as Istanbul@… (a
 -- hostile test, 0034), whose email reads as istanbul@… since 0028.

@@ -408,7 +408,7 @@ BEGIN
       INTO v_then, v_now;
     IF EXISTS (SELECT FROM pg_catalog.pg_class c
                 WHERE c.relnamespace = 'pyxp'::regnamespace AND c.relkind = 'r'
-                  AND c.relfilenode IS DISTINCT FROM pg_catalog.pg_relation_filenode(c.oid)) THEN
+                  AND c.relfilenode <> pg_catalog.pg_relation_filenode(c.oid)) THEN  -- (dropped since: NULL, no rewrite)
         RAISE EXCEPTION 'a table of the ledger was rewritten while this read ran (after its snapshot was taken)'
             USING ERRCODE = '40001',
                   DETAIL = 'pg_repack, VACUUM FULL, CLUSTER or ALTER TABLE SET TABLESPACE: rows it wrote again are invisible to this read',

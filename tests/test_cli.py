@@ -952,10 +952,11 @@ def test_a_connection_lost_during_an_award_is_no_refusal_and_says_to_run_it_agai
     assert json.loads(ok(conninfo, "award", "generic", "0xcut_short", "CAMPAIGN_APPROVED", key, "--json"))["xp"] == 100
 
 
-@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM, signal.SIGHUP])
 def test_an_interrupted_award_is_cancelled_and_says_so(conninfo: str, signum: int) -> None:
-    """SIGTERM (timeout, systemd, Kubernetes) killed the process and left its statement running: the
-    award was written once the lock was released, after the command had gone (a hostile test, 0034).
+    """SIGTERM (timeout, systemd, Kubernetes) and SIGHUP (a closed terminal, a dropped ssh session)
+    killed the process and left its statement running: the award was written once the lock was
+    released, after the command had gone (a hostile test and its re-test, 0034).
     Now both signals cancel the statement, and the command says so (not click's bare "Aborted!")."""
     key = f"interrupted-{signum}"
     with award_waiting_for_a_lock(conninfo, key) as (process, _, _):

@@ -59,6 +59,31 @@ def test_a_turkish_database_onboards_each_client_as_its_own(fresh_database: Call
         assert db.execute("SELECT * FROM pyxp.audit()").fetchall() == []
 
 
+@pytest.mark.parametrize("installed_at", ["0033", "0034, downgraded to 0033"])
+def test_a_turkish_database_upgraded_from_0028_on_reads_emails_only_as_since(fresh_database: Callable[..., str],
+                                                                             installed_at: str) -> None:
+    """0034 first kept the old reading for every registration a Turkish database held when it ran:
+    one upgraded from 0033 (or downgraded to it and upgraded again) still paid ıstanbul@…'s
+    registration to a person signing in as ISTANBUL@… (a re-test). Its registrations were stored
+    as read since 0028: the old reading is kept only where the upgrade began below 0028."""
+    target = fresh_database(TURKISH)
+    if installed_at == "0033":
+        schema.upgrade(target, "0033")
+    else:
+        schema.upgrade(target)
+        schema.downgrade(target, "0033")
+    with psycopg.connect(target, autocommit=True) as db:
+        db.execute("SELECT * FROM pyxp.award_campaign_creation('0x_agency', 'camp_a', 'AGENCY_B2C')")
+        db.execute("SELECT * FROM pyxp.register_agency_client('0x_agency', 'ıstanbul@ornek.com', 'camp_a')")
+    schema.upgrade(target)
+    with psycopg.connect(target, autocommit=True) as db:
+        assert db.execute("SELECT pyxp.emails_lowered_until()").fetchone() == (None,)
+        assert db.execute(ONBOARD, ("ISTANBUL@ORNEK.COM", "0x_b")).fetchall() == []
+        assert db.execute(ONBOARD, ("ıstanbul@ornek.com", "0x_a")).fetchall() == [(1000, False)]
+        assert balances(db, "0x_a", "0x_b") == [("0x_a", 1000), ("0x_b", 0)]
+        assert db.execute("SELECT * FROM pyxp.audit()").fetchall() == []
+
+
 def test_a_batch_locks_wallets_in_the_order_pythons_sorted_gives(fresh_database: Callable[..., str]) -> None:
     """README: award several wallets in one transaction in sorted order, and no batch deadlocks with
     you. A batch sorted its wallets in the database's collation, where 0xa… comes before 0x_b… once

@@ -24,10 +24,12 @@ SET LOCAL ROLE pyxp_owner;
 
 -- Until when registrations may hold a client email as checked_email read
 -- it before 0028 (lower() in the database's collation): the time migration
--- 0034 ran, in a database that then held registrations and whose collation
--- reads some letter otherwise than pyxp.lower_cased (LOCALE 'C', ICU tr-TR);
--- else NULL (every database installed since, and C.UTF-8's). A constant
--- that migration writes. Up to 0033 every database read emails the old way
+-- 0034 ran, in a database that was below 0028 when that run began, then
+-- held registrations, and whose collation reads some letter otherwise than
+-- pyxp.lower_cased (LOCALE 'C', ICU tr-TR); else NULL (a database already
+-- at 0028, which stored its registrations as read since: a re-test found
+-- the collision below again in one upgraded from 0033; every database
+-- installed since; C.UTF-8's). A constant that migration writes. Up to 0033 every database read emails the old way
 -- too, and in a Turkish one lower('I') is 'ı': ıstanbul@… registered for one
 -- client was onboarded by another person signing in as Istanbul@… (a
 -- hostile test, 0034), whose email reads as istanbul@… since 0028.
@@ -112,7 +114,7 @@ BEGIN
       INTO v_then, v_now;
     IF EXISTS (SELECT FROM pg_catalog.pg_class c
                 WHERE c.relnamespace = 'pyxp'::regnamespace AND c.relkind = 'r'
-                  AND c.relfilenode IS DISTINCT FROM pg_catalog.pg_relation_filenode(c.oid)) THEN
+                  AND c.relfilenode <> pg_catalog.pg_relation_filenode(c.oid)) THEN  -- (dropped since: NULL, no rewrite)
         RAISE EXCEPTION 'a table of the ledger was rewritten while this read ran (after its snapshot was taken)'
             USING ERRCODE = '40001',
                   DETAIL = 'pg_repack, VACUUM FULL, CLUSTER or ALTER TABLE SET TABLESPACE: rows it wrote again are invisible to this read',
@@ -969,13 +971,15 @@ END
 $$;
 
 -- Registrations made until now may hold emails as the database's collation
--- read them before 0028, where it reads some letter otherwise than
--- pyxp.lower_cased (0028's test): the flows keep looking them up that way.
--- A database without registrations, or whose collation reads every letter
--- alike (C.UTF-8), keeps NULL.
+-- read them before 0028, where this run began below 0028 and the collation
+-- reads some letter otherwise than pyxp.lower_cased (0028's test): the
+-- flows keep looking them up that way. Else NULL: a database already at
+-- 0028 stored its registrations as read since.
 DO $lowered$
 BEGIN
-    IF EXISTS (SELECT FROM pyxp.agency_b2c_clients)
+    IF current_setting('pyxp.revision_at_start', true) < '0028'  -- (set by migrations/env.py; '' when none)
+       AND current_setting('pyxp.revision_at_start', true) <> ''
+       AND EXISTS (SELECT FROM pyxp.agency_b2c_clients)
        AND EXISTS (SELECT FROM generate_series(65, 125251) c
                     WHERE c NOT BETWEEN 55296 AND 57343 AND lower(chr(c)) <> pyxp.lower_cased(chr(c))) THEN
         EXECUTE format('CREATE OR REPLACE FUNCTION pyxp.emails_lowered_until() RETURNS timestamptz '
