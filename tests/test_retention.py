@@ -98,7 +98,20 @@ def aged(db: psycopg.Connection[Any]) -> AgedLedger:
         moves[rows[0][0]] = day
     place(db, moves)
     assert audit(db) == []
+    settled(db)
     return AgedLedger(len(moves), generic[0][0], approval[0][0], validation[0][0])
+
+
+def settled(db: psycopg.Connection[Any]) -> None:
+    """Until no transaction running may still add to the ledger's last feed group. Transaction ids
+    are the cluster's: another test worker's open transaction, in another database, made an archive
+    refuse with PX030 ("… running now, may still add to"), as it must."""
+    for _ in range(1200):
+        if db.execute("SELECT pyxp.ledger_xid(pg_snapshot_xmin(pg_current_snapshot())) > max(feed_xid) "
+                      "FROM pyxp.xp_transactions").fetchone() != (False,):
+            return
+        time.sleep(0.05)
+    pytest.fail("a transaction older than the ledger's last rows kept running")
 
 
 def checkpoint(db: psycopg.Connection[Any]) -> None:
