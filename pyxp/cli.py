@@ -115,7 +115,7 @@ class OutcomeUnknown(Refused):
 
 
 class Interrupted(Refused):
-    """Exit code 128 + the signal's number (SIGINT, SIGTERM): psycopg cancelled the statement."""
+    """Exit code 128 + the signal's number (SIGINT, SIGTERM, SIGHUP): psycopg cancelled the statement."""
 
     def __init__(self, signum: int, as_json: bool = False) -> None:
         self.exit_code = 128 + signum
@@ -125,7 +125,7 @@ class Interrupted(Refused):
                  "(an award with the same key)"), as_json)
 
 
-# The signal that ended the command (main() turns SIGTERM into KeyboardInterrupt, as SIGINT is).
+# The signal that ended the command (main() turns SIGTERM and SIGHUP into KeyboardInterrupt, as SIGINT).
 _received_signals: list[int] = []
 
 
@@ -1370,10 +1370,11 @@ def _interrupt(signum: int, frame: object) -> None:
 def main() -> None:
     """Console script entry point (``pyxp``).
 
-    SIGTERM (``timeout``, systemd, Kubernetes) interrupts a command as Ctrl-C does: psycopg
-    cancels the running statement. Left to its default, the process died and an award
-    waiting for a lock was written after it had gone (a hostile test, 0034)."""
-    for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):  # (SIGHUP: a closed terminal, a dropped ssh)
+    SIGTERM (``timeout``, systemd, Kubernetes) and SIGHUP (a closed terminal, a dropped ssh
+    session) interrupt a command as Ctrl-C does: psycopg cancels the running statement. Left
+    to their defaults, the process died and an award waiting for a lock was written after it
+    had gone (a hostile test and its re-test, 0034)."""
+    for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
         signal.signal(signum, _interrupt)
     cli(prog_name="pyxp")
 
