@@ -15,6 +15,7 @@ import shutil
 import subprocess
 import sys
 import threading
+import time
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
@@ -322,3 +323,20 @@ def base_backup(primary: EmbeddedCluster, standby: EmbeddedCluster) -> None:
         os.chown(standby.directory, stat.st_uid, stat.st_gid)
     standby._run("pg_basebackup", "-D", str(standby.datadir), "-R", "-X", "stream", "-c", "fast",
                  "-h", "127.0.0.1", "-p", str(primary.port), "-U", "postgres")
+
+
+def waited_for(condition: Callable[[], bool], seconds: float = 60) -> bool:
+    """Whether ``condition()`` came true within ``seconds`` (polled every 50 ms)."""
+    deadline = time.monotonic() + seconds
+    while not condition():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.05)
+    return True
+
+
+def terminate_sessions(db: psycopg.Connection[Any], application_name: str) -> int:
+    """pg_terminate_backend of the sessions of that name, waiting until each has exited."""
+    return len(db.execute("SELECT pg_terminate_backend(pid, 10000) FROM pg_stat_activity "
+                          "WHERE application_name = %s AND pid <> pg_backend_pid()",
+                          (application_name,)).fetchall())

@@ -13,7 +13,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -22,6 +21,7 @@ from typing import Any
 
 import psycopg
 import pytest
+from conftest import terminate_sessions, waited_for
 from psycopg import sql
 from psycopg.conninfo import make_conninfo
 
@@ -914,15 +914,6 @@ def award_waiting_for_a_lock(conninfo: str, key: str,
             holder.rollback()
 
 
-def waited_for(condition: Callable[[], bool], seconds: float = 60) -> bool:
-    deadline = time.monotonic() + seconds
-    while not condition():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.05)
-    return True
-
-
 def rows_of_key(conninfo: str, key: str) -> int:
     with psycopg.connect(conninfo) as conn:
         return conn.execute("SELECT count(*) FROM pyxp.xp_transactions WHERE idempotency_key = %s",
@@ -936,8 +927,7 @@ def test_a_connection_lost_during_an_award_is_no_refusal_and_says_to_run_it_agai
     was written; a connection lost after the COMMIT had the award in the ledger (a hostile test, 0034)."""
     key = f"lost-{as_json}"
     with award_waiting_for_a_lock(conninfo, key, *(["--json"] if as_json else [])) as (process, control, name):
-        control.execute("SELECT pg_terminate_backend(pid, 10000) FROM pg_stat_activity WHERE application_name = %s",
-                        (name,))
+        terminate_sessions(control, name)
         out, err = process.communicate(timeout=60)
     assert process.returncode == 3, (out, err)
     if as_json:

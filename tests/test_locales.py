@@ -9,14 +9,13 @@ sorted its wallets with Python, and a LATIN1 database stopped its install half w
 from __future__ import annotations
 
 import threading
-import time
 from collections.abc import Callable
 from typing import Any
 
 import psycopg
 import pytest
 from alembic.util import CommandError
-from conftest import install_variant
+from conftest import install_variant, waited_for
 from psycopg.conninfo import make_conninfo
 
 from pyxp import XP, schema
@@ -109,13 +108,9 @@ def test_a_batch_locks_wallets_in_the_order_pythons_sorted_gives(fresh_database:
         caller.execute("SELECT * FROM pyxp.award(%s, 'CAMPAIGN_APPROVED', 'caller-1')", (wallets[0],))
         thread = threading.Thread(target=batch)
         thread.start()
-        for _ in range(1200):  # until the batch waits for a wallet the caller holds
-            if control.execute("SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
-                               "AND wait_event_type = 'Lock'").fetchone() == (1,):
-                break
-            time.sleep(0.05)
-        else:
-            pytest.fail("the batch never waited")
+        assert waited_for(lambda: control.execute(  # until the batch waits for a wallet the caller holds
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
+            "AND wait_event_type = 'Lock'").fetchone() == (1,)), "the batch never waited"
         caller.execute("SELECT * FROM pyxp.award(%s, 'CAMPAIGN_APPROVED', 'caller-2')", (wallets[1],))
         caller.commit()
         thread.join(60)

@@ -20,6 +20,7 @@ from typing import Any
 
 import psycopg
 import pytest
+from conftest import terminate_sessions
 from psycopg.conninfo import make_conninfo
 from psycopg_pool import ConnectionPool, PoolTimeout
 
@@ -256,13 +257,6 @@ def test_a_best_effort_client_built_while_the_database_is_down_works_once_it_is_
     finally:
         cluster.stop()
     assert not any(r.name == "psycopg.pool" and r.levelno >= logging.WARNING for r in caplog.records)
-
-
-def terminate_sessions(db: psycopg.Connection[Any], application_name: str) -> int:
-    """pg_terminate_backend of the sessions of that name, waiting until each has exited."""
-    return len(db.execute("SELECT pg_terminate_backend(pid, 10000) FROM pg_stat_activity "
-                          "WHERE application_name = %s AND pid <> pg_backend_pid()",
-                          (application_name,)).fetchall())
 
 
 @pytest.mark.parametrize("best_effort", [False, True])
