@@ -741,13 +741,18 @@ BEGIN
     --    last group if higher).
     -- Without caps the same statement without the caps' lookups and window
     -- (every plan node costs its start-up on every award).
+    -- The arrays are aggregated from rows already in call order (the
+    -- subquery's ORDER BY): a plain aggregate over one sorted subquery reads
+    -- it in that order (no join, no grouping, no parallel plan above it),
+    -- where array_agg(... ORDER BY) sorted its input once per array, eight
+    -- to ten sorts per call (0035).
     IF NOT p_caps THEN
-        SELECT array_agg(x.claim_id ORDER BY x.ord), array_agg(x.after ORDER BY x.ord),
-               array_agg(x.feed ORDER BY x.ord),
-               (array_agg(x.ord ORDER BY x.ord) FILTER (WHERE x.conflict))[1],
-               (array_agg(x.ord ORDER BY x.ord) FILTER (WHERE abs(x.after) > pyxp.balance_limit()))[1],
+        SELECT array_agg(x.claim_id), array_agg(x.after),
+               array_agg(x.feed),
+               min(x.ord) FILTER (WHERE x.conflict),
+               min(x.ord) FILTER (WHERE abs(x.after) > pyxp.balance_limit()),
                count(*) FILTER (WHERE x.claim_id IS NULL AND x.transaction_type IS NOT NULL),
-               array_agg(x.seq ORDER BY x.ord), array_agg(x.claimed_at ORDER BY x.ord)
+               array_agg(x.seq), array_agg(x.claimed_at)
           INTO v_claims, v_after, v_feed, v_conflict_ord, v_range_ord, v_expected, v_seq, v_claimed_at
           FROM (SELECT r.ord, r.transaction_type, k.id AS claim_id, k.created_at AS claimed_at,
                        k.id IS NOT NULL AND (k.request_digest <> pyxp.inputs_digest(r.inputs)
@@ -766,16 +771,17 @@ BEGIN
                   LEFT JOIN LATERAL (SELECT c.transaction_id, c.created_at FROM pyxp.xp_award_claims c
                                       WHERE r.inputs IS NOT NULL AND c.key_hash = pyxp.key_hash(r.idempotency_key)
                                       LIMIT 1) c ON true
-                  LEFT JOIN LATERAL pyxp.claimed_row(c.transaction_id, c.created_at) k ON true) x;
+                  LEFT JOIN LATERAL pyxp.claimed_row(c.transaction_id, c.created_at) k ON true
+                 ORDER BY r.ord) x;
     ELSE
-        SELECT array_agg(x.claim_id ORDER BY x.ord), array_agg(x.after ORDER BY x.ord),
-               array_agg(x.feed ORDER BY x.ord),
-               (array_agg(x.ord ORDER BY x.ord) FILTER (WHERE x.conflict))[1],
-               (array_agg(x.ord ORDER BY x.ord) FILTER (WHERE abs(x.after) > pyxp.balance_limit()))[1],
+        SELECT array_agg(x.claim_id), array_agg(x.after),
+               array_agg(x.feed),
+               min(x.ord) FILTER (WHERE x.conflict),
+               min(x.ord) FILTER (WHERE abs(x.after) > pyxp.balance_limit()),
                count(*) FILTER (WHERE x.claim_id IS NULL AND x.transaction_type IS NOT NULL),
-               array_agg(x.applied ORDER BY x.ord), array_agg(x.allowance ORDER BY x.ord),
-               array_agg(x.period_start ORDER BY x.ord), array_agg(x.seq ORDER BY x.ord), bool_or(x.waited),
-               array_agg(x.claimed_at ORDER BY x.ord)
+               array_agg(x.applied), array_agg(x.allowance),
+               array_agg(x.period_start), array_agg(x.seq), bool_or(x.waited),
+               array_agg(x.claimed_at)
           INTO v_claims, v_after, v_feed, v_conflict_ord, v_range_ord, v_expected, v_applied, v_allowance, v_period,
                v_seq, v_waited, v_claimed_at
           FROM (SELECT y.*, y.total_xp + sum(y.applied) FILTER (WHERE y.claim_id IS NULL)
@@ -822,7 +828,8 @@ BEGIN
                                                               WHERE p_caps AND ru.rule_id = r.rule_id
                                                                 AND ru.cap_max_xp IS NOT NULL AND r.xp_amount > 0
                                                                 AND r.reverses IS NULL AND k.id IS NULL
-                                                              LIMIT 1) c) a ON true) z) y) x;
+                                                              LIMIT 1) c) a ON true) z) y
+                 ORDER BY y.ord) x;
     END IF;
     IF v_after IS NULL THEN  -- one wallet (step 1) without a balance row yet
         INSERT INTO pyxp.xp_balances (user_wallet, total_xp, current_level, xp_to_next_level)

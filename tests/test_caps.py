@@ -480,3 +480,36 @@ def test_an_action_moved_to_another_allowance_brings_what_it_used(
     db.execute("DELETE FROM pyxp.xp_cap_usage WHERE seeded_at IS NOT NULL")
     assert db.execute(vote, ("c3",)).fetchone() == (2, None)
     assert [f[0] for f in db.execute("SELECT * FROM pyxp.audit()").fetchall()] == ["cap_exceeded"]
+
+
+SEED = {"seeded_xp": 5, "seeded_per": "day", "seeded_zone": "UTC", "seeded_by": 1,
+        "seeded_at": datetime(2026, 11, 28, tzinfo=timezone.utc), "seeded_seq": 3}
+
+
+@pytest.mark.parametrize(("name", "row"), [
+    ("seed larger than the usage", {**SEED, "seeded_xp": 11}),
+    ("negative seed", {**SEED, "seeded_xp": -1}),
+    ("seed without its time", {**SEED, "seeded_at": None}),
+    ("seed without its zone", {**SEED, "seeded_zone": None}),
+    ("seed without its ruleset", {**SEED, "seeded_by": None}),
+    ("seed without its position", {**SEED, "seeded_seq": None}),
+    ("seed without its period", {**SEED, "seeded_per": None}),
+    ("seeded XP without a seed", {"seeded_xp": 5}),
+])
+def test_a_usage_row_whose_seed_is_inconsistent_is_refused(db: psycopg.Connection[Any], unchanged: Any,
+                                                            name: str, row: dict[str, Any]) -> None:
+    """The seed check (a function since 0035, where the expression written out cost each capped award
+    about 3 % of its CPU) refuses what the expression refused, for the owner too; nothing written."""
+    columns = ["user_wallet", "allowance", "period_start", "used_xp", *row]
+    insert = (f"INSERT INTO pyxp.xp_cap_usage ({', '.join(columns)}) "
+              f"VALUES ({', '.join(['%s'] * len(columns))})")
+    values = ["0xseed", "rule:CAMPAIGN_APPROVED", datetime(2026, 11, 28, tzinfo=timezone.utc), 10, *row.values()]
+    with unchanged(), db.transaction(), pytest.raises(psycopg.errors.CheckViolation) as refused:
+        db.execute(insert, values)
+    assert refused.value.diag.constraint_name == "xp_cap_usage_seed_check", name
+    # A whole seed, and no seed, are accepted (rolled back: the audit would report them).
+    with db.transaction(force_rollback=True):
+        db.execute(f"INSERT INTO pyxp.xp_cap_usage (user_wallet, allowance, period_start, used_xp, {', '.join(SEED)}) "
+                   f"VALUES ({', '.join(['%s'] * (4 + len(SEED)))})", values[:4] + list(SEED.values()))
+        db.execute("INSERT INTO pyxp.xp_cap_usage (user_wallet, allowance, period_start, used_xp) "
+                   "VALUES ('0xplain', 'rule:CAMPAIGN_APPROVED', now(), 0)")
