@@ -693,8 +693,11 @@ class XP(_Api):
         # own transaction, with no BEGIN (which a statement-mode pooler refuses), unless its
         # isolation_level is set (then BEGIN with that level, as psycopg's transaction() does);
         # else in a transaction block (a savepoint of the caller's transaction).
+        # psycopg.Cursor, not conn.cursor(): a caller's connection or pool may make
+        # ClientCursor its cursor_factory (Django's default), which refuses binary results:
+        # every call failed, and best effort dropped every award (a hostile test, 0035).
         with (nullcontext() if _statement_alone(conn) else conn.transaction()), \
-                conn.cursor(row_factory=factory) as cur:  # type: ignore[arg-type]
+                psycopg.Cursor(conn, row_factory=factory) as cur:  # type: ignore[arg-type]
             # Never a named prepared statement (psycopg prepares after 5 uses by default):
             # behind a transaction pooler (PgBouncer, Supavisor) the next call may run on a
             # server session where that name is another client's statement. README
@@ -787,7 +790,7 @@ class AsyncXP(_Api):
     async def _run(self, conn: psycopg.AsyncConnection[Any], call: Call) -> list[Any]:
         factory = class_row(call.row_type) if call.row_type else tuple_row
         async with (nullcontext() if _statement_alone(conn) else conn.transaction()), \
-                conn.cursor(row_factory=factory) as cur:  # type: ignore[arg-type]
+                psycopg.AsyncCursor(conn, row_factory=factory) as cur:  # type: ignore[arg-type]
             await cur.execute(call.query, call.params, prepare=False, binary=True)  # see XP._run
             return await cur.fetchall()
 

@@ -68,7 +68,7 @@ def watch_changes(connect: Callable[[], psycopg.Connection[Any]], after_cursor: 
             with connect() as conn:
                 conn.execute(queries.LISTEN_CHANGES, prepare=False)
                 while not (stop and stop.is_set()):
-                    with wrap_errors(), conn.cursor(row_factory=class_row(Change)) as cur:
+                    with wrap_errors(), psycopg.Cursor(conn, row_factory=class_row(Change)) as cur:  # (see XP._run)
                         rows = cur.execute(queries.CHANGES, _params(cursor, wallet, page_size),
                                            prepare=False, binary=True).fetchall()  # (any DateStyle)
                     failures = 0
@@ -97,7 +97,7 @@ async def watch_changes_async(connect: Callable[[], Awaitable[psycopg.AsyncConne
                 await conn.execute(queries.LISTEN_CHANGES, prepare=False)
                 while not (stop and stop.is_set()):
                     with wrap_errors():
-                        async with conn.cursor(row_factory=class_row(Change)) as cur:
+                        async with psycopg.AsyncCursor(conn, row_factory=class_row(Change)) as cur:  # (see XP._run)
                             await cur.execute(queries.CHANGES, _params(cursor, wallet, page_size),
                                               prepare=False, binary=True)  # (any DateStyle)
                             rows = await cur.fetchall()

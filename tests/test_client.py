@@ -676,3 +676,45 @@ def test_the_clients_own_pool_runs_read_committed_whatever_the_sessions_default(
         assert xp.award("0xiso", VOTE, "iso-1").total_xp == 2
         assert len(xp.award_many([AwardRequest("0xiso", VOTE, "iso-2")])) == 1
 
+
+
+def test_a_callers_connection_pool_or_feed_with_client_side_cursors_still_awards(
+        conninfo: str, db: psycopg.Connection[Any]) -> None:
+    """Django's default cursor_factory is ClientCursor, which refuses binary results: on such a
+    connection or pool every call failed with NotSupportedError, best effort dropped every award, and
+    watch() raised (a hostile test, 0035). pyxp opens its own server-side cursors."""
+    with psycopg.connect(conninfo, cursor_factory=psycopg.ClientCursor) as conn:
+        with XP(conn) as client:
+            assert client.award(WALLET, VOTE, "client-cursor-1").xp == 2
+            assert client.balance(WALLET).total_xp == 2
+        conn.commit()
+        with XP(conn, best_effort=True) as client:
+            assert client.award(WALLET, VOTE, "client-cursor-2") is not None
+        conn.commit()
+    pool = ConnectionPool(conninfo, min_size=1, max_size=1, kwargs={"cursor_factory": psycopg.ClientCursor},
+                          open=True)
+    try:
+        with XP(pool) as client:
+            assert client.award(WALLET, VOTE, "client-cursor-3").total_xp == 6
+            changes = client.watch(after_cursor=0, wallet=WALLET)
+            assert [next(changes).xp_amount for _ in range(3)] == [2, 2, 2]
+            changes.close()
+    finally:
+        pool.close()
+    assert ledger_count(db) == 3
+
+
+def test_an_async_caller_connection_with_client_side_cursors_still_awards(conninfo: str,
+                                                                          db: psycopg.Connection[Any]) -> None:
+    async def scenario() -> None:
+        conn = await psycopg.AsyncConnection.connect(conninfo, cursor_factory=psycopg.AsyncClientCursor)
+        async with conn:
+            async with AsyncXP(conn) as client:
+                assert (await client.award(WALLET, VOTE, "async-client-cursor")).xp == 2
+            await conn.commit()
+            changes = AsyncXP(conn).watch(after_cursor=0)
+            assert (await anext(changes)).xp_amount == 2
+            await changes.aclose()
+
+    asyncio.run(scenario())
+    assert ledger_count(db) == 1
