@@ -393,9 +393,12 @@ def _conninfo(ctx: click.Context) -> str:
 
 
 @contextmanager
-def _migrations() -> Iterator[ModuleType]:
+def _migrations(revisions: bool = True) -> Iterator[ModuleType]:
     """:mod:`pyxp.schema`, loaded only by the commands that need it (alembic and SQLAlchemy
-    take longer to import than an award takes to run); alembic's errors become one line."""
+    take longer to import than an award takes to run); alembic's errors become one line.
+    ``revisions``: the command runs revisions (``db``), whose cancellation is explained as such;
+    the ``rules`` commands run none (a hostile test, 0035: a cancelled ``rules apply`` was
+    reported as a stopped migration, with ``pyxp db upgrade`` as the advice)."""
     from alembic.util import CommandError
     from sqlalchemy.exc import DBAPIError
 
@@ -407,10 +410,10 @@ def _migrations() -> Iterator[ModuleType]:
         raise Refused(_one_line(f"migration: {exc}")) from exc
     except DBAPIError as exc:  # a psycopg error, wrapped by SQLAlchemy
         if isinstance(exc.orig, psycopg.Error):
-            raise _stopped_migration(exc.orig) or exc.orig from exc
+            raise (_stopped_migration(exc.orig) if revisions else None) or exc.orig from exc
         raise
     except psycopg.Error as exc:  # the revisions' own SQL, run on the driver's connection
-        stopped = _stopped_migration(exc)
+        stopped = _stopped_migration(exc) if revisions else None
         if stopped is None:
             raise
         raise stopped from exc
@@ -624,7 +627,7 @@ def rules() -> None:
 
 
 def _active_or_refuse(conninfo: str) -> dict[str, Any]:
-    with _migrations() as schema:
+    with _migrations(revisions=False) as schema:
         active = schema.active_ruleset(conninfo)
     if active is None:
         raise NoActiveRuleset("no active ruleset",
@@ -696,7 +699,7 @@ def rules_install(ctx: click.Context, name_or_file: str, as_json: bool) -> None:
     NAME_OR_FILE: a shipped name (winstory, winstory-flows) or a .toml file.
     """
     compiled = load_ruleset(name_or_file)  # a config error is reported before connecting
-    with _migrations() as schema:
+    with _migrations(revisions=False) as schema:
         result = schema.apply_ruleset(_conninfo(ctx), compiled, activate=False)
     if as_json:
         _print_json(result)
@@ -719,7 +722,7 @@ def rules_simulate(ctx: click.Context, name_or_file: str, top: int, as_json: boo
     largest changes, level changes and a summary. Apply it: pyxp rules apply --retroactive.
     """
     compiled = load_ruleset(name_or_file)
-    with _migrations() as schema:
+    with _migrations(revisions=False) as schema:
         report = schema.simulation_report(_conninfo(ctx), compiled, top)
     if as_json:
         _print_json(report)
@@ -771,7 +774,7 @@ def rules_apply(ctx: click.Context, name_or_file: str, retroactive: bool, as_jso
     """
     compiled = load_ruleset(name_or_file)  # a config error is reported before connecting
     if retroactive:
-        with _migrations() as schema:
+        with _migrations(revisions=False) as schema:
             applied = schema.apply_rules_retroactively(_conninfo(ctx), compiled)
         if as_json:
             _print_json(applied)
@@ -784,7 +787,7 @@ def rules_apply(ctx: click.Context, name_or_file: str, retroactive: bool, as_jso
                        f"wallet(s) adjusted by {applied.xp_adjusted:+,} XP in all (RULES_ADJUSTMENT rows); "
                        f"{applied.balances_changed} balance(s) changed level on activation")
         return
-    with _migrations() as schema:
+    with _migrations(revisions=False) as schema:
         result = schema.apply_ruleset(_conninfo(ctx), compiled)
     if as_json:
         _print_json(result)
@@ -885,7 +888,7 @@ def _curve_change(old: list[dict[str, Any]], new: list[dict[str, Any]]) -> list[
 def rules_diff(ctx: click.Context, name_or_file: str, as_json: bool) -> None:
     """What applying NAME_OR_FILE would change."""
     compiled = load_ruleset(name_or_file)
-    with _migrations() as schema:
+    with _migrations(revisions=False) as schema:
         active = schema.active_ruleset(_conninfo(ctx))
     changes = ruleset_changes(active["definition"] if active else None, compiled.definition())
     if as_json:

@@ -881,6 +881,23 @@ def test_a_migration_cancelled_midway_says_so(fresh_database: Any) -> None:
     assert run(target, "db", "upgrade").returncode == 0
 
 
+def test_a_rules_command_cancelled_is_not_called_a_migration(conninfo: str, db: psycopg.Connection[Any],
+                                                            unchanged: Any) -> None:
+    """A statement_timeout cancelling `pyxp rules apply` (whose activation recalculates every level)
+    was reported as "the migration stopped", with `pyxp db upgrade` as the advice (a hostile test,
+    0035): nothing migrates there. It is the cancellation, on one line; nothing written."""
+    from psycopg.conninfo import make_conninfo
+    with db.transaction():  # a level for the recalculation to work on, and a lock it waits for
+        db.execute("SELECT * FROM pyxp.award('0xcancel', 'CAMPAIGN_APPROVED', 'cancel-1')")
+    with unchanged(), psycopg.connect(conninfo) as holder:
+        holder.execute("LOCK TABLE pyxp.xp_balances IN SHARE MODE")
+        result = run(make_conninfo(conninfo, options="-c statement_timeout=1s"), "rules", "apply", "winstory-flows")
+        holder.rollback()
+    assert result.returncode == 2 and "57014" in result.stderr, result.stderr
+    assert "migration" not in result.stderr and "db upgrade" not in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+
+
 # --------------------------------------------------------------------------- a command cut short
 
 
