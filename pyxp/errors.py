@@ -216,6 +216,16 @@ class FeedForked(XPError):
         return int(found.group(1)) if found else None
 
 
+class NestedWrite(XPError):
+    """A writing function (an award, a flow, a reversal, a batch) was called by a trigger that another
+    call fired while inserting its ledger rows: an application's trigger on ``xp_transactions`` or
+    ``xp_award_claims`` that awards. That call's balances are not updated yet; this one would read them
+    stale and that one write over it (0035). Award after the call returns, or from a trigger on
+    ``xp_balances`` or on a table of your own. Nothing was written by this call."""
+
+    code = "PX034"
+
+
 class DatabaseUnavailable(XPError):
     """No PostgreSQL server could be reached or started, or none answered within the connect timeout.
 
@@ -232,7 +242,7 @@ __all__ = [
     "UnknownTransaction", "InvalidIdentifier", "InvalidParams", "MissingInput", "BalanceOutOfRange",
     "NoActiveRuleset", "ClientIsAgency", "RegistrationRefused", "InvalidArgument", "InvalidRuleset",
     "IsolationRefused", "InvalidPeriod", "UnknownRuleset", "LedgerInconsistent", "ArchivedRows",
-    "ArchiveRefused", "FeedGroupOverflow", "LedgerCopied", "FeedForked",
+    "ArchiveRefused", "FeedGroupOverflow", "LedgerCopied", "FeedForked", "NestedWrite",
 ]
 
 ERRORS_BY_CODE: dict[str, type[XPError]] = {

@@ -332,11 +332,13 @@ CREATE INDEX xp_balances_unranked ON pyxp.xp_balances (user_wallet) WHERE NOT ra
 -- start at or before a position" is one index probe.
 -- Invariant (pyxp.audit checks it): per bucket, the sum of wallets over
 -- its slots = the balances in it. Every bucket has its slot 0 row (the
--- count as cut). A writer adds and subtracts in the slot of its backend
--- (slot = pg_backend_pid(), unique among live backends): a row no other
--- live transaction writes, so counting never makes an award wait for
--- another, nor closes a deadlock cycle, nor queues behind a client idle in
--- a transaction. pyxp.rebalance_rank_buckets folds the writers' slots back
+-- count as cut). A writer adds and subtracts in the slot of its
+-- transaction (its backend's pid, leased by an advisory lock, or above 2^22
+-- when a prepared transaction still holds the pid's: pyxp.append_rows,
+-- 0035): a row no other transaction in progress writes, so counting never
+-- makes an award wait for another, nor closes a deadlock cycle, nor queues
+-- behind a client idle in a transaction, or a prepared one.
+-- pyxp.rebalance_rank_buckets folds the writers' slots back
 -- into slot 0, and is the only place bucket starts change, under a lock
 -- that excludes every writer.
 CREATE TABLE pyxp.xp_rank_counts (
@@ -368,7 +370,7 @@ CREATE INDEX xp_rank_counts_starts ON pyxp.xp_rank_counts (neg_xp, wallet) WHERE
 -- slots = the (ranked) balances with <period>_start = period_start,
 -- <period>_xp = period_xp and a wallet from wallet_start to the value's next
 -- bucket start. The writer moves a balance from its old bucket to its new
--- one, in the slot of its backend, as for xp_rank_counts;
+-- one, in the slot of its transaction, as for xp_rank_counts;
 -- pyxp.rebalance_rank_buckets folds the slots into slot 0, drops the
 -- buckets that count nobody, cuts the values that grew past 2 x bucket_size
 -- wallets, and is the only place bucket starts other than '' appear.

@@ -84,19 +84,39 @@ AS $$
                 ELSE p_amount END
 $$;
 
+-- PX019 for a period's XP beyond bigint (pyxp.kept_period_xp).
+CREATE FUNCTION pyxp.refuse_period_xp(p_xp numeric)
+RETURNS bigint
+LANGUAGE plpgsql IMMUTABLE PARALLEL SAFE
+AS $$
+BEGIN
+    RAISE EXCEPTION 'a wallet''s XP in one period would be %, out of range', p_xp
+        USING ERRCODE = 'PX019',
+              HINT = 'what a wallet gains or loses within one day, week, month or year stays between -2^63 and 2^63';
+END
+$$;
+
 -- A balance's XP in its latest period of a kind (xp_balances.<kind>_xp,
 -- sql/07_periods.sql) after new rows of p_gained XP in period p_new (NULL:
 -- no new row): counted anew when p_new is a later period, added when it is
 -- the same, left alone when it is earlier (those rows are the ledger's).
--- SQL, inlined into the writer's UPDATE.
+-- SQL, inlined into the writer's UPDATE. A period's XP is a difference of
+-- balances, which bigint does not always hold (from -2^62 to 2^62 in one
+-- day is 2^63): computed in numeric, refused beyond (PX019, 0035; it was a
+-- bare 22003, and a batch whose gains summed to 2^63 was refused though
+-- its period's XP fitted).
 CREATE FUNCTION pyxp.kept_period_xp(p_kept_start timestamptz, p_kept_xp bigint, p_new timestamptz,
-                                    p_gained bigint)
+                                    p_gained numeric)
 RETURNS bigint
 LANGUAGE sql IMMUTABLE PARALLEL SAFE
 AS $$
     SELECT CASE WHEN p_new IS NULL THEN p_kept_xp
-                WHEN p_kept_start IS NULL OR p_new > p_kept_start THEN p_gained
-                WHEN p_new = p_kept_start THEN p_kept_xp + p_gained
+                WHEN p_kept_start IS NULL OR p_new > p_kept_start THEN
+                    CASE WHEN abs(p_gained) < 9223372036854775807 THEN p_gained::bigint
+                         ELSE pyxp.refuse_period_xp(p_gained) END
+                WHEN p_new = p_kept_start THEN
+                    CASE WHEN abs(p_kept_xp + p_gained) < 9223372036854775807 THEN (p_kept_xp + p_gained)::bigint
+                         ELSE pyxp.refuse_period_xp(p_kept_xp + p_gained) END
                 ELSE p_kept_xp END
 $$;
 
@@ -667,10 +687,26 @@ DECLARE
     v_month timestamptz;
     v_year timestamptz;
     v_waited boolean;        -- a single capped call locked a version newer than its snapshot's (step 2)
+    v_slot integer;          -- the rank counts' slot of this transaction (step 4)
+    v_set text;              -- (set_config's result)
     v_problem record;
 BEGIN
     IF coalesce(cardinality(v_rows), 0) = 0 THEN
         RETURN;
+    END IF;
+    -- Called by a trigger that step 3 of another call fired (an application's
+    -- trigger on the ledger or the claims that awards or reverses): that
+    -- call's rows are in the ledger and its balances not updated yet, so this
+    -- call would read them stale and the other call would then write over
+    -- this one's balance (0035, a hostile test: a +2 bonus in the ledger,
+    -- missing from the balance, two rows at one wallet_seq). Refused before
+    -- anything is written. Triggers on the balances fire after step 4: an
+    -- award there sees the updated balance, and is accepted.
+    IF current_setting('pyxp.appending_rows', true) = 'on' THEN
+        RAISE EXCEPTION 'a writing function of pyxp was called by a trigger fired while another call inserted its ledger rows'
+            USING ERRCODE = 'PX034',
+                  DETAIL = 'that call has not updated its balances yet: this call would read them stale, and that one write over this one''s',
+                  HINT = 'award after the call returns, or from a trigger on pyxp.xp_balances or on a table of your own';
     END IF;
     IF pyxp.ledger_cluster() <> (pg_control_system()).system_identifier THEN
         PERFORM pyxp.require_ledger_cluster();  -- PX032: a ledger copied from another cluster (0032)
@@ -886,6 +922,10 @@ BEGIN
     IF v_rows[1].reverses IS NOT NULL THEN
         SELECT o.created_at INTO v_reversed_at FROM pyxp.xp_transactions o WHERE o.id = v_rows[1].reverses;
     END IF;
+    -- (The triggers this statement fires run with pyxp.appending_rows on: a
+    -- writing call among them is refused, above. A transaction-local setting:
+    -- an error in between rolls it back with the (sub)transaction.)
+    v_set := set_config('pyxp.appending_rows', 'on', true);
     WITH numbered AS MATERIALIZED (
         SELECT r.*, nextval('pyxp.xp_transactions_id_seq') AS id, greatest(v_now, v_reversed_at) AS created_at
           FROM ROWS FROM (unnest(v_rows), unnest(v_claims), unnest(v_after), unnest(v_feed), unnest(v_seq))
@@ -914,6 +954,7 @@ BEGIN
         RETURNING id
     )
     SELECT array_agg(i.id ORDER BY i.id) INTO v_ids FROM inserted i;
+    v_set := set_config('pyxp.appending_rows', 'off', true);
     v_inserted := coalesce(cardinality(v_ids), 0);
     IF v_inserted < v_expected THEN
         -- A key was claimed by a call on another wallet (other inputs: PX010)
@@ -997,6 +1038,24 @@ BEGIN
     --    its call) the created_at of the row it reverses: the periods are
     --    computed once (p_timezone), not per row.
     v_at := coalesce(v_reversed_at, v_now);
+    -- The rank counts' slot: this backend's pid, leased for the transaction
+    -- by an advisory lock (never waited for: pg_try). The slot's rows must
+    -- be written by no other transaction still in progress, and a prepared
+    -- transaction keeps its locks on its slot's rows after its backend moved
+    -- on (the next transaction of the same session behind a pooler, or a
+    -- new session that got the pid): it holds its lease too, and this one
+    -- takes pid + 2^22 (above any pid), and so on (0035, a hostile test:
+    -- every award on that backend waited for the prepared transaction, with
+    -- no deadlock reported). After 64 leases taken (an application holding
+    -- these keys) the pid, as before 0035.
+    v_slot := pg_backend_pid();
+    FOR i IN 1 .. 64 LOOP
+        EXIT WHEN pg_try_advisory_xact_lock(1887007857, v_slot);
+        v_slot := v_slot + 4194304;
+        IF i = 64 THEN
+            v_slot := pg_backend_pid();
+        END IF;
+    END LOOP;
     v_day := date_trunc('day', v_at, p_timezone);
     v_week := date_trunc('week', v_at, p_timezone);
     v_month := date_trunc('month', v_at, p_timezone);
@@ -1007,9 +1066,9 @@ BEGIN
     -- and joins the bucket of its new one, and on each period's board
     -- leaves the bucket of its old (start, XP) for the bucket of its new
     -- one (xp_period_rank_counts: a probe of each); a balance this call
-    -- created (ranked false) only joins. Counted in this backend's own slot
-    -- (no other live transaction writes it: no wait, and no order to keep
-    -- against deadlocks); a move within one bucket, or a period XP that did
+    -- created (ranked false) only joins. Counted in this transaction's slot
+    -- (v_slot: no other transaction in progress writes it: no wait, and no
+    -- order to keep against deadlocks); a move within one bucket, or a period XP that did
     -- not change, touches no count.
     WITH moved AS (
     UPDATE pyxp.xp_balances x
@@ -1030,7 +1089,7 @@ BEGIN
                    max(r.feed) FILTER (WHERE r.id IS NOT NULL) AS feed,
                    max(r.seq) FILTER (WHERE r.id IS NOT NULL) AS seq,
                    sum(r.moderations) FILTER (WHERE r.claim IS NULL)::bigint AS moderations,
-                   sum(r.xp_amount) FILTER (WHERE r.id IS NOT NULL)::bigint AS gained,
+                   sum(r.xp_amount) FILTER (WHERE r.id IS NOT NULL) AS gained,  -- numeric: 2^63 in a batch (0035)
                    b.total_xp, b.ranked, b.day_start, b.day_xp, b.week_start, b.week_xp, b.month_start,
                    b.month_xp, b.year_start, b.year_xp
               FROM ROWS FROM (unnest(v_rows), unnest(v_claims), unnest(v_after), unnest(v_feed), unnest(v_ids),
@@ -1055,7 +1114,7 @@ BEGIN
                   AS period_xps
     ), period_moves AS (
     INSERT INTO pyxp.xp_period_rank_counts AS k (period, period_start, period_xp, wallet_start, slot, wallets)
-    SELECT u.period, u.period_start, u.period_xp, coalesce(q.wallet_start, ''), pg_backend_pid(), sum(u.delta)
+    SELECT u.period, u.period_start, u.period_xp, coalesce(q.wallet_start, ''), v_slot, sum(u.delta)
       FROM moved m
      CROSS JOIN LATERAL unnest('{day,week,month,year,day,week,month,year}'::text[], m.period_starts, m.period_xps,
                                '{-1,-1,-1,-1,1,1,1,1}'::integer[]) u(period, period_start, period_xp, delta)
@@ -1081,7 +1140,7 @@ BEGIN
     ON CONFLICT (user_wallet, allowance, period_start) DO UPDATE SET used_xp = u.used_xp + excluded.used_xp
     )
     INSERT INTO pyxp.xp_rank_counts AS k (neg_xp, wallet, slot, wallets)
-    SELECT d.neg_xp, d.wallet, pg_backend_pid(), sum(d.delta)
+    SELECT d.neg_xp, d.wallet, v_slot, sum(d.delta)
       FROM moved m
      CROSS JOIN LATERAL (SELECT o.neg_xp, o.wallet, -1 AS delta
                            FROM pyxp.rank_bucket_of(m.old_xp, m.user_wallet) o WHERE m.was_ranked

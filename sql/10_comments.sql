@@ -109,8 +109,11 @@ COMMENT ON FUNCTION pyxp.definition_rules(jsonb) IS
     'internal: the rules rows a compiled ruleset installs, in file order (install_ruleset; audit compares).';
 COMMENT ON FUNCTION pyxp.rule_amount(numeric, jsonb, jsonb) IS 'internal: a rule''s linear form evaluated, halves away from zero.';
 COMMENT ON FUNCTION pyxp.floored_amount(numeric, bigint, numeric) IS 'internal: a penalty cut by the balance floor.';
-COMMENT ON FUNCTION pyxp.kept_period_xp(timestamptz, bigint, timestamptz, bigint) IS
+COMMENT ON FUNCTION pyxp.kept_period_xp(timestamptz, bigint, timestamptz, numeric) IS
     'internal: a balance''s XP in its latest period of a kind after new rows.';
+COMMENT ON FUNCTION pyxp.refuse_period_xp(numeric) IS 'internal: PX019 for a period''s XP beyond bigint.';
+COMMENT ON FUNCTION pyxp.cap_usage_seed_consistent(bigint, bigint, text, text, bigint, timestamptz, bigint) IS
+    'internal: xp_cap_usage''s seed check (all or nothing, at most the usage).';
 COMMENT ON FUNCTION pyxp.balance_limit() IS 'internal: 2^62, the bound of every balance.';
 COMMENT ON FUNCTION pyxp.key_hash(text) IS 'internal: the claims'' key (xp_award_claims, xp_requests), 16 bytes of sha256 of an idempotency key.';
 COMMENT ON FUNCTION pyxp.inputs_digest(jsonb) IS 'internal: 8 bytes of sha256 of a generic award''s canonical inputs, kept on its claim row.';

@@ -161,6 +161,12 @@ RETURNS TABLE (cursor bigint, transaction_id bigint, user_wallet text, transacti
                campaign_id text, subject text, created_at timestamptz)
 LANGUAGE plpgsql STABLE SECURITY DEFINER
 SET search_path = pyxp, pg_temp
+-- Each call's queries planned for its cursor: from the sixth call of a
+-- session PL/pgSQL would plan them generically, and with 15 partitions or
+-- more that plan sorted every row after the cursor on each page (a temp
+-- file the size of the rest of the ledger; 53400 under temp_file_limit: a
+-- hostile test, 0035) instead of streaming the window until LIMIT.
+SET plan_cache_mode = force_custom_plan
 AS $$
 DECLARE
     v_max integer := pyxp.checked_row_count('max_rows', changes.max_rows);

@@ -601,6 +601,32 @@ def test_an_award_can_be_prepared_without_its_wake_up(two_phase_server: str) -> 
         assert conn.execute("SELECT * FROM pyxp.audit()").fetchall() == []
 
 
+def test_awards_after_a_prepare_on_the_same_backend_do_not_wait_for_it(two_phase_server: str) -> None:
+    """A prepared transaction kept the rank counts' rows of its backend locked (their slot was the
+    backend's pid): every later award on that backend — the same session, or behind a pooler another
+    client's — waited for it until COMMIT PREPARED, and PostgreSQL reported no deadlock (a hostile test,
+    0035). The slot is now leased per transaction: these awards count in another and go through."""
+    with psycopg.connect(two_phase_server, autocommit=True) as conn:
+        conn.execute("SET lock_timeout = '3s'")
+        conn.execute("BEGIN")
+        conn.execute("SET LOCAL pyxp.feed_wakeups = off")
+        award(conn, "0xprepared")
+        conn.execute("PREPARE TRANSACTION 'held-slot'")
+        try:
+            after = [award(conn, f"0xafter{i}") for i in range(3)]  # each its own transaction
+            within = conn.execute(AWARD, ("0xafter0", key())).fetchall()
+        finally:
+            conn.execute("COMMIT PREPARED 'held-slot'")
+        assert len(after) == 3 and len(within) == 1
+        pid = conn.info.backend_pid  # the prepared transaction counts in slot pid, later ones pid + 2^22
+        assert conn.execute("SELECT array_agg(DISTINCT slot ORDER BY slot) FROM pyxp.xp_rank_counts WHERE slot %% %s = %s",
+                            (4194304, pid)).fetchone() == ([pid, pid + 4194304],)
+        assert conn.execute("SELECT * FROM pyxp.audit()").fetchall() == []
+        ranks = conn.execute("SELECT w, pyxp.wallet_rank(w), pyxp.wallet_rank(w, 'week') FROM unnest(%s::text[]) w",
+                             (["0xafter0", "0xprepared"],)).fetchall()
+        assert ranks == [("0xafter0", 1, 1), ("0xprepared", 4, 4)]  # 200; 100 after 0xafter1 and 2
+
+
 def test_a_transaction_prepared_in_another_database_does_not_hold_the_feed_back(two_phase_server: str) -> None:
     """A prepared transaction has no backend: pyxp.oldest_running_here counted one left prepared in
     another database as running here, and a committed award never reached changes() until it ended."""
@@ -673,3 +699,28 @@ def test_rows_written_before_the_feed_existed_are_fed_first_in_id_order(
         feed_0 = [r for r in rows if r.user_wallet == "feed-0"]
         assert read_until(conn, [], lambda seen: len(seen) >= len(feed_0), max_rows=2, wallet="feed-0") == feed_0
         assert conn.execute("SELECT * FROM pyxp.audit()").fetchall() == []
+
+
+def test_pages_of_the_feed_stream_on_a_ledger_of_many_partitions(db: psycopg.Connection[Any]) -> None:
+    """From the sixth call in a session PL/pgSQL plans changes()'s queries generically, and with 15
+    partitions or more that plan sorted every row after the cursor on each page: a temp file the size of
+    the rest of the ledger, and 53400 under a temp_file_limit (a hostile test, 0035). changes() plans each
+    call for its cursor (plan_cache_mode force_custom_plan): the window streams and LIMIT stops it."""
+    db.execute("SELECT * FROM pyxp.create_ledger_partitions(14)")
+    assert db.execute("SELECT count(*) FROM pg_inherits WHERE inhparent = 'pyxp.xp_transactions'::regclass"
+                      ).fetchone()[0] >= 15  # type: ignore[index]
+    for start in range(0, 12_000, 4_000):
+        db.execute(AWARD_MANY, (json.dumps([{"wallet": hex_wallet(i % 500), "action": "CAMPAIGN_APPROVED",
+                                             "idempotency_key": f"many-{i}"} for i in range(start, start + 4_000)]),))
+    db.execute("ANALYZE pyxp.xp_transactions")  # (autovacuum's, on a deployment)
+    with psycopg.connect(db.info.dsn, autocommit=True) as reader:
+        reader.execute("SET work_mem = '64kB'")
+        reader.execute("SET temp_file_limit = '256kB'")  # a sort of the rest of the ledger spills past it
+        cursor, seen = 0, 0
+        for page in range(10):  # past the switch to a generic plan
+            try:
+                rows = reader.execute(CHANGES, (cursor, 500, None)).fetchall()
+            except psycopg.Error as exc:
+                raise AssertionError(f"page {page}") from exc
+            cursor, seen = rows[-1][0], seen + len(rows)
+        assert seen == 5_000

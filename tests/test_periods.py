@@ -330,3 +330,62 @@ def test_a_periods_first_instant_is_its_first_local_midnight(db: psycopg.Connect
                          CROSS JOIN unnest(ARRAY['day', 'week', 'month', 'year']) k""", (zone, instants)).fetchall()
     wrong = [(kind, at, first) for kind, at, first in got if first != local_period_first_instant(kind, at, tz)]
     assert wrong == []
+
+
+BIG_RULES = """
+name = "big-amounts"
+[levels]
+thresholds = [0, 100]
+[[rules]]
+action = "BIG"
+earn_xp = "PRICE_COMPLETION"
+[[rules]]
+action = "LOSS"
+lose_xp = "PRICE_COMPLETION"
+"""
+TWO_62 = 2 ** 62
+MOST = 10 ** 15  # the largest award
+
+
+def climb(action: str, total: int, prefix: str) -> list[dict[str, Any]]:
+    """Events of `action` on wallet 0xbig adding up to `total`, each at most MOST."""
+    amounts = [MOST] * (total // MOST) + ([total % MOST] if total % MOST else [])
+    return [{"wallet": "0xbig", "action": action, "idempotency_key": f"{prefix}{i}",
+             "params": {"PRICE_COMPLETION": amount}} for i, amount in enumerate(amounts)]
+
+
+@pytest.fixture
+def big_rules(db: psycopg.Connection[Any]) -> None:
+    from psycopg.types.json import Jsonb
+
+    from pyxp.ruleset_config import parse_ruleset
+    db.execute("SELECT * FROM pyxp.install_ruleset(%s, 'big')", (Jsonb(parse_ruleset(BIG_RULES).definition()),))
+
+
+def test_a_batch_from_the_lowest_balance_to_the_highest_is_applied(db: psycopg.Connection[Any], big_rules: None) -> None:
+    """Its gains sum to 2^63 on one wallet: that sum was cast to bigint, and the valid batch was refused
+    with a bare 22003 (a hostile test, 0035). The day's XP, -2^62 + 2^63, fits."""
+    xp = XP(db)
+    xp.award_many(climb("LOSS", TWO_62, "down"))
+    xp.award_many(climb("BIG", 2 * TWO_62, "up"))
+    assert db.execute("SELECT total_xp, day_xp FROM pyxp.xp_balances WHERE user_wallet = '0xbig'").fetchone() == (
+        TWO_62, TWO_62)
+    assert db.execute("SELECT * FROM pyxp.audit()").fetchall() == []
+
+
+def test_a_periods_xp_beyond_bigint_is_refused_with_px019(db: psycopg.Connection[Any], big_rules: None,
+                                                         unchanged: Any) -> None:
+    """A wallet at -2^62 since last year that climbs to 2^62 today gains 2^63 in the day, which the
+    balance's day_xp (bigint) cannot hold: a bare 22003 before 0035, now PX019; nothing written. Up to
+    2^63 - 2 it is applied."""
+    xp = XP(db)
+    xp.award_many(climb("LOSS", TWO_62, "down"))
+    last_year = datetime.now(timezone.utc) - timedelta(days=400)
+    place(db, {row[0]: last_year for row in db.execute("SELECT id FROM pyxp.xp_transactions")})
+    xp.award_many(climb("BIG", 2 * TWO_62 - 2, "up"))
+    assert db.execute("SELECT total_xp, day_xp, year_xp FROM pyxp.xp_balances WHERE user_wallet = '0xbig'"
+                      ).fetchone() == (TWO_62 - 2, 2 ** 63 - 2, 2 ** 63 - 2)
+    with unchanged(), pytest.raises(XPError) as refused:
+        xp.award("0xbig", "BIG", "last-two", params={"PRICE_COMPLETION": 2})  # balance 2^62: in range
+    assert refused.value.code == "PX019" and "one period" in refused.value.message
+    assert db.execute("SELECT * FROM pyxp.audit()").fetchall() == []

@@ -1,4 +1,4 @@
-"""A capped award's CPU: the usage rows' seed check as one function call, the writer's arrays from one sort.
+"""Capped awards' CPU; rank counts' slots leased per transaction; a write from a ledger trigger refused.
 
 Revision ID: 0035
 Revises: 0034
@@ -9,6 +9,12 @@ table: xp_cap_usage's seed check, written out, cost each capped award about 3 % 
 now one call of pyxp.cap_usage_seed_consistent (the same rule). The writer's planning statement
 aggregates its arrays from a subquery sorted in call order, where each array_agg(... ORDER BY)
 sorted its own input.
+
+Two hostile findings (applications' transactions): a prepared transaction kept the rank counts'
+rows of its backend locked, and every later award on that backend (behind a pooler, another
+client's) waited for it: the slot is now leased per transaction (an advisory lock never waited
+for). An application's trigger on the ledger that awarded read the balance before the call that
+fired it had updated it, and that call then wrote over the award's balance: refused (PX034).
 
 Executes its own frozen SQL files (a snapshot of sql/*.sql at this revision).
 Never edit a revision after it has landed: write a new one.

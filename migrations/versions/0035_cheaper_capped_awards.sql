@@ -1,9 +1,11 @@
--- 0035: a capped award's CPU. PostgreSQL reads a CHECK constraint's stored
--- expression again at every statement that writes its table: the usage
--- rows' seed check, written out, cost each capped award about 3 % of its
--- CPU; it is now one call of an IMMUTABLE function. The writer's planning
--- statement aggregates its arrays from a subquery sorted in call order
--- instead of sorting each array's input (array_agg(... ORDER BY)).
+-- 0035: a capped award's CPU; the rank counts' slot leased per transaction
+-- (prepared transactions); a write called by a trigger of another call's
+-- ledger insert refused (PX034).
+-- PostgreSQL reads a CHECK constraint's stored expression again at every
+-- statement that writes its table: the usage rows' seed check, written out,
+-- cost each capped award about 3 % of its CPU; it is now one call of an
+-- IMMUTABLE function. The writer's planning statement aggregates its arrays
+-- from a subquery sorted in call order instead of sorting each array's input.
 SET LOCAL ROLE pyxp_owner;
 
 -- A usage row's seed (below) is all there or all absent, and at most what
@@ -22,11 +24,56 @@ END
 $$;
 
 REVOKE ALL ON FUNCTION pyxp.cap_usage_seed_consistent(bigint, bigint, text, text, bigint, timestamptz, bigint) FROM PUBLIC;
+COMMENT ON FUNCTION pyxp.cap_usage_seed_consistent(bigint, bigint, text, text, bigint, timestamptz, bigint) IS
+    'internal: xp_cap_usage''s seed check (all or nothing, at most the usage).';
 
 -- The same rule as before (validated on the rows present).
 ALTER TABLE pyxp.xp_cap_usage DROP CONSTRAINT xp_cap_usage_seed_check,
     ADD CONSTRAINT xp_cap_usage_seed_check CHECK (
         pyxp.cap_usage_seed_consistent(used_xp, seeded_xp, seeded_per, seeded_zone, seeded_by, seeded_at, seeded_seq));
+
+DROP FUNCTION pyxp.kept_period_xp(timestamptz, bigint, timestamptz, bigint);
+
+-- PX019 for a period's XP beyond bigint (pyxp.kept_period_xp).
+CREATE FUNCTION pyxp.refuse_period_xp(p_xp numeric)
+RETURNS bigint
+LANGUAGE plpgsql IMMUTABLE PARALLEL SAFE
+AS $$
+BEGIN
+    RAISE EXCEPTION 'a wallet''s XP in one period would be %, out of range', p_xp
+        USING ERRCODE = 'PX019',
+              HINT = 'what a wallet gains or loses within one day, week, month or year stays between -2^63 and 2^63';
+END
+$$;
+
+-- A balance's XP in its latest period of a kind (xp_balances.<kind>_xp,
+-- sql/07_periods.sql) after new rows of p_gained XP in period p_new (NULL:
+-- no new row): counted anew when p_new is a later period, added when it is
+-- the same, left alone when it is earlier (those rows are the ledger's).
+-- SQL, inlined into the writer's UPDATE. A period's XP is a difference of
+-- balances, which bigint does not always hold (from -2^62 to 2^62 in one
+-- day is 2^63): computed in numeric, refused beyond (PX019, 0035; it was a
+-- bare 22003, and a batch whose gains summed to 2^63 was refused though
+-- its period's XP fitted).
+CREATE FUNCTION pyxp.kept_period_xp(p_kept_start timestamptz, p_kept_xp bigint, p_new timestamptz,
+                                    p_gained numeric)
+RETURNS bigint
+LANGUAGE sql IMMUTABLE PARALLEL SAFE
+AS $$
+    SELECT CASE WHEN p_new IS NULL THEN p_kept_xp
+                WHEN p_kept_start IS NULL OR p_new > p_kept_start THEN
+                    CASE WHEN abs(p_gained) < 9223372036854775807 THEN p_gained::bigint
+                         ELSE pyxp.refuse_period_xp(p_gained) END
+                WHEN p_new = p_kept_start THEN
+                    CASE WHEN abs(p_kept_xp + p_gained) < 9223372036854775807 THEN (p_kept_xp + p_gained)::bigint
+                         ELSE pyxp.refuse_period_xp(p_kept_xp + p_gained) END
+                ELSE p_kept_xp END
+$$;
+
+COMMENT ON FUNCTION pyxp.kept_period_xp(timestamptz, bigint, timestamptz, numeric) IS
+    'internal: a balance''s XP in its latest period of a kind after new rows.';
+COMMENT ON FUNCTION pyxp.refuse_period_xp(numeric) IS 'internal: PX019 for a period''s XP beyond bigint.';
+REVOKE ALL ON FUNCTION pyxp.kept_period_xp(timestamptz, bigint, timestamptz, numeric), pyxp.refuse_period_xp(numeric) FROM PUBLIC;
 
 -- THE writer (see the top of this file). p_rows: the rows of one call (all
 -- one wallet; p_batch false) or of a batch's events (p_batch true: error
@@ -74,10 +121,26 @@ DECLARE
     v_month timestamptz;
     v_year timestamptz;
     v_waited boolean;        -- a single capped call locked a version newer than its snapshot's (step 2)
+    v_slot integer;          -- the rank counts' slot of this transaction (step 4)
+    v_set text;              -- (set_config's result)
     v_problem record;
 BEGIN
     IF coalesce(cardinality(v_rows), 0) = 0 THEN
         RETURN;
+    END IF;
+    -- Called by a trigger that step 3 of another call fired (an application's
+    -- trigger on the ledger or the claims that awards or reverses): that
+    -- call's rows are in the ledger and its balances not updated yet, so this
+    -- call would read them stale and the other call would then write over
+    -- this one's balance (0035, a hostile test: a +2 bonus in the ledger,
+    -- missing from the balance, two rows at one wallet_seq). Refused before
+    -- anything is written. Triggers on the balances fire after step 4: an
+    -- award there sees the updated balance, and is accepted.
+    IF current_setting('pyxp.appending_rows', true) = 'on' THEN
+        RAISE EXCEPTION 'a writing function of pyxp was called by a trigger fired while another call inserted its ledger rows'
+            USING ERRCODE = 'PX034',
+                  DETAIL = 'that call has not updated its balances yet: this call would read them stale, and that one write over this one''s',
+                  HINT = 'award after the call returns, or from a trigger on pyxp.xp_balances or on a table of your own';
     END IF;
     IF pyxp.ledger_cluster() <> (pg_control_system()).system_identifier THEN
         PERFORM pyxp.require_ledger_cluster();  -- PX032: a ledger copied from another cluster (0032)
@@ -293,6 +356,10 @@ BEGIN
     IF v_rows[1].reverses IS NOT NULL THEN
         SELECT o.created_at INTO v_reversed_at FROM pyxp.xp_transactions o WHERE o.id = v_rows[1].reverses;
     END IF;
+    -- (The triggers this statement fires run with pyxp.appending_rows on: a
+    -- writing call among them is refused, above. A transaction-local setting:
+    -- an error in between rolls it back with the (sub)transaction.)
+    v_set := set_config('pyxp.appending_rows', 'on', true);
     WITH numbered AS MATERIALIZED (
         SELECT r.*, nextval('pyxp.xp_transactions_id_seq') AS id, greatest(v_now, v_reversed_at) AS created_at
           FROM ROWS FROM (unnest(v_rows), unnest(v_claims), unnest(v_after), unnest(v_feed), unnest(v_seq))
@@ -321,6 +388,7 @@ BEGIN
         RETURNING id
     )
     SELECT array_agg(i.id ORDER BY i.id) INTO v_ids FROM inserted i;
+    v_set := set_config('pyxp.appending_rows', 'off', true);
     v_inserted := coalesce(cardinality(v_ids), 0);
     IF v_inserted < v_expected THEN
         -- A key was claimed by a call on another wallet (other inputs: PX010)
@@ -404,6 +472,24 @@ BEGIN
     --    its call) the created_at of the row it reverses: the periods are
     --    computed once (p_timezone), not per row.
     v_at := coalesce(v_reversed_at, v_now);
+    -- The rank counts' slot: this backend's pid, leased for the transaction
+    -- by an advisory lock (never waited for: pg_try). The slot's rows must
+    -- be written by no other transaction still in progress, and a prepared
+    -- transaction keeps its locks on its slot's rows after its backend moved
+    -- on (the next transaction of the same session behind a pooler, or a
+    -- new session that got the pid): it holds its lease too, and this one
+    -- takes pid + 2^22 (above any pid), and so on (0035, a hostile test:
+    -- every award on that backend waited for the prepared transaction, with
+    -- no deadlock reported). After 64 leases taken (an application holding
+    -- these keys) the pid, as before 0035.
+    v_slot := pg_backend_pid();
+    FOR i IN 1 .. 64 LOOP
+        EXIT WHEN pg_try_advisory_xact_lock(1887007857, v_slot);
+        v_slot := v_slot + 4194304;
+        IF i = 64 THEN
+            v_slot := pg_backend_pid();
+        END IF;
+    END LOOP;
     v_day := date_trunc('day', v_at, p_timezone);
     v_week := date_trunc('week', v_at, p_timezone);
     v_month := date_trunc('month', v_at, p_timezone);
@@ -414,9 +500,9 @@ BEGIN
     -- and joins the bucket of its new one, and on each period's board
     -- leaves the bucket of its old (start, XP) for the bucket of its new
     -- one (xp_period_rank_counts: a probe of each); a balance this call
-    -- created (ranked false) only joins. Counted in this backend's own slot
-    -- (no other live transaction writes it: no wait, and no order to keep
-    -- against deadlocks); a move within one bucket, or a period XP that did
+    -- created (ranked false) only joins. Counted in this transaction's slot
+    -- (v_slot: no other transaction in progress writes it: no wait, and no
+    -- order to keep against deadlocks); a move within one bucket, or a period XP that did
     -- not change, touches no count.
     WITH moved AS (
     UPDATE pyxp.xp_balances x
@@ -437,7 +523,7 @@ BEGIN
                    max(r.feed) FILTER (WHERE r.id IS NOT NULL) AS feed,
                    max(r.seq) FILTER (WHERE r.id IS NOT NULL) AS seq,
                    sum(r.moderations) FILTER (WHERE r.claim IS NULL)::bigint AS moderations,
-                   sum(r.xp_amount) FILTER (WHERE r.id IS NOT NULL)::bigint AS gained,
+                   sum(r.xp_amount) FILTER (WHERE r.id IS NOT NULL) AS gained,  -- numeric: 2^63 in a batch (0035)
                    b.total_xp, b.ranked, b.day_start, b.day_xp, b.week_start, b.week_xp, b.month_start,
                    b.month_xp, b.year_start, b.year_xp
               FROM ROWS FROM (unnest(v_rows), unnest(v_claims), unnest(v_after), unnest(v_feed), unnest(v_ids),
@@ -462,7 +548,7 @@ BEGIN
                   AS period_xps
     ), period_moves AS (
     INSERT INTO pyxp.xp_period_rank_counts AS k (period, period_start, period_xp, wallet_start, slot, wallets)
-    SELECT u.period, u.period_start, u.period_xp, coalesce(q.wallet_start, ''), pg_backend_pid(), sum(u.delta)
+    SELECT u.period, u.period_start, u.period_xp, coalesce(q.wallet_start, ''), v_slot, sum(u.delta)
       FROM moved m
      CROSS JOIN LATERAL unnest('{day,week,month,year,day,week,month,year}'::text[], m.period_starts, m.period_xps,
                                '{-1,-1,-1,-1,1,1,1,1}'::integer[]) u(period, period_start, period_xp, delta)
@@ -488,7 +574,7 @@ BEGIN
     ON CONFLICT (user_wallet, allowance, period_start) DO UPDATE SET used_xp = u.used_xp + excluded.used_xp
     )
     INSERT INTO pyxp.xp_rank_counts AS k (neg_xp, wallet, slot, wallets)
-    SELECT d.neg_xp, d.wallet, pg_backend_pid(), sum(d.delta)
+    SELECT d.neg_xp, d.wallet, v_slot, sum(d.delta)
       FROM moved m
      CROSS JOIN LATERAL (SELECT o.neg_xp, o.wallet, -1 AS delta
                            FROM pyxp.rank_bucket_of(m.old_xp, m.user_wallet) o WHERE m.was_ranked
@@ -529,6 +615,137 @@ BEGIN
                                                                       (r.after - r.xp_amount)::bigint)) before_
          WHERE r.transaction_type IS NOT NULL
          ORDER BY r.ord;
+END
+$$;
+
+-- Public: committed ledger rows after `after_cursor`, ascending by cursor, at
+-- most `max_rows` (1..1000), optionally one wallet's. total_xp is the balance
+-- right after the row; previous_level and current_level its levels before
+-- and after, on the curve of the ruleset the row was written under.
+CREATE OR REPLACE FUNCTION pyxp.changes(after_cursor bigint DEFAULT 0, max_rows integer DEFAULT 100,
+                             wallet text DEFAULT NULL)
+RETURNS TABLE (cursor bigint, transaction_id bigint, user_wallet text, transaction_type text,
+               xp_amount bigint, total_xp bigint, previous_level bigint, current_level bigint,
+               campaign_id text, subject text, created_at timestamptz)
+LANGUAGE plpgsql STABLE SECURITY DEFINER
+SET search_path = pyxp, pg_temp
+-- Each call's queries planned for its cursor: from the sixth call of a
+-- session PL/pgSQL would plan them generically, and with 15 partitions or
+-- more that plan sorted every row after the cursor on each page (a temp
+-- file the size of the rest of the ledger; 53400 under temp_file_limit: a
+-- hostile test, 0035) instead of streaming the window until LIMIT.
+SET plan_cache_mode = force_custom_plan
+AS $$
+DECLARE
+    v_max integer := pyxp.checked_row_count('max_rows', changes.max_rows);
+    v_wallet text := CASE WHEN changes.wallet IS NOT NULL THEN pyxp.checked_wallet(changes.wallet) END;
+    v_after bigint := changes.after_cursor;
+    v_snapshot pg_snapshot := pg_current_snapshot();
+    -- Every group below this is final (see above): the oldest transaction the
+    -- snapshot saw running that is not running in another database now, and
+    -- the reader's own transaction if it has written (its id is in no
+    -- snapshot's list of running ones, and it may still roll back). On a hot
+    -- standby the list of running transactions is not exposed (it is kept in
+    -- the snapshot's overflow): there, the snapshot's xmin, cluster-wide.
+    -- (As the ledger counts transaction ids: pyxp.ledger_xid.)
+    v_horizon xid8 := pyxp.ledger_xid(CASE WHEN pg_is_in_recovery() THEN pg_snapshot_xmin(v_snapshot) ELSE least(
+        pyxp.oldest_running_here(v_snapshot), pg_current_xact_id_if_assigned(), pg_snapshot_xmax(v_snapshot)) END);
+    v_group xid8;
+    v_rank bigint;
+    v_floor bigint := (SELECT max(a.feed_floor) FROM pyxp.xp_ledger_archives a);
+    v_kept bigint;
+BEGIN
+    PERFORM pyxp.require_ledger_cluster();  -- (PX032: the groups of another cluster, 0032)
+    IF v_after IS NULL OR v_after < 0 THEN
+        RAISE EXCEPTION 'invalid after_cursor: %', coalesce(v_after::text, 'NULL')
+            USING ERRCODE = 'PX023', HINT = 'after_cursor is 0 (from the start) or a cursor the feed returned';
+    END IF;
+    v_kept := pyxp.forked_cursor(v_after);
+    IF v_kept IS NOT NULL THEN
+        -- A cursor of a history this database left (0033, a hostile test of
+        -- failovers): the rows it was read up to are not here, and the
+        -- groups above the ledger's last row were handed out again, to rows
+        -- it would skip. Refused on a standby too.
+        RAISE EXCEPTION 'after_cursor % was handed out by a history this database left (a failover, a point-in-time recovery or a copy): the rows it was read up to are not in this ledger',
+                        v_after
+            USING ERRCODE = 'PX033',
+                  DETAIL = format('every row this ledger kept from that history is at or below cursor %s', v_kept),
+                  HINT = format('go on from cursor %s; what was read after it (rows, levels, totals) no longer happened: read the wallets'' balances again (README "Copies of the database")', v_kept);
+    ELSIF (v_after >> 24)::text::xid8 >= pyxp.ledger_xid(pg_snapshot_xmax(v_snapshot)) AND NOT pg_is_in_recovery() THEN
+        -- A group no transaction has reached: no cursor the feed returned
+        -- (0028: one was accepted, and the rows below it skipped for good, a
+        -- hostile test); or one from a cluster whose transaction ids ran
+        -- higher (a dump restored elsewhere). A standby may lag: there, none
+        -- is refused.
+        RAISE EXCEPTION 'after_cursor % is ahead of the feed (its group % has no transaction yet)',
+                        v_after, v_after >> 24
+            USING ERRCODE = 'PX023',
+                  HINT = 'pass a cursor this database''s feed returned (a copy not adopted yet: run pyxp db upgrade first; README "Copies of the database")';
+    ELSIF v_after < v_floor AND (v_wallet IS NULL OR pyxp.wallet_feed_behind_archive(v_wallet, v_after, v_floor)) THEN
+        -- Rows after this cursor were archived (sql/13_retention.sql): never
+        -- skipped silently.
+        RAISE EXCEPTION 'rows after cursor % were archived', v_after
+            USING ERRCODE = 'PX029',
+                  DETAIL = format('the archived rows reach cursor %s', v_floor),
+                  HINT = 'a consumer must be past the rows archived; they are in schema pyxp_archive (or its dump)';
+    END IF;
+    v_group := (v_after >> 24)::text::xid8;
+    v_rank := v_after & 16777215;
+    RETURN QUERY
+        WITH page AS (
+            -- Each branch names its columns: with t.* in some, a column an
+            -- application added to the ledger failed every read of the feed
+            -- (42601, each UNION query must have the same number of
+            -- columns; a hostile test, 0034).
+            -- Rows from before 0003: cursor = id.
+            (SELECT t.id AS cur, t.id, t.user_wallet, t.transaction_type, t.xp_amount, t.balance_after, t.rule_id,
+                    t.campaign_id, t.subject, t.idempotency_key, t.created_at
+               FROM pyxp.xp_transactions t
+              WHERE t.feed_xid IS NULL AND t.id > v_after
+                AND (v_wallet IS NULL OR t.user_wallet = v_wallet)
+              ORDER BY t.id
+              LIMIT v_max)
+            UNION ALL
+            -- Whole feed: final groups from the cursor's on, ranked as scanned
+            -- (index xp_transactions_feed; the window streams, LIMIT stops it).
+            (SELECT (g.feed_xid::text::bigint << 24)
+                    + CASE WHEN g.rank > 16777215 THEN pyxp.raised_feed_overflow(g.feed_xid) ELSE g.rank END,
+                    g.id, g.user_wallet, g.transaction_type, g.xp_amount, g.balance_after, g.rule_id,
+                    g.campaign_id, g.subject, g.idempotency_key, g.created_at
+               FROM (SELECT t.*, row_number() OVER (PARTITION BY t.feed_xid ORDER BY t.id) AS rank
+                       FROM pyxp.xp_transactions t
+                      WHERE v_wallet IS NULL AND t.feed_xid >= v_group AND t.feed_xid < v_horizon
+                      ORDER BY t.feed_xid, t.id) g
+              WHERE g.feed_xid > v_group OR g.rank > v_rank
+              ORDER BY g.feed_xid, g.id
+              LIMIT v_max)
+            UNION ALL
+            -- One wallet: its rows in chain order (= feed order, fact 2), each
+            -- ranked within its whole group.
+            (SELECT (t.feed_xid::text::bigint << 24)
+                    + CASE WHEN r.rank > 16777215 THEN pyxp.raised_feed_overflow(t.feed_xid) ELSE r.rank END,
+                    t.id, t.user_wallet, t.transaction_type, t.xp_amount, t.balance_after, t.rule_id,
+                    t.campaign_id, t.subject, t.idempotency_key, t.created_at
+               FROM pyxp.xp_transactions t
+              CROSS JOIN LATERAL (SELECT count(*) AS rank FROM pyxp.xp_transactions o
+                                   WHERE o.feed_xid = t.feed_xid AND o.id <= t.id) r
+              WHERE v_wallet IS NOT NULL AND t.user_wallet = v_wallet
+                AND t.feed_xid >= v_group AND t.feed_xid < v_horizon
+                AND (t.feed_xid > v_group OR r.rank > v_rank)
+              ORDER BY t.wallet_seq
+              LIMIT v_max)
+        )
+        SELECT p.cur, p.id, p.user_wallet, p.transaction_type, p.xp_amount, p.balance_after,
+               before_.level, after_.level, p.campaign_id, p.subject, p.created_at
+          FROM page p
+         CROSS JOIN LATERAL (SELECT pyxp.row_ruleset(p.rule_id, p.idempotency_key) AS ruleset_id) q
+         CROSS JOIN LATERAL pyxp.curve_position(q.ruleset_id, p.balance_after - p.xp_amount) before_
+         CROSS JOIN LATERAL pyxp.curve_position(q.ruleset_id, p.balance_after) after_
+         ORDER BY p.cur
+         LIMIT v_max;
+    -- Read with a snapshot older than an archive's commit: those rows were
+    -- missing, and the floor above unseen (40001).
+    PERFORM pyxp.ledger_unmoved();
 END
 $$;
 

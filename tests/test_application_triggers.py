@@ -1,0 +1,150 @@
+"""An application's own triggers on pyxp's tables (a hostile test of pyxp inside applications, 0035).
+
+A trigger on the ledger fires while the call that inserted the row has not updated its balance:
+an award made there read the balance stale, and the first call then wrote over it (a +2 in the
+ledger, missing from the balance; two rows at one wallet_seq). It is refused (PX034) before it
+writes anything. A trigger on the balances fires after the update, and may award.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import psycopg
+import pytest
+
+from pyxp import XP, NestedWrite
+
+BONUS = "MODERATION_VALIDATED_BY_MODERATOR"  # +2
+
+# A bonus for every approval, awarded by a trigger on the ledger (what the hostile test wrote).
+LEDGER_BONUS = """
+CREATE FUNCTION public.approval_bonus() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    IF NEW.transaction_type = 'CAMPAIGN_APPROVED' THEN
+        PERFORM pyxp.award(NEW.user_wallet, '""" + BONUS + """', 'bonus:' || NEW.id);
+    END IF;
+    RETURN NULL;
+END $$;
+CREATE TRIGGER approval_bonus AFTER INSERT ON pyxp.xp_transactions
+    FOR EACH ROW EXECUTE FUNCTION public.approval_bonus();
+"""
+
+
+@pytest.fixture
+def ledger_bonus(db: psycopg.Connection[Any]) -> None:
+    db.execute(LEDGER_BONUS)
+
+
+def approve(db: psycopg.Connection[Any], wallet: str, key: str) -> Any:
+    return db.execute("SELECT * FROM pyxp.award(%s, 'CAMPAIGN_APPROVED', %s)", (wallet, key)).fetchall()
+
+
+def test_an_award_from_a_ledger_trigger_is_refused_and_nothing_is_written(
+        db: psycopg.Connection[Any], ledger_bonus: None, unchanged: Any) -> None:
+    with unchanged(), db.transaction(), pytest.raises(psycopg.Error) as refused:
+        approve(db, "0xself", "k1")
+    assert refused.value.sqlstate == "PX034"
+    assert "trigger" in str(refused.value) and refused.value.diag.message_hint is not None
+    assert db.execute("SELECT * FROM pyxp.audit()").fetchall() == []
+
+
+@pytest.mark.parametrize("call", [
+    "PERFORM pyxp.award(NEW.user_wallet, '" + BONUS + "', 'bonus:' || NEW.id)",
+    "PERFORM pyxp.award_moderation_vote(NEW.user_wallet, 'camp-' || NEW.id, 'VALID', 'B2C')",
+    "PERFORM pyxp.award_many(jsonb_build_array(jsonb_build_object('wallet', '0xother', 'action', '"
+    + BONUS + "', 'idempotency_key', 'bonus:' || NEW.id)))",
+    "PERFORM pyxp.reverse_transaction(NEW.id, 'undone by a trigger')",
+])
+def test_every_writer_called_from_a_ledger_trigger_that_catches_the_refusal_leaves_a_sound_ledger(
+        db: psycopg.Connection[Any], call: str) -> None:
+    """The trigger catches PX034 (a subtransaction): the award that fired it goes through alone, its
+    balance is its ledger's, and the audit is clean. Before 0035 the nested call wrote its rows and
+    the outer call's balance update erased it from the balance."""
+    db.execute("""
+        CREATE FUNCTION public.tolerant_bonus() RETURNS trigger LANGUAGE plpgsql AS $$
+        BEGIN
+            IF NEW.transaction_type = 'CAMPAIGN_APPROVED' THEN
+                BEGIN
+                    """ + call + """;
+                EXCEPTION WHEN SQLSTATE 'PX034' THEN
+                    INSERT INTO public.refused_bonus VALUES (NEW.id);
+                END;
+            END IF;
+            RETURN NULL;
+        END $$;
+        CREATE TABLE public.refused_bonus (transaction_id bigint);
+        GRANT ALL ON public.refused_bonus TO PUBLIC;  -- (the trigger runs as pyxp's owner)
+        CREATE TRIGGER tolerant_bonus AFTER INSERT ON pyxp.xp_transactions
+            FOR EACH ROW EXECUTE FUNCTION public.tolerant_bonus();
+    """)
+    rows = approve(db, "0xself", "k1")
+    assert [r[3] for r in rows] == [100]
+    assert db.execute("SELECT count(*) FROM public.refused_bonus").fetchone() == (1,)
+    assert db.execute("SELECT count(*), sum(xp_amount) FROM pyxp.xp_transactions").fetchone() == (1, 100)
+    assert db.execute("SELECT total_xp, last_wallet_seq FROM pyxp.xp_balances WHERE user_wallet = '0xself'"
+                      ).fetchone() == (100, 1)
+    assert db.execute("SELECT * FROM pyxp.audit()").fetchall() == []
+
+
+def test_a_batch_whose_ledger_trigger_awards_another_wallet_of_the_batch_is_refused(
+        db: psycopg.Connection[Any], ledger_bonus: None, unchanged: Any) -> None:
+    """The hostile test's second case: the nested award hit another wallet the batch held (its
+    balance 104 against a ledger of 106)."""
+    events = [{"wallet": "0xr", "action": BONUS, "idempotency_key": "r1"},
+              {"wallet": "0xs", "action": "CAMPAIGN_APPROVED", "idempotency_key": "s1"}]
+    db.execute("DROP TRIGGER approval_bonus ON pyxp.xp_transactions")
+    db.execute("""
+        CREATE FUNCTION public.cross_bonus() RETURNS trigger LANGUAGE plpgsql AS $$
+        BEGIN
+            IF NEW.transaction_type = 'CAMPAIGN_APPROVED' THEN
+                PERFORM pyxp.award('0xr', '""" + BONUS + """', 'cross:' || NEW.id);
+            END IF;
+            RETURN NULL;
+        END $$;
+        CREATE TRIGGER cross_bonus AFTER INSERT ON pyxp.xp_transactions
+            FOR EACH ROW EXECUTE FUNCTION public.cross_bonus();
+    """)
+    with unchanged(), db.transaction(), pytest.raises(NestedWrite):
+        XP(db).award_many(events)
+
+
+def test_an_award_from_a_trigger_on_the_balances_is_accepted(db: psycopg.Connection[Any]) -> None:
+    """The balances' triggers fire after the writer's update: a level-up bonus awarded there sees the
+    balance as updated, and both awards are in the balance and the audit is clean (the control)."""
+    db.execute("""
+        CREATE FUNCTION public.level_up_bonus() RETURNS trigger LANGUAGE plpgsql AS $$
+        BEGIN
+            IF NEW.current_level > OLD.current_level THEN
+                PERFORM pyxp.award(NEW.user_wallet, '""" + BONUS + """', 'level:' || NEW.current_level);
+            END IF;
+            RETURN NULL;
+        END $$;
+        CREATE TRIGGER level_up_bonus AFTER UPDATE ON pyxp.xp_balances
+            FOR EACH ROW EXECUTE FUNCTION public.level_up_bonus();
+    """)
+    approve(db, "0xlevel", "k1")  # 0 -> 100: level 1 -> 2, a +2 bonus
+    assert db.execute("SELECT total_xp, last_wallet_seq FROM pyxp.xp_balances WHERE user_wallet = '0xlevel'"
+                      ).fetchone() == (102, 2)
+    assert db.execute("SELECT * FROM pyxp.audit()").fetchall() == []
+
+
+def test_a_ledger_trigger_reads_the_rows_balance_after(db: psycopg.Connection[Any]) -> None:
+    """What README tells a trigger on the ledger: NEW.balance_after is the balance after the row; the
+    balances table still holds the one before the call (updated in the same call, after the rows)."""
+    db.execute("""
+        CREATE TABLE public.seen (wallet text, balance_after bigint, balance_then bigint);
+        GRANT ALL ON public.seen TO PUBLIC;  -- (the trigger runs as pyxp's owner)
+        CREATE FUNCTION public.copy_balance() RETURNS trigger LANGUAGE plpgsql AS $$
+        BEGIN
+            INSERT INTO public.seen SELECT NEW.user_wallet, NEW.balance_after,
+                   (SELECT b.total_xp FROM pyxp.xp_balances b WHERE b.user_wallet = NEW.user_wallet);
+            RETURN NULL;
+        END $$;
+        CREATE TRIGGER copy_balance AFTER INSERT ON pyxp.xp_transactions
+            FOR EACH ROW EXECUTE FUNCTION public.copy_balance();
+    """)
+    approve(db, "0xcopy", "k1")
+    approve(db, "0xcopy", "k2")
+    seen = db.execute("SELECT balance_after, balance_then FROM public.seen ORDER BY balance_after").fetchall()
+    assert seen == [(100, 0), (200, 100)]
