@@ -163,10 +163,19 @@ AS $$ SELECT CASE WHEN p_same_period THEN coalesce(p_rows, 0) + p_opening_xp ELS
 -- bounds are constants in the plan, so one branch is planned and the bounds
 -- are index ranges; and, not inlined, a call is what the caller's plan can
 -- hand to a parallel worker (COST: a slice is worth a worker).
+-- No nested loop joins (enable_nestloop off; the since-checkpoint walk's
+-- LATERAL is one anyway): the planner has no statistics on the per-wallet
+-- aggregate (it guesses 200 rows), and without statistics on the ledger's
+-- partitioned parent, which autovacuum never analyzes, a slice of more than
+-- about 135,000 wallets joined them to it by a nested loop, every wallet
+-- against every aggregate row: audit() ran for more than 10 minutes on
+-- 200,000 wallets (a hostile test, 0035; 2.8 s with this setting, and the
+-- same time as before once the parent is analyzed).
 CREATE FUNCTION pyxp.chain_problems_between(p_since_checkpoint boolean, p_from text, p_to text)
 RETURNS TABLE (check_name text, user_wallet text, wallet_seq bigint, detail text)
 LANGUAGE plpgsql STABLE PARALLEL SAFE
 SET plan_cache_mode = force_custom_plan
+SET enable_nestloop = off
 COST 1000000 ROWS 10
 AS $fn$
 #variable_conflict use_column
