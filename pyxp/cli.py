@@ -252,8 +252,20 @@ def _schema_installed(ctx: click.Context) -> bool:
         return False
 
 
+def _server_full(exc: psycopg.OperationalError) -> bool:
+    """A connection refused because the server is at max_connections (SQLSTATE 53300, which libpq
+    reports only in the message of a failed connection)."""
+    text = str(exc)
+    return "too many clients already" in text or "remaining connection slots are reserved" in text
+
+
 def _database_report(ctx: click.Context, exc: psycopg.Error) -> ErrorReport:
     """The report of a database error that is not a PX refusal."""
+    if isinstance(exc, psycopg.OperationalError) and exc.sqlstate is None and _server_full(exc):
+        # (a hostile test, 0035: "set --database-url" was the advice, the URL being right)
+        return ErrorReport(f"PostgreSQL has no free connection: {_one_line(str(exc))}", "53300",
+                           hint="the server is at max_connections; nothing was sent: run the command again "
+                                "later, or put a pooler in front (README \"Deploying behind a pooler\")")
     if isinstance(exc, psycopg.OperationalError) and exc.sqlstate is None:
         return ErrorReport(f"cannot connect to PostgreSQL: {_one_line(str(exc))}",
                            hint=f"set --database-url or {DATABASE_URL_VARIABLE}, "

@@ -17,23 +17,24 @@ from pyxp import XP, NestedWrite
 
 BONUS = "MODERATION_VALIDATED_BY_MODERATOR"  # +2
 
-# A bonus for every approval, awarded by a trigger on the ledger (what the hostile test wrote).
-LEDGER_BONUS = """
-CREATE FUNCTION public.approval_bonus() RETURNS trigger LANGUAGE plpgsql AS $$
-BEGIN
-    IF NEW.transaction_type = 'CAMPAIGN_APPROVED' THEN
-        PERFORM pyxp.award(NEW.user_wallet, '""" + BONUS + """', 'bonus:' || NEW.id);
-    END IF;
-    RETURN NULL;
-END $$;
-CREATE TRIGGER approval_bonus AFTER INSERT ON pyxp.xp_transactions
-    FOR EACH ROW EXECUTE FUNCTION public.approval_bonus();
-"""
+def app_trigger(db: psycopg.Connection[Any], name: str, table: str, event: str, body: str) -> None:
+    """An application's AFTER ``event`` row trigger ``name`` on ``pyxp.<table>``, running ``body``."""
+    db.execute(f"""
+        CREATE FUNCTION public.{name}() RETURNS trigger LANGUAGE plpgsql AS $$
+        BEGIN
+            {body}
+            RETURN NULL;
+        END $$;
+        CREATE TRIGGER {name} AFTER {event} ON pyxp.{table} FOR EACH ROW EXECUTE FUNCTION public.{name}();
+    """)
 
 
 @pytest.fixture
 def ledger_bonus(db: psycopg.Connection[Any]) -> None:
-    db.execute(LEDGER_BONUS)
+    """A bonus for every approval, awarded by a trigger on the ledger (what the hostile test wrote)."""
+    app_trigger(db, "approval_bonus", "xp_transactions", "INSERT",
+                f"IF NEW.transaction_type = 'CAMPAIGN_APPROVED' THEN "
+                f"PERFORM pyxp.award(NEW.user_wallet, '{BONUS}', 'bonus:' || NEW.id); END IF;")
 
 
 def approve(db: psycopg.Connection[Any], wallet: str, key: str) -> Any:
@@ -61,23 +62,11 @@ def test_every_writer_called_from_a_ledger_trigger_that_catches_the_refusal_leav
     """The trigger catches PX034 (a subtransaction): the award that fired it goes through alone, its
     balance is its ledger's, and the audit is clean. Before 0035 the nested call wrote its rows and
     the outer call's balance update erased it from the balance."""
-    db.execute("""
-        CREATE FUNCTION public.tolerant_bonus() RETURNS trigger LANGUAGE plpgsql AS $$
-        BEGIN
-            IF NEW.transaction_type = 'CAMPAIGN_APPROVED' THEN
-                BEGIN
-                    """ + call + """;
-                EXCEPTION WHEN SQLSTATE 'PX034' THEN
-                    INSERT INTO public.refused_bonus VALUES (NEW.id);
-                END;
-            END IF;
-            RETURN NULL;
-        END $$;
-        CREATE TABLE public.refused_bonus (transaction_id bigint);
-        GRANT ALL ON public.refused_bonus TO PUBLIC;  -- (the trigger runs as pyxp's owner)
-        CREATE TRIGGER tolerant_bonus AFTER INSERT ON pyxp.xp_transactions
-            FOR EACH ROW EXECUTE FUNCTION public.tolerant_bonus();
-    """)
+    db.execute("CREATE TABLE public.refused_bonus (transaction_id bigint)")
+    db.execute("GRANT ALL ON public.refused_bonus TO PUBLIC")  # (the trigger runs as pyxp's owner)
+    app_trigger(db, "tolerant_bonus", "xp_transactions", "INSERT",
+                f"IF NEW.transaction_type = 'CAMPAIGN_APPROVED' THEN BEGIN {call}; "
+                "EXCEPTION WHEN SQLSTATE 'PX034' THEN INSERT INTO public.refused_bonus VALUES (NEW.id); END; END IF;")
     rows = approve(db, "0xself", "k1")
     assert [r[3] for r in rows] == [100]
     assert db.execute("SELECT count(*) FROM public.refused_bonus").fetchone() == (1,)
@@ -88,23 +77,14 @@ def test_every_writer_called_from_a_ledger_trigger_that_catches_the_refusal_leav
 
 
 def test_a_batch_whose_ledger_trigger_awards_another_wallet_of_the_batch_is_refused(
-        db: psycopg.Connection[Any], ledger_bonus: None, unchanged: Any) -> None:
+        db: psycopg.Connection[Any], unchanged: Any) -> None:
     """The hostile test's second case: the nested award hit another wallet the batch held (its
     balance 104 against a ledger of 106)."""
     events = [{"wallet": "0xr", "action": BONUS, "idempotency_key": "r1"},
               {"wallet": "0xs", "action": "CAMPAIGN_APPROVED", "idempotency_key": "s1"}]
-    db.execute("DROP TRIGGER approval_bonus ON pyxp.xp_transactions")
-    db.execute("""
-        CREATE FUNCTION public.cross_bonus() RETURNS trigger LANGUAGE plpgsql AS $$
-        BEGIN
-            IF NEW.transaction_type = 'CAMPAIGN_APPROVED' THEN
-                PERFORM pyxp.award('0xr', '""" + BONUS + """', 'cross:' || NEW.id);
-            END IF;
-            RETURN NULL;
-        END $$;
-        CREATE TRIGGER cross_bonus AFTER INSERT ON pyxp.xp_transactions
-            FOR EACH ROW EXECUTE FUNCTION public.cross_bonus();
-    """)
+    app_trigger(db, "cross_bonus", "xp_transactions", "INSERT",
+                f"IF NEW.transaction_type = 'CAMPAIGN_APPROVED' THEN "
+                f"PERFORM pyxp.award('0xr', '{BONUS}', 'cross:' || NEW.id); END IF;")
     with unchanged(), db.transaction(), pytest.raises(NestedWrite):
         XP(db).award_many(events)
 
@@ -112,17 +92,9 @@ def test_a_batch_whose_ledger_trigger_awards_another_wallet_of_the_batch_is_refu
 def test_an_award_from_a_trigger_on_the_balances_is_accepted(db: psycopg.Connection[Any]) -> None:
     """The balances' triggers fire after the writer's update: a level-up bonus awarded there sees the
     balance as updated, and both awards are in the balance and the audit is clean (the control)."""
-    db.execute("""
-        CREATE FUNCTION public.level_up_bonus() RETURNS trigger LANGUAGE plpgsql AS $$
-        BEGIN
-            IF NEW.current_level > OLD.current_level THEN
-                PERFORM pyxp.award(NEW.user_wallet, '""" + BONUS + """', 'level:' || NEW.current_level);
-            END IF;
-            RETURN NULL;
-        END $$;
-        CREATE TRIGGER level_up_bonus AFTER UPDATE ON pyxp.xp_balances
-            FOR EACH ROW EXECUTE FUNCTION public.level_up_bonus();
-    """)
+    app_trigger(db, "level_up_bonus", "xp_balances", "UPDATE",
+                f"IF NEW.current_level > OLD.current_level THEN "
+                f"PERFORM pyxp.award(NEW.user_wallet, '{BONUS}', 'level:' || NEW.current_level); END IF;")
     approve(db, "0xlevel", "k1")  # 0 -> 100: level 1 -> 2, a +2 bonus
     assert db.execute("SELECT total_xp, last_wallet_seq FROM pyxp.xp_balances WHERE user_wallet = '0xlevel'"
                       ).fetchone() == (102, 2)
@@ -132,18 +104,11 @@ def test_an_award_from_a_trigger_on_the_balances_is_accepted(db: psycopg.Connect
 def test_a_ledger_trigger_reads_the_rows_balance_after(db: psycopg.Connection[Any]) -> None:
     """What README tells a trigger on the ledger: NEW.balance_after is the balance after the row; the
     balances table still holds the one before the call (updated in the same call, after the rows)."""
-    db.execute("""
-        CREATE TABLE public.seen (wallet text, balance_after bigint, balance_then bigint);
-        GRANT ALL ON public.seen TO PUBLIC;  -- (the trigger runs as pyxp's owner)
-        CREATE FUNCTION public.copy_balance() RETURNS trigger LANGUAGE plpgsql AS $$
-        BEGIN
-            INSERT INTO public.seen SELECT NEW.user_wallet, NEW.balance_after,
-                   (SELECT b.total_xp FROM pyxp.xp_balances b WHERE b.user_wallet = NEW.user_wallet);
-            RETURN NULL;
-        END $$;
-        CREATE TRIGGER copy_balance AFTER INSERT ON pyxp.xp_transactions
-            FOR EACH ROW EXECUTE FUNCTION public.copy_balance();
-    """)
+    db.execute("CREATE TABLE public.seen (wallet text, balance_after bigint, balance_then bigint)")
+    db.execute("GRANT ALL ON public.seen TO PUBLIC")  # (the trigger runs as pyxp's owner)
+    app_trigger(db, "copy_balance", "xp_transactions", "INSERT",
+                "INSERT INTO public.seen SELECT NEW.user_wallet, NEW.balance_after, "
+                "(SELECT b.total_xp FROM pyxp.xp_balances b WHERE b.user_wallet = NEW.user_wallet);")
     approve(db, "0xcopy", "k1")
     approve(db, "0xcopy", "k2")
     seen = db.execute("SELECT balance_after, balance_then FROM public.seen ORDER BY balance_after").fetchall()

@@ -973,3 +973,32 @@ def test_an_interrupted_award_is_cancelled_and_says_so(conninfo: str, signum: in
     assert err.startswith(f"error: interrupted ({signal.Signals(signum).name}): the running statement was "
                           "cancelled"), err
     assert rows_of_key(conninfo, key) == 0
+
+
+def test_a_server_without_a_free_connection_is_named_not_the_url(tmp_path: Path) -> None:
+    """At max_connections the CLI said "cannot connect" with "set --database-url" as the advice, the URL
+    being right, and --json had no code (a hostile test, 0035). It names the cause, 53300; nothing was
+    sent (exit 2)."""
+    from pyxp.database import EmbeddedCluster, _postgres_bindir
+    bindir = _postgres_bindir()
+    if bindir is None:
+        pytest.skip("no PostgreSQL server binaries on this machine")
+    cluster = EmbeddedCluster(bindir).start()
+    try:
+        with psycopg.connect(cluster.conninfo, autocommit=True) as conn:
+            conn.execute("ALTER SYSTEM SET max_connections = 4")
+            conn.execute("ALTER SYSTEM SET superuser_reserved_connections = 0")
+        cluster.stop_server()
+        cluster.start_existing()
+        held = [psycopg.connect(cluster.conninfo) for _ in range(4)]
+        try:
+            text = run(cluster.conninfo, "balance", "0xabc")
+            as_json = run(cluster.conninfo, "balance", "0xabc", "--json")
+        finally:
+            for conn in held:
+                conn.close()
+    finally:
+        cluster.stop()
+    assert text.returncode == 2 and "no free connection" in text.stderr, text.stderr
+    assert "--database-url" not in text.stderr and "max_connections" in text.stderr
+    assert json.loads(as_json.stdout)["error"]["code"] == "53300"
