@@ -822,6 +822,13 @@ class PreparingCursor(psycopg.Cursor[Any]):
         return self
 
 
+class PreparingXP(XP):
+    """The client on :class:`PreparingCursor` (it opens its own cursors, whatever the
+    connection's ``cursor_factory``)."""
+
+    _cursor_class = PreparingCursor
+
+
 def prepared_statement_cost(conninfo: str, options: BenchOptions) -> dict[str, Any]:
     """(i): ``XP.award`` on one direct connection per side, the client as it is (unprepared)
     against psycopg's default (prepared after 5 uses), one thread.
@@ -837,8 +844,8 @@ def prepared_statement_cost(conninfo: str, options: BenchOptions) -> dict[str, A
     wallets = [wallet_of(rng.randint(1, options.wallets), options.seed) for _ in range(997)]
     run, calls = secrets.token_hex(4), 0
     with psycopg.connect(conninfo, autocommit=True) as plain, \
-            psycopg.connect(conninfo, autocommit=True, cursor_factory=PreparingCursor) as preparing:
-        sides = {"unprepared": (XP(plain), plain), "prepared": (XP(preparing), preparing)}
+            psycopg.connect(conninfo, autocommit=True) as preparing:
+        sides = {"unprepared": (XP(plain), plain), "prepared": (PreparingXP(preparing), preparing)}
         for conn in (plain, preparing):
             conn.execute("SET synchronous_commit = off")
 

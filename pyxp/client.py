@@ -624,6 +624,9 @@ class _Api:
 class XP(_Api):
     """Synchronous client. See the module docstring for what ``target`` may be."""
 
+    # The cursor every call runs on (see _run; pyxp.bench's (i) measures a preparing one).
+    _cursor_class: type[psycopg.Cursor[Any]] = psycopg.Cursor
+
     def __init__(self, target: str | ConnectionPool | psycopg.Connection[Any] | None = None, *,
                  best_effort: bool = False, max_connections: int = 10,
                  connect_timeout: float | None = None, log_params: bool = False,
@@ -697,7 +700,7 @@ class XP(_Api):
         # ClientCursor its cursor_factory (Django's default), which refuses binary results:
         # every call failed, and best effort dropped every award (a hostile test, 0035).
         with (nullcontext() if _statement_alone(conn) else conn.transaction()), \
-                psycopg.Cursor(conn, row_factory=factory) as cur:  # type: ignore[arg-type]
+                self._cursor_class(conn, row_factory=factory) as cur:  # type: ignore[arg-type]
             # Never a named prepared statement (psycopg prepares after 5 uses by default):
             # behind a transaction pooler (PgBouncer, Supavisor) the next call may run on a
             # server session where that name is another client's statement. README

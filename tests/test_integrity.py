@@ -429,10 +429,25 @@ def test_an_outsider_cannot_block_onboarding(conninfo: str, xp: XP, outsider: ps
         assert client.onboard_agency_client(email, "0xclient").xp == 1000
 
 
-def test_no_pyxp_function_takes_an_advisory_lock(db: psycopg.Connection[Any]) -> None:
-    found = db.execute("""SELECT p.proname FROM pg_proc p WHERE p.pronamespace = 'pyxp'::regnamespace
-                            AND p.prosrc ILIKE '%%advisory%%'""").fetchall()
-    assert found == []
+def test_no_pyxp_function_waits_for_an_advisory_lock(db: psycopg.Connection[Any]) -> None:
+    """Only the writer's lease of its rank counts' slot (0035) uses one, and never waits for it."""
+    found = db.execute(r"""SELECT p.proname, regexp_matches(p.prosrc, 'pg_\w*advisory\w*', 'g')
+                            FROM pg_proc p WHERE p.pronamespace = 'pyxp'::regnamespace""").fetchall()
+    assert found == [("append_rows", ["pg_try_advisory_xact_lock"])]
+
+
+def test_an_outsider_holding_the_slot_lease_of_a_writer_blocks_nothing(
+        conninfo: str, db: psycopg.Connection[Any], outsider: psycopg.Connection[Any]) -> None:
+    """Any role can take any advisory lock: one holding the lease key of a writer's pid moves that
+    writer's rank counts to another slot (pid + 2^22), it does not make it wait (0035)."""
+    with psycopg.connect(conninfo, autocommit=True) as conn:
+        pid = conn.info.backend_pid
+        outsider.execute("SELECT pg_advisory_lock(1887007857, %s)", (pid,))
+        conn.execute("SET lock_timeout = '3s'")
+        XP(conn).award("0xleased", "CAMPAIGN_APPROVED", "leased-1")
+    assert db.execute("SELECT array_agg(DISTINCT slot) FROM pyxp.xp_rank_counts WHERE slot <> 0").fetchone() == (
+        [pid + 4194304],)
+    assert db.execute("SELECT * FROM pyxp.audit()").fetchall() == []
 
 
 # --------------------------------------------------------------------------- sizes before work (SPEC 6)
