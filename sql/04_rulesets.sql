@@ -6,6 +6,66 @@
 -- waits for awards in flight and holds new ones until commit. So no award
 -- ever computes with one curve while the balances are re-derived with another.
 
+-- Holds every award: SHARE ROW EXCLUSIVE on pyxp.xp_balances, which waits
+-- for the awards in flight and holds new ones until the caller commits (a
+-- ruleset's activation, recalculate_levels, rebalance_rank_buckets,
+-- apply_rules_retroactively, adopt_cluster). It waits at most the caller's
+-- lock_timeout; then 55P03 (the same code: a caller's retry still applies)
+-- names who held the table when the wait ended: a prepared transaction
+-- (two-phase commit), which no session will end, by its gid; a session by
+-- its pid (with its state and transaction start where pyxp_owner may see
+-- them: its own sessions, or as a member of pg_read_all_stats). Before 0036 the bare
+-- "canceling statement due to lock timeout" left a DBA to find a prepared
+-- award alone (a hostile test). The exception block is a subtransaction:
+-- owner operations only, never an award's path.
+CREATE FUNCTION pyxp.hold_awards(p_caller text)
+RETURNS void
+LANGUAGE plpgsql
+AS $$
+DECLARE
+    v_holders text;
+    v_prepared boolean;
+BEGIN
+    LOCK TABLE pyxp.xp_balances IN SHARE ROW EXCLUSIVE MODE;
+EXCEPTION WHEN lock_not_available THEN
+    SELECT string_agg(h.holder, '; ' ORDER BY h.since NULLS LAST, h.holder), bool_or(h.prepared)
+      INTO v_holders, v_prepared
+      FROM (SELECT DISTINCT
+                   CASE WHEN l.pid IS NULL
+                        THEN 'prepared transaction'
+                             || coalesce(format(' %s (prepared %s by %s)', quote_literal(p.gid), p.prepared, p.owner), '')
+                        ELSE format('session pid %s', l.pid)
+                             || coalesce(format(' (%s, transaction started %s)', a.state, a.xact_start), '')
+                   END AS holder,
+                   coalesce(p.prepared, a.xact_start) AS since,
+                   l.pid IS NULL AS prepared
+              FROM pg_catalog.pg_locks l
+              -- A prepared transaction's locks have no pid; its transaction id's
+              -- lock has the same virtualtransaction.
+              LEFT JOIN pg_catalog.pg_locks x
+                     ON l.pid IS NULL AND x.pid IS NULL AND x.locktype = 'transactionid'
+                    AND x.virtualtransaction = l.virtualtransaction
+              LEFT JOIN pg_catalog.pg_prepared_xacts p ON p.transaction = x.transactionid
+              LEFT JOIN pg_catalog.pg_stat_activity a ON a.pid = l.pid
+             WHERE l.locktype = 'relation' AND l.granted
+               AND l.relation = 'pyxp.xp_balances'::regclass
+               AND l.database = (SELECT d.oid FROM pg_catalog.pg_database d WHERE d.datname = current_database())
+               AND l.pid IS DISTINCT FROM pg_backend_pid()) h;
+    RAISE EXCEPTION '% could not hold the awards within lock_timeout (%): %', p_caller,
+                    current_setting('lock_timeout'),
+                    coalesce('pyxp.xp_balances is held by ' || v_holders,
+                             'the transactions that held pyxp.xp_balances have ended since')
+        USING ERRCODE = '55P03',
+              HINT = CASE WHEN v_prepared
+                          THEN 'a prepared transaction holds it until COMMIT PREPARED or ROLLBACK PREPARED '
+                               '(pg_prepared_xacts; its coordinator should end it); then run this again'
+                          WHEN v_holders IS NOT NULL
+                          THEN 'end that transaction (pg_stat_activity shows it by its pid; '
+                               'pg_terminate_backend(pid) ends it), then run this again'
+                          ELSE 'run this again' END;
+END
+$$;
+
 -- Re-derives current_level and xp_to_next_level of every balance from the
 -- active curve, in one set-based UPDATE. Returns the number of rows changed.
 -- Owner only (SPEC 7): its lock holds every award until it commits, so a
@@ -24,7 +84,7 @@ DECLARE
     v_changed bigint;
 BEGIN
     PERFORM pyxp.require_read_committed();
-    LOCK TABLE pyxp.xp_balances IN SHARE ROW EXCLUSIVE MODE;
+    PERFORM pyxp.hold_awards('pyxp.recalculate_levels');
     v_ruleset := pyxp.active_ruleset_id();
     WITH target AS (
         SELECT b.user_wallet, c.level, (c.next_level_xp - b.total_xp)::bigint AS to_next
@@ -329,7 +389,7 @@ BEGIN
     -- awards' lock is taken only to activate (pyxp.activate_ruleset).
     LOCK TABLE pyxp.rulesets IN SHARE ROW EXCLUSIVE MODE;
     IF install_ruleset.activate THEN
-        LOCK TABLE pyxp.xp_balances IN SHARE ROW EXCLUSIVE MODE;
+        PERFORM pyxp.hold_awards('pyxp.install_ruleset');
     END IF;
 
     SELECT * INTO v_found FROM pyxp.rulesets r WHERE r.name = v_name AND r.content_hash = v_hash;

@@ -131,7 +131,7 @@ BEGIN
             USING ERRCODE = 'PX023', HINT = 'bucket_size is between 16 and 1000000 balances';
     END IF;
     PERFORM pyxp.require_read_committed();
-    LOCK TABLE pyxp.xp_balances IN SHARE ROW EXCLUSIVE MODE;
+    PERFORM pyxp.hold_awards('pyxp.rebalance_rank_buckets');
     INSERT INTO pyxp.xp_rank_counts (neg_xp, wallet, slot, wallets)
     VALUES (-9223372036854775807, '', 0, 0) ON CONFLICT DO NOTHING;
     IF FOUND THEN  -- the first bucket was gone: writers counted nothing since; cut afresh

@@ -391,7 +391,7 @@ BEGIN
     PERFORM pyxp.follow_timeline();
     -- Installers' lock first, then the awards' (the order of install_ruleset).
     LOCK TABLE pyxp.rulesets IN SHARE ROW EXCLUSIVE MODE;
-    LOCK TABLE pyxp.xp_balances IN SHARE ROW EXCLUSIVE MODE;
+    PERFORM pyxp.hold_awards('pyxp.apply_rules_retroactively');
     v_levels := pyxp.activate_ruleset(v_ruleset.ruleset_id);
     -- Wallets in order, 10,000 per call of the writer.
     FOR v_chunk IN

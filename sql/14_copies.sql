@@ -255,7 +255,7 @@ BEGIN
         END IF;
         EXIT look WHEN v_locked;
         PERFORM pyxp.require_read_committed();
-        LOCK TABLE pyxp.xp_balances IN SHARE ROW EXCLUSIVE MODE;
+        PERFORM pyxp.hold_awards('pyxp.adopt_cluster');
         PERFORM pyxp.lock_ledger_partitions();
         v_locked := true;
     END LOOP;

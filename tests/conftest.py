@@ -316,6 +316,27 @@ def primary_with_pyxp() -> tuple[EmbeddedCluster, str]:
     return primary, url
 
 
+@pytest.fixture(scope="module")
+def two_phase_server() -> Iterator[str]:
+    """Conninfo of database ``pyxp`` on a private server that allows prepared transactions."""
+    bindir = _postgres_bindir()
+    if bindir is None:
+        pytest.skip("no PostgreSQL server binaries on this machine")
+    cluster = EmbeddedCluster(bindir).start()
+    try:
+        with psycopg.connect(cluster.conninfo, autocommit=True) as conn:
+            conn.execute("ALTER SYSTEM SET max_prepared_transactions = 4")
+            conn.execute("CREATE DATABASE pyxp")
+            conn.execute("CREATE DATABASE other_app")
+        cluster.stop_server()
+        cluster.start_existing()
+        target = make_conninfo(cluster.conninfo, dbname="pyxp")
+        schema.upgrade(target)
+        yield target
+    finally:
+        cluster.stop()
+
+
 def base_backup(primary: EmbeddedCluster, standby: EmbeddedCluster) -> None:
     """Copies ``primary`` into ``standby``'s directory as a streaming standby (pg_basebackup -R), not started."""
     if standby.run_as:

@@ -18,7 +18,7 @@ import random
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, NamedTuple
 
@@ -27,7 +27,6 @@ import pytest
 from psycopg.conninfo import make_conninfo
 
 from pyxp import schema
-from pyxp.database import EmbeddedCluster, _postgres_bindir
 
 AWARD = ("SELECT transaction_id FROM pyxp.award(wallet => %s, action => 'CAMPAIGN_APPROVED', "
          "idempotency_key => %s)")
@@ -559,27 +558,6 @@ def test_a_transaction_may_send_no_wake_up(conninfo: str, db: psycopg.Connection
         assert wake_ups(listener, 1.2) == []
         award(db, "feed-loud")  # the slot is still free: this one wakes listeners
         assert [n.channel for n in wake_ups(listener, 10)] == ["pyxp_changes"]
-
-
-@pytest.fixture(scope="module")
-def two_phase_server() -> Iterator[str]:
-    """Conninfo of database ``pyxp`` on a private server that allows prepared transactions."""
-    bindir = _postgres_bindir()
-    if bindir is None:
-        pytest.skip("no PostgreSQL server binaries on this machine")
-    cluster = EmbeddedCluster(bindir).start()
-    try:
-        with psycopg.connect(cluster.conninfo, autocommit=True) as conn:
-            conn.execute("ALTER SYSTEM SET max_prepared_transactions = 4")
-            conn.execute("CREATE DATABASE pyxp")
-            conn.execute("CREATE DATABASE other_app")
-        cluster.stop_server()
-        cluster.start_existing()
-        target = make_conninfo(cluster.conninfo, dbname="pyxp")
-        schema.upgrade(target)
-        yield target
-    finally:
-        cluster.stop()
 
 
 def test_an_award_can_be_prepared_without_its_wake_up(two_phase_server: str) -> None:

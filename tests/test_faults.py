@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import logging
 import random
+import subprocess
 import sys
 import threading
 import time
@@ -38,7 +39,7 @@ from typing import Any
 
 import psycopg
 import pytest
-from conftest import database_state
+from conftest import PYXP, database_state
 from psycopg import errors as pg_errors
 from psycopg.conninfo import make_conninfo
 from psycopg.rows import dict_row
@@ -508,3 +509,64 @@ def test_immediate_shutdown_under_load_keeps_every_acknowledged_award(cluster: E
            faults_injected=1, calls_cut_by_the_crash=len(unsettled),
            cut_calls_found_committed=survived, rows_checked_after_restart=rows_after_restart,
            rows_checked_after_retries=rows_after_retries)
+
+
+def test_an_owner_operation_held_off_by_an_open_award_names_its_session(
+        conninfo: str, db: psycopg.Connection[Any]) -> None:
+    """The operations that hold every award (here the rank rebalance, 1 s lock_timeout) wait for the
+    awards in flight; past their lock_timeout the 55P03 names who held the balances (0036; it was
+    PostgreSQL's bare "canceling statement due to lock timeout"). Nothing written."""
+    db.execute(AWARD, SETUP)
+    before = database_state(db)
+    with psycopg.connect(conninfo) as open_award:
+        open_award.execute(AWARD, {**SETUP, "key": "fault:left-open"})
+        holder = open_award.info.backend_pid
+        with pytest.raises(pg_errors.LockNotAvailable) as refused:
+            db.execute("SELECT * FROM pyxp.rebalance_rank_buckets(16, true)")
+        db.rollback()
+        assert database_state(db) == before
+        open_award.rollback()
+    diag = refused.value.diag
+    assert diag.message_primary is not None and diag.message_hint is not None
+    assert diag.message_primary.startswith("pyxp.rebalance_rank_buckets could not hold the awards within "
+                                           "lock_timeout (1s): pyxp.xp_balances is held by session pid "
+                                           f"{holder}")
+    assert diag.message_hint == ("end that transaction (pg_stat_activity shows it by its pid; "
+                                 "pg_terminate_backend(pid) ends it), then run this again")
+
+
+def test_an_award_left_prepared_is_named_by_the_operations_it_holds_off(two_phase_server: str) -> None:
+    """A coordinator's prepared award (two-phase commit) holds every owner operation that must hold
+    the awards: no session shows it, and the error was a bare 55P03 (a hostile test, 0035). Now the
+    SQL functions and the CLI (rules apply: the activation waits 10 s) name its gid; nothing
+    written; once it is committed, the same commands go through."""
+    def rulesets(conn: psycopg.Connection[Any]) -> list[tuple[Any, ...]]:
+        return conn.execute("SELECT ruleset_id, name, is_active FROM pyxp.rulesets ORDER BY 1").fetchall()
+
+    with psycopg.connect(two_phase_server, autocommit=True) as conn:
+        conn.execute("BEGIN")
+        conn.execute("SET LOCAL pyxp.feed_wakeups = off")  # (a transaction that notified cannot be prepared)
+        conn.execute(AWARD, {**SETUP, "key": "fault:prepared"})
+        conn.execute("PREPARE TRANSACTION 'coordinator-42'")
+        try:
+            before = rulesets(conn)
+            with pytest.raises(pg_errors.LockNotAvailable) as refused:
+                conn.execute("SELECT * FROM pyxp.rebalance_rank_buckets(16, true)")
+            applied = subprocess.run([PYXP, "--database-url", two_phase_server, "rules", "apply", "winstory-flows"],
+                                     capture_output=True, text=True, stdin=subprocess.DEVNULL)
+            assert rulesets(conn) == before
+        finally:
+            conn.execute("COMMIT PREPARED 'coordinator-42'")
+        primary = refused.value.diag.message_primary or ""
+        assert "pyxp.xp_balances is held by prepared transaction 'coordinator-42' (prepared " in primary
+        assert "COMMIT PREPARED or ROLLBACK PREPARED" in (refused.value.diag.message_hint or "")
+        assert applied.returncode == 2 and applied.stdout == ""
+        assert ("pyxp.install_ruleset could not hold the awards within lock_timeout (10s): pyxp.xp_balances "
+                "is held by prepared transaction 'coordinator-42'") in applied.stderr
+        assert "COMMIT PREPARED or ROLLBACK PREPARED" in applied.stderr
+
+        assert conn.execute("SELECT buckets FROM pyxp.rebalance_rank_buckets(16, true)").fetchone()[0] >= 1
+        subprocess.run([PYXP, "--database-url", two_phase_server, "rules", "apply", "winstory-flows"],
+                       check=True, capture_output=True, stdin=subprocess.DEVNULL)
+        assert [r[1] for r in rulesets(conn) if r[2]] == ["winstory-flows"]
+        assert conn.execute("SELECT * FROM pyxp.audit()").fetchall() == []
