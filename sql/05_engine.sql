@@ -690,6 +690,7 @@ DECLARE
     v_slot integer;          -- the rank counts' slot of this transaction (step 4)
     v_set text;              -- (set_config's result)
     v_problem record;
+    v_one pyxp.pending_row;  -- the row of a call of one row (step 2)
 BEGIN
     IF coalesce(cardinality(v_rows), 0) = 0 THEN
         RETURN;
@@ -782,7 +783,76 @@ BEGIN
     -- it in that order (no join, no grouping, no parallel plan above it),
     -- where array_agg(... ORDER BY) sorted its input once per array, eight
     -- to ten sorts per call (0035).
-    IF NOT p_caps THEN
+    -- A call of one row (a single award, a reversal, a flow call of one
+    -- rule; not a batch, whose rows step 1 locked): the same statement
+    -- without the window, the sorts and the aggregates that order a call's
+    -- rows, and with or without the caps (0036: every plan node costs its
+    -- start-up at every award, and the caps' lookups' start-up is paid
+    -- even when no rule is capped: 3.2 % of an uncapped single award's
+    -- instructions, 3.4 % of a capped one's). A capped gain alone in its
+    -- call applies least(its amount, what is left).
+    IF NOT p_batch AND cardinality(v_rows) = 1 AND NOT p_caps THEN
+        v_one := v_rows[1];
+        SELECT ARRAY[x.claim_id], ARRAY[x.after], ARRAY[x.feed], CASE WHEN x.conflict THEN 1 END,
+               CASE WHEN abs(x.after) > pyxp.balance_limit() THEN 1 END, x.written,
+               ARRAY[x.last_wallet_seq + x.written], ARRAY[x.claimed_at]
+          INTO v_claims, v_after, v_feed, v_conflict_ord, v_range_ord, v_expected, v_seq, v_claimed_at
+          FROM (SELECT k.id AS claim_id, k.created_at AS claimed_at,
+                       k.id IS NOT NULL AND (k.request_digest <> pyxp.inputs_digest(v_one.inputs)
+                                             OR k.idempotency_key <> v_one.idempotency_key) AS conflict,
+                       b.total_xp + CASE WHEN k.id IS NULL THEN v_one.xp_amount END AS after,
+                       b.last_wallet_seq, (k.id IS NULL AND v_one.transaction_type IS NOT NULL)::integer AS written,
+                       greatest(pyxp.ledger_xid(pg_current_xact_id()), b.last_feed_xid) AS feed
+                  FROM (SELECT b.total_xp, b.last_feed_xid, b.last_wallet_seq FROM pyxp.xp_balances b
+                         WHERE b.user_wallet = v_one.user_wallet LIMIT 1 FOR UPDATE) b
+                  LEFT JOIN LATERAL (SELECT c.transaction_id, c.created_at FROM pyxp.xp_award_claims c
+                                      WHERE v_one.inputs IS NOT NULL
+                                        AND c.key_hash = pyxp.key_hash(v_one.idempotency_key)
+                                      LIMIT 1) c ON true
+                  LEFT JOIN LATERAL pyxp.claimed_row(c.transaction_id, c.created_at) k ON true) x;
+    ELSIF NOT p_batch AND cardinality(v_rows) = 1 THEN
+        v_one := v_rows[1];
+        SELECT ARRAY[x.claim_id], ARRAY[x.after], ARRAY[x.feed], CASE WHEN x.conflict THEN 1 END,
+               CASE WHEN abs(x.after) > pyxp.balance_limit() THEN 1 END, x.written,
+               ARRAY[x.last_wallet_seq + x.written], ARRAY[x.claimed_at],
+               ARRAY[x.applied], ARRAY[x.allowance], ARRAY[x.period_start], x.waited
+          INTO v_claims, v_after, v_feed, v_conflict_ord, v_range_ord, v_expected, v_seq, v_claimed_at,
+               v_applied, v_allowance, v_period, v_waited
+          FROM (SELECT y.*, y.total_xp + CASE WHEN y.claim_id IS NULL THEN y.applied END AS after
+                  FROM (SELECT k.id AS claim_id, k.created_at AS claimed_at,
+                               k.id IS NOT NULL AND (k.request_digest <> pyxp.inputs_digest(v_one.inputs)
+                                                     OR k.idempotency_key <> v_one.idempotency_key) AS conflict,
+                               b.total_xp, b.last_wallet_seq,
+                               (k.id IS NULL AND v_one.transaction_type IS NOT NULL)::integer AS written,
+                               greatest(pyxp.ledger_xid(pg_current_xact_id()), b.last_feed_xid) AS feed,
+                               -- the version locked is not the snapshot's (evaluated above the lock)
+                               b.ctid IS DISTINCT FROM (SELECT s.ctid FROM pyxp.xp_balances s
+                                                         WHERE s.user_wallet = v_one.user_wallet LIMIT 1) AS waited,
+                               a.allowance, a.period_start,
+                               CASE WHEN a.allowance IS NULL THEN v_one.xp_amount
+                                    ELSE least(v_one.xp_amount, greatest(a.cap_max_xp - coalesce(a.used_xp, 0), 0))
+                               END AS applied
+                          FROM (SELECT b.total_xp, b.last_feed_xid, b.last_wallet_seq, b.ctid FROM pyxp.xp_balances b
+                                 WHERE b.user_wallet = v_one.user_wallet LIMIT 1 FOR UPDATE) b
+                          LEFT JOIN LATERAL (SELECT c.transaction_id, c.created_at FROM pyxp.xp_award_claims c
+                                              WHERE v_one.inputs IS NOT NULL
+                                                AND c.key_hash = pyxp.key_hash(v_one.idempotency_key)
+                                              LIMIT 1) c ON true
+                          LEFT JOIN LATERAL pyxp.claimed_row(c.transaction_id, c.created_at) k ON true
+                          LEFT JOIN LATERAL (SELECT c.allowance, c.period_start, c.cap_max_xp,
+                                                    (SELECT u.used_xp FROM pyxp.xp_cap_usage u
+                                                      WHERE u.user_wallet = v_one.user_wallet
+                                                        AND u.allowance = c.allowance
+                                                        AND u.period_start = c.period_start LIMIT 1) AS used_xp
+                                               FROM (SELECT pyxp.cap_allowance(ru.cap_group, ru.action) AS allowance,
+                                                            date_trunc(ru.cap_per, v_now, p_timezone) AS period_start,
+                                                            ru.cap_max_xp
+                                                       FROM pyxp.rules ru
+                                                      WHERE ru.rule_id = v_one.rule_id AND ru.cap_max_xp IS NOT NULL
+                                                        AND v_one.xp_amount > 0 AND v_one.reverses IS NULL
+                                                        AND k.id IS NULL
+                                                      LIMIT 1) c) a ON true) y) x;
+    ELSIF NOT p_caps THEN
         SELECT array_agg(x.claim_id), array_agg(x.after),
                array_agg(x.feed),
                min(x.ord) FILTER (WHERE x.conflict),
