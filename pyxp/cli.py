@@ -432,16 +432,20 @@ def _migrations(revisions: bool = True) -> Iterator[ModuleType]:
 
 
 def _stopped_migration(error: psycopg.Error) -> Refused | None:
-    """A migration cancelled or terminated midway: not a connection problem (a hostile test,
-    0029: "cannot connect to PostgreSQL" after a migration had run for a while, or a bare 57014
-    from a role's statement_timeout)."""
-    if not isinstance(error, (psycopg.errors.QueryCanceled, psycopg.errors.AdminShutdown)):
+    """A migration cancelled or terminated midway (not a connection problem: a hostile test, 0029,
+    was told "cannot connect to PostgreSQL" after a migration had run for a while, or a bare 57014
+    from a role's statement_timeout), or stopped by the server's resources: a full disk, memory,
+    a configured limit (class 53: a bare 53100 said nothing of where the database was left, 0036)."""
+    resources = (error.sqlstate or "").startswith("53")
+    if not (resources or isinstance(error, (psycopg.errors.QueryCanceled, psycopg.errors.AdminShutdown))):
         return None  # (a connection that failed or broke without a code: the usual report)
+    where = ("each revision is its own transaction: the database is at the last one that finished "
+             "(pyxp db current), and pyxp db upgrade goes on from there")
     return Refused(ErrorReport(
         f"the migration stopped: {_one_line(str(error))}", code=error.sqlstate,
-        hint="each revision is its own transaction: the database is at the last one that finished "
-             "(pyxp db current), and pyxp db upgrade goes on from there; a role's or database's "
-             "statement_timeout cancels a long revision: PGOPTIONS='-c statement_timeout=0'"))
+        hint=f"{where}; free what the server lacks first (disk space, memory, or the limit named)" if resources
+        else f"{where}; a role's or database's statement_timeout cancels a long revision: "
+             "PGOPTIONS='-c statement_timeout=0'"))
 
 
 def _jsonable(value: Any) -> Any:

@@ -881,6 +881,35 @@ def test_a_migration_cancelled_midway_says_so(fresh_database: Any) -> None:
     assert run(target, "db", "upgrade").returncode == 0
 
 
+def test_a_migration_stopped_by_the_servers_resources_says_where_the_database_is(fresh_database: Any) -> None:
+    """A full disk during `pyxp db upgrade` was a bare 53100 that said nothing of where the database
+    was left (a hostile test, 0035). Class 53 (disk, memory, a configured limit) is reported like a
+    cancellation: stopped, at the last revision that finished, go on once the server has what it
+    lacked. Here a temp_file_limit of 0 stops 0022's rewrite of 10,000 balances (its sort spills)."""
+    from psycopg.conninfo import make_conninfo
+    from psycopg.types.json import Jsonb
+
+    from pyxp import schema
+    target = fresh_database()
+    schema.upgrade(target, "0020")
+    with psycopg.connect(target, autocommit=True) as conn:
+        for batch in range(10):
+            conn.execute("SELECT count(*) FROM pyxp.award_many(%s::jsonb)",
+                         (Jsonb([{"wallet": f"0x{batch * 1000 + i:040x}", "action": "CAMPAIGN_APPROVED",
+                                  "idempotency_key": f"spill:{batch}:{i}"} for i in range(1000)]),))
+    limited = make_conninfo(target, options="-c temp_file_limit=0 -c maintenance_work_mem=1MB -c work_mem=64kB")
+    result = run(limited, "db", "upgrade")
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.startswith("error: 53400: the migration stopped: temporary file size exceeds temp_file_limit")
+    assert "the database is at the last one that finished" in result.stderr
+    assert "free what the server lacks first" in result.stderr and "statement_timeout" not in result.stderr
+    assert schema.current_revision(target) == "0021"
+    assert run(target, "db", "upgrade").returncode == 0
+    with psycopg.connect(target) as conn:
+        assert conn.execute("SELECT count(*) FROM pyxp.xp_balances").fetchone()[0] == 10_000
+        assert conn.execute("SELECT * FROM pyxp.audit()").fetchall() == []
+
+
 def test_a_rules_command_cancelled_is_not_called_a_migration(conninfo: str, db: psycopg.Connection[Any],
                                                             unchanged: Any) -> None:
     """A statement_timeout cancelling `pyxp rules apply` (whose activation recalculates every level)
