@@ -14,6 +14,11 @@ current wait, within ``poll_interval``.
 
 Behind a transaction-mode pooler LISTEN does not reach the server session that
 NOTIFY wakes: the loop still works, on its timer.
+
+A session's ``idle_session_timeout`` (a role's or database's setting) ends a session idle
+that long: the loop then waits at most half of it between reads, so that the server does
+not close its connection at every wait (a hostile test, 0035: a reconnection and a WARNING
+per wait when the timeout was shorter than ``poll_interval``).
 """
 
 from __future__ import annotations
@@ -43,6 +48,12 @@ def _reconnect_delay(failures: int) -> float:
     return min(MAX_RECONNECT_DELAY, 0.05 * 2 ** failures)
 
 
+def _wait(poll_interval: float, idle_timeout: float | None) -> float:
+    """Seconds to wait for a wake-up between reads: poll_interval, less than the session's
+    idle_session_timeout (seconds, 0: none) when that is shorter."""
+    return min(poll_interval, idle_timeout / 2) if idle_timeout else poll_interval
+
+
 def _params(cursor: int, wallet: str | None, page_size: int) -> dict[str, Any]:
     return {"after_cursor": cursor, "max_rows": page_size, "wallet": wallet}
 
@@ -67,6 +78,8 @@ def watch_changes(connect: Callable[[], psycopg.Connection[Any]], after_cursor: 
         try:
             with connect() as conn:
                 conn.execute(queries.LISTEN_CHANGES, prepare=False)
+                row = conn.execute(queries.IDLE_SESSION_TIMEOUT, prepare=False).fetchone()
+                wait = _wait(poll_interval, row[0] if row else None)
                 while not (stop and stop.is_set()):
                     with wrap_errors(), psycopg.Cursor(conn, row_factory=class_row(Change)) as cur:  # (see XP._run)
                         rows = cur.execute(queries.CHANGES, _params(cursor, wallet, page_size),
@@ -76,7 +89,7 @@ def watch_changes(connect: Callable[[], psycopg.Connection[Any]], after_cursor: 
                         cursor = change.cursor
                         yield change
                     if len(rows) < page_size:
-                        for _ in conn.notifies(timeout=poll_interval, stop_after=1):
+                        for _ in conn.notifies(timeout=wait, stop_after=1):
                             pass
         except psycopg.OperationalError as exc:
             failures += 1
@@ -95,6 +108,8 @@ async def watch_changes_async(connect: Callable[[], Awaitable[psycopg.AsyncConne
         try:
             async with await connect() as conn:
                 await conn.execute(queries.LISTEN_CHANGES, prepare=False)
+                row = await (await conn.execute(queries.IDLE_SESSION_TIMEOUT, prepare=False)).fetchone()
+                wait = _wait(poll_interval, row[0] if row else None)
                 while not (stop and stop.is_set()):
                     with wrap_errors():
                         async with psycopg.AsyncCursor(conn, row_factory=class_row(Change)) as cur:  # (see XP._run)
@@ -106,7 +121,7 @@ async def watch_changes_async(connect: Callable[[], Awaitable[psycopg.AsyncConne
                         cursor = change.cursor
                         yield change
                     if len(rows) < page_size:
-                        async for _ in conn.notifies(timeout=poll_interval, stop_after=1):
+                        async for _ in conn.notifies(timeout=wait, stop_after=1):
                             pass
         except psycopg.OperationalError as exc:
             failures += 1

@@ -130,3 +130,5 @@ CHANGES = """SELECT * FROM pyxp.changes(
     after_cursor => %(after_cursor)s::bigint, max_rows => %(max_rows)s::integer, wallet => %(wallet)s::text)"""
 
 LISTEN_CHANGES = "LISTEN pyxp_changes"
+# The session's idle_session_timeout in seconds (0: none): a watch waits less than that between reads.
+IDLE_SESSION_TIMEOUT = "SELECT setting::float8 / 1000 FROM pg_catalog.pg_settings WHERE name = 'idle_session_timeout'"

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import os
 import re
 import signal
@@ -123,6 +124,50 @@ def test_watch_survives_a_terminated_connection_without_gap_or_duplicate(conninf
     ids = [c.transaction_id for c in got]
     assert len(set(ids)) == len(ids) == total  # no duplicate, no gap
     assert [c.cursor for c in got] == sorted(c.cursor for c in got)
+
+
+def test_watch_keeps_a_session_with_a_short_idle_session_timeout(conninfo: str,
+                                                                 caplog: pytest.LogCaptureFixture) -> None:
+    """A role's idle_session_timeout shorter than poll_interval closed the watch's session at every
+    wait: a reconnection and a WARNING each time (a hostile test, 0035). The watch now waits less
+    than the timeout between reads (sync and asyncio): no reconnection, every row once."""
+    short = make_conninfo(conninfo, options="-c idle_session_timeout=400")
+    caplog.set_level(logging.WARNING, logger="pyxp")
+    got: list[Change] = []
+
+    def read() -> None:
+        with XP(short, max_connections=1) as client:
+            for change in client.watch(poll_interval=5):
+                got.append(change)
+                if len(got) == 3:
+                    return
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    for n in range(3):
+        time.sleep(1.2)  # three times the timeout, idle
+        award(conninfo, "0xidle", f"idle{n}")
+    reader.join(60)
+    assert [(c.user_wallet, c.total_xp) for c in got] == [("0xidle", 100), ("0xidle", 200), ("0xidle", 300)]
+
+    async def scenario() -> list[Change]:
+        async with await AsyncXP.connect(short) as client:
+            rows: list[Change] = []
+
+            async def read() -> None:
+                async for change in client.watch(poll_interval=5):
+                    rows.append(change)
+                    if len(rows) == 4:
+                        return
+
+            reader = asyncio.create_task(read())
+            await asyncio.sleep(1.5)  # the watch waits, idle: no reconnection either
+            await client.award("0xidle", APPROVED, "idle3")
+            await asyncio.wait_for(reader, 60)
+            return rows
+
+    assert [c.total_xp for c in asyncio.run(scenario())] == [100, 200, 300, 400]
+    assert [r.getMessage() for r in caplog.records if r.getMessage().startswith("pyxp watch:")] == []
 
 
 def test_async_watch(conninfo: str) -> None:
