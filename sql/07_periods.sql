@@ -151,7 +151,16 @@ BEGIN
     -- that period even where a local midnight does not exist.
     period_end := date_trunc(p_kind, (period_start AT TIME ZONE p_timezone + ('1 ' || p_kind)::interval)
                                      AT TIME ZONE p_timezone, p_timezone);
-EXCEPTION WHEN datetime_field_overflow THEN  -- a period reaching past PostgreSQL's last timestamp
+    -- The readers then scan from the period's first instant, which looks a
+    -- day before its start (pyxp.period_first_instant): computed here too,
+    -- so that a period at PostgreSQL's first timestamps is refused like one
+    -- at its last (a bare 22008 for a week of 4714 BC: a hostile test, 0036).
+    PERFORM pyxp.period_first_instant(p_kind, period_start, p_timezone);
+EXCEPTION WHEN datetime_field_overflow THEN  -- a period reaching past PostgreSQL's range of timestamps
+    IF p_at < '0001-01-01 00:00:00+00'::timestamptz THEN
+        RAISE EXCEPTION 'invalid at: %: its % begins before the first timestamp', p_at, p_kind
+            USING ERRCODE = 'PX026', HINT = 'at is a timestamp after the year 4713 BC';
+    END IF;
     RAISE EXCEPTION 'invalid at: %: its % ends beyond the last timestamp', p_at, p_kind
         USING ERRCODE = 'PX026', HINT = 'at is a timestamp before the year 294276';
 END

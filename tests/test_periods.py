@@ -291,6 +291,24 @@ def test_an_at_beyond_the_last_timestamp_is_refused(db: psycopg.Connection[Any],
         assert refused.value.sqlstate == "PX026"
 
 
+def test_an_at_in_the_first_week_of_timestamps_is_refused_like_one_at_the_last(
+        db: psycopg.Connection[Any], unchanged: Any) -> None:
+    """A week of 4714 BC (the first week PostgreSQL represents) was a bare 22008 from the readers'
+    scan, which starts a day before the period (a hostile test, 0036): PX026 for every reader, every
+    kind of period, as at the other end; the week after the first one answers."""
+    award(db, "0xfirst", "first-1")
+    for kind in ("day", "week", "month", "year"):
+        for call in (f"SELECT count(*) FROM pyxp.leaderboard(10, 0, '{kind}', '4714-11-24 12:00:00+00 BC')",
+                     f"SELECT pyxp.wallet_rank('0xfirst', '{kind}', '4714-11-24 12:00:00+00 BC')",
+                     f"SELECT pyxp.period_xp('0xfirst', '{kind}', '4714-11-24 12:00:00+00 BC')"):
+            with unchanged(), pytest.raises(psycopg.Error) as refused:
+                db.execute(call)
+            db.rollback()
+            assert refused.value.sqlstate == "PX026", (call, refused.value.sqlstate)
+            assert "begins before the first timestamp" in str(refused.value)
+    assert db.execute("SELECT pyxp.period_xp('0xfirst', 'week', '4714-12-08 00:00:00+00 BC')").fetchone() == (0,)
+
+
 def test_a_date_without_offset_is_read_in_the_ruleset_zone(db: psycopg.Connection[Any], conninfo: str) -> None:
     """`--at 2026-01-01` means that day in the ruleset's zone: in New York, not the last hours of 2025."""
     install_zone(db, "America/New_York")

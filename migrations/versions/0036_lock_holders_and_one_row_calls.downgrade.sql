@@ -1048,6 +1048,34 @@ END
 $$;
 
 
+-- The period of kind p_kind (day, week, month, year) containing p_at in
+-- zone p_timezone: period_start, its key (the <kind>_start the writer
+-- stores), and period_end, the next period's. Its instants are
+-- [period_first_instant(period_start), period_first_instant(period_end)):
+-- the same except where the clocks go back at local midnight (below).
+-- PX026 for a NULL or infinite p_at.
+CREATE OR REPLACE FUNCTION pyxp.period_bounds(p_kind text, p_at timestamptz, p_timezone text,
+                                   OUT period_start timestamptz, OUT period_end timestamptz)
+LANGUAGE plpgsql STABLE PARALLEL SAFE
+AS $$
+BEGIN
+    IF p_at IS NULL OR NOT isfinite(p_at) THEN
+        RAISE EXCEPTION 'invalid at: %', coalesce(p_at::text, 'NULL')
+            USING ERRCODE = 'PX026', HINT = 'at is a finite timestamp with time zone (default now())';
+    END IF;
+    period_start := date_trunc(p_kind, p_at, p_timezone);
+    -- The next period starts one calendar unit later in local time (23 or
+    -- 25 hours for a day across DST); date_trunc again lands on the start of
+    -- that period even where a local midnight does not exist.
+    period_end := date_trunc(p_kind, (period_start AT TIME ZONE p_timezone + ('1 ' || p_kind)::interval)
+                                     AT TIME ZONE p_timezone, p_timezone);
+EXCEPTION WHEN datetime_field_overflow THEN  -- a period reaching past PostgreSQL's last timestamp
+    RAISE EXCEPTION 'invalid at: %: its % ends beyond the last timestamp', p_at, p_kind
+        USING ERRCODE = 'PX026', HINT = 'at is a timestamp before the year 294276';
+END
+$$;
+
+
 DROP FUNCTION pyxp.hold_awards(text);
 
 RESET ROLE;

@@ -4,7 +4,8 @@
 -- ran out: a prepared transaction by its gid, a session by its pid (55P03).
 -- The writer plans a call of one row (a single award, a reversal, a flow
 -- call of one rule) without the window, sorts and aggregates that order a
--- call's rows (pyxp.append_rows, step 2).
+-- call's rows (pyxp.append_rows, step 2). A period read at PostgreSQL's
+-- first timestamps is refused with PX026, as at its last (pyxp.period_bounds).
 SET LOCAL ROLE pyxp_owner;
 
 -- Holds every award: SHARE ROW EXCLUSIVE on pyxp.xp_balances, which waits
@@ -1182,6 +1183,42 @@ BEGIN
                                                                       (r.after - r.xp_amount)::bigint)) before_
          WHERE r.transaction_type IS NOT NULL
          ORDER BY r.ord;
+END
+$$;
+
+-- The period of kind p_kind (day, week, month, year) containing p_at in
+-- zone p_timezone: period_start, its key (the <kind>_start the writer
+-- stores), and period_end, the next period's. Its instants are
+-- [period_first_instant(period_start), period_first_instant(period_end)):
+-- the same except where the clocks go back at local midnight (below).
+-- PX026 for a NULL or infinite p_at.
+CREATE OR REPLACE FUNCTION pyxp.period_bounds(p_kind text, p_at timestamptz, p_timezone text,
+                                   OUT period_start timestamptz, OUT period_end timestamptz)
+LANGUAGE plpgsql STABLE PARALLEL SAFE
+AS $$
+BEGIN
+    IF p_at IS NULL OR NOT isfinite(p_at) THEN
+        RAISE EXCEPTION 'invalid at: %', coalesce(p_at::text, 'NULL')
+            USING ERRCODE = 'PX026', HINT = 'at is a finite timestamp with time zone (default now())';
+    END IF;
+    period_start := date_trunc(p_kind, p_at, p_timezone);
+    -- The next period starts one calendar unit later in local time (23 or
+    -- 25 hours for a day across DST); date_trunc again lands on the start of
+    -- that period even where a local midnight does not exist.
+    period_end := date_trunc(p_kind, (period_start AT TIME ZONE p_timezone + ('1 ' || p_kind)::interval)
+                                     AT TIME ZONE p_timezone, p_timezone);
+    -- The readers then scan from the period's first instant, which looks a
+    -- day before its start (pyxp.period_first_instant): computed here too,
+    -- so that a period at PostgreSQL's first timestamps is refused like one
+    -- at its last (a bare 22008 for a week of 4714 BC: a hostile test, 0036).
+    PERFORM pyxp.period_first_instant(p_kind, period_start, p_timezone);
+EXCEPTION WHEN datetime_field_overflow THEN  -- a period reaching past PostgreSQL's range of timestamps
+    IF p_at < '0001-01-01 00:00:00+00'::timestamptz THEN
+        RAISE EXCEPTION 'invalid at: %: its % begins before the first timestamp', p_at, p_kind
+            USING ERRCODE = 'PX026', HINT = 'at is a timestamp after the year 4713 BC';
+    END IF;
+    RAISE EXCEPTION 'invalid at: %: its % ends beyond the last timestamp', p_at, p_kind
+        USING ERRCODE = 'PX026', HINT = 'at is a timestamp before the year 294276';
 END
 $$;
 
