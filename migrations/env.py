@@ -38,6 +38,7 @@ from sqlalchemy import create_engine
 from sqlalchemy.engine import Connection
 from sqlalchemy.pool import NullPool
 
+from pyxp import schema
 from pyxp.database import configured_conninfo
 
 config = context.config
@@ -347,6 +348,11 @@ with engine.connect() as connection:
         # For the revisions (0034 reads it: whether this run began below 0028); '' when none.
         _scalar(connection, "SELECT pg_catalog.set_config('pyxp.revision_at_start', %(at)s, false)",
                 {"at": config.attributes["revision_at_start"] or ""})
+        # A version row copied from another database (a logical replication): no revision runs (0036).
+        mismatch = schema.revision_mismatch(connection.connection.driver_connection,
+                                            config.attributes["revision_at_start"])
+        if mismatch is not None:
+            raise CommandError(mismatch)
     context.configure(connection=connection, target_metadata=None, transaction_per_migration=True,
                       version_table_schema=version_schema, on_version_apply=_persist_heads)
     with context.begin_transaction():

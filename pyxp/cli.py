@@ -121,8 +121,9 @@ class Interrupted(Refused):
         self.exit_code = 128 + signum
         super().__init__(ErrorReport(
             f"interrupted ({signal.Signals(signum).name}): the running statement was cancelled",
-            hint="if it had committed already, running the same command again replays it "
-                 "(an award with the same key)"), as_json)
+            hint="if it had committed already, running the same command again finds it done "
+                 "(an award or a flow call with the same key replays; a ruleset already active changes "
+                 "nothing)"), as_json)
 
 
 # The signal that ended the command (main() turns SIGTERM and SIGHUP into KeyboardInterrupt, as SIGINT).
@@ -563,6 +564,9 @@ def db_current(ctx: click.Context, as_json: bool) -> None:
     conninfo = _conninfo(ctx)
     with _migrations() as schema:
         current, head = schema.current_revision(conninfo), schema.head_revision()
+        copied = schema.copied_revision(conninfo, current)
+        if copied is not None:  # (0036: a subscriber's row said its publisher's revision)
+            raise Refused(copied, _wants_json(ctx))
         active = schema.active_ruleset(conninfo) if current else None
         pending = schema.pending_deployment(conninfo) if current else []
     ruleset = {"name": active["name"], "version": active["version"]} if active else None

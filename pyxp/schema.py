@@ -105,6 +105,30 @@ def current_revision(conninfo: str) -> str | None:
     return rows[0] if rows else None
 
 
+# From this revision on, pyxp.schema_revision() says which revision's functions the database has.
+FIRST_MARKED_REVISION = "0036"
+
+
+def revision_mismatch(conn: psycopg.Connection[Any], recorded: str | None) -> str | None:
+    """Why ``recorded`` (pyxp.alembic_version's revision) is not the revision of this database's
+    functions (pyxp.schema_revision()), or None when it is, or cannot be told (no revision, or one
+    this package does not know: newer). A logical replication that publishes pyxp's tables copies
+    the version row and none of the functions (a hostile test, 0036)."""
+    if recorded is None or recorded not in own_revisions():
+        return None
+    row = conn.execute("SELECT pg_catalog.to_regprocedure('pyxp.schema_revision()') IS NOT NULL").fetchone()
+    functions = conn.execute("SELECT pyxp.schema_revision()").fetchone()[0] if row and row[0] else None
+    if functions == recorded or (functions is None and recorded < FIRST_MARKED_REVISION):
+        return None
+    have = (f"{functions}'s" if functions else f"from before {FIRST_MARKED_REVISION} (pyxp.schema_revision() is "
+            "missing)")
+    return (f"pyxp.alembic_version says revision {recorded}, but this database's functions are {have}: the row "
+            "was written elsewhere (a logical replication that publishes pyxp.alembic_version, or that table "
+            "restored alone); publish pyxp's tables without it, and once nothing copies it here, set it to "
+            f"the functions' revision (UPDATE pyxp.alembic_version SET version_num = "
+            f"'{functions or 'the revision they are'}'), then pyxp db upgrade (README \"Copies of the database\")")
+
+
 def _script_directory() -> Any:
     from alembic.script import ScriptDirectory
 
@@ -195,6 +219,12 @@ SELECT 'the ledger partitions'' guard is not installed: a superuser''s pyxp db u
  WHERE pg_catalog.to_regclass('pyxp.xp_transactions') IS NOT NULL
    AND NOT EXISTS (SELECT FROM pg_catalog.pg_event_trigger WHERE evtname LIKE 'pyxp%' AND evtenabled = 'A')
 """
+
+
+def copied_revision(conninfo: str, recorded: str | None) -> str | None:
+    """:func:`revision_mismatch` on a connection of its own."""
+    with connect(conninfo) as conn:
+        return revision_mismatch(conn, recorded)
 
 
 def pending_deployment(conninfo: str) -> list[str]:

@@ -92,7 +92,7 @@ AS $$
 BEGIN
     RAISE EXCEPTION 'a wallet''s XP in one period would be %, out of range', p_xp
         USING ERRCODE = 'PX019',
-              HINT = 'what a wallet gains or loses within one day, week, month or year stays between -2^63 and 2^63';
+              HINT = 'what a wallet gains or loses within one day, week, month or year stays strictly between -(2^63 - 1) and 2^63 - 1';
 END
 $$;
 
@@ -703,7 +703,7 @@ BEGIN
     -- missing from the balance, two rows at one wallet_seq). Refused before
     -- anything is written. Triggers on the balances fire after step 4: an
     -- award there sees the updated balance, and is accepted.
-    IF current_setting('pyxp.appending_rows', true) = 'on' THEN
+    IF current_setting('pyxp.appending_rows', true) = pg_current_xact_id_if_assigned()::text THEN
         RAISE EXCEPTION 'a writing function of pyxp was called by a trigger fired while another call inserted its ledger rows'
             USING ERRCODE = 'PX034',
                   DETAIL = 'that call has not updated its balances yet: this call would read them stale, and that one write over this one''s',
@@ -992,10 +992,13 @@ BEGIN
     IF v_rows[1].reverses IS NOT NULL THEN
         SELECT o.created_at INTO v_reversed_at FROM pyxp.xp_transactions o WHERE o.id = v_rows[1].reverses;
     END IF;
-    -- (The triggers this statement fires run with pyxp.appending_rows on: a
-    -- writing call among them is refused, above. A transaction-local setting:
-    -- an error in between rolls it back with the (sub)transaction.)
-    v_set := set_config('pyxp.appending_rows', 'on', true);
+    -- (The triggers this statement fires run with pyxp.appending_rows set to
+    -- this transaction's id: a writing call among them is refused, above. A
+    -- transaction-local setting: an error in between rolls it back with the
+    -- (sub)transaction. The id, not 'on': a value any session may set, left
+    -- set by one client behind a pooler, refused every other client's award
+    -- there (a hostile test, 0036).)
+    v_set := set_config('pyxp.appending_rows', pg_current_xact_id()::text, true);
     WITH numbered AS MATERIALIZED (
         SELECT r.*, nextval('pyxp.xp_transactions_id_seq') AS id, greatest(v_now, v_reversed_at) AS created_at
           FROM ROWS FROM (unnest(v_rows), unnest(v_claims), unnest(v_after), unnest(v_feed), unnest(v_seq))
@@ -1024,7 +1027,7 @@ BEGIN
         RETURNING id
     )
     SELECT array_agg(i.id ORDER BY i.id) INTO v_ids FROM inserted i;
-    v_set := set_config('pyxp.appending_rows', 'off', true);
+    v_set := set_config('pyxp.appending_rows', '', true);
     v_inserted := coalesce(cardinality(v_ids), 0);
     IF v_inserted < v_expected THEN
         -- A key was claimed by a call on another wallet (other inputs: PX010)
@@ -1096,6 +1099,19 @@ BEGIN
                                 xp_requested, apply_floor, rule_id, campaign_id, subject, metadata, reverses,
                                 moderations, claim, ord)
                         ORDER BY r.ord);
+    END IF;
+
+    -- 3b. What a reversal of a capped gain frees of its allowance, in its
+    --     period and in those seeded with it (pyxp.freed_allowances), under
+    --     the same locks; before step 4, whose update fires the balances'
+    --     triggers: an award made there sees the allowance freed (it was cut
+    --     as if still used, with a clean audit, when this came after: a
+    --     hostile test, 0036).
+    IF v_rows[1].reverses IS NOT NULL THEN  -- a reversal: alone in its call
+        UPDATE pyxp.xp_cap_usage u SET used_xp = u.used_xp - f.freed_xp, seeded_xp = u.seeded_xp - f.freed_seed
+          FROM pyxp.freed_allowances(v_rows[1].reverses) f
+         WHERE u.user_wallet = v_rows[1].user_wallet AND u.allowance = f.allowance
+           AND u.period_start = f.period_start AND v_ids[1] IS NOT NULL;
     END IF;
 
     -- 4. Each balance once: its last new row's balance, its level on the
@@ -1220,16 +1236,6 @@ BEGIN
     HAVING sum(d.delta) <> 0
      ORDER BY d.neg_xp, d.wallet
     ON CONFLICT (neg_xp, wallet, slot) DO UPDATE SET wallets = k.wallets + excluded.wallets;
-
-    -- 4b. What a reversal of a capped gain frees of its allowance, in its
-    --     period and in those seeded with it (pyxp.freed_allowances), under
-    --     the same locks.
-    IF v_rows[1].reverses IS NOT NULL THEN  -- a reversal: alone in its call
-        UPDATE pyxp.xp_cap_usage u SET used_xp = u.used_xp - f.freed_xp, seeded_xp = u.seeded_xp - f.freed_seed
-          FROM pyxp.freed_allowances(v_rows[1].reverses) f
-         WHERE u.user_wallet = v_rows[1].user_wallet AND u.allowance = f.allowance
-           AND u.period_start = f.period_start AND v_ids[1] IS NOT NULL;
-    END IF;
 
     -- 5. One row per row with a transaction_type: new ones with their levels
     --    on the active curve, replayed ones as they were written.

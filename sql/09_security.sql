@@ -55,6 +55,7 @@ TO pyxp_writer;
 -- owner's (SPEC 7): their lock holds every award.
 
 GRANT EXECUTE ON FUNCTION
+    pyxp.schema_revision(),
     pyxp.level_for(numeric),
     pyxp.balance(text),
     pyxp.history(text, integer, bigint),

@@ -71,6 +71,8 @@ COMMENT ON FUNCTION pyxp.install_ruleset(jsonb, text, boolean) IS
     'internal: installs a compiled ruleset and activates it unless told not to (pyxp rules apply, install). Owner only.';
 COMMENT ON FUNCTION pyxp.activate_ruleset(bigint) IS
     'internal: makes a ruleset version the active one; re-derives levels (and period columns for another zone).';
+COMMENT ON FUNCTION pyxp.schema_revision() IS
+    'API: the revision of pyxp whose functions this database has (pyxp db current compares it with pyxp.alembic_version, which a logical replication may copy).';
 COMMENT ON FUNCTION pyxp.hold_awards(text) IS
     'internal: SHARE ROW EXCLUSIVE on xp_balances (every award held); past lock_timeout, 55P03 naming the holders.';
 COMMENT ON FUNCTION pyxp.recalculate_levels() IS

@@ -12,6 +12,7 @@ from typing import Any
 
 import psycopg
 import pytest
+from conftest import install_variant
 
 from pyxp import XP, NestedWrite
 
@@ -99,6 +100,38 @@ def test_an_award_from_a_trigger_on_the_balances_is_accepted(db: psycopg.Connect
     assert db.execute("SELECT total_xp, last_wallet_seq FROM pyxp.xp_balances WHERE user_wallet = '0xlevel'"
                       ).fetchone() == (102, 2)
     assert db.execute("SELECT * FROM pyxp.audit()").fetchall() == []
+
+
+def test_a_balances_trigger_awarding_after_a_reversal_sees_the_allowance_freed(db: psycopg.Connection[Any]) -> None:
+    """A reversal freed its capped gain's allowance after its balance update, whose triggers had
+    already run: an award from a trigger on the balances was cut as if the allowance were still used
+    (+0 of its +2, the audit clean; a hostile test, 0036). The reversal frees it first now."""
+    install_variant(db, "capped-votes", caps={BONUS: (4, "day", None)})  # two +2 votes a day
+    app_trigger(db, "comeback_bonus", "xp_balances", "UPDATE",
+                f"IF NEW.total_xp < OLD.total_xp THEN "
+                f"PERFORM pyxp.award(NEW.user_wallet, '{BONUS}', 'comeback:' || NEW.last_wallet_seq); END IF;")
+    first = db.execute(f"SELECT transaction_id FROM pyxp.award('0xcap', '{BONUS}', 'v1')").fetchone()[0]
+    db.execute(f"SELECT * FROM pyxp.award('0xcap', '{BONUS}', 'v2')")  # the allowance used up: 4 of 4
+    db.execute("SELECT * FROM pyxp.reverse_transaction(%s, 'undone')", (first,))  # frees 2; the bonus takes them
+    rows = db.execute("SELECT idempotency_key, xp_amount, xp_requested FROM pyxp.xp_transactions "
+                      "WHERE user_wallet = '0xcap' AND idempotency_key LIKE 'comeback:%'").fetchall()
+    assert rows == [("comeback:3", 2, None)]
+    assert db.execute("SELECT total_xp FROM pyxp.xp_balances WHERE user_wallet = '0xcap'").fetchone() == (4,)
+    assert db.execute("SELECT sum(used_xp) FROM pyxp.xp_cap_usage WHERE user_wallet = '0xcap'").fetchone() == (4,)
+    assert db.execute("SELECT * FROM pyxp.audit()").fetchall() == []
+
+
+def test_the_nested_write_mark_is_not_a_setting_a_session_can_leave_on(conninfo: str) -> None:
+    """The mark was the text 'on': a session's SET pyxp.appending_rows = 'on', left on a server
+    connection by one client behind a transaction-mode pooler, refused every other client's award
+    there with PX034 (a hostile test, 0036). It is the writing transaction's id now: no session-level
+    value matches another transaction."""
+    with psycopg.connect(conninfo, autocommit=True) as conn:
+        for value in ("on", "1", "true"):
+            conn.execute(f"SET pyxp.appending_rows = '{value}'")
+            rows = conn.execute(f"SELECT * FROM pyxp.award('0xleft-on', '{BONUS}', 'left:{value}')").fetchall()
+            assert len(rows) == 1
+        assert conn.execute("SELECT * FROM pyxp.audit()").fetchall() == []
 
 
 def test_a_ledger_trigger_reads_the_rows_balance_after(db: psycopg.Connection[Any]) -> None:

@@ -862,6 +862,34 @@ def test_db_current_says_when_the_database_is_newer_than_the_package(conninfo: s
     assert result.returncode == 0 and "newer than this pyxp" in result.stdout, result.stdout
 
 
+@pytest.mark.parametrize("functions", ["0035", "head"])
+def test_a_version_row_copied_from_another_database_is_refused(fresh_database: Any, functions: str) -> None:
+    """A logical replication that publishes pyxp's tables (FOR ALL TABLES) copies the publisher's
+    pyxp.alembic_version row and none of its functions: a subscriber said 0036 with 0035's functions,
+    `pyxp db upgrade` did nothing there, and after a downgrade of the publisher it failed with 42723
+    (a hostile test, 0036). The copy is made here as replication makes it, by writing the row.
+    `db current` and `db upgrade` now name the mismatch; nothing migrates; once the row says what the
+    functions are, the upgrade runs."""
+    from pyxp import schema
+    target = fresh_database()
+    schema.upgrade(target, "0035" if functions == "0035" else "head")
+    own = schema.current_revision(target)
+    copied = "0036" if functions == "0035" else "0035"
+    with psycopg.connect(target) as conn:
+        conn.execute("UPDATE pyxp.alembic_version SET version_num = %s", (copied,))
+    current = run(target, "db", "current")
+    assert current.returncode == 2 and current.stdout == "", current.stdout
+    assert f"pyxp.alembic_version says revision {copied}, but this database's functions are" in current.stderr
+    upgraded = run(target, "db", "upgrade")
+    assert upgraded.returncode == 2 and "logical replication" in upgraded.stderr, upgraded.stderr
+    assert schema.current_revision(target) == copied  # nothing migrated
+    with psycopg.connect(target) as conn:
+        conn.execute("UPDATE pyxp.alembic_version SET version_num = %s", (own,))
+    assert run(target, "db", "upgrade").returncode == 0
+    assert schema.current_revision(target) == schema.head_revision()
+    assert run(target, "db", "current").returncode == 0
+
+
 def test_a_migration_cancelled_midway_says_so(fresh_database: Any) -> None:
     """A statement_timeout cancelling a revision was reported as "cannot connect to PostgreSQL"
     (a hostile test, 0029). Held in 0022 by a session holding the balances, the upgrade is
