@@ -621,5 +621,6 @@ CREATE TYPE pyxp.award_result AS (
 -- said 0036 with 0035's functions, and pyxp db upgrade did nothing there).
 CREATE FUNCTION pyxp.schema_revision()
 RETURNS text
-LANGUAGE sql IMMUTABLE PARALLEL SAFE
+LANGUAGE sql IMMUTABLE PARALLEL SAFE SECURITY DEFINER
+SET search_path = pyxp, pg_temp
 AS $$ SELECT '0036' $$;

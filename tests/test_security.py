@@ -28,9 +28,10 @@ PUBLIC_API = {
     "period_xp",  # SPEC §12: periods
     "simulate_rules", "simulation_report",  # SPEC §13: what-if
     "audit_since_checkpoint", "record_audit_checkpoint",  # audit checkpoints (README "For DBAs")
+    "schema_revision",  # the functions' revision (0036: pyxp db current compares it with alembic_version)
 }
 READ_FUNCTIONS = {"level_for", "balance", "history", "leaderboard", "wallet_rank", "audit", "changes", "period_xp",
-                  "simulate_rules", "simulation_report", "audit_since_checkpoint"}
+                  "simulate_rules", "simulation_report", "audit_since_checkpoint", "schema_revision"}
 INTERNAL_FUNCTIONS = ["post_award", "append_rows", "claim_request", "install_ruleset",
                       "replayed_award", "planned_awards", "checked_wallet", "curve_position",
                       "active_ruleset_id", "check_ruleset_definition", "rebuild_period_columns",
@@ -50,6 +51,7 @@ READ_CALLS = {
     "audit": "SELECT * FROM pyxp.audit()",
     "audit_since_checkpoint": "SELECT * FROM pyxp.audit_since_checkpoint()",
     "changes": "SELECT * FROM pyxp.changes(after_cursor => 0)",
+    "schema_revision": "SELECT pyxp.schema_revision()",
 }
 AWARD_CALL = ("SELECT * FROM pyxp.award(wallet => %s, action => 'CAMPAIGN_APPROVED', "
               "idempotency_key => %s)")

@@ -19,7 +19,8 @@ SET LOCAL ROLE pyxp_owner;
 -- said 0036 with 0035's functions, and pyxp db upgrade did nothing there).
 CREATE FUNCTION pyxp.schema_revision()
 RETURNS text
-LANGUAGE sql IMMUTABLE PARALLEL SAFE
+LANGUAGE sql IMMUTABLE PARALLEL SAFE SECURITY DEFINER
+SET search_path = pyxp, pg_temp
 AS $$ SELECT '0036' $$;
 
 REVOKE ALL ON FUNCTION pyxp.schema_revision() FROM PUBLIC;
