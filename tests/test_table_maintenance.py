@@ -17,7 +17,7 @@ from typing import Any
 
 import psycopg
 import pytest
-from conftest import called_behind_holder
+from conftest import called_behind_holder, settled
 from test_partitions import this_month
 
 from pyxp import XP
@@ -50,7 +50,7 @@ def test_a_read_older_than_a_rewrite_of_a_table_it_reads_is_refused(xp: XP, conn
     assert got == {"sqlstate": "40001"}, got
     # Run again: a snapshot after the rewrite reads everything.
     expected = {"changes": 5, "changes of a wallet": 2, "history": 2, "audit": 0}[read]
-    assert db.execute(READS[read]).fetchone() == (expected,)
+    assert settled(lambda: db.execute(READS[read]).fetchone(), (expected,)) == (expected,)
 
 
 def test_a_read_that_overlaps_no_rewrite_is_not_refused(xp: XP, conninfo: str, db: psycopg.Connection[Any]) -> None:
