@@ -788,9 +788,9 @@ BEGIN
     -- without the window, the sorts and the aggregates that order a call's
     -- rows, and with or without the caps (0036: every plan node costs its
     -- start-up at every award, and the caps' lookups' start-up is paid
-    -- even when no rule is capped: 3.2 % of an uncapped single award's
-    -- instructions, 3.4 % of a capped one's). A capped gain alone in its
-    -- call applies least(its amount, what is left).
+    -- even when no rule is capped: about 3 % of a single award's
+    -- instructions, capped or not, README "Performance"). A capped gain
+    -- alone in its call applies least(its amount, what is left).
     IF NOT p_batch AND cardinality(v_rows) = 1 AND NOT p_caps THEN
         v_one := v_rows[1];
         SELECT ARRAY[x.claim_id], ARRAY[x.after], ARRAY[x.feed], CASE WHEN x.conflict THEN 1 END,
