@@ -335,6 +335,26 @@ def _adopt_cluster(connection: Connection) -> None:
                      f"+{offset}, sequences advanced: {', '.join(sequences) or 'none'}\n")
 
 
+# The revision from which a logical replication subscriber makes the archives its publisher made
+# (pyxp.follow_replicated_archives: their rows reach it, their partitions' DETACH does not): at the
+# end of every run that leaves the database there or later; nothing, and no lock, when none is pending.
+FOLLOWED_ARCHIVES_REVISION = "0037"
+
+
+def _follow_archives(connection: Connection) -> None:
+    if connection.in_transaction():
+        connection.commit()
+    with connection.begin():
+        reached = _scalar(connection, "SELECT max(version_num) FROM pg_temp.alembic_version")
+        if reached is None or reached < FOLLOWED_ARCHIVES_REVISION:
+            return
+        moved = connection.connection.driver_connection.execute(
+            "SELECT archive_id, partition_name, rows_archived FROM pyxp.follow_replicated_archives()").fetchall()
+    for archive_id, partition, rows in moved:
+        sys.stderr.write(f"pyxp: archive {archive_id} of this database's publisher made here: {partition} "
+                         f"({rows} rows) moved to pyxp_archive\n")
+
+
 engine = create_engine("postgresql+psycopg://", creator=_connect, poolclass=NullPool)
 with engine.connect() as connection:
     _refuse_other_encodings(connection)
@@ -359,3 +379,4 @@ with engine.connect() as connection:
         context.run_migrations()
     _install_partitions_guard(connection)
     _adopt_cluster(connection)
+    _follow_archives(connection)

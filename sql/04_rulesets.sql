@@ -28,6 +28,7 @@ DECLARE
 BEGIN
     LOCK TABLE pyxp.xp_balances IN SHARE ROW EXCLUSIVE MODE;
 EXCEPTION WHEN lock_not_available THEN
+    PERFORM pg_catalog.pg_stat_clear_snapshot();  -- (pg_stat_activity as it is now, not as this transaction first read it)
     SELECT string_agg(h.holder, '; ' ORDER BY h.since NULLS LAST, h.holder), bool_or(h.prepared)
       INTO v_holders, v_prepared
       FROM (SELECT DISTINCT

@@ -71,11 +71,21 @@ SET LOCAL ROLE pyxp_owner;
 -- pg_stat_activity says which database its backend is in; a prepared
 -- transaction (two-phase commit) has no backend: pg_prepared_xacts says
 -- (0028: one left prepared in another database held the feed back until it
--- ended, a hostile test).
+-- ended, a hostile test). PostgreSQL keeps one copy of pg_stat_activity for
+-- a transaction's duration: it is read afresh here (pg_stat_clear_snapshot,
+-- which also ends the caller's copy of the cumulative statistics), after
+-- p_snapshot was taken, so it lists the backend of every transaction in the
+-- snapshot's list that is still running, with its database. Before 0037 a
+-- reader inside a transaction took a backend started after its first read,
+-- in another database, for one of this database, and was held back until
+-- its own transaction ended (a reproduction of stop 39's hypothesis); a pid
+-- reused meanwhile by a backend of this database could have let a page pass
+-- a transaction still running here.
 CREATE FUNCTION pyxp.oldest_running_here(p_snapshot pg_snapshot)
 RETURNS xid8
 LANGUAGE sql STABLE
 AS $$
+    SELECT pg_catalog.pg_stat_clear_snapshot();
     SELECT min(x.xid)
       FROM pg_snapshot_xip(p_snapshot) x(xid)
      WHERE NOT EXISTS (SELECT FROM pg_catalog.pg_locks l

@@ -70,6 +70,30 @@ BEGIN
     END IF;
 END
 $$;
+-- Detaches the ledger's partitions p_names (their oids p_oids) and moves
+-- them to schema pyxp_archive, under the ledger's ACCESS EXCLUSIVE lock,
+-- which the caller holds. The guard (sql/12_partitions.sql) lets through
+-- these partitions' DETACH in this transaction only. (A guard installed
+-- before 0030, which a migrating role that is no superuser could not
+-- replace, reads pyxp.archiving and the archive's row instead.) For
+-- pyxp.archive_ledger_partitions and pyxp.follow_replicated_archives.
+CREATE FUNCTION pyxp.move_to_archive(p_names text[], p_oids oid[])
+RETURNS void
+LANGUAGE plpgsql
+SET search_path = pyxp, pg_temp
+AS $$
+BEGIN
+    PERFORM set_config('pyxp.archiving', array_to_string(p_oids, ','), true);
+    PERFORM set_config('pyxp.archiving_xact', pg_current_xact_id()::text, true);
+    FOR i IN 1 .. cardinality(p_names) LOOP
+        EXECUTE format('ALTER TABLE pyxp.xp_transactions DETACH PARTITION pyxp.%I', p_names[i]);
+        EXECUTE format('ALTER TABLE pyxp.%I SET SCHEMA pyxp_archive', p_names[i]);
+    END LOOP;
+    PERFORM set_config('pyxp.archiving', '', true);
+    PERFORM set_config('pyxp.archiving_xact', '', true);
+END
+$$;
+
 
 -- Owner operation (monthly, after pyxp.create_ledger_partitions): archives
 -- every partition of the ledger that ends at or before archived_before (at
@@ -363,15 +387,8 @@ BEGIN
       FROM pyxp.xp_transactions r
       JOIN pyxp.xp_transactions o ON o.id = r.reverses AND o.tableoid = ANY (v_oids)
      WHERE r.reverses IS NOT NULL AND NOT (r.tableoid = ANY (v_oids));
-    -- The guard (sql/12_partitions.sql) lets through these partitions'
-    -- DETACH in this transaction only. (A guard installed before 0030, which
-    -- a migrating role that is no superuser could not replace, reads
-    -- pyxp.archiving and the archive's row instead.)
-    PERFORM set_config('pyxp.archiving', array_to_string(v_oids, ','), true);
-    PERFORM set_config('pyxp.archiving_xact', pg_current_xact_id()::text, true);
+    PERFORM pyxp.move_to_archive(v_names, v_oids);
     FOR i IN 1 .. cardinality(v_names) LOOP
-        EXECUTE format('ALTER TABLE pyxp.xp_transactions DETACH PARTITION pyxp.%I', v_names[i]);
-        EXECUTE format('ALTER TABLE pyxp.%I SET SCHEMA pyxp_archive', v_names[i]);
         archive_id := v_archive;
         partition_name := v_names[i];
         range_start := v_starts[i];
@@ -380,12 +397,99 @@ BEGIN
         archive_table := 'pyxp_archive.' || quote_ident(v_names[i]);
         RETURN NEXT;
     END LOOP;
-    PERFORM set_config('pyxp.archiving', '', true);
-    PERFORM set_config('pyxp.archiving_xact', '', true);
 END
 $$;
 COMMENT ON FUNCTION pyxp.archive_ledger_partitions(timestamptz) IS
     'internal: moves the ledger''s partitions ending at or before archived_before into schema pyxp_archive after an audit checkpoint, keeping each wallet''s opening. Owner only.';
+-- Owner operation on a logical replication subscriber of pyxp's tables (and
+-- after its switchover): the archives its publisher made, which reached it
+-- as rows (xp_ledger_archives, the openings, the archived usage, originals
+-- and requests) while their partitions stayed in its ledger (a DETACH is
+-- not replicated), are made here too: each archive's partitions, still
+-- attached, are moved to pyxp_archive, in archive order. Before 0037 the
+-- subscriber's audit() reported opening_mismatch for every archived wallet,
+-- it could not archive itself (PX032), and after the switchover its archive
+-- took the same months again (23505; a hostile test). An archive is moved
+-- only when the partitions named hold exactly the rows it took (their
+-- count, rows_archived, and highest id, last_transaction_id): else PX030
+-- and nothing moved. A partition of the archive this database never had
+-- counts no row (the archive took none from it, or the count differs). One
+-- row per partition moved; none when every archive is here (a publisher's
+-- own are, always). pyxp db upgrade runs it at its end (migrations/env.py).
+-- Locks: EXCLUSIVE on xp_audit_checkpoints (one archive or checkpoint at a
+-- time), the partitions' lock, then ACCESS EXCLUSIVE on the ledger for the
+-- catalog changes (at most lock_timeout, 1 s): the subscription's apply
+-- and readers wait that long.
+CREATE FUNCTION pyxp.follow_replicated_archives()
+RETURNS TABLE (archive_id bigint, partition_name text, rows_archived bigint, archive_table text)
+LANGUAGE plpgsql SECURITY DEFINER
+SET search_path = pyxp, pg_temp
+SET lock_timeout = '1s'
+AS $$
+#variable_conflict use_column
+DECLARE
+    v_archive record;
+    v_names text[];
+    v_oids oid[];
+    v_counts bigint[];
+    v_count bigint;
+    v_top bigint;
+    v_id bigint;
+    v_name text;
+BEGIN
+    IF NOT EXISTS (SELECT FROM pyxp.xp_ledger_archives a JOIN pyxp.ledger_partitions() p
+                                 ON p.partition_name = ANY (a.partitions)) THEN
+        RETURN;  -- (every archive is here: no lock taken, pyxp db upgrade runs this on every database)
+    END IF;
+    PERFORM pyxp.require_read_committed();
+    LOCK TABLE pyxp.xp_audit_checkpoints IN EXCLUSIVE MODE;
+    PERFORM pyxp.lock_ledger_partitions();
+    FOR v_archive IN
+        SELECT a.archive_id, a.partitions, a.rows_archived, a.last_transaction_id
+          FROM pyxp.xp_ledger_archives a
+         WHERE EXISTS (SELECT FROM pyxp.ledger_partitions() p WHERE p.partition_name = ANY (a.partitions))
+         ORDER BY a.archive_id
+    LOOP
+        SELECT array_agg(p.partition_name ORDER BY p.range_end),
+               array_agg(('pyxp.' || quote_ident(p.partition_name))::regclass::oid ORDER BY p.range_end)
+          INTO v_names, v_oids
+          FROM pyxp.ledger_partitions() p
+         WHERE p.partition_name = ANY (v_archive.partitions) AND NOT p.is_default;
+        v_counts := '{}';
+        v_top := NULL;
+        FOREACH v_name IN ARRAY v_names LOOP
+            EXECUTE format('LOCK TABLE pyxp.%I IN SHARE MODE', v_name);
+            EXECUTE format('SELECT count(*), max(t.id) FROM pyxp.%I t', v_name) INTO v_count, v_id;
+            v_counts := v_counts || v_count;
+            v_top := greatest(v_top, v_id);
+        END LOOP;
+        IF (SELECT sum(c) FROM unnest(v_counts) c) IS DISTINCT FROM v_archive.rows_archived
+           OR v_top IS DISTINCT FROM v_archive.last_transaction_id THEN
+            RAISE EXCEPTION 'archive % took % rows up to transaction %, its partitions here (%) hold % up to transaction %',
+                            v_archive.archive_id, v_archive.rows_archived, coalesce(v_archive.last_transaction_id::text, 'none'),
+                            array_to_string(v_names, ', '), (SELECT sum(c) FROM unnest(v_counts) c),
+                            coalesce(v_top::text, 'none')
+                USING ERRCODE = 'PX030',
+                      HINT = 'a subscriber behind its publisher: wait until it has caught up; rows of those months in '
+                             'the default partition: run pyxp.create_ledger_partitions() first; nothing was moved';
+        END IF;
+        LOCK TABLE pyxp.xp_transactions IN ACCESS EXCLUSIVE MODE;
+        PERFORM pyxp.move_to_archive(v_names, v_oids);
+        FOR i IN 1 .. cardinality(v_names) LOOP
+            archive_id := v_archive.archive_id;
+            partition_name := v_names[i];
+            rows_archived := v_counts[i];
+            archive_table := 'pyxp_archive.' || quote_ident(v_names[i]);
+            RETURN NEXT;
+        END LOOP;
+    END LOOP;
+END
+$$;
+REVOKE ALL ON FUNCTION pyxp.follow_replicated_archives(), pyxp.move_to_archive(text[], oid[]) FROM PUBLIC;
+COMMENT ON FUNCTION pyxp.follow_replicated_archives() IS
+    'internal: on a logical replication subscriber, moves to pyxp_archive the partitions its publisher archived (their rows checked against the archive). Owner only.';
+COMMENT ON FUNCTION pyxp.move_to_archive(text[], oid[]) IS
+    'internal: detaches ledger partitions and moves them to schema pyxp_archive (the caller holds the ledger''s lock).';
 COMMENT ON FUNCTION pyxp.require_whole_ledger(text) IS 'internal: PX029 when rows of the ledger were archived.';
 COMMENT ON FUNCTION pyxp.require_unarchived_period(text, timestamptz) IS
     'internal: PX029 for a period that began before the archived range ended.';

@@ -346,13 +346,15 @@ def base_backup(primary: EmbeddedCluster, standby: EmbeddedCluster) -> None:
                  "-h", "127.0.0.1", "-p", str(primary.port), "-U", "postgres")
 
 
-def settled(read: Callable[[], Any], expected: Any, seconds: float = 60) -> Any:
-    """``read()`` until it returns ``expected`` or ``seconds`` pass; its last result. The feed hands
-    out a commit once no older transaction of the cluster may still add to its group (sql/11_changes.sql):
-    a transaction of the other test worker can hold a page back for a moment."""
+def settled(read: Callable[[], Any], expected: Any, seconds: float = 60,
+            until: Callable[[Any], bool] | None = None) -> Any:
+    """``read()`` until it returns ``expected`` (or ``until(result)`` is true) or ``seconds`` pass; its last
+    result. The feed hands out a commit once no older transaction of the cluster may still add to its group
+    (sql/11_changes.sql): a transaction of the other test worker can hold a page back for a moment."""
+    done = until if until is not None else (lambda got: got == expected)
     got = read()
     deadline = time.monotonic() + seconds
-    while got != expected and time.monotonic() < deadline:
+    while not done(got) and time.monotonic() < deadline:
         time.sleep(0.05)
         got = read()
     return got

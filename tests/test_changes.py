@@ -27,6 +27,7 @@ import pytest
 from psycopg.conninfo import make_conninfo
 
 from pyxp import schema
+from conftest import settled
 
 AWARD = ("SELECT transaction_id FROM pyxp.award(wallet => %s, action => 'CAMPAIGN_APPROVED', "
          "idempotency_key => %s)")
@@ -622,6 +623,28 @@ def test_a_transaction_prepared_in_another_database_does_not_hold_the_feed_back(
     finally:
         with psycopg.connect(other, autocommit=True) as conn:
             conn.execute("ROLLBACK PREPARED 'elsewhere'")
+
+
+def test_a_reader_inside_a_transaction_sees_which_database_a_later_transaction_runs_in(conninfo: str) -> None:
+    """PostgreSQL keeps one copy of pg_stat_activity for a transaction's whole duration (0037, a
+    reproduction of stop 39's hypothesis): a reader in a READ COMMITTED transaction that had read
+    the feed once while another backend ran a transaction took a backend started later, in
+    another database, for one of its own database, and its open transaction held every later
+    page back until the reader's transaction ended."""
+    elsewhere = make_conninfo(conninfo, dbname="postgres")
+    with psycopg.connect(conninfo, autocommit=True) as writer, psycopg.connect(conninfo) as reader, \
+            psycopg.connect(elsewhere) as early:
+        early.execute("SELECT pg_current_xact_id()")  # running while the reader first reads the view
+        award(writer, "0xbefore-late")  # a later commit: early's id is in the reader's snapshot's list
+        cursor = reader.execute("SELECT coalesce(max(cursor), 0) FROM pyxp.changes(0, 1000)").fetchone()[0]
+        early.commit()
+        with psycopg.connect(elsewhere) as late:  # a backend the reader's copy of the view lacks
+            late.execute("SELECT pg_current_xact_id()")
+            awarded = award(writer, "0xafter-late")
+            delivered = settled(lambda: [r[1] for r in reader.execute(CHANGES, (cursor, 100, None))],
+                                [awarded], seconds=15)
+            assert delivered == [awarded]
+            late.rollback()
 
 
 # --------------------------------------------------------------------------- privileges

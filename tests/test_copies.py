@@ -12,6 +12,7 @@ from __future__ import annotations
 import shutil
 import subprocess
 from collections.abc import Iterator
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -22,8 +23,11 @@ from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from pyxp import errors, schema
 from pyxp.database import EmbeddedCluster, _postgres_bindir
+from conftest import settled, waited_for
 from test_audit_checkpoints import tamper
 from test_migrations import schema_dump
+from test_periods import place
+from test_retention import settled as groups_closed, this_month
 
 AWARD = "SELECT transaction_id FROM pyxp.award(%s, 'CAMPAIGN_APPROVED', %s)"
 CHANGES = "SELECT cursor, transaction_id FROM pyxp.changes(%s, 1000)"
@@ -33,6 +37,12 @@ def award(conn: psycopg.Connection[Any], wallet: str, key: str) -> int:
     row = conn.execute(AWARD, (wallet, key)).fetchone()
     assert row is not None
     return int(row[0])
+
+
+def settled_feed(conn: psycopg.Connection[Any], rows: int) -> list[tuple[Any, ...]]:
+    """The feed from the start once it holds ``rows`` rows (a transaction of another test's database that ends
+    while a read looks at pg_locks holds that read back: sql/11_changes.sql)."""
+    return settled(lambda: conn.execute(CHANGES, (0,)).fetchall(), None, seconds=60, until=lambda got: len(got) >= rows)
 
 
 @pytest.fixture(scope="module")
@@ -80,7 +90,7 @@ def test_a_copy_refuses_until_adopted_then_goes_on_as_its_source(
     award(db, "0xold", "old-1")
     award(db, "0xold", "old-2")
     db.execute("SELECT * FROM pyxp.record_audit_checkpoint()")
-    consumer = db.execute(CHANGES, (0,)).fetchall()[-1][0]  # a consumer that read everything
+    consumer = settled_feed(db, 2)[-1][0]  # a consumer that read everything
     old_top = db.execute("SELECT max(id), max(feed_xid::text::bigint) FROM pyxp.xp_transactions").fetchone()
     target = copied(db, conninfo, other_cluster, "copy_adopted", tmp_path)
     with psycopg.connect(target, autocommit=True) as copy:
@@ -190,7 +200,7 @@ def test_a_ledger_that_ran_ahead_of_its_cluster_is_adopted_again(db: psycopg.Con
         assert new > first
         assert conn.execute("SELECT feed_xid::text::bigint > %s FROM pyxp.xp_transactions WHERE id = %s",
                             (ahead, new)).fetchone() == (True,)
-        assert [r[1] for r in conn.execute(CHANGES, (0,))] == [first, new]
+        assert [r[1] for r in settled_feed(conn, 2)] == [first, new]
     with pytest.raises(psycopg.errors.RaiseException, match="downgrading 0032 would drop the offset"):
         schema.downgrade(target, "0031")
     assert schema.current_revision(target) == "0032"  # (0033's downgrade keeps the offset)
@@ -287,3 +297,101 @@ def test_adopting_is_the_owners(connect_as: Any, login_role: Any, unchanged: Any
     writer = connect_as(login_role("pyxp_writer"))
     with unchanged(), pytest.raises(psycopg.errors.InsufficientPrivilege):
         writer.execute("SELECT * FROM pyxp.adopt_cluster()")
+
+
+# --------------------------------------------------------------------------- archives on a publisher
+
+PUBLISHED_TABLES = """
+SELECT string_agg(format('%I.%I', n.nspname, c.relname), ', ' ORDER BY c.relname)
+  FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+ WHERE n.nspname = 'pyxp' AND c.relkind IN ('r', 'p') AND NOT c.relispartition AND c.relname <> 'alembic_version'
+"""
+
+
+def archive_layout(conn: psycopg.Connection[Any]) -> list[tuple[Any, ...]]:
+    """The archive tables and their row counts, and the ledger's partitions."""
+    archived = [(name, conn.execute(sql.SQL("SELECT count(*) FROM pyxp_archive.{}").format(sql.Identifier(name)))
+                 .fetchone()[0])  # type: ignore[index]
+                for (name,) in conn.execute("SELECT tablename FROM pg_tables WHERE schemaname = 'pyxp_archive' "
+                                            "ORDER BY 1").fetchall()]
+    return [*archived, *conn.execute("SELECT partition_name FROM pyxp.ledger_partitions()").fetchall()]
+
+
+def test_a_subscriber_makes_the_archives_of_its_publisher(publisher: str, fresh_database: Any,
+                                                          capfd: pytest.CaptureFixture[str]) -> None:
+    """An archive on a publisher reached its subscriber as rows (the archive, the openings, the archived usage),
+    while its partitions stayed in the subscriber's ledger (a DETACH is not replicated): the subscriber's
+    audit() reported opening_mismatch for every archived wallet, it could not archive itself (PX032),
+    and after the switchover its archive took the same months again (23505; a hostile test, 0036).
+    pyxp db upgrade on the subscriber now moves those partitions there too (0037), their rows checked."""
+    source = make_conninfo(publisher, dbname="archiving")
+    with psycopg.connect(publisher, autocommit=True) as admin:
+        admin.execute("DROP DATABASE IF EXISTS archiving WITH (FORCE)")
+        admin.execute("CREATE DATABASE archiving")
+    schema.upgrade(source)
+    target = fresh_database()
+    with psycopg.connect(source, autocommit=True) as pub:
+        old = [award(pub, f"0xold{i % 3}", f"old-{i}") for i in range(9)]
+        place(pub, {tid: this_month() - timedelta(days=200 - i) for i, tid in enumerate(old)})
+        kept = award(pub, "0xold0", "kept-1")
+        pub.execute("SELECT * FROM pyxp.reverse_transaction(%s, 'mistake')", (old[0],))
+        tables = pub.execute(PUBLISHED_TABLES).fetchone()[0]  # type: ignore[index]
+        pub.execute(f"CREATE PUBLICATION ledger FOR TABLE {tables} WITH (publish_via_partition_root = true)")
+        # The subscriber's schema: a dump of the publisher's, and its version row (README).
+        for options in (["--schema-only", "--no-publications"], ["--data-only", "--inserts", "--table", "pyxp.alembic_version"]):
+            dump = subprocess.run(["pg_dump", *options, "--dbname", source], check=True, capture_output=True,
+                                  text=True).stdout
+            with psycopg.connect(target, autocommit=True) as sub:  # (psql's meta-commands left out)
+                sub.execute("\n".join(line for line in dump.splitlines() if not line.startswith("\\")))  # type: ignore[arg-type]
+    with psycopg.connect(target, autocommit=True) as sub:
+        sub.execute(sql.SQL("CREATE SUBSCRIPTION ledger_follower CONNECTION {} PUBLICATION ledger")
+                    .format(sql.Literal(source)))
+        try:
+            def caught_up(archives: int) -> bool:
+                return sub.execute("SELECT (SELECT count(*) FROM pyxp.xp_ledger_archives) = %s AND "
+                                   "(SELECT count(*) FROM pyxp.xp_transactions) = %s",
+                                   (archives, 11)).fetchone() == (True,)
+            assert waited_for(lambda: caught_up(0))
+            with psycopg.connect(source, autocommit=True) as pub:
+                groups_closed(pub)
+                archived = pub.execute("SELECT partition_name, rows_archived FROM pyxp.archive_ledger_partitions(%s)",
+                                       (this_month(),)).fetchall()
+                assert sum(rows for _, rows in archived) == 9
+                published = archive_layout(pub)
+            assert waited_for(lambda: caught_up(1))
+            assert {row[0] for row in sub.execute("SELECT check_name FROM pyxp.audit()")} == {"opening_mismatch"}
+            capfd.readouterr()
+            schema.upgrade(target)  # pyxp db upgrade: adopts nothing (a subscriber), makes the archive
+            said = capfd.readouterr().err
+            for name, rows in archived:
+                assert f"pyxp: archive 1 of this database's publisher made here: {name} ({rows} rows) moved" in said
+            assert archive_layout(sub) == published
+            assert sub.execute("SELECT * FROM pyxp.audit()").fetchall() == []
+            assert sub.execute("SELECT * FROM pyxp.follow_replicated_archives()").fetchall() == []  # (done)
+        finally:
+            sub.execute("DROP SUBSCRIPTION ledger_follower")
+        schema.upgrade(target)  # the switchover: adopted
+        assert sub.execute("SELECT * FROM pyxp.archive_ledger_partitions(%s)", (this_month(),)).fetchall() == []
+        assert award(sub, "0xold0", "after-switchover") > kept
+        assert sub.execute("SELECT * FROM pyxp.audit()").fetchall() == []
+
+
+def test_an_archive_whose_rows_differ_is_not_followed(db: psycopg.Connection[Any], unchanged: Any) -> None:
+    """An archive row naming a partition of this ledger that does not hold the rows it says it took (a
+    subscriber behind its publisher, or rows of the month left in the default partition): refused with
+    PX030, nothing moved."""
+    award(db, "0xfollow", "follow-1")
+    partition, top = db.execute("SELECT tableoid::regclass::text, id FROM pyxp.xp_transactions").fetchone()  # type: ignore[misc]
+    name = partition.removeprefix("pyxp.")
+    db.execute("INSERT INTO pyxp.xp_audit_checkpoints (snapshot_xmin, wallets_verified, rows_verified) "
+               "VALUES (pyxp.ledger_xid(pg_snapshot_xmin(pg_current_snapshot())), 0, 0)")
+    db.execute("INSERT INTO pyxp.xp_ledger_archives (archived_before, partitions, partition_oids, rows_archived, "
+               "wallets_opened, last_transaction_id, timezone, checkpoint_id) "
+               "SELECT now(), ARRAY[%s], '{0}', 2, 1, %s, 'UTC', max(checkpoint_id) FROM pyxp.xp_audit_checkpoints",
+               (name, top))
+    layout = archive_layout(db)
+    with unchanged(), pytest.raises(psycopg.Error, match=f"archive 1 took 2 rows up to transaction "
+                                    f"{top}, its partitions here \\({name}\\) hold 1 up to transaction {top}") as raised:
+        db.execute("SELECT * FROM pyxp.follow_replicated_archives()")
+    assert raised.value.sqlstate == "PX030"
+    assert archive_layout(db) == layout
