@@ -293,10 +293,11 @@ def test_a_subscription_of_other_tables_leaves_the_ledger_alone(db: psycopg.Conn
         db.execute("DROP SUBSCRIPTION pyxp_test_subscription")
 
 
-def test_adopting_is_the_owners(connect_as: Any, login_role: Any, unchanged: Any) -> None:
+@pytest.mark.parametrize("operation", ["adopt_cluster", "follow_replicated_archives"])
+def test_adopting_is_the_owners(connect_as: Any, login_role: Any, unchanged: Any, operation: str) -> None:
     writer = connect_as(login_role("pyxp_writer"))
     with unchanged(), pytest.raises(psycopg.errors.InsufficientPrivilege):
-        writer.execute("SELECT * FROM pyxp.adopt_cluster()")
+        writer.execute(f"SELECT * FROM pyxp.{operation}()")
 
 
 # --------------------------------------------------------------------------- archives on a publisher
