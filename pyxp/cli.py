@@ -1337,20 +1337,24 @@ def audit(ctx: click.Context, since_checkpoint: bool, record: bool, as_json: boo
 @click.option("--wallet", help="Only this wallet's changes.")
 @click.option("--after", "after_cursor", type=click.IntRange(0, 2**63 - 1), default=0, show_default=True,
               help="Resume after this cursor (the last one printed); 0: the whole ledger.")
+@click.option("--no-listen", "no_listen", is_flag=True,
+              help="Read on the timer alone, without LISTEN (behind a transaction-mode pooler).")
 @json_option
 @click.pass_context
-def watch(ctx: click.Context, wallet: str | None, after_cursor: int, as_json: bool) -> None:
+def watch(ctx: click.Context, wallet: str | None, after_cursor: int, no_listen: bool, as_json: bool) -> None:
     """Print ledger changes as they commit, until Ctrl-C.
 
     Follows the change feed (pyxp.changes): every committed ledger row once, in
     order, woken by NOTIFY pyxp_changes and reading at least once a second;
     reconnects if the connection drops. Level-ups stand out. --json: one object
     per line (for jq), with its cursor: pass the last one to --after to resume.
+    Behind a transaction-mode pooler (PgBouncer), pass --no-listen: a LISTEN
+    would stay on a pooled server connection after the watch ends.
     """
     out = Printer()
     with XP(_conninfo(ctx), max_connections=1) as xp:
         try:
-            for change in xp.watch(after_cursor, wallet):
+            for change in xp.watch(after_cursor, wallet, listen=not no_listen):
                 if as_json:
                     click.echo(json.dumps(_jsonable(change), ensure_ascii=False))
                 else:

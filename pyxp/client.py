@@ -675,14 +675,15 @@ class XP(_Api):
             self._reader.close()
 
     def watch(self, after_cursor: int = 0, wallet: str | None = None, *,
-              poll_interval: float = POLL_INTERVAL, stop: threading.Event | None = None) -> Iterator[Change]:
+              poll_interval: float = POLL_INTERVAL, stop: threading.Event | None = None,
+              listen: bool = True) -> Iterator[Change]:
         """Yields changes after ``after_cursor`` as they commit, forever (or until ``stop`` is
-        set), on a connection of its own (LISTEN pyxp_changes; reconnects from the last
-        cursor). See :mod:`pyxp.feed`."""
+        set), on a connection of its own (LISTEN pyxp_changes, unless ``listen=False``: behind a
+        transaction-mode pooler; reconnects from the last cursor). See :mod:`pyxp.feed`."""
         conninfo, kwargs = self._watch_conninfo()
         kwargs = {**kwargs, "autocommit": True}  # a caller's pool may set it already
         return watch_changes(lambda: psycopg.connect(conninfo, **kwargs),
-                             after_cursor, wallet, poll_interval=poll_interval, stop=stop)
+                             after_cursor, wallet, poll_interval=poll_interval, stop=stop, listen=listen)
 
     def __enter__(self) -> XP:
         return self
@@ -777,12 +778,13 @@ class AsyncXP(_Api):
             await self._pool.close()
 
     def watch(self, after_cursor: int = 0, wallet: str | None = None, *,
-              poll_interval: float = POLL_INTERVAL, stop: asyncio.Event | None = None) -> AsyncIterator[Change]:
+              poll_interval: float = POLL_INTERVAL, stop: asyncio.Event | None = None,
+              listen: bool = True) -> AsyncIterator[Change]:
         """``async for change in xp.watch(...)``: the asyncio twin of :meth:`XP.watch`."""
         conninfo, kwargs = self._watch_conninfo()
         kwargs = {**kwargs, "autocommit": True}  # a caller's pool may set it already
         return watch_changes_async(lambda: psycopg.AsyncConnection.connect(conninfo, **kwargs),
-                                   after_cursor, wallet, poll_interval=poll_interval, stop=stop)
+                                   after_cursor, wallet, poll_interval=poll_interval, stop=stop, listen=listen)
 
     async def __aenter__(self) -> AsyncXP:
         return self

@@ -13,7 +13,10 @@ setting the ``stop`` event (from another thread or task): the loop ends after it
 current wait, within ``poll_interval``.
 
 Behind a transaction-mode pooler LISTEN does not reach the server session that
-NOTIFY wakes: the loop still works, on its timer.
+NOTIFY wakes: the loop still works, on its timer. Pass ``listen=False`` there: a LISTEN
+stays on the pooled server connection it ran on, after the loop has ended (a hostile test,
+0037: PgBouncer then logged a warning per wake-up, and handed the notifications to whichever
+client got that connection next).
 
 A session's ``idle_session_timeout`` (a role's or database's setting) ends a session idle
 that long: the loop then waits at most half of it between reads, so that the server does
@@ -67,17 +70,20 @@ def _reason(exc: psycopg.Error) -> str:
 
 def watch_changes(connect: Callable[[], psycopg.Connection[Any]], after_cursor: int = 0,
                   wallet: str | None = None, *, poll_interval: float = POLL_INTERVAL,
-                  page_size: int = PAGE_SIZE, stop: threading.Event | None = None) -> Iterator[Change]:
+                  page_size: int = PAGE_SIZE, stop: threading.Event | None = None,
+                  listen: bool = True) -> Iterator[Change]:
     """Yields changes after ``after_cursor`` as they commit, forever (see the module docstring).
 
     ``connect()`` opens a new autocommit connection (the loop owns it). A refusal (a bad
-    wallet, PX0nn) raises :class:`pyxp.XPError`; a lost connection is reopened.
+    wallet, PX0nn) raises :class:`pyxp.XPError`; a lost connection is reopened. ``listen=False``:
+    no LISTEN, the timer alone (behind a transaction-mode pooler).
     """
     cursor, failures = after_cursor, 0
     while not (stop and stop.is_set()):
         try:
             with connect() as conn:
-                conn.execute(queries.LISTEN_CHANGES, prepare=False)
+                if listen:
+                    conn.execute(queries.LISTEN_CHANGES, prepare=False)
                 row = conn.execute(queries.IDLE_SESSION_TIMEOUT, prepare=False).fetchone()
                 wait = _wait(poll_interval, row[0] if row else None)
                 while not (stop and stop.is_set()):
@@ -101,13 +107,14 @@ def watch_changes(connect: Callable[[], psycopg.Connection[Any]], after_cursor: 
 async def watch_changes_async(connect: Callable[[], Awaitable[psycopg.AsyncConnection[Any]]],
                               after_cursor: int = 0, wallet: str | None = None, *,
                               poll_interval: float = POLL_INTERVAL, page_size: int = PAGE_SIZE,
-                              stop: asyncio.Event | None = None) -> AsyncIterator[Change]:
+                              stop: asyncio.Event | None = None, listen: bool = True) -> AsyncIterator[Change]:
     """The asyncio twin of :func:`watch_changes`."""
     cursor, failures = after_cursor, 0
     while not (stop and stop.is_set()):
         try:
             async with await connect() as conn:
-                await conn.execute(queries.LISTEN_CHANGES, prepare=False)
+                if listen:
+                    await conn.execute(queries.LISTEN_CHANGES, prepare=False)
                 row = await (await conn.execute(queries.IDLE_SESSION_TIMEOUT, prepare=False)).fetchone()
                 wait = _wait(poll_interval, row[0] if row else None)
                 while not (stop and stop.is_set()):

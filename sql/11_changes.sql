@@ -160,6 +160,25 @@ BEGIN
 END
 $$;
 
+-- Whether transaction p_group (as the ledger counts them, pyxp.ledger_xid)
+-- has ended, whatever the caller's snapshot (pg_xact_status: NULL for an id
+-- too old to tell, 22023 for one in the future; an id below the offset is
+-- from the cluster the ledger was copied from). A cursor the feed handed out
+-- has a group whose transaction had ended (it was below a horizon).
+CREATE FUNCTION pyxp.transaction_ended(p_group xid8)
+RETURNS boolean
+LANGUAGE plpgsql STABLE
+AS $$
+BEGIN
+    IF p_group::text::numeric < pyxp.xid_offset() THEN
+        RETURN true;
+    END IF;
+    RETURN coalesce(pg_xact_status((p_group::text::numeric - pyxp.xid_offset())::text::xid8) <> 'in progress', true);
+EXCEPTION WHEN invalid_parameter_value THEN
+    RETURN false;
+END
+$$;
+
 -- Public: committed ledger rows after `after_cursor`, ascending by cursor, at
 -- most `max_rows` (1..1000), optionally one wallet's. total_xp is the balance
 -- right after the row; previous_level and current_level its levels before
@@ -213,13 +232,20 @@ BEGIN
             USING ERRCODE = 'PX033',
                   DETAIL = format('every row this ledger kept from that history is at or below cursor %s', v_kept),
                   HINT = format('go on from cursor %s; what was read after it (rows, levels, totals) no longer happened: read the wallets'' balances again (README "Copies of the database")', v_kept);
-    ELSIF (v_after >> 24)::text::xid8 >= pyxp.ledger_xid(pg_snapshot_xmax(v_snapshot)) AND NOT pg_is_in_recovery() THEN
-        -- A group no transaction has reached: no cursor the feed returned
-        -- (0028: one was accepted, and the rows below it skipped for good, a
-        -- hostile test); or one from a cluster whose transaction ids ran
-        -- higher (a dump restored elsewhere). A standby may lag: there, none
-        -- is refused.
-        RAISE EXCEPTION 'after_cursor % is ahead of the feed (its group % has no transaction yet)',
+    ELSIF (v_after >> 24)::text::xid8 >= pyxp.ledger_xid(pg_snapshot_xmax(v_snapshot)) AND NOT pg_is_in_recovery()
+          AND NOT pyxp.transaction_ended((v_after >> 24)::text::xid8) THEN
+        -- A group no transaction has reached, or whose transaction still
+        -- runs: no cursor the feed returned (0028: one was accepted, and the
+        -- rows below it skipped for good, a hostile test); or one from a
+        -- cluster whose transaction ids ran higher (a dump restored
+        -- elsewhere). A standby may lag: there, none is refused. A group at
+        -- or above this snapshot's xmax whose transaction has ended is a
+        -- cursor a newer snapshot handed out, read in an older REPEATABLE
+        -- READ or SERIALIZABLE one (a cursor store shared by sessions): its
+        -- page is empty here, every group from it on being at or above the
+        -- horizon, and the next transaction reads on (0037, a hostile test:
+        -- it was refused, and a client takes PX023 for good).
+        RAISE EXCEPTION 'after_cursor % is ahead of the feed (the transaction of its group % has not ended)',
                         v_after, v_after >> 24
             USING ERRCODE = 'PX023',
                   HINT = 'pass a cursor this database''s feed returned (a copy not adopted yet: run pyxp db upgrade first; README "Copies of the database")';
@@ -341,7 +367,7 @@ CREATE TRIGGER xp_transactions_wake_feed
 REVOKE ALL ON FUNCTION pyxp.changes(bigint, integer, text), pyxp.wake_feed_listeners(),
                         pyxp.wallet_feed_behind_archive(text, bigint, bigint),
                         pyxp.oldest_running_here(pg_snapshot), pyxp.counted_transaction_rows(bigint),
-                        pyxp.raised_feed_overflow(xid8) FROM PUBLIC;
+                        pyxp.raised_feed_overflow(xid8), pyxp.transaction_ended(xid8) FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION pyxp.changes(bigint, integer, text) TO pyxp_writer, pyxp_reader;
 REVOKE ALL ON SEQUENCE pyxp.feed_wakeup_slot FROM PUBLIC;
 GRANT SELECT ON SEQUENCE pyxp.feed_wakeup_slot TO pyxp_reader;
@@ -354,6 +380,8 @@ COMMENT ON FUNCTION pyxp.counted_transaction_rows(bigint) IS
     'internal: counts the rows a transaction writes through batches and retroactive applications; PX023 past 15728640.';
 COMMENT ON FUNCTION pyxp.raised_feed_overflow(xid8) IS
     'internal: PX031, a feed group holding more rows than a cursor can rank.';
+COMMENT ON FUNCTION pyxp.transaction_ended(xid8) IS
+    'internal: whether a feed group''s transaction has ended, whatever the caller''s snapshot.';
 COMMENT ON FUNCTION pyxp.oldest_running_here(pg_snapshot) IS
     'internal: the oldest transaction a snapshot saw running that is not running in another database now.';
 COMMENT ON FUNCTION pyxp.wake_feed_listeners() IS

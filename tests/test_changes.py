@@ -452,6 +452,34 @@ def test_a_cursor_ahead_of_the_feed_is_refused(db: psycopg.Connection[Any], unch
     assert [r[1] for r in db.execute(CHANGES, (0, 100, wallet))][-1:] == [awarded]
 
 
+def test_a_cursor_handed_out_after_a_repeatable_read_snapshot_reads_an_empty_page_there(
+        conninfo: str, db: psycopg.Connection[Any]) -> None:
+    """A consumer in a REPEATABLE READ (or SERIALIZABLE) transaction given a cursor that another
+    session's newer snapshot had read (a shared cursor store) was refused with PX023, "ahead of the
+    feed", a refusal a client takes for good (0037, a hostile test). Its group's transaction has ended:
+    the page is empty in that snapshot and the next transaction reads on; a group whose transaction
+    runs, or that none has reached, is still refused."""
+    with psycopg.connect(conninfo) as reader:
+        reader.isolation_level = psycopg.IsolationLevel.REPEATABLE_READ
+        reader.execute("SELECT 1")  # the snapshot
+        first = award(db, "0xrepeatable")
+        cursor = settled(lambda: [r[0] for r in db.execute(CHANGES, (0, 100, None))][-1:], None,
+                         until=lambda got: len(got) == 1)[0]
+        assert reader.execute(CHANGES, (cursor, 100, None)).fetchall() == []
+        with psycopg.connect(conninfo) as running:
+            running_id = running.execute("SELECT pg_current_xact_id()::text::bigint").fetchone()[0]  # type: ignore[index]
+            for group in (running_id, running_id + 1000):
+                with pytest.raises(psycopg.Error) as caught:
+                    reader.execute("SAVEPOINT s")
+                    reader.execute(CHANGES, (group << 24, 100, None))
+                assert caught.value.sqlstate == "PX023", caught.value
+                reader.execute("ROLLBACK TO SAVEPOINT s")
+        reader.rollback()
+        second = award(db, "0xrepeatable")
+        assert settled(lambda: [r[1] for r in reader.execute(CHANGES, (cursor, 100, None))], [second]) == [second]
+        assert first < second
+
+
 def test_a_transactions_batches_stop_below_the_feeds_bound(conninfo: str, db: psycopg.Connection[Any],
                                                           unchanged: Any) -> None:
     """A cursor ranks a row within its group below 2^24: a transaction writing more rows than that

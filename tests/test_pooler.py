@@ -49,6 +49,7 @@ from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from psycopg_pool import ConnectionPool
 
+from conftest import waited_for
 from pyxp import XP, AsyncXP, XPError
 from pyxp.results import (
     AuditFinding,
@@ -700,3 +701,30 @@ def test_an_autocommit_client_through_statement_pooling(pgbouncer: PgBouncer, co
             xp.award_moderation_vote("0x_mod", "cmp-unknown", "VALID")
         assert px.value.code == "PX012"
     assert db.execute("SELECT count(*) FROM pyxp.audit()").fetchone() == (0,)
+
+
+def test_a_watcher_without_listen_leaves_no_pooled_connection_listening(
+        pooled: str, db: psycopg.Connection[Any]) -> None:
+    """XP.watch through a transaction-mode pooler left its LISTEN on the pooled server connection it
+    ran on, after the watch had ended: PgBouncer logged a warning per wake-up and handed the
+    notifications to the next client of that connection (a hostile test, 0037). With listen=False
+    (pyxp watch --no-listen) the loop reads on its timer alone: every row, and no server connection
+    of the pool listens afterwards."""
+    stop = threading.Event()
+    seen: list[int] = []
+    with XP(pooled, max_connections=1) as xp:
+        def follow() -> None:
+            for change in xp.watch(0, "0x_unlistened", poll_interval=0.1, stop=stop, listen=False):
+                seen.append(change.transaction_id)
+        watcher = threading.Thread(target=follow)
+        watcher.start()
+        awarded = [db.execute("SELECT transaction_id FROM pyxp.award('0x_unlistened', %s, %s)",
+                              (ACTION, f"unlistened-{n}")).fetchone()[0] for n in range(3)]  # type: ignore[index]
+        assert waited_for(lambda: seen == awarded)
+        stop.set()
+        watcher.join(30)
+    listening = set()
+    for _ in range(5 * POOL_SIZE):  # each connection may get another server connection of the pool
+        with psycopg.connect(pooled, autocommit=True, prepare_threshold=None) as conn:
+            listening |= {row[0] for row in conn.execute("SELECT pg_listening_channels()")}
+    assert listening == set()

@@ -5,7 +5,10 @@ which tells the transactions of other databases from this one's for the change f
 that copy: a reader inside a transaction took a backend another database started after its first read
 for one of its own, and its pages were held back until its transaction ended (a pid reused by a
 backend of this database could have let a page pass). It now reads the view afresh
-(pg_stat_clear_snapshot), as pyxp.hold_awards does for the holders it names.
+(pg_stat_clear_snapshot), as pyxp.hold_awards does for the holders it names. A cursor another
+session's newer snapshot handed out was refused with PX023 ("ahead of the feed") in an older
+REPEATABLE READ or SERIALIZABLE snapshot; its group's transaction has ended (pyxp.transaction_ended):
+the page is empty there, and the next transaction reads on.
 
 An archive on a logical replication publisher reaches a subscriber as rows (the archive, the
 openings, the archived usage) while its partitions stay in the subscriber's ledger (DDL is not
