@@ -70,6 +70,7 @@ BEGIN
     END IF;
 END
 $$;
+
 -- Detaches the ledger's partitions p_names (their oids p_oids) and moves
 -- them to schema pyxp_archive, under the ledger's ACCESS EXCLUSIVE lock,
 -- which the caller holds. The guard (sql/12_partitions.sql) lets through
@@ -93,7 +94,6 @@ BEGIN
     PERFORM set_config('pyxp.archiving_xact', '', true);
 END
 $$;
-
 
 -- Owner operation (monthly, after pyxp.create_ledger_partitions): archives
 -- every partition of the ledger that ends at or before archived_before (at
@@ -401,6 +401,7 @@ END
 $$;
 COMMENT ON FUNCTION pyxp.archive_ledger_partitions(timestamptz) IS
     'internal: moves the ledger''s partitions ending at or before archived_before into schema pyxp_archive after an audit checkpoint, keeping each wallet''s opening. Owner only.';
+
 -- Owner operation on a logical replication subscriber of pyxp's tables (and
 -- after its switchover): the archives its publisher made, which reached it
 -- as rows (xp_ledger_archives, the openings, the archived usage, originals
