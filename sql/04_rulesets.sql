@@ -36,7 +36,11 @@ EXCEPTION WHEN lock_not_available THEN
                         THEN 'prepared transaction'
                              || coalesce(format(' %s (prepared %s by %s)', quote_literal(p.gid), p.prepared, p.owner), '')
                         ELSE format('session pid %s', l.pid)
-                             || coalesce(format(' (%s, transaction started %s)', a.state, a.xact_start), '')
+                             -- (another role's session shows neither to pyxp_owner without
+                             -- pg_read_all_stats: nothing then, not "(, transaction started )",
+                             -- a hostile test, 0037)
+                             || CASE WHEN a.state IS NOT NULL
+                                     THEN format(' (%s, transaction started %s)', a.state, a.xact_start) ELSE '' END
                    END AS holder,
                    coalesce(p.prepared, a.xact_start) AS since,
                    l.pid IS NULL AS prepared

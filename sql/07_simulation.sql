@@ -245,6 +245,10 @@ SET search_path = pyxp, pg_temp
 SET jit = off
 AS $$
 BEGIN
+    -- (PX027 before anything: inside the query it was checked only when a
+    -- balance was joined, and on a ledger with none any id was accepted, a
+    -- hostile test, 0037)
+    PERFORM pyxp.checked_ruleset(simulate_rules.ruleset_id);
     RETURN QUERY
         SELECT s.user_wallet, s.total_xp_now, pyxp.checked_simulated_total(s.user_wallet, s.total_xp_then),
                b.current_level, c.level

@@ -223,6 +223,12 @@ def test_awards_during_a_retroactive_application_are_neither_lost_nor_counted_tw
 
 def test_refusals_write_nothing(db: psycopg.Connection[Any], unchanged: Any, login_role: Any,
                                 connect_as: Any) -> None:
+    # On a ledger with no balance yet too: simulate_rules checked the id only when it joined a balance,
+    # and answered "no wallets" for any id (a hostile test, 0037).
+    for call in ("SELECT * FROM pyxp.simulate_rules(987654)", "SELECT * FROM pyxp.simulate_rules(NULL)"):
+        with pytest.raises(psycopg.Error) as refused:
+            db.execute(call)
+        assert refused.value.sqlstate == "PX027", call
     run_calls(db)
     for call in ("SELECT * FROM pyxp.simulate_rules(987654)", "SELECT pyxp.simulation_report(987654)",
                  "SELECT * FROM pyxp.apply_rules_retroactively(987654)", "SELECT * FROM pyxp.simulate_rules(NULL)"):

@@ -547,6 +547,28 @@ BEGIN
 END
 $$;
 
+-- Public (SPEC 13): what every wallet's total and level would be had
+-- ruleset version ruleset_id (installed, active or not) been active for the
+-- whole ledger. Writes nothing. One row per wallet with a balance.
+CREATE OR REPLACE FUNCTION pyxp.simulate_rules(ruleset_id bigint)
+RETURNS TABLE (user_wallet text, total_xp_now bigint, total_xp_then bigint, level_now bigint, level_then bigint)
+LANGUAGE plpgsql STABLE SECURITY DEFINER
+SET search_path = pyxp, pg_temp
+SET jit = off
+AS $$
+BEGIN
+    RETURN QUERY
+        SELECT s.user_wallet, s.total_xp_now, pyxp.checked_simulated_total(s.user_wallet, s.total_xp_then),
+               b.current_level, c.level
+          FROM pyxp.simulated_totals(simulate_rules.ruleset_id) s
+          JOIN pyxp.xp_balances b ON b.user_wallet = s.user_wallet
+         CROSS JOIN LATERAL pyxp.curve_position(simulate_rules.ruleset_id,
+                                                pyxp.checked_simulated_total(s.user_wallet, s.total_xp_then)) c
+         ORDER BY s.user_wallet;
+    PERFORM pyxp.ledger_unmoved();  -- (40001 after a read older than an archive)
+END
+$$;
+
 DROP FUNCTION pyxp.move_to_archive(text[], oid[]);
 DROP FUNCTION pyxp.transaction_ended(xid8);
 

@@ -8,7 +8,8 @@
 -- pyxp.transaction_ended). A logical replication subscriber makes the
 -- archives its publisher made (pyxp.follow_replicated_archives: their
 -- partitions stayed in its ledger, and its audit reported opening_mismatch
--- for every archived wallet); pyxp db upgrade runs it.
+-- for every archived wallet); pyxp db upgrade runs it. simulate_rules refuses
+-- an unknown ruleset on a ledger with no balance too (PX027).
 SET LOCAL ROLE pyxp_owner;
 
 -- The revision whose functions this database has: every revision from 0036
@@ -365,7 +366,11 @@ EXCEPTION WHEN lock_not_available THEN
                         THEN 'prepared transaction'
                              || coalesce(format(' %s (prepared %s by %s)', quote_literal(p.gid), p.prepared, p.owner), '')
                         ELSE format('session pid %s', l.pid)
-                             || coalesce(format(' (%s, transaction started %s)', a.state, a.xact_start), '')
+                             -- (another role's session shows neither to pyxp_owner without
+                             -- pg_read_all_stats: nothing then, not "(, transaction started )",
+                             -- a hostile test, 0037)
+                             || CASE WHEN a.state IS NOT NULL
+                                     THEN format(' (%s, transaction started %s)', a.state, a.xact_start) ELSE '' END
                    END AS holder,
                    coalesce(p.prepared, a.xact_start) AS since,
                    l.pid IS NULL AS prepared
@@ -698,6 +703,32 @@ BEGIN
         archive_table := 'pyxp_archive.' || quote_ident(v_names[i]);
         RETURN NEXT;
     END LOOP;
+END
+$$;
+
+-- Public (SPEC 13): what every wallet's total and level would be had
+-- ruleset version ruleset_id (installed, active or not) been active for the
+-- whole ledger. Writes nothing. One row per wallet with a balance.
+CREATE OR REPLACE FUNCTION pyxp.simulate_rules(ruleset_id bigint)
+RETURNS TABLE (user_wallet text, total_xp_now bigint, total_xp_then bigint, level_now bigint, level_then bigint)
+LANGUAGE plpgsql STABLE SECURITY DEFINER
+SET search_path = pyxp, pg_temp
+SET jit = off
+AS $$
+BEGIN
+    -- (PX027 before anything: inside the query it was checked only when a
+    -- balance was joined, and on a ledger with none any id was accepted, a
+    -- hostile test, 0037)
+    PERFORM pyxp.checked_ruleset(simulate_rules.ruleset_id);
+    RETURN QUERY
+        SELECT s.user_wallet, s.total_xp_now, pyxp.checked_simulated_total(s.user_wallet, s.total_xp_then),
+               b.current_level, c.level
+          FROM pyxp.simulated_totals(simulate_rules.ruleset_id) s
+          JOIN pyxp.xp_balances b ON b.user_wallet = s.user_wallet
+         CROSS JOIN LATERAL pyxp.curve_position(simulate_rules.ruleset_id,
+                                                pyxp.checked_simulated_total(s.user_wallet, s.total_xp_then)) c
+         ORDER BY s.user_wallet;
+    PERFORM pyxp.ledger_unmoved();  -- (40001 after a read older than an archive)
 END
 $$;
 
