@@ -778,6 +778,11 @@ def print_simulation(out: Printer, report: dict[str, Any]) -> None:
     out.line(f"{summary['wallets']:,} wallets: {summary['up']:,} up, {summary['down']:,} down, "
              f"{summary['unchanged']:,} unchanged; {summary['level_up']:,} would level up, "
              f"{summary['level_down']:,} down; total XP {summary['xp_now']:,} -> {summary['xp_then']:,}")
+    reasons = {"added": "a rule on calls that wrote no row of its action: not counted for past calls",
+               "selection_changed": "another event, campaign types or condition: applied to every old row "
+                                    "of its action"}
+    for rule in report["not_simulated"]:
+        out.line(Styled(f"not simulated: {rule['action']} ({reasons[rule['reason']]})", fg="yellow"))
 
 
 @rules.command("apply")

@@ -345,7 +345,27 @@ BEGIN
                                    ORDER BY abs(t.then_xp - t.now_xp) DESC, t.user_wallet COLLATE "C"), '[]')
                           FROM (SELECT * FROM leveled l WHERE l.then_xp <> l.now_xp
                                  -- ties by code point, whatever the database's collation (0034)
-                                 ORDER BY abs(l.then_xp - l.now_xp) DESC, l.user_wallet COLLATE "C" LIMIT v_top) t))
+                                 ORDER BY abs(l.then_xp - l.now_xp) DESC, l.user_wallet COLLATE "C" LIMIT v_top) t),
+        -- What the replay cannot count (0037, a hostile test): it re-evaluates
+        -- rows, so a call that wrote none is not seen. A rule of the candidate
+        -- on an event whose action no row of the ledger carries ('added': the
+        -- past calls of that event count nothing for it), and a rule whose
+        -- event, campaign types or condition differ from the active
+        -- version's rule of its action ('selection_changed': it is applied to
+        -- every old row of the action, as that rule selected them).
+        'not_simulated', (SELECT coalesce(jsonb_agg(jsonb_build_object('action', c.action, 'reason', c.reason)
+                                                    ORDER BY c.action COLLATE "C"), '[]')
+                            FROM (SELECT r.action, CASE WHEN o.rule_id IS NULL THEN 'added' ELSE 'selection_changed' END AS reason
+                                    FROM pyxp.rules r
+                                    LEFT JOIN pyxp.rules o
+                                           ON o.action = r.action
+                                          AND o.ruleset_id = (SELECT x.ruleset_id FROM pyxp.rulesets x WHERE x.is_active)
+                                   WHERE r.ruleset_id = v_ruleset.ruleset_id AND NOT v_ruleset.is_active
+                                     AND CASE WHEN o.rule_id IS NULL
+                                              THEN r.event IS NOT NULL
+                                                   AND NOT EXISTS (SELECT FROM actions a WHERE a.action = r.action AND a.rows_ > 0)
+                                              ELSE (r.event, r.campaign_types, r.condition)
+                                                   IS DISTINCT FROM (o.event, o.campaign_types, o.condition) END) c))
       INTO v_report;
     PERFORM pyxp.ledger_unmoved();  -- (40001 after a read older than an archive)
     RETURN v_report;

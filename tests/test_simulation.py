@@ -8,6 +8,7 @@ balance, for formula changes, removed actions, a floor, a cap, a curve change an
 from __future__ import annotations
 
 import copy
+import io
 import json
 import threading
 import time
@@ -21,8 +22,9 @@ from psycopg.types.json import Jsonb
 
 from conftest import nothing_written
 from pyxp import schema
-from pyxp.cli import cli
+from pyxp.cli import cli, print_simulation
 from pyxp.ruleset_config import load_ruleset
+from pyxp.tables import Printer
 
 Call = tuple[str, tuple[Any, ...]]
 
@@ -153,6 +155,39 @@ def test_simulation_equals_replaying_the_calls_under_the_candidate(
     assert got == {a: x for a, x in per_action.items() if x or a in got}
     assert report["summary"]["xp_then"] == sum(t for t, _ in then.values())
     assert report["summary"]["up"] == sum(then[w][0] > now[w][0] for w in then)
+    assert report["not_simulated"] == []
+
+
+def test_the_report_names_the_rules_the_replay_cannot_count(conninfo: str, db: psycopg.Connection[Any],
+                                                            tmp_path: Any) -> None:
+    """The replay re-evaluates rows: a rule a candidate adds on calls that wrote no row of its action
+    counts nothing for them, and a rule that selects other calls (event, campaign types, condition)
+    is applied to every old row of its action. A hostile test (0037) found both silently off from a
+    replay of the calls; the report and the CLI now name them."""
+    def added_and_retargeted(d: dict[str, Any]) -> None:
+        d["rules"].append({**rule(d, "CAMPAIGN_APPROVED"), "action": "APPROVAL_BONUS", "constant": "50",
+                           "formula": "50", "description": "a bonus on approval"})
+        rule(d, "CAMPAIGN_APPROVED")["campaign_types"] = ["AGENCY_B2C"]
+    run_calls(db)
+    candidate_id = install(db, variant("candidate-added", added_and_retargeted), activate=False)
+    report = db.execute("SELECT pyxp.simulation_report(%s)", (candidate_id,)).fetchone()[0]  # type: ignore[index]
+    assert report["not_simulated"] == [{"action": "APPROVAL_BONUS", "reason": "added"},
+                                       {"action": "CAMPAIGN_APPROVED", "reason": "selection_changed"}]
+    path = tmp_path / "added.toml"
+    path.write_text(load_ruleset("winstory").source.replace('name = "winstory"', 'name = "winstory-added"'))
+    shown = CliRunner().invoke(cli, ["--database-url", conninfo, "rules", "simulate", str(path)])
+    assert shown.exit_code == 0 and "not simulated" not in shown.output, shown.output  # (the same rules)
+    assert print_lines(report) == [
+        "not simulated: APPROVAL_BONUS (a rule on calls that wrote no row of its action: not counted for past calls)",
+        "not simulated: CAMPAIGN_APPROVED (another event, campaign types or condition: applied to every old row "
+        "of its action)"]
+
+
+def print_lines(report: dict[str, Any]) -> list[str]:
+    """The CLI's report, as text, its lines about rules not simulated."""
+    out = io.StringIO()
+    print_simulation(Printer(out, colour=False), report)
+    return [line for line in out.getvalue().splitlines() if line.startswith("not simulated")]
 
 
 def test_retroactive_application_makes_every_balance_the_simulation(db: psycopg.Connection[Any]) -> None:

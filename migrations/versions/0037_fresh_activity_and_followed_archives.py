@@ -17,6 +17,11 @@ the switchover its own archive took the same months again (23505). pyxp.follow_r
 moves those partitions to pyxp_archive there, their rows checked against the archive; pyxp db upgrade
 runs it at its end.
 
+simulate_rules refuses an unknown ruleset on a ledger with no balance too (PX027; it answered "no
+wallets"), and simulation_report names the rules its replay of the ledger's rows cannot count
+(not_simulated: a rule added on calls that wrote no row of its action, a rule whose event, campaign
+types or condition changed); hold_awards names another role's session by its pid alone.
+
 Revision ID: 0037
 Revises: 0036
 Create Date: 2026-11-28
