@@ -193,6 +193,22 @@ BEGIN
             USING ERRCODE = 'PX030',
                   HINT = 'run pyxp.create_ledger_partitions() (pyxp db create-partitions) first: it moves such rows into their month''s partition';
     END IF;
+    -- An archive of this ledger whose partitions are still attached here: a
+    -- publisher's archive that reached this database (a logical replication
+    -- subscriber, or the primary it became) and that
+    -- pyxp.follow_replicated_archives has not made here. Archiving now would
+    -- take the same months a second time, and its openings would count their
+    -- rows twice (0037, a hostile test: after a switchover whose follow had
+    -- failed, audit() reported every wallet of those months for good).
+    SELECT a.archive_id, p.partition_name INTO v_problem
+      FROM pyxp.xp_ledger_archives a JOIN pyxp.ledger_partitions() p ON p.partition_name = ANY (a.partitions)
+     ORDER BY a.archive_id LIMIT 1;
+    IF FOUND THEN
+        RAISE EXCEPTION 'archive % took partition %, which is still attached here: it was made on the publisher this database replicated',
+                        v_problem.archive_id, v_problem.partition_name
+            USING ERRCODE = 'PX030',
+                  HINT = 'run pyxp db upgrade (pyxp.follow_replicated_archives()) first: it makes that archive here, or says why it cannot';
+    END IF;
     v_zone := pyxp.active_timezone();
     SELECT array_agg(p.partition_name ORDER BY p.range_end), array_agg(p.range_start ORDER BY p.range_end),
            array_agg(p.range_end ORDER BY p.range_end),
@@ -471,8 +487,13 @@ BEGIN
                             array_to_string(v_names, ', '), (SELECT sum(c) FROM unnest(v_counts) c),
                             coalesce(v_top::text, 'none')
                 USING ERRCODE = 'PX030',
-                      HINT = 'a subscriber behind its publisher: wait until it has caught up; rows of those months in '
-                             'the default partition: run pyxp.create_ledger_partitions() first; nothing was moved';
+                      HINT = CASE WHEN v_top > v_archive.last_transaction_id
+                                  THEN 'rows dated in those months were written after the archive (ids above '
+                                       || v_archive.last_transaction_id || '): the publisher keeps them in its default '
+                                       'partition, this database in the archived ones, and cannot follow that archive: '
+                                       'rebuild it from the publisher (README "Setting up a logical replica"); nothing was moved'
+                                  ELSE 'a subscriber behind its publisher: wait until it has caught up; rows of those months '
+                                       'in the default partition: run pyxp.create_ledger_partitions() first; nothing was moved' END;
         END IF;
         LOCK TABLE pyxp.xp_transactions IN ACCESS EXCLUSIVE MODE;
         PERFORM pyxp.move_to_archive(v_names, v_oids);

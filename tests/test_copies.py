@@ -377,10 +377,14 @@ def test_a_subscriber_makes_the_archives_of_its_publisher(publisher: str, fresh_
         assert sub.execute("SELECT * FROM pyxp.audit()").fetchall() == []
 
 
-def test_an_archive_whose_rows_differ_is_not_followed(db: psycopg.Connection[Any], unchanged: Any) -> None:
+def test_an_archive_whose_rows_differ_is_not_followed(db: psycopg.Connection[Any], conninfo: str, unchanged: Any,
+                                                       capfd: pytest.CaptureFixture[str]) -> None:
     """An archive row naming a partition of this ledger that does not hold the rows it says it took (a
-    subscriber behind its publisher, or rows of the month left in the default partition): refused with
-    PX030, nothing moved."""
+    subscriber behind its publisher, rows of the month left in the default partition, or rows dated in
+    its months written after it): refused with PX030, nothing moved. pyxp db upgrade then warns and
+    succeeds (it failed after adopting a switched-over subscriber, a hostile test, 0037), and this
+    database's own archive refuses while that archive is not made here (it took the same months again,
+    and the openings counted their rows twice)."""
     award(db, "0xfollow", "follow-1")
     partition, top = db.execute("SELECT tableoid::regclass::text, id FROM pyxp.xp_transactions").fetchone()  # type: ignore[misc]
     name = partition.removeprefix("pyxp.")
@@ -395,4 +399,12 @@ def test_an_archive_whose_rows_differ_is_not_followed(db: psycopg.Connection[Any
                                     f"{top}, its partitions here \\({name}\\) hold 1 up to transaction {top}") as raised:
         db.execute("SELECT * FROM pyxp.follow_replicated_archives()")
     assert raised.value.sqlstate == "PX030"
+    assert archive_layout(db) == layout
+    capfd.readouterr()
+    schema.upgrade(conninfo)
+    assert "pyxp: WARNING: the publisher's archive could not be made here: archive 1 took 2 rows" in capfd.readouterr().err
+    with unchanged(), pytest.raises(psycopg.Error, match=f"archive 1 took partition {name}, which is still attached "
+                                                         "here") as refused:
+        db.execute("SELECT * FROM pyxp.archive_ledger_partitions(%s)", (this_month(),))
+    assert refused.value.sqlstate == "PX030"
     assert archive_layout(db) == layout
