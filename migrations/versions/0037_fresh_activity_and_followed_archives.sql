@@ -8,7 +8,8 @@
 -- pyxp.transaction_ended). A logical replication subscriber makes the
 -- archives its publisher made (pyxp.follow_replicated_archives: their
 -- partitions stayed in its ledger, and its audit reported opening_mismatch
--- for every archived wallet); pyxp db upgrade runs it. simulate_rules refuses
+-- for every archived wallet); pyxp db upgrade runs it, and an archive refuses
+-- while one is not made here. simulate_rules refuses
 -- an unknown ruleset on a ledger with no balance too (PX027); simulation_report
 -- names the rules its replay cannot count (not_simulated).
 SET LOCAL ROLE pyxp_owner;
