@@ -356,8 +356,9 @@ def _follow_archives(connection: Connection) -> None:
         except psycopg.Error as exc:
             # The migrations and the adoption are done; only the archive is not (a hostile test, 0037: the
             # run failed after adopting, and the operator could not tell the switchover had happened).
+            hint = f" ({exc.diag.message_hint})" if exc.diag.message_hint else ""
             sys.stderr.write(f"pyxp: WARNING: the publisher's archive could not be made here: "
-                             f"{exc.diag.message_primary} ({exc.diag.message_hint}); audit() reports its wallets "
+                             f"{exc.diag.message_primary or exc}{hint}; audit() reports its wallets "
                              "(opening_mismatch), and archive_ledger_partitions() refuses, until it is\n")
             return
     for archive_id, partition, rows in moved:
