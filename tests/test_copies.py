@@ -408,3 +408,32 @@ def test_an_archive_whose_rows_differ_is_not_followed(db: psycopg.Connection[Any
         db.execute("SELECT * FROM pyxp.archive_ledger_partitions(%s)", (this_month(),))
     assert refused.value.sqlstate == "PX030"
     assert archive_layout(db) == layout
+
+
+def test_rows_written_after_an_archive_go_to_the_default_partition_as_on_the_publisher(
+        db: psycopg.Connection[Any]) -> None:
+    """A row dated in an archived month that its publisher wrote after the archive (its transaction began
+    in that month): the publisher keeps it in its default partition, and its subscriber received it in the
+    month still attached there. The archive could never be followed (PX030 for good; after a switchover
+    the months were archived twice: a re-test, 0037). Following now moves such rows (ids above the
+    archive's last) to the default partition, unchanged, and the archived rows to pyxp_archive."""
+    archived = [award(db, "0xbefore", f"before-{n}") for n in range(3)]
+    later = [award(db, "0xlater", "later-1"), award(db, "0xbefore", "before-later")]
+    name, = db.execute("SELECT DISTINCT tableoid::regclass::text FROM pyxp.xp_transactions").fetchone()  # type: ignore[misc]
+    name = name.removeprefix("pyxp.")
+    rows = db.execute("SELECT * FROM pyxp.xp_transactions ORDER BY id").fetchall()
+    db.execute("INSERT INTO pyxp.xp_audit_checkpoints (snapshot_xmin, wallets_verified, rows_verified) "
+               "VALUES (pyxp.ledger_xid(pg_snapshot_xmin(pg_current_snapshot())), 0, 0)")
+    db.execute("INSERT INTO pyxp.xp_ledger_archives (archived_before, partitions, partition_oids, rows_archived, "
+               "wallets_opened, last_transaction_id, timezone, checkpoint_id) "
+               "SELECT now(), ARRAY[%s], '{0}', 3, 1, %s, 'UTC', max(checkpoint_id) FROM pyxp.xp_audit_checkpoints",
+               (name, max(archived)))
+    assert db.execute("SELECT archive_id, partition_name, rows_archived FROM pyxp.follow_replicated_archives()"
+                      ).fetchall() == [(1, name, 3)]
+    assert [r[0] for r in db.execute(sql.SQL("SELECT id FROM pyxp_archive.{} ORDER BY id").format(
+        sql.Identifier(name)))] == archived
+    assert [r[0] for r in db.execute("SELECT id FROM pyxp.xp_transactions_default ORDER BY id")] == sorted(later)
+    assert db.execute("SELECT * FROM pyxp.xp_transactions ORDER BY id").fetchall() == [r for r in rows if r[0] in later]
+    with pytest.raises(psycopg.Error) as refused:  # (still append-only there)
+        db.execute("DELETE FROM pyxp.xp_transactions_default")
+    assert refused.value.sqlstate == "PX013"

@@ -15,7 +15,8 @@ openings, the archived usage) while its partitions stay in the subscriber's ledg
 replicated): the subscriber's audit() reported opening_mismatch for every archived wallet, and after
 the switchover its own archive took the same months again (23505). pyxp.follow_replicated_archives()
 moves those partitions to pyxp_archive there, their rows checked against the archive; pyxp db upgrade
-runs it at its end (and warns when it cannot). archive_ledger_partitions refuses while such an archive
+runs it at its end (and warns when it cannot); rows written after the archive, dated in its months, go to
+the default partition as on the publisher. archive_ledger_partitions refuses while such an archive
 is not made here: a switched-over subscriber archived the same months again.
 
 simulate_rules refuses an unknown ruleset on a ledger with no balance too (PX027; it answered "no

@@ -84,8 +84,9 @@ $$;
 -- it could not archive itself (PX032), and after the switchover its archive
 -- took the same months again (23505; a hostile test). An archive is moved
 -- only when the partitions named hold exactly the rows it took (their
--- count, rows_archived, and highest id, last_transaction_id): else PX030
--- and nothing moved. A partition of the archive this database never had
+-- count, rows_archived, and highest id, last_transaction_id), besides rows
+-- written after it (ids above its last), which go to the default partition
+-- as on the publisher: else PX030 and nothing moved. A partition of the archive this database never had
 -- counts no row (the archive took none from it, or the count differs). One
 -- row per partition moved; none when every archive is here (a publisher's
 -- own are, always). pyxp db upgrade runs it at its end (migrations/env.py).
@@ -106,9 +107,12 @@ DECLARE
     v_oids oid[];
     v_counts bigint[];
     v_count bigint;
+    v_later bigint;  -- rows of these partitions written after the archive
+    v_after bigint;
     v_top bigint;
     v_id bigint;
     v_name text;
+    v_columns text;
 BEGIN
     IF NOT EXISTS (SELECT FROM pyxp.xp_ledger_archives a JOIN pyxp.ledger_partitions() p
                                  ON p.partition_name = ANY (a.partitions)) THEN
@@ -117,8 +121,11 @@ BEGIN
     PERFORM pyxp.require_read_committed();
     LOCK TABLE pyxp.xp_audit_checkpoints IN EXCLUSIVE MODE;
     PERFORM pyxp.lock_ledger_partitions();
+    SELECT string_agg(quote_ident(a.attname), ', ' ORDER BY a.attnum) INTO v_columns
+      FROM pg_catalog.pg_attribute a
+     WHERE a.attrelid = 'pyxp.xp_transactions'::regclass AND a.attnum > 0 AND NOT a.attisdropped;
     FOR v_archive IN
-        SELECT a.archive_id, a.partitions, a.rows_archived, a.last_transaction_id
+        SELECT a.archive_id, a.partitions, a.rows_archived, coalesce(a.last_transaction_id, 0) AS top_id
           FROM pyxp.xp_ledger_archives a
          WHERE EXISTS (SELECT FROM pyxp.ledger_partitions() p WHERE p.partition_name = ANY (a.partitions))
          ORDER BY a.archive_id
@@ -128,31 +135,55 @@ BEGIN
           INTO v_names, v_oids
           FROM pyxp.ledger_partitions() p
          WHERE p.partition_name = ANY (v_archive.partitions) AND NOT p.is_default;
+        -- The ledger's lock first: no row enters or leaves these partitions
+        -- (the subscription's apply waits) until this transaction commits.
+        LOCK TABLE pyxp.xp_transactions IN ACCESS EXCLUSIVE MODE;
         v_counts := '{}';
         v_top := NULL;
+        v_later := 0;
         FOREACH v_name IN ARRAY v_names LOOP
-            EXECUTE format('LOCK TABLE pyxp.%I IN SHARE MODE', v_name);
-            EXECUTE format('SELECT count(*), max(t.id) FROM pyxp.%I t', v_name) INTO v_count, v_id;
+            EXECUTE format('SELECT count(*) FILTER (WHERE t.id <= $1), max(t.id) FILTER (WHERE t.id <= $1), '
+                           'count(*) FILTER (WHERE t.id > $1) FROM pyxp.%I t', v_name)
+               INTO v_count, v_id, v_after USING v_archive.top_id;
+            v_later := v_later + v_after;
             v_counts := v_counts || v_count;
             v_top := greatest(v_top, v_id);
         END LOOP;
         IF (SELECT sum(c) FROM unnest(v_counts) c) IS DISTINCT FROM v_archive.rows_archived
-           OR v_top IS DISTINCT FROM v_archive.last_transaction_id THEN
+           OR v_top IS DISTINCT FROM nullif(v_archive.top_id, 0) THEN
             RAISE EXCEPTION 'archive % took % rows up to transaction %, its partitions here (%) hold % up to transaction %',
-                            v_archive.archive_id, v_archive.rows_archived, coalesce(v_archive.last_transaction_id::text, 'none'),
+                            v_archive.archive_id, v_archive.rows_archived, coalesce(nullif(v_archive.top_id, 0)::text, 'none'),
                             array_to_string(v_names, ', '), (SELECT sum(c) FROM unnest(v_counts) c),
                             coalesce(v_top::text, 'none')
                 USING ERRCODE = 'PX030',
-                      HINT = CASE WHEN v_top > v_archive.last_transaction_id
-                                  THEN 'rows dated in those months were written after the archive (ids above '
-                                       || v_archive.last_transaction_id || '): the publisher keeps them in its default '
-                                       'partition, this database in the archived ones, and cannot follow that archive: '
-                                       'rebuild it from the publisher (README "Setting up a logical replica"); nothing was moved'
-                                  ELSE 'a subscriber behind its publisher: wait until it has caught up; rows of those months '
-                                       'in the default partition: run pyxp.create_ledger_partitions() first; nothing was moved' END;
+                      HINT = 'a subscriber behind its publisher: wait until it has caught up; rows of those months in '
+                             'the default partition: run pyxp.create_ledger_partitions() first; nothing was moved';
         END IF;
-        LOCK TABLE pyxp.xp_transactions IN ACCESS EXCLUSIVE MODE;
+        -- Rows dated in those months that the publisher wrote after the
+        -- archive (their transaction began before the months ended; ids above
+        -- the archive's last): the publisher keeps them in its default
+        -- partition, and this ledger received them in the partitions still
+        -- attached here. They go to the default partition too, unchanged,
+        -- once the months are detached (its bounds then take them in); a
+        -- partition fires no row trigger on INSERT (the ledger's AFTER INSERT
+        -- trigger is the parent's, per statement). Before, the archive could
+        -- never be followed (0037, a re-test).
+        IF v_later > 0 THEN
+            CREATE TEMP TABLE pyxp_rows_after_archive (LIKE pyxp.xp_transactions) ON COMMIT DROP;
+            FOREACH v_name IN ARRAY v_names LOOP
+                EXECUTE format('INSERT INTO pg_temp.pyxp_rows_after_archive (%s) SELECT %s FROM pyxp.%I t WHERE t.id > $1',
+                               v_columns, v_columns, v_name) USING v_archive.top_id;
+                EXECUTE format('ALTER TABLE pyxp.%I DISABLE TRIGGER xp_transactions_append_only', v_name);
+                EXECUTE format('DELETE FROM pyxp.%I t WHERE t.id > $1', v_name) USING v_archive.top_id;
+                EXECUTE format('ALTER TABLE pyxp.%I ENABLE ALWAYS TRIGGER xp_transactions_append_only', v_name);
+            END LOOP;
+        END IF;
         PERFORM pyxp.move_to_archive(v_names, v_oids);
+        IF v_later > 0 THEN
+            EXECUTE format('INSERT INTO pyxp.xp_transactions_default (%s) SELECT %s FROM pg_temp.pyxp_rows_after_archive',
+                           v_columns, v_columns);
+            DROP TABLE pg_temp.pyxp_rows_after_archive;
+        END IF;
         FOR i IN 1 .. cardinality(v_names) LOOP
             archive_id := v_archive.archive_id;
             partition_name := v_names[i];
