@@ -29,8 +29,14 @@ def function_bodies(db: psycopg.Connection[Any]) -> dict[str, str]:
 def test_one_function_inserts_ledger_rows_and_sets_balances(db: psycopg.Connection[Any]) -> None:
     bodies = function_bodies(db)
     inserts = {name for name, body in bodies.items()
-               if re.search(r"INSERT\s+INTO\s+pyxp\.xp_transactions", body, re.IGNORECASE)}
+               if re.search(r"INSERT\s+INTO\s+pyxp\.xp_transactions\b", body, re.IGNORECASE)}
     assert inserts == {"append_rows"}
+    # Rows moved from one partition to another, unchanged: out of the default partition into their
+    # month's (create_ledger_partitions, 0029), into it on a subscriber following its publisher's
+    # archive (follow_replicated_archives, 0037). Neither writes a row the writer did not.
+    moves = {name for name, body in bodies.items()
+             if re.search(r"INSERT\s+INTO\s+pyxp\.(%I|xp_transactions_)", body, re.IGNORECASE)}
+    assert moves == {"create_ledger_partitions", "follow_replicated_archives"}
     sets_total = {name for name, body in bodies.items()
                   if re.search(r"UPDATE\s+pyxp\.xp_balances[^;]*SET[^;]*total_xp\s*=", body, re.IGNORECASE | re.DOTALL)}
     assert sets_total == {"append_rows"}
