@@ -1,5 +1,12 @@
 """The feed's horizon reads pg_stat_activity afresh; a logical subscriber makes its publisher's archives.
 
+pyxp.schema_revision() says the revision of the functions (a logical replication copies
+pyxp.alembic_version, not them: a subscriber said 0036 with 0035's functions); pyxp db current and
+pyxp db upgrade compare the two. The writer (pyxp.append_rows) frees a reversed capped gain's allowance
+before the balance update, whose triggers may award (an award there was cut to 0); its mark of a nested
+write is the writing transaction's id, not a text any session may set; PX019's hint states the bound.
+(These were written into 0036 after it had landed at dbfdb09; they are this revision's.)
+
 PostgreSQL keeps one copy of pg_stat_activity for a transaction's duration. pyxp.oldest_running_here,
 which tells the transactions of other databases from this one's for the change feed's horizon, read
 that copy: a reader inside a transaction took a backend another database started after its first read
