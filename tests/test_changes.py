@@ -453,7 +453,7 @@ def test_a_cursor_ahead_of_the_feed_is_refused(db: psycopg.Connection[Any], unch
 
 
 def test_a_cursor_handed_out_after_a_repeatable_read_snapshot_reads_an_empty_page_there(
-        conninfo: str, db: psycopg.Connection[Any]) -> None:
+        conninfo: str, db: psycopg.Connection[Any], unchanged: Any) -> None:
     """A consumer in a REPEATABLE READ (or SERIALIZABLE) transaction given a cursor that another
     session's newer snapshot had read (a shared cursor store) was refused with PX023, "ahead of the
     feed", a refusal a client takes for good (0037, a hostile test). Its group's transaction has ended:
@@ -469,7 +469,7 @@ def test_a_cursor_handed_out_after_a_repeatable_read_snapshot_reads_an_empty_pag
         with psycopg.connect(conninfo) as running:
             running_id = running.execute("SELECT pg_current_xact_id()::text::bigint").fetchone()[0]  # type: ignore[index]
             for group in (running_id, running_id + 1000):
-                with pytest.raises(psycopg.Error) as caught:
+                with unchanged(), pytest.raises(psycopg.Error) as caught:
                     reader.execute("SAVEPOINT s")
                     reader.execute(CHANGES, (group << 24, 100, None))
                 assert caught.value.sqlstate == "PX023", caught.value

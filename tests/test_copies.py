@@ -349,8 +349,11 @@ def test_a_subscriber_makes_the_archives_of_its_publisher(publisher: str, fresh_
                     .format(sql.Literal(source)))
         try:
             def caught_up(archives: int) -> bool:
+                # (every table synchronised: until then the apply leaves a table's changes to its sync
+                # worker, and the openings could arrive after the archive's row)
                 return sub.execute("SELECT (SELECT count(*) FROM pyxp.xp_ledger_archives) = %s AND "
-                                   "(SELECT count(*) FROM pyxp.xp_transactions) = %s",
+                                   "(SELECT count(*) FROM pyxp.xp_transactions) = %s AND "
+                                   "NOT EXISTS (SELECT FROM pg_subscription_rel WHERE srsubstate <> 'r')",
                                    (archives, 11)).fetchone() == (True,)
             assert waited_for(lambda: caught_up(0))
             with psycopg.connect(source, autocommit=True) as pub:
@@ -377,6 +380,17 @@ def test_a_subscriber_makes_the_archives_of_its_publisher(publisher: str, fresh_
         assert sub.execute("SELECT * FROM pyxp.audit()").fetchall() == []
 
 
+def replicated_archive(db: psycopg.Connection[Any], partition: str, rows: int, last_id: int) -> None:
+    """An archive row as a publisher's archive reaches its subscriber: it names ``partition``, still
+    attached here, as holding ``rows`` rows up to transaction ``last_id`` (with its audit checkpoint)."""
+    db.execute("INSERT INTO pyxp.xp_audit_checkpoints (snapshot_xmin, wallets_verified, rows_verified) "
+               "VALUES (pyxp.ledger_xid(pg_snapshot_xmin(pg_current_snapshot())), 0, 0)")
+    db.execute("INSERT INTO pyxp.xp_ledger_archives (archived_before, partitions, partition_oids, rows_archived, "
+               "wallets_opened, last_transaction_id, timezone, checkpoint_id) "
+               "SELECT now(), ARRAY[%s], '{0}', %s, 1, %s, 'UTC', max(checkpoint_id) FROM pyxp.xp_audit_checkpoints",
+               (partition, rows, last_id))
+
+
 def test_an_archive_whose_rows_differ_is_not_followed(db: psycopg.Connection[Any], conninfo: str, unchanged: Any,
                                                        capfd: pytest.CaptureFixture[str]) -> None:
     """An archive row naming a partition of this ledger that does not hold the rows it says it took (a
@@ -388,12 +402,7 @@ def test_an_archive_whose_rows_differ_is_not_followed(db: psycopg.Connection[Any
     award(db, "0xfollow", "follow-1")
     partition, top = db.execute("SELECT tableoid::regclass::text, id FROM pyxp.xp_transactions").fetchone()  # type: ignore[misc]
     name = partition.removeprefix("pyxp.")
-    db.execute("INSERT INTO pyxp.xp_audit_checkpoints (snapshot_xmin, wallets_verified, rows_verified) "
-               "VALUES (pyxp.ledger_xid(pg_snapshot_xmin(pg_current_snapshot())), 0, 0)")
-    db.execute("INSERT INTO pyxp.xp_ledger_archives (archived_before, partitions, partition_oids, rows_archived, "
-               "wallets_opened, last_transaction_id, timezone, checkpoint_id) "
-               "SELECT now(), ARRAY[%s], '{0}', 2, 1, %s, 'UTC', max(checkpoint_id) FROM pyxp.xp_audit_checkpoints",
-               (name, top))
+    replicated_archive(db, name, 2, top)
     layout = archive_layout(db)
     with unchanged(), pytest.raises(psycopg.Error, match=f"archive 1 took 2 rows up to transaction "
                                     f"{top}, its partitions here \\({name}\\) hold 1 up to transaction {top}") as raised:
@@ -422,12 +431,7 @@ def test_rows_written_after_an_archive_go_to_the_default_partition_as_on_the_pub
     name, = db.execute("SELECT DISTINCT tableoid::regclass::text FROM pyxp.xp_transactions").fetchone()  # type: ignore[misc]
     name = name.removeprefix("pyxp.")
     rows = db.execute("SELECT * FROM pyxp.xp_transactions ORDER BY id").fetchall()
-    db.execute("INSERT INTO pyxp.xp_audit_checkpoints (snapshot_xmin, wallets_verified, rows_verified) "
-               "VALUES (pyxp.ledger_xid(pg_snapshot_xmin(pg_current_snapshot())), 0, 0)")
-    db.execute("INSERT INTO pyxp.xp_ledger_archives (archived_before, partitions, partition_oids, rows_archived, "
-               "wallets_opened, last_transaction_id, timezone, checkpoint_id) "
-               "SELECT now(), ARRAY[%s], '{0}', 3, 1, %s, 'UTC', max(checkpoint_id) FROM pyxp.xp_audit_checkpoints",
-               (name, max(archived)))
+    replicated_archive(db, name, 3, max(archived))
     assert db.execute("SELECT archive_id, partition_name, rows_archived FROM pyxp.follow_replicated_archives()"
                       ).fetchall() == [(1, name, 3)]
     assert [r[0] for r in db.execute(sql.SQL("SELECT id FROM pyxp_archive.{} ORDER BY id").format(

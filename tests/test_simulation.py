@@ -261,7 +261,7 @@ def test_refusals_write_nothing(db: psycopg.Connection[Any], unchanged: Any, log
     # On a ledger with no balance yet too: simulate_rules checked the id only when it joined a balance,
     # and answered "no wallets" for any id (a hostile test, 0037).
     for call in ("SELECT * FROM pyxp.simulate_rules(987654)", "SELECT * FROM pyxp.simulate_rules(NULL)"):
-        with pytest.raises(psycopg.Error) as refused:
+        with unchanged(), pytest.raises(psycopg.Error) as refused:
             db.execute(call)
         assert refused.value.sqlstate == "PX027", call
     run_calls(db)
