@@ -360,6 +360,19 @@ def settled(read: Callable[[], Any], expected: Any, seconds: float = 60,
     return got
 
 
+def steady(read: Callable[[], Any], reads: int = 20) -> Any:
+    """``read()`` of the change feed until two reads in a row agree (at most ``reads``); the last. A read
+    may come back short once when a transaction of another database (the other test worker's) that its
+    snapshot saw running ends before it looks at pg_locks (sql/11_changes.sql): the next read is whole.
+    For a read whose expected rows the test does not know beforehand."""
+    previous, got = read(), read()
+    for _ in range(reads):
+        if got == previous:
+            break
+        previous, got = got, read()
+    return got
+
+
 def waited_for(condition: Callable[[], bool], seconds: float = 60) -> bool:
     """Whether ``condition()`` came true within ``seconds`` (polled every 50 ms)."""
     deadline = time.monotonic() + seconds

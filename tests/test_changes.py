@@ -27,7 +27,7 @@ import pytest
 from psycopg.conninfo import make_conninfo
 
 from pyxp import schema
-from conftest import settled
+from conftest import settled, steady
 
 AWARD = ("SELECT transaction_id FROM pyxp.award(wallet => %s, action => 'CAMPAIGN_APPROVED', "
          "idempotency_key => %s)")
@@ -449,7 +449,8 @@ def test_a_cursor_ahead_of_the_feed_is_refused(db: psycopg.Connection[Any], unch
     assert caught.value.sqlstate == "PX023", caught.value
     assert "ahead of the feed" in (caught.value.diag.message_primary or "")
     awarded = award(db, "ahead")
-    assert [r[1] for r in db.execute(CHANGES, (0, 100, wallet))][-1:] == [awarded]
+    delivered = settled(lambda: [r[1] for r in db.execute(CHANGES, (0, 100, wallet))][-1:], [awarded])
+    assert delivered == [awarded]
 
 
 def test_a_cursor_handed_out_after_a_repeatable_read_snapshot_reads_an_empty_page_there(
@@ -664,7 +665,7 @@ def test_a_reader_inside_a_transaction_sees_which_database_a_later_transaction_r
             psycopg.connect(elsewhere) as early:
         early.execute("SELECT pg_current_xact_id()")  # running while the reader first reads the view
         award(writer, "0xbefore-late")  # a later commit: early's id is in the reader's snapshot's list
-        cursor = reader.execute("SELECT coalesce(max(cursor), 0) FROM pyxp.changes(0, 1000)").fetchone()[0]
+        cursor = steady(lambda: reader.execute("SELECT coalesce(max(cursor), 0) FROM pyxp.changes(0, 1000)").fetchone()[0])
         early.commit()
         with psycopg.connect(elsewhere) as late:  # a backend the reader's copy of the view lacks
             late.execute("SELECT pg_current_xact_id()")

@@ -14,7 +14,7 @@ from typing import Any
 
 import psycopg
 import pytest
-from conftest import PYXP, called_behind_holder
+from conftest import PYXP, called_behind_holder, settled, steady
 
 from pyxp import errors
 from pyxp.bench import plan_nodes
@@ -352,13 +352,13 @@ def test_a_month_moved_out_of_the_default_partition_keeps_every_row_as_it_was(
     db.execute("SELECT * FROM pyxp.reverse_transaction(%s, 'mistake')", (first[0],))
     before = db.execute(LEDGER).fetchall()
     assert {r[-1] for r in before} == {"pyxp.xp_transactions_default"}
-    feed = db.execute("SELECT * FROM pyxp.changes(0, 1000)").fetchall()
+    feed = steady(lambda: db.execute("SELECT * FROM pyxp.changes(0, 1000)").fetchall())
     report = db.execute("SELECT partition_name, created, note FROM pyxp.create_ledger_partitions(0)").fetchall()
     assert report == [(name, True, f"{len(before)} rows moved from xp_transactions_default")]
     after = db.execute(LEDGER).fetchall()
     assert [r[:-1] for r in after] == [r[:-1] for r in before]
     assert {r[-1] for r in after} == {f"pyxp.{name}"}
-    assert db.execute("SELECT * FROM pyxp.changes(0, 1000)").fetchall() == feed
+    assert settled(lambda: db.execute("SELECT * FROM pyxp.changes(0, 1000)").fetchall(), feed) == feed
     assert db.execute("SELECT * FROM pyxp.audit()").fetchall() == []
     replayed = db.execute(AWARD, ("0xmoved", "m1")).fetchone()
     assert replayed is not None and replayed[0] == first[0] and replayed[-1] is True

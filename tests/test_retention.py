@@ -24,7 +24,8 @@ from typing import Any
 
 import psycopg
 import pytest
-from conftest import PYXP, called_behind_holder, install_variant
+from conftest import PYXP, called_behind_holder, install_variant, steady
+from conftest import settled as settled_read
 from test_partitions import GUARD
 from test_periods import place
 
@@ -480,7 +481,7 @@ def test_the_feed_refuses_a_cursor_the_archive_passed(db: psycopg.Connection[Any
     assert floor is not None and floor[0] > 0
     with unchanged(), pytest.raises(errors.ArchivedRows), errors.wrap_errors():
         db.execute("SELECT * FROM pyxp.changes(0)")
-    rows = db.execute("SELECT transaction_id FROM pyxp.changes(%s, 1000)", (floor[0],)).fetchall()
+    rows = steady(lambda: db.execute("SELECT transaction_id FROM pyxp.changes(%s, 1000)", (floor[0],)).fetchall())
     kept = db.execute("SELECT count(*) FROM pyxp.xp_transactions t, pyxp.xp_ledger_archives a "
                       "WHERE (t.feed_xid::text::bigint << 24) > a.feed_floor").fetchone()
     assert kept is not None and len(rows) == kept[0] > 0
@@ -618,13 +619,14 @@ def test_a_partition_created_during_a_read_is_no_concern(conninfo: str, db: psyc
 def test_a_consumer_that_read_every_archived_row_reads_on(db: psycopg.Connection[Any], aged: AgedLedger) -> None:
     """The floor is the cursor of the last row of the highest archived group (before 0026 that
     group's cursor + 2^24 - 1, which no row has: this consumer was refused for good)."""
-    feed = db.execute("SELECT cursor, transaction_id, created_at FROM pyxp.changes(0, 1000)").fetchall()
+    feed = steady(lambda: db.execute("SELECT cursor, transaction_id, created_at FROM pyxp.changes(0, 1000)").fetchall())
     read = [f for f in feed if f[2] < this_month()]
     archive(db)
     floor = db.execute("SELECT feed_floor FROM pyxp.xp_ledger_archives").fetchone()
     assert floor == (read[-1][0],)
     kept = [f[1] for f in feed if f[0] > read[-1][0]]
-    assert [r[0] for r in db.execute("SELECT transaction_id FROM pyxp.changes(%s, 1000)", (floor[0],))] == kept
+    assert settled_read(lambda: [r[0] for r in db.execute("SELECT transaction_id FROM pyxp.changes(%s, 1000)", (floor[0],))],
+                        kept) == kept
     with pytest.raises(errors.ArchivedRows), errors.wrap_errors():
         db.execute("SELECT * FROM pyxp.changes(%s, 1000)", (read[-2][0],))
 
@@ -633,7 +635,7 @@ def test_a_wallet_consumer_past_its_archived_rows_reads_on(db: psycopg.Connectio
     """A consumer of one wallet (0xidle: three rows, all archived) at its last row's cursor, below
     the feed's floor: the wallet's new rows come (before 0026: PX029 for good). At its first row's
     cursor it would miss two: PX029."""
-    mine = db.execute("SELECT cursor FROM pyxp.changes(0, 1000, '0xidle')").fetchall()
+    mine = steady(lambda: db.execute("SELECT cursor FROM pyxp.changes(0, 1000, '0xidle')").fetchall())
     assert len(mine) == 3
     archive(db)
     floor = db.execute("SELECT feed_floor FROM pyxp.xp_ledger_archives").fetchone()
@@ -798,7 +800,7 @@ def test_a_wallet_consumer_is_not_moved_past_a_row_across_two_archives(conninfo:
     assert db.execute("SELECT count(DISTINCT feed_xid) FROM pyxp.xp_transactions").fetchone() == (1,)
     place(db, {**{i: month(1) - timedelta(milliseconds=100) for i in early},
                **{i: month(1) + timedelta(seconds=1) for i in late}})
-    read = db.execute("SELECT cursor FROM pyxp.changes(0, 3, '0xw')").fetchall()  # w1, w2, a
+    read = steady(lambda: db.execute("SELECT cursor FROM pyxp.changes(0, 3, '0xw')").fetchall())  # w1, w2, a
     archive(db, month(1))
     with pytest.raises(errors.ArchivedRows), errors.wrap_errors():
         db.execute("SELECT * FROM pyxp.changes(%s, 100, '0xw')", (read[-1][0],))
