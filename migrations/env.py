@@ -339,31 +339,43 @@ def _adopt_cluster(connection: Connection) -> None:
 # (pyxp.follow_replicated_archives: their rows reach it, their partitions' DETACH does not): at the
 # end of every run that leaves the database there or later; nothing, and no lock, when none is pending.
 FOLLOWED_ARCHIVES_REVISION = "0037"
+# From 0038 each archive is made in a savepoint of its own, in archive order, up to the first that cannot
+# be: one that cannot no longer undoes those before it (a hostile test).
+ONE_ARCHIVE_AT_A_TIME_REVISION = "0038"
 
 
 def _follow_archives(connection: Connection) -> None:
     if connection.in_transaction():
         connection.commit()
+    moved: list[tuple[int, str, int]] = []
+    refused: psycopg.Error | None = None
     with connection.begin():
         reached = _scalar(connection, "SELECT max(version_num) FROM pg_temp.alembic_version")
         if reached is None or reached < FOLLOWED_ARCHIVES_REVISION:
             return
         driver = connection.connection.driver_connection
-        try:
-            with driver.transaction():  # (a savepoint: a refusal leaves the run's work committed)
-                moved = driver.execute("SELECT archive_id, partition_name, rows_archived "
-                                       "FROM pyxp.follow_replicated_archives()").fetchall()
-        except psycopg.Error as exc:
-            # The migrations and the adoption are done; only the archive is not (a hostile test, 0037: the
-            # run failed after adopting, and the operator could not tell the switchover had happened).
-            hint = f" ({exc.diag.message_hint})" if exc.diag.message_hint else ""
-            sys.stderr.write(f"pyxp: WARNING: the publisher's archive could not be made here: "
-                             f"{exc.diag.message_primary or exc}{hint}; audit() reports its wallets "
-                             "(opening_mismatch), and archive_ledger_partitions() refuses, until it is\n")
-            return
+        follow = "SELECT archive_id, partition_name, rows_archived FROM pyxp.follow_replicated_archives()"
+        archives: list[int | None] = [None]
+        if reached >= ONE_ARCHIVE_AT_A_TIME_REVISION:
+            follow = "SELECT archive_id, partition_name, rows_archived FROM pyxp.follow_replicated_archives(%s)"
+            archives = [row[0] for row in driver.execute("SELECT archive_id FROM pyxp.xp_ledger_archives ORDER BY 1")]
+        for archive in archives:
+            try:
+                with driver.transaction():  # (a savepoint: a refusal leaves the run's work committed)
+                    moved += driver.execute(follow, (archive,) if archive is not None else None).fetchall()
+            except psycopg.Error as exc:
+                refused = exc
+                break
     for archive_id, partition, rows in moved:
         sys.stderr.write(f"pyxp: archive {archive_id} of this database's publisher made here: {partition} "
                          f"({rows} rows) moved to pyxp_archive\n")
+    if refused is not None:
+        # The migrations and the adoption are done; only the archive is not (a hostile test, 0037: the
+        # run failed after adopting, and the operator could not tell the switchover had happened).
+        hint = f" ({refused.diag.message_hint})" if refused.diag.message_hint else ""
+        sys.stderr.write(f"pyxp: WARNING: the publisher's archive could not be made here: "
+                         f"{refused.diag.message_primary or refused}{hint}; audit() reports its wallets "
+                         "(opening_mismatch), and archive_ledger_partitions() refuses, until it is\n")
 
 
 engine = create_engine("postgresql+psycopg://", creator=_connect, poolclass=NullPool)

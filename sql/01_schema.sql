@@ -624,4 +624,4 @@ CREATE FUNCTION pyxp.schema_revision()
 RETURNS text
 LANGUAGE sql IMMUTABLE PARALLEL SAFE SECURITY DEFINER
 SET search_path = pyxp, pg_temp
-AS $$ SELECT '0037' $$;
+AS $$ SELECT '0038' $$;

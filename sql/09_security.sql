@@ -3,11 +3,28 @@
 -- Refuses UPDATE, DELETE and TRUNCATE on the ledger, even for the owner
 -- (PX013). Corrections are new rows: pyxp.reverse_transaction(). A superuser
 -- can still disable triggers; pyxp.audit() would then see the damage.
+-- One DELETE is skipped instead, row by row: a logical replication apply
+-- worker's. A publisher deletes ledger rows in one place only, when
+-- pyxp.create_ledger_partitions moves a month's rows out of its default
+-- partition (sql/12_partitions.sql): with publish_via_partition_root the
+-- DELETE is published, the copy into the new partition (not yet attached,
+-- in no publication) is not, and the subscriber keeps its rows where its
+-- own partitions put them (its own create_ledger_partitions moves them).
+-- Refused, the DELETE stopped the subscription for good: the apply retried
+-- it forever, and no later award reached the subscriber (0038, a hostile
+-- test). The backend's type says an apply worker, which no session can
+-- claim to be (session_replication_role can be set by a role granted SET
+-- on it, 0028).
 CREATE FUNCTION pyxp.refuse_ledger_change()
 RETURNS trigger
 LANGUAGE plpgsql
 AS $$
 BEGIN
+    IF TG_OP = 'DELETE' AND TG_LEVEL = 'ROW'
+       AND (SELECT a.backend_type FROM pg_catalog.pg_stat_activity a
+             WHERE a.pid = pg_catalog.pg_backend_pid()) = 'logical replication worker' THEN
+        RETURN NULL;  -- (the row stays)
+    END IF;
     RAISE EXCEPTION 'xp_transactions is append-only: % refused', TG_OP
         USING ERRCODE = 'PX013',
               HINT = 'correct a row with pyxp.reverse_transaction(transaction_id, reason)';

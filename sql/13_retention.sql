@@ -199,13 +199,23 @@ BEGIN
     -- pyxp.follow_replicated_archives has not made here. Archiving now would
     -- take the same months a second time, and its openings would count their
     -- rows twice (0037, a hostile test: after a switchover whose follow had
-    -- failed, audit() reported every wallet of those months for good).
-    SELECT a.archive_id, p.partition_name INTO v_problem
-      FROM pyxp.xp_ledger_archives a JOIN pyxp.ledger_partitions() p ON p.partition_name = ANY (a.partitions)
+    -- failed, audit() reported every wallet of those months for good). Or
+    -- whose rows are in the default partition (a subscriber that had no
+    -- partition for their months: pyxp.archive_pending_here; before 0038 it
+    -- archived again, a hostile test).
+    SELECT a.archive_id, (SELECT p.partition_name FROM pyxp.ledger_partitions() p
+                           WHERE p.partition_name = ANY (a.partitions) ORDER BY p.range_end LIMIT 1) AS partition_name
+      INTO v_problem
+      FROM pyxp.xp_ledger_archives a
+     WHERE pyxp.archive_pending_here(a.archive_id)
      ORDER BY a.archive_id LIMIT 1;
     IF FOUND THEN
-        RAISE EXCEPTION 'archive % took partition %, which is still attached here: it was made on the publisher this database replicated',
-                        v_problem.archive_id, v_problem.partition_name
+        RAISE EXCEPTION '%: it was made on the publisher this database replicated',
+                        CASE WHEN v_problem.partition_name IS NOT NULL
+                             THEN format('archive %s took partition %s, which is still attached here',
+                                         v_problem.archive_id, v_problem.partition_name)
+                             ELSE format('archive %s took rows that are in this ledger''s default partition',
+                                         v_problem.archive_id) END
             USING ERRCODE = 'PX030',
                   HINT = 'run pyxp db upgrade (pyxp.follow_replicated_archives()) first: it makes that archive here, or says why it cannot';
     END IF;
@@ -418,6 +428,28 @@ $$;
 COMMENT ON FUNCTION pyxp.archive_ledger_partitions(timestamptz) IS
     'internal: moves the ledger''s partitions ending at or before archived_before into schema pyxp_archive after an audit checkpoint, keeping each wallet''s opening. Owner only.';
 
+-- Whether archive p_archive is not made here: a partition it took is still
+-- attached to this ledger, or the default partition holds rows it took
+-- (ids up to its last, dated in the range it checked: from the archive
+-- before it to its own horizon). A publisher's own archive never is: it
+-- refuses while the default partition holds rows of its range, and rows
+-- written after it have higher ids. A subscriber that had no partition for
+-- a month (it never ran create_ledger_partitions) received that month's
+-- rows in its default partition; before 0038 such an archive was skipped
+-- without a word (a hostile test).
+CREATE FUNCTION pyxp.archive_pending_here(p_archive bigint)
+RETURNS boolean
+LANGUAGE sql STABLE
+AS $$
+    SELECT EXISTS (SELECT FROM pyxp.ledger_partitions() p WHERE p.partition_name = ANY (a.partitions))
+        OR EXISTS (SELECT FROM pyxp.xp_transactions_default d
+                    WHERE d.id <= a.last_transaction_id AND d.created_at < a.archived_before
+                      AND d.created_at >= coalesce((SELECT max(b.archived_before) FROM pyxp.xp_ledger_archives b
+                                                     WHERE b.archive_id < a.archive_id), '-infinity'))
+      FROM pyxp.xp_ledger_archives a
+     WHERE a.archive_id = p_archive
+$$;
+
 -- Owner operation on a logical replication subscriber of pyxp's tables (and
 -- after its switchover): the archives its publisher made, which reached it
 -- as rows (xp_ledger_archives, the openings, the archived usage, originals
@@ -433,12 +465,17 @@ COMMENT ON FUNCTION pyxp.archive_ledger_partitions(timestamptz) IS
 -- as on the publisher: else PX030 and nothing moved. A partition of the archive this database never had
 -- counts no row (the archive took none from it, or the count differs). One
 -- row per partition moved; none when every archive is here (a publisher's
--- own are, always). pyxp db upgrade runs it at its end (migrations/env.py).
+-- own are, always). up_to_archive: only the archives up to that one
+-- (pyxp db upgrade, migrations/env.py, runs it at its end for each archive
+-- in turn, each in a savepoint: one that cannot be made no longer undoes
+-- those before it, as it did in one call before 0038, a hostile test).
+-- An archive whose rows are in this ledger's default partition (this
+-- database had no partition for their months): PX030, with where they are.
 -- Locks: EXCLUSIVE on xp_audit_checkpoints (one archive or checkpoint at a
 -- time), the partitions' lock, then ACCESS EXCLUSIVE on the ledger for the
 -- catalog changes (at most lock_timeout, 1 s): the subscription's apply
 -- and readers wait that long.
-CREATE FUNCTION pyxp.follow_replicated_archives()
+CREATE FUNCTION pyxp.follow_replicated_archives(up_to_archive bigint DEFAULT NULL)
 RETURNS TABLE (archive_id bigint, partition_name text, rows_archived bigint, archive_table text)
 LANGUAGE plpgsql SECURITY DEFINER
 SET search_path = pyxp, pg_temp
@@ -458,8 +495,8 @@ DECLARE
     v_name text;
     v_columns text;
 BEGIN
-    IF NOT EXISTS (SELECT FROM pyxp.xp_ledger_archives a JOIN pyxp.ledger_partitions() p
-                                 ON p.partition_name = ANY (a.partitions)) THEN
+    IF NOT EXISTS (SELECT FROM pyxp.xp_ledger_archives a
+                    WHERE a.archive_id <= coalesce(up_to_archive, a.archive_id) AND pyxp.archive_pending_here(a.archive_id)) THEN
         RETURN;  -- (every archive is here: no lock taken, pyxp db upgrade runs this on every database)
     END IF;
     PERFORM pyxp.require_read_committed();
@@ -471,7 +508,7 @@ BEGIN
     FOR v_archive IN
         SELECT a.archive_id, a.partitions, a.rows_archived, coalesce(a.last_transaction_id, 0) AS top_id
           FROM pyxp.xp_ledger_archives a
-         WHERE EXISTS (SELECT FROM pyxp.ledger_partitions() p WHERE p.partition_name = ANY (a.partitions))
+         WHERE a.archive_id <= coalesce(up_to_archive, a.archive_id) AND pyxp.archive_pending_here(a.archive_id)
          ORDER BY a.archive_id
     LOOP
         SELECT array_agg(p.partition_name ORDER BY p.range_end),
@@ -482,6 +519,13 @@ BEGIN
         -- The ledger's lock first: no row enters or leaves these partitions
         -- (the subscription's apply waits) until this transaction commits.
         LOCK TABLE pyxp.xp_transactions IN ACCESS EXCLUSIVE MODE;
+        IF v_names IS NULL THEN
+            RAISE EXCEPTION 'archive % took partitions %, none of which is attached here, and rows it took are in this ledger''s default partition',
+                            v_archive.archive_id, array_to_string(v_archive.partitions, ', ')
+                USING ERRCODE = 'PX030',
+                      DETAIL = 'this database had no partition for their months when the rows arrived',
+                      HINT = 'on a subscriber, run pyxp.create_ledger_partitions() (pyxp db create-partitions) on the publisher''s schedule, before its archives (README "Setting up a logical replica"); nothing was moved';
+        END IF;
         v_counts := '{}';
         v_top := NULL;
         v_later := 0;
@@ -501,7 +545,9 @@ BEGIN
                             coalesce(v_top::text, 'none')
                 USING ERRCODE = 'PX030',
                       HINT = 'a subscriber behind its publisher: wait until it has caught up; rows of those months in '
-                             'the default partition: run pyxp.create_ledger_partitions() first; nothing was moved';
+                             'the default partition (this database had no partition for a month): run '
+                             'pyxp.create_ledger_partitions() on the publisher''s schedule, before its archives '
+                             '(README "Setting up a logical replica"); nothing was moved';
         END IF;
         -- Rows dated in those months that the publisher wrote after the
         -- archive (their transaction began before the months ended; ids above
@@ -538,8 +584,11 @@ BEGIN
     END LOOP;
 END
 $$;
-REVOKE ALL ON FUNCTION pyxp.follow_replicated_archives(), pyxp.move_to_archive(text[], oid[]) FROM PUBLIC;
-COMMENT ON FUNCTION pyxp.follow_replicated_archives() IS
+REVOKE ALL ON FUNCTION pyxp.follow_replicated_archives(bigint), pyxp.move_to_archive(text[], oid[]),
+                        pyxp.archive_pending_here(bigint) FROM PUBLIC;
+COMMENT ON FUNCTION pyxp.archive_pending_here(bigint) IS
+    'internal: whether an archive is not made here (a partition it took still attached, or rows it took in the default partition).';
+COMMENT ON FUNCTION pyxp.follow_replicated_archives(bigint) IS
     'internal: on a logical replication subscriber, moves to pyxp_archive the partitions its publisher archived (their rows checked against the archive). Owner only.';
 COMMENT ON FUNCTION pyxp.move_to_archive(text[], oid[]) IS
     'internal: detaches ledger partitions and moves them to schema pyxp_archive (the caller holds the ledger''s lock).';

@@ -52,7 +52,7 @@ def tamper(db: psycopg.Connection[Any], statement: str, *params: Any) -> None:
     try:
         db.execute(statement, params)
     finally:
-        db.execute("ALTER TABLE pyxp.xp_transactions ENABLE TRIGGER xp_transactions_append_only")
+        db.execute("ALTER TABLE pyxp.xp_transactions ENABLE ALWAYS TRIGGER xp_transactions_append_only")
 
 
 def record(db: psycopg.Connection[Any]) -> dict[str, Any]:

@@ -738,7 +738,7 @@ def test_audit_finds_a_ledger_row_changed_behind_the_trigger(db: psycopg.Connect
     try:
         db.execute("UPDATE pyxp.xp_transactions SET xp_amount = 2000 WHERE id = %s", (row["transaction_id"],))
     finally:
-        db.execute("ALTER TABLE pyxp.xp_transactions ENABLE TRIGGER xp_transactions_append_only")
+        db.execute("ALTER TABLE pyxp.xp_transactions ENABLE ALWAYS TRIGGER xp_transactions_append_only")
     found = list(db.execute("SELECT check_name, user_wallet, transaction_id FROM pyxp.audit()"))
     # The balance's period XP (SPEC 12) no longer matches the changed row either, nor the amount
     # its rule gives (0029).
@@ -757,7 +757,7 @@ def test_audit_finds_a_forged_reversal(db: psycopg.Connection[Any]) -> None:
                    (reversal["transaction_id"],))
         db.execute("UPDATE pyxp.xp_balances SET total_xp = 100, current_level = 2, xp_to_next_level = 150")
     finally:
-        db.execute("ALTER TABLE pyxp.xp_transactions ENABLE TRIGGER xp_transactions_append_only")
+        db.execute("ALTER TABLE pyxp.xp_transactions ENABLE ALWAYS TRIGGER xp_transactions_append_only")
     assert findings(db) == {("reversal_mismatch", "0x_user"), ("period_mismatch", "0x_user")}
 
 

@@ -397,7 +397,7 @@ def redate(db: psycopg.Connection[Any], ids: list[int], to: str, usage: bool = T
     with db.transaction():
         db.execute("ALTER TABLE pyxp.xp_transactions DISABLE TRIGGER xp_transactions_append_only")
         db.execute(f"UPDATE pyxp.xp_transactions SET created_at = {to} WHERE id = ANY(%s)", (ids,))
-        db.execute("ALTER TABLE pyxp.xp_transactions ENABLE TRIGGER xp_transactions_append_only")
+        db.execute("ALTER TABLE pyxp.xp_transactions ENABLE ALWAYS TRIGGER xp_transactions_append_only")
         db.execute("UPDATE pyxp.xp_award_claims c SET created_at = t.created_at FROM pyxp.xp_transactions t "
                    "WHERE t.id = c.transaction_id")
         db.execute("SELECT pyxp.rebuild_period_columns(pyxp.active_timezone())")

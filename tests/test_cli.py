@@ -791,7 +791,7 @@ def tamper(db: psycopg.Connection[Any]) -> None:
     db.execute("ALTER TABLE pyxp.xp_transactions DISABLE TRIGGER xp_transactions_append_only")
     db.execute("UPDATE pyxp.xp_transactions SET xp_amount = xp_amount + 1 "
                "WHERE id = (SELECT min(id) FROM pyxp.xp_transactions)")
-    db.execute("ALTER TABLE pyxp.xp_transactions ENABLE TRIGGER xp_transactions_append_only")
+    db.execute("ALTER TABLE pyxp.xp_transactions ENABLE ALWAYS TRIGGER xp_transactions_append_only")
 
 
 def test_audit_after_tampering_exits_1_and_names_the_finding(conninfo: str,

@@ -12,7 +12,8 @@ from __future__ import annotations
 import shutil
 import subprocess
 from collections.abc import Iterator
-from datetime import timedelta
+from contextlib import contextmanager
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -318,6 +319,37 @@ def archive_layout(conn: psycopg.Connection[Any]) -> list[tuple[Any, ...]]:
     return [*archived, *conn.execute("SELECT partition_name FROM pyxp.ledger_partitions()").fetchall()]
 
 
+@contextmanager
+def replica(source: str, target: str) -> Iterator[psycopg.Connection[Any]]:
+    """A subscriber built as README says ("Setting up a logical replica"): pyxp's tables published by
+    ``source`` with publish_via_partition_root, ``target``'s schema a dump of the source's and its version
+    row, subscription ledger_follower (dropped at the end if still there). Yields a connection to target."""
+    with psycopg.connect(source, autocommit=True) as pub:
+        tables = pub.execute(PUBLISHED_TABLES).fetchone()[0]  # type: ignore[index]
+        pub.execute(f"CREATE PUBLICATION ledger FOR TABLE {tables} WITH (publish_via_partition_root = true)")
+    with psycopg.connect(target, autocommit=True) as sub:
+        for options in (["--schema-only", "--no-publications"], ["--data-only", "--inserts", "--table", "pyxp.alembic_version"]):
+            dump = subprocess.run(["pg_dump", *options, "--dbname", source], check=True, capture_output=True,
+                                  text=True).stdout
+            sub.execute("\n".join(line for line in dump.splitlines() if not line.startswith("\\")))  # type: ignore[arg-type]
+        sub.execute(sql.SQL("CREATE SUBSCRIPTION ledger_follower CONNECTION {} PUBLICATION ledger")
+                    .format(sql.Literal(source)))
+        try:
+            yield sub
+        finally:
+            sub.execute("DROP SUBSCRIPTION IF EXISTS ledger_follower")
+
+
+def publishing_database(publisher: str, name: str) -> str:
+    """A new database ``name`` of the publisher's cluster with pyxp installed; its conninfo."""
+    with psycopg.connect(publisher, autocommit=True) as admin:
+        admin.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+        admin.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+    source = make_conninfo(publisher, dbname=name)
+    schema.upgrade(source)
+    return source
+
+
 def test_a_subscriber_makes_the_archives_of_its_publisher(publisher: str, fresh_database: Any,
                                                           capfd: pytest.CaptureFixture[str]) -> None:
     """An archive on a publisher reached its subscriber as rows (the archive, the openings, the archived usage),
@@ -325,28 +357,14 @@ def test_a_subscriber_makes_the_archives_of_its_publisher(publisher: str, fresh_
     audit() reported opening_mismatch for every archived wallet, it could not archive itself (PX032),
     and after the switchover its archive took the same months again (23505; a hostile test, 0036).
     pyxp db upgrade on the subscriber now moves those partitions there too (0037), their rows checked."""
-    source = make_conninfo(publisher, dbname="archiving")
-    with psycopg.connect(publisher, autocommit=True) as admin:
-        admin.execute("DROP DATABASE IF EXISTS archiving WITH (FORCE)")
-        admin.execute("CREATE DATABASE archiving")
-    schema.upgrade(source)
+    source = publishing_database(publisher, "archiving")
     target = fresh_database()
     with psycopg.connect(source, autocommit=True) as pub:
         old = [award(pub, f"0xold{i % 3}", f"old-{i}") for i in range(9)]
         place(pub, {tid: this_month() - timedelta(days=200 - i) for i, tid in enumerate(old)})
         kept = award(pub, "0xold0", "kept-1")
         pub.execute("SELECT * FROM pyxp.reverse_transaction(%s, 'mistake')", (old[0],))
-        tables = pub.execute(PUBLISHED_TABLES).fetchone()[0]  # type: ignore[index]
-        pub.execute(f"CREATE PUBLICATION ledger FOR TABLE {tables} WITH (publish_via_partition_root = true)")
-        # The subscriber's schema: a dump of the publisher's, and its version row (README).
-        for options in (["--schema-only", "--no-publications"], ["--data-only", "--inserts", "--table", "pyxp.alembic_version"]):
-            dump = subprocess.run(["pg_dump", *options, "--dbname", source], check=True, capture_output=True,
-                                  text=True).stdout
-            with psycopg.connect(target, autocommit=True) as sub:  # (psql's meta-commands left out)
-                sub.execute("\n".join(line for line in dump.splitlines() if not line.startswith("\\")))  # type: ignore[arg-type]
-    with psycopg.connect(target, autocommit=True) as sub:
-        sub.execute(sql.SQL("CREATE SUBSCRIPTION ledger_follower CONNECTION {} PUBLICATION ledger")
-                    .format(sql.Literal(source)))
+    with replica(source, target) as sub:
         try:
             def caught_up(archives: int) -> bool:
                 # (every table synchronised: until then the apply leaves a table's changes to its sync
@@ -373,22 +391,73 @@ def test_a_subscriber_makes_the_archives_of_its_publisher(publisher: str, fresh_
             assert sub.execute("SELECT * FROM pyxp.audit()").fetchall() == []
             assert sub.execute("SELECT * FROM pyxp.follow_replicated_archives()").fetchall() == []  # (done)
         finally:
-            sub.execute("DROP SUBSCRIPTION ledger_follower")
+            sub.execute("DROP SUBSCRIPTION IF EXISTS ledger_follower")
         schema.upgrade(target)  # the switchover: adopted
         assert sub.execute("SELECT * FROM pyxp.archive_ledger_partitions(%s)", (this_month(),)).fetchall() == []
         assert award(sub, "0xold0", "after-switchover") > kept
         assert sub.execute("SELECT * FROM pyxp.audit()").fetchall() == []
 
 
-def replicated_archive(db: psycopg.Connection[Any], partition: str, rows: int, last_id: int) -> None:
-    """An archive row as a publisher's archive reaches its subscriber: it names ``partition``, still
-    attached here, as holding ``rows`` rows up to transaction ``last_id`` (with its audit checkpoint)."""
+def ledger_layout(conn: psycopg.Connection[Any]) -> list[tuple[Any, ...]]:
+    """Each ledger row's id, balance_after and partition."""
+    return conn.execute("SELECT id, balance_after, tableoid::regclass::text FROM pyxp.xp_transactions "
+                        "ORDER BY id").fetchall()
+
+
+def test_a_subscriber_skips_the_delete_of_its_publishers_move_out_of_the_default_partition(
+        publisher: str, fresh_database: Any) -> None:
+    """create_ledger_partitions moves a month's rows out of the default partition: it copies them into the
+    new partition before attaching it (published nowhere) and deletes them from the default partition,
+    which publish_via_partition_root publishes. The subscriber's append-only trigger refused that DELETE,
+    its apply retried it forever, and no later award reached it (a hostile test, 0038). It now skips it:
+    the rows stay where its own partitions put them, until its own create_ledger_partitions moves them."""
+    source = publishing_database(publisher, "moving")
+    target = fresh_database()
+    with psycopg.connect(source, autocommit=True) as pub:
+        rows = [award(pub, f"0xmove{i % 2}", f"move-{i}") for i in range(4)]
+        later = (this_month() + timedelta(days=130)).replace(day=1)  # past the partitions made ahead
+        place(pub, {rows[1]: later, rows[2]: later + timedelta(days=3)})
+        assert {r[2] for r in ledger_layout(pub)} >= {"pyxp.xp_transactions_default"}
+    with replica(source, target) as sub, psycopg.connect(source, autocommit=True) as pub:
+        def caught_up(count: int) -> bool:
+            return sub.execute("SELECT (SELECT count(*) FROM pyxp.xp_transactions) = %s AND "
+                               "NOT EXISTS (SELECT FROM pg_subscription_rel WHERE srsubstate <> 'r')",
+                               (count,)).fetchone() == (True,)
+        assert waited_for(lambda: caught_up(4))
+        moved = pub.execute("SELECT partition_name, note FROM pyxp.create_ledger_partitions(5) "
+                            "WHERE note IS NOT NULL").fetchall()
+        assert moved == [(f"xp_transactions_{later:%Y_%m}", "2 rows moved from xp_transactions_default")]
+        after = award(pub, "0xmove0", "after-the-move")
+        assert waited_for(lambda: caught_up(5), seconds=30)
+        assert sub.execute("SELECT apply_error_count FROM pg_stat_subscription_stats").fetchall() == [(0,)]
+        balances = "SELECT user_wallet, total_xp, current_level FROM pyxp.xp_balances ORDER BY 1"
+        assert sub.execute(balances).fetchall() == pub.execute(balances).fetchall()
+        published = ledger_layout(pub)
+        assert [r[:2] for r in ledger_layout(sub)] == [r[:2] for r in published]
+        assert {r[2] for r in ledger_layout(sub) if r[0] in rows[1:3]} == {"pyxp.xp_transactions_default"}
+        assert sub.execute("SELECT * FROM pyxp.audit()").fetchall() == []
+        # The subscriber's own move (local: nothing of it is published) gives the publisher's layout.
+        assert sub.execute("SELECT partition_name, note FROM pyxp.create_ledger_partitions(5) "
+                           "WHERE note IS NOT NULL").fetchall() == moved
+        assert ledger_layout(sub) == published
+        assert max(r[0] for r in published) == after
+        # Still append-only for every other session.
+        with pytest.raises(psycopg.Error, match="append-only") as refused:
+            sub.execute("DELETE FROM pyxp.xp_transactions WHERE id = %s", (after,))
+        assert refused.value.sqlstate == "PX013"
+        assert ledger_layout(sub) == published
+
+
+def replicated_archive(db: psycopg.Connection[Any], partition: str, rows: int, last_id: int,
+                       archived_before: datetime | None = None) -> None:
+    """An archive row as a publisher's archive reaches its subscriber: it names ``partition`` (attached
+    here, or not) as holding ``rows`` rows up to transaction ``last_id`` (with its audit checkpoint)."""
     db.execute("INSERT INTO pyxp.xp_audit_checkpoints (snapshot_xmin, wallets_verified, rows_verified) "
                "VALUES (pyxp.ledger_xid(pg_snapshot_xmin(pg_current_snapshot())), 0, 0)")
     db.execute("INSERT INTO pyxp.xp_ledger_archives (archived_before, partitions, partition_oids, rows_archived, "
                "wallets_opened, last_transaction_id, timezone, checkpoint_id) "
-               "SELECT now(), ARRAY[%s], '{0}', %s, 1, %s, 'UTC', max(checkpoint_id) FROM pyxp.xp_audit_checkpoints",
-               (partition, rows, last_id))
+               "SELECT coalesce(%s, now()), ARRAY[%s], '{0}', %s, 1, %s, 'UTC', max(checkpoint_id) "
+               "FROM pyxp.xp_audit_checkpoints", (archived_before, partition, rows, last_id))
 
 
 def test_an_archive_whose_rows_differ_is_not_followed(db: psycopg.Connection[Any], conninfo: str, unchanged: Any,
@@ -416,6 +485,64 @@ def test_an_archive_whose_rows_differ_is_not_followed(db: psycopg.Connection[Any
                                                          "here") as refused:
         db.execute("SELECT * FROM pyxp.archive_ledger_partitions(%s)", (this_month(),))
     assert refused.value.sqlstate == "PX030"
+    assert archive_layout(db) == layout
+
+
+def test_an_archive_that_cannot_be_followed_leaves_the_ones_before_it_made(
+        db: psycopg.Connection[Any], conninfo: str, capfd: pytest.CaptureFixture[str]) -> None:
+    """Two archives reached a subscriber; the second cannot be made there (its partition holds other rows).
+    pyxp db upgrade made neither: one call moved every archive or none, so the first, whose rows matched,
+    stayed attached (a hostile test, 0038). It now follows each archive in turn, in a savepoint: the first is
+    made, the second reported. A call of follow_replicated_archives() is still all or nothing."""
+    first = award(db, "0xfirst", "first-1")
+    old = this_month() - timedelta(days=40)
+    place(db, {first: old})
+    second = award(db, "0xsecond", "second-1")
+    first_partition, second_partition = (db.execute(
+        "SELECT tableoid::regclass::text FROM pyxp.xp_transactions WHERE id = %s", (tid,)).fetchone()[0]  # type: ignore[index]
+        .removeprefix("pyxp.") for tid in (first, second))
+    assert first_partition != second_partition
+    replicated_archive(db, first_partition, 1, first, this_month() - timedelta(days=20))
+    replicated_archive(db, second_partition, 2, second)  # (it holds one row)
+    layout = archive_layout(db)
+    with pytest.raises(psycopg.Error, match="archive 2 took 2 rows") as refused:
+        db.execute("SELECT * FROM pyxp.follow_replicated_archives()")
+    assert refused.value.sqlstate == "PX030"
+    assert archive_layout(db) == layout
+    capfd.readouterr()
+    schema.upgrade(conninfo)
+    said = capfd.readouterr().err
+    assert f"pyxp: archive 1 of this database's publisher made here: {first_partition} (1 rows) moved" in said
+    assert "pyxp: WARNING: the publisher's archive could not be made here: archive 2 took 2 rows" in said
+    assert (first_partition, 1) in archive_layout(db)
+    assert (second_partition,) in archive_layout(db)  # (still attached)
+    assert db.execute("SELECT * FROM pyxp.follow_replicated_archives(1)").fetchall() == []  # (made)
+
+
+def test_an_archive_whose_rows_are_in_the_default_partition_is_refused_by_name(
+        db: psycopg.Connection[Any], unchanged: Any) -> None:
+    """A subscriber that had no partition for a month received its rows in its default partition; the
+    publisher's archive of that month names a partition this database never had. It was skipped without a
+    word, audit() reported opening_mismatch for good, and after a switchover the months were archived
+    again (a hostile test, 0038). Following it now refuses (PX030) and says where the rows are, and so
+    does an archive here; nothing moved."""
+    row = award(db, "0xdefault", "default-1")
+    later = (this_month() + timedelta(days=130)).replace(day=1)  # past the partitions made ahead
+    place(db, {row: later})
+    assert db.execute("SELECT tableoid::regclass::text FROM pyxp.xp_transactions").fetchall() == [
+        ("pyxp.xp_transactions_default",)]
+    replicated_archive(db, f"xp_transactions_{later:%Y_%m}", 1, row, later + timedelta(days=40))
+    layout = archive_layout(db)
+    with unchanged(), pytest.raises(psycopg.Error, match="archive 1 took partitions xp_transactions_"
+                                    f"{later:%Y_%m}, none of which is attached here, and rows it took are in "
+                                    "this ledger's default partition") as refused:
+        db.execute("SELECT * FROM pyxp.follow_replicated_archives()")
+    assert refused.value.sqlstate == "PX030"
+    assert "create_ledger_partitions" in (refused.value.diag.message_hint or "")
+    with unchanged(), pytest.raises(psycopg.Error, match="archive 1 took rows that are in this ledger's default "
+                                                         "partition") as archived:
+        db.execute("SELECT * FROM pyxp.archive_ledger_partitions(%s)", (this_month(),))
+    assert archived.value.sqlstate == "PX030"
     assert archive_layout(db) == layout
 
 

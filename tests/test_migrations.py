@@ -747,7 +747,7 @@ def test_0016_archives_half_of_a_ledger_of_every_kind_and_every_key_stays_used(
             conn.execute("ALTER TABLE pyxp.xp_transactions DISABLE TRIGGER xp_transactions_append_only")
             conn.execute("UPDATE pyxp.xp_transactions SET created_at = '2025-01-01'::timestamptz + id * interval '1 minute' "
                          "WHERE id = ANY (%s)", (list(old),))
-            conn.execute("ALTER TABLE pyxp.xp_transactions ENABLE TRIGGER xp_transactions_append_only")
+            conn.execute("ALTER TABLE pyxp.xp_transactions ENABLE ALWAYS TRIGGER xp_transactions_append_only")
             conn.execute("UPDATE pyxp.xp_award_claims c SET created_at = t.created_at FROM pyxp.xp_transactions t "
                          "WHERE t.id = c.transaction_id")
             conn.execute("SELECT pyxp.rebuild_period_columns('UTC')")

@@ -46,7 +46,7 @@ def place(db: psycopg.Connection[Any], moves: dict[int, datetime]) -> None:
         db.execute("ALTER TABLE pyxp.xp_transactions DISABLE TRIGGER xp_transactions_append_only")
         for transaction_id, at in moves.items():
             db.execute("UPDATE pyxp.xp_transactions SET created_at = %s WHERE id = %s", (at, transaction_id))
-        db.execute("ALTER TABLE pyxp.xp_transactions ENABLE TRIGGER xp_transactions_append_only")
+        db.execute("ALTER TABLE pyxp.xp_transactions ENABLE ALWAYS TRIGGER xp_transactions_append_only")
         # A generic award's claim says where its row is (its partition, by created_at).
         db.execute("UPDATE pyxp.xp_award_claims c SET created_at = t.created_at FROM pyxp.xp_transactions t "
                    "WHERE t.id = c.transaction_id")
