@@ -358,7 +358,8 @@ def _follow_archives(connection: Connection) -> None:
         archives: list[int | None] = [None]
         if reached >= ONE_ARCHIVE_AT_A_TIME_REVISION:
             follow = "SELECT archive_id, partition_name, rows_archived FROM pyxp.follow_replicated_archives(%s)"
-            archives = [row[0] for row in driver.execute("SELECT archive_id FROM pyxp.xp_ledger_archives ORDER BY 1")]
+            archives = [row[0] for row in driver.execute(  # (none, mostly: no call, no lock)
+                "SELECT archive_id FROM pyxp.xp_ledger_archives WHERE pyxp.archive_pending_here(archive_id) ORDER BY 1")]
         for archive in archives:
             try:
                 with driver.transaction():  # (a savepoint: a refusal leaves the run's work committed)
