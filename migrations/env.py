@@ -355,18 +355,19 @@ def _follow_archives(connection: Connection) -> None:
             return
         driver = connection.connection.driver_connection
         follow = "SELECT archive_id, partition_name, rows_archived FROM pyxp.follow_replicated_archives()"
-        archives: list[int | None] = [None]
-        if reached >= ONE_ARCHIVE_AT_A_TIME_REVISION:
-            follow = "SELECT archive_id, partition_name, rows_archived FROM pyxp.follow_replicated_archives(%s)"
-            archives = [row[0] for row in driver.execute(  # (none, mostly: no call, no lock)
-                "SELECT archive_id FROM pyxp.xp_ledger_archives WHERE pyxp.archive_pending_here(archive_id) ORDER BY 1")]
-        for archive in archives:
-            try:
+        try:
+            archives: list[int | None] = [None]
+            if reached >= ONE_ARCHIVE_AT_A_TIME_REVISION:
+                follow = "SELECT archive_id, partition_name, rows_archived FROM pyxp.follow_replicated_archives(%s)"
+                with driver.transaction():
+                    archives = [row[0] for row in driver.execute(  # (none, mostly: no call, no lock)
+                        "SELECT archive_id FROM pyxp.xp_ledger_archives WHERE pyxp.archive_pending_here(archive_id) "
+                        "ORDER BY 1")]
+            for archive in archives:
                 with driver.transaction():  # (a savepoint: a refusal leaves the run's work committed)
                     moved += driver.execute(follow, (archive,) if archive is not None else None).fetchall()
-            except psycopg.Error as exc:
-                refused = exc
-                break
+        except psycopg.Error as exc:
+            refused = exc
     for archive_id, partition, rows in moved:
         sys.stderr.write(f"pyxp: archive {archive_id} of this database's publisher made here: {partition} "
                          f"({rows} rows) moved to pyxp_archive\n")

@@ -184,7 +184,7 @@ BEGIN
     -- and October, an archive to November took August and said nothing).
     SELECT d.id, d.created_at INTO v_problem
       FROM pyxp.xp_transactions_default d
-     WHERE d.created_at >= coalesce(pyxp.archive_horizon(), '-infinity')
+     WHERE d.created_at >= coalesce((SELECT max(a.archived_before) FROM pyxp.xp_ledger_archives a), '-infinity')
        AND d.created_at < archive_ledger_partitions.archived_before
      LIMIT 1;
     IF FOUND THEN
@@ -429,23 +429,28 @@ COMMENT ON FUNCTION pyxp.archive_ledger_partitions(timestamptz) IS
     'internal: moves the ledger''s partitions ending at or before archived_before into schema pyxp_archive after an audit checkpoint, keeping each wallet''s opening. Owner only.';
 
 -- Whether archive p_archive is not made here: a partition it took is still
--- attached to this ledger, or the default partition holds rows it took
--- (ids up to its last, dated in the range it checked: from the archive
--- before it to its own horizon). A publisher's own archive never is: it
--- refuses while the default partition holds rows of its range, and rows
--- written after it have higher ids. A subscriber that had no partition for
--- a month (it never ran create_ledger_partitions) received that month's
--- rows in its default partition; before 0038 such an archive was skipped
--- without a word (a hostile test).
+-- attached to this ledger, or none of its partitions is in pyxp_archive
+-- and the default partition holds rows it took (ids up to its last, dated
+-- in the range it checked: from the archive before it to its own horizon).
+-- A subscriber that had no partition for a month (it never ran
+-- create_ledger_partitions) received that month's rows in its default
+-- partition; before 0038 such an archive was skipped without a word (a
+-- hostile test). (An archive made here can leave such a row behind: one
+-- whose transaction committed while the archive waited for the ledger's
+-- lock, a re-test of 0038; its tables in pyxp_archive say it was made
+-- here. One whose tables were dropped, after a dump, is then taken for
+-- pending.)
 CREATE FUNCTION pyxp.archive_pending_here(p_archive bigint)
 RETURNS boolean
 LANGUAGE sql STABLE
 AS $$
     SELECT EXISTS (SELECT FROM pyxp.ledger_partitions() p WHERE p.partition_name = ANY (a.partitions))
-        OR EXISTS (SELECT FROM pyxp.xp_transactions_default d
+        OR (NOT EXISTS (SELECT FROM pg_catalog.pg_tables t
+                         WHERE t.schemaname = 'pyxp_archive' AND t.tablename = ANY (a.partitions))
+            AND EXISTS (SELECT FROM pyxp.xp_transactions_default d
                     WHERE d.id <= a.last_transaction_id AND d.created_at < a.archived_before
                       AND d.created_at >= coalesce((SELECT max(b.archived_before) FROM pyxp.xp_ledger_archives b
-                                                     WHERE b.archive_id < a.archive_id), '-infinity'))
+                                                     WHERE b.archive_id < a.archive_id), '-infinity')))
       FROM pyxp.xp_ledger_archives a
      WHERE a.archive_id = p_archive
 $$;

@@ -29,7 +29,7 @@ from conftest import settled as settled_read
 from test_partitions import GUARD
 from test_periods import place
 
-from pyxp import XP, errors
+from pyxp import XP, errors, schema
 
 CAPS = {"MODERATION_VALIDATED_BY_MODERATOR": (5, "day", "moderation"),
         "Completion_Moderation_Validated": (5, "day", "moderation")}
@@ -470,6 +470,47 @@ def test_an_archive_of_empty_partitions_takes_nothing_away(db: psycopg.Connectio
     assert db.execute("SELECT pyxp.archive_horizon()").fetchone() == (None,)
     db.execute("SELECT * FROM pyxp.simulate_rules(pyxp.active_ruleset_id())").fetchall()
     install_variant(db, "retention-paris", timezone="Europe/Paris")
+    assert audit(db) == []
+
+
+def test_a_row_left_below_an_archive_made_here_does_not_make_it_pending(
+        db: psycopg.Connection[Any], archived: AgedLedger, conninfo: str, capfd: pytest.CaptureFixture[str]) -> None:
+    """A row with an id below the archive's last, dated in its range, in the default partition: an archive
+    made here leaves one behind when its transaction commits while the archive waits for the ledger's
+    lock (a re-test of 0038). 0038 first took such an archive for a publisher's not made here, and every
+    later archive was refused (PX030) and pyxp db upgrade warned. Its tables in pyxp_archive say it was
+    made here. (0xstraggler's s-2: written before s-3, which was archived; dated back here.)"""
+    (left,), = db.execute("SELECT id FROM pyxp.xp_transactions WHERE user_wallet = '0xstraggler'").fetchall()
+    assert left < db.execute("SELECT last_transaction_id FROM pyxp.xp_ledger_archives").fetchone()[0]  # type: ignore[index]
+    place(db, {left: datetime(2025, 3, 20, tzinfo=UTC)})
+    assert db.execute("SELECT tableoid::regclass::text FROM pyxp.xp_transactions WHERE id = %s", (left,)).fetchone() == (
+        "pyxp.xp_transactions_default",)
+    assert db.execute("SELECT pyxp.archive_pending_here(1)").fetchone() == (False,)
+    capfd.readouterr()
+    schema.upgrade(conninfo)
+    assert "WARNING" not in capfd.readouterr().err
+    assert archive(db) == []  # (nothing more to archive; not refused)
+
+
+def test_a_row_dated_in_an_empty_archived_month_stays_in_the_default_partition(
+        db: psycopg.Connection[Any], unchanged: Any) -> None:
+    """An archive that took its partitions empty moves no horizon. A row dated in its range written after it
+    (a transaction begun then) went to the default partition, and the next create_ledger_partitions made
+    that month: under the name the archive had taken when it had taken the month (every later archive
+    refused, PX030 "still attached here", or failed, 42P07: a re-test of 0038). A month an archive covered
+    is no longer made: the row stays in the default partition, as a row dated in a month an archive took
+    rows of does, and archives go on."""
+    taken = archive(db)
+    assert taken and sum(d[4] for d in taken) == 0
+    row = db.execute(GENERIC, ("0xempty", "empty-1")).fetchone()[0]  # type: ignore[index]
+    place(db, {row: this_month() - timedelta(days=10)})  # a row of a month the archive covered
+    assert db.execute("SELECT tableoid::regclass::text FROM pyxp.xp_transactions WHERE id = %s", (row,)).fetchone() == (
+        "pyxp.xp_transactions_default",)
+    with unchanged():
+        assert db.execute("SELECT partition_name FROM pyxp.create_ledger_partitions(0) WHERE created").fetchall() == []
+    assert db.execute("SELECT tableoid::regclass::text FROM pyxp.xp_transactions WHERE id = %s", (row,)).fetchone() == (
+        "pyxp.xp_transactions_default",)
+    assert archive(db) == []  # (not refused)
     assert audit(db) == []
 
 

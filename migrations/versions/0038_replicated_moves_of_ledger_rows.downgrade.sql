@@ -143,6 +143,161 @@ BEGIN
 END
 $$;
 
+CREATE OR REPLACE FUNCTION pyxp.create_ledger_partitions(months_ahead integer DEFAULT 2)
+RETURNS TABLE (partition_name text, range_start timestamptz, range_end timestamptz, created boolean, note text)
+LANGUAGE plpgsql SECURITY DEFINER
+SET search_path = pyxp, pg_temp
+SET lock_timeout = '1s'
+SET datestyle = 'ISO, YMD'  -- the bounds it writes (%L) and reads back (pyxp.ledger_partitions)
+SET timezone = 'UTC'
+AS $$
+DECLARE
+    v_this_month constant timestamptz := date_trunc('month', now(), 'UTC');
+    v_horizon timestamptz;
+    v_months timestamptz[];
+    v_moving boolean;
+    v_locked boolean := false;
+    v_retried boolean := false;  -- an ATTACH without the locks failed: the next attempt takes them
+    v_attached boolean;
+    v_deadline timestamptz;
+    v_start timestamptz;
+    v_end timestamptz;
+    v_name text;
+    v_columns text;
+    v_moved bigint;
+BEGIN
+    IF months_ahead IS NULL OR months_ahead NOT BETWEEN 0 AND 120 THEN
+        RAISE EXCEPTION 'months_ahead must be between 0 and 120, got %', coalesce(months_ahead::text, 'NULL')
+            USING ERRCODE = 'PX023', HINT = 'the default, 2, keeps this month and the next two; run it monthly';
+    END IF;
+    -- Its reads of the default partition and the ATTACH's scan of it must see
+    -- the same rows (in REPEATABLE READ the ATTACH failed with a raw 23514).
+    PERFORM pyxp.require_read_committed();
+    -- One move or archive at a time (sql/13_retention.sql takes the same
+    -- lock): two moves each held what the other waited for, with awards
+    -- between them (40P01 for new awards, a hostile test, 0030); and an
+    -- archive committed between the read of its horizon and the move's
+    -- locks had a month it had just archived made again from a row dated
+    -- there, after which every archive failed (42P07).
+    PERFORM pyxp.lock_ledger_partitions();
+    SELECT string_agg(quote_ident(a.attname), ', ' ORDER BY a.attnum) INTO v_columns
+      FROM pg_catalog.pg_attribute a
+     WHERE a.attrelid = 'pyxp.xp_transactions'::regclass AND a.attnum > 0 AND NOT a.attisdropped;
+    <<attempt>>
+    LOOP
+    v_horizon := coalesce(pyxp.archive_horizon(), '-infinity');
+    -- The months ahead, and those of the rows in the default partition: read
+    -- again under the move's locks when it holds any (a row committed there
+    -- after a first look is then waited for, and seen). None before the
+    -- archive's horizon (a month start): the clock that says which month
+    -- this is can step back into a month already archived (0031, a hostile
+    -- test: that month was made again inside the archived range, and every
+    -- later archive failed with 42P07; or, with a row dated there, its
+    -- ATTACH was retried until 53200).
+    LOOP
+        SELECT array_agg(m.month ORDER BY m.month), bool_or(m.moved) INTO v_months, v_moving
+          FROM (SELECT (v_this_month AT TIME ZONE 'UTC' + make_interval(months => a.n)) AT TIME ZONE 'UTC', false
+                  FROM generate_series(0, months_ahead) a(n)
+                 WHERE (v_this_month AT TIME ZONE 'UTC' + make_interval(months => a.n)) AT TIME ZONE 'UTC' >= v_horizon
+                UNION
+                SELECT DISTINCT date_trunc('month', d.created_at, 'UTC'), true
+                  FROM pyxp.xp_transactions_default d WHERE d.created_at >= v_horizon) m(month, moved);
+        EXIT WHEN v_locked OR NOT (coalesce(v_moving, false) OR v_retried);
+        -- EXCLUSIVE on the ledger (awards wait for the move, reads go on),
+        -- then ACCESS EXCLUSIVE on the default partition, waited for while
+        -- the first is held for less than the deadlock check's delay only:
+        -- a call whose plan opened every partition (a replay's, a
+        -- reversal's) holds the default partition and then queues for the
+        -- ledger, behind this lock, and each waited for the other (40P01
+        -- for that call, a hostile test, 0030). When that wait ends, both
+        -- are released (the block's subtransaction) and taken again, for at
+        -- most 5 seconds. (Not NOWAIT: a request that never queues is
+        -- starved by readers that overlap, a re-test found: 55P03 with
+        -- three readers of 30 ms transactions.)
+        v_deadline := clock_timestamp() + interval '5 seconds';
+        LOOP
+            BEGIN
+                LOCK TABLE pyxp.xp_transactions IN EXCLUSIVE MODE;
+                PERFORM set_config('lock_timeout', greatest(1, (extract(epoch FROM least(
+                                       current_setting('deadlock_timeout')::interval / 2, interval '200 ms')) * 1000)::integer)::text,
+                                   true);
+                LOCK TABLE pyxp.xp_transactions_default IN ACCESS EXCLUSIVE MODE;
+                PERFORM set_config('lock_timeout', '1s', true);
+                EXIT;
+            EXCEPTION WHEN lock_not_available THEN
+                IF clock_timestamp() > v_deadline THEN
+                    RAISE EXCEPTION 'the ledger''s partitions were busy for 5 seconds: rows of months without a partition not moved'
+                        USING ERRCODE = '55P03', HINT = 'run it again (when awards are fewer)';
+                END IF;
+                PERFORM pg_sleep(0.01);
+            END;
+        END LOOP;
+        v_locked := true;
+    END LOOP;
+    FOREACH v_start IN ARRAY coalesce(v_months, '{}') LOOP  -- (none: every month asked for was archived)
+        v_end := (v_start AT TIME ZONE 'UTC' + interval '1 month') AT TIME ZONE 'UTC';
+        v_name := 'xp_transactions_' || to_char(v_start AT TIME ZONE 'UTC', 'YYYY_MM');
+        partition_name := v_name;
+        range_start := v_start;
+        range_end := v_end;
+        IF EXISTS (SELECT FROM pyxp.ledger_partitions() p
+                    WHERE NOT p.is_default AND coalesce(p.range_start < v_end, true) AND p.range_end > v_start) THEN
+            IF NOT EXISTS (SELECT FROM pyxp.xp_transactions_default d
+                            WHERE d.created_at >= v_start AND d.created_at < v_end) THEN
+                CONTINUE;  -- a partition holds (part of) this month already
+            END IF;
+            -- (a partition made by hand, holding part of the month)
+            created := false;
+            note := 'rows of this month are in xp_transactions_default, and a partition holds part of the month: '
+                    'they stay there';
+        ELSE
+            PERFORM pyxp.new_ledger_partition(v_name);
+            v_moved := 0;
+            IF v_locked THEN
+                -- (no row can enter the default partition meanwhile: the copy
+                -- and the DELETE see the same rows)
+                EXECUTE format('INSERT INTO pyxp.%I (%s) SELECT %s FROM pyxp.xp_transactions_default d '
+                               'WHERE d.created_at >= %L AND d.created_at < %L',
+                               v_name, v_columns, v_columns, v_start, v_end);
+                GET DIAGNOSTICS v_moved = ROW_COUNT;
+                IF v_moved > 0 THEN
+                    ALTER TABLE pyxp.xp_transactions_default DISABLE TRIGGER xp_transactions_append_only;
+                    DELETE FROM pyxp.xp_transactions_default d WHERE d.created_at >= v_start AND d.created_at < v_end;
+                    ALTER TABLE pyxp.xp_transactions_default ENABLE ALWAYS TRIGGER xp_transactions_append_only;
+                END IF;
+                EXECUTE format('ALTER TABLE pyxp.xp_transactions ATTACH PARTITION pyxp.%I FOR VALUES FROM (%L) TO (%L)',
+                               v_name, v_start, v_end);
+            ELSE
+                -- Without the move's locks, nothing is copied or deleted (a
+                -- row committed between the two would be deleted uncopied):
+                -- the look above found no row of this month in the default
+                -- partition. One may have committed there since (the ATTACH's
+                -- scan finds it: 23514, raw up to 0029): this month's partition
+                -- is undone, and the months read again under the locks (once:
+                -- a second attempt holds them).
+                v_attached := true;
+                BEGIN
+                    EXECUTE format('ALTER TABLE pyxp.xp_transactions ATTACH PARTITION pyxp.%I FOR VALUES FROM (%L) TO (%L)',
+                                   v_name, v_start, v_end);
+                EXCEPTION WHEN check_violation THEN
+                    v_attached := false;
+                END;
+                IF NOT v_attached THEN
+                    EXECUTE format('DROP TABLE pyxp.%I', v_name);
+                    v_retried := true;
+                    CONTINUE attempt;
+                END IF;
+            END IF;
+            created := true;
+            note := CASE WHEN v_moved > 0 THEN format('%s rows moved from xp_transactions_default', v_moved) END;
+        END IF;
+        RETURN NEXT;
+    END LOOP;
+    EXIT attempt;
+    END LOOP attempt;
+END
+$$;
+
 -- Owner operation (monthly, after pyxp.create_ledger_partitions): archives
 -- every partition of the ledger that ends at or before archived_before (at
 -- most the start of this month, UTC), except the default partition. One row
