@@ -393,7 +393,7 @@ with engine.connect() as connection:
         # For the revisions (0034 reads it: whether this run began below 0028); '' when none.
         _scalar(connection, "SELECT pg_catalog.set_config('pyxp.revision_at_start', %(at)s, false)",
                 {"at": config.attributes["revision_at_start"] or ""})
-        # A version row copied from another database (a logical replication): no revision runs (0037).
+        # A version row copied from another database (a logical replication): no revision runs (0036).
         mismatch = schema.revision_mismatch(connection.connection.driver_connection,
                                             config.attributes["revision_at_start"])
         if mismatch is not None:

@@ -106,7 +106,7 @@ def current_revision(conninfo: str) -> str | None:
 
 
 # From this revision on, pyxp.schema_revision() says which revision's functions the database has.
-FIRST_MARKED_REVISION = "0037"
+FIRST_MARKED_REVISION = "0036"
 
 
 def revision_mismatch(conn: psycopg.Connection[Any], recorded: str | None) -> str | None:

@@ -612,14 +612,13 @@ CREATE TYPE pyxp.award_result AS (
     replayed          boolean
 );
 
--- The revision whose functions this database has: every revision from 0037
--- on replaces it with its own number (its downgrade puts the one before back;
--- 0037's drops it).
+-- The revision whose functions this database has: every revision from 0036
+-- on replaces it with its own number (and its downgrade with the one before).
 -- pyxp.alembic_version says the same, but a table is copied by a logical
 -- replication that publishes it (FOR ALL TABLES) and a function is not:
 -- pyxp db current and pyxp db upgrade refuse a database whose two differ
--- (pyxp/schema.py, revision_mismatch; a hostile test: a subscriber said 0036
--- with 0035's functions, and pyxp db upgrade did nothing there).
+-- (pyxp/schema.py, revision_mismatch; a hostile test, 0036: a subscriber
+-- said 0036 with 0035's functions, and pyxp db upgrade did nothing there).
 CREATE FUNCTION pyxp.schema_revision()
 RETURNS text
 LANGUAGE sql IMMUTABLE PARALLEL SAFE SECURITY DEFINER

@@ -88,7 +88,7 @@ def test_test_databases_are_at_head(conninfo: str) -> None:
     assert schema.current_revision(conninfo) == schema.head_revision()
 
 
-def test_every_revision_from_0037_names_itself_in_its_functions(fresh_database: Callable[[], str]) -> None:
+def test_every_revision_from_0036_names_itself_in_its_functions(fresh_database: Callable[[], str]) -> None:
     """pyxp.schema_revision() is the revision of the functions (a logical replication copies
     pyxp.alembic_version, not them): a new revision that forgets to replace it fails here, and so
     does a downgrade that forgets to put the previous number back."""

@@ -28,7 +28,7 @@ PUBLIC_API = {
     "period_xp",  # SPEC §12: periods
     "simulate_rules", "simulation_report",  # SPEC §13: what-if
     "audit_since_checkpoint", "record_audit_checkpoint",  # audit checkpoints (README "For DBAs")
-    "schema_revision",  # the functions' revision (0037: pyxp db current compares it with alembic_version)
+    "schema_revision",  # the functions' revision (0036: pyxp db current compares it with alembic_version)
 }
 READ_FUNCTIONS = {"level_for", "balance", "history", "leaderboard", "wallet_rank", "audit", "changes", "period_xp",
                   "simulate_rules", "simulation_report", "audit_since_checkpoint", "schema_revision"}

@@ -1076,6 +1076,20 @@ END
 $$;
 
 
+-- PX019 for a period's XP beyond bigint (pyxp.kept_period_xp).
+CREATE OR REPLACE FUNCTION pyxp.refuse_period_xp(p_xp numeric)
+RETURNS bigint
+LANGUAGE plpgsql IMMUTABLE PARALLEL SAFE
+AS $$
+BEGIN
+    RAISE EXCEPTION 'a wallet''s XP in one period would be %, out of range', p_xp
+        USING ERRCODE = 'PX019',
+              HINT = 'what a wallet gains or loses within one day, week, month or year stays between -2^63 and 2^63';
+END
+$$;
+
+
 DROP FUNCTION pyxp.hold_awards(text);
+DROP FUNCTION pyxp.schema_revision();
 
 RESET ROLE;

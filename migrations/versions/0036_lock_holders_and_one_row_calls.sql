@@ -6,7 +6,27 @@
 -- call of one rule) without the window, sorts and aggregates that order a
 -- call's rows (pyxp.append_rows, step 2). A period read at PostgreSQL's
 -- first timestamps is refused with PX026, as at its last (pyxp.period_bounds).
+-- pyxp.schema_revision() says the revision of the functions, which a logical
+-- replication does not copy (it copies pyxp.alembic_version).
 SET LOCAL ROLE pyxp_owner;
+
+-- The revision whose functions this database has: every revision from 0036
+-- on replaces it with its own number (and its downgrade with the one before).
+-- pyxp.alembic_version says the same, but a table is copied by a logical
+-- replication that publishes it (FOR ALL TABLES) and a function is not:
+-- pyxp db current and pyxp db upgrade refuse a database whose two differ
+-- (pyxp/schema.py, revision_mismatch; a hostile test, 0036: a subscriber
+-- said 0036 with 0035's functions, and pyxp db upgrade did nothing there).
+CREATE FUNCTION pyxp.schema_revision()
+RETURNS text
+LANGUAGE sql IMMUTABLE PARALLEL SAFE SECURITY DEFINER
+SET search_path = pyxp, pg_temp
+AS $$ SELECT '0036' $$;
+
+REVOKE ALL ON FUNCTION pyxp.schema_revision() FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION pyxp.schema_revision() TO pyxp_writer, pyxp_reader;
+COMMENT ON FUNCTION pyxp.schema_revision() IS
+    'API: the revision of pyxp whose functions this database has (pyxp db current compares it with pyxp.alembic_version, which a logical replication may copy).';
 
 -- Holds every award: SHARE ROW EXCLUSIVE on pyxp.xp_balances, which waits
 -- for the awards in flight and holds new ones until the caller commits (a
@@ -635,7 +655,7 @@ BEGIN
     -- missing from the balance, two rows at one wallet_seq). Refused before
     -- anything is written. Triggers on the balances fire after step 4: an
     -- award there sees the updated balance, and is accepted.
-    IF current_setting('pyxp.appending_rows', true) = 'on' THEN
+    IF current_setting('pyxp.appending_rows', true) = pg_current_xact_id_if_assigned()::text THEN
         RAISE EXCEPTION 'a writing function of pyxp was called by a trigger fired while another call inserted its ledger rows'
             USING ERRCODE = 'PX034',
                   DETAIL = 'that call has not updated its balances yet: this call would read them stale, and that one write over this one''s',
@@ -720,9 +740,9 @@ BEGIN
     -- without the window, the sorts and the aggregates that order a call's
     -- rows, and with or without the caps (0036: every plan node costs its
     -- start-up at every award, and the caps' lookups' start-up is paid
-    -- even when no rule is capped: 3.2 % of an uncapped single award's
-    -- instructions, 3.4 % of a capped one's). A capped gain alone in its
-    -- call applies least(its amount, what is left).
+    -- even when no rule is capped: about 3 % of a single award's
+    -- instructions, capped or not, README "Performance"). A capped gain
+    -- alone in its call applies least(its amount, what is left).
     IF NOT p_batch AND cardinality(v_rows) = 1 AND NOT p_caps THEN
         v_one := v_rows[1];
         SELECT ARRAY[x.claim_id], ARRAY[x.after], ARRAY[x.feed], CASE WHEN x.conflict THEN 1 END,
@@ -924,10 +944,13 @@ BEGIN
     IF v_rows[1].reverses IS NOT NULL THEN
         SELECT o.created_at INTO v_reversed_at FROM pyxp.xp_transactions o WHERE o.id = v_rows[1].reverses;
     END IF;
-    -- (The triggers this statement fires run with pyxp.appending_rows on: a
-    -- writing call among them is refused, above. A transaction-local setting:
-    -- an error in between rolls it back with the (sub)transaction.)
-    v_set := set_config('pyxp.appending_rows', 'on', true);
+    -- (The triggers this statement fires run with pyxp.appending_rows set to
+    -- this transaction's id: a writing call among them is refused, above. A
+    -- transaction-local setting: an error in between rolls it back with the
+    -- (sub)transaction. The id, not 'on': a value any session may set, left
+    -- set by one client behind a pooler, refused every other client's award
+    -- there (a hostile test, 0036).)
+    v_set := set_config('pyxp.appending_rows', pg_current_xact_id()::text, true);
     WITH numbered AS MATERIALIZED (
         SELECT r.*, nextval('pyxp.xp_transactions_id_seq') AS id, greatest(v_now, v_reversed_at) AS created_at
           FROM ROWS FROM (unnest(v_rows), unnest(v_claims), unnest(v_after), unnest(v_feed), unnest(v_seq))
@@ -956,7 +979,7 @@ BEGIN
         RETURNING id
     )
     SELECT array_agg(i.id ORDER BY i.id) INTO v_ids FROM inserted i;
-    v_set := set_config('pyxp.appending_rows', 'off', true);
+    v_set := set_config('pyxp.appending_rows', '', true);
     v_inserted := coalesce(cardinality(v_ids), 0);
     IF v_inserted < v_expected THEN
         -- A key was claimed by a call on another wallet (other inputs: PX010)
@@ -1028,6 +1051,19 @@ BEGIN
                                 xp_requested, apply_floor, rule_id, campaign_id, subject, metadata, reverses,
                                 moderations, claim, ord)
                         ORDER BY r.ord);
+    END IF;
+
+    -- 3b. What a reversal of a capped gain frees of its allowance, in its
+    --     period and in those seeded with it (pyxp.freed_allowances), under
+    --     the same locks; before step 4, whose update fires the balances'
+    --     triggers: an award made there sees the allowance freed (it was cut
+    --     as if still used, with a clean audit, when this came after: a
+    --     hostile test, 0036).
+    IF v_rows[1].reverses IS NOT NULL THEN  -- a reversal: alone in its call
+        UPDATE pyxp.xp_cap_usage u SET used_xp = u.used_xp - f.freed_xp, seeded_xp = u.seeded_xp - f.freed_seed
+          FROM pyxp.freed_allowances(v_rows[1].reverses) f
+         WHERE u.user_wallet = v_rows[1].user_wallet AND u.allowance = f.allowance
+           AND u.period_start = f.period_start AND v_ids[1] IS NOT NULL;
     END IF;
 
     -- 4. Each balance once: its last new row's balance, its level on the
@@ -1153,16 +1189,6 @@ BEGIN
      ORDER BY d.neg_xp, d.wallet
     ON CONFLICT (neg_xp, wallet, slot) DO UPDATE SET wallets = k.wallets + excluded.wallets;
 
-    -- 4b. What a reversal of a capped gain frees of its allowance, in its
-    --     period and in those seeded with it (pyxp.freed_allowances), under
-    --     the same locks.
-    IF v_rows[1].reverses IS NOT NULL THEN  -- a reversal: alone in its call
-        UPDATE pyxp.xp_cap_usage u SET used_xp = u.used_xp - f.freed_xp, seeded_xp = u.seeded_xp - f.freed_seed
-          FROM pyxp.freed_allowances(v_rows[1].reverses) f
-         WHERE u.user_wallet = v_rows[1].user_wallet AND u.allowance = f.allowance
-           AND u.period_start = f.period_start AND v_ids[1] IS NOT NULL;
-    END IF;
-
     -- 5. One row per row with a transaction_type: new ones with their levels
     --    on the active curve, replayed ones as they were written.
     RETURN QUERY
@@ -1219,6 +1245,18 @@ EXCEPTION WHEN datetime_field_overflow THEN  -- a period reaching past PostgreSQ
     END IF;
     RAISE EXCEPTION 'invalid at: %: its % ends beyond the last timestamp', p_at, p_kind
         USING ERRCODE = 'PX026', HINT = 'at is a timestamp before the year 294276';
+END
+$$;
+
+-- PX019 for a period's XP beyond bigint (pyxp.kept_period_xp).
+CREATE OR REPLACE FUNCTION pyxp.refuse_period_xp(p_xp numeric)
+RETURNS bigint
+LANGUAGE plpgsql IMMUTABLE PARALLEL SAFE
+AS $$
+BEGIN
+    RAISE EXCEPTION 'a wallet''s XP in one period would be %, out of range', p_xp
+        USING ERRCODE = 'PX019',
+              HINT = 'what a wallet gains or loses within one day, week, month or year stays strictly between -(2^63 - 1) and 2^63 - 1';
 END
 $$;
 

@@ -14,9 +14,8 @@ DROP FUNCTION pyxp.archive_pending_here(bigint);
 -- it could not archive itself (PX032), and after the switchover its archive
 -- took the same months again (23505; a hostile test). An archive is moved
 -- only when the partitions named hold exactly the rows it took (their
--- count, rows_archived, and highest id, last_transaction_id), besides rows
--- written after it (ids above its last), which go to the default partition
--- as on the publisher: else PX030 and nothing moved. A partition of the archive this database never had
+-- count, rows_archived, and highest id, last_transaction_id): else PX030
+-- and nothing moved. A partition of the archive this database never had
 -- counts no row (the archive took none from it, or the count differs). One
 -- row per partition moved; none when every archive is here (a publisher's
 -- own are, always). pyxp db upgrade runs it at its end (migrations/env.py).
@@ -37,12 +36,9 @@ DECLARE
     v_oids oid[];
     v_counts bigint[];
     v_count bigint;
-    v_later bigint;  -- rows of these partitions written after the archive
-    v_after bigint;
     v_top bigint;
     v_id bigint;
     v_name text;
-    v_columns text;
 BEGIN
     IF NOT EXISTS (SELECT FROM pyxp.xp_ledger_archives a JOIN pyxp.ledger_partitions() p
                                  ON p.partition_name = ANY (a.partitions)) THEN
@@ -51,11 +47,8 @@ BEGIN
     PERFORM pyxp.require_read_committed();
     LOCK TABLE pyxp.xp_audit_checkpoints IN EXCLUSIVE MODE;
     PERFORM pyxp.lock_ledger_partitions();
-    SELECT string_agg(quote_ident(a.attname), ', ' ORDER BY a.attnum) INTO v_columns
-      FROM pg_catalog.pg_attribute a
-     WHERE a.attrelid = 'pyxp.xp_transactions'::regclass AND a.attnum > 0 AND NOT a.attisdropped;
     FOR v_archive IN
-        SELECT a.archive_id, a.partitions, a.rows_archived, coalesce(a.last_transaction_id, 0) AS top_id
+        SELECT a.archive_id, a.partitions, a.rows_archived, a.last_transaction_id
           FROM pyxp.xp_ledger_archives a
          WHERE EXISTS (SELECT FROM pyxp.ledger_partitions() p WHERE p.partition_name = ANY (a.partitions))
          ORDER BY a.archive_id
@@ -65,55 +58,26 @@ BEGIN
           INTO v_names, v_oids
           FROM pyxp.ledger_partitions() p
          WHERE p.partition_name = ANY (v_archive.partitions) AND NOT p.is_default;
-        -- The ledger's lock first: no row enters or leaves these partitions
-        -- (the subscription's apply waits) until this transaction commits.
-        LOCK TABLE pyxp.xp_transactions IN ACCESS EXCLUSIVE MODE;
         v_counts := '{}';
         v_top := NULL;
-        v_later := 0;
         FOREACH v_name IN ARRAY v_names LOOP
-            EXECUTE format('SELECT count(*) FILTER (WHERE t.id <= $1), max(t.id) FILTER (WHERE t.id <= $1), '
-                           'count(*) FILTER (WHERE t.id > $1) FROM pyxp.%I t', v_name)
-               INTO v_count, v_id, v_after USING v_archive.top_id;
-            v_later := v_later + v_after;
+            EXECUTE format('LOCK TABLE pyxp.%I IN SHARE MODE', v_name);
+            EXECUTE format('SELECT count(*), max(t.id) FROM pyxp.%I t', v_name) INTO v_count, v_id;
             v_counts := v_counts || v_count;
             v_top := greatest(v_top, v_id);
         END LOOP;
         IF (SELECT sum(c) FROM unnest(v_counts) c) IS DISTINCT FROM v_archive.rows_archived
-           OR v_top IS DISTINCT FROM nullif(v_archive.top_id, 0) THEN
+           OR v_top IS DISTINCT FROM v_archive.last_transaction_id THEN
             RAISE EXCEPTION 'archive % took % rows up to transaction %, its partitions here (%) hold % up to transaction %',
-                            v_archive.archive_id, v_archive.rows_archived, coalesce(nullif(v_archive.top_id, 0)::text, 'none'),
+                            v_archive.archive_id, v_archive.rows_archived, coalesce(v_archive.last_transaction_id::text, 'none'),
                             array_to_string(v_names, ', '), (SELECT sum(c) FROM unnest(v_counts) c),
                             coalesce(v_top::text, 'none')
                 USING ERRCODE = 'PX030',
                       HINT = 'a subscriber behind its publisher: wait until it has caught up; rows of those months in '
                              'the default partition: run pyxp.create_ledger_partitions() first; nothing was moved';
         END IF;
-        -- Rows dated in those months that the publisher wrote after the
-        -- archive (their transaction began before the months ended; ids above
-        -- the archive's last): the publisher keeps them in its default
-        -- partition, and this ledger received them in the partitions still
-        -- attached here. They go to the default partition too, unchanged,
-        -- once the months are detached (its bounds then take them in); a
-        -- partition fires no row trigger on INSERT (the ledger's AFTER INSERT
-        -- trigger is the parent's, per statement). Before, the archive could
-        -- never be followed (0037, a re-test).
-        IF v_later > 0 THEN
-            CREATE TEMP TABLE pyxp_rows_after_archive (LIKE pyxp.xp_transactions) ON COMMIT DROP;
-            FOREACH v_name IN ARRAY v_names LOOP
-                EXECUTE format('INSERT INTO pg_temp.pyxp_rows_after_archive (%s) SELECT %s FROM pyxp.%I t WHERE t.id > $1',
-                               v_columns, v_columns, v_name) USING v_archive.top_id;
-                EXECUTE format('ALTER TABLE pyxp.%I DISABLE TRIGGER xp_transactions_append_only', v_name);
-                EXECUTE format('DELETE FROM pyxp.%I t WHERE t.id > $1', v_name) USING v_archive.top_id;
-                EXECUTE format('ALTER TABLE pyxp.%I ENABLE ALWAYS TRIGGER xp_transactions_append_only', v_name);
-            END LOOP;
-        END IF;
+        LOCK TABLE pyxp.xp_transactions IN ACCESS EXCLUSIVE MODE;
         PERFORM pyxp.move_to_archive(v_names, v_oids);
-        IF v_later > 0 THEN
-            EXECUTE format('INSERT INTO pyxp.xp_transactions_default (%s) SELECT %s FROM pg_temp.pyxp_rows_after_archive',
-                           v_columns, v_columns);
-            DROP TABLE pg_temp.pyxp_rows_after_archive;
-        END IF;
         FOR i IN 1 .. cardinality(v_names) LOOP
             archive_id := v_archive.archive_id;
             partition_name := v_names[i];
@@ -396,22 +360,6 @@ BEGIN
             USING ERRCODE = 'PX030',
                   HINT = 'run pyxp.create_ledger_partitions() (pyxp db create-partitions) first: it moves such rows into their month''s partition';
     END IF;
-    -- An archive of this ledger whose partitions are still attached here: a
-    -- publisher's archive that reached this database (a logical replication
-    -- subscriber, or the primary it became) and that
-    -- pyxp.follow_replicated_archives has not made here. Archiving now would
-    -- take the same months a second time, and its openings would count their
-    -- rows twice (0037, a hostile test: after a switchover whose follow had
-    -- failed, audit() reported every wallet of those months for good).
-    SELECT a.archive_id, p.partition_name INTO v_problem
-      FROM pyxp.xp_ledger_archives a JOIN pyxp.ledger_partitions() p ON p.partition_name = ANY (a.partitions)
-     ORDER BY a.archive_id LIMIT 1;
-    IF FOUND THEN
-        RAISE EXCEPTION 'archive % took partition %, which is still attached here: it was made on the publisher this database replicated',
-                        v_problem.archive_id, v_problem.partition_name
-            USING ERRCODE = 'PX030',
-                  HINT = 'run pyxp db upgrade (pyxp.follow_replicated_archives()) first: it makes that archive here, or says why it cannot';
-    END IF;
     v_zone := pyxp.active_timezone();
     SELECT array_agg(p.partition_name ORDER BY p.range_end), array_agg(p.range_start ORDER BY p.range_end),
            array_agg(p.range_end ORDER BY p.range_end),
@@ -619,6 +567,90 @@ BEGIN
 END
 $$;
 
+-- Public (SPEC 13): the simulation summed up for people and scripts (pyxp
+-- rules simulate): per action (rows, XP now, XP then), the top_wallets
+-- wallets with the largest changes, and a summary (wallets up, down, level
+-- changes, totals). Two passes over the ledger (the wallets' totals, then
+-- the actions'). Writes nothing.
+CREATE OR REPLACE FUNCTION pyxp.simulation_report(ruleset_id bigint, top_wallets integer DEFAULT 10)
+RETURNS jsonb
+LANGUAGE plpgsql STABLE SECURITY DEFINER
+SET search_path = pyxp, pg_temp
+SET jit = off
+AS $$
+DECLARE
+    v_ruleset pyxp.rulesets := pyxp.checked_ruleset(simulation_report.ruleset_id);
+    v_top integer := pyxp.checked_row_count('top_wallets', simulation_report.top_wallets);
+    v_report jsonb;
+BEGIN
+    WITH leveled AS MATERIALIZED (
+        SELECT t.user_wallet, t.total_xp_now AS now_xp, b.current_level AS level_now, t.by_action,
+               pyxp.checked_simulated_total(t.user_wallet, t.total_xp_then) AS then_xp, c.level AS level_then
+          FROM pyxp.simulated_totals(v_ruleset.ruleset_id) t
+          JOIN pyxp.xp_balances b ON b.user_wallet = t.user_wallet
+         CROSS JOIN LATERAL pyxp.curve_position(v_ruleset.ruleset_id,
+                                                pyxp.checked_simulated_total(t.user_wallet, t.total_xp_then)) c
+    ),
+    -- Per action: the rows' amounts under the candidate, except in the
+    -- wallets folded in order, whose figures the fold kept (by_action).
+    actions AS (
+        SELECT a.action, sum(a.rows_)::bigint AS rows_, sum(a.now_xp)::bigint AS now_xp,
+               sum(a.then_xp)::bigint AS then_xp
+          FROM (SELECT r.action, count(*) AS rows_, sum(r.now_xp) AS now_xp,
+                       sum(r.applied) FILTER (WHERE f.user_wallet IS NULL) AS then_xp
+                  FROM pyxp.simulated_rows(v_ruleset.ruleset_id) r
+                  LEFT JOIN (SELECT l.user_wallet FROM leveled l WHERE l.by_action IS NOT NULL) f
+                         ON f.user_wallet = r.user_wallet
+                 GROUP BY r.action
+                UNION ALL
+                SELECT e.key, 0, 0, sum(e.value::numeric)
+                  FROM leveled l CROSS JOIN LATERAL jsonb_each_text(l.by_action) e
+                 GROUP BY e.key
+                UNION ALL
+                -- Earlier retroactive adjustments: in the totals now, left out
+                -- under the candidate (0027: the actions did not add up to the
+                -- summary after any retroactive application).
+                SELECT t.transaction_type, count(*), sum(t.xp_amount), 0
+                  FROM pyxp.xp_transactions t
+                 WHERE t.transaction_type = 'RULES_ADJUSTMENT' AND t.rule_id IS NULL AND t.reverses IS NULL
+                 GROUP BY t.transaction_type) a
+         GROUP BY a.action
+    )
+    SELECT jsonb_build_object(
+        'ruleset', jsonb_build_object('ruleset_id', v_ruleset.ruleset_id, 'name', v_ruleset.name,
+                                      'version', v_ruleset.version, 'is_active', v_ruleset.is_active),
+        'summary', (SELECT jsonb_build_object(
+                        'wallets', count(*), 'up', count(*) FILTER (WHERE l.then_xp > l.now_xp),
+                        'down', count(*) FILTER (WHERE l.then_xp < l.now_xp),
+                        'unchanged', count(*) FILTER (WHERE l.then_xp = l.now_xp),
+                        'level_up', count(*) FILTER (WHERE l.level_then > l.level_now),
+                        'level_down', count(*) FILTER (WHERE l.level_then < l.level_now),
+                        'xp_now', coalesce(sum(l.now_xp), 0), 'xp_then', coalesce(sum(l.then_xp), 0))
+                      FROM leveled l),
+        'actions', (SELECT coalesce(jsonb_agg(jsonb_build_object('action', a.action, 'rows', a.rows_,
+                                                                 'xp_now', a.now_xp, 'xp_then', coalesce(a.then_xp, 0))
+                                              ORDER BY a.action), '[]')
+                      FROM actions a),
+        'top_changes', (SELECT coalesce(jsonb_agg(jsonb_build_object(
+                                   'user_wallet', t.user_wallet, 'total_xp_now', t.now_xp, 'total_xp_then', t.then_xp,
+                                   'level_now', t.level_now, 'level_then', t.level_then)
+                                   ORDER BY abs(t.then_xp - t.now_xp) DESC, t.user_wallet COLLATE "C"), '[]')
+                          FROM (SELECT * FROM leveled l WHERE l.then_xp <> l.now_xp
+                                 -- ties by code point, whatever the database's collation (0034)
+                                 ORDER BY abs(l.then_xp - l.now_xp) DESC, l.user_wallet COLLATE "C" LIMIT v_top) t))
+      INTO v_report;
+    PERFORM pyxp.ledger_unmoved();  -- (40001 after a read older than an archive)
+    RETURN v_report;
+END
+$$;
+
+-- The revision whose functions this database has: every revision from 0036
+-- on replaces it with its own number (and its downgrade with the one before).
+-- pyxp.alembic_version says the same, but a table is copied by a logical
+-- replication that publishes it (FOR ALL TABLES) and a function is not:
+-- pyxp db current and pyxp db upgrade refuse a database whose two differ
+-- (pyxp/schema.py, revision_mismatch; a hostile test, 0036: a subscriber
+-- said 0036 with 0035's functions, and pyxp db upgrade did nothing there).
 CREATE OR REPLACE FUNCTION pyxp.schema_revision()
 RETURNS text
 LANGUAGE sql IMMUTABLE PARALLEL SAFE SECURITY DEFINER

@@ -14,7 +14,11 @@ without a word, audit() reported opening_mismatch for good, and after a switchov
 archived again. Such an archive is now pending there (pyxp.archive_pending_here): following it refuses
 (PX030, with where the rows are), and so does an archive. pyxp db upgrade follows each archive in turn
 (follow_replicated_archives(up_to_archive), each in a savepoint): one that cannot be made no longer
-undoes those before it.
+undoes those before it. A month an archive took, empty, is not made again.
+
+Also what stop 40 wrote after 0037 had landed (0037 is as it landed): simulation_report names the rules
+its replay cannot count (not_simulated), and following an archive moves the rows its publisher wrote
+after it, dated in its months, to the default partition.
 
 Revision ID: 0038
 Revises: 0037
