@@ -1,9 +1,10 @@
 """`pyxp bench` (SPEC section 9, issue 6): the --quick profile runs end to end and reports.
 
-Two runs of the quick profile against the test server, shared by the tests of
-this module: the click command through CliRunner (the table), and
-``python -m pyxp.bench --json --audit`` (the JSON object). They check that the
-benchmark runs, prints every measure and cleans up after itself — never its
+One run of the quick profile against the test server, shared by the tests of
+this module: ``pyxp bench --quick --audit --json`` through the click command
+object (CliRunner). The table tests read the same figures through
+``format_table``, as the command prints them without ``--json``. They check that
+the benchmark runs, reports every measure and cleans up after itself — never its
 speed: no timing assertions.
 """
 
@@ -22,7 +23,7 @@ import pytest
 from click.testing import CliRunner, Result
 from psycopg.conninfo import make_conninfo
 
-from pyxp.bench import BenchOptions, bench_command, raised_thresholds
+from pyxp.bench import BenchOptions, bench_command, format_table, raised_thresholds
 
 QUICK = BenchOptions.profile(quick=True)
 
@@ -84,57 +85,51 @@ def database_exists(server: str, name: str) -> bool:
 
 
 @pytest.fixture(scope="module")
-def table_run(server: str) -> Result:
-    """`pyxp bench --quick` through the click command object the CLI registers."""
-    return CliRunner().invoke(bench_command, ["--quick", "--database-url", server], catch_exceptions=False)
+def bench_run(server: str) -> Result:
+    """`pyxp bench --quick --audit --json` through the click command object the CLI registers: the
+    module's one run (a quick run takes one to two minutes; the table tests format its figures)."""
+    return CliRunner().invoke(bench_command, ["--quick", "--audit", "--json", "--database-url", server],
+                              catch_exceptions=False)
 
 
 @pytest.fixture(scope="module")
-def json_run(server: str) -> subprocess.CompletedProcess[str]:
-    """`python -m pyxp.bench --quick --audit --json`, as a separate process."""
-    return subprocess.run([sys.executable, "-m", "pyxp.bench", "--quick", "--audit", "--json",
-                           "--database-url", server],
-                          capture_output=True, text=True, timeout=900, env=dict(os.environ), check=False)
+def figures(bench_run: Result) -> dict[str, Any]:
+    assert bench_run.exit_code == 0, bench_run.output
+    return json.loads(bench_run.stdout)  # the whole of stdout is one JSON object (progress is on stderr)
 
 
 @pytest.fixture(scope="module")
-def figures(json_run: subprocess.CompletedProcess[str]) -> dict[str, Any]:
-    assert json_run.returncode == 0, json_run.stderr
-    return json.loads(json_run.stdout)  # the whole of stdout is one JSON object
+def table(figures: dict[str, Any]) -> str:
+    """What `pyxp bench` prints without --json: the run's figures through the same format_table."""
+    return format_table(figures)
 
 
 # --------------------------------------------------------------------------- the table
 
 
-def test_quick_profile_exits_0(table_run: Result) -> None:
-    assert table_run.exit_code == 0, table_run.output
+def test_quick_profile_exits_0(bench_run: Result) -> None:
+    assert bench_run.exit_code == 0, bench_run.output
 
 
-def test_table_names_the_machine_and_the_server(table_run: Result) -> None:
-    assert re.search(r"machine\s+\d+ CPUs", table_run.stdout)
-    assert re.search(r"server\s+PostgreSQL \d+", table_run.stdout)
+def test_table_names_the_machine_and_the_server(table: str) -> None:
+    assert re.search(r"machine\s+\d+ CPUs", table)
+    assert re.search(r"server\s+PostgreSQL \d+", table)
 
 
 @pytest.mark.parametrize("measure", MEASURES)
-def test_table_prints_a_value_for_every_measure(table_run: Result, measure: str) -> None:
-    lines = [line for line in table_run.stdout.splitlines() if line.startswith(measure)]
-    assert lines, f"no line for {measure!r} in:\n{table_run.stdout}"
+def test_table_prints_a_value_for_every_measure(table: str, measure: str) -> None:
+    lines = [line for line in table.splitlines() if line.startswith(measure)]
+    assert lines, f"no line for {measure!r} in:\n{table}"
     # Columns are separated by at least two spaces: measure, value, unit, ...
     value = re.split(r"\s{2,}", lines[0])[1]
     assert re.fullmatch(r"\d[\d,]*(\.\d+)?", value) and float(value.replace(",", "")) > 0, lines[0]
 
 
-def test_table_gives_each_throughput_as_a_ratio_to_pgbench(table_run: Result) -> None:
-    header = next(line for line in table_run.stdout.splitlines() if line.startswith("measure"))
+def test_table_gives_each_throughput_as_a_ratio_to_pgbench(table: str) -> None:
+    header = next(line for line in table.splitlines() if line.startswith("measure"))
     assert "x (a)" in header
-    pgbench_line = next(line for line in table_run.stdout.splitlines() if line.startswith(MEASURES[0]))
+    pgbench_line = next(line for line in table.splitlines() if line.startswith(MEASURES[0]))
     assert re.search(r"\s1\.00\s", pgbench_line)
-
-
-def test_table_run_drops_its_scratch_database(table_run: Result, server: str) -> None:
-    match = re.search(r"database\s+(pyxp_bench_[0-9a-f]+)", table_run.stdout)
-    assert match, table_run.stdout
-    assert not database_exists(server, match.group(1))
 
 
 # --------------------------------------------------------------------------- --json
@@ -208,12 +203,21 @@ def test_client_awards_leave_no_prepared_statement_on_the_server(figures: dict[s
         assert len(figures[f"{side}_spread"]) == figures["rounds"] >= 3, side
 
 
-def test_json_run_drops_its_scratch_database(figures: dict[str, Any], server: str) -> None:
+def test_the_run_drops_its_scratch_database(figures: dict[str, Any], server: str) -> None:
     assert figures["database"].startswith("pyxp_bench_")
     assert not database_exists(server, figures["database"])
 
 
 # --------------------------------------------------------------------------- options
+
+
+def test_the_module_runs_as_a_program_and_refuses_before_connecting() -> None:
+    """`python -m pyxp.bench` is the command (a separate process): a bad size is refused, exit 2."""
+    result = subprocess.run([sys.executable, "-m", "pyxp.bench", "--wallets", "10", "--ledger-rows", "5",
+                             "--database-url", "host=/nonexistent port=1"],
+                            capture_output=True, text=True, timeout=120, env=dict(os.environ), check=False)
+    assert result.returncode == 2, result.stderr
+    assert "ledger_rows (5) must be at least wallets (10)" in result.stderr
 
 
 def test_more_wallets_than_ledger_rows_is_refused_before_connecting() -> None:
