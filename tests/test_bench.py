@@ -211,18 +211,20 @@ def test_the_run_drops_its_scratch_database(figures: dict[str, Any], server: str
 # --------------------------------------------------------------------------- options
 
 
+# Sizes refused before any connection (the URL points nowhere: nothing can be written).
+TOO_FEW_ROWS = ["--wallets", "10", "--ledger-rows", "5", "--database-url", "host=/nonexistent port=1"]
+
+
 def test_the_module_runs_as_a_program_and_refuses_before_connecting() -> None:
     """`python -m pyxp.bench` is the command (a separate process): a bad size is refused, exit 2."""
-    result = subprocess.run([sys.executable, "-m", "pyxp.bench", "--wallets", "10", "--ledger-rows", "5",
-                             "--database-url", "host=/nonexistent port=1"],
+    result = subprocess.run([sys.executable, "-m", "pyxp.bench", *TOO_FEW_ROWS],
                             capture_output=True, text=True, timeout=120, env=dict(os.environ), check=False)
     assert result.returncode == 2, result.stderr
     assert "ledger_rows (5) must be at least wallets (10)" in result.stderr
 
 
 def test_more_wallets_than_ledger_rows_is_refused_before_connecting() -> None:
-    result = CliRunner().invoke(bench_command, ["--wallets", "10", "--ledger-rows", "5",
-                                                "--database-url", "host=/nonexistent port=1"])
+    result = CliRunner().invoke(bench_command, TOO_FEW_ROWS)
     assert result.exit_code == 2
     assert "ledger_rows (5) must be at least wallets (10)" in result.output
 
