@@ -165,15 +165,26 @@ $$;
 -- too old to tell, 22023 for one in the future; an id below the offset is
 -- from the cluster the ledger was copied from). A cursor the feed handed out
 -- has a group whose transaction had ended (it was below a horizon).
+-- Past the first epoch, an id whose low 32 bits are 0, 1 or 2 is no
+-- transaction's (the invalid, bootstrap and frozen ids are skipped when ids
+-- are handed out), and pg_xact_status reads it as NULL or 'committed'
+-- whatever its epoch: such a group is not ended, and its cursor ahead of the
+-- feed is refused (before 0039 it read an empty page for good: a
+-- newcomer's review).
 CREATE FUNCTION pyxp.transaction_ended(p_group xid8)
 RETURNS boolean
 LANGUAGE plpgsql STABLE
 AS $$
+DECLARE
+    v_xid numeric := p_group::text::numeric - pyxp.xid_offset();
 BEGIN
-    IF p_group::text::numeric < pyxp.xid_offset() THEN
+    IF v_xid < 0 THEN
         RETURN true;
     END IF;
-    RETURN coalesce(pg_xact_status((p_group::text::numeric - pyxp.xid_offset())::text::xid8) <> 'in progress', true);
+    IF v_xid >= 4294967296 AND mod(v_xid, 4294967296) < 3 THEN
+        RETURN false;
+    END IF;
+    RETURN coalesce(pg_xact_status(v_xid::text::xid8) <> 'in progress', true);
 EXCEPTION WHEN invalid_parameter_value THEN
     RETURN false;
 END

@@ -453,6 +453,21 @@ def test_a_cursor_ahead_of_the_feed_is_refused(db: psycopg.Connection[Any], unch
     assert delivered == [awarded]
 
 
+@pytest.mark.parametrize("epoch, low_bits", [(1, 0), (1, 1), (1, 2), (2, 0), (7, 2)])
+def test_a_cursor_whose_group_no_transaction_can_have_is_refused(db: psycopg.Connection[Any], unchanged: Any,
+                                                                 epoch: int, low_bits: int) -> None:
+    """Transaction ids whose low 32 bits are 0, 1 or 2 are never handed out past the first epoch:
+    pg_xact_status() reads them as no transaction (NULL) or as the bootstrap's (committed), and
+    such a cursor ahead of the feed was taken as one whose transaction had ended: 0 rows, no
+    PX023, and a consumer that stored it read an empty feed for good (a newcomer's review)."""
+    (offset,), = db.execute("SELECT pyxp.xid_offset()::bigint").fetchall()
+    group = offset + (epoch << 32) + low_bits
+    with unchanged(), pytest.raises(psycopg.Error) as caught:
+        db.execute(CHANGES, (group << 24, 100, None))
+    assert caught.value.sqlstate == "PX023", caught.value
+    assert "ahead of the feed" in (caught.value.diag.message_primary or "")
+
+
 def test_a_cursor_handed_out_after_a_repeatable_read_snapshot_reads_an_empty_page_there(
         conninfo: str, db: psycopg.Connection[Any], unchanged: Any) -> None:
     """A consumer in a REPEATABLE READ (or SERIALIZABLE) transaction given a cursor that another
