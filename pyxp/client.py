@@ -71,7 +71,7 @@ from psycopg_pool import AsyncConnectionPool, ConnectionPool, PoolTimeout
 from pyxp import queries
 from pyxp.database import configured_conninfo, shown_conninfo, utf8_unless_set
 from pyxp.errors import DatabaseUnavailable, XPError, wrap_errors
-from pyxp.feed import POLL_INTERVAL, watch_changes, watch_changes_async
+from pyxp.feed import POLL_INTERVAL, page_params, watch_changes, watch_changes_async
 from pyxp.results import (
     ArchivedPartition,
     AuditCheckpoint,
@@ -104,6 +104,9 @@ _CASTS = re.compile(r"%\((\w+)\)s::(\w+)")
 _PYTHON_TYPES: dict[str, tuple[type, ...]] = {
     "text": (str,), "jsonb": (str,), "bigint": (int,), "integer": (int,), "boolean": (bool,),
     "numeric": (int, Decimal, float, str), "timestamptz": (datetime,)}
+# The range of each integer cast: a Python int beyond it failed in the cast with psycopg's 22003, not
+# one of pyxp's errors (a hostile test, 0039).
+_INTEGER_RANGES = {"bigint": (-(2 ** 63), 2 ** 63 - 1), "integer": (-(2 ** 31), 2 ** 31 - 1)}
 
 
 @dataclass(frozen=True)
@@ -117,7 +120,8 @@ class Call:
     shape: Shape = "award"
 
     def __post_init__(self) -> None:
-        """TypeError, before anything is sent, for a parameter psycopg would send as another value."""
+        """TypeError, before anything is sent, for a parameter psycopg would send as another value;
+        ValueError for an int beyond its SQL type's range."""
         for param, cast in _CASTS.findall(self.query):
             value = self.params.get(param)
             expected = _PYTHON_TYPES.get(cast)
@@ -127,6 +131,10 @@ class Call:
                     or (isinstance(value, bool) and cast != "boolean")):
                 names = " or ".join(t.__name__ for t in expected)
                 raise TypeError(f"{self.name}: {param} must be {names}, not {type(value).__name__} ({value!r})")
+            low, high = _INTEGER_RANGES.get(cast, (None, None))
+            if low is not None and not low <= value <= high:
+                raise ValueError(f"{self.name}: {param} must be between {low} and {high} (a PostgreSQL {cast}), "
+                                 f"not {value}")
             if cast == "timestamptz" and value.tzinfo is None:
                 raise TypeError(f"{self.name}: {param} must be an aware datetime (tzinfo set), not {value!r}: "
                                 "a naive one would be read in the session's TimeZone")
@@ -680,6 +688,7 @@ class XP(_Api):
         """Yields changes after ``after_cursor`` as they commit, forever (or until ``stop`` is
         set), on a connection of its own (LISTEN pyxp_changes, unless ``listen=False``: behind a
         transaction-mode pooler; reconnects from the last cursor). See :mod:`pyxp.feed`."""
+        Call("watch", queries.CHANGES, page_params(after_cursor, wallet), Change, "rows")  # checks the values now
         conninfo, kwargs = self._watch_conninfo()
         kwargs = {**kwargs, "autocommit": True}  # a caller's pool may set it already
         return watch_changes(lambda: psycopg.connect(conninfo, **kwargs),
@@ -781,6 +790,7 @@ class AsyncXP(_Api):
               poll_interval: float = POLL_INTERVAL, stop: asyncio.Event | None = None,
               listen: bool = True) -> AsyncIterator[Change]:
         """``async for change in xp.watch(...)``: the asyncio twin of :meth:`XP.watch`."""
+        Call("watch", queries.CHANGES, page_params(after_cursor, wallet), Change, "rows")  # checks the values now
         conninfo, kwargs = self._watch_conninfo()
         kwargs = {**kwargs, "autocommit": True}  # a caller's pool may set it already
         return watch_changes_async(lambda: psycopg.AsyncConnection.connect(conninfo, **kwargs),

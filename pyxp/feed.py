@@ -57,7 +57,8 @@ def _wait(poll_interval: float, idle_timeout: float | None) -> float:
     return min(poll_interval, idle_timeout / 2) if idle_timeout else poll_interval
 
 
-def _params(cursor: int, wallet: str | None, page_size: int) -> dict[str, Any]:
+def page_params(cursor: int, wallet: str | None, page_size: int = PAGE_SIZE) -> dict[str, Any]:
+    """The parameters of queries.CHANGES for one page."""
     return {"after_cursor": cursor, "max_rows": page_size, "wallet": wallet}
 
 
@@ -88,7 +89,7 @@ def watch_changes(connect: Callable[[], psycopg.Connection[Any]], after_cursor: 
                 wait = _wait(poll_interval, row[0] if row else None)
                 while not (stop and stop.is_set()):
                     with wrap_errors(), psycopg.Cursor(conn, row_factory=class_row(Change)) as cur:  # (see XP._run)
-                        rows = cur.execute(queries.CHANGES, _params(cursor, wallet, page_size),
+                        rows = cur.execute(queries.CHANGES, page_params(cursor, wallet, page_size),
                                            prepare=False, binary=True).fetchall()  # (any DateStyle)
                     failures = 0
                     for change in rows:
@@ -120,7 +121,7 @@ async def watch_changes_async(connect: Callable[[], Awaitable[psycopg.AsyncConne
                 while not (stop and stop.is_set()):
                     with wrap_errors():
                         async with psycopg.AsyncCursor(conn, row_factory=class_row(Change)) as cur:  # (see XP._run)
-                            await cur.execute(queries.CHANGES, _params(cursor, wallet, page_size),
+                            await cur.execute(queries.CHANGES, page_params(cursor, wallet, page_size),
                                               prepare=False, binary=True)  # (any DateStyle)
                             rows = await cur.fetchall()
                     failures = 0

@@ -190,6 +190,34 @@ EXCEPTION WHEN invalid_parameter_value THEN
 END
 $$;
 
+-- Whether a transaction of this database whose id, as the ledger counts it,
+-- is at or below p_group runs now, read afresh whatever the caller's
+-- snapshot (the caller's own transaction included): while one does, every
+-- reader's horizon is at or below its id, so no feed has handed out a cursor
+-- of group p_group (0039, a hostile test: such a cursor below the snapshot's
+-- xmax was accepted, and once the running transaction committed, its rows
+-- were skipped for good). A transaction known to run in another database
+-- (its backend's, or as a prepared transaction) does not count: it writes no
+-- row here (as pyxp.oldest_running_here, which also says why
+-- pg_stat_activity is read afresh). pg_locks gives 32-bit ids: each is
+-- widened against the snapshot's xmax, within 2^31 of every running id.
+CREATE FUNCTION pyxp.running_here_up_to(p_group xid8)
+RETURNS boolean
+LANGUAGE sql VOLATILE
+AS $$
+    SELECT pg_catalog.pg_stat_clear_snapshot();
+    SELECT EXISTS (
+        SELECT FROM pg_catalog.pg_locks l
+          LEFT JOIN pg_catalog.pg_stat_activity a ON a.pid = l.pid
+          LEFT JOIN pg_catalog.pg_prepared_xacts p ON l.pid IS NULL AND p.transaction = l.transactionid
+         CROSS JOIN (SELECT pg_snapshot_xmax(pg_current_snapshot())::text::bigint AS xmax) s
+         WHERE l.locktype = 'transactionid' AND l.mode = 'ExclusiveLock' AND l.granted
+           AND (a.datid = (SELECT d.oid FROM pg_catalog.pg_database d WHERE d.datname = current_database())
+                OR p.database = current_database())
+           AND s.xmax + (l.transactionid::text::bigint - s.xmax % 4294967296 + 6442450944) % 4294967296 - 2147483648
+               + pyxp.xid_offset() <= p_group::text::bigint)
+$$;
+
 -- Public: committed ledger rows after `after_cursor`, ascending by cursor, at
 -- most `max_rows` (1..1000), optionally one wallet's. total_xp is the balance
 -- right after the row; previous_level and current_level its levels before
@@ -243,20 +271,27 @@ BEGIN
             USING ERRCODE = 'PX033',
                   DETAIL = format('every row this ledger kept from that history is at or below cursor %s', v_kept),
                   HINT = format('go on from cursor %s; what was read after it (rows, levels, totals) no longer happened: read the wallets'' balances again (README "Copies of the database")', v_kept);
-    ELSIF (v_after >> 24)::text::xid8 >= pyxp.ledger_xid(pg_snapshot_xmax(v_snapshot)) AND NOT pg_is_in_recovery()
-          AND NOT pyxp.transaction_ended((v_after >> 24)::text::xid8) THEN
+    ELSIF NOT pg_is_in_recovery() AND (v_after >> 24)::text::xid8 >= v_horizon
+          AND (((v_after >> 24)::text::xid8 >= pyxp.ledger_xid(pg_snapshot_xmax(v_snapshot))
+                AND NOT pyxp.transaction_ended((v_after >> 24)::text::xid8))
+               OR pyxp.running_here_up_to((v_after >> 24)::text::xid8)) THEN
         -- A group no transaction has reached, or whose transaction still
         -- runs: no cursor the feed returned (0028: one was accepted, and the
         -- rows below it skipped for good, a hostile test); or one from a
         -- cluster whose transaction ids ran higher (a dump restored
-        -- elsewhere). A standby may lag: there, none is refused. A group at
-        -- or above this snapshot's xmax whose transaction has ended is a
-        -- cursor a newer snapshot handed out, read in an older REPEATABLE
-        -- READ or SERIALIZABLE one (a cursor store shared by sessions): its
-        -- page is empty here, every group from it on being at or above the
-        -- horizon, and the next transaction reads on (0037, a hostile test:
-        -- it was refused, and a client takes PX023 for good).
-        RAISE EXCEPTION 'after_cursor % is ahead of the feed (the transaction of its group % has not ended)',
+        -- elsewhere). Nor one at or above the horizon while a transaction of
+        -- this database at or below its group runs, the reader's own
+        -- included (0039: below the snapshot's xmax it was accepted). A
+        -- standby may lag: there, none is refused. A group at or above the
+        -- horizon whose transaction, and every one before it here, has
+        -- ended is a cursor a newer snapshot handed out, read in an older
+        -- REPEATABLE READ or SERIALIZABLE one (a cursor store shared by
+        -- sessions): its page is empty here, every group from it on being at
+        -- or above the horizon, and the next transaction reads on (0037, a
+        -- hostile test: it was refused, and a client takes PX023 for good).
+        -- (Below the horizon nothing is read afresh: a feed's read at the
+        -- head of the ledger costs nothing more.)
+        RAISE EXCEPTION 'after_cursor % is ahead of the feed (group %: no transaction has reached it, or one at or below it has not ended)',
                         v_after, v_after >> 24
             USING ERRCODE = 'PX023',
                   HINT = 'pass a cursor this database''s feed returned (a copy not adopted yet: run pyxp db upgrade first; README "Copies of the database")';
@@ -378,7 +413,8 @@ CREATE TRIGGER xp_transactions_wake_feed
 REVOKE ALL ON FUNCTION pyxp.changes(bigint, integer, text), pyxp.wake_feed_listeners(),
                         pyxp.wallet_feed_behind_archive(text, bigint, bigint),
                         pyxp.oldest_running_here(pg_snapshot), pyxp.counted_transaction_rows(bigint),
-                        pyxp.raised_feed_overflow(xid8), pyxp.transaction_ended(xid8) FROM PUBLIC;
+                        pyxp.raised_feed_overflow(xid8), pyxp.transaction_ended(xid8),
+                        pyxp.running_here_up_to(xid8) FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION pyxp.changes(bigint, integer, text) TO pyxp_writer, pyxp_reader;
 REVOKE ALL ON SEQUENCE pyxp.feed_wakeup_slot FROM PUBLIC;
 GRANT SELECT ON SEQUENCE pyxp.feed_wakeup_slot TO pyxp_reader;
@@ -393,6 +429,8 @@ COMMENT ON FUNCTION pyxp.raised_feed_overflow(xid8) IS
     'internal: PX031, a feed group holding more rows than a cursor can rank.';
 COMMENT ON FUNCTION pyxp.transaction_ended(xid8) IS
     'internal: whether a feed group''s transaction has ended, whatever the caller''s snapshot.';
+COMMENT ON FUNCTION pyxp.running_here_up_to(xid8) IS
+    'internal: whether a transaction of this database at or below a feed group runs now, whatever the caller''s snapshot.';
 COMMENT ON FUNCTION pyxp.oldest_running_here(pg_snapshot) IS
     'internal: the oldest transaction a snapshot saw running that is not running in another database now.';
 COMMENT ON FUNCTION pyxp.wake_feed_listeners() IS

@@ -468,6 +468,61 @@ def test_a_cursor_whose_group_no_transaction_can_have_is_refused(db: psycopg.Con
     assert "ahead of the feed" in (caught.value.diag.message_primary or "")
 
 
+@pytest.mark.parametrize("younger", ["running", "committed"])
+@pytest.mark.parametrize("wallet", [None, "0xolder"])
+def test_a_cursor_of_a_group_an_older_running_transaction_holds_back_is_refused(
+        conninfo: str, db: psycopg.Connection[Any], unchanged: Any, younger: str, wallet: str | None) -> None:
+    """A group below the reader's snapshot's xmax whose transaction, or an older one of this database,
+    still runs is one no feed has handed out a cursor of: every page stops below the oldest running
+    transaction. Such a cursor was accepted (0 rows), and once both transactions committed, reading on
+    from it skipped the older one's row for good (a hostile test, 0039); a group at or above xmax was
+    already refused."""
+    with psycopg.connect(conninfo) as older, psycopg.connect(conninfo) as younger_tx, \
+            psycopg.connect(conninfo, autocommit=True) as reader:
+        older.execute("SELECT * FROM pyxp.award('0xolder', 'CAMPAIGN_APPROVED', %s)", (key(),))
+        younger_tx.execute("SELECT * FROM pyxp.award('0xyounger', 'CAMPAIGN_APPROVED', %s)", (key(),))
+        (younger_id,), = younger_tx.execute("SELECT pg_current_xact_id()::text::bigint").fetchall()
+        if younger == "committed":
+            younger_tx.commit()
+        reader.execute("SELECT pg_current_xact_id()")  # a younger transaction ends: xmax passes it
+        (xmax,), = reader.execute("SELECT pg_snapshot_xmax(pg_current_snapshot())::text::bigint").fetchall()
+        assert younger_id < xmax
+        for cursor in (younger_id << 24, (younger_id << 24) + 1):
+            with unchanged(), pytest.raises(psycopg.Error) as caught:
+                reader.execute(CHANGES, (cursor, 100, wallet))
+            assert caught.value.sqlstate == "PX023", caught.value
+            assert "ahead of the feed" in (caught.value.diag.message_primary or "")
+        older.commit()
+        younger_tx.commit()
+    rows = settled(lambda: [r[2] for r in db.execute(CHANGES, (0, 1000, wallet))
+                            if r[2] in ("0xolder", "0xyounger")], None,
+                   until=lambda got: "0xolder" in got)
+    assert "0xolder" in rows
+
+
+def test_a_cursor_of_the_readers_own_group_is_refused_while_it_runs(conninfo: str,
+                                                                  db: psycopg.Connection[Any]) -> None:
+    """A reader that has written holds its own group back from every page: a cursor of that group came
+    from no feed, and reading on from it after the commit would skip the reader's own first row. Once a
+    younger transaction has committed, the group is below the reader's snapshot's xmax, where it was
+    accepted (0039). (The refusal is read in the reader's transaction, rolled back after it.)"""
+    db.autocommit = False
+    try:
+        db.execute("SELECT * FROM pyxp.award('0xself', 'CAMPAIGN_APPROVED', %s)", (key(),))
+        (own,), = db.execute("SELECT pg_current_xact_id()::text::bigint").fetchall()
+        with psycopg.connect(conninfo, autocommit=True) as younger:
+            younger.execute("SELECT * FROM pyxp.award('0xyounger', 'CAMPAIGN_APPROVED', %s)", (key(),))
+        (xmax,), = db.execute("SELECT pg_snapshot_xmax(pg_current_snapshot())::text::bigint").fetchall()
+        assert own < xmax
+        with pytest.raises(psycopg.Error) as caught:
+            db.execute(CHANGES, ((own << 24) + 1, 100, None))
+        assert caught.value.sqlstate == "PX023", caught.value
+        assert "ahead of the feed" in (caught.value.diag.message_primary or ""), caught.value
+    finally:
+        db.rollback()
+        db.autocommit = True
+
+
 def test_a_cursor_handed_out_after_a_repeatable_read_snapshot_reads_an_empty_page_there(
         conninfo: str, db: psycopg.Connection[Any], unchanged: Any) -> None:
     """A consumer in a REPEATABLE READ (or SERIALIZABLE) transaction given a cursor that another

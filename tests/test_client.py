@@ -668,6 +668,24 @@ def test_a_python_value_psycopg_would_send_as_another_is_refused(xp: XP, unchang
         call(xp)
 
 
+@pytest.mark.parametrize("call, message", [
+    (lambda xp: xp.changes(2 ** 63), "after_cursor must be between"),
+    (lambda xp: xp.changes(0, 2 ** 31), "max_rows must be between"),
+    (lambda xp: xp.leaderboard(10, 2 ** 31), "offset_rows must be between"),
+    (lambda xp: xp.history("0xa1", 10, -(2 ** 63) - 1), "before_id must be between"),
+    (lambda xp: next(iter(xp.watch(2 ** 63))), "after_cursor must be between"),
+    (lambda xp: xp.reverse(2 ** 64, "k-big"), "must be between"),
+])
+def test_an_int_beyond_its_sql_type_is_refused_before_anything_is_sent(xp: XP, unchanged: Any, call: Any,
+                                                                       message: str) -> None:
+    """A Python int beyond its parameter's bigint or integer failed in the query's cast with psycopg's
+    NumericValueOutOfRange (22003), where every other bad argument gets one of pyxp's errors or a
+    TypeError (a hostile test, 0039): a ValueError now, naming the parameter and its range."""
+    xp.award("0xa1", VOTE, "before")
+    with unchanged(), pytest.raises(ValueError, match=message):
+        call(xp)
+
+
 def test_the_clients_own_pool_runs_read_committed_whatever_the_sessions_default(conninfo: str) -> None:
     """Behind a transaction pooler another client's SET default_transaction_isolation =
     serializable stays on the server connection: every award was refused (PX025)."""

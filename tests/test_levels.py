@@ -366,3 +366,22 @@ def test_level_for_refuses_what_is_not_a_whole_number_in_range(db: psycopg.Conne
     with pytest.raises(psycopg.Error) as caught:
         db.execute("SELECT * FROM pyxp.level_for(%s::numeric)", (total,)).fetchall()
     assert caught.value.sqlstate == "PX004"
+
+
+@pytest.mark.parametrize("total_xp, refused", [
+    ("810000000000000000000000", False), ("820000000000000000000000", True),
+    ("1000000000000000000000000", True), ("999999999999999999999999999999", True),
+    ("-99999999999999999999999999999", False),
+])
+def test_level_for_takes_a_total_whose_level_fits_in_a_bigint(db: psycopg.Connection[Any], unchanged: Any,
+                                                              total_xp: str, refused: bool) -> None:
+    """README's range: within +-10^30, and a level that fits in a bigint (about 8.1 x 10^23 XP on the
+    default curve; a hostile test, 0039, found README saying any total up to 10^30)."""
+    call = "SELECT level FROM pyxp.level_for(total_xp => %s::numeric)"
+    if not refused:
+        assert db.execute(call, (total_xp,)).fetchone() is not None
+        return
+    with unchanged(), pytest.raises(psycopg.Error) as caught:
+        db.execute(call, (total_xp,))
+    assert caught.value.sqlstate == "PX004", caught.value
+    assert "beyond the last level" in (caught.value.diag.message_primary or "")

@@ -228,6 +228,12 @@ def test_existing_calls_keep_working_and_all_is_the_total(db: psycopg.Connection
         (1, "0xb", 200, 2, 200), (2, "0xa", 100, 2, 100)]
     assert db.execute("SELECT * FROM pyxp.leaderboard()").fetchall() == db.execute(
         "SELECT * FROM pyxp.leaderboard(period => 'ALL', at => '2000-01-01')").fetchall()
+    # The all-time board does not read its `at` (README "Periods"): NULL and infinite ones too.
+    assert db.execute("SELECT * FROM pyxp.leaderboard()").fetchall() == db.execute(
+        "SELECT * FROM pyxp.leaderboard(10, 0, 'all', NULL)").fetchall() == db.execute(
+        "SELECT * FROM pyxp.leaderboard(10, 0, 'all', 'infinity')").fetchall()
+    assert db.execute("SELECT pyxp.wallet_rank('0xa', 'all', '-infinity'), pyxp.period_xp('0xa', 'all', NULL)"
+                      ).fetchone() == (2, 100)
     assert db.execute("SELECT pyxp.wallet_rank('0xa'), pyxp.wallet_rank('0xa', 'all'), "
                       "pyxp.period_xp('0xa', 'All'), pyxp.period_xp('0xnobody', 'week'), "
                       "pyxp.wallet_rank('0xnobody', 'Week')").fetchone() == (2, 2, 100, 0, None)

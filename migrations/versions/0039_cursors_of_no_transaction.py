@@ -1,9 +1,14 @@
-"""pyxp.changes() refuses a cursor ahead of the feed whose group no transaction can have.
+"""pyxp.changes() refuses cursors no feed handed out: a group no transaction can have, or one held back.
 
 Past the first epoch, a transaction id whose low 32 bits are 0, 1 or 2 is never handed out; pg_xact_status()
 reads it as NULL or 'committed' whatever its epoch. pyxp.transaction_ended took such a group's transaction
 for ended, and a cursor such as 4294967296 << 24, ahead of the feed, read an empty page for good, with no
 PX023 (a newcomer's review). Such a group is now not ended: the cursor is refused.
+
+Also refused (a hostile test): a cursor whose group is at or above the reader's horizon while a transaction of
+this database at or below it runs, the reader's own included (pyxp.running_here_up_to, read afresh). No feed
+hands out such a cursor; below the snapshot's xmax it was accepted, and once the running transaction committed,
+its rows were skipped for good.
 
 Revision ID: 0039
 Revises: 0038
