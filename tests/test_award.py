@@ -815,3 +815,22 @@ def test_audit_finds_a_registration_granted_without_onboarding(xp: XP, db: psyco
     assert xp.audit() == []
     db.execute("UPDATE pyxp.agency_b2c_clients SET xp_granted = true")
     assert [f.check_name for f in xp.audit()] == ["registration_grant"]
+
+
+@pytest.mark.parametrize("many", [False, True])
+def test_a_context_key_named_like_a_formula_input_keeps_the_inputs_value(db: psycopg.Connection[Any],
+                                                                         many: bool) -> None:
+    """The row's metadata holds the context and the params, the params' keys over the context's
+    (README "Notes on the generic award"; a DBA's review, 0039): the amount follows params, and the
+    context's other keys are kept."""
+    params, context = {"PRICE_COMPLETION": 300}, {"PRICE_COMPLETION": 5, "note": "n"}
+    if many:
+        event = {"wallet": "0xctx", "action": "Completion_Submit_B2C_Paid", "idempotency_key": "ctx-many",
+                 "params": params, "context": context}
+        db.execute("SELECT * FROM pyxp.award_many(%s::jsonb)", (Jsonb([event]),)).fetchall()
+    else:
+        award(db, "0xctx", "Completion_Submit_B2C_Paid", "ctx-one", params, context)
+    (xp_amount, metadata), = db.execute(
+        "SELECT xp_amount, metadata FROM pyxp.xp_transactions WHERE user_wallet = '0xctx'").fetchall()
+    assert xp_amount == 400
+    assert metadata["PRICE_COMPLETION"] == 300 and metadata["note"] == "n"
