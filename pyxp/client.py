@@ -616,8 +616,16 @@ class _Api:
         return self._execute(Call("changes", queries.CHANGES, {
             "after_cursor": after_cursor, "max_rows": max_rows, "wallet": wallet}, Change, "rows"))
 
+    def _watch_connection(self, after_cursor: int, wallet: str | None) -> tuple[str, dict[str, Any]]:
+        """Where watch() opens its own connection (the client's database, same settings, in
+        autocommit: a caller's pool may set it already), once its arguments are checked as every
+        call's are (TypeError, ValueError: now, not at the first read)."""
+        Call("watch", queries.CHANGES, page_params(after_cursor, wallet), Change, "rows")
+        conninfo, kwargs = self._watch_conninfo()
+        return conninfo, {**kwargs, "autocommit": True}
+
     def _watch_conninfo(self) -> tuple[str, dict[str, Any]]:
-        """Where watch() opens its own connection: the client's database, same settings."""
+        """The client's database and connection settings."""
         owned: _OwnedPool | None = getattr(self, "_owned", None)
         pool = getattr(self, "_pool", None)
         connection = getattr(self, "_connection", None)
@@ -688,9 +696,7 @@ class XP(_Api):
         """Yields changes after ``after_cursor`` as they commit, forever (or until ``stop`` is
         set), on a connection of its own (LISTEN pyxp_changes, unless ``listen=False``: behind a
         transaction-mode pooler; reconnects from the last cursor). See :mod:`pyxp.feed`."""
-        Call("watch", queries.CHANGES, page_params(after_cursor, wallet), Change, "rows")  # checks the values now
-        conninfo, kwargs = self._watch_conninfo()
-        kwargs = {**kwargs, "autocommit": True}  # a caller's pool may set it already
+        conninfo, kwargs = self._watch_connection(after_cursor, wallet)
         return watch_changes(lambda: psycopg.connect(conninfo, **kwargs),
                              after_cursor, wallet, poll_interval=poll_interval, stop=stop, listen=listen)
 
@@ -790,9 +796,7 @@ class AsyncXP(_Api):
               poll_interval: float = POLL_INTERVAL, stop: asyncio.Event | None = None,
               listen: bool = True) -> AsyncIterator[Change]:
         """``async for change in xp.watch(...)``: the asyncio twin of :meth:`XP.watch`."""
-        Call("watch", queries.CHANGES, page_params(after_cursor, wallet), Change, "rows")  # checks the values now
-        conninfo, kwargs = self._watch_conninfo()
-        kwargs = {**kwargs, "autocommit": True}  # a caller's pool may set it already
+        conninfo, kwargs = self._watch_connection(after_cursor, wallet)
         return watch_changes_async(lambda: psycopg.AsyncConnection.connect(conninfo, **kwargs),
                                    after_cursor, wallet, poll_interval=poll_interval, stop=stop, listen=listen)
 

@@ -500,27 +500,29 @@ def test_a_cursor_of_a_group_an_older_running_transaction_holds_back_is_refused(
     assert "0xolder" in rows
 
 
-def test_a_cursor_of_the_readers_own_group_is_refused_while_it_runs(conninfo: str,
-                                                                  db: psycopg.Connection[Any]) -> None:
+def test_a_cursor_of_the_readers_own_group_is_refused_while_it_runs(conninfo: str, db: psycopg.Connection[Any],
+                                                                  unchanged: Any) -> None:
     """A reader that has written holds its own group back from every page: a cursor of that group came
     from no feed, and reading on from it after the commit would skip the reader's own first row. Once a
-    younger transaction has committed, the group is below the reader's snapshot's xmax, where it was
-    accepted (0039). (The refusal is read in the reader's transaction, rolled back after it.)"""
-    db.autocommit = False
-    try:
-        db.execute("SELECT * FROM pyxp.award('0xself', 'CAMPAIGN_APPROVED', %s)", (key(),))
-        (own,), = db.execute("SELECT pg_current_xact_id()::text::bigint").fetchall()
-        with psycopg.connect(conninfo, autocommit=True) as younger:
-            younger.execute("SELECT * FROM pyxp.award('0xyounger', 'CAMPAIGN_APPROVED', %s)", (key(),))
-        (xmax,), = db.execute("SELECT pg_snapshot_xmax(pg_current_snapshot())::text::bigint").fetchall()
-        assert own < xmax
-        with pytest.raises(psycopg.Error) as caught:
-            db.execute(CHANGES, ((own << 24) + 1, 100, None))
-        assert caught.value.sqlstate == "PX023", caught.value
-        assert "ahead of the feed" in (caught.value.diag.message_primary or ""), caught.value
-    finally:
-        db.rollback()
-        db.autocommit = True
+    younger transaction has ended, the group is below the reader's snapshot's xmax, where it was
+    accepted (0039). The refusal is read in the reader's transaction, rolled back after it: nothing
+    is left written."""
+    with unchanged():
+        db.autocommit = False
+        try:
+            db.execute("SELECT * FROM pyxp.award('0xself', 'CAMPAIGN_APPROVED', %s)", (key(),))
+            (own,), = db.execute("SELECT pg_current_xact_id()::text::bigint").fetchall()
+            with psycopg.connect(conninfo, autocommit=True) as younger:
+                younger.execute("SELECT pg_current_xact_id()")  # a transaction that ends, writing nothing
+            (xmax,), = db.execute("SELECT pg_snapshot_xmax(pg_current_snapshot())::text::bigint").fetchall()
+            assert own < xmax
+            with pytest.raises(psycopg.Error) as caught:
+                db.execute(CHANGES, ((own << 24) + 1, 100, None))
+            assert caught.value.sqlstate == "PX023", caught.value
+            assert "ahead of the feed" in (caught.value.diag.message_primary or ""), caught.value
+        finally:
+            db.rollback()
+            db.autocommit = True
 
 
 def test_a_cursor_handed_out_after_a_repeatable_read_snapshot_reads_an_empty_page_there(
