@@ -58,6 +58,22 @@ CREATE TABLE pyxp.rulesets (
 );
 CREATE UNIQUE INDEX rulesets_one_active ON pyxp.rulesets ((true)) WHERE is_active;
 
+-- Every activation of a ruleset, in order (0040): which ruleset, and so which
+-- rules, floor, timezone and caps, was in force at any instant — the one of
+-- the last activation at or before it. rulesets.activated_at keeps only a
+-- ruleset's latest activation. Written by pyxp.activate_ruleset only;
+-- append-only (pyxp.refuse_history_change, sql/09_security.sql). 0040 rebuilt
+-- the activations made before it from rulesets.activated_at (reconstructed):
+-- one per ruleset, its latest, so an earlier activation of a ruleset
+-- activated again later is not there.
+CREATE TABLE pyxp.ruleset_activations (
+    activation_id        bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    ruleset_id           bigint NOT NULL REFERENCES pyxp.rulesets,
+    activated_at         timestamptz NOT NULL,
+    previous_ruleset_id  bigint REFERENCES pyxp.rulesets,  -- the ruleset it replaced (NULL: the first)
+    reconstructed        boolean NOT NULL DEFAULT false
+);
+
 -- The level curve of a ruleset, levels 1..N. Past the row with is_last, levels
 -- follow each other every `increment` XP forever. Totals below the level-1
 -- threshold (0) are level 1.
@@ -623,4 +639,4 @@ CREATE FUNCTION pyxp.schema_revision()
 RETURNS text
 LANGUAGE sql IMMUTABLE PARALLEL SAFE SECURITY DEFINER
 SET search_path = pyxp, pg_temp
-AS $$ SELECT '0039' $$;
+AS $$ SELECT '0040' $$;

@@ -802,6 +802,35 @@ AS $$
            format('%s active rulesets, expected 1', count(*))
       FROM pyxp.rulesets r WHERE r.is_active HAVING count(*) <> 1
     UNION ALL
+    -- The activations' history (0040) against the rulesets: the active
+    -- ruleset is the last one activated, each ruleset's activated_at is its
+    -- last activation's, and each activation replaced the ruleset of the one
+    -- before it (a row taken out of the history breaks that chain).
+    SELECT 'activation_history', NULL, NULL, x.problem
+      FROM (SELECT format('ruleset %s is active, but the last activation (%s) is of ruleset %s',
+                          r.ruleset_id, coalesce(l.activation_id::text, 'none'), coalesce(l.ruleset_id::text, 'none'))
+                   AS problem
+              FROM pyxp.rulesets r
+              LEFT JOIN LATERAL (SELECT a.activation_id, a.ruleset_id FROM pyxp.ruleset_activations a
+                                  ORDER BY a.activation_id DESC LIMIT 1) l ON true
+             WHERE r.is_active AND l.ruleset_id IS DISTINCT FROM r.ruleset_id
+            UNION ALL
+            SELECT format('ruleset %s says it was activated at %s, its last activation (%s) at %s', r.ruleset_id,
+                          coalesce(r.activated_at::text, 'never'), coalesce(l.activation_id::text, 'none'),
+                          coalesce(l.activated_at::text, 'never'))
+              FROM pyxp.rulesets r
+              LEFT JOIN LATERAL (SELECT a.activation_id, a.activated_at FROM pyxp.ruleset_activations a
+                                  WHERE a.ruleset_id = r.ruleset_id
+                                  ORDER BY a.activation_id DESC LIMIT 1) l ON true
+             WHERE r.activated_at IS DISTINCT FROM l.activated_at
+            UNION ALL
+            SELECT format('activation %s says it replaced ruleset %s, but the activation before it is of ruleset %s',
+                          a.activation_id, coalesce(a.previous_ruleset_id::text, 'none'),
+                          coalesce(a.before::text, 'none'))
+              FROM (SELECT a.*, lag(a.ruleset_id) OVER (ORDER BY a.activation_id) AS before
+                      FROM pyxp.ruleset_activations a) a
+             WHERE NOT a.reconstructed AND a.previous_ruleset_id IS DISTINCT FROM a.before) x
+    UNION ALL
     -- Each ruleset's tables against its definition (pyxp.definition_*, what
     -- install_ruleset wrote from it): the amounts, caps, curve and zone the
     -- other checks compare the ledger with (0029); a ruleset an older

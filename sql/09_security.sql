@@ -45,6 +45,25 @@ CREATE TRIGGER xp_transactions_no_truncate
 ALTER TABLE pyxp.xp_transactions ENABLE ALWAYS TRIGGER xp_transactions_append_only;
 ALTER TABLE pyxp.xp_transactions ENABLE ALWAYS TRIGGER xp_transactions_no_truncate;
 
+-- The activations' history (0040) is append-only too: an UPDATE or DELETE
+-- would rewrite which ruleset was in force when (PX013; its TRUNCATE:
+-- sql/15_table_guards.sql). ALWAYS, as the ledger's.
+CREATE FUNCTION pyxp.refuse_history_change()
+RETURNS trigger
+LANGUAGE plpgsql
+AS $$
+BEGIN
+    RAISE EXCEPTION 'pyxp.% is append-only: % refused', TG_TABLE_NAME, TG_OP
+        USING ERRCODE = 'PX013',
+              HINT = 'a ruleset is activated with pyxp rules apply (pyxp.install_ruleset); its history stays';
+END
+$$;
+
+CREATE TRIGGER ruleset_activations_append_only
+    BEFORE UPDATE OR DELETE ON pyxp.ruleset_activations
+    FOR EACH ROW EXECUTE FUNCTION pyxp.refuse_history_change();
+ALTER TABLE pyxp.ruleset_activations ENABLE ALWAYS TRIGGER ruleset_activations_append_only;
+
 -- Nobody but the owner writes a table. pyxp_reader reads every table;
 -- pyxp_writer only executes the public functions (which are SECURITY DEFINER,
 -- run as the owner with search_path pinned to pyxp, pg_temp). Internal
@@ -84,6 +103,9 @@ GRANT EXECUTE ON FUNCTION
     pyxp.audit(),
     pyxp.audit_since_checkpoint()
 TO pyxp_writer, pyxp_reader;
+-- A claim is found by its key's hash: a DBA reading xp_award_claims or
+-- xp_requests computes it (0040; before, only by writing the formula out).
+GRANT EXECUTE ON FUNCTION pyxp.key_hash(text) TO pyxp_writer, pyxp_reader;
 -- Recording a checkpoint writes only the checkpoint tables and waits for no
 -- award: a writer (a scheduled job) may do it.
 GRANT EXECUTE ON FUNCTION pyxp.record_audit_checkpoint() TO pyxp_writer;

@@ -119,7 +119,7 @@ COMMENT ON FUNCTION pyxp.refuse_period_xp(numeric) IS 'internal: PX019 for a per
 COMMENT ON FUNCTION pyxp.cap_usage_seed_consistent(bigint, bigint, text, text, bigint, timestamptz, bigint) IS
     'internal: xp_cap_usage''s seed check (all or nothing, at most the usage).';
 COMMENT ON FUNCTION pyxp.balance_limit() IS 'internal: 2^62, the bound of every balance.';
-COMMENT ON FUNCTION pyxp.key_hash(text) IS 'internal: the claims'' key (xp_award_claims, xp_requests), 16 bytes of sha256 of an idempotency key.';
+COMMENT ON FUNCTION pyxp.key_hash(text) IS 'API: the claims'' key (xp_award_claims, xp_requests), 16 bytes of sha256 of an idempotency key.';
 COMMENT ON FUNCTION pyxp.inputs_digest(jsonb) IS 'internal: 8 bytes of sha256 of a generic award''s canonical inputs, kept on its claim row.';
 COMMENT ON FUNCTION pyxp.row_ruleset(bigint, text) IS 'internal: the ruleset a ledger row was written under.';
 COMMENT ON FUNCTION pyxp.request_inputs_digest(jsonb) IS 'internal: the digest a flow''s or reversal''s request keeps of its inputs.';
@@ -150,4 +150,5 @@ COMMENT ON FUNCTION pyxp.check_completion_owner(text, text, text, text, numeric)
 COMMENT ON FUNCTION pyxp.required_campaign_type(text) IS 'internal: a campaign type that must be given, or PX003.';
 COMMENT ON FUNCTION pyxp.formula_inputs(numeric, numeric, numeric) IS 'internal: a flow''s formula inputs as JSON.';
 COMMENT ON FUNCTION pyxp.lock_subject(text) IS 'internal: the row lock serialising every call about one client email or completion.';
+COMMENT ON FUNCTION pyxp.refuse_history_change() IS 'internal: trigger refusing UPDATE, DELETE on ruleset_activations (PX013).';
 COMMENT ON FUNCTION pyxp.refuse_ledger_change() IS 'internal: trigger refusing UPDATE, DELETE, TRUNCATE on xp_transactions (PX013).';

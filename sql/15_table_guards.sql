@@ -33,6 +33,8 @@ CREATE TRIGGER level_thresholds_no_truncate BEFORE TRUNCATE ON pyxp.level_thresh
     FOR EACH STATEMENT EXECUTE FUNCTION pyxp.refuse_truncate();
 CREATE TRIGGER rules_no_truncate BEFORE TRUNCATE ON pyxp.rules
     FOR EACH STATEMENT EXECUTE FUNCTION pyxp.refuse_truncate();
+CREATE TRIGGER ruleset_activations_no_truncate BEFORE TRUNCATE ON pyxp.ruleset_activations
+    FOR EACH STATEMENT EXECUTE FUNCTION pyxp.refuse_truncate();
 CREATE TRIGGER rulesets_no_truncate BEFORE TRUNCATE ON pyxp.rulesets
     FOR EACH STATEMENT EXECUTE FUNCTION pyxp.refuse_truncate();
 CREATE TRIGGER subject_locks_no_truncate BEFORE TRUNCATE ON pyxp.subject_locks
@@ -72,6 +74,7 @@ ALTER TABLE pyxp.agency_b2c_clients ENABLE ALWAYS TRIGGER agency_b2c_clients_no_
 ALTER TABLE pyxp.campaigns ENABLE ALWAYS TRIGGER campaigns_no_truncate;
 ALTER TABLE pyxp.level_thresholds ENABLE ALWAYS TRIGGER level_thresholds_no_truncate;
 ALTER TABLE pyxp.rules ENABLE ALWAYS TRIGGER rules_no_truncate;
+ALTER TABLE pyxp.ruleset_activations ENABLE ALWAYS TRIGGER ruleset_activations_no_truncate;
 ALTER TABLE pyxp.rulesets ENABLE ALWAYS TRIGGER rulesets_no_truncate;
 ALTER TABLE pyxp.subject_locks ENABLE ALWAYS TRIGGER subject_locks_no_truncate;
 ALTER TABLE pyxp.xp_archived_cap_usage ENABLE ALWAYS TRIGGER xp_archived_cap_usage_no_truncate;

@@ -871,6 +871,41 @@ def test_0031_numbers_the_gains_a_seed_made_before_it_counted(fresh_database: Ca
         assert conn.execute("SELECT * FROM pyxp.audit()").fetchall() == []
 
 
+def test_0040_rebuilds_the_activation_history_from_the_rulesets(fresh_database: Callable[[], str]) -> None:
+    """Before 0040 a ruleset kept its latest activation only. The upgrade writes one reconstructed
+    activation per activated ruleset, in time order, the active one last, each naming the one before
+    it; the audit is clean, the next activation follows the history, and the downgrade drops it."""
+    target = fresh_database()
+    schema.upgrade(target, "0039")
+    with psycopg.connect(target, autocommit=True) as conn:
+        for name in ("daily-a", "daily-b", "daily-c"):
+            install_variant(conn, name, caps={"CAMPAIGN_APPROVED": (250, "day", None)})
+        install_variant(conn, "daily-a", caps={"CAMPAIGN_APPROVED": (250, "day", None)})  # activated again
+        install_variant(conn, "daily-d", caps={"CAMPAIGN_APPROVED": (100, "day", None)})
+        conn.execute("SELECT * FROM pyxp.install_ruleset("
+                     "(SELECT definition || '{\"name\": \"inactive\"}' FROM pyxp.rulesets WHERE is_active),"
+                     " 'x', false)")
+        expected = conn.execute("SELECT ruleset_id, activated_at FROM pyxp.rulesets WHERE activated_at IS NOT NULL"
+                                " ORDER BY is_active, activated_at").fetchall()
+        assert conn.execute("SELECT name FROM pyxp.rulesets WHERE is_active").fetchone() == ("daily-d",)
+    schema.upgrade(target)
+    with psycopg.connect(target, autocommit=True) as conn:
+        history = conn.execute("SELECT ruleset_id, activated_at, previous_ruleset_id, reconstructed"
+                               " FROM pyxp.ruleset_activations ORDER BY activation_id").fetchall()
+        assert history == [(ruleset, at, expected[i - 1][0] if i else None, True)
+                           for i, (ruleset, at) in enumerate(expected)]
+        assert len(history) == 5  # the default, a (its last activation only), b, c, d; not "inactive"
+        assert conn.execute("SELECT * FROM pyxp.audit()").fetchall() == []
+        install_variant(conn, "daily-b", caps={"CAMPAIGN_APPROVED": (250, "day", None)})
+        assert conn.execute("SELECT previous_ruleset_id, reconstructed FROM pyxp.ruleset_activations"
+                            " ORDER BY activation_id DESC LIMIT 1").fetchone() == (expected[-1][0], False)
+        assert conn.execute("SELECT * FROM pyxp.audit()").fetchall() == []
+    schema.downgrade(target, "0039")
+    with psycopg.connect(target, autocommit=True) as conn:
+        assert conn.execute("SELECT to_regclass('pyxp.ruleset_activations')").fetchone() == (None,)
+        assert conn.execute("SELECT * FROM pyxp.audit()").fetchall() == []
+
+
 def test_0028_finds_emails_a_c_locale_database_stored_before_it(fresh_database: Callable[..., str]) -> None:
     """In a database created with LOCALE 'C', lower() left ÉLODIE@… as Élodie@…; 0028 reads it
     élodie@…. A hostile test upgraded such a ledger: the registered client's sign-in found nothing,

@@ -195,6 +195,107 @@ def test_switching_to_winstory_flows_changes_the_actions(
     assert xp.audit() == []
 
 
+# --------------------------------------------------------------------------- activation history
+
+IN_FORCE_AT = """
+    SELECT a.ruleset_id FROM pyxp.ruleset_activations a
+     WHERE a.activated_at <= %s
+     ORDER BY a.activated_at DESC, a.activation_id DESC
+     LIMIT 1"""  # README "Which ruleset was in force when"
+
+
+def activations(db: psycopg.Connection[Any]) -> list[tuple[int, int | None, bool]]:
+    return db.execute("SELECT ruleset_id, previous_ruleset_id, reconstructed FROM pyxp.ruleset_activations"
+                      " ORDER BY activation_id").fetchall()
+
+
+def test_every_activation_is_kept_in_order_with_the_ruleset_it_replaced(
+        conninfo: str, db: psycopg.Connection[Any], xp: XP, tmp_path: Path) -> None:
+    """rulesets.activated_at keeps a ruleset's latest activation only (a DBA's review, 0039): after
+    v1 -> v2 -> v1 -> flows, the history (0040) holds all four, and the ruleset in force at any instant
+    between them is the one that wrote the awards made then."""
+    v1 = db.execute("SELECT ruleset_id FROM pyxp.rulesets WHERE is_active").fetchone()[0]  # type: ignore[index]
+    modified = modified_winstory(tmp_path)
+    made: list[tuple[Any, int]] = []  # (an instant, the ruleset of the rule of an award made then)
+    for target in (None, modified, "winstory", "winstory-flows"):
+        if target is not None:
+            schema.apply_ruleset(conninfo, target)
+        action = "COMPLETION_SUBMITTED" if target == "winstory-flows" else "Completion_Submit_B2C_Free"
+        row = xp.award("0x_completer", action, f"k-{len(made)}").rows[0]
+        made.append(db.execute("SELECT t.created_at, ru.ruleset_id FROM pyxp.xp_transactions t"
+                               " JOIN pyxp.rules ru USING (rule_id) WHERE t.id = %s",
+                               (row.transaction_id,)).fetchone())  # type: ignore[arg-type]
+    v2, flows = (db.execute("SELECT ruleset_id FROM pyxp.rulesets WHERE name = %s AND version = %s",
+                            (name, version)).fetchone()[0]  # type: ignore[index]
+                 for name, version in (("winstory", 2), ("winstory-flows", 1)))
+    assert activations(db) == [(v1, None, False), (v2, v1, False), (v1, v2, False), (flows, v1, False)]
+    for at, ruleset in made:
+        assert db.execute(IN_FORCE_AT, (at,)).fetchone() == (ruleset,)
+    # Each ruleset's activated_at is its last activation's; v1's first one is still there.
+    assert db.execute("""
+        SELECT r.ruleset_id, count(*), max(a.activated_at) = r.activated_at
+          FROM pyxp.rulesets r JOIN pyxp.ruleset_activations a USING (ruleset_id)
+         GROUP BY r.ruleset_id, r.activated_at ORDER BY 1""").fetchall() == [(v1, 2, True), (v2, 1, True),
+                                                                            (flows, 1, True)]
+    assert xp.audit() == []
+
+
+def test_applying_the_active_ruleset_again_adds_no_activation(
+        conninfo: str, db: psycopg.Connection[Any]) -> None:
+    before = activations(db)
+    assert len(before) == 1  # the template's db upgrade activated winstory
+    schema.apply_ruleset(conninfo, "winstory")
+    assert activations(db) == before
+
+
+@pytest.mark.parametrize("statement", [
+    "UPDATE pyxp.ruleset_activations SET activated_at = activated_at - interval '1 day'",
+    "UPDATE pyxp.ruleset_activations SET ruleset_id = ruleset_id",
+    "DELETE FROM pyxp.ruleset_activations",
+    "TRUNCATE pyxp.ruleset_activations",
+])
+@pytest.mark.parametrize("replica", [False, True])
+def test_the_activation_history_is_append_only_even_for_the_owner(
+        conninfo: str, db: psycopg.Connection[Any], unchanged: Any, statement: str, replica: bool) -> None:
+    """An UPDATE or DELETE would rewrite which ruleset was in force when: PX013 for the owner too, also
+    under session_replication_role = replica (the triggers fire ALWAYS)."""
+    schema.apply_ruleset(conninfo, "winstory-flows")
+    with unchanged(), db.transaction(), pytest.raises(psycopg.Error) as refused:
+        db.execute("SET LOCAL ROLE pyxp_owner")
+        if replica:
+            db.execute("RESET ROLE; SET LOCAL session_replication_role = replica")
+        db.execute(statement)
+    assert refused.value.sqlstate == "PX013"
+    assert "append-only" in str(refused.value) or "TRUNCATE of pyxp.ruleset_activations" in str(refused.value)
+
+
+@pytest.mark.parametrize(("tamper", "finding"), [
+    ("DELETE FROM pyxp.ruleset_activations WHERE activation_id = (SELECT max(activation_id)"
+     " FROM pyxp.ruleset_activations)", "is active, but the last activation"),
+    ("DELETE FROM pyxp.ruleset_activations WHERE activation_id = (SELECT max(activation_id) - 1"
+     " FROM pyxp.ruleset_activations)", "but the activation before it is of ruleset"),
+    ("UPDATE pyxp.rulesets SET activated_at = activated_at - interval '1 hour' WHERE is_active",
+     "says it was activated at"),
+    ("UPDATE pyxp.ruleset_activations SET activated_at = activated_at + interval '1 hour'"
+     " WHERE activation_id = (SELECT max(activation_id) FROM pyxp.ruleset_activations)",
+     "says it was activated at"),
+])
+def test_audit_finds_a_history_that_does_not_match_the_rulesets(
+        conninfo: str, db: psycopg.Connection[Any], xp: XP, tamper: str, finding: str) -> None:
+    """What a superuser's tampering (triggers disabled) leaves: audit() says so (activation_history)."""
+    schema.apply_ruleset(conninfo, "winstory-flows")
+    schema.apply_ruleset(conninfo, "winstory")
+    assert xp.audit() == []
+    with db.transaction():
+        db.execute("SET LOCAL session_replication_role = replica")
+        db.execute("ALTER TABLE pyxp.ruleset_activations DISABLE TRIGGER ruleset_activations_append_only")
+        db.execute(tamper)
+        db.execute("ALTER TABLE pyxp.ruleset_activations ENABLE ALWAYS TRIGGER ruleset_activations_append_only")
+    found = [(f.check_name, f.detail) for f in xp.audit()]
+    assert found and {name for name, _ in found} == {"activation_history"}, found
+    assert any(finding in detail for _, detail in found), found
+
+
 # --------------------------------------------------------------------------- malformed definitions
 
 
