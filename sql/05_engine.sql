@@ -1368,12 +1368,15 @@ $$;
 
 -- The rows of generic awards (pyxp.award: one event; pyxp.award_many: a
 -- batch): each event's action's rule in the active ruleset, evaluated on its
--- params. Refused, naming the event in a batch: an unknown action (PX009), a
--- missing or unknown formula input (PX018, PX017), an amount beyond +-10^15
+-- params; the row's metadata is the event's context (its metadata field)
+-- with the params. Refused, naming the event in a batch: an unknown action
+-- (PX009), a missing or unknown formula input (PX018, PX017), a context key
+-- that is also a param, with another value (PX017, 0041: the params' value
+-- was kept and the context's lost, silently), an amount beyond +-10^15
 -- (PX004). An event whose key is already claimed is not checked: it replays
--- (its action may have left the ruleset since) or is a PX010, which
--- append_rows decides. The common case (a known action, no formula, no
--- params, an amount in range) is one query.
+-- (its action may have left the ruleset since; its context is not its
+-- inputs) or is a PX010, which append_rows decides. The common case (a known
+-- action, no formula, no params, an amount in range) is one query.
 CREATE FUNCTION pyxp.planned_awards(p_ruleset bigint, p_events pyxp.batch_event[], p_batch boolean)
 RETURNS pyxp.pending_row[]
 LANGUAGE plpgsql STABLE
@@ -1385,7 +1388,8 @@ DECLARE
 BEGIN
     SELECT array_agg(ROW(e.event_index, e.wallet, e.key, e.inputs, e.action,
                          pyxp.rule_amount(ru.xp_constant, ru.xp_coefficients, e.params), NULL, true, ru.rule_id,
-                         e.campaign_id, e.subject, e.metadata, NULL, 0)::pyxp.pending_row ORDER BY e.event_index),
+                         e.campaign_id, e.subject, e.metadata || e.params, NULL, 0)::pyxp.pending_row
+                     ORDER BY e.event_index),
            bool_and(ru.rule_id IS NOT NULL AND ru.xp_coefficients = '{}' AND e.params = '{}'
                     AND abs(ru.xp_constant) <= 1e15)
       INTO v_rows, v_plain
@@ -1411,7 +1415,13 @@ BEGIN
               FROM pyxp.formula_input_problems(ru.action, ru.xp_coefficients, e.params, true) p
              WHERE ru.rule_id IS NOT NULL
             UNION ALL
-            SELECT 4, 'PX004', format('XP amount %s of %s is out of range',
+            SELECT 4, 'PX017', format('context key %s is also a param, with another value (%s in context, %s in params)',
+                                      p.key, left((e.metadata -> p.key)::text, 100), p.value),
+                   'a formula input goes in params; drop it from context, or give both the same value'
+              FROM jsonb_each(e.params) p
+             WHERE e.metadata -> p.key <> p.value
+            UNION ALL
+            SELECT 5, 'PX004', format('XP amount %s of %s is out of range',
                                       pyxp.rule_amount(ru.xp_constant, ru.xp_coefficients, e.params), ru.action),
                    'an award is at most 10^15 XP; check the formula inputs'
              WHERE ru.rule_id IS NOT NULL AND abs(pyxp.rule_amount(ru.xp_constant, ru.xp_coefficients, e.params)) > 1e15
@@ -1531,7 +1541,6 @@ BEGIN
     v_event.metadata := pyxp.checked_context(award.context);
     v_event.campaign_id := pyxp.context_column(v_event.metadata, 'campaign_id', 128);
     v_event.subject := pyxp.context_column(v_event.metadata, 'subject', 256);
-    v_event.metadata := v_event.metadata || v_event.params;
     v_event.inputs := jsonb_build_object('action', v_event.action, 'wallet', v_event.wallet,
                                          'params', v_event.params);
     SELECT * INTO v_ruleset FROM pyxp.writing_ruleset();

@@ -66,7 +66,6 @@ BEGIN
             v_event.metadata := pyxp.checked_context(nullif(v_item -> 'context', 'null'::jsonb));
             v_event.campaign_id := pyxp.context_column(v_event.metadata, 'campaign_id', 128);
             v_event.subject := pyxp.context_column(v_event.metadata, 'subject', 256);
-            v_event.metadata := v_event.metadata || v_event.params;
             -- Same canonical inputs as pyxp.award: a batch replays single awards and back.
             v_event.inputs := jsonb_build_object('action', v_event.action, 'wallet', v_event.wallet,
                                                  'params', v_event.params);

@@ -817,20 +817,47 @@ def test_audit_finds_a_registration_granted_without_onboarding(xp: XP, db: psyco
     assert [f.check_name for f in xp.audit()] == ["registration_grant"]
 
 
-@pytest.mark.parametrize("many", [False, True])
-def test_a_context_key_named_like_a_formula_input_keeps_the_inputs_value(db: psycopg.Connection[Any],
-                                                                         many: bool) -> None:
-    """The row's metadata holds the context and the params, the params' keys over the context's
-    (README "Notes on the generic award"; a DBA's review, 0039): the amount follows params, and the
-    context's other keys are kept."""
-    params, context = {"PRICE_COMPLETION": 300}, {"PRICE_COMPLETION": 5, "note": "n"}
+def award_either_way(db: psycopg.Connection[Any], many: bool, wallet: str, action: str, key: str,
+                     params: dict[str, Any], context: dict[str, Any]) -> None:
+    """One generic award through pyxp.award, or as a batch of one through pyxp.award_many."""
     if many:
-        event = {"wallet": "0xctx", "action": "Completion_Submit_B2C_Paid", "idempotency_key": "ctx-many",
-                 "params": params, "context": context}
+        event = {"wallet": wallet, "action": action, "idempotency_key": key, "params": params, "context": context}
         db.execute("SELECT * FROM pyxp.award_many(%s::jsonb)", (Jsonb([event]),)).fetchall()
     else:
-        award(db, "0xctx", "Completion_Submit_B2C_Paid", "ctx-one", params, context)
+        award(db, wallet, action, key, params, context)
+
+
+@pytest.mark.parametrize("many", [False, True])
+def test_a_context_key_named_like_a_param_with_another_value_is_refused(
+        db: psycopg.Connection[Any], unchanged: Any, many: bool) -> None:
+    """The metadata holds the context and the params: a context key that is also a param kept the
+    params' value, and the context's was lost, silently (a DBA's review, 0039). Since 0041 it is a
+    PX017 naming the key and both values, nothing written; the same value in both is no loss and is
+    accepted, and the context's other keys are kept."""
+    paid = "Completion_Submit_B2C_Paid"
+    with unchanged(), pytest.raises(psycopg.Error) as refused:
+        award_either_way(db, many, "0xctx", paid, "ctx-1", {"PRICE_COMPLETION": 300},
+                         {"PRICE_COMPLETION": 5, "note": "n"})
+    assert refused.value.sqlstate == "PX017"
+    assert ("context key PRICE_COMPLETION is also a param, with another value (5 in context, 300 in params)"
+            in str(refused.value)), str(refused.value)
+    assert str(refused.value).startswith("event 0: ") == many
+    award_either_way(db, many, "0xctx", paid, "ctx-2", {"PRICE_COMPLETION": 300},
+                     {"PRICE_COMPLETION": 300.0, "note": "n"})
     (xp_amount, metadata), = db.execute(
         "SELECT xp_amount, metadata FROM pyxp.xp_transactions WHERE user_wallet = '0xctx'").fetchall()
     assert xp_amount == 400
-    assert metadata["PRICE_COMPLETION"] == 300 and metadata["note"] == "n"
+    assert metadata == {"PRICE_COMPLETION": 300, "note": "n"}
+
+
+def test_a_clashing_call_accepted_before_0041_still_replays(db: psycopg.Connection[Any], unchanged: Any) -> None:
+    """A key already claimed is not checked again: a call accepted with a clashing context (before
+    0041 it was) replays, whatever its context, and so does a batch holding it."""
+    award(db, "0xold", "Completion_Submit_B2C_Paid", "ctx-old", {"PRICE_COMPLETION": 300})
+    with unchanged():
+        replayed = award(db, "0xold", "Completion_Submit_B2C_Paid", "ctx-old", {"PRICE_COMPLETION": 300},
+                         {"PRICE_COMPLETION": 5})
+        many = db.execute("SELECT replayed FROM pyxp.award_many(%s::jsonb)", (Jsonb([{
+            "wallet": "0xold", "action": "Completion_Submit_B2C_Paid", "idempotency_key": "ctx-old",
+            "params": {"PRICE_COMPLETION": 300}, "context": {"PRICE_COMPLETION": 5}}]),)).fetchall()
+    assert [r["replayed"] for r in replayed] == [True] and many == [(True,)]
