@@ -989,8 +989,8 @@ def _print_award(result: Award, as_json: bool) -> None:
         return
     out.table([Column("id", ">"), Column("wallet"), Column("transaction_type"), Column("XP", ">"),
                Column("total", ">"), Column("level"), Column("to next", ">"), Column("replayed")],
-              [[r.transaction_id, r.user_wallet, r.transaction_type, xp_cell(r.xp_amount), r.total_xp,
-                level_change(out, r.previous_level, r.current_level), r.xp_to_next_level,
+              [[r.transaction_id, r.user_wallet, r.transaction_type, xp_cell(r.xp_amount, r.xp_requested),
+                r.total_xp, level_change(out, r.previous_level, r.current_level), r.xp_to_next_level,
                 "yes" if r.replayed else ""] for r in result.rows])
     summary: list[Cell] = [f"{signed(result.xp)} XP, total {result.total_xp}, level "]
     summary.append(level_change(out, result.level_before or 1, result.level_after or 1))
@@ -1235,7 +1235,8 @@ def history(ctx: click.Context, wallet: str, max_rows: int, before_id: int | Non
     out.table([Column("id", ">"), Column("at"), Column("transaction_type"), Column("XP", ">"),
                Column("balance", ">"), Column("campaign"), Column("subject")],
               [[r.transaction_id, f"{r.created_at:%Y-%m-%d %H:%M:%S}", r.transaction_type,
-                xp_cell(r.xp_amount), r.balance_after, r.campaign_id or "", r.subject or ""] for r in rows])
+                xp_cell(r.xp_amount, r.xp_requested), r.balance_after, r.campaign_id or "", r.subject or ""]
+               for r in rows])
     if len(rows) == max_rows:
         page = "" if max_rows == 50 else f" --max-rows {max_rows}"
         more = f"more: pyxp history {shlex.quote(wallet)}{page} --before-id {rows[-1].transaction_id}"

@@ -16,7 +16,7 @@ class AwardRow:
     user_wallet: str
     transaction_type: str
     xp_amount: int
-    xp_requested: int | None  # set when a balance floor cut the amount
+    xp_requested: int | None  # set when a balance floor or a cap cut the amount
     total_xp: int
     current_level: int
     xp_to_next_level: int

@@ -143,9 +143,13 @@ def _stripped(cell: Cell) -> Cell:
     return _text(cell).rstrip()
 
 
-def xp_cell(value: int) -> Styled:
-    """A signed XP amount: green when earned, red when lost."""
-    return Styled(signed(value), fg="green" if value > 0 else "red" if value < 0 else None)
+def xp_cell(value: int, requested: int | None = None) -> Styled:
+    """A signed XP amount: green when earned, red when lost; ``+40 (requested +100)`` when a
+    balance floor or a cap cut what the rule asked for (``xp_requested``, SPEC 12)."""
+    text = signed(value)
+    if requested is not None and requested != value:
+        text += f" (requested {signed(requested)})"
+    return Styled(text, fg="green" if value > 0 else "red" if value < 0 else None)
 
 
 def level_change(out: Printer, before: int, after: int) -> Cell:

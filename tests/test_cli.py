@@ -24,6 +24,7 @@ import pytest
 from conftest import terminate_sessions, waited_for
 from psycopg import sql
 from psycopg.conninfo import make_conninfo
+from psycopg.types.json import Jsonb
 
 from pyxp import schema
 from pyxp.database import DATABASE_URL_VARIABLE, _free_port
@@ -546,6 +547,30 @@ def test_a_value_that_looks_like_a_parameter_name_is_shown_as_given(conninfo: st
                  "--completion-id", "price_completion", "--campaign-type", "B2C", "--is-paid")
     assert_one_line_error(result,
                           "PX006: paid completion price_completion needs a positive --price-completion")
+
+
+def test_a_cut_amount_shows_what_was_requested(conninfo: str, db: psycopg.Connection[Any]) -> None:
+    """Award and history tables note ``(requested N)`` where a cap or a balance floor cut a row's
+    amount (xp_requested), and only there; --json is unchanged (it has xp_requested)."""
+    definition = load_ruleset("winstory").definition()
+    definition["name"], definition["balance_floor"] = "cut", 0
+    next(r for r in definition["rules"]
+         if r["action"] == "MODERATION_VALIDATED_BY_MODERATOR")["cap"] = {"max_xp": 3, "per": "day"}
+    db.execute("SELECT * FROM pyxp.install_ruleset(%s, '# test')", (Jsonb(definition),))
+
+    def vote(wallet: str, campaign: str, decision: str) -> str:
+        return ok(conninfo, "award", "moderation-vote", "--moderator-wallet", wallet,
+                  "--campaign-id", campaign, "--vote-decision", decision, "--campaign-type", "B2C")
+
+    assert "requested" not in vote("0xmod", "camp-1", "VALID")          # +2 of the day's 3
+    assert "+1 (requested +2)" in vote("0xmod", "camp-2", "VALID")      # the cap
+    assert "requested" not in vote("0xmod", "camp-3", "REFUSE")         # -1, above the floor
+    assert " 0 (requested -1)" in vote("0xlow", "camp-4", "REFUSE")     # the floor
+    lines = ok(conninfo, "history", "0xmod").splitlines()[2:]  # (below the header and its rule)
+    assert ["requested" in line for line in lines] == [False, True, False]
+    assert "+1 (requested +2)" in lines[1]
+    assert [(r["xp_amount"], r["xp_requested"]) for r in ok_json(conninfo, "history", "0xmod")] == \
+        [(-1, None), (1, 2), (2, None)]
 
 
 # --------------------------------------------------------------------------- --json errors
