@@ -42,8 +42,10 @@ from typing import Any
 
 import psycopg
 import pytest
+from psycopg.types.json import Jsonb
 
 from pyxp.database import DATABASE_URL_VARIABLE
+from pyxp.ruleset_config import load_ruleset
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 PYXP_SCRIPT = str(Path(sys.executable).with_name("pyxp"))
@@ -368,3 +370,42 @@ def test_readme_examples_run_in_order_and_show_what_comes_back(db: psycopg.Conne
     assert balances["0x_client"] == (1000, 5)
     assert balances["0xabc"] == (900, 4)  # 600 reversed, +400 +100 (Python), +400 (CLI)
     assert balances["0x_moderator_2"] == (-1, 1)
+
+
+# --------------------------------------------------------------------------- "why each row"
+
+
+def why_each_row_query() -> str:
+    """README "For DBAs and auditors": the "why each row" query, for the wallet ``%(wallet)s``."""
+    found = [s.sql for block in readme_blocks(("For DBAs and auditors",)) if block.language == "sql"
+             for s in sql_statements(block.code) if "pyxp.rules r" in s.sql and "t.wallet_seq" in s.sql]
+    assert len(found) == 1, found
+    assert found[0].count("'0x_creator'") == 1, found[0]
+    return found[0].replace("'0x_creator'", "%(wallet)s")
+
+
+def test_why_each_row_names_the_ruleset_of_reversals_and_adjustments(db: psycopg.Connection[Any]) -> None:
+    """A reversal shows the rule and ruleset of the row it reverses; a retroactive adjustment (no
+    rule) the version applied (its metadata's ruleset_id): no row is left without a ruleset."""
+    award = "SELECT transaction_id FROM pyxp.award('0xwhy', 'CAMPAIGN_APPROVED', %s)"
+    first = db.execute(award, ("why-1",)).fetchone()
+    assert first is not None
+    db.execute("SELECT * FROM pyxp.reverse_transaction(%s, 'mistake')", (first[0],))
+    db.execute(award, ("why-2",))
+    candidate = load_ruleset("winstory").definition()
+    candidate["name"] = "winstory-why"
+    next(r for r in candidate["rules"] if r["action"] == "CAMPAIGN_APPROVED")["constant"] = "150"
+    installed = db.execute("SELECT ruleset_id FROM pyxp.install_ruleset(%s, '# test', false)",
+                           (Jsonb(candidate),)).fetchone()
+    assert installed is not None
+    db.execute("SELECT * FROM pyxp.apply_rules_retroactively(%s)", (installed[0],))
+    rows = db.execute(why_each_row_query(), {"wallet": "0xwhy"}).fetchall()
+    approved = db.execute("SELECT formula FROM pyxp.rules JOIN pyxp.rulesets USING (ruleset_id) "
+                          "WHERE name = 'winstory' AND action = 'CAMPAIGN_APPROVED'").fetchone()
+    assert approved is not None
+    assert [(r[1], r[2], r[3], r[4], r[5]) for r in rows] == [
+        ("CAMPAIGN_APPROVED", 100, approved[0], "winstory", 1),
+        ("REVERSAL", -100, approved[0], "winstory", 1),
+        ("CAMPAIGN_APPROVED", 100, approved[0], "winstory", 1),
+        ("RULES_ADJUSTMENT", 50, None, "winstory-why", 1),
+    ]
