@@ -37,13 +37,13 @@ from zoneinfo import ZoneInfo
 import click
 import psycopg
 from psycopg.conninfo import conninfo_to_dict
-from psycopg.rows import dict_row
+from psycopg.rows import class_row, dict_row
 
 from pyxp import queries
 from pyxp.client import XP
 from pyxp.database import DATABASE_URL_VARIABLE, connect
 from pyxp.errors import NoActiveRuleset, XPError, wrap_errors
-from pyxp.results import Award, ClientRegistration
+from pyxp.results import Award, ClientRegistration, WalletArchive
 from pyxp.ruleset_config import load_ruleset
 from pyxp.tables import Cell, Column, Printer, Styled, change_line, level_change, print_audit, signed, xp_cell
 
@@ -1222,14 +1222,21 @@ def balance(ctx: click.Context, wallet: str, as_json: bool) -> None:
 @json_option
 @click.pass_context
 def history(ctx: click.Context, wallet: str, max_rows: int, before_id: int | None, as_json: bool) -> None:
-    """A wallet's ledger rows, newest first (pyxp.history)."""
-    with _client(ctx) as xp:
-        rows = xp.history(wallet, max_rows, before_id)
+    """A wallet's ledger rows, newest first (pyxp.history).
+
+    Rows an archive took out of the ledger are not listed: the listing's end says how many,
+    up to when, and where they are (README "Retention").
+    """
+    with _connection(ctx) as conn:
+        rows = XP(conn).history(wallet, max_rows, before_id)
+        archive = None if as_json or len(rows) == max_rows else _wallet_archive(conn, wallet)
     if as_json:
         _print_json(rows)
         return
     if not rows:
-        click.echo("no ledger rows")
+        click.echo("no ledger rows" if archive is None else
+                   f"no ledger rows left: {_archived_rows(archive)}; its balance counts them: "
+                   f"{archive.total_xp} XP, level {archive.current_level}")
         return
     out = Printer()
     out.table([Column("id", ">"), Column("at"), Column("transaction_type"), Column("XP", ">"),
@@ -1241,6 +1248,28 @@ def history(ctx: click.Context, wallet: str, max_rows: int, before_id: int | Non
         page = "" if max_rows == 50 else f" --max-rows {max_rows}"
         more = f"more: pyxp history {shlex.quote(wallet)}{page} --before-id {rows[-1].transaction_id}"
         out.line(Styled(more, dim=True))
+    elif archive is not None:
+        out.line(Styled(f"older: {_archived_rows(archive)}", dim=True))
+
+
+def _wallet_archive(conn: psycopg.Connection[Any], wallet: str) -> WalletArchive | None:
+    """What archives took of the wallet's rows; None when none (or an unknown wallet), or when the
+    connection may not read the retention tables (a writer alone: the listing then says nothing)."""
+    try:
+        with conn.cursor(row_factory=class_row(WalletArchive)) as cur:
+            return cur.execute(queries.WALLET_ARCHIVE, {"wallet": wallet}).fetchone()
+    except psycopg.errors.InsufficientPrivilege:
+        return None
+
+
+def _archived_rows(archive: WalletArchive) -> str:
+    """``the 3 rows of 0xabc before 2026-01-01 were archived to schema pyxp_archive (...)``."""
+    count = archive.archived_rows
+    before = archive.archived_before.astimezone(UTC)
+    day = f"{before:%Y-%m-%d}" if before.time() == datetime.min.time() else f"{before:%Y-%m-%d %H:%M:%S} UTC"
+    return (f"the {count} row{'' if count == 1 else 's'} of {archive.user_wallet} before {day} "
+            f"{'was' if count == 1 else 'were'} archived to schema pyxp_archive "
+            "(pyxp.xp_ledger_archives lists each archive's tables)")
 
 
 class _Instant(click.ParamType):

@@ -51,6 +51,14 @@ BALANCE = "SELECT * FROM pyxp.balance(wallet => %(wallet)s::text)"
 HISTORY = """SELECT * FROM pyxp.history(
     wallet => %(wallet)s::text, max_rows => %(max_rows)s::integer, before_id => %(before_id)s::bigint)"""
 
+# What archives took of a wallet's history (README "Retention"): its rows in the archived range,
+# the end of that range (the latest archive's), and its balance. No row for a wallet without an
+# opening (none archived, or an unknown wallet). pyxp_reader's: a writer may read no table.
+WALLET_ARCHIVE = """SELECT b.user_wallet, o.archived_rows, a.archived_before, b.total_xp, b.current_level
+  FROM pyxp.balance(wallet => %(wallet)s::text) b
+  JOIN pyxp.xp_wallet_openings o ON o.user_wallet = b.user_wallet
+ CROSS JOIN (SELECT max(x.archived_before) AS archived_before FROM pyxp.xp_ledger_archives x) a"""
+
 # `at` NULL: the period containing the call's now() (SPEC 12).
 LEADERBOARD = """SELECT * FROM pyxp.leaderboard(
     max_rows => %(max_rows)s::integer, offset_rows => %(offset_rows)s::integer,

@@ -127,6 +127,19 @@ class LedgerRow:
 
 
 @dataclass(frozen=True)
+class WalletArchive:
+    """What archives took of a wallet's history: its ``archived_rows`` rows dated before
+    ``archived_before`` (the end of the archived range), now in schema pyxp_archive; its
+    balance (``total_xp``, ``current_level``) still counts them."""
+
+    user_wallet: str
+    archived_rows: int
+    archived_before: datetime
+    total_xp: int
+    current_level: int
+
+
+@dataclass(frozen=True)
 class LeaderboardRow:
     rank: int
     user_wallet: str

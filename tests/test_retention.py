@@ -26,8 +26,10 @@ import psycopg
 import pytest
 from conftest import PYXP, called_behind_holder, install_variant, steady
 from conftest import settled as settled_read
+from psycopg.conninfo import make_conninfo
 from test_partitions import GUARD
 from test_periods import place
+from test_readme_examples import why_each_row_query
 
 from pyxp import XP, errors, schema
 
@@ -363,6 +365,46 @@ def test_python_and_cli_archive(xp: XP, db: psycopg.Connection[Any], aged: AgedL
     assert json.loads(out.stdout) == []
     with pytest.raises(errors.ArchivedRows):
         xp.award("0xgen", "CAMPAIGN_APPROVED", "gen-1")
+
+
+def history(conninfo: str, *args: str) -> str:
+    """`pyxp history ARGS`: its output (exit 0, nothing on stderr)."""
+    done = subprocess.run([PYXP, "--database-url", conninfo, "history", *args],
+                          capture_output=True, text=True, check=False)
+    assert (done.returncode, done.stderr) == (0, ""), done.stderr
+    return done.stdout
+
+
+def test_cli_history_says_which_rows_were_archived(db: psycopg.Connection[Any], archived: AgedLedger,
+                                                   conninfo: str, login_role: Any) -> None:
+    """`pyxp history` of a wallet whose rows were all archived says so, with its balance and
+    where they are; one with some rows left says it at the listing's end; a wallet never archived,
+    an unknown one, --json and a writer (who may read no table) list as before."""
+    before = f"{this_month():%Y-%m-%d}"
+    total, level = db.execute("SELECT total_xp, current_level FROM pyxp.xp_balances "
+                              "WHERE user_wallet = '0xidle'").fetchone() or (None, None)
+    assert history(conninfo, "0xidle") == (
+        f"no ledger rows left: the 3 rows of 0xidle before {before} were archived to schema pyxp_archive "
+        f"(pyxp.xp_ledger_archives lists each archive's tables); its balance counts them: {total} XP, "
+        f"level {level}\n")
+    listed = history(conninfo, "0xgen").splitlines()
+    assert "REVERSAL" in listed[-2]
+    assert listed[-1] == (f"older: the 1 row of 0xgen before {before} was archived to schema pyxp_archive "
+                          "(pyxp.xp_ledger_archives lists each archive's tables)")
+    assert "archived" not in history(conninfo, "0xnew")
+    assert history(conninfo, "0xnobody") == "no ledger rows\n"
+    assert history(conninfo, "0xidle", "--json") == "[]\n"
+    writer = make_conninfo(conninfo, user=login_role("pyxp_writer"))
+    assert history(writer, "0xidle") == "no ledger rows\n"
+
+
+def test_why_each_row_names_the_rule_of_an_archived_original(db: psycopg.Connection[Any],
+                                                             archived: AgedLedger) -> None:
+    """README's "why each row" query: a reversal whose original was archived shows the original's
+    rule and ruleset (kept in xp_archived_originals)."""
+    rows = db.execute(why_each_row_query(), {"wallet": "0xgen"}).fetchall()
+    assert [(r[1], r[4], r[5]) for r in rows] == [("REVERSAL", "retention-test", 1)]
+    assert rows[0][3] is not None  # the original's formula
 
 
 # --------------------------------------------------------------------------- found by review
