@@ -405,19 +405,23 @@ def test_the_downgrade_below_0007_is_refused_while_adjustments_exist(fresh_datab
 # Found by a hostile test (2026-11-27, 0027).
 
 def test_a_generic_awards_context_is_not_a_formula_input(db: psycopg.Connection[Any], unchanged: Any) -> None:
-    """A generic award's metadata is its context with its params over it; its formula inputs are
-    its params only. A context note named like an input made the simulation fail with 22P02 (a
-    text) or use it as the input (a number) at 0026; now the row has no such input (PX018), as a
-    live award would, and a param over a context of the same name is the input."""
+    """A generic award's metadata is its context with its params; its formula inputs are its
+    params only. A context note named like an input made the simulation fail with 22P02 (a text)
+    or use it as the input (a number) at 0026; now the row has no such input (PX018), as a live
+    award would. A param and a context key of one name with two values are refused since 0041
+    (up to 0040 the metadata kept the param's: what the simulation reads either way)."""
     db.execute("SELECT * FROM pyxp.award('0xctx', 'CAMPAIGN_APPROVED', 'ctx-1', '{}', "
                "'{\"PRICE_COMPLETION\": \"see ticket 42\"}')")
+    with unchanged(), pytest.raises(psycopg.Error, match="context key PRICE_COMPLETION is also a param"):
+        db.execute("SELECT * FROM pyxp.award('0xctx', 'Completion_Submit_B2C_Paid', 'ctx-2', "
+                   "'{\"PRICE_COMPLETION\": 250}', '{\"PRICE_COMPLETION\": 9999}')")
     db.execute("SELECT * FROM pyxp.award('0xctx', 'Completion_Submit_B2C_Paid', 'ctx-2', "
-               "'{\"PRICE_COMPLETION\": 250}', '{\"PRICE_COMPLETION\": 9999}')")
+               "'{\"PRICE_COMPLETION\": 250}', '{\"note\": 9999}')")
     paid = install(db, variant("paid-twice", lambda d: rule(d, "Completion_Submit_B2C_Paid").update(
         coefficients={"PRICE_COMPLETION": "2"})), activate=False)
     constant = int(rule(load_ruleset("winstory").definition(), "Completion_Submit_B2C_Paid")["constant"])
     then = db.execute("SELECT total_xp_then FROM pyxp.simulate_rules(%s)", (paid,)).fetchall()
-    assert then == [(100 + constant + 2 * 250,)]  # the params' 250, not the context's 9999
+    assert then == [(100 + constant + 2 * 250,)]  # the params' 250
     for context in ('"see ticket 42"', "5000"):
         db.execute("SELECT * FROM pyxp.award('0xctx2', 'CAMPAIGN_APPROVED', %s, '{}', %s)",
                    (f"ctx-{context}", f'{{"PRICE_COMPLETION": {context}}}'))
