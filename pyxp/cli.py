@@ -819,7 +819,8 @@ def rules_apply(ctx: click.Context, name_or_file: str, retroactive: bool, as_jso
     elif not result.activated:
         click.echo(f"ruleset {result.name} v{result.version} is already active: nothing changed")
     else:
-        how = "created and activated" if result.created else "re-activated (same content as before)"
+        how = ("created and activated" if result.created
+               else "activated (installed before with the same content)")
         click.echo(f"ruleset {result.name} v{result.version} {how}; "
                    f"{result.balances_changed} balance(s) changed level")
 

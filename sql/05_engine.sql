@@ -1371,8 +1371,9 @@ $$;
 -- params; the row's metadata is the event's context (its metadata field)
 -- with the params. Refused, naming the event in a batch: an unknown action
 -- (PX009), a missing or unknown formula input (PX018, PX017), a context key
--- that is also a param, with another value (PX017, 0041: the params' value
--- was kept and the context's lost, silently), an amount beyond +-10^15
+-- naming a param (read as params' names are: any case, $ ignored) with
+-- another value (PX017, 0041: the params' value was kept and the context's
+-- lost, silently; or both kept, under two spellings), an amount beyond +-10^15
 -- (PX004). An event whose key is already claimed is not checked: it replays
 -- (its action may have left the ruleset since; its context is not its
 -- inputs) or is a PX010, which append_rows decides. The common case (a known
@@ -1416,10 +1417,13 @@ BEGIN
              WHERE ru.rule_id IS NOT NULL
             UNION ALL
             SELECT 4, 'PX017', format('context key %s is also a param, with another value (%s in context, %s in params)',
-                                      p.key, left((e.metadata -> p.key)::text, 100), p.value),
+                                      quote_literal(left(k.key, 70)),
+                                      CASE WHEN length(k.value::text) > 100 THEN left(k.value::text, 97) || '...'
+                                           ELSE k.value::text END, p.value),
                    'a formula input goes in params; drop it from context, or give both the same value'
-              FROM jsonb_each(e.params) p
-             WHERE e.metadata -> p.key <> p.value
+              FROM jsonb_each(e.metadata) k
+              JOIN jsonb_each(e.params) p ON p.key = upper(replace(k.key, '$', '') COLLATE "C")  -- as params' names
+             WHERE k.value <> p.value
             UNION ALL
             SELECT 5, 'PX004', format('XP amount %s of %s is out of range',
                                       pyxp.rule_amount(ru.xp_constant, ru.xp_coefficients, e.params), ru.action),

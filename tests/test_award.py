@@ -839,9 +839,18 @@ def test_a_context_key_named_like_a_param_with_another_value_is_refused(
         award_either_way(db, many, "0xctx", paid, "ctx-1", {"PRICE_COMPLETION": 300},
                          {"PRICE_COMPLETION": 5, "note": "n"})
     assert refused.value.sqlstate == "PX017"
-    assert ("context key PRICE_COMPLETION is also a param, with another value (5 in context, 300 in params)"
+    assert ("context key 'PRICE_COMPLETION' is also a param, with another value (5 in context, 300 in params)"
             in str(refused.value)), str(refused.value)
     assert str(refused.value).startswith("event 0: ") == many
+    # A param's name is read in any case and without $ (checked_params): a context key spelt otherwise
+    # names it too (a hostile test: both were kept, the formula's spelling holding the context's 1).
+    for context in ({"price_completion": 1}, {"PRICE_$COMPLETION": 1}, {"Price_Completion": "x" * 300}):
+        with unchanged(), pytest.raises(psycopg.Error) as refused:
+            award_either_way(db, many, "0xctx", paid, "ctx-1", {"PRICE_COMPLETION": 300}, context)
+        assert refused.value.sqlstate == "PX017"
+        key = next(iter(context))
+        assert f"context key '{key}' is also a param" in str(refused.value), str(refused.value)
+    assert '"' + "x" * 96 + "... in context, 300 in params)" in str(refused.value)  # cut, and said so
     award_either_way(db, many, "0xctx", paid, "ctx-2", {"PRICE_COMPLETION": 300},
                      {"PRICE_COMPLETION": 300.0, "note": "n"})
     (xp_amount, metadata), = db.execute(

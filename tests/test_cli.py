@@ -244,7 +244,7 @@ def test_rules_apply_activates_a_shipped_ruleset_once(conninfo: str, db: psycopg
     assert "winstory-flows v1 created and activated" in ok(conninfo, "rules", "apply", "winstory-flows")
     assert db.execute("SELECT name FROM pyxp.rulesets WHERE is_active").fetchone() == ("winstory-flows",)
     assert "already active: nothing changed" in ok(conninfo, "rules", "apply", "winstory-flows")
-    assert "winstory v1 re-activated" in ok(conninfo, "rules", "apply", "winstory")
+    assert "winstory v1 activated (installed before" in ok(conninfo, "rules", "apply", "winstory")
 
 
 def test_rules_apply_json_reports_the_install(conninfo: str) -> None:

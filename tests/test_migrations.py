@@ -885,6 +885,10 @@ def test_0040_rebuilds_the_activation_history_from_the_rulesets(fresh_database: 
         conn.execute("SELECT * FROM pyxp.install_ruleset("
                      "(SELECT definition || '{\"name\": \"inactive\"}' FROM pyxp.rulesets WHERE is_active),"
                      " 'x', false)")
+        # Before 0025 an activation was dated at its transaction's start: the active ruleset's time may
+        # be older than another's (a hostile test); and one with no time at all (an edit).
+        conn.execute("UPDATE pyxp.rulesets SET activated_at = activated_at - interval '1 day' WHERE is_active")
+        conn.execute("UPDATE pyxp.rulesets SET activated_at = NULL WHERE name = 'daily-b'")
         expected = conn.execute("SELECT ruleset_id, activated_at FROM pyxp.rulesets WHERE activated_at IS NOT NULL"
                                 " ORDER BY is_active, activated_at").fetchall()
         assert conn.execute("SELECT name FROM pyxp.rulesets WHERE is_active").fetchone() == ("daily-d",)
@@ -894,8 +898,12 @@ def test_0040_rebuilds_the_activation_history_from_the_rulesets(fresh_database: 
                                " FROM pyxp.ruleset_activations ORDER BY activation_id").fetchall()
         assert history == [(ruleset, at, expected[i - 1][0] if i else None, True)
                            for i, (ruleset, at) in enumerate(expected)]
-        assert len(history) == 5  # the default, a (its last activation only), b, c, d; not "inactive"
+        assert len(history) == 4  # the default, a (its last activation only), c, d; not b (no time), "inactive"
         assert conn.execute("SELECT * FROM pyxp.audit()").fetchall() == []
+        # README's query: the active ruleset is the one in force now, though its time is older.
+        assert conn.execute("SELECT r.name FROM pyxp.ruleset_activations a JOIN pyxp.rulesets r USING (ruleset_id)"
+                            " WHERE a.activated_at <= now() ORDER BY a.activation_id DESC LIMIT 1"
+                            ).fetchone() == ("daily-d",)
         install_variant(conn, "daily-b", caps={"CAMPAIGN_APPROVED": (250, "day", None)})
         assert conn.execute("SELECT previous_ruleset_id, reconstructed FROM pyxp.ruleset_activations"
                             " ORDER BY activation_id DESC LIMIT 1").fetchone() == (expected[-1][0], False)
@@ -903,6 +911,13 @@ def test_0040_rebuilds_the_activation_history_from_the_rulesets(fresh_database: 
     schema.downgrade(target, "0039")
     with psycopg.connect(target, autocommit=True) as conn:
         assert conn.execute("SELECT to_regclass('pyxp.ruleset_activations')").fetchone() == (None,)
+        assert conn.execute("SELECT * FROM pyxp.audit()").fetchall() == []
+        conn.execute("UPDATE pyxp.rulesets SET activated_at = NULL WHERE is_active")  # (an edit)
+    schema.upgrade(target)
+    with psycopg.connect(target, autocommit=True) as conn:
+        assert conn.execute("SELECT ruleset_id, activated_at FROM pyxp.ruleset_activations"
+                            " ORDER BY activation_id DESC LIMIT 1").fetchone() == conn.execute(
+            "SELECT ruleset_id, created_at FROM pyxp.rulesets WHERE is_active").fetchone()
         assert conn.execute("SELECT * FROM pyxp.audit()").fetchall() == []
 
 

@@ -200,7 +200,7 @@ def test_switching_to_winstory_flows_changes_the_actions(
 IN_FORCE_AT = """
     SELECT a.ruleset_id FROM pyxp.ruleset_activations a
      WHERE a.activated_at <= %s
-     ORDER BY a.activated_at DESC, a.activation_id DESC
+     ORDER BY a.activation_id DESC
      LIMIT 1"""  # README "Which ruleset was in force when"
 
 
@@ -279,6 +279,16 @@ def test_the_activation_history_is_append_only_even_for_the_owner(
     ("UPDATE pyxp.ruleset_activations SET activated_at = activated_at + interval '1 hour'"
      " WHERE activation_id = (SELECT max(activation_id) FROM pyxp.ruleset_activations)",
      "says it was activated at"),
+    # What the owner may do with the triggers on (a hostile test): an activation passed off as
+    # rebuilt by 0040, and a re-activation of the active ruleset, each with activated_at moved to it.
+    ("UPDATE pyxp.rulesets SET activated_at = now() - interval '1 hour' WHERE is_active;"
+     " INSERT INTO pyxp.ruleset_activations (ruleset_id, activated_at, previous_ruleset_id, reconstructed)"
+     " SELECT ruleset_id, activated_at, NULL, true FROM pyxp.rulesets WHERE is_active",
+     "is marked rebuilt by 0040, but activation"),
+    ("UPDATE pyxp.rulesets SET activated_at = now() - interval '1 hour' WHERE is_active;"
+     " INSERT INTO pyxp.ruleset_activations (ruleset_id, activated_at, previous_ruleset_id)"
+     " SELECT ruleset_id, activated_at, ruleset_id FROM pyxp.rulesets WHERE is_active",
+     "replaced ruleset"),
 ])
 def test_audit_finds_a_history_that_does_not_match_the_rulesets(
         conninfo: str, db: psycopg.Connection[Any], xp: XP, tamper: str, finding: str) -> None:

@@ -412,7 +412,7 @@ def test_a_generic_awards_context_is_not_a_formula_input(db: psycopg.Connection[
     (up to 0040 the metadata kept the param's: what the simulation reads either way)."""
     db.execute("SELECT * FROM pyxp.award('0xctx', 'CAMPAIGN_APPROVED', 'ctx-1', '{}', "
                "'{\"PRICE_COMPLETION\": \"see ticket 42\"}')")
-    with unchanged(), pytest.raises(psycopg.Error, match="context key PRICE_COMPLETION is also a param"):
+    with unchanged(), pytest.raises(psycopg.Error, match="context key 'PRICE_COMPLETION' is also a param"):
         db.execute("SELECT * FROM pyxp.award('0xctx', 'Completion_Submit_B2C_Paid', 'ctx-2', "
                    "'{\"PRICE_COMPLETION\": 250}', '{\"PRICE_COMPLETION\": 9999}')")
     db.execute("SELECT * FROM pyxp.award('0xctx', 'Completion_Submit_B2C_Paid', 'ctx-2', "

@@ -1,5 +1,7 @@
--- 0040's downgrade: no activations' history; pyxp.activate_ruleset and
--- pyxp.audit as at 0039; pyxp.key_hash the owner's again.
+-- 0040's downgrade: no activations' history (its rows are dropped: an
+-- upgrade rebuilds one activation per ruleset from rulesets.activated_at,
+-- as 0040 did); pyxp.activate_ruleset and pyxp.audit as at 0039;
+-- pyxp.key_hash the owner's again.
 SET LOCAL ROLE pyxp_owner;
 
 CREATE OR REPLACE FUNCTION pyxp.activate_ruleset(p_ruleset_id bigint)

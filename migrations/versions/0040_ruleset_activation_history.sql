@@ -15,6 +15,12 @@ CREATE TABLE pyxp.ruleset_activations (
     reconstructed        boolean NOT NULL DEFAULT false
 );
 
+-- An active ruleset without an activation time (no pyxp path leaves one;
+-- an edit may have) takes its creation time: the history's last row must be
+-- its activation, and audit() compares the two (a hostile test: the row was
+-- left out, and the audit reported it for good, the history append-only).
+UPDATE pyxp.rulesets r SET activated_at = r.created_at WHERE r.is_active AND r.activated_at IS NULL;
+
 -- The activations before 0040, rebuilt from what the rulesets kept: each
 -- activated ruleset's latest activation, in time order, the active one last
 -- (audit() holds the active ruleset to the last activation). A ruleset
@@ -107,8 +113,12 @@ AS $$
     UNION ALL
     -- The activations' history (0040) against the rulesets: the active
     -- ruleset is the last one activated, each ruleset's activated_at is its
-    -- last activation's, and each activation replaced the ruleset of the one
-    -- before it (a row taken out of the history breaks that chain).
+    -- last activation's, each activation replaced the ruleset of the one
+    -- before it (a row taken out of the history breaks that chain) and not
+    -- itself (activating the active ruleset adds nothing), and the rows 0040
+    -- rebuilt come first (one added later would pass as rebuilt: a hostile
+    -- test). activated_at is the clock's: it may step back, so it is not
+    -- checked against the order.
     SELECT 'activation_history', NULL, NULL, x.problem
       FROM (SELECT format('ruleset %s is active, but the last activation (%s) is of ruleset %s',
                           r.ruleset_id, coalesce(l.activation_id::text, 'none'), coalesce(l.ruleset_id::text, 'none'))
@@ -132,7 +142,18 @@ AS $$
                           coalesce(a.before::text, 'none'))
               FROM (SELECT a.*, lag(a.ruleset_id) OVER (ORDER BY a.activation_id) AS before
                       FROM pyxp.ruleset_activations a) a
-             WHERE NOT a.reconstructed AND a.previous_ruleset_id IS DISTINCT FROM a.before) x
+             WHERE NOT a.reconstructed AND a.previous_ruleset_id IS DISTINCT FROM a.before
+            UNION ALL
+            SELECT format('activation %s says it replaced ruleset %s by itself', a.activation_id, a.ruleset_id)
+              FROM pyxp.ruleset_activations a
+             WHERE a.previous_ruleset_id = a.ruleset_id
+            UNION ALL
+            SELECT format('activation %s is marked rebuilt by 0040, but activation %s before it is not',
+                          a.activation_id, f.activation_id)
+              FROM pyxp.ruleset_activations a
+              JOIN LATERAL (SELECT min(f.activation_id) AS activation_id FROM pyxp.ruleset_activations f
+                             WHERE NOT f.reconstructed) f ON f.activation_id < a.activation_id
+             WHERE a.reconstructed) x
     UNION ALL
     -- Each ruleset's tables against its definition (pyxp.definition_*, what
     -- install_ruleset wrote from it): the amounts, caps, curve and zone the

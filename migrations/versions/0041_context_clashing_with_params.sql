@@ -47,10 +47,13 @@ BEGIN
              WHERE ru.rule_id IS NOT NULL
             UNION ALL
             SELECT 4, 'PX017', format('context key %s is also a param, with another value (%s in context, %s in params)',
-                                      p.key, left((e.metadata -> p.key)::text, 100), p.value),
+                                      quote_literal(left(k.key, 70)),
+                                      CASE WHEN length(k.value::text) > 100 THEN left(k.value::text, 97) || '...'
+                                           ELSE k.value::text END, p.value),
                    'a formula input goes in params; drop it from context, or give both the same value'
-              FROM jsonb_each(e.params) p
-             WHERE e.metadata -> p.key <> p.value
+              FROM jsonb_each(e.metadata) k
+              JOIN jsonb_each(e.params) p ON p.key = upper(replace(k.key, '$', '') COLLATE "C")  -- as params' names
+             WHERE k.value <> p.value
             UNION ALL
             SELECT 5, 'PX004', format('XP amount %s of %s is out of range',
                                       pyxp.rule_amount(ru.xp_constant, ru.xp_coefficients, e.params), ru.action),
