@@ -153,6 +153,10 @@ SELECT (SELECT count(*) FROM pyxp.xp_transactions) AS ledger_rows,
        (SELECT count(*) FROM pyxp.agency_b2c_clients) AS registrations,
        (SELECT count(*) FILTER (WHERE xp_granted) FROM pyxp.agency_b2c_clients) AS granted,
        (SELECT count(*) FROM pyxp.rulesets) AS rulesets,
+       -- Which is active and since when: an activation (and, since 0040, its ruleset_activations row)
+       -- moves it; read from rulesets, which every revision has (STATE_QUERY runs at older ones too).
+       (SELECT md5(string_agg(concat_ws('/', ruleset_id, is_active, activated_at), ',' ORDER BY ruleset_id))
+          FROM pyxp.rulesets) AS activations,
        (SELECT count(*) FROM pyxp.xp_cap_usage) AS cap_periods,
        (SELECT coalesce(sum(used_xp), 0) FROM pyxp.xp_cap_usage) AS cap_used,
        (SELECT count(*) FROM pyxp.xp_audit_checkpoints) AS checkpoints,
