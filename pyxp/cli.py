@@ -1235,9 +1235,13 @@ def history(ctx: click.Context, wallet: str, max_rows: int, before_id: int | Non
         _print_json(rows)
         return
     if not rows:
-        click.echo("no ledger rows" if archive is None else
-                   f"no ledger rows left: {_archived_rows(archive)}; its balance counts them: "
-                   f"{archive.total_xp} XP, level {archive.current_level}")
+        if archive is None:
+            click.echo("no ledger rows")
+        elif before_id is not None:  # a page past the rows left: the wallet may still have some
+            click.echo(f"no ledger rows before id {before_id}; older: {_archived_rows(archive)}")
+        else:
+            click.echo(f"no ledger rows left: {_archived_rows(archive)}; its balance counts them: "
+                       f"{archive.total_xp} XP, level {archive.current_level}")
         return
     out = Printer()
     out.table([Column("id", ">"), Column("at"), Column("transaction_type"), Column("XP", ">"),

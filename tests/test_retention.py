@@ -391,6 +391,10 @@ def test_cli_history_says_which_rows_were_archived(db: psycopg.Connection[Any], 
     assert "REVERSAL" in listed[-2]
     assert listed[-1] == (f"older: the 1 row of 0xgen before {before} was archived to schema pyxp_archive "
                           "(pyxp.xp_ledger_archives lists each archive's tables)")
+    # A page past the rows left (the last page was full): 0xgen still has its reversal in the ledger.
+    assert history(conninfo, "0xgen", "--before-id", "1") == (
+        f"no ledger rows before id 1; older: the 1 row of 0xgen before {before} was archived to schema "
+        "pyxp_archive (pyxp.xp_ledger_archives lists each archive's tables)\n")
     assert "archived" not in history(conninfo, "0xnew")
     assert history(conninfo, "0xnobody") == "no ledger rows\n"
     assert history(conninfo, "0xidle", "--json") == "[]\n"
