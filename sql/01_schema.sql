@@ -65,7 +65,9 @@ CREATE UNIQUE INDEX rulesets_one_active ON pyxp.rulesets ((true)) WHERE is_activ
 -- append-only (pyxp.refuse_history_change, sql/09_security.sql). 0040 rebuilt
 -- the activations made before it from rulesets.activated_at (reconstructed):
 -- one per ruleset, its latest, so an earlier activation of a ruleset
--- activated again later is not there.
+-- activated again later is not there. activation_id is the order of the
+-- activations (taken under the awards' lock: pyxp.activate_ruleset);
+-- activated_at is the clock's.
 CREATE TABLE pyxp.ruleset_activations (
     activation_id        bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
     ruleset_id           bigint NOT NULL REFERENCES pyxp.rulesets,

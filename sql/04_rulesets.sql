@@ -257,7 +257,10 @@ BEGIN
     -- Two statements: the partial unique index allows one active row at a time.
     UPDATE pyxp.rulesets r SET is_active = false WHERE r.is_active;
     UPDATE pyxp.rulesets r SET is_active = true, activated_at = v_at WHERE r.ruleset_id = p_ruleset_id;
-    -- The history (0040): which ruleset was in force from when.
+    -- The history (0040): which ruleset was in force from when. Its
+    -- activation_id is taken under the caller's SHARE ROW EXCLUSIVE lock on
+    -- xp_balances (pyxp.hold_awards), which one activation holds at a time:
+    -- the ids' order is the activations' (audit() checks the chain by it).
     INSERT INTO pyxp.ruleset_activations (ruleset_id, activated_at, previous_ruleset_id)
     VALUES (p_ruleset_id, v_at, v_previous);
     RETURN pyxp.recalculate_levels();

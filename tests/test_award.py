@@ -859,9 +859,9 @@ def test_a_context_key_named_like_a_param_with_another_value_is_refused(
     assert metadata == {"PRICE_COMPLETION": 300, "note": "n"}
 
 
-def test_a_clashing_call_accepted_before_0041_still_replays(db: psycopg.Connection[Any], unchanged: Any) -> None:
-    """A key already claimed is not checked again: a call accepted with a clashing context (before
-    0041 it was) replays, whatever its context, and so does a batch holding it."""
+def test_a_retry_whose_context_now_clashes_replays(db: psycopg.Connection[Any], unchanged: Any) -> None:
+    """A key already claimed is not checked again: its retry replays whatever its context (context is
+    not an input), single or in a batch; so does a call accepted with a clash before 0041."""
     award(db, "0xold", "Completion_Submit_B2C_Paid", "ctx-old", {"PRICE_COMPLETION": 300})
     with unchanged():
         replayed = award(db, "0xold", "Completion_Submit_B2C_Paid", "ctx-old", {"PRICE_COMPLETION": 300},

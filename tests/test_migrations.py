@@ -899,6 +899,9 @@ def test_0040_rebuilds_the_activation_history_from_the_rulesets(fresh_database: 
         assert history == [(ruleset, at, expected[i - 1][0] if i else None, True)
                            for i, (ruleset, at) in enumerate(expected)]
         assert len(history) == 4  # the default, a (its last activation only), c, d; not b (no time), "inactive"
+        names = [conn.execute("SELECT name FROM pyxp.rulesets WHERE ruleset_id = %s", (ruleset,)).fetchone()
+                 for ruleset, *_ in history]
+        assert names == [("winstory",), ("daily-c",), ("daily-a",), ("daily-d",)]  # the active one last
         assert conn.execute("SELECT * FROM pyxp.audit()").fetchall() == []
         # README's query: the active ruleset is the one in force now, though its time is older.
         assert conn.execute("SELECT r.name FROM pyxp.ruleset_activations a JOIN pyxp.rulesets r USING (ruleset_id)"
@@ -912,6 +915,10 @@ def test_0040_rebuilds_the_activation_history_from_the_rulesets(fresh_database: 
     with psycopg.connect(target, autocommit=True) as conn:
         assert conn.execute("SELECT to_regclass('pyxp.ruleset_activations')").fetchone() == (None,)
         assert conn.execute("SELECT * FROM pyxp.audit()").fetchall() == []
+        # 0039's activate_ruleset is back: one still writing the dropped table would fail only when
+        # called (42P01), and the dump comparison checks the last downgrade only (helper-67).
+        install_variant(conn, "daily-c", caps={"CAMPAIGN_APPROVED": (250, "day", None)})
+        assert conn.execute("SELECT name FROM pyxp.rulesets WHERE is_active").fetchone() == ("daily-c",)
         conn.execute("UPDATE pyxp.rulesets SET activated_at = NULL WHERE is_active")  # (an edit)
     schema.upgrade(target)
     with psycopg.connect(target, autocommit=True) as conn:
