@@ -659,6 +659,29 @@ def _types(campaign_types: list[str] | None) -> str:
     return ", ".join(campaign_types) if campaign_types else "all"
 
 
+class _Instant(click.ParamType):
+    """An ISO 8601 date or date-time; without an offset it stays naive: read in the ruleset's timezone."""
+
+    name = "instant"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> datetime:
+        if isinstance(value, datetime):
+            return value
+        try:
+            return datetime.fromisoformat(str(value))
+        except ValueError:
+            self.fail(f"{value!r} is not an ISO 8601 date or date-time (e.g. 2026-11-20T18:00+01:00)", param, ctx)
+
+
+def _in_ruleset_zone(ctx: click.Context, at: datetime | None) -> datetime | None:
+    """A naive --at read in the active ruleset's timezone (the zone its periods are counted in)."""
+    if at is None or at.tzinfo is not None:
+        return at
+    with wrap_errors(), _connection(ctx) as conn:
+        zone = conn.execute(queries.ACTIVE_TIMEZONE).fetchone()
+    return at.replace(tzinfo=ZoneInfo(zone[0] if zone else "UTC"))
+
+
 @rules.command("show")
 @json_option
 @click.pass_context
@@ -707,6 +730,31 @@ def rules_list(ctx: click.Context, as_json: bool) -> None:
               [[r["ruleset_id"], r["name"], r["version"],
                 Styled("active", fg="green", bold=True) if r["active"] else "",
                 when(r["created_at"]), when(r["activated_at"]), r["timezone"], r["rules"]] for r in rows])
+
+
+@rules.command("history")
+@click.option("--at", "at", type=_Instant(), default=None,
+              help="Only the ruleset in force at this ISO 8601 instant (naive: in the active ruleset's timezone).")
+@json_option
+@click.pass_context
+def rules_history(ctx: click.Context, at: datetime | None, as_json: bool) -> None:
+    """Every activation of a ruleset, newest first (pyxp.ruleset_activations); --at: the one in force then."""
+    at = _in_ruleset_zone(ctx, at)
+    with _connection(ctx) as conn, conn.cursor(row_factory=dict_row) as cur:
+        rows = cur.execute(queries.RULESET_ACTIVATIONS, {"at": at}).fetchall()
+    if as_json:
+        _print_json(rows)
+        return
+    if not rows:
+        click.echo("no ruleset activated yet (run: pyxp db upgrade)" if at is None
+                   else f"no ruleset was in force at {at.isoformat()}: none was activated before")
+        return
+    out = Printer()
+    out.table([Column("activation", ">"), Column("activated_at"), Column("ruleset"), Column("timezone"),
+               Column("replaced"), Column("note")],
+              [[r["activation_id"], f"{r['activated_at']:%Y-%m-%d %H:%M:%S}", f"{r['name']} v{r['version']}",
+                r["timezone"], f"{r['replaced_name']} v{r['replaced_version']}" if r["replaced_name"] else "",
+                "rebuilt by 0040 (latest only)" if r["reconstructed"] else ""] for r in rows])
 
 
 @rules.command("install")
@@ -1275,29 +1323,6 @@ def _archived_rows(archive: WalletArchive) -> str:
     return (f"the {count} row{'' if count == 1 else 's'} of {archive.user_wallet} before {day} "
             f"{'was' if count == 1 else 'were'} archived to schema pyxp_archive "
             "(pyxp.xp_ledger_archives lists each archive's tables)")
-
-
-class _Instant(click.ParamType):
-    """An ISO 8601 date or date-time; without an offset it stays naive: read in the ruleset's timezone."""
-
-    name = "instant"
-
-    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> datetime:
-        if isinstance(value, datetime):
-            return value
-        try:
-            return datetime.fromisoformat(str(value))
-        except ValueError:
-            self.fail(f"{value!r} is not an ISO 8601 date or date-time (e.g. 2026-11-20T18:00+01:00)", param, ctx)
-
-
-def _in_ruleset_zone(ctx: click.Context, at: datetime | None) -> datetime | None:
-    """A naive --at read in the active ruleset's timezone (the zone its periods are counted in)."""
-    if at is None or at.tzinfo is not None:
-        return at
-    with wrap_errors(), _connection(ctx) as conn:
-        zone = conn.execute(queries.ACTIVE_TIMEZONE).fetchone()
-    return at.replace(tzinfo=ZoneInfo(zone[0] if zone else "UTC"))
 
 
 @cli.command()

@@ -133,6 +133,18 @@ RULESETS = """SELECT r.ruleset_id, r.name, r.version, r.is_active AS active, r.c
        r.timezone, (SELECT count(*) FROM pyxp.rules ru WHERE ru.ruleset_id = r.ruleset_id) AS rules
   FROM pyxp.rulesets r ORDER BY r.name, r.version"""
 
+# Every activation of a ruleset, newest first (pyxp.ruleset_activations, 0040); with at, the one
+# in force then: the last, in the history's order (activation_id), at or before it (README "Which
+# ruleset was in force when": activated_at is the clock's).
+RULESET_ACTIVATIONS = """SELECT a.activation_id, a.activated_at, a.ruleset_id, r.name, r.version, r.timezone,
+       p.name AS replaced_name, p.version AS replaced_version, a.reconstructed
+  FROM pyxp.ruleset_activations a
+  JOIN pyxp.rulesets r ON r.ruleset_id = a.ruleset_id
+  LEFT JOIN pyxp.rulesets p ON p.ruleset_id = a.previous_ruleset_id
+ WHERE %(at)s::timestamptz IS NULL OR a.activated_at <= %(at)s::timestamptz
+ ORDER BY a.activation_id DESC
+ LIMIT CASE WHEN %(at)s::timestamptz IS NULL THEN NULL ELSE 1 END"""
+
 # The change feed (SPEC 11).
 CHANGES = """SELECT * FROM pyxp.changes(
     after_cursor => %(after_cursor)s::bigint, max_rows => %(max_rows)s::integer, wallet => %(wallet)s::text)"""

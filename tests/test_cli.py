@@ -16,6 +16,7 @@ import sys
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -245,6 +246,29 @@ def test_rules_apply_activates_a_shipped_ruleset_once(conninfo: str, db: psycopg
     assert db.execute("SELECT name FROM pyxp.rulesets WHERE is_active").fetchone() == ("winstory-flows",)
     assert "already active: nothing changed" in ok(conninfo, "rules", "apply", "winstory-flows")
     assert "winstory v1 activated (installed before" in ok(conninfo, "rules", "apply", "winstory")
+
+
+def test_rules_history_lists_every_activation_and_the_one_in_force_at_an_instant(
+        conninfo: str, db: psycopg.Connection[Any]) -> None:
+    """pyxp rules history (0040): newest first, each with the ruleset it replaced; --at names the
+    ruleset in force then (the last activation at or before it), and an instant before the first says
+    none was."""
+    ok(conninfo, "rules", "apply", "winstory-flows")
+    ok(conninfo, "rules", "apply", "winstory")
+    times = [at for (at,) in db.execute("SELECT activated_at FROM pyxp.ruleset_activations ORDER BY activation_id")]
+    assert len(times) == 3
+    table = ok(conninfo, "rules", "history").splitlines()
+    assert table[0].split() == ["activation", "activated_at", "ruleset", "timezone", "replaced", "note"]
+    assert [line.split()[3:] for line in table[2:]] == [
+        ["winstory", "v1", "UTC", "winstory-flows", "v1"], ["winstory-flows", "v1", "UTC", "winstory", "v1"],
+        ["winstory", "v1", "UTC"]]
+    between = times[1] + (times[2] - times[1]) / 2
+    listed = ok_json(conninfo, "rules", "history", "--at", between.isoformat())
+    assert [(r["name"], r["replaced_name"], r["reconstructed"]) for r in listed] == [
+        ("winstory-flows", "winstory", False)]
+    assert "no ruleset was in force at" in ok(conninfo, "rules", "history", "--at",
+                                              (times[0] - timedelta(seconds=1)).isoformat())
+    assert len(ok_json(conninfo, "rules", "history")) == 3
 
 
 def test_rules_apply_json_reports_the_install(conninfo: str) -> None:
