@@ -309,6 +309,20 @@ def test_every_writer_refuses_repeatable_read_and_serializable(
 
 
 @pytest.mark.parametrize("function", sorted(WRITES))
+def test_every_writer_in_a_read_only_transaction_gets_25006_and_writes_nothing(
+        conninfo: str, db: psycopg.Connection[Any], seeded_for_isolation: None, unchanged: Any,
+        function: str) -> None:
+    """A transaction set read-only on the primary (psycopg's read_only=True) is refused as a standby's
+    writes are: PostgreSQL's 25006, kept rather than a PX code because drivers and failover tooling
+    watch for it (README "Scaling reads"; an application-transaction hostile test)."""
+    with unchanged(), psycopg.connect(conninfo) as conn:
+        conn.read_only = True
+        with pytest.raises(psycopg.errors.ReadOnlySqlTransaction):
+            WRITES[function](XP(conn))
+        conn.rollback()
+
+
+@pytest.mark.parametrize("function", sorted(WRITES))
 def test_every_writer_runs_in_read_uncommitted(conninfo: str, db: psycopg.Connection[Any],
                                               seeded_for_isolation: None, function: str) -> None:
     """READ UNCOMMITTED is READ COMMITTED in PostgreSQL: it was refused with PX025 (0028)."""
