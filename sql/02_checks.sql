@@ -326,6 +326,15 @@ $$;
 -- MINT_VALUE_$WINC = MINT_VALUE_WINC); each value passes checked_number and
 -- loses trailing zeros (300.0 is 300).
 -- The cap keeps the per-key loop below cheap.
+-- A formula input's name as params are read: upper case, $ dropped
+-- (MINT_VALUE_$WINC is MINT_VALUE_WINC, as in the config seed). A SQL
+-- function: inlined where it is called. Shared by checked_params and the
+-- context's check in pyxp.planned_awards (0041).
+CREATE FUNCTION pyxp.param_name(p_key text)
+RETURNS text
+LANGUAGE sql IMMUTABLE PARALLEL SAFE
+AS $$ SELECT upper(replace(p_key, '$', '') COLLATE "C") $$;
+
 CREATE FUNCTION pyxp.checked_params(p_params jsonb)
 RETURNS jsonb
 LANGUAGE plpgsql IMMUTABLE PARALLEL SAFE
@@ -354,14 +363,14 @@ BEGIN
             RAISE EXCEPTION 'invalid %: % is not a number', v_item.key, left(v_item.value::text, 100)
                 USING ERRCODE = 'PX004', HINT = 'a finite number between 0 and 10^15';
         END IF;
-        IF v_result ? upper(replace(v_item.key, '$', '') COLLATE "C") THEN
-            RAISE EXCEPTION 'invalid params: input % given twice', upper(replace(v_item.key, '$', '') COLLATE "C")
+        IF v_result ? pyxp.param_name(v_item.key) THEN
+            RAISE EXCEPTION 'invalid params: input % given twice', pyxp.param_name(v_item.key)
                 USING ERRCODE = 'PX017', HINT = 'input names are case-insensitive and ignore $: give each once';
         END IF;
         -- trim_scale: 300.0 and 300 are one input (a generic award's claim
         -- keeps a digest of its inputs' text).
         v_result := v_result || jsonb_build_object(
-            upper(replace(v_item.key, '$', '') COLLATE "C"),
+            pyxp.param_name(v_item.key),
             trim_scale(pyxp.checked_number(v_item.key, v_item.value::numeric)));
     END LOOP;
     RETURN v_result;

@@ -1422,7 +1422,7 @@ BEGIN
                                            ELSE k.value::text END, p.value),
                    'a formula input goes in params; drop it from context, or give both the same value'
               FROM jsonb_each(e.metadata) k
-              JOIN jsonb_each(e.params) p ON p.key = upper(replace(k.key, '$', '') COLLATE "C")  -- as params' names
+              JOIN jsonb_each(e.params) p ON p.key = pyxp.param_name(k.key)
              WHERE k.value <> p.value
             UNION ALL
             SELECT 5, 'PX004', format('XP amount %s of %s is out of range',

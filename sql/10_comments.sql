@@ -119,6 +119,7 @@ COMMENT ON FUNCTION pyxp.refuse_period_xp(numeric) IS 'internal: PX019 for a per
 COMMENT ON FUNCTION pyxp.cap_usage_seed_consistent(bigint, bigint, text, text, bigint, timestamptz, bigint) IS
     'internal: xp_cap_usage''s seed check (all or nothing, at most the usage).';
 COMMENT ON FUNCTION pyxp.balance_limit() IS 'internal: 2^62, the bound of every balance.';
+COMMENT ON FUNCTION pyxp.param_name(text) IS 'internal: a formula input''s name as params are read (upper case, $ dropped).';
 COMMENT ON FUNCTION pyxp.key_hash(text) IS 'API: the claims'' key (xp_award_claims, xp_requests), 16 bytes of sha256 of an idempotency key.';
 COMMENT ON FUNCTION pyxp.inputs_digest(jsonb) IS 'internal: 8 bytes of sha256 of a generic award''s canonical inputs, kept on its claim row.';
 COMMENT ON FUNCTION pyxp.row_ruleset(bigint, text) IS 'internal: the ruleset a ledger row was written under.';

@@ -251,13 +251,17 @@ def naive_period_ranks(db: psycopg.Connection[Any], period: str) -> dict[str, in
 
 
 def install_variant(db: psycopg.Connection[Any], name: str, timezone: str | None = None,
-                    caps: dict[str, tuple[int, str, str | None]] | None = None) -> None:
-    """Activates the default rules as ruleset ``name``, with ``timezone`` and caps
-    (action -> (max_xp, per, group)), through pyxp.install_ruleset as ``pyxp rules apply`` does."""
+                    caps: dict[str, tuple[int, str, str | None]] | None = None,
+                    balance_floor: int | None = None) -> None:
+    """Activates the default rules as ruleset ``name``, with ``timezone``, caps
+    (action -> (max_xp, per, group)) and a balance floor, through pyxp.install_ruleset as
+    ``pyxp rules apply`` does."""
     definition = load_ruleset("winstory").definition()
     definition["name"] = name
     if timezone is not None:
         definition["timezone"] = timezone
+    if balance_floor is not None:
+        definition["balance_floor"] = balance_floor
     for rule in definition["rules"]:
         if rule["action"] in (caps or {}):
             max_xp, per, group = (caps or {})[rule["action"]]

@@ -22,10 +22,9 @@ from typing import Any
 
 import psycopg
 import pytest
-from conftest import terminate_sessions, waited_for
+from conftest import install_variant, terminate_sessions, waited_for
 from psycopg import sql
 from psycopg.conninfo import make_conninfo
-from psycopg.types.json import Jsonb
 
 from pyxp import schema
 from pyxp.database import DATABASE_URL_VARIABLE, _free_port
@@ -576,11 +575,7 @@ def test_a_value_that_looks_like_a_parameter_name_is_shown_as_given(conninfo: st
 def test_a_cut_amount_shows_what_was_requested(conninfo: str, db: psycopg.Connection[Any]) -> None:
     """Award and history tables note ``(requested N)`` where a cap or a balance floor cut a row's
     amount (xp_requested), and only there; --json is unchanged (it has xp_requested)."""
-    definition = load_ruleset("winstory").definition()
-    definition["name"], definition["balance_floor"] = "cut", 0
-    next(r for r in definition["rules"]
-         if r["action"] == "MODERATION_VALIDATED_BY_MODERATOR")["cap"] = {"max_xp": 3, "per": "day"}
-    db.execute("SELECT * FROM pyxp.install_ruleset(%s, '# test')", (Jsonb(definition),))
+    install_variant(db, "cut", caps={"MODERATION_VALIDATED_BY_MODERATOR": (3, "day", None)}, balance_floor=0)
 
     def vote(wallet: str, campaign: str, decision: str) -> str:
         return ok(conninfo, "award", "moderation-vote", "--moderator-wallet", wallet,

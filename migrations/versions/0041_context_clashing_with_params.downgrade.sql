@@ -1,5 +1,6 @@
--- 0041's downgrade: pyxp.planned_awards, pyxp.award and pyxp.award_many as
--- at 0040 (a context key clashing with a param keeps the param's value).
+-- 0041's downgrade: pyxp.planned_awards, pyxp.award, pyxp.award_many and
+-- pyxp.checked_params as at 0040 (a context key clashing with a param keeps
+-- the param's value); no pyxp.param_name.
 SET LOCAL ROLE pyxp_owner;
 
 CREATE OR REPLACE FUNCTION pyxp.planned_awards(p_ruleset bigint, p_events pyxp.batch_event[], p_batch boolean)
@@ -209,6 +210,50 @@ BEGIN
          ORDER BY f.event_index, w.transaction_id;
 END
 $$;
+
+CREATE OR REPLACE FUNCTION pyxp.checked_params(p_params jsonb)
+RETURNS jsonb
+LANGUAGE plpgsql IMMUTABLE PARALLEL SAFE
+AS $$
+DECLARE
+    v_item record;
+    v_result jsonb := '{}';
+BEGIN
+    IF p_params IS NULL OR p_params = '{}' THEN  -- no inputs (most awards): no query
+        RETURN v_result;
+    ELSIF pg_column_size(p_params) > 65536 THEN  -- size before work: 64 inputs fit in far less
+        RAISE EXCEPTION 'invalid params: % bytes', pg_column_size(p_params)
+            USING ERRCODE = 'PX017', HINT = 'params holds at most 64 formula inputs';
+    ELSIF jsonb_typeof(p_params) <> 'object' THEN
+        RAISE EXCEPTION 'invalid params: % is not a JSON object', left(p_params::text, 100)
+            USING ERRCODE = 'PX017', HINT = 'params is an object of formula inputs, e.g. {"PRICE_COMPLETION": 300}';
+    ELSIF (SELECT count(*) FROM jsonb_object_keys(p_params)) > 64 THEN
+        RAISE EXCEPTION 'invalid params: % inputs', (SELECT count(*) FROM jsonb_object_keys(p_params))
+            USING ERRCODE = 'PX017', HINT = 'params holds at most 64 formula inputs';
+    END IF;
+    FOR v_item IN SELECT key, value FROM jsonb_each(p_params) LOOP
+        IF length(v_item.key) > 64 OR v_item.key !~ '^[A-Za-z_$][A-Za-z0-9_$]*$' THEN
+            RAISE EXCEPTION 'invalid params: input name %', quote_literal(left(v_item.key, 70))
+                USING ERRCODE = 'PX017', HINT = 'input names are identifiers of at most 64 characters, e.g. PRICE_COMPLETION';
+        ELSIF jsonb_typeof(v_item.value) <> 'number' THEN
+            RAISE EXCEPTION 'invalid %: % is not a number', v_item.key, left(v_item.value::text, 100)
+                USING ERRCODE = 'PX004', HINT = 'a finite number between 0 and 10^15';
+        END IF;
+        IF v_result ? upper(replace(v_item.key, '$', '') COLLATE "C") THEN
+            RAISE EXCEPTION 'invalid params: input % given twice', upper(replace(v_item.key, '$', '') COLLATE "C")
+                USING ERRCODE = 'PX017', HINT = 'input names are case-insensitive and ignore $: give each once';
+        END IF;
+        -- trim_scale: 300.0 and 300 are one input (a generic award's claim
+        -- keeps a digest of its inputs' text).
+        v_result := v_result || jsonb_build_object(
+            upper(replace(v_item.key, '$', '') COLLATE "C"),
+            trim_scale(pyxp.checked_number(v_item.key, v_item.value::numeric)));
+    END LOOP;
+    RETURN v_result;
+END
+$$;
+
+DROP FUNCTION pyxp.param_name(text);
 
 CREATE OR REPLACE FUNCTION pyxp.schema_revision()
 RETURNS text

@@ -3,7 +3,7 @@
 The row's metadata is the context with the params, the params' keys over the context's: the context's value was
 lost, silently (a DBA's review). pyxp.planned_awards, which plans single awards and batches, now refuses it for a
 key not claimed yet (a call accepted before replays), naming the key and both values; the same value in both is
-accepted.
+accepted. Params' names and the context's keys are read alike, by one function (pyxp.param_name).
 
 Revision ID: 0041
 Revises: 0040
