@@ -438,10 +438,15 @@ def _stopped_migration(error: psycopg.Error) -> Refused | None:
     from a role's statement_timeout), or stopped by the server's resources: a full disk, memory,
     a configured limit (class 53: a bare 53100 said nothing of where the database was left, 0036)."""
     resources = (error.sqlstate or "").startswith("53")
-    if not (resources or isinstance(error, (psycopg.errors.QueryCanceled, psycopg.errors.AdminShutdown))):
-        return None  # (a connection that failed or broke without a code: the usual report)
     where = ("each revision is its own transaction: the database is at the last one that finished "
              "(pyxp db current), and pyxp db upgrade goes on from there")
+    if error.sqlstate in ("40P01", "55P03"):  # (pyxp.schema ran it again, MIGRATION_ATTEMPTS times in all)
+        return Refused(ErrorReport(
+            f"the migration stopped: {_one_line(str(error))}", code=error.sqlstate,
+            hint=f"{where}; writers kept locking what a revision locks (README \"Upgrading while "
+                 "the application writes\"): run it again"))
+    if not (resources or isinstance(error, (psycopg.errors.QueryCanceled, psycopg.errors.AdminShutdown))):
+        return None  # (a connection that failed or broke without a code: the usual report)
     return Refused(ErrorReport(
         f"the migration stopped: {_one_line(str(error))}", code=error.sqlstate,
         hint=f"{where}; free what the server lacks first (disk space, memory, or the limit named)" if resources

@@ -11,6 +11,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import os
+import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -55,10 +57,55 @@ class Upgrade:
     installed: RulesetInstall | None
 
 
+# A revision that locks several tables one after another can meet a live writer that holds one of
+# them and waits for another: PostgreSQL ends one of the two with 40P01, the migration when it began
+# waiting first (a rolling deploy's test, helper-69: 0034's TRUNCATE guards, four runs out of five
+# under 8 writers). Each revision is its own transaction, rolled back alone: the run goes on from
+# the last revision that finished, up to MIGRATION_ATTEMPTS runs in all.
+RETRIED_SQLSTATES = ("40P01", "55P03")
+MIGRATION_ATTEMPTS = 5
+
+
+def lock_conflict(exc: BaseException) -> psycopg.Error | None:
+    """The deadlock (40P01) or lock timeout (55P03) that stopped a migration run, if that is what did."""
+    seen: set[int] = set()
+    pending: list[BaseException | None] = [exc]
+    while pending:
+        current = pending.pop()
+        if current is None or id(current) in seen:
+            continue
+        seen.add(id(current))
+        if isinstance(current, psycopg.Error) and current.sqlstate in RETRIED_SQLSTATES:
+            return current
+        pending += [getattr(current, "orig", None), current.__cause__, current.__context__]
+    return None
+
+
+def _migrate(step: Any, conninfo: str, revision: str) -> Config:
+    """Runs ``step`` (alembic's upgrade or downgrade) again after a run a lock conflict stopped; returns
+    the first run's config (its ``revision_at_start`` is where the database was)."""
+    first: Config | None = None
+    for attempt in range(1, MIGRATION_ATTEMPTS + 1):
+        config = alembic_config(conninfo)
+        first = first or config
+        try:
+            step(config, revision)
+            return first
+        except Exception as exc:
+            conflict = lock_conflict(exc)
+            if conflict is None or attempt == MIGRATION_ATTEMPTS:
+                raise
+            message = " ".join(str(conflict).split())[:200]
+            sys.stderr.write(f"pyxp: a revision was stopped by {conflict.sqlstate} ({message}), with writers "
+                             f"running: it was rolled back alone; running again ({attempt + 1} of "
+                             f"{MIGRATION_ATTEMPTS})\n")
+            time.sleep(0.2 * attempt)
+    raise AssertionError("unreachable")
+
+
 def upgrade(conninfo: str, revision: str = "head", activate_default: bool = True) -> Upgrade:
     """Migrate to ``revision``; then activate the default ruleset if none is active."""
-    config = alembic_config(conninfo)
-    command.upgrade(config, revision)
+    config = _migrate(command.upgrade, conninfo, revision)
     installed = None
     if activate_default and active_ruleset(conninfo) is None:
         installed = apply_ruleset(conninfo, DEFAULT_RULESET)
@@ -67,7 +114,7 @@ def upgrade(conninfo: str, revision: str = "head", activate_default: bool = True
 
 def downgrade(conninfo: str, revision: str = "base") -> None:
     """Migrate down to ``revision`` (base: drop the pyxp schema; roles stay)."""
-    command.downgrade(alembic_config(conninfo), revision)
+    _migrate(command.downgrade, conninfo, revision)
 
 
 _VERSION_TABLES = """
