@@ -157,6 +157,15 @@ SESSION_SETTINGS = (("search_path", "pg_catalog"), ("standard_conforming_strings
 # with errors that depend on timing, and wrote an older revision back for a while). The key is
 # pyxp's ('pyxp' as an integer, 1); the lock ends with the session.
 MIGRATION_LOCK = (1887007856, 1)
+# A revision that locks several of the tables the writers use, one after another, can meet a live
+# writer that holds one of them and waits for another (a rolling deploy, helper-69: 0034's TRUNCATE
+# guards, created table by table, against an award's balances-then-claims). PostgreSQL ends the
+# process whose deadlock_timeout runs out first in the cycle: the migration's is set above the
+# writers' (1 s by default), so that the writer is the one ended (40P01: its call is retried with the
+# same key, nothing was written) and the revision goes on. Where the migrating role may not set it
+# (a superuser's setting, or GRANT SET ON PARAMETER), or a writer's is higher, pyxp.schema runs a
+# revision the deadlock ended again.
+MIGRATION_DEADLOCK_TIMEOUT = "5s"
 
 
 def _show_warning(diagnostic: psycopg.errors.Diagnostic) -> None:
@@ -175,6 +184,10 @@ def _connect() -> psycopg.Connection[Any]:
     conn.add_notice_handler(_show_warning)
     for name, value in SESSION_SETTINGS:
         conn.execute("SELECT pg_catalog.set_config(%s, %s, false)", (name, value))
+    try:
+        conn.execute("SELECT pg_catalog.set_config('deadlock_timeout', %s, false)", (MIGRATION_DEADLOCK_TIMEOUT,))
+    except psycopg.errors.InsufficientPrivilege:
+        pass  # (a deployer that is no superuser: the server's setting, and pyxp.schema's runs again)
     if not conn.execute("SELECT pg_catalog.pg_try_advisory_lock(%s, %s)", MIGRATION_LOCK).fetchone()[0]:
         sys.stderr.write("pyxp: another pyxp db upgrade or downgrade is running on this database: waiting for it\n")
         conn.execute("SELECT pg_catalog.pg_advisory_lock(%s, %s)", MIGRATION_LOCK)

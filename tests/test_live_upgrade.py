@@ -2,14 +2,16 @@
 
 0034 creates the TRUNCATE guards table by table, in name order: xp_award_claims before
 xp_balances. A writer's transaction that has written xp_balances and next writes xp_award_claims
-(the award's own order) closes a cycle with it; PostgreSQL ends the one that began waiting first.
-When that is the migration, pyxp db upgrade failed with 40P01 (four runs out of five under 8 live
-writers). The revision is rolled back alone, so the run is made again.
+(the award's own order) closes a cycle with it, and PostgreSQL ends the process whose
+deadlock_timeout runs out first. Under 8 live writers the migration was that process in four runs
+out of five: pyxp db upgrade failed with 40P01. Now the migration's session waits longer than a
+writer's before it checks (migrations/env.py), so the writer is ended (its call is retried with its
+key); and when the migration is ended all the same (a writer that waits longer still), the revision,
+rolled back alone, is run again (pyxp.schema).
 """
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 import threading
@@ -19,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import psycopg
+import pytest
 
 from pyxp import schema
 
@@ -33,39 +36,62 @@ def _blocked_by(watcher: psycopg.Connection[Any], pid: int, process: subprocess.
     raise AssertionError("the migration never waited for the writer")
 
 
-def test_an_upgrade_deadlocked_with_a_live_writer_runs_the_revision_again(
-        fresh_database: Callable[..., str]) -> None:
-    conninfo = fresh_database()
+def _upgrade_against_a_writer(conninfo: str, writer_deadlock_timeout: str) -> tuple[subprocess.Popen[str], str,
+                                                                                       str, BaseException | None]:
+    """0033 -> 0034 while a writer's transaction holds the balances and then asks for the claims:
+    the migration, its stdout and stderr, and what the writer's request for the claims raised."""
     schema.upgrade(conninfo, "0033")
     with psycopg.connect(conninfo, autocommit=True) as setup:
         setup.execute("SELECT * FROM pyxp.award(wallet => 'w1', action => 'CAMPAIGN_APPROVED', "
                       "idempotency_key => 'before')")
-    # The migration checks for deadlocks first (it began waiting first): it is the one ended.
-    environment = {**os.environ, "PYXP_DATABASE_URL": conninfo, "PGOPTIONS": "-c deadlock_timeout=100ms"}
-    command = [str(Path(sys.executable).with_name("pyxp")), "db", "upgrade", "--revision", "0034"]
+    command = [str(Path(sys.executable).with_name("pyxp")), "--database-url", conninfo, "db", "upgrade",
+               "--revision", "0034"]
+    raised: list[BaseException] = []
     with psycopg.connect(conninfo) as writer, psycopg.connect(conninfo, autocommit=True) as watcher:
-        writer.execute("SET deadlock_timeout = '30s'")
+        writer.execute("SELECT set_config('deadlock_timeout', %s, false)", (writer_deadlock_timeout,))
         # A writer's transaction mid-way: it has written the balances, the claims come next.
         writer.execute("LOCK TABLE pyxp.xp_balances IN ROW EXCLUSIVE MODE")
-        migration = subprocess.Popen(command, env=environment, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                     text=True)
+        migration = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         _blocked_by(watcher, writer.info.backend_pid, migration)
-        done = threading.Event()
 
         def claims() -> None:
-            writer.execute("LOCK TABLE pyxp.xp_award_claims IN ROW EXCLUSIVE MODE")
-            done.set()
+            try:
+                writer.execute("LOCK TABLE pyxp.xp_award_claims IN ROW EXCLUSIVE MODE")
+            except psycopg.Error as exc:
+                raised.append(exc)
 
         thread = threading.Thread(target=claims)
         thread.start()
-        thread.join(60)
-        assert done.is_set()
-        writer.commit()
+        thread.join(120)
+        assert not thread.is_alive()
+        writer.rollback()
         out, err = migration.communicate(timeout=300)
-    assert migration.returncode == 0 and "0033 -> 0034" in out, (out, err)
-    assert "40P01" in err  # (it was met, and said so)
+    return migration, out, err, raised[0] if raised else None
+
+
+def _assert_migrated_and_clean(conninfo: str) -> None:
     assert schema.current_revision(conninfo) == "0034"
     with psycopg.connect(conninfo, autocommit=True) as check:
         assert check.execute("SELECT count(*) FROM pyxp.audit()").fetchone() == (0,)
         assert check.execute("SELECT replayed FROM pyxp.award(wallet => 'w1', action => 'CAMPAIGN_APPROVED', "
                              "idempotency_key => 'before')").fetchone() == (True,)
+
+
+def test_a_writer_deadlocked_with_an_upgrade_is_the_one_ended(fresh_database: Callable[..., str]) -> None:
+    conninfo = fresh_database()
+    migration, out, err, raised = _upgrade_against_a_writer(conninfo, "1s")  # (the server's default)
+    assert isinstance(raised, psycopg.errors.DeadlockDetected), raised
+    assert migration.returncode == 0 and "0033 -> 0034" in out, (out, err)
+    assert "40P01" not in err  # (the revision ran once)
+    _assert_migrated_and_clean(conninfo)
+
+
+@pytest.mark.slow
+def test_an_upgrade_ended_by_a_deadlock_runs_the_revision_again(fresh_database: Callable[..., str]) -> None:
+    conninfo = fresh_database()
+    # A writer that waits longer than the migration's session (5 s) before it checks: the migration is ended.
+    migration, out, err, raised = _upgrade_against_a_writer(conninfo, "60s")
+    assert raised is None  # (the writer got its lock once the revision was rolled back)
+    assert migration.returncode == 0 and "0033 -> 0034" in out, (out, err)
+    assert "40P01" in err and "running again (2 of 5)" in err, err
+    _assert_migrated_and_clean(conninfo)
