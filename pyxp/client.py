@@ -325,6 +325,22 @@ def _connection_errors(pool: ConnectionPool | AsyncConnectionPool) -> int:
     return pool.get_stats().get("connections_errors", 0)
 
 
+@asynccontextmanager
+async def _pooled(pool: AsyncConnectionPool, timeout: float | None = None
+                  ) -> AsyncIterator[psycopg.AsyncConnection[Any]]:
+    """``pool.connection(timeout)``, but the connection goes back to the pool in a task of its
+    own (``asyncio.shield``), which the caller's cancellation cannot interrupt: psycopg_pool
+    (3.3.3) loses the connection of a task cancelled while its ``putconn`` hands that connection
+    to a waiting client. Under web requests that time out, the pool ran dry and every later call
+    raised DatabaseUnavailable ("every connection of the client's pool is busy") (helper-70)."""
+    conn = await pool.getconn(timeout=timeout)
+    try:
+        async with conn:  # as pool.connection(): commit, or roll back on an error
+            yield conn
+    finally:
+        await asyncio.shield(pool.putconn(conn))
+
+
 @dataclass
 class _OwnedPool:
     """How a client makes, watches and takes connections from its own pool."""
@@ -437,7 +453,7 @@ class _OwnedPool:
         while True:
             async with AsyncExitStack() as stack:
                 try:
-                    conn = await stack.enter_async_context(pool.connection(timeout=self._wait(plan)))
+                    conn = await stack.enter_async_context(_pooled(pool, self._wait(plan)))
                 except PoolTimeout as exc:
                     if self._give_up(pool, plan):
                         raise self.unavailable() from exc
@@ -825,7 +841,7 @@ class AsyncXP(_Api):
                     assert self._pool is not None
                     # A caller's pool: its own settings, its own errors (PoolTimeout).
                     taken = (self._owned.async_connection(self._pool) if self._owned
-                             else self._pool.connection())
+                             else _pooled(self._pool))
                     async with taken as conn:
                         rows = await self._run(conn, call)
         except (XPError, psycopg.Error) as exc:
