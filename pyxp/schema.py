@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import os
+import re
 import sys
 import time
 from pathlib import Path
@@ -63,6 +64,7 @@ class Upgrade:
 # under 8 writers). Each revision is its own transaction, rolled back alone: the run goes on from
 # the last revision that finished, up to MIGRATION_ATTEMPTS runs in all.
 RETRIED_SQLSTATES = ("40P01", "55P03")
+_RELATIVE = re.compile(r"[+-][0-9]+")
 MIGRATION_ATTEMPTS = 5
 
 
@@ -85,13 +87,22 @@ def _migrate(step: Any, conninfo: str, revision: str) -> Config:
     """Runs ``step`` (alembic's upgrade or downgrade) again after a run a lock conflict stopped; returns
     the first run's config (its ``revision_at_start`` is where the database was)."""
     first: Config | None = None
+    target = revision
     for attempt in range(1, MIGRATION_ATTEMPTS + 1):
         config = alembic_config(conninfo)
-        first = first or config
         try:
-            step(config, revision)
-            return first
+            step(config, target)
+            return first or config
         except Exception as exc:
+            if first is None and "revision_at_start" in config.attributes:
+                # (the first run that read where the database was: a run stopped before it read
+                # that said nothing, and Upgrade.before was None, "empty database")
+                first = config
+                if _RELATIVE.fullmatch(revision):
+                    # "-2" or "+1" counts from where the database is: a run stopped after a revision
+                    # that committed, run again as given, went one step (or more) further. Counted
+                    # from where the first run found it instead (alembic's "0041-2", "base+1").
+                    target = f"{config.attributes['revision_at_start'] or 'base'}{revision}"
             conflict = lock_conflict(exc)
             if conflict is None or attempt == MIGRATION_ATTEMPTS:
                 raise

@@ -95,3 +95,35 @@ def test_an_upgrade_ended_by_a_deadlock_runs_the_revision_again(fresh_database: 
     assert migration.returncode == 0 and "0033 -> 0034" in out, (out, err)
     assert "40P01" in err and "running again (2 of 5)" in err, err
     _assert_migrated_and_clean(conninfo)
+
+
+def test_a_relative_downgrade_run_again_counts_from_where_it_began(fresh_database: Callable[..., str]) -> None:
+    """downgrade -2 from 0041: 0041's step commits, 0040's waits for a reader of the table it drops
+    and times out (55P03); the run again must stop at 0039, not undo 0039 too (helper-71)."""
+    from psycopg.conninfo import make_conninfo
+
+    conninfo = fresh_database()
+    schema.upgrade(conninfo, "0041")
+    failure: list[BaseException] = []
+    with psycopg.connect(conninfo) as reader, psycopg.connect(conninfo, autocommit=True) as watcher:
+        reader.execute("LOCK TABLE pyxp.ruleset_activations IN ACCESS SHARE MODE")
+
+        def downgrade() -> None:
+            try:
+                schema.downgrade(make_conninfo(conninfo, options="-c lock_timeout=500"), "-2")
+            except BaseException as exc:  # noqa: BLE001 (reported below)
+                failure.append(exc)
+
+        thread = threading.Thread(target=downgrade)
+        thread.start()
+        blocked: set[int] = set()
+        while len(blocked) < 2:  # (each run is a session of its own: a second pid is a run again)
+            assert thread.is_alive(), failure
+            blocked |= {row[0] for row in watcher.execute(
+                "SELECT pid FROM pg_stat_activity WHERE %s = ANY (pg_blocking_pids(pid))",
+                (reader.info.backend_pid,))}
+            time.sleep(0.02)
+        reader.rollback()
+        thread.join(120)
+        assert not thread.is_alive() and not failure, failure
+    assert schema.current_revision(conninfo) == "0039"
