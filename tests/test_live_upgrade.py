@@ -22,6 +22,7 @@ from typing import Any
 
 import psycopg
 import pytest
+from psycopg.conninfo import make_conninfo
 
 from pyxp import schema
 
@@ -100,8 +101,6 @@ def test_an_upgrade_ended_by_a_deadlock_runs_the_revision_again(fresh_database: 
 def test_a_relative_downgrade_run_again_counts_from_where_it_began(fresh_database: Callable[..., str]) -> None:
     """downgrade -2 from 0041: 0041's step commits, 0040's waits for a reader of the table it drops
     and times out (55P03); the run again must stop at 0039, not undo 0039 too (helper-71)."""
-    from psycopg.conninfo import make_conninfo
-
     conninfo = fresh_database()
     schema.upgrade(conninfo, "0041")
     failure: list[BaseException] = []
