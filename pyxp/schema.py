@@ -22,6 +22,7 @@ from alembic import command
 from alembic.config import Config
 from psycopg.rows import class_row, dict_row
 from psycopg.types.json import Jsonb
+from sqlalchemy.exc import DBAPIError
 
 from pyxp import queries
 from pyxp.database import connect
@@ -69,18 +70,11 @@ MIGRATION_ATTEMPTS = 5
 
 
 def lock_conflict(exc: BaseException) -> psycopg.Error | None:
-    """The deadlock (40P01) or lock timeout (55P03) that stopped a migration run, if that is what did."""
-    seen: set[int] = set()
-    pending: list[BaseException | None] = [exc]
-    while pending:
-        current = pending.pop()
-        if current is None or id(current) in seen:
-            continue
-        seen.add(id(current))
-        if isinstance(current, psycopg.Error) and current.sqlstate in RETRIED_SQLSTATES:
-            return current
-        pending += [getattr(current, "orig", None), current.__cause__, current.__context__]
-    return None
+    """The deadlock (40P01) or lock timeout (55P03) that stopped a migration run, if that is what did:
+    raised by a revision's own SQL (psycopg's error), or by alembic's statements (wrapped by
+    SQLAlchemy, as pyxp.cli unwraps it)."""
+    error = exc.orig if isinstance(exc, DBAPIError) else exc
+    return error if isinstance(error, psycopg.Error) and error.sqlstate in RETRIED_SQLSTATES else None
 
 
 def _migrate(step: Any, conninfo: str, revision: str) -> Config:
