@@ -638,12 +638,15 @@ AS $$
     -- reversal names its original by id alone (0032, a hostile test: after a
     -- logical replication switchover, which carries no sequence, the next
     -- award got id 1, another wallet's row's, and reversing it reversed that
-    -- row; audit() said nothing). One grouping of the ids (parallel workers
-    -- share it), the full audit only.
+    -- row; audit() said nothing). The full audit only: one grouping of the
+    -- ids in the order of the partitions' primary keys (merged, no sort),
+    -- then each id found twice looked up (OFFSET 0 keeps that a lookup: a
+    -- join let a parallel plan build the grouping in every worker, three
+    -- times the work; 0042).
     SELECT 'duplicate_id', t.user_wallet, t.id, format('transaction id %s names %s rows', t.id, d.n)
       FROM (SELECT x.id, count(*) AS n FROM pyxp.xp_transactions x
              WHERE NOT p_since_checkpoint GROUP BY x.id HAVING count(*) > 1) d
-      JOIN pyxp.xp_transactions t ON t.id = d.id
+     CROSS JOIN LATERAL (SELECT t.user_wallet, t.id FROM pyxp.xp_transactions t WHERE t.id = d.id OFFSET 0) t
     UNION ALL
     -- (0029, a hostile test: a reversal pointed at another original, its
     -- amount and the balances made to match, was clean.)
@@ -704,61 +707,79 @@ AS $$
      WHERE p_since_checkpoint AND t.request_digest IS NOT NULL
        AND (c.key_hash IS NULL OR (c.transaction_id, c.created_at) <> (t.id, t.created_at))
     UNION ALL
-    SELECT CASE WHEN ru.rule_id IS NULL THEN 'rule_missing' ELSE 'rule_mismatch' END, t.user_wallet, t.id,
-           CASE WHEN ru.rule_id IS NULL THEN format('rule %s of this row does not exist', t.rule_id)
-                ELSE format('transaction_type %s but rule %s is %s', t.transaction_type, ru.rule_id, ru.action) END
-      FROM pyxp.audited_rows(p_since_checkpoint) t
-      LEFT JOIN pyxp.rules ru ON ru.rule_id = t.rule_id
-     WHERE t.rule_id IS NOT NULL AND (ru.rule_id IS NULL OR ru.action <> t.transaction_type)
-    UNION ALL
-    -- A row without a rule is a reversal or a retroactive adjustment
-    -- (pyxp.apply_rules_retroactively: its key and metadata name the
-    -- ruleset applied). 0029, a hostile test: a 'GIFT' row of 5,000 XP, the
-    -- balances made to match, was clean.
-    SELECT 'rule_missing', t.user_wallet, t.id,
-           format('%s row without a rule, neither a reversal nor a retroactive adjustment', t.transaction_type)
-      FROM pyxp.audited_rows(p_since_checkpoint) t
-     WHERE t.rule_id IS NULL AND t.reverses IS NULL
-       AND NOT (t.transaction_type = 'RULES_ADJUSTMENT' AND t.idempotency_key LIKE 'rules.adjustment:%'
-                AND t.metadata ->> 'ruleset_id' = split_part(t.idempotency_key, ':', 2))
-    UNION ALL
-    -- A generic award's row against what its call gave (0029, a hostile
-    -- test: an amount raised, or a row moved to another wallet, with the
-    -- balances made to match, was clean): its amount is its rule's formula
-    -- on the params its metadata holds (its rule's inputs by name:
-    -- pyxp.award), or a cut of it (a cap: xp_requested keeps the formula's,
-    -- and what applied lies between 0 and it; a balance floor the same for
-    -- a penalty); and, for a rule without inputs, its inputs' digest is that
-    -- of its action and wallet (params {}). A rule with inputs is left out
-    -- of the digest's check: a ledger carried from an early revision holds
-    -- digests of params the metadata does not spell alike (300.0 for 300:
-    -- test_migrations' ledger of 0005).
+    -- Each row against its rule, in one pass of the rows (one join of the
+    -- rules; three passes up to 0041):
+    --   rule_missing, rule_mismatch: the row's rule is gone, or is another
+    --   action; a row without a rule is a reversal or a retroactive
+    --   adjustment (pyxp.apply_rules_retroactively: its key and metadata
+    --   name the ruleset applied; 0029, a hostile test: a 'GIFT' row of
+    --   5,000 XP, the balances made to match, was clean);
+    --   amount_mismatch, inputs_mismatch: a generic award's row against
+    --   what its call gave (0029, a hostile test: an amount raised, or a row
+    --   moved to another wallet, with the balances made to match, was
+    --   clean): its amount is its rule's formula on the params its metadata
+    --   holds (its rule's inputs by name: pyxp.award), or a cut of it (a
+    --   cap: xp_requested keeps the formula's, and what applied lies between
+    --   0 and it; a balance floor the same for a penalty); and, for a rule
+    --   without inputs, its inputs' digest is that of its action and wallet
+    --   (params {}). A rule with inputs is left out of the digest's check: a
+    --   ledger carried from an early revision holds digests of params the
+    --   metadata does not spell alike (300.0 for 300: test_migrations'
+    --   ledger of 0005).
     -- pyxp.inputs_digest spelled out and compared as bytes (as the claims'
     -- hashes above), on the text jsonb_build_object('action', ..., 'params',
     -- '{}', 'wallet', ...) prints, written out (building the jsonb cost twice
     -- as much: 5.6 s against 2.7 s at 1M rows in one process); the formula
     -- of a rule without inputs is its rounded constant (the function call
-    -- cost 1.7 s against 0.7 s).
-    SELECT CASE WHEN g.digest_ok THEN 'amount_mismatch' ELSE 'inputs_mismatch' END, g.user_wallet, g.id,
-           CASE WHEN g.digest_ok
-                THEN format('%s XP (requested %s) where rule %s gives %s', g.xp_amount,
-                            coalesce(g.xp_requested::text, 'none'), g.rule_id, g.formula)
-                ELSE format('its inputs'' digest %s is not that of %s', g.request_digest, g.inputs) END
-      FROM (SELECT t.id, t.user_wallet, t.xp_amount, t.xp_requested, t.rule_id, t.request_digest, i.inputs,
+    -- cost 1.7 s against 0.7 s). The WHERE is what every row is checked
+    -- against; the findings of a row that fails it are spelled out after.
+    SELECT f.check_name, g.user_wallet, g.id, f.detail
+      FROM (SELECT t.id, t.user_wallet, t.transaction_type, t.xp_amount, t.xp_requested, t.rule_id,
+                   t.request_digest, t.reverses, t.idempotency_key, t.metadata,
+                   ru.rule_id AS rule_found, ru.action, i.inputs,
                    t.request_digest IS NULL OR ru.xp_coefficients <> '{}'
                    OR substr(sha256(convert_to(i.inputs, 'UTF8')), 1, 8) = int8send(t.request_digest) AS digest_ok,
                    CASE WHEN ru.xp_coefficients = '{}' THEN round(ru.xp_constant)
                         ELSE pyxp.rule_amount(ru.xp_constant, ru.xp_coefficients, t.metadata) END AS formula
               FROM pyxp.audited_rows(p_since_checkpoint) t
-              JOIN pyxp.rules ru ON ru.rule_id = t.rule_id
+              LEFT JOIN pyxp.rules ru ON ru.rule_id = t.rule_id
              CROSS JOIN LATERAL (
                     SELECT '{"action": ' || to_json(t.transaction_type)::text || ', "params": {}, "wallet": '
                            || to_json(t.user_wallet)::text || '}' AS inputs) i
             ) g
-     WHERE NOT g.digest_ok
-        OR coalesce(g.xp_requested, g.xp_amount) <> g.formula
-        OR (g.xp_requested IS NOT NULL
-            AND NOT (g.xp_amount BETWEEN least(0, g.xp_requested) AND greatest(0, g.xp_requested)))
+     CROSS JOIN LATERAL (
+            SELECT CASE WHEN g.rule_found IS NULL THEN 'rule_missing' ELSE 'rule_mismatch' END,
+                   CASE WHEN g.rule_found IS NULL THEN format('rule %s of this row does not exist', g.rule_id)
+                        ELSE format('transaction_type %s but rule %s is %s', g.transaction_type, g.rule_found,
+                                    g.action) END
+             WHERE g.rule_id IS NOT NULL AND (g.rule_found IS NULL OR g.action <> g.transaction_type)
+            UNION ALL
+            SELECT 'rule_missing',
+                   format('%s row without a rule, neither a reversal nor a retroactive adjustment', g.transaction_type)
+             WHERE g.rule_id IS NULL AND g.reverses IS NULL
+               AND NOT (g.transaction_type = 'RULES_ADJUSTMENT' AND g.idempotency_key LIKE 'rules.adjustment:%'
+                        AND g.metadata ->> 'ruleset_id' = split_part(g.idempotency_key, ':', 2))
+            UNION ALL
+            SELECT CASE WHEN g.digest_ok THEN 'amount_mismatch' ELSE 'inputs_mismatch' END,
+                   CASE WHEN g.digest_ok
+                        THEN format('%s XP (requested %s) where rule %s gives %s', g.xp_amount,
+                                    coalesce(g.xp_requested::text, 'none'), g.rule_id, g.formula)
+                        ELSE format('its inputs'' digest %s is not that of %s', g.request_digest, g.inputs) END
+             WHERE g.rule_found IS NOT NULL
+               AND (NOT g.digest_ok
+                    OR coalesce(g.xp_requested, g.xp_amount) <> g.formula
+                    OR (g.xp_requested IS NOT NULL
+                        AND NOT (g.xp_amount BETWEEN least(0, g.xp_requested) AND greatest(0, g.xp_requested))))
+         ) f(check_name, detail)
+     WHERE (g.rule_id IS NOT NULL AND (g.rule_found IS NULL OR g.action <> g.transaction_type))
+        OR (g.rule_id IS NULL AND g.reverses IS NULL
+            AND NOT (g.transaction_type = 'RULES_ADJUSTMENT' AND g.idempotency_key LIKE 'rules.adjustment:%'
+                     AND g.metadata ->> 'ruleset_id' = split_part(g.idempotency_key, ':', 2)))
+        OR (g.rule_found IS NOT NULL
+            AND (NOT g.digest_ok
+                 OR coalesce(g.xp_requested, g.xp_amount) <> g.formula
+                 OR (g.xp_requested IS NOT NULL
+                     AND NOT (g.xp_amount BETWEEN least(0, g.xp_requested) AND greatest(0, g.xp_requested)))))
     UNION ALL
     SELECT 'request_missing', t.user_wallet, t.id,
            format('no xp_requests row for key %s', quote_literal(t.idempotency_key))
