@@ -588,6 +588,60 @@ AS $$
      WHERE p_since_checkpoint AND t.feed_xid >= pyxp.last_checkpoint_xmin()
 $$;
 
+-- What the audit evaluates a rule's linear form with (pyxp.row_problems):
+-- pyxp.rule_amount on every row whose inputs are what the writer stores,
+-- JSON numbers (PX004), and this on the others. An owner's edit can make an
+-- input, or a coefficient, something rule_amount cannot read ("abc", an
+-- object): it raised (22P02, 22023) and audit() failed without naming the
+-- row (a hostile test, 0042). Here such a value gives NaN, which no amount
+-- equals (amount_mismatch); a string numeric reads (spaces, a sign, an
+-- exponent of at most four digits) is read as rule_amount reads it, and an
+-- input the metadata lacks, or holds as JSON null, gives no term (no amount
+-- at all when no term is left), as before.
+CREATE FUNCTION pyxp.audited_number(p_value jsonb)
+RETURNS numeric
+LANGUAGE sql IMMUTABLE PARALLEL SAFE
+AS $$
+    SELECT CASE coalesce(jsonb_typeof(p_value), 'null')
+               WHEN 'number' THEN p_value::numeric
+               WHEN 'null' THEN NULL
+               WHEN 'string'
+               THEN CASE WHEN p_value #>> '{}'
+                              ~ '^[ \t\n\r\v\f]*[+-]?([0-9]+([.][0-9]*)?|[.][0-9]+)([eE][+-]?[0-9]{1,4})?[ \t\n\r\v\f]*$'
+                         THEN (p_value #>> '{}')::numeric ELSE 'NaN' END
+               ELSE 'NaN' END
+$$;
+
+CREATE FUNCTION pyxp.audited_rule_amount(p_constant numeric, p_coefficients jsonb, p_params jsonb)
+RETURNS numeric
+LANGUAGE sql IMMUTABLE PARALLEL SAFE
+AS $$
+    SELECT CASE WHEN jsonb_typeof(p_coefficients) IS DISTINCT FROM 'object' THEN 'NaN'::numeric
+                ELSE round(p_constant + (
+                    SELECT sum(CASE WHEN 'NaN' IN (x.coefficient, x.input) THEN 'NaN' ELSE x.coefficient * x.input END)
+                      FROM jsonb_each(p_coefficients) c
+                     CROSS JOIN LATERAL (SELECT pyxp.audited_number(c.value) AS coefficient,
+                                                pyxp.audited_number(p_params -> c.key) AS input) x)) END
+$$;
+
+-- A rule's test of a row's metadata for inputs rule_amount may not read
+-- (pyxp.audited_rule_amount reads those rows): lax $ ? (any input of the
+-- rule is neither a number nor null). NULL when the coefficients are not an
+-- object of numbers under names a writer accepts (every row is read the
+-- slow way). Built once per rule.
+CREATE FUNCTION pyxp.odd_inputs_path(p_coefficients jsonb)
+RETURNS jsonpath
+LANGUAGE sql IMMUTABLE PARALLEL SAFE
+AS $$
+    SELECT CASE WHEN jsonb_typeof(p_coefficients) = 'object' AND p_coefficients <> '{}'
+                 AND NOT EXISTS (SELECT FROM jsonb_each(p_coefficients) c
+                                  WHERE jsonb_typeof(c.value) <> 'number'
+                                     OR c.key !~ '^[A-Za-z_$][A-Za-z0-9_$]*$')
+           THEN ('lax $ ? (' || (SELECT string_agg(format('(@.%1$s.type() != "number" && @.%1$s.type() != "null")',
+                                                          to_json(k.key)), ' || ')
+                                   FROM jsonb_object_keys(p_coefficients) k(key)) || ')')::jsonpath END
+$$;
+
 -- The checks of single rows (pyxp.audited_rows):
 --   reversal_mismatch   a reversal that does not mirror its original (same
 --                       wallet, opposite amount; an archived original is
@@ -731,18 +785,27 @@ AS $$
     -- '{}', 'wallet', ...) prints, written out (building the jsonb cost twice
     -- as much: 5.6 s against 2.7 s at 1M rows in one process); the formula
     -- of a rule without inputs is its rounded constant (the function call
-    -- cost 1.7 s against 0.7 s). The WHERE is what every row is checked
+    -- cost 1.7 s against 0.7 s). A rule that cannot be evaluated on the
+    -- row's metadata (an input edited to a string: pyxp.audited_rule_amount
+    -- gives NaN, which no amount equals) is an amount_mismatch too; a row
+    -- costs one jsonpath test more (0.2 us), and only a row whose inputs are
+    -- not all numbers is read the slow way. The WHERE is what every row is checked
     -- against; the findings of a row that fails it are spelled out after.
     SELECT f.check_name, g.user_wallet, g.id, f.detail
       FROM (SELECT t.id, t.user_wallet, t.transaction_type, t.xp_amount, t.xp_requested, t.rule_id,
                    t.request_digest, t.reverses, t.idempotency_key, t.metadata,
-                   ru.rule_id AS rule_found, ru.action, i.inputs,
+                   ru.rule_id AS rule_found, ru.action, ru.xp_coefficients AS coefficients, i.inputs,
                    t.request_digest IS NULL OR ru.xp_coefficients <> '{}'
                    OR substr(sha256(convert_to(i.inputs, 'UTF8')), 1, 8) = int8send(t.request_digest) AS digest_ok,
                    CASE WHEN ru.xp_coefficients = '{}' THEN round(ru.xp_constant)
-                        ELSE pyxp.rule_amount(ru.xp_constant, ru.xp_coefficients, t.metadata) END AS formula
+                        WHEN NOT jsonb_path_exists(t.metadata, ru.odd_inputs)
+                        THEN pyxp.rule_amount(ru.xp_constant, ru.xp_coefficients, t.metadata)
+                        ELSE pyxp.audited_rule_amount(ru.xp_constant, ru.xp_coefficients, t.metadata) END AS formula
               FROM pyxp.audited_rows(p_since_checkpoint) t
-              LEFT JOIN pyxp.rules ru ON ru.rule_id = t.rule_id
+              -- (OFFSET 0: each rule's test built once, not once per row)
+              LEFT JOIN (SELECT r.rule_id, r.action, r.xp_constant, r.xp_coefficients,
+                                pyxp.odd_inputs_path(r.xp_coefficients) AS odd_inputs
+                           FROM pyxp.rules r OFFSET 0) ru ON ru.rule_id = t.rule_id
              CROSS JOIN LATERAL (
                     SELECT '{"action": ' || to_json(t.transaction_type)::text || ', "params": {}, "wallet": '
                            || to_json(t.user_wallet)::text || '}' AS inputs) i
@@ -761,10 +824,14 @@ AS $$
                         AND g.metadata ->> 'ruleset_id' = split_part(g.idempotency_key, ':', 2))
             UNION ALL
             SELECT CASE WHEN g.digest_ok THEN 'amount_mismatch' ELSE 'inputs_mismatch' END,
-                   CASE WHEN g.digest_ok
-                        THEN format('%s XP (requested %s) where rule %s gives %s', g.xp_amount,
-                                    coalesce(g.xp_requested::text, 'none'), g.rule_id, g.formula)
-                        ELSE format('its inputs'' digest %s is not that of %s', g.request_digest, g.inputs) END
+                   CASE WHEN NOT g.digest_ok
+                        THEN format('its inputs'' digest %s is not that of %s', g.request_digest, g.inputs)
+                        WHEN g.formula = 'NaN'
+                        THEN format('%s XP (requested %s): rule %s''s form %s cannot be evaluated on its metadata %s',
+                                    g.xp_amount, coalesce(g.xp_requested::text, 'none'), g.rule_id,
+                                    g.coefficients, left(g.metadata::text, 200))
+                        ELSE format('%s XP (requested %s) where rule %s gives %s', g.xp_amount,
+                                    coalesce(g.xp_requested::text, 'none'), g.rule_id, g.formula) END
              WHERE g.rule_found IS NOT NULL
                AND (NOT g.digest_ok
                     OR coalesce(g.xp_requested, g.xp_amount) <> g.formula

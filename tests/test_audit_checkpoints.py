@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import time
 import json
+from decimal import Decimal
 import subprocess
 import sys
 from collections.abc import Callable
@@ -231,6 +232,65 @@ def test_a_ruleset_edited_in_place_is_reported(db: psycopg.Connection[Any], edit
     made_consistent(db)
     found = [f[:2] for f in db.execute("SELECT check_name, user_wallet FROM pyxp.audit()")]
     assert ("ruleset_mismatch", None) in found, found
+
+
+@pytest.mark.parametrize("edit", [
+    ("UPDATE pyxp.xp_transactions SET metadata = metadata || '{\"PRICE_COMPLETION\": \"abc\"}' WHERE id = %s", False),
+    ("UPDATE pyxp.xp_transactions SET metadata = metadata || '{\"PRICE_COMPLETION\": {\"n\": 1}}' WHERE id = %s",
+     False),
+    (f"UPDATE pyxp.rules SET xp_coefficients = '[1, 2]' WHERE action = 'Completion_Submit_B2C_Paid'"
+     f" AND ruleset_id = {ACTIVE} AND %s IS NOT NULL", True),
+    (f"UPDATE pyxp.rules SET xp_coefficients = '{{\"PRICE_COMPLETION\": \"x\"}}'"
+     f" WHERE action = 'Completion_Submit_B2C_Paid' AND ruleset_id = {ACTIVE} AND %s IS NOT NULL", True),
+])
+def test_a_row_whose_rule_cannot_be_evaluated_on_its_metadata_is_reported(db: psycopg.Connection[Any],
+                                                                          edit: tuple[str, bool]) -> None:
+    """A paid completion's price edited to a string or an object in its row's metadata, or its
+    rule's coefficients edited to something else than an object of numbers: the full audit, and
+    the audit since a checkpoint, failed with 22P02 or 22023 without naming the row (a hostile
+    test, 0042). The row is an amount_mismatch (and the edited rule a ruleset_mismatch)."""
+    award(db, "0xa", "k1")
+    record(db)
+    with db.cursor(row_factory=dict_row) as cur:
+        (paid,) = cur.execute("SELECT * FROM pyxp.award('0xb', 'Completion_Submit_B2C_Paid', 'k2',"
+                              " '{\"PRICE_COMPLETION\": 300}')").fetchall()
+    statement, rule_edited = edit
+    if rule_edited:
+        db.execute(statement, (paid["transaction_id"],))
+    else:
+        tamper(db, statement, paid["transaction_id"])
+    for function in ("audit", "audit_since_checkpoint"):
+        rows = {(name, wallet, row) for name, wallet, row, _ in db.execute(f"SELECT * FROM pyxp.{function}()")}
+        assert ("amount_mismatch", "0xb", paid["transaction_id"]) in rows, (function, rows)
+        assert {name for name, _, _ in rows} == ({"amount_mismatch", "ruleset_mismatch"} if rule_edited
+                                                 and function == "audit" else {"amount_mismatch"}), rows
+    (detail,), = db.execute("SELECT detail FROM pyxp.audit() WHERE check_name = 'amount_mismatch'").fetchall()
+    assert "cannot be evaluated on its metadata" in detail
+
+
+@pytest.mark.parametrize(("coefficients", "params"), [
+    ({"A": 1}, {"A": 300}), ({"A": 0.25, "B": 3}, {"A": 1e20, "B": -7}), ({"A": 1, "B": 2}, {"A": 3}),
+    ({"A": 1}, {}), ({"A": 1}, {"A": None}), ({"A": "2"}, {"A": " +4.5e1 "}), ({"A": 1}, {"A": "1."}),
+    ({"A": None}, {"A": 5}), ({"A": 1}, [1]), ({"A": 1}, "x"),
+    ({"A": 1}, {"A": "abc"}), ({"A": 1}, {"A": {"n": 1}}), ({"A": 1}, {"A": [1]}), ({"A": 1}, {"A": True}),
+    ({"A": "x"}, {"A": 1}), ({"A": 1, "B": 1}, {"A": 2, "B": "NaN"}), ({"A": 1}, {"A": "1\u00a0"}),
+    ([1, 2], {}), ("x", {}), (None, {}),
+])
+def test_the_audit_reads_a_rules_form_as_the_writer_or_gives_nan(db: psycopg.Connection[Any], coefficients: Any,
+                                                                  params: Any) -> None:
+    """pyxp.audited_rule_amount is pyxp.rule_amount wherever that reads the inputs, and NaN (which
+    no amount equals) wherever it raises; the rules' test of the inputs (pyxp.odd_inputs_path)
+    sends every row rule_amount might not read to it."""
+    try:
+        (expected,), = db.execute("SELECT pyxp.rule_amount(5.5, %s, %s)", (Jsonb(coefficients), Jsonb(params))).fetchall()
+    except (psycopg.errors.InvalidTextRepresentation, psycopg.errors.InvalidParameterValue):
+        expected = Decimal("NaN")
+    (audited, odd), = db.execute("SELECT pyxp.audited_rule_amount(5.5, %s, %s),"
+                                 " jsonb_path_exists(%s, pyxp.odd_inputs_path(%s))",
+                                 (Jsonb(coefficients), Jsonb(params), Jsonb(params), Jsonb(coefficients))).fetchall()
+    assert str(audited) == str(expected)  # (None, a number, or NaN, which equals nothing in Python)
+    if expected != expected or isinstance(params, dict) and any(isinstance(v, str) for v in params.values()):
+        assert odd is not False  # (NULL: the rule's own form sends every row the slow way)
 
 
 def test_a_forged_wallet_hidden_by_an_archives_count_is_reported(db: psycopg.Connection[Any]) -> None:

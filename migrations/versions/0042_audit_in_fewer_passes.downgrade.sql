@@ -1,4 +1,4 @@
--- 0042's downgrade: pyxp.row_problems as at 0041.
+-- 0042's downgrade: pyxp.row_problems as at 0041; no pyxp.audited_rule_amount, audited_number, odd_inputs_path.
 SET LOCAL ROLE pyxp_owner;
 
 CREATE OR REPLACE FUNCTION pyxp.row_problems(p_since_checkpoint boolean)
@@ -182,6 +182,10 @@ $$;
 -- return only findings, none on a healthy ledger. At 10M rows the claims'
 -- check takes 18 s with workers against 26-31 s without. The chain walk
 -- has workers of its own: pyxp.chain_problems' slices, with the unsliced
+
+DROP FUNCTION pyxp.odd_inputs_path(jsonb);
+DROP FUNCTION pyxp.audited_rule_amount(numeric, jsonb, jsonb);
+DROP FUNCTION pyxp.audited_number(jsonb);
 
 CREATE OR REPLACE FUNCTION pyxp.schema_revision()
 RETURNS text

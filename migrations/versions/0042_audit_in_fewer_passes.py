@@ -1,7 +1,9 @@
 """The audit's checks of single rows read the ledger in fewer passes (pyxp.row_problems).
 
 Each row is checked against its rule in one pass (three up to 0041), and the ids held twice are grouped once
-(a parallel plan grouped every id in each of its processes). The findings are the same.
+(a parallel plan grouped every id in each of its processes). The findings are 0041's, and one more: a row whose
+rule cannot be evaluated on its metadata (an input edited to a string) is an amount_mismatch, where audit()
+failed with 22P02 without naming it (pyxp.audited_rule_amount).
 
 Revision ID: 0042
 Revises: 0041

@@ -3,8 +3,74 @@
 -- (rule_missing, rule_mismatch, amount_mismatch, inputs_mismatch: three
 -- passes up to 0041), and the ids held twice are grouped once (a parallel
 -- plan grouped every id in each of its three processes). The findings are
--- the same; at 10M rows the full audit takes about a sixth less time.
+-- 0041's but one: a row whose rule cannot be evaluated on its metadata (an
+-- input edited to a string) is reported (amount_mismatch) where audit()
+-- failed with 22P02 without naming it (pyxp.audited_rule_amount).
 SET LOCAL ROLE pyxp_owner;
+
+-- What the audit evaluates a rule's linear form with (pyxp.row_problems):
+-- pyxp.rule_amount on every row whose inputs are what the writer stores,
+-- JSON numbers (PX004), and this on the others. An owner's edit can make an
+-- input, or a coefficient, something rule_amount cannot read ("abc", an
+-- object): it raised (22P02, 22023) and audit() failed without naming the
+-- row (a hostile test, 0042). Here such a value gives NaN, which no amount
+-- equals (amount_mismatch); a string numeric reads (spaces, a sign, an
+-- exponent of at most four digits) is read as rule_amount reads it, and an
+-- input the metadata lacks, or holds as JSON null, gives no term (no amount
+-- at all when no term is left), as before.
+CREATE FUNCTION pyxp.audited_number(p_value jsonb)
+RETURNS numeric
+LANGUAGE sql IMMUTABLE PARALLEL SAFE
+AS $$
+    SELECT CASE coalesce(jsonb_typeof(p_value), 'null')
+               WHEN 'number' THEN p_value::numeric
+               WHEN 'null' THEN NULL
+               WHEN 'string'
+               THEN CASE WHEN p_value #>> '{}'
+                              ~ '^[ \t\n\r\v\f]*[+-]?([0-9]+([.][0-9]*)?|[.][0-9]+)([eE][+-]?[0-9]{1,4})?[ \t\n\r\v\f]*$'
+                         THEN (p_value #>> '{}')::numeric ELSE 'NaN' END
+               ELSE 'NaN' END
+$$;
+
+CREATE FUNCTION pyxp.audited_rule_amount(p_constant numeric, p_coefficients jsonb, p_params jsonb)
+RETURNS numeric
+LANGUAGE sql IMMUTABLE PARALLEL SAFE
+AS $$
+    SELECT CASE WHEN jsonb_typeof(p_coefficients) IS DISTINCT FROM 'object' THEN 'NaN'::numeric
+                ELSE round(p_constant + (
+                    SELECT sum(CASE WHEN 'NaN' IN (x.coefficient, x.input) THEN 'NaN' ELSE x.coefficient * x.input END)
+                      FROM jsonb_each(p_coefficients) c
+                     CROSS JOIN LATERAL (SELECT pyxp.audited_number(c.value) AS coefficient,
+                                                pyxp.audited_number(p_params -> c.key) AS input) x)) END
+$$;
+
+-- A rule's test of a row's metadata for inputs rule_amount may not read
+-- (pyxp.audited_rule_amount reads those rows): lax $ ? (any input of the
+-- rule is neither a number nor null). NULL when the coefficients are not an
+-- object of numbers under names a writer accepts (every row is read the
+-- slow way). Built once per rule.
+CREATE FUNCTION pyxp.odd_inputs_path(p_coefficients jsonb)
+RETURNS jsonpath
+LANGUAGE sql IMMUTABLE PARALLEL SAFE
+AS $$
+    SELECT CASE WHEN jsonb_typeof(p_coefficients) = 'object' AND p_coefficients <> '{}'
+                 AND NOT EXISTS (SELECT FROM jsonb_each(p_coefficients) c
+                                  WHERE jsonb_typeof(c.value) <> 'number'
+                                     OR c.key !~ '^[A-Za-z_$][A-Za-z0-9_$]*$')
+           THEN ('lax $ ? (' || (SELECT string_agg(format('(@.%1$s.type() != "number" && @.%1$s.type() != "null")',
+                                                          to_json(k.key)), ' || ')
+                                   FROM jsonb_object_keys(p_coefficients) k(key)) || ')')::jsonpath END
+$$;
+
+REVOKE ALL ON FUNCTION pyxp.audited_number(jsonb) FROM PUBLIC;
+REVOKE ALL ON FUNCTION pyxp.audited_rule_amount(numeric, jsonb, jsonb) FROM PUBLIC;
+REVOKE ALL ON FUNCTION pyxp.odd_inputs_path(jsonb) FROM PUBLIC;
+COMMENT ON FUNCTION pyxp.audited_number(jsonb) IS
+    'internal: a rule''s coefficient or a row''s input as the audit reads it (NaN: unreadable).';
+COMMENT ON FUNCTION pyxp.audited_rule_amount(numeric, jsonb, jsonb) IS
+    'internal: rule_amount for the audit, NaN where rule_amount would raise (an edited input).';
+COMMENT ON FUNCTION pyxp.odd_inputs_path(jsonb) IS
+    'internal: a rule''s jsonpath test for inputs that are neither numbers nor null (the audit''s slow path).';
 
 CREATE OR REPLACE FUNCTION pyxp.row_problems(p_since_checkpoint boolean)
 RETURNS TABLE (check_name text, user_wallet text, transaction_id bigint, detail text)
@@ -128,18 +194,27 @@ AS $$
     -- '{}', 'wallet', ...) prints, written out (building the jsonb cost twice
     -- as much: 5.6 s against 2.7 s at 1M rows in one process); the formula
     -- of a rule without inputs is its rounded constant (the function call
-    -- cost 1.7 s against 0.7 s). The WHERE is what every row is checked
+    -- cost 1.7 s against 0.7 s). A rule that cannot be evaluated on the
+    -- row's metadata (an input edited to a string: pyxp.audited_rule_amount
+    -- gives NaN, which no amount equals) is an amount_mismatch too; a row
+    -- costs one jsonpath test more (0.2 us), and only a row whose inputs are
+    -- not all numbers is read the slow way. The WHERE is what every row is checked
     -- against; the findings of a row that fails it are spelled out after.
     SELECT f.check_name, g.user_wallet, g.id, f.detail
       FROM (SELECT t.id, t.user_wallet, t.transaction_type, t.xp_amount, t.xp_requested, t.rule_id,
                    t.request_digest, t.reverses, t.idempotency_key, t.metadata,
-                   ru.rule_id AS rule_found, ru.action, i.inputs,
+                   ru.rule_id AS rule_found, ru.action, ru.xp_coefficients AS coefficients, i.inputs,
                    t.request_digest IS NULL OR ru.xp_coefficients <> '{}'
                    OR substr(sha256(convert_to(i.inputs, 'UTF8')), 1, 8) = int8send(t.request_digest) AS digest_ok,
                    CASE WHEN ru.xp_coefficients = '{}' THEN round(ru.xp_constant)
-                        ELSE pyxp.rule_amount(ru.xp_constant, ru.xp_coefficients, t.metadata) END AS formula
+                        WHEN NOT jsonb_path_exists(t.metadata, ru.odd_inputs)
+                        THEN pyxp.rule_amount(ru.xp_constant, ru.xp_coefficients, t.metadata)
+                        ELSE pyxp.audited_rule_amount(ru.xp_constant, ru.xp_coefficients, t.metadata) END AS formula
               FROM pyxp.audited_rows(p_since_checkpoint) t
-              LEFT JOIN pyxp.rules ru ON ru.rule_id = t.rule_id
+              -- (OFFSET 0: each rule's test built once, not once per row)
+              LEFT JOIN (SELECT r.rule_id, r.action, r.xp_constant, r.xp_coefficients,
+                                pyxp.odd_inputs_path(r.xp_coefficients) AS odd_inputs
+                           FROM pyxp.rules r OFFSET 0) ru ON ru.rule_id = t.rule_id
              CROSS JOIN LATERAL (
                     SELECT '{"action": ' || to_json(t.transaction_type)::text || ', "params": {}, "wallet": '
                            || to_json(t.user_wallet)::text || '}' AS inputs) i
@@ -158,10 +233,14 @@ AS $$
                         AND g.metadata ->> 'ruleset_id' = split_part(g.idempotency_key, ':', 2))
             UNION ALL
             SELECT CASE WHEN g.digest_ok THEN 'amount_mismatch' ELSE 'inputs_mismatch' END,
-                   CASE WHEN g.digest_ok
-                        THEN format('%s XP (requested %s) where rule %s gives %s', g.xp_amount,
-                                    coalesce(g.xp_requested::text, 'none'), g.rule_id, g.formula)
-                        ELSE format('its inputs'' digest %s is not that of %s', g.request_digest, g.inputs) END
+                   CASE WHEN NOT g.digest_ok
+                        THEN format('its inputs'' digest %s is not that of %s', g.request_digest, g.inputs)
+                        WHEN g.formula = 'NaN'
+                        THEN format('%s XP (requested %s): rule %s''s form %s cannot be evaluated on its metadata %s',
+                                    g.xp_amount, coalesce(g.xp_requested::text, 'none'), g.rule_id,
+                                    g.coefficients, left(g.metadata::text, 200))
+                        ELSE format('%s XP (requested %s) where rule %s gives %s', g.xp_amount,
+                                    coalesce(g.xp_requested::text, 'none'), g.rule_id, g.formula) END
              WHERE g.rule_found IS NOT NULL
                AND (NOT g.digest_ok
                     OR coalesce(g.xp_requested, g.xp_amount) <> g.formula
@@ -184,30 +263,6 @@ AS $$
      WHERE t.request_digest IS NULL
        AND NOT EXISTS (SELECT FROM pyxp.xp_requests q WHERE q.key_hash = pyxp.key_hash(t.idempotency_key))
 $$;
-
--- Every inconsistency between the ledger, the balances and the rules, one
--- row each; no rows when healthy. What it proves: each wallet's rows are
--- numbered 1, 2, ... and each row's balance_after chains from the previous
--- one, each balance equals the sum of its wallet's rows and holds its last
--- wallet_seq, levels match the active curve, the audit checkpoints match the
--- ledger (pyxp.chain_problems); reversals mirror what they reverse, rows name
--- the action of an existing rule, a flow's or reversal's rows have their
--- request (pyxp.row_problems) and a request its rows or its kept inputs;
--- the rank buckets count the balances they hold (pyxp.rank_problems, one
--- of pyxp.unsliced_problems' checks); exactly one ruleset is active, no
--- ledger row lacks its balance, total_moderations counts the votes
--- recorded, the balances' period columns and the caps' usage match the ledger and no cap
--- is exceeded, a registration is granted exactly when its client email was
--- onboarded, identities stored before 0002 read the same today.
--- (jit off: compiling the plan cost more than running it, 100 ms vs 6 ms on a
--- small ledger; on 10M rows the scans dominate either way.
--- parallel_tuple_cost 0: the checks' scans and joins of the whole ledger
--- may run in parallel workers (the helpers are PARALLEL SAFE), but a check
--- whose filter compares two expressions is estimated to pass most rows, and
--- sending those through a Gather priced the parallel plan out; the checks
--- return only findings, none on a healthy ledger. At 10M rows the claims'
--- check takes 18 s with workers against 26-31 s without. The chain walk
--- has workers of its own: pyxp.chain_problems' slices, with the unsliced
 
 CREATE OR REPLACE FUNCTION pyxp.schema_revision()
 RETURNS text
