@@ -802,10 +802,12 @@ AS $$
                         THEN pyxp.rule_amount(ru.xp_constant, ru.xp_coefficients, t.metadata)
                         ELSE pyxp.audited_rule_amount(ru.xp_constant, ru.xp_coefficients, t.metadata) END AS formula
               FROM pyxp.audited_rows(p_since_checkpoint) t
-              -- (OFFSET 0: each rule's test built once, not once per row)
+              -- (each rule's test built once, by the rules' scan: on the nullable side of
+              -- the join, the planner computes it there; OFFSET 0 did too, but took the
+              -- join out of the parallel workers)
               LEFT JOIN (SELECT r.rule_id, r.action, r.xp_constant, r.xp_coefficients,
                                 pyxp.odd_inputs_path(r.xp_coefficients) AS odd_inputs
-                           FROM pyxp.rules r OFFSET 0) ru ON ru.rule_id = t.rule_id
+                           FROM pyxp.rules r) ru ON ru.rule_id = t.rule_id
              CROSS JOIN LATERAL (
                     SELECT '{"action": ' || to_json(t.transaction_type)::text || ', "params": {}, "wallet": '
                            || to_json(t.user_wallet)::text || '}' AS inputs) i

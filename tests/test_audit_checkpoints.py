@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import time
 import json
+import re
 from decimal import Decimal
 import subprocess
 import sys
@@ -564,6 +565,20 @@ def test_the_single_row_checks_read_each_row_against_its_rule_in_one_pass(db: ps
     award(db, "0x2", "k:2")
     nodes = single_row_checks_plan(db, since)
     assert [node["Node Type"] for node, _ in nodes if node.get("Relation Name") == "rules"] == ["Seq Scan"]
+    # Each rule's test of the inputs is built by that scan, once per rule, not once per row (the
+    # nodes above it name the value it computed, in parentheses).
+    (plan,), = db.execute("EXPLAIN (VERBOSE, FORMAT JSON) SELECT * FROM pyxp.row_problems(%s)", (since,)).fetchall()
+    builds = [node["Node Type"] + (" on " + node["Relation Name"] if "Relation Name" in node else "")
+              for node in plan_nodes(plan[0]["Plan"])
+              if any(re.search(r"(?<!\()pyxp\.odd_inputs_path\(", item)
+                     for key in ("Output", "Filter", "Join Filter", "One-Time Filter")
+                     for item in ([node[key]] if isinstance(node.get(key), str) else node.get(key, [])))]
+    assert builds == ["Seq Scan on rules"], builds
+    # The join of the rows to their rules runs in a Gather's workers (with OFFSET 0 on the rules,
+    # 0042's first form, it ran above the Gather: the rows' digests in one process).
+    joins = [gathered for node, gathered in nodes if "Join" in node["Node Type"]
+             and any(below.get("Relation Name") == "rules" for below in plan_nodes(node))]
+    assert joins == [True], joins
 
 
 def test_the_full_audit_groups_the_ids_once(db: psycopg.Connection[Any]) -> None:
