@@ -440,7 +440,9 @@ def _stopped_migration(error: psycopg.Error) -> Refused | None:
     resources = (error.sqlstate or "").startswith("53")
     where = ("each revision is its own transaction: the database is at the last one that finished "
              "(pyxp db current), and pyxp db upgrade goes on from there")
-    if error.sqlstate in ("40P01", "55P03"):  # (pyxp.schema ran it again, MIGRATION_ATTEMPTS times in all)
+    from pyxp.schema import RETRIED_SQLSTATES  # (loaded: the error came from it)
+
+    if error.sqlstate in RETRIED_SQLSTATES:  # (pyxp.schema ran it again, MIGRATION_ATTEMPTS times in all)
         return Refused(ErrorReport(
             f"the migration stopped: {_one_line(str(error))}", code=error.sqlstate,
             hint=f"{where}; writers kept locking what a revision locks (README \"Upgrading while "

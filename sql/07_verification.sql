@@ -594,22 +594,21 @@ $$;
 -- input, or a coefficient, something rule_amount cannot read ("abc", an
 -- object): it raised (22P02, 22023) and audit() failed without naming the
 -- row (a hostile test, 0042). Here such a value gives NaN, which no amount
--- equals (amount_mismatch); a string numeric reads (spaces, a sign, an
--- exponent of at most four digits) is read as rule_amount reads it, and an
--- input the metadata lacks, or holds as JSON null, gives no term (no amount
--- at all when no term is left), as before.
-CREATE FUNCTION pyxp.audited_number(p_value jsonb)
-RETURNS numeric
+-- equals (amount_mismatch); what rule_amount reads (pyxp.readable_number)
+-- it evaluates, as before.
+CREATE FUNCTION pyxp.readable_number(p_value jsonb)
+RETURNS boolean
 LANGUAGE sql IMMUTABLE PARALLEL SAFE
 AS $$
+    -- a number, JSON null or nothing (no term), or a string numeric reads:
+    -- spaces, a sign, an exponent of at most four digits
     SELECT CASE coalesce(jsonb_typeof(p_value), 'null')
-               WHEN 'number' THEN p_value::numeric
-               WHEN 'null' THEN NULL
+               WHEN 'number' THEN true
+               WHEN 'null' THEN true
                WHEN 'string'
-               THEN CASE WHEN p_value #>> '{}'
-                              ~ '^[ \t\n\r\v\f]*[+-]?([0-9]+([.][0-9]*)?|[.][0-9]+)([eE][+-]?[0-9]{1,4})?[ \t\n\r\v\f]*$'
-                         THEN (p_value #>> '{}')::numeric ELSE 'NaN' END
-               ELSE 'NaN' END
+               THEN p_value #>> '{}'
+                    ~ '^[ \t\n\r\v\f]*[+-]?([0-9]+([.][0-9]*)?|[.][0-9]+)([eE][+-]?[0-9]{1,4})?[ \t\n\r\v\f]*$'
+               ELSE false END
 $$;
 
 CREATE FUNCTION pyxp.audited_rule_amount(p_constant numeric, p_coefficients jsonb, p_params jsonb)
@@ -617,11 +616,10 @@ RETURNS numeric
 LANGUAGE sql IMMUTABLE PARALLEL SAFE
 AS $$
     SELECT CASE WHEN jsonb_typeof(p_coefficients) IS DISTINCT FROM 'object' THEN 'NaN'::numeric
-                ELSE round(p_constant + (
-                    SELECT sum(CASE WHEN 'NaN' IN (x.coefficient, x.input) THEN 'NaN' ELSE x.coefficient * x.input END)
-                      FROM jsonb_each(p_coefficients) c
-                     CROSS JOIN LATERAL (SELECT pyxp.audited_number(c.value) AS coefficient,
-                                                pyxp.audited_number(p_params -> c.key) AS input) x)) END
+                WHEN EXISTS (SELECT FROM jsonb_each(p_coefficients) c
+                              WHERE NOT (pyxp.readable_number(c.value) AND pyxp.readable_number(p_params -> c.key)))
+                THEN 'NaN'
+                ELSE pyxp.rule_amount(p_constant, p_coefficients, p_params) END
 $$;
 
 -- A rule's test of a row's metadata for inputs rule_amount may not read

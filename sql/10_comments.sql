@@ -47,8 +47,8 @@ COMMENT ON FUNCTION pyxp.last_checkpoint_xmin() IS
     'internal: the snapshot xmin of the last audit checkpoint; rows it did not see have a feed_xid at least this.';
 COMMENT ON FUNCTION pyxp.wallets_between(text, text) IS
     'internal: the wallets with a balance in a range of wallet texts, with their checkpoint and opening (the full audit''s walk).';
-COMMENT ON FUNCTION pyxp.audited_number(jsonb) IS
-    'internal: a rule''s coefficient or a row''s input as the audit reads it (NaN: unreadable).';
+COMMENT ON FUNCTION pyxp.readable_number(jsonb) IS
+    'internal: whether rule_amount reads a coefficient or an input (the audit''s guard).';
 COMMENT ON FUNCTION pyxp.audited_rule_amount(numeric, jsonb, jsonb) IS
     'internal: rule_amount for the audit, NaN where rule_amount would raise (an edited input).';
 COMMENT ON FUNCTION pyxp.odd_inputs_path(jsonb) IS

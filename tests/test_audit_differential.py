@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import psycopg
+from conftest import install_variant
 from psycopg.types.json import Jsonb
 
 from pyxp.ruleset_config import load_ruleset
@@ -40,17 +41,15 @@ def install_0041_body(db: psycopg.Connection[Any]) -> None:
     db.execute(body.replace("FUNCTION pyxp.row_problems(", "FUNCTION pyxp.row_problems_0041("))
 
 
-def ruleset(db: psycopg.Connection[Any], name: str, caps: dict[str, int] | None = None,
-            floor: int | None = None, bump: int = 0) -> int:
+def bumped_ruleset(db: psycopg.Connection[Any], bump: int) -> int:
+    """The default rules with every constant amount raised by ``bump``, installed and activated;
+    its id (for pyxp.apply_rules_retroactively)."""
     definition = load_ruleset("winstory").definition()
-    definition["name"] = name
-    definition["balance_floor"] = floor
+    definition["name"] = "bumped"
     for rule in definition["rules"]:
-        if rule["action"] in (caps or {}):
-            rule["cap"] = {"max_xp": (caps or {})[rule["action"]], "per": "day"}
-        if bump and rule["coefficients"] == {}:
+        if rule["coefficients"] == {}:
             rule["constant"] = rule["formula"] = str(int(rule["constant"]) + bump)
-    row = db.execute("SELECT ruleset_id FROM pyxp.install_ruleset(%s, %s)", (Jsonb(definition), f"# {name}")).fetchone()
+    row = db.execute("SELECT ruleset_id FROM pyxp.install_ruleset(%s, %s)", (Jsonb(definition), "# bumped")).fetchone()
     assert row is not None
     return int(row[0])
 
@@ -126,12 +125,13 @@ def findings(db: psycopg.Connection[Any], function: str, since: bool) -> Counter
 
 def test_row_problems_finds_what_0041_found(db: psycopg.Connection[Any]) -> None:
     rows_of_every_kind(db, "a")
-    ruleset(db, "capped", caps={"CAMPAIGN_APPROVED": 150, "Completion_Submit_B2C_Paid": 60}, floor=0)
+    install_variant(db, "capped", caps={"CAMPAIGN_APPROVED": (150, "day", None),
+                                        "Completion_Submit_B2C_Paid": (60, "day", None)}, balance_floor=0)
     rows_of_every_kind(db, "c")
-    bumped = ruleset(db, "bumped", bump=7)
+    bumped = bumped_ruleset(db, 7)
     db.execute("SELECT * FROM pyxp.apply_rules_retroactively(%s)", (bumped,))
     assert db.execute("SELECT * FROM pyxp.record_audit_checkpoint()").fetchone() is not None
-    ruleset(db, "floored", floor=-60)
+    install_variant(db, "floored", balance_floor=-60)
     rows_of_every_kind(db, "n")
     install_0041_body(db)
     kinds = db.execute("SELECT count(*) FILTER (WHERE xp_requested IS NOT NULL), count(*) FILTER (WHERE reverses IS NOT NULL),"

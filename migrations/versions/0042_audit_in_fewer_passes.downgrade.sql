@@ -1,4 +1,4 @@
--- 0042's downgrade: pyxp.row_problems as at 0041; no pyxp.audited_rule_amount, audited_number, odd_inputs_path.
+-- 0042's downgrade: pyxp.row_problems as at 0041; no pyxp.audited_rule_amount, readable_number, odd_inputs_path.
 SET LOCAL ROLE pyxp_owner;
 
 CREATE OR REPLACE FUNCTION pyxp.row_problems(p_since_checkpoint boolean)
@@ -185,7 +185,7 @@ $$;
 
 DROP FUNCTION pyxp.odd_inputs_path(jsonb);
 DROP FUNCTION pyxp.audited_rule_amount(numeric, jsonb, jsonb);
-DROP FUNCTION pyxp.audited_number(jsonb);
+DROP FUNCTION pyxp.readable_number(jsonb);
 
 CREATE OR REPLACE FUNCTION pyxp.schema_revision()
 RETURNS text

@@ -14,22 +14,21 @@ SET LOCAL ROLE pyxp_owner;
 -- input, or a coefficient, something rule_amount cannot read ("abc", an
 -- object): it raised (22P02, 22023) and audit() failed without naming the
 -- row (a hostile test, 0042). Here such a value gives NaN, which no amount
--- equals (amount_mismatch); a string numeric reads (spaces, a sign, an
--- exponent of at most four digits) is read as rule_amount reads it, and an
--- input the metadata lacks, or holds as JSON null, gives no term (no amount
--- at all when no term is left), as before.
-CREATE FUNCTION pyxp.audited_number(p_value jsonb)
-RETURNS numeric
+-- equals (amount_mismatch); what rule_amount reads (pyxp.readable_number)
+-- it evaluates, as before.
+CREATE FUNCTION pyxp.readable_number(p_value jsonb)
+RETURNS boolean
 LANGUAGE sql IMMUTABLE PARALLEL SAFE
 AS $$
+    -- a number, JSON null or nothing (no term), or a string numeric reads:
+    -- spaces, a sign, an exponent of at most four digits
     SELECT CASE coalesce(jsonb_typeof(p_value), 'null')
-               WHEN 'number' THEN p_value::numeric
-               WHEN 'null' THEN NULL
+               WHEN 'number' THEN true
+               WHEN 'null' THEN true
                WHEN 'string'
-               THEN CASE WHEN p_value #>> '{}'
-                              ~ '^[ \t\n\r\v\f]*[+-]?([0-9]+([.][0-9]*)?|[.][0-9]+)([eE][+-]?[0-9]{1,4})?[ \t\n\r\v\f]*$'
-                         THEN (p_value #>> '{}')::numeric ELSE 'NaN' END
-               ELSE 'NaN' END
+               THEN p_value #>> '{}'
+                    ~ '^[ \t\n\r\v\f]*[+-]?([0-9]+([.][0-9]*)?|[.][0-9]+)([eE][+-]?[0-9]{1,4})?[ \t\n\r\v\f]*$'
+               ELSE false END
 $$;
 
 CREATE FUNCTION pyxp.audited_rule_amount(p_constant numeric, p_coefficients jsonb, p_params jsonb)
@@ -37,11 +36,10 @@ RETURNS numeric
 LANGUAGE sql IMMUTABLE PARALLEL SAFE
 AS $$
     SELECT CASE WHEN jsonb_typeof(p_coefficients) IS DISTINCT FROM 'object' THEN 'NaN'::numeric
-                ELSE round(p_constant + (
-                    SELECT sum(CASE WHEN 'NaN' IN (x.coefficient, x.input) THEN 'NaN' ELSE x.coefficient * x.input END)
-                      FROM jsonb_each(p_coefficients) c
-                     CROSS JOIN LATERAL (SELECT pyxp.audited_number(c.value) AS coefficient,
-                                                pyxp.audited_number(p_params -> c.key) AS input) x)) END
+                WHEN EXISTS (SELECT FROM jsonb_each(p_coefficients) c
+                              WHERE NOT (pyxp.readable_number(c.value) AND pyxp.readable_number(p_params -> c.key)))
+                THEN 'NaN'
+                ELSE pyxp.rule_amount(p_constant, p_coefficients, p_params) END
 $$;
 
 -- A rule's test of a row's metadata for inputs rule_amount may not read
@@ -62,11 +60,11 @@ AS $$
                                    FROM jsonb_object_keys(p_coefficients) k(key)) || ')')::jsonpath END
 $$;
 
-REVOKE ALL ON FUNCTION pyxp.audited_number(jsonb) FROM PUBLIC;
+REVOKE ALL ON FUNCTION pyxp.readable_number(jsonb) FROM PUBLIC;
 REVOKE ALL ON FUNCTION pyxp.audited_rule_amount(numeric, jsonb, jsonb) FROM PUBLIC;
 REVOKE ALL ON FUNCTION pyxp.odd_inputs_path(jsonb) FROM PUBLIC;
-COMMENT ON FUNCTION pyxp.audited_number(jsonb) IS
-    'internal: a rule''s coefficient or a row''s input as the audit reads it (NaN: unreadable).';
+COMMENT ON FUNCTION pyxp.readable_number(jsonb) IS
+    'internal: whether rule_amount reads a coefficient or an input (the audit''s guard).';
 COMMENT ON FUNCTION pyxp.audited_rule_amount(numeric, jsonb, jsonb) IS
     'internal: rule_amount for the audit, NaN where rule_amount would raise (an edited input).';
 COMMENT ON FUNCTION pyxp.odd_inputs_path(jsonb) IS
