@@ -250,6 +250,16 @@ def naive_period_ranks(db: psycopg.Connection[Any], period: str) -> dict[str, in
         xp=sql.Identifier(f"{period}_xp"), start=sql.Identifier(f"{period}_start")), (period,)).fetchall())
 
 
+def edit_ledger(db: psycopg.Connection[Any], statement: str, *params: Any) -> None:
+    """An owner's change of ledger rows behind the append-only trigger (SPEC 7: audit() sees the
+    result; the other readers must say which row they cannot read)."""
+    db.execute("ALTER TABLE pyxp.xp_transactions DISABLE TRIGGER xp_transactions_append_only")
+    try:
+        db.execute(statement, params)
+    finally:
+        db.execute("ALTER TABLE pyxp.xp_transactions ENABLE ALWAYS TRIGGER xp_transactions_append_only")
+
+
 def install_variant(db: psycopg.Connection[Any], name: str, timezone: str | None = None,
                     caps: dict[str, tuple[int, str, str | None]] | None = None,
                     balance_floor: int | None = None) -> None:

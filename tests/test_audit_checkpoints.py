@@ -23,6 +23,7 @@ import pytest
 from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 
+from conftest import edit_ledger
 from pyxp import XP
 from pyxp import errors as E
 from pyxp.bench import plan_nodes
@@ -46,15 +47,6 @@ def positions(db: psycopg.Connection[Any]) -> dict[str, list[int]]:
 
 def findings(db: psycopg.Connection[Any], function: str = "audit") -> set[tuple[str, str | None]]:
     return {(name, wallet) for name, wallet, _, _ in db.execute(f"SELECT * FROM pyxp.{function}()")}
-
-
-def tamper(db: psycopg.Connection[Any], statement: str, *params: Any) -> None:
-    """An owner's change behind the append-only trigger (SPEC 7: audit() sees the result)."""
-    db.execute("ALTER TABLE pyxp.xp_transactions DISABLE TRIGGER xp_transactions_append_only")
-    try:
-        db.execute(statement, params)
-    finally:
-        db.execute("ALTER TABLE pyxp.xp_transactions ENABLE ALWAYS TRIGGER xp_transactions_append_only")
 
 
 def record(db: psycopg.Connection[Any]) -> dict[str, Any]:
@@ -93,7 +85,7 @@ def test_a_repeated_position_is_reported(db: psycopg.Connection[Any]) -> None:
     """No unique index holds one row per position on the partitioned ledger (0015): the writer
     numbers a wallet's rows under its lock, and the audit's walk reports a repeated one."""
     award(db, "0xa", "k1")
-    tamper(db, "INSERT INTO pyxp.xp_transactions (user_wallet, transaction_type, xp_amount, balance_after,"
+    edit_ledger(db, "INSERT INTO pyxp.xp_transactions (user_wallet, transaction_type, xp_amount, balance_after,"
                " idempotency_key, wallet_seq) VALUES ('0xa', 'X', 0, 100, 'forged', 1)")
     gaps = [(r[0], r[1], r[3]) for r in db.execute("SELECT * FROM pyxp.audit()") if r[0] == "wallet_seq_gap"]
     assert gaps == [("wallet_seq_gap", "0xa", "wallet_seq 1 follows wallet_seq 1")]
@@ -121,7 +113,7 @@ def test_history_pages_in_wallet_order(db: psycopg.Connection[Any], xp: XP) -> N
 
 def test_audit_finds_a_gap_and_a_wrong_last_position(db: psycopg.Connection[Any]) -> None:
     rows = [award(db, "0xa", f"k{n}") for n in range(3)]
-    tamper(db, "UPDATE pyxp.xp_transactions SET wallet_seq = 7 WHERE id = %s", rows[2]["transaction_id"])
+    edit_ledger(db, "UPDATE pyxp.xp_transactions SET wallet_seq = 7 WHERE id = %s", rows[2]["transaction_id"])
     found = list(db.execute("SELECT check_name, user_wallet, transaction_id FROM pyxp.audit()"))
     assert ("wallet_seq_gap", "0xa", rows[2]["transaction_id"]) in found
     assert {(name, wallet) for name, wallet, _ in found} == {("wallet_seq_gap", "0xa"), ("wallet_seq_mismatch", "0xa")}
@@ -129,7 +121,7 @@ def test_audit_finds_a_gap_and_a_wrong_last_position(db: psycopg.Connection[Any]
 
 def test_audit_finds_a_row_of_a_wallet_without_balance(db: psycopg.Connection[Any]) -> None:
     award(db, "0xa", "k1")
-    tamper(db, "INSERT INTO pyxp.xp_transactions (user_wallet, transaction_type, xp_amount, balance_after,"
+    edit_ledger(db, "INSERT INTO pyxp.xp_transactions (user_wallet, transaction_type, xp_amount, balance_after,"
                " idempotency_key, wallet_seq) VALUES ('0xghost', 'CAMPAIGN_APPROVED', 100, 100, 'forged', 1)")
     assert ("balance_mismatch", "0xghost") in findings(db)
 
@@ -143,7 +135,7 @@ def test_audit_finds_a_row_of_a_wallet_without_balance(db: psycopg.Connection[An
 def made_consistent(db: psycopg.Connection[Any]) -> None:
     """What an owner who edited rows does next: every balance_after, balance, period column, level
     and rank count recomputed from the rows as they now are."""
-    tamper(db, "UPDATE pyxp.xp_transactions t SET balance_after = s.run"
+    edit_ledger(db, "UPDATE pyxp.xp_transactions t SET balance_after = s.run"
                "  FROM (SELECT id, created_at, sum(xp_amount) OVER (PARTITION BY user_wallet ORDER BY wallet_seq) AS run"
                "          FROM pyxp.xp_transactions) s"
                " WHERE s.id = t.id AND s.created_at = t.created_at AND t.balance_after <> s.run")
@@ -158,7 +150,7 @@ def made_consistent(db: psycopg.Connection[Any]) -> None:
 def test_an_amount_its_rule_does_not_give_is_reported(db: psycopg.Connection[Any]) -> None:
     row = award(db, "0xa", "k1")
     award(db, "0xa", "k2")
-    tamper(db, "UPDATE pyxp.xp_transactions SET xp_amount = 111 WHERE id = %s", row["transaction_id"])
+    edit_ledger(db, "UPDATE pyxp.xp_transactions SET xp_amount = 111 WHERE id = %s", row["transaction_id"])
     made_consistent(db)
     found = list(db.execute("SELECT check_name, user_wallet, transaction_id, detail FROM pyxp.audit()"))
     assert [f[:3] for f in found] == [("amount_mismatch", "0xa", row["transaction_id"])], found
@@ -168,7 +160,7 @@ def test_an_amount_its_rule_does_not_give_is_reported(db: psycopg.Connection[Any
 def test_a_generic_row_moved_to_another_wallet_is_reported(db: psycopg.Connection[Any]) -> None:
     row = award(db, "0xa", "k1")
     award(db, "0xb", "k2")
-    tamper(db, "UPDATE pyxp.xp_transactions SET user_wallet = '0xb', wallet_seq = 2 WHERE id = %s",
+    edit_ledger(db, "UPDATE pyxp.xp_transactions SET user_wallet = '0xb', wallet_seq = 2 WHERE id = %s",
            row["transaction_id"])
     db.execute("DELETE FROM pyxp.xp_balances WHERE user_wallet = '0xa'")
     made_consistent(db)
@@ -180,7 +172,7 @@ def test_a_row_without_a_rule_is_reported(db: psycopg.Connection[Any]) -> None:
     """Only a reversal and a retroactive adjustment have no rule; a retroactive adjustment is not
     reported (test_simulation audits after each)."""
     award(db, "0xa", "k1")
-    tamper(db, "INSERT INTO pyxp.xp_transactions (user_wallet, transaction_type, xp_amount, balance_after,"
+    edit_ledger(db, "INSERT INTO pyxp.xp_transactions (user_wallet, transaction_type, xp_amount, balance_after,"
                " idempotency_key, wallet_seq) VALUES ('0xa', 'GIFT', 5000, 0, 'gift:1', 2)")
     db.execute("INSERT INTO pyxp.xp_requests (key_hash, inputs_digest) VALUES (pyxp.key_hash('gift:1'), 0)")
     made_consistent(db)
@@ -195,7 +187,7 @@ def test_a_reversal_pointed_at_another_row_is_reported(db: psycopg.Connection[An
     reversal = db.execute("SELECT transaction_id FROM pyxp.reverse_transaction(%s, 'oops')",
                           (first["transaction_id"],)).fetchone()
     assert second is not None and reversal is not None
-    tamper(db, "UPDATE pyxp.xp_transactions SET reverses = %s, xp_amount = %s WHERE id = %s",
+    edit_ledger(db, "UPDATE pyxp.xp_transactions SET reverses = %s, xp_amount = %s WHERE id = %s",
            second[0], -second[1], reversal[0])
     made_consistent(db)
     found = [f[:3] for f in db.execute("SELECT check_name, user_wallet, transaction_id FROM pyxp.audit()")]
@@ -259,7 +251,7 @@ def test_a_row_whose_rule_cannot_be_evaluated_on_its_metadata_is_reported(db: ps
     if rule_edited:
         db.execute(statement, (paid["transaction_id"],))
     else:
-        tamper(db, statement, paid["transaction_id"])
+        edit_ledger(db, statement, paid["transaction_id"])
     for function in ("audit", "audit_since_checkpoint"):
         rows = {(name, wallet, row) for name, wallet, row, _ in db.execute(f"SELECT * FROM pyxp.{function}()")}
         assert ("amount_mismatch", "0xb", paid["transaction_id"]) in rows, (function, rows)
@@ -301,7 +293,7 @@ def test_a_forged_wallet_hidden_by_an_archives_count_is_reported(db: psycopg.Con
     made them add up (a hostile test). The openings' count is used, and compared with it."""
     award(db, "0xa", "k1")
     record(db)
-    tamper(db, "INSERT INTO pyxp.xp_transactions (user_wallet, transaction_type, xp_amount, balance_after, rule_id,"
+    edit_ledger(db, "INSERT INTO pyxp.xp_transactions (user_wallet, transaction_type, xp_amount, balance_after, rule_id,"
                " idempotency_key, wallet_seq) SELECT '0xghost', action, 5000, 5000, rule_id, 'forged:1', 1"
                f" FROM pyxp.rules WHERE action = 'CAMPAIGN_APPROVED' AND ruleset_id = {ACTIVE}")
     db.execute("INSERT INTO pyxp.xp_requests (key_hash, inputs_digest) VALUES (pyxp.key_hash('forged:1'), 0)")
@@ -344,7 +336,7 @@ def test_a_tampered_row_since_the_checkpoint_refuses_the_next_one(db: psycopg.Co
     award(db, "0xa", "k1")
     record(db)
     row = award(db, "0xa", "k2")
-    tamper(db, "UPDATE pyxp.xp_transactions SET xp_amount = 5000 WHERE id = %s", row["transaction_id"])
+    edit_ledger(db, "UPDATE pyxp.xp_transactions SET xp_amount = 5000 WHERE id = %s", row["transaction_id"])
     found = list(db.execute("SELECT check_name, user_wallet, transaction_id FROM pyxp.audit_since_checkpoint()"))
     assert ("running_balance", "0xa", row["transaction_id"]) in found
     assert {name for name, _, _ in found} == {"running_balance", "balance_mismatch", "amount_mismatch"}
@@ -359,7 +351,7 @@ def test_a_tampered_row_before_the_checkpoint_is_the_full_audits(db: psycopg.Con
     row = award(db, "0xa", "k1")
     award(db, "0xa", "k2")
     record(db)
-    tamper(db, "UPDATE pyxp.xp_transactions SET balance_after = 90 WHERE id = %s", row["transaction_id"])
+    edit_ledger(db, "UPDATE pyxp.xp_transactions SET balance_after = 90 WHERE id = %s", row["transaction_id"])
     assert findings(db, "audit_since_checkpoint") == set()
     assert ("running_balance", "0xa") in findings(db)
     award(db, "0xb", "k3")
@@ -382,9 +374,9 @@ def test_a_checkpoint_never_skips_a_row_committed_after_its_snapshot(conninfo: s
         assert checkpoint["rows_verified"] == 1
         writer.commit()
     late = db.execute("SELECT id FROM pyxp.xp_transactions WHERE idempotency_key = 'late'").fetchone()[0]
-    tamper(db, "UPDATE pyxp.xp_transactions SET xp_amount = 7 WHERE id = %s", late)
+    edit_ledger(db, "UPDATE pyxp.xp_transactions SET xp_amount = 7 WHERE id = %s", late)
     assert ("running_balance", "0xa") in findings(db, "audit_since_checkpoint")
-    tamper(db, "UPDATE pyxp.xp_transactions SET xp_amount = 100 WHERE id = %s", late)
+    edit_ledger(db, "UPDATE pyxp.xp_transactions SET xp_amount = 100 WHERE id = %s", late)
     following = record(db)
     assert (following["wallets_verified"], following["rows_verified"]) == (1, 1)
     assert db.execute("SELECT wallet_seq, total_xp FROM pyxp.xp_wallet_checkpoints").fetchall() == [(2, 200)]
@@ -415,7 +407,7 @@ def test_cli_audit_checkpoint_and_since(db: psycopg.Connection[Any], conninfo: s
                            capture_output=True, text=True)
     assert since.returncode == 0 and "clean" in since.stdout
     row = award(db, "0xa", "k2")
-    tamper(db, "UPDATE pyxp.xp_transactions SET xp_amount = 1 WHERE id = %s", row["transaction_id"])
+    edit_ledger(db, "UPDATE pyxp.xp_transactions SET xp_amount = 1 WHERE id = %s", row["transaction_id"])
     since = subprocess.run([PYXP, "--database-url", conninfo, "audit", "--since-checkpoint"],
                            capture_output=True, text=True)
     assert since.returncode == 1 and "running_balance" in since.stdout
@@ -469,9 +461,9 @@ def test_the_sliced_walk_finds_what_one_walk_finds_once_per_wallet(db: psycopg.C
     for function in ("audit", "audit_since_checkpoint"):
         assert audit_rows(db, function, SLICES_ALWAYS) == [] == audit_rows(db, function, SLICES_NEVER)
     for wallet in SLICE_WALLETS:  # a row since the checkpoint and one before it, in every wallet
-        tamper(db, "UPDATE pyxp.xp_transactions SET balance_after = balance_after + 1 WHERE id = %s",
+        edit_ledger(db, "UPDATE pyxp.xp_transactions SET balance_after = balance_after + 1 WHERE id = %s",
                later[wallet]["transaction_id"])
-        tamper(db, "UPDATE pyxp.xp_transactions SET xp_amount = xp_amount + 7 WHERE id = %s",
+        edit_ledger(db, "UPDATE pyxp.xp_transactions SET xp_amount = xp_amount + 7 WHERE id = %s",
                first[wallet]["transaction_id"])
 
     full = audit_rows(db, "audit", SLICES_ALWAYS)
@@ -504,7 +496,7 @@ def test_the_unsliced_checks_find_in_a_worker_what_they_find_alone(db: psycopg.C
                "VALUES ('0xghost', 1, 5, %s)", (checkpoint,))
     db.execute("INSERT INTO pyxp.xp_cap_usage (user_wallet, allowance, period_start, used_xp) "
                "VALUES ('0x5', 'rule:CAMPAIGN_APPROVED', now(), 40)")
-    tamper(db, "UPDATE pyxp.xp_transactions SET transaction_type = 'B2C_MINT' WHERE id = %s",
+    edit_ledger(db, "UPDATE pyxp.xp_transactions SET transaction_type = 'B2C_MINT' WHERE id = %s",
            later["transaction_id"])
 
     full = audit_rows(db, "audit", SLICES_ALWAYS)
