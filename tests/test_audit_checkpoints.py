@@ -8,22 +8,22 @@ that proof is clean, and refuses (PX028, nothing recorded) when it is not.
 
 from __future__ import annotations
 
-import time
 import json
 import re
-from decimal import Decimal
 import subprocess
 import sys
+import time
 from collections.abc import Callable
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
 import psycopg
 import pytest
+from conftest import edit_ledger
 from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 
-from conftest import edit_ledger
 from pyxp import XP
 from pyxp import errors as E
 from pyxp.bench import plan_nodes

@@ -18,9 +18,9 @@ from typing import Any
 import psycopg
 import pytest
 from click.testing import CliRunner
+from conftest import edit_ledger, nothing_written
 from psycopg.types.json import Jsonb
 
-from conftest import edit_ledger, nothing_written
 from pyxp import schema
 from pyxp.bench import plan_nodes
 from pyxp.cli import cli, print_simulation
@@ -487,8 +487,8 @@ def test_an_input_that_is_not_a_number_is_refused_naming_its_row(db: psycopg.Con
     22P02 or 22023 without naming the row (0042, which made audit() report it); it is refused with
     PX004 naming the transaction and the input, and a retroactive application writes nothing."""
     run_calls(db)
-    (paid,) = db.execute("SELECT transaction_id FROM pyxp.award('0xedited', 'Completion_Submit_B2C_Paid', 'ed-1',"
-                         " '{\"PRICE_COMPLETION\": 300}')").fetchone()
+    (paid,), = db.execute("SELECT transaction_id FROM pyxp.award('0xedited', 'Completion_Submit_B2C_Paid', 'ed-1',"
+                          " '{\"PRICE_COMPLETION\": 300}')").fetchall()
     edit_ledger(db, "UPDATE pyxp.xp_transactions SET metadata = jsonb_set(metadata, '{PRICE_COMPLETION}', %s)"
                     " WHERE id = %s", Jsonb(json.loads(edited)), paid)
     candidate = install(db, variant("edited", formulas), activate=False)
@@ -550,7 +550,7 @@ def test_a_caps_simulation_sorts_each_ledger_row_once(db: psycopg.Connection[Any
               for n in range(600) for action in [("MODERATION_VALIDATED_BY_MODERATOR", "CAMPAIGN_APPROVED",
                                                   "MODERATION_REFUSED_BY_MODERATOR")[n % 3]]]
     db.execute("SELECT * FROM pyxp.award_many(%s)", (Jsonb(events),))
-    (rows,) = db.execute("SELECT count(*) FROM pyxp.xp_transactions").fetchone()
+    (rows,), = db.execute("SELECT count(*) FROM pyxp.xp_transactions").fetchall()
     candidate = install(db, variant("sorted-once", capped), activate=False)
     sorted_rows, read = sorted_and_read(db, "SELECT * FROM pyxp.simulate_rules(%s)", candidate)
     rules = len(variant("x", capped)["rules"])  # (sorted to number the candidate's allowances)
