@@ -119,6 +119,32 @@ def test_a_batch_locks_wallets_in_the_order_pythons_sorted_gives(fresh_database:
         assert balances(db, *wallets) == [("0x_b1", 200), ("0xa1", 200)]
 
 
+def test_a_simulation_lists_wallets_in_the_databases_order_and_groups_them_whatever_it(
+        fresh_database: Callable[..., str]) -> None:
+    """0043 sorts the ledger's rows by the wallet's hash and the wallet, not by the database's
+    collation, to cut the caps and sum per wallet. Wallets that collation orders otherwise than
+    code points (0xa… before 0x_b…; a before B) and that differ only by case each keep their own
+    total, and simulate_rules lists them in the database's order. (A sort in COLLATE "C" inside an
+    inlined SQL function leaked its order to a caller's ORDER BY on such a database.)"""
+    target = fresh_database(PUNCTUATION_IGNORED)
+    schema.upgrade(target)
+    wallets = ["0x_b1", "0xa1", "B", "a", "A", "b"]
+    with psycopg.connect(target, autocommit=True) as db:
+        for wallet in wallets:
+            for n in range(3):
+                db.execute("SELECT * FROM pyxp.award(%s, 'CAMPAIGN_APPROVED', %s)", (wallet, f"{wallet}:{n}"))
+        (constant,), = db.execute("SELECT r.xp_constant FROM pyxp.rules r JOIN pyxp.rulesets s USING (ruleset_id)"
+                                  " WHERE s.is_active AND r.action = 'CAMPAIGN_APPROVED'").fetchall()
+        install_variant(db, "capped-icu", caps={"CAMPAIGN_APPROVED": (int(constant) + 1, "day", None)})
+        (capped,), = db.execute("SELECT ruleset_id FROM pyxp.rulesets WHERE is_active").fetchall()
+        install_variant(db, "uncapped-icu")
+        listed = db.execute("SELECT user_wallet, total_xp_now, total_xp_then FROM pyxp.simulate_rules(%s)",
+                            (capped,)).fetchall()
+        in_order = [w for (w,) in db.execute("SELECT user_wallet FROM pyxp.xp_balances ORDER BY user_wallet")]
+    assert in_order.index("0xa1") < in_order.index("0x_b1") and in_order != sorted(in_order)  # not code points
+    assert listed == [(w, 3 * constant, constant + 1) for w in in_order]
+
+
 def test_an_upgrade_of_a_database_that_is_not_utf8_is_refused_before_any_revision(
         fresh_database: Callable[..., str]) -> None:
     """A LATIN1 (WIN1252, SQL_ASCII, EUC_JP) database stopped at 0027, half installed, saying an
