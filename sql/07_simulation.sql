@@ -37,8 +37,9 @@ CREATE TYPE pyxp.simulation_state AS (
 -- reversal takes back what its original applied (and frees its allowance);
 -- a capped gain is cut to what is left; a penalty under a floor is cut to
 -- what keeps the balance at the floor (a balance already below loses
--- nothing more). p_asked: the candidate's amount for the row (reversals:
--- ignored).
+-- nothing more). p_asked: the candidate's amount for the row (a reversal:
+-- the opposite of what it asks of the original, used only when the
+-- wallet's rows do not hold that original).
 CREATE FUNCTION pyxp.simulation_step(p_state pyxp.simulation_state, p_id bigint, p_action text, p_asked numeric,
                                      p_reverses bigint, p_reversed boolean, p_floor bigint, p_allowance text,
                                      p_cap bigint)
@@ -53,7 +54,11 @@ DECLARE
 BEGIN
     IF p_reverses IS NOT NULL THEN
         v_original := v_state.applied -> p_reverses::text;
-        v_amount := -(v_original ->> 'a')::numeric;
+        -- An original this wallet's rows do not hold (an owner's edit, which
+        -- audit() reports: deleted, another wallet's, an adjustment) takes
+        -- back what the candidate asks of it (p_asked, the mirror), or
+        -- nothing; 0043: it made the wallet's state NULL.
+        v_amount := coalesce(-(v_original ->> 'a')::numeric, p_asked, 0);
         IF v_original ->> 'k' IS NOT NULL THEN
             v_state.used := jsonb_set(v_state.used, ARRAY[v_original ->> 'k'],
                                       to_jsonb((v_state.used ->> (v_original ->> 'k'))::numeric
@@ -122,10 +127,11 @@ $$;
 
 -- A candidate's formula on a row's formula inputs (pyxp.row_formula_inputs),
 -- or PX018 when the row lacks one (the live award would have been refused:
--- no guess at 0), or PX004 when one is not a number rule_amount reads (the
--- writer stores numbers: an owner edited it, which audit() reports as the
--- row's amount_mismatch; 0043: the simulation failed with 22P02 without
--- naming the row) or when it gives more than 10^15 XP (the live award would
+-- no guess at 0), or PX004 when one is JSON null or not a number
+-- rule_amount reads (the writer stores numbers: an owner edited it, which
+-- audit() reports as the row's amount_mismatch; 0043: a text failed the
+-- simulation with 22P02 without naming the row, a null made the row's
+-- amount NULL) or when it gives more than 10^15 XP (the live award would
 -- have been refused; 0027: the simulation counted it, and a retroactive
 -- application wrote an adjustment of 10^18 XP).
 CREATE FUNCTION pyxp.simulated_amount(p_id bigint, p_action text, p_constant numeric, p_coefficients jsonb,
@@ -140,7 +146,8 @@ DECLARE
 BEGIN
     SELECT k, p_inputs -> k INTO v_input, v_value
       FROM jsonb_object_keys(p_coefficients) k
-     WHERE NOT p_inputs ? k OR NOT pyxp.readable_number(p_inputs -> k) LIMIT 1;
+     WHERE NOT p_inputs ? k OR jsonb_typeof(p_inputs -> k) = 'null' OR NOT pyxp.readable_number(p_inputs -> k)
+     LIMIT 1;
     IF v_input IS NOT NULL AND NOT p_inputs ? v_input THEN
         RAISE EXCEPTION 'transaction % has no input % for the candidate''s rule %', p_id, v_input, p_action
             USING ERRCODE = 'PX018', HINT = 'a candidate''s formula may only use the inputs its action''s rows kept';
@@ -221,11 +228,13 @@ $$;
 -- matter (`applied`): a capped gain cut set-based, the k-th gain of an
 -- allowance (wallet, allowance, period) applying least(C_k, cap) -
 -- least(C_k-1, cap), C the running sum of its gains asked; any other row,
--- what it asks. Exact while no reversal frees that allowance; a reversal
--- that does (`frees`) has no `applied`: its wallet is folded in order
--- (pyxp.simulated_totals). Rows come sorted by wallet (wallet_hash, then
--- user_wallet: an integer sorts faster than the database's collation, and
--- a GROUP BY of both reads that order with no sort of its own).
+-- what it asks (a reversal, the opposite of what its original asks). Exact
+-- while no reversal frees that allowance: a wallet with a reversal that
+-- does (`frees`) is folded in order (pyxp.simulated_totals), where the
+-- reversal takes back what its original applied. Rows come sorted by
+-- wallet (wallet_hash, then user_wallet: an integer sorts faster than the
+-- database's collation, and a GROUP BY of both reads that order with no
+-- sort of its own).
 -- One sort of the ledger's rows, which carries only what the window and
 -- the callers read: the subquery's OFFSET 0 makes the rows' amounts be
 -- computed before the sort (flattened, the planner sorted the rows'
@@ -236,8 +245,7 @@ RETURNS TABLE (id bigint, wallet_hash integer, user_wallet text, action text, no
 LANGUAGE sql STABLE PARALLEL SAFE
 AS $$
     SELECT g.id, g.wallet_hash, g.user_wallet, g.action, g.now_xp, g.asked,
-           CASE WHEN g.frees THEN NULL
-                WHEN g.allowance_no IS NOT NULL AND g.asked > 0
+           CASE WHEN g.allowance_no IS NOT NULL AND g.asked > 0
                 THEN least(g.gained, g.cap_max_xp) - least(g.gained - g.asked, g.cap_max_xp)
                 ELSE g.asked END,
            g.frees

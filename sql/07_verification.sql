@@ -787,7 +787,10 @@ AS $$
     -- row's metadata (an input edited to a string: pyxp.audited_rule_amount
     -- gives NaN, which no amount equals) is an amount_mismatch too; a row
     -- costs one jsonpath test more (0.2 us), and only a row whose inputs are
-    -- not all numbers is read the slow way. The WHERE is what every row is checked
+    -- not all numbers is read the slow way. So is a row whose input was
+    -- removed from its metadata or edited to JSON null (the writer refuses
+    -- both: PX018, PX004): the form gives NULL, which 0042 compared with <>
+    -- and let through (helper-73). The WHERE is what every row is checked
     -- against; the findings of a row that fails it are spelled out after.
     SELECT f.check_name, g.user_wallet, g.id, f.detail
       FROM (SELECT t.id, t.user_wallet, t.transaction_type, t.xp_amount, t.xp_requested, t.rule_id,
@@ -830,11 +833,15 @@ AS $$
                         THEN format('%s XP (requested %s): rule %s''s form %s cannot be evaluated on its metadata %s',
                                     g.xp_amount, coalesce(g.xp_requested::text, 'none'), g.rule_id,
                                     g.coefficients, left(g.metadata::text, 200))
+                        WHEN g.formula IS NULL
+                        THEN format('%s XP (requested %s): an input of rule %s''s form %s is missing or null in its metadata %s',
+                                    g.xp_amount, coalesce(g.xp_requested::text, 'none'), g.rule_id,
+                                    g.coefficients, left(g.metadata::text, 200))
                         ELSE format('%s XP (requested %s) where rule %s gives %s', g.xp_amount,
                                     coalesce(g.xp_requested::text, 'none'), g.rule_id, g.formula) END
              WHERE g.rule_found IS NOT NULL
                AND (NOT g.digest_ok
-                    OR coalesce(g.xp_requested, g.xp_amount) <> g.formula
+                    OR coalesce(g.xp_requested, g.xp_amount) IS DISTINCT FROM g.formula
                     OR (g.xp_requested IS NOT NULL
                         AND NOT (g.xp_amount BETWEEN least(0, g.xp_requested) AND greatest(0, g.xp_requested))))
          ) f(check_name, detail)
@@ -844,7 +851,7 @@ AS $$
                      AND g.metadata ->> 'ruleset_id' = split_part(g.idempotency_key, ':', 2)))
         OR (g.rule_found IS NOT NULL
             AND (NOT g.digest_ok
-                 OR coalesce(g.xp_requested, g.xp_amount) <> g.formula
+                 OR coalesce(g.xp_requested, g.xp_amount) IS DISTINCT FROM g.formula
                  OR (g.xp_requested IS NOT NULL
                      AND NOT (g.xp_amount BETWEEN least(0, g.xp_requested) AND greatest(0, g.xp_requested)))))
     UNION ALL

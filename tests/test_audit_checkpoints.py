@@ -261,6 +261,27 @@ def test_a_row_whose_rule_cannot_be_evaluated_on_its_metadata_is_reported(db: ps
     assert "cannot be evaluated on its metadata" in detail
 
 
+@pytest.mark.parametrize("edit", ["metadata - 'PRICE_COMPLETION'",
+                                  "jsonb_set(metadata, '{PRICE_COMPLETION}', 'null')"])
+def test_a_row_whose_input_was_removed_or_nulled_is_reported(db: psycopg.Connection[Any], edit: str) -> None:
+    """The writer refuses a missing input (PX018) and a null one (PX004); edited so, a row's
+    form gives NULL, which 0042 compared with <> and let through: audit() was clean (helper-73).
+    It is an amount_mismatch naming the row, in the full audit and since a checkpoint, and the next
+    checkpoint is refused."""
+    award(db, "0xa", "k1")
+    record(db)
+    (paid,), = db.execute("SELECT transaction_id FROM pyxp.award('0xb', 'Completion_Submit_B2C_Paid', 'k2',"
+                          " '{\"PRICE_COMPLETION\": 300}')").fetchall()
+    edit_ledger(db, f"UPDATE pyxp.xp_transactions SET metadata = {edit} WHERE id = %s", paid)
+    for function in ("audit", "audit_since_checkpoint"):
+        rows = [(name, wallet, row, detail) for name, wallet, row, detail in db.execute(f"SELECT * FROM pyxp.{function}()")]
+        assert [row[:3] for row in rows] == [("amount_mismatch", "0xb", paid)], (function, rows)
+        assert "is missing or null in its metadata" in rows[0][3], rows
+    with pytest.raises(psycopg.Error) as refused:
+        record(db)
+    assert refused.value.sqlstate == "PX028"
+
+
 @pytest.mark.parametrize(("coefficients", "params"), [
     ({"A": 1}, {"A": 300}), ({"A": 0.25, "B": 3}, {"A": 1e20, "B": -7}), ({"A": 1, "B": 2}, {"A": 3}),
     ({"A": 1}, {}), ({"A": 1}, {"A": None}), ({"A": "2"}, {"A": " +4.5e1 "}), ({"A": 1}, {"A": "1."}),

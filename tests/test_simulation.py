@@ -555,3 +555,79 @@ def test_a_caps_simulation_sorts_each_ledger_row_once(db: psycopg.Connection[Any
     sorted_rows, read = sorted_and_read(db, "SELECT * FROM pyxp.simulate_rules(%s)", candidate)
     rules = len(variant("x", capped)["rules"])  # (sorted to number the candidate's allowances)
     assert read == rows and sorted_rows <= rows + rules, (read, sorted_rows, rows)
+
+
+# Found by a differential review of 0043 (helper-73): owners' edits that 0042 and 0043 read apart.
+
+def capped_approvals(db: psycopg.Connection[Any]) -> int:
+    """A candidate capping CAMPAIGN_APPROVED (100 XP a row) at 120 XP a week."""
+    return install(db, variant("approvals-capped", lambda d: rule(d, "CAMPAIGN_APPROVED").update(
+        cap={"max_xp": 120, "per": "week"})), activate=False)
+
+
+def reversed_by_key(db: psycopg.Connection[Any], key: str) -> None:
+    db.execute("SELECT * FROM pyxp.reverse_transaction((SELECT id FROM pyxp.xp_transactions"
+               " WHERE idempotency_key = %s), 'test')", (key,))
+
+
+@pytest.mark.parametrize("edit", ["original deleted", "reverses an adjustment"])
+def test_a_reversal_of_a_row_the_fold_does_not_hold_takes_back_nothing(db: psycopg.Connection[Any],
+                                                                      edit: str) -> None:
+    """A wallet folded in order (a reversal frees a capped allowance) with a reversal of a row its
+    rows do not hold (deleted, or `reverses` edited to name an adjustment): the fold's state became
+    NULL and the total fell back to the sum that ignores order, which since 0043's first form
+    counted the freeing reversal as nothing: 120 where the fold gives 20 (g1 100, g3 20 by the cap,
+    g1's reversal -100; g2 gone, or g2 0 by the cap and its reversal taking back nothing)."""
+    for key in ("g1", "g2", "g3"):
+        db.execute("SELECT * FROM pyxp.award('0xw', 'CAMPAIGN_APPROVED', %s)", (key,))
+    reversed_by_key(db, "g1")
+    reversed_by_key(db, "g2")
+    if edit == "original deleted":
+        edit_ledger(db, "DELETE FROM pyxp.xp_transactions WHERE idempotency_key = 'g2'")
+    else:
+        db.execute("SELECT * FROM pyxp.award('0xv', 'CAMPAIGN_APPROVED', 'v1')")
+        db.execute("SELECT * FROM pyxp.apply_rules_retroactively(%s)", (install(db, variant(
+            "approvals-150", lambda d: rule(d, "CAMPAIGN_APPROVED").update(constant="150")), activate=False),))
+        edit_ledger(db, "UPDATE pyxp.xp_transactions SET reverses = (SELECT id FROM pyxp.xp_transactions"
+                        " WHERE transaction_type = 'RULES_ADJUSTMENT' AND user_wallet = '0xv')"
+                        " WHERE reverses = (SELECT id FROM pyxp.xp_transactions WHERE idempotency_key = 'g2')")
+    then = dict(db.execute("SELECT user_wallet, total_xp_then FROM pyxp.simulate_rules(%s)",
+                           (capped_approvals(db),)).fetchall())
+    assert then["0xw"] == 20, then
+
+
+def test_an_input_edited_to_null_is_refused_naming_its_row(db: psycopg.Connection[Any], unchanged: Any) -> None:
+    """The writer refuses a null input (PX004); edited to null in a row, the candidate's formula
+    gave the row no amount, a folded wallet's state became NULL (its total then ignored the order:
+    120 where 20 is right), and audit() saw nothing. The simulation refuses it with PX004 naming the
+    row, and the audit reports it (tests/test_audit_checkpoints.py)."""
+    for key in ("g1", "g3"):
+        db.execute("SELECT * FROM pyxp.award('0xw', 'CAMPAIGN_APPROVED', %s)", (key,))
+    (paid,), = db.execute("SELECT transaction_id FROM pyxp.award('0xw', 'Completion_Submit_B2C_Paid', 'p1',"
+                          " '{\"PRICE_COMPLETION\": 40}')").fetchall()
+    reversed_by_key(db, "g1")
+    edit_ledger(db, "UPDATE pyxp.xp_transactions SET metadata = jsonb_set(metadata, '{PRICE_COMPLETION}', 'null')"
+                    " WHERE id = %s", paid)
+    assert [row[0] for row in db.execute("SELECT * FROM pyxp.audit()")] == ["amount_mismatch"]
+    candidate = capped_approvals(db)
+    with unchanged(), pytest.raises(psycopg.Error) as refused:
+        db.execute("SELECT * FROM pyxp.simulate_rules(%s)", (candidate,))
+    assert refused.value.sqlstate == "PX004" and f"transaction {paid}: input PRICE_COMPLETION" in str(refused.value)
+
+
+def test_the_report_counts_a_freeing_reversal_of_a_wallet_without_a_balance(db: psycopg.Connection[Any]) -> None:
+    """A wallet whose balance row an owner deleted is not among the folded wallets of the report
+    (their totals come from the balances): its rows count what applies when order does not matter.
+    Its freeing reversal counted nothing there since 0043's first form (REVERSAL 0); it counts the
+    opposite of what its original asks (-100)."""
+    for key in ("x1", "x2"):
+        db.execute("SELECT * FROM pyxp.award('0xx', 'CAMPAIGN_APPROVED', %s)", (key,))
+        if key == "x1":
+            reversed_by_key(db, "x1")
+    db.execute("ALTER TABLE pyxp.xp_balances DISABLE TRIGGER USER")
+    try:
+        db.execute("DELETE FROM pyxp.xp_balances WHERE user_wallet = '0xx'")
+    finally:
+        db.execute("ALTER TABLE pyxp.xp_balances ENABLE TRIGGER USER")
+    (report,), = db.execute("SELECT pyxp.simulation_report(%s)", (capped_approvals(db),)).fetchall()
+    assert {a["action"]: a["xp_then"] for a in report["actions"]}["REVERSAL"] == -100, report["actions"]
