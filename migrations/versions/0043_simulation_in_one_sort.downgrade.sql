@@ -2,6 +2,7 @@
 -- checks as they were.
 SET LOCAL ROLE pyxp_owner;
 
+DROP FUNCTION pyxp.simulated_totals(bigint);
 DROP FUNCTION pyxp.simulated_rows(bigint);
 DROP FUNCTION pyxp.replayed_rows(bigint);
 DROP FUNCTION pyxp.candidate_rows(bigint);
@@ -136,7 +137,7 @@ $$;
 
 -- Per wallet with a balance: its total now and under the candidate, and
 -- (only for wallets folded in order) the candidate's XP per action.
-CREATE OR REPLACE FUNCTION pyxp.simulated_totals(p_ruleset_id bigint)
+CREATE FUNCTION pyxp.simulated_totals(p_ruleset_id bigint)
 RETURNS TABLE (user_wallet text, total_xp_now bigint, total_xp_then numeric, by_action jsonb)
 LANGUAGE plpgsql STABLE
 SET jit = off
@@ -168,6 +169,129 @@ BEGIN
           FROM pyxp.xp_balances b
           LEFT JOIN per_wallet w ON w.user_wallet = b.user_wallet
           LEFT JOIN folded f ON f.user_wallet = b.user_wallet;
+END
+$$;
+
+-- Public (SPEC 13): what every wallet's total and level would be had
+-- ruleset version ruleset_id (installed, active or not) been active for the
+-- whole ledger. Writes nothing. One row per wallet with a balance.
+CREATE OR REPLACE FUNCTION pyxp.simulate_rules(ruleset_id bigint)
+RETURNS TABLE (user_wallet text, total_xp_now bigint, total_xp_then bigint, level_now bigint, level_then bigint)
+LANGUAGE plpgsql STABLE SECURITY DEFINER
+SET search_path = pyxp, pg_temp
+SET jit = off
+AS $$
+BEGIN
+    -- (PX027 before anything: inside the query it was checked only when a
+    -- balance was joined, and on a ledger with none any id was accepted, a
+    -- hostile test, 0037)
+    PERFORM pyxp.checked_ruleset(simulate_rules.ruleset_id);
+    RETURN QUERY
+        SELECT s.user_wallet, s.total_xp_now, pyxp.checked_simulated_total(s.user_wallet, s.total_xp_then),
+               b.current_level, c.level
+          FROM pyxp.simulated_totals(simulate_rules.ruleset_id) s
+          JOIN pyxp.xp_balances b ON b.user_wallet = s.user_wallet
+         CROSS JOIN LATERAL pyxp.curve_position(simulate_rules.ruleset_id,
+                                                pyxp.checked_simulated_total(s.user_wallet, s.total_xp_then)) c
+         ORDER BY s.user_wallet;
+    PERFORM pyxp.ledger_unmoved();  -- (40001 after a read older than an archive)
+END
+$$;
+
+-- Public (SPEC 13): the simulation summed up for people and scripts (pyxp
+-- rules simulate): per action (rows, XP now, XP then), the top_wallets
+-- wallets with the largest changes, and a summary (wallets up, down, level
+-- changes, totals). Two passes over the ledger (the wallets' totals, then
+-- the actions'). Writes nothing.
+CREATE OR REPLACE FUNCTION pyxp.simulation_report(ruleset_id bigint, top_wallets integer DEFAULT 10)
+RETURNS jsonb
+LANGUAGE plpgsql STABLE SECURITY DEFINER
+SET search_path = pyxp, pg_temp
+SET jit = off
+AS $$
+DECLARE
+    v_ruleset pyxp.rulesets := pyxp.checked_ruleset(simulation_report.ruleset_id);
+    v_top integer := pyxp.checked_row_count('top_wallets', simulation_report.top_wallets);
+    v_report jsonb;
+BEGIN
+    WITH leveled AS MATERIALIZED (
+        SELECT t.user_wallet, t.total_xp_now AS now_xp, b.current_level AS level_now, t.by_action,
+               pyxp.checked_simulated_total(t.user_wallet, t.total_xp_then) AS then_xp, c.level AS level_then
+          FROM pyxp.simulated_totals(v_ruleset.ruleset_id) t
+          JOIN pyxp.xp_balances b ON b.user_wallet = t.user_wallet
+         CROSS JOIN LATERAL pyxp.curve_position(v_ruleset.ruleset_id,
+                                                pyxp.checked_simulated_total(t.user_wallet, t.total_xp_then)) c
+    ),
+    -- Per action: the rows' amounts under the candidate, except in the
+    -- wallets folded in order, whose figures the fold kept (by_action).
+    actions AS (
+        SELECT a.action, sum(a.rows_)::bigint AS rows_, sum(a.now_xp)::bigint AS now_xp,
+               sum(a.then_xp)::bigint AS then_xp
+          FROM (SELECT r.action, count(*) AS rows_, sum(r.now_xp) AS now_xp,
+                       sum(r.applied) FILTER (WHERE f.user_wallet IS NULL) AS then_xp
+                  FROM pyxp.simulated_rows(v_ruleset.ruleset_id) r
+                  LEFT JOIN (SELECT l.user_wallet FROM leveled l WHERE l.by_action IS NOT NULL) f
+                         ON f.user_wallet = r.user_wallet
+                 GROUP BY r.action
+                UNION ALL
+                SELECT e.key, 0, 0, sum(e.value::numeric)
+                  FROM leveled l CROSS JOIN LATERAL jsonb_each_text(l.by_action) e
+                 GROUP BY e.key
+                UNION ALL
+                -- Earlier retroactive adjustments: in the totals now, left out
+                -- under the candidate (0027: the actions did not add up to the
+                -- summary after any retroactive application).
+                SELECT t.transaction_type, count(*), sum(t.xp_amount), 0
+                  FROM pyxp.xp_transactions t
+                 WHERE t.transaction_type = 'RULES_ADJUSTMENT' AND t.rule_id IS NULL AND t.reverses IS NULL
+                 GROUP BY t.transaction_type) a
+         GROUP BY a.action
+    )
+    SELECT jsonb_build_object(
+        'ruleset', jsonb_build_object('ruleset_id', v_ruleset.ruleset_id, 'name', v_ruleset.name,
+                                      'version', v_ruleset.version, 'is_active', v_ruleset.is_active),
+        'summary', (SELECT jsonb_build_object(
+                        'wallets', count(*), 'up', count(*) FILTER (WHERE l.then_xp > l.now_xp),
+                        'down', count(*) FILTER (WHERE l.then_xp < l.now_xp),
+                        'unchanged', count(*) FILTER (WHERE l.then_xp = l.now_xp),
+                        'level_up', count(*) FILTER (WHERE l.level_then > l.level_now),
+                        'level_down', count(*) FILTER (WHERE l.level_then < l.level_now),
+                        'xp_now', coalesce(sum(l.now_xp), 0), 'xp_then', coalesce(sum(l.then_xp), 0))
+                      FROM leveled l),
+        'actions', (SELECT coalesce(jsonb_agg(jsonb_build_object('action', a.action, 'rows', a.rows_,
+                                                                 'xp_now', a.now_xp, 'xp_then', coalesce(a.then_xp, 0))
+                                              ORDER BY a.action), '[]')
+                      FROM actions a),
+        'top_changes', (SELECT coalesce(jsonb_agg(jsonb_build_object(
+                                   'user_wallet', t.user_wallet, 'total_xp_now', t.now_xp, 'total_xp_then', t.then_xp,
+                                   'level_now', t.level_now, 'level_then', t.level_then)
+                                   ORDER BY abs(t.then_xp - t.now_xp) DESC, t.user_wallet COLLATE "C"), '[]')
+                          FROM (SELECT * FROM leveled l WHERE l.then_xp <> l.now_xp
+                                 -- ties by code point, whatever the database's collation (0034)
+                                 ORDER BY abs(l.then_xp - l.now_xp) DESC, l.user_wallet COLLATE "C" LIMIT v_top) t),
+        -- What the replay cannot count (0037, a hostile test): it re-evaluates
+        -- rows, so a call that wrote none is not seen. A rule of the candidate
+        -- on an event whose action no row of the ledger carries ('added': the
+        -- past calls of that event count nothing for it), and a rule whose
+        -- event, campaign types or condition differ from the active
+        -- version's rule of its action ('selection_changed': it is applied to
+        -- every old row of the action, as that rule selected them).
+        'not_simulated', (SELECT coalesce(jsonb_agg(jsonb_build_object('action', c.action, 'reason', c.reason)
+                                                    ORDER BY c.action COLLATE "C"), '[]')
+                            FROM (SELECT r.action, CASE WHEN o.rule_id IS NULL THEN 'added' ELSE 'selection_changed' END AS reason
+                                    FROM pyxp.rules r
+                                    LEFT JOIN pyxp.rules o
+                                           ON o.action = r.action
+                                          AND o.ruleset_id = (SELECT x.ruleset_id FROM pyxp.rulesets x WHERE x.is_active)
+                                   WHERE r.ruleset_id = v_ruleset.ruleset_id AND NOT v_ruleset.is_active
+                                     AND CASE WHEN o.rule_id IS NULL
+                                              THEN r.event IS NOT NULL
+                                                   AND NOT EXISTS (SELECT FROM actions a WHERE a.action = r.action AND a.rows_ > 0)
+                                              ELSE (r.event, r.campaign_types, r.condition)
+                                                   IS DISTINCT FROM (o.event, o.campaign_types, o.condition) END) c))
+      INTO v_report;
+    PERFORM pyxp.ledger_unmoved();  -- (40001 after a read older than an archive)
+    RETURN v_report;
 END
 $$;
 
@@ -387,10 +511,13 @@ AS $$
 $$;
 
 REVOKE ALL ON FUNCTION pyxp.simulated_rows(bigint) FROM PUBLIC;
+REVOKE ALL ON FUNCTION pyxp.simulated_totals(bigint) FROM PUBLIC;
 COMMENT ON FUNCTION pyxp.simulated_amount(bigint, text, numeric, jsonb, jsonb) IS
     'internal: a candidate''s formula on a ledger row''s stored inputs, or PX018 (an input missing) or PX004 (over 10^15).';
 COMMENT ON FUNCTION pyxp.simulated_rows(bigint) IS
     'internal: every ledger row but the adjustments, with what a candidate ruleset asks for it.';
+COMMENT ON FUNCTION pyxp.simulated_totals(bigint) IS
+    'internal: every wallet''s total now and under a candidate ruleset.';
 
 CREATE OR REPLACE FUNCTION pyxp.schema_revision()
 RETURNS text
