@@ -19,7 +19,7 @@
 -- the wallets where order matters beyond that (a penalty under a floor, or
 -- a reversal freeing a capped allowance), whose rows are read again and
 -- folded in id order by the aggregate pyxp.simulated_balance. (0043: at
--- 10M rows, 71 s -> 30 s for a cap; the rows were materialized twice and
+-- 10M rows, 68 s -> 30 s for a cap; the rows were materialized twice and
 -- sorted four times, in the database's collation.)
 
 -- What the fold keeps for one wallet: its running balance, the XP each

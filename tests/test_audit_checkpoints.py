@@ -263,7 +263,8 @@ def test_a_row_whose_rule_cannot_be_evaluated_on_its_metadata_is_reported(db: ps
 
 @pytest.mark.parametrize("edit", ["metadata - 'PRICE_COMPLETION'",
                                   "jsonb_set(metadata, '{PRICE_COMPLETION}', 'null')"])
-def test_a_row_whose_input_was_removed_or_nulled_is_reported(db: psycopg.Connection[Any], edit: str) -> None:
+def test_a_row_whose_input_was_removed_or_nulled_is_reported(db: psycopg.Connection[Any], unchanged: Any,
+                                                              edit: str) -> None:
     """The writer refuses a missing input (PX018) and a null one (PX004); edited so, a row's
     form gives NULL, which 0042 compared with <> and let through: audit() was clean (helper-73).
     It is an amount_mismatch naming the row, in the full audit and since a checkpoint, and the next
@@ -277,7 +278,7 @@ def test_a_row_whose_input_was_removed_or_nulled_is_reported(db: psycopg.Connect
         rows = [(name, wallet, row, detail) for name, wallet, row, detail in db.execute(f"SELECT * FROM pyxp.{function}()")]
         assert [row[:3] for row in rows] == [("amount_mismatch", "0xb", paid)], (function, rows)
         assert "is missing or null in its metadata" in rows[0][3], rows
-    with pytest.raises(psycopg.Error) as refused:
+    with unchanged(), pytest.raises(psycopg.Error) as refused:
         record(db)
     assert refused.value.sqlstate == "PX028"
 
