@@ -641,4 +641,4 @@ CREATE FUNCTION pyxp.schema_revision()
 RETURNS text
 LANGUAGE sql IMMUTABLE PARALLEL SAFE SECURITY DEFINER
 SET search_path = pyxp, pg_temp
-AS $$ SELECT '0043' $$;
+AS $$ SELECT '0044' $$;

@@ -84,8 +84,13 @@ AS $$
            b.day_start, b.day_xp, b.week_start, b.week_xp, b.month_start, b.month_xp, b.year_start, b.year_xp,
            o.wallet_seq, o.total_xp, o.last_at, o.day_start, o.day_xp, o.week_start, o.week_xp,
            o.month_start, o.month_xp, o.year_start, o.year_xp, o.archived_rows
-      FROM (SELECT DISTINCT t.user_wallet FROM pyxp.xp_transactions t
-             WHERE t.feed_xid >= pyxp.last_checkpoint_xmin()) w
+      -- in key order, so that the probes of the balances, checkpoints and
+      -- ledger that follow read each index page once (0044: in a hash's
+      -- order, 139,318 wallets of 1M read 430,000 pages outside shared
+      -- buffers, 3.2 s; in key order 91,000, 1.4 s)
+      FROM (SELECT t.user_wallet FROM pyxp.xp_transactions t
+             WHERE t.feed_xid >= pyxp.last_checkpoint_xmin()
+             GROUP BY t.user_wallet ORDER BY t.user_wallet) w
       LEFT JOIN LATERAL (SELECT b.* FROM pyxp.xp_balances b WHERE b.user_wallet = w.user_wallet LIMIT 1) b ON true
       LEFT JOIN LATERAL (SELECT c.* FROM pyxp.xp_wallet_checkpoints c WHERE c.user_wallet = w.user_wallet LIMIT 1) c
              ON true
@@ -754,8 +759,13 @@ AS $$
                 ELSE format('the claim of key %s names transaction %s (%s)', quote_literal(t.idempotency_key),
                             c.transaction_id, c.created_at) END
       FROM pyxp.audited_rows(p_since_checkpoint) t
-      LEFT JOIN pyxp.xp_award_claims c  -- pyxp.key_hash, spelled out (as above)
-             ON c.key_hash = encode(substr(sha256(convert_to(t.idempotency_key, 'UTF8')), 1, 16), 'hex')::uuid
+      -- (a probe of the claims' key per row, LATERAL ... LIMIT 1: as a join,
+      -- the planner, which cannot tell how many rows are new, hashed every
+      -- claim: 10M of them for 150,000 new rows, 2.0 s against 1.3 s; 0044)
+      LEFT JOIN LATERAL (
+             SELECT c.key_hash, c.transaction_id, c.created_at FROM pyxp.xp_award_claims c
+              WHERE c.key_hash = encode(substr(sha256(convert_to(t.idempotency_key, 'UTF8')), 1, 16), 'hex')::uuid
+              LIMIT 1) c ON true  -- pyxp.key_hash, spelled out (as above)
      WHERE p_since_checkpoint AND t.request_digest IS NOT NULL
        AND (c.key_hash IS NULL OR (c.transaction_id, c.created_at) <> (t.id, t.created_at))
     UNION ALL
@@ -855,11 +865,22 @@ AS $$
                  OR (g.xp_requested IS NOT NULL
                      AND NOT (g.xp_amount BETWEEN least(0, g.xp_requested) AND greatest(0, g.xp_requested)))))
     UNION ALL
+    -- The full audit: the rows of flows and reversals against every request
+    -- (an anti join); since a checkpoint, each new row probes its request's
+    -- key (LATERAL ... LIMIT 1, as the claims above: a join hashed every
+    -- request ever made, one per flow call, at every checkpoint; 0044).
     SELECT 'request_missing', t.user_wallet, t.id,
            format('no xp_requests row for key %s', quote_literal(t.idempotency_key))
       FROM pyxp.audited_rows(p_since_checkpoint) t
-     WHERE t.request_digest IS NULL
+     WHERE NOT p_since_checkpoint AND t.request_digest IS NULL
        AND NOT EXISTS (SELECT FROM pyxp.xp_requests q WHERE q.key_hash = pyxp.key_hash(t.idempotency_key))
+    UNION ALL
+    SELECT 'request_missing', t.user_wallet, t.id,
+           format('no xp_requests row for key %s', quote_literal(t.idempotency_key))
+      FROM pyxp.audited_rows(p_since_checkpoint) t
+      LEFT JOIN LATERAL (SELECT q.key_hash FROM pyxp.xp_requests q
+                          WHERE q.key_hash = pyxp.key_hash(t.idempotency_key) LIMIT 1) q ON true
+     WHERE p_since_checkpoint AND t.request_digest IS NULL AND q.key_hash IS NULL
 $$;
 
 -- Every inconsistency between the ledger, the balances and the rules, one

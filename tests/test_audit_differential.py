@@ -147,6 +147,7 @@ def test_row_problems_finds_what_0041_found(db: psycopg.Connection[Any]) -> None
     with db.cursor(row_factory=psycopg.rows.dict_row) as cur:
         rows = cur.execute("SELECT * FROM pyxp.xp_transactions ORDER BY id").fetchall()
     found: Counter[str] = Counter()
+    since_found: set[str] = set()
     for seed in range(40):
         rng = random.Random(seed)
         with db.transaction(force_rollback=True):
@@ -173,6 +174,9 @@ def test_row_problems_finds_what_0041_found(db: psycopg.Connection[Any]) -> None
                         assert {f[2] for f in nulled} <= {f[2] for f in added}, (seed, nulled, added)
                         found.update(name for name, *_ in new - added)
                         found.update("null_form" for _ in added)
-    # The tampering reached every check of the rewritten pass, and the duplicated ids'.
+                        since_found.update(name for name, *_ in new if since)
+    # The tampering reached every check of the rewritten pass, the duplicated ids', and (since the
+    # checkpoint too) the claims' and requests' that 0044 probes by key.
     assert {"rule_missing", "rule_mismatch", "amount_mismatch", "inputs_mismatch", "duplicate_id",
-            "null_form"} <= set(found), found
+            "null_form", "claim_mismatch", "request_missing"} <= set(found), found
+    assert {"claim_mismatch", "request_missing"} <= since_found, since_found
