@@ -11,7 +11,9 @@ and with parallel plans forced. (The one finding 0042 added, a row whose rule ca
 metadata, made 0041's body raise: tests/test_audit_checkpoints.py holds it.) A later revision that changes what row_problems finds on purpose
 changes this test with it: 0043 reports a row whose rule's form gives no amount on its metadata (an
 input removed or edited to null, or a rule edited to name an input no row holds), which 0041 let
-through; those findings are compared apart.
+through; those findings are compared apart. 0044 probes a new row's claim or request by key
+where 0043 joined them: the tampering edits the claims and requests too, and must reach both checks
+since the checkpoint.
 """
 
 from __future__ import annotations
@@ -113,6 +115,15 @@ def tampering(rng: random.Random, rows: list[dict[str, Any]], rules: list[tuple[
          " OVERRIDING SYSTEM VALUE SELECT id, %s, transaction_type, xp_amount, xp_requested, balance_after, rule_id,"
          " idempotency_key, metadata, reverses, %s, feed_xid, request_digest, wallet_seq FROM pyxp.xp_transactions" + where,
          (rng.choice([row["user_wallet"], '0x"dup\\']), rng.choice(["2001-01-01", "2101-01-01"])) + key),
+        # the idempotency records: a claim deleted, moved to another row, given another hash, or a
+        # second claim naming a row; a flow's or reversal's request deleted
+        ("DELETE FROM pyxp.xp_award_claims WHERE transaction_id = %s AND created_at = %s", key),
+        ("UPDATE pyxp.xp_award_claims SET transaction_id = %s, created_at = %s WHERE transaction_id = %s",
+         (other["id"], other["created_at"], row["id"])),
+        ("UPDATE pyxp.xp_award_claims SET key_hash = md5(%s)::uuid WHERE transaction_id = %s", (str(rng.random()), row["id"])),
+        ("INSERT INTO pyxp.xp_award_claims (key_hash, transaction_id, created_at) VALUES (md5(%s)::uuid, %s, %s)",
+         (str(rng.random()),) + key),
+        ("DELETE FROM pyxp.xp_requests WHERE key_hash = pyxp.key_hash(%s)", (row["idempotency_key"],)),
         ("DELETE FROM pyxp.rules WHERE rule_id = %s", (rule_id,)),
         ("UPDATE pyxp.rules SET action = %s WHERE rule_id = %s", (rng.choice(rules)[1], rule_id)),
         ("UPDATE pyxp.rules SET xp_constant = xp_constant + %s WHERE rule_id = %s", (rng.choice([1, 0.5, -0.5]), rule_id)),
