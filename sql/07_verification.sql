@@ -1144,7 +1144,10 @@ BEGIN
     LOCK TABLE pyxp.xp_audit_checkpoints IN EXCLUSIVE MODE;
     v_since := pyxp.last_checkpoint_xmin() IS NOT NULL;
     WITH problems AS MATERIALIZED (
-        SELECT c.check_name, c.user_wallet, c.detail FROM pyxp.chain_problems(v_since, false) c
+        -- one walk, not pyxp.chain_problems' slices: an INSERT runs no
+        -- parallel workers, and each slice finds its wallets again (0044:
+        -- 4.52 s -> 4.29 s for 100,000 new rows at the default size)
+        SELECT c.check_name, c.user_wallet, c.detail FROM pyxp.chain_problems_between(v_since, NULL, NULL) c
         UNION ALL
         SELECT r.check_name, r.user_wallet, r.detail FROM pyxp.row_problems(v_since) r
     ), verified AS MATERIALIZED (
