@@ -3,7 +3,8 @@
 A join of the new rows to xp_award_claims and xp_requests hashed every claim and request ever made, at every
 audit_since_checkpoint and record_audit_checkpoint (the planner cannot tell how many rows are new); each new row now
 probes its key (LATERAL ... LIMIT 1). The wallets with new rows are walked in key order, so that their balances',
-checkpoints' and rows' index pages are read once (pyxp.audited_wallets).
+checkpoints' and rows' index pages are read once (pyxp.audited_wallets). record_audit_checkpoint, an INSERT that
+PostgreSQL runs without parallel workers, walks the wallets in one call, not in eight slices one after the other.
 
 Revision ID: 0044
 Revises: 0043
