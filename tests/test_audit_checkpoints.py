@@ -652,10 +652,11 @@ def test_a_checkpoint_walks_the_wallets_once_not_in_slices(db: psycopg.Connectio
     found its wallets again (at the default size, 100,000 new rows: 4.52 s against 4.29 s)."""
     for wallet in ("0x1", "0x9", "0xf"):
         award(db, wallet, f"k:{wallet}")
-    def walks() -> int:
-        row = db.execute("SELECT coalesce(sum(calls), 0) FROM pg_stat_xact_user_functions "
-                         "WHERE schemaname = 'pyxp' AND funcname = 'chain_problems_between'").fetchone()
-        return int(row[0]) if row else 0
+
+    def walks() -> int:  # calls of the walk in this transaction so far
+        (calls,), = db.execute("SELECT coalesce(sum(calls), 0)::int FROM pg_stat_xact_user_functions "
+                               "WHERE schemaname = 'pyxp' AND funcname = 'chain_problems_between'").fetchall()
+        return int(calls)
 
     for since in (False, True):  # the first checkpoint walks every wallet, the next the new rows'
         with db.transaction(force_rollback=True):
