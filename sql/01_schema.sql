@@ -582,7 +582,10 @@ CREATE INDEX agency_b2c_clients_pending ON pyxp.agency_b2c_clients (client_email
 -- onboarding keys of that time, and read by the flows
 -- (pyxp.email_before_0028): a client spelling its email otherwise than at
 -- its registration is still found, and paid once. Empty in a database
--- installed at 0028 or whose collation is C.UTF-8's.
+-- installed at 0028 or whose collation is C.UTF-8's. Migration 0045 adds
+-- the forms stored before it that pyxp.folded_email reads otherwise since
+-- (a capital with a combining mark, J̌AN@… stored as j + U+030C; a final
+-- sigma): the name says when the table began.
 CREATE TABLE pyxp.xp_email_forms_before_0028 (
     client_email text NOT NULL,  -- as read since 0028
     stored_form  text NOT NULL,  -- as stored before
@@ -641,4 +644,4 @@ CREATE FUNCTION pyxp.schema_revision()
 RETURNS text
 LANGUAGE sql IMMUTABLE PARALLEL SAFE SECURITY DEFINER
 SET search_path = pyxp, pg_temp
-AS $$ SELECT '0044' $$;
+AS $$ SELECT '0045' $$;

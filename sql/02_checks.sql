@@ -173,7 +173,22 @@ AS $$
                                || '𞤩𞤪𞤫𞤬𞤭𞤮𞤯𞤰𞤱𞤲𞤳𞤴𞤵𞤶𞤷𞤸𞤹𞤺𞤻𞤼𞤽𞤾𞤿𞥀𞥁𞥂𞥃') END
 $$;
 
--- Client email (SPEC 1): cleaned_text with NFKC, lower-cased, at most 254
+-- A client email's one form, from a text already trimmed and NFKC-normalised
+-- (pyxp.trimmed_text): lower-cased (pyxp.lower_cased), the final sigma as a
+-- sigma (Unicode's case folding: ΟΔΟΣ@… and οδος@… are one email), then
+-- NFKC again. Lower-casing a capital with a combining mark that has no
+-- precomposed capital form (J̌, H̱, T̈, İ + a mark, ...) leaves the lower-case
+-- letter and its mark apart, where the same email typed in lower case is
+-- composed by NFKC (ǰ): J̌AN@… and ǰan@… were two clients, each onboarded,
+-- and the stored form did not read as itself (0045, a hostile test,
+-- helper-76). A SQL function: inlined where it is called.
+CREATE FUNCTION pyxp.folded_email(p_email text)
+RETURNS text
+LANGUAGE sql IMMUTABLE PARALLEL SAFE STRICT
+AS $$ SELECT normalize(replace(pyxp.lower_cased(p_email), 'ς', 'σ'), NFKC) $$;
+
+-- Client email (SPEC 1): cleaned_text with NFKC, folded (pyxp.folded_email),
+-- at most 254
 -- characters, one `@`, a non-empty local part and a domain containing a dot,
 -- none of its labels empty (0028: a@.b.c and a@b..c were accepted) (PX002).
 -- `+tag` sub-addresses stay distinct.
@@ -182,7 +197,7 @@ RETURNS text
 LANGUAGE plpgsql IMMUTABLE PARALLEL SAFE
 AS $$
 DECLARE
-    v text := pyxp.lower_cased(pyxp.cleaned_text('client email', p_email, 254, 'PX002', true));
+    v text := pyxp.folded_email(pyxp.cleaned_text('client email', p_email, 254, 'PX002', true));
 BEGIN
     IF v IS NULL OR length(v) > 254
        OR v !~ '^[^@[:space:][:cntrl:]]+@([^@[:space:][:cntrl:].]+[.])+[^@[:space:][:cntrl:].]+$'

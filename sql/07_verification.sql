@@ -1058,9 +1058,9 @@ AS $$
      CROSS JOIN LATERAL (SELECT EXISTS (
                 SELECT FROM pyxp.xp_requests q
                  WHERE q.key_hash IN (pyxp.key_hash('client.onboarded:' || a.client_email),
-                                      -- stored as read before 0028, onboarded since (pyxp.email_before_0028)
+                                      -- stored as read before 0028 or 0045, onboarded since (pyxp.email_before_0028)
                                       pyxp.key_hash('client.onboarded:'
-                                                    || pyxp.lower_cased(pyxp.trimmed_text(a.client_email, true)))))
+                                                    || pyxp.folded_email(pyxp.trimmed_text(a.client_email, true)))))
                 AS onboarded) q
      WHERE a.xp_granted <> q.onboarded
     UNION ALL
@@ -1071,10 +1071,14 @@ AS $$
                   coalesce(quote_literal(f.form), 'as refused'))
       FROM pyxp.agency_b2c_clients a
      CROSS JOIN LATERAL (SELECT CASE WHEN pyxp.invisible_character(x.t) IS NULL THEN x.t END AS form
-                           FROM (SELECT pyxp.lower_cased(pyxp.trimmed_text(a.client_email, true)) AS t) x) f
+                           FROM (SELECT pyxp.folded_email(pyxp.trimmed_text(a.client_email, true)) AS t) x) f
      WHERE f.form IS DISTINCT FROM a.client_email
-       -- or as read before 0028 (lower() in the database's collation: pyxp.email_before_0028)
+       -- or as read before 0028 (lower() in the database's collation), or
+       -- a form 0028 or 0045 recorded (pyxp.email_before_0028: the flows
+       -- find the registration by it)
        AND (f.form IS NULL OR lower(pyxp.trimmed_text(a.client_email, true)) IS DISTINCT FROM a.client_email)
+       AND NOT EXISTS (SELECT FROM pyxp.xp_email_forms_before_0028 e
+                        WHERE e.client_email = f.form AND e.stored_form = a.client_email)
     UNION ALL
     -- No finding; 40001 when the ledger was read with a snapshot older than
     -- an archive's commit (its rows would have been reported missing).

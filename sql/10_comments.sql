@@ -91,6 +91,7 @@ COMMENT ON FUNCTION pyxp.trimmed_text(text, boolean) IS 'internal: NFKC (identit
 COMMENT ON FUNCTION pyxp.invisible_character(text) IS 'internal: the first control or invisible character of a text, or NULL.';
 COMMENT ON FUNCTION pyxp.checked_wallet(text, text) IS 'internal: a normalised wallet, or PX001.';
 COMMENT ON FUNCTION pyxp.checked_email(text) IS 'internal: a normalised client email, or PX002.';
+COMMENT ON FUNCTION pyxp.folded_email(text) IS 'internal: a client email''s one form (lower-cased, final sigma folded, NFKC).';
 COMMENT ON FUNCTION pyxp.lower_cased(text) IS 'internal: a text lower-cased the same way whatever the database''s collation.';
 COMMENT ON FUNCTION pyxp.email_before_0028(text, text) IS 'internal: the forms a client email was stored in before 0028 (the database''s collation) that read as it now.';
 COMMENT ON FUNCTION pyxp.emails_lowered_until() IS 'internal: until when registrations may hold emails read before 0028 (a constant migration 0034 writes; NULL: none).';

@@ -129,6 +129,46 @@ def test_one_email_with_invisible_variants_is_onboarded_once(xp: XP, db: psycopg
     assert db.execute("SELECT count(*) FROM pyxp.agency_b2c_clients").fetchone() == (1,)
 
 
+def test_an_email_with_a_combining_mark_is_one_client_in_any_case(xp: XP, db: psycopg.Connection[Any]) -> None:
+    """0045 (a hostile test, helper-76): J̌ has no precomposed capital, so J̌AN@… lower-cased to j + U+030C,
+    while ǰan@… typed in lower case is NFKC's composed ǰ: two clients, each onboarded (2,000 XP), and the
+    stored form did not read as itself (the audit reported it after a plain registration)."""
+    xp.award_campaign_creation("0x_agency", "camp_a", "AGENCY_B2C")
+    xp.award_campaign_creation("0x_agency", "camp_b", "AGENCY_B2C")
+    assert xp.register_agency_client("0x_agency", "J\u030cAN@EXAMPLE.COM", "camp_a").client_email == "\u01f0an@example.com"
+    assert xp.onboard_agency_client("\u01f0an@example.com", "0x_jan").xp == 1000
+    assert xp.onboard_agency_client("j\u030can@example.com", "0x_jan").replayed
+    assert xp.onboard_agency_client("J\u030cAN@EXAMPLE.COM", "0x_jan").replayed
+    # Registered again in the other spelling: the same client, granted at once, nothing more paid.
+    assert xp.register_agency_client("0x_agency", "\u01f0an@example.com", "camp_b").xp_granted
+    assert xp.balance("0x_jan").total_xp == 1000
+    assert db.execute("SELECT count(DISTINCT client_email) FROM pyxp.agency_b2c_clients").fetchone() == (1,)
+    assert db.execute("SELECT * FROM pyxp.audit()").fetchall() == []
+
+
+def test_a_final_sigma_is_a_sigma(xp: XP) -> None:
+    """0045 (helper-76): ΟΔΟΣ@… read οδοσ@…, and οδος@…, as a person types it in lower case, another client."""
+    xp.award_campaign_creation("0x_agency", "camp_a", "AGENCY_B2C")
+    assert xp.register_agency_client("0x_agency", "ΟΔΟΣ@ΧΑΡΤΗΣ.GR", "camp_a").client_email == "οδοσ@χαρτησ.gr"
+    assert xp.onboard_agency_client("οδος@χαρτης.gr", "0x_odos").xp == 1000
+    assert xp.onboard_agency_client("ΟΔΟΣ@ΧΑΡΤΗΣ.GR", "0x_odos").replayed
+
+
+def test_every_email_reads_as_itself(db: psycopg.Connection[Any]) -> None:
+    """0045: checked_email of what checked_email gave is the same text, for every letter Python
+    lower-cases (pyxp.lower_cased agrees on all but U+0130), alone and followed by each of the
+    combining marks that compose with letters most (up to 0044, hundreds of these did not)."""
+    letters = [chr(c) for c in range(65, sys.maxunicode + 1)
+               if not 0xD800 <= c <= 0xDFFF and chr(c).lower() != chr(c) and len(chr(c).lower()) == 1]
+    marks = [""] + [chr(m) for m in [*range(0x300, 0x30D), 0x323, 0x327, 0x328, 0x331, 0x342, 0x345]]
+    unstable = db.execute("""
+        SELECT e, f FROM (SELECT e, pyxp.checked_email(e) AS f
+                            FROM (SELECT 'x' || l || m || 'y@example.com' AS e
+                                    FROM unnest(%s::text[]) l CROSS JOIN unnest(%s::text[]) m) x OFFSET 0) x
+         WHERE f <> pyxp.checked_email(f)""", (letters, marks)).fetchall()
+    assert len(letters) > 1300 and unstable == []
+
+
 # Databases whose default collation folds case otherwise than C.UTF-8 (a hostile test, 2026-11-27).
 LOCALES = {
     "c": "TEMPLATE template0 LOCALE 'C'",

@@ -997,6 +997,32 @@ def test_a_migration_runs_no_function_another_role_put_in_public(fresh_database:
         assert conn.execute("SELECT count(*) FROM pyxp.audit()").fetchone() == (0,)
 
 
+def test_0045_finds_the_emails_stored_in_a_form_it_reads_otherwise(fresh_database: Callable[..., str]) -> None:
+    """Up to 0044, J\u030cAN@… was stored lower-cased as j + U+030C and οδος@… kept its final sigma;
+    0045 reads them ǰan@… (composed) and οδοσ@…. A registration pending at 0044 is found by a sign-in
+    in either spelling after the upgrade, and paid once; a client onboarded at 0044 replays."""
+    target = fresh_database()
+    onboard = "SELECT xp_amount, replayed FROM pyxp.onboard_agency_client(%s, %s)"
+    schema.upgrade(target, "0044")
+    with psycopg.connect(target, autocommit=True) as conn:
+        conn.execute("SELECT * FROM pyxp.award_campaign_creation('0x_agency', 'camp_a', 'AGENCY_B2C')")
+        for email in ("J\u030cAN@EXAMPLE.COM", "οδος@χαρτης.gr", "plain@example.com"):
+            conn.execute("SELECT * FROM pyxp.register_agency_client('0x_agency', %s, 'camp_a')", (email,))
+        assert conn.execute(onboard, ("οδος@χαρτης.gr", "0x_odos")).fetchall() == [(1000, False)]
+    schema.upgrade(target)
+    with psycopg.connect(target, autocommit=True) as conn:
+        forms = conn.execute("SELECT client_email, stored_form FROM pyxp.xp_email_forms_before_0028 "
+                             "ORDER BY client_email COLLATE \"C\"")
+        assert forms.fetchall() == [("\u01f0an@example.com", "j\u030can@example.com"), ("οδοσ@χαρτησ.gr", "οδος@χαρτης.gr")]
+        assert conn.execute("SELECT * FROM pyxp.audit()").fetchall() == []
+        assert conn.execute(onboard, ("\u01f0an@example.com", "0x_jan")).fetchall() == [(1000, False)]
+        assert conn.execute(onboard, ("J\u030cAN@EXAMPLE.COM", "0x_jan")).fetchall() == [(1000, True)]
+        assert conn.execute(onboard, ("ΟΔΟΣ@ΧΑΡΤΗΣ.GR", "0x_odos")).fetchall() == [(1000, True)]
+        assert conn.execute("SELECT user_wallet, total_xp FROM pyxp.xp_balances WHERE user_wallet IN ('0x_jan', '0x_odos') "
+                            "ORDER BY 1").fetchall() == [("0x_jan", 1000), ("0x_odos", 1000)]
+        assert conn.execute("SELECT count(*) FROM pyxp.agency_b2c_clients WHERE NOT xp_granted").fetchone() == (1,)
+        assert conn.execute("SELECT * FROM pyxp.audit()").fetchall() == []
+
 def _waiting(conn: psycopg.Connection[Any], locktype: str, process: subprocess.Popen[str]) -> None:
     """Until a lock of ``locktype`` is awaited in the database (or the process ended: a failure)."""
     for _ in range(1200):
