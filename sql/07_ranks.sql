@@ -266,6 +266,22 @@ AS $$
     SELECT 'rank_count_mismatch', b.user_wallet, NULL, 'balance not counted in its rank bucket (ranked = false)'
       FROM pyxp.xp_balances b WHERE NOT b.ranked
     UNION ALL
+    -- Counts in writers' slots of no bucket: a writer counts a balance in the
+    -- bucket whose start (its slot 0 row) holds it, so every start a slot
+    -- names has its slot 0 row. Counts without one are a bucket the writers
+    -- never see (pyxp.rank_bucket_of reads slot 0): its balances' next moves
+    -- are counted in the bucket before, and pyxp.rebalance_rank_buckets drops
+    -- it (0046, helper-75: such a start, with the counts of the bucket before
+    -- split to match, was clean until an award moved a balance past it).
+    SELECT 'rank_count_mismatch', NULL, NULL,
+           format('rank counts from (%s XP, %s) in slots %s (%s wallets): no bucket starts there', -c.neg_xp,
+                  quote_literal(c.wallet), string_agg(c.slot::text, ', ' ORDER BY c.slot), sum(c.wallets))
+      FROM pyxp.xp_rank_counts c
+     WHERE c.slot <> 0
+       AND NOT EXISTS (SELECT FROM pyxp.xp_rank_counts s WHERE s.neg_xp = c.neg_xp AND s.wallet = c.wallet AND s.slot = 0)
+     GROUP BY c.neg_xp, c.wallet
+    HAVING sum(c.wallets) <> 0
+    UNION ALL
     -- The period boards: each bucket (over its slots) against the ranked
     -- balances it holds, placed as pyxp.period_bucket_of places them: a
     -- value never cut has every holder in its one bucket, ''; a value cut

@@ -775,8 +775,9 @@ AS $$
     --   rule_missing, rule_mismatch: the row's rule is gone, or is another
     --   action; a row without a rule is a reversal or a retroactive
     --   adjustment (pyxp.apply_rules_retroactively: its key and metadata
-    --   name the ruleset applied; 0029, a hostile test: a 'GIFT' row of
-    --   5,000 XP, the balances made to match, was clean);
+    --   name the ruleset applied, which says it was applied retroactively,
+    --   and its key ends with its wallet; 0029, a hostile test: a 'GIFT' row
+    --   of 5,000 XP, the balances made to match, was clean);
     --   amount_mismatch, inputs_mismatch: a generic award's row against
     --   what its call gave (0029, a hostile test: an amount raised, or a row
     --   moved to another wallet, with the balances made to match, was
@@ -812,7 +813,19 @@ AS $$
                    CASE WHEN ru.xp_coefficients = '{}' THEN round(ru.xp_constant)
                         WHEN NOT jsonb_path_exists(t.metadata, ru.odd_inputs)
                         THEN pyxp.rule_amount(ru.xp_constant, ru.xp_coefficients, t.metadata)
-                        ELSE pyxp.audited_rule_amount(ru.xp_constant, ru.xp_coefficients, t.metadata) END AS formula
+                        ELSE pyxp.audited_rule_amount(ru.xp_constant, ru.xp_coefficients, t.metadata) END AS formula,
+                   -- a row without a rule that is a retroactive adjustment: its key and
+                   -- metadata name one ruleset, which was applied retroactively, and its key
+                   -- ends with its wallet (0046, helper-75: a forged adjustment naming a
+                   -- ruleset never applied was clean; the applied ones are read once, an
+                   -- InitPlan, and only for a row without a rule)
+                   t.rule_id IS NULL AND t.reverses IS NULL AND t.transaction_type = 'RULES_ADJUSTMENT'
+                   AND t.idempotency_key LIKE 'rules.adjustment:%'
+                   AND t.metadata ->> 'ruleset_id' = split_part(t.idempotency_key, ':', 2)
+                   AND right(t.idempotency_key, length(t.user_wallet) + 1) = ':' || t.user_wallet
+                   AND t.metadata ->> 'ruleset_id' = ANY (ARRAY(SELECT r.ruleset_id::text FROM pyxp.rulesets r
+                                                                 WHERE r.applied_retroactively_at IS NOT NULL))
+                   AS adjustment
               FROM pyxp.audited_rows(p_since_checkpoint) t
               -- (each rule's test built once, by the rules' scan: on the nullable side of
               -- the join, the planner computes it there; OFFSET 0 did too, but took the
@@ -832,10 +845,13 @@ AS $$
              WHERE g.rule_id IS NOT NULL AND (g.rule_found IS NULL OR g.action <> g.transaction_type)
             UNION ALL
             SELECT 'rule_missing',
-                   format('%s row without a rule, neither a reversal nor a retroactive adjustment', g.transaction_type)
-             WHERE g.rule_id IS NULL AND g.reverses IS NULL
-               AND NOT (g.transaction_type = 'RULES_ADJUSTMENT' AND g.idempotency_key LIKE 'rules.adjustment:%'
-                        AND g.metadata ->> 'ruleset_id' = split_part(g.idempotency_key, ':', 2))
+                   CASE WHEN g.transaction_type = 'RULES_ADJUSTMENT' AND g.idempotency_key LIKE 'rules.adjustment:%'
+                        THEN format('RULES_ADJUSTMENT row of key %s and metadata ruleset_id %s: not an adjustment of '
+                                    'this wallet by a ruleset applied retroactively', quote_literal(g.idempotency_key),
+                                    coalesce(quote_literal(g.metadata ->> 'ruleset_id'), 'none'))
+                        ELSE format('%s row without a rule, neither a reversal nor a retroactive adjustment',
+                                    g.transaction_type) END
+             WHERE g.rule_id IS NULL AND g.reverses IS NULL AND NOT g.adjustment
             UNION ALL
             SELECT CASE WHEN g.digest_ok THEN 'amount_mismatch' ELSE 'inputs_mismatch' END,
                    CASE WHEN NOT g.digest_ok
@@ -857,9 +873,7 @@ AS $$
                         AND NOT (g.xp_amount BETWEEN least(0, g.xp_requested) AND greatest(0, g.xp_requested))))
          ) f(check_name, detail)
      WHERE (g.rule_id IS NOT NULL AND (g.rule_found IS NULL OR g.action <> g.transaction_type))
-        OR (g.rule_id IS NULL AND g.reverses IS NULL
-            AND NOT (g.transaction_type = 'RULES_ADJUSTMENT' AND g.idempotency_key LIKE 'rules.adjustment:%'
-                     AND g.metadata ->> 'ruleset_id' = split_part(g.idempotency_key, ':', 2)))
+        OR (g.rule_id IS NULL AND g.reverses IS NULL AND NOT g.adjustment)
         OR (g.rule_found IS NOT NULL
             AND (NOT g.digest_ok
                  OR coalesce(g.xp_requested, g.xp_amount) IS DISTINCT FROM g.formula
@@ -882,6 +896,45 @@ AS $$
       LEFT JOIN LATERAL (SELECT q.key_hash FROM pyxp.xp_requests q
                           WHERE q.key_hash = pyxp.key_hash(t.idempotency_key) LIMIT 1) q ON true
      WHERE p_since_checkpoint AND t.request_digest IS NULL AND q.key_hash IS NULL
+$$;
+
+-- Feed positions no transaction has reached (0046, helper-75): a row's
+-- feed_xid, a balance's last_feed_xid (which the wallet's next rows are
+-- raised to: sql/11_changes.sql) or the last checkpoint's snapshot_xmin
+-- beyond this cluster's next transaction id (the snapshot's xmax, in the
+-- ledger's ids: pyxp.ledger_xid). The writer stores none: a row's group is
+-- its writer's id or its wallet's previous row's, a checkpoint's the xmin of
+-- the snapshot it read. An owner raising one holds a wallet's later rows
+-- back from the change feed until the ids reach it (a raise of 100,000: they
+-- were left out of pyxp.changes, audit() clean), or hides the rows since a
+-- checkpoint from audit_since_checkpoint, which a record_audit_checkpoint
+-- then sealed. Only on the ledger's own cluster: a subscriber holds its
+-- publisher's ids, and a copy not adopted yet another cluster's
+-- (sql/14_copies.sql). The rows are one range of the feed index; the
+-- balances a pass over them (the full audit only). A raise below the next
+-- id is not seen (README "What the audit proves").
+CREATE FUNCTION pyxp.feed_problems(p_since_checkpoint boolean)
+RETURNS TABLE (check_name text, user_wallet text, transaction_id bigint, detail text)
+LANGUAGE sql STABLE
+AS $$
+    WITH next AS MATERIALIZED (
+        SELECT pyxp.ledger_xid(pg_snapshot_xmax(pg_current_snapshot())) AS xid
+         WHERE CASE WHEN coalesce(pyxp.ledger_cluster(), 0) = 0 THEN false
+                    ELSE pyxp.ledger_cluster() = (pg_control_system()).system_identifier END
+    )
+    SELECT 'feed_mismatch', t.user_wallet, t.id,
+           format('feed_xid %s, beyond the next transaction id %s', t.feed_xid, n.xid)
+      FROM next n JOIN pyxp.xp_transactions t ON t.feed_xid >= n.xid
+    UNION ALL
+    SELECT 'feed_mismatch', b.user_wallet, NULL,
+           format('xp_balances.last_feed_xid %s, beyond the next transaction id %s', b.last_feed_xid, n.xid)
+      FROM next n JOIN pyxp.xp_balances b ON b.last_feed_xid >= n.xid
+     WHERE NOT p_since_checkpoint
+    UNION ALL
+    SELECT 'feed_mismatch', NULL, NULL,
+           format('audit checkpoint %s read from snapshot xmin %s, beyond the next transaction id %s',
+                  k.checkpoint_id, k.snapshot_xmin, n.xid)
+      FROM next n JOIN pyxp.xp_audit_checkpoints k ON k.snapshot_xmin > n.xid
 $$;
 
 -- Every inconsistency between the ledger, the balances and the rules, one
@@ -987,6 +1040,8 @@ AS $$
     UNION ALL
     SELECT * FROM pyxp.row_problems(false)
     UNION ALL
+    SELECT * FROM pyxp.feed_problems(false)
+    UNION ALL
     -- Rows of a wallet without a balance row: the walk starts from the
     -- balances, so it counts them; when every row was walked (the count
     -- matches), nothing more is read. The archived rows counted are the
@@ -1049,6 +1104,23 @@ AS $$
      WHERE q.idempotency_key IS NULL
        AND NOT EXISTS (SELECT FROM pyxp.xp_transactions t
                         WHERE pyxp.key_hash(t.idempotency_key) = q.key_hash AND t.request_digest IS NULL)
+    UNION ALL
+    -- A request that keeps its key and inputs (its call wrote no row whose
+    -- inputs give them back, or its rows were archived) is what later calls
+    -- read of that call: a completion's owner, an onboarding's wallet. Its
+    -- key is its hash's and its inputs its digest's (0046, helper-75: the
+    -- wallet of an archived submission edited, the completer's outcome was
+    -- refused and another wallet paid, audit() clean).
+    SELECT CASE WHEN pyxp.key_hash(q.idempotency_key) <> q.key_hash THEN 'claim_mismatch' ELSE 'inputs_mismatch' END,
+           q.inputs ->> 'wallet', NULL,
+           CASE WHEN pyxp.key_hash(q.idempotency_key) <> q.key_hash
+                THEN format('request %s keeps key %s, whose hash is %s', q.key_hash,
+                            quote_literal(q.idempotency_key), pyxp.key_hash(q.idempotency_key))
+                ELSE format('request %s (key %s) keeps inputs %s, whose digest is not its %s', q.key_hash,
+                            quote_literal(q.idempotency_key), left(q.inputs::text, 300), q.inputs_digest) END
+      FROM pyxp.xp_requests q
+     WHERE q.idempotency_key IS NOT NULL
+       AND (pyxp.key_hash(q.idempotency_key) <> q.key_hash OR pyxp.request_inputs_digest(q.inputs) <> q.inputs_digest)
     UNION ALL
     SELECT 'registration_grant', a.client_wallet, NULL,
            format('registration %s of %s is %s', a.id, a.client_email,
@@ -1116,6 +1188,8 @@ BEGIN
         SELECT * FROM pyxp.chain_problems(v_since, v_since)
         UNION ALL
         SELECT * FROM pyxp.row_problems(false) WHERE NOT v_since
+        UNION ALL
+        SELECT * FROM pyxp.feed_problems(v_since)
         ORDER BY 1, 2, 3;
     PERFORM pyxp.ledger_unmoved();  -- (40001 after a read older than an archive)
 END
@@ -1154,6 +1228,8 @@ BEGIN
         SELECT c.check_name, c.user_wallet, c.detail FROM pyxp.chain_problems_between(v_since, NULL, NULL) c
         UNION ALL
         SELECT r.check_name, r.user_wallet, r.detail FROM pyxp.row_problems(v_since) r
+        UNION ALL
+        SELECT f.check_name, f.user_wallet, f.detail FROM pyxp.feed_problems(v_since) f
     ), verified AS MATERIALIZED (
         SELECT w.user_wallet, w.last_wallet_seq, w.total_xp, w.from_seq
           FROM pyxp.audited_wallets(v_since) w

@@ -181,6 +181,89 @@ def test_a_row_without_a_rule_is_reported(db: psycopg.Connection[Any]) -> None:
     assert found == [("rule_missing", "0xa")], found
 
 
+
+@pytest.mark.parametrize("ruleset, wallet_in_key", [("1", "0xa"), ("applied", "0xb")])
+def test_a_forged_adjustment_is_reported(db: psycopg.Connection[Any], ruleset: str, wallet_in_key: str) -> None:
+    """0046 (helper-75): a RULES_ADJUSTMENT row of 5,000 XP whose key and metadata named a ruleset
+    never applied retroactively (the GIFT row of 0029, reopened), or whose key named another wallet,
+    with the balances made to match, was clean."""
+    award(db, "0xa", "k1")
+    if ruleset == "applied":
+        db.execute("UPDATE pyxp.rulesets SET applied_retroactively_at = now() WHERE ruleset_id = 1")
+    key = f"rules.adjustment:1:999.1:{wallet_in_key}"
+    edit_ledger(db, "INSERT INTO pyxp.xp_transactions (user_wallet, transaction_type, xp_amount, balance_after,"
+                " idempotency_key, metadata, wallet_seq) VALUES ('0xa', 'RULES_ADJUSTMENT', 5000, 0, %s,"
+                " '{\"ruleset_id\": \"1\"}', 2)", key)
+    db.execute("INSERT INTO pyxp.xp_requests (key_hash, inputs_digest) VALUES (pyxp.key_hash(%s), 0)", (key,))
+    made_consistent(db)
+    found = list(db.execute("SELECT check_name, user_wallet, detail FROM pyxp.audit()"))
+    assert [f[:2] for f in found] == [("rule_missing", "0xa")], found
+    assert "not an adjustment of this wallet by a ruleset applied retroactively" in found[0][2]
+
+
+def test_a_kept_request_edited_is_reported(xp: XP, db: psycopg.Connection[Any]) -> None:
+    """0046 (helper-75): what a request keeps of its call (here an INDIVIDUAL creation, which writes
+    no row) is what later calls read of it; an archived submission's wallet edited there made the
+    completer's outcome refused and another wallet paid, and audit() was clean."""
+    xp.award_campaign_creation("0x_creator", "camp_i", "INDIVIDUAL")
+    kept = "FROM pyxp.xp_requests WHERE idempotency_key = 'campaign.created:camp_i'"
+    assert db.execute("SELECT count(*) " + kept).fetchone() == (1,)
+    with db.transaction(force_rollback=True):
+        db.execute("UPDATE pyxp.xp_requests SET inputs = jsonb_set(inputs, '{wallet}', '\"0x_thief\"') "
+                   "WHERE idempotency_key = 'campaign.created:camp_i'")
+        assert [f[:2] for f in db.execute("SELECT check_name, user_wallet FROM pyxp.audit()")] == [
+            ("inputs_mismatch", "0x_thief")]
+    with db.transaction(force_rollback=True):
+        db.execute("UPDATE pyxp.xp_requests SET idempotency_key = 'campaign.created:camp_j' "
+                   "WHERE idempotency_key = 'campaign.created:camp_i'")
+        assert [f[0] for f in db.execute("SELECT check_name FROM pyxp.audit()")] == ["claim_mismatch"]
+    assert db.execute("SELECT * FROM pyxp.audit()").fetchall() == []
+
+
+def test_a_feed_position_beyond_the_next_transaction_is_reported(db: psycopg.Connection[Any]) -> None:
+    """0046 (helper-75): a balance's last_feed_xid raised held the wallet's next rows back from the
+    change feed (left out of pyxp.changes), and the last checkpoint's snapshot_xmin raised hid the rows
+    since from audit_since_checkpoint, which the next checkpoint then sealed; audit() was clean."""
+    award(db, "0xa", "k1")
+    record(db)
+    db.execute("UPDATE pyxp.xp_balances SET last_feed_xid = (last_feed_xid::text::bigint + 100000)::text::xid8 WHERE user_wallet = '0xa'")
+    assert findings(db) == {("feed_mismatch", "0xa")}
+    row = award(db, "0xa", "k2")  # its group is raised to the wallet's
+    assert row["transaction_id"] not in [r[1] for r in db.execute("SELECT * FROM pyxp.changes(0, 100)")]
+    found = list(db.execute("SELECT check_name, user_wallet, transaction_id FROM pyxp.audit()"))
+    assert sorted(found, key=str) == sorted([("feed_mismatch", "0xa", None),
+                                             ("feed_mismatch", "0xa", row["transaction_id"])], key=str)
+    assert ("feed_mismatch", "0xa") in findings(db, "audit_since_checkpoint")
+
+    db.execute("UPDATE pyxp.xp_balances SET last_feed_xid = pyxp.ledger_xid(pg_current_xact_id()) "
+               "WHERE user_wallet = '0xa'")
+    edit_ledger(db, "UPDATE pyxp.xp_transactions SET feed_xid = pyxp.ledger_xid(pg_current_xact_id()) WHERE id = %s",
+                row["transaction_id"])
+    assert findings(db) == set()
+    db.execute("UPDATE pyxp.xp_audit_checkpoints SET snapshot_xmin = '1000000000'")
+    assert findings(db, "audit_since_checkpoint") == {("feed_mismatch", None)}
+    with pytest.raises(psycopg.Error) as refused:
+        record(db)
+    assert refused.value.sqlstate == "PX028"
+
+
+def test_rank_counts_of_a_bucket_with_no_start_are_reported(db: psycopg.Connection[Any]) -> None:
+    """0046 (helper-75): counts in a writer's slot at a position where no bucket starts, with the
+    bucket before cut to match, were clean: the writers count by the slot 0 starts, so the next award
+    moving a balance past it made the counts wrong, and a rebalance dropped them."""
+    for n in range(40):
+        award(db, f"0x{n:02d}", f"k{n}")
+    db.execute("SELECT pyxp.rebalance_rank_buckets(16, true)")
+    first, = db.execute("SELECT wallets FROM pyxp.xp_rank_counts WHERE wallet = '' AND slot = 0").fetchone()
+    sixth = db.execute("SELECT total_xp, user_wallet FROM pyxp.xp_balances "
+                       "ORDER BY total_xp DESC, user_wallet COLLATE \"C\" OFFSET 5 LIMIT 1").fetchone()
+    assert first >= 6 and sixth is not None
+    db.execute("UPDATE pyxp.xp_rank_counts SET wallets = 5 WHERE wallet = '' AND slot = 0")
+    db.execute("INSERT INTO pyxp.xp_rank_counts (neg_xp, wallet, slot, wallets) VALUES (%s, %s, 7, %s)",
+               (-sixth[0], sixth[1], first - 5))
+    found = list(db.execute("SELECT check_name, detail FROM pyxp.audit()"))
+    assert [f[0] for f in found] == ["rank_count_mismatch"] and "no bucket starts there" in found[0][1], found
+
 def test_a_reversal_pointed_at_another_row_is_reported(db: psycopg.Connection[Any]) -> None:
     first = award(db, "0xa", "k1")
     award(db, "0xa", "k2", "B2C_MINT")
