@@ -1062,8 +1062,10 @@ def _parse_param(text: str) -> tuple[str, Any]:
     if not sep or not name.strip():
         raise click.BadParameter(f"{text!r}: expected NAME=VALUE, e.g. PRICE_COMPLETION=300",
                                  param_hint="--param")
-    try:  # a JSON number stays a number; anything else goes as text and the database says why not
-        parsed = json.loads(value)
+    try:  # a JSON number stays a number, with its digits (a float rounded 2.49999999999999999 to 2.5,
+        # and the award to +103 where SQL gave +102: a hostile test, helper-76); anything else goes as
+        # text and the database says why not
+        parsed = json.loads(value, parse_float=Decimal)
     except ValueError:
         parsed = value
     return name.strip(), parsed
@@ -1073,7 +1075,7 @@ def _parse_context(text: str | None) -> dict[str, Any] | None:
     if text is None:
         return None
     try:
-        return json.loads(text)  # type: ignore[no-any-return]
+        return json.loads(text, parse_float=Decimal)  # type: ignore[no-any-return]
     except ValueError as exc:
         raise click.BadParameter(f"not JSON ({exc})", param_hint="--context") from None
 

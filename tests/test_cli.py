@@ -467,6 +467,20 @@ def test_award_generic_with_params_and_context(conninfo: str, db: psycopg.Connec
     assert row == ("c9", "manual")
 
 
+
+def test_award_generic_keeps_the_digits_of_a_param_and_a_context(conninfo: str, db: psycopg.Connection[Any]) -> None:
+    """A hostile test (helper-76): --param PRICE_COMPLETION=2.49999999999999999 went through a Python
+    float (2.5, so +103 where SQL gives +102), and the same call from SQL was then PX010."""
+    awarded = ok_json(conninfo, "award", "generic", "0xabc", "Completion_Submit_B2C_Paid", "digits-1",
+                      "--param", "PRICE_COMPLETION=2.49999999999999999", "--context", '{"ratio": 0.10000000000000000001}')
+    assert awarded["xp"] == 102
+    row = db.execute("SELECT metadata->>'PRICE_COMPLETION', metadata->>'ratio' FROM pyxp.xp_transactions WHERE id = %s",
+                     [awarded["rows"][0]["transaction_id"]]).fetchone()
+    assert row == ("2.49999999999999999", "0.10000000000000000001")
+    again = db.execute("SELECT replayed FROM pyxp.award('0xabc', 'Completion_Submit_B2C_Paid', 'digits-1', "
+                       "'{\"PRICE_COMPLETION\": 2.49999999999999999}')").fetchone()
+    assert again == (True,)
+
 def test_award_onboard_without_registration_awards_nothing(conninfo: str, unchanged: Any) -> None:
     with unchanged():
         out = ok(conninfo, "award", "onboard-client", "--client-email", "nobody@example.com",

@@ -11,6 +11,7 @@ import logging
 import threading
 from datetime import datetime
 from collections.abc import Iterator
+from decimal import Decimal
 from typing import Any
 
 import psycopg
@@ -147,6 +148,18 @@ def test_flow_methods_return_typed_results(xp: XP) -> None:
 
 # --------------------------------------------------------------------------- reads
 
+
+
+def test_a_float_price_is_the_same_number_in_a_flow_and_in_params(xp: XP) -> None:
+    """A hostile test (helper-76): psycopg sent a float as float8, which ::numeric rounded to 15 digits:
+    a completion's price 1.4999999999999998 was stored 1.5 and paid 102, while the same float in a
+    generic award's params (its repr) paid 101; a retry with the Decimal of the same digits was PX010."""
+    price = 1.4999999999999998
+    flow = xp.award_completion("0xf1", "c2", "cpF1", "B2C", is_paid=True, price_completion=price)
+    generic = xp.award("0xf2", "Completion_Submit_B2C_Paid", "cpF2", {"PRICE_COMPLETION": price})
+    assert flow.xp == generic.xp == 101
+    assert xp.award_completion("0xf1", "c2", "cpF1", "B2C", is_paid=True,
+                               price_completion=Decimal(repr(price))).replayed
 
 def test_balance_is_typed(xp: XP) -> None:
     xp.award(WALLET, VOTE, "bal-1")
