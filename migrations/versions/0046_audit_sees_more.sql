@@ -26,7 +26,7 @@ SET LOCAL ROLE pyxp_owner;
 -- id is not seen (README "What the audit proves").
 CREATE FUNCTION pyxp.feed_problems(p_since_checkpoint boolean)
 RETURNS TABLE (check_name text, user_wallet text, transaction_id bigint, detail text)
-LANGUAGE sql STABLE
+LANGUAGE sql STABLE PARALLEL SAFE  -- (without it, every check of audit() ran in one process: 4.8 -> 8.4 s at 1M rows)
 AS $$
     WITH next AS MATERIALIZED (
         SELECT pyxp.ledger_xid(pg_snapshot_xmax(pg_current_snapshot())) AS xid
