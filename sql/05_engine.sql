@@ -345,6 +345,20 @@ RETURNS xid8
 LANGUAGE sql STABLE PARALLEL SAFE
 AS $$ SELECT CASE WHEN pyxp.xid_offset() = 0 THEN p_xid ELSE (p_xid::text::numeric + pyxp.xid_offset())::text::xid8 END $$;
 
+-- A mark of a transaction that no session can set ahead of it: its id and
+-- its start time in microseconds (settings-free). What the writer's
+-- transaction-local settings name their transaction by (pyxp.appending_rows,
+-- pyxp.transaction_rows): a session-level SET of one, left on a pooled
+-- server connection, is never the next transaction's there. The id alone
+-- was (0047, a hostile test, helper-74: on a quiet server the next id is
+-- predictable, and a value set ahead refused the next client's valid award,
+-- PX034, or batch, PX023). A SQL function: inlined where it is called; NULL
+-- for a transaction without an id.
+CREATE FUNCTION pyxp.transaction_mark(p_xid xid8)
+RETURNS text
+LANGUAGE sql STABLE PARALLEL SAFE
+AS $$ SELECT p_xid::text || '@' || (extract(epoch FROM now()) * 1000000)::bigint $$;
+
 -- PX032 unless the ledger is this cluster's (pyxp.ledger_cluster; 0: a
 -- logical replication subscriber, sql/14_copies.sql). The writer makes the
 -- same test inline (a simple expression: no statement).
@@ -703,7 +717,7 @@ BEGIN
     -- missing from the balance, two rows at one wallet_seq). Refused before
     -- anything is written. Triggers on the balances fire after step 4: an
     -- award there sees the updated balance, and is accepted.
-    IF current_setting('pyxp.appending_rows', true) = pg_current_xact_id_if_assigned()::text THEN
+    IF current_setting('pyxp.appending_rows', true) = pyxp.transaction_mark(pg_current_xact_id_if_assigned()) THEN
         RAISE EXCEPTION 'a writing function of pyxp was called by a trigger fired while another call inserted its ledger rows'
             USING ERRCODE = 'PX034',
                   DETAIL = 'that call has not updated its balances yet: this call would read them stale, and that one write over this one''s',
@@ -993,12 +1007,12 @@ BEGIN
         SELECT o.created_at INTO v_reversed_at FROM pyxp.xp_transactions o WHERE o.id = v_rows[1].reverses;
     END IF;
     -- (The triggers this statement fires run with pyxp.appending_rows set to
-    -- this transaction's id: a writing call among them is refused, above. A
+    -- this transaction's mark: a writing call among them is refused, above. A
     -- transaction-local setting: an error in between rolls it back with the
-    -- (sub)transaction. The id, not 'on': a value any session may set, left
+    -- (sub)transaction. The mark, not 'on': a value any session may set, left
     -- set by one client behind a pooler, refused every other client's award
-    -- there (a hostile test, 0036).)
-    v_set := set_config('pyxp.appending_rows', pg_current_xact_id()::text, true);
+    -- there (a hostile test, 0036); see pyxp.transaction_mark.)
+    v_set := set_config('pyxp.appending_rows', pyxp.transaction_mark(pg_current_xact_id()), true);
     WITH numbered AS MATERIALIZED (
         SELECT r.*, nextval('pyxp.xp_transactions_id_seq') AS id, greatest(v_now, v_reversed_at) AS created_at
           FROM ROWS FROM (unnest(v_rows), unnest(v_claims), unnest(v_after), unnest(v_feed), unnest(v_seq))

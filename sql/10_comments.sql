@@ -69,6 +69,7 @@ COMMENT ON FUNCTION pyxp.unsliced_problems(boolean, integer) IS
     'internal: the audit''s checks not cut into slices (1: ranks; 2: checkpoints without a balance, wallets'' forms, caps; since a checkpoint 1: the new rows''), as calls a parallel worker can run.';
 COMMENT ON FUNCTION pyxp.audited_rows(boolean) IS
     'internal: the rows the single-row checks read: every row, or those written since the last checkpoint.';
+COMMENT ON FUNCTION pyxp.transaction_mark(xid8) IS 'internal: a transaction''s id and start time, which no session can set ahead of it.';
 COMMENT ON FUNCTION pyxp.feed_problems(boolean) IS
     'internal: feed positions (rows, balances, the last checkpoint) beyond the next transaction id (for pyxp.audit).';
 COMMENT ON FUNCTION pyxp.row_problems(boolean) IS

@@ -121,20 +121,21 @@ $$;
 
 -- The rows a transaction writes through batches and retroactive
 -- applications, counted in a transaction-local setting
--- (pyxp.transaction_rows, '<transaction id>:<rows>'), p_rows more: PX023
+-- (pyxp.transaction_rows, '<transaction mark>:<rows>'), p_rows more: PX023
 -- past 15,728,640 (2^24 less 2^20 for the single awards and chained rows a
 -- group may also hold). Single awards and flows do not count (a statement
 -- each: 16 million of them in one transaction is not a workload). A count
 -- of another transaction counts nothing (0029, a hostile test: a session's
 -- SET of the setting, left on a pooled server connection, refused every
--- other client's batches there).
+-- other client's batches there; 0047: or the next client's, set ahead with
+-- the next transaction id: pyxp.transaction_mark).
 CREATE FUNCTION pyxp.counted_transaction_rows(p_rows bigint)
 RETURNS void
 LANGUAGE plpgsql
 AS $$
 DECLARE
     v_seen text := current_setting('pyxp.transaction_rows', true);
-    v_xact text := pg_current_xact_id()::text;
+    v_xact text := pyxp.transaction_mark(pg_current_xact_id());
     v_rows bigint := CASE WHEN split_part(v_seen, ':', 1) = v_xact AND split_part(v_seen, ':', 2) ~ '^[0-9]{1,15}$'
                           THEN split_part(v_seen, ':', 2)::bigint ELSE 0 END + p_rows;
 BEGIN

@@ -134,6 +134,24 @@ def test_the_nested_write_mark_is_not_a_setting_a_session_can_leave_on(conninfo:
         assert conn.execute("SELECT * FROM pyxp.audit()").fetchall() == []
 
 
+
+def test_a_mark_set_ahead_with_the_next_transactions_id_refuses_nothing(conninfo: str) -> None:
+    """0047 (a hostile test, helper-74): on a quiet server the next transaction id is predictable; a
+    session-level SET of pyxp.appending_rows to it, left on a pooled server connection, refused the
+    next client's valid award there (PX034) once its transaction had an id (a flow always has one by
+    then; a generic award after the app's own write). Here the value is the transaction's own id,
+    SET at session level in it, which is what such a guess gives."""
+    with psycopg.connect(conninfo) as conn:
+        conn.execute("CREATE TEMP TABLE app_orders (x int)")
+        conn.execute("INSERT INTO app_orders VALUES (1)")  # the app's write: the transaction has its id
+        xid = conn.execute("SELECT pg_current_xact_id()::text").fetchone()[0]  # type: ignore[index]
+        conn.execute(f"SET pyxp.appending_rows = '{xid}'")
+        assert len(conn.execute(f"SELECT * FROM pyxp.award('0xahead', '{BONUS}', 'ahead:1')").fetchall()) == 1
+        assert len(conn.execute("SELECT * FROM pyxp.award_campaign_creation('0xahead', 'camp_ahead', 'B2C')"
+                                ).fetchall()) == 1
+        conn.commit()
+        assert conn.execute("SELECT * FROM pyxp.audit()").fetchall() == []
+
 def test_a_ledger_trigger_reads_the_rows_balance_after(db: psycopg.Connection[Any]) -> None:
     """What README tells a trigger on the ledger: NEW.balance_after is the balance after the row; the
     balances table still holds the one before the call (updated in the same call, after the rows)."""

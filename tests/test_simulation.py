@@ -452,7 +452,8 @@ def test_a_retroactive_application_stops_at_the_feeds_bound(db: psycopg.Connecti
     run_calls(db)
     candidate_id = install(db, variant("bound", everything), activate=False)
     with unchanged(), pytest.raises(psycopg.Error) as refused, db.transaction():
-        db.execute("SELECT set_config('pyxp.transaction_rows', pg_current_xact_id() || ':15728640', true)")
+        db.execute("SELECT set_config('pyxp.transaction_rows', "
+                   "pyxp.transaction_mark(pg_current_xact_id()) || ':15728640', true)")
         db.execute("SELECT * FROM pyxp.apply_rules_retroactively(%s)", (candidate_id,))
     assert refused.value.sqlstate == "PX023" and "15728640" in str(refused.value)
 
