@@ -57,7 +57,7 @@ from collections.abc import AsyncIterator, Iterable, Iterator, Mapping
 from contextlib import AsyncExitStack, ExitStack, asynccontextmanager, contextmanager, nullcontext
 from dataclasses import asdict, dataclass
 from datetime import datetime
-from decimal import Decimal
+from decimal import Decimal, InvalidOperation
 from enum import Enum
 from time import monotonic
 from typing import Any, ClassVar, Literal
@@ -109,6 +109,26 @@ _PYTHON_TYPES: dict[str, tuple[type, ...]] = {
 _INTEGER_RANGES = {"bigint": (-(2 ** 63), 2 ** 63 - 1), "integer": (-(2 ** 31), 2 ** 31 - 1)}
 
 
+def _numeric(call: str, param: str, value: float | str | Decimal) -> float | Decimal:
+    """A value for a ``numeric`` parameter as pyxp sends it: a finite float as the Decimal of its
+    shortest repr (psycopg sends a float as float8, which ``::numeric`` rounds to 15 digits), a
+    numeric string as its Decimal. ValueError for a string that is no number, or a number beyond
+    PostgreSQL's numeric (131,072 digits before the point, 16,383 after), which failed with
+    psycopg's 22P02 or 22003 (a hostile test, helper-76). Non-finite values go as they are: the
+    functions refuse them (PX004)."""
+    if isinstance(value, float):
+        return Decimal(repr(value)) if math.isfinite(value) else value
+    try:
+        number = Decimal(value) if isinstance(value, str) else value
+    except InvalidOperation:
+        raise ValueError(f"{call}: {param} must be a number, not {value!r}") from None
+    exponent = number.as_tuple().exponent
+    if isinstance(exponent, int) and number != 0 and (number.adjusted() > 131071 or exponent < -16383):
+        raise ValueError(f"{call}: {param} is beyond PostgreSQL's numeric (131,072 digits before the point, "
+                         f"16,383 after): {value!s:.40}")
+    return number
+
+
 @dataclass(frozen=True)
 class Call:
     """One SQL function call: its name (for logs), query, parameters and result shape."""
@@ -121,16 +141,15 @@ class Call:
 
     def __post_init__(self) -> None:
         """TypeError, before anything is sent, for a parameter psycopg would send as another value;
-        ValueError for an int beyond its SQL type's range. A finite float for a numeric is sent as
-        the Decimal of its shortest repr, the digits ``json_text`` writes into an award's params:
-        psycopg sends a float as float8, which ``::numeric`` rounds to 15 digits (a hostile test,
-        helper-76: a completion's price 1.4999999999999998 was stored 1.5 and paid 102, the same
-        price as a generic award's param 101)."""
-        floats = {param: Decimal(repr(self.params[param])) for param, cast in _CASTS.findall(self.query)
-                  if cast == "numeric" and isinstance(self.params.get(param), float)
-                  and math.isfinite(self.params[param])}
-        if floats:
-            object.__setattr__(self, "params", {**self.params, **floats})
+        ValueError for an int beyond its SQL type's range. A number for a numeric is sent as
+        ``_numeric`` says: a float with the digits ``json_text`` writes into an award's params (a
+        hostile test, helper-76: a completion's price 1.4999999999999998 was stored 1.5 and paid
+        102, the same price as a generic award's param 101)."""
+        numbers = {param: _numeric(self.name, param, self.params[param]) for param, cast in _CASTS.findall(self.query)
+                   if cast == "numeric" and isinstance(self.params.get(param), (float, str, Decimal))
+                   and not isinstance(self.params.get(param), bool)}
+        if numbers:
+            object.__setattr__(self, "params", {**self.params, **numbers})
         for param, cast in _CASTS.findall(self.query):
             value = self.params.get(param)
             expected = _PYTHON_TYPES.get(cast)
