@@ -644,4 +644,4 @@ CREATE FUNCTION pyxp.schema_revision()
 RETURNS text
 LANGUAGE sql IMMUTABLE PARALLEL SAFE SECURITY DEFINER
 SET search_path = pyxp, pg_temp
-AS $$ SELECT '0047' $$;
+AS $$ SELECT '0048' $$;

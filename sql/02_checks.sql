@@ -256,12 +256,14 @@ $$;
 -- Upper-cased as ASCII (COLLATE "C"), like votes and formula input names:
 -- under ICU tr-TR upper('individual') is İNDİVİDUAL (0028, a hostile test).
 -- NULL stays NULL (callers decide whether it may be omitted) (PX003).
+-- Trimmed of whitespace of any kind, as wallets and ids (0048: btrim took
+-- spaces only, and B2C with a tab or a no-break space was PX003).
 CREATE FUNCTION pyxp.checked_campaign_type(p_type text)
 RETURNS text
 LANGUAGE plpgsql IMMUTABLE PARALLEL SAFE
 AS $$
 DECLARE
-    v text := CASE WHEN octet_length(p_type) <= 64 THEN regexp_replace(upper(btrim(p_type) COLLATE "C"), '^FOR_', '') END;
+    v text := CASE WHEN octet_length(p_type) <= 64 THEN regexp_replace(upper(pyxp.trimmed_text(p_type, false) COLLATE "C"), '^FOR_', '') END;
 BEGIN
     IF p_type IS NULL THEN
         RETURN NULL;
@@ -274,13 +276,14 @@ BEGIN
 END
 $$;
 
--- Vote decision: VALID or REFUSE, case-insensitive (PX008).
+-- Vote decision: VALID or REFUSE, case-insensitive, trimmed as campaign
+-- types (PX008).
 CREATE FUNCTION pyxp.checked_vote(p_decision text)
 RETURNS text
 LANGUAGE plpgsql IMMUTABLE PARALLEL SAFE
 AS $$
 DECLARE
-    v text := CASE WHEN octet_length(p_decision) <= 64 THEN upper(btrim(p_decision) COLLATE "C") END;
+    v text := CASE WHEN octet_length(p_decision) <= 64 THEN upper(pyxp.trimmed_text(p_decision, false) COLLATE "C") END;
 BEGIN
     IF v IN ('VALID', 'REFUSE') THEN
         RETURN v;

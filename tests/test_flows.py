@@ -182,6 +182,16 @@ def test_campaign_type_spellings_are_accepted(xp: XP, db: psycopg.Connection[Any
     assert xp.award_moderation_vote("0x_moderator_2", "camp_1", "VALID", campaign_type=canonical).xp == 2
 
 
+
+def test_campaign_types_and_votes_are_trimmed_of_any_whitespace(xp: XP, db: psycopg.Connection[Any]) -> None:
+    """0048 (a hostile test, helper-76): btrim took spaces only: B2C with a tab or a no-break space was
+    PX003 and VALID with a newline PX008, where wallets and ids are trimmed of whitespace of any kind."""
+    xp.award_campaign_creation(CREATOR, "camp_1", "\u00a0B2C\t")
+    assert registry(db, "camp_1") == ("B2C", CREATOR)
+    assert xp.award_moderation_vote(MODERATOR, "camp_1", "VALID\n", campaign_type="b2c\u3000").xp == 2
+    assert xp.award_moderation_vote("0x_moderator_2", "camp_1", "\u2003refuse").transaction_types == [
+        "MODERATION_REFUSED_BY_MODERATOR"]
+
 def test_individual_creation_awards_nothing_but_is_recorded(xp: XP, db: psycopg.Connection[Any]) -> None:
     """SPEC section 2: the seeds give no XP for an INDIVIDUAL creation under winstory."""
     before = database_state(db)
