@@ -57,7 +57,7 @@ from collections.abc import AsyncIterator, Iterable, Iterator, Mapping
 from contextlib import AsyncExitStack, ExitStack, asynccontextmanager, contextmanager, nullcontext
 from dataclasses import asdict, dataclass
 from datetime import datetime
-from decimal import Decimal, InvalidOperation
+from decimal import Decimal
 from enum import Enum
 from time import monotonic
 from typing import Any, ClassVar, Literal
@@ -109,24 +109,37 @@ _PYTHON_TYPES: dict[str, tuple[type, ...]] = {
 _INTEGER_RANGES = {"bigint": (-(2 ** 63), 2 ** 63 - 1), "integer": (-(2 ** 31), 2 ** 31 - 1)}
 
 
-def _numeric(call: str, param: str, value: float | str | Decimal) -> float | Decimal:
+# A numeric as PostgreSQL reads one (ASCII digits only: Python's Decimal also reads "１２", "١٢" and
+# "1_000", which PostgreSQL refuses), and its non-finite spellings, which the functions refuse (PX004).
+_NUMERIC_TEXT = re.compile(r"\s*[+-]?([0-9]+\.?[0-9]*|\.[0-9]+)([eE][+-]?[0-9]+)?\s*", re.ASCII)
+_NON_FINITE_TEXT = re.compile(r"\s*([+-]?inf(inity)?|nan)\s*", re.ASCII | re.IGNORECASE)
+
+
+def in_numeric_range(number: Decimal) -> bool:
+    """Whether PostgreSQL's numeric holds a finite Decimal (131,072 digits before the point, 16,383
+    after; zeros included: 0E-20000 overflows too)."""
+    exponent = number.as_tuple().exponent
+    return isinstance(exponent, int) and number.adjusted() <= 131071 and exponent >= -16383
+
+
+def _numeric(call: str, param: str, value: float | str | Decimal) -> float | str | Decimal:
     """A value for a ``numeric`` parameter as pyxp sends it: a finite float as the Decimal of its
     shortest repr (psycopg sends a float as float8, which ``::numeric`` rounds to 15 digits), a
-    numeric string as its Decimal. ValueError for a string that is no number, or a number beyond
-    PostgreSQL's numeric (131,072 digits before the point, 16,383 after), which failed with
-    psycopg's 22P02 or 22003 (a hostile test, helper-76). Non-finite values go as they are: the
-    functions refuse them (PX004)."""
+    numeric string as its Decimal. ValueError for a string that is no number as PostgreSQL reads
+    numbers, or a number beyond its numeric, which failed with psycopg's 22P02 or 22003 (a hostile
+    test, helper-76). Non-finite values go as they are: the functions refuse them (PX004)."""
     if isinstance(value, float):
         return Decimal(repr(value)) if math.isfinite(value) else value
-    try:
-        number = Decimal(value) if isinstance(value, str) else value
-    except InvalidOperation:
-        raise ValueError(f"{call}: {param} must be a number, not {value!r}") from None
-    exponent = number.as_tuple().exponent
-    if isinstance(exponent, int) and number != 0 and (number.adjusted() > 131071 or exponent < -16383):
+    if isinstance(value, str):
+        if _NON_FINITE_TEXT.fullmatch(value):
+            return value
+        if not _NUMERIC_TEXT.fullmatch(value):
+            raise ValueError(f"{call}: {param} must be a number, not {value!r:.60}")
+        value = Decimal(value)
+    if value.is_finite() and not in_numeric_range(value):
         raise ValueError(f"{call}: {param} is beyond PostgreSQL's numeric (131,072 digits before the point, "
                          f"16,383 after): {value!s:.40}")
-    return number
+    return value
 
 
 @dataclass(frozen=True)
@@ -145,12 +158,12 @@ class Call:
         ``_numeric`` says: a float with the digits ``json_text`` writes into an award's params (a
         hostile test, helper-76: a completion's price 1.4999999999999998 was stored 1.5 and paid
         102, the same price as a generic award's param 101)."""
-        numbers = {param: _numeric(self.name, param, self.params[param]) for param, cast in _CASTS.findall(self.query)
-                   if cast == "numeric" and isinstance(self.params.get(param), (float, str, Decimal))
-                   and not isinstance(self.params.get(param), bool)}
+        casts = _CASTS.findall(self.query)
+        numbers = {param: _numeric(self.name, param, self.params[param]) for param, cast in casts
+                   if cast == "numeric" and isinstance(self.params.get(param), (float, str, Decimal))}
         if numbers:
             object.__setattr__(self, "params", {**self.params, **numbers})
-        for param, cast in _CASTS.findall(self.query):
+        for param, cast in casts:
             value = self.params.get(param)
             expected = _PYTHON_TYPES.get(cast)
             if value is None or expected is None:
@@ -186,7 +199,9 @@ def json_text(value: Any) -> str:
     if isinstance(value, (list, tuple)):
         return "[" + ",".join(json_text(v) for v in value) + "]"
     if isinstance(value, Decimal):  # is_finite: math.isfinite reads 1e1000 as a float's inf
-        return format(value, "f") if value.is_finite() else json.dumps(str(value))
+        # Beyond PostgreSQL's numeric (1E+999999999 written out is a gigabyte: the CLI's --param
+        # reads it so since 0045's review) it goes as a string too, refused as "not a number".
+        return format(value, "f") if value.is_finite() and in_numeric_range(value) else json.dumps(str(value))
     if isinstance(value, float):
         return repr(value) if math.isfinite(value) else json.dumps(str(value))
     return json.dumps(value)

@@ -900,9 +900,11 @@ $$;
 
 -- Feed positions no transaction has reached (0046, helper-75): a row's
 -- feed_xid, a balance's last_feed_xid (which the wallet's next rows are
--- raised to: sql/11_changes.sql) or the last checkpoint's snapshot_xmin
--- beyond this cluster's next transaction id (the snapshot's xmax, in the
--- ledger's ids: pyxp.ledger_xid). The writer stores none: a row's group is
+-- raised to: sql/11_changes.sql) or a checkpoint's snapshot_xmin beyond
+-- this cluster's next transaction id (the snapshot's xmax, or past the
+-- reader's own id when it has written: its rows and balances are visible
+-- to it, and its id may be at or above the xmax; in the ledger's ids:
+-- pyxp.ledger_xid). The writer stores none: a row's group is
 -- its writer's id or its wallet's previous row's, a checkpoint's the xmin of
 -- the snapshot it read. An owner raising one holds a wallet's later rows
 -- back from the change feed until the ids reach it (a raise of 100,000: they
@@ -910,7 +912,10 @@ $$;
 -- checkpoint from audit_since_checkpoint, which a record_audit_checkpoint
 -- then sealed. Only on the ledger's own cluster: a subscriber holds its
 -- publisher's ids, and a copy not adopted yet another cluster's
--- (sql/14_copies.sql). The rows are one range of the feed index; the
+-- (sql/14_copies.sql). A copy that keeps this cluster's name (a physical
+-- clone promoted to run on its own, rows replicated back after a failback)
+-- is reported until adopted: its feed would hand out groups below its
+-- rows' (pyxp db upgrade adopts it). The rows are one range of the feed index; the
 -- balances a pass over them (the full audit only). A raise below the next
 -- id is not seen (README "What the audit proves").
 CREATE FUNCTION pyxp.feed_problems(p_since_checkpoint boolean)
@@ -918,22 +923,26 @@ RETURNS TABLE (check_name text, user_wallet text, transaction_id bigint, detail 
 LANGUAGE sql STABLE PARALLEL SAFE  -- (without it, every check of audit() ran in one process: 4.8 -> 8.4 s at 1M rows)
 AS $$
     WITH next AS MATERIALIZED (
-        SELECT pyxp.ledger_xid(pg_snapshot_xmax(pg_current_snapshot())) AS xid
+        SELECT pyxp.ledger_xid(CASE WHEN pg_current_xact_id_if_assigned() >= pg_snapshot_xmax(pg_current_snapshot())
+                                    THEN (pg_current_xact_id_if_assigned()::text::numeric + 1)::text::xid8
+                                    ELSE pg_snapshot_xmax(pg_current_snapshot()) END) AS xid
          WHERE CASE WHEN coalesce(pyxp.ledger_cluster(), 0) = 0 THEN false
                     ELSE pyxp.ledger_cluster() = (pg_control_system()).system_identifier END
     )
     SELECT 'feed_mismatch', t.user_wallet, t.id,
-           format('feed_xid %s, beyond the next transaction id %s', t.feed_xid, n.xid)
+           format('feed_xid %s, beyond the next transaction id %s (an edit, or a copy not adopted: '
+                  'pyxp db upgrade adopts it)', t.feed_xid, n.xid)
       FROM next n JOIN pyxp.xp_transactions t ON t.feed_xid >= n.xid
     UNION ALL
     SELECT 'feed_mismatch', b.user_wallet, NULL,
-           format('xp_balances.last_feed_xid %s, beyond the next transaction id %s', b.last_feed_xid, n.xid)
+           format('xp_balances.last_feed_xid %s, beyond the next transaction id %s (an edit, or a copy not '
+                  'adopted: pyxp db upgrade adopts it)', b.last_feed_xid, n.xid)
       FROM next n JOIN pyxp.xp_balances b ON b.last_feed_xid >= n.xid
      WHERE NOT p_since_checkpoint
     UNION ALL
     SELECT 'feed_mismatch', NULL, NULL,
-           format('audit checkpoint %s read from snapshot xmin %s, beyond the next transaction id %s',
-                  k.checkpoint_id, k.snapshot_xmin, n.xid)
+           format('audit checkpoint %s read from snapshot xmin %s, beyond the next transaction id %s (an edit, '
+                  'or a copy not adopted: pyxp db upgrade adopts it)', k.checkpoint_id, k.snapshot_xmin, n.xid)
       FROM next n JOIN pyxp.xp_audit_checkpoints k ON k.snapshot_xmin > n.xid
 $$;
 
@@ -1111,16 +1120,17 @@ AS $$
     -- key is its hash's and its inputs its digest's (0046, helper-75: the
     -- wallet of an archived submission edited, the completer's outcome was
     -- refused and another wallet paid, audit() clean).
-    SELECT CASE WHEN pyxp.key_hash(q.idempotency_key) <> q.key_hash THEN 'claim_mismatch' ELSE 'inputs_mismatch' END,
+    SELECT CASE WHEN k.hash <> q.key_hash THEN 'claim_mismatch' ELSE 'inputs_mismatch' END,
            q.inputs ->> 'wallet', NULL,
-           CASE WHEN pyxp.key_hash(q.idempotency_key) <> q.key_hash
+           CASE WHEN k.hash <> q.key_hash
                 THEN format('request %s keeps key %s, whose hash is %s', q.key_hash,
-                            quote_literal(q.idempotency_key), pyxp.key_hash(q.idempotency_key))
+                            quote_literal(q.idempotency_key), k.hash)
                 ELSE format('request %s (key %s) keeps inputs %s, whose digest is not its %s', q.key_hash,
                             quote_literal(q.idempotency_key), left(q.inputs::text, 300), q.inputs_digest) END
       FROM pyxp.xp_requests q
+     CROSS JOIN LATERAL (SELECT pyxp.key_hash(q.idempotency_key) AS hash) k
      WHERE q.idempotency_key IS NOT NULL
-       AND (pyxp.key_hash(q.idempotency_key) <> q.key_hash OR pyxp.request_inputs_digest(q.inputs) <> q.inputs_digest)
+       AND (k.hash <> q.key_hash OR pyxp.request_inputs_digest(q.inputs) <> q.inputs_digest)
     UNION ALL
     SELECT 'registration_grant', a.client_wallet, NULL,
            format('registration %s of %s is %s', a.id, a.client_email,

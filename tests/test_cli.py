@@ -481,6 +481,15 @@ def test_award_generic_keeps_the_digits_of_a_param_and_a_context(conninfo: str, 
                        "'{\"PRICE_COMPLETION\": 2.49999999999999999}')").fetchone()
     assert again == (True,)
 
+
+def test_award_generic_refuses_a_param_beyond_numeric_at_once(conninfo: str, unchanged: Any) -> None:
+    """Since --param reads numbers as Decimal, 1e999999999 written out in the award's JSON would be a
+    gigabyte (a review): it goes as a string, refused as not a number (PX004), nothing written."""
+    with unchanged():
+        result = run(conninfo, "award", "generic", "0xabc", "Completion_Submit_B2C_Paid", "huge-1",
+                     "--param", "PRICE_COMPLETION=1e999999999")
+    assert_one_line_error(result, "PX004")
+
 def test_award_onboard_without_registration_awards_nothing(conninfo: str, unchanged: Any) -> None:
     with unchanged():
         out = ok(conninfo, "award", "onboard-client", "--client-email", "nobody@example.com",

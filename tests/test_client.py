@@ -163,13 +163,17 @@ def test_a_float_price_is_the_same_number_in_a_flow_and_in_params(xp: XP) -> Non
 
 
 @pytest.mark.parametrize("price, message", [("abc", "must be a number"), ("", "must be a number"),
+                                            ("\uff11\uff12", "must be a number"), ("\u0661\u0662", "must be a number"),
+                                            ("1_000", "must be a number"),
                                             (Decimal("1e200000"), "is beyond PostgreSQL's numeric"),
-                                            ("1e-20000", "is beyond PostgreSQL's numeric")])
+                                            ("1e-20000", "is beyond PostgreSQL's numeric"),
+                                            ("0E-20000", "is beyond PostgreSQL's numeric")])
 def test_a_price_that_is_no_postgresql_number_is_a_value_error(xp: XP, unchanged: Any, price: Any,
                                                                message: str) -> None:
     """A hostile test (helper-76): these failed with psycopg's InvalidTextRepresentation (22P02) or
     NumericValueOutOfRange (22003), not an error of pyxp's; now a ValueError naming the parameter,
-    before anything is sent. A numeric string is its number."""
+    before anything is sent. A numeric string is its number, read as PostgreSQL reads one (full-width
+    and Arabic-Indic digits and 1_000, which Python's Decimal reads, are not: a review)."""
     with unchanged(), pytest.raises(ValueError, match=f"price_completion {message}"):
         xp.award_completion("0xv1", "c3", "cpV1", "B2C", is_paid=True, price_completion=price)
     assert xp.award_completion("0xv1", "c3", "cpV2", "B2C", is_paid=True, price_completion=" 12.50 ").xp == 113

@@ -1006,18 +1006,26 @@ def test_0045_finds_the_emails_stored_in_a_form_it_reads_otherwise(fresh_databas
     schema.upgrade(target, "0044")
     with psycopg.connect(target, autocommit=True) as conn:
         conn.execute("SELECT * FROM pyxp.award_campaign_creation('0x_agency', 'camp_a', 'AGENCY_B2C')")
-        for email in ("J\u030cAN@EXAMPLE.COM", "οδος@χαρτης.gr", "plain@example.com"):
+        for email in ("J\u030cAN@EXAMPLE.COM", "οδος@χαρτης.gr", "plain@example.com", "ej\u030c@example.com"):
             conn.execute("SELECT * FROM pyxp.register_agency_client('0x_agency', %s, 'camp_a')", (email,))
         assert conn.execute(onboard, ("οδος@χαρτης.gr", "0x_odos")).fetchall() == [(1000, False)]
+        # A registration a C-locale database stored before 0028 (É left upper-cased), with the form
+        # 0028 recorded for it: 0045 records it again under the form it reads that email as.
+        conn.execute("UPDATE pyxp.agency_b2c_clients SET client_email = 'Éj\u030c@example.com' "
+                     "WHERE client_email = pyxp.checked_email('ej\u030c@example.com')")
+        conn.execute("INSERT INTO pyxp.xp_email_forms_before_0028 VALUES ('éj\u030c@example.com', 'Éj\u030c@example.com')")
     schema.upgrade(target)
     with psycopg.connect(target, autocommit=True) as conn:
         forms = conn.execute("SELECT client_email, stored_form FROM pyxp.xp_email_forms_before_0028 "
                              "ORDER BY client_email COLLATE \"C\"")
-        assert forms.fetchall() == [("\u01f0an@example.com", "j\u030can@example.com"), ("οδοσ@χαρτησ.gr", "οδος@χαρτης.gr")]
+        assert forms.fetchall() == [("éj\u030c@example.com", "Éj\u030c@example.com"),
+                                    ("é\u01f0@example.com", "Éj\u030c@example.com"),
+                                    ("\u01f0an@example.com", "j\u030can@example.com"), ("οδοσ@χαρτησ.gr", "οδος@χαρτης.gr")]
         assert conn.execute("SELECT * FROM pyxp.audit()").fetchall() == []
         assert conn.execute(onboard, ("\u01f0an@example.com", "0x_jan")).fetchall() == [(1000, False)]
         assert conn.execute(onboard, ("J\u030cAN@EXAMPLE.COM", "0x_jan")).fetchall() == [(1000, True)]
         assert conn.execute(onboard, ("ΟΔΟΣ@ΧΑΡΤΗΣ.GR", "0x_odos")).fetchall() == [(1000, True)]
+        assert conn.execute(onboard, ("É\u01f0@EXAMPLE.COM", "0x_ej")).fetchall() == [(1000, False)]
         assert conn.execute("SELECT user_wallet, total_xp FROM pyxp.xp_balances WHERE user_wallet IN ('0x_jan', '0x_odos') "
                             "ORDER BY 1").fetchall() == [("0x_jan", 1000), ("0x_odos", 1000)]
         assert conn.execute("SELECT count(*) FROM pyxp.agency_b2c_clients WHERE NOT xp_granted").fetchone() == (1,)

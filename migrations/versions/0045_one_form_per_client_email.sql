@@ -228,6 +228,14 @@ LANGUAGE sql IMMUTABLE PARALLEL SAFE SECURITY DEFINER
 SET search_path = pyxp, pg_temp
 AS $$ SELECT '0045' $$;
 
+-- The forms 0028 recorded (a database whose collation lowered otherwise),
+-- under the form 0045 reads their email as: the flows look them up by it.
+INSERT INTO pyxp.xp_email_forms_before_0028 (client_email, stored_form)
+SELECT pyxp.folded_email(e.client_email), e.stored_form
+  FROM pyxp.xp_email_forms_before_0028 e
+ WHERE pyxp.folded_email(e.client_email) <> e.client_email
+ON CONFLICT DO NOTHING;
+
 -- The forms stored up to 0044 (registrations, onboarding keys) that
 -- pyxp.folded_email reads otherwise, where that is all that differs: a
 -- form checked_email gave (lower-cased, trimmed, no invisible character)
