@@ -923,9 +923,8 @@ RETURNS TABLE (check_name text, user_wallet text, transaction_id bigint, detail 
 LANGUAGE sql STABLE PARALLEL SAFE  -- (without it, every check of audit() ran in one process: 4.8 -> 8.4 s at 1M rows)
 AS $$
     WITH next AS MATERIALIZED (
-        SELECT pyxp.ledger_xid(CASE WHEN pg_current_xact_id_if_assigned() >= pg_snapshot_xmax(pg_current_snapshot())
-                                    THEN (pg_current_xact_id_if_assigned()::text::numeric + 1)::text::xid8
-                                    ELSE pg_snapshot_xmax(pg_current_snapshot()) END) AS xid
+        SELECT pyxp.ledger_xid(greatest(pg_snapshot_xmax(pg_current_snapshot()),  -- (greatest skips a NULL: no id)
+                                        (pg_current_xact_id_if_assigned()::text::numeric + 1)::text::xid8)) AS xid
          WHERE CASE WHEN coalesce(pyxp.ledger_cluster(), 0) = 0 THEN false
                     ELSE pyxp.ledger_cluster() = (pg_control_system()).system_identifier END
     )

@@ -71,7 +71,7 @@ COMMENT ON FUNCTION pyxp.audited_rows(boolean) IS
     'internal: the rows the single-row checks read: every row, or those written since the last checkpoint.';
 COMMENT ON FUNCTION pyxp.transaction_mark(xid8) IS 'internal: a transaction''s id and start time, which no session can set ahead of it.';
 COMMENT ON FUNCTION pyxp.feed_problems(boolean) IS
-    'internal: feed positions (rows, balances, the last checkpoint) beyond the next transaction id (for pyxp.audit).';
+    'internal: feed positions (rows, balances, checkpoints) beyond the next transaction id (for pyxp.audit).';
 COMMENT ON FUNCTION pyxp.row_problems(boolean) IS
     'internal: checks of single rows (reversals, rules, requests), on every row or on those since the last checkpoint.';
 

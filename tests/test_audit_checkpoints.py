@@ -220,7 +220,7 @@ def test_a_kept_request_edited_is_reported(xp: XP, db: psycopg.Connection[Any]) 
     assert db.execute("SELECT * FROM pyxp.audit()").fetchall() == []
 
 
-def test_a_feed_position_beyond_the_next_transaction_is_reported(db: psycopg.Connection[Any]) -> None:
+def test_a_feed_position_beyond_the_next_transaction_is_reported(db: psycopg.Connection[Any], unchanged: Any) -> None:
     """0046 (helper-75): a balance's last_feed_xid raised held the wallet's next rows back from the
     change feed (left out of pyxp.changes), and the last checkpoint's snapshot_xmin raised hid the rows
     since from audit_since_checkpoint, which the next checkpoint then sealed; audit() was clean."""
@@ -242,7 +242,7 @@ def test_a_feed_position_beyond_the_next_transaction_is_reported(db: psycopg.Con
     assert findings(db) == set()
     db.execute("UPDATE pyxp.xp_audit_checkpoints SET snapshot_xmin = '1000000000'")
     assert findings(db, "audit_since_checkpoint") == {("feed_mismatch", None)}
-    with pytest.raises(psycopg.Error) as refused:
+    with unchanged(), pytest.raises(psycopg.Error) as refused:
         record(db)
     assert refused.value.sqlstate == "PX028"
 

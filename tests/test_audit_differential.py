@@ -186,8 +186,8 @@ def test_row_problems_finds_what_0041_found(db: psycopg.Connection[Any]) -> None
                         nulled = Counter({f: n for f, n in old.items() if f[3].endswith(" gives ")})
                         # 0046's: a row taken for an adjustment (no finding in 0041) or reported otherwise
                         forged = Counter({f: n for f, n in new.items() if FORGED in f[3]})
-                        reworded = Counter({f: n for f, n in old.items()
-                                            if f[0] == "rule_missing" and f[:3] in {g[:3] for g in forged}})
+                        forged_rows = {f[:3] for f in forged}
+                        reworded = Counter({f: n for f, n in old.items() if f[0] == "rule_missing" and f[:3] in forged_rows})
                         assert new - added - forged == old - nulled - reworded, (seed, settings, since, new - old,
                                                                                   old - new)
                         found.update("forged_adjustment" for _ in forged)
